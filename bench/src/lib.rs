@@ -1,0 +1,1 @@
+//! Latency benchmark harness for lockmgr and smbd

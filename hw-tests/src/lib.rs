@@ -1,0 +1,1 @@
+//! Hardware tests: soft-RoCE under qemu

@@ -1,0 +1,1 @@
+//! lockmgr client library for smbd: non-blocking requests, completions and breaks as events

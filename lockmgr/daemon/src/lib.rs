@@ -1,0 +1,1 @@
+//! lockmgrd: the cluster lock manager daemon

@@ -1,0 +1,417 @@
+//! Vocabulary shared by the engine, the wire protocol and the daemons.
+//!
+//! These types are plain data: the wire codec (`lockmgr-proto`) encodes exactly these, and the
+//! engine consumes and produces exactly these, so there is one definition of each concept.
+
+use std::fmt;
+
+/// Time as the engine sees it: nanoseconds on a monotonic clock chosen by the caller.
+///
+/// The engine never reads a clock; every entry point takes `now`, which makes it deterministic
+/// and testable in simulated time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Time(pub u64);
+
+impl Time {
+    pub const fn from_secs(s: u64) -> Time {
+        Time(s.saturating_mul(1_000_000_000))
+    }
+    pub const fn from_millis(ms: u64) -> Time {
+        Time(ms.saturating_mul(1_000_000))
+    }
+    pub const fn saturating_add(self, d: Duration) -> Time {
+        Time(self.0.saturating_add(d.0))
+    }
+}
+
+/// A span of engine time in nanoseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Duration(pub u64);
+
+impl Duration {
+    pub const fn from_secs(s: u64) -> Duration {
+        Duration(s.saturating_mul(1_000_000_000))
+    }
+    pub const fn from_millis(ms: u64) -> Duration {
+        Duration(ms.saturating_mul(1_000_000))
+    }
+}
+
+/// Cluster-wide identity of one stream of one file (128 bits).
+///
+/// Every smbd node must derive the same id for the same stream: a hash of the filesystem's
+/// identity (not `st_dev`, which differs between nodes), the inode number and the stream name.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct FileId(pub u128);
+
+impl fmt::Debug for FileId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FileId({:032x})", self.0)
+    }
+}
+
+/// One authenticated lock-manager session: one smbd node's connection to lockmgrd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct SessionId(pub u64);
+
+/// An open granted by the engine (the lock manager's half of an SMB2 FileId).
+/// Allocated by the engine, unique for the engine's lifetime, never 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct OpenId(pub u64);
+
+/// Request id chosen by the client; echoed in the response and in any later completion of a
+/// deferred request (a create waiting for a break, a blocking byte-range lock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct RequestId(pub u64);
+
+/// SMB2 ClientGuid (MS-SMB2 2.2.3). Leases are keyed by (ClientGuid, LeaseKey).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ClientGuid(pub u128);
+
+impl fmt::Debug for ClientGuid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClientGuid({:032x})", self.0)
+    }
+}
+
+/// SMB2 lease key (MS-SMB2 2.2.13.2.8), 128 bits.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct LeaseKey(pub u128);
+
+impl fmt::Debug for LeaseKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LeaseKey({:032x})", self.0)
+    }
+}
+
+/// Access mask bits that matter for sharing (MS-SMB2 2.2.13.1, MS-FSA 2.1.5.1.2.2).
+pub mod access {
+    pub const FILE_READ_DATA: u32 = 0x0000_0001;
+    pub const FILE_WRITE_DATA: u32 = 0x0000_0002;
+    pub const FILE_APPEND_DATA: u32 = 0x0000_0004;
+    pub const FILE_READ_EA: u32 = 0x0000_0008;
+    pub const FILE_WRITE_EA: u32 = 0x0000_0010;
+    pub const FILE_EXECUTE: u32 = 0x0000_0020;
+    pub const FILE_READ_ATTRIBUTES: u32 = 0x0000_0080;
+    pub const FILE_WRITE_ATTRIBUTES: u32 = 0x0000_0100;
+    pub const DELETE: u32 = 0x0001_0000;
+    pub const READ_CONTROL: u32 = 0x0002_0000;
+    pub const WRITE_DAC: u32 = 0x0004_0000;
+    pub const WRITE_OWNER: u32 = 0x0008_0000;
+    pub const SYNCHRONIZE: u32 = 0x0010_0000;
+    pub const MAXIMUM_ALLOWED: u32 = 0x0200_0000;
+    pub const GENERIC_ALL: u32 = 0x1000_0000;
+    pub const GENERIC_EXECUTE: u32 = 0x2000_0000;
+    pub const GENERIC_WRITE: u32 = 0x4000_0000;
+    pub const GENERIC_READ: u32 = 0x8000_0000;
+}
+
+/// Share access bits (MS-SMB2 2.2.13 ShareAccess).
+pub mod share {
+    pub const READ: u32 = 0x1;
+    pub const WRITE: u32 = 0x2;
+    pub const DELETE: u32 = 0x4;
+}
+
+/// Lease state bits (MS-SMB2 2.2.13.2.8): the wire values of SMB2_LEASE_*_CACHING.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct LeaseState(pub u8);
+
+impl LeaseState {
+    pub const NONE: LeaseState = LeaseState(0);
+    pub const READ: LeaseState = LeaseState(0x1);
+    pub const HANDLE: LeaseState = LeaseState(0x2);
+    pub const WRITE: LeaseState = LeaseState(0x4);
+    pub const RH: LeaseState = LeaseState(0x3);
+    pub const RW: LeaseState = LeaseState(0x5);
+    pub const RWH: LeaseState = LeaseState(0x7);
+
+    pub const fn contains(self, other: LeaseState) -> bool {
+        self.0 & other.0 == other.0
+    }
+    pub const fn union(self, other: LeaseState) -> LeaseState {
+        LeaseState(self.0 | other.0)
+    }
+    pub const fn intersection(self, other: LeaseState) -> LeaseState {
+        LeaseState(self.0 & other.0)
+    }
+    /// Only R, RH, RW, RWH (and none) are valid lease states for files (MS-SMB2 3.3.5.9.8).
+    pub const fn is_valid(self) -> bool {
+        matches!(self.0, 0 | 0x1 | 0x3 | 0x5 | 0x7)
+    }
+}
+
+impl fmt::Debug for LeaseState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 == 0 {
+            return write!(f, "LeaseState(NONE)");
+        }
+        let r = if self.contains(Self::READ) { "R" } else { "" };
+        let w = if self.contains(Self::WRITE) { "W" } else { "" };
+        let h = if self.contains(Self::HANDLE) { "H" } else { "" };
+        write!(f, "LeaseState({r}{w}{h})")
+    }
+}
+
+/// Oplock levels (MS-SMB2 2.2.13 RequestedOplockLevel, without LEASE which is `OplockRequest::Lease`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(u8)]
+pub enum OplockLevel {
+    #[default]
+    None = 0x00,
+    LevelII = 0x01,
+    Exclusive = 0x08,
+    Batch = 0x09,
+}
+
+impl OplockLevel {
+    pub fn from_wire(v: u8) -> Option<OplockLevel> {
+        match v {
+            0x00 => Some(OplockLevel::None),
+            0x01 => Some(OplockLevel::LevelII),
+            0x08 => Some(OplockLevel::Exclusive),
+            0x09 => Some(OplockLevel::Batch),
+            _ => None,
+        }
+    }
+}
+
+/// A lease request or grant (MS-SMB2 2.2.13.2.8 v1 / 2.2.13.2.10 v2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Lease {
+    pub key: LeaseKey,
+    pub state: LeaseState,
+    /// v2 only: the parent directory's lease key, if the client set it.
+    pub parent_key: Option<LeaseKey>,
+    /// v2 only: the lease epoch. `None` means a v1 lease.
+    pub epoch: Option<u16>,
+}
+
+/// What caching the opener asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum OplockRequest {
+    #[default]
+    None,
+    Oplock(OplockLevel),
+    Lease(Lease),
+}
+
+/// What caching the engine granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum OplockGrant {
+    #[default]
+    None,
+    Oplock(OplockLevel),
+    Lease(Lease),
+}
+
+/// One element of a byte-range lock or unlock request (MS-SMB2 2.2.26.1).
+/// `length == 0` is a valid zero-length range; `offset + length` must not wrap past 2^64.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct LockRange {
+    pub offset: u64,
+    pub length: u64,
+    pub exclusive: bool,
+}
+
+/// Outcome codes. The engine speaks these; the SMB server maps them to NTSTATUS at the edge.
+/// `#[non_exhaustive]`: match with a fallback arm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+#[repr(u16)]
+pub enum Status {
+    Success = 0,
+    /// STATUS_SHARING_VIOLATION (0xC0000043).
+    SharingViolation = 1,
+    /// STATUS_DELETE_PENDING (0xC0000056).
+    DeletePending = 2,
+    /// STATUS_LOCK_NOT_GRANTED (0xC0000055).
+    LockNotGranted = 3,
+    /// STATUS_FILE_LOCK_CONFLICT (0xC0000054).
+    FileLockConflict = 4,
+    /// STATUS_RANGE_NOT_LOCKED (0xC000007E).
+    RangeNotLocked = 5,
+    /// STATUS_INVALID_PARAMETER (0xC000000D).
+    InvalidParameter = 6,
+    /// STATUS_INVALID_HANDLE (0xC0000008): unknown open id, or an open of another session.
+    InvalidHandle = 7,
+    /// STATUS_CANCELLED (0xC0000120): a waiting request was cancelled.
+    Cancelled = 8,
+    /// STATUS_CANNOT_DELETE (0xC0000121).
+    CannotDelete = 9,
+    /// STATUS_INVALID_OPLOCK_PROTOCOL (0xC00000E3): a break ack that matches no break.
+    InvalidOplockProtocol = 10,
+    /// STATUS_OBJECT_NAME_NOT_FOUND (0xC0000034): e.g. lease ack for an unknown lease.
+    NotFound = 11,
+    /// STATUS_REQUEST_NOT_ACCEPTED (0xC00000D0): the engine refuses the request in this state.
+    RequestNotAccepted = 12,
+    /// STATUS_INVALID_DEVICE_STATE (0xC0000184): lease key reused for another file, etc.
+    InvalidDeviceState = 13,
+    /// STATUS_INVALID_LOCK_RANGE (0xC00001A1): offset + length wraps past 2^64.
+    InvalidLockRange = 14,
+    /// STATUS_UNSUCCESSFUL (0xC0000001): e.g. a break ack when no break is in progress.
+    Unsuccessful = 15,
+}
+
+impl Status {
+    /// The NTSTATUS value an SMB server puts on the wire for this outcome.
+    pub const fn ntstatus(self) -> u32 {
+        match self {
+            Status::Success => 0x0000_0000,
+            Status::SharingViolation => 0xC000_0043,
+            Status::DeletePending => 0xC000_0056,
+            Status::LockNotGranted => 0xC000_0055,
+            Status::FileLockConflict => 0xC000_0054,
+            Status::RangeNotLocked => 0xC000_007E,
+            Status::InvalidParameter => 0xC000_000D,
+            Status::InvalidHandle => 0xC000_0008,
+            Status::Cancelled => 0xC000_0120,
+            Status::CannotDelete => 0xC000_0121,
+            Status::InvalidOplockProtocol => 0xC000_00E3,
+            Status::NotFound => 0xC000_0034,
+            Status::RequestNotAccepted => 0xC000_00D0,
+            Status::InvalidDeviceState => 0xC000_0184,
+            Status::InvalidLockRange => 0xC000_01A1,
+            Status::Unsuccessful => 0xC000_0001,
+        }
+    }
+
+    pub fn from_wire(v: u16) -> Option<Status> {
+        use Status::*;
+        Some(match v {
+            0 => Success,
+            1 => SharingViolation,
+            2 => DeletePending,
+            3 => LockNotGranted,
+            4 => FileLockConflict,
+            5 => RangeNotLocked,
+            6 => InvalidParameter,
+            7 => InvalidHandle,
+            8 => Cancelled,
+            9 => CannotDelete,
+            10 => InvalidOplockProtocol,
+            11 => NotFound,
+            12 => RequestNotAccepted,
+            13 => InvalidDeviceState,
+            14 => InvalidLockRange,
+            15 => Unsuccessful,
+            _ => return None,
+        })
+    }
+}
+
+/// CREATE parameters the engine needs (a subset of MS-SMB2 2.2.13).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct OpenRequest {
+    pub file: FileId,
+    /// Granted access mask after generic mapping (see `access`).
+    pub access: u32,
+    /// Share access (see `share`).
+    pub share: u32,
+    /// FILE_DELETE_ON_CLOSE was in CreateOptions (the caller has already checked DELETE access).
+    pub delete_on_close: bool,
+    /// The file is a directory: no oplocks; leases only R/RH.
+    pub directory: bool,
+    /// The create overwrites/supersedes the file (dispositions OVERWRITE, OVERWRITE_IF,
+    /// SUPERSEDE): breaks all caching to NONE rather than to Level II / R.
+    pub overwrite: bool,
+    pub client_guid: ClientGuid,
+    pub oplock: OplockRequest,
+}
+
+/// Requests a session sends to the engine.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Request {
+    /// CREATE: share-mode check, then oplock/lease grant. May be deferred while breaks resolve.
+    Open(OpenRequest),
+    /// CLOSE: drops the open, its byte-range locks and its oplock; may delete-on-close.
+    Close { open: OpenId },
+    /// SET_INFO FileDispositionInformation (MS-FSA 2.1.5.14.3): set or clear delete-pending.
+    SetDeletePending { open: OpenId, delete: bool },
+    /// LOCK with lock flags (MS-SMB2 3.3.5.14). Several elements are applied in order and all
+    /// rolled back if one fails. A request that does not fail immediately must have one element.
+    Lock {
+        open: OpenId,
+        ranges: Vec<LockRange>,
+        fail_immediately: bool,
+    },
+    /// LOCK with SMB2_LOCKFLAG_UNLOCK: each range must match a held lock exactly.
+    Unlock {
+        open: OpenId,
+        ranges: Vec<LockRange>,
+    },
+    /// SMB2 CANCEL of a waiting request (a blocking lock or a deferred open) of this session.
+    Cancel { request: RequestId },
+    /// The mandatory byte-range-lock check for READ/WRITE (MS-FSA 2.1.4.10).
+    CheckIo {
+        open: OpenId,
+        offset: u64,
+        length: u64,
+        write: bool,
+    },
+    /// OPLOCK_BREAK acknowledgement (MS-SMB2 3.3.5.22.1).
+    OplockBreakAck { open: OpenId, level: OplockLevel },
+    /// LEASE_BREAK acknowledgement (MS-SMB2 3.3.5.22.2).
+    LeaseBreakAck {
+        client_guid: ClientGuid,
+        key: LeaseKey,
+        state: LeaseState,
+    },
+}
+
+/// The immediate or deferred answer to a request.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Reply {
+    /// The open was granted.
+    Opened { open: OpenId, grant: OplockGrant },
+    /// The request waits (a create waiting for breaks; a blocking lock). A later `Completed`
+    /// event with the same request id carries the final reply. Maps to SMB2 STATUS_PENDING.
+    Pending,
+    /// The request finished with this status (and nothing else to say).
+    Done(Status),
+    /// Answer to `Close`: whether the close deleted the file (delete-on-close / delete-pending
+    /// and this was the last open), so the smbd node must unlink it.
+    Closed { delete_file: bool },
+    /// Answer to `LeaseBreakAck` / `OplockBreakAck` carrying the resulting state.
+    Acked { grant: OplockGrant },
+}
+
+/// What the engine asks of a session without being asked: addressed by `SessionId`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Notification {
+    /// Break an oplock (MS-SMB2 2.2.23.1): the holder's node sends OPLOCK_BREAK to its client.
+    OplockBreak {
+        open: OpenId,
+        new_level: OplockLevel,
+    },
+    /// Break a lease (MS-SMB2 2.2.23.2).
+    LeaseBreak {
+        client_guid: ClientGuid,
+        key: LeaseKey,
+        current: LeaseState,
+        new: LeaseState,
+        /// v2 leases: the new epoch.
+        epoch: Option<u16>,
+        /// SMB2_NOTIFY_BREAK_LEASE_FLAG_ACK_REQUIRED.
+        ack_required: bool,
+    },
+    /// A deferred request (reply was `Pending`) has finished.
+    Completed { request: RequestId, reply: Reply },
+}
+
+/// An output of the engine: a reply or notification for one session.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Output {
+    Reply {
+        session: SessionId,
+        request: RequestId,
+        reply: Reply,
+    },
+    Notify {
+        session: SessionId,
+        notification: Notification,
+    },
+}

@@ -1,0 +1,1 @@
+//! lockmgr wire protocol: versioned little-endian frames, batching, session authentication

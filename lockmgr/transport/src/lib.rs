@@ -1,0 +1,1 @@
+//! lockmgr transports: shared-memory rings, UDP, raw Ethernet, RDMA

@@ -1,0 +1,1 @@
+//! SMB authentication and crypto: SPNEGO/NTLMv2, signing, encryption, key derivation

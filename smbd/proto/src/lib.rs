@@ -1,0 +1,1 @@
+//! SMB2/SMB3 message codec, no I/O

@@ -1,0 +1,1 @@
+//! SMB2/SMB3 file server on io_uring

@@ -1,0 +1,1 @@
+//! SMB Direct (MS-SMBD) proxy daemon
