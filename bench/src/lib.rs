@@ -1,1 +1,6 @@
-//! Latency benchmark harness for lockmgr and smbd
+//! lockbench: latency harness for the lock manager (and, later, smbd).
+//!
+//! Every figure printed is compared with a baseline measured in the same run (a raw ping-pong over
+//! the same transport), because these machines are noisy: an absolute number means little alone.
+
+pub mod report;

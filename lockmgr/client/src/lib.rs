@@ -1,1 +1,464 @@
-//! lockmgr client library for smbd: non-blocking requests, completions and breaks as events
+//! lockmgr client library for smbd nodes.
+//!
+//! Built for an io_uring / epoll event loop: [`LockClient::submit`] never blocks (requests are
+//! batched into the next frame until [`LockClient::flush`]), and replies, deferred completions
+//! and break notifications come out of [`LockClient::poll`] as [`Event`]s. Only
+//! [`LockClient::connect`] (the authenticated handshake) and the convenience
+//! [`LockClient::call`] wait.
+
+use std::collections::VecDeque;
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+use lockmgr_engine::{Notification, Reply, Request, RequestId, SessionId};
+use lockmgr_proto::{
+    auth, decode_frame, ClusterKey, DecodeError, EncodeError, FrameWriter, Message, Nonce,
+    RejectReason, Role, Transcript, VERSION,
+};
+use lockmgr_transport::{ClientTransport, TransportError};
+use rand::RngCore;
+use thiserror::Error;
+
+/// Queued messages that trigger a send without an explicit flush.
+const AUTO_FLUSH_MESSAGES: usize = 1024;
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error("transport: {0}")]
+    Transport(#[from] TransportError),
+    #[error("lockmgrd rejected the session: {0:?}")]
+    Rejected(RejectReason),
+    #[error("lockmgrd could not prove it holds the cluster key")]
+    ServerNotAuthenticated,
+    #[error("malformed frame from lockmgrd: {0}")]
+    Decode(#[from] DecodeError),
+    #[error("encoding: {0}")]
+    Encode(#[from] EncodeError),
+    #[error("unexpected message during handshake")]
+    Handshake,
+    #[error("timed out")]
+    Timeout,
+    #[error("the lock manager ended the session")]
+    SessionEnded,
+}
+
+/// What the lock manager said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The immediate answer to a request.
+    Reply { request: RequestId, reply: Reply },
+    /// A break to deliver to an SMB client, or a deferred request's completion.
+    Notify(Notification),
+    /// Answer to a heartbeat (the session is alive).
+    HeartbeatAck { seq: u64 },
+    /// A chunk of the operator view.
+    StatusText { more: bool, text: String },
+}
+
+/// Settings for one node's session.
+#[derive(Clone)]
+pub struct ClientOptions {
+    pub node_name: String,
+    pub key: ClusterKey,
+    pub handshake_timeout: Duration,
+}
+
+/// One smbd node's authenticated session with lockmgrd.
+pub struct LockClient<T: ClientTransport> {
+    transport: T,
+    session: SessionId,
+    liveness: Duration,
+    next_request: u64,
+    next_heartbeat_seq: u64,
+    last_sent: Instant,
+    /// Messages submitted since the last flush.
+    pending: Vec<Message>,
+    /// Encoding buffer for outgoing frames.
+    outgoing: Vec<u8>,
+    /// Frames refused with `Full`.
+    backlog: VecDeque<Vec<u8>>,
+    /// Events received while `call` waited for a different reply.
+    stashed: VecDeque<Event>,
+    ended: bool,
+}
+
+impl<T: ClientTransport> LockClient<T> {
+    /// Runs the cluster-key challenge-response over `transport` (mutual: the server proves the
+    /// key too). Blocks up to `options.handshake_timeout`.
+    pub fn connect(mut transport: T, options: &ClientOptions) -> Result<LockClient<T>, ClientError> {
+        let deadline = Instant::now() + options.handshake_timeout;
+        let mut client_nonce: Nonce = [0; 32];
+        rand::thread_rng().fill_bytes(&mut client_nonce);
+        send_one(
+            &mut transport,
+            SessionId(0),
+            &Message::ClientHello {
+                node_name: options.node_name.clone(),
+                client_nonce,
+                min_version: VERSION,
+                max_version: VERSION,
+            },
+        )?;
+        let (session, version, server_nonce) = match recv_one(&mut transport, deadline)? {
+            Message::ServerChallenge { session_id, version, server_nonce } => {
+                (session_id, version, server_nonce)
+            }
+            Message::SessionRejected { reason } => return Err(ClientError::Rejected(reason)),
+            _ => return Err(ClientError::Handshake),
+        };
+        let transcript = Transcript {
+            node_name: &options.node_name,
+            client_nonce: &client_nonce,
+            server_nonce: &server_nonce,
+            session_id: session,
+            version,
+        };
+        let proof = auth::client_proof(&options.key, &transcript);
+        send_one(&mut transport, session, &Message::ClientProof { proof })?;
+        let liveness = match recv_one(&mut transport, deadline)? {
+            Message::SessionAccepted { session_id, liveness_lease_ms, server_proof } => {
+                if session_id != session
+                    || !auth::verify_proof(&options.key, Role::Server, &transcript, &server_proof)
+                {
+                    return Err(ClientError::ServerNotAuthenticated);
+                }
+                Duration::from_millis(u64::from(liveness_lease_ms))
+            }
+            Message::SessionRejected { reason } => return Err(ClientError::Rejected(reason)),
+            _ => return Err(ClientError::Handshake),
+        };
+        Ok(LockClient {
+            transport,
+            session,
+            liveness,
+            next_request: 1,
+            next_heartbeat_seq: 1,
+            last_sent: Instant::now(),
+            pending: Vec::with_capacity(64),
+            outgoing: Vec::with_capacity(lockmgr_proto::MAX_FRAME),
+            backlog: VecDeque::new(),
+            stashed: VecDeque::new(),
+            ended: false,
+        })
+    }
+
+    pub fn session(&self) -> SessionId {
+        self.session
+    }
+
+    /// The liveness lease the server granted: send something at least this often.
+    pub fn liveness(&self) -> Duration {
+        self.liveness
+    }
+
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+
+    /// Queues a request into the current frame and returns its id. Never blocks; call
+    /// [`flush`](Self::flush) to send (a full frame is sent automatically).
+    pub fn submit(&mut self, request: Request) -> Result<RequestId, ClientError> {
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        self.push(Message::Request { request_id: id, body: request })?;
+        Ok(id)
+    }
+
+    fn push(&mut self, msg: Message) -> Result<(), ClientError> {
+        if self.ended {
+            return Err(ClientError::SessionEnded);
+        }
+        self.pending.push(msg);
+        // A frame holds at most MAX_FRAME bytes; sending early keeps the queue bounded for
+        // callers that submit thousands of requests between flushes.
+        if self.pending.len() >= AUTO_FLUSH_MESSAGES {
+            self.send_outgoing()?;
+        }
+        Ok(())
+    }
+
+    /// Encodes every queued message into as few frames as possible and sends them.
+    fn send_outgoing(&mut self) -> Result<(), ClientError> {
+        let mut messages = std::mem::take(&mut self.pending);
+        let mut iter = messages.drain(..).peekable();
+        while iter.peek().is_some() {
+            self.outgoing.clear();
+            let mut writer = FrameWriter::new(&mut self.outgoing, self.session);
+            while let Some(msg) = iter.peek() {
+                match writer.push(msg) {
+                    Ok(()) => {
+                        iter.next();
+                    }
+                    Err(EncodeError::FrameFull) if !writer.is_empty() => break,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let len = writer.finish();
+            let frame = &self.outgoing[..len];
+            if !self.backlog.is_empty() {
+                self.backlog.push_back(frame.to_vec());
+                continue;
+            }
+            match self.transport.send(frame) {
+                Ok(()) => self.last_sent = Instant::now(),
+                Err(TransportError::Full) => self.backlog.push_back(frame.to_vec()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        drop(iter);
+        // Hand the (now empty) vector back so its capacity is reused.
+        self.pending = messages;
+        self.drain_backlog()
+    }
+
+    fn drain_backlog(&mut self) -> Result<(), ClientError> {
+        while let Some(frame) = self.backlog.front() {
+            match self.transport.send(frame) {
+                Ok(()) => {
+                    self.last_sent = Instant::now();
+                    self.backlog.pop_front();
+                }
+                Err(TransportError::Full) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends everything submitted so far.
+    pub fn flush(&mut self) -> Result<(), ClientError> {
+        self.drain_backlog()?;
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.send_outgoing()
+    }
+
+    /// Whether frames wait for room in the transport (call `poll` then `flush` again).
+    pub fn has_backlog(&self) -> bool {
+        !self.backlog.is_empty()
+    }
+
+    /// Non-blocking: delivers every event available now. Returns how many.
+    pub fn poll(&mut self, f: &mut dyn FnMut(Event)) -> Result<usize, ClientError> {
+        let mut n = 0;
+        while let Some(ev) = self.stashed.pop_front() {
+            f(ev);
+            n += 1;
+        }
+        let mut ended = false;
+        let mut decode_error = None;
+        let session = self.session;
+        let res = self.transport.poll(&mut |bytes| {
+            let frame = match decode_frame(bytes) {
+                Ok(f) => f,
+                Err(e) => {
+                    decode_error = Some(e);
+                    return;
+                }
+            };
+            if frame.session_id() != session {
+                tracing::debug!("frame for another session dropped");
+                return;
+            }
+            for msg in frame {
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(e) => {
+                        decode_error = Some(e);
+                        return;
+                    }
+                };
+                let ev = match msg {
+                    Message::Reply { request_id, body } => Event::Reply { request: request_id, reply: body },
+                    Message::Notify { body } => Event::Notify(body),
+                    Message::HeartbeatAck { seq } => Event::HeartbeatAck { seq },
+                    Message::StatusText { more, text } => Event::StatusText { more, text },
+                    Message::Goodbye | Message::SessionRejected { .. } => {
+                        ended = true;
+                        continue;
+                    }
+                    _ => continue,
+                };
+                n += 1;
+                f(ev);
+            }
+        });
+        if ended {
+            self.ended = true;
+        }
+        if let Some(e) = decode_error {
+            tracing::warn!(%e, "malformed frame from lockmgrd dropped");
+        }
+        match res {
+            Ok(_) => {}
+            Err(TransportError::Disconnected) => {
+                self.ended = true;
+                if n == 0 {
+                    return Err(ClientError::SessionEnded);
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+        if self.ended && n == 0 {
+            return Err(ClientError::SessionEnded);
+        }
+        if !self.backlog.is_empty() {
+            self.drain_backlog()?;
+        }
+        Ok(n)
+    }
+
+    /// Blocks until events may be available or `timeout` passes.
+    pub fn wait(&mut self, timeout: Option<Duration>) -> Result<(), ClientError> {
+        if !self.stashed.is_empty() {
+            return Ok(());
+        }
+        self.transport.wait(timeout)?;
+        Ok(())
+    }
+
+    /// Keeps the session alive: sends a heartbeat when nothing was sent for a third of the
+    /// liveness lease. Call it from the event loop's timer.
+    pub fn tick(&mut self, now: Instant) -> Result<(), ClientError> {
+        if now.duration_since(self.last_sent) >= self.liveness / 3 {
+            let seq = self.next_heartbeat_seq;
+            self.next_heartbeat_seq += 1;
+            self.push(Message::Heartbeat { seq })?;
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// An fd that becomes readable when events may be waiting (see
+    /// [`ClientTransport::as_raw_fd`]); call [`arm`](Self::arm) before sleeping on it.
+    pub fn as_raw_fd(&self) -> Option<RawFd> {
+        self.transport.as_raw_fd()
+    }
+
+    pub fn arm(&mut self) -> Result<bool, ClientError> {
+        if !self.stashed.is_empty() {
+            return Ok(false);
+        }
+        Ok(self.transport.arm()?)
+    }
+
+    /// Submits one request and waits for its immediate reply; other events that arrive meanwhile
+    /// are kept for the next `poll`. For tools and tests; smbd's event loop uses submit/poll.
+    pub fn call(&mut self, request: Request, timeout: Duration) -> Result<Reply, ClientError> {
+        let id = self.submit(request)?;
+        self.flush()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut found = None;
+            let mut others = Vec::new();
+            self.poll_transport_only(&mut |ev| match ev {
+                Event::Reply { request, reply } if request == id => found = Some(reply),
+                other => others.push(other),
+            })?;
+            self.stashed.extend(others);
+            if let Some(reply) = found {
+                return Ok(reply);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ClientError::Timeout);
+            }
+            self.transport.wait(Some(deadline - now))?;
+        }
+    }
+
+    /// Waits for the next event (for tools and tests).
+    pub fn next_event(&mut self, timeout: Duration) -> Result<Event, ClientError> {
+        if let Some(ev) = self.stashed.pop_front() {
+            return Ok(ev);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut got = Vec::new();
+            self.poll_transport_only(&mut |ev| got.push(ev))?;
+            self.stashed.extend(got);
+            if let Some(ev) = self.stashed.pop_front() {
+                return Ok(ev);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ClientError::Timeout);
+            }
+            self.transport.wait(Some(deadline - now))?;
+        }
+    }
+
+    fn poll_transport_only(&mut self, f: &mut dyn FnMut(Event)) -> Result<usize, ClientError> {
+        let stashed = std::mem::take(&mut self.stashed);
+        let res = self.poll(f);
+        self.stashed = stashed;
+        res
+    }
+
+    /// Asks lockmgrd for its operator view (nodes, sessions, opens, locks, breaks).
+    pub fn status(&mut self, timeout: Duration) -> Result<String, ClientError> {
+        self.push(Message::StatusQuery)?;
+        self.flush()?;
+        let deadline = Instant::now() + timeout;
+        let mut text = String::new();
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ClientError::Timeout);
+            }
+            match self.next_event(deadline - now)? {
+                Event::StatusText { more, text: chunk } => {
+                    text.push_str(&chunk);
+                    if !more {
+                        return Ok(text);
+                    }
+                }
+                other => self.stashed.push_back(other),
+            }
+        }
+    }
+
+    /// Ends the session in order: lockmgrd releases everything it held.
+    pub fn goodbye(mut self) -> Result<(), ClientError> {
+        self.push(Message::Goodbye)?;
+        self.flush()
+    }
+}
+
+fn send_one<T: ClientTransport>(t: &mut T, session: SessionId, msg: &Message) -> Result<(), ClientError> {
+    let mut buf = Vec::new();
+    let mut w = FrameWriter::new(&mut buf, session);
+    w.push(msg)?;
+    let len = w.finish();
+    t.send(&buf[..len])?;
+    Ok(())
+}
+
+fn recv_one<T: ClientTransport>(t: &mut T, deadline: Instant) -> Result<Message, ClientError> {
+    loop {
+        let mut got: Option<Result<Message, ClientError>> = None;
+        t.poll(&mut |bytes| {
+            if got.is_some() {
+                return;
+            }
+            got = Some(match decode_frame(bytes) {
+                Ok(mut frame) => match frame.next() {
+                    Some(Ok(m)) => Ok(m),
+                    Some(Err(e)) => Err(e.into()),
+                    None => Err(ClientError::Handshake),
+                },
+                Err(e) => Err(e.into()),
+            });
+        })?;
+        if let Some(r) = got {
+            return r;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(ClientError::Timeout);
+        }
+        t.wait(Some(deadline - now))?;
+    }
+}

@@ -1,1 +1,10 @@
-//! lockmgrd: the cluster lock manager daemon
+//! lockmgrd: the cluster lock manager daemon.
+//!
+//! [`server::Server`] runs the [`lockmgr_engine::Engine`] behind any
+//! [`lockmgr_transport::ServerTransport`]; [`config`] reads the TOML configuration.
+
+pub mod config;
+pub mod server;
+pub mod status;
+
+pub use server::{Server, ServerCounters, ServerOptions};

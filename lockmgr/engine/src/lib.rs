@@ -4,10 +4,24 @@
 //! [`Engine::handle`] (passing the current [`Time`]), fires timers with
 //! [`Engine::handle_timeout`] when [`Engine::poll_timeout`] says so, and drains replies and
 //! notifications with [`Engine::poll_output`].
+//!
+//! What it keeps, per file (a [`FileId`]):
+//! * share modes (MS-FSA 2.1.5.1.2.2) as O(1) counters, and File.DeletePending;
+//! * oplocks and leases (MS-SMB2 3.3.5.9, MS-FSA 2.1.4.12), with deferred creates waiting
+//!   for breaks;
+//! * byte-range locks (MS-FSA 2.1.4.10, 2.1.5.8) in an offset-ordered table bucketed by
+//!   length, with FIFO waiters.
 #![forbid(unsafe_code)]
 
+mod brl;
+mod engine;
+mod sharing;
+pub mod snapshot;
 pub mod types;
 
+pub use engine::Engine;
+pub use sharing::{map_generic, pair_conflicts};
+pub use snapshot::*;
 pub use types::*;
 
 /// Engine tunables.

@@ -1,1 +1,28 @@
-//! SMB authentication and crypto: SPNEGO/NTLMv2, signing, encryption, key derivation
+//! SMB authentication and crypto: SPNEGO/NTLMv2, signing, encryption, key derivation.
+//!
+//! This crate performs no I/O (apart from [`users::UserDb::load`], which reads the user file) and holds
+//! no connection state beyond what a single authentication exchange needs. The SMB server feeds it
+//! SESSION_SETUP security buffers ([`ntlm::NtlmServer::step`]) and whole SMB2 messages
+//! ([`signing`], [`encryption`]).
+#![forbid(unsafe_code)]
+
+pub mod encryption;
+pub mod kdf;
+pub mod keys;
+pub mod ntlm;
+pub mod preauth;
+pub mod signing;
+pub mod spnego;
+pub mod users;
+
+#[doc(hidden)]
+pub mod fuzzing;
+
+mod der;
+mod rc4;
+
+pub use encryption::CryptoError;
+pub use keys::{Cipher, Dialect, SessionKeys, SigningAlgorithm};
+pub use ntlm::{AuthError, AuthStep, NtlmServer};
+pub use signing::SignError;
+pub use users::{UserDb, UserDbError};

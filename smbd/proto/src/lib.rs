@@ -1,1 +1,41 @@
-//! SMB2/SMB3 message codec, no I/O
+//! SMB2/SMB3 message codec, no I/O.
+//!
+//! Server-side view: requests are decoded from bytes ([`Request::decode`]), responses are
+//! encoded into bytes ([`Response::encode`]). All offsets in SMB2 bodies are relative to the
+//! start of the SMB2 header of the message they belong to (MS-SMB2 2.2.1), so decoders take the
+//! whole message (header included) and encoders write header and body together.
+//!
+//! Nothing here panics on input: every read is bounds-checked and failures are [`DecodeError`].
+#![forbid(unsafe_code)]
+
+pub mod cursor;
+pub mod header;
+pub mod messages;
+pub mod smb1;
+pub mod status;
+
+pub use cursor::{DecodeError, Reader, Writer};
+pub use header::{Command, Header, HEADER_SIZE};
+pub use messages::*;
+
+/// Split a compound chain (MS-SMB2 3.3.5.2.7) into its messages by `NextCommand`.
+///
+/// Each slice starts at an SMB2 header. The last message extends to the end of `buf`.
+pub fn split_compound(buf: &[u8]) -> Result<Vec<&[u8]>, DecodeError> {
+    let mut out = Vec::new();
+    let mut rest = buf;
+    loop {
+        let hdr = Header::decode(rest)?;
+        let next = hdr.next_command as usize;
+        if next == 0 {
+            out.push(rest);
+            return Ok(out);
+        }
+        // NextCommand must leave room for a header and be 8-byte aligned (MS-SMB2 2.2.1.2).
+        if next < HEADER_SIZE || next > rest.len() || next % 8 != 0 {
+            return Err(DecodeError::BadOffset);
+        }
+        out.push(&rest[..next]);
+        rest = &rest[next..];
+    }
+}

@@ -1,1 +1,15 @@
-//! SMB2/SMB3 file server on io_uring
+//! SMB2/SMB3 file server on io_uring.
+//!
+//! Layout: [`config`] (TOML), [`shared`] (state shared by worker threads), [`worker`] (one
+//! io_uring event loop per thread, no thread per connection), [`conn`] (per-connection SMB
+//! state machine), [`ops`] (file service commands), [`fs`] (share filesystem access and
+//! info-class encoding), [`locking`] (the lock-service seam).
+
+pub mod config;
+pub mod conn;
+pub mod fs;
+pub mod locking;
+pub mod ops;
+pub mod server;
+pub mod shared;
+pub mod worker;

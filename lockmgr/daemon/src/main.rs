@@ -1,0 +1,148 @@
+//! lockmgrd: serves the lock engine over one transport until SIGTERM/SIGINT.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use lockmgr_engine::Config as EngineConfig;
+use lockmgr_proto::ClusterKey;
+use lockmgr_transport::shm::{ShmConfig, ShmServer};
+use lockmgr_transport::udp::{UdpConfig, UdpServer};
+use lockmgr_transport::{ServerTransport, SpinConfig};
+use lockmgrd::config::{self, Config, TransportKind};
+use lockmgrd::{Server, ServerOptions};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The cluster lock manager: share modes, byte-range locks, oplocks and leases for every smbd node.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Cli {
+    /// TOML configuration file (see the crate docs of lockmgrd::config for every key).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Transport (overrides the config file).
+    #[arg(long, value_enum)]
+    transport: Option<TransportKind>,
+    /// shm: unix socket path; udp: ADDR:PORT (overrides the config file).
+    #[arg(long)]
+    listen: Option<String>,
+    /// File holding the cluster key (at least 16 bytes; overrides the config file).
+    #[arg(long)]
+    cluster_key_file: Option<PathBuf>,
+    /// Busy-poll budget in microseconds before sleeping (0 = always sleep).
+    #[arg(long)]
+    spin_us: Option<u64>,
+    /// A node silent this long is declared dead and its state released.
+    #[arg(long)]
+    liveness_ms: Option<u64>,
+    /// Oplock/lease break acknowledgement timeout.
+    #[arg(long)]
+    break_timeout_ms: Option<u64>,
+    /// Log filter (tracing-subscriber EnvFilter syntax), e.g. info or lockmgrd=debug.
+    #[arg(long, default_value = "info")]
+    log: String,
+}
+
+fn build_config(cli: &Cli) -> Result<Config, config::ConfigError> {
+    let mut cfg = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => {
+            let kind = cli.transport.ok_or(config::ConfigError::Invalid {
+                field: "--transport",
+                message: "needed when no --config is given".into(),
+            })?;
+            let listen = cli.listen.clone().ok_or(config::ConfigError::Invalid {
+                field: "--listen",
+                message: "needed when no --config is given".into(),
+            })?;
+            Config {
+                cluster_key_file: None,
+                cluster_key_hex: None,
+                transport: config::TransportConfig { kind, listen, spin_us: 50 },
+                engine: Default::default(),
+                sessions: Default::default(),
+            }
+        }
+    };
+    if let Some(kind) = cli.transport {
+        cfg.transport.kind = kind;
+    }
+    if let Some(listen) = &cli.listen {
+        cfg.transport.listen = listen.clone();
+    }
+    if let Some(path) = &cli.cluster_key_file {
+        cfg.cluster_key_file = Some(path.clone());
+        cfg.cluster_key_hex = None;
+    }
+    if let Some(v) = cli.spin_us {
+        cfg.transport.spin_us = v;
+    }
+    if let Some(v) = cli.liveness_ms {
+        cfg.sessions.liveness_ms = v;
+    }
+    if let Some(v) = cli.break_timeout_ms {
+        cfg.engine.break_timeout_ms = v;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn serve<T: ServerTransport>(transport: T, options: ServerOptions) -> Result<(), String> {
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, Arc::clone(&shutdown))
+            .map_err(|e| format!("cannot install signal handler: {e}"))?;
+    }
+    let mut server = Server::new(transport, options);
+    server.run(&shutdown).map_err(|e| format!("transport failed: {e}"))?;
+    tracing::info!(counters = ?server.counters(), "lockmgrd stopped");
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let cfg = build_config(&cli).map_err(|e| e.to_string())?;
+    let key_bytes = cfg.cluster_key().map_err(|e| e.to_string())?;
+    let key = ClusterKey::new(&key_bytes).map_err(|e| format!("cluster key: {e}"))?;
+    let options = ServerOptions {
+        key,
+        liveness: Duration::from_millis(cfg.sessions.liveness_ms),
+        engine: EngineConfig { break_timeout: lockmgr_engine::Duration::from_millis(cfg.engine.break_timeout_ms) },
+    };
+    let spin = SpinConfig { spin: Duration::from_micros(cfg.transport.spin_us) };
+    match cfg.transport.kind {
+        TransportKind::Shm => {
+            let server = ShmServer::bind(&cfg.transport.listen, ShmConfig { spin, ..ShmConfig::default() })
+                .map_err(|e| format!("cannot listen on {}: {e}", cfg.transport.listen))?;
+            tracing::info!(listen = %cfg.transport.listen, "lockmgrd listening (shm)");
+            serve(server, options)
+        }
+        TransportKind::Udp => {
+            // validate() checked that this parses.
+            let addr = cfg.transport.listen.parse().map_err(|e| format!("listen address: {e}"))?;
+            let server = UdpServer::bind(addr, UdpConfig { spin, ..UdpConfig::default() })
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            let local = server.local_addr().map_err(|e| e.to_string())?;
+            tracing::info!(listen = %local, "lockmgrd listening (udp)");
+            serve(server, options)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lockmgrd: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

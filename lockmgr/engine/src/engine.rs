@@ -1,0 +1,1281 @@
+//! The engine state machine.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+
+use crate::brl::{blocks, range_is_valid, LockRef, LockTable, Span};
+use crate::sharing::{is_stat_open, map_generic, ShareCounters};
+use crate::snapshot::{
+    BreakHolder, BreakInfo, DeferredOpenInfo, LockInfo, LockWaiterInfo, OpenInfo, SessionInfo,
+    Snapshot, Stats,
+};
+use crate::types::{
+    ClientGuid, FileId, Lease, LeaseKey, LeaseState, LockRange, Notification, OpenId, OpenRequest,
+    OplockGrant, OplockLevel, OplockRequest, Output, Reply, Request, RequestId, SessionId, Status,
+    Time,
+};
+use crate::Config;
+
+type LeaseId = (ClientGuid, LeaseKey);
+
+/// Something holding caching state on a file: an open's oplock or a lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Holder {
+    Oplock(OpenId),
+    Lease(LeaseId),
+}
+
+/// A break sent with ack required, not yet acknowledged.
+#[derive(Clone, Copy, Debug)]
+struct Break {
+    to: LeaseState,
+    deadline: Time,
+    seq: u64,
+}
+
+/// Oplocks expressed as caching bits so oplocks and leases share one break algorithm:
+/// Batch = RWH, Exclusive = RW, Level II = R (MS-SMB2 3.3.1.4 maps them the same way).
+fn oplock_state(level: OplockLevel) -> LeaseState {
+    match level {
+        OplockLevel::None => LeaseState::NONE,
+        OplockLevel::LevelII => LeaseState::READ,
+        OplockLevel::Exclusive => LeaseState::RW,
+        OplockLevel::Batch => LeaseState::RWH,
+    }
+}
+
+/// The strongest oplock level within `state` (an oplock cannot express RH: it becomes Level II).
+fn oplock_level(state: LeaseState) -> OplockLevel {
+    if state.contains(LeaseState::RWH) {
+        OplockLevel::Batch
+    } else if state.contains(LeaseState::RW) {
+        OplockLevel::Exclusive
+    } else if state.contains(LeaseState::READ) {
+        OplockLevel::LevelII
+    } else {
+        OplockLevel::None
+    }
+}
+
+const fn without(state: LeaseState, bits: LeaseState) -> LeaseState {
+    LeaseState(state.0 & !bits.0)
+}
+
+#[derive(Clone, Copy, Debug)]
+enum PendingRef {
+    Lock(FileId),
+    Open(FileId),
+}
+
+#[derive(Debug, Default)]
+struct SessionState {
+    opens: HashSet<OpenId>,
+    pending: HashMap<RequestId, PendingRef>,
+}
+
+#[derive(Debug)]
+struct OpenState {
+    session: SessionId,
+    file: FileId,
+    access: u32,
+    share: u32,
+    delete_on_close: bool,
+    directory: bool,
+    lease: Option<LeaseId>,
+    /// Oplock held by this open (as caching bits); always NONE for lease opens.
+    oplock: LeaseState,
+    oplock_break: Option<Break>,
+    locks: HashSet<LockRef>,
+}
+
+#[derive(Debug)]
+struct LeaseRec {
+    file: FileId,
+    state: LeaseState,
+    /// `Some` for v2 leases.
+    epoch: Option<u16>,
+    parent_key: Option<LeaseKey>,
+    opens: Vec<OpenId>,
+    breaking: Option<Break>,
+}
+
+#[derive(Clone, Debug)]
+struct LockWaiter {
+    session: SessionId,
+    request: RequestId,
+    open: OpenId,
+    offset: u64,
+    length: u64,
+    exclusive: bool,
+}
+
+#[derive(Clone, Debug)]
+struct DeferredOpen {
+    session: SessionId,
+    request: RequestId,
+    req: OpenRequest,
+    /// Breaks this create waits for; it is retried when none of them is in flight any more.
+    waiting: Vec<Holder>,
+}
+
+#[derive(Debug, Default)]
+struct FileState {
+    open_count: usize,
+    counters: ShareCounters,
+    delete_pending: bool,
+    locks: LockTable,
+    lock_waiters: VecDeque<LockWaiter>,
+    deferred: VecDeque<DeferredOpen>,
+    /// Opens holding (or breaking) a non-NONE oplock.
+    oplock_holders: Vec<OpenId>,
+    /// Leases with at least one open on this file.
+    leases: Vec<LeaseId>,
+}
+
+impl FileState {
+    fn is_idle(&self) -> bool {
+        self.open_count == 0
+            && !self.delete_pending
+            && self.locks.is_empty()
+            && self.lock_waiters.is_empty()
+            && self.deferred.is_empty()
+            && self.oplock_holders.is_empty()
+            && self.leases.is_empty()
+    }
+}
+
+enum Attempt {
+    Done(Reply),
+    Wait(Vec<Holder>),
+}
+
+fn waiters_block<'a>(
+    mut older: impl Iterator<Item = &'a LockWaiter>,
+    span: Option<Span>,
+    open: OpenId,
+    exclusive: bool,
+) -> bool {
+    let Some(span) = span else {
+        return false;
+    };
+    older.any(|w| {
+        Span::of(w.offset, w.length).is_some_and(|ws| ws.overlaps(span))
+            && blocks(w.open, w.exclusive, open, exclusive, true)
+    })
+}
+
+/// The lock engine. See the crate documentation for how to drive it.
+#[derive(Debug)]
+pub struct Engine {
+    config: Config,
+    sessions: HashMap<SessionId, SessionState>,
+    opens: HashMap<OpenId, OpenState>,
+    files: HashMap<FileId, FileState>,
+    leases: HashMap<LeaseId, LeaseRec>,
+    timers: BTreeMap<(Time, u64), Holder>,
+    outputs: VecDeque<Output>,
+    orphaned_deletes: BTreeSet<FileId>,
+    next_open: u64,
+    next_seq: u64,
+    scratch: Vec<LockRef>,
+    stats: Stats,
+}
+
+impl Engine {
+    pub fn new(config: Config) -> Engine {
+        Engine {
+            config,
+            sessions: HashMap::new(),
+            opens: HashMap::new(),
+            files: HashMap::new(),
+            leases: HashMap::new(),
+            timers: BTreeMap::new(),
+            outputs: VecDeque::new(),
+            orphaned_deletes: BTreeSet::new(),
+            next_open: 1,
+            next_seq: 0,
+            scratch: Vec::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Register a session (one smbd node's connection). Ids are chosen by the daemon.
+    /// Registering a live session again changes nothing.
+    pub fn open_session(&mut self, session: SessionId) {
+        self.sessions.entry(session).or_default();
+    }
+
+    /// The session ended: release all its opens, byte-range locks, oplocks, leases and waiting
+    /// requests; other sessions' waiters proceed. Outputs addressed to it are dropped.
+    ///
+    /// If the session held the last open of a delete-pending file, nobody is left to unlink
+    /// it: the file is recorded in [`Engine::take_orphaned_deletes`] (and the snapshot), and
+    /// new opens of it fail with DeletePending until the daemon takes it.
+    pub fn end_session(&mut self, now: Time, session: SessionId) {
+        let Some(state) = self.sessions.remove(&session) else {
+            return;
+        };
+        self.stats.sessions_ended_total += 1;
+        let mut touched = BTreeSet::new();
+        for (request, pending) in state.pending {
+            match pending {
+                PendingRef::Lock(f) => {
+                    if let Some(file) = self.files.get_mut(&f) {
+                        file.lock_waiters
+                            .retain(|w| !(w.session == session && w.request == request));
+                    }
+                    touched.insert(f);
+                }
+                PendingRef::Open(f) => {
+                    if let Some(file) = self.files.get_mut(&f) {
+                        file.deferred
+                            .retain(|d| !(d.session == session && d.request == request));
+                    }
+                    touched.insert(f);
+                }
+            }
+        }
+        let mut opens: Vec<OpenId> = state.opens.into_iter().collect();
+        opens.sort_unstable();
+        for open in opens {
+            if let Some((f, delete)) = self.remove_open(open) {
+                if delete {
+                    self.orphaned_deletes.insert(f);
+                }
+                touched.insert(f);
+            }
+        }
+        for f in touched {
+            self.after_release(now, f);
+        }
+        self.outputs.retain(|o| match o {
+            Output::Reply { session: s, .. } | Output::Notify { session: s, .. } => *s != session,
+        });
+    }
+
+    /// Files whose last open disappeared with its session while delete-pending; the daemon
+    /// should have one node unlink them. Taking them lets new opens of those ids proceed.
+    pub fn take_orphaned_deletes(&mut self) -> Vec<FileId> {
+        std::mem::take(&mut self.orphaned_deletes)
+            .into_iter()
+            .collect()
+    }
+
+    /// One request of a session. Exactly one `Output::Reply` results for it.
+    pub fn handle(&mut self, now: Time, session: SessionId, request: RequestId, req: Request) {
+        self.stats.requests_total += 1;
+        let Some(state) = self.sessions.get(&session) else {
+            self.reply(session, request, Reply::Done(Status::RequestNotAccepted));
+            return;
+        };
+        // A request id must be unambiguous for Cancel and for the later Completed.
+        if !state.pending.is_empty() && state.pending.contains_key(&request) {
+            self.reply(session, request, Reply::Done(Status::InvalidParameter));
+            return;
+        }
+        match req {
+            Request::Open(o) => self.do_open(now, session, request, o),
+            Request::Close { open } => self.do_close(now, session, request, open),
+            Request::SetDeletePending { open, delete } => {
+                let status = match self.owned(session, open) {
+                    Some(o) => {
+                        let f = o.file;
+                        if let Some(file) = self.files.get_mut(&f) {
+                            file.delete_pending = delete;
+                        }
+                        Status::Success
+                    }
+                    None => Status::InvalidHandle,
+                };
+                self.reply(session, request, Reply::Done(status));
+            }
+            Request::Lock {
+                open,
+                ranges,
+                fail_immediately,
+            } => self.do_lock(now, session, request, open, &ranges, fail_immediately),
+            Request::Unlock { open, ranges } => {
+                self.do_unlock(now, session, request, open, &ranges)
+            }
+            Request::Cancel { request: target } => self.do_cancel(now, session, request, target),
+            Request::CheckIo {
+                open,
+                offset,
+                length,
+                write,
+            } => self.do_check_io(now, session, request, open, offset, length, write),
+            Request::OplockBreakAck { open, level } => {
+                self.do_oplock_ack(now, session, request, open, level)
+            }
+            Request::LeaseBreakAck {
+                client_guid,
+                key,
+                state,
+            } => self.do_lease_ack(now, session, request, (client_guid, key), state),
+        }
+    }
+
+    /// Fire due timers: unacknowledged breaks complete as if acknowledged to None
+    /// (MS-SMB2 3.3.6.3 oplock break and 3.3.6.5 lease break acknowledgment timers).
+    pub fn handle_timeout(&mut self, now: Time) {
+        while let Some((&(deadline, seq), &holder)) = self.timers.first_key_value() {
+            if deadline > now {
+                break;
+            }
+            self.timers.remove(&(deadline, seq));
+            let file = match holder {
+                Holder::Oplock(o) => match self.opens.get_mut(&o) {
+                    Some(open) if open.oplock_break.is_some_and(|b| b.seq == seq) => {
+                        open.oplock_break = None;
+                        open.oplock = LeaseState::NONE;
+                        let f = open.file;
+                        if let Some(file) = self.files.get_mut(&f) {
+                            file.oplock_holders.retain(|x| *x != o);
+                        }
+                        Some(f)
+                    }
+                    _ => None,
+                },
+                Holder::Lease(id) => match self.leases.get_mut(&id) {
+                    Some(rec) if rec.breaking.is_some_and(|b| b.seq == seq) => {
+                        rec.breaking = None;
+                        rec.state = LeaseState::NONE;
+                        Some(rec.file)
+                    }
+                    _ => None,
+                },
+            };
+            if let Some(f) = file {
+                self.stats.break_timeouts_total += 1;
+                self.run_deferred(now, f);
+            }
+        }
+    }
+
+    /// Earliest time [`Engine::handle_timeout`] must be called, if any.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.timers.first_key_value().map(|(&(t, _), _)| t)
+    }
+
+    /// Next reply or notification to send.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let mut snap = Snapshot::default();
+        for (id, s) in &self.sessions {
+            snap.sessions.push(SessionInfo {
+                session: *id,
+                opens: s.opens.len(),
+                pending_requests: s.pending.len(),
+            });
+        }
+        snap.sessions.sort_by_key(|s| s.session);
+        for (id, o) in &self.opens {
+            snap.opens.push(OpenInfo {
+                open: *id,
+                session: o.session,
+                file: o.file,
+                access: o.access,
+                share: o.share,
+                delete_on_close: o.delete_on_close,
+                directory: o.directory,
+                caching: self.grant_of(o),
+            });
+            if let Some(b) = o.oplock_break {
+                snap.breaks.push(BreakInfo {
+                    session: o.session,
+                    file: o.file,
+                    holder: BreakHolder::Oplock {
+                        open: *id,
+                        from: oplock_level(o.oplock),
+                        to: oplock_level(b.to),
+                    },
+                    deadline: b.deadline,
+                });
+            }
+        }
+        snap.opens.sort_by_key(|o| o.open);
+        for (id, rec) in &self.leases {
+            if let Some(b) = rec.breaking {
+                snap.breaks.push(BreakInfo {
+                    session: self.lease_session(rec).unwrap_or_default(),
+                    file: rec.file,
+                    holder: BreakHolder::Lease {
+                        client_guid: id.0,
+                        key: id.1,
+                        from: rec.state,
+                        to: b.to,
+                    },
+                    deadline: b.deadline,
+                });
+            }
+        }
+        snap.breaks.sort_by_key(|b| (b.deadline, b.file));
+        for (f, file) in &self.files {
+            for (offset, held) in file.locks.iter() {
+                snap.locks.push(LockInfo {
+                    file: *f,
+                    open: held.open,
+                    offset,
+                    length: held.length,
+                    exclusive: held.exclusive,
+                });
+            }
+            for w in &file.lock_waiters {
+                snap.lock_waiters.push(LockWaiterInfo {
+                    session: w.session,
+                    request: w.request,
+                    file: *f,
+                    open: w.open,
+                    offset: w.offset,
+                    length: w.length,
+                    exclusive: w.exclusive,
+                });
+            }
+            for d in &file.deferred {
+                snap.deferred_opens.push(DeferredOpenInfo {
+                    session: d.session,
+                    request: d.request,
+                    file: *f,
+                });
+            }
+            if file.delete_pending {
+                snap.delete_pending.push(*f);
+            }
+        }
+        snap.locks
+            .sort_by_key(|l| (l.file, l.offset, l.length, l.open, l.exclusive));
+        // Waiters keep their FIFO order within a file; files are ordered by id.
+        snap.lock_waiters.sort_by_key(|w| w.file);
+        snap.deferred_opens.sort_by_key(|d| d.file);
+        snap.delete_pending.sort_unstable();
+        snap.orphaned_deletes = self.orphaned_deletes.iter().copied().collect();
+        snap
+    }
+
+    pub fn stats(&self) -> Stats {
+        let mut s = self.stats;
+        s.sessions = self.sessions.len();
+        s.files = self.files.len();
+        s.opens = self.opens.len();
+        s.leases = self.leases.len();
+        s.locks_held = self.files.values().map(|f| f.locks.len()).sum();
+        s.lock_waiters = self.files.values().map(|f| f.lock_waiters.len()).sum();
+        s.deferred_opens = self.files.values().map(|f| f.deferred.len()).sum();
+        s.breaks_pending = self.timers.len();
+        s.orphaned_deletes = self.orphaned_deletes.len();
+        s
+    }
+
+    // ----- helpers -------------------------------------------------------------------------
+
+    fn reply(&mut self, session: SessionId, request: RequestId, reply: Reply) {
+        self.outputs.push_back(Output::Reply {
+            session,
+            request,
+            reply,
+        });
+    }
+
+    fn notify(&mut self, session: SessionId, notification: Notification) {
+        self.outputs.push_back(Output::Notify {
+            session,
+            notification,
+        });
+    }
+
+    fn complete(&mut self, session: SessionId, request: RequestId, reply: Reply) {
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.pending.remove(&request);
+        }
+        self.notify(session, Notification::Completed { request, reply });
+    }
+
+    /// The open, if it exists and belongs to `session`: no session can touch another's state.
+    fn owned(&self, session: SessionId, open: OpenId) -> Option<&OpenState> {
+        self.opens.get(&open).filter(|o| o.session == session)
+    }
+
+    fn lease_session(&self, rec: &LeaseRec) -> Option<SessionId> {
+        rec.opens
+            .first()
+            .and_then(|o| self.opens.get(o))
+            .map(|o| o.session)
+    }
+
+    fn lease_grant(id: LeaseId, rec: &LeaseRec) -> OplockGrant {
+        OplockGrant::Lease(Lease {
+            key: id.1,
+            state: rec.state,
+            parent_key: rec.parent_key,
+            epoch: rec.epoch,
+        })
+    }
+
+    fn grant_of(&self, o: &OpenState) -> OplockGrant {
+        match o.lease {
+            Some(id) => match self.leases.get(&id) {
+                Some(rec) => Self::lease_grant(id, rec),
+                None => OplockGrant::None,
+            },
+            None if o.oplock == LeaseState::NONE => OplockGrant::None,
+            None => OplockGrant::Oplock(oplock_level(o.oplock)),
+        }
+    }
+
+    fn holder_state(&self, h: Holder) -> LeaseState {
+        match h {
+            Holder::Oplock(o) => self.opens.get(&o).map_or(LeaseState::NONE, |o| o.oplock),
+            Holder::Lease(id) => self.leases.get(&id).map_or(LeaseState::NONE, |r| r.state),
+        }
+    }
+
+    fn holder_breaking(&self, h: Holder) -> bool {
+        match h {
+            Holder::Oplock(o) => self.opens.get(&o).is_some_and(|o| o.oplock_break.is_some()),
+            Holder::Lease(id) => self.leases.get(&id).is_some_and(|r| r.breaking.is_some()),
+        }
+    }
+
+    /// Caching holders of a file other than `except_lease` / `except_open`.
+    fn holders(
+        &self,
+        f: FileId,
+        except_open: Option<OpenId>,
+        except_lease: Option<LeaseId>,
+    ) -> Vec<Holder> {
+        let Some(file) = self.files.get(&f) else {
+            return Vec::new();
+        };
+        if file.oplock_holders.is_empty() && file.leases.is_empty() {
+            return Vec::new();
+        }
+        let mut out = Vec::with_capacity(file.oplock_holders.len() + file.leases.len());
+        out.extend(
+            file.oplock_holders
+                .iter()
+                .filter(|o| Some(**o) != except_open)
+                .map(|o| Holder::Oplock(*o)),
+        );
+        out.extend(
+            file.leases
+                .iter()
+                .filter(|l| Some(**l) != except_lease)
+                .map(|l| Holder::Lease(*l)),
+        );
+        out
+    }
+
+    /// Send a break of `h` to `to`. With `ack` the holder keeps its state until it acks or the
+    /// break times out; without, the new state applies at once (MS-SMB2 3.3.4.6/3.3.4.7:
+    /// breaks from Level II / R-only need no acknowledgment).
+    fn send_break(&mut self, now: Time, h: Holder, to: LeaseState, ack: bool) {
+        let deadline = now.saturating_add(self.config.break_timeout);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.stats.breaks_sent_total += 1;
+        match h {
+            Holder::Oplock(o) => {
+                let Some(open) = self.opens.get_mut(&o) else {
+                    return;
+                };
+                let session = open.session;
+                let f = open.file;
+                if ack {
+                    open.oplock_break = Some(Break { to, deadline, seq });
+                    self.timers.insert((deadline, seq), h);
+                } else {
+                    open.oplock = to;
+                    if to == LeaseState::NONE {
+                        if let Some(file) = self.files.get_mut(&f) {
+                            file.oplock_holders.retain(|x| *x != o);
+                        }
+                    }
+                }
+                self.notify(
+                    session,
+                    Notification::OplockBreak {
+                        open: o,
+                        new_level: oplock_level(to),
+                    },
+                );
+            }
+            Holder::Lease(id) => {
+                let session = match self.leases.get(&id) {
+                    Some(rec) => self.lease_session(rec).unwrap_or_default(),
+                    None => return,
+                };
+                let Some(rec) = self.leases.get_mut(&id) else {
+                    return;
+                };
+                let current = rec.state;
+                // MS-SMB2 3.3.4.7: a v2 lease's epoch is incremented with each break.
+                rec.epoch = rec.epoch.map(|e| e.wrapping_add(1));
+                let epoch = rec.epoch;
+                if ack {
+                    rec.breaking = Some(Break { to, deadline, seq });
+                    self.timers.insert((deadline, seq), h);
+                } else {
+                    rec.state = to;
+                }
+                self.notify(
+                    session,
+                    Notification::LeaseBreak {
+                        client_guid: id.0,
+                        key: id.1,
+                        current,
+                        new: to,
+                        epoch,
+                        ack_required: ack,
+                    },
+                );
+            }
+        }
+    }
+
+    /// MS-FSA 2.1.4.12 for WRITE and LOCK_CONTROL: Level II oplocks and read-caching leases of
+    /// other opens (other lease keys) break to none. Nobody waits for these: without H no ack
+    /// is required; a lease holding H is asked to ack, but the I/O proceeds.
+    fn break_read_holders(&mut self, now: Time, f: FileId, requester: OpenId) {
+        let except_lease = self.opens.get(&requester).and_then(|o| o.lease);
+        for h in self.holders(f, Some(requester), except_lease) {
+            let cur = self.holder_state(h);
+            if !cur.contains(LeaseState::READ)
+                || cur.contains(LeaseState::WRITE)
+                || self.holder_breaking(h)
+            {
+                continue;
+            }
+            let ack = cur.contains(LeaseState::HANDLE);
+            self.send_break(now, h, LeaseState::NONE, ack);
+        }
+    }
+
+    fn gc_file(&mut self, f: FileId) {
+        if self.files.get(&f).is_some_and(FileState::is_idle) {
+            self.files.remove(&f);
+        }
+    }
+
+    /// After locks or opens went away: grant waiters, retry deferred creates, drop idle state.
+    fn after_release(&mut self, now: Time, f: FileId) {
+        self.process_lock_waiters(now, f);
+        self.run_deferred(now, f);
+        self.gc_file(f);
+    }
+
+    // ----- opens -----------------------------------------------------------------------------
+
+    fn do_open(&mut self, now: Time, session: SessionId, request: RequestId, mut req: OpenRequest) {
+        req.access = map_generic(req.access);
+        match self.try_open(now, session, &req) {
+            Attempt::Done(reply) => self.reply(session, request, reply),
+            Attempt::Wait(waiting) => {
+                let f = req.file;
+                self.files
+                    .entry(f)
+                    .or_default()
+                    .deferred
+                    .push_back(DeferredOpen {
+                        session,
+                        request,
+                        req,
+                        waiting,
+                    });
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    s.pending.insert(request, PendingRef::Open(f));
+                }
+                self.reply(session, request, Reply::Pending);
+            }
+        }
+    }
+
+    /// One attempt at a CREATE (MS-FSA 2.1.5.1.2): delete-pending check, oplock/lease breaks,
+    /// share-mode check, then the oplock/lease grant (MS-SMB2 3.3.5.9).
+    fn try_open(&mut self, now: Time, session: SessionId, req: &OpenRequest) -> Attempt {
+        let lease_id = match req.oplock {
+            OplockRequest::Lease(l) => Some((req.client_guid, l.key)),
+            _ => None,
+        };
+        if let Some(id) = lease_id {
+            // MS-SMB2 3.3.5.9.8: a lease key in use for another file cannot be reused.
+            if self.leases.get(&id).is_some_and(|r| r.file != req.file) {
+                return Attempt::Done(Reply::Done(Status::InvalidParameter));
+            }
+        }
+        if self.orphaned_deletes.contains(&req.file) {
+            return Attempt::Done(Reply::Done(Status::DeletePending));
+        }
+        let file = self.files.entry(req.file).or_default();
+        if file.delete_pending {
+            return Attempt::Done(Reply::Done(Status::DeletePending));
+        }
+        let share_conflict = file.counters.conflicts(req.access, req.share);
+        let stat_open = is_stat_open(req.access);
+
+        // MS-FSA 2.1.5.1.2: oplock breaks come before the sharing check. Another open breaks
+        // write caching (W, Exclusive, Batch); a sharing violation also breaks handle caching
+        // (H, Batch) because the holder may be keeping a handle the client already closed;
+        // overwrite/supersede breaks everything.
+        let mut waiting = Vec::new();
+        for h in self.holders(req.file, None, lease_id) {
+            let cur = self.holder_state(h);
+            let mut target = cur;
+            if !stat_open {
+                target = without(target, LeaseState::WRITE);
+            }
+            if share_conflict {
+                target = without(target, LeaseState::HANDLE);
+            }
+            if req.overwrite {
+                target = LeaseState::NONE;
+            }
+            if let Holder::Oplock(_) = h {
+                target = oplock_state(oplock_level(target));
+            }
+            if target == cur {
+                continue;
+            }
+            if self.holder_breaking(h) {
+                waiting.push(h);
+                continue;
+            }
+            let ack = cur.contains(LeaseState::WRITE) || cur.contains(LeaseState::HANDLE);
+            self.send_break(now, h, target, ack);
+            if ack {
+                waiting.push(h);
+            }
+        }
+        if !waiting.is_empty() {
+            return Attempt::Wait(waiting);
+        }
+        if share_conflict {
+            self.stats.sharing_violations_total += 1;
+            self.gc_file(req.file);
+            return Attempt::Done(Reply::Done(Status::SharingViolation));
+        }
+
+        let open_id = OpenId(self.next_open);
+        self.next_open += 1;
+        let others_hold_write = self
+            .holders(req.file, None, lease_id)
+            .into_iter()
+            .any(|h| self.holder_state(h).contains(LeaseState::WRITE));
+        let open_count = self.files.get(&req.file).map_or(0, |f| f.open_count);
+        let mut oplock = LeaseState::NONE;
+        let mut lease = None;
+        let grant = match req.oplock {
+            OplockRequest::None => OplockGrant::None,
+            OplockRequest::Oplock(level) => {
+                // Directories get no oplocks. Exclusive/Batch only for the sole open; otherwise
+                // Level II (what Windows grants the second opener) unless someone still
+                // caches writes.
+                let granted = match level {
+                    _ if req.directory => OplockLevel::None,
+                    OplockLevel::None => OplockLevel::None,
+                    OplockLevel::Exclusive | OplockLevel::Batch if open_count == 0 => level,
+                    _ if others_hold_write => OplockLevel::None,
+                    _ => OplockLevel::LevelII,
+                };
+                oplock = oplock_state(granted);
+                if granted == OplockLevel::None {
+                    OplockGrant::None
+                } else {
+                    OplockGrant::Oplock(granted)
+                }
+            }
+            OplockRequest::Lease(l) => {
+                let id = (req.client_guid, l.key);
+                let mut requested = if l.state.is_valid() {
+                    l.state
+                } else {
+                    LeaseState::NONE
+                };
+                if req.directory {
+                    // MS-SMB2 3.3.5.9.11: directory leases are at most RH.
+                    requested = requested.intersection(LeaseState::RH);
+                }
+                let same_key_opens = self.leases.get(&id).map_or(0, |r| r.opens.len());
+                let mut allowed = LeaseState::RWH;
+                if open_count > same_key_opens {
+                    allowed = without(allowed, LeaseState::WRITE);
+                }
+                if others_hold_write {
+                    allowed = LeaseState::NONE;
+                }
+                let granted = requested.intersection(allowed);
+                let rec = self.leases.entry(id).or_insert_with(|| LeaseRec {
+                    file: req.file,
+                    state: granted,
+                    // MS-SMB2 3.3.5.9.11: a new v2 lease starts one past the client's epoch.
+                    epoch: l.epoch.map(|e| e.wrapping_add(1)),
+                    parent_key: l.parent_key,
+                    opens: Vec::new(),
+                    breaking: None,
+                });
+                let new_lease = rec.opens.is_empty();
+                // An existing lease is upgraded only if the request covers its current state
+                // and no break is in progress (MS-SMB2 3.3.5.9.8); otherwise it is unchanged.
+                if !new_lease && rec.breaking.is_none() && requested.contains(rec.state) {
+                    let upgraded = rec.state.union(granted);
+                    if upgraded != rec.state {
+                        rec.state = upgraded;
+                        rec.epoch = rec.epoch.map(|e| e.wrapping_add(1));
+                    }
+                }
+                rec.opens.push(open_id);
+                let grant = Self::lease_grant(id, rec);
+                lease = Some(id);
+                if new_lease {
+                    if let Some(file) = self.files.get_mut(&req.file) {
+                        file.leases.push(id);
+                    }
+                }
+                grant
+            }
+        };
+        let Some(file) = self.files.get_mut(&req.file) else {
+            // Unreachable: the entry was created above and nothing removed it since.
+            return Attempt::Done(Reply::Done(Status::Unsuccessful));
+        };
+        file.open_count += 1;
+        file.counters.add(req.access, req.share);
+        if oplock != LeaseState::NONE {
+            file.oplock_holders.push(open_id);
+        }
+        self.opens.insert(
+            open_id,
+            OpenState {
+                session,
+                file: req.file,
+                access: req.access,
+                share: req.share,
+                delete_on_close: req.delete_on_close,
+                directory: req.directory,
+                lease,
+                oplock,
+                oplock_break: None,
+                locks: HashSet::new(),
+            },
+        );
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.opens.insert(open_id);
+        }
+        self.stats.opens_total += 1;
+        Attempt::Done(Reply::Opened {
+            open: open_id,
+            grant,
+        })
+    }
+
+    /// Retry the deferred creates of a file whose awaited breaks are all resolved, in FIFO order.
+    fn run_deferred(&mut self, now: Time, f: FileId) {
+        let queue = match self.files.get_mut(&f) {
+            Some(file) if !file.deferred.is_empty() => std::mem::take(&mut file.deferred),
+            _ => return,
+        };
+        let mut keep = VecDeque::new();
+        for d in queue {
+            if d.waiting.iter().any(|h| self.holder_breaking(*h)) {
+                keep.push_back(d);
+                continue;
+            }
+            match self.try_open(now, d.session, &d.req) {
+                Attempt::Done(reply) => self.complete(d.session, d.request, reply),
+                Attempt::Wait(waiting) => keep.push_back(DeferredOpen { waiting, ..d }),
+            }
+        }
+        if !keep.is_empty() {
+            let file = self.files.entry(f).or_default();
+            keep.append(&mut file.deferred);
+            file.deferred = keep;
+        }
+    }
+
+    fn do_close(&mut self, now: Time, session: SessionId, request: RequestId, open: OpenId) {
+        if self.owned(session, open).is_none() {
+            self.reply(session, request, Reply::Done(Status::InvalidHandle));
+            return;
+        }
+        match self.remove_open(open) {
+            Some((f, delete_file)) => {
+                self.reply(session, request, Reply::Closed { delete_file });
+                self.after_release(now, f);
+            }
+            None => self.reply(session, request, Reply::Done(Status::InvalidHandle)),
+        }
+    }
+
+    /// Drop an open with its locks, lock waiters and caching. Returns its file and whether it
+    /// was the last open of a delete-pending file (MS-FSA 2.1.5.4: then the file is deleted).
+    fn remove_open(&mut self, open: OpenId) -> Option<(FileId, bool)> {
+        let o = self.opens.remove(&open)?;
+        if let Some(s) = self.sessions.get_mut(&o.session) {
+            s.opens.remove(&open);
+        }
+        let f = o.file;
+        let Some(file) = self.files.get_mut(&f) else {
+            return Some((f, false));
+        };
+        let mut cancelled = Vec::new();
+        file.lock_waiters.retain(|w| {
+            if w.open == open {
+                cancelled.push((w.session, w.request));
+                false
+            } else {
+                true
+            }
+        });
+        for r in &o.locks {
+            file.locks.remove(*r);
+        }
+        file.counters.remove(o.access, o.share);
+        file.open_count = file.open_count.saturating_sub(1);
+        if o.delete_on_close {
+            file.delete_pending = true;
+        }
+        let delete = file.open_count == 0 && file.delete_pending;
+        if delete {
+            // The closing node unlinks the file: a later create finds a fresh one.
+            file.delete_pending = false;
+        }
+        match o.lease {
+            None => {
+                file.oplock_holders.retain(|x| *x != open);
+                if let Some(b) = o.oplock_break {
+                    self.timers.remove(&(b.deadline, b.seq));
+                }
+            }
+            Some(id) => {
+                let mut gone = None;
+                if let Some(rec) = self.leases.get_mut(&id) {
+                    rec.opens.retain(|x| *x != open);
+                    if rec.opens.is_empty() {
+                        gone = Some(rec.breaking);
+                    }
+                }
+                if let Some(breaking) = gone {
+                    self.leases.remove(&id);
+                    file.leases.retain(|x| *x != id);
+                    if let Some(b) = breaking {
+                        self.timers.remove(&(b.deadline, b.seq));
+                    }
+                }
+            }
+        }
+        for (s, r) in cancelled {
+            self.complete(s, r, Reply::Done(Status::Cancelled));
+        }
+        Some((f, delete))
+    }
+
+    fn do_cancel(&mut self, now: Time, session: SessionId, request: RequestId, target: RequestId) {
+        let pending = self
+            .sessions
+            .get_mut(&session)
+            .and_then(|s| s.pending.remove(&target));
+        let Some(pending) = pending else {
+            self.reply(session, request, Reply::Done(Status::NotFound));
+            return;
+        };
+        self.stats.cancels_total += 1;
+        match pending {
+            PendingRef::Lock(f) => {
+                if let Some(file) = self.files.get_mut(&f) {
+                    file.lock_waiters
+                        .retain(|w| !(w.session == session && w.request == target));
+                }
+                self.complete(session, target, Reply::Done(Status::Cancelled));
+                self.reply(session, request, Reply::Done(Status::Success));
+                // A cancelled waiter no longer holds back younger overlapping waiters.
+                self.after_release(now, f);
+            }
+            PendingRef::Open(f) => {
+                if let Some(file) = self.files.get_mut(&f) {
+                    file.deferred
+                        .retain(|d| !(d.session == session && d.request == target));
+                }
+                self.complete(session, target, Reply::Done(Status::Cancelled));
+                self.reply(session, request, Reply::Done(Status::Success));
+                self.gc_file(f);
+            }
+        }
+    }
+
+    // ----- acks ------------------------------------------------------------------------------
+
+    fn do_oplock_ack(
+        &mut self,
+        now: Time,
+        session: SessionId,
+        request: RequestId,
+        open: OpenId,
+        level: OplockLevel,
+    ) {
+        if self.owned(session, open).is_none() {
+            self.reply(session, request, Reply::Done(Status::InvalidHandle));
+            return;
+        }
+        let Some(o) = self.opens.get_mut(&open) else {
+            self.reply(session, request, Reply::Done(Status::InvalidHandle));
+            return;
+        };
+        let Some(b) = o.oplock_break else {
+            self.reply(session, request, Reply::Done(Status::Unsuccessful));
+            return;
+        };
+        let acked = oplock_state(level);
+        // MS-SMB2 3.3.5.22.1: the acknowledged level may not exceed the level broken to.
+        if !b.to.contains(acked) {
+            self.reply(session, request, Reply::Done(Status::RequestNotAccepted));
+            return;
+        }
+        o.oplock_break = None;
+        o.oplock = acked;
+        let f = o.file;
+        self.timers.remove(&(b.deadline, b.seq));
+        if acked == LeaseState::NONE {
+            if let Some(file) = self.files.get_mut(&f) {
+                file.oplock_holders.retain(|x| *x != open);
+            }
+        }
+        self.stats.breaks_acked_total += 1;
+        let grant = if level == OplockLevel::None {
+            OplockGrant::None
+        } else {
+            OplockGrant::Oplock(level)
+        };
+        self.reply(session, request, Reply::Acked { grant });
+        self.run_deferred(now, f);
+    }
+
+    fn do_lease_ack(
+        &mut self,
+        now: Time,
+        session: SessionId,
+        request: RequestId,
+        id: LeaseId,
+        state: LeaseState,
+    ) {
+        let owned = self.leases.get(&id).is_some_and(|rec| {
+            rec.opens
+                .iter()
+                .any(|o| self.opens.get(o).is_some_and(|o| o.session == session))
+        });
+        if !owned {
+            self.reply(session, request, Reply::Done(Status::NotFound));
+            return;
+        }
+        let Some(rec) = self.leases.get_mut(&id) else {
+            self.reply(session, request, Reply::Done(Status::NotFound));
+            return;
+        };
+        let Some(b) = rec.breaking else {
+            self.reply(session, request, Reply::Done(Status::Unsuccessful));
+            return;
+        };
+        // MS-SMB2 3.3.5.22.2: the acknowledged state must be within the state broken to.
+        if !b.to.contains(state) {
+            self.reply(session, request, Reply::Done(Status::RequestNotAccepted));
+            return;
+        }
+        rec.breaking = None;
+        rec.state = state;
+        let f = rec.file;
+        let grant = Self::lease_grant(id, rec);
+        self.timers.remove(&(b.deadline, b.seq));
+        self.stats.breaks_acked_total += 1;
+        self.reply(session, request, Reply::Acked { grant });
+        self.run_deferred(now, f);
+    }
+
+    // ----- byte-range locks ------------------------------------------------------------------
+
+    fn do_lock(
+        &mut self,
+        now: Time,
+        session: SessionId,
+        request: RequestId,
+        open: OpenId,
+        ranges: &[LockRange],
+        fail_immediately: bool,
+    ) {
+        let Some((f, directory)) = self.owned(session, open).map(|o| (o.file, o.directory)) else {
+            self.reply(session, request, Reply::Done(Status::InvalidHandle));
+            return;
+        };
+        // MS-FSA 2.1.5.8: no byte-range locks on directories. MS-SMB2 3.3.5.14: a request that
+        // may wait must carry exactly one element.
+        if directory || ranges.is_empty() || (!fail_immediately && ranges.len() != 1) {
+            self.reply(session, request, Reply::Done(Status::InvalidParameter));
+            return;
+        }
+        if ranges.iter().any(|r| !range_is_valid(r.offset, r.length)) {
+            self.reply(session, request, Reply::Done(Status::InvalidLockRange));
+            return;
+        }
+        self.break_read_holders(now, f, open);
+        let Some(file) = self.files.get_mut(&f) else {
+            self.reply(session, request, Reply::Done(Status::InvalidHandle));
+            return;
+        };
+        let mut granted = std::mem::take(&mut self.scratch);
+        granted.clear();
+        let mut outcome = Reply::Done(Status::Success);
+        for r in ranges {
+            let span = Span::of(r.offset, r.length);
+            // Younger requests queue behind older overlapping waiters so they cannot starve.
+            let blocked = file.locks.conflicts(span, open, r.exclusive, true)
+                || waiters_block(file.lock_waiters.iter(), span, open, r.exclusive);
+            if !blocked {
+                granted.push(file.locks.insert(r.offset, r.length, r.exclusive, open));
+                continue;
+            }
+            self.stats.lock_conflicts_total += 1;
+            if fail_immediately {
+                for g in granted.drain(..) {
+                    file.locks.remove(g);
+                }
+                outcome = Reply::Done(Status::LockNotGranted);
+            } else {
+                file.lock_waiters.push_back(LockWaiter {
+                    session,
+                    request,
+                    open,
+                    offset: r.offset,
+                    length: r.length,
+                    exclusive: r.exclusive,
+                });
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    s.pending.insert(request, PendingRef::Lock(f));
+                }
+                outcome = Reply::Pending;
+            }
+            break;
+        }
+        self.stats.locks_granted_total += granted.len() as u64;
+        if let Some(o) = self.opens.get_mut(&open) {
+            o.locks.extend(granted.drain(..));
+        }
+        self.scratch = granted;
+        self.reply(session, request, outcome);
+    }
+
+    fn do_unlock(
+        &mut self,
+        now: Time,
+        session: SessionId,
+        request: RequestId,
+        open: OpenId,
+        ranges: &[LockRange],
+    ) {
+        let Some(f) = self.owned(session, open).map(|o| o.file) else {
+            self.reply(session, request, Reply::Done(Status::InvalidHandle));
+            return;
+        };
+        if ranges.is_empty() {
+            self.reply(session, request, Reply::Done(Status::InvalidParameter));
+            return;
+        }
+        let (Some(file), Some(o)) = (self.files.get_mut(&f), self.opens.get_mut(&open)) else {
+            self.reply(session, request, Reply::Done(Status::InvalidHandle));
+            return;
+        };
+        // MS-SMB2 3.3.5.14.1: unlocks apply in order; the first failure ends the request
+        // without restoring the ones already released.
+        let mut status = Status::Success;
+        let mut released = false;
+        for r in ranges {
+            if !range_is_valid(r.offset, r.length) {
+                status = Status::InvalidLockRange;
+                break;
+            }
+            match file.locks.find_exact(r.offset, r.length, open) {
+                Some(lr) => {
+                    file.locks.remove(lr);
+                    o.locks.remove(&lr);
+                    released = true;
+                }
+                None => {
+                    status = Status::RangeNotLocked;
+                    break;
+                }
+            }
+        }
+        self.reply(session, request, Reply::Done(status));
+        if released {
+            self.process_lock_waiters(now, f);
+        }
+    }
+
+    /// Grant every waiter, in FIFO order, that no held lock and no older waiter blocks.
+    /// One pass suffices: granting only adds locks, which cannot unblock an earlier waiter.
+    fn process_lock_waiters(&mut self, now: Time, f: FileId) {
+        let Some(file) = self.files.get_mut(&f) else {
+            return;
+        };
+        if file.lock_waiters.is_empty() {
+            return;
+        }
+        let mut granted = Vec::new();
+        let mut i = 0;
+        while i < file.lock_waiters.len() {
+            let w = &file.lock_waiters[i];
+            let span = Span::of(w.offset, w.length);
+            let blocked = file.locks.conflicts(span, w.open, w.exclusive, true)
+                || waiters_block(file.lock_waiters.range(..i), span, w.open, w.exclusive);
+            if blocked {
+                i += 1;
+                continue;
+            }
+            if let Some(w) = file.lock_waiters.remove(i) {
+                let r = file.locks.insert(w.offset, w.length, w.exclusive, w.open);
+                granted.push((w, r));
+            }
+        }
+        for (w, r) in granted {
+            if let Some(o) = self.opens.get_mut(&w.open) {
+                o.locks.insert(r);
+            }
+            self.stats.locks_granted_total += 1;
+            self.complete(w.session, w.request, Reply::Done(Status::Success));
+            self.break_read_holders(now, f, w.open);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn do_check_io(
+        &mut self,
+        now: Time,
+        session: SessionId,
+        request: RequestId,
+        open: OpenId,
+        offset: u64,
+        length: u64,
+        write: bool,
+    ) {
+        let Some(f) = self.owned(session, open).map(|o| o.file) else {
+            self.reply(session, request, Reply::Done(Status::InvalidHandle));
+            return;
+        };
+        if !range_is_valid(offset, length) {
+            self.reply(session, request, Reply::Done(Status::InvalidParameter));
+            return;
+        }
+        if write {
+            self.break_read_holders(now, f, open);
+        }
+        // MS-FSA 2.1.4.10 with LockIntent FALSE and IsExclusive = write.
+        let conflict = self.files.get(&f).is_some_and(|file| {
+            file.locks
+                .conflicts(Span::of(offset, length), open, write, false)
+        });
+        let status = if conflict {
+            Status::FileLockConflict
+        } else {
+            Status::Success
+        };
+        self.reply(session, request, Reply::Done(status));
+    }
+}

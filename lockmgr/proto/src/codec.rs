@@ -1,0 +1,571 @@
+//! Encoding of the engine vocabulary (`lockmgr_engine::types`).
+//!
+//! All integers little-endian; ids are their inner integer (`FileId`, `ClientGuid`,
+//! `LeaseKey`: u128; `OpenId`, `RequestId`: u64). Booleans are one byte, 0 or 1.
+//!
+//! | Type | Encoding |
+//! |------|----------|
+//! | `OplockLevel` | u8 wire value (0x00, 0x01, 0x08, 0x09) |
+//! | `LeaseState` | u8, bits above RWH (0x07) rejected |
+//! | `Status` | u16 (the engine's discriminant) |
+//! | `Lease` | key u128, state u8, flags u8 (bit0 parent_key present, bit1 epoch present), [parent_key u128], [epoch u16] |
+//! | `OplockRequest` / `OplockGrant` | kind u8 (0 None, 1 Oplock, 2 Lease), then level u8 or `Lease` |
+//! | `LockRange` | offset u64, length u64, exclusive bool (17 bytes) |
+//! | `OpenRequest` | file u128, access u32, share u32, flags u8 (bit0 delete_on_close, bit1 directory, bit2 overwrite), client_guid u128, oplock `OplockRequest` |
+//!
+//! `Request` is kind u8 then fields:
+//!
+//! | Kind | Variant | Fields |
+//! |------|---------|--------|
+//! | 1 | Open | `OpenRequest` |
+//! | 2 | Close | open u64 |
+//! | 3 | SetDeletePending | open u64, delete bool |
+//! | 4 | Lock | open u64, fail_immediately bool, count u16 (<= 64), count x `LockRange` |
+//! | 5 | Unlock | open u64, count u16 (<= 64), count x `LockRange` |
+//! | 6 | Cancel | request u64 |
+//! | 7 | CheckIo | open u64, offset u64, length u64, write bool |
+//! | 8 | OplockBreakAck | open u64, level u8 |
+//! | 9 | LeaseBreakAck | client_guid u128, key u128, state u8 |
+//!
+//! `Reply` is kind u8 then fields: 1 Opened (open u64, grant `OplockGrant`), 2 Pending,
+//! 3 Done (status u16), 4 Closed (delete_file bool), 5 Acked (grant `OplockGrant`).
+//!
+//! `Notification` is kind u8 then fields: 1 OplockBreak (open u64, new_level u8),
+//! 2 LeaseBreak (client_guid u128, key u128, current u8, new u8, flags u8 (bit0 epoch present,
+//! bit1 ack_required), [epoch u16]), 3 Completed (request u64, `Reply`).
+
+use lockmgr_engine::{
+    ClientGuid, FileId, Lease, LeaseKey, LeaseState, LockRange, Notification, OpenId, OpenRequest,
+    OplockGrant, OplockLevel, OplockRequest, Reply, Request, RequestId, Status,
+};
+
+use crate::error::{DecodeError, EncodeError};
+use crate::wire::{Reader, Sink};
+use crate::MAX_LOCK_RANGES;
+
+/// Encoded size of one `LockRange`.
+pub(crate) const LOCK_RANGE_LEN: usize = 17;
+
+fn invalid(field: &'static str, value: impl Into<u64>) -> DecodeError {
+    DecodeError::InvalidEnumValue {
+        field,
+        value: value.into(),
+    }
+}
+
+// ---- small enums ----
+
+fn put_lease_state(
+    s: &mut Sink<'_>,
+    field: &'static str,
+    v: LeaseState,
+) -> Result<(), EncodeError> {
+    if v.0 & !LeaseState::RWH.0 != 0 {
+        return Err(EncodeError::InvalidValue {
+            field,
+            value: u64::from(v.0),
+        });
+    }
+    s.u8(v.0);
+    Ok(())
+}
+
+fn get_lease_state(r: &mut Reader<'_>, field: &'static str) -> Result<LeaseState, DecodeError> {
+    // Carried faithfully even if not a valid *file* lease state (e.g. H alone): whether a state
+    // is acceptable is the engine's call (MS-SMB2 3.3.5.9.8), the wire only bounds the bits.
+    let v = r.u8()?;
+    if v & !LeaseState::RWH.0 != 0 {
+        return Err(invalid(field, v));
+    }
+    Ok(LeaseState(v))
+}
+
+fn get_oplock_level(r: &mut Reader<'_>, field: &'static str) -> Result<OplockLevel, DecodeError> {
+    let v = r.u8()?;
+    OplockLevel::from_wire(v).ok_or_else(|| invalid(field, v))
+}
+
+pub(crate) fn status_to_wire(st: Status) -> u16 {
+    st as u16
+}
+
+fn get_status(r: &mut Reader<'_>) -> Result<Status, DecodeError> {
+    let v = r.u16()?;
+    Status::from_wire(v).ok_or_else(|| invalid("status", v))
+}
+
+// ---- leases and oplocks ----
+
+const LEASE_HAS_PARENT: u8 = 0x01;
+const LEASE_HAS_EPOCH: u8 = 0x02;
+
+fn put_lease(s: &mut Sink<'_>, l: &Lease) -> Result<(), EncodeError> {
+    s.u128(l.key.0);
+    put_lease_state(s, "lease.state", l.state)?;
+    let mut flags = 0;
+    if l.parent_key.is_some() {
+        flags |= LEASE_HAS_PARENT;
+    }
+    if l.epoch.is_some() {
+        flags |= LEASE_HAS_EPOCH;
+    }
+    s.u8(flags);
+    if let Some(p) = l.parent_key {
+        s.u128(p.0);
+    }
+    if let Some(e) = l.epoch {
+        s.u16(e);
+    }
+    Ok(())
+}
+
+fn get_lease(r: &mut Reader<'_>) -> Result<Lease, DecodeError> {
+    let key = LeaseKey(r.u128()?);
+    let state = get_lease_state(r, "lease.state")?;
+    let flags = r.u8()?;
+    if flags & !(LEASE_HAS_PARENT | LEASE_HAS_EPOCH) != 0 {
+        return Err(invalid("lease.flags", flags));
+    }
+    let parent_key = if flags & LEASE_HAS_PARENT != 0 {
+        Some(LeaseKey(r.u128()?))
+    } else {
+        None
+    };
+    let epoch = if flags & LEASE_HAS_EPOCH != 0 {
+        Some(r.u16()?)
+    } else {
+        None
+    };
+    Ok(Lease {
+        key,
+        state,
+        parent_key,
+        epoch,
+    })
+}
+
+const CACHING_NONE: u8 = 0;
+const CACHING_OPLOCK: u8 = 1;
+const CACHING_LEASE: u8 = 2;
+
+/// `OplockRequest` and `OplockGrant` share one encoding; this is their common shape.
+enum Caching<'l> {
+    None,
+    Oplock(OplockLevel),
+    Lease(&'l Lease),
+}
+
+fn put_caching(s: &mut Sink<'_>, c: Caching<'_>) -> Result<(), EncodeError> {
+    match c {
+        Caching::None => s.u8(CACHING_NONE),
+        Caching::Oplock(level) => {
+            s.u8(CACHING_OPLOCK);
+            s.u8(level as u8);
+        }
+        Caching::Lease(l) => {
+            s.u8(CACHING_LEASE);
+            put_lease(s, l)?;
+        }
+    }
+    Ok(())
+}
+
+enum CachingOwned {
+    None,
+    Oplock(OplockLevel),
+    Lease(Lease),
+}
+
+fn get_caching(r: &mut Reader<'_>, field: &'static str) -> Result<CachingOwned, DecodeError> {
+    match r.u8()? {
+        CACHING_NONE => Ok(CachingOwned::None),
+        CACHING_OPLOCK => Ok(CachingOwned::Oplock(get_oplock_level(r, "oplock.level")?)),
+        CACHING_LEASE => Ok(CachingOwned::Lease(get_lease(r)?)),
+        v => Err(invalid(field, v)),
+    }
+}
+
+fn put_oplock_request(s: &mut Sink<'_>, o: &OplockRequest) -> Result<(), EncodeError> {
+    put_caching(
+        s,
+        match o {
+            OplockRequest::None => Caching::None,
+            OplockRequest::Oplock(l) => Caching::Oplock(*l),
+            OplockRequest::Lease(l) => Caching::Lease(l),
+        },
+    )
+}
+
+fn get_oplock_request(r: &mut Reader<'_>) -> Result<OplockRequest, DecodeError> {
+    Ok(match get_caching(r, "oplock_request.kind")? {
+        CachingOwned::None => OplockRequest::None,
+        CachingOwned::Oplock(l) => OplockRequest::Oplock(l),
+        CachingOwned::Lease(l) => OplockRequest::Lease(l),
+    })
+}
+
+fn put_grant(s: &mut Sink<'_>, g: &OplockGrant) -> Result<(), EncodeError> {
+    put_caching(
+        s,
+        match g {
+            OplockGrant::None => Caching::None,
+            OplockGrant::Oplock(l) => Caching::Oplock(*l),
+            OplockGrant::Lease(l) => Caching::Lease(l),
+        },
+    )
+}
+
+fn get_grant(r: &mut Reader<'_>) -> Result<OplockGrant, DecodeError> {
+    Ok(match get_caching(r, "oplock_grant.kind")? {
+        CachingOwned::None => OplockGrant::None,
+        CachingOwned::Oplock(l) => OplockGrant::Oplock(l),
+        CachingOwned::Lease(l) => OplockGrant::Lease(l),
+    })
+}
+
+// ---- open ----
+
+const OPEN_DELETE_ON_CLOSE: u8 = 0x01;
+const OPEN_DIRECTORY: u8 = 0x02;
+const OPEN_OVERWRITE: u8 = 0x04;
+
+fn put_open_request(s: &mut Sink<'_>, o: &OpenRequest) -> Result<(), EncodeError> {
+    s.u128(o.file.0);
+    s.u32(o.access);
+    s.u32(o.share);
+    let mut flags = 0;
+    if o.delete_on_close {
+        flags |= OPEN_DELETE_ON_CLOSE;
+    }
+    if o.directory {
+        flags |= OPEN_DIRECTORY;
+    }
+    if o.overwrite {
+        flags |= OPEN_OVERWRITE;
+    }
+    s.u8(flags);
+    s.u128(o.client_guid.0);
+    put_oplock_request(s, &o.oplock)
+}
+
+fn get_open_request(r: &mut Reader<'_>) -> Result<OpenRequest, DecodeError> {
+    let file = FileId(r.u128()?);
+    let access = r.u32()?;
+    let share = r.u32()?;
+    let flags = r.u8()?;
+    if flags & !(OPEN_DELETE_ON_CLOSE | OPEN_DIRECTORY | OPEN_OVERWRITE) != 0 {
+        return Err(invalid("open.flags", flags));
+    }
+    let client_guid = ClientGuid(r.u128()?);
+    let oplock = get_oplock_request(r)?;
+    Ok(OpenRequest {
+        file,
+        access,
+        share,
+        delete_on_close: flags & OPEN_DELETE_ON_CLOSE != 0,
+        directory: flags & OPEN_DIRECTORY != 0,
+        overwrite: flags & OPEN_OVERWRITE != 0,
+        client_guid,
+        oplock,
+    })
+}
+
+// ---- lock ranges ----
+
+fn put_ranges(s: &mut Sink<'_>, ranges: &[LockRange]) -> Result<(), EncodeError> {
+    if ranges.len() > MAX_LOCK_RANGES {
+        return Err(EncodeError::TooManyRanges {
+            count: ranges.len(),
+            max: MAX_LOCK_RANGES,
+        });
+    }
+    // Cannot truncate: bounded by MAX_LOCK_RANGES above.
+    s.u16(ranges.len() as u16);
+    for rg in ranges {
+        let mut b = [0u8; LOCK_RANGE_LEN];
+        b[..8].copy_from_slice(&rg.offset.to_le_bytes());
+        b[8..16].copy_from_slice(&rg.length.to_le_bytes());
+        b[16] = u8::from(rg.exclusive);
+        s.put(&b);
+    }
+    Ok(())
+}
+
+fn get_ranges(r: &mut Reader<'_>) -> Result<Vec<LockRange>, DecodeError> {
+    let count = usize::from(r.u16()?);
+    if count > MAX_LOCK_RANGES {
+        return Err(DecodeError::TooManyRanges {
+            count,
+            max: MAX_LOCK_RANGES,
+        });
+    }
+    // Check the bytes are there before allocating, so the capacity is bounded by the input.
+    let raw = r.bytes(count * LOCK_RANGE_LEN)?;
+    let mut out = Vec::with_capacity(count);
+    for chunk in raw.chunks_exact(LOCK_RANGE_LEN) {
+        let mut cr = Reader::new(chunk);
+        let offset = cr.u64()?;
+        let length = cr.u64()?;
+        let exclusive = cr.bool("lock_range.exclusive")?;
+        out.push(LockRange {
+            offset,
+            length,
+            exclusive,
+        });
+    }
+    Ok(out)
+}
+
+// ---- request / reply / notification ----
+
+const REQ_OPEN: u8 = 1;
+const REQ_CLOSE: u8 = 2;
+const REQ_SET_DELETE_PENDING: u8 = 3;
+const REQ_LOCK: u8 = 4;
+const REQ_UNLOCK: u8 = 5;
+const REQ_CANCEL: u8 = 6;
+const REQ_CHECK_IO: u8 = 7;
+const REQ_OPLOCK_BREAK_ACK: u8 = 8;
+const REQ_LEASE_BREAK_ACK: u8 = 9;
+
+pub(crate) fn put_request(s: &mut Sink<'_>, req: &Request) -> Result<(), EncodeError> {
+    match req {
+        Request::Open(o) => {
+            s.u8(REQ_OPEN);
+            put_open_request(s, o)?;
+        }
+        Request::Close { open } => {
+            s.u8(REQ_CLOSE);
+            s.u64(open.0);
+        }
+        Request::SetDeletePending { open, delete } => {
+            s.u8(REQ_SET_DELETE_PENDING);
+            s.u64(open.0);
+            s.bool(*delete);
+        }
+        Request::Lock {
+            open,
+            ranges,
+            fail_immediately,
+        } => {
+            s.u8(REQ_LOCK);
+            s.u64(open.0);
+            s.bool(*fail_immediately);
+            put_ranges(s, ranges)?;
+        }
+        Request::Unlock { open, ranges } => {
+            s.u8(REQ_UNLOCK);
+            s.u64(open.0);
+            put_ranges(s, ranges)?;
+        }
+        Request::Cancel { request } => {
+            s.u8(REQ_CANCEL);
+            s.u64(request.0);
+        }
+        Request::CheckIo {
+            open,
+            offset,
+            length,
+            write,
+        } => {
+            s.u8(REQ_CHECK_IO);
+            s.u64(open.0);
+            s.u64(*offset);
+            s.u64(*length);
+            s.bool(*write);
+        }
+        Request::OplockBreakAck { open, level } => {
+            s.u8(REQ_OPLOCK_BREAK_ACK);
+            s.u64(open.0);
+            s.u8(*level as u8);
+        }
+        Request::LeaseBreakAck {
+            client_guid,
+            key,
+            state,
+        } => {
+            s.u8(REQ_LEASE_BREAK_ACK);
+            s.u128(client_guid.0);
+            s.u128(key.0);
+            put_lease_state(s, "lease_break_ack.state", *state)?;
+        }
+        _ => return Err(EncodeError::UnsupportedVariant("Request")),
+    }
+    Ok(())
+}
+
+pub(crate) fn get_request(r: &mut Reader<'_>) -> Result<Request, DecodeError> {
+    Ok(match r.u8()? {
+        REQ_OPEN => Request::Open(get_open_request(r)?),
+        REQ_CLOSE => Request::Close {
+            open: OpenId(r.u64()?),
+        },
+        REQ_SET_DELETE_PENDING => Request::SetDeletePending {
+            open: OpenId(r.u64()?),
+            delete: r.bool("set_delete_pending.delete")?,
+        },
+        REQ_LOCK => Request::Lock {
+            open: OpenId(r.u64()?),
+            fail_immediately: r.bool("lock.fail_immediately")?,
+            ranges: get_ranges(r)?,
+        },
+        REQ_UNLOCK => Request::Unlock {
+            open: OpenId(r.u64()?),
+            ranges: get_ranges(r)?,
+        },
+        REQ_CANCEL => Request::Cancel {
+            request: RequestId(r.u64()?),
+        },
+        REQ_CHECK_IO => Request::CheckIo {
+            open: OpenId(r.u64()?),
+            offset: r.u64()?,
+            length: r.u64()?,
+            write: r.bool("check_io.write")?,
+        },
+        REQ_OPLOCK_BREAK_ACK => Request::OplockBreakAck {
+            open: OpenId(r.u64()?),
+            level: get_oplock_level(r, "oplock_break_ack.level")?,
+        },
+        REQ_LEASE_BREAK_ACK => Request::LeaseBreakAck {
+            client_guid: ClientGuid(r.u128()?),
+            key: LeaseKey(r.u128()?),
+            state: get_lease_state(r, "lease_break_ack.state")?,
+        },
+        v => return Err(invalid("request.kind", v)),
+    })
+}
+
+const REPLY_OPENED: u8 = 1;
+const REPLY_PENDING: u8 = 2;
+const REPLY_DONE: u8 = 3;
+const REPLY_CLOSED: u8 = 4;
+const REPLY_ACKED: u8 = 5;
+
+pub(crate) fn put_reply(s: &mut Sink<'_>, rep: &Reply) -> Result<(), EncodeError> {
+    match rep {
+        Reply::Opened { open, grant } => {
+            s.u8(REPLY_OPENED);
+            s.u64(open.0);
+            put_grant(s, grant)?;
+        }
+        Reply::Pending => s.u8(REPLY_PENDING),
+        Reply::Done(st) => {
+            s.u8(REPLY_DONE);
+            s.u16(status_to_wire(*st));
+        }
+        Reply::Closed { delete_file } => {
+            s.u8(REPLY_CLOSED);
+            s.bool(*delete_file);
+        }
+        Reply::Acked { grant } => {
+            s.u8(REPLY_ACKED);
+            put_grant(s, grant)?;
+        }
+        _ => return Err(EncodeError::UnsupportedVariant("Reply")),
+    }
+    Ok(())
+}
+
+pub(crate) fn get_reply(r: &mut Reader<'_>) -> Result<Reply, DecodeError> {
+    Ok(match r.u8()? {
+        REPLY_OPENED => Reply::Opened {
+            open: OpenId(r.u64()?),
+            grant: get_grant(r)?,
+        },
+        REPLY_PENDING => Reply::Pending,
+        REPLY_DONE => Reply::Done(get_status(r)?),
+        REPLY_CLOSED => Reply::Closed {
+            delete_file: r.bool("closed.delete_file")?,
+        },
+        REPLY_ACKED => Reply::Acked {
+            grant: get_grant(r)?,
+        },
+        v => return Err(invalid("reply.kind", v)),
+    })
+}
+
+const NOTIFY_OPLOCK_BREAK: u8 = 1;
+const NOTIFY_LEASE_BREAK: u8 = 2;
+const NOTIFY_COMPLETED: u8 = 3;
+
+const BREAK_HAS_EPOCH: u8 = 0x01;
+const BREAK_ACK_REQUIRED: u8 = 0x02;
+
+pub(crate) fn put_notification(s: &mut Sink<'_>, n: &Notification) -> Result<(), EncodeError> {
+    match n {
+        Notification::OplockBreak { open, new_level } => {
+            s.u8(NOTIFY_OPLOCK_BREAK);
+            s.u64(open.0);
+            s.u8(*new_level as u8);
+        }
+        Notification::LeaseBreak {
+            client_guid,
+            key,
+            current,
+            new,
+            epoch,
+            ack_required,
+        } => {
+            s.u8(NOTIFY_LEASE_BREAK);
+            s.u128(client_guid.0);
+            s.u128(key.0);
+            put_lease_state(s, "lease_break.current", *current)?;
+            put_lease_state(s, "lease_break.new", *new)?;
+            let mut flags = 0;
+            if epoch.is_some() {
+                flags |= BREAK_HAS_EPOCH;
+            }
+            if *ack_required {
+                flags |= BREAK_ACK_REQUIRED;
+            }
+            s.u8(flags);
+            if let Some(e) = epoch {
+                s.u16(*e);
+            }
+        }
+        Notification::Completed { request, reply } => {
+            s.u8(NOTIFY_COMPLETED);
+            s.u64(request.0);
+            put_reply(s, reply)?;
+        }
+        _ => return Err(EncodeError::UnsupportedVariant("Notification")),
+    }
+    Ok(())
+}
+
+pub(crate) fn get_notification(r: &mut Reader<'_>) -> Result<Notification, DecodeError> {
+    Ok(match r.u8()? {
+        NOTIFY_OPLOCK_BREAK => Notification::OplockBreak {
+            open: OpenId(r.u64()?),
+            new_level: get_oplock_level(r, "oplock_break.new_level")?,
+        },
+        NOTIFY_LEASE_BREAK => {
+            let client_guid = ClientGuid(r.u128()?);
+            let key = LeaseKey(r.u128()?);
+            let current = get_lease_state(r, "lease_break.current")?;
+            let new = get_lease_state(r, "lease_break.new")?;
+            let flags = r.u8()?;
+            if flags & !(BREAK_HAS_EPOCH | BREAK_ACK_REQUIRED) != 0 {
+                return Err(invalid("lease_break.flags", flags));
+            }
+            let epoch = if flags & BREAK_HAS_EPOCH != 0 {
+                Some(r.u16()?)
+            } else {
+                None
+            };
+            Notification::LeaseBreak {
+                client_guid,
+                key,
+                current,
+                new,
+                epoch,
+                ack_required: flags & BREAK_ACK_REQUIRED != 0,
+            }
+        }
+        NOTIFY_COMPLETED => Notification::Completed {
+            request: RequestId(r.u64()?),
+            reply: get_reply(r)?,
+        },
+        v => return Err(invalid("notification.kind", v)),
+    })
+}

@@ -1,0 +1,74 @@
+//! The decode/re-encode property the fuzz target checks, shared with the corpus regression test
+//! so that `cargo test` (stable, no libFuzzer) checks exactly what fuzzing checks.
+
+use crate::frame::{decode_frame, FrameWriter};
+use crate::message::Message;
+use crate::{FRAME_HEADER_LEN, MSG_FLAG_OPTIONAL, MSG_HEADER_LEN};
+
+/// `data` (a frame `decode_frame` accepted) with the optional flag cleared on every message.
+fn without_optional_flags(data: &[u8]) -> Vec<u8> {
+    let mut out = data.to_vec();
+    let mut pos = FRAME_HEADER_LEN;
+    while let Some(h) = out.get_mut(pos..pos + MSG_HEADER_LEN) {
+        h[1] &= !MSG_FLAG_OPTIONAL;
+        pos += MSG_HEADER_LEN + usize::from(u16::from_le_bytes([h[2], h[3]]));
+    }
+    out
+}
+
+/// What [`check_roundtrip`] concluded about an input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// `decode_frame` refused the frame.
+    FrameRejected,
+    /// The frame was accepted but at least one message body was refused.
+    MessageRejected,
+    /// Every message decoded, and re-encoding reproduced them.
+    RoundTripped,
+}
+
+/// Decodes `data`; if every message decodes, re-encodes them and checks the result.
+///
+/// Re-encoding must reproduce `data` byte for byte when no optional unknown message was
+/// skipped (encodings are canonical; the one exception is [`MSG_FLAG_OPTIONAL`] on a known
+/// message, which the encoder never sets), and must decode to the same messages in any case.
+/// `Err` describes a violated property (a codec bug), never merely invalid input.
+pub fn check_roundtrip(data: &[u8]) -> Result<Outcome, String> {
+    let Ok(frame) = decode_frame(data) else {
+        return Ok(Outcome::FrameRejected);
+    };
+    let session = frame.session_id();
+    let declared = frame.message_count();
+    let msgs: Vec<Message> = match frame.collect::<Result<_, _>>() {
+        Ok(m) => m,
+        Err(_) => return Ok(Outcome::MessageRejected),
+    };
+    let mut buf = Vec::with_capacity(data.len());
+    let mut w = FrameWriter::new(&mut buf, session);
+    for m in &msgs {
+        w.push(m)
+            .map_err(|e| format!("re-encoding decoded message {m:?} failed: {e}"))?;
+    }
+    let len = w.finish();
+    if len != buf.len() {
+        return Err(format!(
+            "finish() returned {len}, buffer holds {}",
+            buf.len()
+        ));
+    }
+    if usize::from(declared) == msgs.len() && buf != without_optional_flags(data) {
+        return Err(format!(
+            "re-encoding is not byte-identical:\n in:  {data:02x?}\n out: {buf:02x?}"
+        ));
+    }
+    let again = decode_frame(&buf)
+        .map_err(|e| format!("re-encoded frame does not decode: {e}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("re-encoded message does not decode: {e}"))?;
+    if again != msgs {
+        return Err(format!(
+            "messages changed in round trip:\n{msgs:?}\n{again:?}"
+        ));
+    }
+    Ok(Outcome::RoundTripped)
+}

@@ -1,0 +1,378 @@
+//! The messages a frame carries.
+//!
+//! Each message is a 4-byte header (see the crate docs) followed by its body. Bodies:
+//!
+//! | Tag | Message | Body |
+//! |-----|---------|------|
+//! | 0x01 | `ClientHello` | min_version u8, max_version u8, client_nonce [32], name_len u8 (<= 64), node_name UTF-8 |
+//! | 0x02 | `ServerChallenge` | session_id u64, version u8, server_nonce [32] |
+//! | 0x03 | `ClientProof` | proof [32] |
+//! | 0x04 | `SessionAccepted` | session_id u64, liveness_lease_ms u32, server_proof [32] |
+//! | 0x05 | `SessionRejected` | reason u16 ([`RejectReason`]) |
+//! | 0x06 | `Heartbeat` | seq u64 |
+//! | 0x07 | `HeartbeatAck` | seq u64 |
+//! | 0x08 | `Goodbye` | (empty) |
+//! | 0x10 | `Request` | request_id u64, `Request` (see [`codec`](crate::codec)) |
+//! | 0x11 | `Reply` | request_id u64, `Reply` |
+//! | 0x12 | `Notify` | `Notification` |
+//! | 0x20 | `StatusQuery` | (empty) |
+//! | 0x21 | `StatusText` | more bool, text UTF-8 (the rest of the body) |
+//!
+//! A body must be consumed exactly: trailing bytes are an error, so every message has exactly
+//! one encoding and decode-then-encode reproduces the input bytes.
+
+use lockmgr_engine::{Notification, Reply, Request, RequestId, SessionId};
+
+use crate::codec;
+use crate::error::{DecodeError, EncodeError};
+use crate::wire::{Reader, Sink};
+use crate::{FRAME_HEADER_LEN, MAX_FRAME, MSG_HEADER_LEN};
+
+/// 32 random bytes contributed by one side of the session handshake.
+pub type Nonce = [u8; 32];
+/// An HMAC-SHA256 proof of possession of the cluster key.
+pub type Proof = [u8; 32];
+
+/// Longest node name in a `ClientHello`, in bytes.
+pub const MAX_NODE_NAME: usize = 64;
+/// Longest `StatusText` chunk, in bytes: what fits alone in a `MAX_FRAME` frame.
+pub const MAX_STATUS_TEXT: usize = MAX_FRAME - FRAME_HEADER_LEN - MSG_HEADER_LEN - 1;
+
+/// Message type tags (the first byte of each message header).
+pub mod msg_type {
+    pub const CLIENT_HELLO: u8 = 0x01;
+    pub const SERVER_CHALLENGE: u8 = 0x02;
+    pub const CLIENT_PROOF: u8 = 0x03;
+    pub const SESSION_ACCEPTED: u8 = 0x04;
+    pub const SESSION_REJECTED: u8 = 0x05;
+    pub const HEARTBEAT: u8 = 0x06;
+    pub const HEARTBEAT_ACK: u8 = 0x07;
+    pub const GOODBYE: u8 = 0x08;
+    pub const REQUEST: u8 = 0x10;
+    pub const REPLY: u8 = 0x11;
+    pub const NOTIFY: u8 = 0x12;
+    pub const STATUS_QUERY: u8 = 0x20;
+    pub const STATUS_TEXT: u8 = 0x21;
+
+    /// Whether this version of the codec can decode messages of type `tag`.
+    pub const fn is_known(tag: u8) -> bool {
+        matches!(
+            tag,
+            CLIENT_HELLO
+                | SERVER_CHALLENGE
+                | CLIENT_PROOF
+                | SESSION_ACCEPTED
+                | SESSION_REJECTED
+                | HEARTBEAT
+                | HEARTBEAT_ACK
+                | GOODBYE
+                | REQUEST
+                | REPLY
+                | NOTIFY
+                | STATUS_QUERY
+                | STATUS_TEXT
+        )
+    }
+}
+
+/// Why the server refused a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+#[repr(u16)]
+pub enum RejectReason {
+    /// The client's proof did not verify: it does not hold the cluster key.
+    BadProof = 1,
+    /// No protocol version in the client's range is supported.
+    UnsupportedVersion = 2,
+    /// The node name is not a member of the cluster.
+    UnknownNode = 3,
+    /// A live session for this node name already exists.
+    DuplicateNode = 4,
+    /// The server cannot take more sessions now.
+    Overloaded = 5,
+    /// The handshake messages arrived out of order or malformed.
+    ProtocolError = 6,
+}
+
+impl RejectReason {
+    pub const fn to_wire(self) -> u16 {
+        self as u16
+    }
+
+    pub const fn from_wire(v: u16) -> Option<RejectReason> {
+        Some(match v {
+            1 => RejectReason::BadProof,
+            2 => RejectReason::UnsupportedVersion,
+            3 => RejectReason::UnknownNode,
+            4 => RejectReason::DuplicateNode,
+            5 => RejectReason::Overloaded,
+            6 => RejectReason::ProtocolError,
+            _ => return None,
+        })
+    }
+}
+
+/// One message of the lockmgr protocol.
+///
+/// Handshake: client `ClientHello` -> server `ServerChallenge` -> client `ClientProof` ->
+/// server `SessionAccepted` (carrying the server's own proof, for mutual authentication) or
+/// `SessionRejected`. See [`auth`](crate::auth) for the proofs.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Message {
+    ClientHello {
+        /// The smbd node's cluster name, at most [`MAX_NODE_NAME`] bytes.
+        node_name: String,
+        client_nonce: Nonce,
+        /// Lowest and highest protocol version the client speaks.
+        min_version: u8,
+        max_version: u8,
+    },
+    ServerChallenge {
+        /// The session id the server assigns; also bound into both proofs.
+        session_id: SessionId,
+        /// The version the server selected from the client's range.
+        version: u8,
+        server_nonce: Nonce,
+    },
+    ClientProof {
+        proof: Proof,
+    },
+    SessionAccepted {
+        session_id: SessionId,
+        /// The client must show liveness (any frame, e.g. a heartbeat) within this period or
+        /// the server expires the session and releases its state.
+        liveness_lease_ms: u32,
+        server_proof: Proof,
+    },
+    SessionRejected {
+        reason: RejectReason,
+    },
+    Heartbeat {
+        seq: u64,
+    },
+    /// Echoes the `seq` of the heartbeat it answers.
+    HeartbeatAck {
+        seq: u64,
+    },
+    /// Orderly end of the session; the server releases the session's state.
+    Goodbye,
+    Request {
+        request_id: RequestId,
+        body: Request,
+    },
+    Reply {
+        request_id: RequestId,
+        body: Reply,
+    },
+    Notify {
+        body: Notification,
+    },
+    /// Asks the server for its human-readable state (operator view).
+    StatusQuery,
+    /// A chunk of the answer to `StatusQuery`; `more` is set on every chunk but the last.
+    /// Long text is split with [`split_status_text`].
+    StatusText {
+        more: bool,
+        text: String,
+    },
+}
+
+impl Message {
+    /// The message's type tag ([`msg_type`]).
+    pub fn tag(&self) -> u8 {
+        use msg_type::*;
+        match self {
+            Message::ClientHello { .. } => CLIENT_HELLO,
+            Message::ServerChallenge { .. } => SERVER_CHALLENGE,
+            Message::ClientProof { .. } => CLIENT_PROOF,
+            Message::SessionAccepted { .. } => SESSION_ACCEPTED,
+            Message::SessionRejected { .. } => SESSION_REJECTED,
+            Message::Heartbeat { .. } => HEARTBEAT,
+            Message::HeartbeatAck { .. } => HEARTBEAT_ACK,
+            Message::Goodbye => GOODBYE,
+            Message::Request { .. } => REQUEST,
+            Message::Reply { .. } => REPLY,
+            Message::Notify { .. } => NOTIFY,
+            Message::StatusQuery => STATUS_QUERY,
+            Message::StatusText { .. } => STATUS_TEXT,
+        }
+    }
+
+    /// Encoded size including the message header (what [`FrameWriter::push`](crate::FrameWriter::push) adds).
+    pub fn encoded_len(&self) -> Result<usize, EncodeError> {
+        let mut s = Sink::counter();
+        encode_body(&mut s, self)?;
+        Ok(MSG_HEADER_LEN + s.len())
+    }
+}
+
+/// Splits operator text into `StatusText` messages of at most [`MAX_STATUS_TEXT`] bytes each,
+/// on UTF-8 character boundaries, with `more` set on all but the last. Empty text yields one
+/// empty message so the querier always gets an answer.
+pub fn split_status_text(text: &str) -> impl Iterator<Item = Message> + '_ {
+    let mut rest = Some(text);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        let mut cut = r.len().min(MAX_STATUS_TEXT);
+        while !r.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let (chunk, tail) = r.split_at(cut);
+        let more = !tail.is_empty();
+        rest = more.then_some(tail);
+        Some(Message::StatusText {
+            more,
+            text: chunk.to_owned(),
+        })
+    })
+}
+
+pub(crate) fn encode_body(s: &mut Sink<'_>, msg: &Message) -> Result<(), EncodeError> {
+    match msg {
+        Message::ClientHello {
+            node_name,
+            client_nonce,
+            min_version,
+            max_version,
+        } => {
+            if node_name.len() > MAX_NODE_NAME {
+                return Err(EncodeError::StringTooLong {
+                    field: "node_name",
+                    len: node_name.len(),
+                    max: MAX_NODE_NAME,
+                });
+            }
+            s.u8(*min_version);
+            s.u8(*max_version);
+            s.put(client_nonce);
+            // Cannot truncate: bounded by MAX_NODE_NAME above.
+            s.u8(node_name.len() as u8);
+            s.put(node_name.as_bytes());
+        }
+        Message::ServerChallenge {
+            session_id,
+            version,
+            server_nonce,
+        } => {
+            s.u64(session_id.0);
+            s.u8(*version);
+            s.put(server_nonce);
+        }
+        Message::ClientProof { proof } => s.put(proof),
+        Message::SessionAccepted {
+            session_id,
+            liveness_lease_ms,
+            server_proof,
+        } => {
+            s.u64(session_id.0);
+            s.u32(*liveness_lease_ms);
+            s.put(server_proof);
+        }
+        Message::SessionRejected { reason } => s.u16(reason.to_wire()),
+        Message::Heartbeat { seq } | Message::HeartbeatAck { seq } => s.u64(*seq),
+        Message::Goodbye | Message::StatusQuery => {}
+        Message::Request { request_id, body } => {
+            s.u64(request_id.0);
+            codec::put_request(s, body)?;
+        }
+        Message::Reply { request_id, body } => {
+            s.u64(request_id.0);
+            codec::put_reply(s, body)?;
+        }
+        Message::Notify { body } => codec::put_notification(s, body)?,
+        Message::StatusText { more, text } => {
+            // Checked here rather than left to the frame limit so the caller gets a precise
+            // error telling it to split, not a generic MessageTooLarge.
+            if text.len() > MAX_STATUS_TEXT {
+                return Err(EncodeError::StringTooLong {
+                    field: "status_text",
+                    len: text.len(),
+                    max: MAX_STATUS_TEXT,
+                });
+            }
+            s.bool(*more);
+            s.put(text.as_bytes());
+        }
+    }
+    Ok(())
+}
+
+/// Decodes one message body. `tag` must be known ([`msg_type::is_known`]).
+pub(crate) fn decode_body(tag: u8, body: &[u8]) -> Result<Message, DecodeError> {
+    use msg_type::*;
+    let mut r = Reader::new(body);
+    let msg = match tag {
+        CLIENT_HELLO => {
+            let min_version = r.u8()?;
+            let max_version = r.u8()?;
+            let client_nonce = r.array::<32>()?;
+            let len = usize::from(r.u8()?);
+            if len > MAX_NODE_NAME {
+                return Err(DecodeError::StringTooLong {
+                    field: "node_name",
+                    len,
+                    max: MAX_NODE_NAME,
+                });
+            }
+            let raw = r.bytes(len)?;
+            let node_name = std::str::from_utf8(raw)
+                .map_err(|_| DecodeError::InvalidUtf8 { field: "node_name" })?
+                .to_owned();
+            Message::ClientHello {
+                node_name,
+                client_nonce,
+                min_version,
+                max_version,
+            }
+        }
+        SERVER_CHALLENGE => Message::ServerChallenge {
+            session_id: SessionId(r.u64()?),
+            version: r.u8()?,
+            server_nonce: r.array()?,
+        },
+        CLIENT_PROOF => Message::ClientProof { proof: r.array()? },
+        SESSION_ACCEPTED => Message::SessionAccepted {
+            session_id: SessionId(r.u64()?),
+            liveness_lease_ms: r.u32()?,
+            server_proof: r.array()?,
+        },
+        SESSION_REJECTED => {
+            let v = r.u16()?;
+            Message::SessionRejected {
+                reason: RejectReason::from_wire(v).ok_or(DecodeError::InvalidEnumValue {
+                    field: "reject_reason",
+                    value: u64::from(v),
+                })?,
+            }
+        }
+        HEARTBEAT => Message::Heartbeat { seq: r.u64()? },
+        HEARTBEAT_ACK => Message::HeartbeatAck { seq: r.u64()? },
+        GOODBYE => Message::Goodbye,
+        REQUEST => Message::Request {
+            request_id: RequestId(r.u64()?),
+            body: codec::get_request(&mut r)?,
+        },
+        REPLY => Message::Reply {
+            request_id: RequestId(r.u64()?),
+            body: codec::get_reply(&mut r)?,
+        },
+        NOTIFY => Message::Notify {
+            body: codec::get_notification(&mut r)?,
+        },
+        STATUS_QUERY => Message::StatusQuery,
+        STATUS_TEXT => {
+            let more = r.bool("status_text.more")?;
+            let raw = r.bytes(r.remaining())?;
+            let text = std::str::from_utf8(raw)
+                .map_err(|_| DecodeError::InvalidUtf8 {
+                    field: "status_text",
+                })?
+                .to_owned();
+            Message::StatusText { more, text }
+        }
+        other => return Err(DecodeError::UnknownMessageType(other)),
+    };
+    r.finish(tag)?;
+    Ok(msg)
+}

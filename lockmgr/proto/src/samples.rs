@@ -1,0 +1,224 @@
+//! Representative messages covering every message type and every engine variant, for tests,
+//! fuzz-corpus generation and benchmarks (here and in dependent crates).
+
+use lockmgr_engine::{
+    ClientGuid, FileId, Lease, LeaseKey, LeaseState, LockRange, Notification, OpenId, OpenRequest,
+    OplockGrant, OplockLevel, OplockRequest, Reply, Request, RequestId, SessionId, Status,
+};
+
+use crate::message::{Message, RejectReason};
+
+/// A typical hot-path message: a one-range, fail-immediately exclusive lock.
+pub fn lock_request() -> Message {
+    Message::Request {
+        request_id: RequestId(42),
+        body: Request::Lock {
+            open: OpenId(7),
+            ranges: vec![LockRange {
+                offset: 4096,
+                length: 512,
+                exclusive: true,
+            }],
+            fail_immediately: true,
+        },
+    }
+}
+
+fn lease_v2() -> Lease {
+    Lease {
+        key: LeaseKey(0x0123_4567_89ab_cdef_fedc_ba98_7654_3210),
+        state: LeaseState::RWH,
+        parent_key: Some(LeaseKey(0x1111_2222_3333_4444_5555_6666_7777_8888)),
+        epoch: Some(3),
+    }
+}
+
+fn lease_v1() -> Lease {
+    Lease {
+        key: LeaseKey(0xdead_beef),
+        state: LeaseState::RH,
+        parent_key: None,
+        epoch: None,
+    }
+}
+
+/// Every request variant, with every optional field both present and absent somewhere.
+pub fn requests() -> Vec<Request> {
+    let open = |oplock| OpenRequest {
+        file: FileId(0xfeed_f00d_0000_0000_0000_0000_0000_0001),
+        // FILE_READ_DATA | DELETE, FILE_SHARE_READ (MS-SMB2 2.2.13).
+        access: 0x0001_0001,
+        share: 0x1,
+        delete_on_close: true,
+        directory: false,
+        overwrite: true,
+        client_guid: ClientGuid(0xabcdef),
+        oplock,
+    };
+    vec![
+        Request::Open(open(OplockRequest::None)),
+        Request::Open(open(OplockRequest::Oplock(OplockLevel::Batch))),
+        Request::Open(open(OplockRequest::Lease(lease_v1()))),
+        Request::Open(open(OplockRequest::Lease(lease_v2()))),
+        Request::Close { open: OpenId(9) },
+        Request::SetDeletePending {
+            open: OpenId(9),
+            delete: true,
+        },
+        Request::Lock {
+            open: OpenId(3),
+            ranges: vec![
+                LockRange {
+                    offset: 0,
+                    length: 0,
+                    exclusive: false,
+                },
+                LockRange {
+                    offset: u64::MAX - 1,
+                    length: 1,
+                    exclusive: true,
+                },
+            ],
+            fail_immediately: false,
+        },
+        Request::Unlock {
+            open: OpenId(3),
+            ranges: vec![LockRange {
+                offset: 10,
+                length: 20,
+                exclusive: false,
+            }],
+        },
+        Request::Cancel {
+            request: RequestId(77),
+        },
+        Request::CheckIo {
+            open: OpenId(4),
+            offset: 1 << 40,
+            length: 65536,
+            write: true,
+        },
+        Request::OplockBreakAck {
+            open: OpenId(5),
+            level: OplockLevel::LevelII,
+        },
+        Request::LeaseBreakAck {
+            client_guid: ClientGuid(1),
+            key: LeaseKey(2),
+            state: LeaseState::READ,
+        },
+    ]
+}
+
+/// Every reply variant.
+pub fn replies() -> Vec<Reply> {
+    vec![
+        Reply::Opened {
+            open: OpenId(11),
+            grant: OplockGrant::Lease(lease_v2()),
+        },
+        Reply::Opened {
+            open: OpenId(12),
+            grant: OplockGrant::Oplock(OplockLevel::Exclusive),
+        },
+        Reply::Pending,
+        Reply::Done(Status::Success),
+        Reply::Done(Status::Unsuccessful),
+        Reply::Closed { delete_file: true },
+        Reply::Acked {
+            grant: OplockGrant::None,
+        },
+    ]
+}
+
+/// Every notification variant.
+pub fn notifications() -> Vec<Notification> {
+    vec![
+        Notification::OplockBreak {
+            open: OpenId(13),
+            new_level: OplockLevel::None,
+        },
+        Notification::LeaseBreak {
+            client_guid: ClientGuid(14),
+            key: LeaseKey(15),
+            current: LeaseState::RWH,
+            new: LeaseState::RH,
+            epoch: Some(9),
+            ack_required: true,
+        },
+        Notification::LeaseBreak {
+            client_guid: ClientGuid(14),
+            key: LeaseKey(15),
+            current: LeaseState::READ,
+            new: LeaseState::NONE,
+            epoch: None,
+            ack_required: false,
+        },
+        Notification::Completed {
+            request: RequestId(16),
+            reply: Reply::Done(Status::LockNotGranted),
+        },
+    ]
+}
+
+/// Every message type, each engine variant wrapped once. All fit together in one frame.
+pub fn all_messages() -> Vec<Message> {
+    let mut v = vec![
+        Message::ClientHello {
+            node_name: "smbd-node-01.example".to_owned(),
+            client_nonce: [0xa5; 32],
+            min_version: 1,
+            max_version: 1,
+        },
+        Message::ServerChallenge {
+            session_id: SessionId(0x5e55_1000),
+            version: 1,
+            server_nonce: [0x5a; 32],
+        },
+        Message::ClientProof { proof: [1; 32] },
+        Message::SessionAccepted {
+            session_id: SessionId(0x5e55_1000),
+            liveness_lease_ms: 3000,
+            server_proof: [2; 32],
+        },
+        Message::SessionRejected {
+            reason: RejectReason::BadProof,
+        },
+        Message::Heartbeat { seq: 1 },
+        Message::HeartbeatAck { seq: 1 },
+        Message::Goodbye,
+        Message::StatusQuery,
+        Message::StatusText {
+            more: true,
+            text: "sessions: 3\nopens: 12 — ok\n".to_owned(),
+        },
+        Message::StatusText {
+            more: false,
+            text: String::new(),
+        },
+    ];
+    v.extend(
+        requests()
+            .into_iter()
+            .enumerate()
+            .map(|(i, body)| Message::Request {
+                request_id: RequestId(100 + i as u64),
+                body,
+            }),
+    );
+    v.extend(
+        replies()
+            .into_iter()
+            .enumerate()
+            .map(|(i, body)| Message::Reply {
+                request_id: RequestId(200 + i as u64),
+                body,
+            }),
+    );
+    v.extend(
+        notifications()
+            .into_iter()
+            .map(|body| Message::Notify { body }),
+    );
+    v
+}

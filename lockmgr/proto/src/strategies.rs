@@ -1,0 +1,248 @@
+//! proptest strategies for the engine vocabulary and for protocol messages.
+//!
+//! Available to dependent crates with the `proptest` feature. They generate exactly the values
+//! the codec accepts (e.g. lease states within RWH, at most `MAX_LOCK_RANGES` ranges).
+
+use lockmgr_engine::{
+    ClientGuid, FileId, Lease, LeaseKey, LeaseState, LockRange, Notification, OpenId, OpenRequest,
+    OplockGrant, OplockLevel, OplockRequest, Reply, Request, RequestId, SessionId, Status,
+};
+use proptest::collection::vec;
+use proptest::option;
+use proptest::prelude::*;
+
+use crate::message::{Message, RejectReason, MAX_NODE_NAME};
+use crate::MAX_LOCK_RANGES;
+
+pub fn file_id() -> impl Strategy<Value = FileId> {
+    any::<u128>().prop_map(FileId)
+}
+pub fn open_id() -> impl Strategy<Value = OpenId> {
+    any::<u64>().prop_map(OpenId)
+}
+pub fn request_id() -> impl Strategy<Value = RequestId> {
+    any::<u64>().prop_map(RequestId)
+}
+pub fn session_id() -> impl Strategy<Value = SessionId> {
+    any::<u64>().prop_map(SessionId)
+}
+pub fn client_guid() -> impl Strategy<Value = ClientGuid> {
+    any::<u128>().prop_map(ClientGuid)
+}
+pub fn lease_key() -> impl Strategy<Value = LeaseKey> {
+    any::<u128>().prop_map(LeaseKey)
+}
+
+/// Any combination of R, W, H bits (including ones the engine will refuse, like H alone: the
+/// wire carries them faithfully).
+pub fn lease_state() -> impl Strategy<Value = LeaseState> {
+    (0u8..=7).prop_map(LeaseState)
+}
+
+pub fn oplock_level() -> impl Strategy<Value = OplockLevel> {
+    prop_oneof![
+        Just(OplockLevel::None),
+        Just(OplockLevel::LevelII),
+        Just(OplockLevel::Exclusive),
+        Just(OplockLevel::Batch),
+    ]
+}
+
+pub fn status() -> impl Strategy<Value = Status> {
+    // from_wire is the engine's own list, so new statuses are picked up without editing here.
+    (0u16..64).prop_filter_map("not a status", Status::from_wire)
+}
+
+pub fn lease() -> impl Strategy<Value = Lease> {
+    (
+        lease_key(),
+        lease_state(),
+        option::of(lease_key()),
+        option::of(any::<u16>()),
+    )
+        .prop_map(|(key, state, parent_key, epoch)| Lease {
+            key,
+            state,
+            parent_key,
+            epoch,
+        })
+}
+
+pub fn oplock_request() -> impl Strategy<Value = OplockRequest> {
+    prop_oneof![
+        Just(OplockRequest::None),
+        oplock_level().prop_map(OplockRequest::Oplock),
+        lease().prop_map(OplockRequest::Lease),
+    ]
+}
+
+pub fn oplock_grant() -> impl Strategy<Value = OplockGrant> {
+    prop_oneof![
+        Just(OplockGrant::None),
+        oplock_level().prop_map(OplockGrant::Oplock),
+        lease().prop_map(OplockGrant::Lease),
+    ]
+}
+
+pub fn lock_range() -> impl Strategy<Value = LockRange> {
+    (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(offset, length, exclusive)| LockRange {
+        offset,
+        length,
+        exclusive,
+    })
+}
+
+pub fn lock_ranges() -> impl Strategy<Value = Vec<LockRange>> {
+    vec(lock_range(), 0..=MAX_LOCK_RANGES)
+}
+
+pub fn open_request() -> impl Strategy<Value = OpenRequest> {
+    (
+        file_id(),
+        any::<u32>(),
+        any::<u32>(),
+        any::<(bool, bool, bool)>(),
+        client_guid(),
+        oplock_request(),
+    )
+        .prop_map(
+            |(
+                file,
+                access,
+                share,
+                (delete_on_close, directory, overwrite),
+                client_guid,
+                oplock,
+            )| {
+                OpenRequest {
+                    file,
+                    access,
+                    share,
+                    delete_on_close,
+                    directory,
+                    overwrite,
+                    client_guid,
+                    oplock,
+                }
+            },
+        )
+}
+
+pub fn request() -> impl Strategy<Value = Request> {
+    prop_oneof![
+        open_request().prop_map(Request::Open),
+        open_id().prop_map(|open| Request::Close { open }),
+        (open_id(), any::<bool>())
+            .prop_map(|(open, delete)| Request::SetDeletePending { open, delete }),
+        (open_id(), lock_ranges(), any::<bool>()).prop_map(|(open, ranges, fail_immediately)| {
+            Request::Lock {
+                open,
+                ranges,
+                fail_immediately,
+            }
+        }),
+        (open_id(), lock_ranges()).prop_map(|(open, ranges)| Request::Unlock { open, ranges }),
+        request_id().prop_map(|request| Request::Cancel { request }),
+        (open_id(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
+            |(open, offset, length, write)| Request::CheckIo {
+                open,
+                offset,
+                length,
+                write,
+            }
+        ),
+        (open_id(), oplock_level())
+            .prop_map(|(open, level)| Request::OplockBreakAck { open, level }),
+        (client_guid(), lease_key(), lease_state()).prop_map(|(client_guid, key, state)| {
+            Request::LeaseBreakAck {
+                client_guid,
+                key,
+                state,
+            }
+        }),
+    ]
+}
+
+pub fn reply() -> impl Strategy<Value = Reply> {
+    prop_oneof![
+        (open_id(), oplock_grant()).prop_map(|(open, grant)| Reply::Opened { open, grant }),
+        Just(Reply::Pending),
+        status().prop_map(Reply::Done),
+        any::<bool>().prop_map(|delete_file| Reply::Closed { delete_file }),
+        oplock_grant().prop_map(|grant| Reply::Acked { grant }),
+    ]
+}
+
+pub fn notification() -> impl Strategy<Value = Notification> {
+    prop_oneof![
+        (open_id(), oplock_level())
+            .prop_map(|(open, new_level)| Notification::OplockBreak { open, new_level }),
+        (
+            client_guid(),
+            lease_key(),
+            lease_state(),
+            lease_state(),
+            option::of(any::<u16>()),
+            any::<bool>()
+        )
+            .prop_map(|(client_guid, key, current, new, epoch, ack_required)| {
+                Notification::LeaseBreak {
+                    client_guid,
+                    key,
+                    current,
+                    new,
+                    epoch,
+                    ack_required,
+                }
+            }),
+        (request_id(), reply())
+            .prop_map(|(request, reply)| Notification::Completed { request, reply }),
+    ]
+}
+
+pub fn reject_reason() -> impl Strategy<Value = RejectReason> {
+    (0u16..32).prop_filter_map("not a reason", RejectReason::from_wire)
+}
+
+/// Node names of at most `MAX_NODE_NAME` bytes, including multi-byte UTF-8.
+pub fn node_name() -> impl Strategy<Value = String> {
+    "\\PC{0,64}".prop_filter("node name too long", |s| s.len() <= MAX_NODE_NAME)
+}
+
+pub fn message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        (node_name(), any::<[u8; 32]>(), any::<u8>(), any::<u8>()).prop_map(
+            |(node_name, client_nonce, min_version, max_version)| Message::ClientHello {
+                node_name,
+                client_nonce,
+                min_version,
+                max_version,
+            }
+        ),
+        (session_id(), any::<u8>(), any::<[u8; 32]>()).prop_map(
+            |(session_id, version, server_nonce)| Message::ServerChallenge {
+                session_id,
+                version,
+                server_nonce,
+            }
+        ),
+        any::<[u8; 32]>().prop_map(|proof| Message::ClientProof { proof }),
+        (session_id(), any::<u32>(), any::<[u8; 32]>()).prop_map(
+            |(session_id, liveness_lease_ms, server_proof)| Message::SessionAccepted {
+                session_id,
+                liveness_lease_ms,
+                server_proof,
+            }
+        ),
+        reject_reason().prop_map(|reason| Message::SessionRejected { reason }),
+        any::<u64>().prop_map(|seq| Message::Heartbeat { seq }),
+        any::<u64>().prop_map(|seq| Message::HeartbeatAck { seq }),
+        Just(Message::Goodbye),
+        (request_id(), request())
+            .prop_map(|(request_id, body)| Message::Request { request_id, body }),
+        (request_id(), reply()).prop_map(|(request_id, body)| Message::Reply { request_id, body }),
+        notification().prop_map(|body| Message::Notify { body }),
+        Just(Message::StatusQuery),
+        (any::<bool>(), "\\PC{0,300}").prop_map(|(more, text)| Message::StatusText { more, text }),
+    ]
+}

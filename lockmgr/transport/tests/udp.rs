@@ -1,0 +1,381 @@
+//! UDP transport tests.
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lockmgr_transport::udp::{FaultConfig, UdpClient, UdpConfig, UdpServer};
+use lockmgr_transport::{
+    ClientTransport, PeerId, ServerEvent, ServerTransport, SpinConfig, TransportError, MAX_FRAME,
+};
+
+/// Only to avoid hanging forever when something is broken; never a performance assertion.
+const HANG_GUARD: Duration = Duration::from_secs(30);
+const CHILD_ENV: &str = "LOCKMGR_TRANSPORT_UDP_CHILD";
+
+#[derive(Debug, PartialEq, Eq, Clone)]
+enum Ev {
+    Connected(PeerId),
+    Frame(PeerId, Vec<u8>),
+    Disconnected(PeerId),
+}
+
+fn poll_events(s: &mut dyn ServerTransport, out: &mut Vec<Ev>) -> usize {
+    s.poll(&mut |ev| {
+        out.push(match ev {
+            ServerEvent::Connected(p) => Ev::Connected(p),
+            ServerEvent::Frame(p, b) => Ev::Frame(p, b.to_vec()),
+            ServerEvent::Disconnected(p) => Ev::Disconnected(p),
+        })
+    })
+    .unwrap()
+}
+
+fn server_until(s: &mut dyn ServerTransport, out: &mut Vec<Ev>, pred: impl Fn(&[Ev]) -> bool) {
+    let start = Instant::now();
+    while !pred(out) {
+        assert!(start.elapsed() < HANG_GUARD, "timed out; events: {out:?}");
+        if poll_events(s, out) == 0 {
+            s.wait(Some(Duration::from_millis(5))).unwrap();
+        }
+    }
+}
+
+fn localhost() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn connect_pair(server_cfg: UdpConfig, client_cfg: UdpConfig) -> (UdpServer, UdpClient, PeerId) {
+    let mut server = UdpServer::bind(localhost(), server_cfg).unwrap();
+    let addr = server.local_addr().unwrap();
+    // connect() blocks on the handshake, which needs the server polling.
+    let t = std::thread::spawn(move || UdpClient::connect(addr, client_cfg).unwrap());
+    let mut evs = Vec::new();
+    server_until(&mut server, &mut evs, |e| !e.is_empty());
+    let client = t.join().unwrap();
+    let Ev::Connected(peer) = evs[0] else {
+        panic!("{evs:?}")
+    };
+    (server, client, peer)
+}
+
+fn frame(i: u32, len: usize) -> Vec<u8> {
+    let mut v = vec![(i % 251) as u8; len.max(4)];
+    v[..4].copy_from_slice(&i.to_le_bytes());
+    v
+}
+
+/// Both directions at once, single thread; checks exactly-once in-order delivery.
+fn exchange(server: &mut UdpServer, client: &mut UdpClient, peer: PeerId, n: u32) {
+    let (mut sent_c, mut sent_s, mut got_s, mut got_c) = (0u32, 0u32, 0u32, 0u32);
+    let start = Instant::now();
+    while got_s < n || got_c < n {
+        assert!(
+            start.elapsed() < HANG_GUARD,
+            "stuck: sent_c={sent_c} got_s={got_s} sent_s={sent_s} got_c={got_c}"
+        );
+        while sent_c < n {
+            match client.send(&frame(sent_c, (sent_c as usize * 7) % 1400)) {
+                Ok(()) => sent_c += 1,
+                Err(TransportError::Full) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        while sent_s < n {
+            match server.send(peer, &frame(sent_s, (sent_s as usize * 13) % 1400)) {
+                Ok(()) => sent_s += 1,
+                Err(TransportError::Full) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let a = server
+            .poll(&mut |ev| match ev {
+                ServerEvent::Frame(p, b) => {
+                    assert_eq!(p, peer);
+                    assert_eq!(b, &frame(got_s, (got_s as usize * 7) % 1400)[..]);
+                    got_s += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            })
+            .unwrap();
+        let b = client
+            .poll(&mut |b| {
+                assert_eq!(b, &frame(got_c, (got_c as usize * 13) % 1400)[..]);
+                got_c += 1;
+            })
+            .unwrap();
+        if a == 0 && b == 0 {
+            // Let retransmission timers run without burning the CPU.
+            client.wait(Some(Duration::from_micros(200))).unwrap();
+        }
+    }
+}
+
+#[test]
+fn udp_many_frames_both_ways_in_order() {
+    let (mut server, mut client, peer) = connect_pair(UdpConfig::default(), UdpConfig::default());
+    exchange(&mut server, &mut client, peer, 5000);
+}
+
+#[test]
+fn udp_lossy_and_duplicating_delivers_exactly_once_in_order() {
+    let faulty = |seed| UdpConfig {
+        faults: FaultConfig {
+            drop_rate: 0.2,
+            dup_rate: 0.2,
+            seed,
+            on_send: true,
+            on_recv: true,
+        },
+        give_up: Duration::from_secs(20),
+        ..UdpConfig::default()
+    };
+    let (mut server, mut client, peer) = connect_pair(faulty(1), faulty(2));
+    exchange(&mut server, &mut client, peer, 2000);
+}
+
+#[test]
+fn udp_large_frames_and_too_large() {
+    let (mut server, mut client, peer) = connect_pair(UdpConfig::default(), UdpConfig::default());
+    let big: Vec<u8> = (0..MAX_FRAME).map(|i| (i * 31 % 256) as u8).collect();
+    for _ in 0..10 {
+        client.send(&big).unwrap();
+    }
+    let mut evs = Vec::new();
+    server_until(&mut server, &mut evs, |e| e.len() >= 10);
+    assert!(evs.iter().all(|e| e == &Ev::Frame(peer, big.clone())));
+    server.send(peer, &big).unwrap();
+    server.send(peer, &[]).unwrap();
+    let mut got = Vec::new();
+    let start = Instant::now();
+    while got.len() < 2 {
+        assert!(start.elapsed() < HANG_GUARD);
+        client.poll(&mut |b| got.push(b.to_vec())).unwrap();
+        server.poll(&mut |_| {}).unwrap();
+    }
+    assert_eq!(got, vec![big, Vec::new()]);
+    let too_big = vec![0u8; MAX_FRAME + 1];
+    assert!(matches!(
+        client.send(&too_big),
+        Err(TransportError::FrameTooLarge { .. })
+    ));
+    assert!(matches!(
+        server.send(peer, &too_big),
+        Err(TransportError::FrameTooLarge { .. })
+    ));
+}
+
+#[test]
+fn udp_window_full_backpressure() {
+    let cfg = UdpConfig {
+        window: 8,
+        ..UdpConfig::default()
+    };
+    let (mut server, mut client, peer) = connect_pair(cfg, cfg);
+    for i in 0..8 {
+        client.send(&frame(i, 10)).unwrap();
+    }
+    assert!(matches!(
+        client.send(&frame(8, 10)),
+        Err(TransportError::Full)
+    ));
+    let mut evs = Vec::new();
+    server_until(&mut server, &mut evs, |e| e.len() >= 8);
+    // Acks flow back (delayed ack timer), so the window opens again.
+    let start = Instant::now();
+    loop {
+        assert!(start.elapsed() < HANG_GUARD);
+        server.poll(&mut |_| {}).unwrap();
+        client.poll(&mut |_| {}).unwrap();
+        match client.send(&frame(8, 10)) {
+            Ok(()) => break,
+            Err(TransportError::Full) => client.wait(Some(Duration::from_millis(1))).unwrap(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    server_until(&mut server, &mut evs, |e| e.len() >= 9);
+    for (i, e) in evs.iter().enumerate() {
+        assert_eq!(e, &Ev::Frame(peer, frame(i as u32, 10)));
+    }
+}
+
+#[test]
+fn udp_close_detected_both_ways() {
+    let (mut server, client, peer) = connect_pair(UdpConfig::default(), UdpConfig::default());
+    drop(client); // sends FIN
+    let mut evs = Vec::new();
+    server_until(&mut server, &mut evs, |e| {
+        e.contains(&Ev::Disconnected(peer))
+    });
+
+    let (server, mut client, _) = connect_pair(UdpConfig::default(), UdpConfig::default());
+    drop(server);
+    let start = Instant::now();
+    loop {
+        assert!(start.elapsed() < HANG_GUARD);
+        match client.poll(&mut |_| {}) {
+            Err(TransportError::Disconnected) => break,
+            Ok(_) => client.wait(Some(Duration::from_millis(5))).unwrap(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(matches!(
+        client.send(b"x"),
+        Err(TransportError::Disconnected)
+    ));
+}
+
+#[test]
+fn udp_unresponsive_server_gives_up() {
+    let cfg = UdpConfig {
+        give_up: Duration::from_millis(100),
+        keepalive: None,
+        ..UdpConfig::default()
+    };
+    let (server, mut client, _) = connect_pair(UdpConfig::default(), cfg);
+    // Keep the socket bound but never read it, and send no FIN: a hung server.
+    std::mem::forget(server);
+    client.send(b"anyone?").unwrap();
+    let start = Instant::now();
+    loop {
+        assert!(start.elapsed() < HANG_GUARD);
+        match client.poll(&mut |_| {}) {
+            Err(TransportError::Disconnected) => break,
+            Ok(_) => client.wait(Some(Duration::from_millis(5))).unwrap(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// Child-process side of `udp_client_process_killed`; a no-op as an ordinary test.
+#[test]
+fn udp_child_entry() {
+    let Ok(addr) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let mut c = UdpClient::connect(addr.parse().unwrap(), UdpConfig::default()).unwrap();
+    c.send(b"child-hello").unwrap();
+    loop {
+        let mut frames = Vec::new();
+        if c.poll(&mut |b| frames.push(b.to_vec())).is_err() {
+            std::process::exit(3);
+        }
+        for f in frames {
+            while let Err(TransportError::Full) = c.send(&f) {}
+        }
+        c.wait(Some(Duration::from_millis(100))).unwrap();
+    }
+}
+
+#[test]
+fn udp_client_process_killed() {
+    let cfg = UdpConfig {
+        keepalive: Some(Duration::from_millis(20)),
+        peer_timeout: Duration::from_millis(300),
+        ..UdpConfig::default()
+    };
+    let mut server = UdpServer::bind(localhost(), cfg).unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "udp_child_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, server.local_addr().unwrap().to_string())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut evs = Vec::new();
+    server_until(&mut server, &mut evs, |e| {
+        e.iter()
+            .any(|e| matches!(e, Ev::Frame(_, b) if b == b"child-hello"))
+    });
+    let Ev::Connected(peer) = evs[0] else {
+        panic!("{evs:?}")
+    };
+    server.send(peer, b"ping").unwrap();
+    server_until(&mut server, &mut evs, |e| {
+        e.contains(&Ev::Frame(peer, b"ping".to_vec()))
+    });
+    child.kill().unwrap(); // SIGKILL: no FIN, only the liveness timeout can tell
+    child.wait().unwrap();
+    server_until(&mut server, &mut evs, |e| {
+        e.contains(&Ev::Disconnected(peer))
+    });
+    assert_eq!(evs.last(), Some(&Ev::Disconnected(peer)));
+}
+
+#[test]
+fn udp_sleep_and_wake_with_zero_spin() {
+    let cfg = UdpConfig {
+        spin: SpinConfig {
+            spin: Duration::ZERO,
+        },
+        ..UdpConfig::default()
+    };
+    let (mut server, mut client, peer) = connect_pair(cfg, cfg);
+    let srv = std::thread::spawn(move || {
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        while got.len() < 50 {
+            let before = got.len();
+            let n = server
+                .poll(&mut |ev| {
+                    if let ServerEvent::Frame(_, b) = ev {
+                        got.push(b.to_vec());
+                    }
+                })
+                .unwrap();
+            for f in &got[before..] {
+                server.send(peer, f).unwrap();
+            }
+            if n == 0 {
+                server.wait(None).unwrap();
+            }
+        }
+        // Keep serving acks until the client has everything.
+        let stop = Instant::now();
+        while stop.elapsed() < Duration::from_millis(200) {
+            server.poll(&mut |_| {}).unwrap();
+            server.wait(Some(Duration::from_millis(10))).unwrap();
+        }
+        got
+    });
+    for i in 0..50u32 {
+        client.send(&frame(i, 16)).unwrap();
+        let mut got = Vec::new();
+        let start = Instant::now();
+        while got.is_empty() {
+            assert!(start.elapsed() < HANG_GUARD);
+            client.poll(&mut |b| got.push(b.to_vec())).unwrap();
+            if got.is_empty() {
+                client.wait(None).unwrap();
+            }
+        }
+        assert_eq!(got, vec![frame(i, 16)]);
+        if i % 10 == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let got = srv.join().unwrap();
+    assert_eq!(got.len(), 50);
+}
+
+#[test]
+fn udp_waker_interrupts_wait() {
+    let cfg = UdpConfig {
+        keepalive: None,
+        ..UdpConfig::default()
+    };
+    let mut server = UdpServer::bind(localhost(), cfg).unwrap();
+    let waker = server.waker();
+    let t = std::thread::spawn(move || {
+        server.wait(None).unwrap();
+        server
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    waker.wake();
+    let mut server = t.join().unwrap();
+    server.waker().wake();
+    server.wait(None).unwrap();
+}

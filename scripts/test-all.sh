@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Runs every test of the project, as CI does. Installs what it needs first (apt packages, python venv).
+# Usage: bash scripts/test-all.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/install-deps.sh
+
+export CARGO_TERM_COLOR=never
+export SMB_PY_VENV=${SMB_PY_VENV:-/opt/clustersmb-venv}
+
+step() { echo; echo "=== $* ==="; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "cargo build (release binaries used by multi-process tests)"
+cargo build --workspace --release --bins
+
+step "cargo test --workspace"
+cargo test --workspace --release -- --test-threads=2
+
+if [ -x hw-tests/run-softroce.sh ]; then
+    step "soft-RoCE tests under qemu"
+    bash hw-tests/run-softroce.sh
+fi
+echo
+echo "test-all: all steps passed"

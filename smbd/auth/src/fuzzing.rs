@@ -1,0 +1,67 @@
+//! Entry points shared by the cargo-fuzz targets (`fuzz/`) and the corpus regression test
+//! (`tests/fuzz_corpus.rs`), so both exercise exactly the same code. Not part of the stable API.
+
+use std::sync::Arc;
+
+use crate::keys::Cipher;
+use crate::ntlm::{AuthStep, NtlmServer};
+use crate::users::UserDb;
+
+/// A typical NTLMSSP NEGOTIATE (UNICODE, NTLM, ESS, 128/56, KEY_EXCH, SIGN/SEAL, VERSION).
+pub const NEGOTIATE: &[u8] = &[
+    0x4e, 0x54, 0x4c, 0x4d, 0x53, 0x53, 0x50, 0x00, 0x01, 0x00, 0x00, 0x00, 0x37, 0x82, 0x08, 0xe2,
+    0x00, 0x00, 0x00, 0x00, 0x28, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x28, 0x00, 0x00, 0x00,
+    0x00, 0x0c, 0x04, 0x00, 0x00, 0x00, 0x00, 0x0f,
+];
+
+fn server() -> NtlmServer {
+    let mut users = UserDb::new();
+    users.add("alice", "correct horse");
+    NtlmServer::new(Arc::new(users), "SMBD", "WORKGROUP")
+}
+
+/// Feeds `data` to a fresh server, to one that answered a raw NEGOTIATE, and to one that answered
+/// a SPNEGO NegTokenInit. Must never panic; returns how many steps succeeded.
+pub fn ntlm_step(data: &[u8]) -> usize {
+    let mut ok = 0;
+    ok += usize::from(server().step(data).is_ok());
+
+    let mut raw = server();
+    if matches!(raw.step(NEGOTIATE), Ok(AuthStep::Continue { .. })) {
+        ok += usize::from(raw.step(data).is_ok());
+    }
+
+    let mut sp = server();
+    let init = spnego_init(NEGOTIATE);
+    if matches!(sp.step(&init), Ok(AuthStep::Continue { .. })) {
+        ok += usize::from(sp.step(data).is_ok());
+    }
+    ok
+}
+
+fn spnego_init(mech_token: &[u8]) -> Vec<u8> {
+    use crate::der::{ctx, tlv};
+    let mech_types = tlv(0x30, &tlv(0x06, crate::spnego::NTLMSSP_OID));
+    let mut fields = tlv(ctx(0), &mech_types);
+    fields.extend_from_slice(&tlv(ctx(2), &tlv(0x04, mech_token)));
+    let mut inner = tlv(0x06, crate::spnego::SPNEGO_OID);
+    inner.extend_from_slice(&tlv(ctx(0), &tlv(0x30, &fields)));
+    tlv(0x60, &inner)
+}
+
+/// Tries to decrypt `data` as a TRANSFORM message with every cipher. Must never panic; returns
+/// how many decryptions succeeded (practically always 0 for arbitrary input).
+pub fn decrypt(data: &[u8]) -> usize {
+    let _ = crate::encryption::transform_session_id(data);
+    let mut ok = 0;
+    for c in [
+        Cipher::Aes128Ccm,
+        Cipher::Aes128Gcm,
+        Cipher::Aes256Ccm,
+        Cipher::Aes256Gcm,
+    ] {
+        let key = vec![0x42u8; c.key_len()];
+        ok += usize::from(crate::encryption::decrypt(c, &key, data).is_ok());
+    }
+    ok
+}

@@ -1,0 +1,1157 @@
+//! One SMB2/3 connection: a state machine fed with NetBIOS frames, producing frames to send.
+//! No socket I/O here (the io_uring worker owns sockets); file I/O is done synchronously.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use smb_auth::keys::{Cipher, Dialect, SessionKeys, SigningAlgorithm};
+use smb_auth::ntlm::{AuthStep, NtlmServer};
+use smb_auth::preauth::PreauthHash;
+use smb_proto::header::{flags, TRANSFORM_PROTOCOL_ID};
+use smb_proto::{
+    caps, dialect, negctx, security_mode, smb1, status, Command, FileId, Header, NegotiateContext,
+    NegotiateRequest, NegotiateResponse, Request, Response, SessionSetupRequest, Writer,
+};
+
+use crate::fs::DirEntry;
+use crate::locking::{self, OplockGrant};
+use crate::shared::{Event, Shared};
+
+/// Largest READ/WRITE/transact we accept (MS-SMB2 with LARGE_MTU: credit charge covers it).
+pub const MAX_IO: u32 = 8 * 1024 * 1024;
+/// SMB 2.0.2 has no multi-credit requests.
+const MAX_IO_202: u32 = 65536;
+pub const SESSION_FLAG_IS_GUEST: u16 = 0x1;
+pub const SESSION_FLAG_IS_NULL: u16 = 0x2;
+pub const SESSION_FLAG_ENCRYPT_DATA: u16 = 0x4;
+
+pub(crate) struct Negotiated {
+    pub dialect: u16,
+    pub client_guid: [u8; 16],
+    pub client_security_mode: u16,
+    pub client_caps: u32,
+    pub server_security_mode: u16,
+    pub server_caps: u32,
+    pub cipher: Option<Cipher>,
+    pub signing_alg: SigningAlgorithm,
+    pub client_dialects: Vec<u16>,
+}
+
+pub(crate) enum AuthState {
+    InProgress(Box<NtlmServer>),
+    Valid,
+}
+
+pub(crate) struct Session {
+    pub state: AuthState,
+    /// A re-authentication in progress on a valid session.
+    pub reauth: Option<Box<NtlmServer>>,
+    pub user: String,
+    pub anonymous: bool,
+    pub keys: Option<SessionKeys>,
+    pub signing_required: bool,
+    pub encrypt: bool,
+    pub preauth: PreauthHash,
+    pub trees: HashMap<u32, Tree>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Tree {
+    /// Index into `Shared::shares`; `None` = IPC$.
+    pub share: Option<usize>,
+    pub encrypt: bool,
+}
+
+pub(crate) struct DirState {
+    pub entries: Vec<DirEntry>,
+    pub pos: usize,
+    pub pattern: String,
+    pub started: bool,
+}
+
+pub(crate) struct Open {
+    pub session_id: u64,
+    pub tree_id: u32,
+    pub share: usize,
+    /// Absolute path; updated on rename.
+    pub abs: PathBuf,
+    /// Path relative to the share root (client view, for FileNameInformation).
+    pub rel: PathBuf,
+    pub file: Option<File>,
+    pub is_dir: bool,
+    /// Granted access after generic mapping.
+    pub access: u32,
+    pub lock_open: Option<locking::OpenId>,
+    pub stable_id: u128,
+    pub dir: Option<DirState>,
+    pub position: u64,
+    pub mode: u32,
+    pub delete_pending: bool,
+    pub grant: OplockGrant,
+    pub notify_watch: bool,
+}
+
+/// Work waiting for an asynchronous completion (MS-SMB2 3.3.4.2).
+pub(crate) enum PendingKind {
+    Notify {
+        volatile: u64,
+        dir: PathBuf,
+        max_out: u32,
+    },
+    Lock {
+        volatile: u64,
+    },
+    Create(Box<crate::ops::CreateCont>),
+}
+
+pub(crate) struct PendingOp {
+    pub message_id: u64,
+    pub session_id: u64,
+    pub tree_id: u32,
+    pub command: Command,
+    pub encrypted: bool,
+    pub signed: bool,
+    pub kind: PendingKind,
+}
+
+/// Per-chain state for related compound requests (MS-SMB2 3.3.5.2.7.2).
+#[derive(Default)]
+pub(crate) struct ChainCtx {
+    pub session_id: u64,
+    pub tree_id: u32,
+    pub file_id: Option<FileId>,
+    pub prev_status: u32,
+    pub encrypted: bool,
+}
+
+/// What a handler produced.
+pub(crate) enum Outcome {
+    Reply(u32, Response),
+    /// Went async: an interim STATUS_PENDING was (or will be) sent with this AsyncId.
+    Pending(u64),
+    /// No response at all (CANCEL).
+    Nothing,
+}
+
+pub(crate) fn err(st: u32) -> Outcome {
+    Outcome::Reply(st, Response::Error { data: vec![] })
+}
+
+pub struct Conn {
+    pub id: u64,
+    pub(crate) shared: Arc<Shared>,
+    pub local: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+    pub(crate) neg: Option<Negotiated>,
+    pub(crate) conn_preauth: PreauthHash,
+    pub(crate) sessions: HashMap<u64, Session>,
+    pub(crate) opens: HashMap<u64, Open>,
+    pub(crate) pending: HashMap<u64, PendingOp>,
+    next_session: u64,
+    pub(crate) next_tree: u32,
+    pub(crate) next_volatile: u64,
+    next_async: u64,
+    pending_tree_id: Option<u32>,
+    out: Vec<Vec<u8>>,
+    pub closed: bool,
+}
+
+fn frame(msg: Vec<u8>) -> Vec<u8> {
+    let len = msg.len() as u32;
+    let mut f = Vec::with_capacity(msg.len() + 4);
+    f.extend_from_slice(&(len & 0x00FF_FFFF).to_be_bytes());
+    f[0] = 0;
+    f.extend_from_slice(&msg);
+    f
+}
+
+impl Conn {
+    pub fn new(
+        id: u64,
+        shared: Arc<Shared>,
+        local: Option<SocketAddr>,
+        peer: Option<SocketAddr>,
+    ) -> Conn {
+        Conn {
+            id,
+            shared,
+            local,
+            peer,
+            neg: None,
+            conn_preauth: PreauthHash::new(),
+            sessions: HashMap::new(),
+            opens: HashMap::new(),
+            pending: HashMap::new(),
+            next_session: 0,
+            next_tree: 0,
+            next_volatile: 0,
+            next_async: 0,
+            pending_tree_id: None,
+            out: Vec::new(),
+            closed: false,
+        }
+    }
+
+    /// Frames ready to be written to the socket (each with its 4-byte NetBIOS header).
+    pub fn take_output(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.out)
+    }
+
+    pub(crate) fn dialect(&self) -> u16 {
+        self.neg.as_ref().map_or(0, |n| n.dialect)
+    }
+
+    pub(crate) fn auth_dialect(&self) -> Dialect {
+        Dialect::from_revision(self.dialect()).unwrap_or(Dialect::Smb202)
+    }
+
+    pub(crate) fn max_io(&self) -> u32 {
+        if self.dialect() == dialect::SMB202 {
+            MAX_IO_202
+        } else {
+            MAX_IO
+        }
+    }
+
+    /// Handle one complete NetBIOS session message payload.
+    pub fn on_message(&mut self, msg: &[u8]) {
+        if msg.len() < 4 {
+            self.closed = true;
+            return;
+        }
+        match &msg[..4] {
+            [0xFF, b'S', b'M', b'B'] => self.smb1_negotiate(msg),
+            [0xFD, b'S', b'M', b'B'] => self.encrypted_message(msg),
+            [0xFE, b'S', b'M', b'B'] => self.process_chain(msg, false),
+            _ => {
+                tracing::debug!(conn = self.id, "not an SMB message; disconnecting");
+                self.closed = true;
+            }
+        }
+    }
+
+    fn smb1_negotiate(&mut self, msg: &[u8]) {
+        if self.neg.is_some() {
+            self.closed = true;
+            return;
+        }
+        let dialects = match smb1::decode_negotiate(msg) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(conn = self.id, %e, "bad SMB1 negotiate");
+                self.closed = true;
+                return;
+            }
+        };
+        let Some(d) = smb1::smb2_dialect_for(&dialects) else {
+            tracing::info!(conn = self.id, "SMB1-only client refused");
+            self.closed = true;
+            return;
+        };
+        if d == dialect::SMB202 {
+            self.set_negotiated(d, &NegotiateRequest::default(), None, None);
+        }
+        let body = self.negotiate_response_body(d, Vec::new());
+        let hdr = Header {
+            command: Command::Negotiate as u16,
+            credits: 1,
+            flags: flags::SERVER_TO_REDIR,
+            ..Default::default()
+        };
+        let mut w = Writer::new();
+        hdr.encode(&mut w);
+        body.encode_body(&mut w, 0);
+        self.out.push(frame(w.buf));
+    }
+
+    fn encrypted_message(&mut self, msg: &[u8]) {
+        let Some(sid) = smb_auth::encryption::transform_session_id(msg) else {
+            self.closed = true;
+            return;
+        };
+        let cipher = self
+            .neg
+            .as_ref()
+            .and_then(|n| n.cipher)
+            .unwrap_or(Cipher::Aes128Ccm);
+        let key = match self.sessions.get(&sid).and_then(|s| s.keys.as_ref()) {
+            Some(k) if !k.decryption.is_empty() => k.decryption.clone(),
+            _ => {
+                tracing::debug!(conn = self.id, sid, "transform for unknown session");
+                self.closed = true;
+                return;
+            }
+        };
+        match smb_auth::encryption::decrypt(cipher, &key, msg) {
+            Ok((_, plain)) => {
+                if plain.get(..4) == Some(&smb_proto::header::PROTOCOL_ID[..]) {
+                    self.process_chain(&plain, true);
+                } else {
+                    self.closed = true;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(conn = self.id, %e, "decryption failed; disconnecting");
+                self.closed = true;
+            }
+        }
+    }
+
+    fn process_chain(&mut self, buf: &[u8], encrypted: bool) {
+        let msgs = match smb_proto::split_compound(buf) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(conn = self.id, %e, "bad compound; disconnecting");
+                self.closed = true;
+                return;
+            }
+        };
+        let mut ctx = ChainCtx {
+            encrypted,
+            ..Default::default()
+        };
+        let mut responses: Vec<(Vec<u8>, Option<(SigningAlgorithm, Vec<u8>)>)> = Vec::new();
+        let mut enc_session: Option<u64> = None;
+        let n = msgs.len();
+        for (i, m) in msgs.into_iter().enumerate() {
+            let Some((resp, signer)) = self.process_one(m, &mut ctx, i + 1 == n) else {
+                continue;
+            };
+            let hdr_sid = Header::decode(&resp).map(|h| h.session_id).unwrap_or(0);
+            if encrypted || self.session_wants_encryption(hdr_sid, ctx.tree_id) {
+                enc_session = enc_session.or(Some(hdr_sid));
+            }
+            responses.push((resp, signer));
+            if self.closed {
+                return;
+            }
+        }
+        if responses.is_empty() {
+            return;
+        }
+        // Chain: 8-byte align every response but the last, set NextCommand, then sign each.
+        let count = responses.len();
+        let mut chain = Vec::new();
+        for (i, (mut r, signer)) in responses.into_iter().enumerate() {
+            if i + 1 < count {
+                while r.len() % 8 != 0 {
+                    r.push(0);
+                }
+                let next = r.len() as u32;
+                r[20..24].copy_from_slice(&next.to_le_bytes());
+            }
+            if let Some((alg, key)) = signer {
+                if enc_session.is_none() {
+                    r[16..20].copy_from_slice(
+                        &(u32::from_le_bytes([r[16], r[17], r[18], r[19]]) | flags::SIGNED)
+                            .to_le_bytes(),
+                    );
+                    if let Err(e) = smb_auth::signing::sign(alg, &key, &mut r) {
+                        tracing::warn!(conn = self.id, %e, "signing failed");
+                    }
+                }
+            }
+            chain.extend_from_slice(&r);
+        }
+        self.emit(chain, enc_session);
+    }
+
+    fn session_wants_encryption(&self, sid: u64, tree: u32) -> bool {
+        self.sessions
+            .get(&sid)
+            .map(|s| {
+                s.keys.as_ref().is_some_and(|k| !k.encryption.is_empty())
+                    && (s.encrypt || s.trees.get(&tree).is_some_and(|t| t.encrypt))
+            })
+            .unwrap_or(false)
+    }
+
+    /// Queue a message (or chain), encrypting it for `enc_session` if given.
+    pub(crate) fn emit(&mut self, msg: Vec<u8>, enc_session: Option<u64>) {
+        if let Some(sid) = enc_session {
+            let cipher = self
+                .neg
+                .as_ref()
+                .and_then(|n| n.cipher)
+                .unwrap_or(Cipher::Aes128Ccm);
+            let key = self
+                .sessions
+                .get(&sid)
+                .and_then(|s| s.keys.as_ref())
+                .map(|k| k.encryption.clone());
+            if let Some(key) = key.filter(|k| !k.is_empty()) {
+                match smb_auth::encryption::encrypt(cipher, &key, sid, &msg) {
+                    Ok(m) => {
+                        debug_assert_eq!(m.get(..4), Some(&TRANSFORM_PROTOCOL_ID[..]));
+                        self.out.push(frame(m));
+                    }
+                    Err(e) => {
+                        tracing::warn!(conn = self.id, %e, "encryption failed; disconnecting");
+                        self.closed = true;
+                    }
+                }
+                return;
+            }
+        }
+        self.out.push(frame(msg));
+    }
+
+    /// Signing key of a session if responses to `hdr` must be signed.
+    pub(crate) fn signer_for(
+        &self,
+        session_id: u64,
+        request_signed: bool,
+    ) -> Option<(SigningAlgorithm, Vec<u8>)> {
+        let s = self.sessions.get(&session_id)?;
+        if !matches!(s.state, AuthState::Valid) || s.anonymous {
+            return None;
+        }
+        let k = s.keys.as_ref()?;
+        if request_signed || s.signing_required {
+            let alg = self.neg.as_ref()?.signing_alg;
+            Some((alg, k.signing.clone()))
+        } else {
+            None
+        }
+    }
+
+    fn response_header(req: &Header, st: u32, credits: u16) -> Header {
+        Header {
+            credit_charge: req.credit_charge,
+            status: st,
+            command: req.command,
+            credits,
+            flags: flags::SERVER_TO_REDIR | (req.flags & flags::RELATED_OPERATIONS),
+            next_command: 0,
+            message_id: req.message_id,
+            process_id: req.process_id,
+            tree_id: req.tree_id,
+            async_id: 0,
+            session_id: req.session_id,
+            signature: [0; 16],
+        }
+    }
+
+    fn grant_credits(req: &Header) -> u16 {
+        // Generous: what the client asks for (at least one, at least the charge), capped so
+        // a client cannot make us promise an absurd window.
+        req.credits.max(req.credit_charge).clamp(1, 512)
+    }
+
+    /// Process one message of a chain; returns the response bytes and how to sign them.
+    fn process_one(
+        &mut self,
+        m: &[u8],
+        ctx: &mut ChainCtx,
+        last: bool,
+    ) -> Option<(Vec<u8>, Option<(SigningAlgorithm, Vec<u8>)>)> {
+        let mut hdr = match Header::decode(m) {
+            Ok(h) => h,
+            Err(_) => {
+                self.closed = true;
+                return None;
+            }
+        };
+        let related = hdr.flags & flags::RELATED_OPERATIONS != 0;
+        if related {
+            // MS-SMB2 3.3.5.2.7.2: related requests inherit session, tree and file.
+            if hdr.session_id == u64::MAX || hdr.session_id == 0 {
+                hdr.session_id = ctx.session_id;
+            }
+            if hdr.tree_id == u32::MAX || hdr.tree_id == 0 {
+                hdr.tree_id = ctx.tree_id;
+            }
+        }
+        let signed = hdr.flags & flags::SIGNED != 0;
+        let cmd = Command::from_u16(hdr.command);
+        ctx.session_id = hdr.session_id;
+        ctx.tree_id = hdr.tree_id;
+        let outcome = match cmd {
+            None => err(status::INVALID_PARAMETER),
+            Some(cmd) => {
+                if related && ctx.prev_status != status::SUCCESS && ctx.file_id.is_none() {
+                    // The create this request depends on failed: fail the same way.
+                    err(ctx.prev_status)
+                } else {
+                    self.checked_dispatch(cmd, &hdr, m, ctx, last)
+                }
+            }
+        };
+        let credits = Self::grant_credits(&hdr);
+        let (st, body) = match outcome {
+            Outcome::Nothing => return None,
+            Outcome::Pending(async_id) => {
+                let mut h = Self::response_header(&hdr, status::PENDING, credits);
+                h.flags |= flags::ASYNC_COMMAND;
+                h.async_id = async_id;
+                let mut w = Writer::new();
+                h.encode(&mut w);
+                Response::Error { data: vec![] }.encode_body(&mut w, 0);
+                ctx.prev_status = status::SUCCESS;
+                return Some((w.buf, None));
+            }
+            Outcome::Reply(st, body) => (st, body),
+        };
+        ctx.prev_status = st;
+        if cmd == Some(Command::Create) && st != status::SUCCESS {
+            ctx.file_id = None;
+        }
+        let mut h = Self::response_header(&hdr, st, credits);
+        if cmd == Some(Command::SessionSetup) {
+            h.session_id = ctx.session_id;
+        }
+        if let Some(tid) = self.pending_tree_id.take() {
+            h.tree_id = tid;
+            ctx.tree_id = tid;
+        }
+        let mut w = Writer::new();
+        h.encode(&mut w);
+        body.encode_body(&mut w, 0);
+        let signer = match cmd {
+            Some(Command::SessionSetup) => self.session_setup_signer(&h, st),
+            Some(Command::Negotiate) => None,
+            _ => {
+                // Errors on sessions that do not exist cannot be signed.
+                if st == status::USER_SESSION_DELETED {
+                    None
+                } else {
+                    self.signer_for(h.session_id, signed)
+                }
+            }
+        };
+        let resp = w.buf;
+        if cmd == Some(Command::Negotiate) && st == status::SUCCESS && self.dialect() == dialect::SMB311 {
+            // MS-SMB2 3.3.5.4: hash the NEGOTIATE request and response.
+            self.conn_preauth = PreauthHash::new();
+            self.conn_preauth.update(m);
+            self.conn_preauth.update(&resp);
+        }
+        if cmd == Some(Command::SessionSetup) && st == status::MORE_PROCESSING_REQUIRED {
+            if let Some(s) = self.sessions.get_mut(&h.session_id) {
+                if self.neg.as_ref().is_some_and(|n| n.dialect == dialect::SMB311) {
+                    s.preauth.update(&resp);
+                }
+            }
+        }
+        Some((resp, signer))
+    }
+
+    fn checked_dispatch(
+        &mut self,
+        cmd: Command,
+        hdr: &Header,
+        m: &[u8],
+        ctx: &mut ChainCtx,
+        last: bool,
+    ) -> Outcome {
+        if cmd != Command::Negotiate && self.neg.is_none() {
+            self.closed = true;
+            return Outcome::Nothing;
+        }
+        // Session checks (MS-SMB2 3.3.5.2.9) for everything but NEGOTIATE/SESSION_SETUP/ECHO/CANCEL.
+        if !matches!(
+            cmd,
+            Command::Negotiate | Command::SessionSetup | Command::Echo | Command::Cancel
+        ) {
+            let Some(s) = self.sessions.get(&hdr.session_id) else {
+                return err(status::USER_SESSION_DELETED);
+            };
+            if !matches!(s.state, AuthState::Valid) {
+                return err(status::USER_SESSION_DELETED);
+            }
+            let signed = hdr.flags & flags::SIGNED != 0;
+            if !ctx.encrypted {
+                if s.encrypt && s.keys.as_ref().is_some_and(|k| !k.decryption.is_empty()) {
+                    return err(status::ACCESS_DENIED);
+                }
+                if signed {
+                    if let (Some(k), Some(n)) = (s.keys.as_ref(), self.neg.as_ref()) {
+                        if !smb_auth::signing::verify(n.signing_alg, &k.signing, m) {
+                            tracing::debug!(conn = self.id, "bad signature");
+                            return err(status::ACCESS_DENIED);
+                        }
+                    }
+                } else if s.signing_required && !s.anonymous {
+                    return err(status::ACCESS_DENIED);
+                }
+            }
+            if !matches!(
+                cmd,
+                Command::Logoff | Command::TreeConnect | Command::OplockBreak
+            ) {
+                let Some(t) = s.trees.get(&hdr.tree_id) else {
+                    return err(status::NETWORK_NAME_DELETED);
+                };
+                if t.encrypt && !ctx.encrypted && s.keys.as_ref().is_some_and(|k| !k.decryption.is_empty()) {
+                    return err(status::ACCESS_DENIED);
+                }
+            }
+        }
+        let req = match Request::decode_body(cmd, m) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(conn = self.id, ?cmd, %e, "malformed request");
+                return err(status::INVALID_PARAMETER);
+            }
+        };
+        self.dispatch(req, hdr, m, ctx, last)
+    }
+
+    fn dispatch(
+        &mut self,
+        req: Request,
+        hdr: &Header,
+        m: &[u8],
+        ctx: &mut ChainCtx,
+        last: bool,
+    ) -> Outcome {
+        match req {
+            Request::Negotiate(n) => self.negotiate(n),
+            Request::SessionSetup(s) => self.session_setup(s, hdr, ctx, m),
+            Request::Logoff => self.logoff(hdr),
+            Request::TreeConnect(t) => self.tree_connect(&t.path, hdr),
+            Request::TreeDisconnect => self.tree_disconnect(hdr),
+            Request::Echo => Outcome::Reply(status::SUCCESS, Response::Echo),
+            Request::Cancel => self.cancel(hdr),
+            Request::Create(c) => self.create(c, hdr, ctx),
+            Request::Close(c) => self.close(c, ctx),
+            Request::Flush { file_id } => self.flush(file_id, ctx),
+            Request::Read(r) => self.read(r, ctx),
+            Request::Write(w) => self.write(w, hdr, ctx),
+            Request::Lock(l) => self.lock(l, hdr, ctx),
+            Request::Ioctl(i) => self.ioctl(i, hdr, ctx),
+            Request::QueryDirectory(q) => self.query_directory(q, ctx),
+            Request::ChangeNotify(c) => self.change_notify(c, hdr, ctx, last),
+            Request::QueryInfo(q) => self.query_info(q, ctx),
+            Request::SetInfo(s) => self.set_info(s, hdr, ctx),
+            Request::OplockBreak(a) => self.break_ack(a, ctx),
+        }
+    }
+
+    // ---- NEGOTIATE ---------------------------------------------------------------------
+
+    fn set_negotiated(
+        &mut self,
+        d: u16,
+        req: &NegotiateRequest,
+        cipher: Option<Cipher>,
+        signing: Option<SigningAlgorithm>,
+    ) {
+        let dial = Dialect::from_revision(d).unwrap_or(Dialect::Smb202);
+        let mut server_caps = 0;
+        if d >= dialect::SMB210 {
+            server_caps |= caps::LEASING | caps::LARGE_MTU;
+        }
+        if d >= dialect::SMB300 && d < dialect::SMB311 && req.capabilities & caps::ENCRYPTION != 0
+        {
+            server_caps |= caps::ENCRYPTION;
+        }
+        let mut server_security_mode = security_mode::SIGNING_ENABLED;
+        if self.shared.config.server.signing_required {
+            server_security_mode |= security_mode::SIGNING_REQUIRED;
+        }
+        let cipher = if d == dialect::SMB311 {
+            cipher
+        } else if server_caps & caps::ENCRYPTION != 0 {
+            Some(Cipher::Aes128Ccm)
+        } else {
+            None
+        };
+        self.neg = Some(Negotiated {
+            dialect: d,
+            client_guid: req.client_guid,
+            client_security_mode: req.security_mode,
+            client_caps: req.capabilities,
+            server_security_mode,
+            server_caps,
+            cipher,
+            signing_alg: signing.unwrap_or(SigningAlgorithm::default_for(dial)),
+            client_dialects: req.dialects.clone(),
+        });
+    }
+
+    fn negotiate_response_body(&self, d: u16, contexts: Vec<NegotiateContext>) -> Response {
+        let (server_security_mode, server_caps) = match &self.neg {
+            Some(n) => (n.server_security_mode, n.server_caps),
+            None => (
+                security_mode::SIGNING_ENABLED
+                    | if self.shared.config.server.signing_required {
+                        security_mode::SIGNING_REQUIRED
+                    } else {
+                        0
+                    },
+                0,
+            ),
+        };
+        let max = if d == dialect::SMB202 || d == dialect::WILDCARD {
+            MAX_IO_202
+        } else {
+            MAX_IO
+        };
+        Response::Negotiate(NegotiateResponse {
+            security_mode: server_security_mode,
+            dialect: d,
+            server_guid: self.shared.server_guid,
+            capabilities: server_caps,
+            max_transact: max,
+            max_read: max,
+            max_write: max,
+            system_time: crate::fs::now_filetime(),
+            start_time: 0,
+            security_buffer: smb_auth::spnego::negotiate_token(),
+            contexts,
+        })
+    }
+
+    fn negotiate(&mut self, req: NegotiateRequest) -> Outcome {
+        if self.neg.as_ref().is_some_and(|n| n.dialect != dialect::WILDCARD) {
+            // A second NEGOTIATE on a connection is a protocol violation (MS-SMB2 3.3.5.3).
+            self.closed = true;
+            return Outcome::Nothing;
+        }
+        if req.dialects.is_empty() {
+            return err(status::INVALID_PARAMETER);
+        }
+        const OURS: [u16; 5] = [
+            dialect::SMB311,
+            dialect::SMB302,
+            dialect::SMB300,
+            dialect::SMB210,
+            dialect::SMB202,
+        ];
+        let Some(d) = OURS.iter().copied().find(|d| req.dialects.contains(d)) else {
+            return err(status::NOT_SUPPORTED);
+        };
+        let mut contexts = Vec::new();
+        let mut cipher = None;
+        let mut signing = None;
+        if d == dialect::SMB311 {
+            let mut have_preauth = false;
+            for c in &req.contexts {
+                match c.ctx_type {
+                    negctx::PREAUTH_INTEGRITY => {
+                        if let Ok((algs, _)) = c.preauth() {
+                            if algs.contains(&negctx::SHA512) {
+                                have_preauth = true;
+                            }
+                        }
+                    }
+                    negctx::ENCRYPTION => {
+                        if let Ok(ids) = c.id_list() {
+                            // Prefer GCM (faster), then CCM; 128-bit first like Windows.
+                            for pref in [2u16, 1, 4, 3] {
+                                if ids.contains(&pref) {
+                                    cipher = Cipher::from_id(pref);
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    negctx::SIGNING => {
+                        if let Ok(ids) = c.id_list() {
+                            for pref in [2u16, 1, 0] {
+                                if ids.contains(&pref) {
+                                    signing = SigningAlgorithm::from_id(pref);
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if !have_preauth {
+                return err(status::INVALID_PARAMETER);
+            }
+            let salt: [u8; 32] = rand::random();
+            let mut w = Writer::new();
+            w.u16(1).u16(32).u16(negctx::SHA512).bytes(&salt);
+            contexts.push(NegotiateContext {
+                ctx_type: negctx::PREAUTH_INTEGRITY,
+                data: w.buf,
+            });
+            let mut w = Writer::new();
+            w.u16(1).u16(cipher.map_or(0, |c| c.id()));
+            contexts.push(NegotiateContext {
+                ctx_type: negctx::ENCRYPTION,
+                data: w.buf,
+            });
+            if let Some(s) = signing {
+                let mut w = Writer::new();
+                w.u16(1).u16(s.id());
+                contexts.push(NegotiateContext {
+                    ctx_type: negctx::SIGNING,
+                    data: w.buf,
+                });
+            }
+        }
+        self.set_negotiated(d, &req, cipher, signing);
+        Outcome::Reply(status::SUCCESS, self.negotiate_response_body(d, contexts))
+    }
+
+    // ---- SESSION_SETUP -------------------------------------------------------------------
+
+    fn session_setup(
+        &mut self,
+        req: SessionSetupRequest,
+        hdr: &Header,
+        ctx: &mut ChainCtx,
+        m: &[u8],
+    ) -> Outcome {
+        let is311 = self.dialect() == dialect::SMB311;
+        let mut sid = hdr.session_id;
+        if req.flags & smb_proto::SESSION_FLAG_BINDING != 0 {
+            // Multichannel binding is not supported.
+            return err(status::REQUEST_NOT_ACCEPTED);
+        }
+        if sid == 0 {
+            self.next_session += 1;
+            sid = (self.id << 32) | self.next_session;
+            let ntlm = NtlmServer::new(
+                self.shared.users.clone(),
+                &self.shared.config.server.netbios_name,
+                &self.shared.config.server.domain,
+            );
+            let mut preauth = PreauthHash::new();
+            if is311 {
+                preauth = self.conn_preauth.clone();
+            }
+            self.sessions.insert(
+                sid,
+                Session {
+                    state: AuthState::InProgress(Box::new(ntlm)),
+                    reauth: None,
+                    user: String::new(),
+                    anonymous: false,
+                    keys: None,
+                    signing_required: false,
+                    encrypt: false,
+                    preauth,
+                    trees: HashMap::new(),
+                },
+            );
+        } else if let Some(s) = self.sessions.get_mut(&sid) {
+            if matches!(s.state, AuthState::Valid) && s.reauth.is_none() {
+                s.reauth = Some(Box::new(NtlmServer::new(
+                    self.shared.users.clone(),
+                    &self.shared.config.server.netbios_name,
+                    &self.shared.config.server.domain,
+                )));
+            }
+        } else {
+            return err(status::USER_SESSION_DELETED);
+        }
+        ctx.session_id = sid;
+        let dial = self.auth_dialect();
+        let cipher = self.neg.as_ref().and_then(|n| n.cipher);
+        let client_requires_signing = req.security_mode as u16 & security_mode::SIGNING_REQUIRED != 0;
+        let server_requires_signing = self.shared.config.server.signing_required;
+        let allow_anon = self.shared.config.server.allow_anonymous;
+        let global_encrypt = self.shared.config.server.encrypt;
+        let Some(s) = self.sessions.get_mut(&sid) else {
+            return err(status::USER_SESSION_DELETED);
+        };
+        if is311 && !matches!(s.state, AuthState::Valid) {
+            // MS-SMB2 3.3.5.5: every SESSION_SETUP request goes into the session's preauth hash.
+            s.preauth.update(m);
+        }
+        let step = {
+            let ntlm: &mut NtlmServer = match (&mut s.state, &mut s.reauth) {
+                (_, Some(r)) => r,
+                (AuthState::InProgress(n), None) => n,
+                (AuthState::Valid, None) => return err(status::INTERNAL_ERROR),
+            };
+            ntlm.step(&req.buffer)
+        };
+        match step {
+            Ok(AuthStep::Continue { token }) => Outcome::Reply(
+                status::MORE_PROCESSING_REQUIRED,
+                Response::SessionSetup {
+                    flags: 0,
+                    buffer: token,
+                },
+            ),
+            Ok(AuthStep::Done {
+                token,
+                user,
+                session_key,
+                anonymous,
+                ..
+            }) => {
+                if anonymous && !allow_anon {
+                    self.sessions.remove(&sid);
+                    return err(status::LOGON_FAILURE);
+                }
+                let preauth = s.preauth.value();
+                let keys = smb_auth::keys::derive(
+                    dial,
+                    &session_key,
+                    if is311 { Some(&preauth) } else { None },
+                    cipher,
+                );
+                let was_valid = matches!(s.state, AuthState::Valid);
+                if was_valid && s.user != user {
+                    // Re-authentication as another user is refused (MS-SMB2 3.3.5.5.3).
+                    s.reauth = None;
+                    return err(status::ACCESS_DENIED);
+                }
+                s.reauth = None;
+                s.state = AuthState::Valid;
+                s.user = user;
+                s.anonymous = anonymous;
+                let mut flags = 0;
+                if anonymous {
+                    flags |= SESSION_FLAG_IS_NULL;
+                } else {
+                    if !was_valid {
+                        s.keys = Some(keys);
+                    }
+                    s.signing_required = client_requires_signing || server_requires_signing;
+                    if global_encrypt && dial.is_smb3() {
+                        s.encrypt = true;
+                        flags |= SESSION_FLAG_ENCRYPT_DATA;
+                    }
+                }
+                tracing::info!(conn = self.id, sid, user = %s.user, anonymous, "session established");
+                Outcome::Reply(
+                    status::SUCCESS,
+                    Response::SessionSetup {
+                        flags,
+                        buffer: token,
+                    },
+                )
+            }
+            Err(e) => {
+                tracing::info!(conn = self.id, sid, %e, "authentication failed");
+                let st = e.nt_status();
+                let was_valid = matches!(s.state, AuthState::Valid);
+                if was_valid {
+                    s.reauth = None;
+                } else {
+                    self.sessions.remove(&sid);
+                }
+                err(st)
+            }
+        }
+    }
+
+    /// The final SESSION_SETUP response is signed for 3.1.1 (MS-SMB2 3.3.5.5.3) and whenever
+    /// signing is required, so the client can verify the session key.
+    fn session_setup_signer(&self, h: &Header, st: u32) -> Option<(SigningAlgorithm, Vec<u8>)> {
+        if st != status::SUCCESS {
+            return None;
+        }
+        let s = self.sessions.get(&h.session_id)?;
+        if s.anonymous {
+            return None;
+        }
+        let k = s.keys.as_ref()?;
+        let n = self.neg.as_ref()?;
+        if n.dialect == dialect::SMB311 || s.signing_required || h.flags & flags::SIGNED != 0 {
+            Some((n.signing_alg, k.signing.clone()))
+        } else {
+            None
+        }
+    }
+
+    fn logoff(&mut self, hdr: &Header) -> Outcome {
+        let sid = hdr.session_id;
+        self.close_session_opens(sid, None);
+        self.sessions.remove(&sid);
+        Outcome::Reply(status::SUCCESS, Response::Logoff)
+    }
+
+    pub(crate) fn close_session_opens(&mut self, sid: u64, tree: Option<u32>) {
+        let ids: Vec<u64> = self
+            .opens
+            .iter()
+            .filter(|(_, o)| o.session_id == sid && tree.is_none_or(|t| o.tree_id == t))
+            .map(|(k, _)| *k)
+            .collect();
+        for v in ids {
+            self.close_open(v);
+        }
+    }
+
+    fn tree_connect(&mut self, path: &str, hdr: &Header) -> Outcome {
+        let name = path.rsplit('\\').next().unwrap_or("");
+        let d = self.dialect();
+        let (share, encrypt, read_only) = if name.eq_ignore_ascii_case("IPC$") {
+            (None, false, true)
+        } else {
+            match self
+                .shared
+                .shares
+                .iter()
+                .position(|s| s.name.eq_ignore_ascii_case(name))
+            {
+                Some(i) => (
+                    Some(i),
+                    self.shared.shares[i].encrypt,
+                    self.shared.shares[i].read_only,
+                ),
+                None => return err(status::BAD_NETWORK_NAME),
+            }
+        };
+        let Some(s) = self.sessions.get_mut(&hdr.session_id) else {
+            return err(status::USER_SESSION_DELETED);
+        };
+        let encrypt = encrypt && !s.anonymous;
+        if encrypt && d < dialect::SMB300 {
+            return err(status::ACCESS_DENIED);
+        }
+        self.next_tree += 1;
+        let tid = self.next_tree;
+        s.trees.insert(tid, Tree { share, encrypt });
+        let mut sflags = 0;
+        if encrypt {
+            sflags |= smb_proto::share_flags::ENCRYPT_DATA;
+        }
+        let maximal_access = if read_only { 0x0012_00A9 } else { 0x001F_01FF };
+        // The response carries the new TreeId in its header.
+        self.pending_tree_id = Some(tid);
+        Outcome::Reply(
+            status::SUCCESS,
+            Response::TreeConnect {
+                share_type: if share.is_some() {
+                    smb_proto::share_type::DISK
+                } else {
+                    smb_proto::share_type::PIPE
+                },
+                flags: sflags,
+                capabilities: 0,
+                maximal_access,
+            },
+        )
+    }
+
+    fn tree_disconnect(&mut self, hdr: &Header) -> Outcome {
+        self.close_session_opens(hdr.session_id, Some(hdr.tree_id));
+        if let Some(s) = self.sessions.get_mut(&hdr.session_id) {
+            s.trees.remove(&hdr.tree_id);
+        }
+        Outcome::Reply(status::SUCCESS, Response::TreeDisconnect)
+    }
+
+    // ---- async ------------------------------------------------------------------------------
+
+    pub(crate) fn go_async(&mut self, hdr: &Header, ctx: &ChainCtx, kind: PendingKind) -> u64 {
+        self.next_async += 1;
+        let id = self.next_async;
+        self.pending.insert(
+            id,
+            PendingOp {
+                message_id: hdr.message_id,
+                session_id: hdr.session_id,
+                tree_id: hdr.tree_id,
+                command: Command::from_u16(hdr.command).unwrap_or(Command::Echo),
+                encrypted: ctx.encrypted,
+                signed: hdr.flags & flags::SIGNED != 0,
+                kind,
+            },
+        );
+        id
+    }
+
+    /// Send the final response of an async operation.
+    pub(crate) fn complete_async(&mut self, async_id: u64, st: u32, body: Response) {
+        let Some(p) = self.pending.remove(&async_id) else {
+            return;
+        };
+        let h = Header {
+            status: st,
+            command: p.command as u16,
+            credits: 0,
+            flags: flags::SERVER_TO_REDIR | flags::ASYNC_COMMAND,
+            message_id: p.message_id,
+            async_id,
+            session_id: p.session_id,
+            ..Default::default()
+        };
+        let mut w = Writer::new();
+        h.encode(&mut w);
+        body.encode_body(&mut w, 0);
+        let mut msg = w.buf;
+        let enc = (p.encrypted || self.session_wants_encryption(p.session_id, p.tree_id))
+            .then_some(p.session_id);
+        if enc.is_none() {
+            if let Some((alg, key)) = self.signer_for(p.session_id, p.signed) {
+                msg[16..20].copy_from_slice(&(h.flags | flags::SIGNED).to_le_bytes());
+                let _ = smb_auth::signing::sign(alg, &key, &mut msg);
+            }
+        }
+        self.emit(msg, enc);
+    }
+
+    fn cancel(&mut self, hdr: &Header) -> Outcome {
+        let found = self
+            .pending
+            .iter()
+            .find(|(aid, p)| {
+                if hdr.is_async() {
+                    **aid == hdr.async_id
+                } else {
+                    p.message_id == hdr.message_id
+                }
+            })
+            .map(|(aid, _)| *aid);
+        if let Some(aid) = found {
+            self.cancel_pending(aid, status::CANCELLED);
+        }
+        Outcome::Nothing
+    }
+
+    pub(crate) fn cancel_pending(&mut self, aid: u64, st: u32) {
+        let Some(p) = self.pending.get(&aid) else {
+            return;
+        };
+        match &p.kind {
+            PendingKind::Notify { dir, .. } => {
+                let dir = dir.clone();
+                self.shared.unwatch(self.id, &dir);
+                self.complete_async(aid, st, Response::Error { data: vec![] });
+            }
+            PendingKind::Lock { .. } | PendingKind::Create(_) => {
+                // The lock service answers with Completed{Done(Cancelled)}, which finishes it.
+                let mid = p.message_id;
+                let r = self.shared.lock_request(
+                    self.id,
+                    mid,
+                    locking::Request::Cancel {
+                        request: locking::RequestId(mid),
+                    },
+                );
+                tracing::debug!(conn = self.id, ?r, "cancel sent to lock service");
+            }
+        }
+    }
+
+    /// An event routed to this connection.
+    pub fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::DirChanged { dir, action, name } => self.notify_fire(&dir, action, &name),
+            Event::Lock(n) => self.on_lock_notification(n),
+        }
+    }
+
+    /// The connection is gone: release everything.
+    pub fn shutdown(&mut self) {
+        let aids: Vec<u64> = self.pending.keys().copied().collect();
+        for aid in aids {
+            if let Some(PendingKind::Notify { dir, .. }) = self.pending.get(&aid).map(|p| &p.kind) {
+                let dir = dir.clone();
+                self.shared.unwatch(self.id, &dir);
+            }
+        }
+        self.pending.clear();
+        let ids: Vec<u64> = self.opens.keys().copied().collect();
+        for v in ids {
+            self.close_open(v);
+        }
+        self.shared.unregister_conn(self.id);
+    }
+}
+

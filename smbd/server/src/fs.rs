@@ -1,0 +1,618 @@
+//! Local filesystem side of a share: safe path resolution, metadata, info-class encoding.
+
+use std::fs::Metadata;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+use smb_proto::cursor::{string_to_utf16, Writer};
+use smb_proto::status;
+
+pub mod attr {
+    pub const READONLY: u32 = 0x01;
+    pub const HIDDEN: u32 = 0x02;
+    pub const SYSTEM: u32 = 0x04;
+    pub const DIRECTORY: u32 = 0x10;
+    pub const ARCHIVE: u32 = 0x20;
+    pub const NORMAL: u32 = 0x80;
+}
+
+/// Seconds between 1601-01-01 and 1970-01-01.
+const EPOCH_DIFF: u64 = 11_644_473_600;
+
+pub fn filetime_from_unix(secs: i64, nsec: i64) -> u64 {
+    let s = (secs + EPOCH_DIFF as i64).max(0) as u64;
+    s.saturating_mul(10_000_000)
+        .saturating_add((nsec.max(0) as u64) / 100)
+}
+
+pub fn now_filetime() -> u64 {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    filetime_from_unix(d.as_secs() as i64, d.subsec_nanos() as i64)
+}
+
+/// FILETIME -> (secs, nsec) since the Unix epoch.
+pub fn unix_from_filetime(ft: u64) -> (i64, i64) {
+    let secs = (ft / 10_000_000) as i64 - EPOCH_DIFF as i64;
+    let nsec = ((ft % 10_000_000) * 100) as i64;
+    (secs, nsec)
+}
+
+/// Characters Windows forbids in names (MS-FSCC 2.1.5.2).
+fn bad_char(c: char) -> bool {
+    matches!(c, '<' | '>' | ':' | '"' | '|' | '?' | '*' | '/') || (c as u32) < 0x20
+}
+
+/// Validate an SMB path relative to the share root and split it into components.
+/// Errors are NTSTATUS values.
+pub fn split_smb_path(name: &str) -> Result<Vec<String>, u32> {
+    if name.starts_with('\\') {
+        return Err(status::INVALID_PARAMETER);
+    }
+    let mut out = Vec::new();
+    let parts: Vec<&str> = name.split('\\').collect();
+    let n = parts.len();
+    for (i, p) in parts.into_iter().enumerate() {
+        if p.is_empty() {
+            // A trailing backslash is tolerated; "a\\\\b" is not.
+            if i + 1 == n && i > 0 {
+                continue;
+            }
+            if n == 1 {
+                continue;
+            }
+            return Err(status::OBJECT_NAME_INVALID);
+        }
+        if p == "." {
+            continue;
+        }
+        if p == ".." {
+            return Err(status::OBJECT_PATH_SYNTAX_BAD);
+        }
+        if p.chars().any(bad_char) {
+            return Err(if i + 1 == n {
+                status::OBJECT_NAME_INVALID
+            } else {
+                status::OBJECT_PATH_NOT_FOUND
+            });
+        }
+        if p.len() > 255 {
+            return Err(status::OBJECT_NAME_INVALID);
+        }
+        out.push(p.to_string());
+    }
+    Ok(out)
+}
+
+/// Find `name` in `dir`: exact match first, then a case-insensitive match (Windows clients
+/// expect case-insensitive names).
+fn lookup_component(dir: &Path, name: &str) -> Option<String> {
+    let exact = dir.join(name);
+    if std::fs::symlink_metadata(&exact).is_ok() {
+        return Some(name.to_string());
+    }
+    let lower = name.to_lowercase();
+    std::fs::read_dir(dir).ok()?.flatten().find_map(|e| {
+        let n = e.file_name().into_string().ok()?;
+        (n.to_lowercase() == lower).then_some(n)
+    })
+}
+
+/// Result of resolving a path under a share root.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// Path relative to the root with on-disk casing ("" = the root).
+    pub rel: PathBuf,
+    /// Absolute path.
+    pub abs: PathBuf,
+    pub exists: bool,
+}
+
+/// Resolve components under `root` (canonical). Symlinks pointing outside the share are
+/// refused: every existing prefix is canonicalized and must stay under the root.
+pub fn resolve(root: &Path, comps: &[String]) -> Result<Resolved, u32> {
+    let mut rel = PathBuf::new();
+    let n = comps.len();
+    for (i, c) in comps.iter().enumerate() {
+        let dir = root.join(&rel);
+        match lookup_component(&dir, c) {
+            Some(found) => {
+                rel.push(&found);
+                let abs = root.join(&rel);
+                let canon = abs.canonicalize().map_err(|_| status::OBJECT_PATH_NOT_FOUND)?;
+                if !canon.starts_with(root) {
+                    return Err(status::ACCESS_DENIED);
+                }
+                if i + 1 < n && !canon.is_dir() {
+                    return Err(status::OBJECT_PATH_NOT_FOUND);
+                }
+            }
+            None => {
+                if i + 1 < n {
+                    return Err(status::OBJECT_PATH_NOT_FOUND);
+                }
+                rel.push(c);
+                return Ok(Resolved {
+                    abs: root.join(&rel),
+                    rel,
+                    exists: false,
+                });
+            }
+        }
+    }
+    Ok(Resolved {
+        abs: root.join(&rel),
+        rel,
+        exists: true,
+    })
+}
+
+/// Ensure a lexical relative path from a client contains no escape (used for rename targets).
+pub fn rel_is_safe(rel: &Path) -> bool {
+    rel.components().all(|c| matches!(c, Component::Normal(_)))
+}
+
+/// Stable cluster-wide 128-bit id of a stream (see `lockmgr_engine::types::FileId`).
+pub fn stable_file_id(fs_id: u64, ino: u64, stream: &str) -> u128 {
+    let mut h = Sha256::new();
+    h.update(fs_id.to_le_bytes());
+    h.update(ino.to_le_bytes());
+    h.update(stream.as_bytes());
+    let d = h.finalize();
+    let mut a = [0u8; 16];
+    a.copy_from_slice(&d[..16]);
+    u128::from_le_bytes(a)
+}
+
+/// The filesystem id of the filesystem holding `path` (statfs f_fsid).
+pub fn statfs_fsid(path: &Path) -> Option<u64> {
+    let st = statvfs(path)?;
+    Some(st.fsid)
+}
+
+pub struct FsStats {
+    pub fsid: u64,
+    pub block_size: u64,
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+}
+
+pub fn statvfs(path: &Path) -> Option<FsStats> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c` is a valid NUL-terminated string and `st` points to writable memory of the
+    // right type; statvfs only writes into it.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it initialised the struct.
+    let st = unsafe { st.assume_init() };
+    Some(FsStats {
+        fsid: st.f_fsid as u64,
+        block_size: st.f_frsize as u64,
+        blocks: st.f_blocks as u64,
+        bfree: st.f_bfree as u64,
+        bavail: st.f_bavail as u64,
+    })
+}
+
+/// The file attributes and times of an object as SMB sees them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FileInfo {
+    pub creation: u64,
+    pub access: u64,
+    pub write: u64,
+    pub change: u64,
+    pub size: u64,
+    pub alloc: u64,
+    pub attributes: u32,
+    pub ino: u64,
+    pub nlink: u32,
+    pub is_dir: bool,
+}
+
+impl FileInfo {
+    pub fn from_meta(m: &Metadata) -> FileInfo {
+        let is_dir = m.is_dir();
+        let mut attributes = if is_dir { attr::DIRECTORY } else { attr::ARCHIVE };
+        if m.mode() & 0o200 == 0 {
+            attributes |= attr::READONLY;
+        }
+        let write = filetime_from_unix(m.mtime(), m.mtime_nsec());
+        let change = filetime_from_unix(m.ctime(), m.ctime_nsec());
+        // Linux has no birth time via std::os::unix; use the older of mtime/ctime as creation.
+        let creation = match m.created() {
+            Ok(t) => {
+                let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+                filetime_from_unix(d.as_secs() as i64, d.subsec_nanos() as i64)
+            }
+            Err(_) => write.min(change),
+        };
+        let size = if is_dir { 0 } else { m.size() };
+        FileInfo {
+            creation,
+            access: filetime_from_unix(m.atime(), m.atime_nsec()),
+            write,
+            change,
+            size,
+            alloc: if is_dir { 0 } else { m.blocks() * 512 },
+            attributes,
+            ino: m.ino(),
+            nlink: m.nlink() as u32,
+            is_dir,
+        }
+    }
+}
+
+// File information classes (MS-FSCC 2.4).
+pub mod class {
+    pub const DIRECTORY: u8 = 1;
+    pub const FULL_DIRECTORY: u8 = 2;
+    pub const BOTH_DIRECTORY: u8 = 3;
+    pub const BASIC: u8 = 4;
+    pub const STANDARD: u8 = 5;
+    pub const INTERNAL: u8 = 6;
+    pub const EA: u8 = 7;
+    pub const ACCESS: u8 = 8;
+    pub const NAME: u8 = 9;
+    pub const RENAME: u8 = 10;
+    pub const LINK: u8 = 11;
+    pub const NAMES: u8 = 12;
+    pub const DISPOSITION: u8 = 13;
+    pub const POSITION: u8 = 14;
+    pub const FULL_EA: u8 = 15;
+    pub const MODE: u8 = 16;
+    pub const ALIGNMENT: u8 = 17;
+    pub const ALL: u8 = 18;
+    pub const ALLOCATION: u8 = 19;
+    pub const END_OF_FILE: u8 = 20;
+    pub const ALTERNATE_NAME: u8 = 21;
+    pub const STREAM: u8 = 22;
+    pub const COMPRESSION: u8 = 28;
+    pub const NETWORK_OPEN: u8 = 34;
+    pub const ATTRIBUTE_TAG: u8 = 35;
+    pub const ID_BOTH_DIRECTORY: u8 = 37;
+    pub const ID_FULL_DIRECTORY: u8 = 38;
+    pub const NORMALIZED_NAME: u8 = 48;
+    pub const DISPOSITION_EX: u8 = 64;
+    pub const RENAME_EX: u8 = 65;
+}
+
+pub mod fsclass {
+    pub const VOLUME: u8 = 1;
+    pub const SIZE: u8 = 3;
+    pub const DEVICE: u8 = 4;
+    pub const ATTRIBUTE: u8 = 5;
+    pub const CONTROL: u8 = 6;
+    pub const FULL_SIZE: u8 = 7;
+    pub const OBJECT_ID: u8 = 8;
+    pub const SECTOR_SIZE: u8 = 11;
+}
+
+pub fn write_basic(w: &mut Writer, i: &FileInfo) {
+    w.u64(i.creation)
+        .u64(i.access)
+        .u64(i.write)
+        .u64(i.change)
+        .u32(i.attributes)
+        .u32(0);
+}
+
+pub fn write_standard(w: &mut Writer, i: &FileInfo, delete_pending: bool) {
+    w.u64(i.alloc)
+        .u64(i.size)
+        .u32(i.nlink.max(1))
+        .u8(delete_pending as u8)
+        .u8(i.is_dir as u8)
+        .u16(0);
+}
+
+pub fn write_network_open(w: &mut Writer, i: &FileInfo) {
+    w.u64(i.creation)
+        .u64(i.access)
+        .u64(i.write)
+        .u64(i.change)
+        .u64(i.alloc)
+        .u64(i.size)
+        .u32(i.attributes)
+        .u32(0);
+}
+
+/// Per-open state the info classes need besides metadata.
+pub struct OpenView<'a> {
+    pub info: FileInfo,
+    pub delete_pending: bool,
+    pub access: u32,
+    pub position: u64,
+    pub mode: u32,
+    /// Name as the client sees it, with a leading backslash.
+    pub name: &'a str,
+}
+
+/// Encode a QUERY_INFO file class. Errors are NTSTATUS values.
+pub fn query_file_info(cls: u8, v: &OpenView<'_>) -> Result<Vec<u8>, u32> {
+    let mut w = Writer::new();
+    let i = &v.info;
+    match cls {
+        class::BASIC => write_basic(&mut w, i),
+        class::STANDARD => write_standard(&mut w, i, v.delete_pending),
+        class::INTERNAL => {
+            w.u64(i.ino);
+        }
+        class::EA => {
+            w.u32(0);
+        }
+        class::ACCESS => {
+            w.u32(v.access);
+        }
+        class::POSITION => {
+            w.u64(v.position);
+        }
+        class::MODE => {
+            w.u32(v.mode);
+        }
+        class::ALIGNMENT => {
+            w.u32(0);
+        }
+        class::NAME | class::NORMALIZED_NAME => {
+            let n = string_to_utf16(v.name);
+            w.u32(n.len() as u32).bytes(&n);
+        }
+        class::ALL => {
+            write_basic(&mut w, i);
+            write_standard(&mut w, i, v.delete_pending);
+            w.u64(i.ino).u32(0).u32(v.access).u64(v.position).u32(v.mode).u32(0);
+            let n = string_to_utf16(v.name);
+            w.u32(n.len() as u32).bytes(&n);
+        }
+        class::NETWORK_OPEN => write_network_open(&mut w, i),
+        class::ATTRIBUTE_TAG => {
+            w.u32(i.attributes).u32(0);
+        }
+        class::STREAM => {
+            if !i.is_dir {
+                let n = string_to_utf16("::$DATA");
+                w.u32(0).u32(n.len() as u32).u64(i.size).u64(i.alloc).bytes(&n);
+            }
+        }
+        class::COMPRESSION => {
+            w.u64(i.size).u16(0).u8(0).u8(0).u8(0).zeros(3);
+        }
+        class::FULL_EA => return Err(status::EAS_NOT_SUPPORTED),
+        class::ALTERNATE_NAME => return Err(status::OBJECT_NAME_NOT_FOUND),
+        _ => return Err(status::INVALID_INFO_CLASS),
+    }
+    Ok(w.buf)
+}
+
+
+/// Encode a QUERY_INFO filesystem class.
+pub fn query_fs_info(cls: u8, root: &Path, fs_id: u64) -> Result<Vec<u8>, u32> {
+    let mut w = Writer::new();
+    let st = statvfs(root).unwrap_or(FsStats {
+        fsid: 0,
+        block_size: 4096,
+        blocks: 0,
+        bfree: 0,
+        bavail: 0,
+    });
+    let bsize = st.block_size.max(512);
+    let sectors_per_unit = (bsize / 512) as u32;
+    match cls {
+        fsclass::VOLUME => {
+            let label = string_to_utf16("share");
+            w.u64(0)
+                .u32(fs_id as u32)
+                .u32(label.len() as u32)
+                .u8(0)
+                .u8(0)
+                .bytes(&label);
+        }
+        fsclass::SIZE => {
+            w.u64(st.blocks).u64(st.bavail).u32(sectors_per_unit).u32(512);
+        }
+        fsclass::FULL_SIZE => {
+            w.u64(st.blocks)
+                .u64(st.bavail)
+                .u64(st.bfree)
+                .u32(sectors_per_unit)
+                .u32(512);
+        }
+        fsclass::DEVICE => {
+            // FILE_DEVICE_DISK, no special characteristics.
+            w.u32(7).u32(0x20);
+        }
+        fsclass::ATTRIBUTE => {
+            let name = string_to_utf16("NTFS");
+            // CASE_SENSITIVE_SEARCH | CASE_PRESERVED_NAMES | UNICODE_ON_DISK | PERSISTENT_ACLS
+            // | SUPPORTS_SPARSE_FILES
+            w.u32(0x0000_0001 | 0x0000_0002 | 0x0000_0004 | 0x0000_0008 | 0x0000_0040)
+                .u32(255)
+                .u32(name.len() as u32)
+                .bytes(&name);
+        }
+        fsclass::SECTOR_SIZE => {
+            w.u32(512).u32(512).u32(512).u32(512).u32(0x3).u32(0).u32(0);
+        }
+        fsclass::OBJECT_ID => {
+            w.u128(fs_id as u128).zeros(48);
+        }
+        fsclass::CONTROL => return Err(status::NOT_SUPPORTED),
+        _ => return Err(status::INVALID_INFO_CLASS),
+    }
+    Ok(w.buf)
+}
+
+/// A minimal self-relative security descriptor: owner and group Everyone (S-1-1-0), and a
+/// DACL granting Everyone full access (MS-DTYP 2.4.6).
+pub fn security_descriptor(additional: u32) -> Vec<u8> {
+    let sid: [u8; 12] = [1, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0];
+    let mut w = Writer::new();
+    let want_owner = additional & 1 != 0;
+    let want_group = additional & 2 != 0;
+    let want_dacl = additional & 4 != 0;
+    // Header: revision, sbz1, control (SELF_RELATIVE | DACL_PRESENT), offsets filled below.
+    let control: u16 = 0x8000 | if want_dacl { 0x0004 } else { 0 };
+    w.u8(1).u8(0).u16(control).u32(0).u32(0).u32(0).u32(0);
+    if want_owner {
+        let o = w.len() as u32;
+        w.set_u32(4, o);
+        w.bytes(&sid);
+    }
+    if want_group {
+        let o = w.len() as u32;
+        w.set_u32(8, o);
+        w.bytes(&sid);
+    }
+    if want_dacl {
+        let o = w.len() as u32;
+        w.set_u32(16, o);
+        // ACL: revision 2, size, 1 ACE; ACE: ACCESS_ALLOWED, flags 0, size 20, mask, SID.
+        let ace_size = 8 + sid.len() as u16;
+        w.u8(2).u8(0).u16(8 + ace_size).u16(1).u16(0);
+        w.u8(0).u8(0).u16(ace_size).u32(0x001F_01FF).bytes(&sid);
+    }
+    w.buf
+}
+
+/// One directory entry for QUERY_DIRECTORY.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub name: String,
+    pub info: FileInfo,
+}
+
+/// Encode one entry of a directory info class; `None` for an unsupported class.
+pub fn encode_dir_entry(cls: u8, e: &DirEntry, index: u32) -> Option<Vec<u8>> {
+    let mut w = Writer::new();
+    let name = string_to_utf16(&e.name);
+    let i = &e.info;
+    w.u32(0).u32(index);
+    if cls == class::NAMES {
+        w.u32(name.len() as u32).bytes(&name);
+        return Some(w.buf);
+    }
+    w.u64(i.creation)
+        .u64(i.access)
+        .u64(i.write)
+        .u64(i.change)
+        .u64(i.size)
+        .u64(i.alloc)
+        .u32(i.attributes)
+        .u32(name.len() as u32);
+    match cls {
+        class::DIRECTORY => {}
+        class::FULL_DIRECTORY => {
+            w.u32(0);
+        }
+        class::BOTH_DIRECTORY => {
+            w.u32(0).u8(0).u8(0).zeros(24);
+        }
+        class::ID_BOTH_DIRECTORY => {
+            w.u32(0).u8(0).u8(0).zeros(24).u16(0).u64(i.ino);
+        }
+        class::ID_FULL_DIRECTORY => {
+            w.u32(0).u32(0).u64(i.ino);
+        }
+        _ => return None,
+    }
+    w.bytes(&name);
+    Some(w.buf)
+}
+
+/// Windows wildcard match, case-insensitive (MS-FSA 2.1.4.4): `*`, `?`, and the DOS
+/// wildcards `<` (DOS_STAR), `>` (DOS_QM), `"` (DOS_DOT).
+pub fn wildcard_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.to_lowercase().chars().collect();
+    let n: Vec<char> = name.to_lowercase().chars().collect();
+    if pattern == "*" || pattern == "*.*" || pattern.is_empty() {
+        return true;
+    }
+    match_from(&p, &n)
+}
+
+fn match_from(p: &[char], n: &[char]) -> bool {
+    let Some((&c, rest)) = p.split_first() else {
+        return n.is_empty();
+    };
+    match c {
+        '*' => (0..=n.len()).any(|k| match_from(rest, &n[k..])),
+        '?' => !n.is_empty() && match_from(rest, &n[1..]),
+        // DOS_QM: any single char, or nothing at a dot / end of name.
+        '>' => {
+            if n.is_empty() || n[0] == '.' {
+                match_from(rest, n) || (!n.is_empty() && match_from(rest, &n[1..]))
+            } else {
+                match_from(rest, &n[1..])
+            }
+        }
+        // DOS_DOT: a dot, or nothing at the end of the name.
+        '"' => {
+            if n.is_empty() {
+                match_from(rest, n)
+            } else {
+                n[0] == '.' && match_from(rest, &n[1..])
+            }
+        }
+        // DOS_STAR: any chars up to (not past) the last dot.
+        '<' => {
+            let last_dot = n.iter().rposition(|&ch| ch == '.');
+            let limit = last_dot.unwrap_or(n.len());
+            (0..=n.len()).any(|k| {
+                (k <= limit || last_dot.is_none()) && match_from(rest, &n[k..])
+            })
+        }
+        _ => !n.is_empty() && n[0] == c && match_from(rest, &n[1..]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards() {
+        assert!(wildcard_match("*", "abc"));
+        assert!(wildcard_match("a?c", "ABC"));
+        assert!(!wildcard_match("a?c", "abbc"));
+        assert!(wildcard_match("*.txt", "x.TXT"));
+        assert!(wildcard_match("<.txt", "x.txt"));
+        assert!(wildcard_match("abc\"", "abc"));
+        assert!(wildcard_match("ab>", "ab"));
+        assert!(!wildcard_match("*.txt", "x.doc"));
+    }
+
+    #[test]
+    fn path_validation() {
+        assert_eq!(split_smb_path("a\\b").unwrap(), vec!["a", "b"]);
+        assert_eq!(split_smb_path("").unwrap(), Vec::<String>::new());
+        assert_eq!(split_smb_path("..\\x"), Err(status::OBJECT_PATH_SYNTAX_BAD));
+        assert_eq!(split_smb_path("a|b"), Err(status::OBJECT_NAME_INVALID));
+        assert_eq!(split_smb_path("\\a"), Err(status::INVALID_PARAMETER));
+    }
+
+    #[test]
+    fn symlink_out_of_share_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("esc")).unwrap();
+        let root = root.canonicalize().unwrap();
+        assert_eq!(
+            resolve(&root, &["esc".into(), "passwd".into()]).err(),
+            Some(status::ACCESS_DENIED)
+        );
+    }
+
+    #[test]
+    fn stable_ids_depend_on_inputs() {
+        assert_eq!(stable_file_id(1, 2, ""), stable_file_id(1, 2, ""));
+        assert_ne!(stable_file_id(1, 2, ""), stable_file_id(1, 3, ""));
+    }
+}

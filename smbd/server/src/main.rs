@@ -1,0 +1,100 @@
+//! `smbd --config FILE [--listen ADDR:PORT ...]`: the SMB2/3 file server.
+//!
+//! The configuration format is documented in [`smbd::config`]; see `smbd/smbd.example.toml`.
+//! Prints `smbd listening on ADDR` for each bound address (port 0 picks a free port).
+//! SIGINT/SIGTERM stop the server cleanly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use smbd::config::Config;
+use smbd::server::Server;
+
+#[derive(Parser, Debug)]
+#[command(name = "smbd", about = "SMB2/SMB3 file server")]
+struct Args {
+    /// TOML configuration file.
+    #[arg(long)]
+    config: PathBuf,
+    /// Address to listen on (repeatable), in addition to the configured ones.
+    #[arg(long)]
+    listen: Vec<SocketAddr>,
+}
+
+fn wait_for_signal() -> std::io::Result<i32> {
+    // SAFETY: sigset manipulation on a local, zero-initialised sigset_t; pthread_sigmask
+    // only affects this thread's mask (inherited by threads spawned afterwards).
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(0)
+}
+
+fn sigwait_blocked() -> i32 {
+    // SAFETY: as above; sigwait writes the received signal number into `sig`.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        let mut sig: libc::c_int = 0;
+        libc::sigwait(&set, &mut sig);
+        sig
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(%e, "configuration");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    // Block the signals before any thread exists so only the waiter below receives them.
+    if let Err(e) = wait_for_signal() {
+        tracing::error!(%e, "signal setup");
+        return std::process::ExitCode::FAILURE;
+    }
+    let server = match Server::bind(config, &args.listen) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(%e, "startup");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    for a in server.local_addrs() {
+        println!("smbd listening on {a}");
+    }
+    let stopper = server.stopper();
+    std::thread::spawn(move || {
+        let sig = sigwait_blocked();
+        tracing::info!(sig, "signal received, shutting down");
+        stopper.stop();
+    });
+    match server.run() {
+        Ok(()) => {
+            tracing::info!("stopped");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(%e, "server failed");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

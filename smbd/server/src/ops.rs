@@ -1,0 +1,1630 @@
+//! File service: the SMB2 commands that work on opens (MS-SMB2 3.3.5.9 - 3.3.5.22).
+
+use std::fs::{File, OpenOptions};
+use std::io::ErrorKind;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use smb_proto::cursor::{string_to_utf16, utf16_to_string, Reader, Writer};
+use smb_proto::header::flags as hflags;
+use smb_proto::{
+    create_action, create_options, ctx as cctx, disposition, fsctl, info_type, lock_flags,
+    oplock_level, query_dir_flags, status, BreakAck, ChangeNotifyRequest, CloseRequest,
+    CloseResponse, CreateContext, CreateRequest, CreateResponse, FileId, Header, IoctlRequest,
+    LeaseContext, LockRequest, QueryDirectoryRequest, QueryInfoRequest, ReadRequest, Response,
+    SetInfoRequest, WriteRequest,
+};
+
+use crate::conn::{err, ChainCtx, Conn, DirState, Open, Outcome, PendingKind};
+use crate::fs::{self, class, DirEntry, FileInfo, OpenView};
+use crate::locking::{
+    self, map_generic, ClientGuid, Lease, LeaseKey, LeaseState, LockRange, Notification,
+    OpenRequest, OplockGrant, OplockLevel, OplockRequest, Reply, Status,
+};
+
+const FILE_ACTION_ADDED: u32 = 1;
+const FILE_ACTION_REMOVED: u32 = 2;
+const FILE_ACTION_MODIFIED: u32 = 3;
+const FILE_ACTION_RENAMED_OLD_NAME: u32 = 4;
+const FILE_ACTION_RENAMED_NEW_NAME: u32 = 5;
+const BAD_IMPERSONATION_LEVEL: u32 = 0xC000_00A5;
+const FULL_ACCESS: u32 = 0x001F_01FF;
+const READ_ACCESS: u32 = 0x0012_00A9;
+const DELETE: u32 = 0x0001_0000;
+const READ_DATA: u32 = 0x1;
+const WRITE_DATA: u32 = 0x2;
+const APPEND_DATA: u32 = 0x4;
+const EXECUTE: u32 = 0x20;
+const WRITE_ATTRIBUTES: u32 = 0x100;
+const LIST_DIRECTORY: u32 = 0x1;
+
+fn io_status(e: &std::io::Error) -> u32 {
+    match e.kind() {
+        ErrorKind::NotFound => status::OBJECT_NAME_NOT_FOUND,
+        ErrorKind::AlreadyExists => status::OBJECT_NAME_COLLISION,
+        ErrorKind::PermissionDenied => status::ACCESS_DENIED,
+        ErrorKind::DirectoryNotEmpty => status::DIRECTORY_NOT_EMPTY,
+        ErrorKind::NotADirectory => status::NOT_A_DIRECTORY,
+        ErrorKind::IsADirectory => status::FILE_IS_A_DIRECTORY,
+        ErrorKind::StorageFull => status::DISK_FULL,
+        _ => match e.raw_os_error() {
+            Some(libc::ENOTEMPTY) => status::DIRECTORY_NOT_EMPTY,
+            Some(libc::EXDEV) => status::NOT_SAME_DEVICE,
+            Some(libc::EMFILE) | Some(libc::ENFILE) => status::TOO_MANY_OPENED_FILES,
+            _ => status::UNSUCCESSFUL,
+        },
+    }
+}
+
+fn parent_and_name(abs: &Path) -> (PathBuf, String) {
+    (
+        abs.parent().map(Path::to_path_buf).unwrap_or_default(),
+        abs.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+    )
+}
+
+fn engine_status(st: Status) -> u32 {
+    st.ntstatus()
+}
+
+fn oplock_grant_level(g: &OplockGrant) -> u8 {
+    match g {
+        OplockGrant::None => oplock_level::NONE,
+        OplockGrant::Oplock(l) => *l as u8,
+        OplockGrant::Lease(_) => oplock_level::LEASE,
+    }
+}
+
+/// Everything a CREATE needs to finish after the lock service granted (maybe later) the open.
+pub(crate) struct CreateCont {
+    session_id: u64,
+    tree_id: u32,
+    share: usize,
+    abs: PathBuf,
+    rel: PathBuf,
+    existed: bool,
+    created_now: bool,
+    is_dir: bool,
+    access: u32,
+    disposition: u32,
+    stable_id: u128,
+    lease: Option<LeaseContext>,
+    want_mxac: bool,
+    want_qfid: bool,
+    delete_on_close: bool,
+}
+
+impl Conn {
+    /// Map a request FileId (or the related-chain placeholder) to an open of this session.
+    fn resolve_fid(&self, fid: FileId, ctx: &ChainCtx) -> Result<u64, u32> {
+        let fid = if fid == FileId::RELATED {
+            ctx.file_id.ok_or(status::INVALID_PARAMETER)?
+        } else {
+            fid
+        };
+        match self.opens.get(&fid.volatile) {
+            Some(o) if o.session_id == ctx.session_id && fid.persistent == fid.volatile => {
+                Ok(fid.volatile)
+            }
+            _ => Err(status::FILE_CLOSED),
+        }
+    }
+
+    fn client_guid(&self) -> ClientGuid {
+        ClientGuid(u128::from_le_bytes(
+            self.neg.as_ref().map(|n| n.client_guid).unwrap_or_default(),
+        ))
+    }
+
+    fn tree_share(&self, ctx: &ChainCtx) -> Option<Option<usize>> {
+        self.sessions
+            .get(&ctx.session_id)?
+            .trees
+            .get(&ctx.tree_id)
+            .map(|t| t.share)
+    }
+
+    pub(crate) fn create(&mut self, c: CreateRequest, hdr: &Header, ctx: &mut ChainCtx) -> Outcome {
+        let Some(share) = self.tree_share(ctx) else {
+            return err(status::NETWORK_NAME_DELETED);
+        };
+        let Some(share) = share else {
+            // IPC$: no named pipes are served.
+            return err(status::OBJECT_NAME_NOT_FOUND);
+        };
+        if c.impersonation_level > 3 {
+            return err(BAD_IMPERSONATION_LEVEL);
+        }
+        if c.options & create_options::DIRECTORY_FILE != 0
+            && c.options & create_options::NON_DIRECTORY_FILE != 0
+        {
+            return err(status::INVALID_PARAMETER);
+        }
+        if c.disposition > disposition::OVERWRITE_IF {
+            return err(status::INVALID_PARAMETER);
+        }
+        if !matches!(
+            c.oplock_level,
+            oplock_level::NONE
+                | oplock_level::II
+                | oplock_level::EXCLUSIVE
+                | oplock_level::BATCH
+                | oplock_level::LEASE
+        ) {
+            return err(status::INVALID_PARAMETER);
+        }
+        // MS-SMB2 3.3.5.9: reserved CreateOptions bits and access bits are rejected.
+        if c.options & 0xFF00_0000 != 0 || c.file_attributes & !0x0003_7FB7 != 0 {
+            return err(status::INVALID_PARAMETER);
+        }
+        if c.desired_access & 0x0CE0_FE00 != 0 {
+            return err(status::ACCESS_DENIED);
+        }
+        let mut name = c.name.as_str();
+        if let Some(stripped) = name.strip_suffix("::$DATA") {
+            name = stripped;
+        }
+        if name.contains(':') {
+            // Alternate data streams are not supported.
+            return err(status::OBJECT_NAME_INVALID);
+        }
+        let comps = match fs::split_smb_path(name) {
+            Ok(c) => c,
+            Err(st) => return err(st),
+        };
+        let sh = &self.shared.shares[share];
+        let root = sh.root.clone();
+        let read_only = sh.read_only;
+        let fs_id = sh.fs_id;
+        let res = match fs::resolve(&root, &comps) {
+            Ok(r) => r,
+            Err(st) => return err(st),
+        };
+        let mut access = map_generic(c.desired_access);
+        if c.desired_access & locking::access_bits::MAXIMUM_ALLOWED != 0 {
+            access |= FULL_ACCESS;
+        }
+        if read_only {
+            if access & (WRITE_DATA | APPEND_DATA | DELETE | 0x10 | WRITE_ATTRIBUTES) != 0
+                && c.desired_access & locking::access_bits::MAXIMUM_ALLOWED == 0
+            {
+                return err(status::ACCESS_DENIED);
+            }
+            access &= READ_ACCESS;
+        }
+        let delete_on_close = c.options & create_options::DELETE_ON_CLOSE != 0;
+        if delete_on_close && access & DELETE == 0 {
+            return err(status::ACCESS_DENIED);
+        }
+        let dir_req = c.options & create_options::DIRECTORY_FILE != 0;
+        let nondir_req = c.options & create_options::NON_DIRECTORY_FILE != 0;
+        let mut created_now = false;
+        let is_dir;
+        if res.exists {
+            let meta = match std::fs::metadata(&res.abs) {
+                Ok(m) => m,
+                Err(e) => return err(io_status(&e)),
+            };
+            is_dir = meta.is_dir();
+            if c.disposition == disposition::CREATE {
+                return err(status::OBJECT_NAME_COLLISION);
+            }
+            if is_dir && nondir_req {
+                return err(status::FILE_IS_A_DIRECTORY);
+            }
+            if !is_dir && dir_req {
+                return err(status::NOT_A_DIRECTORY);
+            }
+            let overwrite = matches!(
+                c.disposition,
+                disposition::OVERWRITE | disposition::OVERWRITE_IF | disposition::SUPERSEDE
+            );
+            if is_dir && overwrite {
+                return err(status::INVALID_PARAMETER);
+            }
+            let ro_attr = meta.permissions().mode() & 0o200 == 0;
+            if ro_attr && !is_dir {
+                if delete_on_close {
+                    return err(status::CANNOT_DELETE);
+                }
+                if access & (WRITE_DATA | APPEND_DATA) != 0 || overwrite {
+                    return err(status::ACCESS_DENIED);
+                }
+            }
+            if read_only && overwrite {
+                return err(status::ACCESS_DENIED);
+            }
+        } else {
+            if matches!(c.disposition, disposition::OPEN | disposition::OVERWRITE) {
+                return err(status::OBJECT_NAME_NOT_FOUND);
+            }
+            if read_only {
+                return err(status::MEDIA_WRITE_PROTECTED);
+            }
+            let r = if dir_req {
+                std::fs::create_dir(&res.abs)
+            } else {
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&res.abs)
+                    .map(|_| ())
+            };
+            if let Err(e) = r {
+                return err(io_status(&e));
+            }
+            if c.file_attributes & fs::attr::READONLY != 0 && !dir_req {
+                let _ = std::fs::set_permissions(&res.abs, std::fs::Permissions::from_mode(0o444));
+            }
+            created_now = true;
+            is_dir = dir_req;
+            let (parent, n) = parent_and_name(&res.abs);
+            self.shared.dir_changed(parent, FILE_ACTION_ADDED, n);
+        }
+        let ino = std::fs::metadata(&res.abs).map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.ino()
+        });
+        let ino = match ino {
+            Ok(i) => i,
+            Err(e) => return err(io_status(&e)),
+        };
+        let stable_id = fs::stable_file_id(fs_id, ino, "");
+        let lease = if c.oplock_level == oplock_level::LEASE && self.dialect() >= 0x0210 {
+            c.context(cctx::RQLS)
+                .and_then(|x| LeaseContext::decode(&x.data).ok())
+        } else {
+            None
+        };
+        let oplock = match (c.oplock_level, &lease) {
+            (oplock_level::LEASE, Some(l)) => OplockRequest::Lease(Lease {
+                key: LeaseKey(l.key),
+                state: LeaseState((l.state & 0x7) as u8),
+                parent_key: l.parent_key.map(LeaseKey),
+                epoch: l.epoch,
+            }),
+            (lvl, _) => match OplockLevel::from_wire(lvl) {
+                Some(OplockLevel::None) | None => OplockRequest::None,
+                Some(l) => OplockRequest::Oplock(l),
+            },
+        };
+        let cont = CreateCont {
+            session_id: ctx.session_id,
+            tree_id: ctx.tree_id,
+            share,
+            abs: res.abs.clone(),
+            rel: res.rel.clone(),
+            existed: res.exists,
+            created_now,
+            is_dir,
+            access,
+            disposition: c.disposition,
+            stable_id,
+            lease,
+            want_mxac: c.context(cctx::MXAC).is_some(),
+            want_qfid: c.context(cctx::QFID).is_some(),
+            delete_on_close,
+        };
+        let req = OpenRequest {
+            file: locking::FileId(stable_id),
+            access,
+            share: c.share_access & 0x7,
+            delete_on_close,
+            directory: is_dir,
+            overwrite: res.exists
+                && matches!(
+                    c.disposition,
+                    disposition::OVERWRITE | disposition::OVERWRITE_IF | disposition::SUPERSEDE
+                ),
+            client_guid: self.client_guid(),
+            oplock,
+        };
+        match self
+            .shared
+            .lock_request(self.id, hdr.message_id, locking::Request::Open(req))
+        {
+            Reply::Opened { open, grant } => {
+                let (out, fid) = self.finish_create(cont, open, grant);
+                if let Some(fid) = fid {
+                    ctx.file_id = Some(fid);
+                }
+                out
+            }
+            Reply::Pending => {
+                let aid = self.go_async(hdr, ctx, PendingKind::Create(Box::new(cont)));
+                Outcome::Pending(aid)
+            }
+            Reply::Done(st) => {
+                Self::undo_create(&cont);
+                err(engine_status(st))
+            }
+            other => {
+                tracing::warn!(?other, "unexpected lock reply to open");
+                Self::undo_create(&cont);
+                err(status::INTERNAL_ERROR)
+            }
+        }
+    }
+
+    fn undo_create(cont: &CreateCont) {
+        if cont.created_now {
+            let _ = if cont.is_dir {
+                std::fs::remove_dir(&cont.abs)
+            } else {
+                std::fs::remove_file(&cont.abs)
+            };
+        }
+    }
+
+    pub(crate) fn finish_create(
+        &mut self,
+        cont: CreateCont,
+        lock_open: locking::OpenId,
+        grant: OplockGrant,
+    ) -> (Outcome, Option<FileId>) {
+        let read_only = self.shared.shares[cont.share].read_only;
+        let mut file = None;
+        if !cont.is_dir {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(!read_only)
+                .open(&cont.abs)
+                .or_else(|_| File::open(&cont.abs));
+            match f {
+                Ok(f) => file = Some(f),
+                Err(e) => {
+                    let _ = self.shared.lock_request(
+                        self.id,
+                        0,
+                        locking::Request::Close { open: lock_open },
+                    );
+                    Self::undo_create(&cont);
+                    return (err(io_status(&e)), None);
+                }
+            }
+        }
+        let mut action = if cont.created_now {
+            create_action::CREATED
+        } else {
+            create_action::OPENED
+        };
+        if cont.existed
+            && matches!(
+                cont.disposition,
+                disposition::OVERWRITE | disposition::OVERWRITE_IF | disposition::SUPERSEDE
+            )
+        {
+            if let Some(f) = &file {
+                if let Err(e) = f.set_len(0) {
+                    return (err(io_status(&e)), None);
+                }
+            }
+            action = if cont.disposition == disposition::SUPERSEDE {
+                create_action::SUPERSEDED
+            } else {
+                create_action::OVERWRITTEN
+            };
+        }
+        let info = match std::fs::metadata(&cont.abs) {
+            Ok(m) => FileInfo::from_meta(&m),
+            Err(e) => return (err(io_status(&e)), None),
+        };
+        self.next_volatile += 1;
+        let v = self.next_volatile;
+        let fid = FileId {
+            persistent: v,
+            volatile: v,
+        };
+        let mut contexts = Vec::new();
+        if cont.want_mxac {
+            let mut w = Writer::new();
+            w.u32(0).u32(if read_only { READ_ACCESS } else { FULL_ACCESS });
+            contexts.push(CreateContext {
+                name: cctx::MXAC.to_vec(),
+                data: w.buf,
+            });
+        }
+        if cont.want_qfid {
+            let mut w = Writer::new();
+            w.u64(info.ino)
+                .u64(self.shared.shares[cont.share].fs_id)
+                .zeros(16);
+            contexts.push(CreateContext {
+                name: cctx::QFID.to_vec(),
+                data: w.buf,
+            });
+        }
+        if let (OplockGrant::Lease(l), Some(req)) = (&grant, &cont.lease) {
+            let resp = LeaseContext {
+                key: l.key.0,
+                state: l.state.0 as u32,
+                flags: 0,
+                duration: 0,
+                parent_key: req.parent_key,
+                epoch: l.epoch.or(req.epoch.map(|_| 0)),
+            };
+            contexts.push(CreateContext {
+                name: cctx::RQLS.to_vec(),
+                data: resp.encode(),
+            });
+        }
+        let oplock = if matches!(grant, OplockGrant::Lease(_)) && cont.lease.is_none() {
+            oplock_level::NONE
+        } else {
+            oplock_grant_level(&grant)
+        };
+        self.opens.insert(
+            v,
+            Open {
+                session_id: cont.session_id,
+                tree_id: cont.tree_id,
+                share: cont.share,
+                abs: cont.abs.clone(),
+                rel: cont.rel.clone(),
+                file,
+                is_dir: cont.is_dir,
+                access: cont.access,
+                lock_open: Some(lock_open),
+                stable_id: cont.stable_id,
+                dir: None,
+                position: 0,
+                mode: 0,
+                delete_pending: cont.delete_on_close,
+                grant,
+                notify_watch: false,
+            },
+        );
+        let resp = CreateResponse {
+            oplock_level: oplock,
+            flags: 0,
+            action,
+            creation_time: info.creation,
+            last_access_time: info.access,
+            last_write_time: info.write,
+            change_time: info.change,
+            allocation_size: info.alloc,
+            end_of_file: info.size,
+            attributes: info.attributes,
+            file_id: fid,
+            contexts,
+        };
+        (
+            Outcome::Reply(status::SUCCESS, Response::Create(resp)),
+            Some(fid),
+        )
+    }
+
+    /// Drop an open: lock service close, delete-on-close, pending notifies cleaned up.
+    pub(crate) fn close_open(&mut self, v: u64) -> Option<Open> {
+        let aids: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| match &p.kind {
+                PendingKind::Notify { volatile, .. } | PendingKind::Lock { volatile } => {
+                    *volatile == v
+                }
+                PendingKind::Create(_) => false,
+            })
+            .map(|(a, _)| *a)
+            .collect();
+        for a in aids {
+            let is_notify = matches!(
+                self.pending.get(&a).map(|p| &p.kind),
+                Some(PendingKind::Notify { .. })
+            );
+            if is_notify {
+                self.cancel_pending(a, status::NOTIFY_CLEANUP);
+            } else {
+                self.cancel_pending(a, status::CANCELLED);
+            }
+        }
+        let o = self.opens.remove(&v)?;
+        if let Some(lo) = o.lock_open {
+            if let Reply::Closed { delete_file: true } =
+                self.shared
+                    .lock_request(self.id, 0, locking::Request::Close { open: lo })
+            {
+                let r = if o.is_dir {
+                    std::fs::remove_dir(&o.abs)
+                } else {
+                    std::fs::remove_file(&o.abs)
+                };
+                match r {
+                    Ok(()) => {
+                        let (parent, n) = parent_and_name(&o.abs);
+                        self.shared.dir_changed(parent, FILE_ACTION_REMOVED, n);
+                    }
+                    Err(e) => tracing::debug!(path = ?o.abs, %e, "delete on close failed"),
+                }
+            }
+        }
+        Some(o)
+    }
+
+    pub(crate) fn close(&mut self, c: CloseRequest, ctx: &mut ChainCtx) -> Outcome {
+        let v = match self.resolve_fid(c.file_id, ctx) {
+            Ok(v) => v,
+            Err(st) => return err(st),
+        };
+        let mut resp = CloseResponse::default();
+        if c.flags & smb_proto::CLOSE_FLAG_POSTQUERY_ATTRIB != 0 {
+            if let Some(o) = self.opens.get(&v) {
+                if let Ok(m) = std::fs::metadata(&o.abs) {
+                    let i = FileInfo::from_meta(&m);
+                    resp = CloseResponse {
+                        flags: smb_proto::CLOSE_FLAG_POSTQUERY_ATTRIB,
+                        creation_time: i.creation,
+                        last_access_time: i.access,
+                        last_write_time: i.write,
+                        change_time: i.change,
+                        allocation_size: i.alloc,
+                        end_of_file: i.size,
+                        attributes: i.attributes,
+                    };
+                }
+            }
+        }
+        self.close_open(v);
+        Outcome::Reply(status::SUCCESS, Response::Close(resp))
+    }
+
+    pub(crate) fn flush(&mut self, fid: FileId, ctx: &mut ChainCtx) -> Outcome {
+        let v = match self.resolve_fid(fid, ctx) {
+            Ok(v) => v,
+            Err(st) => return err(st),
+        };
+        let Some(o) = self.opens.get(&v) else {
+            return err(status::FILE_CLOSED);
+        };
+        if o.access & (WRITE_DATA | APPEND_DATA) == 0 {
+            return err(status::ACCESS_DENIED);
+        }
+        if let Some(f) = &o.file {
+            if let Err(e) = f.sync_data() {
+                return err(io_status(&e));
+            }
+        }
+        Outcome::Reply(status::SUCCESS, Response::Flush)
+    }
+
+    fn check_io(&self, o: &Open, offset: u64, length: u64, write: bool) -> Result<(), u32> {
+        let Some(lo) = o.lock_open else {
+            return Ok(());
+        };
+        if length == 0 {
+            return Ok(());
+        }
+        match self.shared.lock_request(
+            self.id,
+            0,
+            locking::Request::CheckIo {
+                open: lo,
+                offset,
+                length,
+                write,
+            },
+        ) {
+            Reply::Done(Status::Success) => Ok(()),
+            Reply::Done(st) => Err(engine_status(st)),
+            _ => Ok(()),
+        }
+    }
+
+    pub(crate) fn read(&mut self, r: ReadRequest, ctx: &mut ChainCtx) -> Outcome {
+        let v = match self.resolve_fid(r.file_id, ctx) {
+            Ok(v) => v,
+            Err(st) => return err(st),
+        };
+        if r.length > self.max_io() {
+            return err(status::INVALID_PARAMETER);
+        }
+        let Some(o) = self.opens.get(&v) else {
+            return err(status::FILE_CLOSED);
+        };
+        if o.is_dir {
+            return err(status::INVALID_DEVICE_REQUEST);
+        }
+        if o.access & (READ_DATA | EXECUTE) == 0 {
+            return err(status::ACCESS_DENIED);
+        }
+        if let Err(st) = self.check_io(o, r.offset, r.length as u64, false) {
+            return err(st);
+        }
+        let Some(f) = &o.file else {
+            return err(status::INVALID_DEVICE_REQUEST);
+        };
+        let mut buf = vec![0u8; r.length as usize];
+        let mut n = 0usize;
+        while n < buf.len() {
+            match f.read_at(&mut buf[n..], r.offset.saturating_add(n as u64)) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return err(io_status(&e)),
+            }
+        }
+        buf.truncate(n);
+        if (n == 0 && r.length > 0) || (n as u32) < r.minimum_count {
+            return err(status::END_OF_FILE);
+        }
+        if let Some(o) = self.opens.get_mut(&v) {
+            o.position = r.offset + n as u64;
+        }
+        Outcome::Reply(
+            status::SUCCESS,
+            Response::Read {
+                data: buf,
+                data_remaining: 0,
+            },
+        )
+    }
+
+    pub(crate) fn write(&mut self, w: WriteRequest, _hdr: &Header, ctx: &mut ChainCtx) -> Outcome {
+        let v = match self.resolve_fid(w.file_id, ctx) {
+            Ok(v) => v,
+            Err(st) => return err(st),
+        };
+        if w.data.len() as u64 > self.max_io() as u64 {
+            return err(status::INVALID_PARAMETER);
+        }
+        let Some(o) = self.opens.get(&v) else {
+            return err(status::FILE_CLOSED);
+        };
+        if o.is_dir {
+            return err(status::INVALID_DEVICE_REQUEST);
+        }
+        if o.access & (WRITE_DATA | APPEND_DATA) == 0 {
+            return err(status::ACCESS_DENIED);
+        }
+        let Some(f) = &o.file else {
+            return err(status::INVALID_DEVICE_REQUEST);
+        };
+        // Offset 0xFFFFFFFFFFFFFFFF means "append" (MS-FSA 2.1.5.3).
+        let offset = if w.offset == u64::MAX {
+            f.metadata().map(|m| m.len()).unwrap_or(0)
+        } else {
+            w.offset
+        };
+        if let Err(st) = self.check_io(o, offset, w.data.len() as u64, true) {
+            return err(st);
+        }
+        if let Err(e) = f.write_all_at(&w.data, offset) {
+            return err(io_status(&e));
+        }
+        let (parent, n) = parent_and_name(&o.abs);
+        if let Some(o) = self.opens.get_mut(&v) {
+            o.position = offset + w.data.len() as u64;
+        }
+        self.shared.dir_changed(parent, FILE_ACTION_MODIFIED, n);
+        Outcome::Reply(
+            status::SUCCESS,
+            Response::Write {
+                count: w.data.len() as u32,
+            },
+        )
+    }
+
+    pub(crate) fn lock(&mut self, l: LockRequest, hdr: &Header, ctx: &mut ChainCtx) -> Outcome {
+        let v = match self.resolve_fid(l.file_id, ctx) {
+            Ok(v) => v,
+            Err(st) => return err(st),
+        };
+        let Some(lo) = self.opens.get(&v).and_then(|o| o.lock_open) else {
+            return err(status::FILE_CLOSED);
+        };
+        let Some(first) = l.locks.first() else {
+            return err(status::INVALID_PARAMETER);
+        };
+        let ranges_of = |excl: &dyn Fn(u32) -> bool| -> Vec<LockRange> {
+            l.locks
+                .iter()
+                .map(|e| LockRange {
+                    offset: e.offset,
+                    length: e.length,
+                    exclusive: excl(e.flags),
+                })
+                .collect()
+        };
+        let req = if first.flags & lock_flags::UNLOCK != 0 {
+            if l.locks.iter().any(|e| e.flags != lock_flags::UNLOCK) {
+                return err(status::INVALID_PARAMETER);
+            }
+            locking::Request::Unlock {
+                open: lo,
+                ranges: ranges_of(&|_| false),
+            }
+        } else {
+            for e in &l.locks {
+                let kind = e.flags & !lock_flags::FAIL_IMMEDIATELY;
+                if kind != lock_flags::SHARED && kind != lock_flags::EXCLUSIVE {
+                    return err(status::INVALID_PARAMETER);
+                }
+            }
+            let fail_immediately = l.locks.len() > 1
+                || first.flags & lock_flags::FAIL_IMMEDIATELY != 0;
+            if l.locks.len() > 1
+                && l
+                    .locks
+                    .iter()
+                    .any(|e| e.flags & lock_flags::FAIL_IMMEDIATELY == 0)
+            {
+                // MS-SMB2 3.3.5.14.2: only a single-element request may block.
+                return err(status::INVALID_PARAMETER);
+            }
+            locking::Request::Lock {
+                open: lo,
+                ranges: ranges_of(&|f| f & lock_flags::EXCLUSIVE != 0),
+                fail_immediately,
+            }
+        };
+        match self.shared.lock_request(self.id, hdr.message_id, req) {
+            Reply::Done(Status::Success) => Outcome::Reply(status::SUCCESS, Response::Lock),
+            Reply::Done(st) => err(engine_status(st)),
+            Reply::Pending => {
+                let aid = self.go_async(hdr, ctx, PendingKind::Lock { volatile: v });
+                Outcome::Pending(aid)
+            }
+            other => {
+                tracing::warn!(?other, "unexpected lock reply");
+                err(status::INTERNAL_ERROR)
+            }
+        }
+    }
+
+    pub(crate) fn ioctl(&mut self, i: IoctlRequest, _hdr: &Header, ctx: &mut ChainCtx) -> Outcome {
+        if i.flags != smb_proto::IOCTL_IS_FSCTL {
+            return err(status::NOT_SUPPORTED);
+        }
+        if i.max_output_response > self.max_io() || i.input.len() as u32 > self.max_io() {
+            return err(status::INVALID_PARAMETER);
+        }
+        let reply = |output: Vec<u8>, fid: FileId| {
+            Outcome::Reply(
+                status::SUCCESS,
+                Response::Ioctl {
+                    ctl_code: i.ctl_code,
+                    file_id: fid,
+                    input: vec![],
+                    output,
+                },
+            )
+        };
+        match i.ctl_code {
+            fsctl::VALIDATE_NEGOTIATE_INFO => {
+                let Some(n) = self.neg.as_ref() else {
+                    return err(status::ACCESS_DENIED);
+                };
+                if n.dialect == smb_proto::dialect::SMB311 {
+                    // 3.1.1 relies on preauth integrity instead; Windows drops the connection.
+                    self.closed = true;
+                    return Outcome::Nothing;
+                }
+                let mut r = Reader::new(&i.input);
+                let parsed = (|| -> Result<(u32, [u8; 16], u16, Vec<u16>), smb_proto::DecodeError> {
+                    let caps = r.u32()?;
+                    let guid = r.array16()?;
+                    let mode = r.u16()?;
+                    let count = r.u16()? as usize;
+                    let mut d = Vec::new();
+                    for _ in 0..count {
+                        d.push(r.u16()?);
+                    }
+                    Ok((caps, guid, mode, d))
+                })();
+                let Ok((caps, guid, mode, dialects)) = parsed else {
+                    return err(status::INVALID_PARAMETER);
+                };
+                if caps != n.client_caps
+                    || guid != n.client_guid
+                    || mode != n.client_security_mode
+                    || dialects != n.client_dialects
+                {
+                    // MS-SMB2 3.3.5.15.12: a mismatch means tampering: drop the connection.
+                    self.closed = true;
+                    return Outcome::Nothing;
+                }
+                if i.max_output_response < 24 {
+                    return err(status::INVALID_PARAMETER);
+                }
+                let mut w = Writer::new();
+                w.u32(n.server_caps)
+                    .bytes(&self.shared.server_guid)
+                    .u16(n.server_security_mode)
+                    .u16(n.dialect);
+                reply(w.buf, i.file_id)
+            }
+            fsctl::QUERY_NETWORK_INTERFACE_INFO => {
+                let mut w = Writer::new();
+                let (family, ip): (u16, Vec<u8>) = match self.local.map(|a| a.ip()) {
+                    Some(std::net::IpAddr::V6(v6)) => (23, v6.octets().to_vec()),
+                    Some(std::net::IpAddr::V4(v4)) => (2, v4.octets().to_vec()),
+                    None => (2, vec![127, 0, 0, 1]),
+                };
+                // NETWORK_INTERFACE_INFO (MS-SMB2 2.2.32.5): one interface, no RSS/RDMA.
+                w.u32(0).u32(1).u32(0).u32(0).u64(1_000_000_000);
+                let start = w.len();
+                w.u16(family).u16(0);
+                if family == 2 {
+                    w.bytes(&ip);
+                } else {
+                    w.u32(0).bytes(&ip).u32(0);
+                }
+                while w.len() - start < 128 {
+                    w.u8(0);
+                }
+                if (w.len() as u32) > i.max_output_response {
+                    return err(status::BUFFER_TOO_SMALL);
+                }
+                reply(w.buf, i.file_id)
+            }
+            fsctl::DFS_GET_REFERRALS | fsctl::DFS_GET_REFERRALS_EX => err(status::NOT_FOUND),
+            fsctl::PIPE_TRANSCEIVE => err(status::NOT_SUPPORTED),
+            fsctl::SRV_REQUEST_RESUME_KEY => {
+                let v = match self.resolve_fid(i.file_id, ctx) {
+                    Ok(v) => v,
+                    Err(st) => return err(st),
+                };
+                if i.max_output_response < 32 {
+                    return err(status::INVALID_PARAMETER);
+                }
+                let mut w = Writer::new();
+                w.u64(v).u64(self.id).u64(0).u32(0).u32(0);
+                reply(w.buf, i.file_id)
+            }
+            fsctl::CREATE_OR_GET_OBJECT_ID
+            | fsctl::SET_SPARSE
+            | fsctl::GET_REPARSE_POINT
+            | fsctl::QUERY_ALLOCATED_RANGES
+            | fsctl::SET_ZERO_DATA
+            | fsctl::SRV_ENUMERATE_SNAPSHOTS
+            | fsctl::SRV_COPYCHUNK
+            | fsctl::SRV_COPYCHUNK_WRITE
+            | fsctl::FILE_LEVEL_TRIM => {
+                if let Err(st) = self.resolve_fid(i.file_id, ctx) {
+                    return err(st);
+                }
+                err(status::NOT_SUPPORTED)
+            }
+            _ => err(status::NOT_SUPPORTED),
+        }
+    }
+
+    pub(crate) fn query_directory(&mut self, q: QueryDirectoryRequest, ctx: &mut ChainCtx) -> Outcome {
+        let v = match self.resolve_fid(q.file_id, ctx) {
+            Ok(v) => v,
+            Err(st) => return err(st),
+        };
+        let Some(o) = self.opens.get_mut(&v) else {
+            return err(status::FILE_CLOSED);
+        };
+        if !o.is_dir {
+            return err(status::INVALID_PARAMETER);
+        }
+        if o.access & LIST_DIRECTORY == 0 {
+            return err(status::ACCESS_DENIED);
+        }
+        if !matches!(
+            q.info_class,
+            class::DIRECTORY
+                | class::FULL_DIRECTORY
+                | class::BOTH_DIRECTORY
+                | class::NAMES
+                | class::ID_BOTH_DIRECTORY
+                | class::ID_FULL_DIRECTORY
+        ) {
+            return err(status::INVALID_INFO_CLASS);
+        }
+        if q.output_buffer_length > self.max_io_static() {
+            return err(status::INVALID_PARAMETER);
+        }
+        let restart = q.flags & (query_dir_flags::RESTART_SCANS | query_dir_flags::REOPEN) != 0;
+        let pattern = if q.pattern.is_empty() {
+            "*".to_string()
+        } else {
+            q.pattern.clone()
+        };
+        if restart || o.dir.is_none() {
+            let entries = match list_dir(&o.abs, &pattern) {
+                Ok(e) => e,
+                Err(st) => return err(st),
+            };
+            o.dir = Some(DirState {
+                entries,
+                pos: 0,
+                pattern,
+                started: false,
+            });
+        }
+        let Some(ds) = o.dir.as_mut() else {
+            return err(status::INTERNAL_ERROR);
+        };
+        let first_call = !ds.started;
+        ds.started = true;
+        if ds.pos >= ds.entries.len() {
+            return err(if first_call && ds.entries.is_empty() {
+                status::NO_SUCH_FILE
+            } else {
+                status::NO_MORE_FILES
+            });
+        }
+        let max = q.output_buffer_length as usize;
+        let mut out = Writer::new();
+        let mut last_start: Option<usize> = None;
+        while ds.pos < ds.entries.len() {
+            let e = &ds.entries[ds.pos];
+            let Some(enc) = fs::encode_dir_entry(q.info_class, e, 0) else {
+                return err(status::INVALID_INFO_CLASS);
+            };
+            let start = (out.len() + 7) & !7;
+            if start + enc.len() > max {
+                break;
+            }
+            out.align(8);
+            if let Some(ls) = last_start {
+                out.set_u32(ls, (start - ls) as u32);
+            }
+            out.bytes(&enc);
+            last_start = Some(start);
+            ds.pos += 1;
+            if q.flags & query_dir_flags::RETURN_SINGLE_ENTRY != 0 {
+                break;
+            }
+        }
+        if last_start.is_none() {
+            return err(status::INFO_LENGTH_MISMATCH);
+        }
+        Outcome::Reply(status::SUCCESS, Response::QueryDirectory { data: out.buf })
+    }
+
+    fn max_io_static(&self) -> u32 {
+        self.max_io()
+    }
+
+    pub(crate) fn change_notify(
+        &mut self,
+        c: ChangeNotifyRequest,
+        hdr: &Header,
+        ctx: &mut ChainCtx,
+        _last: bool,
+    ) -> Outcome {
+        let v = match self.resolve_fid(c.file_id, ctx) {
+            Ok(v) => v,
+            Err(st) => return err(st),
+        };
+        let Some(o) = self.opens.get_mut(&v) else {
+            return err(status::FILE_CLOSED);
+        };
+        if !o.is_dir {
+            return err(status::INVALID_PARAMETER);
+        }
+        if c.output_buffer_length > MAX_NOTIFY {
+            return err(status::INVALID_PARAMETER);
+        }
+        o.notify_watch = true;
+        let dir = o.abs.clone();
+        self.shared.watch(self.id, dir.clone());
+        let aid = self.go_async(
+            hdr,
+            ctx,
+            PendingKind::Notify {
+                volatile: v,
+                dir,
+                max_out: c.output_buffer_length,
+            },
+        );
+        Outcome::Pending(aid)
+    }
+
+    /// A change happened in `dir`: complete the pending CHANGE_NOTIFYs watching it.
+    pub(crate) fn notify_fire(&mut self, dir: &Path, action: u32, name: &str) {
+        let aids: Vec<(u64, u32)> = self
+            .pending
+            .iter()
+            .filter_map(|(a, p)| match &p.kind {
+                PendingKind::Notify { dir: d, max_out, .. } if d == dir => Some((*a, *max_out)),
+                _ => None,
+            })
+            .collect();
+        for (aid, max_out) in aids {
+            self.shared.unwatch(self.id, &dir.to_path_buf());
+            let n = string_to_utf16(name);
+            let mut w = Writer::new();
+            w.u32(0).u32(action).u32(n.len() as u32).bytes(&n);
+            if w.len() > max_out as usize {
+                self.complete_async(aid, status::NOTIFY_ENUM_DIR, Response::ChangeNotify { data: vec![] });
+            } else {
+                self.complete_async(aid, status::SUCCESS, Response::ChangeNotify { data: w.buf });
+            }
+        }
+    }
+
+    fn open_view_info(o: &Open) -> Result<FileInfo, u32> {
+        let m = match &o.file {
+            Some(f) => f.metadata(),
+            None => std::fs::metadata(&o.abs),
+        };
+        m.map(|m| FileInfo::from_meta(&m)).map_err(|e| io_status(&e))
+    }
+
+    pub(crate) fn query_info(&mut self, q: QueryInfoRequest, ctx: &mut ChainCtx) -> Outcome {
+        let v = match self.resolve_fid(q.file_id, ctx) {
+            Ok(v) => v,
+            Err(st) => return err(st),
+        };
+        let Some(o) = self.opens.get(&v) else {
+            return err(status::FILE_CLOSED);
+        };
+        let max = q.output_buffer_length as usize;
+        let data = match q.info_type {
+            info_type::FILE => {
+                let info = match Self::open_view_info(o) {
+                    Ok(i) => i,
+                    Err(st) => return err(st),
+                };
+                let mut name = String::from("\\");
+                name.push_str(&o.rel.to_string_lossy().replace('/', "\\"));
+                let view = OpenView {
+                    info,
+                    delete_pending: o.delete_pending,
+                    access: o.access,
+                    position: o.position,
+                    mode: o.mode,
+                    name: &name,
+                };
+                match fs::query_file_info(q.class, &view) {
+                    Ok(d) => d,
+                    Err(st) => return err(st),
+                }
+            }
+            info_type::FILESYSTEM => {
+                let sh = &self.shared.shares[o.share];
+                match fs::query_fs_info(q.class, &sh.root, sh.fs_id) {
+                    Ok(d) => d,
+                    Err(st) => return err(st),
+                }
+            }
+            info_type::SECURITY => {
+                let sd = fs::security_descriptor(q.additional_information);
+                if sd.len() > max {
+                    let mut w = Writer::new();
+                    w.u32(sd.len() as u32);
+                    return Outcome::Reply(status::BUFFER_TOO_SMALL, Response::Error { data: w.buf });
+                }
+                sd
+            }
+            info_type::QUOTA => return err(status::NOT_SUPPORTED),
+            _ => return err(status::INVALID_PARAMETER),
+        };
+        if data.len() > max {
+            let variable = (q.info_type == info_type::FILE
+                && matches!(q.class, class::ALL | class::NAME | class::STREAM | class::NORMALIZED_NAME))
+                || (q.info_type == info_type::FILESYSTEM
+                    && matches!(q.class, fs::fsclass::VOLUME | fs::fsclass::ATTRIBUTE));
+            if variable && max >= fixed_part(q.info_type, q.class) {
+                let mut d = data;
+                d.truncate(max);
+                return Outcome::Reply(status::BUFFER_OVERFLOW, Response::QueryInfo { data: d });
+            }
+            return err(status::INFO_LENGTH_MISMATCH);
+        }
+        Outcome::Reply(status::SUCCESS, Response::QueryInfo { data })
+    }
+
+    pub(crate) fn set_info(&mut self, s: SetInfoRequest, _hdr: &Header, ctx: &mut ChainCtx) -> Outcome {
+        let v = match self.resolve_fid(s.file_id, ctx) {
+            Ok(v) => v,
+            Err(st) => return err(st),
+        };
+        let Some(o) = self.opens.get(&v) else {
+            return err(status::FILE_CLOSED);
+        };
+        let read_only = self.shared.shares[o.share].read_only;
+        match s.info_type {
+            info_type::FILE => {}
+            info_type::SECURITY => return Outcome::Reply(status::SUCCESS, Response::SetInfo),
+            info_type::FILESYSTEM | info_type::QUOTA => return err(status::NOT_SUPPORTED),
+            _ => return err(status::INVALID_PARAMETER),
+        }
+        if read_only && !matches!(s.class, class::POSITION | class::MODE) {
+            return err(status::ACCESS_DENIED);
+        }
+        let mut r = Reader::new(&s.buffer);
+        let st = match s.class {
+            class::BASIC => self.set_basic(v, &mut r),
+            class::RENAME | class::RENAME_EX => self.set_rename(v, &s.buffer, s.class),
+            class::DISPOSITION => match r.u8() {
+                Ok(d) => self.set_disposition(v, d & 1 != 0),
+                Err(_) => status::INFO_LENGTH_MISMATCH,
+            },
+            class::DISPOSITION_EX => match r.u32() {
+                Ok(f) => self.set_disposition(v, f & 1 != 0),
+                Err(_) => status::INFO_LENGTH_MISMATCH,
+            },
+            class::POSITION => match r.u64() {
+                Ok(p) => {
+                    if let Some(o) = self.opens.get_mut(&v) {
+                        o.position = p;
+                    }
+                    status::SUCCESS
+                }
+                Err(_) => status::INFO_LENGTH_MISMATCH,
+            },
+            class::MODE => match r.u32() {
+                Ok(m) => {
+                    if let Some(o) = self.opens.get_mut(&v) {
+                        o.mode = m;
+                    }
+                    status::SUCCESS
+                }
+                Err(_) => status::INFO_LENGTH_MISMATCH,
+            },
+            class::END_OF_FILE | class::ALLOCATION => match r.u64() {
+                Ok(len) => self.set_size(v, len, s.class == class::ALLOCATION),
+                Err(_) => status::INFO_LENGTH_MISMATCH,
+            },
+            class::FULL_EA => status::EAS_NOT_SUPPORTED,
+            class::LINK => status::NOT_SUPPORTED,
+            _ => status::INVALID_INFO_CLASS,
+        };
+        if st == status::SUCCESS {
+            Outcome::Reply(status::SUCCESS, Response::SetInfo)
+        } else {
+            err(st)
+        }
+    }
+
+    fn set_basic(&mut self, v: u64, r: &mut Reader<'_>) -> u32 {
+        let Some(o) = self.opens.get(&v) else {
+            return status::FILE_CLOSED;
+        };
+        let parsed = (|| -> Result<[u64; 5], smb_proto::DecodeError> {
+            Ok([r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u32()? as u64])
+        })();
+        let Ok([_create, atime, mtime, _change, attrs]) = parsed else {
+            return status::INFO_LENGTH_MISMATCH;
+        };
+        if o.access & WRITE_ATTRIBUTES == 0 {
+            return status::ACCESS_DENIED;
+        }
+        let attrs = attrs as u32;
+        if attrs & fs::attr::DIRECTORY != 0 && !o.is_dir {
+            return status::INVALID_PARAMETER;
+        }
+        let to_time = |ft: u64| -> Option<std::time::SystemTime> {
+            // 0 = don't change, -1 = stop updating (MS-FSCC 2.4.7); both leave it alone here.
+            if ft == 0 || ft == u64::MAX || ft == u64::MAX - 1 {
+                return None;
+            }
+            let (s, ns) = fs::unix_from_filetime(ft);
+            if s < 0 {
+                return Some(std::time::UNIX_EPOCH);
+            }
+            Some(std::time::UNIX_EPOCH + std::time::Duration::new(s as u64, ns as u32))
+        };
+        let mut times = std::fs::FileTimes::new();
+        let mut any = false;
+        if let Some(t) = to_time(atime) {
+            times = times.set_accessed(t);
+            any = true;
+        }
+        if let Some(t) = to_time(mtime) {
+            times = times.set_modified(t);
+            any = true;
+        }
+        if any {
+            let f = match &o.file {
+                Some(f) => f.try_clone(),
+                None => File::open(&o.abs),
+            };
+            match f.and_then(|f| f.set_times(times)) {
+                Ok(()) => {}
+                Err(e) => return io_status(&e),
+            }
+        }
+        if attrs != 0 && !o.is_dir {
+            let mode = if attrs & fs::attr::READONLY != 0 { 0o444 } else { 0o644 };
+            if let Err(e) = std::fs::set_permissions(&o.abs, std::fs::Permissions::from_mode(mode)) {
+                return io_status(&e);
+            }
+        }
+        status::SUCCESS
+    }
+
+    fn set_size(&mut self, v: u64, len: u64, allocation: bool) -> u32 {
+        let Some(o) = self.opens.get(&v) else {
+            return status::FILE_CLOSED;
+        };
+        if o.access & (WRITE_DATA | APPEND_DATA) == 0 {
+            return status::ACCESS_DENIED;
+        }
+        let Some(f) = &o.file else {
+            return status::INVALID_PARAMETER;
+        };
+        let cur = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if allocation {
+            // Allocation below EOF truncates (MS-FSA 2.1.5.14.1); growing is a no-op here.
+            if len >= cur {
+                return status::SUCCESS;
+            }
+        }
+        match f.set_len(len) {
+            Ok(()) => status::SUCCESS,
+            Err(e) => io_status(&e),
+        }
+    }
+
+    fn set_disposition(&mut self, v: u64, delete: bool) -> u32 {
+        let Some(o) = self.opens.get(&v) else {
+            return status::FILE_CLOSED;
+        };
+        if o.access & DELETE == 0 {
+            return status::ACCESS_DENIED;
+        }
+        if delete {
+            if o.is_dir {
+                match std::fs::read_dir(&o.abs) {
+                    Ok(mut it) => {
+                        if it.next().is_some() {
+                            return status::DIRECTORY_NOT_EMPTY;
+                        }
+                    }
+                    Err(e) => return io_status(&e),
+                }
+            } else if let Ok(m) = std::fs::metadata(&o.abs) {
+                if m.permissions().mode() & 0o200 == 0 {
+                    return status::CANNOT_DELETE;
+                }
+            }
+        }
+        let Some(lo) = o.lock_open else {
+            return status::INVALID_HANDLE;
+        };
+        match self.shared.lock_request(
+            self.id,
+            0,
+            locking::Request::SetDeletePending { open: lo, delete },
+        ) {
+            Reply::Done(Status::Success) => {
+                if let Some(o) = self.opens.get_mut(&v) {
+                    o.delete_pending = delete;
+                }
+                status::SUCCESS
+            }
+            Reply::Done(st) => engine_status(st),
+            _ => status::INTERNAL_ERROR,
+        }
+    }
+
+    fn set_rename(&mut self, v: u64, buf: &[u8], _cls: u8) -> u32 {
+        let mut r = Reader::new(buf);
+        let parsed = (|| -> Result<(bool, String), smb_proto::DecodeError> {
+            let replace = r.u8()? != 0;
+            r.skip(7)?;
+            let _root = r.u64()?;
+            let len = r.u32()? as usize;
+            let name = utf16_to_string(r.bytes(len)?)?;
+            Ok((replace, name))
+        })();
+        let Ok((replace, name)) = parsed else {
+            return status::INVALID_PARAMETER;
+        };
+        let Some(o) = self.opens.get(&v) else {
+            return status::FILE_CLOSED;
+        };
+        if o.access & DELETE == 0 {
+            return status::ACCESS_DENIED;
+        }
+        let name = name.trim_start_matches('\\');
+        let comps = match fs::split_smb_path(name) {
+            Ok(c) if !c.is_empty() => c,
+            Ok(_) => return status::OBJECT_NAME_INVALID,
+            Err(st) => return st,
+        };
+        let root = self.shared.shares[o.share].root.clone();
+        let target = match fs::resolve(&root, &comps) {
+            Ok(t) => t,
+            Err(st) => return st,
+        };
+        if !fs::rel_is_safe(&target.rel) {
+            return status::OBJECT_NAME_INVALID;
+        }
+        let same = target.abs == o.abs;
+        if target.exists && !same {
+            if !replace {
+                return status::OBJECT_NAME_COLLISION;
+            }
+            if target.abs.is_dir() {
+                return status::ACCESS_DENIED;
+            }
+            // A target that is open elsewhere cannot be replaced (MS-FSA 2.1.5.14.11).
+            if self.opens.values().any(|x| x.abs == target.abs) {
+                return status::ACCESS_DENIED;
+            }
+        }
+        // Renaming a directory with open handles below it is refused like Windows does.
+        if o.is_dir
+            && self
+                .opens
+                .values()
+                .any(|x| x.abs != o.abs && x.abs.starts_with(&o.abs))
+        {
+            return status::ACCESS_DENIED;
+        }
+        let old = o.abs.clone();
+        if let Err(e) = std::fs::rename(&old, &target.abs) {
+            return io_status(&e);
+        }
+        for x in self.opens.values_mut() {
+            if x.abs == old {
+                x.abs = target.abs.clone();
+                x.rel = target.rel.clone();
+            }
+        }
+        let (op, on) = parent_and_name(&old);
+        let (np, nn) = parent_and_name(&target.abs);
+        self.shared.dir_changed(op, FILE_ACTION_RENAMED_OLD_NAME, on);
+        self.shared.dir_changed(np, FILE_ACTION_RENAMED_NEW_NAME, nn);
+        status::SUCCESS
+    }
+
+    pub(crate) fn break_ack(&mut self, a: BreakAck, ctx: &mut ChainCtx) -> Outcome {
+        match a {
+            BreakAck::Oplock { level, file_id } => {
+                let v = match self.resolve_fid(file_id, ctx) {
+                    Ok(v) => v,
+                    Err(st) => return err(st),
+                };
+                let Some(lo) = self.opens.get(&v).and_then(|o| o.lock_open) else {
+                    return err(status::FILE_CLOSED);
+                };
+                let Some(level_e) = OplockLevel::from_wire(level) else {
+                    return err(status::INVALID_PARAMETER);
+                };
+                match self.shared.lock_request(
+                    self.id,
+                    0,
+                    locking::Request::OplockBreakAck {
+                        open: lo,
+                        level: level_e,
+                    },
+                ) {
+                    Reply::Acked { grant } => {
+                        let lvl = oplock_grant_level(&grant);
+                        if let Some(o) = self.opens.get_mut(&v) {
+                            o.grant = grant;
+                        }
+                        Outcome::Reply(
+                            status::SUCCESS,
+                            Response::OplockBreak {
+                                level: lvl,
+                                file_id,
+                            },
+                        )
+                    }
+                    Reply::Done(st) => err(engine_status(st)),
+                    _ => err(status::INTERNAL_ERROR),
+                }
+            }
+            BreakAck::Lease { key, state, .. } => {
+                match self.shared.lock_request(
+                    self.id,
+                    0,
+                    locking::Request::LeaseBreakAck {
+                        client_guid: self.client_guid(),
+                        key: LeaseKey(key),
+                        state: LeaseState((state & 0x7) as u8),
+                    },
+                ) {
+                    Reply::Acked { grant } => {
+                        let st = match grant {
+                            OplockGrant::Lease(l) => l.state.0 as u32,
+                            _ => state,
+                        };
+                        Outcome::Reply(
+                            status::SUCCESS,
+                            Response::LeaseBreakAck {
+                                flags: 0,
+                                key,
+                                state: st,
+                            },
+                        )
+                    }
+                    Reply::Done(Status::Success) => Outcome::Reply(
+                        status::SUCCESS,
+                        Response::LeaseBreakAck {
+                            flags: 0,
+                            key,
+                            state,
+                        },
+                    ),
+                    Reply::Done(st) => err(engine_status(st)),
+                    _ => err(status::INTERNAL_ERROR),
+                }
+            }
+        }
+    }
+
+    /// Send an unsolicited OPLOCK_BREAK notification (MS-SMB2 3.3.4.6 / 3.3.4.7).
+    fn send_break(&mut self, session_id: u64, body: Response) {
+        let h = Header {
+            command: smb_proto::Command::OplockBreak as u16,
+            flags: hflags::SERVER_TO_REDIR,
+            message_id: u64::MAX,
+            ..Default::default()
+        };
+        let mut w = Writer::new();
+        h.encode(&mut w);
+        body.encode_body(&mut w, 0);
+        let enc = self
+            .sessions
+            .get(&session_id)
+            .is_some_and(|s| s.encrypt || s.trees.values().any(|t| t.encrypt))
+            .then_some(session_id);
+        self.emit(w.buf, enc);
+    }
+
+    pub(crate) fn on_lock_notification(&mut self, n: Notification) {
+        match n {
+            Notification::OplockBreak { open, new_level } => {
+                let Some((v, sid)) = self
+                    .opens
+                    .iter()
+                    .find(|(_, o)| o.lock_open == Some(open))
+                    .map(|(v, o)| (*v, o.session_id))
+                else {
+                    return;
+                };
+                self.send_break(
+                    sid,
+                    Response::OplockBreak {
+                        level: new_level as u8,
+                        file_id: FileId {
+                            persistent: v,
+                            volatile: v,
+                        },
+                    },
+                );
+            }
+            Notification::LeaseBreak {
+                key,
+                current,
+                new,
+                epoch,
+                ack_required,
+                ..
+            } => {
+                let sid = self
+                    .opens
+                    .values()
+                    .find(|o| matches!(&o.grant, OplockGrant::Lease(l) if l.key == key))
+                    .map(|o| o.session_id)
+                    .unwrap_or(0);
+                self.send_break(
+                    sid,
+                    Response::LeaseBreakNotification {
+                        epoch: epoch.unwrap_or(0),
+                        flags: ack_required as u32,
+                        key: key.0,
+                        current: current.0 as u32,
+                        new: new.0 as u32,
+                    },
+                );
+            }
+            Notification::Completed { request, reply } => {
+                let Some(aid) = self
+                    .pending
+                    .iter()
+                    .find(|(_, p)| {
+                        p.message_id == request.0
+                            && matches!(p.kind, PendingKind::Lock { .. } | PendingKind::Create(_))
+                    })
+                    .map(|(a, _)| *a)
+                else {
+                    return;
+                };
+                let is_create = matches!(
+                    self.pending.get(&aid).map(|p| &p.kind),
+                    Some(PendingKind::Create(_))
+                );
+                if is_create {
+                    let Some(p) = self.pending.get_mut(&aid) else {
+                        return;
+                    };
+                    let PendingKind::Create(cont) = std::mem::replace(
+                        &mut p.kind,
+                        PendingKind::Lock { volatile: 0 },
+                    ) else {
+                        return;
+                    };
+                    match reply {
+                        Reply::Opened { open, grant } => {
+                            let (out, _) = self.finish_create(*cont, open, grant);
+                            match out {
+                                Outcome::Reply(st, body) => self.complete_async(aid, st, body),
+                                _ => self.complete_async(aid, status::INTERNAL_ERROR, Response::Error { data: vec![] }),
+                            }
+                        }
+                        Reply::Done(st) => {
+                            Self::undo_create(&cont);
+                            self.complete_async(aid, engine_status(st), Response::Error { data: vec![] });
+                        }
+                        _ => {
+                            Self::undo_create(&cont);
+                            self.complete_async(aid, status::INTERNAL_ERROR, Response::Error { data: vec![] });
+                        }
+                    }
+                } else {
+                    match reply {
+                        Reply::Done(Status::Success) => {
+                            self.complete_async(aid, status::SUCCESS, Response::Lock)
+                        }
+                        Reply::Done(st) => self.complete_async(
+                            aid,
+                            engine_status(st),
+                            Response::Error { data: vec![] },
+                        ),
+                        _ => self.complete_async(aid, status::INTERNAL_ERROR, Response::Error { data: vec![] }),
+                    }
+                }
+            }
+            other => tracing::debug!(?other, "unhandled lock notification"),
+        }
+    }
+}
+
+const MAX_NOTIFY: u32 = 8 * 1024 * 1024;
+
+/// The fixed part of variable-length info classes: a buffer at least this big gets
+/// BUFFER_OVERFLOW with partial data instead of INFO_LENGTH_MISMATCH (MS-SMB2 3.3.5.20.1).
+fn fixed_part(it: u8, cls: u8) -> usize {
+    match (it, cls) {
+        (info_type::FILE, class::ALL) => 100,
+        (info_type::FILE, _) => 4,
+        (_, fs::fsclass::VOLUME) => 18,
+        (_, fs::fsclass::ATTRIBUTE) => 12,
+        _ => usize::MAX,
+    }
+}
+
+/// Snapshot a directory for QUERY_DIRECTORY: ".", ".." then the matching entries.
+fn list_dir(dir: &Path, pattern: &str) -> Result<Vec<DirEntry>, u32> {
+    let mut out = Vec::new();
+    let dot_info = std::fs::metadata(dir)
+        .map(|m| FileInfo::from_meta(&m))
+        .map_err(|e| io_status(&e))?;
+    let parent_info = dir
+        .parent()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map(|m| FileInfo::from_meta(&m))
+        .unwrap_or(dot_info);
+    for (n, i) in [(".", dot_info), ("..", parent_info)] {
+        if fs::wildcard_match(pattern, n) {
+            out.push(DirEntry {
+                name: n.to_string(),
+                info: i,
+            });
+        }
+    }
+    let rd = std::fs::read_dir(dir).map_err(|e| io_status(&e))?;
+    let mut names: Vec<DirEntry> = Vec::new();
+    for e in rd.flatten() {
+        let Ok(name) = e.file_name().into_string() else {
+            continue;
+        };
+        if !fs::wildcard_match(pattern, &name) {
+            continue;
+        }
+        let Ok(m) = std::fs::metadata(e.path()) else {
+            continue;
+        };
+        names.push(DirEntry {
+            name,
+            info: FileInfo::from_meta(&m),
+        });
+    }
+    names.sort_by(|a, b| a.name.cmp(&b.name));
+    out.extend(names);
+    Ok(out)
+}

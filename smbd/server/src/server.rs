@@ -1,0 +1,155 @@
+//! Server startup: shares, users, lock service, listeners, worker threads, signal handling.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use smb_auth::users::UserDb;
+
+use crate::config::{Config, ConfigError};
+use crate::locking::{LocalLocks, LockService};
+use crate::shared::{Share, Shared};
+use crate::worker::{Worker, WorkerError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("users file: {0}")]
+    Users(String),
+    #[error("share {name}: {source}")]
+    Share {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("no listen address configured")]
+    NoListen,
+    #[error(transparent)]
+    Worker(#[from] WorkerError),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The lock service smbd uses: the in-process lock engine.
+pub fn default_lock_service() -> Box<dyn LockService> {
+    Box::new(LocalLocks::new())
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    shared: Arc<Shared>,
+    listeners: Vec<TcpListener>,
+    workers: usize,
+}
+
+impl Server {
+    pub fn bind(config: Config, extra_listen: &[SocketAddr]) -> Result<Server, ServerError> {
+        let users = match &config.server.users {
+            Some(p) => UserDb::load(p).map_err(|e| ServerError::Users(e.to_string()))?,
+            None => UserDb::new(),
+        };
+        let cluster_fs_id = config.cluster_fs_id()?;
+        let mut shares = Vec::new();
+        for s in &config.share {
+            let root = s.path.canonicalize().map_err(|source| ServerError::Share {
+                name: s.name.clone(),
+                source,
+            })?;
+            let fs_id = cluster_fs_id
+                .or_else(|| crate::fs::statfs_fsid(&root))
+                .unwrap_or(0);
+            shares.push(Share {
+                name: s.name.clone(),
+                root,
+                read_only: s.read_only,
+                encrypt: s.encrypt,
+                fs_id,
+            });
+        }
+        let mut addrs: Vec<SocketAddr> = config.server.listen.clone();
+        addrs.extend_from_slice(extra_listen);
+        if addrs.is_empty() {
+            return Err(ServerError::NoListen);
+        }
+        let mut listeners = Vec::new();
+        for addr in addrs {
+            let l = TcpListener::bind(addr).map_err(|source| ServerError::Listen { addr, source })?;
+            listeners.push(l);
+        }
+        let workers = match config.server.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let shared = Arc::new(Shared::new(
+            config,
+            shares,
+            users,
+            default_lock_service(),
+            workers,
+        )?);
+        Ok(Server {
+            shared,
+            listeners,
+            workers,
+        })
+    }
+
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// A handle that stops the server from another thread.
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.shared.clone())
+    }
+
+    /// Run the workers until [`Stopper::stop`] is called; returns after all workers exited.
+    pub fn run(self) -> Result<(), ServerError> {
+        let conn_ids = Arc::new(AtomicU64::new(1));
+        let mut handles = Vec::new();
+        for idx in 0..self.workers {
+            let mut ls = Vec::new();
+            for l in &self.listeners {
+                ls.push(l.try_clone()?);
+            }
+            let w = Worker::new(idx, self.shared.clone(), ls, conn_ids.clone())?;
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("smbd-worker-{idx}"))
+                    .spawn(move || w.run())?,
+            );
+        }
+        let mut result = Ok(());
+        for h in handles {
+            match h.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(%e, "worker failed");
+                    result = Err(e.into());
+                }
+                Err(_) => tracing::error!("worker panicked"),
+            }
+        }
+        result
+    }
+}
+
+#[derive(Clone)]
+pub struct Stopper(Arc<Shared>);
+
+impl Stopper {
+    pub fn stop(&self) {
+        self.0.shutdown.store(true, Ordering::Relaxed);
+        for m in &self.0.mailboxes {
+            m.wake();
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! State shared by all worker threads: configuration, shares, users, the lock service and the
+//! mailboxes that carry events (lock notifications, directory changes) to the worker owning a
+//! connection.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use smb_auth::users::UserDb;
+
+use crate::config::Config;
+use crate::locking::{LockService, Notification, Reply, Request, RequestId, SessionId};
+
+/// One exported directory.
+#[derive(Debug, Clone)]
+pub struct Share {
+    pub name: String,
+    /// Canonical absolute path of the share root.
+    pub root: PathBuf,
+    pub read_only: bool,
+    pub encrypt: bool,
+    /// Filesystem identity mixed into stable file ids.
+    pub fs_id: u64,
+}
+
+/// Something a connection must react to that did not come from its own socket.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Lock(Notification),
+    /// A change in directory `dir` (absolute path): FILE_ACTION_* and the entry name.
+    DirChanged {
+        dir: PathBuf,
+        action: u32,
+        name: String,
+    },
+}
+
+/// A worker's inbox, woken through an eventfd the worker's ring reads.
+pub struct Mailbox {
+    queue: Mutex<Vec<(u64, Event)>>,
+    efd: File,
+}
+
+impl Mailbox {
+    pub fn new() -> std::io::Result<Mailbox> {
+        // SAFETY: eventfd has no memory-safety preconditions; the result is checked below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Mailbox {
+            queue: Mutex::new(Vec::new()),
+            efd: File::from(owned),
+        })
+    }
+    pub fn fd(&self) -> RawFd {
+        self.efd.as_raw_fd()
+    }
+    pub fn post(&self, conn: u64, ev: Event) {
+        lock(&self.queue).push((conn, ev));
+        self.wake();
+    }
+    pub fn wake(&self) {
+        // A full counter (EAGAIN) still means the reader will wake; nothing to do on error.
+        let _ = (&self.efd).write(&1u64.to_ne_bytes());
+    }
+    /// Reset the eventfd counter (the worker then drains the queue).
+    pub fn clear_counter(&self) {
+        let mut b = [0u8; 8];
+        let _ = (&self.efd).read(&mut b);
+    }
+    pub fn drain(&self) -> Vec<(u64, Event)> {
+        std::mem::take(&mut *lock(&self.queue))
+    }
+}
+
+/// Lock a mutex, recovering the data if a thread panicked while holding it (the state is plain
+/// data that stays consistent between calls).
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub struct Shared {
+    pub config: Config,
+    pub shares: Vec<Share>,
+    pub users: Arc<UserDb>,
+    pub server_guid: [u8; 16],
+    pub start_time: u64,
+    pub mailboxes: Vec<Mailbox>,
+    locks: Mutex<Box<dyn LockService>>,
+    /// Connection id -> worker index.
+    routes: Mutex<HashMap<u64, usize>>,
+    /// Watched directory -> connections watching it (with a use count).
+    watches: Mutex<HashMap<PathBuf, HashMap<u64, usize>>>,
+    pub shutdown: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    pub fn new(
+        config: Config,
+        shares: Vec<Share>,
+        users: UserDb,
+        locks: Box<dyn LockService>,
+        workers: usize,
+    ) -> std::io::Result<Shared> {
+        let mut mailboxes = Vec::new();
+        for _ in 0..workers.max(1) {
+            mailboxes.push(Mailbox::new()?);
+        }
+        Ok(Shared {
+            config,
+            shares,
+            users: Arc::new(users),
+            server_guid: rand::random(),
+            start_time: crate::fs::now_filetime(),
+            mailboxes,
+            locks: Mutex::new(locks),
+            routes: Mutex::new(HashMap::new()),
+            watches: Mutex::new(HashMap::new()),
+            shutdown: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    pub fn register_conn(&self, conn: u64, worker: usize) {
+        lock(&self.routes).insert(conn, worker);
+        lock(&self.locks).open_session(SessionId(conn));
+    }
+
+    pub fn unregister_conn(&self, conn: u64) {
+        {
+            let mut l = lock(&self.locks);
+            l.end_session(SessionId(conn));
+            self.route_events(&mut **l);
+        }
+        lock(&self.routes).remove(&conn);
+        let mut w = lock(&self.watches);
+        for m in w.values_mut() {
+            m.remove(&conn);
+        }
+        w.retain(|_, m| !m.is_empty());
+    }
+
+    fn route_events(&self, l: &mut dyn LockService) {
+        while let Some((s, n)) = l.poll_event() {
+            self.post(s.0, Event::Lock(n));
+        }
+    }
+
+    fn post(&self, conn: u64, ev: Event) {
+        let worker = lock(&self.routes).get(&conn).copied();
+        match worker.and_then(|w| self.mailboxes.get(w)) {
+            Some(mb) => mb.post(conn, ev),
+            None => tracing::debug!(conn, ?ev, "event for a gone connection dropped"),
+        }
+    }
+
+    /// One lock-service request on behalf of connection `conn`.
+    pub fn lock_request(&self, conn: u64, id: u64, req: Request) -> Reply {
+        let mut l = lock(&self.locks);
+        let r = l.request(SessionId(conn), RequestId(id), req);
+        self.route_events(&mut **l);
+        r
+    }
+
+    /// Fire lock-service timers (break timeouts).
+    pub fn lock_tick(&self) {
+        let mut l = lock(&self.locks);
+        l.tick();
+        self.route_events(&mut **l);
+    }
+
+    pub fn watch(&self, conn: u64, dir: PathBuf) {
+        *lock(&self.watches)
+            .entry(dir)
+            .or_default()
+            .entry(conn)
+            .or_insert(0) += 1;
+    }
+
+    pub fn unwatch(&self, conn: u64, dir: &PathBuf) {
+        let mut w = lock(&self.watches);
+        if let Some(m) = w.get_mut(dir) {
+            if let Some(c) = m.get_mut(&conn) {
+                *c = c.saturating_sub(1);
+                if *c == 0 {
+                    m.remove(&conn);
+                }
+            }
+            if m.is_empty() {
+                w.remove(dir);
+            }
+        }
+    }
+
+    /// Report a change of `name` inside `dir` to every connection watching `dir`.
+    pub fn dir_changed(&self, dir: PathBuf, action: u32, name: String) {
+        let conns: Vec<u64> = match lock(&self.watches).get(&dir) {
+            Some(m) => m.keys().copied().collect(),
+            None => return,
+        };
+        for c in conns {
+            self.post(
+                c,
+                Event::DirChanged {
+                    dir: dir.clone(),
+                    action,
+                    name: name.clone(),
+                },
+            );
+        }
+    }
+}
