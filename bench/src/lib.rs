@@ -3,4 +3,5 @@
 //! Every figure printed is compared with a baseline measured in the same run (a raw ping-pong over
 //! the same transport), because these machines are noisy: an absolute number means little alone.
 
+pub mod lockload;
 pub mod report;

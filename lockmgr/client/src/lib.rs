@@ -50,8 +50,6 @@ pub enum Event {
     Reply { request: RequestId, reply: Reply },
     /// A break to deliver to an SMB client, or a deferred request's completion.
     Notify(Notification),
-    /// Answer to a heartbeat (the session is alive).
-    HeartbeatAck { seq: u64 },
     /// A chunk of the operator view.
     StatusText { more: bool, text: String },
 }
@@ -150,6 +148,12 @@ impl<T: ClientTransport> LockClient<T> {
     /// The liveness lease the server granted: send something at least this often.
     pub fn liveness(&self) -> Duration {
         self.liveness
+    }
+
+    /// How often the session must show liveness: a third of the lease, so one lost heartbeat
+    /// never expires it.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.liveness / 3
     }
 
     pub fn transport(&self) -> &T {
@@ -273,7 +277,8 @@ impl<T: ClientTransport> LockClient<T> {
                 let ev = match msg {
                     Message::Reply { request_id, body } => Event::Reply { request: request_id, reply: body },
                     Message::Notify { body } => Event::Notify(body),
-                    Message::HeartbeatAck { seq } => Event::HeartbeatAck { seq },
+                    // Liveness is the library's business, not the caller's.
+                    Message::HeartbeatAck { .. } => continue,
                     Message::StatusText { more, text } => Event::StatusText { more, text },
                     Message::Goodbye | Message::SessionRejected { .. } => {
                         ended = true;
@@ -322,7 +327,7 @@ impl<T: ClientTransport> LockClient<T> {
     /// Keeps the session alive: sends a heartbeat when nothing was sent for a third of the
     /// liveness lease. Call it from the event loop's timer.
     pub fn tick(&mut self, now: Instant) -> Result<(), ClientError> {
-        if now.duration_since(self.last_sent) >= self.liveness / 3 {
+        if now.duration_since(self.last_sent) >= self.heartbeat_interval() {
             let seq = self.next_heartbeat_seq;
             self.next_heartbeat_seq += 1;
             self.push(Message::Heartbeat { seq })?;
@@ -365,7 +370,8 @@ impl<T: ClientTransport> LockClient<T> {
             if now >= deadline {
                 return Err(ClientError::Timeout);
             }
-            self.transport.wait(Some(deadline - now))?;
+            self.tick(now)?;
+            self.transport.wait(Some((deadline - now).min(self.heartbeat_interval())))?;
         }
     }
 
@@ -386,7 +392,8 @@ impl<T: ClientTransport> LockClient<T> {
             if now >= deadline {
                 return Err(ClientError::Timeout);
             }
-            self.transport.wait(Some(deadline - now))?;
+            self.tick(now)?;
+            self.transport.wait(Some((deadline - now).min(self.heartbeat_interval())))?;
         }
     }
 

@@ -14,21 +14,35 @@ fn open(e: &mut Engine, s: SessionId, file: FileId, req: u64) -> OpenId {
     };
     e.handle(Time(0), s, RequestId(req), Request::Open(o));
     match e.poll_output() {
-        Some(Output::Reply { reply: Reply::Opened { open, .. }, .. }) => open,
+        Some(Output::Reply {
+            reply: Reply::Opened { open, .. },
+            ..
+        }) => open,
         other => panic!("{other:?}"),
     }
 }
 
 fn lock(e: &mut Engine, s: SessionId, open: OpenId, offset: u64, unlock: bool) {
-    let ranges = vec![LockRange { offset, length: 10, exclusive: true }];
+    let ranges = vec![LockRange {
+        offset,
+        length: 10,
+        exclusive: true,
+    }];
     let req = if unlock {
         Request::Unlock { open, ranges }
     } else {
-        Request::Lock { open, ranges, fail_immediately: true }
+        Request::Lock {
+            open,
+            ranges,
+            fail_immediately: true,
+        }
     };
     e.handle(Time(0), s, RequestId(1), req);
     match e.poll_output() {
-        Some(Output::Reply { reply: Reply::Done(Status::Success), .. }) => {}
+        Some(Output::Reply {
+            reply: Reply::Done(Status::Success),
+            ..
+        }) => {}
         other => panic!("{other:?}"),
     }
 }
@@ -44,20 +58,28 @@ fn main() {
     for i in 0..N {
         lock(&mut e, s, o, i * 100, false);
     }
-    println!("one file: {:?}/lock while filling to 10^6", t.elapsed() / N as u32);
+    println!(
+        "one file: {:?}/lock while filling to 10^6",
+        t.elapsed() / N as u32
+    );
     let t = Instant::now();
     for i in 0..N {
         lock(&mut e, s, o, i * 100 + 50, false);
         lock(&mut e, s, o, i * 100 + 50, true);
     }
-    println!("one file, 10^6 held: {:?}/(lock+unlock)", t.elapsed() / N as u32);
+    println!(
+        "one file, 10^6 held: {:?}/(lock+unlock)",
+        t.elapsed() / N as u32
+    );
     let t = Instant::now();
     e.handle(Time(0), s, RequestId(2), Request::Close { open: o });
     println!("close with 10^6 locks: {:?}", t.elapsed());
 
     let mut e = Engine::new(Config::default());
     e.open_session(s);
-    let opens: Vec<OpenId> = (0..N).map(|i| open(&mut e, s, FileId(i as u128 + 1), i + 10)).collect();
+    let opens: Vec<OpenId> = (0..N)
+        .map(|i| open(&mut e, s, FileId(i as u128 + 1), i + 10))
+        .collect();
     let t = Instant::now();
     for (i, o) in opens.iter().enumerate() {
         lock(&mut e, s, *o, i as u64, false);

@@ -1,6 +1,8 @@
 //! The engine state machine.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::hash::{IdMap, IdSet};
 
 use crate::brl::{blocks, range_is_valid, LockRef, LockTable, Span};
 use crate::sharing::{is_stat_open, map_generic, ShareCounters};
@@ -68,8 +70,8 @@ enum PendingRef {
 
 #[derive(Debug, Default)]
 struct SessionState {
-    opens: HashSet<OpenId>,
-    pending: HashMap<RequestId, PendingRef>,
+    opens: IdSet<OpenId>,
+    pending: IdMap<RequestId, PendingRef>,
 }
 
 #[derive(Debug)]
@@ -84,7 +86,12 @@ struct OpenState {
     /// Oplock held by this open (as caching bits); always NONE for lease opens.
     oplock: LeaseState,
     oplock_break: Option<Break>,
-    locks: HashSet<LockRef>,
+    /// Handles of this open's locks so close need not scan other opens' locks. Unlock leaves
+    /// stale entries behind (sequence numbers are never reused, so a stale handle matches
+    /// nothing); they are compacted away once they outnumber the live ones, which keeps the
+    /// hot path to an append.
+    locks: Vec<LockRef>,
+    live_locks: usize,
 }
 
 #[derive(Debug)]
@@ -132,6 +139,10 @@ struct FileState {
 }
 
 impl FileState {
+    fn has_holders(&self) -> bool {
+        !self.oplock_holders.is_empty() || !self.leases.is_empty()
+    }
+
     fn is_idle(&self) -> bool {
         self.open_count == 0
             && !self.delete_pending
@@ -167,10 +178,10 @@ fn waiters_block<'a>(
 #[derive(Debug)]
 pub struct Engine {
     config: Config,
-    sessions: HashMap<SessionId, SessionState>,
-    opens: HashMap<OpenId, OpenState>,
-    files: HashMap<FileId, FileState>,
-    leases: HashMap<LeaseId, LeaseRec>,
+    sessions: IdMap<SessionId, SessionState>,
+    opens: IdMap<OpenId, OpenState>,
+    files: IdMap<FileId, FileState>,
+    leases: IdMap<LeaseId, LeaseRec>,
     timers: BTreeMap<(Time, u64), Holder>,
     outputs: VecDeque<Output>,
     orphaned_deletes: BTreeSet<FileId>,
@@ -184,10 +195,10 @@ impl Engine {
     pub fn new(config: Config) -> Engine {
         Engine {
             config,
-            sessions: HashMap::new(),
-            opens: HashMap::new(),
-            files: HashMap::new(),
-            leases: HashMap::new(),
+            sessions: IdMap::default(),
+            opens: IdMap::default(),
+            files: IdMap::default(),
+            leases: IdMap::default(),
             timers: BTreeMap::new(),
             outputs: VecDeque::new(),
             orphaned_deletes: BTreeSet::new(),
@@ -267,8 +278,13 @@ impl Engine {
             self.reply(session, request, Reply::Done(Status::RequestNotAccepted));
             return;
         };
-        // A request id must be unambiguous for Cancel and for the later Completed.
-        if !state.pending.is_empty() && state.pending.contains_key(&request) {
+        // A request id must be unambiguous for Cancel and for the later Completed. Cancel is
+        // exempt: SMB2 CANCEL carries the MessageId of the request it cancels (MS-SMB2
+        // 3.3.5.16), so a daemon using message ids as request ids reuses the id there.
+        if !state.pending.is_empty()
+            && !matches!(req, Request::Cancel { .. })
+            && state.pending.contains_key(&request)
+        {
             self.reply(session, request, Reply::Done(Status::InvalidParameter));
             return;
         }
@@ -762,7 +778,10 @@ impl Engine {
             .holders(req.file, None, lease_id)
             .into_iter()
             .any(|h| self.holder_state(h).contains(LeaseState::WRITE));
-        let open_count = self.files.get(&req.file).map_or(0, |f| f.open_count);
+        let (open_count, has_locks) = self
+            .files
+            .get(&req.file)
+            .map_or((0, false), |f| (f.open_count, !f.locks.is_empty()));
         let mut oplock = LeaseState::NONE;
         let mut lease = None;
         let grant = match req.oplock {
@@ -770,12 +789,13 @@ impl Engine {
             OplockRequest::Oplock(level) => {
                 // Directories get no oplocks. Exclusive/Batch only for the sole open; otherwise
                 // Level II (what Windows grants the second opener) unless someone still
-                // caches writes.
+                // caches writes, or the file has byte-range locks (Windows grants no Level II
+                // then, KB 306981; Samba does the same).
                 let granted = match level {
                     _ if req.directory => OplockLevel::None,
                     OplockLevel::None => OplockLevel::None,
                     OplockLevel::Exclusive | OplockLevel::Batch if open_count == 0 => level,
-                    _ if others_hold_write => OplockLevel::None,
+                    _ if others_hold_write || has_locks => OplockLevel::None,
                     _ => OplockLevel::LevelII,
                 };
                 oplock = oplock_state(granted);
@@ -856,7 +876,8 @@ impl Engine {
                 lease,
                 oplock,
                 oplock_break: None,
-                locks: HashSet::new(),
+                locks: Vec::new(),
+                live_locks: 0,
             },
         );
         if let Some(s) = self.sessions.get_mut(&session) {
@@ -927,8 +948,12 @@ impl Engine {
                 true
             }
         });
-        for r in &o.locks {
-            file.locks.remove(*r);
+        if o.live_locks >= 64 && o.live_locks * 4 >= file.locks.len() {
+            file.locks.remove_all_of(open);
+        } else {
+            for r in &o.locks {
+                file.locks.remove(*r);
+            }
         }
         file.counters.remove(o.access, o.share);
         file.open_count = file.open_count.saturating_sub(1);
@@ -1115,7 +1140,9 @@ impl Engine {
             self.reply(session, request, Reply::Done(Status::InvalidLockRange));
             return;
         }
-        self.break_read_holders(now, f, open);
+        if self.files.get(&f).is_some_and(FileState::has_holders) {
+            self.break_read_holders(now, f, open);
+        }
         let Some(file) = self.files.get_mut(&f) else {
             self.reply(session, request, Reply::Done(Status::InvalidHandle));
             return;
@@ -1156,7 +1183,8 @@ impl Engine {
         }
         self.stats.locks_granted_total += granted.len() as u64;
         if let Some(o) = self.opens.get_mut(&open) {
-            o.locks.extend(granted.drain(..));
+            o.live_locks += granted.len();
+            o.locks.append(&mut granted);
         }
         self.scratch = granted;
         self.reply(session, request, outcome);
@@ -1194,7 +1222,7 @@ impl Engine {
             match file.locks.find_exact(r.offset, r.length, open) {
                 Some(lr) => {
                     file.locks.remove(lr);
-                    o.locks.remove(&lr);
+                    o.live_locks = o.live_locks.saturating_sub(1);
                     released = true;
                 }
                 None => {
@@ -1202,6 +1230,9 @@ impl Engine {
                     break;
                 }
             }
+        }
+        if o.locks.len() > 2 * o.live_locks + 32 {
+            o.locks.retain(|r| file.locks.contains(*r));
         }
         self.reply(session, request, Reply::Done(status));
         if released {
@@ -1236,7 +1267,8 @@ impl Engine {
         }
         for (w, r) in granted {
             if let Some(o) = self.opens.get_mut(&w.open) {
-                o.locks.insert(r);
+                o.locks.push(r);
+                o.live_locks += 1;
             }
             self.stats.locks_granted_total += 1;
             self.complete(w.session, w.request, Reply::Done(Status::Success));

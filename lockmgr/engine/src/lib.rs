@@ -11,10 +11,22 @@
 //!   for breaks;
 //! * byte-range locks (MS-FSA 2.1.4.10, 2.1.5.8) in an offset-ordered table bucketed by
 //!   length, with FIFO waiters.
+//!
+//! Contract with the daemon:
+//! * every [`Engine::handle`] call yields exactly one [`Output::Reply`] for its request id;
+//!   a [`Reply::Pending`] is later followed by exactly one [`Notification::Completed`] with
+//!   the same id, unless the session ends first;
+//! * request ids of a session's pending requests must be unique (a duplicate gets
+//!   `InvalidParameter`), except for `Cancel`, which may reuse the id it cancels;
+//! * unknown sessions get `RequestNotAccepted`; opens of other sessions `InvalidHandle`;
+//! * when a session's last open of a delete-pending file vanishes in
+//!   [`Engine::end_session`], nobody was told to unlink it: the daemon must collect such
+//!   files with [`Engine::take_orphaned_deletes`] (new opens get `DeletePending` until then).
 #![forbid(unsafe_code)]
 
 mod brl;
 mod engine;
+mod hash;
 mod sharing;
 pub mod snapshot;
 pub mod types;

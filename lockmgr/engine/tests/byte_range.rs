@@ -499,3 +499,132 @@ fn many_locks_mixed_lengths() {
     assert_eq!(h.close(S1, a), Reply::Closed { delete_file: false });
     assert_eq!(h.e.stats().locks_held, 1);
 }
+
+/// Long-lived opens cycling lock/unlock keep exact bookkeeping: close drops precisely the
+/// locks still held (MS-FSA 2.1.5.4) and nothing of other opens.
+#[test]
+fn lock_unlock_cycles_then_close() {
+    let mut h = H::new();
+    let (a, b) = two_opens(&mut h);
+    for i in 0..500u64 {
+        assert_eq!(h.lock(S1, a, i, 1, true, true), OK);
+        if i % 10 != 0 {
+            assert_eq!(h.unlock(S1, a, i, 1), OK);
+        }
+    }
+    assert_eq!(h.lock(S2, b, 1000, 1, true, true), OK);
+    assert_eq!(h.e.stats().locks_held, 51);
+    assert_eq!(h.lock(S2, b, 20, 1, false, true), NOT_GRANTED);
+    assert_eq!(h.lock(S2, b, 21, 1, false, true), OK);
+    assert_eq!(h.close(S1, a), Reply::Closed { delete_file: false });
+    assert_eq!(h.e.stats().locks_held, 2);
+    assert_eq!(h.lock(S2, b, 20, 1, false, true), OK);
+}
+
+/// The operator view lists opens with their caching, locks, waiters and breaks.
+#[test]
+fn snapshot_and_stats_describe_state() {
+    let mut h = H::new();
+    let (a, _) = h.open_ok(
+        S1,
+        with_oplock(file_open(F1, RW, SHARE_ALL), OplockLevel::Batch),
+    );
+    assert_eq!(h.lock(S1, a, 0, 10, true, true), OK);
+    let (c, _) = h.open_ok(S2, file_open(F2, RW, SHARE_ALL));
+    let (d, _) = h.open_ok(S3, file_open(F2, RW, SHARE_ALL));
+    assert_eq!(h.lock(S2, c, 0, 10, true, true), OK);
+    let (w, _) = h.call(
+        S3,
+        Request::Lock {
+            open: d,
+            ranges: vec![LockRange {
+                offset: 0,
+                length: 1,
+                exclusive: true,
+            }],
+            fail_immediately: false,
+        },
+    );
+    let (x, _) = h.call(S2, Request::Open(file_open(F1, RW, SHARE_ALL)));
+    let snap = h.e.snapshot();
+    assert_eq!(snap.sessions.len(), 3);
+    assert_eq!(snap.opens.len(), 3);
+    assert_eq!(
+        snap.opens[0].caching,
+        OplockGrant::Oplock(OplockLevel::Batch)
+    );
+    assert_eq!(snap.locks.len(), 2);
+    assert_eq!(snap.lock_waiters.len(), 1);
+    assert_eq!(snap.lock_waiters[0].request, w);
+    assert_eq!(snap.deferred_opens.len(), 1);
+    assert_eq!(snap.deferred_opens[0].request, x);
+    assert_eq!(snap.breaks.len(), 1);
+    assert!(matches!(
+        snap.breaks[0].holder,
+        BreakHolder::Oplock {
+            from: OplockLevel::Batch,
+            to: OplockLevel::LevelII,
+            ..
+        }
+    ));
+    let st = h.e.stats();
+    assert_eq!(
+        (st.opens, st.files, st.locks_held, st.lock_waiters),
+        (3, 2, 2, 1)
+    );
+    assert_eq!(
+        (st.deferred_opens, st.breaks_pending, st.breaks_sent_total),
+        (1, 1, 1)
+    );
+    assert_eq!(st.lock_conflicts_total, 1);
+}
+
+/// A request id that is still pending cannot be reused (its Completed would be ambiguous),
+/// except by the Cancel for it: SMB2 CANCEL reuses the MessageId (MS-SMB2 3.3.5.16).
+#[test]
+fn pending_request_id_reuse() {
+    let mut h = H::new();
+    let (a, b) = two_opens(&mut h);
+    assert_eq!(h.lock(S1, a, 0, 10, true, true), OK);
+    let id = RequestId(4242);
+    let blocking = Request::Lock {
+        open: b,
+        ranges: vec![LockRange {
+            offset: 0,
+            length: 1,
+            exclusive: true,
+        }],
+        fail_immediately: false,
+    };
+    h.e.handle(h.now, S2, id, blocking.clone());
+    h.e.handle(h.now, S2, id, blocking);
+    h.e.handle(h.now, S2, id, Request::Cancel { request: id });
+    let outs = h.take_events();
+    assert_eq!(
+        outs,
+        vec![
+            Output::Reply {
+                session: S2,
+                request: id,
+                reply: Reply::Pending
+            },
+            Output::Reply {
+                session: S2,
+                request: id,
+                reply: Reply::Done(Status::InvalidParameter)
+            },
+            Output::Notify {
+                session: S2,
+                notification: Notification::Completed {
+                    request: id,
+                    reply: Reply::Done(Status::Cancelled)
+                }
+            },
+            Output::Reply {
+                session: S2,
+                request: id,
+                reply: Reply::Done(Status::Success)
+            },
+        ]
+    );
+}

@@ -38,6 +38,12 @@ enum Op {
         share: usize,
         caching: u8,
         key: u8,
+        doc: bool,
+    },
+    SetDelete {
+        s: u64,
+        open: usize,
+        delete: bool,
     },
     Close {
         s: u64,
@@ -95,8 +101,9 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     let s = 1..=SESSIONS;
     prop_oneof![
-        4 => (s.clone(), 0..2usize, 0..ACCESSES.len(), 0..SHARES.len(), 0..5u8, 0..2u8)
-            .prop_map(|(s, file, access, share, caching, key)| Op::Open { s, file, access, share, caching, key }),
+        4 => (s.clone(), 0..2usize, 0..ACCESSES.len(), 0..SHARES.len(), 0..5u8, 0..2u8, prop::bool::weighted(0.1))
+            .prop_map(|(s, file, access, share, caching, key, doc)| Op::Open { s, file, access, share, caching, key, doc }),
+        1 => (s.clone(), 0..8usize, prop::bool::weighted(0.7)).prop_map(|(s, open, delete)| Op::SetDelete { s, open, delete }),
         2 => (s.clone(), 0..8usize).prop_map(|(s, open)| Op::Close { s, open }),
         6 => (s.clone(), 0..8usize, 0..OFFSETS.len(), 0..LENGTHS.len(), any::<bool>(), any::<bool>())
             .prop_map(|(s, open, off, len, excl, fail)| Op::Lock { s, open, off, len, excl, fail }),
@@ -139,7 +146,11 @@ struct MOpen {
     file: FileId,
     access: u32,
     share: u32,
+    doc: bool,
 }
+
+/// A create the engine answered Pending: (session, request, file, access, share, doc).
+type PendingOpen = (SessionId, RequestId, FileId, u32, u32, bool);
 
 #[derive(Default)]
 struct Model {
@@ -148,7 +159,11 @@ struct Model {
     handles: BTreeMap<SessionId, Vec<OpenId>>,
     locks: Vec<MLock>,
     waiters: Vec<MWaiter>,
-    pending_opens: Vec<(SessionId, RequestId, FileId, u32, u32)>,
+    pending_opens: Vec<PendingOpen>,
+    /// File.DeletePending (MS-FSA 2.1.5.4, 2.1.5.14.3).
+    delete_pending: BTreeSet<FileId>,
+    /// Files whose last open vanished with a session while delete-pending.
+    orphans: BTreeSet<FileId>,
 }
 
 /// MS-FSA 2.1.4.10, written out on i128 so nothing wraps.
@@ -228,6 +243,23 @@ impl Model {
         out
     }
 
+    fn doomed(&self, f: FileId) -> bool {
+        self.delete_pending.contains(&f) || self.orphans.contains(&f)
+    }
+
+    /// MS-FSA 2.1.5.4: closing a delete-on-close open sets DeletePending; the last close of
+    /// a delete-pending file deletes it. Returns whether this close deletes the file.
+    fn close_deletes(&mut self, id: OpenId) -> bool {
+        let Some(o) = self.opens.iter().find(|o| o.id == id).cloned() else {
+            return false;
+        };
+        if o.doc {
+            self.delete_pending.insert(o.file);
+        }
+        let last = !self.opens.iter().any(|x| x.file == o.file && x.id != id);
+        last && self.delete_pending.remove(&o.file)
+    }
+
     /// Removes an open, its locks and waiters; returns the cancelled waiters.
     fn close(&mut self, id: OpenId) -> Vec<(SessionId, RequestId)> {
         self.opens.retain(|o| o.id != id);
@@ -284,7 +316,20 @@ impl Run {
             .map_or(OpenId(999_999), |v| v[i % v.len()])
     }
 
-    fn record_open(&mut self, s: SessionId, open: OpenId, file: FileId, access: u32, share: u32) {
+    #[allow(clippy::too_many_arguments)]
+    fn record_open(
+        &mut self,
+        s: SessionId,
+        open: OpenId,
+        file: FileId,
+        access: u32,
+        share: u32,
+        doc: bool,
+    ) {
+        assert!(
+            !self.m.doomed(file),
+            "open granted on a delete-pending file"
+        );
         for o in self.m.opens.iter().filter(|o| o.file == file) {
             assert!(
                 !m_share_conflict(o.access, o.share, access, share),
@@ -297,6 +342,7 @@ impl Run {
             file,
             access,
             share,
+            doc,
         });
         self.m.handles.entry(s).or_default().push(open);
     }
@@ -364,9 +410,10 @@ impl Run {
             let Some(pos) = pos else {
                 panic!("unexpected completion {request:?} {r:?}");
             };
-            let (s, _, file, access, share) = self.m.pending_opens.remove(pos);
+            let (s, _, file, access, share, doc) = self.m.pending_opens.remove(pos);
             match r {
-                Reply::Opened { open, .. } => self.record_open(s, open, file, access, share),
+                Reply::Opened { open, .. } => self.record_open(s, open, file, access, share, doc),
+                Reply::Done(Status::DeletePending) => assert!(self.m.doomed(file)),
                 Reply::Done(Status::SharingViolation) => self.check_violation(file, access, share),
                 Reply::Done(Status::Cancelled) => panic!("open cancelled without Cancel"),
                 other => panic!("deferred open completed with {other:?}"),
@@ -406,6 +453,7 @@ impl Run {
                 share: sh,
                 caching,
                 key,
+                doc,
             } => {
                 let s = SessionId(s);
                 let file = FILES[file];
@@ -414,6 +462,7 @@ impl Run {
                     file,
                     access,
                     share,
+                    delete_on_close: doc,
                     ..Default::default()
                 };
                 o.client_guid = ClientGuid(s.0 as u128);
@@ -428,20 +477,43 @@ impl Run {
                         epoch: Some(1),
                     }),
                 };
+                let doomed = self.m.doomed(file);
                 let (id, r) = self.call(s, Request::Open(o));
                 match r {
-                    Reply::Opened { open, .. } => self.record_open(s, open, file, access, share),
+                    Reply::Done(Status::DeletePending) => assert!(doomed),
+                    _ if doomed => panic!("open of a delete-pending file: {r:?}"),
+                    Reply::Opened { open, .. } => {
+                        self.record_open(s, open, file, access, share, doc)
+                    }
                     Reply::Done(Status::SharingViolation) => {
                         self.check_violation(file, access, share)
                     }
-                    Reply::Pending => self.m.pending_opens.push((s, id, file, access, share)),
+                    Reply::Pending => self.m.pending_opens.push((s, id, file, access, share, doc)),
                     other => panic!("open: {other:?}"),
                 }
+            }
+            Op::SetDelete { s, open, delete } => {
+                let s = SessionId(s);
+                let h = self.handle_of(s, open);
+                let expect = match self.m.open_of(s, h).map(|o| o.file) {
+                    Some(f) => {
+                        if delete {
+                            self.m.delete_pending.insert(f);
+                        } else {
+                            self.m.delete_pending.remove(&f);
+                        }
+                        Status::Success
+                    }
+                    None => Status::InvalidHandle,
+                };
+                let (_, r) = self.call(s, Request::SetDeletePending { open: h, delete });
+                assert_eq!(r, Reply::Done(expect));
             }
             Op::Close { s, open } => {
                 let s = SessionId(s);
                 let h = self.handle_of(s, open);
                 let known = self.m.open_of(s, h).is_some();
+                let delete_file = known && self.m.close_deletes(h);
                 let cancelled = if known { self.m.close(h) } else { Vec::new() };
                 for c in cancelled {
                     self.expected.insert(c, Reply::Done(Status::Cancelled));
@@ -449,7 +521,7 @@ impl Run {
                 self.expect_grants();
                 let (_, r) = self.call(s, Request::Close { open: h });
                 if known {
-                    assert_eq!(r, Reply::Closed { delete_file: false });
+                    assert_eq!(r, Reply::Closed { delete_file });
                 } else {
                     assert_eq!(r, Reply::Done(Status::InvalidHandle));
                 }
@@ -669,6 +741,10 @@ impl Run {
                 self.m.pending_opens.retain(|p| p.0 != s);
                 self.pending.retain(|p| p.0 != s);
                 for id in mine {
+                    let f = self.m.opens.iter().find(|o| o.id == id).map(|o| o.file);
+                    if self.m.close_deletes(id) {
+                        self.m.orphans.extend(f);
+                    }
                     self.m.close(id);
                 }
                 self.expect_grants();
@@ -678,6 +754,8 @@ impl Run {
                 assert!(snap.opens.iter().all(|o| o.session != s));
                 assert!(snap.lock_waiters.iter().all(|w| w.session != s));
                 assert!(snap.deferred_opens.iter().all(|d| d.session != s));
+                let orphans: Vec<FileId> = self.m.orphans.iter().copied().collect();
+                assert_eq!(snap.orphaned_deletes, orphans);
                 self.e.open_session(s);
                 self.m.handles.remove(&s);
             }
@@ -685,6 +763,12 @@ impl Run {
                 self.now = self.now.saturating_add(Duration::from_secs(secs));
                 self.e.handle_timeout(self.now);
                 self.drain(None);
+                // The daemon collects orphaned deletions now and then.
+                if secs % 2 == 0 {
+                    let want: Vec<FileId> =
+                        std::mem::take(&mut self.m.orphans).into_iter().collect();
+                    assert_eq!(self.e.take_orphaned_deletes(), want);
+                }
             }
         }
         self.check_invariants();
@@ -836,12 +920,13 @@ impl Run {
             let opens: Vec<(SessionId, OpenId)> =
                 self.m.opens.iter().map(|o| (o.session, o.id)).collect();
             for (s, id) in opens {
+                let delete_file = self.m.close_deletes(id);
                 for c in self.m.close(id) {
                     self.expected.insert(c, Reply::Done(Status::Cancelled));
                 }
                 self.expect_grants();
                 let (_, r) = self.call(s, Request::Close { open: id });
-                assert_eq!(r, Reply::Closed { delete_file: false });
+                assert_eq!(r, Reply::Closed { delete_file });
                 self.check_invariants();
             }
             self.now = self.now.saturating_add(Duration::from_secs(100));
@@ -854,6 +939,9 @@ impl Run {
             self.pending
         );
         assert!(self.m.opens.is_empty());
+        let want: Vec<FileId> = std::mem::take(&mut self.m.orphans).into_iter().collect();
+        assert_eq!(self.e.take_orphaned_deletes(), want);
+        assert!(self.m.delete_pending.is_empty());
         let st = self.e.stats();
         assert_eq!(
             (st.opens, st.locks_held, st.lock_waiters, st.deferred_opens),

@@ -660,3 +660,26 @@ fn stat_open_does_not_break() {
     h.open_ok(S2, file_open(F1, access::FILE_READ_ATTRIBUTES, 0));
     assert!(h.breaks_for(S1).is_empty());
 }
+
+/// MS-FSA 2.1.5.17 as Windows implements it (KB 306981): no Level II oplock on a file with
+/// byte-range locks.
+#[test]
+fn no_level_ii_oplock_while_byte_range_locks_exist() {
+    let mut h = H::new();
+    let (a, _) = h.open_ok(S1, file_open(F1, RW, SHARE_ALL));
+    assert_eq!(
+        h.lock(S1, a, 0, 1, false, true),
+        Reply::Done(Status::Success)
+    );
+    let (_, g) = h.open_ok(
+        S2,
+        with_oplock(file_open(F1, RW, SHARE_ALL), OplockLevel::LevelII),
+    );
+    assert_eq!(g, OplockGrant::None);
+    assert_eq!(h.unlock(S1, a, 0, 1), Reply::Done(Status::Success));
+    let (_, g) = h.open_ok(
+        S2,
+        with_oplock(file_open(F1, RW, SHARE_ALL), OplockLevel::Batch),
+    );
+    assert_eq!(g, OplockGrant::Oplock(OplockLevel::LevelII));
+}

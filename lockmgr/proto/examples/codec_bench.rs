@@ -15,9 +15,16 @@ fn main() {
         request_id: lockmgr_engine::RequestId(42),
         body: lockmgr_engine::Reply::Done(lockmgr_engine::Status::Success),
     };
+    let only = std::env::args().nth(2);
     for (name, msg) in [("lock request", &lock), ("done reply", &reply)] {
+        if only.as_deref().is_some_and(|o| !name.starts_with(o)) {
+            continue;
+        }
         let mut buf = Vec::with_capacity(lockmgr_proto::MAX_FRAME);
-        let iters = 5_000_000u32;
+        let iters: u32 = std::env::args()
+            .nth(1)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(5_000_000);
         let mut best = f64::MAX;
         for _ in 0..5 {
             let start = Instant::now();

@@ -8,7 +8,7 @@
 //! | `OplockLevel` | u8 wire value (0x00, 0x01, 0x08, 0x09) |
 //! | `LeaseState` | u8, bits above RWH (0x07) rejected |
 //! | `Status` | u16 (the engine's discriminant) |
-//! | `Lease` | key u128, state u8, flags u8 (bit0 parent_key present, bit1 epoch present), [parent_key u128], [epoch u16] |
+//! | `Lease` | key u128, state u8, flags u8 (bit0 parent_key present, bit1 epoch present), (parent_key u128 if bit0), (epoch u16 if bit1) |
 //! | `OplockRequest` / `OplockGrant` | kind u8 (0 None, 1 Oplock, 2 Lease), then level u8 or `Lease` |
 //! | `LockRange` | offset u64, length u64, exclusive bool (17 bytes) |
 //! | `OpenRequest` | file u128, access u32, share u32, flags u8 (bit0 delete_on_close, bit1 directory, bit2 overwrite), client_guid u128, oplock `OplockRequest` |
@@ -32,7 +32,7 @@
 //!
 //! `Notification` is kind u8 then fields: 1 OplockBreak (open u64, new_level u8),
 //! 2 LeaseBreak (client_guid u128, key u128, current u8, new u8, flags u8 (bit0 epoch present,
-//! bit1 ack_required), [epoch u16]), 3 Completed (request u64, `Reply`).
+//! bit1 ack_required), (epoch u16 if bit0)), 3 Completed (request u64, `Reply`).
 
 use lockmgr_engine::{
     ClientGuid, FileId, Lease, LeaseKey, LeaseState, LockRange, Notification, OpenId, OpenRequest,
@@ -567,5 +567,87 @@ pub(crate) fn get_notification(r: &mut Reader<'_>) -> Result<Notification, Decod
             reply: get_reply(r)?,
         },
         v => return Err(invalid("notification.kind", v)),
+    })
+}
+
+// ---- exact encoded lengths ----
+//
+// The frame writer sizes each message before writing it, so that a message that does not fit
+// is refused without touching the frame and the writes themselves need no capacity checks
+// beyond the slice's own. Each function mirrors the `put_*` function of the same type; the
+// property tests compare them against actual encodings.
+
+fn lease_len(l: &Lease) -> usize {
+    16 + 1 + 1 + if l.parent_key.is_some() { 16 } else { 0 } + if l.epoch.is_some() { 2 } else { 0 }
+}
+
+fn caching_len(c: Caching<'_>) -> usize {
+    1 + match c {
+        Caching::None => 0,
+        Caching::Oplock(_) => 1,
+        Caching::Lease(l) => lease_len(l),
+    }
+}
+
+fn oplock_request_len(o: &OplockRequest) -> usize {
+    caching_len(match o {
+        OplockRequest::None => Caching::None,
+        OplockRequest::Oplock(l) => Caching::Oplock(*l),
+        OplockRequest::Lease(l) => Caching::Lease(l),
+    })
+}
+
+fn grant_len(g: &OplockGrant) -> usize {
+    caching_len(match g {
+        OplockGrant::None => Caching::None,
+        OplockGrant::Oplock(l) => Caching::Oplock(*l),
+        OplockGrant::Lease(l) => Caching::Lease(l),
+    })
+}
+
+fn ranges_len(ranges: &[LockRange]) -> Result<usize, EncodeError> {
+    if ranges.len() > MAX_LOCK_RANGES {
+        return Err(EncodeError::TooManyRanges {
+            count: ranges.len(),
+            max: MAX_LOCK_RANGES,
+        });
+    }
+    Ok(2 + ranges.len() * LOCK_RANGE_LEN)
+}
+
+pub(crate) fn request_len(req: &Request) -> Result<usize, EncodeError> {
+    Ok(1 + match req {
+        Request::Open(o) => 16 + 4 + 4 + 1 + 16 + oplock_request_len(&o.oplock),
+        Request::Close { .. } => 8,
+        Request::SetDeletePending { .. } => 8 + 1,
+        Request::Lock { ranges, .. } => 8 + 1 + ranges_len(ranges)?,
+        Request::Unlock { ranges, .. } => 8 + ranges_len(ranges)?,
+        Request::Cancel { .. } => 8,
+        Request::CheckIo { .. } => 8 + 8 + 8 + 1,
+        Request::OplockBreakAck { .. } => 8 + 1,
+        Request::LeaseBreakAck { .. } => 16 + 16 + 1,
+        _ => return Err(EncodeError::UnsupportedVariant("Request")),
+    })
+}
+
+pub(crate) fn reply_len(rep: &Reply) -> Result<usize, EncodeError> {
+    Ok(1 + match rep {
+        Reply::Opened { grant, .. } => 8 + grant_len(grant),
+        Reply::Pending => 0,
+        Reply::Done(_) => 2,
+        Reply::Closed { .. } => 1,
+        Reply::Acked { grant } => grant_len(grant),
+        _ => return Err(EncodeError::UnsupportedVariant("Reply")),
+    })
+}
+
+pub(crate) fn notification_len(n: &Notification) -> Result<usize, EncodeError> {
+    Ok(1 + match n {
+        Notification::OplockBreak { .. } => 8 + 1,
+        Notification::LeaseBreak { epoch, .. } => {
+            16 + 16 + 1 + 1 + 1 + if epoch.is_some() { 2 } else { 0 }
+        }
+        Notification::Completed { reply, .. } => 8 + reply_len(reply)?,
+        _ => return Err(EncodeError::UnsupportedVariant("Notification")),
     })
 }

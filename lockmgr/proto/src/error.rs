@@ -87,6 +87,10 @@ pub enum EncodeError {
     /// A field holds a value the decoder would reject (e.g. lease state bits above RWH).
     #[error("invalid value {value:#x} for {field}")]
     InvalidValue { field: &'static str, value: u64 },
+    /// The encoder wrote a different number of bytes than it computed: a codec bug, reported
+    /// rather than sending a corrupt frame. The frame is unchanged.
+    #[error("internal codec error: encoded length differs from computed length")]
+    LengthMismatch,
     /// A variant of a `#[non_exhaustive]` engine type that this codec version does not know.
     #[error("{0} variant not supported by this protocol version")]
     UnsupportedVariant(&'static str),

@@ -5,8 +5,8 @@ use std::iter::FusedIterator;
 use lockmgr_engine::SessionId;
 
 use crate::error::{DecodeError, EncodeError};
-use crate::message::{decode_body, encode_body, msg_type, Message};
-use crate::wire::{Out, Reader, Sink};
+use crate::message::{body_len, decode_body, encode_body, msg_type, Message};
+use crate::wire::{Reader, Sink};
 use crate::{FRAME_HEADER_LEN, MAGIC, MAX_FRAME, MSG_FLAG_OPTIONAL, MSG_HEADER_LEN, VERSION};
 
 // A message body length is a u16: every body that fits in a frame must be representable.
@@ -30,9 +30,30 @@ const _: () = assert!(MAX_FRAME <= u32::MAX as usize);
 /// assert_eq!(frame.session_id(), SessionId(7));
 /// ```
 pub struct FrameWriter<'a> {
-    sink: Sink<'a>,
+    out: Out<'a>,
+    /// Where the frame starts in the buffer.
     start: usize,
+    /// Absolute end of the frame so far.
+    end: usize,
+    /// Absolute index the frame may not grow past.
+    limit: usize,
     count: u16,
+}
+
+enum Out<'a> {
+    /// Invariant: `v.len() == end` between calls.
+    Vec(&'a mut Vec<u8>),
+    Slice(&'a mut [u8]),
+}
+
+fn header_bytes(session_id: SessionId) -> [u8; FRAME_HEADER_LEN] {
+    let mut h = [0u8; FRAME_HEADER_LEN];
+    h[0..4].copy_from_slice(&MAGIC);
+    h[4] = VERSION;
+    // h[5] flags, h[6..8] message count, h[16..20] total length: 0 until finish();
+    // h[20..24] reserved: always 0.
+    h[8..16].copy_from_slice(&session_id.0.to_le_bytes());
+    h
 }
 
 impl<'a> FrameWriter<'a> {
@@ -40,73 +61,82 @@ impl<'a> FrameWriter<'a> {
     /// be laid back to back).
     pub fn new(buf: &'a mut Vec<u8>, session_id: SessionId) -> Self {
         let start = buf.len();
-        let mut w = FrameWriter {
-            sink: Sink::new(Out::Vec(buf), start.saturating_add(MAX_FRAME)),
+        buf.extend_from_slice(&header_bytes(session_id));
+        FrameWriter {
+            out: Out::Vec(buf),
             start,
+            end: start + FRAME_HEADER_LEN,
+            limit: start.saturating_add(MAX_FRAME),
             count: 0,
-        };
-        w.put_header(session_id);
-        w
+        }
     }
 
     /// Starts a frame at the beginning of a fixed buffer (e.g. a ring-buffer slot). The frame is
     /// limited to `min(buf.len(), MAX_FRAME)` bytes.
     pub fn new_fixed(buf: &'a mut [u8], session_id: SessionId) -> Result<Self, EncodeError> {
-        if buf.len() < FRAME_HEADER_LEN {
+        let Some(h) = buf.get_mut(..FRAME_HEADER_LEN) else {
             return Err(EncodeError::BufferTooSmall {
                 len: buf.len(),
                 min: FRAME_HEADER_LEN,
             });
-        }
-        let limit = buf.len().min(MAX_FRAME);
-        let mut w = FrameWriter {
-            sink: Sink::new(Out::Slice { buf, len: 0 }, limit),
-            start: 0,
-            count: 0,
         };
-        w.put_header(session_id);
-        Ok(w)
-    }
-
-    fn put_header(&mut self, session_id: SessionId) {
-        self.sink.put(&MAGIC);
-        self.sink.u8(VERSION);
-        self.sink.u8(0); // flags
-        self.sink.u16(0); // message count, patched by finish()
-        self.sink.u64(session_id.0);
-        self.sink.u32(0); // total length, patched by finish()
-        self.sink.u32(0); // reserved
+        h.copy_from_slice(&header_bytes(session_id));
+        let limit = buf.len().min(MAX_FRAME);
+        Ok(FrameWriter {
+            out: Out::Slice(buf),
+            start: 0,
+            end: FRAME_HEADER_LEN,
+            limit,
+            count: 0,
+        })
     }
 
     /// Appends one message. On error the frame is left exactly as before the call:
     /// [`EncodeError::FrameFull`] means "finish this frame and push into a new one".
     pub fn push(&mut self, msg: &Message) -> Result<(), EncodeError> {
-        if self.count == u16::MAX {
-            return Err(EncodeError::FrameFull);
-        }
-        let mark = self.sink.len();
-        self.sink.put(&[msg.tag(), 0, 0, 0]);
-        if let Err(e) = encode_body(&mut self.sink, msg) {
-            self.sink.truncate(mark);
-            return Err(e);
-        }
-        if self.sink.overflowed() {
-            self.sink.truncate(mark);
+        let body_len = body_len(msg)?;
+        let need = MSG_HEADER_LEN + body_len;
+        if need > self.limit - self.end || self.count == u16::MAX {
             if self.count == 0 {
                 // Even an empty frame cannot hold it: say so, or the caller would loop
                 // starting new frames forever.
                 return Err(EncodeError::MessageTooLarge {
-                    len: msg.encoded_len()?,
-                    max: self.capacity() - FRAME_HEADER_LEN,
+                    len: need,
+                    max: self.limit - self.start - FRAME_HEADER_LEN,
                 });
             }
             return Err(EncodeError::FrameFull);
         }
-        let body_len = self.sink.len() - mark - MSG_HEADER_LEN;
-        // Cannot truncate: the const assertion above bounds every in-frame body by u16::MAX.
-        self.sink.patch(mark + 2, &(body_len as u16).to_le_bytes());
-        self.count += 1;
-        Ok(())
+        let at = self.end;
+        let window = match &mut self.out {
+            Out::Vec(v) => {
+                v.resize(at + need, 0);
+                v.get_mut(at..)
+            }
+            Out::Slice(b) => b.get_mut(at..at + need),
+        };
+        let mut sink = Sink::new(window.unwrap_or_default());
+        sink.u8(msg.tag());
+        sink.u8(0);
+        // Cannot truncate: need <= MAX_FRAME, and the const assertion bounds bodies by u16::MAX.
+        sink.u16(body_len as u16);
+        let result = encode_body(&mut sink, msg).and_then(|()| match sink.written() {
+            Some(n) if n == need => Ok(()),
+            _ => Err(EncodeError::LengthMismatch),
+        });
+        match result {
+            Ok(()) => {
+                self.end += need;
+                self.count += 1;
+                Ok(())
+            }
+            Err(e) => {
+                if let Out::Vec(v) = &mut self.out {
+                    v.truncate(at);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Messages pushed so far.
@@ -116,7 +146,7 @@ impl<'a> FrameWriter<'a> {
 
     /// Bytes of the frame so far, header included.
     pub fn len(&self) -> usize {
-        self.sink.len() - self.start
+        self.end - self.start
     }
 
     /// True while no message has been pushed.
@@ -126,23 +156,23 @@ impl<'a> FrameWriter<'a> {
 
     /// Bytes still free for messages (message headers included).
     pub fn remaining(&self) -> usize {
-        self.capacity() - self.len()
-    }
-
-    /// The most bytes this frame can grow to, header included.
-    fn capacity(&self) -> usize {
-        self.sink.limit() - self.start
+        self.limit - self.end
     }
 
     /// Completes the header and returns the frame's length in bytes. For a `Vec` the frame is
     /// `buf[start..start + len]` where `start` was `buf.len()` before `new`; for a fixed
     /// buffer it is `buf[..len]`.
-    pub fn finish(mut self) -> usize {
+    pub fn finish(self) -> usize {
         let len = self.len();
-        let start = self.start;
-        self.sink.patch(start + 6, &self.count.to_le_bytes());
-        // Cannot truncate: len <= MAX_FRAME <= u32::MAX (const assertion above).
-        self.sink.patch(start + 16, &(len as u32).to_le_bytes());
+        let header = match self.out {
+            Out::Vec(v) => v.get_mut(self.start..self.start + FRAME_HEADER_LEN),
+            Out::Slice(b) => b.get_mut(..FRAME_HEADER_LEN),
+        };
+        if let Some(h) = header {
+            h[6..8].copy_from_slice(&self.count.to_le_bytes());
+            // Cannot truncate: len <= MAX_FRAME <= u32::MAX (const assertion above).
+            h[16..20].copy_from_slice(&(len as u32).to_le_bytes());
+        }
         len
     }
 }
@@ -164,23 +194,33 @@ pub struct FrameHeader {
 /// Stream transports use this to learn how many bytes the frame needs (`total_len`); it checks
 /// everything but the message list.
 pub fn decode_header(buf: &[u8]) -> Result<FrameHeader, DecodeError> {
-    let mut r = Reader::new(buf);
-    let magic = r.array::<4>()?;
+    // One bounds check for the whole header, then fixed offsets (this is on every frame's path).
+    let Some(h) = buf.first_chunk::<FRAME_HEADER_LEN>() else {
+        return Err(DecodeError::Truncated {
+            needed: FRAME_HEADER_LEN,
+            available: buf.len(),
+        });
+    };
+    let le16 = |i: usize| u16::from_le_bytes([h[i], h[i + 1]]);
+    let le32 = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    let magic = [h[0], h[1], h[2], h[3]];
     if magic != MAGIC {
         return Err(DecodeError::BadMagic(magic));
     }
-    let version = r.u8()?;
+    let version = h[4];
     if version != VERSION {
         return Err(DecodeError::UnsupportedVersion(version));
     }
-    let flags = r.u8()?;
+    let flags = h[5];
     if flags != 0 {
         return Err(DecodeError::UnsupportedFlags(flags));
     }
-    let message_count = r.u16()?;
-    let session_id = SessionId(r.u64()?);
-    let total_len = r.u32()? as usize;
-    let reserved = r.u32()?;
+    let message_count = le16(6);
+    let mut sid = [0u8; 8];
+    sid.copy_from_slice(&h[8..16]);
+    let session_id = SessionId(u64::from_le_bytes(sid));
+    let total_len = le32(16) as usize;
+    let reserved = le32(20);
     if reserved != 0 {
         return Err(DecodeError::ReservedNotZero(reserved));
     }
@@ -227,8 +267,7 @@ pub fn decode_frame(buf: &[u8]) -> Result<FrameReader<'_>, DecodeError> {
     let msgs = buf.get(FRAME_HEADER_LEN..).unwrap_or_default();
     let mut r = Reader::new(msgs);
     for _ in 0..header.message_count {
-        read_msg_header(&mut r)?;
-        let len = usize::from(r.u16()?);
+        let (_, _, len) = read_msg_header(&mut r)?;
         r.bytes(len)?;
     }
     if r.remaining() != 0 {
@@ -244,17 +283,18 @@ pub fn decode_frame(buf: &[u8]) -> Result<FrameReader<'_>, DecodeError> {
     })
 }
 
-/// Reads tag and flags, rejecting undefined flags and unknown mandatory types.
-fn read_msg_header(r: &mut Reader<'_>) -> Result<(u8, u8), DecodeError> {
-    let tag = r.u8()?;
-    let flags = r.u8()?;
+/// Reads a message header (tag, flags, body length), rejecting undefined flags and unknown
+/// mandatory types.
+#[inline]
+fn read_msg_header(r: &mut Reader<'_>) -> Result<(u8, u8, usize), DecodeError> {
+    let [tag, flags, l0, l1] = r.array::<MSG_HEADER_LEN>()?;
     if flags & !MSG_FLAG_OPTIONAL != 0 {
         return Err(DecodeError::UnknownMessageFlags { tag, flags });
     }
     if !msg_type::is_known(tag) && flags & MSG_FLAG_OPTIONAL == 0 {
         return Err(DecodeError::UnknownMessageType(tag));
     }
-    Ok((tag, flags))
+    Ok((tag, flags, usize::from(u16::from_le_bytes([l0, l1]))))
 }
 
 /// Iterator over the messages of a frame validated by [`decode_frame`].
@@ -292,10 +332,8 @@ impl Iterator for FrameReader<'_> {
         while self.left > 0 {
             self.left -= 1;
             let mut r = Reader::new(self.msgs.get(self.pos..).unwrap_or_default());
-            let parsed = read_msg_header(&mut r).and_then(|(tag, flags)| {
-                let len = usize::from(r.u16()?);
-                Ok((tag, flags, r.bytes(len)?))
-            });
+            let parsed = read_msg_header(&mut r)
+                .and_then(|(tag, flags, len)| Ok((tag, flags, r.bytes(len)?)));
             let (tag, flags, body) = match parsed {
                 Ok(p) => p,
                 // Unreachable for frames from decode_frame; stop rather than loop on garbage.

@@ -4,15 +4,15 @@
 //!
 //! | Tag | Message | Body |
 //! |-----|---------|------|
-//! | 0x01 | `ClientHello` | min_version u8, max_version u8, client_nonce [32], name_len u8 (<= 64), node_name UTF-8 |
-//! | 0x02 | `ServerChallenge` | session_id u64, version u8, server_nonce [32] |
-//! | 0x03 | `ClientProof` | proof [32] |
-//! | 0x04 | `SessionAccepted` | session_id u64, liveness_lease_ms u32, server_proof [32] |
+//! | 0x01 | `ClientHello` | min_version u8, max_version u8, client_nonce `[u8; 32]`, name_len u8 (<= 64), node_name UTF-8 |
+//! | 0x02 | `ServerChallenge` | session_id u64, version u8, server_nonce `[u8; 32]` |
+//! | 0x03 | `ClientProof` | proof `[u8; 32]` |
+//! | 0x04 | `SessionAccepted` | session_id u64, liveness_lease_ms u32, server_proof `[u8; 32]` |
 //! | 0x05 | `SessionRejected` | reason u16 ([`RejectReason`]) |
 //! | 0x06 | `Heartbeat` | seq u64 |
 //! | 0x07 | `HeartbeatAck` | seq u64 |
 //! | 0x08 | `Goodbye` | (empty) |
-//! | 0x10 | `Request` | request_id u64, `Request` (see [`codec`](crate::codec)) |
+//! | 0x10 | `Request` | request_id u64, `Request` (see [`crate::codec`]) |
 //! | 0x11 | `Reply` | request_id u64, `Reply` |
 //! | 0x12 | `Notify` | `Notification` |
 //! | 0x20 | `StatusQuery` | (empty) |
@@ -200,10 +200,9 @@ impl Message {
     }
 
     /// Encoded size including the message header (what [`FrameWriter::push`](crate::FrameWriter::push) adds).
+    /// Fails for messages that cannot be encoded at all (e.g. too many lock ranges).
     pub fn encoded_len(&self) -> Result<usize, EncodeError> {
-        let mut s = Sink::counter();
-        encode_body(&mut s, self)?;
-        Ok(MSG_HEADER_LEN + s.len())
+        Ok(MSG_HEADER_LEN + body_len(self)?)
     }
 }
 
@@ -228,6 +227,43 @@ pub fn split_status_text(text: &str) -> impl Iterator<Item = Message> + '_ {
     })
 }
 
+/// Exact body length; mirrors `encode_body` and checks the same size limits.
+pub(crate) fn body_len(msg: &Message) -> Result<usize, EncodeError> {
+    Ok(match msg {
+        Message::ClientHello { node_name, .. } => {
+            if node_name.len() > MAX_NODE_NAME {
+                return Err(EncodeError::StringTooLong {
+                    field: "node_name",
+                    len: node_name.len(),
+                    max: MAX_NODE_NAME,
+                });
+            }
+            1 + 1 + 32 + 1 + node_name.len()
+        }
+        Message::ServerChallenge { .. } => 8 + 1 + 32,
+        Message::ClientProof { .. } => 32,
+        Message::SessionAccepted { .. } => 8 + 4 + 32,
+        Message::SessionRejected { .. } => 2,
+        Message::Heartbeat { .. } | Message::HeartbeatAck { .. } => 8,
+        Message::Goodbye | Message::StatusQuery => 0,
+        Message::Request { body, .. } => 8 + codec::request_len(body)?,
+        Message::Reply { body, .. } => 8 + codec::reply_len(body)?,
+        Message::Notify { body } => codec::notification_len(body)?,
+        Message::StatusText { text, .. } => {
+            // Checked here rather than left to the frame limit so the caller gets a precise
+            // error telling it to split, not a generic MessageTooLarge.
+            if text.len() > MAX_STATUS_TEXT {
+                return Err(EncodeError::StringTooLong {
+                    field: "status_text",
+                    len: text.len(),
+                    max: MAX_STATUS_TEXT,
+                });
+            }
+            1 + text.len()
+        }
+    })
+}
+
 pub(crate) fn encode_body(s: &mut Sink<'_>, msg: &Message) -> Result<(), EncodeError> {
     match msg {
         Message::ClientHello {
@@ -236,17 +272,10 @@ pub(crate) fn encode_body(s: &mut Sink<'_>, msg: &Message) -> Result<(), EncodeE
             min_version,
             max_version,
         } => {
-            if node_name.len() > MAX_NODE_NAME {
-                return Err(EncodeError::StringTooLong {
-                    field: "node_name",
-                    len: node_name.len(),
-                    max: MAX_NODE_NAME,
-                });
-            }
             s.u8(*min_version);
             s.u8(*max_version);
             s.put(client_nonce);
-            // Cannot truncate: bounded by MAX_NODE_NAME above.
+            // Cannot truncate: bounded by MAX_NODE_NAME in body_len.
             s.u8(node_name.len() as u8);
             s.put(node_name.as_bytes());
         }
@@ -282,15 +311,7 @@ pub(crate) fn encode_body(s: &mut Sink<'_>, msg: &Message) -> Result<(), EncodeE
         }
         Message::Notify { body } => codec::put_notification(s, body)?,
         Message::StatusText { more, text } => {
-            // Checked here rather than left to the frame limit so the caller gets a precise
-            // error telling it to split, not a generic MessageTooLarge.
-            if text.len() > MAX_STATUS_TEXT {
-                return Err(EncodeError::StringTooLong {
-                    field: "status_text",
-                    len: text.len(),
-                    max: MAX_STATUS_TEXT,
-                });
-            }
+            // Length limit already enforced by body_len.
             s.bool(*more);
             s.put(text.as_bytes());
         }

@@ -2,97 +2,41 @@
 
 use crate::error::DecodeError;
 
-/// Where encoded bytes go: the tail of a caller's `Vec` or a caller's fixed buffer.
-pub(crate) enum Out<'a> {
-    Vec(&'a mut Vec<u8>),
-    Slice {
-        buf: &'a mut [u8],
-        len: usize,
-    },
-    /// Only counts: sizes a message without writing it.
-    Count(usize),
-}
-
-/// Output with a hard end (`limit`, an absolute index into the buffer).
+/// Output window for one message, sized exactly by the message's computed length.
 ///
-/// Writes past the limit are dropped and latch `overflow`, so field encoders stay infallible
-/// and straight-line; the frame writer checks the latch once per message and rolls back.
-pub(crate) struct Sink<'a> {
-    out: Out<'a>,
-    limit: usize,
+/// Writes that would pass the end are dropped and latch `overflow` (only possible if a length
+/// function disagrees with its encoder, a codec bug the tests look for); field encoders thus stay
+/// infallible and straight-line, and the frame writer checks once per message.
+pub(crate) struct Sink<'b> {
+    buf: &'b mut [u8],
+    pos: usize,
     overflow: bool,
 }
 
-impl<'a> Sink<'a> {
-    pub(crate) fn new(out: Out<'a>, limit: usize) -> Self {
+impl<'b> Sink<'b> {
+    #[inline]
+    pub(crate) fn new(buf: &'b mut [u8]) -> Self {
         Sink {
-            out,
-            limit,
+            buf,
+            pos: 0,
             overflow: false,
         }
     }
 
-    pub(crate) fn counter() -> Sink<'static> {
-        Sink::new(Out::Count(0), usize::MAX)
-    }
-
+    /// Bytes written; equals the window size iff the message was encoded completely.
     #[inline]
-    pub(crate) fn len(&self) -> usize {
-        match &self.out {
-            Out::Vec(v) => v.len(),
-            Out::Slice { len, .. } => *len,
-            Out::Count(n) => *n,
-        }
-    }
-
-    pub(crate) fn limit(&self) -> usize {
-        self.limit
-    }
-
-    pub(crate) fn overflowed(&self) -> bool {
-        self.overflow
-    }
-
-    /// Drops everything written after `len` and clears the overflow latch.
-    pub(crate) fn truncate(&mut self, len: usize) {
-        match &mut self.out {
-            Out::Vec(v) => v.truncate(len),
-            Out::Slice { len: l, .. } | Out::Count(l) => *l = (*l).min(len),
-        }
-        self.overflow = false;
+    pub(crate) fn written(&self) -> Option<usize> {
+        (!self.overflow).then_some(self.pos)
     }
 
     #[inline]
     pub(crate) fn put(&mut self, bytes: &[u8]) {
-        let cur = self.len();
-        if self.overflow || bytes.len() > self.limit.saturating_sub(cur) {
-            self.overflow = true;
-            return;
-        }
-        match &mut self.out {
-            Out::Vec(v) => v.extend_from_slice(bytes),
-            Out::Slice { buf, len } => match buf.get_mut(cur..cur + bytes.len()) {
-                Some(dst) => {
-                    dst.copy_from_slice(bytes);
-                    *len += bytes.len();
-                }
-                None => self.overflow = true,
-            },
-            Out::Count(n) => *n += bytes.len(),
-        }
-    }
-
-    /// Overwrites already written bytes (header fields known only at the end).
-    pub(crate) fn patch(&mut self, at: usize, bytes: &[u8]) {
-        let dst = match &mut self.out {
-            Out::Vec(v) => v.get_mut(at..at + bytes.len()),
-            Out::Slice { buf, len } => buf
-                .get_mut(..*len)
-                .and_then(|b| b.get_mut(at..at + bytes.len())),
-            Out::Count(_) => None,
-        };
-        if let Some(dst) = dst {
-            dst.copy_from_slice(bytes);
+        match self.buf.get_mut(self.pos..self.pos + bytes.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(bytes);
+                self.pos += bytes.len();
+            }
+            None => self.overflow = true,
         }
     }
 

@@ -159,3 +159,97 @@ fn short_key_is_refused_and_debug_redacts() {
     let dbg = format!("{key:?}");
     assert!(!dbg.contains("0123"), "{dbg}");
 }
+
+/// The whole handshake through encoded frames, as client and server would run it.
+#[test]
+fn handshake_through_frames_authenticates_both_sides() {
+    use lockmgr_proto::{decode_frame, FrameWriter, Message, VERSION};
+
+    fn send(session: SessionId, m: Message) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let mut w = FrameWriter::new(&mut buf, session);
+        w.push(&m).unwrap();
+        w.finish();
+        buf
+    }
+    fn recv(buf: &[u8]) -> Message {
+        decode_frame(buf).unwrap().next().unwrap().unwrap()
+    }
+
+    let client_key = ClusterKey::new(KEY).unwrap();
+    let server_key = ClusterKey::new(KEY).unwrap();
+
+    let hello = send(
+        SessionId(0),
+        Message::ClientHello {
+            node_name: "node-a".into(),
+            client_nonce: [7; 32],
+            min_version: VERSION,
+            max_version: VERSION,
+        },
+    );
+    let Message::ClientHello {
+        node_name,
+        client_nonce,
+        ..
+    } = recv(&hello)
+    else {
+        panic!("expected hello")
+    };
+    let challenge = send(
+        SessionId(0),
+        Message::ServerChallenge {
+            session_id: SessionId(99),
+            version: VERSION,
+            server_nonce: [9; 32],
+        },
+    );
+    let Message::ServerChallenge {
+        session_id,
+        version,
+        server_nonce,
+    } = recv(&challenge)
+    else {
+        panic!("expected challenge")
+    };
+    let client_t = Transcript {
+        node_name: "node-a",
+        client_nonce: &[7; 32],
+        server_nonce: &server_nonce,
+        session_id,
+        version,
+    };
+    let proof_frame = send(
+        session_id,
+        Message::ClientProof {
+            proof: client_proof(&client_key, &client_t),
+        },
+    );
+    let Message::ClientProof { proof } = recv(&proof_frame) else {
+        panic!("expected proof")
+    };
+    let server_t = Transcript {
+        node_name: &node_name,
+        client_nonce: &client_nonce,
+        server_nonce: &[9; 32],
+        session_id: SessionId(99),
+        version: VERSION,
+    };
+    assert!(verify_proof(&server_key, Role::Client, &server_t, &proof));
+    let accepted = send(
+        SessionId(99),
+        Message::SessionAccepted {
+            session_id: SessionId(99),
+            liveness_lease_ms: 2000,
+            server_proof: server_proof(&server_key, &server_t),
+        },
+    );
+    let Message::SessionAccepted { server_proof, .. } = recv(&accepted) else {
+        panic!("expected accept")
+    };
+    assert!(verify_proof(&client_key, Role::Server, &client_t, &server_proof));
+    // An impostor server without the key is caught by the client.
+    let impostor = ClusterKey::new(b"not the cluster key at all......").unwrap();
+    let forged = lockmgr_proto::server_proof(&impostor, &server_t);
+    assert!(!verify_proof(&client_key, Role::Server, &client_t, &forged));
+}

@@ -65,6 +65,7 @@ fn main() -> Result<(), TransportError> {
         "udp transport",
         transport_pingpong(&mut c, rounds, warmup, len)?,
     );
+    println!("{:>14}: {:?}", "udp client", c.stats());
     drop(c);
     echo.stop()?;
     Ok(())

@@ -126,6 +126,10 @@ impl std::fmt::Debug for Waker {
 }
 
 /// Server side of a transport: many peers, one thread.
+///
+/// `poll` borrows the transport, so replies produced while handling events are queued by the
+/// caller and sent after `poll` returns. Typical loop:
+/// `loop { if t.poll(&mut handle)? == 0 { t.wait(None)? } flush_replies(&mut t)?; }`.
 pub trait ServerTransport: Send {
     /// Non-blocking: deliver every event available now to `f`; returns how many were delivered.
     fn poll(&mut self, f: &mut dyn FnMut(ServerEvent<'_>)) -> Result<usize, TransportError>;

@@ -49,7 +49,8 @@ const MAX_RING: usize = 1 << 30;
 const HELLO_LEN: usize = 24;
 /// Frames drained from one peer per `poll`, so one chatty peer cannot starve the rest.
 const PEER_BUDGET: usize = 1024;
-/// The server checks sockets (accept, EOF) on every Nth `poll` even when nobody sleeps.
+/// The server checks sockets (accept, EOF) on every Nth `poll` even when nobody sleeps (N must
+/// be a power of two).
 const IO_CHECK_INTERVAL: u32 = 64;
 
 const TOKEN_LISTENER: u64 = u64::MAX;

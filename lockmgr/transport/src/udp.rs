@@ -282,6 +282,32 @@ struct Conn {
     last_ping: Instant,
     pool: Vec<Vec<u8>>,
     dead: bool,
+    stats: UdpStats,
+}
+
+/// Counters of one UDP connection (or summed over a server's live peers).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UdpStats {
+    /// Data frames sent (first transmissions).
+    pub frames_sent: u64,
+    /// Data frames delivered to the application.
+    pub frames_delivered: u64,
+    /// Retransmitted data datagrams.
+    pub retransmits: u64,
+    /// Duplicate data datagrams received (already delivered).
+    pub duplicates: u64,
+    /// Out-of-order data datagrams buffered.
+    pub out_of_order: u64,
+}
+
+impl UdpStats {
+    fn add(&mut self, o: &UdpStats) {
+        self.frames_sent += o.frames_sent;
+        self.frames_delivered += o.frames_delivered;
+        self.retransmits += o.retransmits;
+        self.duplicates += o.duplicates;
+        self.out_of_order += o.out_of_order;
+    }
 }
 
 impl Conn {
@@ -298,6 +324,7 @@ impl Conn {
             last_ping: now,
             pool: Vec::new(),
             dead: false,
+            stats: UdpStats::default(),
         }
     }
 
@@ -345,6 +372,7 @@ impl Conn {
             rto: cfg.rto_initial,
         });
         self.next_seq += 1;
+        self.stats.frames_sent += 1;
         Ok(())
     }
 
@@ -371,11 +399,13 @@ impl Conn {
     ) -> usize {
         if seq < self.expected {
             // Duplicate: our ack was probably lost; repeat it soon.
+            self.stats.duplicates += 1;
             self.ack_due = Some(now);
             return 0;
         }
         if seq != self.expected {
             if seq - self.expected < cfg.window as u64 && !self.ooo.contains_key(&seq) {
+                self.stats.out_of_order += 1;
                 let mut b = self.pool.pop().unwrap_or_default();
                 b.clear();
                 b.extend_from_slice(payload);
@@ -402,6 +432,7 @@ impl Conn {
         {
             self.ooo.pop_first();
         }
+        self.stats.frames_delivered += n as u64;
         let due = now + cfg.ack_delay;
         self.ack_due = Some(self.ack_due.map_or(due, |d| d.min(due)));
         n
@@ -428,6 +459,7 @@ impl Conn {
             p.sent = now;
             p.rto = (p.rto * 2).min(cfg.rto_max);
             resent = true;
+            self.stats.retransmits += 1;
         }
         if resent {
             self.ack_due = None;
@@ -564,6 +596,15 @@ impl UdpServer {
     /// Bound address.
     pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
         Ok(self.sock.sock.local_addr()?)
+    }
+
+    /// Counters summed over the live peers.
+    pub fn stats(&self) -> UdpStats {
+        let mut s = UdpStats::default();
+        for c in self.conns.values() {
+            s.add(&c.stats);
+        }
+        s
     }
 
     /// Number of peers (including ones whose death is not yet reported).
@@ -840,6 +881,11 @@ impl UdpClient {
             }
             rto = (rto * 2).min(cfg.rto_max);
         }
+    }
+
+    /// Connection counters.
+    pub fn stats(&self) -> UdpStats {
+        self.conn.stats
     }
 
     /// Local socket address.

@@ -13,6 +13,16 @@ use lockmgr_transport::{
 const HANG_GUARD: Duration = Duration::from_secs(20);
 const CHILD_ENV: &str = "LOCKMGR_TRANSPORT_SHM_CHILD";
 
+/// A `wait` that lasts this long while a frame is in flight means a lost wake-up. Only a guard
+/// against hanging; normal wake-ups are microseconds.
+const LOST_WAKEUP: Duration = Duration::from_secs(30);
+
+fn wait_no_timeout(s: &mut dyn ServerTransport) {
+    let t = Instant::now();
+    s.wait(Some(LOST_WAKEUP)).unwrap();
+    assert!(t.elapsed() < LOST_WAKEUP, "lost wake-up");
+}
+
 #[derive(Debug, PartialEq, Eq, Clone)]
 enum Ev {
     Connected(PeerId),
@@ -314,7 +324,7 @@ fn shm_sleep_and_wake_with_zero_spin() {
                 })
                 .unwrap();
             if n == 0 {
-                server.wait(None).unwrap();
+                wait_no_timeout(&mut server);
             }
             for f in &got[got.len().saturating_sub(n)..] {
                 server.send(peer, f).unwrap();
@@ -329,7 +339,9 @@ fn shm_sleep_and_wake_with_zero_spin() {
         while got.is_empty() {
             client.poll(&mut |b| got.push(b.to_vec())).unwrap();
             if got.is_empty() {
-                client.wait(None).unwrap();
+                let t = Instant::now();
+                client.wait(Some(LOST_WAKEUP)).unwrap();
+                assert!(t.elapsed() < LOST_WAKEUP, "lost wake-up");
             }
         }
         assert_eq!(got, vec![frame(i, 16)]);
@@ -354,7 +366,7 @@ fn shm_waker_interrupts_wait() {
     server.poll(&mut |_| {}).unwrap();
     let waker = server.waker();
     let t = std::thread::spawn(move || {
-        server.wait(None).unwrap();
+        wait_no_timeout(&mut server);
         server
     });
     std::thread::sleep(Duration::from_millis(20));
@@ -363,5 +375,92 @@ fn shm_waker_interrupts_wait() {
     // A wake before wait makes the next wait return at once.
     let mut server = server;
     server.waker().wake();
-    server.wait(None).unwrap();
+    wait_no_timeout(&mut server);
+}
+
+fn fd_readable(fd: std::os::fd::RawFd, timeout_ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd on the stack.
+    let r = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+    r == 1
+}
+
+#[test]
+fn shm_external_event_loop_fd() {
+    let cfg = ShmConfig::default();
+    let (mut server, mut client, peer) = connect_pair("extfd", cfg);
+    let fd = client.as_raw_fd().unwrap();
+    assert!(client.arm().unwrap());
+    assert!(!fd_readable(fd, 0));
+    server.send(peer, b"wake").unwrap();
+    // Generous bound only to avoid a hang if the doorbell is lost.
+    assert!(fd_readable(fd, 20_000));
+    let mut got = Vec::new();
+    client.poll(&mut |b| got.push(b.to_vec())).unwrap();
+    assert_eq!(got, vec![b"wake".to_vec()]);
+    // Already-pending data: arm refuses so the caller polls instead of sleeping.
+    server.send(peer, b"more").unwrap();
+    assert!(!client.arm().unwrap());
+    // Server death also makes the fd readable.
+    client.poll(&mut |_| {}).unwrap();
+    assert!(client.arm().unwrap());
+    drop(server);
+    assert!(fd_readable(fd, 20_000));
+}
+
+const SERVER_CHILD_ENV: &str = "LOCKMGR_TRANSPORT_SHM_SERVER_CHILD";
+
+/// Child-process side of `shm_server_process_killed`: an echo server until killed.
+#[test]
+fn shm_server_child_entry() {
+    let Ok(path) = std::env::var(SERVER_CHILD_ENV) else {
+        return;
+    };
+    let server = ShmServer::bind(&path, ShmConfig::default()).unwrap();
+    let echo = lockmgr_transport::raw::EchoServer::spawn(server);
+    std::thread::sleep(HANG_GUARD * 3);
+    drop(echo);
+}
+
+#[test]
+fn shm_server_process_killed() {
+    let path = sock_path("srvkill");
+    let _ = std::fs::remove_file(&path);
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "shm_server_child_entry", "--nocapture"])
+        .env(SERVER_CHILD_ENV, &path)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let mut client = loop {
+        assert!(start.elapsed() < HANG_GUARD, "child server never came up");
+        match ShmClient::connect(&path, SpinConfig::default(), HANG_GUARD) {
+            Ok(c) => break c,
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    client.send(b"echo me").unwrap();
+    let mut got = Vec::new();
+    while got.is_empty() {
+        assert!(start.elapsed() < HANG_GUARD);
+        client.poll(&mut |b| got.push(b.to_vec())).unwrap();
+        client.wait(Some(Duration::from_millis(10))).unwrap();
+    }
+    assert_eq!(got, vec![b"echo me".to_vec()]);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    loop {
+        assert!(start.elapsed() < HANG_GUARD, "server death not detected");
+        match client.poll(&mut |_| {}) {
+            Err(TransportError::Disconnected) => break,
+            Ok(_) => client.wait(Some(Duration::from_millis(10))).unwrap(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let _ = std::fs::remove_file(&path);
 }

@@ -13,6 +13,16 @@ use lockmgr_transport::{
 const HANG_GUARD: Duration = Duration::from_secs(30);
 const CHILD_ENV: &str = "LOCKMGR_TRANSPORT_UDP_CHILD";
 
+/// A `wait` that lasts this long while a frame is in flight means a lost wake-up. Only a guard
+/// against hanging; normal wake-ups are microseconds.
+const LOST_WAKEUP: Duration = Duration::from_secs(30);
+
+fn wait_no_timeout(s: &mut dyn ServerTransport) {
+    let t = Instant::now();
+    s.wait(Some(LOST_WAKEUP)).unwrap();
+    assert!(t.elapsed() < LOST_WAKEUP, "lost wake-up");
+}
+
 #[derive(Debug, PartialEq, Eq, Clone)]
 enum Ev {
     Connected(PeerId),
@@ -330,7 +340,7 @@ fn udp_sleep_and_wake_with_zero_spin() {
                 server.send(peer, f).unwrap();
             }
             if n == 0 {
-                server.wait(None).unwrap();
+                wait_no_timeout(&mut server);
             }
         }
         // Keep serving acks until the client has everything.
@@ -349,7 +359,9 @@ fn udp_sleep_and_wake_with_zero_spin() {
             assert!(start.elapsed() < HANG_GUARD);
             client.poll(&mut |b| got.push(b.to_vec())).unwrap();
             if got.is_empty() {
-                client.wait(None).unwrap();
+                let t = Instant::now();
+                client.wait(Some(LOST_WAKEUP)).unwrap();
+                assert!(t.elapsed() < LOST_WAKEUP, "lost wake-up");
             }
         }
         assert_eq!(got, vec![frame(i, 16)]);
@@ -370,12 +382,89 @@ fn udp_waker_interrupts_wait() {
     let mut server = UdpServer::bind(localhost(), cfg).unwrap();
     let waker = server.waker();
     let t = std::thread::spawn(move || {
-        server.wait(None).unwrap();
+        wait_no_timeout(&mut server);
         server
     });
     std::thread::sleep(Duration::from_millis(20));
     waker.wake();
     let mut server = t.join().unwrap();
     server.waker().wake();
-    server.wait(None).unwrap();
+    wait_no_timeout(&mut server);
+}
+
+#[test]
+fn udp_external_event_loop_fd() {
+    let (mut server, mut client, peer) = connect_pair(UdpConfig::default(), UdpConfig::default());
+    let fd = client.as_raw_fd().unwrap();
+    assert!(client.arm().unwrap());
+    server.send(peer, b"wake").unwrap();
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd on the stack; generous timeout only against hangs.
+    assert_eq!(unsafe { libc::poll(&mut p, 1, 20_000) }, 1);
+    let mut got = Vec::new();
+    client.poll(&mut |b| got.push(b.to_vec())).unwrap();
+    assert_eq!(got, vec![b"wake".to_vec()]);
+    // Keepalive/ack timers exist, so the client asks to be polled again eventually.
+    assert!(client.poll_timeout().is_some());
+}
+
+const SERVER_CHILD_ENV: &str = "LOCKMGR_TRANSPORT_UDP_SERVER_CHILD";
+
+/// Child-process side of `udp_server_process_killed`: an echo server that prints its address.
+#[test]
+fn udp_server_child_entry() {
+    if std::env::var(SERVER_CHILD_ENV).is_err() {
+        return;
+    }
+    let server = UdpServer::bind(localhost(), UdpConfig::default()).unwrap();
+    println!("ADDR {}", server.local_addr().unwrap());
+    let echo = lockmgr_transport::raw::EchoServer::spawn(server);
+    std::thread::sleep(HANG_GUARD * 3);
+    drop(echo);
+}
+
+#[test]
+fn udp_server_process_killed() {
+    use std::io::BufRead;
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "udp_server_child_entry", "--nocapture"])
+        .env(SERVER_CHILD_ENV, "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let addr: SocketAddr = std::io::BufReader::new(stdout)
+        .lines()
+        .map(|l| l.unwrap())
+        .find_map(|l| l.strip_prefix("ADDR ").map(|a| a.parse().unwrap()))
+        .unwrap();
+    let cfg = UdpConfig {
+        keepalive: Some(Duration::from_millis(20)),
+        peer_timeout: Duration::from_millis(300),
+        ..UdpConfig::default()
+    };
+    let mut client = UdpClient::connect(addr, cfg).unwrap();
+    client.send(b"echo me").unwrap();
+    let start = Instant::now();
+    let mut got = Vec::new();
+    while got.is_empty() {
+        assert!(start.elapsed() < HANG_GUARD);
+        client.poll(&mut |b| got.push(b.to_vec())).unwrap();
+        client.wait(Some(Duration::from_millis(10))).unwrap();
+    }
+    assert_eq!(got, vec![b"echo me".to_vec()]);
+    child.kill().unwrap(); // SIGKILL: no FIN; keepalive timeout must notice
+    child.wait().unwrap();
+    loop {
+        assert!(start.elapsed() < HANG_GUARD, "server death not detected");
+        match client.poll(&mut |_| {}) {
+            Err(TransportError::Disconnected) => break,
+            Ok(_) => client.wait(Some(Duration::from_millis(10))).unwrap(),
+            Err(e) => panic!("{e}"),
+        }
+    }
 }

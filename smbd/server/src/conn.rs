@@ -345,10 +345,8 @@ impl Conn {
             }
             if let Some((alg, key)) = signer {
                 if enc_session.is_none() {
-                    r[16..20].copy_from_slice(
-                        &(u32::from_le_bytes([r[16], r[17], r[18], r[19]]) | flags::SIGNED)
-                            .to_le_bytes(),
-                    );
+                    let fl = u32::from_le_bytes([r[16], r[17], r[18], r[19]]) | flags::SIGNED;
+                    r[16..20].copy_from_slice(&fl.to_le_bytes());
                     if let Err(e) = smb_auth::signing::sign(alg, &key, &mut r) {
                         tracing::warn!(conn = self.id, %e, "signing failed");
                     }

@@ -12,7 +12,7 @@ use std::collections::{HashMap, VecDeque};
 
 pub use lockmgr_engine::types::access as access_bits;
 pub use lockmgr_engine::types::{
-    ClientGuid, FileId, LeaseKey, LeaseState, LockRange, Notification, OpenId, OpenRequest,
+    ClientGuid, FileId, Lease, LeaseKey, LeaseState, LockRange, Notification, OpenId, OpenRequest,
     OplockGrant, OplockLevel, OplockRequest, Reply, Request, RequestId, SessionId, Status,
 };
 

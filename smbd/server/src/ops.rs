@@ -896,6 +896,7 @@ impl Conn {
             Ok(v) => v,
             Err(st) => return err(st),
         };
+        let max_io = self.max_io();
         let Some(o) = self.opens.get_mut(&v) else {
             return err(status::FILE_CLOSED);
         };
@@ -916,7 +917,7 @@ impl Conn {
         ) {
             return err(status::INVALID_INFO_CLASS);
         }
-        if q.output_buffer_length > self.max_io_static() {
+        if q.output_buffer_length > max_io {
             return err(status::INVALID_PARAMETER);
         }
         let restart = q.flags & (query_dir_flags::RESTART_SCANS | query_dir_flags::REOPEN) != 0;
@@ -976,10 +977,6 @@ impl Conn {
             return err(status::INFO_LENGTH_MISMATCH);
         }
         Outcome::Reply(status::SUCCESS, Response::QueryDirectory { data: out.buf })
-    }
-
-    fn max_io_static(&self) -> u32 {
-        self.max_io()
     }
 
     pub(crate) fn change_notify(

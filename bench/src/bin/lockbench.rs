@@ -1,0 +1,388 @@
+//! lockbench: latency and throughput of lockmgrd, next to a raw ping-pong over the same
+//! transport measured in the same run.
+//!
+//! ```text
+//! lockbench --transport shm|udp [--clients N] [--duration S] [--rate R]
+//!           [--pattern uncontended|hot|zipf] [--op lock|open|mixed] [--held N] [--batch B] [--json]
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use lockbench::lockload::{self, LoadResult, LoadSpec, Op, Pattern};
+use lockbench::report::{new_histogram, record, Percentiles};
+use lockmgr_client::{ClientOptions, LockClient};
+use lockmgr_engine::{LockRange, OpenId, Request, RequestId, SessionId};
+use lockmgr_proto::{ClusterKey, FrameWriter, Message};
+use lockmgr_transport::shm::{ShmClient, ShmConfig, ShmServer};
+use lockmgr_transport::udp::{UdpClient, UdpConfig, UdpServer};
+use lockmgr_transport::{raw, ClientTransport, ServerTransport, SpinConfig};
+use lockmgrd::{Server, ServerOptions};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum TransportArg {
+    Shm,
+    Udp,
+}
+
+/// Latency benchmark of the lock manager against a raw transport baseline measured in the same run.
+#[derive(Parser, Debug, Clone)]
+#[command(version)]
+struct Cli {
+    #[arg(long, value_enum, default_value = "shm")]
+    transport: TransportArg,
+    /// Concurrent clients (each its own session, like smbd nodes).
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// Seconds of measurement.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Open loop: total operations per second over all clients (latency measured from the
+    /// scheduled send time: coordinated-omission corrected). Without it: closed loop.
+    #[arg(long)]
+    rate: Option<f64>,
+    #[arg(long, value_enum, default_value = "uncontended")]
+    pattern: Pattern,
+    #[arg(long, value_enum, default_value = "lock")]
+    op: Op,
+    /// Locks held in the engine during the run (table-size sensitivity), e.g. 1000 or 1000000.
+    #[arg(long, default_value_t = 0)]
+    held: u64,
+    /// Requests per frame in closed loop (batching; throughput mode).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Busy-poll budget of server and clients, microseconds (0 = always sleep).
+    #[arg(long, default_value_t = 200)]
+    spin_us: u64,
+    /// Round trips of the raw baseline.
+    #[arg(long, default_value_t = 200_000)]
+    raw_rounds: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(serde::Serialize)]
+struct JsonReport {
+    transport: TransportArg,
+    op: Op,
+    pattern: Pattern,
+    clients: usize,
+    batch: usize,
+    held: u64,
+    rate: Option<f64>,
+    duration_s: f64,
+    ops: u64,
+    conflicts: u64,
+    throughput_ops_per_s: f64,
+    p50_ns: u64,
+    p90_ns: u64,
+    p99_ns: u64,
+    p999_ns: u64,
+    max_ns: u64,
+    mean_ns: f64,
+    raw_msg_bytes: usize,
+    raw_p50_ns: u64,
+    raw_p99_ns: u64,
+    raw_transport_p50_ns: u64,
+    raw_transport_p99_ns: u64,
+    ratio_p50: f64,
+    ratio_p50_vs_transport: f64,
+}
+
+const KEY: &[u8] = b"lockbench-cluster-key-0123456789";
+
+/// The size of a frame carrying one lock request: the raw baseline moves messages this big.
+fn lock_frame_len() -> usize {
+    let mut buf = Vec::new();
+    let mut w = FrameWriter::new(&mut buf, SessionId(1));
+    let msg = Message::Request {
+        request_id: RequestId(1),
+        body: Request::Lock {
+            open: OpenId(1),
+            ranges: vec![LockRange { offset: 0, length: 64, exclusive: true }],
+            fail_immediately: true,
+        },
+    };
+    // Encoding a fixed message into an empty frame cannot fail.
+    let _ = w.push(&msg);
+    w.finish()
+}
+
+fn percentiles_of(samples: &[u64]) -> Percentiles {
+    let mut h = new_histogram();
+    for &s in samples {
+        record(&mut h, s);
+    }
+    Percentiles::of(&h)
+}
+
+struct Baseline {
+    raw: Percentiles,
+    transport: Percentiles,
+}
+
+fn server_options() -> ServerOptions {
+    ServerOptions {
+        // The key is a constant of sufficient length.
+        key: ClusterKey::new(KEY).expect("constant key is long enough"),
+        liveness: Duration::from_secs(30),
+        engine: Default::default(),
+    }
+}
+
+fn client_options(i: usize) -> ClientOptions {
+    ClientOptions {
+        node_name: format!("bench-{i}"),
+        key: ClusterKey::new(KEY).expect("constant key is long enough"),
+        handshake_timeout: Duration::from_secs(10),
+    }
+}
+
+/// Runs the whole benchmark over one transport kind. `make_server` binds the server;
+/// `make_client` connects one client.
+fn bench<S, C>(
+    cli: &Cli,
+    make_server: impl Fn() -> Result<S, String>,
+    make_client: impl Fn() -> Result<C, String> + Sync,
+    raw_fn: fn(usize, usize, usize) -> Result<Vec<u64>, lockmgr_transport::TransportError>,
+) -> Result<JsonReport, String>
+where
+    S: ServerTransport + 'static,
+    C: ClientTransport + 'static,
+{
+    let msg_len = lock_frame_len();
+    // 1. Baselines: the raw mechanism, then the transport's own framing through an echo server.
+    let raw = percentiles_of(&raw_fn(cli.raw_rounds, cli.raw_rounds / 10, msg_len).map_err(|e| e.to_string())?);
+    let echo = raw::EchoServer::spawn(make_server()?);
+    let mut tc = make_client()?;
+    let transport = percentiles_of(
+        &raw::transport_pingpong(&mut tc, cli.raw_rounds / 2, cli.raw_rounds / 20, msg_len)
+            .map_err(|e| e.to_string())?,
+    );
+    drop(tc);
+    echo.stop().map_err(|e| e.to_string())?;
+    let baseline = Baseline { raw, transport };
+
+    // 2. The lock manager in a server thread.
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let server_transport = make_server()?;
+    let waker = server_transport.waker();
+    let stop = Arc::clone(&shutdown);
+    let server = std::thread::spawn(move || -> Result<(), String> {
+        let mut s = Server::new(server_transport, server_options());
+        s.run(&stop).map_err(|e| e.to_string())
+    });
+    let result = run_clients(cli, &make_client);
+    shutdown.store(true, Ordering::Release);
+    waker.wake();
+    server.join().map_err(|_| "server thread panicked".to_string())??;
+    let (load, elapsed) = result?;
+    let p = Percentiles::of(&load.hist);
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    Ok(JsonReport {
+        transport: cli.transport,
+        op: cli.op,
+        pattern: cli.pattern,
+        clients: cli.clients,
+        batch: cli.batch,
+        held: cli.held,
+        rate: cli.rate,
+        duration_s: secs,
+        ops: load.ops,
+        conflicts: load.conflicts,
+        throughput_ops_per_s: load.ops as f64 / secs,
+        p50_ns: p.p50_ns,
+        p90_ns: p.p90_ns,
+        p99_ns: p.p99_ns,
+        p999_ns: p.p999_ns,
+        max_ns: p.max_ns,
+        mean_ns: p.mean_ns,
+        raw_msg_bytes: msg_len,
+        raw_p50_ns: baseline.raw.p50_ns,
+        raw_p99_ns: baseline.raw.p99_ns,
+        raw_transport_p50_ns: baseline.transport.p50_ns,
+        raw_transport_p99_ns: baseline.transport.p99_ns,
+        ratio_p50: p.p50_ns as f64 / baseline.raw.p50_ns.max(1) as f64,
+        ratio_p50_vs_transport: p.p50_ns as f64 / baseline.transport.p50_ns.max(1) as f64,
+    })
+}
+
+/// Connects the clients, preloads held locks, runs the load in one thread per client, merges.
+fn run_clients<C: ClientTransport + 'static>(
+    cli: &Cli,
+    make_client: &(impl Fn() -> Result<C, String> + Sync),
+) -> Result<(LoadResult, Duration), String> {
+    if cli.held > 0 {
+        let mut c = LockClient::connect(make_client()?, &client_options(usize::MAX))
+            .map_err(|e| format!("preload connect: {e}"))?;
+        // Held locks go on the files the measurement uses, so the per-file tables are big.
+        let files: Vec<_> = match cli.pattern {
+            Pattern::Uncontended => (0..cli.clients).map(lockload::private_file).collect(),
+            Pattern::Hot => vec![lockload::shared_file(0)],
+            Pattern::Zipf => (0..lockload::ZIPF_FILES).map(lockload::shared_file).collect(),
+        };
+        let mut opens = Vec::new();
+        for f in files {
+            opens.push(lockload::open_file(&mut c, f)?);
+        }
+        lockload::preload_locks(&mut c, &opens, cli.held)?;
+        // The preloading session stays open (and its locks held) until the run ends.
+        std::mem::forget(c);
+    }
+    let barrier = Barrier::new(cli.clients);
+    let duration = Duration::from_secs_f64(cli.duration);
+    let started = Instant::now();
+    let results: Vec<Result<LoadResult, String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..cli.clients)
+            .map(|i| {
+                let barrier = &barrier;
+                scope.spawn(move || -> Result<LoadResult, String> {
+                    let mut c = LockClient::connect(make_client()?, &client_options(i))
+                        .map_err(|e| format!("client {i} connect: {e}"))?;
+                    let spec = LoadSpec {
+                        client_index: i,
+                        pattern: cli.pattern,
+                        op: cli.op,
+                        duration,
+                        batch: cli.batch.max(1),
+                        rate: cli.rate.map(|r| r / cli.clients as f64),
+                        seed: 0x5eed + i as u64,
+                    };
+                    let ws = lockload::setup_workset(&mut c, &spec)?;
+                    barrier.wait();
+                    match spec.rate {
+                        Some(rate) => lockload::run_open(&mut c, &ws, &spec, rate),
+                        None => lockload::run_closed(&mut c, &ws, &spec),
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("client thread panicked".into()))).collect()
+    });
+    let elapsed = started.elapsed();
+    let mut merged = LoadResult { hist: new_histogram(), ops: 0, conflicts: 0, elapsed };
+    let mut longest = Duration::ZERO;
+    for r in results {
+        let r = r?;
+        merged.hist.add(&r.hist).map_err(|e| format!("merging histograms: {e}"))?;
+        merged.ops += r.ops;
+        merged.conflicts += r.conflicts;
+        longest = longest.max(r.elapsed);
+    }
+    Ok((merged, longest))
+}
+
+fn print_text(r: &JsonReport) {
+    let us = |ns: u64| ns as f64 / 1000.0;
+    println!(
+        "lockbench transport={:?} op={:?} pattern={:?} clients={} batch={} held={} rate={}",
+        r.transport,
+        r.op,
+        r.pattern,
+        r.clients,
+        r.batch,
+        r.held,
+        r.rate.map_or("closed-loop".to_string(), |v| format!("{v}/s"))
+    );
+    println!(
+        "  raw {:?} ping-pong ({} B)      p50={:.3}us p99={:.3}us",
+        r.transport,
+        r.raw_msg_bytes,
+        us(r.raw_p50_ns),
+        us(r.raw_p99_ns)
+    );
+    println!(
+        "  transport echo (framing only)  p50={:.3}us p99={:.3}us",
+        us(r.raw_transport_p50_ns),
+        us(r.raw_transport_p99_ns)
+    );
+    println!(
+        "  lockmgr operation              p50={:.3}us p90={:.3}us p99={:.3}us p99.9={:.3}us max={:.3}us",
+        us(r.p50_ns),
+        us(r.p90_ns),
+        us(r.p99_ns),
+        us(r.p999_ns),
+        us(r.max_ns)
+    );
+    println!(
+        "  ops={} conflicts={} throughput={:.0} ops/s  ratio p50 lockmgr/raw={:.2} lockmgr/transport-echo={:.2}",
+        r.ops, r.conflicts, r.throughput_ops_per_s, r.ratio_p50, r.ratio_p50_vs_transport
+    );
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    if cli.clients == 0 || cli.batch == 0 || !(cli.duration > 0.0 && cli.duration.is_finite()) {
+        return Err("--clients, --batch and --duration must be positive".into());
+    }
+    if cli.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        return Err("--rate must be positive".into());
+    }
+    let spin = SpinConfig { spin: Duration::from_micros(cli.spin_us) };
+    let report = match cli.transport {
+        TransportArg::Shm => {
+            let dir = std::env::temp_dir().join(format!("lockbench-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let counter = std::sync::atomic::AtomicU64::new(0);
+            let path = std::sync::Mutex::new(PathBuf::new());
+            let make_server = || {
+                let p = dir.join(format!("s{}.sock", counter.fetch_add(1, Ordering::Relaxed)));
+                let s = ShmServer::bind(&p, ShmConfig { spin, ..ShmConfig::default() })
+                    .map_err(|e| format!("shm bind: {e}"))?;
+                *path.lock().map_err(|_| "poisoned")? = p;
+                Ok(s)
+            };
+            let make_client = || {
+                let p = path.lock().map_err(|_| "poisoned".to_string())?.clone();
+                ShmClient::connect(&p, spin, Duration::from_secs(5)).map_err(|e| format!("shm connect: {e}"))
+            };
+            let r = bench(&cli, make_server, make_client, raw::shm_pingpong);
+            let _ = std::fs::remove_dir_all(&dir);
+            r?
+        }
+        TransportArg::Udp => {
+            let addr = std::sync::Mutex::new(None);
+            let cfg = UdpConfig { spin, ..UdpConfig::default() };
+            let make_server = || {
+                let s = UdpServer::bind("127.0.0.1:0".parse().map_err(|_| "addr")?, cfg)
+                    .map_err(|e| format!("udp bind: {e}"))?;
+                *addr.lock().map_err(|_| "poisoned")? = Some(s.local_addr().map_err(|e| e.to_string())?);
+                Ok(s)
+            };
+            let make_client = || {
+                let a = addr.lock().map_err(|_| "poisoned".to_string())?.ok_or("no server")?;
+                UdpClient::connect(a, cfg).map_err(|e| format!("udp connect: {e}"))
+            };
+            bench(&cli, make_server, make_client, raw::udp_pingpong)?
+        }
+    };
+    if cli.json {
+        println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);
+    } else {
+        print_text(&report);
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lockbench: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,418 @@
+//! Load generation against lockmgrd: closed loop (one batch in flight per client) and open loop
+//! (requests sent at scheduled times; latency measured from the scheduled time, which is the
+//! coordinated-omission correction).
+
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use lockmgr_client::{ClientError, Event, LockClient};
+use lockmgr_engine::{
+    access, share, FileId, LockRange, Notification, OpenId, OpenRequest, Reply, Request, RequestId,
+};
+use lockmgr_transport::ClientTransport;
+use rand::distributions::Distribution;
+use rand::{Rng, SeedableRng};
+
+use crate::report::{new_histogram, record};
+
+/// Which files the clients hit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pattern {
+    /// Every client has its own file and ranges: no conflicts.
+    Uncontended,
+    /// Every client locks the same range of the same file: constant conflicts.
+    Hot,
+    /// Files chosen with a Zipf(1.0) distribution over `ZIPF_FILES` files, shared by all clients.
+    Zipf,
+}
+
+/// What one measured operation is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    /// A byte-range lock or an unlock (each one operation).
+    Lock,
+    /// An open or a close (each one operation).
+    Open,
+    /// Open, lock, I/O check, unlock, close in turn.
+    Mixed,
+}
+
+pub const ZIPF_FILES: u64 = 1000;
+
+/// File ids used by the benchmark: client `c`'s private file, or shared file `i`.
+pub fn private_file(client: usize) -> FileId {
+    FileId(0x1000_0000_0000 + client as u128)
+}
+
+pub fn shared_file(i: u64) -> FileId {
+    FileId(0x2000_0000_0000 + i as u128)
+}
+
+#[derive(Clone, Debug)]
+pub struct LoadSpec {
+    pub client_index: usize,
+    pub pattern: Pattern,
+    pub op: Op,
+    pub duration: Duration,
+    /// Requests per frame in closed-loop mode.
+    pub batch: usize,
+    /// Open loop: operations per second for this client (None: closed loop).
+    pub rate: Option<f64>,
+    pub seed: u64,
+}
+
+#[derive(Debug)]
+pub struct LoadResult {
+    pub hist: Histogram<u64>,
+    pub ops: u64,
+    pub conflicts: u64,
+    pub elapsed: Duration,
+}
+
+pub fn open_request(file: FileId) -> Request {
+    Request::Open(OpenRequest {
+        file,
+        access: access::FILE_READ_DATA | access::FILE_WRITE_DATA,
+        share: share::READ | share::WRITE | share::DELETE,
+        ..OpenRequest::default()
+    })
+}
+
+/// Opens `file` and returns the open id.
+pub fn open_file<T: ClientTransport>(c: &mut LockClient<T>, file: FileId) -> Result<OpenId, String> {
+    match c.call(open_request(file), Duration::from_secs(10)).map_err(|e| e.to_string())? {
+        Reply::Opened { open, .. } => Ok(open),
+        other => Err(format!("open of {file:?} refused: {other:?}")),
+    }
+}
+
+/// Takes `count` shared... exclusive, non-overlapping locks far above the measured ranges, in
+/// batches, so the engine's tables hold that many locks during the measurement.
+pub fn preload_locks<T: ClientTransport>(
+    c: &mut LockClient<T>,
+    opens: &[OpenId],
+    count: u64,
+) -> Result<(), String> {
+    const BATCH: u64 = 256;
+    let mut done = 0u64;
+    while done < count {
+        let n = BATCH.min(count - done);
+        for i in done..done + n {
+            let open = opens[(i % opens.len() as u64) as usize];
+            let offset = (1u64 << 40) + i * 16;
+            c.submit(Request::Lock {
+                open,
+                ranges: vec![LockRange { offset, length: 8, exclusive: true }],
+                fail_immediately: true,
+            })
+            .map_err(|e| e.to_string())?;
+        }
+        c.flush().map_err(|e| e.to_string())?;
+        let mut replies = 0u64;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while replies < n {
+            c.poll(&mut |ev| {
+                if matches!(ev, Event::Reply { .. }) {
+                    replies += 1;
+                }
+            })
+            .map_err(|e| e.to_string())?;
+            if Instant::now() > deadline {
+                return Err("preload timed out".into());
+            }
+            if replies < n {
+                c.wait(Some(Duration::from_millis(10))).map_err(|e| e.to_string())?;
+            }
+        }
+        done += n;
+    }
+    Ok(())
+}
+
+/// The files a client touches, and the open it holds for each.
+pub struct Workset {
+    pub files: Vec<(FileId, OpenId)>,
+}
+
+pub fn setup_workset<T: ClientTransport>(
+    c: &mut LockClient<T>,
+    spec: &LoadSpec,
+) -> Result<Workset, String> {
+    let files: Vec<FileId> = match spec.pattern {
+        Pattern::Uncontended => vec![private_file(spec.client_index)],
+        Pattern::Hot => vec![shared_file(0)],
+        Pattern::Zipf => (0..ZIPF_FILES).map(shared_file).collect(),
+    };
+    let mut out = Vec::with_capacity(files.len());
+    for f in files {
+        out.push((f, open_file(c, f)?));
+    }
+    Ok(Workset { files: out })
+}
+
+/// Zipf(s=1) sampler over `n` items by inverse CDF (n is small: a table is fine).
+pub struct Zipf {
+    cdf: Vec<f64>,
+}
+
+impl Zipf {
+    pub fn new(n: u64) -> Zipf {
+        let mut cdf = Vec::with_capacity(n as usize);
+        let mut sum = 0.0;
+        for k in 1..=n {
+            sum += 1.0 / k as f64;
+            cdf.push(sum);
+        }
+        for v in &mut cdf {
+            *v /= sum;
+        }
+        Zipf { cdf }
+    }
+}
+
+impl Distribution<usize> for Zipf {
+    fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> usize {
+        let u: f64 = rng.gen();
+        self.cdf.partition_point(|&c| c < u).min(self.cdf.len() - 1)
+    }
+}
+
+/// One step of a client's operation sequence.
+struct Step {
+    request: Request,
+}
+
+/// Produces the client's next operations. Locks are always followed by their unlock (and opens
+/// by their close) so the tables do not grow during the run.
+struct OpGen {
+    spec: LoadSpec,
+    zipf: Zipf,
+    rng: rand::rngs::StdRng,
+    /// Ranges are spread per client so uncontended clients never overlap.
+    range_base: u64,
+    counter: u64,
+}
+
+impl OpGen {
+    fn new(spec: &LoadSpec) -> OpGen {
+        OpGen {
+            spec: spec.clone(),
+            zipf: Zipf::new(ZIPF_FILES),
+            rng: rand::rngs::StdRng::seed_from_u64(spec.seed),
+            range_base: spec.client_index as u64 * (1 << 30),
+            counter: 0,
+        }
+    }
+
+    fn pick(&mut self, ws: &Workset) -> (FileId, OpenId) {
+        match self.spec.pattern {
+            Pattern::Zipf => ws.files[self.zipf.sample(&mut self.rng)],
+            _ => ws.files[0],
+        }
+    }
+
+    /// A batch of `n` "do" operations followed by their `n` "undo" operations.
+    fn batch(&mut self, ws: &Workset, n: usize, out: &mut Vec<Step>, undo: &mut Vec<Step>) {
+        out.clear();
+        undo.clear();
+        for _ in 0..n {
+            let (file, open) = self.pick(ws);
+            let slot = self.counter;
+            self.counter += 1;
+            let offset = match self.spec.pattern {
+                Pattern::Hot => 0,
+                _ => self.range_base + (slot % 4096) * 64,
+            };
+            let range = LockRange { offset, length: 64, exclusive: true };
+            let op = match self.spec.op {
+                Op::Mixed => [Op::Lock, Op::Open][(slot % 2) as usize],
+                other => other,
+            };
+            match op {
+                Op::Lock | Op::Mixed => {
+                    out.push(Step {
+                        request: Request::Lock { open, ranges: vec![range], fail_immediately: true },
+                    });
+                    undo.push(Step { request: Request::Unlock { open, ranges: vec![range] } });
+                }
+                Op::Open => {
+                    out.push(Step { request: open_request(file) });
+                    // The close needs the open id from the reply: filled in later.
+                    undo.push(Step { request: Request::Close { open: OpenId(0) } });
+                }
+            }
+        }
+    }
+}
+
+/// Closed loop: send a batch, wait for all replies, send the undo batch, wait; every request's
+/// latency is its batch's round trip.
+pub fn run_closed<T: ClientTransport>(
+    c: &mut LockClient<T>,
+    ws: &Workset,
+    spec: &LoadSpec,
+) -> Result<LoadResult, String> {
+    let mut gen = OpGen::new(spec);
+    let mut hist = new_histogram();
+    let mut steps = Vec::with_capacity(spec.batch);
+    let mut undo = Vec::with_capacity(spec.batch);
+    let mut replies: Vec<(RequestId, Reply)> = Vec::with_capacity(spec.batch);
+    let mut ids: Vec<RequestId> = Vec::with_capacity(spec.batch);
+    let start = Instant::now();
+    let mut ops = 0u64;
+    let mut conflicts = 0u64;
+    while start.elapsed() < spec.duration {
+        gen.batch(ws, spec.batch, &mut steps, &mut undo);
+        // Phase 1: the operations.
+        ids.clear();
+        let t0 = Instant::now();
+        for s in steps.drain(..) {
+            ids.push(c.submit(s.request).map_err(|e| e.to_string())?);
+        }
+        c.flush().map_err(|e| e.to_string())?;
+        collect(c, ids.len(), &mut replies)?;
+        let rtt = t0.elapsed().as_nanos() as u64;
+        for _ in 0..ids.len() {
+            record(&mut hist, rtt);
+        }
+        ops += ids.len() as u64;
+        // Phase 2: undo what was granted (unlock, close).
+        let t1 = Instant::now();
+        let mut n_undo = 0;
+        for ((_, reply), u) in replies.iter().zip(undo.drain(..)) {
+            let request = match (reply, u.request) {
+                (Reply::Opened { open, .. }, Request::Close { .. }) => Request::Close { open: *open },
+                (Reply::Done(lockmgr_engine::Status::Success), r @ Request::Unlock { .. }) => r,
+                _ => {
+                    conflicts += 1;
+                    continue;
+                }
+            };
+            c.submit(request).map_err(|e| e.to_string())?;
+            n_undo += 1;
+        }
+        if n_undo > 0 {
+            c.flush().map_err(|e| e.to_string())?;
+            collect(c, n_undo, &mut replies)?;
+            let rtt = t1.elapsed().as_nanos() as u64;
+            for _ in 0..n_undo {
+                record(&mut hist, rtt);
+            }
+            ops += n_undo as u64;
+        }
+    }
+    Ok(LoadResult { hist, ops, conflicts, elapsed: start.elapsed() })
+}
+
+/// Waits for `n` replies (in any order; deferred completions and breaks are ignored: the
+/// benchmark's requests never wait).
+fn collect<T: ClientTransport>(
+    c: &mut LockClient<T>,
+    n: usize,
+    out: &mut Vec<(RequestId, Reply)>,
+) -> Result<(), String> {
+    out.clear();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while out.len() < n {
+        let got = c
+            .poll(&mut |ev| {
+                if let Event::Reply { request, reply } = ev {
+                    out.push((request, reply));
+                }
+            })
+            .map_err(|e: ClientError| e.to_string())?;
+        if got == 0 {
+            if Instant::now() > deadline {
+                return Err(format!("timed out waiting for {} of {n} replies", n - out.len()));
+            }
+            c.wait(Some(Duration::from_millis(1))).map_err(|e| e.to_string())?;
+        }
+    }
+    // Replies come back in request order per session; sort anyway so pairing with the undo
+    // list never depends on it.
+    out.sort_by_key(|(id, _)| *id);
+    Ok(())
+}
+
+/// Open loop: lock requests are due at fixed intervals whether or not earlier ones were
+/// answered; each latency is measured from the time the request was due. A granted lock is
+/// unlocked as soon as its reply arrives (the unlock is not measured).
+pub fn run_open<T: ClientTransport>(
+    c: &mut LockClient<T>,
+    ws: &Workset,
+    spec: &LoadSpec,
+    rate: f64,
+) -> Result<LoadResult, String> {
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
+    let mut gen = OpGen::new(spec);
+    let mut hist = new_histogram();
+    let mut steps = Vec::with_capacity(1);
+    let mut undo = Vec::with_capacity(1);
+    // request id -> (due time, undo request)
+    let mut in_flight: std::collections::HashMap<RequestId, (Instant, Request)> =
+        std::collections::HashMap::new();
+    let start = Instant::now();
+    let mut next_due = start;
+    let mut ops = 0u64;
+    let mut conflicts = 0u64;
+    let mut unlocks_pending = 0usize;
+    let mut sent = 0u64;
+    while start.elapsed() < spec.duration || !in_flight.is_empty() || unlocks_pending > 0 {
+        let now = Instant::now();
+        if now - start > spec.duration + Duration::from_secs(10) {
+            return Err("open-loop run did not drain".into());
+        }
+        let mut submitted = false;
+        while next_due <= now && start.elapsed() < spec.duration {
+            gen.batch(ws, 1, &mut steps, &mut undo);
+            let (Some(s), Some(u)) = (steps.pop(), undo.pop()) else { break };
+            let id = c.submit(s.request).map_err(|e| e.to_string())?;
+            in_flight.insert(id, (next_due, u.request));
+            next_due += interval;
+            sent += 1;
+            submitted = true;
+        }
+        if submitted {
+            c.flush().map_err(|e| e.to_string())?;
+        }
+        let mut done: Vec<(RequestId, Reply)> = Vec::new();
+        c.poll(&mut |ev| {
+            if let Event::Reply { request, reply } = ev {
+                done.push((request, reply));
+            } else if let Event::Notify(Notification::Completed { .. }) = ev {
+                // Not produced by this load (fail_immediately), ignored.
+            }
+        })
+        .map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        let mut undo_sent = false;
+        for (id, reply) in done {
+            if let Some((due, undo_req)) = in_flight.remove(&id) {
+                record(&mut hist, (t - due).as_nanos() as u64);
+                ops += 1;
+                let undo_req = match (reply, undo_req) {
+                    (Reply::Opened { open, .. }, Request::Close { .. }) => Some(Request::Close { open }),
+                    (Reply::Done(lockmgr_engine::Status::Success), r) => Some(r),
+                    _ => {
+                        conflicts += 1;
+                        None
+                    }
+                };
+                if let Some(r) = undo_req {
+                    c.submit(r).map_err(|e| e.to_string())?;
+                    unlocks_pending += 1;
+                    undo_sent = true;
+                }
+            } else {
+                unlocks_pending = unlocks_pending.saturating_sub(1);
+            }
+        }
+        if undo_sent {
+            c.flush().map_err(|e| e.to_string())?;
+        }
+    }
+    let _ = sent;
+    Ok(LoadResult { hist, ops, conflicts, elapsed: start.elapsed() })
+}

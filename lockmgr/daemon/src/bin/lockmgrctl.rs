@@ -1,0 +1,146 @@
+//! lockmgrctl: operator and test tool for lockmgrd.
+//!
+//! `lockmgrctl --transport shm --connect PATH --cluster-key-file KEY status` prints what lockmgrd
+//! holds (nodes, sessions, open files, byte-range locks, waiters, pending breaks), like
+//! `ctdb status` / `smbstatus`. `hold` opens a file, takes a byte-range lock and keeps the
+//! session alive until killed: the multi-process failure tests use it as a node that dies while
+//! holding locks.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use lockmgr_client::{ClientOptions, LockClient};
+use lockmgr_engine::{access, share, FileId, LockRange, OpenRequest, Reply, Request, Status};
+use lockmgr_proto::ClusterKey;
+use lockmgr_transport::shm::ShmClient;
+use lockmgr_transport::udp::{UdpClient, UdpConfig};
+use lockmgr_transport::{ClientTransport, SpinConfig};
+use lockmgrd::config::{read_key_file, TransportKind};
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Operator view and test tool for lockmgrd")]
+struct Cli {
+    #[arg(long, value_enum)]
+    transport: TransportKind,
+    /// shm: lockmgrd's unix socket path; udp: ADDR:PORT.
+    #[arg(long)]
+    connect: String,
+    #[arg(long)]
+    cluster_key_file: PathBuf,
+    /// Node name to announce.
+    #[arg(long, default_value = "lockmgrctl")]
+    node: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print nodes, sessions, open files, byte-range locks, waiters and pending breaks.
+    Status,
+    /// Open FILE (hex id), lock [offset, offset+length) exclusively, print LOCKED, then keep the
+    /// session alive until killed.
+    Hold {
+        #[arg(long, value_parser = parse_file_id)]
+        file: FileId,
+        #[arg(long, default_value_t = 0)]
+        offset: u64,
+        #[arg(long, default_value_t = 100)]
+        length: u64,
+    },
+}
+
+fn parse_file_id(s: &str) -> Result<FileId, String> {
+    u128::from_str_radix(s.trim_start_matches("0x"), 16)
+        .map(FileId)
+        .map_err(|e| format!("file id must be hex: {e}"))
+}
+
+fn run_with<T: ClientTransport>(transport: T, cli: &Cli, key: ClusterKey) -> Result<(), String> {
+    let options = ClientOptions {
+        node_name: cli.node.clone(),
+        key,
+        handshake_timeout: Duration::from_secs(5),
+    };
+    let mut client = LockClient::connect(transport, &options).map_err(|e| format!("connect: {e}"))?;
+    match &cli.command {
+        Command::Status => {
+            let text = client.status(Duration::from_secs(5)).map_err(|e| format!("status: {e}"))?;
+            print!("{text}");
+            let _ = client.goodbye();
+            Ok(())
+        }
+        Command::Hold { file, offset, length } => {
+            let open = match client
+                .call(
+                    Request::Open(OpenRequest {
+                        file: *file,
+                        access: access::FILE_READ_DATA | access::FILE_WRITE_DATA,
+                        share: share::READ | share::WRITE | share::DELETE,
+                        ..OpenRequest::default()
+                    }),
+                    Duration::from_secs(5),
+                )
+                .map_err(|e| format!("open: {e}"))?
+            {
+                Reply::Opened { open, .. } => open,
+                other => return Err(format!("open refused: {other:?}")),
+            };
+            let reply = client
+                .call(
+                    Request::Lock {
+                        open,
+                        ranges: vec![LockRange { offset: *offset, length: *length, exclusive: true }],
+                        fail_immediately: true,
+                    },
+                    Duration::from_secs(5),
+                )
+                .map_err(|e| format!("lock: {e}"))?;
+            if reply != Reply::Done(Status::Success) {
+                return Err(format!("lock refused: {reply:?}"));
+            }
+            println!("LOCKED open={}", open.0);
+            let _ = std::io::stdout().flush();
+            loop {
+                let now = Instant::now();
+                client.tick(now).map_err(|e| format!("session lost: {e}"))?;
+                let _ = client.poll(&mut |_| {});
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let key_bytes = read_key_file(&cli.cluster_key_file).map_err(|e| e.to_string())?;
+    let key = ClusterKey::new(&key_bytes).map_err(|e| format!("cluster key: {e}"))?;
+    // A tool, not a hot path: never spin.
+    let spin = SpinConfig { spin: Duration::ZERO };
+    match cli.transport {
+        TransportKind::Shm => {
+            let t = ShmClient::connect(&cli.connect, spin, Duration::from_secs(5))
+                .map_err(|e| format!("cannot reach lockmgrd at {}: {e}", cli.connect))?;
+            run_with(t, &cli, key)
+        }
+        TransportKind::Udp => {
+            let addr = cli.connect.parse().map_err(|e| format!("--connect {}: {e}", cli.connect))?;
+            let t = UdpClient::connect(addr, UdpConfig { spin, ..UdpConfig::default() })
+                .map_err(|e| format!("cannot reach lockmgrd at {addr}: {e}"))?;
+            run_with(t, &cli, key)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lockmgrctl: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
