@@ -81,8 +81,14 @@ pub fn open_request(file: FileId) -> Request {
 }
 
 /// Opens `file` and returns the open id.
-pub fn open_file<T: ClientTransport>(c: &mut LockClient<T>, file: FileId) -> Result<OpenId, String> {
-    match c.call(open_request(file), Duration::from_secs(10)).map_err(|e| e.to_string())? {
+pub fn open_file<T: ClientTransport>(
+    c: &mut LockClient<T>,
+    file: FileId,
+) -> Result<OpenId, String> {
+    match c
+        .call(open_request(file), Duration::from_secs(10))
+        .map_err(|e| e.to_string())?
+    {
         Reply::Opened { open, .. } => Ok(open),
         other => Err(format!("open of {file:?} refused: {other:?}")),
     }
@@ -104,7 +110,11 @@ pub fn preload_locks<T: ClientTransport>(
             let offset = (1u64 << 40) + i * 16;
             c.submit(Request::Lock {
                 open,
-                ranges: vec![LockRange { offset, length: 8, exclusive: true }],
+                ranges: vec![LockRange {
+                    offset,
+                    length: 8,
+                    exclusive: true,
+                }],
                 fail_immediately: true,
             })
             .map_err(|e| e.to_string())?;
@@ -123,7 +133,8 @@ pub fn preload_locks<T: ClientTransport>(
                 return Err("preload timed out".into());
             }
             if replies < n {
-                c.wait(Some(Duration::from_millis(10))).map_err(|e| e.to_string())?;
+                c.wait(Some(Duration::from_millis(10)))
+                    .map_err(|e| e.to_string())?;
             }
         }
         done += n;
@@ -225,7 +236,11 @@ impl OpGen {
                 Pattern::Hot => 0,
                 _ => self.range_base + (slot % 4096) * 64,
             };
-            let range = LockRange { offset, length: 64, exclusive: true };
+            let range = LockRange {
+                offset,
+                length: 64,
+                exclusive: true,
+            };
             let op = match self.spec.op {
                 Op::Mixed => [Op::Lock, Op::Open][(slot % 2) as usize],
                 other => other,
@@ -233,14 +248,27 @@ impl OpGen {
             match op {
                 Op::Lock | Op::Mixed => {
                     out.push(Step {
-                        request: Request::Lock { open, ranges: vec![range], fail_immediately: true },
+                        request: Request::Lock {
+                            open,
+                            ranges: vec![range],
+                            fail_immediately: true,
+                        },
                     });
-                    undo.push(Step { request: Request::Unlock { open, ranges: vec![range] } });
+                    undo.push(Step {
+                        request: Request::Unlock {
+                            open,
+                            ranges: vec![range],
+                        },
+                    });
                 }
                 Op::Open => {
-                    out.push(Step { request: open_request(file) });
+                    out.push(Step {
+                        request: open_request(file),
+                    });
                     // The close needs the open id from the reply: filled in later.
-                    undo.push(Step { request: Request::Close { open: OpenId(0) } });
+                    undo.push(Step {
+                        request: Request::Close { open: OpenId(0) },
+                    });
                 }
             }
         }
@@ -283,7 +311,9 @@ pub fn run_closed<T: ClientTransport>(
         let mut n_undo = 0;
         for ((_, reply), u) in replies.iter().zip(undo.drain(..)) {
             let request = match (reply, u.request) {
-                (Reply::Opened { open, .. }, Request::Close { .. }) => Request::Close { open: *open },
+                (Reply::Opened { open, .. }, Request::Close { .. }) => {
+                    Request::Close { open: *open }
+                }
                 (Reply::Done(lockmgr_engine::Status::Success), r @ Request::Unlock { .. }) => r,
                 _ => {
                     conflicts += 1;
@@ -303,7 +333,12 @@ pub fn run_closed<T: ClientTransport>(
             ops += n_undo as u64;
         }
     }
-    Ok(LoadResult { hist, ops, conflicts, elapsed: start.elapsed() })
+    Ok(LoadResult {
+        hist,
+        ops,
+        conflicts,
+        elapsed: start.elapsed(),
+    })
 }
 
 /// Waits for `n` replies (in any order; deferred completions and breaks are ignored: the
@@ -325,9 +360,13 @@ fn collect<T: ClientTransport>(
             .map_err(|e: ClientError| e.to_string())?;
         if got == 0 {
             if Instant::now() > deadline {
-                return Err(format!("timed out waiting for {} of {n} replies", n - out.len()));
+                return Err(format!(
+                    "timed out waiting for {} of {n} replies",
+                    n - out.len()
+                ));
             }
-            c.wait(Some(Duration::from_millis(1))).map_err(|e| e.to_string())?;
+            c.wait(Some(Duration::from_millis(1)))
+                .map_err(|e| e.to_string())?;
         }
     }
     // Replies come back in request order per session; sort anyway so pairing with the undo
@@ -367,7 +406,9 @@ pub fn run_open<T: ClientTransport>(
         let mut submitted = false;
         while next_due <= now && start.elapsed() < spec.duration {
             gen.batch(ws, 1, &mut steps, &mut undo);
-            let (Some(s), Some(u)) = (steps.pop(), undo.pop()) else { break };
+            let (Some(s), Some(u)) = (steps.pop(), undo.pop()) else {
+                break;
+            };
             let id = c.submit(s.request).map_err(|e| e.to_string())?;
             in_flight.insert(id, (next_due, u.request));
             next_due += interval;
@@ -393,7 +434,9 @@ pub fn run_open<T: ClientTransport>(
                 record(&mut hist, (t - due).as_nanos() as u64);
                 ops += 1;
                 let undo_req = match (reply, undo_req) {
-                    (Reply::Opened { open, .. }, Request::Close { .. }) => Some(Request::Close { open }),
+                    (Reply::Opened { open, .. }, Request::Close { .. }) => {
+                        Some(Request::Close { open })
+                    }
                     (Reply::Done(lockmgr_engine::Status::Success), r) => Some(r),
                     _ => {
                         conflicts += 1;
@@ -414,5 +457,10 @@ pub fn run_open<T: ClientTransport>(
         }
     }
     let _ = sent;
-    Ok(LoadResult { hist, ops, conflicts, elapsed: start.elapsed() })
+    Ok(LoadResult {
+        hist,
+        ops,
+        conflicts,
+        elapsed: start.elapsed(),
+    })
 }

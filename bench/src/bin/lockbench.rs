@@ -108,7 +108,11 @@ fn lock_frame_len() -> usize {
         request_id: RequestId(1),
         body: Request::Lock {
             open: OpenId(1),
-            ranges: vec![LockRange { offset: 0, length: 64, exclusive: true }],
+            ranges: vec![LockRange {
+                offset: 0,
+                length: 64,
+                exclusive: true,
+            }],
             fail_immediately: true,
         },
     };
@@ -161,7 +165,9 @@ where
 {
     let msg_len = lock_frame_len();
     // 1. Baselines: the raw mechanism, then the transport's own framing through an echo server.
-    let raw = percentiles_of(&raw_fn(cli.raw_rounds, cli.raw_rounds / 10, msg_len).map_err(|e| e.to_string())?);
+    let raw = percentiles_of(
+        &raw_fn(cli.raw_rounds, cli.raw_rounds / 10, msg_len).map_err(|e| e.to_string())?,
+    );
     let echo = raw::EchoServer::spawn(make_server()?);
     let mut tc = make_client()?;
     let transport = percentiles_of(
@@ -184,7 +190,9 @@ where
     let result = run_clients(cli, &make_client);
     shutdown.store(true, Ordering::Release);
     waker.wake();
-    server.join().map_err(|_| "server thread panicked".to_string())??;
+    server
+        .join()
+        .map_err(|_| "server thread panicked".to_string())??;
     let (load, elapsed) = result?;
     let p = Percentiles::of(&load.hist);
     let secs = elapsed.as_secs_f64().max(1e-9);
@@ -228,7 +236,9 @@ fn run_clients<C: ClientTransport + 'static>(
         let files: Vec<_> = match cli.pattern {
             Pattern::Uncontended => (0..cli.clients).map(lockload::private_file).collect(),
             Pattern::Hot => vec![lockload::shared_file(0)],
-            Pattern::Zipf => (0..lockload::ZIPF_FILES).map(lockload::shared_file).collect(),
+            Pattern::Zipf => (0..lockload::ZIPF_FILES)
+                .map(lockload::shared_file)
+                .collect(),
         };
         let mut opens = Vec::new();
         for f in files {
@@ -266,14 +276,28 @@ fn run_clients<C: ClientTransport + 'static>(
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("client thread panicked".into()))).collect()
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("client thread panicked".into()))
+            })
+            .collect()
     });
     let elapsed = started.elapsed();
-    let mut merged = LoadResult { hist: new_histogram(), ops: 0, conflicts: 0, elapsed };
+    let mut merged = LoadResult {
+        hist: new_histogram(),
+        ops: 0,
+        conflicts: 0,
+        elapsed,
+    };
     let mut longest = Duration::ZERO;
     for r in results {
         let r = r?;
-        merged.hist.add(&r.hist).map_err(|e| format!("merging histograms: {e}"))?;
+        merged
+            .hist
+            .add(&r.hist)
+            .map_err(|e| format!("merging histograms: {e}"))?;
         merged.ops += r.ops;
         merged.conflicts += r.conflicts;
         longest = longest.max(r.elapsed);
@@ -291,7 +315,8 @@ fn print_text(r: &JsonReport) {
         r.clients,
         r.batch,
         r.held,
-        r.rate.map_or("closed-loop".to_string(), |v| format!("{v}/s"))
+        r.rate
+            .map_or("closed-loop".to_string(), |v| format!("{v}/s"))
     );
     println!(
         "  raw {:?} ping-pong ({} B)      p50={:.3}us p99={:.3}us",
@@ -326,7 +351,9 @@ fn run(cli: Cli) -> Result<(), String> {
     if cli.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         return Err("--rate must be positive".into());
     }
-    let spin = SpinConfig { spin: Duration::from_micros(cli.spin_us) };
+    let spin = SpinConfig {
+        spin: Duration::from_micros(cli.spin_us),
+    };
     let report = match cli.transport {
         TransportArg::Shm => {
             let dir = std::env::temp_dir().join(format!("lockbench-{}", std::process::id()));
@@ -335,14 +362,21 @@ fn run(cli: Cli) -> Result<(), String> {
             let path = std::sync::Mutex::new(PathBuf::new());
             let make_server = || {
                 let p = dir.join(format!("s{}.sock", counter.fetch_add(1, Ordering::Relaxed)));
-                let s = ShmServer::bind(&p, ShmConfig { spin, ..ShmConfig::default() })
-                    .map_err(|e| format!("shm bind: {e}"))?;
+                let s = ShmServer::bind(
+                    &p,
+                    ShmConfig {
+                        spin,
+                        ..ShmConfig::default()
+                    },
+                )
+                .map_err(|e| format!("shm bind: {e}"))?;
                 *path.lock().map_err(|_| "poisoned")? = p;
                 Ok(s)
             };
             let make_client = || {
                 let p = path.lock().map_err(|_| "poisoned".to_string())?.clone();
-                ShmClient::connect(&p, spin, Duration::from_secs(5)).map_err(|e| format!("shm connect: {e}"))
+                ShmClient::connect(&p, spin, Duration::from_secs(5))
+                    .map_err(|e| format!("shm connect: {e}"))
             };
             let r = bench(&cli, make_server, make_client, raw::shm_pingpong);
             let _ = std::fs::remove_dir_all(&dir);
@@ -350,22 +384,32 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         TransportArg::Udp => {
             let addr = std::sync::Mutex::new(None);
-            let cfg = UdpConfig { spin, ..UdpConfig::default() };
+            let cfg = UdpConfig {
+                spin,
+                ..UdpConfig::default()
+            };
             let make_server = || {
                 let s = UdpServer::bind("127.0.0.1:0".parse().map_err(|_| "addr")?, cfg)
                     .map_err(|e| format!("udp bind: {e}"))?;
-                *addr.lock().map_err(|_| "poisoned")? = Some(s.local_addr().map_err(|e| e.to_string())?);
+                *addr.lock().map_err(|_| "poisoned")? =
+                    Some(s.local_addr().map_err(|e| e.to_string())?);
                 Ok(s)
             };
             let make_client = || {
-                let a = addr.lock().map_err(|_| "poisoned".to_string())?.ok_or("no server")?;
+                let a = addr
+                    .lock()
+                    .map_err(|_| "poisoned".to_string())?
+                    .ok_or("no server")?;
                 UdpClient::connect(a, cfg).map_err(|e| format!("udp connect: {e}"))
             };
             bench(&cli, make_server, make_client, raw::udp_pingpong)?
         }
     };
     if cli.json {
-        println!("{}", serde_json::to_string(&report).map_err(|e| e.to_string())?);
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(|e| e.to_string())?
+        );
     } else {
         print_text(&report);
     }

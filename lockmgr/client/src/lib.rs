@@ -84,7 +84,10 @@ pub struct LockClient<T: ClientTransport> {
 impl<T: ClientTransport> LockClient<T> {
     /// Runs the cluster-key challenge-response over `transport` (mutual: the server proves the
     /// key too). Blocks up to `options.handshake_timeout`.
-    pub fn connect(mut transport: T, options: &ClientOptions) -> Result<LockClient<T>, ClientError> {
+    pub fn connect(
+        mut transport: T,
+        options: &ClientOptions,
+    ) -> Result<LockClient<T>, ClientError> {
         let deadline = Instant::now() + options.handshake_timeout;
         let mut client_nonce: Nonce = [0; 32];
         rand::thread_rng().fill_bytes(&mut client_nonce);
@@ -99,9 +102,11 @@ impl<T: ClientTransport> LockClient<T> {
             },
         )?;
         let (session, version, server_nonce) = match recv_one(&mut transport, deadline)? {
-            Message::ServerChallenge { session_id, version, server_nonce } => {
-                (session_id, version, server_nonce)
-            }
+            Message::ServerChallenge {
+                session_id,
+                version,
+                server_nonce,
+            } => (session_id, version, server_nonce),
             Message::SessionRejected { reason } => return Err(ClientError::Rejected(reason)),
             _ => return Err(ClientError::Handshake),
         };
@@ -115,7 +120,11 @@ impl<T: ClientTransport> LockClient<T> {
         let proof = auth::client_proof(&options.key, &transcript);
         send_one(&mut transport, session, &Message::ClientProof { proof })?;
         let liveness = match recv_one(&mut transport, deadline)? {
-            Message::SessionAccepted { session_id, liveness_lease_ms, server_proof } => {
+            Message::SessionAccepted {
+                session_id,
+                liveness_lease_ms,
+                server_proof,
+            } => {
                 if session_id != session
                     || !auth::verify_proof(&options.key, Role::Server, &transcript, &server_proof)
                 {
@@ -165,7 +174,10 @@ impl<T: ClientTransport> LockClient<T> {
     pub fn submit(&mut self, request: Request) -> Result<RequestId, ClientError> {
         let id = RequestId(self.next_request);
         self.next_request += 1;
-        self.push(Message::Request { request_id: id, body: request })?;
+        self.push(Message::Request {
+            request_id: id,
+            body: request,
+        })?;
         Ok(id)
     }
 
@@ -275,7 +287,10 @@ impl<T: ClientTransport> LockClient<T> {
                     }
                 };
                 let ev = match msg {
-                    Message::Reply { request_id, body } => Event::Reply { request: request_id, reply: body },
+                    Message::Reply { request_id, body } => Event::Reply {
+                        request: request_id,
+                        reply: body,
+                    },
                     Message::Notify { body } => Event::Notify(body),
                     // Liveness is the library's business, not the caller's.
                     Message::HeartbeatAck { .. } => continue,
@@ -371,7 +386,8 @@ impl<T: ClientTransport> LockClient<T> {
                 return Err(ClientError::Timeout);
             }
             self.tick(now)?;
-            self.transport.wait(Some((deadline - now).min(self.heartbeat_interval())))?;
+            self.transport
+                .wait(Some((deadline - now).min(self.heartbeat_interval())))?;
         }
     }
 
@@ -393,7 +409,8 @@ impl<T: ClientTransport> LockClient<T> {
                 return Err(ClientError::Timeout);
             }
             self.tick(now)?;
-            self.transport.wait(Some((deadline - now).min(self.heartbeat_interval())))?;
+            self.transport
+                .wait(Some((deadline - now).min(self.heartbeat_interval())))?;
         }
     }
 
@@ -434,7 +451,11 @@ impl<T: ClientTransport> LockClient<T> {
     }
 }
 
-fn send_one<T: ClientTransport>(t: &mut T, session: SessionId, msg: &Message) -> Result<(), ClientError> {
+fn send_one<T: ClientTransport>(
+    t: &mut T,
+    session: SessionId,
+    msg: &Message,
+) -> Result<(), ClientError> {
     let mut buf = Vec::new();
     let mut w = FrameWriter::new(&mut buf, session);
     w.push(msg)?;

@@ -27,13 +27,19 @@ use thiserror::Error;
 #[non_exhaustive]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("cluster key: {0}")]
     Key(String),
     #[error("invalid {field}: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -69,7 +75,9 @@ fn default_break_timeout_ms() -> u64 {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { break_timeout_ms: default_break_timeout_ms() }
+        EngineConfig {
+            break_timeout_ms: default_break_timeout_ms(),
+        }
     }
 }
 
@@ -86,7 +94,9 @@ fn default_liveness_ms() -> u64 {
 
 impl Default for SessionConfig {
     fn default() -> Self {
-        SessionConfig { liveness_ms: default_liveness_ms() }
+        SessionConfig {
+            liveness_ms: default_liveness_ms(),
+        }
     }
 }
 
@@ -104,17 +114,24 @@ pub struct Config {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Config::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse { path: path.to_owned(), message },
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
             other => other,
         })
     }
 
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text)
-            .map_err(|e| ConfigError::Parse { path: PathBuf::from("<text>"), message: e.to_string() })?;
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<text>"),
+            message: e.to_string(),
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -127,10 +144,17 @@ impl Config {
             });
         }
         if self.transport.listen.is_empty() {
-            return Err(ConfigError::Invalid { field: "transport.listen", message: "empty".into() });
+            return Err(ConfigError::Invalid {
+                field: "transport.listen",
+                message: "empty".into(),
+            });
         }
         if self.transport.kind == TransportKind::Udp
-            && self.transport.listen.parse::<std::net::SocketAddr>().is_err()
+            && self
+                .transport
+                .listen
+                .parse::<std::net::SocketAddr>()
+                .is_err()
         {
             return Err(ConfigError::Invalid {
                 field: "transport.listen",
@@ -145,10 +169,12 @@ impl Config {
         match (&self.cluster_key_file, &self.cluster_key_hex) {
             (Some(path), None) => read_key_file(path),
             (None, Some(hex)) => parse_key_hex(hex),
-            (Some(_), Some(_)) => {
-                Err(ConfigError::Key("set cluster_key_file or cluster_key_hex, not both".into()))
-            }
-            (None, None) => Err(ConfigError::Key("no cluster_key_file or cluster_key_hex".into())),
+            (Some(_), Some(_)) => Err(ConfigError::Key(
+                "set cluster_key_file or cluster_key_hex, not both".into(),
+            )),
+            (None, None) => Err(ConfigError::Key(
+                "no cluster_key_file or cluster_key_hex".into(),
+            )),
         }
     }
 }
@@ -172,7 +198,9 @@ pub fn read_key_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
 pub fn parse_key_hex(hex: &str) -> Result<Vec<u8>, ConfigError> {
     let hex = hex.trim();
     if hex.len() % 2 != 0 {
-        return Err(ConfigError::Key("hex key has an odd number of digits".into()));
+        return Err(ConfigError::Key(
+            "hex key has an odd number of digits".into(),
+        ));
     }
     let mut key = Vec::with_capacity(hex.len() / 2);
     for i in (0..hex.len()).step_by(2) {
@@ -221,7 +249,10 @@ listen = "127.0.0.1:7500"
     #[test]
     fn rejects_bad_udp_address() {
         let text = GOOD.replace("127.0.0.1:7500", "localhost");
-        assert!(matches!(Config::parse(&text), Err(ConfigError::Invalid { .. })));
+        assert!(matches!(
+            Config::parse(&text),
+            Err(ConfigError::Invalid { .. })
+        ));
     }
 
     #[test]

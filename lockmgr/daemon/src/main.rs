@@ -63,7 +63,11 @@ fn build_config(cli: &Cli) -> Result<Config, config::ConfigError> {
             Config {
                 cluster_key_file: None,
                 cluster_key_hex: None,
-                transport: config::TransportConfig { kind, listen, spin_us: 50 },
+                transport: config::TransportConfig {
+                    kind,
+                    listen,
+                    spin_us: 50,
+                },
                 engine: Default::default(),
                 sessions: Default::default(),
             }
@@ -99,7 +103,9 @@ fn serve<T: ServerTransport>(transport: T, options: ServerOptions) -> Result<(),
             .map_err(|e| format!("cannot install signal handler: {e}"))?;
     }
     let mut server = Server::new(transport, options);
-    server.run(&shutdown).map_err(|e| format!("transport failed: {e}"))?;
+    server
+        .run(&shutdown)
+        .map_err(|e| format!("transport failed: {e}"))?;
     tracing::info!(counters = ?server.counters(), "lockmgrd stopped");
     Ok(())
 }
@@ -111,21 +117,41 @@ fn run(cli: Cli) -> Result<(), String> {
     let options = ServerOptions {
         key,
         liveness: Duration::from_millis(cfg.sessions.liveness_ms),
-        engine: EngineConfig { break_timeout: lockmgr_engine::Duration::from_millis(cfg.engine.break_timeout_ms) },
+        engine: EngineConfig {
+            break_timeout: lockmgr_engine::Duration::from_millis(cfg.engine.break_timeout_ms),
+        },
     };
-    let spin = SpinConfig { spin: Duration::from_micros(cfg.transport.spin_us) };
+    let spin = SpinConfig {
+        spin: Duration::from_micros(cfg.transport.spin_us),
+    };
     match cfg.transport.kind {
         TransportKind::Shm => {
-            let server = ShmServer::bind(&cfg.transport.listen, ShmConfig { spin, ..ShmConfig::default() })
-                .map_err(|e| format!("cannot listen on {}: {e}", cfg.transport.listen))?;
+            let server = ShmServer::bind(
+                &cfg.transport.listen,
+                ShmConfig {
+                    spin,
+                    ..ShmConfig::default()
+                },
+            )
+            .map_err(|e| format!("cannot listen on {}: {e}", cfg.transport.listen))?;
             tracing::info!(listen = %cfg.transport.listen, "lockmgrd listening (shm)");
             serve(server, options)
         }
         TransportKind::Udp => {
             // validate() checked that this parses.
-            let addr = cfg.transport.listen.parse().map_err(|e| format!("listen address: {e}"))?;
-            let server = UdpServer::bind(addr, UdpConfig { spin, ..UdpConfig::default() })
-                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            let addr = cfg
+                .transport
+                .listen
+                .parse()
+                .map_err(|e| format!("listen address: {e}"))?;
+            let server = UdpServer::bind(
+                addr,
+                UdpConfig {
+                    spin,
+                    ..UdpConfig::default()
+                },
+            )
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
             let local = server.local_addr().map_err(|e| e.to_string())?;
             tracing::info!(listen = %local, "lockmgrd listening (udp)");
             serve(server, options)
@@ -137,7 +163,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

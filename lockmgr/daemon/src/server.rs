@@ -152,7 +152,12 @@ impl<T: ServerTransport> Server<T> {
         let now = Instant::now();
         let mut progressed = events > 0;
         let engine_now = self.core.engine_time(now);
-        if self.core.engine.poll_timeout().is_some_and(|t| t <= engine_now) {
+        if self
+            .core
+            .engine
+            .poll_timeout()
+            .is_some_and(|t| t <= engine_now)
+        {
             self.core.engine.handle_timeout(engine_now);
             progressed = true;
         }
@@ -173,7 +178,12 @@ impl<T: ServerTransport> Server<T> {
         }
         // Peers whose backlog could not drain stay dirty for the next round.
         for peer in dirty {
-            if self.core.peers.get(&peer).is_some_and(|p| !p.backlog.is_empty()) {
+            if self
+                .core
+                .peers
+                .get(&peer)
+                .is_some_and(|p| !p.backlog.is_empty())
+            {
                 self.core.dirty.push(peer);
                 progressed = true;
             }
@@ -195,7 +205,9 @@ impl<T: ServerTransport> Server<T> {
 
     /// Encodes the peer's outbox into frames and hands them to the transport.
     fn flush_peer(&mut self, peer_id: PeerId) {
-        let Some(peer) = self.core.peers.get_mut(&peer_id) else { return };
+        let Some(peer) = self.core.peers.get_mut(&peer_id) else {
+            return;
+        };
         let session = match &peer.state {
             PeerState::Live { session, .. } | PeerState::Challenged { session, .. } => *session,
             PeerState::New => SessionId(0),
@@ -316,7 +328,9 @@ impl Core {
                 return;
             }
         };
-        let Some(peer) = self.peers.get_mut(&peer_id) else { return };
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
         let expected = match &peer.state {
             PeerState::New => SessionId(0),
             PeerState::Challenged { session, .. } | PeerState::Live { session, .. } => *session,
@@ -345,7 +359,9 @@ impl Core {
 
     fn on_message(&mut self, peer_id: PeerId, msg: Message, now: Instant) {
         // Fast path first: requests of a live session are nearly all the traffic.
-        let Some(peer) = self.peers.get_mut(&peer_id) else { return };
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
         let live_session = match &peer.state {
             PeerState::Live { session, .. } => Some(*session),
             _ => None,
@@ -366,7 +382,9 @@ impl Core {
             }
             (_, other) => other,
         };
-        let Some(peer) = self.peers.get_mut(&peer_id) else { return };
+        let Some(peer) = self.peers.get_mut(&peer_id) else {
+            return;
+        };
         let state = std::mem::replace(&mut peer.state, PeerState::New);
         let next = self.on_control_message(peer_id, state, msg, now);
         if let Some(peer) = self.peers.get_mut(&peer_id) {
@@ -384,7 +402,15 @@ impl Core {
         _now: Instant,
     ) -> PeerState {
         match (state, msg) {
-            (PeerState::New, Message::ClientHello { node_name, client_nonce, min_version, max_version }) => {
+            (
+                PeerState::New,
+                Message::ClientHello {
+                    node_name,
+                    client_nonce,
+                    min_version,
+                    max_version,
+                },
+            ) => {
                 if !(min_version..=max_version).contains(&VERSION) {
                     self.reject(peer_id, RejectReason::UnsupportedVersion);
                     return PeerState::New;
@@ -395,12 +421,26 @@ impl Core {
                 rand::thread_rng().fill_bytes(&mut server_nonce);
                 self.push(
                     peer_id,
-                    Message::ServerChallenge { session_id: session, version: VERSION, server_nonce },
+                    Message::ServerChallenge {
+                        session_id: session,
+                        version: VERSION,
+                        server_nonce,
+                    },
                 );
-                PeerState::Challenged { node_name, client_nonce, server_nonce, session }
+                PeerState::Challenged {
+                    node_name,
+                    client_nonce,
+                    server_nonce,
+                    session,
+                }
             }
             (
-                PeerState::Challenged { node_name, client_nonce, server_nonce, session },
+                PeerState::Challenged {
+                    node_name,
+                    client_nonce,
+                    server_nonce,
+                    session,
+                },
                 Message::ClientProof { proof },
             ) => {
                 let transcript = Transcript {
@@ -421,10 +461,15 @@ impl Core {
                 self.sessions.insert(session, peer_id);
                 self.engine.open_session(session);
                 self.counters.sessions_accepted += 1;
-                let liveness_lease_ms = u32::try_from(self.liveness.as_millis()).unwrap_or(u32::MAX);
+                let liveness_lease_ms =
+                    u32::try_from(self.liveness.as_millis()).unwrap_or(u32::MAX);
                 self.push(
                     peer_id,
-                    Message::SessionAccepted { session_id: session, liveness_lease_ms, server_proof },
+                    Message::SessionAccepted {
+                        session_id: session,
+                        liveness_lease_ms,
+                        server_proof,
+                    },
                 );
                 PeerState::Live { session, node_name }
             }
@@ -439,7 +484,11 @@ impl Core {
             }
             (state, other) => {
                 self.counters.protocol_violations += 1;
-                tracing::debug!(peer = peer_id.0, tag = other.tag(), "message not allowed now");
+                tracing::debug!(
+                    peer = peer_id.0,
+                    tag = other.tag(),
+                    "message not allowed now"
+                );
                 if !matches!(state, PeerState::Live { .. }) {
                     self.reject(peer_id, RejectReason::ProtocolError);
                 }
@@ -486,7 +535,10 @@ impl Core {
             .map(|(id, _)| *id)
             .collect();
         for peer in expired {
-            tracing::warn!(peer = peer.0, "peer silent past its liveness lease; expiring");
+            tracing::warn!(
+                peer = peer.0,
+                "peer silent past its liveness lease; expiring"
+            );
             self.counters.sessions_expired += 1;
             self.to_close.push(peer);
         }
@@ -495,12 +547,21 @@ impl Core {
     fn route_engine_outputs(&mut self) {
         while let Some(out) = self.engine.poll_output() {
             let (session, msg) = match out {
-                Output::Reply { session, request, reply } => {
-                    (session, Message::Reply { request_id: request, body: reply })
-                }
-                Output::Notify { session, notification } => {
-                    (session, Message::Notify { body: notification })
-                }
+                Output::Reply {
+                    session,
+                    request,
+                    reply,
+                } => (
+                    session,
+                    Message::Reply {
+                        request_id: request,
+                        body: reply,
+                    },
+                ),
+                Output::Notify {
+                    session,
+                    notification,
+                } => (session, Message::Notify { body: notification }),
             };
             if let Some(&peer) = self.sessions.get(&session) {
                 self.push(peer, msg);

@@ -7,7 +7,11 @@ use lockmgr_engine::{BreakHolder, Engine, OplockGrant, SessionId};
 use crate::server::ServerCounters;
 
 /// Renders nodes, sessions, open files, byte-range locks, waiters and pending breaks.
-pub fn render_status(engine: &Engine, nodes: &[(SessionId, String)], counters: &ServerCounters) -> String {
+pub fn render_status(
+    engine: &Engine,
+    nodes: &[(SessionId, String)],
+    counters: &ServerCounters,
+) -> String {
     let snap = engine.snapshot();
     let stats = engine.stats();
     let mut out = String::new();
@@ -48,14 +52,22 @@ pub fn render_status(engine: &Engine, nodes: &[(SessionId, String)], counters: &
         counters.sessions_expired
     );
     let _ = writeln!(out, "\nNODES");
-    let _ = writeln!(out, "{:<20} {:<20} {:>6} {:>8}", "session", "node", "opens", "pending");
+    let _ = writeln!(
+        out,
+        "{:<20} {:<20} {:>6} {:>8}",
+        "session", "node", "opens", "pending"
+    );
     for s in &snap.sessions {
         let name = nodes
             .iter()
             .find(|(id, _)| *id == s.session)
             .map(|(_, n)| n.as_str())
             .unwrap_or("?");
-        let _ = writeln!(out, "{:<20} {:<20} {:>6} {:>8}", s.session.0, name, s.opens, s.pending_requests);
+        let _ = writeln!(
+            out,
+            "{:<20} {:<20} {:>6} {:>8}",
+            s.session.0, name, s.opens, s.pending_requests
+        );
     }
     let _ = writeln!(out, "\nOPEN FILES");
     let _ = writeln!(
@@ -82,7 +94,11 @@ pub fn render_status(engine: &Engine, nodes: &[(SessionId, String)], counters: &
         );
     }
     let _ = writeln!(out, "\nBYTE-RANGE LOCKS");
-    let _ = writeln!(out, "{:<34} {:<10} {:>20} {:>20} {}", "file", "open", "offset", "length", "type");
+    let _ = writeln!(
+        out,
+        "{:<34} {:<10} {:>20} {:>20} {}",
+        "file", "open", "offset", "length", "type"
+    );
     for l in &snap.locks {
         let _ = writeln!(
             out,
@@ -110,12 +126,18 @@ pub fn render_status(engine: &Engine, nodes: &[(SessionId, String)], counters: &
     }
     let _ = writeln!(out, "\nDEFERRED OPENS");
     for d in &snap.deferred_opens {
-        let _ = writeln!(out, "session={} request={} file={:032x}", d.session.0, d.request.0, d.file.0);
+        let _ = writeln!(
+            out,
+            "session={} request={} file={:032x}",
+            d.session.0, d.request.0, d.file.0
+        );
     }
     let _ = writeln!(out, "\nPENDING BREAKS");
     for b in &snap.breaks {
         let what = match b.holder {
-            BreakHolder::Oplock { open, from, to } => format!("oplock open={} {from:?} -> {to:?}", open.0),
+            BreakHolder::Oplock { open, from, to } => {
+                format!("oplock open={} {from:?} -> {to:?}", open.0)
+            }
             BreakHolder::Lease { key, from, to, .. } => format!("lease {key:?} {from:?} -> {to:?}"),
         };
         let _ = writeln!(

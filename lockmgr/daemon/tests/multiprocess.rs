@@ -50,17 +50,32 @@ fn start_daemon(kind: &'static str) -> Daemon {
         _ => format!("127.0.0.1:{}", free_udp_port()),
     };
     let child = Command::new(env!("CARGO_BIN_EXE_lockmgrd"))
-        .args(["--transport", kind, "--listen", &connect, "--cluster-key-file"])
+        .args([
+            "--transport",
+            kind,
+            "--listen",
+            &connect,
+            "--cluster-key-file",
+        ])
         .arg(&key_file)
         .args(["--spin-us", "0", "--liveness-ms", "500", "--log", "warn"])
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    let daemon = Daemon { _proc: Proc(child), connect, key_file, kind, _dir: dir };
+    let daemon = Daemon {
+        _proc: Proc(child),
+        connect,
+        key_file,
+        kind,
+        _dir: dir,
+    };
     if kind == "shm" {
         let deadline = Instant::now() + TIMEOUT;
         while !Path::new(&daemon.connect).exists() {
-            assert!(Instant::now() < deadline, "lockmgrd did not create its socket");
+            assert!(
+                Instant::now() < deadline,
+                "lockmgrd did not create its socket"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     } else {
@@ -79,7 +94,9 @@ fn options(name: &str, key: &[u8]) -> ClientOptions {
 }
 
 fn no_spin() -> SpinConfig {
-    SpinConfig { spin: Duration::ZERO }
+    SpinConfig {
+        spin: Duration::ZERO,
+    }
 }
 
 enum AnyClient {
@@ -96,7 +113,11 @@ fn connect(d: &Daemon, name: &str, key: &[u8]) -> Result<AnyClient, ClientError>
                 .and_then(|t| LockClient::connect(t, &options(name, key)).map(AnyClient::Shm)),
             _ => UdpClient::connect(
                 d.connect.parse().unwrap(),
-                UdpConfig { spin: no_spin(), connect_timeout: Duration::from_millis(500), ..UdpConfig::default() },
+                UdpConfig {
+                    spin: no_spin(),
+                    connect_timeout: Duration::from_millis(500),
+                    ..UdpConfig::default()
+                },
             )
             .map_err(ClientError::from)
             .and_then(|t| LockClient::connect(t, &options(name, key)).map(AnyClient::Udp)),
@@ -145,9 +166,21 @@ fn open(c: &mut AnyClient, file: FileId) -> OpenId {
 
 fn spawn_holder(d: &Daemon, file: FileId) -> Proc {
     let mut child = Command::new(env!("CARGO_BIN_EXE_lockmgrctl"))
-        .args(["--transport", d.kind, "--connect", &d.connect, "--cluster-key-file"])
+        .args([
+            "--transport",
+            d.kind,
+            "--connect",
+            &d.connect,
+            "--cluster-key-file",
+        ])
         .arg(&d.key_file)
-        .args(["--node", "doomed-node", "hold", "--file", &format!("{:x}", file.0)])
+        .args([
+            "--node",
+            "doomed-node",
+            "hold",
+            "--file",
+            &format!("{:x}", file.0),
+        ])
         .args(["--offset", "0", "--length", "100"])
         .stdout(Stdio::piped())
         .spawn()
@@ -168,14 +201,26 @@ fn killed_holder_releases_lock_to_waiter(kind: &'static str) {
     let mut holder = spawn_holder(&d, file);
     let mut waiter = connect(&d, "survivor", KEY).unwrap();
     let open = open(&mut waiter, file);
-    let range = LockRange { offset: 50, length: 10, exclusive: true };
+    let range = LockRange {
+        offset: 50,
+        length: 10,
+        exclusive: true,
+    };
     // Not granted while the holder lives.
     assert_eq!(
-        waiter.call(Request::Lock { open, ranges: vec![range], fail_immediately: true }),
+        waiter.call(Request::Lock {
+            open,
+            ranges: vec![range],
+            fail_immediately: true
+        }),
         Reply::Done(Status::LockNotGranted)
     );
     assert_eq!(
-        waiter.call(Request::Lock { open, ranges: vec![range], fail_immediately: false }),
+        waiter.call(Request::Lock {
+            open,
+            ranges: vec![range],
+            fail_immediately: false
+        }),
         Reply::Pending
     );
     let status = waiter.status();
@@ -191,13 +236,26 @@ fn killed_holder_releases_lock_to_waiter(kind: &'static str) {
         other => panic!("expected the waiting lock to be granted, got {other:?}"),
     }
     let status = waiter.status();
-    assert!(!status.contains("doomed-node"), "dead node still listed:\n{status}");
+    assert!(
+        !status.contains("doomed-node"),
+        "dead node still listed:\n{status}"
+    );
     // The lock is ours now: a second exclusive lock on it conflicts even for us.
     assert_eq!(
-        waiter.call(Request::Lock { open, ranges: vec![range], fail_immediately: true }),
+        waiter.call(Request::Lock {
+            open,
+            ranges: vec![range],
+            fail_immediately: true
+        }),
         Reply::Done(Status::LockNotGranted)
     );
-    assert_eq!(waiter.call(Request::Unlock { open, ranges: vec![range] }), Reply::Done(Status::Success));
+    assert_eq!(
+        waiter.call(Request::Unlock {
+            open,
+            ranges: vec![range]
+        }),
+        Reply::Done(Status::Success)
+    );
 }
 
 #[test]
@@ -243,25 +301,67 @@ fn share_modes_and_locks_across_clients(kind: &'static str) {
         share: 0,
         ..OpenRequest::default()
     });
-    let Reply::Opened { open: oa, .. } = a.call(exclusive_open.clone()) else { panic!("open a") };
-    assert_eq!(b.call(exclusive_open), Reply::Done(Status::SharingViolation));
-    assert!(matches!(a.call(Request::Close { open: oa }), Reply::Closed { .. }));
+    let Reply::Opened { open: oa, .. } = a.call(exclusive_open.clone()) else {
+        panic!("open a")
+    };
+    assert_eq!(
+        b.call(exclusive_open),
+        Reply::Done(Status::SharingViolation)
+    );
+    assert!(matches!(
+        a.call(Request::Close { open: oa }),
+        Reply::Closed { .. }
+    ));
     let oa = open(&mut a, file);
     let ob = open(&mut b, file);
-    let r = LockRange { offset: 0, length: 10, exclusive: true };
-    assert_eq!(a.call(Request::Lock { open: oa, ranges: vec![r], fail_immediately: true }), Reply::Done(Status::Success));
+    let r = LockRange {
+        offset: 0,
+        length: 10,
+        exclusive: true,
+    };
     assert_eq!(
-        b.call(Request::CheckIo { open: ob, offset: 5, length: 1, write: false }),
+        a.call(Request::Lock {
+            open: oa,
+            ranges: vec![r],
+            fail_immediately: true
+        }),
+        Reply::Done(Status::Success)
+    );
+    assert_eq!(
+        b.call(Request::CheckIo {
+            open: ob,
+            offset: 5,
+            length: 1,
+            write: false
+        }),
         Reply::Done(Status::FileLockConflict)
     );
-    assert_eq!(b.call(Request::Lock { open: ob, ranges: vec![r], fail_immediately: false }), Reply::Pending);
-    assert_eq!(a.call(Request::Unlock { open: oa, ranges: vec![r] }), Reply::Done(Status::Success));
+    assert_eq!(
+        b.call(Request::Lock {
+            open: ob,
+            ranges: vec![r],
+            fail_immediately: false
+        }),
+        Reply::Pending
+    );
+    assert_eq!(
+        a.call(Request::Unlock {
+            open: oa,
+            ranges: vec![r]
+        }),
+        Reply::Done(Status::Success)
+    );
     match b.next_event() {
-        Event::Notify(Notification::Completed { reply, .. }) => assert_eq!(reply, Reply::Done(Status::Success)),
+        Event::Notify(Notification::Completed { reply, .. }) => {
+            assert_eq!(reply, Reply::Done(Status::Success))
+        }
         other => panic!("{other:?}"),
     }
     // A client cannot touch another session's open.
-    assert_eq!(a.call(Request::Close { open: ob }), Reply::Done(Status::InvalidHandle));
+    assert_eq!(
+        a.call(Request::Close { open: ob }),
+        Reply::Done(Status::InvalidHandle)
+    );
 }
 
 #[test]
@@ -276,16 +376,29 @@ fn udp_share_modes_and_locks_across_clients() {
 
 #[test]
 fn lockmgrd_rejects_bad_command_line() {
-    let out = Command::new(env!("CARGO_BIN_EXE_lockmgrd")).args(["--transport", "udp"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lockmgrd"))
+        .args(["--transport", "udp"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--listen"), "{err}");
     let out = Command::new(env!("CARGO_BIN_EXE_lockmgrd"))
-        .args(["--transport", "udp", "--listen", "nonsense", "--cluster-key-file", "/nonexistent"])
+        .args([
+            "--transport",
+            "udp",
+            "--listen",
+            "nonsense",
+            "--cluster-key-file",
+            "/nonexistent",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
-    let out = Command::new(env!("CARGO_BIN_EXE_lockmgrd")).args(["--bogus"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lockmgrd"))
+        .args(["--bogus"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
 }
 
@@ -296,7 +409,10 @@ fn lockmgrd_exits_cleanly_on_sigterm() {
     let _c = connect(&d, "node", KEY).unwrap();
     let pid = d._proc.0.id() as i32;
     // SAFETY-free: kill(2) through the command line tool keeps this test free of unsafe code.
-    let st = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let st = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(st.success());
     let deadline = Instant::now() + TIMEOUT;
     loop {

@@ -165,9 +165,10 @@ impl<'a> FrameWriter<'a> {
     pub fn finish(self) -> usize {
         let len = self.len();
         let header = match self.out {
-            Out::Vec(v) => v.get_mut(self.start..self.start + FRAME_HEADER_LEN),
-            Out::Slice(b) => b.get_mut(..FRAME_HEADER_LEN),
-        };
+            Out::Vec(v) => v.get_mut(self.start..),
+            Out::Slice(b) => Some(b),
+        }
+        .and_then(|b| b.first_chunk_mut::<FRAME_HEADER_LEN>());
         if let Some(h) = header {
             h[6..8].copy_from_slice(&self.count.to_le_bytes());
             // Cannot truncate: len <= MAX_FRAME <= u32::MAX (const assertion above).

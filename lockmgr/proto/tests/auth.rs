@@ -247,7 +247,12 @@ fn handshake_through_frames_authenticates_both_sides() {
     let Message::SessionAccepted { server_proof, .. } = recv(&accepted) else {
         panic!("expected accept")
     };
-    assert!(verify_proof(&client_key, Role::Server, &client_t, &server_proof));
+    assert!(verify_proof(
+        &client_key,
+        Role::Server,
+        &client_t,
+        &server_proof
+    ));
     // An impostor server without the key is caught by the client.
     let impostor = ClusterKey::new(b"not the cluster key at all......").unwrap();
     let forged = lockmgr_proto::server_proof(&impostor, &server_t);

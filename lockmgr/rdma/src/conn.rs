@@ -200,7 +200,10 @@ impl Conn {
                 }
                 return Err(e);
             }
-            tracing::debug!(inline, "QP creation failed with inline data; retrying without");
+            tracing::debug!(
+                inline,
+                "QP creation failed with inline data; retrying without"
+            );
             inline = 0;
         };
         // SAFETY: `mr` is live; lkey is a plain field.
@@ -234,7 +237,12 @@ impl Conn {
         Ok(conn)
     }
 
-    fn modify(&mut self, attr: &mut ib::ibv_qp_attr, mask: ib::ibv_qp_attr_mask, op: &'static str) -> Result<(), RdmaError> {
+    fn modify(
+        &mut self,
+        attr: &mut ib::ibv_qp_attr,
+        mask: ib::ibv_qp_attr_mask,
+        op: &'static str,
+    ) -> Result<(), RdmaError> {
         // SAFETY: `qp` is live and `attr` is a valid, initialised attribute block.
         let r = unsafe { ib::ibv_modify_qp(self.qp, attr, mask.0 as libc::c_int) };
         if r != 0 {
@@ -518,8 +526,11 @@ impl Conn {
             steps += 1;
             if c.status != ib::ibv_wc_status::IBV_WC_SUCCESS {
                 if !self.broken {
-                    tracing::info!(status = c.status, send = c.wr_id & SEND_BIT != 0,
-                        "RDMA work request failed; connection lost");
+                    tracing::info!(
+                        status = c.status,
+                        send = c.wr_id & SEND_BIT != 0,
+                        "RDMA work request failed; connection lost"
+                    );
                 }
                 self.broken = true;
                 continue;
@@ -581,7 +592,9 @@ impl Conn {
         // connections that have one).
         let r = unsafe { ib::ibv_req_notify_cq(self.cq, 0) };
         if r != 0 {
-            return Err(TransportError::Io(std::io::Error::from_raw_os_error(r.abs())));
+            return Err(TransportError::Io(std::io::Error::from_raw_os_error(
+                r.abs(),
+            )));
         }
         Ok(())
     }

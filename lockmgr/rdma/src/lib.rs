@@ -138,9 +138,10 @@ impl From<RdmaError> for TransportError {
                 TransportError::Config("the configured RDMA device does not exist")
             }
             RdmaError::Config(_) => TransportError::Config("invalid RDMA configuration"),
-            RdmaError::Verbs { op, source } => {
-                TransportError::Io(std::io::Error::new(source.kind(), format!("{op}: {source}")))
-            }
+            RdmaError::Verbs { op, source } => TransportError::Io(std::io::Error::new(
+                source.kind(),
+                format!("{op}: {source}"),
+            )),
             RdmaError::Transport(t) => t,
         }
     }

@@ -73,15 +73,17 @@ impl Epoll {
         let ms: libc::c_int = match timeout {
             None => -1,
             // Round up so a sub-millisecond timeout still sleeps instead of spinning.
-            Some(t) => t
-                .as_micros()
-                .div_ceil(1000)
-                .min(libc::c_int::MAX as u128) as libc::c_int,
+            Some(t) => t.as_micros().div_ceil(1000).min(libc::c_int::MAX as u128) as libc::c_int,
         };
         out.clear();
         // SAFETY: `evs` has room for MAX events and outlives the call.
         let n = unsafe {
-            libc::epoll_wait(self.fd.as_raw_fd(), evs.as_mut_ptr(), MAX as libc::c_int, ms)
+            libc::epoll_wait(
+                self.fd.as_raw_fd(),
+                evs.as_mut_ptr(),
+                MAX as libc::c_int,
+                ms,
+            )
         };
         if n < 0 {
             let e = io::Error::last_os_error();
@@ -151,7 +153,9 @@ pub(crate) fn sock_alive(sock: &std::net::TcpStream) -> bool {
             tracing::warn!("unexpected data on the RDMA side channel");
             false
         }
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {
+        Err(e)
+            if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted =>
+        {
             true
         }
         Err(_) => false,

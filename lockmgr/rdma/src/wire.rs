@@ -101,7 +101,10 @@ impl Header {
         }
         let actual = msg.len() - HDR_LEN;
         if len as usize != actual {
-            return Err(HeaderError::LengthMismatch { header: len, actual });
+            return Err(HeaderError::LengthMismatch {
+                header: len,
+                actual,
+            });
         }
         if kind == Kind::Credit && len != 0 {
             return Err(HeaderError::CreditWithPayload);
@@ -333,12 +336,48 @@ mod tests {
         b[8] = 2;
         assert_eq!(Hello::decode(&b), Err(HelloError::Version(2)));
         let cases: [(Hello, &str); 6] = [
-            (Hello { slots: 3, ..sample_hello() }, "slots"),
-            (Hello { slots: MAX_SLOTS + 1, ..sample_hello() }, "slots"),
-            (Hello { qpn: 0, ..sample_hello() }, "qpn"),
-            (Hello { psn: 1 << 24, ..sample_hello() }, "psn"),
-            (Hello { mtu: 6, ..sample_hello() }, "mtu"),
-            (Hello { slot_size: 100, ..sample_hello() }, "slot_size"),
+            (
+                Hello {
+                    slots: 3,
+                    ..sample_hello()
+                },
+                "slots",
+            ),
+            (
+                Hello {
+                    slots: MAX_SLOTS + 1,
+                    ..sample_hello()
+                },
+                "slots",
+            ),
+            (
+                Hello {
+                    qpn: 0,
+                    ..sample_hello()
+                },
+                "qpn",
+            ),
+            (
+                Hello {
+                    psn: 1 << 24,
+                    ..sample_hello()
+                },
+                "psn",
+            ),
+            (
+                Hello {
+                    mtu: 6,
+                    ..sample_hello()
+                },
+                "mtu",
+            ),
+            (
+                Hello {
+                    slot_size: 100,
+                    ..sample_hello()
+                },
+                "slot_size",
+            ),
         ];
         for (h, field) in cases {
             assert_eq!(Hello::decode(&h.encode()), Err(HelloError::Field(field)));

@@ -24,6 +24,7 @@
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
@@ -366,8 +367,14 @@ impl ShmServer {
             ));
         }
         let path = path.as_ref().to_path_buf();
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
+        // Replace a stale socket left by a dead server, but never delete anything else.
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_socket() => std::fs::remove_file(&path)?,
+            Ok(_) => {
+                return Err(TransportError::Config(
+                    "shm path exists and is not a socket",
+                ))
+            }
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
         }

@@ -801,7 +801,11 @@ pub fn encode_create_contexts(ctxs: &[CreateContext]) -> Vec<u8> {
             .u16(name_off as u16)
             .u16(c.name.len() as u16)
             .u16(0)
-            .u16(if c.data.is_empty() { 0 } else { data_off as u16 })
+            .u16(if c.data.is_empty() {
+                0
+            } else {
+                data_off as u16
+            })
             .u32(c.data.len() as u32)
             .bytes(&c.name);
         while w.len() - start < data_off {
@@ -985,7 +989,10 @@ impl Response {
                     let co = off(w, base) as u32;
                     w.set_u32(ctx_off_pos, co);
                     for (i, c) in n.contexts.iter().enumerate() {
-                        w.u16(c.ctx_type).u16(c.data.len() as u16).u32(0).bytes(&c.data);
+                        w.u16(c.ctx_type)
+                            .u16(c.data.len() as u16)
+                            .u32(0)
+                            .bytes(&c.data);
                         if i + 1 < n.contexts.len() {
                             while off(w, base) % 8 != 0 {
                                 w.u8(0);
@@ -1008,7 +1015,11 @@ impl Response {
                 w.u16(4).u16(0);
             }
             Response::Echo | Response::SetInfo => {
-                w.u16(if matches!(self, Response::SetInfo) { 2 } else { 4 });
+                w.u16(if matches!(self, Response::SetInfo) {
+                    2
+                } else {
+                    4
+                });
                 if matches!(self, Response::Echo) {
                     w.u16(0);
                 }
@@ -1093,17 +1104,21 @@ impl Response {
                 file_id.write(w);
                 let in_off = off(w, base) + 24;
                 let out_off = (in_off + input.len() + 7) & !7;
-                w.u32(if input.is_empty() { in_off as u32 } else { in_off as u32 })
-                    .u32(input.len() as u32)
-                    .u32(if output.is_empty() {
-                        in_off as u32 + input.len() as u32
-                    } else {
-                        out_off as u32
-                    })
-                    .u32(output.len() as u32)
-                    .u32(0)
-                    .u32(0)
-                    .bytes(input);
+                w.u32(if input.is_empty() {
+                    in_off as u32
+                } else {
+                    in_off as u32
+                })
+                .u32(input.len() as u32)
+                .u32(if output.is_empty() {
+                    in_off as u32 + input.len() as u32
+                } else {
+                    out_off as u32
+                })
+                .u32(output.len() as u32)
+                .u32(0)
+                .u32(0)
+                .bytes(input);
                 if !output.is_empty() {
                     while off(w, base) < out_off {
                         w.u8(0);
@@ -1132,12 +1147,7 @@ impl Response {
                 file_id.write(w);
             }
             Response::LeaseBreakAck { flags, key, state } => {
-                w.u16(36)
-                    .u16(0)
-                    .u32(*flags)
-                    .u128(*key)
-                    .u32(*state)
-                    .u64(0);
+                w.u16(36).u16(0).u32(*flags).u128(*key).u32(*state).u64(0);
             }
             Response::LeaseBreakNotification {
                 epoch,
@@ -1264,7 +1274,13 @@ mod tests {
             w.u16(d);
         }
         w.align(8);
-        w.u16(1).u16(38).u32(0).u16(1).u16(32).u16(1).bytes(&[1; 32]);
+        w.u16(1)
+            .u16(38)
+            .u32(0)
+            .u16(1)
+            .u16(32)
+            .u16(1)
+            .bytes(&[1; 32]);
         w.align(8);
         w.u16(2).u16(4).u32(0).u16(1).u16(2);
         let (_, req) = Request::decode(&w.buf).unwrap();

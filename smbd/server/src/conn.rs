@@ -521,7 +521,10 @@ impl Conn {
             }
         };
         let resp = w.buf;
-        if cmd == Some(Command::Negotiate) && st == status::SUCCESS && self.dialect() == dialect::SMB311 {
+        if cmd == Some(Command::Negotiate)
+            && st == status::SUCCESS
+            && self.dialect() == dialect::SMB311
+        {
             // MS-SMB2 3.3.5.4: hash the NEGOTIATE request and response.
             self.conn_preauth = PreauthHash::new();
             self.conn_preauth.update(m);
@@ -529,7 +532,11 @@ impl Conn {
         }
         if cmd == Some(Command::SessionSetup) && st == status::MORE_PROCESSING_REQUIRED {
             if let Some(s) = self.sessions.get_mut(&h.session_id) {
-                if self.neg.as_ref().is_some_and(|n| n.dialect == dialect::SMB311) {
+                if self
+                    .neg
+                    .as_ref()
+                    .is_some_and(|n| n.dialect == dialect::SMB311)
+                {
                     s.preauth.update(&resp);
                 }
             }
@@ -583,7 +590,10 @@ impl Conn {
                 let Some(t) = s.trees.get(&hdr.tree_id) else {
                     return err(status::NETWORK_NAME_DELETED);
                 };
-                if t.encrypt && !ctx.encrypted && s.keys.as_ref().is_some_and(|k| !k.decryption.is_empty()) {
+                if t.encrypt
+                    && !ctx.encrypted
+                    && s.keys.as_ref().is_some_and(|k| !k.decryption.is_empty())
+                {
                     return err(status::ACCESS_DENIED);
                 }
             }
@@ -643,8 +653,7 @@ impl Conn {
         if d >= dialect::SMB210 {
             server_caps |= caps::LEASING | caps::LARGE_MTU;
         }
-        if d >= dialect::SMB300 && d < dialect::SMB311 && req.capabilities & caps::ENCRYPTION != 0
-        {
+        if d >= dialect::SMB300 && d < dialect::SMB311 && req.capabilities & caps::ENCRYPTION != 0 {
             server_caps |= caps::ENCRYPTION;
         }
         let mut server_security_mode = security_mode::SIGNING_ENABLED;
@@ -705,7 +714,11 @@ impl Conn {
     }
 
     fn negotiate(&mut self, req: NegotiateRequest) -> Outcome {
-        if self.neg.as_ref().is_some_and(|n| n.dialect != dialect::WILDCARD) {
+        if self
+            .neg
+            .as_ref()
+            .is_some_and(|n| n.dialect != dialect::WILDCARD)
+        {
             // A second NEGOTIATE on a connection is a protocol violation (MS-SMB2 3.3.5.3).
             self.closed = true;
             return Outcome::Nothing;
@@ -845,7 +858,8 @@ impl Conn {
         ctx.session_id = sid;
         let dial = self.auth_dialect();
         let cipher = self.neg.as_ref().and_then(|n| n.cipher);
-        let client_requires_signing = req.security_mode as u16 & security_mode::SIGNING_REQUIRED != 0;
+        let client_requires_signing =
+            req.security_mode as u16 & security_mode::SIGNING_REQUIRED != 0;
         let server_requires_signing = self.shared.config.server.signing_required;
         let allow_anon = self.shared.config.server.allow_anonymous;
         let global_encrypt = self.shared.config.server.encrypt;
@@ -1152,4 +1166,3 @@ impl Conn {
         self.shared.unregister_conn(self.id);
     }
 }
-

@@ -122,7 +122,9 @@ pub fn resolve(root: &Path, comps: &[String]) -> Result<Resolved, u32> {
             Some(found) => {
                 rel.push(&found);
                 let abs = root.join(&rel);
-                let canon = abs.canonicalize().map_err(|_| status::OBJECT_PATH_NOT_FOUND)?;
+                let canon = abs
+                    .canonicalize()
+                    .map_err(|_| status::OBJECT_PATH_NOT_FOUND)?;
                 if !canon.starts_with(root) {
                     return Err(status::ACCESS_DENIED);
                 }
@@ -220,7 +222,11 @@ pub struct FileInfo {
 impl FileInfo {
     pub fn from_meta(m: &Metadata) -> FileInfo {
         let is_dir = m.is_dir();
-        let mut attributes = if is_dir { attr::DIRECTORY } else { attr::ARCHIVE };
+        let mut attributes = if is_dir {
+            attr::DIRECTORY
+        } else {
+            attr::ARCHIVE
+        };
         if m.mode() & 0o200 == 0 {
             attributes |= attr::READONLY;
         }
@@ -367,7 +373,12 @@ pub fn query_file_info(cls: u8, v: &OpenView<'_>) -> Result<Vec<u8>, u32> {
         class::ALL => {
             write_basic(&mut w, i);
             write_standard(&mut w, i, v.delete_pending);
-            w.u64(i.ino).u32(0).u32(v.access).u64(v.position).u32(v.mode).u32(0);
+            w.u64(i.ino)
+                .u32(0)
+                .u32(v.access)
+                .u64(v.position)
+                .u32(v.mode)
+                .u32(0);
             let n = string_to_utf16(v.name);
             w.u32(n.len() as u32).bytes(&n);
         }
@@ -378,7 +389,11 @@ pub fn query_file_info(cls: u8, v: &OpenView<'_>) -> Result<Vec<u8>, u32> {
         class::STREAM => {
             if !i.is_dir {
                 let n = string_to_utf16("::$DATA");
-                w.u32(0).u32(n.len() as u32).u64(i.size).u64(i.alloc).bytes(&n);
+                w.u32(0)
+                    .u32(n.len() as u32)
+                    .u64(i.size)
+                    .u64(i.alloc)
+                    .bytes(&n);
             }
         }
         class::COMPRESSION => {
@@ -390,7 +405,6 @@ pub fn query_file_info(cls: u8, v: &OpenView<'_>) -> Result<Vec<u8>, u32> {
     }
     Ok(w.buf)
 }
-
 
 /// Encode a QUERY_INFO filesystem class.
 pub fn query_fs_info(cls: u8, root: &Path, fs_id: u64) -> Result<Vec<u8>, u32> {
@@ -415,7 +429,10 @@ pub fn query_fs_info(cls: u8, root: &Path, fs_id: u64) -> Result<Vec<u8>, u32> {
                 .bytes(&label);
         }
         fsclass::SIZE => {
-            w.u64(st.blocks).u64(st.bavail).u32(sectors_per_unit).u32(512);
+            w.u64(st.blocks)
+                .u64(st.bavail)
+                .u32(sectors_per_unit)
+                .u32(512);
         }
         fsclass::FULL_SIZE => {
             w.u64(st.blocks)
@@ -564,9 +581,7 @@ fn match_from(p: &[char], n: &[char]) -> bool {
         '<' => {
             let last_dot = n.iter().rposition(|&ch| ch == '.');
             let limit = last_dot.unwrap_or(n.len());
-            (0..=n.len()).any(|k| {
-                (k <= limit || last_dot.is_none()) && match_from(rest, &n[k..])
-            })
+            (0..=n.len()).any(|k| (k <= limit || last_dot.is_none()) && match_from(rest, &n[k..]))
         }
         _ => !n.is_empty() && n[0] == c && match_from(rest, &n[1..]),
     }

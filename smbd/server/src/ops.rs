@@ -420,7 +420,8 @@ impl Conn {
         let mut contexts = Vec::new();
         if cont.want_mxac {
             let mut w = Writer::new();
-            w.u32(0).u32(if read_only { READ_ACCESS } else { FULL_ACCESS });
+            w.u32(0)
+                .u32(if read_only { READ_ACCESS } else { FULL_ACCESS });
             contexts.push(CreateContext {
                 name: cctx::MXAC.to_vec(),
                 data: w.buf,
@@ -742,11 +743,10 @@ impl Conn {
                     return err(status::INVALID_PARAMETER);
                 }
             }
-            let fail_immediately = l.locks.len() > 1
-                || first.flags & lock_flags::FAIL_IMMEDIATELY != 0;
+            let fail_immediately =
+                l.locks.len() > 1 || first.flags & lock_flags::FAIL_IMMEDIATELY != 0;
             if l.locks.len() > 1
-                && l
-                    .locks
+                && l.locks
                     .iter()
                     .any(|e| e.flags & lock_flags::FAIL_IMMEDIATELY == 0)
             {
@@ -802,17 +802,18 @@ impl Conn {
                     return Outcome::Nothing;
                 }
                 let mut r = Reader::new(&i.input);
-                let parsed = (|| -> Result<(u32, [u8; 16], u16, Vec<u16>), smb_proto::DecodeError> {
-                    let caps = r.u32()?;
-                    let guid = r.array16()?;
-                    let mode = r.u16()?;
-                    let count = r.u16()? as usize;
-                    let mut d = Vec::new();
-                    for _ in 0..count {
-                        d.push(r.u16()?);
-                    }
-                    Ok((caps, guid, mode, d))
-                })();
+                let parsed =
+                    (|| -> Result<(u32, [u8; 16], u16, Vec<u16>), smb_proto::DecodeError> {
+                        let caps = r.u32()?;
+                        let guid = r.array16()?;
+                        let mode = r.u16()?;
+                        let count = r.u16()? as usize;
+                        let mut d = Vec::new();
+                        for _ in 0..count {
+                            d.push(r.u16()?);
+                        }
+                        Ok((caps, guid, mode, d))
+                    })();
                 let Ok((caps, guid, mode, dialects)) = parsed else {
                     return err(status::INVALID_PARAMETER);
                 };
@@ -891,7 +892,11 @@ impl Conn {
         }
     }
 
-    pub(crate) fn query_directory(&mut self, q: QueryDirectoryRequest, ctx: &mut ChainCtx) -> Outcome {
+    pub(crate) fn query_directory(
+        &mut self,
+        q: QueryDirectoryRequest,
+        ctx: &mut ChainCtx,
+    ) -> Outcome {
         let v = match self.resolve_fid(q.file_id, ctx) {
             Ok(v) => v,
             Err(st) => return err(st),
@@ -1020,7 +1025,9 @@ impl Conn {
             .pending
             .iter()
             .filter_map(|(a, p)| match &p.kind {
-                PendingKind::Notify { dir: d, max_out, .. } if d == dir => Some((*a, *max_out)),
+                PendingKind::Notify {
+                    dir: d, max_out, ..
+                } if d == dir => Some((*a, *max_out)),
                 _ => None,
             })
             .collect();
@@ -1030,7 +1037,11 @@ impl Conn {
             let mut w = Writer::new();
             w.u32(0).u32(action).u32(n.len() as u32).bytes(&n);
             if w.len() > max_out as usize {
-                self.complete_async(aid, status::NOTIFY_ENUM_DIR, Response::ChangeNotify { data: vec![] });
+                self.complete_async(
+                    aid,
+                    status::NOTIFY_ENUM_DIR,
+                    Response::ChangeNotify { data: vec![] },
+                );
             } else {
                 self.complete_async(aid, status::SUCCESS, Response::ChangeNotify { data: w.buf });
             }
@@ -1042,7 +1053,8 @@ impl Conn {
             Some(f) => f.metadata(),
             None => std::fs::metadata(&o.abs),
         };
-        m.map(|m| FileInfo::from_meta(&m)).map_err(|e| io_status(&e))
+        m.map(|m| FileInfo::from_meta(&m))
+            .map_err(|e| io_status(&e))
     }
 
     pub(crate) fn query_info(&mut self, q: QueryInfoRequest, ctx: &mut ChainCtx) -> Outcome {
@@ -1087,7 +1099,10 @@ impl Conn {
                 if sd.len() > max {
                     let mut w = Writer::new();
                     w.u32(sd.len() as u32);
-                    return Outcome::Reply(status::BUFFER_TOO_SMALL, Response::Error { data: w.buf });
+                    return Outcome::Reply(
+                        status::BUFFER_TOO_SMALL,
+                        Response::Error { data: w.buf },
+                    );
                 }
                 sd
             }
@@ -1096,7 +1111,10 @@ impl Conn {
         };
         if data.len() > max {
             let variable = (q.info_type == info_type::FILE
-                && matches!(q.class, class::ALL | class::NAME | class::STREAM | class::NORMALIZED_NAME))
+                && matches!(
+                    q.class,
+                    class::ALL | class::NAME | class::STREAM | class::NORMALIZED_NAME
+                ))
                 || (q.info_type == info_type::FILESYSTEM
                     && matches!(q.class, fs::fsclass::VOLUME | fs::fsclass::ATTRIBUTE));
             if variable && max >= fixed_part(q.info_type, q.class) {
@@ -1109,7 +1127,12 @@ impl Conn {
         Outcome::Reply(status::SUCCESS, Response::QueryInfo { data })
     }
 
-    pub(crate) fn set_info(&mut self, s: SetInfoRequest, _hdr: &Header, ctx: &mut ChainCtx) -> Outcome {
+    pub(crate) fn set_info(
+        &mut self,
+        s: SetInfoRequest,
+        _hdr: &Header,
+        ctx: &mut ChainCtx,
+    ) -> Outcome {
         let v = match self.resolve_fid(s.file_id, ctx) {
             Ok(v) => v,
             Err(st) => return err(st),
@@ -1221,8 +1244,13 @@ impl Conn {
             }
         }
         if attrs != 0 && !o.is_dir {
-            let mode = if attrs & fs::attr::READONLY != 0 { 0o444 } else { 0o644 };
-            if let Err(e) = std::fs::set_permissions(&o.abs, std::fs::Permissions::from_mode(mode)) {
+            let mode = if attrs & fs::attr::READONLY != 0 {
+                0o444
+            } else {
+                0o644
+            };
+            if let Err(e) = std::fs::set_permissions(&o.abs, std::fs::Permissions::from_mode(mode))
+            {
                 return io_status(&e);
             }
         }
@@ -1361,8 +1389,10 @@ impl Conn {
         }
         let (op, on) = parent_and_name(&old);
         let (np, nn) = parent_and_name(&target.abs);
-        self.shared.dir_changed(op, FILE_ACTION_RENAMED_OLD_NAME, on);
-        self.shared.dir_changed(np, FILE_ACTION_RENAMED_NEW_NAME, nn);
+        self.shared
+            .dir_changed(op, FILE_ACTION_RENAMED_OLD_NAME, on);
+        self.shared
+            .dir_changed(np, FILE_ACTION_RENAMED_NEW_NAME, nn);
         status::SUCCESS
     }
 
@@ -1529,10 +1559,9 @@ impl Conn {
                     let Some(p) = self.pending.get_mut(&aid) else {
                         return;
                     };
-                    let PendingKind::Create(cont) = std::mem::replace(
-                        &mut p.kind,
-                        PendingKind::Lock { volatile: 0 },
-                    ) else {
+                    let PendingKind::Create(cont) =
+                        std::mem::replace(&mut p.kind, PendingKind::Lock { volatile: 0 })
+                    else {
                         return;
                     };
                     match reply {
@@ -1540,16 +1569,28 @@ impl Conn {
                             let (out, _) = self.finish_create(*cont, open, grant);
                             match out {
                                 Outcome::Reply(st, body) => self.complete_async(aid, st, body),
-                                _ => self.complete_async(aid, status::INTERNAL_ERROR, Response::Error { data: vec![] }),
+                                _ => self.complete_async(
+                                    aid,
+                                    status::INTERNAL_ERROR,
+                                    Response::Error { data: vec![] },
+                                ),
                             }
                         }
                         Reply::Done(st) => {
                             Self::undo_create(&cont);
-                            self.complete_async(aid, engine_status(st), Response::Error { data: vec![] });
+                            self.complete_async(
+                                aid,
+                                engine_status(st),
+                                Response::Error { data: vec![] },
+                            );
                         }
                         _ => {
                             Self::undo_create(&cont);
-                            self.complete_async(aid, status::INTERNAL_ERROR, Response::Error { data: vec![] });
+                            self.complete_async(
+                                aid,
+                                status::INTERNAL_ERROR,
+                                Response::Error { data: vec![] },
+                            );
                         }
                     }
                 } else {
@@ -1562,7 +1603,11 @@ impl Conn {
                             engine_status(st),
                             Response::Error { data: vec![] },
                         ),
-                        _ => self.complete_async(aid, status::INTERNAL_ERROR, Response::Error { data: vec![] }),
+                        _ => self.complete_async(
+                            aid,
+                            status::INTERNAL_ERROR,
+                            Response::Error { data: vec![] },
+                        ),
                     }
                 }
             }

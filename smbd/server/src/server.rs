@@ -78,7 +78,8 @@ impl Server {
         }
         let mut listeners = Vec::new();
         for addr in addrs {
-            let l = TcpListener::bind(addr).map_err(|source| ServerError::Listen { addr, source })?;
+            let l =
+                TcpListener::bind(addr).map_err(|source| ServerError::Listen { addr, source })?;
             listeners.push(l);
         }
         let workers = match config.server.workers {

@@ -145,7 +145,9 @@ impl Worker {
 
     fn arm_timer(&mut self) -> Result<(), WorkerError> {
         let ts = &self.timespec as *const types::Timespec;
-        let e = opcode::Timeout::new(ts).build().user_data(ud(K_TIMER, 0, 0));
+        let e = opcode::Timeout::new(ts)
+            .build()
+            .user_data(ud(K_TIMER, 0, 0));
         self.push(e)
     }
 
@@ -362,9 +364,11 @@ impl Worker {
         mb.clear_counter();
         let evs = mb.drain();
         for (conn_id, ev) in evs {
-            let found = self.slots.iter_mut().enumerate().find_map(|(i, s)| {
-                s.as_mut().filter(|s| s.conn.id == conn_id).map(|s| (i, s))
-            });
+            let found = self
+                .slots
+                .iter_mut()
+                .enumerate()
+                .find_map(|(i, s)| s.as_mut().filter(|s| s.conn.id == conn_id).map(|s| (i, s)));
             if let Some((i, s)) = found {
                 s.conn.on_event(ev);
                 s.outq.extend(s.conn.take_output());

@@ -65,15 +65,22 @@ fn run_with<T: ClientTransport>(transport: T, cli: &Cli, key: ClusterKey) -> Res
         key,
         handshake_timeout: Duration::from_secs(5),
     };
-    let mut client = LockClient::connect(transport, &options).map_err(|e| format!("connect: {e}"))?;
+    let mut client =
+        LockClient::connect(transport, &options).map_err(|e| format!("connect: {e}"))?;
     match &cli.command {
         Command::Status => {
-            let text = client.status(Duration::from_secs(5)).map_err(|e| format!("status: {e}"))?;
+            let text = client
+                .status(Duration::from_secs(5))
+                .map_err(|e| format!("status: {e}"))?;
             print!("{text}");
             let _ = client.goodbye();
             Ok(())
         }
-        Command::Hold { file, offset, length } => {
+        Command::Hold {
+            file,
+            offset,
+            length,
+        } => {
             let open = match client
                 .call(
                     Request::Open(OpenRequest {
@@ -93,7 +100,11 @@ fn run_with<T: ClientTransport>(transport: T, cli: &Cli, key: ClusterKey) -> Res
                 .call(
                     Request::Lock {
                         open,
-                        ranges: vec![LockRange { offset: *offset, length: *length, exclusive: true }],
+                        ranges: vec![LockRange {
+                            offset: *offset,
+                            length: *length,
+                            exclusive: true,
+                        }],
                         fail_immediately: true,
                     },
                     Duration::from_secs(5),
@@ -118,7 +129,9 @@ fn run(cli: Cli) -> Result<(), String> {
     let key_bytes = read_key_file(&cli.cluster_key_file).map_err(|e| e.to_string())?;
     let key = ClusterKey::new(&key_bytes).map_err(|e| format!("cluster key: {e}"))?;
     // A tool, not a hot path: never spin.
-    let spin = SpinConfig { spin: Duration::ZERO };
+    let spin = SpinConfig {
+        spin: Duration::ZERO,
+    };
     match cli.transport {
         TransportKind::Shm => {
             let t = ShmClient::connect(&cli.connect, spin, Duration::from_secs(5))
@@ -126,9 +139,18 @@ fn run(cli: Cli) -> Result<(), String> {
             run_with(t, &cli, key)
         }
         TransportKind::Udp => {
-            let addr = cli.connect.parse().map_err(|e| format!("--connect {}: {e}", cli.connect))?;
-            let t = UdpClient::connect(addr, UdpConfig { spin, ..UdpConfig::default() })
-                .map_err(|e| format!("cannot reach lockmgrd at {addr}: {e}"))?;
+            let addr = cli
+                .connect
+                .parse()
+                .map_err(|e| format!("--connect {}: {e}", cli.connect))?;
+            let t = UdpClient::connect(
+                addr,
+                UdpConfig {
+                    spin,
+                    ..UdpConfig::default()
+                },
+            )
+            .map_err(|e| format!("cannot reach lockmgrd at {addr}: {e}"))?;
             run_with(t, &cli, key)
         }
     }
