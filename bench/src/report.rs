@@ -64,9 +64,7 @@ pub fn record(h: &mut Histogram<u64>, ns: u64) {
 /// meanwhile are accounted for as having waited too (HdrHistogram's expected-interval correction).
 pub fn record_corrected(h: &mut Histogram<u64>, ns: u64, expected_interval_ns: u64) {
     let v = ns.clamp(1, h.high());
-    if expected_interval_ns == 0 {
-        h.saturating_record(v);
-    } else if h.record_correct(v, expected_interval_ns).is_err() {
+    if expected_interval_ns == 0 || h.record_correct(v, expected_interval_ns).is_err() {
         h.saturating_record(v);
     }
 }

@@ -197,7 +197,7 @@ pub fn read_key_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
 
 pub fn parse_key_hex(hex: &str) -> Result<Vec<u8>, ConfigError> {
     let hex = hex.trim();
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return Err(ConfigError::Key(
             "hex key has an odd number of digits".into(),
         ));

@@ -5,7 +5,7 @@
 //! outputs are batched per peer into as few frames as possible and sent back. All lock logic
 //! lives in the engine; everything here is plumbing, session bookkeeping and liveness.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +17,7 @@ use lockmgr_proto::{
 };
 use lockmgr_transport::{PeerId, ServerEvent, ServerTransport, TransportError};
 use rand::RngCore;
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::status::render_status;
 
@@ -106,8 +107,8 @@ impl<T: ServerTransport> Server<T> {
                 key: options.key,
                 liveness: options.liveness,
                 started: now,
-                peers: HashMap::new(),
-                sessions: HashMap::new(),
+                peers: HashMap::default(),
+                sessions: HashMap::default(),
                 next_session,
                 dirty: Vec::new(),
                 to_close: Vec::new(),
@@ -148,8 +149,10 @@ impl<T: ServerTransport> Server<T> {
     /// engine produced. Returns whether anything happened.
     pub fn turn(&mut self) -> Result<bool, TransportError> {
         let core = &mut self.core;
-        let events = self.transport.poll(&mut |event| core.on_event(event))?;
-        let now = Instant::now();
+        // One clock read per round: every frame of the round is stamped with it.
+        let polled_at = Instant::now();
+        let events = self.transport.poll(&mut |event| core.on_event(event, polled_at))?;
+        let now = if events > 0 { Instant::now() } else { polled_at };
         let mut progressed = events > 0;
         let engine_now = self.core.engine_time(now);
         if self
@@ -293,8 +296,7 @@ impl Core {
         }
     }
 
-    fn on_event(&mut self, event: ServerEvent<'_>) {
-        let now = Instant::now();
+    fn on_event(&mut self, event: ServerEvent<'_>, now: Instant) {
         match event {
             ServerEvent::Connected(peer) => {
                 tracing::debug!(peer = peer.0, "transport peer connected");

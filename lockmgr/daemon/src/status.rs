@@ -72,8 +72,8 @@ pub fn render_status(
     let _ = writeln!(out, "\nOPEN FILES");
     let _ = writeln!(
         out,
-        "{:<10} {:<20} {:<34} {:>10} {:>5} {:<4} {}",
-        "open", "session", "file", "access", "share", "doc", "caching"
+        "{:<10} {:<20} {:<34} {:>10} {:>5} {:<4} caching",
+        "open", "session", "file", "access", "share", "doc"
     );
     for o in &snap.opens {
         let caching = match o.caching {
@@ -96,8 +96,8 @@ pub fn render_status(
     let _ = writeln!(out, "\nBYTE-RANGE LOCKS");
     let _ = writeln!(
         out,
-        "{:<34} {:<10} {:>20} {:>20} {}",
-        "file", "open", "offset", "length", "type"
+        "{:<34} {:<10} {:>20} {:>20} type",
+        "file", "open", "offset", "length"
     );
     for l in &snap.locks {
         let _ = writeln!(

@@ -99,6 +99,7 @@ fn no_spin() -> SpinConfig {
     }
 }
 
+#[allow(clippy::large_enum_variant)] // test helper; one per test
 enum AnyClient {
     Shm(LockClient<ShmClient>),
     Udp(LockClient<UdpClient>),

@@ -7,6 +7,10 @@
 //!   over a unix stream socket, eventfd doorbells only when the other side sleeps.
 //! * [`udp`]: reliable, in-order, duplicate-free frames over UDP (sequence numbers, cumulative
 //!   acks, retransmission with exponential backoff, connect handshake with a random connection id).
+//! * [`reliable`]: the medium-independent reliability layer shared by UDP and raw Ethernet.
+//! * [`afpacket`] / `afxdp`: the same protocol in raw Ethernet frames with their own EtherType
+//!   (AF_PACKET socket, or an AF_XDP socket behind an EtherType-filtering XDP program).
+//! * [`netns`]: throw-away network namespace pairs joined by veth, for tests and benchmarks.
 //! * [`raw`]: protocol-free ping-pong baselines and echo helpers for the benchmark harness.
 //!
 //! Latency is the product: all hot paths busy-poll without syscalls; `wait` spins for
@@ -19,7 +23,13 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "afxdp")]
+pub mod afxdp;
+pub mod afpacket;
+pub mod eth;
+pub mod netns;
 pub mod raw;
+pub mod reliable;
 pub mod shm;
 mod sys;
 pub mod udp;
@@ -73,6 +83,9 @@ pub enum TransportError {
     /// Bad configuration value.
     #[error("invalid configuration: {0}")]
     Config(&'static str),
+    /// Raw-Ethernet set-up problem (interface, MAC, EtherType, MTU, XDP).
+    #[error(transparent)]
+    Ethernet(#[from] eth::EthError),
     /// Underlying system call failed.
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),

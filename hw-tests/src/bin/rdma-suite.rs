@@ -1,0 +1,623 @@
+//! End-to-end tests of lockmgrd over the RDMA transport, for real RDMA hardware or soft-RoCE
+//! (rdma_rxe) in a qemu guest (see `hw-tests/run-softroce.sh`).
+//!
+//! One process runs `lockmgrd::Server` over `RdmaServer` on a thread, and the tests connect
+//! `LockClient<RdmaClient>`s to it; the kill test spawns this binary again (`hold`
+//! sub-command) as the lock holder and SIGKILLs it. Prints one line per test and
+//! `N passed, M failed` at the end; exits 0 only if everything passed, 77 if there is no RDMA
+//! device at all (so wrappers can tell "skipped" from "failed").
+//!
+//! Usage:
+//!   rdma-suite [--addr IP] [--device NAME] [--port N] [--gid-index N] [--bench-ops N]
+//!   rdma-suite hold --server IP:PORT --file HEX [device options]   (internal)
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use lockmgr_client::{ClientOptions, Event, LockClient};
+use lockmgr_engine::{
+    access, share, FileId, LockRange, Notification, OpenId, OpenRequest, Reply, Request, Status,
+};
+use lockmgr_proto::ClusterKey;
+use lockmgr_rdma::{
+    format_gid, probe, DeviceConfig, RdmaClient, RdmaConfig, RdmaError, RdmaServer,
+};
+use lockmgr_transport::{ServerTransport, SpinConfig};
+use lockmgrd::{Server, ServerOptions};
+
+const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+/// Generous: TCG emulation is 10-50x slower than hardware.
+const TIMEOUT: Duration = Duration::from_secs(20);
+/// Far longer than TIMEOUT, so a lock released within TIMEOUT after a SIGKILL proves the
+/// transport noticed the death (side-channel EOF), not the liveness lease.
+const LIVENESS: Duration = Duration::from_secs(120);
+const EXIT_NO_DEVICE: u8 = 77;
+
+type Client = LockClient<RdmaClient>;
+type TestResult = Result<(), String>;
+
+#[derive(Clone)]
+struct Args {
+    addr: Option<IpAddr>,
+    device: DeviceConfig,
+    bench_ops: u32,
+    // `hold` sub-command only.
+    server: Option<SocketAddr>,
+    file: u128,
+}
+
+fn parse_args(mut it: impl Iterator<Item = String>) -> Result<(bool, Args), String> {
+    let mut hold = false;
+    let mut a = Args {
+        addr: None,
+        device: DeviceConfig::default(),
+        bench_ops: 2000,
+        server: None,
+        file: 0,
+    };
+    while let Some(arg) = it.next() {
+        let mut val = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "hold" => hold = true,
+            "--addr" => a.addr = Some(val("--addr")?.parse().map_err(|e| format!("--addr: {e}"))?),
+            "--device" => a.device.device = Some(val("--device")?),
+            "--port" => {
+                a.device.port = val("--port")?.parse().map_err(|e| format!("--port: {e}"))?
+            }
+            "--gid-index" => {
+                a.device.gid_index = Some(
+                    val("--gid-index")?
+                        .parse()
+                        .map_err(|e| format!("--gid-index: {e}"))?,
+                )
+            }
+            "--bench-ops" => {
+                a.bench_ops = val("--bench-ops")?
+                    .parse()
+                    .map_err(|e| format!("--bench-ops: {e}"))?
+            }
+            "--server" => {
+                a.server = Some(
+                    val("--server")?
+                        .parse()
+                        .map_err(|e| format!("--server: {e}"))?,
+                )
+            }
+            "--file" => {
+                a.file =
+                    u128::from_str_radix(&val("--file")?, 16).map_err(|e| format!("--file: {e}"))?
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    Ok((hold, a))
+}
+
+fn device_args(d: &DeviceConfig) -> Vec<String> {
+    let mut v = vec!["--port".to_string(), d.port.to_string()];
+    if let Some(name) = &d.device {
+        v.extend(["--device".to_string(), name.clone()]);
+    }
+    if let Some(i) = d.gid_index {
+        v.extend(["--gid-index".to_string(), i.to_string()]);
+    }
+    v
+}
+
+fn rdma_config(device: &DeviceConfig, spin: Duration) -> RdmaConfig {
+    RdmaConfig {
+        device: device.clone(),
+        spin: SpinConfig { spin },
+        handshake_timeout: TIMEOUT,
+        ..RdmaConfig::default()
+    }
+}
+
+fn options(name: &str) -> Result<ClientOptions, String> {
+    Ok(ClientOptions {
+        node_name: name.into(),
+        key: ClusterKey::new(KEY).map_err(|e| format!("{e}"))?,
+        handshake_timeout: TIMEOUT,
+    })
+}
+
+fn connect(server: SocketAddr, device: &DeviceConfig, name: &str) -> Result<Client, String> {
+    let t = RdmaClient::connect(server, &rdma_config(device, Duration::ZERO))
+        .map_err(|e| format!("RDMA connect: {e}"))?;
+    LockClient::connect(t, &options(name)?).map_err(|e| format!("lockmgr handshake: {e}"))
+}
+
+fn call(c: &mut Client, req: Request) -> Result<Reply, String> {
+    c.call(req, TIMEOUT).map_err(|e| format!("call: {e}"))
+}
+
+fn open(c: &mut Client, file: FileId) -> Result<OpenId, String> {
+    match call(
+        c,
+        Request::Open(OpenRequest {
+            file,
+            access: access::FILE_READ_DATA | access::FILE_WRITE_DATA,
+            share: share::READ | share::WRITE,
+            ..OpenRequest::default()
+        }),
+    )? {
+        Reply::Opened { open, .. } => Ok(open),
+        other => Err(format!("open failed: {other:?}")),
+    }
+}
+
+fn expect(what: &str, got: Reply, want: Reply) -> TestResult {
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!("{what}: expected {want:?}, got {got:?}"))
+    }
+}
+
+fn lock(open: OpenId, range: LockRange, fail_immediately: bool) -> Request {
+    Request::Lock {
+        open,
+        ranges: vec![range],
+        fail_immediately,
+    }
+}
+
+fn unlock(open: OpenId, range: LockRange) -> Request {
+    Request::Unlock {
+        open,
+        ranges: vec![range],
+    }
+}
+
+fn wait_granted(c: &mut Client) -> TestResult {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("waiting lock was not granted in time".into());
+        }
+        match c
+            .next_event(left)
+            .map_err(|e| format!("waiting for grant: {e}"))?
+        {
+            Event::Notify(Notification::Completed { reply, .. }) => {
+                return expect("deferred lock", reply, Reply::Done(Status::Success))
+            }
+            other => return Err(format!("expected the lock grant, got {other:?}")),
+        }
+    }
+}
+
+const RANGE: LockRange = LockRange {
+    offset: 0,
+    length: 100,
+    exclusive: true,
+};
+
+/// The daemon side: lockmgrd's server loop over RDMA on a thread.
+struct Daemon {
+    addr: SocketAddr,
+    shutdown: Arc<AtomicBool>,
+    waker: lockmgr_transport::Waker,
+    thread: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl Daemon {
+    fn start(ip: IpAddr, device: &DeviceConfig) -> Result<Daemon, RdmaError> {
+        let transport = RdmaServer::bind(
+            SocketAddr::new(ip, 0),
+            rdma_config(device, Duration::from_micros(50)),
+        )?;
+        let addr = transport.local_addr()?;
+        let waker = transport.waker();
+        let key =
+            ClusterKey::new(KEY).map_err(|_| RdmaError::Config("cluster key rejected".into()))?;
+        let options = ServerOptions {
+            key,
+            liveness: LIVENESS,
+            engine: lockmgr_engine::Config::default(),
+        };
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let flag = shutdown.clone();
+        let thread = std::thread::spawn(move || {
+            let mut server = Server::new(transport, options);
+            server.run(&flag).map_err(|e| format!("server loop: {e}"))
+        });
+        Ok(Daemon {
+            addr,
+            shutdown,
+            waker,
+            thread: Some(thread),
+        })
+    }
+
+    fn stop(&mut self) -> TestResult {
+        self.shutdown.store(true, Ordering::Release);
+        self.waker.wake();
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) => Err("server thread panicked".into()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Kills the child on drop so a failing test leaves nothing behind.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn test_connect(d: &Daemon, dev: &DeviceConfig) -> TestResult {
+    let mut c = connect(d.addr, dev, "node-connect")?;
+    let status = c.status(TIMEOUT).map_err(|e| format!("status: {e}"))?;
+    if !status.contains("node-connect") {
+        return Err(format!("status does not list the node:\n{status}"));
+    }
+    let s = c.transport().stats();
+    println!(
+        "    connected over {} (inline up to {} bytes, {} send credits)",
+        c.transport().device_info().name,
+        s.max_inline,
+        s.credits
+    );
+    c.goodbye().map_err(|e| format!("goodbye: {e}"))
+}
+
+fn test_lock_unlock(d: &Daemon, dev: &DeviceConfig) -> TestResult {
+    let mut c = connect(d.addr, dev, "node-lock")?;
+    let o = open(&mut c, FileId(0x1001))?;
+    expect(
+        "lock",
+        call(&mut c, lock(o, RANGE, true))?,
+        Reply::Done(Status::Success),
+    )?;
+    expect(
+        "conflicting second lock",
+        call(&mut c, lock(o, RANGE, true))?,
+        Reply::Done(Status::LockNotGranted),
+    )?;
+    expect(
+        "unlock",
+        call(&mut c, unlock(o, RANGE))?,
+        Reply::Done(Status::Success),
+    )?;
+    expect(
+        "unlock of an unlocked range",
+        call(&mut c, unlock(o, RANGE))?,
+        Reply::Done(Status::RangeNotLocked),
+    )?;
+    expect(
+        "relock",
+        call(&mut c, lock(o, RANGE, true))?,
+        Reply::Done(Status::Success),
+    )?;
+    match call(&mut c, Request::Close { open: o })? {
+        Reply::Closed { .. } => Ok(()),
+        other => Err(format!("close: {other:?}")),
+    }
+}
+
+fn test_contention(d: &Daemon, dev: &DeviceConfig) -> TestResult {
+    let mut a = connect(d.addr, dev, "node-a")?;
+    let mut b = connect(d.addr, dev, "node-b")?;
+    let file = FileId(0x2002);
+    let oa = open(&mut a, file)?;
+    let ob = open(&mut b, file)?;
+    expect(
+        "A locks",
+        call(&mut a, lock(oa, RANGE, true))?,
+        Reply::Done(Status::Success),
+    )?;
+    expect(
+        "B try-lock",
+        call(&mut b, lock(ob, RANGE, true))?,
+        Reply::Done(Status::LockNotGranted),
+    )?;
+    expect(
+        "B blocking lock",
+        call(&mut b, lock(ob, RANGE, false))?,
+        Reply::Pending,
+    )?;
+    // B must still be waiting: nothing may arrive for it before A unlocks.
+    if let Ok(ev) = b.next_event(Duration::from_millis(300)) {
+        return Err(format!("B got {ev:?} while A still held the lock"));
+    }
+    expect(
+        "A unlocks",
+        call(&mut a, unlock(oa, RANGE))?,
+        Reply::Done(Status::Success),
+    )?;
+    wait_granted(&mut b)?;
+    expect(
+        "A try-lock after handover",
+        call(&mut a, lock(oa, RANGE, true))?,
+        Reply::Done(Status::LockNotGranted),
+    )?;
+    Ok(())
+}
+
+fn test_killed_holder(d: &Daemon, dev: &DeviceConfig) -> TestResult {
+    let file = FileId(0x3003);
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    let mut child = Command::new(exe)
+        .arg("hold")
+        .args(["--server", &d.addr.to_string()])
+        .args(["--file", &format!("{:x}", file.0)])
+        .args(device_args(dev))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawn holder: {e}"))?;
+    let stdout = child.stdout.take().ok_or("holder has no stdout")?;
+    let mut holder = Proc(child);
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .map_err(|e| format!("reading holder: {e}"))?;
+    if !line.starts_with("LOCKED") {
+        return Err(format!("holder said {line:?}"));
+    }
+    let mut w = connect(d.addr, dev, "survivor")?;
+    let o = open(&mut w, file)?;
+    expect(
+        "try-lock while holder lives",
+        call(&mut w, lock(o, RANGE, true))?,
+        Reply::Done(Status::LockNotGranted),
+    )?;
+    expect(
+        "blocking lock",
+        call(&mut w, lock(o, RANGE, false))?,
+        Reply::Pending,
+    )?;
+    holder.0.kill().map_err(|e| format!("kill: {e}"))?;
+    holder.0.wait().map_err(|e| format!("wait: {e}"))?;
+    wait_granted(&mut w)?;
+    let status = w.status(TIMEOUT).map_err(|e| format!("status: {e}"))?;
+    if status.contains("doomed-node") {
+        return Err(format!("killed node still listed:\n{status}"));
+    }
+    Ok(())
+}
+
+/// Many requests in flight at once: frames bigger than the inline limit, send-queue and credit
+/// exhaustion on both sides, credit returns piggy-backed and explicit.
+fn test_pipelined_flood(d: &Daemon, dev: &DeviceConfig) -> TestResult {
+    let mut c = connect(d.addr, dev, "node-flood")?;
+    let o = open(&mut c, FileId(0x4004))?;
+    const N: u64 = 20_000;
+    let mut sent = 0u64;
+    let mut replies = 0u64;
+    let deadline = Instant::now() + TIMEOUT * 3;
+    while replies < N {
+        if Instant::now() > deadline {
+            return Err(format!("only {replies} of {N} replies arrived"));
+        }
+        // Keep a deep pipeline: up to 2000 requests outstanding, flushed in batches.
+        while sent < N && sent - replies < 2000 {
+            c.submit(Request::CheckIo {
+                open: o,
+                offset: sent,
+                length: 1,
+                write: false,
+            })
+            .map_err(|e| format!("submit: {e}"))?;
+            sent += 1;
+            if sent % 500 == 0 {
+                c.flush().map_err(|e| format!("flush: {e}"))?;
+            }
+        }
+        c.flush().map_err(|e| format!("flush: {e}"))?;
+        let mut bad = None;
+        c.poll(&mut |ev| match ev {
+            Event::Reply {
+                reply: Reply::Done(Status::Success),
+                ..
+            } => replies += 1,
+            other => bad = Some(other),
+        })
+        .map_err(|e| format!("poll: {e}"))?;
+        if let Some(ev) = bad {
+            return Err(format!("unexpected event {ev:?}"));
+        }
+        if replies < sent {
+            c.wait(Some(Duration::from_millis(50)))
+                .map_err(|e| format!("wait: {e}"))?;
+        }
+    }
+    let s = c.transport().stats();
+    println!(
+        "    {N} requests: {} frames out, {} frames in, {} explicit credit updates",
+        s.frames_out, s.frames_in, s.credit_updates_out
+    );
+    Ok(())
+}
+
+/// A short lockbench-like run: lock/unlock round trips with percentiles. Under TCG the numbers
+/// are functional only.
+fn test_bench(d: &Daemon, dev: &DeviceConfig, ops: u32) -> TestResult {
+    let t = RdmaClient::connect(d.addr, &rdma_config(dev, Duration::from_micros(20)))
+        .map_err(|e| format!("RDMA connect: {e}"))?;
+    let mut c =
+        LockClient::connect(t, &options("node-bench")?).map_err(|e| format!("handshake: {e}"))?;
+    let o = open(&mut c, FileId(0x5005))?;
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+        .map_err(|e| format!("histogram: {e}"))?;
+    let start = Instant::now();
+    for i in 0..ops {
+        let r = LockRange {
+            offset: u64::from(i) * 10,
+            length: 10,
+            exclusive: true,
+        };
+        let t0 = Instant::now();
+        expect(
+            "bench lock",
+            call(&mut c, lock(o, r, true))?,
+            Reply::Done(Status::Success),
+        )?;
+        expect(
+            "bench unlock",
+            call(&mut c, unlock(o, r))?,
+            Reply::Done(Status::Success),
+        )?;
+        let us = (t0.elapsed().as_nanos() / 2000).max(1) as u64;
+        hist.saturating_record(us);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "    lockbench: {} round trips in {:.2}s ({:.0}/s); per round trip us: p50={} p90={} p99={} p99.9={} max={}",
+        2 * u64::from(ops),
+        secs,
+        2.0 * f64::from(ops) / secs.max(1e-9),
+        hist.value_at_quantile(0.5),
+        hist.value_at_quantile(0.9),
+        hist.value_at_quantile(0.99),
+        hist.value_at_quantile(0.999),
+        hist.max()
+    );
+    Ok(())
+}
+
+/// Child process of the kill test: take the lock, say so, then wait to be killed.
+fn hold(a: &Args) -> ExitCode {
+    let Some(server) = a.server else {
+        eprintln!("hold: --server is required");
+        return ExitCode::from(2);
+    };
+    let run = || -> TestResult {
+        let mut c = connect(server, &a.device, "doomed-node")?;
+        let o = open(&mut c, FileId(a.file))?;
+        expect(
+            "holder lock",
+            call(&mut c, lock(o, RANGE, true))?,
+            Reply::Done(Status::Success),
+        )?;
+        println!("LOCKED");
+        std::io::stdout().flush().map_err(|e| e.to_string())?;
+        loop {
+            // Answer nothing, just stay connected (and keep the session alive) until SIGKILL.
+            let _ = c.next_event(Duration::from_secs(1));
+            let _ = c.tick(Instant::now());
+        }
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            println!("ERROR {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RDMA_SUITE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let (is_hold, args) = match parse_args(std::env::args().skip(1)) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("rdma-suite: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if is_hold {
+        return hold(&args);
+    }
+    let info = match probe(&args.device) {
+        Ok(i) => i,
+        Err(e @ RdmaError::NoDevice(_)) => {
+            println!("rdma-suite: {e}");
+            return ExitCode::from(EXIT_NO_DEVICE);
+        }
+        Err(e) => {
+            println!("rdma-suite: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    println!(
+        "device {} port {} gid[{}] {} lid {} link_layer {} mtu enum {}",
+        info.name,
+        info.port,
+        info.gid_index,
+        format_gid(&info.gid),
+        info.lid,
+        info.link_layer,
+        info.active_mtu
+    );
+    // RoCEv2 GIDs of IPv4 addresses are IPv4-mapped: the side channel can use that address.
+    let ip = args.addr.unwrap_or_else(|| {
+        let v6 = std::net::Ipv6Addr::from(info.gid);
+        match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::from([127, 0, 0, 1]),
+        }
+    });
+    let mut daemon = match Daemon::start(ip, &args.device) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("rdma-suite: cannot start lockmgrd over RDMA on {ip}: {e}");
+            println!("0 passed, 1 failed");
+            return ExitCode::from(1);
+        }
+    };
+    println!("lockmgrd listening on {} (RDMA side channel)", daemon.addr);
+    let dev = args.device.clone();
+    let tests: Vec<(&str, Box<dyn Fn(&Daemon) -> TestResult>)> = vec![
+        ("connect", Box::new(|d| test_connect(d, &dev))),
+        ("lock_unlock", Box::new(|d| test_lock_unlock(d, &dev))),
+        ("contention", Box::new(|d| test_contention(d, &dev))),
+        (
+            "killed_holder_releases_lock",
+            Box::new(|d| test_killed_holder(d, &dev)),
+        ),
+        (
+            "pipelined_flood",
+            Box::new(|d| test_pipelined_flood(d, &dev)),
+        ),
+        (
+            "lockbench",
+            Box::new(|d| test_bench(d, &dev, args.bench_ops)),
+        ),
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for (name, t) in &tests {
+        let start = Instant::now();
+        match t(&daemon) {
+            Ok(()) => {
+                passed += 1;
+                println!("test {name} ... ok ({:.2}s)", start.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                failed += 1;
+                println!("test {name} ... FAILED: {e}");
+            }
+        }
+    }
+    match daemon.stop() {
+        Ok(()) => {}
+        Err(e) => {
+            failed += 1;
+            println!("test server_shutdown ... FAILED: {e}");
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}

@@ -1,0 +1,1061 @@
+//! Medium-independent reliability layer: reliable, in-order, duplicate-free frames over any
+//! unreliable datagram [`Link`] (UDP, AF_PACKET, AF_XDP). Every medium shares this one
+//! implementation of the protocol; a link only moves datagrams and names peers.
+//!
+//! One datagram carries one frame behind a 28-byte header:
+//! `magic u16 | version u8 | kind u8 | conn_id u64 | seq u64 | ack u64` (little endian).
+//!
+//! * Handshake: the client picks a random non-zero `conn_id` and sends `SYN` until `SYNACK`.
+//!   The server keys peers by (address, conn_id), so a restarted client (new random id) gets a
+//!   fresh [`PeerId`] and sequence space; a `SYN` with a new id from a known address retires the
+//!   old peer (it cannot come back: its process restarted).
+//! * Data: per-direction sequence numbers from 0; `ack` is cumulative (next sequence number
+//!   expected) and rides on every datagram. Standalone `ACK`s go out after `ack_delay` unless a
+//!   data frame carried the ack first (request/response traffic then needs no extra datagrams),
+//!   and immediately for duplicates and gaps.
+//! * Loss: every unacknowledged frame is retransmitted after its RTO (initially `rto_initial`,
+//!   doubling per retransmission up to `rto_max`); if a frame stays unacknowledged for `give_up`
+//!   the peer is declared dead. Out-of-order frames within the window are buffered.
+//! * Liveness: after `keepalive` of silence a side sends `PING` (answered by an immediate ACK);
+//!   after `peer_timeout` of silence the peer is declared dead. `FIN` announces a close, `RST`
+//!   answers traffic for an unknown connection.
+//! * Fault injection ([`FaultConfig`]) drops/duplicates datagrams at the link boundary, so tests
+//!   of every medium exercise the same recovery paths.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io;
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::sys::{self, EventFdWaker};
+use crate::{
+    check_frame_len, ClientTransport, PeerId, ServerEvent, ServerTransport, SpinConfig,
+    TransportError, Waker, MAX_FRAME,
+};
+
+pub(crate) const MAGIC: u16 = 0x4d4c;
+const VERSION: u8 = 1;
+/// Wire header length.
+pub const HDR_LEN: usize = 28;
+/// Largest datagram (header plus [`MAX_FRAME`] payload) a [`Link`] must carry.
+pub const DGRAM_MAX: usize = HDR_LEN + MAX_FRAME;
+const RECV_BUDGET: usize = 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Syn = 1,
+    SynAck = 2,
+    Data = 3,
+    Ack = 4,
+    Ping = 5,
+    Fin = 6,
+    Rst = 7,
+}
+
+impl Kind {
+    fn from_u8(v: u8) -> Option<Self> {
+        Some(match v {
+            1 => Kind::Syn,
+            2 => Kind::SynAck,
+            3 => Kind::Data,
+            4 => Kind::Ack,
+            5 => Kind::Ping,
+            6 => Kind::Fin,
+            7 => Kind::Rst,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Header {
+    pub(crate) kind: Kind,
+    pub(crate) conn_id: u64,
+    pub(crate) seq: u64,
+    pub(crate) ack: u64,
+}
+
+fn le_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+
+pub(crate) fn encode_header(h: &Header) -> [u8; HDR_LEN] {
+    let mut b = [0u8; HDR_LEN];
+    b[0..2].copy_from_slice(&MAGIC.to_le_bytes());
+    b[2] = VERSION;
+    b[3] = h.kind as u8;
+    b[4..12].copy_from_slice(&h.conn_id.to_le_bytes());
+    b[12..20].copy_from_slice(&h.seq.to_le_bytes());
+    b[20..28].copy_from_slice(&h.ack.to_le_bytes());
+    b
+}
+
+pub(crate) fn parse(b: &[u8]) -> Option<(Header, &[u8])> {
+    if b.len() < HDR_LEN || b.len() > DGRAM_MAX {
+        return None;
+    }
+    if u16::from_le_bytes([b[0], b[1]]) != MAGIC || b[2] != VERSION {
+        return None;
+    }
+    let kind = Kind::from_u8(b[3])?;
+    let h = Header {
+        kind,
+        conn_id: le_u64(&b[4..12]),
+        seq: le_u64(&b[12..20]),
+        ack: le_u64(&b[20..28]),
+    };
+    let payload = &b[HDR_LEN..];
+    if kind != Kind::Data && !payload.is_empty() {
+        return None;
+    }
+    Some((h, payload))
+}
+
+/// Test-only fault injection, applied per datagram with a seeded RNG.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FaultConfig {
+    /// Probability a datagram is dropped.
+    pub drop_rate: f64,
+    /// Probability a datagram is duplicated.
+    pub dup_rate: f64,
+    /// RNG seed (reproducible runs).
+    pub seed: u64,
+    /// Apply on transmission.
+    pub on_send: bool,
+    /// Apply on reception.
+    pub on_recv: bool,
+}
+
+impl Default for FaultConfig {
+    fn default() -> Self {
+        FaultConfig {
+            drop_rate: 0.0,
+            dup_rate: 0.0,
+            seed: 0,
+            on_send: true,
+            on_recv: true,
+        }
+    }
+}
+
+/// Configuration of the reliability layer, shared by every [`Link`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReliableConfig {
+    /// Busy-poll budget of `wait`.
+    pub spin: SpinConfig,
+    /// First retransmission timeout.
+    pub rto_initial: Duration,
+    /// Backoff cap.
+    pub rto_max: Duration,
+    /// A frame unacknowledged for this long kills the connection.
+    pub give_up: Duration,
+    /// Delay of standalone acks (data in the other direction carries acks for free).
+    pub ack_delay: Duration,
+    /// Frames in flight per peer before `send` returns `Full`.
+    pub window: usize,
+    /// Send PING after this much silence from the peer; `None` disables liveness checking.
+    pub keepalive: Option<Duration>,
+    /// Declare the peer dead after this much silence (only with `keepalive`).
+    pub peer_timeout: Duration,
+    /// Client handshake limit.
+    pub connect_timeout: Duration,
+    /// Fault injection (tests).
+    pub faults: FaultConfig,
+}
+
+impl Default for ReliableConfig {
+    fn default() -> Self {
+        ReliableConfig {
+            spin: SpinConfig::default(),
+            rto_initial: Duration::from_millis(2),
+            rto_max: Duration::from_millis(200),
+            give_up: Duration::from_secs(5),
+            ack_delay: Duration::from_micros(200),
+            window: 256,
+            keepalive: Some(Duration::from_secs(1)),
+            peer_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            faults: FaultConfig::default(),
+        }
+    }
+}
+
+impl ReliableConfig {
+    fn validate(&self) -> Result<(), TransportError> {
+        let rate_ok = |r: f64| (0.0..1.0).contains(&r);
+        if !rate_ok(self.faults.drop_rate) || !rate_ok(self.faults.dup_rate) {
+            return Err(TransportError::Config("fault rates must be in [0, 1)"));
+        }
+        if self.window == 0 || self.rto_initial.is_zero() || self.rto_max < self.rto_initial {
+            return Err(TransportError::Config("window and RTOs must be positive"));
+        }
+        Ok(())
+    }
+}
+
+/// A datagram medium: unreliable, unordered, may duplicate; the reliability layer above it adds
+/// everything else. Implementations: UDP sockets, AF_PACKET and AF_XDP raw Ethernet.
+pub trait Link: Send {
+    /// How a peer is addressed on this medium.
+    type Addr: Copy + Eq + Hash + Debug + Send;
+    /// Receive buffer size the link needs (datagram plus any medium header).
+    const RX_BUF: usize = DGRAM_MAX + 1;
+    /// Best effort send of one datagram (at most [`DGRAM_MAX`] bytes). Errors are loss.
+    fn send_to(&mut self, buf: &[u8], addr: Self::Addr) -> io::Result<()>;
+    /// Non-blocking receive into `buf` (at least [`Link::RX_BUF`] bytes): `(start, len, from)`
+    /// where the datagram is `buf[start..start + len]`; `None` when nothing is pending.
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<(usize, usize, Self::Addr)>>;
+    /// Readable when datagrams may be pending (for `poll(2)`).
+    fn raw_fd(&self) -> RawFd;
+    /// Largest frame (payload, without the reliability header) this link can carry; a medium
+    /// with a small MTU lowers it below [`MAX_FRAME`] and `send` reports
+    /// [`TransportError::FrameTooLarge`] with this limit.
+    fn max_frame(&self) -> usize {
+        MAX_FRAME
+    }
+}
+
+fn check_link_frame_len<L: Link>(link: &L, frame: &[u8]) -> Result<(), TransportError> {
+    check_frame_len(frame)?;
+    let max = link.max_frame();
+    if frame.len() > max {
+        return Err(TransportError::FrameTooLarge {
+            len: frame.len(),
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// Link plus fault injection.
+pub(crate) struct Sock<L: Link> {
+    pub(crate) link: L,
+    rng: StdRng,
+    faults: FaultConfig,
+}
+
+impl<L: Link> Sock<L> {
+    pub(crate) fn new(link: L, faults: FaultConfig) -> Self {
+        Sock {
+            link,
+            rng: StdRng::seed_from_u64(faults.seed),
+            faults,
+        }
+    }
+
+    fn roll(&mut self, p: f64) -> bool {
+        p > 0.0 && self.rng.gen::<f64>() < p
+    }
+
+    /// Best effort: a full socket buffer or an ICMP error is just loss, which retransmission
+    /// handles.
+    pub(crate) fn send_to(&mut self, buf: &[u8], addr: L::Addr) {
+        let mut copies = 1;
+        if self.faults.on_send {
+            if self.roll(self.faults.drop_rate) {
+                return;
+            }
+            if self.roll(self.faults.dup_rate) {
+                copies = 2;
+            }
+        }
+        for _ in 0..copies {
+            if let Err(e) = self.link.send_to(buf, addr) {
+                tracing::trace!(error = %e, ?addr, "send failed (treated as loss)");
+            }
+        }
+    }
+
+    /// Next datagram; `copies > 1` simulates duplication on receive.
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<Rx<L::Addr>>> {
+        while let Some((start, len, from)) = self.link.recv(buf)? {
+            if self.faults.on_recv {
+                if self.roll(self.faults.drop_rate) {
+                    continue;
+                }
+                if self.roll(self.faults.dup_rate) {
+                    return Ok(Some((start, len, from, 2)));
+                }
+            }
+            return Ok(Some((start, len, from, 1)));
+        }
+        Ok(None)
+    }
+}
+
+/// A received datagram: `(start, len, from, copies)`.
+type Rx<A> = (usize, usize, A, u8);
+
+struct Pending {
+    seq: u64,
+    dgram: Vec<u8>,
+    sent: Instant,
+    first: Instant,
+    rto: Duration,
+}
+
+/// Reliability state of one connection (either side).
+struct Conn<A> {
+    conn_id: u64,
+    addr: A,
+    next_seq: u64,
+    unacked: VecDeque<Pending>,
+    expected: u64,
+    ooo: BTreeMap<u64, Vec<u8>>,
+    ack_due: Option<Instant>,
+    last_rx: Instant,
+    last_ping: Instant,
+    pool: Vec<Vec<u8>>,
+    dead: bool,
+    stats: ReliableStats,
+}
+
+/// Counters of one UDP connection (or summed over a server's live peers).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReliableStats {
+    /// Data frames sent (first transmissions).
+    pub frames_sent: u64,
+    /// Data frames delivered to the application.
+    pub frames_delivered: u64,
+    /// Retransmitted data datagrams.
+    pub retransmits: u64,
+    /// Duplicate data datagrams received (already delivered).
+    pub duplicates: u64,
+    /// Out-of-order data datagrams buffered.
+    pub out_of_order: u64,
+}
+
+impl ReliableStats {
+    fn add(&mut self, o: &ReliableStats) {
+        self.frames_sent += o.frames_sent;
+        self.frames_delivered += o.frames_delivered;
+        self.retransmits += o.retransmits;
+        self.duplicates += o.duplicates;
+        self.out_of_order += o.out_of_order;
+    }
+}
+
+impl<A: Copy + Debug> Conn<A> {
+    fn new(conn_id: u64, addr: A, now: Instant) -> Self {
+        Conn {
+            conn_id,
+            addr,
+            next_seq: 0,
+            unacked: VecDeque::new(),
+            expected: 0,
+            ooo: BTreeMap::new(),
+            ack_due: None,
+            last_rx: now,
+            last_ping: now,
+            pool: Vec::new(),
+            dead: false,
+            stats: ReliableStats::default(),
+        }
+    }
+
+    fn header(&self, kind: Kind, seq: u64) -> [u8; HDR_LEN] {
+        encode_header(&Header {
+            kind,
+            conn_id: self.conn_id,
+            seq,
+            ack: self.expected,
+        })
+    }
+
+    fn send_ctrl<L: Link<Addr = A>>(&mut self, sock: &mut Sock<L>, kind: Kind) {
+        let h = self.header(kind, 0);
+        sock.send_to(&h, self.addr);
+        if kind == Kind::Ack {
+            self.ack_due = None;
+        }
+    }
+
+    fn send_data<L: Link<Addr = A>>(
+        &mut self,
+        sock: &mut Sock<L>,
+        frame: &[u8],
+        cfg: &ReliableConfig,
+        now: Instant,
+    ) -> Result<(), TransportError> {
+        if self.dead {
+            return Err(TransportError::Disconnected);
+        }
+        if self.unacked.len() >= cfg.window {
+            return Err(TransportError::Full);
+        }
+        let mut dgram = self.pool.pop().unwrap_or_default();
+        dgram.clear();
+        dgram.extend_from_slice(&self.header(Kind::Data, self.next_seq));
+        dgram.extend_from_slice(frame);
+        sock.send_to(&dgram, self.addr);
+        self.ack_due = None;
+        self.unacked.push_back(Pending {
+            seq: self.next_seq,
+            dgram,
+            sent: now,
+            first: now,
+            rto: cfg.rto_initial,
+        });
+        self.next_seq += 1;
+        self.stats.frames_sent += 1;
+        Ok(())
+    }
+
+    fn on_ack(&mut self, ack: u64) {
+        // An ack beyond what we sent is bogus; ignore it rather than corrupt our state.
+        if ack > self.next_seq {
+            return;
+        }
+        while self.unacked.front().is_some_and(|p| p.seq < ack) {
+            if let Some(p) = self.unacked.pop_front() {
+                self.pool.push(p.dgram);
+            }
+        }
+    }
+
+    /// Delivers in-order frames; returns how many.
+    fn on_data(
+        &mut self,
+        seq: u64,
+        payload: &[u8],
+        cfg: &ReliableConfig,
+        now: Instant,
+        f: &mut dyn FnMut(&[u8]),
+    ) -> usize {
+        if seq < self.expected {
+            // Duplicate: our ack was probably lost; repeat it soon.
+            self.stats.duplicates += 1;
+            self.ack_due = Some(now);
+            return 0;
+        }
+        if seq != self.expected {
+            if seq - self.expected < cfg.window as u64 && !self.ooo.contains_key(&seq) {
+                self.stats.out_of_order += 1;
+                let mut b = self.pool.pop().unwrap_or_default();
+                b.clear();
+                b.extend_from_slice(payload);
+                self.ooo.insert(seq, b);
+            }
+            // A gap: tell the sender at once where we are.
+            self.ack_due = Some(now);
+            return 0;
+        }
+        f(payload);
+        self.expected += 1;
+        let mut n = 1;
+        while let Some(b) = self.ooo.remove(&self.expected) {
+            f(&b);
+            self.pool.push(b);
+            self.expected += 1;
+            n += 1;
+        }
+        // Stale entries can only be below `expected` if the peer misbehaved; drop them.
+        while self
+            .ooo
+            .first_key_value()
+            .is_some_and(|(&s, _)| s < self.expected)
+        {
+            self.ooo.pop_first();
+        }
+        self.stats.frames_delivered += n as u64;
+        let due = now + cfg.ack_delay;
+        self.ack_due = Some(self.ack_due.map_or(due, |d| d.min(due)));
+        n
+    }
+
+    /// Retransmissions, delayed acks, keepalive; marks `dead` when the peer is gone.
+    fn on_timers<L: Link<Addr = A>>(&mut self, sock: &mut Sock<L>, cfg: &ReliableConfig, now: Instant) {
+        if self.dead {
+            return;
+        }
+        let ack = self.expected;
+        let mut resent = false;
+        for p in self.unacked.iter_mut() {
+            if now < p.sent + p.rto {
+                continue;
+            }
+            if now.duration_since(p.first) >= cfg.give_up {
+                tracing::debug!(addr = ?self.addr, seq = p.seq, "peer gave up: no ack");
+                self.dead = true;
+                return;
+            }
+            p.dgram[20..28].copy_from_slice(&ack.to_le_bytes());
+            sock.send_to(&p.dgram, self.addr);
+            p.sent = now;
+            p.rto = (p.rto * 2).min(cfg.rto_max);
+            resent = true;
+            self.stats.retransmits += 1;
+        }
+        if resent {
+            self.ack_due = None;
+        }
+        if self.ack_due.is_some_and(|d| d <= now) {
+            self.send_ctrl(sock, Kind::Ack);
+        }
+        if let Some(k) = cfg.keepalive {
+            if now.duration_since(self.last_rx) >= cfg.peer_timeout {
+                tracing::debug!(addr = ?self.addr, "peer timed out");
+                self.dead = true;
+                return;
+            }
+            if now.duration_since(self.last_rx) >= k && now.duration_since(self.last_ping) >= k {
+                self.last_ping = now;
+                self.send_ctrl(sock, Kind::Ping);
+            }
+        }
+    }
+
+    fn next_deadline(&self, cfg: &ReliableConfig) -> Option<Instant> {
+        if self.dead {
+            return None;
+        }
+        let mut d = self.ack_due;
+        let mut min = |t: Instant| d = Some(d.map_or(t, |x: Instant| x.min(t)));
+        for p in &self.unacked {
+            min(p.sent + p.rto);
+        }
+        if let Some(k) = cfg.keepalive {
+            min(self.last_rx + cfg.peer_timeout);
+            min((self.last_rx + k).max(self.last_ping + k));
+        }
+        d
+    }
+}
+
+fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+/// Spin phase shared by client and server `wait`: returns true when something is ready.
+fn spin_recv<L: Link>(
+    sock: &mut Sock<L>,
+    rxbuf: &mut [u8],
+    pending: &mut Option<Rx<L::Addr>>,
+    spin: Duration,
+    start: Instant,
+    timer_at: Option<Instant>,
+    mut woken: impl FnMut() -> bool,
+) -> Result<bool, TransportError> {
+    if pending.is_some() {
+        return Ok(true);
+    }
+    loop {
+        if let Some(p) = sock.recv(rxbuf)? {
+            *pending = Some(p);
+            return Ok(true);
+        }
+        if woken() {
+            return Ok(true);
+        }
+        let now = Instant::now();
+        if timer_at.is_some_and(|t| t <= now) {
+            return Ok(true);
+        }
+        if now.duration_since(start) >= spin {
+            return Ok(false);
+        }
+        std::hint::spin_loop();
+    }
+}
+
+fn sleep_timeout(
+    timeout: Option<Duration>,
+    start: Instant,
+    timer_at: Option<Instant>,
+) -> Option<Duration> {
+    let now = Instant::now();
+    let remaining = timeout.map(|t| t.saturating_sub(now.duration_since(start)));
+    let timer = timer_at.map(|t| t.saturating_duration_since(now));
+    match (remaining, timer) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+fn pollfd(fd: RawFd) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+/// Server side over any [`Link`]: one link for all peers.
+pub struct ReliableServer<L: Link> {
+    pub(crate) sock: Sock<L>,
+    cfg: ReliableConfig,
+    conns: HashMap<u64, Conn<L::Addr>>,
+    by_key: HashMap<(L::Addr, u64), u64>,
+    by_addr: HashMap<L::Addr, u64>,
+    next_id: u64,
+    rxbuf: Box<[u8]>,
+    pending: Option<Rx<L::Addr>>,
+    waker: Arc<EventFdWaker>,
+    timer_at: Option<Instant>,
+}
+
+impl<L: Link> ReliableServer<L> {
+    /// Serve on `link`.
+    pub fn with_link(link: L, cfg: ReliableConfig) -> Result<Self, TransportError> {
+        cfg.validate()?;
+        let sock = Sock::new(link, cfg.faults);
+        Ok(ReliableServer {
+            sock,
+            cfg,
+            conns: HashMap::new(),
+            by_key: HashMap::new(),
+            by_addr: HashMap::new(),
+            next_id: 1,
+            rxbuf: vec![0u8; L::RX_BUF].into_boxed_slice(),
+            pending: None,
+            waker: Arc::new(EventFdWaker::new()?),
+            timer_at: None,
+        })
+    }
+
+    /// The underlying medium.
+    pub fn link(&self) -> &L {
+        &self.sock.link
+    }
+
+    /// Counters summed over the live peers.
+    pub fn stats(&self) -> ReliableStats {
+        let mut s = ReliableStats::default();
+        for c in self.conns.values() {
+            s.add(&c.stats);
+        }
+        s
+    }
+
+    /// Number of peers (including ones whose death is not yet reported).
+    pub fn peer_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    fn forget(&mut self, id: u64) -> Option<Conn<L::Addr>> {
+        let c = self.conns.remove(&id)?;
+        self.by_key.remove(&(c.addr, c.conn_id));
+        if self.by_addr.get(&c.addr) == Some(&id) {
+            self.by_addr.remove(&c.addr);
+        }
+        Some(c)
+    }
+
+    fn process(
+        &mut self,
+        start: usize,
+        len: usize,
+        from: L::Addr,
+        now: Instant,
+        f: &mut dyn FnMut(ServerEvent<'_>),
+    ) -> usize {
+        let Some((h, payload)) = parse(&self.rxbuf[start..start + len]) else {
+            tracing::trace!(?from, len, "ignoring malformed datagram");
+            return 0;
+        };
+        let cfg = self.cfg;
+        let mut n = 0;
+        if h.kind == Kind::Syn {
+            if h.conn_id == 0 {
+                return 0;
+            }
+            if let Some(&id) = self.by_key.get(&(from, h.conn_id)) {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.send_ctrl(&mut self.sock, Kind::SynAck);
+                }
+                return 0;
+            }
+            if let Some(&old) = self.by_addr.get(&from) {
+                // Same address, new connection id: the client restarted, so the old peer
+                // will never speak again.
+                if self.forget(old).is_some() {
+                    tracing::debug!(peer = old, ?from, "peer replaced by reconnect");
+                    f(ServerEvent::Disconnected(PeerId(old)));
+                    n += 1;
+                }
+            }
+            let id = self.next_id;
+            self.next_id += 1;
+            let mut c = Conn::new(h.conn_id, from, now);
+            c.send_ctrl(&mut self.sock, Kind::SynAck);
+            self.timer_at = min_opt(self.timer_at, c.next_deadline(&cfg));
+            self.conns.insert(id, c);
+            self.by_key.insert((from, h.conn_id), id);
+            self.by_addr.insert(from, id);
+            tracing::debug!(peer = id, ?from, "peer connected");
+            f(ServerEvent::Connected(PeerId(id)));
+            return n + 1;
+        }
+        let Some(&id) = self.by_key.get(&(from, h.conn_id)) else {
+            if matches!(h.kind, Kind::Data | Kind::Ping) {
+                let rst = encode_header(&Header {
+                    kind: Kind::Rst,
+                    conn_id: h.conn_id,
+                    seq: 0,
+                    ack: 0,
+                });
+                self.sock.send_to(&rst, from);
+            }
+            return 0;
+        };
+        let Some(c) = self.conns.get_mut(&id) else {
+            return 0;
+        };
+        if c.dead {
+            return 0;
+        }
+        c.last_rx = now;
+        c.on_ack(h.ack);
+        match h.kind {
+            Kind::Data => {
+                let peer = PeerId(id);
+                n += c.on_data(h.seq, payload, &cfg, now, &mut |b| {
+                    f(ServerEvent::Frame(peer, b))
+                });
+            }
+            Kind::Ping => c.send_ctrl(&mut self.sock, Kind::Ack),
+            Kind::Fin | Kind::Rst => c.dead = true,
+            Kind::Ack | Kind::Syn | Kind::SynAck => {}
+        }
+        self.timer_at = min_opt(self.timer_at, c.next_deadline(&cfg));
+        n
+    }
+}
+
+impl<L: Link> Drop for ReliableServer<L> {
+    fn drop(&mut self) {
+        for c in self.conns.values_mut() {
+            c.send_ctrl(&mut self.sock, Kind::Fin);
+        }
+    }
+}
+
+impl<L: Link> ServerTransport for ReliableServer<L> {
+    fn poll(&mut self, f: &mut dyn FnMut(ServerEvent<'_>)) -> Result<usize, TransportError> {
+        let mut n = 0;
+        let mut now = Instant::now();
+        if let Some((start, len, from, copies)) = self.pending.take() {
+            for _ in 0..copies {
+                n += self.process(start, len, from, now, f);
+            }
+        }
+        for _ in 0..RECV_BUDGET {
+            let Some((start, len, from, copies)) = self.sock.recv(&mut self.rxbuf)? else {
+                break;
+            };
+            now = Instant::now();
+            for _ in 0..copies {
+                n += self.process(start, len, from, now, f);
+            }
+        }
+        now = Instant::now();
+        if self.timer_at.is_some_and(|t| t <= now) {
+            let cfg = self.cfg;
+            let mut next = None;
+            for c in self.conns.values_mut() {
+                c.on_timers(&mut self.sock, &cfg, now);
+                next = min_opt(next, c.next_deadline(&cfg));
+            }
+            self.timer_at = next;
+        }
+        if self.conns.values().any(|c| c.dead) {
+            let dead: Vec<u64> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.dead)
+                .map(|(&id, _)| id)
+                .collect();
+            for id in dead {
+                self.forget(id);
+                tracing::debug!(peer = id, "peer disconnected");
+                f(ServerEvent::Disconnected(PeerId(id)));
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    fn send(&mut self, peer: PeerId, frame: &[u8]) -> Result<(), TransportError> {
+        check_link_frame_len(&self.sock.link, frame)?;
+        let c = self
+            .conns
+            .get_mut(&peer.0)
+            .ok_or(TransportError::UnknownPeer(peer))?;
+        let now = Instant::now();
+        c.send_data(&mut self.sock, frame, &self.cfg, now)?;
+        let rto = now + self.cfg.rto_initial;
+        self.timer_at = Some(self.timer_at.map_or(rto, |t| t.min(rto)));
+        Ok(())
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>) -> Result<(), TransportError> {
+        if self.waker.take() || self.conns.values().any(|c| c.dead) {
+            return Ok(());
+        }
+        let start = Instant::now();
+        let spin = timeout.map_or(self.cfg.spin.spin, |t| t.min(self.cfg.spin.spin));
+        let waker = self.waker.clone();
+        if spin_recv(
+            &mut self.sock,
+            &mut self.rxbuf,
+            &mut self.pending,
+            spin,
+            start,
+            self.timer_at,
+            || waker.take(),
+        )? {
+            return Ok(());
+        }
+        if !self.waker.prepare_sleep() {
+            self.waker.take();
+            return Ok(());
+        }
+        let mut fds = [pollfd(self.sock.link.raw_fd()), pollfd(self.waker.fd())];
+        let r = sys::poll_fds(&mut fds, sleep_timeout(timeout, start, self.timer_at));
+        self.waker.finish_sleep();
+        self.waker.take();
+        r?;
+        Ok(())
+    }
+
+    fn waker(&self) -> Waker {
+        Waker::new(self.waker.clone())
+    }
+
+    fn close_peer(&mut self, peer: PeerId) {
+        if let Some(mut c) = self.forget(peer.0) {
+            c.send_ctrl(&mut self.sock, Kind::Fin);
+        }
+    }
+}
+
+/// Client side over any [`Link`]: one connection to one server.
+pub struct ReliableClient<L: Link> {
+    pub(crate) sock: Sock<L>,
+    cfg: ReliableConfig,
+    conn: Conn<L::Addr>,
+    rxbuf: Box<[u8]>,
+    pending: Option<Rx<L::Addr>>,
+    timer_at: Option<Instant>,
+}
+
+impl<L: Link> ReliableClient<L> {
+    /// Handshake with the server at `server` over `link` (blocks up to `cfg.connect_timeout`).
+    pub fn connect_with(
+        link: L,
+        server: L::Addr,
+        cfg: ReliableConfig,
+    ) -> Result<Self, TransportError> {
+        cfg.validate()?;
+        let mut sock = Sock::new(link, cfg.faults);
+        // Independent of the (deterministic) fault seed: a restarted client must not reuse ids.
+        let conn_id = loop {
+            let id: u64 = rand::random();
+            if id != 0 {
+                break id;
+            }
+        };
+        let start = Instant::now();
+        let mut conn = Conn::new(conn_id, server, start);
+        let mut rxbuf = vec![0u8; L::RX_BUF].into_boxed_slice();
+        let mut rto = cfg.rto_initial;
+        loop {
+            conn.send_ctrl(&mut sock, Kind::Syn);
+            let deadline = Instant::now() + rto;
+            loop {
+                while let Some((off, len, from, _)) = sock.recv(&mut rxbuf)? {
+                    if from != server {
+                        continue;
+                    }
+                    match parse(&rxbuf[off..off + len]) {
+                        Some((h, _)) if h.conn_id == conn_id && h.kind == Kind::SynAck => {
+                            let now = Instant::now();
+                            conn.last_rx = now;
+                            conn.last_ping = now;
+                            tracing::debug!(?server, conn_id, "connected");
+                            let timer_at = conn.next_deadline(&cfg);
+                            return Ok(ReliableClient {
+                                sock,
+                                cfg,
+                                conn,
+                                rxbuf,
+                                pending: None,
+                                timer_at,
+                            });
+                        }
+                        Some((h, _)) if h.conn_id == conn_id && h.kind == Kind::Rst => {
+                            return Err(TransportError::Disconnected);
+                        }
+                        _ => {}
+                    }
+                }
+                let now = Instant::now();
+                if now.duration_since(start) >= cfg.connect_timeout {
+                    return Err(TransportError::Timeout);
+                }
+                if now >= deadline {
+                    break;
+                }
+                let mut fds = [pollfd(sock.link.raw_fd())];
+                sys::poll_fds(&mut fds, Some(deadline - now))?;
+            }
+            rto = (rto * 2).min(cfg.rto_max);
+        }
+    }
+
+    /// Connection counters.
+    pub fn stats(&self) -> ReliableStats {
+        self.conn.stats
+    }
+
+    /// The underlying medium.
+    pub fn link(&self) -> &L {
+        &self.sock.link
+    }
+
+    fn process(
+        &mut self,
+        start: usize,
+        len: usize,
+        from: L::Addr,
+        now: Instant,
+        f: &mut dyn FnMut(&[u8]),
+    ) -> usize {
+        if from != self.conn.addr {
+            return 0;
+        }
+        let Some((h, payload)) = parse(&self.rxbuf[start..start + len]) else {
+            return 0;
+        };
+        if h.conn_id != self.conn.conn_id || self.conn.dead {
+            return 0;
+        }
+        self.conn.last_rx = now;
+        self.conn.on_ack(h.ack);
+        let mut n = 0;
+        match h.kind {
+            Kind::Data => n = self.conn.on_data(h.seq, payload, &self.cfg, now, f),
+            Kind::Ping => self.conn.send_ctrl(&mut self.sock, Kind::Ack),
+            Kind::Fin | Kind::Rst => {
+                tracing::debug!("server closed the connection");
+                self.conn.dead = true;
+            }
+            Kind::Ack | Kind::Syn | Kind::SynAck => {}
+        }
+        self.timer_at = min_opt(self.timer_at, self.conn.next_deadline(&self.cfg));
+        n
+    }
+}
+
+impl<L: Link> Drop for ReliableClient<L> {
+    fn drop(&mut self) {
+        if !self.conn.dead {
+            self.conn.send_ctrl(&mut self.sock, Kind::Fin);
+        }
+    }
+}
+
+impl<L: Link> ClientTransport for ReliableClient<L> {
+    fn send(&mut self, frame: &[u8]) -> Result<(), TransportError> {
+        check_link_frame_len(&self.sock.link, frame)?;
+        let now = Instant::now();
+        self.conn.send_data(&mut self.sock, frame, &self.cfg, now)?;
+        let rto = now + self.cfg.rto_initial;
+        self.timer_at = Some(self.timer_at.map_or(rto, |t| t.min(rto)));
+        Ok(())
+    }
+
+    fn poll(&mut self, f: &mut dyn FnMut(&[u8])) -> Result<usize, TransportError> {
+        let mut n = 0;
+        let mut now = Instant::now();
+        if let Some((start, len, from, copies)) = self.pending.take() {
+            for _ in 0..copies {
+                n += self.process(start, len, from, now, f);
+            }
+        }
+        for _ in 0..RECV_BUDGET {
+            let Some((start, len, from, copies)) = self.sock.recv(&mut self.rxbuf)? else {
+                break;
+            };
+            now = Instant::now();
+            for _ in 0..copies {
+                n += self.process(start, len, from, now, f);
+            }
+        }
+        now = Instant::now();
+        if self.timer_at.is_some_and(|t| t <= now) {
+            self.conn.on_timers(&mut self.sock, &self.cfg, now);
+            self.timer_at = self.conn.next_deadline(&self.cfg);
+        }
+        if n == 0 && self.conn.dead {
+            return Err(TransportError::Disconnected);
+        }
+        Ok(n)
+    }
+
+    fn wait(&mut self, timeout: Option<Duration>) -> Result<(), TransportError> {
+        if self.conn.dead {
+            return Ok(());
+        }
+        let start = Instant::now();
+        let spin = timeout.map_or(self.cfg.spin.spin, |t| t.min(self.cfg.spin.spin));
+        if spin_recv(
+            &mut self.sock,
+            &mut self.rxbuf,
+            &mut self.pending,
+            spin,
+            start,
+            self.timer_at,
+            || false,
+        )? {
+            return Ok(());
+        }
+        let mut fds = [pollfd(self.sock.link.raw_fd())];
+        sys::poll_fds(&mut fds, sleep_timeout(timeout, start, self.timer_at))?;
+        Ok(())
+    }
+
+    fn as_raw_fd(&self) -> Option<RawFd> {
+        Some(self.sock.link.raw_fd())
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        self.timer_at
+            .map(|t| t.saturating_duration_since(Instant::now()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conn_reorders_and_dedups() {
+        let cfg = ReliableConfig::default();
+        let now = Instant::now();
+        let mut c = Conn::new(1, 1u32, now);
+        let mut got = Vec::new();
+        for seq in [2u64, 0, 0, 3, 1, 2, 5, 4, 1] {
+            c.on_data(seq, &[seq as u8], &cfg, now, &mut |b| got.push(b[0]));
+        }
+        assert_eq!(got, vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(c.expected, 6);
+        assert!(c.ooo.is_empty());
+        // Far beyond the window: dropped, not buffered.
+        c.on_data(6 + cfg.window as u64, b"x", &cfg, now, &mut |_| panic!());
+        assert!(c.ooo.is_empty());
+    }
+}

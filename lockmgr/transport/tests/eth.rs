@@ -1,0 +1,405 @@
+//! Raw-Ethernet transports (AF_PACKET, AF_XDP) between two network namespaces joined by veth.
+//!
+//! Every scenario is one generic function over [`Medium`], instantiated per transport by the
+//! `medium_tests!` macro. Needs root; skipped with a message otherwise, a failure with CI=true.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use lockmgr_transport::afpacket::{PacketClient, PacketLink, PacketServer};
+use lockmgr_transport::eth::{EthConfig, EthError, MacAddr};
+use lockmgr_transport::netns::{self, NetnsPair, IFACE, MAC_A};
+use lockmgr_transport::reliable::{FaultConfig, ReliableConfig};
+use lockmgr_transport::{
+    ClientTransport, PeerId, ServerEvent, ServerTransport, TransportError, MAX_FRAME,
+};
+
+/// Only to avoid hanging forever when something is broken; never a performance assertion.
+const HANG_GUARD: Duration = Duration::from_secs(30);
+const CHILD_ENV: &str = "LOCKMGR_TRANSPORT_ETH_CHILD";
+
+trait Medium {
+    const NAME: &'static str;
+    type S: ServerTransport + 'static;
+    type C: ClientTransport + 'static;
+    fn server(eth: &EthConfig, cfg: ReliableConfig) -> Result<Self::S, TransportError>;
+    fn client(
+        eth: &EthConfig,
+        server: MacAddr,
+        cfg: ReliableConfig,
+    ) -> Result<Self::C, TransportError>;
+}
+
+struct AfPacket;
+impl Medium for AfPacket {
+    const NAME: &'static str = "afpacket";
+    type S = PacketServer;
+    type C = PacketClient;
+    fn server(eth: &EthConfig, cfg: ReliableConfig) -> Result<Self::S, TransportError> {
+        PacketServer::open(eth, cfg)
+    }
+    fn client(
+        eth: &EthConfig,
+        server: MacAddr,
+        cfg: ReliableConfig,
+    ) -> Result<Self::C, TransportError> {
+        PacketClient::connect(eth, server, cfg)
+    }
+}
+
+#[cfg(feature = "afxdp")]
+struct AfXdp;
+#[cfg(feature = "afxdp")]
+impl Medium for AfXdp {
+    const NAME: &'static str = "afxdp";
+    type S = lockmgr_transport::afxdp::XdpServer;
+    type C = lockmgr_transport::afxdp::XdpClient;
+    fn server(eth: &EthConfig, cfg: ReliableConfig) -> Result<Self::S, TransportError> {
+        lockmgr_transport::afxdp::XdpServer::open(eth, &Default::default(), cfg)
+    }
+    fn client(
+        eth: &EthConfig,
+        server: MacAddr,
+        cfg: ReliableConfig,
+    ) -> Result<Self::C, TransportError> {
+        lockmgr_transport::afxdp::XdpClient::connect(eth, &Default::default(), server, cfg)
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, Clone)]
+enum Ev {
+    Connected(PeerId),
+    Frame(PeerId, Vec<u8>),
+    Disconnected(PeerId),
+}
+
+fn poll_events(s: &mut dyn ServerTransport, out: &mut Vec<Ev>) -> usize {
+    s.poll(&mut |ev| {
+        out.push(match ev {
+            ServerEvent::Connected(p) => Ev::Connected(p),
+            ServerEvent::Frame(p, b) => Ev::Frame(p, b.to_vec()),
+            ServerEvent::Disconnected(p) => Ev::Disconnected(p),
+        })
+    })
+    .unwrap()
+}
+
+fn server_until(s: &mut dyn ServerTransport, out: &mut Vec<Ev>, pred: impl Fn(&[Ev]) -> bool) {
+    let start = Instant::now();
+    while !pred(out) {
+        assert!(start.elapsed() < HANG_GUARD, "timed out; events: {out:?}");
+        if poll_events(s, out) == 0 {
+            s.wait(Some(Duration::from_millis(5))).unwrap();
+        }
+    }
+}
+
+fn eth() -> EthConfig {
+    EthConfig::new(IFACE)
+}
+
+/// Server in namespace a, client in namespace b.
+fn connect_pair<M: Medium>(
+    pair: &NetnsPair,
+    scfg: ReliableConfig,
+    ccfg: ReliableConfig,
+) -> (M::S, M::C, PeerId) {
+    let mut server = NetnsPair::run_in(&pair.a, move || M::server(&eth(), scfg))
+        .unwrap()
+        .unwrap();
+    let t = NetnsPair::spawn_in(&pair.b, move || M::client(&eth(), MAC_A, ccfg));
+    let mut evs = Vec::new();
+    server_until(&mut server, &mut evs, |e| !e.is_empty());
+    let client = t.join().unwrap().unwrap().unwrap();
+    let Ev::Connected(peer) = evs[0] else {
+        panic!("{evs:?}")
+    };
+    (server, client, peer)
+}
+
+fn frame(i: u32, len: usize) -> Vec<u8> {
+    let mut v = vec![(i % 251) as u8; len.max(4)];
+    v[..4].copy_from_slice(&i.to_le_bytes());
+    v
+}
+
+/// Both directions at once, single thread; checks exactly-once in-order delivery.
+fn exchange(
+    server: &mut dyn ServerTransport,
+    client: &mut dyn ClientTransport,
+    peer: PeerId,
+    n: u32,
+    max_len: usize,
+) {
+    let (mut sent_c, mut sent_s, mut got_s, mut got_c) = (0u32, 0u32, 0u32, 0u32);
+    let len_c = |i: u32| (i as usize * 7919) % max_len;
+    let len_s = |i: u32| (i as usize * 104_729) % max_len;
+    let start = Instant::now();
+    while got_s < n || got_c < n {
+        assert!(
+            start.elapsed() < HANG_GUARD,
+            "stuck: sent_c={sent_c} got_s={got_s} sent_s={sent_s} got_c={got_c}"
+        );
+        while sent_c < n {
+            match client.send(&frame(sent_c, len_c(sent_c))) {
+                Ok(()) => sent_c += 1,
+                Err(TransportError::Full) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        while sent_s < n {
+            match server.send(peer, &frame(sent_s, len_s(sent_s))) {
+                Ok(()) => sent_s += 1,
+                Err(TransportError::Full) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let a = server
+            .poll(&mut |ev| match ev {
+                ServerEvent::Frame(p, b) => {
+                    assert_eq!(p, peer);
+                    assert_eq!(b, &frame(got_s, len_c(got_s))[..]);
+                    got_s += 1;
+                }
+                other => panic!("unexpected {other:?}"),
+            })
+            .unwrap();
+        let b = client
+            .poll(&mut |b| {
+                assert_eq!(b, &frame(got_c, len_s(got_c))[..]);
+                got_c += 1;
+            })
+            .unwrap();
+        if a == 0 && b == 0 {
+            client.wait(Some(Duration::from_micros(200))).unwrap();
+        }
+    }
+}
+
+fn many_frames_both_ways<M: Medium>(pair: &NetnsPair) {
+    let cfg = ReliableConfig::default();
+    let (mut s, mut c, peer) = connect_pair::<M>(pair, cfg, cfg);
+    exchange(&mut s, &mut c, peer, 5000, 1400);
+}
+
+fn large_frames<M: Medium>(pair: &NetnsPair) {
+    let cfg = ReliableConfig::default();
+    let (mut s, mut c, peer) = connect_pair::<M>(pair, cfg, cfg);
+    exchange(&mut s, &mut c, peer, 300, MAX_FRAME + 1);
+    let big: Vec<u8> = (0..MAX_FRAME).map(|i| (i * 31 % 256) as u8).collect();
+    c.send(&big).unwrap();
+    let mut evs = Vec::new();
+    server_until(&mut s, &mut evs, |e| !e.is_empty());
+    assert_eq!(evs, vec![Ev::Frame(peer, big)]);
+    let too_big = vec![0u8; MAX_FRAME + 1];
+    assert!(matches!(
+        c.send(&too_big),
+        Err(TransportError::FrameTooLarge { .. })
+    ));
+    assert!(matches!(
+        s.send(peer, &too_big),
+        Err(TransportError::FrameTooLarge { .. })
+    ));
+}
+
+/// With a 1500-byte MTU, frames up to MTU - 30 bytes work; larger ones fail clearly.
+fn small_mtu_limits_frames<M: Medium>(pair: &NetnsPair) {
+    let cfg = ReliableConfig::default();
+    let (mut s, mut c, peer) = connect_pair::<M>(pair, cfg, cfg);
+    exchange(&mut s, &mut c, peer, 200, 1471);
+    match c.send(&[0u8; 1471]) {
+        Err(TransportError::FrameTooLarge { len: 1471, max: 1470 }) => {}
+        other => panic!("{other:?}"),
+    }
+    match s.send(peer, &[0u8; 2000]) {
+        Err(TransportError::FrameTooLarge { len: 2000, max: 1470 }) => {}
+        other => panic!("{other:?}"),
+    }
+}
+
+fn lossy_exactly_once<M: Medium>(pair: &NetnsPair) {
+    let faulty = |seed| ReliableConfig {
+        faults: FaultConfig {
+            drop_rate: 0.2,
+            dup_rate: 0.2,
+            seed,
+            on_send: true,
+            on_recv: true,
+        },
+        give_up: Duration::from_secs(20),
+        ..ReliableConfig::default()
+    };
+    let (mut s, mut c, peer) = connect_pair::<M>(pair, faulty(1), faulty(2));
+    exchange(&mut s, &mut c, peer, 2000, 1400);
+}
+
+fn close_detected<M: Medium>(pair: &NetnsPair) {
+    let cfg = ReliableConfig::default();
+    let (mut s, c, peer) = connect_pair::<M>(pair, cfg, cfg);
+    drop(c); // FIN
+    let mut evs = Vec::new();
+    server_until(&mut s, &mut evs, |e| e.contains(&Ev::Disconnected(peer)));
+    let (s, mut c, _) = connect_pair::<M>(pair, cfg, cfg);
+    drop(s);
+    let start = Instant::now();
+    loop {
+        assert!(start.elapsed() < HANG_GUARD);
+        match c.poll(&mut |_| {}) {
+            Err(TransportError::Disconnected) => break,
+            Ok(_) => c.wait(Some(Duration::from_millis(5))).unwrap(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+fn config_errors<M: Medium>(pair: &NetnsPair) {
+    let cfg = ReliableConfig::default();
+    let missing = NetnsPair::run_in(&pair.a, move || {
+        M::server(&EthConfig::new("lmnosuch0"), cfg).err()
+    })
+    .unwrap();
+    assert!(
+        matches!(missing, Some(TransportError::Ethernet(EthError::NoSuchInterface(ref n))) if n == "lmnosuch0"),
+        "{missing:?}"
+    );
+    let bad_type = NetnsPair::run_in(&pair.a, move || {
+        let mut e = eth();
+        e.ethertype = 0x0100;
+        M::server(&e, cfg).err()
+    })
+    .unwrap();
+    assert!(
+        matches!(bad_type, Some(TransportError::Ethernet(EthError::BadEtherType(0x0100)))),
+        "{bad_type:?}"
+    );
+    assert!(matches!(
+        "02:00:00:00:00".parse::<MacAddr>(),
+        Err(EthError::BadMac(_))
+    ));
+    let down = std::process::Command::new("ip")
+        .args(["-n", &pair.a, "link", "set", IFACE, "down"])
+        .status()
+        .unwrap();
+    assert!(down.success());
+    let down = NetnsPair::run_in(&pair.a, move || M::server(&eth(), cfg).err()).unwrap();
+    assert!(
+        matches!(down, Some(TransportError::Ethernet(EthError::InterfaceDown(_)))),
+        "{down:?}"
+    );
+}
+
+/// Child-process side of `client_process_killed`; a no-op as an ordinary test.
+#[test]
+fn eth_child_entry() {
+    let Ok(medium) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let cfg = ReliableConfig::default();
+    let mut c: Box<dyn ClientTransport> = match medium.as_str() {
+        "afpacket" => Box::new(AfPacket::client(&eth(), MAC_A, cfg).unwrap()),
+        #[cfg(feature = "afxdp")]
+        "afxdp" => Box::new(AfXdp::client(&eth(), MAC_A, cfg).unwrap()),
+        other => panic!("unknown medium {other}"),
+    };
+    c.send(b"child-hello").unwrap();
+    loop {
+        let mut frames = Vec::new();
+        if c.poll(&mut |b| frames.push(b.to_vec())).is_err() {
+            std::process::exit(3);
+        }
+        for f in frames {
+            while let Err(TransportError::Full) = c.send(&f) {}
+        }
+        c.wait(Some(Duration::from_millis(100))).unwrap();
+    }
+}
+
+fn client_process_killed<M: Medium>(pair: &NetnsPair) {
+    let cfg = ReliableConfig {
+        keepalive: Some(Duration::from_millis(20)),
+        peer_timeout: Duration::from_millis(300),
+        ..ReliableConfig::default()
+    };
+    let mut server = NetnsPair::run_in(&pair.a, move || M::server(&eth(), cfg))
+        .unwrap()
+        .unwrap();
+    let mut child = NetnsPair::command_in(&pair.b, std::env::current_exe().unwrap())
+        .args(["--exact", "eth_child_entry", "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, M::NAME)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut evs = Vec::new();
+    server_until(&mut server, &mut evs, |e| {
+        e.iter()
+            .any(|e| matches!(e, Ev::Frame(_, b) if b == b"child-hello"))
+    });
+    let Ev::Connected(peer) = evs[0] else {
+        panic!("{evs:?}")
+    };
+    server.send(peer, b"ping").unwrap();
+    server_until(&mut server, &mut evs, |e| {
+        e.contains(&Ev::Frame(peer, b"ping".to_vec()))
+    });
+    // `ip netns exec` execs the test binary, so this pid is the client itself.
+    child.kill().unwrap(); // SIGKILL: no FIN, only the liveness timeout can tell
+    child.wait().unwrap();
+    server_until(&mut server, &mut evs, |e| e.contains(&Ev::Disconnected(peer)));
+    assert_eq!(evs.last(), Some(&Ev::Disconnected(peer)));
+}
+
+macro_rules! medium_tests {
+    ($modname:ident, $medium:ty) => {
+        mod $modname {
+            use super::*;
+
+            fn with_pair(test: &str, mtu: usize, f: impl FnOnce(&NetnsPair)) {
+                if let Some(pair) = netns::pair_or_skip(test, mtu) {
+                    f(&pair);
+                }
+            }
+
+            #[test]
+            fn many_frames_both_ways_in_order() {
+                with_pair("many_frames", 9000, many_frames_both_ways::<$medium>);
+            }
+            #[test]
+            fn large_frames_and_too_large() {
+                with_pair("large_frames", 9000, large_frames::<$medium>);
+            }
+            #[test]
+            fn small_mtu_frame_limit() {
+                with_pair("small_mtu", 1500, small_mtu_limits_frames::<$medium>);
+            }
+            #[test]
+            fn lossy_and_duplicating_delivers_exactly_once_in_order() {
+                with_pair("lossy", 9000, lossy_exactly_once::<$medium>);
+            }
+            #[test]
+            fn close_detected_both_ways() {
+                with_pair("close", 9000, close_detected::<$medium>);
+            }
+            #[test]
+            fn typed_config_errors() {
+                with_pair("config_errors", 9000, config_errors::<$medium>);
+            }
+            #[test]
+            fn client_process_killed_disconnects() {
+                with_pair("killed", 9000, client_process_killed::<$medium>);
+            }
+        }
+    };
+}
+
+medium_tests!(afpacket, AfPacket);
+#[cfg(feature = "afxdp")]
+medium_tests!(afxdp, AfXdp);
+
+#[test]
+fn packet_link_needs_existing_interface_outside_netns_too() {
+    let e = PacketLink::open(&EthConfig::new("lmnosuch1")).unwrap_err();
+    assert!(matches!(
+        e,
+        TransportError::Ethernet(EthError::NoSuchInterface(_))
+    ));
+}
