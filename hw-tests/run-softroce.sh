@@ -236,6 +236,7 @@ log "initramfs: $(du -h "$WORK/initrd.gz" | cut -f1)"
 
 # ---- boot ---------------------------------------------------------------------------------------
 OUT=$WORK/console.log
+: >"$OUT"
 log "booting $KVER under qemu (timeout ${TIMEOUT}s)"
 "$QEMU" "${QEMU_FW[@]}" -nodefaults -nographic -serial stdio -cpu max -smp 2 -m 1024 -no-reboot \
     -kernel "$KROOT/boot/vmlinuz-$KVER" -initrd "$WORK/initrd.gz" \
@@ -258,6 +259,7 @@ sleep 0.2
 kill "$TAIL_PID" 2>/dev/null || true
 wait "$TAIL_PID" 2>/dev/null || true
 
+mkdir -p "$TARGET_DIR" && cp "$OUT" "$TARGET_DIR/softroce-console.log" 2>/dev/null || true
 STATUS=$(tr -d '\r' <"$OUT" | sed -n 's/^SOFTROCE-STATUS: \([0-9]*\).*/\1/p' | tail -1)
 if [ -z "$STATUS" ]; then
     fail "the guest reported no status (boot failure or timeout); console log above"

@@ -6,6 +6,8 @@
 //! [`LockClient::connect`] (the authenticated handshake) and the convenience
 //! [`LockClient::call`] wait.
 
+pub mod mux;
+
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};

@@ -151,8 +151,14 @@ impl<T: ServerTransport> Server<T> {
         let core = &mut self.core;
         // One clock read per round: every frame of the round is stamped with it.
         let polled_at = Instant::now();
-        let events = self.transport.poll(&mut |event| core.on_event(event, polled_at))?;
-        let now = if events > 0 { Instant::now() } else { polled_at };
+        let events = self
+            .transport
+            .poll(&mut |event| core.on_event(event, polled_at))?;
+        let now = if events > 0 {
+            Instant::now()
+        } else {
+            polled_at
+        };
         let mut progressed = events > 0;
         let engine_now = self.core.engine_time(now);
         if self

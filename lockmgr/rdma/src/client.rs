@@ -136,7 +136,7 @@ impl ClientTransport for RdmaClient {
         self.conn.poll_cq();
         let n = self.conn.process(BUDGET, f);
         if n == 0 {
-            if self.polls % IO_CHECK_INTERVAL == 0 {
+            if self.polls & (IO_CHECK_INTERVAL - 1) == 0 {
                 self.check_alive();
             }
             if self.dead() && !self.conn.has_pending() {
@@ -162,7 +162,7 @@ impl ClientTransport for RdmaClient {
                     return Ok(());
                 }
                 i = i.wrapping_add(1);
-                if i % 16 == 0 && start.elapsed() >= spin {
+                if i & 15 == 0 && start.elapsed() >= spin {
                     break;
                 }
                 std::hint::spin_loop();

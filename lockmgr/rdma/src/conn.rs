@@ -230,7 +230,7 @@ impl Conn {
             frames_out: 0,
             credit_updates_out: 0,
         };
-        conn.to_init()?;
+        conn.init_state()?;
         for slot in 0..u32::from(recv_slots) {
             conn.post_recv(slot)?;
         }
@@ -255,7 +255,7 @@ impl Conn {
         Ok(())
     }
 
-    fn to_init(&mut self) -> Result<(), RdmaError> {
+    fn init_state(&mut self) -> Result<(), RdmaError> {
         use ib::ibv_qp_attr_mask as m;
         // SAFETY: all-zero is a valid ibv_qp_attr.
         let mut attr: ib::ibv_qp_attr = unsafe { std::mem::zeroed() };
@@ -428,7 +428,7 @@ impl Conn {
         let total = HDR_LEN + payload.len();
         let mut flags = ib::ibv_send_flags::IBV_SEND_SIGNALED;
         let (addr, slot) = if total <= self.max_inline as usize {
-            flags = flags | ib::ibv_send_flags::IBV_SEND_INLINE;
+            flags |= ib::ibv_send_flags::IBV_SEND_INLINE;
             self.inline_buf.clear();
             self.inline_buf.extend_from_slice(&hdr);
             self.inline_buf.extend_from_slice(payload);

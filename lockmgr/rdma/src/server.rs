@@ -306,7 +306,7 @@ impl ServerTransport for RdmaServer {
     fn poll(&mut self, f: &mut dyn FnMut(ServerEvent<'_>)) -> Result<usize, TransportError> {
         let mut n = 0;
         self.polls = self.polls.wrapping_add(1);
-        if self.io_due || self.polls % IO_CHECK_INTERVAL == 0 {
+        if self.io_due || self.polls & (IO_CHECK_INTERVAL - 1) == 0 {
             self.io_due = false;
             n += self.process_io(f)?;
         }
@@ -371,10 +371,10 @@ impl ServerTransport for RdmaServer {
                     return Ok(());
                 }
                 i = i.wrapping_add(1);
-                if i % 16 == 0 && start.elapsed() >= spin {
+                if i & 15 == 0 && start.elapsed() >= spin {
                     break;
                 }
-                if i % 256 == 0 {
+                if i & 255 == 0 {
                     // Connects and deaths are not latency critical but must not wait for the
                     // whole spin budget when it is long.
                     let mut events = std::mem::take(&mut self.events);

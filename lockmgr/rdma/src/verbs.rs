@@ -242,8 +242,11 @@ pub(crate) fn open(cfg: &DeviceConfig) -> Result<Arc<Device>, RdmaError> {
         let mut gid: ib::ibv_gid = unsafe { std::mem::zeroed() };
         // SAFETY: `ctx` is open, `gid` is a valid out-pointer.
         let r = unsafe { ib::ibv_query_gid(ctx, cfg.port, libc::c_int::from(idx), &mut gid) };
+        if r != 0 {
+            return None;
+        }
         // SAFETY: every bit pattern is valid for the `raw` view of the union.
-        (r == 0).then(|| unsafe { gid.raw })
+        Some(unsafe { gid.raw })
     };
     let link_layer = port.link_layer;
     let (gid_index, gid) = match cfg.gid_index {

@@ -279,8 +279,17 @@ mod tests {
         assert_eq!(m.0, [2, 0, 0x0a, 0xbc, 0xde, 0xf0]);
         assert_eq!(m.to_string(), "02:00:0a:bc:de:f0");
         assert_eq!("02-00-0a-bc-de-f0".parse::<MacAddr>().unwrap(), m);
-        for bad in ["", "02:00:0a:bc:de", "02:00:0a:bc:de:f0:11", "2:00:0a:bc:de:f0", "zz:00:0a:bc:de:f0"] {
-            assert!(matches!(bad.parse::<MacAddr>(), Err(EthError::BadMac(_))), "{bad}");
+        for bad in [
+            "",
+            "02:00:0a:bc:de",
+            "02:00:0a:bc:de:f0:11",
+            "2:00:0a:bc:de:f0",
+            "zz:00:0a:bc:de:f0",
+        ] {
+            assert!(
+                matches!(bad.parse::<MacAddr>(), Err(EthError::BadMac(_))),
+                "{bad}"
+            );
         }
     }
 

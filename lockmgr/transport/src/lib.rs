@@ -23,9 +23,9 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod afpacket;
 #[cfg(feature = "afxdp")]
 pub mod afxdp;
-pub mod afpacket;
 pub mod eth;
 pub mod netns;
 pub mod raw;

@@ -23,9 +23,9 @@
 //!   of every medium exercise the same recovery paths.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::io;
 use std::fmt::Debug;
 use std::hash::Hash;
+use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -472,7 +472,12 @@ impl<A: Copy + Debug> Conn<A> {
     }
 
     /// Retransmissions, delayed acks, keepalive; marks `dead` when the peer is gone.
-    fn on_timers<L: Link<Addr = A>>(&mut self, sock: &mut Sock<L>, cfg: &ReliableConfig, now: Instant) {
+    fn on_timers<L: Link<Addr = A>>(
+        &mut self,
+        sock: &mut Sock<L>,
+        cfg: &ReliableConfig,
+        now: Instant,
+    ) {
         if self.dead {
             return;
         }

@@ -20,6 +20,8 @@ const CHILD_ENV: &str = "LOCKMGR_TRANSPORT_ETH_CHILD";
 
 trait Medium {
     const NAME: &'static str;
+    /// Largest frame with a 9000-byte MTU.
+    const MAX: usize;
     type S: ServerTransport + 'static;
     type C: ClientTransport + 'static;
     fn server(eth: &EthConfig, cfg: ReliableConfig) -> Result<Self::S, TransportError>;
@@ -33,6 +35,7 @@ trait Medium {
 struct AfPacket;
 impl Medium for AfPacket {
     const NAME: &'static str = "afpacket";
+    const MAX: usize = MAX_FRAME;
     type S = PacketServer;
     type C = PacketClient;
     fn server(eth: &EthConfig, cfg: ReliableConfig) -> Result<Self::S, TransportError> {
@@ -52,6 +55,7 @@ struct AfXdp;
 #[cfg(feature = "afxdp")]
 impl Medium for AfXdp {
     const NAME: &'static str = "afxdp";
+    const MAX: usize = lockmgr_transport::afxdp::MAX_XDP_FRAME;
     type S = lockmgr_transport::afxdp::XdpServer;
     type C = lockmgr_transport::afxdp::XdpClient;
     fn server(eth: &EthConfig, cfg: ReliableConfig) -> Result<Self::S, TransportError> {
@@ -185,17 +189,17 @@ fn many_frames_both_ways<M: Medium>(pair: &NetnsPair) {
 fn large_frames<M: Medium>(pair: &NetnsPair) {
     let cfg = ReliableConfig::default();
     let (mut s, mut c, peer) = connect_pair::<M>(pair, cfg, cfg);
-    exchange(&mut s, &mut c, peer, 300, MAX_FRAME + 1);
-    let big: Vec<u8> = (0..MAX_FRAME).map(|i| (i * 31 % 256) as u8).collect();
+    exchange(&mut s, &mut c, peer, 300, M::MAX + 1);
+    let big: Vec<u8> = (0..M::MAX).map(|i| (i * 31 % 256) as u8).collect();
     c.send(&big).unwrap();
     let mut evs = Vec::new();
     server_until(&mut s, &mut evs, |e| !e.is_empty());
     assert_eq!(evs, vec![Ev::Frame(peer, big)]);
-    let too_big = vec![0u8; MAX_FRAME + 1];
-    assert!(matches!(
-        c.send(&too_big),
-        Err(TransportError::FrameTooLarge { .. })
-    ));
+    let too_big = vec![0u8; M::MAX + 1];
+    match c.send(&too_big) {
+        Err(TransportError::FrameTooLarge { max, .. }) => assert_eq!(max, M::MAX),
+        other => panic!("{other:?}"),
+    }
     assert!(matches!(
         s.send(peer, &too_big),
         Err(TransportError::FrameTooLarge { .. })
@@ -208,11 +212,17 @@ fn small_mtu_limits_frames<M: Medium>(pair: &NetnsPair) {
     let (mut s, mut c, peer) = connect_pair::<M>(pair, cfg, cfg);
     exchange(&mut s, &mut c, peer, 200, 1471);
     match c.send(&[0u8; 1471]) {
-        Err(TransportError::FrameTooLarge { len: 1471, max: 1470 }) => {}
+        Err(TransportError::FrameTooLarge {
+            len: 1471,
+            max: 1470,
+        }) => {}
         other => panic!("{other:?}"),
     }
     match s.send(peer, &[0u8; 2000]) {
-        Err(TransportError::FrameTooLarge { len: 2000, max: 1470 }) => {}
+        Err(TransportError::FrameTooLarge {
+            len: 2000,
+            max: 1470,
+        }) => {}
         other => panic!("{other:?}"),
     }
 }
@@ -239,6 +249,8 @@ fn close_detected<M: Medium>(pair: &NetnsPair) {
     drop(c); // FIN
     let mut evs = Vec::new();
     server_until(&mut s, &mut evs, |e| e.contains(&Ev::Disconnected(peer)));
+    // AF_XDP: one socket per interface queue, so the first server must go first.
+    drop(s);
     let (s, mut c, _) = connect_pair::<M>(pair, cfg, cfg);
     drop(s);
     let start = Instant::now();
@@ -269,7 +281,10 @@ fn config_errors<M: Medium>(pair: &NetnsPair) {
     })
     .unwrap();
     assert!(
-        matches!(bad_type, Some(TransportError::Ethernet(EthError::BadEtherType(0x0100)))),
+        matches!(
+            bad_type,
+            Some(TransportError::Ethernet(EthError::BadEtherType(0x0100)))
+        ),
         "{bad_type:?}"
     );
     assert!(matches!(
@@ -283,7 +298,10 @@ fn config_errors<M: Medium>(pair: &NetnsPair) {
     assert!(down.success());
     let down = NetnsPair::run_in(&pair.a, move || M::server(&eth(), cfg).err()).unwrap();
     assert!(
-        matches!(down, Some(TransportError::Ethernet(EthError::InterfaceDown(_)))),
+        matches!(
+            down,
+            Some(TransportError::Ethernet(EthError::InterfaceDown(_)))
+        ),
         "{down:?}"
     );
 }
@@ -324,7 +342,12 @@ fn client_process_killed<M: Medium>(pair: &NetnsPair) {
         .unwrap()
         .unwrap();
     let mut child = NetnsPair::command_in(&pair.b, std::env::current_exe().unwrap())
-        .args(["--exact", "eth_child_entry", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "eth_child_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, M::NAME)
         .stdout(Stdio::null())
         .spawn()
@@ -344,7 +367,9 @@ fn client_process_killed<M: Medium>(pair: &NetnsPair) {
     // `ip netns exec` execs the test binary, so this pid is the client itself.
     child.kill().unwrap(); // SIGKILL: no FIN, only the liveness timeout can tell
     child.wait().unwrap();
-    server_until(&mut server, &mut evs, |e| e.contains(&Ev::Disconnected(peer)));
+    server_until(&mut server, &mut evs, |e| {
+        e.contains(&Ev::Disconnected(peer))
+    });
     assert_eq!(evs.last(), Some(&Ev::Disconnected(peer)));
 }
 

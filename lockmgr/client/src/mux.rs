@@ -1,0 +1,377 @@
+//! One lockmgrd session shared by all SMB connections of a node.
+//!
+//! lockmgrd knows nodes, not SMB connections: each smbd node holds one authenticated session and
+//! the engine's owner of an open is the open itself. [`NodeSessions`] keeps the node-local half
+//! of the bookkeeping: which connection owns which open, lease and waiting request, so that
+//! breaks and deferred completions reach the right connection, CANCEL finds its request, and a
+//! dropped connection releases exactly what it held.
+//!
+//! Requests are synchronous here (one lock-manager round trip, microseconds over shared memory):
+//! that keeps the SMB code's lock calls simple. Waiting SMB requests never block: the lock manager
+//! answers `Pending` at once and completes them later through [`NodeSessions::poll_event`].
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+use lockmgr_engine::{
+    ClientGuid, LeaseKey, Notification, OpenId, OplockGrant, Reply, Request, RequestId, SessionId,
+    Status,
+};
+use lockmgr_transport::ClientTransport;
+
+use crate::{ClientError, Event, LockClient};
+
+/// Opens a new lockmgrd session (used at start and to reconnect after lockmgrd restarts).
+pub type Connector<T> = Box<dyn FnMut() -> Result<LockClient<T>, ClientError> + Send>;
+
+/// What a deferred request was, so its completion can be booked like an immediate reply.
+struct Deferred {
+    conn: SessionId,
+    conn_request: RequestId,
+    lease: Option<(ClientGuid, LeaseKey)>,
+}
+
+/// The node's view of its lock-manager session, multiplexed over its SMB connections.
+pub struct NodeSessions<T: ClientTransport> {
+    connect: Connector<T>,
+    client: Option<LockClient<T>>,
+    timeout: Duration,
+    /// When the last connection attempt failed (reconnects are spaced out).
+    last_attempt: Option<Instant>,
+    conn_opens: HashMap<SessionId, HashSet<OpenId>>,
+    open_conn: HashMap<OpenId, SessionId>,
+    lease_conn: HashMap<(ClientGuid, LeaseKey), SessionId>,
+    deferred: HashMap<RequestId, Deferred>,
+    conn_deferred: HashMap<(SessionId, RequestId), RequestId>,
+    /// Requests sent without waiting for the reply (closes of a dropped connection).
+    fire_and_forget: HashSet<RequestId>,
+    events: VecDeque<(SessionId, Notification)>,
+}
+
+/// How long to wait between attempts to reach a lockmgrd that is down.
+const RECONNECT_INTERVAL: Duration = Duration::from_millis(500);
+
+impl<T: ClientTransport> NodeSessions<T> {
+    /// Connects at once; if lockmgrd is not reachable yet, later calls retry.
+    pub fn new(mut connect: Connector<T>, timeout: Duration) -> NodeSessions<T> {
+        let client = match connect() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!(%e, "cannot reach lockmgrd; lock requests fail until it is back");
+                None
+            }
+        };
+        NodeSessions {
+            last_attempt: client.is_none().then(Instant::now),
+            connect,
+            client,
+            timeout,
+            conn_opens: HashMap::new(),
+            open_conn: HashMap::new(),
+            lease_conn: HashMap::new(),
+            deferred: HashMap::new(),
+            conn_deferred: HashMap::new(),
+            fire_and_forget: HashSet::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Whether a lockmgrd session is up.
+    pub fn is_connected(&self) -> bool {
+        self.client.is_some()
+    }
+
+    /// The fd a pump thread can sleep on (readable when lockmgrd sent something).
+    pub fn raw_fd(&self) -> Option<RawFd> {
+        self.client.as_ref().and_then(|c| c.as_raw_fd())
+    }
+
+    /// Prepares the fd for sleeping; false means events are already waiting.
+    pub fn arm(&mut self) -> bool {
+        match self.client.as_mut() {
+            Some(c) => c.arm().unwrap_or(false),
+            None => true,
+        }
+    }
+
+    fn ensure_client(&mut self) -> Option<&mut LockClient<T>> {
+        if self.client.is_none() {
+            let due = self
+                .last_attempt
+                .is_none_or(|t| t.elapsed() >= RECONNECT_INTERVAL);
+            if due {
+                self.last_attempt = Some(Instant::now());
+                match (self.connect)() {
+                    Ok(c) => {
+                        tracing::info!(session = c.session().0, "lockmgrd session established");
+                        self.client = Some(c);
+                    }
+                    Err(e) => tracing::warn!(%e, "lockmgrd still unreachable"),
+                }
+            }
+        }
+        self.client.as_mut()
+    }
+
+    /// The lock manager is gone: everything it held for us is gone with it. Waiting requests
+    /// fail, and the open ids we hold mean nothing to the next lockmgrd.
+    fn lost_session(&mut self, why: &ClientError) {
+        tracing::error!(%why, "lockmgrd session lost");
+        self.client = None;
+        self.last_attempt = Some(Instant::now());
+        for (_, d) in self.deferred.drain() {
+            self.events.push_back((
+                d.conn,
+                Notification::Completed {
+                    request: d.conn_request,
+                    reply: Reply::Done(Status::RequestNotAccepted),
+                },
+            ));
+        }
+        self.conn_deferred.clear();
+        self.fire_and_forget.clear();
+    }
+
+    /// One request of SMB connection `conn` (its own request id `conn_request`, used again by
+    /// CANCEL). Returns the immediate reply; `Pending` ones complete through `poll_event`.
+    pub fn request(&mut self, conn: SessionId, conn_request: RequestId, req: Request) -> Reply {
+        let req = match req {
+            Request::Cancel { request } => match self.conn_deferred.get(&(conn, request)) {
+                Some(&id) => Request::Cancel { request: id },
+                None => return Reply::Done(Status::NotFound),
+            },
+            other => other,
+        };
+        let lease = match &req {
+            Request::Open(o) => match o.oplock {
+                lockmgr_engine::OplockRequest::Lease(l) => Some((o.client_guid, l.key)),
+                _ => None,
+            },
+            _ => None,
+        };
+        let closing = match &req {
+            Request::Close { open } => Some(*open),
+            _ => None,
+        };
+        let timeout = self.timeout;
+        let Some(client) = self.ensure_client() else {
+            return Reply::Done(Status::RequestNotAccepted);
+        };
+        let sent = client
+            .submit(req)
+            .and_then(|id| client.flush().map(|()| id));
+        let id = match sent {
+            Ok(id) => id,
+            Err(e) => {
+                self.lost_session(&e);
+                return Reply::Done(Status::RequestNotAccepted);
+            }
+        };
+        let deadline = Instant::now() + timeout;
+        let reply = match self.pump_until(Some(id), deadline) {
+            Ok(Some(reply)) => reply,
+            Ok(None) => {
+                tracing::error!(request = id.0, "lockmgrd did not answer in time");
+                self.lost_session(&ClientError::Timeout);
+                return Reply::Done(Status::RequestNotAccepted);
+            }
+            Err(e) => {
+                self.lost_session(&e);
+                return Reply::Done(Status::RequestNotAccepted);
+            }
+        };
+        match &reply {
+            Reply::Opened { open, grant } => self.book_open(conn, *open, *grant, lease),
+            Reply::Pending => {
+                self.deferred.insert(
+                    id,
+                    Deferred {
+                        conn,
+                        conn_request,
+                        lease,
+                    },
+                );
+                self.conn_deferred.insert((conn, conn_request), id);
+            }
+            Reply::Closed { .. } => {
+                if let Some(open) = closing {
+                    self.forget_open(open);
+                }
+            }
+            _ => {}
+        }
+        reply
+    }
+
+    fn book_open(
+        &mut self,
+        conn: SessionId,
+        open: OpenId,
+        grant: OplockGrant,
+        lease: Option<(ClientGuid, LeaseKey)>,
+    ) {
+        self.open_conn.insert(open, conn);
+        self.conn_opens.entry(conn).or_default().insert(open);
+        if let (OplockGrant::Lease(_), Some(key)) = (grant, lease) {
+            self.lease_conn.insert(key, conn);
+        }
+    }
+
+    fn forget_open(&mut self, open: OpenId) {
+        if let Some(conn) = self.open_conn.remove(&open) {
+            if let Some(set) = self.conn_opens.get_mut(&conn) {
+                set.remove(&open);
+                if set.is_empty() {
+                    self.conn_opens.remove(&conn);
+                }
+            }
+        }
+    }
+
+    /// Reads what lockmgrd sent until the reply to `want` arrives (or, with `want == None`, until
+    /// nothing more is waiting). Notifications are translated and queued for `poll_event`.
+    fn pump_until(
+        &mut self,
+        want: Option<RequestId>,
+        deadline: Instant,
+    ) -> Result<Option<Reply>, ClientError> {
+        loop {
+            let Some(client) = self.client.as_mut() else {
+                return Err(ClientError::SessionEnded);
+            };
+            let mut got = Vec::new();
+            let n = client.poll(&mut |ev| got.push(ev))?;
+            let mut found = None;
+            for ev in got {
+                match ev {
+                    Event::Reply { request, reply } if Some(request) == want => found = Some(reply),
+                    Event::Reply { request, .. } => {
+                        self.fire_and_forget.remove(&request);
+                    }
+                    Event::Notify(n) => self.route(n),
+                    Event::StatusText { .. } => {}
+                }
+            }
+            if found.is_some() {
+                return Ok(found);
+            }
+            if want.is_none() && n == 0 {
+                return Ok(None);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            if n == 0 {
+                if let Some(client) = self.client.as_mut() {
+                    client.wait(Some((deadline - now).min(Duration::from_millis(50))))?;
+                }
+            }
+        }
+    }
+
+    fn route(&mut self, n: Notification) {
+        let target = match &n {
+            Notification::OplockBreak { open, .. } => self.open_conn.get(open).copied(),
+            Notification::LeaseBreak {
+                client_guid, key, ..
+            } => self.lease_conn.get(&(*client_guid, *key)).copied(),
+            Notification::Completed { request, reply } => {
+                let Some(d) = self.deferred.remove(request) else {
+                    // A completion of a request the node already forgot (its connection
+                    // dropped and cancelled it).
+                    return;
+                };
+                self.conn_deferred.remove(&(d.conn, d.conn_request));
+                if let Reply::Opened { open, grant } = reply {
+                    self.book_open(d.conn, *open, *grant, d.lease);
+                }
+                self.events.push_back((
+                    d.conn,
+                    Notification::Completed {
+                        request: d.conn_request,
+                        reply: reply.clone(),
+                    },
+                ));
+                return;
+            }
+            _ => None,
+        };
+        match target {
+            Some(conn) => self.events.push_back((conn, n)),
+            None => tracing::debug!(?n, "notification for no known connection dropped"),
+        }
+    }
+
+    /// SMB connection `conn` is gone: close what it still holds and cancel what it waits for.
+    pub fn end_connection(&mut self, conn: SessionId) {
+        let opens = self.conn_opens.remove(&conn).unwrap_or_default();
+        let waiting: Vec<RequestId> = self
+            .conn_deferred
+            .iter()
+            .filter(|((c, _), _)| *c == conn)
+            .map(|(_, id)| *id)
+            .collect();
+        for open in &opens {
+            self.open_conn.remove(open);
+        }
+        self.lease_conn.retain(|_, c| *c != conn);
+        for id in &waiting {
+            if let Some(d) = self.deferred.remove(id) {
+                self.conn_deferred.remove(&(d.conn, d.conn_request));
+            }
+        }
+        if opens.is_empty() && waiting.is_empty() {
+            return;
+        }
+        let Some(client) = self.client.as_mut() else {
+            return;
+        };
+        let mut ids = Vec::new();
+        let res = (|| {
+            for id in waiting {
+                ids.push(client.submit(Request::Cancel { request: id })?);
+            }
+            for open in opens {
+                ids.push(client.submit(Request::Close { open })?);
+            }
+            client.flush()
+        })();
+        match res {
+            Ok(()) => self.fire_and_forget.extend(ids),
+            Err(e) => self.lost_session(&e),
+        }
+    }
+
+    /// Non-blocking: takes in what lockmgrd sent, keeps the session alive, reconnects if needed.
+    pub fn tick(&mut self) {
+        if self.ensure_client().is_none() {
+            return;
+        }
+        let now = Instant::now();
+        if let Err(e) = self.pump_until(None, now) {
+            self.lost_session(&e);
+            return;
+        }
+        if let Some(client) = self.client.as_mut() {
+            if let Err(e) = client.tick(now) {
+                self.lost_session(&e);
+            }
+        }
+    }
+
+    /// Next break or completion, addressed to the SMB connection it belongs to.
+    pub fn poll_event(&mut self) -> Option<(SessionId, Notification)> {
+        self.events.pop_front()
+    }
+
+    /// The lock manager's operator view, through this node's session.
+    pub fn status(&mut self) -> Result<String, ClientError> {
+        let timeout = self.timeout;
+        match self.ensure_client() {
+            Some(c) => c.status(timeout),
+            None => Err(ClientError::SessionEnded),
+        }
+    }
+}

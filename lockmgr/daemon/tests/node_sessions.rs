@@ -1,0 +1,383 @@
+//! Two smbd nodes, each one lockmgrd session multiplexed over its SMB connections
+//! (`lockmgr_client::mux::NodeSessions`), against an in-process lockmgrd over shared memory:
+//! breaks and deferred completions reach the right connection on the right node.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lockmgr_client::mux::NodeSessions;
+use lockmgr_client::{ClientOptions, LockClient};
+use lockmgr_engine::{
+    access, share, ClientGuid, FileId, LockRange, Notification, OpenId, OpenRequest, OplockGrant,
+    OplockLevel, OplockRequest, Reply, Request, RequestId, SessionId, Status,
+};
+use lockmgr_proto::ClusterKey;
+use lockmgr_transport::shm::{ShmClient, ShmConfig, ShmServer};
+use lockmgr_transport::{ServerTransport, SpinConfig};
+use lockmgrd::{Server, ServerOptions};
+
+const KEY: &[u8] = b"node-sessions-test-key-000000000";
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Running {
+    stop: Arc<AtomicBool>,
+    waker: lockmgr_transport::Waker,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _dir: Option<tempfile::TempDir>,
+    path: std::path::PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.waker.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn start(break_timeout: Duration) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lockmgr.sock");
+    start_at(Some(dir), path, break_timeout)
+}
+
+fn start_at(
+    dir: Option<tempfile::TempDir>,
+    path: std::path::PathBuf,
+    break_timeout: Duration,
+) -> Running {
+    let spin = SpinConfig {
+        spin: Duration::ZERO,
+    };
+    let transport = ShmServer::bind(
+        &path,
+        ShmConfig {
+            spin,
+            ..ShmConfig::default()
+        },
+    )
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let waker = transport.waker();
+    let flag = Arc::clone(&stop);
+    let thread = std::thread::spawn(move || {
+        let mut s = Server::new(
+            transport,
+            ServerOptions {
+                key: ClusterKey::new(KEY).unwrap(),
+                liveness: Duration::from_secs(10),
+                engine: lockmgr_engine::Config {
+                    break_timeout: lockmgr_engine::Duration(break_timeout.as_nanos() as u64),
+                },
+            },
+        );
+        s.run(&flag).unwrap();
+    });
+    Running {
+        stop,
+        waker,
+        thread: Some(thread),
+        _dir: dir,
+        path,
+    }
+}
+
+fn node(r: &Running, name: &str) -> NodeSessions<ShmClient> {
+    let path = r.path.clone();
+    let name = name.to_string();
+    NodeSessions::new(
+        Box::new(move || {
+            let t = ShmClient::connect(
+                &path,
+                SpinConfig {
+                    spin: Duration::ZERO,
+                },
+                TIMEOUT,
+            )?;
+            LockClient::connect(
+                t,
+                &ClientOptions {
+                    node_name: name.clone(),
+                    key: ClusterKey::new(KEY).unwrap(),
+                    handshake_timeout: TIMEOUT,
+                },
+            )
+        }),
+        TIMEOUT,
+    )
+}
+
+fn next_event(n: &mut NodeSessions<ShmClient>) -> (SessionId, Notification) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        n.tick();
+        if let Some(ev) = n.poll_event() {
+            return ev;
+        }
+        assert!(Instant::now() < deadline, "no event arrived");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn open_req(file: FileId, oplock: OplockRequest, guid: u128) -> Request {
+    Request::Open(OpenRequest {
+        file,
+        access: access::FILE_READ_DATA | access::FILE_WRITE_DATA,
+        share: share::READ | share::WRITE,
+        client_guid: ClientGuid(guid),
+        oplock,
+        ..OpenRequest::default()
+    })
+}
+
+/// Node A's connection 1 holds a batch oplock; node B's connection 7 opens the file: the
+/// break goes to node A, connection 1 (not to A's other connection), B's create waits, and the
+/// ack completes it on B under B's own request id.
+#[test]
+fn oplock_break_crosses_nodes_and_completes_the_waiting_create() {
+    let r = start(Duration::from_secs(35));
+    let mut a = node(&r, "node-a");
+    let mut b = node(&r, "node-b");
+    let file = FileId(0xabc);
+    // A second connection on A with an unrelated open: must not receive the break.
+    let Reply::Opened { .. } = a.request(
+        SessionId(2),
+        RequestId(1),
+        open_req(FileId(0xdef), OplockRequest::None, 2),
+    ) else {
+        panic!()
+    };
+    let Reply::Opened {
+        open: a_open,
+        grant,
+    } = a.request(
+        SessionId(1),
+        RequestId(1),
+        open_req(file, OplockRequest::Oplock(OplockLevel::Batch), 1),
+    )
+    else {
+        panic!("open on A failed")
+    };
+    assert_eq!(grant, OplockGrant::Oplock(OplockLevel::Batch));
+    assert_eq!(
+        b.request(
+            SessionId(7),
+            RequestId(40),
+            open_req(file, OplockRequest::None, 7)
+        ),
+        Reply::Pending
+    );
+    let (conn, n) = next_event(&mut a);
+    assert_eq!(conn, SessionId(1));
+    assert_eq!(
+        n,
+        Notification::OplockBreak {
+            open: a_open,
+            new_level: OplockLevel::LevelII
+        }
+    );
+    let ack = a.request(
+        SessionId(1),
+        RequestId(2),
+        Request::OplockBreakAck {
+            open: a_open,
+            level: OplockLevel::LevelII,
+        },
+    );
+    assert!(
+        matches!(ack, Reply::Acked { .. } | Reply::Done(Status::Success)),
+        "{ack:?}"
+    );
+    let (conn, n) = next_event(&mut b);
+    assert_eq!(conn, SessionId(7));
+    match n {
+        Notification::Completed {
+            request,
+            reply: Reply::Opened { .. },
+        } => assert_eq!(request, RequestId(40)),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A blocking lock of a connection on node B is granted when the connection on node A that
+/// held the range goes away (end_connection closes its opens); CANCEL finds a waiting request by
+/// the connection's own request id.
+#[test]
+fn dropped_connection_releases_locks_and_cancel_maps_request_ids() {
+    let r = start(Duration::from_secs(35));
+    let mut a = node(&r, "node-a");
+    let mut b = node(&r, "node-b");
+    let file = FileId(0x10c);
+    let Reply::Opened { open: oa, .. } = a.request(
+        SessionId(1),
+        RequestId(1),
+        open_req(file, OplockRequest::None, 1),
+    ) else {
+        panic!()
+    };
+    let Reply::Opened { open: ob, .. } = b.request(
+        SessionId(3),
+        RequestId(1),
+        open_req(file, OplockRequest::None, 3),
+    ) else {
+        panic!()
+    };
+    let range = LockRange {
+        offset: 0,
+        length: 10,
+        exclusive: true,
+    };
+    let lock = |open: OpenId| Request::Lock {
+        open,
+        ranges: vec![range],
+        fail_immediately: false,
+    };
+    assert_eq!(
+        a.request(SessionId(1), RequestId(2), lock(oa)),
+        Reply::Done(Status::Success)
+    );
+    // Two waiters on B; the first is cancelled by its SMB request id.
+    assert_eq!(
+        b.request(SessionId(3), RequestId(10), lock(ob)),
+        Reply::Pending
+    );
+    assert_eq!(
+        b.request(
+            SessionId(3),
+            RequestId(11),
+            Request::Cancel {
+                request: RequestId(10)
+            }
+        ),
+        Reply::Done(Status::Success)
+    );
+    assert_eq!(
+        next_event(&mut b),
+        (
+            SessionId(3),
+            Notification::Completed {
+                request: RequestId(10),
+                reply: Reply::Done(Status::Cancelled)
+            }
+        )
+    );
+    assert_eq!(
+        b.request(
+            SessionId(3),
+            RequestId(12),
+            Request::Cancel {
+                request: RequestId(99)
+            }
+        ),
+        Reply::Done(Status::NotFound)
+    );
+    assert_eq!(
+        b.request(SessionId(3), RequestId(13), lock(ob)),
+        Reply::Pending
+    );
+    a.end_connection(SessionId(1));
+    assert_eq!(
+        next_event(&mut b),
+        (
+            SessionId(3),
+            Notification::Completed {
+                request: RequestId(13),
+                reply: Reply::Done(Status::Success)
+            }
+        )
+    );
+}
+
+/// lockmgrd dies: requests fail cleanly (no hang, no panic), waiting requests are completed with
+/// an error, and the node reconnects when a lockmgrd is back.
+#[test]
+fn lost_lock_manager_fails_requests_and_reconnects() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lockmgr.sock");
+    let r = start_at(None, path.clone(), Duration::from_secs(35));
+    let mut a = node(&r, "node-a");
+    let mut b = node(&r, "node-b");
+    let file = FileId(0x1);
+    let Reply::Opened { open: oa, .. } = a.request(
+        SessionId(1),
+        RequestId(1),
+        open_req(file, OplockRequest::None, 1),
+    ) else {
+        panic!()
+    };
+    let Reply::Opened { open: ob, .. } = b.request(
+        SessionId(2),
+        RequestId(1),
+        open_req(file, OplockRequest::None, 2),
+    ) else {
+        panic!()
+    };
+    let range = LockRange {
+        offset: 0,
+        length: 1,
+        exclusive: true,
+    };
+    assert_eq!(
+        a.request(
+            SessionId(1),
+            RequestId(2),
+            Request::Lock {
+                open: oa,
+                ranges: vec![range],
+                fail_immediately: true
+            }
+        ),
+        Reply::Done(Status::Success)
+    );
+    assert_eq!(
+        b.request(
+            SessionId(2),
+            RequestId(5),
+            Request::Lock {
+                open: ob,
+                ranges: vec![range],
+                fail_immediately: false
+            }
+        ),
+        Reply::Pending
+    );
+    drop(r);
+    assert_eq!(
+        next_event(&mut b),
+        (
+            SessionId(2),
+            Notification::Completed {
+                request: RequestId(5),
+                reply: Reply::Done(Status::RequestNotAccepted)
+            }
+        )
+    );
+    assert_eq!(
+        a.request(
+            SessionId(1),
+            RequestId(3),
+            open_req(file, OplockRequest::None, 1)
+        ),
+        Reply::Done(Status::RequestNotAccepted)
+    );
+    assert!(!a.is_connected());
+    // A new lockmgrd at the same path: the node reconnects on its own.
+    let _r2 = start_at(None, path, Duration::from_secs(35));
+    let deadline = Instant::now() + TIMEOUT;
+    while !a.is_connected() {
+        assert!(Instant::now() < deadline, "node did not reconnect");
+        a.tick();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(matches!(
+        a.request(
+            SessionId(1),
+            RequestId(4),
+            open_req(file, OplockRequest::None, 1)
+        ),
+        Reply::Opened { .. }
+    ));
+}

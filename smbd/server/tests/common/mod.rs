@@ -1,0 +1,205 @@
+//! Test harness: start the real `smbd` binary on a free loopback port with a temporary share
+//! and users file, and helpers to drive real clients against it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+pub const USER: &str = "alice";
+pub const PASS: &str = "secret";
+pub const USER2: &str = "bob";
+pub const PASS2: &str = "pass2";
+
+pub struct TestServer {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub share: PathBuf,
+    pub client_conf: PathBuf,
+}
+
+#[derive(Default, Clone)]
+pub struct Options {
+    pub encrypt_share: bool,
+    pub global_encrypt: bool,
+    pub signing_required: bool,
+}
+
+/// True if `tool` is on PATH; tests needing it print a notice and pass otherwise.
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+impl TestServer {
+    pub fn start(opts: Options) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let share = dir.path().join("share");
+        std::fs::create_dir(&share).unwrap();
+        let users = dir.path().join("users");
+        std::fs::write(&users, format!("# test users\n{USER}:{PASS}\n{USER2}:{PASS2}\n")).unwrap();
+        let cfg = dir.path().join("smbd.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[server]\nnetbios_name = \"TESTSRV\"\nusers = \"{}\"\nencrypt = {}\nsigning_required = {}\n\n[[share]]\nname = \"data\"\npath = \"{}\"\nencrypt = {}\n",
+                users.display(),
+                opts.global_encrypt,
+                opts.signing_required,
+                share.display(),
+                opts.encrypt_share
+            ),
+        )
+        .unwrap();
+        let client_conf = dir.path().join("client.conf");
+        std::fs::write(
+            &client_conf,
+            "[global]\nclient min protocol = SMB2_02\nclient max protocol = SMB3_11\n",
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("smbd.log")).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_smbd"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .env("RUST_LOG", std::env::var("SMBD_TEST_LOG").unwrap_or("info".into()))
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let port: u16 = line
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected smbd output {line:?}"));
+        TestServer {
+            child: Some(child),
+            port,
+            dir,
+            share,
+            client_conf,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("smbd.log")).unwrap_or_default()
+    }
+
+    /// Send SIGTERM and wait for the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        child.wait().unwrap()
+    }
+
+    /// Run smbclient with `-c cmds` from `cwd`; returns (success, combined output).
+    pub fn smbclient(&self, cwd: &Path, extra: &[&str], cmds: &str) -> (bool, String) {
+        let out = Command::new("smbclient")
+            .current_dir(cwd)
+            .arg("//127.0.0.1/data")
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-s")
+            .arg(&self.client_conf)
+            .arg("-U")
+            .arg(format!("{USER}%{PASS}"))
+            .args(extra)
+            .arg("-c")
+            .arg(cmds)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // smbclient exits 0 even when a command in -c failed; look for NT_STATUS errors too.
+        (out.status.success() && !text.contains("NT_STATUS_"), text)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Results of one smbtorture run, from its subunit output.
+#[derive(Debug, Default)]
+pub struct TortureResults {
+    pub success: Vec<String>,
+    pub failure: Vec<String>,
+    pub skip: Vec<String>,
+}
+
+pub fn parse_subunit(text: &str) -> TortureResults {
+    let mut r = TortureResults::default();
+    for line in text.lines() {
+        let (kind, rest) = match line.split_once(": ") {
+            Some(x) => x,
+            None => continue,
+        };
+        let name = rest
+            .trim_end_matches('[')
+            .trim()
+            .trim_end_matches(" [")
+            .to_string();
+        match kind {
+            "success" | "successful" => r.success.push(name),
+            "failure" | "error" | "fail" => r.failure.push(name),
+            "skip" => r.skip.push(name),
+            _ => {}
+        }
+    }
+    r
+}
+
+/// Known failures: `suite.test  # reason` lines.
+pub fn known_failures() -> Vec<String> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/smbtorture-known-failures.txt");
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+pub fn run_smbtorture(srv: &TestServer, suite: &str) -> (TortureResults, String) {
+    let out = Command::new("smbtorture")
+        .arg("//127.0.0.1/data")
+        .arg("-p")
+        .arg(srv.port.to_string())
+        .arg("-s")
+        .arg(&srv.client_conf)
+        .arg("-U")
+        .arg(format!("{USER}%{PASS}"))
+        .arg("--target=samba3")
+        .arg("--format=subunit")
+        .arg("--fullname")
+        .arg(format!("--option=torture:user2name={USER2}"))
+        .arg(format!("--option=torture:user2password={PASS2}"))
+        .arg(suite)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (parse_subunit(&text), text)
+}
