@@ -7,7 +7,7 @@ APT_PACKAGES=(
     # real SMB clients and the Samba baseline
     samba smbclient samba-testsuite libnss-wrapper
     # AF_XDP (xsk-rs bundles libxdp/libbpf), RDMA verbs and rdmacm
-    clang llvm m4 make libelf-dev zlib1g-dev pkg-config cmake
+    clang libclang-dev llvm m4 make libelf-dev zlib1g-dev pkg-config cmake
     libibverbs-dev librdmacm-dev rdma-core ibverbs-providers
     # network namespaces for raw-Ethernet tests
     iproute2

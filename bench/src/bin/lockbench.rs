@@ -2,9 +2,15 @@
 //! transport measured in the same run.
 //!
 //! ```text
-//! lockbench --transport shm|udp [--clients N] [--duration S] [--rate R]
+//! lockbench --transport shm|udp|afpacket|afxdp [--netns] [--clients N] [--duration S] [--rate R]
 //!           [--pattern uncontended|hot|zipf] [--op lock|open|mixed] [--held N] [--batch B] [--json]
 //! ```
+//!
+//! `afpacket` / `afxdp` need `--netns` (and root): lockbench creates throw-away network
+//! namespaces (one client: two namespaces joined by veth; several clients: a server namespace
+//! with a bridge and one namespace per client, since AF_XDP takes a whole interface queue), runs
+//! the lockmgrd server side in one and the clients in the others, and removes them at the end.
+//! The raw baseline is then a raw AF_PACKET / AF_XDP echo over the same path.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +24,11 @@ use lockbench::report::{new_histogram, record, Percentiles};
 use lockmgr_client::{ClientOptions, LockClient};
 use lockmgr_engine::{LockRange, OpenId, Request, RequestId, SessionId};
 use lockmgr_proto::{ClusterKey, FrameWriter, Message};
+use lockmgr_transport::afpacket::{PacketClient, PacketLink, PacketServer};
+use lockmgr_transport::afxdp::{XdpClient, XdpLink, XdpServer};
+use lockmgr_transport::eth::EthConfig;
+use lockmgr_transport::netns::{NetnsPair, NetnsStar, BRIDGE, IFACE, MAC_A};
+use lockmgr_transport::reliable::ReliableConfig;
 use lockmgr_transport::shm::{ShmClient, ShmConfig, ShmServer};
 use lockmgr_transport::udp::{UdpClient, UdpConfig, UdpServer};
 use lockmgr_transport::{raw, ClientTransport, ServerTransport, SpinConfig};
@@ -31,6 +42,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 enum TransportArg {
     Shm,
     Udp,
+    /// Raw Ethernet over AF_PACKET (needs --netns).
+    Afpacket,
+    /// Raw Ethernet over AF_XDP, copy mode (needs --netns).
+    Afxdp,
 }
 
 /// Latency benchmark of the lock manager against a raw transport baseline measured in the same run.
@@ -65,6 +80,9 @@ struct Cli {
     /// Round trips of the raw baseline.
     #[arg(long, default_value_t = 200_000)]
     raw_rounds: usize,
+    /// afpacket/afxdp: set up network namespaces + veth for the run and remove them after.
+    #[arg(long)]
+    netns: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -157,7 +175,7 @@ fn bench<S, C>(
     cli: &Cli,
     make_server: impl Fn() -> Result<S, String>,
     make_client: impl Fn() -> Result<C, String> + Sync,
-    raw_fn: fn(usize, usize, usize) -> Result<Vec<u64>, lockmgr_transport::TransportError>,
+    raw_fn: &dyn Fn(usize, usize, usize) -> Result<Vec<u64>, lockmgr_transport::TransportError>,
 ) -> Result<JsonReport, String>
 where
     S: ServerTransport + 'static,
@@ -378,7 +396,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 ShmClient::connect(&p, spin, Duration::from_secs(5))
                     .map_err(|e| format!("shm connect: {e}"))
             };
-            let r = bench(&cli, make_server, make_client, raw::shm_pingpong);
+            let r = bench(&cli, make_server, make_client, &raw::shm_pingpong);
             let _ = std::fs::remove_dir_all(&dir);
             r?
         }
@@ -402,7 +420,46 @@ fn run(cli: Cli) -> Result<(), String> {
                     .ok_or("no server")?;
                 UdpClient::connect(a, cfg).map_err(|e| format!("udp connect: {e}"))
             };
-            bench(&cli, make_server, make_client, raw::udp_pingpong)?
+            bench(&cli, make_server, make_client, &raw::udp_pingpong)?
+        }
+        TransportArg::Afpacket | TransportArg::Afxdp => {
+            if !cli.netns {
+                return Err(format!(
+                    "--transport {:?} runs server and clients in one process, so it needs --netns",
+                    cli.transport
+                )
+                .to_lowercase());
+            }
+            let cfg = ReliableConfig {
+                spin,
+                ..ReliableConfig::default()
+            };
+            // The preloading session of --held stays connected: it needs its own host.
+            let topo = Topo::new(cli.clients + usize::from(cli.held > 0))?;
+            if cli.transport == TransportArg::Afpacket {
+                let raw_fn = |rounds, warmup, len| {
+                    let (echo, client) = topo.links(PacketLink::open)?;
+                    raw::link_pingpong(echo, client, MAC_A, rounds, warmup, len)
+                };
+                bench(
+                    &cli,
+                    || topo.in_server(move |eth| PacketServer::open(eth, cfg)),
+                    || topo.in_next_client(move |eth| PacketClient::connect(eth, MAC_A, cfg)),
+                    &raw_fn,
+                )?
+            } else {
+                let opts = lockmgr_transport::afxdp::XdpOptions::default();
+                let raw_fn = |rounds, warmup, len| {
+                    let (echo, client) = topo.links(move |eth| XdpLink::open(eth, &opts))?;
+                    raw::link_pingpong(echo, client, MAC_A, rounds, warmup, len)
+                };
+                bench(
+                    &cli,
+                    || topo.in_server(move |eth| XdpServer::open(eth, &opts, cfg)),
+                    || topo.in_next_client(move |eth| XdpClient::connect(eth, &opts, MAC_A, cfg)),
+                    &raw_fn,
+                )?
+            }
         }
     };
     if cli.json {
@@ -414,6 +471,87 @@ fn run(cli: Cli) -> Result<(), String> {
         print_text(&report);
     }
     Ok(())
+}
+
+/// Namespaces for a raw-Ethernet run; removed on drop.
+struct Topo {
+    _pair: Option<NetnsPair>,
+    _star: Option<NetnsStar>,
+    server_ns: String,
+    server_if: &'static str,
+    clients: Vec<String>,
+    /// Calls of `in_next_client` so far: the first (the echo baseline's client) uses client
+    /// namespace 0 and is gone before the others start; call k >= 1 uses namespace k - 1.
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl Topo {
+    fn new(hosts: usize) -> Result<Topo, String> {
+        let err = |e| format!("--netns: {e}");
+        if hosts <= 1 {
+            let p = NetnsPair::new(9000).map_err(err)?;
+            Ok(Topo {
+                server_ns: p.a.clone(),
+                server_if: IFACE,
+                clients: vec![p.b.clone()],
+                _pair: Some(p),
+                _star: None,
+                calls: Default::default(),
+            })
+        } else {
+            let s = NetnsStar::new(hosts, 9000).map_err(err)?;
+            Ok(Topo {
+                server_ns: s.server.clone(),
+                server_if: BRIDGE,
+                clients: s.clients.clone(),
+                _pair: None,
+                _star: Some(s),
+                calls: Default::default(),
+            })
+        }
+    }
+
+    fn in_server<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&EthConfig) -> Result<T, lockmgr_transport::TransportError> + Send + 'static,
+    ) -> Result<T, String> {
+        let eth = EthConfig::new(self.server_if);
+        NetnsPair::run_in(&self.server_ns, move || f(&eth))
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("server on {}: {e}", self.server_if))
+    }
+
+    fn in_next_client<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&EthConfig) -> Result<T, lockmgr_transport::TransportError> + Send + 'static,
+    ) -> Result<T, String> {
+        let k = self.calls.fetch_add(1, Ordering::Relaxed);
+        let ns = &self.clients[k.saturating_sub(1) % self.clients.len()];
+        let eth = EthConfig::new(IFACE);
+        NetnsPair::run_in(ns, move || f(&eth))
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("client in {ns}: {e}"))
+    }
+
+    /// An echo link in the server namespace and a client link in client namespace 0.
+    fn links<L: Send + 'static>(
+        &self,
+        open: impl Fn(&EthConfig) -> Result<L, lockmgr_transport::TransportError>
+            + Send
+            + Sync
+            + Copy
+            + 'static,
+    ) -> Result<(L, L), lockmgr_transport::TransportError> {
+        let proto = |e: lockmgr_transport::netns::NetnsError| {
+            lockmgr_transport::TransportError::Io(std::io::Error::other(e.to_string()))
+        };
+        let server_if = self.server_if;
+        let echo = NetnsPair::run_in(&self.server_ns, move || open(&EthConfig::new(server_if)))
+            .map_err(proto)??;
+        let client = NetnsPair::run_in(&self.clients[0], move || open(&EthConfig::new(IFACE)))
+            .map_err(proto)??;
+        Ok((echo, client))
+    }
 }
 
 fn main() -> ExitCode {

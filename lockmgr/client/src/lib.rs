@@ -14,15 +14,12 @@ use std::time::{Duration, Instant};
 
 use lockmgr_engine::{Notification, Reply, Request, RequestId, SessionId};
 use lockmgr_proto::{
-    auth, decode_frame, ClusterKey, DecodeError, EncodeError, FrameWriter, Message, Nonce,
-    RejectReason, Role, Transcript, VERSION,
+    auth, decode_frame, ClusterKey, DecodeError, EncodeError, FrameBuf, FrameWriter, Message,
+    Nonce, RejectReason, Role, Transcript, VERSION,
 };
 use lockmgr_transport::{ClientTransport, TransportError};
 use rand::RngCore;
 use thiserror::Error;
-
-/// Queued messages that trigger a send without an explicit flush.
-const AUTO_FLUSH_MESSAGES: usize = 1024;
 
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -72,10 +69,10 @@ pub struct LockClient<T: ClientTransport> {
     next_request: u64,
     next_heartbeat_seq: u64,
     last_sent: Instant,
-    /// Messages submitted since the last flush.
-    pending: Vec<Message>,
-    /// Encoding buffer for outgoing frames.
-    outgoing: Vec<u8>,
+    /// The frame being built: requests are encoded into it as they are submitted (no
+    /// per-message queue, no allocation once the buffer has grown), and it is sent on flush or
+    /// as soon as the next message does not fit.
+    out: FrameBuf,
     /// Frames refused with `Full`.
     backlog: VecDeque<Vec<u8>>,
     /// Events received while `call` waited for a different reply.
@@ -144,8 +141,7 @@ impl<T: ClientTransport> LockClient<T> {
             next_request: 1,
             next_heartbeat_seq: 1,
             last_sent: Instant::now(),
-            pending: Vec::with_capacity(64),
-            outgoing: Vec::with_capacity(lockmgr_proto::MAX_FRAME),
+            out: FrameBuf::new(session),
             backlog: VecDeque::new(),
             stashed: VecDeque::new(),
             ended: false,
@@ -176,58 +172,53 @@ impl<T: ClientTransport> LockClient<T> {
     pub fn submit(&mut self, request: Request) -> Result<RequestId, ClientError> {
         let id = RequestId(self.next_request);
         self.next_request += 1;
-        self.push(Message::Request {
+        self.push(&Message::Request {
             request_id: id,
             body: request,
         })?;
         Ok(id)
     }
 
-    fn push(&mut self, msg: Message) -> Result<(), ClientError> {
+    fn push(&mut self, msg: &Message) -> Result<(), ClientError> {
         if self.ended {
             return Err(ClientError::SessionEnded);
         }
-        self.pending.push(msg);
-        // A frame holds at most MAX_FRAME bytes; sending early keeps the queue bounded for
-        // callers that submit thousands of requests between flushes.
-        if self.pending.len() >= AUTO_FLUSH_MESSAGES {
-            self.send_outgoing()?;
+        match self.out.push(msg) {
+            Ok(()) => Ok(()),
+            // Sending a full frame at once keeps at most one frame buffered for callers that
+            // submit thousands of requests between flushes.
+            Err(EncodeError::FrameFull) => {
+                self.send_frame()?;
+                Ok(self.out.push(msg)?)
+            }
+            Err(e) => Err(e.into()),
         }
-        Ok(())
     }
 
-    /// Encodes every queued message into as few frames as possible and sends them.
-    fn send_outgoing(&mut self) -> Result<(), ClientError> {
-        let mut messages = std::mem::take(&mut self.pending);
-        let mut iter = messages.drain(..).peekable();
-        while iter.peek().is_some() {
-            self.outgoing.clear();
-            let mut writer = FrameWriter::new(&mut self.outgoing, self.session);
-            while let Some(msg) = iter.peek() {
-                match writer.push(msg) {
-                    Ok(()) => {
-                        iter.next();
-                    }
-                    Err(EncodeError::FrameFull) if !writer.is_empty() => break,
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            let len = writer.finish();
-            let frame = &self.outgoing[..len];
-            if !self.backlog.is_empty() {
-                self.backlog.push_back(frame.to_vec());
-                continue;
-            }
-            match self.transport.send(frame) {
-                Ok(()) => self.last_sent = Instant::now(),
-                Err(TransportError::Full) => self.backlog.push_back(frame.to_vec()),
-                Err(e) => return Err(e.into()),
-            }
+    /// Sends the frame being built (behind any backlog) and starts a new one.
+    fn send_frame(&mut self) -> Result<(), ClientError> {
+        if self.out.is_empty() {
+            return Ok(());
         }
-        drop(iter);
-        // Hand the (now empty) vector back so its capacity is reused.
-        self.pending = messages;
-        self.drain_backlog()
+        let frame = self.out.finish();
+        let result = if !self.backlog.is_empty() {
+            self.backlog.push_back(frame.to_vec());
+            Ok(())
+        } else {
+            match self.transport.send(frame) {
+                Ok(()) => {
+                    self.last_sent = Instant::now();
+                    Ok(())
+                }
+                Err(TransportError::Full) => {
+                    self.backlog.push_back(frame.to_vec());
+                    Ok(())
+                }
+                Err(e) => Err(e.into()),
+            }
+        };
+        self.out.clear();
+        result
     }
 
     fn drain_backlog(&mut self) -> Result<(), ClientError> {
@@ -247,10 +238,11 @@ impl<T: ClientTransport> LockClient<T> {
     /// Sends everything submitted so far.
     pub fn flush(&mut self) -> Result<(), ClientError> {
         self.drain_backlog()?;
-        if self.pending.is_empty() {
+        if self.out.is_empty() {
             return Ok(());
         }
-        self.send_outgoing()
+        self.send_frame()?;
+        self.drain_backlog()
     }
 
     /// Whether frames wait for room in the transport (call `poll` then `flush` again).
@@ -347,7 +339,7 @@ impl<T: ClientTransport> LockClient<T> {
         if now.duration_since(self.last_sent) >= self.heartbeat_interval() {
             let seq = self.next_heartbeat_seq;
             self.next_heartbeat_seq += 1;
-            self.push(Message::Heartbeat { seq })?;
+            self.push(&Message::Heartbeat { seq })?;
             self.flush()?;
         }
         Ok(())
@@ -425,7 +417,7 @@ impl<T: ClientTransport> LockClient<T> {
 
     /// Asks lockmgrd for its operator view (nodes, sessions, opens, locks, breaks).
     pub fn status(&mut self, timeout: Duration) -> Result<String, ClientError> {
-        self.push(Message::StatusQuery)?;
+        self.push(&Message::StatusQuery)?;
         self.flush()?;
         let deadline = Instant::now() + timeout;
         let mut text = String::new();
@@ -448,7 +440,7 @@ impl<T: ClientTransport> LockClient<T> {
 
     /// Ends the session in order: lockmgrd releases everything it held.
     pub fn goodbye(mut self) -> Result<(), ClientError> {
-        self.push(Message::Goodbye)?;
+        self.push(&Message::Goodbye)?;
         self.flush()
     }
 }

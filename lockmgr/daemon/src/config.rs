@@ -7,9 +7,14 @@
 //! # cluster_key_hex = "00112233..."
 //!
 //! [transport]
-//! kind = "shm"                          # shm | udp
-//! listen = "/run/clustersmb/lockmgr.sock"  # shm: unix socket path; udp: ADDR:PORT
+//! kind = "shm"                          # shm | udp | afpacket | afxdp
+//! listen = "/run/clustersmb/lockmgr.sock"  # shm: unix socket path; udp: ADDR:PORT;
+//!                                        # afpacket/afxdp: interface name (or use `interface`)
 //! spin_us = 50                           # busy-poll this long before sleeping (0 = always sleep)
+//! # Raw Ethernet only (afpacket, afxdp):
+//! # interface = "eth1"                   # overrides `listen`
+//! # ethertype = 0x88B5                   # lockmgr frames' EtherType (default: IEEE local experimental)
+//! # peer_mac = "02:00:00:00:00:01"       # clients: lockmgrd's MAC (the server learns client MACs)
 //!
 //! [engine]
 //! break_timeout_ms = 35000               # oplock/lease break acknowledgement timeout
@@ -47,15 +52,68 @@ pub enum ConfigError {
 pub enum TransportKind {
     Shm,
     Udp,
+    /// Raw Ethernet frames over an AF_PACKET socket.
+    Afpacket,
+    /// Raw Ethernet frames over AF_XDP (copy mode, generic XDP).
+    Afxdp,
+}
+
+impl TransportKind {
+    /// Raw-Ethernet kinds address peers by interface + MAC.
+    pub fn is_ethernet(self) -> bool {
+        matches!(self, TransportKind::Afpacket | TransportKind::Afxdp)
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TransportConfig {
     pub kind: TransportKind,
+    #[serde(default)]
     pub listen: String,
     #[serde(default = "default_spin_us")]
     pub spin_us: u64,
+    /// afpacket/afxdp: interface name (defaults to `listen`).
+    #[serde(default)]
+    pub interface: Option<String>,
+    /// afpacket/afxdp: EtherType of lockmgr frames.
+    #[serde(default = "default_ethertype")]
+    pub ethertype: u16,
+    /// afpacket/afxdp clients: the server's MAC address.
+    #[serde(default)]
+    pub peer_mac: Option<String>,
+}
+
+fn default_ethertype() -> u16 {
+    lockmgr_transport::eth::DEFAULT_ETHERTYPE
+}
+
+impl TransportConfig {
+    /// Interface for the raw-Ethernet kinds: `interface`, else `listen`.
+    pub fn interface(&self) -> &str {
+        self.interface.as_deref().unwrap_or(&self.listen)
+    }
+
+    /// Raw-Ethernet settings for the transport crate.
+    pub fn eth(&self) -> lockmgr_transport::eth::EthConfig {
+        lockmgr_transport::eth::EthConfig {
+            interface: self.interface().to_string(),
+            ethertype: self.ethertype,
+        }
+    }
+
+    /// `peer_mac`, parsed (`None` if unset).
+    pub fn peer_mac(&self) -> Result<Option<lockmgr_transport::eth::MacAddr>, ConfigError> {
+        self.peer_mac
+            .as_deref()
+            .map(|m| {
+                m.parse().map_err(|e| ConfigError::Invalid {
+                    field: "transport.peer_mac",
+                    message: format!("{e}"),
+                })
+            })
+            .transpose()
+    }
 }
 
 fn default_spin_us() -> u64 {
@@ -143,7 +201,24 @@ impl Config {
                 message: "must be at least 1".into(),
             });
         }
-        if self.transport.listen.is_empty() {
+        if self.transport.kind.is_ethernet() {
+            if self.transport.interface().is_empty() {
+                return Err(ConfigError::Invalid {
+                    field: "transport.interface",
+                    message: "afpacket/afxdp need an interface (interface = or listen =)".into(),
+                });
+            }
+            if self.transport.ethertype < 0x0600 {
+                return Err(ConfigError::Invalid {
+                    field: "transport.ethertype",
+                    message: format!(
+                        "{:#06x} is a length, not an EtherType",
+                        self.transport.ethertype
+                    ),
+                });
+            }
+            self.transport.peer_mac()?;
+        } else if self.transport.listen.is_empty() {
             return Err(ConfigError::Invalid {
                 field: "transport.listen",
                 message: "empty".into(),
@@ -253,6 +328,42 @@ listen = "127.0.0.1:7500"
             Config::parse(&text),
             Err(ConfigError::Invalid { .. })
         ));
+    }
+
+    #[test]
+    fn parses_raw_ethernet_transports() {
+        let text = GOOD.replace("kind = \"udp\"", "kind = \"afxdp\"").replace(
+            "listen = \"127.0.0.1:7500\"",
+            "interface = \"veth0\"\nethertype = 0x88B6\npeer_mac = \"02:00:00:00:00:01\"",
+        );
+        let cfg = Config::parse(&text).unwrap();
+        assert_eq!(cfg.transport.kind, TransportKind::Afxdp);
+        assert_eq!(cfg.transport.eth().interface, "veth0");
+        assert_eq!(cfg.transport.ethertype, 0x88b6);
+        assert_eq!(
+            cfg.transport.peer_mac().unwrap().unwrap().to_string(),
+            "02:00:00:00:00:01"
+        );
+        let text = GOOD
+            .replace("kind = \"udp\"", "kind = \"afpacket\"")
+            .replace("127.0.0.1:7500", "eth1");
+        let cfg = Config::parse(&text).unwrap();
+        assert_eq!(cfg.transport.eth().interface, "eth1");
+        assert_eq!(cfg.transport.ethertype, 0x88b5);
+        let bad_mac = format!("{text}peer_mac = \"02:00:00\"\n");
+        assert!(matches!(
+            Config::parse(&bad_mac),
+            Err(ConfigError::Invalid {
+                field: "transport.peer_mac",
+                ..
+            })
+        ));
+        let bad_type = format!("{text}ethertype = 100\n");
+        assert!(Config::parse(&bad_type).is_err());
+        let no_if = GOOD
+            .replace("kind = \"udp\"", "kind = \"afpacket\"")
+            .replace("listen = \"127.0.0.1:7500\"", "");
+        assert!(Config::parse(&no_if).is_err());
     }
 
     #[test]

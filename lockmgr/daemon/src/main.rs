@@ -9,6 +9,8 @@ use std::time::Duration;
 use clap::Parser;
 use lockmgr_engine::Config as EngineConfig;
 use lockmgr_proto::ClusterKey;
+use lockmgr_transport::afpacket::PacketServer;
+use lockmgr_transport::reliable::ReliableConfig;
 use lockmgr_transport::shm::{ShmConfig, ShmServer};
 use lockmgr_transport::udp::{UdpConfig, UdpServer};
 use lockmgr_transport::{ServerTransport, SpinConfig};
@@ -28,9 +30,15 @@ struct Cli {
     /// Transport (overrides the config file).
     #[arg(long, value_enum)]
     transport: Option<TransportKind>,
-    /// shm: unix socket path; udp: ADDR:PORT (overrides the config file).
+    /// shm: unix socket path; udp: ADDR:PORT; afpacket/afxdp: interface (overrides the config).
     #[arg(long)]
     listen: Option<String>,
+    /// afpacket/afxdp: network interface (overrides `listen` and the config file).
+    #[arg(long)]
+    interface: Option<String>,
+    /// afpacket/afxdp: EtherType of lockmgr frames, e.g. 0x88b5 (overrides the config file).
+    #[arg(long, value_parser = parse_ethertype)]
+    ethertype: Option<u16>,
     /// File holding the cluster key (at least 16 bytes; overrides the config file).
     #[arg(long)]
     cluster_key_file: Option<PathBuf>,
@@ -48,6 +56,14 @@ struct Cli {
     log: String,
 }
 
+fn parse_ethertype(s: &str) -> Result<u16, String> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u16::from_str_radix(h, 16),
+        None => s.parse(),
+    };
+    r.map_err(|e| format!("EtherType {s:?}: {e}"))
+}
+
 fn build_config(cli: &Cli) -> Result<Config, config::ConfigError> {
     let mut cfg = match &cli.config {
         Some(path) => Config::load(path)?,
@@ -56,10 +72,16 @@ fn build_config(cli: &Cli) -> Result<Config, config::ConfigError> {
                 field: "--transport",
                 message: "needed when no --config is given".into(),
             })?;
-            let listen = cli.listen.clone().ok_or(config::ConfigError::Invalid {
-                field: "--listen",
-                message: "needed when no --config is given".into(),
-            })?;
+            let listen = match (&cli.listen, &cli.interface) {
+                (Some(l), _) => l.clone(),
+                (None, Some(_)) if kind.is_ethernet() => String::new(),
+                _ => {
+                    return Err(config::ConfigError::Invalid {
+                        field: "--listen",
+                        message: "needed when no --config is given".into(),
+                    })
+                }
+            };
             Config {
                 cluster_key_file: None,
                 cluster_key_hex: None,
@@ -67,6 +89,9 @@ fn build_config(cli: &Cli) -> Result<Config, config::ConfigError> {
                     kind,
                     listen,
                     spin_us: 50,
+                    interface: None,
+                    ethertype: lockmgr_transport::eth::DEFAULT_ETHERTYPE,
+                    peer_mac: None,
                 },
                 engine: Default::default(),
                 sessions: Default::default(),
@@ -78,6 +103,12 @@ fn build_config(cli: &Cli) -> Result<Config, config::ConfigError> {
     }
     if let Some(listen) = &cli.listen {
         cfg.transport.listen = listen.clone();
+    }
+    if let Some(i) = &cli.interface {
+        cfg.transport.interface = Some(i.clone());
+    }
+    if let Some(t) = cli.ethertype {
+        cfg.transport.ethertype = t;
     }
     if let Some(path) = &cli.cluster_key_file {
         cfg.cluster_key_file = Some(path.clone());
@@ -154,6 +185,35 @@ fn run(cli: Cli) -> Result<(), String> {
             .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
             let local = server.local_addr().map_err(|e| e.to_string())?;
             tracing::info!(listen = %local, "lockmgrd listening (udp)");
+            serve(server, options)
+        }
+        TransportKind::Afpacket => {
+            let eth = cfg.transport.eth();
+            let server = PacketServer::open(
+                &eth,
+                ReliableConfig {
+                    spin,
+                    ..ReliableConfig::default()
+                },
+            )
+            .map_err(|e| format!("cannot listen on {}: {e}", eth.interface))?;
+            tracing::info!(interface = %eth.interface, mac = %server.link().mac(),
+                ethertype = eth.ethertype, "lockmgrd listening (afpacket)");
+            serve(server, options)
+        }
+        TransportKind::Afxdp => {
+            let eth = cfg.transport.eth();
+            let server = lockmgr_transport::afxdp::XdpServer::open(
+                &eth,
+                &Default::default(),
+                ReliableConfig {
+                    spin,
+                    ..ReliableConfig::default()
+                },
+            )
+            .map_err(|e| format!("cannot listen on {}: {e}", eth.interface))?;
+            tracing::info!(interface = %eth.interface, mac = %server.link().mac(),
+                ethertype = eth.ethertype, "lockmgrd listening (afxdp)");
             serve(server, options)
         }
     }

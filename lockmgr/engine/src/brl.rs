@@ -99,8 +99,9 @@ type ClassMap = BTreeMap<(u64, u64), HeldLock>;
 
 #[derive(Debug, Default)]
 pub(crate) struct LockTable {
-    /// Non-empty classes only, sorted by class. Most files use one or two classes, so a
-    /// short vector beats a fixed 65-slot array in memory for millions of files.
+    /// Classes in use, sorted by class; at most one of them may be empty (see `remove`). Most
+    /// files use one or two classes, so a short vector beats a fixed 65-slot array in memory
+    /// for millions of files.
     classes: Vec<(u8, ClassMap)>,
     len: usize,
     next_seq: u64,
@@ -176,7 +177,12 @@ impl LockTable {
             .binary_search_by_key(&r.class, |(c, _)| *c)
             .ok()?;
         let held = self.classes[idx].1.remove(&(r.offset, r.seq))?;
-        if self.classes[idx].1.is_empty() {
+        // An emptied class is dropped only when other classes exist. The common pattern is
+        // lock/unlock of one range on an otherwise idle file, where dropping the last class
+        // would free its B-tree node on every unlock and allocate it again on the next lock.
+        // Keeping one empty class costs one node per file with locks ever taken, and the
+        // file's whole state goes away when it becomes idle.
+        if self.classes[idx].1.is_empty() && self.classes.len() > 1 {
             self.classes.remove(idx);
         }
         self.len -= 1;

@@ -273,19 +273,7 @@ impl Engine {
 
     /// One request of a session. Exactly one `Output::Reply` results for it.
     pub fn handle(&mut self, now: Time, session: SessionId, request: RequestId, req: Request) {
-        self.stats.requests_total += 1;
-        let Some(state) = self.sessions.get(&session) else {
-            self.reply(session, request, Reply::Done(Status::RequestNotAccepted));
-            return;
-        };
-        // A request id must be unambiguous for Cancel and for the later Completed. Cancel is
-        // exempt: SMB2 CANCEL carries the MessageId of the request it cancels (MS-SMB2
-        // 3.3.5.16), so a daemon using message ids as request ids reuses the id there.
-        if !state.pending.is_empty()
-            && !matches!(req, Request::Cancel { .. })
-            && state.pending.contains_key(&request)
-        {
-            self.reply(session, request, Reply::Done(Status::InvalidParameter));
+        if !self.admit(session, request, matches!(req, Request::Cancel { .. })) {
             return;
         }
         match req {
@@ -328,6 +316,55 @@ impl Engine {
                 state,
             } => self.do_lease_ack(now, session, request, (client_guid, key), state),
         }
+    }
+
+    /// `handle(now, session, request, Request::Lock { open, ranges, fail_immediately })` with
+    /// the ranges borrowed, so a daemon can decode them into a reused buffer instead of
+    /// allocating a `Vec` per request.
+    pub fn handle_lock(
+        &mut self,
+        now: Time,
+        session: SessionId,
+        request: RequestId,
+        open: OpenId,
+        ranges: &[LockRange],
+        fail_immediately: bool,
+    ) {
+        if self.admit(session, request, false) {
+            self.do_lock(now, session, request, open, ranges, fail_immediately);
+        }
+    }
+
+    /// `handle(now, session, request, Request::Unlock { open, ranges })` with the ranges
+    /// borrowed (see [`Engine::handle_lock`]).
+    pub fn handle_unlock(
+        &mut self,
+        now: Time,
+        session: SessionId,
+        request: RequestId,
+        open: OpenId,
+        ranges: &[LockRange],
+    ) {
+        if self.admit(session, request, false) {
+            self.do_unlock(now, session, request, open, ranges);
+        }
+    }
+
+    /// Common checks of every request; false if it was answered already.
+    fn admit(&mut self, session: SessionId, request: RequestId, is_cancel: bool) -> bool {
+        self.stats.requests_total += 1;
+        let Some(state) = self.sessions.get(&session) else {
+            self.reply(session, request, Reply::Done(Status::RequestNotAccepted));
+            return false;
+        };
+        // A request id must be unambiguous for Cancel and for the later Completed. Cancel is
+        // exempt: SMB2 CANCEL carries the MessageId of the request it cancels (MS-SMB2
+        // 3.3.5.16), so a daemon using message ids as request ids reuses the id there.
+        if !is_cancel && !state.pending.is_empty() && state.pending.contains_key(&request) {
+            self.reply(session, request, Reply::Done(Status::InvalidParameter));
+            return false;
+        }
+        true
     }
 
     /// Fire due timers: unacknowledged breaks complete as if acknowledged to None

@@ -292,6 +292,14 @@ fn put_ranges(s: &mut Sink<'_>, ranges: &[LockRange]) -> Result<(), EncodeError>
 }
 
 fn get_ranges(r: &mut Reader<'_>) -> Result<Vec<LockRange>, DecodeError> {
+    let mut out = Vec::new();
+    get_ranges_into(r, &mut out)?;
+    Ok(out)
+}
+
+/// Decodes a range list into `out` (cleared first), so a caller can reuse one buffer.
+fn get_ranges_into(r: &mut Reader<'_>, out: &mut Vec<LockRange>) -> Result<(), DecodeError> {
+    out.clear();
     let count = usize::from(r.u16()?);
     if count > MAX_LOCK_RANGES {
         return Err(DecodeError::TooManyRanges {
@@ -301,7 +309,7 @@ fn get_ranges(r: &mut Reader<'_>) -> Result<Vec<LockRange>, DecodeError> {
     }
     // Check the bytes are there before allocating, so the capacity is bounded by the input.
     let raw = r.bytes(count * LOCK_RANGE_LEN)?;
-    let mut out = Vec::with_capacity(count);
+    out.reserve(count);
     for chunk in raw.chunks_exact(LOCK_RANGE_LEN) {
         let mut cr = Reader::new(chunk);
         let offset = cr.u64()?;
@@ -313,7 +321,38 @@ fn get_ranges(r: &mut Reader<'_>) -> Result<Vec<LockRange>, DecodeError> {
             exclusive,
         });
     }
-    Ok(out)
+    Ok(())
+}
+
+/// The body of a `Request` message holding a lock or unlock, decoded with its ranges in
+/// `ranges`: `Ok(None)` if the request is of another kind (nothing is consumed then).
+/// Applies exactly the checks of [`get_request`] for these two kinds.
+pub(crate) fn get_lock_request_into(
+    r: &mut Reader<'_>,
+    ranges: &mut Vec<LockRange>,
+) -> Result<Option<LockRequestHead>, DecodeError> {
+    let kind = match r.peek_u8() {
+        Some(k @ (REQ_LOCK | REQ_UNLOCK)) => k,
+        _ => return Ok(None),
+    };
+    r.u8()?;
+    let open = OpenId(r.u64()?);
+    let fail_immediately = if kind == REQ_LOCK {
+        Some(r.bool("lock.fail_immediately")?)
+    } else {
+        None
+    };
+    get_ranges_into(r, ranges)?;
+    Ok(Some(LockRequestHead {
+        open,
+        fail_immediately,
+    }))
+}
+
+/// Fixed fields of a lock (`fail_immediately` is `Some`) or unlock (`None`) request.
+pub(crate) struct LockRequestHead {
+    pub open: OpenId,
+    pub fail_immediately: Option<bool>,
 }
 
 // ---- request / reply / notification ----

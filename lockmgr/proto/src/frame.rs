@@ -2,8 +2,9 @@
 
 use std::iter::FusedIterator;
 
-use lockmgr_engine::SessionId;
+use lockmgr_engine::{LockRange, OpenId, Request, RequestId, SessionId};
 
+use crate::codec;
 use crate::error::{DecodeError, EncodeError};
 use crate::message::{body_len, decode_body, encode_body, msg_type, Message};
 use crate::wire::{Reader, Sink};
@@ -178,6 +179,104 @@ impl<'a> FrameWriter<'a> {
     }
 }
 
+/// A frame under construction that owns its buffer: [`FrameWriter`] without the borrow, for
+/// senders that append messages one at a time as they are produced (and keep the frame in a
+/// struct between calls) and send it when they flush. The buffer is reused across frames, so
+/// steady-state encoding allocates nothing.
+///
+/// ```
+/// use lockmgr_proto::{decode_frame, FrameBuf, Message};
+/// use lockmgr_engine::SessionId;
+///
+/// let mut f = FrameBuf::new(SessionId(7));
+/// f.push(&Message::Heartbeat { seq: 1 }).unwrap();
+/// let frame = decode_frame(f.finish()).unwrap();
+/// assert_eq!(frame.message_count(), 1);
+/// f.clear();
+/// assert!(f.is_empty());
+/// ```
+#[derive(Clone, Debug)]
+pub struct FrameBuf {
+    /// Header (final only after `finish`) then the messages so far.
+    buf: Vec<u8>,
+    session_id: SessionId,
+    count: u16,
+}
+
+impl FrameBuf {
+    pub fn new(session_id: SessionId) -> Self {
+        let mut buf = Vec::with_capacity(MAX_FRAME);
+        buf.extend_from_slice(&header_bytes(session_id));
+        FrameBuf {
+            buf,
+            session_id,
+            count: 0,
+        }
+    }
+
+    pub fn session_id(&self) -> SessionId {
+        self.session_id
+    }
+
+    /// Appends one message; same contract as [`FrameWriter::push`] (on `FrameFull`, send this
+    /// frame, `clear`, and push again).
+    pub fn push(&mut self, msg: &Message) -> Result<(), EncodeError> {
+        let mut w = self.writer();
+        let r = w.push(msg);
+        self.count = w.count;
+        r
+    }
+
+    /// Changes the session id in the header of the frame being built (e.g. when a handshake
+    /// assigned the session after the first message was queued); later frames use it too.
+    pub fn set_session_id(&mut self, session_id: SessionId) {
+        self.session_id = session_id;
+        if let Some(h) = self.buf.get_mut(8..16) {
+            h.copy_from_slice(&session_id.0.to_le_bytes());
+        }
+    }
+
+    /// True while no message has been pushed since the last `clear`.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn message_count(&self) -> u16 {
+        self.count
+    }
+
+    /// Completes the header and returns the frame. Pushing after `finish` without `clear`
+    /// continues the same frame (`finish` again before sending it).
+    pub fn finish(&mut self) -> &[u8] {
+        let len = self.writer().finish();
+        &self.buf[..len]
+    }
+
+    /// Starts a new, empty frame of the same session.
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.buf.extend_from_slice(&header_bytes(self.session_id));
+        self.count = 0;
+    }
+
+    /// Starts a new, empty frame for another session.
+    pub fn reset(&mut self, session_id: SessionId) {
+        self.session_id = session_id;
+        self.clear();
+    }
+
+    fn writer(&mut self) -> FrameWriter<'_> {
+        let end = self.buf.len();
+        FrameWriter {
+            out: Out::Vec(&mut self.buf),
+            start: 0,
+            end,
+            limit: MAX_FRAME,
+            count: self.count,
+        }
+    }
+}
+
 /// The fixed part of a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameHeader {
@@ -326,10 +425,106 @@ impl FrameReader<'_> {
     }
 }
 
-impl Iterator for FrameReader<'_> {
-    type Item = Result<Message, DecodeError>;
+/// A message decoded by [`FrameReader::next_incoming`]: lock and unlock requests (nearly all
+/// of a lock manager's traffic) borrow their ranges from a buffer the caller reuses, so
+/// decoding them allocates nothing; every other message is decoded as a [`Message`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Incoming<'r> {
+    /// `Message::Request` with `Request::Lock`.
+    Lock {
+        request_id: RequestId,
+        open: OpenId,
+        ranges: &'r [LockRange],
+        fail_immediately: bool,
+    },
+    /// `Message::Request` with `Request::Unlock`.
+    Unlock {
+        request_id: RequestId,
+        open: OpenId,
+        ranges: &'r [LockRange],
+    },
+    Message(Message),
+}
 
-    fn next(&mut self) -> Option<Self::Item> {
+impl Incoming<'_> {
+    /// The same message as the iterator would have produced it.
+    pub fn into_message(self) -> Message {
+        match self {
+            Incoming::Lock {
+                request_id,
+                open,
+                ranges,
+                fail_immediately,
+            } => Message::Request {
+                request_id,
+                body: Request::Lock {
+                    open,
+                    ranges: ranges.to_vec(),
+                    fail_immediately,
+                },
+            },
+            Incoming::Unlock {
+                request_id,
+                open,
+                ranges,
+            } => Message::Request {
+                request_id,
+                body: Request::Unlock {
+                    open,
+                    ranges: ranges.to_vec(),
+                },
+            },
+            Incoming::Message(m) => m,
+        }
+    }
+}
+
+impl FrameReader<'_> {
+    /// Like [`Iterator::next`] (same messages, same errors, same order), but lock and unlock
+    /// requests are decoded into `ranges` (its previous contents are replaced) instead of a
+    /// fresh `Vec`.
+    pub fn next_incoming<'r>(
+        &mut self,
+        ranges: &'r mut Vec<LockRange>,
+    ) -> Option<Result<Incoming<'r>, DecodeError>> {
+        let (tag, body) = match self.next_raw()? {
+            Ok(raw) => raw,
+            Err(e) => return Some(Err(e)),
+        };
+        if tag == msg_type::REQUEST {
+            let mut r = Reader::new(body);
+            let head = r.u64().and_then(|id| {
+                Ok(codec::get_lock_request_into(&mut r, ranges)?.map(|head| (id, head)))
+            });
+            match head {
+                Ok(Some((id, head))) => {
+                    if let Err(e) = r.finish(tag) {
+                        return Some(Err(e));
+                    }
+                    let request_id = RequestId(id);
+                    return Some(Ok(match head.fail_immediately {
+                        Some(fail_immediately) => Incoming::Lock {
+                            request_id,
+                            open: head.open,
+                            ranges,
+                            fail_immediately,
+                        },
+                        None => Incoming::Unlock {
+                            request_id,
+                            open: head.open,
+                            ranges,
+                        },
+                    }));
+                }
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        Some(decode_body(tag, body).map(Incoming::Message))
+    }
+
+    /// The next known message's tag and body; unknown optional messages are skipped.
+    fn next_raw(&mut self) -> Option<Result<(u8, &[u8]), DecodeError>> {
         while self.left > 0 {
             self.left -= 1;
             let mut r = Reader::new(self.msgs.get(self.pos..).unwrap_or_default());
@@ -345,7 +540,7 @@ impl Iterator for FrameReader<'_> {
             };
             self.pos += r.pos();
             if msg_type::is_known(tag) {
-                return Some(decode_body(tag, body));
+                return Some(Ok((tag, body)));
             }
             tracing::trace!(
                 tag,
@@ -355,6 +550,17 @@ impl Iterator for FrameReader<'_> {
             );
         }
         None
+    }
+}
+
+impl Iterator for FrameReader<'_> {
+    type Item = Result<Message, DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        Some(
+            self.next_raw()?
+                .and_then(|(tag, body)| decode_body(tag, body)),
+        )
     }
 }
 

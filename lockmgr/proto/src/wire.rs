@@ -123,6 +123,12 @@ impl<'a> Reader<'a> {
     pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.array::<1>()?[0])
     }
+
+    /// The next byte without consuming it.
+    #[inline]
+    pub(crate) fn peek_u8(&self) -> Option<u8> {
+        self.buf.get(self.pos).copied()
+    }
     #[inline]
     pub(crate) fn u16(&mut self) -> Result<u16, DecodeError> {
         self.array().map(u16::from_le_bytes)

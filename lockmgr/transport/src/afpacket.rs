@@ -111,6 +111,7 @@ impl PacketLink {
 
 impl Link for PacketLink {
     type Addr = MacAddr;
+    const ADDR_IS_PROCESS: bool = false;
     const RX_BUF: usize = FRAME_MAX + 64;
 
     fn send_to(&mut self, buf: &[u8], addr: MacAddr) -> io::Result<()> {

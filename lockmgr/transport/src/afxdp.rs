@@ -612,6 +612,7 @@ impl XdpLink {
 
 impl Link for XdpLink {
     type Addr = MacAddr;
+    const ADDR_IS_PROCESS: bool = false;
     const RX_BUF: usize = FRAME_SIZE;
 
     fn send_to(&mut self, buf: &[u8], addr: MacAddr) -> io::Result<()> {

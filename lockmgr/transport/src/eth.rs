@@ -200,7 +200,7 @@ pub fn interface_info(name: &str) -> Result<IfInfo, TransportError> {
         return Err(EthError::InterfaceDown(name.to_string()).into());
     }
     if flags & libc::IFF_RUNNING == 0 {
-        tracing::warn!(interface = name, "interface has no carrier (peer down?)");
+        tracing::debug!(interface = name, "interface has no carrier (yet?)");
     }
     let mut r = ifreq(name)?;
     ioctl(&fd, libc::SIOCGIFHWADDR, &mut r).map_err(missing)?;

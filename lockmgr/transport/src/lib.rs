@@ -183,6 +183,47 @@ pub trait ClientTransport: Send {
     }
 }
 
+/// Lets code pick a transport at run time (`Box<dyn ClientTransport>`).
+impl<T: ClientTransport + ?Sized> ClientTransport for Box<T> {
+    fn send(&mut self, frame: &[u8]) -> Result<(), TransportError> {
+        (**self).send(frame)
+    }
+    fn poll(&mut self, f: &mut dyn FnMut(&[u8])) -> Result<usize, TransportError> {
+        (**self).poll(f)
+    }
+    fn wait(&mut self, timeout: Option<Duration>) -> Result<(), TransportError> {
+        (**self).wait(timeout)
+    }
+    fn as_raw_fd(&self) -> Option<RawFd> {
+        (**self).as_raw_fd()
+    }
+    fn arm(&mut self) -> Result<bool, TransportError> {
+        (**self).arm()
+    }
+    fn poll_timeout(&self) -> Option<Duration> {
+        (**self).poll_timeout()
+    }
+}
+
+/// Lets code pick a transport at run time (`Box<dyn ServerTransport>`).
+impl<T: ServerTransport + ?Sized> ServerTransport for Box<T> {
+    fn poll(&mut self, f: &mut dyn FnMut(ServerEvent<'_>)) -> Result<usize, TransportError> {
+        (**self).poll(f)
+    }
+    fn send(&mut self, peer: PeerId, frame: &[u8]) -> Result<(), TransportError> {
+        (**self).send(peer, frame)
+    }
+    fn wait(&mut self, timeout: Option<Duration>) -> Result<(), TransportError> {
+        (**self).wait(timeout)
+    }
+    fn waker(&self) -> Waker {
+        (**self).waker()
+    }
+    fn close_peer(&mut self, peer: PeerId) {
+        (**self).close_peer(peer)
+    }
+}
+
 fn check_frame_len(frame: &[u8]) -> Result<(), TransportError> {
     if frame.len() > MAX_FRAME {
         return Err(TransportError::FrameTooLarge {

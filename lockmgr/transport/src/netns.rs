@@ -168,6 +168,114 @@ impl NetnsPair {
     }
 }
 
+/// Interface of the server namespace of a [`NetnsStar`].
+pub const BRIDGE: &str = "br0";
+
+/// MAC of `veth0` in client namespace `i` of a [`NetnsStar`].
+pub fn client_mac(i: usize) -> MacAddr {
+    MacAddr([0x02, 0x6c, 0x6d, 0x00, 0x01, i as u8])
+}
+
+/// A server namespace with bridge `br0` (MAC [`MAC_A`]) and `n` client namespaces, each with
+/// `veth0` (MAC [`client_mac`]) cabled to a port of the bridge: several hosts on one switch.
+/// Needed where one client per interface is the limit (AF_XDP binds a whole interface queue).
+/// Removed on drop.
+#[derive(Debug)]
+pub struct NetnsStar {
+    /// Server namespace (interface [`BRIDGE`]).
+    pub server: String,
+    /// Client namespaces (interface [`IFACE`] each).
+    pub clients: Vec<String>,
+}
+
+impl NetnsStar {
+    /// Create the star with `n` clients (at most 250) and `mtu` on every link.
+    pub fn new(n: usize, mtu: usize) -> Result<Self, NetnsError> {
+        // SAFETY: geteuid has no arguments and cannot fail.
+        let uid = unsafe { libc::geteuid() };
+        if uid != 0 {
+            return Err(NetnsError::NotRoot(uid));
+        }
+        cleanup_stale();
+        let k = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let star = NetnsStar {
+            server: format!("{PREFIX}{pid}-{k}-s"),
+            clients: (0..n.min(250))
+                .map(|i| format!("{PREFIX}{pid}-{k}-c{i}"))
+                .collect(),
+        };
+        star.setup(mtu)?;
+        Ok(star)
+    }
+
+    fn setup(&self, mtu: usize) -> Result<(), NetnsError> {
+        let mtu = mtu.to_string();
+        for ns in std::iter::once(&self.server).chain(&self.clients) {
+            ip(&["netns", "add", ns])?;
+            for key in ["all", "default"] {
+                let k = format!("net.ipv6.conf.{key}.disable_ipv6=1");
+                ip(&["netns", "exec", ns, "sysctl", "-qw", &k])?;
+            }
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        let s = &self.server;
+        let mac_a = MAC_A.to_string();
+        ip(&[
+            "-n",
+            s,
+            "link",
+            "add",
+            BRIDGE,
+            "type",
+            "bridge",
+            "stp_state",
+            "0",
+        ])?;
+        ip(&["-n", s, "link", "set", BRIDGE, "address", &mac_a])?;
+        for (i, c) in self.clients.iter().enumerate() {
+            let port = format!("p{i}");
+            ip(&[
+                "-n", s, "link", "add", &port, "type", "veth", "peer", "name", IFACE, "netns", c,
+            ])?;
+            ip(&[
+                "-n", s, "link", "set", &port, "mtu", &mtu, "master", BRIDGE, "up",
+            ])?;
+            let m = client_mac(i).to_string();
+            ip(&[
+                "-n", c, "link", "set", IFACE, "address", &m, "mtu", &mtu, "up",
+            ])?;
+        }
+        ip(&["-n", s, "link", "set", BRIDGE, "mtu", &mtu, "up"])?;
+        Ok(())
+    }
+}
+
+impl Drop for NetnsStar {
+    fn drop(&mut self) {
+        for ns in std::iter::once(&self.server).chain(&self.clients) {
+            if let Err(e) = ip(&["netns", "del", ns]) {
+                tracing::warn!(netns = %ns, error = %e, "could not remove test namespace");
+            }
+        }
+    }
+}
+
+/// For tests: like [`pair_or_skip`] for a [`NetnsStar`].
+pub fn star_or_skip(test: &str, n: usize, mtu: usize) -> Option<NetnsStar> {
+    match NetnsStar::new(n, mtu) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            let msg = format!("{test}: network namespaces unavailable: {e}");
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("{msg} (CI=true: required capability missing)");
+            }
+            eprintln!("SKIPPED {msg}");
+            None
+        }
+    }
+}
+
 /// Move the calling thread into the network namespace bound at `path`.
 pub fn enter(path: &Path) -> io::Result<()> {
     let f = File::open(path)?;

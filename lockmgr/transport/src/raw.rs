@@ -4,7 +4,8 @@
 //! [`shm_pingpong`] bounces a sequence number plus payload through two cache-line-aligned
 //! mailboxes (one 64-byte line each way for payloads up to [`SHM_LINE_PAYLOAD`] bytes) between two
 //! busy-polling threads, [`udp_pingpong`] bounces datagrams between two non-blocking loopback
-//! sockets. [`EchoServer`] + [`transport_pingpong`] measure the same round trip through a real
+//! sockets, [`link_pingpong`] bounces datagrams between two raw-Ethernet links (AF_PACKET or
+//! AF_XDP, typically in two network namespaces). [`EchoServer`] + [`transport_pingpong`] measure the same round trip through a real
 //! [`ServerTransport`] / [`ClientTransport`] pair, so the bench can report transport overhead.
 //!
 //! Every sample is one round trip in nanoseconds. Both sides busy-poll, i.e. each run occupies
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::reliable::Link;
 use crate::{
     ClientTransport, PeerId, ServerEvent, ServerTransport, TransportError, Waker, MAX_FRAME,
 };
@@ -176,6 +178,90 @@ pub fn udp_pingpong(
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "udp echo thread failed"),
         Err(_) => tracing::warn!("udp echo thread panicked"),
+    }
+    result
+}
+
+/// Raw ping-pong over two [`Link`]s (e.g. AF_PACKET or AF_XDP endpoints in two network
+/// namespaces): the medium's own framing, none of the reliability protocol. `echo` answers
+/// every datagram to its sender from a busy-polling thread; `client` sends `msg_len` bytes to
+/// `echo_addr` and busy-polls for the answer. Nanoseconds per round trip. A lost datagram
+/// (none expected on veth) is resent after `RESEND`, so it shows as one slow sample.
+pub fn link_pingpong<L: Link + 'static>(
+    mut echo: L,
+    mut client: L,
+    echo_addr: L::Addr,
+    rounds: usize,
+    warmup: usize,
+    msg_len: usize,
+) -> Result<Vec<u64>, TransportError> {
+    const RESEND: Duration = Duration::from_millis(100);
+    check_len(msg_len)?;
+    if msg_len > client.max_frame() {
+        return Err(TransportError::FrameTooLarge {
+            len: msg_len,
+            max: client.max_frame(),
+        });
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let handle = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut buf = vec![0u8; L::RX_BUF];
+        let mut out = vec![0u8; L::RX_BUF];
+        while !stop2.load(Ordering::Relaxed) {
+            match echo.recv(&mut buf)? {
+                Some((start, len, from)) => {
+                    out[..len].copy_from_slice(&buf[start..start + len]);
+                    echo.send_to(&out[..len], from)?;
+                }
+                None => std::hint::spin_loop(),
+            }
+        }
+        Ok(())
+    });
+    let result = (|| {
+        let mut msg = vec![0x5au8; msg_len.max(8)];
+        msg.truncate(msg_len);
+        let mut buf = vec![0u8; L::RX_BUF];
+        let mut samples = Vec::with_capacity(rounds);
+        for i in 0..warmup + rounds {
+            // A round number in the payload so a late answer to a resent ping is not
+            // mistaken for the current one.
+            let tag = (i as u64).to_le_bytes();
+            let n = msg_len.min(8);
+            msg[..n].copy_from_slice(&tag[..n]);
+            let t0 = Instant::now();
+            client.send_to(&msg, echo_addr)?;
+            let mut sent = t0;
+            loop {
+                match client.recv(&mut buf)? {
+                    Some((start, len, _))
+                        if len == msg_len && buf[start..start + n] == tag[..n] =>
+                    {
+                        break
+                    }
+                    Some(_) => {}
+                    None => {
+                        if sent.elapsed() >= RESEND {
+                            client.send_to(&msg, echo_addr)?;
+                            sent = Instant::now();
+                        }
+                        std::hint::spin_loop()
+                    }
+                }
+            }
+            let dt = t0.elapsed().as_nanos() as u64;
+            if i >= warmup {
+                samples.push(dt);
+            }
+        }
+        Ok(samples)
+    })();
+    stop.store(true, Ordering::Relaxed);
+    match handle.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "link echo thread failed"),
+        Err(_) => tracing::warn!("link echo thread panicked"),
     }
     result
 }

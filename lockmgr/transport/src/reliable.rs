@@ -215,6 +215,11 @@ pub trait Link: Send {
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<(usize, usize, Self::Addr)>>;
     /// Readable when datagrams may be pending (for `poll(2)`).
     fn raw_fd(&self) -> RawFd;
+    /// Whether one address belongs to one client process (UDP: a socket's ip:port). Then a SYN
+    /// with a new connection id from a known address means that process restarted, and the
+    /// old peer is retired at once. Not so for MAC addresses: every client on a host shares
+    /// the interface's MAC, so old peers there are only retired by FIN or liveness timeout.
+    const ADDR_IS_PROCESS: bool = true;
     /// Largest frame (payload, without the reliability header) this link can carry; a medium
     /// with a small MTU lowers it below [`MAX_FRAME`] and `send` reports
     /// [`TransportError::FrameTooLarge`] with this limit.
@@ -683,7 +688,13 @@ impl<L: Link> ReliableServer<L> {
                 }
                 return 0;
             }
-            if let Some(&old) = self.by_addr.get(&from) {
+            // See `Link::ADDR_IS_PROCESS` for why MAC-addressed links skip this.
+            let old = if L::ADDR_IS_PROCESS {
+                self.by_addr.get(&from).copied()
+            } else {
+                None
+            };
+            if let Some(old) = old {
                 // Same address, new connection id: the client restarted, so the old peer
                 // will never speak again.
                 if self.forget(old).is_some() {

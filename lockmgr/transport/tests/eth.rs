@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use lockmgr_transport::afpacket::{PacketClient, PacketLink, PacketServer};
 use lockmgr_transport::eth::{EthConfig, EthError, MacAddr};
 use lockmgr_transport::netns::{self, NetnsPair, IFACE, MAC_A};
-use lockmgr_transport::reliable::{FaultConfig, ReliableConfig};
+use lockmgr_transport::reliable::{FaultConfig, Link, ReliableConfig};
 use lockmgr_transport::{
     ClientTransport, PeerId, ServerEvent, ServerTransport, TransportError, MAX_FRAME,
 };
@@ -24,6 +24,8 @@ trait Medium {
     const MAX: usize;
     type S: ServerTransport + 'static;
     type C: ClientTransport + 'static;
+    type L: Link<Addr = MacAddr> + 'static;
+    fn link(eth: &EthConfig) -> Result<Self::L, TransportError>;
     fn server(eth: &EthConfig, cfg: ReliableConfig) -> Result<Self::S, TransportError>;
     fn client(
         eth: &EthConfig,
@@ -38,6 +40,10 @@ impl Medium for AfPacket {
     const MAX: usize = MAX_FRAME;
     type S = PacketServer;
     type C = PacketClient;
+    type L = PacketLink;
+    fn link(eth: &EthConfig) -> Result<Self::L, TransportError> {
+        PacketLink::open(eth)
+    }
     fn server(eth: &EthConfig, cfg: ReliableConfig) -> Result<Self::S, TransportError> {
         PacketServer::open(eth, cfg)
     }
@@ -58,6 +64,10 @@ impl Medium for AfXdp {
     const MAX: usize = lockmgr_transport::afxdp::MAX_XDP_FRAME;
     type S = lockmgr_transport::afxdp::XdpServer;
     type C = lockmgr_transport::afxdp::XdpClient;
+    type L = lockmgr_transport::afxdp::XdpLink;
+    fn link(eth: &EthConfig) -> Result<Self::L, TransportError> {
+        lockmgr_transport::afxdp::XdpLink::open(eth, &Default::default())
+    }
     fn server(eth: &EthConfig, cfg: ReliableConfig) -> Result<Self::S, TransportError> {
         lockmgr_transport::afxdp::XdpServer::open(eth, &Default::default(), cfg)
     }
@@ -409,6 +419,10 @@ macro_rules! medium_tests {
                 with_pair("config_errors", 9000, config_errors::<$medium>);
             }
             #[test]
+            fn raw_link_pingpong_baseline() {
+                with_pair("raw_pingpong", 9000, raw_pingpong::<$medium>);
+            }
+            #[test]
             fn client_process_killed_disconnects() {
                 with_pair("killed", 9000, client_process_killed::<$medium>);
             }
@@ -427,4 +441,103 @@ fn packet_link_needs_existing_interface_outside_netns_too() {
         e,
         TransportError::Ethernet(EthError::NoSuchInterface(_))
     ));
+}
+
+/// Several clients behind one MAC (one host): each gets its own peer, frames do not cross, and
+/// a new client does not retire the others (unlike UDP, where an address is one process).
+#[test]
+fn afpacket_clients_sharing_a_mac_are_distinct_peers() {
+    let Some(pair) = netns::pair_or_skip("shared_mac", 9000) else {
+        return;
+    };
+    let cfg = ReliableConfig::default();
+    let mut server = NetnsPair::run_in(&pair.a, move || AfPacket::server(&eth(), cfg))
+        .unwrap()
+        .unwrap();
+    let mut clients = Vec::new();
+    let mut evs = Vec::new();
+    for i in 0..3usize {
+        let t = NetnsPair::spawn_in(&pair.b, move || AfPacket::client(&eth(), MAC_A, cfg));
+        server_until(&mut server, &mut evs, |e| e.len() > i);
+        clients.push(t.join().unwrap().unwrap().unwrap());
+    }
+    let peers: Vec<PeerId> = evs
+        .iter()
+        .map(|e| match e {
+            Ev::Connected(p) => *p,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send(&[i as u8]).unwrap();
+    }
+    evs.clear();
+    server_until(&mut server, &mut evs, |e| e.len() >= 3);
+    let mut got: Vec<(PeerId, Vec<u8>)> = evs
+        .iter()
+        .map(|e| match e {
+            Ev::Frame(p, b) => (*p, b.clone()),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    got.sort();
+    let want: Vec<(PeerId, Vec<u8>)> = (0..3).map(|i| (peers[i], vec![i as u8])).collect();
+    assert_eq!(got, want);
+    for (i, p) in peers.iter().enumerate() {
+        server.send(*p, &[100 + i as u8]).unwrap();
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut got = Vec::new();
+        let start = Instant::now();
+        while got.is_empty() {
+            assert!(start.elapsed() < HANG_GUARD);
+            server.poll(&mut |_| {}).unwrap();
+            c.poll(&mut |b| got.push(b.to_vec())).unwrap();
+        }
+        assert_eq!(got, vec![vec![100 + i as u8]]);
+    }
+}
+
+/// Several hosts behind a bridge, each its own AF_XDP socket; the server's AF_XDP socket sits
+/// on the bridge device.
+#[cfg(feature = "afxdp")]
+#[test]
+fn afxdp_server_on_bridge_with_several_client_hosts() {
+    use lockmgr_transport::netns::{client_mac, star_or_skip, BRIDGE};
+    let Some(star) = star_or_skip("afxdp_star", 3, 9000) else {
+        return;
+    };
+    let cfg = ReliableConfig::default();
+    let mut server = NetnsPair::run_in(&star.server, move || {
+        AfXdp::server(&EthConfig::new(BRIDGE), cfg)
+    })
+    .unwrap()
+    .unwrap();
+    let mut clients = Vec::new();
+    let mut evs = Vec::new();
+    for (i, ns) in star.clients.iter().enumerate() {
+        let t = NetnsPair::spawn_in(ns, move || AfXdp::client(&eth(), MAC_A, cfg));
+        server_until(&mut server, &mut evs, |e| e.len() > i);
+        clients.push(t.join().unwrap().unwrap().unwrap());
+    }
+    assert_ne!(client_mac(0), client_mac(1));
+    let peers: Vec<PeerId> = evs
+        .iter()
+        .map(|e| match e {
+            Ev::Connected(p) => *p,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    for (c, p) in clients.iter_mut().zip(&peers) {
+        exchange(&mut server, c, *p, 200, 1000);
+    }
+}
+
+fn raw_pingpong<M: Medium>(pair: &NetnsPair) {
+    for len in [1, 64, 1400] {
+        let echo = NetnsPair::run_in(&pair.a, || M::link(&eth()).unwrap()).unwrap();
+        let client = NetnsPair::run_in(&pair.b, || M::link(&eth()).unwrap()).unwrap();
+        let s = lockmgr_transport::raw::link_pingpong(echo, client, MAC_A, 100, 10, len).unwrap();
+        assert_eq!(s.len(), 100);
+    }
 }

@@ -155,6 +155,8 @@ pub struct Conn {
     pub(crate) next_volatile: u64,
     next_async: u64,
     pending_tree_id: Option<u32>,
+    /// Whether the request being answered was signed.
+    signed_request: bool,
     out: Vec<Vec<u8>>,
     pub closed: bool,
 }
@@ -190,6 +192,7 @@ impl Conn {
             next_volatile: 0,
             next_async: 0,
             pending_tree_id: None,
+            signed_request: false,
             out: Vec::new(),
             closed: false,
         }
@@ -218,6 +221,11 @@ impl Conn {
 
     /// Handle one complete NetBIOS session message payload.
     pub fn on_message(&mut self, msg: &[u8]) {
+        if let Some(dir) = &self.shared.dump_dir {
+            // Debug aid (SMBD_DUMP_DIR): keep received messages, e.g. as a fuzzing corpus.
+            let n = self.next_async + self.next_volatile + msg.len() as u64;
+            let _ = std::fs::write(dir.join(format!("c{}-{}-{}", self.id, n, rand::random::<u32>())), msg);
+        }
         if msg.len() < 4 {
             self.closed = true;
             return;
@@ -320,8 +328,12 @@ impl Conn {
             let Some((resp, signer)) = self.process_one(m, &mut ctx, i + 1 == n) else {
                 continue;
             };
-            let hdr_sid = Header::decode(&resp).map(|h| h.session_id).unwrap_or(0);
-            if encrypted || self.session_wants_encryption(hdr_sid, ctx.tree_id) {
+            let (hdr_sid, hdr_cmd) = Header::decode(&resp)
+                .map(|h| (h.session_id, h.command))
+                .unwrap_or((0, 0));
+            // The final SESSION_SETUP response goes out signed, not sealed (MS-SMB2 3.3.5.5.3).
+            let setup = hdr_cmd == Command::SessionSetup as u16 || hdr_cmd == Command::Negotiate as u16;
+            if encrypted || (!setup && self.session_wants_encryption(hdr_sid, ctx.tree_id)) {
                 enc_session = enc_session.or(Some(hdr_sid));
             }
             responses.push((resp, signer));
@@ -464,6 +476,7 @@ impl Conn {
             }
         }
         let signed = hdr.flags & flags::SIGNED != 0;
+        self.signed_request = signed;
         let cmd = Command::from_u16(hdr.command);
         ctx.session_id = hdr.session_id;
         ctx.tree_id = hdr.tree_id;
@@ -494,6 +507,9 @@ impl Conn {
             Outcome::Reply(st, body) => (st, body),
         };
         ctx.prev_status = st;
+        if st != status::SUCCESS {
+            tracing::debug!(conn = self.id, ?cmd, mid = hdr.message_id, status = format_args!("{st:#010x}"), "error response");
+        }
         if cmd == Some(Command::Create) && st != status::SUCCESS {
             ctx.file_id = None;
         }
@@ -736,6 +752,12 @@ impl Conn {
         let Some(d) = OURS.iter().copied().find(|d| req.dialects.contains(d)) else {
             return err(status::NOT_SUPPORTED);
         };
+        tracing::debug!(
+            conn = self.id,
+            dialects = ?req.dialects,
+            contexts = ?req.contexts.iter().map(|c| (c.ctx_type, c.data.len())).collect::<Vec<_>>(),
+            "negotiate"
+        );
         let mut contexts = Vec::new();
         let mut cipher = None;
         let mut signing = None;
@@ -784,12 +806,15 @@ impl Conn {
                 ctx_type: negctx::PREAUTH_INTEGRITY,
                 data: w.buf,
             });
-            let mut w = Writer::new();
-            w.u16(1).u16(cipher.map_or(0, |c| c.id()));
-            contexts.push(NegotiateContext {
-                ctx_type: negctx::ENCRYPTION,
-                data: w.buf,
-            });
+            if req.contexts.iter().any(|c| c.ctx_type == negctx::ENCRYPTION) {
+                // Only answer contexts the client sent (MS-SMB2 3.3.5.4); cipher 0 = none.
+                let mut w = Writer::new();
+                w.u16(1).u16(cipher.map_or(0, |c| c.id()));
+                contexts.push(NegotiateContext {
+                    ctx_type: negctx::ENCRYPTION,
+                    data: w.buf,
+                });
+            }
             if let Some(s) = signing {
                 let mut w = Writer::new();
                 w.u16(1).u16(s.id());
@@ -905,16 +930,25 @@ impl Conn {
                     cipher,
                 );
                 let was_valid = matches!(s.state, AuthState::Valid);
-                if was_valid && s.user != user {
-                    // Re-authentication as another user is refused (MS-SMB2 3.3.5.5.3).
-                    s.reauth = None;
-                    return err(status::ACCESS_DENIED);
-                }
                 s.reauth = None;
                 s.state = AuthState::Valid;
                 s.user = user;
-                s.anonymous = anonymous;
                 let mut flags = 0;
+                if was_valid {
+                    // Re-authentication keeps the session's keys and signing state
+                    // (MS-SMB2 3.3.5.5.3); Samba also accepts another user here.
+                    if anonymous {
+                        flags |= SESSION_FLAG_IS_NULL;
+                    }
+                    return Outcome::Reply(
+                        status::SUCCESS,
+                        Response::SessionSetup {
+                            flags,
+                            buffer: token,
+                        },
+                    );
+                }
+                s.anonymous = anonymous;
                 if anonymous {
                     flags |= SESSION_FLAG_IS_NULL;
                 } else {
@@ -928,6 +962,14 @@ impl Conn {
                     }
                 }
                 tracing::info!(conn = self.id, sid, user = %s.user, anonymous, "session established");
+                if !was_valid && !anonymous {
+                    let user = s.user.clone();
+                    self.shared.session_established(sid, self.id, &user);
+                    if req.previous_session_id != 0 && req.previous_session_id != sid {
+                        self.shared
+                            .expire_previous_session(req.previous_session_id, &user, self.id);
+                    }
+                }
                 Outcome::Reply(
                     status::SUCCESS,
                     Response::SessionSetup {
@@ -954,6 +996,11 @@ impl Conn {
     /// signing is required, so the client can verify the session key.
     fn session_setup_signer(&self, h: &Header, st: u32) -> Option<(SigningAlgorithm, Vec<u8>)> {
         if st != status::SUCCESS {
+            // Re-authentication and binding attempts arrive signed on a valid session; their
+            // answers (errors and interim ones too) are signed with the session's key.
+            if h.flags & flags::SIGNED != 0 || self.signed_request {
+                return self.signer_for(h.session_id, true);
+            }
             return None;
         }
         let s = self.sessions.get(&h.session_id)?;
@@ -973,6 +1020,7 @@ impl Conn {
         let sid = hdr.session_id;
         self.close_session_opens(sid, None);
         self.sessions.remove(&sid);
+        self.shared.session_gone(sid);
         Outcome::Reply(status::SUCCESS, Response::Logoff)
     }
 
@@ -1146,6 +1194,11 @@ impl Conn {
         match ev {
             Event::DirChanged { dir, action, name } => self.notify_fire(&dir, action, &name),
             Event::Lock(n) => self.on_lock_notification(n),
+            Event::ExpireSession { session_id } => {
+                tracing::info!(conn = self.id, session_id, "session expired by reconnect");
+                self.close_session_opens(session_id, None);
+                self.sessions.remove(&session_id);
+            }
         }
     }
 
@@ -1162,6 +1215,9 @@ impl Conn {
         let ids: Vec<u64> = self.opens.keys().copied().collect();
         for v in ids {
             self.close_open(v);
+        }
+        for sid in self.sessions.keys() {
+            self.shared.session_gone(*sid);
         }
         self.shared.unregister_conn(self.id);
     }

@@ -344,3 +344,85 @@ mod tests {
         );
     }
 }
+
+/// The in-process lock engine (`lockmgr_engine::Engine`) behind [`LockService`].
+pub struct EngineLocks {
+    engine: lockmgr_engine::Engine,
+    epoch: std::time::Instant,
+    events: VecDeque<(SessionId, Notification)>,
+}
+
+impl EngineLocks {
+    pub fn new(config: lockmgr_engine::Config) -> Self {
+        EngineLocks {
+            engine: lockmgr_engine::Engine::new(config),
+            epoch: std::time::Instant::now(),
+            events: VecDeque::new(),
+        }
+    }
+
+    fn now(&self) -> lockmgr_engine::Time {
+        lockmgr_engine::Time(self.epoch.elapsed().as_nanos() as u64)
+    }
+
+    /// Move engine outputs to the event queue, returning the reply to (session, id) if seen.
+    fn drain(&mut self, want: Option<(SessionId, RequestId)>) -> Option<Reply> {
+        let mut mine = None;
+        while let Some(out) = self.engine.poll_output() {
+            match out {
+                lockmgr_engine::Output::Reply {
+                    session,
+                    request,
+                    reply,
+                } => {
+                    if mine.is_none() && want == Some((session, request)) {
+                        mine = Some(reply);
+                    } else {
+                        self.events
+                            .push_back((session, Notification::Completed { request, reply }));
+                    }
+                }
+                lockmgr_engine::Output::Notify {
+                    session,
+                    notification,
+                } => self.events.push_back((session, notification)),
+            }
+        }
+        mine
+    }
+}
+
+impl LockService for EngineLocks {
+    fn open_session(&mut self, session: SessionId) {
+        self.engine.open_session(session);
+    }
+
+    fn end_session(&mut self, session: SessionId) {
+        let now = self.now();
+        self.engine.end_session(now, session);
+        self.drain(None);
+        let orphans = self.engine.take_orphaned_deletes();
+        if !orphans.is_empty() {
+            tracing::warn!(?orphans, "delete-pending files whose last open vanished");
+        }
+    }
+
+    fn request(&mut self, session: SessionId, id: RequestId, req: Request) -> Reply {
+        let now = self.now();
+        self.engine.handle(now, session, id, req);
+        self.drain(Some((session, id)))
+            .unwrap_or(Reply::Done(Status::Unsuccessful))
+    }
+
+    fn poll_event(&mut self) -> Option<(SessionId, Notification)> {
+        self.events.pop_front()
+    }
+
+    fn tick(&mut self) {
+        let now = self.now();
+        if self.engine.poll_timeout().is_some_and(|t| t <= now) {
+            self.engine.handle_timeout(now);
+            self.drain(None);
+        }
+    }
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use smb_auth::users::UserDb;
 
 use crate::config::{Config, ConfigError};
-use crate::locking::{LocalLocks, LockService};
+use crate::locking::{EngineLocks, LockService};
 use crate::shared::{Share, Shared};
 use crate::worker::{Worker, WorkerError};
 
@@ -37,7 +37,7 @@ pub enum ServerError {
 
 /// The lock service smbd uses: the in-process lock engine.
 pub fn default_lock_service() -> Box<dyn LockService> {
-    Box::new(LocalLocks::new())
+    Box::new(EngineLocks::new(lockmgr_engine::Config::default()))
 }
 
 /// A bound, not yet running server.

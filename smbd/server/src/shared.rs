@@ -36,6 +36,9 @@ pub enum Event {
         action: u32,
         name: String,
     },
+    /// A client reconnected naming this session as its PreviousSessionId (MS-SMB2
+    /// 3.3.5.5.3): tear it down.
+    ExpireSession { session_id: u64 },
 }
 
 /// A worker's inbox, woken through an eventfd the worker's ring reads.
@@ -98,6 +101,10 @@ pub struct Shared {
     /// Watched directory -> connections watching it (with a use count).
     watches: Mutex<HashMap<PathBuf, HashMap<u64, usize>>>,
     pub shutdown: std::sync::atomic::AtomicBool,
+    /// SMBD_DUMP_DIR: write every received message there (debugging, corpus building).
+    pub dump_dir: Option<PathBuf>,
+    /// Established sessions of all connections: session id -> (connection, user).
+    sessions: Mutex<HashMap<u64, (u64, String)>>,
 }
 
 impl Shared {
@@ -123,6 +130,8 @@ impl Shared {
             routes: Mutex::new(HashMap::new()),
             watches: Mutex::new(HashMap::new()),
             shutdown: std::sync::atomic::AtomicBool::new(false),
+            sessions: Mutex::new(HashMap::new()),
+            dump_dir: std::env::var_os("SMBD_DUMP_DIR").map(PathBuf::from),
         })
     }
 
@@ -172,6 +181,25 @@ impl Shared {
         let mut l = lock(&self.locks);
         l.tick();
         self.route_events(&mut **l);
+    }
+
+    pub fn session_established(&self, sid: u64, conn: u64, user: &str) {
+        lock(&self.sessions).insert(sid, (conn, user.to_lowercase()));
+    }
+
+    pub fn session_gone(&self, sid: u64) {
+        lock(&self.sessions).remove(&sid);
+    }
+
+    /// Expire `previous` if it belongs to `user` on another connection.
+    pub fn expire_previous_session(&self, previous: u64, user: &str, conn: u64) {
+        let owner = lock(&self.sessions).get(&previous).cloned();
+        if let Some((c, u)) = owner {
+            if u == user.to_lowercase() && c != conn {
+                lock(&self.sessions).remove(&previous);
+                self.post(c, Event::ExpireSession { session_id: previous });
+            }
+        }
     }
 
     pub fn watch(&self, conn: u64, dir: PathBuf) {

@@ -89,7 +89,12 @@ fn encrypted_share_requires_smb3() {
     });
     let work = tempfile::tempdir().unwrap();
     std::fs::write(work.path().join("x.txt"), b"secret data").unwrap();
-    let (ok, out) = srv.smbclient(work.path(), &["-m", "SMB3_11"], "put x.txt; get x.txt y.txt");
+    // smbclient 4.17 refuses an encrypted share unless told to encrypt.
+    let (ok, out) = srv.smbclient(
+        work.path(),
+        &["-m", "SMB3_11", "--client-protection=encrypt"],
+        "put x.txt; get x.txt y.txt",
+    );
     assert!(ok, "{out}");
     assert_eq!(std::fs::read(work.path().join("y.txt")).unwrap(), b"secret data");
     let (ok, _) = srv.smbclient(work.path(), &["-m", "SMB2_10"], "ls");
@@ -101,4 +106,24 @@ fn sigterm_stops_cleanly() {
     let mut srv = TestServer::start(Options::default());
     let st = srv.stop();
     assert!(st.success(), "exit status {st:?}");
+}
+
+#[test]
+fn global_encryption_smb3_00() {
+    if !have("smbclient") {
+        return;
+    }
+    let srv = TestServer::start(Options {
+        global_encrypt: true,
+        ..Default::default()
+    });
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("x.txt"), b"sealed").unwrap();
+    let (ok, out) = srv.smbclient(
+        work.path(),
+        &["-m", "SMB3_00", "--client-protection=encrypt"],
+        "put x.txt; get x.txt y.txt",
+    );
+    assert!(ok, "{out}");
+    assert_eq!(std::fs::read(work.path().join("y.txt")).unwrap(), b"sealed");
 }

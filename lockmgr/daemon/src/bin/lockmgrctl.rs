@@ -15,6 +15,10 @@ use clap::{Parser, Subcommand};
 use lockmgr_client::{ClientOptions, LockClient};
 use lockmgr_engine::{access, share, FileId, LockRange, OpenRequest, Reply, Request, Status};
 use lockmgr_proto::ClusterKey;
+use lockmgr_transport::afpacket::PacketClient;
+use lockmgr_transport::afxdp::XdpClient;
+use lockmgr_transport::eth::{EthConfig, MacAddr};
+use lockmgr_transport::reliable::ReliableConfig;
 use lockmgr_transport::shm::ShmClient;
 use lockmgr_transport::udp::{UdpClient, UdpConfig};
 use lockmgr_transport::{ClientTransport, SpinConfig};
@@ -25,9 +29,19 @@ use lockmgrd::config::{read_key_file, TransportKind};
 struct Cli {
     #[arg(long, value_enum)]
     transport: TransportKind,
-    /// shm: lockmgrd's unix socket path; udp: ADDR:PORT.
-    #[arg(long)]
+    /// shm: lockmgrd's unix socket path; udp: ADDR:PORT; afpacket/afxdp: lockmgrd's MAC
+    /// (or use --peer-mac).
+    #[arg(long, default_value = "")]
     connect: String,
+    /// afpacket/afxdp: local network interface towards lockmgrd.
+    #[arg(long)]
+    interface: Option<String>,
+    /// afpacket/afxdp: lockmgrd's MAC address (aa:bb:cc:dd:ee:ff).
+    #[arg(long)]
+    peer_mac: Option<String>,
+    /// afpacket/afxdp: EtherType of lockmgr frames (decimal or 0x hex).
+    #[arg(long, default_value = "0x88b5")]
+    ethertype: String,
     #[arg(long)]
     cluster_key_file: PathBuf,
     /// Node name to announce.
@@ -125,6 +139,31 @@ fn run_with<T: ClientTransport>(transport: T, cli: &Cli, key: ClusterKey) -> Res
     }
 }
 
+fn eth_target(cli: &Cli) -> Result<(EthConfig, MacAddr), String> {
+    let interface = cli
+        .interface
+        .clone()
+        .ok_or("afpacket/afxdp need --interface")?;
+    let mac_text = cli.peer_mac.as_deref().unwrap_or(&cli.connect);
+    if mac_text.is_empty() {
+        return Err("afpacket/afxdp need --peer-mac (lockmgrd's MAC)".into());
+    }
+    let mac: MacAddr = mac_text.parse().map_err(|e| format!("{e}"))?;
+    let et = &cli.ethertype;
+    let ethertype = match et.strip_prefix("0x").or_else(|| et.strip_prefix("0X")) {
+        Some(h) => u16::from_str_radix(h, 16),
+        None => et.parse(),
+    }
+    .map_err(|e| format!("--ethertype {et}: {e}"))?;
+    Ok((
+        EthConfig {
+            interface,
+            ethertype,
+        },
+        mac,
+    ))
+}
+
 fn run(cli: Cli) -> Result<(), String> {
     let key_bytes = read_key_file(&cli.cluster_key_file).map_err(|e| e.to_string())?;
     let key = ClusterKey::new(&key_bytes).map_err(|e| format!("cluster key: {e}"))?;
@@ -137,6 +176,23 @@ fn run(cli: Cli) -> Result<(), String> {
             let t = ShmClient::connect(&cli.connect, spin, Duration::from_secs(5))
                 .map_err(|e| format!("cannot reach lockmgrd at {}: {e}", cli.connect))?;
             run_with(t, &cli, key)
+        }
+        TransportKind::Afpacket | TransportKind::Afxdp => {
+            let (eth, mac) = eth_target(&cli)?;
+            let rcfg = ReliableConfig {
+                spin,
+                ..ReliableConfig::default()
+            };
+            let unreachable =
+                |e| format!("cannot reach lockmgrd at {mac} via {}: {e}", eth.interface);
+            if cli.transport == TransportKind::Afpacket {
+                let t = PacketClient::connect(&eth, mac, rcfg).map_err(unreachable)?;
+                run_with(t, &cli, key)
+            } else {
+                let t = XdpClient::connect(&eth, &Default::default(), mac, rcfg)
+                    .map_err(unreachable)?;
+                run_with(t, &cli, key)
+            }
         }
         TransportKind::Udp => {
             let addr = cli

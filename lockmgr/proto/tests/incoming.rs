@@ -1,0 +1,147 @@
+//! The allocation-free paths (`FrameBuf`, `FrameReader::next_incoming`) must be byte- and
+//! message-identical to `FrameWriter` and the plain iterator.
+
+use lockmgr_engine::{LockRange, OpenId, Request, RequestId, SessionId};
+use lockmgr_proto::strategies::{message, session_id};
+use lockmgr_proto::{decode_frame, EncodeError, FrameBuf, FrameWriter, Incoming, Message};
+use proptest::collection::vec;
+use proptest::prelude::*;
+
+fn frame_of(session: SessionId, msgs: &[Message]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut w = FrameWriter::new(&mut buf, session);
+    for m in msgs {
+        w.push(m).unwrap();
+    }
+    let len = w.finish();
+    buf.truncate(len);
+    buf
+}
+
+proptest! {
+    #[test]
+    fn frame_buf_matches_frame_writer(msgs in vec(message(), 0..40), s in session_id()) {
+        let mut fb = FrameBuf::new(s);
+        let mut frames = Vec::new();
+        let mut current = Vec::new();
+        for m in &msgs {
+            match fb.push(m) {
+                Ok(()) => current.push(m.clone()),
+                Err(EncodeError::FrameFull) => {
+                    frames.push((fb.finish().to_vec(), std::mem::take(&mut current)));
+                    fb.clear();
+                    fb.push(m).unwrap();
+                    current.push(m.clone());
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        frames.push((fb.finish().to_vec(), current));
+        for (bytes, msgs) in frames {
+            prop_assert_eq!(bytes, frame_of(s, &msgs));
+        }
+    }
+
+    #[test]
+    fn next_incoming_matches_iterator(msgs in vec(message(), 0..40), s in session_id()) {
+        let mut fb = FrameBuf::new(s);
+        for m in &msgs {
+            if fb.push(m).is_err() {
+                break;
+            }
+        }
+        let bytes = fb.finish().to_vec();
+        let expected: Vec<_> = decode_frame(&bytes).unwrap().collect();
+        let mut reader = decode_frame(&bytes).unwrap();
+        let mut ranges = Vec::new();
+        let mut got = Vec::new();
+        while let Some(m) = reader.next_incoming(&mut ranges) {
+            got.push(m.map(Incoming::into_message));
+        }
+        prop_assert_eq!(got, expected);
+    }
+
+    /// Corrupting any byte of a frame of lock requests gives the same result either way.
+    #[test]
+    fn next_incoming_matches_iterator_on_corruption(
+        n in 1usize..4,
+        at in any::<prop::sample::Index>(),
+        byte in any::<u8>(),
+    ) {
+        let msgs: Vec<Message> = (0..n as u64)
+            .map(|i| Message::Request {
+                request_id: RequestId(i),
+                body: if i % 2 == 0 {
+                    Request::Lock {
+                        open: OpenId(i),
+                        ranges: vec![LockRange { offset: i, length: 3, exclusive: true }],
+                        fail_immediately: true,
+                    }
+                } else {
+                    Request::Unlock {
+                        open: OpenId(i),
+                        ranges: vec![LockRange { offset: i, length: 3, exclusive: false }; 2],
+                    }
+                },
+            })
+            .collect();
+        let mut bytes = frame_of(SessionId(1), &msgs);
+        let i = at.index(bytes.len());
+        bytes[i] = byte;
+        let Ok(reader) = decode_frame(&bytes) else {
+            return Ok(());
+        };
+        let expected: Vec<_> = reader.clone().collect();
+        let mut reader = reader;
+        let mut ranges = Vec::new();
+        let mut got = Vec::new();
+        while let Some(m) = reader.next_incoming(&mut ranges) {
+            got.push(m.map(Incoming::into_message));
+        }
+        prop_assert_eq!(got, expected);
+    }
+}
+
+#[test]
+fn next_incoming_borrows_lock_ranges() {
+    let r = LockRange {
+        offset: 10,
+        length: 5,
+        exclusive: true,
+    };
+    let bytes = frame_of(
+        SessionId(3),
+        &[
+            Message::Request {
+                request_id: RequestId(1),
+                body: Request::Lock {
+                    open: OpenId(9),
+                    ranges: vec![r],
+                    fail_immediately: false,
+                },
+            },
+            Message::Heartbeat { seq: 4 },
+        ],
+    );
+    let mut reader = decode_frame(&bytes).unwrap();
+    let mut ranges = Vec::with_capacity(4);
+    match reader.next_incoming(&mut ranges) {
+        Some(Ok(Incoming::Lock {
+            request_id,
+            open,
+            ranges,
+            fail_immediately,
+        })) => {
+            assert_eq!(
+                (request_id, open, ranges, fail_immediately),
+                (RequestId(1), OpenId(9), &[r][..], false)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        reader.next_incoming(&mut ranges),
+        Some(Ok(Incoming::Message(Message::Heartbeat { seq: 4 })))
+    );
+    assert_eq!(reader.next_incoming(&mut ranges), None);
+}

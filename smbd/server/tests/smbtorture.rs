@@ -1,0 +1,105 @@
+//! smbtorture (Samba 4.17) suites against the real smbd binary. Each suite's subunit results
+//! are compared with `smbd/tests/smbtorture-known-failures.txt`: a failure not listed there
+//! fails the test; a listed test that now passes is reported (remove it from the list).
+
+mod common;
+use common::*;
+
+fn suite(name: &str) {
+    if !have("smbtorture") {
+        eprintln!("smbtorture not installed (apt-get install samba-testsuite); skipping");
+        return;
+    }
+    let srv = TestServer::start(Options::default());
+    let (res, raw) = run_smbtorture(&srv, name);
+    let known = known_failures();
+    let unexpected: Vec<&String> = res
+        .failure
+        .iter()
+        .filter(|f| !known.iter().any(|k| k == *f))
+        .collect();
+    let fixed: Vec<&String> = res
+        .success
+        .iter()
+        .filter(|s| known.iter().any(|k| k == *s))
+        .collect();
+    eprintln!(
+        "{name}: {} passed, {} failed, {} skipped",
+        res.success.len(),
+        res.failure.len(),
+        res.skip.len()
+    );
+    if !fixed.is_empty() {
+        eprintln!("{name}: now passing, remove from known failures: {fixed:?}");
+    }
+    assert!(
+        !res.success.is_empty() || !res.failure.is_empty(),
+        "{name}: smbtorture produced no results:\n{raw}"
+    );
+    assert!(
+        unexpected.is_empty(),
+        "{name}: unexpected failures {unexpected:?}\n--- subunit ---\n{raw}\n--- smbd log ---\n{}",
+        srv.log()
+    );
+}
+
+#[test]
+fn smb2_connect() {
+    suite("smb2.connect");
+}
+#[test]
+fn smb2_read() {
+    suite("smb2.read");
+}
+#[test]
+fn smb2_rw() {
+    suite("smb2.rw");
+}
+#[test]
+fn smb2_getinfo() {
+    suite("smb2.getinfo");
+}
+#[test]
+fn smb2_setinfo() {
+    suite("smb2.setinfo");
+}
+#[test]
+fn smb2_dir() {
+    suite("smb2.dir");
+}
+#[test]
+fn smb2_create() {
+    suite("smb2.create");
+}
+#[test]
+fn smb2_compound() {
+    suite("smb2.compound");
+}
+#[test]
+fn smb2_credits() {
+    suite("smb2.credits");
+}
+#[test]
+fn smb2_session() {
+    suite("smb2.session");
+}
+#[test]
+fn smb2_rename() {
+    suite("smb2.rename");
+}
+#[test]
+fn smb2_delete_on_close_perms() {
+    suite("smb2.delete-on-close-perms");
+}
+#[test]
+fn smb2_ioctl() {
+    suite("smb2.ioctl");
+}
+#[test]
+fn smb2_maxfid() {
+    suite("smb2.maxfid");
+}
+#[test]
+fn smb2_lock() {
+    suite("smb2.lock");
+}
