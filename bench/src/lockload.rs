@@ -58,6 +58,11 @@ pub struct LoadSpec {
     pub duration: Duration,
     /// Requests per frame in closed-loop mode.
     pub batch: usize,
+    /// Closed loop: batches in flight at once (pipelining; 1 = send, wait, send). With more
+    /// than one, client and server work at the same time instead of taking turns. Keep
+    /// `batch * depth` under 2048 with the uncontended pattern, or a client's own ranges
+    /// (4096 slots) come round again while still locked and count as conflicts.
+    pub depth: usize,
     /// Open loop: operations per second for this client (None: closed loop).
     pub rate: Option<f64>,
     pub seed: u64,
@@ -275,8 +280,21 @@ impl OpGen {
     }
 }
 
-/// Closed loop: send a batch, wait for all replies, send the undo batch, wait; every request's
-/// latency is its batch's round trip.
+/// One batch in flight in closed-loop mode.
+struct InFlight {
+    /// Request id of the batch's first request; the others follow without gaps.
+    first: u64,
+    replies: Vec<Option<Reply>>,
+    got: usize,
+    sent_at: Instant,
+    /// For a batch of operations: what undoes each (unlock, close); empty for an undo batch.
+    undo: Vec<Step>,
+}
+
+/// Closed loop: keeps `spec.depth` batches in flight. When a batch of operations is answered,
+/// the undo batch for what was granted (unlock, close) is sent; every request's latency is its
+/// batch's round trip (recorded once per batch with the batch's count, so recording costs
+/// nothing per request).
 pub fn run_closed<T: ClientTransport>(
     c: &mut LockClient<T>,
     ws: &Workset,
@@ -284,53 +302,143 @@ pub fn run_closed<T: ClientTransport>(
 ) -> Result<LoadResult, String> {
     let mut gen = OpGen::new(spec);
     let mut hist = new_histogram();
+    let depth = spec.depth.max(1);
     let mut steps = Vec::with_capacity(spec.batch);
-    let mut undo = Vec::with_capacity(spec.batch);
-    let mut replies: Vec<(RequestId, Reply)> = Vec::with_capacity(spec.batch);
-    let mut ids: Vec<RequestId> = Vec::with_capacity(spec.batch);
+    let mut in_flight: Vec<InFlight> = Vec::with_capacity(2 * depth);
+    // Reply vectors and undo lists of finished batches, reused.
+    let mut reply_pool: Vec<Vec<Option<Reply>>> = Vec::new();
+    let mut undo_pool: Vec<Vec<Step>> = Vec::new();
+    let mut events: Vec<(RequestId, Reply)> = Vec::with_capacity(spec.batch);
     let start = Instant::now();
     let mut ops = 0u64;
     let mut conflicts = 0u64;
-    while start.elapsed() < spec.duration {
-        gen.batch(ws, spec.batch, &mut steps, &mut undo);
-        // Phase 1: the operations.
-        ids.clear();
-        let t0 = Instant::now();
-        for s in steps.drain(..) {
-            ids.push(c.submit(s.request).map_err(|e| e.to_string())?);
+    let mut last_progress = Instant::now();
+    loop {
+        let running = start.elapsed() < spec.duration;
+        if !running && in_flight.is_empty() {
+            break;
         }
-        c.flush().map_err(|e| e.to_string())?;
-        collect(c, ids.len(), &mut replies)?;
-        let rtt = t0.elapsed().as_nanos() as u64;
-        for _ in 0..ids.len() {
-            record(&mut hist, rtt);
-        }
-        ops += ids.len() as u64;
-        // Phase 2: undo what was granted (unlock, close).
-        let t1 = Instant::now();
-        let mut n_undo = 0;
-        for ((_, reply), u) in replies.iter().zip(undo.drain(..)) {
-            let request = match (reply, u.request) {
-                (Reply::Opened { open, .. }, Request::Close { .. }) => {
-                    Request::Close { open: *open }
-                }
-                (Reply::Done(lockmgr_engine::Status::Success), r @ Request::Unlock { .. }) => r,
-                _ => {
-                    conflicts += 1;
-                    continue;
-                }
-            };
-            c.submit(request).map_err(|e| e.to_string())?;
-            n_undo += 1;
-        }
-        if n_undo > 0 {
-            c.flush().map_err(|e| e.to_string())?;
-            collect(c, n_undo, &mut replies)?;
-            let rtt = t1.elapsed().as_nanos() as u64;
-            for _ in 0..n_undo {
-                record(&mut hist, rtt);
+        // Top up: new batches only while the run lasts; undo batches are sent regardless.
+        let mut sent = false;
+        // Undo batches count too, so depth 1 is strictly send, wait, undo, wait.
+        while running && in_flight.len() < depth {
+            let mut undo = undo_pool.pop().unwrap_or_default();
+            gen.batch(ws, spec.batch, &mut steps, &mut undo);
+            let sent_at = Instant::now();
+            let mut first = None;
+            for s in steps.drain(..) {
+                let id = c.submit(s.request).map_err(|e| e.to_string())?;
+                first.get_or_insert(id.0);
             }
-            ops += n_undo as u64;
+            let Some(first) = first else {
+                break;
+            };
+            let mut replies = reply_pool.pop().unwrap_or_default();
+            replies.clear();
+            replies.resize(undo.len(), None);
+            in_flight.push(InFlight {
+                first,
+                replies,
+                got: 0,
+                sent_at,
+                undo,
+            });
+            sent = true;
+        }
+        if sent {
+            c.flush().map_err(|e| e.to_string())?;
+        }
+        events.clear();
+        let got = c
+            .poll(&mut |ev| {
+                if let Event::Reply { request, reply } = ev {
+                    events.push((request, reply));
+                }
+            })
+            .map_err(|e: ClientError| e.to_string())?;
+        for (id, reply) in events.drain(..) {
+            // Few batches are in flight: a linear search is cheapest.
+            if let Some(b) = in_flight
+                .iter_mut()
+                .find(|b| id.0 >= b.first && id.0 < b.first + b.replies.len() as u64)
+            {
+                let slot = &mut b.replies[(id.0 - b.first) as usize];
+                if slot.is_none() {
+                    b.got += 1;
+                }
+                *slot = Some(reply);
+            }
+        }
+        // Retire answered batches; an answered operation batch begets its undo batch.
+        let mut i = 0;
+        let mut sent_undo = false;
+        while i < in_flight.len() {
+            if in_flight[i].got < in_flight[i].replies.len() {
+                i += 1;
+                continue;
+            }
+            let mut b = in_flight.swap_remove(i);
+            let n = b.replies.len() as u64;
+            let rtt = (b.sent_at.elapsed().as_nanos() as u64).clamp(1, hist.high());
+            hist.saturating_record_n(rtt, n);
+            ops += n;
+            if !b.undo.is_empty() {
+                let sent_at = Instant::now();
+                let mut first = None;
+                let mut count = 0;
+                for (reply, u) in b.replies.iter().zip(b.undo.drain(..)) {
+                    let request = match (reply, u.request) {
+                        (Some(Reply::Opened { open, .. }), Request::Close { .. }) => {
+                            Request::Close { open: *open }
+                        }
+                        (
+                            Some(Reply::Done(lockmgr_engine::Status::Success)),
+                            r @ Request::Unlock { .. },
+                        ) => r,
+                        _ => {
+                            conflicts += 1;
+                            continue;
+                        }
+                    };
+                    let id = c.submit(request).map_err(|e| e.to_string())?;
+                    first.get_or_insert(id.0);
+                    count += 1;
+                }
+                if let Some(first) = first {
+                    let mut replies = reply_pool.pop().unwrap_or_default();
+                    replies.clear();
+                    replies.resize(count, None);
+                    in_flight.push(InFlight {
+                        first,
+                        replies,
+                        got: 0,
+                        sent_at,
+                        undo: Vec::new(),
+                    });
+                    sent_undo = true;
+                }
+            }
+            reply_pool.push(b.replies);
+            // Undo batches have no undo list: pooling their empty vectors would bury the
+            // allocated ones and make every batch allocate afresh.
+            if b.undo.capacity() > 0 {
+                undo_pool.push(b.undo);
+            }
+        }
+        if sent_undo {
+            c.flush().map_err(|e| e.to_string())?;
+        }
+        if got > 0 {
+            last_progress = Instant::now();
+        } else if !sent && !sent_undo {
+            if last_progress.elapsed() > Duration::from_secs(10) {
+                return Err(format!(
+                    "timed out waiting for replies ({} batches in flight)",
+                    in_flight.len()
+                ));
+            }
+            c.wait(Some(Duration::from_millis(1)))
+                .map_err(|e| e.to_string())?;
         }
     }
     Ok(LoadResult {
@@ -339,40 +447,6 @@ pub fn run_closed<T: ClientTransport>(
         conflicts,
         elapsed: start.elapsed(),
     })
-}
-
-/// Waits for `n` replies (in any order; deferred completions and breaks are ignored: the
-/// benchmark's requests never wait).
-fn collect<T: ClientTransport>(
-    c: &mut LockClient<T>,
-    n: usize,
-    out: &mut Vec<(RequestId, Reply)>,
-) -> Result<(), String> {
-    out.clear();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while out.len() < n {
-        let got = c
-            .poll(&mut |ev| {
-                if let Event::Reply { request, reply } = ev {
-                    out.push((request, reply));
-                }
-            })
-            .map_err(|e: ClientError| e.to_string())?;
-        if got == 0 {
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "timed out waiting for {} of {n} replies",
-                    n - out.len()
-                ));
-            }
-            c.wait(Some(Duration::from_millis(1)))
-                .map_err(|e| e.to_string())?;
-        }
-    }
-    // Replies come back in request order per session; sort anyway so pairing with the undo
-    // list never depends on it.
-    out.sort_by_key(|(id, _)| *id);
-    Ok(())
 }
 
 /// Open loop: lock requests are due at fixed intervals whether or not earlier ones were

@@ -74,6 +74,9 @@ struct Cli {
     /// Requests per frame in closed loop (batching; throughput mode).
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// Closed loop: batches in flight per client (pipelining; throughput mode).
+    #[arg(long, default_value_t = 1)]
+    depth: usize,
     /// Busy-poll budget of server and clients, microseconds (0 = always sleep).
     #[arg(long, default_value_t = 200)]
     spin_us: u64,
@@ -282,6 +285,7 @@ fn run_clients<C: ClientTransport + 'static>(
                         op: cli.op,
                         duration,
                         batch: cli.batch.max(1),
+                        depth: cli.depth.max(1),
                         rate: cli.rate.map(|r| r / cli.clients as f64),
                         seed: 0x5eed + i as u64,
                     };

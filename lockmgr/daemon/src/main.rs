@@ -198,7 +198,7 @@ fn run(cli: Cli) -> Result<(), String> {
             )
             .map_err(|e| format!("cannot listen on {}: {e}", eth.interface))?;
             tracing::info!(interface = %eth.interface, mac = %server.link().mac(),
-                ethertype = eth.ethertype, "lockmgrd listening (afpacket)");
+                ethertype = %format_args!("{:#06x}", eth.ethertype), "lockmgrd listening (afpacket)");
             serve(server, options)
         }
         TransportKind::Afxdp => {
@@ -213,7 +213,7 @@ fn run(cli: Cli) -> Result<(), String> {
             )
             .map_err(|e| format!("cannot listen on {}: {e}", eth.interface))?;
             tracing::info!(interface = %eth.interface, mac = %server.link().mac(),
-                ethertype = eth.ethertype, "lockmgrd listening (afxdp)");
+                ethertype = %format_args!("{:#06x}", eth.ethertype), "lockmgrd listening (afxdp)");
             serve(server, options)
         }
     }

@@ -197,34 +197,29 @@ impl<'a> FrameWriter<'a> {
 /// ```
 #[derive(Clone, Debug)]
 pub struct FrameBuf {
-    /// Header (final only after `finish`) then the messages so far.
+    /// Always `MAX_FRAME` bytes long (zeroed once): messages are encoded in place, so a push
+    /// neither grows nor zero-fills the buffer. Header (final only after `finish`) at 0.
     buf: Vec<u8>,
+    /// End of the frame so far.
+    end: usize,
     session_id: SessionId,
     count: u16,
 }
 
 impl FrameBuf {
     pub fn new(session_id: SessionId) -> Self {
-        let mut buf = Vec::with_capacity(MAX_FRAME);
-        buf.extend_from_slice(&header_bytes(session_id));
-        FrameBuf {
-            buf,
+        let mut f = FrameBuf {
+            buf: vec![0; MAX_FRAME],
+            end: 0,
             session_id,
             count: 0,
-        }
+        };
+        f.clear();
+        f
     }
 
     pub fn session_id(&self) -> SessionId {
         self.session_id
-    }
-
-    /// Appends one message; same contract as [`FrameWriter::push`] (on `FrameFull`, send this
-    /// frame, `clear`, and push again).
-    pub fn push(&mut self, msg: &Message) -> Result<(), EncodeError> {
-        let mut w = self.writer();
-        let r = w.push(msg);
-        self.count = w.count;
-        r
     }
 
     /// Changes the session id in the header of the frame being built (e.g. when a handshake
@@ -236,6 +231,15 @@ impl FrameBuf {
         }
     }
 
+    /// Appends one message; same contract as [`FrameWriter::push`] (on `FrameFull`, send this
+    /// frame, `clear`, and push again).
+    pub fn push(&mut self, msg: &Message) -> Result<(), EncodeError> {
+        let mut w = self.writer();
+        let r = w.push(msg);
+        (self.end, self.count) = (w.end, w.count);
+        r
+    }
+
     /// True while no message has been pushed since the last `clear`.
     pub fn is_empty(&self) -> bool {
         self.count == 0
@@ -245,17 +249,24 @@ impl FrameBuf {
         self.count
     }
 
+    /// Bytes of the frame so far, header included.
+    pub fn len(&self) -> usize {
+        self.end
+    }
+
     /// Completes the header and returns the frame. Pushing after `finish` without `clear`
     /// continues the same frame (`finish` again before sending it).
     pub fn finish(&mut self) -> &[u8] {
         let len = self.writer().finish();
-        &self.buf[..len]
+        self.buf.get(..len).unwrap_or_default()
     }
 
     /// Starts a new, empty frame of the same session.
     pub fn clear(&mut self) {
-        self.buf.clear();
-        self.buf.extend_from_slice(&header_bytes(self.session_id));
+        if let Some(h) = self.buf.first_chunk_mut::<FRAME_HEADER_LEN>() {
+            *h = header_bytes(self.session_id);
+        }
+        self.end = FRAME_HEADER_LEN;
         self.count = 0;
     }
 
@@ -266,11 +277,10 @@ impl FrameBuf {
     }
 
     fn writer(&mut self) -> FrameWriter<'_> {
-        let end = self.buf.len();
         FrameWriter {
-            out: Out::Vec(&mut self.buf),
+            out: Out::Slice(&mut self.buf),
             start: 0,
-            end,
+            end: self.end,
             limit: MAX_FRAME,
             count: self.count,
         }

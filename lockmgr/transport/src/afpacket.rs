@@ -3,27 +3,29 @@
 //! A `SOCK_RAW` packet socket bound to one interface and the lockmgr EtherType (so the kernel
 //! only queues our frames to it), non-blocking: the reliability layer busy-polls `recvfrom` and
 //! falls back to `poll(2)` after its spin budget. Peers are MAC addresses on that interface; the
-//! server learns client MACs from their SYN. Framing and MTU policy: see [`crate::eth`].
+//! server learns client MACs from their SYN. Framing, fragmentation and MTU policy: see
+//! [`crate::eth`].
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::eth::{
-    check_ethertype, interface_info, parse_frame, write_header, EthConfig, IfInfo, MacAddr,
-    ETH_HDR_LEN, LEN_FIELD,
+    check_ethertype, interface_info, EthConfig, Framing, IfInfo, MacAddr, ETH_HDR_LEN,
 };
 use crate::reliable::{Link, ReliableClient, ReliableConfig, ReliableServer, DGRAM_MAX};
 use crate::TransportError;
 
 /// `setsockopt(SOL_PACKET)`: do not loop our own transmissions back to this socket (Linux 4.20).
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
-const FRAME_MAX: usize = ETH_HDR_LEN + LEN_FIELD + DGRAM_MAX;
+/// Socket receive buffer we ask for.
+const RCVBUF: libc::c_int = 4 << 20;
 
 /// A bound AF_PACKET socket as a [`Link`].
 pub struct PacketLink {
     fd: OwnedFd,
     info: IfInfo,
     ethertype: u16,
+    framing: Framing,
     tx: Box<[u8]>,
 }
 
@@ -75,6 +77,24 @@ impl PacketLink {
             // Older kernels: outgoing copies are filtered by pkttype in `recv` anyway.
             tracing::debug!(error = %io::Error::last_os_error(), "PACKET_IGNORE_OUTGOING unsupported");
         }
+        // A full window of fragmented frames arrives as a burst; the default receive buffer
+        // (~200 KiB) would drop part of it. Best effort: FORCE needs CAP_NET_ADMIN.
+        let rcvbuf: libc::c_int = RCVBUF;
+        for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+            // SAFETY: passes a pointer to a live c_int and its exact size.
+            let r = unsafe {
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&rcvbuf as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if r == 0 {
+                break;
+            }
+        }
         // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
         let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         sll.sll_family = libc::AF_PACKET as u16;
@@ -90,11 +110,13 @@ impl PacketLink {
         })?;
         tracing::debug!(interface = %cfg.interface, mac = %info.mac, mtu = info.mtu,
             ethertype = cfg.ethertype, "af_packet link open");
+        let framing = Framing::new(info.mac, cfg.ethertype, info.mtu);
         Ok(PacketLink {
             fd,
             info,
             ethertype: cfg.ethertype,
-            tx: vec![0u8; FRAME_MAX].into_boxed_slice(),
+            tx: vec![0u8; framing.max_frame_len()].into_boxed_slice(),
+            framing,
         })
     }
 
@@ -112,27 +134,27 @@ impl PacketLink {
 impl Link for PacketLink {
     type Addr = MacAddr;
     const ADDR_IS_PROCESS: bool = false;
-    const RX_BUF: usize = FRAME_MAX + 64;
+    // Our frames are at most MTU + header; the MTU may grow after open, so allow jumbo size.
+    const RX_BUF: usize = ETH_HDR_LEN + DGRAM_MAX + 64;
 
     fn send_to(&mut self, buf: &[u8], addr: MacAddr) -> io::Result<()> {
-        let n = ETH_HDR_LEN + LEN_FIELD + buf.len();
-        if n > self.tx.len() {
-            return Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
-        }
-        write_header(&mut self.tx, addr, self.info.mac, self.ethertype, buf.len());
-        self.tx[ETH_HDR_LEN + LEN_FIELD..n].copy_from_slice(buf);
-        loop {
-            // SAFETY: sends `n` initialised bytes of our own buffer; the bound socket supplies
-            // the interface, so no address is needed.
-            let r = unsafe { libc::send(self.fd.as_raw_fd(), self.tx.as_ptr().cast(), n, 0) };
-            if r >= 0 {
-                return Ok(());
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
+        let plan = self.framing.plan(buf.len());
+        for i in 0..plan.count() {
+            let n = self.framing.write(&mut self.tx, addr, &plan, i, buf);
+            loop {
+                // SAFETY: sends `n` initialised bytes of our own buffer; the bound socket
+                // supplies the interface, so no address is needed.
+                let r = unsafe { libc::send(self.fd.as_raw_fd(), self.tx.as_ptr().cast(), n, 0) };
+                if r >= 0 {
+                    break;
+                }
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
             }
         }
+        Ok(())
     }
 
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<(usize, usize, MacAddr)>> {
@@ -164,7 +186,7 @@ impl Link for PacketLink {
                 // Truncated (oversized), our own transmission, or not addressed to us.
                 continue;
             }
-            if let Some(d) = parse_frame(&buf[..n], self.info.mac, self.ethertype) {
+            if let Some(d) = self.framing.receive(buf, n) {
                 return Ok(Some(d));
             }
         }
@@ -172,10 +194,6 @@ impl Link for PacketLink {
 
     fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
-    }
-
-    fn max_frame(&self) -> usize {
-        self.info.max_frame()
     }
 }
 

@@ -13,9 +13,10 @@
 //! IFLA_XDP fd -1, like `ip link set dev X xdpgeneric off`) and retry.
 //!
 //! Busy-poll: the reliability layer spins on the RX ring (no syscall); TX in copy mode needs a
-//! `sendto` kick per frame. Limits: one UMEM chunk per frame (no multi-buffer), so the largest
-//! frame is [`MAX_XDP_FRAME`] bytes (less than [`crate::MAX_FRAME`]; `send` reports
-//! `FrameTooLarge` with that limit); one AF_XDP endpoint per interface queue.
+//! `sendto` kick per frame. Limits: one UMEM chunk per Ethernet frame (no multi-buffer), so
+//! datagrams longer than [`MAX_XDP_ETH_FRAME`] are sent as several frames by the shared
+//! fragmentation of [`crate::eth`], whatever the MTU; one AF_XDP endpoint per interface queue
+//! (several clients on one host need one interface each, e.g. behind a bridge).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -23,19 +24,18 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::eth::{
-    check_ethertype, interface_info, parse_frame, write_header, EthConfig, EthError, IfInfo,
-    MacAddr, ETH_HDR_LEN, LEN_FIELD, OVERHEAD,
+    check_ethertype, interface_info, EthConfig, EthError, Framing, IfInfo, MacAddr, ETH_HDR_LEN,
 };
-use crate::reliable::{Link, ReliableClient, ReliableConfig, ReliableServer};
+use crate::reliable::{Link, ReliableClient, ReliableConfig, ReliableServer, DGRAM_MAX};
 use crate::TransportError;
 
 /// UMEM chunk size (the kernel limits aligned chunks to one page).
 pub const FRAME_SIZE: usize = 4096;
 /// Headroom the kernel reserves in front of received data in each chunk (XDP_PACKET_HEADROOM).
 const KERNEL_HEADROOM: usize = 256;
-/// Largest lockmgr frame AF_XDP carries: one chunk minus the kernel's RX headroom, the Ethernet
-/// header and our framing. Larger frames would be dropped on receive, so `send` rejects them.
-pub const MAX_XDP_FRAME: usize = FRAME_SIZE - KERNEL_HEADROOM - ETH_HDR_LEN - OVERHEAD;
+/// Longest Ethernet frame one UMEM chunk receives (the kernel's RX headroom comes first);
+/// longer datagrams are fragmented to fit (see [`crate::eth`]).
+pub const MAX_XDP_ETH_FRAME: usize = FRAME_SIZE - KERNEL_HEADROOM;
 const RING: u32 = 256;
 const NUM_FRAMES: usize = 2 * RING as usize;
 const BIND_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
@@ -255,6 +255,12 @@ fn load_and_attach(
 
 /// RTM_SETLINK with IFLA_XDP { IFLA_XDP_FD = -1, IFLA_XDP_FLAGS = SKB_MODE }.
 fn netlink_detach_xdp(ifindex: i32) -> io::Result<()> {
+    netlink_set_xdp(ifindex, -1)
+}
+
+/// RTM_SETLINK with IFLA_XDP { IFLA_XDP_FD = prog_fd, IFLA_XDP_FLAGS = SKB_MODE }: the legacy
+/// attachment that outlives its process (`-1` detaches).
+fn netlink_set_xdp(ifindex: i32, prog_fd: RawFd) -> io::Result<()> {
     const RTM_SETLINK: u16 = 19;
     const NLM_F_REQUEST: u16 = 1;
     const NLM_F_ACK: u16 = 4;
@@ -280,7 +286,7 @@ fn netlink_detach_xdp(ifindex: i32) -> io::Result<()> {
     m.extend_from_slice(&(IFLA_XDP | NLA_F_NESTED).to_ne_bytes());
     m.extend_from_slice(&8u16.to_ne_bytes());
     m.extend_from_slice(&IFLA_XDP_FD.to_ne_bytes());
-    m.extend_from_slice(&(-1i32).to_ne_bytes());
+    m.extend_from_slice(&prog_fd.to_ne_bytes());
     m.extend_from_slice(&8u16.to_ne_bytes());
     m.extend_from_slice(&IFLA_XDP_FLAGS.to_ne_bytes());
     m.extend_from_slice(&XDP_FLAGS_SKB_MODE.to_ne_bytes());
@@ -441,6 +447,7 @@ pub struct XdpLink {
     tx_free: Vec<u64>,
     info: IfInfo,
     ethertype: u16,
+    framing: Framing,
 }
 
 // SAFETY: the raw pointers inside the mappings refer to memory owned exclusively by this link
@@ -582,6 +589,11 @@ impl XdpLink {
             tx_free,
             info,
             ethertype: eth.ethertype,
+            framing: Framing::new(
+                info.mac,
+                eth.ethertype,
+                info.mtu.min(MAX_XDP_ETH_FRAME - ETH_HDR_LEN),
+            ),
         })
     }
 
@@ -600,48 +612,59 @@ impl XdpLink {
         self.comp.cons().store(cons, Ordering::Release);
     }
 
-    fn frame_mut(&mut self, addr: u64, len: usize) -> &mut [u8] {
-        let off = addr as usize;
-        debug_assert!(off + len <= self.umem.len);
-        // SAFETY: `addr` is the start of one of our chunks (we only hand out chunk bases and
-        // the kernel returns them), `len <= FRAME_SIZE`, and a chunk owned by user space (free
-        // TX list or just consumed from RX) is not touched by the kernel.
-        unsafe { std::slice::from_raw_parts_mut(self.umem.ptr.as_ptr().add(off), len) }
+    /// `len` bytes of the UMEM at `addr`, if in bounds.
+    fn chunk(&self, addr: u64, len: usize) -> Option<&[u8]> {
+        let off = usize::try_from(addr).ok()?;
+        if off.checked_add(len)? > self.umem.len {
+            return None;
+        }
+        // SAFETY: in bounds (checked); the chunk was just consumed from the RX ring, so the
+        // kernel does not write it until we return it to the fill ring.
+        Some(unsafe { std::slice::from_raw_parts(self.umem.ptr.as_ptr().add(off), len) })
     }
 }
 
 impl Link for XdpLink {
     type Addr = MacAddr;
     const ADDR_IS_PROCESS: bool = false;
-    const RX_BUF: usize = FRAME_SIZE;
+    const RX_BUF: usize = DGRAM_MAX + 64;
 
     fn send_to(&mut self, buf: &[u8], addr: MacAddr) -> io::Result<()> {
-        let n = ETH_HDR_LEN + LEN_FIELD + buf.len();
-        if n > FRAME_SIZE {
-            return Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
-        }
-        if self.tx_free.is_empty() {
+        let plan = self.framing.plan(buf.len());
+        if self.tx_free.len() < plan.count() {
             self.reap_completions();
         }
-        let Some(chunk) = self.tx_free.pop() else {
-            // Every TX chunk is still in flight: treat as loss, retransmission recovers.
+        if self.tx_free.len() < plan.count() {
+            // The TX chunks are still in flight: treat as loss, retransmission recovers.
             return Err(io::Error::from_raw_os_error(libc::ENOBUFS));
-        };
-        let (src, et) = (self.info.mac, self.ethertype);
-        let f = self.frame_mut(chunk, n);
-        write_header(f, addr, src, et, buf.len());
-        f[ETH_HDR_LEN + LEN_FIELD..].copy_from_slice(buf);
-        let p = self.tx.prod().load(Ordering::Relaxed);
-        self.tx.write_desc(
-            p,
-            libc::xdp_desc {
-                addr: chunk,
-                len: n as u32,
-                options: 0,
-            },
-        );
-        self.tx.prod().store(p.wrapping_add(1), Ordering::Release);
-        // Copy mode transmits only inside a syscall: kick it for every frame.
+        }
+        let mut p = self.tx.prod().load(Ordering::Relaxed);
+        for i in 0..plan.count() {
+            let Some(chunk) = self.tx_free.pop() else {
+                break;
+            };
+            let max = self.framing.max_frame_len();
+            // Split borrows: the framing writes into the chunk.
+            let off = chunk as usize;
+            if off + max > self.umem.len {
+                return Err(io::Error::from_raw_os_error(libc::EFAULT));
+            }
+            // SAFETY: `chunk` is the base of one of our TX chunks (in bounds, checked above),
+            // owned by user space until its descriptor is published below.
+            let f = unsafe { std::slice::from_raw_parts_mut(self.umem.ptr.as_ptr().add(off), max) };
+            let n = self.framing.write(f, addr, &plan, i, buf);
+            self.tx.write_desc(
+                p,
+                libc::xdp_desc {
+                    addr: chunk,
+                    len: n as u32,
+                    options: 0,
+                },
+            );
+            p = p.wrapping_add(1);
+        }
+        self.tx.prod().store(p, Ordering::Release);
+        // Copy mode transmits only inside a syscall: kick it for every datagram.
         // SAFETY: zero-length sendto with no buffer or address; only triggers TX processing.
         let r = unsafe {
             libc::sendto(
@@ -674,10 +697,13 @@ impl Link for XdpLink {
                 return Ok(None);
             }
             let d = self.rx.read_desc(cons);
-            let len = (d.len as usize).min(FRAME_SIZE).min(buf.len());
             let base = d.addr & !(FRAME_SIZE as u64 - 1);
-            let data = self.frame_mut(d.addr, len);
-            buf[..len].copy_from_slice(data);
+            // The kernel only hands back our chunks; stay inside this one regardless.
+            let in_chunk = (base + FRAME_SIZE as u64).saturating_sub(d.addr) as usize;
+            let len = (d.len as usize).min(in_chunk).min(buf.len());
+            if let Some(data) = self.chunk(d.addr, len) {
+                buf[..len].copy_from_slice(data);
+            }
             self.rx
                 .cons()
                 .store(cons.wrapping_add(1), Ordering::Release);
@@ -688,7 +714,7 @@ impl Link for XdpLink {
             self.fill
                 .prod()
                 .store(fp.wrapping_add(1), Ordering::Release);
-            if let Some(r) = parse_frame(&buf[..len], self.info.mac, self.ethertype) {
+            if let Some(r) = self.framing.receive(buf, len) {
                 return Ok(Some(r));
             }
         }
@@ -696,10 +722,6 @@ impl Link for XdpLink {
 
     fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
-    }
-
-    fn max_frame(&self) -> usize {
-        self.info.max_frame().min(MAX_XDP_FRAME)
     }
 }
 
@@ -728,5 +750,80 @@ impl ReliableClient<XdpLink> {
         cfg: ReliableConfig,
     ) -> Result<Self, TransportError> {
         Self::connect_with(XdpLink::open(eth, opts)?, server, cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netns::{pair_or_skip, NetnsPair, IFACE};
+
+    /// Leaves a legacy (netlink) XDP program on `veth0` in `ns`, as a killed libxdp user would.
+    fn leave_stale_program(ns: &str) {
+        NetnsPair::run_in(ns, || {
+            let info = interface_info(IFACE).unwrap();
+            let map = bpf(
+                BPF_MAP_CREATE,
+                &mut Attr::new()
+                    .u32(0, BPF_MAP_TYPE_XSKMAP)
+                    .u32(4, 4)
+                    .u32(8, 4)
+                    .u32(12, 1),
+            )
+            .unwrap();
+            let prog = filter_program(map.as_raw_fd(), 0x88b5);
+            let license = b"GPL\0";
+            let prog = bpf(
+                BPF_PROG_LOAD,
+                &mut Attr::new()
+                    .u32(0, BPF_PROG_TYPE_XDP)
+                    .u32(4, prog.len() as u32)
+                    .u64(8, prog.as_ptr() as u64)
+                    .u64(16, license.as_ptr() as u64),
+            )
+            .unwrap();
+            netlink_set_xdp(info.index, prog.as_raw_fd()).unwrap();
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn stale_netlink_program_is_detached_or_reported() {
+        let Some(pair) = pair_or_skip("stale_xdp", 1500) else {
+            return;
+        };
+        leave_stale_program(&pair.a);
+        let keep = XdpOptions {
+            detach_stale: false,
+            ..XdpOptions::default()
+        };
+        let e = NetnsPair::run_in(&pair.a, move || {
+            XdpLink::open(&EthConfig::new(IFACE), &keep).err()
+        })
+        .unwrap();
+        assert!(
+            matches!(e, Some(TransportError::Ethernet(EthError::Xdp(ref m))) if m.contains("xdpgeneric off")),
+            "{e:?}"
+        );
+        let ok = NetnsPair::run_in(&pair.a, || {
+            XdpLink::open(&EthConfig::new(IFACE), &XdpOptions::default()).map(|_| ())
+        })
+        .unwrap();
+        assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
+    fn program_encoding() {
+        let p = filter_program(7, 0x88b5);
+        assert_eq!(p.len(), 16);
+        // ld_imm64 of the map fd with BPF_PSEUDO_MAP_FD in src_reg.
+        assert_eq!(p[9] & 0xff, 0x18);
+        assert_eq!((p[9] >> 12) & 0xf, 1);
+        assert_eq!(p[9] >> 32, 7);
+        // EtherType compared in load order (bytes swapped).
+        assert_eq!(p[7] >> 32, 0xb588);
+        // Both jumps land on the XDP_PASS tail at instruction 14.
+        assert_eq!(5 + 1 + ((p[5] >> 16) & 0xffff) as usize, 14);
+        assert_eq!(7 + 1 + ((p[7] >> 16) & 0xffff) as usize, 14);
     }
 }

@@ -1,5 +1,7 @@
 //! Thin wrappers over the Linux system calls std does not expose (eventfd, epoll, memfd, mmap,
-//! SCM_RIGHTS). All `unsafe` of the crate's syscall use lives here.
+//! SCM_RIGHTS). The shm/UDP syscall `unsafe` lives here; the raw-Ethernet modules (`eth`,
+//! `afpacket`, `afxdp`, `netns`) keep their socket, ring and bpf(2) `unsafe` next to the
+//! structures it manipulates, each block with its `SAFETY:` argument.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};

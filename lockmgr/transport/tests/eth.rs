@@ -20,8 +20,6 @@ const CHILD_ENV: &str = "LOCKMGR_TRANSPORT_ETH_CHILD";
 
 trait Medium {
     const NAME: &'static str;
-    /// Largest frame with a 9000-byte MTU.
-    const MAX: usize;
     type S: ServerTransport + 'static;
     type C: ClientTransport + 'static;
     type L: Link<Addr = MacAddr> + 'static;
@@ -37,7 +35,6 @@ trait Medium {
 struct AfPacket;
 impl Medium for AfPacket {
     const NAME: &'static str = "afpacket";
-    const MAX: usize = MAX_FRAME;
     type S = PacketServer;
     type C = PacketClient;
     type L = PacketLink;
@@ -61,7 +58,6 @@ struct AfXdp;
 #[cfg(feature = "afxdp")]
 impl Medium for AfXdp {
     const NAME: &'static str = "afxdp";
-    const MAX: usize = lockmgr_transport::afxdp::MAX_XDP_FRAME;
     type S = lockmgr_transport::afxdp::XdpServer;
     type C = lockmgr_transport::afxdp::XdpClient;
     type L = lockmgr_transport::afxdp::XdpLink;
@@ -199,15 +195,15 @@ fn many_frames_both_ways<M: Medium>(pair: &NetnsPair) {
 fn large_frames<M: Medium>(pair: &NetnsPair) {
     let cfg = ReliableConfig::default();
     let (mut s, mut c, peer) = connect_pair::<M>(pair, cfg, cfg);
-    exchange(&mut s, &mut c, peer, 300, M::MAX + 1);
-    let big: Vec<u8> = (0..M::MAX).map(|i| (i * 31 % 256) as u8).collect();
+    exchange(&mut s, &mut c, peer, 300, MAX_FRAME + 1);
+    let big: Vec<u8> = (0..MAX_FRAME).map(|i| (i * 31 % 256) as u8).collect();
     c.send(&big).unwrap();
     let mut evs = Vec::new();
     server_until(&mut s, &mut evs, |e| !e.is_empty());
     assert_eq!(evs, vec![Ev::Frame(peer, big)]);
-    let too_big = vec![0u8; M::MAX + 1];
+    let too_big = vec![0u8; MAX_FRAME + 1];
     match c.send(&too_big) {
-        Err(TransportError::FrameTooLarge { max, .. }) => assert_eq!(max, M::MAX),
+        Err(TransportError::FrameTooLarge { max, .. }) => assert_eq!(max, MAX_FRAME),
         other => panic!("{other:?}"),
     }
     assert!(matches!(
@@ -216,25 +212,30 @@ fn large_frames<M: Medium>(pair: &NetnsPair) {
     ));
 }
 
-/// With a 1500-byte MTU, frames up to MTU - 30 bytes work; larger ones fail clearly.
-fn small_mtu_limits_frames<M: Medium>(pair: &NetnsPair) {
+/// With a 1500-byte MTU, frames up to MAX_FRAME still work (fragmented), also under loss and
+/// duplication; larger ones fail clearly.
+fn small_mtu_fragments_large_frames<M: Medium>(pair: &NetnsPair) {
     let cfg = ReliableConfig::default();
     let (mut s, mut c, peer) = connect_pair::<M>(pair, cfg, cfg);
-    exchange(&mut s, &mut c, peer, 200, 1471);
-    match c.send(&[0u8; 1471]) {
-        Err(TransportError::FrameTooLarge {
-            len: 1471,
-            max: 1470,
-        }) => {}
+    exchange(&mut s, &mut c, peer, 300, MAX_FRAME + 1);
+    match c.send(&vec![0u8; MAX_FRAME + 1]) {
+        Err(TransportError::FrameTooLarge { max, .. }) => assert_eq!(max, MAX_FRAME),
         other => panic!("{other:?}"),
     }
-    match s.send(peer, &[0u8; 2000]) {
-        Err(TransportError::FrameTooLarge {
-            len: 2000,
-            max: 1470,
-        }) => {}
-        other => panic!("{other:?}"),
-    }
+    drop((s, c));
+    let faulty = |seed| ReliableConfig {
+        faults: FaultConfig {
+            drop_rate: 0.1,
+            dup_rate: 0.1,
+            seed,
+            on_send: true,
+            on_recv: true,
+        },
+        give_up: Duration::from_secs(20),
+        ..ReliableConfig::default()
+    };
+    let (mut s, mut c, peer) = connect_pair::<M>(pair, faulty(3), faulty(4));
+    exchange(&mut s, &mut c, peer, 300, MAX_FRAME + 1);
 }
 
 fn lossy_exactly_once<M: Medium>(pair: &NetnsPair) {
@@ -381,6 +382,13 @@ fn client_process_killed<M: Medium>(pair: &NetnsPair) {
         e.contains(&Ev::Disconnected(peer))
     });
     assert_eq!(evs.last(), Some(&Ev::Disconnected(peer)));
+    // Nothing of the killed process lingers (AF_XDP: its XDP program went with its bpf link,
+    // its socket with its fds): a new client on the same interface connects.
+    let t = NetnsPair::spawn_in(&pair.b, move || M::client(&eth(), MAC_A, cfg));
+    let n = evs.len();
+    server_until(&mut server, &mut evs, |e| e.len() > n);
+    assert!(matches!(evs[n], Ev::Connected(p) if p != peer), "{evs:?}");
+    t.join().unwrap().unwrap().unwrap();
 }
 
 macro_rules! medium_tests {
@@ -403,8 +411,12 @@ macro_rules! medium_tests {
                 with_pair("large_frames", 9000, large_frames::<$medium>);
             }
             #[test]
-            fn small_mtu_frame_limit() {
-                with_pair("small_mtu", 1500, small_mtu_limits_frames::<$medium>);
+            fn small_mtu_fragments_large_frames() {
+                with_pair(
+                    "small_mtu",
+                    1500,
+                    super::small_mtu_fragments_large_frames::<$medium>,
+                );
             }
             #[test]
             fn lossy_and_duplicating_delivers_exactly_once_in_order() {
@@ -540,4 +552,41 @@ fn raw_pingpong<M: Medium>(pair: &NetnsPair) {
         let s = lockmgr_transport::raw::link_pingpong(echo, client, MAC_A, 100, 10, len).unwrap();
         assert_eq!(s.len(), 100);
     }
+}
+
+/// The XDP program only takes our EtherType: ARP and IPv4 on the same interface still reach
+/// the kernel stack while an AF_XDP lockmgr server is attached.
+#[cfg(feature = "afxdp")]
+#[test]
+fn afxdp_other_traffic_still_reaches_the_kernel() {
+    let Some(pair) = netns::pair_or_skip("afxdp_passthrough", 1500) else {
+        return;
+    };
+    for (ns, addr) in [(&pair.a, "10.77.0.1/24"), (&pair.b, "10.77.0.2/24")] {
+        let ok = std::process::Command::new("ip")
+            .args(["-n", ns, "addr", "add", addr, "dev", IFACE])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    let cfg = ReliableConfig::default();
+    let (mut server, mut client, peer) = connect_pair::<AfXdp>(&pair, cfg, cfg);
+    let sock = NetnsPair::run_in(&pair.a, || {
+        let s = std::net::UdpSocket::bind("10.77.0.1:0").unwrap();
+        s.set_read_timeout(Some(HANG_GUARD)).unwrap();
+        s
+    })
+    .unwrap();
+    let to = sock.local_addr().unwrap();
+    NetnsPair::run_in(&pair.b, move || {
+        let s = std::net::UdpSocket::bind("10.77.0.2:0").unwrap();
+        // Needs ARP both ways first, then the IPv4 datagram itself.
+        s.send_to(b"kernel path", to).unwrap();
+    })
+    .unwrap();
+    let mut buf = [0u8; 64];
+    let (n, _) = sock.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"kernel path");
+    // And lockmgr traffic still flows through AF_XDP.
+    exchange(&mut server, &mut client, peer, 50, 100);
 }

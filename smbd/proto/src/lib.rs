@@ -39,3 +39,34 @@ pub fn split_compound(buf: &[u8]) -> Result<Vec<&[u8]>, DecodeError> {
         rest = &rest[next..];
     }
 }
+
+/// Run `data` through every decoder (used by the fuzz target and the corpus test).
+/// Returns how many messages decoded successfully.
+pub fn fuzz_decode(data: &[u8]) -> usize {
+    let mut ok = 0;
+    let _ = smb1::decode_negotiate(data);
+    if let Ok(msgs) = split_compound(data) {
+        for m in msgs {
+            if let Ok((_, req)) = Request::decode(m) {
+                ok += 1;
+                match req {
+                    Request::Create(c) => {
+                        for ctx in &c.contexts {
+                            let _ = LeaseContext::decode(&ctx.data);
+                        }
+                    }
+                    Request::Negotiate(n) => {
+                        for c in &n.contexts {
+                            let _ = c.preauth();
+                            let _ = c.id_list();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let _ = decode_create_contexts(data);
+    let _ = LeaseContext::decode(data);
+    ok
+}

@@ -24,6 +24,8 @@ use crate::shared::{Event, Shared};
 pub const MAX_IO: u32 = 8 * 1024 * 1024;
 /// SMB 2.0.2 has no multi-credit requests.
 const MAX_IO_202: u32 = 65536;
+/// The credit window a client may hold (Samba's default "smb2 max credits").
+pub const MAX_CREDITS: u32 = 8192;
 pub const SESSION_FLAG_IS_GUEST: u16 = 0x1;
 pub const SESSION_FLAG_IS_NULL: u16 = 0x2;
 pub const SESSION_FLAG_ENCRYPT_DATA: u16 = 0x4;
@@ -155,6 +157,8 @@ pub struct Conn {
     pub(crate) next_volatile: u64,
     next_async: u64,
     pending_tree_id: Option<u32>,
+    /// Credits granted and not yet consumed.
+    credits_out: u32,
     /// Whether the request being answered was signed.
     signed_request: bool,
     out: Vec<Vec<u8>>,
@@ -192,6 +196,7 @@ impl Conn {
             next_volatile: 0,
             next_async: 0,
             pending_tree_id: None,
+            credits_out: 1,
             signed_request: false,
             out: Vec::new(),
             closed: false,
@@ -445,10 +450,19 @@ impl Conn {
         }
     }
 
-    fn grant_credits(req: &Header) -> u16 {
-        // Generous: what the client asks for (at least one, at least the charge), capped so
-        // a client cannot make us promise an absurd window.
-        req.credits.max(req.credit_charge).clamp(1, 512)
+    /// Credit accounting (MS-SMB2 3.3.1.2): the request consumes its charge; grant what the
+    /// client asks for while the outstanding window stays within [`MAX_CREDITS`], and never
+    /// leave the client with zero credits.
+    fn grant_credits(&mut self, req: &Header) -> u16 {
+        let charge = (req.credit_charge as u32).max(1);
+        self.credits_out = self.credits_out.saturating_sub(charge);
+        let room = MAX_CREDITS.saturating_sub(self.credits_out);
+        let mut grant = (req.credits as u32).min(room);
+        if grant == 0 && self.credits_out == 0 {
+            grant = 1;
+        }
+        self.credits_out += grant;
+        grant as u16
     }
 
     /// Process one message of a chain; returns the response bytes and how to sign them.
@@ -491,7 +505,7 @@ impl Conn {
                 }
             }
         };
-        let credits = Self::grant_credits(&hdr);
+        let credits = self.grant_credits(&hdr);
         let (st, body) = match outcome {
             Outcome::Nothing => return None,
             Outcome::Pending(async_id) => {

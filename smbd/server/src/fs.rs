@@ -220,6 +220,29 @@ pub struct FileInfo {
 }
 
 impl FileInfo {
+    /// Metadata of `path` overlaid with its stored DOS attributes and times.
+    pub fn load(path: &Path, m: &Metadata) -> FileInfo {
+        let mut i = FileInfo::from_meta(m);
+        if let Some(d) = crate::dosattr::load(path) {
+            let keep = i.attributes & (attr::DIRECTORY | attr::READONLY);
+            let stored = d.attributes & !(attr::DIRECTORY | attr::READONLY | attr::NORMAL);
+            i.attributes = keep | stored;
+            if !i.is_dir && i.attributes == 0 {
+                i.attributes = attr::NORMAL;
+            }
+            if i.is_dir {
+                i.attributes |= attr::DIRECTORY;
+            }
+            if d.creation != 0 {
+                i.creation = d.creation;
+            }
+            if d.change != 0 && d.mtime_guard == i.write {
+                i.change = d.change;
+            }
+        }
+        i
+    }
+
     pub fn from_meta(m: &Metadata) -> FileInfo {
         let is_dir = m.is_dir();
         let mut attributes = if is_dir {
@@ -231,7 +254,9 @@ impl FileInfo {
             attributes |= attr::READONLY;
         }
         let write = filetime_from_unix(m.mtime(), m.mtime_nsec());
-        let change = filetime_from_unix(m.ctime(), m.ctime_nsec());
+        // Like Samba, report the last data change (mtime) as ChangeTime: the inode ctime also
+        // moves on metadata-only updates Windows would not count.
+        let change = write;
         // Linux has no birth time via std::os::unix; use the older of mtime/ctime as creation.
         let creation = match m.created() {
             Ok(t) => {
@@ -313,7 +338,8 @@ pub fn write_basic(w: &mut Writer, i: &FileInfo) {
 pub fn write_standard(w: &mut Writer, i: &FileInfo, delete_pending: bool) {
     w.u64(i.alloc)
         .u64(i.size)
-        .u32(i.nlink.max(1))
+        // A delete-pending file reports one link fewer, as Windows and Samba do.
+        .u32(i.nlink.max(1) - delete_pending as u32)
         .u8(delete_pending as u8)
         .u8(i.is_dir as u8)
         .u16(0);
@@ -366,7 +392,11 @@ pub fn query_file_info(cls: u8, v: &OpenView<'_>) -> Result<Vec<u8>, u32> {
         class::ALIGNMENT => {
             w.u32(0);
         }
-        class::NAME | class::NORMALIZED_NAME => {
+        class::NORMALIZED_NAME => {
+            let n = string_to_utf16(v.name.trim_start_matches('\\'));
+            w.u32(n.len() as u32).bytes(&n);
+        }
+        class::NAME => {
             let n = string_to_utf16(v.name);
             w.u32(n.len() as u32).bytes(&n);
         }
@@ -400,7 +430,11 @@ pub fn query_file_info(cls: u8, v: &OpenView<'_>) -> Result<Vec<u8>, u32> {
             w.u64(i.size).u16(0).u8(0).u8(0).u8(0).zeros(3);
         }
         class::FULL_EA => return Err(status::EAS_NOT_SUPPORTED),
-        class::ALTERNATE_NAME => return Err(status::OBJECT_NAME_NOT_FOUND),
+        class::ALTERNATE_NAME => {
+            let base = v.name.rsplit('\\').next().unwrap_or("");
+            let n = string_to_utf16(&short_name(base));
+            w.u32(n.len() as u32).bytes(&n);
+        }
         _ => return Err(status::INVALID_INFO_CLASS),
     }
     Ok(w.buf)
@@ -460,7 +494,16 @@ pub fn query_fs_info(cls: u8, root: &Path, fs_id: u64) -> Result<Vec<u8>, u32> {
         fsclass::OBJECT_ID => {
             w.u128(fs_id as u128).zeros(48);
         }
-        fsclass::CONTROL => return Err(status::NOT_SUPPORTED),
+        fsclass::CONTROL => {
+            // FileFsControlInformation: no quotas; thresholds "none" (-1).
+            w.u64(0)
+                .u64(0)
+                .u64(0)
+                .u64(u64::MAX)
+                .u64(u64::MAX)
+                .u32(0)
+                .u32(0);
+        }
         _ => return Err(status::INVALID_INFO_CLASS),
     }
     Ok(w.buf)
@@ -528,11 +571,19 @@ pub fn encode_dir_entry(cls: u8, e: &DirEntry, index: u32) -> Option<Vec<u8>> {
         class::FULL_DIRECTORY => {
             w.u32(0);
         }
-        class::BOTH_DIRECTORY => {
-            w.u32(0).u8(0).u8(0).zeros(24);
-        }
-        class::ID_BOTH_DIRECTORY => {
-            w.u32(0).u8(0).u8(0).zeros(24).u16(0).u64(i.ino);
+        class::BOTH_DIRECTORY | class::ID_BOTH_DIRECTORY => {
+            let short = if e.name == "." || e.name == ".." {
+                Vec::new()
+            } else {
+                string_to_utf16(&short_name(&e.name))
+            };
+            let mut field = [0u8; 24];
+            let n = short.len().min(24);
+            field[..n].copy_from_slice(&short[..n]);
+            w.u32(0).u8(n as u8).u8(0).bytes(&field);
+            if cls == class::ID_BOTH_DIRECTORY {
+                w.u16(0).u64(i.ino);
+            }
         }
         class::ID_FULL_DIRECTORY => {
             w.u32(0).u32(0).u64(i.ino);
@@ -541,6 +592,51 @@ pub fn encode_dir_entry(cls: u8, e: &DirEntry, index: u32) -> Option<Vec<u8>> {
     }
     w.bytes(&name);
     Some(w.buf)
+}
+
+/// The 8.3 alias of a long name: the name itself (upper-cased) when it already is a valid
+/// 8.3 name, else a deterministic hash-mangled alias (like Samba's "mangled names").
+pub fn short_name(name: &str) -> String {
+    let valid_char = |c: char| c.is_ascii_alphanumeric() || "!#$%&'()-@^_`{}~".contains(c);
+    let (base, ext) = match name.rfind('.') {
+        Some(p) if p > 0 => (&name[..p], &name[p + 1..]),
+        _ => (name, ""),
+    };
+    let fits = !base.is_empty()
+        && base.len() <= 8
+        && ext.len() <= 3
+        && base.chars().all(valid_char)
+        && ext.chars().all(valid_char);
+    if fits {
+        return name.to_ascii_uppercase();
+    }
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h = (h ^ b as u32).wrapping_mul(0x0100_0193);
+    }
+    const DIGITS: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let prefix: String = base
+        .chars()
+        .filter(|c| valid_char(*c))
+        .take(5)
+        .collect::<String>()
+        .to_ascii_uppercase();
+    let tag: String = [h % 36, (h / 36) % 36]
+        .iter()
+        .map(|d| DIGITS[*d as usize] as char)
+        .collect();
+    let ext: String = ext
+        .chars()
+        .filter(|c| valid_char(*c))
+        .take(3)
+        .collect::<String>()
+        .to_ascii_uppercase();
+    let mut out = format!("{}~{}", if prefix.is_empty() { "_".into() } else { prefix }, tag);
+    if !ext.is_empty() {
+        out.push('.');
+        out.push_str(&ext);
+    }
+    out
 }
 
 /// Windows wildcard match, case-insensitive (MS-FSA 2.1.4.4): `*`, `?`, and the DOS

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod conn;
+pub mod dosattr;
 pub mod fs;
 pub mod locking;
 pub mod ops;

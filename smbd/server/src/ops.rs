@@ -37,6 +37,8 @@ const APPEND_DATA: u32 = 0x4;
 const EXECUTE: u32 = 0x20;
 const WRITE_ATTRIBUTES: u32 = 0x100;
 const LIST_DIRECTORY: u32 = 0x1;
+const READ_ATTRIBUTES: u32 = 0x80;
+const READ_CONTROL: u32 = 0x2_0000;
 
 fn io_status(e: &std::io::Error) -> u32 {
     match e.kind() {
@@ -260,6 +262,11 @@ impl Conn {
             }
             created_now = true;
             is_dir = dir_req;
+            let attrs = c.file_attributes & !(fs::attr::NORMAL | fs::attr::DIRECTORY);
+            update_dos(&res.abs, |d, _| {
+                d.creation = fs::now_filetime();
+                d.attributes = if attrs == 0 && !dir_req { fs::attr::ARCHIVE } else { attrs };
+            });
             let (parent, n) = parent_and_name(&res.abs);
             self.shared.dir_changed(parent, FILE_ACTION_ADDED, n);
         }
@@ -408,7 +415,7 @@ impl Conn {
             };
         }
         let info = match std::fs::metadata(&cont.abs) {
-            Ok(m) => FileInfo::from_meta(&m),
+            Ok(m) => FileInfo::load(&cont.abs, &m),
             Err(e) => return (err(io_status(&e)), None),
         };
         self.next_volatile += 1;
@@ -553,7 +560,7 @@ impl Conn {
         if c.flags & smb_proto::CLOSE_FLAG_POSTQUERY_ATTRIB != 0 {
             if let Some(o) = self.opens.get(&v) {
                 if let Ok(m) = std::fs::metadata(&o.abs) {
-                    let i = FileInfo::from_meta(&m);
+                    let i = FileInfo::load(&o.abs, &m);
                     resp = CloseResponse {
                         flags: smb_proto::CLOSE_FLAG_POSTQUERY_ATTRIB,
                         creation_time: i.creation,
@@ -1053,7 +1060,7 @@ impl Conn {
             Some(f) => f.metadata(),
             None => std::fs::metadata(&o.abs),
         };
-        m.map(|m| FileInfo::from_meta(&m))
+        m.map(|m| FileInfo::load(&o.abs, &m))
             .map_err(|e| io_status(&e))
     }
 
@@ -1082,6 +1089,17 @@ impl Conn {
                     mode: o.mode,
                     name: &name,
                 };
+                // MS-FSA 2.1.5.12: these classes need FILE_READ_ATTRIBUTES.
+                if matches!(
+                    q.class,
+                    class::BASIC | class::ALL | class::NETWORK_OPEN | class::ATTRIBUTE_TAG
+                ) && o.access & READ_ATTRIBUTES == 0
+                {
+                    return err(status::ACCESS_DENIED);
+                }
+                if q.class == class::NORMALIZED_NAME && self.dialect() < smb_proto::dialect::SMB311 {
+                    return err(status::NOT_SUPPORTED);
+                }
                 match fs::query_file_info(q.class, &view) {
                     Ok(d) => d,
                     Err(st) => return err(st),
@@ -1095,6 +1113,9 @@ impl Conn {
                 }
             }
             info_type::SECURITY => {
+                if q.additional_information & 0x7 != 0 && o.access & READ_CONTROL == 0 {
+                    return err(status::ACCESS_DENIED);
+                }
                 let sd = fs::security_descriptor(q.additional_information);
                 if sd.len() > max {
                     let mut w = Writer::new();
@@ -1110,14 +1131,7 @@ impl Conn {
             _ => return err(status::INVALID_PARAMETER),
         };
         if data.len() > max {
-            let variable = (q.info_type == info_type::FILE
-                && matches!(
-                    q.class,
-                    class::ALL | class::NAME | class::STREAM | class::NORMALIZED_NAME
-                ))
-                || (q.info_type == info_type::FILESYSTEM
-                    && matches!(q.class, fs::fsclass::VOLUME | fs::fsclass::ATTRIBUTE));
-            if variable && max >= fixed_part(q.info_type, q.class) {
+            if fixed_part(q.info_type, q.class).is_some_and(|f| max >= f) {
                 let mut d = data;
                 d.truncate(max);
                 return Outcome::Reply(status::BUFFER_OVERFLOW, Response::QueryInfo { data: d });
@@ -1202,7 +1216,7 @@ impl Conn {
         let parsed = (|| -> Result<[u64; 5], smb_proto::DecodeError> {
             Ok([r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u32()? as u64])
         })();
-        let Ok([_create, atime, mtime, _change, attrs]) = parsed else {
+        let Ok([create, atime, mtime, change, attrs]) = parsed else {
             return status::INFO_LENGTH_MISMATCH;
         };
         if o.access & WRITE_ATTRIBUTES == 0 {
@@ -1210,6 +1224,10 @@ impl Conn {
         }
         let attrs = attrs as u32;
         if attrs & fs::attr::DIRECTORY != 0 && !o.is_dir {
+            return status::INVALID_PARAMETER;
+        }
+        // MS-FSA 2.1.5.14.2: FILE_ATTRIBUTE_TEMPORARY is invalid on a directory.
+        if attrs & 0x100 != 0 && o.is_dir {
             return status::INVALID_PARAMETER;
         }
         let to_time = |ft: u64| -> Option<std::time::SystemTime> {
@@ -1242,6 +1260,22 @@ impl Conn {
                 Ok(()) => {}
                 Err(e) => return io_status(&e),
             }
+        }
+        let settable = |ft: u64| ft != 0 && ft != u64::MAX && ft != u64::MAX - 1;
+        if settable(create) || settable(change) || attrs != 0 {
+            let path = o.abs.clone();
+            update_dos(&path, |d, mtime_now| {
+                if settable(create) {
+                    d.creation = create;
+                }
+                if settable(change) {
+                    d.change = change;
+                    d.mtime_guard = mtime_now;
+                }
+                if attrs != 0 {
+                    d.attributes = attrs & !(fs::attr::NORMAL | fs::attr::DIRECTORY);
+                }
+            });
         }
         if attrs != 0 && !o.is_dir {
             let mode = if attrs & fs::attr::READONLY != 0 {
@@ -1618,15 +1652,36 @@ impl Conn {
 
 const MAX_NOTIFY: u32 = 8 * 1024 * 1024;
 
-/// The fixed part of variable-length info classes: a buffer at least this big gets
-/// BUFFER_OVERFLOW with partial data instead of INFO_LENGTH_MISMATCH (MS-SMB2 3.3.5.20.1).
-fn fixed_part(it: u8, cls: u8) -> usize {
-    match (it, cls) {
-        (info_type::FILE, class::ALL) => 100,
-        (info_type::FILE, _) => 4,
-        (_, fs::fsclass::VOLUME) => 18,
-        (_, fs::fsclass::ATTRIBUTE) => 12,
-        _ => usize::MAX,
+/// Size of the fixed part of an info class: a smaller output buffer gets
+/// INFO_LENGTH_MISMATCH, a buffer between this and the full size BUFFER_OVERFLOW with
+/// truncated data (MS-SMB2 3.3.5.20.1). `None`: fixed-size class.
+fn fixed_part(it: u8, cls: u8) -> Option<usize> {
+    Some(match (it, cls) {
+        (info_type::FILE, class::ALL) => 104,
+        (info_type::FILE, class::NAME | class::NORMALIZED_NAME) => 4,
+        (info_type::FILE, class::ALTERNATE_NAME) => 8,
+        (info_type::FILE, class::STREAM) => 32,
+        (info_type::FILESYSTEM, fs::fsclass::VOLUME) => 24,
+        (info_type::FILESYSTEM, fs::fsclass::ATTRIBUTE) => 16,
+        _ => return None,
+    })
+}
+
+/// Read-modify-write the stored DOS info of `path`; `f` also gets the current mtime FILETIME.
+fn update_dos(path: &Path, f: impl FnOnce(&mut crate::dosattr::DosInfo, u64)) {
+    let Ok(m) = std::fs::metadata(path) else {
+        return;
+    };
+    let cur = FileInfo::from_meta(&m);
+    let mut d = crate::dosattr::load(path).unwrap_or(crate::dosattr::DosInfo {
+        attributes: cur.attributes & !(fs::attr::DIRECTORY | fs::attr::READONLY),
+        creation: cur.creation,
+        change: 0,
+        mtime_guard: 0,
+    });
+    f(&mut d, cur.write);
+    if let Err(e) = crate::dosattr::store(path, &d) {
+        tracing::debug!(?path, %e, "storing DOS attributes failed");
     }
 }
 
@@ -1634,7 +1689,7 @@ fn fixed_part(it: u8, cls: u8) -> usize {
 fn list_dir(dir: &Path, pattern: &str) -> Result<Vec<DirEntry>, u32> {
     let mut out = Vec::new();
     let dot_info = std::fs::metadata(dir)
-        .map(|m| FileInfo::from_meta(&m))
+        .map(|m| FileInfo::load(dir, &m))
         .map_err(|e| io_status(&e))?;
     let parent_info = dir
         .parent()
@@ -1663,7 +1718,7 @@ fn list_dir(dir: &Path, pattern: &str) -> Result<Vec<DirEntry>, u32> {
         };
         names.push(DirEntry {
             name,
-            info: FileInfo::from_meta(&m),
+            info: FileInfo::load(&e.path(), &m),
         });
     }
     names.sort_by(|a, b| a.name.cmp(&b.name));

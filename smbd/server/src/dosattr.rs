@@ -1,0 +1,105 @@
+//! DOS attributes and the times Linux cannot store (creation time, an explicitly set change
+//! time), kept in the `user.smbd.dos` extended attribute of each file.
+//!
+//! Layout (little endian): version u32 (1), attributes u32, creation FILETIME u64,
+//! change FILETIME u64, mtime guard u64. The stored change time is only reported while the
+//! file's mtime still equals the guard (a later write makes the real time authoritative).
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+const NAME: &[u8] = b"user.smbd.dos\0";
+const LEN: usize = 32;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DosInfo {
+    pub attributes: u32,
+    pub creation: u64,
+    pub change: u64,
+    pub mtime_guard: u64,
+}
+
+fn cpath(p: &Path) -> Option<CString> {
+    CString::new(p.as_os_str().as_bytes()).ok()
+}
+
+pub fn load(path: &Path) -> Option<DosInfo> {
+    let c = cpath(path)?;
+    let mut buf = [0u8; LEN];
+    // SAFETY: `c` and NAME are NUL-terminated; `buf` is writable for LEN bytes and the
+    // kernel writes at most that many.
+    let n = unsafe {
+        libc::lgetxattr(
+            c.as_ptr(),
+            NAME.as_ptr().cast(),
+            buf.as_mut_ptr().cast(),
+            LEN,
+        )
+    };
+    if n != LEN as isize {
+        return None;
+    }
+    let u32_at = |i: usize| u32::from_le_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
+    let u64_at = |i: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&buf[i..i + 8]);
+        u64::from_le_bytes(a)
+    };
+    if u32_at(0) != 1 {
+        return None;
+    }
+    Some(DosInfo {
+        attributes: u32_at(4),
+        creation: u64_at(8),
+        change: u64_at(16),
+        mtime_guard: u64_at(24),
+    })
+}
+
+pub fn store(path: &Path, d: &DosInfo) -> std::io::Result<()> {
+    let c = cpath(path).ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let mut buf = Vec::with_capacity(LEN);
+    buf.extend_from_slice(&1u32.to_le_bytes());
+    buf.extend_from_slice(&d.attributes.to_le_bytes());
+    buf.extend_from_slice(&d.creation.to_le_bytes());
+    buf.extend_from_slice(&d.change.to_le_bytes());
+    buf.extend_from_slice(&d.mtime_guard.to_le_bytes());
+    // SAFETY: `c` and NAME are NUL-terminated; `buf` holds LEN readable bytes.
+    let rc = unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            NAME.as_ptr().cast(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        std::fs::write(&p, b"x").unwrap();
+        let info = DosInfo {
+            attributes: 0x22,
+            creation: 1234,
+            change: 5678,
+            mtime_guard: 9,
+        };
+        if store(&p, &info).is_err() {
+            eprintln!("filesystem without user xattrs; skipping");
+            return;
+        }
+        assert_eq!(load(&p), Some(info));
+    }
+}

@@ -1,0 +1,39 @@
+//! The Python smbprotocol client (smbd/tests/smbprotocol_client.py) against the real smbd.
+//! Python comes from $SMBD_PYTHON, else /tmp/venv/bin/python (see STATUS.md for the venv
+//! setup); without an interpreter that can `import smbprotocol` the test is skipped.
+
+mod common;
+use common::*;
+use std::process::Command;
+
+fn python() -> Option<String> {
+    let candidates = [
+        std::env::var("SMBD_PYTHON").unwrap_or_default(),
+        "/tmp/venv/bin/python".to_string(),
+    ];
+    candidates.into_iter().filter(|p| !p.is_empty()).find(|p| {
+        Command::new(p)
+            .args(["-c", "import smbprotocol, smbclient"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    })
+}
+
+#[test]
+fn smbprotocol_operations() {
+    let Some(py) = python() else {
+        eprintln!("no python with smbprotocol; skipping");
+        return;
+    };
+    let srv = TestServer::start(Options::default());
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/smbprotocol_client.py");
+    let out = Command::new(py)
+        .arg(script)
+        .args(["127.0.0.1", &srv.port.to_string(), "data", USER, PASS])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}\n--- smbd log ---\n{}", srv.log());
+    assert!(text.contains("all operations passed"), "{text}");
+}
