@@ -16,7 +16,10 @@
 //! `sendto` kick per frame. Limits: one UMEM chunk per Ethernet frame (no multi-buffer), so
 //! datagrams longer than [`MAX_XDP_ETH_FRAME`] are sent as several frames by the shared
 //! fragmentation of [`crate::eth`], whatever the MTU; one AF_XDP endpoint per interface queue
-//! (several clients on one host need one interface each, e.g. behind a bridge).
+//! (several clients on one host need one interface each, e.g. behind a bridge). On a multi-queue
+//! NIC only frames the NIC steers to [`XdpOptions::queue`] reach the socket (others fall back to
+//! `XDP_PASS` and are dropped by the stack as an unknown protocol): steer the EtherType there
+//! (`ethtool -N IF flow-type ether proto 0x88b5 action 0`) or use one combined channel.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
