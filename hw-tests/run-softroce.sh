@@ -125,15 +125,21 @@ if [ ! -f "$KROOT/boot/vmlinuz-$KVER" ]; then
     mv "$KROOT.tmp" "$KROOT"
 fi
 
-# ---- test binary --------------------------------------------------------------------------------
-log "building rdma-suite ($PROFILE)"
-(cd "$ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --profile "$PROFILE" -p hw-tests --bin rdma-suite >&2) ||
+# ---- test binaries ------------------------------------------------------------------------------
+# rdma-suite (its own tests plus the transport conformance scenarios) and lockbench, which the
+# suite runs once over rdma as a functional check.
+log "building rdma-suite and lockbench ($PROFILE)"
+(cd "$ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --profile "$PROFILE" -p hw-tests --bin rdma-suite \
+    -p lockbench --bin lockbench >&2) ||
     fail "cargo build failed"
 case "$PROFILE" in
-    dev) BIN=$TARGET_DIR/debug/rdma-suite ;;
-    *) BIN=$TARGET_DIR/$PROFILE/rdma-suite ;;
+    dev) BIN_DIR=$TARGET_DIR/debug ;;
+    *) BIN_DIR=$TARGET_DIR/$PROFILE ;;
 esac
+BIN=$BIN_DIR/rdma-suite
+BENCH_BIN=$BIN_DIR/lockbench
 [ -x "$BIN" ] || fail "no binary at $BIN"
+[ -x "$BENCH_BIN" ] || fail "no binary at $BENCH_BIN"
 
 # ---- initramfs ----------------------------------------------------------------------------------
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/softroce.XXXXXX")
@@ -168,10 +174,15 @@ cp /bin/busybox "$R/bin/busybox"
 RDMA_TOOL=$(command -v rdma || echo /sbin/rdma)
 PROVIDER=$(ls "$ARCH_LIB"/libibverbs/librxe-rdmav*.so 2>/dev/null | head -1)
 [ -n "$PROVIDER" ] || fail "rxe verbs provider not found (ibverbs-providers)"
-copy_with_libs "$RDMA_TOOL" "$PROVIDER" "$BIN"
+copy_with_libs "$RDMA_TOOL" "$PROVIDER" "$BIN" "$BENCH_BIN"
 cp /etc/libibverbs.d/rxe.driver "$R/etc/libibverbs.d/"
 mkdir -p "$R/usr/local/bin"
 mv "$R$BIN" "$R/usr/local/bin/rdma-suite"
+mv "$R$BENCH_BIN" "$R/usr/local/bin/lockbench"
+# Debug info is useless in the guest and slows the initramfs unpacking under emulation.
+if command -v strip >/dev/null; then
+    strip --strip-debug "$R/usr/local/bin/rdma-suite" "$R/usr/local/bin/lockbench" || true
+fi
 RDMA_IN_GUEST=$RDMA_TOOL
 
 # Modules in load order. crc32_generic is loaded by name at run time (crypto API), which
@@ -225,7 +236,7 @@ while [ \$i -lt 100 ]; do
 done
 echo "GUEST: rxe0 gid[1]=\$g"
 echo "GUEST: running rdma-suite"
-/usr/local/bin/rdma-suite
+/usr/local/bin/rdma-suite --lockbench /usr/local/bin/lockbench
 echo "SOFTROCE-STATUS: \$?"
 sync
 poweroff -f

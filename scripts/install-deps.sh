@@ -5,7 +5,7 @@ set -euo pipefail
 
 APT_PACKAGES=(
     # real SMB clients and the Samba baseline
-    samba smbclient samba-testsuite libnss-wrapper
+    samba smbclient samba-testsuite libnss-wrapper ctdb winbind
     # AF_XDP (xsk-rs bundles libxdp/libbpf), RDMA verbs and rdmacm
     clang libclang-dev llvm m4 make libelf-dev zlib1g-dev pkg-config cmake
     libibverbs-dev librdmacm-dev rdma-core ibverbs-providers

@@ -5,3 +5,4 @@
 
 pub mod lockload;
 pub mod report;
+pub mod smb;

@@ -2,8 +2,9 @@
 //! transport measured in the same run.
 //!
 //! ```text
-//! lockbench --transport shm|udp|afpacket|afxdp [--netns] [--clients N] [--duration S] [--rate R]
+//! lockbench --transport shm|udp|afpacket|afxdp|rdma [--netns] [--clients N] [--duration S] [--rate R]
 //!           [--pattern uncontended|hot|zipf] [--op lock|open|mixed] [--held N] [--batch B] [--json]
+//!           [--rdma-device NAME] [--rdma-port N] [--gid-index N] [--listen-ip IP]
 //! ```
 //!
 //! `afpacket` / `afxdp` need `--netns` (and root): lockbench creates throw-away network
@@ -11,6 +12,13 @@
 //! with a bridge and one namespace per client, since AF_XDP takes a whole interface queue), runs
 //! the lockmgrd server side in one and the clients in the others, and removes them at the end.
 //! The raw baseline is then a raw AF_PACKET / AF_XDP echo over the same path.
+//!
+//! `rdma` runs lockmgrd and the clients in this process over one RDMA device (the HCA loops
+//! the traffic back); the TCP side channel listens on `--listen-ip` (default: the IPv4 address
+//! of the RoCEv2 GID in use, else 127.0.0.1). The raw baseline is an RC SEND/RECV ping-pong
+//! between two queue pairs on the same device without side channel or lock protocol
+//! (`lockmgr_rdma::raw::verbs_pingpong`). Without an RDMA device it fails with the transport's
+//! explanation.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +40,7 @@ use lockmgr_transport::reliable::ReliableConfig;
 use lockmgr_transport::shm::{ShmClient, ShmConfig, ShmServer};
 use lockmgr_transport::udp::{UdpClient, UdpConfig, UdpServer};
 use lockmgr_transport::{raw, ClientTransport, ServerTransport, SpinConfig};
+use lockmgr_rdma::{format_gid, DeviceConfig, RdmaClient, RdmaConfig, RdmaServer};
 use lockmgrd::{Server, ServerOptions};
 
 #[global_allocator]
@@ -46,6 +55,8 @@ enum TransportArg {
     Afpacket,
     /// Raw Ethernet over AF_XDP, copy mode (needs --netns).
     Afxdp,
+    /// RDMA verbs, RC SEND/RECV (InfiniBand, RoCE, soft-RoCE).
+    Rdma,
 }
 
 /// Latency benchmark of the lock manager against a raw transport baseline measured in the same run.
@@ -86,6 +97,18 @@ struct Cli {
     /// afpacket/afxdp: set up network namespaces + veth for the run and remove them after.
     #[arg(long)]
     netns: bool,
+    /// rdma: device name as `ibv_devices` prints it (default: the first device).
+    #[arg(long)]
+    rdma_device: Option<String>,
+    /// rdma: HCA port, 1-based.
+    #[arg(long, default_value_t = 1)]
+    rdma_port: u8,
+    /// rdma: GID table index (default: RoCE: the first IPv4-mapped GID; InfiniBand: 0).
+    #[arg(long)]
+    gid_index: Option<u8>,
+    /// rdma: IP the lockmgrd side channel (TCP) listens on.
+    #[arg(long)]
+    listen_ip: Option<std::net::IpAddr>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -465,6 +488,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 )?
             }
         }
+        TransportArg::Rdma => bench_rdma(&cli, spin)?,
     };
     if cli.json {
         println!(
@@ -475,6 +499,60 @@ fn run(cli: Cli) -> Result<(), String> {
         print_text(&report);
     }
     Ok(())
+}
+
+/// lockmgrd, the transport echo and the raw verbs ping-pong over one RDMA device.
+fn bench_rdma(cli: &Cli, spin: SpinConfig) -> Result<JsonReport, String> {
+    let device = DeviceConfig {
+        device: cli.rdma_device.clone(),
+        port: cli.rdma_port,
+        gid_index: cli.gid_index,
+    };
+    // Fails first, with RdmaError's explanation, on machines without RDMA.
+    let info = lockmgr_rdma::probe(&device).map_err(|e| format!("--transport rdma: {e}"))?;
+    // A RoCEv2 GID of an IPv4 address is IPv4-mapped: that address is on the RDMA netdev.
+    let ip = cli.listen_ip.unwrap_or_else(|| {
+        match std::net::Ipv6Addr::from(info.gid).to_ipv4_mapped() {
+            Some(v4) => v4.into(),
+            None => std::net::Ipv4Addr::LOCALHOST.into(),
+        }
+    });
+    if !cli.json {
+        println!(
+            "rdma: device {} port {} gid[{}] {} side channel on {ip}",
+            info.name,
+            info.port,
+            info.gid_index,
+            format_gid(&info.gid)
+        );
+    }
+    let cfg = RdmaConfig {
+        device,
+        spin,
+        handshake_timeout: Duration::from_secs(10),
+        ..RdmaConfig::default()
+    };
+    let addr = std::sync::Mutex::new(None);
+    let make_server = || {
+        let s = RdmaServer::bind(std::net::SocketAddr::new(ip, 0), cfg.clone())
+            .map_err(|e| format!("rdma bind on {ip}: {e}"))?;
+        *addr.lock().map_err(|_| "poisoned")? = Some(s.local_addr().map_err(|e| e.to_string())?);
+        Ok(s)
+    };
+    let make_client = || {
+        let a = addr
+            .lock()
+            .map_err(|_| "poisoned".to_string())?
+            .ok_or("no server")?;
+        RdmaClient::connect(a, &cfg).map_err(|e| format!("rdma connect to {a}: {e}"))
+    };
+    let raw_fn = |rounds, warmup, len| {
+        lockmgr_rdma::raw::verbs_pingpong(&cfg, rounds, warmup, len).map_err(|e| {
+            tracing::error!(error = %e, "raw RDMA ping-pong failed");
+            lockmgr_transport::TransportError::from(e)
+        })
+    };
+    bench(cli, make_server, make_client, &raw_fn)
 }
 
 /// Namespaces for a raw-Ethernet run; removed on drop.
@@ -570,5 +648,52 @@ fn main() -> ExitCode {
             eprintln!("lockbench: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rdma_options_parse() {
+        let cli = Cli::try_parse_from([
+            "lockbench",
+            "--transport",
+            "rdma",
+            "--rdma-device",
+            "mlx5_0",
+            "--rdma-port",
+            "2",
+            "--gid-index",
+            "3",
+            "--listen-ip",
+            "192.0.2.10",
+        ])
+        .unwrap();
+        assert_eq!(cli.transport, TransportArg::Rdma);
+        assert_eq!(cli.rdma_device.as_deref(), Some("mlx5_0"));
+        assert_eq!(cli.rdma_port, 2);
+        assert_eq!(cli.gid_index, Some(3));
+        assert_eq!(cli.listen_ip, Some("192.0.2.10".parse().unwrap()));
+        assert!(Cli::try_parse_from(["lockbench", "--transport", "rdma", "--gid-index", "x"]).is_err());
+    }
+
+    /// The development hosts have no RDMA: the run must stop at once with the transport's
+    /// explanation (not a panic, a hang or a bare errno).
+    #[test]
+    fn rdma_without_device_fails_with_explanation() {
+        match lockmgr_rdma::probe(&DeviceConfig::default()) {
+            Err(lockmgr_rdma::RdmaError::NoDevice(_)) => {}
+            other => {
+                eprintln!("SKIPPED: this machine has RDMA ({other:?})");
+                return;
+            }
+        }
+        let cli = Cli::try_parse_from(["lockbench", "--transport", "rdma", "--duration", "0.1"])
+            .unwrap();
+        let err = run(cli).unwrap_err();
+        assert!(err.contains("no RDMA device"), "{err}");
+        assert!(err.contains("rdma link add"), "{err}");
     }
 }

@@ -3,16 +3,25 @@
 //!
 //! One process runs `lockmgrd::Server` over `RdmaServer` on a thread, and the tests connect
 //! `LockClient<RdmaClient>`s to it; the kill test spawns this binary again (`hold`
-//! sub-command) as the lock holder and SIGKILLs it. Prints one line per test and
-//! `N passed, M failed` at the end; exits 0 only if everything passed, 77 if there is no RDMA
-//! device at all (so wrappers can tell "skipped" from "failed").
+//! sub-command) as the lock holder and SIGKILLs it. Then every transport conformance scenario
+//! of `lockmgrd::conformance` (the ones `lockmgr/daemon/tests/conformance.rs` runs over shm,
+//! UDP, AF_PACKET and AF_XDP) runs over RDMA, each against a fresh lockmgrd, and finally the
+//! `lockbench` binary runs a short `--transport rdma` benchmark (functional check: it must
+//! finish and report operations; the numbers mean nothing under emulation). Prints one line
+//! per test and `N passed, M failed` at the end; exits 0 only if everything passed, 77 if
+//! there is no RDMA device at all (so wrappers can tell "skipped" from "failed").
 //!
 //! Usage:
 //!   rdma-suite [--addr IP] [--device NAME] [--port N] [--gid-index N] [--bench-ops N]
+//!              [--lockbench PATH]
 //!   rdma-suite hold --server IP:PORT --file HEX [device options]   (internal)
+//!
+//! `--lockbench`: the lockbench binary to run (then it is required); by default a `lockbench`
+//! next to this binary is used if there is one, and the test is skipped otherwise.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -29,6 +38,8 @@ use lockmgr_rdma::{
     format_gid, probe, DeviceConfig, RdmaClient, RdmaConfig, RdmaError, RdmaServer,
 };
 use lockmgr_transport::{ServerTransport, SpinConfig};
+use lockmgr_transport::ClientTransport;
+use lockmgrd::conformance::{self, Env, EnvOptions};
 use lockmgrd::{Server, ServerOptions};
 
 const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
@@ -48,6 +59,7 @@ struct Args {
     addr: Option<IpAddr>,
     device: DeviceConfig,
     bench_ops: u32,
+    lockbench: Option<PathBuf>,
     // `hold` sub-command only.
     server: Option<SocketAddr>,
     file: u128,
@@ -59,6 +71,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<(bool, Args), Stri
         addr: None,
         device: DeviceConfig::default(),
         bench_ops: 1000,
+        lockbench: None,
         server: None,
         file: 0,
     };
@@ -83,6 +96,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<(bool, Args), Stri
                     .parse()
                     .map_err(|e| format!("--bench-ops: {e}"))?
             }
+            "--lockbench" => a.lockbench = Some(PathBuf::from(val("--lockbench")?)),
             "--server" => {
                 a.server = Some(
                     val("--server")?
@@ -485,6 +499,93 @@ fn test_bench(d: &Daemon, dev: &DeviceConfig, ops: u32) -> TestResult {
     Ok(())
 }
 
+/// One `lockmgrd::conformance` scenario over RDMA against a fresh lockmgrd (like each
+/// `#[test]` of tests/conformance.rs for the other transports).
+fn test_conformance(ip: IpAddr, dev: &DeviceConfig, scenario: conformance::Scenario) -> TestResult {
+    let server = RdmaServer::bind(
+        SocketAddr::new(ip, 0),
+        rdma_config(dev, Duration::from_micros(50)),
+    )
+    .map_err(|e| format!("RDMA bind: {e}"))?;
+    let addr = server.local_addr().map_err(|e| format!("local_addr: {e}"))?;
+    // Clients sleep rather than spin: the scenarios run up to three nodes plus the server on
+    // two vCPUs.
+    let cfg = rdma_config(dev, Duration::ZERO);
+    let connect = move |_node: usize| -> Result<Box<dyn ClientTransport>, String> {
+        RdmaClient::connect(addr, &cfg)
+            .map(|c| Box::new(c) as Box<dyn ClientTransport>)
+            .map_err(|e| format!("RDMA connect: {e}"))
+    };
+    let opts = EnvOptions {
+        timeout: TIMEOUT,
+        ..EnvOptions::default()
+    };
+    let mut env = Env::start(move || Ok(server), connect, opts).map_err(|e| e.to_string())?;
+    let r = scenario(&env).map_err(|e| e.to_string());
+    let stopped = env.stop().map_err(|e| e.to_string());
+    r.and(stopped)
+}
+
+/// Where the lockbench binary is: `--lockbench`, else next to this binary. `Ok(None)`: not
+/// required and not found (skip).
+fn find_lockbench(a: &Args) -> Result<Option<PathBuf>, String> {
+    if let Some(p) = &a.lockbench {
+        return if p.is_file() {
+            Ok(Some(p.clone()))
+        } else {
+            Err(format!("--lockbench {}: no such file", p.display()))
+        };
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    Ok(exe
+        .parent()
+        .map(|d| d.join("lockbench"))
+        .filter(|p| p.is_file()))
+}
+
+/// Runs `lockbench --transport rdma` briefly: it must exit 0 and report the raw verbs
+/// baseline, the transport echo and a non-zero number of lockmgr operations.
+fn test_lockbench_cli(bin: &PathBuf, ip: IpAddr, dev: &DeviceConfig) -> TestResult {
+    let mut cmd = Command::new(bin);
+    cmd.args(["--transport", "rdma", "--duration", "1", "--raw-rounds", "200"])
+        // Short spins: server, client and the echo thread share the guest's two vCPUs.
+        .args(["--spin-us", "20", "--clients", "1"])
+        .args(["--listen-ip", &ip.to_string()])
+        .args(["--rdma-port", &dev.port.to_string()]);
+    if let Some(name) = &dev.device {
+        cmd.args(["--rdma-device", name]);
+    }
+    if let Some(i) = dev.gid_index {
+        cmd.args(["--gid-index", &i.to_string()]);
+    }
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running {}: {e}", bin.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for line in stdout.lines() {
+        println!("    {line}");
+    }
+    if !out.status.success() {
+        return Err(format!("lockbench exited with {}: {stderr}", out.status));
+    }
+    for want in ["raw Rdma ping-pong", "transport echo", "lockmgr operation"] {
+        if !stdout.contains(want) {
+            return Err(format!("lockbench output lacks {want:?}"));
+        }
+    }
+    let ops = stdout
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ops="))
+        .and_then(|n| n.parse::<u64>().ok())
+        .ok_or("lockbench output has no ops=N")?;
+    if ops == 0 {
+        return Err("lockbench measured no lock operations".into());
+    }
+    Ok(())
+}
+
 /// Child process of the kill test: take the lock, say so, then wait to be killed.
 fn hold(a: &Args) -> ExitCode {
     let Some(server) = a.server else {
@@ -590,25 +691,36 @@ fn main() -> ExitCode {
         ),
     ];
     let (mut passed, mut failed) = (0, 0);
-    for (name, t) in &tests {
-        let start = Instant::now();
-        match t(&daemon) {
-            Ok(()) => {
-                passed += 1;
-                println!("test {name} ... ok ({:.2}s)", start.elapsed().as_secs_f64());
-            }
-            Err(e) => {
-                failed += 1;
-                println!("test {name} ... FAILED: {e}");
-            }
+    let mut report = |name: &str, start: Instant, r: TestResult| match r {
+        Ok(()) => {
+            passed += 1;
+            println!("test {name} ... ok ({:.2}s)", start.elapsed().as_secs_f64());
         }
-    }
-    match daemon.stop() {
-        Ok(()) => {}
         Err(e) => {
             failed += 1;
-            println!("test server_shutdown ... FAILED: {e}");
+            println!("test {name} ... FAILED: {e}");
         }
+    };
+    for (name, t) in &tests {
+        let start = Instant::now();
+        report(name, start, t(&daemon));
+    }
+    if let Err(e) = daemon.stop() {
+        report("server_shutdown", Instant::now(), Err(e));
+    }
+    for (name, scenario) in conformance::SCENARIOS {
+        let start = Instant::now();
+        let r = test_conformance(ip, &args.device, *scenario);
+        report(&format!("conformance::{name}"), start, r);
+    }
+    match find_lockbench(&args) {
+        Ok(Some(bin)) => {
+            let start = Instant::now();
+            let r = test_lockbench_cli(&bin, ip, &args.device);
+            report("lockbench_cli", start, r);
+        }
+        Ok(None) => println!("test lockbench_cli ... skipped (no lockbench next to rdma-suite)"),
+        Err(e) => report("lockbench_cli", Instant::now(), Err(e)),
     }
     println!("{passed} passed, {failed} failed");
     if failed == 0 {

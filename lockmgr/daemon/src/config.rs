@@ -7,14 +7,22 @@
 //! # cluster_key_hex = "00112233..."
 //!
 //! [transport]
-//! kind = "shm"                          # shm | udp | afpacket | afxdp
-//! listen = "/run/clustersmb/lockmgr.sock"  # shm: unix socket path; udp: ADDR:PORT;
+//! kind = "shm"                          # shm | udp | afpacket | afxdp | rdma
+//! listen = "/run/clustersmb/lockmgr.sock"  # shm: unix socket path; udp, rdma: ADDR:PORT;
 //!                                        # afpacket/afxdp: interface name (or use `interface`)
 //! spin_us = 50                           # busy-poll this long before sleeping (0 = always sleep)
 //! # Raw Ethernet only (afpacket, afxdp):
 //! # interface = "eth1"                   # overrides `listen`
 //! # ethertype = 0x88B5                   # lockmgr frames' EtherType (default: IEEE local experimental)
 //! # peer_mac = "02:00:00:00:00:01"       # clients: lockmgrd's MAC (the server learns client MACs)
+//! # RDMA only (rdma): `listen` is the TCP side channel (queue-pair set-up and death detection);
+//! # the data path is an RC queue pair on this device/port.
+//! # rdma_device = "mlx5_0"               # as `ibv_devices` prints it (default: the first device)
+//! # rdma_port = 1                        # HCA port, 1-based (default 1)
+//! # gid_index = 3                        # GID table index (default: RoCE: first IPv4-mapped
+//! #                                      # (RoCEv2) GID; InfiniBand: 0). See `show_gids`.
+//! # rdma_slots = 32                      # receive slots = credits per connection (4..=4096);
+//! #                                      # each pins 2 x 8.2 KB of registered memory
 //!
 //! [engine]
 //! break_timeout_ms = 35000               # oplock/lease break acknowledgement timeout
@@ -56,6 +64,8 @@ pub enum TransportKind {
     Afpacket,
     /// Raw Ethernet frames over AF_XDP (copy mode, generic XDP).
     Afxdp,
+    /// RDMA verbs: RC queue pairs, two-sided SEND/RECV (InfiniBand, RoCE, soft-RoCE).
+    Rdma,
 }
 
 impl TransportKind {
@@ -82,6 +92,44 @@ pub struct TransportConfig {
     /// afpacket/afxdp clients: the server's MAC address.
     #[serde(default)]
     pub peer_mac: Option<String>,
+    /// rdma: device name (`None` = the first device).
+    #[serde(default)]
+    pub rdma_device: Option<String>,
+    /// rdma: HCA port (1-based).
+    #[serde(default = "default_rdma_port")]
+    pub rdma_port: u8,
+    /// rdma: GID table index (`None` = automatic, see [`lockmgr_rdma::DeviceConfig`]).
+    #[serde(default)]
+    pub gid_index: Option<u8>,
+    /// rdma: receive slots (credits) per connection.
+    #[serde(default = "default_rdma_slots")]
+    pub rdma_slots: u16,
+}
+
+fn default_rdma_port() -> u8 {
+    1
+}
+
+fn default_rdma_slots() -> u16 {
+    lockmgr_rdma::RdmaConfig::default().slots
+}
+
+impl Default for TransportConfig {
+    /// Only `kind` and `listen` need setting for a shm/udp/rdma server.
+    fn default() -> Self {
+        TransportConfig {
+            kind: TransportKind::Shm,
+            listen: String::new(),
+            spin_us: default_spin_us(),
+            interface: None,
+            ethertype: default_ethertype(),
+            peer_mac: None,
+            rdma_device: None,
+            rdma_port: default_rdma_port(),
+            gid_index: None,
+            rdma_slots: default_rdma_slots(),
+        }
+    }
 }
 
 fn default_ethertype() -> u16 {
@@ -99,6 +147,22 @@ impl TransportConfig {
         lockmgr_transport::eth::EthConfig {
             interface: self.interface().to_string(),
             ethertype: self.ethertype,
+        }
+    }
+
+    /// RDMA settings for lockmgr-rdma (device, port, GID index, slots, spin).
+    pub fn rdma(&self) -> lockmgr_rdma::RdmaConfig {
+        lockmgr_rdma::RdmaConfig {
+            device: lockmgr_rdma::DeviceConfig {
+                device: self.rdma_device.clone(),
+                port: self.rdma_port,
+                gid_index: self.gid_index,
+            },
+            slots: self.rdma_slots,
+            spin: lockmgr_transport::SpinConfig {
+                spin: std::time::Duration::from_micros(self.spin_us),
+            },
+            ..lockmgr_rdma::RdmaConfig::default()
         }
     }
 
@@ -224,7 +288,7 @@ impl Config {
                 message: "empty".into(),
             });
         }
-        if self.transport.kind == TransportKind::Udp
+        if matches!(self.transport.kind, TransportKind::Udp | TransportKind::Rdma)
             && self
                 .transport
                 .listen
@@ -234,6 +298,51 @@ impl Config {
             return Err(ConfigError::Invalid {
                 field: "transport.listen",
                 message: format!("{:?} is not ADDR:PORT", self.transport.listen),
+            });
+        }
+        self.validate_rdma()
+    }
+
+    /// The RDMA keys: ranges here, device existence when the transport opens it.
+    fn validate_rdma(&self) -> Result<(), ConfigError> {
+        let t = &self.transport;
+        let rdma_keys_set = t.rdma_device.is_some()
+            || t.gid_index.is_some()
+            || t.rdma_port != default_rdma_port()
+            || t.rdma_slots != default_rdma_slots();
+        if t.kind != TransportKind::Rdma {
+            if rdma_keys_set {
+                return Err(ConfigError::Invalid {
+                    field: "transport.rdma_*",
+                    message: "rdma_device, rdma_port, gid_index and rdma_slots only apply to \
+                              kind = \"rdma\""
+                        .into(),
+                });
+            }
+            return Ok(());
+        }
+        if t.rdma_port == 0 {
+            return Err(ConfigError::Invalid {
+                field: "transport.rdma_port",
+                message: "port numbers start at 1".into(),
+            });
+        }
+        if t.rdma_device.as_deref().is_some_and(str::is_empty) {
+            return Err(ConfigError::Invalid {
+                field: "transport.rdma_device",
+                message: "empty (omit it to use the first device)".into(),
+            });
+        }
+        let slots = lockmgr_rdma::wire::MIN_SLOTS..=lockmgr_rdma::wire::MAX_SLOTS;
+        if !slots.contains(&t.rdma_slots) {
+            return Err(ConfigError::Invalid {
+                field: "transport.rdma_slots",
+                message: format!(
+                    "{} is outside {}..={}",
+                    t.rdma_slots,
+                    slots.start(),
+                    slots.end()
+                ),
             });
         }
         Ok(())
@@ -364,6 +473,63 @@ listen = "127.0.0.1:7500"
             .replace("kind = \"udp\"", "kind = \"afpacket\"")
             .replace("listen = \"127.0.0.1:7500\"", "");
         assert!(Config::parse(&no_if).is_err());
+    }
+
+    #[test]
+    fn parses_rdma_transport() {
+        let text = GOOD.replace("kind = \"udp\"", "kind = \"rdma\"");
+        let cfg = Config::parse(&text).unwrap();
+        assert_eq!(cfg.transport.kind, TransportKind::Rdma);
+        let r = cfg.transport.rdma();
+        assert_eq!(r.device.device, None);
+        assert_eq!(r.device.port, 1);
+        assert_eq!(r.device.gid_index, None);
+        assert_eq!(r.slots, 32);
+        assert_eq!(r.spin.spin, std::time::Duration::from_micros(50));
+
+        let full = format!(
+            "{text}rdma_device = \"mlx5_0\"\nrdma_port = 2\ngid_index = 3\nrdma_slots = 64\n"
+        );
+        let r = Config::parse(&full).unwrap().transport.rdma();
+        assert_eq!(r.device.device.as_deref(), Some("mlx5_0"));
+        assert_eq!(r.device.port, 2);
+        assert_eq!(r.device.gid_index, Some(3));
+        assert_eq!(r.slots, 64);
+    }
+
+    #[test]
+    fn rejects_bad_rdma_settings() {
+        let text = GOOD.replace("kind = \"udp\"", "kind = \"rdma\"");
+        let field = |extra: &str| match Config::parse(&format!("{text}{extra}\n")) {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("{extra}: expected Invalid, got {other:?}"),
+        };
+        assert_eq!(field("rdma_port = 0"), "transport.rdma_port");
+        assert_eq!(field("rdma_slots = 2"), "transport.rdma_slots");
+        assert_eq!(field("rdma_slots = 5000"), "transport.rdma_slots");
+        assert_eq!(field("rdma_device = \"\""), "transport.rdma_device");
+        // Out of u8 range: a parse error, not a silent truncation.
+        assert!(matches!(
+            Config::parse(&format!("{text}gid_index = 256\n")),
+            Err(ConfigError::Parse { .. })
+        ));
+        // The side channel is TCP: ADDR:PORT like udp.
+        let bad_listen = text.replace("127.0.0.1:7500", "/run/lockmgr.sock");
+        assert!(matches!(
+            Config::parse(&bad_listen),
+            Err(ConfigError::Invalid {
+                field: "transport.listen",
+                ..
+            })
+        ));
+        // RDMA keys on another transport are a mistake worth reporting.
+        assert!(matches!(
+            Config::parse(&format!("{GOOD}gid_index = 1\n")),
+            Err(ConfigError::Invalid {
+                field: "transport.rdma_*",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! [`lockmgr_transport::ServerTransport`]; [`config`] reads the TOML configuration.
 
 pub mod config;
+pub mod conformance;
 pub mod server;
 pub mod status;
 

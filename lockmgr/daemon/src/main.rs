@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use lockmgr_engine::Config as EngineConfig;
 use lockmgr_proto::ClusterKey;
+use lockmgr_rdma::{format_gid, RdmaServer};
 use lockmgr_transport::afpacket::PacketServer;
 use lockmgr_transport::reliable::ReliableConfig;
 use lockmgr_transport::shm::{ShmConfig, ShmServer};
@@ -30,7 +31,8 @@ struct Cli {
     /// Transport (overrides the config file).
     #[arg(long, value_enum)]
     transport: Option<TransportKind>,
-    /// shm: unix socket path; udp: ADDR:PORT; afpacket/afxdp: interface (overrides the config).
+    /// shm: unix socket path; udp: ADDR:PORT; rdma: ADDR:PORT of the TCP side channel;
+    /// afpacket/afxdp: interface (overrides the config).
     #[arg(long)]
     listen: Option<String>,
     /// afpacket/afxdp: network interface (overrides `listen` and the config file).
@@ -39,6 +41,15 @@ struct Cli {
     /// afpacket/afxdp: EtherType of lockmgr frames, e.g. 0x88b5 (overrides the config file).
     #[arg(long, value_parser = parse_ethertype)]
     ethertype: Option<u16>,
+    /// rdma: device name as `ibv_devices` prints it, e.g. mlx5_0 or rxe0 (default: the first).
+    #[arg(long)]
+    rdma_device: Option<String>,
+    /// rdma: HCA port, 1-based.
+    #[arg(long)]
+    rdma_port: Option<u8>,
+    /// rdma: GID table index (default: RoCE: the first IPv4-mapped GID; InfiniBand: 0).
+    #[arg(long)]
+    gid_index: Option<u8>,
     /// File holding the cluster key (at least 16 bytes; overrides the config file).
     #[arg(long)]
     cluster_key_file: Option<PathBuf>,
@@ -88,10 +99,7 @@ fn build_config(cli: &Cli) -> Result<Config, config::ConfigError> {
                 transport: config::TransportConfig {
                     kind,
                     listen,
-                    spin_us: 50,
-                    interface: None,
-                    ethertype: lockmgr_transport::eth::DEFAULT_ETHERTYPE,
-                    peer_mac: None,
+                    ..config::TransportConfig::default()
                 },
                 engine: Default::default(),
                 sessions: Default::default(),
@@ -109,6 +117,15 @@ fn build_config(cli: &Cli) -> Result<Config, config::ConfigError> {
     }
     if let Some(t) = cli.ethertype {
         cfg.transport.ethertype = t;
+    }
+    if let Some(d) = &cli.rdma_device {
+        cfg.transport.rdma_device = Some(d.clone());
+    }
+    if let Some(p) = cli.rdma_port {
+        cfg.transport.rdma_port = p;
+    }
+    if let Some(i) = cli.gid_index {
+        cfg.transport.gid_index = Some(i);
     }
     if let Some(path) = &cli.cluster_key_file {
         cfg.cluster_key_file = Some(path.clone());
@@ -199,6 +216,23 @@ fn run(cli: Cli) -> Result<(), String> {
             .map_err(|e| format!("cannot listen on {}: {e}", eth.interface))?;
             tracing::info!(interface = %eth.interface, mac = %server.link().mac(),
                 ethertype = %format_args!("{:#06x}", eth.ethertype), "lockmgrd listening (afpacket)");
+            serve(server, options)
+        }
+        TransportKind::Rdma => {
+            // validate() checked that this parses.
+            let addr = cfg
+                .transport
+                .listen
+                .parse()
+                .map_err(|e| format!("listen address: {e}"))?;
+            // The full RdmaError text matters here: NoDevice explains what is missing and how to
+            // get soft-RoCE, which the TransportError conversion would drop.
+            let server = RdmaServer::bind(addr, cfg.transport.rdma())
+                .map_err(|e| format!("cannot listen on {addr} (rdma): {e}"))?;
+            let local = server.local_addr().map_err(|e| e.to_string())?;
+            let info = server.device_info();
+            tracing::info!(listen = %local, device = %info.name, port = info.port,
+                gid_index = info.gid_index, gid = %format_gid(&info.gid), "lockmgrd listening (rdma)");
             serve(server, options)
         }
         TransportKind::Afxdp => {

@@ -35,6 +35,7 @@ use lockmgr_transport::{SpinConfig, TransportError};
 mod client;
 mod conn;
 pub mod credit;
+pub mod raw;
 mod server;
 mod sys;
 mod verbs;

@@ -52,3 +52,16 @@ fn unknown_device_name_is_reported() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+#[test]
+fn raw_pingpong_reports_no_device() {
+    let r = lockmgr_rdma::raw::verbs_pingpong(&RdmaConfig::default(), 10, 1, 64);
+    if host_has_rdma() {
+        assert_eq!(r.expect("device present, ping-pong must work").len(), 10);
+        return;
+    }
+    match r {
+        Err(RdmaError::NoDevice(msg)) => assert!(!msg.is_empty()),
+        other => panic!("expected NoDevice, got {other:?}"),
+    }
+}

@@ -5,42 +5,59 @@
 //! the socket carries nothing; it exists so that either side sees EOF/HUP promptly when the other
 //! process dies (even by SIGKILL).
 //!
-//! Rings carry records `[len: u64][payload, padded to 8]`; `head` (producer) and `tail`
-//! (consumer) are monotonically increasing byte counters on separate 128-byte lines (two lines so
-//! the adjacent-line prefetcher does not create false sharing). The payload may wrap around the
-//! ring end; the 8-byte header never does because records are 8-aligned and the capacity is a
-//! power of two.
+//! Rings carry records `[header: u64][payload, padded to 8]`. The header is the publication
+//! flag: `tag << 32 | len`, where `tag` (never zero) is derived from the record's byte position,
+//! and an all-zero header means "nothing here yet". Before publishing a record the producer
+//! clears the header slot right after it, so the consumer polls exactly one word, the header at
+//! its own `tail`, and that word shares a cache line with the start of the payload: a small
+//! frame costs one line transfer each way, like the raw ping-pong baseline, instead of one for a
+//! separate `head` counter plus one for the record. The consumer publishes its `tail` byte
+//! counter (on its own 128-byte line, so the adjacent-line prefetcher creates no false sharing)
+//! once per `poll`; the producer reads it only when its cached copy says the ring is full. The
+//! payload may wrap around the ring end; the header never does because records are 8-aligned
+//! and the capacity is a power of two.
 //!
-//! Sleeping: a consumer about to block sets `sleeping` in its ring, issues a full fence and
-//! re-checks `head`; a producer publishes `head`, fences and only then checks `sleeping`. With a
-//! SeqCst fence on both sides at least one sees the other's store, so no wake-up is lost and the
-//! busy path makes no syscalls.
+//! Sleeping: a consumer about to block sets `sleeping` in its ring and re-checks the header at
+//! its tail; a producer publishes the header and only then checks `sleeping`. All four accesses
+//! are `SeqCst` (the publishing store is a `swap`, on x86 one locked `xchg` instead of a store
+//! plus `mfence`), so in the single total order of `SeqCst` operations at least one side sees
+//! the other's store: no wake-up is lost and the busy path makes no syscalls.
 //!
-//! Trust: the peer can scribble anything into the shared region. Each side keeps its own
-//! counters locally, never re-reads them from shared memory, and validates every counter and
-//! length it reads from the peer; a violation is treated as a disconnect. Frames are copied out
-//! of the ring before being handed to the caller so the peer cannot change them underneath.
+//! Trust: the peer can scribble anything into the shared region, concurrently with our reads.
+//! Each side keeps its own counters locally, never re-reads them from shared memory, and
+//! validates every counter, tag and length it reads from the peer; a violation is treated as a
+//! disconnect. Every read is masked into the ring, so no value the peer writes can move a read
+//! out of bounds.
+//!
+//! Frames are copied out of the ring into a private buffer before being handed to the caller,
+//! even when they are contiguous in the ring. Handing out a `&[u8]` into the shared mapping would
+//! promise the compiler that the bytes do not change while the slice lives, which a hostile peer
+//! can break at will: a decoder that checks a tag or length and then re-reads it (the compiler
+//! may legally re-load instead of keeping a register copy) could then act on an unchecked value.
+//! The copy is what makes every decoder safe against a concurrently writing peer; for lock
+//! requests (tens of bytes, mostly in the line the header already brought in) it is a few
+//! instructions, and the raw baseline copies its payload words too.
 
-use std::collections::HashMap;
 use std::io::{ErrorKind, Read};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::sys::{self, Epoll, EventFdWaker, MmapRegion};
 use crate::{
-    check_frame_len, ClientTransport, ServerEvent, ServerTransport, SpinConfig, TransportError,
-    Waker, MAX_FRAME,
+    check_frame_len, ClientTransport, PeerId, ServerEvent, ServerTransport, SpinConfig,
+    TransportError, Waker, MAX_FRAME,
 };
 
 const MAGIC: u64 = 0x314d_4853_474d_4b4c; // "LKMGSHM1" little-endian
-const VERSION: u32 = 1;
+/// 2: header-flagged records (version 1 published a separate `head` counter).
+const VERSION: u32 = 2;
 const LINE: usize = 128;
-/// Ring control blocks: `head` at +0, `tail` at +LINE, consumer `sleeping` at +2*LINE.
+/// Ring control blocks: consumer `tail` at +LINE, consumer `sleeping` at +2*LINE (+0 unused).
 const C2S_CTRL: usize = LINE;
 const S2C_CTRL: usize = 4 * LINE;
 const DATA_OFF: usize = 8 * LINE;
@@ -50,9 +67,15 @@ const MAX_RING: usize = 1 << 30;
 const HELLO_LEN: usize = 24;
 /// Frames drained from one peer per `poll`, so one chatty peer cannot starve the rest.
 const PEER_BUDGET: usize = 1024;
-/// The server checks sockets (accept, EOF) on every Nth `poll` even when nobody sleeps (N must
-/// be a power of two).
-const IO_CHECK_INTERVAL: u32 = 64;
+/// The server checks sockets (accept, EOF) on every Nth `poll` even when nobody sleeps, and the
+/// client checks its socket on every Nth empty `poll` (N must be a power of two). Each check is
+/// a syscall, so it must be rare on the busy path; connects and deaths are not latency critical,
+/// and a sleeping side notices them at once through epoll anyway.
+const IO_CHECK_INTERVAL: u32 = 1024;
+/// Peer ids are `serial << SLOT_BITS | slot`: the slot indexes the peer table directly (no
+/// hashing on `send`), the serial makes ids unique for the life of the server.
+const SLOT_BITS: u32 = 32;
+const SLOT_MASK: u64 = (1 << SLOT_BITS) - 1;
 
 const TOKEN_LISTENER: u64 = u64::MAX;
 const TOKEN_WAKER: u64 = u64::MAX - 1;
@@ -67,6 +90,17 @@ fn region_len(ring_bytes: usize) -> usize {
 
 fn valid_ring_bytes(n: usize) -> bool {
     n.is_power_of_two() && (MIN_RING..=MAX_RING).contains(&n)
+}
+
+/// Upper half of the header of the record at byte position `pos`: never zero (so a published
+/// header is never mistaken for an empty slot) and different for neighbouring records, so a
+/// header written for another position is detected as corruption.
+fn header_tag(pos: u64) -> u32 {
+    0x8000_0000 | ((pos >> 3) as u32 & 0x7fff_ffff)
+}
+
+fn encode_header(pos: u64, len: usize) -> u64 {
+    (u64::from(header_tag(pos)) << 32) | len as u64
 }
 
 /// The peer wrote something impossible into shared memory.
@@ -116,10 +150,6 @@ impl RingView {
         unsafe { &*self.region.as_ptr().add(off).cast::<AtomicU32>() }
     }
 
-    fn head(&self) -> &AtomicU64 {
-        self.u64_at(self.ctrl)
-    }
-
     fn tail(&self) -> &AtomicU64 {
         self.u64_at(self.ctrl + LINE)
     }
@@ -129,32 +159,56 @@ impl RingView {
     }
 
     fn header(&self, pos: u64) -> &AtomicU64 {
+        // Records are 8-aligned (positions only ever advance by `record_len`), so the masked
+        // offset is 8-aligned and at most `cap - 8`: the header never wraps.
         self.u64_at(self.data + (pos as usize & (self.cap - 1)))
     }
 
+    #[inline]
     fn write(&self, pos: u64, src: &[u8]) {
         let off = pos as usize & (self.cap - 1);
-        let first = src.len().min(self.cap - off);
-        // SAFETY: `off + first <= cap` and `src.len() - first <= cap` (frames are far smaller
-        // than the ring), so both copies stay inside the data area of the mapping; `src` is a
-        // separate process-local buffer, so the ranges do not overlap.
+        let base = self.region.as_ptr();
+        if src.len() <= self.cap - off {
+            // SAFETY: `off + src.len() <= cap`, so the copy stays inside the data area of the
+            // mapping; `src` is a separate process-local buffer, so the ranges do not overlap.
+            unsafe {
+                std::ptr::copy_nonoverlapping(src.as_ptr(), base.add(self.data + off), src.len())
+            };
+            return;
+        }
+        let first = self.cap - off;
+        // SAFETY: `off + first == cap` and `src.len() - first <= cap` (frames are far smaller
+        // than the ring), so both copies stay inside the data area; no overlap as above.
         unsafe {
-            let base = self.region.as_ptr().add(self.data);
-            std::ptr::copy_nonoverlapping(src.as_ptr(), base.add(off), first);
-            std::ptr::copy_nonoverlapping(src.as_ptr().add(first), base, src.len() - first);
+            let data = base.add(self.data);
+            std::ptr::copy_nonoverlapping(src.as_ptr(), data.add(off), first);
+            std::ptr::copy_nonoverlapping(src.as_ptr().add(first), data, src.len() - first);
         }
     }
 
+    #[inline]
     fn read(&self, pos: u64, dst: &mut [u8]) {
         let off = pos as usize & (self.cap - 1);
-        let first = dst.len().min(self.cap - off);
-        // SAFETY: as in `write`, with source and destination swapped. A malicious peer may write
-        // these bytes concurrently; we only copy them into a private buffer and never form a
-        // reference to the shared bytes.
+        let base = self.region.as_ptr();
+        if dst.len() <= self.cap - off {
+            // SAFETY: as in `write`, with source and destination swapped. A malicious peer may
+            // write these bytes concurrently; we only copy them into a private buffer and never
+            // form a reference to the shared bytes.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    base.add(self.data + off),
+                    dst.as_mut_ptr(),
+                    dst.len(),
+                )
+            };
+            return;
+        }
+        let first = self.cap - off;
+        // SAFETY: as in the wrapping half of `write`, source and destination swapped.
         unsafe {
-            let base = self.region.as_ptr().add(self.data);
-            std::ptr::copy_nonoverlapping(base.add(off), dst.as_mut_ptr(), first);
-            std::ptr::copy_nonoverlapping(base, dst.as_mut_ptr().add(first), dst.len() - first);
+            let data = base.add(self.data);
+            std::ptr::copy_nonoverlapping(data.add(off), dst.as_mut_ptr(), first);
+            std::ptr::copy_nonoverlapping(data, dst.as_mut_ptr().add(first), dst.len() - first);
         }
     }
 }
@@ -175,29 +229,35 @@ impl Producer {
     }
 
     /// Returns whether the consumer was asleep and must be signalled.
+    #[inline]
     fn push(&mut self, frame: &[u8]) -> Result<bool, PushError> {
         let rec = record_len(frame.len()) as u64;
+        // Room for the record plus the next record's header slot, which is cleared below.
+        let need = rec + HDR as u64;
         let cap = self.ring.cap as u64;
-        if self.head - self.tail_cache + rec > cap {
+        if self.head - self.tail_cache + need > cap {
             let t = self.ring.tail().load(Ordering::Acquire);
             if t < self.tail_cache || t > self.head || t & 7 != 0 {
                 return Err(PushError::Corrupt(Corrupt("ring tail out of range")));
             }
             self.tail_cache = t;
-            if self.head - t + rec > cap {
+            if self.head - t + need > cap {
                 return Err(PushError::Full);
             }
         }
+        self.ring.write(self.head + HDR as u64, frame);
+        // The slot after this record still holds whatever an earlier lap left there; clear it
+        // before publishing so the consumer, once past this record, sees "empty" rather than a
+        // stale header. The space check above guarantees the consumer is done with that slot.
+        self.ring.header(self.head + rec).store(0, Ordering::Relaxed);
+        // Publishing store: releases payload and cleared slot; SeqCst for the sleep handshake
+        // (see module docs).
         self.ring
             .header(self.head)
-            .store(frame.len() as u64, Ordering::Relaxed);
-        self.ring.write(self.head + HDR as u64, frame);
+            .swap(encode_header(self.head, frame.len()), Ordering::SeqCst);
         self.head += rec;
-        self.ring.head().store(self.head, Ordering::Release);
-        // Pairs with the fence in `Consumer::arm` (see module docs).
-        fence(Ordering::SeqCst);
         let sleeping = self.ring.sleeping();
-        if sleeping.load(Ordering::Relaxed) != 0 {
+        if sleeping.load(Ordering::SeqCst) != 0 {
             sleeping.store(0, Ordering::Relaxed);
             return Ok(true);
         }
@@ -208,7 +268,8 @@ impl Producer {
 struct Consumer {
     ring: RingView,
     tail: u64,
-    head_cache: u64,
+    /// Last `tail` stored to shared memory.
+    published: u64,
     armed: bool,
 }
 
@@ -217,58 +278,63 @@ impl Consumer {
         Consumer {
             ring,
             tail: 0,
-            head_cache: 0,
+            published: 0,
             armed: false,
         }
     }
 
+    #[inline]
     fn has_data(&self) -> bool {
-        self.head_cache != self.tail || self.ring.head().load(Ordering::Acquire) != self.tail
+        self.ring.header(self.tail).load(Ordering::Acquire) != 0
     }
 
-    /// Copies the next frame into `buf`; `Ok(None)` when empty.
+    /// Copies the next frame into `buf`; `Ok(None)` when empty. The space is handed back to
+    /// the producer only by [`Consumer::publish`].
+    #[inline]
     fn pop(&mut self, buf: &mut [u8; MAX_FRAME]) -> Result<Option<usize>, Corrupt> {
-        if self.tail == self.head_cache {
-            let h = self.ring.head().load(Ordering::Acquire);
-            if h < self.tail || h - self.tail > self.ring.cap as u64 || h & 7 != 0 {
-                return Err(Corrupt("ring head out of range"));
-            }
-            self.head_cache = h;
-            if h == self.tail {
-                return Ok(None);
-            }
+        let h = self.ring.header(self.tail).load(Ordering::Acquire);
+        if h == 0 {
+            return Ok(None);
         }
-        let avail = self.head_cache - self.tail;
-        if avail < HDR as u64 {
-            return Err(Corrupt("truncated record header"));
+        if (h >> 32) as u32 != header_tag(self.tail) {
+            return Err(Corrupt("record header out of sequence"));
         }
-        let len = self.ring.header(self.tail).load(Ordering::Relaxed);
-        if len > MAX_FRAME as u64 {
+        let len = (h & 0xffff_ffff) as usize;
+        if len > MAX_FRAME {
             return Err(Corrupt("record length exceeds MAX_FRAME"));
         }
-        let len = len as usize;
-        let rec = record_len(len) as u64;
-        if rec > avail {
-            return Err(Corrupt("record extends past head"));
-        }
+        // No check against the producer's position is needed: `len <= MAX_FRAME` keeps the
+        // record far smaller than the ring, the read is masked into it, and the bytes go to a
+        // private buffer. An honest producer published them before the header; a hostile one
+        // can only make us deliver garbage, which decoders reject.
         self.ring.read(self.tail + HDR as u64, &mut buf[..len]);
-        self.tail += rec;
-        self.ring.tail().store(self.tail, Ordering::Release);
+        self.tail += record_len(len) as u64;
         Ok(Some(len))
+    }
+
+    /// Hands the space of every popped record back to the producer. Once per poll rather than
+    /// per record: the store dirties a line the producer reads when it runs out of space.
+    #[inline]
+    fn publish(&mut self) {
+        if self.published != self.tail {
+            self.published = self.tail;
+            self.ring.tail().store(self.tail, Ordering::Release);
+        }
     }
 
     /// Announce sleep; false if data arrived meanwhile (then do not sleep).
     fn arm(&mut self) -> bool {
+        self.publish();
         self.armed = true;
         self.ring.sleeping().store(1, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        if self.ring.head().load(Ordering::SeqCst) != self.tail {
+        if self.ring.header(self.tail).load(Ordering::SeqCst) != 0 {
             self.disarm();
             return false;
         }
         true
     }
 
+    #[inline]
     fn disarm(&mut self) {
         if self.armed {
             self.armed = false;
@@ -333,6 +399,8 @@ fn sock_alive(sock: &UnixStream) -> bool {
 }
 
 struct ShmPeer {
+    /// The full [`PeerId`] value, checked on every lookup by slot.
+    id: u64,
     sock: UnixStream,
     rx: Consumer,
     tx: Producer,
@@ -349,8 +417,12 @@ pub struct ShmServer {
     path: PathBuf,
     epoll: Epoll,
     waker: Arc<EventFdWaker>,
-    peers: HashMap<u64, ShmPeer>,
-    next_id: u64,
+    /// Peer table indexed by the slot bits of [`PeerId`]; freed slots are reused (the serial
+    /// keeps ids unique), so the table stays as small as the peak number of peers.
+    slots: Vec<Option<ShmPeer>>,
+    free: Vec<u32>,
+    peers: usize,
+    next_serial: u64,
     cfg: ShmConfig,
     scratch: Box<[u8; MAX_FRAME]>,
     events: Vec<(u64, u32)>,
@@ -390,8 +462,10 @@ impl ShmServer {
             path,
             epoll,
             waker,
-            peers: HashMap::new(),
-            next_id: 1,
+            slots: Vec::new(),
+            free: Vec::new(),
+            peers: 0,
+            next_serial: 1,
             cfg,
             scratch: Box::new([0u8; MAX_FRAME]),
             events: Vec::with_capacity(64),
@@ -407,12 +481,26 @@ impl ShmServer {
 
     /// Number of connected peers.
     pub fn peer_count(&self) -> usize {
-        self.peers.len()
+        self.peers
+    }
+
+    #[inline]
+    fn peer_mut(&mut self, id: u64) -> Option<&mut ShmPeer> {
+        let slot = usize::try_from(id & SLOT_MASK).ok()?;
+        self.slots
+            .get_mut(slot)?
+            .as_mut()
+            .filter(|p| p.id == id)
     }
 
     fn setup_peer(&mut self, sock: UnixStream) -> Result<u64, TransportError> {
         let ring = self.cfg.ring_bytes;
         let len = region_len(ring);
+        let slot = match self.free.last() {
+            Some(&s) => s,
+            None => u32::try_from(self.slots.len())
+                .map_err(|_| TransportError::Config("too many shm peers"))?,
+        };
         let memfd = sys::memfd(c"lockmgr-shm", len as u64)?;
         let region = Arc::new(MmapRegion::map(&memfd, len)?);
         let magic = region
@@ -433,38 +521,51 @@ impl ShmServer {
             &[memfd.as_raw_fd(), rx_bell.as_raw_fd(), tx_bell.as_raw_fd()],
         )?;
         sock.set_nonblocking(true)?;
-        let id = self.next_id;
-        self.next_id += 1;
-        self.epoll.add(sock.as_raw_fd(), id << 1)?;
-        if let Err(e) = self.epoll.add(rx_bell.as_raw_fd(), (id << 1) | 1) {
+        // Epoll tokens carry the slot only: a slot is reused only after `remove_peer` took
+        // its fds out of the interest list, and `process_io` never removes peers, so a token
+        // in one batch of events cannot refer to a newer peer in the same slot.
+        let token = u64::from(slot) << 1;
+        self.epoll.add(sock.as_raw_fd(), token)?;
+        if let Err(e) = self.epoll.add(rx_bell.as_raw_fd(), token | 1) {
             self.epoll.del(sock.as_raw_fd());
             return Err(e.into());
         }
-        self.peers.insert(
+        let id = (self.next_serial << SLOT_BITS) | u64::from(slot);
+        self.next_serial += 1;
+        let peer = ShmPeer {
             id,
-            ShmPeer {
-                sock,
-                rx: Consumer::new(c2s),
-                tx: Producer::new(s2c),
-                rx_bell,
-                tx_bell,
-                dead: false,
-            },
-        );
+            sock,
+            rx: Consumer::new(c2s),
+            tx: Producer::new(s2c),
+            rx_bell,
+            tx_bell,
+            dead: false,
+        };
+        if self.free.last() == Some(&slot) {
+            self.free.pop();
+            self.slots[slot as usize] = Some(peer);
+        } else {
+            self.slots.push(Some(peer));
+        }
+        self.peers += 1;
         Ok(id)
     }
 
     fn remove_peer(&mut self, id: u64) -> bool {
-        match self.peers.remove(&id) {
-            Some(p) => {
-                // Explicit removal: the client holds duplicates of the eventfd, so closing our fd
-                // would not drop it from the epoll interest list.
-                self.epoll.del(p.sock.as_raw_fd());
-                self.epoll.del(p.rx_bell.as_raw_fd());
-                true
-            }
-            None => false,
+        if self.peer_mut(id).is_none() {
+            return false;
         }
+        let slot = (id & SLOT_MASK) as usize;
+        let Some(p) = self.slots.get_mut(slot).and_then(Option::take) else {
+            return false;
+        };
+        // Explicit removal: the client holds duplicates of the eventfd, so closing our fd
+        // would not drop it from the epoll interest list.
+        self.epoll.del(p.sock.as_raw_fd());
+        self.epoll.del(p.rx_bell.as_raw_fd());
+        self.free.push(slot as u32);
+        self.peers -= 1;
+        true
     }
 
     /// Accepts, notices dead sockets and drains doorbells.
@@ -483,7 +584,7 @@ impl ShmServer {
                         Ok((sock, _)) => match self.setup_peer(sock) {
                             Ok(id) => {
                                 tracing::debug!(peer = id, "shm peer connected");
-                                f(ServerEvent::Connected(crate::PeerId(id)));
+                                f(ServerEvent::Connected(PeerId(id)));
                                 n += 1;
                             }
                             Err(e) => tracing::warn!(error = %e, "shm peer set-up failed"),
@@ -497,14 +598,12 @@ impl ShmServer {
                     }
                 },
                 TOKEN_WAKER => sys::eventfd_drain(self.waker.fd()),
-                t if t & 1 == 1 => {
-                    if let Some(p) = self.peers.get(&(t >> 1)) {
-                        sys::eventfd_drain(p.rx_bell.as_raw_fd());
-                    }
-                }
                 t => {
-                    if let Some(p) = self.peers.get_mut(&(t >> 1)) {
-                        if !sock_alive(&p.sock) {
+                    let slot = usize::try_from(t >> 1).unwrap_or(usize::MAX);
+                    if let Some(Some(p)) = self.slots.get_mut(slot) {
+                        if t & 1 == 1 {
+                            sys::eventfd_drain(p.rx_bell.as_raw_fd());
+                        } else if !sock_alive(&p.sock) {
                             p.dead = true;
                         }
                     }
@@ -516,7 +615,10 @@ impl ShmServer {
     }
 
     fn any_rx_data(&self) -> bool {
-        self.peers.values().any(|p| p.rx.has_data() || p.dead)
+        self.slots
+            .iter()
+            .flatten()
+            .any(|p| p.rx.has_data() || p.dead)
     }
 }
 
@@ -535,46 +637,49 @@ impl ServerTransport for ShmServer {
             n += self.process_io(f)?;
         }
         let mut any_dead = false;
-        for (&id, peer) in self.peers.iter_mut() {
+        for peer in self.slots.iter_mut().flatten() {
+            // A peer whose socket closed is still drained: its last frames come before its
+            // `Disconnected`.
             for _ in 0..PEER_BUDGET {
                 match peer.rx.pop(&mut self.scratch) {
                     Ok(Some(len)) => {
-                        f(ServerEvent::Frame(crate::PeerId(id), &self.scratch[..len]));
+                        f(ServerEvent::Frame(PeerId(peer.id), &self.scratch[..len]));
                         n += 1;
                     }
                     Ok(None) => break,
                     Err(Corrupt(why)) => {
-                        tracing::warn!(peer = id, why, "corrupt shm ring; dropping peer");
+                        tracing::warn!(peer = peer.id, why, "corrupt shm ring; dropping peer");
                         peer.dead = true;
                         break;
                     }
                 }
             }
+            peer.rx.publish();
             any_dead |= peer.dead;
         }
         if any_dead {
             let dead: Vec<u64> = self
-                .peers
+                .slots
                 .iter()
-                .filter(|(_, p)| p.dead)
-                .map(|(&id, _)| id)
+                .flatten()
+                .filter(|p| p.dead)
+                .map(|p| p.id)
                 .collect();
             for id in dead {
                 self.remove_peer(id);
                 tracing::debug!(peer = id, "shm peer disconnected");
-                f(ServerEvent::Disconnected(crate::PeerId(id)));
+                f(ServerEvent::Disconnected(PeerId(id)));
                 n += 1;
             }
         }
         Ok(n)
     }
 
-    fn send(&mut self, peer: crate::PeerId, frame: &[u8]) -> Result<(), TransportError> {
+    fn send(&mut self, peer: PeerId, frame: &[u8]) -> Result<(), TransportError> {
         check_frame_len(frame)?;
-        let p = self
-            .peers
-            .get_mut(&peer.0)
-            .ok_or(TransportError::UnknownPeer(peer))?;
+        let Some(p) = self.peer_mut(peer.0) else {
+            return Err(TransportError::UnknownPeer(peer));
+        };
         if p.dead {
             return Err(TransportError::Disconnected);
         }
@@ -636,7 +741,7 @@ impl ServerTransport for ShmServer {
             return Ok(());
         }
         let mut ready = false;
-        for p in self.peers.values_mut() {
+        for p in self.slots.iter_mut().flatten() {
             if !p.rx.arm() || p.dead {
                 ready = true;
                 break;
@@ -648,7 +753,7 @@ impl ServerTransport for ShmServer {
             r = self.epoll.wait(&mut events, remaining);
             self.events = events;
         }
-        for p in self.peers.values_mut() {
+        for p in self.slots.iter_mut().flatten() {
             p.rx.disarm();
         }
         self.waker.finish_sleep();
@@ -663,7 +768,7 @@ impl ServerTransport for ShmServer {
         Waker::new(self.waker.clone())
     }
 
-    fn close_peer(&mut self, peer: crate::PeerId) {
+    fn close_peer(&mut self, peer: PeerId) {
         if self.remove_peer(peer.0) {
             tracing::debug!(peer = peer.0, "shm peer closed by server");
         }
@@ -796,7 +901,6 @@ impl ClientTransport for ShmClient {
 
     fn poll(&mut self, f: &mut dyn FnMut(&[u8])) -> Result<usize, TransportError> {
         self.rx.disarm();
-        self.polls = self.polls.wrapping_add(1);
         let mut n = 0;
         for _ in 0..PEER_BUDGET {
             match self.rx.pop(&mut self.scratch) {
@@ -812,7 +916,11 @@ impl ClientTransport for ShmClient {
                 }
             }
         }
+        self.rx.publish();
         if n == 0 {
+            // Only empty polls count: a busy client needs no liveness check, and counting them
+            // all could keep skipping the check when busy and idle polls alternate.
+            self.polls = self.polls.wrapping_add(1);
             if self.polls & (IO_CHECK_INTERVAL - 1) == 0 {
                 self.check_alive();
             }
@@ -940,9 +1048,7 @@ mod tests {
         let (mut server, client, peer) = pair("len");
         let ring = &client.tx.ring;
         ring.header(0)
-            .store(MAX_FRAME as u64 + 1, Ordering::Relaxed);
-        ring.head()
-            .store(record_len(MAX_FRAME) as u64, Ordering::Release);
+            .store(encode_header(0, MAX_FRAME + 1), Ordering::Release);
         expect_disconnect(&mut server, peer);
         assert!(matches!(
             server.send(peer, b"x"),
@@ -951,19 +1057,59 @@ mod tests {
     }
 
     #[test]
-    fn length_past_head_disconnects() {
-        let (mut server, client, peer) = pair("past");
+    fn header_for_another_position_disconnects() {
+        let (mut server, mut client, peer) = pair("tag");
+        client.send(b"first").unwrap();
         let ring = &client.tx.ring;
-        ring.header(0).store(100, Ordering::Relaxed);
-        ring.head().store(16, Ordering::Release);
-        expect_disconnect(&mut server, peer);
+        // The second record starts at 16; a header tagged for 8 (or for the same offset one lap
+        // earlier) must not be taken as published.
+        ring.header(16)
+            .store(encode_header(8, 4), Ordering::Release);
+        let mut frames = Vec::new();
+        let mut gone = false;
+        for _ in 0..10 {
+            server
+                .poll(&mut |ev| match ev {
+                    ServerEvent::Frame(_, b) => frames.push(b.to_vec()),
+                    ServerEvent::Disconnected(_) => gone = true,
+                    ServerEvent::Connected(_) => panic!("unexpected connect"),
+                })
+                .unwrap();
+        }
+        assert_eq!(frames, vec![b"first".to_vec()]);
+        assert!(gone);
+        let stale = encode_header(16 + ring.cap as u64, 4);
+        assert_ne!(stale >> 32, encode_header(16, 4) >> 32);
     }
 
     #[test]
-    fn head_beyond_capacity_disconnects() {
-        let (mut server, client, peer) = pair("head");
-        client.tx.ring.head().store(u64::MAX - 7, Ordering::Release);
-        expect_disconnect(&mut server, peer);
+    fn records_stay_in_sequence_across_laps() {
+        // Small frames with varying sizes, one at a time, so the consumer is always caught up
+        // and polls the slot right after the last record: after the first lap that slot holds
+        // an old header or payload unless the producer cleared it.
+        let (mut server, mut client, peer) = pair("laps");
+        let cap = client.tx.ring.cap;
+        let mut sent_bytes = 0;
+        let mut i = 0u32;
+        while sent_bytes < 4 * cap {
+            let len = (i as usize * 37) % 700;
+            let frame: Vec<u8> = (0..len).map(|j| (j as u32 ^ i) as u8).collect();
+            client.send(&frame).unwrap();
+            sent_bytes += record_len(len);
+            let mut got = Vec::new();
+            server
+                .poll(&mut |ev| match ev {
+                    ServerEvent::Frame(p, b) => {
+                        assert_eq!(p, peer);
+                        got.push(b.to_vec());
+                    }
+                    other => panic!("unexpected {other:?}"),
+                })
+                .unwrap();
+            assert_eq!(got, vec![frame], "frame {i}");
+            assert_eq!(client.tx.ring.header(client.tx.head).load(Ordering::Relaxed), 0);
+            i += 1;
+        }
     }
 
     #[test]
@@ -983,25 +1129,72 @@ mod tests {
     }
 
     #[test]
+    fn peer_ids_are_slot_indexed_and_never_reused() {
+        let (mut server, client, first) = pair("ids");
+        drop(client);
+        let mut gone = false;
+        let start = Instant::now();
+        while !gone {
+            assert!(start.elapsed() < Duration::from_secs(20));
+            server
+                .poll(&mut |ev| gone |= ev == ServerEvent::Disconnected(first))
+                .unwrap();
+            server.wait(Some(Duration::from_millis(10))).unwrap();
+        }
+        let path = server.path().to_path_buf();
+        let t = std::thread::spawn(move || {
+            ShmClient::connect(&path, SpinConfig::default(), Duration::from_secs(20)).unwrap()
+        });
+        let mut second = None;
+        let start = Instant::now();
+        while second.is_none() {
+            assert!(start.elapsed() < Duration::from_secs(20));
+            server
+                .poll(&mut |ev| {
+                    if let ServerEvent::Connected(p) = ev {
+                        second = Some(p);
+                    }
+                })
+                .unwrap();
+        }
+        let _client = t.join().unwrap();
+        let second = second.unwrap();
+        // Same slot, new id: the old id must not reach the new peer.
+        assert_eq!(second.0 & SLOT_MASK, first.0 & SLOT_MASK);
+        assert_ne!(second, first);
+        assert!(matches!(
+            server.send(first, b"x"),
+            Err(TransportError::UnknownPeer(_))
+        ));
+        server.send(second, b"x").unwrap();
+        assert!(matches!(
+            server.send(PeerId(second.0 + 1), b"x"),
+            Err(TransportError::UnknownPeer(_))
+        ));
+        assert_eq!(server.peer_count(), 1);
+    }
+
+    #[test]
     fn random_garbage_never_panics_server() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for case in 0..50 {
-            let (mut server, mut client, _peer) = pair(&format!("fuzz{case}"));
+            let (mut server, mut client, peer) = pair(&format!("fuzz{case}"));
             for i in 0..rng.gen_range(0..20) {
                 let _ = client.send(&vec![i as u8; rng.gen_range(0..3000)]);
             }
             let ring = &client.tx.ring;
             for _ in 0..rng.gen_range(1..8) {
-                let word: u64 = match rng.gen_range(0..3) {
+                let pos = rng.gen_range(0..ring.cap as u64 / 8) * 8;
+                let word: u64 = match rng.gen_range(0..4) {
                     0 => rng.gen(),
                     1 => rng.gen_range(0..2 * MAX_FRAME as u64),
+                    2 => encode_header(pos, rng.gen_range(0..MAX_FRAME + 2)),
                     _ => rng.gen_range(0..ring.cap as u64),
                 };
-                match rng.gen_range(0..3) {
-                    0 => ring.head().store(word, Ordering::Release),
-                    1 => ring
-                        .header(rng.gen_range(0..ring.cap as u64 / 8) * 8)
-                        .store(word, Ordering::Relaxed),
+                match rng.gen_range(0..4) {
+                    0 => ring.header(pos).store(word, Ordering::Release),
+                    1 => ring.header(client.tx.head).store(word, Ordering::Release),
+                    2 => ring.sleeping().store(word as u32, Ordering::Release),
                     _ => client.rx.ring.tail().store(word, Ordering::Release),
                 }
             }
@@ -1013,7 +1206,7 @@ mod tests {
                         }
                     })
                     .unwrap();
-                let _ = server.send(_peer, &[1u8; 4000]);
+                let _ = server.send(peer, &[1u8; 4000]);
             }
         }
     }

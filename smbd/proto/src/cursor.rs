@@ -91,7 +91,7 @@ pub fn slice_at(buf: &[u8], offset: usize, len: usize) -> Result<&[u8], DecodeEr
 
 /// Decode a UTF-16LE string (odd length is an error).
 pub fn utf16_to_string(b: &[u8]) -> Result<String, DecodeError> {
-    if b.len() % 2 != 0 {
+    if !b.len().is_multiple_of(2) {
         return Err(DecodeError::BadString);
     }
     let units: Vec<u16> = b
@@ -155,7 +155,7 @@ impl Writer {
     }
     /// Pad with zeros to a multiple of `align`.
     pub fn align(&mut self, align: usize) -> &mut Self {
-        while self.buf.len() % align != 0 {
+        while !self.buf.len().is_multiple_of(align) {
             self.buf.push(0);
         }
         self

@@ -32,7 +32,7 @@ pub fn split_compound(buf: &[u8]) -> Result<Vec<&[u8]>, DecodeError> {
             return Ok(out);
         }
         // NextCommand must leave room for a header and be 8-byte aligned (MS-SMB2 2.2.1.2).
-        if next < HEADER_SIZE || next > rest.len() || next % 8 != 0 {
+        if next < HEADER_SIZE || next > rest.len() || !next.is_multiple_of(8) {
             return Err(DecodeError::BadOffset);
         }
         out.push(&rest[..next]);

@@ -983,7 +983,7 @@ impl Response {
                         w.u8(0);
                     }
                 } else {
-                    while off(w, base) % 8 != 0 {
+                    while !off(w, base).is_multiple_of(8) {
                         w.u8(0);
                     }
                     let co = off(w, base) as u32;
@@ -994,7 +994,7 @@ impl Response {
                             .u32(0)
                             .bytes(&c.data);
                         if i + 1 < n.contexts.len() {
-                            while off(w, base) % 8 != 0 {
+                            while !off(w, base).is_multiple_of(8) {
                                 w.u8(0);
                             }
                         }
@@ -1104,21 +1104,17 @@ impl Response {
                 file_id.write(w);
                 let in_off = off(w, base) + 24;
                 let out_off = (in_off + input.len() + 7) & !7;
-                w.u32(if input.is_empty() {
-                    in_off as u32
-                } else {
-                    in_off as u32
-                })
-                .u32(input.len() as u32)
-                .u32(if output.is_empty() {
-                    in_off as u32 + input.len() as u32
-                } else {
-                    out_off as u32
-                })
-                .u32(output.len() as u32)
-                .u32(0)
-                .u32(0)
-                .bytes(input);
+                w.u32(in_off as u32)
+                    .u32(input.len() as u32)
+                    .u32(if output.is_empty() {
+                        in_off as u32 + input.len() as u32
+                    } else {
+                        out_off as u32
+                    })
+                    .u32(output.len() as u32)
+                    .u32(0)
+                    .u32(0)
+                    .bytes(input);
                 if !output.is_empty() {
                     while off(w, base) < out_off {
                         w.u8(0);

@@ -22,5 +22,8 @@ fn seed_corpus_decodes_without_panic() {
         }
     }
     assert!(files >= 10, "corpus too small: {files}");
-    assert!(decoded >= files / 2, "most seeds are real messages: {decoded}/{files}");
+    assert!(
+        decoded >= files / 2,
+        "most seeds are real messages: {decoded}/{files}"
+    );
 }

@@ -182,6 +182,13 @@ mod tests {
     }
 
     #[test]
+    fn example_file_parses() {
+        let c = Config::parse(include_str!("../../smbd.example.toml")).unwrap();
+        assert_eq!(c.share.len(), 2);
+        assert!(c.share[1].read_only);
+    }
+
+    #[test]
     fn rejects_unknown_keys() {
         assert!(Config::parse("[server]\nbogus=1\n").is_err());
     }

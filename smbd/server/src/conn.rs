@@ -30,6 +30,9 @@ pub const SESSION_FLAG_IS_GUEST: u16 = 0x1;
 pub const SESSION_FLAG_IS_NULL: u16 = 0x2;
 pub const SESSION_FLAG_ENCRYPT_DATA: u16 = 0x4;
 
+/// How to sign a response: algorithm and key.
+pub(crate) type Signer = (SigningAlgorithm, Vec<u8>);
+
 pub(crate) struct Negotiated {
     pub dialect: u16,
     pub client_guid: [u8; 16],
@@ -70,7 +73,6 @@ pub(crate) struct Tree {
 pub(crate) struct DirState {
     pub entries: Vec<DirEntry>,
     pub pos: usize,
-    pub pattern: String,
     pub started: bool,
 }
 
@@ -127,6 +129,10 @@ pub(crate) struct ChainCtx {
     pub file_id: Option<FileId>,
     pub prev_status: u32,
     pub encrypted: bool,
+    /// The request being processed has SMB2_FLAGS_RELATED_OPERATIONS.
+    pub related: bool,
+    /// Index of the request in the chain.
+    pub index: usize,
 }
 
 /// What a handler produced.
@@ -229,7 +235,10 @@ impl Conn {
         if let Some(dir) = &self.shared.dump_dir {
             // Debug aid (SMBD_DUMP_DIR): keep received messages, e.g. as a fuzzing corpus.
             let n = self.next_async + self.next_volatile + msg.len() as u64;
-            let _ = std::fs::write(dir.join(format!("c{}-{}-{}", self.id, n, rand::random::<u32>())), msg);
+            let _ = std::fs::write(
+                dir.join(format!("c{}-{}-{}", self.id, n, rand::random::<u32>())),
+                msg,
+            );
         }
         if msg.len() < 4 {
             self.closed = true;
@@ -326,10 +335,11 @@ impl Conn {
             encrypted,
             ..Default::default()
         };
-        let mut responses: Vec<(Vec<u8>, Option<(SigningAlgorithm, Vec<u8>)>)> = Vec::new();
+        let mut responses: Vec<(Vec<u8>, Option<Signer>)> = Vec::new();
         let mut enc_session: Option<u64> = None;
         let n = msgs.len();
         for (i, m) in msgs.into_iter().enumerate() {
+            ctx.index = i;
             let Some((resp, signer)) = self.process_one(m, &mut ctx, i + 1 == n) else {
                 continue;
             };
@@ -337,7 +347,8 @@ impl Conn {
                 .map(|h| (h.session_id, h.command))
                 .unwrap_or((0, 0));
             // The final SESSION_SETUP response goes out signed, not sealed (MS-SMB2 3.3.5.5.3).
-            let setup = hdr_cmd == Command::SessionSetup as u16 || hdr_cmd == Command::Negotiate as u16;
+            let setup =
+                hdr_cmd == Command::SessionSetup as u16 || hdr_cmd == Command::Negotiate as u16;
             if encrypted || (!setup && self.session_wants_encryption(hdr_sid, ctx.tree_id)) {
                 enc_session = enc_session.or(Some(hdr_sid));
             }
@@ -471,7 +482,7 @@ impl Conn {
         m: &[u8],
         ctx: &mut ChainCtx,
         last: bool,
-    ) -> Option<(Vec<u8>, Option<(SigningAlgorithm, Vec<u8>)>)> {
+    ) -> Option<(Vec<u8>, Option<Signer>)> {
         let mut hdr = match Header::decode(m) {
             Ok(h) => h,
             Err(_) => {
@@ -480,6 +491,7 @@ impl Conn {
             }
         };
         let related = hdr.flags & flags::RELATED_OPERATIONS != 0;
+        ctx.related = related;
         if related {
             // MS-SMB2 3.3.5.2.7.2: related requests inherit session, tree and file.
             if hdr.session_id == u64::MAX || hdr.session_id == 0 {
@@ -497,7 +509,11 @@ impl Conn {
         let outcome = match cmd {
             None => err(status::INVALID_PARAMETER),
             Some(cmd) => {
-                if related && ctx.prev_status != status::SUCCESS && ctx.file_id.is_none() {
+                if related && ctx.index == 0 {
+                    // A chain cannot start with a related request (MS-SMB2 3.3.5.2.7.2).
+                    ctx.file_id = None;
+                    err(status::INVALID_PARAMETER)
+                } else if related && ctx.prev_status != status::SUCCESS && ctx.file_id.is_none() {
                     // The create this request depends on failed: fail the same way.
                     err(ctx.prev_status)
                 } else {
@@ -508,6 +524,14 @@ impl Conn {
         let credits = self.grant_credits(&hdr);
         let (st, body) = match outcome {
             Outcome::Nothing => return None,
+            Outcome::Pending(async_id) if !last => {
+                // Like Windows and Samba, a request in the middle of a compound cannot go
+                // async: it fails and the chain goes on (MS-SMB2 <159>, <162>).
+                self.cancel_pending(async_id, status::INTERNAL_ERROR);
+                self.pending.remove(&async_id);
+                ctx.prev_status = status::INTERNAL_ERROR;
+                (status::INTERNAL_ERROR, Response::Error { data: vec![] })
+            }
             Outcome::Pending(async_id) => {
                 let mut h = Self::response_header(&hdr, status::PENDING, credits);
                 h.flags |= flags::ASYNC_COMMAND;
@@ -522,7 +546,13 @@ impl Conn {
         };
         ctx.prev_status = st;
         if st != status::SUCCESS {
-            tracing::debug!(conn = self.id, ?cmd, mid = hdr.message_id, status = format_args!("{st:#010x}"), "error response");
+            tracing::debug!(
+                conn = self.id,
+                ?cmd,
+                mid = hdr.message_id,
+                status = format_args!("{st:#010x}"),
+                "error response"
+            );
         }
         if cmd == Some(Command::Create) && st != status::SUCCESS {
             ctx.file_id = None;
@@ -683,7 +713,9 @@ impl Conn {
         if d >= dialect::SMB210 {
             server_caps |= caps::LEASING | caps::LARGE_MTU;
         }
-        if d >= dialect::SMB300 && d < dialect::SMB311 && req.capabilities & caps::ENCRYPTION != 0 {
+        if (dialect::SMB300..dialect::SMB311).contains(&d)
+            && req.capabilities & caps::ENCRYPTION != 0
+        {
             server_caps |= caps::ENCRYPTION;
         }
         let mut server_security_mode = security_mode::SIGNING_ENABLED;
@@ -820,7 +852,11 @@ impl Conn {
                 ctx_type: negctx::PREAUTH_INTEGRITY,
                 data: w.buf,
             });
-            if req.contexts.iter().any(|c| c.ctx_type == negctx::ENCRYPTION) {
+            if req
+                .contexts
+                .iter()
+                .any(|c| c.ctx_type == negctx::ENCRYPTION)
+            {
                 // Only answer contexts the client sent (MS-SMB2 3.3.5.4); cipher 0 = none.
                 let mut w = Writer::new();
                 w.u16(1).u16(cipher.map_or(0, |c| c.id()));
@@ -980,8 +1016,11 @@ impl Conn {
                     let user = s.user.clone();
                     self.shared.session_established(sid, self.id, &user);
                     if req.previous_session_id != 0 && req.previous_session_id != sid {
-                        self.shared
-                            .expire_previous_session(req.previous_session_id, &user, self.id);
+                        self.shared.expire_previous_session(
+                            req.previous_session_id,
+                            &user,
+                            self.id,
+                        );
                     }
                 }
                 Outcome::Reply(
@@ -1186,7 +1225,11 @@ impl Conn {
             PendingKind::Notify { dir, .. } => {
                 let dir = dir.clone();
                 self.shared.unwatch(self.id, &dir);
-                self.complete_async(aid, st, Response::Error { data: vec![] });
+                if st == status::INTERNAL_ERROR {
+                    self.pending.remove(&aid);
+                } else {
+                    self.complete_async(aid, st, Response::Error { data: vec![] });
+                }
             }
             PendingKind::Lock { .. } | PendingKind::Create(_) => {
                 // The lock service answers with Completed{Done(Cancelled)}, which finishes it.

@@ -196,11 +196,11 @@ pub fn statvfs(path: &Path) -> Option<FsStats> {
     // SAFETY: statvfs returned 0, so it initialised the struct.
     let st = unsafe { st.assume_init() };
     Some(FsStats {
-        fsid: st.f_fsid as u64,
-        block_size: st.f_frsize as u64,
-        blocks: st.f_blocks as u64,
-        bfree: st.f_bfree as u64,
-        bavail: st.f_bavail as u64,
+        fsid: st.f_fsid,
+        block_size: st.f_frsize,
+        blocks: st.f_blocks,
+        bfree: st.f_bfree,
+        bavail: st.f_bavail,
     })
 }
 
@@ -631,7 +631,15 @@ pub fn short_name(name: &str) -> String {
         .take(3)
         .collect::<String>()
         .to_ascii_uppercase();
-    let mut out = format!("{}~{}", if prefix.is_empty() { "_".into() } else { prefix }, tag);
+    let mut out = format!(
+        "{}~{}",
+        if prefix.is_empty() {
+            "_".into()
+        } else {
+            prefix
+        },
+        tag
+    );
     if !ext.is_empty() {
         out.push('.');
         out.push_str(&ext);

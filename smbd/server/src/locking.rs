@@ -26,8 +26,15 @@ pub trait LockService: Send {
     fn request(&mut self, session: SessionId, id: RequestId, req: Request) -> Reply;
     /// Next notification for some session (breaks, deferred completions).
     fn poll_event(&mut self) -> Option<(SessionId, Notification)>;
-    /// Fire due timers; returns the next deadline in nanoseconds of the service's clock.
+    /// Fire due timers (break timeouts).
     fn tick(&mut self) {}
+    /// Rename check (MS-FSA 2.1.5.14.11): does another open of `file` than `except` deny
+    /// FILE_SHARE_DELETE while holding data access?
+    fn others_deny_delete(&mut self, file: FileId, except: OpenId) -> bool;
+}
+
+fn denies_delete(access: u32, share: u32) -> bool {
+    access & DATA_BITS != 0 && share & lockmgr_engine::types::share::DELETE == 0
 }
 
 struct LocalOpen {
@@ -292,56 +299,11 @@ impl LockService for LocalLocks {
     fn poll_event(&mut self) -> Option<(SessionId, Notification)> {
         self.events.pop_front()
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn open(l: &mut LocalLocks, s: u64, access: u32, share: u32) -> Reply {
-        l.request(
-            SessionId(s),
-            RequestId(1),
-            Request::Open(OpenRequest {
-                file: FileId(9),
-                access,
-                share,
-                ..Default::default()
-            }),
-        )
-    }
-
-    #[test]
-    fn sharing_violation_when_share_denies_write() {
-        let mut l = LocalLocks::new();
-        assert!(matches!(open(&mut l, 1, 0x1, 0x1), Reply::Opened { .. }));
-        assert_eq!(
-            open(&mut l, 2, 0x2, 0x7),
-            Reply::Done(Status::SharingViolation)
-        );
-        assert!(matches!(open(&mut l, 2, 0x1, 0x7), Reply::Opened { .. }));
-    }
-
-    #[test]
-    fn delete_on_close_reported_on_last_close() {
-        let mut l = LocalLocks::new();
-        let Reply::Opened { open: a, .. } = l.request(
-            SessionId(1),
-            RequestId(1),
-            Request::Open(OpenRequest {
-                file: FileId(3),
-                access: 0x1_0000,
-                share: 7,
-                delete_on_close: true,
-                ..Default::default()
-            }),
-        ) else {
-            panic!()
-        };
-        assert_eq!(
-            l.request(SessionId(1), RequestId(2), Request::Close { open: a }),
-            Reply::Closed { delete_file: true }
-        );
+    fn others_deny_delete(&mut self, file: FileId, except: OpenId) -> bool {
+        self.opens
+            .iter()
+            .any(|(id, o)| *id != except && o.file == file && denies_delete(o.access, o.share))
     }
 }
 
@@ -418,11 +380,71 @@ impl LockService for EngineLocks {
         self.events.pop_front()
     }
 
+    fn others_deny_delete(&mut self, file: FileId, except: OpenId) -> bool {
+        // Renames are rare; the snapshot walk is acceptable here.
+        self.engine
+            .snapshot()
+            .opens
+            .iter()
+            .any(|o| o.open != except && o.file == file && denies_delete(o.access, o.share))
+    }
+
     fn tick(&mut self) {
         let now = self.now();
         if self.engine.poll_timeout().is_some_and(|t| t <= now) {
             self.engine.handle_timeout(now);
             self.drain(None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(l: &mut LocalLocks, s: u64, access: u32, share: u32) -> Reply {
+        l.request(
+            SessionId(s),
+            RequestId(1),
+            Request::Open(OpenRequest {
+                file: FileId(9),
+                access,
+                share,
+                ..Default::default()
+            }),
+        )
+    }
+
+    #[test]
+    fn sharing_violation_when_share_denies_write() {
+        let mut l = LocalLocks::new();
+        assert!(matches!(open(&mut l, 1, 0x1, 0x1), Reply::Opened { .. }));
+        assert_eq!(
+            open(&mut l, 2, 0x2, 0x7),
+            Reply::Done(Status::SharingViolation)
+        );
+        assert!(matches!(open(&mut l, 2, 0x1, 0x7), Reply::Opened { .. }));
+    }
+
+    #[test]
+    fn delete_on_close_reported_on_last_close() {
+        let mut l = LocalLocks::new();
+        let Reply::Opened { open: a, .. } = l.request(
+            SessionId(1),
+            RequestId(1),
+            Request::Open(OpenRequest {
+                file: FileId(3),
+                access: 0x1_0000,
+                share: 7,
+                delete_on_close: true,
+                ..Default::default()
+            }),
+        ) else {
+            panic!()
+        };
+        assert_eq!(
+            l.request(SessionId(1), RequestId(2), Request::Close { open: a }),
+            Reply::Closed { delete_file: true }
+        );
     }
 }

@@ -27,6 +27,13 @@ const FILE_ACTION_REMOVED: u32 = 2;
 const FILE_ACTION_MODIFIED: u32 = 3;
 const FILE_ACTION_RENAMED_OLD_NAME: u32 = 4;
 const FILE_ACTION_RENAMED_NEW_NAME: u32 = 5;
+const ATTR_SPARSE: u32 = 0x200;
+const INVALID_VIEW_SIZE: u32 = 0xC000_001F;
+/// Server-side copy limits advertised on INVALID_PARAMETER (the values Windows and Samba use).
+const COPYCHUNK_MAX_CHUNKS: u32 = 256;
+const COPYCHUNK_MAX_CHUNK_SIZE: u32 = 1024 * 1024;
+const COPYCHUNK_MAX_TOTAL: u32 = 16 * 1024 * 1024;
+const NOT_A_REPARSE_POINT: u32 = 0xC000_0275;
 const BAD_IMPERSONATION_LEVEL: u32 = 0xC000_00A5;
 const FULL_ACCESS: u32 = 0x001F_01FF;
 const READ_ACCESS: u32 = 0x0012_00A9;
@@ -102,7 +109,10 @@ impl Conn {
     /// Map a request FileId (or the related-chain placeholder) to an open of this session.
     fn resolve_fid(&self, fid: FileId, ctx: &ChainCtx) -> Result<u64, u32> {
         let fid = if fid == FileId::RELATED {
-            ctx.file_id.ok_or(status::INVALID_PARAMETER)?
+            if !ctx.related {
+                return Err(status::FILE_CLOSED);
+            }
+            ctx.file_id.ok_or(status::FILE_CLOSED)?
         } else {
             fid
         };
@@ -265,7 +275,11 @@ impl Conn {
             let attrs = c.file_attributes & !(fs::attr::NORMAL | fs::attr::DIRECTORY);
             update_dos(&res.abs, |d, _| {
                 d.creation = fs::now_filetime();
-                d.attributes = if attrs == 0 && !dir_req { fs::attr::ARCHIVE } else { attrs };
+                d.attributes = if attrs == 0 && !dir_req {
+                    fs::attr::ARCHIVE
+                } else {
+                    attrs
+                };
             });
             let (parent, n) = parent_and_name(&res.abs);
             self.shared.dir_changed(parent, FILE_ACTION_ADDED, n);
@@ -559,7 +573,12 @@ impl Conn {
         let mut resp = CloseResponse::default();
         if c.flags & smb_proto::CLOSE_FLAG_POSTQUERY_ATTRIB != 0 {
             if let Some(o) = self.opens.get(&v) {
-                if let Ok(m) = std::fs::metadata(&o.abs) {
+                // fstat through the handle: the path may be stale after a rename elsewhere.
+                let m = match &o.file {
+                    Some(f) => f.metadata(),
+                    None => std::fs::metadata(&o.abs),
+                };
+                if let Ok(m) = m {
                     let i = FileInfo::load(&o.abs, &m);
                     resp = CloseResponse {
                         flags: smb_proto::CLOSE_FLAG_POSTQUERY_ATTRIB,
@@ -881,15 +900,67 @@ impl Conn {
                 w.u64(v).u64(self.id).u64(0).u32(0).u32(0);
                 reply(w.buf, i.file_id)
             }
-            fsctl::CREATE_OR_GET_OBJECT_ID
-            | fsctl::SET_SPARSE
-            | fsctl::GET_REPARSE_POINT
-            | fsctl::QUERY_ALLOCATED_RANGES
-            | fsctl::SET_ZERO_DATA
-            | fsctl::SRV_ENUMERATE_SNAPSHOTS
-            | fsctl::SRV_COPYCHUNK
-            | fsctl::SRV_COPYCHUNK_WRITE
-            | fsctl::FILE_LEVEL_TRIM => {
+            fsctl::CREATE_OR_GET_OBJECT_ID => {
+                let v = match self.resolve_fid(i.file_id, ctx) {
+                    Ok(v) => v,
+                    Err(st) => return err(st),
+                };
+                if i.max_output_response < 64 {
+                    return err(status::INVALID_PARAMETER);
+                }
+                // FILE_OBJECTID_BUFFER (MS-FSCC 2.1.3): derived from the stable file id.
+                let id = self.opens.get(&v).map_or(0, |o| o.stable_id);
+                let mut w = Writer::new();
+                w.u128(id).u128(0).u128(id).u128(0);
+                reply(w.buf, i.file_id)
+            }
+            fsctl::SET_SPARSE => {
+                let v = match self.resolve_fid(i.file_id, ctx) {
+                    Ok(v) => v,
+                    Err(st) => return err(st),
+                };
+                let Some(o) = self.opens.get(&v) else {
+                    return err(status::FILE_CLOSED);
+                };
+                if o.is_dir {
+                    return err(status::INVALID_PARAMETER);
+                }
+                if o.access & (WRITE_DATA | APPEND_DATA | WRITE_ATTRIBUTES) == 0 {
+                    return err(status::ACCESS_DENIED);
+                }
+                // FILE_SET_SPARSE_BUFFER is optional; absent means "set" (MS-FSCC 2.3.64).
+                let set = i.input.first().is_none_or(|b| *b != 0);
+                update_dos(&o.abs, |d, _| {
+                    if set {
+                        d.attributes |= ATTR_SPARSE;
+                    } else {
+                        d.attributes &= !ATTR_SPARSE;
+                    }
+                });
+                reply(Vec::new(), i.file_id)
+            }
+            fsctl::SRV_COPYCHUNK | fsctl::SRV_COPYCHUNK_WRITE => self.copychunk(&i, ctx),
+            fsctl::SRV_ENUMERATE_SNAPSHOTS => {
+                if let Err(st) = self.resolve_fid(i.file_id, ctx) {
+                    return err(st);
+                }
+                if i.max_output_response < 16 {
+                    return err(status::INVALID_PARAMETER);
+                }
+                // SRV_SNAPSHOT_ARRAY with no snapshots.
+                let mut w = Writer::new();
+                w.u32(0).u32(0).u32(2).u16(0).u16(0);
+                reply(w.buf, i.file_id)
+            }
+            fsctl::GET_REPARSE_POINT => {
+                if let Err(st) = self.resolve_fid(i.file_id, ctx) {
+                    return err(st);
+                }
+                err(NOT_A_REPARSE_POINT)
+            }
+            fsctl::SET_ZERO_DATA
+            | fsctl::FILE_LEVEL_TRIM
+            | fsctl::QUERY_ALLOCATED_RANGES => {
                 if let Err(st) = self.resolve_fid(i.file_id, ctx) {
                     return err(st);
                 }
@@ -897,6 +968,109 @@ impl Conn {
             }
             _ => err(status::NOT_SUPPORTED),
         }
+    }
+
+    /// FSCTL_SRV_COPYCHUNK(_WRITE), MS-SMB2 3.3.5.15.6: copy ranges from the open named by
+    /// the resume key into this open.
+    fn copychunk(&mut self, i: &IoctlRequest, ctx: &ChainCtx) -> Outcome {
+        let dst = match self.resolve_fid(i.file_id, ctx) {
+            Ok(v) => v,
+            Err(st) => return err(st),
+        };
+        let out = |st: u32, a: u32, b: u32, c: u32| {
+            let mut w = Writer::new();
+            w.u32(a).u32(b).u32(c);
+            Outcome::Reply(
+                st,
+                Response::Ioctl {
+                    ctl_code: i.ctl_code,
+                    file_id: i.file_id,
+                    input: vec![],
+                    output: w.buf,
+                },
+            )
+        };
+        if i.max_output_response < 12 {
+            return err(status::INVALID_PARAMETER);
+        }
+        let mut r = Reader::new(&i.input);
+        let parsed = (|| -> Result<(u64, u64, Vec<(u64, u64, u32)>), smb_proto::DecodeError> {
+            let key_v = r.u64()?;
+            let key_conn = r.u64()?;
+            r.skip(8)?;
+            let count = r.u32()?;
+            r.skip(4)?;
+            let mut chunks = Vec::new();
+            for _ in 0..count.min(COPYCHUNK_MAX_CHUNKS + 1) {
+                chunks.push((r.u64()?, r.u64()?, r.u32()?));
+                r.skip(4)?;
+            }
+            Ok((key_v, key_conn, chunks))
+        })();
+        let Ok((key_v, key_conn, chunks)) = parsed else {
+            return err(status::INVALID_PARAMETER);
+        };
+        let limits = || {
+            out(
+                status::INVALID_PARAMETER,
+                COPYCHUNK_MAX_CHUNKS,
+                COPYCHUNK_MAX_CHUNK_SIZE,
+                COPYCHUNK_MAX_TOTAL,
+            )
+        };
+        let total: u64 = chunks.iter().map(|c| c.2 as u64).sum();
+        if chunks.len() as u32 > COPYCHUNK_MAX_CHUNKS
+            || chunks
+                .iter()
+                .any(|c| c.2 == 0 || c.2 > COPYCHUNK_MAX_CHUNK_SIZE)
+            || total > COPYCHUNK_MAX_TOTAL as u64
+        {
+            return limits();
+        }
+        if key_conn != self.id || !self.opens.contains_key(&key_v) {
+            return err(status::OBJECT_NAME_NOT_FOUND);
+        }
+        let (Some(src), Some(d)) = (self.opens.get(&key_v), self.opens.get(&dst)) else {
+            return err(status::OBJECT_NAME_NOT_FOUND);
+        };
+        if src.access & READ_DATA == 0 {
+            return err(status::ACCESS_DENIED);
+        }
+        let need = if i.ctl_code == fsctl::SRV_COPYCHUNK {
+            WRITE_DATA | READ_DATA
+        } else {
+            WRITE_DATA
+        };
+        if d.access & need != need {
+            return err(status::ACCESS_DENIED);
+        }
+        let (Some(sf), Some(df)) = (&src.file, &d.file) else {
+            return err(status::INVALID_PARAMETER);
+        };
+        let src_len = sf.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut written_chunks = 0u32;
+        let mut written_total = 0u32;
+        for &(so, to, len) in &chunks {
+            if so.saturating_add(len as u64) > src_len {
+                return out(INVALID_VIEW_SIZE, written_chunks, 0, written_total);
+            }
+            if let Err(st) = self.check_io(src, so, len as u64, false) {
+                return err(st);
+            }
+            if let Err(st) = self.check_io(d, to, len as u64, true) {
+                return err(st);
+            }
+            let mut buf = vec![0u8; len as usize];
+            if let Err(e) = sf.read_exact_at(&mut buf, so) {
+                return err(io_status(&e));
+            }
+            if let Err(e) = df.write_all_at(&buf, to) {
+                return err(io_status(&e));
+            }
+            written_chunks += 1;
+            written_total += len;
+        }
+        out(status::SUCCESS, written_chunks, 0, written_total)
     }
 
     pub(crate) fn query_directory(
@@ -946,7 +1120,6 @@ impl Conn {
             o.dir = Some(DirState {
                 entries,
                 pos: 0,
-                pattern,
                 started: false,
             });
         }
@@ -1097,7 +1270,11 @@ impl Conn {
                 {
                     return err(status::ACCESS_DENIED);
                 }
-                if q.class == class::NORMALIZED_NAME && self.dialect() < smb_proto::dialect::SMB311 {
+                if q.class == class::FULL_EA && o.access & 0x8 == 0 {
+                    return err(status::ACCESS_DENIED);
+                }
+                if q.class == class::NORMALIZED_NAME && self.dialect() < smb_proto::dialect::SMB311
+                {
                     return err(status::NOT_SUPPORTED);
                 }
                 match fs::query_file_info(q.class, &view) {
@@ -1186,6 +1363,8 @@ impl Conn {
                 Err(_) => status::INFO_LENGTH_MISMATCH,
             },
             class::MODE => match r.u32() {
+                // MS-FSA 2.1.5.14.? FileModeInformation: only these bits may be set.
+                Ok(m) if m & !0x3E != 0 => status::INVALID_PARAMETER,
                 Ok(m) => {
                     if let Some(o) = self.opens.get_mut(&v) {
                         o.mode = m;
@@ -1303,8 +1482,24 @@ impl Conn {
         };
         let cur = f.metadata().map(|m| m.len()).unwrap_or(0);
         if allocation {
-            // Allocation below EOF truncates (MS-FSA 2.1.5.14.1); growing is a no-op here.
+            // Allocation below EOF truncates (MS-FSA 2.1.5.14.1); above EOF it reserves space
+            // without changing the size.
             if len >= cur {
+                use std::os::fd::AsRawFd;
+                if len > 0 {
+                    // SAFETY: plain syscall on a descriptor owned by `f` for the whole call.
+                    let rc = unsafe {
+                        libc::fallocate(
+                            f.as_raw_fd(),
+                            libc::FALLOC_FL_KEEP_SIZE,
+                            0,
+                            len.min(i64::MAX as u64) as i64,
+                        )
+                    };
+                    if rc != 0 {
+                        tracing::debug!(err = %std::io::Error::last_os_error(), "fallocate");
+                    }
+                }
                 return status::SUCCESS;
             }
         }
@@ -1412,6 +1607,27 @@ impl Conn {
             return status::ACCESS_DENIED;
         }
         let old = o.abs.clone();
+        // An open of the parent directory that does not share delete blocks renames of its
+        // children (Windows behaviour, checked by smbtorture smb2.rename).
+        if let Some(parent) = o.abs.parent() {
+            if let Ok(m) = std::fs::metadata(parent) {
+                use std::os::unix::fs::MetadataExt;
+                let fs_id = self.shared.shares[o.share].fs_id;
+                let pid = locking::FileId(fs::stable_file_id(fs_id, m.ino(), ""));
+                if self.shared.others_deny_delete(pid, locking::OpenId(0)) {
+                    return status::SHARING_VIOLATION;
+                }
+            }
+        }
+        // Every other open of the file must share delete access (MS-FSA 2.1.5.14.11).
+        if let Some(lo) = o.lock_open {
+            if self
+                .shared
+                .others_deny_delete(locking::FileId(o.stable_id), lo)
+            {
+                return status::SHARING_VIOLATION;
+            }
+        }
         if let Err(e) = std::fs::rename(&old, &target.abs) {
             return io_status(&e);
         }

@@ -38,7 +38,9 @@ pub enum Event {
     },
     /// A client reconnected naming this session as its PreviousSessionId (MS-SMB2
     /// 3.3.5.5.3): tear it down.
-    ExpireSession { session_id: u64 },
+    ExpireSession {
+        session_id: u64,
+    },
 }
 
 /// A worker's inbox, woken through an eventfd the worker's ring reads.
@@ -176,6 +178,14 @@ impl Shared {
         r
     }
 
+    pub fn others_deny_delete(
+        &self,
+        file: crate::locking::FileId,
+        except: crate::locking::OpenId,
+    ) -> bool {
+        lock(&self.locks).others_deny_delete(file, except)
+    }
+
     /// Fire lock-service timers (break timeouts).
     pub fn lock_tick(&self) {
         let mut l = lock(&self.locks);
@@ -197,7 +207,12 @@ impl Shared {
         if let Some((c, u)) = owner {
             if u == user.to_lowercase() && c != conn {
                 lock(&self.sessions).remove(&previous);
-                self.post(c, Event::ExpireSession { session_id: previous });
+                self.post(
+                    c,
+                    Event::ExpireSession {
+                        session_id: previous,
+                    },
+                );
             }
         }
     }

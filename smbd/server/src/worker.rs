@@ -199,10 +199,8 @@ impl Worker {
                         self.shared.lock_tick();
                         self.arm_timer()?;
                     }
-                    K_PROVIDE => {
-                        if res < 0 {
-                            tracing::warn!(res, "provide buffers failed");
-                        }
+                    K_PROVIDE if res < 0 => {
+                        tracing::warn!(res, "provide buffers failed");
                     }
                     _ => {}
                 }

@@ -27,13 +27,19 @@ fn smbprotocol_operations() {
         return;
     };
     let srv = TestServer::start(Options::default());
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/smbprotocol_client.py");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/smbprotocol_client.py");
     let out = Command::new(py)
         .arg(script)
         .args(["127.0.0.1", &srv.port.to_string(), "data", USER, PASS])
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{text}\n--- smbd log ---\n{}", srv.log());
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{text}\n--- smbd log ---\n{}",
+        srv.log()
+    );
     assert!(text.contains("all operations passed"), "{text}");
 }

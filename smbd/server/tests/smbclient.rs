@@ -74,7 +74,8 @@ fn smbclient_wrong_password_refused() {
         .args(["-U", "alice%wrong", "-c", "ls"])
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("NT_STATUS_LOGON_FAILURE"), "{text}");
 }
 
@@ -96,7 +97,10 @@ fn encrypted_share_requires_smb3() {
         "put x.txt; get x.txt y.txt",
     );
     assert!(ok, "{out}");
-    assert_eq!(std::fs::read(work.path().join("y.txt")).unwrap(), b"secret data");
+    assert_eq!(
+        std::fs::read(work.path().join("y.txt")).unwrap(),
+        b"secret data"
+    );
     let (ok, _) = srv.smbclient(work.path(), &["-m", "SMB2_10"], "ls");
     assert!(!ok, "SMB2.1 must be refused on an encrypted share");
 }

@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 use lockmgr_client::{ClientOptions, LockClient};
 use lockmgr_engine::{access, share, FileId, LockRange, OpenRequest, Reply, Request, Status};
 use lockmgr_proto::ClusterKey;
+use lockmgr_rdma::{DeviceConfig, RdmaClient, RdmaConfig};
 use lockmgr_transport::afpacket::PacketClient;
 use lockmgr_transport::afxdp::XdpClient;
 use lockmgr_transport::eth::{EthConfig, MacAddr};
@@ -29,8 +30,8 @@ use lockmgrd::config::{read_key_file, TransportKind};
 struct Cli {
     #[arg(long, value_enum)]
     transport: TransportKind,
-    /// shm: lockmgrd's unix socket path; udp: ADDR:PORT; afpacket/afxdp: lockmgrd's MAC
-    /// (or use --peer-mac).
+    /// shm: lockmgrd's unix socket path; udp: ADDR:PORT; rdma: ADDR:PORT of lockmgrd's TCP
+    /// side channel; afpacket/afxdp: lockmgrd's MAC (or use --peer-mac).
     #[arg(long, default_value = "")]
     connect: String,
     /// afpacket/afxdp: local network interface towards lockmgrd.
@@ -42,6 +43,15 @@ struct Cli {
     /// afpacket/afxdp: EtherType of lockmgr frames (decimal or 0x hex).
     #[arg(long, default_value = "0x88b5")]
     ethertype: String,
+    /// rdma: local device name, e.g. mlx5_0 or rxe0 (default: the first device).
+    #[arg(long)]
+    rdma_device: Option<String>,
+    /// rdma: HCA port, 1-based.
+    #[arg(long, default_value_t = 1)]
+    rdma_port: u8,
+    /// rdma: GID table index (default: RoCE: the first IPv4-mapped GID; InfiniBand: 0).
+    #[arg(long)]
+    gid_index: Option<u8>,
     #[arg(long)]
     cluster_key_file: PathBuf,
     /// Node name to announce.
@@ -193,6 +203,25 @@ fn run(cli: Cli) -> Result<(), String> {
                     .map_err(unreachable)?;
                 run_with(t, &cli, key)
             }
+        }
+        TransportKind::Rdma => {
+            let addr = cli
+                .connect
+                .parse()
+                .map_err(|e| format!("--connect {}: {e}", cli.connect))?;
+            let cfg = RdmaConfig {
+                device: DeviceConfig {
+                    device: cli.rdma_device.clone(),
+                    port: cli.rdma_port,
+                    gid_index: cli.gid_index,
+                },
+                spin,
+                ..RdmaConfig::default()
+            };
+            // RdmaError's own text: NoDevice says what is missing.
+            let t = RdmaClient::connect(addr, &cfg)
+                .map_err(|e| format!("cannot reach lockmgrd at {addr} over RDMA: {e}"))?;
+            run_with(t, &cli, key)
         }
         TransportKind::Udp => {
             let addr = cli

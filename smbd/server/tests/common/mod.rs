@@ -43,7 +43,11 @@ impl TestServer {
         let share = dir.path().join("share");
         std::fs::create_dir(&share).unwrap();
         let users = dir.path().join("users");
-        std::fs::write(&users, format!("# test users\n{USER}:{PASS}\n{USER2}:{PASS2}\n")).unwrap();
+        std::fs::write(
+            &users,
+            format!("# test users\n{USER}:{PASS}\n{USER2}:{PASS2}\n"),
+        )
+        .unwrap();
         let cfg = dir.path().join("smbd.toml");
         std::fs::write(
             &cfg,
@@ -69,7 +73,10 @@ impl TestServer {
             .arg(&cfg)
             .arg("--listen")
             .arg("127.0.0.1:0")
-            .env("RUST_LOG", std::env::var("SMBD_TEST_LOG").unwrap_or("info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("SMBD_TEST_LOG").unwrap_or("info".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

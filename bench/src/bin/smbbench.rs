@@ -1,0 +1,101 @@
+//! smbbench: smbtorture's SMB2 benchmarks against our smbd and Samba (one node and CTDB), all
+//! started by this program in one run on free loopback ports with private temp dirs.
+//!
+//! ```text
+//! smbbench --suite echo|path-contention-shared|oplock1 [--targets samba,smbd,samba-ctdb,cluster]
+//!          [--duration S] [--nprocs N] [--procs P] [--json] [--smbd-bin PATH] [--lockmgrd-bin PATH]
+//! ```
+//!
+//! Needs Debian packages samba, samba-testsuite (smbtorture), libnss-wrapper and, for
+//! samba-ctdb, ctdb; and our smbd/lockmgrd built (`cargo build --release -p smbd -p lockmgrd`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use lockbench::smb::{self, BenchConfig, Suite, TargetKind};
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "smbtorture smb2.bench.* against smbd, Samba and Samba+CTDB"
+)]
+struct Cli {
+    /// Benchmark to run.
+    #[arg(long, value_enum)]
+    suite: Suite,
+    /// Targets in order; ratios are relative to the first.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "samba,smbd")]
+    targets: Vec<TargetKind>,
+    /// Seconds each smbtorture process runs (torture:timelimit).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    duration: u64,
+    /// Connections per smbtorture process (torture:nprocs).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    nprocs: u32,
+    /// smbtorture processes run at the same time, spread over the target's nodes.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    procs: u64,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Our smbd binary (default: next to smbbench, then PATH).
+    #[arg(long)]
+    smbd_bin: Option<PathBuf>,
+    /// Our lockmgrd binary (default: next to smbbench, then PATH).
+    #[arg(long)]
+    lockmgrd_bin: Option<PathBuf>,
+    /// Keep each target's temp dir (configs and server logs) for inspection.
+    #[arg(long)]
+    keep_temp: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if let Err(e) = smb::process::install_interrupt_handler() {
+        tracing::error!(%e, "interrupt handler");
+        return ExitCode::FAILURE;
+    }
+    let mut targets = Vec::new();
+    for t in cli.targets {
+        if !targets.contains(&t) {
+            targets.push(t);
+        }
+    }
+    let cfg = BenchConfig {
+        suite: cli.suite,
+        targets,
+        duration_s: cli.duration,
+        nprocs: cli.nprocs,
+        procs: usize::try_from(cli.procs).unwrap_or(usize::MAX),
+        smbd_bin: cli.smbd_bin,
+        lockmgrd_bin: cli.lockmgrd_bin,
+        keep_temp: cli.keep_temp,
+    };
+    let report = match smb::run_all(&cfg) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("smbbench: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.table());
+    }
+    if smb::process::interrupted() {
+        ExitCode::from(130)
+    } else if report.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

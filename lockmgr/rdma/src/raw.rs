@@ -1,0 +1,140 @@
+//! Protocol-free RDMA baseline for the benchmark harness: an RC SEND/RECV ping-pong between
+//! two queue pairs of one device (the HCA loops the traffic back, as it does for a lockmgrd and
+//! an smbd on the same host).
+//!
+//! Compared with [`crate::RdmaServer`]/[`crate::RdmaClient`] it leaves out everything but the
+//! verbs data path: no TCP side channel, no epoll or completion channel (both sides busy-poll
+//! their CQ), no lockmgr framing and no transport trait. What remains is one SEND into a
+//! pre-posted receive each way, plus the 8-byte [`crate::wire::Header`] that carries the
+//! credit return (so the receive ring never runs dry). `lockbench --transport rdma` prints it
+//! as the raw baseline next to the transport echo and lockmgrd measured in the same run.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lockmgr_transport::{TransportError, MAX_FRAME};
+
+use crate::conn::Conn;
+use crate::{verbs, RdmaConfig, RdmaError};
+
+/// Longest a single round trip may take before the run is abandoned (a lost peer, not a slow
+/// one: emulated soft-RoCE round trips take milliseconds at worst).
+const ROUND_TRIP_LIMIT: Duration = Duration::from_secs(10);
+/// Completions processed per poll.
+const BUDGET: usize = 64;
+
+/// Stops the echo thread however the measuring side leaves.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// Sends `frame`, polling for send completions and credit returns while the queue is full.
+fn send_blocking(conn: &mut Conn, frame: &[u8], deadline: Instant) -> Result<(), RdmaError> {
+    loop {
+        match conn.send_data(frame) {
+            Ok(()) => return Ok(()),
+            Err(TransportError::Full) => {
+                if Instant::now() > deadline {
+                    return Err(TransportError::Timeout.into());
+                }
+                conn.poll_cq();
+                // Frames cannot arrive here in a strict ping-pong; completions only free room.
+                conn.process(BUDGET, &mut |_| {});
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// `warmup` unmeasured then `rounds` measured RC SEND/RECV round trips of `msg_len` bytes
+/// between two QPs on `cfg.device`, both sides busy-polling. Returns nanoseconds per round trip.
+///
+/// Fails with [`RdmaError::NoDevice`] when the machine has no RDMA.
+pub fn verbs_pingpong(
+    cfg: &RdmaConfig,
+    rounds: usize,
+    warmup: usize,
+    msg_len: usize,
+) -> Result<Vec<u64>, RdmaError> {
+    cfg.validate()?;
+    if msg_len > MAX_FRAME {
+        return Err(TransportError::FrameTooLarge {
+            len: msg_len,
+            max: MAX_FRAME,
+        }
+        .into());
+    }
+    let dev = verbs::open(&cfg.device)?;
+    let mut ping = Conn::new(&dev, None, cfg.slots, cfg.max_inline)?;
+    let mut pong = Conn::new(&dev, None, cfg.slots, cfg.max_inline)?;
+    // Both QPs get each other's coordinates directly: same process, no side channel needed.
+    let ping_hello = ping.local_hello();
+    ping.connect(&pong.local_hello())?;
+    pong.connect(&ping_hello)?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let echo = {
+        let stop = stop.clone();
+        std::thread::spawn(move || -> Result<u64, RdmaError> {
+            let mut echoed = 0u64;
+            let mut frames: Vec<Vec<u8>> = Vec::new();
+            while !stop.load(Ordering::Acquire) {
+                pong.poll_cq();
+                pong.process(BUDGET, &mut |f| frames.push(f.to_vec()));
+                for f in frames.drain(..) {
+                    send_blocking(&mut pong, &f, Instant::now() + ROUND_TRIP_LIMIT)?;
+                    echoed += 1;
+                }
+                if pong.is_broken() {
+                    return Err(TransportError::Disconnected.into());
+                }
+                std::hint::spin_loop();
+            }
+            Ok(echoed)
+        })
+    };
+    let _stop = StopOnDrop(stop.clone());
+
+    let msg: Vec<u8> = (0..msg_len).map(|i| i as u8).collect();
+    let mut samples = Vec::with_capacity(rounds);
+    let mut measure = || -> Result<(), RdmaError> {
+        for i in 0..warmup + rounds {
+            let t0 = Instant::now();
+            let deadline = t0 + ROUND_TRIP_LIMIT;
+            send_blocking(&mut ping, &msg, deadline)?;
+            let mut got = None;
+            while got.is_none() {
+                ping.poll_cq();
+                ping.process(BUDGET, &mut |f| got = Some(f.len()));
+                if ping.is_broken() {
+                    return Err(TransportError::Disconnected.into());
+                }
+                if got.is_none() && Instant::now() > deadline {
+                    return Err(TransportError::Timeout.into());
+                }
+            }
+            let elapsed = t0.elapsed().as_nanos() as u64;
+            if got != Some(msg_len) {
+                return Err(TransportError::Protocol("echo returned a different length").into());
+            }
+            if i >= warmup {
+                samples.push(elapsed);
+            }
+        }
+        Ok(())
+    };
+    let measured = measure();
+    stop.store(true, Ordering::Release);
+    let echoed = echo.join().map_err(|_| {
+        RdmaError::Transport(TransportError::Protocol("echo thread panicked"))
+    })?;
+    measured?;
+    let echoed = echoed?;
+    tracing::debug!(echoed, rounds, "RDMA raw ping-pong done");
+    Ok(samples)
+}
