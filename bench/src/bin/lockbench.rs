@@ -32,6 +32,7 @@ use lockbench::report::{new_histogram, record, Percentiles};
 use lockmgr_client::{ClientOptions, LockClient};
 use lockmgr_engine::{LockRange, OpenId, Request, RequestId, SessionId};
 use lockmgr_proto::{ClusterKey, FrameWriter, Message};
+use lockmgr_rdma::{format_gid, DeviceConfig, RdmaClient, RdmaConfig, RdmaServer};
 use lockmgr_transport::afpacket::{PacketClient, PacketLink, PacketServer};
 use lockmgr_transport::afxdp::{XdpClient, XdpLink, XdpServer};
 use lockmgr_transport::eth::EthConfig;
@@ -40,7 +41,6 @@ use lockmgr_transport::reliable::ReliableConfig;
 use lockmgr_transport::shm::{ShmClient, ShmConfig, ShmServer};
 use lockmgr_transport::udp::{UdpClient, UdpConfig, UdpServer};
 use lockmgr_transport::{raw, ClientTransport, ServerTransport, SpinConfig};
-use lockmgr_rdma::{format_gid, DeviceConfig, RdmaClient, RdmaConfig, RdmaServer};
 use lockmgrd::{Server, ServerOptions};
 
 #[global_allocator]
@@ -676,7 +676,9 @@ mod tests {
         assert_eq!(cli.rdma_port, 2);
         assert_eq!(cli.gid_index, Some(3));
         assert_eq!(cli.listen_ip, Some("192.0.2.10".parse().unwrap()));
-        assert!(Cli::try_parse_from(["lockbench", "--transport", "rdma", "--gid-index", "x"]).is_err());
+        assert!(
+            Cli::try_parse_from(["lockbench", "--transport", "rdma", "--gid-index", "x"]).is_err()
+        );
     }
 
     /// The development hosts have no RDMA: the run must stop at once with the transport's
@@ -690,8 +692,8 @@ mod tests {
                 return;
             }
         }
-        let cli = Cli::try_parse_from(["lockbench", "--transport", "rdma", "--duration", "0.1"])
-            .unwrap();
+        let cli =
+            Cli::try_parse_from(["lockbench", "--transport", "rdma", "--duration", "0.1"]).unwrap();
         let err = run(cli).unwrap_err();
         assert!(err.contains("no RDMA device"), "{err}");
         assert!(err.contains("rdma link add"), "{err}");

@@ -37,8 +37,8 @@ use lockmgr_proto::ClusterKey;
 use lockmgr_rdma::{
     format_gid, probe, DeviceConfig, RdmaClient, RdmaConfig, RdmaError, RdmaServer,
 };
-use lockmgr_transport::{ServerTransport, SpinConfig};
 use lockmgr_transport::ClientTransport;
+use lockmgr_transport::{ServerTransport, SpinConfig};
 use lockmgrd::conformance::{self, Env, EnvOptions};
 use lockmgrd::{Server, ServerOptions};
 
@@ -507,7 +507,9 @@ fn test_conformance(ip: IpAddr, dev: &DeviceConfig, scenario: conformance::Scena
         rdma_config(dev, Duration::from_micros(50)),
     )
     .map_err(|e| format!("RDMA bind: {e}"))?;
-    let addr = server.local_addr().map_err(|e| format!("local_addr: {e}"))?;
+    let addr = server
+        .local_addr()
+        .map_err(|e| format!("local_addr: {e}"))?;
     // Clients sleep rather than spin: the scenarios run up to three nodes plus the server on
     // two vCPUs.
     let cfg = rdma_config(dev, Duration::ZERO);
@@ -547,11 +549,18 @@ fn find_lockbench(a: &Args) -> Result<Option<PathBuf>, String> {
 /// baseline, the transport echo and a non-zero number of lockmgr operations.
 fn test_lockbench_cli(bin: &PathBuf, ip: IpAddr, dev: &DeviceConfig) -> TestResult {
     let mut cmd = Command::new(bin);
-    cmd.args(["--transport", "rdma", "--duration", "1", "--raw-rounds", "200"])
-        // Short spins: server, client and the echo thread share the guest's two vCPUs.
-        .args(["--spin-us", "20", "--clients", "1"])
-        .args(["--listen-ip", &ip.to_string()])
-        .args(["--rdma-port", &dev.port.to_string()]);
+    cmd.args([
+        "--transport",
+        "rdma",
+        "--duration",
+        "1",
+        "--raw-rounds",
+        "200",
+    ])
+    // Short spins: server, client and the echo thread share the guest's two vCPUs.
+    .args(["--spin-us", "20", "--clients", "1"])
+    .args(["--listen-ip", &ip.to_string()])
+    .args(["--rdma-port", &dev.port.to_string()]);
     if let Some(name) = &dev.device {
         cmd.args(["--rdma-device", name]);
     }

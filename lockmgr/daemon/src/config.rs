@@ -288,12 +288,14 @@ impl Config {
                 message: "empty".into(),
             });
         }
-        if matches!(self.transport.kind, TransportKind::Udp | TransportKind::Rdma)
-            && self
-                .transport
-                .listen
-                .parse::<std::net::SocketAddr>()
-                .is_err()
+        if matches!(
+            self.transport.kind,
+            TransportKind::Udp | TransportKind::Rdma
+        ) && self
+            .transport
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .is_err()
         {
             return Err(ConfigError::Invalid {
                 field: "transport.listen",

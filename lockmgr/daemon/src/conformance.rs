@@ -118,13 +118,17 @@ pub struct Env {
 
 impl Env {
     /// Runs lockmgrd over the transport `make_server` creates, on a new thread.
-    pub fn start<S, F, C>(make_server: F, connect: C, opts: EnvOptions) -> Result<Env, ScenarioError>
+    pub fn start<S, F, C>(
+        make_server: F,
+        connect: C,
+        opts: EnvOptions,
+    ) -> Result<Env, ScenarioError>
     where
         S: ServerTransport + 'static,
         F: FnOnce() -> Result<S, String> + Send + 'static,
         C: Fn(usize) -> Result<Box<dyn ClientTransport>, String> + 'static,
     {
-        Env::start_on(|body| std::thread::spawn(body), make_server, connect, opts)
+        Env::start_on(std::thread::spawn, make_server, connect, opts)
     }
 
     /// Like [`Env::start`], but `spawn` starts the server thread (e.g. inside a network
@@ -439,11 +443,7 @@ pub fn oplock_break_and_ack(env: &Env) -> Result<(), ScenarioError> {
     let Reply::Opened { open: oa, grant } = ra else {
         return Err(unexpected("A opens with a batch oplock", "Opened", ra));
     };
-    check(
-        "A's oplock",
-        grant,
-        OplockGrant::Oplock(OplockLevel::Batch),
-    )?;
+    check("A's oplock", grant, OplockGrant::Oplock(OplockLevel::Batch))?;
     let req = submit(
         &mut b,
         "B opens",

@@ -23,6 +23,38 @@ use crate::{verbs, RdmaConfig, RdmaError};
 const ROUND_TRIP_LIMIT: Duration = Duration::from_secs(10);
 /// Completions processed per poll.
 const BUDGET: usize = 64;
+/// Nap after the spin budget ran out without progress.
+const NAP: Duration = Duration::from_micros(20);
+
+/// Busy-polls for the configured spin budget, then naps between polls. With a hardware HCA a
+/// reply lands well within any sensible budget, so the measured path stays pure busy-polling;
+/// with soft-RoCE the kernel's rxe work runs on the same CPUs, and two endless spinners on a
+/// two-CPU machine would starve it (round trips of milliseconds instead of microseconds).
+struct Backoff {
+    spin: Duration,
+    idle_since: Instant,
+}
+
+impl Backoff {
+    fn new(spin: Duration) -> Backoff {
+        Backoff {
+            spin,
+            idle_since: Instant::now(),
+        }
+    }
+
+    fn progress(&mut self) {
+        self.idle_since = Instant::now();
+    }
+
+    fn idle(&self) {
+        if self.idle_since.elapsed() >= self.spin {
+            std::thread::sleep(NAP);
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
 
 /// Stops the echo thread however the measuring side leaves.
 struct StopOnDrop(Arc<AtomicBool>);
@@ -52,7 +84,8 @@ fn send_blocking(conn: &mut Conn, frame: &[u8], deadline: Instant) -> Result<(),
 }
 
 /// `warmup` unmeasured then `rounds` measured RC SEND/RECV round trips of `msg_len` bytes
-/// between two QPs on `cfg.device`, both sides busy-polling. Returns nanoseconds per round trip.
+/// between two QPs on `cfg.device`, both sides busy-polling (for `cfg.spin` without progress,
+/// then napping between polls). Returns nanoseconds per round trip.
 ///
 /// Fails with [`RdmaError::NoDevice`] when the machine has no RDMA.
 pub fn verbs_pingpong(
@@ -78,14 +111,21 @@ pub fn verbs_pingpong(
     pong.connect(&ping_hello)?;
 
     let stop = Arc::new(AtomicBool::new(false));
+    let spin = cfg.spin.spin;
     let echo = {
         let stop = stop.clone();
         std::thread::spawn(move || -> Result<u64, RdmaError> {
             let mut echoed = 0u64;
             let mut frames: Vec<Vec<u8>> = Vec::new();
+            let mut backoff = Backoff::new(spin);
             while !stop.load(Ordering::Acquire) {
                 pong.poll_cq();
                 pong.process(BUDGET, &mut |f| frames.push(f.to_vec()));
+                if frames.is_empty() {
+                    backoff.idle();
+                } else {
+                    backoff.progress();
+                }
                 for f in frames.drain(..) {
                     send_blocking(&mut pong, &f, Instant::now() + ROUND_TRIP_LIMIT)?;
                     echoed += 1;
@@ -93,7 +133,6 @@ pub fn verbs_pingpong(
                 if pong.is_broken() {
                     return Err(TransportError::Disconnected.into());
                 }
-                std::hint::spin_loop();
             }
             Ok(echoed)
         })
@@ -108,14 +147,18 @@ pub fn verbs_pingpong(
             let deadline = t0 + ROUND_TRIP_LIMIT;
             send_blocking(&mut ping, &msg, deadline)?;
             let mut got = None;
+            let backoff = Backoff::new(spin);
             while got.is_none() {
                 ping.poll_cq();
                 ping.process(BUDGET, &mut |f| got = Some(f.len()));
                 if ping.is_broken() {
                     return Err(TransportError::Disconnected.into());
                 }
-                if got.is_none() && Instant::now() > deadline {
-                    return Err(TransportError::Timeout.into());
+                if got.is_none() {
+                    if Instant::now() > deadline {
+                        return Err(TransportError::Timeout.into());
+                    }
+                    backoff.idle();
                 }
             }
             let elapsed = t0.elapsed().as_nanos() as u64;
@@ -130,9 +173,9 @@ pub fn verbs_pingpong(
     };
     let measured = measure();
     stop.store(true, Ordering::Release);
-    let echoed = echo.join().map_err(|_| {
-        RdmaError::Transport(TransportError::Protocol("echo thread panicked"))
-    })?;
+    let echoed = echo
+        .join()
+        .map_err(|_| RdmaError::Transport(TransportError::Protocol("echo thread panicked")))?;
     measured?;
     let echoed = echoed?;
     tracing::debug!(echoed, rounds, "RDMA raw ping-pong done");

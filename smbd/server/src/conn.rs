@@ -26,6 +26,7 @@ pub const MAX_IO: u32 = 8 * 1024 * 1024;
 const MAX_IO_202: u32 = 65536;
 /// The credit window a client may hold (Samba's default "smb2 max credits").
 pub const MAX_CREDITS: u32 = 8192;
+const REQUEST_OUT_OF_SEQUENCE: u32 = 0xC000_042A;
 pub const SESSION_FLAG_IS_GUEST: u16 = 0x1;
 pub const SESSION_FLAG_IS_NULL: u16 = 0x2;
 pub const SESSION_FLAG_ENCRYPT_DATA: u16 = 0x4;
@@ -165,6 +166,10 @@ pub struct Conn {
     pending_tree_id: Option<u32>,
     /// Credits granted and not yet consumed.
     credits_out: u32,
+    /// Signer for the current response when it is not the session's own (binding refusals).
+    override_signer: Option<Signer>,
+    /// Sessions of this connection to tear down once the current chain is answered.
+    expire_after: Vec<u64>,
     /// Whether the request being answered was signed.
     signed_request: bool,
     out: Vec<Vec<u8>>,
@@ -204,6 +209,8 @@ impl Conn {
             pending_tree_id: None,
             credits_out: 1,
             signed_request: false,
+            expire_after: Vec::new(),
+            override_signer: None,
             out: Vec::new(),
             closed: false,
         }
@@ -383,6 +390,18 @@ impl Conn {
             chain.extend_from_slice(&r);
         }
         self.emit(chain, enc_session);
+        for sid in std::mem::take(&mut self.expire_after) {
+            let same_user = self.sessions.get(&sid).map(|s| s.user.to_lowercase());
+            let new_user = self
+                .sessions
+                .get(&ctx.session_id)
+                .map(|s| s.user.to_lowercase());
+            if same_user.is_some() && same_user == new_user {
+                self.close_session_opens(sid, None);
+                self.sessions.remove(&sid);
+                self.shared.session_gone(sid);
+            }
+        }
     }
 
     fn session_wants_encryption(&self, sid: u64, tree: u32) -> bool {
@@ -503,6 +522,7 @@ impl Conn {
         }
         let signed = hdr.flags & flags::SIGNED != 0;
         self.signed_request = signed;
+        self.override_signer = None;
         let cmd = Command::from_u16(hdr.command);
         ctx.session_id = hdr.session_id;
         ctx.tree_id = hdr.tree_id;
@@ -890,8 +910,7 @@ impl Conn {
         let is311 = self.dialect() == dialect::SMB311;
         let mut sid = hdr.session_id;
         if req.flags & smb_proto::SESSION_FLAG_BINDING != 0 {
-            // Multichannel binding is not supported.
-            return err(status::REQUEST_NOT_ACCEPTED);
+            return self.refuse_binding(sid);
         }
         if sid == 0 {
             self.next_session += 1;
@@ -928,6 +947,13 @@ impl Conn {
                 )));
             }
         } else {
+            // A session of another connection: the client signs with that session's key and
+            // expects the refusal signed the same way.
+            if self.signed_request {
+                if let (Some(rec), Some(n)) = (self.shared.session_record(sid), self.neg.as_ref()) {
+                    self.override_signer = Some((n.signing_alg, rec.signing_key));
+                }
+            }
             return err(status::USER_SESSION_DELETED);
         }
         ctx.session_id = sid;
@@ -1014,13 +1040,39 @@ impl Conn {
                 tracing::info!(conn = self.id, sid, user = %s.user, anonymous, "session established");
                 if !was_valid && !anonymous {
                     let user = s.user.clone();
-                    self.shared.session_established(sid, self.id, &user);
+                    let signing_key = s
+                        .keys
+                        .as_ref()
+                        .map(|k| k.signing.clone())
+                        .unwrap_or_default();
+                    let (d, signing_alg) = self
+                        .neg
+                        .as_ref()
+                        .map(|n| (n.dialect, n.signing_alg))
+                        .unwrap_or((0, SigningAlgorithm::HmacSha256));
+                    self.shared.session_established(
+                        sid,
+                        crate::shared::SessionRecord {
+                            conn: self.id,
+                            user: user.clone(),
+                            dialect: d,
+                            signing_alg,
+                            signing_key,
+                            cipher,
+                        },
+                    );
                     if req.previous_session_id != 0 && req.previous_session_id != sid {
-                        self.shared.expire_previous_session(
-                            req.previous_session_id,
-                            &user,
-                            self.id,
-                        );
+                        // MS-SMB2 3.3.5.5.3: the previous session of this user goes away, on
+                        // whichever connection it lives (this one: after this response).
+                        if self.sessions.contains_key(&req.previous_session_id) {
+                            self.expire_after.push(req.previous_session_id);
+                        } else {
+                            self.shared.expire_previous_session(
+                                req.previous_session_id,
+                                &user,
+                                self.id,
+                            );
+                        }
                     }
                 }
                 Outcome::Reply(
@@ -1036,18 +1088,63 @@ impl Conn {
                 let st = e.nt_status();
                 let was_valid = matches!(s.state, AuthState::Valid);
                 if was_valid {
-                    s.reauth = None;
-                } else {
-                    self.sessions.remove(&sid);
+                    // A failed re-authentication ends the session (as Windows and Samba do);
+                    // the refusal is still signed with the session's key.
+                    if self.signed_request {
+                        self.override_signer = self.signer_for(sid, true);
+                    }
+                    self.close_session_opens(sid, None);
+                    self.shared.session_gone(sid);
                 }
+                self.sessions.remove(&sid);
                 err(st)
             }
         }
     }
 
+    /// Multichannel binding is not supported, but the refusal must look like Windows/Samba's
+    /// (MS-SMB2 3.3.5.5.2 order of checks) and be signed with the bound session's key and this
+    /// connection's algorithm, or the client cannot trust it.
+    fn refuse_binding(&mut self, sid: u64) -> Outcome {
+        let Some(rec) = (sid != 0)
+            .then(|| self.shared.session_record(sid))
+            .flatten()
+        else {
+            return err(if sid == 0 {
+                status::INVALID_PARAMETER
+            } else {
+                status::USER_SESSION_DELETED
+            });
+        };
+        let Some(n) = self.neg.as_ref() else {
+            return err(status::INVALID_PARAMETER);
+        };
+        if !self.signed_request {
+            return err(status::INVALID_PARAMETER);
+        }
+        let cur = n.signing_alg;
+        let st = if rec.signing_alg == SigningAlgorithm::AesGmac && cur != rec.signing_alg {
+            REQUEST_OUT_OF_SEQUENCE
+        } else if cur == SigningAlgorithm::AesGmac && cur != rec.signing_alg {
+            status::NOT_SUPPORTED
+        } else if n.dialect < dialect::SMB300 {
+            status::REQUEST_NOT_ACCEPTED
+        } else if rec.dialect != n.dialect || rec.cipher != n.cipher {
+            status::INVALID_PARAMETER
+        } else {
+            // We do not advertise SMB2_GLOBAL_CAP_MULTI_CHANNEL.
+            status::REQUEST_NOT_ACCEPTED
+        };
+        self.override_signer = Some((cur, rec.signing_key));
+        err(st)
+    }
+
     /// The final SESSION_SETUP response is signed for 3.1.1 (MS-SMB2 3.3.5.5.3) and whenever
     /// signing is required, so the client can verify the session key.
     fn session_setup_signer(&self, h: &Header, st: u32) -> Option<(SigningAlgorithm, Vec<u8>)> {
+        if let Some(sig) = &self.override_signer {
+            return Some(sig.clone());
+        }
         if st != status::SUCCESS {
             // Re-authentication and binding attempts arrive signed on a valid session; their
             // answers (errors and interim ones too) are signed with the session's key.
@@ -1085,7 +1182,7 @@ impl Conn {
             .map(|(k, _)| *k)
             .collect();
         for v in ids {
-            self.close_open(v);
+            self.close_open(v, status::SUCCESS);
         }
     }
 
@@ -1236,7 +1333,7 @@ impl Conn {
                 let mid = p.message_id;
                 let r = self.shared.lock_request(
                     self.id,
-                    mid,
+                    0,
                     locking::Request::Cancel {
                         request: locking::RequestId(mid),
                     },
@@ -1271,7 +1368,7 @@ impl Conn {
         self.pending.clear();
         let ids: Vec<u64> = self.opens.keys().copied().collect();
         for v in ids {
-            self.close_open(v);
+            self.close_open(v, status::SUCCESS);
         }
         for sid in self.sessions.keys() {
             self.shared.session_gone(*sid);

@@ -28,8 +28,14 @@ const FILE_ACTION_MODIFIED: u32 = 3;
 const FILE_ACTION_RENAMED_OLD_NAME: u32 = 4;
 const FILE_ACTION_RENAMED_NEW_NAME: u32 = 5;
 const ATTR_SPARSE: u32 = 0x200;
+/// Largest file offset a write may start at (NTFS MAXFILESIZE, what Windows and Samba enforce).
+const MAX_FILE_SIZE: u64 = 0xfff_ffff_0000;
+const FSCTL_GET_COMPRESSION: u32 = 0x0009_003C;
+const FSCTL_SET_COMPRESSION: u32 = 0x0009_C040;
 const INVALID_VIEW_SIZE: u32 = 0xC000_001F;
 /// Server-side copy limits advertised on INVALID_PARAMETER (the values Windows and Samba use).
+/// One SRV_COPYCHUNK element: (source offset, target offset, length).
+type Chunk = (u64, u64, u32);
 const COPYCHUNK_MAX_CHUNKS: u32 = 256;
 const COPYCHUNK_MAX_CHUNK_SIZE: u32 = 1024 * 1024;
 const COPYCHUNK_MAX_TOTAL: u32 = 16 * 1024 * 1024;
@@ -59,6 +65,8 @@ fn io_status(e: &std::io::Error) -> u32 {
         _ => match e.raw_os_error() {
             Some(libc::ENOTEMPTY) => status::DIRECTORY_NOT_EMPTY,
             Some(libc::EXDEV) => status::NOT_SAME_DEVICE,
+            // Offsets beyond what the filesystem supports (MS-FSA: > MAXLONGLONG).
+            Some(libc::EFBIG) | Some(libc::EINVAL) => status::INVALID_PARAMETER,
             Some(libc::EMFILE) | Some(libc::ENFILE) => status::TOO_MANY_OPENED_FILES,
             _ => status::UNSUCCESSFUL,
         },
@@ -102,6 +110,8 @@ pub(crate) struct CreateCont {
     lease: Option<LeaseContext>,
     want_mxac: bool,
     want_qfid: bool,
+    /// SMB2_CREATE_ALLOCATION_SIZE (AlSi) for new or overwritten files.
+    allocation: Option<u64>,
     delete_on_close: bool,
 }
 
@@ -173,6 +183,14 @@ impl Conn {
         }
         if c.desired_access & 0x0CE0_FE00 != 0 {
             return err(status::ACCESS_DENIED);
+        }
+        // MS-SMB2 3.3.5.9: create context names are at least 4 bytes.
+        if c.contexts.iter().any(|x| x.name.len() < 4) {
+            return err(status::INVALID_PARAMETER);
+        }
+        if c.context(cctx::TWRP).is_some() {
+            // Previous versions (timewarp): this server keeps no snapshots.
+            return err(status::OBJECT_NAME_NOT_FOUND);
         }
         let mut name = c.name.as_str();
         if let Some(stripped) = name.strip_suffix("::$DATA") {
@@ -255,6 +273,10 @@ impl Conn {
             if read_only {
                 return err(status::MEDIA_WRITE_PROTECTED);
             }
+            // MS-FSA 2.1.5.1.2.1: a new read-only file cannot be delete-on-close.
+            if delete_on_close && c.file_attributes & fs::attr::READONLY != 0 {
+                return err(status::CANNOT_DELETE);
+            }
             let r = if dir_req {
                 std::fs::create_dir(&res.abs)
             } else {
@@ -272,7 +294,8 @@ impl Conn {
             }
             created_now = true;
             is_dir = dir_req;
-            let attrs = c.file_attributes & !(fs::attr::NORMAL | fs::attr::DIRECTORY);
+            // Sparseness is only set by FSCTL_SET_SPARSE, never by CREATE.
+            let attrs = c.file_attributes & !(fs::attr::NORMAL | fs::attr::DIRECTORY | ATTR_SPARSE);
             update_dos(&res.abs, |d, _| {
                 d.creation = fs::now_filetime();
                 d.attributes = if attrs == 0 && !dir_req {
@@ -326,6 +349,9 @@ impl Conn {
             lease,
             want_mxac: c.context(cctx::MXAC).is_some(),
             want_qfid: c.context(cctx::QFID).is_some(),
+            allocation: c
+                .context(cctx::ALSI)
+                .and_then(|x| Reader::new(&x.data).u64().ok()),
             delete_on_close,
         };
         let req = OpenRequest {
@@ -428,6 +454,23 @@ impl Conn {
                 create_action::OVERWRITTEN
             };
         }
+        if let (Some(alloc), Some(f)) = (cont.allocation, &file) {
+            if alloc > 0 && action != create_action::OPENED {
+                use std::os::fd::AsRawFd;
+                // SAFETY: fallocate on a descriptor owned by `f`; no memory is touched.
+                let rc = unsafe {
+                    libc::fallocate(
+                        f.as_raw_fd(),
+                        libc::FALLOC_FL_KEEP_SIZE,
+                        0,
+                        alloc.min(i64::MAX as u64) as i64,
+                    )
+                };
+                if rc != 0 {
+                    tracing::debug!(err = %std::io::Error::last_os_error(), "AlSi fallocate");
+                }
+            }
+        }
         let info = match std::fs::metadata(&cont.abs) {
             Ok(m) => FileInfo::load(&cont.abs, &m),
             Err(e) => return (err(io_status(&e)), None),
@@ -518,8 +561,9 @@ impl Conn {
         )
     }
 
-    /// Drop an open: lock service close, delete-on-close, pending notifies cleaned up.
-    pub(crate) fn close_open(&mut self, v: u64) -> Option<Open> {
+    /// Drop an open. Its blocked LOCK requests complete with `lock_status`: Windows answers
+    /// RANGE_NOT_LOCKED when the handle is closed, and SUCCESS when the tree or session goes.
+    pub(crate) fn close_open(&mut self, v: u64, lock_status: u32) -> Option<Open> {
         let aids: Vec<u64> = self
             .pending
             .iter()
@@ -540,6 +584,12 @@ impl Conn {
                 self.cancel_pending(a, status::NOTIFY_CLEANUP);
             } else {
                 self.cancel_pending(a, status::CANCELLED);
+                let body = if lock_status == status::SUCCESS {
+                    Response::Lock
+                } else {
+                    Response::Error { data: vec![] }
+                };
+                self.complete_async(a, lock_status, body);
             }
         }
         let o = self.opens.remove(&v)?;
@@ -593,7 +643,7 @@ impl Conn {
                 }
             }
         }
-        self.close_open(v);
+        self.close_open(v, status::RANGE_NOT_LOCKED);
         Outcome::Reply(status::SUCCESS, Response::Close(resp))
     }
 
@@ -656,6 +706,10 @@ impl Conn {
         if o.access & (READ_DATA | EXECUTE) == 0 {
             return err(status::ACCESS_DENIED);
         }
+        if r.offset > i64::MAX as u64 || r.offset.saturating_add(r.length as u64) > i64::MAX as u64
+        {
+            return err(status::INVALID_PARAMETER);
+        }
         if let Err(st) = self.check_io(o, r.offset, r.length as u64, false) {
             return err(st);
         }
@@ -708,12 +762,19 @@ impl Conn {
         let Some(f) = &o.file else {
             return err(status::INVALID_DEVICE_REQUEST);
         };
-        // Offset 0xFFFFFFFFFFFFFFFF means "append" (MS-FSA 2.1.5.3).
-        let offset = if w.offset == u64::MAX {
-            f.metadata().map(|m| m.len()).unwrap_or(0)
-        } else {
-            w.offset
-        };
+        // Offsets past MAXLONGLONG and writes ending past the largest file size an NTFS volume
+        // supports are invalid (MS-FSA 2.1.5.3); empty writes are no-ops.
+        let offset = w.offset;
+        let end = offset.checked_add(w.data.len() as u64);
+        if offset > i64::MAX as u64 || end.is_none_or(|e| e > i64::MAX as u64) {
+            return err(status::INVALID_PARAMETER);
+        }
+        if w.data.is_empty() {
+            return Outcome::Reply(status::SUCCESS, Response::Write { count: 0 });
+        }
+        if offset >= MAX_FILE_SIZE {
+            return err(status::INVALID_PARAMETER);
+        }
         if let Err(st) = self.check_io(o, offset, w.data.len() as u64, true) {
             return err(st);
         }
@@ -754,35 +815,36 @@ impl Conn {
                 })
                 .collect()
         };
-        let req = if first.flags & lock_flags::UNLOCK != 0 {
-            if l.locks.iter().any(|e| e.flags != lock_flags::UNLOCK) {
+        // Flag validation as Windows does it (MS-SMB2 3.3.5.14): every element is checked
+        // against the kind of the first one.
+        let is_unlock = first.flags & lock_flags::UNLOCK != 0;
+        let fi = lock_flags::FAIL_IMMEDIATELY;
+        for (idx, e) in l.locks.iter().enumerate() {
+            let bad = match e.flags {
+                f if f == lock_flags::SHARED | fi || f == lock_flags::EXCLUSIVE | fi => is_unlock,
+                lock_flags::SHARED | lock_flags::EXCLUSIVE => is_unlock || l.locks.len() > 1,
+                lock_flags::UNLOCK => !is_unlock,
+                _ => {
+                    if is_unlock && idx > 0 {
+                        return err(status::RANGE_NOT_LOCKED);
+                    }
+                    true
+                }
+            };
+            if bad {
                 return err(status::INVALID_PARAMETER);
             }
+        }
+        let req = if is_unlock {
             locking::Request::Unlock {
                 open: lo,
                 ranges: ranges_of(&|_| false),
             }
         } else {
-            for e in &l.locks {
-                let kind = e.flags & !lock_flags::FAIL_IMMEDIATELY;
-                if kind != lock_flags::SHARED && kind != lock_flags::EXCLUSIVE {
-                    return err(status::INVALID_PARAMETER);
-                }
-            }
-            let fail_immediately =
-                l.locks.len() > 1 || first.flags & lock_flags::FAIL_IMMEDIATELY != 0;
-            if l.locks.len() > 1
-                && l.locks
-                    .iter()
-                    .any(|e| e.flags & lock_flags::FAIL_IMMEDIATELY == 0)
-            {
-                // MS-SMB2 3.3.5.14.2: only a single-element request may block.
-                return err(status::INVALID_PARAMETER);
-            }
             locking::Request::Lock {
                 open: lo,
                 ranges: ranges_of(&|f| f & lock_flags::EXCLUSIVE != 0),
-                fail_immediately,
+                fail_immediately: first.flags & fi != 0,
             }
         };
         match self.shared.lock_request(self.id, hdr.message_id, req) {
@@ -958,9 +1020,29 @@ impl Conn {
                 }
                 err(NOT_A_REPARSE_POINT)
             }
-            fsctl::SET_ZERO_DATA
-            | fsctl::FILE_LEVEL_TRIM
-            | fsctl::QUERY_ALLOCATED_RANGES => {
+            fsctl::QUERY_ALLOCATED_RANGES => self.query_allocated_ranges(&i, ctx),
+            fsctl::SET_ZERO_DATA => self.set_zero_data(&i, ctx),
+            FSCTL_GET_COMPRESSION => {
+                if let Err(st) = self.resolve_fid(i.file_id, ctx) {
+                    return err(st);
+                }
+                if i.max_output_response < 2 {
+                    return err(status::INVALID_PARAMETER);
+                }
+                // COMPRESSION_FORMAT_NONE: files are never compressed here.
+                reply(vec![0, 0], i.file_id)
+            }
+            FSCTL_SET_COMPRESSION => {
+                if let Err(st) = self.resolve_fid(i.file_id, ctx) {
+                    return err(st);
+                }
+                match i.input.get(..2) {
+                    Some([0, 0]) => reply(Vec::new(), i.file_id),
+                    Some(_) => err(status::NOT_SUPPORTED),
+                    None => err(status::INVALID_PARAMETER),
+                }
+            }
+            fsctl::FILE_LEVEL_TRIM => {
                 if let Err(st) = self.resolve_fid(i.file_id, ctx) {
                     return err(st);
                 }
@@ -994,7 +1076,7 @@ impl Conn {
             return err(status::INVALID_PARAMETER);
         }
         let mut r = Reader::new(&i.input);
-        let parsed = (|| -> Result<(u64, u64, Vec<(u64, u64, u32)>), smb_proto::DecodeError> {
+        let parsed = (|| -> Result<(u64, u64, Vec<Chunk>), smb_proto::DecodeError> {
             let key_v = r.u64()?;
             let key_conn = r.u64()?;
             r.skip(8)?;
@@ -1033,15 +1115,12 @@ impl Conn {
         let (Some(src), Some(d)) = (self.opens.get(&key_v), self.opens.get(&dst)) else {
             return err(status::OBJECT_NAME_NOT_FOUND);
         };
-        if src.access & READ_DATA == 0 {
+        // MS-SMB2 3.3.5.15.6: the source must be readable (execute counts); COPYCHUNK also
+        // needs read access on the target, COPYCHUNK_WRITE only write access.
+        if src.access & (READ_DATA | EXECUTE) == 0 || d.access & WRITE_DATA == 0 {
             return err(status::ACCESS_DENIED);
         }
-        let need = if i.ctl_code == fsctl::SRV_COPYCHUNK {
-            WRITE_DATA | READ_DATA
-        } else {
-            WRITE_DATA
-        };
-        if d.access & need != need {
+        if i.ctl_code == fsctl::SRV_COPYCHUNK && d.access & (READ_DATA | EXECUTE) == 0 {
             return err(status::ACCESS_DENIED);
         }
         let (Some(sf), Some(df)) = (&src.file, &d.file) else {
@@ -1055,10 +1134,10 @@ impl Conn {
                 return out(INVALID_VIEW_SIZE, written_chunks, 0, written_total);
             }
             if let Err(st) = self.check_io(src, so, len as u64, false) {
-                return err(st);
+                return out(st, written_chunks, 0, written_total);
             }
             if let Err(st) = self.check_io(d, to, len as u64, true) {
-                return err(st);
+                return out(st, written_chunks, 0, written_total);
             }
             let mut buf = vec![0u8; len as usize];
             if let Err(e) = sf.read_exact_at(&mut buf, so) {
@@ -1071,6 +1150,150 @@ impl Conn {
             written_total += len;
         }
         out(status::SUCCESS, written_chunks, 0, written_total)
+    }
+
+    fn is_sparse(o: &Open) -> bool {
+        crate::dosattr::load(&o.abs).is_some_and(|d| d.attributes & ATTR_SPARSE != 0)
+    }
+
+    /// FSCTL_QUERY_ALLOCATED_RANGES (MS-FSCC 2.3.41): data ranges within the requested one,
+    /// found with SEEK_DATA/SEEK_HOLE.
+    fn query_allocated_ranges(&mut self, i: &IoctlRequest, ctx: &ChainCtx) -> Outcome {
+        let v = match self.resolve_fid(i.file_id, ctx) {
+            Ok(v) => v,
+            Err(st) => return err(st),
+        };
+        let Some(o) = self.opens.get(&v) else {
+            return err(status::FILE_CLOSED);
+        };
+        let mut r = Reader::new(&i.input);
+        let (Ok(off), Ok(len)) = (r.u64(), r.u64()) else {
+            return err(status::INVALID_PARAMETER);
+        };
+        if (off as i64) < 0
+            || (len as i64) < 0
+            || off.checked_add(len).is_none_or(|e| e > i64::MAX as u64)
+        {
+            return err(status::INVALID_PARAMETER);
+        }
+        if o.access & (READ_DATA | EXECUTE) == 0 {
+            return err(status::ACCESS_DENIED);
+        }
+        let Some(f) = &o.file else {
+            return err(status::INVALID_PARAMETER);
+        };
+        let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let end = off.saturating_add(len).min(size);
+        let mut ranges: Vec<(u64, u64)> = Vec::new();
+        if off < end {
+            if Self::is_sparse(o) {
+                use std::os::fd::AsRawFd;
+                let fd = f.as_raw_fd();
+                let mut pos = off;
+                while pos < end {
+                    // SAFETY: lseek on a descriptor owned by `f`; no memory is touched.
+                    let data = unsafe { libc::lseek(fd, pos as i64, libc::SEEK_DATA) };
+                    if data < 0 || data as u64 >= end {
+                        break;
+                    }
+                    // SAFETY: as above.
+                    let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+                    let hole = if hole < 0 {
+                        end
+                    } else {
+                        (hole as u64).min(end)
+                    };
+                    ranges.push((data as u64, hole - data as u64));
+                    pos = hole;
+                }
+            } else {
+                ranges.push((off, end - off));
+            }
+        }
+        let max = i.max_output_response as usize;
+        if max < 16 && !ranges.is_empty() {
+            return err(status::BUFFER_TOO_SMALL);
+        }
+        let mut w = Writer::new();
+        let mut st = status::SUCCESS;
+        for (o, l) in ranges {
+            if w.len() + 16 > max {
+                st = status::BUFFER_OVERFLOW;
+                break;
+            }
+            w.u64(o).u64(l);
+        }
+        Outcome::Reply(
+            st,
+            Response::Ioctl {
+                ctl_code: i.ctl_code,
+                file_id: i.file_id,
+                input: vec![],
+                output: w.buf,
+            },
+        )
+    }
+
+    /// FSCTL_SET_ZERO_DATA (MS-FSCC 2.3.67): punch a hole in sparse files, write zeros
+    /// otherwise; never extends the file.
+    fn set_zero_data(&mut self, i: &IoctlRequest, ctx: &ChainCtx) -> Outcome {
+        let v = match self.resolve_fid(i.file_id, ctx) {
+            Ok(v) => v,
+            Err(st) => return err(st),
+        };
+        let Some(o) = self.opens.get(&v) else {
+            return err(status::FILE_CLOSED);
+        };
+        let mut r = Reader::new(&i.input);
+        let (Ok(off), Ok(beyond)) = (r.u64(), r.u64()) else {
+            return err(status::INVALID_PARAMETER);
+        };
+        if (off as i64) < 0 || (beyond as i64) < 0 || off > beyond {
+            return err(status::INVALID_PARAMETER);
+        }
+        if o.access & WRITE_DATA == 0 {
+            return err(status::ACCESS_DENIED);
+        }
+        let Some(f) = &o.file else {
+            return err(status::INVALID_PARAMETER);
+        };
+        if let Err(st) = self.check_io(o, off, beyond - off, true) {
+            return err(st);
+        }
+        let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let end = beyond.min(size);
+        if off < end {
+            use std::os::fd::AsRawFd;
+            // SAFETY: fallocate on a descriptor owned by `f`; no memory is touched.
+            let rc = unsafe {
+                libc::fallocate(
+                    f.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    off as i64,
+                    (end - off) as i64,
+                )
+            };
+            if rc != 0 {
+                let zeros = vec![0u8; (end - off).min(1 << 20) as usize];
+                let mut pos = off;
+                while pos < end {
+                    let n = (end - pos).min(zeros.len() as u64) as usize;
+                    if let Err(e) = f.write_all_at(&zeros[..n], pos) {
+                        return err(io_status(&e));
+                    }
+                    pos += n as u64;
+                }
+            }
+        }
+        Outcome::Reply(
+            status::SUCCESS,
+            Response::Ioctl {
+                ctl_code: i.ctl_code,
+                file_id: i.file_id,
+                input: vec![],
+                output: vec![],
+            },
+        )
     }
 
     pub(crate) fn query_directory(

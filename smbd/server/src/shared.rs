@@ -103,10 +103,23 @@ pub struct Shared {
     /// Watched directory -> connections watching it (with a use count).
     watches: Mutex<HashMap<PathBuf, HashMap<u64, usize>>>,
     pub shutdown: std::sync::atomic::AtomicBool,
+    internal_ids: std::sync::atomic::AtomicU64,
     /// SMBD_DUMP_DIR: write every received message there (debugging, corpus building).
     pub dump_dir: Option<PathBuf>,
     /// Established sessions of all connections: session id -> (connection, user).
-    sessions: Mutex<HashMap<u64, (u64, String)>>,
+    sessions: Mutex<HashMap<u64, SessionRecord>>,
+}
+
+/// What other connections need to know about an established session: to expire it on
+/// reconnect (PreviousSessionId) and to answer binding attempts (MS-SMB2 3.3.5.5.2).
+#[derive(Clone)]
+pub struct SessionRecord {
+    pub conn: u64,
+    pub user: String,
+    pub dialect: u16,
+    pub signing_alg: smb_auth::keys::SigningAlgorithm,
+    pub signing_key: Vec<u8>,
+    pub cipher: Option<smb_auth::keys::Cipher>,
 }
 
 impl Shared {
@@ -132,6 +145,7 @@ impl Shared {
             routes: Mutex::new(HashMap::new()),
             watches: Mutex::new(HashMap::new()),
             shutdown: std::sync::atomic::AtomicBool::new(false),
+            internal_ids: std::sync::atomic::AtomicU64::new(1),
             sessions: Mutex::new(HashMap::new()),
             dump_dir: std::env::var_os("SMBD_DUMP_DIR").map(PathBuf::from),
         })
@@ -170,8 +184,18 @@ impl Shared {
         }
     }
 
-    /// One lock-service request on behalf of connection `conn`.
+    /// One lock-service request on behalf of connection `conn`. `id` is the SMB MessageId for
+    /// requests that may be deferred (CREATE, LOCK) so completions and CANCEL can name them;
+    /// 0 asks for a fresh internal id that cannot collide with a MessageId.
     pub fn lock_request(&self, conn: u64, id: u64, req: Request) -> Reply {
+        let id = if id == 0 {
+            (1 << 63)
+                | self
+                    .internal_ids
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        } else {
+            id
+        };
         let mut l = lock(&self.locks);
         let r = l.request(SessionId(conn), RequestId(id), req);
         self.route_events(&mut **l);
@@ -193,8 +217,13 @@ impl Shared {
         self.route_events(&mut **l);
     }
 
-    pub fn session_established(&self, sid: u64, conn: u64, user: &str) {
-        lock(&self.sessions).insert(sid, (conn, user.to_lowercase()));
+    pub fn session_established(&self, sid: u64, mut rec: SessionRecord) {
+        rec.user = rec.user.to_lowercase();
+        lock(&self.sessions).insert(sid, rec);
+    }
+
+    pub fn session_record(&self, sid: u64) -> Option<SessionRecord> {
+        lock(&self.sessions).get(&sid).cloned()
     }
 
     pub fn session_gone(&self, sid: u64) {
@@ -204,8 +233,9 @@ impl Shared {
     /// Expire `previous` if it belongs to `user` on another connection.
     pub fn expire_previous_session(&self, previous: u64, user: &str, conn: u64) {
         let owner = lock(&self.sessions).get(&previous).cloned();
-        if let Some((c, u)) = owner {
-            if u == user.to_lowercase() && c != conn {
+        if let Some(rec) = owner {
+            let c = rec.conn;
+            if rec.user == user.to_lowercase() && c != conn {
                 lock(&self.sessions).remove(&previous);
                 self.post(
                     c,
