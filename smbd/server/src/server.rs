@@ -48,7 +48,17 @@ pub struct Server {
 }
 
 impl Server {
+    /// Bind with the in-process lock engine ([`default_lock_service`]).
     pub fn bind(config: Config, extra_listen: &[SocketAddr]) -> Result<Server, ServerError> {
+        Self::bind_with_locks(config, extra_listen, default_lock_service())
+    }
+
+    /// Bind with a given lock service (e.g. a client of a remote lockmgrd).
+    pub fn bind_with_locks(
+        config: Config,
+        extra_listen: &[SocketAddr],
+        locks: Box<dyn LockService>,
+    ) -> Result<Server, ServerError> {
         let users = match &config.server.users {
             Some(p) => UserDb::load(p).map_err(|e| ServerError::Users(e.to_string()))?,
             None => UserDb::new(),
@@ -86,13 +96,7 @@ impl Server {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        let shared = Arc::new(Shared::new(
-            config,
-            shares,
-            users,
-            default_lock_service(),
-            workers,
-        )?);
+        let shared = Arc::new(Shared::new(config, shares, users, locks, workers)?);
         Ok(Server {
             shared,
             listeners,
