@@ -8,6 +8,7 @@ bash scripts/install-deps.sh
 
 export CARGO_TERM_COLOR=never
 export SMB_PY_VENV=${SMB_PY_VENV:-/opt/clustersmb-venv}
+export SMBD_PYTHON=${SMBD_PYTHON:-$SMB_PY_VENV/bin/python}
 
 step() { echo; echo "=== $* ==="; }
 

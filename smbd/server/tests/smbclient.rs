@@ -6,7 +6,7 @@ use common::*;
 
 fn exercise(dialect: &str, protection: &str) {
     if !have("smbclient") {
-        eprintln!("smbclient not installed; skipping");
+        missing("smbclient not installed (apt-get install smbclient)");
         return;
     }
     let srv = TestServer::start(Options::default());

@@ -7,7 +7,7 @@ use common::*;
 
 fn suite(name: &str) {
     if !have("smbtorture") {
-        eprintln!("smbtorture not installed (apt-get install samba-testsuite); skipping");
+        missing("smbtorture not installed (apt-get install samba-testsuite)");
         return;
     }
     let srv = TestServer::start(Options::default());

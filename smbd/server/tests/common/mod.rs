@@ -27,6 +27,15 @@ pub struct Options {
 }
 
 /// True if `tool` is on PATH; tests needing it print a notice and pass otherwise.
+/// A tool the test needs is missing: on a user's machine the test is skipped with a message;
+/// in CI (`CI=true`) a missing capability is a failure, never a silent skip.
+pub fn missing(what: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{what} (CI=true: missing capabilities fail instead of skipping)");
+    }
+    eprintln!("SKIPPED: {what}");
+}
+
 pub fn have(tool: &str) -> bool {
     Command::new("sh")
         .arg("-c")
