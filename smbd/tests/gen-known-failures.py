@@ -7,7 +7,8 @@ import sys
 
 SUITES = ["smb2.connect", "smb2.read", "smb2.rw", "smb2.getinfo", "smb2.setinfo", "smb2.dir",
           "smb2.create", "smb2.compound", "smb2.credits", "smb2.session", "smb2.rename",
-          "smb2.delete-on-close-perms", "smb2.ioctl", "smb2.maxfid", "smb2.lock"]
+          "smb2.delete-on-close-perms", "smb2.ioctl", "smb2.maxfid", "smb2.lock",
+          "smb2.sharemode", "smb2.durable-open", "smb2.durable-v2-open", "smb2.oplock", "smb2.lease"]
 
 out = ["# smbtorture (Samba 4.17) subtests still failing against smbd, one per line:",
        "#   <suite.subtest>  # <reason: the assertion smbtorture reported>",

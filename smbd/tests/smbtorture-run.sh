@@ -8,7 +8,7 @@
 #   python3 smbd/tests/gen-known-failures.py OUTDIR > smbd/tests/smbtorture-known-failures.txt
 set -u
 port=$1; out=$2; shift 2
-suites=${*:-smb2.connect smb2.read smb2.rw smb2.getinfo smb2.setinfo smb2.dir smb2.create smb2.compound smb2.credits smb2.session smb2.rename smb2.delete-on-close-perms smb2.ioctl smb2.maxfid smb2.lock}
+suites=${*:-smb2.connect smb2.read smb2.rw smb2.getinfo smb2.setinfo smb2.dir smb2.create smb2.compound smb2.credits smb2.session smb2.rename smb2.delete-on-close-perms smb2.ioctl smb2.maxfid smb2.lock smb2.sharemode smb2.durable-open smb2.durable-v2-open smb2.oplock smb2.lease}
 conf=$(mktemp)
 printf '[global]\nclient min protocol = SMB2_02\nclient max protocol = SMB3_11\n' > "$conf"
 mkdir -p "$out"

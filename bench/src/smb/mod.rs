@@ -7,6 +7,7 @@
 //! process group (also on error and Ctrl-C). Timing figures are reported, never judged.
 
 pub mod error;
+pub mod handoff;
 pub mod ours;
 pub mod process;
 pub mod report;

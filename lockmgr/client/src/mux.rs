@@ -87,6 +87,38 @@ impl<T: ClientTransport> NodeSessions<T> {
         self.client.as_ref().and_then(|c| c.as_raw_fd())
     }
 
+    /// Longest a pump thread may sleep on [`NodeSessions::raw_fd`] before calling
+    /// [`NodeSessions::tick`] again: the transport's own timers (retransmission, keepalive), the
+    /// session heartbeat, or the reconnect interval while lockmgrd is unreachable.
+    pub fn poll_timeout(&self) -> Duration {
+        match &self.client {
+            Some(c) => {
+                let heartbeat = c.heartbeat_interval();
+                c.transport()
+                    .poll_timeout()
+                    .map_or(heartbeat, |t| t.min(heartbeat))
+            }
+            None => RECONNECT_INTERVAL,
+        }
+    }
+
+    /// Blocks until lockmgrd may have sent something or `timeout` passes (the transport's own
+    /// wait: its spin budget, then sleep). For a pump thread that has no event loop of its own;
+    /// follow with [`NodeSessions::tick`] and [`NodeSessions::poll_event`].
+    pub fn wait(&mut self, timeout: Duration) {
+        if !self.events.is_empty() {
+            return;
+        }
+        match self.client.as_mut() {
+            Some(c) => {
+                if let Err(e) = c.wait(Some(timeout)) {
+                    self.lost_session(&e);
+                }
+            }
+            None => std::thread::sleep(timeout.min(RECONNECT_INTERVAL)),
+        }
+    }
+
     /// Prepares the fd for sleeping; false means events are already waiting.
     pub fn arm(&mut self) -> bool {
         match self.client.as_mut() {

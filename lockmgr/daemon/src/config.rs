@@ -392,6 +392,8 @@ pub fn parse_key_hex(hex: &str) -> Result<Vec<u8>, ConfigError> {
     for i in (0..hex.len()).step_by(2) {
         let byte = hex
             .get(i..i + 2)
+            // `from_str_radix` also takes a leading '+', which would let "+0+1.." pass as a key.
+            .filter(|s| s.bytes().all(|b| b.is_ascii_hexdigit()))
             .and_then(|s| u8::from_str_radix(s, 16).ok())
             .ok_or_else(|| ConfigError::Key(format!("invalid hex digit near offset {i}")))?;
         key.push(byte);

@@ -5,6 +5,8 @@
 
 pub mod config;
 pub mod conformance;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod server;
 pub mod status;
 

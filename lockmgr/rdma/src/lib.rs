@@ -35,6 +35,8 @@ use lockmgr_transport::{SpinConfig, TransportError};
 mod client;
 mod conn;
 pub mod credit;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod raw;
 mod server;
 mod sys;

@@ -27,6 +27,8 @@ pub mod afpacket;
 #[cfg(feature = "afxdp")]
 pub mod afxdp;
 pub mod eth;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod netns;
 pub mod raw;
 pub mod reliable;

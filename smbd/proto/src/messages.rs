@@ -903,6 +903,8 @@ pub enum Response {
     Read {
         data: Vec<u8>,
         data_remaining: u32,
+        /// Zero bytes between the fixed body and the data (DataOffset moves accordingly).
+        padding: u8,
     },
     Write {
         count: u32,
@@ -1078,16 +1080,20 @@ impl Response {
             Response::Read {
                 data,
                 data_remaining,
+                padding,
             } => {
-                let o = off(w, base) + 16;
+                let o = off(w, base) + 16 + *padding as usize;
                 w.u16(17)
                     .u8(o as u8)
                     .u8(0)
                     .u32(data.len() as u32)
                     .u32(*data_remaining)
-                    .u32(0)
-                    .bytes(data);
-                if data.is_empty() {
+                    .u32(0);
+                for _ in 0..*padding {
+                    w.u8(0);
+                }
+                w.bytes(data);
+                if data.is_empty() && *padding == 0 {
                     w.u8(0);
                 }
             }

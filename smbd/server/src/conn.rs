@@ -97,6 +97,14 @@ pub(crate) struct Open {
     pub delete_pending: bool,
     pub grant: OplockGrant,
     pub notify_watch: bool,
+    /// FSCTL_LMR_REQUEST_RESILIENCY was granted (MS-SMB2 3.3.5.15.9).
+    pub resilient: bool,
+    /// Durable handle granted (DHnQ/DH2Q); v2 carries the create GUID.
+    pub durable: Option<crate::durable::DurableState>,
+    /// Byte-range locks held, to re-establish them on a durable reconnect.
+    pub locks: Vec<locking::LockRange>,
+    /// Open.LockSequenceArray (MS-SMB2 3.3.1.10): 0xFF = invalid entry.
+    pub lock_seq: [u8; 64],
 }
 
 /// Work waiting for an asynchronous completion (MS-SMB2 3.3.4.2).
@@ -113,6 +121,10 @@ pub(crate) enum PendingKind {
 }
 
 pub(crate) struct PendingOp {
+    /// Requests of a compound that follow a CREATE which went async in the middle of the
+    /// chain; processed once the CREATE completes (MS-SMB2 3.3.5.2.7, <206>: only a CREATE
+    /// that waits for an oplock break may go async mid-chain).
+    pub rest: Option<(Vec<Vec<u8>>, ChainCtx)>,
     pub message_id: u64,
     pub session_id: u64,
     pub tree_id: u32,
@@ -123,7 +135,7 @@ pub(crate) struct PendingOp {
 }
 
 /// Per-chain state for related compound requests (MS-SMB2 3.3.5.2.7.2).
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(crate) struct ChainCtx {
     pub session_id: u64,
     pub tree_id: u32,
@@ -134,6 +146,13 @@ pub(crate) struct ChainCtx {
     pub related: bool,
     /// Index of the request in the chain.
     pub index: usize,
+    /// Session and tree a related request inherits: those of the previous request if they
+    /// were valid, else 0 (Samba's last_session_id / last_tid).
+    pub last_session_id: u64,
+    pub last_tree_id: u32,
+    /// Status of a failed CREATE in this compound; related requests without a handle fail
+    /// with it instead of FILE_CLOSED (MS-SMB2 3.3.5.2.7.2).
+    pub create_err: Option<u32>,
 }
 
 /// What a handler produced.
@@ -173,6 +192,10 @@ pub struct Conn {
     /// Whether the request being answered was signed.
     signed_request: bool,
     out: Vec<Vec<u8>>,
+    /// Zero bytes between a READ response body and its data (smbtorture hook).
+    pub(crate) read_body_padding: u8,
+    /// Set by `process_one` when a CREATE in the middle of a compound went async.
+    suspend_chain: Option<u64>,
     pub closed: bool,
 }
 
@@ -204,7 +227,9 @@ impl Conn {
             pending: HashMap::new(),
             next_session: 0,
             next_tree: 0,
-            next_volatile: 0,
+            // File ids are unique across connections so that a durable handle can be found
+            // again from any connection by its persistent id.
+            next_volatile: id << 32,
             next_async: 0,
             pending_tree_id: None,
             credits_out: 1,
@@ -212,6 +237,8 @@ impl Conn {
             expire_after: Vec::new(),
             override_signer: None,
             out: Vec::new(),
+            suspend_chain: None,
+            read_body_padding: 0,
             closed: false,
         }
     }
@@ -331,23 +358,33 @@ impl Conn {
 
     fn process_chain(&mut self, buf: &[u8], encrypted: bool) {
         let msgs = match smb_proto::split_compound(buf) {
-            Ok(m) => m,
+            Ok(m) => m.into_iter().map(|x| x.to_vec()).collect::<Vec<_>>(),
             Err(e) => {
                 tracing::debug!(conn = self.id, %e, "bad compound; disconnecting");
                 self.closed = true;
                 return;
             }
         };
-        let mut ctx = ChainCtx {
+        let ctx = ChainCtx {
             encrypted,
             ..Default::default()
         };
+        self.run_chain(msgs, 0, ctx);
+    }
+
+    /// Process `msgs` (the requests of a compound from index `first` on) and emit the
+    /// responses as one chain.
+    pub(crate) fn run_chain(&mut self, msgs: Vec<Vec<u8>>, first: usize, mut ctx: ChainCtx) {
         let mut responses: Vec<(Vec<u8>, Option<Signer>)> = Vec::new();
         let mut enc_session: Option<u64> = None;
-        let n = msgs.len();
-        for (i, m) in msgs.into_iter().enumerate() {
+        let n = first + msgs.len();
+        let mut it = msgs.into_iter();
+        let mut i = first;
+        while let Some(m) = it.next() {
             ctx.index = i;
-            let Some((resp, signer)) = self.process_one(m, &mut ctx, i + 1 == n) else {
+            let one = self.process_one(&m, &mut ctx, i + 1 == n);
+            i += 1;
+            let Some((resp, signer)) = one else {
                 continue;
             };
             let (hdr_sid, hdr_cmd) = Header::decode(&resp)
@@ -356,12 +393,19 @@ impl Conn {
             // The final SESSION_SETUP response goes out signed, not sealed (MS-SMB2 3.3.5.5.3).
             let setup =
                 hdr_cmd == Command::SessionSetup as u16 || hdr_cmd == Command::Negotiate as u16;
-            if encrypted || (!setup && self.session_wants_encryption(hdr_sid, ctx.tree_id)) {
+            if ctx.encrypted || (!setup && self.session_wants_encryption(hdr_sid, ctx.tree_id)) {
                 enc_session = enc_session.or(Some(hdr_sid));
             }
             responses.push((resp, signer));
             if self.closed {
                 return;
+            }
+            if let Some(aid) = self.suspend_chain.take() {
+                let rest: Vec<Vec<u8>> = it.by_ref().collect();
+                if let Some(p) = self.pending.get_mut(&aid) {
+                    p.rest = Some((rest, ctx.clone()));
+                }
+                break;
             }
         }
         if responses.is_empty() {
@@ -397,6 +441,7 @@ impl Conn {
                 .get(&ctx.session_id)
                 .map(|s| s.user.to_lowercase());
             if same_user.is_some() && same_user == new_user {
+                self.park_durable_opens(Some(sid));
                 self.close_session_opens(sid, None);
                 self.sessions.remove(&sid);
                 self.shared.session_gone(sid);
@@ -512,13 +557,12 @@ impl Conn {
         let related = hdr.flags & flags::RELATED_OPERATIONS != 0;
         ctx.related = related;
         if related {
-            // MS-SMB2 3.3.5.2.7.2: related requests inherit session, tree and file.
-            if hdr.session_id == u64::MAX || hdr.session_id == 0 {
-                hdr.session_id = ctx.session_id;
-            }
-            if hdr.tree_id == u32::MAX || hdr.tree_id == 0 {
-                hdr.tree_id = ctx.tree_id;
-            }
+            // MS-SMB2 3.3.5.2.7.2: related requests inherit session, tree and file of the
+            // previous request (whatever their header says, as Windows and Samba do).
+            hdr.session_id = ctx.last_session_id;
+            hdr.tree_id = ctx.last_tree_id;
+        } else {
+            ctx.file_id = None;
         }
         let signed = hdr.flags & flags::SIGNED != 0;
         self.signed_request = signed;
@@ -533,17 +577,44 @@ impl Conn {
                     // A chain cannot start with a related request (MS-SMB2 3.3.5.2.7.2).
                     ctx.file_id = None;
                     err(status::INVALID_PARAMETER)
-                } else if related && ctx.prev_status != status::SUCCESS && ctx.file_id.is_none() {
-                    // The create this request depends on failed: fail the same way.
-                    err(ctx.prev_status)
+                } else if related
+                    && cmd != Command::Negotiate
+                    && !self.sessions.contains_key(&hdr.session_id)
+                {
+                    // The session the request inherits is not valid (Samba: a chained
+                    // request with a bad session fails with INVALID_PARAMETER).
+                    err(status::INVALID_PARAMETER)
                 } else {
                     self.checked_dispatch(cmd, &hdr, m, ctx, last)
                 }
             }
         };
+        ctx.last_session_id = if self.sessions.contains_key(&ctx.session_id) {
+            ctx.session_id
+        } else {
+            0
+        };
+        let tree_ok = self
+            .sessions
+            .get(&ctx.session_id)
+            .is_some_and(|s| s.trees.contains_key(&ctx.tree_id));
         let credits = self.grant_credits(&hdr);
         let (st, body) = match outcome {
             Outcome::Nothing => return None,
+            Outcome::Pending(async_id) if !last && cmd == Some(Command::Create) => {
+                // MS-SMB2 <206>: a CREATE waiting for an oplock break may go async in the
+                // middle of a compound; the rest of the chain waits for it.
+                ctx.last_tree_id = if tree_ok { ctx.tree_id } else { 0 };
+                self.suspend_chain = Some(async_id);
+                let mut h = Self::response_header(&hdr, status::PENDING, credits);
+                h.flags |= flags::ASYNC_COMMAND;
+                h.async_id = async_id;
+                let mut w = Writer::new();
+                h.encode(&mut w);
+                Response::Error { data: vec![] }.encode_body(&mut w, 0);
+                ctx.prev_status = status::SUCCESS;
+                return Some((w.buf, None));
+            }
             Outcome::Pending(async_id) if !last => {
                 // Like Windows and Samba, a request in the middle of a compound cannot go
                 // async: it fails and the chain goes on (MS-SMB2 <159>, <162>).
@@ -576,6 +647,7 @@ impl Conn {
         }
         if cmd == Some(Command::Create) && st != status::SUCCESS {
             ctx.file_id = None;
+            ctx.create_err = Some(st);
         }
         let mut h = Self::response_header(&hdr, st, credits);
         if cmd == Some(Command::SessionSetup) {
@@ -585,6 +657,16 @@ impl Conn {
             h.tree_id = tid;
             ctx.tree_id = tid;
         }
+        ctx.last_tree_id = if tree_ok
+            || self
+                .sessions
+                .get(&ctx.session_id)
+                .is_some_and(|s| s.trees.contains_key(&ctx.tree_id))
+        {
+            ctx.tree_id
+        } else {
+            0
+        };
         let mut w = Writer::new();
         h.encode(&mut w);
         body.encode_body(&mut w, 0);
@@ -1135,7 +1217,14 @@ impl Conn {
             // We do not advertise SMB2_GLOBAL_CAP_MULTI_CHANNEL.
             status::REQUEST_NOT_ACCEPTED
         };
-        self.override_signer = Some((cur, rec.signing_key));
+        // The refusal is signed with the session's key; across an SMB 2.x / 3.x mix the
+        // client verifies it with the session's own algorithm (HMAC-SHA256 vs AES-CMAC).
+        let alg = if rec.dialect < dialect::SMB300 || n.dialect < dialect::SMB300 {
+            rec.signing_alg
+        } else {
+            cur
+        };
+        self.override_signer = Some((alg, rec.signing_key));
         err(st)
     }
 
@@ -1254,6 +1343,7 @@ impl Conn {
         self.pending.insert(
             id,
             PendingOp {
+                rest: None,
                 message_id: hdr.message_id,
                 session_id: hdr.session_id,
                 tree_id: hdr.tree_id,
@@ -1350,6 +1440,8 @@ impl Conn {
             Event::Lock(n) => self.on_lock_notification(n),
             Event::ExpireSession { session_id } => {
                 tracing::info!(conn = self.id, session_id, "session expired by reconnect");
+                // MS-SMB2 3.3.5.5.3: durable opens of the previous session stay reclaimable.
+                self.park_durable_opens(Some(session_id));
                 self.close_session_opens(session_id, None);
                 self.sessions.remove(&session_id);
             }
@@ -1366,6 +1458,7 @@ impl Conn {
             }
         }
         self.pending.clear();
+        self.park_durable_opens(None);
         let ids: Vec<u64> = self.opens.keys().copied().collect();
         for v in ids {
             self.close_open(v, status::SUCCESS);

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod conn;
 pub mod dosattr;
+pub mod durable;
 pub mod fs;
 pub mod locking;
 pub mod ops;

@@ -113,6 +113,9 @@ pub(crate) struct CreateCont {
     /// SMB2_CREATE_ALLOCATION_SIZE (AlSi) for new or overwritten files.
     allocation: Option<u64>,
     delete_on_close: bool,
+    /// DHnQ / DH2Q, granted if the caching allows it.
+    durable: Option<crate::durable::DurableKind>,
+    share_access: u32,
 }
 
 impl Conn {
@@ -122,7 +125,10 @@ impl Conn {
             if !ctx.related {
                 return Err(status::FILE_CLOSED);
             }
-            ctx.file_id.ok_or(status::FILE_CLOSED)?
+            // MS-SMB2 3.3.5.2.7.2: without a handle from the chain, a related request fails
+            // with the status of a failed CREATE earlier in the compound.
+            ctx.file_id
+                .ok_or(ctx.create_err.unwrap_or(status::FILE_CLOSED))?
         } else {
             fid
         };
@@ -155,6 +161,17 @@ impl Conn {
         let Some(share) = share else {
             // IPC$: no named pipes are served.
             return err(status::OBJECT_NAME_NOT_FOUND);
+        };
+        let reconnect = match crate::durable::reconnect_request(&c) {
+            Ok(r) => r,
+            Err(st) => return err(st),
+        };
+        if let Some(rc) = reconnect {
+            return self.durable_reconnect(&c, rc, ctx.session_id, ctx.tree_id, share);
+        }
+        let durable = match crate::durable::durable_request(&c, self.dialect()) {
+            Ok(d) => d,
+            Err(st) => return err(st),
         };
         if c.impersonation_level > 3 {
             return err(BAD_IMPERSONATION_LEVEL);
@@ -298,10 +315,12 @@ impl Conn {
             let attrs = c.file_attributes & !(fs::attr::NORMAL | fs::attr::DIRECTORY | ATTR_SPARSE);
             update_dos(&res.abs, |d, _| {
                 d.creation = fs::now_filetime();
-                d.attributes = if attrs == 0 && !dir_req {
-                    fs::attr::ARCHIVE
-                } else {
+                // New files are marked for archiving whatever else was asked (Windows,
+                // Samba with "map archive").
+                d.attributes = if dir_req {
                     attrs
+                } else {
+                    attrs | fs::attr::ARCHIVE
                 };
             });
             let (parent, n) = parent_and_name(&res.abs);
@@ -353,7 +372,15 @@ impl Conn {
                 .context(cctx::ALSI)
                 .and_then(|x| Reader::new(&x.data).u64().ok()),
             delete_on_close,
+            durable,
+            share_access: c.share_access & 0x7,
         };
+        crate::durable::purge_conflicting(
+            stable_id,
+            access,
+            c.share_access & 0x7,
+            cont.lease.as_ref().map(|l| l.key),
+        );
         let req = OpenRequest {
             file: locking::FileId(stable_id),
             access,
@@ -515,6 +542,24 @@ impl Conn {
                 data: resp.encode(),
             });
         }
+        let durable = cont
+            .durable
+            .clone()
+            .filter(|_| !cont.is_dir && crate::durable::grant_allows_durable(&grant))
+            .map(|kind| {
+                contexts.push(crate::durable::response_context(&kind));
+                crate::durable::DurableState {
+                    kind,
+                    share_access: cont.share_access,
+                    lease: cont.lease,
+                    client_guid: self.neg.as_ref().map(|n| n.client_guid).unwrap_or_default(),
+                    user: self
+                        .sessions
+                        .get(&cont.session_id)
+                        .map(|s| s.user.to_lowercase())
+                        .unwrap_or_default(),
+                }
+            });
         let oplock = if matches!(grant, OplockGrant::Lease(_)) && cont.lease.is_none() {
             oplock_level::NONE
         } else {
@@ -539,6 +584,10 @@ impl Conn {
                 delete_pending: cont.delete_on_close,
                 grant,
                 notify_watch: false,
+                resilient: false,
+                durable,
+                locks: Vec::new(),
+                lock_seq: [0xFF; 64],
             },
         );
         let resp = CreateResponse {
@@ -738,6 +787,7 @@ impl Conn {
             Response::Read {
                 data: buf,
                 data_remaining: 0,
+                padding: self.read_body_padding,
             },
         )
     }
@@ -832,7 +882,43 @@ impl Conn {
                 }
             };
             if bad {
+                if is_unlock && idx > 0 {
+                    // The UNLOCK elements before the bad one still take effect (Windows
+                    // and Samba; smbtorture smb2.lock.multiple-unlock).
+                    let ranges = l.locks[..idx]
+                        .iter()
+                        .map(|e| LockRange {
+                            offset: e.offset,
+                            length: e.length,
+                            exclusive: false,
+                        })
+                        .collect();
+                    let r = self.shared.lock_request(
+                        self.id,
+                        hdr.message_id,
+                        locking::Request::Unlock { open: lo, ranges },
+                    );
+                    tracing::debug!(?r, "partial unlock before invalid element");
+                }
                 return err(status::INVALID_PARAMETER);
+            }
+        }
+        // Lock sequence replay detection (MS-SMB2 3.3.5.14) for resilient and durable
+        // opens; buckets 1..=64, anything else is not checked.
+        let bucket = (l.lock_sequence >> 4) as usize;
+        let seq = (l.lock_sequence & 0xF) as u8;
+        let check_seq = self.dialect() >= 0x0210
+            && (1..=64).contains(&bucket)
+            && self
+                .opens
+                .get(&v)
+                .is_some_and(|o| o.resilient || o.durable.is_some());
+        if check_seq {
+            if let Some(o) = self.opens.get_mut(&v) {
+                if o.lock_seq[bucket - 1] == seq {
+                    return Outcome::Reply(status::SUCCESS, Response::Lock);
+                }
+                o.lock_seq[bucket - 1] = 0xFF;
             }
         }
         let req = if is_unlock {
@@ -848,7 +934,31 @@ impl Conn {
             }
         };
         match self.shared.lock_request(self.id, hdr.message_id, req) {
-            Reply::Done(Status::Success) => Outcome::Reply(status::SUCCESS, Response::Lock),
+            Reply::Done(Status::Success) => {
+                if let Some(o) = self.opens.get_mut(&v) {
+                    if check_seq {
+                        o.lock_seq[bucket - 1] = seq;
+                    }
+                    for e in &l.locks {
+                        if is_unlock {
+                            if let Some(i) = o
+                                .locks
+                                .iter()
+                                .position(|r| r.offset == e.offset && r.length == e.length)
+                            {
+                                o.locks.remove(i);
+                            }
+                        } else {
+                            o.locks.push(LockRange {
+                                offset: e.offset,
+                                length: e.length,
+                                exclusive: e.flags & lock_flags::EXCLUSIVE != 0,
+                            });
+                        }
+                    }
+                }
+                Outcome::Reply(status::SUCCESS, Response::Lock)
+            }
             Reply::Done(st) => err(engine_status(st)),
             Reply::Pending => {
                 let aid = self.go_async(hdr, ctx, PendingKind::Lock { volatile: v });
@@ -925,6 +1035,11 @@ impl Conn {
                 reply(w.buf, i.file_id)
             }
             fsctl::QUERY_NETWORK_INTERFACE_INFO => {
+                // Not a handle-based FSCTL: a real FileId is a client error (Windows,
+                // Samba bug 14788), not FILE_CLOSED.
+                if i.file_id != FileId::RELATED {
+                    return err(status::INVALID_PARAMETER);
+                }
                 let mut w = Writer::new();
                 let (family, ip): (u16, Vec<u8>) = match self.local.map(|a| a.ip()) {
                     Some(std::net::IpAddr::V6(v6)) => (23, v6.octets().to_vec()),
@@ -947,6 +1062,43 @@ impl Conn {
                     return err(status::BUFFER_TOO_SMALL);
                 }
                 reply(w.buf, i.file_id)
+            }
+            FSCTL_LMR_REQUEST_RESILIENCY => {
+                // MS-SMB2 3.3.5.15.9: NETWORK_RESILIENCY_REQUEST is Timeout + Reserved.
+                let v = match self.resolve_fid(i.file_id, ctx) {
+                    Ok(v) => v,
+                    Err(st) => return err(st),
+                };
+                if self.dialect() < 0x0210 {
+                    return err(status::INVALID_DEVICE_REQUEST);
+                }
+                if i.input.len() < 8 {
+                    return err(status::INVALID_PARAMETER);
+                }
+                if let Some(o) = self.opens.get_mut(&v) {
+                    o.resilient = true;
+                }
+                reply(Vec::new(), i.file_id)
+            }
+            // Test hooks smbtorture uses (Samba's `smbd:FSCTL_SMBTORTURE`).
+            FSCTL_SMBTORTURE_GLOBAL_READ_RESPONSE_BODY_PADDING8 => {
+                if !i.input.is_empty() {
+                    return err(status::INVALID_PARAMETER);
+                }
+                self.read_body_padding = 8;
+                reply(Vec::new(), i.file_id)
+            }
+            FSCTL_SMBTORTURE_FSP_ASYNC_SLEEP => {
+                // Asks the server to hold the handle busy for a while so that a following
+                // CLOSE must wait for it (Samba bug 14769). Requests on a connection are
+                // processed in order here, so completing at once gives the same ordering.
+                if i.input.len() != 1 {
+                    return err(status::INVALID_PARAMETER);
+                }
+                if let Err(st) = self.resolve_fid(i.file_id, ctx) {
+                    return err(st);
+                }
+                reply(Vec::new(), i.file_id)
             }
             fsctl::DFS_GET_REFERRALS | fsctl::DFS_GET_REFERRALS_EX => err(status::NOT_FOUND),
             fsctl::PIPE_TRANSCEIVE => err(status::NOT_SUPPORTED),
@@ -1120,7 +1272,9 @@ impl Conn {
         if src.access & (READ_DATA | EXECUTE) == 0 || d.access & WRITE_DATA == 0 {
             return err(status::ACCESS_DENIED);
         }
-        if i.ctl_code == fsctl::SRV_COPYCHUNK && d.access & (READ_DATA | EXECUTE) == 0 {
+        // Unlike the source, the target of COPYCHUNK needs FILE_READ_DATA itself; EXECUTE
+        // does not stand in for it (MS-SMB2 3.3.5.15.6).
+        if i.ctl_code == fsctl::SRV_COPYCHUNK && d.access & READ_DATA == 0 {
             return err(status::ACCESS_DENIED);
         }
         let (Some(sf), Some(df)) = (&src.file, &d.file) else {
@@ -2037,25 +2191,38 @@ impl Conn {
                     else {
                         return;
                     };
-                    match reply {
+                    let rest = p.rest.take();
+                    let (st, fid) = match reply {
                         Reply::Opened { open, grant } => {
-                            let (out, _) = self.finish_create(*cont, open, grant);
+                            // A durable open parked while this one waited for its break is
+                            // gone for good (its client could not acknowledge the break).
+                            crate::durable::purge_conflicting(
+                                cont.stable_id,
+                                cont.access,
+                                cont.share_access,
+                                cont.lease.as_ref().map(|l| l.key),
+                            );
+                            let (out, fid) = self.finish_create(*cont, open, grant);
                             match out {
-                                Outcome::Reply(st, body) => self.complete_async(aid, st, body),
-                                _ => self.complete_async(
-                                    aid,
-                                    status::INTERNAL_ERROR,
-                                    Response::Error { data: vec![] },
-                                ),
+                                Outcome::Reply(st, body) => {
+                                    self.complete_async(aid, st, body);
+                                    (st, fid)
+                                }
+                                _ => {
+                                    self.complete_async(
+                                        aid,
+                                        status::INTERNAL_ERROR,
+                                        Response::Error { data: vec![] },
+                                    );
+                                    (status::INTERNAL_ERROR, None)
+                                }
                             }
                         }
                         Reply::Done(st) => {
                             Self::undo_create(&cont);
-                            self.complete_async(
-                                aid,
-                                engine_status(st),
-                                Response::Error { data: vec![] },
-                            );
+                            let st = engine_status(st);
+                            self.complete_async(aid, st, Response::Error { data: vec![] });
+                            (st, None)
                         }
                         _ => {
                             Self::undo_create(&cont);
@@ -2064,7 +2231,18 @@ impl Conn {
                                 status::INTERNAL_ERROR,
                                 Response::Error { data: vec![] },
                             );
+                            (status::INTERNAL_ERROR, None)
                         }
+                    };
+                    // The rest of a compound that waited for this CREATE.
+                    if let Some((msgs, mut ctx)) = rest {
+                        ctx.prev_status = st;
+                        ctx.file_id = fid;
+                        if st != status::SUCCESS {
+                            ctx.create_err = Some(st);
+                        }
+                        let first = ctx.index + 1;
+                        self.run_chain(msgs, first, ctx);
                     }
                 } else {
                     match reply {
@@ -2088,6 +2266,10 @@ impl Conn {
         }
     }
 }
+
+const FSCTL_LMR_REQUEST_RESILIENCY: u32 = 0x0014_01D4;
+const FSCTL_SMBTORTURE_GLOBAL_READ_RESPONSE_BODY_PADDING8: u32 = 0x8384_8023;
+const FSCTL_SMBTORTURE_FSP_ASYNC_SLEEP: u32 = 0x8384_8043;
 
 const MAX_NOTIFY: u32 = 8 * 1024 * 1024;
 

@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use smb_auth::users::UserDb;
 
-use crate::config::{Config, ConfigError};
+#[path = "cluster.rs"]
+pub mod cluster;
+
+use crate::config::{Config, ConfigError, LockTransport};
 use crate::locking::{EngineLocks, LockService};
 use crate::shared::{Share, Shared};
 use crate::worker::{Worker, WorkerError};
@@ -33,6 +36,8 @@ pub enum ServerError {
     Worker(#[from] WorkerError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
 }
 
 /// The lock service smbd uses: the in-process lock engine.
@@ -45,12 +50,33 @@ pub struct Server {
     shared: Arc<Shared>,
     listeners: Vec<TcpListener>,
     workers: usize,
+    pump: Option<cluster::Pump>,
 }
 
 impl Server {
-    /// Bind with the in-process lock engine ([`default_lock_service`]).
+    /// Bind with the lock service `[lockmgr]` names: the in-process engine
+    /// ([`default_lock_service`]) or a remote lockmgrd ([`cluster::ClusterLocks`]).
     pub fn bind(config: Config, extra_listen: &[SocketAddr]) -> Result<Server, ServerError> {
-        Self::bind_with_locks(config, extra_listen, default_lock_service())
+        if config.lockmgr.transport == LockTransport::Embedded {
+            return Self::bind_with_locks(config, extra_listen, default_lock_service());
+        }
+        let (locks, pump) = cluster::ClusterLocks::from_config(&config.lockmgr)?;
+        let mut server = Self::bind_with_locks(config, extra_listen, Box::new(locks))?;
+        server.pump = Some(pump);
+        Ok(server)
+    }
+
+    /// Bind with a cluster lock service built by the caller (tests: an in-process lockmgrd);
+    /// `pump` delivers what lockmgrd sends while the server runs.
+    pub fn bind_with_cluster(
+        config: Config,
+        extra_listen: &[SocketAddr],
+        locks: cluster::ClusterLocks,
+        pump: cluster::Pump,
+    ) -> Result<Server, ServerError> {
+        let mut server = Self::bind_with_locks(config, extra_listen, Box::new(locks))?;
+        server.pump = Some(pump);
+        Ok(server)
     }
 
     /// Bind with a given lock service (e.g. a client of a remote lockmgrd).
@@ -101,6 +127,7 @@ impl Server {
             shared,
             listeners,
             workers,
+            pump: None,
         })
     }
 
@@ -117,8 +144,19 @@ impl Server {
     }
 
     /// Run the workers until [`Stopper::stop`] is called; returns after all workers exited.
-    pub fn run(self) -> Result<(), ServerError> {
+    pub fn run(mut self) -> Result<(), ServerError> {
         let conn_ids = Arc::new(AtomicU64::new(1));
+        let pump = match self.pump.take() {
+            Some(p) => {
+                let shared = self.shared.clone();
+                Some(
+                    std::thread::Builder::new()
+                        .name("smbd-lockmgr-pump".into())
+                        .spawn(move || p.run(shared))?,
+                )
+            }
+            None => None,
+        };
         let mut handles = Vec::new();
         for idx in 0..self.workers {
             let mut ls = Vec::new();
@@ -141,6 +179,13 @@ impl Server {
                     result = Err(e.into());
                 }
                 Err(_) => tracing::error!("worker panicked"),
+            }
+        }
+        if let Some(p) = pump {
+            // Workers only exit on shutdown (or failure): make sure the pump sees it too.
+            self.shared.shutdown.store(true, Ordering::Relaxed);
+            if p.join().is_err() {
+                tracing::error!("lockmgr pump panicked");
             }
         }
         result

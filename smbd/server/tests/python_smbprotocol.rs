@@ -23,7 +23,9 @@ fn python() -> Option<String> {
 #[test]
 fn smbprotocol_operations() {
     let Some(py) = python() else {
-        missing("no python with smbprotocol (set SMBD_PYTHON; scripts/install-deps.sh makes a venv)");
+        missing(
+            "no python with smbprotocol (set SMBD_PYTHON; scripts/install-deps.sh makes a venv)",
+        );
         return;
     };
     let srv = TestServer::start(Options::default());

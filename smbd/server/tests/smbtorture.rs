@@ -103,3 +103,25 @@ fn smb2_maxfid() {
 fn smb2_lock() {
     suite("smb2.lock");
 }
+#[test]
+fn smb2_sharemode() {
+    suite("smb2.sharemode");
+}
+#[test]
+fn smb2_durable_open() {
+    suite("smb2.durable-open");
+}
+#[test]
+fn smb2_durable_v2_open() {
+    suite("smb2.durable-v2-open");
+}
+/// Takes minutes: waits out oplock break timeouts.
+#[test]
+fn smb2_oplock() {
+    suite("smb2.oplock");
+}
+/// Takes minutes: waits out lease break timeouts.
+#[test]
+fn smb2_lease() {
+    suite("smb2.lease");
+}

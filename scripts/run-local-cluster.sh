@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# A local all-active cluster: lockmgrd over shared memory and two smbd nodes serving one
+# directory (standing in for the cluster filesystem) through it.
+#
+#   bash scripts/run-local-cluster.sh            # run until Ctrl-C / SIGTERM
+#   bash scripts/run-local-cluster.sh --check    # start, smbclient ls on both nodes,
+#                                                # lockmgrctl status, stop (exit status = result)
+#
+# Environment:
+#   PORT1, PORT2     node ports on 127.0.0.1 (default 4451, 4452)
+#   DEMO_USER, DEMO_PASS   the demo account (default demo / demo-pass)
+#   USERS_FILE       use this users file (`user:password` lines) instead of the demo account
+#   BIN_DIR          use lockmgrd, lockmgrctl and smbd from this directory and do not build
+#   CARGO_TARGET_DIR where cargo builds (default: target/ in the repository)
+#   KEEP_DIR=1       keep the temporary directory on exit (logs, configs)
+set -euo pipefail
+
+MODE=run
+case "${1:-}" in
+    --check) MODE=check ;;
+    "") ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    *) echo "usage: $0 [--check]" >&2; exit 2 ;;
+esac
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PORT1="${PORT1:-4451}"
+PORT2="${PORT2:-4452}"
+DEMO_USER="${DEMO_USER:-demo}"
+DEMO_PASS="${DEMO_PASS:-demo-pass}"
+
+if [[ -n "${BIN_DIR:-}" ]]; then
+    BIN="$BIN_DIR"
+else
+    echo "building lockmgrd and smbd (release)..."
+    (cd "$REPO" && cargo build --release -p lockmgrd -p smbd)
+    BIN="${CARGO_TARGET_DIR:-$REPO/target}/release"
+fi
+for b in lockmgrd lockmgrctl smbd; do
+    [[ -x "$BIN/$b" ]] || { echo "missing $BIN/$b" >&2; exit 1; }
+done
+
+DIR="$(mktemp -d -t clustersmb.XXXXXX)"
+PIDS=()
+
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    # Stop what we started, by PID, nodes first so they leave lockmgrd in order.
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        kill -TERM "${PIDS[i]}" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ "${KEEP_DIR:-}" == 1 ]]; then
+        echo "kept $DIR"
+    else
+        rm -rf "$DIR"
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+mkdir -p "$DIR/share"
+head -c 32 /dev/urandom >"$DIR/cluster.key"
+chmod 600 "$DIR/cluster.key"
+if [[ -n "${USERS_FILE:-}" ]]; then
+    cp "$USERS_FILE" "$DIR/users"
+else
+    printf '%s:%s\n' "$DEMO_USER" "$DEMO_PASS" >"$DIR/users"
+fi
+echo "hello from the cluster filesystem" >"$DIR/share/README.txt"
+cat >"$DIR/client.conf" <<EOF
+[global]
+client min protocol = SMB2_02
+client max protocol = SMB3_11
+EOF
+SOCK="$DIR/lockmgr.sock"
+
+"$BIN/lockmgrd" --transport shm --listen "$SOCK" --cluster-key-file "$DIR/cluster.key" \
+    >"$DIR/lockmgrd.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do
+    [[ -S "$SOCK" ]] && break
+    kill -0 "${PIDS[0]}" 2>/dev/null || { cat "$DIR/lockmgrd.log" >&2; exit 1; }
+    sleep 0.1
+done
+[[ -S "$SOCK" ]] || { echo "lockmgrd did not start" >&2; cat "$DIR/lockmgrd.log" >&2; exit 1; }
+
+start_node() {
+    local n=$1 port=$2
+    cat >"$DIR/node$n.toml" <<EOF
+[server]
+netbios_name = "NODE$n"
+users = "$DIR/users"
+# Both nodes serve one filesystem: same file ids on both.
+cluster_fs_id = "0x636c7573"
+
+[[share]]
+name = "data"
+path = "$DIR/share"
+
+[lockmgr]
+transport = "shm"
+connect = "$SOCK"
+cluster_key_file = "$DIR/cluster.key"
+node_name = "node$n"
+EOF
+    NO_COLOR=1 "$BIN/smbd" --config "$DIR/node$n.toml" --listen "127.0.0.1:$port" \
+        >"$DIR/node$n.out" 2>"$DIR/node$n.log" &
+    local pid=$!
+    PIDS+=("$pid")
+    for _ in $(seq 100); do
+        grep -q "smbd listening" "$DIR/node$n.out" 2>/dev/null && return 0
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "node$n did not start:" >&2
+    cat "$DIR/node$n.log" >&2
+    exit 1
+}
+start_node 1 "$PORT1"
+start_node 2 "$PORT2"
+
+CTL=("$BIN/lockmgrctl" --transport shm --connect "$SOCK" --cluster-key-file "$DIR/cluster.key" status)
+
+if [[ "$MODE" == check ]]; then
+    for port in "$PORT1" "$PORT2"; do
+        out="$(smbclient //127.0.0.1/data -p "$port" -s "$DIR/client.conf" \
+            -U "$DEMO_USER%$DEMO_PASS" -c ls 2>&1)" || { echo "$out" >&2; exit 1; }
+        if ! grep -q README.txt <<<"$out" || grep -q NT_STATUS_ <<<"$out"; then
+            echo "smbclient ls on port $port failed:" >&2
+            echo "$out" >&2
+            exit 1
+        fi
+        echo "node on port $port: ls ok"
+    done
+    status="$("${CTL[@]}")"
+    echo "$status"
+    grep -q node1 <<<"$status" && grep -q node2 <<<"$status" || {
+        echo "lockmgrctl status does not list both nodes" >&2
+        exit 1
+    }
+    echo "CHECK OK"
+    exit 0
+fi
+
+cat <<EOF
+
+Local cluster running (temporary directory $DIR):
+  lockmgrd  shm socket $SOCK               (log: $DIR/lockmgrd.log)
+  node1     127.0.0.1:$PORT1                   (log: $DIR/node1.log)
+  node2     127.0.0.1:$PORT2                   (log: $DIR/node2.log)
+  share     //127.0.0.1/data -> $DIR/share
+  user      $DEMO_USER / $DEMO_PASS
+
+Connect to each node:
+  smbclient //127.0.0.1/data -p $PORT1 -s $DIR/client.conf -U '$DEMO_USER%$DEMO_PASS'
+  smbclient //127.0.0.1/data -p $PORT2 -s $DIR/client.conf -U '$DEMO_USER%$DEMO_PASS'
+
+Lock manager view (nodes, opens, byte-range locks, waiters, breaks):
+  ${CTL[*]}
+
+Ctrl-C stops every process and removes $DIR.
+EOF
+
+# Wait until a signal arrives or a process dies.
+while true; do
+    for pid in "${PIDS[@]}"; do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "process $pid exited; stopping the cluster" >&2
+            exit 1
+        fi
+    done
+    sleep 1 &
+    wait $! || true
+done

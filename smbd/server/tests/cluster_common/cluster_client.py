@@ -1,0 +1,327 @@
+#!/usr/bin/env python3
+"""Cross-node scenarios for the smbd cluster, with two smbprotocol clients on two nodes.
+
+usage: cluster_client.py HOST PORT1 PORT2 USER PASSWORD SCENARIO
+SCENARIO: sharemode | brl | blocking | oplock | lease | doc | kill
+Prints "PASS SCENARIO" and exits 0 when the cluster behaved; any mismatch raises (exit 1).
+`kill` prints "KILL-NODE2" once node 2's client holds its lock and node 1's client waits,
+then reads one line from stdin (the harness has SIGKILLed node 2's smbd) and expects node 1's
+waiting lock to be granted.
+
+smbprotocol has no API for unsolicited server messages (its receive thread dies on the
+MessageId 0xFFFFFFFFFFFFFFFF of an oplock/lease break), so a sink is registered under that
+MessageId to collect them, and break acknowledgements are sent as raw SMB2 OPLOCK_BREAK
+bodies (MS-SMB2 2.2.24.1, 2.2.24.2).
+"""
+import struct
+import sys
+import threading
+import time
+import uuid
+
+from smbprotocol.connection import Connection
+from smbprotocol.create_contexts import CreateContextName, SMB2CreateContextRequest
+from smbprotocol.exceptions import SMBResponseException
+from smbprotocol.open import (CreateDisposition, CreateOptions, FileAttributes,
+                              FilePipePrinterAccessMask as A, ImpersonationLevel, LockFlags,
+                              Open, ShareAccess, SMB2LockElement)
+from smbprotocol.session import Session
+from smbprotocol.tree import TreeConnect
+
+TIMEOUT = 20.0
+SHARING_VIOLATION = 0xC0000043
+LOCK_NOT_GRANTED = 0xC0000055
+FILE_LOCK_CONFLICT = 0xC0000054
+DELETE_PENDING = 0xC0000056
+NOT_FOUND = 0xC0000034
+OPLOCK_BATCH = 0x09
+OPLOCK_LEVEL_II = 0x01
+OPLOCK_LEASE = 0xFF
+SMB2_OPLOCK_BREAK = 0x12
+BREAK_MID = 0xFFFFFFFFFFFFFFFF
+RWH = 0x7
+RH = 0x3
+
+
+class _Zero:
+    def get_value(self):
+        return 0
+
+
+class BreakSink:
+    """Stands in for smbprotocol's Request under MessageId 0xFFFF...: collects breaks."""
+
+    def __init__(self):
+        self.async_id = None
+        self.session_id = None
+        self.message = {"reserved": _Zero()}
+        self.response_event = threading.Event()
+        self.response_event_lock = threading.Lock()
+        self.cond = threading.Condition()
+        self.bodies = []
+
+    @property
+    def response(self):
+        return None
+
+    @response.setter
+    def response(self, header):
+        with self.cond:
+            self.bodies.append(header["data"].get_value())
+            self.cond.notify_all()
+
+    def wait(self, timeout=TIMEOUT):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not self.bodies:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError("no break notification arrived")
+                self.cond.wait(left)
+            return self.bodies.pop(0)
+
+    def none_within(self, seconds):
+        time.sleep(seconds)
+        with self.cond:
+            return not self.bodies
+
+
+class Raw:
+    """A request body smbprotocol sends as is."""
+
+    def __init__(self, command, body):
+        self.COMMAND = command
+        self.body = body
+
+    def pack(self):
+        return self.body
+
+    def __len__(self):
+        return len(self.body)
+
+
+class Client:
+    def __init__(self, host, port, user, password, share="data"):
+        self.conn = Connection(uuid.uuid4(), host, port, require_signing=False)
+        self.conn.connect()
+        self.sink = BreakSink()
+        self.conn.outstanding_requests[BREAK_MID] = self.sink
+        self.sess = Session(self.conn, user, password, require_encryption=False)
+        self.sess.connect()
+        self.tree = TreeConnect(self.sess, rf"\\{host}\{share}")
+        self.tree.connect()
+
+    def open(self, name, access=A.GENERIC_READ | A.GENERIC_WRITE,
+             share=ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE,
+             disposition=CreateDisposition.FILE_OPEN_IF, options=0, oplock=0, lease_key=None,
+             lease_state=RWH):
+        f = Open(self.tree, name)
+        contexts = None
+        if lease_key is not None:
+            ctx = SMB2CreateContextRequest()
+            ctx["buffer_name"] = CreateContextName.SMB2_CREATE_REQUEST_LEASE
+            ctx["buffer_data"] = lease_key + struct.pack("<IIQ", lease_state, 0, 0)
+            contexts = [ctx]
+            oplock = OPLOCK_LEASE
+        resp = f.create(ImpersonationLevel.Impersonation, access,
+                        FileAttributes.FILE_ATTRIBUTE_NORMAL, share, disposition,
+                        CreateOptions.FILE_NON_DIRECTORY_FILE | options,
+                        create_contexts=contexts, oplock_level=oplock)
+        f.lease_response = resp
+        return f
+
+    def ack_oplock(self, f, level):
+        body = struct.pack("<HBBI", 24, level, 0, 0) + f.file_id
+        req = self.conn.send(Raw(SMB2_OPLOCK_BREAK, body), self.sess.session_id,
+                             self.tree.tree_connect_id)
+        self.conn.receive(req, timeout=TIMEOUT)
+
+    def ack_lease(self, key, state):
+        body = struct.pack("<HHI", 36, 0, 0) + key + struct.pack("<IQ", state, 0)
+        req = self.conn.send(Raw(SMB2_OPLOCK_BREAK, body), self.sess.session_id,
+                             self.tree.tree_connect_id)
+        self.conn.receive(req, timeout=TIMEOUT)
+
+    def close(self):
+        try:
+            self.conn.disconnect(True)
+        except Exception:
+            pass
+
+
+def lock_el(offset, length, exclusive=True, fail=True, unlock=False):
+    e = SMB2LockElement()
+    e["offset"] = offset
+    e["length"] = length
+    if unlock:
+        e["flags"] = LockFlags.SMB2_LOCKFLAG_UNLOCK
+    else:
+        flags = LockFlags.SMB2_LOCKFLAG_EXCLUSIVE_LOCK if exclusive else LockFlags.SMB2_LOCKFLAG_SHARED_LOCK
+        if fail:
+            flags |= LockFlags.SMB2_LOCKFLAG_FAIL_IMMEDIATELY
+        e["flags"] = flags
+    return e
+
+
+def expect_status(status, fn, *args, **kw):
+    try:
+        fn(*args, **kw)
+    except SMBResponseException as e:
+        assert e.status == status, f"expected 0x{status:08x}, got 0x{e.status:08x}"
+        return
+    raise AssertionError(f"expected 0x{status:08x}, the operation succeeded")
+
+
+class Background:
+    """Runs fn in a thread; result() re-raises its exception."""
+
+    def __init__(self, fn, *args, **kw):
+        self.value = None
+        self.error = None
+        self.done = threading.Event()
+
+        def run():
+            try:
+                self.value = fn(*args, **kw)
+            except BaseException as e:  # noqa: BLE001 - re-raised in result()
+                self.error = e
+            finally:
+                self.done.set()
+
+        self.t = threading.Thread(target=run, daemon=True)
+        self.t.start()
+
+    def result(self, timeout=TIMEOUT):
+        if not self.done.wait(timeout):
+            raise AssertionError("background operation did not finish")
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def sharemode(c1, c2):
+    f2 = c2.open("share.txt", share=0)
+    expect_status(SHARING_VIOLATION, c1.open, "share.txt")
+    f2.close()
+    c1.open("share.txt").close()
+
+
+def brl(c1, c2):
+    f2 = c2.open("brl.txt")
+    f2.write(b"x" * 100, 0)
+    f2.lock([lock_el(0, 10)])
+    f1 = c1.open("brl.txt")
+    expect_status(LOCK_NOT_GRANTED, f1.lock, [lock_el(5, 10)])
+    # MS-FSA 2.1.4.10: I/O is checked against other opens' locks, also across nodes.
+    expect_status(FILE_LOCK_CONFLICT, f1.write, b"y", 2)
+    f1.lock([lock_el(10, 10)])
+    f2.lock([lock_el(0, 10, unlock=True)])
+    f1.lock([lock_el(0, 10)])
+    f1.close()
+    f2.close()
+
+
+def blocking(c1, c2):
+    f2 = c2.open("block.txt")
+    f2.lock([lock_el(0, 10)])
+    f1 = c1.open("block.txt")
+    waiter = Background(f1.lock, [lock_el(0, 10, fail=False)])
+    time.sleep(0.5)
+    assert not waiter.done.is_set(), "the blocking lock was granted while node 2 held it"
+    f2.lock([lock_el(0, 10, unlock=True)])
+    waiter.result()
+    # Granted to node 1 only: node 2 cannot take it back.
+    expect_status(LOCK_NOT_GRANTED, f2.lock, [lock_el(0, 10)])
+    f1.close()
+    f2.close()
+
+
+def oplock(c1, c2):
+    f2 = c2.open("oplock.txt", oplock=OPLOCK_BATCH)
+    assert f2.oplock_level == OPLOCK_BATCH, f"batch oplock not granted: {f2.oplock_level}"
+    opener = Background(c1.open, "oplock.txt")
+    body = c2.sink.wait()
+    size, new_level = struct.unpack("<HB", body[:3])
+    assert size == 24, f"expected an oplock break, got structure size {size}"
+    assert new_level in (OPLOCK_LEVEL_II, 0), f"break to {new_level}"
+    assert body[8:24] == f2.file_id, "break names another file id"
+    assert not opener.done.is_set(), "node 1's create finished before the break was acked"
+    c2.ack_oplock(f2, new_level)
+    f1 = opener.result()
+    f1.close()
+    f2.close()
+
+
+def lease(c1, c2):
+    key = uuid.uuid4().bytes
+    f2 = c2.open("lease.txt", lease_key=key, lease_state=RWH)
+    assert f2.oplock_level == OPLOCK_LEASE, f"no lease: {f2.oplock_level}"
+    assert f2.lease_response, "no lease create context in the response"
+    granted = f2.lease_response[0]["lease_state"].get_value()
+    assert granted == RWH, f"lease state 0x{granted:x}"
+    opener = Background(c1.open, "lease.txt")
+    body = c2.sink.wait()
+    size, _epoch, flags = struct.unpack("<HHI", body[:8])
+    assert size == 44, f"expected a lease break, got structure size {size}"
+    assert body[8:24] == key, "break names another lease key"
+    current, new = struct.unpack("<II", body[24:32])
+    assert current == RWH, f"current state 0x{current:x}"
+    assert new == RH, f"new state 0x{new:x}"
+    assert flags & 1, "ack required flag missing"
+    assert not opener.done.is_set(), "node 1's create finished before the lease break was acked"
+    c2.ack_lease(key, new)
+    f1 = opener.result()
+    f1.close()
+    f2.close()
+
+
+def doc(c1, c2):
+    all_share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
+    f2 = c2.open("doc.txt", access=A.GENERIC_READ | A.DELETE, share=all_share,
+                 disposition=CreateDisposition.FILE_OVERWRITE_IF,
+                 options=CreateOptions.FILE_DELETE_ON_CLOSE)
+    f1 = c1.open("doc.txt", access=A.GENERIC_READ, share=all_share)
+    f2.close()
+    # Node 2's close left the file delete-pending while node 1 still has it open.
+    expect_status(DELETE_PENDING, c1.open, "doc.txt", access=A.GENERIC_READ, share=all_share)
+    f1.close()
+    # Node 1 closed the last open: the file is gone, on every node.
+    expect_status(NOT_FOUND, c2.open, "doc.txt", access=A.GENERIC_READ,
+                  disposition=CreateDisposition.FILE_OPEN)
+    expect_status(NOT_FOUND, c1.open, "doc.txt", access=A.GENERIC_READ,
+                  disposition=CreateDisposition.FILE_OPEN)
+
+
+def kill(c1, c2):
+    f2 = c2.open("kill.txt")
+    f2.lock([lock_el(0, 10)])
+    f1 = c1.open("kill.txt")
+    waiter = Background(f1.lock, [lock_el(0, 10, fail=False)])
+    time.sleep(0.5)
+    assert not waiter.done.is_set(), "the blocking lock was granted while node 2 held it"
+    print("KILL-NODE2", flush=True)
+    sys.stdin.readline()
+    waiter.result()
+    # Granted once: node 2's lock is gone, node 1 holds it now.
+    f1.lock([lock_el(0, 10, unlock=True)])
+    f1.close()
+
+
+SCENARIOS = {f.__name__: f for f in (sharemode, brl, blocking, oplock, lease, doc, kill)}
+
+
+def main():
+    host, p1, p2, user, password, scenario = sys.argv[1:7]
+    c1 = Client(host, int(p1), user, password)
+    c2 = Client(host, int(p2), user, password)
+    try:
+        SCENARIOS[scenario](c1, c2)
+    finally:
+        c1.close()
+        if scenario != "kill":
+            c2.close()
+    print(f"PASS {scenario}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,341 @@
+//! Test harness for the all-active cluster: one real `lockmgrd` process (shared memory) and
+//! several real `smbd` processes serving one directory through it, plus the Python
+//! smbprotocol driver (`cluster_client.py`) that talks to two nodes at once.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const USER: &str = "alice";
+pub const PASS: &str = "secret";
+pub const USER2: &str = "bob";
+pub const PASS2: &str = "pass2";
+pub const SHARE: &str = "data";
+const FS_ID: &str = "0x6c757374";
+
+/// Same rule as tests/common: in CI a missing tool fails, elsewhere the test is skipped.
+pub fn missing(what: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{what} (CI=true: missing capabilities fail instead of skipping)");
+    }
+    eprintln!("SKIPPED: {what}");
+}
+
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// The lockmgrd binary: $SMBD_LOCKMGRD, else next to our smbd (same target dir), else built
+/// there with cargo (smbd cannot name another package's binary as a dependency).
+pub fn lockmgrd_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("SMBD_LOCKMGRD") {
+            return PathBuf::from(p);
+        }
+        let smbd = Path::new(env!("CARGO_BIN_EXE_smbd"));
+        let dir = smbd.parent().expect("smbd has a directory");
+        let cand = dir.join("lockmgrd");
+        let target_dir = dir.parent().expect("profile dir has a parent");
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let mut c = Command::new(env!("CARGO"));
+        c.args(["build", "-q", "-p", "lockmgrd", "--bins"])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if release {
+            c.arg("--release");
+        }
+        // Always run cargo: it is a no-op when lockmgrd is up to date, and a stale binary
+        // would test old lock-manager code.
+        let st = c.status().expect("run cargo build -p lockmgrd");
+        assert!(st.success(), "cargo build -p lockmgrd failed");
+        assert!(cand.exists(), "{} missing after build", cand.display());
+        cand
+    })
+    .clone()
+}
+
+/// Reads `smbd listening on ADDR` and returns the port.
+fn read_port(child: &mut Child) -> u16 {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read smbd stdout");
+    line.trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected smbd output {line:?}"))
+}
+
+pub struct Node {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl Node {
+    /// SIGKILL: the node dies without closing anything (its lockmgrd session drops).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub share: PathBuf,
+    pub socket: PathBuf,
+    pub key: PathBuf,
+    pub lockmgrd: Option<Child>,
+    pub nodes: Vec<Node>,
+    pub client_conf: PathBuf,
+}
+
+#[derive(Clone)]
+pub struct ClusterOptions {
+    pub nodes: usize,
+    /// false: every node runs its own in-process lock engine (the broken "cluster" the
+    /// cross-node tests must detect).
+    pub shared_lockmgr: bool,
+    /// lockmgrd's oplock/lease break acknowledgement timeout.
+    pub break_timeout_ms: Option<u64>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            nodes: 2,
+            shared_lockmgr: true,
+            break_timeout_ms: None,
+        }
+    }
+}
+
+impl Cluster {
+    pub fn start(opts: ClusterOptions) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let share = dir.path().join("share");
+        std::fs::create_dir(&share).unwrap();
+        let users = dir.path().join("users");
+        std::fs::write(&users, format!("{USER}:{PASS}\n{USER2}:{PASS2}\n")).unwrap();
+        let key = dir.path().join("cluster.key");
+        std::fs::write(&key, rand_key()).unwrap();
+        let socket = dir.path().join("lockmgr.sock");
+        let client_conf = dir.path().join("client.conf");
+        std::fs::write(
+            &client_conf,
+            "[global]\nclient min protocol = SMB2_02\nclient max protocol = SMB3_11\n",
+        )
+        .unwrap();
+        let mut lockmgrd = None;
+        if opts.shared_lockmgr {
+            let log = std::fs::File::create(dir.path().join("lockmgrd.log")).unwrap();
+            let mut c = Command::new(lockmgrd_bin());
+            c.args(["--transport", "shm", "--listen"])
+                .arg(&socket)
+                .arg("--cluster-key-file")
+                .arg(&key)
+                .env("NO_COLOR", "1")
+                .stdout(Stdio::null())
+                .stderr(log);
+            if let Some(t) = opts.break_timeout_ms {
+                c.arg("--break-timeout-ms").arg(t.to_string());
+            }
+            lockmgrd = Some(c.spawn().expect("spawn lockmgrd"));
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !socket.exists() {
+                assert!(
+                    Instant::now() < deadline,
+                    "lockmgrd did not create its socket"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let mut cluster = Cluster {
+            dir,
+            share,
+            socket,
+            key,
+            lockmgrd,
+            nodes: Vec::new(),
+            client_conf,
+        };
+        for i in 1..=opts.nodes {
+            let node = cluster.start_node(&format!("node{i}"), &users, opts.shared_lockmgr);
+            cluster.nodes.push(node);
+        }
+        cluster
+    }
+
+    fn start_node(&self, name: &str, users: &Path, shared: bool) -> Node {
+        let cfg = self.dir.path().join(format!("{name}.toml"));
+        let mut text = format!(
+            "[server]\nnetbios_name = \"{}\"\nusers = \"{}\"\ncluster_fs_id = \"{FS_ID}\"\n\n[[share]]\nname = \"{SHARE}\"\npath = \"{}\"\n",
+            name.to_uppercase(),
+            users.display(),
+            self.share.display()
+        );
+        if shared {
+            text.push_str(&format!(
+                "\n[lockmgr]\ntransport = \"shm\"\nconnect = \"{}\"\ncluster_key_file = \"{}\"\nnode_name = \"{name}\"\n",
+                self.socket.display(),
+                self.key.display()
+            ));
+        }
+        std::fs::write(&cfg, text).unwrap();
+        let log = self.dir.path().join(format!("{name}.log"));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_smbd"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .env(
+                "RUST_LOG",
+                std::env::var("SMBD_TEST_LOG").unwrap_or("info".into()),
+            )
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn smbd");
+        let port = read_port(&mut child);
+        Node {
+            child: Some(child),
+            port,
+            name: name.to_string(),
+            log,
+        }
+    }
+
+    pub fn port(&self, i: usize) -> u16 {
+        self.nodes[i].port
+    }
+
+    /// Every process's log, for assertion messages.
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        let lm = std::fs::read_to_string(self.dir.path().join("lockmgrd.log")).unwrap_or_default();
+        s.push_str(&format!("--- lockmgrd ---\n{lm}\n"));
+        for n in &self.nodes {
+            s.push_str(&format!("--- {} ---\n{}\n", n.name, n.log()));
+        }
+        s
+    }
+
+    /// `lockmgrctl status` equivalent through a fresh session (needs lockmgrctl next to
+    /// lockmgrd; returns None if it is not there).
+    pub fn status(&self) -> Option<String> {
+        let ctl = lockmgrd_bin().with_file_name("lockmgrctl");
+        if !ctl.exists() {
+            return None;
+        }
+        let out = Command::new(ctl)
+            .args(["--transport", "shm", "--connect"])
+            .arg(&self.socket)
+            .arg("--cluster-key-file")
+            .arg(&self.key)
+            .arg("status")
+            .output()
+            .ok()?;
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+        if let Some(mut c) = self.lockmgrd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn rand_key() -> Vec<u8> {
+    let mut k = Vec::with_capacity(32);
+    let seed = std::process::id() as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(7);
+    let mut x = seed | 1;
+    for _ in 0..32 {
+        // xorshift: a test key only needs to be unpredictable enough not to collide.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        k.push(x as u8);
+    }
+    k
+}
+
+/// A Python interpreter that has smbprotocol: $SMBD_PYTHON, else /tmp/venv/bin/python.
+pub fn python() -> Option<String> {
+    let candidates = [
+        std::env::var("SMBD_PYTHON").unwrap_or_default(),
+        "/tmp/venv/bin/python".to_string(),
+    ];
+    candidates.into_iter().filter(|p| !p.is_empty()).find(|p| {
+        Command::new(p)
+            .args(["-c", "import smbprotocol"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    })
+}
+
+pub fn client_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster_common/cluster_client.py")
+}
+
+/// Runs one smbtorture suite against node `node` of `cluster`; returns the subunit text.
+pub fn run_smbtorture(cluster: &Cluster, node: usize, suite: &str) -> String {
+    let out = Command::new("smbtorture")
+        .arg(format!("//127.0.0.1/{SHARE}"))
+        .arg("-p")
+        .arg(cluster.port(node).to_string())
+        .arg("-s")
+        .arg(&cluster.client_conf)
+        .arg("-U")
+        .arg(format!("{USER}%{PASS}"))
+        .arg("--target=samba3")
+        .arg("--format=subunit")
+        .arg("--fullname")
+        .arg(format!("--option=torture:user2name={USER2}"))
+        .arg(format!("--option=torture:user2password={PASS2}"))
+        .arg(suite)
+        .output()
+        .expect("run smbtorture");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `smbd/tests/cluster-known-failures.txt`: `suite.test  # reason` lines.
+pub fn cluster_known_failures() -> Vec<String> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/cluster-known-failures.txt");
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}

@@ -1,0 +1,55 @@
+//! `scripts/run-local-cluster.sh --check` (the README's main command, non-interactive): starts
+//! lockmgrd and two smbd nodes, lists the share through both with smbclient, prints
+//! `lockmgrctl status`, stops everything and removes its temporary directory.
+
+mod cluster_common;
+use cluster_common::*;
+
+use std::path::Path;
+use std::process::Command;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+#[test]
+fn run_local_cluster_check() {
+    if !have("smbclient") {
+        missing("smbclient not installed (apt-get install smbclient)");
+        return;
+    }
+    let bin_dir = lockmgrd_bin()
+        .parent()
+        .expect("lockmgrd has a directory")
+        .to_path_buf();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/run-local-cluster.sh");
+    let (p1, p2) = (free_port(), free_port());
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg("--check")
+        .env("BIN_DIR", &bin_dir)
+        .env("PORT1", p1.to_string())
+        .env("PORT2", p2.to_string())
+        .output()
+        .expect("run the script");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("CHECK OK"), "{text}");
+    for node in ["node1", "node2"] {
+        assert!(
+            text.contains(node),
+            "{node} missing from lockmgrctl status:\n{text}"
+        );
+    }
+    // Nothing left listening: the script stopped its nodes.
+    for p in [p1, p2] {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", p)).is_err(),
+            "port {p} still served after --check"
+        );
+    }
+}
