@@ -65,3 +65,47 @@ pub fn decrypt(data: &[u8]) -> usize {
     }
     ok
 }
+
+/// Parses `data` as a users file (`UserDb::parse`; non-UTF-8 is refused earlier by `load`).
+/// Must never panic. An accepted file must hold exactly its `user:password` lines, each user
+/// found case-insensitively (MS-NLMP 3.3.2: NTOWFv2 upper-cases the user name) with the NT hash
+/// of everything after the first ':'. Returns how many users were loaded; `Err` describes a
+/// violated property.
+pub fn user_db(data: &[u8]) -> Result<usize, String> {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return Ok(0);
+    };
+    let Ok(db) = UserDb::parse(text) else {
+        return Ok(0);
+    };
+    let mut expected = 0;
+    for line in text.lines() {
+        let line = line.strip_suffix('\r').unwrap_or(line).trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((user, password)) = line.split_once(':') else {
+            return Err(format!("accepted a line without ':': {line:?}"));
+        };
+        let user = user.trim();
+        expected += 1;
+        let want = Some(crate::users::nt_hash_of_password(password));
+        let mut spellings = vec![user.to_string()];
+        if user.is_ascii() {
+            spellings.push(user.to_ascii_lowercase());
+            spellings.push(user.to_ascii_uppercase());
+        }
+        for name in &spellings {
+            if db.nt_hash(name) != want {
+                return Err(format!("{name:?} (line {line:?}) not found with its hash"));
+            }
+            if db.canonical_name(name) != Some(user) {
+                return Err(format!("{name:?} canonical name is not {user:?}"));
+            }
+        }
+    }
+    if db.len() != expected {
+        return Err(format!("{} users from {expected} lines", db.len()));
+    }
+    Ok(expected)
+}

@@ -1252,6 +1252,26 @@ mod tests {
     }
 
     #[test]
+    fn read_response_padding_moves_data_offset() {
+        let body = |padding| {
+            let mut w = Writer::new();
+            Response::Read {
+                data: b"abc".to_vec(),
+                data_remaining: 0,
+                padding,
+            }
+            .encode_body(&mut w, 0);
+            w.buf
+        };
+        let plain = body(0);
+        let padded = body(8);
+        assert_eq!(padded[2], plain[2] + 8);
+        assert_eq!(&padded[16..24], &[0u8; 8]);
+        assert_eq!(&padded[24..27], b"abc");
+        assert_eq!(padded.len(), plain.len() + 8);
+    }
+
+    #[test]
     fn truncated_read_is_error() {
         let mut w = req_header(Command::Read);
         w.u16(49).u8(0);

@@ -495,3 +495,87 @@ impl Conn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(ctxs: &[(&[u8], usize)]) -> CreateRequest {
+        CreateRequest {
+            contexts: ctxs
+                .iter()
+                .map(|(n, len)| CreateContext {
+                    name: n.to_vec(),
+                    data: vec![0; *len],
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reconnect_context_combinations() {
+        assert!(matches!(reconnect_request(&req(&[])), Ok(None)));
+        assert!(matches!(
+            reconnect_request(&req(&[(cctx::DHNC, 16)])),
+            Ok(Some(Reconnect { v2: None, .. }))
+        ));
+        // DHnQ next to DHnC is ignored; anything else makes the reconnect fail.
+        assert!(reconnect_request(&req(&[(cctx::DHNC, 16), (cctx::DHNQ, 16)])).is_ok());
+        assert_eq!(
+            reconnect_request(&req(&[(cctx::DHNC, 16), (cctx::MXAC, 0)])).err(),
+            Some(status::OBJECT_NAME_NOT_FOUND)
+        );
+        assert_eq!(
+            reconnect_request(&req(&[(cctx::DHNC, 16), (cctx::DH2Q, 32)])).err(),
+            Some(status::INVALID_PARAMETER)
+        );
+        assert_eq!(
+            reconnect_request(&req(&[(cctx::DHNC, 15)])).err(),
+            Some(status::INVALID_PARAMETER)
+        );
+        assert!(matches!(
+            reconnect_request(&req(&[(cctx::DH2C, 36)])),
+            Ok(Some(Reconnect { v2: Some(_), .. }))
+        ));
+    }
+
+    #[test]
+    fn durable_v2_timeouts() {
+        assert_eq!(v2_timeout(0), 60_000);
+        assert_eq!(v2_timeout(1_000), 1_000);
+        assert_eq!(v2_timeout(u32::MAX), 300_000);
+        assert!(matches!(
+            durable_request(&req(&[(cctx::DH2Q, 32)]), 0x0210),
+            Ok(None)
+        ));
+        assert!(matches!(
+            durable_request(&req(&[(cctx::DH2Q, 32)]), 0x0300),
+            Ok(Some(DurableKind::V2 {
+                timeout_ms: 60_000,
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn only_handle_caching_allows_durable() {
+        assert!(grant_allows_durable(&OplockGrant::Oplock(
+            OplockLevel::Batch
+        )));
+        assert!(!grant_allows_durable(&OplockGrant::Oplock(
+            OplockLevel::Exclusive
+        )));
+        assert!(!grant_allows_durable(&OplockGrant::None));
+        let lease = |s| {
+            OplockGrant::Lease(Lease {
+                key: LeaseKey(1),
+                state: LeaseState(s),
+                parent_key: None,
+                epoch: None,
+            })
+        };
+        assert!(grant_allows_durable(&lease(0x3)));
+        assert!(!grant_allows_durable(&lease(0x5)));
+    }
+}

@@ -77,13 +77,44 @@ fn cross_node_delete_on_close() {
 
 #[test]
 fn killed_node_releases_its_locks_to_waiters_on_other_nodes() {
+    kill_scenario(ClusterOptions::default());
+}
+
+/// Over UDP lockmgrd learns of the death when the node's liveness lease (1 s) runs out.
+#[test]
+fn udp_killed_node_releases_its_locks_to_waiters_on_other_nodes() {
+    kill_scenario(ClusterOptions {
+        udp: true,
+        ..ClusterOptions::default()
+    });
+}
+
+#[test]
+fn udp_cross_node_blocking_lock_and_oplock_break() {
     let Some(py) = python() else {
         missing(
             "no python with smbprotocol (set SMBD_PYTHON; scripts/install-deps.sh makes a venv)",
         );
         return;
     };
-    let mut cluster = Cluster::start(ClusterOptions::default());
+    let cluster = Cluster::start(ClusterOptions {
+        udp: true,
+        ..ClusterOptions::default()
+    });
+    for name in ["blocking", "oplock", "lease", "sharemode"] {
+        let (ok, text) = run_scenario(&cluster, &py, name);
+        assert!(ok, "{name} over udp:\n{text}\n{}", cluster.logs());
+    }
+}
+
+fn kill_scenario(opts: ClusterOptions) {
+    let Some(py) = python() else {
+        missing(
+            "no python with smbprotocol (set SMBD_PYTHON; scripts/install-deps.sh makes a venv)",
+        );
+        return;
+    };
+    let mut cluster = Cluster::start(opts);
     let mut child = Command::new(&py)
         .arg(client_script())
         .args([

@@ -103,6 +103,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub share: PathBuf,
     pub socket: PathBuf,
+    /// UDP: lockmgrd's ADDR:PORT.
+    pub udp: Option<String>,
     pub key: PathBuf,
     pub lockmgrd: Option<Child>,
     pub nodes: Vec<Node>,
@@ -117,6 +119,8 @@ pub struct ClusterOptions {
     pub shared_lockmgr: bool,
     /// lockmgrd's oplock/lease break acknowledgement timeout.
     pub break_timeout_ms: Option<u64>,
+    /// Nodes reach lockmgrd over UDP on loopback instead of shared memory.
+    pub udp: bool,
 }
 
 impl Default for ClusterOptions {
@@ -125,6 +129,7 @@ impl Default for ClusterOptions {
             nodes: 2,
             shared_lockmgr: true,
             break_timeout_ms: None,
+            udp: false,
         }
     }
 }
@@ -146,12 +151,18 @@ impl Cluster {
         )
         .unwrap();
         let mut lockmgrd = None;
+        let udp = opts.udp.then(|| {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.local_addr().unwrap().to_string()
+        });
         if opts.shared_lockmgr {
             let log = std::fs::File::create(dir.path().join("lockmgrd.log")).unwrap();
             let mut c = Command::new(lockmgrd_bin());
-            c.args(["--transport", "shm", "--listen"])
-                .arg(&socket)
-                .arg("--cluster-key-file")
+            match &udp {
+                Some(addr) => c.args(["--transport", "udp", "--listen", addr]),
+                None => c.args(["--transport", "shm", "--listen"]).arg(&socket),
+            };
+            c.arg("--cluster-key-file")
                 .arg(&key)
                 .env("NO_COLOR", "1")
                 .stdout(Stdio::null())
@@ -173,6 +184,7 @@ impl Cluster {
             dir,
             share,
             socket,
+            udp,
             key,
             lockmgrd,
             nodes: Vec::new(),
@@ -194,9 +206,12 @@ impl Cluster {
             self.share.display()
         );
         if shared {
+            let (transport, connect) = match &self.udp {
+                Some(addr) => ("udp", addr.clone()),
+                None => ("shm", self.socket.display().to_string()),
+            };
             text.push_str(&format!(
-                "\n[lockmgr]\ntransport = \"shm\"\nconnect = \"{}\"\ncluster_key_file = \"{}\"\nnode_name = \"{name}\"\n",
-                self.socket.display(),
+                "\n[lockmgr]\ntransport = \"{transport}\"\nconnect = \"{connect}\"\ncluster_key_file = \"{}\"\nnode_name = \"{name}\"\n",
                 self.key.display()
             ));
         }
@@ -247,9 +262,14 @@ impl Cluster {
         if !ctl.exists() {
             return None;
         }
-        let out = Command::new(ctl)
-            .args(["--transport", "shm", "--connect"])
-            .arg(&self.socket)
+        let mut c = Command::new(ctl);
+        match &self.udp {
+            Some(addr) => c.args(["--transport", "udp", "--connect", addr]),
+            None => c
+                .args(["--transport", "shm", "--connect"])
+                .arg(&self.socket),
+        };
+        let out = c
             .arg("--cluster-key-file")
             .arg(&self.key)
             .arg("status")
