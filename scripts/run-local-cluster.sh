@@ -88,12 +88,13 @@ SOCK="$DIR/lockmgr.sock"
 "$BIN/lockmgrd" --transport shm --listen "$SOCK" --cluster-key-file "$DIR/cluster.key" \
     >"$DIR/lockmgrd.log" 2>&1 &
 PIDS+=($!)
+# The socket file appears a moment before lockmgrd listens on it: wait for its log line.
 for _ in $(seq 100); do
-    [[ -S "$SOCK" ]] && break
+    grep -q "lockmgrd listening" "$DIR/lockmgrd.log" 2>/dev/null && break
     kill -0 "${PIDS[0]}" 2>/dev/null || { cat "$DIR/lockmgrd.log" >&2; exit 1; }
     sleep 0.1
 done
-[[ -S "$SOCK" ]] || { echo "lockmgrd did not start" >&2; cat "$DIR/lockmgrd.log" >&2; exit 1; }
+grep -q "lockmgrd listening" "$DIR/lockmgrd.log" || { echo "lockmgrd did not start" >&2; cat "$DIR/lockmgrd.log" >&2; exit 1; }
 
 start_node() {
     local n=$1 port=$2

@@ -32,6 +32,15 @@ struct Deferred {
     lease: Option<(ClientGuid, LeaseKey)>,
 }
 
+/// The request `pump_until` waits for and how to book its reply.
+struct Booking {
+    id: RequestId,
+    conn: SessionId,
+    conn_request: RequestId,
+    lease: Option<(ClientGuid, LeaseKey)>,
+    closing: Option<OpenId>,
+}
+
 /// The node's view of its lock-manager session, multiplexed over its SMB connections.
 pub struct NodeSessions<T: ClientTransport> {
     connect: Connector<T>,
@@ -201,39 +210,52 @@ impl<T: ClientTransport> NodeSessions<T> {
             }
         };
         let deadline = Instant::now() + timeout;
-        let reply = match self.pump_until(Some(id), deadline) {
+        let booking = Booking {
+            id,
+            conn,
+            conn_request,
+            lease,
+            closing,
+        };
+        match self.pump_until(Some(booking), deadline) {
             Ok(Some(reply)) => reply,
             Ok(None) => {
                 tracing::error!(request = id.0, "lockmgrd did not answer in time");
                 self.lost_session(&ClientError::Timeout);
-                return Reply::Done(Status::RequestNotAccepted);
+                Reply::Done(Status::RequestNotAccepted)
             }
             Err(e) => {
                 self.lost_session(&e);
-                return Reply::Done(Status::RequestNotAccepted);
+                Reply::Done(Status::RequestNotAccepted)
             }
-        };
-        match &reply {
-            Reply::Opened { open, grant } => self.book_open(conn, *open, *grant, lease),
+        }
+    }
+
+    /// Records what an immediate reply means for the node-local bookkeeping. Runs as soon as
+    /// the reply is read, before the events that follow it in the same batch are routed: a
+    /// break of a just-granted oplock, or the completion of a request that just went
+    /// `Pending`, can arrive right behind the reply when this thread was slow to read it.
+    fn book_reply(&mut self, b: &Booking, reply: &Reply) {
+        match reply {
+            Reply::Opened { open, grant } => self.book_open(b.conn, *open, *grant, b.lease),
             Reply::Pending => {
                 self.deferred.insert(
-                    id,
+                    b.id,
                     Deferred {
-                        conn,
-                        conn_request,
-                        lease,
+                        conn: b.conn,
+                        conn_request: b.conn_request,
+                        lease: b.lease,
                     },
                 );
-                self.conn_deferred.insert((conn, conn_request), id);
+                self.conn_deferred.insert((b.conn, b.conn_request), b.id);
             }
             Reply::Closed { .. } => {
-                if let Some(open) = closing {
+                if let Some(open) = b.closing {
                     self.forget_open(open);
                 }
             }
             _ => {}
         }
-        reply
     }
 
     fn book_open(
@@ -262,22 +284,30 @@ impl<T: ClientTransport> NodeSessions<T> {
     }
 
     /// Reads what lockmgrd sent until the reply to `want` arrives (or, with `want == None`, until
-    /// nothing more is waiting). Notifications are translated and queued for `poll_event`.
+    /// nothing more is waiting). Notifications are translated and queued for `poll_event`, in
+    /// the order they arrived relative to the reply (see [`NodeSessions::book_reply`]).
     fn pump_until(
         &mut self,
-        want: Option<RequestId>,
+        want: Option<Booking>,
         deadline: Instant,
     ) -> Result<Option<Reply>, ClientError> {
+        let mut found = None;
         loop {
             let Some(client) = self.client.as_mut() else {
                 return Err(ClientError::SessionEnded);
             };
             let mut got = Vec::new();
             let n = client.poll(&mut |ev| got.push(ev))?;
-            let mut found = None;
             for ev in got {
                 match ev {
-                    Event::Reply { request, reply } if Some(request) == want => found = Some(reply),
+                    Event::Reply { request, reply }
+                        if found.is_none() && want.as_ref().is_some_and(|b| b.id == request) =>
+                    {
+                        if let Some(b) = &want {
+                            self.book_reply(b, &reply);
+                        }
+                        found = Some(reply);
+                    }
                     Event::Reply { request, .. } => {
                         self.fire_and_forget.remove(&request);
                     }

@@ -1,6 +1,6 @@
-//! Properties the cargo-fuzz target (`fuzz/`, target `config`) checks, shared with the corpus
-//! regression test (`tests/fuzz_corpus.rs`) so `cargo test` replays every saved input through
-//! exactly the same code. Not part of the stable API.
+//! Properties the cargo-fuzz target (`fuzz/`, target `lockmgrd_config`) checks, shared with
+//! the corpus regression test (`tests/fuzz_corpus.rs`) so `cargo test` replays every saved
+//! input through exactly the same code. Not part of the stable API.
 //!
 //! Arbitrary text must never panic the config parser; `Err` means a violated property.
 
@@ -107,6 +107,18 @@ pub fn samples() -> Vec<(String, String)> {
             "rdma",
             "[transport]\nkind = \"rdma\"\nlisten = \"10.0.0.1:7501\"\nrdma_device = \"mlx5_0\"\n\
              rdma_port = 2\ngid_index = 3\nrdma_slots = 64\n",
+        ),
+        // The same settings in TOML's other spellings: inline table, dotted keys, literal and
+        // multi-line strings.
+        s(
+            "inline-table",
+            "transport = { kind = \"udp\", listen = '127.0.0.1:7500', spin_us = 1_000 }\n\
+             engine = { break_timeout_ms = 0x10 }\n",
+        ),
+        s(
+            "dotted-keys",
+            "transport.kind = \"shm\"\ntransport.listen = \"\"\"\n/run/l.sock\"\"\"\n\
+             sessions.liveness_ms = 1\n",
         ),
         (
             "cfg-keyfile.toml".into(),

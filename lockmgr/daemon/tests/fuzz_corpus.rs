@@ -1,5 +1,6 @@
-//! Replays the checked-in fuzz corpus (`fuzz/corpus/config/`) through the same check as the
-//! `config` fuzz target, so `cargo test` on stable guards every input fuzzing found interesting.
+//! Replays the checked-in fuzz corpus (`fuzz/corpus/lockmgrd_config/`) through the same check
+//! as the `lockmgrd_config` fuzz target, so `cargo test` on stable guards every input fuzzing
+//! found interesting.
 
 use std::path::Path;
 
@@ -7,7 +8,7 @@ use lockmgrd::fuzzing::{self, Outcome};
 
 #[test]
 fn config_corpus() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/config");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/lockmgrd_config");
     let mut files = Vec::new();
     for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let p = e.unwrap().path();
@@ -29,15 +30,17 @@ fn config_corpus() {
         }
         // Truncations cut keys, strings and tables in every possible place.
         for cut in 0..data.len() {
-            fuzzing::check_config(&data[..cut])
-                .unwrap_or_else(|e| panic!("{name}[..{cut}]: {e}"));
+            fuzzing::check_config(&data[..cut]).unwrap_or_else(|e| panic!("{name}[..{cut}]: {e}"));
         }
     }
 }
 
 #[test]
 fn key_hex_must_be_plain_digits() {
-    for good in ["000102030405060708090a0b0c0d0e0f", " 00112233445566778899AABBCCDDEEFF\n"] {
+    for good in [
+        "000102030405060708090a0b0c0d0e0f",
+        " 00112233445566778899AABBCCDDEEFF\n",
+    ] {
         fuzzing::check_key_hex(good).unwrap();
     }
     // `u8::from_str_radix` accepts a leading '+', which made "+0+1..." a valid key.

@@ -45,6 +45,12 @@ fn oplock_state(level: OplockLevel) -> LeaseState {
     }
 }
 
+/// Samba's is_lease_stat_open: besides attributes, READ_CONTROL neither breaks leases nor
+/// keeps other opens from getting one (smbtorture lease.statopen4).
+fn is_lease_stat_open(access: u32) -> bool {
+    is_stat_open(access & !crate::types::access::READ_CONTROL)
+}
+
 /// The strongest oplock level within `state` (an oplock cannot express RH: it becomes Level II).
 fn oplock_level(state: LeaseState) -> OplockLevel {
     if state.contains(LeaseState::RWH) {
@@ -92,6 +98,8 @@ struct OpenState {
     /// hot path to an append.
     locks: Vec<LockRef>,
     live_locks: usize,
+    /// A stat open that asked for no caching: counted in `FileState::stat_opens`.
+    plain_stat: bool,
 }
 
 #[derive(Debug)]
@@ -127,6 +135,11 @@ struct DeferredOpen {
 #[derive(Debug, Default)]
 struct FileState {
     open_count: usize,
+    /// Opens among `open_count` without data access (attributes, SYNCHRONIZE, READ_CONTROL)
+    /// that asked for no caching: they never stand in the way of a caching grant (Samba
+    /// keeps no share-mode entry for them; smbtorture lease.statopen2/3/4). A stat open that
+    /// holds a lease or oplock does count (lease.statopen, oplock.batch9).
+    stat_opens: usize,
     counters: ShareCounters,
     delete_pending: bool,
     locks: LockTable,
@@ -691,8 +704,10 @@ impl Engine {
     /// other opens (other lease keys) break to none. Nobody waits for these: without H no ack
     /// is required; a lease holding H is asked to ack, but the I/O proceeds.
     fn break_read_holders(&mut self, now: Time, f: FileId, requester: OpenId) {
+        // The writer's own Level II oplock breaks too (smbtorture oplock.batch1 "self break");
+        // only the writer's own lease is spared.
         let except_lease = self.opens.get(&requester).and_then(|o| o.lease);
-        for h in self.holders(f, Some(requester), except_lease) {
+        for h in self.holders(f, None, except_lease) {
             let cur = self.holder_state(h);
             if !cur.contains(LeaseState::READ)
                 || cur.contains(LeaseState::WRITE)
@@ -765,39 +780,55 @@ impl Engine {
             return Attempt::Done(Reply::Done(Status::DeletePending));
         }
         let share_conflict = file.counters.conflicts(req.access, req.share);
-        let stat_open = is_stat_open(req.access);
 
-        // MS-FSA 2.1.5.1.2: oplock breaks come before the sharing check. Another open breaks
-        // write caching (W, Exclusive, Batch); a sharing violation also breaks handle caching
-        // (H, Batch) because the holder may be keeping a handle the client already closed;
-        // overwrite/supersede breaks everything.
+        // Breaks before the grant, the way Windows and Samba order them (MS-FSA 2.1.5.1.2,
+        // 2.1.4.12): an open that will fail the sharing check only breaks handle caching
+        // (the holder may be keeping a handle its application already closed) and waits for
+        // that; an open that passes breaks write caching. Overwrite/supersede break to NONE.
+        // A holder whose caching this open does not touch is left alone, so e.g. an exclusive
+        // oplock survives a sharing violation without a break (smbtorture oplock.exclusive1).
+        // Stat opens break nothing; lease holders also ignore READ_CONTROL-only opens.
         let mut waiting = Vec::new();
-        for h in self.holders(req.file, None, lease_id) {
-            let cur = self.holder_state(h);
-            let mut target = cur;
-            if !stat_open {
-                target = without(target, LeaseState::WRITE);
-            }
-            if share_conflict {
-                target = without(target, LeaseState::HANDLE);
-            }
-            if req.overwrite {
-                target = LeaseState::NONE;
-            }
-            if let Holder::Oplock(_) = h {
-                target = oplock_state(oplock_level(target));
-            }
-            if target == cur {
-                continue;
-            }
-            if self.holder_breaking(h) {
-                waiting.push(h);
-                continue;
-            }
-            let ack = cur.contains(LeaseState::WRITE) || cur.contains(LeaseState::HANDLE);
-            self.send_break(now, h, target, ack);
-            if ack {
-                waiting.push(h);
+        // An overwrite truncates, so even an attributes-only open then counts as a writer
+        // (smbtorture oplock.batch13/14/16, exclusive5).
+        if !is_stat_open(req.access) || req.overwrite {
+            let delay_mask = if share_conflict {
+                LeaseState::HANDLE
+            } else {
+                LeaseState::WRITE
+            };
+            let lease_stat_open = is_lease_stat_open(req.access);
+            for h in self.holders(req.file, None, lease_id) {
+                let is_lease = matches!(h, Holder::Lease(_));
+                if is_lease && lease_stat_open && !req.overwrite {
+                    continue;
+                }
+                let cur = self.holder_state(h);
+                let breaking = self.holder_breaking(h);
+                let mut target = without(cur, delay_mask);
+                if req.overwrite {
+                    target = LeaseState::NONE;
+                }
+                if without(cur, target) == LeaseState::NONE {
+                    // Nothing to take away, but a break in flight still settles first.
+                    if breaking {
+                        waiting.push(h);
+                    }
+                    continue;
+                }
+                if !is_lease {
+                    // Oplocks only break to Level II or none.
+                    target = target.intersection(LeaseState::READ);
+                }
+                if breaking {
+                    waiting.push(h);
+                    continue;
+                }
+                let ack = cur.contains(LeaseState::WRITE) || cur.contains(LeaseState::HANDLE);
+                self.send_break(now, h, target, ack);
+                if ack && cur.intersection(delay_mask) != LeaseState::NONE {
+                    waiting.push(h);
+                }
             }
         }
         if !waiting.is_empty() {
@@ -819,6 +850,22 @@ impl Engine {
             .files
             .get(&req.file)
             .map_or((0, false), |f| (f.open_count, !f.locks.is_empty()));
+        // Samba's grant rules (smbd/open.c delay_for_oplock): an oplock is not granted next to
+        // a lease with handle caching, and a lease gets no handle caching next to an open
+        // without a lease (oplock or none), since such an open cannot be told to close.
+        let other_lease_has_handle = self.holders(req.file, None, lease_id).into_iter().any(|h| {
+            matches!(h, Holder::Lease(_)) && self.holder_state(h).contains(LeaseState::HANDLE)
+        });
+        let lease_opens_on_file: usize = self.files.get(&req.file).map_or(0, |f| {
+            f.leases
+                .iter()
+                .filter_map(|l| self.leases.get(l))
+                .map(|r| r.opens.len())
+                .sum()
+        });
+        let stat_opens = self.files.get(&req.file).map_or(0, |f| f.stat_opens);
+        let open_count = open_count.saturating_sub(stat_opens);
+        let non_lease_opens = open_count > lease_opens_on_file;
         let mut oplock = LeaseState::NONE;
         let mut lease = None;
         let grant = match req.oplock {
@@ -829,7 +876,7 @@ impl Engine {
                 // caches writes, or the file has byte-range locks (Windows grants no Level II
                 // then, KB 306981; Samba does the same).
                 let granted = match level {
-                    _ if req.directory => OplockLevel::None,
+                    _ if req.directory || other_lease_has_handle => OplockLevel::None,
                     OplockLevel::None => OplockLevel::None,
                     OplockLevel::Exclusive | OplockLevel::Batch if open_count == 0 => level,
                     _ if others_hold_write || has_locks => OplockLevel::None,
@@ -861,7 +908,17 @@ impl Engine {
                 if others_hold_write {
                     allowed = LeaseState::NONE;
                 }
-                let granted = requested.intersection(allowed);
+                if non_lease_opens {
+                    allowed = without(allowed, LeaseState::HANDLE);
+                }
+                if has_locks {
+                    allowed = without(allowed, LeaseState::READ);
+                }
+                let mut granted = requested.intersection(allowed);
+                // Only R, RH, RW and RWH make sense; anything without R is no lease at all.
+                if !granted.contains(LeaseState::READ) {
+                    granted = LeaseState::NONE;
+                }
                 let rec = self.leases.entry(id).or_insert_with(|| LeaseRec {
                     file: req.file,
                     state: granted,
@@ -874,12 +931,15 @@ impl Engine {
                 let new_lease = rec.opens.is_empty();
                 // An existing lease is upgraded only if the request covers its current state
                 // and no break is in progress (MS-SMB2 3.3.5.9.8); otherwise it is unchanged.
-                if !new_lease && rec.breaking.is_none() && requested.contains(rec.state) {
-                    let upgraded = rec.state.union(granted);
-                    if upgraded != rec.state {
-                        rec.state = upgraded;
-                        rec.epoch = rec.epoch.map(|e| e.wrapping_add(1));
-                    }
+                // Samba upgrades only when everything asked for can be granted.
+                if !new_lease
+                    && rec.breaking.is_none()
+                    && requested.contains(rec.state)
+                    && granted == requested
+                    && granted != rec.state
+                {
+                    rec.state = granted;
+                    rec.epoch = rec.epoch.map(|e| e.wrapping_add(1));
                 }
                 rec.opens.push(open_id);
                 let grant = Self::lease_grant(id, rec);
@@ -897,6 +957,10 @@ impl Engine {
             return Attempt::Done(Reply::Done(Status::Unsuccessful));
         };
         file.open_count += 1;
+        let plain_stat = is_lease_stat_open(req.access) && req.oplock == OplockRequest::None;
+        if plain_stat {
+            file.stat_opens += 1;
+        }
         file.counters.add(req.access, req.share);
         if oplock != LeaseState::NONE {
             file.oplock_holders.push(open_id);
@@ -915,6 +979,7 @@ impl Engine {
                 oplock_break: None,
                 locks: Vec::new(),
                 live_locks: 0,
+                plain_stat,
             },
         );
         if let Some(s) = self.sessions.get_mut(&session) {
@@ -994,6 +1059,9 @@ impl Engine {
         }
         file.counters.remove(o.access, o.share);
         file.open_count = file.open_count.saturating_sub(1);
+        if o.plain_stat {
+            file.stat_opens = file.stat_opens.saturating_sub(1);
+        }
         if o.delete_on_close {
             file.delete_pending = true;
         }
@@ -1084,7 +1152,8 @@ impl Engine {
             return;
         };
         let Some(b) = o.oplock_break else {
-            self.reply(session, request, Reply::Done(Status::Unsuccessful));
+            // MS-SMB2 3.3.5.22.1: an ack when no break is in progress.
+            self.reply(session, request, Reply::Done(Status::InvalidOplockProtocol));
             return;
         };
         let acked = oplock_state(level);

@@ -97,7 +97,7 @@ fn break_timeout_completes_deferred_create() {
                 level: OplockLevel::None
             }
         ),
-        Reply::Done(Status::Unsuccessful)
+        Reply::Done(Status::InvalidOplockProtocol)
     );
 }
 
@@ -478,10 +478,9 @@ fn level_ii_and_r_lease_break_to_none_without_ack() {
         Reply::Done(Status::Success)
     );
     assert_eq!(h.breaks_for(S1), vec![oplock_break(a, OplockLevel::None)]);
-    assert!(
-        h.breaks_for(S2).is_empty(),
-        "own oplock is not broken by own lock"
-    );
+    // The locker's own Level II oplock breaks too (Windows and Samba: smbtorture
+    // oplock.brl1/batch1 expect this "self break").
+    assert_eq!(h.breaks_for(S2), vec![oplock_break(b, OplockLevel::None)]);
 }
 
 /// MS-FSA 2.1.5.1.2 / MS-SMB2 3.3.5.9: overwrite and supersede break all caching to None.
@@ -544,9 +543,10 @@ fn overwrite_breaks_to_none() {
     ));
 }
 
-/// Ack rules (MS-SMB2 3.3.5.22): no break pending -> Unsuccessful.
+/// Ack rules (MS-SMB2 3.3.5.22.1): an oplock ack with no break pending ->
+/// INVALID_OPLOCK_PROTOCOL (smbtorture oplock.levelii500).
 #[test]
-fn ack_without_break_is_unsuccessful() {
+fn ack_without_break_is_invalid_oplock_protocol() {
     let mut h = H::new();
     let (a, _) = h.open_ok(
         S1,
@@ -560,7 +560,7 @@ fn ack_without_break_is_unsuccessful() {
                 level: OplockLevel::None
             }
         ),
-        Reply::Done(Status::Unsuccessful)
+        Reply::Done(Status::InvalidOplockProtocol)
     );
     assert_eq!(
         h.req(
@@ -682,4 +682,44 @@ fn no_level_ii_oplock_while_byte_range_locks_exist() {
         with_oplock(file_open(F1, RW, SHARE_ALL), OplockLevel::Batch),
     );
     assert_eq!(g, OplockGrant::Oplock(OplockLevel::LevelII));
+}
+
+/// MS-FSA 2.1.5.1.2 as Windows and Samba order it: an open that fails the sharing check only
+/// breaks handle caching, so an exclusive oplock is not broken at all (smbtorture
+/// oplock.exclusive1) while a batch oplock is broken to Level II and the open waits for it.
+#[test]
+fn sharing_violation_breaks_only_handle_caching() {
+    let mut h = H::new();
+    h.open_ok(
+        S1,
+        with_oplock(file_open(F1, RW, 0), OplockLevel::Exclusive),
+    );
+    let (_, r) = h.call(S2, Request::Open(file_open(F1, RW, SHARE_ALL)));
+    assert_eq!(r, Reply::Done(Status::SharingViolation));
+    assert!(
+        h.breaks_for(S1).is_empty(),
+        "exclusive oplock must not break"
+    );
+
+    let (b, _) = h.open_ok(S1, with_oplock(file_open(F2, RW, 0), OplockLevel::Batch));
+    let (id, r) = h.call(S2, Request::Open(file_open(F2, RW, SHARE_ALL)));
+    assert_eq!(r, Reply::Pending);
+    assert_eq!(
+        h.breaks_for(S1),
+        vec![oplock_break(b, OplockLevel::LevelII)]
+    );
+    assert!(matches!(
+        h.req(
+            S1,
+            Request::OplockBreakAck {
+                open: b,
+                level: OplockLevel::LevelII
+            }
+        ),
+        Reply::Acked { .. }
+    ));
+    assert_eq!(
+        h.completed(S2, id),
+        Some(Reply::Done(Status::SharingViolation))
+    );
 }

@@ -86,7 +86,10 @@ pub fn header_samples() -> Vec<(String, Vec<u8>)> {
     vec![
         ("hdr-data".into(), msg(Kind::Data, 16, b"lockmgr frame")),
         ("hdr-data-empty".into(), msg(Kind::Data, 0, b"")),
-        ("hdr-data-max".into(), msg(Kind::Data, 1, &[0xa5; MAX_FRAME])),
+        (
+            "hdr-data-max".into(),
+            msg(Kind::Data, 1, &[0xa5; MAX_FRAME]),
+        ),
         ("hdr-credit".into(), msg(Kind::Credit, 31, b"")),
     ]
 }

@@ -32,7 +32,11 @@ fn replay(
     let files = corpus(target);
     for (name, data) in seeds {
         let found = files.iter().find(|(n, _)| n == name).map(|(_, d)| d);
-        assert_eq!(found, Some(data), "seed {name} missing or stale: run gen_fuzz_corpus");
+        assert_eq!(
+            found,
+            Some(data),
+            "seed {name} missing or stale: run gen_fuzz_corpus"
+        );
     }
     for (name, data) in &files {
         let outcome = check(data).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -73,12 +77,18 @@ fn rdma_hello_corpus() {
 #[test]
 fn rdma_hello_checks_reject_short_and_bad_input() {
     let (_, roce) = &fuzzing::hello_samples()[0];
-    assert_eq!(fuzzing::check_hello(&roce[..47]).unwrap(), Outcome::Rejected);
+    assert_eq!(
+        fuzzing::check_hello(&roce[..47]).unwrap(),
+        Outcome::Rejected
+    );
     let mut reserved = roce.clone();
     reserved[44] = 1;
     assert_eq!(fuzzing::check_hello(&reserved).unwrap(), Outcome::Rejected);
     // Trailing bytes after the fixed-size hello are not part of it.
     let mut trailing = roce.clone();
     trailing.push(9);
-    assert_eq!(fuzzing::check_hello(&trailing).unwrap(), Outcome::RoundTripped);
+    assert_eq!(
+        fuzzing::check_hello(&trailing).unwrap(),
+        Outcome::RoundTripped
+    );
 }

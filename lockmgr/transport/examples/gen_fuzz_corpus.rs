@@ -1,5 +1,6 @@
-//! Writes the fuzzing seed corpora of the `reliable_datagram` and `eth_frames` targets into
-//! `fuzz/corpus/<target>/` (real encoded inputs; libFuzzer's own finds sit beside them).
+//! Writes the fuzzing seed corpora of the `reliable_datagram`, `eth_frames` and `shm_hello`
+//! targets into `fuzz/corpus/<target>/` (real encoded inputs; libFuzzer's own finds sit beside
+//! them).
 //!
 //! `cargo run -p lockmgr-transport --example gen_fuzz_corpus`
 
@@ -22,5 +23,6 @@ fn write(target: &str, files: &[(String, Vec<u8>)]) -> std::io::Result<()> {
 fn main() -> std::io::Result<()> {
     write("reliable_datagram", &fuzzing::reliable_samples())?;
     write("eth_frames", &fuzzing::eth_samples())?;
+    write("shm_hello", &fuzzing::shm_hello_samples())?;
     Ok(())
 }

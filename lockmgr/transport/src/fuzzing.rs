@@ -189,10 +189,7 @@ pub fn eth_samples() -> Vec<(String, Vec<u8>)> {
     let big: Vec<u8> = (0..DGRAM_MAX).map(|i| (i * 7 % 251) as u8).collect();
     let mut out = Vec::new();
     for (name, d) in small.iter().take(3) {
-        out.push((
-            format!("eth-{name}"),
-            eth_input(&eth_frames(PEER, d, 1500)),
-        ));
+        out.push((format!("eth-{name}"), eth_input(&eth_frames(PEER, d, 1500))));
     }
     let frags = eth_frames(PEER, &big, MIN_MTU);
     out.push(("eth-max-in-order".into(), eth_input(&frags)));
@@ -208,4 +205,36 @@ pub fn eth_samples() -> Vec<(String, Vec<u8>)> {
     }
     out.push(("eth-padded".into(), eth_input(&padded)));
     out
+}
+
+/// The shm set-up hello a client receives with the ring fds: an accepted hello must announce a
+/// valid ring size and re-encode byte for byte (so its region length is the one the server
+/// computes for that ring).
+pub fn check_shm_hello(data: &[u8]) -> Result<Outcome, PropertyViolation> {
+    let Ok(ring) = crate::shm::decode_hello(data) else {
+        return Ok(Outcome::Rejected);
+    };
+    if crate::shm::encode_hello(ring)[..] != *data {
+        return Err(violation(format!(
+            "hello for a {ring}-byte ring re-encodes differently"
+        )));
+    }
+    Ok(Outcome::RoundTripped)
+}
+
+/// Real hellos (seed corpus of the `shm_hello` target): the default ring and both size limits.
+pub fn shm_hello_samples() -> Vec<(String, Vec<u8>)> {
+    [
+        ("default", 256 * 1024),
+        ("min", 32 * 1024),
+        ("max", 1 << 30),
+    ]
+    .into_iter()
+    .map(|(name, ring)| {
+        (
+            format!("hello-{name}"),
+            crate::shm::encode_hello(ring).to_vec(),
+        )
+    })
+    .collect()
 }

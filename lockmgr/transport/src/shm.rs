@@ -411,13 +411,29 @@ impl Default for ShmConfig {
 }
 
 /// Hello sent with the fds: magic, version, ring_bytes, region_len.
-fn encode_hello(ring_bytes: usize) -> [u8; HELLO_LEN] {
+pub(crate) fn encode_hello(ring_bytes: usize) -> [u8; HELLO_LEN] {
     let mut b = [0u8; HELLO_LEN];
     b[0..8].copy_from_slice(&MAGIC.to_le_bytes());
     b[8..12].copy_from_slice(&VERSION.to_le_bytes());
     b[12..16].copy_from_slice(&(ring_bytes as u32).to_le_bytes());
     b[16..24].copy_from_slice(&(region_len(ring_bytes) as u64).to_le_bytes());
     b
+}
+
+/// Validates a received hello (exactly the bytes that arrived) and returns the ring size it
+/// announces; the region length must agree with it, so a peer cannot make us map less than
+/// the rings span. Separate from `connect` so the fuzz target reaches it without a socket.
+pub(crate) fn decode_hello(hello: &[u8]) -> Result<usize, TransportError> {
+    if hello.len() != HELLO_LEN || le_u64(&hello[0..8]) != MAGIC || le_u32(&hello[8..12]) != VERSION
+    {
+        return Err(TransportError::Protocol("bad shm hello"));
+    }
+    let ring = le_u32(&hello[12..16]) as usize;
+    let len = le_u64(&hello[16..24]);
+    if !valid_ring_bytes(ring) || len != region_len(ring) as u64 {
+        return Err(TransportError::Protocol("bad shm ring size"));
+    }
+    Ok(ring)
 }
 
 fn le_u64(b: &[u8]) -> u64 {
@@ -860,14 +876,8 @@ impl ShmClient {
         if n == 0 {
             return Err(TransportError::Disconnected);
         }
-        if n != HELLO_LEN || le_u64(&hello[0..8]) != MAGIC || le_u32(&hello[8..12]) != VERSION {
-            return Err(TransportError::Protocol("bad shm hello"));
-        }
-        let ring = le_u32(&hello[12..16]) as usize;
-        let len = le_u64(&hello[16..24]);
-        if !valid_ring_bytes(ring) || len != region_len(ring) as u64 {
-            return Err(TransportError::Protocol("bad shm ring size"));
-        }
+        let ring = decode_hello(hello.get(..n).unwrap_or(&[]))?;
+        let len = region_len(ring) as u64;
         let mut fds = fds.into_iter();
         let (Some(memfd), Some(tx_bell), Some(rx_bell), None) =
             (fds.next(), fds.next(), fds.next(), fds.next())

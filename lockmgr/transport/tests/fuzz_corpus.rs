@@ -40,7 +40,8 @@ fn reliable_datagram_corpus() {
     let seeds = fuzzing::reliable_samples();
     assert_seeds_current(&files, &seeds);
     for (name, data) in &files {
-        let outcome = fuzzing::check_reliable_datagram(data).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let outcome =
+            fuzzing::check_reliable_datagram(data).unwrap_or_else(|e| panic!("{name}: {e}"));
         if name.starts_with("dgram-") {
             assert_eq!(outcome, Outcome::RoundTripped, "{name}");
         }
@@ -103,4 +104,38 @@ fn eth_frames_corpus() {
     }
     // 3 small + in order + reversed with a duplicate + the datagram after a loss + padded.
     assert_eq!(completed, 7, "every seed datagram reassembles exactly once");
+}
+
+#[test]
+fn shm_hello_corpus() {
+    let files = corpus("shm_hello");
+    let seeds = fuzzing::shm_hello_samples();
+    assert_seeds_current(&files, &seeds);
+    for (name, data) in &files {
+        let outcome = fuzzing::check_shm_hello(data).unwrap_or_else(|e| panic!("{name}: {e}"));
+        if name.starts_with("hello-") {
+            assert_eq!(outcome, Outcome::RoundTripped, "{name}");
+        }
+        for cut in 0..data.len() {
+            assert_eq!(
+                fuzzing::check_shm_hello(&data[..cut]).unwrap(),
+                Outcome::Rejected
+            );
+        }
+        let mut flipped = data.clone();
+        for i in 0..flipped.len() {
+            flipped[i] ^= 0x10;
+            fuzzing::check_shm_hello(&flipped).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+    // A ring size that is not a power of two, or a region length that disagrees, is refused.
+    let mut odd = seeds[0].1.clone();
+    odd[12] = 1;
+    assert_eq!(fuzzing::check_shm_hello(&odd).unwrap(), Outcome::Rejected);
+    let mut short_region = seeds[0].1.clone();
+    short_region[16] ^= 0x40;
+    assert_eq!(
+        fuzzing::check_shm_hello(&short_region).unwrap(),
+        Outcome::Rejected
+    );
 }

@@ -1,6 +1,6 @@
-//! The property of the `config` fuzz target, also compiled into `tests/fuzz_corpus.rs` (via
-//! `#[path]`) so `cargo test` replays the corpus through exactly the same check. It lives here
-//! rather than in the library to keep `src/` untouched: it only calls public API.
+//! The property of the `smbd_config` fuzz target, also compiled into `tests/fuzz_corpus.rs`
+//! (via `#[path]`) so `cargo test` replays the corpus through exactly the same check. It lives
+//! here rather than in the library to keep `src/` untouched: it only calls public API.
 
 use smbd::config::Config;
 

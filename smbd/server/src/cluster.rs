@@ -144,7 +144,11 @@ impl ClusterLocks {
         connector: lockmgr_client::mux::Connector<Transport>,
         timeout: Duration,
     ) -> (ClusterLocks, Pump) {
-        let nodes = Arc::new(Mutex::new(NodeSessions::new(connector, timeout)));
+        let sessions = NodeSessions::new(connector, timeout);
+        if sessions.is_connected() {
+            tracing::info!("lockmgrd session established");
+        }
+        let nodes = Arc::new(Mutex::new(sessions));
         (
             ClusterLocks {
                 nodes: Arc::clone(&nodes),

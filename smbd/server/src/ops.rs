@@ -738,6 +738,25 @@ impl Conn {
         }
     }
 
+    /// A size change through SET_INFO breaks Level II oplocks and read leases like a write
+    /// does (MS-FSA 2.1.4.12 for SET_END_OF_FILE / SET_ALLOCATION; smbtorture oplock.batch11).
+    /// The lock engine breaks read caching on a write I/O check; the probe range sits at the
+    /// very end of the offset space so it answers no byte-range question anyone asked.
+    fn break_read_caching(&self, o: &Open) {
+        if let Some(lo) = o.lock_open {
+            let _ = self.shared.lock_request(
+                self.id,
+                0,
+                locking::Request::CheckIo {
+                    open: lo,
+                    offset: u64::MAX - 1,
+                    length: 1,
+                    write: true,
+                },
+            );
+        }
+    }
+
     pub(crate) fn read(&mut self, r: ReadRequest, ctx: &mut ChainCtx) -> Outcome {
         let v = match self.resolve_fid(r.file_id, ctx) {
             Ok(v) => v,
@@ -1857,6 +1876,7 @@ impl Conn {
         let Some(f) = &o.file else {
             return status::INVALID_PARAMETER;
         };
+        self.break_read_caching(o);
         let cur = f.metadata().map(|m| m.len()).unwrap_or(0);
         if allocation {
             // Allocation below EOF truncates (MS-FSA 2.1.5.14.1); above EOF it reserves space
@@ -1982,6 +2002,18 @@ impl Conn {
                 .any(|x| x.abs != o.abs && x.abs.starts_with(&o.abs))
         {
             return status::ACCESS_DENIED;
+        }
+        // An open of the parent directory with DELETE access blocks renames of its children
+        // (Windows and Samba; smbtorture oplock.batch19/20, exclusive6). Only this
+        // connection's opens are visible here.
+        if let Some(parent) = o.abs.parent() {
+            if self
+                .opens
+                .values()
+                .any(|x| x.is_dir && x.abs == parent && x.access & DELETE != 0)
+            {
+                return status::SHARING_VIOLATION;
+            }
         }
         let old = o.abs.clone();
         // An open of the parent directory that does not share delete blocks renames of its

@@ -1,5 +1,6 @@
-//! Replays the checked-in fuzz corpus (`fuzz/corpus/config/`) through the same check as the
-//! `config` fuzz target, so `cargo test` on stable guards every input fuzzing found interesting.
+//! Replays the checked-in fuzz corpus (`fuzz/corpus/smbd_config/`) through the same check as
+//! the `smbd_config` fuzz target, so `cargo test` on stable guards every input fuzzing found
+//! interesting.
 
 use std::path::Path;
 
@@ -9,7 +10,7 @@ mod check_config;
 #[test]
 fn config_corpus() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = root.join("fuzz/corpus/config");
+    let dir = root.join("fuzz/corpus/smbd_config");
     let mut files = Vec::new();
     for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let p = e.unwrap().path();

@@ -165,18 +165,20 @@ impl Cluster {
             c.arg("--cluster-key-file")
                 .arg(&key)
                 .env("NO_COLOR", "1")
-                .stdout(Stdio::null())
+                .stdout(log.try_clone().unwrap())
                 .stderr(log);
             if let Some(t) = opts.break_timeout_ms {
                 c.arg("--break-timeout-ms").arg(t.to_string());
             }
             lockmgrd = Some(c.spawn().expect("spawn lockmgrd"));
+            let log = dir.path().join("lockmgrd.log");
+            // The shm socket file exists a moment before lockmgrd listens on it: wait for
+            // lockmgrd's own word, or the first node may start while lockmgrd refuses it.
+            let ready =
+                || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("lockmgrd listening"));
             let deadline = Instant::now() + Duration::from_secs(30);
-            while !socket.exists() {
-                assert!(
-                    Instant::now() < deadline,
-                    "lockmgrd did not create its socket"
-                );
+            while !ready() {
+                assert!(Instant::now() < deadline, "lockmgrd did not start");
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
@@ -251,6 +253,9 @@ impl Cluster {
         s.push_str(&format!("--- lockmgrd ---\n{lm}\n"));
         for n in &self.nodes {
             s.push_str(&format!("--- {} ---\n{}\n", n.name, n.log()));
+        }
+        if let Some(st) = self.status() {
+            s.push_str(&format!("--- lockmgrctl status ---\n{st}\n"));
         }
         s
     }
