@@ -18,8 +18,8 @@ use hdrhistogram::Histogram;
 use lockmgr_client::mux::NodeSessions;
 use lockmgr_client::{ClientOptions, LockClient};
 use lockmgr_engine::{
-    access, share, FileId, LockRange, Notification, OpenId, OpenRequest, Reply, Request,
-    RequestId, SessionId, Status,
+    access, share, FileId, LockRange, Notification, OpenId, OpenRequest, Reply, Request, RequestId,
+    SessionId, Status,
 };
 use lockmgr_proto::ClusterKey;
 use lockmgr_transport::shm::{ShmClient, ShmConfig, ShmServer};
@@ -28,7 +28,7 @@ use serde::Serialize;
 
 const KEY: &[u8] = b"smbbench-handoff-cluster-key-000";
 const TIMEOUT: Duration = Duration::from_secs(10);
-const FILE: FileId = FileId(0x4841_4e44_4f46_46);
+const FILE: FileId = FileId(0x0048_414e_444f_4646);
 const RANGE: LockRange = LockRange {
     offset: 0,
     length: 1,
@@ -125,7 +125,9 @@ fn node(path: &std::path::Path, name: &str) -> Result<Node, HandoffError> {
         TIMEOUT,
     );
     if !n.is_connected() {
-        return Err(HandoffError::Setup(format!("{name}: cannot reach lockmgrd")));
+        return Err(HandoffError::Setup(format!(
+            "{name}: cannot reach lockmgrd"
+        )));
     }
     Ok(n)
 }

@@ -14,14 +14,23 @@ fn main() {
             let mut opens = Vec::with_capacity(batch);
             for _ in 0..batch {
                 rid += 1;
-                e.handle(Time(0), s, RequestId(rid), Request::Open(OpenRequest {
-                    file: FileId(5),
-                    access: access::FILE_READ_DATA | access::FILE_WRITE_DATA,
-                    share: share::READ | share::WRITE | share::DELETE,
-                    ..OpenRequest::default()
-                }));
+                e.handle(
+                    Time(0),
+                    s,
+                    RequestId(rid),
+                    Request::Open(OpenRequest {
+                        file: FileId(5),
+                        access: access::FILE_READ_DATA | access::FILE_WRITE_DATA,
+                        share: share::READ | share::WRITE | share::DELETE,
+                        ..OpenRequest::default()
+                    }),
+                );
                 while let Some(o) = e.poll_output() {
-                    if let Output::Reply { reply: Reply::Opened { open, .. }, .. } = o {
+                    if let Output::Reply {
+                        reply: Reply::Opened { open, .. },
+                        ..
+                    } = o
+                    {
                         opens.push(open);
                     }
                 }
