@@ -18,11 +18,8 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "cargo build (release binaries used by multi-process tests)"
-cargo build --workspace --release --bins
-
 step "cargo test --workspace"
-cargo test --workspace --release -- --test-threads=2
+cargo test --workspace -- --test-threads=2
 
 if [ -f hw-tests/run-softroce.sh ]; then
     step "soft-RoCE tests under qemu"

@@ -77,6 +77,15 @@ pub(crate) struct DirState {
     pub started: bool,
 }
 
+/// The named stream an open refers to.
+#[derive(Debug, Clone)]
+pub(crate) struct OpenStream {
+    /// Name with the case it was created with.
+    pub name: String,
+    /// Data file in the stream depot.
+    pub path: PathBuf,
+}
+
 pub(crate) struct Open {
     pub session_id: u64,
     pub tree_id: u32,
@@ -85,6 +94,8 @@ pub(crate) struct Open {
     pub abs: PathBuf,
     /// Path relative to the share root (client view, for FileNameInformation).
     pub rel: PathBuf,
+    /// Named stream of an open of `file:stream`; `file` is then the stream's data.
+    pub stream: Option<OpenStream>,
     pub file: Option<File>,
     pub is_dir: bool,
     /// Granted access after generic mapping.
@@ -395,6 +406,14 @@ impl Conn {
                 hdr_cmd == Command::SessionSetup as u16 || hdr_cmd == Command::Negotiate as u16;
             if ctx.encrypted || (!setup && self.session_wants_encryption(hdr_sid, ctx.tree_id)) {
                 enc_session = enc_session.or(Some(hdr_sid));
+            }
+            // Samba pads a READ response in a compound to 8 bytes even when it is the last
+            // one (smbtorture compound-padding); a lone READ stays unpadded.
+            let mut resp = resp;
+            if n > 1 && hdr_cmd == Command::Read as u16 {
+                while resp.len() % 8 != 0 {
+                    resp.push(0);
+                }
             }
             responses.push((resp, signer));
             if self.closed {

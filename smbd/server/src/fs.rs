@@ -365,6 +365,9 @@ pub struct OpenView<'a> {
     pub mode: u32,
     /// Name as the client sees it, with a leading backslash.
     pub name: &'a str,
+    /// FileStreamInformation entries (name as `:NAME:$DATA`, size, allocation); only
+    /// filled for that class.
+    pub streams: Vec<(String, u64, u64)>,
 }
 
 /// Encode a QUERY_INFO file class. Errors are NTSTATUS values.
@@ -417,13 +420,21 @@ pub fn query_file_info(cls: u8, v: &OpenView<'_>) -> Result<Vec<u8>, u32> {
             w.u32(i.attributes).u32(0);
         }
         class::STREAM => {
-            if !i.is_dir {
-                let n = string_to_utf16("::$DATA");
-                w.u32(0)
+            // Entries are 8-byte aligned; the last has NextEntryOffset 0 (MS-FSCC 2.4.43).
+            let k = v.streams.len();
+            for (idx, (name, size, alloc)) in v.streams.iter().enumerate() {
+                let n = string_to_utf16(name);
+                let len = 24 + n.len();
+                let padded = (len + 7) & !7;
+                let next = if idx + 1 < k { padded as u32 } else { 0 };
+                w.u32(next)
                     .u32(n.len() as u32)
-                    .u64(i.size)
-                    .u64(i.alloc)
+                    .u64(*size)
+                    .u64(*alloc)
                     .bytes(&n);
+                if idx + 1 < k {
+                    w.zeros(padded - len);
+                }
             }
         }
         class::COMPRESSION => {
@@ -482,11 +493,13 @@ pub fn query_fs_info(cls: u8, root: &Path, fs_id: u64) -> Result<Vec<u8>, u32> {
         fsclass::ATTRIBUTE => {
             let name = string_to_utf16("NTFS");
             // CASE_SENSITIVE_SEARCH | CASE_PRESERVED_NAMES | UNICODE_ON_DISK | PERSISTENT_ACLS
-            // | SUPPORTS_SPARSE_FILES
-            w.u32(0x0000_0001 | 0x0000_0002 | 0x0000_0004 | 0x0000_0008 | 0x0000_0040)
-                .u32(255)
-                .u32(name.len() as u32)
-                .bytes(&name);
+            // | SUPPORTS_SPARSE_FILES | NAMED_STREAMS
+            w.u32(
+                0x0000_0001 | 0x0000_0002 | 0x0000_0004 | 0x0000_0008 | 0x0000_0040 | 0x0004_0000,
+            )
+            .u32(255)
+            .u32(name.len() as u32)
+            .bytes(&name);
         }
         fsclass::SECTOR_SIZE => {
             w.u32(512).u32(512).u32(512).u32(512).u32(0x3).u32(0).u32(0);

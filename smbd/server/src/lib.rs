@@ -14,4 +14,5 @@ pub mod locking;
 pub mod ops;
 pub mod server;
 pub mod shared;
+pub mod streams;
 pub mod worker;

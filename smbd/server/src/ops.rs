@@ -21,6 +21,7 @@ use crate::locking::{
     self, map_generic, ClientGuid, Lease, LeaseKey, LeaseState, LockRange, Notification,
     OpenRequest, OplockGrant, OplockLevel, OplockRequest, Reply, Status,
 };
+use crate::streams;
 
 const FILE_ACTION_ADDED: u32 = 1;
 const FILE_ACTION_REMOVED: u32 = 2;
@@ -42,6 +43,8 @@ const COPYCHUNK_MAX_TOTAL: u32 = 16 * 1024 * 1024;
 const NOT_A_REPARSE_POINT: u32 = 0xC000_0275;
 const BAD_IMPERSONATION_LEVEL: u32 = 0xC000_00A5;
 const FULL_ACCESS: u32 = 0x001F_01FF;
+/// NTFS quota index; opened by clients to manage quotas.
+const QUOTA_FAKE_FILE: &str = "$Extend\\$Quota:$Q:$INDEX_ALLOCATION";
 const READ_ACCESS: u32 = 0x0012_00A9;
 const DELETE: u32 = 0x0001_0000;
 const READ_DATA: u32 = 0x1;
@@ -94,6 +97,33 @@ fn oplock_grant_level(g: &OplockGrant) -> u8 {
     }
 }
 
+/// The data file of a named stream chosen by CREATE.
+pub(crate) struct StreamTarget {
+    /// Stream name with the case it was created with.
+    name: String,
+    path: PathBuf,
+    /// The stream did not exist and was created by this CREATE.
+    created: bool,
+    /// The base file did not exist and was created for the stream.
+    base_created: bool,
+}
+
+/// A stream open's size and allocation come from the stream; times, attributes and the
+/// file id are the base object's (MS-FSA 2.1.5.11: they are per file, not per stream).
+fn stream_info(mut info: FileInfo, f: &File) -> FileInfo {
+    use std::os::unix::fs::MetadataExt;
+    if let Ok(m) = f.metadata() {
+        info.size = m.len();
+        info.alloc = m.blocks() * 512;
+    }
+    info.is_dir = false;
+    info.attributes &= !fs::attr::DIRECTORY;
+    if info.attributes == 0 {
+        info.attributes = fs::attr::NORMAL;
+    }
+    info
+}
+
 /// Everything a CREATE needs to finish after the lock service granted (maybe later) the open.
 pub(crate) struct CreateCont {
     session_id: u64,
@@ -103,6 +133,8 @@ pub(crate) struct CreateCont {
     rel: PathBuf,
     existed: bool,
     created_now: bool,
+    /// Named stream being opened; `abs`/`rel` stay the base object's.
+    stream: Option<StreamTarget>,
     is_dir: bool,
     access: u32,
     disposition: u32,
@@ -113,6 +145,8 @@ pub(crate) struct CreateCont {
     /// SMB2_CREATE_ALLOCATION_SIZE (AlSi) for new or overwritten files.
     allocation: Option<u64>,
     delete_on_close: bool,
+    /// The faked `$Extend\$Quota:$Q:$INDEX_ALLOCATION` (see [`QUOTA_FAKE_FILE`]).
+    fake_quota: bool,
     /// DHnQ / DH2Q, granted if the caching allows it.
     durable: Option<crate::durable::DurableKind>,
     share_access: u32,
@@ -209,18 +243,31 @@ impl Conn {
             // Previous versions (timewarp): this server keeps no snapshots.
             return err(status::OBJECT_NAME_NOT_FOUND);
         }
-        let mut name = c.name.as_str();
-        if let Some(stripped) = name.strip_suffix("::$DATA") {
-            name = stripped;
+        // Windows' quota file, which Samba fakes (smbtorture create.quota-fake-file): served
+        // as a read-only view of the share root with fixed attributes and zero times.
+        let fake_quota = c.name.eq_ignore_ascii_case(QUOTA_FAKE_FILE);
+        if fake_quota
+            && (!matches!(c.disposition, disposition::OPEN | disposition::OPEN_IF)
+                || map_generic(c.desired_access) & !(READ_ACCESS | 0x0010_0000) != 0)
+        {
+            return err(status::ACCESS_DENIED);
         }
-        if name.contains(':') {
-            // Alternate data streams are not supported.
-            return err(status::OBJECT_NAME_INVALID);
-        }
-        let comps = match fs::split_smb_path(name) {
+        let sp = match streams::parse(if fake_quota { "" } else { &c.name }) {
+            Ok(sp) => sp,
+            Err(st) => return err(st),
+        };
+        let comps = match fs::split_smb_path(sp.base) {
             Ok(c) => c,
             Err(st) => return err(st),
         };
+        // The stream depot is server-private.
+        if comps.first().is_some_and(|c| streams::is_depot(c)) {
+            return err(status::ACCESS_DENIED);
+        }
+        if sp.stream.is_some() && c.options & create_options::DIRECTORY_FILE != 0 {
+            // MS-FSA 2.1.5.1: a named stream is never a directory.
+            return err(status::NOT_A_DIRECTORY);
+        }
         let sh = &self.shared.shares[share];
         let root = sh.root.clone();
         let read_only = sh.read_only;
@@ -249,7 +296,18 @@ impl Conn {
         let nondir_req = c.options & create_options::NON_DIRECTORY_FILE != 0;
         let mut created_now = false;
         let is_dir;
-        if res.exists {
+        let mut stream = None;
+        let mut existed = res.exists;
+        if let Some(sname) = &sp.stream {
+            let t = match self.open_stream_target(&root, &res, sname, &c, read_only) {
+                Ok(t) => t,
+                Err(st) => return err(st),
+            };
+            existed = !t.created;
+            created_now = t.created;
+            is_dir = false;
+            stream = Some(t);
+        } else if res.exists {
             let meta = match std::fs::metadata(&res.abs) {
                 Ok(m) => m,
                 Err(e) => return err(io_status(&e)),
@@ -311,6 +369,11 @@ impl Conn {
             }
             created_now = true;
             is_dir = dir_req;
+            if let Ok(m) = std::fs::metadata(&res.abs) {
+                use std::os::unix::fs::MetadataExt;
+                // An inode number reused after an outside delete must not inherit streams.
+                streams::remove_all(&root, m.ino());
+            }
             // Sparseness is only set by FSCTL_SET_SPARSE, never by CREATE.
             let attrs = c.file_attributes & !(fs::attr::NORMAL | fs::attr::DIRECTORY | ATTR_SPARSE);
             update_dos(&res.abs, |d, _| {
@@ -334,14 +397,58 @@ impl Conn {
             Ok(i) => i,
             Err(e) => return err(io_status(&e)),
         };
-        let stable_id = fs::stable_file_id(fs_id, ino, "");
-        let lease = if c.oplock_level == oplock_level::LEASE && self.dialect() >= 0x0210 {
+        // Each stream is its own lock-service file (own share modes, oplocks, leases); the
+        // name is case-folded because stream names are case-insensitive.
+        let stable_id = fs::stable_file_id(
+            fs_id,
+            if fake_quota { 0 } else { ino },
+            &stream
+                .as_ref()
+                .map(|t| t.name.to_lowercase())
+                .unwrap_or_default(),
+        );
+        // No directory leases: SMB2_GLOBAL_CAP_DIRECTORY_LEASING is not offered, so a
+        // directory open gets neither a lease nor an oplock (MS-SMB2 3.3.5.9.8).
+        let requested_lease = if c.oplock_level == oplock_level::LEASE && self.dialect() >= 0x0210 {
             c.context(cctx::RQLS)
                 .and_then(|x| LeaseContext::decode(&x.data).ok())
         } else {
             None
         };
-        let oplock = match (c.oplock_level, &lease) {
+        // MS-SMB2 3.3.5.9.8: a lease key already in use for another file is refused (also
+        // for a directory, which then would not get the lease anyway).
+        if let Some(l) = &requested_lease {
+            let clash = self.opens.values().any(|o| {
+                o.stable_id != stable_id
+                    && matches!(&o.grant, OplockGrant::Lease(g) if g.key.0 == l.key)
+            });
+            if clash {
+                if let Some(t) = &stream {
+                    if t.created {
+                        let _ = std::fs::remove_file(&t.path);
+                    }
+                    if t.base_created {
+                        let _ = std::fs::remove_file(&res.abs);
+                    }
+                } else if created_now {
+                    let _ = if is_dir {
+                        std::fs::remove_dir(&res.abs)
+                    } else {
+                        std::fs::remove_file(&res.abs)
+                    };
+                }
+                return err(status::INVALID_PARAMETER);
+            }
+        }
+        let lease = if is_dir { None } else { requested_lease };
+        let oplock = match (
+            if is_dir {
+                oplock_level::NONE
+            } else {
+                c.oplock_level
+            },
+            &lease,
+        ) {
             (oplock_level::LEASE, Some(l)) => OplockRequest::Lease(Lease {
                 key: LeaseKey(l.key),
                 state: LeaseState((l.state & 0x7) as u8),
@@ -359,8 +466,9 @@ impl Conn {
             share,
             abs: res.abs.clone(),
             rel: res.rel.clone(),
-            existed: res.exists,
+            existed,
             created_now,
+            stream,
             is_dir,
             access,
             disposition: c.disposition,
@@ -374,6 +482,7 @@ impl Conn {
             delete_on_close,
             durable,
             share_access: c.share_access & 0x7,
+            fake_quota,
         };
         crate::durable::purge_conflicting(
             stable_id,
@@ -387,7 +496,7 @@ impl Conn {
             share: c.share_access & 0x7,
             delete_on_close,
             directory: is_dir,
-            overwrite: res.exists
+            overwrite: existed
                 && matches!(
                     c.disposition,
                     disposition::OVERWRITE | disposition::OVERWRITE_IF | disposition::SUPERSEDE
@@ -423,12 +532,102 @@ impl Conn {
     }
 
     fn undo_create(cont: &CreateCont) {
+        if let Some(t) = &cont.stream {
+            if t.created {
+                let _ = std::fs::remove_file(&t.path);
+            }
+            if t.base_created {
+                let _ = std::fs::remove_file(&cont.abs);
+            }
+            return;
+        }
         if cont.created_now {
             let _ = if cont.is_dir {
                 std::fs::remove_dir(&cont.abs)
             } else {
                 std::fs::remove_file(&cont.abs)
             };
+        }
+    }
+
+    /// Find or create the data file of named stream `sname` of `res` for CREATE `c`
+    /// (MS-FSA 2.1.5.1.2: a missing base file is created when the disposition allows).
+    fn open_stream_target(
+        &self,
+        root: &Path,
+        res: &fs::Resolved,
+        sname: &str,
+        c: &CreateRequest,
+        read_only: bool,
+    ) -> Result<StreamTarget, u32> {
+        use std::os::unix::fs::MetadataExt;
+        let may_create = !matches!(c.disposition, disposition::OPEN | disposition::OVERWRITE);
+        let mut base_created = false;
+        if !res.exists {
+            if !may_create {
+                return Err(status::OBJECT_NAME_NOT_FOUND);
+            }
+            if read_only {
+                return Err(status::MEDIA_WRITE_PROTECTED);
+            }
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&res.abs)
+                .map_err(|e| io_status(&e))?;
+            base_created = true;
+            let attrs = c.file_attributes & !(fs::attr::NORMAL | fs::attr::DIRECTORY | ATTR_SPARSE);
+            update_dos(&res.abs, |d, _| {
+                d.creation = fs::now_filetime();
+                d.attributes = attrs | fs::attr::ARCHIVE;
+            });
+            let (parent, n) = parent_and_name(&res.abs);
+            self.shared.dir_changed(parent, FILE_ACTION_ADDED, n);
+        }
+        let undo = |base_created: bool| {
+            if base_created {
+                let _ = std::fs::remove_file(&res.abs);
+            }
+        };
+        let ino = match std::fs::metadata(&res.abs) {
+            Ok(m) => m.ino(),
+            Err(e) => {
+                undo(base_created);
+                return Err(io_status(&e));
+            }
+        };
+        if base_created {
+            streams::remove_all(root, ino);
+        }
+        if let Some(e) = streams::find(root, ino, sname) {
+            if c.disposition == disposition::CREATE {
+                return Err(status::OBJECT_NAME_COLLISION);
+            }
+            return Ok(StreamTarget {
+                name: e.name,
+                path: e.path,
+                created: false,
+                base_created,
+            });
+        }
+        if !may_create {
+            undo(base_created);
+            return Err(status::OBJECT_NAME_NOT_FOUND);
+        }
+        if read_only {
+            return Err(status::MEDIA_WRITE_PROTECTED);
+        }
+        match streams::create(root, ino, sname) {
+            Ok(path) => Ok(StreamTarget {
+                name: sname.to_string(),
+                path,
+                created: true,
+                base_created,
+            }),
+            Err(e) => {
+                undo(base_created);
+                Err(io_status(&e))
+            }
         }
     }
 
@@ -441,11 +640,12 @@ impl Conn {
         let read_only = self.shared.shares[cont.share].read_only;
         let mut file = None;
         if !cont.is_dir {
+            let data = cont.stream.as_ref().map_or(&cont.abs, |t| &t.path);
             let f = OpenOptions::new()
                 .read(true)
                 .write(!read_only)
-                .open(&cont.abs)
-                .or_else(|_| File::open(&cont.abs));
+                .open(data)
+                .or_else(|_| File::open(data));
             match f {
                 Ok(f) => file = Some(f),
                 Err(e) => {
@@ -502,6 +702,20 @@ impl Conn {
             Ok(m) => FileInfo::load(&cont.abs, &m),
             Err(e) => return (err(io_status(&e)), None),
         };
+        let mut info = match (&cont.stream, &file) {
+            (Some(_), Some(f)) => stream_info(info, f),
+            _ => info,
+        };
+        if cont.fake_quota {
+            info.attributes = fs::attr::HIDDEN
+                | fs::attr::SYSTEM
+                | fs::attr::DIRECTORY
+                | fs::attr::ARCHIVE;
+            info.creation = 0;
+            info.access = 0;
+            info.write = 0;
+            info.change = 0;
+        }
         self.next_volatile += 1;
         let v = self.next_volatile;
         let fid = FileId {
@@ -573,6 +787,10 @@ impl Conn {
                 share: cont.share,
                 abs: cont.abs.clone(),
                 rel: cont.rel.clone(),
+                stream: cont.stream.as_ref().map(|t| crate::conn::OpenStream {
+                    name: t.name.clone(),
+                    path: t.path.clone(),
+                }),
                 file,
                 is_dir: cont.is_dir,
                 access: cont.access,
@@ -647,11 +865,26 @@ impl Conn {
                 self.shared
                     .lock_request(self.id, 0, locking::Request::Close { open: lo })
             {
+                if let Some(st) = &o.stream {
+                    // Deleting a named stream leaves the base file alone.
+                    if let Err(e) = std::fs::remove_file(&st.path) {
+                        tracing::debug!(path = ?st.path, %e, "stream delete on close failed");
+                    }
+                    return Some(o);
+                }
+                let ino = std::fs::symlink_metadata(&o.abs).ok().map(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    m.ino()
+                });
                 let r = if o.is_dir {
                     std::fs::remove_dir(&o.abs)
                 } else {
                     std::fs::remove_file(&o.abs)
                 };
+                if let (Ok(()), Some(ino)) = (&r, ino) {
+                    // The streams go with their file (MS-FSA 2.1.5.4).
+                    streams::remove_all(&self.shared.shares[o.share].root, ino);
+                }
                 match r {
                     Ok(()) => {
                         let (parent, n) = parent_and_name(&o.abs);
@@ -1625,12 +1858,40 @@ impl Conn {
     }
 
     fn open_view_info(o: &Open) -> Result<FileInfo, u32> {
+        if o.stream.is_some() {
+            let info = std::fs::metadata(&o.abs)
+                .map(|m| FileInfo::load(&o.abs, &m))
+                .map_err(|e| io_status(&e))?;
+            return Ok(match &o.file {
+                Some(f) => stream_info(info, f),
+                None => info,
+            });
+        }
         let m = match &o.file {
             Some(f) => f.metadata(),
             None => std::fs::metadata(&o.abs),
         };
         m.map(|m| FileInfo::load(&o.abs, &m))
             .map_err(|e| io_status(&e))
+    }
+
+    /// FileStreamInformation entries of the object `o` belongs to: the unnamed stream of a
+    /// non-directory first, then the named streams (MS-FSCC 2.4.43).
+    fn stream_list(&self, o: &Open) -> Vec<(String, u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = Vec::new();
+        let Ok(m) = std::fs::metadata(&o.abs) else {
+            return out;
+        };
+        if !m.is_dir() {
+            let i = FileInfo::from_meta(&m);
+            out.push(("::$DATA".to_string(), i.size, i.alloc));
+        }
+        let root = &self.shared.shares[o.share].root;
+        for e in streams::list(root, m.ino()) {
+            out.push((format!(":{}:$DATA", e.name), e.size, e.alloc));
+        }
+        out
     }
 
     pub(crate) fn query_info(&mut self, q: QueryInfoRequest, ctx: &mut ChainCtx) -> Outcome {
@@ -1650,7 +1911,17 @@ impl Conn {
                 };
                 let mut name = String::from("\\");
                 name.push_str(&o.rel.to_string_lossy().replace('/', "\\"));
+                if let Some(st) = &o.stream {
+                    name.push(':');
+                    name.push_str(&st.name);
+                }
+                let streams = if q.class == class::STREAM {
+                    self.stream_list(o)
+                } else {
+                    Vec::new()
+                };
                 let view = OpenView {
+                    streams,
                     info,
                     delete_pending: o.delete_pending,
                     access: o.access,
@@ -1964,6 +2235,10 @@ impl Conn {
         let Some(o) = self.opens.get(&v) else {
             return status::FILE_CLOSED;
         };
+        if o.stream.is_some() || name.starts_with(':') {
+            // Renaming streams (MS-FSA 2.1.5.14.11.1) is not supported.
+            return status::NOT_SUPPORTED;
+        }
         if o.access & DELETE == 0 {
             return status::ACCESS_DENIED;
         }
@@ -2037,8 +2312,19 @@ impl Conn {
                 return status::SHARING_VIOLATION;
             }
         }
+        let replaced_ino = if target.exists && !same {
+            std::fs::symlink_metadata(&target.abs).ok().map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.ino()
+            })
+        } else {
+            None
+        };
         if let Err(e) = std::fs::rename(&old, &target.abs) {
             return io_status(&e);
+        }
+        if let Some(ino) = replaced_ino {
+            streams::remove_all(&root, ino);
         }
         for x in self.opens.values_mut() {
             if x.abs == old {
@@ -2363,7 +2649,7 @@ fn list_dir(dir: &Path, pattern: &str) -> Result<Vec<DirEntry>, u32> {
         let Ok(name) = e.file_name().into_string() else {
             continue;
         };
-        if !fs::wildcard_match(pattern, &name) {
+        if streams::is_depot(&name) || !fs::wildcard_match(pattern, &name) {
             continue;
         }
         let Ok(m) = std::fs::metadata(e.path()) else {

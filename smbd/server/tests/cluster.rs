@@ -222,3 +222,51 @@ fn smbclient_lists_through_both_nodes() {
     let st = cluster.status().expect("lockmgrctl next to lockmgrd");
     assert!(st.contains("node1") && st.contains("node2"), "{st}");
 }
+
+/// lockmgrd down: the nodes keep serving sessions but refuse lock-dependent operations with a
+/// clean status; once lockmgrd is back (restarted, empty) they reconnect and work again.
+#[test]
+fn nodes_refuse_cleanly_while_lockmgrd_is_down_and_recover() {
+    if !have("smbclient") {
+        missing("smbclient not installed (apt-get install smbclient)");
+        return;
+    }
+    let mut cluster = Cluster::start(ClusterOptions::default());
+    let local = tempfile::tempdir().unwrap();
+    std::fs::write(local.path().join("up.txt"), b"payload").unwrap();
+    let (ok, text) = cluster.smbclient(0, local.path(), "put up.txt a.txt");
+    assert!(ok, "{text}\n{}", cluster.logs());
+    cluster.kill_lockmgrd();
+    let (ok, text) = cluster.smbclient(0, local.path(), "put up.txt b.txt");
+    assert!(!ok, "a create succeeded without a lock manager:\n{text}");
+    assert!(
+        text.contains("NT_STATUS_REQUEST_NOT_ACCEPTED"),
+        "unexpected failure:\n{text}"
+    );
+    assert!(cluster.nodes[0]
+        .child
+        .as_mut()
+        .unwrap()
+        .try_wait()
+        .unwrap()
+        .is_none());
+    cluster.start_lockmgrd();
+    // The node retries every 500 ms; allow a generous while for a loaded machine.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (ok, text) = cluster.smbclient(0, local.path(), "put up.txt c.txt");
+        if ok {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node did not recover:\n{text}\n{}",
+            cluster.logs()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(
+        std::fs::read(cluster.share.join("c.txt")).unwrap(),
+        b"payload"
+    );
+}

@@ -109,6 +109,7 @@ pub struct Cluster {
     pub lockmgrd: Option<Child>,
     pub nodes: Vec<Node>,
     pub client_conf: PathBuf,
+    break_timeout_ms: Option<u64>,
 }
 
 #[derive(Clone)]
@@ -150,48 +151,24 @@ impl Cluster {
             "[global]\nclient min protocol = SMB2_02\nclient max protocol = SMB3_11\n",
         )
         .unwrap();
-        let mut lockmgrd = None;
         let udp = opts.udp.then(|| {
             let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
             s.local_addr().unwrap().to_string()
         });
-        if opts.shared_lockmgr {
-            let log = std::fs::File::create(dir.path().join("lockmgrd.log")).unwrap();
-            let mut c = Command::new(lockmgrd_bin());
-            match &udp {
-                Some(addr) => c.args(["--transport", "udp", "--listen", addr]),
-                None => c.args(["--transport", "shm", "--listen"]).arg(&socket),
-            };
-            c.arg("--cluster-key-file")
-                .arg(&key)
-                .env("NO_COLOR", "1")
-                .stdout(log.try_clone().unwrap())
-                .stderr(log);
-            if let Some(t) = opts.break_timeout_ms {
-                c.arg("--break-timeout-ms").arg(t.to_string());
-            }
-            lockmgrd = Some(c.spawn().expect("spawn lockmgrd"));
-            let log = dir.path().join("lockmgrd.log");
-            // The shm socket file exists a moment before lockmgrd listens on it: wait for
-            // lockmgrd's own word, or the first node may start while lockmgrd refuses it.
-            let ready =
-                || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("lockmgrd listening"));
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while !ready() {
-                assert!(Instant::now() < deadline, "lockmgrd did not start");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
         let mut cluster = Cluster {
             dir,
             share,
             socket,
             udp,
             key,
-            lockmgrd,
+            lockmgrd: None,
             nodes: Vec::new(),
             client_conf,
+            break_timeout_ms: opts.break_timeout_ms,
         };
+        if opts.shared_lockmgr {
+            cluster.start_lockmgrd();
+        }
         for i in 1..=opts.nodes {
             let node = cluster.start_node(&format!("node{i}"), &users, opts.shared_lockmgr);
             cluster.nodes.push(node);
@@ -240,6 +217,68 @@ impl Cluster {
             name: name.to_string(),
             log,
         }
+    }
+
+    /// Starts lockmgrd (again: its log is appended to) and waits until it listens.
+    pub fn start_lockmgrd(&mut self) {
+        let path = self.dir.path().join("lockmgrd.log");
+        let before = std::fs::read_to_string(&path)
+            .map(|l| l.matches("lockmgrd listening").count())
+            .unwrap_or(0);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        let mut c = Command::new(lockmgrd_bin());
+        match &self.udp {
+            Some(addr) => c.args(["--transport", "udp", "--listen", addr]),
+            None => c.args(["--transport", "shm", "--listen"]).arg(&self.socket),
+        };
+        c.arg("--cluster-key-file")
+            .arg(&self.key)
+            .env("NO_COLOR", "1")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        if let Some(t) = self.break_timeout_ms {
+            c.arg("--break-timeout-ms").arg(t.to_string());
+        }
+        self.lockmgrd = Some(c.spawn().expect("spawn lockmgrd"));
+        // The shm socket file exists a moment before lockmgrd listens on it: wait for
+        // lockmgrd's own word, or the first node may start while lockmgrd refuses it.
+        let ready = || {
+            std::fs::read_to_string(&path)
+                .is_ok_and(|l| l.matches("lockmgrd listening").count() > before)
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready() {
+            assert!(Instant::now() < deadline, "lockmgrd did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL lockmgrd.
+    pub fn kill_lockmgrd(&mut self) {
+        if let Some(mut c) = self.lockmgrd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// smbclient against node `i`; returns (no error reported, output).
+    pub fn smbclient(&self, i: usize, cwd: &Path, cmds: &str) -> (bool, String) {
+        let out = Command::new("smbclient")
+            .current_dir(cwd)
+            .arg(format!("//127.0.0.1/{SHARE}"))
+            .args(["-p", &self.port(i).to_string()])
+            .arg("-s")
+            .arg(&self.client_conf)
+            .args(["-U", &format!("{USER}%{PASS}"), "-c", cmds])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success() && !text.contains("NT_STATUS_"), text)
     }
 
     pub fn port(&self, i: usize) -> u16 {

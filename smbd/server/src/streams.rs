@@ -1,0 +1,203 @@
+//! Alternate data streams (MS-FSCC 2.1.5 "Pathname", MS-FSA 2.1.5.1 stream opens).
+//!
+//! Storage: a hidden "stream depot" directory at the share root, [`DEPOT`], with one
+//! sub-directory per file or directory that has named streams, keyed by the inode number
+//! (hex), and one regular file per stream whose name is the hex-encoded UTF-8 stream name.
+//! Keying by inode means a rename of the base file keeps its streams without touching the
+//! depot; a delete through this server removes the inode's depot entry (and a newly created
+//! file clears a stale one left by an inode number reused after an outside delete).
+//!
+//! Limits: streams of files deleted or replaced outside this server leak until the inode
+//! number is reused by a new file created here; streams live on the share root's
+//! filesystem, so a share spanning several filesystems could see inode collisions; the
+//! depot is hidden from directory listings and refused as a path component.
+
+use std::path::{Path, PathBuf};
+
+use smb_proto::status;
+
+/// Name of the stream depot directory at the share root.
+pub const DEPOT: &str = ".smbd-streams";
+
+/// A client path split into its file part and an optional named stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamPath<'a> {
+    /// The file path without any stream suffix.
+    pub base: &'a str,
+    /// The named stream as the client spelt it, `None` for the unnamed (default) stream.
+    pub stream: Option<String>,
+}
+
+/// Split `file[:stream[:type]]`. Only the `$DATA` type is supported; `file::$DATA` is the
+/// default stream (MS-FSCC 2.1.5.3). Errors are NTSTATUS values.
+pub fn parse(name: &str) -> Result<StreamPath<'_>, u32> {
+    let Some(colon) = name.find(':') else {
+        return Ok(StreamPath {
+            base: name,
+            stream: None,
+        });
+    };
+    let base = &name[..colon];
+    let rest = &name[colon + 1..];
+    // A colon is only allowed in the last component.
+    if rest.contains('\\') {
+        return Err(status::OBJECT_NAME_INVALID);
+    }
+    let (sname, stype) = match rest.find(':') {
+        Some(p) => (&rest[..p], Some(&rest[p + 1..])),
+        None => (rest, None),
+    };
+    if let Some(t) = stype {
+        if !t.eq_ignore_ascii_case("$DATA") {
+            return Err(status::OBJECT_NAME_INVALID);
+        }
+    } else if sname.is_empty() {
+        // "file:" names no stream at all.
+        return Err(status::OBJECT_NAME_INVALID);
+    }
+    if sname
+        .chars()
+        .any(|c| matches!(c, '/' | '\\' | ':') || (c as u32) < 0x20)
+    {
+        return Err(status::OBJECT_NAME_INVALID);
+    }
+    if sname.len() > 255 {
+        return Err(status::OBJECT_NAME_INVALID);
+    }
+    Ok(StreamPath {
+        base,
+        stream: (!sname.is_empty()).then(|| sname.to_string()),
+    })
+}
+
+fn encode(name: &str) -> String {
+    name.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode(hex: &str) -> Option<String> {
+    if !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+/// The depot directory of the object with inode `ino`.
+pub fn depot_dir(root: &Path, ino: u64) -> PathBuf {
+    root.join(DEPOT).join(format!("{ino:x}"))
+}
+
+/// One stored stream.
+#[derive(Debug, Clone)]
+pub struct StreamEntry {
+    /// Name with the case it was created with.
+    pub name: String,
+    pub path: PathBuf,
+    pub size: u64,
+    pub alloc: u64,
+}
+
+/// All named streams of inode `ino`, sorted by name.
+pub fn list(root: &Path, ino: u64) -> Vec<StreamEntry> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(rd) = std::fs::read_dir(depot_dir(root, ino)) else {
+        return Vec::new();
+    };
+    let mut out: Vec<StreamEntry> = rd
+        .flatten()
+        .filter_map(|e| {
+            let name = decode(e.file_name().to_str()?)?;
+            let m = e.metadata().ok()?;
+            Some(StreamEntry {
+                name,
+                path: e.path(),
+                size: m.len(),
+                alloc: m.blocks() * 512,
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// Find a stream by name; stream names are case-insensitive like file names.
+pub fn find(root: &Path, ino: u64, name: &str) -> Option<StreamEntry> {
+    let lower = name.to_lowercase();
+    list(root, ino)
+        .into_iter()
+        .find(|s| s.name.to_lowercase() == lower)
+}
+
+/// Create an empty stream; fails with `AlreadyExists` if the exact name exists.
+pub fn create(root: &Path, ino: u64, name: &str) -> std::io::Result<PathBuf> {
+    let dir = depot_dir(root, ino);
+    std::fs::create_dir_all(&dir)?;
+    let p = dir.join(encode(name));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&p)?;
+    Ok(p)
+}
+
+/// Remove every stream of inode `ino` (the base object is gone or was replaced).
+pub fn remove_all(root: &Path, ino: u64) {
+    let dir = depot_dir(root, ino);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::debug!(?dir, %e, "removing stream depot entry"),
+    }
+}
+
+/// Whether a path component names the depot (refused from clients).
+pub fn is_depot(component: &str) -> bool {
+    component.eq_ignore_ascii_case(DEPOT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_names() {
+        let p = parse("a\\b:s1:$DATA").unwrap();
+        assert_eq!(p.base, "a\\b");
+        assert_eq!(p.stream.as_deref(), Some("s1"));
+        assert_eq!(parse("f::$dAtA").unwrap().stream, None);
+        assert_eq!(parse("f::$dAtA").unwrap().base, "f");
+        assert_eq!(parse("f:S").unwrap().stream.as_deref(), Some("S"));
+        assert_eq!(parse("f").unwrap().stream, None);
+        assert_eq!(parse("f:"), Err(status::OBJECT_NAME_INVALID));
+        assert_eq!(parse("f:s:$FOO"), Err(status::OBJECT_NAME_INVALID));
+        assert_eq!(parse("d:s\\x"), Err(status::OBJECT_NAME_INVALID));
+    }
+
+    #[test]
+    fn create_find_list_remove() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        let p = create(root, 42, "StReAm").unwrap();
+        std::fs::write(&p, b"hello").unwrap();
+        create(root, 42, "other").unwrap();
+        let found = find(root, 42, "stream").unwrap();
+        assert_eq!(found.name, "StReAm");
+        assert_eq!(found.size, 5);
+        assert!(find(root, 43, "stream").is_none());
+        let names: Vec<String> = list(root, 42).into_iter().map(|s| s.name).collect();
+        assert_eq!(names, vec!["StReAm".to_string(), "other".to_string()]);
+        remove_all(root, 42);
+        assert!(list(root, 42).is_empty());
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        for n in ["a", "sTrEaM3", "ü:?", ""] {
+            assert_eq!(decode(&encode(n)).as_deref(), Some(n));
+        }
+        assert_eq!(decode("zz"), None);
+    }
+}
