@@ -12,6 +12,7 @@ pub mod durable;
 pub mod fs;
 pub mod locking;
 pub mod ops;
+pub mod sd;
 pub mod server;
 pub mod shared;
 pub mod streams;

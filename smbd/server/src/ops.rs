@@ -369,6 +369,18 @@ impl Conn {
             }
             created_now = true;
             is_dir = dir_req;
+            // SMB2_CREATE_SD_BUFFER (MS-SMB2 2.2.13.2.2): the new file's descriptor.
+            if let Some(x) = c.context(cctx::SECD) {
+                let all = crate::sd::OWNER_SECURITY_INFORMATION
+                    | crate::sd::GROUP_SECURITY_INFORMATION
+                    | crate::sd::DACL_SECURITY_INFORMATION;
+                let stored = crate::sd::parse(&x.data, all)
+                    .map_err(|st| std::io::Error::other(format!("{st:#x}")))
+                    .and_then(|p| crate::sd::store(&res.abs, &p));
+                if let Err(e) = stored {
+                    tracing::debug!(%e, "SecD create context not stored");
+                }
+            }
             if let Ok(m) = std::fs::metadata(&res.abs) {
                 use std::os::unix::fs::MetadataExt;
                 // An inode number reused after an outside delete must not inherit streams.
@@ -707,10 +719,8 @@ impl Conn {
             _ => info,
         };
         if cont.fake_quota {
-            info.attributes = fs::attr::HIDDEN
-                | fs::attr::SYSTEM
-                | fs::attr::DIRECTORY
-                | fs::attr::ARCHIVE;
+            info.attributes =
+                fs::attr::HIDDEN | fs::attr::SYSTEM | fs::attr::DIRECTORY | fs::attr::ARCHIVE;
             info.creation = 0;
             info.access = 0;
             info.write = 0;
@@ -1960,7 +1970,8 @@ impl Conn {
                 if q.additional_information & 0x7 != 0 && o.access & READ_CONTROL == 0 {
                     return err(status::ACCESS_DENIED);
                 }
-                let sd = fs::security_descriptor(q.additional_information);
+                // The descriptor belongs to the file, also for a stream open.
+                let sd = crate::sd::load(&o.abs).encode(q.additional_information);
                 if sd.len() > max {
                     let mut w = Writer::new();
                     w.u32(sd.len() as u32);
@@ -2001,7 +2012,14 @@ impl Conn {
         let read_only = self.shared.shares[o.share].read_only;
         match s.info_type {
             info_type::FILE => {}
-            info_type::SECURITY => return Outcome::Reply(status::SUCCESS, Response::SetInfo),
+            info_type::SECURITY => {
+                let st = Self::set_security(o, s.additional_information, &s.buffer, read_only);
+                return if st == status::SUCCESS {
+                    Outcome::Reply(status::SUCCESS, Response::SetInfo)
+                } else {
+                    err(st)
+                };
+            }
             info_type::FILESYSTEM | info_type::QUOTA => return err(status::NOT_SUPPORTED),
             _ => return err(status::INVALID_PARAMETER),
         }
@@ -2052,6 +2070,33 @@ impl Conn {
             Outcome::Reply(status::SUCCESS, Response::SetInfo)
         } else {
             err(st)
+        }
+    }
+
+    /// SET_INFO SECURITY (MS-SMB2 3.3.5.21.3): WRITE_OWNER for owner/group, WRITE_DAC for
+    /// the DACL; SACLs are ignored (no auditing).
+    fn set_security(o: &Open, which: u32, buf: &[u8], read_only: bool) -> u32 {
+        use crate::sd;
+        const WRITE_DAC: u32 = 0x0004_0000;
+        const WRITE_OWNER: u32 = 0x0008_0000;
+        let owner_group = sd::OWNER_SECURITY_INFORMATION | sd::GROUP_SECURITY_INFORMATION;
+        if (which & owner_group != 0 && o.access & WRITE_OWNER == 0)
+            || (which & sd::DACL_SECURITY_INFORMATION != 0 && o.access & WRITE_DAC == 0)
+        {
+            return status::ACCESS_DENIED;
+        }
+        if read_only {
+            return status::ACCESS_DENIED;
+        }
+        let given = match sd::parse(buf, which) {
+            Ok(p) => p,
+            Err(st) => return st,
+        };
+        let mut cur = sd::load(&o.abs);
+        cur.merge(given);
+        match sd::store(&o.abs, &cur) {
+            Ok(()) => status::SUCCESS,
+            Err(e) => io_status(&e),
         }
     }
 

@@ -1,0 +1,279 @@
+//! Stored security descriptors (MS-DTYP 2.4.6, self-relative form).
+//!
+//! A descriptor set by SET_INFO SECURITY or the SecD create context is kept in the
+//! `user.smbd.sd` xattr as owner, group and DACL parts; parts never set fall back to the
+//! built-in default (owner and group Everyone, DACL "Everyone: full control"). The stored
+//! DACL is returned as set; it is not evaluated for access checks (see STATUS.md).
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use smb_proto::status;
+
+const NAME: &[u8] = b"user.smbd.sd\0";
+const INVALID_SID: u32 = 0xC000_0078;
+const INVALID_ACL: u32 = 0xC000_0077;
+/// Largest descriptor accepted (what fits one xattr comfortably; Samba's limit is similar).
+const MAX_LEN: usize = 64 * 1024;
+
+pub const OWNER_SECURITY_INFORMATION: u32 = 1;
+pub const GROUP_SECURITY_INFORMATION: u32 = 2;
+pub const DACL_SECURITY_INFORMATION: u32 = 4;
+
+const SE_DACL_PRESENT: u16 = 0x0004;
+const SE_SELF_RELATIVE: u16 = 0x8000;
+const EVERYONE: [u8; 12] = [1, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0];
+
+/// The parts of a descriptor this server keeps. `dacl: Some(None)` is a NULL DACL.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Parts {
+    pub owner: Option<Vec<u8>>,
+    pub group: Option<Vec<u8>>,
+    pub dacl: Option<Option<Vec<u8>>>,
+}
+
+fn sid_at(b: &[u8], off: usize) -> Result<Vec<u8>, u32> {
+    let n = *b.get(off + 1).ok_or(status::INVALID_PARAMETER)? as usize;
+    if *b.get(off).ok_or(status::INVALID_PARAMETER)? != 1 || n > 15 {
+        return Err(INVALID_SID);
+    }
+    b.get(off..off + 8 + 4 * n)
+        .map(<[u8]>::to_vec)
+        .ok_or(status::INVALID_PARAMETER)
+}
+
+fn acl_at(b: &[u8], off: usize) -> Result<Vec<u8>, u32> {
+    let hdr = b.get(off..off + 8).ok_or(status::INVALID_PARAMETER)?;
+    let len = u16::from_le_bytes([hdr[2], hdr[3]]) as usize;
+    if !matches!(hdr[0], 2 | 4) || len < 8 {
+        return Err(INVALID_ACL);
+    }
+    b.get(off..off + len)
+        .map(<[u8]>::to_vec)
+        .ok_or(status::INVALID_PARAMETER)
+}
+
+/// Parse a self-relative descriptor, keeping the parts selected by `which`
+/// (OWNER/GROUP/DACL_SECURITY_INFORMATION). Errors are NTSTATUS values.
+pub fn parse(b: &[u8], which: u32) -> Result<Parts, u32> {
+    if b.len() < 20 || b[0] != 1 {
+        return Err(status::INVALID_PARAMETER);
+    }
+    let u32_at = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) as usize;
+    let control = u16::from_le_bytes([b[2], b[3]]);
+    let (oo, og, od) = (u32_at(4), u32_at(8), u32_at(16));
+    let mut p = Parts::default();
+    if which & OWNER_SECURITY_INFORMATION != 0 && oo != 0 {
+        p.owner = Some(sid_at(b, oo)?);
+    }
+    if which & GROUP_SECURITY_INFORMATION != 0 && og != 0 {
+        p.group = Some(sid_at(b, og)?);
+    }
+    if which & DACL_SECURITY_INFORMATION != 0 && control & SE_DACL_PRESENT != 0 {
+        p.dacl = Some(if od == 0 { None } else { Some(acl_at(b, od)?) });
+    }
+    Ok(p)
+}
+
+impl Parts {
+    /// Overlay the parts present in `other`.
+    pub fn merge(&mut self, other: Parts) {
+        if other.owner.is_some() {
+            self.owner = other.owner;
+        }
+        if other.group.is_some() {
+            self.group = other.group;
+        }
+        if other.dacl.is_some() {
+            self.dacl = other.dacl;
+        }
+    }
+
+    /// Encode the parts selected by `which` as a self-relative descriptor, filling
+    /// unset parts with the defaults.
+    pub fn encode(&self, which: u32) -> Vec<u8> {
+        let mut out = vec![0u8; 20];
+        out[0] = 1;
+        let mut control = SE_SELF_RELATIVE;
+        let put_u32 = |out: &mut Vec<u8>, at: usize, v: usize| {
+            out[at..at + 4].copy_from_slice(&(v as u32).to_le_bytes());
+        };
+        if which & OWNER_SECURITY_INFORMATION != 0 {
+            let o = out.len();
+            put_u32(&mut out, 4, o);
+            out.extend_from_slice(self.owner.as_deref().unwrap_or(&EVERYONE));
+        }
+        if which & GROUP_SECURITY_INFORMATION != 0 {
+            let o = out.len();
+            put_u32(&mut out, 8, o);
+            out.extend_from_slice(self.group.as_deref().unwrap_or(&EVERYONE));
+        }
+        if which & DACL_SECURITY_INFORMATION != 0 {
+            control |= SE_DACL_PRESENT;
+            match &self.dacl {
+                Some(None) => {}
+                Some(Some(acl)) => {
+                    let o = out.len();
+                    put_u32(&mut out, 16, o);
+                    out.extend_from_slice(acl);
+                }
+                None => {
+                    let o = out.len();
+                    put_u32(&mut out, 16, o);
+                    out.extend_from_slice(&default_dacl());
+                }
+            }
+        }
+        out[2..4].copy_from_slice(&control.to_le_bytes());
+        out
+    }
+}
+
+/// ACL with one ACCESS_ALLOWED ACE: Everyone, full control.
+fn default_dacl() -> Vec<u8> {
+    let ace_size = 8 + EVERYONE.len() as u16;
+    let mut a = Vec::new();
+    a.extend_from_slice(&[2, 0]);
+    a.extend_from_slice(&(8 + ace_size).to_le_bytes());
+    a.extend_from_slice(&1u16.to_le_bytes());
+    a.extend_from_slice(&0u16.to_le_bytes());
+    a.extend_from_slice(&[0, 0]);
+    a.extend_from_slice(&ace_size.to_le_bytes());
+    a.extend_from_slice(&0x001F_01FFu32.to_le_bytes());
+    a.extend_from_slice(&EVERYONE);
+    a
+}
+
+/// The stored parts of `path` (all unset when nothing was stored).
+pub fn load(path: &Path) -> Parts {
+    let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+        return Parts::default();
+    };
+    let mut buf = vec![0u8; MAX_LEN];
+    // SAFETY: `c` and NAME are NUL-terminated; `buf` is writable for MAX_LEN bytes and the
+    // kernel writes at most that many.
+    let n = unsafe {
+        libc::lgetxattr(
+            c.as_ptr(),
+            NAME.as_ptr().cast(),
+            buf.as_mut_ptr().cast(),
+            MAX_LEN,
+        )
+    };
+    if n <= 0 {
+        return Parts::default();
+    }
+    buf.truncate(n as usize);
+    let all = OWNER_SECURITY_INFORMATION | GROUP_SECURITY_INFORMATION | DACL_SECURITY_INFORMATION;
+    // Stored descriptors always carry every part that was ever set; a part that was not
+    // set is absent (offset 0) and, for the DACL, the DACL_PRESENT bit is clear.
+    parse(&buf, all).unwrap_or_default()
+}
+
+/// Store `p` for `path`.
+pub fn store(path: &Path, p: &Parts) -> std::io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // Only the parts that were set are written, so defaults stay defaults.
+    let mut buf = vec![0u8; 20];
+    buf[0] = 1;
+    let mut control = SE_SELF_RELATIVE;
+    if let Some(o) = &p.owner {
+        let at = buf.len() as u32;
+        buf[4..8].copy_from_slice(&at.to_le_bytes());
+        buf.extend_from_slice(o);
+    }
+    if let Some(g) = &p.group {
+        let at = buf.len() as u32;
+        buf[8..12].copy_from_slice(&at.to_le_bytes());
+        buf.extend_from_slice(g);
+    }
+    if let Some(d) = &p.dacl {
+        control |= SE_DACL_PRESENT;
+        if let Some(acl) = d {
+            let at = buf.len() as u32;
+            buf[16..20].copy_from_slice(&at.to_le_bytes());
+            buf.extend_from_slice(acl);
+        }
+    }
+    buf[2..4].copy_from_slice(&control.to_le_bytes());
+    if buf.len() > MAX_LEN {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    }
+    // SAFETY: `c` and NAME are NUL-terminated; `buf` holds buf.len() readable bytes.
+    let rc = unsafe {
+        libc::lsetxattr(
+            c.as_ptr(),
+            NAME.as_ptr().cast(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: u32 =
+        OWNER_SECURITY_INFORMATION | GROUP_SECURITY_INFORMATION | DACL_SECURITY_INFORMATION;
+
+    #[test]
+    fn default_round_trips() {
+        let d = Parts::default().encode(ALL);
+        let p = parse(&d, ALL).unwrap();
+        assert_eq!(p.owner.as_deref(), Some(&EVERYONE[..]));
+        assert_eq!(p.dacl, Some(Some(default_dacl())));
+    }
+
+    #[test]
+    fn merge_replaces_only_given_parts() {
+        let mut acl = default_dacl();
+        acl[8 + 4] = 0x89; // a different access mask
+        let mut stored = Parts::default();
+        stored.merge(Parts {
+            dacl: Some(Some(acl.clone())),
+            ..Default::default()
+        });
+        let out = stored.encode(ALL);
+        let p = parse(&out, ALL).unwrap();
+        assert_eq!(p.dacl, Some(Some(acl)));
+        assert_eq!(p.owner.as_deref(), Some(&EVERYONE[..]));
+        // Only the owner requested: no DACL in the answer.
+        let o = parse(&stored.encode(OWNER_SECURITY_INFORMATION), ALL).unwrap();
+        assert_eq!(o.dacl, None);
+    }
+
+    #[test]
+    fn null_dacl_and_garbage() {
+        let p = Parts {
+            dacl: Some(None),
+            ..Default::default()
+        };
+        let b = p.encode(DACL_SECURITY_INFORMATION);
+        assert_eq!(parse(&b, ALL).unwrap().dacl, Some(None));
+        assert_eq!(parse(&[1, 0, 0], ALL), Err(status::INVALID_PARAMETER));
+    }
+
+    #[test]
+    fn xattr_store_load() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("f");
+        std::fs::write(&f, b"").unwrap();
+        let p = Parts {
+            dacl: Some(Some(default_dacl())),
+            ..Default::default()
+        };
+        if store(&f, &p).is_err() {
+            eprintln!("filesystem without user xattrs; skipping");
+            return;
+        }
+        assert_eq!(load(&f), p);
+    }
+}
