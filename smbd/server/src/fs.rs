@@ -522,38 +522,6 @@ pub fn query_fs_info(cls: u8, root: &Path, fs_id: u64) -> Result<Vec<u8>, u32> {
     Ok(w.buf)
 }
 
-/// A minimal self-relative security descriptor: owner and group Everyone (S-1-1-0), and a
-/// DACL granting Everyone full access (MS-DTYP 2.4.6).
-pub fn security_descriptor(additional: u32) -> Vec<u8> {
-    let sid: [u8; 12] = [1, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0];
-    let mut w = Writer::new();
-    let want_owner = additional & 1 != 0;
-    let want_group = additional & 2 != 0;
-    let want_dacl = additional & 4 != 0;
-    // Header: revision, sbz1, control (SELF_RELATIVE | DACL_PRESENT), offsets filled below.
-    let control: u16 = 0x8000 | if want_dacl { 0x0004 } else { 0 };
-    w.u8(1).u8(0).u16(control).u32(0).u32(0).u32(0).u32(0);
-    if want_owner {
-        let o = w.len() as u32;
-        w.set_u32(4, o);
-        w.bytes(&sid);
-    }
-    if want_group {
-        let o = w.len() as u32;
-        w.set_u32(8, o);
-        w.bytes(&sid);
-    }
-    if want_dacl {
-        let o = w.len() as u32;
-        w.set_u32(16, o);
-        // ACL: revision 2, size, 1 ACE; ACE: ACCESS_ALLOWED, flags 0, size 20, mask, SID.
-        let ace_size = 8 + sid.len() as u16;
-        w.u8(2).u8(0).u16(8 + ace_size).u16(1).u16(0);
-        w.u8(0).u8(0).u16(ace_size).u32(0x001F_01FF).bytes(&sid);
-    }
-    w.buf
-}
-
 /// One directory entry for QUERY_DIRECTORY.
 #[derive(Debug, Clone)]
 pub struct DirEntry {

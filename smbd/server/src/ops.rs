@@ -288,6 +288,15 @@ impl Conn {
             }
             access &= READ_ACCESS;
         }
+        // FILE_CREATE of an existing file fails with a name collision before any access
+        // check (smbtorture delete-on-close-perms "CREATE Existing").
+        let collides = sp.stream.is_none() && c.disposition == disposition::CREATE;
+        if res.exists && !fake_quota && !collides {
+            match Self::check_stored_acl(&res.abs, access, c.desired_access) {
+                Ok(a) => access = a,
+                Err(st) => return err(st),
+            }
+        }
         let delete_on_close = c.options & create_options::DELETE_ON_CLOSE != 0;
         if delete_on_close && access & DELETE == 0 {
             return err(status::ACCESS_DENIED);
@@ -369,7 +378,17 @@ impl Conn {
             }
             created_now = true;
             is_dir = dir_req;
-            // SMB2_CREATE_SD_BUFFER (MS-SMB2 2.2.13.2.2): the new file's descriptor.
+            // SMB2_CREATE_SD_BUFFER (MS-SMB2 2.2.13.2.2): the new file's descriptor; without
+            // one the parent's inheritable ACEs apply.
+            let inherited = res
+                .abs
+                .parent()
+                .and_then(|p| crate::sd::load(p).inherit(dir_req));
+            if let (None, Some(p)) = (c.context(cctx::SECD), inherited) {
+                if let Err(e) = crate::sd::store(&res.abs, &p) {
+                    tracing::debug!(%e, "inherited descriptor not stored");
+                }
+            }
             if let Some(x) = c.context(cctx::SECD) {
                 let all = crate::sd::OWNER_SECURITY_INFORMATION
                     | crate::sd::GROUP_SECURITY_INFORMATION
@@ -560,6 +579,40 @@ impl Conn {
                 std::fs::remove_file(&cont.abs)
             };
         }
+    }
+
+    /// Access check of an existing object against its stored DACL (MS-FSA 2.1.5.1.2.1,
+    /// MS-DTYP 2.5.3.2). DELETE may also come from FILE_DELETE_CHILD on the parent.
+    /// Returns the access to grant (MAXIMUM_ALLOWED resolved to what the DACL allows).
+    fn check_stored_acl(path: &Path, access: u32, desired: u32) -> Result<u32, u32> {
+        const SYNCHRONIZE: u32 = 0x0010_0000;
+        const DELETE_CHILD: u32 = 0x40;
+        let Some(mut granted) = crate::sd::load(path).granted() else {
+            return Ok(access);
+        };
+        granted |= SYNCHRONIZE;
+        let parent_grants_delete = || {
+            path.parent()
+                .map(|p| {
+                    crate::sd::load(p)
+                        .granted()
+                        .is_none_or(|g| g & DELETE_CHILD != 0)
+                })
+                .unwrap_or(false)
+        };
+        if parent_grants_delete() {
+            granted |= DELETE;
+        }
+        let max = desired & locking::access_bits::MAXIMUM_ALLOWED != 0;
+        let explicit = map_generic(desired & !locking::access_bits::MAXIMUM_ALLOWED);
+        if explicit & !granted != 0 {
+            return Err(status::ACCESS_DENIED);
+        }
+        Ok(if max {
+            explicit | (access & granted)
+        } else {
+            access
+        })
     }
 
     /// Find or create the data file of named stream `sname` of `res` for CREATE `c`

@@ -150,15 +150,22 @@ pub fn load(path: &Path) -> Parts {
     let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
         return Parts::default();
     };
-    let mut buf = vec![0u8; MAX_LEN];
-    // SAFETY: `c` and NAME are NUL-terminated; `buf` is writable for MAX_LEN bytes and the
-    // kernel writes at most that many.
+    // Size probe first: most files have no stored descriptor, and this runs on every open.
+    // SAFETY: `c` and NAME are NUL-terminated; a zero size with a null buffer only asks
+    // for the value's length.
+    let len = unsafe { libc::lgetxattr(c.as_ptr(), NAME.as_ptr().cast(), std::ptr::null_mut(), 0) };
+    if len <= 0 || len as usize > MAX_LEN {
+        return Parts::default();
+    }
+    let mut buf = vec![0u8; len as usize];
+    // SAFETY: `c` and NAME are NUL-terminated; `buf` is writable for buf.len() bytes and
+    // the kernel writes at most that many (ERANGE if the value grew meanwhile).
     let n = unsafe {
         libc::lgetxattr(
             c.as_ptr(),
             NAME.as_ptr().cast(),
             buf.as_mut_ptr().cast(),
-            MAX_LEN,
+            buf.len(),
         )
     };
     if n <= 0 {
@@ -217,6 +224,124 @@ pub fn store(path: &Path, p: &Parts) -> std::io::Result<()> {
     Ok(())
 }
 
+const EVERYONE_SID: &[u8] = &EVERYONE;
+/// S-1-5-11, Authenticated Users.
+const AUTHENTICATED_USERS: [u8; 12] = [1, 1, 0, 0, 0, 0, 0, 5, 11, 0, 0, 0];
+const ACE_OBJECT_INHERIT: u8 = 0x01;
+const ACE_CONTAINER_INHERIT: u8 = 0x02;
+const ACE_NO_PROPAGATE: u8 = 0x04;
+const ACE_INHERIT_ONLY: u8 = 0x08;
+const ACE_INHERITED: u8 = 0x10;
+const READ_CONTROL: u32 = 0x0002_0000;
+const WRITE_DAC: u32 = 0x0004_0000;
+
+/// One ACE of an ACL (MS-DTYP 2.4.4).
+struct Ace<'a> {
+    ty: u8,
+    flags: u8,
+    mask: u32,
+    sid: &'a [u8],
+    raw: &'a [u8],
+}
+
+fn aces(acl: &[u8]) -> Vec<Ace<'_>> {
+    let mut out = Vec::new();
+    let count = acl
+        .get(4..6)
+        .map_or(0, |c| u16::from_le_bytes([c[0], c[1]])) as usize;
+    let mut off = 8;
+    for _ in 0..count {
+        let Some(h) = acl.get(off..off + 8) else {
+            break;
+        };
+        let size = u16::from_le_bytes([h[2], h[3]]) as usize;
+        let Some(raw) = acl.get(off..off + size).filter(|_| size >= 8) else {
+            break;
+        };
+        let mask = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+        out.push(Ace {
+            ty: h[0],
+            flags: h[1],
+            mask,
+            sid: &raw[8..],
+            raw,
+        });
+        off += size;
+    }
+    out
+}
+
+/// Whether the caller's token holds `sid`. Users are not mapped to SIDs, so the token is
+/// Everyone plus Authenticated Users (CREATOR OWNER never matches on an object itself).
+fn in_token(sid: &[u8]) -> bool {
+    sid == EVERYONE_SID || sid == AUTHENTICATED_USERS
+}
+
+impl Parts {
+    /// Access the DACL grants the caller (MS-DTYP 2.5.3.2, simplified: ACCESS_ALLOWED and
+    /// ACCESS_DENIED ACEs in order, every caller is treated as the owner and so always gets
+    /// READ_CONTROL and WRITE_DAC). `None` when there is no stored DACL or a NULL DACL:
+    /// then nothing is restricted.
+    pub fn granted(&self) -> Option<u32> {
+        let acl = self.dacl.as_ref()?.as_ref()?;
+        let mut granted = READ_CONTROL | WRITE_DAC;
+        let mut denied = 0u32;
+        for a in aces(acl) {
+            if a.flags & ACE_INHERIT_ONLY != 0 || !in_token(a.sid) {
+                continue;
+            }
+            match a.ty {
+                0 => granted |= a.mask & !denied,
+                1 => denied |= a.mask & !granted,
+                _ => {}
+            }
+        }
+        Some(granted & !denied)
+    }
+
+    /// The descriptor a new child of a directory with these parts gets (MS-DTYP 2.5.3.4,
+    /// simplified): the inheritable ACEs of the parent's DACL. `None` when the parent has
+    /// no stored DACL (the child then keeps the default).
+    pub fn inherit(&self, child_is_dir: bool) -> Option<Parts> {
+        let acl = self.dacl.as_ref()?.as_ref()?;
+        let mut body = Vec::new();
+        let mut n = 0u16;
+        for Ace { flags, raw, .. } in aces(acl) {
+            let oi = flags & ACE_OBJECT_INHERIT != 0;
+            let ci = flags & ACE_CONTAINER_INHERIT != 0;
+            let new_flags = if child_is_dir {
+                if ci && flags & ACE_NO_PROPAGATE == 0 {
+                    (flags & !ACE_INHERIT_ONLY) | ACE_INHERITED
+                } else if ci {
+                    ACE_INHERITED
+                } else if oi && flags & ACE_NO_PROPAGATE == 0 {
+                    flags | ACE_INHERIT_ONLY | ACE_INHERITED
+                } else {
+                    continue;
+                }
+            } else if oi {
+                ACE_INHERITED
+            } else {
+                continue;
+            };
+            let mut ace = raw.to_vec();
+            ace[1] = new_flags;
+            body.extend_from_slice(&ace);
+            n += 1;
+        }
+        let mut out = vec![2u8, 0];
+        out.extend_from_slice(&((8 + body.len()) as u16).to_le_bytes());
+        out.extend_from_slice(&n.to_le_bytes());
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&body);
+        Some(Parts {
+            owner: self.owner.clone(),
+            group: self.group.clone(),
+            dacl: Some(Some(out)),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,6 +384,61 @@ mod tests {
         let b = p.encode(DACL_SECURITY_INFORMATION);
         assert_eq!(parse(&b, ALL).unwrap().dacl, Some(None));
         assert_eq!(parse(&[1, 0, 0], ALL), Err(status::INVALID_PARAMETER));
+    }
+
+    fn acl(entries: &[(u8, u8, u32, &[u8])]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (ty, fl, mask, sid) in entries {
+            body.extend_from_slice(&[*ty, *fl]);
+            body.extend_from_slice(&((8 + sid.len()) as u16).to_le_bytes());
+            body.extend_from_slice(&mask.to_le_bytes());
+            body.extend_from_slice(sid);
+        }
+        let mut a = vec![2u8, 0];
+        a.extend_from_slice(&((8 + body.len()) as u16).to_le_bytes());
+        a.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+        a.extend_from_slice(&[0, 0]);
+        a.extend_from_slice(&body);
+        a
+    }
+
+    #[test]
+    fn access_evaluation() {
+        let creator_owner: &[u8] = &[1, 1, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0];
+        assert_eq!(Parts::default().granted(), None);
+        let p = Parts {
+            dacl: Some(Some(acl(&[(0, 0, 0x1_0003, EVERYONE_SID)]))),
+            ..Default::default()
+        };
+        assert_eq!(p.granted(), Some(0x1_0003 | READ_CONTROL | WRITE_DAC));
+        // Deny before allow wins; CREATOR OWNER and inherit-only ACEs do not apply.
+        let p = Parts {
+            dacl: Some(Some(acl(&[
+                (1, 0, 0x2, EVERYONE_SID),
+                (0, 0, 0x3, EVERYONE_SID),
+                (0, 0, 0x4, creator_owner),
+                (0, ACE_INHERIT_ONLY, 0x8, EVERYONE_SID),
+            ]))),
+            ..Default::default()
+        };
+        assert_eq!(p.granted(), Some(0x1 | READ_CONTROL | WRITE_DAC));
+    }
+
+    #[test]
+    fn inheritance() {
+        let parent = Parts {
+            dacl: Some(Some(acl(&[
+                (0, ACE_OBJECT_INHERIT, 0x1, EVERYONE_SID),
+                (0, ACE_CONTAINER_INHERIT, 0x2, EVERYONE_SID),
+                (0, 0, 0x4, EVERYONE_SID),
+            ]))),
+            ..Default::default()
+        };
+        let file = parent.inherit(false).unwrap();
+        assert_eq!(file.granted(), Some(0x1 | READ_CONTROL | WRITE_DAC));
+        let dir = parent.inherit(true).unwrap();
+        assert_eq!(dir.granted(), Some(0x2 | READ_CONTROL | WRITE_DAC));
+        assert_eq!(Parts::default().inherit(false), None);
     }
 
     #[test]
