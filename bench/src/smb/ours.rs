@@ -93,6 +93,13 @@ pub fn smbd_toml(users: &Path, share: &Path, lockmgr: Option<&LockmgrSection>) -
     if lockmgr.is_some() {
         s.push_str(&format!("cluster_fs_id = \"{CLUSTER_FS_ID}\"\n"));
     }
+    // A/B experiments on server settings (e.g. `workers = 1`) without a rebuild.
+    if let Ok(extra) = std::env::var("SMBBENCH_SMBD_SERVER_EXTRA") {
+        for line in extra.split(';') {
+            s.push_str(line.trim());
+            s.push('\n');
+        }
+    }
     s.push_str(&format!(
         "\n[[share]]\nname = \"{SHARE}\"\npath = \"{}\"\n",
         share.display()

@@ -208,6 +208,104 @@ const RANGE: LockRange = LockRange {
     exclusive: true,
 };
 
+/// smbd's own cluster lock service (`[lockmgr] transport = "rdma"`, the code path a real smbd
+/// node takes) for two nodes: node B's lock conflicts with node A's, B's blocking lock waits
+/// and is granted when A unlocks, and A's session ending releases its open.
+fn test_smbd_nodes(d: &Daemon, dev: &DeviceConfig) -> TestResult {
+    use smbd::locking::{LockService, RequestId, SessionId};
+    use smbd::server::cluster::ClusterLocks;
+
+    let key_file = std::env::temp_dir().join(format!("rdma-suite-{}.key", std::process::id()));
+    std::fs::write(&key_file, KEY).map_err(|e| format!("writing the key file: {e}"))?;
+    let node = |name: &str| -> Result<ClusterLocks, String> {
+        let cfg = smbd::config::LockmgrConfig {
+            transport: smbd::config::LockTransport::Rdma,
+            connect: Some(d.addr.to_string()),
+            cluster_key_file: Some(key_file.clone()),
+            node_name: Some(name.into()),
+            request_timeout_ms: TIMEOUT.as_millis() as u64,
+            rdma_device: dev.device.clone(),
+            rdma_port: dev.port,
+            gid_index: dev.gid_index,
+            ..smbd::config::LockmgrConfig::default()
+        };
+        let (locks, _pump) = ClusterLocks::from_config(&cfg).map_err(|e| e.to_string())?;
+        Ok(locks)
+    };
+    let result = (|| {
+        let mut a = node("smbd-a")?;
+        let mut b = node("smbd-b")?;
+        let (conn_a, conn_b) = (SessionId(1), SessionId(1));
+        let file = FileId(0x5a5a);
+        let open_req = || {
+            Request::Open(OpenRequest {
+                file,
+                access: access::FILE_READ_DATA | access::FILE_WRITE_DATA,
+                share: share::READ | share::WRITE,
+                ..OpenRequest::default()
+            })
+        };
+        let opened = |r: Reply| match r {
+            Reply::Opened { open, .. } => Ok(open),
+            other => Err(format!("open: {other:?}")),
+        };
+        let oa = opened(a.request(conn_a, RequestId(1), open_req()))?;
+        let ob = opened(b.request(conn_b, RequestId(1), open_req()))?;
+        expect(
+            "node A locks",
+            a.request(conn_a, RequestId(2), lock(oa, RANGE, true)),
+            Reply::Done(Status::Success),
+        )?;
+        expect(
+            "node B's conflicting lock",
+            b.request(conn_b, RequestId(2), lock(ob, RANGE, true)),
+            Reply::Done(Status::LockNotGranted),
+        )?;
+        expect(
+            "node B's blocking lock",
+            b.request(conn_b, RequestId(3), lock(ob, RANGE, false)),
+            Reply::Pending,
+        )?;
+        expect(
+            "node A unlocks",
+            a.request(conn_a, RequestId(4), unlock(oa, RANGE)),
+            Reply::Done(Status::Success),
+        )?;
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            b.tick();
+            if let Some((s, n)) = b.poll_event() {
+                match n {
+                    Notification::Completed { request, reply } if s == conn_b => {
+                        expect("node B's deferred lock", reply, Reply::Done(Status::Success))?;
+                        if request != RequestId(3) {
+                            return Err(format!("completion for {request:?}, expected 3"));
+                        }
+                        break;
+                    }
+                    other => return Err(format!("unexpected event {other:?}")),
+                }
+            }
+            if Instant::now() > deadline {
+                return Err("node B's blocking lock was not granted".into());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Node A's connection ends: its open goes, so an exclusive open from B succeeds.
+        a.end_session(conn_a);
+        b.end_session(conn_b);
+        let excl = Request::Open(OpenRequest {
+            file,
+            access: access::FILE_READ_DATA | access::FILE_WRITE_DATA,
+            share: 0,
+            ..OpenRequest::default()
+        });
+        opened(b.request(SessionId(2), RequestId(5), excl)).map(|_| ())
+    })();
+    let _ = std::fs::remove_file(&key_file);
+    result
+}
+
 /// The daemon side: lockmgrd's server loop over RDMA on a thread.
 struct Daemon {
     addr: SocketAddr,
@@ -693,6 +791,10 @@ fn main() -> ExitCode {
         (
             "pipelined_flood",
             Box::new(|d| test_pipelined_flood(d, &dev)),
+        ),
+        (
+            "smbd_nodes_share_locks",
+            Box::new(|d| test_smbd_nodes(d, &dev)),
         ),
         (
             "lockbench",

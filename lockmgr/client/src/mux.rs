@@ -39,6 +39,10 @@ struct Booking {
     conn_request: RequestId,
     lease: Option<(ClientGuid, LeaseKey)>,
     closing: Option<OpenId>,
+    /// `Disconnect`: a durable open answers `Done(Success)` and leaves the node too.
+    disconnecting: bool,
+    /// `Reclaim`: the client whose lease (if the grant is one) the connection now holds.
+    reclaim_guid: Option<ClientGuid>,
 }
 
 /// The node's view of its lock-manager session, multiplexed over its SMB connections.
@@ -192,7 +196,12 @@ impl<T: ClientTransport> NodeSessions<T> {
             _ => None,
         };
         let closing = match &req {
-            Request::Close { open } => Some(*open),
+            Request::Close { open } | Request::Disconnect { open } => Some(*open),
+            _ => None,
+        };
+        let disconnecting = matches!(req, Request::Disconnect { .. });
+        let reclaim_guid = match &req {
+            Request::Reclaim { client_guid, .. } => Some(*client_guid),
             _ => None,
         };
         let timeout = self.timeout;
@@ -216,6 +225,8 @@ impl<T: ClientTransport> NodeSessions<T> {
             conn_request,
             lease,
             closing,
+            disconnecting,
+            reclaim_guid,
         };
         match self.pump_until(Some(booking), deadline) {
             Ok(Some(reply)) => reply,
@@ -237,7 +248,13 @@ impl<T: ClientTransport> NodeSessions<T> {
     /// `Pending`, can arrive right behind the reply when this thread was slow to read it.
     fn book_reply(&mut self, b: &Booking, reply: &Reply) {
         match reply {
-            Reply::Opened { open, grant } => self.book_open(b.conn, *open, *grant, b.lease),
+            Reply::Opened { open, grant } => {
+                let lease = b.lease.or(match (b.reclaim_guid, grant) {
+                    (Some(g), OplockGrant::Lease(l)) => Some((g, l.key)),
+                    _ => None,
+                });
+                self.book_open(b.conn, *open, *grant, lease)
+            }
             Reply::Pending => {
                 self.deferred.insert(
                     b.id,
@@ -250,6 +267,13 @@ impl<T: ClientTransport> NodeSessions<T> {
                 self.conn_deferred.insert((b.conn, b.conn_request), b.id);
             }
             Reply::Closed { .. } => {
+                if let Some(open) = b.closing {
+                    self.forget_open(open);
+                }
+            }
+            // A durable open disconnected: lockmgrd keeps it for any node to reclaim; this
+            // node no longer routes anything for it.
+            Reply::Done(Status::Success) if b.disconnecting => {
                 if let Some(open) = b.closing {
                     self.forget_open(open);
                 }
@@ -366,7 +390,9 @@ impl<T: ClientTransport> NodeSessions<T> {
         }
     }
 
-    /// SMB connection `conn` is gone: close what it still holds and cancel what it waits for.
+    /// SMB connection `conn` is gone: cancel what it waits for and disconnect what it still
+    /// holds (lockmgrd closes plain opens and keeps durable ones, disconnected, for a
+    /// reconnect through any node: MS-SMB2 3.3.7.1).
     pub fn end_connection(&mut self, conn: SessionId) {
         let opens = self.conn_opens.remove(&conn).unwrap_or_default();
         let waiting: Vec<RequestId> = self
@@ -396,7 +422,7 @@ impl<T: ClientTransport> NodeSessions<T> {
                 ids.push(client.submit(Request::Cancel { request: id })?);
             }
             for open in opens {
-                ids.push(client.submit(Request::Close { open })?);
+                ids.push(client.submit(Request::Disconnect { open })?);
             }
             client.flush()
         })();

@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use lockmgr_client::mux::NodeSessions;
 use lockmgr_client::{ClientOptions, LockClient};
 use lockmgr_engine::{
-    access, share, ClientGuid, FileId, LockRange, Notification, OpenId, OpenRequest, OplockGrant,
-    OplockLevel, OplockRequest, Reply, Request, RequestId, SessionId, Status,
+    access, share, ClientGuid, FileId, Lease, LeaseKey, LeaseState, LockRange, Notification,
+    OpenId, OpenRequest, OplockGrant, OplockLevel, OplockRequest, Reply, Request, RequestId,
+    SessionId, Status,
 };
 use lockmgr_proto::ClusterKey;
 use lockmgr_transport::shm::{ShmClient, ShmConfig, ShmServer};
@@ -49,6 +50,15 @@ fn start_at(
     path: std::path::PathBuf,
     break_timeout: Duration,
 ) -> Running {
+    start_full(dir, path, break_timeout, Duration::from_secs(10))
+}
+
+fn start_full(
+    dir: Option<tempfile::TempDir>,
+    path: std::path::PathBuf,
+    break_timeout: Duration,
+    liveness: Duration,
+) -> Running {
     let spin = SpinConfig {
         spin: Duration::ZERO,
     };
@@ -68,7 +78,7 @@ fn start_at(
             transport,
             ServerOptions {
                 key: ClusterKey::new(KEY).unwrap(),
-                liveness: Duration::from_secs(10),
+                liveness,
                 engine: lockmgr_engine::Config {
                     break_timeout: lockmgr_engine::Duration(break_timeout.as_nanos() as u64),
                 },
@@ -380,4 +390,158 @@ fn lost_lock_manager_fails_requests_and_reconnects() {
         ),
         Reply::Opened { .. }
     ));
+}
+
+fn lease_req(file: FileId, guid: u128, key: u128, access_mask: u32) -> Request {
+    Request::Open(OpenRequest {
+        file,
+        access: access_mask,
+        share: share::READ | share::WRITE,
+        client_guid: ClientGuid(guid),
+        oplock: OplockRequest::Lease(Lease {
+            key: LeaseKey(key),
+            state: LeaseState::RH,
+            ..Lease::default()
+        }),
+        ..OpenRequest::default()
+    })
+}
+
+/// Asks node `n` (connection `conn`) for the disconnected durable open `key` until lockmgrd
+/// has one: a node death is only noticed when its liveness lease lapses.
+fn wait_disconnected(n: &mut NodeSessions<ShmClient>, conn: SessionId, key: u64) -> (OpenId, Vec<u8>) {
+    let deadline = Instant::now() + TIMEOUT;
+    let mut id = 1000;
+    loop {
+        id += 1;
+        match n.request(conn, RequestId(id), Request::DurableLookup { key }) {
+            Reply::Durable { open, blob } => return (open, blob),
+            Reply::Done(Status::NotFound) => {}
+            other => panic!("lookup: {other:?}"),
+        }
+        assert!(Instant::now() < deadline, "durable open never disconnected");
+        n.tick();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Node A dies (no close, no disconnect: its lockmgrd session lapses) while one of its
+/// connections holds a durable open with a byte-range lock. The open stays, disconnected, with
+/// its lock in force for node B's clients; node B reclaims it for the same client (MS-SMB2
+/// 3.3.7.1, 3.3.5.9.7) and the lease's breaks then reach B's connection.
+#[test]
+fn durable_open_of_dead_node_is_reclaimed_through_another_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lockmgr.sock");
+    let r = start_full(Some(dir), path, Duration::from_secs(35), Duration::from_millis(300));
+    let mut a = node(&r, "node-a");
+    let mut b = node(&r, "node-b");
+    let file = FileId(0xd0);
+    let rw = access::FILE_READ_DATA | access::FILE_WRITE_DATA;
+    let Reply::Opened { open, grant } = a.request(SessionId(1), RequestId(1), lease_req(file, 0x77, 5, rw))
+    else {
+        panic!("open on A failed")
+    };
+    assert!(matches!(grant, OplockGrant::Lease(l) if l.state == LeaseState::RH));
+    let durable = Request::SetDurable {
+        open,
+        key: 42,
+        timeout_ms: 60_000,
+        blob: b"data\0f.txt".to_vec(),
+    };
+    assert_eq!(a.request(SessionId(1), RequestId(2), durable), Reply::Done(Status::Success));
+    let lock = Request::Lock {
+        open,
+        ranges: vec![LockRange {
+            offset: 0,
+            length: 10,
+            exclusive: true,
+        }],
+        fail_immediately: true,
+    };
+    assert_eq!(a.request(SessionId(1), RequestId(3), lock), Reply::Done(Status::Success));
+    drop(a);
+
+    let (found, blob) = wait_disconnected(&mut b, SessionId(3), 42);
+    assert_eq!((found, blob.as_slice()), (open, b"data\0f.txt".as_slice()));
+    // The lock is still in force for another client on B.
+    let Reply::Opened { open: other, .. } = b.request(
+        SessionId(3),
+        RequestId(1),
+        lease_req(file, 0x99, 6, access::FILE_READ_DATA),
+    ) else {
+        panic!("reader on B failed")
+    };
+    let read = |o: OpenId| Request::CheckIo {
+        open: o,
+        offset: 0,
+        length: 1,
+        write: false,
+    };
+    assert_eq!(
+        b.request(SessionId(3), RequestId(2), read(other)),
+        Reply::Done(Status::FileLockConflict)
+    );
+    // The lease is the client's: another ClientGuid cannot reclaim the open.
+    let reclaim = |guid: u128| Request::Reclaim {
+        key: 42,
+        open,
+        client_guid: ClientGuid(guid),
+    };
+    assert_eq!(
+        b.request(SessionId(4), RequestId(1), reclaim(0x99)),
+        Reply::Done(Status::NotFound)
+    );
+    let Reply::Opened { open: got, grant } = b.request(SessionId(4), RequestId(2), reclaim(0x77))
+    else {
+        panic!("reclaim failed")
+    };
+    assert_eq!(got, open);
+    assert!(matches!(grant, OplockGrant::Lease(l) if l.state == LeaseState::RH));
+    assert_eq!(
+        b.request(SessionId(4), RequestId(3), read(open)),
+        Reply::Done(Status::Success)
+    );
+    // A write by another client breaks the reclaimed lease's read caching (MS-FSA 2.1.4.12):
+    // the break reaches B's connection 4.
+    let Reply::Opened { open: writer, .. } =
+        b.request(SessionId(3), RequestId(3), lease_req(file, 0x99, 7, rw))
+    else {
+        panic!("writer on B failed")
+    };
+    let write = Request::CheckIo {
+        open: writer,
+        offset: 100,
+        length: 1,
+        write: true,
+    };
+    assert_eq!(
+        b.request(SessionId(3), RequestId(4), write),
+        Reply::Done(Status::Success)
+    );
+    let (conn, n) = next_event(&mut b);
+    assert_eq!(conn, SessionId(4));
+    assert!(matches!(n, Notification::LeaseBreak { key, .. } if key == LeaseKey(5)), "{n:?}");
+}
+
+/// A connection that goes away leaves its durable open disconnected (not closed).
+#[test]
+fn dropped_connection_disconnects_durable_open() {
+    let r = start(Duration::from_secs(35));
+    let mut a = node(&r, "node-a");
+    let mut b = node(&r, "node-b");
+    let rw = access::FILE_READ_DATA | access::FILE_WRITE_DATA;
+    let Reply::Opened { open, .. } = a.request(SessionId(1), RequestId(1), lease_req(FileId(0xd1), 0x77, 5, rw))
+    else {
+        panic!()
+    };
+    let durable = Request::SetDurable {
+        open,
+        key: 43,
+        timeout_ms: 60_000,
+        blob: Vec::new(),
+    };
+    assert_eq!(a.request(SessionId(1), RequestId(2), durable), Reply::Done(Status::Success));
+    a.end_connection(SessionId(1));
+    assert_eq!(wait_disconnected(&mut b, SessionId(3), 43).0, open);
 }

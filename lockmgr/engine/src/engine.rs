@@ -17,6 +17,9 @@ use crate::types::{
 };
 use crate::Config;
 
+mod durable;
+use durable::DISCONNECTED;
+
 type LeaseId = (ClientGuid, LeaseKey);
 
 /// Something holding caching state on a file: an open's oplock or a lease.
@@ -27,9 +30,16 @@ enum Holder {
 }
 
 /// A break sent with ack required, not yet acknowledged.
+///
+/// For leases this is MS-SMB2 3.3.1.4's Lease.Breaking / Lease.BreakToLeaseState, split the
+/// way Windows and Samba behave: `to` is the state the client was told to break to (the most
+/// its ack may keep), `required` the state every conflicting open since then needs (a later
+/// open may need less than the break in flight asks for; it tightens `required` without a new
+/// notification, and the ack then triggers a follow-up break). Oplocks keep `required == to`.
 #[derive(Clone, Copy, Debug)]
 struct Break {
     to: LeaseState,
+    required: LeaseState,
     deadline: Time,
     seq: u64,
 }
@@ -72,6 +82,7 @@ const fn without(state: LeaseState, bits: LeaseState) -> LeaseState {
 enum PendingRef {
     Lock(FileId),
     Open(FileId),
+    Rename(FileId),
 }
 
 #[derive(Debug, Default)]
@@ -132,6 +143,14 @@ struct DeferredOpen {
     waiting: Vec<Holder>,
 }
 
+#[derive(Clone, Debug)]
+struct RenameWaiter {
+    session: SessionId,
+    request: RequestId,
+    /// Leases whose handle-caching break this rename waits for.
+    waiting: Vec<Holder>,
+}
+
 #[derive(Debug, Default)]
 struct FileState {
     open_count: usize,
@@ -145,6 +164,8 @@ struct FileState {
     locks: LockTable,
     lock_waiters: VecDeque<LockWaiter>,
     deferred: VecDeque<DeferredOpen>,
+    /// Renames waiting for other leases to give up handle caching (`BreakForRename`).
+    rename_waiters: Vec<RenameWaiter>,
     /// Opens holding (or breaking) a non-NONE oplock.
     oplock_holders: Vec<OpenId>,
     /// Leases with at least one open on this file.
@@ -162,6 +183,7 @@ impl FileState {
             && self.locks.is_empty()
             && self.lock_waiters.is_empty()
             && self.deferred.is_empty()
+            && self.rename_waiters.is_empty()
             && self.oplock_holders.is_empty()
             && self.leases.is_empty()
     }
@@ -198,6 +220,7 @@ pub struct Engine {
     timers: BTreeMap<(Time, u64), Holder>,
     outputs: VecDeque<Output>,
     orphaned_deletes: BTreeSet<FileId>,
+    durable: durable::DurableTable,
     next_open: u64,
     next_seq: u64,
     scratch: Vec<LockRef>,
@@ -215,6 +238,7 @@ impl Engine {
             timers: BTreeMap::new(),
             outputs: VecDeque::new(),
             orphaned_deletes: BTreeSet::new(),
+            durable: durable::DurableTable::default(),
             next_open: 1,
             next_seq: 0,
             scratch: Vec::new(),
@@ -256,11 +280,23 @@ impl Engine {
                     }
                     touched.insert(f);
                 }
+                PendingRef::Rename(f) => {
+                    if let Some(file) = self.files.get_mut(&f) {
+                        file.rename_waiters
+                            .retain(|w| !(w.session == session && w.request == request));
+                    }
+                    touched.insert(f);
+                }
             }
         }
         let mut opens: Vec<OpenId> = state.opens.into_iter().collect();
         opens.sort_unstable();
         for open in opens {
+            // MS-SMB2 3.3.7.1: durable opens of a node that went away stay, disconnected,
+            // for another node to reclaim.
+            if self.try_disconnect(now, open) {
+                continue;
+            }
             if let Some((f, delete)) = self.remove_open(open) {
                 if delete {
                     self.orphaned_deletes.insert(f);
@@ -328,6 +364,22 @@ impl Engine {
                 key,
                 state,
             } => self.do_lease_ack(now, session, request, (client_guid, key), state),
+            Request::BreakForRename { open } => {
+                self.do_break_for_rename(now, session, request, open)
+            }
+            Request::SetDurable {
+                open,
+                key,
+                timeout_ms,
+                blob,
+            } => self.do_set_durable(session, request, open, key, timeout_ms, blob),
+            Request::Disconnect { open } => self.do_disconnect(now, session, request, open),
+            Request::DurableLookup { key } => self.do_durable_lookup(session, request, key),
+            Request::Reclaim {
+                key,
+                open,
+                client_guid,
+            } => self.do_reclaim(session, request, key, open, client_guid),
         }
     }
 
@@ -383,6 +435,7 @@ impl Engine {
     /// Fire due timers: unacknowledged breaks complete as if acknowledged to None
     /// (MS-SMB2 3.3.6.3 oplock break and 3.3.6.5 lease break acknowledgment timers).
     pub fn handle_timeout(&mut self, now: Time) {
+        self.expire_durable(now);
         while let Some((&(deadline, seq), &holder)) = self.timers.first_key_value() {
             if deadline > now {
                 break;
@@ -419,7 +472,11 @@ impl Engine {
 
     /// Earliest time [`Engine::handle_timeout`] must be called, if any.
     pub fn poll_timeout(&self) -> Option<Time> {
-        self.timers.first_key_value().map(|(&(t, _), _)| t)
+        let breaks = self.timers.first_key_value().map(|(&(t, _), _)| t);
+        match (breaks, self.durable.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Next reply or notification to send.
@@ -545,6 +602,9 @@ impl Engine {
     }
 
     fn notify(&mut self, session: SessionId, notification: Notification) {
+        if session == DISCONNECTED {
+            return;
+        }
         self.outputs.push_back(Output::Notify {
             session,
             notification,
@@ -564,10 +624,19 @@ impl Engine {
     }
 
     fn lease_session(&self, rec: &LeaseRec) -> Option<SessionId> {
-        rec.opens
-            .first()
-            .and_then(|o| self.opens.get(o))
-            .map(|o| o.session)
+        // An owner that is still connected hears the break for the whole lease.
+        let mut owners = rec
+            .opens
+            .iter()
+            .filter_map(|o| self.opens.get(o))
+            .map(|o| o.session);
+        let first = owners.next()?;
+        Some(
+            std::iter::once(first)
+                .chain(owners)
+                .find(|s| *s != DISCONNECTED)
+                .unwrap_or(first),
+        )
     }
 
     fn lease_grant(id: LeaseId, rec: &LeaseRec) -> OplockGrant {
@@ -576,6 +645,7 @@ impl Engine {
             state: rec.state,
             parent_key: rec.parent_key,
             epoch: rec.epoch,
+            breaking: rec.breaking.is_some(),
         })
     }
 
@@ -649,7 +719,12 @@ impl Engine {
                 let session = open.session;
                 let f = open.file;
                 if ack {
-                    open.oplock_break = Some(Break { to, deadline, seq });
+                    open.oplock_break = Some(Break {
+                        to,
+                        required: to,
+                        deadline,
+                        seq,
+                    });
                     self.timers.insert((deadline, seq), h);
                 } else {
                     open.oplock = to;
@@ -680,7 +755,12 @@ impl Engine {
                 rec.epoch = rec.epoch.map(|e| e.wrapping_add(1));
                 let epoch = rec.epoch;
                 if ack {
-                    rec.breaking = Some(Break { to, deadline, seq });
+                    rec.breaking = Some(Break {
+                        to,
+                        required: to,
+                        deadline,
+                        seq,
+                    });
                     self.timers.insert((deadline, seq), h);
                 } else {
                     rec.state = to;
@@ -696,6 +776,20 @@ impl Engine {
                         ack_required: ack,
                     },
                 );
+            }
+        }
+    }
+
+    /// A lease already breaking is asked to break further: the outstanding break's ack may
+    /// keep no more than `to` now (Samba's breaking_to_required). Oplocks have nothing like
+    /// it: a second break of a breaking oplock is simply not sent.
+    fn tighten_break(&mut self, h: Holder, to: LeaseState) {
+        if let Holder::Lease(id) = h {
+            if let Some(rec) = self.leases.get_mut(&id) {
+                let cur = rec.state;
+                if let Some(b) = rec.breaking.as_mut() {
+                    b.required = b.required.intersection(to).intersection(cur);
+                }
             }
         }
     }
@@ -737,7 +831,7 @@ impl Engine {
 
     fn do_open(&mut self, now: Time, session: SessionId, request: RequestId, mut req: OpenRequest) {
         req.access = map_generic(req.access);
-        match self.try_open(now, session, &req) {
+        match self.try_open(now, session, &req, true) {
             Attempt::Done(reply) => self.reply(session, request, reply),
             Attempt::Wait(waiting) => {
                 let f = req.file;
@@ -761,7 +855,13 @@ impl Engine {
 
     /// One attempt at a CREATE (MS-FSA 2.1.5.1.2): delete-pending check, oplock/lease breaks,
     /// share-mode check, then the oplock/lease grant (MS-SMB2 3.3.5.9).
-    fn try_open(&mut self, now: Time, session: SessionId, req: &OpenRequest) -> Attempt {
+    fn try_open(
+        &mut self,
+        now: Time,
+        session: SessionId,
+        req: &OpenRequest,
+        first: bool,
+    ) -> Attempt {
         let lease_id = match req.oplock {
             OplockRequest::Lease(l) => Some((req.client_guid, l.key)),
             _ => None,
@@ -772,6 +872,7 @@ impl Engine {
                 return Attempt::Done(Reply::Done(Status::InvalidParameter));
             }
         }
+        self.purge_disconnected(now, req);
         if self.orphaned_deletes.contains(&req.file) {
             return Attempt::Done(Reply::Done(Status::DeletePending));
         }
@@ -803,6 +904,8 @@ impl Engine {
                 if is_lease && lease_stat_open && !req.overwrite {
                     continue;
                 }
+                // A breaking lease still holds its current state until the ack (MS-SMB2
+                // 3.3.1.4): that is what this open has to take away.
                 let cur = self.holder_state(h);
                 let breaking = self.holder_breaking(h);
                 let mut target = without(cur, delay_mask);
@@ -821,12 +924,21 @@ impl Engine {
                     target = target.intersection(LeaseState::READ);
                 }
                 if breaking {
-                    waiting.push(h);
-                    continue;
+                    // No second notification while one is outstanding (MS-SMB2 3.3.4.7 sends
+                    // one break per Breaking period): the ack is followed by another break
+                    // if it keeps more than this open allows (smbtorture lease.breaking3).
+                    self.tighten_break(h, target);
+                } else {
+                    let ack = cur.contains(LeaseState::WRITE) || cur.contains(LeaseState::HANDLE);
+                    self.send_break(now, h, target, ack);
                 }
-                let ack = cur.contains(LeaseState::WRITE) || cur.contains(LeaseState::HANDLE);
-                self.send_break(now, h, target, ack);
-                if ack && cur.intersection(delay_mask) != LeaseState::NONE {
+                // Wait for the caching this open conflicts with; an open that was already
+                // deferred also waits out any break still in flight, while a first attempt
+                // that only needs read/handle caching gone (an overwrite next to RH) proceeds
+                // at once (smbtorture lease.breaking4; Samba's delay_for_oplock).
+                let delays =
+                    cur.intersection(delay_mask) != LeaseState::NONE && self.holder_breaking(h);
+                if delays || (breaking && !first) {
                     waiting.push(h);
                 }
             }
@@ -994,6 +1106,7 @@ impl Engine {
 
     /// Retry the deferred creates of a file whose awaited breaks are all resolved, in FIFO order.
     fn run_deferred(&mut self, now: Time, f: FileId) {
+        self.run_rename_waiters(f);
         let queue = match self.files.get_mut(&f) {
             Some(file) if !file.deferred.is_empty() => std::mem::take(&mut file.deferred),
             _ => return,
@@ -1004,7 +1117,7 @@ impl Engine {
                 keep.push_back(d);
                 continue;
             }
-            match self.try_open(now, d.session, &d.req) {
+            match self.try_open(now, d.session, &d.req, false) {
                 Attempt::Done(reply) => self.complete(d.session, d.request, reply),
                 Attempt::Wait(waiting) => keep.push_back(DeferredOpen { waiting, ..d }),
             }
@@ -1034,6 +1147,7 @@ impl Engine {
     /// was the last open of a delete-pending file (MS-FSA 2.1.5.4: then the file is deleted).
     fn remove_open(&mut self, open: OpenId) -> Option<(FileId, bool)> {
         let o = self.opens.remove(&open)?;
+        self.forget_durable(open, o.file);
         if let Some(s) = self.sessions.get_mut(&o.session) {
             s.opens.remove(&open);
         }
@@ -1130,6 +1244,95 @@ impl Engine {
                 self.reply(session, request, Reply::Done(Status::Success));
                 self.gc_file(f);
             }
+            PendingRef::Rename(f) => {
+                if let Some(file) = self.files.get_mut(&f) {
+                    file.rename_waiters
+                        .retain(|w| !(w.session == session && w.request == target));
+                }
+                self.complete(session, target, Reply::Done(Status::Cancelled));
+                self.reply(session, request, Reply::Done(Status::Success));
+                self.gc_file(f);
+            }
+        }
+    }
+
+    // ----- renames ---------------------------------------------------------------------------
+
+    /// MS-FSA 2.1.5.14.11 / 2.1.4.12 (SET_INFORMATION, FileRenameInformation): a rename
+    /// through a lease handle first takes handle caching away from every other lease on the
+    /// file and waits for those breaks (Windows; Samba's delay_rename_for_lease_break;
+    /// smbtorture lease.rename_wait, v2_rename). Handles without a lease rename at once, as
+    /// in Samba, which keeps oplock behaviour unchanged.
+    fn do_break_for_rename(
+        &mut self,
+        now: Time,
+        session: SessionId,
+        request: RequestId,
+        open: OpenId,
+    ) {
+        let Some((f, own)) = self.owned(session, open).map(|o| (o.file, o.lease)) else {
+            self.reply(session, request, Reply::Done(Status::InvalidHandle));
+            return;
+        };
+        let Some(own) = own else {
+            self.reply(session, request, Reply::Done(Status::Success));
+            return;
+        };
+        let mut waiting = Vec::new();
+        for h in self.holders(f, None, Some(own)) {
+            if !matches!(h, Holder::Lease(_)) {
+                continue;
+            }
+            let cur = self.holder_state(h);
+            if !cur.contains(LeaseState::HANDLE) {
+                continue;
+            }
+            let to = without(cur, LeaseState::HANDLE);
+            if self.holder_breaking(h) {
+                self.tighten_break(h, to);
+            } else {
+                self.send_break(now, h, to, true);
+            }
+            waiting.push(h);
+        }
+        if waiting.is_empty() {
+            self.reply(session, request, Reply::Done(Status::Success));
+            return;
+        }
+        self.files
+            .entry(f)
+            .or_default()
+            .rename_waiters
+            .push(RenameWaiter {
+                session,
+                request,
+                waiting,
+            });
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.pending.insert(request, PendingRef::Rename(f));
+        }
+        self.reply(session, request, Reply::Pending);
+    }
+
+    /// Complete the renames whose awaited lease breaks have all been acknowledged (or timed
+    /// out, or whose leases went away).
+    fn run_rename_waiters(&mut self, f: FileId) {
+        let waiters = match self.files.get_mut(&f) {
+            Some(file) if !file.rename_waiters.is_empty() => {
+                std::mem::take(&mut file.rename_waiters)
+            }
+            _ => return,
+        };
+        let mut keep = Vec::new();
+        for w in waiters {
+            if w.waiting.iter().any(|h| self.holder_breaking(*h)) {
+                keep.push(w);
+            } else {
+                self.complete(w.session, w.request, Reply::Done(Status::Success));
+            }
+        }
+        if let Some(file) = self.files.get_mut(&f) {
+            file.rename_waiters = keep;
         }
     }
 
@@ -1189,15 +1392,11 @@ impl Engine {
         id: LeaseId,
         state: LeaseState,
     ) {
-        let owned = self.leases.get(&id).is_some_and(|rec| {
-            rec.opens
-                .iter()
-                .any(|o| self.opens.get(o).is_some_and(|o| o.session == session))
-        });
-        if !owned {
-            self.reply(session, request, Reply::Done(Status::NotFound));
-            return;
-        }
+        // MS-SMB2 3.3.5.22.2 finds the lease by (Connection.ClientGuid, LeaseKey) alone: a
+        // client may acknowledge on any of its connections, i.e. from another lock session
+        // than the one holding the lease's opens (smbtorture lease.v2_complex2). The client
+        // guid is the one the caller negotiated with, so this reaches only that client's
+        // leases.
         let Some(rec) = self.leases.get_mut(&id) else {
             self.reply(session, request, Reply::Done(Status::NotFound));
             return;
@@ -1211,14 +1410,78 @@ impl Engine {
             self.reply(session, request, Reply::Done(Status::RequestNotAccepted));
             return;
         }
+        self.timers.remove(&(b.deadline, b.seq));
         rec.breaking = None;
         rec.state = state;
         let f = rec.file;
         let grant = Self::lease_grant(id, rec);
-        self.timers.remove(&(b.deadline, b.seq));
         self.stats.breaks_acked_total += 1;
         self.reply(session, request, Reply::Acked { grant });
+        // Opens that arrived during the break may need less than the client kept: break
+        // again, one step at a time as Windows does (W/H first, keeping R; smbtorture
+        // lease.breaking3, v2_breaking3). The follow-up carries the epoch of the break it
+        // continues: it is still the same Breaking period (MS-SMB2 3.3.4.7 bumps the epoch
+        // when a break starts).
+        if without(state, b.required) != LeaseState::NONE {
+            let mut next = b.required;
+            if state.intersection(LeaseState::WRITE.union(LeaseState::HANDLE)) != LeaseState::NONE {
+                next = next.union(LeaseState::READ);
+            }
+            self.continue_lease_break(now, id, next, b.required);
+        }
         self.run_deferred(now, f);
+    }
+
+    /// A follow-up break of a lease whose previous break was just acknowledged with more
+    /// than the opens waiting since then allow. Like any break it needs an ack unless the
+    /// lease only caches reads (MS-SMB2 3.3.4.7). `required` stays what the waiting opens
+    /// need, so an ack of `to` that keeps R can be followed by the last step to none.
+    fn continue_lease_break(
+        &mut self,
+        now: Time,
+        id: LeaseId,
+        to: LeaseState,
+        required: LeaseState,
+    ) {
+        let session = match self.leases.get(&id) {
+            Some(rec) => self.lease_session(rec).unwrap_or_default(),
+            None => return,
+        };
+        let deadline = now.saturating_add(self.config.break_timeout);
+        let seq = self.next_seq;
+        let Some(rec) = self.leases.get_mut(&id) else {
+            return;
+        };
+        let current = rec.state;
+        let ack =
+            current.intersection(LeaseState::WRITE.union(LeaseState::HANDLE)) != LeaseState::NONE;
+        if ack {
+            rec.breaking = Some(Break {
+                to,
+                required,
+                deadline,
+                seq,
+            });
+        } else {
+            rec.state = to;
+        }
+        let epoch = rec.epoch;
+        self.next_seq += 1;
+        self.stats.breaks_sent_total += 1;
+        if ack {
+            self.timers.insert((deadline, seq), Holder::Lease(id));
+        }
+        self.notify(
+            session,
+            Notification::LeaseBreak {
+                client_guid: id.0,
+                key: id.1,
+                current,
+                new: to,
+                epoch,
+                ack_required: ack,
+            },
+        );
     }
 
     // ----- byte-range locks ------------------------------------------------------------------

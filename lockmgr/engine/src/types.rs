@@ -185,6 +185,10 @@ pub struct Lease {
     pub parent_key: Option<LeaseKey>,
     /// v2 only: the lease epoch. `None` means a v1 lease.
     pub epoch: Option<u16>,
+    /// Grants only (ignored in requests): a break of this lease is outstanding, so the
+    /// CREATE response carries SMB2_LEASE_FLAG_BREAK_IN_PROGRESS (MS-SMB2 2.2.14.2.10,
+    /// 3.3.5.9.8: "If Lease.Breaking is TRUE ...").
+    pub breaking: bool,
 }
 
 /// What caching the opener asks for.
@@ -358,7 +362,41 @@ pub enum Request {
         key: LeaseKey,
         state: LeaseState,
     },
+    /// SET_INFO FileRenameInformation through `open` is about to rename its file (MS-FSA
+    /// 2.1.5.14.11, 2.1.4.12): if `open` holds a lease, every other lease on the file loses
+    /// handle caching first. `Done(Success)` when nothing needs breaking (or `open` has no
+    /// lease); otherwise `Pending`, completed with `Done(Success)` once those breaks are
+    /// acknowledged or timed out. The caller renames after that.
+    BreakForRename { open: OpenId },
+    /// Make an open durable (MS-SMB2 3.3.5.9.6, 3.3.5.9.10): when its owner goes away
+    /// (`Disconnect`, or the whole session ends) it stays in force, disconnected, for
+    /// `timeout_ms`. `key` is the SMB persistent file id the client will reconnect with; it must
+    /// be unique among durable opens (InvalidParameter otherwise). `blob` is what a node needs
+    /// to reopen the file (at most [`MAX_DURABLE_BLOB`] bytes); the engine does not read it.
+    SetDurable {
+        open: OpenId,
+        key: u64,
+        timeout_ms: u32,
+        blob: Vec<u8>,
+    },
+    /// The open's SMB connection went away (MS-SMB2 3.3.7.1): a durable open is disconnected
+    /// (`Done(Success)`), any other is closed (answered like `Close`).
+    Disconnect { open: OpenId },
+    /// Find a disconnected durable open by key: `Durable { open, blob }` or `Done(NotFound)`.
+    DurableLookup { key: u64 },
+    /// Attach the disconnected durable open `open` (found by `DurableLookup`) to this session
+    /// with its share mode, byte-range locks and caching (MS-SMB2 3.3.5.9.7, 3.3.5.9.12):
+    /// `Opened` with its current grant, or `Done(NotFound)` if it is gone, was reclaimed
+    /// already, or holds a lease of another client (a lease belongs to its ClientGuid).
+    Reclaim {
+        key: u64,
+        open: OpenId,
+        client_guid: ClientGuid,
+    },
 }
+
+/// Largest [`Request::SetDurable`] blob.
+pub const MAX_DURABLE_BLOB: usize = 2048;
 
 /// The immediate or deferred answer to a request.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -376,6 +414,8 @@ pub enum Reply {
     Closed { delete_file: bool },
     /// Answer to `LeaseBreakAck` / `OplockBreakAck` carrying the resulting state.
     Acked { grant: OplockGrant },
+    /// Answer to `DurableLookup`: the disconnected open and the blob stored with it.
+    Durable { open: OpenId, blob: Vec<u8> },
 }
 
 /// What the engine asks of a session without being asked: addressed by `SessionId`.

@@ -90,6 +90,11 @@ enum Op {
         key: u8,
         state: u8,
     },
+    /// `BreakForRename`: waits for other leases' handle-caching breaks.
+    Rename {
+        s: u64,
+        open: usize,
+    },
     EndSession {
         s: u64,
     },
@@ -116,6 +121,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (s.clone(), 0..4usize).prop_map(|(s, pending)| Op::Cancel { s, pending }),
         1 => (s.clone(), 0..8usize, 0..3u8).prop_map(|(s, open, level)| Op::OplockAck { s, open, level }),
         1 => (s.clone(), 0..2u8, 0..3u8).prop_map(|(s, key, state)| Op::LeaseAck { s, key, state }),
+        1 => (s.clone(), 0..8usize).prop_map(|(s, open)| Op::Rename { s, open }),
         1 => s.prop_map(|s| Op::EndSession { s }),
         1 => (0..40u64).prop_map(|secs| Op::Advance { secs }),
     ]
@@ -286,6 +292,9 @@ struct Run {
     pending: BTreeSet<(SessionId, RequestId)>,
     /// Completions expected by the model in this step (lock waiters granted or cancelled).
     expected: BTreeMap<(SessionId, RequestId), Reply>,
+    /// Renames answered Pending: they complete with Success once the handle-caching breaks
+    /// they wait for settle (acked, timed out, or the lease closed).
+    renames: BTreeSet<(SessionId, RequestId)>,
 }
 
 fn lease_state_of(i: u8) -> LeaseState {
@@ -305,6 +314,7 @@ impl Run {
             next_req: 0,
             pending: BTreeSet::new(),
             expected: BTreeMap::new(),
+            renames: BTreeSet::new(),
         }
     }
 
@@ -397,6 +407,10 @@ impl Run {
                 self.pending.remove(&(session, request)),
                 "completion without pending: {request:?} {r:?}"
             );
+            if self.renames.remove(&(session, request)) {
+                assert_eq!(r, Reply::Done(Status::Success), "rename completion");
+                continue;
+            }
             if let Some(exp) = self.expected.remove(&(session, request)) {
                 assert_eq!(r, exp, "lock waiter completion");
                 continue;
@@ -475,6 +489,7 @@ impl Run {
                         state: lease_state_of(c + key),
                         parent_key: None,
                         epoch: Some(1),
+                        breaking: false,
                     }),
                 };
                 let doomed = self.m.doomed(file);
@@ -683,7 +698,11 @@ impl Run {
                 } else {
                     mine[pending % mine.len()]
                 };
-                let expect = if let Some(i) = self
+                let expect = if self.renames.remove(&(s, target)) {
+                    self.expected
+                        .insert((s, target), Reply::Done(Status::Cancelled));
+                    Reply::Done(Status::Success)
+                } else if let Some(i) = self
                     .m
                     .waiters
                     .iter()
@@ -728,8 +747,21 @@ impl Run {
                     self.call(s, req);
                 }
             }
+            Op::Rename { s, open } => {
+                let s = SessionId(s);
+                let h = self.handle_of(s, open);
+                let (id, r) = self.call(s, Request::BreakForRename { open: h });
+                match r {
+                    Reply::Pending => {
+                        self.renames.insert((s, id));
+                    }
+                    Reply::Done(Status::Success) | Reply::Done(Status::InvalidHandle) => {}
+                    other => panic!("rename break: {other:?}"),
+                }
+            }
             Op::EndSession { s } => {
                 let s = SessionId(s);
+                self.renames.retain(|p| p.0 != s);
                 let mine: Vec<OpenId> = self
                     .m
                     .opens
@@ -902,7 +934,7 @@ impl Run {
             assert!(self.m.lock_blocked(&w.lock, i));
         }
         assert_eq!(
-            snap.lock_waiters.len() + snap.deferred_opens.len(),
+            snap.lock_waiters.len() + snap.deferred_opens.len() + self.renames.len(),
             self.pending.len()
         );
     }

@@ -8,7 +8,7 @@
 //! | `OplockLevel` | u8 wire value (0x00, 0x01, 0x08, 0x09) |
 //! | `LeaseState` | u8, bits above RWH (0x07) rejected |
 //! | `Status` | u16 (the engine's discriminant) |
-//! | `Lease` | key u128, state u8, flags u8 (bit0 parent_key present, bit1 epoch present), (parent_key u128 if bit0), (epoch u16 if bit1) |
+//! | `Lease` | key u128, state u8, flags u8 (bit0 parent_key present, bit1 epoch present, bit2 breaking), (parent_key u128 if bit0), (epoch u16 if bit1) |
 //! | `OplockRequest` / `OplockGrant` | kind u8 (0 None, 1 Oplock, 2 Lease), then level u8 or `Lease` |
 //! | `LockRange` | offset u64, length u64, exclusive bool (17 bytes) |
 //! | `OpenRequest` | file u128, access u32, share u32, flags u8 (bit0 delete_on_close, bit1 directory, bit2 overwrite), client_guid u128, oplock `OplockRequest` |
@@ -26,9 +26,17 @@
 //! | 7 | CheckIo | open u64, offset u64, length u64, write bool |
 //! | 8 | OplockBreakAck | open u64, level u8 |
 //! | 9 | LeaseBreakAck | client_guid u128, key u128, state u8 |
+//! | 10 | SetDurable | open u64, key u64, timeout_ms u32, blob `Blob` |
+//! | 11 | Disconnect | open u64 |
+//! | 12 | DurableLookup | key u64 |
+//! | 13 | Reclaim | key u64, open u64, client_guid u128 |
+//! | 16 | BreakForRename | open u64 |
+//!
+//! `Blob` is length u16 (<= `MAX_DURABLE_BLOB`) then that many bytes.
 //!
 //! `Reply` is kind u8 then fields: 1 Opened (open u64, grant `OplockGrant`), 2 Pending,
-//! 3 Done (status u16), 4 Closed (delete_file bool), 5 Acked (grant `OplockGrant`).
+//! 3 Done (status u16), 4 Closed (delete_file bool), 5 Acked (grant `OplockGrant`),
+//! 6 Durable (open u64, blob `Blob`).
 //!
 //! `Notification` is kind u8 then fields: 1 OplockBreak (open u64, new_level u8),
 //! 2 LeaseBreak (client_guid u128, key u128, current u8, new u8, flags u8 (bit0 epoch present,
@@ -36,7 +44,7 @@
 
 use lockmgr_engine::{
     ClientGuid, FileId, Lease, LeaseKey, LeaseState, LockRange, Notification, OpenId, OpenRequest,
-    OplockGrant, OplockLevel, OplockRequest, Reply, Request, RequestId, Status,
+    OplockGrant, OplockLevel, OplockRequest, Reply, Request, RequestId, Status, MAX_DURABLE_BLOB,
 };
 
 use crate::error::{DecodeError, EncodeError};
@@ -98,6 +106,8 @@ fn get_status(r: &mut Reader<'_>) -> Result<Status, DecodeError> {
 
 const LEASE_HAS_PARENT: u8 = 0x01;
 const LEASE_HAS_EPOCH: u8 = 0x02;
+/// The lease is breaking (grants only): SMB2_LEASE_FLAG_BREAK_IN_PROGRESS for the client.
+const LEASE_BREAKING: u8 = 0x04;
 
 fn put_lease(s: &mut Sink<'_>, l: &Lease) -> Result<(), EncodeError> {
     s.u128(l.key.0);
@@ -108,6 +118,9 @@ fn put_lease(s: &mut Sink<'_>, l: &Lease) -> Result<(), EncodeError> {
     }
     if l.epoch.is_some() {
         flags |= LEASE_HAS_EPOCH;
+    }
+    if l.breaking {
+        flags |= LEASE_BREAKING;
     }
     s.u8(flags);
     if let Some(p) = l.parent_key {
@@ -123,7 +136,7 @@ fn get_lease(r: &mut Reader<'_>) -> Result<Lease, DecodeError> {
     let key = LeaseKey(r.u128()?);
     let state = get_lease_state(r, "lease.state")?;
     let flags = r.u8()?;
-    if flags & !(LEASE_HAS_PARENT | LEASE_HAS_EPOCH) != 0 {
+    if flags & !(LEASE_HAS_PARENT | LEASE_HAS_EPOCH | LEASE_BREAKING) != 0 {
         return Err(invalid("lease.flags", flags));
     }
     let parent_key = if flags & LEASE_HAS_PARENT != 0 {
@@ -141,6 +154,7 @@ fn get_lease(r: &mut Reader<'_>) -> Result<Lease, DecodeError> {
         state,
         parent_key,
         epoch,
+        breaking: flags & LEASE_BREAKING != 0,
     })
 }
 
@@ -366,6 +380,42 @@ const REQ_CANCEL: u8 = 6;
 const REQ_CHECK_IO: u8 = 7;
 const REQ_OPLOCK_BREAK_ACK: u8 = 8;
 const REQ_LEASE_BREAK_ACK: u8 = 9;
+const REQ_SET_DURABLE: u8 = 10;
+const REQ_DISCONNECT: u8 = 11;
+const REQ_DURABLE_LOOKUP: u8 = 12;
+const REQ_RECLAIM: u8 = 13;
+const REQ_BREAK_FOR_RENAME: u8 = 16;
+
+fn put_blob(s: &mut Sink<'_>, blob: &[u8]) -> Result<(), EncodeError> {
+    let len = blob_len(blob)?;
+    // Cannot truncate: blob_len bounds it by MAX_DURABLE_BLOB < u16::MAX.
+    s.u16((len - 2) as u16);
+    s.put(blob);
+    Ok(())
+}
+
+fn get_blob(r: &mut Reader<'_>, field: &'static str) -> Result<Vec<u8>, DecodeError> {
+    let len = usize::from(r.u16()?);
+    if len > MAX_DURABLE_BLOB {
+        return Err(DecodeError::StringTooLong {
+            field,
+            len,
+            max: MAX_DURABLE_BLOB,
+        });
+    }
+    Ok(r.bytes(len)?.to_vec())
+}
+
+fn blob_len(blob: &[u8]) -> Result<usize, EncodeError> {
+    if blob.len() > MAX_DURABLE_BLOB {
+        return Err(EncodeError::StringTooLong {
+            field: "durable.blob",
+            len: blob.len(),
+            max: MAX_DURABLE_BLOB,
+        });
+    }
+    Ok(2 + blob.len())
+}
 
 pub(crate) fn put_request(s: &mut Sink<'_>, req: &Request) -> Result<(), EncodeError> {
     match req {
@@ -428,6 +478,40 @@ pub(crate) fn put_request(s: &mut Sink<'_>, req: &Request) -> Result<(), EncodeE
             s.u128(key.0);
             put_lease_state(s, "lease_break_ack.state", *state)?;
         }
+        Request::BreakForRename { open } => {
+            s.u8(REQ_BREAK_FOR_RENAME);
+            s.u64(open.0);
+        }
+        Request::SetDurable {
+            open,
+            key,
+            timeout_ms,
+            blob,
+        } => {
+            s.u8(REQ_SET_DURABLE);
+            s.u64(open.0);
+            s.u64(*key);
+            s.u32(*timeout_ms);
+            put_blob(s, blob)?;
+        }
+        Request::Disconnect { open } => {
+            s.u8(REQ_DISCONNECT);
+            s.u64(open.0);
+        }
+        Request::DurableLookup { key } => {
+            s.u8(REQ_DURABLE_LOOKUP);
+            s.u64(*key);
+        }
+        Request::Reclaim {
+            key,
+            open,
+            client_guid,
+        } => {
+            s.u8(REQ_RECLAIM);
+            s.u64(*key);
+            s.u64(open.0);
+            s.u128(client_guid.0);
+        }
         _ => return Err(EncodeError::UnsupportedVariant("Request")),
     }
     Ok(())
@@ -470,6 +554,24 @@ pub(crate) fn get_request(r: &mut Reader<'_>) -> Result<Request, DecodeError> {
             key: LeaseKey(r.u128()?),
             state: get_lease_state(r, "lease_break_ack.state")?,
         },
+        REQ_BREAK_FOR_RENAME => Request::BreakForRename {
+            open: OpenId(r.u64()?),
+        },
+        REQ_SET_DURABLE => Request::SetDurable {
+            open: OpenId(r.u64()?),
+            key: r.u64()?,
+            timeout_ms: r.u32()?,
+            blob: get_blob(r, "set_durable.blob")?,
+        },
+        REQ_DISCONNECT => Request::Disconnect {
+            open: OpenId(r.u64()?),
+        },
+        REQ_DURABLE_LOOKUP => Request::DurableLookup { key: r.u64()? },
+        REQ_RECLAIM => Request::Reclaim {
+            key: r.u64()?,
+            open: OpenId(r.u64()?),
+            client_guid: ClientGuid(r.u128()?),
+        },
         v => return Err(invalid("request.kind", v)),
     })
 }
@@ -479,6 +581,7 @@ const REPLY_PENDING: u8 = 2;
 const REPLY_DONE: u8 = 3;
 const REPLY_CLOSED: u8 = 4;
 const REPLY_ACKED: u8 = 5;
+const REPLY_DURABLE: u8 = 6;
 
 pub(crate) fn put_reply(s: &mut Sink<'_>, rep: &Reply) -> Result<(), EncodeError> {
     match rep {
@@ -500,6 +603,11 @@ pub(crate) fn put_reply(s: &mut Sink<'_>, rep: &Reply) -> Result<(), EncodeError
             s.u8(REPLY_ACKED);
             put_grant(s, grant)?;
         }
+        Reply::Durable { open, blob } => {
+            s.u8(REPLY_DURABLE);
+            s.u64(open.0);
+            put_blob(s, blob)?;
+        }
         _ => return Err(EncodeError::UnsupportedVariant("Reply")),
     }
     Ok(())
@@ -518,6 +626,10 @@ pub(crate) fn get_reply(r: &mut Reader<'_>) -> Result<Reply, DecodeError> {
         },
         REPLY_ACKED => Reply::Acked {
             grant: get_grant(r)?,
+        },
+        REPLY_DURABLE => Reply::Durable {
+            open: OpenId(r.u64()?),
+            blob: get_blob(r, "durable.blob")?,
         },
         v => return Err(invalid("reply.kind", v)),
     })
@@ -665,6 +777,11 @@ pub(crate) fn request_len(req: &Request) -> Result<usize, EncodeError> {
         Request::CheckIo { .. } => 8 + 8 + 8 + 1,
         Request::OplockBreakAck { .. } => 8 + 1,
         Request::LeaseBreakAck { .. } => 16 + 16 + 1,
+        Request::BreakForRename { .. } => 8,
+        Request::SetDurable { blob, .. } => 8 + 8 + 4 + blob_len(blob)?,
+        Request::Disconnect { .. } => 8,
+        Request::DurableLookup { .. } => 8,
+        Request::Reclaim { .. } => 8 + 8 + 16,
         _ => return Err(EncodeError::UnsupportedVariant("Request")),
     })
 }
@@ -676,6 +793,7 @@ pub(crate) fn reply_len(rep: &Reply) -> Result<usize, EncodeError> {
         Reply::Done(_) => 2,
         Reply::Closed { .. } => 1,
         Reply::Acked { grant } => grant_len(grant),
+        Reply::Durable { blob, .. } => 8 + blob_len(blob)?,
         _ => return Err(EncodeError::UnsupportedVariant("Reply")),
     })
 }

@@ -30,6 +30,7 @@ fn lease_v2() -> Lease {
         state: LeaseState::RWH,
         parent_key: Some(LeaseKey(0x1111_2222_3333_4444_5555_6666_7777_8888)),
         epoch: Some(3),
+        breaking: true,
     }
 }
 
@@ -39,6 +40,7 @@ fn lease_v1() -> Lease {
         state: LeaseState::RH,
         parent_key: None,
         epoch: None,
+        breaking: false,
     }
 }
 
@@ -107,6 +109,22 @@ pub fn requests() -> Vec<Request> {
             key: LeaseKey(2),
             state: LeaseState::READ,
         },
+        Request::BreakForRename { open: OpenId(4) },
+        Request::SetDurable {
+            open: OpenId(3),
+            key: 0x0000_0001_0000_0002,
+            timeout_ms: 60_000,
+            blob: b"data\0dir/file.txt".to_vec(),
+        },
+        Request::Disconnect { open: OpenId(3) },
+        Request::DurableLookup {
+            key: 0x0000_0001_0000_0002,
+        },
+        Request::Reclaim {
+            key: 0x0000_0001_0000_0002,
+            open: OpenId(3),
+            client_guid: ClientGuid(0x1234),
+        },
     ]
 }
 
@@ -127,6 +145,10 @@ pub fn replies() -> Vec<Reply> {
         Reply::Closed { delete_file: true },
         Reply::Acked {
             grant: OplockGrant::None,
+        },
+        Reply::Durable {
+            open: OpenId(3),
+            blob: vec![1, 2, 3],
         },
     ]
 }

@@ -59,12 +59,14 @@ pub fn lease() -> impl Strategy<Value = Lease> {
         lease_state(),
         option::of(lease_key()),
         option::of(any::<u16>()),
+        any::<bool>(),
     )
-        .prop_map(|(key, state, parent_key, epoch)| Lease {
+        .prop_map(|(key, state, parent_key, epoch, breaking)| Lease {
             key,
             state,
             parent_key,
             epoch,
+            breaking,
         })
 }
 
@@ -160,6 +162,28 @@ pub fn request() -> impl Strategy<Value = Request> {
                 state,
             }
         }),
+        (
+            open_id(),
+            any::<u64>(),
+            any::<u32>(),
+            vec(any::<u8>(), 0..64)
+        )
+            .prop_map(|(open, key, timeout_ms, blob)| Request::SetDurable {
+                open,
+                key,
+                timeout_ms,
+                blob
+            }),
+        open_id().prop_map(|open| Request::Disconnect { open }),
+        open_id().prop_map(|open| Request::BreakForRename { open }),
+        any::<u64>().prop_map(|key| Request::DurableLookup { key }),
+        (any::<u64>(), open_id(), client_guid()).prop_map(|(key, open, client_guid)| {
+            Request::Reclaim {
+                key,
+                open,
+                client_guid,
+            }
+        }),
     ]
 }
 
@@ -170,6 +194,7 @@ pub fn reply() -> impl Strategy<Value = Reply> {
         status().prop_map(Reply::Done),
         any::<bool>().prop_map(|delete_file| Reply::Closed { delete_file }),
         oplock_grant().prop_map(|grant| Reply::Acked { grant }),
+        (open_id(), vec(any::<u8>(), 0..64)).prop_map(|(open, blob)| Reply::Durable { open, blob }),
     ]
 }
 

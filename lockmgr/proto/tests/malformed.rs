@@ -234,7 +234,7 @@ fn invalid(field: &'static str, value: u64) -> Result<Message, DecodeError> {
 fn invalid_enum_values_are_rejected() {
     let open = 3u64.to_le_bytes();
     assert_eq!(request_body(&[0]), invalid("request.kind", 0));
-    assert_eq!(request_body(&[10]), invalid("request.kind", 10));
+    assert_eq!(request_body(&[200]), invalid("request.kind", 200));
     // SetDeletePending with delete = 2.
     let mut b = vec![3];
     b.extend_from_slice(&open);
@@ -274,8 +274,8 @@ fn invalid_enum_values_are_rejected() {
     b.extend_from_slice(&[0; 16 + 4 + 4 + 1 + 16]);
     b.extend_from_slice(&[2]);
     b.extend_from_slice(&[0; 16]);
-    b.extend_from_slice(&[7, 4]);
-    assert_eq!(request_body(&b), invalid("lease.flags", 4));
+    b.extend_from_slice(&[7, 8]);
+    assert_eq!(request_body(&b), invalid("lease.flags", 8));
 
     // Reply: unknown kind, unknown status.
     let reply = |rest: &[u8]| {
@@ -283,7 +283,7 @@ fn invalid_enum_values_are_rejected() {
         body.extend_from_slice(rest);
         first_message(&raw_frame(&[(msg_type::REPLY, 0, &body)]))
     };
-    assert_eq!(reply(&[6]), invalid("reply.kind", 6));
+    assert_eq!(reply(&[200]), invalid("reply.kind", 200));
     assert_eq!(reply(&[3, 0xe7, 0x03]), invalid("status", 999));
     // Notification: unknown kind, lease break with undefined flags.
     let notify = |body: &[u8]| first_message(&raw_frame(&[(msg_type::NOTIFY, 0, body)]));

@@ -20,6 +20,11 @@ use std::time::Duration;
 use lockmgr_client::mux::NodeSessions;
 use lockmgr_client::{ClientError, ClientOptions, LockClient};
 use lockmgr_proto::ClusterKey;
+use lockmgr_rdma::{DeviceConfig, RdmaClient, RdmaConfig};
+use lockmgr_transport::afpacket::PacketClient;
+use lockmgr_transport::afxdp::XdpClient;
+use lockmgr_transport::eth::{EthConfig, MacAddr};
+use lockmgr_transport::reliable::ReliableConfig;
 use lockmgr_transport::shm::ShmClient;
 use lockmgr_transport::udp::{UdpClient, UdpConfig};
 use lockmgr_transport::{ClientTransport, SpinConfig};
@@ -126,6 +131,55 @@ impl ClusterLocks {
                             ..UdpConfig::default()
                         },
                     )?;
+                    LockClient::connect(Box::new(t) as Transport, &options)
+                })
+            }
+            LockTransport::Afpacket | LockTransport::Afxdp => {
+                let server: MacAddr = connect.parse().map_err(|_| {
+                    ClusterError::Config(format!("connect = {connect:?} is not a MAC address"))
+                })?;
+                let eth = EthConfig {
+                    interface: cfg.interface.clone().ok_or_else(|| missing("interface"))?,
+                    ethertype: cfg.ethertype,
+                };
+                let reliable = ReliableConfig {
+                    spin,
+                    connect_timeout: HANDSHAKE_TIMEOUT,
+                    ..ReliableConfig::default()
+                };
+                if cfg.transport == LockTransport::Afpacket {
+                    Box::new(move || {
+                        let t = PacketClient::connect(&eth, server, reliable)?;
+                        LockClient::connect(Box::new(t) as Transport, &options)
+                    })
+                } else {
+                    Box::new(move || {
+                        let t = XdpClient::connect(&eth, &Default::default(), server, reliable)?;
+                        LockClient::connect(Box::new(t) as Transport, &options)
+                    })
+                }
+            }
+            LockTransport::Rdma => {
+                let addr: std::net::SocketAddr = connect.parse().map_err(|_| {
+                    ClusterError::Config(format!("connect = {connect:?} is not ADDR:PORT"))
+                })?;
+                let rdma = RdmaConfig {
+                    device: DeviceConfig {
+                        device: cfg.rdma_device.clone(),
+                        port: cfg.rdma_port,
+                        gid_index: cfg.gid_index,
+                    },
+                    spin,
+                    handshake_timeout: HANDSHAKE_TIMEOUT,
+                    ..RdmaConfig::default()
+                };
+                Box::new(move || {
+                    let t = RdmaClient::connect(addr, &rdma).map_err(|e| {
+                        // RdmaError's text names what is missing (no device, no GID).
+                        ClientError::Transport(lockmgr_transport::TransportError::Io(
+                            std::io::Error::other(e.to_string()),
+                        ))
+                    })?;
                     LockClient::connect(Box::new(t) as Transport, &options)
                 })
             }

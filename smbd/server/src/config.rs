@@ -21,6 +21,8 @@
 //! # Cluster-wide filesystem identity used to derive file ids; defaults to statfs f_fsid of the
 //! # share root. Set it on every node of a cluster serving the same shared filesystem.
 //! # cluster_fs_id = "0x1234"
+//! # Multichannel: advertise SMB2_GLOBAL_CAP_MULTI_CHANNEL at 3.x and accept session binding.
+//! multichannel = true
 //!
 //! [[share]]
 //! name = "data"
@@ -30,13 +32,23 @@
 //!
 //! # Where share modes, byte-range locks, oplocks and leases are decided. Without this section
 //! # (or with transport = "embedded") the node runs the lock engine in process: a single node.
-//! # With "shm" or "udp" every decision goes to one lockmgrd shared by all nodes of a cluster
-//! # (set the same `cluster_fs_id` on every node so file ids agree).
+//! # With any other transport every decision goes to one lockmgrd shared by all nodes of a
+//! # cluster (set the same `cluster_fs_id` on every node so file ids agree).
 //! [lockmgr]
-//! # "embedded" (default) | "shm" (lockmgrd on this host) | "udp" (lockmgrd elsewhere).
+//! # "embedded" (default) | "shm" (lockmgrd on this host) | "udp" (lockmgrd elsewhere) |
+//! # "afpacket" / "afxdp" (raw Ethernet on one L2 segment) | "rdma" (InfiniBand / RoCE).
 //! transport = "shm"
-//! # shm: path of lockmgrd's unix socket; udp: ADDR:PORT.
+//! # shm: path of lockmgrd's unix socket; udp and rdma: ADDR:PORT (rdma: lockmgrd's TCP
+//! # side channel); afpacket/afxdp: lockmgrd's MAC address.
 //! connect = "/run/clustersmb/lockmgr.sock"
+//! # afpacket/afxdp: the interface that reaches lockmgrd, and the EtherType (default 0x88B5 =
+//! # 34997, must match lockmgrd's --ethertype).
+//! # interface = "eth1"
+//! # ethertype = 34997
+//! # rdma: device (default the first), port (default 1), GID index (default automatic).
+//! # rdma_device = "mlx5_0"
+//! # rdma_port = 1
+//! # gid_index = 3
 //! # The cluster key shared with lockmgrd (at least 16 bytes).
 //! cluster_key_file = "/etc/clustersmb/cluster.key"
 //! # How this node appears in `lockmgrctl status` (default: the host name).
@@ -97,6 +109,10 @@ pub struct ServerConfig {
     pub workers: usize,
     #[serde(default)]
     pub cluster_fs_id: Option<String>,
+    /// Advertise SMB2_GLOBAL_CAP_MULTI_CHANNEL at SMB 3.x and accept session binding
+    /// (MS-SMB2 3.3.5.5.2).
+    #[serde(default = "default_true")]
+    pub multichannel: bool,
 }
 
 fn default_netbios() -> String {
@@ -121,6 +137,7 @@ impl Default for ServerConfig {
             allow_anonymous: true,
             workers: 0,
             cluster_fs_id: None,
+            multichannel: true,
         }
     }
 }
@@ -147,6 +164,12 @@ pub enum LockTransport {
     Shm,
     /// lockmgrd over reliable UDP.
     Udp,
+    /// lockmgrd over raw Ethernet frames through an AF_PACKET socket.
+    Afpacket,
+    /// lockmgrd over raw Ethernet frames through an AF_XDP socket (kernel bypass).
+    Afxdp,
+    /// lockmgrd over RDMA verbs (InfiniBand / RoCE reliable connections).
+    Rdma,
 }
 
 /// `[lockmgr]`: where lock decisions are made (see the module documentation).
@@ -165,6 +188,29 @@ pub struct LockmgrConfig {
     pub spin_us: u64,
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// afpacket/afxdp: the interface that reaches lockmgrd.
+    #[serde(default)]
+    pub interface: Option<String>,
+    /// afpacket/afxdp: EtherType of lockmgr frames (lockmgrd's `--ethertype`).
+    #[serde(default = "default_ethertype")]
+    pub ethertype: u16,
+    /// rdma: device name (`ibv_devices`); default the first device.
+    #[serde(default)]
+    pub rdma_device: Option<String>,
+    /// rdma: port number (1-based).
+    #[serde(default = "default_rdma_port")]
+    pub rdma_port: u8,
+    /// rdma: GID table index; default automatic (the IPv4-mapped GID on RoCE, 0 on InfiniBand).
+    #[serde(default)]
+    pub gid_index: Option<u8>,
+}
+
+fn default_ethertype() -> u16 {
+    lockmgr_transport::eth::DEFAULT_ETHERTYPE
+}
+
+fn default_rdma_port() -> u8 {
+    1
 }
 
 fn default_request_timeout_ms() -> u64 {
@@ -180,6 +226,11 @@ impl Default for LockmgrConfig {
             node_name: None,
             spin_us: 0,
             request_timeout_ms: default_request_timeout_ms(),
+            interface: None,
+            ethertype: default_ethertype(),
+            rdma_device: None,
+            rdma_port: default_rdma_port(),
+            gid_index: None,
         }
     }
 }
@@ -196,10 +247,31 @@ impl LockmgrConfig {
                     .into(),
             );
         };
-        if self.transport == LockTransport::Udp && connect.parse::<SocketAddr>().is_err() {
-            return bad(format!(
-                "connect = {connect:?}: udp needs ADDR:PORT, e.g. \"192.0.2.10:7500\""
-            ));
+        match self.transport {
+            LockTransport::Udp | LockTransport::Rdma if connect.parse::<SocketAddr>().is_err() => {
+                return bad(format!(
+                    "connect = {connect:?}: {:?} needs ADDR:PORT, e.g. \"192.0.2.10:7500\"",
+                    self.transport
+                ));
+            }
+            LockTransport::Afpacket | LockTransport::Afxdp => {
+                if connect.parse::<lockmgr_transport::eth::MacAddr>().is_err() {
+                    return bad(format!(
+                        "connect = {connect:?}: {:?} needs lockmgrd's MAC address, e.g. \"02:00:00:00:00:01\"",
+                        self.transport
+                    ));
+                }
+                if self.interface.as_deref().is_none_or(str::is_empty) {
+                    return bad(format!(
+                        "{:?} needs `interface` (the interface that reaches lockmgrd)",
+                        self.transport
+                    ));
+                }
+            }
+            _ => {}
+        }
+        if self.rdma_port == 0 {
+            return bad("rdma_port is 1-based".into());
         }
         if self.cluster_key_file.is_none() {
             return bad("`cluster_key_file` is needed with a remote lockmgrd".into());
@@ -319,6 +391,24 @@ mod tests {
             Config::parse(udp).unwrap().lockmgr.transport,
             LockTransport::Udp
         );
+        let xdp = Config::parse(
+            "[lockmgr]\ntransport = \"afxdp\"\nconnect = \"02:6c:6d:00:00:0a\"\ninterface = \"veth0\"\nethertype = 0x88b6\ncluster_key_file = \"/k\"\n",
+        )
+        .unwrap()
+        .lockmgr;
+        assert_eq!(
+            (xdp.transport, xdp.interface.as_deref(), xdp.ethertype),
+            (LockTransport::Afxdp, Some("veth0"), 0x88b6)
+        );
+        let rdma = Config::parse(
+            "[lockmgr]\ntransport = \"rdma\"\nconnect = \"192.0.2.1:7500\"\nrdma_device = \"rxe0\"\ngid_index = 1\ncluster_key_file = \"/k\"\n",
+        )
+        .unwrap()
+        .lockmgr;
+        assert_eq!(
+            (rdma.rdma_device.as_deref(), rdma.rdma_port, rdma.gid_index),
+            (Some("rxe0"), 1, Some(1))
+        );
         for (bad, why) in [
             ("[lockmgr]\ntransport = \"carrier-pigeon\"\n", "unknown variant"),
             ("[lockmgr]\ntransport = \"shm\"\ncluster_key_file = \"/k\"\n", "connect"),
@@ -332,6 +422,22 @@ mod tests {
                 "request_timeout_ms",
             ),
             ("[lockmgr]\nbogus = 1\n", "bogus"),
+            (
+                "[lockmgr]\ntransport = \"afxdp\"\nconnect = \"02:00:00:00:00:01\"\ncluster_key_file = \"/k\"\n",
+                "needs `interface`",
+            ),
+            (
+                "[lockmgr]\ntransport = \"afpacket\"\nconnect = \"10.0.0.1:7500\"\ninterface = \"eth1\"\ncluster_key_file = \"/k\"\n",
+                "MAC address",
+            ),
+            (
+                "[lockmgr]\ntransport = \"rdma\"\nconnect = \"mlx5_0\"\ncluster_key_file = \"/k\"\n",
+                "ADDR:PORT",
+            ),
+            (
+                "[lockmgr]\ntransport = \"rdma\"\nconnect = \"10.0.0.1:7500\"\nrdma_port = 0\ncluster_key_file = \"/k\"\n",
+                "1-based",
+            ),
         ] {
             let e = Config::parse(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad:?}: {e}");

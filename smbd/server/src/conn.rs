@@ -129,9 +129,18 @@ pub(crate) enum PendingKind {
         volatile: u64,
     },
     Create(Box<crate::ops::CreateCont>),
+    /// A rename through a lease handle waiting for other leases' handle-caching breaks
+    /// (lock service `BreakForRename`); it is carried out when that completes.
+    Rename {
+        volatile: u64,
+        buffer: Vec<u8>,
+        class: u8,
+    },
 }
 
 pub(crate) struct PendingOp {
+    /// Bound connection the request arrived on (its answer goes back there).
+    pub channel: Option<u64>,
     /// Requests of a compound that follow a CREATE which went async in the middle of the
     /// chain; processed once the CREATE completes (MS-SMB2 3.3.5.2.7, <206>: only a CREATE
     /// that waits for an oplock break may go async mid-chain).
@@ -157,6 +166,8 @@ pub(crate) struct ChainCtx {
     pub related: bool,
     /// Index of the request in the chain.
     pub index: usize,
+    /// The request is alone in its message (not a compound): READ/WRITE may go to the ring.
+    pub single: bool,
     /// Session and tree a related request inherits: those of the previous request if they
     /// were valid, else 0 (Samba's last_session_id / last_tid).
     pub last_session_id: u64,
@@ -166,9 +177,58 @@ pub(crate) struct ChainCtx {
     pub create_err: Option<u32>,
 }
 
+/// A READ or WRITE handed to the worker's io_uring; the response goes out when the ring
+/// completes it (see [`Conn::complete_file_io`]). The client sees an ordinary synchronous
+/// answer, only later: MS-SMB2 3.3.4.2 lets any request complete asynchronously, and no
+/// interim STATUS_PENDING is sent.
+pub(crate) struct FileIo {
+    /// A duplicate of the open's descriptor: a CLOSE while the I/O is in flight must not let
+    /// the number be reused under the ring.
+    pub file: File,
+    pub offset: u64,
+    /// Bytes transferred so far (the worker resubmits short transfers).
+    pub done: usize,
+    /// Volatile id of the open (position update, change notification).
+    pub volatile: u64,
+    pub op: FileOp,
+    /// Response header (credits granted at dispatch), set by `process_one`.
+    pub hdr: Header,
+    pub signer: Option<Signer>,
+    /// Session whose key encrypts the response.
+    pub enc: Option<u64>,
+}
+
+pub(crate) enum FileOp {
+    /// `buf` is the whole response frame: NetBIOS header, SMB2 header, READ body, padding,
+    /// then room for the data at `data_off`, so the kernel reads straight into the message
+    /// that is sent (no copy of the data unless it must be encrypted).
+    Read {
+        buf: Vec<u8>,
+        data_off: usize,
+        len: usize,
+        minimum: u32,
+        padding: u8,
+    },
+    Write {
+        data: Vec<u8>,
+    },
+}
+
+impl FileIo {
+    /// Bytes still to transfer.
+    pub fn remaining(&self) -> usize {
+        match &self.op {
+            FileOp::Read { len, .. } => len - self.done,
+            FileOp::Write { data } => data.len() - self.done,
+        }
+    }
+}
+
 /// What a handler produced.
 pub(crate) enum Outcome {
     Reply(u32, Response),
+    /// Handed to the ring ([`FileIo`]); answered on completion.
+    Deferred(Box<FileIo>),
     /// Went async: an interim STATUS_PENDING was (or will be) sent with this AsyncId.
     Pending(u64),
     /// No response at all (CANCEL).
@@ -177,6 +237,23 @@ pub(crate) enum Outcome {
 
 pub(crate) fn err(st: u32) -> Outcome {
     Outcome::Reply(st, Response::Error { data: vec![] })
+}
+
+/// This connection as a channel bound to a session another connection owns
+/// (MS-SMB2 3.3.5.5.2): requests for the session are forwarded to the owner.
+pub(crate) struct BoundChannel {
+    pub owner: u64,
+    /// Channel.SigningKey (MS-SMB2 3.3.5.5.3) and this connection's signing algorithm.
+    pub signer: Signer,
+}
+
+/// A session binding in progress on this connection.
+pub(crate) struct Binding {
+    pub ntlm: Box<NtlmServer>,
+    /// The channel's preauth integrity hash (3.1.1): this connection's NEGOTIATE plus the
+    /// binding exchange; it keys Channel.SigningKey.
+    pub preauth: PreauthHash,
+    pub rec: crate::shared::SessionRecord,
 }
 
 pub struct Conn {
@@ -203,10 +280,26 @@ pub struct Conn {
     /// Whether the request being answered was signed.
     signed_request: bool,
     out: Vec<Vec<u8>>,
+    /// READs/WRITEs for the worker's ring.
+    pub(crate) file_io: Vec<FileIo>,
     /// Zero bytes between a READ response body and its data (smbtorture hook).
     pub(crate) read_body_padding: u8,
     /// Set by `process_one` when a CREATE in the middle of a compound went async.
     suspend_chain: Option<u64>,
+    /// Sessions owned here that other connections bound: (channel conn, session) -> signer.
+    channels: HashMap<(u64, u64), Signer>,
+    /// Credits granted on each bound channel (for requests forwarded from it).
+    channel_credits: HashMap<u64, u32>,
+    /// The bound connection whose forwarded request (or its async completion) is being
+    /// answered; output then goes back to it.
+    cur_channel: Option<u64>,
+    channel_out: Vec<Vec<u8>>,
+    /// Sessions of other connections this connection is bound to.
+    bound: HashMap<u64, BoundChannel>,
+    /// Signers of sessions that ended under the client (a failed reauthentication, here or
+    /// on the owner of a bound session): USER_SESSION_DELETED for them stays signed.
+    unbound: HashMap<u64, Signer>,
+    binding: HashMap<u64, Binding>,
     pub closed: bool,
 }
 
@@ -248,8 +341,16 @@ impl Conn {
             expire_after: Vec::new(),
             override_signer: None,
             out: Vec::new(),
+            file_io: Vec::new(),
             suspend_chain: None,
             read_body_padding: 0,
+            channels: HashMap::new(),
+            channel_credits: HashMap::new(),
+            cur_channel: None,
+            channel_out: Vec::new(),
+            bound: HashMap::new(),
+            unbound: HashMap::new(),
+            binding: HashMap::new(),
             closed: false,
         }
     }
@@ -259,12 +360,61 @@ impl Conn {
         std::mem::take(&mut self.out)
     }
 
+    /// READs/WRITEs to submit to the ring.
+    pub(crate) fn take_file_io(&mut self) -> Vec<FileIo> {
+        std::mem::take(&mut self.file_io)
+    }
+
+    /// Whether READs/WRITEs were handed out and not yet submitted.
+    pub(crate) fn has_file_io(&self) -> bool {
+        !self.file_io.is_empty()
+    }
+
+    /// Queue a complete response frame (4 bytes reserved for the NetBIOS header), signing or
+    /// encrypting it as decided at dispatch.
+    pub(crate) fn emit_framed(
+        &mut self,
+        mut buf: Vec<u8>,
+        signer: Option<Signer>,
+        enc: Option<u64>,
+    ) {
+        if enc.is_some() {
+            self.emit(buf.get(4..).unwrap_or_default().to_vec(), enc);
+            return;
+        }
+        if let Some((alg, key)) = signer {
+            if let Some(msg) = buf.get_mut(4..) {
+                if msg.len() >= 20 {
+                    let fl =
+                        u32::from_le_bytes([msg[16], msg[17], msg[18], msg[19]]) | flags::SIGNED;
+                    msg[16..20].copy_from_slice(&fl.to_le_bytes());
+                }
+                if let Err(e) = smb_auth::signing::sign(alg, &key, msg) {
+                    tracing::warn!(conn = self.id, %e, "signing failed");
+                }
+            }
+        }
+        let len = buf.len().saturating_sub(4) as u32;
+        if buf.len() >= 4 {
+            buf[..4].copy_from_slice(&(len & 0x00FF_FFFF).to_be_bytes());
+        }
+        self.out.push(buf);
+    }
+
     pub(crate) fn dialect(&self) -> u16 {
         self.neg.as_ref().map_or(0, |n| n.dialect)
     }
 
     pub(crate) fn auth_dialect(&self) -> Dialect {
         Dialect::from_revision(self.dialect()).unwrap_or(Dialect::Smb202)
+    }
+
+    /// MS-SMB2 3.3.5.14: at 3.x with SMB2_GLOBAL_CAP_MULTI_CHANNEL, lock sequence numbers
+    /// are verified for every open (a request may be replayed on another channel).
+    pub(crate) fn lock_seq_all_opens(&self) -> bool {
+        self.neg.as_ref().is_some_and(|n| {
+            n.dialect >= dialect::SMB300 && n.server_caps & caps::MULTI_CHANNEL != 0
+        })
     }
 
     pub(crate) fn max_io(&self) -> u32 {
@@ -291,8 +441,16 @@ impl Conn {
         }
         match &msg[..4] {
             [0xFF, b'S', b'M', b'B'] => self.smb1_negotiate(msg),
-            [0xFD, b'S', b'M', b'B'] => self.encrypted_message(msg),
-            [0xFE, b'S', b'M', b'B'] => self.process_chain(msg, false),
+            [0xFD, b'S', b'M', b'B'] => {
+                if !self.forward_to_owner(msg) {
+                    self.encrypted_message(msg)
+                }
+            }
+            [0xFE, b'S', b'M', b'B'] => {
+                if !self.forward_to_owner(msg) {
+                    self.process_chain(msg, false)
+                }
+            }
             _ => {
                 tracing::debug!(conn = self.id, "not an SMB message; disconnecting");
                 self.closed = true;
@@ -369,7 +527,8 @@ impl Conn {
 
     fn process_chain(&mut self, buf: &[u8], encrypted: bool) {
         let msgs = match smb_proto::split_compound(buf) {
-            Ok(m) => m.into_iter().map(|x| x.to_vec()).collect::<Vec<_>>(),
+            // Borrowed: a large WRITE is not copied again before it is decoded.
+            Ok(m) => m,
             Err(e) => {
                 tracing::debug!(conn = self.id, %e, "bad compound; disconnecting");
                 self.closed = true;
@@ -378,6 +537,9 @@ impl Conn {
         };
         let ctx = ChainCtx {
             encrypted,
+            // A request forwarded from a bound channel is answered synchronously: ring
+            // completions go out on this connection's own socket.
+            single: msgs.len() == 1 && self.cur_channel.is_none(),
             ..Default::default()
         };
         self.run_chain(msgs, 0, ctx);
@@ -385,7 +547,12 @@ impl Conn {
 
     /// Process `msgs` (the requests of a compound from index `first` on) and emit the
     /// responses as one chain.
-    pub(crate) fn run_chain(&mut self, msgs: Vec<Vec<u8>>, first: usize, mut ctx: ChainCtx) {
+    pub(crate) fn run_chain<M: AsRef<[u8]> + Into<Vec<u8>>>(
+        &mut self,
+        msgs: Vec<M>,
+        first: usize,
+        mut ctx: ChainCtx,
+    ) {
         let mut responses: Vec<(Vec<u8>, Option<Signer>)> = Vec::new();
         let mut enc_session: Option<u64> = None;
         let n = first + msgs.len();
@@ -393,7 +560,7 @@ impl Conn {
         let mut i = first;
         while let Some(m) = it.next() {
             ctx.index = i;
-            let one = self.process_one(&m, &mut ctx, i + 1 == n);
+            let one = self.process_one(m.as_ref(), &mut ctx, i + 1 == n);
             i += 1;
             let Some((resp, signer)) = one else {
                 continue;
@@ -420,7 +587,7 @@ impl Conn {
                 return;
             }
             if let Some(aid) = self.suspend_chain.take() {
-                let rest: Vec<Vec<u8>> = it.by_ref().collect();
+                let rest: Vec<Vec<u8>> = it.by_ref().map(Into::into).collect();
                 if let Some(p) = self.pending.get_mut(&aid) {
                     p.rest = Some((rest, ctx.clone()));
                 }
@@ -464,6 +631,7 @@ impl Conn {
                 self.close_session_opens(sid, None);
                 self.sessions.remove(&sid);
                 self.shared.session_gone(sid);
+                self.end_channels(sid);
             }
         }
     }
@@ -495,7 +663,7 @@ impl Conn {
                 match smb_auth::encryption::encrypt(cipher, &key, sid, &msg) {
                     Ok(m) => {
                         debug_assert_eq!(m.get(..4), Some(&TRANSFORM_PROTOCOL_ID[..]));
-                        self.out.push(frame(m));
+                        self.push_out(frame(m));
                     }
                     Err(e) => {
                         tracing::warn!(conn = self.id, %e, "encryption failed; disconnecting");
@@ -505,7 +673,27 @@ impl Conn {
                 return;
             }
         }
-        self.out.push(frame(msg));
+        self.push_out(frame(msg));
+    }
+
+    fn push_out(&mut self, f: Vec<u8>) {
+        if self.cur_channel.is_some() {
+            self.channel_out.push(f);
+        } else {
+            self.out.push(f);
+        }
+    }
+
+    /// Signing algorithm and key of `sid` for the connection the current request came in
+    /// on: a bound channel signs with its own Channel.SigningKey (MS-SMB2 3.3.5.5.3).
+    pub(crate) fn signing_pair(&self, sid: u64) -> Option<Signer> {
+        if let Some(ch) = self.cur_channel {
+            if let Some(sig) = self.channels.get(&(ch, sid)) {
+                return Some(sig.clone());
+            }
+        }
+        let k = self.sessions.get(&sid)?.keys.as_ref()?;
+        Some((self.neg.as_ref()?.signing_alg, k.signing.clone()))
     }
 
     /// Signing key of a session if responses to `hdr` must be signed.
@@ -518,10 +706,9 @@ impl Conn {
         if !matches!(s.state, AuthState::Valid) || s.anonymous {
             return None;
         }
-        let k = s.keys.as_ref()?;
+        s.keys.as_ref()?;
         if request_signed || s.signing_required {
-            let alg = self.neg.as_ref()?.signing_alg;
-            Some((alg, k.signing.clone()))
+            self.signing_pair(session_id)
         } else {
             None
         }
@@ -549,13 +736,18 @@ impl Conn {
     /// leave the client with zero credits.
     fn grant_credits(&mut self, req: &Header) -> u16 {
         let charge = (req.credit_charge as u32).max(1);
-        self.credits_out = self.credits_out.saturating_sub(charge);
-        let room = MAX_CREDITS.saturating_sub(self.credits_out);
+        // A forwarded request spends the credits of the channel it arrived on.
+        let out = match self.cur_channel {
+            Some(ch) => self.channel_credits.entry(ch).or_insert(0),
+            None => &mut self.credits_out,
+        };
+        *out = out.saturating_sub(charge);
+        let room = MAX_CREDITS.saturating_sub(*out);
         let mut grant = (req.credits as u32).min(room);
-        if grant == 0 && self.credits_out == 0 {
+        if grant == 0 && *out == 0 {
             grant = 1;
         }
-        self.credits_out += grant;
+        *out += grant;
         grant as u16
     }
 
@@ -653,11 +845,23 @@ impl Conn {
                 return Some((w.buf, None));
             }
             Outcome::Reply(st, body) => (st, body),
+            Outcome::Deferred(mut io) => {
+                ctx.prev_status = status::SUCCESS;
+                ctx.last_tree_id = if tree_ok { ctx.tree_id } else { 0 };
+                io.hdr = Self::response_header(&hdr, status::SUCCESS, credits);
+                io.signer = self.signer_for(hdr.session_id, signed);
+                io.enc = (ctx.encrypted
+                    || self.session_wants_encryption(hdr.session_id, ctx.tree_id))
+                .then_some(hdr.session_id);
+                self.file_io.push(*io);
+                return None;
+            }
         };
         ctx.prev_status = st;
         if st != status::SUCCESS {
             tracing::debug!(
                 conn = self.id,
+                channel = ?self.cur_channel,
                 ?cmd,
                 mid = hdr.message_id,
                 status = format_args!("{st:#010x}"),
@@ -693,15 +897,42 @@ impl Conn {
             Some(Command::SessionSetup) => self.session_setup_signer(&h, st),
             Some(Command::Negotiate) => None,
             _ => {
-                // Errors on sessions that do not exist cannot be signed.
                 if st == status::USER_SESSION_DELETED {
-                    None
+                    // A session of another connection that is not bound here: the client
+                    // signed with the session's key and wants the refusal signed too (Samba
+                    // signs with the session's main channel key). Unknown sessions cannot be.
+                    match (signed, self.neg.as_ref()) {
+                        (true, Some(_)) if self.unbound.contains_key(&h.session_id) => {
+                            self.unbound.get(&h.session_id).cloned()
+                        }
+                        (true, Some(n)) => self
+                            .shared
+                            .session_record(h.session_id)
+                            .map(|rec| (n.signing_alg, rec.signing_key)),
+                        _ => None,
+                    }
                 } else {
                     self.signer_for(h.session_id, signed)
                 }
             }
         };
-        let resp = w.buf;
+        let mut resp = w.buf;
+        let mut signer = signer;
+        if cmd == Some(Command::SessionSetup)
+            && st == status::MORE_PROCESSING_REQUIRED
+            && self.binding.contains_key(&h.session_id)
+        {
+            // The channel's preauth hash covers the interim response as sent, signature
+            // included (Samba hashes after signing): sign it here.
+            if let Some((alg, key)) = signer.take() {
+                let fl =
+                    u32::from_le_bytes([resp[16], resp[17], resp[18], resp[19]]) | flags::SIGNED;
+                resp[16..20].copy_from_slice(&fl.to_le_bytes());
+                if let Err(e) = smb_auth::signing::sign(alg, &key, &mut resp) {
+                    tracing::warn!(conn = self.id, %e, "signing failed");
+                }
+            }
+        }
         if cmd == Some(Command::Negotiate)
             && st == status::SUCCESS
             && self.dialect() == dialect::SMB311
@@ -712,7 +943,15 @@ impl Conn {
             self.conn_preauth.update(&resp);
         }
         if cmd == Some(Command::SessionSetup) && st == status::MORE_PROCESSING_REQUIRED {
-            if let Some(s) = self.sessions.get_mut(&h.session_id) {
+            if let Some(b) = self.binding.get_mut(&h.session_id) {
+                if self
+                    .neg
+                    .as_ref()
+                    .is_some_and(|n| n.dialect == dialect::SMB311)
+                {
+                    b.preauth.update(&resp);
+                }
+            } else if let Some(s) = self.sessions.get_mut(&h.session_id) {
                 if self
                     .neg
                     .as_ref()
@@ -754,8 +993,8 @@ impl Conn {
                     return err(status::ACCESS_DENIED);
                 }
                 if signed {
-                    if let (Some(k), Some(n)) = (s.keys.as_ref(), self.neg.as_ref()) {
-                        if !smb_auth::signing::verify(n.signing_alg, &k.signing, m) {
+                    if let Some((alg, key)) = self.signing_pair(hdr.session_id) {
+                        if !smb_auth::signing::verify(alg, &key, m) {
                             tracing::debug!(conn = self.id, "bad signature");
                             return err(status::ACCESS_DENIED);
                         }
@@ -838,6 +1077,10 @@ impl Conn {
             && req.capabilities & caps::ENCRYPTION != 0
         {
             server_caps |= caps::ENCRYPTION;
+        }
+        if d >= dialect::SMB300 && d != dialect::WILDCARD && self.shared.config.server.multichannel
+        {
+            server_caps |= caps::MULTI_CHANNEL;
         }
         let mut server_security_mode = security_mode::SIGNING_ENABLED;
         if self.shared.config.server.signing_required {
@@ -1011,7 +1254,18 @@ impl Conn {
         let is311 = self.dialect() == dialect::SMB311;
         let mut sid = hdr.session_id;
         if req.flags & smb_proto::SESSION_FLAG_BINDING != 0 {
-            return self.refuse_binding(sid);
+            return self.bind_session(&req, hdr, ctx, m);
+        }
+        if let Some(b) = self
+            .bound
+            .get(&sid)
+            .filter(|_| !self.sessions.contains_key(&sid))
+        {
+            // A reauthentication on a bound channel is forwarded to the session's owner when
+            // it verifies with the channel key (see forward_to_owner); this one did not. The
+            // client drops a connection whose answer is unsigned when it signed.
+            self.override_signer = Some(b.signer.clone());
+            return err(status::ACCESS_DENIED);
         }
         if sid == 0 {
             self.next_session += 1;
@@ -1040,6 +1294,15 @@ impl Conn {
                 },
             );
         } else if let Some(s) = self.sessions.get_mut(&sid) {
+            if self.cur_channel.is_some()
+                && !self.signed_request
+                && !ctx.encrypted
+                && s.signing_required
+            {
+                // An unsigned reauthentication on a bound channel of a session that requires
+                // signing (MS-SMB2 3.3.5.2.4).
+                return err(status::ACCESS_DENIED);
+            }
             if matches!(s.state, AuthState::Valid) && s.reauth.is_none() {
                 s.reauth = Some(Box::new(NtlmServer::new(
                     self.shared.users.clone(),
@@ -1160,6 +1423,7 @@ impl Conn {
                             signing_alg,
                             signing_key,
                             cipher,
+                            channels: 0,
                         },
                     );
                     if req.previous_session_id != 0 && req.previous_session_id != sid {
@@ -1194,8 +1458,20 @@ impl Conn {
                     if self.signed_request {
                         self.override_signer = self.signer_for(sid, true);
                     }
+                    // Later requests of the client on the session get USER_SESSION_DELETED
+                    // signed with the session's key (the client insists on it).
+                    let own = self
+                        .sessions
+                        .get(&sid)
+                        .and_then(|s| s.keys.as_ref())
+                        .zip(self.neg.as_ref())
+                        .map(|(k, n)| (n.signing_alg, k.signing.clone()));
+                    if let Some(sig) = own {
+                        self.remember_ended(sid, sig);
+                    }
                     self.close_session_opens(sid, None);
                     self.shared.session_gone(sid);
+                    self.end_channels(sid);
                 }
                 self.sessions.remove(&sid);
                 err(st)
@@ -1203,38 +1479,179 @@ impl Conn {
         }
     }
 
-    /// Multichannel binding is not supported, but the refusal must look like Windows/Samba's
-    /// (MS-SMB2 3.3.5.5.2 order of checks) and be signed with the bound session's key and this
-    /// connection's algorithm, or the client cannot trust it.
-    fn refuse_binding(&mut self, sid: u64) -> Outcome {
+    /// SESSION_SETUP with SMB2_SESSION_FLAG_BINDING (MS-SMB2 3.3.5.5.2): checks in the order
+    /// Windows and Samba apply them, then an authentication of the session's user on this
+    /// connection. Refusals are signed with the session's key (the client verifies them with
+    /// it); the final response with the new Channel.SigningKey (3.3.5.5.3).
+    fn bind_session(
+        &mut self,
+        req: &SessionSetupRequest,
+        hdr: &Header,
+        ctx: &mut ChainCtx,
+        m: &[u8],
+    ) -> Outcome {
+        let sid = hdr.session_id;
+        ctx.session_id = sid;
+        if let Some(b) = self.bound.get(&sid) {
+            // Already a channel of this session: only a request signed with the channel key
+            // gets the real answer.
+            let signer = b.signer.clone();
+            if !self.signed_request {
+                return err(status::INVALID_PARAMETER);
+            }
+            let ok = smb_auth::signing::verify(signer.0, &signer.1, m);
+            self.override_signer = Some(signer);
+            if !ok {
+                return err(status::ACCESS_DENIED);
+            }
+            return err(status::REQUEST_NOT_ACCEPTED);
+        }
+        if !self.binding.contains_key(&sid) {
+            let rec = match self.binding_checks(sid) {
+                Ok(rec) => rec,
+                Err(o) => return o,
+            };
+            let ntlm = NtlmServer::new(
+                self.shared.users.clone(),
+                &self.shared.config.server.netbios_name,
+                &self.shared.config.server.domain,
+            );
+            self.binding.insert(
+                sid,
+                Binding {
+                    ntlm: Box::new(ntlm),
+                    preauth: self.conn_preauth.clone(),
+                    rec,
+                },
+            );
+        }
+        let is311 = self.dialect() == dialect::SMB311;
+        let dial = self.auth_dialect();
+        let Some(n) = self.neg.as_ref() else {
+            return err(status::INVALID_PARAMETER);
+        };
+        let (cur_alg, cipher) = (n.signing_alg, n.cipher);
+        let Some(b) = self.binding.get_mut(&sid) else {
+            return err(status::USER_SESSION_DELETED);
+        };
+        // The client signs binding requests with the session's signing key and algorithm.
+        let session_signer = (b.rec.signing_alg, b.rec.signing_key.clone());
+        self.override_signer = Some(session_signer.clone());
+        if !self.signed_request
+            || !(smb_auth::signing::verify(session_signer.0, &session_signer.1, m)
+                || smb_auth::signing::verify(cur_alg, &session_signer.1, m))
+        {
+            self.binding.remove(&sid);
+            return err(status::ACCESS_DENIED);
+        }
+        if is311 {
+            b.preauth.update(m);
+        }
+        match b.ntlm.step(&req.buffer) {
+            Ok(AuthStep::Continue { token }) => Outcome::Reply(
+                status::MORE_PROCESSING_REQUIRED,
+                Response::SessionSetup {
+                    flags: 0,
+                    buffer: token,
+                },
+            ),
+            Ok(AuthStep::Done {
+                token,
+                user,
+                session_key,
+                anonymous,
+                ..
+            }) => {
+                let Some(b) = self.binding.remove(&sid) else {
+                    return err(status::USER_SESSION_DELETED);
+                };
+                if anonymous || user.to_lowercase() != b.rec.user {
+                    // MS-SMB2 3.3.5.5.2: the binding user must be the session's user.
+                    tracing::info!(conn = self.id, sid, %user, "binding by another user refused");
+                    return err(status::ACCESS_DENIED);
+                }
+                let preauth = b.preauth.value();
+                let keys = smb_auth::keys::derive(
+                    dial,
+                    &session_key,
+                    if is311 { Some(&preauth) } else { None },
+                    cipher,
+                );
+                let signer: Signer = (cur_alg, keys.signing.clone());
+                if self.shared.session_record(sid).is_none() {
+                    return err(status::USER_SESSION_DELETED);
+                }
+                if !self.shared.channel_added(sid) {
+                    return err(status::INSUFFICIENT_RESOURCES);
+                }
+                let delivered = self.shared.post_event(
+                    b.rec.conn,
+                    Event::ChannelBound {
+                        session_id: sid,
+                        channel: self.id,
+                        signing_alg: signer.0,
+                        signing_key: crate::shared::ChannelKey(signer.1.clone()),
+                    },
+                );
+                if !delivered {
+                    self.shared.channel_removed(sid);
+                    return err(status::USER_SESSION_DELETED);
+                }
+                tracing::info!(conn = self.id, sid, owner = b.rec.conn, "session bound");
+                self.bound.insert(
+                    sid,
+                    BoundChannel {
+                        owner: b.rec.conn,
+                        signer: signer.clone(),
+                    },
+                );
+                self.override_signer = Some(signer);
+                Outcome::Reply(
+                    status::SUCCESS,
+                    Response::SessionSetup {
+                        flags: 0,
+                        buffer: token,
+                    },
+                )
+            }
+            Err(e) => {
+                tracing::info!(conn = self.id, sid, %e, "binding authentication failed");
+                self.binding.remove(&sid);
+                err(e.nt_status())
+            }
+        }
+    }
+
+    /// MS-SMB2 3.3.5.5.2 checks of a new binding, in Samba's order (which matches what
+    /// smbtorture expects from Windows): the session's record, or the refusal to send.
+    fn binding_checks(&mut self, sid: u64) -> Result<crate::shared::SessionRecord, Outcome> {
         let Some(rec) = (sid != 0)
             .then(|| self.shared.session_record(sid))
             .flatten()
         else {
-            return err(if sid == 0 {
+            return Err(err(if sid == 0 {
                 status::INVALID_PARAMETER
             } else {
                 status::USER_SESSION_DELETED
-            });
+            }));
         };
         let Some(n) = self.neg.as_ref() else {
-            return err(status::INVALID_PARAMETER);
+            return Err(err(status::INVALID_PARAMETER));
         };
-        if !self.signed_request {
-            return err(status::INVALID_PARAMETER);
-        }
         let cur = n.signing_alg;
         let st = if rec.signing_alg == SigningAlgorithm::AesGmac && cur != rec.signing_alg {
             REQUEST_OUT_OF_SEQUENCE
         } else if cur == SigningAlgorithm::AesGmac && cur != rec.signing_alg {
             status::NOT_SUPPORTED
-        } else if n.dialect < dialect::SMB300 {
+        } else if n.dialect < dialect::SMB300 || !self.shared.config.server.multichannel {
             status::REQUEST_NOT_ACCEPTED
-        } else if rec.dialect != n.dialect || rec.cipher != n.cipher {
+        } else if !self.signed_request || rec.dialect != n.dialect || rec.cipher != n.cipher {
             status::INVALID_PARAMETER
-        } else {
-            // We do not advertise SMB2_GLOBAL_CAP_MULTI_CHANNEL.
+        } else if rec.conn == self.id {
+            // The session's own connection is already one of its channels.
             status::REQUEST_NOT_ACCEPTED
+        } else {
+            return Ok(rec);
         };
         // The refusal is signed with the session's key; across an SMB 2.x / 3.x mix the
         // client verifies it with the session's own algorithm (HMAC-SHA256 vs AES-CMAC).
@@ -1243,8 +1660,10 @@ impl Conn {
         } else {
             cur
         };
-        self.override_signer = Some((alg, rec.signing_key));
-        err(st)
+        if self.signed_request {
+            self.override_signer = Some((alg, rec.signing_key));
+        }
+        Err(err(st))
     }
 
     /// The final SESSION_SETUP response is signed for 3.1.1 (MS-SMB2 3.3.5.5.3) and whenever
@@ -1265,10 +1684,10 @@ impl Conn {
         if s.anonymous {
             return None;
         }
-        let k = s.keys.as_ref()?;
+        s.keys.as_ref()?;
         let n = self.neg.as_ref()?;
         if n.dialect == dialect::SMB311 || s.signing_required || h.flags & flags::SIGNED != 0 {
-            Some((n.signing_alg, k.signing.clone()))
+            self.signing_pair(h.session_id)
         } else {
             None
         }
@@ -1276,9 +1695,13 @@ impl Conn {
 
     fn logoff(&mut self, hdr: &Header) -> Outcome {
         let sid = hdr.session_id;
+        // Durable opens survive a logoff like a disconnect (Samba; smbtorture
+        // durable-open.reopen4 reclaims one from a new session on the same connection).
+        self.park_durable_opens(Some(sid));
         self.close_session_opens(sid, None);
         self.sessions.remove(&sid);
         self.shared.session_gone(sid);
+        self.end_channels(sid);
         Outcome::Reply(status::SUCCESS, Response::Logoff)
     }
 
@@ -1362,6 +1785,7 @@ impl Conn {
         self.pending.insert(
             id,
             PendingOp {
+                channel: self.cur_channel,
                 rest: None,
                 message_id: hdr.message_id,
                 session_id: hdr.session_id,
@@ -1396,6 +1820,10 @@ impl Conn {
         let mut msg = w.buf;
         let enc = (p.encrypted || self.session_wants_encryption(p.session_id, p.tree_id))
             .then_some(p.session_id);
+        // The answer goes out on the connection the request came in on.
+        let outer = self.cur_channel;
+        let mut saved = std::mem::take(&mut self.channel_out);
+        self.cur_channel = p.channel;
         if enc.is_none() {
             if let Some((alg, key)) = self.signer_for(p.session_id, p.signed) {
                 msg[16..20].copy_from_slice(&(h.flags | flags::SIGNED).to_le_bytes());
@@ -1403,6 +1831,12 @@ impl Conn {
             }
         }
         self.emit(msg, enc);
+        self.cur_channel = outer;
+        if let Some(ch) = p.channel.filter(|ch| Some(*ch) != outer) {
+            self.flush_channel_out(ch, false);
+        }
+        saved.append(&mut self.channel_out);
+        self.channel_out = saved;
     }
 
     fn cancel(&mut self, hdr: &Header) -> Outcome {
@@ -1437,7 +1871,7 @@ impl Conn {
                     self.complete_async(aid, st, Response::Error { data: vec![] });
                 }
             }
-            PendingKind::Lock { .. } | PendingKind::Create(_) => {
+            PendingKind::Lock { .. } | PendingKind::Create(_) | PendingKind::Rename { .. } => {
                 // The lock service answers with Completed{Done(Cancelled)}, which finishes it.
                 let mid = p.message_id;
                 let r = self.shared.lock_request(
@@ -1463,8 +1897,139 @@ impl Conn {
                 self.park_durable_opens(Some(session_id));
                 self.close_session_opens(session_id, None);
                 self.sessions.remove(&session_id);
+                self.end_channels(session_id);
+            }
+            Event::ChannelBound {
+                session_id,
+                channel,
+                signing_alg,
+                signing_key,
+            } => {
+                if self.sessions.contains_key(&session_id) {
+                    tracing::info!(conn = self.id, session_id, channel, "channel bound");
+                    self.channels
+                        .insert((channel, session_id), (signing_alg, signing_key.0));
+                } else {
+                    self.shared
+                        .post_event(channel, Event::ChannelGone { session_id });
+                }
+            }
+            Event::ChannelMessage { channel, msg } => {
+                let was_closed = self.closed;
+                self.cur_channel = Some(channel);
+                self.on_message(&msg);
+                self.cur_channel = None;
+                // A protocol violation on the channel drops the channel, not this connection.
+                let close = self.closed && !was_closed;
+                self.closed = was_closed;
+                self.flush_channel_out(channel, close);
+            }
+            Event::ChannelOutput { frames, close } => {
+                self.out.extend(frames);
+                if close {
+                    self.closed = true;
+                }
+            }
+            Event::ChannelGone { session_id } => {
+                if let Some(b) = self.bound.remove(&session_id) {
+                    self.remember_ended(session_id, b.signer);
+                }
+            }
+            Event::ChannelClosed { channel } => {
+                self.channels.retain(|(ch, _), _| *ch != channel);
+                self.channel_credits.remove(&channel);
             }
         }
+    }
+
+    fn remember_ended(&mut self, sid: u64, signer: Signer) {
+        if self.unbound.len() >= 64 {
+            self.unbound.clear();
+        }
+        self.unbound.insert(sid, signer);
+    }
+
+    /// Send what was produced for bound connection `channel` back to it.
+    fn flush_channel_out(&mut self, channel: u64, close: bool) {
+        let frames = std::mem::take(&mut self.channel_out);
+        if frames.is_empty() && !close {
+            return;
+        }
+        self.shared
+            .post_event(channel, Event::ChannelOutput { frames, close });
+    }
+
+    /// Session `sid` ended: its bound channels forget it.
+    fn end_channels(&mut self, sid: u64) {
+        let gone: Vec<u64> = self
+            .channels
+            .keys()
+            .filter(|(_, s)| *s == sid)
+            .map(|(ch, _)| *ch)
+            .collect();
+        for ch in gone {
+            self.channels.remove(&(ch, sid));
+            self.shared
+                .post_event(ch, Event::ChannelGone { session_id: sid });
+        }
+    }
+
+    /// A message for a session this connection is bound to goes to the session's owner,
+    /// which holds its trees and opens (MS-SMB2 3.3.5.2.9: the session is found in the
+    /// global table). Returns false when it is to be processed here.
+    fn forward_to_owner(&mut self, msg: &[u8]) -> bool {
+        if self.bound.is_empty() {
+            return false;
+        }
+        let sid = if msg[0] == 0xFD {
+            smb_auth::encryption::transform_session_id(msg)
+        } else {
+            Header::decode(msg).ok().map(|h| h.session_id)
+        };
+        let Some(sid) = sid else {
+            return false;
+        };
+        let Some(b) = self.bound.get(&sid) else {
+            return false;
+        };
+        if msg[0] == 0xFE {
+            let Ok(h) = Header::decode(msg) else {
+                return false;
+            };
+            if h.command == Command::SessionSetup as u16 {
+                // Binding again, or an unverifiable reauthentication, is answered here.
+                let first = smb_proto::split_compound(msg)
+                    .ok()
+                    .and_then(|v| v.first().map(|m| m.to_vec()))
+                    .unwrap_or_default();
+                let binding = matches!(
+                    Request::decode_body(Command::SessionSetup, &first),
+                    Ok(Request::SessionSetup(ref r)) if r.flags & smb_proto::SESSION_FLAG_BINDING != 0
+                );
+                // A reauthentication goes to the owner (the client signs it only when the
+                // session requires signing; the owner checks that).
+                if binding
+                    || (h.flags & flags::SIGNED != 0
+                        && !smb_auth::signing::verify(b.signer.0, &b.signer.1, &first))
+                {
+                    return false;
+                }
+            }
+        }
+        let owner = b.owner;
+        if self.shared.session_record(sid).is_none()
+            || !self.shared.post_event(
+                owner,
+                Event::ChannelMessage {
+                    channel: self.id,
+                    msg: msg.to_vec(),
+                },
+            )
+        {
+            self.bound.remove(&sid);
+            return false;
+        }
+        true
     }
 
     /// The connection is gone: release everything.
@@ -1484,6 +2049,20 @@ impl Conn {
         }
         for sid in self.sessions.keys() {
             self.shared.session_gone(*sid);
+        }
+        let sids: Vec<u64> = self.sessions.keys().copied().collect();
+        for sid in sids {
+            self.end_channels(sid);
+        }
+        for sid in self.bound.keys() {
+            self.shared.channel_removed(*sid);
+        }
+        let mut owners: Vec<u64> = self.bound.values().map(|b| b.owner).collect();
+        owners.sort_unstable();
+        owners.dedup();
+        for o in owners {
+            self.shared
+                .post_event(o, Event::ChannelClosed { channel: self.id });
         }
         self.shared.unregister_conn(self.id);
     }

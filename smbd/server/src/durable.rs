@@ -1,16 +1,21 @@
 //! Durable handles (MS-SMB2 3.3.5.9.6-3.3.5.9.12): opens that outlive their connection and
-//! can be reclaimed by a DHnC / DH2C reconnect on this node.
+//! can be reclaimed by a DHnC / DH2C reconnect, on this node or, in a cluster, on any node.
 //!
-//! When a connection drops, each durable open leaves the lock service (its share mode,
-//! oplock or lease are released) and is parked here with its file descriptor. A later
-//! CREATE of the same file that would conflict with the parked open (share modes, or an
-//! oplock/lease that would need a break the disconnected client cannot acknowledge) purges
-//! it, as Windows and Samba do for disconnected durable opens. A reconnect asks the lock
-//! service again for the same access, share mode and caching and adopts the parked open.
+//! The lock service owns the durable state. When a durable handle is granted the open is
+//! registered there (`SetDurable`) under its persistent file id, with a blob describing how to
+//! reopen it ([`DurableBlob`]: share, path, access, lease, client, user). When the connection
+//! (or, in a cluster, the whole node) goes away the lock service keeps the open *disconnected*
+//! (`Disconnect`): its share mode, byte-range locks and caching stay in force for its timeout,
+//! and a conflicting CREATE purges it instead of breaking it (the client cannot acknowledge).
+//! A reconnect looks the open up (`DurableLookup`), checks the blob against the request
+//! (MS-SMB2 3.3.5.9.7 / 3.3.5.9.12) and re-attaches it (`Reclaim`).
 //!
-//! The table is process wide: one smbd process serves one set of shares.
+//! Besides, this node keeps the disconnected opens it had in a table with their file
+//! descriptors and positions, so a reconnect to the same node resumes them as they were;
+//! another node reopens the file by the stored path.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -21,10 +26,7 @@ use smb_proto::{
 
 use crate::conn::{err, Conn, Open, Outcome};
 use crate::fs::FileInfo;
-use crate::locking::{
-    self, access_bits, ClientGuid, Lease, LeaseKey, LeaseState, OpenRequest, OplockGrant,
-    OplockLevel, OplockRequest, Reply,
-};
+use crate::locking::{self, access_bits, OplockGrant, OplockLevel, Reply};
 
 /// How a durable handle was requested.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +71,8 @@ pub fn v2_timeout(requested: u32) -> u32 {
     }
 }
 
+/// A disconnected durable open this node had, kept for a reconnect to this node (its file
+/// descriptor, position and other handle state); the lock service holds the durable state.
 struct Parked {
     open: Open,
     expires: Instant,
@@ -83,8 +87,8 @@ fn table() -> MutexGuard<'static, BTreeMap<u64, Parked>> {
     t
 }
 
-/// Park a durable open of a connection that went away.
-pub(crate) fn park(persistent: u64, open: Open) {
+/// Keep a disconnected durable open's handle state for a same-node reconnect.
+fn park(persistent: u64, open: Open) {
     let timeout = open
         .durable
         .as_ref()
@@ -99,8 +103,18 @@ pub(crate) fn park(persistent: u64, open: Open) {
     );
 }
 
+/// The parked handle state of `persistent`, if it is the same lock-service open.
+fn take_parked(persistent: u64, lock_open: locking::OpenId) -> Option<Open> {
+    let mut t = table();
+    if t.get(&persistent)?.open.lock_open != Some(lock_open) {
+        return None;
+    }
+    t.remove(&persistent).map(|p| p.open)
+}
+
 /// Whether a new open with `access`/`share` (and lease `key`, if any) conflicts with a parked
-/// open: share modes (MS-FSA 2.1.5.1.2) or caching that would have to be broken.
+/// open: share modes (MS-FSA 2.1.5.1.2) or caching that would have to be broken. Such a
+/// parked open is gone in the lock service too (it purges conflicting disconnected opens).
 fn conflicts(p: &Open, access: u32, share: u32, key: Option<u128>) -> bool {
     use access_bits::{
         DELETE, FILE_APPEND_DATA as APPEND_DATA, FILE_EXECUTE as EXECUTE,
@@ -119,50 +133,212 @@ fn conflicts(p: &Open, access: u32, share: u32, key: Option<u128>) -> bool {
         return true;
     }
     match &p.grant {
-        // A batch or exclusive oplock breaks on any other open.
         OplockGrant::Oplock(l) => !matches!(l, OplockLevel::None | OplockLevel::LevelII),
-        // Write caching breaks for an open under another lease key.
         OplockGrant::Lease(l) => l.state.0 & 0x4 != 0 && key != Some(l.key.0),
         _ => false,
     }
 }
 
-/// Purge parked opens of `file` that a new open would conflict with.
+/// Drop parked handle state of `file` that a new open would purge (see [`conflicts`]).
 pub fn purge_conflicting(stable_id: u128, access: u32, share: u32, key: Option<u128>) {
-    let mut t = table();
-    let gone: Vec<u64> = t
-        .iter()
-        .filter(|(_, p)| p.open.stable_id == stable_id && conflicts(&p.open, access, share, key))
-        .map(|(k, _)| *k)
-        .collect();
-    for k in gone {
-        tracing::debug!(
-            persistent = k,
-            "disconnected durable open purged by a new open"
-        );
-        t.remove(&k);
-    }
+    table().retain(|_, p| {
+        !(p.open.stable_id == stable_id && conflicts(&p.open, access, share, key))
+    });
 }
 
-/// Purge parked opens of a file that is being deleted or renamed.
+/// Drop parked handle state of a file that is being deleted or renamed.
 pub fn purge_file(stable_id: u128) {
     table().retain(|_, p| p.open.stable_id != stable_id);
 }
 
-/// Take a parked open if `check` accepts it; a rejected one stays parked.
-fn take_if(persistent: u64, check: impl FnOnce(&Open) -> Result<(), u32>) -> Result<Open, u32> {
-    let mut t = table();
-    let Some(p) = t.get(&persistent) else {
-        return Err(status::OBJECT_NAME_NOT_FOUND);
-    };
-    check(&p.open)?;
-    t.remove(&persistent)
-        .map(|p| p.open)
-        .ok_or(status::OBJECT_NAME_NOT_FOUND)
+/// What the lock service stores with a durable open: everything a node needs to check a
+/// reconnect (MS-SMB2 3.3.5.9.7, 3.3.5.9.12) and to reopen the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DurableBlob {
+    pub kind: DurableKind,
+    pub share: String,
+    /// Path relative to the share root, `/`-separated.
+    pub rel: String,
+    /// Named stream, empty for the file's data.
+    pub stream: String,
+    pub is_dir: bool,
+    pub access: u32,
+    pub share_access: u32,
+    pub stable_id: u128,
+    pub client_guid: [u8; 16],
+    pub user: String,
+    /// The lease of the open (key, parent key, v2).
+    pub lease: Option<LeaseContext>,
 }
 
-fn put_back(persistent: u64, open: Open) {
-    park(persistent, open);
+const BLOB_VERSION: u8 = 1;
+
+struct BlobReader<'a>(&'a [u8]);
+
+impl<'a> BlobReader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u128(&mut self) -> Option<u128> {
+        Some(u128::from_le_bytes(self.take(16)?.try_into().ok()?))
+    }
+    fn guid(&mut self) -> Option<[u8; 16]> {
+        self.take(16)?.try_into().ok()
+    }
+    fn str(&mut self) -> Option<String> {
+        let n = u16::from_le_bytes(self.take(2)?.try_into().ok()?);
+        String::from_utf8(self.take(usize::from(n))?.to_vec()).ok()
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) -> Option<()> {
+    out.extend_from_slice(&u16::try_from(s.len()).ok()?.to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+    Some(())
+}
+
+impl DurableBlob {
+    /// `None` if a field does not fit the encoding (a path longer than 64 KiB).
+    pub fn encode(&self) -> Option<Vec<u8>> {
+        let mut out = vec![BLOB_VERSION];
+        match &self.kind {
+            DurableKind::V1 => out.push(1),
+            DurableKind::V2 {
+                create_guid,
+                timeout_ms,
+            } => {
+                out.push(2);
+                out.extend_from_slice(create_guid);
+                out.extend_from_slice(&timeout_ms.to_le_bytes());
+            }
+        }
+        out.extend_from_slice(&self.access.to_le_bytes());
+        out.extend_from_slice(&self.share_access.to_le_bytes());
+        out.push(u8::from(self.is_dir));
+        out.extend_from_slice(&self.stable_id.to_le_bytes());
+        out.extend_from_slice(&self.client_guid);
+        match &self.lease {
+            None => out.push(0),
+            Some(l) => {
+                out.push(1 | if l.epoch.is_some() { 2 } else { 0 });
+                out.extend_from_slice(&l.key.to_le_bytes());
+                out.extend_from_slice(&l.parent_key.unwrap_or(0).to_le_bytes());
+                out.push(u8::from(l.parent_key.is_some()));
+            }
+        }
+        put_str(&mut out, &self.share)?;
+        put_str(&mut out, &self.rel)?;
+        put_str(&mut out, &self.stream)?;
+        put_str(&mut out, &self.user)?;
+        Some(out)
+    }
+
+    pub fn decode(b: &[u8]) -> Option<DurableBlob> {
+        let mut r = BlobReader(b);
+        if r.u8()? != BLOB_VERSION {
+            return None;
+        }
+        let kind = match r.u8()? {
+            1 => DurableKind::V1,
+            2 => DurableKind::V2 {
+                create_guid: r.guid()?,
+                timeout_ms: r.u32()?,
+            },
+            _ => return None,
+        };
+        let access = r.u32()?;
+        let share_access = r.u32()?;
+        let is_dir = r.u8()? != 0;
+        let stable_id = r.u128()?;
+        let client_guid = r.guid()?;
+        let lease = match r.u8()? {
+            0 => None,
+            flags => {
+                let key = r.u128()?;
+                let parent = r.u128()?;
+                let has_parent = r.u8()? != 0;
+                Some(LeaseContext {
+                    key,
+                    parent_key: has_parent.then_some(parent),
+                    epoch: (flags & 2 != 0).then_some(0),
+                    ..LeaseContext::default()
+                })
+            }
+        };
+        let blob = DurableBlob {
+            kind,
+            share: r.str()?,
+            rel: r.str()?,
+            stream: r.str()?,
+            user: r.str()?,
+            is_dir,
+            access,
+            share_access,
+            stable_id,
+            client_guid,
+            lease,
+        };
+        r.0.is_empty().then_some(blob)
+    }
+
+    /// MS-SMB2 3.3.5.9.7 / 3.3.5.9.12 checks of a reconnect against the stored open, with the
+    /// statuses Samba answers (smbtorture durable-open / durable-v2-open reopen tests).
+    fn check(&self, r: &ReconnectCheck<'_>) -> Result<(), u32> {
+        if !reconnect_guid_matches(&self.kind, r.create_guid) {
+            return Err(status::OBJECT_NAME_NOT_FOUND);
+        }
+        if !self.share.eq_ignore_ascii_case(r.share) {
+            return Err(status::OBJECT_NAME_NOT_FOUND);
+        }
+        match (&self.lease, r.lease_key) {
+            (Some(l), Some(k)) if l.key == k => {
+                // A lease belongs to a file name: reconnecting it under another name is a
+                // client error (MS-SMB2 3.3.5.9.7).
+                if !self.rel.eq_ignore_ascii_case(&client_path(r.name)) {
+                    return Err(status::INVALID_PARAMETER);
+                }
+                // ... and to its ClientGuid (3.3.5.9.7 looks it up in the LeaseTable of the
+                // connection's ClientGuid). Oplock opens are not bound to it
+                // (smbtorture durable-open.reopen1a vs reopen1a-lease).
+                if self.client_guid != r.client_guid {
+                    return Err(status::OBJECT_NAME_NOT_FOUND);
+                }
+            }
+            (Some(_), _) | (None, Some(_)) => return Err(status::OBJECT_NAME_NOT_FOUND),
+            (None, None) => {}
+        }
+        // Samba answers a different owner like an unknown handle.
+        if self.user != r.user {
+            return Err(status::OBJECT_NAME_NOT_FOUND);
+        }
+        Ok(())
+    }
+}
+
+/// What a reconnect request brings to be checked against a [`DurableBlob`].
+struct ReconnectCheck<'a> {
+    create_guid: Option<[u8; 16]>,
+    share: &'a str,
+    name: &'a str,
+    lease_key: Option<u128>,
+    client_guid: [u8; 16],
+    user: &'a str,
+}
+
+/// A CREATE name as the `/`-separated relative path durable blobs store.
+fn client_path(name: &str) -> String {
+    name.trim_start_matches('\\').replace('\\', "/")
 }
 
 /// A durable handle reconnect request found in a CREATE.
@@ -170,6 +346,19 @@ pub(crate) struct Reconnect {
     pub file_id: FileId,
     /// DH2C: CreateGuid.
     pub v2: Option<[u8; 16]>,
+}
+
+/// Whether the CreateGuid of a reconnect (`None` for DHnC) names a durable open of `kind`.
+///
+/// DHnC may reclaim a v2 handle (Samba skips the CreateGuid check for v1 reconnects:
+/// smbtorture durable-v2-open.reopen2b); DH2C must carry the open's CreateGuid, which is
+/// all zeros for a v1 open (durable-open.reopen2-lease reconnects a DHnQ open with DH2C).
+fn reconnect_guid_matches(kind: &DurableKind, v2: Option<[u8; 16]>) -> bool {
+    match (kind, v2) {
+        (_, None) => true,
+        (DurableKind::V1, Some(g)) => g == [0; 16],
+        (DurableKind::V2 { create_guid, .. }, Some(g)) => *create_guid == g,
+    }
 }
 
 /// Parse DHnC / DH2C, with MS-SMB2 3.3.5.9.7 / 3.3.5.9.12 context-combination rules.
@@ -277,8 +466,52 @@ pub fn response_context(kind: &DurableKind) -> CreateContext {
 }
 
 impl Conn {
-    /// DHnC / DH2C: reclaim a parked durable open (MS-SMB2 3.3.5.9.7, 3.3.5.9.12). Most CREATE
-    /// fields are ignored; only the reconnect context (and a lease request) matter.
+    /// Register a just-granted durable handle with the lock service. False if it refused (the
+    /// key is taken, or the service keeps no durable opens): the open is then not durable.
+    pub(crate) fn register_durable(&self, persistent: u64, open: &Open) -> bool {
+        let (Some(d), Some(lock_open)) = (open.durable.as_ref(), open.lock_open) else {
+            return false;
+        };
+        let blob = DurableBlob {
+            kind: d.kind.clone(),
+            share: self.shared.shares[open.share].name.clone(),
+            rel: open.rel.to_string_lossy().into_owned(),
+            stream: open
+                .stream
+                .as_ref()
+                .map(|t| t.name.clone())
+                .unwrap_or_default(),
+            is_dir: open.is_dir,
+            access: open.access,
+            share_access: d.share_access,
+            stable_id: open.stable_id,
+            client_guid: d.client_guid,
+            user: d.user.clone(),
+            lease: d.lease,
+        };
+        let Some(blob) = blob.encode() else {
+            return false;
+        };
+        let r = self.shared.lock_request(
+            self.id,
+            0,
+            locking::Request::SetDurable {
+                open: lock_open,
+                key: persistent,
+                timeout_ms: u32::try_from(d.timeout().as_millis()).unwrap_or(u32::MAX),
+                blob,
+            },
+        );
+        if r != Reply::Done(locking::Status::Success) {
+            tracing::debug!(?r, persistent, "lock service refused the durable handle");
+            return false;
+        }
+        true
+    }
+
+    /// DHnC / DH2C: reclaim a disconnected durable open (MS-SMB2 3.3.5.9.7, 3.3.5.9.12). Most
+    /// CREATE fields are ignored; only the name, the reconnect context and a lease request
+    /// matter.
     pub(crate) fn durable_reconnect(
         &mut self,
         c: &CreateRequest,
@@ -300,105 +533,63 @@ impl Conn {
             None
         };
         let persistent = rc.file_id.persistent;
-        let name = c.name.as_str();
-        let taken = take_if(persistent, |o| {
-            let Some(d) = o.durable.as_ref() else {
-                return Err(status::OBJECT_NAME_NOT_FOUND);
-            };
-            match (&d.kind, rc.v2) {
-                (DurableKind::V1, None) => {}
-                (DurableKind::V2 { create_guid, .. }, Some(g)) => {
-                    // Like Samba, only the CreateGuid identifies a v2 handle; clients
-                    // reconnect with fresh ClientGuids.
-                    if *create_guid != g {
-                        return Err(status::OBJECT_NAME_NOT_FOUND);
-                    }
-                }
-                _ => return Err(status::OBJECT_NAME_NOT_FOUND),
-            }
-            if o.share != share {
-                return Err(status::OBJECT_NAME_NOT_FOUND);
-            }
-            match (&o.grant, &lease_req) {
-                (OplockGrant::Lease(l), Some(r)) if l.key.0 == r.key => {
-                    // A lease belongs to a file name: reconnecting it under another name is
-                    // a client error (MS-SMB2 3.3.5.9.7).
-                    let want = name
-                        .trim_start_matches('\\')
-                        .replace('\\', "/")
-                        .to_lowercase();
-                    if o.rel.to_string_lossy().to_lowercase() != want {
-                        return Err(status::INVALID_PARAMETER);
-                    }
-                }
-                (OplockGrant::Lease(_), _) | (_, Some(_)) => {
-                    return Err(status::OBJECT_NAME_NOT_FOUND)
-                }
-                _ => {}
-            }
-            if d.user != user {
-                return Err(status::ACCESS_DENIED);
-            }
-            Ok(())
-        });
-        let mut open = match taken {
-            Ok(o) => o,
-            Err(st) => return err(st),
+        if self.opens.contains_key(&persistent) {
+            // The handle is open on this connection (not disconnected).
+            return err(status::OBJECT_NAME_NOT_FOUND);
+        }
+        let (lock_open, blob) = match self.shared.lock_request(
+            self.id,
+            0,
+            locking::Request::DurableLookup { key: persistent },
+        ) {
+            Reply::Durable { open, blob } => (open, blob),
+            _ => return err(status::OBJECT_NAME_NOT_FOUND),
         };
-        let Some(d) = open.durable.clone() else {
+        let Some(blob) = DurableBlob::decode(&blob) else {
+            tracing::warn!(persistent, "undecodable durable blob");
             return err(status::OBJECT_NAME_NOT_FOUND);
         };
-        let oplock = match &open.grant {
-            OplockGrant::Lease(l) => OplockRequest::Lease(Lease {
-                key: LeaseKey(l.key.0),
-                state: LeaseState(l.state.0),
-                parent_key: l.parent_key,
-                epoch: l.epoch,
-            }),
-            OplockGrant::Oplock(l) => OplockRequest::Oplock(*l),
-            OplockGrant::None => OplockRequest::None,
+        let check = ReconnectCheck {
+            create_guid: rc.v2,
+            share: &self.shared.shares[share].name,
+            name: c.name.as_str(),
+            lease_key: lease_req.map(|l| l.key),
+            client_guid,
+            user: &user,
         };
-        let req = OpenRequest {
-            file: locking::FileId(open.stable_id),
-            access: open.access,
-            share: d.share_access,
-            delete_on_close: false,
-            directory: open.is_dir,
-            overwrite: false,
-            client_guid: ClientGuid(u128::from_le_bytes(client_guid)),
-            oplock,
-        };
-        let (lock_open, grant) =
-            match self
-                .shared
-                .lock_request(self.id, 0, locking::Request::Open(req))
-            {
-                Reply::Opened { open, grant } => (open, grant),
-                Reply::Pending => {
-                    // Another open holds caching that must break first; a reconnect does not wait.
-                    put_back(persistent, open);
-                    return err(status::OBJECT_NAME_NOT_FOUND);
-                }
-                other => {
-                    tracing::debug!(?other, "durable reconnect refused by the lock service");
-                    return err(status::OBJECT_NAME_NOT_FOUND);
-                }
-            };
-        if !open.locks.is_empty() {
-            let r = self.shared.lock_request(
-                self.id,
-                0,
-                locking::Request::Lock {
-                    open: lock_open,
-                    ranges: open.locks.clone(),
-                    fail_immediately: true,
-                },
-            );
-            if r != Reply::Done(locking::Status::Success) {
-                tracing::debug!(?r, "byte-range locks of a durable open not re-established");
-                open.locks.clear();
-            }
+        if let Err(st) = blob.check(&check) {
+            return err(st);
         }
+        let grant = match self.shared.lock_request(
+            self.id,
+            0,
+            locking::Request::Reclaim {
+                key: persistent,
+                open: lock_open,
+                client_guid: locking::ClientGuid(u128::from_le_bytes(client_guid)),
+            },
+        ) {
+            Reply::Opened { grant, .. } => grant,
+            other => {
+                tracing::debug!(?other, "durable reclaim refused by the lock service");
+                return err(status::OBJECT_NAME_NOT_FOUND);
+            }
+        };
+        let mut open = match take_parked(persistent, lock_open) {
+            Some(o) => o,
+            None => match self.reopen(&blob, share) {
+                Ok(o) => o,
+                Err(st) => {
+                    tracing::debug!(persistent, st, "durable open cannot be reopened");
+                    let _ = self.shared.lock_request(
+                        self.id,
+                        0,
+                        locking::Request::Close { open: lock_open },
+                    );
+                    return err(st);
+                }
+            },
+        };
         let info = match std::fs::metadata(&open.abs) {
             Ok(m) => FileInfo::load(&open.abs, &m),
             Err(_) => {
@@ -413,7 +604,7 @@ impl Conn {
         let mut contexts = Vec::new();
         let oplock_level = match &grant {
             OplockGrant::Lease(l) => {
-                let r = d.lease.unwrap_or_default();
+                let r = blob.lease.unwrap_or_default();
                 contexts.push(CreateContext {
                     name: cctx::RQLS.to_vec(),
                     data: LeaseContext {
@@ -460,8 +651,62 @@ impl Conn {
         )
     }
 
-    /// Park the durable opens of this connection (or of one of its sessions) instead of
-    /// closing them: the connection or session is going away.
+    /// Open the file of a durable open another node (or an earlier run of this one) had.
+    fn reopen(&self, b: &DurableBlob, share: usize) -> Result<Open, u32> {
+        use std::os::unix::fs::MetadataExt;
+        let sh = &self.shared.shares[share];
+        let rel = PathBuf::from(&b.rel);
+        if !b.stream.is_empty() || !crate::fs::rel_is_safe(&rel) {
+            // Named streams are only resumed on the node that had them.
+            return Err(status::OBJECT_NAME_NOT_FOUND);
+        }
+        let abs = sh.root.join(&rel);
+        let meta = std::fs::symlink_metadata(&abs).map_err(|_| status::OBJECT_NAME_NOT_FOUND)?;
+        // The same file, not another one created under the name since (Samba compares the
+        // file id too).
+        if crate::fs::stable_file_id(sh.fs_id, meta.ino(), "") != b.stable_id
+            || meta.is_dir() != b.is_dir
+        {
+            return Err(status::OBJECT_NAME_NOT_FOUND);
+        }
+        let file = if b.is_dir {
+            None
+        } else {
+            Some(open_data(&abs, sh.read_only).map_err(|_| status::OBJECT_NAME_NOT_FOUND)?)
+        };
+        Ok(Open {
+            session_id: 0,
+            tree_id: 0,
+            share,
+            abs,
+            rel,
+            stream: None,
+            file,
+            is_dir: b.is_dir,
+            access: b.access,
+            lock_open: None,
+            stable_id: b.stable_id,
+            dir: None,
+            position: 0,
+            mode: 0,
+            delete_pending: false,
+            grant: OplockGrant::None,
+            notify_watch: false,
+            resilient: false,
+            durable: Some(DurableState {
+                kind: b.kind.clone(),
+                share_access: b.share_access,
+                lease: b.lease,
+                client_guid: b.client_guid,
+                user: b.user.clone(),
+            }),
+            locks: Vec::new(),
+            lock_seq: [0xFF; 64],
+        })
+    }
+
+    /// The connection or one of its sessions is going away: durable opens become disconnected
+    /// in the lock service (MS-SMB2 3.3.7.1) and their handle state is parked here.
     pub(crate) fn park_durable_opens(&mut self, session: Option<u64>) {
         let ids: Vec<u64> = self
             .opens
@@ -477,28 +722,138 @@ impl Conn {
             let Some(mut o) = self.opens.remove(&v) else {
                 continue;
             };
-            let lock_open = o.lock_open.take();
-            // Parked before the lock service lets go, so that an open waiting for this
-            // one's break finds it and purges it (see `purge_conflicting`).
-            park(v, o);
-            if let Some(lo) = lock_open {
-                let r = self
-                    .shared
-                    .lock_request(self.id, 0, locking::Request::Close { open: lo });
-                if let Reply::Closed { delete_file: true } = r {
-                    // Another handle set delete-pending: the file goes, nothing to reclaim.
-                    if let Some(o) = table().remove(&v) {
-                        let _ = std::fs::remove_file(&o.open.abs);
+            let Some(lo) = o.lock_open else {
+                continue;
+            };
+            let r = self
+                .shared
+                .lock_request(self.id, 0, locking::Request::Disconnect { open: lo });
+            match r {
+                Reply::Done(locking::Status::Success) => park(v, o),
+                Reply::Closed { delete_file } => {
+                    // Not kept (a break was in flight, or delete-on-close): closed instead.
+                    o.lock_open = None;
+                    if delete_file {
+                        let _ = std::fs::remove_file(&o.abs);
                     }
                 }
+                other => tracing::debug!(?other, "durable open not disconnected"),
             }
         }
     }
 }
 
+/// Open a file's data read-write if the share allows, read-only otherwise.
+fn open_data(path: &Path, read_only: bool) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(!read_only)
+        .open(path)
+        .or_else(|_| std::fs::File::open(path))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::locking::{Lease, LeaseKey, LeaseState};
+
+    fn blob() -> DurableBlob {
+        DurableBlob {
+            kind: DurableKind::V2 {
+                create_guid: [3; 16],
+                timeout_ms: 60_000,
+            },
+            share: "data".into(),
+            rel: "dir/File.txt".into(),
+            stream: String::new(),
+            is_dir: false,
+            access: 0x12_019f,
+            share_access: 3,
+            stable_id: 0x1234_5678_9abc_def0_1122_3344_5566_7788,
+            client_guid: [9; 16],
+            user: "alice".into(),
+            lease: Some(LeaseContext {
+                key: 77,
+                parent_key: Some(5),
+                epoch: Some(0),
+                ..LeaseContext::default()
+            }),
+        }
+    }
+
+    fn check<'a>(create_guid: Option<[u8; 16]>, name: &'a str, key: Option<u128>) -> ReconnectCheck<'a> {
+        ReconnectCheck {
+            create_guid,
+            share: "DATA",
+            name,
+            lease_key: key,
+            client_guid: [9; 16],
+            user: "alice",
+        }
+    }
+
+    #[test]
+    fn blob_round_trips_and_rejects_garbage() {
+        let b = blob();
+        let enc = b.encode().unwrap();
+        assert_eq!(DurableBlob::decode(&enc), Some(b));
+        let v1 = DurableBlob {
+            kind: DurableKind::V1,
+            lease: None,
+            ..blob()
+        };
+        assert_eq!(DurableBlob::decode(&v1.encode().unwrap()), Some(v1));
+        assert_eq!(DurableBlob::decode(&enc[..enc.len() - 1]), None);
+        let mut longer = enc.clone();
+        longer.push(0);
+        assert_eq!(DurableBlob::decode(&longer), None);
+        assert_eq!(DurableBlob::decode(&[2]), None);
+    }
+
+    #[test]
+    fn reconnect_checks_follow_samba() {
+        let b = blob();
+        let g = Some([3; 16]);
+        assert_eq!(b.check(&check(g, "dir\\file.txt", Some(77))), Ok(()));
+        // A lease open needs its lease key (MS-SMB2 3.3.5.9.12) ...
+        assert_eq!(
+            b.check(&check(g, "dir\\file.txt", None)),
+            Err(status::OBJECT_NAME_NOT_FOUND)
+        );
+        assert_eq!(
+            b.check(&check(g, "dir\\file.txt", Some(78))),
+            Err(status::OBJECT_NAME_NOT_FOUND)
+        );
+        // ... under its own name (INVALID_PARAMETER, durable-open.reopen2-lease) ...
+        assert_eq!(
+            b.check(&check(g, "other.txt", Some(77))),
+            Err(status::INVALID_PARAMETER)
+        );
+        // ... from its own client (durable-open.reopen1a-lease).
+        let mut other_client = check(g, "dir\\file.txt", Some(77));
+        other_client.client_guid = [1; 16];
+        assert_eq!(b.check(&other_client), Err(status::OBJECT_NAME_NOT_FOUND));
+        // DHnC may reclaim a v2 handle; DH2C needs the CreateGuid.
+        assert_eq!(b.check(&check(None, "dir/file.txt", Some(77))), Ok(()));
+        assert_eq!(
+            b.check(&check(Some([0; 16]), "dir/file.txt", Some(77))),
+            Err(status::OBJECT_NAME_NOT_FOUND)
+        );
+        let mut bob = check(g, "dir/file.txt", Some(77));
+        bob.user = "bob";
+        assert_eq!(b.check(&bob), Err(status::OBJECT_NAME_NOT_FOUND));
+        let mut other_share = check(g, "dir/file.txt", Some(77));
+        other_share.share = "tmp";
+        assert_eq!(b.check(&other_share), Err(status::OBJECT_NAME_NOT_FOUND));
+        // An oplock open is not bound to its ClientGuid (durable-open.reopen1a).
+        let oplock = DurableBlob {
+            lease: None,
+            ..blob()
+        };
+        let mut c = check(g, "whatever", None);
+        c.client_guid = [1; 16];
+        assert_eq!(oplock.check(&c), Ok(()));
+    }
 
     fn req(ctxs: &[(&[u8], usize)]) -> CreateRequest {
         CreateRequest {
@@ -541,6 +896,20 @@ mod tests {
     }
 
     #[test]
+    fn reconnect_create_guid_rules() {
+        let v2 = DurableKind::V2 {
+            create_guid: [7; 16],
+            timeout_ms: 1,
+        };
+        assert!(reconnect_guid_matches(&DurableKind::V1, None));
+        assert!(reconnect_guid_matches(&v2, None));
+        assert!(reconnect_guid_matches(&DurableKind::V1, Some([0; 16])));
+        assert!(!reconnect_guid_matches(&DurableKind::V1, Some([7; 16])));
+        assert!(reconnect_guid_matches(&v2, Some([7; 16])));
+        assert!(!reconnect_guid_matches(&v2, Some([0; 16])));
+    }
+
+    #[test]
     fn durable_v2_timeouts() {
         assert_eq!(v2_timeout(0), 60_000);
         assert_eq!(v2_timeout(1_000), 1_000);
@@ -573,6 +942,7 @@ mod tests {
                 state: LeaseState(s),
                 parent_key: None,
                 epoch: None,
+                breaking: false,
             })
         };
         assert!(grant_allows_durable(&lease(0x3)));

@@ -289,6 +289,8 @@ impl LockService for LocalLocks {
                 })
             }
             Request::Cancel { .. } => Reply::Done(Status::Success),
+            // No leases here, so nothing to break before a rename.
+            Request::BreakForRename { .. } => Reply::Done(Status::Success),
             Request::OplockBreakAck { .. } | Request::LeaseBreakAck { .. } => {
                 Reply::Done(Status::Unsuccessful)
             }

@@ -145,7 +145,16 @@ impl Server {
 
     /// Run the workers until [`Stopper::stop`] is called; returns after all workers exited.
     pub fn run(mut self) -> Result<(), ServerError> {
-        let conn_ids = Arc::new(AtomicU64::new(1));
+        // Persistent file ids derive from connection ids (see `Conn::new`); with a cluster lock
+        // service they name durable opens cluster wide, so each node starts its ids at a
+        // random base to keep two nodes' ids apart (lockmgrd refuses a duplicate durable key,
+        // which would only cost that open its durability).
+        let first_id = if self.pump.is_some() {
+            1 + (u64::from(rand::random::<u16>()) << 16)
+        } else {
+            1
+        };
+        let conn_ids = Arc::new(AtomicU64::new(first_id));
         let pump = match self.pump.take() {
             Some(p) => {
                 let shared = self.shared.clone();

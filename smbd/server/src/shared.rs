@@ -41,6 +41,44 @@ pub enum Event {
     ExpireSession {
         session_id: u64,
     },
+    /// Multichannel (MS-SMB2 3.3.5.5.2): connection `channel` bound `session_id`, which
+    /// this connection owns; requests arriving there are signed with `signing_key`.
+    ChannelBound {
+        session_id: u64,
+        channel: u64,
+        signing_alg: smb_auth::keys::SigningAlgorithm,
+        signing_key: ChannelKey,
+    },
+    /// A message that arrived on bound connection `channel` for a session this connection
+    /// owns; the answer goes back as [`Event::ChannelOutput`].
+    ChannelMessage {
+        channel: u64,
+        msg: Vec<u8>,
+    },
+    /// Frames to send on this (bound) connection on behalf of a session's owner; `close`
+    /// asks to drop the connection (a protocol violation seen by the owner).
+    ChannelOutput {
+        frames: Vec<Vec<u8>>,
+        close: bool,
+    },
+    /// The session this connection was bound to ended.
+    ChannelGone {
+        session_id: u64,
+    },
+    /// Bound connection `channel` went away.
+    ChannelClosed {
+        channel: u64,
+    },
+}
+
+/// A channel signing key; its Debug output is redacted (events are logged).
+#[derive(Clone)]
+pub struct ChannelKey(pub Vec<u8>);
+
+impl std::fmt::Debug for ChannelKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChannelKey(..)")
+    }
 }
 
 /// A worker's inbox, woken through an eventfd the worker's ring reads.
@@ -120,7 +158,13 @@ pub struct SessionRecord {
     pub signing_alg: smb_auth::keys::SigningAlgorithm,
     pub signing_key: Vec<u8>,
     pub cipher: Option<smb_auth::keys::Cipher>,
+    /// Connections bound to the session besides its own.
+    pub channels: u32,
 }
+
+/// Channels a session may have, its own connection included (Samba's limit, which
+/// smbtorture's multichannel tests expect: the 33rd gets STATUS_INSUFFICIENT_RESOURCES).
+pub const MAX_CHANNELS: u32 = 32;
 
 impl Shared {
     pub fn new(
@@ -177,10 +221,21 @@ impl Shared {
     }
 
     fn post(&self, conn: u64, ev: Event) {
+        self.post_event(conn, ev);
+    }
+
+    /// Deliver `ev` to the worker owning connection `conn`; false if the connection is gone.
+    pub fn post_event(&self, conn: u64, ev: Event) -> bool {
         let worker = lock(&self.routes).get(&conn).copied();
         match worker.and_then(|w| self.mailboxes.get(w)) {
-            Some(mb) => mb.post(conn, ev),
-            None => tracing::debug!(conn, ?ev, "event for a gone connection dropped"),
+            Some(mb) => {
+                mb.post(conn, ev);
+                true
+            }
+            None => {
+                tracing::debug!(conn, ?ev, "event for a gone connection dropped");
+                false
+            }
         }
     }
 
@@ -200,6 +255,29 @@ impl Shared {
         let r = l.request(SessionId(conn), RequestId(id), req);
         self.route_events(&mut **l);
         r
+    }
+
+    /// [`Shared::lock_request`], but notifications for `conn` itself are returned instead of
+    /// posted, so the caller can send them before answering later requests of the same
+    /// connection (a lease break a rename causes must reach the client before the responses to
+    /// what it sends next: smbtorture lease.rename_wait).
+    pub fn lock_request_inline(
+        &self,
+        conn: u64,
+        id: u64,
+        req: Request,
+    ) -> (Reply, Vec<crate::locking::Notification>) {
+        let mut l = lock(&self.locks);
+        let r = l.request(SessionId(conn), RequestId(id), req);
+        let mut mine = Vec::new();
+        while let Some((s, n)) = l.poll_event() {
+            if s.0 == conn && !matches!(n, crate::locking::Notification::Completed { .. }) {
+                mine.push(n);
+            } else {
+                self.post(s.0, Event::Lock(n));
+            }
+        }
+        (r, mine)
     }
 
     pub fn others_deny_delete(
@@ -224,6 +302,24 @@ impl Shared {
 
     pub fn session_record(&self, sid: u64) -> Option<SessionRecord> {
         lock(&self.sessions).get(&sid).cloned()
+    }
+
+    /// Count a new bound channel of `sid`; false if the session is gone or has
+    /// [`MAX_CHANNELS`] already.
+    pub fn channel_added(&self, sid: u64) -> bool {
+        match lock(&self.sessions).get_mut(&sid) {
+            Some(rec) if rec.channels + 1 < MAX_CHANNELS => {
+                rec.channels += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn channel_removed(&self, sid: u64) {
+        if let Some(rec) = lock(&self.sessions).get_mut(&sid) {
+            rec.channels = rec.channels.saturating_sub(1);
+        }
     }
 
     pub fn session_gone(&self, sid: u64) {
@@ -286,5 +382,71 @@ impl Shared {
                 },
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smb_auth::keys::SigningAlgorithm;
+
+    fn shared() -> Shared {
+        Shared::new(
+            Config::default(),
+            Vec::new(),
+            UserDb::new(),
+            crate::server::default_lock_service(),
+            1,
+        )
+        .unwrap()
+    }
+
+    fn record(conn: u64) -> SessionRecord {
+        SessionRecord {
+            conn,
+            user: "Alice".into(),
+            dialect: 0x0311,
+            signing_alg: SigningAlgorithm::AesCmac,
+            signing_key: vec![7; 16],
+            cipher: None,
+            channels: 0,
+        }
+    }
+
+    #[test]
+    fn channels_per_session_are_limited() {
+        let s = shared();
+        assert!(!s.channel_added(9), "unknown session");
+        s.session_established(9, record(1));
+        for _ in 1..MAX_CHANNELS {
+            assert!(s.channel_added(9));
+        }
+        assert!(!s.channel_added(9), "the 33rd channel is refused");
+        s.channel_removed(9);
+        assert!(s.channel_added(9));
+        assert_eq!(s.session_record(9).unwrap().user, "alice");
+    }
+
+    #[test]
+    fn events_reach_registered_connections_only() {
+        let s = shared();
+        assert!(!s.post_event(5, Event::ChannelGone { session_id: 1 }));
+        s.register_conn(5, 0);
+        assert!(s.post_event(
+            5,
+            Event::ChannelBound {
+                session_id: 1,
+                channel: 6,
+                signing_alg: SigningAlgorithm::HmacSha256,
+                signing_key: ChannelKey(vec![1; 16]),
+            }
+        ));
+        let got = s.mailboxes[0].drain();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, 5);
+        // The key stays out of logs.
+        assert!(!format!("{:?}", got[0].1).contains("[1, 1"));
+        s.unregister_conn(5);
+        assert!(!s.post_event(5, Event::ChannelGone { session_id: 1 }));
     }
 }

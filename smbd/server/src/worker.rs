@@ -14,12 +14,18 @@ use std::sync::Arc;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-use crate::conn::Conn;
+use crate::conn::{Conn, FileIo, FileOp};
 use crate::shared::Shared;
 
 const BUF_SIZE: usize = 64 * 1024;
 const NUM_BUFS: u16 = 256;
 const BUF_GROUP: u16 = 7;
+/// Sent buffers of this size range are kept (at most POOL_BUFS) for READ data.
+const POOL_BUF_MIN: usize = 64 * 1024;
+const POOL_BUF_MAX: usize = 9 * 1024 * 1024;
+const POOL_BUFS: usize = 8;
+/// Queued responses are coalesced into one SEND up to this size.
+const COALESCE_MAX: usize = 256 * 1024;
 
 const K_ACCEPT: u64 = 1;
 const K_RECV: u64 = 2;
@@ -27,6 +33,38 @@ const K_SEND: u64 = 3;
 const K_EVENT: u64 = 4;
 const K_TIMER: u64 = 5;
 const K_PROVIDE: u64 = 6;
+const K_FILE: u64 = 7;
+
+/// Ring setup flags (experiment knob SMBD_RING: "defer", "coop" or "plain").
+///
+/// DEFER_TASKRUN + SINGLE_ISSUER (the default): completions of this worker's sockets run as
+/// task work only when the worker itself enters the kernel to wait, so a busy worker is not
+/// interrupted for every packet and wakes once for a batch. The ring is created disabled and
+/// enabled by the worker thread in [`Worker::run`], which makes that thread the single issuer.
+fn new_ring() -> Result<IoUring, WorkerError> {
+    let mode = std::env::var("SMBD_RING").unwrap_or_default();
+    let mut b = IoUring::builder();
+    match mode.as_str() {
+        "plain" => {}
+        "coop" => {
+            b.setup_coop_taskrun().setup_taskrun_flag();
+        }
+        _ => {
+            b.setup_single_issuer()
+                .setup_defer_taskrun()
+                .setup_r_disabled();
+        }
+    }
+    b.setup_submit_all();
+    match b.build(4096) {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            // Older kernels lack some flags: fall back to a plain ring.
+            tracing::debug!(%e, "io_uring flags refused; plain ring");
+            IoUring::new(4096).map_err(WorkerError::Setup)
+        }
+    }
+}
 
 fn ud(kind: u64, slot: usize, gen: u32) -> u64 {
     kind | ((slot as u64 & 0xFF_FFFF) << 8) | ((gen as u64) << 32)
@@ -52,6 +90,18 @@ struct Slot {
     send_inflight: bool,
     recv_armed: bool,
     closing: bool,
+    /// READs/WRITEs of this connection in the ring. While any is in flight, only further
+    /// plain READs/WRITEs are processed; anything else (FLUSH, CLOSE, LOCK, SET_INFO...)
+    /// waits in `inbuf` so that it sees every earlier I/O done, as with synchronous I/O.
+    io_inflight: usize,
+}
+
+/// A file READ/WRITE in the ring, owned here (not by the slot) so that its buffer outlives
+/// a connection that goes away before the completion arrives.
+struct InFlightIo {
+    slot: usize,
+    gen: u32,
+    io: FileIo,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +121,11 @@ pub struct Worker {
     pool: Vec<u8>,
     slots: Vec<Option<Slot>>,
     free: Vec<usize>,
+    ios: Vec<Option<InFlightIo>>,
+    io_free: Vec<usize>,
+    /// Large buffers whose SEND finished, reused for READ data: a fresh 8 MiB buffer must
+    /// be zeroed (or faulted in) first, which cost as much as the read itself.
+    buf_pool: Vec<Vec<u8>>,
     next_gen: u32,
     timespec: types::Timespec,
 }
@@ -82,7 +137,7 @@ impl Worker {
         listeners: Vec<TcpListener>,
         conn_ids: Arc<AtomicU64>,
     ) -> Result<Worker, WorkerError> {
-        let ring = IoUring::new(4096).map_err(WorkerError::Setup)?;
+        let ring = new_ring()?;
         Ok(Worker {
             idx,
             shared,
@@ -92,6 +147,9 @@ impl Worker {
             pool: vec![0u8; BUF_SIZE * NUM_BUFS as usize],
             slots: Vec::new(),
             free: Vec::new(),
+            ios: Vec::new(),
+            io_free: Vec::new(),
+            buf_pool: Vec::new(),
             next_gen: 1,
             timespec: types::Timespec::new().sec(1),
         })
@@ -100,8 +158,10 @@ impl Worker {
     fn push(&mut self, e: squeue::Entry) -> Result<(), WorkerError> {
         loop {
             // SAFETY: every buffer referenced by an entry we push (the provided-buffer pool,
-            // send buffers held in `Slot::sending`, the timespec) lives in `self` and is
-            // neither moved nor freed until the corresponding completion has been reaped.
+            // send buffers held in `Slot::sending`, file I/O buffers held in `self.ios`, the
+            // timespec) lives in `self` and is neither moved nor freed until the
+            // corresponding completion has been reaped (moving a Vec does not move its heap
+            // buffer).
             let r = unsafe { self.ring.submission().push(&e) };
             match r {
                 Ok(()) => return Ok(()),
@@ -134,13 +194,22 @@ impl Worker {
         self.push(e)
     }
 
+    /// A single-shot ACCEPT, re-armed after every connection: the kernel wakes the first
+    /// waiter of the listening socket's (exclusive) wait queue, and a re-armed accept joins
+    /// at the tail, so connections go round-robin over the workers. A multishot ACCEPT
+    /// would stay at the head and send every connection to the same worker.
     fn arm_accept(&mut self, li: usize) -> Result<(), WorkerError> {
         let fd = self.listeners[li].as_raw_fd();
-        let e = opcode::AcceptMulti::new(types::Fd(fd))
-            .flags(libc::SOCK_CLOEXEC)
-            .build()
-            .user_data(ud(K_ACCEPT, li, 0));
-        self.push(e)
+        let e = if std::env::var_os("SMBD_ACCEPT_MULTI").is_some() {
+            opcode::AcceptMulti::new(types::Fd(fd))
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+        } else {
+            opcode::Accept::new(types::Fd(fd), std::ptr::null_mut(), std::ptr::null_mut())
+                .flags(libc::SOCK_CLOEXEC)
+                .build()
+        };
+        self.push(e.user_data(ud(K_ACCEPT, li, 0)))
     }
 
     fn arm_timer(&mut self) -> Result<(), WorkerError> {
@@ -162,6 +231,12 @@ impl Worker {
 
     /// Run until shutdown is requested.
     pub fn run(mut self) -> Result<(), WorkerError> {
+        match self.ring.submitter().register_enable_rings() {
+            Ok(()) => {}
+            // EBADFD: the ring was not created disabled (fallback or other mode).
+            Err(e) if e.raw_os_error() == Some(libc::EBADFD) => {}
+            Err(e) => return Err(WorkerError::Setup(e)),
+        }
         self.provide(0, NUM_BUFS)?;
         for li in 0..self.listeners.len() {
             self.arm_accept(li)?;
@@ -189,11 +264,12 @@ impl Worker {
                     K_ACCEPT => self.on_accept(ud_slot(u), res, fl, &mut touched)?,
                     K_RECV => self.on_recv(ud_slot(u), ud_gen(u), res, fl, &mut touched)?,
                     K_SEND => self.on_send(ud_slot(u), ud_gen(u), res, &mut touched),
+                    K_FILE => self.on_file(ud_slot(u), res, &mut touched)?,
                     K_EVENT => {
                         if !cqueue::more(fl) {
                             self.arm_events()?;
                         }
-                        self.on_events(&mut touched);
+                        self.on_events(&mut touched)?;
                     }
                     K_TIMER => {
                         self.shared.lock_tick();
@@ -260,6 +336,7 @@ impl Worker {
             send_inflight: false,
             recv_armed: false,
             closing: false,
+            io_inflight: 0,
         };
         let idx = match self.free.pop() {
             Some(i) => {
@@ -296,11 +373,16 @@ impl Worker {
         if res > 0 {
             if let Some(b) = bid {
                 let start = b as usize * BUF_SIZE;
-                let data = self.pool[start..start + res as usize].to_vec();
-                if let Some(s) = self.slot_mut(slot, gen) {
-                    s.inbuf.extend_from_slice(&data);
-                    Self::process_input(s);
+                let data = &self.pool[start..start + res as usize];
+                if let Some(s) = self
+                    .slots
+                    .get_mut(slot)
+                    .and_then(|s| s.as_mut())
+                    .filter(|s| s.gen == gen)
+                {
+                    Self::process_input(s, data);
                 }
+                self.submit_file_io(slot, gen)?;
             }
         }
         if let Some(b) = bid {
@@ -321,25 +403,60 @@ impl Worker {
         Ok(())
     }
 
-    /// Split the input into NetBIOS session messages (RFC 1002 4.3.1) and feed them.
-    fn process_input(s: &mut Slot) {
+    /// Feed received bytes: whole messages are handled straight from `data` when nothing is
+    /// buffered (the common case: one request per segment), the rest is buffered.
+    fn process_input(s: &mut Slot, data: &[u8]) {
+        if s.inbuf.is_empty() {
+            let used = Self::feed_frames(s, data);
+            s.inbuf.extend_from_slice(&data[used..]);
+        } else {
+            s.inbuf.extend_from_slice(data);
+            let mut inbuf = std::mem::take(&mut s.inbuf);
+            let used = Self::feed_frames(s, &inbuf);
+            inbuf.drain(..used);
+            s.inbuf = inbuf;
+        }
+        // Make room for the whole pending frame at once, so that a large WRITE arriving in
+        // 64 KiB pieces is not copied again by every reallocation.
+        if let [0x00, a, b, c, ..] = s.inbuf[..] {
+            let need = 4 + (((a as usize) << 16) | ((b as usize) << 8) | c as usize);
+            s.inbuf.reserve(need.saturating_sub(s.inbuf.len()));
+        }
+        s.outq.extend(s.conn.take_output());
+        if s.conn.closed {
+            s.closing = true;
+        }
+    }
+
+    /// Split `buf` into NetBIOS session messages (RFC 1002 4.3.1) and handle the complete
+    /// ones; returns how many bytes were consumed.
+    fn feed_frames(s: &mut Slot, buf: &[u8]) -> usize {
         let mut pos = 0usize;
-        while s.inbuf.len() - pos >= 4 && !s.conn.closed {
-            let h = &s.inbuf[pos..pos + 4];
+        while buf.len() - pos >= 4 && !s.conn.closed {
+            let h = &buf[pos..pos + 4];
             let len = ((h[1] as usize) << 16) | ((h[2] as usize) << 8) | h[3] as usize;
             match h[0] {
                 0x00 => {
-                    if s.inbuf.len() - pos < 4 + len {
+                    if buf.len() - pos < 4 + len {
                         break;
                     }
-                    let msg = s.inbuf[pos + 4..pos + 4 + len].to_vec();
+                    let msg = &buf[pos + 4..pos + 4 + len];
+                    if (s.io_inflight > 0 || s.conn.has_file_io()) && !is_plain_io(msg) {
+                        break;
+                    }
+                    s.conn.on_message(msg);
                     pos += 4 + len;
-                    s.conn.on_message(&msg);
                 }
-                0x85 => pos += 4 + len, // keepalive
+                0x85 => {
+                    // Keepalive: skip it whole.
+                    if buf.len() - pos < 4 + len {
+                        break;
+                    }
+                    pos += 4 + len;
+                }
                 0x81 => {
                     // Session request (port 139): answer positively.
-                    if s.inbuf.len() - pos < 4 + len {
+                    if buf.len() - pos < 4 + len {
                         break;
                     }
                     pos += 4 + len;
@@ -350,14 +467,118 @@ impl Worker {
                 }
             }
         }
-        s.inbuf.drain(..pos);
-        s.outq.extend(s.conn.take_output());
-        if s.conn.closed {
-            s.closing = true;
-        }
+        pos
     }
 
-    fn on_events(&mut self, touched: &mut Vec<usize>) {
+    /// Hand the READs/WRITEs a connection produced to the ring.
+    fn submit_file_io(&mut self, slot: usize, gen: u32) -> Result<(), WorkerError> {
+        let Some(s) = self.slot_mut(slot, gen) else {
+            return Ok(());
+        };
+        let ios = s.conn.take_file_io();
+        s.io_inflight += ios.len();
+        for mut io in ios {
+            if let FileOp::Read {
+                buf, data_off, len, ..
+            } = &mut io.op
+            {
+                let need = *data_off + *len;
+                if buf.len() < need {
+                    let mut b = self.buf_pool.pop().unwrap_or_default();
+                    // Only the growth is zeroed; stale bytes beyond what the read returns are
+                    // cut off on completion, and the header part is rewritten then.
+                    if b.len() >= need {
+                        b.truncate(need);
+                    } else {
+                        b.resize(need, 0);
+                    }
+                    b[..*data_off].fill(0);
+                    *buf = b;
+                }
+            }
+            let idx = match self.io_free.pop() {
+                Some(i) => i,
+                None => {
+                    self.ios.push(None);
+                    self.ios.len() - 1
+                }
+            };
+            self.ios[idx] = Some(InFlightIo { slot, gen, io });
+            self.push_file_io(idx)?;
+        }
+        Ok(())
+    }
+
+    /// Submit (the rest of) the transfer of `self.ios[idx]`.
+    fn push_file_io(&mut self, idx: usize) -> Result<(), WorkerError> {
+        let Some(f) = self.ios.get_mut(idx).and_then(|f| f.as_mut()) else {
+            return Ok(());
+        };
+        let io = &mut f.io;
+        let fd = types::Fd(io.file.as_raw_fd());
+        let off = io.offset + io.done as u64;
+        let want = io.remaining().min(u32::MAX as usize) as u32;
+        let done = io.done;
+        let e = match &mut io.op {
+            FileOp::Read { buf, data_off, .. } => {
+                let start = *data_off + done;
+                opcode::Read::new(fd, buf[start..].as_mut_ptr(), want)
+                    .offset(off)
+                    .build()
+            }
+            FileOp::Write { data } => opcode::Write::new(fd, data[done..].as_ptr(), want)
+                .offset(off)
+                .build(),
+        };
+        self.push(e.user_data(ud(K_FILE, idx, 0)))
+    }
+
+    fn on_file(
+        &mut self,
+        idx: usize,
+        res: i32,
+        touched: &mut Vec<usize>,
+    ) -> Result<(), WorkerError> {
+        let Some(f) = self.ios.get_mut(idx).and_then(|f| f.as_mut()) else {
+            return Ok(());
+        };
+        if res > 0 {
+            f.io.done += res as usize;
+            if f.io.remaining() > 0 {
+                // A short transfer (end of file for a READ, or a signal/full disk on the way)
+                // is retried for the rest; a READ that then returns 0 is at end of file.
+                return self.push_file_io(idx);
+            }
+        }
+        let Some(f) = self.ios.get_mut(idx).and_then(|f| f.take()) else {
+            return Ok(());
+        };
+        self.io_free.push(idx);
+        // An error after partial progress reports the progress (like a short pwrite).
+        let result = if res < 0 && f.io.done == 0 {
+            Err(-res)
+        } else {
+            Ok(f.io.done)
+        };
+        let Some(s) = self.slot_mut(f.slot, f.gen) else {
+            return Ok(());
+        };
+        s.io_inflight = s.io_inflight.saturating_sub(1);
+        s.conn.complete_file_io(f.io, result);
+        if s.io_inflight == 0 && !s.inbuf.is_empty() {
+            // Requests held back behind the I/O can go on now.
+            Self::process_input(s, &[]);
+        } else {
+            s.outq.extend(s.conn.take_output());
+            if s.conn.closed {
+                s.closing = true;
+            }
+        }
+        touched.push(f.slot);
+        self.submit_file_io(f.slot, f.gen)
+    }
+
+    fn on_events(&mut self, touched: &mut Vec<usize>) -> Result<(), WorkerError> {
         let mb = &self.shared.mailboxes[self.idx];
         mb.clear_counter();
         let evs = mb.drain();
@@ -373,9 +594,12 @@ impl Worker {
                 if s.conn.closed {
                     s.closing = true;
                 }
+                let gen = s.gen;
                 touched.push(i);
+                self.submit_file_io(i, gen)?;
             }
         }
+        Ok(())
     }
 
     fn on_send(&mut self, slot: usize, gen: u32, res: i32, touched: &mut Vec<usize>) {
@@ -394,6 +618,11 @@ impl Worker {
         let off = off + res as usize;
         if off < buf.len() {
             s.sending = Some((buf, off));
+            return;
+        }
+        if (POOL_BUF_MIN..=POOL_BUF_MAX).contains(&buf.capacity()) && self.buf_pool.len() < POOL_BUFS
+        {
+            self.buf_pool.push(buf);
         }
     }
 
@@ -404,6 +633,7 @@ impl Worker {
         };
         if s.closing {
             s.outq.clear();
+            // Pending file I/O holds no reference to the slot (see `InFlightIo`).
             if !s.send_inflight && !s.recv_armed {
                 if let Some(mut s) = self.slots[slot].take() {
                     tracing::debug!(conn = s.conn.id, "connection closed");
@@ -421,8 +651,15 @@ impl Worker {
         }
         if s.sending.is_none() && !s.outq.is_empty() {
             let mut buf = s.outq.pop_front().unwrap_or_default();
-            while let Some(b) = s.outq.pop_front() {
-                buf.extend_from_slice(&b);
+            // Small frames share one SEND; a large one (READ data) goes alone, uncopied.
+            while s
+                .outq
+                .front()
+                .is_some_and(|b| buf.len() + b.len() <= COALESCE_MAX)
+            {
+                if let Some(b) = s.outq.pop_front() {
+                    buf.extend_from_slice(&b);
+                }
             }
             s.sending = Some((buf, 0));
         }
@@ -441,4 +678,15 @@ impl Worker {
         s.send_inflight = true;
         self.push(e)
     }
+}
+
+/// Whether a message is a lone (non-compound, unencrypted) READ or WRITE, which may run
+/// concurrently with other READs/WRITEs of the connection in the ring.
+fn is_plain_io(msg: &[u8]) -> bool {
+    if msg.len() < 64 || msg[..4] != smb_proto::header::PROTOCOL_ID {
+        return false;
+    }
+    let cmd = u16::from_le_bytes([msg[12], msg[13]]);
+    let next = u32::from_le_bytes([msg[20], msg[21], msg[22], msg[23]]);
+    next == 0 && (cmd == smb_proto::Command::Read as u16 || cmd == smb_proto::Command::Write as u16)
 }

@@ -14,10 +14,11 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
 fn run_scenario(cluster: &Cluster, py: &str, scenario: &str) -> (bool, String) {
-    let out = Command::new(py)
+    let out = cluster
+        .client_command(py)
         .arg(client_script())
         .args([
-            "127.0.0.1",
+            &format!("{},{}", cluster.host(0), cluster.host(1)),
             &cluster.port(0).to_string(),
             &cluster.port(1).to_string(),
             USER,
@@ -84,7 +85,7 @@ fn killed_node_releases_its_locks_to_waiters_on_other_nodes() {
 #[test]
 fn udp_killed_node_releases_its_locks_to_waiters_on_other_nodes() {
     kill_scenario(ClusterOptions {
-        udp: true,
+        transport: LockTransportKind::Udp,
         ..ClusterOptions::default()
     });
 }
@@ -98,7 +99,7 @@ fn udp_cross_node_blocking_lock_and_oplock_break() {
         return;
     };
     let cluster = Cluster::start(ClusterOptions {
-        udp: true,
+        transport: LockTransportKind::Udp,
         ..ClusterOptions::default()
     });
     for name in ["blocking", "oplock", "lease", "sharemode"] {
@@ -107,23 +108,82 @@ fn udp_cross_node_blocking_lock_and_oplock_break() {
     }
 }
 
-fn kill_scenario(opts: ClusterOptions) {
+/// The scenarios with lockmgrd and each node in its own network namespace on one bridge: the
+/// lock traffic is raw Ethernet frames (AF_PACKET or AF_XDP sockets in smbd and lockmgrd), the
+/// SMB traffic TCP over the same bridge.
+fn eth_scenarios(transport: LockTransportKind) {
     let Some(py) = python() else {
         missing(
             "no python with smbprotocol (set SMBD_PYTHON; scripts/install-deps.sh makes a venv)",
         );
         return;
     };
-    let mut cluster = Cluster::start(opts);
-    let mut child = Command::new(&py)
-        .arg(client_script())
+    let Some(cluster) = Cluster::try_start(ClusterOptions {
+        transport,
+        ..ClusterOptions::default()
+    }) else {
+        return;
+    };
+    for name in ["sharemode", "brl", "blocking", "oplock", "lease", "doc"] {
+        let (ok, text) = run_scenario(&cluster, &py, name);
+        assert!(ok, "{name} over {transport:?}:\n{text}\n{}", cluster.logs());
+    }
+}
+
+#[test]
+fn afpacket_cross_node_scenarios() {
+    eth_scenarios(LockTransportKind::AfPacket);
+}
+
+#[test]
+fn afxdp_cross_node_scenarios() {
+    eth_scenarios(LockTransportKind::AfXdp);
+}
+
+/// Over AF_XDP, as over UDP, lockmgrd learns of the death from the liveness lease.
+#[test]
+fn afxdp_killed_node_releases_its_locks_to_waiters_on_other_nodes() {
+    kill_scenario(ClusterOptions {
+        transport: LockTransportKind::AfXdp,
+        ..ClusterOptions::default()
+    });
+}
+
+/// A client's durable handle (with its lease and byte-range lock) outlives its node: after
+/// node 2 is SIGKILLed the lock still holds against another client on node 1, and the client
+/// reclaims the handle through node 1 with DH2C (tests/cluster_common/durable_client.py).
+#[test]
+fn durable_handle_reclaimed_through_another_node_after_node_death() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/cluster_common/durable_client.py");
+    kill_scenario_with(ClusterOptions::default(), &script, "durable");
+}
+
+fn kill_scenario(opts: ClusterOptions) {
+    kill_scenario_with(opts, &client_script(), "kill");
+}
+
+/// Runs `scenario` of `script`, SIGKILLing node 2 when the script prints KILL-NODE2.
+fn kill_scenario_with(opts: ClusterOptions, script: &std::path::Path, scenario: &str) {
+    let Some(py) = python() else {
+        missing(
+            "no python with smbprotocol (set SMBD_PYTHON; scripts/install-deps.sh makes a venv)",
+        );
+        return;
+    };
+    let Some(mut cluster) = Cluster::try_start(opts) else {
+        return;
+    };
+    let mut child = cluster
+        .client_command(&py)
+        .arg(script)
         .args([
-            "127.0.0.1",
+            &format!("{},{}", cluster.host(0), cluster.host(1)),
             &cluster.port(0).to_string(),
             &cluster.port(1).to_string(),
             USER,
             PASS,
-            "kill",
+            scenario,
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -161,7 +221,7 @@ fn kill_scenario(opts: ClusterOptions) {
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
     let status = child.wait().unwrap();
     assert!(
-        status.success() && seen.contains("PASS kill"),
+        status.success() && seen.contains(&format!("PASS {scenario}")),
         "{seen}{err}\n{}",
         cluster.logs()
     );

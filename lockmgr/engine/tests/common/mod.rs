@@ -227,6 +227,7 @@ pub fn with_lease(
         state,
         parent_key: None,
         epoch,
+        breaking: false,
     });
     o
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Cross-node scenarios for the smbd cluster, with two smbprotocol clients on two nodes.
 
-usage: cluster_client.py HOST PORT1 PORT2 USER PASSWORD SCENARIO
+usage: cluster_client.py HOST[,HOST2] PORT1 PORT2 USER PASSWORD SCENARIO
 SCENARIO: sharemode | brl | blocking | oplock | lease | doc | kill
 Prints "PASS SCENARIO" and exits 0 when the cluster behaved; any mismatch raises (exit 1).
 `kill` prints "KILL-NODE2" once node 2's client holds its lock and node 1's client waits,
@@ -311,9 +311,10 @@ SCENARIOS = {f.__name__: f for f in (sharemode, brl, blocking, oplock, lease, do
 
 
 def main():
-    host, p1, p2, user, password, scenario = sys.argv[1:7]
-    c1 = Client(host, int(p1), user, password)
-    c2 = Client(host, int(p2), user, password)
+    hosts, p1, p2, user, password, scenario = sys.argv[1:7]
+    host1, _, host2 = hosts.partition(",")
+    c1 = Client(host1, int(p1), user, password)
+    c2 = Client(host2 or host1, int(p2), user, password)
     try:
         SCENARIOS[scenario](c1, c2)
     finally:

@@ -99,12 +99,41 @@ impl Node {
     }
 }
 
+/// How the nodes reach lockmgrd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockTransportKind {
+    /// Shared memory (one host).
+    Shm,
+    /// Reliable UDP on loopback.
+    Udp,
+    /// Raw Ethernet through AF_PACKET: lockmgrd and each node in their own network namespace
+    /// on one bridge (lockmgr_transport::netns::NetnsStar); SMB traffic crosses the bridge too.
+    AfPacket,
+    /// As AfPacket, through AF_XDP sockets.
+    AfXdp,
+}
+
+/// The namespaces of an Ethernet cluster and the nodes' IPv4 addresses on the bridge.
+pub struct EthNet {
+    pub star: lockmgr_transport::netns::NetnsStar,
+    pub kind: LockTransportKind,
+}
+
+impl EthNet {
+    const SERVER_IP: &'static str = "10.231.0.1";
+    fn node_ip(i: usize) -> String {
+        format!("10.231.0.{}", i + 2)
+    }
+}
+
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub share: PathBuf,
     pub socket: PathBuf,
     /// UDP: lockmgrd's ADDR:PORT.
     pub udp: Option<String>,
+    /// AF_PACKET / AF_XDP: the namespaces (dropped last: removes them).
+    pub eth: Option<EthNet>,
     pub key: PathBuf,
     pub lockmgrd: Option<Child>,
     pub nodes: Vec<Node>,
@@ -120,8 +149,8 @@ pub struct ClusterOptions {
     pub shared_lockmgr: bool,
     /// lockmgrd's oplock/lease break acknowledgement timeout.
     pub break_timeout_ms: Option<u64>,
-    /// Nodes reach lockmgrd over UDP on loopback instead of shared memory.
-    pub udp: bool,
+    /// How nodes reach lockmgrd.
+    pub transport: LockTransportKind,
 }
 
 impl Default for ClusterOptions {
@@ -130,13 +159,19 @@ impl Default for ClusterOptions {
             nodes: 2,
             shared_lockmgr: true,
             break_timeout_ms: None,
-            udp: false,
+            transport: LockTransportKind::Shm,
         }
     }
 }
 
 impl Cluster {
     pub fn start(opts: ClusterOptions) -> Cluster {
+        Self::try_start(opts).expect("network namespaces are needed for this transport")
+    }
+
+    /// As [`Cluster::start`]; `None` when the transport needs network namespaces and this
+    /// machine cannot make them (skipped with a message; a failure with CI=true).
+    pub fn try_start(opts: ClusterOptions) -> Option<Cluster> {
         let dir = tempfile::tempdir().unwrap();
         let share = dir.path().join("share");
         std::fs::create_dir(&share).unwrap();
@@ -151,7 +186,32 @@ impl Cluster {
             "[global]\nclient min protocol = SMB2_02\nclient max protocol = SMB3_11\n",
         )
         .unwrap();
-        let udp = opts.udp.then(|| {
+        let eth = match opts.transport {
+            LockTransportKind::AfPacket | LockTransportKind::AfXdp => {
+                let star = lockmgr_transport::netns::star_or_skip("cluster", opts.nodes, 1500)?;
+                let ip = |ns: &str, dev: &str, addr: String| {
+                    let st = Command::new("ip")
+                        .args(["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])
+                        .status()
+                        .expect("run ip");
+                    assert!(st.success(), "ip addr add {addr} in {ns} failed");
+                };
+                ip(
+                    &star.server,
+                    lockmgr_transport::netns::BRIDGE,
+                    EthNet::SERVER_IP.to_string(),
+                );
+                for (i, c) in star.clients.iter().enumerate() {
+                    ip(c, lockmgr_transport::netns::IFACE, EthNet::node_ip(i));
+                }
+                Some(EthNet {
+                    star,
+                    kind: opts.transport,
+                })
+            }
+            _ => None,
+        };
+        let udp = (opts.transport == LockTransportKind::Udp).then(|| {
             let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
             s.local_addr().unwrap().to_string()
         });
@@ -160,6 +220,7 @@ impl Cluster {
             share,
             socket,
             udp,
+            eth,
             key,
             lockmgrd: None,
             nodes: Vec::new(),
@@ -173,7 +234,24 @@ impl Cluster {
             let node = cluster.start_node(&format!("node{i}"), &users, opts.shared_lockmgr);
             cluster.nodes.push(node);
         }
-        cluster
+        Some(cluster)
+    }
+
+    /// Where clients reach node `i`.
+    pub fn host(&self, i: usize) -> String {
+        match self.eth {
+            Some(_) => EthNet::node_ip(i),
+            None => "127.0.0.1".into(),
+        }
+    }
+
+    /// A command for an SMB client: in the lockmgrd namespace (which reaches every node over
+    /// the bridge) for Ethernet clusters, else on this host.
+    pub fn client_command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        match &self.eth {
+            Some(e) => lockmgr_transport::netns::NetnsPair::command_in(&e.star.server, program),
+            None => Command::new(program),
+        }
     }
 
     fn start_node(&self, name: &str, users: &Path, shared: bool) -> Node {
@@ -185,22 +263,46 @@ impl Cluster {
             self.share.display()
         );
         if shared {
-            let (transport, connect) = match &self.udp {
-                Some(addr) => ("udp", addr.clone()),
-                None => ("shm", self.socket.display().to_string()),
+            let (transport, connect) = match (&self.udp, &self.eth) {
+                (Some(addr), _) => ("udp", addr.clone()),
+                (None, Some(e)) if e.kind == LockTransportKind::AfXdp => {
+                    ("afxdp", lockmgr_transport::netns::MAC_A.to_string())
+                }
+                (None, Some(_)) => ("afpacket", lockmgr_transport::netns::MAC_A.to_string()),
+                (None, None) => ("shm", self.socket.display().to_string()),
             };
             text.push_str(&format!(
                 "\n[lockmgr]\ntransport = \"{transport}\"\nconnect = \"{connect}\"\ncluster_key_file = \"{}\"\nnode_name = \"{name}\"\n",
                 self.key.display()
             ));
+            if self.eth.is_some() {
+                text.push_str(&format!(
+                    "interface = \"{}\"\n",
+                    lockmgr_transport::netns::IFACE
+                ));
+            }
         }
         std::fs::write(&cfg, text).unwrap();
         let log = self.dir.path().join(format!("{name}.log"));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_smbd"))
+        let index = self.nodes.len();
+        let (mut cmd, listen) = match &self.eth {
+            Some(e) => (
+                lockmgr_transport::netns::NetnsPair::command_in(
+                    &e.star.clients[index],
+                    env!("CARGO_BIN_EXE_smbd"),
+                ),
+                format!("{}:0", EthNet::node_ip(index)),
+            ),
+            None => (
+                Command::new(env!("CARGO_BIN_EXE_smbd")),
+                "127.0.0.1:0".to_string(),
+            ),
+        };
+        let mut child = cmd
             .arg("--config")
             .arg(&cfg)
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .env(
                 "RUST_LOG",
                 std::env::var("SMBD_TEST_LOG").unwrap_or("info".into()),
@@ -230,10 +332,23 @@ impl Cluster {
             .append(true)
             .open(&path)
             .unwrap();
-        let mut c = Command::new(lockmgrd_bin());
-        match &self.udp {
-            Some(addr) => c.args(["--transport", "udp", "--listen", addr]),
-            None => c.args(["--transport", "shm", "--listen"]).arg(&self.socket),
+        let mut c = match &self.eth {
+            Some(e) => {
+                lockmgr_transport::netns::NetnsPair::command_in(&e.star.server, lockmgrd_bin())
+            }
+            None => Command::new(lockmgrd_bin()),
+        };
+        match (&self.udp, &self.eth) {
+            (Some(addr), _) => c.args(["--transport", "udp", "--listen", addr]),
+            (None, Some(e)) => c
+                .arg("--transport")
+                .arg(if e.kind == LockTransportKind::AfXdp {
+                    "afxdp"
+                } else {
+                    "afpacket"
+                })
+                .args(["--interface", lockmgr_transport::netns::BRIDGE]),
+            (None, None) => c.args(["--transport", "shm", "--listen"]).arg(&self.socket),
         };
         c.arg("--cluster-key-file")
             .arg(&self.key)
@@ -267,9 +382,10 @@ impl Cluster {
 
     /// smbclient against node `i`; returns (no error reported, output).
     pub fn smbclient(&self, i: usize, cwd: &Path, cmds: &str) -> (bool, String) {
-        let out = Command::new("smbclient")
+        let out = self
+            .client_command("smbclient")
             .current_dir(cwd)
-            .arg(format!("//127.0.0.1/{SHARE}"))
+            .arg(format!("//{}/{SHARE}", self.host(i)))
             .args(["-p", &self.port(i).to_string()])
             .arg("-s")
             .arg(&self.client_conf)
@@ -303,7 +419,8 @@ impl Cluster {
     /// lockmgrd; returns None if it is not there).
     pub fn status(&self) -> Option<String> {
         let ctl = lockmgrd_bin().with_file_name("lockmgrctl");
-        if !ctl.exists() {
+        // Over Ethernet the nodes' interfaces are taken (AF_XDP binds a whole queue).
+        if !ctl.exists() || self.eth.is_some() {
             return None;
         }
         let mut c = Command::new(ctl);
@@ -374,8 +491,9 @@ pub fn client_script() -> PathBuf {
 
 /// Runs one smbtorture suite against node `node` of `cluster`; returns the subunit text.
 pub fn run_smbtorture(cluster: &Cluster, node: usize, suite: &str) -> String {
-    let out = Command::new("smbtorture")
-        .arg(format!("//127.0.0.1/{SHARE}"))
+    let out = cluster
+        .client_command("smbtorture")
+        .arg(format!("//{}/{SHARE}", cluster.host(node)))
         .arg("-p")
         .arg(cluster.port(node).to_string())
         .arg("-s")

@@ -1,0 +1,302 @@
+//! Durable opens (MS-SMB2 3.3.5.9.6-3.3.5.9.12, 3.3.7.1): opens that outlive their owner.
+//!
+//! A durable open whose owner goes away (its SMB connection: `Disconnect`; or the whole smbd
+//! node: its session ends) is not released but *disconnected*: it belongs to no session, and
+//! its share mode, byte-range locks and caching stay in force until its timeout. Nobody can
+//! acknowledge a break for it, so a CREATE that would have to break its caching, or that
+//! conflicts with its share mode, purges it instead (Samba and Windows do the same for
+//! disconnected durable handles). Any session, on any node, can `Reclaim` it by its key (the
+//! SMB persistent file id) once the node has checked the blob it stored with it.
+
+use super::*;
+use crate::sharing::pair_conflicts;
+use crate::types::{Duration, MAX_DURABLE_BLOB};
+
+/// Owner of disconnected opens: no real session has it, so nothing can touch them through
+/// `owned`, and notifications to it are dropped.
+pub(super) const DISCONNECTED: SessionId = SessionId(u64::MAX);
+
+#[derive(Debug)]
+struct DurableRec {
+    key: u64,
+    timeout: Duration,
+    blob: Vec<u8>,
+    /// When the disconnected open expires; `None` while it has an owner.
+    deadline: Option<Time>,
+}
+
+/// The engine's durable-open bookkeeping (kept apart from `OpenState` so opens that are not
+/// durable pay nothing).
+#[derive(Debug, Default)]
+pub(super) struct DurableTable {
+    recs: IdMap<OpenId, DurableRec>,
+    keys: IdMap<u64, OpenId>,
+    /// Disconnected opens per file, for the purge check of a create.
+    by_file: IdMap<FileId, Vec<OpenId>>,
+    timers: BTreeSet<(Time, OpenId)>,
+}
+
+impl DurableTable {
+    pub(super) fn next_deadline(&self) -> Option<Time> {
+        self.timers.first().map(|(t, _)| *t)
+    }
+
+    fn detach(&mut self, open: OpenId, f: FileId) {
+        if let Some(rec) = self.recs.get_mut(&open) {
+            if let Some(d) = rec.deadline.take() {
+                self.timers.remove(&(d, open));
+            }
+        }
+        if let Some(v) = self.by_file.get_mut(&f) {
+            v.retain(|o| *o != open);
+            if v.is_empty() {
+                self.by_file.remove(&f);
+            }
+        }
+    }
+}
+
+impl Engine {
+    pub(super) fn do_set_durable(
+        &mut self,
+        session: SessionId,
+        request: RequestId,
+        open: OpenId,
+        key: u64,
+        timeout_ms: u32,
+        blob: Vec<u8>,
+    ) {
+        let status = if self.owned(session, open).is_none() {
+            Status::InvalidHandle
+        } else if blob.len() > MAX_DURABLE_BLOB
+            || self.durable.keys.get(&key).is_some_and(|o| *o != open)
+        {
+            Status::InvalidParameter
+        } else {
+            if let Some(old) = self.durable.recs.get(&open).map(|r| r.key) {
+                self.durable.keys.remove(&old);
+            }
+            self.durable.keys.insert(key, open);
+            self.durable.recs.insert(
+                open,
+                DurableRec {
+                    key,
+                    timeout: Duration::from_millis(u64::from(timeout_ms)),
+                    blob,
+                    deadline: None,
+                },
+            );
+            Status::Success
+        };
+        self.reply(session, request, Reply::Done(status));
+    }
+
+    pub(super) fn do_disconnect(
+        &mut self,
+        now: Time,
+        session: SessionId,
+        request: RequestId,
+        open: OpenId,
+    ) {
+        let Some(f) = self.owned(session, open).map(|o| o.file) else {
+            self.reply(session, request, Reply::Done(Status::InvalidHandle));
+            return;
+        };
+        if self.try_disconnect(now, open) {
+            self.reply(session, request, Reply::Done(Status::Success));
+            self.after_release(now, f);
+        } else {
+            self.do_close(now, session, request, open);
+        }
+    }
+
+    /// Disconnect `open` if it is durable. An open whose caching is being broken is not kept:
+    /// the break could never be acknowledged, and the create waiting for it would otherwise
+    /// wait out the break timeout.
+    pub(super) fn try_disconnect(&mut self, now: Time, open: OpenId) -> bool {
+        let Some(timeout) = self.durable.recs.get(&open).map(|r| r.timeout) else {
+            return false;
+        };
+        let Some(o) = self.opens.get(&open) else {
+            return false;
+        };
+        let holder = match o.lease {
+            Some(id) => Some(Holder::Lease(id)),
+            None if o.oplock != LeaseState::NONE => Some(Holder::Oplock(open)),
+            None => None,
+        };
+        if holder.is_some_and(|h| self.holder_breaking(h)) {
+            return false;
+        }
+        // Like Samba, files about to be deleted are not kept: nobody would be left to unlink
+        // them when the disconnected open expires.
+        if o.delete_on_close || self.files.get(&o.file).is_some_and(|f| f.delete_pending) {
+            return false;
+        }
+        let (old, f) = (o.session, o.file);
+        if let Some(s) = self.sessions.get_mut(&old) {
+            s.opens.remove(&open);
+        }
+        if let Some(o) = self.opens.get_mut(&open) {
+            o.session = DISCONNECTED;
+        }
+        // Blocking locks of the open wait no longer: their requester is gone.
+        let mut cancelled = Vec::new();
+        if let Some(file) = self.files.get_mut(&f) {
+            file.lock_waiters.retain(|w| {
+                let mine = w.open == open;
+                if mine {
+                    cancelled.push((w.session, w.request));
+                }
+                !mine
+            });
+        }
+        for (s, r) in cancelled {
+            self.complete(s, r, Reply::Done(Status::Cancelled));
+        }
+        let deadline = now.saturating_add(timeout);
+        if let Some(rec) = self.durable.recs.get_mut(&open) {
+            rec.deadline = Some(deadline);
+        }
+        self.durable.timers.insert((deadline, open));
+        self.durable.by_file.entry(f).or_default().push(open);
+        true
+    }
+
+    /// Drop the durable bookkeeping of an open being removed.
+    pub(super) fn forget_durable(&mut self, open: OpenId, f: FileId) {
+        if self.durable.recs.is_empty() {
+            return;
+        }
+        self.durable.detach(open, f);
+        if let Some(rec) = self.durable.recs.remove(&open) {
+            self.durable.keys.remove(&rec.key);
+        }
+    }
+
+    /// Purge the disconnected opens of `req.file` that the create would conflict with: share
+    /// modes (MS-FSA 2.1.5.1.2), or caching it would have to break (MS-SMB2 3.3.5.9: no
+    /// client is left to acknowledge the break).
+    pub(super) fn purge_disconnected(&mut self, now: Time, req: &OpenRequest) {
+        let Some(list) = self.durable.by_file.get(&req.file) else {
+            return;
+        };
+        let own_lease = match req.oplock {
+            OplockRequest::Lease(l) => Some((req.client_guid, l.key)),
+            _ => None,
+        };
+        let breaks = !is_stat_open(req.access) || req.overwrite;
+        let gone: Vec<OpenId> = list
+            .iter()
+            .copied()
+            .filter(|id| {
+                let Some(o) = self.opens.get(id) else {
+                    return true;
+                };
+                if pair_conflicts(o.access, o.share, req.access, req.share) {
+                    return true;
+                }
+                if !breaks || (own_lease.is_some() && o.lease == own_lease) {
+                    return false;
+                }
+                let cur = match o.lease {
+                    Some(lid) => self.holder_state(Holder::Lease(lid)),
+                    None => o.oplock,
+                };
+                // Batch/exclusive oplocks and write-caching leases break on any other open;
+                // an overwrite breaks every caching level.
+                if req.overwrite {
+                    cur != LeaseState::NONE
+                } else {
+                    cur.contains(LeaseState::WRITE)
+                }
+            })
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        for id in gone {
+            self.expire_open(id);
+        }
+        self.process_lock_waiters(now, req.file);
+    }
+
+    /// Remove a disconnected open for good. No node holds it, so if it was the last open of a
+    /// delete-pending file the deletion is left to the daemon (`take_orphaned_deletes`).
+    fn expire_open(&mut self, open: OpenId) {
+        if let Some((f, true)) = self.remove_open(open) {
+            self.orphaned_deletes.insert(f);
+        }
+    }
+
+    /// Fire due durable timeouts.
+    pub(super) fn expire_durable(&mut self, now: Time) {
+        while let Some(&(t, open)) = self.durable.timers.first() {
+            if t > now {
+                break;
+            }
+            self.durable.timers.remove(&(t, open));
+            let f = self.opens.get(&open).map(|o| o.file);
+            self.expire_open(open);
+            if let Some(f) = f {
+                self.after_release(now, f);
+            }
+        }
+    }
+
+    pub(super) fn do_durable_lookup(&mut self, session: SessionId, request: RequestId, key: u64) {
+        let reply = match self.durable.keys.get(&key).and_then(|o| {
+            self.durable
+                .recs
+                .get(o)
+                .filter(|r| r.deadline.is_some())
+                .map(|r| (*o, r))
+        }) {
+            Some((open, rec)) => Reply::Durable {
+                open,
+                blob: rec.blob.clone(),
+            },
+            None => Reply::Done(Status::NotFound),
+        };
+        self.reply(session, request, reply);
+    }
+
+    pub(super) fn do_reclaim(
+        &mut self,
+        session: SessionId,
+        request: RequestId,
+        key: u64,
+        open: OpenId,
+        client_guid: ClientGuid,
+    ) {
+        let found = self.durable.keys.get(&key) == Some(&open)
+            && self
+                .durable
+                .recs
+                .get(&open)
+                .is_some_and(|r| r.deadline.is_some())
+            && self
+                .opens
+                .get(&open)
+                .is_some_and(|o| o.lease.is_none_or(|(cg, _)| cg == client_guid));
+        if !found {
+            self.reply(session, request, Reply::Done(Status::NotFound));
+            return;
+        }
+        let Some(o) = self.opens.get_mut(&open) else {
+            self.reply(session, request, Reply::Done(Status::NotFound));
+            return;
+        };
+        o.session = session;
+        let f = o.file;
+        self.durable.detach(open, f);
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.opens.insert(open);
+        }
+        let grant = self
+            .opens
+            .get(&open)
+            .map_or(OplockGrant::None, |o| self.grant_of(o));
+        self.reply(session, request, Reply::Opened { open, grant });
+    }
+}

@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Durable handle reclaimed through another node after its node died.
+
+usage: durable_client.py HOST[,HOST2] PORT1 PORT2 USER PASSWORD durable
+
+A client on node 2 opens a file with a durable handle (DH2Q, MS-SMB2 2.2.13.2.11) under a
+read-handle lease, writes to it and takes a byte-range lock. The script prints "KILL-NODE2"
+and reads one line from stdin: meanwhile the harness SIGKILLs node 2's smbd. Then:
+- another client on node 1 can open the file (the disconnected open's share mode and RH lease
+  allow it) but its read of the locked range conflicts: the lock is still in force;
+- the first client reconnects to node 1 with the same ClientGuid and sends a CREATE with
+  DH2C (2.2.13.2.12) and its lease key: it gets its handle back, reads what it wrote, and the
+  lock still conflicts for the other client until it unlocks.
+smbprotocol has no durable reconnect, so the create contexts are built by hand.
+Prints "PASS durable" and exits 0 when the cluster behaved.
+"""
+import os
+import struct
+import sys
+import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from cluster_client import (FILE_LOCK_CONFLICT, OPLOCK_LEASE, RH, Client,  # noqa: E402
+                            expect_status, lock_el)
+from smbprotocol.create_contexts import SMB2CreateContextRequest  # noqa: E402
+from smbprotocol.open import (CreateDisposition, CreateOptions, FileAttributes,  # noqa: E402
+                              FilePipePrinterAccessMask as A, ImpersonationLevel, Open,
+                              ShareAccess)
+
+NAME = "durable.txt"
+DATA = b"written through node 2"
+SHARE_RW = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE
+
+
+def ctx(name, data):
+    c = SMB2CreateContextRequest()
+    c["buffer_name"] = name
+    c["buffer_data"] = data
+    return c
+
+
+def lease_ctx(key, state):
+    return ctx(b"RqLs", key + struct.pack("<IIQ", state, 0, 0))
+
+
+def client(host, port, user, password, guid):
+    c = Client.__new__(Client)
+    from smbprotocol.connection import Connection
+    from smbprotocol.session import Session
+    from smbprotocol.tree import TreeConnect
+    from cluster_client import BREAK_MID, BreakSink
+    c.conn = Connection(guid, host, port, require_signing=False)
+    c.conn.connect()
+    c.sink = BreakSink()
+    c.conn.outstanding_requests[BREAK_MID] = c.sink
+    c.sess = Session(c.conn, user, password, require_encryption=False)
+    c.sess.connect()
+    c.tree = TreeConnect(c.sess, rf"\\{host}\data")
+    c.tree.connect()
+    return c
+
+
+def create(c, contexts, access=A.GENERIC_READ | A.GENERIC_WRITE,
+           disposition=CreateDisposition.FILE_OVERWRITE_IF):
+    f = Open(c.tree, NAME)
+    resp = f.create(ImpersonationLevel.Impersonation, access, FileAttributes.FILE_ATTRIBUTE_NORMAL,
+                    SHARE_RW, disposition, CreateOptions.FILE_NON_DIRECTORY_FILE,
+                    create_contexts=contexts, oplock_level=OPLOCK_LEASE)
+    return f, resp
+
+
+def durable(c1, host1, port1, host2, port2, user, password):
+    guid = uuid.uuid4()
+    key = uuid.uuid4().bytes
+    create_guid = uuid.uuid4().bytes
+    c2 = client(host2, port2, user, password, guid)
+    # DH2Q: Timeout 60 s, Flags 0 (not persistent), Reserved, CreateGuid.
+    dh2q = ctx(b"DH2Q", struct.pack("<IIQ", 60_000, 0, 0) + create_guid)
+    f2, _ = create(c2, [lease_ctx(key, RH), dh2q])
+    assert f2.oplock_level == OPLOCK_LEASE, f"no lease: {f2.oplock_level}"
+    f2.write(DATA, 0)
+    f2.lock([lock_el(0, 10)])
+    file_id = f2.file_id
+    print("KILL-NODE2", flush=True)
+    sys.stdin.readline()
+
+    # Node 2 is gone; its client's open is disconnected but in force.
+    other = c1.open(NAME, access=A.GENERIC_READ, share=SHARE_RW | ShareAccess.FILE_SHARE_DELETE,
+                    disposition=CreateDisposition.FILE_OPEN)
+    expect_status(FILE_LOCK_CONFLICT, other.read, 0, 1)
+
+    # The client comes back through node 1 with the same ClientGuid and reclaims its handle.
+    c3 = client(host1, port1, user, password, guid)
+    dh2c = ctx(b"DH2C", file_id + create_guid + struct.pack("<I", 0))
+    f3, _ = create(c3, [lease_ctx(key, RH), dh2c], disposition=CreateDisposition.FILE_OPEN)
+    assert f3.file_id == file_id, "reclaimed handle has another file id"
+    assert f3.oplock_level == OPLOCK_LEASE, f"lease lost: {f3.oplock_level}"
+    got = f3.read(0, len(DATA))
+    assert got == DATA, f"read {got!r} through the reclaimed handle"
+    # The lock moved with the handle: still held against the other client.
+    expect_status(FILE_LOCK_CONFLICT, other.read, 0, 1)
+    f3.lock([lock_el(0, 10, unlock=True)])
+    assert other.read(0, len(DATA)) == DATA
+    f3.close()
+    other.close()
+    c3.close()
+
+
+def main():
+    hosts, p1, p2, user, password, scenario = sys.argv[1:7]
+    assert scenario == "durable", f"unknown scenario {scenario}"
+    host1, _, host2 = hosts.partition(",")
+    c1 = Client(host1, int(p1), user, password)
+    try:
+        durable(c1, host1, int(p1), host2 or host1, int(p2), user, password)
+    finally:
+        c1.close()
+    print(f"PASS {scenario}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
