@@ -60,6 +60,10 @@ pub struct NodeSessions<T: ClientTransport> {
     /// Requests sent without waiting for the reply (closes of a dropped connection).
     fire_and_forget: HashSet<RequestId>,
     events: VecDeque<(SessionId, Notification)>,
+    /// Opens of a lost lockmgrd session that the SMB side has not closed yet.
+    stale_opens: HashMap<OpenId, SessionId>,
+    /// Connections that held lock state in a lost session, for the server to drop.
+    lost_conns: Vec<SessionId>,
 }
 
 /// How long to wait between attempts to reach a lockmgrd that is down.
@@ -87,6 +91,8 @@ impl<T: ClientTransport> NodeSessions<T> {
             conn_deferred: HashMap::new(),
             fire_and_forget: HashSet::new(),
             events: VecDeque::new(),
+            stale_opens: HashMap::new(),
+            lost_conns: Vec::new(),
         }
     }
 
@@ -176,11 +182,55 @@ impl<T: ClientTransport> NodeSessions<T> {
         }
         self.conn_deferred.clear();
         self.fire_and_forget.clear();
+        // The opens, locks and leases this node's connections hold are gone with the session.
+        // A connection that keeps its SMB handles would believe in locks nobody enforces any
+        // more, and its open ids could name other opens in the next lockmgrd: such
+        // connections are handed to the server to drop (`take_lost_connections`), and until
+        // then requests naming their opens are refused here without reaching lockmgrd.
+        let mut lost: HashSet<SessionId> = self.conn_opens.keys().copied().collect();
+        lost.extend(self.lease_conn.values().copied());
+        self.stale_opens.extend(self.open_conn.drain());
+        self.conn_opens.clear();
+        self.lease_conn.clear();
+        self.lost_conns.extend(lost);
+    }
+
+    /// Connections whose lock state was lost with the lockmgrd session (see `lost_session`):
+    /// the server must drop them so their clients reopen (and re-lock) through the new
+    /// session.
+    pub fn take_lost_connections(&mut self) -> Vec<SessionId> {
+        std::mem::take(&mut self.lost_conns)
+    }
+
+    /// A request naming an open granted by a previous lockmgrd session.
+    fn names_stale_open(&self, req: &Request) -> bool {
+        if self.stale_opens.is_empty() {
+            return false;
+        }
+        let open = match req {
+            Request::Close { open }
+            | Request::SetDeletePending { open, .. }
+            | Request::Lock { open, .. }
+            | Request::Unlock { open, .. }
+            | Request::CheckIo { open, .. }
+            | Request::OplockBreakAck { open, .. } => open,
+            _ => return false,
+        };
+        self.stale_opens.contains_key(open)
     }
 
     /// One request of SMB connection `conn` (its own request id `conn_request`, used again by
     /// CANCEL). Returns the immediate reply; `Pending` ones complete through `poll_event`.
     pub fn request(&mut self, conn: SessionId, conn_request: RequestId, req: Request) -> Reply {
+        if self.names_stale_open(&req) {
+            return match req {
+                Request::Close { open } => {
+                    self.stale_opens.remove(&open);
+                    Reply::Closed { delete_file: false }
+                }
+                _ => Reply::Done(Status::RequestNotAccepted),
+            };
+        }
         let req = match req {
             Request::Cancel { request } => match self.conn_deferred.get(&(conn, request)) {
                 Some(&id) => Request::Cancel { request: id },
@@ -394,6 +444,9 @@ impl<T: ClientTransport> NodeSessions<T> {
     /// holds (lockmgrd closes plain opens and keeps durable ones, disconnected, for a
     /// reconnect through any node: MS-SMB2 3.3.7.1).
     pub fn end_connection(&mut self, conn: SessionId) {
+        if !self.stale_opens.is_empty() {
+            self.stale_opens.retain(|_, c| *c != conn);
+        }
         let opens = self.conn_opens.remove(&conn).unwrap_or_default();
         let waiting: Vec<RequestId> = self
             .conn_deferred

@@ -409,7 +409,11 @@ fn lease_req(file: FileId, guid: u128, key: u128, access_mask: u32) -> Request {
 
 /// Asks node `n` (connection `conn`) for the disconnected durable open `key` until lockmgrd
 /// has one: a node death is only noticed when its liveness lease lapses.
-fn wait_disconnected(n: &mut NodeSessions<ShmClient>, conn: SessionId, key: u64) -> (OpenId, Vec<u8>) {
+fn wait_disconnected(
+    n: &mut NodeSessions<ShmClient>,
+    conn: SessionId,
+    key: u64,
+) -> (OpenId, Vec<u8>) {
     let deadline = Instant::now() + TIMEOUT;
     let mut id = 1000;
     loop {
@@ -433,12 +437,18 @@ fn wait_disconnected(n: &mut NodeSessions<ShmClient>, conn: SessionId, key: u64)
 fn durable_open_of_dead_node_is_reclaimed_through_another_node() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lockmgr.sock");
-    let r = start_full(Some(dir), path, Duration::from_secs(35), Duration::from_millis(300));
+    let r = start_full(
+        Some(dir),
+        path,
+        Duration::from_secs(35),
+        Duration::from_millis(300),
+    );
     let mut a = node(&r, "node-a");
     let mut b = node(&r, "node-b");
     let file = FileId(0xd0);
     let rw = access::FILE_READ_DATA | access::FILE_WRITE_DATA;
-    let Reply::Opened { open, grant } = a.request(SessionId(1), RequestId(1), lease_req(file, 0x77, 5, rw))
+    let Reply::Opened { open, grant } =
+        a.request(SessionId(1), RequestId(1), lease_req(file, 0x77, 5, rw))
     else {
         panic!("open on A failed")
     };
@@ -449,7 +459,10 @@ fn durable_open_of_dead_node_is_reclaimed_through_another_node() {
         timeout_ms: 60_000,
         blob: b"data\0f.txt".to_vec(),
     };
-    assert_eq!(a.request(SessionId(1), RequestId(2), durable), Reply::Done(Status::Success));
+    assert_eq!(
+        a.request(SessionId(1), RequestId(2), durable),
+        Reply::Done(Status::Success)
+    );
     let lock = Request::Lock {
         open,
         ranges: vec![LockRange {
@@ -459,7 +472,10 @@ fn durable_open_of_dead_node_is_reclaimed_through_another_node() {
         }],
         fail_immediately: true,
     };
-    assert_eq!(a.request(SessionId(1), RequestId(3), lock), Reply::Done(Status::Success));
+    assert_eq!(
+        a.request(SessionId(1), RequestId(3), lock),
+        Reply::Done(Status::Success)
+    );
     drop(a);
 
     let (found, blob) = wait_disconnected(&mut b, SessionId(3), 42);
@@ -521,7 +537,10 @@ fn durable_open_of_dead_node_is_reclaimed_through_another_node() {
     );
     let (conn, n) = next_event(&mut b);
     assert_eq!(conn, SessionId(4));
-    assert!(matches!(n, Notification::LeaseBreak { key, .. } if key == LeaseKey(5)), "{n:?}");
+    assert!(
+        matches!(n, Notification::LeaseBreak { key, .. } if key == LeaseKey(5)),
+        "{n:?}"
+    );
 }
 
 /// A connection that goes away leaves its durable open disconnected (not closed).
@@ -531,8 +550,11 @@ fn dropped_connection_disconnects_durable_open() {
     let mut a = node(&r, "node-a");
     let mut b = node(&r, "node-b");
     let rw = access::FILE_READ_DATA | access::FILE_WRITE_DATA;
-    let Reply::Opened { open, .. } = a.request(SessionId(1), RequestId(1), lease_req(FileId(0xd1), 0x77, 5, rw))
-    else {
+    let Reply::Opened { open, .. } = a.request(
+        SessionId(1),
+        RequestId(1),
+        lease_req(FileId(0xd1), 0x77, 5, rw),
+    ) else {
         panic!()
     };
     let durable = Request::SetDurable {
@@ -541,7 +563,10 @@ fn dropped_connection_disconnects_durable_open() {
         timeout_ms: 60_000,
         blob: Vec::new(),
     };
-    assert_eq!(a.request(SessionId(1), RequestId(2), durable), Reply::Done(Status::Success));
+    assert_eq!(
+        a.request(SessionId(1), RequestId(2), durable),
+        Reply::Done(Status::Success)
+    );
     a.end_connection(SessionId(1));
     assert_eq!(wait_disconnected(&mut b, SessionId(3), 43).0, open);
 }

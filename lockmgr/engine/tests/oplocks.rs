@@ -320,12 +320,24 @@ fn w_lease_broken_to_rh_by_other_client() {
         ),
         Reply::Done(Status::Unsuccessful)
     );
-    // Ack for a lease the session does not hold.
+    // MS-SMB2 3.3.5.22.2: the lease is found by (ClientGuid, LeaseKey), whichever session
+    // (connection) of that client acks; an unknown pair is NotFound.
     assert_eq!(
         h.req(
             S3,
             Request::LeaseBreakAck {
                 client_guid: G1,
+                key: LeaseKey(1),
+                state: LeaseState::RH
+            }
+        ),
+        Reply::Done(Status::Unsuccessful)
+    );
+    assert_eq!(
+        h.req(
+            S3,
+            Request::LeaseBreakAck {
+                client_guid: ClientGuid(0xdead),
                 key: LeaseKey(1),
                 state: LeaseState::RH
             }

@@ -258,6 +258,10 @@ impl LockService for ClusterLocks {
         lock(&self.nodes).tick();
     }
 
+    fn take_lost_connections(&mut self) -> Vec<SessionId> {
+        lock(&self.nodes).take_lost_connections()
+    }
+
     fn others_deny_delete(&mut self, file: FileId, except: OpenId) -> bool {
         // lockmgrd has no request for this question yet; its operator view lists every open
         // with its access and share mode, which answers it exactly (MS-FSA 2.1.5.14.11: a

@@ -1891,6 +1891,13 @@ impl Conn {
         match ev {
             Event::DirChanged { dir, action, name } => self.notify_fire(&dir, action, &name),
             Event::Lock(n) => self.on_lock_notification(n),
+            Event::LockStateLost => {
+                // Its handles' share modes and locks are no longer enforced anywhere: keeping
+                // them would let another node grant conflicting ones. Dropping the connection
+                // makes the client reconnect and reopen through the new lockmgrd session.
+                tracing::warn!(conn = self.id, "lock state lost with lockmgrd; disconnecting");
+                self.closed = true;
+            }
             Event::ExpireSession { session_id } => {
                 tracing::info!(conn = self.id, session_id, "session expired by reconnect");
                 // MS-SMB2 3.3.5.5.3: durable opens of the previous session stay reclaimable.

@@ -141,9 +141,8 @@ fn conflicts(p: &Open, access: u32, share: u32, key: Option<u128>) -> bool {
 
 /// Drop parked handle state of `file` that a new open would purge (see [`conflicts`]).
 pub fn purge_conflicting(stable_id: u128, access: u32, share: u32, key: Option<u128>) {
-    table().retain(|_, p| {
-        !(p.open.stable_id == stable_id && conflicts(&p.open, access, share, key))
-    });
+    table()
+        .retain(|_, p| !(p.open.stable_id == stable_id && conflicts(&p.open, access, share, key)));
 }
 
 /// Drop parked handle state of a file that is being deleted or renamed.
@@ -781,7 +780,11 @@ mod tests {
         }
     }
 
-    fn check<'a>(create_guid: Option<[u8; 16]>, name: &'a str, key: Option<u128>) -> ReconnectCheck<'a> {
+    fn check<'a>(
+        create_guid: Option<[u8; 16]>,
+        name: &'a str,
+        key: Option<u128>,
+    ) -> ReconnectCheck<'a> {
         ReconnectCheck {
             create_guid,
             share: "DATA",

@@ -31,6 +31,12 @@ pub trait LockService: Send {
     /// Rename check (MS-FSA 2.1.5.14.11): does another open of `file` than `except` deny
     /// FILE_SHARE_DELETE while holding data access?
     fn others_deny_delete(&mut self, file: FileId, except: OpenId) -> bool;
+    /// Connections whose lock state was lost (a remote lock manager's session dropped): the
+    /// server drops them so their clients reconnect and reopen. In-process services never lose
+    /// state.
+    fn take_lost_connections(&mut self) -> Vec<SessionId> {
+        Vec::new()
+    }
 }
 
 fn denies_delete(access: u32, share: u32) -> bool {

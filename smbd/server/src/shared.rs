@@ -30,6 +30,9 @@ pub struct Share {
 #[derive(Debug, Clone)]
 pub enum Event {
     Lock(Notification),
+    /// The cluster lock manager lost this connection's opens, locks and leases (its session
+    /// with lockmgrd dropped): the connection must go so the client reopens.
+    LockStateLost,
     /// A change in directory `dir` (absolute path): FILE_ACTION_* and the entry name.
     DirChanged {
         dir: PathBuf,
@@ -217,6 +220,9 @@ impl Shared {
     fn route_events(&self, l: &mut dyn LockService) {
         while let Some((s, n)) = l.poll_event() {
             self.post(s.0, Event::Lock(n));
+        }
+        for s in l.take_lost_connections() {
+            self.post(s.0, Event::LockStateLost);
         }
     }
 

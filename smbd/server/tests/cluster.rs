@@ -163,8 +163,48 @@ fn kill_scenario(opts: ClusterOptions) {
     kill_scenario_with(opts, &client_script(), "kill");
 }
 
-/// Runs `scenario` of `script`, SIGKILLing node 2 when the script prints KILL-NODE2.
+/// `scenario` of `script` prints KILL-NODE2 when node 2 should die (SIGKILL).
 fn kill_scenario_with(opts: ClusterOptions, script: &std::path::Path, scenario: &str) {
+    interactive_scenario(opts, script, scenario, "KILL-NODE2", |cluster| {
+        // Node 2's lock must be visible in lockmgrd before the kill...
+        if let Some(st) = cluster.status() {
+            assert!(
+                st.contains("node2"),
+                "node2 missing from lockmgrd status:\n{st}"
+            );
+        }
+        cluster.nodes[1].kill();
+    });
+}
+
+/// lockmgrd is SIGKILLed while node 1's client holds a byte-range lock, and restarted: node 1
+/// drops that client's connection (the lock is enforced nowhere any more; keeping the handle
+/// would let node 2 be granted a conflicting lock behind the client's back), and node 2's
+/// client gets the range once its node has reconnected.
+#[test]
+fn lockmgrd_restart_drops_connections_whose_locks_were_lost() {
+    interactive_scenario(
+        ClusterOptions::default(),
+        &client_script(),
+        "lmrestart",
+        "RESTART-LOCKMGRD",
+        |cluster| {
+            cluster.kill_lockmgrd();
+            cluster.start_lockmgrd();
+        },
+    );
+}
+
+/// Runs `scenario` of `script` (cluster_client.py or a sibling with the same command line),
+/// which prints `marker` and then waits for one line on stdin; `act` runs at that point (kill
+/// a node, restart lockmgrd).
+fn interactive_scenario(
+    opts: ClusterOptions,
+    script: &std::path::Path,
+    scenario: &str,
+    marker: &str,
+    act: impl FnOnce(&mut Cluster),
+) {
     let Some(py) = python() else {
         missing(
             "no python with smbprotocol (set SMBD_PYTHON; scripts/install-deps.sh makes a venv)",
@@ -197,22 +237,14 @@ fn kill_scenario_with(opts: ClusterOptions, script: &std::path::Path, scenario: 
         line.clear();
         let n = stdout.read_line(&mut line).unwrap();
         seen.push_str(&line);
-        if n == 0 || line.trim() == "KILL-NODE2" {
+        if n == 0 || line.trim() == marker {
             break;
         }
     }
-    if line.trim() == "KILL-NODE2" {
-        // Node 2's lock must be visible in lockmgrd before the kill...
-        if let Some(st) = cluster.status() {
-            assert!(
-                st.contains("node2"),
-                "node2 missing from lockmgrd status:\n{st}"
-            );
-        }
-        cluster.nodes[1].kill();
+    if line.trim() == marker {
+        act(&mut cluster);
         let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(b"killed\n").unwrap();
-        // ...and gone from it afterwards (shm: the session drops with the process).
+        stdin.write_all(b"go\n").unwrap();
     }
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
@@ -225,11 +257,14 @@ fn kill_scenario_with(opts: ClusterOptions, script: &std::path::Path, scenario: 
         "{seen}{err}\n{}",
         cluster.logs()
     );
-    if let Some(st) = cluster.status() {
-        assert!(
-            !st.lines().any(|l| l.contains("node2")),
-            "the killed node still holds state:\n{st}"
-        );
+    if scenario == "kill" {
+        // ...and gone from it afterwards.
+        if let Some(st) = cluster.status() {
+            assert!(
+                !st.lines().any(|l| l.contains("node2")),
+                "the killed node still holds state:\n{st}"
+            );
+        }
     }
 }
 

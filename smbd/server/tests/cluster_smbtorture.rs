@@ -1,5 +1,5 @@
 //! smbtorture (Samba 4.17) lock, oplock, lease, share-mode, delete-on-close and durable-open
-//! suites against node 1 of a running two-node cluster (lockmgrd over shared memory), compared
+//! (v1 and v2) suites against node 1 of a running two-node cluster (lockmgrd over shared memory), compared
 //! with `smbd/tests/cluster-known-failures.txt`: a failure not listed there fails the test; a
 //! listed test that passes now is reported.
 //!
@@ -72,4 +72,8 @@ fn cluster_smb2_delete_on_close_perms() {
 #[test]
 fn cluster_smb2_durable_open() {
     suite("smb2.durable-open");
+}
+#[test]
+fn cluster_smb2_durable_v2_open() {
+    suite("smb2.durable-v2-open");
 }

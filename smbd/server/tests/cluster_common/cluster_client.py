@@ -2,7 +2,7 @@
 """Cross-node scenarios for the smbd cluster, with two smbprotocol clients on two nodes.
 
 usage: cluster_client.py HOST[,HOST2] PORT1 PORT2 USER PASSWORD SCENARIO
-SCENARIO: sharemode | brl | blocking | oplock | lease | doc | kill
+SCENARIO: sharemode | brl | blocking | oplock | lease | doc | kill | lmrestart
 Prints "PASS SCENARIO" and exits 0 when the cluster behaved; any mismatch raises (exit 1).
 `kill` prints "KILL-NODE2" once node 2's client holds its lock and node 1's client waits,
 then reads one line from stdin (the harness has SIGKILLed node 2's smbd) and expects node 1's
@@ -307,7 +307,44 @@ def kill(c1, c2):
     f1.close()
 
 
-SCENARIOS = {f.__name__: f for f in (sharemode, brl, blocking, oplock, lease, doc, kill)}
+REQUEST_NOT_ACCEPTED = 0xC00000D0
+
+
+def lmrestart(c1, c2):
+    """lockmgrd dies while node 1's client holds a lock and comes back: node 1 must drop that
+    client's connection (its lock is enforced nowhere now), and the range is free for node 2."""
+    f1 = c1.open("lmrestart.txt")
+    f1.lock([lock_el(0, 10)])
+    print("RESTART-LOCKMGRD", flush=True)
+    sys.stdin.readline()
+    deadline = time.time() + TIMEOUT
+    while True:
+        try:
+            f1.lock([lock_el(20, 10)])
+        except SMBResponseException as e:
+            # Node 1 found out with this request (REQUEST_NOT_ACCEPTED); the drop follows.
+            assert e.status == REQUEST_NOT_ACCEPTED, f"unexpected status 0x{e.status:08x}"
+        except Exception:
+            break  # the connection is gone, as it must be
+        else:
+            raise AssertionError("the handle kept working after lockmgrd lost its lock")
+        assert time.time() < deadline, "node 1 never dropped the connection"
+        time.sleep(0.1)
+    # Nobody holds the old lock any more: node 2's client gets it (once node 2 reconnected).
+    while True:
+        try:
+            f2 = c2.open("lmrestart.txt")
+            break
+        except SMBResponseException as e:
+            assert e.status == REQUEST_NOT_ACCEPTED and time.time() < deadline, f"0x{e.status:08x}"
+            time.sleep(0.2)
+    f2.lock([lock_el(0, 10)])
+    f2.lock([lock_el(0, 10, unlock=True)])
+    f2.close()
+
+
+SCENARIOS = {f.__name__: f for f in (sharemode, brl, blocking, oplock, lease, doc, kill,
+                                     lmrestart)}
 
 
 def main():
