@@ -111,6 +111,13 @@ pub fn smbd_toml(users: &Path, share: &Path, lockmgr: Option<&LockmgrSection>) -
             l.key_file.display(),
             l.node_name
         ));
+        // A/B experiments on the nodes' lock-manager settings (e.g. `spin_us = 20`).
+        if let Ok(extra) = std::env::var("SMBBENCH_LOCKMGR_EXTRA") {
+            for line in extra.split(';') {
+                s.push_str(line.trim());
+                s.push('\n');
+            }
+        }
     }
     s
 }

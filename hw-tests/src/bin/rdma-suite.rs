@@ -277,7 +277,11 @@ fn test_smbd_nodes(d: &Daemon, dev: &DeviceConfig) -> TestResult {
             if let Some((s, n)) = b.poll_event() {
                 match n {
                     Notification::Completed { request, reply } if s == conn_b => {
-                        expect("node B's deferred lock", reply, Reply::Done(Status::Success))?;
+                        expect(
+                            "node B's deferred lock",
+                            reply,
+                            Reply::Done(Status::Success),
+                        )?;
                         if request != RequestId(3) {
                             return Err(format!("completion for {request:?}, expected 3"));
                         }

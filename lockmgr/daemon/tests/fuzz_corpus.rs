@@ -20,7 +20,7 @@ fn config_corpus() {
         assert_eq!(
             found,
             Some(&text.into_bytes()),
-            "seed {name} missing or stale: run `cargo run -p lockmgrd --example gen_fuzz_corpus`"
+            "seed {name} missing or stale: run `cargo run -p lockmgrd --example gen_lockmgrd_fuzz_corpus`"
         );
     }
     for (name, data) in &files {

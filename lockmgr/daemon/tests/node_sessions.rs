@@ -420,7 +420,8 @@ fn wait_disconnected(
         id += 1;
         match n.request(conn, RequestId(id), Request::DurableLookup { key }) {
             Reply::Durable { open, blob } => return (open, blob),
-            Reply::Done(Status::NotFound) => {}
+            // Still owned by the dead node until lockmgrd notices.
+            Reply::Done(Status::InvalidDeviceState) => {}
             other => panic!("lookup: {other:?}"),
         }
         assert!(Instant::now() < deadline, "durable open never disconnected");

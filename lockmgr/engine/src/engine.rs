@@ -11,9 +11,9 @@ use crate::snapshot::{
     Snapshot, Stats,
 };
 use crate::types::{
-    ClientGuid, FileId, Lease, LeaseKey, LeaseState, LockRange, Notification, OpenId, OpenRequest,
-    OplockGrant, OplockLevel, OplockRequest, Output, Reply, Request, RequestId, SessionId, Status,
-    Time,
+    ClientGuid, FileId, FileUsage, Lease, LeaseKey, LeaseState, LockRange, Notification, OpenId,
+    OpenRequest, OplockGrant, OplockLevel, OplockRequest, Output, Reply, Request, RequestId,
+    SessionId, Status, Time,
 };
 use crate::Config;
 
@@ -366,6 +366,10 @@ impl Engine {
             } => self.do_lease_ack(now, session, request, (client_guid, key), state),
             Request::BreakForRename { open } => {
                 self.do_break_for_rename(now, session, request, open)
+            }
+            Request::QueryUsage { file, except } => {
+                let usage = self.file_usage(file, except);
+                self.reply(session, request, Reply::Usage(usage));
             }
             Request::SetDurable {
                 open,
@@ -1312,6 +1316,30 @@ impl Engine {
             s.pending.insert(request, PendingRef::Rename(f));
         }
         self.reply(session, request, Reply::Pending);
+    }
+
+    /// The other opens of `file` (see [`Request::QueryUsage`]). Any session may ask: the
+    /// answer names no opens, only counts.
+    fn file_usage(&self, file: FileId, except: Option<OpenId>) -> FileUsage {
+        let Some(f) = self.files.get(&file) else {
+            return FileUsage::default();
+        };
+        let (mut deny_delete, mut delete_access) = f.counters.delete_usage();
+        let mut opens = u32::try_from(f.open_count).unwrap_or(u32::MAX);
+        if let Some(o) = except
+            .and_then(|e| self.opens.get(&e))
+            .filter(|o| o.file == file)
+        {
+            let (d, del) = ShareCounters::delete_usage_of(o.access, o.share);
+            opens = opens.saturating_sub(1);
+            deny_delete = deny_delete.saturating_sub(d);
+            delete_access = delete_access.saturating_sub(del);
+        }
+        FileUsage {
+            opens,
+            deny_delete,
+            delete_access,
+        }
     }
 
     /// Complete the renames whose awaited lease breaks have all been acknowledged (or timed

@@ -97,6 +97,22 @@ impl ShareCounters {
             || (share_access & share::DELETE == 0 && self.deleters > 0)
     }
 
+    /// (opens with data access that do not share delete, opens with DELETE access).
+    pub fn delete_usage(&self) -> (u32, u32) {
+        (self.opens.saturating_sub(self.shared_delete), self.deleters)
+    }
+
+    /// What one open adds to [`ShareCounters::delete_usage`].
+    pub fn delete_usage_of(mapped_access: u32, share_access: u32) -> (u32, u32) {
+        if mapped_access & DATA_ACCESS == 0 {
+            return (0, 0);
+        }
+        (
+            u32::from(share_access & share::DELETE == 0),
+            u32::from(mapped_access & access::DELETE != 0),
+        )
+    }
+
     pub fn add(&mut self, mapped_access: u32, share_access: u32) {
         self.apply(mapped_access, share_access, true);
     }

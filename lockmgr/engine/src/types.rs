@@ -368,6 +368,15 @@ pub enum Request {
     /// lease); otherwise `Pending`, completed with `Done(Success)` once those breaks are
     /// acknowledged or timed out. The caller renames after that.
     BreakForRename { open: OpenId },
+    /// Who else has `file` open, for the checks a rename or replace makes against every open
+    /// in the cluster (MS-FSA 2.1.5.14.11: another open without FILE_SHARE_DELETE fails the
+    /// rename; an open target cannot be replaced; a parent directory open with DELETE access
+    /// blocks renames of its children). `except` (the caller's own open) is not counted.
+    /// Answered with [`Reply::Usage`].
+    QueryUsage {
+        file: FileId,
+        except: Option<OpenId>,
+    },
     /// Make an open durable (MS-SMB2 3.3.5.9.6, 3.3.5.9.10): when its owner goes away
     /// (`Disconnect`, or the whole session ends) it stays in force, disconnected, for
     /// `timeout_ms`. `key` is the SMB persistent file id the client will reconnect with; it must
@@ -382,7 +391,8 @@ pub enum Request {
     /// The open's SMB connection went away (MS-SMB2 3.3.7.1): a durable open is disconnected
     /// (`Done(Success)`), any other is closed (answered like `Close`).
     Disconnect { open: OpenId },
-    /// Find a disconnected durable open by key: `Durable { open, blob }` or `Done(NotFound)`.
+    /// Find a disconnected durable open by key: `Durable { open, blob }`, `Done(NotFound)`, or
+    /// `Done(InvalidDeviceState)` while its owner still has it.
     DurableLookup { key: u64 },
     /// Attach the disconnected durable open `open` (found by `DurableLookup`) to this session
     /// with its share mode, byte-range locks and caching (MS-SMB2 3.3.5.9.7, 3.3.5.9.12):
@@ -416,6 +426,19 @@ pub enum Reply {
     Acked { grant: OplockGrant },
     /// Answer to `DurableLookup`: the disconnected open and the blob stored with it.
     Durable { open: OpenId, blob: Vec<u8> },
+    /// Answer to `QueryUsage`.
+    Usage(FileUsage),
+}
+
+/// The other opens of a file, as counts ([`Request::QueryUsage`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FileUsage {
+    /// Opens of the file (any access), disconnected durable opens included.
+    pub opens: u32,
+    /// Opens with data access (read, write, append, execute, delete) that do not share delete.
+    pub deny_delete: u32,
+    /// Opens holding DELETE access.
+    pub delete_access: u32,
 }
 
 /// What the engine asks of a session without being asked: addressed by `SessionId`.

@@ -94,7 +94,10 @@ fn reclaim_from_another_session_keeps_locks_and_oplock() {
     assert_eq!(h.unlock(S2, open, 0, 10), Reply::Done(Status::Success));
     // Reclaimed once: a second reclaim or lookup finds nothing.
     assert_eq!(reclaim(&mut h, S3, open, G2), Reply::Done(Status::NotFound));
-    assert_eq!(lookup(&mut h, S3, KEY), Reply::Done(Status::NotFound));
+    assert_eq!(
+        lookup(&mut h, S3, KEY),
+        Reply::Done(Status::InvalidDeviceState)
+    );
     assert_eq!(h.close(S2, open), Reply::Closed { delete_file: false });
 }
 
@@ -103,8 +106,12 @@ fn connected_durable_open_cannot_be_looked_up_or_reclaimed() {
     let mut h = H::new();
     let (open, _) = h.open_ok(S1, with_oplock(file_open(F1, RW, 0), OplockLevel::Batch));
     make_durable(&mut h, S1, open, KEY);
-    assert_eq!(lookup(&mut h, S2, KEY), Reply::Done(Status::NotFound));
+    assert_eq!(
+        lookup(&mut h, S2, KEY),
+        Reply::Done(Status::InvalidDeviceState)
+    );
     assert_eq!(reclaim(&mut h, S2, open, G1), Reply::Done(Status::NotFound));
+    assert_eq!(lookup(&mut h, S2, KEY + 1), Reply::Done(Status::NotFound));
 }
 
 #[test]

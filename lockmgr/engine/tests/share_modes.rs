@@ -218,3 +218,35 @@ fn end_session_releases_everything_and_drops_its_outputs() {
     assert!(snap.sessions.iter().all(|s| s.session != S1));
     assert_eq!(h.e.poll_timeout(), None);
 }
+
+fn usage(h: &mut H, s: SessionId, file: FileId, except: Option<OpenId>) -> FileUsage {
+    match h.req(s, Request::QueryUsage { file, except }) {
+        Reply::Usage(u) => u,
+        other => panic!("usage: {other:?}"),
+    }
+}
+
+/// MS-FSA 2.1.5.14.11 and the Windows rules smbtorture checks: an open of the parent directory
+/// with data access that does not share delete, or one holding DELETE access, blocks renames of
+/// its children; a replaced target must not be open at all. The caller's own open never counts,
+/// and opens without data access are counted as opens but never deny.
+#[test]
+fn usage_counts_other_opens() {
+    let mut h = H::new();
+    let (mine, _) = h.open_ok(S1, file_open(F1, access::DELETE | RW, SHARE_ALL));
+    assert_eq!(usage(&mut h, S1, F1, Some(mine)), FileUsage::default());
+    let (stat, _) = h.open_ok(S2, file_open(F1, access::FILE_READ_ATTRIBUTES, 0));
+    let u = usage(&mut h, S1, F1, Some(mine));
+    assert_eq!((u.opens, u.deny_delete, u.delete_access), (1, 0, 0));
+    // Another node asks without an open of its own: the DELETE open counts.
+    let u = usage(&mut h, S3, F1, None);
+    assert_eq!((u.opens, u.deny_delete, u.delete_access), (2, 0, 1));
+    // The parent directory F2: a lister that does not share delete, and a DELETE holder.
+    h.open_ok(S2, file_open(F2, access::FILE_READ_DATA, share::READ));
+    let u = usage(&mut h, S3, F2, None);
+    assert_eq!((u.opens, u.deny_delete, u.delete_access), (1, 1, 0));
+    // An `except` naming an open of another file is ignored.
+    assert_eq!(usage(&mut h, S3, F2, Some(mine)), u);
+    h.close(S2, stat);
+    assert_eq!(usage(&mut h, S1, F1, Some(mine)), FileUsage::default());
+}

@@ -43,8 +43,9 @@
 //! bit1 ack_required), (epoch u16 if bit0)), 3 Completed (request u64, `Reply`).
 
 use lockmgr_engine::{
-    ClientGuid, FileId, Lease, LeaseKey, LeaseState, LockRange, Notification, OpenId, OpenRequest,
-    OplockGrant, OplockLevel, OplockRequest, Reply, Request, RequestId, Status, MAX_DURABLE_BLOB,
+    ClientGuid, FileId, FileUsage, Lease, LeaseKey, LeaseState, LockRange, Notification, OpenId,
+    OpenRequest, OplockGrant, OplockLevel, OplockRequest, Reply, Request, RequestId, Status,
+    MAX_DURABLE_BLOB,
 };
 
 use crate::error::{DecodeError, EncodeError};
@@ -385,6 +386,7 @@ const REQ_DISCONNECT: u8 = 11;
 const REQ_DURABLE_LOOKUP: u8 = 12;
 const REQ_RECLAIM: u8 = 13;
 const REQ_BREAK_FOR_RENAME: u8 = 16;
+const REQ_QUERY_USAGE: u8 = 20;
 
 fn put_blob(s: &mut Sink<'_>, blob: &[u8]) -> Result<(), EncodeError> {
     let len = blob_len(blob)?;
@@ -482,6 +484,12 @@ pub(crate) fn put_request(s: &mut Sink<'_>, req: &Request) -> Result<(), EncodeE
             s.u8(REQ_BREAK_FOR_RENAME);
             s.u64(open.0);
         }
+        Request::QueryUsage { file, except } => {
+            s.u8(REQ_QUERY_USAGE);
+            s.u128(file.0);
+            // OpenId 0 is never granted: it stands for "no exception".
+            s.u64(except.map_or(0, |o| o.0));
+        }
         Request::SetDurable {
             open,
             key,
@@ -557,6 +565,13 @@ pub(crate) fn get_request(r: &mut Reader<'_>) -> Result<Request, DecodeError> {
         REQ_BREAK_FOR_RENAME => Request::BreakForRename {
             open: OpenId(r.u64()?),
         },
+        REQ_QUERY_USAGE => Request::QueryUsage {
+            file: FileId(r.u128()?),
+            except: match r.u64()? {
+                0 => None,
+                o => Some(OpenId(o)),
+            },
+        },
         REQ_SET_DURABLE => Request::SetDurable {
             open: OpenId(r.u64()?),
             key: r.u64()?,
@@ -582,6 +597,7 @@ const REPLY_DONE: u8 = 3;
 const REPLY_CLOSED: u8 = 4;
 const REPLY_ACKED: u8 = 5;
 const REPLY_DURABLE: u8 = 6;
+const REPLY_USAGE: u8 = 20;
 
 pub(crate) fn put_reply(s: &mut Sink<'_>, rep: &Reply) -> Result<(), EncodeError> {
     match rep {
@@ -608,6 +624,12 @@ pub(crate) fn put_reply(s: &mut Sink<'_>, rep: &Reply) -> Result<(), EncodeError
             s.u64(open.0);
             put_blob(s, blob)?;
         }
+        Reply::Usage(u) => {
+            s.u8(REPLY_USAGE);
+            s.u32(u.opens);
+            s.u32(u.deny_delete);
+            s.u32(u.delete_access);
+        }
         _ => return Err(EncodeError::UnsupportedVariant("Reply")),
     }
     Ok(())
@@ -631,6 +653,11 @@ pub(crate) fn get_reply(r: &mut Reader<'_>) -> Result<Reply, DecodeError> {
             open: OpenId(r.u64()?),
             blob: get_blob(r, "durable.blob")?,
         },
+        REPLY_USAGE => Reply::Usage(FileUsage {
+            opens: r.u32()?,
+            deny_delete: r.u32()?,
+            delete_access: r.u32()?,
+        }),
         v => return Err(invalid("reply.kind", v)),
     })
 }
@@ -778,6 +805,7 @@ pub(crate) fn request_len(req: &Request) -> Result<usize, EncodeError> {
         Request::OplockBreakAck { .. } => 8 + 1,
         Request::LeaseBreakAck { .. } => 16 + 16 + 1,
         Request::BreakForRename { .. } => 8,
+        Request::QueryUsage { .. } => 16 + 8,
         Request::SetDurable { blob, .. } => 8 + 8 + 4 + blob_len(blob)?,
         Request::Disconnect { .. } => 8,
         Request::DurableLookup { .. } => 8,
@@ -794,6 +822,7 @@ pub(crate) fn reply_len(rep: &Reply) -> Result<usize, EncodeError> {
         Reply::Closed { .. } => 1,
         Reply::Acked { grant } => grant_len(grant),
         Reply::Durable { blob, .. } => 8 + blob_len(blob)?,
+        Reply::Usage(_) => 4 + 4 + 4,
         _ => return Err(EncodeError::UnsupportedVariant("Reply")),
     })
 }

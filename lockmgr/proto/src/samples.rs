@@ -2,8 +2,9 @@
 //! fuzz-corpus generation and benchmarks (here and in dependent crates).
 
 use lockmgr_engine::{
-    ClientGuid, FileId, Lease, LeaseKey, LeaseState, LockRange, Notification, OpenId, OpenRequest,
-    OplockGrant, OplockLevel, OplockRequest, Reply, Request, RequestId, SessionId, Status,
+    ClientGuid, FileId, FileUsage, Lease, LeaseKey, LeaseState, LockRange, Notification, OpenId,
+    OpenRequest, OplockGrant, OplockLevel, OplockRequest, Reply, Request, RequestId, SessionId,
+    Status,
 };
 
 use crate::message::{Message, RejectReason};
@@ -110,6 +111,14 @@ pub fn requests() -> Vec<Request> {
             state: LeaseState::READ,
         },
         Request::BreakForRename { open: OpenId(4) },
+        Request::QueryUsage {
+            file: FileId(0xfeed),
+            except: Some(OpenId(4)),
+        },
+        Request::QueryUsage {
+            file: FileId(0xfeed),
+            except: None,
+        },
         Request::SetDurable {
             open: OpenId(3),
             key: 0x0000_0001_0000_0002,
@@ -150,6 +159,11 @@ pub fn replies() -> Vec<Reply> {
             open: OpenId(3),
             blob: vec![1, 2, 3],
         },
+        Reply::Usage(FileUsage {
+            opens: 3,
+            deny_delete: 1,
+            delete_access: 2,
+        }),
     ]
 }
 

@@ -4,8 +4,9 @@
 //! the codec accepts (e.g. lease states within RWH, at most `MAX_LOCK_RANGES` ranges).
 
 use lockmgr_engine::{
-    ClientGuid, FileId, Lease, LeaseKey, LeaseState, LockRange, Notification, OpenId, OpenRequest,
-    OplockGrant, OplockLevel, OplockRequest, Reply, Request, RequestId, SessionId, Status,
+    ClientGuid, FileId, FileUsage, Lease, LeaseKey, LeaseState, LockRange, Notification, OpenId,
+    OpenRequest, OplockGrant, OplockLevel, OplockRequest, Reply, Request, RequestId, SessionId,
+    Status,
 };
 use proptest::collection::vec;
 use proptest::option;
@@ -176,6 +177,11 @@ pub fn request() -> impl Strategy<Value = Request> {
             }),
         open_id().prop_map(|open| Request::Disconnect { open }),
         open_id().prop_map(|open| Request::BreakForRename { open }),
+        (
+            file_id(),
+            proptest::option::of(1u64..).prop_map(|o| o.map(OpenId))
+        )
+            .prop_map(|(file, except)| Request::QueryUsage { file, except }),
         any::<u64>().prop_map(|key| Request::DurableLookup { key }),
         (any::<u64>(), open_id(), client_guid()).prop_map(|(key, open, client_guid)| {
             Request::Reclaim {
@@ -195,6 +201,15 @@ pub fn reply() -> impl Strategy<Value = Reply> {
         any::<bool>().prop_map(|delete_file| Reply::Closed { delete_file }),
         oplock_grant().prop_map(|grant| Reply::Acked { grant }),
         (open_id(), vec(any::<u8>(), 0..64)).prop_map(|(open, blob)| Reply::Durable { open, blob }),
+        (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(
+            |(opens, deny_delete, delete_access)| {
+                Reply::Usage(FileUsage {
+                    opens,
+                    deny_delete,
+                    delete_access,
+                })
+            }
+        ),
     ]
 }
 

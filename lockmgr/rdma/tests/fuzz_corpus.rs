@@ -35,7 +35,7 @@ fn replay(
         assert_eq!(
             found,
             Some(data),
-            "seed {name} missing or stale: run gen_fuzz_corpus"
+            "seed {name} missing or stale: run `cargo run -p lockmgr-rdma --example gen_rdma_fuzz_corpus`"
         );
     }
     for (name, data) in &files {

@@ -22,14 +22,14 @@ fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
 }
 
 /// Every generated seed is checked in unchanged; a format change must regenerate them
-/// (`cargo run -p lockmgr-transport --example gen_fuzz_corpus`).
+/// (`cargo run -p lockmgr-transport --example gen_transport_fuzz_corpus`).
 fn assert_seeds_current(files: &[(String, Vec<u8>)], seeds: &[(String, Vec<u8>)]) {
     for (name, data) in seeds {
         let found = files.iter().find(|(n, _)| n == name);
         assert_eq!(
             found.map(|(_, d)| d),
             Some(data),
-            "seed {name} missing or stale: run gen_fuzz_corpus"
+            "seed {name} missing or stale: run `cargo run -p lockmgr-transport --example gen_transport_fuzz_corpus`"
         );
     }
 }

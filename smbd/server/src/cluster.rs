@@ -30,9 +30,7 @@ use lockmgr_transport::udp::{UdpClient, UdpConfig};
 use lockmgr_transport::{ClientTransport, SpinConfig};
 
 use crate::config::{LockTransport, LockmgrConfig};
-use crate::locking::{
-    FileId, LockService, Notification, OpenId, Reply, Request, RequestId, SessionId,
-};
+use crate::locking::{LockService, Notification, Reply, Request, RequestId, SessionId};
 use crate::shared::{lock, Shared};
 
 /// Any lockmgr client transport, chosen from the configuration at run time.
@@ -261,70 +259,6 @@ impl LockService for ClusterLocks {
     fn take_lost_connections(&mut self) -> Vec<SessionId> {
         lock(&self.nodes).take_lost_connections()
     }
-
-    fn others_deny_delete(&mut self, file: FileId, except: OpenId) -> bool {
-        // lockmgrd has no request for this question yet; its operator view lists every open
-        // with its access and share mode, which answers it exactly (MS-FSA 2.1.5.14.11: a
-        // rename fails if another open lacks FILE_SHARE_DELETE). Renames are rare enough for
-        // the cost.
-        let text = match lock(&self.nodes).status() {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(%e, "cannot ask lockmgrd about other opens; rename allowed");
-                return false;
-            }
-        };
-        parse_open_files(&text)
-            .into_iter()
-            .any(|o| o.open != except && o.file == file && denies_delete(o.access, o.share))
-    }
-}
-
-const DATA_BITS: u32 = 0x1 | 0x2 | 0x4 | 0x20 | 0x1_0000;
-const SHARE_DELETE: u32 = 0x4;
-
-fn denies_delete(access: u32, share: u32) -> bool {
-    access & DATA_BITS != 0 && share & SHARE_DELETE == 0
-}
-
-#[derive(Debug, PartialEq, Eq)]
-struct StatusOpen {
-    open: OpenId,
-    file: FileId,
-    access: u32,
-    share: u32,
-}
-
-/// The OPEN FILES table of lockmgrd's status text: `open session file access share doc ...`.
-fn parse_open_files(text: &str) -> Vec<StatusOpen> {
-    let mut out = Vec::new();
-    let mut lines = text.lines().skip_while(|l| l.trim() != "OPEN FILES");
-    // Section title and column header.
-    lines.next();
-    lines.next();
-    for line in lines {
-        if line.trim().is_empty() {
-            break;
-        }
-        let f: Vec<&str> = line.split_whitespace().collect();
-        let parsed = (|| {
-            let open = OpenId(f.first()?.parse().ok()?);
-            let file = FileId(u128::from_str_radix(f.get(2)?, 16).ok()?);
-            let access = u32::from_str_radix(f.get(3)?.trim_start_matches("0x"), 16).ok()?;
-            let share = u32::from_str_radix(f.get(4)?, 16).ok()?;
-            Some(StatusOpen {
-                open,
-                file,
-                access,
-                share,
-            })
-        })();
-        match parsed {
-            Some(o) => out.push(o),
-            None => tracing::debug!(line, "unparsed lockmgrd status line"),
-        }
-    }
-    out
 }
 
 impl Pump {
@@ -369,31 +303,6 @@ fn wait_readable(fd: std::os::fd::RawFd, timeout: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_status_open_files() {
-        let text = "lockmgrd status\nsessions=1\n\nOPEN FILES\nopen       session              file                                   access share doc  caching\n7          3                    0000000000000000000000000000abcd        0x10003     3 no   none\n8          3                    0000000000000000000000000000abcd       0x120089     7 no   oplock Batch\n\nBYTE-RANGE LOCKS\n";
-        let opens = parse_open_files(text);
-        assert_eq!(
-            opens,
-            vec![
-                StatusOpen {
-                    open: OpenId(7),
-                    file: FileId(0xabcd),
-                    access: 0x10003,
-                    share: 3
-                },
-                StatusOpen {
-                    open: OpenId(8),
-                    file: FileId(0xabcd),
-                    access: 0x120089,
-                    share: 7
-                }
-            ]
-        );
-        assert!(denies_delete(opens[0].access, opens[0].share));
-        assert!(!denies_delete(opens[1].access, opens[1].share));
-    }
 
     #[test]
     fn short_key_is_refused() {

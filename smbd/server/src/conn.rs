@@ -1895,7 +1895,10 @@ impl Conn {
                 // Its handles' share modes and locks are no longer enforced anywhere: keeping
                 // them would let another node grant conflicting ones. Dropping the connection
                 // makes the client reconnect and reopen through the new lockmgrd session.
-                tracing::warn!(conn = self.id, "lock state lost with lockmgrd; disconnecting");
+                tracing::warn!(
+                    conn = self.id,
+                    "lock state lost with lockmgrd; disconnecting"
+                );
                 self.closed = true;
             }
             Event::ExpireSession { session_id } => {

@@ -536,13 +536,8 @@ impl Conn {
             // The handle is open on this connection (not disconnected).
             return err(status::OBJECT_NAME_NOT_FOUND);
         }
-        let (lock_open, blob) = match self.shared.lock_request(
-            self.id,
-            0,
-            locking::Request::DurableLookup { key: persistent },
-        ) {
-            Reply::Durable { open, blob } => (open, blob),
-            _ => return err(status::OBJECT_NAME_NOT_FOUND),
+        let Some((lock_open, blob)) = self.lookup_disconnected(persistent) else {
+            return err(status::OBJECT_NAME_NOT_FOUND);
         };
         let Some(blob) = DurableBlob::decode(&blob) else {
             tracing::warn!(persistent, "undecodable durable blob");
@@ -648,6 +643,27 @@ impl Conn {
                 contexts,
             }),
         )
+    }
+
+    /// The disconnected durable open `persistent` and its blob. A client that reconnects at
+    /// once may be faster than this server noticing that its old connection is gone (another
+    /// worker thread, or another node, still owns the open): an open that is still owned is
+    /// asked for again for a short while.
+    fn lookup_disconnected(&self, persistent: u64) -> Option<(locking::OpenId, Vec<u8>)> {
+        const TRIES: u32 = 20;
+        const PAUSE: Duration = Duration::from_millis(10);
+        for _ in 0..TRIES {
+            match self.shared.lock_request(
+                self.id,
+                0,
+                locking::Request::DurableLookup { key: persistent },
+            ) {
+                Reply::Durable { open, blob } => return Some((open, blob)),
+                Reply::Done(locking::Status::InvalidDeviceState) => std::thread::sleep(PAUSE),
+                _ => return None,
+            }
+        }
+        None
     }
 
     /// Open the file of a durable open another node (or an earlier run of this one) had.

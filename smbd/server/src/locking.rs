@@ -12,8 +12,9 @@ use std::collections::{HashMap, VecDeque};
 
 pub use lockmgr_engine::types::access as access_bits;
 pub use lockmgr_engine::types::{
-    ClientGuid, FileId, Lease, LeaseKey, LeaseState, LockRange, Notification, OpenId, OpenRequest,
-    OplockGrant, OplockLevel, OplockRequest, Reply, Request, RequestId, SessionId, Status,
+    ClientGuid, FileId, FileUsage, Lease, LeaseKey, LeaseState, LockRange, Notification, OpenId,
+    OpenRequest, OplockGrant, OplockLevel, OplockRequest, Reply, Request, RequestId, SessionId,
+    Status,
 };
 
 /// The lock authority as seen by smbd.
@@ -28,9 +29,6 @@ pub trait LockService: Send {
     fn poll_event(&mut self) -> Option<(SessionId, Notification)>;
     /// Fire due timers (break timeouts).
     fn tick(&mut self) {}
-    /// Rename check (MS-FSA 2.1.5.14.11): does another open of `file` than `except` deny
-    /// FILE_SHARE_DELETE while holding data access?
-    fn others_deny_delete(&mut self, file: FileId, except: OpenId) -> bool;
     /// Connections whose lock state was lost (a remote lock manager's session dropped): the
     /// server drops them so their clients reconnect and reopen. In-process services never lose
     /// state.
@@ -297,6 +295,21 @@ impl LockService for LocalLocks {
             Request::Cancel { .. } => Reply::Done(Status::Success),
             // No leases here, so nothing to break before a rename.
             Request::BreakForRename { .. } => Reply::Done(Status::Success),
+            Request::QueryUsage { file, except } => {
+                let mut u = FileUsage::default();
+                for (id, o) in &self.opens {
+                    if o.file != file || Some(*id) == except {
+                        continue;
+                    }
+                    u.opens += 1;
+                    if o.access & DATA_BITS != 0 {
+                        u.deny_delete += u32::from(denies_delete(o.access, o.share));
+                        u.delete_access +=
+                            u32::from(o.access & lockmgr_engine::types::access::DELETE != 0);
+                    }
+                }
+                Reply::Usage(u)
+            }
             Request::OplockBreakAck { .. } | Request::LeaseBreakAck { .. } => {
                 Reply::Done(Status::Unsuccessful)
             }
@@ -306,12 +319,6 @@ impl LockService for LocalLocks {
 
     fn poll_event(&mut self) -> Option<(SessionId, Notification)> {
         self.events.pop_front()
-    }
-
-    fn others_deny_delete(&mut self, file: FileId, except: OpenId) -> bool {
-        self.opens
-            .iter()
-            .any(|(id, o)| *id != except && o.file == file && denies_delete(o.access, o.share))
     }
 }
 
@@ -386,15 +393,6 @@ impl LockService for EngineLocks {
 
     fn poll_event(&mut self) -> Option<(SessionId, Notification)> {
         self.events.pop_front()
-    }
-
-    fn others_deny_delete(&mut self, file: FileId, except: OpenId) -> bool {
-        // Renames are rare; the snapshot walk is acceptable here.
-        self.engine
-            .snapshot()
-            .opens
-            .iter()
-            .any(|o| o.open != except && o.file == file && denies_delete(o.access, o.share))
     }
 
     fn tick(&mut self) {

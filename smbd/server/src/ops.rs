@@ -2605,25 +2605,46 @@ impl Conn {
             }
         }
         let old = o.abs.clone();
-        // An open of the parent directory that does not share delete blocks renames of its
-        // children (Windows behaviour, checked by smbtorture smb2.rename).
-        if let Some(parent) = o.abs.parent() {
-            if let Ok(m) = std::fs::metadata(parent) {
-                use std::os::unix::fs::MetadataExt;
-                let fs_id = self.shared.shares[o.share].fs_id;
-                let pid = locking::FileId(fs::stable_file_id(fs_id, m.ino(), ""));
-                if self.shared.others_deny_delete(pid, locking::OpenId(0)) {
-                    return status::SHARING_VIOLATION;
+        // The same checks against every open in the cluster: the lock service counts them.
+        let fs_id = self.shared.shares[o.share].fs_id;
+        let file_id_of = |p: &std::path::Path| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| locking::FileId(fs::stable_file_id(fs_id, m.ino(), "")))
+        };
+        let usage = |file| self.shared.file_usage(self.id, file, None);
+        // An open of the parent directory that does not share delete, or that holds DELETE
+        // access, blocks renames of its children (Windows behaviour: smbtorture smb2.rename,
+        // oplock.batch19/20).
+        if let Some(pid) = o.abs.parent().and_then(file_id_of) {
+            match usage(pid) {
+                Ok(u) if u.deny_delete > 0 || u.delete_access > 0 => {
+                    return status::SHARING_VIOLATION
+                }
+                Ok(_) => {}
+                Err(st) => return engine_status(st),
+            }
+        }
+        // A replaced target must not be open anywhere (MS-FSA 2.1.5.14.11).
+        if target.exists && !same {
+            if let Some(tid) = file_id_of(&target.abs) {
+                match usage(tid) {
+                    Ok(u) if u.opens > 0 => return status::ACCESS_DENIED,
+                    Ok(_) => {}
+                    Err(st) => return engine_status(st),
                 }
             }
         }
         // Every other open of the file must share delete access (MS-FSA 2.1.5.14.11).
         if let Some(lo) = o.lock_open {
-            if self
+            match self
                 .shared
-                .others_deny_delete(locking::FileId(o.stable_id), lo)
+                .file_usage(self.id, locking::FileId(o.stable_id), Some(lo))
             {
-                return status::SHARING_VIOLATION;
+                Ok(u) if u.deny_delete > 0 => return status::SHARING_VIOLATION,
+                Ok(_) => {}
+                Err(st) => return engine_status(st),
             }
         }
         let replaced_ino = if target.exists && !same {

@@ -286,12 +286,22 @@ impl Shared {
         (r, mine)
     }
 
-    pub fn others_deny_delete(
+    /// Who else has `file` open, cluster wide (rename and replace checks). `except` is the
+    /// caller's own open. Errors carry the lock service's status (lockmgrd unreachable).
+    pub fn file_usage(
         &self,
+        conn: u64,
         file: crate::locking::FileId,
-        except: crate::locking::OpenId,
-    ) -> bool {
-        lock(&self.locks).others_deny_delete(file, except)
+        except: Option<crate::locking::OpenId>,
+    ) -> Result<crate::locking::FileUsage, crate::locking::Status> {
+        match self.lock_request(conn, 0, Request::QueryUsage { file, except }) {
+            Reply::Usage(u) => Ok(u),
+            Reply::Done(st) => Err(st),
+            other => {
+                tracing::warn!(?other, "unexpected answer to a usage query");
+                Err(crate::locking::Status::Unsuccessful)
+            }
+        }
     }
 
     /// Fire lock-service timers (break timeouts).

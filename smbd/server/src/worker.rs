@@ -1,10 +1,21 @@
 //! One io_uring event loop per worker thread (thread-per-core; no thread per connection).
 //!
-//! Every worker arms a multishot ACCEPT on each (shared) listening socket, so the kernel
-//! spreads new connections over the workers. Each connection has one multishot RECV drawing
-//! from a per-worker pool of provided buffers, and at most one SEND in flight. Events from
+//! Every worker arms a single-shot ACCEPT on each (shared) listening socket and re-arms it
+//! after each connection, so the kernel hands connections to the workers in turn. Each
+//! connection has one multishot RECV drawing from a per-worker pool of provided buffers, and
+//! at most one SEND in flight (queued small responses are coalesced into it). Events from
 //! other threads (lock notifications, directory changes) arrive through the worker's
 //! [`Mailbox`](crate::shared::Mailbox) eventfd, polled with a multishot POLL_ADD.
+//!
+//! Large READs and WRITEs outside compounds go through the ring too (IORING_OP_READ/WRITE on
+//! a dup of the file's descriptor, see [`FileIo`]): a READ lands directly in the response
+//! frame after the headers, and its response is sent when the completion arrives. While a
+//! connection has file I/O in flight, only further lone READs/WRITEs are processed; other
+//! requests wait so they observe the I/O as completed (as they would with synchronous I/O).
+//!
+//! Tuning knobs for A/B measurements (environment, read at worker start):
+//! `SMBD_RING=plain|coop` (default: DEFER_TASKRUN + SINGLE_ISSUER) and `SMBD_ACCEPT_MULTI=1`
+//! (one multishot ACCEPT per worker: in practice every connection lands on one worker).
 
 use std::collections::VecDeque;
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -620,7 +631,8 @@ impl Worker {
             s.sending = Some((buf, off));
             return;
         }
-        if (POOL_BUF_MIN..=POOL_BUF_MAX).contains(&buf.capacity()) && self.buf_pool.len() < POOL_BUFS
+        if (POOL_BUF_MIN..=POOL_BUF_MAX).contains(&buf.capacity())
+            && self.buf_pool.len() < POOL_BUFS
         {
             self.buf_pool.push(buf);
         }
@@ -689,4 +701,39 @@ fn is_plain_io(msg: &[u8]) -> bool {
     let cmd = u16::from_le_bytes([msg[12], msg[13]]);
     let next = u32::from_le_bytes([msg[20], msg[21], msg[22], msg[23]]);
     next == 0 && (cmd == smb_proto::Command::Read as u16 || cmd == smb_proto::Command::Write as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(cmd: u16, next: u32) -> Vec<u8> {
+        let mut m = vec![0u8; 64 + 49];
+        m[..4].copy_from_slice(&smb_proto::header::PROTOCOL_ID);
+        m[12..14].copy_from_slice(&cmd.to_le_bytes());
+        m[20..24].copy_from_slice(&next.to_le_bytes());
+        m
+    }
+
+    #[test]
+    fn plain_io_is_a_lone_read_or_write() {
+        assert!(is_plain_io(&msg(smb_proto::Command::Read as u16, 0)));
+        assert!(is_plain_io(&msg(smb_proto::Command::Write as u16, 0)));
+        // Anything else waits for in-flight I/O: FLUSH, CLOSE, a compound, sealed messages.
+        assert!(!is_plain_io(&msg(smb_proto::Command::Flush as u16, 0)));
+        assert!(!is_plain_io(&msg(smb_proto::Command::Close as u16, 0)));
+        assert!(!is_plain_io(&msg(smb_proto::Command::Read as u16, 120)));
+        let mut sealed = msg(smb_proto::Command::Read as u16, 0);
+        sealed[..4].copy_from_slice(&smb_proto::header::TRANSFORM_PROTOCOL_ID);
+        assert!(!is_plain_io(&sealed));
+        assert!(!is_plain_io(&[0xFE, b'S', b'M', b'B']));
+    }
+
+    #[test]
+    fn user_data_round_trips() {
+        let u = ud(K_FILE, 0x12_3456, 0xDEAD_BEEF);
+        assert_eq!(ud_kind(u), K_FILE);
+        assert_eq!(ud_slot(u), 0x12_3456);
+        assert_eq!(ud_gen(u), 0xDEAD_BEEF);
+    }
 }

@@ -71,6 +71,14 @@ fn cross_node_lease_break() {
     scenario("lease");
 }
 
+/// Rename conflicts across nodes (MS-FSA 2.1.5.14.11): the parent directory open on node 2
+/// without FILE_SHARE_DELETE, and an open of the replaced target on node 2, stop node 1's
+/// renames; both succeed once node 2 closes.
+#[test]
+fn cross_node_rename_conflicts() {
+    scenario("rename");
+}
+
 #[test]
 fn cross_node_delete_on_close() {
     scenario("doc");
@@ -280,7 +288,7 @@ fn separate_lock_managers_fail_the_scenarios() {
         shared_lockmgr: false,
         ..ClusterOptions::default()
     });
-    for name in ["sharemode", "brl", "blocking", "oplock", "lease"] {
+    for name in ["sharemode", "brl", "blocking", "oplock", "lease", "rename"] {
         let (ok, text) = run_scenario(&cluster, &py, name);
         assert!(
             !ok,

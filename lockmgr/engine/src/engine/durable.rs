@@ -245,17 +245,20 @@ impl Engine {
     }
 
     pub(super) fn do_durable_lookup(&mut self, session: SessionId, request: RequestId, key: u64) {
-        let reply = match self.durable.keys.get(&key).and_then(|o| {
-            self.durable
-                .recs
-                .get(o)
-                .filter(|r| r.deadline.is_some())
-                .map(|r| (*o, r))
-        }) {
-            Some((open, rec)) => Reply::Durable {
+        let found = self
+            .durable
+            .keys
+            .get(&key)
+            .and_then(|o| self.durable.recs.get(o).map(|r| (*o, r)));
+        let reply = match found {
+            Some((open, rec)) if rec.deadline.is_some() => Reply::Durable {
                 open,
                 blob: rec.blob.clone(),
             },
+            // Still owned: its connection may be going away right now (a client that
+            // reconnects at once can be faster than the server noticing the old connection
+            // is gone), so the caller may ask again shortly.
+            Some(_) => Reply::Done(Status::InvalidDeviceState),
             None => Reply::Done(Status::NotFound),
         };
         self.reply(session, request, reply);

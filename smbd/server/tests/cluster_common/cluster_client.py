@@ -2,7 +2,7 @@
 """Cross-node scenarios for the smbd cluster, with two smbprotocol clients on two nodes.
 
 usage: cluster_client.py HOST[,HOST2] PORT1 PORT2 USER PASSWORD SCENARIO
-SCENARIO: sharemode | brl | blocking | oplock | lease | doc | kill | lmrestart
+SCENARIO: sharemode | brl | blocking | oplock | lease | doc | kill | lmrestart | rename
 Prints "PASS SCENARIO" and exits 0 when the cluster behaved; any mismatch raises (exit 1).
 `kill` prints "KILL-NODE2" once node 2's client holds its lock and node 1's client waits,
 then reads one line from stdin (the harness has SIGKILLed node 2's smbd) and expects node 1's
@@ -38,6 +38,8 @@ OPLOCK_BATCH = 0x09
 OPLOCK_LEVEL_II = 0x01
 OPLOCK_LEASE = 0xFF
 SMB2_OPLOCK_BREAK = 0x12
+SMB2_SET_INFO = 0x11
+ACCESS_DENIED = 0xC0000022
 BREAK_MID = 0xFFFFFFFFFFFFFFFF
 RWH = 0x7
 RH = 0x3
@@ -114,7 +116,7 @@ class Client:
     def open(self, name, access=A.GENERIC_READ | A.GENERIC_WRITE,
              share=ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE,
              disposition=CreateDisposition.FILE_OPEN_IF, options=0, oplock=0, lease_key=None,
-             lease_state=RWH):
+             lease_state=RWH, is_dir=False):
         f = Open(self.tree, name)
         contexts = None
         if lease_key is not None:
@@ -123,10 +125,14 @@ class Client:
             ctx["buffer_data"] = lease_key + struct.pack("<IIQ", lease_state, 0, 0)
             contexts = [ctx]
             oplock = OPLOCK_LEASE
-        resp = f.create(ImpersonationLevel.Impersonation, access,
-                        FileAttributes.FILE_ATTRIBUTE_NORMAL, share, disposition,
-                        CreateOptions.FILE_NON_DIRECTORY_FILE | options,
-                        create_contexts=contexts, oplock_level=oplock)
+        if is_dir:
+            attrs = FileAttributes.FILE_ATTRIBUTE_DIRECTORY
+            options |= CreateOptions.FILE_DIRECTORY_FILE
+        else:
+            attrs = FileAttributes.FILE_ATTRIBUTE_NORMAL
+            options |= CreateOptions.FILE_NON_DIRECTORY_FILE
+        resp = f.create(ImpersonationLevel.Impersonation, access, attrs, share, disposition,
+                        options, create_contexts=contexts, oplock_level=oplock)
         f.lease_response = resp
         return f
 
@@ -139,6 +145,15 @@ class Client:
     def ack_lease(self, key, state):
         body = struct.pack("<HHI", 36, 0, 0) + key + struct.pack("<IQ", state, 0)
         req = self.conn.send(Raw(SMB2_OPLOCK_BREAK, body), self.sess.session_id,
+                             self.tree.tree_connect_id)
+        self.conn.receive(req, timeout=TIMEOUT)
+
+    def rename(self, f, new_name, replace=False):
+        """SET_INFO FileRenameInformation (MS-SMB2 2.2.39, MS-FSCC 2.4.37) as a raw request."""
+        name = new_name.encode("utf-16-le")
+        info = struct.pack("<B7xQI", 1 if replace else 0, 0, len(name)) + name
+        body = struct.pack("<HBBIHHI", 33, 1, 10, len(info), 64 + 32, 0, 0) + f.file_id + info
+        req = self.conn.send(Raw(SMB2_SET_INFO, body), self.sess.session_id,
                              self.tree.tree_connect_id)
         self.conn.receive(req, timeout=TIMEOUT)
 
@@ -310,6 +325,31 @@ def kill(c1, c2):
 REQUEST_NOT_ACCEPTED = 0xC00000D0
 
 
+def rename(c1, c2):
+    """Rename conflicts are cluster wide: node 2's open of the parent directory that does not
+    share delete, and node 2's open of the replaced target, both stop node 1's rename."""
+    dirname = "rendir-%d" % int(time.time() * 1000)
+    # FILE_READ_DATA is FILE_LIST_DIRECTORY on a directory.
+    d = c2.open(dirname, access=A.FILE_READ_DATA | A.FILE_READ_ATTRIBUTES,
+                share=ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE,
+                disposition=CreateDisposition.FILE_CREATE, is_dir=True)
+    f = c1.open(dirname + "\\a.txt", access=A.GENERIC_READ | A.GENERIC_WRITE | A.DELETE,
+                share=ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_DELETE)
+    expect_status(SHARING_VIOLATION, c1.rename, f, dirname + "\\b.txt")
+    d.close()
+    c1.rename(f, dirname + "\\b.txt")
+    target = c2.open("ren-target.txt", access=A.GENERIC_READ,
+                     share=ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE |
+                     ShareAccess.FILE_SHARE_DELETE)
+    expect_status(ACCESS_DENIED, c1.rename, f, "ren-target.txt", replace=True)
+    target.close()
+    c1.rename(f, "ren-target.txt", replace=True)
+    f.close()
+    c2.open("ren-target.txt", access=A.GENERIC_READ,
+            disposition=CreateDisposition.FILE_OPEN).close()
+
+
+
 def lmrestart(c1, c2):
     """lockmgrd dies while node 1's client holds a lock and comes back: node 1 must drop that
     client's connection (its lock is enforced nowhere now), and the range is free for node 2."""
@@ -344,7 +384,7 @@ def lmrestart(c1, c2):
 
 
 SCENARIOS = {f.__name__: f for f in (sharemode, brl, blocking, oplock, lease, doc, kill,
-                                     lmrestart)}
+                                     lmrestart, rename)}
 
 
 def main():

@@ -17,12 +17,14 @@ Prints "PASS durable" and exits 0 when the cluster behaved.
 import os
 import struct
 import sys
+import time
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from cluster_client import (FILE_LOCK_CONFLICT, OPLOCK_LEASE, RH, Client,  # noqa: E402
-                            expect_status, lock_el)
+from cluster_client import (FILE_LOCK_CONFLICT, NOT_FOUND, OPLOCK_LEASE, RH,  # noqa: E402
+                            Client, expect_status, lock_el)
+from smbprotocol.exceptions import SMBResponseException  # noqa: E402
 from smbprotocol.create_contexts import SMB2CreateContextRequest  # noqa: E402
 from smbprotocol.open import (CreateDisposition, CreateOptions, FileAttributes,  # noqa: E402
                               FilePipePrinterAccessMask as A, ImpersonationLevel, Open,
@@ -93,7 +95,17 @@ def durable(c1, host1, port1, host2, port2, user, password):
     # The client comes back through node 1 with the same ClientGuid and reclaims its handle.
     c3 = client(host1, port1, user, password, guid)
     dh2c = ctx(b"DH2C", file_id + create_guid + struct.pack("<I", 0))
-    f3, _ = create(c3, [lease_ctx(key, RH), dh2c], disposition=CreateDisposition.FILE_OPEN)
+    # Like a real client, retry while the cluster has not yet noticed the node's death (the
+    # open is then still owned by node 2 and not reclaimable).
+    for attempt in range(50):
+        try:
+            f3, _ = create(c3, [lease_ctx(key, RH), dh2c],
+                           disposition=CreateDisposition.FILE_OPEN)
+            break
+        except SMBResponseException as e:
+            if e.status != NOT_FOUND or attempt == 49:
+                raise
+            time.sleep(0.1)
     assert f3.file_id == file_id, "reclaimed handle has another file id"
     assert f3.oplock_level == OPLOCK_LEASE, f"lease lost: {f3.oplock_level}"
     got = f3.read(0, len(DATA))

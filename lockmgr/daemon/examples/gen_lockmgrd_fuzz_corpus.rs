@@ -1,7 +1,7 @@
 //! Writes the seed corpus of the `lockmgrd_config` fuzz target into
 //! `fuzz/corpus/lockmgrd_config/` (real configurations; libFuzzer's own finds sit beside them).
 //!
-//! `cargo run -p lockmgrd --example gen_fuzz_corpus`
+//! `cargo run -p lockmgrd --example gen_lockmgrd_fuzz_corpus`
 
 use std::path::Path;
 

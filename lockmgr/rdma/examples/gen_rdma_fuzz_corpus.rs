@@ -1,7 +1,7 @@
 //! Writes the fuzzing seed corpora of the `rdma_header` and `rdma_hello` targets into
 //! `fuzz/corpus/<target>/` (real encoded inputs; libFuzzer's own finds sit beside them).
 //!
-//! `cargo run -p lockmgr-rdma --example gen_fuzz_corpus`
+//! `cargo run -p lockmgr-rdma --example gen_rdma_fuzz_corpus`
 
 use std::path::Path;
 

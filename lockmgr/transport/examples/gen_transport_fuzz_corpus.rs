@@ -2,7 +2,7 @@
 //! targets into `fuzz/corpus/<target>/` (real encoded inputs; libFuzzer's own finds sit beside
 //! them).
 //!
-//! `cargo run -p lockmgr-transport --example gen_fuzz_corpus`
+//! `cargo run -p lockmgr-transport --example gen_transport_fuzz_corpus`
 
 use std::path::Path;
 
