@@ -301,6 +301,8 @@ pub struct Conn {
     unbound: HashMap<u64, Signer>,
     binding: HashMap<u64, Binding>,
     pub closed: bool,
+    /// The last create lost a race to create its name (see `Conn::create`).
+    pub(crate) create_raced: bool,
 }
 
 fn frame(msg: Vec<u8>) -> Vec<u8> {
@@ -352,6 +354,7 @@ impl Conn {
             unbound: HashMap::new(),
             binding: HashMap::new(),
             closed: false,
+            create_raced: false,
         }
     }
 

@@ -199,6 +199,23 @@ impl Conn {
     }
 
     pub(crate) fn create(&mut self, c: CreateRequest, hdr: &Header, ctx: &mut ChainCtx) -> Outcome {
+        // Another connection (or node) may create the name between our lookup and our
+        // O_EXCL create / mkdir. For OPEN_IF, OVERWRITE_IF and SUPERSEDE that is not an error:
+        // the name exists now, so the create runs again as an open of the existing file
+        // (smbtorture create.mkdir-dup: one CREATED, one EXISTED).
+        let retry = (c.disposition != disposition::CREATE
+            && c.disposition != disposition::OPEN
+            && c.disposition != disposition::OVERWRITE)
+            .then(|| c.clone());
+        self.create_raced = false;
+        let out = self.create_attempt(c, hdr, ctx);
+        match retry {
+            Some(c) if std::mem::take(&mut self.create_raced) => self.create_attempt(c, hdr, ctx),
+            _ => out,
+        }
+    }
+
+    fn create_attempt(&mut self, c: CreateRequest, hdr: &Header, ctx: &mut ChainCtx) -> Outcome {
         let Some(share) = self.tree_share(ctx) else {
             return err(status::NETWORK_NAME_DELETED);
         };
@@ -381,6 +398,7 @@ impl Conn {
                     .map(|_| ())
             };
             if let Err(e) = r {
+                self.create_raced = e.kind() == std::io::ErrorKind::AlreadyExists;
                 return err(io_status(&e));
             }
             if c.file_attributes & fs::attr::READONLY != 0 && !dir_req {
