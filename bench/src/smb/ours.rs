@@ -203,6 +203,10 @@ pub fn deploy_cluster(
         .arg("--log")
         .arg("warn")
         .env("NO_COLOR", "1");
+    // A/B experiments on lockmgrd's settings (e.g. `--spin-us 0`).
+    if let Ok(extra) = std::env::var("SMBBENCH_LOCKMGRD_ARGS") {
+        c.args(extra.split_whitespace());
+    }
     let mut lm = ManagedProcess::spawn("lockmgrd", c, &root.join("lockmgrd.log"))?;
     wait_until(
         "lockmgrd socket",
