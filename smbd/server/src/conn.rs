@@ -368,9 +368,9 @@ impl Conn {
         std::mem::take(&mut self.file_io)
     }
 
-    /// Whether READs/WRITEs were handed out and not yet submitted.
-    pub(crate) fn has_file_io(&self) -> bool {
-        !self.file_io.is_empty()
+    /// READs/WRITEs handed out and not yet submitted.
+    pub(crate) fn file_io_count(&self) -> usize {
+        self.file_io.len()
     }
 
     /// Queue a complete response frame (4 bytes reserved for the NetBIOS header), signing or

@@ -35,6 +35,9 @@ const BUF_GROUP: u16 = 7;
 const POOL_BUF_MIN: usize = 64 * 1024;
 const POOL_BUF_MAX: usize = 9 * 1024 * 1024;
 const POOL_BUFS: usize = 8;
+/// File I/Os one connection may have in the ring; more requests wait in `inbuf`. Bounds the
+/// READ buffers a client can make us hold (8 x 8 MiB) whatever credits it was granted.
+const MAX_IO_INFLIGHT: usize = 8;
 /// Queued responses are coalesced into one SEND up to this size.
 const COALESCE_MAX: usize = 256 * 1024;
 
@@ -452,7 +455,8 @@ impl Worker {
                         break;
                     }
                     let msg = &buf[pos + 4..pos + 4 + len];
-                    if (s.io_inflight > 0 || s.conn.has_file_io()) && !is_plain_io(msg) {
+                    let io = s.io_inflight + s.conn.file_io_count();
+                    if io >= MAX_IO_INFLIGHT || (io > 0 && !is_plain_io(msg)) {
                         break;
                     }
                     s.conn.on_message(msg);
@@ -576,8 +580,8 @@ impl Worker {
         };
         s.io_inflight = s.io_inflight.saturating_sub(1);
         s.conn.complete_file_io(f.io, result);
-        if s.io_inflight == 0 && !s.inbuf.is_empty() {
-            // Requests held back behind the I/O can go on now.
+        if !s.inbuf.is_empty() {
+            // Requests held back behind the I/O may go on now (feed_frames decides).
             Self::process_input(s, &[]);
         } else {
             s.outq.extend(s.conn.take_output());

@@ -63,3 +63,10 @@ fn ring_io_edges() {
         roundtrip("", len);
     }
 }
+
+/// More 8 MiB requests than a connection may have in the ring at once (8): the rest wait in
+/// the input buffer and resume as completions arrive.
+#[test]
+fn ring_io_more_than_the_inflight_limit() {
+    roundtrip("", 100 * 1024 * 1024 + 3);
+}
