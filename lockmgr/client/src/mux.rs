@@ -209,11 +209,17 @@ impl<T: ClientTransport> NodeSessions<T> {
         }
         let open = match req {
             Request::Close { open }
+            | Request::Disconnect { open }
             | Request::SetDeletePending { open, .. }
             | Request::Lock { open, .. }
             | Request::Unlock { open, .. }
             | Request::CheckIo { open, .. }
-            | Request::OplockBreakAck { open, .. } => open,
+            | Request::OplockBreakAck { open, .. }
+            | Request::BreakForRename { open }
+            | Request::SetDurable { open, .. } => open,
+            Request::QueryUsage {
+                except: Some(open), ..
+            } => open,
             _ => return false,
         };
         self.stale_opens.contains_key(open)
@@ -224,7 +230,7 @@ impl<T: ClientTransport> NodeSessions<T> {
     pub fn request(&mut self, conn: SessionId, conn_request: RequestId, req: Request) -> Reply {
         if self.names_stale_open(&req) {
             return match req {
-                Request::Close { open } => {
+                Request::Close { open } | Request::Disconnect { open } => {
                     self.stale_opens.remove(&open);
                     Reply::Closed { delete_file: false }
                 }

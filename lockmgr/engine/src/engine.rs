@@ -1326,6 +1326,10 @@ impl Engine {
         };
         let (mut deny_delete, mut delete_access) = f.counters.delete_usage();
         let mut opens = u32::try_from(f.open_count).unwrap_or(u32::MAX);
+        // Disconnected durable opens do not stand in the way of replacing the file (their
+        // client would find a different file on reconnect and be refused).
+        let disconnected = self.disconnected_opens_of(file);
+        opens = opens.saturating_sub(u32::try_from(disconnected).unwrap_or(u32::MAX));
         if let Some(o) = except
             .and_then(|e| self.opens.get(&e))
             .filter(|o| o.file == file)

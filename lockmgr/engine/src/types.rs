@@ -433,7 +433,7 @@ pub enum Reply {
 /// The other opens of a file, as counts ([`Request::QueryUsage`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FileUsage {
-    /// Opens of the file (any access), disconnected durable opens included.
+    /// Opens of the file (any access), not counting disconnected durable opens.
     pub opens: u32,
     /// Opens with data access (read, write, append, execute, delete) that do not share delete.
     pub deny_delete: u32,

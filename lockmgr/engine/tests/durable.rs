@@ -260,3 +260,27 @@ fn delete_on_close_open_is_not_kept() {
     );
     assert_eq!(lookup(&mut h, S2, KEY), Reply::Done(Status::NotFound));
 }
+
+/// A disconnected durable open does not count as an open of the file for a rename that
+/// replaces it (MS-FSA 2.1.5.14.11 checks live opens); it is an open again once reclaimed.
+#[test]
+fn disconnected_open_does_not_count_in_usage() {
+    let mut h = H::new();
+    let open = orphaned_batch_open(&mut h);
+    let usage = |h: &mut H| match h.req(
+        S2,
+        Request::QueryUsage {
+            file: F1,
+            except: None,
+        },
+    ) {
+        Reply::Usage(u) => u.opens,
+        other => panic!("usage: {other:?}"),
+    };
+    assert_eq!(usage(&mut h), 0);
+    assert!(matches!(
+        reclaim(&mut h, S3, open, ClientGuid::default()),
+        Reply::Opened { .. }
+    ));
+    assert_eq!(usage(&mut h), 1);
+}

@@ -990,6 +990,14 @@ impl Conn {
             if !matches!(s.state, AuthState::Valid) {
                 return err(status::USER_SESSION_DELETED);
             }
+            // A message forwarded from a bound connection may only use a session that
+            // connection is bound to (MS-SMB2 3.3.5.2.9: the connection must be in the
+            // session's ChannelList); another session of this connection is not its business.
+            if let Some(ch) = self.cur_channel {
+                if !self.channels.contains_key(&(ch, hdr.session_id)) {
+                    return err(status::USER_SESSION_DELETED);
+                }
+            }
             let signed = hdr.flags & flags::SIGNED != 0;
             if !ctx.encrypted {
                 if s.encrypt && s.keys.as_ref().is_some_and(|k| !k.decryption.is_empty()) {

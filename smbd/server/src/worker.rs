@@ -28,6 +28,8 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use crate::conn::{Conn, FileIo, FileOp};
 use crate::shared::Shared;
 
+/// Headers, compound padding and the encryption transform around a max-size WRITE payload.
+const MAX_FRAME_OVERHEAD: usize = 64 * 1024;
 const BUF_SIZE: usize = 64 * 1024;
 const NUM_BUFS: u16 = 256;
 const BUF_GROUP: u16 = 7;
@@ -432,9 +434,13 @@ impl Worker {
         }
         // Make room for the whole pending frame at once, so that a large WRITE arriving in
         // 64 KiB pieces is not copied again by every reallocation.
+        // The length is the peer's word, so the reservation is capped at the largest frame a
+        // client of this connection may legitimately send (a max-size WRITE plus headers and
+        // the encryption transform); a bigger frame is refused when complete.
         if let [0x00, a, b, c, ..] = s.inbuf[..] {
             let need = 4 + (((a as usize) << 16) | ((b as usize) << 8) | c as usize);
-            s.inbuf.reserve(need.saturating_sub(s.inbuf.len()));
+            let cap = s.conn.max_io() as usize + MAX_FRAME_OVERHEAD;
+            s.inbuf.reserve(need.min(cap).saturating_sub(s.inbuf.len()));
         }
         s.outq.extend(s.conn.take_output());
         if s.conn.closed {

@@ -177,6 +177,19 @@ impl Engine {
     /// Purge the disconnected opens of `req.file` that the create would conflict with: share
     /// modes (MS-FSA 2.1.5.1.2), or caching it would have to break (MS-SMB2 3.3.5.9: no
     /// client is left to acknowledge the break).
+    /// How many opens of `file` are disconnected durable opens.
+    pub(super) fn disconnected_opens_of(&self, file: FileId) -> usize {
+        self.durable.by_file.get(&file).map_or(0, |list| {
+            list.iter()
+                .filter(|id| {
+                    self.opens
+                        .get(id)
+                        .is_some_and(|o| o.session == DISCONNECTED)
+                })
+                .count()
+        })
+    }
+
     pub(super) fn purge_disconnected(&mut self, now: Time, req: &OpenRequest) {
         let Some(list) = self.durable.by_file.get(&req.file) else {
             return;
