@@ -575,8 +575,11 @@ impl Worker {
             return Ok(());
         };
         self.io_free.push(idx);
-        // An error after partial progress reports the progress (like a short pwrite).
-        let result = if res < 0 && f.io.done == 0 {
+        // A READ that fails after partial progress returns what it read; a WRITE that fails
+        // part way reports the error, as the synchronous path (write_all_at) does: the client
+        // must not take a short count for a full disk.
+        let is_write = matches!(f.io.op, crate::conn::FileOp::Write { .. });
+        let result = if res < 0 && (f.io.done == 0 || is_write) {
             Err(-res)
         } else {
             Ok(f.io.done)
