@@ -746,42 +746,60 @@ impl Engine {
                     },
                 );
             }
-            Holder::Lease(id) => {
-                let session = match self.leases.get(&id) {
-                    Some(rec) => self.lease_session(rec).unwrap_or_default(),
-                    None => return,
-                };
-                let Some(rec) = self.leases.get_mut(&id) else {
-                    return;
-                };
-                let current = rec.state;
-                // MS-SMB2 3.3.4.7: a v2 lease's epoch is incremented with each break.
-                rec.epoch = rec.epoch.map(|e| e.wrapping_add(1));
-                let epoch = rec.epoch;
-                if ack {
-                    rec.breaking = Some(Break {
-                        to,
-                        required: to,
-                        deadline,
-                        seq,
-                    });
-                    self.timers.insert((deadline, seq), h);
-                } else {
-                    rec.state = to;
-                }
-                self.notify(
-                    session,
-                    Notification::LeaseBreak {
-                        client_guid: id.0,
-                        key: id.1,
-                        current,
-                        new: to,
-                        epoch,
-                        ack_required: ack,
-                    },
-                );
-            }
+            // MS-SMB2 3.3.4.7: a v2 lease's epoch is incremented with each (new) break.
+            Holder::Lease(id) => self.send_lease_break(now, id, to, to, ack, true, seq),
         }
+    }
+
+    /// Break lease `id` to `to` (see [`Engine::send_break`]); `required` is the least the
+    /// waiting opens need (a follow-up break keeps its predecessor's), `new_epoch` bumps a v2
+    /// lease's epoch (a follow-up break carries the same epoch). `seq` orders the timer.
+    #[allow(clippy::too_many_arguments)]
+    fn send_lease_break(
+        &mut self,
+        now: Time,
+        id: LeaseId,
+        to: LeaseState,
+        required: LeaseState,
+        ack: bool,
+        new_epoch: bool,
+        seq: u64,
+    ) {
+        let deadline = now.saturating_add(self.config.break_timeout);
+        let session = match self.leases.get(&id) {
+            Some(rec) => self.lease_session(rec).unwrap_or_default(),
+            None => return,
+        };
+        let Some(rec) = self.leases.get_mut(&id) else {
+            return;
+        };
+        let current = rec.state;
+        if new_epoch {
+            rec.epoch = rec.epoch.map(|e| e.wrapping_add(1));
+        }
+        let epoch = rec.epoch;
+        if ack {
+            rec.breaking = Some(Break {
+                to,
+                required,
+                deadline,
+                seq,
+            });
+            self.timers.insert((deadline, seq), Holder::Lease(id));
+        } else {
+            rec.state = to;
+        }
+        self.notify(
+            session,
+            Notification::LeaseBreak {
+                client_guid: id.0,
+                key: id.1,
+                current,
+                new: to,
+                epoch,
+                ack_required: ack,
+            },
+        );
     }
 
     /// A lease already breaking is asked to break further: the outstanding break's ack may
@@ -1475,45 +1493,15 @@ impl Engine {
         to: LeaseState,
         required: LeaseState,
     ) {
-        let session = match self.leases.get(&id) {
-            Some(rec) => self.lease_session(rec).unwrap_or_default(),
-            None => return,
-        };
-        let deadline = now.saturating_add(self.config.break_timeout);
-        let seq = self.next_seq;
-        let Some(rec) = self.leases.get_mut(&id) else {
+        let Some(current) = self.leases.get(&id).map(|rec| rec.state) else {
             return;
         };
-        let current = rec.state;
         let ack =
             current.intersection(LeaseState::WRITE.union(LeaseState::HANDLE)) != LeaseState::NONE;
-        if ack {
-            rec.breaking = Some(Break {
-                to,
-                required,
-                deadline,
-                seq,
-            });
-        } else {
-            rec.state = to;
-        }
-        let epoch = rec.epoch;
+        let seq = self.next_seq;
         self.next_seq += 1;
         self.stats.breaks_sent_total += 1;
-        if ack {
-            self.timers.insert((deadline, seq), Holder::Lease(id));
-        }
-        self.notify(
-            session,
-            Notification::LeaseBreak {
-                client_guid: id.0,
-                key: id.1,
-                current,
-                new: to,
-                epoch,
-                ack_required: ack,
-            },
-        );
+        self.send_lease_break(now, id, to, required, ack, false, seq);
     }
 
     // ----- byte-range locks ------------------------------------------------------------------
