@@ -20,8 +20,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use smb_proto::{
-    create_action, ctx as cctx, status, CreateContext, CreateRequest, CreateResponse, FileId,
-    LeaseContext, Reader, Response,
+    create_action, ctx as cctx, status, CreateContext, CreateRequest, FileId, LeaseContext, Reader,
+    Response,
 };
 
 use crate::conn::{err, Conn, Open, Outcome};
@@ -628,20 +628,13 @@ impl Conn {
         tracing::debug!(conn = self.id, persistent, "durable open reconnected");
         Outcome::Reply(
             status::SUCCESS,
-            Response::Create(CreateResponse {
+            Response::Create(crate::ops::create_response(
+                &info,
                 oplock_level,
-                flags: 0,
-                action: create_action::OPENED,
-                creation_time: info.creation,
-                last_access_time: info.access,
-                last_write_time: info.write,
-                change_time: info.change,
-                allocation_size: info.alloc,
-                end_of_file: info.size,
-                attributes: info.attributes,
-                file_id: fid,
+                create_action::OPENED,
+                fid,
                 contexts,
-            }),
+            )),
         )
     }
 

@@ -120,6 +120,30 @@ pub(crate) struct StreamTarget {
 
 /// A stream open's size and allocation come from the stream; times, attributes and the
 /// file id are the base object's (MS-FSA 2.1.5.11: they are per file, not per stream).
+/// A successful CREATE response for a file described by `info` (MS-SMB2 2.2.14).
+pub(crate) fn create_response(
+    info: &FileInfo,
+    oplock_level: u8,
+    action: u32,
+    file_id: FileId,
+    contexts: Vec<CreateContext>,
+) -> CreateResponse {
+    CreateResponse {
+        oplock_level,
+        flags: 0,
+        action,
+        creation_time: info.creation,
+        last_access_time: info.access,
+        last_write_time: info.write,
+        change_time: info.change,
+        allocation_size: info.alloc,
+        end_of_file: info.size,
+        attributes: info.attributes,
+        file_id,
+        contexts,
+    }
+}
+
 fn stream_info(mut info: FileInfo, f: &File) -> FileInfo {
     use std::os::unix::fs::MetadataExt;
     if let Ok(m) = f.metadata() {
@@ -917,20 +941,7 @@ impl Conn {
             }
             contexts.retain(|x| x.name != cctx::DHNQ && x.name != cctx::DH2Q);
         }
-        let resp = CreateResponse {
-            oplock_level: oplock,
-            flags: 0,
-            action,
-            creation_time: info.creation,
-            last_access_time: info.access,
-            last_write_time: info.write,
-            change_time: info.change,
-            allocation_size: info.alloc,
-            end_of_file: info.size,
-            attributes: info.attributes,
-            file_id: fid,
-            contexts,
-        };
+        let resp = create_response(&info, oplock, action, fid, contexts);
         (
             Outcome::Reply(status::SUCCESS, Response::Create(resp)),
             Some(fid),
