@@ -7,7 +7,6 @@
 //! Windows) is kept so the suites' timing expectations hold; they take minutes.
 
 mod cluster_common;
-mod common;
 use cluster_common::*;
 
 fn suite(name: &str) {
@@ -17,35 +16,14 @@ fn suite(name: &str) {
     }
     let cluster = Cluster::start(ClusterOptions::default());
     let raw = run_smbtorture(&cluster, 0, name);
-    let res = common::parse_subunit(&raw);
-    let known = cluster_known_failures();
-    let unexpected: Vec<&String> = res
-        .failure
-        .iter()
-        .filter(|f| !known.iter().any(|k| k == *f))
-        .collect();
-    let fixed: Vec<&String> = res
-        .success
-        .iter()
-        .filter(|s| known.iter().any(|k| k == *s))
-        .collect();
-    eprintln!(
-        "{name}: {} passed, {} failed, {} skipped",
-        res.success.len(),
-        res.failure.len(),
-        res.skip.len()
-    );
-    if !fixed.is_empty() {
-        eprintln!("{name}: now passing, remove from cluster-known-failures.txt: {fixed:?}");
-    }
-    assert!(
-        !res.success.is_empty() || !res.failure.is_empty(),
-        "{name}: smbtorture produced no results:\n{raw}"
-    );
-    assert!(
-        unexpected.is_empty(),
-        "{name}: unexpected failures {unexpected:?}\n--- subunit ---\n{raw}\n{}",
-        cluster.logs()
+    let res = parse_subunit(&raw);
+    check_suite(
+        name,
+        &res,
+        &raw,
+        &cluster_known_failures(),
+        "cluster-known-failures.txt",
+        || cluster.logs(),
     );
 }
 

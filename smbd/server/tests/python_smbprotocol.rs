@@ -6,20 +6,6 @@ mod common;
 use common::*;
 use std::process::Command;
 
-fn python() -> Option<String> {
-    let candidates = [
-        std::env::var("SMBD_PYTHON").unwrap_or_default(),
-        "/tmp/venv/bin/python".to_string(),
-    ];
-    candidates.into_iter().filter(|p| !p.is_empty()).find(|p| {
-        Command::new(p)
-            .args(["-c", "import smbprotocol, smbclient"])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    })
-}
-
 #[test]
 fn smbprotocol_operations() {
     let Some(py) = python() else {

@@ -12,34 +12,13 @@ fn suite(name: &str) {
     }
     let srv = TestServer::start(Options::default());
     let (res, raw) = run_smbtorture(&srv, name);
-    let known = known_failures();
-    let unexpected: Vec<&String> = res
-        .failure
-        .iter()
-        .filter(|f| !known.iter().any(|k| k == *f))
-        .collect();
-    let fixed: Vec<&String> = res
-        .success
-        .iter()
-        .filter(|s| known.iter().any(|k| k == *s))
-        .collect();
-    eprintln!(
-        "{name}: {} passed, {} failed, {} skipped",
-        res.success.len(),
-        res.failure.len(),
-        res.skip.len()
-    );
-    if !fixed.is_empty() {
-        eprintln!("{name}: now passing, remove from known failures: {fixed:?}");
-    }
-    assert!(
-        !res.success.is_empty() || !res.failure.is_empty(),
-        "{name}: smbtorture produced no results:\n{raw}"
-    );
-    assert!(
-        unexpected.is_empty(),
-        "{name}: unexpected failures {unexpected:?}\n--- subunit ---\n{raw}\n--- smbd log ---\n{}",
-        srv.log()
+    check_suite(
+        name,
+        &res,
+        &raw,
+        &known_failures(),
+        "smbtorture-known-failures.txt",
+        || format!("--- smbd log ---\n{}", srv.log()),
     );
 }
 

@@ -16,23 +16,7 @@ pub const PASS2: &str = "pass2";
 pub const SHARE: &str = "data";
 const FS_ID: &str = "0x6c757374";
 
-/// Same rule as tests/common: in CI a missing tool fails, elsewhere the test is skipped.
-pub fn missing(what: &str) {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{what} (CI=true: missing capabilities fail instead of skipping)");
-    }
-    eprintln!("SKIPPED: {what}");
-}
-
-pub fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
+include!("../support/tools.rs");
 
 /// The lockmgrd binary: $SMBD_LOCKMGRD, else next to our smbd (same target dir), else built
 /// there with cargo (smbd cannot name another package's binary as a dependency).
@@ -470,21 +454,6 @@ fn rand_key() -> Vec<u8> {
     k
 }
 
-/// A Python interpreter that has smbprotocol: $SMBD_PYTHON, else /tmp/venv/bin/python.
-pub fn python() -> Option<String> {
-    let candidates = [
-        std::env::var("SMBD_PYTHON").unwrap_or_default(),
-        "/tmp/venv/bin/python".to_string(),
-    ];
-    candidates.into_iter().filter(|p| !p.is_empty()).find(|p| {
-        Command::new(p)
-            .args(["-c", "import smbprotocol"])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    })
-}
-
 pub fn client_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster_common/cluster_client.py")
 }
@@ -511,13 +480,7 @@ pub fn run_smbtorture(cluster: &Cluster, node: usize, suite: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `smbd/tests/cluster-known-failures.txt`: `suite.test  # reason` lines.
+/// Known failures of the suites run against a cluster node.
 pub fn cluster_known_failures() -> Vec<String> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/cluster-known-failures.txt");
-    std::fs::read_to_string(p)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect()
+    read_known_failures("cluster-known-failures.txt")
 }

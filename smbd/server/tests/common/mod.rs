@@ -26,25 +26,7 @@ pub struct Options {
     pub signing_required: bool,
 }
 
-/// True if `tool` is on PATH; tests needing it print a notice and pass otherwise.
-/// A tool the test needs is missing: on a user's machine the test is skipped with a message;
-/// in CI (`CI=true`) a missing capability is a failure, never a silent skip.
-pub fn missing(what: &str) {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{what} (CI=true: missing capabilities fail instead of skipping)");
-    }
-    eprintln!("SKIPPED: {what}");
-}
-
-pub fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
+include!("../support/tools.rs");
 
 impl TestServer {
     pub fn start(opts: Options) -> TestServer {
@@ -158,45 +140,9 @@ impl Drop for TestServer {
     }
 }
 
-/// Results of one smbtorture run, from its subunit output.
-#[derive(Debug, Default)]
-pub struct TortureResults {
-    pub success: Vec<String>,
-    pub failure: Vec<String>,
-    pub skip: Vec<String>,
-}
-
-pub fn parse_subunit(text: &str) -> TortureResults {
-    let mut r = TortureResults::default();
-    for line in text.lines() {
-        let (kind, rest) = match line.split_once(": ") {
-            Some(x) => x,
-            None => continue,
-        };
-        let name = rest
-            .trim_end_matches('[')
-            .trim()
-            .trim_end_matches(" [")
-            .to_string();
-        match kind {
-            "success" | "successful" => r.success.push(name),
-            "failure" | "error" | "fail" => r.failure.push(name),
-            "skip" => r.skip.push(name),
-            _ => {}
-        }
-    }
-    r
-}
-
-/// Known failures: `suite.test  # reason` lines.
+/// Known failures of the single-server suites.
 pub fn known_failures() -> Vec<String> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/smbtorture-known-failures.txt");
-    std::fs::read_to_string(p)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim().to_string())
-        .filter(|l| !l.is_empty())
-        .collect()
+    read_known_failures("smbtorture-known-failures.txt")
 }
 
 pub fn run_smbtorture(srv: &TestServer, suite: &str) -> (TortureResults, String) {

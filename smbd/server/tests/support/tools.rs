@@ -1,0 +1,117 @@
+// Helpers shared by the single-server harness (tests/common) and the cluster harness
+// (tests/cluster_common): `include!`d by both, because test binaries that use both modules
+// cannot declare one shared module twice. Paths are spelled out so the including module's own
+// `use` lines do not clash.
+
+/// A tool the test needs is missing: on a user's machine the test is skipped with a message;
+/// in CI (`CI=true`) a missing capability is a failure, never a silent skip.
+pub fn missing(what: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{what} (CI=true: missing capabilities fail instead of skipping)");
+    }
+    eprintln!("SKIPPED: {what}");
+}
+
+/// True if `tool` is on PATH.
+pub fn have(tool: &str) -> bool {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// A Python interpreter that has smbprotocol (and its smbclient module): $SMBD_PYTHON, else
+/// /tmp/venv/bin/python.
+pub fn python() -> Option<String> {
+    let candidates = [
+        std::env::var("SMBD_PYTHON").unwrap_or_default(),
+        "/tmp/venv/bin/python".to_string(),
+    ];
+    candidates.into_iter().filter(|p| !p.is_empty()).find(|p| {
+        std::process::Command::new(p)
+            .args(["-c", "import smbprotocol, smbclient"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    })
+}
+
+/// Results of one smbtorture run, from its subunit output.
+#[derive(Debug, Default)]
+pub struct TortureResults {
+    pub success: Vec<String>,
+    pub failure: Vec<String>,
+    pub skip: Vec<String>,
+}
+
+pub fn parse_subunit(text: &str) -> TortureResults {
+    let mut r = TortureResults::default();
+    for line in text.lines() {
+        let (kind, rest) = match line.split_once(": ") {
+            Some(x) => x,
+            None => continue,
+        };
+        let name = rest
+            .trim_end_matches('[')
+            .trim()
+            .trim_end_matches(" [")
+            .to_string();
+        match kind {
+            "success" | "successful" => r.success.push(name),
+            "failure" | "error" | "fail" => r.failure.push(name),
+            "skip" => r.skip.push(name),
+            _ => {}
+        }
+    }
+    r
+}
+
+/// `smbd/tests/<file>`: `suite.test  # reason` lines.
+pub fn read_known_failures(file: &str) -> Vec<String> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests")
+        .join(file);
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// Compares one suite's results with its known failures: any failure not listed fails the test
+/// (with `logs()` in the message); listed tests that pass now are reported. `list` names the
+/// known-failures file for the report.
+pub fn check_suite(
+    name: &str,
+    res: &TortureResults,
+    raw: &str,
+    known: &[String],
+    list: &str,
+    logs: impl FnOnce() -> String,
+) {
+    let listed = |t: &&String| known.iter().any(|k| k == *t);
+    let unexpected: Vec<&String> = res.failure.iter().filter(|f| !listed(f)).collect();
+    let fixed: Vec<&String> = res.success.iter().filter(listed).collect();
+    eprintln!(
+        "{name}: {} passed, {} failed, {} skipped",
+        res.success.len(),
+        res.failure.len(),
+        res.skip.len()
+    );
+    if !fixed.is_empty() {
+        eprintln!("{name}: now passing, remove from {list}: {fixed:?}");
+    }
+    assert!(
+        !res.success.is_empty() || !res.failure.is_empty(),
+        "{name}: smbtorture produced no results:\n{raw}"
+    );
+    assert!(
+        unexpected.is_empty(),
+        "{name}: unexpected failures {unexpected:?}\n--- subunit ---\n{raw}\n{}",
+        logs()
+    );
+}
