@@ -7,19 +7,8 @@
 use crate::wire::{Header, Hello, Kind, HDR_LEN, HELLO_LEN, MAX_SLOTS, MIN_SLOTS, SLOT_SIZE};
 use lockmgr_transport::MAX_FRAME;
 
-/// What a check concluded about one input.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// The decoder refused the input.
-    Rejected,
-    /// The input decoded, and re-encoding reproduced it byte for byte.
-    RoundTripped,
-}
-
-/// A violated codec property.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct PropertyViolation(String);
+/// The same outcome and violation types as the other transports' checks.
+pub use lockmgr_transport::fuzzing::{Outcome, PropertyViolation};
 
 /// `data` is one received SEND (header plus payload, as long as the completion's `byte_len`).
 /// An accepted message must have a payload of exactly `len` bytes within [`MAX_FRAME`], none
@@ -30,17 +19,21 @@ pub fn check_header(data: &[u8]) -> Result<Outcome, PropertyViolation> {
     };
     let payload = data.len() - HDR_LEN;
     if h.len as usize != payload || payload > MAX_FRAME {
-        return Err(PropertyViolation(format!(
+        return Err(PropertyViolation::new(format!(
             "{h:?} accepted with {payload} payload bytes"
         )));
     }
     if h.kind == Kind::Credit && payload != 0 {
-        return Err(PropertyViolation(format!("{h:?} accepted with payload")));
+        return Err(PropertyViolation::new(format!(
+            "{h:?} accepted with payload"
+        )));
     }
     let mut again = [0u8; HDR_LEN];
     h.encode(&mut again);
     if again[..] != data[..HDR_LEN] {
-        return Err(PropertyViolation(format!("{h:?} re-encodes differently")));
+        return Err(PropertyViolation::new(format!(
+            "{h:?} re-encodes differently"
+        )));
     }
     Ok(Outcome::RoundTripped)
 }
@@ -61,10 +54,14 @@ pub fn check_hello(data: &[u8]) -> Result<Outcome, PropertyViolation> {
         && (1..=5).contains(&h.mtu)
         && h.slot_size as usize >= HDR_LEN + MAX_FRAME;
     if !in_range {
-        return Err(PropertyViolation(format!("{h:?} accepted out of range")));
+        return Err(PropertyViolation::new(format!(
+            "{h:?} accepted out of range"
+        )));
     }
     if h.encode() != bytes {
-        return Err(PropertyViolation(format!("{h:?} re-encodes differently")));
+        return Err(PropertyViolation::new(format!(
+            "{h:?} re-encodes differently"
+        )));
     }
     Ok(Outcome::RoundTripped)
 }

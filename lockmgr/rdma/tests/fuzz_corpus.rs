@@ -6,19 +6,9 @@ use std::path::Path;
 use lockmgr_rdma::fuzzing::{self, Outcome, PropertyViolation};
 
 fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/corpus")
-        .join(target);
-    let mut out: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| {
-            let p = e.unwrap().path();
-            let name = p.file_name().unwrap().to_string_lossy().into_owned();
-            (name, std::fs::read(&p).unwrap())
-        })
-        .collect();
-    out.sort();
-    out
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    lockmgr_transport::fuzzing::read_corpus(dir, target)
+        .unwrap_or_else(|e| panic!("{}/fuzz/corpus/{target}: {e}", dir.display()))
 }
 
 /// Seeds (named `prefix*`) must round-trip and be checked in unchanged; everything else, with

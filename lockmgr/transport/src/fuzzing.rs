@@ -22,8 +22,35 @@ pub enum Outcome {
 #[error("{0}")]
 pub struct PropertyViolation(String);
 
+/// The checked-in corpus of fuzz target `target` below `crate_dir` (`fuzz/corpus/<target>/`),
+/// as (file name, contents) sorted by name: what `cargo test` replays through the checks.
+pub fn read_corpus(
+    crate_dir: &std::path::Path,
+    target: &str,
+) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    let dir = crate_dir.join("fuzz/corpus").join(target);
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir)? {
+        let p = entry?.path();
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        out.push((name, std::fs::read(&p)?));
+    }
+    out.sort();
+    Ok(out)
+}
+
+impl PropertyViolation {
+    /// A violation described by `msg` (also used by other transports' fuzz checks).
+    pub fn new(msg: impl Into<String>) -> Self {
+        PropertyViolation(msg.into())
+    }
+}
+
 fn violation(msg: impl Into<String>) -> PropertyViolation {
-    PropertyViolation(msg.into())
+    PropertyViolation::new(msg)
 }
 
 /// The reliability-layer datagram parse (shared by UDP, AF_PACKET and AF_XDP): an accepted
