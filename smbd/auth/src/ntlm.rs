@@ -367,6 +367,8 @@ struct Verified {
     exported: [u8; 16],
     flags: u32,
     anonymous: bool,
+    /// The AUTHENTICATE message carried a (verified) MIC (MsvAvFlags bit 0x2).
+    mic_present: bool,
 }
 
 enum NtlmOut {
@@ -506,6 +508,14 @@ impl NtlmServer {
                     }),
                     NtlmOut::Done(v) => {
                         let mut server_mic = None;
+                        if mech_list_mic.is_none() && v.mic_present && !v.anonymous {
+                            // MS-SPNG 3.3.5.1 / MS-NLMP 3.1.5.1.2: an NTLM AUTHENTICATE that
+                            // carries a MIC makes the SPNEGO mechListMIC mandatory; without it
+                            // the mechanism list (and so the choice of NTLM) is unprotected and
+                            // could have been downgraded by a man in the middle.
+                            tracing::info!(user = %v.user, "SPNEGO mechListMIC missing although NTLM sent a MIC");
+                            return Err(AuthError::LogonFailure);
+                        }
                         if let (Some(mic), false) = (mech_list_mic, v.anonymous) {
                             // RFC 4178 5 / MS-SPNG 3.3.5.1: the MIC covers the DER MechTypeList as
                             // the client sent it, protected with the NTLM GSS_GetMIC (seq 0).
@@ -725,6 +735,7 @@ impl NtlmServer {
                 exported: export([0u8; 16]),
                 flags: neg_flags,
                 anonymous: true,
+                mic_present: false,
             });
         }
 
@@ -793,6 +804,7 @@ impl NtlmServer {
             exported,
             flags: neg_flags,
             anonymous: false,
+            mic_present,
         })
     }
 
@@ -1393,8 +1405,16 @@ mod tests {
                 ..
             }
         ));
+        // NTLM sent a MIC, so the mechListMIC is mandatory (MS-SPNG 3.3.5.1).
+        assert_eq!(
+            spnego_exchange(&c, false).unwrap_err(),
+            AuthError::LogonFailure
+        );
+        // Without an NTLM MIC (older clients) the mechListMIC stays optional.
+        let mut old = Client::new("alice", "correct horse", "WORKGROUP");
+        old.with_mic = false;
         assert!(matches!(
-            spnego_exchange(&c, false).unwrap(),
+            spnego_exchange(&old, false).unwrap(),
             AuthStep::Done {
                 anonymous: false,
                 ..
