@@ -18,6 +18,7 @@ use smb_proto::{
 
 use crate::fs::DirEntry;
 use crate::locking::{self, OplockGrant};
+use crate::seqwin::SeqHandle;
 use crate::shared::{Event, Shared};
 
 /// Largest READ/WRITE/transact we accept (MS-SMB2 with LARGE_MTU: credit charge covers it).
@@ -162,6 +163,10 @@ pub(crate) struct ChainCtx {
     pub file_id: Option<FileId>,
     pub prev_status: u32,
     pub encrypted: bool,
+    /// SessionId of the TRANSFORM_HEADER the chain arrived in (when `encrypted`).
+    pub sealed_session: u64,
+    /// FileIds resolve through any tree of the session (oplock break acknowledgments).
+    pub any_tree: bool,
     /// The request being processed has SMB2_FLAGS_RELATED_OPERATIONS.
     pub related: bool,
     /// Index of the request in the chain.
@@ -271,8 +276,10 @@ pub struct Conn {
     pub(crate) next_volatile: u64,
     next_async: u64,
     pending_tree_id: Option<u32>,
-    /// Credits granted and not yet consumed.
-    credits_out: u32,
+    /// Connection.CommandSequenceWindow and credits (MS-SMB2 3.3.1.1, 3.3.1.2).
+    seq: SeqHandle,
+    /// The window of the bound connection whose forwarded request is being processed.
+    cur_seq: Option<SeqHandle>,
     /// Signer for the current response when it is not the session's own (binding refusals).
     override_signer: Option<Signer>,
     /// Sessions of this connection to tear down once the current chain is answered.
@@ -288,8 +295,6 @@ pub struct Conn {
     suspend_chain: Option<u64>,
     /// Sessions owned here that other connections bound: (channel conn, session) -> signer.
     channels: HashMap<(u64, u64), Signer>,
-    /// Credits granted on each bound channel (for requests forwarded from it).
-    channel_credits: HashMap<u64, u32>,
     /// The bound connection whose forwarded request (or its async completion) is being
     /// answered; output then goes back to it.
     cur_channel: Option<u64>,
@@ -338,7 +343,8 @@ impl Conn {
             next_volatile: id << 32,
             next_async: 0,
             pending_tree_id: None,
-            credits_out: 1,
+            seq: SeqHandle::default(),
+            cur_seq: None,
             signed_request: false,
             expire_after: Vec::new(),
             override_signer: None,
@@ -347,7 +353,6 @@ impl Conn {
             suspend_chain: None,
             read_body_padding: 0,
             channels: HashMap::new(),
-            channel_credits: HashMap::new(),
             cur_channel: None,
             channel_out: Vec::new(),
             bound: HashMap::new(),
@@ -451,7 +456,7 @@ impl Conn {
             }
             [0xFE, b'S', b'M', b'B'] => {
                 if !self.forward_to_owner(msg) {
-                    self.process_chain(msg, false)
+                    self.process_chain(msg, None)
                 }
             }
             _ => {
@@ -482,10 +487,21 @@ impl Conn {
         if d == dialect::SMB202 {
             self.set_negotiated(d, &NegotiateRequest::default(), None, None);
         }
+        // MS-SMB2 3.3.5.2.3: an SMB_COM_NEGOTIATE counts as MessageId 0.
+        let credits = {
+            let mut w = self.seq.lock();
+            if w.consume(0, 1).is_err() {
+                drop(w);
+                tracing::debug!(conn = self.id, "second SMB1 negotiate; disconnecting");
+                self.closed = true;
+                return;
+            }
+            w.grant(1)
+        };
         let body = self.negotiate_response_body(d, Vec::new());
         let hdr = Header {
             command: Command::Negotiate as u16,
-            credits: 1,
+            credits,
             flags: flags::SERVER_TO_REDIR,
             ..Default::default()
         };
@@ -516,7 +532,7 @@ impl Conn {
         match smb_auth::encryption::decrypt(cipher, &key, msg) {
             Ok((_, plain)) => {
                 if plain.get(..4) == Some(&smb_proto::header::PROTOCOL_ID[..]) {
-                    self.process_chain(&plain, true);
+                    self.process_chain(&plain, Some(sid));
                 } else {
                     self.closed = true;
                 }
@@ -528,7 +544,8 @@ impl Conn {
         }
     }
 
-    fn process_chain(&mut self, buf: &[u8], encrypted: bool) {
+    /// `sealed`: the SessionId of the TRANSFORM_HEADER the chain was decrypted from.
+    fn process_chain(&mut self, buf: &[u8], sealed: Option<u64>) {
         let msgs = match smb_proto::split_compound(buf) {
             // Borrowed: a large WRITE is not copied again before it is decoded.
             Ok(m) => m,
@@ -539,7 +556,8 @@ impl Conn {
             }
         };
         let ctx = ChainCtx {
-            encrypted,
+            encrypted: sealed.is_some(),
+            sealed_session: sealed.unwrap_or(0),
             // A request forwarded from a bound channel is answered synchronously: ring
             // completions go out on this connection's own socket.
             single: msgs.len() == 1 && self.cur_channel.is_none(),
@@ -565,6 +583,11 @@ impl Conn {
             ctx.index = i;
             let one = self.process_one(m.as_ref(), &mut ctx, i + 1 == n);
             i += 1;
+            if self.closed {
+                // A protocol violation (e.g. a replayed MessageId): nothing more of this
+                // compound is processed or answered.
+                return;
+            }
             let Some((resp, signer)) = one else {
                 continue;
             };
@@ -734,24 +757,47 @@ impl Conn {
         }
     }
 
-    /// Credit accounting (MS-SMB2 3.3.1.2): the request consumes its charge; grant what the
-    /// client asks for while the outstanding window stays within [`MAX_CREDITS`], and never
-    /// leave the client with zero credits.
-    fn grant_credits(&mut self, req: &Header) -> u16 {
-        let charge = (req.credit_charge as u32).max(1);
-        // A forwarded request spends the credits of the channel it arrived on.
-        let out = match self.cur_channel {
-            Some(ch) => self.channel_credits.entry(ch).or_insert(0),
-            None => &mut self.credits_out,
+    /// The CommandSequenceWindow of the connection the current request arrived on.
+    fn window(&self) -> SeqHandle {
+        self.cur_seq.clone().unwrap_or_else(|| self.seq.clone())
+    }
+
+    /// MS-SMB2 3.3.5.2.3: the request's MessageId (with multi-credit, its CreditCharge
+    /// consecutive ids) must be in the window and unused; then it leaves the window. A replayed,
+    /// reused or not yet granted MessageId drops the connection (<258>: Windows and Samba do),
+    /// so a captured signed request cannot be played again.
+    fn consume_message_id(&mut self, hdr: &Header) -> bool {
+        // 3.3.1.1 / 3.3.5.2.5: Connection.SupportsMultiCredit (2.1 and later); at 2.0.2 every
+        // request takes one id whatever its CreditCharge says.
+        let charge = if self.dialect() > dialect::SMB202 && self.dialect() != dialect::WILDCARD {
+            hdr.credit_charge
+        } else {
+            1
         };
-        *out = out.saturating_sub(charge);
-        let room = MAX_CREDITS.saturating_sub(*out);
-        let mut grant = (req.credits as u32).min(room);
-        if grant == 0 && *out == 0 {
-            grant = 1;
+        let r = self.window().lock().consume(hdr.message_id, charge);
+        match r {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(
+                    conn = self.id,
+                    channel = ?self.cur_channel,
+                    mid = hdr.message_id,
+                    charge,
+                    command = hdr.command,
+                    error = ?e,
+                    "MessageId outside the command sequence window; disconnecting"
+                );
+                self.closed = true;
+                false
+            }
         }
-        *out += grant;
-        grant as u16
+    }
+
+    /// Credit accounting (MS-SMB2 3.3.1.2): grant what the client asks for while it holds at
+    /// most [`MAX_CREDITS`] (see [`crate::seqwin::SeqWindow::grant`]); the granted ids join
+    /// the window of the connection the request arrived on.
+    fn grant_credits(&mut self, req: &Header) -> u16 {
+        self.window().lock().grant(req.credits)
     }
 
     /// Process one message of a chain; returns the response bytes and how to sign them.
@@ -768,6 +814,11 @@ impl Conn {
                 return None;
             }
         };
+        // MS-SMB2 3.3.5.2.3: CANCEL takes no MessageId of its own (it names the request it
+        // cancels); every other request consumes its ids before anything else is looked at.
+        if hdr.command != Command::Cancel as u16 && !self.consume_message_id(&hdr) {
+            return None;
+        }
         let related = hdr.flags & flags::RELATED_OPERATIONS != 0;
         ctx.related = related;
         if related {
@@ -777,6 +828,19 @@ impl Conn {
             hdr.tree_id = ctx.last_tree_id;
         } else {
             ctx.file_id = None;
+            if ctx.encrypted && hdr.session_id != ctx.sealed_session {
+                // MS-SMB2 3.3.5.2.1.1: a decrypted request names the session whose key sealed
+                // it. Otherwise the key of one session would carry requests of another, and
+                // since sealed requests skip signature checks they would run unauthenticated.
+                tracing::warn!(
+                    conn = self.id,
+                    sealed = ctx.sealed_session,
+                    inner = hdr.session_id,
+                    "sealed request names another session; disconnecting"
+                );
+                self.closed = true;
+                return None;
+            }
         }
         let signed = hdr.flags & flags::SIGNED != 0;
         self.signed_request = signed;
@@ -812,6 +876,11 @@ impl Conn {
             .sessions
             .get(&ctx.session_id)
             .is_some_and(|s| s.trees.contains_key(&ctx.tree_id));
+        if matches!(outcome, Outcome::Nothing) {
+            // No response (CANCEL, or a dropped connection): no credits either, since the
+            // client would never learn of them.
+            return None;
+        }
         let credits = self.grant_credits(&hdr);
         let (st, body) = match outcome {
             Outcome::Nothing => return None,
@@ -979,6 +1048,10 @@ impl Conn {
             self.closed = true;
             return Outcome::Nothing;
         }
+        if cmd == Command::Cancel && !self.cancel_allowed(hdr, ctx, m) {
+            // CANCEL has no response, not even an error (MS-SMB2 3.3.5.16).
+            return Outcome::Nothing;
+        }
         // Session checks (MS-SMB2 3.3.5.2.9) for everything but NEGOTIATE/SESSION_SETUP/ECHO/CANCEL.
         if !matches!(
             cmd,
@@ -1036,7 +1109,47 @@ impl Conn {
                 return err(status::INVALID_PARAMETER);
             }
         };
+        if !self.credit_charge_covers(hdr, &req) {
+            return err(status::INVALID_PARAMETER);
+        }
         self.dispatch(req, hdr, m, ctx, last)
+    }
+
+    /// MS-SMB2 3.3.5.2.5: with multi-credit, a request's CreditCharge must cover the larger
+    /// of what it sends and what it may receive, one credit per 64 KiB (a client must not move
+    /// 8 MiB for the price of one credit); without it no payload may exceed 64 KiB.
+    fn credit_charge_covers(&self, hdr: &Header, req: &Request) -> bool {
+        let payload: u64 = match req {
+            Request::Read(r) => r.length.into(),
+            Request::Write(w) => w.data.len() as u64,
+            Request::Ioctl(i) => (i.input.len() as u64)
+                .max(i.max_input_response.into())
+                .max(i.max_output_response.into()),
+            Request::QueryDirectory(q) => q.output_buffer_length.into(),
+            Request::ChangeNotify(c) => c.output_buffer_length.into(),
+            Request::QueryInfo(q) => (q.input.len() as u64).max(q.output_buffer_length.into()),
+            Request::SetInfo(s) => s.buffer.len() as u64,
+            _ => return true,
+        };
+        let d = self.dialect();
+        let multi_credit = d > dialect::SMB202 && d != dialect::WILDCARD;
+        if !multi_credit {
+            // 2.0.2: the handlers refuse sizes above their (64 KiB) limits themselves.
+            return true;
+        }
+        let needed = payload.saturating_sub(1) / 65536 + 1;
+        let charge = u64::from(hdr.credit_charge.max(1));
+        if needed > charge {
+            tracing::debug!(
+                conn = self.id,
+                mid = hdr.message_id,
+                payload,
+                charge = hdr.credit_charge,
+                "CreditCharge too small for the payload"
+            );
+            return false;
+        }
+        true
     }
 
     fn dispatch(
@@ -1304,16 +1417,13 @@ impl Conn {
                     trees: HashMap::new(),
                 },
             );
-        } else if let Some(s) = self.sessions.get_mut(&sid) {
-            if self.cur_channel.is_some()
-                && !self.signed_request
-                && !ctx.encrypted
-                && s.signing_required
-            {
-                // An unsigned reauthentication on a bound channel of a session that requires
-                // signing (MS-SMB2 3.3.5.2.4).
-                return err(status::ACCESS_DENIED);
+        } else if self.sessions.contains_key(&sid) {
+            if let Err(st) = self.check_reauth_signature(sid, ctx, m) {
+                return err(st);
             }
+            let Some(s) = self.sessions.get_mut(&sid) else {
+                return err(status::USER_SESSION_DELETED);
+            };
             if matches!(s.state, AuthState::Valid) && s.reauth.is_none() {
                 s.reauth = Some(Box::new(NtlmServer::new(
                     self.shared.users.clone(),
@@ -1382,6 +1492,40 @@ impl Conn {
                 );
                 let was_valid = matches!(s.state, AuthState::Valid);
                 s.reauth = None;
+                if was_valid && !anonymous {
+                    // A reauthentication keeps Session.SessionKey, the signing and encryption
+                    // keys, the tree connects and the opens (MS-SMB2 3.3.5.5.2); handing them
+                    // to another user would give that user what was granted to the first one
+                    // without any check. MS-SMB 3.3.5.3 lets the server fail a reauthentication
+                    // that names another user, and we do. Reauthenticating as anonymous
+                    // (fewer rights; smbtorture session.reauth2-5, written against Windows)
+                    // and back to the session's own user stays allowed.
+                    let owner = self
+                        .shared
+                        .session_record(sid)
+                        .map(|r| r.user)
+                        .unwrap_or_else(|| s.user.clone());
+                    if !owner.eq_ignore_ascii_case(&user) {
+                        tracing::warn!(
+                            conn = self.id,
+                            sid,
+                            session_user = %owner,
+                            new_user = %user,
+                            "reauthentication as another user refused"
+                        );
+                        if self.signed_request {
+                            self.override_signer = self.signer_for(sid, true);
+                        }
+                        return err(status::ACCESS_DENIED);
+                    }
+                }
+                if was_valid && anonymous && !allow_anon {
+                    // Refused like a new anonymous session, but the session itself stays.
+                    if self.signed_request {
+                        self.override_signer = self.signer_for(sid, true);
+                    }
+                    return err(status::LOGON_FAILURE);
+                }
                 s.state = AuthState::Valid;
                 s.user = user;
                 let mut flags = 0;
@@ -1488,6 +1632,38 @@ impl Conn {
                 err(st)
             }
         }
+    }
+
+    /// MS-SMB2 3.3.5.2.4 for a reauthentication (SESSION_SETUP on a valid session): it is a
+    /// request on an established session like any other, so a signature must verify with the
+    /// session's (channel's) key, and an unsigned one is refused when the session requires
+    /// signing. Otherwise anyone could restart authentication on somebody else's session
+    /// without its key. Sealed requests were authenticated by decryption.
+    fn check_reauth_signature(&mut self, sid: u64, ctx: &ChainCtx, m: &[u8]) -> Result<(), u32> {
+        let Some(s) = self.sessions.get(&sid) else {
+            return Ok(());
+        };
+        if !matches!(s.state, AuthState::Valid) || s.anonymous || ctx.encrypted {
+            return Ok(());
+        }
+        let required = s.signing_required;
+        if self.signed_request {
+            let Some((alg, key)) = self.signing_pair(sid) else {
+                return Ok(());
+            };
+            if !smb_auth::signing::verify(alg, &key, m) {
+                tracing::info!(conn = self.id, sid, "reauthentication with a bad signature");
+                return Err(status::ACCESS_DENIED);
+            }
+        } else if required {
+            tracing::info!(
+                conn = self.id,
+                sid,
+                "unsigned reauthentication of a signing session"
+            );
+            return Err(status::ACCESS_DENIED);
+        }
+        Ok(())
     }
 
     /// SESSION_SETUP with SMB2_SESSION_FLAG_BINDING (MS-SMB2 3.3.5.5.2): checks in the order
@@ -1850,11 +2026,54 @@ impl Conn {
         self.channel_out = saved;
     }
 
+    /// MS-SMB2 3.3.5.2.4 applies to CANCEL too: on a session that signs, an unsigned or badly
+    /// signed CANCEL must not abort a request the client sent signed (a blocking lock, a
+    /// waiting create, a notify). Sealed CANCELs were authenticated by decryption.
+    fn cancel_allowed(&self, hdr: &Header, ctx: &ChainCtx, m: &[u8]) -> bool {
+        if ctx.encrypted || hdr.session_id == 0 {
+            // Session 0 names no session, so it matches no pending request (see `cancel`).
+            return true;
+        }
+        let Some(s) = self.sessions.get(&hdr.session_id) else {
+            return true;
+        };
+        if !matches!(s.state, AuthState::Valid) || s.anonymous {
+            return true;
+        }
+        if s.encrypt && s.keys.as_ref().is_some_and(|k| !k.decryption.is_empty()) {
+            tracing::debug!(
+                conn = self.id,
+                "unsealed CANCEL on an encrypted session ignored"
+            );
+            return false;
+        }
+        if hdr.flags & flags::SIGNED != 0 {
+            if let Some((alg, key)) = self.signing_pair(hdr.session_id) {
+                if !smb_auth::signing::verify(alg, &key, m) {
+                    tracing::info!(conn = self.id, "CANCEL with a bad signature ignored");
+                    return false;
+                }
+            }
+        } else if s.signing_required {
+            tracing::info!(
+                conn = self.id,
+                "unsigned CANCEL on a signing session ignored"
+            );
+            return false;
+        }
+        true
+    }
+
     fn cancel(&mut self, hdr: &Header) -> Outcome {
         let found = self
             .pending
             .iter()
             .find(|(aid, p)| {
+                // Only the session that sent a request can cancel it, on the connection it
+                // came in on (MessageIds are per connection).
+                if p.session_id != hdr.session_id || p.channel != self.cur_channel {
+                    return false;
+                }
                 if hdr.is_async() {
                     **aid == hdr.async_id
                 } else {
@@ -1935,11 +2154,13 @@ impl Conn {
                         .post_event(channel, Event::ChannelGone { session_id });
                 }
             }
-            Event::ChannelMessage { channel, msg } => {
+            Event::ChannelMessage { channel, msg, seq } => {
                 let was_closed = self.closed;
                 self.cur_channel = Some(channel);
+                self.cur_seq = Some(seq);
                 self.on_message(&msg);
                 self.cur_channel = None;
+                self.cur_seq = None;
                 // A protocol violation on the channel drops the channel, not this connection.
                 let close = self.closed && !was_closed;
                 self.closed = was_closed;
@@ -1958,7 +2179,6 @@ impl Conn {
             }
             Event::ChannelClosed { channel } => {
                 self.channels.retain(|(ch, _), _| *ch != channel);
-                self.channel_credits.remove(&channel);
             }
         }
     }
@@ -2044,6 +2264,7 @@ impl Conn {
                 Event::ChannelMessage {
                     channel: self.id,
                     msg: msg.to_vec(),
+                    seq: self.seq.clone(),
                 },
             )
         {

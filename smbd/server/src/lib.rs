@@ -13,6 +13,7 @@ pub mod fs;
 pub mod locking;
 pub mod ops;
 pub mod sd;
+pub mod seqwin;
 pub mod server;
 pub mod shared;
 pub mod streams;

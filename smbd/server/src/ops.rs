@@ -201,7 +201,15 @@ impl Conn {
             fid
         };
         match self.opens.get(&fid.volatile) {
-            Some(o) if o.session_id == ctx.session_id && fid.persistent == fid.volatile => {
+            // An open belongs to its session and tree connect (MS-SMB2 3.3.5.2.11 and the
+            // per-command "Open.TreeConnect" checks; Samba file_fsp_smb2): a FileId used
+            // through another tree or session is FILE_CLOSED. Only an oplock break
+            // acknowledgment looks the open up by session alone (3.3.5.22.1).
+            Some(o)
+                if o.session_id == ctx.session_id
+                    && (o.tree_id == ctx.tree_id || ctx.any_tree)
+                    && fid.persistent == fid.volatile =>
+            {
                 Ok(fid.volatile)
             }
             _ => Err(status::FILE_CLOSED),
@@ -2708,7 +2716,10 @@ impl Conn {
     pub(crate) fn break_ack(&mut self, a: BreakAck, ctx: &mut ChainCtx) -> Outcome {
         match a {
             BreakAck::Oplock { level, file_id } => {
-                let v = match self.resolve_fid(file_id, ctx) {
+                ctx.any_tree = true;
+                let v = self.resolve_fid(file_id, ctx);
+                ctx.any_tree = false;
+                let v = match v {
                     Ok(v) => v,
                     Err(st) => return err(st),
                 };

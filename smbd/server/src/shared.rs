@@ -57,6 +57,9 @@ pub enum Event {
     ChannelMessage {
         channel: u64,
         msg: Vec<u8>,
+        /// The channel's CommandSequenceWindow: the MessageId is checked and credits are
+        /// granted in the id space of the connection the message arrived on.
+        seq: crate::seqwin::SeqHandle,
     },
     /// Frames to send on this (bound) connection on behalf of a session's owner; `close`
     /// asks to drop the connection (a protocol violation seen by the owner).
