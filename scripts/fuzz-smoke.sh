@@ -29,6 +29,7 @@ TARGETS=(
     "smbd/auth decrypt"
     "smbd/auth user_db"
     "smbd/server smbd_config"
+    "smbd/server smbd_conn"
 )
 
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
