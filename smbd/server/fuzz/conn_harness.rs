@@ -132,7 +132,7 @@ fn check_frame(f: &[u8]) -> Result<Vec<Answer>, String> {
             break;
         }
         let next = h.next_command as usize;
-        if next % 8 != 0 || next < 64 || next >= m.len() {
+        if !next.is_multiple_of(8) || next < 64 || next >= m.len() {
             return Err(format!(
                 "NextCommand {next} at {off} in a {}-byte chain",
                 msg.len()
@@ -436,7 +436,7 @@ impl Seq {
             self.mid += 1;
             m.extend_from_slice(&body);
             if i + 1 < count {
-                while m.len() % 8 != 0 {
+                while !m.len().is_multiple_of(8) {
                     m.push(0);
                 }
                 let next = m.len() as u32;
