@@ -418,6 +418,11 @@ impl Seq {
     /// Append a request; returns its MessageId.
     pub fn push(&mut self, command: u16, body: Vec<u8>) -> u64 {
         let charge = (body.len().saturating_sub(1) / 65536 + 1) as u16;
+        self.push_charged(command, body, charge)
+    }
+
+    /// Append a request with the given CreditCharge.
+    pub fn push_charged(&mut self, command: u16, body: Vec<u8>, charge: u16) -> u64 {
         let mid = self.mid;
         let mut m = header(command, mid, self.sid, self.tid, 0, charge);
         m.extend_from_slice(&body);

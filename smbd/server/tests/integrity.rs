@@ -90,3 +90,41 @@ fn unsigned_cancel_ignored() {
 fn related_request_with_bad_signature_refused() {
     probe("compound_bad_signature", Options::default());
 }
+
+#[path = "../fuzz/conn_harness.rs"]
+mod conn_harness;
+
+/// MS-SMB2 3.3.5.2.5 and 3.3.5.2.3 on an in-process connection (no client needed): a READ
+/// of 256 KiB charged one credit is INVALID_PARAMETER, charged four it runs; a multi-credit
+/// charge reaching past the granted ids drops the connection.
+#[test]
+fn credit_charge_must_cover_payload() {
+    use conn_harness::{body_create, body_read, cmd, Seq, FIRST_FID};
+    let f = (FIRST_FID, FIRST_FID);
+    let mut s = Seq::new();
+    s.login(&[0x0302]);
+    s.push(cmd::CREATE, body_create("charge.txt", 5, 0x40));
+    let cheap = s.push_charged(cmd::READ, body_read(f, 0, 256 * 1024), 1);
+    let paid = s.push_charged(cmd::READ, body_read(f, 0, 256 * 1024), 4);
+    let echo = s.push(cmd::ECHO, conn_harness::body_small());
+    let answers = conn_harness::run(&s.input()).unwrap();
+    let st = |mid: u64| answers.iter().find(|a| a.1 == mid).map(|a| a.2);
+    const INVALID_PARAMETER: u32 = 0xC000_000D;
+    assert_eq!(st(cheap), Some(INVALID_PARAMETER), "{answers:x?}");
+    // A large lone READ goes to the worker's ring, which the harness does not run: no
+    // answer here means it was accepted.
+    assert_eq!(st(paid), None, "{answers:x?}");
+    assert_eq!(st(echo), Some(0), "{answers:x?}");
+
+    // Every request asks for 64 credits: after the login the client holds far fewer than
+    // 60000, so a 60000-credit charge reaches beyond the window.
+    let mut s = Seq::new();
+    s.login(&[0x0302]);
+    let greedy = s.push_charged(cmd::ECHO, conn_harness::body_small(), 60000);
+    s.push(cmd::ECHO, conn_harness::body_small());
+    let answers = conn_harness::run(&s.input()).unwrap();
+    assert!(
+        !answers.iter().any(|a| a.1 >= greedy),
+        "answered after an out-of-window charge: {answers:x?}"
+    );
+}
