@@ -710,6 +710,7 @@ impl Conn {
             }),
             locks: Vec::new(),
             lock_seq: [0xFF; 64],
+            identity: crate::identity::current(),
         })
     }
 

@@ -351,9 +351,28 @@ impl Conn {
         // check (smbtorture delete-on-close-perms "CREATE Existing").
         let collides = sp.stream.is_none() && c.disposition == disposition::CREATE;
         if res.exists && !fake_quota && !collides {
-            match Self::check_stored_acl(&res.abs, access, c.desired_access) {
+            let token = self
+                .sessions
+                .get(&ctx.session_id)
+                .map(|s| s.token())
+                .unwrap_or_default();
+            match Self::check_stored_acl(&res.abs, access, c.desired_access, &token) {
                 Ok(a) => access = a,
                 Err(st) => return err(st),
+            }
+        }
+        if res.exists && !fake_quota && sp.stream.is_none() && access & DELETE != 0 {
+            // DELETE is only as good as the kernel will let the user unlink (write and search
+            // permission on the parent, sticky-bit ownership): refuse it here, when it is
+            // asked for, rather than fail silently at close (MS-FSA 2.1.5.1.2.1 checks DELETE
+            // at open; Samba's can_delete_file_in_directory does the same).
+            if !unix_may_delete(&res.abs) {
+                let explicit =
+                    map_generic(c.desired_access & !locking::access_bits::MAXIMUM_ALLOWED);
+                if explicit & DELETE != 0 {
+                    return err(status::ACCESS_DENIED);
+                }
+                access &= !DELETE;
             }
         }
         let delete_on_close = c.options & create_options::DELETE_ON_CLOSE != 0;
@@ -516,7 +535,7 @@ impl Conn {
             if clash {
                 if let Some(t) = &stream {
                     if t.created {
-                        let _ = std::fs::remove_file(&t.path);
+                        let _ = streams::remove_data(&t.path);
                     }
                     if t.base_created {
                         let _ = std::fs::remove_file(&res.abs);
@@ -626,7 +645,7 @@ impl Conn {
     fn undo_create(cont: &CreateCont) {
         if let Some(t) = &cont.stream {
             if t.created {
-                let _ = std::fs::remove_file(&t.path);
+                let _ = streams::remove_data(&t.path);
             }
             if t.base_created {
                 let _ = std::fs::remove_file(&cont.abs);
@@ -645,10 +664,15 @@ impl Conn {
     /// Access check of an existing object against its stored DACL (MS-FSA 2.1.5.1.2.1,
     /// MS-DTYP 2.5.3.2). DELETE may also come from FILE_DELETE_CHILD on the parent.
     /// Returns the access to grant (MAXIMUM_ALLOWED resolved to what the DACL allows).
-    fn check_stored_acl(path: &Path, access: u32, desired: u32) -> Result<u32, u32> {
+    fn check_stored_acl(
+        path: &Path,
+        access: u32,
+        desired: u32,
+        token: &crate::sd::Token,
+    ) -> Result<u32, u32> {
         const SYNCHRONIZE: u32 = 0x0010_0000;
         const DELETE_CHILD: u32 = 0x40;
-        let Some(mut granted) = crate::sd::load(path).granted() else {
+        let Some(mut granted) = crate::sd::load(path).granted(token) else {
             return Ok(access);
         };
         granted |= SYNCHRONIZE;
@@ -656,7 +680,7 @@ impl Conn {
             path.parent()
                 .map(|p| {
                     crate::sd::load(p)
-                        .granted()
+                        .granted(token)
                         .is_none_or(|g| g & DELETE_CHILD != 0)
                 })
                 .unwrap_or(false)
@@ -766,12 +790,13 @@ impl Conn {
         let read_only = self.shared.shares[cont.share].read_only;
         let mut file = None;
         if !cont.is_dir {
-            let data = cont.stream.as_ref().map_or(&cont.abs, |t| &t.path);
-            let f = OpenOptions::new()
-                .read(true)
-                .write(!read_only)
-                .open(data)
-                .or_else(|_| File::open(data));
+            let f = match &cont.stream {
+                // The user's access is checked on the base file; the stream's data lives in
+                // the root-owned depot (streams.rs).
+                Some(t) => open_checked(&cont.abs, cont.access, read_only)
+                    .and_then(|_| streams::open_data(&t.path, !read_only)),
+                None => open_checked(&cont.abs, cont.access, read_only),
+            };
             match f {
                 Ok(f) => file = Some(f),
                 Err(e) => {
@@ -936,6 +961,7 @@ impl Conn {
                 durable,
                 locks: Vec::new(),
                 lock_seq: [0xFF; 64],
+                identity: crate::identity::current(),
             },
         );
         // The lock service keeps the durable state (durable.rs); without it there is none.
@@ -989,6 +1015,11 @@ impl Conn {
             }
         }
         let o = self.opens.remove(&v)?;
+        if let Some(id) = &o.identity {
+            // A delete-on-close unlinks with the opener's credentials, also when the close
+            // comes from a disconnect rather than from the opener's own request.
+            crate::identity::become_user(id);
+        }
         if let Some(lo) = o.lock_open {
             if let Reply::Closed { delete_file: true } =
                 self.shared
@@ -996,7 +1027,7 @@ impl Conn {
             {
                 if let Some(st) = &o.stream {
                     // Deleting a named stream leaves the base file alone.
-                    if let Err(e) = std::fs::remove_file(&st.path) {
+                    if let Err(e) = streams::remove_data(&st.path) {
                         tracing::debug!(path = ?st.path, %e, "stream delete on close failed");
                     }
                     return Some(o);
@@ -2876,6 +2907,15 @@ impl Conn {
                 else {
                     return;
                 };
+                // The deferred operation continues with its session's credentials.
+                if let Some(id) = self
+                    .pending
+                    .get(&aid)
+                    .and_then(|p| self.sessions.get(&p.session_id))
+                    .and_then(|s| s.identity.clone())
+                {
+                    crate::identity::become_user(&id);
+                }
                 let is_create = matches!(
                     self.pending.get(&aid).map(|p| &p.kind),
                     Some(PendingKind::Create(_))
@@ -3007,6 +3047,72 @@ fn fixed_part(it: u8, cls: u8) -> Option<usize> {
 }
 
 /// Read-modify-write the stored DOS info of `path`; `f` also gets the current mtime FILETIME.
+/// Whether the calling thread's file-system identity may unlink or rename `path` away: write
+/// and search permission on its directory, and with the sticky bit set, ownership of the file
+/// or the directory (what the kernel checks at unlink time, asked before the fact).
+fn unix_may_delete(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let Some(parent) = path.parent() else {
+        return false;
+    };
+    let Ok(c) = std::ffi::CString::new(parent.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is NUL-terminated. AT_EACCESS makes the kernel check with the thread's
+    // current (fs) credentials instead of the real uid.
+    let rc = unsafe {
+        libc::faccessat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::W_OK | libc::X_OK,
+            libc::AT_EACCESS,
+        )
+    };
+    if rc != 0 {
+        return false;
+    }
+    let Ok(dir) = std::fs::metadata(parent) else {
+        return false;
+    };
+    if dir.mode() & 0o1000 == 0 {
+        return true;
+    }
+    let Some(me) = crate::identity::current() else {
+        return true;
+    };
+    me.uid == 0
+        || dir.uid() == me.uid
+        || std::fs::symlink_metadata(path).is_ok_and(|m| m.uid() == me.uid)
+}
+
+/// Open a file for a CREATE that was granted `access`, with the caller's credentials (the
+/// thread runs as the session's user, crate::identity), so the kernel's permission check
+/// backs the SMB one: a write-capable handle needs write permission, a read-capable one read
+/// permission (else ACCESS_DENIED, as Windows answers at CREATE time rather than at the
+/// first WRITE). A handle with neither data right (attributes, delete, security) still opens:
+/// with O_PATH when the file is not readable.
+fn open_checked(path: &Path, access: u32, read_only: bool) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    const EXECUTE: u32 = 0x20;
+    let want_write = !read_only && access & (WRITE_DATA | APPEND_DATA) != 0;
+    let want_read = access & (READ_DATA | EXECUTE) != 0;
+    let denied = |e: &std::io::Error| e.raw_os_error() == Some(libc::EACCES);
+    match OpenOptions::new().read(true).write(!read_only).open(path) {
+        Ok(f) => return Ok(f),
+        Err(e) if want_write && denied(&e) => return Err(e),
+        Err(_) => {}
+    }
+    match File::open(path) {
+        Ok(f) => Ok(f),
+        Err(e) if want_read || want_write || !denied(&e) => Err(e),
+        Err(_) => OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(path),
+    }
+}
+
 fn update_dos(path: &Path, f: impl FnOnce(&mut crate::dosattr::DosInfo, u64)) {
     let Ok(m) = std::fs::metadata(path) else {
         return;
