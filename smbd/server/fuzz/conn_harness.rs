@@ -78,7 +78,8 @@ fn fresh_share() -> Result<PathBuf, String> {
 
 fn make_shared(share: PathBuf) -> Result<Arc<Shared>, String> {
     let cfg = Config::parse(&format!(
-        "[server]\nnetbios_name = \"FUZZ\"\n\n[[share]]\nname = \"data\"\npath = \"{}\"\n",
+        "[server]\nnetbios_name = \"FUZZ\"\nsigning_required = false\nallow_anonymous = true\n\
+         guest_account = \"root\"\n\n[[share]]\nname = \"data\"\npath = \"{}\"\nguest_ok = true\n",
         share.display()
     ))
     .map_err(|e| format!("config: {e}"))?;
@@ -88,8 +89,14 @@ fn make_shared(share: PathBuf) -> Result<Arc<Shared>, String> {
         read_only: false,
         encrypt: false,
         fs_id: 1,
+        valid_users: Vec::new(),
+        valid_groups: Vec::new(),
+        guest_ok: true,
     }];
-    let users = smb_auth::users::UserDb::parse("alice:secret\n").map_err(|e| e.to_string())?;
+    // No users: the seeds log on anonymously. The guest account is root so that, when the
+    // fuzzer runs as root, file operations do not switch this thread's file-system identity to
+    // an account that cannot use the temporary share (as an ordinary user nothing switches).
+    let users = smb_auth::users::UserDb::new();
     let shared = Shared::new(cfg, shares, users, smbd::server::default_lock_service(), 1)
         .map_err(|e| format!("shared: {e}"))?;
     Ok(Arc::new(shared))

@@ -1512,6 +1512,14 @@ impl Conn {
                 anonymous,
                 ..
             }) => {
+                let was_valid = matches!(s.state, AuthState::Valid);
+                s.reauth = None;
+                if was_valid {
+                    // Checked before anything of the session changes (its identity included).
+                    if let Err(st) = self.check_reauth_user(sid, &user, anonymous, allow_anon) {
+                        return err(st);
+                    }
+                }
                 if anonymous && !allow_anon {
                     self.sessions.remove(&sid);
                     return err(status::LOGON_FAILURE);
@@ -1539,42 +1547,6 @@ impl Conn {
                     if is311 { Some(&preauth) } else { None },
                     cipher,
                 );
-                let was_valid = matches!(s.state, AuthState::Valid);
-                s.reauth = None;
-                if was_valid && !anonymous {
-                    // A reauthentication keeps Session.SessionKey, the signing and encryption
-                    // keys, the tree connects and the opens (MS-SMB2 3.3.5.5.2); handing them
-                    // to another user would give that user what was granted to the first one
-                    // without any check. MS-SMB 3.3.5.3 lets the server fail a reauthentication
-                    // that names another user, and we do. Reauthenticating as anonymous
-                    // (fewer rights; smbtorture session.reauth2-5, written against Windows)
-                    // and back to the session's own user stays allowed.
-                    let owner = self
-                        .shared
-                        .session_record(sid)
-                        .map(|r| r.user)
-                        .unwrap_or_else(|| s.user.clone());
-                    if !owner.eq_ignore_ascii_case(&user) {
-                        tracing::warn!(
-                            conn = self.id,
-                            sid,
-                            session_user = %owner,
-                            new_user = %user,
-                            "reauthentication as another user refused"
-                        );
-                        if self.signed_request {
-                            self.override_signer = self.signer_for(sid, true);
-                        }
-                        return err(status::ACCESS_DENIED);
-                    }
-                }
-                if was_valid && anonymous && !allow_anon {
-                    // Refused like a new anonymous session, but the session itself stays.
-                    if self.signed_request {
-                        self.override_signer = self.signer_for(sid, true);
-                    }
-                    return err(status::LOGON_FAILURE);
-                }
                 s.state = AuthState::Valid;
                 s.user = user;
                 let mut flags = 0;
@@ -1711,6 +1683,55 @@ impl Conn {
                 "unsigned reauthentication of a signing session"
             );
             return Err(status::ACCESS_DENIED);
+        }
+        Ok(())
+    }
+
+    /// Whether a completed reauthentication of valid session `sid` may take effect.
+    /// A reauthentication keeps Session.SessionKey, the signing and encryption keys, the tree
+    /// connects and the opens (MS-SMB2 3.3.5.5.2); handing them to another user would give
+    /// that user what was granted to the first one without any check. MS-SMB 3.3.5.3 lets the
+    /// server fail a reauthentication that names another user, and we do (ACCESS_DENIED; the
+    /// session goes on unchanged). Reauthenticating as anonymous (the guest identity: fewer
+    /// rights; smbtorture session.reauth2-5, written against Windows, expect it) and back to
+    /// the session's own user stays allowed where anonymous logons are.
+    fn check_reauth_user(
+        &mut self,
+        sid: u64,
+        user: &str,
+        anonymous: bool,
+        allow_anon: bool,
+    ) -> Result<(), u32> {
+        let refuse = |this: &mut Self, st: u32| {
+            if this.signed_request {
+                this.override_signer = this.signer_for(sid, true);
+            }
+            Err(st)
+        };
+        if anonymous {
+            if !allow_anon {
+                tracing::info!(conn = self.id, sid, "anonymous reauthentication refused");
+                return refuse(self, status::LOGON_FAILURE);
+            }
+            return Ok(());
+        }
+        let owner = match self.shared.session_record(sid) {
+            Some(r) => r.user,
+            None => self
+                .sessions
+                .get(&sid)
+                .map(|s| s.user.clone())
+                .unwrap_or_default(),
+        };
+        if !owner.eq_ignore_ascii_case(user) {
+            tracing::warn!(
+                conn = self.id,
+                sid,
+                session_user = %owner,
+                new_user = %user,
+                "reauthentication as another user refused"
+            );
+            return refuse(self, status::ACCESS_DENIED);
         }
         Ok(())
     }
