@@ -1,6 +1,6 @@
 //! File service: the SMB2 commands that work on opens (MS-SMB2 3.3.5.9 - 3.3.5.22).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::ErrorKind;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -15,6 +15,7 @@ use smb_proto::{
     SetInfoRequest, WriteRequest,
 };
 
+use crate::beneath::ShareRoot;
 use crate::conn::{
     err, ChainCtx, Conn, DirState, FileIo, FileOp, Open, Outcome, PendingKind, Signer,
 };
@@ -321,6 +322,7 @@ impl Conn {
         }
         let sh = &self.shared.shares[share];
         let root = sh.root.clone();
+        let share_dir = sh.dir.clone();
         let read_only = sh.read_only;
         let fs_id = sh.fs_id;
         let res = match fs::resolve(&root, &comps) {
@@ -378,7 +380,7 @@ impl Conn {
         let mut stream = None;
         let mut existed = res.exists;
         if let Some(sname) = &sp.stream {
-            let t = match self.open_stream_target(&root, &res, sname, &c, read_only) {
+            let t = match self.open_stream_target(&root, &share_dir, &res, sname, &c, read_only) {
                 Ok(t) => t,
                 Err(st) => return err(st),
             };
@@ -432,17 +434,19 @@ impl Conn {
                 return err(status::CANNOT_DELETE);
             }
             let r = if dir_req {
-                std::fs::create_dir(&res.abs)
+                share_dir.mkdir(&res.rel, 0o777)
             } else {
-                OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&res.abs)
+                share_dir
+                    .open_file(
+                        &res.rel,
+                        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                        0o666,
+                    )
                     .map(|_| ())
             };
             if let Err(e) = r {
                 self.create_raced = e.kind() == std::io::ErrorKind::AlreadyExists;
-                return err(io_status(&e));
+                return err(path_status(&e));
             }
             if c.file_attributes & fs::attr::READONLY != 0 && !dir_req {
                 let _ = std::fs::set_permissions(&res.abs, std::fs::Permissions::from_mode(0o444));
@@ -623,33 +627,29 @@ impl Conn {
                 Outcome::Pending(aid)
             }
             Reply::Done(st) => {
-                Self::undo_create(&cont);
+                Self::undo_create(&self.shared.shares[cont.share].dir, &cont);
                 err(engine_status(st))
             }
             other => {
                 tracing::warn!(?other, "unexpected lock reply to open");
-                Self::undo_create(&cont);
+                Self::undo_create(&self.shared.shares[cont.share].dir, &cont);
                 err(status::INTERNAL_ERROR)
             }
         }
     }
 
-    fn undo_create(cont: &CreateCont) {
+    fn undo_create(dir: &ShareRoot, cont: &CreateCont) {
         if let Some(t) = &cont.stream {
             if t.created {
                 let _ = streams::remove_data(&t.path);
             }
             if t.base_created {
-                let _ = std::fs::remove_file(&cont.abs);
+                let _ = dir.unlink(&cont.rel, false);
             }
             return;
         }
         if cont.created_now {
-            let _ = if cont.is_dir {
-                std::fs::remove_dir(&cont.abs)
-            } else {
-                std::fs::remove_file(&cont.abs)
-            };
+            let _ = dir.unlink(&cont.rel, cont.is_dir);
         }
     }
 
@@ -697,6 +697,7 @@ impl Conn {
     fn open_stream_target(
         &self,
         root: &Path,
+        share_dir: &ShareRoot,
         res: &fs::Resolved,
         sname: &str,
         c: &CreateRequest,
@@ -712,11 +713,13 @@ impl Conn {
             if read_only {
                 return Err(status::MEDIA_WRITE_PROTECTED);
             }
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&res.abs)
-                .map_err(|e| io_status(&e))?;
+            share_dir
+                .open_file(
+                    &res.rel,
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                    0o666,
+                )
+                .map_err(|e| path_status(&e))?;
             base_created = true;
             let attrs = c.file_attributes & !(fs::attr::NORMAL | fs::attr::DIRECTORY | ATTR_SPARSE);
             update_dos(&res.abs, |d, _| {
@@ -782,12 +785,13 @@ impl Conn {
         let read_only = self.shared.shares[cont.share].read_only;
         let mut file = None;
         if !cont.is_dir {
+            let dir = &self.shared.shares[cont.share].dir;
             let f = match &cont.stream {
                 // The user's access is checked on the base file; the stream's data lives in
                 // the root-owned depot (streams.rs).
-                Some(t) => open_checked(&cont.abs, cont.access, read_only)
+                Some(t) => open_checked(dir, &cont.rel, cont.access, read_only)
                     .and_then(|_| streams::open_data(&t.path, !read_only)),
-                None => open_checked(&cont.abs, cont.access, read_only),
+                None => open_checked(dir, &cont.rel, cont.access, read_only),
             };
             match f {
                 Ok(f) => file = Some(f),
@@ -797,8 +801,8 @@ impl Conn {
                         0,
                         locking::Request::Close { open: lock_open },
                     );
-                    Self::undo_create(&cont);
-                    return (err(io_status(&e)), None);
+                    Self::undo_create(&self.shared.shares[cont.share].dir, &cont);
+                    return (err(path_status(&e)), None);
                 }
             }
         }
@@ -1028,11 +1032,7 @@ impl Conn {
                     use std::os::unix::fs::MetadataExt;
                     m.ino()
                 });
-                let r = if o.is_dir {
-                    std::fs::remove_dir(&o.abs)
-                } else {
-                    std::fs::remove_file(&o.abs)
-                };
+                let r = self.shared.shares[o.share].dir.unlink(&o.rel, o.is_dir);
                 if let (Ok(()), Some(ino)) = (&r, ino) {
                     // The streams go with their file (MS-FSA 2.1.5.4).
                     streams::remove_all(&self.shared.shares[o.share].root, ino);
@@ -2715,7 +2715,11 @@ impl Conn {
         } else {
             None
         };
-        if let Err(e) = std::fs::rename(&old, &target.abs) {
+        let old_rel = o.rel.clone();
+        if let Err(e) = self.shared.shares[o.share]
+            .dir
+            .rename(&old_rel, &target.rel)
+        {
             return io_status(&e);
         }
         if let Some(ino) = replaced_ino {
@@ -2966,13 +2970,13 @@ impl Conn {
                             }
                         }
                         Reply::Done(st) => {
-                            Self::undo_create(&cont);
+                            Self::undo_create(&self.shared.shares[cont.share].dir, &cont);
                             let st = engine_status(st);
                             self.complete_async(aid, st, Response::Error { data: vec![] });
                             (st, None)
                         }
                         _ => {
-                            Self::undo_create(&cont);
+                            Self::undo_create(&self.shared.shares[cont.share].dir, &cont);
                             self.complete_async(
                                 aid,
                                 status::INTERNAL_ERROR,
@@ -3036,6 +3040,17 @@ fn fixed_part(it: u8, cls: u8) -> Option<usize> {
 }
 
 /// Read-modify-write the stored DOS info of `path`; `f` also gets the current mtime FILETIME.
+/// io_status for an operation on a client path: a path the kernel would not resolve beneath
+/// the share root (EXDEV from openat2 RESOLVE_BENEATH: a symlink or `..` leading out) is an
+/// access denial, not a cross-device error.
+fn path_status(e: &std::io::Error) -> u32 {
+    if e.raw_os_error() == Some(libc::EXDEV) {
+        status::ACCESS_DENIED
+    } else {
+        io_status(e)
+    }
+}
+
 /// Whether the calling thread's file-system identity may unlink or rename `path` away: write
 /// and search permission on its directory, and with the sticky bit set, ownership of the file
 /// or the directory (what the kernel checks at unlink time, asked before the fact).
@@ -3081,24 +3096,28 @@ fn unix_may_delete(path: &Path) -> bool {
 /// permission (else ACCESS_DENIED, as Windows answers at CREATE time rather than at the
 /// first WRITE). A handle with neither data right (attributes, delete, security) still opens:
 /// with O_PATH when the file is not readable.
-fn open_checked(path: &Path, access: u32, read_only: bool) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
+fn open_checked(
+    dir: &ShareRoot,
+    rel: &Path,
+    access: u32,
+    read_only: bool,
+) -> std::io::Result<File> {
     const EXECUTE: u32 = 0x20;
     let want_write = !read_only && access & (WRITE_DATA | APPEND_DATA) != 0;
     let want_read = access & (READ_DATA | EXECUTE) != 0;
     let denied = |e: &std::io::Error| e.raw_os_error() == Some(libc::EACCES);
-    match OpenOptions::new().read(true).write(!read_only).open(path) {
-        Ok(f) => return Ok(f),
-        Err(e) if want_write && denied(&e) => return Err(e),
-        Err(_) => {}
+    if !read_only {
+        match dir.open_file(rel, libc::O_RDWR, 0) {
+            Ok(f) => return Ok(f),
+            Err(e) if want_write && denied(&e) => return Err(e),
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => return Err(e),
+            Err(_) => {}
+        }
     }
-    match File::open(path) {
+    match dir.open_file(rel, libc::O_RDONLY, 0) {
         Ok(f) => Ok(f),
         Err(e) if want_read || want_write || !denied(&e) => Err(e),
-        Err(_) => OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH)
-            .open(path),
+        Err(_) => dir.open_file(rel, libc::O_PATH, 0),
     }
 }
 

@@ -285,3 +285,40 @@ fn smbd_passwd_writes_hashes_only() {
     assert!(ok, "{err}");
     assert!(!std::fs::read_to_string(&users).unwrap().contains("carol"));
 }
+
+/// A CREATE deferred on an oplock break opens the file again when the break completes; a
+/// directory swapped for a symlink meanwhile must not lead it out of the share (the kernel
+/// resolves beneath the share root: crate::beneath). smbd/tests/symlink_swap.py drives it.
+#[test]
+fn symlink_swapped_in_during_a_deferred_create_stays_inside_the_share() {
+    let Some(py) = python() else {
+        missing("no python with smbprotocol (set SMBD_PYTHON; scripts/install-deps.sh)");
+        return;
+    };
+    let srv = TestServer::start(Options::default());
+    std::fs::create_dir(srv.share.join("dir")).unwrap();
+    root_file(&srv, "dir/f", b"inside");
+    std::os::unix::fs::chown(srv.share.join("dir"), Some(TEST_UID), Some(TEST_GID)).unwrap();
+    // The outside file is readable by the test user: only the path resolution protects it.
+    let outside = srv.dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("f"), b"outside secret").unwrap();
+    std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(outside.join("f"), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/symlink_swap.py");
+    let out = Command::new(py)
+        .arg(script)
+        .args(["127.0.0.1", &srv.port.to_string(), "data", USER, PASS])
+        .arg(&srv.share)
+        .arg(&outside)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("swap refused"),
+        "{text}\n--- smbd log ---\n{}",
+        srv.log()
+    );
+    assert_eq!(std::fs::read(outside.join("f")).unwrap(), b"outside secret");
+}
