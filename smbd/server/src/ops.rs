@@ -2622,6 +2622,10 @@ impl Conn {
             Ok(_) => return status::OBJECT_NAME_INVALID,
             Err(st) => return st,
         };
+        // The stream depot is not a name clients can take (streams.rs).
+        if comps.first().is_some_and(|c| streams::is_depot(c)) {
+            return status::ACCESS_DENIED;
+        }
         let root = self.shared.shares[o.share].root.clone();
         let target = match fs::resolve(&root, &comps) {
             Ok(t) => t,
