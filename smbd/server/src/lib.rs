@@ -5,6 +5,7 @@
 //! state machine), [`ops`] (file service commands), [`fs`] (share filesystem access and
 //! info-class encoding), [`locking`] (the lock-service seam).
 
+pub mod beneath;
 pub mod config;
 pub mod conn;
 pub mod dosattr;

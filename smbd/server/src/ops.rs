@@ -1,6 +1,6 @@
 //! File service: the SMB2 commands that work on opens (MS-SMB2 3.3.5.9 - 3.3.5.22).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::ErrorKind;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -15,6 +15,7 @@ use smb_proto::{
     SetInfoRequest, WriteRequest,
 };
 
+use crate::beneath::ShareRoot;
 use crate::conn::{
     err, ChainCtx, Conn, DirState, FileIo, FileOp, Open, Outcome, PendingKind, Signer,
 };
@@ -184,6 +185,8 @@ pub(crate) struct CreateCont {
     /// DHnQ / DH2Q, granted if the caching allows it.
     durable: Option<crate::durable::DurableKind>,
     share_access: u32,
+    /// A new file created with FILE_ATTRIBUTE_READONLY: mode 0444 once its handle is open.
+    make_read_only: bool,
 }
 
 impl Conn {
@@ -329,6 +332,7 @@ impl Conn {
         }
         let sh = &self.shared.shares[share];
         let root = sh.root.clone();
+        let share_dir = sh.dir.clone();
         let read_only = sh.read_only;
         let fs_id = sh.fs_id;
         let res = match fs::resolve(&root, &comps) {
@@ -382,11 +386,12 @@ impl Conn {
         let dir_req = c.options & create_options::DIRECTORY_FILE != 0;
         let nondir_req = c.options & create_options::NON_DIRECTORY_FILE != 0;
         let mut created_now = false;
+        let mut make_read_only = false;
         let is_dir;
         let mut stream = None;
         let mut existed = res.exists;
         if let Some(sname) = &sp.stream {
-            let t = match self.open_stream_target(&root, &res, sname, &c, read_only) {
+            let t = match self.open_stream_target(&root, &share_dir, &res, sname, &c, read_only) {
                 Ok(t) => t,
                 Err(st) => return err(st),
             };
@@ -440,21 +445,24 @@ impl Conn {
                 return err(status::CANNOT_DELETE);
             }
             let r = if dir_req {
-                std::fs::create_dir(&res.abs)
+                share_dir.mkdir(&res.rel, 0o777)
             } else {
-                OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&res.abs)
+                share_dir
+                    .open_file(
+                        &res.rel,
+                        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                        0o666,
+                    )
                     .map(|_| ())
             };
             if let Err(e) = r {
                 self.create_raced = e.kind() == std::io::ErrorKind::AlreadyExists;
-                return err(io_status(&e));
+                return err(path_status(&e));
             }
-            if c.file_attributes & fs::attr::READONLY != 0 && !dir_req {
-                let _ = std::fs::set_permissions(&res.abs, std::fs::Permissions::from_mode(0o444));
-            }
+            // READONLY (mode 0444) is applied to the new file once its handle is open
+            // (finish_create): the creator's own open may write (MS-FSA 2.1.5.1.1), and the
+            // kernel would refuse the user a writable open of a 0444 file.
+            make_read_only = c.file_attributes & fs::attr::READONLY != 0 && !dir_req;
             created_now = true;
             is_dir = dir_req;
             // SMB2_CREATE_SD_BUFFER (MS-SMB2 2.2.13.2.2): the new file's descriptor; without
@@ -594,6 +602,7 @@ impl Conn {
             durable,
             share_access: c.share_access & 0x7,
             fake_quota,
+            make_read_only,
         };
         crate::durable::purge_conflicting(
             stable_id,
@@ -631,33 +640,29 @@ impl Conn {
                 Outcome::Pending(aid)
             }
             Reply::Done(st) => {
-                Self::undo_create(&cont);
+                Self::undo_create(&self.shared.shares[cont.share].dir, &cont);
                 err(engine_status(st))
             }
             other => {
                 tracing::warn!(?other, "unexpected lock reply to open");
-                Self::undo_create(&cont);
+                Self::undo_create(&self.shared.shares[cont.share].dir, &cont);
                 err(status::INTERNAL_ERROR)
             }
         }
     }
 
-    fn undo_create(cont: &CreateCont) {
+    fn undo_create(dir: &ShareRoot, cont: &CreateCont) {
         if let Some(t) = &cont.stream {
             if t.created {
                 let _ = streams::remove_data(&t.path);
             }
             if t.base_created {
-                let _ = std::fs::remove_file(&cont.abs);
+                let _ = dir.unlink(&cont.rel, false);
             }
             return;
         }
         if cont.created_now {
-            let _ = if cont.is_dir {
-                std::fs::remove_dir(&cont.abs)
-            } else {
-                std::fs::remove_file(&cont.abs)
-            };
+            let _ = dir.unlink(&cont.rel, cont.is_dir);
         }
     }
 
@@ -705,6 +710,7 @@ impl Conn {
     fn open_stream_target(
         &self,
         root: &Path,
+        share_dir: &ShareRoot,
         res: &fs::Resolved,
         sname: &str,
         c: &CreateRequest,
@@ -720,11 +726,13 @@ impl Conn {
             if read_only {
                 return Err(status::MEDIA_WRITE_PROTECTED);
             }
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&res.abs)
-                .map_err(|e| io_status(&e))?;
+            share_dir
+                .open_file(
+                    &res.rel,
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                    0o666,
+                )
+                .map_err(|e| path_status(&e))?;
             base_created = true;
             let attrs = c.file_attributes & !(fs::attr::NORMAL | fs::attr::DIRECTORY | ATTR_SPARSE);
             update_dos(&res.abs, |d, _| {
@@ -790,23 +798,29 @@ impl Conn {
         let read_only = self.shared.shares[cont.share].read_only;
         let mut file = None;
         if !cont.is_dir {
+            let dir = &self.shared.shares[cont.share].dir;
             let f = match &cont.stream {
                 // The user's access is checked on the base file; the stream's data lives in
                 // the root-owned depot (streams.rs).
-                Some(t) => open_checked(&cont.abs, cont.access, read_only)
+                Some(t) => open_checked(dir, &cont.rel, cont.access, read_only)
                     .and_then(|_| streams::open_data(&t.path, !read_only)),
-                None => open_checked(&cont.abs, cont.access, read_only),
+                None => open_checked(dir, &cont.rel, cont.access, read_only),
             };
             match f {
-                Ok(f) => file = Some(f),
+                Ok(f) => {
+                    if cont.make_read_only {
+                        let _ = f.set_permissions(std::fs::Permissions::from_mode(0o444));
+                    }
+                    file = Some(f)
+                }
                 Err(e) => {
                     let _ = self.shared.lock_request(
                         self.id,
                         0,
                         locking::Request::Close { open: lock_open },
                     );
-                    Self::undo_create(&cont);
-                    return (err(io_status(&e)), None);
+                    Self::undo_create(&self.shared.shares[cont.share].dir, &cont);
+                    return (err(path_status(&e)), None);
                 }
             }
         }
@@ -1036,11 +1050,7 @@ impl Conn {
                     use std::os::unix::fs::MetadataExt;
                     m.ino()
                 });
-                let r = if o.is_dir {
-                    std::fs::remove_dir(&o.abs)
-                } else {
-                    std::fs::remove_file(&o.abs)
-                };
+                let r = self.shared.shares[o.share].dir.unlink(&o.rel, o.is_dir);
                 if let (Ok(()), Some(ino)) = (&r, ino) {
                     // The streams go with their file (MS-FSA 2.1.5.4).
                     streams::remove_all(&self.shared.shares[o.share].root, ino);
@@ -2630,6 +2640,10 @@ impl Conn {
             Ok(_) => return status::OBJECT_NAME_INVALID,
             Err(st) => return st,
         };
+        // The stream depot is not a name clients can take (streams.rs).
+        if comps.first().is_some_and(|c| streams::is_depot(c)) {
+            return status::ACCESS_DENIED;
+        }
         let root = self.shared.shares[o.share].root.clone();
         let target = match fs::resolve(&root, &comps) {
             Ok(t) => t,
@@ -2723,7 +2737,11 @@ impl Conn {
         } else {
             None
         };
-        if let Err(e) = std::fs::rename(&old, &target.abs) {
+        let old_rel = o.rel.clone();
+        if let Err(e) = self.shared.shares[o.share]
+            .dir
+            .rename(&old_rel, &target.rel)
+        {
             return io_status(&e);
         }
         if let Some(ino) = replaced_ino {
@@ -2977,13 +2995,13 @@ impl Conn {
                             }
                         }
                         Reply::Done(st) => {
-                            Self::undo_create(&cont);
+                            Self::undo_create(&self.shared.shares[cont.share].dir, &cont);
                             let st = engine_status(st);
                             self.complete_async(aid, st, Response::Error { data: vec![] });
                             (st, None)
                         }
                         _ => {
-                            Self::undo_create(&cont);
+                            Self::undo_create(&self.shared.shares[cont.share].dir, &cont);
                             self.complete_async(
                                 aid,
                                 status::INTERNAL_ERROR,
@@ -3047,6 +3065,17 @@ fn fixed_part(it: u8, cls: u8) -> Option<usize> {
 }
 
 /// Read-modify-write the stored DOS info of `path`; `f` also gets the current mtime FILETIME.
+/// io_status for an operation on a client path: a path the kernel would not resolve beneath
+/// the share root (EXDEV from openat2 RESOLVE_BENEATH: a symlink or `..` leading out) is an
+/// access denial, not a cross-device error.
+fn path_status(e: &std::io::Error) -> u32 {
+    if e.raw_os_error() == Some(libc::EXDEV) {
+        status::ACCESS_DENIED
+    } else {
+        io_status(e)
+    }
+}
+
 /// Whether the calling thread's file-system identity may unlink or rename `path` away: write
 /// and search permission on its directory, and with the sticky bit set, ownership of the file
 /// or the directory (what the kernel checks at unlink time, asked before the fact).
@@ -3092,24 +3121,28 @@ fn unix_may_delete(path: &Path) -> bool {
 /// permission (else ACCESS_DENIED, as Windows answers at CREATE time rather than at the
 /// first WRITE). A handle with neither data right (attributes, delete, security) still opens:
 /// with O_PATH when the file is not readable.
-fn open_checked(path: &Path, access: u32, read_only: bool) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
+fn open_checked(
+    dir: &ShareRoot,
+    rel: &Path,
+    access: u32,
+    read_only: bool,
+) -> std::io::Result<File> {
     const EXECUTE: u32 = 0x20;
     let want_write = !read_only && access & (WRITE_DATA | APPEND_DATA) != 0;
     let want_read = access & (READ_DATA | EXECUTE) != 0;
     let denied = |e: &std::io::Error| e.raw_os_error() == Some(libc::EACCES);
-    match OpenOptions::new().read(true).write(!read_only).open(path) {
-        Ok(f) => return Ok(f),
-        Err(e) if want_write && denied(&e) => return Err(e),
-        Err(_) => {}
+    if !read_only {
+        match dir.open_file(rel, libc::O_RDWR, 0) {
+            Ok(f) => return Ok(f),
+            Err(e) if want_write && denied(&e) => return Err(e),
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => return Err(e),
+            Err(_) => {}
+        }
     }
-    match File::open(path) {
+    match dir.open_file(rel, libc::O_RDONLY, 0) {
         Ok(f) => Ok(f),
         Err(e) if want_read || want_write || !denied(&e) => Err(e),
-        Err(_) => OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_PATH)
-            .open(path),
+        Err(_) => dir.open_file(rel, libc::O_PATH, 0),
     }
 }
 

@@ -114,8 +114,14 @@ impl Server {
                     None => valid_users.push(v.clone()),
                 }
             }
+            let dir =
+                crate::beneath::ShareRoot::open(&root).map_err(|source| ServerError::Share {
+                    name: s.name.clone(),
+                    source,
+                })?;
             shares.push(Share {
                 name: s.name.clone(),
+                dir: Arc::new(dir),
                 root,
                 read_only: s.read_only,
                 encrypt: s.encrypt,

@@ -24,6 +24,8 @@ pub struct Share {
     pub encrypt: bool,
     /// Filesystem identity mixed into stable file ids.
     pub fs_id: u64,
+    /// The root held open: operations on client paths resolve beneath it (crate::beneath).
+    pub dir: Arc<crate::beneath::ShareRoot>,
     /// Users (upper-cased names) and groups allowed in; both empty: every configured user.
     pub valid_users: Vec<String>,
     pub valid_groups: Vec<u32>,

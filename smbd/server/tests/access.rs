@@ -285,3 +285,87 @@ fn smbd_passwd_writes_hashes_only() {
     assert!(ok, "{err}");
     assert!(!std::fs::read_to_string(&users).unwrap().contains("carol"));
 }
+
+/// A CREATE deferred on an oplock break opens the file again when the break completes; a
+/// directory swapped for a symlink meanwhile must not lead it out of the share (the kernel
+/// resolves beneath the share root: crate::beneath). smbd/tests/symlink_swap.py drives it.
+#[test]
+fn symlink_swapped_in_during_a_deferred_create_stays_inside_the_share() {
+    let Some(py) = python() else {
+        missing("no python with smbprotocol (set SMBD_PYTHON; scripts/install-deps.sh)");
+        return;
+    };
+    let srv = TestServer::start(Options::default());
+    std::fs::create_dir(srv.share.join("dir")).unwrap();
+    root_file(&srv, "dir/f", b"inside");
+    std::os::unix::fs::chown(srv.share.join("dir"), Some(TEST_UID), Some(TEST_GID)).unwrap();
+    // The outside file is readable by the test user: only the path resolution protects it.
+    let outside = srv.dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("f"), b"outside secret").unwrap();
+    std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(outside.join("f"), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/symlink_swap.py");
+    let out = Command::new(py)
+        .arg(script)
+        .args(["127.0.0.1", &srv.port.to_string(), "data", USER, PASS])
+        .arg(&srv.share)
+        .arg(&outside)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("swap refused"),
+        "{text}\n--- smbd log ---\n{}",
+        srv.log()
+    );
+    assert_eq!(std::fs::read(outside.join("f")).unwrap(), b"outside secret");
+}
+
+/// Run a Python smbprotocol snippet with `smbclient` registered for the test user; `ROOT` is
+/// the share's UNC path. (success, output)
+fn py_snippet(srv: &TestServer, py: &str, body: &str) -> (bool, String) {
+    let code = format!(
+        "import smbclient\nsmbclient.register_session('127.0.0.1', username='{USER}', password='{PASS}', port={port})\nROOT = r'\\\\127.0.0.1\\data'\nP = {port}\n{body}\n",
+        port = srv.port
+    );
+    let out = Command::new(py).arg("-c").arg(code).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// The stream depot belongs to the server: root-owned and closed, not a name a client can
+/// take, and a depot a local user planted (a symlink out of the share) is never followed.
+#[test]
+fn stream_depot_is_the_servers_own() {
+    let Some(py) = python() else {
+        missing("no python with smbprotocol (set SMBD_PYTHON; scripts/install-deps.sh)");
+        return;
+    };
+    let srv = TestServer::start(Options::default());
+    let write_stream = "with smbclient.open_file(ROOT + r'\\f:s', mode='wb', port=P) as f:\n    f.write(b'stream data')";
+    let (ok, out) = py_snippet(&srv, &py, write_stream);
+    assert!(ok, "{out}\n{}", srv.log());
+    let depot = srv.share.join(".smbd-streams");
+    let m = std::fs::symlink_metadata(&depot).unwrap();
+    assert!(m.is_dir());
+    assert_eq!((m.uid(), m.mode() & 0o077), (0, 0), "depot owner/mode");
+    // Renaming something onto the depot's name is refused.
+    let (ok, out) = py_snippet(
+        &srv,
+        &py,
+        "smbclient.rename(ROOT + r'\\f', ROOT + r'\\.smbd-streams', port=P)",
+    );
+    assert!(!ok, "rename onto the depot: {out}");
+    assert!(srv.share.join("f").exists());
+    // A planted depot: a symlink to a directory outside the share.
+    std::fs::remove_dir_all(&depot).unwrap();
+    let outside = srv.dir.path().join("planted");
+    std::fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, &depot).unwrap();
+    let (ok, out) = py_snippet(&srv, &py, write_stream);
+    assert!(!ok, "stream written through a planted depot: {out}");
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+}
