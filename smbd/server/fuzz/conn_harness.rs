@@ -83,8 +83,10 @@ fn make_shared(share: PathBuf) -> Result<Arc<Shared>, String> {
         share.display()
     ))
     .map_err(|e| format!("config: {e}"))?;
+    let dir = smbd::beneath::ShareRoot::open(&share).map_err(|e| format!("share root: {e}"))?;
     let shares = vec![Share {
         name: "data".into(),
+        dir: Arc::new(dir),
         root: share,
         read_only: false,
         encrypt: false,
