@@ -190,6 +190,9 @@ pub(crate) struct ChainCtx {
     pub sealed_session: u64,
     /// FileIds resolve through any tree of the session (oplock break acknowledgments).
     pub any_tree: bool,
+    /// CommandSequenceWindow of the bound channel the compound arrived on (None: this
+    /// connection's own).
+    pub seq: Option<SeqHandle>,
     /// The request being processed has SMB2_FLAGS_RELATED_OPERATIONS.
     pub related: bool,
     /// Index of the request in the chain.
@@ -584,6 +587,7 @@ impl Conn {
             // A request forwarded from a bound channel is answered synchronously: ring
             // completions go out on this connection's own socket.
             single: msgs.len() == 1 && self.cur_channel.is_none(),
+            seq: self.cur_seq.clone(),
             ..Default::default()
         };
         self.run_chain(msgs, 0, ctx);
@@ -592,6 +596,22 @@ impl Conn {
     /// Process `msgs` (the requests of a compound from index `first` on) and emit the
     /// responses as one chain.
     pub(crate) fn run_chain<M: AsRef<[u8]> + Into<Vec<u8>>>(
+        &mut self,
+        msgs: Vec<M>,
+        first: usize,
+        ctx: ChainCtx,
+    ) {
+        // The rest of a compound resumed after an async CREATE still spends MessageIds of the
+        // connection the compound arrived on (a bound channel's, not this one's).
+        let outer = self.cur_seq.clone();
+        if ctx.seq.is_some() {
+            self.cur_seq = ctx.seq.clone();
+        }
+        self.run_chain_inner(msgs, first, ctx);
+        self.cur_seq = outer;
+    }
+
+    fn run_chain_inner<M: AsRef<[u8]> + Into<Vec<u8>>>(
         &mut self,
         msgs: Vec<M>,
         first: usize,
