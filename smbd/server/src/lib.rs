@@ -3,13 +3,14 @@
 //! Layout: [`config`] (TOML), [`shared`] (state shared by worker threads), [`worker`] (one
 //! io_uring event loop per thread, no thread per connection), [`conn`] (per-connection SMB
 //! state machine), [`ops`] (file service commands), [`fs`] (share filesystem access and
-//! info-class encoding), [`locking`] (the lock-service seam).
+//! info-class encoding), [`locking`] (the lock-service seam), [`limits`] (resource limits).
 
 pub mod config;
 pub mod conn;
 pub mod dosattr;
 pub mod durable;
 pub mod fs;
+pub mod limits;
 pub mod locking;
 pub mod ops;
 pub mod sd;
