@@ -83,10 +83,10 @@
 //! notify_watches_per_conn = 1024
 //! # Requests in one compound message; a longer chain disconnects the client.
 //! max_compound = 1024
-//! # Response bytes of one compound; once spent, the chain's remaining requests get
-//! # STATUS_INSUFFICIENT_RESOURCES (a request already started may add one READ of at most
-//! # 8 MiB).
-//! max_response_bytes = 16777216
+//! # Response bytes of one compound: a request whose answer could go over it (by its READ
+//! # length or output buffer length) gets STATUS_INSUFFICIENT_RESOURCES. Between 8 MiB +
+//! # 64 KiB (one maximal READ) and 15 MiB (a chain is one NetBIOS message, < 16 MiB).
+//! max_response_bytes = 12582912
 //! # Backpressure: while this many response bytes of a connection wait for the client to
 //! # read them, smbd stops reading and processing that connection's requests.
 //! output_bytes_per_conn = 16777216
@@ -99,10 +99,10 @@
 //! ```
 //!
 //! Memory per connection is bounded by these limits: at most `output_bytes_per_conn` plus one
-//! compound (`max_response_bytes` + 8 MiB) of queued responses, 8 READs/WRITEs of 8 MiB in the
-//! ring, one request frame (8 MiB + 64 KiB) being received, plus the per-open and per-session
-//! state (about 1 KiB each): with the defaults about 110 MiB for a hostile client, and a few
-//! hundred KiB for an ordinary one.
+//! compound (`max_response_bytes`) of queued responses, 8 READs/WRITEs of 8 MiB in the ring,
+//! one request frame (8 MiB + 64 KiB) being received, plus the per-open and per-session state
+//! (about 1 KiB each, so up to 16 MiB at `opens_per_conn`): with the defaults about 116 MiB
+//! for a hostile client, and a few hundred KiB for an ordinary one.
 //!
 //! If lockmgrd is unreachable when smbd starts (or later), smbd keeps serving: requests that
 //! need a lock decision (CREATE, LOCK, and I/O checks) fail with a clean NTSTATUS
@@ -332,6 +332,11 @@ impl LockmgrConfig {
     }
 }
 
+/// Largest `[limits] max_response_bytes` (see [`LimitsConfig::validate`]).
+const MAX_RESPONSE_BYTES: usize = 15 << 20;
+/// Largest `[limits] max_compound`.
+const MAX_COMPOUND: usize = 8192;
+
 /// `[limits]`: resource limits and backpressure (see the module documentation).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -363,8 +368,8 @@ impl Default for LimitsConfig {
             notify_watches_per_conn: 1024,
             // Real clients chain a handful of requests (CREATE+READ/QUERY_INFO+CLOSE).
             max_compound: 1024,
-            // Two maximal READs.
-            max_response_bytes: 16 << 20,
+            // One maximal READ (8 MiB) and then some; at most 15 MiB (one NetBIOS message).
+            max_response_bytes: 12 << 20,
             output_bytes_per_conn: 16 << 20,
             open_files: 0,
         }
@@ -393,11 +398,23 @@ impl LimitsConfig {
                 )));
             }
         }
-        // A response must fit: at least one maximal READ per chain and in the output queue.
-        if self.max_response_bytes < 64 * 1024 || self.output_bytes_per_conn < 64 * 1024 {
+        // A chain is one NetBIOS message (24-bit length): the budget plus the error answers of
+        // a maximal chain (under 100 bytes each) and the encryption transform must stay below
+        // 16 MiB, and one maximal READ (8 MiB) must fit.
+        let min = crate::conn::MAX_IO as usize + 64 * 1024;
+        if !(min..=MAX_RESPONSE_BYTES).contains(&self.max_response_bytes) {
+            return Err(ConfigError::Invalid(format!(
+                "[limits] max_response_bytes must be between {min} and {MAX_RESPONSE_BYTES}"
+            )));
+        }
+        if self.max_compound > MAX_COMPOUND {
+            return Err(ConfigError::Invalid(format!(
+                "[limits] max_compound must be at most {MAX_COMPOUND}"
+            )));
+        }
+        if self.output_bytes_per_conn < 64 * 1024 {
             return Err(ConfigError::Invalid(
-                "[limits] max_response_bytes and output_bytes_per_conn must be at least 65536"
-                    .into(),
+                "[limits] output_bytes_per_conn must be at least 65536".into(),
             ));
         }
         Ok(())
@@ -573,6 +590,8 @@ mod tests {
         for bad in [
             "[limits]\nmax_compound = 0\n",
             "[limits]\noutput_bytes_per_conn = 100\n",
+            "[limits]\nmax_response_bytes = 16777216\n",
+            "[limits]\nmax_response_bytes = 65536\n",
             "[limits]\nbogus = 1\n",
         ] {
             assert!(Config::parse(bad).is_err(), "{bad}");

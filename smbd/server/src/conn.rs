@@ -175,8 +175,8 @@ pub(crate) struct ChainCtx {
     /// Status of a failed CREATE in this compound; related requests without a handle fail
     /// with it instead of FILE_CLOSED (MS-SMB2 3.3.5.2.7.2).
     pub create_err: Option<u32>,
-    /// The chain's responses reached `[limits] max_response_bytes`: the rest is refused.
-    pub over_response_budget: bool,
+    /// Bytes of the chain's responses so far (`[limits] max_response_bytes`).
+    pub response_bytes: usize,
 }
 
 /// A READ or WRITE handed to the worker's io_uring; the response goes out when the ring
@@ -574,11 +574,10 @@ impl Conn {
         let n = first + msgs.len();
         let mut it = msgs.into_iter();
         let mut i = first;
-        let budget = self.shared.config.limits.max_response_bytes;
         let mut spent = 0usize;
         while let Some(m) = it.next() {
             ctx.index = i;
-            ctx.over_response_budget = spent >= budget;
+            ctx.response_bytes = spent;
             let one = self.process_one(m.as_ref(), &mut ctx, i + 1 == n);
             i += 1;
             let Some((resp, signer)) = one else {

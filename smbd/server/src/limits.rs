@@ -101,6 +101,22 @@ fn raise_nofile() -> usize {
     usize::try_from(rl.rlim_cur).unwrap_or(usize::MAX)
 }
 
+/// Header, fixed body and padding of one response, beyond its variable data.
+const RESPONSE_OVERHEAD: usize = 1024;
+
+/// The most variable data the answer to `req` may carry (the client's own bound on it).
+fn max_response(req: &Request) -> usize {
+    let n = match req {
+        Request::Read(r) => r.length,
+        Request::QueryDirectory(q) => q.output_buffer_length,
+        Request::QueryInfo(q) => q.output_buffer_length,
+        Request::Ioctl(i) => i.max_output_response,
+        Request::ChangeNotify(c) => c.output_buffer_length,
+        _ => 0,
+    };
+    n as usize
+}
+
 /// Which limit refused a request (logged once per connection and kind).
 #[derive(Clone, Copy, Debug)]
 enum Kind {
@@ -165,7 +181,9 @@ impl Conn {
         ctx: &ChainCtx,
     ) -> Option<u32> {
         let l = self.shared.config.limits.clone();
-        if ctx.over_response_budget {
+        // The whole chain goes out as one NetBIOS message, whose length field has 24 bits:
+        // a request whose answer could take the chain over the budget is refused up front.
+        if ctx.response_bytes + max_response(req) + RESPONSE_OVERHEAD > l.max_response_bytes {
             return self.refuse(
                 Kind::ResponseBytes,
                 status::INSUFFICIENT_RESOURCES,

@@ -24,6 +24,14 @@ pub struct Options {
     pub encrypt_share: bool,
     pub global_encrypt: bool,
     pub signing_required: bool,
+    /// Lines added to the `[server]` section (e.g. "workers = 1").
+    pub server_extra: String,
+    /// Text appended to the configuration (e.g. a `[limits]` section).
+    pub config_extra: String,
+    /// Environment variables for smbd.
+    pub env: Vec<(String, String)>,
+    /// RLIMIT_NOFILE (soft and hard) for smbd.
+    pub nofile: Option<u64>,
 }
 
 include!("../support/tools.rs");
@@ -43,12 +51,14 @@ impl TestServer {
         std::fs::write(
             &cfg,
             format!(
-                "[server]\nnetbios_name = \"TESTSRV\"\nusers = \"{}\"\nencrypt = {}\nsigning_required = {}\n\n[[share]]\nname = \"data\"\npath = \"{}\"\nencrypt = {}\n",
+                "[server]\nnetbios_name = \"TESTSRV\"\nusers = \"{}\"\nencrypt = {}\nsigning_required = {}\n{}\n\n[[share]]\nname = \"data\"\npath = \"{}\"\nencrypt = {}\n{}\n",
                 users.display(),
                 opts.global_encrypt,
                 opts.signing_required,
+                opts.server_extra,
                 share.display(),
-                opts.encrypt_share
+                opts.encrypt_share,
+                opts.config_extra,
             ),
         )
         .unwrap();
@@ -59,7 +69,25 @@ impl TestServer {
         )
         .unwrap();
         let log = std::fs::File::create(dir.path().join("smbd.log")).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_smbd"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_smbd"));
+        if let Some(n) = opts.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and touches only the child's limits.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let rl = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
+            .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .arg("--config")
             .arg(&cfg)
             .arg("--listen")
