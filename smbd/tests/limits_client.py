@@ -13,6 +13,8 @@ usage: limits_client.py COMMAND HOST PORT USER PASSWORD [ARGS...]
                           stdin is closed
   setups COUNT            COUNT first SESSION_SETUP legs (NTLM NEGOTIATE, never completed) on
                           one connection; prints "RESULT more=.. refused=.. other=.."
+  notify COUNT            COUNT CHANGE_NOTIFYs on one directory handle, never completed;
+                          prints "RESULT pending=.. refused=.. other=.."
   flood CONNS LEN         CONNS connections that each send as many READs of LEN bytes as their
                           credits allow and never read an answer; prints "SENT n", then waits
                           for stdin to close
@@ -182,6 +184,41 @@ def cmd_setups(host, port, user, password, count):
     os._exit(0)
 
 
+def cmd_notify(host, port, user, password, count):
+    from smbprotocol.change_notify import SMB2ChangeNotifyRequest
+    conn, sess, tree = connect(host, port, user, password)
+    d = Open(tree, "notifydir")
+    d.create(ImpersonationLevel.Impersonation, DirectoryAccessMask.FILE_LIST_DIRECTORY,
+             FileAttributes.FILE_ATTRIBUTE_DIRECTORY, ShareAccess.FILE_SHARE_READ,
+             CreateDisposition.FILE_OPEN_IF, CreateOptions.FILE_DIRECTORY_FILE)
+    pending = refused = other = 0
+    window = 64
+    sent = 0
+    while sent < count:
+        reqs = []
+        for _ in range(min(window, count - sent)):
+            m = SMB2ChangeNotifyRequest()
+            m["output_buffer_length"] = 4096
+            m["file_id"] = d.file_id
+            m["completion_filter"] = 0x1  # FILE_NOTIFY_CHANGE_FILE_NAME
+            reqs.append(conn.send(m, sess.session_id, tree.tree_connect_id))
+            sent += 1
+        for r in reqs:
+            try:
+                resp = conn.receive(r, wait=False)
+                if resp["status"].get_value() == NtStatus.STATUS_PENDING:
+                    pending += 1
+                else:
+                    other += 1
+            except SMBResponseException as e:
+                if status_of(e) == NtStatus.STATUS_INSUFFICIENT_RESOURCES:
+                    refused += 1
+                else:
+                    other += 1
+    print(f"RESULT pending={pending} refused={refused} other={other}", flush=True)
+    os._exit(0)
+
+
 def cmd_flood(host, port, user, password, conns, length):
     senders = []
     sent = [0]
@@ -228,6 +265,8 @@ def main():
         cmd_opens(host, port, user, password, int(rest[0]))
     elif cmd == "setups":
         cmd_setups(host, port, user, password, int(rest[0]))
+    elif cmd == "notify":
+        cmd_notify(host, port, user, password, int(rest[0]))
     elif cmd == "flood":
         cmd_flood(host, port, user, password, int(rest[0]), int(rest[1]))
     else:

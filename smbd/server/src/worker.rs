@@ -18,8 +18,7 @@
 //! that sends without reading its answers makes the server hold at most about that much
 //! output (plus what the kernel's socket buffers hold), not everything it asked for. Reading
 //! resumes once the queue has drained to half the limit. A request frame larger than any a
-//! client may send (see [`Worker::process_input`]) closes the connection instead of being
-//! buffered.
+//! client may send ([`MAX_FRAME`]) closes the connection instead of being buffered.
 //!
 //! A panic in a worker thread is never silent: the binary's panic hook logs it and aborts
 //! the process (see `main.rs`), so that a supervisor restarts smbd and lockmgrd releases the
@@ -43,6 +42,9 @@ use crate::shared::Shared;
 
 /// Headers, compound padding and the encryption transform around a max-size WRITE payload.
 const MAX_FRAME_OVERHEAD: usize = 64 * 1024;
+/// The largest request frame accepted (NetBIOS header, a max-size WRITE at any dialect, its
+/// headers and the encryption transform); a longer one disconnects the client.
+const MAX_FRAME: usize = 4 + crate::conn::MAX_IO as usize + MAX_FRAME_OVERHEAD;
 const BUF_SIZE: usize = 64 * 1024;
 const NUM_BUFS: u16 = 256;
 const BUF_GROUP: u16 = 7;
@@ -466,18 +468,17 @@ impl Worker {
         // the encryption transform); a bigger frame is refused when complete.
         if let [0x00, a, b, c, ..] = s.inbuf[..] {
             let need = 4 + (((a as usize) << 16) | ((b as usize) << 8) | c as usize);
-            let cap = Self::max_frame(s);
-            if need > cap {
-                // Larger than any request this client may send: refused now rather than
+            if need > MAX_FRAME {
+                // Larger than any request a client may send: refused now rather than
                 // buffered up to 16 MiB first.
                 tracing::debug!(
                     conn = s.conn.id,
                     need,
-                    cap,
                     "request frame too large; disconnecting"
                 );
                 s.conn.closed = true;
             }
+            let cap = 4 + s.conn.max_io() as usize + MAX_FRAME_OVERHEAD;
             s.inbuf.reserve(need.min(cap).saturating_sub(s.inbuf.len()));
         }
         let out = s.conn.take_output();
@@ -485,12 +486,6 @@ impl Worker {
         if s.conn.closed {
             s.closing = true;
         }
-    }
-
-    /// The largest frame a client of this connection may legitimately send (a max-size WRITE
-    /// plus headers and the encryption transform).
-    fn max_frame(s: &Slot) -> usize {
-        4 + s.conn.max_io() as usize + MAX_FRAME_OVERHEAD
     }
 
     /// Queue response frames for sending.
@@ -502,10 +497,12 @@ impl Worker {
     }
 
     /// Whether the connection's input must wait: too much output queued (the client does not
-    /// read its answers), or a full frame's worth of requests held back behind file I/O.
+    /// read its answers), or more than a maximal frame of requests held back behind file I/O
+    /// (then the first frame is complete, as a longer one closes the connection, so reading
+    /// resumes once the I/O completes).
     fn input_blocked(s: &Slot) -> bool {
         s.out_bytes >= s.conn.shared.config.limits.output_bytes_per_conn
-            || s.inbuf.len() > Self::max_frame(s)
+            || s.inbuf.len() > MAX_FRAME
     }
 
     /// Split `buf` into NetBIOS session messages (RFC 1002 4.3.1) and handle the complete

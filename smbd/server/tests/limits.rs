@@ -201,6 +201,21 @@ fn sessions_in_setup_are_limited() {
     bystander_served(&srv);
 }
 
+/// 1,100 CHANGE_NOTIFYs on one directory handle: the first `notify_watches_per_conn` (1024)
+/// go async (STATUS_PENDING), the rest get STATUS_INSUFFICIENT_RESOURCES.
+#[test]
+fn notify_watches_are_limited() {
+    let Some(py) = tools() else { return };
+    let srv = TestServer::start(Options::default());
+    let (child, mut out) = client(&py, &srv, "notify", &["1100"]);
+    let res = line_with(&mut out, "RESULT", &srv);
+    assert_eq!(field(&res, "pending"), 1024, "{res}");
+    assert_eq!(field(&res, "refused"), 76, "{res}");
+    assert_eq!(field(&res, "other"), 0, "{res}");
+    run_to_end(child, "notify client", &srv);
+    bystander_served(&srv);
+}
+
 /// With RLIMIT_NOFILE = 256 the open-file budget is 192: opens beyond it get
 /// STATUS_TOO_MANY_OPENED_FILES before the process runs out of descriptors, so a new
 /// connection is still accepted and served (session, tree connect, echo).
