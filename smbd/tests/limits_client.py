@@ -155,6 +155,8 @@ def cmd_opens(host, port, user, password, count):
 def cmd_setups(host, port, user, password, count):
     conn = Connection(uuid.uuid4(), host, port, require_signing=False)
     conn.connect()
+    # Credits for a window of requests (ECHO needs no session).
+    conn.echo(sid=0, credit_request=256)
     more = refused = other = 0
     window = 64
     sent = 0
@@ -191,8 +193,9 @@ def cmd_notify(host, port, user, password, count):
     d.create(ImpersonationLevel.Impersonation, DirectoryAccessMask.FILE_LIST_DIRECTORY,
              FileAttributes.FILE_ATTRIBUTE_DIRECTORY, ShareAccess.FILE_SHARE_READ,
              CreateDisposition.FILE_OPEN_IF, CreateOptions.FILE_DIRECTORY_FILE)
-    pending = refused = other = 0
     window = 64
+    credits(conn, sess, 4 * window)
+    pending = refused = other = 0
     sent = 0
     while sent < count:
         reqs = []

@@ -159,10 +159,13 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let share = dir.path().join("share");
         std::fs::create_dir(&share).unwrap();
+        give_share_to_test_users(dir.path(), &share);
         let users = dir.path().join("users");
-        std::fs::write(&users, format!("{USER}:{PASS}\n{USER2}:{PASS2}\n")).unwrap();
+        write_users_file(&users, &[(USER, PASS), (USER2, PASS2)]);
         let key = dir.path().join("cluster.key");
         std::fs::write(&key, rand_key()).unwrap();
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         let socket = dir.path().join("lockmgr.sock");
         let client_conf = dir.path().join("client.conf");
         std::fs::write(
