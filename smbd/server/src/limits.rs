@@ -42,7 +42,7 @@ impl FdBudget {
             0 => auto,
             n => n.min(auto),
         };
-        tracing::debug!(nofile, limit, "open-file budget");
+        tracing::info!(nofile, limit, "open-file budget (RLIMIT_NOFILE minus headroom)");
         FdBudget {
             in_use: AtomicUsize::new(0),
             limit,
