@@ -185,6 +185,8 @@ pub(crate) struct CreateCont {
     /// DHnQ / DH2Q, granted if the caching allows it.
     durable: Option<crate::durable::DurableKind>,
     share_access: u32,
+    /// A new file created with FILE_ATTRIBUTE_READONLY: mode 0444 once its handle is open.
+    make_read_only: bool,
 }
 
 impl Conn {
@@ -376,6 +378,7 @@ impl Conn {
         let dir_req = c.options & create_options::DIRECTORY_FILE != 0;
         let nondir_req = c.options & create_options::NON_DIRECTORY_FILE != 0;
         let mut created_now = false;
+        let mut make_read_only = false;
         let is_dir;
         let mut stream = None;
         let mut existed = res.exists;
@@ -448,9 +451,10 @@ impl Conn {
                 self.create_raced = e.kind() == std::io::ErrorKind::AlreadyExists;
                 return err(path_status(&e));
             }
-            if c.file_attributes & fs::attr::READONLY != 0 && !dir_req {
-                let _ = std::fs::set_permissions(&res.abs, std::fs::Permissions::from_mode(0o444));
-            }
+            // READONLY (mode 0444) is applied to the new file once its handle is open
+            // (finish_create): the creator's own open may write (MS-FSA 2.1.5.1.1), and the
+            // kernel would refuse the user a writable open of a 0444 file.
+            make_read_only = c.file_attributes & fs::attr::READONLY != 0 && !dir_req;
             created_now = true;
             is_dir = dir_req;
             // SMB2_CREATE_SD_BUFFER (MS-SMB2 2.2.13.2.2): the new file's descriptor; without
@@ -590,6 +594,7 @@ impl Conn {
             durable,
             share_access: c.share_access & 0x7,
             fake_quota,
+            make_read_only,
         };
         crate::durable::purge_conflicting(
             stable_id,
@@ -794,7 +799,12 @@ impl Conn {
                 None => open_checked(dir, &cont.rel, cont.access, read_only),
             };
             match f {
-                Ok(f) => file = Some(f),
+                Ok(f) => {
+                    if cont.make_read_only {
+                        let _ = f.set_permissions(std::fs::Permissions::from_mode(0o444));
+                    }
+                    file = Some(f)
+                }
                 Err(e) => {
                     let _ = self.shared.lock_request(
                         self.id,
@@ -2622,6 +2632,10 @@ impl Conn {
             Ok(_) => return status::OBJECT_NAME_INVALID,
             Err(st) => return st,
         };
+        // The stream depot is not a name clients can take (streams.rs).
+        if comps.first().is_some_and(|c| streams::is_depot(c)) {
+            return status::ACCESS_DENIED;
+        }
         let root = self.shared.shares[o.share].root.clone();
         let target = match fs::resolve(&root, &comps) {
             Ok(t) => t,

@@ -95,6 +95,42 @@ pub fn depot_dir(root: &Path, ino: u64) -> PathBuf {
     root.join(DEPOT).join(format!("{ino:x}"))
 }
 
+/// Whether the depot at `root` is the server's own: a real directory (no symlink), owned by
+/// the server's user and closed to everyone else. Anything else under that name (a user put
+/// it there outside SMB) is never used: privileged depot access must not follow it.
+fn depot_trusted(root: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::symlink_metadata(root.join(DEPOT)) {
+        Ok(m) => {
+            let ours = m.is_dir() && m.uid() == process_euid();
+            if ours && m.mode() & 0o077 != 0 {
+                // A depot made by an earlier version (mode 0755): close it.
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(
+                    root.join(DEPOT),
+                    std::fs::Permissions::from_mode(0o700),
+                );
+            }
+            let ok = ours;
+            if !ok {
+                tracing::warn!(root = %root.display(), "stream depot is not the server's own; named streams refused");
+            }
+            ok
+        }
+        Err(_) => false,
+    }
+}
+
+fn process_euid() -> u32 {
+    // The owner of /proc/self is the process's effective uid (no unsafe needed).
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map_or(0, |m| m.uid())
+}
+
+fn untrusted() -> std::io::Error {
+    std::io::Error::from_raw_os_error(libc::EACCES)
+}
+
 /// One stored stream.
 #[derive(Debug, Clone)]
 pub struct StreamEntry {
@@ -112,6 +148,9 @@ pub fn list(root: &Path, ino: u64) -> Vec<StreamEntry> {
 
 fn list_privileged(root: &Path, ino: u64) -> Vec<StreamEntry> {
     use std::os::unix::fs::MetadataExt;
+    if !depot_trusted(root) {
+        return Vec::new();
+    }
     let Ok(rd) = std::fs::read_dir(depot_dir(root, ino)) else {
         return Vec::new();
     };
@@ -150,6 +189,9 @@ pub fn create(root: &Path, ino: u64, name: &str) -> std::io::Result<PathBuf> {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
         }
+        if !depot_trusted(root) {
+            return Err(untrusted());
+        }
         let dir = depot_dir(root, ino);
         std::fs::DirBuilder::new()
             .mode(0o700)
@@ -185,6 +227,9 @@ pub fn remove_data(path: &Path) -> std::io::Result<()> {
 /// Remove every stream of inode `ino` (the base object is gone or was replaced).
 pub fn remove_all(root: &Path, ino: u64) {
     let dir = depot_dir(root, ino);
+    if !crate::identity::as_root(|| depot_trusted(root)) {
+        return;
+    }
     match crate::identity::as_root(|| std::fs::remove_dir_all(&dir)) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -322,3 +322,50 @@ fn symlink_swapped_in_during_a_deferred_create_stays_inside_the_share() {
     );
     assert_eq!(std::fs::read(outside.join("f")).unwrap(), b"outside secret");
 }
+
+/// Run a Python smbprotocol snippet with `smbclient` registered for the test user; `ROOT` is
+/// the share's UNC path. (success, output)
+fn py_snippet(srv: &TestServer, py: &str, body: &str) -> (bool, String) {
+    let code = format!(
+        "import smbclient\nsmbclient.register_session('127.0.0.1', username='{USER}', password='{PASS}', port={port})\nROOT = r'\\\\127.0.0.1\\data'\nP = {port}\n{body}\n",
+        port = srv.port
+    );
+    let out = Command::new(py).arg("-c").arg(code).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// The stream depot belongs to the server: root-owned and closed, not a name a client can
+/// take, and a depot a local user planted (a symlink out of the share) is never followed.
+#[test]
+fn stream_depot_is_the_servers_own() {
+    let Some(py) = python() else {
+        missing("no python with smbprotocol (set SMBD_PYTHON; scripts/install-deps.sh)");
+        return;
+    };
+    let srv = TestServer::start(Options::default());
+    let write_stream = "with smbclient.open_file(ROOT + r'\\f:s', mode='wb', port=P) as f:\n    f.write(b'stream data')";
+    let (ok, out) = py_snippet(&srv, &py, write_stream);
+    assert!(ok, "{out}\n{}", srv.log());
+    let depot = srv.share.join(".smbd-streams");
+    let m = std::fs::symlink_metadata(&depot).unwrap();
+    assert!(m.is_dir());
+    assert_eq!((m.uid(), m.mode() & 0o077), (0, 0), "depot owner/mode");
+    // Renaming something onto the depot's name is refused.
+    let (ok, out) = py_snippet(
+        &srv,
+        &py,
+        "smbclient.rename(ROOT + r'\\f', ROOT + r'\\.smbd-streams', port=P)",
+    );
+    assert!(!ok, "rename onto the depot: {out}");
+    assert!(srv.share.join("f").exists());
+    // A planted depot: a symlink to a directory outside the share.
+    std::fs::remove_dir_all(&depot).unwrap();
+    let outside = srv.dir.path().join("planted");
+    std::fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, &depot).unwrap();
+    let (ok, out) = py_snippet(&srv, &py, write_stream);
+    assert!(!ok, "stream written through a planted depot: {out}");
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+}
