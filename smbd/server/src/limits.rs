@@ -42,7 +42,11 @@ impl FdBudget {
             0 => auto,
             n => n.min(auto),
         };
-        tracing::info!(nofile, limit, "open-file budget (RLIMIT_NOFILE minus headroom)");
+        tracing::info!(
+            nofile,
+            limit,
+            "open-file budget (RLIMIT_NOFILE minus headroom)"
+        );
         FdBudget {
             in_use: AtomicUsize::new(0),
             limit,
