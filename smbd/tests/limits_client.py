@@ -15,6 +15,10 @@ usage: limits_client.py COMMAND HOST PORT USER PASSWORD [ARGS...]
                           one connection; prints "RESULT more=.. refused=.. other=.."
   notify COUNT            COUNT CHANGE_NOTIFYs on one directory handle, never completed;
                           prints "RESULT pending=.. refused=.. other=.."
+  trees COUNT             COUNT tree connects of "data" on one session; prints
+                          "RESULT ok=.. refused=.. other=.."
+  locks COUNT             COUNT handles each sending a blocking LOCK on a byte another handle
+                          holds; prints "RESULT pending=.. refused=.. other=.."
   flood CONNS LEN         CONNS connections that each send as many READs of LEN bytes as their
                           credits allow and never read an answer; prints "SENT n", then waits
                           for stdin to close
@@ -222,6 +226,65 @@ def cmd_notify(host, port, user, password, count):
     os._exit(0)
 
 
+def cmd_trees(host, port, user, password, count):
+    conn, sess, tree = connect(host, port, user, password)
+    ok = 1  # the one connect() made
+    refused = other = 0
+    for _ in range(count - 1):
+        try:
+            TreeConnect(sess, rf"\\{host}\data").connect()
+            ok += 1
+        except SMBResponseException as e:
+            if status_of(e) == NtStatus.STATUS_INSUFFICIENT_RESOURCES:
+                refused += 1
+            else:
+                other += 1
+    print(f"RESULT ok={ok} refused={refused} other={other}", flush=True)
+    os._exit(0)
+
+
+def cmd_locks(host, port, user, password, count):
+    from smbprotocol.open import SMB2LockElement, LockFlags
+    conn, sess, tree = connect(host, port, user, password)
+    credits(conn, sess, 256)
+
+    def handle():
+        f = Open(tree, "locked.bin")
+        f.create(ImpersonationLevel.Impersonation, GENERIC_RW, FileAttributes.FILE_ATTRIBUTE_NORMAL,
+                 ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE,
+                 CreateDisposition.FILE_OPEN_IF, CreateOptions.FILE_NON_DIRECTORY_FILE)
+        return f
+
+    def element(flags):
+        e = SMB2LockElement()
+        e["offset"] = 0
+        e["length"] = 1
+        e["flags"] = flags
+        return e
+
+    holder = handle()
+    holder.lock([element(LockFlags.SMB2_LOCKFLAG_EXCLUSIVE_LOCK
+                         | LockFlags.SMB2_LOCKFLAG_FAIL_IMMEDIATELY)])
+    waiters = [handle() for _ in range(count)]
+    pending = refused = other = 0
+    for w in waiters:
+        msg, _ = w.lock([element(LockFlags.SMB2_LOCKFLAG_EXCLUSIVE_LOCK)], send=False)
+        req = conn.send(msg, sess.session_id, tree.tree_connect_id)
+        try:
+            resp = conn.receive(req, wait=False)
+            if resp["status"].get_value() == NtStatus.STATUS_PENDING:
+                pending += 1
+            else:
+                other += 1
+        except SMBResponseException as e:
+            if status_of(e) == NtStatus.STATUS_INSUFFICIENT_RESOURCES:
+                refused += 1
+            else:
+                other += 1
+    print(f"RESULT pending={pending} refused={refused} other={other}", flush=True)
+    os._exit(0)
+
+
 def cmd_flood(host, port, user, password, conns, length):
     senders = []
     sent = [0]
@@ -270,6 +333,10 @@ def main():
         cmd_setups(host, port, user, password, int(rest[0]))
     elif cmd == "notify":
         cmd_notify(host, port, user, password, int(rest[0]))
+    elif cmd == "trees":
+        cmd_trees(host, port, user, password, int(rest[0]))
+    elif cmd == "locks":
+        cmd_locks(host, port, user, password, int(rest[0]))
     elif cmd == "flood":
         cmd_flood(host, port, user, password, int(rest[0]), int(rest[1]))
     else:

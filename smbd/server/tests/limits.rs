@@ -216,6 +216,43 @@ fn notify_watches_are_limited() {
     bystander_served(&srv);
 }
 
+/// Configured limits (`[limits]` in the config): 8 trees per session, then
+/// STATUS_INSUFFICIENT_RESOURCES; 20 pending async requests per connection (blocking LOCKs
+/// waiting for a byte another handle holds), then STATUS_INSUFFICIENT_RESOURCES.
+#[test]
+fn configured_tree_and_async_limits() {
+    let Some(py) = tools() else { return };
+    let srv = TestServer::start(Options {
+        config_extra: "[limits]\ntrees_per_session = 8\npending_async_per_conn = 20\n".into(),
+        ..Default::default()
+    });
+    let (child, mut out) = client(&py, &srv, "trees", &["12"]);
+    let res = line_with(&mut out, "RESULT", &srv);
+    assert_eq!(
+        (
+            field(&res, "ok"),
+            field(&res, "refused"),
+            field(&res, "other")
+        ),
+        (8, 4, 0),
+        "{res}"
+    );
+    run_to_end(child, "trees client", &srv);
+    let (child, mut out) = client(&py, &srv, "locks", &["30"]);
+    let res = line_with(&mut out, "RESULT", &srv);
+    assert_eq!(
+        (
+            field(&res, "pending"),
+            field(&res, "refused"),
+            field(&res, "other")
+        ),
+        (20, 10, 0),
+        "{res}"
+    );
+    run_to_end(child, "locks client", &srv);
+    bystander_served(&srv);
+}
+
 /// With RLIMIT_NOFILE = 256 the open-file budget is 192: opens beyond it get
 /// STATUS_TOO_MANY_OPENED_FILES before the process runs out of descriptors, so a new
 /// connection is still accepted and served (session, tree connect, echo).
