@@ -17,6 +17,8 @@ usage: limits_client.py COMMAND HOST PORT USER PASSWORD [ARGS...]
                           prints "RESULT pending=.. refused=.. other=.."
   trees COUNT             COUNT tree connects of "data" on one session; prints
                           "RESULT ok=.. refused=.. other=.."
+  sessions COUNT          COUNT complete sessions on one connection; prints
+                          "RESULT ok=.. refused=.. other=.."
   locks COUNT             COUNT handles each sending a blocking LOCK on a byte another handle
                           holds; prints "RESULT pending=.. refused=.. other=.."
   flood CONNS LEN         CONNS connections that each send as many READs of LEN bytes as their
@@ -243,6 +245,23 @@ def cmd_trees(host, port, user, password, count):
     os._exit(0)
 
 
+def cmd_sessions(host, port, user, password, count):
+    conn = Connection(uuid.uuid4(), host, port, require_signing=False)
+    conn.connect()
+    ok = refused = other = 0
+    for _ in range(count):
+        try:
+            Session(conn, user, password, require_encryption=False).connect()
+            ok += 1
+        except SMBResponseException as e:
+            if status_of(e) == NtStatus.STATUS_REQUEST_NOT_ACCEPTED:
+                refused += 1
+            else:
+                other += 1
+    print(f"RESULT ok={ok} refused={refused} other={other}", flush=True)
+    os._exit(0)
+
+
 def cmd_locks(host, port, user, password, count):
     from smbprotocol.open import SMB2LockElement, LockFlags
     conn, sess, tree = connect(host, port, user, password)
@@ -335,6 +354,8 @@ def main():
         cmd_notify(host, port, user, password, int(rest[0]))
     elif cmd == "trees":
         cmd_trees(host, port, user, password, int(rest[0]))
+    elif cmd == "sessions":
+        cmd_sessions(host, port, user, password, int(rest[0]))
     elif cmd == "locks":
         cmd_locks(host, port, user, password, int(rest[0]))
     elif cmd == "flood":

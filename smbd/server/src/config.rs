@@ -77,6 +77,9 @@
 //! # SESSION_SETUPs started and not finished on one connection; the next new session gets
 //! # STATUS_REQUEST_NOT_ACCEPTED (what Windows answers when it has no room for a session).
 //! sessions_in_setup_per_conn = 16
+//! # Sessions of one connection, established or in setup; the next new one also gets
+//! # STATUS_REQUEST_NOT_ACCEPTED.
+//! sessions_per_conn = 1024
 //! # Opens of one session / of one connection; more get STATUS_INSUFFICIENT_RESOURCES
 //! # (Samba's answer when its open table is full).
 //! opens_per_session = 8192
@@ -364,6 +367,7 @@ const MAX_COMPOUND: usize = 8192;
 #[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     pub sessions_in_setup_per_conn: usize,
+    pub sessions_per_conn: usize,
     pub opens_per_session: usize,
     pub opens_per_conn: usize,
     pub trees_per_session: usize,
@@ -381,6 +385,8 @@ impl Default for LimitsConfig {
         LimitsConfig {
             // A client needs one session in setup at a time; a few in parallel is generous.
             sessions_in_setup_per_conn: 16,
+            // Clients use one or a few sessions per connection (one per user).
+            sessions_per_conn: 1024,
             // Samba's `max open files` is 16404 per client process; one session gets half.
             opens_per_session: 8192,
             opens_per_conn: 16384,
@@ -405,6 +411,7 @@ impl LimitsConfig {
                 "sessions_in_setup_per_conn",
                 self.sessions_in_setup_per_conn,
             ),
+            ("sessions_per_conn", self.sessions_per_conn),
             ("opens_per_session", self.opens_per_session),
             ("opens_per_conn", self.opens_per_conn),
             ("trees_per_session", self.trees_per_session),

@@ -3,7 +3,8 @@
 //! process-wide open-file budget.
 //!
 //! Status codes for a refused request:
-//! * a new session while `sessions_in_setup_per_conn` are in setup: STATUS_REQUEST_NOT_ACCEPTED
+//! * a new session while `sessions_in_setup_per_conn` are in setup, or `sessions_per_conn`
+//!   exist: STATUS_REQUEST_NOT_ACCEPTED
 //!   (MS-ERREF: "No more connections can be made to this remote computer at this time", what
 //!   Windows answers when it has no room for another session);
 //! * opens, trees, async requests, change notifications and compound response bytes over
@@ -125,6 +126,7 @@ fn max_response(req: &Request) -> usize {
 #[derive(Clone, Copy, Debug)]
 enum Kind {
     SessionsInSetup = 0,
+    Sessions,
     Trees,
     OpensPerSession,
     OpensPerConn,
@@ -209,6 +211,13 @@ impl Conn {
                         Kind::SessionsInSetup,
                         status::REQUEST_NOT_ACCEPTED,
                         l.sessions_in_setup_per_conn,
+                    );
+                }
+                if self.sessions.len() >= l.sessions_per_conn {
+                    return self.refuse(
+                        Kind::Sessions,
+                        status::REQUEST_NOT_ACCEPTED,
+                        l.sessions_per_conn,
                     );
                 }
             }

@@ -218,12 +218,15 @@ fn notify_watches_are_limited() {
 
 /// Configured limits (`[limits]` in the config): 8 trees per session, then
 /// STATUS_INSUFFICIENT_RESOURCES; 20 pending async requests per connection (blocking LOCKs
-/// waiting for a byte another handle holds), then STATUS_INSUFFICIENT_RESOURCES.
+/// waiting for a byte another handle holds), then STATUS_INSUFFICIENT_RESOURCES; 3 sessions
+/// per connection, then STATUS_REQUEST_NOT_ACCEPTED.
 #[test]
 fn configured_tree_and_async_limits() {
     let Some(py) = tools() else { return };
     let srv = TestServer::start(Options {
-        config_extra: "[limits]\ntrees_per_session = 8\npending_async_per_conn = 20\n".into(),
+        config_extra:
+            "[limits]\ntrees_per_session = 8\npending_async_per_conn = 20\nsessions_per_conn = 3\n"
+                .into(),
         ..Default::default()
     });
     let (child, mut out) = client(&py, &srv, "trees", &["12"]);
@@ -250,6 +253,18 @@ fn configured_tree_and_async_limits() {
         "{res}"
     );
     run_to_end(child, "locks client", &srv);
+    let (child, mut out) = client(&py, &srv, "sessions", &["5"]);
+    let res = line_with(&mut out, "RESULT", &srv);
+    assert_eq!(
+        (
+            field(&res, "ok"),
+            field(&res, "refused"),
+            field(&res, "other")
+        ),
+        (3, 2, 0),
+        "{res}"
+    );
+    run_to_end(child, "sessions client", &srv);
     bystander_served(&srv);
 }
 
