@@ -70,6 +70,52 @@
 //! request_timeout_ms = 5000
 //! ```
 //!
+//! ```toml
+//! # Limits and backpressure: what one client can make this server hold. Every key is optional;
+//! # the defaults below suit a file server with a few thousand clients.
+//! [limits]
+//! # SESSION_SETUPs started and not finished on one connection; the next new session gets
+//! # STATUS_REQUEST_NOT_ACCEPTED (what Windows answers when it has no room for a session).
+//! sessions_in_setup_per_conn = 16
+//! # Sessions of one connection, established or in setup; the next new one also gets
+//! # STATUS_REQUEST_NOT_ACCEPTED.
+//! sessions_per_conn = 1024
+//! # Opens of one session / of one connection; more get STATUS_INSUFFICIENT_RESOURCES
+//! # (Samba's answer when its open table is full).
+//! opens_per_session = 8192
+//! opens_per_conn = 16384
+//! # Tree connects of one session; more get STATUS_INSUFFICIENT_RESOURCES.
+//! trees_per_session = 1024
+//! # Requests of one connection waiting asynchronously (blocking locks, creates waiting for a
+//! # break, change notifications); a request that could go async beyond this gets
+//! # STATUS_INSUFFICIENT_RESOURCES.
+//! pending_async_per_conn = 4096
+//! # Directory opens of one connection with a CHANGE_NOTIFY outstanding; more get
+//! # STATUS_INSUFFICIENT_RESOURCES.
+//! notify_watches_per_conn = 1024
+//! # Requests in one compound message; a longer chain disconnects the client.
+//! max_compound = 1024
+//! # Response bytes of one compound: a request whose answer could go over it (by its READ
+//! # length or output buffer length) gets STATUS_INSUFFICIENT_RESOURCES. Between 8 MiB +
+//! # 64 KiB (one maximal READ) and 15 MiB (a chain is one NetBIOS message, < 16 MiB).
+//! max_response_bytes = 12582912
+//! # Backpressure: while this many response bytes of a connection wait for the client to
+//! # read them, smbd stops reading and processing that connection's requests.
+//! output_bytes_per_conn = 16777216
+//! # Open files of the whole process (0 = automatic: RLIMIT_NOFILE, raised to its hard limit
+//! # at start, minus a headroom of an eighth, at least 64, for accept, lockmgr, io_uring and
+//! # directory listings). Connections and file I/O in flight count against it; an open beyond
+//! # it gets STATUS_TOO_MANY_OPENED_FILES (what Samba maps EMFILE to), before the process runs
+//! # out of descriptors.
+//! open_files = 0
+//! ```
+//!
+//! Memory per connection is bounded by these limits: at most `output_bytes_per_conn` plus one
+//! compound (`max_response_bytes`) of queued responses, 8 READs/WRITEs of 8 MiB in the ring,
+//! one request frame (8 MiB + 64 KiB) being received, plus the per-open and per-session state
+//! (about 1 KiB each, so up to 16 MiB at `opens_per_conn`): with the defaults about 116 MiB
+//! for a hostile client, and a few hundred KiB for an ordinary one.
+//!
 //! If lockmgrd is unreachable when smbd starts (or later), smbd keeps serving: requests that
 //! need a lock decision (CREATE, LOCK, and I/O checks) fail with a clean NTSTATUS
 //! (STATUS_REQUEST_NOT_ACCEPTED from the lock layer) while the node retries the connection
@@ -311,6 +357,99 @@ impl LockmgrConfig {
     }
 }
 
+/// Largest `[limits] max_response_bytes` (see [`LimitsConfig::validate`]).
+const MAX_RESPONSE_BYTES: usize = 15 << 20;
+/// Largest `[limits] max_compound`.
+const MAX_COMPOUND: usize = 8192;
+
+/// `[limits]`: resource limits and backpressure (see the module documentation).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub sessions_in_setup_per_conn: usize,
+    pub sessions_per_conn: usize,
+    pub opens_per_session: usize,
+    pub opens_per_conn: usize,
+    pub trees_per_session: usize,
+    pub pending_async_per_conn: usize,
+    pub notify_watches_per_conn: usize,
+    pub max_compound: usize,
+    pub max_response_bytes: usize,
+    pub output_bytes_per_conn: usize,
+    /// 0 = automatic (RLIMIT_NOFILE minus headroom).
+    pub open_files: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            // A client needs one session in setup at a time; a few in parallel is generous.
+            sessions_in_setup_per_conn: 16,
+            // Clients use one or a few sessions per connection (one per user).
+            sessions_per_conn: 1024,
+            // Samba's `max open files` is 16404 per client process; one session gets half.
+            opens_per_session: 8192,
+            opens_per_conn: 16384,
+            trees_per_session: 1024,
+            // Half the credit window (MAX_CREDITS): every pending request holds a credit.
+            pending_async_per_conn: 4096,
+            notify_watches_per_conn: 1024,
+            // Real clients chain a handful of requests (CREATE+READ/QUERY_INFO+CLOSE).
+            max_compound: 1024,
+            // One maximal READ (8 MiB) and then some; at most 15 MiB (one NetBIOS message).
+            max_response_bytes: 12 << 20,
+            output_bytes_per_conn: 16 << 20,
+            open_files: 0,
+        }
+    }
+}
+
+impl LimitsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        for (name, v) in [
+            (
+                "sessions_in_setup_per_conn",
+                self.sessions_in_setup_per_conn,
+            ),
+            ("sessions_per_conn", self.sessions_per_conn),
+            ("opens_per_session", self.opens_per_session),
+            ("opens_per_conn", self.opens_per_conn),
+            ("trees_per_session", self.trees_per_session),
+            ("pending_async_per_conn", self.pending_async_per_conn),
+            ("notify_watches_per_conn", self.notify_watches_per_conn),
+            ("max_compound", self.max_compound),
+            ("max_response_bytes", self.max_response_bytes),
+            ("output_bytes_per_conn", self.output_bytes_per_conn),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "[limits] {name} must be positive"
+                )));
+            }
+        }
+        // A chain is one NetBIOS message (24-bit length): the budget plus the error answers of
+        // a maximal chain (under 100 bytes each) and the encryption transform must stay below
+        // 16 MiB, and one maximal READ (8 MiB) must fit.
+        let min = crate::conn::MAX_IO as usize + 64 * 1024;
+        if !(min..=MAX_RESPONSE_BYTES).contains(&self.max_response_bytes) {
+            return Err(ConfigError::Invalid(format!(
+                "[limits] max_response_bytes must be between {min} and {MAX_RESPONSE_BYTES}"
+            )));
+        }
+        if self.max_compound > MAX_COMPOUND {
+            return Err(ConfigError::Invalid(format!(
+                "[limits] max_compound must be at most {MAX_COMPOUND}"
+            )));
+        }
+        if self.output_bytes_per_conn < 64 * 1024 {
+            return Err(ConfigError::Invalid(
+                "[limits] output_bytes_per_conn must be at least 65536".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -320,6 +459,8 @@ pub struct Config {
     pub share: Vec<ShareConfig>,
     #[serde(default)]
     pub lockmgr: LockmgrConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 impl Config {
@@ -352,6 +493,7 @@ impl Config {
             }
         }
         cfg.lockmgr.validate()?;
+        cfg.limits.validate()?;
         Ok(cfg)
     }
 
@@ -463,6 +605,25 @@ mod tests {
         ] {
             let e = Config::parse(bad).unwrap_err().to_string();
             assert!(e.contains(why), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn limits_section_defaults_and_overrides() {
+        let c = Config::parse("[server]\n").unwrap();
+        assert_eq!(c.limits.sessions_in_setup_per_conn, 16);
+        assert_eq!(c.limits.max_compound, 1024);
+        let c = Config::parse("[limits]\nopens_per_session = 10\nmax_compound = 4\n").unwrap();
+        assert_eq!((c.limits.opens_per_session, c.limits.max_compound), (10, 4));
+        assert_eq!(c.limits.opens_per_conn, 16384);
+        for bad in [
+            "[limits]\nmax_compound = 0\n",
+            "[limits]\noutput_bytes_per_conn = 100\n",
+            "[limits]\nmax_response_bytes = 16777216\n",
+            "[limits]\nmax_response_bytes = 65536\n",
+            "[limits]\nbogus = 1\n",
+        ] {
+            assert!(Config::parse(bad).is_err(), "{bad}");
         }
     }
 

@@ -206,6 +206,8 @@ pub(crate) struct ChainCtx {
     /// Status of a failed CREATE in this compound; related requests without a handle fail
     /// with it instead of FILE_CLOSED (MS-SMB2 3.3.5.2.7.2).
     pub create_err: Option<u32>,
+    /// Bytes of the chain's responses so far (`[limits] max_response_bytes`).
+    pub response_bytes: usize,
 }
 
 /// A READ or WRITE handed to the worker's io_uring; the response goes out when the ring
@@ -334,6 +336,8 @@ pub struct Conn {
     pub closed: bool,
     /// The last create lost a race to create its name (see `Conn::create`).
     pub(crate) create_raced: bool,
+    /// Resource-limit bookkeeping (`crate::limits`).
+    pub(crate) limits: crate::limits::ConnLimits,
 }
 
 fn frame(msg: Vec<u8>) -> Vec<u8> {
@@ -386,6 +390,7 @@ impl Conn {
             binding: HashMap::new(),
             closed: false,
             create_raced: false,
+            limits: Default::default(),
         }
     }
 
@@ -581,6 +586,14 @@ impl Conn {
                 return;
             }
         };
+        let max = self.shared.config.limits.max_compound;
+        if msgs.len() > max {
+            // No client chains this many requests; answering each would cost memory in
+            // proportion to what an attacker sends, so the connection is dropped.
+            tracing::warn!(conn = self.id, peer = ?self.peer, requests = msgs.len(), max, "compound over [limits] max_compound; disconnecting");
+            self.closed = true;
+            return;
+        }
         let ctx = ChainCtx {
             encrypted: sealed.is_some(),
             sealed_session: sealed.unwrap_or(0),
@@ -622,8 +635,10 @@ impl Conn {
         let n = first + msgs.len();
         let mut it = msgs.into_iter();
         let mut i = first;
+        let mut spent = 0usize;
         while let Some(m) = it.next() {
             ctx.index = i;
+            ctx.response_bytes = spent;
             let one = self.process_one(m.as_ref(), &mut ctx, i + 1 == n);
             i += 1;
             if self.closed {
@@ -651,6 +666,7 @@ impl Conn {
                     resp.push(0);
                 }
             }
+            spent += resp.len();
             responses.push((resp, signer));
             if self.closed {
                 return;
@@ -1219,6 +1235,9 @@ impl Conn {
         ctx: &mut ChainCtx,
         last: bool,
     ) -> Outcome {
+        if let Some(st) = self.request_limit(&req, hdr, ctx) {
+            return err(st);
+        }
         match req {
             Request::Negotiate(n) => self.negotiate(n),
             Request::SessionSetup(s) => self.session_setup(s, hdr, ctx, m),

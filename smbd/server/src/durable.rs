@@ -103,6 +103,12 @@ fn park(persistent: u64, open: Open) {
     );
 }
 
+/// Durable opens parked after a disconnect (each keeps its descriptor; see
+/// [`crate::limits::FdBudget`]).
+pub fn parked_count() -> usize {
+    table().len()
+}
+
 /// The parked handle state of `persistent`, if it is the same lock-service open.
 fn take_parked(persistent: u64, lock_open: locking::OpenId) -> Option<Open> {
     let mut t = table();

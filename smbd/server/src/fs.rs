@@ -628,48 +628,96 @@ pub fn short_name(name: &str) -> String {
     out
 }
 
-/// Windows wildcard match, case-insensitive (MS-FSA 2.1.4.4): `*`, `?`, and the DOS
-/// wildcards `<` (DOS_STAR), `>` (DOS_QM), `"` (DOS_DOT).
+/// Windows wildcard match, case-insensitive (MS-FSA 2.1.4.4, FsRtlIsNameInExpression): `*`,
+/// `?`, and the DOS wildcards `<` (DOS_STAR), `>` (DOS_QM), `"` (DOS_DOT), with Samba's
+/// `ms_fnmatch` semantics where the specification is vague.
+///
+/// Runs in O(name x pattern) time and O(pattern) space whatever the pattern: the old
+/// backtracking matcher took exponential time on patterns such as 25 `*` then `b` against a
+/// 200-character name, pinning a worker thread (and every connection on it) for ever.
 pub fn wildcard_match(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.to_lowercase().chars().collect();
-    let n: Vec<char> = name.to_lowercase().chars().collect();
-    if pattern == "*" || pattern == "*.*" || pattern.is_empty() {
-        return true;
-    }
-    match_from(&p, &n)
+    wildcard_match_counted(pattern, name).0
 }
 
-fn match_from(p: &[char], n: &[char]) -> bool {
-    let Some((&c, rest)) = p.split_first() else {
-        return n.is_empty();
-    };
-    match c {
-        '*' => (0..=n.len()).any(|k| match_from(rest, &n[k..])),
-        '?' => !n.is_empty() && match_from(rest, &n[1..]),
-        // DOS_QM: any single char, or nothing at a dot / end of name.
-        '>' => {
-            if n.is_empty() || n[0] == '.' {
-                match_from(rest, n) || (!n.is_empty() && match_from(rest, &n[1..]))
-            } else {
-                match_from(rest, &n[1..])
-            }
-        }
-        // DOS_DOT: a dot, or nothing at the end of the name.
-        '"' => {
-            if n.is_empty() {
-                match_from(rest, n)
-            } else {
-                n[0] == '.' && match_from(rest, &n[1..])
-            }
-        }
-        // DOS_STAR: any chars up to (not past) the last dot.
-        '<' => {
-            let last_dot = n.iter().rposition(|&ch| ch == '.');
-            let limit = last_dot.unwrap_or(n.len());
-            (0..=n.len()).any(|k| (k <= limit || last_dot.is_none()) && match_from(rest, &n[k..]))
-        }
-        _ => !n.is_empty() && n[0] == c && match_from(rest, &n[1..]),
+/// [`wildcard_match`], also returning the number of (name position, pattern position) steps
+/// taken, so tests can check the bound.
+fn wildcard_match_counted(pattern: &str, name: &str) -> (bool, u64) {
+    if pattern.is_empty() || pattern == "*" || pattern == "*.*" {
+        return (true, 0);
     }
+    let p: Vec<char> = pattern.to_lowercase().chars().collect();
+    let n: Vec<char> = name.to_lowercase().chars().collect();
+    let m = p.len();
+    // The last dot of the name: DOS_STAR does not match past it.
+    let last_dot = n.iter().rposition(|&c| c == '.');
+    // NFA simulation: `cur[j]` = "pattern[j..] may match name[i..]" for the current name
+    // position i. Every transition goes from j to j or j + 1, so one forward pass over j
+    // closes the set under the zero-width (epsilon) moves.
+    let mut cur = vec![false; m + 1];
+    let mut next = vec![false; m + 1];
+    cur[0] = true;
+    let mut steps: u64 = 0;
+    for i in 0..=n.len() {
+        let ch = n.get(i).copied();
+        // Zero-width moves at position i.
+        for j in 0..m {
+            steps += 1;
+            if !cur[j] {
+                continue;
+            }
+            let empty_ok = match p[j] {
+                '*' | '<' => true,
+                // DOS_QM matches nothing at a dot or at the end of the name.
+                '>' => ch.is_none_or(|c| c == '.'),
+                // DOS_DOT matches nothing at the end of the name.
+                '"' => ch.is_none(),
+                _ => false,
+            };
+            if empty_ok {
+                cur[j + 1] = true;
+            }
+        }
+        let Some(c) = ch else {
+            return (cur[m], steps);
+        };
+        // Moves consuming name[i].
+        next.iter_mut().for_each(|b| *b = false);
+        let mut any = false;
+        for j in 0..m {
+            steps += 1;
+            if !cur[j] {
+                continue;
+            }
+            let (stay, advance) = match p[j] {
+                '*' => (true, false),
+                // DOS_STAR consumes characters up to the last dot, then the last dot itself
+                // ends it; after the last dot (or without one) it is a plain `*`.
+                '<' => match last_dot {
+                    Some(d) if i == d => (false, true),
+                    _ => (true, false),
+                },
+                '?' => (false, true),
+                // DOS_QM consumes one character that is not a dot; a dot only when it is
+                // the last character of the name (Samba ms_fnmatch).
+                '>' => (false, c != '.' || i + 1 == n.len()),
+                '"' => (false, c == '.'),
+                lit => (false, lit == c),
+            };
+            if stay {
+                next[j] = true;
+                any = true;
+            }
+            if advance {
+                next[j + 1] = true;
+                any = true;
+            }
+        }
+        if !any {
+            return (false, steps);
+        }
+        std::mem::swap(&mut cur, &mut next);
+    }
+    (cur[m], steps)
 }
 
 #[cfg(test)]
@@ -686,6 +734,147 @@ mod tests {
         assert!(wildcard_match("abc\"", "abc"));
         assert!(wildcard_match("ab>", "ab"));
         assert!(!wildcard_match("*.txt", "x.doc"));
+    }
+
+    /// The previous backtracking matcher, kept as the reference for the semantics (it is
+    /// exponential, so only short inputs are compared).
+    fn reference(p: &[char], n: &[char], full: &[char]) -> bool {
+        let Some((&c, rest)) = p.split_first() else {
+            return n.is_empty();
+        };
+        let at = full.len() - n.len();
+        let last_dot = full.iter().rposition(|&ch| ch == '.');
+        match c {
+            '*' => (0..=n.len()).any(|k| reference(rest, &n[k..], full)),
+            '?' => !n.is_empty() && reference(rest, &n[1..], full),
+            '>' => {
+                if n.is_empty() {
+                    reference(rest, n, full)
+                } else if n[0] == '.' {
+                    reference(rest, n, full) || (n.len() == 1 && reference(rest, &n[1..], full))
+                } else {
+                    reference(rest, &n[1..], full)
+                }
+            }
+            '"' => {
+                if n.is_empty() {
+                    reference(rest, n, full)
+                } else {
+                    n[0] == '.' && reference(rest, &n[1..], full)
+                }
+            }
+            '<' => {
+                // Samba ms_fnmatch_core: from a position at or before the last dot, up to
+                // and including that dot; after it (or without a dot), anything.
+                let limit = match last_dot {
+                    Some(d) if d >= at => d + 1 - at,
+                    _ => n.len(),
+                };
+                (0..=limit).any(|k| reference(rest, &n[k..], full))
+            }
+            _ => !n.is_empty() && n[0] == c && reference(rest, &n[1..], full),
+        }
+    }
+
+    fn check(p: &str, n: &str, want: bool) {
+        assert_eq!(wildcard_match(p, n), want, "pattern {p:?} name {n:?}");
+    }
+
+    /// MS-FSA 2.1.4.4 / Samba ms_fnmatch cases, including the DOS wildcards as Windows
+    /// clients send them (`*.` becomes `<"`, `?` before a dot becomes `>`).
+    #[test]
+    fn wildcards_dos_semantics() {
+        // DOS_STAR stops at the last dot.
+        check("<.txt", "a.b.txt", true);
+        check("<", "abc", true);
+        check("<", "a.b", false);
+        check("<.", "a.", true);
+        check("<\"", "abc", true);
+        check("<\"", "abc.d", false);
+        check("<.<", "a.b.c", true);
+        check("a.<", "a.b", true);
+        check("<b", "ab", true);
+        check("<b", "a.b", true);
+        check("<b", "a.xb", false);
+        check("*b", "a.xb", true);
+        // DOS_QM: one char, nothing at a dot or the end; a trailing dot only at the end.
+        check(">>>.txt", "ab.txt", true);
+        check(">>>.txt", "abcd.txt", false);
+        check("a>", "a.", true);
+        check("a>.b", "a.b", true);
+        check(">", "", true);
+        // DOS_DOT: a dot, or nothing at the end.
+        check("a\"b", "a.b", true);
+        check("a\"b", "ab", false);
+        check("a\"", "a", true);
+        check("a\"", "a.", true);
+        // Case-insensitive, non-ASCII included.
+        check("Ä*", "äbc", true);
+        check("*B", "aab", true);
+        check("*b", "aaa", false);
+    }
+
+    /// Compare with the reference matcher on every short pattern over a small alphabet.
+    #[test]
+    fn wildcards_agree_with_reference() {
+        let alpha = ['a', '.', '*', '?', '<', '>', '"'];
+        let names = [
+            "", "a", ".", "a.", ".a", "aa", "a.a", "a..", "aa.a.", "a.a.a", "..a",
+        ];
+        let mut pats = vec![String::new()];
+        for _ in 0..4 {
+            let mut more = Vec::new();
+            for p in &pats {
+                for c in alpha {
+                    more.push(format!("{p}{c}"));
+                }
+            }
+            pats.extend(more);
+        }
+        pats.sort();
+        pats.dedup();
+        for p in &pats {
+            if p == "*" || p == "*.*" || p.is_empty() {
+                continue;
+            }
+            let pc: Vec<char> = p.chars().collect();
+            for n in names {
+                let nc: Vec<char> = n.chars().collect();
+                assert_eq!(
+                    wildcard_match(p, n),
+                    reference(&pc, &nc, &nc),
+                    "pattern {p:?} name {n:?}"
+                );
+            }
+        }
+    }
+
+    /// The matcher is linear in name x pattern: count its steps on patterns that made the
+    /// backtracking matcher exponential.
+    #[test]
+    fn wildcards_linear_in_name_times_pattern() {
+        let name200 = "a".repeat(200);
+        let dotted = "a.".repeat(100);
+        let cases = [
+            ("*".repeat(25) + "b", name200.clone()),
+            ("*a".repeat(40) + "b", name200.clone()),
+            ("<>".repeat(50) + "b", dotted.clone()),
+            (
+                "<".repeat(30) + "\"" + &">".repeat(30) + "b",
+                dotted.clone(),
+            ),
+            ("*?".repeat(60) + "x", name200.clone()),
+        ];
+        for (p, n) in &cases {
+            let (matched, steps) = wildcard_match_counted(p, n);
+            assert!(!matched, "{p} {n}");
+            let bound = 2 * (n.chars().count() as u64 + 1) * (p.chars().count() as u64 + 1);
+            assert!(steps <= bound, "{p:?}: {steps} steps > {bound}");
+        }
+        // And a match at the end of the same work.
+        let (matched, steps) = wildcard_match_counted(&("*".repeat(25) + "b"), &(name200 + "b"));
+        assert!(matched);
+        assert!(steps <= 2 * 202 * 27);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! Layout: [`config`] (TOML), [`shared`] (state shared by worker threads), [`worker`] (one
 //! io_uring event loop per thread, no thread per connection), [`conn`] (per-connection SMB
 //! state machine), [`ops`] (file service commands), [`fs`] (share filesystem access and
-//! info-class encoding), [`locking`] (the lock-service seam).
+//! info-class encoding), [`locking`] (the lock-service seam), [`limits`] (resource limits).
 
 pub mod beneath;
 pub mod config;
@@ -12,6 +12,7 @@ pub mod dosattr;
 pub mod durable;
 pub mod fs;
 pub mod identity;
+pub mod limits;
 pub mod locking;
 pub mod ops;
 pub mod passwd;

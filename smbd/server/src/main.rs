@@ -3,7 +3,10 @@
 //!
 //! The configuration format is documented in [`smbd::config`]; see `smbd/smbd.example.toml`.
 //! Prints `smbd listening on ADDR` for each bound address (port 0 picks a free port).
-//! SIGINT/SIGTERM stop the server cleanly.
+//! SIGINT/SIGTERM stop the server cleanly. A panic in any thread is logged and aborts the
+//! process (exit by SIGABRT): a worker that died silently would leave its connections hung
+//! and their lock state held, while a dead process is restarted by its supervisor and, in a
+//! cluster, lockmgrd releases the node's locks when its session drops.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -141,6 +144,13 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        tracing::error!(thread = thread.name().unwrap_or("?"), %info, "panic; aborting smbd");
+        default_hook(info);
+        std::process::abort();
+    }));
     let args = Args::parse();
     if let Some(Command::Passwd(p)) = args.command {
         return passwd(p);

@@ -38,6 +38,8 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Cluster(#[from] cluster::ClusterError),
+    #[error("a worker thread panicked")]
+    WorkerPanicked,
 }
 
 /// The lock service smbd uses: the in-process lock engine.
@@ -211,7 +213,10 @@ impl Server {
                     tracing::error!(%e, "worker failed");
                     result = Err(e.into());
                 }
-                Err(_) => tracing::error!("worker panicked"),
+                Err(_) => {
+                    tracing::error!("worker panicked");
+                    result = Err(ServerError::WorkerPanicked);
+                }
             }
         }
         if let Some(p) = pump {

@@ -177,11 +177,15 @@ pub struct Shared {
     /// Watched directory -> connections watching it (with a use count).
     watches: Mutex<HashMap<PathBuf, HashMap<u64, usize>>>,
     pub shutdown: std::sync::atomic::AtomicBool,
+    /// A worker thread panicked (the server is stopping; `Server::run` reports it).
+    pub worker_panicked: std::sync::atomic::AtomicBool,
     internal_ids: std::sync::atomic::AtomicU64,
     /// SMBD_DUMP_DIR: write every received message there (debugging, corpus building).
     pub dump_dir: Option<PathBuf>,
     /// Established sessions of all connections: session id -> (connection, user).
     sessions: Mutex<HashMap<u64, SessionRecord>>,
+    /// The process-wide open-file budget (`[limits] open_files`).
+    pub fds: crate::limits::FdBudget,
 }
 
 /// What other connections need to know about an established session: to expire it on
@@ -216,6 +220,7 @@ impl Shared {
         }
         let identities = crate::identity::Identities::resolve(&users, &config.server.guest_account)
             .map_err(std::io::Error::other)?;
+        let fds = crate::limits::FdBudget::new(&config.limits);
         Ok(Shared {
             config,
             shares,
@@ -228,9 +233,11 @@ impl Shared {
             routes: Mutex::new(HashMap::new()),
             watches: Mutex::new(HashMap::new()),
             shutdown: std::sync::atomic::AtomicBool::new(false),
+            worker_panicked: std::sync::atomic::AtomicBool::new(false),
             internal_ids: std::sync::atomic::AtomicU64::new(1),
             sessions: Mutex::new(HashMap::new()),
             dump_dir: std::env::var_os("SMBD_DUMP_DIR").map(PathBuf::from),
+            fds,
         })
     }
 

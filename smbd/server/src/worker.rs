@@ -13,6 +13,18 @@
 //! connection has file I/O in flight, only further lone READs/WRITEs are processed; other
 //! requests wait so they observe the I/O as completed (as they would with synchronous I/O).
 //!
+//! Backpressure (`[limits] output_bytes_per_conn`): while a connection's queued responses
+//! exceed the limit, its requests are left unprocessed and its RECV is cancelled, so a client
+//! that sends without reading its answers makes the server hold at most about that much
+//! output (plus what the kernel's socket buffers hold), not everything it asked for. Reading
+//! resumes once the queue has drained to half the limit. A request frame larger than any a
+//! client may send ([`MAX_FRAME`]) closes the connection instead of being buffered.
+//!
+//! A panic in a worker thread is never silent: the binary's panic hook logs it and aborts
+//! the process (see `main.rs`), so that a supervisor restarts smbd and lockmgrd releases the
+//! node's lock state; used as a library, [`PanicGuard`] stops every other worker and
+//! [`crate::server::Server::run`] returns an error.
+//!
 //! Tuning knobs for A/B measurements (environment, read at worker start):
 //! `SMBD_RING=plain|coop` (default: DEFER_TASKRUN + SINGLE_ISSUER) and `SMBD_ACCEPT_MULTI=1`
 //! (one multishot ACCEPT per worker: in practice every connection lands on one worker).
@@ -30,6 +42,9 @@ use crate::shared::Shared;
 
 /// Headers, compound padding and the encryption transform around a max-size WRITE payload.
 const MAX_FRAME_OVERHEAD: usize = 64 * 1024;
+/// The largest request frame accepted (NetBIOS header, a max-size WRITE at any dialect, its
+/// headers and the encryption transform); a longer one disconnects the client.
+const MAX_FRAME: usize = 4 + crate::conn::MAX_IO as usize + MAX_FRAME_OVERHEAD;
 const BUF_SIZE: usize = 64 * 1024;
 const NUM_BUFS: u16 = 256;
 const BUF_GROUP: u16 = 7;
@@ -50,6 +65,7 @@ const K_EVENT: u64 = 4;
 const K_TIMER: u64 = 5;
 const K_PROVIDE: u64 = 6;
 const K_FILE: u64 = 7;
+const K_CANCEL: u64 = 8;
 
 /// Ring setup flags (experiment knob SMBD_RING: "defer", "coop" or "plain").
 ///
@@ -110,6 +126,10 @@ struct Slot {
     /// plain READs/WRITEs are processed; anything else (FLUSH, CLOSE, LOCK, SET_INFO...)
     /// waits in `inbuf` so that it sees every earlier I/O done, as with synchronous I/O.
     io_inflight: usize,
+    /// Bytes in `outq` and `sending` not yet sent (backpressure, see the module docs).
+    out_bytes: usize,
+    /// Input is not read (RECV cancelled, not re-armed) until the output drains.
+    recv_paused: bool,
 }
 
 /// A file READ/WRITE in the ring, owned here (not by the slot) so that its buffer outlives
@@ -200,7 +220,7 @@ impl Worker {
         let Some(s) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
             return Ok(());
         };
-        if s.closing || s.recv_armed {
+        if s.closing || s.recv_armed || s.recv_paused {
             return Ok(());
         }
         s.recv_armed = true;
@@ -247,6 +267,10 @@ impl Worker {
 
     /// Run until shutdown is requested.
     pub fn run(mut self) -> Result<(), WorkerError> {
+        let _guard = PanicGuard {
+            shared: self.shared.clone(),
+            idx: self.idx,
+        };
         match self.ring.submitter().register_enable_rings() {
             Ok(()) => {}
             // EBADFD: the ring was not created disabled (fallback or other mode).
@@ -310,6 +334,7 @@ impl Worker {
             if let Some(mut s) = self.slots[i].take() {
                 let _ = s.stream.shutdown(Shutdown::Both);
                 s.conn.shutdown();
+                s.conn.release_fds();
             }
         }
         Ok(())
@@ -333,12 +358,13 @@ impl Worker {
         let stream = unsafe { TcpStream::from_raw_fd(res) };
         let _ = stream.set_nodelay(true);
         let id = self.conn_ids.fetch_add(1, Ordering::Relaxed);
-        let conn = Conn::new(
+        let mut conn = Conn::new(
             id,
             self.shared.clone(),
             stream.local_addr().ok(),
             stream.peer_addr().ok(),
         );
+        conn.sync_fds();
         self.shared.register_conn(id, self.idx);
         tracing::debug!(conn = id, peer = ?conn.peer, worker = self.idx, "connection accepted");
         self.next_gen = self.next_gen.wrapping_add(1).max(1);
@@ -353,6 +379,8 @@ impl Worker {
             recv_armed: false,
             closing: false,
             io_inflight: 0,
+            out_bytes: 0,
+            recv_paused: false,
         };
         let idx = match self.free.pop() {
             Some(i) => {
@@ -411,7 +439,8 @@ impl Worker {
         if !more {
             s.recv_armed = false;
         }
-        if res == 0 || (res < 0 && res != -libc::ENOBUFS) {
+        // ECANCELED: the RECV was cancelled to pause reading (backpressure).
+        if res == 0 || (res < 0 && res != -libc::ENOBUFS && res != -libc::ECANCELED) {
             s.closing = true;
         } else if !more {
             self.arm_recv(slot)?;
@@ -439,13 +468,41 @@ impl Worker {
         // the encryption transform); a bigger frame is refused when complete.
         if let [0x00, a, b, c, ..] = s.inbuf[..] {
             let need = 4 + (((a as usize) << 16) | ((b as usize) << 8) | c as usize);
-            let cap = s.conn.max_io() as usize + MAX_FRAME_OVERHEAD;
+            if need > MAX_FRAME {
+                // Larger than any request a client may send: refused now rather than
+                // buffered up to 16 MiB first.
+                tracing::debug!(
+                    conn = s.conn.id,
+                    need,
+                    "request frame too large; disconnecting"
+                );
+                s.conn.closed = true;
+            }
+            let cap = 4 + s.conn.max_io() as usize + MAX_FRAME_OVERHEAD;
             s.inbuf.reserve(need.min(cap).saturating_sub(s.inbuf.len()));
         }
-        s.outq.extend(s.conn.take_output());
+        let out = s.conn.take_output();
+        Self::queue_out(s, out);
         if s.conn.closed {
             s.closing = true;
         }
+    }
+
+    /// Queue response frames for sending.
+    fn queue_out(s: &mut Slot, frames: Vec<Vec<u8>>) {
+        for f in frames {
+            s.out_bytes += f.len();
+            s.outq.push_back(f);
+        }
+    }
+
+    /// Whether the connection's input must wait: too much output queued (the client does not
+    /// read its answers), or more than a maximal frame of requests held back behind file I/O
+    /// (then the first frame is complete, as a longer one closes the connection, so reading
+    /// resumes once the I/O completes).
+    fn input_blocked(s: &Slot) -> bool {
+        s.out_bytes >= s.conn.shared.config.limits.output_bytes_per_conn
+            || s.inbuf.len() > MAX_FRAME
     }
 
     /// Split `buf` into NetBIOS session messages (RFC 1002 4.3.1) and handle the complete
@@ -465,7 +522,13 @@ impl Worker {
                     if io >= MAX_IO_INFLIGHT || (io > 0 && !is_plain_io(msg)) {
                         break;
                     }
+                    if s.out_bytes >= s.conn.shared.config.limits.output_bytes_per_conn {
+                        // Backpressure: the rest waits until the client reads its answers.
+                        break;
+                    }
                     s.conn.on_message(msg);
+                    let out = s.conn.take_output();
+                    Self::queue_out(s, out);
                     pos += 4 + len;
                 }
                 0x85 => {
@@ -473,6 +536,8 @@ impl Worker {
                     if buf.len() - pos < 4 + len {
                         break;
                     }
+                    #[cfg(debug_assertions)]
+                    debug_panic_trigger(&buf[pos + 4..pos + 4 + len]);
                     pos += 4 + len;
                 }
                 0x81 => {
@@ -481,7 +546,7 @@ impl Worker {
                         break;
                     }
                     pos += 4 + len;
-                    s.outq.push_back(vec![0x82, 0, 0, 0]);
+                    Self::queue_out(s, vec![vec![0x82, 0, 0, 0]]);
                 }
                 _ => {
                     s.conn.closed = true;
@@ -498,6 +563,8 @@ impl Worker {
         };
         let ios = s.conn.take_file_io();
         s.io_inflight += ios.len();
+        // Each holds a dup of the open's descriptor until it completes.
+        self.shared.fds.add(ios.len());
         for mut io in ios {
             if let FileOp::Read {
                 buf, data_off, len, ..
@@ -575,6 +642,7 @@ impl Worker {
             return Ok(());
         };
         self.io_free.push(idx);
+        self.shared.fds.sub(1);
         // A READ that fails after partial progress returns what it read; a WRITE that fails
         // part way reports the error, as the synchronous path (write_all_at) does: the client
         // must not take a short count for a full disk.
@@ -593,7 +661,8 @@ impl Worker {
             // Requests held back behind the I/O may go on now (feed_frames decides).
             Self::process_input(s, &[]);
         } else {
-            s.outq.extend(s.conn.take_output());
+            let out = s.conn.take_output();
+            Self::queue_out(s, out);
             if s.conn.closed {
                 s.closing = true;
             }
@@ -614,7 +683,8 @@ impl Worker {
                 .find_map(|(i, s)| s.as_mut().filter(|s| s.conn.id == conn_id).map(|s| (i, s)));
             if let Some((i, s)) = found {
                 s.conn.on_event(ev);
-                s.outq.extend(s.conn.take_output());
+                let out = s.conn.take_output();
+                Self::queue_out(s, out);
                 if s.conn.closed {
                     s.closing = true;
                 }
@@ -639,6 +709,7 @@ impl Worker {
             s.closing = true;
             return;
         }
+        s.out_bytes = s.out_bytes.saturating_sub(res as usize);
         let off = off + res as usize;
         if off < buf.len() {
             s.sending = Some((buf, off));
@@ -663,6 +734,7 @@ impl Worker {
                 if let Some(mut s) = self.slots[slot].take() {
                     tracing::debug!(conn = s.conn.id, "connection closed");
                     s.conn.shutdown();
+                    s.conn.release_fds();
                     self.free.push(slot);
                 }
             } else {
@@ -671,6 +743,11 @@ impl Worker {
             }
             return Ok(());
         }
+        s.conn.sync_fds();
+        self.backpressure(slot)?;
+        let Some(s) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
+            return Ok(());
+        };
         if s.send_inflight {
             return Ok(());
         }
@@ -702,6 +779,86 @@ impl Worker {
         .user_data(ud(K_SEND, slot, s.gen));
         s.send_inflight = true;
         self.push(e)
+    }
+}
+
+impl Worker {
+    /// Pause reading a connection whose input must wait ([`Worker::input_blocked`]) by
+    /// cancelling its RECV; resume (requests buffered meanwhile first) once its output has
+    /// drained to half the limit.
+    fn backpressure(&mut self, slot: usize) -> Result<(), WorkerError> {
+        let Some(s) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
+            return Ok(());
+        };
+        if s.closing {
+            return Ok(());
+        }
+        let gen = s.gen;
+        if !s.recv_paused {
+            if Self::input_blocked(s) {
+                tracing::debug!(
+                    conn = s.conn.id,
+                    out = s.out_bytes,
+                    inbuf = s.inbuf.len(),
+                    "pausing input"
+                );
+                s.recv_paused = true;
+                if s.recv_armed {
+                    let e = opcode::AsyncCancel::new(ud(K_RECV, slot, gen))
+                        .build()
+                        .user_data(ud(K_CANCEL, slot, gen));
+                    self.push(e)?;
+                }
+            }
+            return Ok(());
+        }
+        let limit = s.conn.shared.config.limits.output_bytes_per_conn;
+        if s.out_bytes > limit / 2 {
+            return Ok(());
+        }
+        if !s.inbuf.is_empty() {
+            Self::process_input(s, &[]);
+            self.submit_file_io(slot, gen)?;
+        }
+        let Some(s) = self.slot_mut(slot, gen) else {
+            return Ok(());
+        };
+        if !s.closing && !Self::input_blocked(s) {
+            tracing::debug!(conn = s.conn.id, "resuming input");
+            s.recv_paused = false;
+            self.arm_recv(slot)?;
+        }
+        Ok(())
+    }
+}
+
+/// Stops the whole server when a worker thread unwinds from a panic (a library user without
+/// the binary's aborting panic hook): every other worker exits, and `Server::run` reports it.
+struct PanicGuard {
+    shared: Arc<Shared>,
+    idx: usize,
+}
+
+impl Drop for PanicGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(worker = self.idx, "worker panicked; stopping the server");
+            self.shared.worker_panicked.store(true, Ordering::Relaxed);
+            self.shared.shutdown.store(true, Ordering::Relaxed);
+            for m in &self.shared.mailboxes {
+                m.wake();
+            }
+        }
+    }
+}
+
+/// Test hook (debug builds only, and only with `SMBD_TEST_PANIC_KEEPALIVE=1` in the
+/// environment): a NetBIOS keepalive carrying "PANIC" panics the worker, to test that a
+/// panicking worker takes the process down.
+#[cfg(debug_assertions)]
+fn debug_panic_trigger(payload: &[u8]) {
+    if payload == b"PANIC" && std::env::var_os("SMBD_TEST_PANIC_KEEPALIVE").is_some() {
+        panic!("test panic requested by a keepalive (SMBD_TEST_PANIC_KEEPALIVE)");
     }
 }
 

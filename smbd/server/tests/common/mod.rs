@@ -27,6 +27,12 @@ pub struct Options {
     pub server_extra: String,
     /// Extra lines of the `data` share.
     pub share_extra: String,
+    /// Text appended to the configuration (e.g. a `[limits]` section).
+    pub config_extra: String,
+    /// Environment variables for smbd.
+    pub env: Vec<(String, String)>,
+    /// RLIMIT_NOFILE (soft and hard) for smbd.
+    pub nofile: Option<u64>,
 }
 
 include!("../support/tools.rs");
@@ -43,7 +49,7 @@ impl TestServer {
         std::fs::write(
             &cfg,
             format!(
-                "[server]\nnetbios_name = \"TESTSRV\"\nusers = \"{}\"\nencrypt = {}\nsigning_required = {}\n{}\n[[share]]\nname = \"data\"\npath = \"{}\"\nencrypt = {}\n{}\n",
+                "[server]\nnetbios_name = \"TESTSRV\"\nusers = \"{}\"\nencrypt = {}\nsigning_required = {}\n{}\n[[share]]\nname = \"data\"\npath = \"{}\"\nencrypt = {}\n{}\n{}\n",
                 users.display(),
                 opts.global_encrypt,
                 opts.signing_required,
@@ -51,6 +57,7 @@ impl TestServer {
                 share.display(),
                 opts.encrypt_share,
                 opts.share_extra,
+                opts.config_extra,
             ),
         )
         .unwrap();
@@ -61,7 +68,25 @@ impl TestServer {
         )
         .unwrap();
         let log = std::fs::File::create(dir.path().join("smbd.log")).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_smbd"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_smbd"));
+        if let Some(n) = opts.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe and touches only the child's limits.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let rl = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
+            .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .arg("--config")
             .arg(&cfg)
             .arg("--listen")
