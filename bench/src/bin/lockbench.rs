@@ -5,7 +5,14 @@
 //! lockbench --transport shm|udp|afpacket|afxdp|rdma [--netns] [--clients N] [--duration S] [--rate R]
 //!           [--pattern uncontended|hot|zipf] [--op lock|open|mixed] [--held N] [--batch B] [--json]
 //!           [--rdma-device NAME] [--rdma-port N] [--gid-index N] [--listen-ip IP]
+//!           [--fabric-mac on|off|both]
 //! ```
+//!
+//! The datagram transports (udp, afpacket, afxdp) MAC every frame (AES-GMAC, see
+//! `lockmgr_transport::fabric`). `--fabric-mac both` (the default) measures them with and
+//! without the MAC in the same run, so the MAC's cost reads directly off the two reports;
+//! `off` is an INSECURE baseline that exists only here (the in-process servers), never in
+//! lockmgrd.
 //!
 //! `afpacket` / `afxdp` need `--netns` (and root): lockbench creates throw-away network
 //! namespaces (one client: two namespaces joined by veth; several clients: a server namespace
@@ -40,11 +47,33 @@ use lockmgr_transport::netns::{NetnsPair, NetnsStar, BRIDGE, IFACE, MAC_A};
 use lockmgr_transport::reliable::ReliableConfig;
 use lockmgr_transport::shm::{ShmClient, ShmConfig, ShmServer};
 use lockmgr_transport::udp::{UdpClient, UdpConfig, UdpServer};
-use lockmgr_transport::{raw, ClientTransport, ServerTransport, SpinConfig};
+use lockmgr_transport::{raw, ClientTransport, FabricKey, ServerTransport, SpinConfig};
 use lockmgrd::{Server, ServerOptions};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Frame MACs of the datagram transports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum MacArg {
+    /// As in production.
+    On,
+    /// INSECURE baseline: authenticated handshake, frames without MAC.
+    Off,
+    /// Off, then on, in one run.
+    Both,
+}
+
+impl MacArg {
+    /// The runs to make: `true` = MAC on.
+    fn runs(self) -> &'static [bool] {
+        match self {
+            MacArg::On => &[true],
+            MacArg::Off => &[false],
+            MacArg::Both => &[false, true],
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -109,7 +138,10 @@ struct Cli {
     /// rdma: IP the lockmgrd side channel (TCP) listens on.
     #[arg(long)]
     listen_ip: Option<std::net::IpAddr>,
-    /// Print one JSON object instead of text.
+    /// udp/afpacket/afxdp: frame MACs on, off (INSECURE baseline), or both in one run.
+    #[arg(long, value_enum, default_value = "both")]
+    fabric_mac: MacArg,
+    /// Print one JSON object per run instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -117,6 +149,8 @@ struct Cli {
 #[derive(serde::Serialize)]
 struct JsonReport {
     transport: TransportArg,
+    /// Datagram transports: whether frames carried a MAC (`None`: not a datagram transport).
+    fabric_mac: Option<bool>,
     op: Op,
     pattern: Pattern,
     clients: usize,
@@ -143,6 +177,20 @@ struct JsonReport {
 }
 
 const KEY: &[u8] = b"lockbench-cluster-key-0123456789";
+
+/// The datagram transports' config: the fabric secret of [`KEY`], frame MACs on or off.
+fn reliable_config(spin: SpinConfig, mac: bool) -> ReliableConfig {
+    ReliableConfig {
+        spin,
+        fabric_key: Some(FabricKey::new(
+            ClusterKey::new(KEY)
+                .expect("constant key is long enough")
+                .fabric_secret(),
+        )),
+        insecure_no_frame_mac: !mac,
+        ..ReliableConfig::default()
+    }
+}
 
 /// The size of a frame carrying one lock request: the raw baseline moves messages this big.
 fn lock_frame_len() -> usize {
@@ -242,6 +290,7 @@ where
     let secs = elapsed.as_secs_f64().max(1e-9);
     Ok(JsonReport {
         transport: cli.transport,
+        fabric_mac: None,
         op: cli.op,
         pattern: cli.pattern,
         clients: cli.clients,
@@ -353,8 +402,13 @@ fn run_clients<C: ClientTransport + 'static>(
 fn print_text(r: &JsonReport) {
     let us = |ns: u64| ns as f64 / 1000.0;
     println!(
-        "lockbench transport={:?} op={:?} pattern={:?} clients={} batch={} held={} rate={}",
+        "lockbench transport={:?}{} op={:?} pattern={:?} clients={} batch={} held={} rate={}",
         r.transport,
+        match r.fabric_mac {
+            Some(true) => " fabric-mac=on",
+            Some(false) => " fabric-mac=OFF(insecure baseline)",
+            None => "",
+        },
         r.op,
         r.pattern,
         r.clients,
@@ -399,7 +453,8 @@ fn run(cli: Cli) -> Result<(), String> {
     let spin = SpinConfig {
         spin: Duration::from_micros(cli.spin_us),
     };
-    let report = match cli.transport {
+    let mut reports = Vec::new();
+    match cli.transport {
         TransportArg::Shm => {
             let dir = std::env::temp_dir().join(format!("lockbench-{}", std::process::id()));
             std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -425,29 +480,30 @@ fn run(cli: Cli) -> Result<(), String> {
             };
             let r = bench(&cli, make_server, make_client, &raw::shm_pingpong);
             let _ = std::fs::remove_dir_all(&dir);
-            r?
+            reports.push(r?);
         }
         TransportArg::Udp => {
-            let addr = std::sync::Mutex::new(None);
-            let cfg = UdpConfig {
-                spin,
-                ..UdpConfig::default()
-            };
-            let make_server = || {
-                let s = UdpServer::bind("127.0.0.1:0".parse().map_err(|_| "addr")?, cfg)
-                    .map_err(|e| format!("udp bind: {e}"))?;
-                *addr.lock().map_err(|_| "poisoned")? =
-                    Some(s.local_addr().map_err(|e| e.to_string())?);
-                Ok(s)
-            };
-            let make_client = || {
-                let a = addr
-                    .lock()
-                    .map_err(|_| "poisoned".to_string())?
-                    .ok_or("no server")?;
-                UdpClient::connect(a, cfg).map_err(|e| format!("udp connect: {e}"))
-            };
-            bench(&cli, make_server, make_client, &raw::udp_pingpong)?
+            for &mac in cli.fabric_mac.runs() {
+                let addr = std::sync::Mutex::new(None);
+                let cfg: UdpConfig = reliable_config(spin, mac);
+                let make_server = || {
+                    let s = UdpServer::bind("127.0.0.1:0".parse().map_err(|_| "addr")?, cfg)
+                        .map_err(|e| format!("udp bind: {e}"))?;
+                    *addr.lock().map_err(|_| "poisoned")? =
+                        Some(s.local_addr().map_err(|e| e.to_string())?);
+                    Ok(s)
+                };
+                let make_client = || {
+                    let a = addr
+                        .lock()
+                        .map_err(|_| "poisoned".to_string())?
+                        .ok_or("no server")?;
+                    UdpClient::connect(a, cfg).map_err(|e| format!("udp connect: {e}"))
+                };
+                let mut r = bench(&cli, make_server, make_client, &raw::udp_pingpong)?;
+                r.fabric_mac = Some(mac);
+                reports.push(r);
+            }
         }
         TransportArg::Afpacket | TransportArg::Afxdp => {
             if !cli.netns {
@@ -457,46 +513,70 @@ fn run(cli: Cli) -> Result<(), String> {
                 )
                 .to_lowercase());
             }
-            let cfg = ReliableConfig {
-                spin,
-                ..ReliableConfig::default()
-            };
             // The preloading session of --held stays connected: it needs its own host.
             let topo = Topo::new(cli.clients + usize::from(cli.held > 0))?;
-            if cli.transport == TransportArg::Afpacket {
-                let raw_fn = |rounds, warmup, len| {
-                    let (echo, client) = topo.links(PacketLink::open)?;
-                    raw::link_pingpong(echo, client, MAC_A, rounds, warmup, len)
+            for &mac in cli.fabric_mac.runs() {
+                let cfg = reliable_config(spin, mac);
+                let mut r = if cli.transport == TransportArg::Afpacket {
+                    let raw_fn = |rounds, warmup, len| {
+                        let (echo, client) = topo.links(PacketLink::open)?;
+                        raw::link_pingpong(echo, client, MAC_A, rounds, warmup, len)
+                    };
+                    bench(
+                        &cli,
+                        || topo.in_server(move |eth| PacketServer::open(eth, cfg)),
+                        || topo.in_next_client(move |eth| PacketClient::connect(eth, MAC_A, cfg)),
+                        &raw_fn,
+                    )?
+                } else {
+                    let opts = lockmgr_transport::afxdp::XdpOptions::default();
+                    let raw_fn = |rounds, warmup, len| {
+                        let (echo, client) = topo.links(move |eth| XdpLink::open(eth, &opts))?;
+                        raw::link_pingpong(echo, client, MAC_A, rounds, warmup, len)
+                    };
+                    bench(
+                        &cli,
+                        || topo.in_server(move |eth| XdpServer::open(eth, &opts, cfg)),
+                        || {
+                            topo.in_next_client(move |eth| {
+                                XdpClient::connect(eth, &opts, MAC_A, cfg)
+                            })
+                        },
+                        &raw_fn,
+                    )?
                 };
-                bench(
-                    &cli,
-                    || topo.in_server(move |eth| PacketServer::open(eth, cfg)),
-                    || topo.in_next_client(move |eth| PacketClient::connect(eth, MAC_A, cfg)),
-                    &raw_fn,
-                )?
-            } else {
-                let opts = lockmgr_transport::afxdp::XdpOptions::default();
-                let raw_fn = |rounds, warmup, len| {
-                    let (echo, client) = topo.links(move |eth| XdpLink::open(eth, &opts))?;
-                    raw::link_pingpong(echo, client, MAC_A, rounds, warmup, len)
-                };
-                bench(
-                    &cli,
-                    || topo.in_server(move |eth| XdpServer::open(eth, &opts, cfg)),
-                    || topo.in_next_client(move |eth| XdpClient::connect(eth, &opts, MAC_A, cfg)),
-                    &raw_fn,
-                )?
+                r.fabric_mac = Some(mac);
+                reports.push(r);
             }
         }
-        TransportArg::Rdma => bench_rdma(&cli, spin)?,
-    };
-    if cli.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).map_err(|e| e.to_string())?
-        );
-    } else {
-        print_text(&report);
+        TransportArg::Rdma => reports.push(bench_rdma(&cli, spin)?),
+    }
+    for report in &reports {
+        if cli.json {
+            println!(
+                "{}",
+                serde_json::to_string(report).map_err(|e| e.to_string())?
+            );
+        } else {
+            print_text(report);
+        }
+    }
+    if let [off, on] = &reports[..] {
+        if !cli.json && off.fabric_mac == Some(false) && on.fabric_mac == Some(true) {
+            let us = |ns: u64| ns as f64 / 1000.0;
+            let pct = |a: u64, b: u64| 100.0 * (b as f64 - a as f64) / a.max(1) as f64;
+            println!(
+                "  fabric MAC cost: lockmgr p50 {:.3} -> {:.3} us ({:+.1}%), p99 {:.3} -> {:.3} us ({:+.1}%); transport echo p50 {:.3} -> {:.3} us",
+                us(off.p50_ns),
+                us(on.p50_ns),
+                pct(off.p50_ns, on.p50_ns),
+                us(off.p99_ns),
+                us(on.p99_ns),
+                pct(off.p99_ns, on.p99_ns),
+                us(off.raw_transport_p50_ns),
+                us(on.raw_transport_p50_ns),
+            );
+        }
     }
     Ok(())
 }

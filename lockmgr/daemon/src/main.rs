@@ -13,8 +13,8 @@ use lockmgr_rdma::{format_gid, RdmaServer};
 use lockmgr_transport::afpacket::PacketServer;
 use lockmgr_transport::reliable::ReliableConfig;
 use lockmgr_transport::shm::{ShmConfig, ShmServer};
-use lockmgr_transport::udp::{UdpConfig, UdpServer};
-use lockmgr_transport::{ServerTransport, SpinConfig};
+use lockmgr_transport::udp::UdpServer;
+use lockmgr_transport::{FabricKey, ServerTransport, SpinConfig};
 use lockmgrd::config::{self, Config, TransportKind};
 use lockmgrd::{Server, ServerOptions};
 
@@ -172,6 +172,13 @@ fn run(cli: Cli) -> Result<(), String> {
     let spin = SpinConfig {
         spin: Duration::from_micros(cfg.transport.spin_us),
     };
+    // Datagram transports: every peer proves the cluster key in the handshake and every frame
+    // carries a MAC under per-session keys (lockmgr_transport::fabric).
+    let reliable = ReliableConfig {
+        spin,
+        fabric_key: Some(FabricKey::new(options.key.fabric_secret())),
+        ..ReliableConfig::default()
+    };
     match cfg.transport.kind {
         TransportKind::Shm => {
             let server = ShmServer::bind(
@@ -192,28 +199,16 @@ fn run(cli: Cli) -> Result<(), String> {
                 .listen
                 .parse()
                 .map_err(|e| format!("listen address: {e}"))?;
-            let server = UdpServer::bind(
-                addr,
-                UdpConfig {
-                    spin,
-                    ..UdpConfig::default()
-                },
-            )
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            let server = UdpServer::bind(addr, reliable)
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
             let local = server.local_addr().map_err(|e| e.to_string())?;
             tracing::info!(listen = %local, "lockmgrd listening (udp)");
             serve(server, options)
         }
         TransportKind::Afpacket => {
             let eth = cfg.transport.eth();
-            let server = PacketServer::open(
-                &eth,
-                ReliableConfig {
-                    spin,
-                    ..ReliableConfig::default()
-                },
-            )
-            .map_err(|e| format!("cannot listen on {}: {e}", eth.interface))?;
+            let server = PacketServer::open(&eth, reliable)
+                .map_err(|e| format!("cannot listen on {}: {e}", eth.interface))?;
             tracing::info!(interface = %eth.interface, mac = %server.link().mac(),
                 ethertype = %format_args!("{:#06x}", eth.ethertype), "lockmgrd listening (afpacket)");
             serve(server, options)
@@ -237,15 +232,9 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         TransportKind::Afxdp => {
             let eth = cfg.transport.eth();
-            let server = lockmgr_transport::afxdp::XdpServer::open(
-                &eth,
-                &Default::default(),
-                ReliableConfig {
-                    spin,
-                    ..ReliableConfig::default()
-                },
-            )
-            .map_err(|e| format!("cannot listen on {}: {e}", eth.interface))?;
+            let server =
+                lockmgr_transport::afxdp::XdpServer::open(&eth, &Default::default(), reliable)
+                    .map_err(|e| format!("cannot listen on {}: {e}", eth.interface))?;
             tracing::info!(interface = %eth.interface, mac = %server.link().mac(),
                 ethertype = %format_args!("{:#06x}", eth.ethertype), "lockmgrd listening (afxdp)");
             serve(server, options)

@@ -14,6 +14,14 @@ use lockmgr_transport::{
     ClientTransport, PeerId, ServerEvent, ServerTransport, TransportError, MAX_FRAME,
 };
 
+/// The test cluster's fabric secret (every datagram server needs one).
+fn keyed() -> ReliableConfig {
+    ReliableConfig {
+        fabric_key: Some(lockmgr_transport::FabricKey::new([7; 32])),
+        ..ReliableConfig::default()
+    }
+}
+
 /// Only to avoid hanging forever when something is broken; never a performance assertion.
 const HANG_GUARD: Duration = Duration::from_secs(30);
 const CHILD_ENV: &str = "LOCKMGR_TRANSPORT_ETH_CHILD";
@@ -187,13 +195,13 @@ fn exchange(
 }
 
 fn many_frames_both_ways<M: Medium>(pair: &NetnsPair) {
-    let cfg = ReliableConfig::default();
+    let cfg = keyed();
     let (mut s, mut c, peer) = connect_pair::<M>(pair, cfg, cfg);
     exchange(&mut s, &mut c, peer, 5000, 1400);
 }
 
 fn large_frames<M: Medium>(pair: &NetnsPair) {
-    let cfg = ReliableConfig::default();
+    let cfg = keyed();
     let (mut s, mut c, peer) = connect_pair::<M>(pair, cfg, cfg);
     exchange(&mut s, &mut c, peer, 300, MAX_FRAME + 1);
     let big: Vec<u8> = (0..MAX_FRAME).map(|i| (i * 31 % 256) as u8).collect();
@@ -215,7 +223,7 @@ fn large_frames<M: Medium>(pair: &NetnsPair) {
 /// With a 1500-byte MTU, frames up to MAX_FRAME still work (fragmented), also under loss and
 /// duplication; larger ones fail clearly.
 fn small_mtu_fragments_large_frames<M: Medium>(pair: &NetnsPair) {
-    let cfg = ReliableConfig::default();
+    let cfg = keyed();
     let (mut s, mut c, peer) = connect_pair::<M>(pair, cfg, cfg);
     exchange(&mut s, &mut c, peer, 300, MAX_FRAME + 1);
     match c.send(&vec![0u8; MAX_FRAME + 1]) {
@@ -232,7 +240,7 @@ fn small_mtu_fragments_large_frames<M: Medium>(pair: &NetnsPair) {
             on_recv: true,
         },
         give_up: Duration::from_secs(20),
-        ..ReliableConfig::default()
+        ..keyed()
     };
     let (mut s, mut c, peer) = connect_pair::<M>(pair, faulty(3), faulty(4));
     exchange(&mut s, &mut c, peer, 300, MAX_FRAME + 1);
@@ -248,14 +256,14 @@ fn lossy_exactly_once<M: Medium>(pair: &NetnsPair) {
             on_recv: true,
         },
         give_up: Duration::from_secs(20),
-        ..ReliableConfig::default()
+        ..keyed()
     };
     let (mut s, mut c, peer) = connect_pair::<M>(pair, faulty(1), faulty(2));
     exchange(&mut s, &mut c, peer, 2000, 1400);
 }
 
 fn close_detected<M: Medium>(pair: &NetnsPair) {
-    let cfg = ReliableConfig::default();
+    let cfg = keyed();
     let (mut s, c, peer) = connect_pair::<M>(pair, cfg, cfg);
     drop(c); // FIN
     let mut evs = Vec::new();
@@ -276,7 +284,7 @@ fn close_detected<M: Medium>(pair: &NetnsPair) {
 }
 
 fn config_errors<M: Medium>(pair: &NetnsPair) {
-    let cfg = ReliableConfig::default();
+    let cfg = keyed();
     let missing = NetnsPair::run_in(&pair.a, move || {
         M::server(&EthConfig::new("lmnosuch0"), cfg).err()
     })
@@ -323,7 +331,7 @@ fn eth_child_entry() {
     let Ok(medium) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let cfg = ReliableConfig::default();
+    let cfg = keyed();
     let mut c: Box<dyn ClientTransport> = match medium.as_str() {
         "afpacket" => Box::new(AfPacket::client(&eth(), MAC_A, cfg).unwrap()),
         #[cfg(feature = "afxdp")]
@@ -347,7 +355,7 @@ fn client_process_killed<M: Medium>(pair: &NetnsPair) {
     let cfg = ReliableConfig {
         keepalive: Some(Duration::from_millis(20)),
         peer_timeout: Duration::from_millis(300),
-        ..ReliableConfig::default()
+        ..keyed()
     };
     let mut server = NetnsPair::run_in(&pair.a, move || M::server(&eth(), cfg))
         .unwrap()
@@ -462,7 +470,7 @@ fn afpacket_clients_sharing_a_mac_are_distinct_peers() {
     let Some(pair) = netns::pair_or_skip("shared_mac", 9000) else {
         return;
     };
-    let cfg = ReliableConfig::default();
+    let cfg = keyed();
     let mut server = NetnsPair::run_in(&pair.a, move || AfPacket::server(&eth(), cfg))
         .unwrap()
         .unwrap();
@@ -519,7 +527,7 @@ fn afxdp_server_on_bridge_with_several_client_hosts() {
     let Some(star) = star_or_skip("afxdp_star", 3, 9000) else {
         return;
     };
-    let cfg = ReliableConfig::default();
+    let cfg = keyed();
     let mut server = NetnsPair::run_in(&star.server, move || {
         AfXdp::server(&EthConfig::new(BRIDGE), cfg)
     })
@@ -569,7 +577,7 @@ fn afxdp_other_traffic_still_reaches_the_kernel() {
             .unwrap();
         assert!(ok.success());
     }
-    let cfg = ReliableConfig::default();
+    let cfg = keyed();
     let (mut server, mut client, peer) = connect_pair::<AfXdp>(&pair, cfg, cfg);
     let sock = NetnsPair::run_in(&pair.a, || {
         let s = std::net::UdpSocket::bind("10.77.0.1:0").unwrap();
