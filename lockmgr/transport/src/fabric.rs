@@ -60,6 +60,25 @@ impl fmt::Debug for FabricKey {
     }
 }
 
+/// Server-wide handshake and authentication counters (never reset).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FabricCounters {
+    /// SYNs answered (each costs one HMAC and no memory).
+    pub syns: u64,
+    /// Handshakes completed (authenticated connections created).
+    pub handshakes: u64,
+    /// CONFIRMs whose client proof did not verify (wrong cluster key).
+    pub auth_failures: u64,
+    /// CONFIRMs refused for an expired or foreign cookie, or older than the live connection
+    /// from the same address (replays).
+    pub stale_handshakes: u64,
+    /// Sealed datagrams dropped for a bad MAC or a replayed packet number, including those of
+    /// connections that are gone.
+    pub rejected_frames: u64,
+    /// Peers retired because the same address completed a newer authenticated handshake.
+    pub replaced: u64,
+}
+
 /// Which side of the handshake a proof speaks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Side {

@@ -168,6 +168,11 @@ pub trait ServerTransport: Send {
     fn waker(&self) -> Waker;
     /// Drop a peer (e.g. misbehaving). No `Disconnected` event is reported for it.
     fn close_peer(&mut self, peer: PeerId);
+    /// Handshake and frame-authentication counters, for transports that authenticate
+    /// (the datagram fabric).
+    fn fabric_counters(&self) -> Option<fabric::FabricCounters> {
+        None
+    }
 }
 
 /// Client side of a transport: one connection to one server.
@@ -244,6 +249,9 @@ impl<T: ServerTransport + ?Sized> ServerTransport for Box<T> {
     }
     fn close_peer(&mut self, peer: PeerId) {
         (**self).close_peer(peer)
+    }
+    fn fabric_counters(&self) -> Option<fabric::FabricCounters> {
+        (**self).fabric_counters()
     }
 }
 

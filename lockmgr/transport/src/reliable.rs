@@ -35,6 +35,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::eth::MacAddr;
+pub use crate::fabric::FabricCounters;
 use crate::fabric::{self, CookieJar, FabricKey, Gmac, ReplayWindow, Side, NONCE_LEN, TAG_LEN};
 use crate::sys::{self, EventFdWaker};
 use crate::{
@@ -577,25 +578,6 @@ impl ReliableStats {
         self.out_of_order += o.out_of_order;
         self.rejected += o.rejected;
     }
-}
-
-/// Server-wide handshake and authentication counters (never reset).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FabricCounters {
-    /// SYNs answered (each costs one HMAC and no memory).
-    pub syns: u64,
-    /// Handshakes completed (authenticated connections created).
-    pub handshakes: u64,
-    /// CONFIRMs whose client proof did not verify (wrong cluster key).
-    pub auth_failures: u64,
-    /// CONFIRMs refused for an expired or foreign cookie, or older than the live connection
-    /// from the same address (replays).
-    pub stale_handshakes: u64,
-    /// Sealed datagrams dropped for a bad MAC or a replayed packet number, including those of
-    /// connections that are gone.
-    pub rejected_frames: u64,
-    /// Peers retired because the same address completed a newer authenticated handshake.
-    pub replaced: u64,
 }
 
 impl<A: Copy + Debug> Conn<A> {
@@ -1338,6 +1320,10 @@ impl<L: Link> ServerTransport for ReliableServer<L> {
 
     fn waker(&self) -> Waker {
         Waker::new(self.waker.clone())
+    }
+
+    fn fabric_counters(&self) -> Option<FabricCounters> {
+        Some(self.counters)
     }
 
     fn close_peer(&mut self, peer: PeerId) {
