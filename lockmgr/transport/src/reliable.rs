@@ -1529,6 +1529,12 @@ impl<L: Link> ReliableClient<L> {
         self.conn.stats
     }
 
+    /// The connection id (in every datagram's header; attack tests forge datagrams with it).
+    #[doc(hidden)]
+    pub fn conn_id(&self) -> u64 {
+        self.conn.conn_id
+    }
+
     /// The underlying medium.
     pub fn link(&self) -> &L {
         &self.sock.link

@@ -38,6 +38,7 @@ trait Medium {
         server: MacAddr,
         cfg: ReliableConfig,
     ) -> Result<Self::C, TransportError>;
+    fn conn_id(c: &Self::C) -> u64;
 }
 
 struct AfPacket;
@@ -58,6 +59,9 @@ impl Medium for AfPacket {
         cfg: ReliableConfig,
     ) -> Result<Self::C, TransportError> {
         PacketClient::connect(eth, server, cfg)
+    }
+    fn conn_id(c: &Self::C) -> u64 {
+        c.conn_id()
     }
 }
 
@@ -81,6 +85,9 @@ impl Medium for AfXdp {
         cfg: ReliableConfig,
     ) -> Result<Self::C, TransportError> {
         lockmgr_transport::afxdp::XdpClient::connect(eth, &Default::default(), server, cfg)
+    }
+    fn conn_id(c: &Self::C) -> u64 {
+        c.conn_id()
     }
 }
 
@@ -399,6 +406,71 @@ fn client_process_killed<M: Medium>(pair: &NetnsPair) {
     t.join().unwrap().unwrap().unwrap();
 }
 
+/// A datagram of the reliability layer (wire v2) as an attacker writes it:
+/// `magic | version | kind | conn_id | pn | seq | ack`, then `body`.
+fn forged(kind: u8, conn_id: u64, pn: u64, seq: u64, body: &[u8]) -> Vec<u8> {
+    let mut d = vec![0x4c, 0x4d, 2, kind];
+    d.extend_from_slice(&conn_id.to_le_bytes());
+    d.extend_from_slice(&pn.to_le_bytes());
+    d.extend_from_slice(&seq.to_le_bytes());
+    d.extend_from_slice(&0u64.to_le_bytes());
+    d.extend_from_slice(body);
+    d
+}
+
+/// Spoofed frames on raw Ethernet (the attacker's AF_PACKET socket in the client's namespace
+/// sends with the client's MAC, one in the server's namespace with the server's): a SYN and a
+/// keyless CONFIRM with a new connection id, DATA and FIN with made-up tags for the live
+/// connection, an RST to the client. The peer stays, nothing is delivered, and the connection
+/// still works after the client's RST probe.
+fn forged_frames_leave_a_peer_alone<M: Medium>(pair: &NetnsPair) {
+    let cfg = keyed();
+    let (mut s, mut c, peer) = connect_pair::<M>(pair, cfg, cfg);
+    let conn_id = M::conn_id(&c);
+    let mut as_client = NetnsPair::run_in(&pair.b, || PacketLink::open(&eth()))
+        .unwrap()
+        .unwrap();
+    let mut as_server = NetnsPair::run_in(&pair.a, || PacketLink::open(&eth()))
+        .unwrap()
+        .unwrap();
+    let mut hello = vec![0u8; 112];
+    hello[0] = 1;
+    as_client
+        .send_to(&forged(1, 0xbad, 0, 0, &hello), MAC_A)
+        .unwrap();
+    hello[8] = 1; // some cookie time, made-up server nonce and proof
+    hello[16..].fill(0x42);
+    as_client
+        .send_to(&forged(8, 0xbad, 0, 0, &hello), MAC_A)
+        .unwrap();
+    for seq in 0..4 {
+        as_client
+            .send_to(&forged(3, conn_id, 1000 + seq, seq, &[0x55; 40]), MAC_A)
+            .unwrap();
+    }
+    as_client
+        .send_to(&forged(6, conn_id, 2000, 0, &[0; 16]), MAC_A)
+        .unwrap();
+    as_server
+        .send_to(&forged(7, conn_id, 0, 0, &[]), netns::MAC_B)
+        .unwrap();
+    // Past the client's RST probe: both sides keep polling meanwhile.
+    let end = Instant::now() + Duration::from_millis(700);
+    let mut evs = Vec::new();
+    while Instant::now() < end {
+        poll_events(&mut s, &mut evs);
+        c.poll(&mut |b| panic!("client got a frame: {b:?}"))
+            .unwrap();
+        c.wait(Some(Duration::from_millis(2))).unwrap();
+    }
+    assert!(evs.is_empty(), "{evs:?}");
+    let counters = s.fabric_counters().unwrap();
+    assert_eq!(counters.handshakes, 1, "{counters:?}");
+    assert!(counters.rejected_frames >= 5, "{counters:?}");
+    assert!(counters.stale_handshakes >= 1, "{counters:?}");
+    exchange(&mut s, &mut c, peer, 50, 1000);
+}
+
 macro_rules! medium_tests {
     ($modname:ident, $medium:ty) => {
         mod $modname {
@@ -441,6 +513,10 @@ macro_rules! medium_tests {
             #[test]
             fn raw_link_pingpong_baseline() {
                 with_pair("raw_pingpong", 9000, raw_pingpong::<$medium>);
+            }
+            #[test]
+            fn forged_frames_are_rejected() {
+                with_pair("forged", 9000, forged_frames_leave_a_peer_alone::<$medium>);
             }
             #[test]
             fn client_process_killed_disconnects() {
