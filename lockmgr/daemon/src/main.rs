@@ -41,6 +41,10 @@ struct Cli {
     /// afpacket/afxdp: EtherType of lockmgr frames, e.g. 0x88b5 (overrides the config file).
     #[arg(long, value_parser = parse_ethertype)]
     ethertype: Option<u16>,
+    /// shm: group (name or gid) allowed to connect to the socket (mode 0660; default: 0600,
+    /// lockmgrd's user only).
+    #[arg(long)]
+    socket_group: Option<String>,
     /// rdma: device name as `ibv_devices` prints it, e.g. mlx5_0 or rxe0 (default: the first).
     #[arg(long)]
     rdma_device: Option<String>,
@@ -118,6 +122,9 @@ fn build_config(cli: &Cli) -> Result<Config, config::ConfigError> {
     if let Some(t) = cli.ethertype {
         cfg.transport.ethertype = t;
     }
+    if let Some(g) = &cli.socket_group {
+        cfg.transport.socket_group = Some(g.clone());
+    }
     if let Some(d) = &cli.rdma_device {
         cfg.transport.rdma_device = Some(d.clone());
     }
@@ -167,6 +174,7 @@ fn run(cli: Cli) -> Result<(), String> {
         liveness: Duration::from_millis(cfg.sessions.liveness_ms),
         engine: EngineConfig {
             break_timeout: lockmgr_engine::Duration::from_millis(cfg.engine.break_timeout_ms),
+            limits: cfg.sessions.limits(),
         },
     };
     let spin = SpinConfig {
@@ -181,10 +189,18 @@ fn run(cli: Cli) -> Result<(), String> {
     };
     match cfg.transport.kind {
         TransportKind::Shm => {
+            let socket_group = cfg
+                .transport
+                .socket_group
+                .as_deref()
+                .map(lockmgr_transport::shm::resolve_group)
+                .transpose()
+                .map_err(|e| format!("socket_group: {e}"))?;
             let server = ShmServer::bind(
                 &cfg.transport.listen,
                 ShmConfig {
                     spin,
+                    socket_group,
                     ..ShmConfig::default()
                 },
             )
