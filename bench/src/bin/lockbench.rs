@@ -610,6 +610,7 @@ fn bench_rdma(cli: &Cli, spin: SpinConfig) -> Result<JsonReport, String> {
         device,
         spin,
         handshake_timeout: Duration::from_secs(10),
+        fabric_key: reliable_config(spin, true).fabric_key,
         ..RdmaConfig::default()
     };
     let addr = std::sync::Mutex::new(None);

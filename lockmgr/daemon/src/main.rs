@@ -238,7 +238,13 @@ fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| format!("listen address: {e}"))?;
             // The full RdmaError text matters here: NoDevice explains what is missing and how to
             // get soft-RoCE, which the TransportError conversion would drop.
-            let server = RdmaServer::bind(addr, cfg.transport.rdma())
+            let rdma = lockmgr_rdma::RdmaConfig {
+                // Clients prove the cluster key on the TCP side channel before any queue pair
+                // is set up for them.
+                fabric_key: reliable.fabric_key,
+                ..cfg.transport.rdma()
+            };
+            let server = RdmaServer::bind(addr, rdma)
                 .map_err(|e| format!("cannot listen on {addr} (rdma): {e}"))?;
             let local = server.local_addr().map_err(|e| e.to_string())?;
             let info = server.device_info();

@@ -35,6 +35,8 @@ const CLIENT_PROOF_LABEL: &[u8] = b"lockmgr fabric v2 client proof\0";
 const SERVER_PROOF_LABEL: &[u8] = b"lockmgr fabric v2 server proof\0";
 const KEYS_LABEL: &[u8] = b"lockmgr fabric v2 frame keys\0";
 const COOKIE_LABEL: &[u8] = b"lockmgr fabric v2 cookie\0";
+const CHANNEL_CLIENT_LABEL: &[u8] = b"lockmgr fabric v2 channel client proof\0";
+const CHANNEL_SERVER_LABEL: &[u8] = b"lockmgr fabric v2 channel server proof\0";
 
 /// The secret every datagram endpoint of a cluster shares: proves membership in the handshake
 /// and keys the per-session frame MACs. Derive it from the cluster key (never use the cluster
@@ -124,6 +126,57 @@ pub(crate) fn proof(key: &FabricKey, side: Side, t: &Transcript<'_>) -> [u8; NON
 /// Constant-time check of a proof received from `side`.
 pub(crate) fn verify_proof(key: &FabricKey, side: Side, t: &Transcript<'_>, got: &[u8]) -> bool {
     proof_mac(key, side, t).verify_slice(got).is_ok()
+}
+
+fn channel_mac(
+    key: &FabricKey,
+    server: bool,
+    channel: &[u8],
+    client_nonce: &[u8; NONCE_LEN],
+    server_nonce: &[u8; NONCE_LEN],
+) -> HmacSha256 {
+    let mut m = key.hmac();
+    m.update(if server {
+        CHANNEL_SERVER_LABEL
+    } else {
+        CHANNEL_CLIENT_LABEL
+    });
+    m.update(&(channel.len() as u64).to_le_bytes());
+    m.update(channel);
+    m.update(client_nonce);
+    m.update(server_nonce);
+    m
+}
+
+/// Mutual challenge-response for stream side channels (RDMA's TCP set-up): the server sends a
+/// nonce, the client answers with its nonce and this proof (`server = false`), the server with
+/// its own (`server = true`). `channel` names the protocol, so a proof never serves another.
+/// Both nonces are fresh per connection, so a proof cannot be replayed.
+pub fn channel_proof(
+    key: &FabricKey,
+    server: bool,
+    channel: &[u8],
+    client_nonce: &[u8; NONCE_LEN],
+    server_nonce: &[u8; NONCE_LEN],
+) -> [u8; NONCE_LEN] {
+    channel_mac(key, server, channel, client_nonce, server_nonce)
+        .finalize()
+        .into_bytes()
+        .into()
+}
+
+/// Constant-time check of a [`channel_proof`].
+pub fn verify_channel_proof(
+    key: &FabricKey,
+    server: bool,
+    channel: &[u8],
+    client_nonce: &[u8; NONCE_LEN],
+    server_nonce: &[u8; NONCE_LEN],
+    got: &[u8],
+) -> bool {
+    channel_mac(key, server, channel, client_nonce, server_nonce)
+        .verify_slice(got)
+        .is_ok()
 }
 
 /// Per-process secret of the stateless SYN cookies.
