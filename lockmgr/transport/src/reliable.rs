@@ -1,14 +1,33 @@
-//! Medium-independent reliability layer: reliable, in-order, duplicate-free frames over any
-//! unreliable datagram [`Link`] (UDP, AF_PACKET, AF_XDP). Every medium shares this one
-//! implementation of the protocol; a link only moves datagrams and names peers.
+//! Medium-independent reliability layer: reliable, in-order, duplicate-free, authenticated
+//! frames over any unreliable datagram [`Link`] (UDP, AF_PACKET, AF_XDP). Every medium shares
+//! this one implementation of the protocol; a link only moves datagrams and names peers.
 //!
-//! One datagram carries one frame behind a 28-byte header:
-//! `magic u16 | version u8 | kind u8 | conn_id u64 | seq u64 | ack u64` (little endian).
+//! One datagram carries one frame behind a 36-byte header (wire version 2, little endian):
+//! `magic u16 | version u8 | kind u8 | conn_id u64 | pn u64 | seq u64 | ack u64`, then the
+//! payload, then (DATA, ACK, PING, FIN) a 16-byte MAC tag over everything before it.
 //!
-//! * Handshake: the client picks a random non-zero `conn_id` and sends `SYN` until `SYNACK`.
-//!   The server keys peers by (address, conn_id), so a restarted client (new random id) gets a
-//!   fresh [`PeerId`] and sequence space; a `SYN` with a new id from a known address retires the
-//!   old peer (it cannot come back: its process restarted).
+//! * Handshake (the "fabric" handshake; crypto in [`crate::fabric`]): the client picks a
+//!   random non-zero `conn_id` and a nonce and sends `SYN` until `SYNACK`. The server answers
+//!   statelessly: its nonce is a cookie (HMAC of the client's address, id, nonce and a cookie
+//!   time under a per-process secret) and the SYNACK carries its proof of the cluster's fabric
+//!   secret. The client checks that proof and sends `CONFIRM` (echoing the cookie, with its own
+//!   proof) until an authenticated datagram arrives. Only a CONFIRM with a fresh, valid cookie
+//!   and a valid proof creates server state, so half-open handshakes cost no memory at all and
+//!   a SYN flood (any number of spoofed sources) cannot crowd out real nodes; it costs one HMAC
+//!   per SYN. SYN and SYNACK have the same size (no reflection amplification).
+//! * Frame MAC: both sides derive one AES-128 key per direction from the fabric secret and
+//!   both nonces (HKDF-SHA256) and MAC every DATA, ACK, PING and FIN with AES-GMAC; the nonce is
+//!   the per-direction packet number `pn`, which every datagram (retransmissions included) gets
+//!   anew. A 64-entry window refuses replayed packet numbers. Header fields (`seq`, `ack`,
+//!   `conn_id`) are under the MAC, so nothing can be injected, replayed or re-sequenced; an
+//!   on-path attacker can only drop traffic, which looks like loss and is handled like loss
+//!   (retransmission, then `give_up` / `peer_timeout`). Datagrams that fail the check change no
+//!   state (not even liveness) and are counted ([`FabricCounters`]).
+//! * Peers: the server keys peers by (address, conn_id), so a restarted client (new random id)
+//!   gets a fresh [`PeerId`] and sequence space. A new connection from a known address retires
+//!   the old peer only once it has completed an authenticated handshake, and only if its
+//!   cookie time is newer than the old connection's (a replayed CONFIRM of a connection that is
+//!   gone cannot retire the live one).
 //! * Data: per-direction sequence numbers from 0; `ack` is cumulative (next sequence number
 //!   expected) and rides on every datagram. Standalone `ACK`s go out after `ack_delay` unless a
 //!   data frame carried the ack first (request/response traffic then needs no extra datagrams),
@@ -17,8 +36,13 @@
 //!   doubling per retransmission up to `rto_max`); if a frame stays unacknowledged for `give_up`
 //!   the peer is declared dead. Out-of-order frames within the window are buffered.
 //! * Liveness: after `keepalive` of silence a side sends `PING` (answered by an immediate ACK);
-//!   after `peer_timeout` of silence the peer is declared dead. `FIN` announces a close, `RST`
-//!   answers traffic for an unknown connection.
+//!   after `peer_timeout` of silence the peer is declared dead. `FIN` (authenticated) announces
+//!   a close. `RST` answers traffic for an unknown connection (e.g. after a server restart); it
+//!   cannot be authenticated (the server lost the keys), so it only makes the client probe with
+//!   PINGs: no authenticated answer within `2 * rto_max` (at least 50 ms), and the connection
+//!   is dead. A forged RST costs a round trip, never a connection.
+//! * `insecure_no_frame_mac` ([`ReliableConfig`]) drops the tags (handshake still
+//!   authenticated) for benchmark baselines only; lockmgrd has no setting for it.
 //! * Fault injection ([`FaultConfig`]) drops/duplicates datagrams at the link boundary, so tests
 //!   of every medium exercise the same recovery paths.
 
