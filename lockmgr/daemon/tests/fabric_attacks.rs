@@ -282,7 +282,7 @@ impl Sniffer {
                 return out;
             }
             let p = &buf[..n as usize];
-            if from.sll_pkttype == libc::PACKET_OUTGOING as u8 || p.len() < 28 || p[9] != 17 {
+            if from.sll_pkttype == libc::PACKET_OUTGOING || p.len() < 28 || p[9] != 17 {
                 continue;
             }
             let ihl = usize::from(p[0] & 0x0f) * 4;
@@ -352,7 +352,7 @@ fn spoofed_syn_from_a_nodes_address_does_not_drop_its_session() {
         .expect("A's traffic was captured");
 
     // The forged SYN (new conn id, node A's address and port).
-    let mut syn = header(KIND_SYN, 0xbad5_eed);
+    let mut syn = header(KIND_SYN, 0x0bad_5eed);
     let mut hello = [0u8; HELLO];
     hello[0] = 1; // frame MACs on, like the server
     hello[16..48].copy_from_slice(&[0x77; 32]);
@@ -364,7 +364,7 @@ fn spoofed_syn_from_a_nodes_address_does_not_drop_its_session() {
     let synack = sniff
         .take(s_addr, a_addr)
         .into_iter()
-        .find(|d| d.len() == HDR + HELLO && d[3] == KIND_SYNACK && u64_at(d, 4) == 0xbad5_eed)
+        .find(|d| d.len() == HDR + HELLO && d[3] == KIND_SYNACK && u64_at(d, 4) == 0x0bad_5eed)
         .expect("the server answers the SYN (statelessly)");
     let mut confirm = synack.clone();
     confirm[3] = KIND_CONFIRM;

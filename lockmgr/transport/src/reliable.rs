@@ -1103,7 +1103,7 @@ impl<L: Link> ReliableServer<L> {
             hello.time,
             &hello.client_nonce,
         );
-        if !age.is_some_and(|a| a <= lifetime) || !fabric::ct_eq(&cookie, &hello.server_nonce) {
+        if age.is_none_or(|a| a > lifetime) || !fabric::ct_eq(&cookie, &hello.server_nonce) {
             self.counters.stale_handshakes += 1;
             tracing::debug!(?from, "CONFIRM with an expired or foreign cookie dropped");
             return 0;
