@@ -8,8 +8,11 @@
 #
 # Environment:
 #   PORT1, PORT2     node ports on 127.0.0.1 (default 4451, 4452)
-#   DEMO_USER, DEMO_PASS   the demo account (default demo / demo-pass)
-#   USERS_FILE       use this users file (`user:password` lines) instead of the demo account
+#   DEMO_USER        the demo account's name (default demo); its password is generated at
+#                    start and printed (DEMO_PASS sets one instead)
+#   DEMO_UID, DEMO_GID  the Unix ids the demo user's file operations run as (default 30001 /
+#                    30000 when run as root, else your own); the share directory is theirs
+#   USERS_FILE       use this users file (`smbd passwd` format) instead of the demo account
 #   BIN_DIR          use lockmgrd, lockmgrctl and smbd from this directory and do not build
 #   CARGO_TARGET_DIR where cargo builds (default: target/ in the repository)
 #   KEEP_DIR=1       keep the temporary directory on exit (logs, configs)
@@ -27,7 +30,15 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PORT1="${PORT1:-4451}"
 PORT2="${PORT2:-4452}"
 DEMO_USER="${DEMO_USER:-demo}"
-DEMO_PASS="${DEMO_PASS:-demo-pass}"
+# No fixed demo password: a fresh one each start.
+DEMO_PASS="${DEMO_PASS:-$(head -c 12 /dev/urandom | base64 | tr -d '/+=')}"
+if [[ "$(id -u)" == 0 ]]; then
+    DEMO_UID="${DEMO_UID:-30001}"
+    DEMO_GID="${DEMO_GID:-30000}"
+else
+    DEMO_UID="${DEMO_UID:-$(id -u)}"
+    DEMO_GID="${DEMO_GID:-$(id -g)}"
+fi
 
 if [[ -n "${BIN_DIR:-}" ]]; then
     BIN="$BIN_DIR"
@@ -74,10 +85,18 @@ head -c 32 /dev/urandom >"$DIR/cluster.key"
 chmod 600 "$DIR/cluster.key"
 if [[ -n "${USERS_FILE:-}" ]]; then
     cp "$USERS_FILE" "$DIR/users"
+    chmod 600 "$DIR/users"
 else
-    printf '%s:%s\n' "$DEMO_USER" "$DEMO_PASS" >"$DIR/users"
+    printf '%s\n' "$DEMO_PASS" | "$BIN/smbd" passwd --users "$DIR/users" \
+        --uid "$DEMO_UID" --gid "$DEMO_GID" --password-stdin "$DEMO_USER"
 fi
 echo "hello from the cluster filesystem" >"$DIR/share/README.txt"
+# File operations run as the SMB user's Unix ids, so the share is theirs (and the temporary
+# directory above it traversable).
+chmod 711 "$DIR"
+if [[ "$(id -u)" == 0 ]]; then
+    chown -R "$DEMO_UID:$DEMO_GID" "$DIR/share"
+fi
 cat >"$DIR/client.conf" <<EOF
 [global]
 client min protocol = SMB2_02
@@ -143,6 +162,12 @@ if [[ "$MODE" == check ]]; then
             exit 1
         fi
         echo "node on port $port: ls ok"
+        # Secure by default: no anonymous access.
+        if smbclient //127.0.0.1/data -p "$port" -s "$DIR/client.conf" -N -c ls >/dev/null 2>&1; then
+            echo "anonymous smbclient -N was let in on port $port" >&2
+            exit 1
+        fi
+        echo "node on port $port: anonymous refused"
     done
     status="$("${CTL[@]}")"
     echo "$status"

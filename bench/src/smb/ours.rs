@@ -69,10 +69,24 @@ fn write(path: &Path, text: &str) -> Result<()> {
         .map_err(|e| SmbBenchError::io(format!("writing {}", path.display()), e))
 }
 
+/// smbd's users file: the benchmark users with the uids Samba's targets use (so both run
+/// file access as the same unprivileged users), private as smbd requires.
 fn users_file(root: &Path) -> Result<PathBuf> {
+    use smb_auth::users::{nt_hash_of_password, UnixIds, UserDb};
+    use std::os::unix::fs::PermissionsExt;
     let p = root.join("users");
-    let body: String = USERS.iter().map(|(u, pw)| format!("{u}:{pw}\n")).collect();
-    write(&p, &body)?;
+    let mut db = UserDb::new();
+    for (i, (u, pw)) in USERS.iter().enumerate() {
+        let ids = UnixIds {
+            uid: Some(super::samba::BENCH_UID0 + i as u32),
+            gid: Some(super::samba::BENCH_GID),
+            groups: Vec::new(),
+        };
+        db.add_entry(u, nt_hash_of_password(pw), ids);
+    }
+    write(&p, &db.to_file_text())?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| SmbBenchError::io(format!("chmod {}", p.display()), e))?;
     Ok(p)
 }
 

@@ -2,6 +2,11 @@
 
 use std::fmt::Write as _;
 
+/// What every target of a run is configured with (Samba in samba.rs, ours in ours.rs): signing
+/// required on every session, file access as unprivileged benchmark users (uids 60001.., gid
+/// 60000), no encryption, leases and durable handles on, no kernel oplocks/share modes.
+pub const SETTINGS: &str = "signing required; file access as unprivileged users (uid 60001.., gid 60000); no encryption; leases and durable handles on";
+
 use serde::Serialize;
 
 use super::torture::ProcessStats;
@@ -147,6 +152,7 @@ impl BenchReport {
             self.nprocs,
             self.suite.primary_op()
         );
+        let _ = writeln!(s, "settings (every target): {SETTINGS}");
         let _ = writeln!(
             s,
             "{:<12} {:<24} {:<12} {:>12} {:>12} {:>12} {:>8}",

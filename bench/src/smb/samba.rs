@@ -143,6 +143,11 @@ pub(crate) fn make_share(root: &Path) -> Result<PathBuf> {
     Ok(share)
 }
 
+/// First uid of the benchmark users (one each, in `USERS` order) and their common gid: Samba
+/// (through nss_wrapper) and our smbd (through its users file) run file access as the same ids.
+pub(crate) const BENCH_UID0: u32 = 60001;
+pub(crate) const BENCH_GID: u32 = 60000;
+
 /// nss_wrapper passwd/group files with the benchmark users (uids well away from real ones).
 fn write_nss_files(root: &Path) -> Result<(PathBuf, PathBuf)> {
     let passwd = root.join("passwd");
@@ -153,8 +158,8 @@ fn write_nss_files(root: &Path) -> Result<(PathBuf, PathBuf)> {
     let mut members = Vec::new();
     for (i, (u, _)) in USERS.iter().enumerate() {
         pw.push_str(&format!(
-            "{u}:x:{}:60000:{u}:/nonexistent:/bin/false\n",
-            60001 + i
+            "{u}:x:{}:{BENCH_GID}:{u}:/nonexistent:/bin/false\n",
+            BENCH_UID0 + i as u32
         ));
         members.push(*u);
     }
@@ -162,7 +167,7 @@ fn write_nss_files(root: &Path) -> Result<(PathBuf, PathBuf)> {
     write(
         &group,
         &format!(
-            "root:x:0:\nnogroup:x:65534:\nsmbbench:x:60000:{}\n",
+            "root:x:0:\nnogroup:x:65534:\nsmbbench:x:{BENCH_GID}:{}\n",
             members.join(",")
         ),
     )?;
@@ -213,6 +218,7 @@ fn smb_conf(dir: &Path, port: u16, share: &Path, ctdb_socket: Option<&Path>) -> 
 \tprinting = bsd
 \tprintcap name = /dev/null
 \tpanic action =
+\tserver signing = mandatory
 \tkernel oplocks = no
 \tkernel share modes = no
 \tposix locking = no
@@ -431,6 +437,7 @@ mod tests {
             "private dir = /t/x/private",
             "lock directory = /t/x/lock",
             "kernel oplocks = no",
+            "server signing = mandatory",
             "kernel share modes = no",
             "posix locking = no",
             "smb2 leases = yes",

@@ -221,6 +221,11 @@ fn test_smbd_nodes(d: &Daemon, dev: &DeviceConfig) -> TestResult {
 
     let key_file = std::env::temp_dir().join(format!("rdma-suite-{}.key", std::process::id()));
     std::fs::write(&key_file, KEY).map_err(|e| format!("writing the key file: {e}"))?;
+    std::fs::set_permissions(
+        &key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .map_err(|e| format!("chmod the key file: {e}"))?;
     let node = |name: &str| -> Result<ClusterLocks, String> {
         let cfg = smbd::config::LockmgrConfig {
             transport: smbd::config::LockTransport::Rdma,

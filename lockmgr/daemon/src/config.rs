@@ -435,6 +435,7 @@ impl Config {
 pub const MIN_KEY_BYTES: usize = 16;
 
 pub fn read_key_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    lockmgr_proto::private_file::check_private_file(path).map_err(ConfigError::Key)?;
     let key = std::fs::read(path)
         .map_err(|e| ConfigError::Key(format!("cannot read {}: {e}", path.display())))?;
     if key.len() < MIN_KEY_BYTES {

@@ -45,6 +45,12 @@ fn start_daemon(kind: &'static str) -> Daemon {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("cluster.key");
     std::fs::write(&key_file, KEY).unwrap();
+    // lockmgrd refuses a key file that group or others can read.
+    std::fs::set_permissions(
+        &key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let connect = match kind {
         "shm" => dir.path().join("lockmgr.sock").display().to_string(),
         _ => format!("127.0.0.1:{}", free_udp_port()),

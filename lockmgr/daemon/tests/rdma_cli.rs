@@ -25,6 +25,8 @@ fn no_rdma_here(test: &str) -> bool {
 fn key_file(dir: &tempfile::TempDir) -> std::path::PathBuf {
     let path = dir.path().join("cluster.key");
     std::fs::write(&path, b"rdma-cli-test-cluster-key-000000").unwrap();
+    // lockmgrd refuses a key file that group or others can read.
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     path
 }
 

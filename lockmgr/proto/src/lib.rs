@@ -42,6 +42,7 @@ mod error;
 mod frame;
 pub mod fuzzing;
 pub mod message;
+pub mod private_file;
 pub mod samples;
 #[cfg(any(test, feature = "proptest"))]
 pub mod strategies;

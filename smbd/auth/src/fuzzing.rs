@@ -67,10 +67,10 @@ pub fn decrypt(data: &[u8]) -> usize {
 }
 
 /// Parses `data` as a users file (`UserDb::parse`; non-UTF-8 is refused earlier by `load`).
-/// Must never panic. An accepted file must hold exactly its `user:password` lines, each user
-/// found case-insensitively (MS-NLMP 3.3.2: NTOWFv2 upper-cases the user name) with the NT hash
-/// of everything after the first ':'. Returns how many users were loaded; `Err` describes a
-/// violated property.
+/// Must never panic. An accepted file must hold exactly its `name:uid:gid:hash[:groups]` lines,
+/// each user found case-insensitively (MS-NLMP 3.3.2: NTOWFv2 upper-cases the user name) with
+/// the NT hash of its line, and the text `to_file_text` writes must parse back to the same
+/// users. Returns how many users were loaded; `Err` describes a violated property.
 pub fn user_db(data: &[u8]) -> Result<usize, String> {
     let Ok(text) = std::str::from_utf8(data) else {
         return Ok(0);
@@ -80,16 +80,29 @@ pub fn user_db(data: &[u8]) -> Result<usize, String> {
     };
     let mut expected = 0;
     for line in text.lines() {
-        let line = line.strip_suffix('\r').unwrap_or(line).trim_start();
+        let line = line.strip_suffix('\r').unwrap_or(line).trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let Some((user, password)) = line.split_once(':') else {
-            return Err(format!("accepted a line without ':': {line:?}"));
+        let fields: Vec<&str> = line.split(':').collect();
+        let (Some(user), Some(hash)) = (fields.first(), fields.get(3)) else {
+            return Err(format!(
+                "accepted a line with fewer than 4 fields: {line:?}"
+            ));
         };
         let user = user.trim();
         expected += 1;
-        let want = Some(crate::users::nt_hash_of_password(password));
+        let want: Option<[u8; 16]> = (0..16)
+            .map(|i| {
+                hash.trim()
+                    .get(2 * i..2 * i + 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            })
+            .collect::<Option<Vec<u8>>>()
+            .and_then(|v| v.try_into().ok());
+        if want.is_none() {
+            return Err(format!("accepted a line without a hash: {line:?}"));
+        }
         let mut spellings = vec![user.to_string()];
         if user.is_ascii() {
             spellings.push(user.to_ascii_lowercase());
@@ -103,6 +116,14 @@ pub fn user_db(data: &[u8]) -> Result<usize, String> {
                 return Err(format!("{name:?} canonical name is not {user:?}"));
             }
         }
+    }
+    let again = UserDb::parse(&db.to_file_text()).map_err(|e| format!("rewritten file: {e}"))?;
+    if again.len() != db.len()
+        || db
+            .names()
+            .any(|n| again.nt_hash(n) != db.nt_hash(n) || again.unix_ids(n) != db.unix_ids(n))
+    {
+        return Err("rewritten file differs".into());
     }
     if db.len() != expected {
         return Err(format!("{} users from {expected} lines", db.len()));

@@ -60,6 +60,7 @@ fn read_key(path: &Path) -> Result<ClusterKey, ClusterError> {
         path: path.to_owned(),
         why,
     };
+    lockmgr_proto::private_file::check_private_file(path).map_err(key_err)?;
     let bytes = std::fs::read(path).map_err(|e| key_err(e.to_string()))?;
     if bytes.len() < MIN_KEY_BYTES {
         return Err(key_err(format!(
@@ -309,7 +310,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("k");
         std::fs::write(&p, b"short").unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         let e = read_key(&p).err().unwrap().to_string();
         assert!(e.contains("at least 16"), "{e}");
+    }
+
+    #[test]
+    fn readable_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        std::fs::write(&p, [7u8; 32]).unwrap();
+        std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+        let e = read_key(&p).err().unwrap().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
     }
 }

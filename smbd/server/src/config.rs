@@ -8,14 +8,19 @@
 //! netbios_name = "SMBD"
 //! # NTLM domain / workgroup name.
 //! domain = "WORKGROUP"
-//! # Path of the users file: one `user:password` per line, `#` comments.
+//! # Users file (`name:uid:gid:NT-hash[:groups]` lines, see smb_auth::users::UserDb), managed
+//! # with `smbd passwd`. Refused at start when group or others can access it (like ssh).
 //! users = "/etc/smbd/users"
-//! # Require signing on every session (clients that cannot sign are refused).
-//! signing_required = false
+//! # Require signing on every session (clients that cannot sign are refused). Default on, as
+//! # Windows Server 2025 does.
+//! signing_required = true
 //! # Encrypt every session (SMB 3.x only; 2.x clients are refused on encrypted shares).
 //! encrypt = false
-//! # Allow anonymous (null) sessions.
-//! allow_anonymous = true
+//! # Accept anonymous (null) session setups. Even then an anonymous session reaches only IPC$
+//! # and shares with `guest_ok = true`, and never counts as Authenticated Users.
+//! allow_anonymous = false
+//! # The Unix account anonymous sessions run as on `guest_ok` shares.
+//! guest_account = "nobody"
 //! # Number of io_uring worker threads (0 = one per CPU).
 //! workers = 0
 //! # Cluster-wide filesystem identity used to derive file ids; defaults to statfs f_fsid of the
@@ -29,6 +34,10 @@
 //! path = "/srv/data"
 //! read_only = false
 //! encrypt = false
+//! # Who may connect: user names and `@group` (name or gid); empty = every configured user.
+//! valid_users = ["alice", "@staff"]
+//! # Let anonymous sessions in (as `guest_account`); off by default.
+//! guest_ok = false
 //!
 //! # Where share modes, byte-range locks, oplocks and leases are decided. Without this section
 //! # (or with transport = "embedded") the node runs the lock engine in process: a single node.
@@ -99,12 +108,14 @@ pub struct ServerConfig {
     pub domain: String,
     #[serde(default)]
     pub users: Option<PathBuf>,
-    #[serde(default)]
+    #[serde(default = "default_true")]
     pub signing_required: bool,
     #[serde(default)]
     pub encrypt: bool,
-    #[serde(default = "default_true")]
+    #[serde(default)]
     pub allow_anonymous: bool,
+    #[serde(default = "default_guest_account")]
+    pub guest_account: String,
     #[serde(default)]
     pub workers: usize,
     #[serde(default)]
@@ -124,6 +135,9 @@ fn default_domain() -> String {
 fn default_true() -> bool {
     true
 }
+fn default_guest_account() -> String {
+    "nobody".into()
+}
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -132,9 +146,10 @@ impl Default for ServerConfig {
             netbios_name: default_netbios(),
             domain: default_domain(),
             users: None,
-            signing_required: false,
+            signing_required: true,
             encrypt: false,
-            allow_anonymous: true,
+            allow_anonymous: false,
+            guest_account: default_guest_account(),
             workers: 0,
             cluster_fs_id: None,
             multichannel: true,
@@ -151,6 +166,13 @@ pub struct ShareConfig {
     pub read_only: bool,
     #[serde(default)]
     pub encrypt: bool,
+    /// Users (`name`) and groups (`@name` or `@gid`) allowed to connect; empty: every user of
+    /// the users file.
+    #[serde(default)]
+    pub valid_users: Vec<String>,
+    /// Anonymous sessions may connect (running as `[server] guest_account`).
+    #[serde(default)]
+    pub guest_ok: bool,
 }
 
 /// Which lock service the node uses.

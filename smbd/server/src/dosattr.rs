@@ -65,20 +65,26 @@ pub fn store(path: &Path, d: &DosInfo) -> std::io::Result<()> {
     buf.extend_from_slice(&d.creation.to_le_bytes());
     buf.extend_from_slice(&d.change.to_le_bytes());
     buf.extend_from_slice(&d.mtime_guard.to_le_bytes());
-    // SAFETY: `c` and NAME are NUL-terminated; `buf` holds LEN readable bytes.
-    let rc = unsafe {
-        libc::lsetxattr(
-            c.as_ptr(),
-            NAME.as_ptr().cast(),
-            buf.as_ptr().cast(),
-            buf.len(),
-            0,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    // Privileged after the handle's access check (crate::identity): the owner of a
+    // read-only file may still change its attributes and descriptor.
+    crate::identity::as_root(|| {
+        // SAFETY: `c` and NAME are NUL-terminated; `buf` holds LEN readable bytes.
+        let rc = unsafe {
+            libc::lsetxattr(
+                c.as_ptr(),
+                NAME.as_ptr().cast(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                0,
+            )
+        };
+        // errno is read before the identity switches back.
+        if rc != 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    })
 }
 
 #[cfg(test)]

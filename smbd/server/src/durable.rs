@@ -680,7 +680,10 @@ impl Conn {
         let file = if b.is_dir {
             None
         } else {
-            Some(open_data(&abs, sh.read_only).map_err(|_| status::OBJECT_NAME_NOT_FOUND)?)
+            Some(
+                open_data(&sh.dir, &rel, sh.read_only)
+                    .map_err(|_| status::OBJECT_NAME_NOT_FOUND)?,
+            )
         };
         Ok(Open {
             session_id: 0,
@@ -710,6 +713,7 @@ impl Conn {
             }),
             locks: Vec::new(),
             lock_seq: [0xFF; 64],
+            identity: crate::identity::current(),
         })
     }
 
@@ -742,7 +746,7 @@ impl Conn {
                     // Not kept (a break was in flight, or delete-on-close): closed instead.
                     o.lock_open = None;
                     if delete_file {
-                        let _ = std::fs::remove_file(&o.abs);
+                        let _ = self.shared.shares[o.share].dir.unlink(&o.rel, o.is_dir);
                     }
                 }
                 other => tracing::debug!(?other, "durable open not disconnected"),
@@ -751,13 +755,19 @@ impl Conn {
     }
 }
 
-/// Open a file's data read-write if the share allows, read-only otherwise.
-fn open_data(path: &Path, read_only: bool) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(!read_only)
-        .open(path)
-        .or_else(|_| std::fs::File::open(path))
+/// Open a file's data (beneath the share root, crate::beneath) read-write if the share allows,
+/// read-only otherwise.
+fn open_data(
+    dir: &crate::beneath::ShareRoot,
+    rel: &Path,
+    read_only: bool,
+) -> std::io::Result<std::fs::File> {
+    if !read_only {
+        if let Ok(f) = dir.open_file(rel, libc::O_RDWR, 0) {
+            return Ok(f);
+        }
+    }
+    dir.open_file(rel, libc::O_RDONLY, 0)
 }
 
 #[cfg(test)]

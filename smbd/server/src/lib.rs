@@ -5,13 +5,16 @@
 //! state machine), [`ops`] (file service commands), [`fs`] (share filesystem access and
 //! info-class encoding), [`locking`] (the lock-service seam).
 
+pub mod beneath;
 pub mod config;
 pub mod conn;
 pub mod dosattr;
 pub mod durable;
 pub mod fs;
+pub mod identity;
 pub mod locking;
 pub mod ops;
+pub mod passwd;
 pub mod sd;
 pub mod server;
 pub mod shared;

@@ -1,4 +1,5 @@
 //! `smbd --config FILE [--listen ADDR:PORT ...]`: the SMB2/3 file server.
+//! `smbd passwd --users FILE [--uid N --gid N] [--groups G,..] [--delete] USER`: manage users.
 //!
 //! The configuration format is documented in [`smbd::config`]; see `smbd/smbd.example.toml`.
 //! Prints `smbd listening on ADDR` for each bound address (port 0 picks a free port).
@@ -9,17 +10,99 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use smbd::config::Config;
+use smbd::passwd::{update_users_file, PasswdAction};
 use smbd::server::Server;
 
 #[derive(Parser, Debug)]
-#[command(name = "smbd", about = "SMB2/SMB3 file server")]
+#[command(
+    name = "smbd",
+    about = "SMB2/SMB3 file server",
+    args_conflicts_with_subcommands = true
+)]
 struct Args {
     /// TOML configuration file.
     #[arg(long)]
-    config: PathBuf,
+    config: Option<PathBuf>,
     /// Address to listen on (repeatable), in addition to the configured ones.
     #[arg(long)]
     listen: Vec<SocketAddr>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Add a user, set its password or Unix ids, or delete it, in the users file. The file
+    /// keeps NT hashes, never passwords, and is written with mode 0600.
+    Passwd(PasswdArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct PasswdArgs {
+    /// The users file (`[server] users` in the configuration).
+    #[arg(long)]
+    users: PathBuf,
+    /// Unix uid the user's file operations run as (default: what the file has, else NSS).
+    #[arg(long)]
+    uid: Option<u32>,
+    /// Unix primary gid (with --uid).
+    #[arg(long)]
+    gid: Option<u32>,
+    /// Supplementary gids, comma separated.
+    #[arg(long, value_delimiter = ',')]
+    groups: Option<Vec<u32>>,
+    /// Remove the user.
+    #[arg(long, conflicts_with_all = ["uid", "gid", "groups", "password_stdin"])]
+    delete: bool,
+    /// Read the password from the first line of standard input instead of prompting.
+    #[arg(long)]
+    password_stdin: bool,
+    /// The SMB user name.
+    user: String,
+}
+
+fn read_password(args: &PasswdArgs) -> Result<String, String> {
+    if args.password_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| format!("reading the password: {e}"))?;
+        return Ok(line.trim_end_matches(['\r', '\n']).to_string());
+    }
+    let first = rpassword::prompt_password(format!("New SMB password for {}: ", args.user))
+        .map_err(|e| format!("reading the password (use --password-stdin without a tty): {e}"))?;
+    let again = rpassword::prompt_password("Retype it: ")
+        .map_err(|e| format!("reading the password: {e}"))?;
+    if first != again {
+        return Err("the passwords differ".into());
+    }
+    Ok(first)
+}
+
+fn passwd(args: PasswdArgs) -> std::process::ExitCode {
+    let action = if args.delete {
+        PasswdAction::Delete
+    } else {
+        match read_password(&args) {
+            Ok(password) => PasswdAction::Set {
+                password,
+                uid: args.uid,
+                gid: args.gid,
+                groups: args.groups.clone(),
+            },
+            Err(e) => {
+                eprintln!("smbd passwd: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    };
+    match update_users_file(&args.users, &args.user, action) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("smbd passwd: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
 }
 
 fn wait_for_signal() -> std::io::Result<i32> {
@@ -59,7 +142,14 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let config = match Config::load(&args.config) {
+    if let Some(Command::Passwd(p)) = args.command {
+        return passwd(p);
+    }
+    let Some(config_path) = args.config else {
+        eprintln!("smbd: --config FILE is required (or a subcommand: smbd passwd --help)");
+        return std::process::ExitCode::from(2);
+    };
+    let config = match Config::load(&config_path) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(%e, "configuration");

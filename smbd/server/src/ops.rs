@@ -1,6 +1,6 @@
 //! File service: the SMB2 commands that work on opens (MS-SMB2 3.3.5.9 - 3.3.5.22).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::ErrorKind;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -15,6 +15,7 @@ use smb_proto::{
     SetInfoRequest, WriteRequest,
 };
 
+use crate::beneath::ShareRoot;
 use crate::conn::{
     err, ChainCtx, Conn, DirState, FileIo, FileOp, Open, Outcome, PendingKind, Signer,
 };
@@ -184,6 +185,8 @@ pub(crate) struct CreateCont {
     /// DHnQ / DH2Q, granted if the caching allows it.
     durable: Option<crate::durable::DurableKind>,
     share_access: u32,
+    /// A new file created with FILE_ATTRIBUTE_READONLY: mode 0444 once its handle is open.
+    make_read_only: bool,
 }
 
 impl Conn {
@@ -321,6 +324,7 @@ impl Conn {
         }
         let sh = &self.shared.shares[share];
         let root = sh.root.clone();
+        let share_dir = sh.dir.clone();
         let read_only = sh.read_only;
         let fs_id = sh.fs_id;
         let res = match fs::resolve(&root, &comps) {
@@ -343,9 +347,28 @@ impl Conn {
         // check (smbtorture delete-on-close-perms "CREATE Existing").
         let collides = sp.stream.is_none() && c.disposition == disposition::CREATE;
         if res.exists && !fake_quota && !collides {
-            match Self::check_stored_acl(&res.abs, access, c.desired_access) {
+            let token = self
+                .sessions
+                .get(&ctx.session_id)
+                .map(|s| s.token())
+                .unwrap_or_default();
+            match Self::check_stored_acl(&res.abs, access, c.desired_access, &token) {
                 Ok(a) => access = a,
                 Err(st) => return err(st),
+            }
+        }
+        if res.exists && !fake_quota && sp.stream.is_none() && access & DELETE != 0 {
+            // DELETE is only as good as the kernel will let the user unlink (write and search
+            // permission on the parent, sticky-bit ownership): refuse it here, when it is
+            // asked for, rather than fail silently at close (MS-FSA 2.1.5.1.2.1 checks DELETE
+            // at open; Samba's can_delete_file_in_directory does the same).
+            if !unix_may_delete(&res.abs) {
+                let explicit =
+                    map_generic(c.desired_access & !locking::access_bits::MAXIMUM_ALLOWED);
+                if explicit & DELETE != 0 {
+                    return err(status::ACCESS_DENIED);
+                }
+                access &= !DELETE;
             }
         }
         let delete_on_close = c.options & create_options::DELETE_ON_CLOSE != 0;
@@ -355,11 +378,12 @@ impl Conn {
         let dir_req = c.options & create_options::DIRECTORY_FILE != 0;
         let nondir_req = c.options & create_options::NON_DIRECTORY_FILE != 0;
         let mut created_now = false;
+        let mut make_read_only = false;
         let is_dir;
         let mut stream = None;
         let mut existed = res.exists;
         if let Some(sname) = &sp.stream {
-            let t = match self.open_stream_target(&root, &res, sname, &c, read_only) {
+            let t = match self.open_stream_target(&root, &share_dir, &res, sname, &c, read_only) {
                 Ok(t) => t,
                 Err(st) => return err(st),
             };
@@ -413,21 +437,24 @@ impl Conn {
                 return err(status::CANNOT_DELETE);
             }
             let r = if dir_req {
-                std::fs::create_dir(&res.abs)
+                share_dir.mkdir(&res.rel, 0o777)
             } else {
-                OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&res.abs)
+                share_dir
+                    .open_file(
+                        &res.rel,
+                        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                        0o666,
+                    )
                     .map(|_| ())
             };
             if let Err(e) = r {
                 self.create_raced = e.kind() == std::io::ErrorKind::AlreadyExists;
-                return err(io_status(&e));
+                return err(path_status(&e));
             }
-            if c.file_attributes & fs::attr::READONLY != 0 && !dir_req {
-                let _ = std::fs::set_permissions(&res.abs, std::fs::Permissions::from_mode(0o444));
-            }
+            // READONLY (mode 0444) is applied to the new file once its handle is open
+            // (finish_create): the creator's own open may write (MS-FSA 2.1.5.1.1), and the
+            // kernel would refuse the user a writable open of a 0444 file.
+            make_read_only = c.file_attributes & fs::attr::READONLY != 0 && !dir_req;
             created_now = true;
             is_dir = dir_req;
             // SMB2_CREATE_SD_BUFFER (MS-SMB2 2.2.13.2.2): the new file's descriptor; without
@@ -508,7 +535,7 @@ impl Conn {
             if clash {
                 if let Some(t) = &stream {
                     if t.created {
-                        let _ = std::fs::remove_file(&t.path);
+                        let _ = streams::remove_data(&t.path);
                     }
                     if t.base_created {
                         let _ = std::fs::remove_file(&res.abs);
@@ -567,6 +594,7 @@ impl Conn {
             durable,
             share_access: c.share_access & 0x7,
             fake_quota,
+            make_read_only,
         };
         crate::durable::purge_conflicting(
             stable_id,
@@ -604,43 +632,44 @@ impl Conn {
                 Outcome::Pending(aid)
             }
             Reply::Done(st) => {
-                Self::undo_create(&cont);
+                Self::undo_create(&self.shared.shares[cont.share].dir, &cont);
                 err(engine_status(st))
             }
             other => {
                 tracing::warn!(?other, "unexpected lock reply to open");
-                Self::undo_create(&cont);
+                Self::undo_create(&self.shared.shares[cont.share].dir, &cont);
                 err(status::INTERNAL_ERROR)
             }
         }
     }
 
-    fn undo_create(cont: &CreateCont) {
+    fn undo_create(dir: &ShareRoot, cont: &CreateCont) {
         if let Some(t) = &cont.stream {
             if t.created {
-                let _ = std::fs::remove_file(&t.path);
+                let _ = streams::remove_data(&t.path);
             }
             if t.base_created {
-                let _ = std::fs::remove_file(&cont.abs);
+                let _ = dir.unlink(&cont.rel, false);
             }
             return;
         }
         if cont.created_now {
-            let _ = if cont.is_dir {
-                std::fs::remove_dir(&cont.abs)
-            } else {
-                std::fs::remove_file(&cont.abs)
-            };
+            let _ = dir.unlink(&cont.rel, cont.is_dir);
         }
     }
 
     /// Access check of an existing object against its stored DACL (MS-FSA 2.1.5.1.2.1,
     /// MS-DTYP 2.5.3.2). DELETE may also come from FILE_DELETE_CHILD on the parent.
     /// Returns the access to grant (MAXIMUM_ALLOWED resolved to what the DACL allows).
-    fn check_stored_acl(path: &Path, access: u32, desired: u32) -> Result<u32, u32> {
+    fn check_stored_acl(
+        path: &Path,
+        access: u32,
+        desired: u32,
+        token: &crate::sd::Token,
+    ) -> Result<u32, u32> {
         const SYNCHRONIZE: u32 = 0x0010_0000;
         const DELETE_CHILD: u32 = 0x40;
-        let Some(mut granted) = crate::sd::load(path).granted() else {
+        let Some(mut granted) = crate::sd::load(path).granted(token) else {
             return Ok(access);
         };
         granted |= SYNCHRONIZE;
@@ -648,7 +677,7 @@ impl Conn {
             path.parent()
                 .map(|p| {
                     crate::sd::load(p)
-                        .granted()
+                        .granted(token)
                         .is_none_or(|g| g & DELETE_CHILD != 0)
                 })
                 .unwrap_or(false)
@@ -673,6 +702,7 @@ impl Conn {
     fn open_stream_target(
         &self,
         root: &Path,
+        share_dir: &ShareRoot,
         res: &fs::Resolved,
         sname: &str,
         c: &CreateRequest,
@@ -688,11 +718,13 @@ impl Conn {
             if read_only {
                 return Err(status::MEDIA_WRITE_PROTECTED);
             }
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&res.abs)
-                .map_err(|e| io_status(&e))?;
+            share_dir
+                .open_file(
+                    &res.rel,
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                    0o666,
+                )
+                .map_err(|e| path_status(&e))?;
             base_created = true;
             let attrs = c.file_attributes & !(fs::attr::NORMAL | fs::attr::DIRECTORY | ATTR_SPARSE);
             update_dos(&res.abs, |d, _| {
@@ -758,22 +790,29 @@ impl Conn {
         let read_only = self.shared.shares[cont.share].read_only;
         let mut file = None;
         if !cont.is_dir {
-            let data = cont.stream.as_ref().map_or(&cont.abs, |t| &t.path);
-            let f = OpenOptions::new()
-                .read(true)
-                .write(!read_only)
-                .open(data)
-                .or_else(|_| File::open(data));
+            let dir = &self.shared.shares[cont.share].dir;
+            let f = match &cont.stream {
+                // The user's access is checked on the base file; the stream's data lives in
+                // the root-owned depot (streams.rs).
+                Some(t) => open_checked(dir, &cont.rel, cont.access, read_only)
+                    .and_then(|_| streams::open_data(&t.path, !read_only)),
+                None => open_checked(dir, &cont.rel, cont.access, read_only),
+            };
             match f {
-                Ok(f) => file = Some(f),
+                Ok(f) => {
+                    if cont.make_read_only {
+                        let _ = f.set_permissions(std::fs::Permissions::from_mode(0o444));
+                    }
+                    file = Some(f)
+                }
                 Err(e) => {
                     let _ = self.shared.lock_request(
                         self.id,
                         0,
                         locking::Request::Close { open: lock_open },
                     );
-                    Self::undo_create(&cont);
-                    return (err(io_status(&e)), None);
+                    Self::undo_create(&self.shared.shares[cont.share].dir, &cont);
+                    return (err(path_status(&e)), None);
                 }
             }
         }
@@ -928,6 +967,7 @@ impl Conn {
                 durable,
                 locks: Vec::new(),
                 lock_seq: [0xFF; 64],
+                identity: crate::identity::current(),
             },
         );
         // The lock service keeps the durable state (durable.rs); without it there is none.
@@ -981,6 +1021,11 @@ impl Conn {
             }
         }
         let o = self.opens.remove(&v)?;
+        if let Some(id) = &o.identity {
+            // A delete-on-close unlinks with the opener's credentials, also when the close
+            // comes from a disconnect rather than from the opener's own request.
+            crate::identity::become_user(id);
+        }
         if let Some(lo) = o.lock_open {
             if let Reply::Closed { delete_file: true } =
                 self.shared
@@ -988,7 +1033,7 @@ impl Conn {
             {
                 if let Some(st) = &o.stream {
                     // Deleting a named stream leaves the base file alone.
-                    if let Err(e) = std::fs::remove_file(&st.path) {
+                    if let Err(e) = streams::remove_data(&st.path) {
                         tracing::debug!(path = ?st.path, %e, "stream delete on close failed");
                     }
                     return Some(o);
@@ -997,11 +1042,7 @@ impl Conn {
                     use std::os::unix::fs::MetadataExt;
                     m.ino()
                 });
-                let r = if o.is_dir {
-                    std::fs::remove_dir(&o.abs)
-                } else {
-                    std::fs::remove_file(&o.abs)
-                };
+                let r = self.shared.shares[o.share].dir.unlink(&o.rel, o.is_dir);
                 if let (Ok(()), Some(ino)) = (&r, ino) {
                     // The streams go with their file (MS-FSA 2.1.5.4).
                     streams::remove_all(&self.shared.shares[o.share].root, ino);
@@ -2591,6 +2632,10 @@ impl Conn {
             Ok(_) => return status::OBJECT_NAME_INVALID,
             Err(st) => return st,
         };
+        // The stream depot is not a name clients can take (streams.rs).
+        if comps.first().is_some_and(|c| streams::is_depot(c)) {
+            return status::ACCESS_DENIED;
+        }
         let root = self.shared.shares[o.share].root.clone();
         let target = match fs::resolve(&root, &comps) {
             Ok(t) => t,
@@ -2684,7 +2729,11 @@ impl Conn {
         } else {
             None
         };
-        if let Err(e) = std::fs::rename(&old, &target.abs) {
+        let old_rel = o.rel.clone();
+        if let Err(e) = self.shared.shares[o.share]
+            .dir
+            .rename(&old_rel, &target.rel)
+        {
             return io_status(&e);
         }
         if let Some(ino) = replaced_ino {
@@ -2865,6 +2914,15 @@ impl Conn {
                 else {
                     return;
                 };
+                // The deferred operation continues with its session's credentials.
+                if let Some(id) = self
+                    .pending
+                    .get(&aid)
+                    .and_then(|p| self.sessions.get(&p.session_id))
+                    .and_then(|s| s.identity.clone())
+                {
+                    crate::identity::become_user(&id);
+                }
                 let is_create = matches!(
                     self.pending.get(&aid).map(|p| &p.kind),
                     Some(PendingKind::Create(_))
@@ -2926,13 +2984,13 @@ impl Conn {
                             }
                         }
                         Reply::Done(st) => {
-                            Self::undo_create(&cont);
+                            Self::undo_create(&self.shared.shares[cont.share].dir, &cont);
                             let st = engine_status(st);
                             self.complete_async(aid, st, Response::Error { data: vec![] });
                             (st, None)
                         }
                         _ => {
-                            Self::undo_create(&cont);
+                            Self::undo_create(&self.shared.shares[cont.share].dir, &cont);
                             self.complete_async(
                                 aid,
                                 status::INTERNAL_ERROR,
@@ -2996,6 +3054,87 @@ fn fixed_part(it: u8, cls: u8) -> Option<usize> {
 }
 
 /// Read-modify-write the stored DOS info of `path`; `f` also gets the current mtime FILETIME.
+/// io_status for an operation on a client path: a path the kernel would not resolve beneath
+/// the share root (EXDEV from openat2 RESOLVE_BENEATH: a symlink or `..` leading out) is an
+/// access denial, not a cross-device error.
+fn path_status(e: &std::io::Error) -> u32 {
+    if e.raw_os_error() == Some(libc::EXDEV) {
+        status::ACCESS_DENIED
+    } else {
+        io_status(e)
+    }
+}
+
+/// Whether the calling thread's file-system identity may unlink or rename `path` away: write
+/// and search permission on its directory, and with the sticky bit set, ownership of the file
+/// or the directory (what the kernel checks at unlink time, asked before the fact).
+fn unix_may_delete(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let Some(parent) = path.parent() else {
+        return false;
+    };
+    let Ok(c) = std::ffi::CString::new(parent.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is NUL-terminated. AT_EACCESS makes the kernel check with the thread's
+    // current (fs) credentials instead of the real uid.
+    let rc = unsafe {
+        libc::faccessat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::W_OK | libc::X_OK,
+            libc::AT_EACCESS,
+        )
+    };
+    if rc != 0 {
+        return false;
+    }
+    let Ok(dir) = std::fs::metadata(parent) else {
+        return false;
+    };
+    if dir.mode() & 0o1000 == 0 {
+        return true;
+    }
+    let Some(me) = crate::identity::current() else {
+        return true;
+    };
+    me.uid == 0
+        || dir.uid() == me.uid
+        || std::fs::symlink_metadata(path).is_ok_and(|m| m.uid() == me.uid)
+}
+
+/// Open a file for a CREATE that was granted `access`, with the caller's credentials (the
+/// thread runs as the session's user, crate::identity), so the kernel's permission check
+/// backs the SMB one: a write-capable handle needs write permission, a read-capable one read
+/// permission (else ACCESS_DENIED, as Windows answers at CREATE time rather than at the
+/// first WRITE). A handle with neither data right (attributes, delete, security) still opens:
+/// with O_PATH when the file is not readable.
+fn open_checked(
+    dir: &ShareRoot,
+    rel: &Path,
+    access: u32,
+    read_only: bool,
+) -> std::io::Result<File> {
+    const EXECUTE: u32 = 0x20;
+    let want_write = !read_only && access & (WRITE_DATA | APPEND_DATA) != 0;
+    let want_read = access & (READ_DATA | EXECUTE) != 0;
+    let denied = |e: &std::io::Error| e.raw_os_error() == Some(libc::EACCES);
+    if !read_only {
+        match dir.open_file(rel, libc::O_RDWR, 0) {
+            Ok(f) => return Ok(f),
+            Err(e) if want_write && denied(&e) => return Err(e),
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => return Err(e),
+            Err(_) => {}
+        }
+    }
+    match dir.open_file(rel, libc::O_RDONLY, 0) {
+        Ok(f) => Ok(f),
+        Err(e) if want_read || want_write || !denied(&e) => Err(e),
+        Err(_) => dir.open_file(rel, libc::O_PATH, 0),
+    }
+}
+
 fn update_dos(path: &Path, f: impl FnOnce(&mut crate::dosattr::DosInfo, u64)) {
     let Ok(m) = std::fs::metadata(path) else {
         return;

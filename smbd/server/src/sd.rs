@@ -208,20 +208,26 @@ pub fn store(path: &Path, p: &Parts) -> std::io::Result<()> {
     if buf.len() > MAX_LEN {
         return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
     }
-    // SAFETY: `c` and NAME are NUL-terminated; `buf` holds buf.len() readable bytes.
-    let rc = unsafe {
-        libc::lsetxattr(
-            c.as_ptr(),
-            NAME.as_ptr().cast(),
-            buf.as_ptr().cast(),
-            buf.len(),
-            0,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    // Privileged after the handle's access check (crate::identity): the owner of a
+    // read-only file may still change its attributes and descriptor.
+    crate::identity::as_root(|| {
+        // SAFETY: `c` and NAME are NUL-terminated; `buf` holds buf.len() readable bytes.
+        let rc = unsafe {
+            libc::lsetxattr(
+                c.as_ptr(),
+                NAME.as_ptr().cast(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                0,
+            )
+        };
+        // errno is read before the identity switches back.
+        if rc != 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    })
 }
 
 const EVERYONE_SID: &[u8] = &EVERYONE;
@@ -271,23 +277,76 @@ fn aces(acl: &[u8]) -> Vec<Ace<'_>> {
     out
 }
 
-/// Whether the caller's token holds `sid`. Users are not mapped to SIDs, so the token is
-/// Everyone plus Authenticated Users (CREATOR OWNER never matches on an object itself).
-fn in_token(sid: &[u8]) -> bool {
-    sid == EVERYONE_SID || sid == AUTHENTICATED_USERS
+/// A SID of Samba's Unix mapping: S-1-22-1-uid for users, S-1-22-2-gid for groups.
+fn unix_sid(kind: u32, id: u32) -> Vec<u8> {
+    let mut v = vec![1, 2, 0, 0, 0, 0, 0, 22];
+    v.extend_from_slice(&kind.to_le_bytes());
+    v.extend_from_slice(&id.to_le_bytes());
+    v
+}
+
+/// S-1-22-1-uid: the SID a Unix user appears as (Samba's mapping of unmapped Unix users).
+pub fn unix_user_sid(uid: u32) -> Vec<u8> {
+    unix_sid(1, uid)
+}
+
+/// S-1-22-2-gid: the SID a Unix group appears as.
+pub fn unix_group_sid(gid: u32) -> Vec<u8> {
+    unix_sid(2, gid)
+}
+
+/// The caller's security token (MS-DTYP 2.5.2): who an access check is made for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Token {
+    /// An anonymous (null) session: holds Everyone only, never Authenticated Users
+    /// (MS-DTYP 2.4.2.4: S-1-5-11 is for authenticated logons; Windows leaves the anonymous
+    /// token out of Everyone too unless EveryoneIncludesAnonymous, Samba keeps it in).
+    pub anonymous: bool,
+    /// The user's SID (S-1-22-1-uid), when known.
+    pub user: Option<Vec<u8>>,
+    /// Group SIDs (S-1-22-2-gid).
+    pub groups: Vec<Vec<u8>>,
+}
+
+impl Token {
+    /// The token of a Unix identity.
+    pub fn of_unix(uid: u32, gids: impl IntoIterator<Item = u32>, anonymous: bool) -> Token {
+        Token {
+            anonymous,
+            user: Some(unix_user_sid(uid)),
+            groups: gids.into_iter().map(unix_group_sid).collect(),
+        }
+    }
+
+    /// Whether the token holds `sid` (CREATOR OWNER never matches on an object itself).
+    fn holds(&self, sid: &[u8]) -> bool {
+        sid == EVERYONE_SID
+            || (sid == AUTHENTICATED_USERS && !self.anonymous)
+            || self.user.as_deref() == Some(sid)
+            || self.groups.iter().any(|g| g == sid)
+    }
 }
 
 impl Parts {
-    /// Access the DACL grants the caller (MS-DTYP 2.5.3.2, simplified: ACCESS_ALLOWED and
-    /// ACCESS_DENIED ACEs in order, every caller is treated as the owner and so always gets
-    /// READ_CONTROL and WRITE_DAC). `None` when there is no stored DACL or a NULL DACL:
-    /// then nothing is restricted.
-    pub fn granted(&self) -> Option<u32> {
+    /// Access the DACL grants `token` (MS-DTYP 2.5.3.2, simplified: ACCESS_ALLOWED and
+    /// ACCESS_DENIED ACEs in order; the owner always gets READ_CONTROL and WRITE_DAC). The
+    /// owner is the stored owner SID; without one (or with the default owner Everyone) every
+    /// authenticated caller counts as owner, the kernel's own checks on the file then decide.
+    /// `None` when there is no stored DACL or a NULL DACL: then nothing is restricted.
+    pub fn granted(&self, token: &Token) -> Option<u32> {
         let acl = self.dacl.as_ref()?.as_ref()?;
-        let mut granted = READ_CONTROL | WRITE_DAC;
+        let is_owner = match &self.owner {
+            Some(o) if o.as_slice() != EVERYONE_SID => token.holds(o),
+            _ => !token.anonymous,
+        };
+        let mut granted = if is_owner {
+            READ_CONTROL | WRITE_DAC
+        } else {
+            0
+        };
         let mut denied = 0u32;
         for a in aces(acl) {
-            if a.flags & ACE_INHERIT_ONLY != 0 || !in_token(a.sid) {
+            if a.flags & ACE_INHERIT_ONLY != 0 || !token.holds(a.sid) {
                 continue;
             }
             match a.ty {
@@ -402,15 +461,49 @@ mod tests {
         a
     }
 
+    fn user() -> Token {
+        Token::of_unix(1000, [1000], false)
+    }
+
+    #[test]
+    fn anonymous_is_not_an_authenticated_user() {
+        let p = Parts {
+            dacl: Some(Some(acl(&[(0, 0, 0x1_0003, &AUTHENTICATED_USERS)]))),
+            ..Default::default()
+        };
+        assert_eq!(
+            p.granted(&user()),
+            Some(0x1_0003 | READ_CONTROL | WRITE_DAC)
+        );
+        let anon = Token::of_unix(65534, [65534], true);
+        assert_eq!(p.granted(&anon), Some(0));
+        // A user's own SID and group SIDs match; another user's do not, and only the stored
+        // owner gets the owner rights.
+        let mine = Parts {
+            owner: Some(unix_user_sid(1000)),
+            dacl: Some(Some(acl(&[
+                (0, 0, 0x1, &unix_user_sid(1000)),
+                (0, 0, 0x2, &unix_group_sid(1000)),
+                (0, 0, 0x4, &unix_user_sid(1001)),
+            ]))),
+            ..Default::default()
+        };
+        assert_eq!(mine.granted(&user()), Some(0x3 | READ_CONTROL | WRITE_DAC));
+        assert_eq!(mine.granted(&Token::of_unix(1001, [5], false)), Some(0x4));
+    }
+
     #[test]
     fn access_evaluation() {
         let creator_owner: &[u8] = &[1, 1, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0];
-        assert_eq!(Parts::default().granted(), None);
+        assert_eq!(Parts::default().granted(&user()), None);
         let p = Parts {
             dacl: Some(Some(acl(&[(0, 0, 0x1_0003, EVERYONE_SID)]))),
             ..Default::default()
         };
-        assert_eq!(p.granted(), Some(0x1_0003 | READ_CONTROL | WRITE_DAC));
+        assert_eq!(
+            p.granted(&user()),
+            Some(0x1_0003 | READ_CONTROL | WRITE_DAC)
+        );
         // Deny before allow wins; CREATOR OWNER and inherit-only ACEs do not apply.
         let p = Parts {
             dacl: Some(Some(acl(&[
@@ -421,7 +514,7 @@ mod tests {
             ]))),
             ..Default::default()
         };
-        assert_eq!(p.granted(), Some(0x1 | READ_CONTROL | WRITE_DAC));
+        assert_eq!(p.granted(&user()), Some(0x1 | READ_CONTROL | WRITE_DAC));
     }
 
     #[test]
@@ -435,9 +528,9 @@ mod tests {
             ..Default::default()
         };
         let file = parent.inherit(false).unwrap();
-        assert_eq!(file.granted(), Some(0x1 | READ_CONTROL | WRITE_DAC));
+        assert_eq!(file.granted(&user()), Some(0x1 | READ_CONTROL | WRITE_DAC));
         let dir = parent.inherit(true).unwrap();
-        assert_eq!(dir.granted(), Some(0x2 | READ_CONTROL | WRITE_DAC));
+        assert_eq!(dir.granted(&user()), Some(0x2 | READ_CONTROL | WRITE_DAC));
         assert_eq!(Parts::default().inherit(false), None);
     }
 

@@ -86,7 +86,10 @@ impl Server {
         locks: Box<dyn LockService>,
     ) -> Result<Server, ServerError> {
         let users = match &config.server.users {
-            Some(p) => UserDb::load(p).map_err(|e| ServerError::Users(e.to_string()))?,
+            Some(p) => {
+                lockmgr_proto::private_file::check_private_file(p).map_err(ServerError::Users)?;
+                UserDb::load(p).map_err(|e| ServerError::Users(e.to_string()))?
+            }
             None => UserDb::new(),
         };
         let cluster_fs_id = config.cluster_fs_id()?;
@@ -99,12 +102,33 @@ impl Server {
             let fs_id = cluster_fs_id
                 .or_else(|| crate::fs::statfs_fsid(&root))
                 .unwrap_or(0);
+            let mut valid_users = Vec::new();
+            let mut valid_groups = Vec::new();
+            for v in &s.valid_users {
+                match v.strip_prefix('@') {
+                    Some(g) => {
+                        valid_groups.push(crate::identity::lookup_group(g).map_err(|e| {
+                            ConfigError::Invalid(format!("share {} valid_users: {e}", s.name))
+                        })?)
+                    }
+                    None => valid_users.push(v.clone()),
+                }
+            }
+            let dir =
+                crate::beneath::ShareRoot::open(&root).map_err(|source| ServerError::Share {
+                    name: s.name.clone(),
+                    source,
+                })?;
             shares.push(Share {
                 name: s.name.clone(),
+                dir: Arc::new(dir),
                 root,
                 read_only: s.read_only,
                 encrypt: s.encrypt,
                 fs_id,
+                valid_users,
+                valid_groups,
+                guest_ok: s.guest_ok,
             });
         }
         let mut addrs: Vec<SocketAddr> = config.server.listen.clone();

@@ -24,6 +24,34 @@ pub struct Share {
     pub encrypt: bool,
     /// Filesystem identity mixed into stable file ids.
     pub fs_id: u64,
+    /// The root held open: operations on client paths resolve beneath it (crate::beneath).
+    pub dir: Arc<crate::beneath::ShareRoot>,
+    /// Users (upper-cased names) and groups allowed in; both empty: every configured user.
+    pub valid_users: Vec<String>,
+    pub valid_groups: Vec<u32>,
+    /// Anonymous sessions may connect.
+    pub guest_ok: bool,
+}
+
+impl Share {
+    /// Whether a session may connect to this share.
+    pub fn admits(
+        &self,
+        user: &str,
+        anonymous: bool,
+        identity: Option<&crate::identity::UnixIdentity>,
+    ) -> bool {
+        if anonymous {
+            return self.guest_ok;
+        }
+        if self.valid_users.is_empty() && self.valid_groups.is_empty() {
+            return true;
+        }
+        self.valid_users
+            .iter()
+            .any(|u| u.eq_ignore_ascii_case(user))
+            || identity.is_some_and(|id| self.valid_groups.iter().any(|&g| id.in_group(g)))
+    }
 }
 
 /// Something a connection must react to that did not come from its own socket.
@@ -135,6 +163,8 @@ pub struct Shared {
     pub config: Config,
     pub shares: Vec<Share>,
     pub users: Arc<UserDb>,
+    /// The Unix identity of every user and of the guest account (crate::identity).
+    pub identities: crate::identity::Identities,
     pub server_guid: [u8; 16],
     pub start_time: u64,
     pub mailboxes: Vec<Mailbox>,
@@ -181,9 +211,12 @@ impl Shared {
         for _ in 0..workers.max(1) {
             mailboxes.push(Mailbox::new()?);
         }
+        let identities = crate::identity::Identities::resolve(&users, &config.server.guest_account)
+            .map_err(std::io::Error::other)?;
         Ok(Shared {
             config,
             shares,
+            identities,
             users: Arc::new(users),
             server_guid: rand::random(),
             start_time: crate::fs::now_filetime(),

@@ -7,6 +7,11 @@
 //! depot; a delete through this server removes the inode's depot entry (and a newly created
 //! file clears a stale one left by an inode number reused after an outside delete).
 //!
+//! Ownership: the depot belongs to root (mode 0700) whatever user the request runs as, and
+//! every depot access runs with root's file-system credentials ([`crate::identity::as_root`]):
+//! users reach stream data only through SMB, whose access check is made on the base file
+//! with the user's own credentials before a stream is opened (ops.rs, open_stream_data).
+//!
 //! Limits: streams of files deleted or replaced outside this server leak until the inode
 //! number is reused by a new file created here; streams live on the share root's
 //! filesystem, so a share spanning several filesystems could see inode collisions; the
@@ -90,6 +95,42 @@ pub fn depot_dir(root: &Path, ino: u64) -> PathBuf {
     root.join(DEPOT).join(format!("{ino:x}"))
 }
 
+/// Whether the depot at `root` is the server's own: a real directory (no symlink), owned by
+/// the server's user and closed to everyone else. Anything else under that name (a user put
+/// it there outside SMB) is never used: privileged depot access must not follow it.
+fn depot_trusted(root: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::symlink_metadata(root.join(DEPOT)) {
+        Ok(m) => {
+            let ours = m.is_dir() && m.uid() == process_euid();
+            if ours && m.mode() & 0o077 != 0 {
+                // A depot made by an earlier version (mode 0755): close it.
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(
+                    root.join(DEPOT),
+                    std::fs::Permissions::from_mode(0o700),
+                );
+            }
+            let ok = ours;
+            if !ok {
+                tracing::warn!(root = %root.display(), "stream depot is not the server's own; named streams refused");
+            }
+            ok
+        }
+        Err(_) => false,
+    }
+}
+
+fn process_euid() -> u32 {
+    // The owner of /proc/self is the process's effective uid (no unsafe needed).
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map_or(0, |m| m.uid())
+}
+
+fn untrusted() -> std::io::Error {
+    std::io::Error::from_raw_os_error(libc::EACCES)
+}
+
 /// One stored stream.
 #[derive(Debug, Clone)]
 pub struct StreamEntry {
@@ -102,7 +143,14 @@ pub struct StreamEntry {
 
 /// All named streams of inode `ino`, sorted by name.
 pub fn list(root: &Path, ino: u64) -> Vec<StreamEntry> {
+    crate::identity::as_root(|| list_privileged(root, ino))
+}
+
+fn list_privileged(root: &Path, ino: u64) -> Vec<StreamEntry> {
     use std::os::unix::fs::MetadataExt;
+    if !depot_trusted(root) {
+        return Vec::new();
+    }
     let Ok(rd) = std::fs::read_dir(depot_dir(root, ino)) else {
         return Vec::new();
     };
@@ -133,20 +181,56 @@ pub fn find(root: &Path, ino: u64, name: &str) -> Option<StreamEntry> {
 
 /// Create an empty stream; fails with `AlreadyExists` if the exact name exists.
 pub fn create(root: &Path, ino: u64, name: &str) -> std::io::Result<PathBuf> {
-    let dir = depot_dir(root, ino);
-    std::fs::create_dir_all(&dir)?;
-    let p = dir.join(encode(name));
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&p)?;
-    Ok(p)
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    crate::identity::as_root(|| {
+        let depot = root.join(DEPOT);
+        match std::fs::DirBuilder::new().mode(0o700).create(&depot) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        if !depot_trusted(root) {
+            return Err(untrusted());
+        }
+        let dir = depot_dir(root, ino);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(&dir)?;
+        let p = dir.join(encode(name));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&p)?;
+        Ok(p)
+    })
+}
+
+/// Open a stream's data file (privileged: see the module documentation; the caller has
+/// checked the access on the base file).
+pub fn open_data(path: &Path, write: bool) -> std::io::Result<std::fs::File> {
+    crate::identity::as_root(|| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(path)
+            .or_else(|_| std::fs::File::open(path))
+    })
+}
+
+/// Delete one stream's data file (privileged, as [`open_data`]).
+pub fn remove_data(path: &Path) -> std::io::Result<()> {
+    crate::identity::as_root(|| std::fs::remove_file(path))
 }
 
 /// Remove every stream of inode `ino` (the base object is gone or was replaced).
 pub fn remove_all(root: &Path, ino: u64) {
     let dir = depot_dir(root, ino);
-    match std::fs::remove_dir_all(&dir) {
+    if !crate::identity::as_root(|| depot_trusted(root)) {
+        return;
+    }
+    match crate::identity::as_root(|| std::fs::remove_dir_all(&dir)) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => tracing::debug!(?dir, %e, "removing stream depot entry"),

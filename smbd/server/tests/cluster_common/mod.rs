@@ -123,6 +123,7 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     pub client_conf: PathBuf,
     break_timeout_ms: Option<u64>,
+    server_extra: String,
 }
 
 #[derive(Clone)]
@@ -135,6 +136,8 @@ pub struct ClusterOptions {
     pub break_timeout_ms: Option<u64>,
     /// How nodes reach lockmgrd.
     pub transport: LockTransportKind,
+    /// Extra `[server]` lines of every node (the default configuration otherwise).
+    pub server_extra: String,
 }
 
 impl Default for ClusterOptions {
@@ -144,6 +147,7 @@ impl Default for ClusterOptions {
             shared_lockmgr: true,
             break_timeout_ms: None,
             transport: LockTransportKind::Shm,
+            server_extra: String::new(),
         }
     }
 }
@@ -159,10 +163,13 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let share = dir.path().join("share");
         std::fs::create_dir(&share).unwrap();
+        give_share_to_test_users(dir.path(), &share);
         let users = dir.path().join("users");
-        std::fs::write(&users, format!("{USER}:{PASS}\n{USER2}:{PASS2}\n")).unwrap();
+        write_users_file(&users, &[(USER, PASS), (USER2, PASS2)]);
         let key = dir.path().join("cluster.key");
         std::fs::write(&key, rand_key()).unwrap();
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         let socket = dir.path().join("lockmgr.sock");
         let client_conf = dir.path().join("client.conf");
         std::fs::write(
@@ -210,6 +217,7 @@ impl Cluster {
             nodes: Vec::new(),
             client_conf,
             break_timeout_ms: opts.break_timeout_ms,
+            server_extra: opts.server_extra.clone(),
         };
         if opts.shared_lockmgr {
             cluster.start_lockmgrd();
@@ -241,9 +249,10 @@ impl Cluster {
     fn start_node(&self, name: &str, users: &Path, shared: bool) -> Node {
         let cfg = self.dir.path().join(format!("{name}.toml"));
         let mut text = format!(
-            "[server]\nnetbios_name = \"{}\"\nusers = \"{}\"\ncluster_fs_id = \"{FS_ID}\"\n\n[[share]]\nname = \"{SHARE}\"\npath = \"{}\"\n",
+            "[server]\nnetbios_name = \"{}\"\nusers = \"{}\"\ncluster_fs_id = \"{FS_ID}\"\n{}\n\n[[share]]\nname = \"{SHARE}\"\npath = \"{}\"\n",
             name.to_uppercase(),
             users.display(),
+            self.server_extra,
             self.share.display()
         );
         if shared {

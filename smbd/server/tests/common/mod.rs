@@ -10,7 +10,6 @@ pub const USER: &str = "alice";
 pub const PASS: &str = "secret";
 pub const USER2: &str = "bob";
 pub const PASS2: &str = "pass2";
-
 pub struct TestServer {
     pub child: Option<Child>,
     pub port: u16,
@@ -24,6 +23,10 @@ pub struct Options {
     pub encrypt_share: bool,
     pub global_encrypt: bool,
     pub signing_required: bool,
+    /// Extra `[server]` lines.
+    pub server_extra: String,
+    /// Extra lines of the `data` share.
+    pub share_extra: String,
 }
 
 include!("../support/tools.rs");
@@ -33,22 +36,21 @@ impl TestServer {
         let dir = tempfile::tempdir().unwrap();
         let share = dir.path().join("share");
         std::fs::create_dir(&share).unwrap();
+        give_share_to_test_users(dir.path(), &share);
         let users = dir.path().join("users");
-        std::fs::write(
-            &users,
-            format!("# test users\n{USER}:{PASS}\n{USER2}:{PASS2}\n"),
-        )
-        .unwrap();
+        write_users_file(&users, &[(USER, PASS), (USER2, PASS2)]);
         let cfg = dir.path().join("smbd.toml");
         std::fs::write(
             &cfg,
             format!(
-                "[server]\nnetbios_name = \"TESTSRV\"\nusers = \"{}\"\nencrypt = {}\nsigning_required = {}\n\n[[share]]\nname = \"data\"\npath = \"{}\"\nencrypt = {}\n",
+                "[server]\nnetbios_name = \"TESTSRV\"\nusers = \"{}\"\nencrypt = {}\nsigning_required = {}\n{}\n[[share]]\nname = \"data\"\npath = \"{}\"\nencrypt = {}\n{}\n",
                 users.display(),
                 opts.global_encrypt,
                 opts.signing_required,
+                opts.server_extra,
                 share.display(),
-                opts.encrypt_share
+                opts.encrypt_share,
+                opts.share_extra,
             ),
         )
         .unwrap();

@@ -115,3 +115,39 @@ pub fn check_suite(
         logs()
     );
 }
+
+/// The Unix ids the test users are mapped to (not root: files created over SMB must belong
+/// to them). Both users share one uid so smbtorture's two-user tests can open each other's
+/// files as they can on the reference Samba setup's shared test directory.
+pub const TEST_UID: u32 = 30001;
+pub const TEST_GID: u32 = 30000;
+
+/// The users file text for `users` (name, password), all mapped to TEST_UID/TEST_GID.
+pub fn users_file_text(users: &[(&str, &str)]) -> String {
+    let mut db = smb_auth::users::UserDb::new();
+    for (u, p) in users {
+        let ids = smb_auth::users::UnixIds {
+            uid: Some(TEST_UID),
+            gid: Some(TEST_GID),
+            groups: Vec::new(),
+        };
+        db.add_entry(u, smb_auth::users::nt_hash_of_password(p), ids);
+    }
+    db.to_file_text()
+}
+
+/// Write a private users file (smbd refuses one that group or others can read).
+pub fn write_users_file(path: &std::path::Path, users: &[(&str, &str)]) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, users_file_text(users)).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// Make `share` (inside the test's temporary directory `top`) usable by the test users: the
+/// temporary directory traversable, the share owned by them.
+pub fn give_share_to_test_users(top: &std::path::Path, share: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(top, std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::os::unix::fs::chown(share, Some(TEST_UID), Some(TEST_GID)).unwrap();
+    std::fs::set_permissions(share, std::fs::Permissions::from_mode(0o775)).unwrap();
+}
