@@ -10,8 +10,9 @@
 //!
 //! The datagram transports (udp, afpacket, afxdp) MAC every frame (AES-GMAC, see
 //! `lockmgr_transport::fabric`). `--fabric-mac both` (the default) measures them with and
-//! without the MAC in the same run, so the MAC's cost reads directly off the two reports;
-//! `off` is an INSECURE baseline that exists only here (the in-process servers), never in
+//! without the MAC in the same run, alternating `--rounds` times and merging each side's rounds
+//! (so a load change on a shared machine hits both alike), and prints the difference; `off` is
+//! an INSECURE baseline that exists only here (the in-process servers), never in
 //! lockmgrd.
 //!
 //! `afpacket` / `afxdp` need `--netns` (and root): lockbench creates throw-away network
@@ -34,6 +35,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use hdrhistogram::Histogram;
 use lockbench::lockload::{self, LoadResult, LoadSpec, Op, Pattern};
 use lockbench::report::{new_histogram, record, Percentiles};
 use lockmgr_client::{ClientOptions, LockClient};
@@ -141,6 +143,10 @@ struct Cli {
     /// udp/afpacket/afxdp: frame MACs on, off (INSECURE baseline), or both in one run.
     #[arg(long, value_enum, default_value = "both")]
     fabric_mac: MacArg,
+    /// With `--fabric-mac both`: alternate off and on this many times (each round gets
+    /// `duration / rounds` and `raw_rounds / rounds`), merging each one's rounds.
+    #[arg(long, default_value_t = 4)]
+    rounds: usize,
     /// Print one JSON object per run instead of text.
     #[arg(long)]
     json: bool,
@@ -213,17 +219,90 @@ fn lock_frame_len() -> usize {
     w.finish()
 }
 
-fn percentiles_of(samples: &[u64]) -> Percentiles {
+fn histogram_of(samples: &[u64]) -> Histogram<u64> {
     let mut h = new_histogram();
     for &s in samples {
         record(&mut h, s);
     }
-    Percentiles::of(&h)
+    h
 }
 
-struct Baseline {
-    raw: Percentiles,
-    transport: Percentiles,
+/// One measurement with its histograms, so rounds can be merged.
+struct Measured {
+    report: JsonReport,
+    raw: Histogram<u64>,
+    transport: Histogram<u64>,
+    load: Histogram<u64>,
+}
+
+/// The report of several rounds of one configuration: histograms merged, counts summed.
+fn merge(rounds: Vec<Measured>) -> Result<JsonReport, String> {
+    let mut it = rounds.into_iter();
+    let first = it.next().ok_or("no rounds")?;
+    let (mut raw, mut transport, mut load) = (first.raw, first.transport, first.load);
+    let mut r = first.report;
+    for m in it {
+        let add = |a: &mut Histogram<u64>, b: &Histogram<u64>| {
+            a.add(b).map_err(|e| format!("merging histograms: {e}"))
+        };
+        add(&mut raw, &m.raw)?;
+        add(&mut transport, &m.transport)?;
+        add(&mut load, &m.load)?;
+        r.ops += m.report.ops;
+        r.conflicts += m.report.conflicts;
+        r.duration_s += m.report.duration_s;
+    }
+    let (p, rp, tp) = (
+        Percentiles::of(&load),
+        Percentiles::of(&raw),
+        Percentiles::of(&transport),
+    );
+    r.throughput_ops_per_s = r.ops as f64 / r.duration_s.max(1e-9);
+    r.p50_ns = p.p50_ns;
+    r.p90_ns = p.p90_ns;
+    r.p99_ns = p.p99_ns;
+    r.p999_ns = p.p999_ns;
+    r.max_ns = p.max_ns;
+    r.mean_ns = p.mean_ns;
+    r.raw_p50_ns = rp.p50_ns;
+    r.raw_p99_ns = rp.p99_ns;
+    r.raw_transport_p50_ns = tp.p50_ns;
+    r.raw_transport_p99_ns = tp.p99_ns;
+    r.ratio_p50 = p.p50_ns as f64 / rp.p50_ns.max(1) as f64;
+    r.ratio_p50_vs_transport = p.p50_ns as f64 / tp.p50_ns.max(1) as f64;
+    Ok(r)
+}
+
+/// `--fabric-mac`: the runs to make, each as `measure(mac, cli_of_the_round)`. With both, the
+/// two configurations alternate `--rounds` times with a share of the duration each, and each
+/// one's rounds are merged: load changes on a shared machine then hit both alike, instead of
+/// whichever happened to run second.
+fn mac_runs(
+    cli: &Cli,
+    mut measure: impl FnMut(bool, &Cli) -> Result<Measured, String>,
+) -> Result<Vec<JsonReport>, String> {
+    let modes = cli.fabric_mac.runs();
+    let rounds = if modes.len() > 1 {
+        cli.rounds.max(1)
+    } else {
+        1
+    };
+    let mut round_cli = cli.clone();
+    round_cli.duration = cli.duration / rounds as f64;
+    round_cli.raw_rounds = (cli.raw_rounds / rounds).max(1000);
+    let mut per_mode: Vec<Vec<Measured>> = modes.iter().map(|_| Vec::new()).collect();
+    for _ in 0..rounds {
+        for (i, &mac) in modes.iter().enumerate() {
+            per_mode[i].push(measure(mac, &round_cli)?);
+        }
+    }
+    let mut out = Vec::new();
+    for (i, rounds) in per_mode.into_iter().enumerate() {
+        let mut r = merge(rounds)?;
+        r.fabric_mac = Some(modes[i]);
+        out.push(r);
+    }
+    Ok(out)
 }
 
 fn server_options() -> ServerOptions {
@@ -250,25 +329,25 @@ fn bench<S, C>(
     make_server: impl Fn() -> Result<S, String>,
     make_client: impl Fn() -> Result<C, String> + Sync,
     raw_fn: &dyn Fn(usize, usize, usize) -> Result<Vec<u64>, lockmgr_transport::TransportError>,
-) -> Result<JsonReport, String>
+) -> Result<Measured, String>
 where
     S: ServerTransport + 'static,
     C: ClientTransport + 'static,
 {
     let msg_len = lock_frame_len();
     // 1. Baselines: the raw mechanism, then the transport's own framing through an echo server.
-    let raw = percentiles_of(
+    let raw_hist = histogram_of(
         &raw_fn(cli.raw_rounds, cli.raw_rounds / 10, msg_len).map_err(|e| e.to_string())?,
     );
     let echo = raw::EchoServer::spawn(make_server()?);
     let mut tc = make_client()?;
-    let transport = percentiles_of(
+    let transport_hist = histogram_of(
         &raw::transport_pingpong(&mut tc, cli.raw_rounds / 2, cli.raw_rounds / 20, msg_len)
             .map_err(|e| e.to_string())?,
     );
     drop(tc);
     echo.stop().map_err(|e| e.to_string())?;
-    let baseline = Baseline { raw, transport };
+    let (raw, transport) = (Percentiles::of(&raw_hist), Percentiles::of(&transport_hist));
 
     // 2. The lock manager in a server thread.
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -288,7 +367,7 @@ where
     let (load, elapsed) = result?;
     let p = Percentiles::of(&load.hist);
     let secs = elapsed.as_secs_f64().max(1e-9);
-    Ok(JsonReport {
+    let report = JsonReport {
         transport: cli.transport,
         fabric_mac: None,
         op: cli.op,
@@ -308,12 +387,18 @@ where
         max_ns: p.max_ns,
         mean_ns: p.mean_ns,
         raw_msg_bytes: msg_len,
-        raw_p50_ns: baseline.raw.p50_ns,
-        raw_p99_ns: baseline.raw.p99_ns,
-        raw_transport_p50_ns: baseline.transport.p50_ns,
-        raw_transport_p99_ns: baseline.transport.p99_ns,
-        ratio_p50: p.p50_ns as f64 / baseline.raw.p50_ns.max(1) as f64,
-        ratio_p50_vs_transport: p.p50_ns as f64 / baseline.transport.p50_ns.max(1) as f64,
+        raw_p50_ns: raw.p50_ns,
+        raw_p99_ns: raw.p99_ns,
+        raw_transport_p50_ns: transport.p50_ns,
+        raw_transport_p99_ns: transport.p99_ns,
+        ratio_p50: p.p50_ns as f64 / raw.p50_ns.max(1) as f64,
+        ratio_p50_vs_transport: p.p50_ns as f64 / transport.p50_ns.max(1) as f64,
+    };
+    Ok(Measured {
+        report,
+        raw: raw_hist,
+        transport: transport_hist,
+        load: load.hist,
     })
 }
 
@@ -480,10 +565,10 @@ fn run(cli: Cli) -> Result<(), String> {
             };
             let r = bench(&cli, make_server, make_client, &raw::shm_pingpong);
             let _ = std::fs::remove_dir_all(&dir);
-            reports.push(r?);
+            reports.push(r?.report);
         }
         TransportArg::Udp => {
-            for &mac in cli.fabric_mac.runs() {
+            reports = mac_runs(&cli, |mac, cli| {
                 let addr = std::sync::Mutex::new(None);
                 let cfg: UdpConfig = reliable_config(spin, mac);
                 let make_server = || {
@@ -500,10 +585,8 @@ fn run(cli: Cli) -> Result<(), String> {
                         .ok_or("no server")?;
                     UdpClient::connect(a, cfg).map_err(|e| format!("udp connect: {e}"))
                 };
-                let mut r = bench(&cli, make_server, make_client, &raw::udp_pingpong)?;
-                r.fabric_mac = Some(mac);
-                reports.push(r);
-            }
+                bench(cli, make_server, make_client, &raw::udp_pingpong)
+            })?;
         }
         TransportArg::Afpacket | TransportArg::Afxdp => {
             if !cli.netns {
@@ -515,19 +598,20 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             // The preloading session of --held stays connected: it needs its own host.
             let topo = Topo::new(cli.clients + usize::from(cli.held > 0))?;
-            for &mac in cli.fabric_mac.runs() {
+            let topo = &topo;
+            reports = mac_runs(&cli, |mac, cli| {
                 let cfg = reliable_config(spin, mac);
-                let mut r = if cli.transport == TransportArg::Afpacket {
+                if cli.transport == TransportArg::Afpacket {
                     let raw_fn = |rounds, warmup, len| {
                         let (echo, client) = topo.links(PacketLink::open)?;
                         raw::link_pingpong(echo, client, MAC_A, rounds, warmup, len)
                     };
                     bench(
-                        &cli,
+                        cli,
                         || topo.in_server(move |eth| PacketServer::open(eth, cfg)),
                         || topo.in_next_client(move |eth| PacketClient::connect(eth, MAC_A, cfg)),
                         &raw_fn,
-                    )?
+                    )
                 } else {
                     let opts = lockmgr_transport::afxdp::XdpOptions::default();
                     let raw_fn = |rounds, warmup, len| {
@@ -535,7 +619,7 @@ fn run(cli: Cli) -> Result<(), String> {
                         raw::link_pingpong(echo, client, MAC_A, rounds, warmup, len)
                     };
                     bench(
-                        &cli,
+                        cli,
                         || topo.in_server(move |eth| XdpServer::open(eth, &opts, cfg)),
                         || {
                             topo.in_next_client(move |eth| {
@@ -543,11 +627,9 @@ fn run(cli: Cli) -> Result<(), String> {
                             })
                         },
                         &raw_fn,
-                    )?
-                };
-                r.fabric_mac = Some(mac);
-                reports.push(r);
-            }
+                    )
+                }
+            })?;
         }
         TransportArg::Rdma => reports.push(bench_rdma(&cli, spin)?),
     }
@@ -633,7 +715,7 @@ fn bench_rdma(cli: &Cli, spin: SpinConfig) -> Result<JsonReport, String> {
             lockmgr_transport::TransportError::from(e)
         })
     };
-    bench(cli, make_server, make_client, &raw_fn)
+    bench(cli, make_server, make_client, &raw_fn).map(|m| m.report)
 }
 
 /// Namespaces for a raw-Ethernet run; removed on drop.
