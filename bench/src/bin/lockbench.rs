@@ -5,7 +5,15 @@
 //! lockbench --transport shm|udp|afpacket|afxdp|rdma [--netns] [--clients N] [--duration S] [--rate R]
 //!           [--pattern uncontended|hot|zipf] [--op lock|open|mixed] [--held N] [--batch B] [--json]
 //!           [--rdma-device NAME] [--rdma-port N] [--gid-index N] [--listen-ip IP]
+//!           [--fabric-mac on|off|both]
 //! ```
+//!
+//! The datagram transports (udp, afpacket, afxdp) MAC every frame (AES-GMAC, see
+//! `lockmgr_transport::fabric`). `--fabric-mac both` (the default) measures them with and
+//! without the MAC in the same run, alternating `--rounds` times and merging each side's rounds
+//! (so a load change on a shared machine hits both alike), and prints the difference; `off` is
+//! an INSECURE baseline that exists only here (the in-process servers), never in
+//! lockmgrd.
 //!
 //! `afpacket` / `afxdp` need `--netns` (and root): lockbench creates throw-away network
 //! namespaces (one client: two namespaces joined by veth; several clients: a server namespace
@@ -27,6 +35,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use hdrhistogram::Histogram;
 use lockbench::lockload::{self, LoadResult, LoadSpec, Op, Pattern};
 use lockbench::report::{new_histogram, record, Percentiles};
 use lockmgr_client::{ClientOptions, LockClient};
@@ -40,11 +49,33 @@ use lockmgr_transport::netns::{NetnsPair, NetnsStar, BRIDGE, IFACE, MAC_A};
 use lockmgr_transport::reliable::ReliableConfig;
 use lockmgr_transport::shm::{ShmClient, ShmConfig, ShmServer};
 use lockmgr_transport::udp::{UdpClient, UdpConfig, UdpServer};
-use lockmgr_transport::{raw, ClientTransport, ServerTransport, SpinConfig};
+use lockmgr_transport::{raw, ClientTransport, FabricKey, ServerTransport, SpinConfig};
 use lockmgrd::{Server, ServerOptions};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Frame MACs of the datagram transports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum MacArg {
+    /// As in production.
+    On,
+    /// INSECURE baseline: authenticated handshake, frames without MAC.
+    Off,
+    /// Off, then on, in one run.
+    Both,
+}
+
+impl MacArg {
+    /// The runs to make: `true` = MAC on.
+    fn runs(self) -> &'static [bool] {
+        match self {
+            MacArg::On => &[true],
+            MacArg::Off => &[false],
+            MacArg::Both => &[false, true],
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -109,7 +140,14 @@ struct Cli {
     /// rdma: IP the lockmgrd side channel (TCP) listens on.
     #[arg(long)]
     listen_ip: Option<std::net::IpAddr>,
-    /// Print one JSON object instead of text.
+    /// udp/afpacket/afxdp: frame MACs on, off (INSECURE baseline), or both in one run.
+    #[arg(long, value_enum, default_value = "both")]
+    fabric_mac: MacArg,
+    /// With `--fabric-mac both`: alternate off and on this many times (each round gets
+    /// `duration / rounds` and `raw_rounds / rounds`), merging each one's rounds.
+    #[arg(long, default_value_t = 4)]
+    rounds: usize,
+    /// Print one JSON object per run instead of text.
     #[arg(long)]
     json: bool,
 }
@@ -117,6 +155,8 @@ struct Cli {
 #[derive(serde::Serialize)]
 struct JsonReport {
     transport: TransportArg,
+    /// Datagram transports: whether frames carried a MAC (`None`: not a datagram transport).
+    fabric_mac: Option<bool>,
     op: Op,
     pattern: Pattern,
     clients: usize,
@@ -144,6 +184,20 @@ struct JsonReport {
 
 const KEY: &[u8] = b"lockbench-cluster-key-0123456789";
 
+/// The datagram transports' config: the fabric secret of [`KEY`], frame MACs on or off.
+fn reliable_config(spin: SpinConfig, mac: bool) -> ReliableConfig {
+    ReliableConfig {
+        spin,
+        fabric_key: Some(FabricKey::new(
+            ClusterKey::new(KEY)
+                .expect("constant key is long enough")
+                .fabric_secret(),
+        )),
+        insecure_no_frame_mac: !mac,
+        ..ReliableConfig::default()
+    }
+}
+
 /// The size of a frame carrying one lock request: the raw baseline moves messages this big.
 fn lock_frame_len() -> usize {
     let mut buf = Vec::new();
@@ -165,17 +219,90 @@ fn lock_frame_len() -> usize {
     w.finish()
 }
 
-fn percentiles_of(samples: &[u64]) -> Percentiles {
+fn histogram_of(samples: &[u64]) -> Histogram<u64> {
     let mut h = new_histogram();
     for &s in samples {
         record(&mut h, s);
     }
-    Percentiles::of(&h)
+    h
 }
 
-struct Baseline {
-    raw: Percentiles,
-    transport: Percentiles,
+/// One measurement with its histograms, so rounds can be merged.
+struct Measured {
+    report: JsonReport,
+    raw: Histogram<u64>,
+    transport: Histogram<u64>,
+    load: Histogram<u64>,
+}
+
+/// The report of several rounds of one configuration: histograms merged, counts summed.
+fn merge(rounds: Vec<Measured>) -> Result<JsonReport, String> {
+    let mut it = rounds.into_iter();
+    let first = it.next().ok_or("no rounds")?;
+    let (mut raw, mut transport, mut load) = (first.raw, first.transport, first.load);
+    let mut r = first.report;
+    for m in it {
+        let add = |a: &mut Histogram<u64>, b: &Histogram<u64>| {
+            a.add(b).map_err(|e| format!("merging histograms: {e}"))
+        };
+        add(&mut raw, &m.raw)?;
+        add(&mut transport, &m.transport)?;
+        add(&mut load, &m.load)?;
+        r.ops += m.report.ops;
+        r.conflicts += m.report.conflicts;
+        r.duration_s += m.report.duration_s;
+    }
+    let (p, rp, tp) = (
+        Percentiles::of(&load),
+        Percentiles::of(&raw),
+        Percentiles::of(&transport),
+    );
+    r.throughput_ops_per_s = r.ops as f64 / r.duration_s.max(1e-9);
+    r.p50_ns = p.p50_ns;
+    r.p90_ns = p.p90_ns;
+    r.p99_ns = p.p99_ns;
+    r.p999_ns = p.p999_ns;
+    r.max_ns = p.max_ns;
+    r.mean_ns = p.mean_ns;
+    r.raw_p50_ns = rp.p50_ns;
+    r.raw_p99_ns = rp.p99_ns;
+    r.raw_transport_p50_ns = tp.p50_ns;
+    r.raw_transport_p99_ns = tp.p99_ns;
+    r.ratio_p50 = p.p50_ns as f64 / rp.p50_ns.max(1) as f64;
+    r.ratio_p50_vs_transport = p.p50_ns as f64 / tp.p50_ns.max(1) as f64;
+    Ok(r)
+}
+
+/// `--fabric-mac`: the runs to make, each as `measure(mac, cli_of_the_round)`. With both, the
+/// two configurations alternate `--rounds` times with a share of the duration each, and each
+/// one's rounds are merged: load changes on a shared machine then hit both alike, instead of
+/// whichever happened to run second.
+fn mac_runs(
+    cli: &Cli,
+    mut measure: impl FnMut(bool, &Cli) -> Result<Measured, String>,
+) -> Result<Vec<JsonReport>, String> {
+    let modes = cli.fabric_mac.runs();
+    let rounds = if modes.len() > 1 {
+        cli.rounds.max(1)
+    } else {
+        1
+    };
+    let mut round_cli = cli.clone();
+    round_cli.duration = cli.duration / rounds as f64;
+    round_cli.raw_rounds = (cli.raw_rounds / rounds).max(1000);
+    let mut per_mode: Vec<Vec<Measured>> = modes.iter().map(|_| Vec::new()).collect();
+    for _ in 0..rounds {
+        for (i, &mac) in modes.iter().enumerate() {
+            per_mode[i].push(measure(mac, &round_cli)?);
+        }
+    }
+    let mut out = Vec::new();
+    for (i, rounds) in per_mode.into_iter().enumerate() {
+        let mut r = merge(rounds)?;
+        r.fabric_mac = Some(modes[i]);
+        out.push(r);
+    }
+    Ok(out)
 }
 
 fn server_options() -> ServerOptions {
@@ -202,25 +329,25 @@ fn bench<S, C>(
     make_server: impl Fn() -> Result<S, String>,
     make_client: impl Fn() -> Result<C, String> + Sync,
     raw_fn: &dyn Fn(usize, usize, usize) -> Result<Vec<u64>, lockmgr_transport::TransportError>,
-) -> Result<JsonReport, String>
+) -> Result<Measured, String>
 where
     S: ServerTransport + 'static,
     C: ClientTransport + 'static,
 {
     let msg_len = lock_frame_len();
     // 1. Baselines: the raw mechanism, then the transport's own framing through an echo server.
-    let raw = percentiles_of(
+    let raw_hist = histogram_of(
         &raw_fn(cli.raw_rounds, cli.raw_rounds / 10, msg_len).map_err(|e| e.to_string())?,
     );
     let echo = raw::EchoServer::spawn(make_server()?);
     let mut tc = make_client()?;
-    let transport = percentiles_of(
+    let transport_hist = histogram_of(
         &raw::transport_pingpong(&mut tc, cli.raw_rounds / 2, cli.raw_rounds / 20, msg_len)
             .map_err(|e| e.to_string())?,
     );
     drop(tc);
     echo.stop().map_err(|e| e.to_string())?;
-    let baseline = Baseline { raw, transport };
+    let (raw, transport) = (Percentiles::of(&raw_hist), Percentiles::of(&transport_hist));
 
     // 2. The lock manager in a server thread.
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -240,8 +367,9 @@ where
     let (load, elapsed) = result?;
     let p = Percentiles::of(&load.hist);
     let secs = elapsed.as_secs_f64().max(1e-9);
-    Ok(JsonReport {
+    let report = JsonReport {
         transport: cli.transport,
+        fabric_mac: None,
         op: cli.op,
         pattern: cli.pattern,
         clients: cli.clients,
@@ -259,12 +387,18 @@ where
         max_ns: p.max_ns,
         mean_ns: p.mean_ns,
         raw_msg_bytes: msg_len,
-        raw_p50_ns: baseline.raw.p50_ns,
-        raw_p99_ns: baseline.raw.p99_ns,
-        raw_transport_p50_ns: baseline.transport.p50_ns,
-        raw_transport_p99_ns: baseline.transport.p99_ns,
-        ratio_p50: p.p50_ns as f64 / baseline.raw.p50_ns.max(1) as f64,
-        ratio_p50_vs_transport: p.p50_ns as f64 / baseline.transport.p50_ns.max(1) as f64,
+        raw_p50_ns: raw.p50_ns,
+        raw_p99_ns: raw.p99_ns,
+        raw_transport_p50_ns: transport.p50_ns,
+        raw_transport_p99_ns: transport.p99_ns,
+        ratio_p50: p.p50_ns as f64 / raw.p50_ns.max(1) as f64,
+        ratio_p50_vs_transport: p.p50_ns as f64 / transport.p50_ns.max(1) as f64,
+    };
+    Ok(Measured {
+        report,
+        raw: raw_hist,
+        transport: transport_hist,
+        load: load.hist,
     })
 }
 
@@ -353,8 +487,13 @@ fn run_clients<C: ClientTransport + 'static>(
 fn print_text(r: &JsonReport) {
     let us = |ns: u64| ns as f64 / 1000.0;
     println!(
-        "lockbench transport={:?} op={:?} pattern={:?} clients={} batch={} held={} rate={}",
+        "lockbench transport={:?}{} op={:?} pattern={:?} clients={} batch={} held={} rate={}",
         r.transport,
+        match r.fabric_mac {
+            Some(true) => " fabric-mac=on",
+            Some(false) => " fabric-mac=OFF(insecure baseline)",
+            None => "",
+        },
         r.op,
         r.pattern,
         r.clients,
@@ -399,7 +538,8 @@ fn run(cli: Cli) -> Result<(), String> {
     let spin = SpinConfig {
         spin: Duration::from_micros(cli.spin_us),
     };
-    let report = match cli.transport {
+    let mut reports = Vec::new();
+    match cli.transport {
         TransportArg::Shm => {
             let dir = std::env::temp_dir().join(format!("lockbench-{}", std::process::id()));
             std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -425,29 +565,28 @@ fn run(cli: Cli) -> Result<(), String> {
             };
             let r = bench(&cli, make_server, make_client, &raw::shm_pingpong);
             let _ = std::fs::remove_dir_all(&dir);
-            r?
+            reports.push(r?.report);
         }
         TransportArg::Udp => {
-            let addr = std::sync::Mutex::new(None);
-            let cfg = UdpConfig {
-                spin,
-                ..UdpConfig::default()
-            };
-            let make_server = || {
-                let s = UdpServer::bind("127.0.0.1:0".parse().map_err(|_| "addr")?, cfg)
-                    .map_err(|e| format!("udp bind: {e}"))?;
-                *addr.lock().map_err(|_| "poisoned")? =
-                    Some(s.local_addr().map_err(|e| e.to_string())?);
-                Ok(s)
-            };
-            let make_client = || {
-                let a = addr
-                    .lock()
-                    .map_err(|_| "poisoned".to_string())?
-                    .ok_or("no server")?;
-                UdpClient::connect(a, cfg).map_err(|e| format!("udp connect: {e}"))
-            };
-            bench(&cli, make_server, make_client, &raw::udp_pingpong)?
+            reports = mac_runs(&cli, |mac, cli| {
+                let addr = std::sync::Mutex::new(None);
+                let cfg: UdpConfig = reliable_config(spin, mac);
+                let make_server = || {
+                    let s = UdpServer::bind("127.0.0.1:0".parse().map_err(|_| "addr")?, cfg)
+                        .map_err(|e| format!("udp bind: {e}"))?;
+                    *addr.lock().map_err(|_| "poisoned")? =
+                        Some(s.local_addr().map_err(|e| e.to_string())?);
+                    Ok(s)
+                };
+                let make_client = || {
+                    let a = addr
+                        .lock()
+                        .map_err(|_| "poisoned".to_string())?
+                        .ok_or("no server")?;
+                    UdpClient::connect(a, cfg).map_err(|e| format!("udp connect: {e}"))
+                };
+                bench(cli, make_server, make_client, &raw::udp_pingpong)
+            })?;
         }
         TransportArg::Afpacket | TransportArg::Afxdp => {
             if !cli.netns {
@@ -457,46 +596,69 @@ fn run(cli: Cli) -> Result<(), String> {
                 )
                 .to_lowercase());
             }
-            let cfg = ReliableConfig {
-                spin,
-                ..ReliableConfig::default()
-            };
             // The preloading session of --held stays connected: it needs its own host.
             let topo = Topo::new(cli.clients + usize::from(cli.held > 0))?;
-            if cli.transport == TransportArg::Afpacket {
-                let raw_fn = |rounds, warmup, len| {
-                    let (echo, client) = topo.links(PacketLink::open)?;
-                    raw::link_pingpong(echo, client, MAC_A, rounds, warmup, len)
-                };
-                bench(
-                    &cli,
-                    || topo.in_server(move |eth| PacketServer::open(eth, cfg)),
-                    || topo.in_next_client(move |eth| PacketClient::connect(eth, MAC_A, cfg)),
-                    &raw_fn,
-                )?
-            } else {
-                let opts = lockmgr_transport::afxdp::XdpOptions::default();
-                let raw_fn = |rounds, warmup, len| {
-                    let (echo, client) = topo.links(move |eth| XdpLink::open(eth, &opts))?;
-                    raw::link_pingpong(echo, client, MAC_A, rounds, warmup, len)
-                };
-                bench(
-                    &cli,
-                    || topo.in_server(move |eth| XdpServer::open(eth, &opts, cfg)),
-                    || topo.in_next_client(move |eth| XdpClient::connect(eth, &opts, MAC_A, cfg)),
-                    &raw_fn,
-                )?
-            }
+            let topo = &topo;
+            reports = mac_runs(&cli, |mac, cli| {
+                let cfg = reliable_config(spin, mac);
+                if cli.transport == TransportArg::Afpacket {
+                    let raw_fn = |rounds, warmup, len| {
+                        let (echo, client) = topo.links(PacketLink::open)?;
+                        raw::link_pingpong(echo, client, MAC_A, rounds, warmup, len)
+                    };
+                    bench(
+                        cli,
+                        || topo.in_server(move |eth| PacketServer::open(eth, cfg)),
+                        || topo.in_next_client(move |eth| PacketClient::connect(eth, MAC_A, cfg)),
+                        &raw_fn,
+                    )
+                } else {
+                    let opts = lockmgr_transport::afxdp::XdpOptions::default();
+                    let raw_fn = |rounds, warmup, len| {
+                        let (echo, client) = topo.links(move |eth| XdpLink::open(eth, &opts))?;
+                        raw::link_pingpong(echo, client, MAC_A, rounds, warmup, len)
+                    };
+                    bench(
+                        cli,
+                        || topo.in_server(move |eth| XdpServer::open(eth, &opts, cfg)),
+                        || {
+                            topo.in_next_client(move |eth| {
+                                XdpClient::connect(eth, &opts, MAC_A, cfg)
+                            })
+                        },
+                        &raw_fn,
+                    )
+                }
+            })?;
         }
-        TransportArg::Rdma => bench_rdma(&cli, spin)?,
-    };
-    if cli.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).map_err(|e| e.to_string())?
-        );
-    } else {
-        print_text(&report);
+        TransportArg::Rdma => reports.push(bench_rdma(&cli, spin)?),
+    }
+    for report in &reports {
+        if cli.json {
+            println!(
+                "{}",
+                serde_json::to_string(report).map_err(|e| e.to_string())?
+            );
+        } else {
+            print_text(report);
+        }
+    }
+    if let [off, on] = &reports[..] {
+        if !cli.json && off.fabric_mac == Some(false) && on.fabric_mac == Some(true) {
+            let us = |ns: u64| ns as f64 / 1000.0;
+            let pct = |a: u64, b: u64| 100.0 * (b as f64 - a as f64) / a.max(1) as f64;
+            println!(
+                "  fabric MAC cost: lockmgr p50 {:.3} -> {:.3} us ({:+.1}%), p99 {:.3} -> {:.3} us ({:+.1}%); transport echo p50 {:.3} -> {:.3} us",
+                us(off.p50_ns),
+                us(on.p50_ns),
+                pct(off.p50_ns, on.p50_ns),
+                us(off.p99_ns),
+                us(on.p99_ns),
+                pct(off.p99_ns, on.p99_ns),
+                us(off.raw_transport_p50_ns),
+                us(on.raw_transport_p50_ns),
+            );
+        }
     }
     Ok(())
 }
@@ -530,6 +692,7 @@ fn bench_rdma(cli: &Cli, spin: SpinConfig) -> Result<JsonReport, String> {
         device,
         spin,
         handshake_timeout: Duration::from_secs(10),
+        fabric_key: reliable_config(spin, true).fabric_key,
         ..RdmaConfig::default()
     };
     let addr = std::sync::Mutex::new(None);
@@ -552,7 +715,7 @@ fn bench_rdma(cli: &Cli, spin: SpinConfig) -> Result<JsonReport, String> {
             lockmgr_transport::TransportError::from(e)
         })
     };
-    bench(cli, make_server, make_client, &raw_fn)
+    bench(cli, make_server, make_client, &raw_fn).map(|m| m.report)
 }
 
 /// Namespaces for a raw-Ethernet run; removed on drop.

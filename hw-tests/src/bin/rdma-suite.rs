@@ -130,6 +130,10 @@ fn rdma_config(device: &DeviceConfig, spin: Duration) -> RdmaConfig {
         device: device.clone(),
         spin: SpinConfig { spin },
         handshake_timeout: TIMEOUT,
+        // Servers need the side channel's key; clients prove it before any queue pair exists.
+        fabric_key: ClusterKey::new(KEY)
+            .ok()
+            .map(|k| lockmgr_transport::FabricKey::new(k.fabric_secret())),
         ..RdmaConfig::default()
     }
 }

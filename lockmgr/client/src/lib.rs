@@ -17,7 +17,7 @@ use lockmgr_proto::{
     auth, decode_frame, ClusterKey, DecodeError, EncodeError, FrameBuf, FrameWriter, Message,
     Nonce, RejectReason, Role, Transcript, VERSION,
 };
-use lockmgr_transport::{ClientTransport, TransportError};
+use lockmgr_transport::{ClientTransport, FabricKey, TransportError};
 use rand::RngCore;
 use thiserror::Error;
 
@@ -88,6 +88,18 @@ impl<T: ClientTransport> LockClient<T> {
         options: &ClientOptions,
     ) -> Result<LockClient<T>, ClientError> {
         let deadline = Instant::now() + options.handshake_timeout;
+        // The datagram transports authenticate (and from then on MAC every frame) below the
+        // lockmgr handshake; the others have nothing to do here.
+        match transport.authenticate(&FabricKey::new(options.key.fabric_secret())) {
+            Ok(()) => {}
+            Err(TransportError::AuthRejected) => {
+                return Err(ClientError::Rejected(RejectReason::BadProof))
+            }
+            Err(TransportError::PeerNotAuthenticated) => {
+                return Err(ClientError::ServerNotAuthenticated)
+            }
+            Err(e) => return Err(e.into()),
+        }
         let mut client_nonce: Nonce = [0; 32];
         rand::thread_rng().fill_bytes(&mut client_nonce);
         send_one(

@@ -11,6 +11,9 @@
 //! listen = "/run/clustersmb/lockmgr.sock"  # shm: unix socket path; udp, rdma: ADDR:PORT;
 //!                                        # afpacket/afxdp: interface name (or use `interface`)
 //! spin_us = 50                           # busy-poll this long before sleeping (0 = always sleep)
+//! # shm only: the unix socket is created 0600 (only lockmgrd's user and root may connect);
+//! # with a group, 0660 and owned by that group (e.g. the group smbd runs as).
+//! # socket_group = "smbd"                 # name or numeric gid
 //! # Raw Ethernet only (afpacket, afxdp):
 //! # interface = "eth1"                   # overrides `listen`
 //! # ethertype = 0x88B5                   # lockmgr frames' EtherType (default: IEEE local experimental)
@@ -29,7 +32,18 @@
 //!
 //! [sessions]
 //! liveness_ms = 1000                     # a node silent this long (or whose transport dropped) is dead
+//! # Caps per session (= per smbd node; lockmgrd does not see the SMB connections inside a
+//! # session). A request beyond a cap fails with STATUS_INSUFFICIENT_RESOURCES; the node's other
+//! # requests and other nodes are unaffected. Roughly 100 bytes per lock, a few hundred per open.
+//! max_opens = 1048576                    # opens held at once
+//! max_locks = 4194304                    # byte-range locks held at once, over all its opens
+//! max_waiters = 65536                    # blocking lock requests and deferred opens waiting at once
 //! ```
+//!
+//! The datagram transports (udp, afpacket, afxdp) need no security settings: the cluster key
+//! authenticates every node in the transport handshake and keys a MAC on every frame (see
+//! `lockmgr_transport::fabric`). Handshakes in progress hold no memory (stateless cookies), so
+//! there is no half-open limit to tune.
 
 use std::path::{Path, PathBuf};
 
@@ -92,6 +106,9 @@ pub struct TransportConfig {
     /// afpacket/afxdp clients: the server's MAC address.
     #[serde(default)]
     pub peer_mac: Option<String>,
+    /// shm: group (name or gid) allowed to connect; the socket is 0600 without, 0660 with.
+    #[serde(default)]
+    pub socket_group: Option<String>,
     /// rdma: device name (`None` = the first device).
     #[serde(default)]
     pub rdma_device: Option<String>,
@@ -124,6 +141,7 @@ impl Default for TransportConfig {
             interface: None,
             ethertype: default_ethertype(),
             peer_mac: None,
+            socket_group: None,
             rdma_device: None,
             rdma_port: default_rdma_port(),
             gid_index: None,
@@ -208,16 +226,51 @@ impl Default for EngineConfig {
 pub struct SessionConfig {
     #[serde(default = "default_liveness_ms")]
     pub liveness_ms: u64,
+    /// Opens one session may hold.
+    #[serde(default = "default_max_opens")]
+    pub max_opens: usize,
+    /// Byte-range locks one session may hold.
+    #[serde(default = "default_max_locks")]
+    pub max_locks: usize,
+    /// Requests of one session that may wait at once.
+    #[serde(default = "default_max_waiters")]
+    pub max_waiters: usize,
 }
 
 fn default_liveness_ms() -> u64 {
     1000
 }
 
+fn default_max_opens() -> usize {
+    lockmgr_engine::SessionLimits::default().max_opens
+}
+
+fn default_max_locks() -> usize {
+    lockmgr_engine::SessionLimits::default().max_locks
+}
+
+fn default_max_waiters() -> usize {
+    lockmgr_engine::SessionLimits::default().max_waiters
+}
+
 impl Default for SessionConfig {
     fn default() -> Self {
         SessionConfig {
             liveness_ms: default_liveness_ms(),
+            max_opens: default_max_opens(),
+            max_locks: default_max_locks(),
+            max_waiters: default_max_waiters(),
+        }
+    }
+}
+
+impl SessionConfig {
+    /// The engine's per-session caps.
+    pub fn limits(&self) -> lockmgr_engine::SessionLimits {
+        lockmgr_engine::SessionLimits {
+            max_opens: self.max_opens,
+            max_locks: self.max_locks,
+            max_waiters: self.max_waiters,
         }
     }
 }
@@ -259,11 +312,18 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.sessions.liveness_ms == 0 {
-            return Err(ConfigError::Invalid {
-                field: "sessions.liveness_ms",
-                message: "must be at least 1".into(),
-            });
+        for (field, v) in [
+            ("sessions.liveness_ms", self.sessions.liveness_ms as usize),
+            ("sessions.max_opens", self.sessions.max_opens),
+            ("sessions.max_locks", self.sessions.max_locks),
+            ("sessions.max_waiters", self.sessions.max_waiters),
+        ] {
+            if v == 0 {
+                return Err(ConfigError::Invalid {
+                    field,
+                    message: "must be at least 1".into(),
+                });
+            }
         }
         if self.transport.kind.is_ethernet() {
             if self.transport.interface().is_empty() {
@@ -300,6 +360,12 @@ impl Config {
             return Err(ConfigError::Invalid {
                 field: "transport.listen",
                 message: format!("{:?} is not ADDR:PORT", self.transport.listen),
+            });
+        }
+        if self.transport.socket_group.is_some() && self.transport.kind != TransportKind::Shm {
+            return Err(ConfigError::Invalid {
+                field: "transport.socket_group",
+                message: "only applies to kind = \"shm\"".into(),
             });
         }
         self.validate_rdma()
@@ -426,7 +492,26 @@ listen = "127.0.0.1:7500"
         assert_eq!(cfg.transport.spin_us, 50);
         assert_eq!(cfg.engine.break_timeout_ms, 35_000);
         assert_eq!(cfg.sessions.liveness_ms, 1000);
+        assert_eq!(
+            cfg.sessions.limits(),
+            lockmgr_engine::SessionLimits::default()
+        );
         assert_eq!(cfg.cluster_key().unwrap().len(), 16);
+    }
+
+    #[test]
+    fn parses_session_caps() {
+        let text = format!("{GOOD}[sessions]\nmax_opens = 10\nmax_locks = 20\nmax_waiters = 3\n");
+        let l = Config::parse(&text).unwrap().sessions.limits();
+        assert_eq!((l.max_opens, l.max_locks, l.max_waiters), (10, 20, 3));
+        let zero = format!("{GOOD}[sessions]\nmax_locks = 0\n");
+        assert!(matches!(
+            Config::parse(&zero),
+            Err(ConfigError::Invalid {
+                field: "sessions.max_locks",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -13,8 +13,8 @@ use lockmgr_rdma::{format_gid, RdmaServer};
 use lockmgr_transport::afpacket::PacketServer;
 use lockmgr_transport::reliable::ReliableConfig;
 use lockmgr_transport::shm::{ShmConfig, ShmServer};
-use lockmgr_transport::udp::{UdpConfig, UdpServer};
-use lockmgr_transport::{ServerTransport, SpinConfig};
+use lockmgr_transport::udp::UdpServer;
+use lockmgr_transport::{FabricKey, ServerTransport, SpinConfig};
 use lockmgrd::config::{self, Config, TransportKind};
 use lockmgrd::{Server, ServerOptions};
 
@@ -41,6 +41,10 @@ struct Cli {
     /// afpacket/afxdp: EtherType of lockmgr frames, e.g. 0x88b5 (overrides the config file).
     #[arg(long, value_parser = parse_ethertype)]
     ethertype: Option<u16>,
+    /// shm: group (name or gid) allowed to connect to the socket (mode 0660; default: 0600,
+    /// lockmgrd's user only).
+    #[arg(long)]
+    socket_group: Option<String>,
     /// rdma: device name as `ibv_devices` prints it, e.g. mlx5_0 or rxe0 (default: the first).
     #[arg(long)]
     rdma_device: Option<String>,
@@ -118,6 +122,9 @@ fn build_config(cli: &Cli) -> Result<Config, config::ConfigError> {
     if let Some(t) = cli.ethertype {
         cfg.transport.ethertype = t;
     }
+    if let Some(g) = &cli.socket_group {
+        cfg.transport.socket_group = Some(g.clone());
+    }
     if let Some(d) = &cli.rdma_device {
         cfg.transport.rdma_device = Some(d.clone());
     }
@@ -167,17 +174,33 @@ fn run(cli: Cli) -> Result<(), String> {
         liveness: Duration::from_millis(cfg.sessions.liveness_ms),
         engine: EngineConfig {
             break_timeout: lockmgr_engine::Duration::from_millis(cfg.engine.break_timeout_ms),
+            limits: cfg.sessions.limits(),
         },
     };
     let spin = SpinConfig {
         spin: Duration::from_micros(cfg.transport.spin_us),
     };
+    // Datagram transports: every peer proves the cluster key in the handshake and every frame
+    // carries a MAC under per-session keys (lockmgr_transport::fabric).
+    let reliable = ReliableConfig {
+        spin,
+        fabric_key: Some(FabricKey::new(options.key.fabric_secret())),
+        ..ReliableConfig::default()
+    };
     match cfg.transport.kind {
         TransportKind::Shm => {
+            let socket_group = cfg
+                .transport
+                .socket_group
+                .as_deref()
+                .map(lockmgr_transport::shm::resolve_group)
+                .transpose()
+                .map_err(|e| format!("socket_group: {e}"))?;
             let server = ShmServer::bind(
                 &cfg.transport.listen,
                 ShmConfig {
                     spin,
+                    socket_group,
                     ..ShmConfig::default()
                 },
             )
@@ -192,28 +215,16 @@ fn run(cli: Cli) -> Result<(), String> {
                 .listen
                 .parse()
                 .map_err(|e| format!("listen address: {e}"))?;
-            let server = UdpServer::bind(
-                addr,
-                UdpConfig {
-                    spin,
-                    ..UdpConfig::default()
-                },
-            )
-            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            let server = UdpServer::bind(addr, reliable)
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
             let local = server.local_addr().map_err(|e| e.to_string())?;
             tracing::info!(listen = %local, "lockmgrd listening (udp)");
             serve(server, options)
         }
         TransportKind::Afpacket => {
             let eth = cfg.transport.eth();
-            let server = PacketServer::open(
-                &eth,
-                ReliableConfig {
-                    spin,
-                    ..ReliableConfig::default()
-                },
-            )
-            .map_err(|e| format!("cannot listen on {}: {e}", eth.interface))?;
+            let server = PacketServer::open(&eth, reliable)
+                .map_err(|e| format!("cannot listen on {}: {e}", eth.interface))?;
             tracing::info!(interface = %eth.interface, mac = %server.link().mac(),
                 ethertype = %format_args!("{:#06x}", eth.ethertype), "lockmgrd listening (afpacket)");
             serve(server, options)
@@ -227,7 +238,13 @@ fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| format!("listen address: {e}"))?;
             // The full RdmaError text matters here: NoDevice explains what is missing and how to
             // get soft-RoCE, which the TransportError conversion would drop.
-            let server = RdmaServer::bind(addr, cfg.transport.rdma())
+            let rdma = lockmgr_rdma::RdmaConfig {
+                // Clients prove the cluster key on the TCP side channel before any queue pair
+                // is set up for them.
+                fabric_key: reliable.fabric_key,
+                ..cfg.transport.rdma()
+            };
+            let server = RdmaServer::bind(addr, rdma)
                 .map_err(|e| format!("cannot listen on {addr} (rdma): {e}"))?;
             let local = server.local_addr().map_err(|e| e.to_string())?;
             let info = server.device_info();
@@ -237,15 +254,9 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         TransportKind::Afxdp => {
             let eth = cfg.transport.eth();
-            let server = lockmgr_transport::afxdp::XdpServer::open(
-                &eth,
-                &Default::default(),
-                ReliableConfig {
-                    spin,
-                    ..ReliableConfig::default()
-                },
-            )
-            .map_err(|e| format!("cannot listen on {}: {e}", eth.interface))?;
+            let server =
+                lockmgr_transport::afxdp::XdpServer::open(&eth, &Default::default(), reliable)
+                    .map_err(|e| format!("cannot listen on {}: {e}", eth.interface))?;
             tracing::info!(interface = %eth.interface, mac = %server.link().mac(),
                 ethertype = %format_args!("{:#06x}", eth.ethertype), "lockmgrd listening (afxdp)");
             serve(server, options)

@@ -15,6 +15,7 @@ use lockmgr_proto::{
     auth, decode_frame, split_status_text, ClusterKey, EncodeError, FrameBuf, Incoming, Message,
     Nonce, RejectReason, Role, Transcript, VERSION,
 };
+use lockmgr_transport::fabric::FabricCounters;
 use lockmgr_transport::{PeerId, ServerEvent, ServerTransport, TransportError};
 use rand::RngCore;
 use rustc_hash::FxHashMap as HashMap;
@@ -110,6 +111,8 @@ struct Core {
     /// Peers to drop after this poll round (e.g. failed authentication).
     to_close: Vec<PeerId>,
     counters: ServerCounters,
+    /// The transport's handshake/MAC counters as of the start of the round (status view).
+    fabric: Option<FabricCounters>,
 }
 
 /// A running lock manager over one transport.
@@ -140,6 +143,7 @@ impl<T: ServerTransport> Server<T> {
                 route_cache: None,
                 to_close: Vec::new(),
                 counters: ServerCounters::default(),
+                fabric: None,
             },
             last_liveness_scan: now,
         }
@@ -183,6 +187,7 @@ impl<T: ServerTransport> Server<T> {
             now,
             engine: core.engine_time(now),
         };
+        core.fabric = self.transport.fabric_counters();
         let events = self
             .transport
             .poll(&mut |event| core.on_event(event, clock))?;
@@ -429,7 +434,12 @@ impl Core {
                 return;
             }
             (Some(_), Message::StatusQuery) => {
-                let text = render_status(&self.engine, &self.node_names(), &self.counters);
+                let text = render_status(
+                    &self.engine,
+                    &self.node_names(),
+                    &self.counters,
+                    self.fabric.as_ref(),
+                );
                 let chunks: Vec<Message> = split_status_text(&text).collect();
                 for m in chunks {
                     self.push(peer_id, m);

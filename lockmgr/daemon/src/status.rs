@@ -4,6 +4,8 @@ use std::fmt::Write;
 
 use lockmgr_engine::{BreakHolder, Engine, OplockGrant, SessionId};
 
+use lockmgr_transport::fabric::FabricCounters;
+
 use crate::server::ServerCounters;
 
 /// Renders nodes, sessions, open files, byte-range locks, waiters and pending breaks.
@@ -11,6 +13,7 @@ pub fn render_status(
     engine: &Engine,
     nodes: &[(SessionId, String)],
     counters: &ServerCounters,
+    fabric: Option<&FabricCounters>,
 ) -> String {
     let snap = engine.snapshot();
     let stats = engine.stats();
@@ -48,9 +51,17 @@ pub fn render_status(
         counters.malformed_frames,
         counters.foreign_session_frames,
         counters.protocol_violations,
-        counters.auth_failures,
+        // Wrong cluster keys, whichever layer caught them.
+        counters.auth_failures + fabric.map_or(0, |f| f.auth_failures),
         counters.sessions_expired
     );
+    if let Some(f) = fabric {
+        let _ = writeln!(
+            out,
+            "fabric: syns={} handshakes={} auth_failures={} stale_handshakes={} rejected_frames={} replaced={}",
+            f.syns, f.handshakes, f.auth_failures, f.stale_handshakes, f.rejected_frames, f.replaced
+        );
+    }
     let _ = writeln!(out, "\nNODES");
     let _ = writeln!(
         out,

@@ -37,6 +37,11 @@ fn spin() -> SpinConfig {
 fn rcfg() -> ReliableConfig {
     ReliableConfig {
         spin: spin(),
+        fabric_key: Some(lockmgr_transport::FabricKey::new(
+            lockmgr_proto::ClusterKey::new(lockmgrd::conformance::KEY)
+                .unwrap()
+                .fabric_secret(),
+        )),
         ..ReliableConfig::default()
     }
 }

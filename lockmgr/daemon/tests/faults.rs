@@ -70,6 +70,9 @@ fn options(name: &str) -> ClientOptions {
 
 fn lossy(seed: u64) -> UdpConfig {
     UdpConfig {
+        fabric_key: Some(lockmgr_transport::FabricKey::new(
+            lockmgr_proto::ClusterKey::new(KEY).unwrap().fabric_secret(),
+        )),
         spin: SpinConfig {
             spin: Duration::ZERO,
         },

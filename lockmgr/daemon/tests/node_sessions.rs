@@ -81,6 +81,7 @@ fn start_full(
                 liveness,
                 engine: lockmgr_engine::Config {
                     break_timeout: lockmgr_engine::Duration(break_timeout.as_nanos() as u64),
+                    ..Default::default()
                 },
             },
         );

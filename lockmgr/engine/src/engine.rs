@@ -89,6 +89,8 @@ enum PendingRef {
 struct SessionState {
     opens: IdSet<OpenId>,
     pending: IdMap<RequestId, PendingRef>,
+    /// Byte-range locks held by the session's opens (for `SessionLimits::max_locks`).
+    locks: usize,
 }
 
 #[derive(Debug)]
@@ -853,6 +855,13 @@ impl Engine {
 
     fn do_open(&mut self, now: Time, session: SessionId, request: RequestId, mut req: OpenRequest) {
         req.access = map_generic(req.access);
+        let limits = self.config.limits;
+        if self.sessions.get(&session).is_some_and(|s| {
+            s.opens.len() >= limits.max_opens || s.pending.len() >= limits.max_waiters
+        }) {
+            self.reply(session, request, Reply::Done(Status::InsufficientResources));
+            return;
+        }
         match self.try_open(now, session, &req, true) {
             Attempt::Done(reply) => self.reply(session, request, reply),
             Attempt::Wait(waiting) => {
@@ -1172,6 +1181,7 @@ impl Engine {
         self.forget_durable(open, o.file);
         if let Some(s) = self.sessions.get_mut(&o.session) {
             s.opens.remove(&open);
+            s.locks = s.locks.saturating_sub(o.live_locks);
         }
         let f = o.file;
         let Some(file) = self.files.get_mut(&f) else {
@@ -1529,6 +1539,19 @@ impl Engine {
             self.reply(session, request, Reply::Done(Status::InvalidLockRange));
             return;
         }
+        let limits = self.config.limits;
+        let may_wait = self
+            .sessions
+            .get(&session)
+            .is_some_and(|s| s.pending.len() < limits.max_waiters);
+        if self
+            .sessions
+            .get(&session)
+            .is_some_and(|s| s.locks.saturating_add(ranges.len()) > limits.max_locks)
+        {
+            self.reply(session, request, Reply::Done(Status::InsufficientResources));
+            return;
+        }
         if self.files.get(&f).is_some_and(FileState::has_holders) {
             self.break_read_holders(now, f, open);
         }
@@ -1549,11 +1572,15 @@ impl Engine {
                 continue;
             }
             self.stats.lock_conflicts_total += 1;
-            if fail_immediately {
+            if fail_immediately || !may_wait {
                 for g in granted.drain(..) {
                     file.locks.remove(g);
                 }
-                outcome = Reply::Done(Status::LockNotGranted);
+                outcome = Reply::Done(if fail_immediately {
+                    Status::LockNotGranted
+                } else {
+                    Status::InsufficientResources
+                });
             } else {
                 file.lock_waiters.push_back(LockWaiter {
                     session,
@@ -1571,6 +1598,9 @@ impl Engine {
             break;
         }
         self.stats.locks_granted_total += granted.len() as u64;
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.locks += granted.len();
+        }
         if let Some(o) = self.opens.get_mut(&open) {
             o.live_locks += granted.len();
             o.locks.append(&mut granted);
@@ -1603,6 +1633,7 @@ impl Engine {
         // without restoring the ones already released.
         let mut status = Status::Success;
         let mut released = false;
+        let mut count = 0;
         for r in ranges {
             if !range_is_valid(r.offset, r.length) {
                 status = Status::InvalidLockRange;
@@ -1612,6 +1643,7 @@ impl Engine {
                 Some(lr) => {
                     file.locks.remove(lr);
                     o.live_locks = o.live_locks.saturating_sub(1);
+                    count += 1;
                     released = true;
                 }
                 None => {
@@ -1622,6 +1654,9 @@ impl Engine {
         }
         if o.locks.len() > 2 * o.live_locks + 32 {
             o.locks.retain(|r| file.locks.contains(*r));
+        }
+        if let Some(s) = self.sessions.get_mut(&session) {
+            s.locks = s.locks.saturating_sub(count);
         }
         self.reply(session, request, Reply::Done(status));
         if released {
@@ -1658,6 +1693,9 @@ impl Engine {
             if let Some(o) = self.opens.get_mut(&w.open) {
                 o.locks.push(r);
                 o.live_locks += 1;
+            }
+            if let Some(s) = self.sessions.get_mut(&w.session) {
+                s.locks += 1;
             }
             self.stats.locks_granted_total += 1;
             self.complete(w.session, w.request, Reply::Done(Status::Success));

@@ -42,12 +42,43 @@ pub struct Config {
     /// How long a holder has to acknowledge an oplock or lease break before the engine completes
     /// the break as if acknowledged to None (Samba and ksmbd use 35 s).
     pub break_timeout: Duration,
+    /// What one session (one smbd node) may hold; beyond it requests fail with
+    /// [`Status::InsufficientResources`].
+    pub limits: SessionLimits,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             break_timeout: Duration::from_secs(35),
+            limits: SessionLimits::default(),
+        }
+    }
+}
+
+/// Per-session caps, so one node (compromised, or buggy) cannot exhaust lockmgrd's memory at
+/// the expense of the others. The engine knows sessions (nodes), not the SMB connections
+/// inside them, so the caps are per node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Opens held at once.
+    pub max_opens: usize,
+    /// Byte-range locks held at once (over all the session's opens). Locks granted to waiters
+    /// that were queued before the cap was reached may exceed it by at most `max_waiters`.
+    pub max_locks: usize,
+    /// Requests waiting at once: blocking byte-range locks and deferred opens.
+    pub max_waiters: usize,
+}
+
+impl Default for SessionLimits {
+    /// Generous for a node serving thousands of clients (Windows' own per-handle lock limits
+    /// are far lower), small enough that a few nodes' worth fits in memory: about 100 bytes
+    /// per lock and a few hundred per open.
+    fn default() -> Self {
+        SessionLimits {
+            max_opens: 1 << 20,
+            max_locks: 1 << 22,
+            max_waiters: 1 << 16,
         }
     }
 }

@@ -255,6 +255,9 @@ pub enum Status {
     InvalidLockRange = 14,
     /// STATUS_UNSUCCESSFUL (0xC0000001): e.g. a break ack when no break is in progress.
     Unsuccessful = 15,
+    /// STATUS_INSUFFICIENT_RESOURCES (0xC000009A): the session reached a cap
+    /// ([`crate::SessionLimits`]).
+    InsufficientResources = 16,
 }
 
 impl Status {
@@ -277,6 +280,7 @@ impl Status {
             Status::InvalidDeviceState => 0xC000_0184,
             Status::InvalidLockRange => 0xC000_01A1,
             Status::Unsuccessful => 0xC000_0001,
+            Status::InsufficientResources => 0xC000_009A,
         }
     }
 
@@ -299,6 +303,7 @@ impl Status {
             13 => InvalidDeviceState,
             14 => InvalidLockRange,
             15 => Unsuccessful,
+            16 => InsufficientResources,
             _ => return None,
         })
     }

@@ -60,6 +60,7 @@ fn create_waits_for_batch_break_and_completes_on_ack() {
 fn break_timeout_completes_deferred_create() {
     let mut h = H::with(Config {
         break_timeout: Duration::from_secs(35),
+        ..Config::default()
     });
     let (a, _) = h.open_ok(
         S1,

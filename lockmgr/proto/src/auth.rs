@@ -31,6 +31,7 @@ pub const MIN_KEY_LEN: usize = 16;
 
 const CLIENT_LABEL: &[u8] = b"lockmgr-proto/v1 client proof\0";
 const SERVER_LABEL: &[u8] = b"lockmgr-proto/v1 server proof\0";
+const FABRIC_LABEL: &[u8] = b"lockmgr fabric v2 secret\0";
 
 /// The cluster's shared secret, keyed once so each proof only hashes the transcript.
 #[derive(Clone)]
@@ -49,6 +50,17 @@ impl ClusterKey {
         }
         let mac = <HmacSha256 as Mac>::new_from_slice(key).map_err(|_| KeyError::Invalid)?;
         Ok(ClusterKey { mac })
+    }
+}
+
+impl ClusterKey {
+    /// The secret of the datagram fabric (`lockmgr_transport::FabricKey`): HMAC of a fixed
+    /// label under the cluster key, so the transport authenticates with a key of its own
+    /// (a different label from the proofs: no output of one use is valid in the other).
+    pub fn fabric_secret(&self) -> [u8; 32] {
+        let mut m = self.mac.clone();
+        m.update(FABRIC_LABEL);
+        m.finalize().into_bytes().into()
     }
 }
 

@@ -11,7 +11,9 @@ use crate::conn::{Conn, ConnStats};
 use crate::sys::{sock_alive, Epoll};
 use crate::verbs::{self, CompChannel, DeviceInfo};
 use crate::wire::{Hello, HELLO_LEN};
-use crate::{check_frame_len, RdmaConfig, RdmaError};
+use crate::{check_frame_len, RdmaConfig, RdmaError, AUTH_LEN, CHANNEL};
+use lockmgr_transport::fabric::{channel_proof, verify_channel_proof};
+use lockmgr_transport::FabricKey;
 
 const TOKEN_SOCK: u64 = 0;
 const TOKEN_CHANNEL: u64 = 1;
@@ -22,6 +24,8 @@ const IO_CHECK_INTERVAL: u32 = 64;
 
 /// An smbd node's RDMA connection to lockmgrd.
 pub struct RdmaClient {
+    /// `Some(server nonce)` while the side channel waits for the cluster key.
+    challenge: Option<[u8; AUTH_LEN]>,
     // Before `channel`: the CQ must be destroyed before its completion channel.
     conn: Conn,
     channel: CompChannel,
@@ -55,29 +59,22 @@ impl RdmaClient {
         cfg.validate()?;
         let dev = verbs::open(&cfg.device)?;
         let channel = CompChannel::new(&dev)?;
-        let mut conn = Conn::new(&dev, Some(&channel), cfg.slots, cfg.max_inline)?;
+        let conn = Conn::new(&dev, Some(&channel), cfg.slots, cfg.max_inline)?;
         let timeout = cfg.handshake_timeout.max(Duration::from_millis(1));
         let sock = TcpStream::connect_timeout(&server, timeout).map_err(io_to_transport)?;
         sock.set_nodelay(true)?;
         sock.set_read_timeout(Some(timeout))?;
         sock.set_write_timeout(Some(timeout))?;
+        let mut challenge = [0u8; AUTH_LEN];
         (&sock)
-            .write_all(&conn.local_hello().encode())
+            .read_exact(&mut challenge)
             .map_err(io_to_transport)?;
-        let mut buf = [0u8; HELLO_LEN];
-        (&sock).read_exact(&mut buf).map_err(io_to_transport)?;
-        let remote = Hello::decode(&buf).map_err(|e| {
-            tracing::warn!(error = %e, "bad RDMA hello from server");
-            TransportError::Protocol("bad RDMA hello from server")
-        })?;
-        conn.connect(&remote)?;
-        sock.set_read_timeout(None)?;
-        sock.set_nonblocking(true)?;
         let epoll = Epoll::new()?;
         epoll.add(sock.as_raw_fd(), TOKEN_SOCK)?;
         epoll.add(channel.fd(), TOKEN_CHANNEL)?;
-        tracing::debug!(%server, remote_qpn = remote.qpn, "RDMA client connected");
-        Ok(RdmaClient {
+        tracing::debug!(%server, "RDMA side channel connected");
+        let mut client = RdmaClient {
+            challenge: Some(challenge),
             conn,
             channel,
             info: dev.info().clone(),
@@ -87,7 +84,59 @@ impl RdmaClient {
             spin: cfg.spin,
             sock_dead: false,
             polls: 0,
-        })
+        };
+        if let Some(key) = &cfg.fabric_key {
+            client.finish(key)?;
+        }
+        Ok(client)
+    }
+
+    /// Answers the server's challenge with our nonce, proof and hello; checks the server's
+    /// proof before connecting our queue pair to its hello.
+    fn finish(&mut self, key: &FabricKey) -> Result<(), TransportError> {
+        let Some(server_nonce) = self.challenge else {
+            return Ok(());
+        };
+        let client_nonce: [u8; AUTH_LEN] = rand::random();
+        let mut msg = [0u8; 2 * AUTH_LEN + HELLO_LEN];
+        msg[..AUTH_LEN].copy_from_slice(&client_nonce);
+        msg[AUTH_LEN..2 * AUTH_LEN].copy_from_slice(&channel_proof(
+            key,
+            false,
+            CHANNEL,
+            &client_nonce,
+            &server_nonce,
+        ));
+        msg[2 * AUTH_LEN..].copy_from_slice(&self.conn.local_hello().encode());
+        (&self.sock).write_all(&msg).map_err(io_to_transport)?;
+        let mut answer = [0u8; AUTH_LEN + HELLO_LEN];
+        match (&self.sock).read_exact(&mut answer) {
+            Ok(()) => {}
+            // The server closes the side channel on a bad proof.
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => {
+                return Err(TransportError::AuthRejected)
+            }
+            Err(e) => return Err(io_to_transport(e)),
+        }
+        let (proof, hello) = answer.split_at(AUTH_LEN);
+        if !verify_channel_proof(key, true, CHANNEL, &client_nonce, &server_nonce, proof) {
+            return Err(TransportError::PeerNotAuthenticated);
+        }
+        let mut hello_bytes = [0u8; HELLO_LEN];
+        hello_bytes.copy_from_slice(hello);
+        let remote = Hello::decode(&hello_bytes).map_err(|e| {
+            tracing::warn!(error = %e, "bad RDMA hello from server");
+            TransportError::Protocol("bad RDMA hello from server")
+        })?;
+        self.conn.connect(&remote).map_err(TransportError::from)?;
+        self.sock.set_read_timeout(None)?;
+        self.sock.set_nonblocking(true)?;
+        self.challenge = None;
+        tracing::debug!(
+            remote_qpn = remote.qpn,
+            "RDMA client connected (authenticated)"
+        );
+        Ok(())
     }
 
     /// The device in use.
@@ -112,9 +161,19 @@ impl RdmaClient {
     }
 }
 
+const NOT_AUTHENTICATED: &str =
+    "RDMA side channel not authenticated: call ClientTransport::authenticate with the cluster key";
+
 impl ClientTransport for RdmaClient {
+    fn authenticate(&mut self, key: &FabricKey) -> Result<(), TransportError> {
+        self.finish(key)
+    }
+
     fn send(&mut self, frame: &[u8]) -> Result<(), TransportError> {
         check_frame_len(frame)?;
+        if self.challenge.is_some() {
+            return Err(TransportError::Protocol(NOT_AUTHENTICATED));
+        }
         if self.dead() {
             return Err(TransportError::Disconnected);
         }
@@ -132,6 +191,9 @@ impl ClientTransport for RdmaClient {
     }
 
     fn poll(&mut self, f: &mut dyn FnMut(&[u8])) -> Result<usize, TransportError> {
+        if self.challenge.is_some() {
+            return Err(TransportError::Protocol(NOT_AUTHENTICATED));
+        }
         self.polls = self.polls.wrapping_add(1);
         self.conn.poll_cq();
         let n = self.conn.process(BUDGET, f);
@@ -147,7 +209,7 @@ impl ClientTransport for RdmaClient {
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> Result<(), TransportError> {
-        if self.dead() || self.conn.has_pending() {
+        if self.challenge.is_some() || self.dead() || self.conn.has_pending() {
             return Ok(());
         }
         let start = Instant::now();

@@ -1,9 +1,14 @@
 //! lockmgr RDMA transport: reliable-connected (RC) queue pairs carrying lockmgr frames with
 //! two-sided SEND/RECV.
 //!
-//! * **Set-up** goes over a TCP side channel: the client connects to the server's TCP port and
-//!   both exchange a fixed [`wire::Hello`] (QPN, PSN, LID, GID, MTU, ring size), then move their
-//!   QPs INIT -> RTR -> RTS. The socket then stays open, idle, purely for death detection: a
+//! * **Set-up** goes over a TCP side channel, authenticated before anything else: the server
+//!   sends a nonce, the client its nonce and proof of the cluster's fabric secret
+//!   ([`lockmgr_transport::fabric::channel_proof`]) followed by its [`wire::Hello`] (QPN, PSN,
+//!   LID, GID, MTU, ring size). Only if the proof verifies does the server create a queue pair
+//!   (and pin memory for it); it answers with its own proof and hello, which the client checks
+//!   before connecting its QP. Both move their QPs INIT -> RTR -> RTS. Connections still in
+//!   set-up are capped ([`MAX_PENDING`], oldest dropped first) and time out after
+//!   `handshake_timeout`. The socket then stays open, idle, purely for death detection: a
 //!   killed process's socket is closed by the kernel, and the EOF becomes
 //!   `ServerEvent::Disconnected` / `TransportError::Disconnected`.
 //! * **Data**: every frame is one SEND of an 8-byte [`wire::Header`] plus the frame into a
@@ -48,6 +53,15 @@ pub use conn::ConnStats;
 pub use server::RdmaServer;
 pub use verbs::{format_gid, DeviceConfig, DeviceInfo, LINK_LAYER_ETHERNET, LINK_LAYER_INFINIBAND};
 
+/// Side-channel connections a server keeps in set-up (not yet authenticated) at once; beyond
+/// it the oldest is dropped. Each costs a socket and ~150 bytes, never a queue pair.
+pub const MAX_PENDING: usize = 1024;
+
+/// Nonce and proof lengths of the side channel's challenge-response.
+pub(crate) const AUTH_LEN: usize = 32;
+/// Names the RDMA side channel in its proofs.
+pub(crate) const CHANNEL: &[u8] = b"lockmgr-rdma side channel v1";
+
 /// Settings shared by server and client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RdmaConfig {
@@ -64,6 +78,11 @@ pub struct RdmaConfig {
     pub spin: SpinConfig,
     /// Limit for the TCP connect and hello exchange.
     pub handshake_timeout: Duration,
+    /// The cluster's fabric secret: both sides prove it on the TCP side channel before any
+    /// queue pair is set up. Servers refuse to start without it; a client without it connects
+    /// the side channel only, and [`lockmgr_transport::ClientTransport::authenticate`] (which
+    /// `lockmgr-client` calls) finishes.
+    pub fabric_key: Option<lockmgr_transport::FabricKey>,
 }
 
 impl Default for RdmaConfig {
@@ -74,6 +93,7 @@ impl Default for RdmaConfig {
             max_inline: 256,
             spin: SpinConfig::default(),
             handshake_timeout: Duration::from_secs(5),
+            fabric_key: None,
         }
     }
 }

@@ -14,7 +14,9 @@ use crate::conn::{Conn, ConnStats};
 use crate::sys::{sock_alive, Epoll, EventFdWaker};
 use crate::verbs::{self, CompChannel, Device, DeviceInfo};
 use crate::wire::{Hello, HELLO_LEN};
-use crate::{check_frame_len, RdmaConfig, RdmaError};
+use crate::{check_frame_len, RdmaConfig, RdmaError, AUTH_LEN, CHANNEL, MAX_PENDING};
+use lockmgr_transport::fabric::{channel_proof, verify_channel_proof};
+use lockmgr_transport::FabricKey;
 
 const TOKEN_LISTENER: u64 = u64::MAX;
 const TOKEN_WAKER: u64 = u64::MAX - 1;
@@ -24,9 +26,11 @@ const PEER_BUDGET: usize = 256;
 /// Sockets (accepts, EOFs) are checked on every Nth `poll` even when nobody sleeps.
 const IO_CHECK_INTERVAL: u32 = 64;
 
+/// A side-channel connection in set-up: the client's nonce, proof and hello arrive in `buf`.
 struct PendingConn {
     sock: TcpStream,
-    buf: [u8; HELLO_LEN],
+    server_nonce: [u8; AUTH_LEN],
+    buf: [u8; 2 * AUTH_LEN + HELLO_LEN],
     got: usize,
     since: Instant,
 }
@@ -55,6 +59,9 @@ pub struct RdmaServer {
     epoll: Epoll,
     waker: Arc<EventFdWaker>,
     cfg: RdmaConfig,
+    key: FabricKey,
+    /// Side-channel clients that failed the cluster-key proof.
+    auth_failures: u64,
     next_id: u64,
     polls: u32,
     io_due: bool,
@@ -67,6 +74,9 @@ impl RdmaServer {
     /// Fails with [`RdmaError::NoDevice`] when the machine has no RDMA.
     pub fn bind(addr: SocketAddr, cfg: RdmaConfig) -> Result<RdmaServer, RdmaError> {
         cfg.validate()?;
+        let key = cfg.fabric_key.ok_or_else(|| {
+            RdmaError::Config("an RDMA server needs the fabric key (RdmaConfig::fabric_key)".into())
+        })?;
         let dev = verbs::open(&cfg.device)?;
         let channel = CompChannel::new(&dev)?;
         let listener = TcpListener::bind(addr)?;
@@ -86,6 +96,8 @@ impl RdmaServer {
             epoll,
             waker,
             cfg,
+            key,
+            auth_failures: 0,
             next_id: 1,
             polls: 0,
             io_due: true,
@@ -108,6 +120,11 @@ impl RdmaServer {
         self.peers.len()
     }
 
+    /// Side-channel clients refused for a bad cluster-key proof.
+    pub fn auth_failures(&self) -> u64 {
+        self.auth_failures
+    }
+
     /// Counters of one peer's connection.
     pub fn peer_stats(&self, peer: PeerId) -> Option<ConnStats> {
         self.peers.get(&peer.0).map(|p| p.conn.stats())
@@ -122,6 +139,24 @@ impl RdmaServer {
                         continue;
                     }
                     let _ = sock.set_nodelay(true);
+                    // The challenge. 32 bytes into a fresh socket's empty send buffer do not
+                    // block; a short write means the socket is unusable.
+                    let server_nonce: [u8; AUTH_LEN] = rand::random();
+                    if !matches!((&sock).write(&server_nonce), Ok(AUTH_LEN)) {
+                        continue;
+                    }
+                    if self.pending.len() >= MAX_PENDING {
+                        // Unauthenticated connections cost bounded memory: the oldest goes.
+                        let oldest = self
+                            .pending
+                            .iter()
+                            .min_by_key(|(_, p)| p.since)
+                            .map(|(&id, _)| id);
+                        if let Some(p) = oldest.and_then(|id| self.pending.remove(&id)) {
+                            self.epoll.del(p.sock.as_raw_fd());
+                            tracing::debug!("RDMA set-up connections at the limit; oldest dropped");
+                        }
+                    }
                     let id = self.next_id;
                     self.next_id += 1;
                     if let Err(e) = self.epoll.add(sock.as_raw_fd(), (id << 1) | 1) {
@@ -133,7 +168,8 @@ impl RdmaServer {
                         id,
                         PendingConn {
                             sock,
-                            buf: [0; HELLO_LEN],
+                            server_nonce,
+                            buf: [0; 2 * AUTH_LEN + HELLO_LEN],
                             got: 0,
                             since: Instant::now(),
                         },
@@ -164,7 +200,7 @@ impl RdmaServer {
                 }
                 Ok(n) => {
                     p.got += n;
-                    if p.got == HELLO_LEN {
+                    if p.got == p.buf.len() {
                         break;
                     }
                 }
@@ -176,7 +212,7 @@ impl RdmaServer {
                 }
             }
         }
-        if !failed && p.got < HELLO_LEN {
+        if !failed && p.got < p.buf.len() {
             return false;
         }
         let Some(p) = self.pending.remove(&id) else {
@@ -197,7 +233,19 @@ impl RdmaServer {
     }
 
     fn setup_peer(&mut self, id: u64, p: PendingConn) -> Result<(), RdmaError> {
-        let remote = Hello::decode(&p.buf).map_err(|e| {
+        let (client_nonce, rest) = p.buf.split_at(AUTH_LEN);
+        let (proof, hello) = rest.split_at(AUTH_LEN);
+        let mut cn = [0u8; AUTH_LEN];
+        cn.copy_from_slice(client_nonce);
+        // Authentication first: no queue pair, no pinned memory for a client without the key.
+        if !verify_channel_proof(&self.key, false, CHANNEL, &cn, &p.server_nonce, proof) {
+            self.auth_failures += 1;
+            tracing::warn!(id, "RDMA side channel: bad cluster-key proof; closed");
+            return Err(TransportError::AuthRejected.into());
+        }
+        let mut hello_bytes = [0u8; HELLO_LEN];
+        hello_bytes.copy_from_slice(hello);
+        let remote = Hello::decode(&hello_bytes).map_err(|e| {
             tracing::warn!(error = %e, "bad RDMA hello");
             RdmaError::Transport(TransportError::Protocol("bad RDMA hello"))
         })?;
@@ -209,10 +257,18 @@ impl RdmaServer {
         )?;
         conn.connect(&remote)?;
         // Our QP is in RTS with every receive posted, so the client may send the moment it has
-        // this. 48 bytes into a fresh socket's empty send buffer do not block.
-        let hello = conn.local_hello().encode();
-        match (&p.sock).write(&hello) {
-            Ok(n) if n == HELLO_LEN => {}
+        // this. Our proof and hello (~80 bytes) into a socket's empty send buffer do not block.
+        let mut answer = [0u8; AUTH_LEN + HELLO_LEN];
+        answer[..AUTH_LEN].copy_from_slice(&channel_proof(
+            &self.key,
+            true,
+            CHANNEL,
+            &cn,
+            &p.server_nonce,
+        ));
+        answer[AUTH_LEN..].copy_from_slice(&conn.local_hello().encode());
+        match (&p.sock).write(&answer) {
+            Ok(n) if n == answer.len() => {}
             Ok(_) => return Err(TransportError::Protocol("short hello write").into()),
             Err(e) => return Err(e.into()),
         }

@@ -25,13 +25,18 @@ fn entry_points_report_no_device_clearly() {
         Err(RdmaError::NoDevice(msg)) => assert!(!msg.is_empty()),
         other => panic!("expected NoDevice, got {other:?}"),
     }
-    let err = RdmaServer::bind(addr, RdmaConfig::default())
+    // A complete configuration: the device is what is missing.
+    let cfg = RdmaConfig {
+        fabric_key: Some(lockmgr_transport::FabricKey::new([7; 32])),
+        ..RdmaConfig::default()
+    };
+    let err = RdmaServer::bind(addr, cfg.clone())
         .err()
         .expect("bind must fail without RDMA");
     let text = err.to_string();
     assert!(text.starts_with("no RDMA device: "), "{text}");
     assert!(matches!(err, RdmaError::NoDevice(_)));
-    let err = RdmaClient::connect(addr, &RdmaConfig::default())
+    let err = RdmaClient::connect(addr, &cfg)
         .err()
         .expect("connect must fail without RDMA");
     assert!(matches!(err, RdmaError::NoDevice(_)), "{err}");

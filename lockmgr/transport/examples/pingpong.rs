@@ -50,6 +50,8 @@ fn main() -> Result<(), TransportError> {
 
     let cfg = UdpConfig {
         spin,
+        // A throw-away secret: the example's server and client are one process.
+        fabric_key: Some(lockmgr_transport::FabricKey::new(rand::random())),
         ..UdpConfig::default()
     };
     let server = UdpServer::bind(

@@ -6,7 +6,8 @@
 //! the input is invalid: malformed input must be rejected, not crash or be misread.
 
 use crate::eth::{Framing, MacAddr, DEFAULT_ETHERTYPE, ETH_HDR_LEN, FRAG_HDR, MIN_MTU};
-use crate::reliable::{self, Header, Kind, DGRAM_MAX, HDR_LEN};
+use crate::fabric::TAG_LEN;
+use crate::reliable::{self, Header, Hello, Kind, DGRAM_MAX, HDR_LEN};
 
 /// What a check concluded about one input.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,58 +54,129 @@ fn violation(msg: impl Into<String>) -> PropertyViolation {
     PropertyViolation::new(msg)
 }
 
-/// The reliability-layer datagram parse (shared by UDP, AF_PACKET and AF_XDP): an accepted
-/// datagram must re-encode to the same bytes (the header encoding is canonical) and only DATA
-/// may carry payload.
+/// Key of the fixed test connection whose datagrams the seeds carry (both directions), so the
+/// fuzzer reaches the MAC check with inputs that pass it.
+const FUZZ_KEY: [u8; 16] = *b"lockmgr-fuzz-key";
+
+fn fuzz_seal() -> reliable::Seal {
+    reliable::Seal::new(reliable::FLAG_FRAME_MAC, &FUZZ_KEY, &FUZZ_KEY)
+}
+
+/// The reliability-layer datagram parse (shared by UDP, AF_PACKET and AF_XDP) and the frame
+/// MAC. Properties: an accepted datagram re-encodes to the same bytes (header and hello
+/// encodings are canonical), bodies have the size their kind allows, and a sealed datagram
+/// that passes the MAC check under the test key is exactly what sealing its header and payload
+/// under that key produces (nothing else authenticates: no forgery, no malleability).
 pub fn check_reliable_datagram(data: &[u8]) -> Result<Outcome, PropertyViolation> {
-    let Some((h, payload)) = reliable::parse(data) else {
+    let Some((h, body)) = reliable::parse(data) else {
         return Ok(Outcome::Rejected);
     };
-    if h.kind != Kind::Data && !payload.is_empty() {
-        return Err(violation(format!("{:?} accepted with payload", h.kind)));
+    let mut again = encode_header(h.kind, h.conn_id, h.pn, h.seq, h.ack).to_vec();
+    match h.kind {
+        Kind::Syn | Kind::SynAck | Kind::Confirm => {
+            let Some(hello) = Hello::parse(body) else {
+                return Ok(Outcome::Rejected);
+            };
+            again.extend_from_slice(&hello.encode());
+        }
+        Kind::Rst if !body.is_empty() => {
+            return Err(violation("RST accepted with a body"));
+        }
+        Kind::Ack | Kind::Ping | Kind::Fin if !body.is_empty() && body.len() != TAG_LEN => {
+            return Err(violation(format!(
+                "{:?} accepted with {} body bytes",
+                h.kind,
+                body.len()
+            )));
+        }
+        _ => again.extend_from_slice(body),
     }
-    let mut again = encode_header(h.kind, h.conn_id, h.seq, h.ack).to_vec();
-    again.extend_from_slice(payload);
     if again != data {
         return Err(violation(format!("{h:?} re-encodes differently")));
+    }
+    if h.kind.is_sealed() {
+        if let Some(payload) = fuzz_seal().open(&h, data, true) {
+            let mut resealed = encode_header(h.kind, h.conn_id, 0, h.seq, h.ack).to_vec();
+            resealed.extend_from_slice(payload);
+            let mut seal = fuzz_seal();
+            seal.set_tx_pn(h.pn);
+            seal.seal(&mut resealed);
+            if resealed != data {
+                return Err(violation(format!(
+                    "{h:?} authenticated but is not what was sealed"
+                )));
+            }
+        }
     }
     Ok(Outcome::RoundTripped)
 }
 
-fn encode_header(kind: Kind, conn_id: u64, seq: u64, ack: u64) -> [u8; HDR_LEN] {
+fn encode_header(kind: Kind, conn_id: u64, pn: u64, seq: u64, ack: u64) -> [u8; HDR_LEN] {
     reliable::encode_header(&Header {
         kind,
         conn_id,
+        pn,
         seq,
         ack,
     })
 }
 
-/// Real datagrams of every kind (seed corpus of the `reliable_datagram` target).
+fn sealed(kind: Kind, conn_id: u64, pn: u64, seq: u64, ack: u64, payload: &[u8]) -> Vec<u8> {
+    let mut d = encode_header(kind, conn_id, 0, seq, ack).to_vec();
+    d.extend_from_slice(payload);
+    let mut seal = fuzz_seal();
+    seal.set_tx_pn(pn);
+    seal.seal(&mut d);
+    d
+}
+
+/// Real datagrams of every kind (seed corpus of the `reliable_datagram` target): the three
+/// handshake hellos, sealed datagrams of the test connection, an unsealed ACK (frame MACs off),
+/// an RST, and the largest and smallest DATA.
 pub fn reliable_samples() -> Vec<(String, Vec<u8>)> {
-    let kinds = [
-        ("syn", Kind::Syn),
-        ("synack", Kind::SynAck),
-        ("data", Kind::Data),
-        ("ack", Kind::Ack),
-        ("ping", Kind::Ping),
-        ("fin", Kind::Fin),
-        ("rst", Kind::Rst),
+    let id = 0x1234_5678_9abc_def1;
+    let hello = |kind: Kind, time: u64, sn: u8, proof: u8| {
+        let mut d = encode_header(kind, id, 0, 0, 0).to_vec();
+        d.extend_from_slice(
+            &Hello {
+                flags: reliable::FLAG_FRAME_MAC,
+                time,
+                client_nonce: [0x11; 32],
+                server_nonce: [sn; 32],
+                proof: [proof; 32],
+            }
+            .encode(),
+        );
+        d
+    };
+    let mut out = vec![
+        ("dgram-syn".to_string(), hello(Kind::Syn, 0, 0, 0)),
+        ("dgram-synack".into(), hello(Kind::SynAck, 77, 0x22, 0x33)),
+        ("dgram-confirm".into(), hello(Kind::Confirm, 77, 0x22, 0x44)),
+        (
+            "dgram-data".into(),
+            sealed(Kind::Data, id, 9, 7, 3, b"lockmgr frame bytes"),
+        ),
+        ("dgram-ack".into(), sealed(Kind::Ack, id, 10, 0, 3, &[])),
+        ("dgram-ping".into(), sealed(Kind::Ping, id, 11, 0, 3, &[])),
+        ("dgram-fin".into(), sealed(Kind::Fin, id, 12, 0, 3, &[])),
+        (
+            "dgram-ack-nomac".into(),
+            encode_header(Kind::Ack, id, 13, 0, 3).to_vec(),
+        ),
+        (
+            "dgram-rst".into(),
+            encode_header(Kind::Rst, id, 0, 0, 0).to_vec(),
+        ),
     ];
-    let mut out = Vec::new();
-    for (name, kind) in kinds {
-        let mut d = encode_header(kind, 0x1234_5678_9abc_def1, 7, 3).to_vec();
-        if kind == Kind::Data {
-            d.extend_from_slice(b"lockmgr frame bytes");
-        }
-        out.push((format!("dgram-{name}"), d));
-    }
-    let mut full = encode_header(Kind::Data, u64::MAX, u64::MAX, 0).to_vec();
-    full.resize(DGRAM_MAX, 0x5a);
-    out.push(("dgram-data-max".into(), full));
+    let big = vec![0x5a; crate::MAX_FRAME];
+    out.push((
+        "dgram-data-max".into(),
+        sealed(Kind::Data, u64::MAX, u64::MAX - 1, u64::MAX, 0, &big),
+    ));
     out.push((
         "dgram-data-empty".into(),
-        encode_header(Kind::Data, 1, 0, 0).to_vec(),
+        sealed(Kind::Data, 1, 1, 0, 0, &[]),
     ));
     out
 }
@@ -215,7 +287,8 @@ pub fn eth_samples() -> Vec<(String, Vec<u8>)> {
     let small = reliable_samples();
     let big: Vec<u8> = (0..DGRAM_MAX).map(|i| (i * 7 % 251) as u8).collect();
     let mut out = Vec::new();
-    for (name, d) in small.iter().take(3) {
+    // Handshake, and a sealed data frame.
+    for (name, d) in small.iter().take(4).skip(1) {
         out.push((format!("eth-{name}"), eth_input(&eth_frames(PEER, d, 1500))));
     }
     let frags = eth_frames(PEER, &big, MIN_MTU);

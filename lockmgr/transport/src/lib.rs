@@ -7,7 +7,8 @@
 //!   over a unix stream socket, eventfd doorbells only when the other side sleeps.
 //! * [`udp`]: reliable, in-order, duplicate-free frames over UDP (sequence numbers, cumulative
 //!   acks, retransmission with exponential backoff, connect handshake with a random connection id).
-//! * [`reliable`]: the medium-independent reliability layer shared by UDP and raw Ethernet.
+//! * [`reliable`]: the medium-independent reliability layer shared by UDP and raw Ethernet,
+//!   authenticated by the cluster key and MAC'd per frame ([`fabric`]).
 //! * [`afpacket`] / `afxdp`: the same protocol in raw Ethernet frames with their own EtherType
 //!   (AF_PACKET socket, or an AF_XDP socket behind an EtherType-filtering XDP program).
 //! * [`netns`]: throw-away network namespace pairs joined by veth, for tests and benchmarks.
@@ -23,10 +24,13 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use fabric::FabricKey;
+
 pub mod afpacket;
 #[cfg(feature = "afxdp")]
 pub mod afxdp;
 pub mod eth;
+pub mod fabric;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod netns;
@@ -82,6 +86,12 @@ pub enum TransportError {
     /// The other side sent something that is not this protocol (handshake stage).
     #[error("protocol error: {0}")]
     Protocol(&'static str),
+    /// The server refused our proof of the cluster key (the keys differ).
+    #[error("the server refused our cluster-key proof (cluster key mismatch?)")]
+    AuthRejected,
+    /// The server could not prove it holds the cluster key (the keys differ, or an impostor).
+    #[error("the server could not prove the cluster key (cluster key mismatch or impostor)")]
+    PeerNotAuthenticated,
     /// Bad configuration value.
     #[error("invalid configuration: {0}")]
     Config(&'static str),
@@ -158,10 +168,23 @@ pub trait ServerTransport: Send {
     fn waker(&self) -> Waker;
     /// Drop a peer (e.g. misbehaving). No `Disconnected` event is reported for it.
     fn close_peer(&mut self, peer: PeerId);
+    /// Handshake and frame-authentication counters, for transports that authenticate
+    /// (the datagram fabric).
+    fn fabric_counters(&self) -> Option<fabric::FabricCounters> {
+        None
+    }
 }
 
 /// Client side of a transport: one connection to one server.
 pub trait ClientTransport: Send {
+    /// Finishes the transport's own authentication with the cluster's fabric secret, for
+    /// transports whose `connect` could not (the datagram transports when their config had no
+    /// `fabric_key`). `lockmgr-client` calls it before its handshake. Local or separately
+    /// authenticated transports (shm, RDMA) have nothing to do.
+    fn authenticate(&mut self, key: &FabricKey) -> Result<(), TransportError> {
+        let _ = key;
+        Ok(())
+    }
     /// Queue one frame to the server. `Err(Full)`: retry after `poll`.
     fn send(&mut self, frame: &[u8]) -> Result<(), TransportError>;
     /// Non-blocking: deliver every frame available now to `f`; returns how many. Returns
@@ -187,6 +210,9 @@ pub trait ClientTransport: Send {
 
 /// Lets code pick a transport at run time (`Box<dyn ClientTransport>`).
 impl<T: ClientTransport + ?Sized> ClientTransport for Box<T> {
+    fn authenticate(&mut self, key: &FabricKey) -> Result<(), TransportError> {
+        (**self).authenticate(key)
+    }
     fn send(&mut self, frame: &[u8]) -> Result<(), TransportError> {
         (**self).send(frame)
     }
@@ -223,6 +249,9 @@ impl<T: ServerTransport + ?Sized> ServerTransport for Box<T> {
     }
     fn close_peer(&mut self, peer: PeerId) {
         (**self).close_peer(peer)
+    }
+    fn fabric_counters(&self) -> Option<fabric::FabricCounters> {
+        (**self).fabric_counters()
     }
 }
 

@@ -399,6 +399,10 @@ pub struct ShmConfig {
     pub ring_bytes: usize,
     /// Busy-poll budget of `wait`.
     pub spin: SpinConfig,
+    /// Group allowed to connect besides the server's own user (and root): `None` = mode
+    /// 0600 (owner only), `Some(gid)` = mode 0660 with this group. The socket is the only
+    /// access control of the shm transport (no MAC: memory shared on one host).
+    pub socket_group: Option<u32>,
 }
 
 impl Default for ShmConfig {
@@ -406,8 +410,71 @@ impl Default for ShmConfig {
         ShmConfig {
             ring_bytes: 256 * 1024,
             spin: SpinConfig::default(),
+            socket_group: None,
         }
     }
+}
+
+/// The gid of a group given by name or number (for [`ShmConfig::socket_group`]).
+pub fn resolve_group(group: &str) -> Result<u32, TransportError> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    let name = std::ffi::CString::new(group)
+        .map_err(|_| TransportError::Config("group name contains NUL"))?;
+    // SAFETY: all-zero is a valid `group` (null pointers, zero gid); getgrnam_r only writes
+    // into it and into `buf`, both live and of the sizes passed.
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: see above; `name` is NUL-terminated.
+    let r = unsafe {
+        libc::getgrnam_r(
+            name.as_ptr(),
+            &mut grp,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if r != 0 || found.is_null() {
+        return Err(TransportError::Config("no such group"));
+    }
+    Ok(grp.gr_gid)
+}
+
+/// Binds a unix listener at `path` whose mode (and group) is final before anyone can connect:
+/// it is bound in a fresh 0700 directory next to `path`, given its mode there, then renamed into
+/// place (rename is atomic). Binding at `path` and chmod-ing after would leave a window in
+/// which the umask decides who may connect.
+fn bind_private(path: &Path, group: Option<u32>) -> Result<UnixListener, TransportError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let tmp_dir = parent.join(format!(
+        ".lockmgr-bind-{}-{:x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    std::fs::DirBuilder::new().mode(0o700).create(&tmp_dir)?;
+    let tmp = tmp_dir.join("s");
+    let result = (|| {
+        let listener = UnixListener::bind(&tmp)?;
+        let mode = if let Some(gid) = group {
+            std::os::unix::fs::chown(&tmp, None, Some(gid))?;
+            0o660
+        } else {
+            0o600
+        };
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        std::fs::rename(&tmp, path)?;
+        Ok::<_, std::io::Error>(listener)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    let _ = std::fs::remove_dir(&tmp_dir);
+    result.map_err(TransportError::from)
 }
 
 /// Hello sent with the fds: magic, version, ring_bytes, region_len.
@@ -496,7 +563,8 @@ pub struct ShmServer {
 }
 
 impl ShmServer {
-    /// Listen at `path` (a unix socket path; a stale socket file there is replaced).
+    /// Listen at `path` (a unix socket path; a stale socket file there is replaced). The socket
+    /// is created 0600, or 0660 with [`ShmConfig::socket_group`].
     pub fn bind(path: impl AsRef<Path>, cfg: ShmConfig) -> Result<Self, TransportError> {
         if !valid_ring_bytes(cfg.ring_bytes) {
             return Err(TransportError::Config(
@@ -515,7 +583,7 @@ impl ShmServer {
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
         }
-        let listener = UnixListener::bind(&path)?;
+        let listener = bind_private(&path, cfg.socket_group)?;
         listener.set_nonblocking(true)?;
         let epoll = Epoll::new()?;
         let waker = Arc::new(EventFdWaker::new()?);
@@ -1076,6 +1144,41 @@ mod tests {
                 .unwrap();
         }
         (server, t.join().unwrap(), peer.unwrap())
+    }
+
+    #[test]
+    fn socket_is_private_or_group_only_from_the_start() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = std::env::temp_dir();
+        let path = dir.join(format!("lmt-u-mode-{}.sock", std::process::id()));
+        let server = ShmServer::bind(&path, ShmConfig::default()).unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o600);
+        drop(server);
+        // SAFETY: getegid has no preconditions.
+        let gid = unsafe { libc::getegid() };
+        let cfg = ShmConfig {
+            socket_group: Some(gid),
+            ..ShmConfig::default()
+        };
+        let server = ShmServer::bind(&path, cfg).unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!((m.permissions().mode() & 0o777, m.gid()), (0o660, gid));
+        drop(server);
+        // No temporary directory is left behind.
+        let leftovers = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!(".lockmgr-bind-{}-", std::process::id()))
+            })
+            .count();
+        assert_eq!(leftovers, 0);
+        assert_eq!(resolve_group("0").unwrap(), 0);
+        assert_eq!(resolve_group("root").unwrap(), 0);
+        assert!(resolve_group("no-such-group-lockmgr").is_err());
     }
 
     /// Polls until the peer is reported gone; every frame seen must be a valid length.

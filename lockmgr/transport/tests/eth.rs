@@ -14,6 +14,14 @@ use lockmgr_transport::{
     ClientTransport, PeerId, ServerEvent, ServerTransport, TransportError, MAX_FRAME,
 };
 
+/// The test cluster's fabric secret (every datagram server needs one).
+fn keyed() -> ReliableConfig {
+    ReliableConfig {
+        fabric_key: Some(lockmgr_transport::FabricKey::new([7; 32])),
+        ..ReliableConfig::default()
+    }
+}
+
 /// Only to avoid hanging forever when something is broken; never a performance assertion.
 const HANG_GUARD: Duration = Duration::from_secs(30);
 const CHILD_ENV: &str = "LOCKMGR_TRANSPORT_ETH_CHILD";
@@ -30,6 +38,7 @@ trait Medium {
         server: MacAddr,
         cfg: ReliableConfig,
     ) -> Result<Self::C, TransportError>;
+    fn conn_id(c: &Self::C) -> u64;
 }
 
 struct AfPacket;
@@ -50,6 +59,9 @@ impl Medium for AfPacket {
         cfg: ReliableConfig,
     ) -> Result<Self::C, TransportError> {
         PacketClient::connect(eth, server, cfg)
+    }
+    fn conn_id(c: &Self::C) -> u64 {
+        c.conn_id()
     }
 }
 
@@ -73,6 +85,9 @@ impl Medium for AfXdp {
         cfg: ReliableConfig,
     ) -> Result<Self::C, TransportError> {
         lockmgr_transport::afxdp::XdpClient::connect(eth, &Default::default(), server, cfg)
+    }
+    fn conn_id(c: &Self::C) -> u64 {
+        c.conn_id()
     }
 }
 
@@ -187,13 +202,13 @@ fn exchange(
 }
 
 fn many_frames_both_ways<M: Medium>(pair: &NetnsPair) {
-    let cfg = ReliableConfig::default();
+    let cfg = keyed();
     let (mut s, mut c, peer) = connect_pair::<M>(pair, cfg, cfg);
     exchange(&mut s, &mut c, peer, 5000, 1400);
 }
 
 fn large_frames<M: Medium>(pair: &NetnsPair) {
-    let cfg = ReliableConfig::default();
+    let cfg = keyed();
     let (mut s, mut c, peer) = connect_pair::<M>(pair, cfg, cfg);
     exchange(&mut s, &mut c, peer, 300, MAX_FRAME + 1);
     let big: Vec<u8> = (0..MAX_FRAME).map(|i| (i * 31 % 256) as u8).collect();
@@ -215,7 +230,7 @@ fn large_frames<M: Medium>(pair: &NetnsPair) {
 /// With a 1500-byte MTU, frames up to MAX_FRAME still work (fragmented), also under loss and
 /// duplication; larger ones fail clearly.
 fn small_mtu_fragments_large_frames<M: Medium>(pair: &NetnsPair) {
-    let cfg = ReliableConfig::default();
+    let cfg = keyed();
     let (mut s, mut c, peer) = connect_pair::<M>(pair, cfg, cfg);
     exchange(&mut s, &mut c, peer, 300, MAX_FRAME + 1);
     match c.send(&vec![0u8; MAX_FRAME + 1]) {
@@ -232,7 +247,7 @@ fn small_mtu_fragments_large_frames<M: Medium>(pair: &NetnsPair) {
             on_recv: true,
         },
         give_up: Duration::from_secs(20),
-        ..ReliableConfig::default()
+        ..keyed()
     };
     let (mut s, mut c, peer) = connect_pair::<M>(pair, faulty(3), faulty(4));
     exchange(&mut s, &mut c, peer, 300, MAX_FRAME + 1);
@@ -248,14 +263,14 @@ fn lossy_exactly_once<M: Medium>(pair: &NetnsPair) {
             on_recv: true,
         },
         give_up: Duration::from_secs(20),
-        ..ReliableConfig::default()
+        ..keyed()
     };
     let (mut s, mut c, peer) = connect_pair::<M>(pair, faulty(1), faulty(2));
     exchange(&mut s, &mut c, peer, 2000, 1400);
 }
 
 fn close_detected<M: Medium>(pair: &NetnsPair) {
-    let cfg = ReliableConfig::default();
+    let cfg = keyed();
     let (mut s, c, peer) = connect_pair::<M>(pair, cfg, cfg);
     drop(c); // FIN
     let mut evs = Vec::new();
@@ -276,7 +291,7 @@ fn close_detected<M: Medium>(pair: &NetnsPair) {
 }
 
 fn config_errors<M: Medium>(pair: &NetnsPair) {
-    let cfg = ReliableConfig::default();
+    let cfg = keyed();
     let missing = NetnsPair::run_in(&pair.a, move || {
         M::server(&EthConfig::new("lmnosuch0"), cfg).err()
     })
@@ -323,7 +338,7 @@ fn eth_child_entry() {
     let Ok(medium) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let cfg = ReliableConfig::default();
+    let cfg = keyed();
     let mut c: Box<dyn ClientTransport> = match medium.as_str() {
         "afpacket" => Box::new(AfPacket::client(&eth(), MAC_A, cfg).unwrap()),
         #[cfg(feature = "afxdp")]
@@ -347,7 +362,7 @@ fn client_process_killed<M: Medium>(pair: &NetnsPair) {
     let cfg = ReliableConfig {
         keepalive: Some(Duration::from_millis(20)),
         peer_timeout: Duration::from_millis(300),
-        ..ReliableConfig::default()
+        ..keyed()
     };
     let mut server = NetnsPair::run_in(&pair.a, move || M::server(&eth(), cfg))
         .unwrap()
@@ -389,6 +404,71 @@ fn client_process_killed<M: Medium>(pair: &NetnsPair) {
     server_until(&mut server, &mut evs, |e| e.len() > n);
     assert!(matches!(evs[n], Ev::Connected(p) if p != peer), "{evs:?}");
     t.join().unwrap().unwrap().unwrap();
+}
+
+/// A datagram of the reliability layer (wire v2) as an attacker writes it:
+/// `magic | version | kind | conn_id | pn | seq | ack`, then `body`.
+fn forged(kind: u8, conn_id: u64, pn: u64, seq: u64, body: &[u8]) -> Vec<u8> {
+    let mut d = vec![0x4c, 0x4d, 2, kind];
+    d.extend_from_slice(&conn_id.to_le_bytes());
+    d.extend_from_slice(&pn.to_le_bytes());
+    d.extend_from_slice(&seq.to_le_bytes());
+    d.extend_from_slice(&0u64.to_le_bytes());
+    d.extend_from_slice(body);
+    d
+}
+
+/// Spoofed frames on raw Ethernet (the attacker's AF_PACKET socket in the client's namespace
+/// sends with the client's MAC, one in the server's namespace with the server's): a SYN and a
+/// keyless CONFIRM with a new connection id, DATA and FIN with made-up tags for the live
+/// connection, an RST to the client. The peer stays, nothing is delivered, and the connection
+/// still works after the client's RST probe.
+fn forged_frames_leave_a_peer_alone<M: Medium>(pair: &NetnsPair) {
+    let cfg = keyed();
+    let (mut s, mut c, peer) = connect_pair::<M>(pair, cfg, cfg);
+    let conn_id = M::conn_id(&c);
+    let mut as_client = NetnsPair::run_in(&pair.b, || PacketLink::open(&eth()))
+        .unwrap()
+        .unwrap();
+    let mut as_server = NetnsPair::run_in(&pair.a, || PacketLink::open(&eth()))
+        .unwrap()
+        .unwrap();
+    let mut hello = vec![0u8; 112];
+    hello[0] = 1;
+    as_client
+        .send_to(&forged(1, 0xbad, 0, 0, &hello), MAC_A)
+        .unwrap();
+    hello[8] = 1; // some cookie time, made-up server nonce and proof
+    hello[16..].fill(0x42);
+    as_client
+        .send_to(&forged(8, 0xbad, 0, 0, &hello), MAC_A)
+        .unwrap();
+    for seq in 0..4 {
+        as_client
+            .send_to(&forged(3, conn_id, 1000 + seq, seq, &[0x55; 40]), MAC_A)
+            .unwrap();
+    }
+    as_client
+        .send_to(&forged(6, conn_id, 2000, 0, &[0; 16]), MAC_A)
+        .unwrap();
+    as_server
+        .send_to(&forged(7, conn_id, 0, 0, &[]), netns::MAC_B)
+        .unwrap();
+    // Past the client's RST probe: both sides keep polling meanwhile.
+    let end = Instant::now() + Duration::from_millis(700);
+    let mut evs = Vec::new();
+    while Instant::now() < end {
+        poll_events(&mut s, &mut evs);
+        c.poll(&mut |b| panic!("client got a frame: {b:?}"))
+            .unwrap();
+        c.wait(Some(Duration::from_millis(2))).unwrap();
+    }
+    assert!(evs.is_empty(), "{evs:?}");
+    let counters = s.fabric_counters().unwrap();
+    assert_eq!(counters.handshakes, 1, "{counters:?}");
+    assert!(counters.rejected_frames >= 5, "{counters:?}");
+    assert!(counters.stale_handshakes >= 1, "{counters:?}");
+    exchange(&mut s, &mut c, peer, 50, 1000);
 }
 
 macro_rules! medium_tests {
@@ -435,6 +515,10 @@ macro_rules! medium_tests {
                 with_pair("raw_pingpong", 9000, raw_pingpong::<$medium>);
             }
             #[test]
+            fn forged_frames_are_rejected() {
+                with_pair("forged", 9000, forged_frames_leave_a_peer_alone::<$medium>);
+            }
+            #[test]
             fn client_process_killed_disconnects() {
                 with_pair("killed", 9000, client_process_killed::<$medium>);
             }
@@ -462,7 +546,7 @@ fn afpacket_clients_sharing_a_mac_are_distinct_peers() {
     let Some(pair) = netns::pair_or_skip("shared_mac", 9000) else {
         return;
     };
-    let cfg = ReliableConfig::default();
+    let cfg = keyed();
     let mut server = NetnsPair::run_in(&pair.a, move || AfPacket::server(&eth(), cfg))
         .unwrap()
         .unwrap();
@@ -519,7 +603,7 @@ fn afxdp_server_on_bridge_with_several_client_hosts() {
     let Some(star) = star_or_skip("afxdp_star", 3, 9000) else {
         return;
     };
-    let cfg = ReliableConfig::default();
+    let cfg = keyed();
     let mut server = NetnsPair::run_in(&star.server, move || {
         AfXdp::server(&EthConfig::new(BRIDGE), cfg)
     })
@@ -569,7 +653,7 @@ fn afxdp_other_traffic_still_reaches_the_kernel() {
             .unwrap();
         assert!(ok.success());
     }
-    let cfg = ReliableConfig::default();
+    let cfg = keyed();
     let (mut server, mut client, peer) = connect_pair::<AfXdp>(&pair, cfg, cfg);
     let sock = NetnsPair::run_in(&pair.a, || {
         let s = std::net::UdpSocket::bind("10.77.0.1:0").unwrap();

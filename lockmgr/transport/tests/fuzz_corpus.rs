@@ -55,10 +55,10 @@ fn reliable_datagram_rejects_what_it_must() {
     assert_eq!(
         fuzzing::check_reliable_datagram(&with_payload).unwrap(),
         Outcome::Rejected,
-        "control datagrams carry no payload"
+        "handshake bodies have one size"
     );
     let mut bad_version = syn.clone();
-    bad_version[2] = 2;
+    bad_version[2] = 1;
     assert_eq!(
         fuzzing::check_reliable_datagram(&bad_version).unwrap(),
         Outcome::Rejected

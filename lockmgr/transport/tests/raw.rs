@@ -9,6 +9,14 @@ use lockmgr_transport::shm::{ShmClient, ShmConfig, ShmServer};
 use lockmgr_transport::udp::{UdpClient, UdpConfig, UdpServer};
 use lockmgr_transport::{SpinConfig, TransportError, MAX_FRAME};
 
+/// The test cluster's fabric secret (every datagram server needs one).
+fn keyed() -> UdpConfig {
+    UdpConfig {
+        fabric_key: Some(lockmgr_transport::FabricKey::new([7; 32])),
+        ..UdpConfig::default()
+    }
+}
+
 #[test]
 fn raw_shm_pingpong_returns_samples() {
     for len in [0, 8, SHM_LINE_PAYLOAD, 1000, MAX_FRAME] {
@@ -46,10 +54,10 @@ fn echo_server_over_shm() {
 
 #[test]
 fn echo_server_over_udp() {
-    let server = UdpServer::bind("127.0.0.1:0".parse().unwrap(), UdpConfig::default()).unwrap();
+    let server = UdpServer::bind("127.0.0.1:0".parse().unwrap(), keyed()).unwrap();
     let addr = server.local_addr().unwrap();
     let echo = EchoServer::spawn(server);
-    let mut client = UdpClient::connect(addr, UdpConfig::default()).unwrap();
+    let mut client = UdpClient::connect(addr, keyed()).unwrap();
     let s = transport_pingpong(&mut client, 100, 10, 64).unwrap();
     assert_eq!(s.len(), 100);
     assert_eq!(echo.stop().unwrap(), 110);

@@ -9,6 +9,14 @@ use lockmgr_transport::{
     ClientTransport, PeerId, ServerEvent, ServerTransport, SpinConfig, TransportError, MAX_FRAME,
 };
 
+/// The test cluster's fabric secret (every datagram server needs one).
+fn keyed() -> UdpConfig {
+    UdpConfig {
+        fabric_key: Some(lockmgr_transport::FabricKey::new([7; 32])),
+        ..UdpConfig::default()
+    }
+}
+
 /// Only to avoid hanging forever when something is broken; never a performance assertion.
 const HANG_GUARD: Duration = Duration::from_secs(30);
 const CHILD_ENV: &str = "LOCKMGR_TRANSPORT_UDP_CHILD";
@@ -123,7 +131,7 @@ fn exchange(server: &mut UdpServer, client: &mut UdpClient, peer: PeerId, n: u32
 
 #[test]
 fn udp_many_frames_both_ways_in_order() {
-    let (mut server, mut client, peer) = connect_pair(UdpConfig::default(), UdpConfig::default());
+    let (mut server, mut client, peer) = connect_pair(keyed(), keyed());
     exchange(&mut server, &mut client, peer, 5000);
 }
 
@@ -138,7 +146,7 @@ fn udp_lossy_and_duplicating_delivers_exactly_once_in_order() {
             on_recv: true,
         },
         give_up: Duration::from_secs(20),
-        ..UdpConfig::default()
+        ..keyed()
     };
     let (mut server, mut client, peer) = connect_pair(faulty(1), faulty(2));
     exchange(&mut server, &mut client, peer, 2000);
@@ -146,7 +154,7 @@ fn udp_lossy_and_duplicating_delivers_exactly_once_in_order() {
 
 #[test]
 fn udp_large_frames_and_too_large() {
-    let (mut server, mut client, peer) = connect_pair(UdpConfig::default(), UdpConfig::default());
+    let (mut server, mut client, peer) = connect_pair(keyed(), keyed());
     let big: Vec<u8> = (0..MAX_FRAME).map(|i| (i * 31 % 256) as u8).collect();
     for _ in 0..10 {
         client.send(&big).unwrap();
@@ -179,7 +187,7 @@ fn udp_large_frames_and_too_large() {
 fn udp_window_full_backpressure() {
     let cfg = UdpConfig {
         window: 8,
-        ..UdpConfig::default()
+        ..keyed()
     };
     let (mut server, mut client, peer) = connect_pair(cfg, cfg);
     for i in 0..8 {
@@ -211,14 +219,14 @@ fn udp_window_full_backpressure() {
 
 #[test]
 fn udp_close_detected_both_ways() {
-    let (mut server, client, peer) = connect_pair(UdpConfig::default(), UdpConfig::default());
+    let (mut server, client, peer) = connect_pair(keyed(), keyed());
     drop(client); // sends FIN
     let mut evs = Vec::new();
     server_until(&mut server, &mut evs, |e| {
         e.contains(&Ev::Disconnected(peer))
     });
 
-    let (server, mut client, _) = connect_pair(UdpConfig::default(), UdpConfig::default());
+    let (server, mut client, _) = connect_pair(keyed(), keyed());
     drop(server);
     let start = Instant::now();
     loop {
@@ -240,9 +248,9 @@ fn udp_unresponsive_server_gives_up() {
     let cfg = UdpConfig {
         give_up: Duration::from_millis(100),
         keepalive: None,
-        ..UdpConfig::default()
+        ..keyed()
     };
-    let (server, mut client, _) = connect_pair(UdpConfig::default(), cfg);
+    let (server, mut client, _) = connect_pair(keyed(), cfg);
     // Keep the socket bound but never read it, and send no FIN: a hung server.
     std::mem::forget(server);
     client.send(b"anyone?").unwrap();
@@ -263,7 +271,7 @@ fn udp_child_entry() {
     let Ok(addr) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let mut c = UdpClient::connect(addr.parse().unwrap(), UdpConfig::default()).unwrap();
+    let mut c = UdpClient::connect(addr.parse().unwrap(), keyed()).unwrap();
     c.send(b"child-hello").unwrap();
     loop {
         let mut frames = Vec::new();
@@ -282,7 +290,7 @@ fn udp_client_process_killed() {
     let cfg = UdpConfig {
         keepalive: Some(Duration::from_millis(20)),
         peer_timeout: Duration::from_millis(300),
-        ..UdpConfig::default()
+        ..keyed()
     };
     let mut server = UdpServer::bind(localhost(), cfg).unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
@@ -322,7 +330,7 @@ fn udp_sleep_and_wake_with_zero_spin() {
         spin: SpinConfig {
             spin: Duration::ZERO,
         },
-        ..UdpConfig::default()
+        ..keyed()
     };
     let (mut server, mut client, peer) = connect_pair(cfg, cfg);
     let srv = std::thread::spawn(move || {
@@ -377,7 +385,7 @@ fn udp_sleep_and_wake_with_zero_spin() {
 fn udp_waker_interrupts_wait() {
     let cfg = UdpConfig {
         keepalive: None,
-        ..UdpConfig::default()
+        ..keyed()
     };
     let mut server = UdpServer::bind(localhost(), cfg).unwrap();
     let waker = server.waker();
@@ -394,7 +402,7 @@ fn udp_waker_interrupts_wait() {
 
 #[test]
 fn udp_external_event_loop_fd() {
-    let (mut server, mut client, peer) = connect_pair(UdpConfig::default(), UdpConfig::default());
+    let (mut server, mut client, peer) = connect_pair(keyed(), keyed());
     let fd = client.as_raw_fd().unwrap();
     assert!(client.arm().unwrap());
     server.send(peer, b"wake").unwrap();
@@ -420,7 +428,7 @@ fn udp_server_child_entry() {
     if std::env::var(SERVER_CHILD_ENV).is_err() {
         return;
     }
-    let server = UdpServer::bind(localhost(), UdpConfig::default()).unwrap();
+    let server = UdpServer::bind(localhost(), keyed()).unwrap();
     println!("ADDR {}", server.local_addr().unwrap());
     let echo = lockmgr_transport::raw::EchoServer::spawn(server);
     std::thread::sleep(HANG_GUARD * 3);
@@ -445,7 +453,7 @@ fn udp_server_process_killed() {
     let cfg = UdpConfig {
         keepalive: Some(Duration::from_millis(20)),
         peer_timeout: Duration::from_millis(300),
-        ..UdpConfig::default()
+        ..keyed()
     };
     let mut client = UdpClient::connect(addr, cfg).unwrap();
     client.send(b"echo me").unwrap();

@@ -133,9 +133,10 @@ impl Engine {
         if o.delete_on_close || self.files.get(&o.file).is_some_and(|f| f.delete_pending) {
             return false;
         }
-        let (old, f) = (o.session, o.file);
+        let (old, f, held) = (o.session, o.file, o.live_locks);
         if let Some(s) = self.sessions.get_mut(&old) {
             s.opens.remove(&open);
+            s.locks = s.locks.saturating_sub(held);
         }
         if let Some(o) = self.opens.get_mut(&open) {
             o.session = DISCONNECTED;
@@ -304,10 +305,12 @@ impl Engine {
             return;
         };
         o.session = session;
-        let f = o.file;
+        let (f, held) = (o.file, o.live_locks);
         self.durable.detach(open, f);
         if let Some(s) = self.sessions.get_mut(&session) {
             s.opens.insert(open);
+            // A reclaimed open brings its locks back; caps do not refuse a reclaim.
+            s.locks += held;
         }
         let grant = self
             .opens
