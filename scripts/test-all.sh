@@ -21,6 +21,9 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test --workspace"
 cargo test --workspace -- --test-threads=2
 
+step "fuzz smoke: every cargo-fuzz target for a few seconds (incl. smbd's message-sequence target)"
+FUZZ_SECONDS=${FUZZ_SECONDS:-5} bash scripts/fuzz-smoke.sh
+
 if [ -f hw-tests/run-softroce.sh ]; then
     step "soft-RoCE tests under qemu"
     bash hw-tests/run-softroce.sh

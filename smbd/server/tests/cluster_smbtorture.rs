@@ -30,6 +30,7 @@ fn suite(name: &str) {
         &raw,
         &cluster_known_failures(),
         "cluster-known-failures.txt",
+        |t| parse_subunit(&run_smbtorture(&cluster, 0, t)),
         || cluster.logs(),
     );
 }

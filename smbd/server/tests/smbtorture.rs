@@ -24,6 +24,7 @@ fn suite(name: &str) {
         &raw,
         &known_failures(),
         "smbtorture-known-failures.txt",
+        |t| run_smbtorture(&srv, t).0,
         || format!("--- smbd log ---\n{}", srv.log()),
     );
 }

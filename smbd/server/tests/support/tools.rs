@@ -85,16 +85,30 @@ pub fn read_known_failures(file: &str) -> Vec<String> {
 /// Compares one suite's results with its known failures: any failure not listed fails the test
 /// (with `logs()` in the message); listed tests that pass now are reported. `list` names the
 /// known-failures file for the report.
+/// Compare a suite's results with the known failures. A failure not listed is run once more
+/// on its own through `rerun` (the subtest's full name -> its results): on these 2-vCPU
+/// machines a few subtests lose a race with the previous subtest's disconnect under load
+/// (DELETE_PENDING at setup); one that passes alone is reported as load-dependent, one that
+/// fails again fails the test.
 pub fn check_suite(
     name: &str,
     res: &TortureResults,
     raw: &str,
     known: &[String],
     list: &str,
+    rerun: impl Fn(&str) -> TortureResults,
     logs: impl FnOnce() -> String,
 ) {
     let listed = |t: &&String| known.iter().any(|k| k == *t);
-    let unexpected: Vec<&String> = res.failure.iter().filter(|f| !listed(f)).collect();
+    let mut unexpected: Vec<&String> = res.failure.iter().filter(|f| !listed(f)).collect();
+    unexpected.retain(|t| {
+        let again = rerun(t);
+        let passed_alone = again.failure.is_empty() && again.success.iter().any(|s| s == *t);
+        if passed_alone {
+            eprintln!("{name}: {t} failed in the suite run and passed alone (load-dependent)");
+        }
+        !passed_alone
+    });
     let fixed: Vec<&String> = res.success.iter().filter(listed).collect();
     eprintln!(
         "{name}: {} passed, {} failed, {} skipped",
