@@ -7,7 +7,7 @@
 //!   LID, GID, MTU, ring size). Only if the proof verifies does the server create a queue pair
 //!   (and pin memory for it); it answers with its own proof and hello, which the client checks
 //!   before connecting its QP. Both move their QPs INIT -> RTR -> RTS. Connections still in
-//!   set-up are capped ([`MAX_PENDING`], oldest dropped first) and time out after
+//!   set-up are capped ([`RdmaConfig::max_pending`], oldest dropped first) and time out after
 //!   `handshake_timeout`. The socket then stays open, idle, purely for death detection: a
 //!   killed process's socket is closed by the kernel, and the EOF becomes
 //!   `ServerEvent::Disconnected` / `TransportError::Disconnected`.
@@ -53,8 +53,7 @@ pub use conn::ConnStats;
 pub use server::RdmaServer;
 pub use verbs::{format_gid, DeviceConfig, DeviceInfo, LINK_LAYER_ETHERNET, LINK_LAYER_INFINIBAND};
 
-/// Side-channel connections a server keeps in set-up (not yet authenticated) at once; beyond
-/// it the oldest is dropped. Each costs a socket and ~150 bytes, never a queue pair.
+/// Default of [`RdmaConfig::max_pending`].
 pub const MAX_PENDING: usize = 1024;
 
 /// Nonce and proof lengths of the side channel's challenge-response.
@@ -83,6 +82,9 @@ pub struct RdmaConfig {
     /// the side channel only, and [`lockmgr_transport::ClientTransport::authenticate`] (which
     /// `lockmgr-client` calls) finishes.
     pub fabric_key: Option<lockmgr_transport::FabricKey>,
+    /// Side-channel connections a server keeps in set-up (not yet authenticated) at once;
+    /// beyond it the oldest is dropped. Each costs a socket and ~150 bytes, never a queue pair.
+    pub max_pending: usize,
 }
 
 impl Default for RdmaConfig {
@@ -94,12 +96,16 @@ impl Default for RdmaConfig {
             spin: SpinConfig::default(),
             handshake_timeout: Duration::from_secs(5),
             fabric_key: None,
+            max_pending: MAX_PENDING,
         }
     }
 }
 
 impl RdmaConfig {
     fn validate(&self) -> Result<(), RdmaError> {
+        if self.max_pending == 0 {
+            return Err(RdmaError::Config("max_pending must be at least 1".into()));
+        }
         if !(wire::MIN_SLOTS..=wire::MAX_SLOTS).contains(&self.slots) {
             return Err(RdmaError::Config(format!(
                 "slots must be in {}..={}",

@@ -14,7 +14,7 @@ use crate::conn::{Conn, ConnStats};
 use crate::sys::{sock_alive, Epoll, EventFdWaker};
 use crate::verbs::{self, CompChannel, Device, DeviceInfo};
 use crate::wire::{Hello, HELLO_LEN};
-use crate::{check_frame_len, RdmaConfig, RdmaError, AUTH_LEN, CHANNEL, MAX_PENDING};
+use crate::{check_frame_len, RdmaConfig, RdmaError, AUTH_LEN, CHANNEL};
 use lockmgr_transport::fabric::{channel_proof, verify_channel_proof};
 use lockmgr_transport::FabricKey;
 
@@ -145,7 +145,7 @@ impl RdmaServer {
                     if !matches!((&sock).write(&server_nonce), Ok(AUTH_LEN)) {
                         continue;
                     }
-                    if self.pending.len() >= MAX_PENDING {
+                    if self.pending.len() >= self.cfg.max_pending {
                         // Unauthenticated connections cost bounded memory: the oldest goes.
                         let oldest = self
                             .pending
