@@ -65,16 +65,28 @@ pub fn store(path: &Path, d: &DosInfo) -> std::io::Result<()> {
     buf.extend_from_slice(&d.creation.to_le_bytes());
     buf.extend_from_slice(&d.change.to_le_bytes());
     buf.extend_from_slice(&d.mtime_guard.to_le_bytes());
-    // Privileged after the handle's access check (crate::identity): the owner of a
-    // read-only file may still change its attributes and descriptor.
+    set_xattr_privileged(&c, NAME, &buf)
+}
+
+/// lsetxattr with the process's own credentials (crate::identity::as_root): for the server's
+/// metadata xattrs (DOS attributes, security descriptors), written after the handle's access
+/// check allowed the change; the owner of a read-only file may still change them. `name` is
+/// NUL-terminated.
+pub(crate) fn set_xattr_privileged(
+    path: &CString,
+    name: &[u8],
+    value: &[u8],
+) -> std::io::Result<()> {
+    debug_assert_eq!(name.last(), Some(&0));
     crate::identity::as_root(|| {
-        // SAFETY: `c` and NAME are NUL-terminated; `buf` holds LEN readable bytes.
+        // SAFETY: `path` and `name` are NUL-terminated; `value` holds value.len() readable
+        // bytes.
         let rc = unsafe {
             libc::lsetxattr(
-                c.as_ptr(),
-                NAME.as_ptr().cast(),
-                buf.as_ptr().cast(),
-                buf.len(),
+                path.as_ptr(),
+                name.as_ptr().cast(),
+                value.as_ptr().cast(),
+                value.len(),
                 0,
             )
         };

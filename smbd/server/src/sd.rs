@@ -208,26 +208,7 @@ pub fn store(path: &Path, p: &Parts) -> std::io::Result<()> {
     if buf.len() > MAX_LEN {
         return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
     }
-    // Privileged after the handle's access check (crate::identity): the owner of a
-    // read-only file may still change its attributes and descriptor.
-    crate::identity::as_root(|| {
-        // SAFETY: `c` and NAME are NUL-terminated; `buf` holds buf.len() readable bytes.
-        let rc = unsafe {
-            libc::lsetxattr(
-                c.as_ptr(),
-                NAME.as_ptr().cast(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                0,
-            )
-        };
-        // errno is read before the identity switches back.
-        if rc != 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    })
+    crate::dosattr::set_xattr_privileged(&c, NAME, &buf)
 }
 
 const EVERYONE_SID: &[u8] = &EVERYONE;

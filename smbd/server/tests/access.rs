@@ -11,28 +11,8 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
-/// smbclient against the `data` share with `auth` (e.g. `["-N"]` or `["-U", "bob%pw"]`);
-/// (success, output). smbclient exits 0 even when a `-c` command failed, so NT_STATUS in the
-/// output counts as failure.
 fn smbclient(srv: &TestServer, cwd: &Path, auth: &[&str], cmds: &str) -> (bool, String) {
-    let out = Command::new("smbclient")
-        .current_dir(cwd)
-        .arg("//127.0.0.1/data")
-        .arg("-p")
-        .arg(srv.port.to_string())
-        .arg("-s")
-        .arg(&srv.client_conf)
-        .args(auth)
-        .arg("-c")
-        .arg(cmds)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success() && !text.contains("NT_STATUS_"), text)
+    srv.smbclient_with(cwd, auth, cmds)
 }
 
 fn skip_without_smbclient() -> bool {

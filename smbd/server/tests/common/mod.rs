@@ -132,8 +132,18 @@ impl TestServer {
         child.wait().unwrap()
     }
 
-    /// Run smbclient with `-c cmds` from `cwd`; returns (success, combined output).
+    /// Run smbclient as the test user with `-c cmds` from `cwd`; returns (success, combined
+    /// output).
     pub fn smbclient(&self, cwd: &Path, extra: &[&str], cmds: &str) -> (bool, String) {
+        let user = format!("{USER}%{PASS}");
+        let mut args = vec!["-U", user.as_str()];
+        args.extend_from_slice(extra);
+        self.smbclient_with(cwd, &args, cmds)
+    }
+
+    /// Run smbclient against the `data` share with `args` (authentication included, e.g.
+    /// `-N` or `-U user%pw`) and `-c cmds` from `cwd`; returns (success, combined output).
+    pub fn smbclient_with(&self, cwd: &Path, args: &[&str], cmds: &str) -> (bool, String) {
         let out = Command::new("smbclient")
             .current_dir(cwd)
             .arg("//127.0.0.1/data")
@@ -141,9 +151,7 @@ impl TestServer {
             .arg(self.port.to_string())
             .arg("-s")
             .arg(&self.client_conf)
-            .arg("-U")
-            .arg(format!("{USER}%{PASS}"))
-            .args(extra)
+            .args(args)
             .arg("-c")
             .arg(cmds)
             .output()
