@@ -19,6 +19,7 @@ usage: limits_client.py COMMAND HOST PORT USER PASSWORD [ARGS...]
                           "RESULT ok=.. refused=.. other=.."
   sessions COUNT          COUNT complete sessions on one connection; prints
                           "RESULT ok=.. refused=.. other=.."
+  held COUNT              one handle takes COUNT one-byte locks (locks_per_conn)
   locks COUNT             COUNT handles each sending a blocking LOCK on a byte another handle
                           holds; prints "RESULT pending=.. refused=.. other=.."
   flood CONNS LEN         CONNS connections that each send as many READs of LEN bytes as their
@@ -304,6 +305,32 @@ def cmd_locks(host, port, user, password, count):
     os._exit(0)
 
 
+def cmd_held(host, port, user, password, count):
+    """One handle takes COUNT one-byte locks at distinct offsets (FAIL_IMMEDIATELY)."""
+    from smbprotocol.open import SMB2LockElement, LockFlags
+    conn, sess, tree = connect(host, port, user, password)
+    f = Open(tree, "held.bin")
+    f.create(ImpersonationLevel.Impersonation, GENERIC_RW, FileAttributes.FILE_ATTRIBUTE_NORMAL,
+             ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE,
+             CreateDisposition.FILE_OPEN_IF, CreateOptions.FILE_NON_DIRECTORY_FILE)
+    ok = refused = other = 0
+    for i in range(count):
+        e = SMB2LockElement()
+        e["offset"] = i
+        e["length"] = 1
+        e["flags"] = LockFlags.SMB2_LOCKFLAG_EXCLUSIVE_LOCK | LockFlags.SMB2_LOCKFLAG_FAIL_IMMEDIATELY
+        try:
+            f.lock([e])
+            ok += 1
+        except SMBResponseException as exc:
+            if status_of(exc) == NtStatus.STATUS_INSUFFICIENT_RESOURCES:
+                refused += 1
+            else:
+                other += 1
+    print(f"RESULT ok={ok} refused={refused} other={other}", flush=True)
+    os._exit(0)
+
+
 def cmd_flood(host, port, user, password, conns, length):
     senders = []
     sent = [0]
@@ -358,6 +385,8 @@ def main():
         cmd_sessions(host, port, user, password, int(rest[0]))
     elif cmd == "locks":
         cmd_locks(host, port, user, password, int(rest[0]))
+    elif cmd == "held":
+        cmd_held(host, port, user, password, int(rest[0]))
     elif cmd == "flood":
         cmd_flood(host, port, user, password, int(rest[0]), int(rest[1]))
     else:

@@ -84,6 +84,9 @@
 //! # (Samba's answer when its open table is full).
 //! opens_per_session = 8192
 //! opens_per_conn = 16384
+//! # Byte-range locks one connection may hold (STATUS_INSUFFICIENT_RESOURCES beyond): bounds
+//! # one client's share of the node's lockmgrd session (lockmgrd caps the session itself).
+//! locks_per_conn = 65536
 //! # Tree connects of one session; more get STATUS_INSUFFICIENT_RESOURCES.
 //! trees_per_session = 1024
 //! # Requests of one connection waiting asynchronously (blocking locks, creates waiting for a
@@ -370,6 +373,9 @@ pub struct LimitsConfig {
     pub sessions_per_conn: usize,
     pub opens_per_session: usize,
     pub opens_per_conn: usize,
+    /// Byte-range locks one connection may hold (they live in the node's lockmgrd session,
+    /// so this is what keeps one client from using up the node's share there).
+    pub locks_per_conn: usize,
     pub trees_per_session: usize,
     pub pending_async_per_conn: usize,
     pub notify_watches_per_conn: usize,
@@ -390,6 +396,8 @@ impl Default for LimitsConfig {
             // Samba's `max open files` is 16404 per client process; one session gets half.
             opens_per_session: 8192,
             opens_per_conn: 16384,
+            // Far beyond what applications take; lockmgrd's per-node cap is 4,194,304.
+            locks_per_conn: 65536,
             trees_per_session: 1024,
             // Half the credit window (MAX_CREDITS): every pending request holds a credit.
             pending_async_per_conn: 4096,
@@ -414,6 +422,7 @@ impl LimitsConfig {
             ("sessions_per_conn", self.sessions_per_conn),
             ("opens_per_session", self.opens_per_session),
             ("opens_per_conn", self.opens_per_conn),
+            ("locks_per_conn", self.locks_per_conn),
             ("trees_per_session", self.trees_per_session),
             ("pending_async_per_conn", self.pending_async_per_conn),
             ("notify_watches_per_conn", self.notify_watches_per_conn),

@@ -134,6 +134,7 @@ enum Kind {
     PendingAsync,
     NotifyWatches,
     ResponseBytes,
+    Locks,
 }
 
 /// Per-connection limit bookkeeping.
@@ -286,6 +287,20 @@ impl Conn {
                         l.notify_watches_per_conn,
                     );
                 }
+            }
+            // Locks held by this connection (in the node's lockmgrd session, shared by every
+            // client of the node).
+            Request::Lock(lr)
+                if lr.locks.iter().all(|e| e.flags & lock_flags::UNLOCK == 0)
+                    && self.opens.values().map(|o| o.locks.len()).sum::<usize>()
+                        + lr.locks.len()
+                        > l.locks_per_conn =>
+            {
+                return self.refuse(
+                    Kind::Locks,
+                    status::INSUFFICIENT_RESOURCES,
+                    l.locks_per_conn,
+                );
             }
             // Requests that may go async: a blocking lock, a rename waiting for lease breaks.
             Request::Lock(lr)

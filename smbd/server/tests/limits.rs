@@ -225,7 +225,7 @@ fn configured_tree_and_async_limits() {
     let Some(py) = tools() else { return };
     let srv = TestServer::start(Options {
         config_extra:
-            "[limits]\ntrees_per_session = 8\npending_async_per_conn = 20\nsessions_per_conn = 3\n"
+            "[limits]\ntrees_per_session = 8\npending_async_per_conn = 20\nsessions_per_conn = 3\nlocks_per_conn = 6\n"
                 .into(),
         ..Default::default()
     });
@@ -253,6 +253,19 @@ fn configured_tree_and_async_limits() {
         "{res}"
     );
     run_to_end(child, "locks client", &srv);
+    // Byte-range locks a connection holds in the node's lockmgrd session.
+    let (child, mut out) = client(&py, &srv, "held", &["9"]);
+    let res = line_with(&mut out, "RESULT", &srv);
+    assert_eq!(
+        (
+            field(&res, "ok"),
+            field(&res, "refused"),
+            field(&res, "other")
+        ),
+        (6, 3, 0),
+        "{res}"
+    );
+    run_to_end(child, "held client", &srv);
     let (child, mut out) = client(&py, &srv, "sessions", &["5"]);
     let res = line_with(&mut out, "RESULT", &srv);
     assert_eq!(
