@@ -752,6 +752,10 @@ impl Conn {
                     // Not kept (a break was in flight, or delete-on-close): closed instead.
                     o.lock_open = None;
                     if delete_file {
+                        // With the opener's credentials, as close_open does.
+                        if let Some(id) = &o.identity {
+                            crate::identity::become_user(id);
+                        }
                         let _ = self.shared.shares[o.share].dir.unlink(&o.rel, o.is_dir);
                     }
                 }

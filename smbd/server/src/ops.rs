@@ -546,14 +546,10 @@ impl Conn {
                         let _ = streams::remove_data(&t.path);
                     }
                     if t.base_created {
-                        let _ = std::fs::remove_file(&res.abs);
+                        let _ = share_dir.unlink(&res.rel, false);
                     }
                 } else if created_now {
-                    let _ = if is_dir {
-                        std::fs::remove_dir(&res.abs)
-                    } else {
-                        std::fs::remove_file(&res.abs)
-                    };
+                    let _ = share_dir.unlink(&res.rel, is_dir);
                 }
                 return err(status::INVALID_PARAMETER);
             }
@@ -744,7 +740,7 @@ impl Conn {
         }
         let undo = |base_created: bool| {
             if base_created {
-                let _ = std::fs::remove_file(&res.abs);
+                let _ = share_dir.unlink(&res.rel, false);
             }
         };
         let ino = match std::fs::metadata(&res.abs) {
