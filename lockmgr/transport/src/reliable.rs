@@ -1071,6 +1071,19 @@ impl<L: Link> ReliableServer<L> {
     }
 
     /// CONFIRM: check cookie and client proof; only then does the connection exist.
+    /// An RST for `conn_id` (unauthenticated by design: it only makes the peer probe, or tells
+    /// a client with the wrong key at once).
+    fn send_rst(&mut self, conn_id: u64, to: L::Addr) {
+        let rst = encode_header(&Header {
+            kind: Kind::Rst,
+            conn_id,
+            pn: 0,
+            seq: 0,
+            ack: 0,
+        });
+        self.sock.send_to(&rst, to);
+    }
+
     fn on_confirm(
         &mut self,
         h: &Header,
@@ -1114,14 +1127,7 @@ impl<L: Link> ReliableServer<L> {
             tracing::warn!(?from, "fabric handshake: bad cluster-key proof");
             // Tells a misconfigured client at once; forging it needs the (random) conn id and
             // only aborts a handshake, which an on-path attacker could do by dropping anyway.
-            let rst = encode_header(&Header {
-                kind: Kind::Rst,
-                conn_id: h.conn_id,
-                pn: 0,
-                seq: 0,
-                ack: 0,
-            });
-            self.sock.send_to(&rst, from);
+            self.send_rst(h.conn_id, from);
             return 0;
         }
         let mut n = 0;
@@ -1208,14 +1214,7 @@ impl<L: Link> ReliableServer<L> {
             if matches!(h.kind, Kind::Data | Kind::Ping) {
                 // A hint for a client whose connection we lost (e.g. we restarted); it only
                 // makes the client probe us, so it may as well be unauthenticated.
-                let rst = encode_header(&Header {
-                    kind: Kind::Rst,
-                    conn_id: h.conn_id,
-                    pn: 0,
-                    seq: 0,
-                    ack: 0,
-                });
-                self.sock.send_to(&rst, from);
+                self.send_rst(h.conn_id, from);
             }
             return 0;
         };
