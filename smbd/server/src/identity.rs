@@ -58,31 +58,30 @@ pub enum IdentityError {
 
 thread_local! {
     /// The identity this thread runs file operations as; `None` = the process's own (root).
-    static CURRENT: Cell<Option<*const UnixIdentity>> = const { Cell::new(None) };
+    static HELD: std::cell::RefCell<Option<Arc<UnixIdentity>>> = const { std::cell::RefCell::new(None) };
     /// Whether this thread saw setfsuid/setfsgid take effect once (they cannot report
     /// failure; the capability they need does not come and go).
     static VERIFIED: Cell<bool> = const { Cell::new(false) };
-    /// Keeps the identity behind CURRENT alive.
-    static HELD: std::cell::RefCell<Option<Arc<UnixIdentity>>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Take on `id` for this thread's file operations (no-op when it already has it).
+/// Take on `id` for this thread's file operations (no-op when it already has it: the same
+/// Arc, the common case, or an equal identity).
 pub fn become_user(id: &Arc<UnixIdentity>) {
-    let same = CURRENT.with(|c| c.get() == Some(Arc::as_ptr(id)));
+    let same = HELD.with(|h| {
+        h.borrow()
+            .as_ref()
+            .is_some_and(|held| Arc::ptr_eq(held, id) || **held == **id)
+    });
     if same {
         return;
     }
-    let held_equal = HELD.with(|h| h.borrow().as_deref() == Some(id.as_ref()));
-    if !held_equal {
-        if let Err(e) = switch_to(id.uid, id.gid, &id.groups) {
-            // Failing to drop privileges must not leave the thread running as someone else:
-            // abort rather than serve a request with the wrong credentials.
-            tracing::error!(%e, uid = id.uid, "cannot switch file-system identity; aborting");
-            std::process::abort();
-        }
+    if let Err(e) = switch_to(id.uid, id.gid, &id.groups) {
+        // Failing to drop privileges must not leave the thread running as someone else:
+        // abort rather than serve a request with the wrong credentials.
+        tracing::error!(%e, uid = id.uid, "cannot switch file-system identity; aborting");
+        std::process::abort();
     }
     HELD.with(|h| *h.borrow_mut() = Some(id.clone()));
-    CURRENT.with(|c| c.set(Some(Arc::as_ptr(id))));
 }
 
 /// Run `f` with the process's own (root) file-system credentials, then return to the
