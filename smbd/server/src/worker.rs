@@ -330,6 +330,13 @@ impl Worker {
                 break;
             }
         }
+        // Stop listening now, not when the kernel's asynchronous ring teardown drops the
+        // accept SQEs' file references after exit: a stopped smbd must refuse connections at once.
+        for listener in &self.listeners {
+            // SAFETY: shutdown(2) on a descriptor this worker owns (the listener outlives the
+            // call); it only changes the socket's state and reads no memory of ours.
+            unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+        }
         for i in 0..self.slots.len() {
             if let Some(mut s) = self.slots[i].take() {
                 let _ = s.stream.shutdown(Shutdown::Both);
