@@ -97,7 +97,7 @@ fn max_len_of(class: u8) -> u64 {
 /// Locks of one length class, keyed by (offset, insertion sequence).
 type ClassMap = BTreeMap<(u64, u64), HeldLock>;
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct LockTable {
     /// Classes in use, sorted by class; at most one of them may be empty (see `remove`). Most
     /// files use one or two classes, so a short vector beats a fixed 65-slot array in memory

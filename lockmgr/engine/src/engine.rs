@@ -85,7 +85,7 @@ enum PendingRef {
     Rename(FileId),
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct SessionState {
     opens: IdSet<OpenId>,
     pending: IdMap<RequestId, PendingRef>,
@@ -93,7 +93,7 @@ struct SessionState {
     locks: usize,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct OpenState {
     session: SessionId,
     file: FileId,
@@ -115,7 +115,7 @@ struct OpenState {
     plain_stat: bool,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct LeaseRec {
     file: FileId,
     state: LeaseState,
@@ -153,7 +153,7 @@ struct RenameWaiter {
     waiting: Vec<Holder>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct FileState {
     open_count: usize,
     /// Opens among `open_count` without data access (attributes, SYNCHRONIZE, READ_CONTROL)
@@ -212,7 +212,7 @@ fn waiters_block<'a>(
 }
 
 /// The lock engine. See the crate documentation for how to drive it.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Engine {
     config: Config,
     sessions: IdMap<SessionId, SessionState>,

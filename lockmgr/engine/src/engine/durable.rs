@@ -16,7 +16,7 @@ use crate::types::{Duration, MAX_DURABLE_BLOB};
 /// `owned`, and notifications to it are dropped.
 pub(super) const DISCONNECTED: SessionId = SessionId(u64::MAX);
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct DurableRec {
     key: u64,
     timeout: Duration,
@@ -27,7 +27,7 @@ struct DurableRec {
 
 /// The engine's durable-open bookkeeping (kept apart from `OpenState` so opens that are not
 /// durable pay nothing).
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(super) struct DurableTable {
     recs: IdMap<OpenId, DurableRec>,
     keys: IdMap<u64, OpenId>,

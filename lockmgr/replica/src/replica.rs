@@ -1,0 +1,544 @@
+//! The replica state machine: one engine, its input log, the outputs it may release.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use lockmgr_engine::{Config, Engine, FileId, Output, Request, RequestId, SessionId, Time};
+
+use crate::{Ack, Append, Entry, Epoch, Input, Sequenced};
+
+/// Most outputs a session's outbox keeps unacknowledged. A node acknowledges far more often
+/// than this in normal operation; one that never does cannot make a replica grow without
+/// bound. Resuming past a trimmed output fails ([`ResumeError::OutputsTrimmed`]).
+pub const MAX_OUTBOX: usize = 1 << 16;
+
+/// What a replica is in its epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Applies inputs, logs them, releases outputs once committed.
+    Primary,
+    /// Replays the primary's log; releases nothing until promoted.
+    Standby,
+    /// Learned that a newer epoch exists without being part of it: applies and releases
+    /// nothing any more.
+    Deposed,
+}
+
+/// The outcome of [`Replica::submit`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Submitted {
+    /// Logged at this index and applied.
+    Logged(u64),
+    /// The session already sent this request (it is in the log): not applied again. Its reply
+    /// is in the session's outbox, or still to come if it is pending.
+    Duplicate,
+    /// Not primary: nothing was applied.
+    NotPrimary,
+}
+
+/// Why a standby refused an [`Append`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppendError {
+    #[error("append of epoch {sent:?}, but this replica is in epoch {mine:?}")]
+    EpochMismatch { sent: Epoch, mine: Epoch },
+    #[error("log gap: expected entry {expected}, got {got}")]
+    Gap { expected: u64, got: u64 },
+    #[error("not a standby")]
+    NotStandby,
+}
+
+/// Why a node could not resume its session on this replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ResumeError {
+    #[error("unknown session")]
+    UnknownSession,
+    #[error("the node claims output {claimed}, but this replica has produced only {produced}")]
+    FromTheFuture { claimed: u64, produced: u64 },
+    #[error("outputs after {received} were trimmed from the outbox")]
+    OutputsTrimmed { received: u64 },
+    #[error("not primary")]
+    NotPrimary,
+}
+
+#[derive(Clone, Debug, Default)]
+struct SessionLog {
+    /// Sequence number of the session's next output.
+    next_seq: u64,
+    /// Highest request id of this session that the log holds (Cancel aside).
+    last_request: u64,
+    /// Outputs not yet acknowledged by the node, oldest first, with the index of the log
+    /// entry that produced each (an output may be sent only once that entry is committed).
+    outbox: VecDeque<(u64, Sequenced)>,
+    /// The node is connected to this replica and gets outputs as they commit; otherwise they
+    /// wait in the outbox for [`Replica::resume`].
+    attached: bool,
+    /// Outputs below this were dropped unacknowledged because the outbox was full.
+    trimmed_below: u64,
+}
+
+/// One replica: an engine, the log of its inputs, the outputs it may release.
+#[derive(Clone, Debug)]
+pub struct Replica {
+    role: Role,
+    epoch: Epoch,
+    engine: Engine,
+    /// Index of the next entry: the next to assign (primary) or to accept (standby).
+    next_index: u64,
+    /// Entries below this are held by the standby (or need not be: serving alone).
+    committed: u64,
+    /// Whether this primary replicates to a standby in its epoch.
+    replicated: bool,
+    /// Primary: logged entries the standby has not acknowledged, oldest first.
+    unacked: VecDeque<Entry>,
+    /// Primary: entries below this index were handed out by `poll_append` already.
+    sent_upto: u64,
+    /// Primary: outputs waiting for their entry (the index) to commit.
+    held: VecDeque<(u64, Sequenced)>,
+    /// Outputs the caller may send now.
+    ready: VecDeque<Sequenced>,
+    sessions: BTreeMap<SessionId, SessionLog>,
+    /// Time of the last applied entry: engine time never goes backwards, also across a
+    /// failover to a replica whose clock started elsewhere.
+    last_now: Time,
+    /// Standby: an acknowledgement is due.
+    ack_due: bool,
+    /// Files the last `TakeOrphanedDeletes` returned (primary: for the daemon to unlink).
+    orphaned: Vec<FileId>,
+    /// Test-only fault: release outputs before the standby has the entry. A replicated
+    /// lock manager built like this can lose acknowledged locks; the history checker's tests
+    /// use it to show they catch that.
+    reply_before_commit: bool,
+}
+
+impl Replica {
+    /// A primary in `epoch`. `replicated`: whether the epoch names a standby (outputs wait for
+    /// its acknowledgement) or this primary serves alone.
+    pub fn primary(config: Config, epoch: Epoch, replicated: bool) -> Replica {
+        Replica::new(Role::Primary, config, epoch, replicated)
+    }
+
+    /// A standby of `epoch`, starting from an empty engine (the primary's log from index 0).
+    pub fn standby(config: Config, epoch: Epoch) -> Replica {
+        Replica::new(Role::Standby, config, epoch, false)
+    }
+
+    fn new(role: Role, config: Config, epoch: Epoch, replicated: bool) -> Replica {
+        Replica {
+            role,
+            epoch,
+            engine: Engine::new(config),
+            next_index: 0,
+            committed: 0,
+            replicated,
+            unacked: VecDeque::new(),
+            sent_upto: 0,
+            held: VecDeque::new(),
+            ready: VecDeque::new(),
+            sessions: BTreeMap::new(),
+            last_now: Time(0),
+            ack_due: false,
+            orphaned: Vec::new(),
+            reply_before_commit: false,
+        }
+    }
+
+    /// A standby that starts from this primary's state as of now (catch-up of a replacement
+    /// standby): its log continues at the primary's next index, in `epoch` (the new
+    /// configuration that names it). The primary's uncommitted entries are part of the copy,
+    /// so the primary must treat them as acknowledged once the standby acknowledges anything
+    /// of `epoch`.
+    pub fn standby_from(&self, epoch: Epoch) -> Replica {
+        let mut copy = self.clone();
+        copy.role = Role::Standby;
+        copy.epoch = epoch;
+        copy.replicated = false;
+        copy.unacked.clear();
+        copy.sent_upto = copy.next_index;
+        copy.committed = copy.next_index;
+        // What the primary holds back, the standby has in its outboxes already (the outbox
+        // takes every output when it is produced), so nothing is lost by dropping these.
+        copy.held.clear();
+        copy.ready.clear();
+        copy.ack_due = false;
+        copy
+    }
+
+    /// Test-only: see the field. Never set in a lock manager.
+    #[doc(hidden)]
+    pub fn set_reply_before_commit(&mut self, on: bool) {
+        self.reply_before_commit = on;
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Index of the next log entry.
+    pub fn next_index(&self) -> u64 {
+        self.next_index
+    }
+
+    /// Entries below this are committed.
+    pub fn committed(&self) -> u64 {
+        self.committed
+    }
+
+    /// Entries logged but not yet acknowledged by the standby.
+    pub fn replication_lag(&self) -> u64 {
+        self.next_index - self.committed
+    }
+
+    /// Sessions this replica knows, with the sequence number of their last output.
+    pub fn sessions(&self) -> impl Iterator<Item = (SessionId, u64)> + '_ {
+        self.sessions
+            .iter()
+            .map(|(s, log)| (*s, log.next_seq.saturating_sub(1)))
+    }
+
+    /// Earliest engine time at which [`Input::Timeout`] should be submitted.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        self.engine.poll_timeout()
+    }
+
+    /// Primary: log and apply one input. `now` is clamped so engine time never goes back.
+    pub fn submit(&mut self, now: Time, input: Input) -> Submitted {
+        if self.role != Role::Primary {
+            return Submitted::NotPrimary;
+        }
+        if let Input::Request {
+            session,
+            request,
+            req,
+        } = &input
+        {
+            let is_cancel = matches!(req, Request::Cancel { .. });
+            let last = self.sessions.get(session).map_or(0, |s| s.last_request);
+            if !is_cancel && request.0 <= last {
+                return Submitted::Duplicate;
+            }
+        }
+        let now = Time(now.0.max(self.last_now.0));
+        let index = self.next_index;
+        let entry = Entry { index, now, input };
+        self.apply(&entry);
+        self.next_index += 1;
+        if self.replicated {
+            self.unacked.push_back(entry);
+        } else {
+            self.committed = self.next_index;
+        }
+        self.release_committed();
+        Submitted::Logged(index)
+    }
+
+    /// Primary: the orphaned deletes as of now (logged, so the standby takes them too).
+    pub fn take_orphaned_deletes(&mut self, now: Time) -> Vec<FileId> {
+        if self.submit(now, Input::TakeOrphanedDeletes) == Submitted::NotPrimary {
+            return Vec::new();
+        }
+        std::mem::take(&mut self.orphaned)
+    }
+
+    /// Primary: the entries to send to the standby, if any are new.
+    pub fn poll_append(&mut self) -> Option<Append> {
+        if self.role != Role::Primary || !self.replicated {
+            return None;
+        }
+        let first = self.unacked.front()?.index;
+        let skip = self.sent_upto.saturating_sub(first) as usize;
+        if skip >= self.unacked.len() {
+            return None;
+        }
+        let entries: Vec<Entry> = self.unacked.iter().skip(skip).cloned().collect();
+        self.sent_upto = self.next_index;
+        Some(Append {
+            epoch: self.epoch,
+            entries,
+        })
+    }
+
+    /// Primary: send every unacknowledged entry again (a new connection to the standby, or
+    /// a gap the standby reported).
+    pub fn rewind_append(&mut self) {
+        self.sent_upto = self.committed;
+    }
+
+    /// Primary: the standby's acknowledgement. Acks of other epochs are ignored.
+    pub fn on_ack(&mut self, ack: Ack) {
+        if self.role != Role::Primary || ack.epoch != self.epoch || !self.replicated {
+            return;
+        }
+        let upto = ack.next_index.min(self.next_index);
+        if upto <= self.committed {
+            return;
+        }
+        self.committed = upto;
+        while self.unacked.front().is_some_and(|e| e.index < upto) {
+            self.unacked.pop_front();
+        }
+        self.sent_upto = self.sent_upto.max(upto);
+        self.release_committed();
+    }
+
+    /// Primary: the standby refused an append. A gap is resent; a newer epoch deposes this
+    /// primary (returns true: it must stop serving and send its nodes to the new primary).
+    pub fn on_append_refused(&mut self, err: AppendError) -> bool {
+        match err {
+            AppendError::Gap { expected, .. } => {
+                self.sent_upto = expected.max(self.committed);
+                false
+            }
+            AppendError::EpochMismatch { mine, .. } if mine > self.epoch => {
+                self.depose();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The coordination service says a newer epoch exists that this replica is not primary
+    /// or standby of: stop. Held outputs are dropped: they were never seen by anyone.
+    pub fn depose(&mut self) {
+        self.role = Role::Deposed;
+        self.held.clear();
+        self.ready.clear();
+        self.unacked.clear();
+    }
+
+    /// Primary: the coordination service recorded `epoch`, in which this primary serves
+    /// alone (its standby is gone). Everything logged is committed now.
+    pub fn serve_alone(&mut self, epoch: Epoch) {
+        if self.role != Role::Primary {
+            return;
+        }
+        self.epoch = epoch;
+        self.replicated = false;
+        self.unacked.clear();
+        self.committed = self.next_index;
+        self.sent_upto = self.next_index;
+        self.release_committed();
+    }
+
+    /// Primary: the coordination service recorded `epoch`, which names a standby built with
+    /// [`Replica::standby_from`] at this replica's current index.
+    pub fn replicate_to_new_standby(&mut self, epoch: Epoch) {
+        if self.role != Role::Primary {
+            return;
+        }
+        self.epoch = epoch;
+        self.replicated = true;
+        // The copy holds every entry logged so far; nothing older is retransmitted.
+        self.unacked.clear();
+        self.committed = self.next_index;
+        self.sent_upto = self.next_index;
+        self.release_committed();
+    }
+
+    /// Standby: entries from the primary. Returns an error to send back instead of an ack.
+    pub fn on_append(&mut self, append: &Append) -> Result<(), AppendError> {
+        if self.role != Role::Standby {
+            return Err(AppendError::NotStandby);
+        }
+        if append.epoch != self.epoch {
+            return Err(AppendError::EpochMismatch {
+                sent: append.epoch,
+                mine: self.epoch,
+            });
+        }
+        for entry in &append.entries {
+            if entry.index < self.next_index {
+                continue; // a retransmission of what we hold
+            }
+            if entry.index > self.next_index {
+                self.ack_due = true;
+                return Err(AppendError::Gap {
+                    expected: self.next_index,
+                    got: entry.index,
+                });
+            }
+            self.apply(entry);
+            self.next_index += 1;
+            self.committed = self.next_index;
+        }
+        self.ack_due = true;
+        // A standby releases nothing: outputs stay in the outboxes until promotion.
+        self.held.clear();
+        self.ready.clear();
+        Ok(())
+    }
+
+    /// Standby: the acknowledgement to send, if one is due.
+    pub fn poll_ack(&mut self) -> Option<Ack> {
+        if self.role != Role::Standby || !std::mem::take(&mut self.ack_due) {
+            return None;
+        }
+        Some(Ack {
+            epoch: self.epoch,
+            next_index: self.next_index,
+        })
+    }
+
+    /// Standby: the coordination service recorded `epoch`, in which this replica is primary
+    /// (`replicated`: with a standby of its own). Everything it holds is committed; nodes
+    /// get their outputs through [`Replica::resume`].
+    pub fn promote(&mut self, epoch: Epoch, replicated: bool) {
+        if self.role != Role::Standby {
+            return;
+        }
+        self.role = Role::Primary;
+        self.epoch = epoch;
+        self.replicated = replicated;
+        // Nodes were connected to the old primary: each gets its outputs once it resumes here.
+        for log in self.sessions.values_mut() {
+            log.attached = false;
+        }
+        self.committed = self.next_index;
+        self.sent_upto = self.next_index;
+        self.unacked.clear();
+        self.held.clear();
+        self.ready.clear();
+    }
+
+    /// Primary: a node (re-)attached `session` having received its outputs up to `received`:
+    /// everything after it that is committed is queued for sending again, in order, and the
+    /// rest follows as it commits. Until then the session's outputs only wait in its outbox
+    /// (after a promotion, or [`Replica::detach`]), so the node never sees them out of order.
+    pub fn resume(&mut self, session: SessionId, received: u64) -> Result<usize, ResumeError> {
+        if self.role != Role::Primary {
+            return Err(ResumeError::NotPrimary);
+        }
+        let log = self
+            .sessions
+            .get_mut(&session)
+            .ok_or(ResumeError::UnknownSession)?;
+        let produced = log.next_seq.saturating_sub(1);
+        if received > produced {
+            return Err(ResumeError::FromTheFuture {
+                claimed: received,
+                produced,
+            });
+        }
+        if received + 1 < log.trimmed_below {
+            return Err(ResumeError::OutputsTrimmed { received });
+        }
+        log.attached = true;
+        // Whatever was queued for this session is replaced by the outbox's tail.
+        self.ready.retain(|s| s.session() != session);
+        self.held.retain(|(_, s)| s.session() != session);
+        let mut queued = 0;
+        let mut late = false;
+        for (index, item) in log.outbox.iter().filter(|(_, s)| s.seq > received) {
+            if *index < self.committed && !late {
+                self.ready.push_back(item.clone());
+            } else {
+                late = true;
+                self.held.push_back((*index, item.clone()));
+            }
+            queued += 1;
+        }
+        if late {
+            // Keep `held` in log order (a stable sort keeps each session's order).
+            self.held.make_contiguous().sort_by_key(|(index, _)| *index);
+        }
+        Ok(queued)
+    }
+
+    /// Primary: the node's connection is gone but its session stays (it may resume here or
+    /// on another replica): its outputs wait in the outbox from now on.
+    pub fn detach(&mut self, session: SessionId) {
+        if let Some(log) = self.sessions.get_mut(&session) {
+            log.attached = false;
+        }
+        self.ready.retain(|s| s.session() != session);
+        self.held.retain(|(_, s)| s.session() != session);
+    }
+
+    /// Next output the caller may send (replies and notifications, committed).
+    pub fn poll_output(&mut self) -> Option<Sequenced> {
+        self.ready.pop_front()
+    }
+
+    /// Apply one entry to the engine and sequence what it produced (both roles alike, so
+    /// sequence numbers and outboxes agree).
+    fn apply(&mut self, entry: &Entry) {
+        self.last_now = Time(self.last_now.0.max(entry.now.0));
+        let now = entry.now;
+        match &entry.input {
+            Input::OpenSession { session } => {
+                self.engine.open_session(*session);
+                self.sessions.entry(*session).or_insert_with(|| SessionLog {
+                    next_seq: 1,
+                    attached: true,
+                    ..SessionLog::default()
+                });
+            }
+            Input::EndSession { session } => {
+                self.engine.end_session(now, *session);
+                self.sessions.remove(session);
+            }
+            Input::Request {
+                session,
+                request,
+                req,
+            } => {
+                if !matches!(req, Request::Cancel { .. }) {
+                    if let Some(log) = self.sessions.get_mut(session) {
+                        log.last_request = log.last_request.max(request.0);
+                    }
+                }
+                self.engine
+                    .handle(now, *session, RequestId(request.0), req.clone());
+            }
+            Input::Timeout => self.engine.handle_timeout(now),
+            Input::TakeOrphanedDeletes => self.orphaned = self.engine.take_orphaned_deletes(),
+            Input::OutputsReceived { session, seq } => {
+                if let Some(log) = self.sessions.get_mut(session) {
+                    while log.outbox.front().is_some_and(|(_, s)| s.seq <= *seq) {
+                        log.outbox.pop_front();
+                    }
+                }
+            }
+        }
+        while let Some(output) = self.engine.poll_output() {
+            let session = match &output {
+                Output::Reply { session, .. } | Output::Notify { session, .. } => *session,
+            };
+            // The engine only addresses sessions it knows, and those are in `sessions`.
+            let Some(log) = self.sessions.get_mut(&session) else {
+                continue;
+            };
+            let seq = log.next_seq;
+            log.next_seq += 1;
+            let item = Sequenced { seq, output };
+            if log.outbox.len() >= MAX_OUTBOX {
+                if let Some((_, old)) = log.outbox.pop_front() {
+                    log.trimmed_below = old.seq + 1;
+                }
+            }
+            log.outbox.push_back((entry.index, item.clone()));
+            if self.role == Role::Primary && log.attached {
+                self.held.push_back((entry.index, item));
+            }
+        }
+    }
+
+    fn release_committed(&mut self) {
+        while let Some((index, _)) = self.held.front() {
+            if *index >= self.committed && !self.reply_before_commit {
+                break;
+            }
+            if let Some((_, item)) = self.held.pop_front() {
+                self.ready.push_back(item);
+            }
+        }
+    }
+}
