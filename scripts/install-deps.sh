@@ -13,6 +13,8 @@ APT_PACKAGES=(
     iproute2
     # python venv for the independent SMB client library
     python3-venv
+    # the lock manager's coordination service (replica set, epochs) and protoc for its client
+    etcd-server etcd-client protobuf-compiler
 )
 
 missing=()

@@ -1,0 +1,220 @@
+//! The lock manager's configuration in etcd: which lockmgrd is primary, which are standbys,
+//! and the epoch that numbers that assignment.
+//!
+//! This is the only place the cluster agrees on anything by consensus, and the consensus is
+//! etcd's (Raft), not ours. The lock path never comes here: a configuration changes only when
+//! a replica dies or joins, by a compare-and-swap ([`Coordinator::swap`]) that installs epoch
+//! `e + 1` only if the stored configuration is still the one read at epoch `e`. Two replicas
+//! racing to replace the same configuration (a standby promoting itself, a primary going on
+//! alone) cannot both win, which is what makes the replication protocol's epoch fencing safe
+//! (see `lockmgr-replica`).
+//!
+//! The configuration is stored as a few lines of text (see [`Configuration::encode`]) under
+//! `/clustersmb/<cluster>/lockmgr/config`, so `etcdctl get` shows it to an operator.
+//!
+//! lockmgrd is single-threaded and synchronous; the etcd client is async (tonic/gRPC), so a
+//! [`Coordinator`] owns a current-thread tokio runtime and blocks on each call. Calls are
+//! rare (start, failover, standby replacement) and each has a deadline.
+#![forbid(unsafe_code)]
+
+mod config;
+
+pub use config::{ConfigError, Configuration, Member, MAX_STANDBYS};
+
+use std::time::Duration;
+
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, Txn, TxnOp, WatchOptions,
+};
+
+/// Errors talking to the coordination service. Not exhaustive: match with a fallback arm.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CoordError {
+    #[error("etcd: {0}")]
+    Etcd(#[from] etcd_client::Error),
+    #[error("etcd did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("cannot start the client's runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("stored configuration is malformed: {0}")]
+    Malformed(#[from] ConfigError),
+    #[error("a configuration change must raise the epoch by one ({from} -> {to})")]
+    EpochNotNext { from: u64, to: u64 },
+}
+
+/// A configuration as read, with the etcd revision it was last changed at (what
+/// [`Coordinator::swap`] compares against).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    pub config: Configuration,
+    pub mod_revision: i64,
+}
+
+/// The result of a compare-and-swap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Swap {
+    /// The new configuration is installed.
+    Installed(Stored),
+    /// Someone changed the configuration first: this is what is stored now.
+    Lost(Option<Stored>),
+}
+
+/// A blocking client of the coordination service for one cluster.
+pub struct Coordinator {
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+    key: String,
+    deadline: Duration,
+}
+
+impl Coordinator {
+    /// Connects to etcd (`endpoints` like `http://127.0.0.1:2379`) for `cluster`. Every
+    /// call, this one included, gives up after `deadline`.
+    pub fn connect(
+        endpoints: &[String],
+        cluster: &str,
+        deadline: Duration,
+    ) -> Result<Coordinator, CoordError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(CoordError::Runtime)?;
+        let options = ConnectOptions::new()
+            .with_connect_timeout(deadline)
+            .with_timeout(deadline);
+        let client = runtime
+            .block_on(async {
+                tokio::time::timeout(deadline, Client::connect(endpoints, Some(options))).await
+            })
+            .map_err(|_| CoordError::Timeout(deadline))??;
+        Ok(Coordinator {
+            runtime,
+            client,
+            key: format!("/clustersmb/{cluster}/lockmgr/config"),
+            deadline,
+        })
+    }
+
+    /// The etcd key the configuration lives under.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    fn block<T>(
+        &mut self,
+        f: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
+    ) -> Result<T, CoordError> {
+        let deadline = self.deadline;
+        self.runtime
+            .block_on(async { tokio::time::timeout(deadline, f).await })
+            .map_err(|_| CoordError::Timeout(deadline))?
+            .map_err(CoordError::Etcd)
+    }
+
+    /// The stored configuration, if one was ever installed.
+    pub fn read(&mut self) -> Result<Option<Stored>, CoordError> {
+        let key = self.key.clone();
+        let mut kv = self.client.kv_client();
+        let resp = self.block(async move { kv.get(key, None).await })?;
+        match resp.kvs().first() {
+            None => Ok(None),
+            Some(kv) => Ok(Some(Stored {
+                config: Configuration::decode(kv.value())?,
+                mod_revision: kv.mod_revision(),
+            })),
+        }
+    }
+
+    /// Installs `first` if the cluster has no configuration yet; returns what is stored
+    /// afterwards (`first`, or the configuration someone else installed before).
+    pub fn bootstrap(&mut self, first: &Configuration) -> Result<Stored, CoordError> {
+        let key = self.key.clone();
+        let value = first.encode();
+        let mut kv = self.client.kv_client();
+        let txn = Txn::new()
+            // A key that never existed has create_revision 0.
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), value, None)])
+            .or_else([TxnOp::get(key, None)]);
+        self.block(async move { kv.txn(txn).await })?;
+        self.read()?.ok_or_else(|| {
+            CoordError::Malformed(ConfigError::Invalid(
+                "configuration vanished after bootstrap",
+            ))
+        })
+    }
+
+    /// Compare-and-swap: installs `next` if the stored configuration is still `current`
+    /// (same etcd revision). `next.epoch` must be `current.config.epoch + 1`.
+    pub fn swap(&mut self, current: &Stored, next: &Configuration) -> Result<Swap, CoordError> {
+        if next.epoch != current.config.epoch + 1 {
+            return Err(CoordError::EpochNotNext {
+                from: current.config.epoch,
+                to: next.epoch,
+            });
+        }
+        let key = self.key.clone();
+        let value = next.encode();
+        let revision = current.mod_revision;
+        let mut kv = self.client.kv_client();
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.clone(),
+                CompareOp::Equal,
+                revision,
+            )])
+            .and_then([TxnOp::put(key, value, None)]);
+        let resp = self.block(async move { kv.txn(txn).await })?;
+        if resp.succeeded() {
+            let mod_revision = resp.header().map_or(revision + 1, |h| h.revision());
+            Ok(Swap::Installed(Stored {
+                config: next.clone(),
+                mod_revision,
+            }))
+        } else {
+            Ok(Swap::Lost(self.read()?))
+        }
+    }
+
+    /// Waits (up to `timeout`) for the configuration to change after `seen` (an etcd
+    /// revision; 0 = anything stored) and returns the new one, or `None` on timeout.
+    pub fn wait_change(
+        &mut self,
+        seen: i64,
+        timeout: Duration,
+    ) -> Result<Option<Stored>, CoordError> {
+        let key = self.key.clone();
+        let mut watch = self.client.watch_client();
+        let outcome = self.runtime.block_on(async move {
+            let options = WatchOptions::new().with_start_revision(seen + 1);
+            let mut stream = watch.watch(key, Some(options)).await?;
+            let wait = async {
+                while let Some(resp) = stream.message().await? {
+                    for ev in resp.events() {
+                        if ev.event_type() == EventType::Put {
+                            if let Some(kv) = ev.kv() {
+                                return Ok::<_, etcd_client::Error>(Some((
+                                    kv.value().to_vec(),
+                                    kv.mod_revision(),
+                                )));
+                            }
+                        }
+                    }
+                }
+                Ok(None)
+            };
+            match tokio::time::timeout(timeout, wait).await {
+                Ok(r) => r,
+                Err(_) => Ok(None),
+            }
+        })?;
+        match outcome {
+            None => Ok(None),
+            Some((value, mod_revision)) => Ok(Some(Stored {
+                config: Configuration::decode(&value)?,
+                mod_revision,
+            })),
+        }
+    }
+}
