@@ -24,6 +24,8 @@ TARGETS=(
     "lockmgr/rdma rdma_header"
     "lockmgr/rdma rdma_hello"
     "lockmgr/daemon lockmgrd_config"
+    "lockmgr/replica replica_config"
+    "lockmgr/replica replica_snapshot"
     "smbd/proto decode"
     "smbd/auth ntlm_step"
     "smbd/auth decrypt"

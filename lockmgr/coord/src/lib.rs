@@ -17,9 +17,7 @@
 //! rare (start, failover, standby replacement) and each has a deadline.
 #![forbid(unsafe_code)]
 
-mod config;
-
-pub use config::{ConfigError, Configuration, Member, MAX_STANDBYS};
+pub use lockmgr_replica::{ConfigError, Configuration, Member, MAX_STANDBYS};
 
 use std::time::Duration;
 

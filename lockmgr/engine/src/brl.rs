@@ -15,7 +15,7 @@ use crate::types::OpenId;
 /// with wrapping arithmetic, so a zero-length range at `X > 0` is `[X, X-1]` and overlaps a
 /// range `[a, b]` exactly when `a < X <= b` (it sits strictly inside, between two locked
 /// bytes). The `{0, 0}` range overlaps nothing and is represented by `None`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Span {
     pub first: u64,
     pub last: u64,
@@ -65,7 +65,7 @@ pub(crate) fn blocks(
 }
 
 /// One granted lock.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct HeldLock {
     pub length: u64,
     pub exclusive: bool,
@@ -74,7 +74,7 @@ pub(crate) struct HeldLock {
 
 /// Handle to one granted lock, kept by its owning open so close can drop its locks without
 /// scanning other opens' locks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub(crate) struct LockRef {
     pub class: u8,
     pub offset: u64,
@@ -97,7 +97,7 @@ fn max_len_of(class: u8) -> u64 {
 /// Locks of one length class, keyed by (offset, insertion sequence).
 type ClassMap = BTreeMap<(u64, u64), HeldLock>;
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct LockTable {
     /// Classes in use, sorted by class; at most one of them may be empty (see `remove`). Most
     /// files use one or two classes, so a short vector beats a fixed 65-slot array in memory

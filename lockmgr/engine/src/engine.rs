@@ -23,7 +23,7 @@ use durable::DISCONNECTED;
 type LeaseId = (ClientGuid, LeaseKey);
 
 /// Something holding caching state on a file: an open's oplock or a lease.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 enum Holder {
     Oplock(OpenId),
     Lease(LeaseId),
@@ -36,7 +36,7 @@ enum Holder {
 /// its ack may keep), `required` the state every conflicting open since then needs (a later
 /// open may need less than the break in flight asks for; it tightens `required` without a new
 /// notification, and the ack then triggers a follow-up break). Oplocks keep `required == to`.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 struct Break {
     to: LeaseState,
     required: LeaseState,
@@ -78,14 +78,14 @@ const fn without(state: LeaseState, bits: LeaseState) -> LeaseState {
     LeaseState(state.0 & !bits.0)
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 enum PendingRef {
     Lock(FileId),
     Open(FileId),
     Rename(FileId),
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct SessionState {
     opens: IdSet<OpenId>,
     pending: IdMap<RequestId, PendingRef>,
@@ -93,7 +93,7 @@ struct SessionState {
     locks: usize,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct OpenState {
     session: SessionId,
     file: FileId,
@@ -115,7 +115,7 @@ struct OpenState {
     plain_stat: bool,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct LeaseRec {
     file: FileId,
     state: LeaseState,
@@ -126,7 +126,7 @@ struct LeaseRec {
     breaking: Option<Break>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct LockWaiter {
     session: SessionId,
     request: RequestId,
@@ -136,7 +136,7 @@ struct LockWaiter {
     exclusive: bool,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct DeferredOpen {
     session: SessionId,
     request: RequestId,
@@ -145,7 +145,7 @@ struct DeferredOpen {
     waiting: Vec<Holder>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct RenameWaiter {
     session: SessionId,
     request: RequestId,
@@ -153,7 +153,7 @@ struct RenameWaiter {
     waiting: Vec<Holder>,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct FileState {
     open_count: usize,
     /// Opens among `open_count` without data access (attributes, SYNCHRONIZE, READ_CONTROL)
@@ -212,7 +212,7 @@ fn waiters_block<'a>(
 }
 
 /// The lock engine. See the crate documentation for how to drive it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Engine {
     config: Config,
     sessions: IdMap<SessionId, SessionState>,

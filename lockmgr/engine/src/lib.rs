@@ -37,7 +37,7 @@ pub use snapshot::*;
 pub use types::*;
 
 /// Engine tunables.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Config {
     /// How long a holder has to acknowledge an oplock or lease break before the engine completes
     /// the break as if acknowledged to None (Samba and ksmbd use 35 s).
@@ -59,7 +59,7 @@ impl Default for Config {
 /// Per-session caps, so one node (compromised, or buggy) cannot exhaust lockmgrd's memory at
 /// the expense of the others. The engine knows sessions (nodes), not the SMB connections
 /// inside them, so the caps are per node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SessionLimits {
     /// Opens held at once.
     pub max_opens: usize,

@@ -70,7 +70,7 @@ pub(crate) fn is_stat_open(mapped_access: u32) -> bool {
 
 /// Counters over the opens of one file that take part in sharing: like the Windows
 /// SHARE_ACCESS structure.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct ShareCounters {
     opens: u32,
     readers: u32,

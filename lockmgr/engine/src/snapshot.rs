@@ -7,7 +7,7 @@ use crate::types::{
 
 /// Everything the engine holds, as plain data. Ordered by id so two snapshots of the same
 /// state compare equal.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Snapshot {
     pub sessions: Vec<SessionInfo>,
     pub opens: Vec<OpenInfo>,
@@ -22,14 +22,14 @@ pub struct Snapshot {
     pub orphaned_deletes: Vec<FileId>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SessionInfo {
     pub session: SessionId,
     pub opens: usize,
     pub pending_requests: usize,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OpenInfo {
     pub open: OpenId,
     pub session: SessionId,
@@ -43,7 +43,7 @@ pub struct OpenInfo {
     pub caching: OplockGrant,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LockInfo {
     pub file: FileId,
     pub open: OpenId,
@@ -52,7 +52,7 @@ pub struct LockInfo {
     pub exclusive: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LockWaiterInfo {
     pub session: SessionId,
     pub request: RequestId,
@@ -63,7 +63,7 @@ pub struct LockWaiterInfo {
     pub exclusive: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DeferredOpenInfo {
     pub session: SessionId,
     pub request: RequestId,
@@ -71,7 +71,7 @@ pub struct DeferredOpenInfo {
 }
 
 /// Who holds a caching state being broken.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum BreakHolder {
     Oplock {
         open: OpenId,
@@ -87,7 +87,7 @@ pub enum BreakHolder {
 }
 
 /// A break sent with ack required and not yet acknowledged.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BreakInfo {
     pub session: SessionId,
     pub file: FileId,
@@ -96,7 +96,7 @@ pub struct BreakInfo {
 }
 
 /// Counters. Gauges describe the current state; `*_total` count events since creation.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
     pub sessions: usize,
     pub files: usize,

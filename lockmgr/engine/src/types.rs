@@ -9,7 +9,19 @@ use std::fmt;
 ///
 /// The engine never reads a clock; every entry point takes `now`, which makes it deterministic
 /// and testable in simulated time.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct Time(pub u64);
 
 impl Time {
@@ -25,7 +37,19 @@ impl Time {
 }
 
 /// A span of engine time in nanoseconds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct Duration(pub u64);
 
 impl Duration {
@@ -41,7 +65,9 @@ impl Duration {
 ///
 /// Every smbd node must derive the same id for the same stream: a hash of the filesystem's
 /// identity (not `st_dev`, which differs between nodes), the inode number and the stream name.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct FileId(pub u128);
 
 impl fmt::Debug for FileId {
@@ -51,21 +77,59 @@ impl fmt::Debug for FileId {
 }
 
 /// One authenticated lock-manager session: one smbd node's connection to lockmgrd.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct SessionId(pub u64);
 
 /// An open granted by the engine (the lock manager's half of an SMB2 FileId).
 /// Allocated by the engine, unique for the engine's lifetime, never 0.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct OpenId(pub u64);
 
 /// Request id chosen by the client; echoed in the response and in any later completion of a
 /// deferred request (a create waiting for a break, a blocking byte-range lock).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct RequestId(pub u64);
 
 /// SMB2 ClientGuid (MS-SMB2 2.2.3). Leases are keyed by (ClientGuid, LeaseKey).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct ClientGuid(pub u128);
 
 impl fmt::Debug for ClientGuid {
@@ -75,7 +139,9 @@ impl fmt::Debug for ClientGuid {
 }
 
 /// SMB2 lease key (MS-SMB2 2.2.13.2.8), 128 bits.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct LeaseKey(pub u128);
 
 impl fmt::Debug for LeaseKey {
@@ -114,7 +180,9 @@ pub mod share {
 }
 
 /// Lease state bits (MS-SMB2 2.2.13.2.8): the wire values of SMB2_LEASE_*_CACHING.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct LeaseState(pub u8);
 
 impl LeaseState {
@@ -154,7 +222,19 @@ impl fmt::Debug for LeaseState {
 }
 
 /// Oplock levels (MS-SMB2 2.2.13 RequestedOplockLevel, without LEASE which is `OplockRequest::Lease`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[repr(u8)]
 pub enum OplockLevel {
     #[default]
@@ -177,7 +257,9 @@ impl OplockLevel {
 }
 
 /// A lease request or grant (MS-SMB2 2.2.13.2.8 v1 / 2.2.13.2.10 v2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct Lease {
     pub key: LeaseKey,
     pub state: LeaseState,
@@ -192,7 +274,9 @@ pub struct Lease {
 }
 
 /// What caching the opener asks for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub enum OplockRequest {
     #[default]
     None,
@@ -201,7 +285,9 @@ pub enum OplockRequest {
 }
 
 /// What caching the engine granted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub enum OplockGrant {
     #[default]
     None,
@@ -211,7 +297,9 @@ pub enum OplockGrant {
 
 /// One element of a byte-range lock or unlock request (MS-SMB2 2.2.26.1).
 /// `length == 0` is a valid zero-length range; `offset + length` must not wrap past 2^64.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct LockRange {
     pub offset: u64,
     pub length: u64,
@@ -220,7 +308,7 @@ pub struct LockRange {
 
 /// Outcome codes. The engine speaks these; the SMB server maps them to NTSTATUS at the edge.
 /// `#[non_exhaustive]`: match with a fallback arm.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 #[repr(u16)]
 pub enum Status {
@@ -310,7 +398,9 @@ impl Status {
 }
 
 /// CREATE parameters the engine needs (a subset of MS-SMB2 2.2.13).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub struct OpenRequest {
     pub file: FileId,
     /// Granted access mask after generic mapping (see `access`).
@@ -329,7 +419,7 @@ pub struct OpenRequest {
 }
 
 /// Requests a session sends to the engine.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum Request {
     /// CREATE: share-mode check, then oplock/lease grant. May be deferred while breaks resolve.
@@ -414,7 +504,7 @@ pub enum Request {
 pub const MAX_DURABLE_BLOB: usize = 2048;
 
 /// The immediate or deferred answer to a request.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum Reply {
     /// The open was granted.
@@ -436,7 +526,9 @@ pub enum Reply {
 }
 
 /// The other opens of a file, as counts ([`Request::QueryUsage`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct FileUsage {
     /// Opens of the file (any access), not counting disconnected durable opens.
     pub opens: u32,
@@ -447,7 +539,7 @@ pub struct FileUsage {
 }
 
 /// What the engine asks of a session without being asked: addressed by `SessionId`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum Notification {
     /// Break an oplock (MS-SMB2 2.2.23.1): the holder's node sends OPLOCK_BREAK to its client.
@@ -471,7 +563,7 @@ pub enum Notification {
 }
 
 /// An output of the engine: a reply or notification for one session.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Output {
     Reply {
         session: SessionId,

@@ -36,10 +36,16 @@
 //! an acknowledged lock that vanished.
 #![forbid(unsafe_code)]
 
+mod config;
+pub mod fuzzing;
 pub mod history;
 mod replica;
 
-pub use replica::{AppendError, Replica, ResumeError, Role, Submitted, MAX_OUTBOX};
+pub use config::{ConfigError, Configuration, Member, MAX_STANDBYS};
+
+pub use replica::{
+    AppendError, Replica, ResumeError, Role, SnapshotError, Submitted, MAX_OUTBOX, SNAPSHOT_FORMAT,
+};
 
 use lockmgr_engine::{Output, Request, RequestId, SessionId, Time};
 
@@ -81,7 +87,7 @@ pub struct Entry {
 }
 
 /// An engine output with its per-session sequence number (from 1).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Sequenced {
     pub seq: u64,
     pub output: Output,

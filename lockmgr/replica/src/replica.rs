@@ -47,6 +47,34 @@ pub enum AppendError {
     NotStandby,
 }
 
+/// Why a snapshot could not be taken or installed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SnapshotError {
+    #[error("snapshot encoding failed: {0}")]
+    Encode(postcard::Error),
+    #[error("malformed snapshot: {0}")]
+    Decode(postcard::Error),
+    #[error("snapshot format {0} is not supported (this build speaks {SNAPSHOT_FORMAT})")]
+    Format(u32),
+    #[error("snapshot has {0} trailing bytes")]
+    Trailing(usize),
+}
+
+/// Version of the snapshot encoding; a replica refuses snapshots of any other.
+pub const SNAPSHOT_FORMAT: u32 = 1;
+
+/// Everything a replacement standby needs: the engine and the replication bookkeeping that
+/// replaying the log from the start would have produced.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapshotState {
+    format: u32,
+    engine: Engine,
+    next_index: u64,
+    sessions: BTreeMap<SessionId, SessionLog>,
+    last_now: Time,
+}
+
 /// Why a node could not resume its session on this replica.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -61,7 +89,7 @@ pub enum ResumeError {
     NotPrimary,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct SessionLog {
     /// Sequence number of the session's next output.
     next_seq: u64,
@@ -148,20 +176,72 @@ impl Replica {
     /// configuration that names it). The primary's uncommitted entries are part of the copy,
     /// so the primary must treat them as acknowledged once the standby acknowledges anything
     /// of `epoch`.
-    pub fn standby_from(&self, epoch: Epoch) -> Replica {
-        let mut copy = self.clone();
-        copy.role = Role::Standby;
-        copy.epoch = epoch;
-        copy.replicated = false;
-        copy.unacked.clear();
-        copy.sent_upto = copy.next_index;
-        copy.committed = copy.next_index;
-        // What the primary holds back, the standby has in its outboxes already (the outbox
-        // takes every output when it is produced), so nothing is lost by dropping these.
-        copy.held.clear();
-        copy.ready.clear();
-        copy.ack_due = false;
-        copy
+    pub fn standby_from(&self, epoch: Epoch) -> Result<Replica, SnapshotError> {
+        Replica::standby_from_snapshot(&self.snapshot()?, epoch)
+    }
+
+    /// This replica's state as bytes, for [`Replica::standby_from_snapshot`] on another
+    /// host. What the primary holds back is in the outboxes already (an outbox takes every
+    /// output when it is produced), so the snapshot needs no more.
+    pub fn snapshot(&self) -> Result<Vec<u8>, SnapshotError> {
+        #[derive(serde::Serialize)]
+        struct SnapshotRef<'a> {
+            format: u32,
+            engine: &'a Engine,
+            next_index: u64,
+            sessions: &'a BTreeMap<SessionId, SessionLog>,
+            last_now: Time,
+        }
+        postcard::to_stdvec(&SnapshotRef {
+            format: SNAPSHOT_FORMAT,
+            engine: &self.engine,
+            next_index: self.next_index,
+            sessions: &self.sessions,
+            last_now: self.last_now,
+        })
+        .map_err(SnapshotError::Encode)
+    }
+
+    /// A standby of `epoch` whose log continues where the snapshot's primary was.
+    pub fn standby_from_snapshot(bytes: &[u8], epoch: Epoch) -> Result<Replica, SnapshotError> {
+        let (state, rest): (SnapshotState, &[u8]) =
+            postcard::take_from_bytes(bytes).map_err(SnapshotError::Decode)?;
+        if state.format != SNAPSHOT_FORMAT {
+            return Err(SnapshotError::Format(state.format));
+        }
+        if !rest.is_empty() {
+            return Err(SnapshotError::Trailing(rest.len()));
+        }
+        let mut sessions = state.sessions;
+        for log in sessions.values_mut() {
+            // Sessions are attached to the primary, not to us.
+            log.attached = false;
+        }
+        Ok(Replica {
+            role: Role::Standby,
+            epoch,
+            engine: state.engine,
+            next_index: state.next_index,
+            committed: state.next_index,
+            replicated: false,
+            unacked: VecDeque::new(),
+            sent_upto: state.next_index,
+            held: VecDeque::new(),
+            ready: VecDeque::new(),
+            sessions,
+            last_now: state.last_now,
+            ack_due: false,
+            orphaned: Vec::new(),
+            reply_before_commit: false,
+        })
+    }
+
+    /// A session's outputs not yet acknowledged by its node, oldest first.
+    pub fn outbox(&self, session: SessionId) -> impl Iterator<Item = &Sequenced> + '_ {
+        self.sessions
+            .get(&session)
+            .into_iter()
+            .flat_map(|log| log.outbox.iter().map(|(_, s)| s))
     }
 
     /// Test-only: see the field. Never set in a lock manager.

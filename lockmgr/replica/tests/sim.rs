@@ -701,7 +701,13 @@ impl Sim {
         let Some(rep) = self.replicas[p].as_mut() else {
             return;
         };
-        let mut standby = rep.standby_from(epoch);
+        let mut standby = match rep.standby_from(epoch) {
+            Ok(s) => s,
+            Err(e) => {
+                self.problems.push(format!("snapshot failed: {e}"));
+                return;
+            }
+        };
         standby.set_reply_before_commit(self.broken);
         rep.replicate_to_new_standby(epoch);
         self.replicas.push(Some(standby));
@@ -855,6 +861,16 @@ impl Sim {
         if primary.engine().snapshot() != standby.engine().snapshot() {
             self.problems
                 .push("standby's engine state differs from the primary's".into());
+        }
+        // Same outputs, same sequence numbers: what a node resumes from is the same on both.
+        for node in &self.nodes {
+            let a: Vec<_> = primary.outbox(node.session).collect();
+            let b: Vec<_> = standby.outbox(node.session).collect();
+            let common = a.len().min(b.len());
+            if a[a.len() - common..] != b[b.len() - common..] {
+                self.problems
+                    .push(format!("outboxes of session {:?} differ", node.session));
+            }
         }
     }
 }

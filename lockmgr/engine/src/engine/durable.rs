@@ -16,7 +16,7 @@ use crate::types::{Duration, MAX_DURABLE_BLOB};
 /// `owned`, and notifications to it are dropped.
 pub(super) const DISCONNECTED: SessionId = SessionId(u64::MAX);
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct DurableRec {
     key: u64,
     timeout: Duration,
@@ -27,7 +27,7 @@ struct DurableRec {
 
 /// The engine's durable-open bookkeeping (kept apart from `OpenState` so opens that are not
 /// durable pay nothing).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(super) struct DurableTable {
     recs: IdMap<OpenId, DurableRec>,
     keys: IdMap<u64, OpenId>,

@@ -1,4 +1,4 @@
-//! The configuration record and its text encoding.
+//! The replica set of one epoch (what the coordination service stores) and its text encoding.
 //!
 //! ```text
 //! epoch 7
