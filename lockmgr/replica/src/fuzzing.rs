@@ -50,7 +50,13 @@ pub fn samples() -> Vec<(String, Vec<u8>)> {
     // A primary with a session, an open and a byte-range lock.
     let mut p = Replica::primary(Config::default(), Epoch(1), false);
     let session = SessionId(7);
-    p.submit(Time(1), Input::OpenSession { session });
+    p.submit(
+        Time(1),
+        Input::OpenSession {
+            session,
+            node: "node1".into(),
+        },
+    );
     p.submit(
         Time(2),
         Input::Request {

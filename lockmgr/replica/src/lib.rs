@@ -57,8 +57,9 @@ pub struct Epoch(pub u64);
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Input {
-    /// A node's session was established ([`lockmgr_engine::Engine::open_session`]).
-    OpenSession { session: SessionId },
+    /// A node's session was established ([`lockmgr_engine::Engine::open_session`]). `node` is
+    /// the authenticated node name: only that node may resume the session elsewhere.
+    OpenSession { session: SessionId, node: String },
     /// A node's session ended: its non-durable state is released
     /// ([`lockmgr_engine::Engine::end_session`]).
     EndSession { session: SessionId },

@@ -87,6 +87,8 @@ pub enum ResumeError {
     OutputsTrimmed { received: u64 },
     #[error("not primary")]
     NotPrimary,
+    #[error("the session belongs to another node")]
+    WrongNode,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -103,6 +105,8 @@ struct SessionLog {
     attached: bool,
     /// Outputs below this were dropped unacknowledged because the outbox was full.
     trimmed_below: u64,
+    /// The authenticated name of the node that owns the session.
+    node: String,
 }
 
 /// One replica: an engine, the log of its inputs, the outputs it may release.
@@ -282,6 +286,11 @@ impl Replica {
         self.sessions
             .iter()
             .map(|(s, log)| (*s, log.next_seq.saturating_sub(1)))
+    }
+
+    /// The node that owns `session`.
+    pub fn session_node(&self, session: SessionId) -> Option<&str> {
+        self.sessions.get(&session).map(|log| log.node.as_str())
     }
 
     /// Earliest engine time at which [`Input::Timeout`] should be submitted.
@@ -492,7 +501,12 @@ impl Replica {
     /// everything after it that is committed is queued for sending again, in order, and the
     /// rest follows as it commits. Until then the session's outputs only wait in its outbox
     /// (after a promotion, or [`Replica::detach`]), so the node never sees them out of order.
-    pub fn resume(&mut self, session: SessionId, received: u64) -> Result<usize, ResumeError> {
+    pub fn resume(
+        &mut self,
+        session: SessionId,
+        node: &str,
+        received: u64,
+    ) -> Result<usize, ResumeError> {
         if self.role != Role::Primary {
             return Err(ResumeError::NotPrimary);
         }
@@ -500,6 +514,10 @@ impl Replica {
             .sessions
             .get_mut(&session)
             .ok_or(ResumeError::UnknownSession)?;
+        if log.node != node {
+            // Never let one node take over another's locks by naming its session.
+            return Err(ResumeError::WrongNode);
+        }
         let produced = log.next_seq.saturating_sub(1);
         if received > produced {
             return Err(ResumeError::FromTheFuture {
@@ -553,11 +571,12 @@ impl Replica {
         self.last_now = Time(self.last_now.0.max(entry.now.0));
         let now = entry.now;
         match &entry.input {
-            Input::OpenSession { session } => {
+            Input::OpenSession { session, node } => {
                 self.engine.open_session(*session);
                 self.sessions.entry(*session).or_insert_with(|| SessionLog {
                     next_seq: 1,
                     attached: true,
+                    node: node.clone(),
                     ..SessionLog::default()
                 });
             }
@@ -620,5 +639,102 @@ impl Replica {
                 self.ready.push_back(item);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn primary_with_session() -> (Replica, SessionId) {
+        let mut p = Replica::primary(Config::default(), Epoch(1), true);
+        let session = SessionId(5);
+        p.submit(
+            Time(1),
+            Input::OpenSession {
+                session,
+                node: "node-a".into(),
+            },
+        );
+        (p, session)
+    }
+
+    #[test]
+    fn only_the_owning_node_resumes_a_session() {
+        let (mut p, session) = primary_with_session();
+        assert_eq!(p.resume(session, "node-b", 0), Err(ResumeError::WrongNode));
+        assert_eq!(p.resume(session, "node-a", 0), Ok(0));
+        assert_eq!(
+            p.resume(session, "node-a", 3),
+            Err(ResumeError::FromTheFuture {
+                claimed: 3,
+                produced: 0
+            })
+        );
+        assert_eq!(
+            p.resume(SessionId(6), "node-a", 0),
+            Err(ResumeError::UnknownSession)
+        );
+    }
+
+    #[test]
+    fn a_standby_refuses_other_epochs_and_gaps() {
+        let (mut p, _) = primary_with_session();
+        let append = p.poll_append().expect("an append");
+        let mut s = Replica::standby(Config::default(), Epoch(2));
+        assert_eq!(
+            s.on_append(&append),
+            Err(AppendError::EpochMismatch {
+                sent: Epoch(1),
+                mine: Epoch(2)
+            })
+        );
+        // A primary told of a newer epoch by its standby is deposed and releases nothing.
+        assert!(p.on_append_refused(AppendError::EpochMismatch {
+            sent: Epoch(1),
+            mine: Epoch(2)
+        }));
+        assert_eq!(p.role(), Role::Deposed);
+        assert_eq!(p.submit(Time(2), Input::Timeout), Submitted::NotPrimary);
+
+        let mut later = append.clone();
+        later.epoch = Epoch(2);
+        later.entries[0].index = 3;
+        assert_eq!(
+            s.on_append(&later),
+            Err(AppendError::Gap {
+                expected: 0,
+                got: 3
+            })
+        );
+    }
+
+    #[test]
+    fn outputs_wait_for_the_standby() {
+        let (mut p, session) = primary_with_session();
+        let open = Input::Request {
+            session,
+            request: RequestId(1),
+            req: Request::Open(lockmgr_engine::OpenRequest {
+                file: FileId(1),
+                access: 1,
+                share: 7,
+                ..Default::default()
+            }),
+        };
+        assert_eq!(p.submit(Time(2), open.clone()), Submitted::Logged(1));
+        assert_eq!(p.submit(Time(3), open), Submitted::Duplicate);
+        assert!(
+            p.poll_output().is_none(),
+            "released before the standby had it"
+        );
+        let mut s = Replica::standby(Config::default(), Epoch(1));
+        let append = p.poll_append().expect("an append");
+        s.on_append(&append).expect("accepted");
+        assert!(s.poll_output().is_none(), "a standby releases nothing");
+        p.on_ack(s.poll_ack().expect("an ack"));
+        let out = p.poll_output().expect("released after the ack");
+        assert_eq!(out.seq, 1);
+        assert_eq!(s.outbox(session).next(), Some(&out));
     }
 }

@@ -207,7 +207,13 @@ impl Sim {
         let now = Time(self.now);
         let session = self.nodes[n].session;
         if let Some(rep) = self.replicas[r].as_mut() {
-            if let Submitted::Logged(index) = rep.submit(now, Input::OpenSession { session }) {
+            if let Submitted::Logged(index) = rep.submit(
+                now,
+                Input::OpenSession {
+                    session,
+                    node: format!("node{n}"),
+                },
+            ) {
                 self.nodes[n].open_index = index;
             }
         }
@@ -313,7 +319,7 @@ impl Sim {
                         rep.submit(now, Input::OutputsReceived { session, seq });
                     }
                     Msg::Attach { received } => {
-                        if let Err(e) = rep.resume(session, received) {
+                        if let Err(e) = rep.resume(session, &format!("node{n}"), received) {
                             self.problems
                                 .push(format!("node {n} could not resume on replica {r}: {e}"));
                         }
