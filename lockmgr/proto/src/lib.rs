@@ -43,6 +43,7 @@ mod frame;
 pub mod fuzzing;
 pub mod message;
 pub mod private_file;
+pub mod replication;
 pub mod samples;
 #[cfg(any(test, feature = "proptest"))]
 pub mod strategies;

@@ -17,14 +17,17 @@
 //! | 0x12 | `Notify` | `Notification` |
 //! | 0x20 | `StatusQuery` | (empty) |
 //! | 0x21 | `StatusText` | more bool, text UTF-8 (the rest of the body) |
+//! | 0x13, 0x14, 0x30-0x34 | session resumption and replication | see [`crate::replication`] |
 //!
 //! A body must be consumed exactly: trailing bytes are an error, so every message has exactly
 //! one encoding and decode-then-encode reproduces the input bytes.
 
 use lockmgr_engine::{Notification, Reply, Request, RequestId, SessionId};
+use lockmgr_replica::{AppendError, Entry, Epoch};
 
 use crate::codec;
 use crate::error::{DecodeError, EncodeError};
+use crate::replication;
 use crate::wire::{Reader, Sink};
 use crate::{FRAME_HEADER_LEN, MAX_FRAME, MSG_HEADER_LEN};
 
@@ -51,8 +54,15 @@ pub mod msg_type {
     pub const REQUEST: u8 = 0x10;
     pub const REPLY: u8 = 0x11;
     pub const NOTIFY: u8 = 0x12;
+    pub const OUTPUTS_RECEIVED: u8 = 0x13;
+    pub const RESUME_SESSION: u8 = 0x14;
     pub const STATUS_QUERY: u8 = 0x20;
     pub const STATUS_TEXT: u8 = 0x21;
+    pub const REPLICA_ATTACH: u8 = 0x30;
+    pub const APPEND: u8 = 0x31;
+    pub const APPEND_ACK: u8 = 0x32;
+    pub const APPEND_REFUSED: u8 = 0x33;
+    pub const SNAPSHOT: u8 = 0x34;
 
     /// Whether this version of the codec can decode messages of type `tag`.
     pub const fn is_known(tag: u8) -> bool {
@@ -71,6 +81,13 @@ pub mod msg_type {
                 | NOTIFY
                 | STATUS_QUERY
                 | STATUS_TEXT
+                | OUTPUTS_RECEIVED
+                | RESUME_SESSION
+                | REPLICA_ATTACH
+                | APPEND
+                | APPEND_ACK
+                | APPEND_REFUSED
+                | SNAPSHOT
         )
     }
 }
@@ -176,6 +193,44 @@ pub enum Message {
         more: bool,
         text: String,
     },
+    /// Node to primary: every engine output (reply or notification) of the session up to
+    /// `seq` (counted from 1 since the session began) has arrived; replicas may forget them.
+    OutputsReceived {
+        seq: u64,
+    },
+    /// Node to server, in the frame of its `ClientProof`: continue `session_id` (a session
+    /// of this node, kept by the replicas) instead of starting a new one, and send again every
+    /// output after `received`.
+    ResumeSession {
+        session_id: SessionId,
+        received: u64,
+    },
+    /// Standby to primary, after authenticating like a node: send me the log of `epoch`.
+    ReplicaAttach {
+        epoch: Epoch,
+    },
+    /// Primary to standby: consecutive log entries of `epoch`.
+    Append {
+        epoch: Epoch,
+        entries: Vec<Entry>,
+    },
+    /// Standby to primary: every entry below `next_index` of `epoch` is held.
+    AppendAck {
+        epoch: Epoch,
+        next_index: u64,
+    },
+    /// Standby to primary: the append was not taken.
+    AppendRefused {
+        refusal: AppendError,
+    },
+    /// Primary to a joining standby: bytes `offset..offset + chunk.len()` of a snapshot of
+    /// `total` bytes taken for `epoch`; the log continues after the last chunk.
+    Snapshot {
+        epoch: Epoch,
+        total: u64,
+        offset: u64,
+        chunk: Vec<u8>,
+    },
 }
 
 impl Message {
@@ -196,6 +251,13 @@ impl Message {
             Message::Notify { .. } => NOTIFY,
             Message::StatusQuery => STATUS_QUERY,
             Message::StatusText { .. } => STATUS_TEXT,
+            Message::OutputsReceived { .. } => OUTPUTS_RECEIVED,
+            Message::ResumeSession { .. } => RESUME_SESSION,
+            Message::ReplicaAttach { .. } => REPLICA_ATTACH,
+            Message::Append { .. } => APPEND,
+            Message::AppendAck { .. } => APPEND_ACK,
+            Message::AppendRefused { .. } => APPEND_REFUSED,
+            Message::Snapshot { .. } => SNAPSHOT,
         }
     }
 
@@ -261,6 +323,19 @@ pub(crate) fn body_len(msg: &Message) -> Result<usize, EncodeError> {
             }
             1 + text.len()
         }
+        Message::OutputsReceived { .. } | Message::ReplicaAttach { .. } => 8,
+        Message::ResumeSession { .. } | Message::AppendAck { .. } => 16,
+        Message::Append { entries, .. } => 8 + replication::entries_len(entries)?,
+        Message::AppendRefused { .. } => 1 + 8 + 8,
+        Message::Snapshot { chunk, .. } => {
+            if chunk.len() > usize::from(u16::MAX) {
+                return Err(EncodeError::MessageTooLarge {
+                    len: chunk.len(),
+                    max: usize::from(u16::MAX),
+                });
+            }
+            8 + 8 + 8 + 2 + chunk.len()
+        }
     })
 }
 
@@ -314,6 +389,37 @@ pub(crate) fn encode_body(s: &mut Sink<'_>, msg: &Message) -> Result<(), EncodeE
             // Length limit already enforced by body_len.
             s.bool(*more);
             s.put(text.as_bytes());
+        }
+        Message::OutputsReceived { seq } => s.u64(*seq),
+        Message::ResumeSession {
+            session_id,
+            received,
+        } => {
+            s.u64(session_id.0);
+            s.u64(*received);
+        }
+        Message::ReplicaAttach { epoch } => s.u64(epoch.0),
+        Message::Append { epoch, entries } => {
+            s.u64(epoch.0);
+            replication::put_entries(s, entries)?;
+        }
+        Message::AppendAck { epoch, next_index } => {
+            s.u64(epoch.0);
+            s.u64(*next_index);
+        }
+        Message::AppendRefused { refusal } => replication::put_refusal(s, refusal),
+        Message::Snapshot {
+            epoch,
+            total,
+            offset,
+            chunk,
+        } => {
+            s.u64(epoch.0);
+            s.u64(*total);
+            s.u64(*offset);
+            // Bounded by body_len.
+            s.u16(chunk.len() as u16);
+            s.put(chunk);
         }
     }
     Ok(())
@@ -391,6 +497,48 @@ pub(crate) fn decode_body(tag: u8, body: &[u8]) -> Result<Message, DecodeError> 
                 })?
                 .to_owned();
             Message::StatusText { more, text }
+        }
+        OUTPUTS_RECEIVED => Message::OutputsReceived { seq: r.u64()? },
+        RESUME_SESSION => Message::ResumeSession {
+            session_id: SessionId(r.u64()?),
+            received: r.u64()?,
+        },
+        REPLICA_ATTACH => Message::ReplicaAttach {
+            epoch: Epoch(r.u64()?),
+        },
+        APPEND => Message::Append {
+            epoch: Epoch(r.u64()?),
+            entries: replication::get_entries(&mut r)?,
+        },
+        APPEND_ACK => Message::AppendAck {
+            epoch: Epoch(r.u64()?),
+            next_index: r.u64()?,
+        },
+        APPEND_REFUSED => Message::AppendRefused {
+            refusal: replication::get_refusal(&mut r)?,
+        },
+        SNAPSHOT => {
+            let epoch = Epoch(r.u64()?);
+            let total = r.u64()?;
+            let offset = r.u64()?;
+            let len = usize::from(r.u16()?);
+            let chunk = r.bytes(len)?.to_vec();
+            // The chunk must lie inside the snapshot.
+            if offset
+                .checked_add(chunk.len() as u64)
+                .is_none_or(|end| end > total)
+            {
+                return Err(DecodeError::InvalidEnumValue {
+                    field: "snapshot.offset",
+                    value: offset,
+                });
+            }
+            Message::Snapshot {
+                epoch,
+                total,
+                offset,
+                chunk,
+            }
         }
         other => return Err(DecodeError::UnknownMessageType(other)),
     };

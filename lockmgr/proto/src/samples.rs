@@ -233,6 +233,7 @@ pub fn all_messages() -> Vec<Message> {
             text: String::new(),
         },
     ];
+    v.extend(replication_messages());
     v.extend(
         requests()
             .into_iter()
@@ -257,4 +258,72 @@ pub fn all_messages() -> Vec<Message> {
             .map(|body| Message::Notify { body }),
     );
     v
+}
+
+/// Session resumption and replication messages: one log entry of every input kind, each
+/// refusal, a snapshot chunk.
+pub fn replication_messages() -> Vec<Message> {
+    use lockmgr_replica::{AppendError, Entry, Epoch, Input};
+    let session = SessionId(0x5e55_1000);
+    let inputs = vec![
+        Input::OpenSession {
+            session,
+            node: "smbd-node-01".to_owned(),
+        },
+        Input::Request {
+            session,
+            request: RequestId(9),
+            req: requests().swap_remove(0),
+        },
+        Input::Timeout,
+        Input::TakeOrphanedDeletes,
+        Input::OutputsReceived { session, seq: 77 },
+        Input::EndSession { session },
+    ];
+    let entries = inputs
+        .into_iter()
+        .enumerate()
+        .map(|(i, input)| Entry {
+            index: 1000 + i as u64,
+            now: lockmgr_engine::Time(5_000_000 + i as u64),
+            input,
+        })
+        .collect();
+    vec![
+        Message::OutputsReceived { seq: 77 },
+        Message::ResumeSession {
+            session_id: session,
+            received: 76,
+        },
+        Message::ReplicaAttach { epoch: Epoch(3) },
+        Message::Append {
+            epoch: Epoch(3),
+            entries,
+        },
+        Message::AppendAck {
+            epoch: Epoch(3),
+            next_index: 1006,
+        },
+        Message::AppendRefused {
+            refusal: AppendError::EpochMismatch {
+                sent: Epoch(3),
+                mine: Epoch(4),
+            },
+        },
+        Message::AppendRefused {
+            refusal: AppendError::Gap {
+                expected: 1000,
+                got: 1002,
+            },
+        },
+        Message::AppendRefused {
+            refusal: AppendError::NotStandby,
+        },
+        Message::Snapshot {
+            epoch: Epoch(4),
+            total: 100,
+            offset: 96,
+            chunk: vec![1, 2, 3, 4],
+        },
+    ]
 }

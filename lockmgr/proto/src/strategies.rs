@@ -6,7 +6,7 @@
 use lockmgr_engine::{
     ClientGuid, FileId, FileUsage, Lease, LeaseKey, LeaseState, LockRange, Notification, OpenId,
     OpenRequest, OplockGrant, OplockLevel, OplockRequest, Reply, Request, RequestId, SessionId,
-    Status,
+    Status, Time,
 };
 use proptest::collection::vec;
 use proptest::option;
@@ -284,5 +284,85 @@ pub fn message() -> impl Strategy<Value = Message> {
         notification().prop_map(|body| Message::Notify { body }),
         Just(Message::StatusQuery),
         (any::<bool>(), "\\PC{0,300}").prop_map(|(more, text)| Message::StatusText { more, text }),
+        any::<u64>().prop_map(|seq| Message::OutputsReceived { seq }),
+        (session_id(), any::<u64>()).prop_map(|(session_id, received)| {
+            Message::ResumeSession {
+                session_id,
+                received,
+            }
+        }),
+        epoch().prop_map(|epoch| Message::ReplicaAttach { epoch }),
+        (epoch(), entries()).prop_map(|(epoch, entries)| Message::Append { epoch, entries }),
+        (epoch(), any::<u64>())
+            .prop_map(|(epoch, next_index)| Message::AppendAck { epoch, next_index }),
+        append_refusal().prop_map(|refusal| Message::AppendRefused { refusal }),
+        (
+            epoch(),
+            any::<u64>(),
+            proptest::collection::vec(any::<u8>(), 0..200)
+        )
+            .prop_flat_map(|(epoch, extra, chunk)| {
+                let len = chunk.len() as u64;
+                (0..=extra.saturating_sub(len).min(1 << 40)).prop_map(move |offset| {
+                    Message::Snapshot {
+                        epoch,
+                        total: offset + len + (extra % 7),
+                        offset,
+                        chunk: chunk.clone(),
+                    }
+                })
+            }),
+    ]
+}
+
+pub fn epoch() -> impl Strategy<Value = lockmgr_replica::Epoch> {
+    any::<u64>().prop_map(lockmgr_replica::Epoch)
+}
+
+pub fn input() -> impl Strategy<Value = lockmgr_replica::Input> {
+    use lockmgr_replica::Input;
+    prop_oneof![
+        (session_id(), node_name())
+            .prop_map(|(session, node)| Input::OpenSession { session, node }),
+        session_id().prop_map(|session| Input::EndSession { session }),
+        (session_id(), request_id(), request()).prop_map(|(session, request, req)| {
+            Input::Request {
+                session,
+                request,
+                req,
+            }
+        }),
+        Just(Input::Timeout),
+        Just(Input::TakeOrphanedDeletes),
+        (session_id(), any::<u64>())
+            .prop_map(|(session, seq)| Input::OutputsReceived { session, seq }),
+    ]
+}
+
+/// Up to a handful of consecutive log entries.
+pub fn entries() -> impl Strategy<Value = Vec<lockmgr_replica::Entry>> {
+    (
+        0u64..u64::MAX / 2,
+        proptest::collection::vec((any::<u64>(), input()), 0..6),
+    )
+        .prop_map(|(first, items)| {
+            items
+                .into_iter()
+                .enumerate()
+                .map(|(i, (now, input))| lockmgr_replica::Entry {
+                    index: first + i as u64,
+                    now: Time(now),
+                    input,
+                })
+                .collect()
+        })
+}
+
+pub fn append_refusal() -> impl Strategy<Value = lockmgr_replica::AppendError> {
+    use lockmgr_replica::AppendError;
+    prop_oneof![
+        (epoch(), epoch()).prop_map(|(sent, mine)| AppendError::EpochMismatch { sent, mine }),
+        (any::<u64>(), any::<u64>()).prop_map(|(expected, got)| AppendError::Gap { expected, got }),
+        Just(AppendError::NotStandby),
     ]
 }

@@ -53,9 +53,9 @@ use lockmgr_engine::{Output, Request, RequestId, SessionId, Time};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Epoch(pub u64);
 
-/// One input of the engine, as the log records it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
+/// One input of the engine, as the log records it. Exhaustive on purpose: the log codec
+/// (`lockmgr-proto`) must be updated with every new input.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Input {
     /// A node's session was established ([`lockmgr_engine::Engine::open_session`]). `node` is
     /// the authenticated node name: only that node may resume the session elsewhere.
@@ -80,7 +80,7 @@ pub enum Input {
 }
 
 /// One log entry: the input, the engine time it was applied at, and its position.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Entry {
     pub index: u64,
     pub now: Time,

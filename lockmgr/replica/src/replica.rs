@@ -35,9 +35,9 @@ pub enum Submitted {
     NotPrimary,
 }
 
-/// Why a standby refused an [`Append`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
+/// Why a standby refused an [`Append`]. Exhaustive: it travels on the wire
+/// (`lockmgr-proto`), whose codec must know every case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum AppendError {
     #[error("append of epoch {sent:?}, but this replica is in epoch {mine:?}")]
     EpochMismatch { sent: Epoch, mine: Epoch },
