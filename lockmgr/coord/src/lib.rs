@@ -146,7 +146,8 @@ impl Coordinator {
     /// Compare-and-swap: installs `next` if the stored configuration is still `current`
     /// (same etcd revision). `next.epoch` must be `current.config.epoch + 1`.
     pub fn swap(&mut self, current: &Stored, next: &Configuration) -> Result<Swap, CoordError> {
-        if next.epoch != current.config.epoch + 1 {
+        next.validate()?;
+        if current.config.epoch.checked_add(1) != Some(next.epoch) {
             return Err(CoordError::EpochNotNext {
                 from: current.config.epoch,
                 to: next.epoch,
@@ -163,56 +164,79 @@ impl Coordinator {
                 revision,
             )])
             .and_then([TxnOp::put(key, value, None)]);
-        let resp = self.block(async move { kv.txn(txn).await })?;
-        if resp.succeeded() {
-            let mod_revision = resp.header().map_or(revision + 1, |h| h.revision());
-            Ok(Swap::Installed(Stored {
-                config: next.clone(),
-                mod_revision,
-            }))
-        } else {
-            Ok(Swap::Lost(self.read()?))
+        match self.block(async move { kv.txn(txn).await }) {
+            Ok(resp) if resp.succeeded() => {
+                let mod_revision = resp.header().map_or(revision + 1, |h| h.revision());
+                Ok(Swap::Installed(Stored {
+                    config: next.clone(),
+                    mod_revision,
+                }))
+            }
+            Ok(_) => Ok(Swap::Lost(self.read()?)),
+            Err(e) => {
+                // The transaction may have committed although the answer was lost (timeout,
+                // connection reset): what is stored now decides. Epochs only grow and each
+                // is installed once, so finding `next` means this swap installed it.
+                tracing::warn!(%e, "etcd swap failed; reading back the configuration");
+                match self.read()? {
+                    Some(now) if now.config == *next => Ok(Swap::Installed(now)),
+                    Some(now) if now.mod_revision == revision => Err(e),
+                    other => Ok(Swap::Lost(other)),
+                }
+            }
         }
     }
 
-    /// Waits (up to `timeout`) for the configuration to change after `seen` (an etcd
-    /// revision; 0 = anything stored) and returns the new one, or `None` on timeout.
+    /// Moves the cluster from `my_epoch` to `next` (`my_epoch + 1`): reads the stored
+    /// configuration and swaps only if it is still at `my_epoch`. A replica passes the epoch
+    /// it is in, never one it merely read, so a replica that missed a change cannot undo it.
+    pub fn advance(&mut self, my_epoch: u64, next: &Configuration) -> Result<Swap, CoordError> {
+        match self.read()? {
+            Some(current) if current.config.epoch == my_epoch => self.swap(&current, next),
+            other => Ok(Swap::Lost(other)),
+        }
+    }
+
+    /// Waits (up to `timeout`) for the configuration to change after `seen` (the etcd
+    /// revision of the configuration the caller holds) and returns the configuration stored
+    /// now, or `None` if it did not change in time. Watch events only wake the wait: the
+    /// answer is always a fresh read, so several changes at once, or a compacted history,
+    /// still give the latest configuration.
     pub fn wait_change(
         &mut self,
         seen: i64,
         timeout: Duration,
     ) -> Result<Option<Stored>, CoordError> {
+        if let Some(now) = self.read()? {
+            if now.mod_revision > seen {
+                return Ok(Some(now));
+            }
+        }
         let key = self.key.clone();
         let mut watch = self.client.watch_client();
-        let outcome = self.runtime.block_on(async move {
+        self.runtime.block_on(async move {
             let options = WatchOptions::new().with_start_revision(seen + 1);
             let mut stream = watch.watch(key, Some(options)).await?;
             let wait = async {
                 while let Some(resp) = stream.message().await? {
-                    for ev in resp.events() {
-                        if ev.event_type() == EventType::Put {
-                            if let Some(kv) = ev.kv() {
-                                return Ok::<_, etcd_client::Error>(Some((
-                                    kv.value().to_vec(),
-                                    kv.mod_revision(),
-                                )));
-                            }
-                        }
+                    if resp.canceled()
+                        || resp
+                            .events()
+                            .iter()
+                            .any(|e| e.event_type() == EventType::Put)
+                    {
+                        break;
                     }
                 }
-                Ok(None)
+                Ok::<_, etcd_client::Error>(())
             };
-            match tokio::time::timeout(timeout, wait).await {
-                Ok(r) => r,
-                Err(_) => Ok(None),
-            }
+            // A timeout is an answer ("no change"), not an error.
+            let _ = tokio::time::timeout(timeout, wait).await;
+            Ok::<_, etcd_client::Error>(())
         })?;
-        match outcome {
-            None => Ok(None),
-            Some((value, mod_revision)) => Ok(Some(Stored {
-                config: Configuration::decode(&value)?,
-                mod_revision,
-            })),
+        match self.read()? {
+            Some(now) if now.mod_revision > seen => Ok(Some(now)),
+            _ => Ok(None),
         }
     }
 }

@@ -99,9 +99,9 @@ impl Drop for Etcd {
 fn config(epoch: u64, primary: &str, standby: Option<&str>) -> Configuration {
     Configuration {
         epoch,
-        primary: Member::new(primary, format!("udp:127.0.0.1:{}", 7000 + epoch)),
+        primary: Member::new(primary, format!("udp:127.0.0.1:{}", 7000 + epoch), 1),
         standbys: standby
-            .map(|s| vec![Member::new(s, "udp:127.0.0.1:7999")])
+            .map(|s| vec![Member::new(s, "udp:127.0.0.1:7999", 2)])
             .unwrap_or_default(),
     }
 }
@@ -141,6 +141,12 @@ fn bootstrap_swap_and_watch() {
         b.read().expect("read").map(|s| s.config),
         Some(alone.clone())
     );
+
+    // A replica that missed the change cannot undo it: `advance` compares its own epoch.
+    assert!(matches!(
+        b.advance(1, &config(2, "lm-b", None)).expect("advance"),
+        Swap::Lost(Some(ref s)) if s.config == alone
+    ));
 
     // An epoch that is not the next one is refused before etcd is asked.
     assert!(a.swap(&installed, &config(4, "lm-a", None)).is_err());

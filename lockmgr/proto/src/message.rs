@@ -38,6 +38,10 @@ pub type Proof = [u8; 32];
 
 /// Longest node name in a `ClientHello`, in bytes.
 pub const MAX_NODE_NAME: usize = 64;
+/// Largest snapshot a standby accepts, in bytes: bounds what a receiver reserves for one.
+pub const MAX_SNAPSHOT: u64 = 1 << 32;
+/// Largest `Snapshot` chunk: what fits alone in a `MAX_FRAME` frame.
+pub const MAX_SNAPSHOT_CHUNK: usize = MAX_FRAME - FRAME_HEADER_LEN - MSG_HEADER_LEN - 26;
 /// Longest `StatusText` chunk, in bytes: what fits alone in a `MAX_FRAME` frame.
 pub const MAX_STATUS_TEXT: usize = MAX_FRAME - FRAME_HEADER_LEN - MSG_HEADER_LEN - 1;
 
@@ -328,10 +332,10 @@ pub(crate) fn body_len(msg: &Message) -> Result<usize, EncodeError> {
         Message::Append { entries, .. } => 8 + replication::entries_len(entries)?,
         Message::AppendRefused { .. } => 1 + 8 + 8,
         Message::Snapshot { chunk, .. } => {
-            if chunk.len() > usize::from(u16::MAX) {
+            if chunk.len() > MAX_SNAPSHOT_CHUNK {
                 return Err(EncodeError::MessageTooLarge {
                     len: chunk.len(),
-                    max: usize::from(u16::MAX),
+                    max: MAX_SNAPSHOT_CHUNK,
                 });
             }
             8 + 8 + 8 + 2 + chunk.len()
@@ -522,6 +526,12 @@ pub(crate) fn decode_body(tag: u8, body: &[u8]) -> Result<Message, DecodeError> 
             let total = r.u64()?;
             let offset = r.u64()?;
             let len = usize::from(r.u16()?);
+            if total > MAX_SNAPSHOT || len > MAX_SNAPSHOT_CHUNK {
+                return Err(DecodeError::InvalidEnumValue {
+                    field: "snapshot.total",
+                    value: total,
+                });
+            }
             let chunk = r.bytes(len)?.to_vec();
             // The chunk must lie inside the snapshot.
             if offset

@@ -303,7 +303,7 @@ pub fn message() -> impl Strategy<Value = Message> {
         )
             .prop_flat_map(|(epoch, extra, chunk)| {
                 let len = chunk.len() as u64;
-                (0..=extra.saturating_sub(len).min(1 << 40)).prop_map(move |offset| {
+                (0..=extra.saturating_sub(len).min(1 << 30)).prop_map(move |offset| {
                     Message::Snapshot {
                         epoch,
                         total: offset + len + (extra % 7),

@@ -2,9 +2,13 @@
 //!
 //! ```text
 //! epoch 7
-//! primary lm-a udp:10.0.0.1:7000
-//! standby lm-b udp:10.0.0.2:7000
+//! primary lm-a udp:10.0.0.1:7000 5f0c3a9e12d4b781
+//! standby lm-b udp:10.0.0.2:7000 0a9e44d2c1f3b605
 //! ```
+//!
+//! The last word is the member's incarnation (16 hex digits, random per process start): a
+//! replica that restarted is another incarnation and can neither promote itself nor be
+//! appended to on the strength of a record that names its previous life.
 //!
 //! One `epoch` line first, one `primary` line, then at most [`MAX_STANDBYS`] `standby` lines;
 //! names are unique. Every value has one encoding, so decode-then-encode gives the input back.
@@ -15,12 +19,14 @@ const MAX_NAME: usize = 64;
 const MAX_ADDRESS: usize = 256;
 const MAX_RECORD: usize = 4096;
 
-/// A lockmgrd replica: its name and the address nodes and replicas reach it at (as the
-/// transport spells it, e.g. `udp:10.0.0.1:7000` or `shm:/run/lockmgr.sock`).
+/// A lockmgrd replica: its name, the address nodes and replicas reach it at (as the
+/// transport spells it, e.g. `udp:10.0.0.1:7000` or `shm:/run/lockmgr.sock`), and the
+/// incarnation of the process (random per start).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Member {
     pub name: String,
     pub address: String,
+    pub incarnation: u64,
 }
 
 /// Who serves the cluster's lock state in one epoch.
@@ -57,11 +63,17 @@ fn valid_address(s: &str) -> bool {
 }
 
 impl Member {
-    pub fn new(name: impl Into<String>, address: impl Into<String>) -> Member {
+    pub fn new(name: impl Into<String>, address: impl Into<String>, incarnation: u64) -> Member {
         Member {
             name: name.into(),
             address: address.into(),
+            incarnation,
         }
+    }
+
+    /// Whether this record names exactly this process (name and incarnation).
+    pub fn is(&self, name: &str, incarnation: u64) -> bool {
+        self.name == name && self.incarnation == incarnation
     }
 }
 
@@ -97,11 +109,14 @@ impl Configuration {
     /// The text record stored in etcd.
     pub fn encode(&self) -> String {
         let mut s = format!(
-            "epoch {}\nprimary {} {}\n",
-            self.epoch, self.primary.name, self.primary.address
+            "epoch {}\nprimary {} {} {:016x}\n",
+            self.epoch, self.primary.name, self.primary.address, self.primary.incarnation
         );
         for m in &self.standbys {
-            s.push_str(&format!("standby {} {}\n", m.name, m.address));
+            s.push_str(&format!(
+                "standby {} {} {:016x}\n",
+                m.name, m.address, m.incarnation
+            ));
         }
         s
     }
@@ -144,7 +159,17 @@ impl Configuration {
                 ("primary", 2) | ("standby", 3..) => {
                     let name = words.next().ok_or(bad("member needs a name"))?;
                     let address = words.next().ok_or(bad("member needs an address"))?;
-                    let member = Member::new(name, address);
+                    let inc = words.next().ok_or(bad("member needs an incarnation"))?;
+                    if inc.len() != 16
+                        || !inc
+                            .bytes()
+                            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                    {
+                        return Err(bad("incarnation must be 16 lower-case hex digits"));
+                    }
+                    let incarnation =
+                        u64::from_str_radix(inc, 16).map_err(|_| bad("incarnation is not hex"))?;
+                    let member = Member::new(name, address, incarnation);
                     if keyword == "primary" {
                         primary = Some(member);
                     } else {
@@ -175,8 +200,8 @@ mod tests {
     fn sample() -> Configuration {
         Configuration {
             epoch: 7,
-            primary: Member::new("lm-a", "udp:10.0.0.1:7000"),
-            standbys: vec![Member::new("lm-b", "shm:/run/lockmgr.sock")],
+            primary: Member::new("lm-a", "udp:10.0.0.1:7000", 0x5f0c_3a9e_12d4_b781),
+            standbys: vec![Member::new("lm-b", "shm:/run/lockmgr.sock", 7)],
         }
     }
 
@@ -186,7 +211,8 @@ mod tests {
         let text = c.encode();
         assert_eq!(
             text,
-            "epoch 7\nprimary lm-a udp:10.0.0.1:7000\nstandby lm-b shm:/run/lockmgr.sock\n"
+            "epoch 7\nprimary lm-a udp:10.0.0.1:7000 5f0c3a9e12d4b781\n\
+             standby lm-b shm:/run/lockmgr.sock 0000000000000007\n"
         );
         assert_eq!(Configuration::decode(text.as_bytes()), Ok(c));
     }
@@ -196,6 +222,10 @@ mod tests {
         for bad in [
             "",
             "epoch 7\n",
+            "epoch 7\nprimary a b\n",
+            "epoch 7\nprimary a b 5F0C3A9E12D4B781\n",
+            "epoch 7\nprimary a b 5f0c3a9e12d4b78\n",
+            "epoch 7\nprimary a b 5f0c3a9e12d4b781 x\n",
             "epoch 07\nprimary a b\n",
             "epoch 0\nprimary a b\n",
             "epoch 7\nprimary a b",
@@ -223,7 +253,7 @@ mod tests {
     fn standbys_are_capped() {
         let mut c = sample();
         c.standbys = (0..=MAX_STANDBYS)
-            .map(|i| Member::new(format!("s{i}"), "udp:1.2.3.4:5"))
+            .map(|i| Member::new(format!("s{i}"), "udp:1.2.3.4:5", i as u64))
             .collect();
         assert!(c.validate().is_err());
         assert!(Configuration::decode(c.encode().as_bytes()).is_err());

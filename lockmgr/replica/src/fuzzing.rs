@@ -39,10 +39,10 @@ pub fn check_snapshot(data: &[u8]) -> Result<bool, String> {
 pub fn samples() -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     for (name, text) in [
-        ("cfg-alone", "epoch 1\nprimary lm-a udp:10.0.0.1:7000\n"),
+        ("cfg-alone", "epoch 1\nprimary lm-a udp:10.0.0.1:7000 0123456789abcdef\n"),
         (
             "cfg-two-standbys",
-            "epoch 42\nprimary lm-a shm:/run/lm.sock\nstandby lm-b udp:10.0.0.2:7000\nstandby lm-c afxdp:veth0\n",
+            "epoch 42\nprimary lm-a shm:/run/lm.sock 0000000000000001\nstandby lm-b udp:10.0.0.2:7000 00000000000000ff\nstandby lm-c afxdp:veth0 ffffffffffffffff\n",
         ),
     ] {
         out.push((name.to_string(), text.as_bytes().to_vec()));

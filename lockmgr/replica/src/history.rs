@@ -81,6 +81,14 @@ pub enum Violation {
         first: Hold,
         second: Hold,
     },
+    /// A client released a lock the history never saw it acquire (a broken recorder, or a
+    /// grant the client took without being told).
+    UnmatchedRelease {
+        file: u128,
+        client: u32,
+        range: Range,
+        at: u64,
+    },
     /// A granted lock was gone when its holder released it.
     LostLock {
         file: u128,
@@ -108,6 +116,15 @@ impl std::fmt::Display for Violation {
                 second.range,
                 second.from,
                 second.until
+            ),
+            Violation::UnmatchedRelease {
+                file,
+                client,
+                range,
+                at,
+            } => write!(
+                f,
+                "file {file:#x}: client {client} released {range:?} at {at} without holding it"
             ),
             Violation::LostLock {
                 file,
@@ -149,16 +166,20 @@ pub fn check(events: &[Event]) -> Vec<Violation> {
                 client,
                 file,
                 range,
-            } => {
-                if let Some(from) = open.get_mut(&(client, file, range)).and_then(Vec::pop) {
-                    holds.entry(file).or_default().push(Hold {
-                        client,
-                        range,
-                        from,
-                        until: at,
-                    });
-                }
-            }
+            } => match open.get_mut(&(client, file, range)).and_then(Vec::pop) {
+                Some(from) => holds.entry(file).or_default().push(Hold {
+                    client,
+                    range,
+                    from,
+                    until: at,
+                }),
+                None => violations.push(Violation::UnmatchedRelease {
+                    file,
+                    client,
+                    range,
+                    at,
+                }),
+            },
             Event::ReleaseFailed {
                 at,
                 client,
@@ -306,6 +327,14 @@ mod tests {
             },
         ];
         assert!(matches!(check(&h)[..], [Violation::LostLock { .. }]));
+    }
+
+    #[test]
+    fn a_release_without_a_grant_is_reported() {
+        assert!(matches!(
+            check(&[rel(1, 1, X)])[..],
+            [Violation::UnmatchedRelease { .. }]
+        ));
     }
 
     #[test]

@@ -44,7 +44,8 @@ mod replica;
 pub use config::{ConfigError, Configuration, Member, MAX_STANDBYS};
 
 pub use replica::{
-    AppendError, Replica, ResumeError, Role, SnapshotError, Submitted, MAX_OUTBOX, SNAPSHOT_FORMAT,
+    AppendError, EpochError, Replica, ResumeError, Role, SnapshotError, Submitted, MAX_OUTBOX,
+    SNAPSHOT_FORMAT,
 };
 
 use lockmgr_engine::{Output, Request, RequestId, SessionId, Time};

@@ -33,6 +33,19 @@ pub enum Submitted {
     Duplicate,
     /// Not primary: nothing was applied.
     NotPrimary,
+    /// The input names a session this replica does not have (never opened, or ended):
+    /// nothing was applied; the caller answers the node itself.
+    UnknownSession,
+}
+
+/// Why a configuration change was not applied to this replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EpochError {
+    #[error("epoch {to:?} does not follow this replica's epoch {from:?}")]
+    NotNext { from: Epoch, to: Epoch },
+    #[error("this replica is {0:?}, which cannot take this change")]
+    WrongRole(Role),
 }
 
 /// Why a standby refused an [`Append`]. Exhaustive: it travels on the wire
@@ -135,8 +148,11 @@ pub struct Replica {
     last_now: Time,
     /// Standby: an acknowledgement is due.
     ack_due: bool,
-    /// Files the last `TakeOrphanedDeletes` returned (primary: for the daemon to unlink).
+    /// Files the last `TakeOrphanedDeletes` entry took from the engine.
     orphaned: Vec<FileId>,
+    /// Primary: orphaned deletes waiting for their entry to commit, then ready to hand out.
+    held_deletes: VecDeque<(u64, FileId)>,
+    ready_deletes: Vec<FileId>,
     /// Test-only fault: release outputs before the standby has the entry. A replicated
     /// lock manager built like this can lose acknowledged locks; the history checker's tests
     /// use it to show they catch that.
@@ -150,7 +166,11 @@ impl Replica {
         Replica::new(Role::Primary, config, epoch, replicated)
     }
 
-    /// A standby of `epoch`, starting from an empty engine (the primary's log from index 0).
+    /// A standby of `epoch`, starting from an empty engine: only for a primary that has
+    /// applied nothing yet (its log from index 0) with the same `config`. Anything else joins
+    /// through a snapshot ([`Replica::attach_standby`], [`Replica::standby_from_snapshot`]), which
+    /// also carries the primary's engine configuration. A restarted replica never rejoins with
+    /// an empty engine: the coordination record names replicas by incarnation.
     pub fn standby(config: Config, epoch: Epoch) -> Replica {
         Replica::new(Role::Standby, config, epoch, false)
     }
@@ -171,15 +191,14 @@ impl Replica {
             last_now: Time(0),
             ack_due: false,
             orphaned: Vec::new(),
+            held_deletes: VecDeque::new(),
+            ready_deletes: Vec::new(),
             reply_before_commit: false,
         }
     }
 
-    /// A standby that starts from this primary's state as of now (catch-up of a replacement
-    /// standby): its log continues at the primary's next index, in `epoch` (the new
-    /// configuration that names it). The primary's uncommitted entries are part of the copy,
-    /// so the primary must treat them as acknowledged once the standby acknowledges anything
-    /// of `epoch`.
+    /// A copy of this replica's state as a standby of `epoch`, through the snapshot encoding
+    /// (tests and tools; a primary adds a standby with [`Replica::attach_standby`]).
     pub fn standby_from(&self, epoch: Epoch) -> Result<Replica, SnapshotError> {
         Replica::standby_from_snapshot(&self.snapshot()?, epoch)
     }
@@ -236,6 +255,8 @@ impl Replica {
             last_now: state.last_now,
             ack_due: false,
             orphaned: Vec::new(),
+            held_deletes: VecDeque::new(),
+            ready_deletes: Vec::new(),
             reply_before_commit: false,
         })
     }
@@ -276,6 +297,12 @@ impl Replica {
         self.committed
     }
 
+    /// Engine time of the last applied entry. A promoted replica's daemon continues its clock
+    /// from here (its own process started at another time).
+    pub fn last_now(&self) -> Time {
+        self.last_now
+    }
+
     /// Entries logged but not yet acknowledged by the standby.
     pub fn replication_lag(&self) -> u64 {
         self.next_index - self.committed
@@ -303,17 +330,28 @@ impl Replica {
         if self.role != Role::Primary {
             return Submitted::NotPrimary;
         }
-        if let Input::Request {
-            session,
-            request,
-            req,
-        } = &input
-        {
-            let is_cancel = matches!(req, Request::Cancel { .. });
-            let last = self.sessions.get(session).map_or(0, |s| s.last_request);
-            if !is_cancel && request.0 <= last {
-                return Submitted::Duplicate;
+        match &input {
+            Input::Request {
+                session,
+                request,
+                req,
+            } => {
+                let Some(log) = self.sessions.get(session) else {
+                    return Submitted::UnknownSession;
+                };
+                // A Cancel carries the id of the request it cancels, so it cannot be told
+                // from a resend by id; a repeated Cancel only earns a second NotFound reply.
+                let is_cancel = matches!(req, Request::Cancel { .. });
+                if !is_cancel && request.0 <= log.last_request {
+                    return Submitted::Duplicate;
+                }
             }
+            Input::OutputsReceived { session, .. } | Input::EndSession { session }
+                if !self.sessions.contains_key(session) =>
+            {
+                return Submitted::UnknownSession;
+            }
+            _ => {}
         }
         let now = Time(now.0.max(self.last_now.0));
         let index = self.next_index;
@@ -329,26 +367,44 @@ impl Replica {
         Submitted::Logged(index)
     }
 
-    /// Primary: the orphaned deletes as of now (logged, so the standby takes them too).
-    pub fn take_orphaned_deletes(&mut self, now: Time) -> Vec<FileId> {
-        if self.submit(now, Input::TakeOrphanedDeletes) == Submitted::NotPrimary {
-            return Vec::new();
-        }
-        std::mem::take(&mut self.orphaned)
+    /// Primary: take the engine's orphaned deletes (logged, so the standby takes them too).
+    /// The files come out of [`Replica::poll_orphaned_deletes`] once the entry is committed:
+    /// nothing is unlinked on the strength of state a failover could undo.
+    pub fn take_orphaned_deletes(&mut self, now: Time) {
+        self.submit(now, Input::TakeOrphanedDeletes);
     }
 
-    /// Primary: the entries to send to the standby, if any are new.
+    /// Primary: orphaned deletes whose entry is committed; the daemon has one node unlink them.
+    pub fn poll_orphaned_deletes(&mut self) -> Vec<FileId> {
+        std::mem::take(&mut self.ready_deletes)
+    }
+
+    /// Primary: every entry not yet handed out for the standby, if any.
     pub fn poll_append(&mut self) -> Option<Append> {
+        self.poll_append_bounded(|_| true)
+    }
+
+    /// Primary: the next entries not yet handed out for the standby, as many as `fits` accepts
+    /// in order (the caller's frame budget; the first entry is always taken so that progress
+    /// is made). Entries are marked sent only when returned.
+    pub fn poll_append_bounded(&mut self, mut fits: impl FnMut(&Entry) -> bool) -> Option<Append> {
         if self.role != Role::Primary || !self.replicated {
             return None;
         }
         let first = self.unacked.front()?.index;
         let skip = self.sent_upto.saturating_sub(first) as usize;
-        if skip >= self.unacked.len() {
-            return None;
+        let mut entries = Vec::new();
+        for e in self.unacked.iter().skip(skip) {
+            if !entries.is_empty() && !fits(e) {
+                break;
+            }
+            if entries.is_empty() {
+                fits(e);
+            }
+            entries.push(e.clone());
         }
-        let entries: Vec<Entry> = self.unacked.iter().skip(skip).cloned().collect();
-        self.sent_upto = self.next_index;
+        let last = entries.last()?.index;
+        self.sent_upto = last + 1;
         Some(Append {
             epoch: self.epoch,
             entries,
@@ -390,6 +446,11 @@ impl Replica {
                 self.depose();
                 true
             }
+            AppendError::EpochMismatch { sent, .. } if sent < self.epoch => {
+                // Sent before this primary moved to its current epoch: send again.
+                self.sent_upto = self.committed;
+                false
+            }
             _ => false,
         }
     }
@@ -403,33 +464,60 @@ impl Replica {
         self.unacked.clear();
     }
 
-    /// Primary: the coordination service recorded `epoch`, in which this primary serves
-    /// alone (its standby is gone). Everything logged is committed now.
-    pub fn serve_alone(&mut self, epoch: Epoch) {
-        if self.role != Role::Primary {
-            return;
+    fn check_next(&self, epoch: Epoch, role: Role) -> Result<(), EpochError> {
+        if self.role != role {
+            return Err(EpochError::WrongRole(self.role));
         }
+        if self.epoch.0.checked_add(1) != Some(epoch.0) {
+            return Err(EpochError::NotNext {
+                from: self.epoch,
+                to: epoch,
+            });
+        }
+        Ok(())
+    }
+
+    /// Primary: the coordination service recorded `epoch` (this epoch + 1), in which this
+    /// primary serves alone (its standby is gone). Everything logged is committed now.
+    pub fn serve_alone(&mut self, epoch: Epoch) -> Result<(), EpochError> {
+        self.check_next(epoch, Role::Primary)?;
         self.epoch = epoch;
         self.replicated = false;
         self.unacked.clear();
         self.committed = self.next_index;
         self.sent_upto = self.next_index;
         self.release_committed();
+        Ok(())
     }
 
-    /// Primary: the coordination service recorded `epoch`, which names a standby built with
-    /// [`Replica::standby_from`] at this replica's current index.
-    pub fn replicate_to_new_standby(&mut self, epoch: Epoch) {
-        if self.role != Role::Primary {
-            return;
-        }
-        self.epoch = epoch;
+    /// Primary: a new standby asked to join. Returns the snapshot it starts from and the
+    /// index its log continues at; from now on outputs wait for its acknowledgement (still in
+    /// this epoch), so once it has installed the snapshot and acknowledged, it holds
+    /// everything any node has seen. Only then may the caller record a configuration that
+    /// names it ([`Replica::advance_epoch`]).
+    pub fn attach_standby(&mut self) -> Result<(Vec<u8>, u64), SnapshotError> {
+        let bytes = self.snapshot()?;
         self.replicated = true;
-        // The copy holds every entry logged so far; nothing older is retransmitted.
         self.unacked.clear();
         self.committed = self.next_index;
         self.sent_upto = self.next_index;
-        self.release_committed();
+        Ok((bytes, self.next_index))
+    }
+
+    /// Primary: the coordination service recorded `epoch` (this epoch + 1), which names the
+    /// standby attached with [`Replica::attach_standby`].
+    pub fn advance_epoch(&mut self, epoch: Epoch) -> Result<(), EpochError> {
+        self.check_next(epoch, Role::Primary)?;
+        self.epoch = epoch;
+        Ok(())
+    }
+
+    /// Standby: this replica's primary moved to `epoch`, and the caller checked with the
+    /// coordination service that `epoch` names this replica (with its incarnation) as standby.
+    pub fn adopt_epoch(&mut self, epoch: Epoch) -> Result<(), EpochError> {
+        self.check_next(epoch, Role::Standby)?;
+        self.epoch = epoch;
+        Ok(())
     }
 
     /// Standby: entries from the primary. Returns an error to send back instead of an ack.
@@ -476,13 +564,11 @@ impl Replica {
         })
     }
 
-    /// Standby: the coordination service recorded `epoch`, in which this replica is primary
-    /// (`replicated`: with a standby of its own). Everything it holds is committed; nodes
-    /// get their outputs through [`Replica::resume`].
-    pub fn promote(&mut self, epoch: Epoch, replicated: bool) {
-        if self.role != Role::Standby {
-            return;
-        }
+    /// Standby: the coordination service recorded `epoch` (this epoch + 1), in which this
+    /// replica is primary (`replicated`: with a standby of its own). Everything it holds is
+    /// committed; nodes get their outputs through [`Replica::resume`].
+    pub fn promote(&mut self, epoch: Epoch, replicated: bool) -> Result<(), EpochError> {
+        self.check_next(epoch, Role::Standby)?;
         self.role = Role::Primary;
         self.epoch = epoch;
         self.replicated = replicated;
@@ -495,6 +581,7 @@ impl Replica {
         self.unacked.clear();
         self.held.clear();
         self.ready.clear();
+        Ok(())
     }
 
     /// Primary: a node (re-)attached `session` having received its outputs up to `received`:
@@ -598,7 +685,14 @@ impl Replica {
                     .handle(now, *session, RequestId(request.0), req.clone());
             }
             Input::Timeout => self.engine.handle_timeout(now),
-            Input::TakeOrphanedDeletes => self.orphaned = self.engine.take_orphaned_deletes(),
+            Input::TakeOrphanedDeletes => {
+                self.orphaned = self.engine.take_orphaned_deletes();
+                if self.role == Role::Primary {
+                    for f in self.orphaned.drain(..) {
+                        self.held_deletes.push_back((entry.index, f));
+                    }
+                }
+            }
             Input::OutputsReceived { session, seq } => {
                 if let Some(log) = self.sessions.get_mut(session) {
                     while log.outbox.front().is_some_and(|(_, s)| s.seq <= *seq) {
@@ -631,6 +725,15 @@ impl Replica {
     }
 
     fn release_committed(&mut self) {
+        while self
+            .held_deletes
+            .front()
+            .is_some_and(|(index, _)| *index < self.committed)
+        {
+            if let Some((_, f)) = self.held_deletes.pop_front() {
+                self.ready_deletes.push(f);
+            }
+        }
         while let Some((index, _)) = self.held.front() {
             if *index >= self.committed && !self.reply_before_commit {
                 break;

@@ -327,6 +327,9 @@ impl Sim {
                     _ => {}
                 }
             }
+            // A connection between the replicas reset: what was in flight is gone, and the
+            // primary finds out from a gap or its retransmission timer.
+            (End::Replica(_), Msg::Append(_)) if self.rng.gen_bool(0.01) => {}
             (End::Replica(_), Msg::Append(a)) => {
                 if let Err(e) = rep.on_append(&a) {
                     if let Some(p) = self.standby_of.iter().position(|s| *s == Some(r)) {
@@ -585,7 +588,9 @@ impl Sim {
         match self.cas(rep.epoch(), s, None) {
             Some(epoch) => {
                 if let Some(rep) = self.replicas[s].as_mut() {
-                    rep.promote(epoch, false);
+                    if let Err(e) = rep.promote(epoch, false) {
+                        self.problems.push(format!("promotion refused: {e}"));
+                    }
                 }
                 self.standby_of[s] = None;
                 self.end_dead_sessions(s);
@@ -613,7 +618,9 @@ impl Sim {
         match self.cas(rep.epoch(), p, None) {
             Some(epoch) => {
                 if let Some(rep) = self.replicas[p].as_mut() {
-                    rep.serve_alone(epoch);
+                    if let Err(e) = rep.serve_alone(epoch) {
+                        self.problems.push(format!("serving alone refused: {e}"));
+                    }
                 }
                 self.standby_of[p] = None;
                 self.pump(p);
@@ -692,34 +699,55 @@ impl Sim {
         self.partition = None;
     }
 
+    /// A new standby joins: the primary snapshots its state and from then on holds outputs
+    /// for the newcomer's acknowledgement; the coordination service then records an epoch that
+    /// names it, and both move to it.
     fn replace_standby(&mut self) {
         let p = self.config.primary;
         if self.config.standby.is_some() || self.partition.is_some() {
             return;
         }
-        let Some(rep) = self.replicas[p].as_ref() else {
-            return;
-        };
-        let k = self.replicas.len();
-        let Some(epoch) = self.cas(rep.epoch(), p, Some(k)) else {
-            return;
-        };
         let Some(rep) = self.replicas[p].as_mut() else {
             return;
         };
-        let mut standby = match rep.standby_from(epoch) {
-            Ok(s) => s,
+        if rep.role() != Role::Primary {
+            return;
+        }
+        let epoch = rep.epoch();
+        let (bytes, _index) = match rep.attach_standby() {
+            Ok(x) => x,
             Err(e) => {
                 self.problems.push(format!("snapshot failed: {e}"));
                 return;
             }
         };
+        let mut standby = match Replica::standby_from_snapshot(&bytes, epoch) {
+            Ok(s) => s,
+            Err(e) => {
+                self.problems.push(format!("snapshot refused: {e}"));
+                return;
+            }
+        };
         standby.set_reply_before_commit(self.broken);
-        rep.replicate_to_new_standby(epoch);
+        let k = self.replicas.len();
         self.replicas.push(Some(standby));
-        self.counts.standby_replacements += 1;
         self.standby_of.push(None);
         self.standby_of[p] = Some(k);
+        self.counts.standby_replacements += 1;
+        let Some(next) = self.cas(epoch, p, Some(k)) else {
+            return;
+        };
+        for (r, step) in [(p, "primary"), (k, "standby")] {
+            let res = match self.replicas[r].as_mut() {
+                Some(rep) if r == p => rep.advance_epoch(next),
+                Some(rep) => rep.adopt_epoch(next),
+                None => Ok(()),
+            };
+            if let Err(e) = res {
+                self.problems
+                    .push(format!("{step} refused epoch {next:?}: {e}"));
+            }
+        }
         self.pump(p);
     }
 
@@ -766,6 +794,29 @@ impl Sim {
         true
     }
 
+    /// The primary's retransmission timer: entries unacknowledged with nothing in flight are
+    /// sent again.
+    fn retransmit(&mut self) {
+        let p = self.config.primary;
+        let Some(s) = self.standby_of.get(p).copied().flatten() else {
+            return;
+        };
+        let idle = self
+            .links
+            .get(&(End::Replica(p), End::Replica(s)))
+            .is_none_or(VecDeque::is_empty)
+            && self
+                .links
+                .get(&(End::Replica(s), End::Replica(p)))
+                .is_none_or(VecDeque::is_empty);
+        if let Some(rep) = self.replicas[p].as_mut() {
+            if idle && rep.replication_lag() > 0 {
+                rep.rewind_append();
+            }
+        }
+        self.pump(p);
+    }
+
     fn fire_timers(&mut self) {
         let p = self.config.primary;
         let now = Time(self.now);
@@ -809,6 +860,9 @@ impl Sim {
                 self.client_step(n, c, false);
             }
             self.fire_timers();
+            if self.rng.gen_bool(0.02) {
+                self.retransmit();
+            }
         }
     }
 
@@ -825,8 +879,14 @@ impl Sim {
                     self.client_step(n, c, true);
                 }
             }
-            while self.deliver_random() {
-                self.tick();
+            loop {
+                while self.deliver_random() {
+                    self.tick();
+                }
+                self.retransmit();
+                if self.links.values().all(VecDeque::is_empty) {
+                    break;
+                }
             }
             let busy = self.nodes.iter().any(|n| n.alive && !n.pending.is_empty());
             let holding = self.nodes.iter().any(|n| {
