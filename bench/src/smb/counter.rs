@@ -32,6 +32,9 @@ const SCRIPT: &str = include_str!("../../scripts/smb_handoff.py");
 const LOST_WAKEUP_MARK: &str = "lost wake-up";
 const COUNTER_FILE: &str = "counter.bin";
 const CREATE_FILE: &str = "create.bin";
+/// Turns at least this long are counted as pauses (half the pump's 100 ms safety-net sleep,
+/// well above any turn's normal spread on a loaded machine).
+const PAUSE_NS: u64 = 50_000_000;
 
 #[derive(Clone, Debug)]
 pub struct CounterOptions {
@@ -77,6 +80,8 @@ pub struct CounterResult {
     pub clients: usize,
     /// Grant-to-grant interval: one hand-off (LOCK grant, READ, WRITE, UNLOCK, next grant).
     pub turn: Percentiles,
+    /// Turns of at least 50 ms.
+    pub pauses: u64,
     /// Blocking LOCK request to grant, per client.
     pub lock_wait: Percentiles,
     /// CREATE of a file another node (one node: another connection) holds open.
@@ -102,7 +107,7 @@ impl CounterReport {
             self.handoffs
         );
         s.push_str(&format!(
-            "{:<8} {:>5} {:>7} | {:>9} {:>9} {:>10} {:>11} | {:>9} {:>9} | {:>9} {:>9} | {:>7}\n",
+            "{:<8} {:>5} {:>7} | {:>9} {:>9} {:>10} {:>11} {:>7} | {:>9} {:>9} | {:>9} {:>9} | {:>7}\n",
             "target",
             "nodes",
             "clients",
@@ -110,6 +115,7 @@ impl CounterReport {
             "turn p99",
             "turn p99.9",
             "max pause",
+            ">=50ms",
             "wait p50",
             "wait p99",
             "CREATE50",
@@ -118,7 +124,7 @@ impl CounterReport {
         ));
         for r in &self.results {
             s.push_str(&format!(
-                "{:<8} {:>5} {:>7} | {:>9.1} {:>9.1} {:>10.1} {:>11.1} | {:>9.1} {:>9.1} | {:>9.1} {:>9.1} | {:>7}\n",
+                "{:<8} {:>5} {:>7} | {:>9.1} {:>9.1} {:>10.1} {:>11.1} {:>7} | {:>9.1} {:>9.1} | {:>9.1} {:>9.1} | {:>7}\n",
                 r.target.name(),
                 r.nodes,
                 r.clients,
@@ -126,6 +132,7 @@ impl CounterReport {
                 us(r.turn.p99_ns),
                 us(r.turn.p999_ns),
                 us(r.turn.max_ns),
+                r.pauses,
                 us(r.lock_wait.p50_ns),
                 us(r.lock_wait.p99_ns),
                 us(r.create.p50_ns),
@@ -310,7 +317,9 @@ fn measure(
     }
     let turns = grants.len() as u64;
     let mut turn = hist()?;
+    let mut pauses = 0;
     for d in turn_intervals(grants) {
+        pauses += u64::from(d >= PAUSE_NS);
         let _ = turn.record(d.max(1));
     }
     let mut args = vec!["counter".to_string()];
@@ -351,6 +360,7 @@ fn measure(
         nodes: eps.len(),
         clients,
         turn: Percentiles::of(&turn),
+        pauses,
         lock_wait: Percentiles::of(&waits),
         create: Percentiles::of(&create),
         counter,
@@ -436,6 +446,7 @@ mod tests {
                 p999_ns: 3000,
                 max_ns,
             },
+            pauses: 0,
             lock_wait: Percentiles::default(),
             create: Percentiles {
                 p50_ns: 500,

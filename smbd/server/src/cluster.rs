@@ -112,7 +112,8 @@ pub struct PumpStats {
     /// unannounced: each one is a lost wake-up (a notification delivered up to
     /// `PUMP_MAX_SLEEP` late). Stays 0 when the wake-up protocol holds.
     pub lost_wakeups: AtomicU64,
-    /// Times a worker rang the pump's doorbell because it could not leave the session armed.
+    /// Times the pump's doorbell was rung: a user of the session could not leave it armed
+    /// (frames kept arriving), or a status query left events for the pump to route.
     pub bell_rings: AtomicU64,
 }
 
