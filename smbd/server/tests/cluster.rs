@@ -393,8 +393,8 @@ fn shared_counter_hand_offs_lose_no_pump_wake_up() {
     const CLIENTS: usize = 4;
     // Enough turns to span several of the workers' 1 s timer ticks on both nodes.
     const TURNS: usize = 1500;
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../bench/scripts/smb_handoff.py");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/scripts/smb_handoff.py");
     let cluster = Cluster::start(ClusterOptions::default());
     let go = cluster.dir.path().join("go");
     let mut clients = Vec::new();
@@ -425,7 +425,12 @@ fn shared_counter_hand_offs_lose_no_pump_wake_up() {
         let mut out = BufReader::new(c.stdout.take().expect("piped stdout"));
         let mut line = String::new();
         out.read_line(&mut line).expect("read client");
-        assert_eq!(line.trim(), "READY", "client did not connect\n{}", cluster.logs());
+        assert_eq!(
+            line.trim(),
+            "READY",
+            "client did not connect\n{}",
+            cluster.logs()
+        );
         outputs.push(out);
     }
     std::fs::write(&go, b"").unwrap();
