@@ -1,9 +1,13 @@
 //! smbbench: smbtorture's SMB2 benchmarks against our smbd and Samba (one node and CTDB), all
-//! started by this program in one run on free loopback ports with private temp dirs.
+//! started by this program in one run on free loopback ports with private temp dirs; and the
+//! shared-counter workload (clients taking turns on one exclusive byte-range lock) on one of our
+//! nodes against two (`--shared-counter`, see `lockbench::smb::counter`).
 //!
 //! ```text
 //! smbbench --suite echo|path-contention-shared|oplock1 [--targets samba,smbd,samba-ctdb,cluster]
 //!          [--duration S] [--nprocs N] [--procs P] [--json] [--smbd-bin PATH] [--lockmgrd-bin PATH]
+//! smbbench --shared-counter [--targets smbd,cluster] [--handoffs N] [--clients C] [--creates N]
+//!          [--python PATH] [--json]
 //! ```
 //!
 //! Needs Debian packages samba, samba-testsuite (smbtorture), libnss-wrapper and, for
@@ -13,6 +17,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use lockbench::smb::counter::CounterOptions;
 use lockbench::smb::{self, BenchConfig, Suite, TargetKind};
 
 #[derive(Parser, Debug)]
@@ -22,11 +27,30 @@ use lockbench::smb::{self, BenchConfig, Suite, TargetKind};
 )]
 struct Cli {
     /// Benchmark to run.
-    #[arg(long, value_enum)]
-    suite: Suite,
-    /// Targets in order; ratios are relative to the first.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "samba,smbd")]
-    targets: Vec<TargetKind>,
+    #[arg(long, value_enum, required_unless_present = "shared_counter")]
+    suite: Option<Suite>,
+    /// Targets in order; ratios are relative to the first (default samba,smbd; with
+    /// --shared-counter smbd,cluster).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    targets: Option<Vec<TargetKind>>,
+    /// Run the shared-counter workload over SMB instead of smbtorture: clients take turns on
+    /// one exclusive byte-range lock (blocking LOCK, READ, WRITE, UNLOCK); prints hand-off and
+    /// cross-node CREATE percentiles per target.
+    #[arg(long, conflicts_with = "suite")]
+    shared_counter: bool,
+    /// --shared-counter: hand-offs per target.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    handoffs: u64,
+    /// --shared-counter: clients, spread over the target's nodes.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
+    clients: u64,
+    /// --shared-counter: cross-node CREATEs measured per target.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
+    creates: u64,
+    /// --shared-counter: a Python with smbprotocol (default $SMBD_PYTHON, the project venv,
+    /// python3).
+    #[arg(long)]
+    python: Option<PathBuf>,
     /// Seconds each smbtorture process runs (torture:timelimit).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     duration: u64,
@@ -63,14 +87,38 @@ fn main() -> ExitCode {
         tracing::error!(%e, "interrupt handler");
         return ExitCode::FAILURE;
     }
+    let default_targets = if cli.shared_counter {
+        vec![TargetKind::Smbd, TargetKind::Cluster]
+    } else {
+        vec![TargetKind::Samba, TargetKind::Smbd]
+    };
     let mut targets = Vec::new();
-    for t in cli.targets {
+    for t in cli.targets.unwrap_or(default_targets) {
         if !targets.contains(&t) {
             targets.push(t);
         }
     }
+    if cli.shared_counter {
+        return shared_counter(
+            CounterOptions {
+                targets,
+                clients: usize::try_from(cli.clients).unwrap_or(usize::MAX),
+                handoffs: cli.handoffs,
+                creates: cli.creates,
+                python: cli.python,
+                smbd_bin: cli.smbd_bin,
+                lockmgrd_bin: cli.lockmgrd_bin,
+                keep_temp: cli.keep_temp,
+            },
+            cli.json,
+        );
+    }
+    let Some(suite) = cli.suite else {
+        eprintln!("smbbench: --suite or --shared-counter is needed");
+        return ExitCode::from(2);
+    };
     let cfg = BenchConfig {
-        suite: cli.suite,
+        suite,
         targets,
         duration_s: cli.duration,
         nprocs: cli.nprocs,
@@ -97,5 +145,26 @@ fn main() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+fn shared_counter(opts: CounterOptions, json: bool) -> ExitCode {
+    match smb::counter::run(&opts) {
+        Ok(report) => {
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{}", report.table());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("smbbench: {e}");
+            if smb::process::interrupted() {
+                ExitCode::from(130)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
     }
 }

@@ -6,6 +6,7 @@
 //! spread over the target's nodes → parse each process's final summary → stop the servers by
 //! process group (also on error and Ctrl-C). Timing figures are reported, never judged.
 
+pub mod counter;
 pub mod error;
 pub mod handoff;
 pub mod ours;

@@ -156,3 +156,35 @@ pub fn pair_conflicts(a_access: u32, a_share: u32, b_access: u32, b_share: u32) 
     };
     denies(a_access, b_share) || denies(b_access, a_share)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The file-object generic mapping of MS-DTYP 2.4.3 (used by MS-SMB2 2.2.13.1.1 through
+    /// MS-FSA), with the values Windows' winnt.h gives: FILE_GENERIC_READ 0x120089,
+    /// FILE_GENERIC_WRITE 0x120116, FILE_GENERIC_EXECUTE 0x1200A0, FILE_ALL_ACCESS 0x1F01FF.
+    /// Each includes READ_CONTROL (STANDARD_RIGHTS_READ/WRITE/EXECUTE) and SYNCHRONIZE; only
+    /// GENERIC_EXECUTE gives FILE_EXECUTE.
+    #[test]
+    fn generic_mapping_is_the_windows_file_mapping() {
+        assert_eq!(map_generic(access::GENERIC_READ), 0x0012_0089);
+        assert_eq!(map_generic(access::GENERIC_WRITE), 0x0012_0116);
+        assert_eq!(map_generic(access::GENERIC_EXECUTE), 0x0012_00A0);
+        assert_eq!(map_generic(access::GENERIC_ALL), 0x001F_01FF);
+        // MAXIMUM_ALLOWED: the engine cannot see the ACL and assumes the most.
+        assert_eq!(map_generic(access::MAXIMUM_ALLOWED), 0x001F_01FF);
+        assert_eq!(map_generic(access::GENERIC_READ) & access::FILE_EXECUTE, 0);
+        assert_eq!(
+            map_generic(access::GENERIC_READ | access::GENERIC_WRITE),
+            0x0012_0089 | 0x0012_0116
+        );
+        // Specific rights pass through unchanged, next to mapped generic ones.
+        assert_eq!(map_generic(access::DELETE), access::DELETE);
+        assert_eq!(
+            map_generic(access::GENERIC_READ | access::DELETE | access::WRITE_DAC),
+            0x0012_0089 | access::DELETE | access::WRITE_DAC
+        );
+        assert_eq!(map_generic(0), 0);
+    }
+}

@@ -9,11 +9,20 @@
 //! fd and runs [`Shared::lock_tick`], so it reaches the owning connection at once rather than on
 //! the workers' timer.
 //!
+//! Wake-ups: the shared-memory transport only rings the session fd while the session is armed,
+//! and any read of the session (a worker's request, a worker's timer tick) disarms it. So every
+//! use of the session by a thread other than the pump ends with [`rearm`] under the session
+//! mutex, and when frames keep arriving so that it cannot re-arm, it rings the pump's own
+//! doorbell ([`PumpBell`]) instead of leaving the pump asleep on a silent fd. The pump's
+//! `PUMP_MAX_SLEEP` is then only a safety net; each time it expires with frames waiting is a
+//! lost wake-up, counted in [`PumpStats`] and logged as a warning.
+//!
 //! While lockmgrd is unreachable the node keeps serving: lock requests are answered with
 //! `STATUS_REQUEST_NOT_ACCEPTED` and the session is retried in the background (NodeSessions).
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,7 +49,8 @@ type Nodes = Arc<Mutex<NodeSessions<Transport>>>;
 
 /// Handshake limit of one connection attempt.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// The pump never sleeps longer than this, so shutdown is noticed promptly.
+/// The pump never sleeps longer than this, so shutdown is noticed promptly. A safety net only:
+/// frames from lockmgrd wake the pump through the session fd or its doorbell.
 const PUMP_MAX_SLEEP: Duration = Duration::from_millis(100);
 /// Same rule as lockmgrd's key files.
 const MIN_KEY_BYTES: usize = 16;
@@ -53,6 +63,8 @@ pub enum ClusterError {
     Config(String),
     #[error("cluster key file {path}: {why}")]
     Key { path: PathBuf, why: String },
+    #[error("lockmgr pump doorbell: {0}")]
+    Bell(std::io::Error),
 }
 
 fn read_key(path: &Path) -> Result<ClusterKey, ClusterError> {
@@ -82,11 +94,74 @@ fn default_node_name() -> String {
 /// [`LockService`] over a remote lockmgrd.
 pub struct ClusterLocks {
     nodes: Nodes,
+    bell: Arc<PumpBell>,
+    stats: Arc<PumpStats>,
 }
 
 /// The pump's handle on the node session (see the module documentation).
 pub struct Pump {
     nodes: Nodes,
+    bell: Arc<PumpBell>,
+    stats: Arc<PumpStats>,
+}
+
+/// What the pump saw, for logs and tests.
+#[derive(Debug, Default)]
+pub struct PumpStats {
+    /// Times the pump's safety-net timeout expired while frames from lockmgrd were waiting
+    /// unannounced: each one is a lost wake-up (a notification delivered up to
+    /// `PUMP_MAX_SLEEP` late). Stays 0 when the wake-up protocol holds.
+    pub lost_wakeups: AtomicU64,
+    /// Times the pump's doorbell was rung: a user of the session could not leave it armed
+    /// (frames kept arriving), or a status query left events for the pump to route.
+    pub bell_rings: AtomicU64,
+}
+
+/// An eventfd the pump sleeps on next to the session fd: rung by a worker that leaves the
+/// session unarmed (see [`rearm`]) so the pump takes in what is waiting.
+pub struct PumpBell {
+    fd: OwnedFd,
+}
+
+impl PumpBell {
+    fn new() -> std::io::Result<PumpBell> {
+        // SAFETY: eventfd takes no pointers; the result is checked before use.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by eventfd and is owned by nothing else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(PumpBell { fd })
+    }
+
+    fn ring(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes the 8 bytes of `one`, which lives for the call. A failure can only be
+        // EAGAIN (the counter is saturated: the bell is already ringing), so it is ignored.
+        let _ = unsafe {
+            libc::write(
+                self.fd.as_raw_fd(),
+                (&one as *const u64).cast::<libc::c_void>(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+    }
+
+    /// Resets the bell; called by the pump before it takes in frames, so a ring that comes
+    /// later wakes the next sleep.
+    fn drain(&self) {
+        let mut count: u64 = 0;
+        // SAFETY: reads at most 8 bytes into `count`, which lives for the call; the fd is
+        // non-blocking, so an unrung bell returns EAGAIN at once (ignored).
+        let _ = unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                (&mut count as *mut u64).cast::<libc::c_void>(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+    }
 }
 
 impl ClusterLocks {
@@ -189,46 +264,80 @@ impl ClusterLocks {
             "using the cluster lock manager"
         );
         let timeout = Duration::from_millis(cfg.request_timeout_ms);
-        Ok(Self::with_connector(connector, timeout))
+        Self::with_connector(connector, timeout)
     }
 
     /// A cluster lock service over any connector (tests use an in-process lockmgrd).
     pub fn with_connector(
         connector: lockmgr_client::mux::Connector<Transport>,
         timeout: Duration,
-    ) -> (ClusterLocks, Pump) {
+    ) -> Result<(ClusterLocks, Pump), ClusterError> {
+        let bell = Arc::new(PumpBell::new().map_err(ClusterError::Bell)?);
+        let stats = Arc::new(PumpStats::default());
         let sessions = NodeSessions::new(connector, timeout);
         if sessions.is_connected() {
             tracing::info!("lockmgrd session established");
         }
         let nodes = Arc::new(Mutex::new(sessions));
-        (
+        Ok((
             ClusterLocks {
                 nodes: Arc::clone(&nodes),
+                bell: Arc::clone(&bell),
+                stats: Arc::clone(&stats),
             },
-            Pump { nodes },
-        )
+            Pump { nodes, bell, stats },
+        ))
+    }
+
+    /// The pump's counters (shared with the [`Pump`] built with this service).
+    pub fn pump_stats(&self) -> Arc<PumpStats> {
+        Arc::clone(&self.stats)
     }
 
     /// The lock manager's operator view, through this node's session.
     pub fn status(&self) -> Result<String, ClientError> {
-        lock(&self.nodes).status()
+        let mut n = lock(&self.nodes);
+        let status = n.status();
+        // Events read while waiting for the status text are queued in the session, and this
+        // caller does not route them: the pump must.
+        rearm(&mut n);
+        self.ring_pump();
+        status
+    }
+
+    /// Runs `f` on the node session from a worker and leaves the session so that the pump
+    /// hears the next frame: armed, or, when frames keep arriving, with the pump's bell rung.
+    fn with_session<R>(&self, f: impl FnOnce(&mut NodeSessions<Transport>) -> R) -> R {
+        let mut n = lock(&self.nodes);
+        let r = f(&mut n);
+        if !rearm(&mut n) {
+            self.ring_pump();
+        }
+        r
+    }
+
+    fn ring_pump(&self) {
+        self.stats.bell_rings.fetch_add(1, Ordering::Relaxed);
+        self.bell.ring();
     }
 }
 
 /// Re-arms the session fd after a worker used the session. Reading from the session disarms the
 /// shared-memory doorbell; if the pump is asleep it would then not be woken by the next break.
-/// When frames are already waiting they are taken in now (and routed by the caller).
-fn rearm(n: &mut NodeSessions<Transport>) {
+/// When frames are already waiting they are taken in now (and routed by the caller). False when
+/// frames kept arriving and the session is left unarmed: the caller must wake the pump.
+fn rearm(n: &mut NodeSessions<Transport>) -> bool {
     for _ in 0..4 {
         if n.arm() {
-            return;
+            return true;
         }
         if !n.is_connected() {
-            return;
+            // The pump's sleep is bounded by the reconnect interval (`poll_timeout`).
+            return true;
         }
         n.tick();
     }
+    false
 }
 
 impl LockService for ClusterLocks {
@@ -237,16 +346,11 @@ impl LockService for ClusterLocks {
     }
 
     fn end_session(&mut self, session: SessionId) {
-        let mut n = lock(&self.nodes);
-        n.end_connection(session);
-        rearm(&mut n);
+        self.with_session(|n| n.end_connection(session));
     }
 
     fn request(&mut self, session: SessionId, id: RequestId, req: Request) -> Reply {
-        let mut n = lock(&self.nodes);
-        let reply = n.request(session, id, req);
-        rearm(&mut n);
-        reply
+        self.with_session(|n| n.request(session, id, req))
     }
 
     fn poll_event(&mut self) -> Option<(SessionId, Notification)> {
@@ -254,7 +358,9 @@ impl LockService for ClusterLocks {
     }
 
     fn tick(&mut self) {
-        lock(&self.nodes).tick();
+        // Workers tick too (their 1 s timer), and a tick reads the session: without the
+        // re-arm the pump would sleep on a disarmed fd until its safety-net timeout.
+        self.with_session(|n| n.tick());
     }
 
     fn take_lost_connections(&mut self) -> Vec<SessionId> {
@@ -263,8 +369,8 @@ impl LockService for ClusterLocks {
 }
 
 impl Pump {
-    /// Runs until `shared.shutdown`: sleeps on the lockmgrd session's fd and delivers what
-    /// arrives (breaks, completions) to the connections.
+    /// Runs until `shared.shutdown`: sleeps on the lockmgrd session's fd and its own doorbell,
+    /// and delivers what arrives (breaks, completions) to the connections.
     pub fn run(self, shared: Arc<Shared>) {
         while !shared.shutdown.load(Ordering::Relaxed) {
             let (fd, armed, sleep) = {
@@ -273,31 +379,67 @@ impl Pump {
                 (n.raw_fd(), armed, n.poll_timeout().min(PUMP_MAX_SLEEP))
             };
             if armed {
-                match fd {
-                    Some(fd) => wait_readable(fd, sleep),
-                    None => std::thread::sleep(sleep),
+                let woke = wait_readable(fd, self.bell.fd.as_raw_fd(), sleep);
+                // Before the tick: a ring that comes after it is kept for the next sleep.
+                self.bell.drain();
+                if woke == Wake::Timeout && !lock(&self.nodes).arm() {
+                    // Frames were waiting and nothing announced them.
+                    let lost = self.stats.lost_wakeups.fetch_add(1, Ordering::Relaxed) + 1;
+                    tracing::warn!(
+                        lost_wakeups = lost,
+                        "lockmgr pump: safety-net timeout found frames waiting (a lost wake-up)"
+                    );
                 }
             }
             shared.lock_tick();
         }
-        tracing::debug!("lockmgr pump stopped");
+        tracing::info!(
+            lost_wakeups = self.stats.lost_wakeups.load(Ordering::Relaxed),
+            bell_rings = self.stats.bell_rings.load(Ordering::Relaxed),
+            "lockmgr pump stopped"
+        );
     }
 }
 
-fn wait_readable(fd: std::os::fd::RawFd, timeout: Duration) {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
+#[derive(Debug, PartialEq, Eq)]
+enum Wake {
+    /// The session fd or the bell is readable (or poll failed: the caller ticks anyway).
+    Ready,
+    Timeout,
+}
+
+/// Sleeps until the session fd (if any) or the pump's bell is readable, or `timeout`.
+fn wait_readable(
+    session: Option<std::os::fd::RawFd>,
+    bell: std::os::fd::RawFd,
+    timeout: Duration,
+) -> Wake {
+    // A negative fd is ignored by poll: no session (lockmgrd unreachable) sleeps on the bell.
+    let mut pfds = [
+        libc::pollfd {
+            fd: session.unwrap_or(-1),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: bell,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
     let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `pfd` is a valid, exclusively borrowed pollfd array of length 1 for the call's
-    // duration. A stale fd (the session was replaced meanwhile) makes poll return at once with
-    // POLLNVAL, which only costs one extra loop turn.
-    let r = unsafe { libc::poll(&mut pfd, 1, ms.max(1)) };
-    if r < 0 {
-        // EINTR or a transient failure: avoid a busy loop, the caller ticks anyway.
-        std::thread::sleep(Duration::from_millis(1));
+    // SAFETY: `pfds` is a valid, exclusively borrowed pollfd array of length 2 for the call's
+    // duration. A stale session fd (the session was replaced meanwhile) makes poll return at
+    // once with POLLNVAL, which only costs one extra loop turn.
+    let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms.max(1)) };
+    match r {
+        0 => Wake::Timeout,
+        r if r < 0 => {
+            // EINTR or a transient failure: avoid a busy loop, the caller ticks anyway.
+            std::thread::sleep(Duration::from_millis(1));
+            Wake::Ready
+        }
+        _ => Wake::Ready,
     }
 }
 

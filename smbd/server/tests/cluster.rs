@@ -373,3 +373,107 @@ fn nodes_refuse_cleanly_while_lockmgrd_is_down_and_recover() {
         b"payload"
     );
 }
+
+/// The shared-counter workload across two nodes (four clients, two per node, taking turns on
+/// one exclusive byte-range lock: blocking LOCK, READ, WRITE, UNLOCK; the client is smbbench's,
+/// bench/scripts/smb_handoff.py). Every hand-off between nodes is a blocking LOCK completed
+/// through the waiting node's lockmgr pump, so each one depends on the pump being woken. The
+/// pump logs a "lost wake-up" warning each time its safety-net timeout finds frames from
+/// lockmgrd that nothing announced: there must be none (the workers' 1 s timer tick used to
+/// disarm the shared-memory doorbell under the sleeping pump). The counter must equal the
+/// number of turns (the lock serialised every update).
+#[test]
+fn shared_counter_hand_offs_lose_no_pump_wake_up() {
+    let Some(py) = python() else {
+        missing(
+            "no python with smbprotocol (set SMBD_PYTHON; scripts/install-deps.sh makes a venv)",
+        );
+        return;
+    };
+    const CLIENTS: usize = 4;
+    // Enough turns to span several of the workers' 1 s timer ticks on both nodes.
+    const TURNS: usize = 1500;
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench/scripts/smb_handoff.py");
+    let cluster = Cluster::start(ClusterOptions::default());
+    let go = cluster.dir.path().join("go");
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let node = i % 2;
+        let child = cluster
+            .client_command(&py)
+            .arg(&script)
+            .args([
+                "turns",
+                &cluster.host(node),
+                &cluster.port(node).to_string(),
+                USER,
+                PASS,
+                "counter.bin",
+                &TURNS.to_string(),
+            ])
+            .arg(&go)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run python");
+        clients.push(child);
+    }
+    let mut outputs = Vec::new();
+    for c in &mut clients {
+        let mut out = BufReader::new(c.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("read client");
+        assert_eq!(
+            line.trim(),
+            "READY",
+            "client did not connect\n{}",
+            cluster.logs()
+        );
+        outputs.push(out);
+    }
+    std::fs::write(&go, b"").unwrap();
+    let mut turns = 0;
+    for (c, mut out) in clients.into_iter().zip(outputs) {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut out, &mut text).expect("read client");
+        let res = c.wait_with_output().expect("wait for client");
+        assert!(
+            res.status.success() && text.contains(&format!("DONE {TURNS}")),
+            "client failed: {text}{}\n{}",
+            String::from_utf8_lossy(&res.stderr),
+            cluster.logs()
+        );
+        turns += text.lines().filter(|l| l.starts_with("T ")).count();
+    }
+    assert_eq!(turns, CLIENTS * TURNS);
+    let out = cluster
+        .client_command(&py)
+        .arg(&script)
+        .args([
+            "counter",
+            &cluster.host(0),
+            &cluster.port(0).to_string(),
+            USER,
+            PASS,
+            "counter.bin",
+        ])
+        .output()
+        .expect("run python");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("COUNTER {}", CLIENTS * TURNS)),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for n in &cluster.nodes {
+        let log = n.log();
+        assert_eq!(
+            log.matches("lost wake-up").count(),
+            0,
+            "{}'s lockmgr pump lost wake-ups:\n{log}",
+            n.name
+        );
+    }
+}
