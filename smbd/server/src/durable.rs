@@ -634,7 +634,7 @@ impl Conn {
         tracing::debug!(conn = self.id, persistent, "durable open reconnected");
         Outcome::Reply(
             status::SUCCESS,
-            Response::Create(crate::ops::create_response(
+            Response::Create(crate::conn::ops::create_response(
                 &info,
                 oplock_level,
                 create_action::OPENED,

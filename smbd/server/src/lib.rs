@@ -2,7 +2,7 @@
 //!
 //! Layout: [`config`] (TOML), [`shared`] (state shared by worker threads), [`worker`] (one
 //! io_uring event loop per thread, no thread per connection), [`conn`] (per-connection SMB
-//! state machine), [`ops`] (file service commands), [`fs`] (share filesystem access and
+//! state machine; its `ops` submodule serves the file commands), [`fs`] (share filesystem access and
 //! info-class encoding), [`locking`] (the lock-service seam), [`limits`] (resource limits).
 
 pub mod beneath;
@@ -14,7 +14,6 @@ pub mod fs;
 pub mod identity;
 pub mod limits;
 pub mod locking;
-pub mod ops;
 pub mod passwd;
 pub mod sd;
 pub mod seqwin;

@@ -19,6 +19,8 @@ use smb_proto::{
 use crate::fs::DirEntry;
 use crate::locking::{self, OplockGrant};
 use crate::seqwin::SeqHandle;
+
+pub(crate) mod ops;
 use crate::shared::{Event, Shared};
 
 /// Largest READ/WRITE/transact we accept (MS-SMB2 with LARGE_MTU: credit charge covers it).
@@ -152,7 +154,7 @@ pub(crate) enum PendingKind {
     Lock {
         volatile: u64,
     },
-    Create(Box<crate::ops::CreateCont>),
+    Create(Box<crate::conn::ops::CreateCont>),
     /// A rename through a lease handle waiting for other leases' handle-caching breaks
     /// (lock service `BreakForRename`); it is carried out when that completes.
     Rename {
