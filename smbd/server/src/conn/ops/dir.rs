@@ -110,12 +110,9 @@ impl Conn {
         ctx: &mut ChainCtx,
         _last: bool,
     ) -> Outcome {
-        let v = match self.resolve_fid(c.file_id, ctx) {
-            Ok(v) => v,
+        let (v, o) = match self.open_for_mut(c.file_id, ctx) {
+            Ok(found) => found,
             Err(st) => return err(st),
-        };
-        let Some(o) = self.opens.get_mut(&v) else {
-            return err(status::FILE_CLOSED);
         };
         if !o.is_dir {
             return err(status::INVALID_PARAMETER);

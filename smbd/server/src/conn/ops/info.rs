@@ -56,12 +56,9 @@ impl Conn {
     }
 
     pub(crate) fn query_info(&mut self, q: QueryInfoRequest, ctx: &mut ChainCtx) -> Outcome {
-        let v = match self.resolve_fid(q.file_id, ctx) {
-            Ok(v) => v,
+        let (_, o) = match self.open_for(q.file_id, ctx) {
+            Ok(found) => found,
             Err(st) => return err(st),
-        };
-        let Some(o) = self.opens.get(&v) else {
-            return err(status::FILE_CLOSED);
         };
         let max = q.output_buffer_length as usize;
         let data = match q.info_type {
@@ -153,12 +150,9 @@ impl Conn {
         hdr: &Header,
         ctx: &mut ChainCtx,
     ) -> Outcome {
-        let v = match self.resolve_fid(s.file_id, ctx) {
-            Ok(v) => v,
+        let (v, o) = match self.open_for(s.file_id, ctx) {
+            Ok(found) => found,
             Err(st) => return err(st),
-        };
-        let Some(o) = self.opens.get(&v) else {
-            return err(status::FILE_CLOSED);
         };
         let read_only = self.shared.shares[o.share].read_only;
         match s.info_type {

@@ -18,12 +18,9 @@ use crate::locking::{self, Reply, Status};
 
 impl Conn {
     pub(crate) fn flush(&mut self, fid: FileId, ctx: &mut ChainCtx) -> Outcome {
-        let v = match self.resolve_fid(fid, ctx) {
-            Ok(v) => v,
+        let (_, o) = match self.open_for(fid, ctx) {
+            Ok(found) => found,
             Err(st) => return err(st),
-        };
-        let Some(o) = self.opens.get(&v) else {
-            return err(status::FILE_CLOSED);
         };
         if o.access & (WRITE_DATA | APPEND_DATA) == 0 {
             return err(status::ACCESS_DENIED);

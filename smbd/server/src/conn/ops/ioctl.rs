@@ -173,12 +173,9 @@ impl Conn {
                 reply(w.buf, i.file_id)
             }
             fsctl::SET_SPARSE => {
-                let v = match self.resolve_fid(i.file_id, ctx) {
-                    Ok(v) => v,
+                let (_, o) = match self.open_for(i.file_id, ctx) {
+                    Ok(found) => found,
                     Err(st) => return err(st),
-                };
-                let Some(o) = self.opens.get(&v) else {
-                    return err(status::FILE_CLOSED);
                 };
                 if o.is_dir {
                     return err(status::INVALID_PARAMETER);
@@ -357,12 +354,9 @@ impl Conn {
     /// FSCTL_QUERY_ALLOCATED_RANGES (MS-FSCC 2.3.41): data ranges within the requested one,
     /// found with SEEK_DATA/SEEK_HOLE.
     pub(super) fn query_allocated_ranges(&mut self, i: &IoctlRequest, ctx: &ChainCtx) -> Outcome {
-        let v = match self.resolve_fid(i.file_id, ctx) {
-            Ok(v) => v,
+        let (_, o) = match self.open_for(i.file_id, ctx) {
+            Ok(found) => found,
             Err(st) => return err(st),
-        };
-        let Some(o) = self.opens.get(&v) else {
-            return err(status::FILE_CLOSED);
         };
         let mut r = Reader::new(&i.input);
         let (Ok(off), Ok(len)) = (r.u64(), r.u64()) else {
@@ -435,12 +429,9 @@ impl Conn {
     /// FSCTL_SET_ZERO_DATA (MS-FSCC 2.3.67): punch a hole in sparse files, write zeros
     /// otherwise; never extends the file.
     pub(super) fn set_zero_data(&mut self, i: &IoctlRequest, ctx: &ChainCtx) -> Outcome {
-        let v = match self.resolve_fid(i.file_id, ctx) {
-            Ok(v) => v,
+        let (_, o) = match self.open_for(i.file_id, ctx) {
+            Ok(found) => found,
             Err(st) => return err(st),
-        };
-        let Some(o) = self.opens.get(&v) else {
-            return err(status::FILE_CLOSED);
         };
         let mut r = Reader::new(&i.input);
         let (Ok(off), Ok(beyond)) = (r.u64(), r.u64()) else {

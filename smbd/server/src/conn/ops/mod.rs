@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use smb_proto::{info_type, oplock_level, status, FileId};
 
 use crate::beneath::ShareRoot;
-use crate::conn::{ChainCtx, Conn};
+use crate::conn::{ChainCtx, Conn, Open};
 use crate::fs::{self, class, DirEntry, FileInfo};
 use crate::locking::{ClientGuid, OplockGrant, Status};
 use crate::streams;
@@ -132,6 +132,21 @@ impl Conn {
             }
             _ => Err(status::FILE_CLOSED),
         }
+    }
+
+    /// The open a request's FileId names, with its volatile id: the one way a handler gets
+    /// from a FileId to its [`Open`] (see [`Conn::resolve_fid`] for the rules).
+    fn open_for(&self, fid: FileId, ctx: &ChainCtx) -> Result<(u64, &Open), u32> {
+        let v = self.resolve_fid(fid, ctx)?;
+        let o = self.opens.get(&v).ok_or(status::FILE_CLOSED)?;
+        Ok((v, o))
+    }
+
+    /// [`Conn::open_for`], for a handler that changes the open.
+    fn open_for_mut(&mut self, fid: FileId, ctx: &ChainCtx) -> Result<(u64, &mut Open), u32> {
+        let v = self.resolve_fid(fid, ctx)?;
+        let o = self.opens.get_mut(&v).ok_or(status::FILE_CLOSED)?;
+        Ok((v, o))
     }
 
     fn client_guid(&self) -> ClientGuid {
