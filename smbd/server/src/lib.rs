@@ -14,6 +14,7 @@ pub mod fs;
 pub mod identity;
 pub mod limits;
 pub mod locking;
+mod open;
 pub mod passwd;
 pub mod sd;
 pub mod seqwin;

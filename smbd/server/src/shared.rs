@@ -186,6 +186,8 @@ pub struct Shared {
     sessions: Mutex<HashMap<u64, SessionRecord>>,
     /// The process-wide open-file budget (`[limits] open_files`).
     pub fds: crate::limits::FdBudget,
+    /// Durable opens of connections that went away, kept for a reconnect (crate::open).
+    pub(crate) parked: crate::open::ParkedOpens,
 }
 
 /// What other connections need to know about an established session: to expire it on
@@ -238,6 +240,7 @@ impl Shared {
             sessions: Mutex::new(HashMap::new()),
             dump_dir: std::env::var_os("SMBD_DUMP_DIR").map(PathBuf::from),
             fds,
+            parked: Default::default(),
         })
     }
 

@@ -244,7 +244,7 @@ impl Conn {
     }
 
     /// Credit accounting (MS-SMB2 3.3.1.2): grant what the client asks for while it holds at
-    /// most [`MAX_CREDITS`] (see [`crate::seqwin::SeqWindow::grant`]); the granted ids join
+    /// most [`crate::seqwin::MAX_CREDITS`] (see [`crate::seqwin::SeqWindow::grant`]); the granted ids join
     /// the window of the connection the request arrived on.
     pub(super) fn grant_credits(&mut self, req: &Header) -> u16 {
         self.window().lock().grant(req.credits)

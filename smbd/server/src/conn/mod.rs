@@ -15,11 +15,13 @@ use std::sync::Arc;
 use smb_auth::preauth::PreauthHash;
 use smb_proto::status;
 
+pub use crate::config::MAX_IO;
 use crate::seqwin::SeqHandle;
 use crate::shared::{Event, Shared};
 
 mod channel;
 mod dispatch;
+mod limits;
 mod negotiate;
 pub(crate) mod ops;
 mod pending;
@@ -33,12 +35,8 @@ pub(crate) use state::{
     Negotiated, Open, OpenStream, Outcome, PendingKind, PendingOp, Session, Signer, StreamTarget,
 };
 
-/// Largest READ/WRITE/transact we accept (MS-SMB2 with LARGE_MTU: credit charge covers it).
-pub const MAX_IO: u32 = 8 * 1024 * 1024;
 /// SMB 2.0.2 has no multi-credit requests.
 const MAX_IO_202: u32 = 65536;
-/// The credit window a client may hold (Samba's default "smb2 max credits").
-pub const MAX_CREDITS: u32 = 8192;
 const REQUEST_OUT_OF_SEQUENCE: u32 = 0xC000_042A;
 pub const SESSION_FLAG_IS_GUEST: u16 = 0x1;
 pub const SESSION_FLAG_IS_NULL: u16 = 0x2;
@@ -92,7 +90,7 @@ pub struct Conn {
     /// The last create lost a race to create its name (see `Conn::create`).
     pub(crate) create_raced: bool,
     /// Resource-limit bookkeeping (`crate::limits`).
-    pub(crate) limits: crate::limits::ConnLimits,
+    pub(crate) limits: limits::ConnLimits,
 }
 
 impl Conn {

@@ -13,9 +13,9 @@ use smb_proto::{Command, FileId, Header, Response};
 
 use smb_proto::LeaseContext;
 
-use crate::fs::DirEntry;
-use crate::locking::{self, OplockGrant};
 use crate::seqwin::SeqHandle;
+
+pub(crate) use crate::open::{DirState, Open, OpenStream};
 
 /// How to sign a response: algorithm and key.
 pub(crate) type Signer = (SigningAlgorithm, Vec<u8>);
@@ -76,55 +76,6 @@ pub(crate) struct Tree {
     /// Index into `Shared::shares`; `None` = IPC$.
     pub share: Option<usize>,
     pub encrypt: bool,
-}
-
-pub(crate) struct DirState {
-    pub entries: Vec<DirEntry>,
-    pub pos: usize,
-    pub started: bool,
-}
-
-/// The named stream an open refers to.
-#[derive(Debug, Clone)]
-pub(crate) struct OpenStream {
-    /// Name with the case it was created with.
-    pub name: String,
-    /// Data file in the stream depot.
-    pub path: PathBuf,
-}
-
-pub(crate) struct Open {
-    pub session_id: u64,
-    pub tree_id: u32,
-    pub share: usize,
-    /// Absolute path; updated on rename.
-    pub abs: PathBuf,
-    /// Path relative to the share root (client view, for FileNameInformation).
-    pub rel: PathBuf,
-    /// Named stream of an open of `file:stream`; `file` is then the stream's data.
-    pub stream: Option<OpenStream>,
-    pub file: Option<File>,
-    pub is_dir: bool,
-    /// Granted access after generic mapping.
-    pub access: u32,
-    pub lock_open: Option<locking::OpenId>,
-    pub stable_id: u128,
-    pub dir: Option<DirState>,
-    pub position: u64,
-    pub mode: u32,
-    pub delete_pending: bool,
-    pub grant: OplockGrant,
-    pub notify_watch: bool,
-    /// FSCTL_LMR_REQUEST_RESILIENCY was granted (MS-SMB2 3.3.5.15.9).
-    pub resilient: bool,
-    /// Durable handle granted (DHnQ/DH2Q); v2 carries the create GUID.
-    pub durable: Option<crate::durable::DurableState>,
-    /// Byte-range locks held, to re-establish them on a durable reconnect.
-    pub locks: Vec<locking::LockRange>,
-    /// Open.LockSequenceArray (MS-SMB2 3.3.1.10): 0xFF = invalid entry.
-    pub lock_seq: [u8; 64],
-    /// The identity that opened it: a delete-on-close at teardown unlinks with it.
-    pub identity: Option<Arc<crate::identity::UnixIdentity>>,
 }
 
 /// Work waiting for an asynchronous completion (MS-SMB2 3.3.4.2).

@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::time::Instant;
 
 use smb_proto::cursor::{Reader, Writer};
 use smb_proto::{
@@ -398,11 +399,12 @@ impl Conn {
             fake_quota,
             make_read_only,
         };
-        crate::durable::purge_conflicting(
+        self.shared.parked.purge_conflicting(
             stable_id,
             access,
             c.share_access & 0x7,
             cont.lease.as_ref().map(|l| l.key),
+            Instant::now(),
         );
         let req = OpenRequest {
             file: locking::FileId(stable_id),

@@ -15,13 +15,12 @@ use crate::streams;
 mod close;
 mod create;
 mod dir;
+mod durable;
 mod info;
 mod io;
 mod ioctl;
 mod lock;
 mod oplock;
-
-pub(crate) use create::create_response;
 
 /// READs and WRITEs of at least this many bytes (outside compounds) go through the worker's
 /// io_uring; smaller ones are cheaper as a synchronous pread/pwrite on the page cache than a

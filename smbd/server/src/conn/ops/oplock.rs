@@ -4,6 +4,7 @@
 use smb_proto::cursor::Writer;
 use smb_proto::header::flags as hflags;
 use smb_proto::{status, BreakAck, FileId, Header, Response};
+use std::time::Instant;
 
 use super::{engine_status, oplock_grant_level};
 use crate::conn::{err, ChainCtx, Conn, Outcome, PendingKind};
@@ -222,11 +223,12 @@ impl Conn {
                         Reply::Opened { open, grant } => {
                             // A durable open parked while this one waited for its break is
                             // gone for good (its client could not acknowledge the break).
-                            crate::durable::purge_conflicting(
+                            self.shared.parked.purge_conflicting(
                                 cont.stable_id,
                                 cont.access,
                                 cont.share_access,
                                 cont.lease.as_ref().map(|l| l.key),
+                                Instant::now(),
                             );
                             let (out, fid) = self.finish_create(*cont, open, grant);
                             match out {
