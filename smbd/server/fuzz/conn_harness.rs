@@ -77,6 +77,15 @@ fn fresh_share() -> Result<PathBuf, String> {
 }
 
 fn make_shared(share: PathBuf) -> Result<Arc<Shared>, String> {
+    shared_with_locks(share, smbd::server::default_lock_service())
+}
+
+/// A server state for one anonymous-guest share `data` at `share` (a canonical path), with the
+/// given lock service (tests pass one whose clock they step by hand).
+pub fn shared_with_locks(
+    share: PathBuf,
+    locks: Box<dyn smbd::locking::LockService>,
+) -> Result<Arc<Shared>, String> {
     let cfg = Config::parse(&format!(
         "[server]\nnetbios_name = \"FUZZ\"\nsigning_required = false\nallow_anonymous = true\n\
          guest_account = \"root\"\n\n[[share]]\nname = \"data\"\npath = \"{}\"\nguest_ok = true\n",
@@ -99,8 +108,7 @@ fn make_shared(share: PathBuf) -> Result<Arc<Shared>, String> {
     // fuzzer runs as root, file operations do not switch this thread's file-system identity to
     // an account that cannot use the temporary share (as an ordinary user nothing switches).
     let users = smb_auth::users::UserDb::new();
-    let shared = Shared::new(cfg, shares, users, smbd::server::default_lock_service(), 1)
-        .map_err(|e| format!("shared: {e}"))?;
+    let shared = Shared::new(cfg, shares, users, locks, 1).map_err(|e| format!("shared: {e}"))?;
     Ok(Arc::new(shared))
 }
 
