@@ -24,6 +24,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use smb_proto::header::{flags, Header};
 use smb_proto::Writer;
@@ -166,12 +167,12 @@ pub fn run(data: &[u8]) -> Result<Vec<Answer>, String> {
     let share = fresh_share()?;
     let shared = make_shared(share)?;
     shared.register_conn(CONN_ID, 0);
-    let mut conn = Conn::new(CONN_ID, shared.clone(), None, None);
+    let mut conn = Conn::new(CONN_ID, shared.clone(), None, None, Instant::now());
     let mut answers = Vec::new();
     let mut finals: HashMap<u64, u16> = HashMap::new();
     let mut result = Ok(());
     'outer: for m in split(data) {
-        conn.on_message(m);
+        conn.on_message(m, Instant::now());
         // Lock notifications and other events the connection posted to itself.
         for _ in 0..8 {
             let evs = shared.mailboxes[0].drain();
@@ -180,7 +181,7 @@ pub fn run(data: &[u8]) -> Result<Vec<Answer>, String> {
             }
             for (c, ev) in evs {
                 if c == CONN_ID {
-                    conn.on_event(ev);
+                    conn.on_event(ev, Instant::now());
                 }
             }
         }
@@ -209,7 +210,7 @@ pub fn run(data: &[u8]) -> Result<Vec<Answer>, String> {
             break;
         }
     }
-    conn.shutdown();
+    conn.shutdown(Instant::now());
     let _ = std::fs::remove_dir_all(scratch_root());
     result.map(|()| answers)
 }

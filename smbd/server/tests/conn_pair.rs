@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lockmgr_engine::{Engine, Output, Time};
 use smb_proto::header::{flags, Header};
@@ -139,7 +139,9 @@ struct Pair {
     _dir: tempfile::TempDir,
     share: std::path::PathBuf,
     shared: Arc<Shared>,
+    /// Nanoseconds since `start`, shared with the lock engine.
     clock: Arc<AtomicU64>,
+    start: Instant,
     clients: Vec<Client>,
 }
 
@@ -162,6 +164,7 @@ impl Pair {
             share,
             shared,
             clock,
+            start: Instant::now(),
             clients: Vec::new(),
         }
     }
@@ -172,7 +175,7 @@ impl Pair {
         let id = self.clients.len() as u64 + 1;
         self.shared.register_conn(id, 0);
         self.clients.push(Client {
-            conn: Conn::new(id, self.shared.clone(), None, None),
+            conn: Conn::new(id, self.shared.clone(), None, None, self.now()),
             mid: 0,
             sid: 0,
             tid: 0,
@@ -223,7 +226,9 @@ impl Pair {
         }
         .encode(&mut w);
         w.bytes(&body);
-        cl.conn.on_message(&w.buf);
+        let now = self.now();
+        let cl = &mut self.clients[c];
+        cl.conn.on_message(&w.buf, now);
         self.pump();
         mid
     }
@@ -238,6 +243,7 @@ impl Pair {
     /// Deliver what connections posted to each other (lock notifications, deferred
     /// completions) until nothing moves, and collect every connection's output.
     fn pump(&mut self) {
+        let now = self.now();
         for _ in 0..64 {
             let events = self.shared.mailboxes[0].drain();
             if events.is_empty() {
@@ -246,7 +252,7 @@ impl Pair {
             for (id, ev) in events {
                 if let Some(cl) = self.clients.get_mut(id as usize - 1) {
                     if !cl.conn.closed {
-                        cl.conn.on_event(ev);
+                        cl.conn.on_event(ev, now);
                     }
                 }
             }
@@ -261,7 +267,12 @@ impl Pair {
         }
     }
 
-    /// Step the lock engine's clock and fire its due timers.
+    /// The simulated time: the connections see `start` plus what the test advanced.
+    fn now(&self) -> Instant {
+        self.start + Duration::from_nanos(self.clock.load(Ordering::SeqCst))
+    }
+
+    /// Step the simulated clock (the connections' and the lock engine's) and fire its due timers.
     fn advance(&mut self, by: Duration) {
         self.clock.fetch_add(by.as_nanos() as u64, Ordering::SeqCst);
         self.shared.lock_tick();
@@ -302,16 +313,18 @@ impl Pair {
 
     /// Drop connection `c` as the worker does when its socket closes.
     fn disconnect(&mut self, c: usize) {
-        self.clients[c].conn.shutdown();
+        let now = self.now();
+        self.clients[c].conn.shutdown(now);
         self.pump();
     }
 }
 
 impl Drop for Pair {
     fn drop(&mut self) {
+        let now = self.now();
         for cl in &mut self.clients {
             if !cl.conn.closed {
-                cl.conn.shutdown();
+                cl.conn.shutdown(now);
             }
         }
     }

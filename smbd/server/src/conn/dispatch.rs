@@ -1,6 +1,8 @@
 //! Request intake: message framing, compound chains, MessageId/credit accounting
 //! (MS-SMB2 3.3.5.2) and dispatch of each command to its handler.
 
+use std::time::Instant;
+
 use smb_auth::preauth::PreauthHash;
 use smb_proto::header::flags;
 use smb_proto::{dialect, status, Command, Header, Request, Response, Writer};
@@ -11,8 +13,9 @@ use super::state::{err, AuthState, ChainCtx, Outcome, Signer};
 use super::Conn;
 
 impl Conn {
-    /// Handle one complete NetBIOS session message payload.
-    pub fn on_message(&mut self, msg: &[u8]) {
+    /// Handle one complete NetBIOS session message payload that arrived at `now`.
+    pub fn on_message(&mut self, msg: &[u8], now: Instant) {
+        self.now = now;
         if let Some(dir) = &self.shared.dump_dir {
             // Debug aid (SMBD_DUMP_DIR): keep received messages, e.g. as a fuzzing corpus.
             let n = self.next_async + self.next_volatile + msg.len() as u64;

@@ -2,8 +2,6 @@
 //! status codes): counting this connection's descriptors in the process-wide budget and
 //! refusing a request that would take the connection over a limit.
 
-use std::time::Instant;
-
 use smb_proto::{lock_flags, status, Header, Request};
 
 use super::{AuthState, ChainCtx, Conn, PendingKind};
@@ -164,11 +162,7 @@ impl Conn {
                     );
                 }
                 self.sync_fds();
-                if !self
-                    .shared
-                    .fds
-                    .has_room(self.shared.parked.len(Instant::now()))
-                {
+                if !self.shared.fds.has_room(self.shared.parked.len(self.now)) {
                     let limit = self.shared.fds.limit();
                     return self.refuse(Kind::OpenFiles, status::TOO_MANY_OPENED_FILES, limit);
                 }

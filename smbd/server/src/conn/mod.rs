@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use smb_auth::preauth::PreauthHash;
 use smb_proto::status;
@@ -87,6 +88,9 @@ pub struct Conn {
     unbound: HashMap<u64, Signer>,
     binding: HashMap<u64, Binding>,
     pub closed: bool,
+    /// When the input being handled arrived: the time given to the entry point
+    /// (`on_message`, `on_event`, `shutdown`), so the protocol logic never reads the clock.
+    now: Instant,
     /// The last create lost a race to create its name (see `Conn::create`).
     pub(crate) create_raced: bool,
     /// Resource-limit bookkeeping (`crate::limits`).
@@ -99,6 +103,7 @@ impl Conn {
         shared: Arc<Shared>,
         local: Option<SocketAddr>,
         peer: Option<SocketAddr>,
+        now: Instant,
     ) -> Conn {
         Conn {
             id,
@@ -133,6 +138,7 @@ impl Conn {
             unbound: HashMap::new(),
             binding: HashMap::new(),
             closed: false,
+            now,
             create_raced: false,
             limits: Default::default(),
         }
@@ -153,8 +159,9 @@ impl Conn {
         self.file_io.len()
     }
 
-    /// An event routed to this connection.
-    pub fn on_event(&mut self, ev: Event) {
+    /// An event routed to this connection, delivered at `now`.
+    pub fn on_event(&mut self, ev: Event, now: Instant) {
+        self.now = now;
         match ev {
             Event::DirChanged { dir, action, name } => self.notify_fire(&dir, action, &name),
             Event::Lock(n) => self.on_lock_notification(n),
@@ -195,7 +202,7 @@ impl Conn {
                 let was_closed = self.closed;
                 self.cur_channel = Some(channel);
                 self.cur_seq = Some(seq);
-                self.on_message(&msg);
+                self.on_message(&msg, now);
                 self.cur_channel = None;
                 self.cur_seq = None;
                 // A protocol violation on the channel drops the channel, not this connection.
@@ -221,7 +228,8 @@ impl Conn {
     }
 
     /// The connection is gone: release everything.
-    pub fn shutdown(&mut self) {
+    pub fn shutdown(&mut self, now: Instant) {
+        self.now = now;
         let aids: Vec<u64> = self.pending.keys().copied().collect();
         for aid in aids {
             if let Some(PendingKind::Notify { dir, .. }) = self.pending.get(&aid).map(|p| &p.kind) {

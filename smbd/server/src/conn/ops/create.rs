@@ -4,7 +4,6 @@
 use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::Instant;
 
 use smb_proto::cursor::{Reader, Writer};
 use smb_proto::{
@@ -404,7 +403,7 @@ impl Conn {
             access,
             c.share_access & 0x7,
             cont.lease.as_ref().map(|l| l.key),
-            Instant::now(),
+            self.now,
         );
         let req = OpenRequest {
             file: locking::FileId(stable_id),

@@ -3,7 +3,7 @@
 //! reclaiming it on a DHnC / DH2C reconnect.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use smb_proto::{
     create_action, ctx as cctx, status, CreateContext, CreateRequest, FileId, LeaseContext,
@@ -121,11 +121,7 @@ impl Conn {
                 return err(status::OBJECT_NAME_NOT_FOUND);
             }
         };
-        let mut open = match self
-            .shared
-            .parked
-            .take(persistent, lock_open, Instant::now())
-        {
+        let mut open = match self.shared.parked.take(persistent, lock_open, self.now) {
             Some(o) => o,
             None => match self.reopen(&blob, share) {
                 Ok(o) => o,
@@ -297,9 +293,7 @@ impl Conn {
                 .shared
                 .lock_request(self.id, 0, locking::Request::Disconnect { open: lo });
             match r {
-                Reply::Done(locking::Status::Success) => {
-                    self.shared.parked.park(v, o, Instant::now())
-                }
+                Reply::Done(locking::Status::Success) => self.shared.parked.park(v, o, self.now),
                 Reply::Closed { delete_file } => {
                     // Not kept (a break was in flight, or delete-on-close): closed instead.
                     o.lock_open = None;

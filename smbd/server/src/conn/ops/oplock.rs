@@ -4,7 +4,6 @@
 use smb_proto::cursor::Writer;
 use smb_proto::header::flags as hflags;
 use smb_proto::{status, BreakAck, FileId, Header, Response};
-use std::time::Instant;
 
 use super::{engine_status, oplock_grant_level};
 use crate::conn::{err, ChainCtx, Conn, Outcome, PendingKind};
@@ -228,7 +227,7 @@ impl Conn {
                                 cont.access,
                                 cont.share_access,
                                 cont.lease.as_ref().map(|l| l.key),
-                                Instant::now(),
+                                self.now,
                             );
                             let (out, fid) = self.finish_create(*cont, open, grant);
                             match out {
