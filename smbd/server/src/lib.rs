@@ -5,6 +5,8 @@
 //! state machine; its `ops` submodule serves the file commands), [`fs`] (share filesystem access and
 //! info-class encoding), [`locking`] (the lock-service seam), [`limits`] (resource limits).
 
+#![deny(unsafe_code)]
+
 pub mod beneath;
 pub mod config;
 pub mod conn;
@@ -21,4 +23,7 @@ pub mod seqwin;
 pub mod server;
 pub mod shared;
 pub mod streams;
+#[allow(unsafe_code)]
+pub mod sys;
+#[allow(unsafe_code)]
 pub mod worker;

@@ -82,24 +82,11 @@ impl FdBudget {
 
 /// Set the soft RLIMIT_NOFILE to the hard limit; returns the resulting soft limit.
 fn raise_nofile() -> usize {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    let Ok((mut soft, hard)) = crate::sys::nofile_limit() else {
+        return 1024;
     };
-    // SAFETY: getrlimit/setrlimit only read/write the struct passed by pointer.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
-            return 1024;
-        }
-        if rl.rlim_cur < rl.rlim_max {
-            let want = libc::rlimit {
-                rlim_cur: rl.rlim_max,
-                rlim_max: rl.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
-                rl.rlim_cur = rl.rlim_max;
-            }
-        }
+    if soft < hard && crate::sys::set_nofile_limit(hard, hard).is_ok() {
+        soft = hard;
     }
-    usize::try_from(rl.rlim_cur).unwrap_or(usize::MAX)
+    usize::try_from(soft).unwrap_or(usize::MAX)
 }

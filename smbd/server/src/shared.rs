@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -123,16 +123,9 @@ pub struct Mailbox {
 
 impl Mailbox {
     pub fn new() -> std::io::Result<Mailbox> {
-        // SAFETY: eventfd has no memory-safety preconditions; the result is checked below.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(Mailbox {
             queue: Mutex::new(Vec::new()),
-            efd: File::from(owned),
+            efd: File::from(crate::sys::eventfd()?),
         })
     }
     pub fn fd(&self) -> RawFd {

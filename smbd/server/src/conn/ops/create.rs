@@ -643,18 +643,8 @@ impl Conn {
         }
         if let (Some(alloc), Some(f)) = (cont.allocation, &file) {
             if alloc > 0 && action != create_action::OPENED {
-                use std::os::fd::AsRawFd;
-                // SAFETY: fallocate on a descriptor owned by `f`; no memory is touched.
-                let rc = unsafe {
-                    libc::fallocate(
-                        f.as_raw_fd(),
-                        libc::FALLOC_FL_KEEP_SIZE,
-                        0,
-                        alloc.min(i64::MAX as u64) as i64,
-                    )
-                };
-                if rc != 0 {
-                    tracing::debug!(err = %std::io::Error::last_os_error(), "AlSi fallocate");
+                if let Err(e) = crate::sys::fallocate(f, libc::FALLOC_FL_KEEP_SIZE, 0, alloc) {
+                    tracing::debug!(err = %e, "AlSi fallocate");
                 }
             }
         }

@@ -348,19 +348,9 @@ impl Conn {
             // Allocation below EOF truncates (MS-FSA 2.1.5.14.1); above EOF it reserves space
             // without changing the size.
             if len >= cur {
-                use std::os::fd::AsRawFd;
                 if len > 0 {
-                    // SAFETY: plain syscall on a descriptor owned by `f` for the whole call.
-                    let rc = unsafe {
-                        libc::fallocate(
-                            f.as_raw_fd(),
-                            libc::FALLOC_FL_KEEP_SIZE,
-                            0,
-                            len.min(i64::MAX as u64) as i64,
-                        )
-                    };
-                    if rc != 0 {
-                        tracing::debug!(err = %std::io::Error::last_os_error(), "fallocate");
+                    if let Err(e) = crate::sys::fallocate(f, libc::FALLOC_FL_KEEP_SIZE, 0, len) {
+                        tracing::debug!(err = %e, "fallocate");
                     }
                 }
                 return status::SUCCESS;

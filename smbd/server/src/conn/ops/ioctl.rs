@@ -13,6 +13,7 @@ use super::{
     READ_DATA, WRITE_ATTRIBUTES, WRITE_DATA,
 };
 use crate::conn::{err, ChainCtx, Conn, Open, Outcome};
+use crate::sys;
 
 impl Conn {
     pub(crate) fn ioctl(&mut self, i: IoctlRequest, _hdr: &Header, ctx: &mut ChainCtx) -> Outcome {
@@ -379,23 +380,16 @@ impl Conn {
         let mut ranges: Vec<(u64, u64)> = Vec::new();
         if off < end {
             if Self::is_sparse(o) {
-                use std::os::fd::AsRawFd;
-                let fd = f.as_raw_fd();
                 let mut pos = off;
                 while pos < end {
-                    // SAFETY: lseek on a descriptor owned by `f`; no memory is touched.
-                    let data = unsafe { libc::lseek(fd, pos as i64, libc::SEEK_DATA) };
-                    if data < 0 || data as u64 >= end {
+                    let Ok(data) = sys::seek_data(f, pos) else {
+                        break;
+                    };
+                    if data >= end {
                         break;
                     }
-                    // SAFETY: as above.
-                    let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-                    let hole = if hole < 0 {
-                        end
-                    } else {
-                        (hole as u64).min(end)
-                    };
-                    ranges.push((data as u64, hole - data as u64));
+                    let hole = sys::seek_hole(f, data).map_or(end, |h| h.min(end));
+                    ranges.push((data, hole - data));
                     pos = hole;
                 }
             } else {
@@ -452,17 +446,13 @@ impl Conn {
         let size = f.metadata().map(|m| m.len()).unwrap_or(0);
         let end = beyond.min(size);
         if off < end {
-            use std::os::fd::AsRawFd;
-            // SAFETY: fallocate on a descriptor owned by `f`; no memory is touched.
-            let rc = unsafe {
-                libc::fallocate(
-                    f.as_raw_fd(),
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                    off as i64,
-                    (end - off) as i64,
-                )
-            };
-            if rc != 0 {
+            let punched = sys::fallocate(
+                f,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                off,
+                end - off,
+            );
+            if punched.is_err() {
                 let zeros = vec![0u8; (end - off).min(1 << 20) as usize];
                 let mut pos = off;
                 while pos < end {

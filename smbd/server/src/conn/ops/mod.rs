@@ -208,17 +208,8 @@ fn unix_may_delete(path: &Path) -> bool {
     let Ok(c) = std::ffi::CString::new(parent.as_os_str().as_bytes()) else {
         return false;
     };
-    // SAFETY: `c` is NUL-terminated. AT_EACCESS makes the kernel check with the thread's
-    // current (fs) credentials instead of the real uid.
-    let rc = unsafe {
-        libc::faccessat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            libc::W_OK | libc::X_OK,
-            libc::AT_EACCESS,
-        )
-    };
-    if rc != 0 {
+    // With the thread's current (fs) credentials, not the real uid.
+    if !crate::sys::access_as_caller(&c, libc::W_OK | libc::X_OK) {
         return false;
     }
     let Ok(dir) = std::fs::metadata(parent) else {
