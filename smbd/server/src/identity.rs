@@ -11,7 +11,7 @@
 //! costs nothing. A switch costs three syscalls, two of them credential commits: about 10 us
 //! on these 2-vCPU VMs (setgroups ~5 us, setfsuid ~4-7 us, measured alternating two users),
 //! which is why READ/WRITE/LOCK/FLUSH, which only use descriptors opened as the user, do not
-//! switch at all (conn.rs).
+//! switch at all (conn).
 //!
 //! Why not io_uring registered personalities: the server's file operations are synchronous
 //! path calls on the worker thread (open, stat, rename, unlink, xattrs); io_uring only carries

@@ -1,9 +1,16 @@
 //! SMB2/SMB3 file server on io_uring.
 //!
-//! Layout: [`config`] (TOML), [`shared`] (state shared by worker threads), [`worker`] (one
-//! io_uring event loop per thread, no thread per connection), [`conn`] (per-connection SMB
-//! state machine; its `ops` submodule serves the file commands), [`fs`] (share filesystem access and
-//! info-class encoding), [`locking`] (the lock-service seam), [`limits`] (resource limits).
+//! Layout: [`config`] (TOML), [`shared`] (state shared by worker threads, including the
+//! durable opens parked after a disconnect), [`worker`] (one io_uring event loop per thread,
+//! no thread per connection), [`conn`] (per-connection SMB state machine, fed messages, events
+//! and the current time; its `ops` submodule serves the file commands, one file per command
+//! family), `open` (an open handle, which can outlive its connection), [`durable`] (durable
+//! handle contexts and blobs), [`fs`] (share filesystem access and info-class encoding),
+//! [`locking`] (the lock-service seam), [`limits`] (resource limits), [`sys`] (the plain
+//! system calls).
+//!
+//! `unsafe` is denied everywhere except [`sys`] and the io_uring [`worker`] (and, for now,
+//! `server::cluster`'s poll).
 
 #![deny(unsafe_code)]
 
