@@ -2,12 +2,13 @@
 //! forwarding the bound channel's requests to the owner.
 
 use smb_auth::keys::SigningAlgorithm;
-use smb_auth::ntlm::{AuthStep, NtlmServer};
+use smb_auth::ntlm::NtlmServer;
 use smb_proto::header::flags;
 use smb_proto::{dialect, status, Command, Header, Request, Response, SessionSetupRequest};
 
 use crate::shared::Event;
 
+use super::session::{ntlm_leg, NtlmLeg};
 use super::state::{err, Binding, BoundChannel, ChainCtx, Outcome, Signer};
 use super::{Conn, REQUEST_OUT_OF_SEQUENCE};
 
@@ -80,36 +81,18 @@ impl Conn {
         if is311 {
             b.preauth.update(m);
         }
-        match b.ntlm.step(&req.buffer) {
-            Ok(AuthStep::Continue { token }) => Outcome::Reply(
-                status::MORE_PROCESSING_REQUIRED,
-                Response::SessionSetup {
-                    flags: 0,
-                    buffer: token,
-                },
-            ),
-            Ok(AuthStep::Done {
-                token,
-                user,
-                session_key,
-                anonymous,
-                ..
-            }) => {
+        match ntlm_leg(&mut b.ntlm, &req.buffer) {
+            NtlmLeg::More(reply) => reply,
+            NtlmLeg::Done(auth) => {
                 let Some(b) = self.binding.remove(&sid) else {
                     return err(status::USER_SESSION_DELETED);
                 };
-                if anonymous || user.to_lowercase() != b.rec.user {
+                if auth.anonymous || auth.user.to_lowercase() != b.rec.user {
                     // MS-SMB2 3.3.5.5.2: the binding user must be the session's user.
-                    tracing::info!(conn = self.id, sid, %user, "binding by another user refused");
+                    tracing::info!(conn = self.id, sid, user = %auth.user, "binding by another user refused");
                     return err(status::ACCESS_DENIED);
                 }
-                let preauth = b.preauth.value();
-                let keys = smb_auth::keys::derive(
-                    dial,
-                    &session_key,
-                    if is311 { Some(&preauth) } else { None },
-                    cipher,
-                );
+                let keys = auth.keys(dial, &b.preauth, cipher);
                 let signer: Signer = (cur_alg, keys.signing.clone());
                 if self.shared.session_record(sid).is_none() {
                     return err(status::USER_SESSION_DELETED);
@@ -143,11 +126,11 @@ impl Conn {
                     status::SUCCESS,
                     Response::SessionSetup {
                         flags: 0,
-                        buffer: token,
+                        buffer: auth.token,
                     },
                 )
             }
-            Err(e) => {
+            NtlmLeg::Failed(e) => {
                 tracing::info!(conn = self.id, sid, %e, "binding authentication failed");
                 self.binding.remove(&sid);
                 err(e.nt_status())

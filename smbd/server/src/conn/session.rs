@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 
-use smb_auth::keys::SigningAlgorithm;
-use smb_auth::ntlm::{AuthStep, NtlmServer};
+use smb_auth::keys::{Cipher, Dialect, SessionKeys, SigningAlgorithm};
+use smb_auth::ntlm::{AuthError, AuthStep, NtlmServer};
 use smb_auth::preauth::PreauthHash;
 use smb_proto::header::flags;
 use smb_proto::{dialect, security_mode, status, Header, Response, SessionSetupRequest};
@@ -107,23 +107,18 @@ impl Conn {
                 (AuthState::InProgress(n), None) => n,
                 (AuthState::Valid, None) => return err(status::INTERNAL_ERROR),
             };
-            ntlm.step(&req.buffer)
+            ntlm_leg(ntlm, &req.buffer)
         };
         match step {
-            Ok(AuthStep::Continue { token }) => Outcome::Reply(
-                status::MORE_PROCESSING_REQUIRED,
-                Response::SessionSetup {
-                    flags: 0,
-                    buffer: token,
-                },
-            ),
-            Ok(AuthStep::Done {
-                token,
-                user,
-                session_key,
-                anonymous,
-                ..
-            }) => {
+            NtlmLeg::More(reply) => reply,
+            NtlmLeg::Done(auth) => {
+                let keys = auth.keys(dial, &s.preauth, cipher);
+                let Authenticated {
+                    token,
+                    user,
+                    anonymous,
+                    ..
+                } = auth;
                 let was_valid = matches!(s.state, AuthState::Valid);
                 s.reauth = None;
                 if was_valid {
@@ -152,13 +147,6 @@ impl Conn {
                     return err(status::USER_SESSION_DELETED);
                 };
                 s.identity = Some(identity);
-                let preauth = s.preauth.value();
-                let keys = smb_auth::keys::derive(
-                    dial,
-                    &session_key,
-                    if is311 { Some(&preauth) } else { None },
-                    cipher,
-                );
                 s.state = AuthState::Valid;
                 s.user = user;
                 let mut flags = 0;
@@ -236,7 +224,7 @@ impl Conn {
                     },
                 )
             }
-            Err(e) => {
+            NtlmLeg::Failed(e) => {
                 tracing::info!(conn = self.id, sid, %e, "authentication failed");
                 let st = e.nt_status();
                 let was_valid = matches!(s.state, AuthState::Valid);
@@ -406,5 +394,68 @@ impl Conn {
         for v in ids {
             self.close_open(v, status::SUCCESS);
         }
+    }
+}
+
+/// One NTLM leg of a SESSION_SETUP, as a session's own authentication and a channel binding
+/// (channel.rs) both answer it.
+pub(super) enum NtlmLeg {
+    /// Another round trip: the reply carrying the server's token
+    /// (STATUS_MORE_PROCESSING_REQUIRED).
+    More(Outcome),
+    /// The client authenticated.
+    Done(Authenticated),
+    /// Authentication failed.
+    Failed(AuthError),
+}
+
+/// What a completed NTLM exchange established.
+pub(super) struct Authenticated {
+    /// The final security buffer for the SUCCESS response (may be empty).
+    pub token: Vec<u8>,
+    pub user: String,
+    pub session_key: [u8; 16],
+    pub anonymous: bool,
+}
+
+impl Authenticated {
+    /// The keys of the session (or channel) this authentication keys: derived from the NTLM
+    /// session key and, at 3.1.1, the preauth integrity hash of the exchange (MS-SMB2
+    /// 3.3.5.5.3).
+    pub(super) fn keys(
+        &self,
+        dialect: Dialect,
+        preauth: &PreauthHash,
+        cipher: Option<Cipher>,
+    ) -> SessionKeys {
+        let hash = preauth.value();
+        let preauth = (dialect == Dialect::Smb311).then_some(&hash);
+        smb_auth::keys::derive(dialect, &self.session_key, preauth, cipher)
+    }
+}
+
+/// Feed the client's security buffer to `ntlm`.
+pub(super) fn ntlm_leg(ntlm: &mut NtlmServer, buffer: &[u8]) -> NtlmLeg {
+    match ntlm.step(buffer) {
+        Ok(AuthStep::Continue { token }) => NtlmLeg::More(Outcome::Reply(
+            status::MORE_PROCESSING_REQUIRED,
+            Response::SessionSetup {
+                flags: 0,
+                buffer: token,
+            },
+        )),
+        Ok(AuthStep::Done {
+            token,
+            user,
+            session_key,
+            anonymous,
+            ..
+        }) => NtlmLeg::Done(Authenticated {
+            token,
+            user,
+            session_key,
+            anonymous,
+        }),
+        Err(e) => NtlmLeg::Failed(e),
     }
 }
