@@ -490,3 +490,69 @@ fn durable_handle_reconnects_on_a_new_connection() {
     );
     assert_eq!(again.hdr.status, status::OBJECT_NAME_NOT_FOUND);
 }
+
+/// SMB2_CREATE_DURABLE_HANDLE_REQUEST_V2 asking for `timeout_ms`.
+fn durable_v2_request(timeout_ms: u32, create_guid: [u8; 16]) -> CreateContext {
+    let mut data = timeout_ms.to_le_bytes().to_vec();
+    data.extend_from_slice(&[0; 12]); // Flags (not persistent), Reserved
+    data.extend_from_slice(&create_guid);
+    CreateContext {
+        name: b"DH2Q".to_vec(),
+        data,
+    }
+}
+
+fn durable_v2_reconnect(fid: (u64, u64), create_guid: [u8; 16]) -> CreateContext {
+    let mut data = fid.0.to_le_bytes().to_vec();
+    data.extend_from_slice(&fid.1.to_le_bytes());
+    data.extend_from_slice(&create_guid);
+    data.extend_from_slice(&0u32.to_le_bytes());
+    CreateContext {
+        name: b"DH2C".to_vec(),
+        data,
+    }
+}
+
+/// A disconnected durable v2 handle is kept for its timeout and no longer: reclaimable just
+/// before it, gone just after (MS-SMB2 3.3.5.9.10, 3.3.7.1), measured on the simulated clock.
+#[test]
+fn durable_v2_handle_expires_after_its_timeout() {
+    let guid = [0x42; 16];
+    let timeout = Duration::from_secs(10);
+    for (wait, reclaimable) in [
+        (timeout - Duration::from_millis(10), true),
+        (timeout + Duration::from_millis(10), false),
+    ] {
+        let mut p = Pair::new();
+        let a = p.connect(0x0302);
+        let opened = p.call(
+            a,
+            cmd::CREATE,
+            create_body(
+                "v2.txt",
+                OPLOCK_BATCH,
+                &[durable_v2_request(timeout.as_millis() as u32, guid)],
+            ),
+        );
+        assert_eq!(opened.hdr.status, status::SUCCESS);
+        let (_, fid) = opened.created();
+        p.disconnect(a);
+        p.advance(wait);
+        let b = p.connect(0x0302);
+        let reopened = p.call(
+            b,
+            cmd::CREATE,
+            create_body("v2.txt", OPLOCK_BATCH, &[durable_v2_reconnect(fid, guid)]),
+        );
+        if reclaimable {
+            assert_eq!(reopened.hdr.status, status::SUCCESS, "after {wait:?}");
+            assert_eq!(reopened.created().1, fid);
+        } else {
+            assert_eq!(
+                reopened.hdr.status,
+                status::OBJECT_NAME_NOT_FOUND,
+                "after {wait:?}"
+            );
+        }
+    }
+}
