@@ -162,3 +162,86 @@ fn conflicts(p: &Open, access: u32, share: u32, key: Option<u128>) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::durable::DurableKind;
+
+    const SHARE_ALL: u32 = 7;
+
+    fn parked(lock_open: u64, stable_id: u128, share_access: u32, timeout_ms: u32) -> Open {
+        Open {
+            session_id: 1,
+            tree_id: 1,
+            share: 0,
+            abs: PathBuf::from("/share/f"),
+            rel: PathBuf::from("f"),
+            stream: None,
+            file: None,
+            is_dir: false,
+            access: access_bits::FILE_READ_DATA,
+            lock_open: Some(locking::OpenId(lock_open)),
+            stable_id,
+            dir: None,
+            position: 0,
+            mode: 0,
+            delete_pending: false,
+            grant: OplockGrant::Oplock(OplockLevel::Batch),
+            notify_watch: false,
+            resilient: false,
+            durable: Some(DurableState {
+                kind: DurableKind::V2 {
+                    create_guid: [1; 16],
+                    timeout_ms,
+                },
+                share_access,
+                lease: None,
+                client_guid: [2; 16],
+                user: String::new(),
+            }),
+            locks: Vec::new(),
+            lock_seq: [0xFF; 64],
+            identity: None,
+        }
+    }
+
+    #[test]
+    fn parked_opens_expire_with_their_durable_timeout() {
+        let t0 = Instant::now();
+        let table = ParkedOpens::default();
+        table.park(10, parked(1, 5, SHARE_ALL, 1_000), t0);
+        table.park(11, parked(2, 6, SHARE_ALL, 5_000), t0);
+        assert_eq!(table.len(t0), 2);
+        assert_eq!(table.len(t0 + Duration::from_millis(999)), 2);
+        assert_eq!(table.len(t0 + Duration::from_millis(1_000)), 1);
+        let later = t0 + Duration::from_millis(4_999);
+        assert!(table.take(10, locking::OpenId(1), later).is_none());
+        assert!(table.take(11, locking::OpenId(2), later).is_some());
+        assert_eq!(table.len(later), 0);
+    }
+
+    #[test]
+    fn only_the_same_lock_service_open_takes_a_parked_open() {
+        let t0 = Instant::now();
+        let table = ParkedOpens::default();
+        table.park(10, parked(1, 5, SHARE_ALL, 1_000), t0);
+        assert!(table.take(10, locking::OpenId(99), t0).is_none());
+        assert!(table.take(10, locking::OpenId(1), t0).is_some());
+        assert!(table.take(10, locking::OpenId(1), t0).is_none());
+    }
+
+    #[test]
+    fn conflicting_opens_purge_parked_ones_of_the_same_file() {
+        let t0 = Instant::now();
+        let table = ParkedOpens::default();
+        // Sharing read only: a writer conflicts; a batch oplock conflicts with any other open.
+        table.park(10, parked(1, 5, 1, 1_000), t0);
+        table.park(11, parked(2, 6, SHARE_ALL, 1_000), t0);
+        table.purge_conflicting(7, access_bits::FILE_WRITE_DATA, SHARE_ALL, None, t0);
+        assert_eq!(table.len(t0), 2, "another file's open purges nothing");
+        table.purge_conflicting(5, access_bits::FILE_WRITE_DATA, SHARE_ALL, None, t0);
+        assert_eq!(table.len(t0), 1);
+        assert!(table.take(11, locking::OpenId(2), t0).is_some());
+    }
+}
