@@ -9,9 +9,7 @@ use std::sync::Arc;
 use smb_auth::keys::{Cipher, SessionKeys, SigningAlgorithm};
 use smb_auth::ntlm::NtlmServer;
 use smb_auth::preauth::PreauthHash;
-use smb_proto::{Command, FileId, Header, Response};
-
-use smb_proto::LeaseContext;
+use smb_proto::{Command, FileId, Header, LeaseContext, Response};
 
 use crate::seqwin::SeqHandle;
 

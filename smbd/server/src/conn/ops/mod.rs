@@ -1,4 +1,7 @@
-//! File service: the SMB2 commands that work on opens (MS-SMB2 3.3.5.9 - 3.3.5.22).
+//! File service: the SMB2 commands that work on opens (MS-SMB2 3.3.5.9 - 3.3.5.22), one
+//! file per command family (`create`, `close`, `io`, `lock`, `ioctl`, `dir`, `info`, `oplock`,
+//! `durable`). Here: what they share, above all [`Conn::open_for`], the one way from a
+//! request's FileId to its open.
 
 use std::fs::File;
 use std::io::ErrorKind;
