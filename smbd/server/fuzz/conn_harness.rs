@@ -24,6 +24,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use smb_proto::header::{flags, Header};
 use smb_proto::Writer;
@@ -77,6 +78,15 @@ fn fresh_share() -> Result<PathBuf, String> {
 }
 
 fn make_shared(share: PathBuf) -> Result<Arc<Shared>, String> {
+    shared_with_locks(share, smbd::server::default_lock_service())
+}
+
+/// A server state for one anonymous-guest share `data` at `share` (a canonical path), with the
+/// given lock service (tests pass one whose clock they step by hand).
+pub fn shared_with_locks(
+    share: PathBuf,
+    locks: Box<dyn smbd::locking::LockService>,
+) -> Result<Arc<Shared>, String> {
     let cfg = Config::parse(&format!(
         "[server]\nnetbios_name = \"FUZZ\"\nsigning_required = false\nallow_anonymous = true\n\
          guest_account = \"root\"\n\n[[share]]\nname = \"data\"\npath = \"{}\"\nguest_ok = true\n",
@@ -99,8 +109,7 @@ fn make_shared(share: PathBuf) -> Result<Arc<Shared>, String> {
     // fuzzer runs as root, file operations do not switch this thread's file-system identity to
     // an account that cannot use the temporary share (as an ordinary user nothing switches).
     let users = smb_auth::users::UserDb::new();
-    let shared = Shared::new(cfg, shares, users, smbd::server::default_lock_service(), 1)
-        .map_err(|e| format!("shared: {e}"))?;
+    let shared = Shared::new(cfg, shares, users, locks, 1).map_err(|e| format!("shared: {e}"))?;
     Ok(Arc::new(shared))
 }
 
@@ -158,12 +167,12 @@ pub fn run(data: &[u8]) -> Result<Vec<Answer>, String> {
     let share = fresh_share()?;
     let shared = make_shared(share)?;
     shared.register_conn(CONN_ID, 0);
-    let mut conn = Conn::new(CONN_ID, shared.clone(), None, None);
+    let mut conn = Conn::new(CONN_ID, shared.clone(), None, None, Instant::now());
     let mut answers = Vec::new();
     let mut finals: HashMap<u64, u16> = HashMap::new();
     let mut result = Ok(());
     'outer: for m in split(data) {
-        conn.on_message(m);
+        conn.on_message(m, Instant::now());
         // Lock notifications and other events the connection posted to itself.
         for _ in 0..8 {
             let evs = shared.mailboxes[0].drain();
@@ -172,7 +181,7 @@ pub fn run(data: &[u8]) -> Result<Vec<Answer>, String> {
             }
             for (c, ev) in evs {
                 if c == CONN_ID {
-                    conn.on_event(ev);
+                    conn.on_event(ev, Instant::now());
                 }
             }
         }
@@ -201,7 +210,7 @@ pub fn run(data: &[u8]) -> Result<Vec<Answer>, String> {
             break;
         }
     }
-    conn.shutdown();
+    conn.shutdown(Instant::now());
     let _ = std::fs::remove_dir_all(scratch_root());
     result.map(|()| answers)
 }

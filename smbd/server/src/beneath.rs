@@ -14,9 +14,11 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path};
+
+use crate::sys;
 
 /// A share root held open; every call resolves its relative path beneath it.
 #[derive(Debug)]
@@ -39,40 +41,6 @@ fn rel_cstr(rel: &Path) -> io::Result<CString> {
     cstr(rel)
 }
 
-fn openat2(dir: RawFd, path: &CString, flags: i32, mode: u32, resolve: u64) -> io::Result<OwnedFd> {
-    // SAFETY: open_how is plain data; zeroed is a valid value for its reserved fields.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (flags | libc::O_CLOEXEC) as u64;
-    how.mode = if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 {
-        u64::from(mode)
-    } else {
-        0
-    };
-    how.resolve = resolve;
-    loop {
-        // SAFETY: `path` is NUL-terminated, `how` is a valid open_how of the size passed;
-        // the returned descriptor (if any) is owned by nobody else.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                dir,
-                path.as_ptr(),
-                &how as *const libc::open_how,
-                std::mem::size_of::<libc::open_how>(),
-            )
-        };
-        if rc >= 0 {
-            // SAFETY: a fresh descriptor returned by the kernel.
-            return Ok(unsafe { OwnedFd::from_raw_fd(rc as RawFd) });
-        }
-        let e = io::Error::last_os_error();
-        // openat2 answers EAGAIN when a concurrent rename raced the lookup: try again.
-        if e.raw_os_error() != Some(libc::EAGAIN) {
-            return Err(e);
-        }
-    }
-}
-
 /// RESOLVE_BENEATH: no `..` or absolute symlink may leave the root; magic links
 /// (/proc/self/fd/N) are refused outright.
 const BENEATH: u64 = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
@@ -80,34 +48,24 @@ const BENEATH: u64 = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
 impl ShareRoot {
     /// Open the share root directory.
     pub fn open(path: &Path) -> io::Result<ShareRoot> {
-        let c = cstr(path)?;
-        // SAFETY: `c` is NUL-terminated; the returned descriptor is owned by nobody else.
-        let fd = unsafe {
-            libc::open(
-                c.as_ptr(),
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: as above.
-        Ok(ShareRoot {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = sys::open(
+            &cstr(path)?,
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )?;
+        Ok(ShareRoot { fd })
     }
 
     /// Open `rel` beneath the root with open(2) `flags` (O_CREAT uses `mode`).
     pub fn open_file(&self, rel: &Path, flags: i32, mode: u32) -> io::Result<File> {
-        let fd = openat2(self.fd.as_raw_fd(), &rel_cstr(rel)?, flags, mode, BENEATH)?;
+        let fd = sys::openat2(&self.fd, &rel_cstr(rel)?, flags, mode, BENEATH)?;
         Ok(File::from(fd))
     }
 
     /// Open `rel` beneath the root with no symlink at all on the way (for the server's own
     /// private trees, e.g. the stream depot).
     pub fn open_file_no_symlinks(&self, rel: &Path, flags: i32, mode: u32) -> io::Result<File> {
-        let fd = openat2(
-            self.fd.as_raw_fd(),
+        let fd = sys::openat2(
+            &self.fd,
             &rel_cstr(rel)?,
             flags,
             mode,
@@ -122,8 +80,8 @@ impl ShareRoot {
             .file_name()
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
         let parent = rel.parent().unwrap_or(Path::new(""));
-        let fd = openat2(
-            self.fd.as_raw_fd(),
+        let fd = sys::openat2(
+            &self.fd,
             &rel_cstr(parent)?,
             libc::O_PATH | libc::O_DIRECTORY,
             0,
@@ -135,12 +93,7 @@ impl ShareRoot {
     /// mkdir `rel` (mode before umask).
     pub fn mkdir(&self, rel: &Path, mode: u32) -> io::Result<()> {
         let (dir, name) = self.parent(rel)?;
-        // SAFETY: valid directory descriptor and NUL-terminated name.
-        let rc = unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        sys::mkdirat(&dir, &name, mode)
     }
 
     /// Remove the file (or, with `dir`, the empty directory) `rel`; a symlink named `rel`
@@ -148,31 +101,14 @@ impl ShareRoot {
     pub fn unlink(&self, rel: &Path, dir: bool) -> io::Result<()> {
         let (parent, name) = self.parent(rel)?;
         let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
-        // SAFETY: valid directory descriptor and NUL-terminated name.
-        let rc = unsafe { libc::unlinkat(parent.as_raw_fd(), name.as_ptr(), flags) };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        sys::unlinkat(&parent, &name, flags)
     }
 
     /// Rename `from` to `to` (both beneath the root), replacing `to` like rename(2).
     pub fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let (fdir, fname) = self.parent(from)?;
         let (tdir, tname) = self.parent(to)?;
-        // SAFETY: valid directory descriptors and NUL-terminated names.
-        let rc = unsafe {
-            libc::renameat(
-                fdir.as_raw_fd(),
-                fname.as_ptr(),
-                tdir.as_raw_fd(),
-                tname.as_ptr(),
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        sys::renameat(&fdir, &fname, &tdir, &tname)
     }
 }
 

@@ -128,6 +128,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+/// Largest READ/WRITE/transact we accept (MS-SMB2 with LARGE_MTU: credit charge covers it).
+pub const MAX_IO: u32 = 8 * 1024 * 1024;
+
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -439,7 +442,7 @@ impl LimitsConfig {
         // A chain is one NetBIOS message (24-bit length): the budget plus the error answers of
         // a maximal chain (under 100 bytes each) and the encryption transform must stay below
         // 16 MiB, and one maximal READ (8 MiB) must fit.
-        let min = crate::conn::MAX_IO as usize + 64 * 1024;
+        let min = MAX_IO as usize + 64 * 1024;
         if !(min..=MAX_RESPONSE_BYTES).contains(&self.max_response_bytes) {
             return Err(ConfigError::Invalid(format!(
                 "[limits] max_response_bytes must be between {min} and {MAX_RESPONSE_BYTES}"

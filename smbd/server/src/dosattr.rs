@@ -9,7 +9,7 @@ use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-const NAME: &[u8] = b"user.smbd.dos\0";
+const NAME: &std::ffi::CStr = c"user.smbd.dos";
 const LEN: usize = 32;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -27,17 +27,7 @@ fn cpath(p: &Path) -> Option<CString> {
 pub fn load(path: &Path) -> Option<DosInfo> {
     let c = cpath(path)?;
     let mut buf = [0u8; LEN];
-    // SAFETY: `c` and NAME are NUL-terminated; `buf` is writable for LEN bytes and the
-    // kernel writes at most that many.
-    let n = unsafe {
-        libc::lgetxattr(
-            c.as_ptr(),
-            NAME.as_ptr().cast(),
-            buf.as_mut_ptr().cast(),
-            LEN,
-        )
-    };
-    if n != LEN as isize {
+    if crate::sys::lgetxattr(&c, NAME, &mut buf).ok() != Some(LEN) {
         return None;
     }
     let u32_at = |i: usize| u32::from_le_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
@@ -74,28 +64,12 @@ pub fn store(path: &Path, d: &DosInfo) -> std::io::Result<()> {
 /// NUL-terminated.
 pub(crate) fn set_xattr_privileged(
     path: &CString,
-    name: &[u8],
+    name: &std::ffi::CStr,
     value: &[u8],
 ) -> std::io::Result<()> {
-    debug_assert_eq!(name.last(), Some(&0));
     crate::identity::as_root(|| {
-        // SAFETY: `path` and `name` are NUL-terminated; `value` holds value.len() readable
-        // bytes.
-        let rc = unsafe {
-            libc::lsetxattr(
-                path.as_ptr(),
-                name.as_ptr().cast(),
-                value.as_ptr().cast(),
-                value.len(),
-                0,
-            )
-        };
-        // errno is read before the identity switches back.
-        if rc != 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        // errno is read (inside lsetxattr) before the identity switches back.
+        crate::sys::lsetxattr(path, name, value)
     })
 }
 

@@ -10,23 +10,16 @@
 //! A reconnect looks the open up (`DurableLookup`), checks the blob against the request
 //! (MS-SMB2 3.3.5.9.7 / 3.3.5.9.12) and re-attaches it (`Reclaim`).
 //!
-//! Besides, this node keeps the disconnected opens it had in a table with their file
-//! descriptors and positions, so a reconnect to the same node resumes them as they were;
-//! another node reopens the file by the stored path.
+//! Besides, this node keeps the disconnected opens it had with their file descriptors and
+//! positions ([`crate::open::ParkedOpens`], in [`crate::shared::Shared`]), so a reconnect to
+//! the same node resumes them as they were; another node reopens the file by the stored path.
+//! The connection's side (register, park, reconnect) is in `conn::ops::durable`.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use smb_proto::{
-    create_action, ctx as cctx, status, CreateContext, CreateRequest, FileId, LeaseContext, Reader,
-    Response,
-};
+use smb_proto::{ctx as cctx, status, CreateContext, CreateRequest, FileId, LeaseContext, Reader};
 
-use crate::conn::{err, Conn, Open, Outcome};
-use crate::fs::FileInfo;
-use crate::locking::{self, access_bits, OplockGrant, OplockLevel, Reply};
+use crate::locking::{OplockGrant, OplockLevel};
 
 /// How a durable handle was requested.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +45,7 @@ pub struct DurableState {
 }
 
 impl DurableState {
-    fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         match self.kind {
             // Samba's default for v1 (MS-SMB2 leaves it to the implementation).
             DurableKind::V1 => Duration::from_secs(16 * 60),
@@ -69,91 +62,6 @@ pub fn v2_timeout(requested: u32) -> u32 {
     } else {
         requested.min(300_000)
     }
-}
-
-/// A disconnected durable open this node had, kept for a reconnect to this node (its file
-/// descriptor, position and other handle state); the lock service holds the durable state.
-struct Parked {
-    open: Open,
-    expires: Instant,
-}
-
-static TABLE: Mutex<BTreeMap<u64, Parked>> = Mutex::new(BTreeMap::new());
-
-fn table() -> MutexGuard<'static, BTreeMap<u64, Parked>> {
-    let mut t = TABLE.lock().unwrap_or_else(|e| e.into_inner());
-    let now = Instant::now();
-    t.retain(|_, p| p.expires > now);
-    t
-}
-
-/// Keep a disconnected durable open's handle state for a same-node reconnect.
-fn park(persistent: u64, open: Open) {
-    let timeout = open
-        .durable
-        .as_ref()
-        .map_or(Duration::ZERO, |d| d.timeout());
-    tracing::debug!(persistent, path = ?open.abs, "durable open parked");
-    table().insert(
-        persistent,
-        Parked {
-            open,
-            expires: Instant::now() + timeout,
-        },
-    );
-}
-
-/// Durable opens parked after a disconnect (each keeps its descriptor; see
-/// [`crate::limits::FdBudget`]).
-pub fn parked_count() -> usize {
-    table().len()
-}
-
-/// The parked handle state of `persistent`, if it is the same lock-service open.
-fn take_parked(persistent: u64, lock_open: locking::OpenId) -> Option<Open> {
-    let mut t = table();
-    if t.get(&persistent)?.open.lock_open != Some(lock_open) {
-        return None;
-    }
-    t.remove(&persistent).map(|p| p.open)
-}
-
-/// Whether a new open with `access`/`share` (and lease `key`, if any) conflicts with a parked
-/// open: share modes (MS-FSA 2.1.5.1.2) or caching that would have to be broken. Such a
-/// parked open is gone in the lock service too (it purges conflicting disconnected opens).
-fn conflicts(p: &Open, access: u32, share: u32, key: Option<u128>) -> bool {
-    use access_bits::{
-        DELETE, FILE_APPEND_DATA as APPEND_DATA, FILE_EXECUTE as EXECUTE,
-        FILE_READ_DATA as READ_DATA, FILE_WRITE_DATA as WRITE_DATA,
-    };
-    const SHARE_READ: u32 = 1;
-    const SHARE_WRITE: u32 = 2;
-    const SHARE_DELETE: u32 = 4;
-    let p_share = p.durable.as_ref().map_or(0, |d| d.share_access);
-    let denies = |acc: u32, sh: u32| {
-        (acc & (READ_DATA | EXECUTE) != 0 && sh & SHARE_READ == 0)
-            || (acc & (WRITE_DATA | APPEND_DATA) != 0 && sh & SHARE_WRITE == 0)
-            || (acc & DELETE != 0 && sh & SHARE_DELETE == 0)
-    };
-    if denies(access, p_share) || denies(p.access, share) {
-        return true;
-    }
-    match &p.grant {
-        OplockGrant::Oplock(l) => !matches!(l, OplockLevel::None | OplockLevel::LevelII),
-        OplockGrant::Lease(l) => l.state.0 & 0x4 != 0 && key != Some(l.key.0),
-        _ => false,
-    }
-}
-
-/// Drop parked handle state of `file` that a new open would purge (see [`conflicts`]).
-pub fn purge_conflicting(stable_id: u128, access: u32, share: u32, key: Option<u128>) {
-    table()
-        .retain(|_, p| !(p.open.stable_id == stable_id && conflicts(&p.open, access, share, key)));
-}
-
-/// Drop parked handle state of a file that is being deleted or renamed.
-pub fn purge_file(stable_id: u128) {
-    table().retain(|_, p| p.open.stable_id != stable_id);
 }
 
 /// What the lock service stores with a durable open: everything a node needs to check a
@@ -299,7 +207,7 @@ impl DurableBlob {
 
     /// MS-SMB2 3.3.5.9.7 / 3.3.5.9.12 checks of a reconnect against the stored open, with the
     /// statuses Samba answers (smbtorture durable-open / durable-v2-open reopen tests).
-    fn check(&self, r: &ReconnectCheck<'_>) -> Result<(), u32> {
+    pub(crate) fn check(&self, r: &ReconnectCheck<'_>) -> Result<(), u32> {
         if !reconnect_guid_matches(&self.kind, r.create_guid) {
             return Err(status::OBJECT_NAME_NOT_FOUND);
         }
@@ -332,13 +240,13 @@ impl DurableBlob {
 }
 
 /// What a reconnect request brings to be checked against a [`DurableBlob`].
-struct ReconnectCheck<'a> {
-    create_guid: Option<[u8; 16]>,
-    share: &'a str,
-    name: &'a str,
-    lease_key: Option<u128>,
-    client_guid: [u8; 16],
-    user: &'a str,
+pub(crate) struct ReconnectCheck<'a> {
+    pub create_guid: Option<[u8; 16]>,
+    pub share: &'a str,
+    pub name: &'a str,
+    pub lease_key: Option<u128>,
+    pub client_guid: [u8; 16],
+    pub user: &'a str,
 }
 
 /// A CREATE name as the `/`-separated relative path durable blobs store.
@@ -468,316 +376,6 @@ pub fn response_context(kind: &DurableKind) -> CreateContext {
             }
         }
     }
-}
-
-impl Conn {
-    /// Register a just-granted durable handle with the lock service. False if it refused (the
-    /// key is taken, or the service keeps no durable opens): the open is then not durable.
-    pub(crate) fn register_durable(&self, persistent: u64, open: &Open) -> bool {
-        let (Some(d), Some(lock_open)) = (open.durable.as_ref(), open.lock_open) else {
-            return false;
-        };
-        let blob = DurableBlob {
-            kind: d.kind.clone(),
-            share: self.shared.shares[open.share].name.clone(),
-            rel: open.rel.to_string_lossy().into_owned(),
-            stream: open
-                .stream
-                .as_ref()
-                .map(|t| t.name.clone())
-                .unwrap_or_default(),
-            is_dir: open.is_dir,
-            access: open.access,
-            share_access: d.share_access,
-            stable_id: open.stable_id,
-            client_guid: d.client_guid,
-            user: d.user.clone(),
-            lease: d.lease,
-        };
-        let Some(blob) = blob.encode() else {
-            return false;
-        };
-        let r = self.shared.lock_request(
-            self.id,
-            0,
-            locking::Request::SetDurable {
-                open: lock_open,
-                key: persistent,
-                timeout_ms: u32::try_from(d.timeout().as_millis()).unwrap_or(u32::MAX),
-                blob,
-            },
-        );
-        if r != Reply::Done(locking::Status::Success) {
-            tracing::debug!(?r, persistent, "lock service refused the durable handle");
-            return false;
-        }
-        true
-    }
-
-    /// DHnC / DH2C: reclaim a disconnected durable open (MS-SMB2 3.3.5.9.7, 3.3.5.9.12). Most
-    /// CREATE fields are ignored; only the name, the reconnect context and a lease request
-    /// matter.
-    pub(crate) fn durable_reconnect(
-        &mut self,
-        c: &CreateRequest,
-        rc: Reconnect,
-        session_id: u64,
-        tree_id: u32,
-        share: usize,
-    ) -> Outcome {
-        let user = self
-            .sessions
-            .get(&session_id)
-            .map(|s| s.user.to_lowercase())
-            .unwrap_or_default();
-        let client_guid = self.neg.as_ref().map(|n| n.client_guid).unwrap_or_default();
-        let lease_req = if self.dialect() >= 0x0210 {
-            c.context(cctx::RQLS)
-                .and_then(|x| LeaseContext::decode(&x.data).ok())
-        } else {
-            None
-        };
-        let persistent = rc.file_id.persistent;
-        if self.opens.contains_key(&persistent) {
-            // The handle is open on this connection (not disconnected).
-            return err(status::OBJECT_NAME_NOT_FOUND);
-        }
-        let Some((lock_open, blob)) = self.lookup_disconnected(persistent) else {
-            return err(status::OBJECT_NAME_NOT_FOUND);
-        };
-        let Some(blob) = DurableBlob::decode(&blob) else {
-            tracing::warn!(persistent, "undecodable durable blob");
-            return err(status::OBJECT_NAME_NOT_FOUND);
-        };
-        let check = ReconnectCheck {
-            create_guid: rc.v2,
-            share: &self.shared.shares[share].name,
-            name: c.name.as_str(),
-            lease_key: lease_req.map(|l| l.key),
-            client_guid,
-            user: &user,
-        };
-        if let Err(st) = blob.check(&check) {
-            return err(st);
-        }
-        let grant = match self.shared.lock_request(
-            self.id,
-            0,
-            locking::Request::Reclaim {
-                key: persistent,
-                open: lock_open,
-                client_guid: locking::ClientGuid(u128::from_le_bytes(client_guid)),
-            },
-        ) {
-            Reply::Opened { grant, .. } => grant,
-            other => {
-                tracing::debug!(?other, "durable reclaim refused by the lock service");
-                return err(status::OBJECT_NAME_NOT_FOUND);
-            }
-        };
-        let mut open = match take_parked(persistent, lock_open) {
-            Some(o) => o,
-            None => match self.reopen(&blob, share) {
-                Ok(o) => o,
-                Err(st) => {
-                    tracing::debug!(persistent, st, "durable open cannot be reopened");
-                    let _ = self.shared.lock_request(
-                        self.id,
-                        0,
-                        locking::Request::Close { open: lock_open },
-                    );
-                    return err(st);
-                }
-            },
-        };
-        let info = match std::fs::metadata(&open.abs) {
-            Ok(m) => FileInfo::load(&open.abs, &m),
-            Err(_) => {
-                let _ = self.shared.lock_request(
-                    self.id,
-                    0,
-                    locking::Request::Close { open: lock_open },
-                );
-                return err(status::OBJECT_NAME_NOT_FOUND);
-            }
-        };
-        let mut contexts = Vec::new();
-        let oplock_level = match &grant {
-            OplockGrant::Lease(l) => {
-                let r = blob.lease.unwrap_or_default();
-                contexts.push(CreateContext {
-                    name: cctx::RQLS.to_vec(),
-                    data: LeaseContext {
-                        key: l.key.0,
-                        state: l.state.0 as u32,
-                        flags: 0,
-                        duration: 0,
-                        parent_key: r.parent_key,
-                        epoch: l.epoch.or(r.epoch.map(|_| 0)),
-                    }
-                    .encode(),
-                });
-                smb_proto::oplock_level::LEASE
-            }
-            OplockGrant::Oplock(l) => *l as u8,
-            OplockGrant::None => smb_proto::oplock_level::NONE,
-        };
-        open.session_id = session_id;
-        open.tree_id = tree_id;
-        open.lock_open = Some(lock_open);
-        open.grant = grant;
-        let fid = FileId {
-            persistent,
-            volatile: persistent,
-        };
-        self.opens.insert(persistent, open);
-        tracing::debug!(conn = self.id, persistent, "durable open reconnected");
-        Outcome::Reply(
-            status::SUCCESS,
-            Response::Create(crate::ops::create_response(
-                &info,
-                oplock_level,
-                create_action::OPENED,
-                fid,
-                contexts,
-            )),
-        )
-    }
-
-    /// The disconnected durable open `persistent` and its blob. A client that reconnects at
-    /// once may be faster than this server noticing that its old connection is gone (another
-    /// worker thread, or another node, still owns the open): an open that is still owned is
-    /// asked for again for a short while.
-    fn lookup_disconnected(&self, persistent: u64) -> Option<(locking::OpenId, Vec<u8>)> {
-        const TRIES: u32 = 20;
-        const PAUSE: Duration = Duration::from_millis(10);
-        for _ in 0..TRIES {
-            match self.shared.lock_request(
-                self.id,
-                0,
-                locking::Request::DurableLookup { key: persistent },
-            ) {
-                Reply::Durable { open, blob } => return Some((open, blob)),
-                Reply::Done(locking::Status::InvalidDeviceState) => std::thread::sleep(PAUSE),
-                _ => return None,
-            }
-        }
-        None
-    }
-
-    /// Open the file of a durable open another node (or an earlier run of this one) had.
-    fn reopen(&self, b: &DurableBlob, share: usize) -> Result<Open, u32> {
-        use std::os::unix::fs::MetadataExt;
-        let sh = &self.shared.shares[share];
-        let rel = PathBuf::from(&b.rel);
-        if !b.stream.is_empty() || !crate::fs::rel_is_safe(&rel) {
-            // Named streams are only resumed on the node that had them.
-            return Err(status::OBJECT_NAME_NOT_FOUND);
-        }
-        let abs = sh.root.join(&rel);
-        let meta = std::fs::symlink_metadata(&abs).map_err(|_| status::OBJECT_NAME_NOT_FOUND)?;
-        // The same file, not another one created under the name since (Samba compares the
-        // file id too).
-        if crate::fs::stable_file_id(sh.fs_id, meta.ino(), "") != b.stable_id
-            || meta.is_dir() != b.is_dir
-        {
-            return Err(status::OBJECT_NAME_NOT_FOUND);
-        }
-        let file = if b.is_dir {
-            None
-        } else {
-            Some(
-                open_data(&sh.dir, &rel, sh.read_only)
-                    .map_err(|_| status::OBJECT_NAME_NOT_FOUND)?,
-            )
-        };
-        Ok(Open {
-            session_id: 0,
-            tree_id: 0,
-            share,
-            abs,
-            rel,
-            stream: None,
-            file,
-            is_dir: b.is_dir,
-            access: b.access,
-            lock_open: None,
-            stable_id: b.stable_id,
-            dir: None,
-            position: 0,
-            mode: 0,
-            delete_pending: false,
-            grant: OplockGrant::None,
-            notify_watch: false,
-            resilient: false,
-            durable: Some(DurableState {
-                kind: b.kind.clone(),
-                share_access: b.share_access,
-                lease: b.lease,
-                client_guid: b.client_guid,
-                user: b.user.clone(),
-            }),
-            locks: Vec::new(),
-            lock_seq: [0xFF; 64],
-            identity: crate::identity::current(),
-        })
-    }
-
-    /// The connection or one of its sessions is going away: durable opens become disconnected
-    /// in the lock service (MS-SMB2 3.3.7.1) and their handle state is parked here.
-    pub(crate) fn park_durable_opens(&mut self, session: Option<u64>) {
-        let ids: Vec<u64> = self
-            .opens
-            .iter()
-            .filter(|(_, o)| {
-                o.durable.is_some()
-                    && !o.delete_pending
-                    && session.is_none_or(|s| o.session_id == s)
-            })
-            .map(|(v, _)| *v)
-            .collect();
-        for v in ids {
-            let Some(mut o) = self.opens.remove(&v) else {
-                continue;
-            };
-            let Some(lo) = o.lock_open else {
-                continue;
-            };
-            let r = self
-                .shared
-                .lock_request(self.id, 0, locking::Request::Disconnect { open: lo });
-            match r {
-                Reply::Done(locking::Status::Success) => park(v, o),
-                Reply::Closed { delete_file } => {
-                    // Not kept (a break was in flight, or delete-on-close): closed instead.
-                    o.lock_open = None;
-                    if delete_file {
-                        // With the opener's credentials, as close_open does.
-                        if let Some(id) = &o.identity {
-                            crate::identity::become_user(id);
-                        }
-                        let _ = self.shared.shares[o.share].dir.unlink(&o.rel, o.is_dir);
-                    }
-                }
-                other => tracing::debug!(?other, "durable open not disconnected"),
-            }
-        }
-    }
-}
-
-/// Open a file's data (beneath the share root, crate::beneath) read-write if the share allows,
-/// read-only otherwise.
-fn open_data(
-    dir: &crate::beneath::ShareRoot,
-    rel: &Path,
-    read_only: bool,
-) -> std::io::Result<std::fs::File> {
-    if !read_only {
-        if let Ok(f) = dir.open_file(rel, libc::O_RDWR, 0) {
-            return Ok(f);
-        }
-    }
-    dir.open_file(rel, libc::O_RDONLY, 0)
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 //! costs nothing. A switch costs three syscalls, two of them credential commits: about 10 us
 //! on these 2-vCPU VMs (setgroups ~5 us, setfsuid ~4-7 us, measured alternating two users),
 //! which is why READ/WRITE/LOCK/FLUSH, which only use descriptors opened as the user, do not
-//! switch at all (conn.rs).
+//! switch at all (conn).
 //!
 //! Why not io_uring registered personalities: the server's file operations are synchronous
 //! path calls on the worker thread (open, stat, rename, unlink, xattrs); io_uring only carries
@@ -112,13 +112,11 @@ pub fn current() -> Option<Arc<UnixIdentity>> {
 }
 
 fn current_euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+    crate::sys::geteuid()
 }
 
 fn current_egid() -> u32 {
-    // SAFETY: getegid has no preconditions and cannot fail.
-    unsafe { libc::getegid() }
+    crate::sys::getegid()
 }
 
 /// Whether the process can switch identities at all (runs as root / holds CAP_SETUID).
@@ -133,22 +131,14 @@ fn switch_to(uid: u32, gid: u32, groups: &[u32]) -> std::io::Result<()> {
     }
     // Groups first: setgroups needs CAP_SETGID, which setfsuid to a non-zero uid does not
     // drop, but do it while fsuid is still whatever it was to keep the order obvious.
-    // SAFETY: raw syscalls with valid arguments; `groups` outlives the call. The raw
-    // SYS_setgroups changes only this thread's credentials (glibc's setgroups() would
-    // broadcast to every thread of the process).
-    unsafe {
-        if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        libc::setfsgid(gid);
-        libc::setfsuid(uid);
-    }
+    // Only this thread's credentials change (crate::sys::set_thread_groups).
+    crate::sys::set_thread_groups(groups)?;
+    crate::sys::set_fs_ids(uid, gid);
     if !VERIFIED.with(Cell::get) {
         // setfsuid/setfsgid return the previous value and cannot report failure: calling
         // them again with -1 returns the current value, which must be the one asked for.
-        // SAFETY: as above; -1 only queries.
-        let (u, g) = unsafe { (libc::setfsuid(u32::MAX), libc::setfsgid(u32::MAX)) };
-        if u as u32 != uid || g as u32 != gid {
+        let (u, g) = crate::sys::fs_ids();
+        if u != uid || g != gid {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
                 "setfsuid/setfsgid refused",
@@ -162,38 +152,15 @@ fn switch_to(uid: u32, gid: u32, groups: &[u32]) -> std::io::Result<()> {
 /// Look a user up through NSS: (uid, primary gid, all groups).
 pub fn lookup_user(name: &str) -> Result<UnixIdentity, IdentityError> {
     let cname = CString::new(name).map_err(|_| IdentityError::UnknownUser(name.into()))?;
-    let mut buf = vec![0u8; 16 * 1024];
-    // SAFETY: passwd is plain old data; getpwnam_r writes into pw and buf (of the given
-    // length) and sets result to &pw or null.
-    let (uid, gid) = unsafe {
-        let mut pw: libc::passwd = std::mem::zeroed();
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        let rc = libc::getpwnam_r(
-            cname.as_ptr(),
-            &mut pw,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut result,
-        );
-        if rc != 0 || result.is_null() {
-            return Err(IdentityError::UnknownUser(name.into()));
-        }
-        (pw.pw_uid, pw.pw_gid)
-    };
+    let (uid, gid) =
+        crate::sys::user_ids(&cname).ok_or_else(|| IdentityError::UnknownUser(name.into()))?;
     let mut groups = vec![0u32; 64];
-    loop {
-        let mut n = groups.len() as libc::c_int;
-        // SAFETY: groups has room for n entries; getgrouplist writes at most n and updates n.
-        let rc = unsafe { libc::getgrouplist(cname.as_ptr(), gid, groups.as_mut_ptr(), &mut n) };
-        if rc >= 0 {
-            groups.truncate(n.max(0) as usize);
-            break;
-        }
+    while let Err(needed) = crate::sys::group_list(&cname, gid, &mut groups) {
         if groups.len() >= 65536 {
             groups.truncate(0);
             break;
         }
-        let want = (n.max(0) as usize).max(groups.len() * 2);
+        let want = needed.max(groups.len() * 2);
         groups.resize(want, 0);
     }
     Ok(UnixIdentity { uid, gid, groups })
@@ -205,23 +172,7 @@ pub fn lookup_group(name: &str) -> Result<u32, IdentityError> {
         return Ok(n);
     }
     let cname = CString::new(name).map_err(|_| IdentityError::UnknownGroup(name.into()))?;
-    let mut buf = vec![0u8; 16 * 1024];
-    // SAFETY: as for getpwnam_r above.
-    unsafe {
-        let mut gr: libc::group = std::mem::zeroed();
-        let mut result: *mut libc::group = std::ptr::null_mut();
-        let rc = libc::getgrnam_r(
-            cname.as_ptr(),
-            &mut gr,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut result,
-        );
-        if rc != 0 || result.is_null() {
-            return Err(IdentityError::UnknownGroup(name.into()));
-        }
-        Ok(gr.gr_gid)
-    }
+    crate::sys::group_id(&cname).ok_or_else(|| IdentityError::UnknownGroup(name.into()))
 }
 
 /// The Unix identity of every configured user and of the guest account, resolved at start

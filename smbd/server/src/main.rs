@@ -8,6 +8,8 @@
 //! and their lock state held, while a dead process is restarted by its supervisor and, in a
 //! cluster, lockmgrd releases the node's locks when its session drops.
 
+#![deny(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -108,34 +110,6 @@ fn passwd(args: PasswdArgs) -> std::process::ExitCode {
     }
 }
 
-fn wait_for_signal() -> std::io::Result<i32> {
-    // SAFETY: sigset manipulation on a local, zero-initialised sigset_t; pthread_sigmask
-    // only affects this thread's mask (inherited by threads spawned afterwards).
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(0)
-}
-
-fn sigwait_blocked() -> i32 {
-    // SAFETY: as above; sigwait writes the received signal number into `sig`.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        let mut sig: libc::c_int = 0;
-        libc::sigwait(&set, &mut sig);
-        sig
-    }
-}
-
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -167,7 +141,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     // Block the signals before any thread exists so only the waiter below receives them.
-    if let Err(e) = wait_for_signal() {
+    if let Err(e) = smbd::sys::block_shutdown_signals() {
         tracing::error!(%e, "signal setup");
         return std::process::ExitCode::FAILURE;
     }
@@ -183,7 +157,7 @@ fn main() -> std::process::ExitCode {
     }
     let stopper = server.stopper();
     std::thread::spawn(move || {
-        let sig = sigwait_blocked();
+        let sig = smbd::sys::wait_shutdown_signal();
         tracing::info!(sig, "signal received, shutting down");
         stopper.stop();
     });

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use smb_proto::status;
 
-const NAME: &[u8] = b"user.smbd.sd\0";
+const NAME: &std::ffi::CStr = c"user.smbd.sd";
 const INVALID_SID: u32 = 0xC000_0078;
 const INVALID_ACL: u32 = 0xC000_0077;
 /// Largest descriptor accepted (what fits one xattr comfortably; Samba's limit is similar).
@@ -151,27 +151,17 @@ pub fn load(path: &Path) -> Parts {
         return Parts::default();
     };
     // Size probe first: most files have no stored descriptor, and this runs on every open.
-    // SAFETY: `c` and NAME are NUL-terminated; a zero size with a null buffer only asks
-    // for the value's length.
-    let len = unsafe { libc::lgetxattr(c.as_ptr(), NAME.as_ptr().cast(), std::ptr::null_mut(), 0) };
-    if len <= 0 || len as usize > MAX_LEN {
+    let len = crate::sys::lgetxattr(&c, NAME, &mut []).unwrap_or(0);
+    if len == 0 || len > MAX_LEN {
         return Parts::default();
     }
-    let mut buf = vec![0u8; len as usize];
-    // SAFETY: `c` and NAME are NUL-terminated; `buf` is writable for buf.len() bytes and
-    // the kernel writes at most that many (ERANGE if the value grew meanwhile).
-    let n = unsafe {
-        libc::lgetxattr(
-            c.as_ptr(),
-            NAME.as_ptr().cast(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
-    if n <= 0 {
+    let mut buf = vec![0u8; len];
+    // ERANGE if the value grew meanwhile.
+    let n = crate::sys::lgetxattr(&c, NAME, &mut buf).unwrap_or(0);
+    if n == 0 {
         return Parts::default();
     }
-    buf.truncate(n as usize);
+    buf.truncate(n);
     let all = OWNER_SECURITY_INFORMATION | GROUP_SECURITY_INFORMATION | DACL_SECURITY_INFORMATION;
     // Stored descriptors always carry every part that was ever set; a part that was not
     // set is absent (offset 0) and, for the DACL, the DACL_PRESENT bit is clear.

@@ -13,7 +13,8 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::conn::MAX_CREDITS;
+/// The credit window a client may hold (Samba's default "smb2 max credits").
+pub const MAX_CREDITS: u32 = 8192;
 
 /// A connection's window, shared with the owner of a session bound on it: the owner checks and
 /// grants for the requests it answers on the connection's behalf (multichannel).

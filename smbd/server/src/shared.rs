@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -123,16 +123,9 @@ pub struct Mailbox {
 
 impl Mailbox {
     pub fn new() -> std::io::Result<Mailbox> {
-        // SAFETY: eventfd has no memory-safety preconditions; the result is checked below.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(Mailbox {
             queue: Mutex::new(Vec::new()),
-            efd: File::from(owned),
+            efd: File::from(crate::sys::eventfd()?),
         })
     }
     pub fn fd(&self) -> RawFd {
@@ -186,6 +179,8 @@ pub struct Shared {
     sessions: Mutex<HashMap<u64, SessionRecord>>,
     /// The process-wide open-file budget (`[limits] open_files`).
     pub fds: crate::limits::FdBudget,
+    /// Durable opens of connections that went away, kept for a reconnect (crate::open).
+    pub(crate) parked: crate::open::ParkedOpens,
 }
 
 /// What other connections need to know about an established session: to expire it on
@@ -238,6 +233,7 @@ impl Shared {
             sessions: Mutex::new(HashMap::new()),
             dump_dir: std::env::var_os("SMBD_DUMP_DIR").map(PathBuf::from),
             fds,
+            parked: Default::default(),
         })
     }
 

@@ -10,7 +10,8 @@
 //! Ownership: the depot belongs to root (mode 0700) whatever user the request runs as, and
 //! every depot access runs with root's file-system credentials ([`crate::identity::as_root`]):
 //! users reach stream data only through SMB, whose access check is made on the base file
-//! with the user's own credentials before a stream is opened (ops.rs, open_stream_data).
+//! with the user's own credentials before a stream is opened (`conn::ops::create`,
+//! `open_stream_target`).
 //!
 //! Limits: streams of files deleted or replaced outside this server leak until the inode
 //! number is reused by a new file created here; streams live on the share root's

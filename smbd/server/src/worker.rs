@@ -34,6 +34,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
@@ -340,7 +341,7 @@ impl Worker {
         for i in 0..self.slots.len() {
             if let Some(mut s) = self.slots[i].take() {
                 let _ = s.stream.shutdown(Shutdown::Both);
-                s.conn.shutdown();
+                s.conn.shutdown(Instant::now());
                 s.conn.release_fds();
             }
         }
@@ -370,6 +371,7 @@ impl Worker {
             self.shared.clone(),
             stream.local_addr().ok(),
             stream.peer_addr().ok(),
+            Instant::now(),
         );
         conn.sync_fds();
         self.shared.register_conn(id, self.idx);
@@ -533,7 +535,7 @@ impl Worker {
                         // Backpressure: the rest waits until the client reads its answers.
                         break;
                     }
-                    s.conn.on_message(msg);
+                    s.conn.on_message(msg, Instant::now());
                     let out = s.conn.take_output();
                     Self::queue_out(s, out);
                     pos += 4 + len;
@@ -689,7 +691,7 @@ impl Worker {
                 .enumerate()
                 .find_map(|(i, s)| s.as_mut().filter(|s| s.conn.id == conn_id).map(|s| (i, s)));
             if let Some((i, s)) = found {
-                s.conn.on_event(ev);
+                s.conn.on_event(ev, Instant::now());
                 let out = s.conn.take_output();
                 Self::queue_out(s, out);
                 if s.conn.closed {
@@ -740,7 +742,7 @@ impl Worker {
             if !s.send_inflight && !s.recv_armed {
                 if let Some(mut s) = self.slots[slot].take() {
                     tracing::debug!(conn = s.conn.id, "connection closed");
-                    s.conn.shutdown();
+                    s.conn.shutdown(Instant::now());
                     s.conn.release_fds();
                     self.free.push(slot);
                 }

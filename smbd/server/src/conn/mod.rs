@@ -1,0 +1,265 @@
+//! One SMB2/3 connection: a state machine fed with NetBIOS frames, producing frames to send.
+//! No socket I/O here (the io_uring worker owns sockets); file I/O is done synchronously.
+//!
+//! Where things live: [`state`] holds the types (sessions, trees, opens, pending operations,
+//! chain context, handler outcomes); `dispatch` takes requests in (framing, compounds,
+//! credits, MessageIds) and routes each command; `signing` frames, signs and seals what goes
+//! out; `negotiate`, `session` (SESSION_SETUP/LOGOFF), `tree` and `channel` (multichannel
+//! binding) are the connection-level commands; `pending` is async/cancel; [`ops`] is the file
+//! service, one file per command family.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use smb_auth::preauth::PreauthHash;
+use smb_proto::status;
+
+pub use crate::config::MAX_IO;
+use crate::seqwin::SeqHandle;
+use crate::shared::{Event, Shared};
+
+mod channel;
+mod dispatch;
+mod limits;
+mod negotiate;
+pub(crate) mod ops;
+mod pending;
+mod session;
+mod signing;
+pub(crate) mod state;
+mod tree;
+
+pub(crate) use state::{
+    err, AuthState, Binding, BoundChannel, ChainCtx, CreateCont, DirState, FileIo, FileOp,
+    Negotiated, Open, OpenStream, Outcome, PendingKind, PendingOp, Session, Signer, StreamTarget,
+};
+
+/// SMB 2.0.2 has no multi-credit requests.
+const MAX_IO_202: u32 = 65536;
+const REQUEST_OUT_OF_SEQUENCE: u32 = 0xC000_042A;
+pub const SESSION_FLAG_IS_GUEST: u16 = 0x1;
+pub const SESSION_FLAG_IS_NULL: u16 = 0x2;
+pub const SESSION_FLAG_ENCRYPT_DATA: u16 = 0x4;
+
+pub struct Conn {
+    pub id: u64,
+    pub(crate) shared: Arc<Shared>,
+    pub local: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+    pub(crate) neg: Option<Negotiated>,
+    pub(crate) conn_preauth: PreauthHash,
+    pub(crate) sessions: HashMap<u64, Session>,
+    pub(crate) opens: HashMap<u64, Open>,
+    pub(crate) pending: HashMap<u64, PendingOp>,
+    next_session: u64,
+    pub(crate) next_tree: u32,
+    pub(crate) next_volatile: u64,
+    next_async: u64,
+    pending_tree_id: Option<u32>,
+    /// Connection.CommandSequenceWindow and credits (MS-SMB2 3.3.1.1, 3.3.1.2).
+    seq: SeqHandle,
+    /// The window of the bound connection whose forwarded request is being processed.
+    cur_seq: Option<SeqHandle>,
+    /// Signer for the current response when it is not the session's own (binding refusals).
+    override_signer: Option<Signer>,
+    /// Sessions of this connection to tear down once the current chain is answered.
+    expire_after: Vec<u64>,
+    /// Whether the request being answered was signed.
+    signed_request: bool,
+    out: Vec<Vec<u8>>,
+    /// READs/WRITEs for the worker's ring.
+    pub(crate) file_io: Vec<FileIo>,
+    /// Zero bytes between a READ response body and its data (smbtorture hook).
+    pub(crate) read_body_padding: u8,
+    /// Set by `process_one` when a CREATE in the middle of a compound went async.
+    suspend_chain: Option<u64>,
+    /// Sessions owned here that other connections bound: (channel conn, session) -> signer.
+    channels: HashMap<(u64, u64), Signer>,
+    /// The bound connection whose forwarded request (or its async completion) is being
+    /// answered; output then goes back to it.
+    cur_channel: Option<u64>,
+    channel_out: Vec<Vec<u8>>,
+    /// Sessions of other connections this connection is bound to.
+    bound: HashMap<u64, BoundChannel>,
+    /// Signers of sessions that ended under the client (a failed reauthentication, here or
+    /// on the owner of a bound session): USER_SESSION_DELETED for them stays signed.
+    unbound: HashMap<u64, Signer>,
+    binding: HashMap<u64, Binding>,
+    pub closed: bool,
+    /// When the input being handled arrived: the time given to the entry point
+    /// (`on_message`, `on_event`, `shutdown`), so the protocol logic never reads the clock.
+    now: Instant,
+    /// The last create lost a race to create its name (see `Conn::create`).
+    pub(crate) create_raced: bool,
+    /// Resource-limit bookkeeping (`crate::limits`).
+    pub(crate) limits: limits::ConnLimits,
+}
+
+impl Conn {
+    pub fn new(
+        id: u64,
+        shared: Arc<Shared>,
+        local: Option<SocketAddr>,
+        peer: Option<SocketAddr>,
+        now: Instant,
+    ) -> Conn {
+        Conn {
+            id,
+            shared,
+            local,
+            peer,
+            neg: None,
+            conn_preauth: PreauthHash::new(),
+            sessions: HashMap::new(),
+            opens: HashMap::new(),
+            pending: HashMap::new(),
+            next_session: 0,
+            next_tree: 0,
+            // File ids are unique across connections so that a durable handle can be found
+            // again from any connection by its persistent id.
+            next_volatile: id << 32,
+            next_async: 0,
+            pending_tree_id: None,
+            seq: SeqHandle::default(),
+            cur_seq: None,
+            signed_request: false,
+            expire_after: Vec::new(),
+            override_signer: None,
+            out: Vec::new(),
+            file_io: Vec::new(),
+            suspend_chain: None,
+            read_body_padding: 0,
+            channels: HashMap::new(),
+            cur_channel: None,
+            channel_out: Vec::new(),
+            bound: HashMap::new(),
+            unbound: HashMap::new(),
+            binding: HashMap::new(),
+            closed: false,
+            now,
+            create_raced: false,
+            limits: Default::default(),
+        }
+    }
+
+    /// Frames ready to be written to the socket (each with its 4-byte NetBIOS header).
+    pub fn take_output(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// READs/WRITEs to submit to the ring.
+    pub(crate) fn take_file_io(&mut self) -> Vec<FileIo> {
+        std::mem::take(&mut self.file_io)
+    }
+
+    /// READs/WRITEs handed out and not yet submitted.
+    pub(crate) fn file_io_count(&self) -> usize {
+        self.file_io.len()
+    }
+
+    /// An event routed to this connection, delivered at `now`.
+    pub fn on_event(&mut self, ev: Event, now: Instant) {
+        self.now = now;
+        match ev {
+            Event::DirChanged { dir, action, name } => self.notify_fire(&dir, action, &name),
+            Event::Lock(n) => self.on_lock_notification(n),
+            Event::LockStateLost => {
+                // Its handles' share modes and locks are no longer enforced anywhere: keeping
+                // them would let another node grant conflicting ones. Dropping the connection
+                // makes the client reconnect and reopen through the new lockmgrd session.
+                tracing::warn!(
+                    conn = self.id,
+                    "lock state lost with lockmgrd; disconnecting"
+                );
+                self.closed = true;
+            }
+            Event::ExpireSession { session_id } => {
+                tracing::info!(conn = self.id, session_id, "session expired by reconnect");
+                // MS-SMB2 3.3.5.5.3: durable opens of the previous session stay reclaimable.
+                self.park_durable_opens(Some(session_id));
+                self.close_session_opens(session_id, None);
+                self.sessions.remove(&session_id);
+                self.end_channels(session_id);
+            }
+            Event::ChannelBound {
+                session_id,
+                channel,
+                signing_alg,
+                signing_key,
+            } => {
+                if self.sessions.contains_key(&session_id) {
+                    tracing::info!(conn = self.id, session_id, channel, "channel bound");
+                    self.channels
+                        .insert((channel, session_id), (signing_alg, signing_key.0));
+                } else {
+                    self.shared
+                        .post_event(channel, Event::ChannelGone { session_id });
+                }
+            }
+            Event::ChannelMessage { channel, msg, seq } => {
+                let was_closed = self.closed;
+                self.cur_channel = Some(channel);
+                self.cur_seq = Some(seq);
+                self.on_message(&msg, now);
+                self.cur_channel = None;
+                self.cur_seq = None;
+                // A protocol violation on the channel drops the channel, not this connection.
+                let close = self.closed && !was_closed;
+                self.closed = was_closed;
+                self.flush_channel_out(channel, close);
+            }
+            Event::ChannelOutput { frames, close } => {
+                self.out.extend(frames);
+                if close {
+                    self.closed = true;
+                }
+            }
+            Event::ChannelGone { session_id } => {
+                if let Some(b) = self.bound.remove(&session_id) {
+                    self.remember_ended(session_id, b.signer);
+                }
+            }
+            Event::ChannelClosed { channel } => {
+                self.channels.retain(|(ch, _), _| *ch != channel);
+            }
+        }
+    }
+
+    /// The connection is gone: release everything.
+    pub fn shutdown(&mut self, now: Instant) {
+        self.now = now;
+        let aids: Vec<u64> = self.pending.keys().copied().collect();
+        for aid in aids {
+            if let Some(PendingKind::Notify { dir, .. }) = self.pending.get(&aid).map(|p| &p.kind) {
+                let dir = dir.clone();
+                self.shared.unwatch(self.id, &dir);
+            }
+        }
+        self.pending.clear();
+        self.park_durable_opens(None);
+        let ids: Vec<u64> = self.opens.keys().copied().collect();
+        for v in ids {
+            self.close_open(v, status::SUCCESS);
+        }
+        for sid in self.sessions.keys() {
+            self.shared.session_gone(*sid);
+        }
+        let sids: Vec<u64> = self.sessions.keys().copied().collect();
+        for sid in sids {
+            self.end_channels(sid);
+        }
+        for sid in self.bound.keys() {
+            self.shared.channel_removed(*sid);
+        }
+        let mut owners: Vec<u64> = self.bound.values().map(|b| b.owner).collect();
+        owners.sort_unstable();
+        owners.dedup();
+        for o in owners {
+            self.shared
+                .post_event(o, Event::ChannelClosed { channel: self.id });
+        }
+        self.shared.unregister_conn(self.id);
+    }
+}

@@ -1,0 +1,114 @@
+//! CLOSE (MS-SMB2 3.3.5.10) and the teardown of an open.
+
+use smb_proto::{status, CloseRequest, CloseResponse, Response};
+
+use super::{parent_and_name, FILE_ACTION_REMOVED};
+use crate::conn::{err, ChainCtx, Conn, Open, Outcome, PendingKind};
+use crate::fs::FileInfo;
+use crate::locking::{self, Reply};
+use crate::streams;
+
+impl Conn {
+    /// Drop an open. Its blocked LOCK requests complete with `lock_status`: Windows answers
+    /// RANGE_NOT_LOCKED when the handle is closed, and SUCCESS when the tree or session goes.
+    pub(crate) fn close_open(&mut self, v: u64, lock_status: u32) -> Option<Open> {
+        let aids: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| match &p.kind {
+                PendingKind::Notify { volatile, .. } | PendingKind::Lock { volatile } => {
+                    *volatile == v
+                }
+                // A waiting rename of a closed handle fails when its break completes.
+                PendingKind::Create(_) | PendingKind::Rename { .. } => false,
+            })
+            .map(|(a, _)| *a)
+            .collect();
+        for a in aids {
+            let is_notify = matches!(
+                self.pending.get(&a).map(|p| &p.kind),
+                Some(PendingKind::Notify { .. })
+            );
+            if is_notify {
+                self.cancel_pending(a, status::NOTIFY_CLEANUP);
+            } else {
+                self.cancel_pending(a, status::CANCELLED);
+                let body = if lock_status == status::SUCCESS {
+                    Response::Lock
+                } else {
+                    Response::Error { data: vec![] }
+                };
+                self.complete_async(a, lock_status, body);
+            }
+        }
+        let o = self.opens.remove(&v)?;
+        if let Some(id) = &o.identity {
+            // A delete-on-close unlinks with the opener's credentials, also when the close
+            // comes from a disconnect rather than from the opener's own request.
+            crate::identity::become_user(id);
+        }
+        if let Some(lo) = o.lock_open {
+            if let Reply::Closed { delete_file: true } =
+                self.shared
+                    .lock_request(self.id, 0, locking::Request::Close { open: lo })
+            {
+                if let Some(st) = &o.stream {
+                    // Deleting a named stream leaves the base file alone.
+                    if let Err(e) = streams::remove_data(&st.path) {
+                        tracing::debug!(path = ?st.path, %e, "stream delete on close failed");
+                    }
+                    return Some(o);
+                }
+                let ino = std::fs::symlink_metadata(&o.abs).ok().map(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    m.ino()
+                });
+                let r = self.shared.shares[o.share].dir.unlink(&o.rel, o.is_dir);
+                if let (Ok(()), Some(ino)) = (&r, ino) {
+                    // The streams go with their file (MS-FSA 2.1.5.4).
+                    streams::remove_all(&self.shared.shares[o.share].root, ino);
+                }
+                match r {
+                    Ok(()) => {
+                        let (parent, n) = parent_and_name(&o.abs);
+                        self.shared.dir_changed(parent, FILE_ACTION_REMOVED, n);
+                    }
+                    Err(e) => tracing::debug!(path = ?o.abs, %e, "delete on close failed"),
+                }
+            }
+        }
+        Some(o)
+    }
+
+    pub(crate) fn close(&mut self, c: CloseRequest, ctx: &mut ChainCtx) -> Outcome {
+        let v = match self.resolve_fid(c.file_id, ctx) {
+            Ok(v) => v,
+            Err(st) => return err(st),
+        };
+        let mut resp = CloseResponse::default();
+        if c.flags & smb_proto::CLOSE_FLAG_POSTQUERY_ATTRIB != 0 {
+            if let Some(o) = self.opens.get(&v) {
+                // fstat through the handle: the path may be stale after a rename elsewhere.
+                let m = match &o.file {
+                    Some(f) => f.metadata(),
+                    None => std::fs::metadata(&o.abs),
+                };
+                if let Ok(m) = m {
+                    let i = FileInfo::load(&o.abs, &m);
+                    resp = CloseResponse {
+                        flags: smb_proto::CLOSE_FLAG_POSTQUERY_ATTRIB,
+                        creation_time: i.creation,
+                        last_access_time: i.access,
+                        last_write_time: i.write,
+                        change_time: i.change,
+                        allocation_size: i.alloc,
+                        end_of_file: i.size,
+                        attributes: i.attributes,
+                    };
+                }
+            }
+        }
+        self.close_open(v, status::RANGE_NOT_LOCKED);
+        Outcome::Reply(status::SUCCESS, Response::Close(resp))
+    }
+}

@@ -1,0 +1,327 @@
+//! The connection's side of durable handles (see [`crate::durable`]): registering a granted
+//! one with the lock service, parking the open when the connection or session goes away, and
+//! reclaiming it on a DHnC / DH2C reconnect.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use smb_proto::{
+    create_action, ctx as cctx, status, CreateContext, CreateRequest, FileId, LeaseContext,
+    Response,
+};
+
+use super::create::create_response;
+use crate::conn::{err, Conn, Open, Outcome};
+use crate::durable::{DurableBlob, DurableState, Reconnect, ReconnectCheck};
+use crate::fs::FileInfo;
+use crate::locking::{self, OplockGrant, Reply};
+
+impl Conn {
+    /// Register a just-granted durable handle with the lock service. False if it refused (the
+    /// key is taken, or the service keeps no durable opens): the open is then not durable.
+    pub(crate) fn register_durable(&self, persistent: u64, open: &Open) -> bool {
+        let (Some(d), Some(lock_open)) = (open.durable.as_ref(), open.lock_open) else {
+            return false;
+        };
+        let blob = DurableBlob {
+            kind: d.kind.clone(),
+            share: self.shared.shares[open.share].name.clone(),
+            rel: open.rel.to_string_lossy().into_owned(),
+            stream: open
+                .stream
+                .as_ref()
+                .map(|t| t.name.clone())
+                .unwrap_or_default(),
+            is_dir: open.is_dir,
+            access: open.access,
+            share_access: d.share_access,
+            stable_id: open.stable_id,
+            client_guid: d.client_guid,
+            user: d.user.clone(),
+            lease: d.lease,
+        };
+        let Some(blob) = blob.encode() else {
+            return false;
+        };
+        let r = self.shared.lock_request(
+            self.id,
+            0,
+            locking::Request::SetDurable {
+                open: lock_open,
+                key: persistent,
+                timeout_ms: u32::try_from(d.timeout().as_millis()).unwrap_or(u32::MAX),
+                blob,
+            },
+        );
+        if r != Reply::Done(locking::Status::Success) {
+            tracing::debug!(?r, persistent, "lock service refused the durable handle");
+            return false;
+        }
+        true
+    }
+
+    /// DHnC / DH2C: reclaim a disconnected durable open (MS-SMB2 3.3.5.9.7, 3.3.5.9.12). Most
+    /// CREATE fields are ignored; only the name, the reconnect context and a lease request
+    /// matter.
+    pub(crate) fn durable_reconnect(
+        &mut self,
+        c: &CreateRequest,
+        rc: Reconnect,
+        session_id: u64,
+        tree_id: u32,
+        share: usize,
+    ) -> Outcome {
+        let user = self
+            .sessions
+            .get(&session_id)
+            .map(|s| s.user.to_lowercase())
+            .unwrap_or_default();
+        let client_guid = self.neg.as_ref().map(|n| n.client_guid).unwrap_or_default();
+        let lease_req = if self.dialect() >= 0x0210 {
+            c.context(cctx::RQLS)
+                .and_then(|x| LeaseContext::decode(&x.data).ok())
+        } else {
+            None
+        };
+        let persistent = rc.file_id.persistent;
+        if self.opens.contains_key(&persistent) {
+            // The handle is open on this connection (not disconnected).
+            return err(status::OBJECT_NAME_NOT_FOUND);
+        }
+        let Some((lock_open, blob)) = self.lookup_disconnected(persistent) else {
+            return err(status::OBJECT_NAME_NOT_FOUND);
+        };
+        let Some(blob) = DurableBlob::decode(&blob) else {
+            tracing::warn!(persistent, "undecodable durable blob");
+            return err(status::OBJECT_NAME_NOT_FOUND);
+        };
+        let check = ReconnectCheck {
+            create_guid: rc.v2,
+            share: &self.shared.shares[share].name,
+            name: c.name.as_str(),
+            lease_key: lease_req.map(|l| l.key),
+            client_guid,
+            user: &user,
+        };
+        if let Err(st) = blob.check(&check) {
+            return err(st);
+        }
+        let grant = match self.shared.lock_request(
+            self.id,
+            0,
+            locking::Request::Reclaim {
+                key: persistent,
+                open: lock_open,
+                client_guid: locking::ClientGuid(u128::from_le_bytes(client_guid)),
+            },
+        ) {
+            Reply::Opened { grant, .. } => grant,
+            other => {
+                tracing::debug!(?other, "durable reclaim refused by the lock service");
+                return err(status::OBJECT_NAME_NOT_FOUND);
+            }
+        };
+        let mut open = match self.shared.parked.take(persistent, lock_open, self.now) {
+            Some(o) => o,
+            None => match self.reopen(&blob, share) {
+                Ok(o) => o,
+                Err(st) => {
+                    tracing::debug!(persistent, st, "durable open cannot be reopened");
+                    let _ = self.shared.lock_request(
+                        self.id,
+                        0,
+                        locking::Request::Close { open: lock_open },
+                    );
+                    return err(st);
+                }
+            },
+        };
+        let info = match std::fs::metadata(&open.abs) {
+            Ok(m) => FileInfo::load(&open.abs, &m),
+            Err(_) => {
+                let _ = self.shared.lock_request(
+                    self.id,
+                    0,
+                    locking::Request::Close { open: lock_open },
+                );
+                return err(status::OBJECT_NAME_NOT_FOUND);
+            }
+        };
+        let mut contexts = Vec::new();
+        let oplock_level = match &grant {
+            OplockGrant::Lease(l) => {
+                let r = blob.lease.unwrap_or_default();
+                contexts.push(CreateContext {
+                    name: cctx::RQLS.to_vec(),
+                    data: LeaseContext {
+                        key: l.key.0,
+                        state: l.state.0 as u32,
+                        flags: 0,
+                        duration: 0,
+                        parent_key: r.parent_key,
+                        epoch: l.epoch.or(r.epoch.map(|_| 0)),
+                    }
+                    .encode(),
+                });
+                smb_proto::oplock_level::LEASE
+            }
+            OplockGrant::Oplock(l) => *l as u8,
+            OplockGrant::None => smb_proto::oplock_level::NONE,
+        };
+        open.session_id = session_id;
+        open.tree_id = tree_id;
+        open.lock_open = Some(lock_open);
+        open.grant = grant;
+        let fid = FileId {
+            persistent,
+            volatile: persistent,
+        };
+        self.opens.insert(persistent, open);
+        tracing::debug!(conn = self.id, persistent, "durable open reconnected");
+        Outcome::Reply(
+            status::SUCCESS,
+            Response::Create(create_response(
+                &info,
+                oplock_level,
+                create_action::OPENED,
+                fid,
+                contexts,
+            )),
+        )
+    }
+
+    /// The disconnected durable open `persistent` and its blob. A client that reconnects at
+    /// once may be faster than this server noticing that its old connection is gone (another
+    /// worker thread, or another node, still owns the open): an open that is still owned is
+    /// asked for again for a short while.
+    fn lookup_disconnected(&self, persistent: u64) -> Option<(locking::OpenId, Vec<u8>)> {
+        const TRIES: u32 = 20;
+        const PAUSE: Duration = Duration::from_millis(10);
+        for _ in 0..TRIES {
+            match self.shared.lock_request(
+                self.id,
+                0,
+                locking::Request::DurableLookup { key: persistent },
+            ) {
+                Reply::Durable { open, blob } => return Some((open, blob)),
+                Reply::Done(locking::Status::InvalidDeviceState) => std::thread::sleep(PAUSE),
+                _ => return None,
+            }
+        }
+        None
+    }
+
+    /// Open the file of a durable open another node (or an earlier run of this one) had.
+    fn reopen(&self, b: &DurableBlob, share: usize) -> Result<Open, u32> {
+        use std::os::unix::fs::MetadataExt;
+        let sh = &self.shared.shares[share];
+        let rel = PathBuf::from(&b.rel);
+        if !b.stream.is_empty() || !crate::fs::rel_is_safe(&rel) {
+            // Named streams are only resumed on the node that had them.
+            return Err(status::OBJECT_NAME_NOT_FOUND);
+        }
+        let abs = sh.root.join(&rel);
+        let meta = std::fs::symlink_metadata(&abs).map_err(|_| status::OBJECT_NAME_NOT_FOUND)?;
+        // The same file, not another one created under the name since (Samba compares the
+        // file id too).
+        if crate::fs::stable_file_id(sh.fs_id, meta.ino(), "") != b.stable_id
+            || meta.is_dir() != b.is_dir
+        {
+            return Err(status::OBJECT_NAME_NOT_FOUND);
+        }
+        let file = if b.is_dir {
+            None
+        } else {
+            Some(
+                open_data(&sh.dir, &rel, sh.read_only)
+                    .map_err(|_| status::OBJECT_NAME_NOT_FOUND)?,
+            )
+        };
+        Ok(Open {
+            session_id: 0,
+            tree_id: 0,
+            share,
+            abs,
+            rel,
+            stream: None,
+            file,
+            is_dir: b.is_dir,
+            access: b.access,
+            lock_open: None,
+            stable_id: b.stable_id,
+            dir: None,
+            position: 0,
+            mode: 0,
+            delete_pending: false,
+            grant: OplockGrant::None,
+            notify_watch: false,
+            resilient: false,
+            durable: Some(DurableState {
+                kind: b.kind.clone(),
+                share_access: b.share_access,
+                lease: b.lease,
+                client_guid: b.client_guid,
+                user: b.user.clone(),
+            }),
+            locks: Vec::new(),
+            lock_seq: [0xFF; 64],
+            identity: crate::identity::current(),
+        })
+    }
+
+    /// The connection or one of its sessions is going away: durable opens become disconnected
+    /// in the lock service (MS-SMB2 3.3.7.1) and their handle state is parked here.
+    pub(crate) fn park_durable_opens(&mut self, session: Option<u64>) {
+        let ids: Vec<u64> = self
+            .opens
+            .iter()
+            .filter(|(_, o)| {
+                o.durable.is_some()
+                    && !o.delete_pending
+                    && session.is_none_or(|s| o.session_id == s)
+            })
+            .map(|(v, _)| *v)
+            .collect();
+        for v in ids {
+            let Some(mut o) = self.opens.remove(&v) else {
+                continue;
+            };
+            let Some(lo) = o.lock_open else {
+                continue;
+            };
+            let r = self
+                .shared
+                .lock_request(self.id, 0, locking::Request::Disconnect { open: lo });
+            match r {
+                Reply::Done(locking::Status::Success) => self.shared.parked.park(v, o, self.now),
+                Reply::Closed { delete_file } => {
+                    // Not kept (a break was in flight, or delete-on-close): closed instead.
+                    o.lock_open = None;
+                    if delete_file {
+                        // With the opener's credentials, as close_open does.
+                        if let Some(id) = &o.identity {
+                            crate::identity::become_user(id);
+                        }
+                        let _ = self.shared.shares[o.share].dir.unlink(&o.rel, o.is_dir);
+                    }
+                }
+                other => tracing::debug!(?other, "durable open not disconnected"),
+            }
+        }
+    }
+}
+
+/// Open a file's data (beneath the share root, crate::beneath) read-write if the share allows,
+/// read-only otherwise.
+fn open_data(
+    dir: &crate::beneath::ShareRoot,
+    rel: &Path,
+    read_only: bool,
+) -> std::io::Result<std::fs::File> {
+    if !read_only {
+        if let Ok(f) = dir.open_file(rel, libc::O_RDWR, 0) {
+            return Ok(f);
+        }
+    }
+    dir.open_file(rel, libc::O_RDONLY, 0)
+}

@@ -1,0 +1,602 @@
+//! QUERY_INFO and SET_INFO (MS-SMB2 3.3.5.20, 3.3.5.21).
+
+use std::fs::File;
+use std::os::unix::fs::PermissionsExt;
+
+use smb_proto::cursor::{utf16_to_string, Reader, Writer};
+use smb_proto::{info_type, status, Header, QueryInfoRequest, Response, SetInfoRequest};
+
+use super::create::stream_info;
+use super::{
+    engine_status, fixed_part, io_status, parent_and_name, update_dos, APPEND_DATA, DELETE,
+    FILE_ACTION_RENAMED_NEW_NAME, FILE_ACTION_RENAMED_OLD_NAME, READ_ATTRIBUTES, READ_CONTROL,
+    WRITE_ATTRIBUTES, WRITE_DATA,
+};
+use crate::conn::{err, ChainCtx, Conn, Open, Outcome, PendingKind};
+use crate::fs::{self, class, FileInfo, OpenView};
+use crate::locking::{self, OplockGrant, Reply, Status};
+use crate::streams;
+
+impl Conn {
+    pub(super) fn open_view_info(o: &Open) -> Result<FileInfo, u32> {
+        if o.stream.is_some() {
+            let info = std::fs::metadata(&o.abs)
+                .map(|m| FileInfo::load(&o.abs, &m))
+                .map_err(|e| io_status(&e))?;
+            return Ok(match &o.file {
+                Some(f) => stream_info(info, f),
+                None => info,
+            });
+        }
+        let m = match &o.file {
+            Some(f) => f.metadata(),
+            None => std::fs::metadata(&o.abs),
+        };
+        m.map(|m| FileInfo::load(&o.abs, &m))
+            .map_err(|e| io_status(&e))
+    }
+
+    /// FileStreamInformation entries of the object `o` belongs to: the unnamed stream of a
+    /// non-directory first, then the named streams (MS-FSCC 2.4.43).
+    pub(super) fn stream_list(&self, o: &Open) -> Vec<(String, u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out = Vec::new();
+        let Ok(m) = std::fs::metadata(&o.abs) else {
+            return out;
+        };
+        if !m.is_dir() {
+            let i = FileInfo::from_meta(&m);
+            out.push(("::$DATA".to_string(), i.size, i.alloc));
+        }
+        let root = &self.shared.shares[o.share].root;
+        for e in streams::list(root, m.ino()) {
+            out.push((format!(":{}:$DATA", e.name), e.size, e.alloc));
+        }
+        out
+    }
+
+    pub(crate) fn query_info(&mut self, q: QueryInfoRequest, ctx: &mut ChainCtx) -> Outcome {
+        let (_, o) = match self.open_for(q.file_id, ctx) {
+            Ok(found) => found,
+            Err(st) => return err(st),
+        };
+        let max = q.output_buffer_length as usize;
+        let data = match q.info_type {
+            info_type::FILE => {
+                let info = match Self::open_view_info(o) {
+                    Ok(i) => i,
+                    Err(st) => return err(st),
+                };
+                let mut name = String::from("\\");
+                name.push_str(&o.rel.to_string_lossy().replace('/', "\\"));
+                if let Some(st) = &o.stream {
+                    name.push(':');
+                    name.push_str(&st.name);
+                }
+                let streams = if q.class == class::STREAM {
+                    self.stream_list(o)
+                } else {
+                    Vec::new()
+                };
+                let view = OpenView {
+                    streams,
+                    info,
+                    delete_pending: o.delete_pending,
+                    access: o.access,
+                    position: o.position,
+                    mode: o.mode,
+                    name: &name,
+                };
+                // MS-FSA 2.1.5.12: these classes need FILE_READ_ATTRIBUTES.
+                if matches!(
+                    q.class,
+                    class::BASIC | class::ALL | class::NETWORK_OPEN | class::ATTRIBUTE_TAG
+                ) && o.access & READ_ATTRIBUTES == 0
+                {
+                    return err(status::ACCESS_DENIED);
+                }
+                if q.class == class::FULL_EA && o.access & 0x8 == 0 {
+                    return err(status::ACCESS_DENIED);
+                }
+                if q.class == class::NORMALIZED_NAME && self.dialect() < smb_proto::dialect::SMB311
+                {
+                    return err(status::NOT_SUPPORTED);
+                }
+                match fs::query_file_info(q.class, &view) {
+                    Ok(d) => d,
+                    Err(st) => return err(st),
+                }
+            }
+            info_type::FILESYSTEM => {
+                let sh = &self.shared.shares[o.share];
+                match fs::query_fs_info(q.class, &sh.root, sh.fs_id) {
+                    Ok(d) => d,
+                    Err(st) => return err(st),
+                }
+            }
+            info_type::SECURITY => {
+                if q.additional_information & 0x7 != 0 && o.access & READ_CONTROL == 0 {
+                    return err(status::ACCESS_DENIED);
+                }
+                // The descriptor belongs to the file, also for a stream open.
+                let sd = crate::sd::load(&o.abs).encode(q.additional_information);
+                if sd.len() > max {
+                    let mut w = Writer::new();
+                    w.u32(sd.len() as u32);
+                    return Outcome::Reply(
+                        status::BUFFER_TOO_SMALL,
+                        Response::Error { data: w.buf },
+                    );
+                }
+                sd
+            }
+            info_type::QUOTA => return err(status::NOT_SUPPORTED),
+            _ => return err(status::INVALID_PARAMETER),
+        };
+        if data.len() > max {
+            if fixed_part(q.info_type, q.class).is_some_and(|f| max >= f) {
+                let mut d = data;
+                d.truncate(max);
+                return Outcome::Reply(status::BUFFER_OVERFLOW, Response::QueryInfo { data: d });
+            }
+            return err(status::INFO_LENGTH_MISMATCH);
+        }
+        Outcome::Reply(status::SUCCESS, Response::QueryInfo { data })
+    }
+
+    pub(crate) fn set_info(
+        &mut self,
+        s: SetInfoRequest,
+        hdr: &Header,
+        ctx: &mut ChainCtx,
+    ) -> Outcome {
+        let (v, o) = match self.open_for(s.file_id, ctx) {
+            Ok(found) => found,
+            Err(st) => return err(st),
+        };
+        let read_only = self.shared.shares[o.share].read_only;
+        match s.info_type {
+            info_type::FILE => {}
+            info_type::SECURITY => {
+                let st = Self::set_security(o, s.additional_information, &s.buffer, read_only);
+                return if st == status::SUCCESS {
+                    Outcome::Reply(status::SUCCESS, Response::SetInfo)
+                } else {
+                    err(st)
+                };
+            }
+            info_type::FILESYSTEM | info_type::QUOTA => return err(status::NOT_SUPPORTED),
+            _ => return err(status::INVALID_PARAMETER),
+        }
+        if read_only && !matches!(s.class, class::POSITION | class::MODE) {
+            return err(status::ACCESS_DENIED);
+        }
+        if matches!(s.class, class::RENAME | class::RENAME_EX) {
+            if let Some(out) = self.rename_lease_break(v, &s, hdr, ctx) {
+                return out;
+            }
+        }
+        let mut r = Reader::new(&s.buffer);
+        let st = match s.class {
+            class::BASIC => self.set_basic(v, &mut r),
+            class::RENAME | class::RENAME_EX => self.set_rename(v, &s.buffer, s.class),
+            class::DISPOSITION => match r.u8() {
+                Ok(d) => self.set_disposition(v, d & 1 != 0),
+                Err(_) => status::INFO_LENGTH_MISMATCH,
+            },
+            class::DISPOSITION_EX => match r.u32() {
+                Ok(f) => self.set_disposition(v, f & 1 != 0),
+                Err(_) => status::INFO_LENGTH_MISMATCH,
+            },
+            class::POSITION => match r.u64() {
+                Ok(p) => {
+                    if let Some(o) = self.opens.get_mut(&v) {
+                        o.position = p;
+                    }
+                    status::SUCCESS
+                }
+                Err(_) => status::INFO_LENGTH_MISMATCH,
+            },
+            class::MODE => match r.u32() {
+                // MS-FSA 2.1.5.14.? FileModeInformation: only these bits may be set.
+                Ok(m) if m & !0x3E != 0 => status::INVALID_PARAMETER,
+                Ok(m) => {
+                    if let Some(o) = self.opens.get_mut(&v) {
+                        o.mode = m;
+                    }
+                    status::SUCCESS
+                }
+                Err(_) => status::INFO_LENGTH_MISMATCH,
+            },
+            class::END_OF_FILE | class::ALLOCATION => match r.u64() {
+                Ok(len) => self.set_size(v, len, s.class == class::ALLOCATION),
+                Err(_) => status::INFO_LENGTH_MISMATCH,
+            },
+            class::FULL_EA => status::EAS_NOT_SUPPORTED,
+            class::LINK => status::NOT_SUPPORTED,
+            _ => status::INVALID_INFO_CLASS,
+        };
+        if st == status::SUCCESS {
+            Outcome::Reply(status::SUCCESS, Response::SetInfo)
+        } else {
+            err(st)
+        }
+    }
+
+    /// SET_INFO SECURITY (MS-SMB2 3.3.5.21.3): WRITE_OWNER for owner/group, WRITE_DAC for
+    /// the DACL; SACLs are ignored (no auditing).
+    pub(super) fn set_security(o: &Open, which: u32, buf: &[u8], read_only: bool) -> u32 {
+        use crate::sd;
+        const WRITE_DAC: u32 = 0x0004_0000;
+        const WRITE_OWNER: u32 = 0x0008_0000;
+        let owner_group = sd::OWNER_SECURITY_INFORMATION | sd::GROUP_SECURITY_INFORMATION;
+        if (which & owner_group != 0 && o.access & WRITE_OWNER == 0)
+            || (which & sd::DACL_SECURITY_INFORMATION != 0 && o.access & WRITE_DAC == 0)
+        {
+            return status::ACCESS_DENIED;
+        }
+        if read_only {
+            return status::ACCESS_DENIED;
+        }
+        let given = match sd::parse(buf, which) {
+            Ok(p) => p,
+            Err(st) => return st,
+        };
+        let mut cur = sd::load(&o.abs);
+        cur.merge(given);
+        match sd::store(&o.abs, &cur) {
+            Ok(()) => status::SUCCESS,
+            Err(e) => io_status(&e),
+        }
+    }
+
+    pub(super) fn set_basic(&mut self, v: u64, r: &mut Reader<'_>) -> u32 {
+        let Some(o) = self.opens.get(&v) else {
+            return status::FILE_CLOSED;
+        };
+        let parsed = (|| -> Result<[u64; 5], smb_proto::DecodeError> {
+            Ok([r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u32()? as u64])
+        })();
+        let Ok([create, atime, mtime, change, attrs]) = parsed else {
+            return status::INFO_LENGTH_MISMATCH;
+        };
+        if o.access & WRITE_ATTRIBUTES == 0 {
+            return status::ACCESS_DENIED;
+        }
+        let attrs = attrs as u32;
+        if attrs & fs::attr::DIRECTORY != 0 && !o.is_dir {
+            return status::INVALID_PARAMETER;
+        }
+        // MS-FSA 2.1.5.14.2: FILE_ATTRIBUTE_TEMPORARY is invalid on a directory.
+        if attrs & 0x100 != 0 && o.is_dir {
+            return status::INVALID_PARAMETER;
+        }
+        let to_time = |ft: u64| -> Option<std::time::SystemTime> {
+            // 0 = don't change, -1 = stop updating (MS-FSCC 2.4.7); both leave it alone here.
+            if ft == 0 || ft == u64::MAX || ft == u64::MAX - 1 {
+                return None;
+            }
+            let (s, ns) = fs::unix_from_filetime(ft);
+            if s < 0 {
+                return Some(std::time::UNIX_EPOCH);
+            }
+            Some(std::time::UNIX_EPOCH + std::time::Duration::new(s as u64, ns as u32))
+        };
+        let mut times = std::fs::FileTimes::new();
+        let mut any = false;
+        if let Some(t) = to_time(atime) {
+            times = times.set_accessed(t);
+            any = true;
+        }
+        if let Some(t) = to_time(mtime) {
+            times = times.set_modified(t);
+            any = true;
+        }
+        if any {
+            let f = match &o.file {
+                Some(f) => f.try_clone(),
+                None => File::open(&o.abs),
+            };
+            match f.and_then(|f| f.set_times(times)) {
+                Ok(()) => {}
+                Err(e) => return io_status(&e),
+            }
+        }
+        let settable = |ft: u64| ft != 0 && ft != u64::MAX && ft != u64::MAX - 1;
+        if settable(create) || settable(change) || attrs != 0 {
+            let path = o.abs.clone();
+            update_dos(&path, |d, mtime_now| {
+                if settable(create) {
+                    d.creation = create;
+                }
+                if settable(change) {
+                    d.change = change;
+                    d.mtime_guard = mtime_now;
+                }
+                if attrs != 0 {
+                    d.attributes = attrs & !(fs::attr::NORMAL | fs::attr::DIRECTORY);
+                }
+            });
+        }
+        if attrs != 0 && !o.is_dir {
+            let mode = if attrs & fs::attr::READONLY != 0 {
+                0o444
+            } else {
+                0o644
+            };
+            if let Err(e) = std::fs::set_permissions(&o.abs, std::fs::Permissions::from_mode(mode))
+            {
+                return io_status(&e);
+            }
+        }
+        status::SUCCESS
+    }
+
+    pub(super) fn set_size(&mut self, v: u64, len: u64, allocation: bool) -> u32 {
+        let Some(o) = self.opens.get(&v) else {
+            return status::FILE_CLOSED;
+        };
+        if o.access & (WRITE_DATA | APPEND_DATA) == 0 {
+            return status::ACCESS_DENIED;
+        }
+        let Some(f) = &o.file else {
+            return status::INVALID_PARAMETER;
+        };
+        self.break_read_caching(o);
+        let cur = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if allocation {
+            // Allocation below EOF truncates (MS-FSA 2.1.5.14.1); above EOF it reserves space
+            // without changing the size.
+            if len >= cur {
+                if len > 0 {
+                    if let Err(e) = crate::sys::fallocate(f, libc::FALLOC_FL_KEEP_SIZE, 0, len) {
+                        tracing::debug!(err = %e, "fallocate");
+                    }
+                }
+                return status::SUCCESS;
+            }
+        }
+        match f.set_len(len) {
+            Ok(()) => status::SUCCESS,
+            Err(e) => io_status(&e),
+        }
+    }
+
+    pub(super) fn set_disposition(&mut self, v: u64, delete: bool) -> u32 {
+        let Some(o) = self.opens.get(&v) else {
+            return status::FILE_CLOSED;
+        };
+        if o.access & DELETE == 0 {
+            return status::ACCESS_DENIED;
+        }
+        if delete {
+            if o.is_dir {
+                match std::fs::read_dir(&o.abs) {
+                    Ok(mut it) => {
+                        if it.next().is_some() {
+                            return status::DIRECTORY_NOT_EMPTY;
+                        }
+                    }
+                    Err(e) => return io_status(&e),
+                }
+            } else if let Ok(m) = std::fs::metadata(&o.abs) {
+                if m.permissions().mode() & 0o200 == 0 {
+                    return status::CANNOT_DELETE;
+                }
+            }
+        }
+        let Some(lo) = o.lock_open else {
+            return status::INVALID_HANDLE;
+        };
+        match self.shared.lock_request(
+            self.id,
+            0,
+            locking::Request::SetDeletePending { open: lo, delete },
+        ) {
+            Reply::Done(Status::Success) => {
+                if let Some(o) = self.opens.get_mut(&v) {
+                    o.delete_pending = delete;
+                }
+                status::SUCCESS
+            }
+            Reply::Done(st) => engine_status(st),
+            _ => status::INTERNAL_ERROR,
+        }
+    }
+
+    /// A rename through a lease handle first has the lock service break other leases'
+    /// handle caching (MS-FSA 2.1.5.14.11 / 2.1.4.12; smbtorture lease.rename_wait): while
+    /// that is outstanding the SET_INFO goes async and the rename happens on completion.
+    pub(super) fn rename_lease_break(
+        &mut self,
+        v: u64,
+        s: &SetInfoRequest,
+        hdr: &Header,
+        ctx: &ChainCtx,
+    ) -> Option<Outcome> {
+        let o = self.opens.get(&v)?;
+        if !matches!(o.grant, OplockGrant::Lease(_)) {
+            return None;
+        }
+        let lo = o.lock_open?;
+        let (reply, own) = self.shared.lock_request_inline(
+            self.id,
+            hdr.message_id,
+            locking::Request::BreakForRename { open: lo },
+        );
+        for n in own {
+            self.on_lock_notification(n);
+        }
+        match reply {
+            Reply::Pending => {
+                let aid = self.go_async(
+                    hdr,
+                    ctx,
+                    PendingKind::Rename {
+                        volatile: v,
+                        buffer: s.buffer.clone(),
+                        class: s.class,
+                    },
+                );
+                Some(Outcome::Pending(aid))
+            }
+            Reply::Done(Status::Success) => None,
+            Reply::Done(st) => Some(err(engine_status(st))),
+            other => {
+                tracing::warn!(?other, "unexpected rename break reply");
+                None
+            }
+        }
+    }
+
+    pub(super) fn set_rename(&mut self, v: u64, buf: &[u8], _cls: u8) -> u32 {
+        let mut r = Reader::new(buf);
+        let parsed = (|| -> Result<(bool, String), smb_proto::DecodeError> {
+            let replace = r.u8()? != 0;
+            r.skip(7)?;
+            let _root = r.u64()?;
+            let len = r.u32()? as usize;
+            let name = utf16_to_string(r.bytes(len)?)?;
+            Ok((replace, name))
+        })();
+        let Ok((replace, name)) = parsed else {
+            return status::INVALID_PARAMETER;
+        };
+        let Some(o) = self.opens.get(&v) else {
+            return status::FILE_CLOSED;
+        };
+        if o.stream.is_some() || name.starts_with(':') {
+            // Renaming streams (MS-FSA 2.1.5.14.11.1) is not supported.
+            return status::NOT_SUPPORTED;
+        }
+        if o.access & DELETE == 0 {
+            return status::ACCESS_DENIED;
+        }
+        let name = name.trim_start_matches('\\');
+        let comps = match fs::split_smb_path(name) {
+            Ok(c) if !c.is_empty() => c,
+            Ok(_) => return status::OBJECT_NAME_INVALID,
+            Err(st) => return st,
+        };
+        // The stream depot is not a name clients can take (streams.rs).
+        if comps.first().is_some_and(|c| streams::is_depot(c)) {
+            return status::ACCESS_DENIED;
+        }
+        let root = self.shared.shares[o.share].root.clone();
+        let target = match fs::resolve(&root, &comps) {
+            Ok(t) => t,
+            Err(st) => return st,
+        };
+        if !fs::rel_is_safe(&target.rel) {
+            return status::OBJECT_NAME_INVALID;
+        }
+        let same = target.abs == o.abs;
+        if target.exists && !same {
+            if !replace {
+                return status::OBJECT_NAME_COLLISION;
+            }
+            if target.abs.is_dir() {
+                return status::ACCESS_DENIED;
+            }
+            // A target that is open elsewhere cannot be replaced (MS-FSA 2.1.5.14.11).
+            if self.opens.values().any(|x| x.abs == target.abs) {
+                return status::ACCESS_DENIED;
+            }
+        }
+        // Renaming a directory with open handles below it is refused like Windows does.
+        if o.is_dir
+            && self
+                .opens
+                .values()
+                .any(|x| x.abs != o.abs && x.abs.starts_with(&o.abs))
+        {
+            return status::ACCESS_DENIED;
+        }
+        // An open of the parent directory with DELETE access blocks renames of its children
+        // (Windows and Samba; smbtorture oplock.batch19/20, exclusive6). Only this
+        // connection's opens are visible here.
+        if let Some(parent) = o.abs.parent() {
+            if self
+                .opens
+                .values()
+                .any(|x| x.is_dir && x.abs == parent && x.access & DELETE != 0)
+            {
+                return status::SHARING_VIOLATION;
+            }
+        }
+        let old = o.abs.clone();
+        // The same checks against every open in the cluster: the lock service counts them.
+        let fs_id = self.shared.shares[o.share].fs_id;
+        let file_id_of = |p: &std::path::Path| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(p)
+                .ok()
+                .map(|m| locking::FileId(fs::stable_file_id(fs_id, m.ino(), "")))
+        };
+        let usage = |file| self.shared.file_usage(self.id, file, None);
+        // An open of the parent directory that does not share delete, or that holds DELETE
+        // access, blocks renames of its children (Windows behaviour: smbtorture smb2.rename,
+        // oplock.batch19/20).
+        if let Some(pid) = o.abs.parent().and_then(file_id_of) {
+            match usage(pid) {
+                Ok(u) if u.deny_delete > 0 || u.delete_access > 0 => {
+                    return status::SHARING_VIOLATION
+                }
+                Ok(_) => {}
+                Err(st) => return engine_status(st),
+            }
+        }
+        // A replaced target must not be open anywhere (MS-FSA 2.1.5.14.11).
+        if target.exists && !same {
+            if let Some(tid) = file_id_of(&target.abs) {
+                match usage(tid) {
+                    Ok(u) if u.opens > 0 => return status::ACCESS_DENIED,
+                    Ok(_) => {}
+                    Err(st) => return engine_status(st),
+                }
+            }
+        }
+        // Every other open of the file must share delete access (MS-FSA 2.1.5.14.11).
+        if let Some(lo) = o.lock_open {
+            match self
+                .shared
+                .file_usage(self.id, locking::FileId(o.stable_id), Some(lo))
+            {
+                Ok(u) if u.deny_delete > 0 => return status::SHARING_VIOLATION,
+                Ok(_) => {}
+                Err(st) => return engine_status(st),
+            }
+        }
+        let replaced_ino = if target.exists && !same {
+            std::fs::symlink_metadata(&target.abs).ok().map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.ino()
+            })
+        } else {
+            None
+        };
+        let old_rel = o.rel.clone();
+        if let Err(e) = self.shared.shares[o.share]
+            .dir
+            .rename(&old_rel, &target.rel)
+        {
+            return io_status(&e);
+        }
+        if let Some(ino) = replaced_ino {
+            streams::remove_all(&root, ino);
+        }
+        for x in self.opens.values_mut() {
+            if x.abs == old {
+                x.abs = target.abs.clone();
+                x.rel = target.rel.clone();
+            }
+        }
+        let (op, on) = parent_and_name(&old);
+        let (np, nn) = parent_and_name(&target.abs);
+        self.shared
+            .dir_changed(op, FILE_ACTION_RENAMED_OLD_NAME, on);
+        self.shared
+            .dir_changed(np, FILE_ACTION_RENAMED_NEW_NAME, nn);
+        status::SUCCESS
+    }
+}

@@ -1,0 +1,326 @@
+//! READ, WRITE and FLUSH (MS-SMB2 3.3.5.11 - 3.3.5.13), synchronously or through the
+//! worker's io_uring.
+
+use std::io::ErrorKind;
+use std::os::unix::fs::FileExt;
+
+use smb_proto::cursor::Writer;
+use smb_proto::header::flags as hflags;
+use smb_proto::header::HEADER_SIZE;
+use smb_proto::{status, FileId, Header, ReadRequest, Response, WriteRequest};
+
+use super::{
+    engine_status, io_status, parent_and_name, APPEND_DATA, EXECUTE, FILE_ACTION_MODIFIED,
+    MAX_FILE_SIZE, READ_BODY_SIZE, READ_DATA, RING_IO_MIN, WRITE_DATA,
+};
+use crate::conn::{err, ChainCtx, Conn, FileIo, FileOp, Open, Outcome, Signer};
+use crate::locking::{self, Reply, Status};
+
+impl Conn {
+    pub(crate) fn flush(&mut self, fid: FileId, ctx: &mut ChainCtx) -> Outcome {
+        let (_, o) = match self.open_for(fid, ctx) {
+            Ok(found) => found,
+            Err(st) => return err(st),
+        };
+        if o.access & (WRITE_DATA | APPEND_DATA) == 0 {
+            return err(status::ACCESS_DENIED);
+        }
+        if let Some(f) = &o.file {
+            if let Err(e) = f.sync_data() {
+                return err(io_status(&e));
+            }
+        }
+        Outcome::Reply(status::SUCCESS, Response::Flush)
+    }
+
+    pub(super) fn check_io(
+        &self,
+        o: &Open,
+        offset: u64,
+        length: u64,
+        write: bool,
+    ) -> Result<(), u32> {
+        let Some(lo) = o.lock_open else {
+            return Ok(());
+        };
+        if length == 0 {
+            return Ok(());
+        }
+        match self.shared.lock_request(
+            self.id,
+            0,
+            locking::Request::CheckIo {
+                open: lo,
+                offset,
+                length,
+                write,
+            },
+        ) {
+            Reply::Done(Status::Success) => Ok(()),
+            Reply::Done(st) => Err(engine_status(st)),
+            _ => Ok(()),
+        }
+    }
+
+    /// A size change through SET_INFO breaks Level II oplocks and read leases like a write
+    /// does (MS-FSA 2.1.4.12 for SET_END_OF_FILE / SET_ALLOCATION; smbtorture oplock.batch11).
+    /// The lock engine breaks read caching on a write I/O check; the probe range sits at the
+    /// very end of the offset space so it answers no byte-range question anyone asked.
+    pub(super) fn break_read_caching(&self, o: &Open) {
+        if let Some(lo) = o.lock_open {
+            let _ = self.shared.lock_request(
+                self.id,
+                0,
+                locking::Request::CheckIo {
+                    open: lo,
+                    offset: u64::MAX - 1,
+                    length: 1,
+                    write: true,
+                },
+            );
+        }
+    }
+
+    pub(crate) fn read(&mut self, r: ReadRequest, ctx: &mut ChainCtx) -> Outcome {
+        let v = match self.resolve_fid(r.file_id, ctx) {
+            Ok(v) => v,
+            Err(st) => return err(st),
+        };
+        if r.length > self.max_io() {
+            return err(status::INVALID_PARAMETER);
+        }
+        let Some(o) = self.opens.get(&v) else {
+            return err(status::FILE_CLOSED);
+        };
+        if o.is_dir {
+            return err(status::INVALID_DEVICE_REQUEST);
+        }
+        if o.access & (READ_DATA | EXECUTE) == 0 {
+            return err(status::ACCESS_DENIED);
+        }
+        if r.offset > i64::MAX as u64 || r.offset.saturating_add(r.length as u64) > i64::MAX as u64
+        {
+            return err(status::INVALID_PARAMETER);
+        }
+        if let Err(st) = self.check_io(o, r.offset, r.length as u64, false) {
+            return err(st);
+        }
+        let Some(f) = &o.file else {
+            return err(status::INVALID_DEVICE_REQUEST);
+        };
+        if ctx.single && r.length as usize >= RING_IO_MIN {
+            let file = match f.try_clone() {
+                Ok(f) => f,
+                Err(e) => return err(io_status(&e)),
+            };
+            let padding = self.read_body_padding;
+            let data_off = 4 + HEADER_SIZE + READ_BODY_SIZE + padding as usize;
+            return Outcome::Deferred(Box::new(FileIo {
+                file,
+                offset: r.offset,
+                done: 0,
+                volatile: v,
+                op: FileOp::Read {
+                    // The worker supplies a (recycled) buffer on submission.
+                    buf: Vec::new(),
+                    data_off,
+                    len: r.length as usize,
+                    minimum: r.minimum_count,
+                    padding,
+                },
+                hdr: Header::default(),
+                signer: None,
+                enc: None,
+            }));
+        }
+        let mut buf = vec![0u8; r.length as usize];
+        let mut n = 0usize;
+        while n < buf.len() {
+            match f.read_at(&mut buf[n..], r.offset.saturating_add(n as u64)) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return err(io_status(&e)),
+            }
+        }
+        buf.truncate(n);
+        if (n == 0 && r.length > 0) || (n as u32) < r.minimum_count {
+            return err(status::END_OF_FILE);
+        }
+        if let Some(o) = self.opens.get_mut(&v) {
+            o.position = r.offset + n as u64;
+        }
+        Outcome::Reply(
+            status::SUCCESS,
+            Response::Read {
+                data: buf,
+                data_remaining: 0,
+                padding: self.read_body_padding,
+            },
+        )
+    }
+
+    pub(crate) fn write(&mut self, w: WriteRequest, _hdr: &Header, ctx: &mut ChainCtx) -> Outcome {
+        let v = match self.resolve_fid(w.file_id, ctx) {
+            Ok(v) => v,
+            Err(st) => return err(st),
+        };
+        if w.data.len() as u64 > self.max_io() as u64 {
+            return err(status::INVALID_PARAMETER);
+        }
+        let Some(o) = self.opens.get(&v) else {
+            return err(status::FILE_CLOSED);
+        };
+        if o.is_dir {
+            return err(status::INVALID_DEVICE_REQUEST);
+        }
+        if o.access & (WRITE_DATA | APPEND_DATA) == 0 {
+            return err(status::ACCESS_DENIED);
+        }
+        let Some(f) = &o.file else {
+            return err(status::INVALID_DEVICE_REQUEST);
+        };
+        // Offsets past MAXLONGLONG and writes ending past the largest file size an NTFS volume
+        // supports are invalid (MS-FSA 2.1.5.3); empty writes are no-ops.
+        let offset = w.offset;
+        let end = offset.checked_add(w.data.len() as u64);
+        if offset > i64::MAX as u64 || end.is_none_or(|e| e > i64::MAX as u64) {
+            return err(status::INVALID_PARAMETER);
+        }
+        if w.data.is_empty() {
+            return Outcome::Reply(status::SUCCESS, Response::Write { count: 0 });
+        }
+        if offset >= MAX_FILE_SIZE {
+            return err(status::INVALID_PARAMETER);
+        }
+        if let Err(st) = self.check_io(o, offset, w.data.len() as u64, true) {
+            return err(st);
+        }
+        if ctx.single && w.data.len() >= RING_IO_MIN {
+            let file = match f.try_clone() {
+                Ok(f) => f,
+                Err(e) => return err(io_status(&e)),
+            };
+            return Outcome::Deferred(Box::new(FileIo {
+                file,
+                offset,
+                done: 0,
+                volatile: v,
+                op: FileOp::Write { data: w.data },
+                hdr: Header::default(),
+                signer: None,
+                enc: None,
+            }));
+        }
+        if let Err(e) = f.write_all_at(&w.data, offset) {
+            return err(io_status(&e));
+        }
+        let (parent, n) = parent_and_name(&o.abs);
+        if let Some(o) = self.opens.get_mut(&v) {
+            o.position = offset + w.data.len() as u64;
+        }
+        self.shared.dir_changed(parent, FILE_ACTION_MODIFIED, n);
+        Outcome::Reply(
+            status::SUCCESS,
+            Response::Write {
+                count: w.data.len() as u32,
+            },
+        )
+    }
+
+    /// Answer a READ/WRITE the ring finished: `res` is the byte count or an errno.
+    pub(crate) fn complete_file_io(&mut self, io: FileIo, res: Result<usize, i32>) {
+        let FileIo {
+            offset,
+            volatile,
+            op,
+            hdr,
+            signer,
+            enc,
+            ..
+        } = io;
+        let n = match res {
+            Ok(n) => n,
+            Err(errno) => {
+                let st = io_status(&std::io::Error::from_raw_os_error(errno));
+                self.deferred_reply(hdr, st, Response::Error { data: vec![] }, signer, enc);
+                return;
+            }
+        };
+        match op {
+            FileOp::Read {
+                mut buf,
+                data_off,
+                minimum,
+                padding,
+                ..
+            } => {
+                // The ring only gets READs of RING_IO_MIN or more bytes, so nothing read is
+                // end of file (MS-SMB2 3.3.5.12), like a short read under MinimumCount.
+                if n == 0 || (n as u32) < minimum {
+                    self.deferred_reply(
+                        hdr,
+                        status::END_OF_FILE,
+                        Response::Error { data: vec![] },
+                        signer,
+                        enc,
+                    );
+                    return;
+                }
+                if let Some(o) = self.opens.get_mut(&volatile) {
+                    o.position = offset + n as u64;
+                }
+                buf.truncate(data_off + n);
+                let mut h = hdr;
+                if signer.is_some() && enc.is_none() {
+                    h.flags |= hflags::SIGNED;
+                }
+                let mut w = Writer::with(Vec::with_capacity(HEADER_SIZE + READ_BODY_SIZE));
+                h.encode(&mut w);
+                // SMB2 READ response (MS-SMB2 2.2.20): StructureSize 17, DataOffset from the
+                // start of the SMB2 header, DataLength, DataRemaining, Reserved2.
+                w.u16(17)
+                    .u8((HEADER_SIZE + READ_BODY_SIZE + padding as usize) as u8)
+                    .u8(0)
+                    .u32(n as u32)
+                    .u32(0)
+                    .u32(0);
+                buf[4..4 + w.buf.len()].copy_from_slice(&w.buf);
+                self.emit_framed(buf, signer, enc);
+            }
+            FileOp::Write { data } => {
+                let _ = data;
+                if let Some(o) = self.opens.get(&volatile) {
+                    let (parent, name) = parent_and_name(&o.abs);
+                    self.shared.dir_changed(parent, FILE_ACTION_MODIFIED, name);
+                }
+                if let Some(o) = self.opens.get_mut(&volatile) {
+                    o.position = offset + n as u64;
+                }
+                self.deferred_reply(
+                    hdr,
+                    status::SUCCESS,
+                    Response::Write { count: n as u32 },
+                    signer,
+                    enc,
+                );
+            }
+        }
+    }
+
+    pub(super) fn deferred_reply(
+        &mut self,
+        mut h: Header,
+        st: u32,
+        body: Response,
+        signer: Option<Signer>,
+        enc: Option<u64>,
+    ) {
+        h.status = st;
+        let mut w = Writer::with(Vec::with_capacity(4 + HEADER_SIZE + 16));
+        w.bytes(&[0; 4]);
+        h.encode(&mut w);
+        body.encode_body(&mut w, 4);
+        self.emit_framed(w.buf, signer, enc);
+    }
+}

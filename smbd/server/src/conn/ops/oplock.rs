@@ -1,0 +1,295 @@
+//! Oplock and lease breaks: notifications from the lock service and the client's
+//! acknowledgments (MS-SMB2 3.3.4.6, 3.3.4.7, 3.3.5.22).
+
+use smb_proto::cursor::Writer;
+use smb_proto::header::flags as hflags;
+use smb_proto::{status, BreakAck, FileId, Header, Response};
+
+use super::{engine_status, oplock_grant_level};
+use crate::conn::{err, ChainCtx, Conn, Outcome, PendingKind};
+use crate::locking::{
+    self, LeaseKey, LeaseState, Notification, OplockGrant, OplockLevel, Reply, Status,
+};
+
+impl Conn {
+    pub(crate) fn break_ack(&mut self, a: BreakAck, ctx: &mut ChainCtx) -> Outcome {
+        match a {
+            BreakAck::Oplock { level, file_id } => {
+                ctx.any_tree = true;
+                let v = self.resolve_fid(file_id, ctx);
+                ctx.any_tree = false;
+                let v = match v {
+                    Ok(v) => v,
+                    Err(st) => return err(st),
+                };
+                let Some(lo) = self.opens.get(&v).and_then(|o| o.lock_open) else {
+                    return err(status::FILE_CLOSED);
+                };
+                let Some(level_e) = OplockLevel::from_wire(level) else {
+                    return err(status::INVALID_PARAMETER);
+                };
+                match self.shared.lock_request(
+                    self.id,
+                    0,
+                    locking::Request::OplockBreakAck {
+                        open: lo,
+                        level: level_e,
+                    },
+                ) {
+                    Reply::Acked { grant } => {
+                        let lvl = oplock_grant_level(&grant);
+                        if let Some(o) = self.opens.get_mut(&v) {
+                            o.grant = grant;
+                        }
+                        Outcome::Reply(
+                            status::SUCCESS,
+                            Response::OplockBreak {
+                                level: lvl,
+                                file_id,
+                            },
+                        )
+                    }
+                    Reply::Done(st) => err(engine_status(st)),
+                    _ => err(status::INTERNAL_ERROR),
+                }
+            }
+            BreakAck::Lease { key, state, .. } => {
+                match self.shared.lock_request(
+                    self.id,
+                    0,
+                    locking::Request::LeaseBreakAck {
+                        client_guid: self.client_guid(),
+                        key: LeaseKey(key),
+                        state: LeaseState((state & 0x7) as u8),
+                    },
+                ) {
+                    Reply::Acked { grant } => {
+                        let st = match grant {
+                            OplockGrant::Lease(l) => l.state.0 as u32,
+                            _ => state,
+                        };
+                        Outcome::Reply(
+                            status::SUCCESS,
+                            Response::LeaseBreakAck {
+                                flags: 0,
+                                key,
+                                state: st,
+                            },
+                        )
+                    }
+                    Reply::Done(Status::Success) => Outcome::Reply(
+                        status::SUCCESS,
+                        Response::LeaseBreakAck {
+                            flags: 0,
+                            key,
+                            state,
+                        },
+                    ),
+                    Reply::Done(st) => err(engine_status(st)),
+                    _ => err(status::INTERNAL_ERROR),
+                }
+            }
+        }
+    }
+
+    /// Send an unsolicited OPLOCK_BREAK notification (MS-SMB2 3.3.4.6 / 3.3.4.7).
+    pub(super) fn send_break(&mut self, session_id: u64, body: Response) {
+        let h = Header {
+            command: smb_proto::Command::OplockBreak as u16,
+            flags: hflags::SERVER_TO_REDIR,
+            message_id: u64::MAX,
+            ..Default::default()
+        };
+        let mut w = Writer::new();
+        h.encode(&mut w);
+        body.encode_body(&mut w, 0);
+        let enc = self
+            .sessions
+            .get(&session_id)
+            .is_some_and(|s| s.encrypt || s.trees.values().any(|t| t.encrypt))
+            .then_some(session_id);
+        self.emit(w.buf, enc);
+    }
+
+    pub(crate) fn on_lock_notification(&mut self, n: Notification) {
+        match n {
+            Notification::OplockBreak { open, new_level } => {
+                let Some((v, sid)) = self
+                    .opens
+                    .iter()
+                    .find(|(_, o)| o.lock_open == Some(open))
+                    .map(|(v, o)| (*v, o.session_id))
+                else {
+                    return;
+                };
+                self.send_break(
+                    sid,
+                    Response::OplockBreak {
+                        level: new_level as u8,
+                        file_id: FileId {
+                            persistent: v,
+                            volatile: v,
+                        },
+                    },
+                );
+            }
+            Notification::LeaseBreak {
+                key,
+                current,
+                new,
+                epoch,
+                ack_required,
+                ..
+            } => {
+                let sid = self
+                    .opens
+                    .values()
+                    .find(|o| matches!(&o.grant, OplockGrant::Lease(l) if l.key == key))
+                    .map(|o| o.session_id)
+                    .unwrap_or(0);
+                self.send_break(
+                    sid,
+                    Response::LeaseBreakNotification {
+                        epoch: epoch.unwrap_or(0),
+                        flags: ack_required as u32,
+                        key: key.0,
+                        current: current.0 as u32,
+                        new: new.0 as u32,
+                    },
+                );
+            }
+            Notification::Completed { request, reply } => {
+                let Some(aid) = self
+                    .pending
+                    .iter()
+                    .find(|(_, p)| {
+                        p.message_id == request.0
+                            && matches!(
+                                p.kind,
+                                PendingKind::Lock { .. }
+                                    | PendingKind::Create(_)
+                                    | PendingKind::Rename { .. }
+                            )
+                    })
+                    .map(|(a, _)| *a)
+                else {
+                    return;
+                };
+                // The deferred operation continues with its session's credentials.
+                if let Some(id) = self
+                    .pending
+                    .get(&aid)
+                    .and_then(|p| self.sessions.get(&p.session_id))
+                    .and_then(|s| s.identity.clone())
+                {
+                    crate::identity::become_user(&id);
+                }
+                let is_create = matches!(
+                    self.pending.get(&aid).map(|p| &p.kind),
+                    Some(PendingKind::Create(_))
+                );
+                let rename = match self.pending.get(&aid).map(|p| &p.kind) {
+                    Some(PendingKind::Rename {
+                        volatile,
+                        buffer,
+                        class,
+                    }) => Some((*volatile, buffer.clone(), *class)),
+                    _ => None,
+                };
+                if let Some((v, buffer, class)) = rename {
+                    let st = match reply {
+                        Reply::Done(Status::Success) => self.set_rename(v, &buffer, class),
+                        Reply::Done(st) => engine_status(st),
+                        _ => status::INTERNAL_ERROR,
+                    };
+                    tracing::debug!(conn = self.id, st, "rename after lease break");
+                    if st == status::SUCCESS {
+                        self.complete_async(aid, st, Response::SetInfo);
+                    } else {
+                        self.complete_async(aid, st, Response::Error { data: vec![] });
+                    }
+                } else if is_create {
+                    let Some(p) = self.pending.get_mut(&aid) else {
+                        return;
+                    };
+                    let PendingKind::Create(cont) =
+                        std::mem::replace(&mut p.kind, PendingKind::Lock { volatile: 0 })
+                    else {
+                        return;
+                    };
+                    let rest = p.rest.take();
+                    let (st, fid) = match reply {
+                        Reply::Opened { open, grant } => {
+                            // A durable open parked while this one waited for its break is
+                            // gone for good (its client could not acknowledge the break).
+                            self.shared.parked.purge_conflicting(
+                                cont.stable_id,
+                                cont.access,
+                                cont.share_access,
+                                cont.lease.as_ref().map(|l| l.key),
+                                self.now,
+                            );
+                            let (out, fid) = self.finish_create(*cont, open, grant);
+                            match out {
+                                Outcome::Reply(st, body) => {
+                                    self.complete_async(aid, st, body);
+                                    (st, fid)
+                                }
+                                _ => {
+                                    self.complete_async(
+                                        aid,
+                                        status::INTERNAL_ERROR,
+                                        Response::Error { data: vec![] },
+                                    );
+                                    (status::INTERNAL_ERROR, None)
+                                }
+                            }
+                        }
+                        Reply::Done(st) => {
+                            Self::undo_create(&self.shared.shares[cont.share].dir, &cont);
+                            let st = engine_status(st);
+                            self.complete_async(aid, st, Response::Error { data: vec![] });
+                            (st, None)
+                        }
+                        _ => {
+                            Self::undo_create(&self.shared.shares[cont.share].dir, &cont);
+                            self.complete_async(
+                                aid,
+                                status::INTERNAL_ERROR,
+                                Response::Error { data: vec![] },
+                            );
+                            (status::INTERNAL_ERROR, None)
+                        }
+                    };
+                    // The rest of a compound that waited for this CREATE.
+                    if let Some((msgs, mut ctx)) = rest {
+                        ctx.prev_status = st;
+                        ctx.file_id = fid;
+                        if st != status::SUCCESS {
+                            ctx.create_err = Some(st);
+                        }
+                        let first = ctx.index + 1;
+                        self.run_chain(msgs, first, ctx);
+                    }
+                } else {
+                    match reply {
+                        Reply::Done(Status::Success) => {
+                            self.complete_async(aid, status::SUCCESS, Response::Lock)
+                        }
+                        Reply::Done(st) => self.complete_async(
+                            aid,
+                            engine_status(st),
+                            Response::Error { data: vec![] },
+                        ),
+                        _ => self.complete_async(
+                            aid,
+                            status::INTERNAL_ERROR,
+                            Response::Error { data: vec![] },
+                        ),
+                    }
+                }
+            }
+            other => tracing::debug!(?other, "unhandled lock notification"),
+        }
+    }
+}

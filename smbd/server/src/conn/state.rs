@@ -1,0 +1,265 @@
+//! The state a connection keeps: negotiated parameters, sessions, trees, opens, pending
+//! (async) operations, per-chain context and what a command handler produces.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use smb_auth::keys::{Cipher, SessionKeys, SigningAlgorithm};
+use smb_auth::ntlm::NtlmServer;
+use smb_auth::preauth::PreauthHash;
+use smb_proto::{Command, FileId, Header, LeaseContext, Response};
+
+use crate::seqwin::SeqHandle;
+
+pub(crate) use crate::open::{DirState, Open, OpenStream};
+
+/// How to sign a response: algorithm and key.
+pub(crate) type Signer = (SigningAlgorithm, Vec<u8>);
+
+pub(crate) struct Negotiated {
+    pub dialect: u16,
+    pub client_guid: [u8; 16],
+    pub client_security_mode: u16,
+    pub client_caps: u32,
+    pub server_security_mode: u16,
+    pub server_caps: u32,
+    pub cipher: Option<Cipher>,
+    pub signing_alg: SigningAlgorithm,
+    pub client_dialects: Vec<u16>,
+}
+
+pub(crate) enum AuthState {
+    InProgress(Box<NtlmServer>),
+    Valid,
+}
+
+pub(crate) struct Session {
+    pub state: AuthState,
+    /// A re-authentication in progress on a valid session.
+    pub reauth: Option<Box<NtlmServer>>,
+    pub user: String,
+    pub anonymous: bool,
+    pub keys: Option<SessionKeys>,
+    pub signing_required: bool,
+    pub encrypt: bool,
+    pub preauth: PreauthHash,
+    pub trees: HashMap<u32, Tree>,
+    /// Whose credentials the session's file operations run with (crate::identity): the
+    /// mapped Unix user, or the guest account for an anonymous session; `None` until the
+    /// session is authenticated.
+    pub identity: Option<Arc<crate::identity::UnixIdentity>>,
+}
+
+impl Session {
+    /// The session's security token for access checks against stored descriptors.
+    pub fn token(&self) -> crate::sd::Token {
+        match &self.identity {
+            Some(id) => crate::sd::Token::of_unix(
+                id.uid,
+                std::iter::once(id.gid).chain(id.groups.iter().copied()),
+                self.anonymous,
+            ),
+            None => crate::sd::Token {
+                anonymous: true,
+                ..Default::default()
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Tree {
+    /// Index into `Shared::shares`; `None` = IPC$.
+    pub share: Option<usize>,
+    pub encrypt: bool,
+}
+
+/// Work waiting for an asynchronous completion (MS-SMB2 3.3.4.2).
+pub(crate) enum PendingKind {
+    Notify {
+        volatile: u64,
+        dir: PathBuf,
+        max_out: u32,
+    },
+    Lock {
+        volatile: u64,
+    },
+    Create(Box<CreateCont>),
+    /// A rename through a lease handle waiting for other leases' handle-caching breaks
+    /// (lock service `BreakForRename`); it is carried out when that completes.
+    Rename {
+        volatile: u64,
+        buffer: Vec<u8>,
+        class: u8,
+    },
+}
+
+pub(crate) struct PendingOp {
+    /// Bound connection the request arrived on (its answer goes back there).
+    pub channel: Option<u64>,
+    /// Requests of a compound that follow a CREATE which went async in the middle of the
+    /// chain; processed once the CREATE completes (MS-SMB2 3.3.5.2.7, <206>: only a CREATE
+    /// that waits for an oplock break may go async mid-chain).
+    pub rest: Option<(Vec<Vec<u8>>, ChainCtx)>,
+    pub message_id: u64,
+    pub session_id: u64,
+    pub tree_id: u32,
+    pub command: Command,
+    pub encrypted: bool,
+    pub signed: bool,
+    pub kind: PendingKind,
+}
+
+/// Per-chain state for related compound requests (MS-SMB2 3.3.5.2.7.2).
+#[derive(Default, Clone)]
+pub(crate) struct ChainCtx {
+    pub session_id: u64,
+    pub tree_id: u32,
+    pub file_id: Option<FileId>,
+    pub prev_status: u32,
+    pub encrypted: bool,
+    /// SessionId of the TRANSFORM_HEADER the chain arrived in (when `encrypted`).
+    pub sealed_session: u64,
+    /// FileIds resolve through any tree of the session (oplock break acknowledgments).
+    pub any_tree: bool,
+    /// CommandSequenceWindow of the bound channel the compound arrived on (None: this
+    /// connection's own).
+    pub seq: Option<SeqHandle>,
+    /// The request being processed has SMB2_FLAGS_RELATED_OPERATIONS.
+    pub related: bool,
+    /// Index of the request in the chain.
+    pub index: usize,
+    /// The request is alone in its message (not a compound): READ/WRITE may go to the ring.
+    pub single: bool,
+    /// Session and tree a related request inherits: those of the previous request if they
+    /// were valid, else 0 (Samba's last_session_id / last_tid).
+    pub last_session_id: u64,
+    pub last_tree_id: u32,
+    /// Status of a failed CREATE in this compound; related requests without a handle fail
+    /// with it instead of FILE_CLOSED (MS-SMB2 3.3.5.2.7.2).
+    pub create_err: Option<u32>,
+    /// Bytes of the chain's responses so far (`[limits] max_response_bytes`).
+    pub response_bytes: usize,
+}
+
+/// A READ or WRITE handed to the worker's io_uring; the response goes out when the ring
+/// completes it (see [`Conn::complete_file_io`]). The client sees an ordinary synchronous
+/// answer, only later: MS-SMB2 3.3.4.2 lets any request complete asynchronously, and no
+/// interim STATUS_PENDING is sent.
+pub(crate) struct FileIo {
+    /// A duplicate of the open's descriptor: a CLOSE while the I/O is in flight must not let
+    /// the number be reused under the ring.
+    pub file: File,
+    pub offset: u64,
+    /// Bytes transferred so far (the worker resubmits short transfers).
+    pub done: usize,
+    /// Volatile id of the open (position update, change notification).
+    pub volatile: u64,
+    pub op: FileOp,
+    /// Response header (credits granted at dispatch), set by `process_one`.
+    pub hdr: Header,
+    pub signer: Option<Signer>,
+    /// Session whose key encrypts the response.
+    pub enc: Option<u64>,
+}
+
+pub(crate) enum FileOp {
+    /// `buf` is the whole response frame: NetBIOS header, SMB2 header, READ body, padding,
+    /// then room for the data at `data_off`, so the kernel reads straight into the message
+    /// that is sent (no copy of the data unless it must be encrypted).
+    Read {
+        buf: Vec<u8>,
+        data_off: usize,
+        len: usize,
+        minimum: u32,
+        padding: u8,
+    },
+    Write {
+        data: Vec<u8>,
+    },
+}
+
+impl FileIo {
+    /// Bytes still to transfer.
+    pub fn remaining(&self) -> usize {
+        match &self.op {
+            FileOp::Read { len, .. } => len - self.done,
+            FileOp::Write { data } => data.len() - self.done,
+        }
+    }
+}
+
+/// What a handler produced.
+pub(crate) enum Outcome {
+    Reply(u32, Response),
+    /// Handed to the ring ([`FileIo`]); answered on completion.
+    Deferred(Box<FileIo>),
+    /// Went async: an interim STATUS_PENDING was (or will be) sent with this AsyncId.
+    Pending(u64),
+    /// No response at all (CANCEL).
+    Nothing,
+}
+
+pub(crate) fn err(st: u32) -> Outcome {
+    Outcome::Reply(st, Response::Error { data: vec![] })
+}
+
+/// This connection as a channel bound to a session another connection owns
+/// (MS-SMB2 3.3.5.5.2): requests for the session are forwarded to the owner.
+pub(crate) struct BoundChannel {
+    pub owner: u64,
+    /// Channel.SigningKey (MS-SMB2 3.3.5.5.3) and this connection's signing algorithm.
+    pub signer: Signer,
+}
+
+/// A session binding in progress on this connection.
+pub(crate) struct Binding {
+    pub ntlm: Box<NtlmServer>,
+    /// The channel's preauth integrity hash (3.1.1): this connection's NEGOTIATE plus the
+    /// binding exchange; it keys Channel.SigningKey.
+    pub preauth: PreauthHash,
+    pub rec: crate::shared::SessionRecord,
+}
+
+/// The data file of a named stream chosen by CREATE.
+pub(crate) struct StreamTarget {
+    /// Stream name with the case it was created with.
+    pub(crate) name: String,
+    pub(crate) path: PathBuf,
+    /// The stream did not exist and was created by this CREATE.
+    pub(crate) created: bool,
+    /// The base file did not exist and was created for the stream.
+    pub(crate) base_created: bool,
+}
+
+/// Everything a CREATE needs to finish after the lock service granted (maybe later) the open.
+pub(crate) struct CreateCont {
+    pub(crate) session_id: u64,
+    pub(crate) tree_id: u32,
+    pub(crate) share: usize,
+    pub(crate) abs: PathBuf,
+    pub(crate) rel: PathBuf,
+    pub(crate) existed: bool,
+    pub(crate) created_now: bool,
+    /// Named stream being opened; `abs`/`rel` stay the base object's.
+    pub(crate) stream: Option<StreamTarget>,
+    pub(crate) is_dir: bool,
+    pub(crate) access: u32,
+    pub(crate) disposition: u32,
+    pub(crate) stable_id: u128,
+    pub(crate) lease: Option<LeaseContext>,
+    pub(crate) want_mxac: bool,
+    pub(crate) want_qfid: bool,
+    /// SMB2_CREATE_ALLOCATION_SIZE (AlSi) for new or overwritten files.
+    pub(crate) allocation: Option<u64>,
+    pub(crate) delete_on_close: bool,
+    /// The faked `$Extend\$Quota:$Q:$INDEX_ALLOCATION` (see `ops::QUOTA_FAKE_FILE`).
+    pub(crate) fake_quota: bool,
+    /// DHnQ / DH2Q, granted if the caching allows it.
+    pub(crate) durable: Option<crate::durable::DurableKind>,
+    pub(crate) share_access: u32,
+    /// A new file created with FILE_ATTRIBUTE_READONLY: mode 0444 once its handle is open.
+    pub(crate) make_read_only: bool,
+}

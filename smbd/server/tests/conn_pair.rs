@@ -1,0 +1,558 @@
+//! In-process, simulated-time tests of smbd's connection core: [`Pair`] drives several
+//! `Conn`s (each one SMB client connection) against a temporary share and the in-process lock
+//! engine, feeding them messages through the same entry points the io_uring worker and the
+//! `smbd_conn` fuzz target use (`Conn::on_message`, `Conn::on_event`). The lock engine's clock
+//! is stepped by hand, so a 35-second oplock break timeout takes no time at all.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lockmgr_engine::{Engine, Output, Time};
+use smb_proto::header::{flags, Header};
+use smb_proto::{status, CreateContext, Writer};
+use smbd::conn::Conn;
+use smbd::locking::{LockService, Notification, Reply, Request, RequestId, SessionId};
+use smbd::shared::Shared;
+
+#[path = "../fuzz/conn_harness.rs"]
+mod conn_harness;
+
+use conn_harness::{body_negotiate, body_session_setup, body_tree_connect, cmd};
+
+const OPLOCK_BREAK: u16 = 0x12;
+const OPLOCK_BATCH: u8 = 0x09;
+const OPLOCK_LEVEL_II: u8 = 0x01;
+const OPLOCK_NONE: u8 = 0x00;
+const FILE_OPEN_IF: u32 = 3;
+const NON_DIRECTORY: u32 = 0x40;
+/// The lock engine's default break timeout (lockmgr_engine::Config), as Samba and ksmbd.
+const BREAK_TIMEOUT: Duration = Duration::from_secs(35);
+
+/// The in-process lock engine behind smbd's `LockService`, with a clock the test owns (the
+/// server's own `EngineLocks` reads the system clock).
+struct SimLocks {
+    engine: Engine,
+    clock: Arc<AtomicU64>,
+    events: VecDeque<(SessionId, Notification)>,
+}
+
+impl SimLocks {
+    fn now(&self) -> Time {
+        Time(self.clock.load(Ordering::SeqCst))
+    }
+
+    fn drain(&mut self, want: Option<(SessionId, RequestId)>) -> Option<Reply> {
+        let mut mine = None;
+        while let Some(out) = self.engine.poll_output() {
+            match out {
+                Output::Reply {
+                    session,
+                    request,
+                    reply,
+                } => {
+                    if mine.is_none() && want == Some((session, request)) {
+                        mine = Some(reply);
+                    } else {
+                        self.events
+                            .push_back((session, Notification::Completed { request, reply }));
+                    }
+                }
+                Output::Notify {
+                    session,
+                    notification,
+                } => self.events.push_back((session, notification)),
+            }
+        }
+        mine
+    }
+}
+
+impl LockService for SimLocks {
+    fn open_session(&mut self, session: SessionId) {
+        self.engine.open_session(session);
+    }
+
+    fn end_session(&mut self, session: SessionId) {
+        let now = self.now();
+        self.engine.end_session(now, session);
+        self.drain(None);
+    }
+
+    fn request(&mut self, session: SessionId, id: RequestId, req: Request) -> Reply {
+        let now = self.now();
+        self.engine.handle(now, session, id, req);
+        self.drain(Some((session, id)))
+            .unwrap_or(Reply::Done(smbd::locking::Status::Unsuccessful))
+    }
+
+    fn poll_event(&mut self) -> Option<(SessionId, Notification)> {
+        self.events.pop_front()
+    }
+
+    fn tick(&mut self) {
+        let now = self.now();
+        if self.engine.poll_timeout().is_some_and(|t| t <= now) {
+            self.engine.handle_timeout(now);
+            self.drain(None);
+        }
+    }
+}
+
+/// One response as a client sees it.
+struct Answer {
+    hdr: Header,
+    /// The message from its SMB2 header on.
+    msg: Vec<u8>,
+}
+
+impl Answer {
+    fn body(&self) -> &[u8] {
+        &self.msg[64..]
+    }
+
+    fn u64_at(&self, off: usize) -> u64 {
+        let b = &self.body()[off..off + 8];
+        u64::from_le_bytes(b.try_into().expect("8 bytes"))
+    }
+
+    /// CREATE response: (oplock level, FileId).
+    fn created(&self) -> (u8, (u64, u64)) {
+        (self.body()[2], (self.u64_at(64), self.u64_at(72)))
+    }
+}
+
+/// One client connection of a [`Pair`].
+struct Client {
+    conn: Conn,
+    mid: u64,
+    sid: u64,
+    tid: u32,
+    inbox: VecDeque<Answer>,
+}
+
+/// Connections sharing one server state (`Shared`), a temporary share and a lock engine whose
+/// clock the test advances.
+struct Pair {
+    _dir: tempfile::TempDir,
+    share: std::path::PathBuf,
+    shared: Arc<Shared>,
+    /// Nanoseconds since `start`, shared with the lock engine.
+    clock: Arc<AtomicU64>,
+    start: Instant,
+    clients: Vec<Client>,
+}
+
+impl Pair {
+    fn new() -> Pair {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let share = dir.path().join("share");
+        std::fs::create_dir(&share).expect("share dir");
+        let share = share.canonicalize().expect("canonical share path");
+        let clock = Arc::new(AtomicU64::new(1));
+        let locks = SimLocks {
+            engine: Engine::new(lockmgr_engine::Config::default()),
+            clock: clock.clone(),
+            events: VecDeque::new(),
+        };
+        let shared =
+            conn_harness::shared_with_locks(share.clone(), Box::new(locks)).expect("server state");
+        Pair {
+            _dir: dir,
+            share,
+            shared,
+            clock,
+            start: Instant::now(),
+            clients: Vec::new(),
+        }
+    }
+
+    /// A new connection, logged on anonymously at `dialect` with the share connected; returns
+    /// its index.
+    fn connect(&mut self, dialect: u16) -> usize {
+        let id = self.clients.len() as u64 + 1;
+        self.shared.register_conn(id, 0);
+        self.clients.push(Client {
+            conn: Conn::new(id, self.shared.clone(), None, None, self.now()),
+            mid: 0,
+            sid: 0,
+            tid: 0,
+            inbox: VecDeque::new(),
+        });
+        let c = self.clients.len() - 1;
+        let neg = self.call(c, cmd::NEGOTIATE, body_negotiate(&[dialect]));
+        assert_eq!(neg.hdr.status, status::SUCCESS, "NEGOTIATE");
+        let first = self.call(
+            c,
+            cmd::SESSION_SETUP,
+            body_session_setup(&conn_harness::ntlm_negotiate()),
+        );
+        assert_eq!(first.hdr.status, status::MORE_PROCESSING_REQUIRED);
+        self.clients[c].sid = first.hdr.session_id;
+        let auth = self.call(
+            c,
+            cmd::SESSION_SETUP,
+            body_session_setup(&conn_harness::ntlm_anonymous_authenticate()),
+        );
+        assert_eq!(auth.hdr.status, status::SUCCESS, "anonymous SESSION_SETUP");
+        let tree = self.call(c, cmd::TREE_CONNECT, body_tree_connect("\\\\sim\\data"));
+        assert_eq!(tree.hdr.status, status::SUCCESS, "TREE_CONNECT");
+        self.clients[c].tid = tree.hdr.tree_id;
+        c
+    }
+
+    /// Send one request on connection `c`; returns its MessageId. Answers (to any
+    /// connection) are collected by [`Pair::pump`].
+    fn send(&mut self, c: usize, command: u16, body: Vec<u8>) -> u64 {
+        let cl = &mut self.clients[c];
+        let mid = cl.mid;
+        cl.mid += 1;
+        let mut w = Writer::new();
+        Header {
+            credit_charge: 1,
+            status: 0,
+            command,
+            credits: 64,
+            flags: 0,
+            next_command: 0,
+            message_id: mid,
+            process_id: 0xFEFF,
+            tree_id: cl.tid,
+            async_id: 0,
+            session_id: cl.sid,
+            signature: [0; 16],
+        }
+        .encode(&mut w);
+        w.bytes(&body);
+        let now = self.now();
+        let cl = &mut self.clients[c];
+        cl.conn.on_message(&w.buf, now);
+        self.pump();
+        mid
+    }
+
+    /// Send a request and return its final answer (skipping an interim STATUS_PENDING).
+    fn call(&mut self, c: usize, command: u16, body: Vec<u8>) -> Answer {
+        let mid = self.send(c, command, body);
+        self.final_answer(c, mid)
+            .unwrap_or_else(|| panic!("no answer to command {command:#x} (MessageId {mid})"))
+    }
+
+    /// Deliver what connections posted to each other (lock notifications, deferred
+    /// completions) until nothing moves, and collect every connection's output.
+    fn pump(&mut self) {
+        let now = self.now();
+        for _ in 0..64 {
+            let events = self.shared.mailboxes[0].drain();
+            if events.is_empty() {
+                break;
+            }
+            for (id, ev) in events {
+                if let Some(cl) = self.clients.get_mut(id as usize - 1) {
+                    if !cl.conn.closed {
+                        cl.conn.on_event(ev, now);
+                    }
+                }
+            }
+        }
+        for cl in &mut self.clients {
+            for frame in cl.conn.take_output() {
+                let msg = frame[4..].to_vec();
+                let hdr = Header::decode(&msg).expect("response header");
+                assert!(hdr.flags & flags::SERVER_TO_REDIR != 0);
+                cl.inbox.push_back(Answer { hdr, msg });
+            }
+        }
+    }
+
+    /// The simulated time: the connections see `start` plus what the test advanced.
+    fn now(&self) -> Instant {
+        self.start + Duration::from_nanos(self.clock.load(Ordering::SeqCst))
+    }
+
+    /// Step the simulated clock (the connections' and the lock engine's) and fire its due timers.
+    fn advance(&mut self, by: Duration) {
+        self.clock.fetch_add(by.as_nanos() as u64, Ordering::SeqCst);
+        self.shared.lock_tick();
+        self.pump();
+    }
+
+    /// The final answer to `mid` received on `c`, if it came.
+    fn final_answer(&mut self, c: usize, mid: u64) -> Option<Answer> {
+        let inbox = &mut self.clients[c].inbox;
+        let i = inbox
+            .iter()
+            .position(|a| a.hdr.message_id == mid && a.hdr.status != status::PENDING)?;
+        inbox.remove(i)
+    }
+
+    /// Whether an interim STATUS_PENDING for `mid` was received on `c`.
+    fn went_async(&self, c: usize, mid: u64) -> bool {
+        self.clients[c]
+            .inbox
+            .iter()
+            .any(|a| a.hdr.message_id == mid && a.hdr.status == status::PENDING)
+    }
+
+    /// Oplock break notifications received on `c`: (new level, FileId).
+    fn take_breaks(&mut self, c: usize) -> Vec<(u8, (u64, u64))> {
+        let inbox = &mut self.clients[c].inbox;
+        let mut out = Vec::new();
+        inbox.retain(|a| {
+            if a.hdr.command == OPLOCK_BREAK && a.hdr.message_id == u64::MAX {
+                out.push((a.body()[2], (a.u64_at(8), a.u64_at(16))));
+                false
+            } else {
+                true
+            }
+        });
+        out
+    }
+
+    /// Drop connection `c` as the worker does when its socket closes.
+    fn disconnect(&mut self, c: usize) {
+        let now = self.now();
+        self.clients[c].conn.shutdown(now);
+        self.pump();
+    }
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        let now = self.now();
+        for cl in &mut self.clients {
+            if !cl.conn.closed {
+                cl.conn.shutdown(now);
+            }
+        }
+    }
+}
+
+fn utf16(s: &str) -> Vec<u8> {
+    s.encode_utf16().flat_map(|c| c.to_le_bytes()).collect()
+}
+
+/// A CREATE body (MS-SMB2 2.2.13) asking for `oplock` with `contexts`: read/write/delete
+/// access, every sharing mode.
+fn create_body(name: &str, oplock: u8, contexts: &[CreateContext]) -> Vec<u8> {
+    let n = utf16(name);
+    let ctx = smb_proto::encode_create_contexts(contexts);
+    let name_off = 64 + 56;
+    let ctx_off = if ctx.is_empty() {
+        0
+    } else {
+        (name_off + n.len()).div_ceil(8) * 8
+    };
+    let mut w = Writer::new();
+    w.u16(57).u8(0).u8(oplock).u32(2).u64(0).u64(0);
+    w.u32(0xC001_0000)
+        .u32(0x80)
+        .u32(7)
+        .u32(FILE_OPEN_IF)
+        .u32(NON_DIRECTORY);
+    w.u16(name_off as u16)
+        .u16(n.len() as u16)
+        .u32(ctx_off as u32)
+        .u32(ctx.len() as u32);
+    w.bytes(&n);
+    if !ctx.is_empty() {
+        while 64 + w.buf.len() < ctx_off {
+            w.u8(0);
+        }
+        w.bytes(&ctx);
+    }
+    w.buf
+}
+
+fn break_ack_body(level: u8, fid: (u64, u64)) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.u16(24).u8(level).u8(0).u32(0).u64(fid.0).u64(fid.1);
+    w.buf
+}
+
+fn durable_request() -> CreateContext {
+    CreateContext {
+        name: b"DHnQ".to_vec(),
+        data: vec![0; 16],
+    }
+}
+
+fn durable_reconnect(fid: (u64, u64)) -> CreateContext {
+    let mut data = fid.0.to_le_bytes().to_vec();
+    data.extend_from_slice(&fid.1.to_le_bytes());
+    CreateContext {
+        name: b"DHnC".to_vec(),
+        data,
+    }
+}
+
+/// Two connections: A holds a batch oplock on `file`, B opens the same file, which needs A's
+/// oplock broken first. Returns (A, A's FileId, B, B's CREATE MessageId).
+fn contended_open(p: &mut Pair, file: &str) -> (usize, (u64, u64), usize, u64) {
+    let a = p.connect(0x0302);
+    let b = p.connect(0x0302);
+    let opened = p.call(a, cmd::CREATE, create_body(file, OPLOCK_BATCH, &[]));
+    assert_eq!(opened.hdr.status, status::SUCCESS);
+    let (level, fid) = opened.created();
+    assert_eq!(level, OPLOCK_BATCH, "A holds a batch oplock");
+    let mid = p.send(b, cmd::CREATE, create_body(file, OPLOCK_BATCH, &[]));
+    assert_eq!(
+        p.take_breaks(a),
+        vec![(OPLOCK_LEVEL_II, fid)],
+        "A is asked to break to level II"
+    );
+    assert!(p.went_async(b, mid), "B's CREATE waits for the break");
+    assert!(p.final_answer(b, mid).is_none());
+    (a, fid, b, mid)
+}
+
+/// MS-SMB2 3.3.6.1 / the lock engine's break timeout: a holder that never acknowledges an
+/// oplock break loses its oplock after 35 s and the waiting CREATE completes then, not
+/// before. (smbtorture needs a real 35-second wait for this.)
+#[test]
+fn unacknowledged_oplock_break_times_out() {
+    let mut p = Pair::new();
+    let (a, _, b, mid) = contended_open(&mut p, "contended.txt");
+    p.advance(BREAK_TIMEOUT - Duration::from_millis(1));
+    assert!(
+        p.final_answer(b, mid).is_none(),
+        "the CREATE completed before the break timed out"
+    );
+    p.advance(Duration::from_millis(2));
+    let done = p
+        .final_answer(b, mid)
+        .expect("the CREATE completes once the break times out");
+    assert_eq!(done.hdr.status, status::SUCCESS);
+    // The holder is taken as having dropped its batch oplock; the newcomer shares read
+    // caching as it would after an acknowledgment.
+    assert_eq!(done.created().0, OPLOCK_LEVEL_II);
+    assert!(p.take_breaks(a).is_empty(), "no second break");
+}
+
+/// The acknowledged break: the waiting CREATE completes as soon as A acknowledges, with no
+/// time passing.
+#[test]
+fn acknowledged_oplock_break_completes_the_waiting_open() {
+    let mut p = Pair::new();
+    let (a, fid, b, mid) = contended_open(&mut p, "acked.txt");
+    let ack = p.call(a, OPLOCK_BREAK, break_ack_body(OPLOCK_LEVEL_II, fid));
+    assert_eq!(ack.hdr.status, status::SUCCESS);
+    let done = p
+        .final_answer(b, mid)
+        .expect("the CREATE completes on the acknowledgment");
+    assert_eq!(done.hdr.status, status::SUCCESS);
+    assert_eq!(done.created().0, OPLOCK_LEVEL_II);
+}
+
+fn write_body(fid: (u64, u64), data: &[u8]) -> Vec<u8> {
+    conn_harness::body_write(fid, 0, data)
+}
+
+/// A durable handle (DHnQ with a batch oplock) outlives its connection: a new connection
+/// reclaims it with DHnC and reads through the very same handle what the first one wrote.
+#[test]
+fn durable_handle_reconnects_on_a_new_connection() {
+    let mut p = Pair::new();
+    let a = p.connect(0x0302);
+    let opened = p.call(
+        a,
+        cmd::CREATE,
+        create_body("durable.txt", OPLOCK_BATCH, &[durable_request()]),
+    );
+    assert_eq!(opened.hdr.status, status::SUCCESS);
+    let (_, fid) = opened.created();
+    let wrote = p.call(a, cmd::WRITE, write_body(fid, b"kept across reconnect"));
+    assert_eq!(wrote.hdr.status, status::SUCCESS);
+    p.disconnect(a);
+    assert!(Path::new(&p.share).join("durable.txt").exists());
+
+    let b = p.connect(0x0302);
+    let reopened = p.call(
+        b,
+        cmd::CREATE,
+        create_body("durable.txt", OPLOCK_BATCH, &[durable_reconnect(fid)]),
+    );
+    assert_eq!(reopened.hdr.status, status::SUCCESS, "DHnC reconnect");
+    assert_eq!(reopened.created(), (OPLOCK_BATCH, fid), "the same handle");
+    let read = p.call(b, cmd::READ, conn_harness::body_read(fid, 0, 21));
+    assert_eq!(read.hdr.status, status::SUCCESS);
+    let off = read.body()[2] as usize;
+    assert_eq!(&read.msg[off..off + 21], b"kept across reconnect");
+
+    // A second reclaim of the same handle finds nothing to reclaim.
+    let c = p.connect(0x0302);
+    let again = p.call(
+        c,
+        cmd::CREATE,
+        create_body("durable.txt", OPLOCK_NONE, &[durable_reconnect(fid)]),
+    );
+    assert_eq!(again.hdr.status, status::OBJECT_NAME_NOT_FOUND);
+}
+
+/// SMB2_CREATE_DURABLE_HANDLE_REQUEST_V2 asking for `timeout_ms`.
+fn durable_v2_request(timeout_ms: u32, create_guid: [u8; 16]) -> CreateContext {
+    let mut data = timeout_ms.to_le_bytes().to_vec();
+    data.extend_from_slice(&[0; 12]); // Flags (not persistent), Reserved
+    data.extend_from_slice(&create_guid);
+    CreateContext {
+        name: b"DH2Q".to_vec(),
+        data,
+    }
+}
+
+fn durable_v2_reconnect(fid: (u64, u64), create_guid: [u8; 16]) -> CreateContext {
+    let mut data = fid.0.to_le_bytes().to_vec();
+    data.extend_from_slice(&fid.1.to_le_bytes());
+    data.extend_from_slice(&create_guid);
+    data.extend_from_slice(&0u32.to_le_bytes());
+    CreateContext {
+        name: b"DH2C".to_vec(),
+        data,
+    }
+}
+
+/// A disconnected durable v2 handle is kept for its timeout and no longer: reclaimable just
+/// before it, gone just after (MS-SMB2 3.3.5.9.10, 3.3.7.1), measured on the simulated clock.
+#[test]
+fn durable_v2_handle_expires_after_its_timeout() {
+    let guid = [0x42; 16];
+    let timeout = Duration::from_secs(10);
+    for (wait, reclaimable) in [
+        (timeout - Duration::from_millis(10), true),
+        (timeout + Duration::from_millis(10), false),
+    ] {
+        let mut p = Pair::new();
+        let a = p.connect(0x0302);
+        let opened = p.call(
+            a,
+            cmd::CREATE,
+            create_body(
+                "v2.txt",
+                OPLOCK_BATCH,
+                &[durable_v2_request(timeout.as_millis() as u32, guid)],
+            ),
+        );
+        assert_eq!(opened.hdr.status, status::SUCCESS);
+        let (_, fid) = opened.created();
+        p.disconnect(a);
+        p.advance(wait);
+        let b = p.connect(0x0302);
+        let reopened = p.call(
+            b,
+            cmd::CREATE,
+            create_body("v2.txt", OPLOCK_BATCH, &[durable_v2_reconnect(fid, guid)]),
+        );
+        if reclaimable {
+            assert_eq!(reopened.hdr.status, status::SUCCESS, "after {wait:?}");
+            assert_eq!(reopened.created().1, fid);
+        } else {
+            assert_eq!(
+                reopened.hdr.status,
+                status::OBJECT_NAME_NOT_FOUND,
+                "after {wait:?}"
+            );
+        }
+    }
+}
