@@ -1419,11 +1419,13 @@ impl Engine {
             self.reply(session, request, Reply::Done(Status::InvalidOplockProtocol));
             return;
         };
-        let acked = oplock_state(level);
-        // MS-SMB2 3.3.5.22.1: the acknowledged level may not exceed the level broken to.
-        if !b.to.contains(acked) {
-            self.reply(session, request, Reply::Done(Status::RequestNotAccepted));
-            return;
+        let mut acked = oplock_state(level);
+        // MS-SMB2 3.3.5.22.1: an acknowledged level above the level broken to completes the
+        // break to NONE and fails the acknowledgment with STATUS_INVALID_OPLOCK_PROTOCOL (the
+        // break must not stay outstanding, or later creates wait out the break timeout).
+        let above = !b.to.contains(acked);
+        if above {
+            acked = LeaseState::NONE;
         }
         o.oplock_break = None;
         o.oplock = acked;
@@ -1435,12 +1437,16 @@ impl Engine {
             }
         }
         self.stats.breaks_acked_total += 1;
-        let grant = if level == OplockLevel::None {
-            OplockGrant::None
+        if above {
+            self.reply(session, request, Reply::Done(Status::InvalidOplockProtocol));
         } else {
-            OplockGrant::Oplock(level)
-        };
-        self.reply(session, request, Reply::Acked { grant });
+            let grant = if level == OplockLevel::None {
+                OplockGrant::None
+            } else {
+                OplockGrant::Oplock(level)
+            };
+            self.reply(session, request, Reply::Acked { grant });
+        }
         self.run_deferred(now, f);
     }
 
