@@ -196,21 +196,6 @@ enum Attempt {
     Wait(Vec<Holder>),
 }
 
-fn waiters_block<'a>(
-    mut older: impl Iterator<Item = &'a LockWaiter>,
-    span: Option<Span>,
-    open: OpenId,
-    exclusive: bool,
-) -> bool {
-    let Some(span) = span else {
-        return false;
-    };
-    older.any(|w| {
-        Span::of(w.offset, w.length).is_some_and(|ws| ws.overlaps(span))
-            && blocks(w.open, w.exclusive, open, exclusive, true)
-    })
-}
-
 /// The lock engine. See the crate documentation for how to drive it.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Engine {
@@ -1570,9 +1555,9 @@ impl Engine {
         let mut outcome = Reply::Done(Status::Success);
         for r in ranges {
             let span = Span::of(r.offset, r.length);
-            // Younger requests queue behind older overlapping waiters so they cannot starve.
-            let blocked = file.locks.conflicts(span, open, r.exclusive, true)
-                || waiters_block(file.lock_waiters.iter(), span, open, r.exclusive);
+            // MS-FSA 2.1.5.7: a new request is checked against granted locks only; waiting
+            // requests do not stand in its way (Windows grants it, Samba too since 4.22).
+            let blocked = file.locks.conflicts(span, open, r.exclusive, true);
             if !blocked {
                 granted.push(file.locks.insert(r.offset, r.length, r.exclusive, open));
                 continue;
@@ -1670,8 +1655,9 @@ impl Engine {
         }
     }
 
-    /// Grant every waiter, in FIFO order, that no held lock and no older waiter blocks.
-    /// One pass suffices: granting only adds locks, which cannot unblock an earlier waiter.
+    /// Grant every waiter, in FIFO order, that no granted lock blocks (MS-FSA 2.1.5.7; the
+    /// locks granted to earlier waiters in this pass count). One pass suffices: granting only
+    /// adds locks, which cannot unblock an earlier waiter.
     fn process_lock_waiters(&mut self, now: Time, f: FileId) {
         let Some(file) = self.files.get_mut(&f) else {
             return;
@@ -1684,8 +1670,7 @@ impl Engine {
         while i < file.lock_waiters.len() {
             let w = &file.lock_waiters[i];
             let span = Span::of(w.offset, w.length);
-            let blocked = file.locks.conflicts(span, w.open, w.exclusive, true)
-                || waiters_block(file.lock_waiters.range(..i), span, w.open, w.exclusive);
+            let blocked = file.locks.conflicts(span, w.open, w.exclusive, true);
             if blocked {
                 i += 1;
                 continue;

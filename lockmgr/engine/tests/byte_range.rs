@@ -415,10 +415,12 @@ fn close_cancels_own_waiters() {
     assert!(h.e.snapshot().lock_waiters.is_empty());
 }
 
-/// A younger request for a range overlapping an older waiter's queues behind it, so the
-/// older waiter is not starved by a stream of shared locks.
+/// MS-FSA 2.1.5.7: a new request is checked against granted locks only. A shared lock that
+/// the held shared lock allows is granted even while an exclusive request waits for the same
+/// bytes (Windows, and Samba since 4.22); the waiter gets the range once every conflicting
+/// granted lock is gone.
 #[test]
-fn newer_request_does_not_starve_older_waiter() {
+fn waiters_do_not_block_compatible_new_requests() {
     let mut h = H::new();
     let (a, b) = two_opens(&mut h);
     let (c, _) = h.open_ok(S3, file_open(F1, RW, SHARE_ALL));
@@ -436,28 +438,17 @@ fn newer_request_does_not_starve_older_waiter() {
         },
     );
     assert_eq!(r, Reply::Pending);
-    // Compatible with the held shared lock, but it would starve b's waiter.
-    assert_eq!(h.lock(S3, c, 5, 1, false, true), NOT_GRANTED);
-    let (wc, r) = h.call(
-        S3,
-        Request::Lock {
-            open: c,
-            ranges: vec![LockRange {
-                offset: 5,
-                length: 1,
-                exclusive: false,
-            }],
-            fail_immediately: false,
-        },
-    );
-    assert_eq!(r, Reply::Pending);
-    // Non-overlapping requests are not held back.
-    assert_eq!(h.lock(S3, c, 50, 1, true, true), OK);
+    // Compatible with the granted shared lock: granted, waiter or not.
+    assert_eq!(h.lock(S3, c, 5, 1, false, true), OK);
+    // The owner may stack another shared lock on its own range too.
+    assert_eq!(h.lock(S1, a, 0, 10, false, true), OK);
+    // An exclusive request still conflicts with the granted shared locks.
+    assert_eq!(h.lock(S3, c, 0, 1, true, true), NOT_GRANTED);
     assert_eq!(h.unlock(S1, a, 0, 10), OK);
+    assert_eq!(h.unlock(S1, a, 0, 10), OK);
+    assert_eq!(h.completed(S2, wb), None, "c's shared lock still holds byte 5");
+    assert_eq!(h.unlock(S3, c, 5, 1), OK);
     assert_eq!(h.completed(S2, wb), Some(OK));
-    assert_eq!(h.completed(S3, wc), None);
-    assert_eq!(h.unlock(S2, b, 0, 10), OK);
-    assert_eq!(h.completed(S3, wc), Some(OK));
 }
 
 /// MS-FSA 2.1.4.10 for I/O: another open's exclusive lock blocks reads and writes; a shared

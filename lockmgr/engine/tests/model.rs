@@ -222,15 +222,12 @@ impl Model {
         self.opens.iter().find(|o| o.id == id && o.session == s)
     }
 
-    fn lock_blocked(&self, l: &MLock, waiters_before: usize) -> bool {
+    /// MS-FSA 2.1.5.7: only granted locks block a request; waiting ones do not.
+    fn lock_blocked(&self, l: &MLock) -> bool {
         self.locks
             .iter()
             .filter(|h| h.file == l.file)
             .any(|h| m_blocks(h, l.open, l.off, l.len, l.excl, true))
-            || self.waiters[..waiters_before]
-                .iter()
-                .filter(|w| w.lock.file == l.file)
-                .any(|w| m_blocks(&w.lock, l.open, l.off, l.len, l.excl, true))
     }
 
     /// Grants every grantable waiter in FIFO order; returns their (session, request).
@@ -238,7 +235,7 @@ impl Model {
         let mut out = Vec::new();
         let mut i = 0;
         while i < self.waiters.len() {
-            if self.lock_blocked(&self.waiters[i].lock.clone(), i) {
+            if self.lock_blocked(&self.waiters[i].lock.clone()) {
                 i += 1;
             } else {
                 let w = self.waiters.remove(i);
@@ -831,7 +828,7 @@ impl Run {
                 len,
                 excl,
             };
-            if self.m.lock_blocked(&l, self.m.waiters.len()) {
+            if self.m.lock_blocked(&l) {
                 self.m.locks.truncate(before);
                 return if fail {
                     Reply::Done(Status::LockNotGranted)
@@ -931,7 +928,7 @@ impl Run {
         }
         // A waiter that nothing blocks would have been granted.
         for (i, w) in self.m.waiters.iter().enumerate() {
-            assert!(self.m.lock_blocked(&w.lock, i));
+            assert!(self.m.lock_blocked(&w.lock));
         }
         assert_eq!(
             snap.lock_waiters.len() + snap.deferred_opens.len() + self.renames.len(),
