@@ -37,7 +37,7 @@ pub mod netns;
 pub mod raw;
 pub mod reliable;
 pub mod shm;
-mod sys;
+pub mod sys;
 pub mod udp;
 
 /// Largest frame any transport carries.
