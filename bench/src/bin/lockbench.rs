@@ -38,17 +38,17 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use lockbench::lockload::{self, LoadResult, LoadSpec, Op, Pattern};
 use lockbench::report::{new_histogram, record, Percentiles};
-use lockmgr_client::{ClientOptions, LockClient};
+use lockmgr_client::{connect, ClientOptions, LockClient, TransportSpec};
 use lockmgr_engine::{LockRange, OpenId, Request, RequestId, SessionId};
 use lockmgr_proto::{ClusterKey, FrameWriter, Message};
-use lockmgr_rdma::{format_gid, DeviceConfig, RdmaClient, RdmaConfig, RdmaServer};
-use lockmgr_transport::afpacket::{PacketClient, PacketLink, PacketServer};
-use lockmgr_transport::afxdp::{XdpClient, XdpLink, XdpServer};
+use lockmgr_rdma::{format_gid, DeviceConfig, RdmaConfig, RdmaServer};
+use lockmgr_transport::afpacket::{PacketLink, PacketServer};
+use lockmgr_transport::afxdp::{XdpLink, XdpServer};
 use lockmgr_transport::eth::EthConfig;
 use lockmgr_transport::netns::{NetnsPair, NetnsStar, BRIDGE, IFACE, MAC_A};
 use lockmgr_transport::reliable::ReliableConfig;
-use lockmgr_transport::shm::{ShmClient, ShmConfig, ShmServer};
-use lockmgr_transport::udp::{UdpClient, UdpConfig, UdpServer};
+use lockmgr_transport::shm::{ShmConfig, ShmServer};
+use lockmgr_transport::udp::{UdpConfig, UdpServer};
 use lockmgr_transport::{raw, ClientTransport, FabricKey, ServerTransport, SpinConfig};
 use lockmgrd::{Server, ServerOptions};
 
@@ -559,9 +559,14 @@ fn run(cli: Cli) -> Result<(), String> {
                 Ok(s)
             };
             let make_client = || {
-                let p = path.lock().map_err(|_| "poisoned".to_string())?.clone();
-                ShmClient::connect(&p, spin, Duration::from_secs(5))
-                    .map_err(|e| format!("shm connect: {e}"))
+                let path = path.lock().map_err(|_| "poisoned".to_string())?.clone();
+                let timeout = Duration::from_secs(5);
+                connect(&TransportSpec::Shm {
+                    path,
+                    spin,
+                    timeout,
+                })
+                .map_err(|e| e.to_string())
             };
             let r = bench(&cli, make_server, make_client, &raw::shm_pingpong);
             let _ = std::fs::remove_dir_all(&dir);
@@ -583,7 +588,7 @@ fn run(cli: Cli) -> Result<(), String> {
                         .lock()
                         .map_err(|_| "poisoned".to_string())?
                         .ok_or("no server")?;
-                    UdpClient::connect(a, cfg).map_err(|e| format!("udp connect: {e}"))
+                    connect(&TransportSpec::Udp { server: a, cfg }).map_err(|e| e.to_string())
                 };
                 bench(cli, make_server, make_client, &raw::udp_pingpong)
             })?;
@@ -609,7 +614,17 @@ fn run(cli: Cli) -> Result<(), String> {
                     bench(
                         cli,
                         || topo.in_server(move |eth| PacketServer::open(eth, cfg)),
-                        || topo.in_next_client(move |eth| PacketClient::connect(eth, MAC_A, cfg)),
+                        || {
+                            topo.in_next_client(move |eth| {
+                                let eth = eth.clone();
+                                let spec = TransportSpec::Afpacket {
+                                    eth,
+                                    server: MAC_A,
+                                    cfg,
+                                };
+                                connect(&spec).map_err(Into::into)
+                            })
+                        },
                         &raw_fn,
                     )
                 } else {
@@ -623,7 +638,14 @@ fn run(cli: Cli) -> Result<(), String> {
                         || topo.in_server(move |eth| XdpServer::open(eth, &opts, cfg)),
                         || {
                             topo.in_next_client(move |eth| {
-                                XdpClient::connect(eth, &opts, MAC_A, cfg)
+                                let eth = eth.clone();
+                                let spec = TransportSpec::Afxdp {
+                                    eth,
+                                    xdp: opts,
+                                    server: MAC_A,
+                                    cfg,
+                                };
+                                connect(&spec).map_err(Into::into)
                             })
                         },
                         &raw_fn,
@@ -707,7 +729,8 @@ fn bench_rdma(cli: &Cli, spin: SpinConfig) -> Result<JsonReport, String> {
             .lock()
             .map_err(|_| "poisoned".to_string())?
             .ok_or("no server")?;
-        RdmaClient::connect(a, &cfg).map_err(|e| format!("rdma connect to {a}: {e}"))
+        let cfg = cfg.clone();
+        connect(&TransportSpec::Rdma { server: a, cfg }).map_err(|e| e.to_string())
     };
     let raw_fn = |rounds, warmup, len| {
         lockmgr_rdma::raw::verbs_pingpong(&cfg, rounds, warmup, len).map_err(|e| {

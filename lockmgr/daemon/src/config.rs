@@ -432,20 +432,12 @@ impl Config {
 }
 
 /// Minimum key size: a shorter secret is too easy to guess for a challenge-response proof.
-pub const MIN_KEY_BYTES: usize = 16;
+pub const MIN_KEY_BYTES: usize = lockmgr_proto::auth::MIN_KEY_LEN;
 
+/// The bytes of a cluster-key file (owner-only, long enough): the one reader lockmgrd,
+/// lockmgrctl and smbd share.
 pub fn read_key_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
-    lockmgr_proto::private_file::check_private_file(path).map_err(ConfigError::Key)?;
-    let key = std::fs::read(path)
-        .map_err(|e| ConfigError::Key(format!("cannot read {}: {e}", path.display())))?;
-    if key.len() < MIN_KEY_BYTES {
-        return Err(ConfigError::Key(format!(
-            "{} holds {} bytes; at least {MIN_KEY_BYTES} needed",
-            path.display(),
-            key.len()
-        )));
-    }
-    Ok(key)
+    lockmgr_proto::auth::read_key_file(path).map_err(|e| ConfigError::Key(e.to_string()))
 }
 
 pub fn parse_key_hex(hex: &str) -> Result<Vec<u8>, ConfigError> {
