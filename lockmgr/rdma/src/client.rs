@@ -178,6 +178,8 @@ impl ClientTransport for RdmaClient {
         if self.dead() {
             return Err(TransportError::Disconnected);
         }
+        // A request out means a reply to wait for: worth spinning.
+        self.spinner.busy();
         match self.conn.send_data(frame) {
             Err(TransportError::Full) => {
                 self.check_alive();
@@ -205,6 +207,9 @@ impl ClientTransport for RdmaClient {
             if self.dead() && !self.conn.has_pending() {
                 return Err(TransportError::Disconnected);
             }
+        }
+        if n > 0 {
+            self.spinner.busy();
         }
         Ok(n)
     }

@@ -393,6 +393,9 @@ impl ServerTransport for RdmaServer {
                 n += 1;
             }
         }
+        if n > 0 {
+            self.spinner.busy();
+        }
         Ok(n)
     }
 

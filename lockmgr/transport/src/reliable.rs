@@ -1292,6 +1292,9 @@ impl<L: Link> ServerTransport for ReliableServer<L> {
                 n += 1;
             }
         }
+        if n > 0 {
+            self.spinner.busy();
+        }
         Ok(n)
     }
 
@@ -1625,6 +1628,8 @@ impl<L: Link> ClientTransport for ReliableClient<L> {
     fn send(&mut self, frame: &[u8]) -> Result<(), TransportError> {
         check_link_frame_len(&self.sock.link, frame)?;
         let now = Instant::now();
+        // A request out means a reply to wait for: worth spinning.
+        self.spinner.busy();
         self.conn.send_data(&mut self.sock, frame, &self.cfg, now)?;
         let rto = now + self.cfg.rto_initial;
         self.timer_at = Some(self.timer_at.map_or(rto, |t| t.min(rto)));
@@ -1658,6 +1663,9 @@ impl<L: Link> ClientTransport for ReliableClient<L> {
         }
         if n == 0 && self.conn.dead {
             return Err(TransportError::Disconnected);
+        }
+        if n > 0 {
+            self.spinner.busy();
         }
         Ok(n)
     }

@@ -797,6 +797,9 @@ impl ServerTransport for ShmServer {
                 n += 1;
             }
         }
+        if n > 0 {
+            self.spinner.busy();
+        }
         Ok(n)
     }
 
@@ -992,6 +995,8 @@ impl ClientTransport for ShmClient {
         if self.dead {
             return Err(TransportError::Disconnected);
         }
+        // A request out means a reply to wait for: worth spinning.
+        self.spinner.busy();
         match self.tx.push(frame) {
             Ok(false) => Ok(()),
             Ok(true) => {
@@ -1042,6 +1047,9 @@ impl ClientTransport for ShmClient {
             if self.dead {
                 return Err(TransportError::Disconnected);
             }
+        }
+        if n > 0 {
+            self.spinner.busy();
         }
         Ok(n)
     }

@@ -12,7 +12,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::{SpinConfig, Wake};
+use crate::{SpinConfig, SpinMode, Wake};
 
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
@@ -436,6 +436,36 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// The CPUs the calling thread may run on (its affinity mask), ascending.
+pub fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a live cpu_set_t of the size passed; pid 0 = the calling thread.
+    cvt(unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) })?;
+    let max = 8 * std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: CPU_ISSET only reads the set; every index is below CPU_SETSIZE.
+    Ok((0..max)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect())
+}
+
+/// Pins the calling thread to `cpu` (so two busy-polling threads never share a CPU).
+pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    if cpu >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "cpu out of range",
+        ));
+    }
+    // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` was checked against the set's capacity above.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a live cpu_set_t of the size passed; pid 0 = the calling thread.
+    cvt(unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) })?;
+    Ok(())
+}
+
 /// Outcome of [`Spinner::spin`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Spun {
@@ -448,10 +478,16 @@ pub enum Spun {
 /// The spin phase of every transport's `wait`: busy-poll a readiness check for the spin budget,
 /// then tell the caller how long it may sleep.
 ///
-/// One implementation so that every transport spins by the same rules.
+/// One implementation so that every transport spins by the same rules ([`SpinMode`]). The
+/// endpoint reports traffic with [`Spinner::busy`] (a flag store, no clock read); the next
+/// `spin` stamps it with its start time.
 #[derive(Debug, Clone)]
 pub struct Spinner {
     cfg: SpinConfig,
+    /// Traffic since the last `spin`.
+    busy: bool,
+    /// Start of the last `spin` that followed traffic.
+    last_busy: Option<Instant>,
 }
 
 impl Spinner {
@@ -459,9 +495,14 @@ impl Spinner {
     /// checked every this many iterations (a power of two minus one, used as a mask).
     const CLOCK_EVERY: u32 = 15;
 
-    /// A spinner with the given budget.
+    /// A spinner with the given budget and mode. It starts as if traffic had just happened,
+    /// so a fresh connection's first replies are awaited spinning.
     pub fn new(cfg: SpinConfig) -> Self {
-        Spinner { cfg }
+        Spinner {
+            cfg,
+            busy: true,
+            last_busy: None,
+        }
     }
 
     /// The configuration this spinner was built with.
@@ -469,16 +510,39 @@ impl Spinner {
         self.cfg
     }
 
-    /// Calls `ready(iteration)` until it returns true or the spin budget (capped by `timeout`,
-    /// counted from `start`) is spent. `iteration` counts from 1, so a caller can run slower
-    /// checks (sockets, epoll) every N-th round with `iteration % N == 0`.
+    /// Frames were received or sent: keep spinning for a while.
+    #[inline]
+    pub fn busy(&mut self) {
+        self.busy = true;
+    }
+
+    /// How long a `wait` starting at `start` may spin.
+    pub fn budget(&mut self, start: Instant, timeout: Option<Duration>) -> Duration {
+        if std::mem::take(&mut self.busy) {
+            self.last_busy = Some(start);
+        }
+        let budget = match self.cfg.mode {
+            SpinMode::Always => return timeout.unwrap_or(Duration::MAX),
+            SpinMode::Adaptive { idle_after } => {
+                let quiet = self
+                    .last_busy
+                    .map_or(Duration::MAX, |t| start.saturating_duration_since(t));
+                self.cfg.spin.min(idle_after.saturating_sub(quiet))
+            }
+        };
+        timeout.map_or(budget, |t| t.min(budget))
+    }
+
+    /// Calls `ready(iteration)` until it returns true or the spin budget (see
+    /// [`Spinner::budget`], counted from `start`) is spent. `iteration` counts from 1, so a
+    /// caller can run slower checks (sockets, epoll) every N-th round with `iteration % N == 0`.
     pub fn spin<E>(
         &mut self,
         start: Instant,
         timeout: Option<Duration>,
         mut ready: impl FnMut(u32) -> Result<bool, E>,
     ) -> Result<Spun, E> {
-        let budget = timeout.map_or(self.cfg.spin, |t| t.min(self.cfg.spin));
+        let budget = self.budget(start, timeout);
         let mut now = start;
         if !budget.is_zero() {
             let mut i: u32 = 0;
@@ -499,5 +563,68 @@ impl Spinner {
         Ok(Spun::Sleep(
             timeout.map(|t| t.saturating_sub(now.duration_since(start))),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SpinMode;
+
+    const SPIN: Duration = Duration::from_micros(200);
+    const IDLE: Duration = Duration::from_millis(10);
+
+    fn adaptive() -> Spinner {
+        Spinner::new(SpinConfig {
+            spin: SPIN,
+            mode: SpinMode::Adaptive { idle_after: IDLE },
+        })
+    }
+
+    #[test]
+    fn adaptive_spins_after_traffic_and_stops_when_quiet() {
+        let mut s = adaptive();
+        let t0 = Instant::now();
+        // A fresh spinner counts as busy.
+        assert_eq!(s.budget(t0, None), SPIN);
+        // No traffic: the window closes `idle_after` after the last busy wait.
+        assert_eq!(s.budget(t0 + IDLE / 2, None), SPIN);
+        assert_eq!(s.budget(t0 + IDLE - SPIN / 2, None), SPIN / 2);
+        assert_eq!(s.budget(t0 + IDLE, None), Duration::ZERO);
+        assert_eq!(s.budget(t0 + 10 * IDLE, None), Duration::ZERO);
+        // Traffic reopens it.
+        s.busy();
+        assert_eq!(s.budget(t0 + 11 * IDLE, None), SPIN);
+        // The wait's own timeout caps the budget.
+        assert_eq!(
+            s.budget(t0 + 11 * IDLE, Some(Duration::from_micros(5))),
+            Duration::from_micros(5)
+        );
+    }
+
+    #[test]
+    fn always_spins_for_the_whole_timeout_even_when_quiet() {
+        let mut s = Spinner::new(SpinConfig {
+            spin: SPIN,
+            mode: SpinMode::Always,
+        });
+        let t0 = Instant::now();
+        let long = Some(Duration::from_secs(1));
+        assert_eq!(s.budget(t0 + 100 * IDLE, long), Duration::from_secs(1));
+        assert_eq!(s.budget(t0 + 100 * IDLE, None), Duration::MAX);
+    }
+
+    #[test]
+    fn zero_budget_never_calls_ready() {
+        let mut s = Spinner::new(SpinConfig::never());
+        let t0 = Instant::now();
+        let spun = s
+            .spin(
+                t0,
+                Some(Duration::from_millis(3)),
+                |_| -> io::Result<bool> { panic!("a zero budget must not poll") },
+            )
+            .expect("no error");
+        assert_eq!(spun, Spun::Sleep(Some(Duration::from_millis(3))));
     }
 }

@@ -306,9 +306,7 @@ fn shm_client_process_killed() {
 #[test]
 fn shm_sleep_and_wake_with_zero_spin() {
     let cfg = ShmConfig {
-        spin: SpinConfig {
-            spin: Duration::ZERO,
-        },
+        spin: SpinConfig::never(),
         ..ShmConfig::default()
     };
     let (mut server, mut client, peer) = connect_pair("sleep", cfg);
@@ -357,9 +355,7 @@ fn shm_sleep_and_wake_with_zero_spin() {
 #[test]
 fn shm_waker_interrupts_wait() {
     let cfg = ShmConfig {
-        spin: SpinConfig {
-            spin: Duration::from_micros(50),
-        },
+        spin: SpinConfig::adaptive(Duration::from_micros(50)),
         ..ShmConfig::default()
     };
     let mut server = ShmServer::bind(sock_path("waker"), cfg).unwrap();

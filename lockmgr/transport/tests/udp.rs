@@ -327,9 +327,7 @@ fn udp_client_process_killed() {
 #[test]
 fn udp_sleep_and_wake_with_zero_spin() {
     let cfg = UdpConfig {
-        spin: SpinConfig {
-            spin: Duration::ZERO,
-        },
+        spin: SpinConfig::never(),
         ..keyed()
     };
     let (mut server, mut client, peer) = connect_pair(cfg, cfg);

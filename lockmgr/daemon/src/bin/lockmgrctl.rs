@@ -171,9 +171,7 @@ fn eth_target(cli: &Cli) -> Result<(EthConfig, MacAddr), String> {
 
 fn transport_spec(cli: &Cli) -> Result<TransportSpec, String> {
     // A tool, not a hot path: never spin.
-    let spin = SpinConfig {
-        spin: Duration::ZERO,
-    };
+    let spin = SpinConfig::never();
     let reliable = ReliableConfig {
         spin,
         ..ReliableConfig::default()
