@@ -179,7 +179,7 @@ impl ClientTransport for RdmaClient {
             return Err(TransportError::Disconnected);
         }
         // A request out means a reply to wait for: worth spinning.
-        self.spinner.busy();
+        self.spinner.expect_reply();
         match self.conn.send_data(frame) {
             Err(TransportError::Full) => {
                 self.check_alive();

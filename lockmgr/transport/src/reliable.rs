@@ -1629,7 +1629,7 @@ impl<L: Link> ClientTransport for ReliableClient<L> {
         check_link_frame_len(&self.sock.link, frame)?;
         let now = Instant::now();
         // A request out means a reply to wait for: worth spinning.
-        self.spinner.busy();
+        self.spinner.expect_reply();
         self.conn.send_data(&mut self.sock, frame, &self.cfg, now)?;
         let rto = now + self.cfg.rto_initial;
         self.timer_at = Some(self.timer_at.map_or(rto, |t| t.min(rto)));

@@ -996,7 +996,7 @@ impl ClientTransport for ShmClient {
             return Err(TransportError::Disconnected);
         }
         // A request out means a reply to wait for: worth spinning.
-        self.spinner.busy();
+        self.spinner.expect_reply();
         match self.tx.push(frame) {
             Ok(false) => Ok(()),
             Ok(true) => {

@@ -479,15 +479,25 @@ pub enum Spun {
 /// then tell the caller how long it may sleep.
 ///
 /// One implementation so that every transport spins by the same rules ([`SpinMode`]). The
-/// endpoint reports traffic with [`Spinner::busy`] (a flag store, no clock read); the next
-/// `spin` stamps it with its start time.
+/// endpoint reports traffic with [`Spinner::busy`] (frames received) and
+/// [`Spinner::expect_reply`] (a request sent), each a flag store without a clock read; the next
+/// `spin` stamps them with its start time.
+///
+/// Adaptive spinning is "hot" after a request was sent (its reply comes within microseconds)
+/// or when frames keep arriving (two stamps within `idle_after`), and only for `idle_after`
+/// after that. A lone frame after a quiet spell (a heartbeat) does not make it hot, so the
+/// heartbeats of idle nodes cost no spinning.
 #[derive(Debug, Clone)]
 pub struct Spinner {
     cfg: SpinConfig,
-    /// Traffic since the last `spin`.
-    busy: bool,
-    /// Start of the last `spin` that followed traffic.
-    last_busy: Option<Instant>,
+    /// Frames received since the last `spin`.
+    received: bool,
+    /// A request sent since the last `spin`.
+    sent: bool,
+    /// Start of the last `spin` that followed received frames.
+    last_received: Option<Instant>,
+    /// Start of the last `spin` that found the traffic hot.
+    hot_at: Option<Instant>,
 }
 
 impl Spinner {
@@ -500,8 +510,10 @@ impl Spinner {
     pub fn new(cfg: SpinConfig) -> Self {
         Spinner {
             cfg,
-            busy: true,
-            last_busy: None,
+            received: false,
+            sent: true,
+            last_received: None,
+            hot_at: None,
         }
     }
 
@@ -510,26 +522,40 @@ impl Spinner {
         self.cfg
     }
 
-    /// Frames were received or sent: keep spinning for a while.
+    /// Frames were received: spin for a while if they keep coming.
     #[inline]
     pub fn busy(&mut self) {
-        self.busy = true;
+        self.received = true;
+    }
+
+    /// A request went out: its reply is worth spinning for.
+    #[inline]
+    pub fn expect_reply(&mut self) {
+        self.sent = true;
     }
 
     /// How long a `wait` starting at `start` may spin.
     pub fn budget(&mut self, start: Instant, timeout: Option<Duration>) -> Duration {
-        if std::mem::take(&mut self.busy) {
-            self.last_busy = Some(start);
-        }
-        let budget = match self.cfg.mode {
+        let idle_after = match self.cfg.mode {
             SpinMode::Always => return timeout.unwrap_or(Duration::MAX),
-            SpinMode::Adaptive { idle_after } => {
-                let quiet = self
-                    .last_busy
-                    .map_or(Duration::MAX, |t| start.saturating_duration_since(t));
-                self.cfg.spin.min(idle_after.saturating_sub(quiet))
-            }
+            SpinMode::Adaptive { idle_after } => idle_after,
         };
+        if std::mem::take(&mut self.received) {
+            if self
+                .last_received
+                .is_some_and(|t| start.saturating_duration_since(t) <= idle_after)
+            {
+                self.hot_at = Some(start);
+            }
+            self.last_received = Some(start);
+        }
+        if std::mem::take(&mut self.sent) {
+            self.hot_at = Some(start);
+        }
+        let quiet = self
+            .hot_at
+            .map_or(Duration::MAX, |t| start.saturating_duration_since(t));
+        let budget = self.cfg.spin.min(idle_after.saturating_sub(quiet));
         timeout.map_or(budget, |t| t.min(budget))
     }
 
@@ -585,21 +611,39 @@ mod tests {
     fn adaptive_spins_after_traffic_and_stops_when_quiet() {
         let mut s = adaptive();
         let t0 = Instant::now();
-        // A fresh spinner counts as busy.
+        // A fresh spinner awaits its first replies spinning.
         assert_eq!(s.budget(t0, None), SPIN);
-        // No traffic: the window closes `idle_after` after the last busy wait.
+        // No traffic: the window closes `idle_after` after the last hot wait.
         assert_eq!(s.budget(t0 + IDLE / 2, None), SPIN);
         assert_eq!(s.budget(t0 + IDLE - SPIN / 2, None), SPIN / 2);
         assert_eq!(s.budget(t0 + IDLE, None), Duration::ZERO);
         assert_eq!(s.budget(t0 + 10 * IDLE, None), Duration::ZERO);
-        // Traffic reopens it.
+        // A lone frame after the quiet spell (a heartbeat) does not reopen it...
         s.busy();
-        assert_eq!(s.budget(t0 + 11 * IDLE, None), SPIN);
+        assert_eq!(s.budget(t0 + 11 * IDLE, None), Duration::ZERO);
+        // ...a second one soon after does.
+        s.busy();
+        assert_eq!(s.budget(t0 + 11 * IDLE + IDLE / 2, None), SPIN);
         // The wait's own timeout caps the budget.
         assert_eq!(
-            s.budget(t0 + 11 * IDLE, Some(Duration::from_micros(5))),
+            s.budget(t0 + 11 * IDLE + IDLE / 2, Some(Duration::from_micros(5))),
             Duration::from_micros(5)
         );
+        // Frames further apart than `idle_after` never make it hot.
+        s.busy();
+        assert_eq!(s.budget(t0 + 20 * IDLE, None), Duration::ZERO);
+        s.busy();
+        assert_eq!(s.budget(t0 + 22 * IDLE, None), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_request_sent_makes_it_hot_at_once() {
+        let mut s = adaptive();
+        let t0 = Instant::now();
+        assert_eq!(s.budget(t0, None), SPIN);
+        assert_eq!(s.budget(t0 + 5 * IDLE, None), Duration::ZERO);
+        s.expect_reply();
+        assert_eq!(s.budget(t0 + 6 * IDLE, None), SPIN);
     }
 
     #[test]
