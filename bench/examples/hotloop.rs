@@ -92,9 +92,7 @@ fn main() -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("hotloop-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let path = dir.join("s.sock");
-    let spin = SpinConfig {
-        spin: Duration::ZERO,
-    };
+    let spin = SpinConfig::never();
     let transport = ShmServer::bind(
         &path,
         ShmConfig {

@@ -38,17 +38,17 @@ use clap::Parser;
 use hdrhistogram::Histogram;
 use lockbench::lockload::{self, LoadResult, LoadSpec, Op, Pattern};
 use lockbench::report::{new_histogram, record, Percentiles};
-use lockmgr_client::{ClientOptions, LockClient};
+use lockmgr_client::{connect, ClientOptions, LockClient, TransportSpec};
 use lockmgr_engine::{LockRange, OpenId, Request, RequestId, SessionId};
 use lockmgr_proto::{ClusterKey, FrameWriter, Message};
-use lockmgr_rdma::{format_gid, DeviceConfig, RdmaClient, RdmaConfig, RdmaServer};
-use lockmgr_transport::afpacket::{PacketClient, PacketLink, PacketServer};
-use lockmgr_transport::afxdp::{XdpClient, XdpLink, XdpServer};
+use lockmgr_rdma::{format_gid, DeviceConfig, RdmaConfig, RdmaServer};
+use lockmgr_transport::afpacket::{PacketLink, PacketServer};
+use lockmgr_transport::afxdp::{XdpLink, XdpServer};
 use lockmgr_transport::eth::EthConfig;
 use lockmgr_transport::netns::{NetnsPair, NetnsStar, BRIDGE, IFACE, MAC_A};
 use lockmgr_transport::reliable::ReliableConfig;
-use lockmgr_transport::shm::{ShmClient, ShmConfig, ShmServer};
-use lockmgr_transport::udp::{UdpClient, UdpConfig, UdpServer};
+use lockmgr_transport::shm::{ShmConfig, ShmServer};
+use lockmgr_transport::udp::{UdpConfig, UdpServer};
 use lockmgr_transport::{raw, ClientTransport, FabricKey, ServerTransport, SpinConfig};
 use lockmgrd::{Server, ServerOptions};
 
@@ -88,6 +88,9 @@ enum TransportArg {
     Afxdp,
     /// RDMA verbs, RC SEND/RECV (InfiniBand, RoCE, soft-RoCE).
     Rdma,
+    /// Every transport this host has (afpacket/afxdp in network namespaces when allowed, RDMA
+    /// when a device exists): a latency run and a batched throughput run each, then a summary.
+    All,
 }
 
 /// Latency benchmark of the lock manager against a raw transport baseline measured in the same run.
@@ -150,6 +153,71 @@ struct Cli {
     /// Print one JSON object per run instead of text.
     #[arg(long)]
     json: bool,
+    /// Let the scheduler place threads (default: the server and the clients each get a CPU of
+    /// their own as far as there are CPUs; two spinners sharing one CPU take turns by time
+    /// slice and produce bimodal ~ms round trips).
+    #[arg(long)]
+    no_pin: bool,
+    /// `--transport all`: requests per frame of the throughput runs.
+    #[arg(long, default_value_t = 64)]
+    all_batch: usize,
+    /// `--transport all`: batches in flight per client in the throughput runs.
+    #[arg(long, default_value_t = 4)]
+    all_depth: usize,
+}
+
+/// The CPUs the benchmark's threads run on.
+#[derive(Debug)]
+struct Pins {
+    server: usize,
+    /// Client `i` runs on `clients[i % len]`.
+    clients: Vec<usize>,
+}
+
+static PINS: std::sync::OnceLock<Pins> = std::sync::OnceLock::new();
+
+/// Gives the server the first allowed CPU and the clients the others (wrapping around when
+/// there are more clients than CPUs), also for the raw baselines' threads.
+fn plan_pinning(clients: usize) -> Result<(), String> {
+    let cpus = lockmgr_transport::sys::allowed_cpus().map_err(|e| format!("affinity: {e}"))?;
+    let (server, rest) = match cpus.split_first() {
+        Some((s, rest)) if !rest.is_empty() => (*s, rest.to_vec()),
+        // One CPU: nothing to separate.
+        _ => return Ok(()),
+    };
+    if clients > rest.len() {
+        tracing::warn!(
+            clients,
+            cpus = cpus.len(),
+            "more clients than CPUs besides the server's: clients share CPUs"
+        );
+    }
+    raw::set_pinning(raw::Pinning {
+        server,
+        client: rest[0],
+    });
+    let _ = PINS.set(Pins {
+        server,
+        clients: rest,
+    });
+    Ok(())
+}
+
+fn pin_server_thread() {
+    if let Some(p) = PINS.get() {
+        if let Err(e) = lockmgr_transport::sys::pin_current_thread(p.server) {
+            tracing::warn!(error = %e, "cannot pin the server thread");
+        }
+    }
+}
+
+fn pin_client_thread(i: usize) {
+    if let Some(p) = PINS.get() {
+        let cpu = p.clients[i % p.clients.len()];
+        if let Err(e) = lockmgr_transport::sys::pin_current_thread(cpu) {
+            tracing::warn!(error = %e, "cannot pin a client thread");
+        }
+    }
 }
 
 #[derive(serde::Serialize)]
@@ -355,6 +423,7 @@ where
     let waker = server_transport.waker();
     let stop = Arc::clone(&shutdown);
     let server = std::thread::spawn(move || -> Result<(), String> {
+        pin_server_thread();
         let mut s = Server::new(server_transport, server_options());
         s.run(&stop).map_err(|e| e.to_string())
     });
@@ -434,6 +503,7 @@ fn run_clients<C: ClientTransport + 'static>(
             .map(|i| {
                 let barrier = &barrier;
                 scope.spawn(move || -> Result<LoadResult, String> {
+                    pin_client_thread(i);
                     let mut c = LockClient::connect(make_client()?, &client_options(i))
                         .map_err(|e| format!("client {i} connect: {e}"))?;
                     let spec = LoadSpec {
@@ -535,9 +605,112 @@ fn run(cli: Cli) -> Result<(), String> {
     if cli.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         return Err("--rate must be positive".into());
     }
-    let spin = SpinConfig {
-        spin: Duration::from_micros(cli.spin_us),
-    };
+    if !cli.no_pin {
+        plan_pinning(cli.clients + usize::from(cli.held > 0))?;
+    }
+    if cli.transport == TransportArg::All {
+        return run_all(&cli);
+    }
+    let reports = run_one(&cli)?;
+    print_reports(&cli, &reports)
+}
+
+/// Every transport the host has: latency (batch 1) and batched throughput, then a summary.
+fn run_all(cli: &Cli) -> Result<(), String> {
+    let is_root = nix::unistd::Uid::effective().is_root();
+    let mut summary = Vec::new();
+    for transport in [
+        TransportArg::Shm,
+        TransportArg::Udp,
+        TransportArg::Afpacket,
+        TransportArg::Afxdp,
+        TransportArg::Rdma,
+    ] {
+        let eth = matches!(transport, TransportArg::Afpacket | TransportArg::Afxdp);
+        if eth && !is_root {
+            println!("{transport:?}: skipped (network namespaces need root)");
+            continue;
+        }
+        if transport == TransportArg::Rdma {
+            let device = DeviceConfig {
+                device: cli.rdma_device.clone(),
+                port: cli.rdma_port,
+                gid_index: cli.gid_index,
+            };
+            if let Err(e) = lockmgr_rdma::probe(&device) {
+                println!("{transport:?}: skipped ({e})");
+                continue;
+            }
+        }
+        let latency_cli = Cli {
+            transport,
+            netns: cli.netns || eth,
+            batch: 1,
+            depth: 1,
+            ..cli.clone()
+        };
+        let throughput_cli = Cli {
+            batch: cli.all_batch.max(1),
+            depth: cli.all_depth.max(1),
+            ..latency_cli.clone()
+        };
+        let runs = run_one(&latency_cli).and_then(|lat| {
+            print_reports(&latency_cli, &lat)?;
+            let thr = run_one(&throughput_cli)?;
+            print_reports(&throughput_cli, &thr)?;
+            Ok((lat, thr))
+        });
+        match runs {
+            Ok((lat, thr)) => summary.push((lat, thr)),
+            Err(e) => println!("{transport:?}: skipped ({e})"),
+        }
+    }
+    if cli.json {
+        return Ok(());
+    }
+    let us = |ns: u64| ns as f64 / 1000.0;
+    println!();
+    println!(
+        "summary (p50/p99 in us; ratio = lockmgr p50 / baseline p50; throughput with batch {} depth {})",
+        cli.all_batch, cli.all_depth
+    );
+    println!(
+        "{:<9} {:<4} {:>15} {:>15} {:>15} {:>9} {:>11} {:>14}",
+        "transport", "mac", "raw", "transport-echo", "lockmgr", "/raw", "/echo", "batched ops/s"
+    );
+    for (lat, thr) in &summary {
+        for (i, r) in lat.iter().enumerate() {
+            let batched = thr
+                .iter()
+                .find(|t| t.fabric_mac == r.fabric_mac)
+                .or_else(|| thr.get(i));
+            println!(
+                "{:<9} {:<4} {:>7.2}/{:<7.2} {:>7.2}/{:<7.2} {:>7.2}/{:<7.2} {:>8.2}x {:>10.2}x {:>14.0}",
+                format!("{:?}", r.transport).to_lowercase(),
+                match r.fabric_mac {
+                    Some(true) => "on",
+                    Some(false) => "off",
+                    None => "-",
+                },
+                us(r.raw_p50_ns),
+                us(r.raw_p99_ns),
+                us(r.raw_transport_p50_ns),
+                us(r.raw_transport_p99_ns),
+                us(r.p50_ns),
+                us(r.p99_ns),
+                r.ratio_p50,
+                r.ratio_p50_vs_transport,
+                batched.map_or(0.0, |t| t.throughput_ops_per_s),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One transport's runs (two with `--fabric-mac both` on a datagram transport).
+fn run_one(cli: &Cli) -> Result<Vec<JsonReport>, String> {
+    let cli = cli.clone();
+    let spin = SpinConfig::adaptive(Duration::from_micros(cli.spin_us));
     let mut reports = Vec::new();
     match cli.transport {
         TransportArg::Shm => {
@@ -559,9 +732,14 @@ fn run(cli: Cli) -> Result<(), String> {
                 Ok(s)
             };
             let make_client = || {
-                let p = path.lock().map_err(|_| "poisoned".to_string())?.clone();
-                ShmClient::connect(&p, spin, Duration::from_secs(5))
-                    .map_err(|e| format!("shm connect: {e}"))
+                let path = path.lock().map_err(|_| "poisoned".to_string())?.clone();
+                let timeout = Duration::from_secs(5);
+                connect(&TransportSpec::Shm {
+                    path,
+                    spin,
+                    timeout,
+                })
+                .map_err(|e| e.to_string())
             };
             let r = bench(&cli, make_server, make_client, &raw::shm_pingpong);
             let _ = std::fs::remove_dir_all(&dir);
@@ -583,7 +761,7 @@ fn run(cli: Cli) -> Result<(), String> {
                         .lock()
                         .map_err(|_| "poisoned".to_string())?
                         .ok_or("no server")?;
-                    UdpClient::connect(a, cfg).map_err(|e| format!("udp connect: {e}"))
+                    connect(&TransportSpec::Udp { server: a, cfg }).map_err(|e| e.to_string())
                 };
                 bench(cli, make_server, make_client, &raw::udp_pingpong)
             })?;
@@ -609,7 +787,17 @@ fn run(cli: Cli) -> Result<(), String> {
                     bench(
                         cli,
                         || topo.in_server(move |eth| PacketServer::open(eth, cfg)),
-                        || topo.in_next_client(move |eth| PacketClient::connect(eth, MAC_A, cfg)),
+                        || {
+                            topo.in_next_client(move |eth| {
+                                let eth = eth.clone();
+                                let spec = TransportSpec::Afpacket {
+                                    eth,
+                                    server: MAC_A,
+                                    cfg,
+                                };
+                                connect(&spec).map_err(Into::into)
+                            })
+                        },
                         &raw_fn,
                     )
                 } else {
@@ -623,7 +811,14 @@ fn run(cli: Cli) -> Result<(), String> {
                         || topo.in_server(move |eth| XdpServer::open(eth, &opts, cfg)),
                         || {
                             topo.in_next_client(move |eth| {
-                                XdpClient::connect(eth, &opts, MAC_A, cfg)
+                                let eth = eth.clone();
+                                let spec = TransportSpec::Afxdp {
+                                    eth,
+                                    xdp: opts,
+                                    server: MAC_A,
+                                    cfg,
+                                };
+                                connect(&spec).map_err(Into::into)
                             })
                         },
                         &raw_fn,
@@ -632,8 +827,13 @@ fn run(cli: Cli) -> Result<(), String> {
             })?;
         }
         TransportArg::Rdma => reports.push(bench_rdma(&cli, spin)?),
+        TransportArg::All => return Err("--transport all is not one transport".into()),
     }
-    for report in &reports {
+    Ok(reports)
+}
+
+fn print_reports(cli: &Cli, reports: &[JsonReport]) -> Result<(), String> {
+    for report in reports {
         if cli.json {
             println!(
                 "{}",
@@ -643,7 +843,7 @@ fn run(cli: Cli) -> Result<(), String> {
             print_text(report);
         }
     }
-    if let [off, on] = &reports[..] {
+    if let [off, on] = reports {
         if !cli.json && off.fabric_mac == Some(false) && on.fabric_mac == Some(true) {
             let us = |ns: u64| ns as f64 / 1000.0;
             let pct = |a: u64, b: u64| 100.0 * (b as f64 - a as f64) / a.max(1) as f64;
@@ -707,7 +907,8 @@ fn bench_rdma(cli: &Cli, spin: SpinConfig) -> Result<JsonReport, String> {
             .lock()
             .map_err(|_| "poisoned".to_string())?
             .ok_or("no server")?;
-        RdmaClient::connect(a, &cfg).map_err(|e| format!("rdma connect to {a}: {e}"))
+        let cfg = cfg.clone();
+        connect(&TransportSpec::Rdma { server: a, cfg }).map_err(|e| e.to_string())
     };
     let raw_fn = |rounds, warmup, len| {
         lockmgr_rdma::raw::verbs_pingpong(&cfg, rounds, warmup, len).map_err(|e| {

@@ -106,13 +106,7 @@ fn node(path: &std::path::Path, name: &str) -> Result<Node, HandoffError> {
     let key = ClusterKey::new(KEY).map_err(|e| HandoffError::Setup(e.to_string()))?;
     let n = NodeSessions::new(
         Box::new(move || {
-            let t = ShmClient::connect(
-                &path,
-                SpinConfig {
-                    spin: Duration::ZERO,
-                },
-                TIMEOUT,
-            )?;
+            let t = ShmClient::connect(&path, SpinConfig::never(), TIMEOUT)?;
             LockClient::connect(
                 t,
                 &ClientOptions {
@@ -174,9 +168,7 @@ pub fn run(opts: &HandoffOptions) -> Result<HandoffReport, HandoffError> {
     let transport = ShmServer::bind(
         &path,
         ShmConfig {
-            spin: SpinConfig {
-                spin: opts.server_spin,
-            },
+            spin: SpinConfig::adaptive(opts.server_spin),
             ..ShmConfig::default()
         },
     )

@@ -128,7 +128,7 @@ fn device_args(d: &DeviceConfig) -> Vec<String> {
 fn rdma_config(device: &DeviceConfig, spin: Duration) -> RdmaConfig {
     RdmaConfig {
         device: device.clone(),
-        spin: SpinConfig { spin },
+        spin: SpinConfig::adaptive(spin),
         handshake_timeout: TIMEOUT,
         // Servers need the side channel's key; clients prove it before any queue pair exists.
         fabric_key: ClusterKey::new(KEY)

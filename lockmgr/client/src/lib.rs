@@ -6,7 +6,11 @@
 //! [`LockClient::connect`] (the authenticated handshake) and the convenience
 //! [`LockClient::call`] wait.
 
+mod connect;
 pub mod mux;
+
+pub use connect::{connect, AnyTransport, ConnectError, TransportSpec};
+pub use lockmgr_proto::ClusterKey;
 
 use std::collections::VecDeque;
 use std::os::fd::RawFd;
@@ -14,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use lockmgr_engine::{Notification, Reply, Request, RequestId, SessionId};
 use lockmgr_proto::{
-    auth, decode_frame, ClusterKey, DecodeError, EncodeError, FrameBuf, FrameWriter, Message,
-    Nonce, RejectReason, Role, Transcript, VERSION,
+    auth, decode_frame, DecodeError, EncodeError, FrameBuf, FrameWriter, Message, Nonce,
+    RejectReason, Role, Transcript, VERSION,
 };
 use lockmgr_transport::{ClientTransport, FabricKey, TransportError};
 use rand::RngCore;

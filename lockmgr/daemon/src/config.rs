@@ -11,6 +11,10 @@
 //! listen = "/run/clustersmb/lockmgr.sock"  # shm: unix socket path; udp, rdma: ADDR:PORT;
 //!                                        # afpacket/afxdp: interface name (or use `interface`)
 //! spin_us = 50                           # busy-poll this long before sleeping (0 = always sleep)
+//! spin_mode = "adaptive"                 # adaptive: spin only while there is traffic, stop
+//!                                        # spin_idle_ms after the last frame (an idle lockmgrd
+//!                                        # uses no CPU); always: never sleep (dedicated core)
+//! spin_idle_ms = 10                      # adaptive: quiet time after which spinning stops
 //! # shm only: the unix socket is created 0600 (only lockmgrd's user and root may connect);
 //! # with a group, 0660 and owned by that group (e.g. the group smbd runs as).
 //! # socket_group = "smbd"                 # name or numeric gid
@@ -69,6 +73,18 @@ pub enum ConfigError {
     },
 }
 
+/// `spin_mode`: when lockmgrd busy-polls (see [`lockmgr_transport::SpinMode`]).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SpinModeKind {
+    /// Spin up to `spin_us` per wait while there is traffic; sleep once it has been quiet for
+    /// `spin_idle_ms`.
+    #[default]
+    Adaptive,
+    /// Never sleep: busy-poll all the time (a core dedicated to lockmgrd).
+    Always,
+}
+
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum TransportKind {
@@ -97,6 +113,13 @@ pub struct TransportConfig {
     pub listen: String,
     #[serde(default = "default_spin_us")]
     pub spin_us: u64,
+    /// Whether `spin_us` applies only while there is traffic (adaptive) or lockmgrd never
+    /// sleeps (always: for a core of its own).
+    #[serde(default)]
+    pub spin_mode: SpinModeKind,
+    /// adaptive: quiet time after which lockmgrd stops spinning.
+    #[serde(default = "default_spin_idle_ms")]
+    pub spin_idle_ms: u64,
     /// afpacket/afxdp: interface name (defaults to `listen`).
     #[serde(default)]
     pub interface: Option<String>,
@@ -138,6 +161,8 @@ impl Default for TransportConfig {
             kind: TransportKind::Shm,
             listen: String::new(),
             spin_us: default_spin_us(),
+            spin_mode: SpinModeKind::default(),
+            spin_idle_ms: default_spin_idle_ms(),
             interface: None,
             ethertype: default_ethertype(),
             peer_mac: None,
@@ -168,6 +193,20 @@ impl TransportConfig {
         }
     }
 
+    /// The busy-poll policy of every transport.
+    pub fn spin(&self) -> lockmgr_transport::SpinConfig {
+        use lockmgr_transport::SpinMode;
+        lockmgr_transport::SpinConfig {
+            spin: std::time::Duration::from_micros(self.spin_us),
+            mode: match self.spin_mode {
+                SpinModeKind::Adaptive => SpinMode::Adaptive {
+                    idle_after: std::time::Duration::from_millis(self.spin_idle_ms),
+                },
+                SpinModeKind::Always => SpinMode::Always,
+            },
+        }
+    }
+
     /// RDMA settings for lockmgr-rdma (device, port, GID index, slots, spin).
     pub fn rdma(&self) -> lockmgr_rdma::RdmaConfig {
         lockmgr_rdma::RdmaConfig {
@@ -177,9 +216,7 @@ impl TransportConfig {
                 gid_index: self.gid_index,
             },
             slots: self.rdma_slots,
-            spin: lockmgr_transport::SpinConfig {
-                spin: std::time::Duration::from_micros(self.spin_us),
-            },
+            spin: self.spin(),
             ..lockmgr_rdma::RdmaConfig::default()
         }
     }
@@ -200,6 +237,10 @@ impl TransportConfig {
 
 fn default_spin_us() -> u64 {
     50
+}
+
+fn default_spin_idle_ms() -> u64 {
+    lockmgr_transport::DEFAULT_SPIN_IDLE_AFTER.as_millis() as u64
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -432,20 +473,12 @@ impl Config {
 }
 
 /// Minimum key size: a shorter secret is too easy to guess for a challenge-response proof.
-pub const MIN_KEY_BYTES: usize = 16;
+pub const MIN_KEY_BYTES: usize = lockmgr_proto::auth::MIN_KEY_LEN;
 
+/// The bytes of a cluster-key file (owner-only, long enough): the one reader lockmgrd,
+/// lockmgrctl and smbd share.
 pub fn read_key_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
-    lockmgr_proto::private_file::check_private_file(path).map_err(ConfigError::Key)?;
-    let key = std::fs::read(path)
-        .map_err(|e| ConfigError::Key(format!("cannot read {}: {e}", path.display())))?;
-    if key.len() < MIN_KEY_BYTES {
-        return Err(ConfigError::Key(format!(
-            "{} holds {} bytes; at least {MIN_KEY_BYTES} needed",
-            path.display(),
-            key.len()
-        )));
-    }
-    Ok(key)
+    lockmgr_proto::auth::read_key_file(path).map_err(|e| ConfigError::Key(e.to_string()))
 }
 
 pub fn parse_key_hex(hex: &str) -> Result<Vec<u8>, ConfigError> {
@@ -497,6 +530,41 @@ listen = "127.0.0.1:7500"
             lockmgr_engine::SessionLimits::default()
         );
         assert_eq!(cfg.cluster_key().unwrap().len(), 16);
+    }
+
+    #[test]
+    fn spin_mode_defaults_to_adaptive_and_always_is_a_knob() {
+        use lockmgr_transport::SpinMode;
+        use std::time::Duration;
+        let cfg = Config::parse(GOOD).unwrap();
+        assert_eq!(
+            cfg.transport.spin().mode,
+            SpinMode::Adaptive {
+                idle_after: Duration::from_millis(10)
+            }
+        );
+        let text = GOOD.replace(
+            "listen = \"127.0.0.1:7500\"",
+            "listen = \"127.0.0.1:7500\"\nspin_mode = \"adaptive\"\nspin_idle_ms = 3",
+        );
+        assert_eq!(
+            Config::parse(&text).unwrap().transport.spin().mode,
+            SpinMode::Adaptive {
+                idle_after: Duration::from_millis(3)
+            }
+        );
+        let text = GOOD.replace(
+            "listen = \"127.0.0.1:7500\"",
+            "listen = \"127.0.0.1:7500\"\nspin_mode = \"always\"",
+        );
+        let spin = Config::parse(&text).unwrap().transport.spin();
+        assert_eq!(spin.mode, SpinMode::Always);
+        assert_eq!(spin.spin, Duration::from_micros(50));
+        let text = GOOD.replace(
+            "listen = \"127.0.0.1:7500\"",
+            "listen = \"127.0.0.1:7500\"\nspin_mode = \"sometimes\"",
+        );
+        assert!(Config::parse(&text).is_err());
     }
 
     #[test]

@@ -14,8 +14,8 @@ use lockmgr_transport::afpacket::PacketServer;
 use lockmgr_transport::reliable::ReliableConfig;
 use lockmgr_transport::shm::{ShmConfig, ShmServer};
 use lockmgr_transport::udp::UdpServer;
-use lockmgr_transport::{FabricKey, ServerTransport, SpinConfig};
-use lockmgrd::config::{self, Config, TransportKind};
+use lockmgr_transport::{FabricKey, ServerTransport};
+use lockmgrd::config::{self, Config, SpinModeKind, TransportKind};
 use lockmgrd::{Server, ServerOptions};
 
 #[global_allocator]
@@ -60,6 +60,13 @@ struct Cli {
     /// Busy-poll budget in microseconds before sleeping (0 = always sleep).
     #[arg(long)]
     spin_us: Option<u64>,
+    /// adaptive: spin only while there is traffic (an idle lockmgrd uses no CPU); always:
+    /// never sleep, for a core dedicated to lockmgrd (overrides the config file).
+    #[arg(long, value_enum)]
+    spin_mode: Option<SpinModeKind>,
+    /// adaptive: stop spinning after this many quiet milliseconds (overrides the config file).
+    #[arg(long)]
+    spin_idle_ms: Option<u64>,
     /// A node silent this long is declared dead and its state released.
     #[arg(long)]
     liveness_ms: Option<u64>,
@@ -141,6 +148,12 @@ fn build_config(cli: &Cli) -> Result<Config, config::ConfigError> {
     if let Some(v) = cli.spin_us {
         cfg.transport.spin_us = v;
     }
+    if let Some(v) = cli.spin_mode {
+        cfg.transport.spin_mode = v;
+    }
+    if let Some(v) = cli.spin_idle_ms {
+        cfg.transport.spin_idle_ms = v;
+    }
     if let Some(v) = cli.liveness_ms {
         cfg.sessions.liveness_ms = v;
     }
@@ -177,9 +190,7 @@ fn run(cli: Cli) -> Result<(), String> {
             limits: cfg.sessions.limits(),
         },
     };
-    let spin = SpinConfig {
-        spin: Duration::from_micros(cfg.transport.spin_us),
-    };
+    let spin = cfg.transport.spin();
     // Datagram transports: every peer proves the cluster key in the handshake and every frame
     // carries a MAC under per-session keys (lockmgr_transport::fabric).
     let reliable = ReliableConfig {

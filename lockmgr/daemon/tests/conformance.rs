@@ -8,8 +8,6 @@
 //! every client node in its own namespace (one "host" each), so nodes really are separate
 //! stations; they need root and are skipped with a message otherwise (a failure with CI=true).
 
-use std::time::Duration;
-
 use lockmgr_transport::afpacket::{PacketClient, PacketServer};
 use lockmgr_transport::eth::EthConfig;
 use lockmgr_transport::netns::{self, NetnsPair, NetnsStar, BRIDGE, IFACE, MAC_A};
@@ -29,9 +27,7 @@ enum Kind {
 
 fn spin() -> SpinConfig {
     // Several busy pollers on two vCPUs starve each other; sleeping keeps the tests robust.
-    SpinConfig {
-        spin: Duration::ZERO,
-    }
+    SpinConfig::never()
 }
 
 fn rcfg() -> ReliableConfig {

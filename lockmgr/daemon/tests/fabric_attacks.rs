@@ -65,9 +65,7 @@ impl Drop for RunningServer {
 
 fn udp_config(mac: bool) -> UdpConfig {
     UdpConfig {
-        spin: SpinConfig {
-            spin: Duration::ZERO,
-        },
+        spin: SpinConfig::never(),
         fabric_key: Some(FabricKey::new(
             ClusterKey::new(KEY).unwrap().fabric_secret(),
         )),

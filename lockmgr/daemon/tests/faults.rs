@@ -73,9 +73,7 @@ fn lossy(seed: u64) -> UdpConfig {
         fabric_key: Some(lockmgr_transport::FabricKey::new(
             lockmgr_proto::ClusterKey::new(KEY).unwrap().fabric_secret(),
         )),
-        spin: SpinConfig {
-            spin: Duration::ZERO,
-        },
+        spin: SpinConfig::never(),
         faults: FaultConfig {
             drop_rate: 0.2,
             dup_rate: 0.2,
@@ -205,9 +203,7 @@ fn recv_messages(t: &mut ShmClient) -> Vec<(SessionId, Message)> {
 fn frames_for_a_foreign_session_are_dropped_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lockmgr.sock");
-    let spin = SpinConfig {
-        spin: Duration::ZERO,
-    };
+    let spin = SpinConfig::never();
     let server = ShmServer::bind(
         &path,
         ShmConfig {

@@ -100,9 +100,7 @@ fn options(name: &str, key: &[u8]) -> ClientOptions {
 }
 
 fn no_spin() -> SpinConfig {
-    SpinConfig {
-        spin: Duration::ZERO,
-    }
+    SpinConfig::never()
 }
 
 #[allow(clippy::large_enum_variant)] // test helper; one per test

@@ -59,9 +59,7 @@ fn start_full(
     break_timeout: Duration,
     liveness: Duration,
 ) -> Running {
-    let spin = SpinConfig {
-        spin: Duration::ZERO,
-    };
+    let spin = SpinConfig::never();
     let transport = ShmServer::bind(
         &path,
         ShmConfig {
@@ -101,13 +99,7 @@ fn node(r: &Running, name: &str) -> NodeSessions<ShmClient> {
     let name = name.to_string();
     NodeSessions::new(
         Box::new(move || {
-            let t = ShmClient::connect(
-                &path,
-                SpinConfig {
-                    spin: Duration::ZERO,
-                },
-                TIMEOUT,
-            )?;
+            let t = ShmClient::connect(&path, SpinConfig::never(), TIMEOUT)?;
             LockClient::connect(
                 t,
                 &ClientOptions {

@@ -16,6 +16,7 @@
 //! same MAC input.
 
 use std::fmt;
+use std::path::Path;
 
 use hmac::{Hmac, Mac};
 use lockmgr_engine::SessionId;
@@ -51,6 +52,30 @@ impl ClusterKey {
         let mac = <HmacSha256 as Mac>::new_from_slice(key).map_err(|_| KeyError::Invalid)?;
         Ok(ClusterKey { mac })
     }
+
+    /// Reads the key from `path`, a file only its owner may read or write (see
+    /// [`crate::private_file`]) holding at least [`MIN_KEY_LEN`] bytes.
+    pub fn from_file(path: &Path) -> Result<ClusterKey, KeyError> {
+        ClusterKey::new(&read_key_file(path)?)
+    }
+}
+
+/// The bytes of a cluster-key file, with the checks of [`ClusterKey::from_file`]; for callers
+/// that take the key in other forms too and key the MAC themselves.
+pub fn read_key_file(path: &Path) -> Result<Vec<u8>, KeyError> {
+    let file_err = |why: String| KeyError::File {
+        path: path.to_owned(),
+        why,
+    };
+    crate::private_file::check_private_file(path).map_err(file_err)?;
+    let key = std::fs::read(path).map_err(|e| file_err(format!("cannot read: {e}")))?;
+    if key.len() < MIN_KEY_LEN {
+        return Err(file_err(format!(
+            "holds {} bytes; at least {MIN_KEY_LEN} needed",
+            key.len()
+        )));
+    }
+    Ok(key)
 }
 
 impl ClusterKey {

@@ -106,4 +106,10 @@ pub enum KeyError {
     /// The MAC implementation refused the key.
     #[error("cluster key rejected by HMAC")]
     Invalid,
+    /// A key file is unreadable, too short, or readable by others.
+    #[error("cluster key file {}: {why}", path.display())]
+    File {
+        path: std::path::PathBuf,
+        why: String,
+    },
 }

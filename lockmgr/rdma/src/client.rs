@@ -5,14 +5,15 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-use lockmgr_transport::{ClientTransport, SpinConfig, TransportError};
+use lockmgr_transport::{ClientTransport, TransportError};
 
 use crate::conn::{Conn, ConnStats};
-use crate::sys::{sock_alive, Epoll};
+use crate::sys::sock_alive;
 use crate::verbs::{self, CompChannel, DeviceInfo};
 use crate::wire::{Hello, HELLO_LEN};
 use crate::{check_frame_len, RdmaConfig, RdmaError, AUTH_LEN, CHANNEL};
 use lockmgr_transport::fabric::{channel_proof, verify_channel_proof};
+use lockmgr_transport::sys::{Epoll, Spinner, Spun};
 use lockmgr_transport::FabricKey;
 
 const TOKEN_SOCK: u64 = 0;
@@ -34,7 +35,7 @@ pub struct RdmaClient {
     /// Watches the completion channel and the side channel, so one fd serves external loops.
     epoll: Epoll,
     events: Vec<(u64, u32)>,
-    spin: SpinConfig,
+    spinner: Spinner,
     sock_dead: bool,
     polls: u32,
 }
@@ -81,7 +82,7 @@ impl RdmaClient {
             sock,
             epoll,
             events: Vec::with_capacity(4),
-            spin: cfg.spin,
+            spinner: Spinner::new(cfg.spin),
             sock_dead: false,
             polls: 0,
         };
@@ -177,6 +178,8 @@ impl ClientTransport for RdmaClient {
         if self.dead() {
             return Err(TransportError::Disconnected);
         }
+        // A request out means a reply to wait for: worth spinning.
+        self.spinner.expect_reply();
         match self.conn.send_data(frame) {
             Err(TransportError::Full) => {
                 self.check_alive();
@@ -205,6 +208,9 @@ impl ClientTransport for RdmaClient {
                 return Err(TransportError::Disconnected);
             }
         }
+        if n > 0 {
+            self.spinner.busy();
+        }
         Ok(n)
     }
 
@@ -213,27 +219,17 @@ impl ClientTransport for RdmaClient {
             return Ok(());
         }
         let start = Instant::now();
-        let spin = match timeout {
-            Some(t) => t.min(self.spin.spin),
-            None => self.spin.spin,
+        let conn = &mut self.conn;
+        let spun = self.spinner.spin(start, timeout, |_| {
+            Ok::<_, TransportError>(conn.poll_cq() > 0)
+        })?;
+        let remaining = match spun {
+            Spun::Ready => return Ok(()),
+            Spun::Sleep(remaining) => remaining,
         };
-        if !spin.is_zero() {
-            let mut i: u32 = 0;
-            loop {
-                if self.conn.poll_cq() > 0 {
-                    return Ok(());
-                }
-                i = i.wrapping_add(1);
-                if i & 15 == 0 && start.elapsed() >= spin {
-                    break;
-                }
-                std::hint::spin_loop();
-            }
-        }
         if !self.arm()? {
             return Ok(());
         }
-        let remaining = timeout.map(|t| t.saturating_sub(start.elapsed()));
         let mut events = std::mem::take(&mut self.events);
         let r = self.epoll.wait(&mut events, remaining);
         let mut sock_ready = false;

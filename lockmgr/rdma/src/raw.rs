@@ -112,9 +112,11 @@ pub fn verbs_pingpong(
 
     let stop = Arc::new(AtomicBool::new(false));
     let spin = cfg.spin.spin;
+    lockmgr_transport::raw::pin_client_side();
     let echo = {
         let stop = stop.clone();
         std::thread::spawn(move || -> Result<u64, RdmaError> {
+            lockmgr_transport::raw::pin_server_side();
             let mut echoed = 0u64;
             let mut frames: Vec<Vec<u8>> = Vec::new();
             let mut backoff = Backoff::new(spin);

@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 use lockmgr_transport::{PeerId, ServerEvent, ServerTransport, TransportError, Waker};
 
 use crate::conn::{Conn, ConnStats};
-use crate::sys::{sock_alive, Epoll, EventFdWaker};
+use crate::sys::sock_alive;
 use crate::verbs::{self, CompChannel, Device, DeviceInfo};
 use crate::wire::{Hello, HELLO_LEN};
 use crate::{check_frame_len, RdmaConfig, RdmaError, AUTH_LEN, CHANNEL};
 use lockmgr_transport::fabric::{channel_proof, verify_channel_proof};
+use lockmgr_transport::sys::{Epoll, EventFdWaker, Spinner, Spun};
 use lockmgr_transport::FabricKey;
 
 const TOKEN_LISTENER: u64 = u64::MAX;
@@ -66,6 +67,7 @@ pub struct RdmaServer {
     polls: u32,
     io_due: bool,
     events: Vec<(u64, u32)>,
+    spinner: Spinner,
 }
 
 impl RdmaServer {
@@ -83,6 +85,7 @@ impl RdmaServer {
         listener.set_nonblocking(true)?;
         let epoll = Epoll::new()?;
         let waker = Arc::new(EventFdWaker::new()?);
+        let spinner = Spinner::new(cfg.spin);
         epoll.add(listener.as_raw_fd(), TOKEN_LISTENER)?;
         epoll.add(waker.fd(), TOKEN_WAKER)?;
         epoll.add(channel.fd(), TOKEN_CHANNEL)?;
@@ -102,6 +105,7 @@ impl RdmaServer {
             polls: 0,
             io_due: true,
             events: Vec::with_capacity(64),
+            spinner,
         })
     }
 
@@ -389,6 +393,9 @@ impl ServerTransport for RdmaServer {
                 n += 1;
             }
         }
+        if n > 0 {
+            self.spinner.busy();
+        }
         Ok(n)
     }
 
@@ -416,34 +423,28 @@ impl ServerTransport for RdmaServer {
             return Ok(());
         }
         let start = Instant::now();
-        let spin = match timeout {
-            Some(t) => t.min(self.cfg.spin.spin),
-            None => self.cfg.spin.spin,
-        };
-        if !spin.is_zero() {
-            let mut i: u32 = 0;
-            loop {
-                if self.poll_cqs() || self.waker.take() {
-                    return Ok(());
-                }
-                i = i.wrapping_add(1);
-                if i & 15 == 0 && start.elapsed() >= spin {
-                    break;
-                }
-                if i & 255 == 0 {
-                    // Connects and deaths are not latency critical but must not wait for the
-                    // whole spin budget when it is long.
-                    let mut events = std::mem::take(&mut self.events);
-                    let r = self.epoll.wait(&mut events, Some(Duration::ZERO));
-                    self.events = events;
-                    if r? > 0 {
-                        self.io_due = true;
-                        return Ok(());
-                    }
-                }
-                std::hint::spin_loop();
+        let spun = self.spinner.spin(start, timeout, |i| {
+            let mut completions = false;
+            for p in self.peers.values_mut() {
+                completions |= p.conn.poll_cq() > 0;
             }
-        }
+            if completions || self.waker.take() {
+                return Ok::<_, TransportError>(true);
+            }
+            if i % 256 == 0 {
+                // Connects and deaths are not latency critical but must not wait for the
+                // whole spin budget when it is long.
+                if self.epoll.wait(&mut self.events, Some(Duration::ZERO))? > 0 {
+                    self.io_due = true;
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })?;
+        let remaining = match spun {
+            Spun::Ready => return Ok(()),
+            Spun::Sleep(remaining) => remaining,
+        };
         // Arm every CQ, then look once more: a completion that landed between the last poll and
         // the arming would otherwise not raise an event.
         for p in self.peers.values_mut() {
@@ -452,7 +453,11 @@ impl ServerTransport for RdmaServer {
         if self.poll_cqs() {
             return Ok(());
         }
-        let remaining = timeout.map(|t| t.saturating_sub(start.elapsed()));
+        // The waker writes its eventfd only to a thread that announced its sleep.
+        if !self.waker.prepare_sleep() {
+            self.waker.take();
+            return Ok(());
+        }
         let mut events = std::mem::take(&mut self.events);
         let r = self.epoll.wait(&mut events, remaining);
         let mut io = false;
@@ -464,6 +469,7 @@ impl ServerTransport for RdmaServer {
             }
         }
         self.events = events;
+        self.waker.finish_sleep();
         self.waker.take();
         r?;
         if io {

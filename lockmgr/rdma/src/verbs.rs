@@ -335,7 +335,7 @@ impl CompChannel {
             ch,
             _dev: dev.clone(),
         };
-        crate::sys::set_nonblocking(ch.fd())?;
+        lockmgr_transport::sys::set_nonblocking(ch.fd())?;
         Ok(ch)
     }
 

@@ -26,9 +26,7 @@ fn main() -> Result<(), TransportError> {
     let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let len: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(32);
     let warmup = rounds / 10;
-    let spin = SpinConfig {
-        spin: Duration::from_millis(1),
-    };
+    let spin = SpinConfig::adaptive(Duration::from_millis(1));
 
     report("raw shm", shm_pingpong(rounds, warmup, len)?);
 

@@ -30,9 +30,7 @@ fn sock(name: &str) -> std::path::PathBuf {
 
 fn cfg() -> ShmConfig {
     ShmConfig {
-        spin: SpinConfig {
-            spin: Duration::from_millis(1),
-        },
+        spin: SpinConfig::adaptive(Duration::from_millis(1)),
         ..ShmConfig::default()
     }
 }

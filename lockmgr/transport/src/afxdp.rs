@@ -23,13 +23,13 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::eth::{
     check_ethertype, interface_info, EthConfig, EthError, Framing, IfInfo, MacAddr, ETH_HDR_LEN,
 };
 use crate::reliable::{Link, ReliableClient, ReliableConfig, ReliableServer, DGRAM_MAX};
+use crate::sys::MmapRegion;
 use crate::TransportError;
 
 /// UMEM chunk size (the kernel limits aligned chunks to one page).
@@ -323,55 +323,9 @@ fn netlink_set_xdp(ifindex: i32, prog_fd: RawFd) -> io::Result<()> {
 
 // ---- AF_XDP socket and rings ----------------------------------------------------------------
 
-/// An anonymous or socket mapping, unmapped on drop.
-struct Mapping {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-impl Mapping {
-    fn new(len: usize, fd: RawFd, off: libc::off_t) -> io::Result<Self> {
-        let (flags, fd) = if fd < 0 {
-            (
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-                -1,
-            )
-        } else {
-            (libc::MAP_SHARED | libc::MAP_POPULATE, fd)
-        };
-        // SAFETY: a fresh mapping chosen by the kernel (null hint); no existing memory is
-        // affected.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                flags,
-                fd,
-                off,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?;
-        Ok(Mapping { ptr, len })
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the region mmap returned; no references into it outlive `self`
-        // (rings and the UMEM are only accessed through their owning `XdpLink`).
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.len);
-        }
-    }
-}
-
 /// One single-producer/single-consumer ring shared with the kernel.
 struct Ring {
-    map: Mapping,
+    map: MmapRegion,
     producer: usize,
     consumer: usize,
     desc: usize,
@@ -382,7 +336,7 @@ impl Ring {
     fn map(fd: RawFd, off: &libc::xdp_ring_offset, entry: usize, pgoff: u64) -> io::Result<Self> {
         let len = off.desc as usize + RING as usize * entry;
         Ok(Ring {
-            map: Mapping::new(len, fd, pgoff as libc::off_t)?,
+            map: MmapRegion::map_at(fd, len, pgoff as libc::off_t)?,
             producer: off.producer as usize,
             consumer: off.consumer as usize,
             desc: off.desc as usize,
@@ -393,7 +347,7 @@ impl Ring {
     fn idx(&self, off: usize) -> &AtomicU32 {
         // SAFETY: `off` is a kernel-provided offset of a 4-byte-aligned u32 inside the mapping,
         // which lives as long as `self`; the kernel updates it concurrently, hence atomics.
-        unsafe { &*(self.map.ptr.as_ptr().add(off) as *const AtomicU32) }
+        unsafe { &*(self.map.as_ptr().add(off) as *const AtomicU32) }
     }
 
     fn prod(&self) -> &AtomicU32 {
@@ -409,7 +363,6 @@ impl Ring {
         // SAFETY: `(i & mask) * size` is within the RING entries mapped after `desc`.
         unsafe {
             self.map
-                .ptr
                 .as_ptr()
                 .add(self.desc + (i & self.mask) as usize * size)
         }
@@ -446,7 +399,7 @@ pub struct XdpLink {
     tx: Ring,
     fill: Ring,
     comp: Ring,
-    umem: Mapping,
+    umem: MmapRegion,
     tx_free: Vec<u64>,
     info: IfInfo,
     ethertype: u16,
@@ -496,11 +449,11 @@ impl XdpLink {
         }
         // SAFETY: fresh fd owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let umem = Mapping::new(NUM_FRAMES * FRAME_SIZE, -1, 0)
+        let umem = MmapRegion::anonymous(NUM_FRAMES * FRAME_SIZE)
             .map_err(|e| xdp_err("allocate UMEM", e))?;
         let reg = libc::xdp_umem_reg {
-            addr: umem.ptr.as_ptr() as u64,
-            len: umem.len as u64,
+            addr: umem.as_ptr() as u64,
+            len: umem.len() as u64,
             chunk_size: FRAME_SIZE as u32,
             headroom: 0,
             flags: 0,
@@ -618,12 +571,12 @@ impl XdpLink {
     /// `len` bytes of the UMEM at `addr`, if in bounds.
     fn chunk(&self, addr: u64, len: usize) -> Option<&[u8]> {
         let off = usize::try_from(addr).ok()?;
-        if off.checked_add(len)? > self.umem.len {
+        if off.checked_add(len)? > self.umem.len() {
             return None;
         }
         // SAFETY: in bounds (checked); the chunk was just consumed from the RX ring, so the
         // kernel does not write it until we return it to the fill ring.
-        Some(unsafe { std::slice::from_raw_parts(self.umem.ptr.as_ptr().add(off), len) })
+        Some(unsafe { std::slice::from_raw_parts(self.umem.as_ptr().add(off), len) })
     }
 }
 
@@ -649,12 +602,12 @@ impl Link for XdpLink {
             let max = self.framing.max_frame_len();
             // Split borrows: the framing writes into the chunk.
             let off = chunk as usize;
-            if off + max > self.umem.len {
+            if off + max > self.umem.len() {
                 return Err(io::Error::from_raw_os_error(libc::EFAULT));
             }
             // SAFETY: `chunk` is the base of one of our TX chunks (in bounds, checked above),
             // owned by user space until its descriptor is published below.
-            let f = unsafe { std::slice::from_raw_parts_mut(self.umem.ptr.as_ptr().add(off), max) };
+            let f = unsafe { std::slice::from_raw_parts_mut(self.umem.as_ptr().add(off), max) };
             let n = self.framing.write(f, addr, &plan, i, buf);
             self.tx.write_desc(
                 p,

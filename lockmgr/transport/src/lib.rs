@@ -15,7 +15,8 @@
 //! * [`raw`]: protocol-free ping-pong baselines and echo helpers for the benchmark harness.
 //!
 //! Latency is the product: all hot paths busy-poll without syscalls; `wait` spins for
-//! [`SpinConfig::spin`] and then sleeps in the kernel, so an idle cluster burns no CPU.
+//! [`SpinConfig::spin`] and then sleeps in the kernel, and stops spinning altogether once the
+//! traffic stops ([`SpinMode::Adaptive`]), so an idle cluster burns no CPU.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
@@ -37,7 +38,7 @@ pub mod netns;
 pub mod raw;
 pub mod reliable;
 pub mod shm;
-mod sys;
+pub mod sys;
 pub mod udp;
 
 /// Largest frame any transport carries.
@@ -112,13 +113,54 @@ pub enum TransportError {
 pub struct SpinConfig {
     /// Busy-poll budget per `wait` call; `Duration::ZERO` sleeps immediately.
     pub spin: Duration,
+    /// When the budget applies.
+    pub mode: SpinMode,
+}
+
+/// When [`SpinConfig::spin`] is spent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpinMode {
+    /// Spin only while there is traffic: once nothing was received or sent for `idle_after`,
+    /// `wait` sleeps at once, so an idle endpoint costs no CPU however large the budget
+    /// (and at most `idle_after` of spinning follows the last frame).
+    Adaptive {
+        /// Quiet time after which spinning stops.
+        idle_after: Duration,
+    },
+    /// Never sleep: `wait` busy-polls until something arrives or its timeout passes, whatever
+    /// the traffic. For deployments that give the endpoint a core of its own.
+    Always,
+}
+
+/// Quiet time after which an adaptive spinner stops spinning.
+pub const DEFAULT_SPIN_IDLE_AFTER: Duration = Duration::from_millis(10);
+
+impl Default for SpinMode {
+    fn default() -> Self {
+        SpinMode::Adaptive {
+            idle_after: DEFAULT_SPIN_IDLE_AFTER,
+        }
+    }
+}
+
+impl SpinConfig {
+    /// Adaptive spinning with budget `spin` per `wait`.
+    pub fn adaptive(spin: Duration) -> Self {
+        SpinConfig {
+            spin,
+            mode: SpinMode::default(),
+        }
+    }
+
+    /// Never spin: every `wait` sleeps in the kernel at once.
+    pub fn never() -> Self {
+        Self::adaptive(Duration::ZERO)
+    }
 }
 
 impl Default for SpinConfig {
     fn default() -> Self {
-        SpinConfig {
-            spin: Duration::from_micros(100),
-        }
+        Self::adaptive(Duration::from_micros(100))
     }
 }
 

@@ -59,6 +59,44 @@ fn check_len(len: usize) -> Result<(), TransportError> {
     Ok(())
 }
 
+/// The CPUs the two sides of every baseline run on: the echo (server) side and the measuring
+/// (client) side. Two busy-polling threads on one CPU take turns by time slice, which shows as
+/// bimodal ~ms round trips, so a benchmark pins them apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pinning {
+    /// CPU of echo threads and servers.
+    pub server: usize,
+    /// CPU of the measuring thread.
+    pub client: usize,
+}
+
+static PINNING: std::sync::OnceLock<Pinning> = std::sync::OnceLock::new();
+
+/// Pins every later baseline's threads as `p` says (once per process; false if already set).
+pub fn set_pinning(p: Pinning) -> bool {
+    PINNING.set(p).is_ok()
+}
+
+/// Pins the calling thread to the server CPU of [`set_pinning`] (nothing if unset).
+pub fn pin_server_side() {
+    if let Some(p) = PINNING.get() {
+        pin(p.server);
+    }
+}
+
+/// Pins the calling thread to the client CPU of [`set_pinning`] (nothing if unset).
+pub fn pin_client_side() {
+    if let Some(p) = PINNING.get() {
+        pin(p.client);
+    }
+}
+
+fn pin(cpu: usize) {
+    if let Err(e) = crate::sys::pin_current_thread(cpu) {
+        tracing::warn!(cpu, error = %e, "cannot pin thread");
+    }
+}
+
 /// Stops a busy echo thread even if the measuring side panics.
 struct StopOnDrop<'a>(&'a Mailbox);
 
@@ -80,7 +118,9 @@ pub fn shm_pingpong(
     let pong: Arc<Mailbox> = Arc::from(Mailbox::new());
     let nwords = words_for(msg_len);
     let (p2, q2) = (ping.clone(), pong.clone());
+    pin_client_side();
     let echo = std::thread::spawn(move || {
+        pin_server_side();
         let mut last = 0;
         loop {
             let s = p2.seq.load(Ordering::Acquire);
@@ -139,7 +179,9 @@ pub fn udp_pingpong(
     sock.set_nonblocking(true)?;
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
+    pin_client_side();
     let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        pin_server_side();
         let mut buf = vec![0u8; MAX_FRAME + 1];
         while !stop2.load(Ordering::Relaxed) {
             match echo_sock.recv_from(&mut buf) {
@@ -205,7 +247,9 @@ pub fn link_pingpong<L: Link + 'static>(
     }
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
+    pin_client_side();
     let handle = std::thread::spawn(move || -> std::io::Result<()> {
+        pin_server_side();
         let mut buf = vec![0u8; L::RX_BUF];
         let mut out = vec![0u8; L::RX_BUF];
         while !stop2.load(Ordering::Relaxed) {
@@ -279,7 +323,10 @@ impl EchoServer {
         let stop = Arc::new(AtomicBool::new(false));
         let waker = transport.waker();
         let stop2 = stop.clone();
-        let handle = std::thread::spawn(move || echo_loop(&mut transport, &stop2));
+        let handle = std::thread::spawn(move || {
+            pin_server_side();
+            echo_loop(&mut transport, &stop2)
+        });
         EchoServer {
             stop,
             waker,
@@ -360,6 +407,7 @@ pub fn transport_pingpong(
     msg_len: usize,
 ) -> Result<Vec<u64>, TransportError> {
     check_len(msg_len)?;
+    pin_client_side();
     let msg = vec![0xa5u8; msg_len];
     let mut samples = Vec::with_capacity(rounds);
     // Counted across rounds so a reply picked up while retrying a full send is not lost.

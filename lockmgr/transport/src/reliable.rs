@@ -61,7 +61,7 @@ use rand::{Rng, SeedableRng};
 use crate::eth::MacAddr;
 pub use crate::fabric::FabricCounters;
 use crate::fabric::{self, CookieJar, FabricKey, Gmac, ReplayWindow, Side, NONCE_LEN, TAG_LEN};
-use crate::sys::{self, EventFdWaker};
+use crate::sys::{self, EventFdWaker, Spinner, Spun};
 use crate::{
     check_frame_len, ClientTransport, PeerId, ServerEvent, ServerTransport, SpinConfig,
     TransportError, Waker, MAX_FRAME,
@@ -897,36 +897,30 @@ fn min_opt(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
-/// Spin phase shared by client and server `wait`: returns true when something is ready.
+/// Spin phase shared by client and server `wait`: `Ready` when a datagram is pending, a wake-up
+/// came or a timer is due; otherwise how long the caller may sleep.
+#[allow(clippy::too_many_arguments)]
 fn spin_recv<L: Link>(
+    spinner: &mut Spinner,
     sock: &mut Sock<L>,
     rxbuf: &mut [u8],
     pending: &mut Option<Rx<L::Addr>>,
-    spin: Duration,
     start: Instant,
+    timeout: Option<Duration>,
     timer_at: Option<Instant>,
     mut woken: impl FnMut() -> bool,
-) -> Result<bool, TransportError> {
+) -> Result<Spun, TransportError> {
     if pending.is_some() {
-        return Ok(true);
+        return Ok(Spun::Ready);
     }
-    loop {
+    spinner.spin(start, timeout, |_| {
         if let Some(p) = sock.recv(rxbuf)? {
             *pending = Some(p);
             return Ok(true);
         }
-        if woken() {
-            return Ok(true);
-        }
-        let now = Instant::now();
-        if timer_at.is_some_and(|t| t <= now) {
-            return Ok(true);
-        }
-        if now.duration_since(start) >= spin {
-            return Ok(false);
-        }
-        std::hint::spin_loop();
-    }
+        // A recv is a syscall, so a clock read per round costs nothing noticeable.
+        Ok(woken() || timer_at.is_some_and(|t| t <= Instant::now()))
+    })
 }
 
 fn sleep_timeout(
@@ -971,6 +965,7 @@ pub struct ReliableServer<L: Link> {
     rxbuf: Box<[u8]>,
     pending: Option<Rx<L::Addr>>,
     waker: Arc<EventFdWaker>,
+    spinner: Spinner,
     timer_at: Option<Instant>,
 }
 
@@ -982,6 +977,7 @@ impl<L: Link> ReliableServer<L> {
             "a datagram server needs the fabric key (ReliableConfig::fabric_key)",
         ))?;
         let sock = Sock::new(link, cfg.faults);
+        let spinner = Spinner::new(cfg.spin);
         Ok(ReliableServer {
             sock,
             cfg,
@@ -997,6 +993,7 @@ impl<L: Link> ReliableServer<L> {
             rxbuf: vec![0u8; L::RX_BUF].into_boxed_slice(),
             pending: None,
             waker: Arc::new(EventFdWaker::new()?),
+            spinner,
             timer_at: None,
         })
     }
@@ -1295,6 +1292,9 @@ impl<L: Link> ServerTransport for ReliableServer<L> {
                 n += 1;
             }
         }
+        if n > 0 {
+            self.spinner.busy();
+        }
         Ok(n)
     }
 
@@ -1316,17 +1316,18 @@ impl<L: Link> ServerTransport for ReliableServer<L> {
             return Ok(());
         }
         let start = Instant::now();
-        let spin = timeout.map_or(self.cfg.spin.spin, |t| t.min(self.cfg.spin.spin));
-        let waker = self.waker.clone();
-        if spin_recv(
+        let waker = &self.waker;
+        let spun = spin_recv(
+            &mut self.spinner,
             &mut self.sock,
             &mut self.rxbuf,
             &mut self.pending,
-            spin,
             start,
+            timeout,
             self.timer_at,
             || waker.take(),
-        )? {
+        )?;
+        if spun == Spun::Ready {
             return Ok(());
         }
         if !self.waker.prepare_sleep() {
@@ -1365,6 +1366,7 @@ pub struct ReliableClient<L: Link> {
     synack: Option<Hello>,
     rxbuf: Box<[u8]>,
     pending: Option<Rx<L::Addr>>,
+    spinner: Spinner,
     timer_at: Option<Instant>,
 }
 
@@ -1453,6 +1455,7 @@ impl<L: Link> ReliableClient<L> {
             synack: Some(synack),
             rxbuf,
             pending: None,
+            spinner: Spinner::new(cfg.spin),
             timer_at: None,
         };
         if let Some(key) = cfg.fabric_key {
@@ -1625,6 +1628,8 @@ impl<L: Link> ClientTransport for ReliableClient<L> {
     fn send(&mut self, frame: &[u8]) -> Result<(), TransportError> {
         check_link_frame_len(&self.sock.link, frame)?;
         let now = Instant::now();
+        // A request out means a reply to wait for: worth spinning.
+        self.spinner.expect_reply();
         self.conn.send_data(&mut self.sock, frame, &self.cfg, now)?;
         let rto = now + self.cfg.rto_initial;
         self.timer_at = Some(self.timer_at.map_or(rto, |t| t.min(rto)));
@@ -1659,6 +1664,9 @@ impl<L: Link> ClientTransport for ReliableClient<L> {
         if n == 0 && self.conn.dead {
             return Err(TransportError::Disconnected);
         }
+        if n > 0 {
+            self.spinner.busy();
+        }
         Ok(n)
     }
 
@@ -1667,16 +1675,17 @@ impl<L: Link> ClientTransport for ReliableClient<L> {
             return Ok(());
         }
         let start = Instant::now();
-        let spin = timeout.map_or(self.cfg.spin.spin, |t| t.min(self.cfg.spin.spin));
-        if spin_recv(
+        let spun = spin_recv(
+            &mut self.spinner,
             &mut self.sock,
             &mut self.rxbuf,
             &mut self.pending,
-            spin,
             start,
+            timeout,
             self.timer_at,
             || false,
-        )? {
+        )?;
+        if spun == Spun::Ready {
             return Ok(());
         }
         let mut fds = [pollfd(self.sock.link.raw_fd())];

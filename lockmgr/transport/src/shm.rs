@@ -48,7 +48,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::sys::{self, Epoll, EventFdWaker, MmapRegion};
+use crate::sys::{self, Epoll, EventFdWaker, MmapRegion, Spinner, Spun};
 use crate::{
     check_frame_len, ClientTransport, PeerId, ServerEvent, ServerTransport, SpinConfig,
     TransportError, Waker, MAX_FRAME,
@@ -558,6 +558,7 @@ pub struct ShmServer {
     cfg: ShmConfig,
     scratch: Box<[u8; MAX_FRAME]>,
     events: Vec<(u64, u32)>,
+    spinner: Spinner,
     polls: u32,
     io_due: bool,
 }
@@ -599,9 +600,10 @@ impl ShmServer {
             free: Vec::new(),
             peers: 0,
             next_serial: 1,
-            cfg,
             scratch: Box::new([0u8; MAX_FRAME]),
             events: Vec::with_capacity(64),
+            spinner: Spinner::new(cfg.spin),
+            cfg,
             polls: 0,
             io_due: true,
         })
@@ -743,13 +745,6 @@ impl ShmServer {
         self.events = events;
         Ok(n)
     }
-
-    fn any_rx_data(&self) -> bool {
-        self.slots
-            .iter()
-            .flatten()
-            .any(|p| p.rx.has_data() || p.dead)
-    }
 }
 
 impl Drop for ShmServer {
@@ -802,6 +797,9 @@ impl ServerTransport for ShmServer {
                 n += 1;
             }
         }
+        if n > 0 {
+            self.spinner.busy();
+        }
         Ok(n)
     }
 
@@ -837,35 +835,31 @@ impl ServerTransport for ShmServer {
             return Ok(());
         }
         let start = Instant::now();
-        let spin = match timeout {
-            Some(t) => t.min(self.cfg.spin.spin),
-            None => self.cfg.spin.spin,
-        };
-        if !spin.is_zero() {
-            let mut i: u32 = 0;
-            loop {
-                if self.any_rx_data() || self.waker.take() {
-                    return Ok(());
-                }
-                i = i.wrapping_add(1);
-                if i & 63 == 0 && start.elapsed() >= spin {
-                    break;
-                }
-                if i & 4095 == 0 {
-                    // Connects and deaths are not latency critical but must not wait for the
-                    // whole spin budget when it is long.
-                    let mut events = std::mem::take(&mut self.events);
-                    let r = self.epoll.wait(&mut events, Some(Duration::ZERO));
-                    self.events = events;
-                    if r? > 0 {
-                        self.io_due = true;
-                        return Ok(());
-                    }
-                }
-                std::hint::spin_loop();
+        let spun = self.spinner.spin(start, timeout, |i| {
+            if self
+                .slots
+                .iter()
+                .flatten()
+                .any(|p| p.rx.has_data() || p.dead)
+                || self.waker.take()
+            {
+                return Ok::<_, TransportError>(true);
             }
-        }
-        let remaining = timeout.map(|t| t.saturating_sub(start.elapsed()));
+            if i % 4096 == 0 {
+                // Connects and deaths are not latency critical but must not wait for the
+                // whole spin budget when it is long.
+                let r = self.epoll.wait(&mut self.events, Some(Duration::ZERO));
+                if r? > 0 {
+                    self.io_due = true;
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })?;
+        let remaining = match spun {
+            Spun::Ready => return Ok(()),
+            Spun::Sleep(remaining) => remaining,
+        };
         if !self.waker.prepare_sleep() {
             self.waker.take();
             return Ok(());
@@ -917,7 +911,7 @@ pub struct ShmClient {
     /// Watches `rx_bell` and `sock`, so one fd serves external event loops.
     epoll: Epoll,
     events: Vec<(u64, u32)>,
-    spin: SpinConfig,
+    spinner: Spinner,
     scratch: Box<[u8; MAX_FRAME]>,
     dead: bool,
     polls: u32,
@@ -980,7 +974,7 @@ impl ShmClient {
             rx_bell,
             epoll,
             events: Vec::with_capacity(4),
-            spin,
+            spinner: Spinner::new(spin),
             scratch: Box::new([0u8; MAX_FRAME]),
             dead: false,
             polls: 0,
@@ -1001,6 +995,8 @@ impl ClientTransport for ShmClient {
         if self.dead {
             return Err(TransportError::Disconnected);
         }
+        // A request out means a reply to wait for: worth spinning.
+        self.spinner.expect_reply();
         match self.tx.push(frame) {
             Ok(false) => Ok(()),
             Ok(true) => {
@@ -1052,6 +1048,9 @@ impl ClientTransport for ShmClient {
                 return Err(TransportError::Disconnected);
             }
         }
+        if n > 0 {
+            self.spinner.busy();
+        }
         Ok(n)
     }
 
@@ -1060,27 +1059,17 @@ impl ClientTransport for ShmClient {
             return Ok(());
         }
         let start = Instant::now();
-        let spin = match timeout {
-            Some(t) => t.min(self.spin.spin),
-            None => self.spin.spin,
+        let rx = &self.rx;
+        let spun = self
+            .spinner
+            .spin(start, timeout, |_| Ok::<_, TransportError>(rx.has_data()))?;
+        let remaining = match spun {
+            Spun::Ready => return Ok(()),
+            Spun::Sleep(remaining) => remaining,
         };
-        if !spin.is_zero() {
-            let mut i: u32 = 0;
-            loop {
-                if self.rx.has_data() {
-                    return Ok(());
-                }
-                i = i.wrapping_add(1);
-                if i & 63 == 0 && start.elapsed() >= spin {
-                    break;
-                }
-                std::hint::spin_loop();
-            }
-        }
         if !self.rx.arm() {
             return Ok(());
         }
-        let remaining = timeout.map(|t| t.saturating_sub(start.elapsed()));
         let mut events = std::mem::take(&mut self.events);
         let r = self.epoll.wait(&mut events, remaining);
         self.rx.disarm();

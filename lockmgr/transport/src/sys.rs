@@ -1,15 +1,18 @@
-//! Thin wrappers over the Linux system calls std does not expose (eventfd, epoll, memfd, mmap,
-//! SCM_RIGHTS). The shm/UDP syscall `unsafe` lives here; the raw-Ethernet modules (`eth`,
-//! `afpacket`, `afxdp`, `netns`) keep their socket, ring and bpf(2) `unsafe` next to the
-//! structures it manipulates, each block with its `SAFETY:` argument.
+//! The plumbing every transport shares (lockmgr-rdma included): thin RAII wrappers over the
+//! Linux system calls std does not expose (eventfd, epoll, memfd, mmap, SCM_RIGHTS) and the
+//! spin-then-sleep loop of every `wait` ([`Spinner`]).
+//!
+//! The shm/UDP/RDMA syscall `unsafe` lives here; the raw-Ethernet modules (`eth`, `afpacket`,
+//! `afxdp`, `netns`) and the verbs layer keep their socket, ring, bpf(2) and verbs `unsafe` next
+//! to the structures it manipulates, each block with its `SAFETY:` argument.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::Wake;
+use crate::{SpinConfig, SpinMode, Wake};
 
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
@@ -29,7 +32,7 @@ fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
 
 /// `None` = infinite (-1); otherwise milliseconds rounded up so a short timer never turns into a
 /// zero-timeout busy loop.
-pub(crate) fn timeout_ms(timeout: Option<Duration>) -> libc::c_int {
+pub fn timeout_ms(timeout: Option<Duration>) -> libc::c_int {
     match timeout {
         None => -1,
         Some(d) => {
@@ -40,7 +43,7 @@ pub(crate) fn timeout_ms(timeout: Option<Duration>) -> libc::c_int {
 }
 
 /// Non-blocking, close-on-exec eventfd.
-pub(crate) fn eventfd() -> io::Result<OwnedFd> {
+pub fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: eventfd has no memory arguments; the returned fd is fresh and owned by us.
     let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
     // SAFETY: `fd` was just returned by the kernel and nothing else owns it.
@@ -48,7 +51,7 @@ pub(crate) fn eventfd() -> io::Result<OwnedFd> {
 }
 
 /// Add one to an eventfd counter. A saturated counter (EAGAIN) already wakes the reader.
-pub(crate) fn eventfd_signal(fd: RawFd) -> io::Result<()> {
+pub fn eventfd_signal(fd: RawFd) -> io::Result<()> {
     let one: u64 = 1;
     // SAFETY: writes 8 bytes from a live local u64; fd validity is only an error condition.
     let r = unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
@@ -62,14 +65,14 @@ pub(crate) fn eventfd_signal(fd: RawFd) -> io::Result<()> {
 }
 
 /// Reset a non-blocking eventfd counter to zero.
-pub(crate) fn eventfd_drain(fd: RawFd) {
+pub fn eventfd_drain(fd: RawFd) {
     let mut v: u64 = 0;
     // SAFETY: reads at most 8 bytes into a live local u64. Errors (EAGAIN) mean "already zero".
     let _ = unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) };
 }
 
 /// An eventfd-backed [`Wake`] that costs a syscall only when the waiting thread really sleeps.
-pub(crate) struct EventFdWaker {
+pub struct EventFdWaker {
     fd: OwnedFd,
     /// Set by `wake`; consumed by the waiting thread.
     woken: AtomicBool,
@@ -78,7 +81,9 @@ pub(crate) struct EventFdWaker {
 }
 
 impl EventFdWaker {
-    pub(crate) fn new() -> io::Result<Self> {
+    /// A waker with its own eventfd; register [`EventFdWaker::fd`] with the sleeping side's
+    /// epoll or poll set.
+    pub fn new() -> io::Result<Self> {
         Ok(EventFdWaker {
             fd: eventfd()?,
             woken: AtomicBool::new(false),
@@ -86,19 +91,20 @@ impl EventFdWaker {
         })
     }
 
-    pub(crate) fn fd(&self) -> RawFd {
+    /// The eventfd that becomes readable when `wake` hits a sleeping thread.
+    pub fn fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
 
     /// Consume a pending wake-up (busy path check).
-    pub(crate) fn take(&self) -> bool {
+    pub fn take(&self) -> bool {
         self.woken.load(Ordering::Relaxed) && self.woken.swap(false, Ordering::AcqRel)
     }
 
     /// Announce an imminent sleep; returns false if a wake is already pending (do not sleep).
     /// Dekker-style: store flag, full fence, check the other side's flag; `wake` does the mirror
     /// image, so at least one of the two sees the other and no wake-up is lost.
-    pub(crate) fn prepare_sleep(&self) -> bool {
+    pub fn prepare_sleep(&self) -> bool {
         self.sleeping.store(true, Ordering::SeqCst);
         if self.woken.load(Ordering::SeqCst) {
             self.sleeping.store(false, Ordering::Relaxed);
@@ -107,7 +113,9 @@ impl EventFdWaker {
         true
     }
 
-    pub(crate) fn finish_sleep(&self) {
+    /// End of the sleep announced by [`EventFdWaker::prepare_sleep`]: clears the eventfd so the
+    /// next sleep blocks again. The wake-up flag stays for [`EventFdWaker::take`].
+    pub fn finish_sleep(&self) {
         self.sleeping.store(false, Ordering::Relaxed);
         eventfd_drain(self.fd.as_raw_fd());
     }
@@ -125,12 +133,13 @@ impl Wake for EventFdWaker {
 }
 
 /// Level-triggered epoll instance.
-pub(crate) struct Epoll {
+pub struct Epoll {
     fd: OwnedFd,
 }
 
 impl Epoll {
-    pub(crate) fn new() -> io::Result<Self> {
+    /// A fresh, close-on-exec epoll instance.
+    pub fn new() -> io::Result<Self> {
         // SAFETY: no memory arguments; the fd is fresh.
         let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
         // SAFETY: fresh fd owned by nobody else.
@@ -139,7 +148,8 @@ impl Epoll {
         })
     }
 
-    pub(crate) fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
+    /// Watch `fd` for input and peer hang-up, reporting it as `token`.
+    pub fn add(&self, fd: RawFd, token: u64) -> io::Result<()> {
         let mut ev = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
             u64: token,
@@ -149,7 +159,8 @@ impl Epoll {
         Ok(())
     }
 
-    pub(crate) fn del(&self, fd: RawFd) {
+    /// Stop watching `fd`.
+    pub fn del(&self, fd: RawFd) {
         let mut ev = libc::epoll_event { events: 0, u64: 0 };
         // SAFETY: as in `add`; failure (fd already gone) is harmless because closing an fd
         // removes it from the interest list anyway.
@@ -157,11 +168,7 @@ impl Epoll {
     }
 
     /// Returns the ready `(token, events)` pairs in `out` (cleared first).
-    pub(crate) fn wait(
-        &self,
-        out: &mut Vec<(u64, u32)>,
-        timeout: Option<Duration>,
-    ) -> io::Result<usize> {
+    pub fn wait(&self, out: &mut Vec<(u64, u32)>, timeout: Option<Duration>) -> io::Result<usize> {
         const N: usize = 64;
         let mut evs = [libc::epoll_event { events: 0, u64: 0 }; N];
         out.clear();
@@ -192,7 +199,7 @@ impl Epoll {
 }
 
 /// poll(2) on a few fds; EINTR counts as a (spurious) wake-up.
-pub(crate) fn poll_fds(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<usize> {
+pub fn poll_fds(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<usize> {
     // SAFETY: `fds` is a live, exclusively borrowed slice of pollfd of the given length.
     let r = unsafe {
         libc::poll(
@@ -212,7 +219,7 @@ pub(crate) fn poll_fds(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> i
 }
 
 /// Anonymous shared memory of `size` bytes (zero-filled).
-pub(crate) fn memfd(name: &std::ffi::CStr, size: u64) -> io::Result<OwnedFd> {
+pub fn memfd(name: &std::ffi::CStr, size: u64) -> io::Result<OwnedFd> {
     // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
     let fd = cvt(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) })?;
     // SAFETY: fresh fd owned by nobody else.
@@ -223,13 +230,13 @@ pub(crate) fn memfd(name: &std::ffi::CStr, size: u64) -> io::Result<OwnedFd> {
 }
 
 /// Size of the file behind `fd`.
-pub(crate) fn fd_size(fd: &OwnedFd) -> io::Result<u64> {
+pub fn fd_size(fd: &OwnedFd) -> io::Result<u64> {
     let file = std::fs::File::from(fd.try_clone()?);
     Ok(file.metadata()?.len())
 }
 
 /// A `MAP_SHARED` read/write mapping, unmapped on drop.
-pub(crate) struct MmapRegion {
+pub struct MmapRegion {
     ptr: NonNull<u8>,
     len: usize,
 }
@@ -241,7 +248,28 @@ unsafe impl Send for MmapRegion {}
 unsafe impl Sync for MmapRegion {}
 
 impl MmapRegion {
-    pub(crate) fn map(fd: &OwnedFd, len: usize) -> io::Result<Self> {
+    /// Maps the first `len` bytes of `fd` shared and read/write.
+    pub fn map(fd: &OwnedFd, len: usize) -> io::Result<Self> {
+        Self::mmap(len, libc::MAP_SHARED, fd.as_raw_fd(), 0)
+    }
+
+    /// Maps `len` bytes of `fd` at `offset` shared, read/write and pre-faulted (kernel rings
+    /// such as AF_XDP's, whose offsets select the ring).
+    pub fn map_at(fd: RawFd, len: usize, offset: libc::off_t) -> io::Result<Self> {
+        Self::mmap(len, libc::MAP_SHARED | libc::MAP_POPULATE, fd, offset)
+    }
+
+    /// `len` bytes of private, zero-filled, pre-faulted memory (e.g. an AF_XDP UMEM).
+    pub fn anonymous(len: usize) -> io::Result<Self> {
+        Self::mmap(
+            len,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+            -1,
+            0,
+        )
+    }
+
+    fn mmap(len: usize, flags: libc::c_int, fd: RawFd, offset: libc::off_t) -> io::Result<Self> {
         // SAFETY: a fresh mapping chosen by the kernel (addr NULL), so no existing memory is
         // affected; the result is checked against MAP_FAILED.
         let p = unsafe {
@@ -249,9 +277,9 @@ impl MmapRegion {
                 std::ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
+                flags,
+                fd,
+                offset,
             )
         };
         if p == libc::MAP_FAILED {
@@ -261,12 +289,19 @@ impl MmapRegion {
         Ok(MmapRegion { ptr, len })
     }
 
-    pub(crate) fn as_ptr(&self) -> *mut u8 {
+    /// Start of the mapping (page-aligned).
+    pub fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }
 
-    pub(crate) fn len(&self) -> usize {
+    /// Length of the mapping in bytes.
+    pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Never true (mmap refuses empty mappings); for symmetry with `len`.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
@@ -367,7 +402,7 @@ pub(crate) fn recv_with_fds(
 
 impl MmapRegion {
     /// Checked atomic view of an 8-byte word (for non-hot header fields).
-    pub(crate) fn atomic_u64(&self, off: usize) -> Option<&std::sync::atomic::AtomicU64> {
+    pub fn atomic_u64(&self, off: usize) -> Option<&std::sync::atomic::AtomicU64> {
         if off & 7 != 0 || off.checked_add(8)? > self.len {
             return None;
         }
@@ -384,7 +419,256 @@ impl MmapRegion {
 }
 
 impl Epoll {
-    pub(crate) fn raw_fd(&self) -> RawFd {
+    /// The epoll fd itself, for callers that nest it in their own event loop.
+    pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+}
+
+/// Puts `fd` into non-blocking mode (e.g. an RDMA completion channel, so that draining its
+/// events never blocks).
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl with integer arguments has no memory-safety preconditions; an invalid fd
+    // only yields EBADF.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+    Ok(())
+}
+
+/// The CPUs the calling thread may run on (its affinity mask), ascending.
+pub fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a live cpu_set_t of the size passed; pid 0 = the calling thread.
+    cvt(unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) })?;
+    let max = 8 * std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: CPU_ISSET only reads the set; every index is below CPU_SETSIZE.
+    Ok((0..max)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect())
+}
+
+/// Pins the calling thread to `cpu` (so two busy-polling threads never share a CPU).
+pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    if cpu >= 8 * std::mem::size_of::<libc::cpu_set_t>() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "cpu out of range",
+        ));
+    }
+    // SAFETY: cpu_set_t is plain data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` was checked against the set's capacity above.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a live cpu_set_t of the size passed; pid 0 = the calling thread.
+    cvt(unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) })?;
+    Ok(())
+}
+
+/// Outcome of [`Spinner::spin`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spun {
+    /// The readiness check succeeded while spinning: return from `wait` without sleeping.
+    Ready,
+    /// The spin budget ran out: sleep in the kernel for at most this long (`None` = no limit).
+    Sleep(Option<Duration>),
+}
+
+/// The spin phase of every transport's `wait`: busy-poll a readiness check for the spin budget,
+/// then tell the caller how long it may sleep.
+///
+/// One implementation so that every transport spins by the same rules ([`SpinMode`]). The
+/// endpoint reports traffic with [`Spinner::busy`] (frames received) and
+/// [`Spinner::expect_reply`] (a request sent), each a flag store without a clock read; the next
+/// `spin` stamps them with its start time.
+///
+/// Adaptive spinning is "hot" after a request was sent (its reply comes within microseconds)
+/// or when frames keep arriving (two stamps within `idle_after`), and only for `idle_after`
+/// after that. A lone frame after a quiet spell (a heartbeat) does not make it hot, so the
+/// heartbeats of idle nodes cost no spinning.
+#[derive(Debug, Clone)]
+pub struct Spinner {
+    cfg: SpinConfig,
+    /// Frames received since the last `spin`.
+    received: bool,
+    /// A request sent since the last `spin`.
+    sent: bool,
+    /// Start of the last `spin` that followed received frames.
+    last_received: Option<Instant>,
+    /// Start of the last `spin` that found the traffic hot.
+    hot_at: Option<Instant>,
+}
+
+impl Spinner {
+    /// Reading the clock costs about as much as a cheap readiness check, so the budget is
+    /// checked every this many iterations (a power of two minus one, used as a mask).
+    const CLOCK_EVERY: u32 = 15;
+
+    /// A spinner with the given budget and mode. It starts as if traffic had just happened,
+    /// so a fresh connection's first replies are awaited spinning.
+    pub fn new(cfg: SpinConfig) -> Self {
+        Spinner {
+            cfg,
+            received: false,
+            sent: true,
+            last_received: None,
+            hot_at: None,
+        }
+    }
+
+    /// The configuration this spinner was built with.
+    pub fn config(&self) -> SpinConfig {
+        self.cfg
+    }
+
+    /// Frames were received: spin for a while if they keep coming.
+    #[inline]
+    pub fn busy(&mut self) {
+        self.received = true;
+    }
+
+    /// A request went out: its reply is worth spinning for.
+    #[inline]
+    pub fn expect_reply(&mut self) {
+        self.sent = true;
+    }
+
+    /// How long a `wait` starting at `start` may spin.
+    pub fn budget(&mut self, start: Instant, timeout: Option<Duration>) -> Duration {
+        let idle_after = match self.cfg.mode {
+            SpinMode::Always => return timeout.unwrap_or(Duration::MAX),
+            SpinMode::Adaptive { idle_after } => idle_after,
+        };
+        if std::mem::take(&mut self.received) {
+            if self
+                .last_received
+                .is_some_and(|t| start.saturating_duration_since(t) <= idle_after)
+            {
+                self.hot_at = Some(start);
+            }
+            self.last_received = Some(start);
+        }
+        if std::mem::take(&mut self.sent) {
+            self.hot_at = Some(start);
+        }
+        let quiet = self
+            .hot_at
+            .map_or(Duration::MAX, |t| start.saturating_duration_since(t));
+        let budget = self.cfg.spin.min(idle_after.saturating_sub(quiet));
+        timeout.map_or(budget, |t| t.min(budget))
+    }
+
+    /// Calls `ready(iteration)` until it returns true or the spin budget (see
+    /// [`Spinner::budget`], counted from `start`) is spent. `iteration` counts from 1, so a
+    /// caller can run slower checks (sockets, epoll) every N-th round with `iteration % N == 0`.
+    pub fn spin<E>(
+        &mut self,
+        start: Instant,
+        timeout: Option<Duration>,
+        mut ready: impl FnMut(u32) -> Result<bool, E>,
+    ) -> Result<Spun, E> {
+        let budget = self.budget(start, timeout);
+        let mut now = start;
+        if !budget.is_zero() {
+            let mut i: u32 = 0;
+            loop {
+                i = i.wrapping_add(1);
+                if ready(i)? {
+                    return Ok(Spun::Ready);
+                }
+                if i & Self::CLOCK_EVERY == 0 {
+                    now = Instant::now();
+                    if now.duration_since(start) >= budget {
+                        break;
+                    }
+                }
+                std::hint::spin_loop();
+            }
+        }
+        Ok(Spun::Sleep(
+            timeout.map(|t| t.saturating_sub(now.duration_since(start))),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SpinMode;
+
+    const SPIN: Duration = Duration::from_micros(200);
+    const IDLE: Duration = Duration::from_millis(10);
+
+    fn adaptive() -> Spinner {
+        Spinner::new(SpinConfig {
+            spin: SPIN,
+            mode: SpinMode::Adaptive { idle_after: IDLE },
+        })
+    }
+
+    #[test]
+    fn adaptive_spins_after_traffic_and_stops_when_quiet() {
+        let mut s = adaptive();
+        let t0 = Instant::now();
+        // A fresh spinner awaits its first replies spinning.
+        assert_eq!(s.budget(t0, None), SPIN);
+        // No traffic: the window closes `idle_after` after the last hot wait.
+        assert_eq!(s.budget(t0 + IDLE / 2, None), SPIN);
+        assert_eq!(s.budget(t0 + IDLE - SPIN / 2, None), SPIN / 2);
+        assert_eq!(s.budget(t0 + IDLE, None), Duration::ZERO);
+        assert_eq!(s.budget(t0 + 10 * IDLE, None), Duration::ZERO);
+        // A lone frame after the quiet spell (a heartbeat) does not reopen it...
+        s.busy();
+        assert_eq!(s.budget(t0 + 11 * IDLE, None), Duration::ZERO);
+        // ...a second one soon after does.
+        s.busy();
+        assert_eq!(s.budget(t0 + 11 * IDLE + IDLE / 2, None), SPIN);
+        // The wait's own timeout caps the budget.
+        assert_eq!(
+            s.budget(t0 + 11 * IDLE + IDLE / 2, Some(Duration::from_micros(5))),
+            Duration::from_micros(5)
+        );
+        // Frames further apart than `idle_after` never make it hot.
+        s.busy();
+        assert_eq!(s.budget(t0 + 20 * IDLE, None), Duration::ZERO);
+        s.busy();
+        assert_eq!(s.budget(t0 + 22 * IDLE, None), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_request_sent_makes_it_hot_at_once() {
+        let mut s = adaptive();
+        let t0 = Instant::now();
+        assert_eq!(s.budget(t0, None), SPIN);
+        assert_eq!(s.budget(t0 + 5 * IDLE, None), Duration::ZERO);
+        s.expect_reply();
+        assert_eq!(s.budget(t0 + 6 * IDLE, None), SPIN);
+    }
+
+    #[test]
+    fn always_spins_for_the_whole_timeout_even_when_quiet() {
+        let mut s = Spinner::new(SpinConfig {
+            spin: SPIN,
+            mode: SpinMode::Always,
+        });
+        let t0 = Instant::now();
+        let long = Some(Duration::from_secs(1));
+        assert_eq!(s.budget(t0 + 100 * IDLE, long), Duration::from_secs(1));
+        assert_eq!(s.budget(t0 + 100 * IDLE, None), Duration::MAX);
+    }
+
+    #[test]
+    fn zero_budget_never_calls_ready() {
+        let mut s = Spinner::new(SpinConfig::never());
+        let t0 = Instant::now();
+        let spun = s
+            .spin(
+                t0,
+                Some(Duration::from_millis(3)),
+                |_| -> io::Result<bool> { panic!("a zero budget must not poll") },
+            )
+            .expect("no error");
+        assert_eq!(spun, Spun::Sleep(Some(Duration::from_millis(3))));
     }
 }

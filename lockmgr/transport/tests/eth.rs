@@ -24,7 +24,8 @@ fn keyed() -> ReliableConfig {
 
 /// Only to avoid hanging forever when something is broken; never a performance assertion.
 const HANG_GUARD: Duration = Duration::from_secs(30);
-const CHILD_ENV: &str = "LOCKMGR_TRANSPORT_ETH_CHILD";
+/// The other process of the multi-process tests.
+const CHILD_EXE: &str = env!("CARGO_BIN_EXE_transport-test-child");
 
 trait Medium {
     const NAME: &'static str;
@@ -332,32 +333,6 @@ fn config_errors<M: Medium>(pair: &NetnsPair) {
     );
 }
 
-/// Child-process side of `client_process_killed`; a no-op as an ordinary test.
-#[test]
-fn eth_child_entry() {
-    let Ok(medium) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    let cfg = keyed();
-    let mut c: Box<dyn ClientTransport> = match medium.as_str() {
-        "afpacket" => Box::new(AfPacket::client(&eth(), MAC_A, cfg).unwrap()),
-        #[cfg(feature = "afxdp")]
-        "afxdp" => Box::new(AfXdp::client(&eth(), MAC_A, cfg).unwrap()),
-        other => panic!("unknown medium {other}"),
-    };
-    c.send(b"child-hello").unwrap();
-    loop {
-        let mut frames = Vec::new();
-        if c.poll(&mut |b| frames.push(b.to_vec())).is_err() {
-            std::process::exit(3);
-        }
-        for f in frames {
-            while let Err(TransportError::Full) = c.send(&f) {}
-        }
-        c.wait(Some(Duration::from_millis(100))).unwrap();
-    }
-}
-
 fn client_process_killed<M: Medium>(pair: &NetnsPair) {
     let cfg = ReliableConfig {
         keepalive: Some(Duration::from_millis(20)),
@@ -367,14 +342,8 @@ fn client_process_killed<M: Medium>(pair: &NetnsPair) {
     let mut server = NetnsPair::run_in(&pair.a, move || M::server(&eth(), cfg))
         .unwrap()
         .unwrap();
-    let mut child = NetnsPair::command_in(&pair.b, std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "eth_child_entry",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, M::NAME)
+    let mut child = NetnsPair::command_in(&pair.b, CHILD_EXE)
+        .args(["eth-client", M::NAME])
         .stdout(Stdio::null())
         .spawn()
         .unwrap();

@@ -11,7 +11,8 @@ use lockmgr_transport::{
 
 /// Only to avoid hanging forever when something is broken; never a performance assertion.
 const HANG_GUARD: Duration = Duration::from_secs(20);
-const CHILD_ENV: &str = "LOCKMGR_TRANSPORT_SHM_CHILD";
+/// The other process of the multi-process tests.
+const CHILD_EXE: &str = env!("CARGO_BIN_EXE_transport-test-child");
 
 /// A `wait` that lasts this long while a frame is in flight means a lost wake-up. Only a guard
 /// against hanging; normal wake-ups are microseconds.
@@ -245,41 +246,13 @@ fn shm_frames_sent_before_close_are_delivered_before_disconnect() {
     }
 }
 
-/// Child-process side of `shm_client_process_killed`: connects, sends one frame, then idles until
-/// killed. A no-op when run as an ordinary test.
-#[test]
-fn shm_child_entry() {
-    let Ok(path) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    let mut c = ShmClient::connect(&path, SpinConfig::default(), HANG_GUARD).unwrap();
-    c.send(b"child-hello").unwrap();
-    loop {
-        // Echo whatever arrives so the parent knows the client is live.
-        let mut frames = Vec::new();
-        match c.poll(&mut |b| frames.push(b.to_vec())) {
-            Ok(_) => {}
-            Err(_) => std::process::exit(3),
-        }
-        for f in frames {
-            while let Err(TransportError::Full) = c.send(&f) {}
-        }
-        c.wait(Some(Duration::from_millis(100))).unwrap();
-    }
-}
-
 #[test]
 fn shm_client_process_killed() {
     let path = sock_path("kill");
     let mut server = ShmServer::bind(&path, ShmConfig::default()).unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "shm_child_entry",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, &path)
+    let mut child = Command::new(CHILD_EXE)
+        .arg("shm-client")
+        .arg(&path)
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
@@ -306,9 +279,7 @@ fn shm_client_process_killed() {
 #[test]
 fn shm_sleep_and_wake_with_zero_spin() {
     let cfg = ShmConfig {
-        spin: SpinConfig {
-            spin: Duration::ZERO,
-        },
+        spin: SpinConfig::never(),
         ..ShmConfig::default()
     };
     let (mut server, mut client, peer) = connect_pair("sleep", cfg);
@@ -357,9 +328,7 @@ fn shm_sleep_and_wake_with_zero_spin() {
 #[test]
 fn shm_waker_interrupts_wait() {
     let cfg = ShmConfig {
-        spin: SpinConfig {
-            spin: Duration::from_micros(50),
-        },
+        spin: SpinConfig::adaptive(Duration::from_micros(50)),
         ..ShmConfig::default()
     };
     let mut server = ShmServer::bind(sock_path("waker"), cfg).unwrap();
@@ -412,27 +381,13 @@ fn shm_external_event_loop_fd() {
     assert!(fd_readable(fd, 20_000));
 }
 
-const SERVER_CHILD_ENV: &str = "LOCKMGR_TRANSPORT_SHM_SERVER_CHILD";
-
-/// Child-process side of `shm_server_process_killed`: an echo server until killed.
-#[test]
-fn shm_server_child_entry() {
-    let Ok(path) = std::env::var(SERVER_CHILD_ENV) else {
-        return;
-    };
-    let server = ShmServer::bind(&path, ShmConfig::default()).unwrap();
-    let echo = lockmgr_transport::raw::EchoServer::spawn(server);
-    std::thread::sleep(HANG_GUARD * 3);
-    drop(echo);
-}
-
 #[test]
 fn shm_server_process_killed() {
     let path = sock_path("srvkill");
     let _ = std::fs::remove_file(&path);
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "shm_server_child_entry", "--nocapture"])
-        .env(SERVER_CHILD_ENV, &path)
+    let mut child = Command::new(CHILD_EXE)
+        .arg("shm-server")
+        .arg(&path)
         .stdout(Stdio::null())
         .spawn()
         .unwrap();

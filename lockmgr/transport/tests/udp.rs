@@ -19,7 +19,8 @@ fn keyed() -> UdpConfig {
 
 /// Only to avoid hanging forever when something is broken; never a performance assertion.
 const HANG_GUARD: Duration = Duration::from_secs(30);
-const CHILD_ENV: &str = "LOCKMGR_TRANSPORT_UDP_CHILD";
+/// The other process of the multi-process tests.
+const CHILD_EXE: &str = env!("CARGO_BIN_EXE_transport-test-child");
 
 /// A `wait` that lasts this long while a frame is in flight means a lost wake-up. Only a guard
 /// against hanging; normal wake-ups are microseconds.
@@ -265,26 +266,6 @@ fn udp_unresponsive_server_gives_up() {
     }
 }
 
-/// Child-process side of `udp_client_process_killed`; a no-op as an ordinary test.
-#[test]
-fn udp_child_entry() {
-    let Ok(addr) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    let mut c = UdpClient::connect(addr.parse().unwrap(), keyed()).unwrap();
-    c.send(b"child-hello").unwrap();
-    loop {
-        let mut frames = Vec::new();
-        if c.poll(&mut |b| frames.push(b.to_vec())).is_err() {
-            std::process::exit(3);
-        }
-        for f in frames {
-            while let Err(TransportError::Full) = c.send(&f) {}
-        }
-        c.wait(Some(Duration::from_millis(100))).unwrap();
-    }
-}
-
 #[test]
 fn udp_client_process_killed() {
     let cfg = UdpConfig {
@@ -293,14 +274,9 @@ fn udp_client_process_killed() {
         ..keyed()
     };
     let mut server = UdpServer::bind(localhost(), cfg).unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "udp_child_entry",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, server.local_addr().unwrap().to_string())
+    let mut child = Command::new(CHILD_EXE)
+        .arg("udp-client")
+        .arg(server.local_addr().unwrap().to_string())
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
@@ -327,9 +303,7 @@ fn udp_client_process_killed() {
 #[test]
 fn udp_sleep_and_wake_with_zero_spin() {
     let cfg = UdpConfig {
-        spin: SpinConfig {
-            spin: Duration::ZERO,
-        },
+        spin: SpinConfig::never(),
         ..keyed()
     };
     let (mut server, mut client, peer) = connect_pair(cfg, cfg);
@@ -420,27 +394,11 @@ fn udp_external_event_loop_fd() {
     assert!(client.poll_timeout().is_some());
 }
 
-const SERVER_CHILD_ENV: &str = "LOCKMGR_TRANSPORT_UDP_SERVER_CHILD";
-
-/// Child-process side of `udp_server_process_killed`: an echo server that prints its address.
-#[test]
-fn udp_server_child_entry() {
-    if std::env::var(SERVER_CHILD_ENV).is_err() {
-        return;
-    }
-    let server = UdpServer::bind(localhost(), keyed()).unwrap();
-    println!("ADDR {}", server.local_addr().unwrap());
-    let echo = lockmgr_transport::raw::EchoServer::spawn(server);
-    std::thread::sleep(HANG_GUARD * 3);
-    drop(echo);
-}
-
 #[test]
 fn udp_server_process_killed() {
     use std::io::BufRead;
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "udp_server_child_entry", "--nocapture"])
-        .env(SERVER_CHILD_ENV, "1")
+    let mut child = Command::new(CHILD_EXE)
+        .arg("udp-server")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();

@@ -180,9 +180,7 @@ impl ClusterLocks {
             key,
             handshake_timeout: HANDSHAKE_TIMEOUT,
         };
-        let spin = SpinConfig {
-            spin: Duration::from_micros(cfg.spin_us),
-        };
+        let spin = SpinConfig::adaptive(Duration::from_micros(cfg.spin_us));
         let connector: lockmgr_client::mux::Connector<Transport> = match cfg.transport {
             LockTransport::Embedded => return Err(ClusterError::Embedded),
             LockTransport::Shm => {

@@ -12,18 +12,13 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use lockmgr_client::{ClientOptions, LockClient};
+use lockmgr_client::{ClientOptions, ClusterKey, LockClient, TransportSpec};
 use lockmgr_engine::{access, share, FileId, LockRange, OpenRequest, Reply, Request, Status};
-use lockmgr_proto::ClusterKey;
-use lockmgr_rdma::{DeviceConfig, RdmaClient, RdmaConfig};
-use lockmgr_transport::afpacket::PacketClient;
-use lockmgr_transport::afxdp::XdpClient;
+use lockmgr_rdma::{DeviceConfig, RdmaConfig};
 use lockmgr_transport::eth::{EthConfig, MacAddr};
 use lockmgr_transport::reliable::ReliableConfig;
-use lockmgr_transport::shm::ShmClient;
-use lockmgr_transport::udp::{UdpClient, UdpConfig};
 use lockmgr_transport::{ClientTransport, SpinConfig};
-use lockmgrd::config::{read_key_file, TransportKind};
+use lockmgrd::config::TransportKind;
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Operator view and test tool for lockmgrd")]
@@ -174,42 +169,44 @@ fn eth_target(cli: &Cli) -> Result<(EthConfig, MacAddr), String> {
     ))
 }
 
-fn run(cli: Cli) -> Result<(), String> {
-    let key_bytes = read_key_file(&cli.cluster_key_file).map_err(|e| e.to_string())?;
-    let key = ClusterKey::new(&key_bytes).map_err(|e| format!("cluster key: {e}"))?;
+fn transport_spec(cli: &Cli) -> Result<TransportSpec, String> {
     // A tool, not a hot path: never spin.
-    let spin = SpinConfig {
-        spin: Duration::ZERO,
+    let spin = SpinConfig::never();
+    let reliable = ReliableConfig {
+        spin,
+        ..ReliableConfig::default()
     };
-    match cli.transport {
-        TransportKind::Shm => {
-            let t = ShmClient::connect(&cli.connect, spin, Duration::from_secs(5))
-                .map_err(|e| format!("cannot reach lockmgrd at {}: {e}", cli.connect))?;
-            run_with(t, &cli, key)
-        }
-        TransportKind::Afpacket | TransportKind::Afxdp => {
-            let (eth, mac) = eth_target(&cli)?;
-            let rcfg = ReliableConfig {
-                spin,
-                ..ReliableConfig::default()
-            };
-            let unreachable =
-                |e| format!("cannot reach lockmgrd at {mac} via {}: {e}", eth.interface);
-            if cli.transport == TransportKind::Afpacket {
-                let t = PacketClient::connect(&eth, mac, rcfg).map_err(unreachable)?;
-                run_with(t, &cli, key)
-            } else {
-                let t = XdpClient::connect(&eth, &Default::default(), mac, rcfg)
-                    .map_err(unreachable)?;
-                run_with(t, &cli, key)
+    let socket_addr = || {
+        cli.connect
+            .parse()
+            .map_err(|e| format!("--connect {}: {e}", cli.connect))
+    };
+    Ok(match cli.transport {
+        TransportKind::Shm => TransportSpec::Shm {
+            path: cli.connect.clone().into(),
+            spin,
+            timeout: Duration::from_secs(5),
+        },
+        TransportKind::Afpacket => {
+            let (eth, server) = eth_target(cli)?;
+            TransportSpec::Afpacket {
+                eth,
+                server,
+                cfg: reliable,
             }
         }
-        TransportKind::Rdma => {
-            let addr = cli
-                .connect
-                .parse()
-                .map_err(|e| format!("--connect {}: {e}", cli.connect))?;
-            let cfg = RdmaConfig {
+        TransportKind::Afxdp => {
+            let (eth, server) = eth_target(cli)?;
+            TransportSpec::Afxdp {
+                eth,
+                xdp: Default::default(),
+                server,
+                cfg: reliable,
+            }
+        }
+        TransportKind::Rdma => TransportSpec::Rdma {
+            server: socket_addr()?,
+            cfg: RdmaConfig {
                 device: DeviceConfig {
                     device: cli.rdma_device.clone(),
                     port: cli.rdma_port,
@@ -217,28 +214,19 @@ fn run(cli: Cli) -> Result<(), String> {
                 },
                 spin,
                 ..RdmaConfig::default()
-            };
-            // RdmaError's own text: NoDevice says what is missing.
-            let t = RdmaClient::connect(addr, &cfg)
-                .map_err(|e| format!("cannot reach lockmgrd at {addr} over RDMA: {e}"))?;
-            run_with(t, &cli, key)
-        }
-        TransportKind::Udp => {
-            let addr = cli
-                .connect
-                .parse()
-                .map_err(|e| format!("--connect {}: {e}", cli.connect))?;
-            let t = UdpClient::connect(
-                addr,
-                UdpConfig {
-                    spin,
-                    ..UdpConfig::default()
-                },
-            )
-            .map_err(|e| format!("cannot reach lockmgrd at {addr}: {e}"))?;
-            run_with(t, &cli, key)
-        }
-    }
+            },
+        },
+        TransportKind::Udp => TransportSpec::Udp {
+            server: socket_addr()?,
+            cfg: reliable,
+        },
+    })
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let key = ClusterKey::from_file(&cli.cluster_key_file).map_err(|e| e.to_string())?;
+    let transport = lockmgr_client::connect(&transport_spec(&cli)?).map_err(|e| e.to_string())?;
+    run_with(transport, &cli, key)
 }
 
 fn main() -> ExitCode {
