@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use crate::hash::{IdMap, IdSet};
 
-use crate::brl::{blocks, range_is_valid, LockRef, LockTable, Span};
+use crate::brl::{range_is_valid, LockRef, LockTable, Span};
 use crate::sharing::{is_stat_open, map_generic, ShareCounters};
 use crate::snapshot::{
     BreakHolder, BreakInfo, DeferredOpenInfo, LockInfo, LockWaiterInfo, OpenInfo, SessionInfo,

@@ -927,7 +927,7 @@ impl Run {
             );
         }
         // A waiter that nothing blocks would have been granted.
-        for (i, w) in self.m.waiters.iter().enumerate() {
+        for w in &self.m.waiters {
             assert!(self.m.lock_blocked(&w.lock));
         }
         assert_eq!(
