@@ -20,23 +20,20 @@
 //! While lockmgrd is unreachable the node keeps serving: lock requests are answered with
 //! `STATUS_REQUEST_NOT_ACCEPTED` and the session is retried in the background (NodeSessions).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lockmgr_client::mux::NodeSessions;
-use lockmgr_client::{ClientError, ClientOptions, LockClient};
-use lockmgr_proto::ClusterKey;
-use lockmgr_rdma::{DeviceConfig, RdmaClient, RdmaConfig};
-use lockmgr_transport::afpacket::PacketClient;
-use lockmgr_transport::afxdp::XdpClient;
+use lockmgr_client::{
+    connect as connect_transport, ClientError, ClientOptions, ClusterKey, LockClient, TransportSpec,
+};
+use lockmgr_rdma::{DeviceConfig, RdmaConfig};
 use lockmgr_transport::eth::{EthConfig, MacAddr};
 use lockmgr_transport::reliable::ReliableConfig;
-use lockmgr_transport::shm::ShmClient;
-use lockmgr_transport::udp::{UdpClient, UdpConfig};
-use lockmgr_transport::{ClientTransport, SpinConfig};
+use lockmgr_transport::{sys, ClientTransport, SpinConfig};
 
 use crate::config::{LockTransport, LockmgrConfig};
 use crate::locking::{LockService, Notification, Reply, Request, RequestId, SessionId};
@@ -52,8 +49,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The pump never sleeps longer than this, so shutdown is noticed promptly. A safety net only:
 /// frames from lockmgrd wake the pump through the session fd or its doorbell.
 const PUMP_MAX_SLEEP: Duration = Duration::from_millis(100);
-/// Same rule as lockmgrd's key files.
-const MIN_KEY_BYTES: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -61,26 +56,10 @@ pub enum ClusterError {
     Embedded,
     #[error("[lockmgr] {0}")]
     Config(String),
-    #[error("cluster key file {path}: {why}")]
-    Key { path: PathBuf, why: String },
+    #[error("cluster key: {0}")]
+    Key(#[from] lockmgr_proto::KeyError),
     #[error("lockmgr pump doorbell: {0}")]
     Bell(std::io::Error),
-}
-
-fn read_key(path: &Path) -> Result<ClusterKey, ClusterError> {
-    let key_err = |why: String| ClusterError::Key {
-        path: path.to_owned(),
-        why,
-    };
-    lockmgr_proto::private_file::check_private_file(path).map_err(key_err)?;
-    let bytes = std::fs::read(path).map_err(|e| key_err(e.to_string()))?;
-    if bytes.len() < MIN_KEY_BYTES {
-        return Err(key_err(format!(
-            "holds {} bytes; at least {MIN_KEY_BYTES} needed",
-            bytes.len()
-        )));
-    }
-    ClusterKey::new(&bytes).map_err(|e| key_err(e.to_string()))
 }
 
 fn default_node_name() -> String {
@@ -125,42 +104,20 @@ pub struct PumpBell {
 
 impl PumpBell {
     fn new() -> std::io::Result<PumpBell> {
-        // SAFETY: eventfd takes no pointers; the result is checked before use.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just returned by eventfd and is owned by nothing else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(PumpBell { fd })
+        Ok(PumpBell {
+            fd: sys::eventfd()?,
+        })
     }
 
     fn ring(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes the 8 bytes of `one`, which lives for the call. A failure can only be
-        // EAGAIN (the counter is saturated: the bell is already ringing), so it is ignored.
-        let _ = unsafe {
-            libc::write(
-                self.fd.as_raw_fd(),
-                (&one as *const u64).cast::<libc::c_void>(),
-                std::mem::size_of::<u64>(),
-            )
-        };
+        // Fails only when the counter is saturated: the bell is already ringing.
+        let _ = sys::eventfd_signal(self.fd.as_raw_fd());
     }
 
     /// Resets the bell; called by the pump before it takes in frames, so a ring that comes
     /// later wakes the next sleep.
     fn drain(&self) {
-        let mut count: u64 = 0;
-        // SAFETY: reads at most 8 bytes into `count`, which lives for the call; the fd is
-        // non-blocking, so an unrung bell returns EAGAIN at once (ignored).
-        let _ = unsafe {
-            libc::read(
-                self.fd.as_raw_fd(),
-                (&mut count as *mut u64).cast::<libc::c_void>(),
-                std::mem::size_of::<u64>(),
-            )
-        };
+        sys::eventfd_drain(self.fd.as_raw_fd());
     }
 }
 
@@ -174,68 +131,59 @@ impl ClusterLocks {
             .cluster_key_file
             .clone()
             .ok_or_else(|| missing("cluster_key_file"))?;
-        let key = read_key(&key_file)?;
+        let key = ClusterKey::from_file(&key_file)?;
         let options = ClientOptions {
             node_name: cfg.node_name.clone().unwrap_or_else(default_node_name),
             key,
             handshake_timeout: HANDSHAKE_TIMEOUT,
         };
         let spin = SpinConfig::adaptive(Duration::from_micros(cfg.spin_us));
-        let connector: lockmgr_client::mux::Connector<Transport> = match cfg.transport {
+        let reliable = ReliableConfig {
+            spin,
+            connect_timeout: HANDSHAKE_TIMEOUT,
+            ..ReliableConfig::default()
+        };
+        let socket_addr = |what: &str| -> Result<std::net::SocketAddr, ClusterError> {
+            connect
+                .parse()
+                .map_err(|_| ClusterError::Config(format!("connect = {connect:?} is not {what}")))
+        };
+        let mac = || -> Result<MacAddr, ClusterError> {
+            connect.parse().map_err(|_| {
+                ClusterError::Config(format!("connect = {connect:?} is not a MAC address"))
+            })
+        };
+        let eth = || -> Result<EthConfig, ClusterError> {
+            Ok(EthConfig {
+                interface: cfg.interface.clone().ok_or_else(|| missing("interface"))?,
+                ethertype: cfg.ethertype,
+            })
+        };
+        let spec = match cfg.transport {
             LockTransport::Embedded => return Err(ClusterError::Embedded),
-            LockTransport::Shm => {
-                let path = PathBuf::from(connect);
-                Box::new(move || {
-                    let t = ShmClient::connect(&path, spin, HANDSHAKE_TIMEOUT)?;
-                    LockClient::connect(Box::new(t) as Transport, &options)
-                })
-            }
-            LockTransport::Udp => {
-                let addr: std::net::SocketAddr = connect.parse().map_err(|_| {
-                    ClusterError::Config(format!("connect = {connect:?} is not ADDR:PORT"))
-                })?;
-                Box::new(move || {
-                    let t = UdpClient::connect(
-                        addr,
-                        UdpConfig {
-                            spin,
-                            connect_timeout: HANDSHAKE_TIMEOUT,
-                            ..UdpConfig::default()
-                        },
-                    )?;
-                    LockClient::connect(Box::new(t) as Transport, &options)
-                })
-            }
-            LockTransport::Afpacket | LockTransport::Afxdp => {
-                let server: MacAddr = connect.parse().map_err(|_| {
-                    ClusterError::Config(format!("connect = {connect:?} is not a MAC address"))
-                })?;
-                let eth = EthConfig {
-                    interface: cfg.interface.clone().ok_or_else(|| missing("interface"))?,
-                    ethertype: cfg.ethertype,
-                };
-                let reliable = ReliableConfig {
-                    spin,
-                    connect_timeout: HANDSHAKE_TIMEOUT,
-                    ..ReliableConfig::default()
-                };
-                if cfg.transport == LockTransport::Afpacket {
-                    Box::new(move || {
-                        let t = PacketClient::connect(&eth, server, reliable)?;
-                        LockClient::connect(Box::new(t) as Transport, &options)
-                    })
-                } else {
-                    Box::new(move || {
-                        let t = XdpClient::connect(&eth, &Default::default(), server, reliable)?;
-                        LockClient::connect(Box::new(t) as Transport, &options)
-                    })
-                }
-            }
-            LockTransport::Rdma => {
-                let addr: std::net::SocketAddr = connect.parse().map_err(|_| {
-                    ClusterError::Config(format!("connect = {connect:?} is not ADDR:PORT"))
-                })?;
-                let rdma = RdmaConfig {
+            LockTransport::Shm => TransportSpec::Shm {
+                path: PathBuf::from(&connect),
+                spin,
+                timeout: HANDSHAKE_TIMEOUT,
+            },
+            LockTransport::Udp => TransportSpec::Udp {
+                server: socket_addr("ADDR:PORT")?,
+                cfg: reliable,
+            },
+            LockTransport::Afpacket => TransportSpec::Afpacket {
+                eth: eth()?,
+                server: mac()?,
+                cfg: reliable,
+            },
+            LockTransport::Afxdp => TransportSpec::Afxdp {
+                eth: eth()?,
+                xdp: Default::default(),
+                server: mac()?,
+                cfg: reliable,
+            },
+            LockTransport::Rdma => TransportSpec::Rdma {
+                server: socket_addr("ADDR:PORT")?,
+                cfg: RdmaConfig {
                     device: DeviceConfig {
                         device: cfg.rdma_device.clone(),
                         port: cfg.rdma_port,
@@ -244,18 +192,13 @@ impl ClusterLocks {
                     spin,
                     handshake_timeout: HANDSHAKE_TIMEOUT,
                     ..RdmaConfig::default()
-                };
-                Box::new(move || {
-                    let t = RdmaClient::connect(addr, &rdma).map_err(|e| {
-                        // RdmaError's text names what is missing (no device, no GID).
-                        ClientError::Transport(lockmgr_transport::TransportError::Io(
-                            std::io::Error::other(e.to_string()),
-                        ))
-                    })?;
-                    LockClient::connect(Box::new(t) as Transport, &options)
-                })
-            }
+                },
+            },
         };
+        let connector: lockmgr_client::mux::Connector<Transport> = Box::new(move || {
+            let t = connect_transport(&spec).map_err(|e| ClientError::Transport(e.into()))?;
+            LockClient::connect(t, &options)
+        });
         tracing::info!(
             transport = ?cfg.transport,
             connect = cfg.connect.as_deref().unwrap_or(""),
@@ -425,19 +368,17 @@ fn wait_readable(
             revents: 0,
         },
     ];
-    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `pfds` is a valid, exclusively borrowed pollfd array of length 2 for the call's
-    // duration. A stale session fd (the session was replaced meanwhile) makes poll return at
-    // once with POLLNVAL, which only costs one extra loop turn.
-    let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms.max(1)) };
+    // A stale session fd (the session was replaced meanwhile) makes poll return at once with
+    // POLLNVAL, which only costs one extra loop turn.
+    let r = sys::poll_fds(&mut pfds, Some(timeout.max(Duration::from_millis(1))));
     match r {
-        0 => Wake::Timeout,
-        r if r < 0 => {
+        Ok(0) => Wake::Timeout,
+        Err(_) => {
             // EINTR or a transient failure: avoid a busy loop, the caller ticks anyway.
             std::thread::sleep(Duration::from_millis(1));
             Wake::Ready
         }
-        _ => Wake::Ready,
+        Ok(_) => Wake::Ready,
     }
 }
 
@@ -451,7 +392,11 @@ mod tests {
         let p = dir.path().join("k");
         std::fs::write(&p, b"short").unwrap();
         std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-        let e = read_key(&p).err().unwrap().to_string();
+        let e = ClusterKey::from_file(&p)
+            .map_err(ClusterError::from)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("at least 16"), "{e}");
     }
 
@@ -461,7 +406,11 @@ mod tests {
         let p = dir.path().join("k");
         std::fs::write(&p, [7u8; 32]).unwrap();
         std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-        let e = read_key(&p).err().unwrap().to_string();
+        let e = ClusterKey::from_file(&p)
+            .map_err(ClusterError::from)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("chmod 600"), "{e}");
     }
 }

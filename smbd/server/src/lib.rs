@@ -9,8 +9,9 @@
 //! [`locking`] (the lock-service seam), [`limits`] (resource limits), [`sys`] (the plain
 //! system calls).
 //!
-//! `unsafe` is denied everywhere except [`sys`] and the io_uring [`worker`] (and, for now,
-//! `server::cluster`'s poll).
+//! `unsafe` is denied everywhere except [`sys`] and the io_uring [`worker`]; the lockmgr
+//! pump in `server::cluster` waits through lockmgr-transport's plumbing (`sys::poll_fds`,
+//! eventfds).
 
 #![deny(unsafe_code)]
 

@@ -7,9 +7,6 @@ use std::sync::Arc;
 use smb_auth::users::UserDb;
 
 #[path = "cluster.rs"]
-// cluster.rs polls lockmgr's descriptor with libc::poll; that wait loop belongs to the lockmgr
-// pump work going on in parallel and moves to crate::sys (or lockmgr's plumbing) with it.
-#[allow(unsafe_code)]
 pub mod cluster;
 
 use crate::config::{Config, ConfigError, LockTransport};
