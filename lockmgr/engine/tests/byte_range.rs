@@ -446,7 +446,11 @@ fn waiters_do_not_block_compatible_new_requests() {
     assert_eq!(h.lock(S3, c, 0, 1, true, true), NOT_GRANTED);
     assert_eq!(h.unlock(S1, a, 0, 10), OK);
     assert_eq!(h.unlock(S1, a, 0, 10), OK);
-    assert_eq!(h.completed(S2, wb), None, "c's shared lock still holds byte 5");
+    assert_eq!(
+        h.completed(S2, wb),
+        None,
+        "c's shared lock still holds byte 5"
+    );
     assert_eq!(h.unlock(S3, c, 5, 1), OK);
     assert_eq!(h.completed(S2, wb), Some(OK));
 }
