@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cursor;
+pub mod fscc;
 pub mod header;
 pub mod messages;
 pub mod smb1;

@@ -4,7 +4,6 @@ use smb_proto::{status, CloseRequest, CloseResponse, Response};
 
 use super::{parent_and_name, FILE_ACTION_REMOVED};
 use crate::conn::{err, ChainCtx, Conn, Open, Outcome, PendingKind};
-use crate::fs::FileInfo;
 use crate::locking::{self, Reply};
 use crate::streams;
 
@@ -94,7 +93,7 @@ impl Conn {
                     None => std::fs::metadata(&o.abs),
                 };
                 if let Ok(m) = m {
-                    let i = FileInfo::load(&o.abs, &m);
+                    let i = crate::fs::load_info(&o.abs, &m);
                     resp = CloseResponse {
                         flags: smb_proto::CLOSE_FLAG_POSTQUERY_ATTRIB,
                         creation_time: i.creation,

@@ -649,7 +649,7 @@ impl Conn {
             }
         }
         let info = match std::fs::metadata(&cont.abs) {
-            Ok(m) => FileInfo::load(&cont.abs, &m),
+            Ok(m) => crate::fs::load_info(&cont.abs, &m),
             Err(e) => return (err(io_status(&e)), None),
         };
         let mut info = match (&cont.stream, &file) {

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use smb_proto::cursor::{string_to_utf16, Writer};
+use smb_proto::cursor::Writer;
 use smb_proto::{
     query_dir_flags, status, ChangeNotifyRequest, Header, QueryDirectoryRequest, Response,
 };
@@ -149,17 +149,15 @@ impl Conn {
             .collect();
         for (aid, max_out) in aids {
             self.shared.unwatch(self.id, &dir.to_path_buf());
-            let n = string_to_utf16(name);
-            let mut w = Writer::new();
-            w.u32(0).u32(action).u32(n.len() as u32).bytes(&n);
-            if w.len() > max_out as usize {
+            let entry = smb_proto::fscc::notify_entry(action, name);
+            if entry.len() > max_out as usize {
                 self.complete_async(
                     aid,
                     status::NOTIFY_ENUM_DIR,
                     Response::ChangeNotify { data: vec![] },
                 );
             } else {
-                self.complete_async(aid, status::SUCCESS, Response::ChangeNotify { data: w.buf });
+                self.complete_async(aid, status::SUCCESS, Response::ChangeNotify { data: entry });
             }
         }
     }

@@ -13,7 +13,6 @@ use smb_proto::{
 use super::create::create_response;
 use crate::conn::{err, Conn, Open, Outcome};
 use crate::durable::{DurableBlob, DurableState, Reconnect, ReconnectCheck};
-use crate::fs::FileInfo;
 use crate::locking::{self, OplockGrant, Reply};
 
 impl Conn {
@@ -137,7 +136,7 @@ impl Conn {
             },
         };
         let info = match std::fs::metadata(&open.abs) {
-            Ok(m) => FileInfo::load(&open.abs, &m),
+            Ok(m) => crate::fs::load_info(&open.abs, &m),
             Err(_) => {
                 let _ = self.shared.lock_request(
                     self.id,

@@ -21,7 +21,7 @@ impl Conn {
     pub(super) fn open_view_info(o: &Open) -> Result<FileInfo, u32> {
         if o.stream.is_some() {
             let info = std::fs::metadata(&o.abs)
-                .map(|m| FileInfo::load(&o.abs, &m))
+                .map(|m| fs::load_info(&o.abs, &m))
                 .map_err(|e| io_status(&e))?;
             return Ok(match &o.file {
                 Some(f) => stream_info(info, f),
@@ -32,7 +32,7 @@ impl Conn {
             Some(f) => f.metadata(),
             None => std::fs::metadata(&o.abs),
         };
-        m.map(|m| FileInfo::load(&o.abs, &m))
+        m.map(|m| fs::load_info(&o.abs, &m))
             .map_err(|e| io_status(&e))
     }
 
@@ -45,7 +45,7 @@ impl Conn {
             return out;
         };
         if !m.is_dir() {
-            let i = FileInfo::from_meta(&m);
+            let i = fs::info_from_meta(&m);
             out.push(("::$DATA".to_string(), i.size, i.alloc));
         }
         let root = &self.shared.shares[o.share].root;

@@ -11,7 +11,7 @@ use smb_proto::{info_type, oplock_level, status, FileId};
 
 use crate::beneath::ShareRoot;
 use crate::conn::{ChainCtx, Conn, Open};
-use crate::fs::{self, class, DirEntry, FileInfo};
+use crate::fs::{self, class, DirEntry};
 use crate::locking::{ClientGuid, OplockGrant, Status};
 use crate::streams;
 
@@ -264,7 +264,7 @@ fn update_dos(path: &Path, f: impl FnOnce(&mut crate::dosattr::DosInfo, u64)) {
     let Ok(m) = std::fs::metadata(path) else {
         return;
     };
-    let cur = FileInfo::from_meta(&m);
+    let cur = fs::info_from_meta(&m);
     let mut d = crate::dosattr::load(path).unwrap_or(crate::dosattr::DosInfo {
         attributes: cur.attributes & !(fs::attr::DIRECTORY | fs::attr::READONLY),
         creation: cur.creation,
@@ -281,12 +281,12 @@ fn update_dos(path: &Path, f: impl FnOnce(&mut crate::dosattr::DosInfo, u64)) {
 fn list_dir(dir: &Path, pattern: &str) -> Result<Vec<DirEntry>, u32> {
     let mut out = Vec::new();
     let dot_info = std::fs::metadata(dir)
-        .map(|m| FileInfo::load(dir, &m))
+        .map(|m| fs::load_info(dir, &m))
         .map_err(|e| io_status(&e))?;
     let parent_info = dir
         .parent()
         .and_then(|p| std::fs::metadata(p).ok())
-        .map(|m| FileInfo::from_meta(&m))
+        .map(|m| fs::info_from_meta(&m))
         .unwrap_or(dot_info);
     for (n, i) in [(".", dot_info), ("..", parent_info)] {
         if fs::wildcard_match(pattern, n) {
@@ -310,7 +310,7 @@ fn list_dir(dir: &Path, pattern: &str) -> Result<Vec<DirEntry>, u32> {
         };
         names.push(DirEntry {
             name,
-            info: FileInfo::load(&e.path(), &m),
+            info: fs::load_info(&e.path(), &m),
         });
     }
     names.sort_by(|a, b| a.name.cmp(&b.name));
