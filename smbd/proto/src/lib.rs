@@ -8,6 +8,7 @@
 //! Nothing here panics on input: every read is bounds-checked and failures are [`DecodeError`].
 #![forbid(unsafe_code)]
 
+pub mod create_ctx;
 pub mod cursor;
 pub mod fscc;
 pub mod header;

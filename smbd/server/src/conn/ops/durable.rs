@@ -5,10 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use smb_proto::{
-    create_action, ctx as cctx, status, CreateContext, CreateRequest, FileId, LeaseContext,
-    Response,
-};
+use smb_proto::{create_action, status, CreateRequest, FileId, LeaseContext, Response};
 
 use super::create::create_response;
 use crate::conn::{err, Conn, Open, Outcome};
@@ -77,8 +74,7 @@ impl Conn {
             .unwrap_or_default();
         let client_guid = self.neg.as_ref().map(|n| n.client_guid).unwrap_or_default();
         let lease_req = if self.dialect() >= 0x0210 {
-            c.context(cctx::RQLS)
-                .and_then(|x| LeaseContext::decode(&x.data).ok())
+            smb_proto::create_ctx::lease_request(c)
         } else {
             None
         };
@@ -150,18 +146,14 @@ impl Conn {
         let oplock_level = match &grant {
             OplockGrant::Lease(l) => {
                 let r = blob.lease.unwrap_or_default();
-                contexts.push(CreateContext {
-                    name: cctx::RQLS.to_vec(),
-                    data: LeaseContext {
-                        key: l.key.0,
-                        state: l.state.0 as u32,
-                        flags: 0,
-                        duration: 0,
-                        parent_key: r.parent_key,
-                        epoch: l.epoch.or(r.epoch.map(|_| 0)),
-                    }
-                    .encode(),
-                });
+                contexts.push(smb_proto::create_ctx::lease_response(&LeaseContext {
+                    key: l.key.0,
+                    state: l.state.0 as u32,
+                    flags: 0,
+                    duration: 0,
+                    parent_key: r.parent_key,
+                    epoch: l.epoch.or(r.epoch.map(|_| 0)),
+                }));
                 smb_proto::oplock_level::LEASE
             }
             OplockGrant::Oplock(l) => *l as u8,
