@@ -157,3 +157,51 @@ impl Header {
         w.u64(self.session_id).bytes(&self.signature);
     }
 }
+
+/// Byte range of the Flags field in an encoded header.
+const FLAGS_AT: std::ops::Range<usize> = 16..20;
+
+/// Set SMB2_FLAGS_SIGNED in the encoded message `msg`, before it is signed (MS-SMB2
+/// 3.1.4.1). A buffer too short to hold the Flags field is left alone.
+pub fn mark_signed(msg: &mut [u8]) {
+    if let Some(field) = msg.get_mut(FLAGS_AT) {
+        let flags_now = u32::from_le_bytes([field[0], field[1], field[2], field[3]]);
+        field.copy_from_slice(&(flags_now | flags::SIGNED).to_le_bytes());
+    }
+}
+
+/// Set NextCommand of the encoded message `msg` (the offset of the next message of its
+/// compound chain). A buffer too short to hold the field is left alone.
+pub fn set_next_command(msg: &mut [u8], next: u32) {
+    if let Some(field) = msg.get_mut(20..24) {
+        field.copy_from_slice(&next.to_le_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_flag_and_next_command_patch_an_encoded_header() {
+        let h = Header {
+            flags: flags::SERVER_TO_REDIR | flags::ASYNC_COMMAND,
+            ..Default::default()
+        };
+        let mut w = Writer::new();
+        h.encode(&mut w);
+        let mut msg = w.buf;
+        mark_signed(&mut msg);
+        set_next_command(&mut msg, 0x88);
+        let back = Header::decode(&msg).expect("decode");
+        assert_eq!(
+            back.flags,
+            flags::SERVER_TO_REDIR | flags::ASYNC_COMMAND | flags::SIGNED
+        );
+        assert_eq!(back.next_command, 0x88);
+        let mut short = vec![0u8; 18];
+        mark_signed(&mut short);
+        set_next_command(&mut short, 1);
+        assert_eq!(short, [0u8; 18]);
+    }
+}

@@ -13,6 +13,7 @@ pub mod cursor;
 pub mod fscc;
 pub mod header;
 pub mod messages;
+pub mod netbios;
 pub mod smb1;
 pub mod status;
 

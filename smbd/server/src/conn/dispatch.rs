@@ -163,12 +163,11 @@ impl Conn {
                     r.push(0);
                 }
                 let next = r.len() as u32;
-                r[20..24].copy_from_slice(&next.to_le_bytes());
+                smb_proto::header::set_next_command(&mut r, next);
             }
             if let Some((alg, key)) = signer {
                 if enc_session.is_none() {
-                    let fl = u32::from_le_bytes([r[16], r[17], r[18], r[19]]) | flags::SIGNED;
-                    r[16..20].copy_from_slice(&fl.to_le_bytes());
+                    smb_proto::header::mark_signed(&mut r);
                     if let Err(e) = smb_auth::signing::sign(alg, &key, &mut r) {
                         tracing::warn!(conn = self.id, %e, "signing failed");
                     }
@@ -450,9 +449,7 @@ impl Conn {
             // The channel's preauth hash covers the interim response as sent, signature
             // included (Samba hashes after signing): sign it here.
             if let Some((alg, key)) = signer.take() {
-                let fl =
-                    u32::from_le_bytes([resp[16], resp[17], resp[18], resp[19]]) | flags::SIGNED;
-                resp[16..20].copy_from_slice(&fl.to_le_bytes());
+                smb_proto::header::mark_signed(&mut resp);
                 if let Err(e) = smb_auth::signing::sign(alg, &key, &mut resp) {
                     tracing::warn!(conn = self.id, %e, "signing failed");
                 }

@@ -57,7 +57,7 @@ impl Conn {
         self.cur_channel = p.channel;
         if enc.is_none() {
             if let Some((alg, key)) = self.signer_for(p.session_id, p.signed) {
-                msg[16..20].copy_from_slice(&(h.flags | flags::SIGNED).to_le_bytes());
+                smb_proto::header::mark_signed(&mut msg);
                 let _ = smb_auth::signing::sign(alg, &key, &mut msg);
             }
         }
