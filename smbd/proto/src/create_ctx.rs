@@ -7,7 +7,7 @@
 
 use crate::cursor::{Reader, Writer};
 use crate::messages::{ctx as cctx, CreateContext, CreateRequest, FileId, LeaseContext};
-use crate::status;
+use crate::status::{self, NtStatus};
 
 /// How a durable handle was requested.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,7 +40,7 @@ pub struct Reconnect {
 }
 
 /// Parse DHnC / DH2C, with MS-SMB2 3.3.5.9.7 / 3.3.5.9.12 context-combination rules.
-pub fn reconnect_request(c: &CreateRequest) -> Result<Option<Reconnect>, u32> {
+pub fn reconnect_request(c: &CreateRequest) -> Result<Option<Reconnect>, NtStatus> {
     let dhnq = c.context(cctx::DHNQ).is_some();
     let dh2q = c.context(cctx::DH2Q).is_some();
     let dhnc = c.context(cctx::DHNC);
@@ -51,7 +51,7 @@ pub fn reconnect_request(c: &CreateRequest) -> Result<Option<Reconnect>, u32> {
     {
         return Err(status::INVALID_PARAMETER);
     }
-    let fid = |data: &[u8]| -> Result<FileId, u32> {
+    let fid = |data: &[u8]| -> Result<FileId, NtStatus> {
         let mut r = Reader::new(data);
         let persistent = r.u64().map_err(|_| status::INVALID_PARAMETER)?;
         let volatile = r.u64().map_err(|_| status::INVALID_PARAMETER)?;
@@ -89,7 +89,7 @@ pub fn reconnect_request(c: &CreateRequest) -> Result<Option<Reconnect>, u32> {
 }
 
 /// The durable request of a CREATE (DHnQ / DH2Q), if any.
-pub fn durable_request(c: &CreateRequest, dialect: u16) -> Result<Option<DurableKind>, u32> {
+pub fn durable_request(c: &CreateRequest, dialect: u16) -> Result<Option<DurableKind>, NtStatus> {
     if let Some(x) = c.context(cctx::DH2Q) {
         if dialect < 0x0300 {
             return Ok(None);

@@ -5,7 +5,7 @@
 //! everything about how they look on the wire lives here.
 
 use crate::cursor::{string_to_utf16, Writer};
-use crate::status;
+use crate::status::{self, NtStatus};
 
 /// File attributes (MS-FSCC 2.6).
 pub mod attr {
@@ -132,7 +132,7 @@ pub struct OpenView<'a> {
 }
 
 /// Encode a QUERY_INFO file class. Errors are NTSTATUS values.
-pub fn query_file_info(cls: u8, v: &OpenView<'_>) -> Result<Vec<u8>, u32> {
+pub fn query_file_info(cls: u8, v: &OpenView<'_>) -> Result<Vec<u8>, NtStatus> {
     let mut w = Writer::new();
     let i = &v.info;
     match cls {
@@ -215,7 +215,7 @@ pub fn query_file_info(cls: u8, v: &OpenView<'_>) -> Result<Vec<u8>, u32> {
 /// Encode a QUERY_INFO filesystem class.
 /// Encode a QUERY_INFO filesystem class for a filesystem of `st` (block counts in
 /// `block_size` units) whose volume serial and object id derive from `fs_id`.
-pub fn query_fs_info(cls: u8, st: &FsStats, fs_id: u64) -> Result<Vec<u8>, u32> {
+pub fn query_fs_info(cls: u8, st: &FsStats, fs_id: u64) -> Result<Vec<u8>, NtStatus> {
     let mut w = Writer::new();
     let bsize = st.block_size.max(512);
     let sectors_per_unit = (bsize / 512) as u32;

@@ -1,6 +1,7 @@
 //! The 64-byte SMB2 packet header (MS-SMB2 2.2.1.1 async, 2.2.1.2 sync).
 
 use crate::cursor::{DecodeError, Reader, Writer};
+use crate::status::NtStatus;
 
 pub const HEADER_SIZE: usize = 64;
 pub const PROTOCOL_ID: [u8; 4] = [0xFE, b'S', b'M', b'B'];
@@ -76,7 +77,7 @@ impl Command {
 pub struct Header {
     pub credit_charge: u16,
     /// ChannelSequence/Reserved in requests; NTSTATUS in responses.
-    pub status: u32,
+    pub status: NtStatus,
     pub command: u16,
     /// CreditRequest in requests, CreditResponse in responses.
     pub credits: u16,
@@ -101,7 +102,7 @@ impl Header {
             return Err(DecodeError::BadStructureSize(size));
         }
         let credit_charge = r.u16()?;
-        let status = r.u32()?;
+        let status = NtStatus(r.u32()?);
         let command = r.u16()?;
         let credits = r.u16()?;
         let flags = r.u32()?;
@@ -143,7 +144,7 @@ impl Header {
         w.bytes(&PROTOCOL_ID)
             .u16(64)
             .u16(self.credit_charge)
-            .u32(self.status)
+            .u32(self.status.0)
             .u16(self.command)
             .u16(self.credits)
             .u32(self.flags)

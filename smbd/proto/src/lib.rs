@@ -20,6 +20,7 @@ pub mod status;
 pub use cursor::{DecodeError, Reader, Writer};
 pub use header::{Command, Header, HEADER_SIZE};
 pub use messages::*;
+pub use status::NtStatus;
 
 /// Split a compound chain (MS-SMB2 3.3.5.2.7) into its messages by `NextCommand`.
 ///

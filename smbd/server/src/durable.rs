@@ -15,6 +15,7 @@
 //! the same node resumes them as they were; another node reopens the file by the stored path.
 //! The connection's side (register, park, reconnect) is in `conn::ops::durable`.
 
+use smb_proto::NtStatus;
 use std::time::Duration;
 
 use smb_proto::{status, LeaseContext};
@@ -188,7 +189,7 @@ impl DurableBlob {
 
     /// MS-SMB2 3.3.5.9.7 / 3.3.5.9.12 checks of a reconnect against the stored open, with the
     /// statuses Samba answers (smbtorture durable-open / durable-v2-open reopen tests).
-    pub(crate) fn check(&self, r: &ReconnectCheck<'_>) -> Result<(), u32> {
+    pub(crate) fn check(&self, r: &ReconnectCheck<'_>) -> Result<(), NtStatus> {
         if !reconnect_guid_matches(&self.kind, r.create_guid) {
             return Err(status::OBJECT_NAME_NOT_FOUND);
         }

@@ -1,6 +1,7 @@
 //! Local filesystem side of a share: safe path resolution, metadata, and the facts the
 //! info-class encoders of `smb_proto::fscc` turn into bytes.
 
+use smb_proto::NtStatus;
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
@@ -46,7 +47,7 @@ fn bad_char(c: char) -> bool {
 
 /// Validate an SMB path relative to the share root and split it into components.
 /// Errors are NTSTATUS values.
-pub fn split_smb_path(name: &str) -> Result<Vec<String>, u32> {
+pub fn split_smb_path(name: &str) -> Result<Vec<String>, NtStatus> {
     if name.starts_with('\\') {
         return Err(status::INVALID_PARAMETER);
     }
@@ -111,7 +112,7 @@ pub struct Resolved {
 
 /// Resolve components under `root` (canonical). Symlinks pointing outside the share are
 /// refused: every existing prefix is canonicalized and must stay under the root.
-pub fn resolve(root: &Path, comps: &[String]) -> Result<Resolved, u32> {
+pub fn resolve(root: &Path, comps: &[String]) -> Result<Resolved, NtStatus> {
     let mut rel = PathBuf::new();
     let n = comps.len();
     for (i, c) in comps.iter().enumerate() {
@@ -247,7 +248,7 @@ pub fn info_from_meta(m: &Metadata) -> FileInfo {
 }
 
 /// Encode a QUERY_INFO filesystem class for the share rooted at `root`.
-pub fn query_fs_info(cls: u8, root: &Path, fs_id: u64) -> Result<Vec<u8>, u32> {
+pub fn query_fs_info(cls: u8, root: &Path, fs_id: u64) -> Result<Vec<u8>, NtStatus> {
     let st = statvfs(root).unwrap_or(FsStats {
         fsid: 0,
         block_size: 4096,

@@ -1,6 +1,7 @@
 //! Request intake: message framing, compound chains, MessageId/credit accounting
 //! (MS-SMB2 3.3.5.2) and dispatch of each command to its handler.
 
+use smb_proto::NtStatus;
 use std::time::Instant;
 
 use smb_auth::preauth::PreauthHash;
@@ -192,7 +193,7 @@ impl Conn {
         }
     }
 
-    pub(super) fn response_header(req: &Header, st: u32, credits: u16) -> Header {
+    pub(super) fn response_header(req: &Header, st: NtStatus, credits: u16) -> Header {
         Header {
             credit_charge: req.credit_charge,
             status: st,

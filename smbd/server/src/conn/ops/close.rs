@@ -1,5 +1,6 @@
 //! CLOSE (MS-SMB2 3.3.5.10) and the teardown of an open.
 
+use smb_proto::NtStatus;
 use smb_proto::{status, CloseRequest, CloseResponse, Response};
 
 use super::{parent_and_name, FILE_ACTION_REMOVED};
@@ -10,7 +11,7 @@ use crate::streams;
 impl Conn {
     /// Drop an open. Its blocked LOCK requests complete with `lock_status`: Windows answers
     /// RANGE_NOT_LOCKED when the handle is closed, and SUCCESS when the tree or session goes.
-    pub(crate) fn close_open(&mut self, v: u64, lock_status: u32) -> Option<Open> {
+    pub(crate) fn close_open(&mut self, v: u64, lock_status: NtStatus) -> Option<Open> {
         let aids: Vec<u64> = self
             .pending
             .iter()

@@ -1,6 +1,7 @@
 //! CREATE (MS-SMB2 3.3.5.9): name resolution, access checks, the lock service's share-mode and
 //! oplock/lease decision (possibly asynchronous), then the open itself.
 
+use smb_proto::NtStatus;
 use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -13,8 +14,8 @@ use smb_proto::{
 
 use super::{
     engine_status, io_status, open_checked, oplock_grant_level, parent_and_name, path_status,
-    unix_may_delete, update_dos, APPEND_DATA, ATTR_SPARSE, BAD_IMPERSONATION_LEVEL, DELETE,
-    FILE_ACTION_ADDED, FULL_ACCESS, QUOTA_FAKE_FILE, READ_ACCESS, WRITE_ATTRIBUTES, WRITE_DATA,
+    unix_may_delete, update_dos, APPEND_DATA, ATTR_SPARSE, DELETE, FILE_ACTION_ADDED, FULL_ACCESS,
+    QUOTA_FAKE_FILE, READ_ACCESS, WRITE_ATTRIBUTES, WRITE_DATA,
 };
 use crate::beneath::ShareRoot;
 use crate::conn::{err, ChainCtx, Conn, CreateCont, Open, Outcome, PendingKind, StreamTarget};
@@ -68,7 +69,7 @@ impl Conn {
             Err(st) => return err(st),
         };
         if c.impersonation_level > 3 {
-            return err(BAD_IMPERSONATION_LEVEL);
+            return err(status::BAD_IMPERSONATION_LEVEL);
         }
         if c.options & create_options::DIRECTORY_FILE != 0
             && c.options & create_options::NON_DIRECTORY_FILE != 0
@@ -468,7 +469,7 @@ impl Conn {
         access: u32,
         desired: u32,
         token: &crate::sd::Token,
-    ) -> Result<u32, u32> {
+    ) -> Result<u32, NtStatus> {
         const SYNCHRONIZE: u32 = 0x0010_0000;
         const DELETE_CHILD: u32 = 0x40;
         let Some(mut granted) = crate::sd::load(path).granted(token) else {
@@ -509,7 +510,7 @@ impl Conn {
         sname: &str,
         c: &CreateRequest,
         read_only: bool,
-    ) -> Result<StreamTarget, u32> {
+    ) -> Result<StreamTarget, NtStatus> {
         use std::os::unix::fs::MetadataExt;
         let may_create = !matches!(c.disposition, disposition::OPEN | disposition::OVERWRITE);
         let mut base_created = false;

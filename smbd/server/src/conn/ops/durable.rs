@@ -2,6 +2,7 @@
 //! one with the lock service, parking the open when the connection or session goes away, and
 //! reclaiming it on a DHnC / DH2C reconnect.
 
+use smb_proto::NtStatus;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -121,7 +122,7 @@ impl Conn {
             None => match self.reopen(&blob, share) {
                 Ok(o) => o,
                 Err(st) => {
-                    tracing::debug!(persistent, st, "durable open cannot be reopened");
+                    tracing::debug!(persistent, ?st, "durable open cannot be reopened");
                     let _ = self.shared.lock_request(
                         self.id,
                         0,
@@ -203,7 +204,7 @@ impl Conn {
     }
 
     /// Open the file of a durable open another node (or an earlier run of this one) had.
-    fn reopen(&self, b: &DurableBlob, share: usize) -> Result<Open, u32> {
+    fn reopen(&self, b: &DurableBlob, share: usize) -> Result<Open, NtStatus> {
         use std::os::unix::fs::MetadataExt;
         let sh = &self.shared.shares[share];
         let rel = PathBuf::from(&b.rel);
