@@ -143,6 +143,7 @@ struct InFlightIo {
 }
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WorkerError {
     #[error("io_uring setup: {0}")]
     Setup(std::io::Error),
