@@ -13,8 +13,7 @@ use smb_proto::status;
 // The wire side of file information lives in smb-proto; the server fills it in.
 use smb_proto::fscc;
 pub use smb_proto::fscc::{
-    attr, class, encode_dir_entry, fsclass, query_file_info, short_name, DirEntry, FileInfo,
-    FsStats, OpenView,
+    attr, class, encode_dir_entry, fsclass, query_file_info, DirEntry, FileInfo, FsStats, OpenView,
 };
 
 /// Seconds between 1601-01-01 and 1970-01-01.
