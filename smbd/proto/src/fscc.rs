@@ -331,6 +331,52 @@ pub fn encode_dir_entry(cls: u8, e: &DirEntry, index: u32) -> Option<Vec<u8>> {
     Some(w.buf)
 }
 
+/// The output buffer of a QUERY_DIRECTORY response: entries 8-byte aligned, each one's
+/// NextEntryOffset pointing at the next, the last one's 0 (MS-FSCC 2.4, MS-SMB2 3.3.5.18).
+#[derive(Debug)]
+pub struct DirListing {
+    out: Writer,
+    last_start: Option<usize>,
+    max_len: usize,
+}
+
+impl DirListing {
+    /// An empty listing that may grow to `max_len` bytes (the request's OutputBufferLength).
+    pub fn new(max_len: usize) -> DirListing {
+        DirListing {
+            out: Writer::new(),
+            last_start: None,
+            max_len,
+        }
+    }
+
+    /// Append one entry encoded by [`encode_dir_entry`] (its NextEntryOffset still 0).
+    /// Returns `false`, appending nothing, when it would not fit.
+    pub fn push(&mut self, entry: &[u8]) -> bool {
+        let start = (self.out.len() + 7) & !7;
+        if start + entry.len() > self.max_len {
+            return false;
+        }
+        self.out.align(8);
+        if let Some(prev) = self.last_start {
+            self.out.set_u32(prev, (start - prev) as u32);
+        }
+        self.out.bytes(entry);
+        self.last_start = Some(start);
+        true
+    }
+
+    /// Whether no entry has been appended.
+    pub fn is_empty(&self) -> bool {
+        self.last_start.is_none()
+    }
+
+    /// The response's output buffer.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.out.buf
+    }
+}
+
 /// The 8.3 alias of a long name: the name itself (upper-cased) when it already is a valid
 /// 8.3 name, else a deterministic hash-mangled alias (like Samba's "mangled names").
 pub fn short_name(name: &str) -> String {
@@ -543,6 +589,25 @@ mod tests {
         assert!(long.starts_with("ALONG~"), "{long}");
         assert!(long.ends_with(".TEX"), "{long}");
         assert_eq!(long, short_name("a long file name.text"), "deterministic");
+    }
+
+    #[test]
+    fn directory_listing_links_aligned_entries() {
+        let mut l = DirListing::new(40);
+        assert!(l.is_empty());
+        assert!(l.push(&[0xAA; 13]));
+        assert!(l.push(&[0xBB; 12]));
+        // A third entry would start at 32 and end past 40.
+        assert!(!l.push(&[0xCC; 9]));
+        let b = l.into_bytes();
+        assert_eq!(b.len(), 16 + 12);
+        assert_eq!(u32_at(&b, 0), 16, "NextEntryOffset of the first entry");
+        assert_eq!(&b[13..16], &[0, 0, 0], "padding to 8 bytes");
+        assert_eq!(
+            &b[16..20],
+            &[0xBB; 4],
+            "the last entry keeps its own offset field"
+        );
     }
 
     #[test]
