@@ -2,6 +2,7 @@
 
 /// The one decode error type of this crate.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DecodeError {
     #[error("message truncated")]
     Truncated,

@@ -1,6 +1,7 @@
 //! The 64-byte SMB2 packet header (MS-SMB2 2.2.1.1 async, 2.2.1.2 sync).
 
 use crate::cursor::{DecodeError, Reader, Writer};
+use crate::status::NtStatus;
 
 pub const HEADER_SIZE: usize = 64;
 pub const PROTOCOL_ID: [u8; 4] = [0xFE, b'S', b'M', b'B'];
@@ -76,7 +77,7 @@ impl Command {
 pub struct Header {
     pub credit_charge: u16,
     /// ChannelSequence/Reserved in requests; NTSTATUS in responses.
-    pub status: u32,
+    pub status: NtStatus,
     pub command: u16,
     /// CreditRequest in requests, CreditResponse in responses.
     pub credits: u16,
@@ -101,7 +102,7 @@ impl Header {
             return Err(DecodeError::BadStructureSize(size));
         }
         let credit_charge = r.u16()?;
-        let status = r.u32()?;
+        let status = NtStatus(r.u32()?);
         let command = r.u16()?;
         let credits = r.u16()?;
         let flags = r.u32()?;
@@ -143,7 +144,7 @@ impl Header {
         w.bytes(&PROTOCOL_ID)
             .u16(64)
             .u16(self.credit_charge)
-            .u32(self.status)
+            .u32(self.status.0)
             .u16(self.command)
             .u16(self.credits)
             .u32(self.flags)
@@ -155,5 +156,53 @@ impl Header {
             w.u32(self.process_id).u32(self.tree_id);
         }
         w.u64(self.session_id).bytes(&self.signature);
+    }
+}
+
+/// Byte range of the Flags field in an encoded header.
+const FLAGS_AT: std::ops::Range<usize> = 16..20;
+
+/// Set SMB2_FLAGS_SIGNED in the encoded message `msg`, before it is signed (MS-SMB2
+/// 3.1.4.1). A buffer too short to hold the Flags field is left alone.
+pub fn mark_signed(msg: &mut [u8]) {
+    if let Some(field) = msg.get_mut(FLAGS_AT) {
+        let flags_now = u32::from_le_bytes([field[0], field[1], field[2], field[3]]);
+        field.copy_from_slice(&(flags_now | flags::SIGNED).to_le_bytes());
+    }
+}
+
+/// Set NextCommand of the encoded message `msg` (the offset of the next message of its
+/// compound chain). A buffer too short to hold the field is left alone.
+pub fn set_next_command(msg: &mut [u8], next: u32) {
+    if let Some(field) = msg.get_mut(20..24) {
+        field.copy_from_slice(&next.to_le_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_flag_and_next_command_patch_an_encoded_header() {
+        let h = Header {
+            flags: flags::SERVER_TO_REDIR | flags::ASYNC_COMMAND,
+            ..Default::default()
+        };
+        let mut w = Writer::new();
+        h.encode(&mut w);
+        let mut msg = w.buf;
+        mark_signed(&mut msg);
+        set_next_command(&mut msg, 0x88);
+        let back = Header::decode(&msg).expect("decode");
+        assert_eq!(
+            back.flags,
+            flags::SERVER_TO_REDIR | flags::ASYNC_COMMAND | flags::SIGNED
+        );
+        assert_eq!(back.next_command, 0x88);
+        let mut short = vec![0u8; 18];
+        mark_signed(&mut short);
+        set_next_command(&mut short, 1);
+        assert_eq!(short, [0u8; 18]);
     }
 }

@@ -1,22 +1,31 @@
 //! SMB2/SMB3 message codec, no I/O.
 //!
 //! Server-side view: requests are decoded from bytes ([`Request::decode`]), responses are
-//! encoded into bytes ([`Response::encode`]). All offsets in SMB2 bodies are relative to the
+//! encoded into bytes ([`encode_message`]). All offsets in SMB2 bodies are relative to the
 //! start of the SMB2 header of the message they belong to (MS-SMB2 2.2.1), so decoders take the
 //! whole message (header included) and encoders write header and body together.
+//!
+//! smbd's only SMB codec: besides the messages ([`messages`], [`header`], [`smb1`]) it holds
+//! the NetBIOS session framing ([`netbios`]), the CREATE contexts ([`create_ctx`]), the
+//! file-system information classes ([`fscc`]) and the NTSTATUS values ([`status`],
+//! [`NtStatus`]).
 //!
 //! Nothing here panics on input: every read is bounds-checked and failures are [`DecodeError`].
 #![forbid(unsafe_code)]
 
+pub mod create_ctx;
 pub mod cursor;
+pub mod fscc;
 pub mod header;
 pub mod messages;
+pub mod netbios;
 pub mod smb1;
 pub mod status;
 
 pub use cursor::{DecodeError, Reader, Writer};
 pub use header::{Command, Header, HEADER_SIZE};
 pub use messages::*;
+pub use status::NtStatus;
 
 /// Split a compound chain (MS-SMB2 3.3.5.2.7) into its messages by `NextCommand`.
 ///

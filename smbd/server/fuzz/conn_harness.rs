@@ -145,7 +145,7 @@ fn check_frame(f: &[u8]) -> Result<Vec<Answer>, String> {
         if h.flags & flags::SERVER_TO_REDIR == 0 {
             return Err(format!("response at {off} without SERVER_TO_REDIR"));
         }
-        answers.push((h.command, h.message_id, h.status));
+        answers.push((h.command, h.message_id, h.status.0));
         if h.next_command == 0 {
             break;
         }
@@ -189,7 +189,7 @@ pub fn run(data: &[u8]) -> Result<Vec<Answer>, String> {
             match check_frame(&f) {
                 Ok(a) => {
                     for (cmd, mid, st) in a {
-                        if mid != u64::MAX && st != smb_proto::status::PENDING {
+                        if mid != u64::MAX && st != smb_proto::status::PENDING.0 {
                             if let Some(prev) = finals.insert(mid, cmd) {
                                 result = Err(format!(
                                     "MessageId {mid} answered twice (command {prev:#x}, then {cmd:#x})"
@@ -256,7 +256,7 @@ fn header(command: u16, mid: u64, sid: u64, tid: u32, fl: u32, charge: u16) -> V
     let mut w = Writer::new();
     Header {
         credit_charge: charge,
-        status: 0,
+        status: smb_proto::status::SUCCESS,
         command,
         credits: 64,
         flags: fl,

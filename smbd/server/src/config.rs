@@ -134,6 +134,7 @@ pub const MAX_IO: u32 = 8 * 1024 * 1024;
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     #[error("reading {path}: {source}")]
     Io {

@@ -15,23 +15,15 @@
 //! the same node resumes them as they were; another node reopens the file by the stored path.
 //! The connection's side (register, park, reconnect) is in `conn::ops::durable`.
 
+use smb_proto::NtStatus;
 use std::time::Duration;
 
-use smb_proto::{ctx as cctx, status, CreateContext, CreateRequest, FileId, LeaseContext, Reader};
+use smb_proto::{status, LeaseContext};
+
+// The wire side of durable handles (contexts and their rules) lives in smb-proto.
+pub use smb_proto::create_ctx::{DurableKind, Reconnect};
 
 use crate::locking::{OplockGrant, OplockLevel};
-
-/// How a durable handle was requested.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DurableKind {
-    /// SMB2_CREATE_DURABLE_HANDLE_REQUEST (DHnQ).
-    V1,
-    /// SMB2_CREATE_DURABLE_HANDLE_REQUEST_V2 (DH2Q) with its CreateGuid.
-    V2 {
-        create_guid: [u8; 16],
-        timeout_ms: u32,
-    },
-}
 
 /// What a durable open needs to be re-established on another connection.
 #[derive(Debug, Clone)]
@@ -51,16 +43,6 @@ impl DurableState {
             DurableKind::V1 => Duration::from_secs(16 * 60),
             DurableKind::V2 { timeout_ms, .. } => Duration::from_millis(timeout_ms as u64),
         }
-    }
-}
-
-/// DH2Q timeout granted for a requested one (MS-SMB2 3.3.5.9.10; Samba caps at 300 s and
-/// defaults to 60 s like Windows Server 2012).
-pub fn v2_timeout(requested: u32) -> u32 {
-    if requested == 0 {
-        60_000
-    } else {
-        requested.min(300_000)
     }
 }
 
@@ -207,7 +189,7 @@ impl DurableBlob {
 
     /// MS-SMB2 3.3.5.9.7 / 3.3.5.9.12 checks of a reconnect against the stored open, with the
     /// statuses Samba answers (smbtorture durable-open / durable-v2-open reopen tests).
-    pub(crate) fn check(&self, r: &ReconnectCheck<'_>) -> Result<(), u32> {
+    pub(crate) fn check(&self, r: &ReconnectCheck<'_>) -> Result<(), NtStatus> {
         if !reconnect_guid_matches(&self.kind, r.create_guid) {
             return Err(status::OBJECT_NAME_NOT_FOUND);
         }
@@ -254,13 +236,6 @@ fn client_path(name: &str) -> String {
     name.trim_start_matches('\\').replace('\\', "/")
 }
 
-/// A durable handle reconnect request found in a CREATE.
-pub(crate) struct Reconnect {
-    pub file_id: FileId,
-    /// DH2C: CreateGuid.
-    pub v2: Option<[u8; 16]>,
-}
-
 /// Whether the CreateGuid of a reconnect (`None` for DHnC) names a durable open of `kind`.
 ///
 /// DHnC may reclaim a v2 handle (Samba skips the CreateGuid check for v1 reconnects:
@@ -274,82 +249,6 @@ fn reconnect_guid_matches(kind: &DurableKind, v2: Option<[u8; 16]>) -> bool {
     }
 }
 
-/// Parse DHnC / DH2C, with MS-SMB2 3.3.5.9.7 / 3.3.5.9.12 context-combination rules.
-pub(crate) fn reconnect_request(c: &CreateRequest) -> Result<Option<Reconnect>, u32> {
-    let dhnq = c.context(cctx::DHNQ).is_some();
-    let dh2q = c.context(cctx::DH2Q).is_some();
-    let dhnc = c.context(cctx::DHNC);
-    let dh2c = c.context(cctx::DH2C);
-    if (dhnc.is_some() && (dh2c.is_some() || dh2q))
-        || (dh2c.is_some() && (dhnq || dh2q))
-        || (dhnq && dh2q)
-    {
-        return Err(status::INVALID_PARAMETER);
-    }
-    let fid = |data: &[u8]| -> Result<FileId, u32> {
-        let mut r = Reader::new(data);
-        let persistent = r.u64().map_err(|_| status::INVALID_PARAMETER)?;
-        let volatile = r.u64().map_err(|_| status::INVALID_PARAMETER)?;
-        Ok(FileId {
-            persistent,
-            volatile,
-        })
-    };
-    if let Some(x) = dhnc {
-        if x.data.len() != 16 {
-            return Err(status::INVALID_PARAMETER);
-        }
-        // Only an extra DHnQ and a lease request may accompany DHnC.
-        let allowed = 1 + dhnq as usize + c.context(cctx::RQLS).is_some() as usize;
-        if c.contexts.len() != allowed {
-            return Err(status::OBJECT_NAME_NOT_FOUND);
-        }
-        return Ok(Some(Reconnect {
-            file_id: fid(&x.data)?,
-            v2: None,
-        }));
-    }
-    if let Some(x) = dh2c {
-        if x.data.len() != 36 {
-            return Err(status::INVALID_PARAMETER);
-        }
-        let mut guid = [0u8; 16];
-        guid.copy_from_slice(&x.data[16..32]);
-        return Ok(Some(Reconnect {
-            file_id: fid(&x.data)?,
-            v2: Some(guid),
-        }));
-    }
-    Ok(None)
-}
-
-/// The durable request of a CREATE (DHnQ / DH2Q), if any.
-pub(crate) fn durable_request(c: &CreateRequest, dialect: u16) -> Result<Option<DurableKind>, u32> {
-    if let Some(x) = c.context(cctx::DH2Q) {
-        if dialect < 0x0300 {
-            return Ok(None);
-        }
-        if x.data.len() != 32 {
-            return Err(status::INVALID_PARAMETER);
-        }
-        let mut r = Reader::new(&x.data);
-        let timeout = r.u32().map_err(|_| status::INVALID_PARAMETER)?;
-        let mut guid = [0u8; 16];
-        guid.copy_from_slice(&x.data[16..32]);
-        return Ok(Some(DurableKind::V2 {
-            create_guid: guid,
-            timeout_ms: v2_timeout(timeout),
-        }));
-    }
-    if let Some(x) = c.context(cctx::DHNQ) {
-        if x.data.len() != 16 {
-            return Err(status::INVALID_PARAMETER);
-        }
-        return Ok(Some(DurableKind::V1));
-    }
-    Ok(None)
-}
-
 /// Whether the caching granted allows a durable handle: a batch oplock or a lease with
 /// Handle caching (MS-SMB2 3.3.5.9.6, 3.3.5.9.10).
 pub fn grant_allows_durable(g: &OplockGrant) -> bool {
@@ -357,24 +256,6 @@ pub fn grant_allows_durable(g: &OplockGrant) -> bool {
         OplockGrant::Oplock(l) => *l == OplockLevel::Batch,
         OplockGrant::Lease(l) => l.state.0 & 0x2 != 0,
         OplockGrant::None => false,
-    }
-}
-
-/// The response context announcing a granted durable handle.
-pub fn response_context(kind: &DurableKind) -> CreateContext {
-    match kind {
-        DurableKind::V1 => CreateContext {
-            name: cctx::DHNQ.to_vec(),
-            data: vec![0; 8],
-        },
-        DurableKind::V2 { timeout_ms, .. } => {
-            let mut data = timeout_ms.to_le_bytes().to_vec();
-            data.extend_from_slice(&0u32.to_le_bytes());
-            CreateContext {
-                name: cctx::DH2Q.to_vec(),
-                data,
-            }
-        }
     }
 }
 
@@ -485,46 +366,6 @@ mod tests {
         assert_eq!(oplock.check(&c), Ok(()));
     }
 
-    fn req(ctxs: &[(&[u8], usize)]) -> CreateRequest {
-        CreateRequest {
-            contexts: ctxs
-                .iter()
-                .map(|(n, len)| CreateContext {
-                    name: n.to_vec(),
-                    data: vec![0; *len],
-                })
-                .collect(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn reconnect_context_combinations() {
-        assert!(matches!(reconnect_request(&req(&[])), Ok(None)));
-        assert!(matches!(
-            reconnect_request(&req(&[(cctx::DHNC, 16)])),
-            Ok(Some(Reconnect { v2: None, .. }))
-        ));
-        // DHnQ next to DHnC is ignored; anything else makes the reconnect fail.
-        assert!(reconnect_request(&req(&[(cctx::DHNC, 16), (cctx::DHNQ, 16)])).is_ok());
-        assert_eq!(
-            reconnect_request(&req(&[(cctx::DHNC, 16), (cctx::MXAC, 0)])).err(),
-            Some(status::OBJECT_NAME_NOT_FOUND)
-        );
-        assert_eq!(
-            reconnect_request(&req(&[(cctx::DHNC, 16), (cctx::DH2Q, 32)])).err(),
-            Some(status::INVALID_PARAMETER)
-        );
-        assert_eq!(
-            reconnect_request(&req(&[(cctx::DHNC, 15)])).err(),
-            Some(status::INVALID_PARAMETER)
-        );
-        assert!(matches!(
-            reconnect_request(&req(&[(cctx::DH2C, 36)])),
-            Ok(Some(Reconnect { v2: Some(_), .. }))
-        ));
-    }
-
     #[test]
     fn reconnect_create_guid_rules() {
         let v2 = DurableKind::V2 {
@@ -537,24 +378,6 @@ mod tests {
         assert!(!reconnect_guid_matches(&DurableKind::V1, Some([7; 16])));
         assert!(reconnect_guid_matches(&v2, Some([7; 16])));
         assert!(!reconnect_guid_matches(&v2, Some([0; 16])));
-    }
-
-    #[test]
-    fn durable_v2_timeouts() {
-        assert_eq!(v2_timeout(0), 60_000);
-        assert_eq!(v2_timeout(1_000), 1_000);
-        assert_eq!(v2_timeout(u32::MAX), 300_000);
-        assert!(matches!(
-            durable_request(&req(&[(cctx::DH2Q, 32)]), 0x0210),
-            Ok(None)
-        ));
-        assert!(matches!(
-            durable_request(&req(&[(cctx::DH2Q, 32)]), 0x0300),
-            Ok(Some(DurableKind::V2 {
-                timeout_ms: 60_000,
-                ..
-            }))
-        ));
     }
 
     #[test]

@@ -1,37 +1,40 @@
 //! SMB2/SMB3 file server on io_uring.
 //!
 //! Layout: [`config`] (TOML), [`shared`] (state shared by worker threads, including the
-//! durable opens parked after a disconnect), [`worker`] (one io_uring event loop per thread,
+//! durable opens parked after a disconnect), `worker` (one io_uring event loop per thread,
 //! no thread per connection), [`conn`] (per-connection SMB state machine, fed messages, events
 //! and the current time; its `ops` submodule serves the file commands, one file per command
-//! family), `open` (an open handle, which can outlive its connection), [`durable`] (durable
-//! handle contexts and blobs), [`fs`] (share filesystem access and info-class encoding),
-//! [`locking`] (the lock-service seam), [`limits`] (resource limits), [`sys`] (the plain
-//! system calls).
+//! family), `open` (an open handle, which can outlive its connection), `durable` (durable
+//! handle blobs and their checks), `fs` (share filesystem access; the info-class encoders are
+//! in `smb_proto::fscc`), [`locking`] (the lock-service seam), `limits` (resource limits),
+//! [`sys`] (the plain system calls). All SMB wire encoding and decoding is in `smb-proto`.
 //!
-//! `unsafe` is denied everywhere except [`sys`] and the io_uring [`worker`]; the lockmgr
-//! pump in `server::cluster` waits through lockmgr-transport's plumbing (`sys::poll_fds`,
-//! eventfds).
+//! Only what the daemon binary, the integration tests, the fuzz targets and hw-tests use is
+//! public ([`config`], [`conn::Conn`], [`shared`], [`locking`], [`server`], [`beneath`],
+//! [`passwd`], [`sys`]); the rest is crate-private so that dead code shows up as a warning.
+//!
+//! `unsafe` is denied everywhere except [`sys`] and the io_uring `worker`; the lockmgr pump in
+//! `server::cluster` waits through lockmgr-transport's plumbing (`sys::poll_fds`, eventfds).
 
 #![deny(unsafe_code)]
 
 pub mod beneath;
 pub mod config;
 pub mod conn;
-pub mod dosattr;
-pub mod durable;
-pub mod fs;
-pub mod identity;
-pub mod limits;
+mod dosattr;
+mod durable;
+mod fs;
+mod identity;
+mod limits;
 pub mod locking;
 mod open;
 pub mod passwd;
-pub mod sd;
-pub mod seqwin;
+mod sd;
+mod seqwin;
 pub mod server;
 pub mod shared;
-pub mod streams;
+mod streams;
 #[allow(unsafe_code)]
 pub mod sys;
 #[allow(unsafe_code)]
-pub mod worker;
+mod worker;

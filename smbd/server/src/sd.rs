@@ -5,6 +5,7 @@
 //! built-in default (owner and group Everyone, DACL "Everyone: full control"). The stored
 //! DACL is returned as set; it is not evaluated for access checks (see STATUS.md).
 
+use smb_proto::NtStatus;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -12,8 +13,6 @@ use std::path::Path;
 use smb_proto::status;
 
 const NAME: &std::ffi::CStr = c"user.smbd.sd";
-const INVALID_SID: u32 = 0xC000_0078;
-const INVALID_ACL: u32 = 0xC000_0077;
 /// Largest descriptor accepted (what fits one xattr comfortably; Samba's limit is similar).
 const MAX_LEN: usize = 64 * 1024;
 
@@ -33,21 +32,21 @@ pub struct Parts {
     pub dacl: Option<Option<Vec<u8>>>,
 }
 
-fn sid_at(b: &[u8], off: usize) -> Result<Vec<u8>, u32> {
+fn sid_at(b: &[u8], off: usize) -> Result<Vec<u8>, NtStatus> {
     let n = *b.get(off + 1).ok_or(status::INVALID_PARAMETER)? as usize;
     if *b.get(off).ok_or(status::INVALID_PARAMETER)? != 1 || n > 15 {
-        return Err(INVALID_SID);
+        return Err(status::INVALID_SID);
     }
     b.get(off..off + 8 + 4 * n)
         .map(<[u8]>::to_vec)
         .ok_or(status::INVALID_PARAMETER)
 }
 
-fn acl_at(b: &[u8], off: usize) -> Result<Vec<u8>, u32> {
+fn acl_at(b: &[u8], off: usize) -> Result<Vec<u8>, NtStatus> {
     let hdr = b.get(off..off + 8).ok_or(status::INVALID_PARAMETER)?;
     let len = u16::from_le_bytes([hdr[2], hdr[3]]) as usize;
     if !matches!(hdr[0], 2 | 4) || len < 8 {
-        return Err(INVALID_ACL);
+        return Err(status::INVALID_ACL);
     }
     b.get(off..off + len)
         .map(<[u8]>::to_vec)
@@ -56,7 +55,7 @@ fn acl_at(b: &[u8], off: usize) -> Result<Vec<u8>, u32> {
 
 /// Parse a self-relative descriptor, keeping the parts selected by `which`
 /// (OWNER/GROUP/DACL_SECURITY_INFORMATION). Errors are NTSTATUS values.
-pub fn parse(b: &[u8], which: u32) -> Result<Parts, u32> {
+pub fn parse(b: &[u8], which: u32) -> Result<Parts, NtStatus> {
     if b.len() < 20 || b[0] != 1 {
         return Err(status::INVALID_PARAMETER);
     }

@@ -36,6 +36,7 @@ pub const SEQ_SPAN: u64 = 2 * MAX_CREDITS as u64;
 
 /// Why a MessageId was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SeqError {
     /// Below the window: already used (a replay).
     Used,

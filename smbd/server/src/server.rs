@@ -15,6 +15,7 @@ use crate::shared::{Share, Shared};
 use crate::worker::{Worker, WorkerError};
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServerError {
     #[error(transparent)]
     Config(#[from] ConfigError),

@@ -20,7 +20,7 @@
 
 use std::path::{Path, PathBuf};
 
-use smb_proto::status;
+use smb_proto::{status, NtStatus};
 
 /// Name of the stream depot directory at the share root.
 pub const DEPOT: &str = ".smbd-streams";
@@ -36,7 +36,7 @@ pub struct StreamPath<'a> {
 
 /// Split `file[:stream[:type]]`. Only the `$DATA` type is supported; `file::$DATA` is the
 /// default stream (MS-FSCC 2.1.5.3). Errors are NTSTATUS values.
-pub fn parse(name: &str) -> Result<StreamPath<'_>, u32> {
+pub fn parse(name: &str) -> Result<StreamPath<'_>, NtStatus> {
     let Some(colon) = name.find(':') else {
         return Ok(StreamPath {
             base: name,

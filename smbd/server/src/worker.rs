@@ -37,6 +37,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use smb_proto::netbios::{self, kind, PacketHeader, HEADER_LEN};
 
 use crate::conn::{Conn, FileIo, FileOp};
 use crate::shared::Shared;
@@ -142,6 +143,7 @@ struct InFlightIo {
 }
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WorkerError {
     #[error("io_uring setup: {0}")]
     Setup(std::io::Error),
@@ -475,8 +477,8 @@ impl Worker {
         // The length is the peer's word, so the reservation is capped at the largest frame a
         // client of this connection may legitimately send (a max-size WRITE plus headers and
         // the encryption transform); a bigger frame is refused when complete.
-        if let [0x00, a, b, c, ..] = s.inbuf[..] {
-            let need = 4 + (((a as usize) << 16) | ((b as usize) << 8) | c as usize);
+        if let Some(h) = PacketHeader::peek(&s.inbuf).filter(|h| h.kind == kind::SESSION_MESSAGE) {
+            let need = h.packet_len();
             if need > MAX_FRAME {
                 // Larger than any request a client may send: refused now rather than
                 // buffered up to 16 MiB first.
@@ -518,15 +520,18 @@ impl Worker {
     /// ones; returns how many bytes were consumed.
     fn feed_frames(s: &mut Slot, buf: &[u8]) -> usize {
         let mut pos = 0usize;
-        while buf.len() - pos >= 4 && !s.conn.closed {
-            let h = &buf[pos..pos + 4];
-            let len = ((h[1] as usize) << 16) | ((h[2] as usize) << 8) | h[3] as usize;
-            match h[0] {
-                0x00 => {
-                    if buf.len() - pos < 4 + len {
+        while !s.conn.closed {
+            let Some(h) = PacketHeader::peek(&buf[pos..]) else {
+                break;
+            };
+            let whole = buf.len() - pos >= h.packet_len();
+            let payload = pos + HEADER_LEN..pos + h.packet_len();
+            match h.kind {
+                kind::SESSION_MESSAGE => {
+                    if !whole {
                         break;
                     }
-                    let msg = &buf[pos + 4..pos + 4 + len];
+                    let msg = &buf[payload];
                     let io = s.io_inflight + s.conn.file_io_count();
                     if io >= MAX_IO_INFLIGHT || (io > 0 && !is_plain_io(msg)) {
                         break;
@@ -538,24 +543,24 @@ impl Worker {
                     s.conn.on_message(msg, Instant::now());
                     let out = s.conn.take_output();
                     Self::queue_out(s, out);
-                    pos += 4 + len;
+                    pos += h.packet_len();
                 }
-                0x85 => {
+                kind::KEEPALIVE => {
                     // Keepalive: skip it whole.
-                    if buf.len() - pos < 4 + len {
+                    if !whole {
                         break;
                     }
                     #[cfg(debug_assertions)]
-                    debug_panic_trigger(&buf[pos + 4..pos + 4 + len]);
-                    pos += 4 + len;
+                    debug_panic_trigger(&buf[payload]);
+                    pos += h.packet_len();
                 }
-                0x81 => {
+                kind::SESSION_REQUEST => {
                     // Session request (port 139): answer positively.
-                    if buf.len() - pos < 4 + len {
+                    if !whole {
                         break;
                     }
-                    pos += 4 + len;
-                    Self::queue_out(s, vec![vec![0x82, 0, 0, 0]]);
+                    pos += h.packet_len();
+                    Self::queue_out(s, vec![netbios::positive_response()]);
                 }
                 _ => {
                     s.conn.closed = true;

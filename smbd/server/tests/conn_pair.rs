@@ -212,7 +212,7 @@ impl Pair {
         let mut w = Writer::new();
         Header {
             credit_charge: 1,
-            status: 0,
+            status: status::SUCCESS,
             command,
             credits: 64,
             flags: 0,

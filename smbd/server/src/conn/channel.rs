@@ -4,13 +4,15 @@
 use smb_auth::keys::SigningAlgorithm;
 use smb_auth::ntlm::NtlmServer;
 use smb_proto::header::flags;
-use smb_proto::{dialect, status, Command, Header, Request, Response, SessionSetupRequest};
+use smb_proto::{
+    dialect, status, Command, Header, NtStatus, Request, Response, SessionSetupRequest,
+};
 
 use crate::shared::Event;
 
 use super::session::{ntlm_leg, NtlmLeg};
 use super::state::{err, Binding, BoundChannel, ChainCtx, Outcome, Signer};
-use super::{Conn, REQUEST_OUT_OF_SEQUENCE};
+use super::Conn;
 
 impl Conn {
     /// SESSION_SETUP with SMB2_SESSION_FLAG_BINDING (MS-SMB2 3.3.5.5.2): checks in the order
@@ -133,7 +135,7 @@ impl Conn {
             NtlmLeg::Failed(e) => {
                 tracing::info!(conn = self.id, sid, %e, "binding authentication failed");
                 self.binding.remove(&sid);
-                err(e.nt_status())
+                err(NtStatus(e.nt_status()))
             }
         }
     }
@@ -159,7 +161,7 @@ impl Conn {
         };
         let cur = n.signing_alg;
         let st = if rec.signing_alg == SigningAlgorithm::AesGmac && cur != rec.signing_alg {
-            REQUEST_OUT_OF_SEQUENCE
+            status::REQUEST_OUT_OF_SEQUENCE
         } else if cur == SigningAlgorithm::AesGmac && cur != rec.signing_alg {
             status::NOT_SUPPORTED
         } else if n.dialect < dialect::SMB300 || !self.shared.config.server.multichannel {

@@ -1,6 +1,7 @@
 //! Request intake: message framing, compound chains, MessageId/credit accounting
 //! (MS-SMB2 3.3.5.2) and dispatch of each command to its handler.
 
+use smb_proto::NtStatus;
 use std::time::Instant;
 
 use smb_auth::preauth::PreauthHash;
@@ -163,12 +164,11 @@ impl Conn {
                     r.push(0);
                 }
                 let next = r.len() as u32;
-                r[20..24].copy_from_slice(&next.to_le_bytes());
+                smb_proto::header::set_next_command(&mut r, next);
             }
             if let Some((alg, key)) = signer {
                 if enc_session.is_none() {
-                    let fl = u32::from_le_bytes([r[16], r[17], r[18], r[19]]) | flags::SIGNED;
-                    r[16..20].copy_from_slice(&fl.to_le_bytes());
+                    smb_proto::header::mark_signed(&mut r);
                     if let Err(e) = smb_auth::signing::sign(alg, &key, &mut r) {
                         tracing::warn!(conn = self.id, %e, "signing failed");
                     }
@@ -193,7 +193,7 @@ impl Conn {
         }
     }
 
-    pub(super) fn response_header(req: &Header, st: u32, credits: u16) -> Header {
+    pub(super) fn response_header(req: &Header, st: NtStatus, credits: u16) -> Header {
         Header {
             credit_charge: req.credit_charge,
             status: st,
@@ -450,9 +450,7 @@ impl Conn {
             // The channel's preauth hash covers the interim response as sent, signature
             // included (Samba hashes after signing): sign it here.
             if let Some((alg, key)) = signer.take() {
-                let fl =
-                    u32::from_le_bytes([resp[16], resp[17], resp[18], resp[19]]) | flags::SIGNED;
-                resp[16..20].copy_from_slice(&fl.to_le_bytes());
+                smb_proto::header::mark_signed(&mut resp);
                 if let Err(e) = smb_auth::signing::sign(alg, &key, &mut resp) {
                     tracing::warn!(conn = self.id, %e, "signing failed");
                 }

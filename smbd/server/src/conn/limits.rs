@@ -2,7 +2,7 @@
 //! status codes): counting this connection's descriptors in the process-wide budget and
 //! refusing a request that would take the connection over a limit.
 
-use smb_proto::{lock_flags, status, Header, Request};
+use smb_proto::{lock_flags, status, Header, NtStatus, Request};
 
 use super::{AuthState, ChainCtx, Conn, PendingKind};
 
@@ -64,7 +64,7 @@ impl Conn {
         self.shared.fds.sub(was);
     }
 
-    fn refuse(&mut self, kind: Kind, st: u32, limit: usize) -> Option<u32> {
+    fn refuse(&mut self, kind: Kind, st: NtStatus, limit: usize) -> Option<NtStatus> {
         let bit = 1u16 << kind as u16;
         if self.limits.warned & bit == 0 {
             self.limits.warned |= bit;
@@ -86,7 +86,7 @@ impl Conn {
         req: &Request,
         hdr: &Header,
         ctx: &ChainCtx,
-    ) -> Option<u32> {
+    ) -> Option<NtStatus> {
         let l = self.shared.config.limits.clone();
         // The whole chain goes out as one NetBIOS message, whose length field has 24 bits:
         // a request whose answer could take the chain over the budget is refused up front.

@@ -38,7 +38,6 @@ pub(crate) use state::{
 
 /// SMB 2.0.2 has no multi-credit requests.
 const MAX_IO_202: u32 = 65536;
-const REQUEST_OUT_OF_SEQUENCE: u32 = 0xC000_042A;
 pub const SESSION_FLAG_IS_GUEST: u16 = 0x1;
 pub const SESSION_FLAG_IS_NULL: u16 = 0x2;
 pub const SESSION_FLAG_ENCRYPT_DATA: u16 = 0x4;

@@ -2,6 +2,7 @@
 //! (MS-SMB2 3.3.4.2, 3.3.5.16).
 
 use smb_proto::header::flags;
+use smb_proto::NtStatus;
 use smb_proto::{status, Command, Header, Response, Writer};
 
 use crate::locking::{self};
@@ -31,7 +32,7 @@ impl Conn {
     }
 
     /// Send the final response of an async operation.
-    pub(crate) fn complete_async(&mut self, async_id: u64, st: u32, body: Response) {
+    pub(crate) fn complete_async(&mut self, async_id: u64, st: NtStatus, body: Response) {
         let Some(p) = self.pending.remove(&async_id) else {
             return;
         };
@@ -57,7 +58,7 @@ impl Conn {
         self.cur_channel = p.channel;
         if enc.is_none() {
             if let Some((alg, key)) = self.signer_for(p.session_id, p.signed) {
-                msg[16..20].copy_from_slice(&(h.flags | flags::SIGNED).to_le_bytes());
+                smb_proto::header::mark_signed(&mut msg);
                 let _ = smb_auth::signing::sign(alg, &key, &mut msg);
             }
         }
@@ -131,7 +132,7 @@ impl Conn {
         Outcome::Nothing
     }
 
-    pub(crate) fn cancel_pending(&mut self, aid: u64, st: u32) {
+    pub(crate) fn cancel_pending(&mut self, aid: u64, st: NtStatus) {
         let Some(p) = self.pending.get(&aid) else {
             return;
         };

@@ -1,5 +1,6 @@
 //! SESSION_SETUP (authentication, re-authentication) and LOGOFF (MS-SMB2 3.3.5.5, 3.3.5.6).
 
+use smb_proto::NtStatus;
 use std::collections::HashMap;
 
 use smb_auth::keys::{Cipher, Dialect, SessionKeys, SigningAlgorithm};
@@ -226,7 +227,7 @@ impl Conn {
             }
             NtlmLeg::Failed(e) => {
                 tracing::info!(conn = self.id, sid, %e, "authentication failed");
-                let st = e.nt_status();
+                let st = NtStatus(e.nt_status());
                 let was_valid = matches!(s.state, AuthState::Valid);
                 if was_valid {
                     // A failed re-authentication ends the session (as Windows and Samba do);
@@ -265,7 +266,7 @@ impl Conn {
         sid: u64,
         ctx: &ChainCtx,
         m: &[u8],
-    ) -> Result<(), u32> {
+    ) -> Result<(), NtStatus> {
         let Some(s) = self.sessions.get(&sid) else {
             return Ok(());
         };
@@ -306,8 +307,8 @@ impl Conn {
         user: &str,
         anonymous: bool,
         allow_anon: bool,
-    ) -> Result<(), u32> {
-        let refuse = |this: &mut Self, st: u32| {
+    ) -> Result<(), NtStatus> {
+        let refuse = |this: &mut Self, st: NtStatus| {
             if this.signed_request {
                 this.override_signer = this.signer_for(sid, true);
             }
@@ -346,7 +347,7 @@ impl Conn {
     pub(super) fn session_setup_signer(
         &self,
         h: &Header,
-        st: u32,
+        st: NtStatus,
     ) -> Option<(SigningAlgorithm, Vec<u8>)> {
         if let Some(sig) = &self.override_signer {
             return Some(sig.clone());

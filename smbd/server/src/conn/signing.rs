@@ -2,7 +2,8 @@
 //! decryption of sealed requests (3.3.5.2.1).
 
 use smb_auth::keys::{Cipher, SigningAlgorithm};
-use smb_proto::header::{flags, TRANSFORM_PROTOCOL_ID};
+use smb_proto::header::{self, TRANSFORM_PROTOCOL_ID};
+use smb_proto::netbios;
 
 use super::state::{AuthState, Signer};
 use super::Conn;
@@ -22,20 +23,13 @@ impl Conn {
         }
         if let Some((alg, key)) = signer {
             if let Some(msg) = buf.get_mut(4..) {
-                if msg.len() >= 20 {
-                    let fl =
-                        u32::from_le_bytes([msg[16], msg[17], msg[18], msg[19]]) | flags::SIGNED;
-                    msg[16..20].copy_from_slice(&fl.to_le_bytes());
-                }
+                header::mark_signed(msg);
                 if let Err(e) = smb_auth::signing::sign(alg, &key, msg) {
                     tracing::warn!(conn = self.id, %e, "signing failed");
                 }
             }
         }
-        let len = buf.len().saturating_sub(4) as u32;
-        if buf.len() >= 4 {
-            buf[..4].copy_from_slice(&(len & 0x00FF_FFFF).to_be_bytes());
-        }
+        netbios::write_session_header(&mut buf);
         self.out.push(buf);
     }
 
@@ -151,10 +145,5 @@ impl Conn {
     }
 }
 pub(super) fn frame(msg: Vec<u8>) -> Vec<u8> {
-    let len = msg.len() as u32;
-    let mut f = Vec::with_capacity(msg.len() + 4);
-    f.extend_from_slice(&(len & 0x00FF_FFFF).to_be_bytes());
-    f[0] = 0;
-    f.extend_from_slice(&msg);
-    f
+    netbios::session_message(&msg)
 }

@@ -1,6 +1,7 @@
 //! The state a connection keeps: negotiated parameters, sessions, trees, opens, pending
 //! (async) operations, per-chain context and what a command handler produces.
 
+use smb_proto::NtStatus;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::PathBuf;
@@ -118,7 +119,7 @@ pub(crate) struct ChainCtx {
     pub session_id: u64,
     pub tree_id: u32,
     pub file_id: Option<FileId>,
-    pub prev_status: u32,
+    pub prev_status: NtStatus,
     pub encrypted: bool,
     /// SessionId of the TRANSFORM_HEADER the chain arrived in (when `encrypted`).
     pub sealed_session: u64,
@@ -139,7 +140,7 @@ pub(crate) struct ChainCtx {
     pub last_tree_id: u32,
     /// Status of a failed CREATE in this compound; related requests without a handle fail
     /// with it instead of FILE_CLOSED (MS-SMB2 3.3.5.2.7.2).
-    pub create_err: Option<u32>,
+    pub create_err: Option<NtStatus>,
     /// Bytes of the chain's responses so far (`[limits] max_response_bytes`).
     pub response_bytes: usize,
 }
@@ -193,7 +194,7 @@ impl FileIo {
 
 /// What a handler produced.
 pub(crate) enum Outcome {
-    Reply(u32, Response),
+    Reply(NtStatus, Response),
     /// Handed to the ring ([`FileIo`]); answered on completion.
     Deferred(Box<FileIo>),
     /// Went async: an interim STATUS_PENDING was (or will be) sent with this AsyncId.
@@ -202,7 +203,7 @@ pub(crate) enum Outcome {
     Nothing,
 }
 
-pub(crate) fn err(st: u32) -> Outcome {
+pub(crate) fn err(st: NtStatus) -> Outcome {
     Outcome::Reply(st, Response::Error { data: vec![] })
 }
 

@@ -1,17 +1,17 @@
 //! CLOSE (MS-SMB2 3.3.5.10) and the teardown of an open.
 
+use smb_proto::NtStatus;
 use smb_proto::{status, CloseRequest, CloseResponse, Response};
 
 use super::{parent_and_name, FILE_ACTION_REMOVED};
 use crate::conn::{err, ChainCtx, Conn, Open, Outcome, PendingKind};
-use crate::fs::FileInfo;
 use crate::locking::{self, Reply};
 use crate::streams;
 
 impl Conn {
     /// Drop an open. Its blocked LOCK requests complete with `lock_status`: Windows answers
     /// RANGE_NOT_LOCKED when the handle is closed, and SUCCESS when the tree or session goes.
-    pub(crate) fn close_open(&mut self, v: u64, lock_status: u32) -> Option<Open> {
+    pub(crate) fn close_open(&mut self, v: u64, lock_status: NtStatus) -> Option<Open> {
         let aids: Vec<u64> = self
             .pending
             .iter()
@@ -94,7 +94,7 @@ impl Conn {
                     None => std::fs::metadata(&o.abs),
                 };
                 if let Ok(m) = m {
-                    let i = FileInfo::load(&o.abs, &m);
+                    let i = crate::fs::load_info(&o.abs, &m);
                     resp = CloseResponse {
                         flags: smb_proto::CLOSE_FLAG_POSTQUERY_ATTRIB,
                         creation_time: i.creation,

@@ -1,11 +1,12 @@
 //! CREATE (MS-SMB2 3.3.5.9): name resolution, access checks, the lock service's share-mode and
 //! oplock/lease decision (possibly asynchronous), then the open itself.
 
+use smb_proto::NtStatus;
 use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use smb_proto::cursor::{Reader, Writer};
+use smb_proto::cursor::Reader;
 use smb_proto::{
     create_action, create_options, ctx as cctx, disposition, oplock_level, status, CreateContext,
     CreateRequest, CreateResponse, FileId, Header, LeaseContext, Response,
@@ -13,8 +14,8 @@ use smb_proto::{
 
 use super::{
     engine_status, io_status, open_checked, oplock_grant_level, parent_and_name, path_status,
-    unix_may_delete, update_dos, APPEND_DATA, ATTR_SPARSE, BAD_IMPERSONATION_LEVEL, DELETE,
-    FILE_ACTION_ADDED, FULL_ACCESS, QUOTA_FAKE_FILE, READ_ACCESS, WRITE_ATTRIBUTES, WRITE_DATA,
+    unix_may_delete, update_dos, APPEND_DATA, ATTR_SPARSE, DELETE, FILE_ACTION_ADDED, FULL_ACCESS,
+    QUOTA_FAKE_FILE, READ_ACCESS, WRITE_ATTRIBUTES, WRITE_DATA,
 };
 use crate::beneath::ShareRoot;
 use crate::conn::{err, ChainCtx, Conn, CreateCont, Open, Outcome, PendingKind, StreamTarget};
@@ -56,19 +57,19 @@ impl Conn {
             // IPC$: no named pipes are served.
             return err(status::OBJECT_NAME_NOT_FOUND);
         };
-        let reconnect = match crate::durable::reconnect_request(&c) {
+        let reconnect = match smb_proto::create_ctx::reconnect_request(&c) {
             Ok(r) => r,
             Err(st) => return err(st),
         };
         if let Some(rc) = reconnect {
             return self.durable_reconnect(&c, rc, ctx.session_id, ctx.tree_id, share);
         }
-        let durable = match crate::durable::durable_request(&c, self.dialect()) {
+        let durable = match smb_proto::create_ctx::durable_request(&c, self.dialect()) {
             Ok(d) => d,
             Err(st) => return err(st),
         };
         if c.impersonation_level > 3 {
-            return err(BAD_IMPERSONATION_LEVEL);
+            return err(status::BAD_IMPERSONATION_LEVEL);
         }
         if c.options & create_options::DIRECTORY_FILE != 0
             && c.options & create_options::NON_DIRECTORY_FILE != 0
@@ -326,8 +327,7 @@ impl Conn {
         // No directory leases: SMB2_GLOBAL_CAP_DIRECTORY_LEASING is not offered, so a
         // directory open gets neither a lease nor an oplock (MS-SMB2 3.3.5.9.8).
         let requested_lease = if c.oplock_level == oplock_level::LEASE && self.dialect() >= 0x0210 {
-            c.context(cctx::RQLS)
-                .and_then(|x| LeaseContext::decode(&x.data).ok())
+            smb_proto::create_ctx::lease_request(&c)
         } else {
             None
         };
@@ -469,7 +469,7 @@ impl Conn {
         access: u32,
         desired: u32,
         token: &crate::sd::Token,
-    ) -> Result<u32, u32> {
+    ) -> Result<u32, NtStatus> {
         const SYNCHRONIZE: u32 = 0x0010_0000;
         const DELETE_CHILD: u32 = 0x40;
         let Some(mut granted) = crate::sd::load(path).granted(token) else {
@@ -510,7 +510,7 @@ impl Conn {
         sname: &str,
         c: &CreateRequest,
         read_only: bool,
-    ) -> Result<StreamTarget, u32> {
+    ) -> Result<StreamTarget, NtStatus> {
         use std::os::unix::fs::MetadataExt;
         let may_create = !matches!(c.disposition, disposition::OPEN | disposition::OVERWRITE);
         let mut base_created = false;
@@ -649,7 +649,7 @@ impl Conn {
             }
         }
         let info = match std::fs::metadata(&cont.abs) {
-            Ok(m) => FileInfo::load(&cont.abs, &m),
+            Ok(m) => crate::fs::load_info(&cont.abs, &m),
             Err(e) => return (err(io_status(&e)), None),
         };
         let mut info = match (&cont.stream, &file) {
@@ -672,23 +672,15 @@ impl Conn {
         };
         let mut contexts = Vec::new();
         if cont.want_mxac {
-            let mut w = Writer::new();
-            w.u32(0)
-                .u32(if read_only { READ_ACCESS } else { FULL_ACCESS });
-            contexts.push(CreateContext {
-                name: cctx::MXAC.to_vec(),
-                data: w.buf,
-            });
+            contexts.push(smb_proto::create_ctx::maximal_access_response(
+                if read_only { READ_ACCESS } else { FULL_ACCESS },
+            ));
         }
         if cont.want_qfid {
-            let mut w = Writer::new();
-            w.u64(info.ino)
-                .u64(self.shared.shares[cont.share].fs_id)
-                .zeros(16);
-            contexts.push(CreateContext {
-                name: cctx::QFID.to_vec(),
-                data: w.buf,
-            });
+            contexts.push(smb_proto::create_ctx::on_disk_id_response(
+                info.ino,
+                self.shared.shares[cont.share].fs_id,
+            ));
         }
         if let (OplockGrant::Lease(l), Some(req)) = (&grant, &cont.lease) {
             // The response takes the shape of the lease as first granted: a v2 request for a
@@ -705,17 +697,14 @@ impl Conn {
                 parent_key: req.parent_key,
                 epoch: l.epoch,
             };
-            contexts.push(CreateContext {
-                name: cctx::RQLS.to_vec(),
-                data: resp.encode(),
-            });
+            contexts.push(smb_proto::create_ctx::lease_response(&resp));
         }
         let durable = cont
             .durable
             .clone()
             .filter(|_| !cont.is_dir && crate::durable::grant_allows_durable(&grant))
             .map(|kind| {
-                contexts.push(crate::durable::response_context(&kind));
+                contexts.push(smb_proto::create_ctx::durable_response(&kind));
                 crate::durable::DurableState {
                     kind,
                     share_access: cont.share_access,

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use smb_proto::cursor::{string_to_utf16, Writer};
+use smb_proto::fscc::DirListing;
 use smb_proto::{
     query_dir_flags, status, ChangeNotifyRequest, Header, QueryDirectoryRequest, Response,
 };
@@ -74,33 +74,29 @@ impl Conn {
                 status::NO_MORE_FILES
             });
         }
-        let max = q.output_buffer_length as usize;
-        let mut out = Writer::new();
-        let mut last_start: Option<usize> = None;
+        let mut listing = DirListing::new(q.output_buffer_length as usize);
         while ds.pos < ds.entries.len() {
             let e = &ds.entries[ds.pos];
             let Some(enc) = fs::encode_dir_entry(q.info_class, e, 0) else {
                 return err(status::INVALID_INFO_CLASS);
             };
-            let start = (out.len() + 7) & !7;
-            if start + enc.len() > max {
+            if !listing.push(&enc) {
                 break;
             }
-            out.align(8);
-            if let Some(ls) = last_start {
-                out.set_u32(ls, (start - ls) as u32);
-            }
-            out.bytes(&enc);
-            last_start = Some(start);
             ds.pos += 1;
             if q.flags & query_dir_flags::RETURN_SINGLE_ENTRY != 0 {
                 break;
             }
         }
-        if last_start.is_none() {
+        if listing.is_empty() {
             return err(status::INFO_LENGTH_MISMATCH);
         }
-        Outcome::Reply(status::SUCCESS, Response::QueryDirectory { data: out.buf })
+        Outcome::Reply(
+            status::SUCCESS,
+            Response::QueryDirectory {
+                data: listing.into_bytes(),
+            },
+        )
     }
 
     pub(crate) fn change_notify(
@@ -149,17 +145,15 @@ impl Conn {
             .collect();
         for (aid, max_out) in aids {
             self.shared.unwatch(self.id, &dir.to_path_buf());
-            let n = string_to_utf16(name);
-            let mut w = Writer::new();
-            w.u32(0).u32(action).u32(n.len() as u32).bytes(&n);
-            if w.len() > max_out as usize {
+            let entry = smb_proto::fscc::notify_entry(action, name);
+            if entry.len() > max_out as usize {
                 self.complete_async(
                     aid,
                     status::NOTIFY_ENUM_DIR,
                     Response::ChangeNotify { data: vec![] },
                 );
             } else {
-                self.complete_async(aid, status::SUCCESS, Response::ChangeNotify { data: w.buf });
+                self.complete_async(aid, status::SUCCESS, Response::ChangeNotify { data: entry });
             }
         }
     }

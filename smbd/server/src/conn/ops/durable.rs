@@ -2,18 +2,15 @@
 //! one with the lock service, parking the open when the connection or session goes away, and
 //! reclaiming it on a DHnC / DH2C reconnect.
 
+use smb_proto::NtStatus;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use smb_proto::{
-    create_action, ctx as cctx, status, CreateContext, CreateRequest, FileId, LeaseContext,
-    Response,
-};
+use smb_proto::{create_action, status, CreateRequest, FileId, LeaseContext, Response};
 
 use super::create::create_response;
 use crate::conn::{err, Conn, Open, Outcome};
 use crate::durable::{DurableBlob, DurableState, Reconnect, ReconnectCheck};
-use crate::fs::FileInfo;
 use crate::locking::{self, OplockGrant, Reply};
 
 impl Conn {
@@ -78,8 +75,7 @@ impl Conn {
             .unwrap_or_default();
         let client_guid = self.neg.as_ref().map(|n| n.client_guid).unwrap_or_default();
         let lease_req = if self.dialect() >= 0x0210 {
-            c.context(cctx::RQLS)
-                .and_then(|x| LeaseContext::decode(&x.data).ok())
+            smb_proto::create_ctx::lease_request(c)
         } else {
             None
         };
@@ -126,7 +122,7 @@ impl Conn {
             None => match self.reopen(&blob, share) {
                 Ok(o) => o,
                 Err(st) => {
-                    tracing::debug!(persistent, st, "durable open cannot be reopened");
+                    tracing::debug!(persistent, ?st, "durable open cannot be reopened");
                     let _ = self.shared.lock_request(
                         self.id,
                         0,
@@ -137,7 +133,7 @@ impl Conn {
             },
         };
         let info = match std::fs::metadata(&open.abs) {
-            Ok(m) => FileInfo::load(&open.abs, &m),
+            Ok(m) => crate::fs::load_info(&open.abs, &m),
             Err(_) => {
                 let _ = self.shared.lock_request(
                     self.id,
@@ -151,18 +147,14 @@ impl Conn {
         let oplock_level = match &grant {
             OplockGrant::Lease(l) => {
                 let r = blob.lease.unwrap_or_default();
-                contexts.push(CreateContext {
-                    name: cctx::RQLS.to_vec(),
-                    data: LeaseContext {
-                        key: l.key.0,
-                        state: l.state.0 as u32,
-                        flags: 0,
-                        duration: 0,
-                        parent_key: r.parent_key,
-                        epoch: l.epoch.or(r.epoch.map(|_| 0)),
-                    }
-                    .encode(),
-                });
+                contexts.push(smb_proto::create_ctx::lease_response(&LeaseContext {
+                    key: l.key.0,
+                    state: l.state.0 as u32,
+                    flags: 0,
+                    duration: 0,
+                    parent_key: r.parent_key,
+                    epoch: l.epoch.or(r.epoch.map(|_| 0)),
+                }));
                 smb_proto::oplock_level::LEASE
             }
             OplockGrant::Oplock(l) => *l as u8,
@@ -212,7 +204,7 @@ impl Conn {
     }
 
     /// Open the file of a durable open another node (or an earlier run of this one) had.
-    fn reopen(&self, b: &DurableBlob, share: usize) -> Result<Open, u32> {
+    fn reopen(&self, b: &DurableBlob, share: usize) -> Result<Open, NtStatus> {
         use std::os::unix::fs::MetadataExt;
         let sh = &self.shared.shares[share];
         let rel = PathBuf::from(&b.rel);

@@ -1,5 +1,6 @@
 //! QUERY_INFO and SET_INFO (MS-SMB2 3.3.5.20, 3.3.5.21).
 
+use smb_proto::NtStatus;
 use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
 
@@ -18,10 +19,10 @@ use crate::locking::{self, OplockGrant, Reply, Status};
 use crate::streams;
 
 impl Conn {
-    pub(super) fn open_view_info(o: &Open) -> Result<FileInfo, u32> {
+    pub(super) fn open_view_info(o: &Open) -> Result<FileInfo, NtStatus> {
         if o.stream.is_some() {
             let info = std::fs::metadata(&o.abs)
-                .map(|m| FileInfo::load(&o.abs, &m))
+                .map(|m| fs::load_info(&o.abs, &m))
                 .map_err(|e| io_status(&e))?;
             return Ok(match &o.file {
                 Some(f) => stream_info(info, f),
@@ -32,7 +33,7 @@ impl Conn {
             Some(f) => f.metadata(),
             None => std::fs::metadata(&o.abs),
         };
-        m.map(|m| FileInfo::load(&o.abs, &m))
+        m.map(|m| fs::load_info(&o.abs, &m))
             .map_err(|e| io_status(&e))
     }
 
@@ -45,7 +46,7 @@ impl Conn {
             return out;
         };
         if !m.is_dir() {
-            let i = FileInfo::from_meta(&m);
+            let i = fs::info_from_meta(&m);
             out.push(("::$DATA".to_string(), i.size, i.alloc));
         }
         let root = &self.shared.shares[o.share].root;
@@ -225,7 +226,7 @@ impl Conn {
 
     /// SET_INFO SECURITY (MS-SMB2 3.3.5.21.3): WRITE_OWNER for owner/group, WRITE_DAC for
     /// the DACL; SACLs are ignored (no auditing).
-    pub(super) fn set_security(o: &Open, which: u32, buf: &[u8], read_only: bool) -> u32 {
+    pub(super) fn set_security(o: &Open, which: u32, buf: &[u8], read_only: bool) -> NtStatus {
         use crate::sd;
         const WRITE_DAC: u32 = 0x0004_0000;
         const WRITE_OWNER: u32 = 0x0008_0000;
@@ -250,7 +251,7 @@ impl Conn {
         }
     }
 
-    pub(super) fn set_basic(&mut self, v: u64, r: &mut Reader<'_>) -> u32 {
+    pub(super) fn set_basic(&mut self, v: u64, r: &mut Reader<'_>) -> NtStatus {
         let Some(o) = self.opens.get(&v) else {
             return status::FILE_CLOSED;
         };
@@ -332,7 +333,7 @@ impl Conn {
         status::SUCCESS
     }
 
-    pub(super) fn set_size(&mut self, v: u64, len: u64, allocation: bool) -> u32 {
+    pub(super) fn set_size(&mut self, v: u64, len: u64, allocation: bool) -> NtStatus {
         let Some(o) = self.opens.get(&v) else {
             return status::FILE_CLOSED;
         };
@@ -362,7 +363,7 @@ impl Conn {
         }
     }
 
-    pub(super) fn set_disposition(&mut self, v: u64, delete: bool) -> u32 {
+    pub(super) fn set_disposition(&mut self, v: u64, delete: bool) -> NtStatus {
         let Some(o) = self.opens.get(&v) else {
             return status::FILE_CLOSED;
         };
@@ -449,7 +450,7 @@ impl Conn {
         }
     }
 
-    pub(super) fn set_rename(&mut self, v: u64, buf: &[u8], _cls: u8) -> u32 {
+    pub(super) fn set_rename(&mut self, v: u64, buf: &[u8], _cls: u8) -> NtStatus {
         let mut r = Reader::new(buf);
         let parsed = (|| -> Result<(bool, String), smb_proto::DecodeError> {
             let replace = r.u8()? != 0;

@@ -1,6 +1,7 @@
 //! READ, WRITE and FLUSH (MS-SMB2 3.3.5.11 - 3.3.5.13), synchronously or through the
 //! worker's io_uring.
 
+use smb_proto::NtStatus;
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 
@@ -39,7 +40,7 @@ impl Conn {
         offset: u64,
         length: u64,
         write: bool,
-    ) -> Result<(), u32> {
+    ) -> Result<(), NtStatus> {
         let Some(lo) = o.lock_open else {
             return Ok(());
         };
@@ -311,7 +312,7 @@ impl Conn {
     pub(super) fn deferred_reply(
         &mut self,
         mut h: Header,
-        st: u32,
+        st: NtStatus,
         body: Response,
         signer: Option<Signer>,
         enc: Option<u64>,

@@ -3,14 +3,13 @@
 use std::os::unix::fs::FileExt;
 
 use smb_proto::cursor::{Reader, Writer};
-use smb_proto::{fsctl, status, FileId, Header, IoctlRequest, Response};
+use smb_proto::{fsctl, status, FileId, Header, IoctlRequest, NtStatus, Response};
 
 use super::{
     io_status, update_dos, Chunk, APPEND_DATA, ATTR_SPARSE, COPYCHUNK_MAX_CHUNKS,
     COPYCHUNK_MAX_CHUNK_SIZE, COPYCHUNK_MAX_TOTAL, EXECUTE, FSCTL_GET_COMPRESSION,
     FSCTL_LMR_REQUEST_RESILIENCY, FSCTL_SET_COMPRESSION, FSCTL_SMBTORTURE_FSP_ASYNC_SLEEP,
-    FSCTL_SMBTORTURE_GLOBAL_READ_RESPONSE_BODY_PADDING8, INVALID_VIEW_SIZE, NOT_A_REPARSE_POINT,
-    READ_DATA, WRITE_ATTRIBUTES, WRITE_DATA,
+    FSCTL_SMBTORTURE_GLOBAL_READ_RESPONSE_BODY_PADDING8, READ_DATA, WRITE_ATTRIBUTES, WRITE_DATA,
 };
 use crate::conn::{err, ChainCtx, Conn, Open, Outcome};
 use crate::sys;
@@ -212,7 +211,7 @@ impl Conn {
                 if let Err(st) = self.resolve_fid(i.file_id, ctx) {
                     return err(st);
                 }
-                err(NOT_A_REPARSE_POINT)
+                err(status::NOT_A_REPARSE_POINT)
             }
             fsctl::QUERY_ALLOCATED_RANGES => self.query_allocated_ranges(&i, ctx),
             fsctl::SET_ZERO_DATA => self.set_zero_data(&i, ctx),
@@ -253,7 +252,7 @@ impl Conn {
             Ok(v) => v,
             Err(st) => return err(st),
         };
-        let out = |st: u32, a: u32, b: u32, c: u32| {
+        let out = |st: NtStatus, a: u32, b: u32, c: u32| {
             let mut w = Writer::new();
             w.u32(a).u32(b).u32(c);
             Outcome::Reply(
@@ -327,7 +326,7 @@ impl Conn {
         let mut written_total = 0u32;
         for &(so, to, len) in &chunks {
             if so.saturating_add(len as u64) > src_len {
-                return out(INVALID_VIEW_SIZE, written_chunks, 0, written_total);
+                return out(status::INVALID_VIEW_SIZE, written_chunks, 0, written_total);
             }
             if let Err(st) = self.check_io(src, so, len as u64, false) {
                 return out(st, written_chunks, 0, written_total);

@@ -3,6 +3,7 @@
 //! `durable`). Here: what they share, above all [`Conn::open_for`], the one way from a
 //! request's FileId to its open.
 
+use smb_proto::NtStatus;
 use std::fs::File;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use smb_proto::{info_type, oplock_level, status, FileId};
 
 use crate::beneath::ShareRoot;
 use crate::conn::{ChainCtx, Conn, Open};
-use crate::fs::{self, class, DirEntry, FileInfo};
+use crate::fs::{self, class, DirEntry};
 use crate::locking::{ClientGuid, OplockGrant, Status};
 use crate::streams;
 
@@ -42,15 +43,12 @@ const ATTR_SPARSE: u32 = 0x200;
 const MAX_FILE_SIZE: u64 = 0xfff_ffff_0000;
 const FSCTL_GET_COMPRESSION: u32 = 0x0009_003C;
 const FSCTL_SET_COMPRESSION: u32 = 0x0009_C040;
-const INVALID_VIEW_SIZE: u32 = 0xC000_001F;
 /// Server-side copy limits advertised on INVALID_PARAMETER (the values Windows and Samba use).
 /// One SRV_COPYCHUNK element: (source offset, target offset, length).
 type Chunk = (u64, u64, u32);
 const COPYCHUNK_MAX_CHUNKS: u32 = 256;
 const COPYCHUNK_MAX_CHUNK_SIZE: u32 = 1024 * 1024;
 const COPYCHUNK_MAX_TOTAL: u32 = 16 * 1024 * 1024;
-const NOT_A_REPARSE_POINT: u32 = 0xC000_0275;
-const BAD_IMPERSONATION_LEVEL: u32 = 0xC000_00A5;
 const FULL_ACCESS: u32 = 0x001F_01FF;
 /// NTFS quota index; opened by clients to manage quotas.
 const QUOTA_FAKE_FILE: &str = "$Extend\\$Quota:$Q:$INDEX_ALLOCATION";
@@ -65,7 +63,7 @@ const LIST_DIRECTORY: u32 = 0x1;
 const READ_ATTRIBUTES: u32 = 0x80;
 const READ_CONTROL: u32 = 0x2_0000;
 
-fn io_status(e: &std::io::Error) -> u32 {
+fn io_status(e: &std::io::Error) -> NtStatus {
     match e.kind() {
         ErrorKind::NotFound => status::OBJECT_NAME_NOT_FOUND,
         ErrorKind::AlreadyExists => status::OBJECT_NAME_COLLISION,
@@ -94,8 +92,8 @@ fn parent_and_name(abs: &Path) -> (PathBuf, String) {
     )
 }
 
-fn engine_status(st: Status) -> u32 {
-    st.ntstatus()
+fn engine_status(st: Status) -> NtStatus {
+    NtStatus(st.ntstatus())
 }
 
 fn oplock_grant_level(g: &OplockGrant) -> u8 {
@@ -108,7 +106,7 @@ fn oplock_grant_level(g: &OplockGrant) -> u8 {
 
 impl Conn {
     /// Map a request FileId (or the related-chain placeholder) to an open of this session.
-    fn resolve_fid(&self, fid: FileId, ctx: &ChainCtx) -> Result<u64, u32> {
+    fn resolve_fid(&self, fid: FileId, ctx: &ChainCtx) -> Result<u64, NtStatus> {
         let fid = if fid == FileId::RELATED {
             if !ctx.related {
                 return Err(status::FILE_CLOSED);
@@ -138,14 +136,14 @@ impl Conn {
 
     /// The open a request's FileId names, with its volatile id: the one way a handler gets
     /// from a FileId to its [`Open`] (see [`Conn::resolve_fid`] for the rules).
-    fn open_for(&self, fid: FileId, ctx: &ChainCtx) -> Result<(u64, &Open), u32> {
+    fn open_for(&self, fid: FileId, ctx: &ChainCtx) -> Result<(u64, &Open), NtStatus> {
         let v = self.resolve_fid(fid, ctx)?;
         let o = self.opens.get(&v).ok_or(status::FILE_CLOSED)?;
         Ok((v, o))
     }
 
     /// [`Conn::open_for`], for a handler that changes the open.
-    fn open_for_mut(&mut self, fid: FileId, ctx: &ChainCtx) -> Result<(u64, &mut Open), u32> {
+    fn open_for_mut(&mut self, fid: FileId, ctx: &ChainCtx) -> Result<(u64, &mut Open), NtStatus> {
         let v = self.resolve_fid(fid, ctx)?;
         let o = self.opens.get_mut(&v).ok_or(status::FILE_CLOSED)?;
         Ok((v, o))
@@ -191,7 +189,7 @@ fn fixed_part(it: u8, cls: u8) -> Option<usize> {
 /// io_status for an operation on a client path: a path the kernel would not resolve beneath
 /// the share root (EXDEV from openat2 RESOLVE_BENEATH: a symlink or `..` leading out) is an
 /// access denial, not a cross-device error.
-fn path_status(e: &std::io::Error) -> u32 {
+fn path_status(e: &std::io::Error) -> NtStatus {
     if e.raw_os_error() == Some(libc::EXDEV) {
         status::ACCESS_DENIED
     } else {
@@ -264,7 +262,7 @@ fn update_dos(path: &Path, f: impl FnOnce(&mut crate::dosattr::DosInfo, u64)) {
     let Ok(m) = std::fs::metadata(path) else {
         return;
     };
-    let cur = FileInfo::from_meta(&m);
+    let cur = fs::info_from_meta(&m);
     let mut d = crate::dosattr::load(path).unwrap_or(crate::dosattr::DosInfo {
         attributes: cur.attributes & !(fs::attr::DIRECTORY | fs::attr::READONLY),
         creation: cur.creation,
@@ -278,15 +276,15 @@ fn update_dos(path: &Path, f: impl FnOnce(&mut crate::dosattr::DosInfo, u64)) {
 }
 
 /// Snapshot a directory for QUERY_DIRECTORY: ".", ".." then the matching entries.
-fn list_dir(dir: &Path, pattern: &str) -> Result<Vec<DirEntry>, u32> {
+fn list_dir(dir: &Path, pattern: &str) -> Result<Vec<DirEntry>, NtStatus> {
     let mut out = Vec::new();
     let dot_info = std::fs::metadata(dir)
-        .map(|m| FileInfo::load(dir, &m))
+        .map(|m| fs::load_info(dir, &m))
         .map_err(|e| io_status(&e))?;
     let parent_info = dir
         .parent()
         .and_then(|p| std::fs::metadata(p).ok())
-        .map(|m| FileInfo::from_meta(&m))
+        .map(|m| fs::info_from_meta(&m))
         .unwrap_or(dot_info);
     for (n, i) in [(".", dot_info), ("..", parent_info)] {
         if fs::wildcard_match(pattern, n) {
@@ -310,7 +308,7 @@ fn list_dir(dir: &Path, pattern: &str) -> Result<Vec<DirEntry>, u32> {
         };
         names.push(DirEntry {
             name,
-            info: FileInfo::load(&e.path(), &m),
+            info: fs::load_info(&e.path(), &m),
         });
     }
     names.sort_by(|a, b| a.name.cmp(&b.name));

@@ -202,7 +202,7 @@ impl Conn {
                         Reply::Done(st) => engine_status(st),
                         _ => status::INTERNAL_ERROR,
                     };
-                    tracing::debug!(conn = self.id, st, "rename after lease break");
+                    tracing::debug!(conn = self.id, ?st, "rename after lease break");
                     if st == status::SUCCESS {
                         self.complete_async(aid, st, Response::SetInfo);
                     } else {
