@@ -1,1 +1,2 @@
 //! Hardware tests: soft-RoCE under qemu
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]

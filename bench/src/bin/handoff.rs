@@ -3,6 +3,7 @@
 //! prints HDR percentiles of the hand-off.
 //!
 //! `handoff [--iterations N] [--server-spin-us US] [--waiter-spin]`
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 use std::process::ExitCode;
 use std::time::Duration;

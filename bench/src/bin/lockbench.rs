@@ -27,6 +27,7 @@
 //! between two queue pairs on the same device without side channel or lock protocol
 //! (`lockmgr_rdma::raw::verbs_pingpong`). Without an RDMA device it fails with the transport's
 //! explanation.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -12,6 +12,7 @@
 //!
 //! Needs Debian packages samba, samba-testsuite (smbtorture), libnss-wrapper and, for
 //! samba-ctdb, ctdb; and our smbd/lockmgrd built (`cargo build --release -p smbd -p lockmgrd`).
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -18,6 +18,7 @@
 //!
 //! `--lockbench`: the lockbench binary to run (then it is required); by default a `lockbench`
 //! next to this binary is used if there is one, and the test is skipped otherwise.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr};

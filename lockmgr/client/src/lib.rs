@@ -5,6 +5,7 @@
 //! and break notifications come out of [`LockClient::poll`] as [`Event`]s. Only
 //! [`LockClient::connect`] (the authenticated handshake) and the convenience
 //! [`LockClient::call`] wait.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod connect;
 pub mod mux;

@@ -15,6 +15,7 @@
 //! lockmgrd is single-threaded and synchronous; the etcd client is async (tonic/gRPC), so a
 //! [`Coordinator`] owns a current-thread tokio runtime and blocks on each call. Calls are
 //! rare (start, failover, standby replacement) and each has a deadline.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![forbid(unsafe_code)]
 
 pub use lockmgr_replica::{ConfigError, Configuration, Member, MAX_STANDBYS};

@@ -2,6 +2,7 @@
 //!
 //! [`server::Server`] runs the [`lockmgr_engine::Engine`] behind any
 //! [`lockmgr_transport::ServerTransport`]; [`config`] reads the TOML configuration.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod config;
 pub mod conformance;

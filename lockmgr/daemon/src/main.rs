@@ -1,4 +1,5 @@
 //! lockmgrd: serves the lock engine over one transport until SIGTERM/SIGINT.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -7,6 +7,8 @@
 //! conflicting lock must be refused. The injection test also runs with frame MACs off (the
 //! benchmark's insecure baseline) and there requires the attack to succeed: proof that it
 //! really exercises what the MAC prevents.
+// Raw sockets and poll(2) to attack or watch the transport from outside: test-only unsafe.
+#![allow(unsafe_code)]
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};

@@ -22,6 +22,7 @@
 //! * when a session's last open of a delete-pending file vanishes in
 //!   [`Engine::end_session`], nobody was told to unlink it: the daemon must collect such
 //!   files with [`Engine::take_orphaned_deletes`] (new opens get `DeletePending` until then).
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![forbid(unsafe_code)]
 
 mod brl;

@@ -34,6 +34,7 @@
 //! requests carry at most [`MAX_LOCK_RANGES`] ranges. Every value has exactly one encoding
 //! (booleans are 0/1, undefined flag bits are rejected, bodies must be consumed exactly), so
 //! decode-then-encode reproduces the input.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![forbid(unsafe_code)]
 
 pub mod auth;

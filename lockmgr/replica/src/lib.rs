@@ -34,6 +34,7 @@
 //! The [`history`] module checks runs of this protocol (and of the real daemons) for the two
 //! failures replication exists to prevent: two conflicting byte-range locks held at once, and
 //! an acknowledged lock that vanished.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![forbid(unsafe_code)]
 
 mod config;

@@ -1,4 +1,6 @@
 //! Shared-memory transport tests.
+// Raw sockets and poll(2) to attack or watch the transport from outside: test-only unsafe.
+#![allow(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

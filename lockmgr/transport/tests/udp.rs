@@ -1,4 +1,6 @@
 //! UDP transport tests.
+// Raw sockets and poll(2) to attack or watch the transport from outside: test-only unsafe.
+#![allow(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};

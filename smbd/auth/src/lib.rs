@@ -4,6 +4,7 @@
 //! no connection state beyond what a single authentication exchange needs. The SMB server feeds it
 //! SESSION_SETUP security buffers ([`ntlm::NtlmServer::step`]) and whole SMB2 messages
 //! ([`signing`], [`encryption`]).
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![forbid(unsafe_code)]
 
 pub mod encryption;

@@ -11,6 +11,7 @@
 //! [`NtStatus`]).
 //!
 //! Nothing here panics on input: every read is bounds-checked and failures are [`DecodeError`].
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![forbid(unsafe_code)]
 
 pub mod create_ctx;

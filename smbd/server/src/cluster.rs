@@ -51,6 +51,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const PUMP_MAX_SLEEP: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClusterError {
     #[error("[lockmgr] transport = \"embedded\" needs no cluster lock service")]
     Embedded,

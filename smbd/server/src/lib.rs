@@ -15,7 +15,7 @@
 //!
 //! `unsafe` is denied everywhere except [`sys`] and the io_uring `worker`; the lockmgr pump in
 //! `server::cluster` waits through lockmgr-transport's plumbing (`sys::poll_fds`, eventfds).
-
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![deny(unsafe_code)]
 
 pub mod beneath;

@@ -7,7 +7,7 @@
 //! process (exit by SIGABRT): a worker that died silently would leave its connections hung
 //! and their lock state held, while a dead process is restarted by its supervisor and, in a
 //! cluster, lockmgrd releases the node's locks when its session drops.
-
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![deny(unsafe_code)]
 
 use std::net::SocketAddr;

@@ -5,6 +5,7 @@
 //! `ctdb status` / `smbstatus`. `hold` opens a file, takes a byte-range lock and keeps the
 //! session alive until killed: the multi-process failure tests use it as a node that dies while
 //! holding locks.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 use std::io::Write;
 use std::path::PathBuf;

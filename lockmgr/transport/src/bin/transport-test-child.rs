@@ -11,6 +11,7 @@
 //! transport-test-child eth-client MEDIUM   as shm-client over afpacket|afxdp on the netns
 //!                                          veth, towards netns::MAC_A
 //! ```
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -72,6 +72,7 @@ impl TestServer {
         if let Some(n) = opts.nofile {
             use std::os::unix::process::CommandExt;
             // SAFETY: setrlimit is async-signal-safe and touches only the child's limits.
+            #[allow(unsafe_code)]
             unsafe {
                 cmd.pre_exec(move || {
                     let rl = libc::rlimit {
