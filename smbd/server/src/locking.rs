@@ -43,21 +43,46 @@ pub trait LockService: Send {
 /// The in-process lock engine (`lockmgr_engine::Engine`) behind [`LockService`].
 pub struct EngineLocks {
     engine: lockmgr_engine::Engine,
-    epoch: std::time::Instant,
+    clock: EngineClock,
     events: VecDeque<(SessionId, Notification)>,
+}
+
+/// Where [`EngineLocks`] reads the engine's time.
+enum EngineClock {
+    /// Nanoseconds since the service started.
+    System(std::time::Instant),
+    /// Nanoseconds set by the owner (simulated-time tests step it by hand).
+    Manual(std::sync::Arc<std::sync::atomic::AtomicU64>),
 }
 
 impl EngineLocks {
     pub fn new(config: lockmgr_engine::Config) -> Self {
+        Self::with_clock(config, EngineClock::System(std::time::Instant::now()))
+    }
+
+    /// An engine whose clock is `nanos`, moved by the caller (simulated-time tests).
+    pub fn with_manual_clock(
+        config: lockmgr_engine::Config,
+        nanos: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) -> Self {
+        Self::with_clock(config, EngineClock::Manual(nanos))
+    }
+
+    fn with_clock(config: lockmgr_engine::Config, clock: EngineClock) -> Self {
         EngineLocks {
             engine: lockmgr_engine::Engine::new(config),
-            epoch: std::time::Instant::now(),
+            clock,
             events: VecDeque::new(),
         }
     }
 
     fn now(&self) -> lockmgr_engine::Time {
-        lockmgr_engine::Time(self.epoch.elapsed().as_nanos() as u64)
+        match &self.clock {
+            EngineClock::System(start) => lockmgr_engine::Time(start.elapsed().as_nanos() as u64),
+            EngineClock::Manual(nanos) => {
+                lockmgr_engine::Time(nanos.load(std::sync::atomic::Ordering::SeqCst))
+            }
+        }
     }
 
     /// Move engine outputs to the event queue, returning the reply to (session, id) if seen.

@@ -10,11 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lockmgr_engine::{Engine, Output, Time};
 use smb_proto::header::{flags, Header};
 use smb_proto::{status, CreateContext, Writer};
 use smbd::conn::Conn;
-use smbd::locking::{LockService, Notification, Reply, Request, RequestId, SessionId};
+use smbd::locking::EngineLocks;
 use smbd::shared::Shared;
 
 #[path = "../fuzz/conn_harness.rs"]
@@ -30,76 +29,6 @@ const FILE_OPEN_IF: u32 = 3;
 const NON_DIRECTORY: u32 = 0x40;
 /// The lock engine's default break timeout (lockmgr_engine::Config), as Samba and ksmbd.
 const BREAK_TIMEOUT: Duration = Duration::from_secs(35);
-
-/// The in-process lock engine behind smbd's `LockService`, with a clock the test owns (the
-/// server's own `EngineLocks` reads the system clock).
-struct SimLocks {
-    engine: Engine,
-    clock: Arc<AtomicU64>,
-    events: VecDeque<(SessionId, Notification)>,
-}
-
-impl SimLocks {
-    fn now(&self) -> Time {
-        Time(self.clock.load(Ordering::SeqCst))
-    }
-
-    fn drain(&mut self, want: Option<(SessionId, RequestId)>) -> Option<Reply> {
-        let mut mine = None;
-        while let Some(out) = self.engine.poll_output() {
-            match out {
-                Output::Reply {
-                    session,
-                    request,
-                    reply,
-                } => {
-                    if mine.is_none() && want == Some((session, request)) {
-                        mine = Some(reply);
-                    } else {
-                        self.events
-                            .push_back((session, Notification::Completed { request, reply }));
-                    }
-                }
-                Output::Notify {
-                    session,
-                    notification,
-                } => self.events.push_back((session, notification)),
-            }
-        }
-        mine
-    }
-}
-
-impl LockService for SimLocks {
-    fn open_session(&mut self, session: SessionId) {
-        self.engine.open_session(session);
-    }
-
-    fn end_session(&mut self, session: SessionId) {
-        let now = self.now();
-        self.engine.end_session(now, session);
-        self.drain(None);
-    }
-
-    fn request(&mut self, session: SessionId, id: RequestId, req: Request) -> Reply {
-        let now = self.now();
-        self.engine.handle(now, session, id, req);
-        self.drain(Some((session, id)))
-            .unwrap_or(Reply::Done(smbd::locking::Status::Unsuccessful))
-    }
-
-    fn poll_event(&mut self) -> Option<(SessionId, Notification)> {
-        self.events.pop_front()
-    }
-
-    fn tick(&mut self) {
-        let now = self.now();
-        if self.engine.poll_timeout().is_some_and(|t| t <= now) {
-            self.engine.handle_timeout(now);
-            self.drain(None);
-        }
-    }
-}
 
 /// One response as a client sees it.
 struct Answer {
@@ -152,11 +81,9 @@ impl Pair {
         std::fs::create_dir(&share).expect("share dir");
         let share = share.canonicalize().expect("canonical share path");
         let clock = Arc::new(AtomicU64::new(1));
-        let locks = SimLocks {
-            engine: Engine::new(lockmgr_engine::Config::default()),
-            clock: clock.clone(),
-            events: VecDeque::new(),
-        };
+        // The in-process lock engine with a clock the test owns.
+        let locks =
+            EngineLocks::with_manual_clock(lockmgr_engine::Config::default(), clock.clone());
         let shared =
             conn_harness::shared_with_locks(share.clone(), Box::new(locks)).expect("server state");
         Pair {
