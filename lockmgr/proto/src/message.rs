@@ -293,19 +293,43 @@ pub fn split_status_text(text: &str) -> impl Iterator<Item = Message> + '_ {
     })
 }
 
+/// Encoded size of a node name (length byte + UTF-8), or the error if it is too long.
+pub(crate) fn node_name_len(name: &str) -> Result<usize, EncodeError> {
+    if name.len() > MAX_NODE_NAME {
+        return Err(EncodeError::StringTooLong {
+            field: "node_name",
+            len: name.len(),
+            max: MAX_NODE_NAME,
+        });
+    }
+    Ok(1 + name.len())
+}
+
+/// Writes a node name already checked by [`node_name_len`].
+pub(crate) fn put_node_name(s: &mut Sink<'_>, name: &str) {
+    // Cannot truncate: bounded by MAX_NODE_NAME in node_name_len.
+    s.u8(name.len() as u8);
+    s.put(name.as_bytes());
+}
+
+pub(crate) fn get_node_name(r: &mut Reader<'_>) -> Result<String, DecodeError> {
+    let len = usize::from(r.u8()?);
+    if len > MAX_NODE_NAME {
+        return Err(DecodeError::StringTooLong {
+            field: "node_name",
+            len,
+            max: MAX_NODE_NAME,
+        });
+    }
+    Ok(std::str::from_utf8(r.bytes(len)?)
+        .map_err(|_| DecodeError::InvalidUtf8 { field: "node_name" })?
+        .to_owned())
+}
+
 /// Exact body length; mirrors `encode_body` and checks the same size limits.
 pub(crate) fn body_len(msg: &Message) -> Result<usize, EncodeError> {
     Ok(match msg {
-        Message::ClientHello { node_name, .. } => {
-            if node_name.len() > MAX_NODE_NAME {
-                return Err(EncodeError::StringTooLong {
-                    field: "node_name",
-                    len: node_name.len(),
-                    max: MAX_NODE_NAME,
-                });
-            }
-            1 + 1 + 32 + 1 + node_name.len()
-        }
+        Message::ClientHello { node_name, .. } => 1 + 1 + 32 + node_name_len(node_name)?,
         Message::ServerChallenge { .. } => 8 + 1 + 32,
         Message::ClientProof { .. } => 32,
         Message::SessionAccepted { .. } => 8 + 4 + 32,
@@ -354,9 +378,7 @@ pub(crate) fn encode_body(s: &mut Sink<'_>, msg: &Message) -> Result<(), EncodeE
             s.u8(*min_version);
             s.u8(*max_version);
             s.put(client_nonce);
-            // Cannot truncate: bounded by MAX_NODE_NAME in body_len.
-            s.u8(node_name.len() as u8);
-            s.put(node_name.as_bytes());
+            put_node_name(s, node_name);
         }
         Message::ServerChallenge {
             session_id,
@@ -438,18 +460,7 @@ pub(crate) fn decode_body(tag: u8, body: &[u8]) -> Result<Message, DecodeError> 
             let min_version = r.u8()?;
             let max_version = r.u8()?;
             let client_nonce = r.array::<32>()?;
-            let len = usize::from(r.u8()?);
-            if len > MAX_NODE_NAME {
-                return Err(DecodeError::StringTooLong {
-                    field: "node_name",
-                    len,
-                    max: MAX_NODE_NAME,
-                });
-            }
-            let raw = r.bytes(len)?;
-            let node_name = std::str::from_utf8(raw)
-                .map_err(|_| DecodeError::InvalidUtf8 { field: "node_name" })?
-                .to_owned();
+            let node_name = get_node_name(&mut r)?;
             Message::ClientHello {
                 node_name,
                 client_nonce,

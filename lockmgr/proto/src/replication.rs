@@ -20,7 +20,7 @@ use lockmgr_replica::{AppendError, Entry, Epoch, Input};
 
 use crate::codec;
 use crate::error::{DecodeError, EncodeError};
-use crate::message::MAX_NODE_NAME;
+use crate::message::{get_node_name, node_name_len, put_node_name};
 use crate::wire::{Reader, Sink};
 
 /// Smallest encoded entry (an input with no fields): bounds the capacity a decoder reserves.
@@ -38,16 +38,7 @@ mod input_tag {
 pub(crate) fn entry_len(e: &Entry) -> Result<usize, EncodeError> {
     Ok(MIN_ENTRY_LEN
         + match &e.input {
-            Input::OpenSession { node, .. } => {
-                if node.len() > MAX_NODE_NAME {
-                    return Err(EncodeError::StringTooLong {
-                        field: "node_name",
-                        len: node.len(),
-                        max: MAX_NODE_NAME,
-                    });
-                }
-                8 + 1 + node.len()
-            }
+            Input::OpenSession { node, .. } => 8 + node_name_len(node)?,
             Input::EndSession { .. } => 8,
             Input::Request { req, .. } => 8 + 8 + codec::request_len(req)?,
             Input::Timeout | Input::TakeOrphanedDeletes => 0,
@@ -79,9 +70,7 @@ pub(crate) fn put_entries(s: &mut Sink<'_>, entries: &[Entry]) -> Result<(), Enc
             Input::OpenSession { session, node } => {
                 s.u8(input_tag::OPEN_SESSION);
                 s.u64(session.0);
-                // Bounded by MAX_NODE_NAME in entry_len.
-                s.u8(node.len() as u8);
-                s.put(node.as_bytes());
+                put_node_name(s, node);
             }
             Input::EndSession { session } => {
                 s.u8(input_tag::END_SESSION);
@@ -131,17 +120,7 @@ pub(crate) fn get_entries(r: &mut Reader<'_>) -> Result<Vec<Entry>, DecodeError>
         let input = match tag {
             input_tag::OPEN_SESSION => {
                 let session = SessionId(r.u64()?);
-                let len = usize::from(r.u8()?);
-                if len > MAX_NODE_NAME {
-                    return Err(DecodeError::StringTooLong {
-                        field: "node_name",
-                        len,
-                        max: MAX_NODE_NAME,
-                    });
-                }
-                let node = std::str::from_utf8(r.bytes(len)?)
-                    .map_err(|_| DecodeError::InvalidUtf8 { field: "node_name" })?
-                    .to_owned();
+                let node = get_node_name(r)?;
                 Input::OpenSession { session, node }
             }
             input_tag::END_SESSION => Input::EndSession {
