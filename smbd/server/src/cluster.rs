@@ -371,8 +371,13 @@ fn wait_readable(
     ];
     // A stale session fd (the session was replaced meanwhile) makes poll return at once with
     // POLLNVAL, which only costs one extra loop turn.
-    let r = sys::poll_fds(&mut pfds, Some(timeout.max(Duration::from_millis(1))));
+    let timeout = timeout.max(Duration::from_millis(1));
+    let start = std::time::Instant::now();
+    let r = sys::poll_fds(&mut pfds, Some(timeout));
     match r {
+        // poll_fds reports EINTR as 0 ready fds too: only a sleep that lasted its whole
+        // timeout is a timeout (the caller counts those that find frames as lost wake-ups).
+        Ok(0) if start.elapsed() + Duration::from_millis(1) < timeout => Wake::Ready,
         Ok(0) => Wake::Timeout,
         Err(_) => {
             // EINTR or a transient failure: avoid a busy loop, the caller ticks anyway.
