@@ -12,9 +12,6 @@
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use lockmgr_client::{ClientOptions, LockClient};
@@ -23,8 +20,10 @@ use lockmgr_engine::{
 };
 use lockmgr_proto::ClusterKey;
 use lockmgr_transport::udp::{UdpClient, UdpConfig, UdpServer};
-use lockmgr_transport::{FabricKey, ServerTransport, SpinConfig, Waker};
-use lockmgrd::{Server, ServerOptions};
+use lockmgr_transport::{FabricKey, SpinConfig};
+
+mod support;
+use support::RunningServer;
 
 const KEY: &[u8] = b"fabric-attack-cluster-key-000000";
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -49,22 +48,6 @@ macro_rules! require_root {
     };
 }
 
-struct RunningServer {
-    stop: Arc<AtomicBool>,
-    waker: Waker,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Drop for RunningServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        self.waker.wake();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 fn udp_config(mac: bool) -> UdpConfig {
     UdpConfig {
         spin: SpinConfig::never(),
@@ -79,26 +62,7 @@ fn udp_config(mac: bool) -> UdpConfig {
 fn spawn_server(mac: bool) -> (RunningServer, SocketAddr) {
     let transport = UdpServer::bind("127.0.0.1:0".parse().unwrap(), udp_config(mac)).unwrap();
     let addr = transport.local_addr().unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let waker = transport.waker();
-    let flag = Arc::clone(&stop);
-    let thread = std::thread::spawn(move || {
-        let mut server = Server::new(
-            transport,
-            ServerOptions {
-                key: ClusterKey::new(KEY).unwrap(),
-                liveness: Duration::from_secs(10),
-                engine: Default::default(),
-            },
-        );
-        server.run(&flag).unwrap();
-    });
-    let running = RunningServer {
-        stop,
-        waker,
-        thread: Some(thread),
-    };
-    (running, addr)
+    (support::spawn_server(transport, KEY), addr)
 }
 
 type Node = LockClient<UdpClient>;

@@ -2,9 +2,6 @@
 //! injection, and a raw client that tries to act for another session.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use lockmgr_client::{ClientOptions, Event, LockClient};
@@ -16,49 +13,13 @@ use lockmgr_proto::{
 };
 use lockmgr_transport::shm::{ShmClient, ShmConfig, ShmServer};
 use lockmgr_transport::udp::{FaultConfig, UdpClient, UdpConfig, UdpServer};
-use lockmgr_transport::{ClientTransport, ServerTransport, SpinConfig, Waker};
-use lockmgrd::{Server, ServerOptions};
+use lockmgr_transport::{ClientTransport, SpinConfig};
+
+mod support;
+use support::spawn_server;
 
 const KEY: &[u8] = b"fault-test-cluster-key-000000000";
 const TIMEOUT: Duration = Duration::from_secs(20);
-
-struct RunningServer {
-    stop: Arc<AtomicBool>,
-    waker: Waker,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Drop for RunningServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        self.waker.wake();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn spawn_server<T: ServerTransport + 'static>(transport: T) -> RunningServer {
-    let stop = Arc::new(AtomicBool::new(false));
-    let waker = transport.waker();
-    let flag = Arc::clone(&stop);
-    let thread = std::thread::spawn(move || {
-        let mut server = Server::new(
-            transport,
-            ServerOptions {
-                key: ClusterKey::new(KEY).unwrap(),
-                liveness: Duration::from_secs(10),
-                engine: Default::default(),
-            },
-        );
-        server.run(&flag).unwrap();
-    });
-    RunningServer {
-        stop,
-        waker,
-        thread: Some(thread),
-    }
-}
 
 fn options(name: &str) -> ClientOptions {
     ClientOptions {
@@ -93,7 +54,7 @@ fn lossy(seed: u64) -> UdpConfig {
 fn udp_loss_and_duplication_never_lose_or_double_an_operation() {
     let server = UdpServer::bind("127.0.0.1:0".parse().unwrap(), lossy(1)).unwrap();
     let addr = server.local_addr().unwrap();
-    let _running = spawn_server(server);
+    let _running = spawn_server(server, KEY);
     let mut c = LockClient::connect(
         UdpClient::connect(addr, lossy(2)).unwrap(),
         &options("lossy"),
@@ -212,7 +173,7 @@ fn frames_for_a_foreign_session_are_dropped_and_counted() {
         },
     )
     .unwrap();
-    let _running = spawn_server(server);
+    let _running = spawn_server(server, KEY);
 
     let mut victim = LockClient::connect(
         ShmClient::connect(&path, spin, TIMEOUT).unwrap(),
