@@ -193,6 +193,17 @@ impl Conn {
         }
     }
 
+    /// The interim STATUS_PENDING response of a request that went async (MS-SMB2 3.3.4.2).
+    fn interim_response(req: &Header, credits: u16, async_id: u64) -> Vec<u8> {
+        let mut h = Self::response_header(req, status::PENDING, credits);
+        h.flags |= flags::ASYNC_COMMAND;
+        h.async_id = async_id;
+        let mut w = Writer::new();
+        h.encode(&mut w);
+        Response::Error { data: vec![] }.encode_body(&mut w, 0);
+        w.buf
+    }
+
     pub(super) fn response_header(req: &Header, st: NtStatus, credits: u16) -> Header {
         Header {
             credit_charge: req.credit_charge,
@@ -342,14 +353,8 @@ impl Conn {
                 // middle of a compound; the rest of the chain waits for it.
                 ctx.last_tree_id = if tree_ok { ctx.tree_id } else { 0 };
                 self.suspend_chain = Some(async_id);
-                let mut h = Self::response_header(&hdr, status::PENDING, credits);
-                h.flags |= flags::ASYNC_COMMAND;
-                h.async_id = async_id;
-                let mut w = Writer::new();
-                h.encode(&mut w);
-                Response::Error { data: vec![] }.encode_body(&mut w, 0);
                 ctx.prev_status = status::SUCCESS;
-                return Some((w.buf, None));
+                return Some((Self::interim_response(&hdr, credits, async_id), None));
             }
             Outcome::Pending(async_id) if !last => {
                 // Like Windows and Samba, a request in the middle of a compound cannot go
@@ -360,14 +365,8 @@ impl Conn {
                 (status::INTERNAL_ERROR, Response::Error { data: vec![] })
             }
             Outcome::Pending(async_id) => {
-                let mut h = Self::response_header(&hdr, status::PENDING, credits);
-                h.flags |= flags::ASYNC_COMMAND;
-                h.async_id = async_id;
-                let mut w = Writer::new();
-                h.encode(&mut w);
-                Response::Error { data: vec![] }.encode_body(&mut w, 0);
                 ctx.prev_status = status::SUCCESS;
-                return Some((w.buf, None));
+                return Some((Self::interim_response(&hdr, credits, async_id), None));
             }
             Outcome::Reply(st, body) => (st, body),
             Outcome::Deferred(mut io) => {
