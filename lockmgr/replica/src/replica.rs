@@ -148,8 +148,6 @@ pub struct Replica {
     last_now: Time,
     /// Standby: an acknowledgement is due.
     ack_due: bool,
-    /// Files the last `TakeOrphanedDeletes` entry took from the engine.
-    orphaned: Vec<FileId>,
     /// Primary: orphaned deletes waiting for their entry to commit, then ready to hand out.
     held_deletes: VecDeque<(u64, FileId)>,
     ready_deletes: Vec<FileId>,
@@ -190,17 +188,10 @@ impl Replica {
             sessions: BTreeMap::new(),
             last_now: Time(0),
             ack_due: false,
-            orphaned: Vec::new(),
             held_deletes: VecDeque::new(),
             ready_deletes: Vec::new(),
             reply_before_commit: false,
         }
-    }
-
-    /// A copy of this replica's state as a standby of `epoch`, through the snapshot encoding
-    /// (tests and tools; a primary adds a standby with [`Replica::attach_standby`]).
-    pub fn standby_from(&self, epoch: Epoch) -> Result<Replica, SnapshotError> {
-        Replica::standby_from_snapshot(&self.snapshot()?, epoch)
     }
 
     /// This replica's state as bytes, for [`Replica::standby_from_snapshot`] on another
@@ -254,7 +245,6 @@ impl Replica {
             sessions,
             last_now: state.last_now,
             ack_due: false,
-            orphaned: Vec::new(),
             held_deletes: VecDeque::new(),
             ready_deletes: Vec::new(),
             reply_before_commit: false,
@@ -686,9 +676,9 @@ impl Replica {
             }
             Input::Timeout => self.engine.handle_timeout(now),
             Input::TakeOrphanedDeletes => {
-                self.orphaned = self.engine.take_orphaned_deletes();
+                let taken = self.engine.take_orphaned_deletes();
                 if self.role == Role::Primary {
-                    for f in self.orphaned.drain(..) {
+                    for f in taken {
                         self.held_deletes.push_back((entry.index, f));
                     }
                 }
