@@ -87,7 +87,9 @@ enum PendingRef {
 
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 struct SessionState {
+    #[serde(serialize_with = "crate::hash::sorted::set")]
     opens: IdSet<OpenId>,
+    #[serde(serialize_with = "crate::hash::sorted::map")]
     pending: IdMap<RequestId, PendingRef>,
     /// Byte-range locks held by the session's opens (for `SessionLimits::max_locks`).
     locks: usize,
@@ -200,9 +202,13 @@ enum Attempt {
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Engine {
     config: Config,
+    #[serde(serialize_with = "crate::hash::sorted::map")]
     sessions: IdMap<SessionId, SessionState>,
+    #[serde(serialize_with = "crate::hash::sorted::map")]
     opens: IdMap<OpenId, OpenState>,
+    #[serde(serialize_with = "crate::hash::sorted::map")]
     files: IdMap<FileId, FileState>,
+    #[serde(serialize_with = "crate::hash::sorted::map")]
     leases: IdMap<LeaseId, LeaseRec>,
     timers: BTreeMap<(Time, u64), Holder>,
     outputs: VecDeque<Output>,

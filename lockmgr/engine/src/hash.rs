@@ -66,3 +66,33 @@ impl Hasher for IdHasher {
 
 pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 pub(crate) type IdSet<K> = HashSet<K, BuildHasherDefault<IdHasher>>;
+
+/// Serde helpers that write an id map or set in key order, so that two engines holding the
+/// same state encode to the same bytes whatever order their entries were inserted in (a
+/// snapshot is compared byte for byte between replicas, and a hash table's iteration order
+/// depends on its insertion history and capacity). Decoding uses the default impls.
+pub(crate) mod sorted {
+    use super::{IdMap, IdSet};
+    use serde::Serializer;
+
+    pub(crate) fn map<K, V, S>(map: &IdMap<K, V>, serializer: S) -> Result<S::Ok, S::Error>
+    where
+        K: Ord + serde::Serialize,
+        V: serde::Serialize,
+        S: Serializer,
+    {
+        let mut entries: Vec<(&K, &V)> = map.iter().collect();
+        entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        serializer.collect_map(entries)
+    }
+
+    pub(crate) fn set<K, S>(set: &IdSet<K>, serializer: S) -> Result<S::Ok, S::Error>
+    where
+        K: Ord + serde::Serialize,
+        S: Serializer,
+    {
+        let mut keys: Vec<&K> = set.iter().collect();
+        keys.sort_unstable();
+        serializer.collect_seq(keys)
+    }
+}

@@ -29,9 +29,12 @@ struct DurableRec {
 /// durable pay nothing).
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(super) struct DurableTable {
+    #[serde(serialize_with = "crate::hash::sorted::map")]
     recs: IdMap<OpenId, DurableRec>,
+    #[serde(serialize_with = "crate::hash::sorted::map")]
     keys: IdMap<u64, OpenId>,
     /// Disconnected opens per file, for the purge check of a create.
+    #[serde(serialize_with = "crate::hash::sorted::map")]
     by_file: IdMap<FileId, Vec<OpenId>>,
     timers: BTreeSet<(Time, OpenId)>,
 }
