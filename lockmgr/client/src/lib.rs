@@ -8,6 +8,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 mod connect;
+pub mod handshake;
 pub mod mux;
 
 pub use connect::{connect, AnyTransport, ConnectError, TransportSpec};
@@ -18,12 +19,8 @@ use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
 use lockmgr_engine::{Notification, Reply, Request, RequestId, SessionId};
-use lockmgr_proto::{
-    auth, decode_frame, DecodeError, EncodeError, FrameBuf, FrameWriter, Message, Nonce,
-    RejectReason, Role, Transcript, VERSION,
-};
-use lockmgr_transport::{ClientTransport, FabricKey, TransportError};
-use rand::RngCore;
+use lockmgr_proto::{decode_frame, DecodeError, EncodeError, FrameBuf, Message, RejectReason};
+use lockmgr_transport::{ClientTransport, TransportError};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -66,6 +63,10 @@ pub struct ClientOptions {
     pub handshake_timeout: Duration,
 }
 
+/// How many outputs a session receives before it reports them without waiting for the next
+/// heartbeat (bounds the replicas' outboxes on a busy session).
+const OUTPUTS_REPORT_BATCH: u64 = 1024;
+
 /// One smbd node's authenticated session with lockmgrd.
 pub struct LockClient<T: ClientTransport> {
     transport: T,
@@ -83,78 +84,45 @@ pub struct LockClient<T: ClientTransport> {
     /// Events received while `call` waited for a different reply.
     stashed: VecDeque<Event>,
     ended: bool,
+    /// Outputs (replies and notifications) received in this session, counted from 1 since it
+    /// began: what a resumed session tells the lock manager it has.
+    received: u64,
+    /// The `received` count last reported with `OutputsReceived`.
+    reported: u64,
 }
 
 impl<T: ClientTransport> LockClient<T> {
     /// Runs the cluster-key challenge-response over `transport` (mutual: the server proves the
-    /// key too). Blocks up to `options.handshake_timeout`.
-    pub fn connect(
+    /// key too) and starts a new session. Blocks up to `options.handshake_timeout`.
+    pub fn connect(transport: T, options: &ClientOptions) -> Result<LockClient<T>, ClientError> {
+        LockClient::establish(transport, options, None)
+    }
+
+    /// Like [`connect`](Self::connect), but continues `session` (kept by the lock manager's
+    /// replicas across a failover, or across a lost connection) instead of starting a new one:
+    /// every output after the `received`-th is sent again. The caller resends the requests it
+    /// has no reply for; the lock manager recognises those it already applied. Fails with
+    /// `Rejected(SessionLost)` when the session cannot be continued.
+    pub fn resume(
+        transport: T,
+        options: &ClientOptions,
+        session: SessionId,
+        received: u64,
+    ) -> Result<LockClient<T>, ClientError> {
+        LockClient::establish(transport, options, Some((session, received)))
+    }
+
+    fn establish(
         mut transport: T,
         options: &ClientOptions,
+        resume: Option<(SessionId, u64)>,
     ) -> Result<LockClient<T>, ClientError> {
-        let deadline = Instant::now() + options.handshake_timeout;
-        // The datagram transports authenticate (and from then on MAC every frame) below the
-        // lockmgr handshake; the others have nothing to do here.
-        match transport.authenticate(&FabricKey::new(options.key.fabric_secret())) {
-            Ok(()) => {}
-            Err(TransportError::AuthRejected) => {
-                return Err(ClientError::Rejected(RejectReason::BadProof))
-            }
-            Err(TransportError::PeerNotAuthenticated) => {
-                return Err(ClientError::ServerNotAuthenticated)
-            }
-            Err(e) => return Err(e.into()),
-        }
-        let mut client_nonce: Nonce = [0; 32];
-        rand::thread_rng().fill_bytes(&mut client_nonce);
-        send_one(
-            &mut transport,
-            SessionId(0),
-            &Message::ClientHello {
-                node_name: options.node_name.clone(),
-                client_nonce,
-                min_version: VERSION,
-                max_version: VERSION,
-            },
-        )?;
-        let (session, version, server_nonce) = match recv_one(&mut transport, deadline)? {
-            Message::ServerChallenge {
-                session_id,
-                version,
-                server_nonce,
-            } => (session_id, version, server_nonce),
-            Message::SessionRejected { reason } => return Err(ClientError::Rejected(reason)),
-            _ => return Err(ClientError::Handshake),
-        };
-        let transcript = Transcript {
-            node_name: &options.node_name,
-            client_nonce: &client_nonce,
-            server_nonce: &server_nonce,
-            session_id: session,
-            version,
-        };
-        let proof = auth::client_proof(&options.key, &transcript);
-        send_one(&mut transport, session, &Message::ClientProof { proof })?;
-        let liveness = match recv_one(&mut transport, deadline)? {
-            Message::SessionAccepted {
-                session_id,
-                liveness_lease_ms,
-                server_proof,
-            } => {
-                if session_id != session
-                    || !auth::verify_proof(&options.key, Role::Server, &transcript, &server_proof)
-                {
-                    return Err(ClientError::ServerNotAuthenticated);
-                }
-                Duration::from_millis(u64::from(liveness_lease_ms))
-            }
-            Message::SessionRejected { reason } => return Err(ClientError::Rejected(reason)),
-            _ => return Err(ClientError::Handshake),
-        };
+        let accepted = handshake::run(&mut transport, options, resume)?;
+        let session = accepted.session;
         Ok(LockClient {
             transport,
             session,
-            liveness,
+            liveness: accepted.liveness,
             next_request: 1,
             next_heartbeat_seq: 1,
             last_sent: Instant::now(),
@@ -162,6 +130,8 @@ impl<T: ClientTransport> LockClient<T> {
             backlog: VecDeque::new(),
             stashed: VecDeque::new(),
             ended: false,
+            received: resume.map_or(0, |(_, r)| r),
+            reported: resume.map_or(0, |(_, r)| r),
         })
     }
 
@@ -182,6 +152,26 @@ impl<T: ClientTransport> LockClient<T> {
 
     pub fn transport(&self) -> &T {
         &self.transport
+    }
+
+    /// Outputs (replies and notifications) received in this session so far: what
+    /// [`LockClient::resume`] needs to continue it elsewhere.
+    pub fn received(&self) -> u64 {
+        self.received
+    }
+
+    /// The next request id this client will use. A resumed session continues the ids of the
+    /// session it continues (the lock manager recognises resent requests by id).
+    pub fn set_next_request_id(&mut self, next: RequestId) {
+        self.next_request = next.0.max(self.next_request);
+    }
+
+    /// Submits a request under an id it had before (a resend after [`LockClient::resume`]).
+    pub fn resubmit(&mut self, id: RequestId, request: Request) -> Result<(), ClientError> {
+        self.push(&Message::Request {
+            request_id: id,
+            body: request,
+        })
     }
 
     /// Queues a request into the current frame and returns its id. Never blocks; call
@@ -277,6 +267,7 @@ impl<T: ClientTransport> LockClient<T> {
         let mut ended = false;
         let mut decode_error = None;
         let session = self.session;
+        let mut received = self.received;
         let res = self.transport.poll(&mut |bytes| {
             let frame = match decode_frame(bytes) {
                 Ok(f) => f,
@@ -298,11 +289,17 @@ impl<T: ClientTransport> LockClient<T> {
                     }
                 };
                 let ev = match msg {
-                    Message::Reply { request_id, body } => Event::Reply {
-                        request: request_id,
-                        reply: body,
-                    },
-                    Message::Notify { body } => Event::Notify(body),
+                    Message::Reply { request_id, body } => {
+                        received += 1;
+                        Event::Reply {
+                            request: request_id,
+                            reply: body,
+                        }
+                    }
+                    Message::Notify { body } => {
+                        received += 1;
+                        Event::Notify(body)
+                    }
                     // Liveness is the library's business, not the caller's.
                     Message::HeartbeatAck { .. } => continue,
                     Message::StatusText { more, text } => Event::StatusText { more, text },
@@ -316,6 +313,7 @@ impl<T: ClientTransport> LockClient<T> {
                 f(ev);
             }
         });
+        self.received = received;
         if ended {
             self.ended = true;
         }
@@ -353,7 +351,17 @@ impl<T: ClientTransport> LockClient<T> {
     /// Keeps the session alive: sends a heartbeat when nothing was sent for a third of the
     /// liveness lease. Call it from the event loop's timer.
     pub fn tick(&mut self, now: Instant) -> Result<(), ClientError> {
-        if now.duration_since(self.last_sent) >= self.heartbeat_interval() {
+        let heartbeat_due = now.duration_since(self.last_sent) >= self.heartbeat_interval();
+        // Tell the replicas which outputs arrived, so they can drop them from the session's
+        // outbox: with every heartbeat, and sooner on a busy session.
+        if self.received > self.reported
+            && (heartbeat_due || self.received - self.reported >= OUTPUTS_REPORT_BATCH)
+        {
+            self.push(&Message::OutputsReceived { seq: self.received })?;
+            self.reported = self.received;
+            self.flush()?;
+        }
+        if heartbeat_due {
             let seq = self.next_heartbeat_seq;
             self.next_heartbeat_seq += 1;
             self.push(&Message::Heartbeat { seq })?;
@@ -459,45 +467,5 @@ impl<T: ClientTransport> LockClient<T> {
     pub fn goodbye(mut self) -> Result<(), ClientError> {
         self.push(&Message::Goodbye)?;
         self.flush()
-    }
-}
-
-fn send_one<T: ClientTransport>(
-    t: &mut T,
-    session: SessionId,
-    msg: &Message,
-) -> Result<(), ClientError> {
-    let mut buf = Vec::new();
-    let mut w = FrameWriter::new(&mut buf, session);
-    w.push(msg)?;
-    let len = w.finish();
-    t.send(&buf[..len])?;
-    Ok(())
-}
-
-fn recv_one<T: ClientTransport>(t: &mut T, deadline: Instant) -> Result<Message, ClientError> {
-    loop {
-        let mut got: Option<Result<Message, ClientError>> = None;
-        t.poll(&mut |bytes| {
-            if got.is_some() {
-                return;
-            }
-            got = Some(match decode_frame(bytes) {
-                Ok(mut frame) => match frame.next() {
-                    Some(Ok(m)) => Ok(m),
-                    Some(Err(e)) => Err(e.into()),
-                    None => Err(ClientError::Handshake),
-                },
-                Err(e) => Err(e.into()),
-            });
-        })?;
-        if let Some(r) = got {
-            return r;
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(ClientError::Timeout);
-        }
-        t.wait(Some(deadline - now))?;
     }
 }

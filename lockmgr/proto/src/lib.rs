@@ -56,8 +56,8 @@ pub use frame::{
     decode_frame, decode_header, FrameBuf, FrameHeader, FrameReader, FrameWriter, Incoming,
 };
 pub use message::{
-    msg_type, split_status_text, Message, Nonce, Proof, RejectReason, MAX_NODE_NAME, MAX_SNAPSHOT,
-    MAX_SNAPSHOT_CHUNK, MAX_STATUS_TEXT,
+    msg_type, split_status_text, Message, Nonce, Proof, RejectReason, MAX_NODE_NAME,
+    MAX_REPLICA_ADDRESS, MAX_SNAPSHOT, MAX_SNAPSHOT_CHUNK, MAX_STATUS_TEXT,
 };
 
 /// Largest frame, header included, in bytes.

@@ -113,6 +113,12 @@ pub enum RejectReason {
     Overloaded = 5,
     /// The handshake messages arrived out of order or malformed.
     ProtocolError = 6,
+    /// This lockmgrd is not the primary of the current epoch (a standby, or a deposed
+    /// primary): try the next configured address.
+    NotPrimary = 7,
+    /// `ResumeSession` named a session this lockmgrd cannot continue (unknown, another
+    /// node's, or outputs the node missed are gone): start a new session.
+    SessionLost = 8,
 }
 
 impl RejectReason {
@@ -128,6 +134,8 @@ impl RejectReason {
             4 => RejectReason::DuplicateNode,
             5 => RejectReason::Overloaded,
             6 => RejectReason::ProtocolError,
+            7 => RejectReason::NotPrimary,
+            8 => RejectReason::SessionLost,
             _ => return None,
         })
     }
@@ -202,16 +210,21 @@ pub enum Message {
     OutputsReceived {
         seq: u64,
     },
-    /// Node to server, in the frame of its `ClientProof`: continue `session_id` (a session
+    /// Node to server, in the frame of its `ClientProof` and before it: continue `session_id` (a session
     /// of this node, kept by the replicas) instead of starting a new one, and send again every
     /// output after `received`.
     ResumeSession {
         session_id: SessionId,
         received: u64,
     },
-    /// Standby to primary, after authenticating like a node: send me the log of `epoch`.
+    /// Standby to primary, after authenticating like a node (its node name is its replica
+    /// name): send me the log of `epoch`. `incarnation` and `address` (where nodes reach it,
+    /// at most [`MAX_REPLICA_ADDRESS`] bytes) are what the primary records for it in the
+    /// coordination service.
     ReplicaAttach {
         epoch: Epoch,
+        incarnation: u64,
+        address: String,
     },
     /// Primary to standby: consecutive log entries of `epoch`.
     Append {
@@ -305,6 +318,9 @@ pub(crate) fn node_name_len(name: &str) -> Result<usize, EncodeError> {
     Ok(1 + name.len())
 }
 
+/// Longest replica address in `ReplicaAttach` (the coordination record's limit).
+pub const MAX_REPLICA_ADDRESS: usize = 256;
+
 /// Writes a node name already checked by [`node_name_len`].
 pub(crate) fn put_node_name(s: &mut Sink<'_>, name: &str) {
     // Cannot truncate: bounded by MAX_NODE_NAME in node_name_len.
@@ -351,7 +367,17 @@ pub(crate) fn body_len(msg: &Message) -> Result<usize, EncodeError> {
             }
             1 + text.len()
         }
-        Message::OutputsReceived { .. } | Message::ReplicaAttach { .. } => 8,
+        Message::OutputsReceived { .. } => 8,
+        Message::ReplicaAttach { address, .. } => {
+            if address.len() > MAX_REPLICA_ADDRESS {
+                return Err(EncodeError::StringTooLong {
+                    field: "replica_address",
+                    len: address.len(),
+                    max: MAX_REPLICA_ADDRESS,
+                });
+            }
+            8 + 8 + 2 + address.len()
+        }
         Message::ResumeSession { .. } | Message::AppendAck { .. } => 16,
         Message::Append { entries, .. } => 8 + replication::entries_len(entries)?,
         Message::AppendRefused { .. } => 1 + 8 + 8,
@@ -424,7 +450,17 @@ pub(crate) fn encode_body(s: &mut Sink<'_>, msg: &Message) -> Result<(), EncodeE
             s.u64(session_id.0);
             s.u64(*received);
         }
-        Message::ReplicaAttach { epoch } => s.u64(epoch.0),
+        Message::ReplicaAttach {
+            epoch,
+            incarnation,
+            address,
+        } => {
+            s.u64(epoch.0);
+            s.u64(*incarnation);
+            // Bounded by MAX_REPLICA_ADDRESS in body_len.
+            s.u16(address.len() as u16);
+            s.put(address.as_bytes());
+        }
         Message::Append { epoch, entries } => {
             s.u64(epoch.0);
             replication::put_entries(s, entries)?;
@@ -518,9 +554,28 @@ pub(crate) fn decode_body(tag: u8, body: &[u8]) -> Result<Message, DecodeError> 
             session_id: SessionId(r.u64()?),
             received: r.u64()?,
         },
-        REPLICA_ATTACH => Message::ReplicaAttach {
-            epoch: Epoch(r.u64()?),
-        },
+        REPLICA_ATTACH => {
+            let epoch = Epoch(r.u64()?);
+            let incarnation = r.u64()?;
+            let len = usize::from(r.u16()?);
+            if len > MAX_REPLICA_ADDRESS {
+                return Err(DecodeError::StringTooLong {
+                    field: "replica_address",
+                    len,
+                    max: MAX_REPLICA_ADDRESS,
+                });
+            }
+            let address = std::str::from_utf8(r.bytes(len)?)
+                .map_err(|_| DecodeError::InvalidUtf8 {
+                    field: "replica_address",
+                })?
+                .to_owned();
+            Message::ReplicaAttach {
+                epoch,
+                incarnation,
+                address,
+            }
+        }
         APPEND => Message::Append {
             epoch: Epoch(r.u64()?),
             entries: replication::get_entries(&mut r)?,

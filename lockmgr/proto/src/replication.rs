@@ -3,8 +3,8 @@
 //! | Tag | Message | Body |
 //! |-----|---------|------|
 //! | 0x13 | `OutputsReceived` | seq u64: the node holds every output of its session up to `seq` |
-//! | 0x14 | `ResumeSession` | session_id u64, received u64 (sent with `ClientProof`: take over this session, resend outputs after `received`) |
-//! | 0x30 | `ReplicaAttach` | epoch u64 (a standby, authenticated like a node, asks for the log of `epoch`) |
+//! | 0x14 | `ResumeSession` | session_id u64, received u64 (sent just before `ClientProof`, same frame: take over this session, resend outputs after `received`) |
+//! | 0x30 | `ReplicaAttach` | epoch u64, incarnation u64, address_len u16 (<= 256), address UTF-8 (a standby, authenticated like a node, asks for the log of `epoch`) |
 //! | 0x31 | `Append` | epoch u64, count u16, then `count` entries |
 //! | 0x32 | `AppendAck` | epoch u64, next_index u64 |
 //! | 0x33 | `AppendRefused` | kind u8 (1 epoch mismatch, 2 gap, 3 not a standby), a u64, b u64 (sent/mine epochs; expected/got index; zeros) |
@@ -35,7 +35,8 @@ mod input_tag {
     pub const OUTPUTS_RECEIVED: u8 = 6;
 }
 
-pub(crate) fn entry_len(e: &Entry) -> Result<usize, EncodeError> {
+/// Encoded length of one log entry in an `Append` (for a sender filling a frame).
+pub fn entry_len(e: &Entry) -> Result<usize, EncodeError> {
     Ok(MIN_ENTRY_LEN
         + match &e.input {
             Input::OpenSession { node, .. } => 8 + node_name_len(node)?,

@@ -295,7 +295,11 @@ pub fn replication_messages() -> Vec<Message> {
             session_id: session,
             received: 76,
         },
-        Message::ReplicaAttach { epoch: Epoch(3) },
+        Message::ReplicaAttach {
+            epoch: Epoch(3),
+            incarnation: 0x1234_5678_9abc_def0,
+            address: "udp:10.0.0.2:7100".into(),
+        },
         Message::Append {
             epoch: Epoch(3),
             entries,

@@ -291,7 +291,13 @@ pub fn message() -> impl Strategy<Value = Message> {
                 received,
             }
         }),
-        epoch().prop_map(|epoch| Message::ReplicaAttach { epoch }),
+        (epoch(), any::<u64>(), "[ -~]{0,256}").prop_map(|(epoch, incarnation, address)| {
+            Message::ReplicaAttach {
+                epoch,
+                incarnation,
+                address,
+            }
+        }),
         (epoch(), entries()).prop_map(|(epoch, entries)| Message::Append { epoch, entries }),
         (epoch(), any::<u64>())
             .prop_map(|(epoch, next_index)| Message::AppendAck { epoch, next_index }),

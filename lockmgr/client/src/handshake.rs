@@ -1,0 +1,157 @@
+//! The authenticated handshake with lockmgrd, shared by node sessions ([`crate::LockClient`])
+//! and by a standby lockmgrd attaching to its primary.
+//!
+//! Client `ClientHello` -> server `ServerChallenge` -> client [`ResumeSession`] (only when
+//! continuing a session) and `ClientProof` in one frame -> server `SessionAccepted` (with the
+//! server's own proof) or `SessionRejected`.
+//!
+//! [`ResumeSession`]: lockmgr_proto::Message::ResumeSession
+
+use std::time::{Duration, Instant};
+
+use lockmgr_engine::SessionId;
+use lockmgr_proto::{
+    auth, decode_frame, FrameWriter, Message, Nonce, RejectReason, Role, Transcript, VERSION,
+};
+use lockmgr_transport::{ClientTransport, FabricKey, TransportError};
+use rand::RngCore;
+
+use crate::{ClientError, ClientOptions};
+
+/// What the server granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    /// The session: a new one, or the resumed one.
+    pub session: SessionId,
+    /// The liveness lease: send something at least this often.
+    pub liveness: Duration,
+}
+
+/// Runs the handshake over `transport`; `resume` names a session to continue and the number
+/// of its outputs already received. Blocks up to `options.handshake_timeout`.
+pub fn run<T: ClientTransport + ?Sized>(
+    transport: &mut T,
+    options: &ClientOptions,
+    resume: Option<(SessionId, u64)>,
+) -> Result<Accepted, ClientError> {
+    let deadline = Instant::now() + options.handshake_timeout;
+    // The datagram transports authenticate (and from then on MAC every frame) below the
+    // lockmgr handshake; the others have nothing to do here.
+    match transport.authenticate(&FabricKey::new(options.key.fabric_secret())) {
+        Ok(()) => {}
+        Err(TransportError::AuthRejected) => {
+            return Err(ClientError::Rejected(RejectReason::BadProof))
+        }
+        Err(TransportError::PeerNotAuthenticated) => {
+            return Err(ClientError::ServerNotAuthenticated)
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let mut client_nonce: Nonce = [0; 32];
+    rand::thread_rng().fill_bytes(&mut client_nonce);
+    send(
+        transport,
+        SessionId(0),
+        &[Message::ClientHello {
+            node_name: options.node_name.clone(),
+            client_nonce,
+            min_version: VERSION,
+            max_version: VERSION,
+        }],
+    )?;
+    let (challenge_session, version, server_nonce) = match recv_one(transport, deadline)? {
+        Message::ServerChallenge {
+            session_id,
+            version,
+            server_nonce,
+        } => (session_id, version, server_nonce),
+        Message::SessionRejected { reason } => return Err(ClientError::Rejected(reason)),
+        _ => return Err(ClientError::Handshake),
+    };
+    let transcript = Transcript {
+        node_name: &options.node_name,
+        client_nonce: &client_nonce,
+        server_nonce: &server_nonce,
+        session_id: challenge_session,
+        version,
+    };
+    let proof = auth::client_proof(&options.key, &transcript);
+    let mut msgs = Vec::with_capacity(2);
+    if let Some((session_id, received)) = resume {
+        // Before the proof: the server decides what the proof opens when it checks it.
+        msgs.push(Message::ResumeSession {
+            session_id,
+            received,
+        });
+    }
+    msgs.push(Message::ClientProof { proof });
+    send(transport, challenge_session, &msgs)?;
+    // A resumed session keeps its id; the server's proof still covers the challenge's.
+    let expected = resume.map_or(challenge_session, |(s, _)| s);
+    match recv_one(transport, deadline)? {
+        Message::SessionAccepted {
+            session_id,
+            liveness_lease_ms,
+            server_proof,
+        } => {
+            if session_id != expected
+                || !auth::verify_proof(&options.key, Role::Server, &transcript, &server_proof)
+            {
+                return Err(ClientError::ServerNotAuthenticated);
+            }
+            Ok(Accepted {
+                session: session_id,
+                liveness: Duration::from_millis(u64::from(liveness_lease_ms)),
+            })
+        }
+        Message::SessionRejected { reason } => Err(ClientError::Rejected(reason)),
+        _ => Err(ClientError::Handshake),
+    }
+}
+
+/// Sends `msgs` in one frame of `session`.
+pub fn send<T: ClientTransport + ?Sized>(
+    t: &mut T,
+    session: SessionId,
+    msgs: &[Message],
+) -> Result<(), ClientError> {
+    let mut buf = Vec::new();
+    let mut w = FrameWriter::new(&mut buf, session);
+    for msg in msgs {
+        w.push(msg)?;
+    }
+    let len = w.finish();
+    t.send(&buf[..len])?;
+    Ok(())
+}
+
+/// The first message of the next frame (the handshake has one message per frame).
+fn recv_one<T: ClientTransport + ?Sized>(
+    t: &mut T,
+    deadline: Instant,
+) -> Result<Message, ClientError> {
+    loop {
+        let mut got: Option<Result<Message, ClientError>> = None;
+        t.poll(&mut |bytes| {
+            if got.is_some() {
+                return;
+            }
+            got = Some(match decode_frame(bytes) {
+                Ok(mut frame) => match frame.next() {
+                    Some(Ok(m)) => Ok(m),
+                    Some(Err(e)) => Err(e.into()),
+                    None => Err(ClientError::Handshake),
+                },
+                Err(e) => Err(e.into()),
+            });
+        })?;
+        if let Some(r) = got {
+            return r;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(ClientError::Timeout);
+        }
+        t.wait(Some(deadline - now))?;
+    }
+}
