@@ -63,6 +63,16 @@ pub struct ClientOptions {
     pub handshake_timeout: Duration,
 }
 
+/// What a node needs to continue its session on another connection or replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResumePoint {
+    pub session: SessionId,
+    /// Outputs (replies and notifications) received so far, counted from 1.
+    pub received: u64,
+    /// The id the next request will get.
+    pub next_request: u64,
+}
+
 /// How many outputs a session receives before it reports them without waiting for the next
 /// heartbeat (bounds the replicas' outboxes on a busy session).
 const OUTPUTS_REPORT_BATCH: u64 = 1024;
@@ -98,18 +108,30 @@ impl<T: ClientTransport> LockClient<T> {
         LockClient::establish(transport, options, None)
     }
 
-    /// Like [`connect`](Self::connect), but continues `session` (kept by the lock manager's
-    /// replicas across a failover, or across a lost connection) instead of starting a new one:
-    /// every output after the `received`-th is sent again. The caller resends the requests it
-    /// has no reply for; the lock manager recognises those it already applied. Fails with
-    /// `Rejected(SessionLost)` when the session cannot be continued.
+    /// Like [`connect`](Self::connect), but continues the session `from` names (kept by the
+    /// lock manager's replicas across a failover, or across a lost connection) instead of
+    /// starting a new one: every output after the ones already received is sent again, and
+    /// request ids continue where the session left them. The caller resends the requests it
+    /// has no reply for ([`resubmit`](Self::resubmit)); the lock manager recognises those it
+    /// already applied. Fails with `Rejected(SessionLost)` when the session cannot continue.
     pub fn resume(
         transport: T,
         options: &ClientOptions,
-        session: SessionId,
-        received: u64,
+        from: ResumePoint,
     ) -> Result<LockClient<T>, ClientError> {
-        LockClient::establish(transport, options, Some((session, received)))
+        let mut client =
+            LockClient::establish(transport, options, Some((from.session, from.received)))?;
+        client.next_request = from.next_request.max(1);
+        Ok(client)
+    }
+
+    /// Where this session stands, for [`resume`](Self::resume) on another connection.
+    pub fn resume_point(&self) -> ResumePoint {
+        ResumePoint {
+            session: self.session,
+            received: self.received,
+            next_request: self.next_request,
+        }
     }
 
     fn establish(
@@ -152,18 +174,6 @@ impl<T: ClientTransport> LockClient<T> {
 
     pub fn transport(&self) -> &T {
         &self.transport
-    }
-
-    /// Outputs (replies and notifications) received in this session so far: what
-    /// [`LockClient::resume`] needs to continue it elsewhere.
-    pub fn received(&self) -> u64 {
-        self.received
-    }
-
-    /// The next request id this client will use. A resumed session continues the ids of the
-    /// session it continues (the lock manager recognises resent requests by id).
-    pub fn set_next_request_id(&mut self, next: RequestId) {
-        self.next_request = next.0.max(self.next_request);
     }
 
     /// Submits a request under an id it had before (a resend after [`LockClient::resume`]).

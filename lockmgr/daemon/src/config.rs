@@ -42,6 +42,18 @@
 //! max_opens = 1048576                    # opens held at once
 //! max_locks = 4194304                    # byte-range locks held at once, over all its opens
 //! max_waiters = 65536                    # blocking lock requests and deferred opens waiting at once
+//!
+//! # Optional: a replicated lock manager (primary + standby, epochs in etcd). Start the same
+//! # configuration (with its own name and listen address) on two hosts: the first to reach
+//! # etcd is primary, the second attaches as its standby and takes over when it dies. Nodes
+//! # list both addresses. Replicas use the same transport kind as the nodes (udp or shm).
+//! [replication]
+//! name = "lockmgr-a"                     # unique per replica: [A-Za-z0-9._-], at most 64 bytes
+//! etcd = ["http://10.0.0.10:2379"]       # etcd endpoints
+//! cluster = "prod"                       # etcd key prefix /clustersmb/<cluster>/lockmgr/
+//! # advertise = "10.0.0.1:7100"          # where nodes and the other replica reach this one
+//! #                                      # (default: transport.listen)
+//! failover_ms = 100                      # a partner silent this long is declared dead
 //! ```
 //!
 //! The datagram transports (udp, afpacket, afxdp) need no security settings: the cluster key
@@ -326,6 +338,68 @@ pub struct Config {
     pub engine: EngineConfig,
     #[serde(default)]
     pub sessions: SessionConfig,
+    #[serde(default)]
+    pub replication: Option<ReplicationConfig>,
+}
+
+/// `[replication]`: this lockmgrd is one replica of a replicated lock manager.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationConfig {
+    pub name: String,
+    pub etcd: Vec<String>,
+    pub cluster: String,
+    pub advertise: Option<String>,
+    #[serde(default = "default_failover_ms")]
+    pub failover_ms: u64,
+}
+
+fn default_failover_ms() -> u64 {
+    100
+}
+
+impl ReplicationConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        };
+        if !name_ok(&self.name) {
+            return Err(ConfigError::Invalid {
+                field: "replication.name",
+                message: "1-64 of [A-Za-z0-9._-]".into(),
+            });
+        }
+        if !name_ok(&self.cluster) {
+            return Err(ConfigError::Invalid {
+                field: "replication.cluster",
+                message: "1-64 of [A-Za-z0-9._-]".into(),
+            });
+        }
+        if self.etcd.is_empty() || self.etcd.iter().any(|e| e.is_empty()) {
+            return Err(ConfigError::Invalid {
+                field: "replication.etcd",
+                message: "at least one etcd endpoint".into(),
+            });
+        }
+        if self.failover_ms < 10 {
+            return Err(ConfigError::Invalid {
+                field: "replication.failover_ms",
+                message: "at least 10".into(),
+            });
+        }
+        if let Some(a) = &self.advertise {
+            if a.is_empty() || a.len() > 256 || !a.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ConfigError::Invalid {
+                    field: "replication.advertise",
+                    message: "1-256 printable characters without spaces".into(),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Config {
@@ -402,6 +476,15 @@ impl Config {
                 field: "transport.listen",
                 message: format!("{:?} is not ADDR:PORT", self.transport.listen),
             });
+        }
+        if let Some(r) = &self.replication {
+            r.validate()?;
+            if !matches!(self.transport.kind, TransportKind::Udp | TransportKind::Shm) {
+                return Err(ConfigError::Invalid {
+                    field: "replication",
+                    message: "replicas talk over udp or shm for now".into(),
+                });
+            }
         }
         if self.transport.socket_group.is_some() && self.transport.kind != TransportKind::Shm {
             return Err(ConfigError::Invalid {

@@ -6,9 +6,12 @@
 
 pub mod config;
 pub mod conformance;
+mod coordination;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod replication;
 pub mod server;
+mod state;
 pub mod status;
 
 pub use server::{Server, ServerCounters, ServerOptions};

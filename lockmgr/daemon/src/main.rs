@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use lockmgr_client::TransportSpec;
 use lockmgr_engine::Config as EngineConfig;
 use lockmgr_proto::ClusterKey;
 use lockmgr_rdma::{format_gid, RdmaServer};
@@ -17,6 +18,7 @@ use lockmgr_transport::shm::{ShmConfig, ShmServer};
 use lockmgr_transport::udp::UdpServer;
 use lockmgr_transport::{FabricKey, ServerTransport};
 use lockmgrd::config::{self, Config, SpinModeKind, TransportKind};
+use lockmgrd::replication::HaOptions;
 use lockmgrd::{Server, ServerOptions};
 
 #[global_allocator]
@@ -74,6 +76,23 @@ struct Cli {
     /// Oplock/lease break acknowledgement timeout.
     #[arg(long)]
     break_timeout_ms: Option<u64>,
+    /// Replicated lock manager: this replica's name (with --etcd and --cluster-name; the
+    /// config file's [replication] section otherwise).
+    #[arg(long)]
+    replica_name: Option<String>,
+    /// Replicated lock manager: etcd endpoint, e.g. http://127.0.0.1:2379 (repeatable).
+    #[arg(long)]
+    etcd: Vec<String>,
+    /// Replicated lock manager: the cluster's name in etcd.
+    #[arg(long)]
+    cluster_name: Option<String>,
+    /// Replicated lock manager: where nodes and the other replica reach this one (default:
+    /// the listen address).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Replicated lock manager: a partner silent this long is declared dead.
+    #[arg(long)]
+    failover_ms: Option<u64>,
     /// Log filter (tracing-subscriber EnvFilter syntax), e.g. info or lockmgrd=debug.
     #[arg(long, default_value = "info")]
     log: String,
@@ -115,6 +134,7 @@ fn build_config(cli: &Cli) -> Result<Config, config::ConfigError> {
                 },
                 engine: Default::default(),
                 sessions: Default::default(),
+                replication: None,
             }
         }
     };
@@ -161,17 +181,47 @@ fn build_config(cli: &Cli) -> Result<Config, config::ConfigError> {
     if let Some(v) = cli.break_timeout_ms {
         cfg.engine.break_timeout_ms = v;
     }
+    if let Some(name) = &cli.replica_name {
+        cfg.replication = Some(config::ReplicationConfig {
+            name: name.clone(),
+            etcd: cli.etcd.clone(),
+            cluster: cli.cluster_name.clone().unwrap_or_default(),
+            advertise: None,
+            failover_ms: 100,
+        });
+    }
+    if let Some(r) = &mut cfg.replication {
+        if !cli.etcd.is_empty() {
+            r.etcd = cli.etcd.clone();
+        }
+        if let Some(c) = &cli.cluster_name {
+            r.cluster = c.clone();
+        }
+        if let Some(a) = &cli.advertise {
+            r.advertise = Some(a.clone());
+        }
+        if let Some(v) = cli.failover_ms {
+            r.failover_ms = v;
+        }
+    }
     cfg.validate()?;
     Ok(cfg)
 }
 
-fn serve<T: ServerTransport>(transport: T, options: ServerOptions) -> Result<(), String> {
+fn serve<T: ServerTransport>(
+    transport: T,
+    options: ServerOptions,
+    ha: Option<HaOptions>,
+) -> Result<(), String> {
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, Arc::clone(&shutdown))
             .map_err(|e| format!("cannot install signal handler: {e}"))?;
     }
-    let mut server = Server::new(transport, options);
+    let mut server = match ha {
+        None => Server::new(transport, options),
+        Some(ha) => lockmgrd::replication::start(transport, options, ha)?,
+    };
     server
         .run(&shutdown)
         .map_err(|e| format!("transport failed: {e}"))?;
@@ -192,6 +242,39 @@ fn run(cli: Cli) -> Result<(), String> {
         },
     };
     let spin = cfg.transport.spin();
+    let ha = cfg.replication.as_ref().map(|r| {
+        let kind = cfg.transport.kind;
+        let link_reliable = ReliableConfig {
+            spin,
+            fabric_key: Some(FabricKey::new(options.key.fabric_secret())),
+            ..ReliableConfig::default()
+        };
+        HaOptions {
+            name: r.name.clone(),
+            address: r
+                .advertise
+                .clone()
+                .unwrap_or_else(|| cfg.transport.listen.clone()),
+            etcd: r.etcd.clone(),
+            cluster: r.cluster.clone(),
+            failover: Duration::from_millis(r.failover_ms),
+            etcd_deadline: Duration::from_secs(2),
+            link: Box::new(move |address: &str| match kind {
+                TransportKind::Udp => Ok(TransportSpec::Udp {
+                    server: address
+                        .parse()
+                        .map_err(|e| format!("replica address {address:?}: {e}"))?,
+                    cfg: link_reliable,
+                }),
+                TransportKind::Shm => Ok(TransportSpec::Shm {
+                    path: address.into(),
+                    spin,
+                    timeout: Duration::from_secs(2),
+                }),
+                other => Err(format!("replicas cannot talk over {other:?} yet")),
+            }),
+        }
+    });
     // Datagram transports: every peer proves the cluster key in the handshake and every frame
     // carries a MAC under per-session keys (lockmgr_transport::fabric).
     let reliable = ReliableConfig {
@@ -218,7 +301,7 @@ fn run(cli: Cli) -> Result<(), String> {
             )
             .map_err(|e| format!("cannot listen on {}: {e}", cfg.transport.listen))?;
             tracing::info!(listen = %cfg.transport.listen, "lockmgrd listening (shm)");
-            serve(server, options)
+            serve(server, options, ha)
         }
         TransportKind::Udp => {
             // validate() checked that this parses.
@@ -231,7 +314,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
             let local = server.local_addr().map_err(|e| e.to_string())?;
             tracing::info!(listen = %local, "lockmgrd listening (udp)");
-            serve(server, options)
+            serve(server, options, ha)
         }
         TransportKind::Afpacket => {
             let eth = cfg.transport.eth();
@@ -239,7 +322,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| format!("cannot listen on {}: {e}", eth.interface))?;
             tracing::info!(interface = %eth.interface, mac = %server.link().mac(),
                 ethertype = %format_args!("{:#06x}", eth.ethertype), "lockmgrd listening (afpacket)");
-            serve(server, options)
+            serve(server, options, ha)
         }
         TransportKind::Rdma => {
             // validate() checked that this parses.
@@ -262,7 +345,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let info = server.device_info();
             tracing::info!(listen = %local, device = %info.name, port = info.port,
                 gid_index = info.gid_index, gid = %format_gid(&info.gid), "lockmgrd listening (rdma)");
-            serve(server, options)
+            serve(server, options, ha)
         }
         TransportKind::Afxdp => {
             let eth = cfg.transport.eth();
@@ -271,7 +354,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     .map_err(|e| format!("cannot listen on {}: {e}", eth.interface))?;
             tracing::info!(interface = %eth.interface, mac = %server.link().mac(),
                 ethertype = %format_args!("{:#06x}", eth.ethertype), "lockmgrd listening (afxdp)");
-            serve(server, options)
+            serve(server, options, ha)
         }
     }
 }

@@ -15,11 +15,14 @@ use lockmgr_proto::{
     auth, decode_frame, split_status_text, ClusterKey, EncodeError, FrameBuf, Incoming, Message,
     Nonce, RejectReason, Role, Transcript, VERSION,
 };
+use lockmgr_replica::Role as ReplicaRole;
 use lockmgr_transport::fabric::FabricCounters;
 use lockmgr_transport::{PeerId, ServerEvent, ServerTransport, TransportError};
 use rand::RngCore;
 use rustc_hash::FxHashMap as HashMap;
 
+use crate::replication::Ha;
+use crate::state::LockState;
 use crate::status::render_status;
 
 /// Settings of one server instance.
@@ -47,7 +50,7 @@ pub struct ServerCounters {
     pub sessions_closed: u64,
 }
 
-enum PeerState {
+pub(crate) enum PeerState {
     /// Connected at the transport level; nothing heard yet.
     New,
     Challenged {
@@ -55,16 +58,21 @@ enum PeerState {
         client_nonce: Nonce,
         server_nonce: Nonce,
         session: SessionId,
+        /// `ResumeSession` came before the proof: the session to continue and how many of
+        /// its outputs the node has.
+        resume: Option<(SessionId, u64)>,
     },
     Live {
         session: SessionId,
         node_name: String,
     },
+    /// A standby lockmgrd that attached to this primary (its session holds no lock state).
+    Standby { session: SessionId, name: String },
 }
 
-struct Peer {
-    state: PeerState,
-    last_heard: Instant,
+pub(crate) struct Peer {
+    pub(crate) state: PeerState,
+    pub(crate) last_heard: Instant,
     /// The next frame to this peer: replies are encoded straight into it as the engine
     /// produces them (no per-message queue, no allocation once the buffer has grown).
     out: FrameBuf,
@@ -76,7 +84,9 @@ struct Peer {
 impl Peer {
     fn session(&self) -> SessionId {
         match &self.state {
-            PeerState::Live { session, .. } | PeerState::Challenged { session, .. } => *session,
+            PeerState::Live { session, .. }
+            | PeerState::Challenged { session, .. }
+            | PeerState::Standby { session, .. } => *session,
             PeerState::New => SessionId(0),
         }
     }
@@ -88,42 +98,59 @@ impl Peer {
 
 /// The clock of one poll round, read once: every frame of the round is stamped with it.
 #[derive(Clone, Copy)]
-struct Clock {
-    now: Instant,
-    engine: Time,
+pub(crate) struct Clock {
+    pub(crate) now: Instant,
+    pub(crate) engine: Time,
 }
 
 /// Everything but the transport, so the transport's poll callback can borrow it mutably.
-struct Core {
-    engine: Engine,
+pub(crate) struct Core {
+    pub(crate) state: LockState,
+    /// Added to the local clock's engine time: a promoted standby continues the engine time
+    /// of the log it replayed instead of starting again from its own start.
+    time_offset: u64,
+    /// Replicated lock manager: sessions whose node went away, kept (with their outputs) so
+    /// the node can resume them here or on another replica until its liveness lease runs out.
+    detached: HashMap<SessionId, Instant>,
+    pub(crate) ha: Option<Ha>,
     key: ClusterKey,
     liveness: Duration,
     started: Instant,
-    peers: HashMap<PeerId, Peer>,
+    pub(crate) peers: HashMap<PeerId, Peer>,
     sessions: HashMap<SessionId, PeerId>,
     next_session: u64,
     /// Peers with something to send (`Peer::has_output`).
-    dirty: Vec<PeerId>,
+    pub(crate) dirty: Vec<PeerId>,
     /// Reused buffer for the ranges of the lock request being decoded.
     ranges: Vec<LockRange>,
     /// Last session routed to, and its peer: outputs come in runs for one session.
     route_cache: Option<(SessionId, PeerId)>,
     /// Peers to drop after this poll round (e.g. failed authentication).
-    to_close: Vec<PeerId>,
-    counters: ServerCounters,
+    pub(crate) to_close: Vec<PeerId>,
+    pub(crate) counters: ServerCounters,
     /// The transport's handshake/MAC counters as of the start of the round (status view).
     fabric: Option<FabricCounters>,
 }
 
 /// A running lock manager over one transport.
 pub struct Server<T: ServerTransport> {
-    transport: T,
-    core: Core,
+    pub(crate) transport: T,
+    pub(crate) core: Core,
     last_liveness_scan: Instant,
 }
 
 impl<T: ServerTransport> Server<T> {
     pub fn new(transport: T, options: ServerOptions) -> Server<T> {
+        let engine = Engine::new(options.engine.clone());
+        Server::with_state(transport, options, LockState::Alone(Box::new(engine)), None)
+    }
+
+    pub(crate) fn with_state(
+        transport: T,
+        options: ServerOptions,
+        state: LockState,
+        ha: Option<Ha>,
+    ) -> Server<T> {
         let now = Instant::now();
         // Session ids start at a random point so a restarted lockmgrd does not hand out ids a
         // stale client might still be using.
@@ -131,7 +158,10 @@ impl<T: ServerTransport> Server<T> {
         Server {
             transport,
             core: Core {
-                engine: Engine::new(options.engine),
+                state,
+                time_offset: 0,
+                detached: HashMap::default(),
+                ha,
                 key: options.key,
                 liveness: options.liveness,
                 started: now,
@@ -158,17 +188,35 @@ impl<T: ServerTransport> Server<T> {
     }
 
     pub fn engine(&self) -> &Engine {
-        &self.core.engine
+        self.core.state.engine()
+    }
+
+    /// The replica this server runs, when the lock manager is replicated.
+    pub fn replica(&self) -> Option<&lockmgr_replica::Replica> {
+        self.core.state.replica()
     }
 
     /// Runs until `shutdown` is set (check interval: at most 100 ms, or at once through the
     /// transport's waker).
     pub fn run(&mut self, shutdown: &Arc<AtomicBool>) -> Result<(), TransportError> {
         while !shutdown.load(Ordering::Acquire) {
-            let progressed = self.turn()?;
+            let mut progressed = self.turn()?;
+            if self.core.ha.is_some() {
+                progressed |= self.ha_turn()?;
+                if self.core.ha.as_ref().is_some_and(Ha::deposed) {
+                    // Fenced: a newer epoch exists without us. Nodes move to the new primary;
+                    // a restarted process rejoins as a standby.
+                    self.shutdown();
+                    return Err(TransportError::Io(std::io::Error::other(
+                        "deposed: another lockmgrd is primary of a newer epoch",
+                    )));
+                }
+            }
             if !progressed {
                 let timeout = self.next_wakeup(Instant::now());
-                self.transport.wait(Some(timeout))?;
+                if !self.ha_wait(timeout)? {
+                    self.transport.wait(Some(timeout))?;
+                }
             }
         }
         self.shutdown();
@@ -193,18 +241,22 @@ impl<T: ServerTransport> Server<T> {
             .poll(&mut |event| core.on_event(event, clock))?;
         let mut progressed = events > 0;
         let engine_now = clock.engine;
-        if self
-            .core
-            .engine
-            .poll_timeout()
-            .is_some_and(|t| t <= engine_now)
+        if self.core.serving()
+            && self
+                .core
+                .state
+                .poll_timeout()
+                .is_some_and(|t| t <= engine_now)
         {
-            self.core.engine.handle_timeout(engine_now);
+            self.core.state.handle_timeout(engine_now);
             progressed = true;
         }
         if now.duration_since(self.last_liveness_scan) >= self.core.liveness / 4 {
             self.last_liveness_scan = now;
             self.core.expire_silent_sessions(now);
+        }
+        if self.core.ha.is_some() {
+            self.core.replicate(now);
         }
         self.core.route_engine_outputs();
         for peer in std::mem::take(&mut self.core.to_close) {
@@ -235,9 +287,17 @@ impl<T: ServerTransport> Server<T> {
 
     fn next_wakeup(&self, now: Instant) -> Duration {
         let mut timeout = (self.core.liveness / 4).min(Duration::from_millis(100));
-        if let Some(t) = self.core.engine.poll_timeout() {
+        if let Some(t) = self
+            .core
+            .state
+            .poll_timeout()
+            .filter(|_| self.core.serving())
+        {
             let engine_now = self.core.engine_time(now);
             timeout = timeout.min(Duration::from_nanos(t.0.saturating_sub(engine_now.0)));
+        }
+        if let Some(ha) = &self.core.ha {
+            timeout = timeout.min(ha.failover() / 4);
         }
         if !self.core.dirty.is_empty() {
             timeout = Duration::ZERO;
@@ -247,7 +307,7 @@ impl<T: ServerTransport> Server<T> {
 
     /// Hands the peer's pending frames to the transport: the backlog, then the frame being
     /// built.
-    fn flush_peer(&mut self, peer_id: PeerId) {
+    pub(crate) fn flush_peer(&mut self, peer_id: PeerId) {
         let Some(peer) = self.core.peers.get_mut(&peer_id) else {
             return;
         };
@@ -292,7 +352,7 @@ impl<T: ServerTransport> Server<T> {
     }
 
     /// Orderly stop: end every session so that a restarted server starts clean.
-    fn shutdown(&mut self) {
+    pub(crate) fn shutdown(&mut self) {
         let now = Instant::now();
         let peers: Vec<PeerId> = self.core.peers.keys().copied().collect();
         for peer in peers {
@@ -305,11 +365,26 @@ impl<T: ServerTransport> Server<T> {
 }
 
 impl Core {
-    fn engine_time(&self, now: Instant) -> Time {
-        Time(now.duration_since(self.started).as_nanos() as u64)
+    pub(crate) fn engine_time(&self, now: Instant) -> Time {
+        Time((now.duration_since(self.started).as_nanos() as u64).saturating_add(self.time_offset))
     }
 
-    fn push(&mut self, peer_id: PeerId, msg: Message) {
+    /// Continue engine time from `last` (a promoted standby: the log it replayed was stamped
+    /// by the old primary's clock).
+    pub(crate) fn continue_time_from(&mut self, last: Time, now: Instant) {
+        let local = now.duration_since(self.started).as_nanos() as u64;
+        self.time_offset = last.0.saturating_sub(local);
+    }
+
+    /// Whether this server applies inputs itself (a bare engine, or the primary replica).
+    pub(crate) fn serving(&self) -> bool {
+        match self.state.replica() {
+            None => true,
+            Some(r) => r.role() == ReplicaRole::Primary,
+        }
+    }
+
+    pub(crate) fn push(&mut self, peer_id: PeerId, msg: Message) {
         if let Some(peer) = self.peers.get_mut(&peer_id) {
             push_to(&mut self.dirty, peer_id, peer, &msg);
         }
@@ -357,10 +432,7 @@ impl Core {
         let Some(peer) = self.peers.get_mut(&peer_id) else {
             return;
         };
-        let expected = match &peer.state {
-            PeerState::New => SessionId(0),
-            PeerState::Challenged { session, .. } | PeerState::Live { session, .. } => *session,
-        };
+        let expected = peer.session();
         if frame.session_id() != expected {
             // Never act on a frame that names another session: no peer can touch another
             // node's state, even by replaying its session id.
@@ -388,7 +460,7 @@ impl Core {
                         ranges,
                         fail_immediately,
                     }),
-                ) => self.engine.handle_lock(
+                ) => self.state.handle_lock(
                     clock.engine,
                     session,
                     request_id,
@@ -404,7 +476,7 @@ impl Core {
                         ranges,
                     }),
                 ) => self
-                    .engine
+                    .state
                     .handle_unlock(clock.engine, session, request_id, open, ranges),
                 (_, Ok(msg)) => self.on_message(peer_id, msg.into_message(), clock),
                 (_, Err(e)) => {
@@ -428,18 +500,29 @@ impl Core {
             PeerState::Live { session, .. } => Some(*session),
             _ => None,
         };
+        if matches!(peer.state, PeerState::Standby { .. }) {
+            self.on_standby_message(peer_id, msg, now);
+            return;
+        }
         let msg = match (live_session, msg) {
             (Some(session), Message::Request { request_id, body }) => {
-                self.engine.handle(clock.engine, session, request_id, body);
+                self.state.handle(clock.engine, session, request_id, body);
+                return;
+            }
+            (Some(session), Message::OutputsReceived { seq }) => {
+                self.state.outputs_received(clock.engine, session, seq);
                 return;
             }
             (Some(_), Message::StatusQuery) => {
-                let text = render_status(
-                    &self.engine,
+                let mut text = render_status(
+                    self.state.engine(),
                     &self.node_names(),
                     &self.counters,
                     self.fabric.as_ref(),
                 );
+                if let Some(ha) = &self.ha {
+                    text.push_str(&ha.status(&self.state));
+                }
                 let chunks: Vec<Message> = split_status_text(&text).collect();
                 for m in chunks {
                     self.push(peer_id, m);
@@ -452,7 +535,7 @@ impl Core {
             return;
         };
         let state = std::mem::replace(&mut peer.state, PeerState::New);
-        let next = self.on_control_message(peer_id, state, msg, now);
+        let next = self.on_control_message(peer_id, state, msg, clock);
         if let Some(peer) = self.peers.get_mut(&peer_id) {
             peer.state = next;
         }
@@ -465,9 +548,15 @@ impl Core {
         peer_id: PeerId,
         state: PeerState,
         msg: Message,
-        _now: Instant,
+        clock: Clock,
     ) -> PeerState {
         match (state, msg) {
+            (PeerState::New, Message::ClientHello { .. }) if !self.serving() => {
+                // A standby (or a fenced primary) takes no node sessions: the node tries the
+                // next lock-manager address it knows.
+                self.reject(peer_id, RejectReason::NotPrimary);
+                PeerState::New
+            }
             (
                 PeerState::New,
                 Message::ClientHello {
@@ -498,6 +587,7 @@ impl Core {
                     client_nonce,
                     server_nonce,
                     session,
+                    resume: None,
                 }
             }
             (
@@ -506,6 +596,26 @@ impl Core {
                     client_nonce,
                     server_nonce,
                     session,
+                    resume: None,
+                },
+                Message::ResumeSession {
+                    session_id,
+                    received,
+                },
+            ) => PeerState::Challenged {
+                node_name,
+                client_nonce,
+                server_nonce,
+                session,
+                resume: Some((session_id, received)),
+            },
+            (
+                PeerState::Challenged {
+                    node_name,
+                    client_nonce,
+                    server_nonce,
+                    session,
+                    resume,
                 },
                 Message::ClientProof { proof },
             ) => {
@@ -523,9 +633,27 @@ impl Core {
                     return PeerState::New;
                 }
                 let server_proof = auth::server_proof(&self.key, &transcript);
-                tracing::info!(peer = peer_id.0, node = %node_name, session = session.0, "session accepted");
+                let session = match resume {
+                    None => {
+                        tracing::info!(peer = peer_id.0, node = %node_name, session = session.0, "session accepted");
+                        self.state.open_session(clock.engine, session, &node_name);
+                        session
+                    }
+                    Some((old, received)) => match self.resume_session(old, &node_name, received) {
+                        Ok(queued) => {
+                            tracing::info!(peer = peer_id.0, node = %node_name, session = old.0,
+                                resent = queued, "session resumed");
+                            old
+                        }
+                        Err(why) => {
+                            tracing::warn!(peer = peer_id.0, node = %node_name, session = old.0,
+                                %why, "session cannot be resumed");
+                            self.reject(peer_id, RejectReason::SessionLost);
+                            return PeerState::New;
+                        }
+                    },
+                };
                 self.sessions.insert(session, peer_id);
-                self.engine.open_session(session);
                 self.counters.sessions_accepted += 1;
                 let liveness_lease_ms =
                     u32::try_from(self.liveness.as_millis()).unwrap_or(u32::MAX);
@@ -543,11 +671,34 @@ impl Core {
                 self.push(peer_id, Message::HeartbeatAck { seq });
                 live
             }
-            (live @ PeerState::Live { .. }, Message::Goodbye) => {
+            (PeerState::Live { session, node_name }, Message::Goodbye) => {
                 self.counters.sessions_closed += 1;
                 self.to_close.push(peer_id);
-                live
+                if self.state.replica().is_some() {
+                    // An orderly goodbye ends the session at once (a lost connection only
+                    // detaches it, for the node to resume).
+                    tracing::info!(node = %node_name, session = session.0, "session ended; releasing its state");
+                    self.sessions.remove(&session);
+                    self.route_cache = None;
+                    self.state.end_session(clock.engine, session);
+                    return PeerState::New;
+                }
+                PeerState::Live { session, node_name }
             }
+            (
+                PeerState::Live { session, node_name },
+                Message::ReplicaAttach {
+                    epoch,
+                    incarnation,
+                    address,
+                },
+            ) => self.on_replica_attach(
+                peer_id,
+                session,
+                node_name,
+                (epoch, incarnation, address),
+                clock,
+            ),
             (state, other) => {
                 self.counters.protocol_violations += 1;
                 tracing::debug!(
@@ -576,7 +727,38 @@ impl Core {
         v
     }
 
-    fn reject(&mut self, peer_id: PeerId, reason: RejectReason) {
+    /// Continues a session of a replicated lock manager for the node that owns it.
+    fn resume_session(
+        &mut self,
+        session: SessionId,
+        node_name: &str,
+        received: u64,
+    ) -> Result<usize, String> {
+        if let Some(&old_peer) = self.sessions.get(&session) {
+            // The node's old connection is still open here (it noticed the loss first):
+            // the new connection replaces it.
+            if let Some(old) = self.peers.get_mut(&old_peer) {
+                if matches!(&old.state, PeerState::Live { node_name: n, .. } if n == node_name) {
+                    old.state = PeerState::New;
+                    self.to_close.push(old_peer);
+                } else {
+                    return Err("session belongs to another connection".into());
+                }
+            }
+            self.sessions.remove(&session);
+            self.route_cache = None;
+        }
+        let Some(replica) = self.state.replica_mut() else {
+            return Err("this lock manager keeps no sessions across connections".into());
+        };
+        let queued = replica
+            .resume(session, node_name, received)
+            .map_err(|e| e.to_string())?;
+        self.detached.remove(&session);
+        Ok(queued)
+    }
+
+    pub(crate) fn reject(&mut self, peer_id: PeerId, reason: RejectReason) {
         self.push(peer_id, Message::SessionRejected { reason });
         self.to_close.push(peer_id);
     }
@@ -585,11 +767,24 @@ impl Core {
     fn forget_peer(&mut self, peer_id: PeerId, now: Instant) {
         if let Some(peer) = self.peers.remove(&peer_id) {
             self.route_cache = None;
-            if let PeerState::Live { session, node_name } = peer.state {
-                tracing::info!(node = %node_name, session = session.0, "session ended; releasing its state");
-                self.sessions.remove(&session);
-                let t = self.engine_time(now);
-                self.engine.end_session(t, session);
+            match peer.state {
+                PeerState::Live { session, node_name } => {
+                    self.sessions.remove(&session);
+                    if let Some(r) = self.state.replica_mut() {
+                        tracing::info!(node = %node_name, session = session.0, "node connection lost; session kept for it to resume");
+                        r.detach(session);
+                        self.detached.insert(session, now);
+                    } else {
+                        tracing::info!(node = %node_name, session = session.0, "session ended; releasing its state");
+                        let t = self.engine_time(now);
+                        self.state.end_session(t, session);
+                    }
+                }
+                PeerState::Standby { session, name } => {
+                    self.sessions.remove(&session);
+                    self.standby_gone(&name, now);
+                }
+                _ => {}
             }
         }
     }
@@ -609,10 +804,29 @@ impl Core {
             self.counters.sessions_expired += 1;
             self.to_close.push(peer);
         }
+        // Detached sessions whose node did not come back within its lease.
+        let gone: Vec<SessionId> = self
+            .detached
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) > self.liveness)
+            .map(|(s, _)| *s)
+            .collect();
+        if !gone.is_empty() && self.serving() {
+            let t = self.engine_time(now);
+            for session in gone {
+                tracing::warn!(
+                    session = session.0,
+                    "detached session not resumed within its lease; releasing its state"
+                );
+                self.detached.remove(&session);
+                self.counters.sessions_expired += 1;
+                self.state.end_session(t, session);
+            }
+        }
     }
 
-    fn route_engine_outputs(&mut self) {
-        while let Some(out) = self.engine.poll_output() {
+    pub(crate) fn route_engine_outputs(&mut self) {
+        while let Some(out) = self.state.poll_output() {
             let session = match &out {
                 Output::Reply { session, .. } | Output::Notify { session, .. } => *session,
             };
@@ -643,7 +857,7 @@ impl Core {
 
 /// Encodes `msg` into the peer's next frame (a full frame moves to the backlog) and marks the
 /// peer dirty if it had nothing to send.
-fn push_to(dirty: &mut Vec<PeerId>, peer_id: PeerId, peer: &mut Peer, msg: &Message) {
+pub(crate) fn push_to(dirty: &mut Vec<PeerId>, peer_id: PeerId, peer: &mut Peer, msg: &Message) {
     if !peer.has_output() {
         dirty.push(peer_id);
     }

@@ -1,0 +1,799 @@
+//! A replicated lock manager: this lockmgrd as primary or standby of the cluster's lock state.
+//!
+//! The replication protocol itself (input log, held outputs, epochs, resumption) is
+//! `lockmgr-replica`, with no I/O; this module carries it over the daemon's transports and
+//! drives the epoch changes through the coordination service (etcd, [`crate::coordination`]):
+//!
+//! * Start: the first replica to reach etcd installs epoch 1 naming itself primary. A later
+//!   one connects to the primary over the same transport the nodes use, authenticates like a
+//!   node, sends `ReplicaAttach`, installs the snapshot it gets and applies the log that
+//!   follows, acknowledging every append. Once it holds everything, the primary records it as
+//!   standby (epoch + 1) and the standby adopts that epoch when it sees the record.
+//! * The primary holds every reply and notification until the standby has acknowledged the log
+//!   entry that produced it (`Replica` does that); appends go out at the end of every poll round.
+//! * Failure: a partner silent for `failover` (or whose connection dropped) is declared dead.
+//!   The primary then records an epoch in which it serves alone; the standby records an epoch
+//!   in which it is primary. Both are compare-and-swaps from the same epoch, so at most one
+//!   wins; the loser is fenced (its process stops: restarted, it joins again as a standby).
+//!   A fenced primary cannot commit anything meanwhile: its standby refuses appends of any
+//!   epoch but its own, and outputs wait for the standby's acknowledgement.
+//! * Nodes reconnect to whichever address answers and resume their session there
+//!   (`ResumeSession`): the new primary resends every output they missed.
+
+use std::time::{Duration, Instant};
+
+use lockmgr_client::handshake;
+use lockmgr_client::{AnyTransport, ClientOptions, TransportSpec};
+use lockmgr_coord::{Configuration, Coordinator, Member, Swap};
+use lockmgr_engine::SessionId;
+use lockmgr_proto::{
+    decode_frame, EncodeError, FrameBuf, Message, MAX_SNAPSHOT, MAX_SNAPSHOT_CHUNK,
+};
+use lockmgr_replica::{Append, AppendError, Epoch, Replica, Role as ReplicaRole};
+use lockmgr_transport::{PeerId, ServerTransport, TransportError};
+use rand::RngCore;
+
+use crate::coordination::{CoordEvent, CoordThread};
+use crate::server::{Clock, Core, PeerState, Server, ServerOptions};
+use crate::state::LockState;
+
+/// Maps a member's address (as recorded in the coordination service) to a transport.
+pub type LinkSpec = Box<dyn Fn(&str) -> Result<TransportSpec, String> + Send>;
+
+/// How this lockmgrd takes part in a replicated lock manager.
+pub struct HaOptions {
+    /// This replica's name (unique in the cluster; `[A-Za-z0-9._-]`, at most 64 bytes).
+    pub name: String,
+    /// Where nodes and the other replica reach this one, e.g. `udp:10.0.0.1:7100`.
+    pub address: String,
+    /// etcd endpoints, e.g. `http://127.0.0.1:2379`.
+    pub etcd: Vec<String>,
+    /// The cluster's name in etcd (`/clustersmb/<cluster>/lockmgr/config`).
+    pub cluster: String,
+    /// A partner silent this long is declared dead.
+    pub failover: Duration,
+    /// Deadline of each etcd call.
+    pub etcd_deadline: Duration,
+    /// How to reach another replica's address.
+    pub link: LinkSpec,
+}
+
+/// The epoch change this replica asked the coordination service for.
+#[derive(Debug)]
+enum Intent {
+    /// Record the attached standby (epoch + 1 names it).
+    RecordStandby { peer: PeerId, member: Member },
+    /// The standby is gone: serve alone in epoch + 1.
+    ServeAlone,
+    /// The primary is gone: be primary of epoch + 1.
+    Promote,
+}
+
+/// A standby that attached to this primary.
+struct StandbyPeer {
+    peer: PeerId,
+    member: Member,
+    /// The log index its snapshot ends at: once it acknowledges this, it holds everything.
+    ready_at: u64,
+    /// Whether the coordination service names it (else it is still catching up).
+    recorded: bool,
+}
+
+/// A standby's connection to its primary.
+struct Upstream {
+    transport: AnyTransport,
+    session: SessionId,
+    out: FrameBuf,
+    last_heard: Instant,
+    last_sent: Instant,
+    next_heartbeat: u64,
+    /// The snapshot being received, until it is complete.
+    snapshot: Vec<u8>,
+    installed: bool,
+}
+
+/// Replication state of the daemon (see the module docs).
+pub(crate) struct Ha {
+    name: String,
+    incarnation: u64,
+    address: String,
+    failover: Duration,
+    coord: CoordThread,
+    /// The configuration this replica is in (as last installed or adopted).
+    config: Configuration,
+    pending: Option<Intent>,
+    standby: Option<StandbyPeer>,
+    upstream: Option<Upstream>,
+    deposed: bool,
+    /// When the partner was last heard of, for the failover time in the log.
+    partner_lost_at: Option<Instant>,
+    /// Appends were refused (the standby lags behind an epoch change): send again then.
+    rewind_at: Option<Instant>,
+}
+
+impl Ha {
+    pub(crate) fn deposed(&self) -> bool {
+        self.deposed
+    }
+
+    pub(crate) fn failover(&self) -> Duration {
+        self.failover
+    }
+
+    fn me(&self) -> Member {
+        Member::new(self.name.clone(), self.address.clone(), self.incarnation)
+    }
+
+    fn names_me_standby(&self, config: &Configuration) -> bool {
+        config
+            .standbys
+            .iter()
+            .any(|m| m.is(&self.name, self.incarnation))
+    }
+
+    /// Lines for the operator view.
+    pub(crate) fn status(&self, state: &LockState) -> String {
+        let mut out = String::from("\nreplication:\n");
+        if let Some(r) = state.replica() {
+            let role = match r.role() {
+                ReplicaRole::Primary => "primary",
+                ReplicaRole::Standby => "standby",
+                _ => "deposed",
+            };
+            out.push_str(&format!(
+                "  replica {} role {role} epoch {} log {} committed {} lag {}\n",
+                self.name,
+                r.epoch().0,
+                r.next_index(),
+                r.committed(),
+                r.replication_lag()
+            ));
+        }
+        match &self.standby {
+            Some(s) => out.push_str(&format!(
+                "  standby {} at {} ({})\n",
+                s.member.name,
+                s.member.address,
+                if s.recorded {
+                    "recorded"
+                } else {
+                    "catching up"
+                }
+            )),
+            None if self.upstream.is_none() => out.push_str("  standby none (serving alone)\n"),
+            None => {}
+        }
+        out
+    }
+}
+
+/// Starts a replicated lockmgrd over `transport`: the first replica of the cluster becomes
+/// primary, a later one joins the primary as standby.
+pub fn start<T: ServerTransport>(
+    transport: T,
+    options: ServerOptions,
+    ha: HaOptions,
+) -> Result<Server<T>, String> {
+    let incarnation = rand::thread_rng().next_u64();
+    let me = Member::new(ha.name.clone(), ha.address.clone(), incarnation);
+    let mut coord = Coordinator::connect(&ha.etcd, &ha.cluster, ha.etcd_deadline)
+        .map_err(|e| format!("coordination service: {e}"))?;
+    let stored = coord
+        .bootstrap(&Configuration {
+            epoch: 1,
+            primary: me.clone(),
+            standbys: Vec::new(),
+        })
+        .map_err(|e| format!("coordination service: {e}"))?;
+    let (state, upstream) = if stored.config.primary == me {
+        tracing::info!(epoch = stored.config.epoch, name = %ha.name, "first replica: primary, serving alone");
+        let replica = Replica::primary(options.engine.clone(), Epoch(stored.config.epoch), false);
+        (LockState::Replicated(Box::new(replica)), None)
+    } else {
+        let primary = &stored.config.primary;
+        tracing::info!(epoch = stored.config.epoch, primary = %primary.name, address = %primary.address,
+            "joining the primary as standby");
+        let spec = (ha.link)(&primary.address)?;
+        let mut link = lockmgr_client::connect(&spec).map_err(|e| format!("standby link: {e}"))?;
+        let client = ClientOptions {
+            node_name: ha.name.clone(),
+            key: options.key.clone(),
+            handshake_timeout: Duration::from_secs(5),
+        };
+        let accepted = handshake::run(link.as_mut(), &client, None)
+            .map_err(|e| format!("standby link to {}: {e}", primary.address))?;
+        handshake::send(
+            link.as_mut(),
+            accepted.session,
+            &[Message::ReplicaAttach {
+                epoch: Epoch(stored.config.epoch),
+                incarnation,
+                address: ha.address.clone(),
+            }],
+        )
+        .map_err(|e| format!("standby link: {e}"))?;
+        let now = Instant::now();
+        // Replaced by the snapshot's state once it has arrived.
+        let placeholder = Replica::standby(options.engine.clone(), Epoch(stored.config.epoch));
+        (
+            LockState::Replicated(Box::new(placeholder)),
+            Some(Upstream {
+                transport: link,
+                session: accepted.session,
+                out: FrameBuf::new(accepted.session),
+                last_heard: now,
+                last_sent: now,
+                next_heartbeat: 1,
+                snapshot: Vec::new(),
+                installed: false,
+            }),
+        )
+    };
+    let coord = CoordThread::spawn(coord, stored.mod_revision, Some(transport.waker()))
+        .map_err(|e| format!("cannot start the coordination thread: {e}"))?;
+    let ha = Ha {
+        name: ha.name,
+        incarnation,
+        address: ha.address,
+        failover: ha.failover,
+        coord,
+        config: stored.config,
+        pending: None,
+        standby: None,
+        upstream,
+        deposed: false,
+        partner_lost_at: None,
+        rewind_at: None,
+    };
+    Ok(Server::with_state(transport, options, state, Some(ha)))
+}
+
+impl Core {
+    /// Primary: a standby asks for the log (it authenticated like a node).
+    pub(crate) fn on_replica_attach(
+        &mut self,
+        peer_id: PeerId,
+        session: SessionId,
+        name: String,
+        (epoch, incarnation, address): (Epoch, u64, String),
+        clock: Clock,
+    ) -> PeerState {
+        let my_epoch = self.state.replica().map(|r| r.epoch());
+        let primary = self.serving() && my_epoch.is_some();
+        let busy = self
+            .ha
+            .as_ref()
+            .is_some_and(|h| h.standby.is_some() || h.pending.is_some());
+        if !primary || busy || my_epoch != Some(epoch) {
+            tracing::warn!(peer = peer_id.0, standby = %name, epoch = epoch.0, ?my_epoch, busy,
+                "standby attach refused");
+            let refusal = AppendError::EpochMismatch {
+                sent: epoch,
+                mine: my_epoch.unwrap_or_default(),
+            };
+            self.push(peer_id, Message::AppendRefused { refusal });
+            self.to_close.push(peer_id);
+            return PeerState::Live {
+                session,
+                node_name: name,
+            };
+        }
+        // The handshake opened a node session for it: a standby holds no locks.
+        self.state.end_session(clock.engine, session);
+        let Some(replica) = self.state.replica_mut() else {
+            return PeerState::New;
+        };
+        let (snapshot, ready_at) = match replica.attach_standby() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(%e, "cannot snapshot the lock state for a standby");
+                self.to_close.push(peer_id);
+                return PeerState::New;
+            }
+        };
+        tracing::info!(standby = %name, address = %address, bytes = snapshot.len(), ready_at,
+            "standby attaching: sending snapshot");
+        let total = snapshot.len() as u64;
+        let mut offset = 0usize;
+        loop {
+            let end = (offset + MAX_SNAPSHOT_CHUNK).min(snapshot.len());
+            self.push(
+                peer_id,
+                Message::Snapshot {
+                    epoch,
+                    total,
+                    offset: offset as u64,
+                    chunk: snapshot[offset..end].to_vec(),
+                },
+            );
+            offset = end;
+            if offset >= snapshot.len() {
+                break;
+            }
+        }
+        if let Some(ha) = &mut self.ha {
+            ha.standby = Some(StandbyPeer {
+                peer: peer_id,
+                member: Member::new(name.clone(), address, incarnation),
+                ready_at,
+                recorded: false,
+            });
+        }
+        PeerState::Standby { session, name }
+    }
+
+    /// Primary: a message from the attached standby.
+    pub(crate) fn on_standby_message(&mut self, peer_id: PeerId, msg: Message, _now: Instant) {
+        match msg {
+            Message::AppendAck { epoch, next_index } => {
+                if let Some(r) = self.state.replica_mut() {
+                    r.on_ack(lockmgr_replica::Ack { epoch, next_index });
+                }
+                self.maybe_record_standby(next_index);
+            }
+            Message::AppendRefused { refusal } => {
+                tracing::debug!(?refusal, "standby refused an append");
+                let deposed = self
+                    .state
+                    .replica_mut()
+                    .is_some_and(|r| r.on_append_refused(refusal));
+                if let Some(ha) = &mut self.ha {
+                    if deposed {
+                        tracing::error!("standby is in a newer epoch: this primary is fenced");
+                        ha.deposed = true;
+                    } else {
+                        // Most likely the standby has not yet seen the epoch we moved to.
+                        ha.rewind_at = Some(Instant::now() + Duration::from_millis(2));
+                    }
+                }
+            }
+            Message::Heartbeat { seq } => self.push(peer_id, Message::HeartbeatAck { seq }),
+            Message::Goodbye => self.to_close.push(peer_id),
+            other => {
+                self.counters.protocol_violations += 1;
+                tracing::debug!(tag = other.tag(), "message not allowed from a standby");
+            }
+        }
+    }
+
+    fn maybe_record_standby(&mut self, acked: u64) {
+        let Some(ha) = &mut self.ha else { return };
+        let Some(s) = &ha.standby else { return };
+        if s.recorded || ha.pending.is_some() || acked < s.ready_at {
+            return;
+        }
+        let Some(r) = self.state.replica() else {
+            return;
+        };
+        let next = Configuration {
+            epoch: r.epoch().0 + 1,
+            primary: ha.me(),
+            standbys: vec![s.member.clone()],
+        };
+        tracing::info!(standby = %s.member.name, epoch = next.epoch, "standby caught up; recording it");
+        ha.coord.advance(r.epoch().0, next);
+        ha.pending = Some(Intent::RecordStandby {
+            peer: s.peer,
+            member: s.member.clone(),
+        });
+    }
+
+    /// Primary: the standby's connection is gone.
+    pub(crate) fn standby_gone(&mut self, name: &str, now: Instant) {
+        let Some(ha) = &mut self.ha else { return };
+        if ha.standby.take().is_none() {
+            return;
+        }
+        tracing::warn!(standby = %name, "standby lost");
+        ha.partner_lost_at = Some(now);
+        self.request_serve_alone();
+    }
+
+    fn request_serve_alone(&mut self) {
+        let Some(ha) = &mut self.ha else { return };
+        let Some(r) = self.state.replica() else {
+            return;
+        };
+        if ha.pending.is_some() || r.role() != ReplicaRole::Primary {
+            return;
+        }
+        // Outputs wait for acknowledgements nobody will send: only a new epoch in which this
+        // primary serves alone lets them out (and fences the old standby).
+        let next = Configuration {
+            epoch: r.epoch().0 + 1,
+            primary: ha.me(),
+            standbys: Vec::new(),
+        };
+        tracing::warn!(
+            epoch = next.epoch,
+            "recording that this primary serves alone"
+        );
+        ha.coord.advance(r.epoch().0, next);
+        ha.pending = Some(Intent::ServeAlone);
+    }
+
+    /// Primary, once per round: failure detection of the standby, and the appends it needs.
+    pub(crate) fn replicate(&mut self, now: Instant) {
+        let Some(ha) = &mut self.ha else { return };
+        let failover = ha.failover;
+        if let Some(at) = ha.rewind_at {
+            if now >= at {
+                ha.rewind_at = None;
+                if let Some(r) = self.state.replica_mut() {
+                    r.rewind_append();
+                }
+            }
+        }
+        let Some(ha) = &self.ha else { return };
+        let Some(standby) = ha.standby.as_ref().map(|s| s.peer) else {
+            return;
+        };
+        let silent = self
+            .peers
+            .get(&standby)
+            .is_none_or(|p| now.duration_since(p.last_heard) > failover);
+        if silent {
+            tracing::warn!("standby silent past the failover timeout");
+            self.to_close.push(standby);
+            return;
+        }
+        let budget = MAX_SNAPSHOT_CHUNK - 16;
+        loop {
+            let Some(r) = self.state.replica_mut() else {
+                return;
+            };
+            let mut used = 0usize;
+            let Some(append) = r.poll_append_bounded(|e| {
+                let len = lockmgr_proto::replication::entry_len(e).unwrap_or(budget);
+                used += len;
+                used <= budget
+            }) else {
+                break;
+            };
+            let Append { epoch, entries } = append;
+            self.push(standby, Message::Append { epoch, entries });
+        }
+    }
+}
+
+impl<T: ServerTransport> Server<T> {
+    /// Everything replication needs besides the node protocol: etcd events, the standby's
+    /// link to its primary, failure detection on the standby side. Returns whether anything
+    /// happened.
+    pub(crate) fn ha_turn(&mut self) -> Result<bool, TransportError> {
+        let mut progressed = false;
+        let now = Instant::now();
+        while let Some(ev) = self.core.ha.as_ref().and_then(|h| h.coord.try_event()) {
+            progressed = true;
+            self.on_coord_event(ev, now);
+        }
+        progressed |= self.poll_upstream(now);
+        Ok(progressed)
+    }
+
+    /// Sleeps on the standby link instead of the node transport while this is a standby
+    /// (nodes do not talk to a standby; the primary does, and its appends must be
+    /// acknowledged at once). Returns false when the caller should sleep on the transport.
+    pub(crate) fn ha_wait(&mut self, timeout: Duration) -> Result<bool, TransportError> {
+        let Some(ha) = &mut self.core.ha else {
+            return Ok(false);
+        };
+        let slice = timeout.min(ha.failover / 4).min(Duration::from_millis(10));
+        match &mut ha.upstream {
+            Some(up) => {
+                up.transport.wait(Some(slice))?;
+                Ok(true)
+            }
+            None => {
+                self.transport_wait(slice)?;
+                Ok(true)
+            }
+        }
+    }
+
+    fn on_coord_event(&mut self, ev: CoordEvent, now: Instant) {
+        let core = &mut self.core;
+        let Some(ha) = &mut core.ha else { return };
+        match ev {
+            CoordEvent::Changed(stored) => {
+                let mine = core.state.replica().map_or(0, |r| r.epoch().0);
+                let c = stored.config;
+                if c.epoch <= mine {
+                    return;
+                }
+                let role = core.state.replica().map(|r| r.role());
+                if role == Some(ReplicaRole::Standby)
+                    && c.epoch == mine + 1
+                    && ha.names_me_standby(&c)
+                    && c.primary == ha.config.primary
+                {
+                    if let Some(r) = core.state.replica_mut() {
+                        match r.adopt_epoch(Epoch(c.epoch)) {
+                            Ok(()) => {
+                                tracing::info!(epoch = c.epoch, "recorded as standby");
+                                ha.config = c;
+                            }
+                            Err(e) => tracing::warn!(%e, "cannot adopt epoch"),
+                        }
+                    }
+                    return;
+                }
+                if ha.pending.is_some() && c.primary.is(&ha.name, ha.incarnation) {
+                    // Our own change; its answer follows.
+                    return;
+                }
+                tracing::error!(epoch = c.epoch, primary = %c.primary.name,
+                    "a newer configuration does not need this replica: fenced");
+                ha.deposed = true;
+            }
+            CoordEvent::Advanced(Ok(Swap::Installed(stored))) => {
+                let intent = ha.pending.take();
+                let epoch = Epoch(stored.config.epoch);
+                let lost_for = ha.partner_lost_at.take().map(|t| now.duration_since(t));
+                ha.config = stored.config;
+                let Some(r) = core.state.replica_mut() else {
+                    return;
+                };
+                match intent {
+                    Some(Intent::RecordStandby { peer, member }) => {
+                        if let Err(e) = r.advance_epoch(epoch) {
+                            tracing::error!(%e, "cannot move to the recorded epoch");
+                            ha.deposed = true;
+                            return;
+                        }
+                        match &mut ha.standby {
+                            Some(s) if s.peer == peer => s.recorded = true,
+                            _ => {
+                                // The standby left while its record was written: the next
+                                // epoch must drop it again.
+                                tracing::warn!(standby = %member.name, "standby gone after being recorded");
+                                core.request_serve_alone();
+                            }
+                        }
+                        tracing::info!(epoch = epoch.0, standby = %member.name, "standby recorded");
+                    }
+                    Some(Intent::ServeAlone) => {
+                        if let Err(e) = r.serve_alone(epoch) {
+                            tracing::error!(%e, "cannot serve alone");
+                            ha.deposed = true;
+                            return;
+                        }
+                        tracing::warn!(epoch = epoch.0, after = ?lost_for, "serving alone");
+                    }
+                    Some(Intent::Promote) => {
+                        if let Err(e) = r.promote(epoch, false) {
+                            tracing::error!(%e, "cannot promote");
+                            ha.deposed = true;
+                            return;
+                        }
+                        let last = r.last_now();
+                        ha.upstream = None;
+                        core.continue_time_from(last, now);
+                        tracing::warn!(epoch = epoch.0, after = ?lost_for,
+                            "promoted: this replica is primary (serving alone)");
+                    }
+                    None => {}
+                }
+            }
+            CoordEvent::Advanced(Ok(Swap::Lost(other))) => {
+                let intent = ha.pending.take();
+                tracing::error!(?intent, current = ?other.map(|s| s.config),
+                    "another replica changed the configuration first: fenced");
+                ha.deposed = true;
+            }
+            CoordEvent::Advanced(Err(e)) => {
+                let intent = ha.pending.take();
+                tracing::warn!(%e, ?intent, "configuration change failed; will retry");
+                match intent {
+                    Some(Intent::ServeAlone) => core.request_serve_alone(),
+                    Some(Intent::Promote) => {
+                        // Retried by poll_upstream (the primary is still gone).
+                    }
+                    Some(Intent::RecordStandby { .. }) | None => {
+                        if let Some(s) = &ha.standby {
+                            let ready = s.ready_at;
+                            core.maybe_record_standby(ready);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Standby: reads the primary's snapshot and appends, acknowledges, sends heartbeats, and
+    /// asks for promotion when the primary is gone.
+    fn poll_upstream(&mut self, now: Instant) -> bool {
+        let core = &mut self.core;
+        let Some(ha) = &mut core.ha else { return false };
+        let failover = ha.failover;
+        let Some(up) = &mut ha.upstream else {
+            if ha.pending.is_none()
+                && core
+                    .state
+                    .replica()
+                    .is_some_and(|r| r.role() == ReplicaRole::Standby)
+            {
+                request_promotion(ha, &core.state);
+            }
+            return false;
+        };
+        let mut msgs = Vec::new();
+        let session = up.session;
+        let polled = up.transport.poll(&mut |bytes| {
+            let Ok(frame) = decode_frame(bytes) else {
+                tracing::warn!("malformed frame from the primary dropped");
+                return;
+            };
+            if frame.session_id() != session {
+                return;
+            }
+            for m in frame {
+                match m {
+                    Ok(m) => msgs.push(m),
+                    Err(e) => {
+                        tracing::warn!(%e, "malformed message from the primary");
+                        break;
+                    }
+                }
+            }
+        });
+        let mut lost = polled.is_err();
+        if !msgs.is_empty() {
+            up.last_heard = now;
+        }
+        let progressed = !msgs.is_empty();
+        let mut replies = Vec::new();
+        for m in msgs {
+            match m {
+                Message::Snapshot {
+                    epoch,
+                    total,
+                    offset,
+                    chunk,
+                } => {
+                    if up.installed || offset != up.snapshot.len() as u64 || total > MAX_SNAPSHOT {
+                        tracing::error!("snapshot chunks out of order");
+                        lost = true;
+                        break;
+                    }
+                    up.snapshot.extend_from_slice(&chunk);
+                    if up.snapshot.len() as u64 >= total {
+                        match Replica::standby_from_snapshot(&up.snapshot, epoch) {
+                            Ok(r) => {
+                                tracing::info!(
+                                    bytes = total,
+                                    next_index = r.next_index(),
+                                    "snapshot installed; following the primary's log"
+                                );
+                                replies.push(Message::AppendAck {
+                                    epoch,
+                                    next_index: r.next_index(),
+                                });
+                                core.state = LockState::Replicated(Box::new(r));
+                                up.installed = true;
+                                up.snapshot = Vec::new();
+                            }
+                            Err(e) => {
+                                tracing::error!(%e, "snapshot from the primary refused");
+                                lost = true;
+                                break;
+                            }
+                        }
+                    }
+                }
+                Message::Append { epoch, entries } if up.installed => {
+                    let Some(r) = core.state.replica_mut() else {
+                        break;
+                    };
+                    match r.on_append(&Append { epoch, entries }) {
+                        Ok(()) => {
+                            if let Some(ack) = r.poll_ack() {
+                                replies.push(Message::AppendAck {
+                                    epoch: ack.epoch,
+                                    next_index: ack.next_index,
+                                });
+                            }
+                        }
+                        Err(refusal) => replies.push(Message::AppendRefused { refusal }),
+                    }
+                }
+                Message::HeartbeatAck { .. } => {}
+                Message::AppendRefused { refusal } => {
+                    tracing::error!(?refusal, "the primary refused this standby");
+                    ha.deposed = true;
+                    return true;
+                }
+                Message::Goodbye | Message::SessionRejected { .. } => {
+                    lost = true;
+                    break;
+                }
+                other => tracing::debug!(tag = other.tag(), "unexpected message from the primary"),
+            }
+        }
+        // Coalesce acknowledgements: only the last one matters.
+        let mut last_ack = None;
+        for m in replies {
+            match m {
+                Message::AppendAck { .. } => last_ack = Some(m),
+                other => push_upstream(up, &other),
+            }
+        }
+        if let Some(ack) = last_ack {
+            push_upstream(up, &ack);
+        }
+        if now.duration_since(up.last_sent) >= failover / 4 {
+            let seq = up.next_heartbeat;
+            up.next_heartbeat += 1;
+            push_upstream(up, &Message::Heartbeat { seq });
+        }
+        if !up.out.is_empty() {
+            let frame = up.out.finish();
+            match up.transport.send(frame) {
+                Ok(()) => up.last_sent = now,
+                Err(TransportError::Full) => {}
+                Err(_) => lost = true,
+            }
+            up.out.clear();
+        }
+        if !lost && now.duration_since(up.last_heard) > failover {
+            tracing::warn!("primary silent past the failover timeout");
+            lost = true;
+        }
+        if lost {
+            let installed = up.installed;
+            ha.partner_lost_at = Some(up.last_heard);
+            ha.upstream = None;
+            if !installed {
+                tracing::error!("lost the primary before the snapshot arrived; cannot take over");
+                ha.deposed = true;
+                return true;
+            }
+            request_promotion(ha, &core.state);
+            return true;
+        }
+        progressed
+    }
+
+    fn transport_wait(&mut self, timeout: Duration) -> Result<(), TransportError> {
+        self.transport.wait(Some(timeout))
+    }
+}
+
+/// Standby: the primary is gone; ask to become primary of the next epoch (only a standby the
+/// coordination service names may).
+fn request_promotion(ha: &mut Ha, state: &LockState) {
+    if ha.pending.is_some() {
+        return;
+    }
+    let Some(r) = state.replica() else { return };
+    if !ha.names_me_standby(&ha.config) || ha.config.epoch != r.epoch().0 {
+        tracing::error!("primary lost before this standby was recorded; cannot take over");
+        ha.deposed = true;
+        return;
+    }
+    let next = Configuration {
+        epoch: r.epoch().0 + 1,
+        primary: ha.me(),
+        standbys: Vec::new(),
+    };
+    tracing::warn!(epoch = next.epoch, "primary lost: asking to be primary");
+    ha.coord.advance(r.epoch().0, next);
+    ha.pending = Some(Intent::Promote);
+}
+
+fn push_upstream(up: &mut Upstream, msg: &Message) {
+    match up.out.push(msg) {
+        Ok(()) => {}
+        Err(EncodeError::FrameFull) => {
+            let frame = up.out.finish();
+            if let Err(e) = up.transport.send(frame) {
+                tracing::debug!(%e, "standby link send failed");
+            }
+            up.out.clear();
+            if let Err(e) = up.out.push(msg) {
+                tracing::error!(?e, "cannot encode a message to the primary");
+            }
+        }
+        Err(e) => tracing::error!(?e, "cannot encode a message to the primary"),
+    }
+}

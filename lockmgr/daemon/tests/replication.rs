@@ -1,0 +1,342 @@
+//! A replicated lock manager as real processes: two lockmgrd replicas over UDP on loopback,
+//! epochs in a real etcd. The primary is SIGKILLed while nodes hold locks; the standby must
+//! take over through etcd, and the nodes must resume their sessions on it with every lock
+//! they held (and nothing granted twice).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lockmgr_client::{ClientError, ClientOptions, LockClient, ResumePoint};
+use lockmgr_coord::Coordinator;
+use lockmgr_engine::{
+    access, share, FileId, LockRange, OpenId, OpenRequest, Reply, Request, Status,
+};
+use lockmgr_proto::{ClusterKey, RejectReason};
+use lockmgr_transport::udp::{UdpClient, UdpConfig};
+use lockmgr_transport::SpinConfig;
+
+const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn missing(what: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{what} (CI=true: missing capabilities fail instead of skipping)");
+    }
+    eprintln!("SKIPPED: {what}");
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn free_udp_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    s.local_addr().expect("addr").port()
+}
+
+/// A child process of this test, killed (by PID) on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Etcd {
+    _proc: Proc,
+    dir: PathBuf,
+    endpoint: String,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start_etcd() -> Option<Etcd> {
+    if Command::new("etcd").arg("--version").output().is_err() {
+        missing("etcd not installed (apt-get install etcd-server)");
+        return None;
+    }
+    let (client, peer) = (free_tcp_port(), free_tcp_port());
+    let dir =
+        std::env::temp_dir().join(format!("lockmgrd-ha-etcd-{}-{client}", std::process::id()));
+    let endpoint = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let child = Command::new("etcd")
+        .args(["--name", "ha", "--data-dir"])
+        .arg(&dir)
+        .args([
+            "--listen-client-urls",
+            &endpoint,
+            "--advertise-client-urls",
+            &endpoint,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer_url,
+            "--initial-advertise-peer-urls",
+            &peer_url,
+        ])
+        .args(["--initial-cluster", &format!("ha={peer_url}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn etcd");
+    let etcd = Etcd {
+        _proc: Proc(child),
+        dir,
+        endpoint,
+    };
+    // Wait until it answers.
+    let start = Instant::now();
+    loop {
+        if let Ok(mut c) = coordinator(&etcd) {
+            if c.read().is_ok() {
+                break;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "etcd never answered"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Some(etcd)
+}
+
+fn coordinator(etcd: &Etcd) -> Result<Coordinator, lockmgr_coord::CoordError> {
+    Coordinator::connect(
+        std::slice::from_ref(&etcd.endpoint),
+        "hatest",
+        Duration::from_secs(2),
+    )
+}
+
+struct Replica {
+    proc: Proc,
+    addr: String,
+}
+
+fn start_replica(etcd: &Etcd, name: &str, key_file: &std::path::Path) -> Replica {
+    let addr = format!("127.0.0.1:{}", free_udp_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_lockmgrd"))
+        .args([
+            "--transport",
+            "udp",
+            "--listen",
+            &addr,
+            "--cluster-key-file",
+        ])
+        .arg(key_file)
+        .args(["--spin-us", "0", "--liveness-ms", "2000"])
+        .args(["--replica-name", name, "--etcd", &etcd.endpoint])
+        .args(["--cluster-name", "hatest", "--failover-ms", "100"])
+        .args(["--log", "info"])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn lockmgrd");
+    Replica {
+        proc: Proc(child),
+        addr,
+    }
+}
+
+/// Waits until etcd's configuration satisfies `ok`; returns its epoch.
+fn wait_config(etcd: &Etcd, what: &str, ok: impl Fn(&lockmgr_coord::Configuration) -> bool) -> u64 {
+    let mut c = coordinator(etcd).expect("etcd");
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(s)) = c.read() {
+            if ok(&s.config) {
+                return s.config.epoch;
+            }
+        }
+        assert!(start.elapsed() < TIMEOUT * 3, "etcd never showed {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn options(name: &str) -> ClientOptions {
+    ClientOptions {
+        node_name: name.into(),
+        key: ClusterKey::new(KEY).expect("key"),
+        handshake_timeout: Duration::from_secs(2),
+    }
+}
+
+fn udp(addr: &str) -> Result<UdpClient, ClientError> {
+    Ok(UdpClient::connect(
+        addr.parse().expect("addr"),
+        UdpConfig {
+            spin: SpinConfig::never(),
+            connect_timeout: Duration::from_millis(500),
+            ..UdpConfig::default()
+        },
+    )?)
+}
+
+fn connect(addr: &str, name: &str) -> LockClient<UdpClient> {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match udp(addr).and_then(|t| LockClient::connect(t, &options(name))) {
+            Ok(c) => return c,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("connect {name} to {addr}: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("{name} cannot connect to {addr}: {e}"),
+        }
+    }
+}
+
+fn resume(addr: &str, name: &str, old: &LockClient<UdpClient>) -> LockClient<UdpClient> {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match udp(addr).and_then(|t| LockClient::resume(t, &options(name), old.resume_point())) {
+            Ok(c) => return c,
+            Err(ClientError::Rejected(RejectReason::NotPrimary))
+            | Err(ClientError::Transport(_))
+                if Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("{name} cannot resume on {addr}: {e}"),
+        }
+    }
+}
+
+fn open(c: &mut LockClient<UdpClient>, file: FileId) -> OpenId {
+    match c.call(
+        Request::Open(OpenRequest {
+            file,
+            access: access::FILE_READ_DATA | access::FILE_WRITE_DATA,
+            share: share::READ | share::WRITE,
+            ..OpenRequest::default()
+        }),
+        TIMEOUT,
+    ) {
+        Ok(Reply::Opened { open, .. }) => open,
+        other => panic!("open failed: {other:?}"),
+    }
+}
+
+fn lock(c: &mut LockClient<UdpClient>, open: OpenId, range: LockRange) -> Reply {
+    c.call(
+        Request::Lock {
+            open,
+            ranges: vec![range],
+            fail_immediately: true,
+        },
+        TIMEOUT,
+    )
+    .expect("lock call")
+}
+
+#[test]
+fn standby_takes_over_and_nodes_resume_with_their_locks() {
+    let Some(etcd) = start_etcd() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("cluster.key");
+    std::fs::write(&key_file, KEY).expect("key");
+    std::fs::set_permissions(
+        &key_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .expect("chmod");
+
+    let mut a = start_replica(&etcd, "lm-a", &key_file);
+    wait_config(&etcd, "lm-a primary", |c| c.primary.name == "lm-a");
+    let b = start_replica(&etcd, "lm-b", &key_file);
+    let recorded = wait_config(&etcd, "lm-b recorded as standby", |c| {
+        c.primary.name == "lm-a" && c.standbys.iter().any(|m| m.name == "lm-b")
+    });
+
+    // A standby takes no node sessions.
+    match udp(&b.addr).and_then(|t| LockClient::connect(t, &options("early"))) {
+        Err(ClientError::Rejected(RejectReason::NotPrimary)) => {}
+        other => panic!("standby accepted a node: {:?}", other.map(|c| c.session())),
+    }
+
+    let file = FileId(0xfeed);
+    let range = LockRange {
+        offset: 0,
+        length: 100,
+        exclusive: true,
+    };
+    let mut n1 = connect(&a.addr, "node1");
+    let mut n2 = connect(&a.addr, "node2");
+    let o1 = open(&mut n1, file);
+    let o2 = open(&mut n2, file);
+    assert_eq!(lock(&mut n1, o1, range), Reply::Done(Status::Success));
+    assert_eq!(
+        lock(&mut n2, o2, range),
+        Reply::Done(Status::LockNotGranted)
+    );
+
+    // Kill the primary without warning.
+    let killed = Instant::now();
+    let _ = a.proc.0.kill();
+    let _ = a.proc.0.wait();
+    let epoch = wait_config(&etcd, "lm-b promoted", |c| c.primary.name == "lm-b");
+    let promoted = killed.elapsed();
+    assert!(epoch > recorded);
+
+    // Both nodes continue their sessions on the new primary.
+    let mut n1 = resume(&b.addr, "node1", &n1);
+    let mut n2 = resume(&b.addr, "node2", &n2);
+    let resumed = killed.elapsed();
+    eprintln!(
+        "failover: etcd names the standby primary {promoted:?} after SIGKILL; both nodes resumed after {resumed:?}"
+    );
+    // node1's lock survived: node2 still cannot have it, nor can a new node.
+    assert_eq!(
+        lock(&mut n2, o2, range),
+        Reply::Done(Status::LockNotGranted)
+    );
+    let mut n3 = connect(&b.addr, "node3");
+    let o3 = open(&mut n3, file);
+    assert_eq!(
+        lock(&mut n3, o3, range),
+        Reply::Done(Status::LockNotGranted)
+    );
+    // node1 still holds it under its open: it can release it, then node2 gets it.
+    assert_eq!(
+        n1.call(
+            Request::Unlock {
+                open: o1,
+                ranges: vec![range],
+            },
+            TIMEOUT
+        )
+        .expect("unlock"),
+        Reply::Done(Status::Success)
+    );
+    assert_eq!(lock(&mut n2, o2, range), Reply::Done(Status::Success));
+    assert_eq!(
+        lock(&mut n3, o3, range),
+        Reply::Done(Status::LockNotGranted)
+    );
+
+    // Another node cannot steal node1's session by naming it.
+    let stolen = ResumePoint {
+        received: 0,
+        ..n1.resume_point()
+    };
+    match udp(&b.addr).and_then(|t| LockClient::resume(t, &options("thief"), stolen)) {
+        Err(ClientError::Rejected(RejectReason::SessionLost)) => {}
+        other => panic!(
+            "a foreign node resumed node1's session: {:?}",
+            other.map(|c| c.session())
+        ),
+    }
+    drop(a);
+    drop(b);
+}
