@@ -52,6 +52,7 @@ mod mr;
 mod qp;
 pub mod raw;
 mod server;
+mod slots;
 mod sys;
 #[allow(unsafe_code)]
 mod verbs;

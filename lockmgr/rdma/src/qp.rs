@@ -19,13 +19,11 @@ use std::sync::Arc;
 use rdma_sys as ib;
 
 use crate::mr::MemoryRegion;
+use crate::slots::SlotBook;
+pub(crate) use crate::slots::WorkRequest;
 use crate::verbs::{CompletionQueue, ProtectionDomain};
 use crate::RdmaError;
 
-/// `wr_id` bit marking send work requests (receives carry the bare slot index).
-const SEND_BIT: u64 = 1 << 63;
-/// `wr_id` slot of inline sends (no slot to free).
-const INLINE_SLOT: u32 = u32::MAX;
 /// Work completions fetched per `ibv_poll_cq` call.
 pub(crate) const POLL_BATCH: usize = 16;
 
@@ -53,17 +51,6 @@ pub(crate) struct QpCaps {
     pub max_send_wr: u32,
     /// Wanted `max_inline_data`; creation falls back to 0 if the provider refuses it.
     pub max_inline: u32,
-}
-
-/// Which work request a completion belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum WorkRequest {
-    /// A receive into this receive slot.
-    Recv { slot: u32 },
-    /// A send, from this send slot (`None`: inline).
-    Send { slot: Option<u32> },
-    /// A `wr_id` this queue pair never posted (a provider bug): nothing to give back.
-    Unknown,
 }
 
 /// The bits of a work completion the transport needs.
@@ -109,8 +96,8 @@ pub(crate) struct RtsParams {
 pub(crate) struct QueuePair {
     qp: NonNull<ib::ibv_qp>,
     layout: SlotLayout,
-    /// Per slot (receive slots, then send slots): a work request on it is outstanding.
-    posted: Vec<bool>,
+    /// Which slots the HCA owns; only completions polled from `cq` free them.
+    slots: SlotBook,
     max_inline: u32,
     // Fields drop after `Drop::drop` destroyed the QP: CQ, then MR, then the PD reference.
     cq: CompletionQueue,
@@ -186,7 +173,7 @@ impl QueuePair {
         Ok(QueuePair {
             qp,
             layout,
-            posted: vec![false; (layout.recv + layout.send) as usize],
+            slots: SlotBook::new(layout.recv, layout.send),
             max_inline: inline,
             cq,
             mr,
@@ -293,11 +280,7 @@ impl QueuePair {
         )
     }
 
-    /// Index into `posted` and byte offset of send slot `slot`.
-    fn send_index(&self, slot: u32) -> Option<usize> {
-        (slot < self.layout.send).then(|| (self.layout.recv + slot) as usize)
-    }
-
+    /// Bytes of the slot at region position `index`, the first `len` of them (at most a slot).
     fn slot_range(&self, index: usize, len: usize) -> std::ops::Range<usize> {
         let start = index * self.layout.size;
         start..start + len.min(self.layout.size)
@@ -305,16 +288,13 @@ impl QueuePair {
 
     /// Posts receive slot `slot` (whole slot). Fails for an unknown or already posted slot.
     pub(crate) fn post_recv(&mut self, slot: u32) -> Result<(), RdmaError> {
-        let index = slot as usize;
-        if slot >= self.layout.recv || self.posted[index] {
-            return Err(RdmaError::Verbs {
-                op: "ibv_post_recv",
-                source: io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "receive slot unknown or already posted",
-                ),
-            });
-        }
+        let index = self.slots.free_recv(slot).ok_or_else(|| RdmaError::Verbs {
+            op: "ibv_post_recv",
+            source: io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "receive slot unknown or already posted",
+            ),
+        })?;
         let range = self.slot_range(index, self.layout.size);
         let addr = self.mr.addr(range.start).ok_or_else(|| RdmaError::Verbs {
             op: "ibv_post_recv",
@@ -326,7 +306,7 @@ impl QueuePair {
             lkey: self.mr.lkey(),
         };
         let mut wr = ib::ibv_recv_wr {
-            wr_id: u64::from(slot),
+            wr_id: SlotBook::recv_wr_id(slot),
             next: ptr::null_mut(),
             sg_list: &mut sge,
             num_sge: 1,
@@ -343,17 +323,14 @@ impl QueuePair {
                 source: io::Error::from_raw_os_error(r.abs()),
             });
         }
-        self.posted[index] = true;
+        self.slots.mark_posted(index);
         Ok(())
     }
 
     /// The first `len` bytes (at most a slot) of receive slot `slot`, or `None` while a receive
     /// on it is outstanding (or the slot is unknown).
     pub(crate) fn received(&self, slot: u32, len: usize) -> Option<&[u8]> {
-        let index = slot as usize;
-        if slot >= self.layout.recv || self.posted[index] {
-            return None;
-        }
+        let index = self.slots.free_recv(slot)?;
         // SAFETY: no receive is outstanding on this slot (checked), and none can be posted
         // while the returned borrow of `self` lives (posting takes `&mut self`).
         unsafe { self.mr.bytes(self.slot_range(index, len)) }
@@ -362,10 +339,7 @@ impl QueuePair {
     /// Send slot `slot` for writing a message into, or `None` while a send from it is
     /// outstanding (or the slot is unknown).
     pub(crate) fn send_slot_mut(&mut self, slot: u32) -> Option<&mut [u8]> {
-        let index = self.send_index(slot)?;
-        if self.posted[index] {
-            return None;
-        }
+        let index = self.slots.free_send(slot)?;
         let range = self.slot_range(index, self.layout.size);
         // SAFETY: no send is outstanding on this slot (checked), and none can be posted while
         // the returned borrow of `self` lives (posting takes `&mut self`).
@@ -400,8 +374,9 @@ impl QueuePair {
     /// or already posted slot, or `len` beyond the slot.
     pub(crate) fn post_send_slot(&mut self, slot: u32, len: usize) -> io::Result<()> {
         let index = self
-            .send_index(slot)
-            .filter(|&i| !self.posted[i] && len <= self.layout.size)
+            .slots
+            .free_send(slot)
+            .filter(|_| len <= self.layout.size)
             .ok_or_else(|| {
                 io::Error::new(
                     io::ErrorKind::InvalidInput,
@@ -418,12 +393,12 @@ impl QueuePair {
             lkey: self.mr.lkey(),
         };
         self.post_send_wr(
-            SEND_BIT | u64::from(slot),
+            SlotBook::send_wr_id(slot),
             &mut sge,
             ib::ibv_send_flags::IBV_SEND_SIGNALED,
         )?;
         // The HCA reads the slot until the send completes: no Rust access until then.
-        self.posted[index] = true;
+        self.slots.mark_posted(index);
         Ok(())
     }
 
@@ -443,7 +418,7 @@ impl QueuePair {
             lkey: self.mr.lkey(),
         };
         self.post_send_wr(
-            SEND_BIT | u64::from(INLINE_SLOT),
+            SlotBook::inline_wr_id(),
             &mut sge,
             ib::ibv_send_flags::IBV_SEND_SIGNALED | ib::ibv_send_flags::IBV_SEND_INLINE,
         )
@@ -456,7 +431,7 @@ impl QueuePair {
         let mut wcs: [ib::ibv_wc; POLL_BATCH] = unsafe { std::mem::zeroed() };
         let n = self.cq.poll(&mut wcs)?;
         for wc in &wcs[..n] {
-            let request = self.complete(wc.wr_id);
+            let request = self.slots.complete(wc.wr_id);
             out.push_back(Completion {
                 request,
                 status: wc.status,
@@ -464,28 +439,6 @@ impl QueuePair {
             });
         }
         Ok(n)
-    }
-
-    /// Decodes a completed `wr_id` and hands its slot back to Rust.
-    fn complete(&mut self, wr_id: u64) -> WorkRequest {
-        let slot = wr_id as u32;
-        if wr_id & SEND_BIT != 0 {
-            if slot == INLINE_SLOT {
-                return WorkRequest::Send { slot: None };
-            }
-            return match self.send_index(slot) {
-                Some(index) => {
-                    self.posted[index] = false;
-                    WorkRequest::Send { slot: Some(slot) }
-                }
-                None => WorkRequest::Send { slot: None },
-            };
-        }
-        if wr_id >> 32 != 0 || slot >= self.layout.recv {
-            return WorkRequest::Unknown;
-        }
-        self.posted[slot as usize] = false;
-        WorkRequest::Recv { slot }
     }
 
     /// Arms the CQ so the next completion signals its completion channel.
