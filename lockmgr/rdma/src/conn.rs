@@ -1,10 +1,12 @@
-//! One RC connection: queue pair, completion queue, registered slot memory, credits.
+//! One RC connection's protocol: framing, credits, send-queue accounting, over a
+//! [`QueuePair`] that owns the verbs objects and the registered slot memory (no `unsafe` here).
 //!
 //! Memory layout of the registered region: `recv_slots` receive slots followed by `send_slots`
 //! send slots, each [`SLOT_SIZE`] bytes. Every receive slot is posted to the QP at all times
 //! except between its completion being polled and the frame being handed to the caller; only
 //! then does Rust read it. Send slots are written only while not posted (tracked by the free
-//! list) and handed to the HCA until their send completion.
+//! list) and handed to the HCA until their send completion. The queue pair enforces both: it
+//! lends a slot's bytes out only while no work request on it is outstanding.
 //!
 //! Small messages (header + payload <= the QP's `max_inline_data`) are sent with
 //! `IBV_SEND_INLINE`: the HCA copies them at post time, so they need no slot and no registered
@@ -17,7 +19,8 @@ use lockmgr_transport::TransportError;
 
 use crate::credit::Credits;
 use crate::mr::MemoryRegion;
-use crate::qp::{Completion, QpCaps, QueuePair, RtrParams, RtsParams, SlotLayout, WorkRequest};
+use crate::qp::{Completion, QpCaps, QueuePair, RtrParams, RtsParams, SlotLayout};
+use crate::slots::WorkRequest;
 use crate::verbs::{CompletionChannel, CompletionQueue, Device, LINK_LAYER_ETHERNET};
 use crate::wire::{Header, Hello, Kind, HDR_LEN, SLOT_SIZE};
 use crate::RdmaError;

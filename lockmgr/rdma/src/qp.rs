@@ -19,8 +19,7 @@ use std::sync::Arc;
 use rdma_sys as ib;
 
 use crate::mr::MemoryRegion;
-use crate::slots::SlotBook;
-pub(crate) use crate::slots::WorkRequest;
+use crate::slots::{SlotBook, WorkRequest};
 use crate::verbs::{CompletionQueue, ProtectionDomain};
 use crate::RdmaError;
 
