@@ -29,6 +29,11 @@
 //! The verbs come from `rdma-sys` (bindgen against the system's libibverbs): it links the
 //! distribution's libibverbs, so the binary uses whatever provider the target machine has
 //! (mlx5, rxe, ...) through `/etc/libibverbs.d`, and needs no vendored rdma-core build.
+//! Layers: `verbs`, `mr` and `qp` own every verbs object (RAII, destroy order encoded in
+//! ownership) and are the only modules allowed `unsafe`; `slots` tracks which slot memory the
+//! HCA owns; `conn` is the per-connection protocol (framing, credits) on a safe `QueuePair`;
+//! `client`/`server`/`raw` drive connections. Why not the `ibverbs` crate: see the README's RDMA
+//! section.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 // `unsafe` stays denied (workspace lint) everywhere but the three verbs modules, which wrap every
 // libibverbs object in an owning type with safe methods; every unsafe block there carries a
