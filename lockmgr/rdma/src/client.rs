@@ -3,13 +3,14 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lockmgr_transport::{ClientTransport, TransportError};
 
 use crate::conn::{Conn, ConnStats};
 use crate::sys::sock_alive;
-use crate::verbs::{self, CompChannel, DeviceInfo};
+use crate::verbs::{self, CompletionChannel, DeviceInfo};
 use crate::wire::{Hello, HELLO_LEN};
 use crate::{check_frame_len, RdmaConfig, RdmaError, AUTH_LEN, CHANNEL};
 use lockmgr_transport::fabric::{channel_proof, verify_channel_proof};
@@ -27,9 +28,9 @@ const IO_CHECK_INTERVAL: u32 = 64;
 pub struct RdmaClient {
     /// `Some(server nonce)` while the side channel waits for the cluster key.
     challenge: Option<[u8; AUTH_LEN]>,
-    // Before `channel`: the CQ must be destroyed before its completion channel.
     conn: Conn,
-    channel: CompChannel,
+    /// Also held by the connection's CQ, which therefore is destroyed first.
+    channel: Arc<CompletionChannel>,
     info: DeviceInfo,
     sock: TcpStream,
     /// Watches the completion channel and the side channel, so one fd serves external loops.
@@ -59,7 +60,7 @@ impl RdmaClient {
     pub fn connect(server: SocketAddr, cfg: &RdmaConfig) -> Result<RdmaClient, RdmaError> {
         cfg.validate()?;
         let dev = verbs::open(&cfg.device)?;
-        let channel = CompChannel::new(&dev)?;
+        let channel = CompletionChannel::new(dev.context())?;
         let conn = Conn::new(&dev, Some(&channel), cfg.slots, cfg.max_inline)?;
         let timeout = cfg.handshake_timeout.max(Duration::from_millis(1));
         let sock = TcpStream::connect_timeout(&server, timeout).map_err(io_to_transport)?;

@@ -29,10 +29,16 @@
 //! The verbs come from `rdma-sys` (bindgen against the system's libibverbs): it links the
 //! distribution's libibverbs, so the binary uses whatever provider the target machine has
 //! (mlx5, rxe, ...) through `/etc/libibverbs.d`, and needs no vendored rdma-core build.
+//! Layers: `verbs`, `mr` and `qp` own every verbs object (RAII, destroy order encoded in
+//! ownership) and are the only modules allowed `unsafe`; `slots` tracks which slot memory the
+//! HCA owns; `conn` is the per-connection protocol (framing, credits) on a safe `QueuePair`;
+//! `client`/`server`/`raw` drive connections. Why not the `ibverbs` crate: see the README's RDMA
+//! section.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
-// An I/O layer: raw sockets, rings, mmap, verbs. `unsafe` is allowed here (the workspace denies it)
-// and every block carries a `// SAFETY:` comment (clippy::undocumented_unsafe_blocks is denied).
-#![allow(unsafe_code)]
+// `unsafe` stays denied (workspace lint) everywhere but the three verbs modules, which wrap every
+// libibverbs object in an owning type with safe methods; every unsafe block there carries a
+// `// SAFETY:` comment (clippy::undocumented_unsafe_blocks is denied). The connection, client,
+// server and benchmark code above them cannot contain `unsafe`.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
@@ -45,9 +51,15 @@ mod conn;
 pub mod credit;
 #[doc(hidden)]
 pub mod fuzzing;
+#[allow(unsafe_code)]
+mod mr;
+#[allow(unsafe_code)]
+mod qp;
 pub mod raw;
 mod server;
+mod slots;
 mod sys;
+#[allow(unsafe_code)]
 mod verbs;
 pub mod wire;
 

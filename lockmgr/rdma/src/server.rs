@@ -12,7 +12,7 @@ use lockmgr_transport::{PeerId, ServerEvent, ServerTransport, TransportError, Wa
 
 use crate::conn::{Conn, ConnStats};
 use crate::sys::sock_alive;
-use crate::verbs::{self, CompChannel, Device, DeviceInfo};
+use crate::verbs::{self, CompletionChannel, Device, DeviceInfo};
 use crate::wire::{Hello, HELLO_LEN};
 use crate::{check_frame_len, RdmaConfig, RdmaError, AUTH_LEN, CHANNEL};
 use lockmgr_transport::fabric::{channel_proof, verify_channel_proof};
@@ -50,11 +50,10 @@ impl ServerPeer {
 
 /// lockmgrd's RDMA transport endpoint.
 pub struct RdmaServer {
-    // Declared before `channel`: fields drop in order, and every CQ must be destroyed before
-    // the completion channel it reports to.
     peers: HashMap<u64, ServerPeer>,
     pending: HashMap<u64, PendingConn>,
-    channel: CompChannel,
+    /// Shared by every peer's CQ; each CQ holds it, so it is destroyed after the last of them.
+    channel: Arc<CompletionChannel>,
     dev: Arc<Device>,
     listener: TcpListener,
     epoll: Epoll,
@@ -80,7 +79,7 @@ impl RdmaServer {
             RdmaError::Config("an RDMA server needs the fabric key (RdmaConfig::fabric_key)".into())
         })?;
         let dev = verbs::open(&cfg.device)?;
-        let channel = CompChannel::new(&dev)?;
+        let channel = CompletionChannel::new(dev.context())?;
         let listener = TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let epoll = Epoll::new()?;

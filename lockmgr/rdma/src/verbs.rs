@@ -1,10 +1,17 @@
 //! RAII wrappers over the libibverbs objects the transport uses (through `rdma-sys`, bindgen
-//! bindings against the system's libibverbs). All `unsafe` of the crate lives here and in
-//! [`crate::conn`]; every wrapper owns exactly one verbs object and destroys it on drop.
+//! bindings against the system's libibverbs): device context, protection domain, completion
+//! channel and completion queue. Memory regions live in [`crate::mr`], queue pairs in
+//! [`crate::qp`]; those three modules hold all `unsafe` of the verbs path.
+//!
+//! Every wrapper owns exactly one verbs object and destroys it on drop. The destruction order
+//! libibverbs requires is encoded in ownership, so code that gets it wrong does not compile:
+//! each object holds an `Arc` of what it was created from (PD -> context, channel -> context,
+//! CQ -> channel and context, MR -> PD, QP -> PD), and a queue pair owns its CQ and MR by value
+//! and destroys itself before they drop.
 
 use std::ffi::CStr;
 use std::io;
-use std::ptr;
+use std::ptr::{self, NonNull};
 use std::sync::Arc;
 
 use rdma_sys as ib;
@@ -90,30 +97,77 @@ fn is_no_rdma_errno(e: &io::Error) -> bool {
     )
 }
 
-/// An opened device: context, one protection domain, and the chosen port/GID.
-pub(crate) struct Device {
-    ctx: *mut ib::ibv_context,
-    pd: *mut ib::ibv_pd,
-    info: DeviceInfo,
+/// An open device context (`ibv_context`): the root every other verbs object hangs off. Each
+/// object created from it holds an `Arc<Context>`, so the context is closed only after the last
+/// of them is destroyed.
+pub(crate) struct Context {
+    ctx: NonNull<ib::ibv_context>,
 }
 
-// SAFETY: libibverbs objects may be used from any thread (the library locks internally where
-// needed); `Device` only hands out the raw pointers to code in this crate, which uses each
-// connection from one thread at a time.
-unsafe impl Send for Device {}
-// SAFETY: see `Send`; shared access only reads the immutable `info` and passes `ctx`/`pd` to
-// thread-safe verbs calls.
-unsafe impl Sync for Device {}
+// SAFETY: libibverbs objects may be used from any thread (the library and the kernel serialise
+// what needs it); the pointer is owned exclusively by this value.
+unsafe impl Send for Context {}
+// SAFETY: shared access only passes the pointer to thread-safe verbs calls.
+unsafe impl Sync for Context {}
 
-impl Drop for Device {
-    fn drop(&mut self) {
-        // SAFETY: `pd` and `ctx` were created by `open` and are destroyed exactly once, after
-        // every object allocated from them (those hold an `Arc<Device>`).
-        unsafe {
-            ib::ibv_dealloc_pd(self.pd);
-            ib::ibv_close_device(self.ctx);
-        }
+impl Context {
+    pub(crate) fn as_ptr(&self) -> *mut ib::ibv_context {
+        self.ctx.as_ptr()
     }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        // SAFETY: opened by `open`, closed exactly once; every object created from the context
+        // holds an `Arc<Context>`, so none is left when this runs.
+        unsafe { ib::ibv_close_device(self.ctx.as_ptr()) };
+    }
+}
+
+/// A protection domain (`ibv_pd`). Memory regions and queue pairs hold an
+/// `Arc<ProtectionDomain>`, so it is deallocated after all of them.
+pub(crate) struct ProtectionDomain {
+    pd: NonNull<ib::ibv_pd>,
+    ctx: Arc<Context>,
+}
+
+// SAFETY: as for `Context`: an exclusively owned verbs object, used through thread-safe calls.
+unsafe impl Send for ProtectionDomain {}
+// SAFETY: as for `Context`.
+unsafe impl Sync for ProtectionDomain {}
+
+impl ProtectionDomain {
+    fn alloc(ctx: &Arc<Context>) -> Result<ProtectionDomain, RdmaError> {
+        // SAFETY: the context is open for as long as `ctx` lives.
+        let pd = unsafe { ib::ibv_alloc_pd(ctx.as_ptr()) };
+        let pd = NonNull::new(pd).ok_or_else(|| verbs_err("ibv_alloc_pd"))?;
+        Ok(ProtectionDomain {
+            pd,
+            ctx: ctx.clone(),
+        })
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut ib::ibv_pd {
+        self.pd.as_ptr()
+    }
+
+    pub(crate) fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+}
+
+impl Drop for ProtectionDomain {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `alloc`, deallocated once; memory regions and queue pairs hold an
+        // `Arc<ProtectionDomain>`, so none is left. The context outlives this (`ctx` field).
+        unsafe { ib::ibv_dealloc_pd(self.pd.as_ptr()) };
+    }
+}
+
+/// An opened device: its context, one protection domain, and the chosen port/GID.
+pub(crate) struct Device {
+    pd: Arc<ProtectionDomain>,
+    info: DeviceInfo,
 }
 
 /// Frees the device list on every exit path of `open`.
@@ -200,7 +254,7 @@ pub(crate) fn open(cfg: &DeviceConfig) -> Result<Arc<Device>, RdmaError> {
     };
     // SAFETY: `dev` is a live entry of `list`.
     let ctx = unsafe { ib::ibv_open_device(dev) };
-    if ctx.is_null() {
+    let Some(ctx) = NonNull::new(ctx) else {
         let e = io::Error::last_os_error();
         if is_no_rdma_errno(&e) {
             return Err(RdmaError::NoDevice(format!("cannot open {name}: {e}")));
@@ -209,25 +263,15 @@ pub(crate) fn open(cfg: &DeviceConfig) -> Result<Arc<Device>, RdmaError> {
             op: "ibv_open_device",
             source: e,
         });
-    }
+    };
+    // From here on the context closes itself on every error path.
+    let ctx = Arc::new(Context { ctx });
     drop(list);
-    // Close the context on the error paths below.
-    struct Ctx(*mut ib::ibv_context);
-    impl Drop for Ctx {
-        fn drop(&mut self) {
-            if !self.0.is_null() {
-                // SAFETY: opened above, closed once (ownership moves to `Device` on success by
-                // nulling the pointer).
-                unsafe { ib::ibv_close_device(self.0) };
-            }
-        }
-    }
-    let mut guard = Ctx(ctx);
 
     // SAFETY: all-zero is a valid ibv_port_attr (plain integers).
     let mut port: ib::ibv_port_attr = unsafe { std::mem::zeroed() };
-    // SAFETY: `ctx` is open and `port` is a valid out-pointer of the right type.
-    if unsafe { ib::___ibv_query_port(ctx, cfg.port, &mut port) } != 0 {
+    // SAFETY: the context is open and `port` is a valid out-pointer of the right type.
+    if unsafe { ib::___ibv_query_port(ctx.as_ptr(), cfg.port, &mut port) } != 0 {
         return Err(RdmaError::Config(format!(
             "{name} has no port {} (ibv_query_port failed: {})",
             cfg.port,
@@ -240,8 +284,9 @@ pub(crate) fn open(cfg: &DeviceConfig) -> Result<Arc<Device>, RdmaError> {
     let query_gid = |idx: u8| -> Option<[u8; 16]> {
         // SAFETY: all-zero is a valid ibv_gid (16 bytes).
         let mut gid: ib::ibv_gid = unsafe { std::mem::zeroed() };
-        // SAFETY: `ctx` is open, `gid` is a valid out-pointer.
-        let r = unsafe { ib::ibv_query_gid(ctx, cfg.port, libc::c_int::from(idx), &mut gid) };
+        // SAFETY: the context is open, `gid` is a valid out-pointer.
+        let r =
+            unsafe { ib::ibv_query_gid(ctx.as_ptr(), cfg.port, libc::c_int::from(idx), &mut gid) };
         if r != 0 {
             return None;
         }
@@ -281,12 +326,7 @@ pub(crate) fn open(cfg: &DeviceConfig) -> Result<Arc<Device>, RdmaError> {
             cfg.port
         )));
     }
-    // SAFETY: `ctx` is open.
-    let pd = unsafe { ib::ibv_alloc_pd(ctx) };
-    if pd.is_null() {
-        return Err(verbs_err("ibv_alloc_pd"));
-    }
-    guard.0 = ptr::null_mut();
+    let pd = Arc::new(ProtectionDomain::alloc(&ctx)?);
     let info = DeviceInfo {
         name,
         port: cfg.port,
@@ -298,7 +338,7 @@ pub(crate) fn open(cfg: &DeviceConfig) -> Result<Arc<Device>, RdmaError> {
     };
     tracing::info!(device = %info.name, port = info.port, gid_index, gid = %format_gid(&gid),
         lid = info.lid, mtu = info.active_mtu, link_layer, "RDMA device opened");
-    Ok(Arc::new(Device { ctx, pd, info }))
+    Ok(Arc::new(Device { pd, info }))
 }
 
 impl Device {
@@ -306,46 +346,49 @@ impl Device {
         &self.info
     }
 
-    pub(crate) fn ctx(&self) -> *mut ib::ibv_context {
-        self.ctx
+    pub(crate) fn context(&self) -> &Arc<Context> {
+        self.pd.context()
     }
 
-    pub(crate) fn pd(&self) -> *mut ib::ibv_pd {
-        self.pd
+    pub(crate) fn pd(&self) -> &Arc<ProtectionDomain> {
+        &self.pd
     }
 }
 
-/// A completion channel: the fd a sleeping thread waits on for CQ events.
-pub(crate) struct CompChannel {
-    ch: *mut ib::ibv_comp_channel,
-    _dev: Arc<Device>,
+/// A completion channel (`ibv_comp_channel`): the fd a sleeping thread waits on for CQ events.
+/// Every completion queue reporting to it holds an `Arc<CompletionChannel>`, so the channel is
+/// destroyed only after all of them.
+pub(crate) struct CompletionChannel {
+    ch: NonNull<ib::ibv_comp_channel>,
+    ctx: Arc<Context>,
 }
 
-// SAFETY: the channel is a kernel fd wrapper; it is used by one thread at a time.
-unsafe impl Send for CompChannel {}
+// SAFETY: the channel is a kernel fd wrapper; `ibv_get_cq_event` and `ibv_ack_cq_events` may be
+// called from any thread.
+unsafe impl Send for CompletionChannel {}
+// SAFETY: as above; shared access only reads the fd and calls thread-safe verbs.
+unsafe impl Sync for CompletionChannel {}
 
-impl CompChannel {
-    pub(crate) fn new(dev: &Arc<Device>) -> Result<CompChannel, RdmaError> {
-        // SAFETY: the context is open for as long as `dev` lives, which `_dev` guarantees.
-        let ch = unsafe { ib::ibv_create_comp_channel(dev.ctx()) };
-        if ch.is_null() {
-            return Err(verbs_err("ibv_create_comp_channel"));
-        }
-        let ch = CompChannel {
+impl CompletionChannel {
+    pub(crate) fn new(ctx: &Arc<Context>) -> Result<Arc<CompletionChannel>, RdmaError> {
+        // SAFETY: the context is open for as long as `ctx` lives, and the channel keeps it.
+        let ch = unsafe { ib::ibv_create_comp_channel(ctx.as_ptr()) };
+        let ch = NonNull::new(ch).ok_or_else(|| verbs_err("ibv_create_comp_channel"))?;
+        let ch = CompletionChannel {
             ch,
-            _dev: dev.clone(),
+            ctx: ctx.clone(),
         };
         lockmgr_transport::sys::set_nonblocking(ch.fd())?;
-        Ok(ch)
+        Ok(Arc::new(ch))
     }
 
-    pub(crate) fn raw(&self) -> *mut ib::ibv_comp_channel {
-        self.ch
+    fn as_ptr(&self) -> *mut ib::ibv_comp_channel {
+        self.ch.as_ptr()
     }
 
     pub(crate) fn fd(&self) -> libc::c_int {
         // SAFETY: `ch` is valid until drop; `fd` is a plain field.
-        unsafe { (*self.ch).fd }
+        unsafe { (*self.ch.as_ptr()).fd }
     }
 
     /// Reads and acknowledges every pending CQ event (non-blocking), so the fd stops being
@@ -356,7 +399,7 @@ impl CompChannel {
             let mut cq_ctx: *mut libc::c_void = ptr::null_mut();
             // SAFETY: valid channel and out-pointers; the fd is non-blocking so this returns
             // -1/EAGAIN when empty.
-            let r = unsafe { ib::ibv_get_cq_event(self.ch, &mut cq, &mut cq_ctx) };
+            let r = unsafe { ib::ibv_get_cq_event(self.as_ptr(), &mut cq, &mut cq_ctx) };
             if r != 0 || cq.is_null() {
                 return;
             }
@@ -367,10 +410,93 @@ impl CompChannel {
     }
 }
 
-impl Drop for CompChannel {
+impl Drop for CompletionChannel {
     fn drop(&mut self) {
-        // SAFETY: every CQ using the channel is destroyed before it (the owners drop their
-        // connections first); destroyed once.
-        unsafe { ib::ibv_destroy_comp_channel(self.ch) };
+        // SAFETY: every CQ using the channel holds an `Arc` of it, so all of them are destroyed
+        // already; destroyed once.
+        unsafe { ib::ibv_destroy_comp_channel(self.as_ptr()) };
+    }
+}
+
+/// A completion queue (`ibv_cq`), optionally reporting to a completion channel. Owned by value
+/// by the one [`crate::qp::QueuePair`] that uses it, so the QP is destroyed first.
+pub(crate) struct CompletionQueue {
+    cq: NonNull<ib::ibv_cq>,
+    // Held so the channel and context outlive the CQ.
+    channel: Option<Arc<CompletionChannel>>,
+    ctx: Arc<Context>,
+}
+
+// SAFETY: an exclusively owned verbs object; libibverbs allows using it from any thread, and the
+// `&mut self` methods serialise polling.
+unsafe impl Send for CompletionQueue {}
+
+impl CompletionQueue {
+    /// A CQ with room for `entries` completions, signalling `channel` (if any) when armed.
+    pub(crate) fn new(
+        ctx: &Arc<Context>,
+        entries: u32,
+        channel: Option<&Arc<CompletionChannel>>,
+    ) -> Result<CompletionQueue, RdmaError> {
+        if let Some(ch) = channel {
+            if !Arc::ptr_eq(&ch.ctx, ctx) {
+                return Err(RdmaError::Config(
+                    "completion channel belongs to another device context".into(),
+                ));
+            }
+        }
+        let cqe = libc::c_int::try_from(entries)
+            .map_err(|_| RdmaError::Config("completion queue too large".into()))?;
+        let ch = channel.map_or(ptr::null_mut(), |c| c.as_ptr());
+        // SAFETY: the context is open (`ctx` is alive); `ch` is null or a live channel of it.
+        let cq = unsafe { ib::ibv_create_cq(ctx.as_ptr(), cqe, ptr::null_mut(), ch, 0) };
+        let cq = NonNull::new(cq).ok_or_else(|| verbs_err("ibv_create_cq"))?;
+        Ok(CompletionQueue {
+            cq,
+            channel: channel.cloned(),
+            ctx: ctx.clone(),
+        })
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut ib::ibv_cq {
+        self.cq.as_ptr()
+    }
+
+    pub(crate) fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    /// Fetches up to `wcs.len()` work completions into `wcs`; returns how many, or `Err` if the
+    /// provider reports a polling failure.
+    pub(crate) fn poll(&mut self, wcs: &mut [ib::ibv_wc]) -> Result<usize, ()> {
+        let room = i32::try_from(wcs.len()).unwrap_or(i32::MAX);
+        // SAFETY: the CQ is live and `wcs` has room for `room` entries.
+        let n = unsafe { ib::ibv_poll_cq(self.as_ptr(), room, wcs.as_mut_ptr()) };
+        usize::try_from(n).map_err(|_| ())
+    }
+
+    /// Arms the CQ so the next completion signals the completion channel.
+    pub(crate) fn req_notify(&self) -> io::Result<()> {
+        if self.channel.is_none() {
+            // Arming a CQ without a channel would raise events nobody can read.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "completion queue has no completion channel",
+            ));
+        }
+        // SAFETY: the CQ is live and was created with a completion channel.
+        let r = unsafe { ib::ibv_req_notify_cq(self.as_ptr(), 0) };
+        if r != 0 {
+            return Err(io::Error::from_raw_os_error(r.abs()));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for CompletionQueue {
+    fn drop(&mut self) {
+        // SAFETY: created in `new`, destroyed once; the QP using it owns it and is destroyed
+        // before its fields drop. The channel and context outlive this (fields).
+        unsafe { ib::ibv_destroy_cq(self.as_ptr()) };
     }
 }
