@@ -569,6 +569,7 @@ impl<T: ServerTransport> Server<T> {
                         let last = r.last_now();
                         ha.upstream = None;
                         core.continue_time_from(last, now);
+                        core.detach_all_sessions(now);
                         tracing::warn!(epoch = epoch.0, after = ?lost_for,
                             "promoted: this replica is primary (serving alone)");
                     }

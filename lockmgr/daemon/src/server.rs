@@ -376,6 +376,21 @@ impl Core {
         self.time_offset = last.0.saturating_sub(local);
     }
 
+    /// A promoted standby: every session it replayed belongs to a node connected to the old
+    /// primary; each is kept for its node to resume here until its liveness lease runs out.
+    pub(crate) fn detach_all_sessions(&mut self, now: Instant) {
+        let sessions: Vec<SessionId> = self
+            .state
+            .replica()
+            .map(|r| r.sessions().map(|(s, _)| s).collect())
+            .unwrap_or_default();
+        for s in sessions {
+            if !self.sessions.contains_key(&s) {
+                self.detached.insert(s, now);
+            }
+        }
+    }
+
     /// Whether this server applies inputs itself (a bare engine, or the primary replica).
     pub(crate) fn serving(&self) -> bool {
         match self.state.replica() {
@@ -665,6 +680,13 @@ impl Core {
                         server_proof,
                     },
                 );
+                // The acceptance travels alone: the node's handshake reads one message per
+                // frame, and a resumed session's resent outputs follow at once.
+                if let Some(peer) = self.peers.get_mut(&peer_id) {
+                    peer.out.set_session_id(session);
+                    peer.backlog.push_back(peer.out.finish().to_vec());
+                    peer.out.clear();
+                }
                 PeerState::Live { session, node_name }
             }
             (live @ PeerState::Live { .. }, Message::Heartbeat { seq }) => {
