@@ -558,14 +558,14 @@ fn repeated_primary_kills_never_grant_a_lock_twice() {
                         events.lock().expect("events").push(H::Acquired {
                             at: now(),
                             client,
-                            file: u128::from(file.0),
+                            file: file.0,
                             range: h,
                         });
                         std::thread::sleep(Duration::from_micros(200));
                         events.lock().expect("events").push(H::Releasing {
                             at: now(),
                             client,
-                            file: u128::from(file.0),
+                            file: file.0,
                             range: h,
                         });
                         let r = node.call(Request::Unlock {
@@ -576,7 +576,7 @@ fn repeated_primary_kills_never_grant_a_lock_twice() {
                             events.lock().expect("events").push(H::ReleaseFailed {
                                 at: now(),
                                 client,
-                                file: u128::from(file.0),
+                                file: file.0,
                                 range: h,
                             });
                         }
