@@ -1,0 +1,444 @@
+//! replbench: what replication costs the lock path, measured in one run.
+//!
+//! Three measurements over the same transport (UDP on loopback):
+//! 1. the transport's own round trip (an echo server): the "one raw round trip" baseline;
+//! 2. lockmgrd without replication (a bare engine);
+//! 3. a replicated lockmgrd: primary + standby (two in-process replicas, epochs in a private
+//!    etcd started for the run), every reply held until the standby acknowledged its input.
+//!
+//! For each: lock+unlock latency percentiles (one request per frame, closed loop) and batched
+//! throughput (`--batch` requests per frame, `--depth` frames in flight). Printed: the added
+//! latency of replication against one transport round trip, and the throughput ratio, which
+//! the HA issue targets (<= 1.2x and >= 0.7x).
+//!
+//!     cargo build --release -p lockbench
+//!     target/release/replbench [--duration 3] [--batch 64] [--depth 4] [--json]
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use lockbench::lockload::{self, LoadSpec, Op, Pattern};
+use lockbench::report::{new_histogram, record, Percentiles};
+use lockmgr_client::{ClientOptions, LockClient, TransportSpec};
+use lockmgr_coord::Coordinator;
+use lockmgr_engine::{LockRange, OpenId, Request, RequestId, SessionId};
+use lockmgr_proto::{ClusterKey, FrameWriter, Message};
+use lockmgr_transport::reliable::ReliableConfig;
+use lockmgr_transport::udp::{UdpClient, UdpServer};
+use lockmgr_transport::{raw, FabricKey, ServerTransport, SpinConfig};
+use lockmgrd::replication::HaOptions;
+use lockmgrd::{Server, ServerOptions};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const KEY: &[u8] = b"replbench-cluster-key-0123456789";
+
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Cli {
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 3.0)]
+    duration: f64,
+    /// Requests per frame in the throughput runs.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Frames in flight in the throughput runs.
+    #[arg(long, default_value_t = 4)]
+    depth: usize,
+    /// Busy-poll budget of every endpoint, microseconds (adaptive).
+    #[arg(long, default_value_t = 50)]
+    spin_us: u64,
+    /// Round trips of the transport baseline.
+    #[arg(long, default_value_t = 50_000)]
+    raw_rounds: usize,
+    /// Standby failure timeout (only matters if a replica stalls).
+    #[arg(long, default_value_t = 1000)]
+    failover_ms: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(serde::Serialize)]
+struct Row {
+    setup: &'static str,
+    latency_p50_ns: u64,
+    latency_p99_ns: u64,
+    latency_max_ns: u64,
+    throughput_ops_per_s: f64,
+}
+
+#[derive(serde::Serialize)]
+struct Report {
+    transport: &'static str,
+    batch: usize,
+    depth: usize,
+    transport_echo_p50_ns: u64,
+    transport_echo_p99_ns: u64,
+    rows: Vec<Row>,
+    /// (replicated p50 - alone p50) / transport echo p50. Target <= 1.2.
+    added_latency_in_round_trips: f64,
+    /// replicated / alone batched throughput. Target >= 0.7.
+    throughput_ratio: f64,
+}
+
+fn key() -> ClusterKey {
+    // A constant of sufficient length.
+    ClusterKey::new(KEY).expect("constant key is long enough")
+}
+
+fn reliable(spin: SpinConfig) -> ReliableConfig {
+    ReliableConfig {
+        spin,
+        fabric_key: Some(FabricKey::new(key().fabric_secret())),
+        ..ReliableConfig::default()
+    }
+}
+
+fn server_options() -> ServerOptions {
+    ServerOptions {
+        key: key(),
+        liveness: Duration::from_secs(30),
+        engine: Default::default(),
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+fn free_tcp_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
+}
+
+fn lock_frame_len() -> usize {
+    let mut buf = Vec::new();
+    let mut w = FrameWriter::new(&mut buf, SessionId(1));
+    let msg = Message::Request {
+        request_id: RequestId(1),
+        body: Request::Lock {
+            open: OpenId(1),
+            ranges: vec![LockRange {
+                offset: 0,
+                length: 64,
+                exclusive: true,
+            }],
+            fail_immediately: true,
+        },
+    };
+    match w.push(&msg) {
+        Ok(()) => w.finish(),
+        Err(_) => 64,
+    }
+}
+
+/// A private etcd for the run; killed (by PID) and its data removed on drop.
+struct Etcd {
+    child: Child,
+    dir: std::path::PathBuf,
+    endpoint: String,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start_etcd() -> Result<Etcd, String> {
+    let (client, peer) = (free_tcp_port()?, free_tcp_port()?);
+    let dir = std::env::temp_dir().join(format!("replbench-etcd-{}", std::process::id()));
+    let endpoint = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let child = Command::new("etcd")
+        .args(["--name", "replbench", "--data-dir"])
+        .arg(&dir)
+        .args(["--listen-client-urls", &endpoint])
+        .args(["--advertise-client-urls", &endpoint])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("replbench={peer_url}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start etcd (apt-get install etcd-server): {e}"))?;
+    let etcd = Etcd {
+        child,
+        dir,
+        endpoint,
+    };
+    let start = Instant::now();
+    while coordinator(&etcd).and_then(|mut c| c.read()).is_err() {
+        if start.elapsed() > Duration::from_secs(30) {
+            return Err("etcd did not answer within 30 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(etcd)
+}
+
+fn coordinator(etcd: &Etcd) -> Result<Coordinator, lockmgr_coord::CoordError> {
+    Coordinator::connect(
+        std::slice::from_ref(&etcd.endpoint),
+        "replbench",
+        Duration::from_secs(2),
+    )
+}
+
+/// A lockmgrd server on its own thread; stopped on drop.
+struct Running {
+    stop: Arc<AtomicBool>,
+    waker: lockmgr_transport::Waker,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    fn spawn(
+        server: impl FnOnce() -> Result<Server<UdpServer>, String> + Send + 'static,
+        waker: lockmgr_transport::Waker,
+    ) -> Running {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || match server() {
+            Ok(mut s) => {
+                if let Err(e) = s.run(&flag) {
+                    eprintln!("replbench: server stopped: {e}");
+                }
+            }
+            Err(e) => eprintln!("replbench: server did not start: {e}"),
+        });
+        Running {
+            stop,
+            waker,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        self.waker.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn measure(
+    cli: &Cli,
+    addr: SocketAddr,
+    spin: SpinConfig,
+    setup: &'static str,
+) -> Result<Row, String> {
+    let run = |batch: usize, depth: usize, index: usize| -> Result<lockload::LoadResult, String> {
+        let t = UdpClient::connect(addr, reliable(spin)).map_err(|e| e.to_string())?;
+        let mut c = LockClient::connect(
+            t,
+            &ClientOptions {
+                node_name: format!("replbench-{index}"),
+                key: key(),
+                handshake_timeout: Duration::from_secs(10),
+            },
+        )
+        .map_err(|e| format!("connect: {e}"))?;
+        let spec = LoadSpec {
+            client_index: index,
+            pattern: Pattern::Uncontended,
+            op: Op::Lock,
+            duration: Duration::from_secs_f64(cli.duration),
+            batch,
+            depth,
+            rate: None,
+            seed: 0x5eed + index as u64,
+        };
+        let ws = lockload::setup_workset(&mut c, &spec)?;
+        lockload::run_closed(&mut c, &ws, &spec)
+    };
+    let latency = run(1, 1, 0)?;
+    let throughput = run(cli.batch.max(1), cli.depth.max(1), 1)?;
+    let p = Percentiles::of(&latency.hist);
+    Ok(Row {
+        setup,
+        latency_p50_ns: p.p50_ns,
+        latency_p99_ns: p.p99_ns,
+        latency_max_ns: p.max_ns,
+        throughput_ops_per_s: throughput.ops as f64 / throughput.elapsed.as_secs_f64().max(1e-9),
+    })
+}
+
+fn run(cli: &Cli) -> Result<Report, String> {
+    let spin = SpinConfig::adaptive(Duration::from_micros(cli.spin_us));
+    let loopback = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+
+    // 1. One transport round trip.
+    let echo_server = UdpServer::bind(loopback(0), reliable(spin)).map_err(|e| e.to_string())?;
+    let echo_addr = echo_server.local_addr().map_err(|e| e.to_string())?;
+    let echo = raw::EchoServer::spawn(echo_server);
+    let mut tc = UdpClient::connect(echo_addr, reliable(spin)).map_err(|e| e.to_string())?;
+    lockmgr_transport::ClientTransport::authenticate(
+        &mut tc,
+        &FabricKey::new(key().fabric_secret()),
+    )
+    .map_err(|e| e.to_string())?;
+    let samples = raw::transport_pingpong(
+        &mut tc,
+        cli.raw_rounds,
+        cli.raw_rounds / 10,
+        lock_frame_len(),
+    )
+    .map_err(|e| e.to_string())?;
+    drop(tc);
+    echo.stop().map_err(|e| e.to_string())?;
+    let mut h = new_histogram();
+    for s in samples {
+        record(&mut h, s);
+    }
+    let echo_p = Percentiles::of(&h);
+
+    // 2. lockmgrd without replication.
+    let alone_server = UdpServer::bind(loopback(0), reliable(spin)).map_err(|e| e.to_string())?;
+    let alone_addr = alone_server.local_addr().map_err(|e| e.to_string())?;
+    let alone_waker = alone_server.waker();
+    let alone = Running::spawn(
+        move || Ok(Server::new(alone_server, server_options())),
+        alone_waker,
+    );
+    let alone_row = measure(cli, alone_addr, spin, "lockmgrd alone")?;
+    drop(alone);
+
+    // 3. Primary + standby.
+    let etcd = start_etcd()?;
+    let ha = |name: &str, addr: SocketAddr| HaOptions {
+        name: name.into(),
+        address: addr.to_string(),
+        etcd: vec![etcd.endpoint.clone()],
+        cluster: "replbench".into(),
+        failover: Duration::from_millis(cli.failover_ms),
+        etcd_deadline: Duration::from_secs(2),
+        link: Box::new(move |a: &str| {
+            Ok(TransportSpec::Udp {
+                server: a.parse().map_err(|e| format!("{a:?}: {e}"))?,
+                cfg: reliable(spin),
+            })
+        }),
+    };
+    let (pa, pb) = (loopback(free_port()), loopback(free_port()));
+    let a_server = UdpServer::bind(pa, reliable(spin)).map_err(|e| e.to_string())?;
+    let a_waker = a_server.waker();
+    let a_opts = ha("bench-a", pa);
+    let primary = Running::spawn(
+        move || lockmgrd::replication::start(a_server, server_options(), a_opts),
+        a_waker,
+    );
+    wait_for(&etcd, |c| c.primary.name == "bench-a")?;
+    let b_server = UdpServer::bind(pb, reliable(spin)).map_err(|e| e.to_string())?;
+    let b_waker = b_server.waker();
+    let b_opts = ha("bench-b", pb);
+    let standby = Running::spawn(
+        move || lockmgrd::replication::start(b_server, server_options(), b_opts),
+        b_waker,
+    );
+    wait_for(&etcd, |c| c.standbys.iter().any(|m| m.name == "bench-b"))?;
+    let repl_row = measure(cli, pa, spin, "primary + standby")?;
+    drop(standby);
+    drop(primary);
+    drop(etcd);
+
+    let added = repl_row
+        .latency_p50_ns
+        .saturating_sub(alone_row.latency_p50_ns) as f64
+        / echo_p.p50_ns.max(1) as f64;
+    let ratio = repl_row.throughput_ops_per_s / alone_row.throughput_ops_per_s.max(1e-9);
+    Ok(Report {
+        transport: "udp",
+        batch: cli.batch,
+        depth: cli.depth,
+        transport_echo_p50_ns: echo_p.p50_ns,
+        transport_echo_p99_ns: echo_p.p99_ns,
+        rows: vec![alone_row, repl_row],
+        added_latency_in_round_trips: added,
+        throughput_ratio: ratio,
+    })
+}
+
+fn wait_for(etcd: &Etcd, ok: impl Fn(&lockmgr_coord::Configuration) -> bool) -> Result<(), String> {
+    let mut c = coordinator(etcd).map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(s)) = c.read() {
+            if ok(&s.config) {
+                return Ok(());
+            }
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            return Err("replicas did not form within 30 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(&cli) {
+        Ok(r) if cli.json => match serde_json::to_string(&r) {
+            Ok(s) => {
+                println!("{s}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("replbench: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+        Ok(r) => {
+            let us = |ns: u64| ns as f64 / 1000.0;
+            println!(
+                "replbench transport={} (same run) batch={} depth={}",
+                r.transport, r.batch, r.depth
+            );
+            println!(
+                "  transport echo          p50 {:>8.2} us  p99 {:>8.2} us",
+                us(r.transport_echo_p50_ns),
+                us(r.transport_echo_p99_ns)
+            );
+            for row in &r.rows {
+                println!(
+                    "  {:<22}  p50 {:>8.2} us  p99 {:>8.2} us  max {:>9.2} us  batched {:>10.0} ops/s",
+                    row.setup,
+                    us(row.latency_p50_ns),
+                    us(row.latency_p99_ns),
+                    us(row.latency_max_ns),
+                    row.throughput_ops_per_s
+                );
+            }
+            println!(
+                "  replication adds {:.2} transport round trips at p50 (target <= 1.2); batched throughput {:.2}x (target >= 0.7)",
+                r.added_latency_in_round_trips, r.throughput_ratio
+            );
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("replbench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
