@@ -484,10 +484,9 @@ impl<T: ServerTransport> Server<T> {
                 up.transport.wait(Some(slice))?;
                 Ok(true)
             }
-            None => {
-                self.transport_wait(slice)?;
-                Ok(true)
-            }
+            // A primary sleeps on its transport as usual: the coordination thread wakes it,
+            // and the caller's timeout already covers the failure-detection interval.
+            None => Ok(false),
         }
     }
 
@@ -755,9 +754,6 @@ impl<T: ServerTransport> Server<T> {
         progressed
     }
 
-    fn transport_wait(&mut self, timeout: Duration) -> Result<(), TransportError> {
-        self.transport.wait(Some(timeout))
-    }
 }
 
 /// Standby: the primary is gone; ask to become primary of the next epoch (only a standby the
