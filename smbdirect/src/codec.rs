@@ -55,10 +55,16 @@ pub enum DecodeError {
     #[error("DataOffset {offset} overlaps the {DATA_HEADER_LEN}-byte header")]
     DataOffsetInHeader { offset: u32 },
     #[error("payload {offset}+{length} runs past the {len}-byte message")]
-    PayloadOutOfBounds { offset: u32, length: u32, len: usize },
+    PayloadOutOfBounds {
+        offset: u32,
+        length: u32,
+        len: usize,
+    },
     #[error("no payload but DataOffset is {0}")]
     OffsetWithoutPayload(u32),
-    #[error("DataLength {length} + RemainingDataLength {remaining} exceeds MaxFragmentedSize {max}")]
+    #[error(
+        "DataLength {length} + RemainingDataLength {remaining} exceeds MaxFragmentedSize {max}"
+    )]
     FragmentTooLarge {
         length: u32,
         remaining: u32,
@@ -593,7 +599,10 @@ mod tests {
         ];
         let b = BufferDescriptorV1::encode_list(&list);
         assert_eq!(&b[..8], &0x1122_3344_5566_7788u64.to_le_bytes());
-        assert_eq!(BufferDescriptorV1::decode_list(&b).as_deref(), Ok(&list[..]));
+        assert_eq!(
+            BufferDescriptorV1::decode_list(&b).as_deref(),
+            Ok(&list[..])
+        );
         assert_eq!(
             BufferDescriptorV1::total_length(&list),
             4096 + u64::from(u32::MAX)

@@ -54,7 +54,8 @@ pub struct Config {
     pub max_receive_size: u32,
     /// Largest upper-layer message we reassemble (MaxFragmentedSize).
     pub max_fragmented_size: u32,
-    /// Receive buffers we keep posted, and so the most credits the peer can hold.
+    /// Receive buffers we keep posted (one more while stuck on the last send credit), and
+    /// so the most credits the peer can hold. At least 3.
     pub receive_credit_max: u16,
     /// Send credits we ask the peer to keep us at (CreditsRequested).
     pub send_credit_target: u16,
@@ -95,7 +96,7 @@ pub enum ConfigError {
     SizeTooSmall,
     #[error("max_fragmented_size must be at least 131072")]
     FragmentedSizeTooSmall,
-    #[error("receive_credit_max must be at least 2 (one credit alone cannot carry a grant back)")]
+    #[error("receive_credit_max must be at least 3 (see Connection::credit_goal)")]
     TooFewReceiveCredits,
     #[error("send_credit_target must be at least 1")]
     ZeroSendCreditTarget,
@@ -109,7 +110,7 @@ impl Config {
         if self.max_fragmented_size < MIN_FRAGMENTED_SIZE {
             return Err(ConfigError::FragmentedSizeTooSmall);
         }
-        if self.receive_credit_max < 2 {
+        if self.receive_credit_max < 3 {
             return Err(ConfigError::TooFewReceiveCredits);
         }
         if self.send_credit_target == 0 {
@@ -246,6 +247,9 @@ pub struct Connection {
     negotiate_deadline: Option<Time>,
     idle_deadline: Option<Time>,
     blocked_since: Option<Time>,
+    /// The latest time the caller gave us: when a transmit finds itself out of credits,
+    /// the wait counts from here (transmits carry no clock of their own).
+    last_now: Time,
     keepalive: Keepalive,
     /// The peer asked for a prompt message (its keep-alive).
     respond_requested: bool,
@@ -295,6 +299,7 @@ impl Connection {
             negotiate_deadline: Some(now + config.negotiate_timeout),
             idle_deadline: None,
             blocked_since: None,
+            last_now: now,
             keepalive: Keepalive::Idle,
             respond_requested: false,
             send_credits: 0,
@@ -357,7 +362,8 @@ impl Connection {
         if self.state == State::Closed {
             return 0;
         }
-        self.config.receive_credit_max.saturating_sub(self.posted)
+        let ring = self.config.receive_credit_max + u16::from(self.stuck_on_last_credit());
+        ring.saturating_sub(self.posted)
     }
 
     /// Upper-layer messages queued or partly sent.
@@ -383,6 +389,7 @@ impl Connection {
             });
         }
         self.send_queue.push_back(msg);
+        self.last_now = self.last_now.max(now);
         self.refresh_blocked(now);
         Ok(())
     }
@@ -396,6 +403,7 @@ impl Connection {
         if self.state == State::Closed {
             return;
         }
+        self.last_now = self.last_now.max(now);
         let result = match event {
             Event::Received(bytes) => self.on_receive(now, bytes),
             Event::ReceivesPosted(n) => {
@@ -416,9 +424,7 @@ impl Connection {
         if self.state == State::Closed {
             return None;
         }
-        let credit = self
-            .blocked_since
-            .map(|t| t + self.config.credit_timeout);
+        let credit = self.blocked_since.map(|t| t + self.config.credit_timeout);
         [self.negotiate_deadline, self.idle_deadline, credit]
             .into_iter()
             .flatten()
@@ -454,14 +460,18 @@ impl Connection {
             State::ServerRespond => self.negotiate_response(),
             State::ServerRefuse => {
                 let msg = self.response(0, STATUS_NOT_SUPPORTED);
-                let e = self.refusal.take().unwrap_or(DecodeError::UnsupportedVersion {
-                    min: 0,
-                    max: 0,
-                });
+                let e = self
+                    .refusal
+                    .take()
+                    .unwrap_or(DecodeError::UnsupportedVersion { min: 0, max: 0 });
                 self.fail(ConnectionError::Decode(e));
                 Some(msg)
             }
-            State::Established => self.next_data_message(),
+            State::Established => {
+                let msg = self.next_data_message();
+                self.refresh_blocked(self.last_now);
+                msg
+            }
             State::ClientAwaitResponse | State::ServerAwaitRequest | State::Closed => None,
         }
     }
@@ -508,24 +518,42 @@ impl Connection {
         self.posted - self.receive_credits
     }
 
-    /// The grant a message carries: the peer back up to its target (3.1.5.9), and at least
-    /// one if this is our last credit (3.1.5.1: the last credit must bring credits back).
-    fn grant_for_next(&self) -> u16 {
-        let wanted = self
-            .receive_credit_target
-            .saturating_sub(self.receive_credits);
-        let mut grant = wanted.min(self.grantable());
-        if grant == 0 && self.send_credits == 1 {
-            grant = self.grantable().min(1);
-        }
-        grant
+    /// How many credits we keep the peer at: its target, but never under three. A peer
+    /// left with one or two credits spends one on every grant it sends us, and two ends that
+    /// each hold one or two credits would trade grant messages forever.
+    fn credit_goal(&self) -> u16 {
+        self.receive_credit_target.max(3)
     }
 
-    /// A payload-less message is worth a credit when the peer is at half its target or below
-    /// and we can refill it. Refilling to the target (not by one) is what keeps two idle ends
-    /// from trading grant messages forever.
+    /// The grant a message carries: the peer back up to its goal (3.1.5.9), and at least one
+    /// on our last credit (3.1.5.1: the last credit must bring credits back).
+    fn grant_for_next(&self) -> u16 {
+        let wanted = self.credit_goal().saturating_sub(self.receive_credits);
+        let wanted = if self.send_credits == 1 {
+            wanted.max(1)
+        } else {
+            wanted
+        };
+        wanted.min(self.grantable())
+    }
+
+    /// A payload-less message is worth a credit when the peer is down to its last credit
+    /// (it can only send if it has something to grant, which we cannot know) or has used
+    /// two or more of its target. One message from the peer, which uses one of our credits,
+    /// must not trigger one back: see [`Connection::credit_goal`].
     fn grant_only_needed(&self) -> bool {
-        self.grantable() > 0 && self.receive_credits <= self.receive_credit_target / 2
+        self.grantable() > 0
+            && (self.receive_credits <= 1
+                || u32::from(self.receive_credits) + 2 <= u32::from(self.receive_credit_target))
+    }
+
+    /// On our last credit with data waiting and every posted receive already granted, we
+    /// cannot send: 3.1.5.9 says to post one more receive so the message can grant it.
+    fn stuck_on_last_credit(&self) -> bool {
+        self.state == State::Established
+            && self.send_credits == 1
+            && self.grantable() == 0
+            && self.has_pending_send()
     }
 
     fn has_pending_send(&self) -> bool {
@@ -540,8 +568,7 @@ impl Connection {
     }
 
     fn refresh_blocked(&mut self, now: Time) {
-        if self.state == State::Established && self.has_pending_send() && !self.can_send_now()
-        {
+        if self.state == State::Established && self.has_pending_send() && !self.can_send_now() {
             self.blocked_since.get_or_insert(now);
         } else {
             self.blocked_since = None;
@@ -598,7 +625,13 @@ impl Connection {
         // Any message answers the peer's keep-alive.
         self.respond_requested = false;
         self.blocked_since = None;
-        trace!(grant, remaining, len = bytes.len(), credits = self.send_credits, "smbdirect: send");
+        trace!(
+            grant,
+            remaining,
+            len = bytes.len(),
+            credits = self.send_credits,
+            "smbdirect: send"
+        );
         Some(bytes)
     }
 
@@ -664,9 +697,7 @@ impl Connection {
             .max(MIN_RECEIVE_SIZE);
         self.negotiated.max_send_size = self.config.max_send_size.min(req.max_receive_size);
         self.negotiated.peer_max_fragmented_size = req.max_fragmented_size;
-        self.receive_credit_target = req
-            .credits_requested
-            .min(self.config.receive_credit_max);
+        self.receive_credit_target = req.credits_requested.min(self.config.receive_credit_max);
         self.idle_deadline = Some(now + self.config.keepalive_interval);
         self.state = State::ServerRespond;
         Ok(())
@@ -687,9 +718,7 @@ impl Connection {
             .config
             .max_read_write_size
             .min(resp.max_read_write_size);
-        self.receive_credit_target = resp
-            .credits_requested
-            .min(self.config.receive_credit_max);
+        self.receive_credit_target = resp.credits_requested.min(self.config.receive_credit_max);
         self.send_credits = resp.credits_granted;
         self.idle_deadline = Some(now + self.config.keepalive_interval);
         self.establish();
@@ -738,7 +767,8 @@ impl Connection {
             Some(_) => self.reassembly.extend_from_slice(msg.payload),
             None if remaining == 0 => {
                 self.stats.upper_messages_received += 1;
-                self.outputs.push_back(Output::Message(msg.payload.to_vec()));
+                self.outputs
+                    .push_back(Output::Message(msg.payload.to_vec()));
                 return Ok(());
             }
             None => {

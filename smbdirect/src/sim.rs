@@ -8,7 +8,9 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use crate::conn::{Config, ConfigError, Connection, ConnectionError, Event, Negotiated, Output, Role, Time};
+use crate::conn::{
+    Config, ConfigError, Connection, ConnectionError, Event, Negotiated, Output, Role, Time,
+};
 
 /// One end: its connection, what the simulated RDMA layer holds for it, what it delivered.
 #[derive(Debug)]
