@@ -302,7 +302,7 @@ impl<'a> DataMessage<'a> {
         if header.credits_requested == 0 {
             return Err(DecodeError::ZeroCredits("CreditsRequested"));
         }
-        if offset % 8 != 0 {
+        if !offset.is_multiple_of(8) {
             return Err(DecodeError::MisalignedDataOffset(offset));
         }
         let payload = if length == 0 {
@@ -396,7 +396,7 @@ impl BufferDescriptorV1 {
 
     /// A channel info blob: a non-empty array of descriptors, nothing else.
     pub fn decode_list(b: &[u8]) -> Result<Vec<Self>, DecodeError> {
-        if b.is_empty() || b.len() % BUFFER_DESCRIPTOR_V1_LEN != 0 {
+        if b.is_empty() || !b.len().is_multiple_of(BUFFER_DESCRIPTOR_V1_LEN) {
             return Err(DecodeError::BadDescriptorList(b.len()));
         }
         Ok(b.chunks_exact(BUFFER_DESCRIPTOR_V1_LEN)
