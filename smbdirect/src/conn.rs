@@ -362,7 +362,10 @@ impl Connection {
         if self.state == State::Closed {
             return 0;
         }
-        let ring = self.config.receive_credit_max + u16::from(self.stuck_on_last_credit());
+        let ring = self
+            .config
+            .receive_credit_max
+            .saturating_add(u16::from(self.stuck_on_last_credit()));
         ring.saturating_sub(self.posted)
     }
 
