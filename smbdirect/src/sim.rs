@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use crate::codec::DataMessage;
 use crate::conn::{
     Config, ConfigError, Connection, ConnectionError, Event, Negotiated, Output, Role, Time,
 };
@@ -35,6 +36,9 @@ pub struct Endpoint {
     pub rnr: usize,
     /// Every message this end received from the wire, in order (for tests that inspect them).
     pub wire_log: Vec<Vec<u8>>,
+    /// Messages this end sent with its last send credit that granted nothing back
+    /// (MS-SMBD 3.1.5.1 forbids them: they can leave both ends without credits).
+    pub last_credit_without_grant: usize,
 }
 
 impl Endpoint {
@@ -51,6 +55,7 @@ impl Endpoint {
             closed: None,
             rnr: 0,
             wire_log: Vec::new(),
+            last_credit_without_grant: 0,
         })
     }
 
@@ -196,8 +201,17 @@ impl Pair {
 fn transmit(from: &mut Endpoint, to: &mut Endpoint) -> bool {
     let mut progress = false;
     while to.inbound.len() < to.wire_limit {
+        let data_phase = from.conn.is_established();
         match from.conn.poll_transmit() {
             Some(m) => {
+                if data_phase && from.conn.send_credits() == 0 {
+                    let granted = DataMessage::decode(&m, u32::MAX)
+                        .map(|d| d.header.credits_granted)
+                        .unwrap_or(0);
+                    if granted == 0 {
+                        from.last_credit_without_grant += 1;
+                    }
+                }
                 to.inbound.push_back(m);
                 progress = true;
             }
