@@ -59,7 +59,8 @@ pub mod op {
     pub const POST: u8 = 1;
     /// Time passes: one byte of seconds; timers that are due fire.
     pub const WAIT: u8 = 2;
-    /// The upper layer sends: u16 length in units of 16 bytes.
+    /// The upper layer sends: u16 taken modulo 1024, in units of 16 bytes (up to 16 KiB:
+    /// enough for a dozen fragments, small enough to keep the fuzzer fast).
     pub const SEND: u8 = 3;
     /// Everything the connection wants to transmit is taken.
     pub const TRANSMIT: u8 = 4;
@@ -178,7 +179,7 @@ pub fn check_connection(data: &[u8]) -> Result<(), String> {
                 }
             }
             op::SEND => {
-                let len = usize::from(take_u16(&mut rest).unwrap_or(1)) * 16;
+                let len = usize::from(take_u16(&mut rest).unwrap_or(1) % 1024) * 16;
                 let _ = c.conn.send(c.now, vec![0x5A; len]);
             }
             _ => c.transmit()?,
