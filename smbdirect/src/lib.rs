@@ -3,7 +3,9 @@
 //! This crate is the protocol without I/O: [`codec`] parses and builds the three MS-SMBD
 //! messages and the SMB2 RDMA buffer descriptors, [`conn`] is the per-connection state
 //! machine (negotiation, credits, fragmentation, keep-alive) driven by the caller's clock and
-//! completions. The RDMA daemon that moves the bytes (smbdirectd) sits on top.
+//! completions, [`sim`] steps a client and a server core against each other in simulated
+//! time for tests, and [`fuzzing`] holds the properties the fuzz targets check. The RDMA
+//! daemon that moves the bytes (smbdirectd) will sit on top.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
