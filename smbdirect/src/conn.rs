@@ -200,6 +200,33 @@ pub enum SendError {
     TooLarge { len: usize, max: u32 },
 }
 
+/// One RDMA SEND for the caller to post.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub bytes: Vec<u8>,
+    /// Post it as SEND_WITH_INVALIDATE of this memory token (MS-SMBD 3.1.5.1): set on the
+    /// last fragment of a message queued with [`Connection::send_with_invalidate`], so the
+    /// peer's buffer is invalid before its upper layer sees the whole response. An RDMA
+    /// provider without remote invalidation may post a plain SEND.
+    pub invalidate: Option<u32>,
+}
+
+impl Transmit {
+    fn plain(bytes: Vec<u8>) -> Self {
+        Self {
+            bytes,
+            invalidate: None,
+        }
+    }
+}
+
+/// An upper-layer message waiting to be sent.
+#[derive(Debug)]
+struct Outgoing {
+    data: Vec<u8>,
+    invalidate: Option<u32>,
+}
+
 /// Counters for tests and the daemon's statistics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -263,10 +290,10 @@ pub struct Connection {
     /// Receives posted and not yet completed. Always at least `receive_credits`.
     posted: u16,
 
-    send_queue: VecDeque<Vec<u8>>,
+    send_queue: VecDeque<Outgoing>,
     /// The upper-layer message being fragmented and how much of it has gone out. Nothing
     /// else is fragmented until it is done: fragments of two messages never interleave.
-    sending: Option<(Vec<u8>, usize)>,
+    sending: Option<(Outgoing, usize)>,
 
     reassembly: Vec<u8>,
     /// Bytes still to come for the message in `reassembly`.
@@ -376,6 +403,21 @@ impl Connection {
 
     /// Queues an upper-layer message. It is fragmented if it does not fit one send.
     pub fn send(&mut self, now: Time, msg: Vec<u8>) -> Result<(), SendError> {
+        self.queue(now, msg, None)
+    }
+
+    /// Queues an upper-layer message whose last fragment invalidates the peer's memory
+    /// `token` (an SMB2 READ/WRITE response for SMB2_CHANNEL_RDMA_V1_INVALIDATE).
+    pub fn send_with_invalidate(
+        &mut self,
+        now: Time,
+        msg: Vec<u8>,
+        token: u32,
+    ) -> Result<(), SendError> {
+        self.queue(now, msg, Some(token))
+    }
+
+    fn queue(&mut self, now: Time, msg: Vec<u8>, invalidate: Option<u32>) -> Result<(), SendError> {
         match self.state {
             State::Established => {}
             State::Closed => return Err(SendError::Closed),
@@ -391,7 +433,10 @@ impl Connection {
                 max,
             });
         }
-        self.send_queue.push_back(msg);
+        self.send_queue.push_back(Outgoing {
+            data: msg,
+            invalidate,
+        });
         self.last_now = self.last_now.max(now);
         self.refresh_blocked(now);
         Ok(())
@@ -439,7 +484,7 @@ impl Connection {
     }
 
     /// The next message to send, if credits allow one.
-    pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
         match self.state {
             State::ClientStart => {
                 // The response needs a posted receive to land in.
@@ -448,7 +493,7 @@ impl Connection {
                 }
                 self.state = State::ClientAwaitResponse;
                 self.stats.messages_sent += 1;
-                Some(
+                Some(Transmit::plain(
                     NegotiateRequest {
                         min_version: SMBD_VERSION_1,
                         max_version: SMBD_VERSION_1,
@@ -458,9 +503,9 @@ impl Connection {
                         max_fragmented_size: self.config.max_fragmented_size,
                     }
                     .encode(),
-                )
+                ))
             }
-            State::ServerRespond => self.negotiate_response(),
+            State::ServerRespond => self.negotiate_response().map(Transmit::plain),
             State::ServerRefuse => {
                 let msg = self.response(0, STATUS_NOT_SUPPORTED);
                 let e = self
@@ -468,7 +513,7 @@ impl Connection {
                     .take()
                     .unwrap_or(DecodeError::UnsupportedVersion { min: 0, max: 0 });
                 self.fail(ConnectionError::Decode(e));
-                Some(msg)
+                Some(Transmit::plain(msg))
             }
             State::Established => {
                 let msg = self.next_data_message();
@@ -578,7 +623,7 @@ impl Connection {
         }
     }
 
-    fn next_data_message(&mut self) -> Option<Vec<u8>> {
+    fn next_data_message(&mut self) -> Option<Transmit> {
         if !self.has_pending_send() && !self.grant_only_needed() {
             return None;
         }
@@ -600,10 +645,10 @@ impl Connection {
         let per_message = self.negotiated.max_send_size as usize - DATA_OFFSET;
         let (payload, remaining) = match &mut self.sending {
             Some((msg, sent)) => {
-                let n = per_message.min(msg.len() - *sent);
+                let n = per_message.min(msg.data.len() - *sent);
                 let start = *sent;
                 *sent += n;
-                (&msg[start..*sent], msg.len() - *sent)
+                (&msg.data[start..*sent], msg.data.len() - *sent)
             }
             None => (&[][..], 0),
         };
@@ -618,8 +663,12 @@ impl Connection {
         if payload.is_empty() {
             self.stats.empty_sent += 1;
         }
-        if remaining == 0 && self.sending.take().is_some() {
-            self.stats.upper_messages_sent += 1;
+        let mut invalidate = None;
+        if remaining == 0 {
+            if let Some((done, _)) = self.sending.take() {
+                self.stats.upper_messages_sent += 1;
+                invalidate = done.invalidate;
+            }
         }
         self.send_credits -= 1;
         self.receive_credits += grant;
@@ -635,7 +684,7 @@ impl Connection {
             credits = self.send_credits,
             "smbdirect: send"
         );
-        Some(bytes)
+        Some(Transmit { bytes, invalidate })
     }
 
     fn on_timeout(&mut self, now: Time) -> Result<(), ConnectionError> {

@@ -117,9 +117,10 @@ impl Checked {
         for _ in 0..256 {
             // The server's Negotiate Response is sent by the transmit that establishes.
             let data_phase = self.conn.is_established();
-            let Some(m) = self.conn.poll_transmit() else {
+            let Some(t) = self.conn.poll_transmit() else {
                 break;
             };
+            let m = t.bytes;
             if data_phase {
                 let max = self.conn.negotiated().max_send_size as usize;
                 if m.len() > max {

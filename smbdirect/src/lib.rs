@@ -17,5 +17,5 @@ pub mod sim;
 pub use codec::{BufferDescriptorV1, Channel, DecodeError, RdmaChannel};
 pub use conn::{
     Config, ConfigError, Connection, ConnectionError, Event, Negotiated, Output, Role, SendError,
-    Stats, Time,
+    Stats, Time, Transmit,
 };

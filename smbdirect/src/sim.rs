@@ -39,6 +39,8 @@ pub struct Endpoint {
     /// Messages this end sent with its last send credit that granted nothing back
     /// (MS-SMBD 3.1.5.1 forbids them: they can leave both ends without credits).
     pub last_credit_without_grant: usize,
+    /// Memory tokens invalidated by messages sent to this end (SEND_WITH_INVALIDATE).
+    pub invalidated: Vec<u32>,
 }
 
 impl Endpoint {
@@ -56,6 +58,7 @@ impl Endpoint {
             rnr: 0,
             wire_log: Vec::new(),
             last_credit_without_grant: 0,
+            invalidated: Vec::new(),
         })
     }
 
@@ -203,7 +206,11 @@ fn transmit(from: &mut Endpoint, to: &mut Endpoint) -> bool {
     while to.inbound.len() < to.wire_limit {
         let data_phase = from.conn.is_established();
         match from.conn.poll_transmit() {
-            Some(m) => {
+            Some(t) => {
+                if let Some(token) = t.invalidate {
+                    to.invalidated.push(token);
+                }
+                let m = t.bytes;
                 if data_phase && from.conn.send_credits() == 0 {
                     let granted = DataMessage::decode(&m, u32::MAX)
                         .map(|d| d.header.credits_granted)

@@ -432,7 +432,7 @@ fn unsupported_version_gets_not_supported_then_close() {
         ..request()
     };
     s.handle(Time::default(), Event::Received(&req.encode()));
-    let reply = s.poll_transmit().expect("failure response");
+    let reply = s.poll_transmit().expect("failure response").bytes;
     let r = NegotiateResponse::decode(&reply).expect("response");
     assert_eq!(r.status, STATUS_NOT_SUPPORTED);
     assert!(s.is_closed());
@@ -468,7 +468,8 @@ fn oversized_claims_are_capped() {
         ..request()
     };
     s.handle(Time::default(), Event::Received(&req.encode()));
-    let r = NegotiateResponse::decode(&s.poll_transmit().expect("response")).expect("response");
+    let r =
+        NegotiateResponse::decode(&s.poll_transmit().expect("response").bytes).expect("response");
     assert_eq!(r.status, 0);
     assert_eq!(
         r.credits_granted, 7,
@@ -599,4 +600,41 @@ fn random_schedules_deliver_everything() {
             "seed {seed}: server to client differs"
         );
     }
+}
+
+/// SEND_WITH_INVALIDATE rides on the last fragment of the message it belongs to, and only
+/// on that one.
+#[test]
+fn invalidate_token_goes_with_the_last_fragment() {
+    let mut p = connected(small(), small());
+    let now = p.now;
+    p.server
+        .conn
+        .send_with_invalidate(now, pattern(5000, 1), 0xBEEF)
+        .expect("send");
+    p.send(Side::Server, pattern(10, 2)).expect("send");
+    let mut tokens = Vec::new();
+    let mut fragments = 0;
+    while let Some(t) = p.server.conn.poll_transmit() {
+        let d = DataMessage::decode(&t.bytes, 1 << 20).expect("valid");
+        if !d.payload.is_empty() {
+            fragments += 1;
+        }
+        tokens.push((
+            d.header.remaining_data_length,
+            d.payload.len(),
+            t.invalidate,
+        ));
+    }
+    // 5000 bytes in four fragments of at most 1340, then the 10-byte message.
+    assert_eq!(fragments, 5, "{tokens:?}");
+    let with: Vec<_> = tokens.iter().filter(|t| t.2.is_some()).collect();
+    assert_eq!(with.len(), 1, "{tokens:?}");
+    assert_eq!(with[0].0, 0, "on the last fragment");
+    assert_eq!(with[0].2, Some(0xBEEF));
+    assert_eq!(
+        tokens.last().map(|t| t.2),
+        Some(None),
+        "not on the next message"
+    );
 }
