@@ -435,8 +435,10 @@ impl RdmaChannel {
         }
     }
 
-    /// The token the server invalidates with Send-with-Invalidate on the response
-    /// (MS-SMB2 3.3.5.12, 3.3.5.13: the first descriptor's token for RDMA_V1_INVALIDATE).
+    /// The token the server invalidates with Send-with-Invalidate on the response to a
+    /// request with SMB2_CHANNEL_RDMA_V1_INVALIDATE (MS-SMB2 3.3.5.12 READ, 3.3.5.13 WRITE;
+    /// the channel exists from dialect 3.0.2): the first descriptor's token, the region the
+    /// client registered for this request.
     pub fn token_to_invalidate(&self) -> Option<u32> {
         match self.channel {
             Channel::RdmaV1Invalidate => self.descriptors.first().map(|d| d.token),
