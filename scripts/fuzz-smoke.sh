@@ -32,6 +32,8 @@ TARGETS=(
     "smbd/auth user_db"
     "smbd/server smbd_config"
     "smbd/server smbd_conn"
+    "smbdirect smbdirect_decode"
+    "smbdirect smbdirect_conn"
 )
 
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
