@@ -701,6 +701,8 @@ pub struct SharedNodeSessions<T: ClientTransport> {
     /// Waiters whose request timed out with the reply already in their slot (see
     /// [`SharedNodeSessions::lost_wakeups`]).
     lost_wakeups: AtomicU64,
+    /// Most requests in flight at once (see [`SharedNodeSessions::in_flight_peak`]).
+    in_flight_peak: AtomicU64,
 }
 
 impl<T: ClientTransport> SharedNodeSessions<T> {
@@ -720,7 +722,13 @@ impl<T: ClientTransport> SharedNodeSessions<T> {
             reader_bell,
             spin,
             lost_wakeups: AtomicU64::new(0),
+            in_flight_peak: AtomicU64::new(0),
         })
+    }
+
+    /// The most requests that were in flight at once: above 1 only if threads overlapped.
+    pub fn in_flight_peak(&self) -> u64 {
+        self.in_flight_peak.load(Ordering::Relaxed)
     }
 
     /// Times a waiting thread slept until its request timed out although its reply had come:
@@ -757,6 +765,8 @@ impl<T: ClientTransport> SharedNodeSessions<T> {
                     slot: Arc::clone(&slot),
                 },
             );
+            self.in_flight_peak
+                .fetch_max(n.waiting.len() as u64, Ordering::Relaxed);
             (id, Instant::now() + n.timeout)
         };
         match slot.wait(deadline) {

@@ -350,6 +350,8 @@ impl Pump {
         tracing::info!(
             lost_wakeups = self.stats.lost_wakeups.load(Ordering::Relaxed),
             bell_rings = self.stats.bell_rings.load(Ordering::Relaxed),
+            requests_in_flight_peak = self.nodes.in_flight_peak(),
+            reader_lost_wakeups = self.nodes.lost_wakeups(),
             "lockmgr pump stopped"
         );
     }
