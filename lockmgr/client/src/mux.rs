@@ -557,8 +557,12 @@ impl<T: ClientTransport> NodeSessions<T> {
         }
     }
 
-    /// The reader got its reply: another waiting thread, if any, reads from now on.
-    fn hand_off_reading(&mut self) {
+    /// Reader `id` got its reply: another waiting thread, if any, reads from now on. Nothing
+    /// to do if `id` is not the reader.
+    fn hand_off_reading(&mut self, id: RequestId) {
+        if self.reader != Some(id) {
+            return;
+        }
         self.reader = None;
         self.reader_sleeping = false;
         if let Some((&id, w)) = self.waiting.iter().next() {
@@ -769,7 +773,7 @@ impl<T: ClientTransport> SharedNodeSessions<T> {
                 .fetch_max(n.waiting.len() as u64, Ordering::Relaxed);
             (id, Instant::now() + n.timeout)
         };
-        match slot.wait(deadline) {
+        let reply = match slot.wait(deadline) {
             Woken::Reply(reply) => reply,
             Woken::LateReply(reply) => {
                 let lost = self.lost_wakeups.fetch_add(1, Ordering::Relaxed) + 1;
@@ -780,17 +784,32 @@ impl<T: ClientTransport> SharedNodeSessions<T> {
                 );
                 reply
             }
-            Woken::Lead => self.read_until_answered(id, &slot, deadline),
+            Woken::Lead => return self.read_until_answered(id, &slot, deadline),
             Woken::TimedOut => {
                 let mut n = self.lock();
                 // The reply may have come in between the timeout and the lock.
-                if let Some(reply) = slot.take_reply() {
-                    return reply;
-                }
-                n.request_timed_out(id);
-                Reply::Done(Status::RequestNotAccepted)
+                let reply = slot.take_reply().unwrap_or_else(|| {
+                    n.request_timed_out(id);
+                    Reply::Done(Status::RequestNotAccepted)
+                });
+                // The reading may have been handed to this waiter after it stopped waiting.
+                n.hand_off_reading(id);
+                return reply;
             }
+        };
+        // The reading was handed to this waiter, and its reply was taken in by someone else
+        // before it woke: someone must read for the others. (Once its reply is in, a waiter is
+        // no longer in `waiting` and cannot be handed the reading any more.)
+        if slot.lock().lead {
+            self.lock().hand_off_reading(id);
         }
+        reply
+    }
+
+    /// No request waits and nobody reads for waiters (for tests: nothing was left behind).
+    pub fn is_idle(&self) -> bool {
+        let n = self.lock();
+        n.waiting.is_empty() && n.reader.is_none()
     }
 
     /// The reader's loop: takes in everything lockmgrd sends (replies go to their waiters)
@@ -808,13 +827,13 @@ impl<T: ClientTransport> SharedNodeSessions<T> {
                 }
             }
             if let Some(reply) = slot.take_reply() {
-                n.hand_off_reading();
+                n.hand_off_reading(id);
                 return reply;
             }
             let now = Instant::now();
             if now >= deadline {
                 n.request_timed_out(id);
-                n.hand_off_reading();
+                n.hand_off_reading(id);
                 return slot
                     .take_reply()
                     .unwrap_or(Reply::Done(Status::RequestNotAccepted));

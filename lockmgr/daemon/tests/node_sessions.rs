@@ -612,6 +612,19 @@ const ROUNDS: u64 = 150;
 /// A reply handed to the wrong waiter shows as a wrong open count (or a reply of the wrong
 /// kind), and a waiter that is never woken as a request that times out (`RequestNotAccepted`).
 fn threads_get_their_own_replies(node: Arc<SharedNodeSessions<Box<dyn ClientTransport>>>) {
+    // Like smbd's pump: another reader of the session, which takes in replies that waiters
+    // (the one reading for the others among them) wait for.
+    let done = Arc::new(AtomicBool::new(false));
+    let pump = {
+        let node = Arc::clone(&node);
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Acquire) {
+                node.tick();
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        })
+    };
     let handles: Vec<_> = (0..THREADS)
         .map(|t| {
             let node = Arc::clone(&node);
@@ -657,6 +670,10 @@ fn threads_get_their_own_replies(node: Arc<SharedNodeSessions<Box<dyn ClientTran
     for h in handles {
         h.join().unwrap();
     }
+    done.store(true, Ordering::Release);
+    pump.join().unwrap();
+    // Nobody is left reading for waiters that are gone (the next request would wait for it).
+    assert!(node.is_idle(), "a reader or a waiter was left behind");
     // Every open was booked to its connection and forgotten at its close: ending the
     // connections sends nothing, and the session is still up.
     for t in 0..THREADS {
