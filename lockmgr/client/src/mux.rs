@@ -158,6 +158,8 @@ pub struct NodeSessions<T: ClientTransport> {
     reader_sleeping: bool,
     /// Wakes the reader (created by [`SharedNodeSessions`]).
     reader_bell: Option<OwnedFd>,
+    /// The bell was rung since the reader last reset it.
+    reader_rung: bool,
 }
 
 /// How long to wait between attempts to reach a lockmgrd that is down.
@@ -191,6 +193,7 @@ impl<T: ClientTransport> NodeSessions<T> {
             reader: None,
             reader_sleeping: false,
             reader_bell: None,
+            reader_rung: false,
         }
     }
 
@@ -494,6 +497,31 @@ impl<T: ClientTransport> NodeSessions<T> {
         want: Option<Booking>,
         deadline: Instant,
     ) -> Result<Option<Reply>, ClientError> {
+        let mut reader_answered = false;
+        let r = self.pump_until_inner(want, deadline, &mut reader_answered);
+        // A failed read loses the session, which wakes every waiter.
+        if r.is_ok() && self.reader_sleeping {
+            // This read disarmed the session fd the reader sleeps on: arm it again, unless the
+            // reader's reply was among what was read or more frames are waiting (then the
+            // reader must come and look).
+            let rearmed = !reader_answered
+                && self
+                    .client
+                    .as_mut()
+                    .is_some_and(|c| c.arm().unwrap_or(false));
+            if !rearmed {
+                self.ring_reader();
+            }
+        }
+        r
+    }
+
+    fn pump_until_inner(
+        &mut self,
+        want: Option<Booking>,
+        deadline: Instant,
+        reader_answered: &mut bool,
+    ) -> Result<Option<Reply>, ClientError> {
         let mut found = None;
         loop {
             let Some(client) = self.client.as_mut() else {
@@ -501,8 +529,6 @@ impl<T: ClientTransport> NodeSessions<T> {
             };
             let mut got = Vec::new();
             let n = client.poll(&mut |ev| got.push(ev))?;
-            // This read disarmed the session fd the reader may sleep on.
-            self.ring_reader();
             for ev in got {
                 match ev {
                     Event::Reply { request, reply }
@@ -515,6 +541,7 @@ impl<T: ClientTransport> NodeSessions<T> {
                     }
                     Event::Reply { request, reply } => match self.waiting.remove(&request) {
                         Some(w) => {
+                            *reader_answered |= self.reader == Some(request);
                             self.book_reply(&w.booking, &reply);
                             w.slot.deliver(reply);
                         }
@@ -551,6 +578,7 @@ impl<T: ClientTransport> NodeSessions<T> {
             return;
         }
         self.reader_sleeping = false;
+        self.reader_rung = true;
         if let Some(bell) = &self.reader_bell {
             // Fails only when the counter is saturated: the bell is already ringing.
             let _ = sys::eventfd_signal(bell.as_raw_fd());
@@ -820,7 +848,10 @@ impl<T: ClientTransport> SharedNodeSessions<T> {
             let mut n = self.lock();
             n.reader_sleeping = false;
             // Before reading: a ring that comes later wakes the next sleep.
-            sys::eventfd_drain(self.reader_bell);
+            if n.reader_rung {
+                n.reader_rung = false;
+                sys::eventfd_drain(self.reader_bell);
+            }
             if n.client.is_some() {
                 if let Err(e) = n.pump_until(None, Instant::now()) {
                     n.lost_session(&e);
