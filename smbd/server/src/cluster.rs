@@ -6,18 +6,18 @@
 //! Requests are synchronous round trips made by the worker thread that needs the answer, and the
 //! node's workers have theirs in flight together ([`SharedNodeSessions`]): a worker lets go of
 //! the session while it waits, and whichever waiter reads the transport hands each reply to its
-//! own waiter. What lockmgrd sends on its own (breaks caused by other nodes' opens, completions of blocking locks
-//! and deferred creates) is picked up by a pump thread ([`Pump`]) that sleeps on the session's
-//! fd and runs [`Shared::lock_tick`], so it reaches the owning connection at once rather than on
-//! the workers' timer.
+//! own waiter. What lockmgrd sends on its own (breaks caused by other nodes' opens, completions
+//! of blocking locks and deferred creates) is picked up by a pump thread ([`Pump`]) that sleeps
+//! on the session's fd and runs [`Shared::lock_tick`], so it reaches the owning connection at
+//! once rather than on the workers' timer.
 //!
 //! Wake-ups: the shared-memory transport only rings the session fd while the session is armed,
 //! and any read of the session (a worker's request, a worker's timer tick) disarms it. So every
-//! use of the session by a thread other than the pump ends with [`rearm`] under the session
-//! session, and when frames keep arriving so that it cannot re-arm, it rings the pump's own
-//! doorbell ([`PumpBell`]) instead of leaving the pump asleep on a silent fd. The pump's
-//! `PUMP_MAX_SLEEP` is then only a safety net; each time it expires with frames waiting is a
-//! lost wake-up, counted in [`PumpStats`] and logged as a warning.
+//! use of the session by a thread other than the pump ends with [`rearm`], and when frames keep
+//! arriving so that it cannot re-arm, it rings the pump's own doorbell ([`PumpBell`]) instead of
+//! leaving the pump asleep on a silent fd. The pump's `PUMP_MAX_SLEEP` is then only a safety
+//! net; each time it expires with frames waiting is a lost wake-up, counted in [`PumpStats`] and
+//! logged as a warning.
 //!
 //! While lockmgrd is unreachable the node keeps serving: lock requests are answered with
 //! `STATUS_REQUEST_NOT_ACCEPTED` and the session is retried in the background (NodeSessions).
