@@ -9,16 +9,24 @@
 //! Requests are synchronous here (one lock-manager round trip, microseconds over shared memory):
 //! that keeps the SMB code's lock calls simple. Waiting SMB requests never block: the lock manager
 //! answers `Pending` at once and completes them later through [`NodeSessions::poll_event`].
+//!
+//! [`NodeSessions`] serves one thread. [`SharedNodeSessions`] lets all worker threads of a node
+//! use the session at once: each sends its request and lets go of the session while it waits,
+//! so a node has as many requests in flight as it has waiting workers. One waiter at a time
+//! (the reader) reads the transport and hands every reply to its own waiter; the others sleep
+//! on their own slot until their reply or the reader role comes to them.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use lockmgr_engine::{
     ClientGuid, LeaseKey, Notification, OpenId, OplockGrant, Reply, Request, RequestId, SessionId,
     Status,
 };
-use lockmgr_transport::ClientTransport;
+use lockmgr_transport::{sys, ClientTransport};
 
 use crate::{ClientError, Event, LockClient};
 
@@ -45,6 +53,83 @@ struct Booking {
     reclaim_guid: Option<ClientGuid>,
 }
 
+/// A request some thread of [`SharedNodeSessions`] waits for: how to book its reply and where
+/// to leave it.
+struct Waiter {
+    booking: Booking,
+    slot: Arc<Slot>,
+}
+
+/// Where the reply of one waiting request is left, and the doorbell of the thread waiting for it.
+#[derive(Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+    rung: Condvar,
+}
+
+#[derive(Default)]
+struct SlotState {
+    reply: Option<Reply>,
+    /// This waiter is the reader now: it must read the transport for everyone.
+    lead: bool,
+}
+
+/// Why a waiter woke.
+enum Woken {
+    Reply(Reply),
+    /// The reply was there when the wait timed out: nobody rang.
+    LateReply(Reply),
+    Lead,
+    TimedOut,
+}
+
+impl Slot {
+    fn lock(&self) -> MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn deliver(&self, reply: Reply) {
+        self.lock().reply = Some(reply);
+        self.rung.notify_one();
+    }
+
+    fn make_lead(&self) {
+        self.lock().lead = true;
+        self.rung.notify_one();
+    }
+
+    fn take_reply(&self) -> Option<Reply> {
+        self.lock().reply.take()
+    }
+
+    /// Sleeps until the reply arrives, this waiter becomes the reader, or `deadline`.
+    fn wait(&self, deadline: Instant) -> Woken {
+        let mut st = self.lock();
+        loop {
+            if let Some(r) = st.reply.take() {
+                return Woken::Reply(r);
+            }
+            if st.lead {
+                return Woken::Lead;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Woken::TimedOut;
+            }
+            let (next, waited) = self
+                .rung
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|e| e.into_inner());
+            st = next;
+            if waited.timed_out() {
+                if let Some(r) = st.reply.take() {
+                    return Woken::LateReply(r);
+                }
+            }
+        }
+    }
+}
+
 /// The node's view of its lock-manager session, multiplexed over its SMB connections.
 pub struct NodeSessions<T: ClientTransport> {
     connect: Connector<T>,
@@ -64,6 +149,17 @@ pub struct NodeSessions<T: ClientTransport> {
     stale_opens: HashMap<OpenId, SessionId>,
     /// Connections that held lock state in a lost session, for the server to drop.
     lost_conns: Vec<SessionId>,
+    /// Requests of [`SharedNodeSessions`] threads waiting for their reply.
+    waiting: HashMap<RequestId, Waiter>,
+    /// The waiting request whose thread reads the transport for all waiters.
+    reader: Option<RequestId>,
+    /// The reader sleeps on the session fd and [`NodeSessions::reader_bell`]: whoever else reads
+    /// the transport (which disarms the fd) or answers the reader must ring the bell.
+    reader_sleeping: bool,
+    /// Wakes the reader (created by [`SharedNodeSessions`]).
+    reader_bell: Option<OwnedFd>,
+    /// The bell was rung since the reader last reset it.
+    reader_rung: bool,
 }
 
 /// How long to wait between attempts to reach a lockmgrd that is down.
@@ -93,6 +189,11 @@ impl<T: ClientTransport> NodeSessions<T> {
             events: VecDeque::new(),
             stale_opens: HashMap::new(),
             lost_conns: Vec::new(),
+            waiting: HashMap::new(),
+            reader: None,
+            reader_sleeping: false,
+            reader_bell: None,
+            reader_rung: false,
         }
     }
 
@@ -182,6 +283,12 @@ impl<T: ClientTransport> NodeSessions<T> {
         }
         self.conn_deferred.clear();
         self.fire_and_forget.clear();
+        // Requests other threads wait for get the answer the failed request got (they are
+        // not retried: lockmgrd may or may not have acted on them).
+        for (_, w) in self.waiting.drain() {
+            w.slot.deliver(Reply::Done(Status::RequestNotAccepted));
+        }
+        self.ring_reader();
         // The opens, locks and leases this node's connections hold are gone with the session.
         // A connection that keeps its SMB handles would believe in locks nobody enforces any
         // more, and its open ids could name other opens in the next lockmgrd: such
@@ -228,19 +335,52 @@ impl<T: ClientTransport> NodeSessions<T> {
     /// One request of SMB connection `conn` (its own request id `conn_request`, used again by
     /// CANCEL). Returns the immediate reply; `Pending` ones complete through `poll_event`.
     pub fn request(&mut self, conn: SessionId, conn_request: RequestId, req: Request) -> Reply {
+        let booking = match self.send_request(conn, conn_request, req) {
+            Ok(b) => b,
+            Err(reply) => return reply,
+        };
+        let id = booking.id;
+        let deadline = Instant::now() + self.timeout;
+        match self.pump_until(Some(booking), deadline) {
+            Ok(Some(reply)) => reply,
+            Ok(None) => {
+                self.request_timed_out(id);
+                Reply::Done(Status::RequestNotAccepted)
+            }
+            Err(e) => {
+                self.lost_session(&e);
+                Reply::Done(Status::RequestNotAccepted)
+            }
+        }
+    }
+
+    /// lockmgrd did not answer request `id` within the request timeout.
+    fn request_timed_out(&mut self, id: RequestId) {
+        tracing::error!(request = id.0, "lockmgrd did not answer in time");
+        self.lost_session(&ClientError::Timeout);
+    }
+
+    /// Sends a request and returns how to book its reply, or the answer given without asking
+    /// lockmgrd (stale opens, unknown cancels, no session).
+    fn send_request(
+        &mut self,
+        conn: SessionId,
+        conn_request: RequestId,
+        req: Request,
+    ) -> Result<Booking, Reply> {
         if self.names_stale_open(&req) {
-            return match req {
+            return Err(match req {
                 Request::Close { open } | Request::Disconnect { open } => {
                     self.stale_opens.remove(&open);
                     Reply::Closed { delete_file: false }
                 }
                 _ => Reply::Done(Status::RequestNotAccepted),
-            };
+            });
         }
         let req = match req {
             Request::Cancel { request } => match self.conn_deferred.get(&(conn, request)) {
                 Some(&id) => Request::Cancel { request: id },
-                None => return Reply::Done(Status::NotFound),
+                None => return Err(Reply::Done(Status::NotFound)),
             },
             other => other,
         };
@@ -260,9 +400,8 @@ impl<T: ClientTransport> NodeSessions<T> {
             Request::Reclaim { client_guid, .. } => Some(*client_guid),
             _ => None,
         };
-        let timeout = self.timeout;
         let Some(client) = self.ensure_client() else {
-            return Reply::Done(Status::RequestNotAccepted);
+            return Err(Reply::Done(Status::RequestNotAccepted));
         };
         let sent = client
             .submit(req)
@@ -271,11 +410,10 @@ impl<T: ClientTransport> NodeSessions<T> {
             Ok(id) => id,
             Err(e) => {
                 self.lost_session(&e);
-                return Reply::Done(Status::RequestNotAccepted);
+                return Err(Reply::Done(Status::RequestNotAccepted));
             }
         };
-        let deadline = Instant::now() + timeout;
-        let booking = Booking {
+        Ok(Booking {
             id,
             conn,
             conn_request,
@@ -283,19 +421,7 @@ impl<T: ClientTransport> NodeSessions<T> {
             closing,
             disconnecting,
             reclaim_guid,
-        };
-        match self.pump_until(Some(booking), deadline) {
-            Ok(Some(reply)) => reply,
-            Ok(None) => {
-                tracing::error!(request = id.0, "lockmgrd did not answer in time");
-                self.lost_session(&ClientError::Timeout);
-                Reply::Done(Status::RequestNotAccepted)
-            }
-            Err(e) => {
-                self.lost_session(&e);
-                Reply::Done(Status::RequestNotAccepted)
-            }
-        }
+        })
     }
 
     /// Records what an immediate reply means for the node-local bookkeeping. Runs as soon as
@@ -371,6 +497,31 @@ impl<T: ClientTransport> NodeSessions<T> {
         want: Option<Booking>,
         deadline: Instant,
     ) -> Result<Option<Reply>, ClientError> {
+        let mut reader_answered = false;
+        let r = self.pump_until_inner(want, deadline, &mut reader_answered);
+        // A failed read loses the session, which wakes every waiter.
+        if r.is_ok() && self.reader_sleeping {
+            // This read disarmed the session fd the reader sleeps on: arm it again, unless the
+            // reader's reply was among what was read or more frames are waiting (then the
+            // reader must come and look).
+            let rearmed = !reader_answered
+                && self
+                    .client
+                    .as_mut()
+                    .is_some_and(|c| c.arm().unwrap_or(false));
+            if !rearmed {
+                self.ring_reader();
+            }
+        }
+        r
+    }
+
+    fn pump_until_inner(
+        &mut self,
+        want: Option<Booking>,
+        deadline: Instant,
+        reader_answered: &mut bool,
+    ) -> Result<Option<Reply>, ClientError> {
         let mut found = None;
         loop {
             let Some(client) = self.client.as_mut() else {
@@ -388,9 +539,16 @@ impl<T: ClientTransport> NodeSessions<T> {
                         }
                         found = Some(reply);
                     }
-                    Event::Reply { request, .. } => {
-                        self.fire_and_forget.remove(&request);
-                    }
+                    Event::Reply { request, reply } => match self.waiting.remove(&request) {
+                        Some(w) => {
+                            *reader_answered |= self.reader == Some(request);
+                            self.book_reply(&w.booking, &reply);
+                            w.slot.deliver(reply);
+                        }
+                        None => {
+                            self.fire_and_forget.remove(&request);
+                        }
+                    },
                     Event::Notify(n) => self.route(n),
                     Event::StatusText { .. } => {}
                 }
@@ -410,6 +568,34 @@ impl<T: ClientTransport> NodeSessions<T> {
                     client.wait(Some((deadline - now).min(Duration::from_millis(50))))?;
                 }
             }
+        }
+    }
+
+    /// Wakes the reader if it sleeps: the session fd it sleeps on was disarmed by someone
+    /// else's read, or the reader's own reply was taken in by someone else.
+    fn ring_reader(&mut self) {
+        if !self.reader_sleeping {
+            return;
+        }
+        self.reader_sleeping = false;
+        self.reader_rung = true;
+        if let Some(bell) = &self.reader_bell {
+            // Fails only when the counter is saturated: the bell is already ringing.
+            let _ = sys::eventfd_signal(bell.as_raw_fd());
+        }
+    }
+
+    /// Reader `id` got its reply: another waiting thread, if any, reads from now on. Nothing
+    /// to do if `id` is not the reader.
+    fn hand_off_reading(&mut self, id: RequestId) {
+        if self.reader != Some(id) {
+            return;
+        }
+        self.reader = None;
+        self.reader_sleeping = false;
+        if let Some((&id, w)) = self.waiting.iter().next() {
+            self.reader = Some(id);
+            w.slot.make_lead();
         }
     }
 
@@ -516,9 +702,231 @@ impl<T: ClientTransport> NodeSessions<T> {
     /// The lock manager's operator view, through this node's session.
     pub fn status(&mut self) -> Result<String, ClientError> {
         let timeout = self.timeout;
-        match self.ensure_client() {
+        let status = match self.ensure_client() {
             Some(c) => c.status(timeout),
             None => Err(ClientError::SessionEnded),
+        };
+        // Replies read while waiting for the text are kept in the client for the next poll:
+        // the reader must make that poll.
+        self.ring_reader();
+        status
+    }
+}
+
+/// Longest the reader sleeps before it looks at the session again (the deadline of its own
+/// request and the transport's timers are nearer most of the time).
+const READER_MAX_SLEEP: Duration = Duration::from_millis(50);
+
+/// A node's [`NodeSessions`] for all its threads at once: requests of different threads are in
+/// flight together instead of one after the other (see the module documentation).
+///
+/// Wake-ups: a reply is left in its waiter's [`Slot`] and the slot's condvar is signalled,
+/// under the slot's mutex, so a waiter that is about to sleep cannot miss it. The reader sleeps
+/// on the session fd and an eventfd of its own; every read of the transport by another thread
+/// while it sleeps (which may take in its reply or disarm the fd) rings that eventfd.
+pub struct SharedNodeSessions<T: ClientTransport> {
+    inner: Mutex<NodeSessions<T>>,
+    /// The reader's eventfd, owned by `inner`.
+    reader_bell: RawFd,
+    /// How long the reader polls the transport before it sleeps.
+    spin: Duration,
+    /// Waiters whose request timed out with the reply already in their slot (see
+    /// [`SharedNodeSessions::lost_wakeups`]).
+    lost_wakeups: AtomicU64,
+    /// Most requests in flight at once (see [`SharedNodeSessions::in_flight_peak`]).
+    in_flight_peak: AtomicU64,
+}
+
+impl<T: ClientTransport> SharedNodeSessions<T> {
+    /// Connects at once (see [`NodeSessions::new`]). The reader busy-polls up to `spin` before
+    /// sleeping: zero unless lockmgrd has cores to spare.
+    pub fn new(
+        connect: Connector<T>,
+        timeout: Duration,
+        spin: Duration,
+    ) -> std::io::Result<SharedNodeSessions<T>> {
+        let bell = sys::eventfd()?;
+        let reader_bell = bell.as_raw_fd();
+        let mut sessions = NodeSessions::new(connect, timeout);
+        sessions.reader_bell = Some(bell);
+        Ok(SharedNodeSessions {
+            inner: Mutex::new(sessions),
+            reader_bell,
+            spin,
+            lost_wakeups: AtomicU64::new(0),
+            in_flight_peak: AtomicU64::new(0),
+        })
+    }
+
+    /// The most requests that were in flight at once: above 1 only if threads overlapped.
+    pub fn in_flight_peak(&self) -> u64 {
+        self.in_flight_peak.load(Ordering::Relaxed)
+    }
+
+    /// Times a waiting thread slept until its request timed out although its reply had come:
+    /// a lost wake-up (the reply is still returned, late). Stays 0 while the hand-over holds.
+    pub fn lost_wakeups(&self) -> u64 {
+        self.lost_wakeups.load(Ordering::Relaxed)
+    }
+
+    /// The session itself, for the calls that do not wait for lockmgrd (a panic of another
+    /// thread leaves the bookkeeping consistent between calls: recover it).
+    pub fn lock(&self) -> MutexGuard<'_, NodeSessions<T>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`NodeSessions::request`] from any thread: the session is free for other requests while
+    /// this one waits for its reply.
+    pub fn request(&self, conn: SessionId, conn_request: RequestId, req: Request) -> Reply {
+        let slot = Arc::new(Slot::default());
+        let (id, deadline) = {
+            let mut n = self.lock();
+            let booking = match n.send_request(conn, conn_request, req) {
+                Ok(b) => b,
+                Err(reply) => return reply,
+            };
+            let id = booking.id;
+            if n.reader.is_none() {
+                n.reader = Some(id);
+                slot.lock().lead = true;
+            }
+            n.waiting.insert(
+                id,
+                Waiter {
+                    booking,
+                    slot: Arc::clone(&slot),
+                },
+            );
+            self.in_flight_peak
+                .fetch_max(n.waiting.len() as u64, Ordering::Relaxed);
+            (id, Instant::now() + n.timeout)
+        };
+        let reply = match slot.wait(deadline) {
+            Woken::Reply(reply) => reply,
+            Woken::LateReply(reply) => {
+                let lost = self.lost_wakeups.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(
+                    request = id.0,
+                    lost_wakeups = lost,
+                    "lockmgr reply waited in its slot until the request timed out"
+                );
+                reply
+            }
+            Woken::Lead => return self.read_until_answered(id, &slot, deadline),
+            Woken::TimedOut => {
+                let mut n = self.lock();
+                // The reply may have come in between the timeout and the lock.
+                let reply = slot.take_reply().unwrap_or_else(|| {
+                    n.request_timed_out(id);
+                    Reply::Done(Status::RequestNotAccepted)
+                });
+                // The reading may have been handed to this waiter after it stopped waiting.
+                n.hand_off_reading(id);
+                return reply;
+            }
+        };
+        // The reading was handed to this waiter, and its reply was taken in by someone else
+        // before it woke: someone must read for the others. (Once its reply is in, a waiter is
+        // no longer in `waiting` and cannot be handed the reading any more.)
+        if slot.lock().lead {
+            self.lock().hand_off_reading(id);
         }
+        reply
+    }
+
+    /// No request waits and nobody reads for waiters (for tests: nothing was left behind).
+    pub fn is_idle(&self) -> bool {
+        let n = self.lock();
+        n.waiting.is_empty() && n.reader.is_none()
+    }
+
+    /// The reader's loop: takes in everything lockmgrd sends (replies go to their waiters)
+    /// until request `id` is answered, then hands the reading on.
+    fn read_until_answered(&self, id: RequestId, slot: &Slot, deadline: Instant) -> Reply {
+        let spin_until = Instant::now() + self.spin;
+        loop {
+            let mut n = self.lock();
+            n.reader_sleeping = false;
+            // Before reading: a ring that comes later wakes the next sleep.
+            if n.reader_rung {
+                n.reader_rung = false;
+                sys::eventfd_drain(self.reader_bell);
+            }
+            if n.client.is_some() {
+                if let Err(e) = n.pump_until(None, Instant::now()) {
+                    n.lost_session(&e);
+                }
+            }
+            if let Some(reply) = slot.take_reply() {
+                n.hand_off_reading(id);
+                return reply;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                n.request_timed_out(id);
+                n.hand_off_reading(id);
+                return slot
+                    .take_reply()
+                    .unwrap_or(Reply::Done(Status::RequestNotAccepted));
+            }
+            if now < spin_until {
+                drop(n);
+                for _ in 0..64 {
+                    std::hint::spin_loop();
+                }
+                continue;
+            }
+            if !n.arm() {
+                continue;
+            }
+            let fd = n.raw_fd();
+            let sleep = (deadline - now).min(n.poll_timeout()).min(READER_MAX_SLEEP);
+            n.reader_sleeping = true;
+            drop(n);
+            sleep_readable(fd, self.reader_bell, sleep);
+        }
+    }
+
+    /// SMB connection `conn` is gone (see [`NodeSessions::end_connection`]).
+    pub fn end_connection(&self, conn: SessionId) {
+        self.lock().end_connection(conn);
+    }
+
+    /// See [`NodeSessions::tick`].
+    pub fn tick(&self) {
+        self.lock().tick();
+    }
+
+    /// See [`NodeSessions::poll_event`].
+    pub fn poll_event(&self) -> Option<(SessionId, Notification)> {
+        self.lock().poll_event()
+    }
+
+    /// See [`NodeSessions::take_lost_connections`].
+    pub fn take_lost_connections(&self) -> Vec<SessionId> {
+        self.lock().take_lost_connections()
+    }
+
+    /// See [`NodeSessions::status`] (the session is held until the text is in).
+    pub fn status(&self) -> Result<String, ClientError> {
+        self.lock().status()
+    }
+}
+
+/// Sleeps until `session` (if any) or `bell` is readable, or `timeout`.
+fn sleep_readable(session: Option<RawFd>, bell: RawFd, timeout: Duration) {
+    // A negative fd is ignored by poll.
+    let mut fds = [pollin(session.unwrap_or(-1)), pollin(bell)];
+    if sys::poll_fds(&mut fds, Some(timeout)).is_err() {
+        // EINTR or a transient failure: the caller looks at the session and comes back.
+        std::thread::yield_now();
+    }
+}
+
+fn pollin(fd: RawFd) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
     }
 }

@@ -1,12 +1,14 @@
 //! Two smbd nodes, each one lockmgrd session multiplexed over its SMB connections
 //! (`lockmgr_client::mux::NodeSessions`), against an in-process lockmgrd over shared memory:
-//! breaks and deferred completions reach the right connection on the right node.
+//! breaks and deferred completions reach the right connection on the right node. The node's
+//! threads share its session (`SharedNodeSessions`) with several requests in flight, over
+//! shared memory and UDP.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lockmgr_client::mux::NodeSessions;
+use lockmgr_client::mux::{NodeSessions, SharedNodeSessions};
 use lockmgr_client::{ClientOptions, LockClient};
 use lockmgr_engine::{
     access, share, ClientGuid, FileId, Lease, LeaseKey, LeaseState, LockRange, Notification,
@@ -14,8 +16,10 @@ use lockmgr_engine::{
     SessionId, Status,
 };
 use lockmgr_proto::ClusterKey;
+use lockmgr_transport::reliable::ReliableConfig;
 use lockmgr_transport::shm::{ShmClient, ShmConfig, ShmServer};
-use lockmgr_transport::{ServerTransport, SpinConfig};
+use lockmgr_transport::udp::{UdpClient, UdpServer};
+use lockmgr_transport::{ClientTransport, FabricKey, ServerTransport, SpinConfig};
 use lockmgrd::{Server, ServerOptions};
 
 const KEY: &[u8] = b"node-sessions-test-key-000000000";
@@ -68,6 +72,17 @@ fn start_full(
         },
     )
     .unwrap();
+    serve(transport, dir, path, break_timeout, liveness)
+}
+
+/// Runs an in-process lockmgrd on `transport` until the returned handle is dropped.
+fn serve<S: ServerTransport + Send + 'static>(
+    transport: S,
+    dir: Option<tempfile::TempDir>,
+    path: std::path::PathBuf,
+    break_timeout: Duration,
+    liveness: Duration,
+) -> Running {
     let stop = Arc::new(AtomicBool::new(false));
     let waker = transport.waker();
     let flag = Arc::clone(&stop);
@@ -563,4 +578,153 @@ fn dropped_connection_disconnects_durable_open() {
     );
     a.end_connection(SessionId(1));
     assert_eq!(wait_disconnected(&mut b, SessionId(3), 43).0, open);
+}
+
+/// A node whose threads share one session (as smbd's workers do), over any transport.
+fn shared_node(
+    connect: impl Fn() -> Box<dyn ClientTransport> + Send + 'static,
+) -> Arc<SharedNodeSessions<Box<dyn ClientTransport>>> {
+    let n = SharedNodeSessions::new(
+        Box::new(move || {
+            LockClient::connect(
+                connect(),
+                &ClientOptions {
+                    node_name: "node-shared".into(),
+                    key: ClusterKey::new(KEY).unwrap(),
+                    handshake_timeout: TIMEOUT,
+                },
+            )
+        }),
+        TIMEOUT,
+        Duration::ZERO,
+    )
+    .unwrap();
+    assert!(n.lock().is_connected());
+    Arc::new(n)
+}
+
+const THREADS: u64 = 4;
+const ROUNDS: u64 = 150;
+
+/// Each thread of one node (its own SMB connection, its own file) opens its file a number of
+/// times that differs between threads and rounds, asks lockmgrd how many opens the file has,
+/// and closes them again, all while the other threads do the same through the same session.
+/// A reply handed to the wrong waiter shows as a wrong open count (or a reply of the wrong
+/// kind), and a waiter that is never woken as a request that times out (`RequestNotAccepted`).
+fn threads_get_their_own_replies(node: Arc<SharedNodeSessions<Box<dyn ClientTransport>>>) {
+    // Like smbd's pump: another reader of the session, which takes in replies that waiters
+    // (the one reading for the others among them) wait for.
+    let done = Arc::new(AtomicBool::new(false));
+    let pump = {
+        let node = Arc::clone(&node);
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Acquire) {
+                node.tick();
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        })
+    };
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let node = Arc::clone(&node);
+            std::thread::spawn(move || {
+                let conn = SessionId(100 + t);
+                let file = FileId(0x5000 + u128::from(t));
+                let mut id = 0;
+                let mut next_id = || {
+                    id += 1;
+                    RequestId(id)
+                };
+                for round in 0..ROUNDS {
+                    let k = (round + t) % 4 + 1;
+                    let mut opens = Vec::new();
+                    for _ in 0..k {
+                        let req = open_req(file, OplockRequest::None, 100 + u128::from(t));
+                        match node.request(conn, next_id(), req) {
+                            Reply::Opened { open, .. } => opens.push(open),
+                            other => panic!("thread {t} round {round}: open answered {other:?}"),
+                        }
+                    }
+                    let usage =
+                        node.request(conn, next_id(), Request::QueryUsage { file, except: None });
+                    match usage {
+                        Reply::Usage(u) => assert_eq!(
+                            u64::from(u.opens),
+                            k,
+                            "thread {t} round {round}: another thread's usage reply"
+                        ),
+                        other => panic!("thread {t} round {round}: usage answered {other:?}"),
+                    }
+                    for open in opens {
+                        assert_eq!(
+                            node.request(conn, next_id(), Request::Close { open }),
+                            Reply::Closed { delete_file: false },
+                            "thread {t} round {round}"
+                        );
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    done.store(true, Ordering::Release);
+    pump.join().unwrap();
+    // Nobody is left reading for waiters that are gone (the next request would wait for it).
+    assert!(node.is_idle(), "a reader or a waiter was left behind");
+    // Every open was booked to its connection and forgotten at its close: ending the
+    // connections sends nothing, and the session is still up.
+    for t in 0..THREADS {
+        node.end_connection(SessionId(100 + t));
+    }
+    assert!(node.lock().is_connected());
+    // A waiter whose reply came but who was not woken finds it only when its request times
+    // out: that is counted, never silently absorbed.
+    assert_eq!(
+        node.lost_wakeups(),
+        0,
+        "waiters slept through their replies"
+    );
+}
+
+#[test]
+fn threads_of_a_node_get_their_own_replies_over_shm() {
+    let r = start(Duration::from_secs(35));
+    let path = r.path.clone();
+    let node = shared_node(move || {
+        Box::new(ShmClient::connect(&path, SpinConfig::never(), TIMEOUT).unwrap())
+    });
+    threads_get_their_own_replies(node);
+}
+
+#[test]
+fn threads_of_a_node_get_their_own_replies_over_udp() {
+    let fabric = FabricKey::new(ClusterKey::new(KEY).unwrap().fabric_secret());
+    let server = UdpServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        ReliableConfig {
+            spin: SpinConfig::never(),
+            fabric_key: Some(fabric),
+            ..ReliableConfig::default()
+        },
+    )
+    .unwrap();
+    let addr = server.local_addr().unwrap();
+    let _r = serve(
+        server,
+        None,
+        std::path::PathBuf::new(),
+        Duration::from_secs(35),
+        Duration::from_secs(10),
+    );
+    let node = shared_node(move || {
+        let cfg = ReliableConfig {
+            spin: SpinConfig::never(),
+            ..ReliableConfig::default()
+        };
+        Box::new(UdpClient::connect(addr, cfg).unwrap())
+    });
+    threads_get_their_own_replies(node);
 }

@@ -3,19 +3,21 @@
 //! lockmgrd session multiplexed over its SMB connections
 //! ([`lockmgr_client::mux::NodeSessions`]).
 //!
-//! Requests are synchronous round trips made by the worker thread that needs the answer. What
-//! lockmgrd sends on its own (breaks caused by other nodes' opens, completions of blocking locks
-//! and deferred creates) is picked up by a pump thread ([`Pump`]) that sleeps on the session's
-//! fd and runs [`Shared::lock_tick`], so it reaches the owning connection at once rather than on
-//! the workers' timer.
+//! Requests are synchronous round trips made by the worker thread that needs the answer, and the
+//! node's workers have theirs in flight together ([`SharedNodeSessions`]): a worker lets go of
+//! the session while it waits, and whichever waiter reads the transport hands each reply to its
+//! own waiter. What lockmgrd sends on its own (breaks caused by other nodes' opens, completions
+//! of blocking locks and deferred creates) is picked up by a pump thread ([`Pump`]) that sleeps
+//! on the session's fd and runs [`Shared::lock_tick`], so it reaches the owning connection at
+//! once rather than on the workers' timer.
 //!
 //! Wake-ups: the shared-memory transport only rings the session fd while the session is armed,
 //! and any read of the session (a worker's request, a worker's timer tick) disarms it. So every
-//! use of the session by a thread other than the pump ends with [`rearm`] under the session
-//! mutex, and when frames keep arriving so that it cannot re-arm, it rings the pump's own
-//! doorbell ([`PumpBell`]) instead of leaving the pump asleep on a silent fd. The pump's
-//! `PUMP_MAX_SLEEP` is then only a safety net; each time it expires with frames waiting is a
-//! lost wake-up, counted in [`PumpStats`] and logged as a warning.
+//! use of the session by a thread other than the pump ends with [`rearm`], and when frames keep
+//! arriving so that it cannot re-arm, it rings the pump's own doorbell ([`PumpBell`]) instead of
+//! leaving the pump asleep on a silent fd. The pump's `PUMP_MAX_SLEEP` is then only a safety
+//! net; each time it expires with frames waiting is a lost wake-up, counted in [`PumpStats`] and
+//! logged as a warning.
 //!
 //! While lockmgrd is unreachable the node keeps serving: lock requests are answered with
 //! `STATUS_REQUEST_NOT_ACCEPTED` and the session is retried in the background (NodeSessions).
@@ -23,10 +25,10 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use lockmgr_client::mux::NodeSessions;
+use lockmgr_client::mux::SharedNodeSessions;
 use lockmgr_client::{
     connect as connect_transport, ClientError, ClientOptions, ClusterKey, LockClient, TransportSpec,
 };
@@ -37,12 +39,12 @@ use lockmgr_transport::{sys, ClientTransport, SpinConfig};
 
 use crate::config::{LockTransport, LockmgrConfig};
 use crate::locking::{LockService, Notification, Reply, Request, RequestId, SessionId};
-use crate::shared::{lock, Shared};
+use crate::shared::Shared;
 
 /// Any lockmgr client transport, chosen from the configuration at run time.
 pub type Transport = Box<dyn ClientTransport>;
 
-type Nodes = Arc<Mutex<NodeSessions<Transport>>>;
+type Nodes = Arc<SharedNodeSessions<Transport>>;
 
 /// Handshake limit of one connection attempt.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -61,6 +63,8 @@ pub enum ClusterError {
     Key(#[from] lockmgr_proto::KeyError),
     #[error("lockmgr pump doorbell: {0}")]
     Bell(std::io::Error),
+    #[error("lockmgr reader doorbell: {0}")]
+    ReaderBell(std::io::Error),
 }
 
 fn default_node_name() -> String {
@@ -206,7 +210,7 @@ impl ClusterLocks {
             "using the cluster lock manager"
         );
         let timeout = Duration::from_millis(cfg.request_timeout_ms);
-        Self::with_connector(connector, timeout)
+        Self::build(connector, timeout, Duration::from_micros(cfg.spin_us))
     }
 
     /// A cluster lock service over any connector (tests use an in-process lockmgrd).
@@ -214,13 +218,22 @@ impl ClusterLocks {
         connector: lockmgr_client::mux::Connector<Transport>,
         timeout: Duration,
     ) -> Result<(ClusterLocks, Pump), ClusterError> {
+        Self::build(connector, timeout, Duration::ZERO)
+    }
+
+    fn build(
+        connector: lockmgr_client::mux::Connector<Transport>,
+        timeout: Duration,
+        spin: Duration,
+    ) -> Result<(ClusterLocks, Pump), ClusterError> {
         let bell = Arc::new(PumpBell::new().map_err(ClusterError::Bell)?);
         let stats = Arc::new(PumpStats::default());
-        let sessions = NodeSessions::new(connector, timeout);
-        if sessions.is_connected() {
+        let sessions =
+            SharedNodeSessions::new(connector, timeout, spin).map_err(ClusterError::ReaderBell)?;
+        if sessions.lock().is_connected() {
             tracing::info!("lockmgrd session established");
         }
-        let nodes = Arc::new(Mutex::new(sessions));
+        let nodes = Arc::new(sessions);
         Ok((
             ClusterLocks {
                 nodes: Arc::clone(&nodes),
@@ -238,21 +251,19 @@ impl ClusterLocks {
 
     /// The lock manager's operator view, through this node's session.
     pub fn status(&self) -> Result<String, ClientError> {
-        let mut n = lock(&self.nodes);
-        let status = n.status();
+        let status = self.nodes.status();
         // Events read while waiting for the status text are queued in the session, and this
         // caller does not route them: the pump must.
-        rearm(&mut n);
+        rearm(&self.nodes);
         self.ring_pump();
         status
     }
 
     /// Runs `f` on the node session from a worker and leaves the session so that the pump
     /// hears the next frame: armed, or, when frames keep arriving, with the pump's bell rung.
-    fn with_session<R>(&self, f: impl FnOnce(&mut NodeSessions<Transport>) -> R) -> R {
-        let mut n = lock(&self.nodes);
-        let r = f(&mut n);
-        if !rearm(&mut n) {
+    fn with_session<R>(&self, f: impl FnOnce(&SharedNodeSessions<Transport>) -> R) -> R {
+        let r = f(&self.nodes);
+        if !rearm(&self.nodes) {
             self.ring_pump();
         }
         r
@@ -268,7 +279,8 @@ impl ClusterLocks {
 /// shared-memory doorbell; if the pump is asleep it would then not be woken by the next break.
 /// When frames are already waiting they are taken in now (and routed by the caller). False when
 /// frames kept arriving and the session is left unarmed: the caller must wake the pump.
-fn rearm(n: &mut NodeSessions<Transport>) -> bool {
+fn rearm(nodes: &SharedNodeSessions<Transport>) -> bool {
+    let mut n = nodes.lock();
     for _ in 0..4 {
         if n.arm() {
             return true;
@@ -283,30 +295,30 @@ fn rearm(n: &mut NodeSessions<Transport>) -> bool {
 }
 
 impl LockService for ClusterLocks {
-    fn open_session(&mut self, _session: SessionId) {
+    fn open_session(&self, _session: SessionId) {
         // lockmgrd knows nodes, not connections: nothing to announce.
     }
 
-    fn end_session(&mut self, session: SessionId) {
+    fn end_session(&self, session: SessionId) {
         self.with_session(|n| n.end_connection(session));
     }
 
-    fn request(&mut self, session: SessionId, id: RequestId, req: Request) -> Reply {
+    fn request(&self, session: SessionId, id: RequestId, req: Request) -> Reply {
         self.with_session(|n| n.request(session, id, req))
     }
 
-    fn poll_event(&mut self) -> Option<(SessionId, Notification)> {
-        lock(&self.nodes).poll_event()
+    fn poll_event(&self) -> Option<(SessionId, Notification)> {
+        self.nodes.poll_event()
     }
 
-    fn tick(&mut self) {
+    fn tick(&self) {
         // Workers tick too (their 1 s timer), and a tick reads the session: without the
         // re-arm the pump would sleep on a disarmed fd until its safety-net timeout.
         self.with_session(|n| n.tick());
     }
 
-    fn take_lost_connections(&mut self) -> Vec<SessionId> {
-        lock(&self.nodes).take_lost_connections()
+    fn take_lost_connections(&self) -> Vec<SessionId> {
+        self.nodes.take_lost_connections()
     }
 }
 
@@ -316,7 +328,7 @@ impl Pump {
     pub fn run(self, shared: Arc<Shared>) {
         while !shared.shutdown.load(Ordering::Relaxed) {
             let (fd, armed, sleep) = {
-                let mut n = lock(&self.nodes);
+                let mut n = self.nodes.lock();
                 let armed = n.arm();
                 (n.raw_fd(), armed, n.poll_timeout().min(PUMP_MAX_SLEEP))
             };
@@ -324,7 +336,7 @@ impl Pump {
                 let woke = wait_readable(fd, self.bell.fd.as_raw_fd(), sleep);
                 // Before the tick: a ring that comes after it is kept for the next sleep.
                 self.bell.drain();
-                if woke == Wake::Timeout && !lock(&self.nodes).arm() {
+                if woke == Wake::Timeout && !self.nodes.lock().arm() {
                     // Frames were waiting and nothing announced them.
                     let lost = self.stats.lost_wakeups.fetch_add(1, Ordering::Relaxed) + 1;
                     tracing::warn!(
@@ -338,6 +350,8 @@ impl Pump {
         tracing::info!(
             lost_wakeups = self.stats.lost_wakeups.load(Ordering::Relaxed),
             bell_rings = self.stats.bell_rings.load(Ordering::Relaxed),
+            requests_in_flight_peak = self.nodes.in_flight_peak(),
+            reader_lost_wakeups = self.nodes.lost_wakeups(),
             "lockmgr pump stopped"
         );
     }

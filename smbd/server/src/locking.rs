@@ -20,28 +20,35 @@ pub use lockmgr_engine::types::{
     Status,
 };
 
-/// The lock authority as seen by smbd.
-pub trait LockService: Send {
+/// The lock authority as seen by smbd. Called by all workers at once: an implementation
+/// synchronises itself, and one whose requests take a round trip lets other requests run
+/// meanwhile.
+pub trait LockService: Send + Sync {
     /// A new SMB connection (lock session) starts.
-    fn open_session(&mut self, session: SessionId);
+    fn open_session(&self, session: SessionId);
     /// The connection ended: release everything it held.
-    fn end_session(&mut self, session: SessionId);
+    fn end_session(&self, session: SessionId);
     /// One request; the answer may be `Reply::Pending`, completed later through `poll_event`.
-    fn request(&mut self, session: SessionId, id: RequestId, req: Request) -> Reply;
+    fn request(&self, session: SessionId, id: RequestId, req: Request) -> Reply;
     /// Next notification for some session (breaks, deferred completions).
-    fn poll_event(&mut self) -> Option<(SessionId, Notification)>;
+    fn poll_event(&self) -> Option<(SessionId, Notification)>;
     /// Fire due timers (break timeouts).
-    fn tick(&mut self) {}
+    fn tick(&self) {}
     /// Connections whose lock state was lost (a remote lock manager's session dropped): the
     /// server drops them so their clients reconnect and reopen. In-process services never lose
     /// state.
-    fn take_lost_connections(&mut self) -> Vec<SessionId> {
+    fn take_lost_connections(&self) -> Vec<SessionId> {
         Vec::new()
     }
 }
 
-/// The in-process lock engine (`lockmgr_engine::Engine`) behind [`LockService`].
+/// The in-process lock engine (`lockmgr_engine::Engine`) behind [`LockService`]. A request
+/// takes no round trip, so the engine is simply behind a mutex.
 pub struct EngineLocks {
+    state: std::sync::Mutex<EngineState>,
+}
+
+struct EngineState {
     engine: lockmgr_engine::Engine,
     clock: EngineClock,
     events: VecDeque<(SessionId, Notification)>,
@@ -70,12 +77,20 @@ impl EngineLocks {
 
     fn with_clock(config: lockmgr_engine::Config, clock: EngineClock) -> Self {
         EngineLocks {
-            engine: lockmgr_engine::Engine::new(config),
-            clock,
-            events: VecDeque::new(),
+            state: std::sync::Mutex::new(EngineState {
+                engine: lockmgr_engine::Engine::new(config),
+                clock,
+                events: VecDeque::new(),
+            }),
         }
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, EngineState> {
+        crate::shared::lock(&self.state)
+    }
+}
+
+impl EngineState {
     fn now(&self) -> lockmgr_engine::Time {
         match &self.clock {
             EngineClock::System(start) => lockmgr_engine::Time(start.elapsed().as_nanos() as u64),
@@ -113,36 +128,39 @@ impl EngineLocks {
 }
 
 impl LockService for EngineLocks {
-    fn open_session(&mut self, session: SessionId) {
-        self.engine.open_session(session);
+    fn open_session(&self, session: SessionId) {
+        self.state().engine.open_session(session);
     }
 
-    fn end_session(&mut self, session: SessionId) {
-        let now = self.now();
-        self.engine.end_session(now, session);
-        self.drain(None);
-        let orphans = self.engine.take_orphaned_deletes();
+    fn end_session(&self, session: SessionId) {
+        let mut s = self.state();
+        let now = s.now();
+        s.engine.end_session(now, session);
+        s.drain(None);
+        let orphans = s.engine.take_orphaned_deletes();
         if !orphans.is_empty() {
             tracing::warn!(?orphans, "delete-pending files whose last open vanished");
         }
     }
 
-    fn request(&mut self, session: SessionId, id: RequestId, req: Request) -> Reply {
-        let now = self.now();
-        self.engine.handle(now, session, id, req);
-        self.drain(Some((session, id)))
+    fn request(&self, session: SessionId, id: RequestId, req: Request) -> Reply {
+        let mut s = self.state();
+        let now = s.now();
+        s.engine.handle(now, session, id, req);
+        s.drain(Some((session, id)))
             .unwrap_or(Reply::Done(Status::Unsuccessful))
     }
 
-    fn poll_event(&mut self) -> Option<(SessionId, Notification)> {
-        self.events.pop_front()
+    fn poll_event(&self) -> Option<(SessionId, Notification)> {
+        self.state().events.pop_front()
     }
 
-    fn tick(&mut self) {
-        let now = self.now();
-        if self.engine.poll_timeout().is_some_and(|t| t <= now) {
-            self.engine.handle_timeout(now);
-            self.drain(None);
+    fn tick(&self) {
+        let mut s = self.state();
+        let now = s.now();
+        if s.engine.poll_timeout().is_some_and(|t| t <= now) {
+            s.engine.handle_timeout(now);
+            s.drain(None);
         }
     }
 }

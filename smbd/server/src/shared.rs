@@ -164,7 +164,12 @@ pub struct Shared {
     pub server_guid: [u8; 16],
     pub start_time: u64,
     pub mailboxes: Vec<Mailbox>,
-    locks: Mutex<Box<dyn LockService>>,
+    /// Called by all workers at once (a cluster lock service has several requests in flight).
+    locks: Box<dyn LockService>,
+    /// Held while lock-service notifications are taken out and posted, so that they reach the
+    /// mailboxes in the order the service queued them, and while a request wants the
+    /// notifications for its own connection returned to it ([`Shared::lock_request_inline`]).
+    routing: Mutex<()>,
     /// Connection id -> worker index.
     routes: Mutex<HashMap<u64, usize>>,
     /// Watched directory -> connections watching it (with a use count).
@@ -224,7 +229,8 @@ impl Shared {
             server_guid: rand::random(),
             start_time: crate::fs::now_filetime(),
             mailboxes,
-            locks: Mutex::new(locks),
+            locks,
+            routing: Mutex::new(()),
             routes: Mutex::new(HashMap::new()),
             watches: Mutex::new(HashMap::new()),
             shutdown: std::sync::atomic::AtomicBool::new(false),
@@ -239,15 +245,12 @@ impl Shared {
 
     pub fn register_conn(&self, conn: u64, worker: usize) {
         lock(&self.routes).insert(conn, worker);
-        lock(&self.locks).open_session(SessionId(conn));
+        self.locks.open_session(SessionId(conn));
     }
 
     pub fn unregister_conn(&self, conn: u64) {
-        {
-            let mut l = lock(&self.locks);
-            l.end_session(SessionId(conn));
-            self.route_events(&mut **l);
-        }
+        self.locks.end_session(SessionId(conn));
+        self.route_events();
         lock(&self.routes).remove(&conn);
         let mut w = lock(&self.watches);
         for m in w.values_mut() {
@@ -256,7 +259,9 @@ impl Shared {
         w.retain(|_, m| !m.is_empty());
     }
 
-    fn route_events(&self, l: &mut dyn LockService) {
+    fn route_events(&self) {
+        let _routing = lock(&self.routing);
+        let l = &*self.locks;
         while let Some((s, n)) = l.poll_event() {
             self.post(s.0, Event::Lock(n));
         }
@@ -296,9 +301,8 @@ impl Shared {
         } else {
             id
         };
-        let mut l = lock(&self.locks);
-        let r = l.request(SessionId(conn), RequestId(id), req);
-        self.route_events(&mut **l);
+        let r = self.locks.request(SessionId(conn), RequestId(id), req);
+        self.route_events();
         r
     }
 
@@ -312,7 +316,10 @@ impl Shared {
         id: u64,
         req: Request,
     ) -> (Reply, Vec<crate::locking::Notification>) {
-        let mut l = lock(&self.locks);
+        // Nobody else takes notifications out until ours are: one that arrived before the reply
+        // is still queued when the reply is in.
+        let _routing = lock(&self.routing);
+        let l = &*self.locks;
         let r = l.request(SessionId(conn), RequestId(id), req);
         let mut mine = Vec::new();
         while let Some((s, n)) = l.poll_event() {
@@ -345,9 +352,8 @@ impl Shared {
 
     /// Fire lock-service timers (break timeouts).
     pub fn lock_tick(&self) {
-        let mut l = lock(&self.locks);
-        l.tick();
-        self.route_events(&mut **l);
+        self.locks.tick();
+        self.route_events();
     }
 
     pub fn session_established(&self, sid: u64, mut rec: SessionRecord) {
