@@ -753,7 +753,6 @@ impl<T: ServerTransport> Server<T> {
         }
         progressed
     }
-
 }
 
 /// Standby: the primary is gone; ask to become primary of the next epoch (only a standby the

@@ -52,6 +52,9 @@ struct Etcd {
     _proc: Proc,
     dir: PathBuf,
     endpoint: String,
+    /// The cluster name of this test's lock manager (unique per etcd, in case two tests ever
+    /// reach the same etcd).
+    cluster: String,
 }
 
 impl Drop for Etcd {
@@ -65,6 +68,17 @@ fn start_etcd() -> Option<Etcd> {
         missing("etcd not installed (apt-get install etcd-server)");
         return None;
     }
+    // Tests run in parallel and pick free ports the same way: an etcd that lost the race for
+    // its port exits at once, and is started again on other ports.
+    for _ in 0..5 {
+        if let Some(etcd) = try_start_etcd() {
+            return Some(etcd);
+        }
+    }
+    panic!("etcd did not start");
+}
+
+fn try_start_etcd() -> Option<Etcd> {
     let (client, peer) = (free_tcp_port(), free_tcp_port());
     let dir =
         std::env::temp_dir().join(format!("lockmgrd-ha-etcd-{}-{client}", std::process::id()));
@@ -90,14 +104,18 @@ fn start_etcd() -> Option<Etcd> {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn etcd");
-    let etcd = Etcd {
+    let mut etcd = Etcd {
         _proc: Proc(child),
         dir,
         endpoint,
+        cluster: format!("hatest-{client}"),
     };
-    // Wait until it answers.
+    // Wait until it answers (and make sure the etcd answering is this one).
     let start = Instant::now();
     loop {
+        if !matches!(etcd._proc.0.try_wait(), Ok(None)) {
+            return None;
+        }
         if let Ok(mut c) = coordinator(&etcd) {
             if c.read().is_ok() {
                 break;
@@ -115,7 +133,7 @@ fn start_etcd() -> Option<Etcd> {
 fn coordinator(etcd: &Etcd) -> Result<Coordinator, lockmgr_coord::CoordError> {
     Coordinator::connect(
         std::slice::from_ref(&etcd.endpoint),
-        "hatest",
+        &etcd.cluster,
         Duration::from_secs(2),
     )
 }
@@ -164,7 +182,7 @@ fn start_replica_with(
         .arg(key_file)
         .args(["--spin-us", "0", "--liveness-ms", "2000"])
         .args(["--replica-name", name, "--etcd", &etcd.endpoint])
-        .args(["--cluster-name", "hatest", "--failover-ms"])
+        .args(["--cluster-name", &etcd.cluster, "--failover-ms"])
         .arg(failover_ms.to_string())
         .args(["--log", log])
         .stdin(Stdio::null())
