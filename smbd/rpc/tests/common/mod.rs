@@ -142,14 +142,15 @@ pub fn decode_share_enum(stub: &[u8]) -> Listed {
         let mut types = Vec::new();
         for _ in 0..n {
             assert!(r.unique_ptr().unwrap());
-            if level == 1 {
-                types.push(r.u32().unwrap());
+            types.push((level == 1).then(|| {
+                let ty = r.u32().unwrap();
                 assert!(r.unique_ptr().unwrap());
-            }
+                ty
+            }));
         }
-        for i in 0..n as usize {
+        for ty in types {
             let name = r.conformant_varying_string().unwrap();
-            let extra = (level == 1).then(|| (types[i], r.conformant_varying_string().unwrap()));
+            let extra = ty.map(|t| (t, r.conformant_varying_string().unwrap()));
             shares.push((name, extra));
         }
     }
