@@ -92,6 +92,9 @@ impl Srvsvc {
         } else {
             None
         };
+        // Everything from the resume point goes into one answer whatever PreferedMaximumLength
+        // says (clients pass MAX_PREFERRED_LENGTH; a share list is small), so enumeration
+        // never needs ERROR_MORE_DATA rounds.
         let skip = resume.unwrap_or(0) as usize;
         let listed = self.shares.get(skip..).unwrap_or(&[]);
 
