@@ -15,8 +15,13 @@ use smb_rpc::{PipeConfig, PipeError, RpcPipe};
 
 use crate::conn::{err, ChainCtx, Conn, Outcome};
 
-/// Pipes one connection may hold open (each buffers at most a few MiB of unread output).
-const MAX_PIPES_PER_CONN: usize = 64;
+/// Pipes one connection may hold open. With the per-pipe bounds below a connection's pipes
+/// hold at most about 32 x (64 KiB request + 64 KiB unread output + one answer).
+const MAX_PIPES_PER_CONN: usize = 32;
+/// Largest reassembled RPC request: srvsvc requests are a few hundred bytes.
+const PIPE_MAX_REQUEST: usize = 64 * 1024;
+/// Unread answers beyond which a pipe refuses further writes (STATUS_PIPE_BUSY).
+const PIPE_MAX_OUTPUT: usize = 64 * 1024;
 const STATUS_PIPE_DISCONNECTED: NtStatus = NtStatus(0xC000_00B0);
 const STATUS_PIPE_BUSY: NtStatus = NtStatus(0xC000_00AE);
 /// A read found no answer waiting. Windows would pend the READ until one is written; every
@@ -114,6 +119,8 @@ impl Conn {
             sec_addr: format!("\\PIPE\\{SRVSVC_PIPE}"),
             // Association groups are per pipe here; any non-zero id names this one.
             assoc_group_id: (v as u32) | 0x1_0000,
+            max_request: PIPE_MAX_REQUEST,
+            max_output: PIPE_MAX_OUTPUT,
             ..PipeConfig::default()
         };
         let rpc = RpcPipe::new(cfg, vec![Box::new(self.srvsvc())]);
