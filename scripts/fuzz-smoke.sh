@@ -30,6 +30,7 @@ TARGETS=(
     "smbd/auth ntlm_step"
     "smbd/auth decrypt"
     "smbd/auth user_db"
+    "smbd/rpc rpc_pipe"
     "smbd/server smbd_config"
     "smbd/server smbd_conn"
     "smbdirect smbdirect_decode"

@@ -229,6 +229,7 @@ pub mod cmd {
     pub const READ: u16 = 8;
     pub const WRITE: u16 = 9;
     pub const LOCK: u16 = 10;
+    pub const IOCTL: u16 = 11;
     pub const ECHO: u16 = 13;
     pub const QUERY_DIRECTORY: u16 = 14;
     pub const QUERY_INFO: u16 = 16;
@@ -419,6 +420,54 @@ pub fn body_query_directory(f: (u64, u64), class: u8) -> Vec<u8> {
     w.buf
 }
 
+pub fn body_ioctl(f: (u64, u64), ctl_code: u32, input: &[u8], max_out: u32) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.u16(57).u16(0).u32(ctl_code);
+    fid(&mut w, f);
+    // Input at the end of the fixed body; no output buffer; SMB2_0_IOCTL_IS_FSCTL.
+    w.u32(64 + 56)
+        .u32(input.len() as u32)
+        .u32(0)
+        .u32(0)
+        .u32(0)
+        .u32(max_out)
+        .u32(1)
+        .u32(0)
+        .bytes(input);
+    w.buf
+}
+
+/// A DCE/RPC bind to srvsvc over NDR20 (smb-rpc's own client-side encoder).
+pub fn rpc_bind_srvsvc() -> Vec<u8> {
+    use smb_rpc::pdu::{ptype, Bind, ContextElem, NDR20};
+    Bind {
+        max_xmit_frag: 4280,
+        max_recv_frag: 4280,
+        assoc_group_id: 0,
+        contexts: vec![ContextElem {
+            id: 0,
+            abstract_syntax: smb_rpc::srvsvc::SRVSVC,
+            transfer_syntaxes: vec![NDR20],
+        }],
+    }
+    .encode(ptype::BIND, 1)
+}
+
+/// srvsvc NetrShareEnum at level 1 as DCE/RPC call `call_id`.
+pub fn rpc_share_enum(call_id: u32) -> Vec<u8> {
+    let mut w = smb_rpc::NdrWriter::new();
+    w.null_ptr(); // ServerName
+    w.u32(1); // Level
+    w.u32(1); // union discriminant
+    w.referent_id(); // SHARE_INFO_1_CONTAINER
+    w.u32(0);
+    w.null_ptr();
+    w.u32(u32::MAX); // PreferedMaximumLength
+    w.null_ptr(); // ResumeHandle
+    let flags = smb_rpc::pdu::pfc::FIRST_FRAG | smb_rpc::pdu::pfc::LAST_FRAG;
+    smb_rpc::pdu::request(call_id, flags, 0, 15, &w.into_bytes())
+}
+
 pub fn body_small() -> Vec<u8> {
     vec![4, 0, 0, 0]
 }
@@ -584,5 +633,25 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
     s.mid += 100_000;
     s.push(cmd::ECHO, body_small());
     out.push(("seed-out-of-window".into(), s.input()));
+    // IPC$: open the srvsvc pipe, bind and enumerate shares through FSCTL_PIPE_TRANSCEIVE,
+    // enumerate again through WRITE + READ, close.
+    let mut s = Seq::new();
+    s.login(&[0x0311, 0x0302]);
+    s.push(cmd::TREE_CONNECT, body_tree_connect("\\\\fuzz\\IPC$"));
+    s.tid = TREE_ID + 1;
+    s.push(cmd::CREATE, body_create("srvsvc", 1, 0));
+    let transceive = smb_proto::fsctl::PIPE_TRANSCEIVE;
+    s.push(
+        cmd::IOCTL,
+        body_ioctl(f1, transceive, &rpc_bind_srvsvc(), 4280),
+    );
+    s.push(
+        cmd::IOCTL,
+        body_ioctl(f1, transceive, &rpc_share_enum(2), 4280),
+    );
+    s.push(cmd::WRITE, body_write(f1, 0, &rpc_share_enum(3)));
+    s.push(cmd::READ, body_read(f1, 0, 4280));
+    s.push(cmd::CLOSE, body_close(f1));
+    out.push(("seed-ipc-pipe".into(), s.input()));
     out
 }

@@ -101,6 +101,11 @@ fn conn_corpus() {
                 "{answers:x?}"
             );
         }
+        if name == "seed-ipc-pipe" {
+            for c in [cmd::CREATE, cmd::IOCTL, cmd::WRITE, cmd::READ, cmd::CLOSE] {
+                assert!(ok(c), "{name}: no successful command {c:#x}: {answers:x?}");
+            }
+        }
         if name == "seed-out-of-window" {
             assert!(!answers.iter().any(|a| a.0 == cmd::ECHO), "{answers:x?}");
         }

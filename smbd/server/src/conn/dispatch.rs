@@ -629,6 +629,10 @@ impl Conn {
         if let Some(st) = self.request_limit(&req, hdr, ctx) {
             return err(st);
         }
+        let req = match self.pipe_request(req, ctx) {
+            Ok(out) => return out,
+            Err(req) => req,
+        };
         match req {
             Request::Negotiate(n) => self.negotiate(n),
             Request::SessionSetup(s) => self.session_setup(s, hdr, ctx, m),

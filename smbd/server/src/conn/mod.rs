@@ -51,6 +51,8 @@ pub struct Conn {
     pub(crate) conn_preauth: PreauthHash,
     pub(crate) sessions: HashMap<u64, Session>,
     pub(crate) opens: HashMap<u64, Open>,
+    /// Named pipes open on IPC$, by volatile id (ops/pipe.rs).
+    pub(crate) pipes: HashMap<u64, ops::PipeOpen>,
     pub(crate) pending: HashMap<u64, PendingOp>,
     next_session: u64,
     pub(crate) next_tree: u32,
@@ -113,6 +115,7 @@ impl Conn {
             conn_preauth: PreauthHash::new(),
             sessions: HashMap::new(),
             opens: HashMap::new(),
+            pipes: HashMap::new(),
             pending: HashMap::new(),
             next_session: 0,
             next_tree: 0,

@@ -386,6 +386,7 @@ impl Conn {
     }
 
     pub(crate) fn close_session_opens(&mut self, sid: u64, tree: Option<u32>) {
+        self.close_pipes(sid, tree);
         let ids: Vec<u64> = self
             .opens
             .iter()

@@ -25,6 +25,9 @@ mod io;
 mod ioctl;
 mod lock;
 mod oplock;
+mod pipe;
+
+pub(crate) use pipe::PipeOpen;
 
 /// READs and WRITEs of at least this many bytes (outside compounds) go through the worker's
 /// io_uring; smaller ones are cheaper as a synchronous pread/pwrite on the page cache than a

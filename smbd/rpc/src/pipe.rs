@@ -1,0 +1,514 @@
+//! One RPC connection's state machine (a named pipe instance on IPC$, or later one TCP
+//! connection): bytes in through [`RpcPipe::write`], PDUs out through [`RpcPipe::read`].
+//! It negotiates presentation contexts, reassembles fragmented requests, dispatches them to
+//! the registered interfaces and fragments their responses.
+
+use std::collections::{HashMap, VecDeque};
+
+use thiserror::Error;
+
+use crate::pdu::{
+    self, bind_time_features, fault, nak, pfc, ptype, Bind, BindAck, ContextResult, Header,
+    RequestFrag, SyntaxId, HEADER_LEN, MIN_FRAG, NDR20, REJECT_ABSTRACT_SYNTAX,
+    REJECT_TRANSFER_SYNTAXES, RPC_VERS,
+};
+
+/// Contexts one bind or alter_context may propose: their results must fit one fragment
+/// of the smallest size every peer receives.
+const MAX_PROPOSED_CONTEXTS: usize = 48;
+
+/// What an interface's operation produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallResult {
+    /// NDR20 stub data of the response.
+    Reply(Vec<u8>),
+    /// A fault status (see [`crate::pdu::fault`]).
+    Fault(u32),
+    /// Answered later through [`RpcPipe::complete`] (the witness' AsyncNotify waits for a
+    /// cluster event this way).
+    Pending,
+}
+
+/// The call an operation runs for, so a pending one can be completed later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallId {
+    pub call_id: u32,
+    pub context_id: u16,
+}
+
+/// An RPC interface (one abstract syntax) served on a pipe.
+pub trait RpcInterface: Send {
+    fn syntax(&self) -> SyntaxId;
+    /// Run operation `opnum` on NDR20 stub data `stub`. Unknown opnums answer
+    /// `CallResult::Fault(fault::NCA_S_OP_RNG_ERROR)`, undecodable stubs
+    /// `CallResult::Fault(fault::BAD_STUB_DATA)`.
+    fn call(&mut self, call: CallId, opnum: u16, stub: &[u8]) -> CallResult;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipeConfig {
+    /// The bind_ack secondary address: `\PIPE\srvsvc` on a named pipe, the port on TCP.
+    pub sec_addr: String,
+    /// Largest fragment this side sends or expects.
+    pub max_frag: u16,
+    /// Largest reassembled request stub.
+    pub max_request: usize,
+    /// Unread output beyond which writes are refused until the client reads.
+    pub max_output: usize,
+    /// Presentation contexts a connection may hold.
+    pub max_contexts: usize,
+    /// Association group id handed to clients that ask for a new one.
+    pub assoc_group_id: u32,
+}
+
+impl Default for PipeConfig {
+    fn default() -> Self {
+        Self {
+            sec_addr: String::new(),
+            // What Windows and Samba negotiate on named pipes.
+            max_frag: 4280,
+            max_request: 256 * 1024,
+            max_output: 4 * 1024 * 1024,
+            max_contexts: 32,
+            assoc_group_id: 0x5343,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum PipeError {
+    /// The byte stream is not DCE/RPC any more; the connection cannot recover.
+    #[error("RPC protocol error: {0}")]
+    Protocol(&'static str),
+    /// The client wrote more while too much output was unread.
+    #[error("too much unread output")]
+    OutputFull,
+}
+
+/// One chunk of output: the data and how much of the same PDU is still unread (a named
+/// pipe in message mode answers a short read with STATUS_BUFFER_OVERFLOW).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PipeRead {
+    pub data: Vec<u8>,
+    pub message_remaining: usize,
+}
+
+/// A request being reassembled from fragments.
+struct Reassembly {
+    call_id: u32,
+    context_id: u16,
+    opnum: u16,
+    stub: Vec<u8>,
+    /// Over the size bound: fragments are dropped until the last one (already faulted).
+    discarding: bool,
+}
+
+pub struct RpcPipe {
+    cfg: PipeConfig,
+    interfaces: Vec<Box<dyn RpcInterface>>,
+    /// Bound presentation context id -> index into `interfaces`.
+    contexts: HashMap<u16, usize>,
+    bound: bool,
+    broken: Option<&'static str>,
+    max_xmit_frag: u16,
+    input: Vec<u8>,
+    output: VecDeque<Vec<u8>>,
+    /// Bytes of `output.front()` already read.
+    front_read: usize,
+    output_bytes: usize,
+    reassembly: Option<Reassembly>,
+    pending: Vec<CallId>,
+}
+
+impl RpcPipe {
+    pub fn new(cfg: PipeConfig, interfaces: Vec<Box<dyn RpcInterface>>) -> Self {
+        Self {
+            max_xmit_frag: MIN_FRAG,
+            cfg,
+            interfaces,
+            contexts: HashMap::new(),
+            bound: false,
+            broken: None,
+            input: Vec::new(),
+            output: VecDeque::new(),
+            front_read: 0,
+            output_bytes: 0,
+            reassembly: None,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Feed bytes from the client (any split: PDUs may arrive in pieces or several at once).
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), PipeError> {
+        if let Some(why) = self.broken {
+            return Err(PipeError::Protocol(why));
+        }
+        if self.output_bytes > self.cfg.max_output {
+            return Err(PipeError::OutputFull);
+        }
+        self.input.extend_from_slice(bytes);
+        let mut consumed = 0;
+        let result = loop {
+            let rest = &self.input[consumed..];
+            if rest.len() < HEADER_LEN {
+                break Ok(());
+            }
+            let hdr = match Header::parse(rest) {
+                Ok(h) => h,
+                Err(_) => break Ok(()),
+            };
+            if let Err(why) = check_header(&hdr) {
+                break Err(why);
+            }
+            let len = usize::from(hdr.frag_len);
+            if rest.len() < len {
+                break Ok(());
+            }
+            let frag = rest[..len].to_vec();
+            consumed += len;
+            if let Err(why) = self.on_pdu(&hdr, &frag) {
+                break Err(why);
+            }
+        };
+        self.input.drain(..consumed);
+        if let Err(why) = result {
+            tracing::debug!(why, "RPC connection broken");
+            self.broken = Some(why);
+            self.input.clear();
+            self.reassembly = None;
+            return Err(PipeError::Protocol(why));
+        }
+        Ok(())
+    }
+
+    /// Take up to `max` bytes of the next output PDU; `None` when nothing is waiting.
+    pub fn read(&mut self, max: usize) -> Option<PipeRead> {
+        let front = self.output.front()?;
+        let end = (self.front_read + max).min(front.len());
+        let data = front[self.front_read..end].to_vec();
+        let message_remaining = front.len() - end;
+        self.output_bytes -= data.len();
+        if message_remaining == 0 {
+            self.output.pop_front();
+            self.front_read = 0;
+        } else {
+            self.front_read = end;
+        }
+        Some(PipeRead {
+            data,
+            message_remaining,
+        })
+    }
+
+    /// Unread output bytes.
+    pub fn output_len(&self) -> usize {
+        self.output_bytes
+    }
+
+    pub fn is_broken(&self) -> bool {
+        self.broken.is_some()
+    }
+
+    /// Answer a call an interface left [`CallResult::Pending`]. Unknown calls are ignored
+    /// (the client may have orphaned it).
+    pub fn complete(&mut self, call: CallId, result: CallResult) {
+        let Some(i) = self.pending.iter().position(|p| *p == call) else {
+            return;
+        };
+        self.pending.swap_remove(i);
+        self.answer(call, result);
+    }
+
+    fn push(&mut self, pdu: Vec<u8>) {
+        self.output_bytes += pdu.len();
+        self.output.push_back(pdu);
+    }
+
+    fn on_pdu(&mut self, hdr: &Header, frag: &[u8]) -> Result<(), &'static str> {
+        // No security provider is offered: the pipe runs inside an authenticated (and signed
+        // or sealed) SMB session, so a PDU carrying an auth verifier gets a clean refusal.
+        let body = &frag[HEADER_LEN..];
+        match hdr.ptype {
+            ptype::BIND => {
+                self.on_bind(hdr, body);
+                Ok(())
+            }
+            ptype::ALTER_CONTEXT => {
+                self.on_alter_context(hdr, body);
+                Ok(())
+            }
+            ptype::REQUEST => {
+                self.on_request(hdr, body);
+                Ok(())
+            }
+            ptype::ORPHANED => {
+                if self.reassembly.as_ref().map(|r| r.call_id) == Some(hdr.call_id) {
+                    self.reassembly = None;
+                }
+                self.pending.retain(|p| p.call_id != hdr.call_id);
+                Ok(())
+            }
+            // Calls run to completion when their last fragment arrives; a cancel of a
+            // pending one faults it.
+            ptype::CO_CANCEL => {
+                let cancelled: Vec<CallId> = self
+                    .pending
+                    .iter()
+                    .filter(|p| p.call_id == hdr.call_id)
+                    .copied()
+                    .collect();
+                for c in cancelled {
+                    self.complete(c, CallResult::Fault(fault::NCA_S_FAULT_CANCEL));
+                }
+                Ok(())
+            }
+            // AUTH3 only follows an authenticated bind, which is never accepted.
+            ptype::AUTH3 => Ok(()),
+            _ => Err("PDU type a server does not receive"),
+        }
+    }
+
+    fn negotiate(&self, bind: &Bind) -> (Vec<ContextResult>, Vec<(u16, usize)>) {
+        let mut results = Vec::with_capacity(bind.contexts.len());
+        let mut accepted: Vec<(u16, usize)> = Vec::new();
+        for c in &bind.contexts {
+            if let Some(features) = c.transfer_syntaxes.iter().find_map(bind_time_features) {
+                // Keep-connection-on-orphan (2) holds: an orphaned call never closes the
+                // connection. Security context multiplexing (1) is moot without auth.
+                results.push(ContextResult::NegotiateAck(features & 0x2));
+                continue;
+            }
+            let Some(iface) = self
+                .interfaces
+                .iter()
+                .position(|i| i.syntax() == c.abstract_syntax)
+            else {
+                results.push(ContextResult::Reject(REJECT_ABSTRACT_SYNTAX));
+                continue;
+            };
+            if !c.transfer_syntaxes.contains(&NDR20) {
+                results.push(ContextResult::Reject(REJECT_TRANSFER_SYNTAXES));
+                continue;
+            }
+            let known = self.contexts.contains_key(&c.id)
+                || accepted.iter().any(|a: &(u16, usize)| a.0 == c.id);
+            if !known && self.contexts.len() + accepted.len() >= self.cfg.max_contexts {
+                results.push(ContextResult::Reject(pdu::nak::LOCAL_LIMIT_EXCEEDED));
+                continue;
+            }
+            accepted.push((c.id, iface));
+            results.push(ContextResult::Accept(NDR20));
+        }
+        (results, accepted)
+    }
+
+    fn on_bind(&mut self, hdr: &Header, body: &[u8]) {
+        if hdr.rpc_vers != RPC_VERS {
+            self.push(pdu::bind_nak(
+                hdr.call_id,
+                nak::PROTOCOL_VERSION_NOT_SUPPORTED,
+            ));
+            return;
+        }
+        if hdr.auth_len != 0 {
+            self.push(pdu::bind_nak(
+                hdr.call_id,
+                nak::AUTHENTICATION_TYPE_NOT_RECOGNIZED,
+            ));
+            return;
+        }
+        if self.bound {
+            // One bind per connection; more contexts come through alter_context.
+            self.push(pdu::bind_nak(hdr.call_id, nak::REASON_NOT_SPECIFIED));
+            return;
+        }
+        let bind = match Bind::parse(body) {
+            // An answer with this many results would not fit one fragment.
+            Ok(b) if b.contexts.len() > MAX_PROPOSED_CONTEXTS => {
+                self.push(pdu::bind_nak(hdr.call_id, nak::LOCAL_LIMIT_EXCEEDED));
+                return;
+            }
+            Ok(b) => b,
+            Err(e) => {
+                tracing::debug!(%e, "bad bind");
+                self.push(pdu::bind_nak(hdr.call_id, nak::REASON_NOT_SPECIFIED));
+                return;
+            }
+        };
+        let (results, accepted) = self.negotiate(&bind);
+        self.contexts.extend(accepted);
+        self.bound = true;
+        self.max_xmit_frag = bind.max_recv_frag.min(self.cfg.max_frag).max(MIN_FRAG);
+        let recv = bind.max_xmit_frag.min(self.cfg.max_frag).max(MIN_FRAG);
+        let ack = BindAck {
+            max_xmit_frag: self.max_xmit_frag,
+            max_recv_frag: recv,
+            assoc_group_id: if bind.assoc_group_id != 0 {
+                bind.assoc_group_id
+            } else {
+                self.cfg.assoc_group_id
+            },
+            sec_addr: self.cfg.sec_addr.clone(),
+            results,
+        };
+        self.push(ack.encode(ptype::BIND_ACK, hdr.call_id));
+    }
+
+    fn on_alter_context(&mut self, hdr: &Header, body: &[u8]) {
+        let bind = match Bind::parse(body) {
+            Ok(b)
+                if self.bound && hdr.auth_len == 0 && b.contexts.len() <= MAX_PROPOSED_CONTEXTS =>
+            {
+                b
+            }
+            _ => {
+                self.push(pdu::fault_pdu(
+                    hdr.call_id,
+                    0,
+                    fault::NCA_S_PROTO_ERROR,
+                    true,
+                ));
+                return;
+            }
+        };
+        let (results, accepted) = self.negotiate(&bind);
+        self.contexts.extend(accepted);
+        let ack = BindAck {
+            max_xmit_frag: self.max_xmit_frag,
+            max_recv_frag: bind.max_xmit_frag.min(self.cfg.max_frag).max(MIN_FRAG),
+            assoc_group_id: if bind.assoc_group_id != 0 {
+                bind.assoc_group_id
+            } else {
+                self.cfg.assoc_group_id
+            },
+            sec_addr: String::new(),
+            results,
+        };
+        self.push(ack.encode(ptype::ALTER_CONTEXT_RESP, hdr.call_id));
+    }
+
+    fn on_request(&mut self, hdr: &Header, body: &[u8]) {
+        let fault_now = |pipe: &mut Self, context_id, status| {
+            pipe.push(pdu::fault_pdu(hdr.call_id, context_id, status, true));
+        };
+        if !self.bound || hdr.auth_len != 0 {
+            fault_now(self, 0, fault::NCA_S_PROTO_ERROR);
+            return;
+        }
+        let req = match RequestFrag::parse(hdr.flags, body) {
+            Ok(r) => r,
+            Err(_) => {
+                fault_now(self, 0, fault::NCA_S_PROTO_ERROR);
+                return;
+            }
+        };
+        let first = hdr.flags & pfc::FIRST_FRAG != 0;
+        let last = hdr.flags & pfc::LAST_FRAG != 0;
+        if first {
+            if let Some(old) = self.reassembly.take() {
+                // A new call before the last fragment of the previous one.
+                if !old.discarding {
+                    fault_now(self, old.context_id, fault::NCA_S_PROTO_ERROR);
+                }
+            }
+            self.reassembly = Some(Reassembly {
+                call_id: hdr.call_id,
+                context_id: req.context_id,
+                opnum: req.opnum,
+                stub: Vec::with_capacity((req.alloc_hint as usize).min(self.cfg.max_request)),
+                discarding: false,
+            });
+        }
+        let Some(r) = self
+            .reassembly
+            .as_mut()
+            .filter(|r| r.call_id == hdr.call_id)
+        else {
+            // A middle or last fragment of no call in progress.
+            fault_now(self, req.context_id, fault::NCA_S_PROTO_ERROR);
+            return;
+        };
+        if !r.discarding {
+            if r.stub.len() + req.stub.len() > self.cfg.max_request {
+                r.discarding = true;
+                r.stub = Vec::new();
+                let context_id = r.context_id;
+                tracing::debug!(
+                    call_id = hdr.call_id,
+                    limit = self.cfg.max_request,
+                    "RPC request too large"
+                );
+                fault_now(self, context_id, fault::NCA_S_PROTO_ERROR);
+            } else {
+                r.stub.extend_from_slice(req.stub);
+            }
+        }
+        if !last {
+            return;
+        }
+        let Some(r) = self.reassembly.take() else {
+            return;
+        };
+        if r.discarding {
+            return;
+        }
+        let call = CallId {
+            call_id: r.call_id,
+            context_id: r.context_id,
+        };
+        let Some(&iface) = self.contexts.get(&r.context_id) else {
+            fault_now(self, r.context_id, fault::NCA_S_UNK_IF);
+            return;
+        };
+        let result = self.interfaces[iface].call(call, r.opnum, &r.stub);
+        if result == CallResult::Pending {
+            self.pending.push(call);
+        } else {
+            self.answer(call, result);
+        }
+    }
+
+    fn answer(&mut self, call: CallId, result: CallResult) {
+        match result {
+            CallResult::Reply(stub) => {
+                for f in pdu::response_fragments(
+                    call.call_id,
+                    call.context_id,
+                    &stub,
+                    self.max_xmit_frag,
+                ) {
+                    self.push(f);
+                }
+            }
+            CallResult::Fault(status) => {
+                let not_executed = matches!(
+                    status,
+                    fault::NCA_S_OP_RNG_ERROR | fault::NCA_S_UNK_IF | fault::BAD_STUB_DATA
+                );
+                self.push(pdu::fault_pdu(
+                    call.call_id,
+                    call.context_id,
+                    status,
+                    not_executed,
+                ));
+            }
+            CallResult::Pending => self.pending.push(call),
+        }
+    }
+}
+
+/// The header checks every PDU passes before its length is trusted.
+fn check_header(h: &Header) -> Result<(), &'static str> {
+    // A big-endian header's frag_len would be read wrongly: nothing after it can be framed.
+    if h.drep[0] & 0xF0 != 0x10 {
+        return Err("only little-endian data representation is supported");
+    }
+    if usize::from(h.frag_len) < HEADER_LEN + usize::from(h.auth_len) {
+        return Err("fragment length below its header");
+    }
+    // Version 5 is the only one; a bind of another version still gets its bind_nak.
+    if h.rpc_vers != RPC_VERS && h.ptype != ptype::BIND {
+        return Err("RPC version");
+    }
+    Ok(())
+}
