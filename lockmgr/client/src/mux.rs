@@ -28,10 +28,17 @@ use lockmgr_engine::{
 };
 use lockmgr_transport::{sys, ClientTransport};
 
-use crate::{ClientError, Event, LockClient};
+use crate::{ClientError, Event, LockClient, ResumePoint};
 
 /// Opens a new lockmgrd session (used at start and to reconnect after lockmgrd restarts).
 pub type Connector<T> = Box<dyn FnMut() -> Result<LockClient<T>, ClientError> + Send>;
+
+/// Continues the node's session on whichever lock-manager replica takes it (a replicated
+/// lockmgrd after a failover, or the same lockmgrd over a new connection).
+pub type Resumer<T> = Box<dyn FnMut(ResumePoint) -> Result<LockClient<T>, ClientError> + Send>;
+
+/// How many times one request may be carried over to a resumed session before it fails.
+const MAX_RESUMES_PER_REQUEST: u32 = 3;
 
 /// What a deferred request was, so its completion can be booked like an immediate reply.
 struct Deferred {
@@ -41,6 +48,7 @@ struct Deferred {
 }
 
 /// The request `pump_until` waits for and how to book its reply.
+#[derive(Clone)]
 struct Booking {
     id: RequestId,
     conn: SessionId,
@@ -51,6 +59,9 @@ struct Booking {
     disconnecting: bool,
     /// `Reclaim`: the client whose lease (if the grant is one) the connection now holds.
     reclaim_guid: Option<ClientGuid>,
+    /// The request itself, kept only when the session can be resumed: it is sent again on the
+    /// resumed session (the lock manager drops it if its log already holds it).
+    resend: Option<Request>,
 }
 
 /// A request some thread of [`SharedNodeSessions`] waits for: how to book its reply and where
@@ -133,6 +144,9 @@ impl Slot {
 /// The node's view of its lock-manager session, multiplexed over its SMB connections.
 pub struct NodeSessions<T: ClientTransport> {
     connect: Connector<T>,
+    resume: Option<Resumer<T>>,
+    /// Bodies of the fire-and-forget requests (only when the session can be resumed).
+    fire_and_forget_bodies: HashMap<RequestId, Request>,
     client: Option<LockClient<T>>,
     timeout: Duration,
     /// When the last connection attempt failed (reconnects are spaced out).
@@ -178,6 +192,8 @@ impl<T: ClientTransport> NodeSessions<T> {
         NodeSessions {
             last_attempt: client.is_none().then(Instant::now),
             connect,
+            resume: None,
+            fire_and_forget_bodies: HashMap::new(),
             client,
             timeout,
             conn_opens: HashMap::new(),
@@ -195,6 +211,66 @@ impl<T: ClientTransport> NodeSessions<T> {
             reader_bell: None,
             reader_rung: false,
         }
+    }
+
+    /// Lets a lost session be continued instead of dropped (a replicated lock manager): on a
+    /// transport failure or a request timeout, `resume` is asked for a connection that
+    /// continues the session, every request still waiting is sent again on it, and nothing
+    /// the SMB side holds is lost.
+    pub fn set_resumer(&mut self, resume: Resumer<T>) {
+        self.resume = Some(resume);
+    }
+
+    /// Tries to continue the session elsewhere; `current` is a request the caller itself waits
+    /// for (the others wait in `waiting`). Returns whether the session goes on.
+    fn try_resume(&mut self, current: Option<&Booking>) -> bool {
+        let Some(resume) = self.resume.as_mut() else {
+            return false;
+        };
+        let Some(old) = self.client.take() else {
+            return false;
+        };
+        let point = old.resume_point();
+        drop(old);
+        let mut client = match resume(point) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(%e, session = point.session.0, "cannot resume the lockmgrd session");
+                return false;
+            }
+        };
+        // Requests of one session must reach the lock manager in id order (it recognises a
+        // resent one by its id being at most the last it logged).
+        let mut resend: Vec<(RequestId, Request)> = current
+            .into_iter()
+            .chain(self.waiting.values().map(|w| &w.booking))
+            .filter_map(|b| b.resend.clone().map(|r| (b.id, r)))
+            .collect();
+        resend.extend(
+            self.fire_and_forget_bodies
+                .iter()
+                .map(|(id, r)| (*id, r.clone())),
+        );
+        resend.sort_by_key(|(id, _)| *id);
+        resend.dedup_by_key(|(id, _)| *id);
+        let count = resend.len();
+        let sent = resend
+            .into_iter()
+            .try_for_each(|(id, req)| client.resubmit(id, req))
+            .and_then(|()| client.flush());
+        if let Err(e) = sent {
+            tracing::error!(%e, "resumed lockmgrd session failed at once");
+            return false;
+        }
+        tracing::warn!(
+            session = point.session.0,
+            resent = count,
+            "lockmgrd session resumed"
+        );
+        self.client = Some(client);
+        // The reader sleeps on the old connection's fd.
+        self.ring_reader();
+        true
     }
 
     /// Whether a lockmgrd session is up.
@@ -270,6 +346,9 @@ impl<T: ClientTransport> NodeSessions<T> {
     /// fail, and the open ids we hold mean nothing to the next lockmgrd.
     fn lost_session(&mut self, why: &ClientError) {
         tracing::error!(%why, "lockmgrd session lost");
+        if self.try_resume(None) {
+            return;
+        }
         self.client = None;
         self.last_attempt = Some(Instant::now());
         for (_, d) in self.deferred.drain() {
@@ -283,6 +362,7 @@ impl<T: ClientTransport> NodeSessions<T> {
         }
         self.conn_deferred.clear();
         self.fire_and_forget.clear();
+        self.fire_and_forget_bodies.clear();
         // Requests other threads wait for get the answer the failed request got (they are
         // not retried: lockmgrd may or may not have acted on them).
         for (_, w) in self.waiting.drain() {
@@ -339,25 +419,33 @@ impl<T: ClientTransport> NodeSessions<T> {
             Ok(b) => b,
             Err(reply) => return reply,
         };
-        let id = booking.id;
-        let deadline = Instant::now() + self.timeout;
-        match self.pump_until(Some(booking), deadline) {
-            Ok(Some(reply)) => reply,
-            Ok(None) => {
-                self.request_timed_out(id);
-                Reply::Done(Status::RequestNotAccepted)
-            }
-            Err(e) => {
-                self.lost_session(&e);
-                Reply::Done(Status::RequestNotAccepted)
+        for _ in 0..=MAX_RESUMES_PER_REQUEST {
+            let deadline = Instant::now() + self.timeout;
+            let why = match self.pump_until(Some(booking.clone()), deadline) {
+                Ok(Some(reply)) => return reply,
+                Ok(None) => {
+                    tracing::error!(request = booking.id.0, "lockmgrd did not answer in time");
+                    ClientError::Timeout
+                }
+                Err(e) => e,
+            };
+            if !self.try_resume(Some(&booking)) {
+                self.lost_session(&why);
+                break;
             }
         }
+        Reply::Done(Status::RequestNotAccepted)
     }
 
-    /// lockmgrd did not answer request `id` within the request timeout.
-    fn request_timed_out(&mut self, id: RequestId) {
+    /// lockmgrd did not answer request `id` within the request timeout. Returns whether the
+    /// session was resumed (the request was sent again: wait for it again).
+    fn request_timed_out(&mut self, id: RequestId) -> bool {
         tracing::error!(request = id.0, "lockmgrd did not answer in time");
+        if self.try_resume(None) {
+            return true;
+        }
         self.lost_session(&ClientError::Timeout);
+        false
     }
 
     /// Sends a request and returns how to book its reply, or the answer given without asking
@@ -400,6 +488,7 @@ impl<T: ClientTransport> NodeSessions<T> {
             Request::Reclaim { client_guid, .. } => Some(*client_guid),
             _ => None,
         };
+        let resend = self.resume.is_some().then(|| req.clone());
         let Some(client) = self.ensure_client() else {
             return Err(Reply::Done(Status::RequestNotAccepted));
         };
@@ -421,6 +510,7 @@ impl<T: ClientTransport> NodeSessions<T> {
             closing,
             disconnecting,
             reclaim_guid,
+            resend,
         })
     }
 
@@ -547,6 +637,7 @@ impl<T: ClientTransport> NodeSessions<T> {
                         }
                         None => {
                             self.fire_and_forget.remove(&request);
+                            self.fire_and_forget_bodies.remove(&request);
                         }
                     },
                     Event::Notify(n) => self.route(n),
@@ -661,18 +752,28 @@ impl<T: ClientTransport> NodeSessions<T> {
         let Some(client) = self.client.as_mut() else {
             return;
         };
-        let mut ids = Vec::new();
+        let mut sent = Vec::new();
         let res = (|| {
             for id in waiting {
-                ids.push(client.submit(Request::Cancel { request: id })?);
+                let req = Request::Cancel { request: id };
+                sent.push((client.submit(req.clone())?, req));
             }
             for open in opens {
-                ids.push(client.submit(Request::Disconnect { open })?);
+                let req = Request::Disconnect { open };
+                sent.push((client.submit(req.clone())?, req));
             }
             client.flush()
         })();
         match res {
-            Ok(()) => self.fire_and_forget.extend(ids),
+            Ok(()) => {
+                let keep = self.resume.is_some();
+                for (id, req) in sent {
+                    self.fire_and_forget.insert(id);
+                    if keep {
+                        self.fire_and_forget_bodies.insert(id, req);
+                    }
+                }
+            }
             Err(e) => self.lost_session(&e),
         }
     }
@@ -801,29 +902,40 @@ impl<T: ClientTransport> SharedNodeSessions<T> {
                 .fetch_max(n.waiting.len() as u64, Ordering::Relaxed);
             (id, Instant::now() + n.timeout)
         };
-        let reply = match slot.wait(deadline) {
-            Woken::Reply(reply) => reply,
-            Woken::LateReply(reply) => {
-                let lost = self.lost_wakeups.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::warn!(
-                    request = id.0,
-                    lost_wakeups = lost,
-                    "lockmgr reply waited in its slot until the request timed out"
-                );
-                reply
-            }
-            Woken::Lead => return self.read_until_answered(id, &slot, deadline),
-            Woken::TimedOut => {
-                let mut n = self.lock();
-                // The reply may have come in between the timeout and the lock.
-                let reply = slot.take_reply().unwrap_or_else(|| {
-                    n.request_timed_out(id);
-                    Reply::Done(Status::RequestNotAccepted)
-                });
-                // The reading may have been handed to this waiter after it stopped waiting.
-                n.hand_off_reading(id);
-                return reply;
-            }
+        let mut deadline = deadline;
+        let mut resumes = 0;
+        let reply = loop {
+            break match slot.wait(deadline) {
+                Woken::Reply(reply) => reply,
+                Woken::LateReply(reply) => {
+                    let lost = self.lost_wakeups.fetch_add(1, Ordering::Relaxed) + 1;
+                    tracing::warn!(
+                        request = id.0,
+                        lost_wakeups = lost,
+                        "lockmgr reply waited in its slot until the request timed out"
+                    );
+                    reply
+                }
+                Woken::Lead => return self.read_until_answered(id, &slot, deadline),
+                Woken::TimedOut => {
+                    let mut n = self.lock();
+                    // The reply may have come in between the timeout and the lock.
+                    if let Some(reply) = slot.take_reply() {
+                        n.hand_off_reading(id);
+                        return reply;
+                    }
+                    if resumes < MAX_RESUMES_PER_REQUEST && n.request_timed_out(id) {
+                        // Sent again on the resumed session: wait for it again.
+                        resumes += 1;
+                        deadline = Instant::now() + n.timeout;
+                        continue;
+                    }
+                    n.waiting.remove(&id);
+                    // The reading may have been handed to this waiter after it stopped waiting.
+                    n.hand_off_reading(id);
+                    return Reply::Done(Status::RequestNotAccepted);
+                }
+            };
         };
         // The reading was handed to this waiter, and its reply was taken in by someone else
         // before it woke: someone must read for the others. (Once its reply is in, a waiter is
@@ -843,6 +955,8 @@ impl<T: ClientTransport> SharedNodeSessions<T> {
     /// The reader's loop: takes in everything lockmgrd sends (replies go to their waiters)
     /// until request `id` is answered, then hands the reading on.
     fn read_until_answered(&self, id: RequestId, slot: &Slot, deadline: Instant) -> Reply {
+        let mut deadline = deadline;
+        let mut resumes = 0;
         let spin_until = Instant::now() + self.spin;
         loop {
             let mut n = self.lock();
@@ -863,7 +977,12 @@ impl<T: ClientTransport> SharedNodeSessions<T> {
             }
             let now = Instant::now();
             if now >= deadline {
-                n.request_timed_out(id);
+                if resumes < MAX_RESUMES_PER_REQUEST && n.request_timed_out(id) {
+                    resumes += 1;
+                    deadline = Instant::now() + n.timeout;
+                    continue;
+                }
+                n.waiting.remove(&id);
                 n.hand_off_reading(id);
                 return slot
                     .take_reply()

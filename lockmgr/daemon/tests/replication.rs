@@ -674,3 +674,144 @@ fn repeated_primary_kills_never_grant_a_lock_twice() {
     assert!(violations.is_empty(), "history violations: {violations:?}");
     assert!(grants > 0);
 }
+
+/// What smbd does with a replicated lock manager: each node's session (shared by its SMB
+/// connections, `SharedNodeSessions`) lists every replica, and resumes on whichever is primary
+/// when its lockmgrd stops answering. Across a SIGKILL of the primary, a node keeps its open
+/// and its lock (another node still conflicts with it), and no SMB connection is dropped.
+#[test]
+fn node_sessions_resume_across_a_failover() {
+    use lockmgr_client::mux::SharedNodeSessions;
+    use lockmgr_client::ResumePoint;
+
+    let Some(etcd) = start_etcd() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = key_file(&dir);
+    let mut a = start_replica_with(
+        &etcd,
+        "lm-a",
+        &key_file,
+        format!("127.0.0.1:{}", free_udp_port()),
+        "warn",
+        100,
+    );
+    wait_config(&etcd, "lm-a primary", |c| c.primary.name == "lm-a");
+    let b = start_replica_with(
+        &etcd,
+        "lm-b",
+        &key_file,
+        format!("127.0.0.1:{}", free_udp_port()),
+        "warn",
+        100,
+    );
+    wait_config(&etcd, "lm-b recorded", |c| {
+        c.standbys.iter().any(|m| m.name == "lm-b")
+    });
+    let failover = Duration::from_millis(300);
+    let addrs = vec![a.addr.clone(), b.addr.clone()];
+    let node = |name: &'static str| {
+        let udp_cfg = UdpConfig {
+            spin: SpinConfig::never(),
+            connect_timeout: failover / 2,
+            keepalive: Some(failover / 4),
+            peer_timeout: failover,
+            ..UdpConfig::default()
+        };
+        let addrs = addrs.clone();
+        // As smbd does: after a failure, the replica that took the session last goes last.
+        let current = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let connect_any = move |resume: Option<ResumePoint>| {
+            use std::sync::atomic::Ordering::Relaxed;
+            let mut last = ClientError::SessionEnded;
+            let start = current.load(Relaxed) + usize::from(resume.is_some());
+            for i in (0..addrs.len()).map(|k| (start + k) % addrs.len()) {
+                let r = UdpClient::connect(addrs[i].parse().expect("addr"), udp_cfg)
+                    .map_err(ClientError::from)
+                    .and_then(|t| match resume {
+                        None => LockClient::connect(t, &options(name)),
+                        Some(p) => LockClient::resume(t, &options(name), p),
+                    });
+                match r {
+                    Ok(c) => {
+                        current.store(i, Relaxed);
+                        return Ok(c);
+                    }
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        };
+        let first = connect_any.clone();
+        let sessions =
+            SharedNodeSessions::new(Box::new(move || first(None)), failover, Duration::ZERO)
+                .expect("node sessions");
+        sessions.lock().set_resumer(Box::new(move |point| {
+            let deadline = Instant::now() + TIMEOUT;
+            loop {
+                match connect_any(Some(point)) {
+                    Ok(c) => return Ok(c),
+                    Err(e @ ClientError::Rejected(RejectReason::SessionLost)) => return Err(e),
+                    Err(e) if Instant::now() >= deadline => return Err(e),
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        }));
+        sessions
+    };
+    let n1 = node("node1");
+    let n2 = node("node2");
+    let conn = lockmgr_engine::SessionId(1);
+    let mut next = 0u64;
+    let mut call = |n: &SharedNodeSessions<UdpClient>, req: Request| {
+        next += 1;
+        n.request(conn, lockmgr_engine::RequestId(next), req)
+    };
+    let file = FileId(0x5e55);
+    let open_req = Request::Open(OpenRequest {
+        file,
+        access: access::FILE_READ_DATA | access::FILE_WRITE_DATA,
+        share: share::READ | share::WRITE,
+        ..OpenRequest::default()
+    });
+    let Reply::Opened { open: o1, .. } = call(&n1, open_req.clone()) else {
+        panic!("node1 open")
+    };
+    let Reply::Opened { open: o2, .. } = call(&n2, open_req) else {
+        panic!("node2 open")
+    };
+    let range = LockRange {
+        offset: 0,
+        length: 100,
+        exclusive: true,
+    };
+    let lock = |open| Request::Lock {
+        open,
+        ranges: vec![range],
+        fail_immediately: true,
+    };
+    assert_eq!(call(&n1, lock(o1)), Reply::Done(Status::Success));
+    assert_eq!(call(&n2, lock(o2)), Reply::Done(Status::LockNotGranted));
+
+    let _ = a.proc.0.kill();
+    let _ = a.proc.0.wait();
+    let killed = Instant::now();
+    // node2's next request finds the primary gone, resumes on lm-b once it is primary, and
+    // still conflicts with node1's lock.
+    assert_eq!(call(&n2, lock(o2)), Reply::Done(Status::LockNotGranted));
+    let first_answer = killed.elapsed();
+    assert_eq!(
+        call(
+            &n1,
+            Request::Unlock {
+                open: o1,
+                ranges: vec![range],
+            }
+        ),
+        Reply::Done(Status::Success)
+    );
+    assert_eq!(call(&n2, lock(o2)), Reply::Done(Status::Success));
+    assert!(n1.take_lost_connections().is_empty());
+    assert!(n2.take_lost_connections().is_empty());
+    eprintln!("first answer after the primary's SIGKILL: {first_answer:?}");
+    drop(b);
+}

@@ -30,8 +30,10 @@ use std::time::Duration;
 
 use lockmgr_client::mux::SharedNodeSessions;
 use lockmgr_client::{
-    connect as connect_transport, ClientError, ClientOptions, ClusterKey, LockClient, TransportSpec,
+    connect as connect_transport, ClientError, ClientOptions, ClusterKey, LockClient, ResumePoint,
+    TransportSpec,
 };
+use lockmgr_proto::RejectReason;
 use lockmgr_rdma::{DeviceConfig, RdmaConfig};
 use lockmgr_transport::eth::{EthConfig, MacAddr};
 use lockmgr_transport::reliable::ReliableConfig;
@@ -143,74 +145,97 @@ impl ClusterLocks {
             handshake_timeout: HANDSHAKE_TIMEOUT,
         };
         let spin = SpinConfig::adaptive(Duration::from_micros(cfg.spin_us));
-        let reliable = ReliableConfig {
-            spin,
-            connect_timeout: HANDSHAKE_TIMEOUT,
-            ..ReliableConfig::default()
-        };
-        let socket_addr = |what: &str| -> Result<std::net::SocketAddr, ClusterError> {
-            connect
-                .parse()
-                .map_err(|_| ClusterError::Config(format!("connect = {connect:?} is not {what}")))
-        };
-        let mac = || -> Result<MacAddr, ClusterError> {
-            connect.parse().map_err(|_| {
-                ClusterError::Config(format!("connect = {connect:?} is not a MAC address"))
-            })
-        };
-        let eth = || -> Result<EthConfig, ClusterError> {
-            Ok(EthConfig {
-                interface: cfg.interface.clone().ok_or_else(|| missing("interface"))?,
-                ethertype: cfg.ethertype,
-            })
-        };
-        let spec = match cfg.transport {
-            LockTransport::Embedded => return Err(ClusterError::Embedded),
-            LockTransport::Shm => TransportSpec::Shm {
-                path: PathBuf::from(&connect),
+        // Several addresses: the replicas of a replicated lock manager. The session must move
+        // to the new primary within a failover, so dead peers are noticed in fractions of a
+        // second instead of the single-lockmgrd defaults.
+        let addresses: Vec<String> = connect
+            .split(',')
+            .map(|a| a.trim().to_owned())
+            .filter(|a| !a.is_empty())
+            .collect();
+        let replicated = addresses.len() > 1;
+        let failover = Duration::from_millis(cfg.failover_timeout_ms);
+        let reliable = if replicated {
+            ReliableConfig {
                 spin,
-                timeout: HANDSHAKE_TIMEOUT,
-            },
-            LockTransport::Udp => TransportSpec::Udp {
-                server: socket_addr("ADDR:PORT")?,
-                cfg: reliable,
-            },
-            LockTransport::Afpacket => TransportSpec::Afpacket {
-                eth: eth()?,
-                server: mac()?,
-                cfg: reliable,
-            },
-            LockTransport::Afxdp => TransportSpec::Afxdp {
-                eth: eth()?,
-                xdp: Default::default(),
-                server: mac()?,
-                cfg: reliable,
-            },
-            LockTransport::Rdma => TransportSpec::Rdma {
-                server: socket_addr("ADDR:PORT")?,
-                cfg: RdmaConfig {
-                    device: DeviceConfig {
-                        device: cfg.rdma_device.clone(),
-                        port: cfg.rdma_port,
-                        gid_index: cfg.gid_index,
-                    },
-                    spin,
-                    handshake_timeout: HANDSHAKE_TIMEOUT,
-                    ..RdmaConfig::default()
-                },
-            },
+                connect_timeout: failover / 2,
+                keepalive: Some(failover / 4),
+                peer_timeout: failover,
+                ..ReliableConfig::default()
+            }
+        } else {
+            ReliableConfig {
+                spin,
+                connect_timeout: HANDSHAKE_TIMEOUT,
+                ..ReliableConfig::default()
+            }
         };
-        let connector: lockmgr_client::mux::Connector<Transport> = Box::new(move || {
-            let t = connect_transport(&spec).map_err(|e| ClientError::Transport(e.into()))?;
-            LockClient::connect(t, &options)
-        });
+        let specs = addresses
+            .iter()
+            .map(|a| transport_spec(cfg, a, spin, reliable))
+            .collect::<Result<Vec<_>, _>>()?;
+        if specs.is_empty() {
+            return Err(missing("connect"));
+        }
+        let connect_any = {
+            let specs = specs.clone();
+            let options = options.clone();
+            // The replica that took the session last; after a failure the others are tried
+            // first (it is most likely the one that died).
+            let current = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            move |resume: Option<ResumePoint>| -> Result<LockClient<Transport>, ClientError> {
+                let mut last = ClientError::SessionEnded;
+                let start = current.load(Ordering::Relaxed) + usize::from(resume.is_some());
+                for i in (0..specs.len()).map(|k| (start + k) % specs.len()) {
+                    let attempt = connect_transport(&specs[i])
+                        .map_err(|e| ClientError::Transport(e.into()))
+                        .and_then(|t| match resume {
+                            None => LockClient::connect(t, &options),
+                            Some(point) => LockClient::resume(t, &options, point),
+                        });
+                    match attempt {
+                        Ok(c) => {
+                            current.store(i, Ordering::Relaxed);
+                            return Ok(c);
+                        }
+                        Err(e) => last = e,
+                    }
+                }
+                Err(last)
+            }
+        };
+        let first = connect_any.clone();
+        let connector: lockmgr_client::mux::Connector<Transport> = Box::new(move || first(None));
         tracing::info!(
             transport = ?cfg.transport,
             connect = cfg.connect.as_deref().unwrap_or(""),
+            replicas = addresses.len(),
             "using the cluster lock manager"
         );
-        let timeout = Duration::from_millis(cfg.request_timeout_ms);
-        Self::build(connector, timeout, Duration::from_micros(cfg.spin_us))
+        let timeout = if replicated {
+            failover.min(Duration::from_millis(cfg.request_timeout_ms))
+        } else {
+            Duration::from_millis(cfg.request_timeout_ms)
+        };
+        let (locks, pump) = Self::build(connector, timeout, Duration::ZERO)?;
+        if replicated {
+            let resume_any = connect_any;
+            // A failover takes the standby's failure timeout plus an etcd update: keep
+            // trying every replica for a few failover periods.
+            let budget = failover * 8;
+            locks.nodes.lock().set_resumer(Box::new(move |point| {
+                let deadline = std::time::Instant::now() + budget;
+                loop {
+                    match resume_any(Some(point)) {
+                        Ok(c) => return Ok(c),
+                        Err(e @ ClientError::Rejected(RejectReason::SessionLost)) => return Err(e),
+                        Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            }));
+        }
+        Ok((locks, pump))
     }
 
     /// A cluster lock service over any connector (tests use an in-process lockmgrd).
@@ -400,6 +425,68 @@ fn wait_readable(
         }
         Ok(_) => Wake::Ready,
     }
+}
+
+/// How to reach one lockmgrd address of `[lockmgr] connect`.
+fn transport_spec(
+    cfg: &LockmgrConfig,
+    connect: &str,
+    spin: SpinConfig,
+    reliable: ReliableConfig,
+) -> Result<TransportSpec, ClusterError> {
+    let missing = |what: &str| ClusterError::Config(format!("`{what}` is needed"));
+    let socket_addr = |what: &str| -> Result<std::net::SocketAddr, ClusterError> {
+        connect
+            .parse()
+            .map_err(|_| ClusterError::Config(format!("connect = {connect:?} is not {what}")))
+    };
+    let mac = || -> Result<MacAddr, ClusterError> {
+        connect.parse().map_err(|_| {
+            ClusterError::Config(format!("connect = {connect:?} is not a MAC address"))
+        })
+    };
+    let eth = || -> Result<EthConfig, ClusterError> {
+        Ok(EthConfig {
+            interface: cfg.interface.clone().ok_or_else(|| missing("interface"))?,
+            ethertype: cfg.ethertype,
+        })
+    };
+    Ok(match cfg.transport {
+        LockTransport::Embedded => return Err(ClusterError::Embedded),
+        LockTransport::Shm => TransportSpec::Shm {
+            path: PathBuf::from(connect),
+            spin,
+            timeout: HANDSHAKE_TIMEOUT,
+        },
+        LockTransport::Udp => TransportSpec::Udp {
+            server: socket_addr("ADDR:PORT")?,
+            cfg: reliable,
+        },
+        LockTransport::Afpacket => TransportSpec::Afpacket {
+            eth: eth()?,
+            server: mac()?,
+            cfg: reliable,
+        },
+        LockTransport::Afxdp => TransportSpec::Afxdp {
+            eth: eth()?,
+            xdp: Default::default(),
+            server: mac()?,
+            cfg: reliable,
+        },
+        LockTransport::Rdma => TransportSpec::Rdma {
+            server: socket_addr("ADDR:PORT")?,
+            cfg: RdmaConfig {
+                device: DeviceConfig {
+                    device: cfg.rdma_device.clone(),
+                    port: cfg.rdma_port,
+                    gid_index: cfg.gid_index,
+                },
+                spin,
+                handshake_timeout: HANDSHAKE_TIMEOUT,
+                ..RdmaConfig::default()
+            },
+        },
+    })
 }
 
 #[cfg(test)]

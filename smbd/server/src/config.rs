@@ -48,7 +48,9 @@
 //! # "afpacket" / "afxdp" (raw Ethernet on one L2 segment) | "rdma" (InfiniBand / RoCE).
 //! transport = "shm"
 //! # shm: path of lockmgrd's unix socket; udp and rdma: ADDR:PORT (rdma: lockmgrd's TCP
-//! # side channel); afpacket/afxdp: lockmgrd's MAC address.
+//! # side channel); afpacket/afxdp: lockmgrd's MAC address. A replicated lockmgrd: every
+//! # replica's address, comma-separated; the node resumes its session on whichever replica
+//! # is primary after a failover, keeping every open and lock.
 //! connect = "/run/clustersmb/lockmgr.sock"
 //! # afpacket/afxdp: the interface that reaches lockmgrd, and the EtherType (default 0x88B5 =
 //! # 34997, must match lockmgrd's --ethertype).
@@ -68,6 +70,9 @@
 //! spin_us = 0
 //! # A request lockmgrd does not answer in this time counts as a lost session (reconnect).
 //! request_timeout_ms = 5000
+//! # With several `connect` addresses: a replica silent (or a request unanswered) this long
+//! # moves the session to another replica.
+//! failover_timeout_ms = 500
 //! ```
 //!
 //! ```toml
@@ -263,6 +268,10 @@ pub struct LockmgrConfig {
     pub spin_us: u64,
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// Several `connect` addresses (a replicated lockmgrd): how long a silent replica or an
+    /// unanswered request may take before the session is resumed on another replica.
+    #[serde(default = "default_failover_timeout_ms")]
+    pub failover_timeout_ms: u64,
     /// afpacket/afxdp: the interface that reaches lockmgrd.
     #[serde(default)]
     pub interface: Option<String>,
@@ -292,6 +301,10 @@ fn default_request_timeout_ms() -> u64 {
     5000
 }
 
+fn default_failover_timeout_ms() -> u64 {
+    500
+}
+
 impl Default for LockmgrConfig {
     fn default() -> Self {
         LockmgrConfig {
@@ -301,6 +314,7 @@ impl Default for LockmgrConfig {
             node_name: None,
             spin_us: 0,
             request_timeout_ms: default_request_timeout_ms(),
+            failover_timeout_ms: default_failover_timeout_ms(),
             interface: None,
             ethertype: default_ethertype(),
             rdma_device: None,
@@ -322,28 +336,36 @@ impl LockmgrConfig {
                     .into(),
             );
         };
-        match self.transport {
-            LockTransport::Udp | LockTransport::Rdma if connect.parse::<SocketAddr>().is_err() => {
-                return bad(format!(
-                    "connect = {connect:?}: {:?} needs ADDR:PORT, e.g. \"192.0.2.10:7500\"",
-                    self.transport
-                ));
-            }
-            LockTransport::Afpacket | LockTransport::Afxdp => {
-                if connect.parse::<lockmgr_transport::eth::MacAddr>().is_err() {
+        // Several comma-separated addresses name the replicas of a replicated lockmgrd.
+        for connect in connect.split(',').map(str::trim) {
+            match self.transport {
+                LockTransport::Udp | LockTransport::Rdma
+                    if connect.parse::<SocketAddr>().is_err() =>
+                {
                     return bad(format!(
+                        "connect = {connect:?}: {:?} needs ADDR:PORT, e.g. \"192.0.2.10:7500\"",
+                        self.transport
+                    ));
+                }
+                LockTransport::Afpacket | LockTransport::Afxdp => {
+                    if connect.parse::<lockmgr_transport::eth::MacAddr>().is_err() {
+                        return bad(format!(
                         "connect = {connect:?}: {:?} needs lockmgrd's MAC address, e.g. \"02:00:00:00:00:01\"",
                         self.transport
                     ));
+                    }
+                    if self.interface.as_deref().is_none_or(str::is_empty) {
+                        return bad(format!(
+                            "{:?} needs `interface` (the interface that reaches lockmgrd)",
+                            self.transport
+                        ));
+                    }
                 }
-                if self.interface.as_deref().is_none_or(str::is_empty) {
-                    return bad(format!(
-                        "{:?} needs `interface` (the interface that reaches lockmgrd)",
-                        self.transport
-                    ));
-                }
+                _ => {}
             }
-            _ => {}
+        }
+        if self.failover_timeout_ms == 0 {
+            return bad("failover_timeout_ms must be positive".into());
         }
         if self.rdma_port == 0 {
             return bad("rdma_port is 1-based".into());
