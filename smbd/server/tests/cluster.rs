@@ -203,6 +203,25 @@ fn lockmgrd_restart_drops_connections_whose_locks_were_lost() {
     );
 }
 
+/// A replicated lock manager (primary + standby, epochs in etcd): the primary is SIGKILLed
+/// while node 1's client holds a byte-range lock. The standby takes over, both nodes resume
+/// their sessions on it, and node 1's client keeps its handle and its lock: node 2's client
+/// still conflicts with it until node 1 unlocks (compare the restart test above, where the
+/// lock is lost and the connection must go).
+#[test]
+fn lockmgrd_failover_keeps_every_lock_and_connection() {
+    interactive_scenario(
+        ClusterOptions {
+            replicated: true,
+            ..ClusterOptions::default()
+        },
+        &client_script(),
+        "lmfailover",
+        "FAILOVER-LOCKMGRD",
+        |cluster| cluster.kill_lockmgrd(),
+    );
+}
+
 /// Runs `scenario` of `script` (cluster_client.py or a sibling with the same command line),
 /// which prints `marker` and then waits for one line on stdin; `act` runs at that point (kill
 /// a node, restart lockmgrd).

@@ -2,7 +2,7 @@
 """Cross-node scenarios for the smbd cluster, with two smbprotocol clients on two nodes.
 
 usage: cluster_client.py HOST[,HOST2] PORT1 PORT2 USER PASSWORD SCENARIO
-SCENARIO: sharemode | brl | blocking | oplock | lease | doc | kill | lmrestart | rename
+SCENARIO: sharemode | brl | blocking | oplock | lease | doc | kill | lmrestart | lmfailover | rename
 Prints "PASS SCENARIO" and exits 0 when the cluster behaved; any mismatch raises (exit 1).
 `kill` prints "KILL-NODE2" once node 2's client holds its lock and node 1's client waits,
 then reads one line from stdin (the harness has SIGKILLed node 2's smbd) and expects node 1's
@@ -383,8 +383,34 @@ def lmrestart(c1, c2):
     f2.close()
 
 
+def lmfailover(c1, c2):
+    """The replicated lock manager's primary dies while node 1's client holds a lock: the
+    standby takes over, both nodes resume their sessions on it, and nothing is lost: node 1's
+    handle keeps working and keeps its lock (node 2's client still conflicts with it)."""
+    f1 = c1.open("lmfailover.txt")
+    f1.lock([lock_el(0, 10)])
+    f2 = c2.open("lmfailover.txt")
+    expect_status(LOCK_NOT_GRANTED, f2.lock, [lock_el(0, 10)])
+    print("FAILOVER-LOCKMGRD", flush=True)
+    sys.stdin.readline()
+    started = time.time()
+    # The same handle, on the same connection, goes on: a new lock and a write.
+    f1.lock([lock_el(20, 10)])
+    took = time.time() - started
+    f1.write(b"after failover", 0)
+    # The lock taken before the failover is still enforced across nodes.
+    expect_status(LOCK_NOT_GRANTED, f2.lock, [lock_el(0, 10)])
+    f1.lock([lock_el(0, 10, unlock=True)])
+    f2.lock([lock_el(0, 10)])
+    expect_status(LOCK_NOT_GRANTED, f1.lock, [lock_el(5, 1)])
+    f2.lock([lock_el(0, 10, unlock=True)])
+    f1.close()
+    f2.close()
+    print("first lock after the primary's death took %.3f s" % took)
+
+
 SCENARIOS = {f.__name__: f for f in (sharemode, brl, blocking, oplock, lease, doc, kill,
-                                     lmrestart, rename)}
+                                     lmrestart, lmfailover, rename)}
 
 
 def main():

@@ -120,6 +120,8 @@ pub struct Cluster {
     pub eth: Option<EthNet>,
     pub key: PathBuf,
     pub lockmgrd: Option<Child>,
+    /// A replicated lock manager: etcd and the second replica (the first is `lockmgrd`).
+    pub replication: Option<Replication>,
     pub nodes: Vec<Node>,
     pub client_conf: PathBuf,
     break_timeout_ms: Option<u64>,
@@ -138,6 +140,38 @@ pub struct ClusterOptions {
     pub transport: LockTransportKind,
     /// Extra `[server]` lines of every node (the default configuration otherwise).
     pub server_extra: String,
+    /// UDP only: two lockmgrd replicas (primary + standby, epochs in a private etcd) instead
+    /// of one; nodes list both.
+    pub replicated: bool,
+}
+
+/// The pieces of a replicated lock manager in a test cluster.
+pub struct Replication {
+    etcd: Child,
+    etcd_dir: PathBuf,
+    pub endpoint: String,
+    /// The standby's ADDR:PORT and process.
+    pub standby_addr: String,
+    pub standby: Option<Child>,
+}
+
+impl Drop for Replication {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.standby.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = self.etcd.kill();
+        let _ = self.etcd.wait();
+        let _ = std::fs::remove_dir_all(&self.etcd_dir);
+    }
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
 }
 
 impl Default for ClusterOptions {
@@ -148,6 +182,7 @@ impl Default for ClusterOptions {
             break_timeout_ms: None,
             transport: LockTransportKind::Shm,
             server_extra: String::new(),
+            replicated: false,
         }
     }
 }
@@ -202,10 +237,42 @@ impl Cluster {
             }
             _ => None,
         };
-        let udp = (opts.transport == LockTransportKind::Udp).then(|| {
+        let free_udp = || {
             let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
             s.local_addr().unwrap().to_string()
-        });
+        };
+        let udp = (opts.transport == LockTransportKind::Udp || opts.replicated).then(free_udp);
+        let replication = if opts.replicated {
+            if Command::new("etcd").arg("--version").output().is_err() {
+                missing("etcd not installed (apt-get install etcd-server)");
+                return None;
+            }
+            let (client, peer) = (free_tcp_port(), free_tcp_port());
+            let endpoint = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let etcd_dir = dir.path().join("etcd");
+            let etcd = Command::new("etcd")
+                .args(["--name", "t", "--data-dir"])
+                .arg(&etcd_dir)
+                .args(["--listen-client-urls", &endpoint])
+                .args(["--advertise-client-urls", &endpoint])
+                .args(["--listen-peer-urls", &peer_url])
+                .args(["--initial-advertise-peer-urls", &peer_url])
+                .args(["--initial-cluster", &format!("t={peer_url}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn etcd");
+            Some(Replication {
+                etcd,
+                etcd_dir,
+                endpoint,
+                standby_addr: free_udp(),
+                standby: None,
+            })
+        } else {
+            None
+        };
         let mut cluster = Cluster {
             dir,
             share,
@@ -214,6 +281,7 @@ impl Cluster {
             eth,
             key,
             lockmgrd: None,
+            replication,
             nodes: Vec::new(),
             client_conf,
             break_timeout_ms: opts.break_timeout_ms,
@@ -221,6 +289,9 @@ impl Cluster {
         };
         if opts.shared_lockmgr {
             cluster.start_lockmgrd();
+        }
+        if cluster.replication.is_some() {
+            cluster.start_standby();
         }
         for i in 1..=opts.nodes {
             let node = cluster.start_node(&format!("node{i}"), &users, opts.shared_lockmgr);
@@ -257,7 +328,10 @@ impl Cluster {
         );
         if shared {
             let (transport, connect) = match (&self.udp, &self.eth) {
-                (Some(addr), _) => ("udp", addr.clone()),
+                (Some(addr), _) => match &self.replication {
+                    Some(r) => ("udp", format!("{addr},{}", r.standby_addr)),
+                    None => ("udp", addr.clone()),
+                },
                 (None, Some(e)) if e.kind == LockTransportKind::AfXdp => {
                     ("afxdp", lockmgr_transport::netns::MAC_A.to_string())
                 }
@@ -348,6 +422,10 @@ impl Cluster {
             .env("NO_COLOR", "1")
             .stdout(log.try_clone().unwrap())
             .stderr(log);
+        if let Some(r) = &self.replication {
+            c.args(["--replica-name", "lm-a", "--etcd", &r.endpoint])
+                .args(["--cluster-name", "test", "--failover-ms", "100"]);
+        }
         if let Some(t) = self.break_timeout_ms {
             c.arg("--break-timeout-ms").arg(t.to_string());
         }
@@ -361,6 +439,30 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !ready() {
             assert!(Instant::now() < deadline, "lockmgrd did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The standby replica (second lockmgrd); returns once the primary has recorded it.
+    fn start_standby(&mut self) {
+        let path = self.dir.path().join("lockmgrd-standby.log");
+        let log = std::fs::File::create(&path).unwrap();
+        let r = self.replication.as_mut().expect("replicated cluster");
+        let child = Command::new(lockmgrd_bin())
+            .args(["--transport", "udp", "--listen", &r.standby_addr])
+            .arg("--cluster-key-file")
+            .arg(&self.key)
+            .args(["--replica-name", "lm-b", "--etcd", &r.endpoint])
+            .args(["--cluster-name", "test", "--failover-ms", "100"])
+            .env("NO_COLOR", "1")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn standby lockmgrd");
+        r.standby = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(&path).is_ok_and(|l| l.contains("recorded as standby")) {
+            assert!(Instant::now() < deadline, "the standby was never recorded");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -399,6 +501,9 @@ impl Cluster {
         let mut s = String::new();
         let lm = std::fs::read_to_string(self.dir.path().join("lockmgrd.log")).unwrap_or_default();
         s.push_str(&format!("--- lockmgrd ---\n{lm}\n"));
+        if let Ok(st) = std::fs::read_to_string(self.dir.path().join("lockmgrd-standby.log")) {
+            s.push_str(&format!("--- lockmgrd standby ---\n{st}\n"));
+        }
         for n in &self.nodes {
             s.push_str(&format!("--- {} ---\n{}\n", n.name, n.log()));
         }
