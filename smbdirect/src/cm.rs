@@ -43,6 +43,8 @@ pub enum CmError {
         got: u32,
         status: i32,
     },
+    #[error("connection rejected by the peer (status {0})")]
+    Rejected(i32),
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
     #[error("invalid endpoint configuration: {0}")]
@@ -247,6 +249,9 @@ impl CmId {
         want: &'static str,
     ) -> Result<CmEvent, CmError> {
         let (e, _) = self.wait_event(deadline, want)?;
+        if e.kind == event::RDMA_CM_EVENT_REJECTED && kind != e.kind {
+            return Err(CmError::Rejected(e.status));
+        }
         if e.kind != kind {
             return Err(CmError::UnexpectedEvent {
                 want,

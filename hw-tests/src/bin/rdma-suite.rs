@@ -13,11 +13,13 @@
 //!
 //! Usage:
 //!   rdma-suite [--addr IP] [--device NAME] [--port N] [--gid-index N] [--bench-ops N]
-//!              [--lockbench PATH]
+//!              [--lockbench PATH] [--smbdirectd PATH]
 //!   rdma-suite hold --server IP:PORT --file HEX [device options]   (internal)
 //!
 //! `--lockbench`: the lockbench binary to run (then it is required); by default a `lockbench`
-//! next to this binary is used if there is one, and the test is skipped otherwise.
+//! next to this binary is used if there is one, and the test is skipped otherwise. `--smbdirectd`
+//! likewise for the SMB Direct proxy test ([`hw_tests::smbdirect`]: smbd in this process,
+//! smbdirectd as a child, an rdma_cm initiator negotiating SMB Direct and SMB2 through it).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 use std::io::{BufRead, BufReader, Write};
@@ -61,6 +63,7 @@ struct Args {
     device: DeviceConfig,
     bench_ops: u32,
     lockbench: Option<PathBuf>,
+    smbdirectd: Option<PathBuf>,
     // `hold` sub-command only.
     server: Option<SocketAddr>,
     file: u128,
@@ -73,6 +76,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<(bool, Args), Stri
         device: DeviceConfig::default(),
         bench_ops: 1000,
         lockbench: None,
+        smbdirectd: None,
         server: None,
         file: 0,
     };
@@ -98,6 +102,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<(bool, Args), Stri
                     .map_err(|e| format!("--bench-ops: {e}"))?
             }
             "--lockbench" => a.lockbench = Some(PathBuf::from(val("--lockbench")?)),
+            "--smbdirectd" => a.smbdirectd = Some(PathBuf::from(val("--smbdirectd")?)),
             "--server" => {
                 a.server = Some(
                     val("--server")?
@@ -640,21 +645,18 @@ fn test_conformance(ip: IpAddr, dev: &DeviceConfig, scenario: conformance::Scena
     r.and(stopped)
 }
 
-/// Where the lockbench binary is: `--lockbench`, else next to this binary. `Ok(None)`: not
-/// required and not found (skip).
-fn find_lockbench(a: &Args) -> Result<Option<PathBuf>, String> {
-    if let Some(p) = &a.lockbench {
+/// Where a helper binary is: the path given with `--NAME`, else `NAME` next to this binary.
+/// `Ok(None)`: not required and not found (skip).
+fn find_helper(given: &Option<PathBuf>, name: &str) -> Result<Option<PathBuf>, String> {
+    if let Some(p) = given {
         return if p.is_file() {
             Ok(Some(p.clone()))
         } else {
-            Err(format!("--lockbench {}: no such file", p.display()))
+            Err(format!("--{name} {}: no such file", p.display()))
         };
     }
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-    Ok(exe
-        .parent()
-        .map(|d| d.join("lockbench"))
-        .filter(|p| p.is_file()))
+    Ok(exe.parent().map(|d| d.join(name)).filter(|p| p.is_file()))
 }
 
 /// Runs `lockbench --transport rdma` briefly: it must exit 0 and report the raw verbs
@@ -838,7 +840,18 @@ fn main() -> ExitCode {
         let r = test_conformance(ip, &args.device, *scenario);
         report(&format!("conformance::{name}"), start, r);
     }
-    match find_lockbench(&args) {
+    match find_helper(&args.smbdirectd, "smbdirectd") {
+        Ok(Some(bin)) => {
+            let start = Instant::now();
+            let r = hw_tests::smbdirect::test_negotiate_through_proxy(ip, &bin);
+            report("smbdirectd_negotiate_through_proxy", start, r);
+        }
+        Ok(None) => println!(
+            "test smbdirectd_negotiate_through_proxy ... skipped (no smbdirectd next to rdma-suite)"
+        ),
+        Err(e) => report("smbdirectd_negotiate_through_proxy", Instant::now(), Err(e)),
+    }
+    match find_helper(&args.lockbench, "lockbench") {
         Ok(Some(bin)) => {
             let start = Instant::now();
             let r = test_lockbench_cli(&bin, ip, &args.device);
