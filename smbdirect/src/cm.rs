@@ -154,6 +154,9 @@ pub use ib::rdma_cm_event_type as event;
 struct CmId {
     id: NonNull<ib::rdma_cm_id>,
     channel: EventChannel,
+    /// A connection request not answered yet: refuse it before destroying the id, so the
+    /// client sees REJECTED at once instead of waiting for its connect to time out.
+    unanswered: bool,
 }
 
 // SAFETY: a cm_id and its channel may be used from any thread; this value owns both
@@ -178,7 +181,11 @@ impl CmId {
             return Err(last_err("rdma_create_id"));
         }
         let id = NonNull::new(id).ok_or_else(|| last_err("rdma_create_id"))?;
-        Ok(CmId { id, channel })
+        Ok(CmId {
+            id,
+            channel,
+            unanswered: false,
+        })
     }
 
     fn as_ptr(&self) -> *mut ib::rdma_cm_id {
@@ -265,6 +272,10 @@ impl CmId {
 
 impl Drop for CmId {
     fn drop(&mut self) {
+        if self.unanswered {
+            // SAFETY: live id of a connection request that got neither accept nor reject.
+            unsafe { ib::rdma_reject(self.id.as_ptr(), ptr::null(), 0) };
+        }
         // SAFETY: created by rdma_create_id (or handed to us by a CONNECT_REQUEST and migrated to
         // `channel`), destroyed once; every event of it was acknowledged when read, and the QP
         // and PD built on it are gone (an `Endpoint` drops them first). The channel drops after.
@@ -374,7 +385,11 @@ impl Listener {
                 return Err(e);
             }
             return Ok(Some(ConnectRequest {
-                id: CmId { id, channel },
+                id: CmId {
+                    id,
+                    channel,
+                    unanswered: true,
+                },
                 initiator_depth: ev.initiator_depth,
                 responder_resources: ev.responder_resources,
             }));
@@ -383,7 +398,7 @@ impl Listener {
     }
 }
 
-/// A client's connection request, not answered yet. Dropping it destroys the cm_id, which
+/// A client's connection request, not answered yet. Dropping it (or failing to accept it)
 /// refuses the connection.
 pub struct ConnectRequest {
     id: CmId,
@@ -394,8 +409,8 @@ pub struct ConnectRequest {
 impl ConnectRequest {
     /// Refuses the connection (the peer sees REJECTED).
     pub fn reject(self) {
-        // SAFETY: live id of a connection request not yet answered.
-        unsafe { ib::rdma_reject(self.id.as_ptr(), ptr::null(), 0) };
+        // Dropping the unanswered id rejects it (see `CmId::unanswered`).
+        drop(self);
     }
 
     /// Builds the connection's queue pair and buffers, posts every receive slot, accepts and
@@ -416,6 +431,7 @@ impl ConnectRequest {
         if unsafe { ib::rdma_accept(ep.id.as_ptr(), &mut p) } != 0 {
             return Err(last_err("rdma_accept"));
         }
+        ep.id.unanswered = false;
         ep.id
             .expect_event(event::RDMA_CM_EVENT_ESTABLISHED, deadline, "ESTABLISHED")?;
         Ok(ep)

@@ -354,6 +354,55 @@ mod tests {
         assert!(args(&["--bogus"]).is_err());
     }
 
+    /// An upstream connected to a loopback listener, and the listener's end of it.
+    fn upstream_pair(max_frame: usize) -> (Upstream, TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let up = Upstream::connect(l.local_addr().unwrap(), max_frame).unwrap();
+        let (smbd, _) = l.accept().unwrap();
+        (up, smbd)
+    }
+
+    /// Reads until `n` frames (or an error or EOF) arrived; blocking reads, no timing.
+    fn frames(up: &mut Upstream, n: usize) -> std::io::Result<Option<Vec<Vec<u8>>>> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            match up.read_frames()? {
+                Some(f) => got.extend(f),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(got))
+    }
+
+    #[test]
+    fn upstream_frames_both_ways() {
+        let (mut up, mut smbd) = upstream_pair(1024);
+        up.write_frame(b"hello").unwrap();
+        let mut buf = [0u8; 9];
+        smbd.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"\0\0\0\x05hello");
+        // Two responses and the start of a third in one write, the rest later.
+        smbd.write_all(b"\0\0\0\x01a\0\0\0\x02bc\0\0").unwrap();
+        assert_eq!(
+            frames(&mut up, 2).unwrap(),
+            Some(vec![b"a".to_vec(), b"bc".to_vec()])
+        );
+        smbd.write_all(b"\0\x03xyz").unwrap();
+        assert_eq!(frames(&mut up, 1).unwrap(), Some(vec![b"xyz".to_vec()]));
+        drop(smbd);
+        assert_eq!(frames(&mut up, 1).unwrap(), None);
+    }
+
+    #[test]
+    fn upstream_refuses_oversized_and_non_session_frames() {
+        let (mut up, mut smbd) = upstream_pair(4);
+        smbd.write_all(b"\0\0\0\x05hello").unwrap();
+        assert!(frames(&mut up, 1).is_err());
+        let (mut up, mut smbd) = upstream_pair(1024);
+        smbd.write_all(b"\x85\0\0\0").unwrap();
+        assert!(frames(&mut up, 1).is_err());
+    }
+
     #[test]
     fn receive_credits_too_small_is_refused_by_the_core() {
         let o = args(&["--receive-credits", "2"]).unwrap();
