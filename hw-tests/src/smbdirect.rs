@@ -165,12 +165,23 @@ impl Initiator {
         }
     }
 
+    /// Services the connection (credits, keep-alives) for about `d` without sending anything.
+    pub fn idle(&mut self, d: Duration) -> Result<(), String> {
+        for o in self.conn.progress().map_err(|e| e.to_string())? {
+            if let Output::Closed(e) = o {
+                return Err(format!("connection closed: {e}"));
+            }
+        }
+        self.conn.wait(&[], d).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
     pub fn stats(&self) -> smbdirect::Stats {
         self.conn.connection().stats()
     }
 }
 
-/// smbdirectd as a child process, killed on drop.
+/// A child process (smbdirectd, or the `sd-hold` client), SIGKILLed and reaped on drop.
 struct Proxy(Child);
 
 impl Drop for Proxy {
@@ -249,9 +260,14 @@ impl Drop for Smbd {
 
 /// The test: SMB Direct negotiation with smbdirectd, an SMB2 NEGOTIATE answered by smbd through
 /// the proxy, the connection cap (1) refusing a second client while the first is up, and an
-/// SMB2 ECHO on the first connection afterwards; then ECHO round trips through the proxy and
+/// SMB2 ECHO on the first connection afterwards, a new client admitted once the first left,
+/// and again once a client process holding the only slot was SIGKILLed; then ECHO round trips through the proxy and
 /// straight to smbd over TCP, printed side by side.
-pub fn test_negotiate_through_proxy(ip: IpAddr, smbdirectd: &Path) -> Result<(), String> {
+pub fn test_negotiate_through_proxy(
+    ip: IpAddr,
+    smbdirectd: &Path,
+    suite_exe: &Path,
+) -> Result<(), String> {
     let smbd = Smbd::start()?;
     let listen = SocketAddr::new(ip, PORT);
     let _proxy = start_proxy(smbdirectd, listen, smbd.addr)?;
@@ -290,7 +306,44 @@ pub fn test_negotiate_through_proxy(ip: IpAddr, smbdirectd: &Path) -> Result<(),
         rdma.push(t.elapsed());
         check_echo_response(&r)?;
     }
+    // The client goes away: smbdirectd's connection thread must see the disconnect and free its
+    // slot under the cap of 1, so a new client gets in (retried while the old one winds down).
     drop(first);
+    let mut next = connect_retrying(listen)
+        .map_err(|e| format!("reconnecting after the first client left: {e}"))?;
+    check_negotiate_response(&next.round_trip(negotiate_request())?)?;
+    drop(next);
+
+    // A client process killed with SIGKILL (no disconnect of its own; the kernel tears its
+    // cm_id down): its slot must come free too.
+    let mut holder = Proxy(
+        Command::new(suite_exe)
+            .args(["sd-hold", "--server", &listen.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("spawning sd-hold: {e}"))?,
+    );
+    let mut line = String::new();
+    if let Some(out) = holder.0.stdout.take() {
+        // The child retries while the previous client is still winding down.
+        BufReader::new(out)
+            .read_line(&mut line)
+            .map_err(|e| format!("reading sd-hold: {e}"))?;
+    }
+    if !line.starts_with("NEGOTIATED") {
+        return Err(format!("sd-hold said {line:?}"));
+    }
+    match Initiator::connect(listen) {
+        Ok(_) => return Err("a client was admitted beside the holder beyond the cap".into()),
+        Err(e) if e.contains("rejected") => {}
+        Err(e) => return Err(format!("connect beside the holder: {e}")),
+    }
+    drop(holder); // SIGKILL and reap
+    let mut after_kill = connect_retrying(listen)
+        .map_err(|e| format!("reconnecting after the holder was killed: {e}"))?;
+    check_negotiate_response(&after_kill.round_trip(negotiate_request())?)?;
+    drop(after_kill);
     let mut tcp = tcp_echo_rounds(smbd.addr)?;
     let (r50, r99) = percentiles(&mut rdma);
     let (t50, t99) = percentiles(&mut tcp);
@@ -303,6 +356,35 @@ pub fn test_negotiate_through_proxy(ip: IpAddr, smbdirectd: &Path) -> Result<(),
 }
 
 const ECHO_ROUNDS: usize = 200;
+
+/// Connects, retrying while smbdirectd rejects us because its one connection slot is still
+/// taken by a client that is going away.
+pub fn connect_retrying(addr: SocketAddr) -> Result<Initiator, String> {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        match Initiator::connect(addr) {
+            Ok(c) => return Ok(c),
+            Err(e) if e.contains("rejected") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The `sd-hold` child of the test: connect, negotiate SMB Direct and SMB2, say `NEGOTIATED`,
+/// then stay connected until killed.
+pub fn hold(server: SocketAddr) -> Result<(), String> {
+    use std::io::Write;
+    let mut c = connect_retrying(server)?;
+    check_negotiate_response(&c.round_trip(negotiate_request())?)?;
+    println!("NEGOTIATED");
+    std::io::stdout().flush().map_err(|e| e.to_string())?;
+    loop {
+        // Keep answering keep-alives and credits until SIGKILL.
+        c.idle(Duration::from_secs(1))?;
+    }
+}
 
 fn percentiles(v: &mut [Duration]) -> (Duration, Duration) {
     v.sort();

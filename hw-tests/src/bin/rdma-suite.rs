@@ -15,6 +15,7 @@
 //!   rdma-suite [--addr IP] [--device NAME] [--port N] [--gid-index N] [--bench-ops N]
 //!              [--lockbench PATH] [--smbdirectd PATH]
 //!   rdma-suite hold --server IP:PORT --file HEX [device options]   (internal)
+//!   rdma-suite sd-hold --server IP:PORT   (internal: an SMB Direct client that waits to be killed)
 //!
 //! `--lockbench`: the lockbench binary to run (then it is required); by default a `lockbench`
 //! next to this binary is used if there is one, and the test is skipped otherwise. `--smbdirectd`
@@ -747,6 +748,18 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    if std::env::args().nth(1).as_deref() == Some("sd-hold") {
+        let server = std::env::args().skip(2).collect::<Vec<_>>();
+        let addr = match server.as_slice() {
+            [flag, a] if flag == "--server" => a.parse().map_err(|e| format!("--server: {e}")),
+            _ => Err("usage: rdma-suite sd-hold --server IP:PORT".to_string()),
+        };
+        let r = addr.and_then(hw_tests::smbdirect::hold);
+        if let Err(e) = r {
+            println!("ERROR {e}");
+        }
+        return ExitCode::from(1);
+    }
     let (is_hold, args) = match parse_args(std::env::args().skip(1)) {
         Ok(x) => x,
         Err(e) => {
@@ -843,7 +856,9 @@ fn main() -> ExitCode {
     match find_helper(&args.smbdirectd, "smbdirectd") {
         Ok(Some(bin)) => {
             let start = Instant::now();
-            let r = hw_tests::smbdirect::test_negotiate_through_proxy(ip, &bin);
+            let r = std::env::current_exe()
+                .map_err(|e| format!("current_exe: {e}"))
+                .and_then(|exe| hw_tests::smbdirect::test_negotiate_through_proxy(ip, &bin, &exe));
             report("smbdirectd_negotiate_through_proxy", start, r);
         }
         Ok(None) => println!(
