@@ -206,3 +206,24 @@ impl RdmaConnection {
         Ok(ready[2..].to_vec())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_has_one_receive_beyond_the_credits_and_core_sized_slots() {
+        let core = Config {
+            receive_credit_max: 32,
+            max_receive_size: 1364,
+            max_send_size: 1000,
+            ..Config::default()
+        };
+        let e = endpoint_config(&core, 0);
+        assert_eq!(e.recv_slots, 33);
+        assert_eq!(e.recv_size, 1364);
+        assert_eq!(e.send_size, 1000);
+        assert_eq!(e.send_slots, 1, "at least one send slot");
+        assert_eq!(endpoint_config(&core, 16).send_slots, 16);
+    }
+}
