@@ -126,11 +126,12 @@ if [ ! -f "$KROOT/boot/vmlinuz-$KVER" ]; then
 fi
 
 # ---- test binaries ------------------------------------------------------------------------------
-# rdma-suite (its own tests plus the transport conformance scenarios) and lockbench, which the
-# suite runs once over rdma as a functional check.
-log "building rdma-suite and lockbench ($PROFILE)"
+# rdma-suite (its own tests plus the transport conformance scenarios), lockbench, which the
+# suite runs once over rdma as a functional check, and smbdirectd, the SMB Direct proxy the suite
+# puts between an rdma_cm initiator and smbd.
+log "building rdma-suite, lockbench and smbdirectd ($PROFILE)"
 (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --profile "$PROFILE" -p hw-tests --bin rdma-suite \
-    -p lockbench --bin lockbench >&2) ||
+    -p lockbench --bin lockbench -p smbdirect --bin smbdirectd >&2) ||
     fail "cargo build failed"
 case "$PROFILE" in
     dev) BIN_DIR=$TARGET_DIR/debug ;;
@@ -138,8 +139,10 @@ case "$PROFILE" in
 esac
 BIN=$BIN_DIR/rdma-suite
 BENCH_BIN=$BIN_DIR/lockbench
+SDD_BIN=$BIN_DIR/smbdirectd
 [ -x "$BIN" ] || fail "no binary at $BIN"
 [ -x "$BENCH_BIN" ] || fail "no binary at $BENCH_BIN"
+[ -x "$SDD_BIN" ] || fail "no binary at $SDD_BIN"
 
 # ---- initramfs ----------------------------------------------------------------------------------
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/softroce.XXXXXX")
@@ -174,14 +177,16 @@ cp /bin/busybox "$R/bin/busybox"
 RDMA_TOOL=$(command -v rdma || echo /sbin/rdma)
 PROVIDER=$(ls "$ARCH_LIB"/libibverbs/librxe-rdmav*.so 2>/dev/null | head -1)
 [ -n "$PROVIDER" ] || fail "rxe verbs provider not found (ibverbs-providers)"
-copy_with_libs "$RDMA_TOOL" "$PROVIDER" "$BIN" "$BENCH_BIN"
+copy_with_libs "$RDMA_TOOL" "$PROVIDER" "$BIN" "$BENCH_BIN" "$SDD_BIN"
 cp /etc/libibverbs.d/rxe.driver "$R/etc/libibverbs.d/"
 mkdir -p "$R/usr/local/bin"
 mv "$R$BIN" "$R/usr/local/bin/rdma-suite"
 mv "$R$BENCH_BIN" "$R/usr/local/bin/lockbench"
+mv "$R$SDD_BIN" "$R/usr/local/bin/smbdirectd"
 # Debug info is useless in the guest and slows the initramfs unpacking under emulation.
 if command -v strip >/dev/null; then
-    strip --strip-debug "$R/usr/local/bin/rdma-suite" "$R/usr/local/bin/lockbench" || true
+    strip --strip-debug "$R/usr/local/bin/rdma-suite" "$R/usr/local/bin/lockbench" \
+        "$R/usr/local/bin/smbdirectd" || true
 fi
 RDMA_IN_GUEST=$RDMA_TOOL
 
@@ -200,7 +205,8 @@ add_module() {
 }
 CRC=$(find "$KROOT/lib/modules/$KVER" -name 'crc32_generic.ko*' | head -1)
 [ -n "$CRC" ] && add_module "$CRC"
-for m in rdma_rxe dummy; do
+# rdma_ucm: librdmacm's /dev/infiniband/rdma_cm (pulls rdma_cm, ib_cm, iw_cm) for smbdirectd.
+for m in rdma_rxe dummy rdma_ucm; do
     mods=$(modprobe -d "$KROOT" -S "$KVER" --show-depends "$m" | awk '$1 == "insmod" {print $2}') ||
         fail "modprobe --show-depends $m failed"
     for ko in $mods; do
@@ -236,7 +242,7 @@ while [ \$i -lt 100 ]; do
 done
 echo "GUEST: rxe0 gid[1]=\$g"
 echo "GUEST: running rdma-suite"
-/usr/local/bin/rdma-suite --lockbench /usr/local/bin/lockbench
+/usr/local/bin/rdma-suite --lockbench /usr/local/bin/lockbench --smbdirectd /usr/local/bin/smbdirectd
 echo "SOFTROCE-STATUS: \$?"
 sync
 poweroff -f

@@ -1,2 +1,4 @@
 //! Hardware tests: soft-RoCE under qemu
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod smbdirect;

@@ -13,11 +13,14 @@
 //!
 //! Usage:
 //!   rdma-suite [--addr IP] [--device NAME] [--port N] [--gid-index N] [--bench-ops N]
-//!              [--lockbench PATH]
+//!              [--lockbench PATH] [--smbdirectd PATH]
 //!   rdma-suite hold --server IP:PORT --file HEX [device options]   (internal)
+//!   rdma-suite sd-hold --server IP:PORT   (internal: an SMB Direct client that waits to be killed)
 //!
 //! `--lockbench`: the lockbench binary to run (then it is required); by default a `lockbench`
-//! next to this binary is used if there is one, and the test is skipped otherwise.
+//! next to this binary is used if there is one, and the test is skipped otherwise. `--smbdirectd`
+//! likewise for the SMB Direct proxy test ([`hw_tests::smbdirect`]: smbd in this process,
+//! smbdirectd as a child, an rdma_cm initiator negotiating SMB Direct and SMB2 through it).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 use std::io::{BufRead, BufReader, Write};
@@ -61,6 +64,7 @@ struct Args {
     device: DeviceConfig,
     bench_ops: u32,
     lockbench: Option<PathBuf>,
+    smbdirectd: Option<PathBuf>,
     // `hold` sub-command only.
     server: Option<SocketAddr>,
     file: u128,
@@ -73,6 +77,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<(bool, Args), Stri
         device: DeviceConfig::default(),
         bench_ops: 1000,
         lockbench: None,
+        smbdirectd: None,
         server: None,
         file: 0,
     };
@@ -98,6 +103,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<(bool, Args), Stri
                     .map_err(|e| format!("--bench-ops: {e}"))?
             }
             "--lockbench" => a.lockbench = Some(PathBuf::from(val("--lockbench")?)),
+            "--smbdirectd" => a.smbdirectd = Some(PathBuf::from(val("--smbdirectd")?)),
             "--server" => {
                 a.server = Some(
                     val("--server")?
@@ -640,21 +646,18 @@ fn test_conformance(ip: IpAddr, dev: &DeviceConfig, scenario: conformance::Scena
     r.and(stopped)
 }
 
-/// Where the lockbench binary is: `--lockbench`, else next to this binary. `Ok(None)`: not
-/// required and not found (skip).
-fn find_lockbench(a: &Args) -> Result<Option<PathBuf>, String> {
-    if let Some(p) = &a.lockbench {
+/// Where a helper binary is: the path given with `--NAME`, else `NAME` next to this binary.
+/// `Ok(None)`: not required and not found (skip).
+fn find_helper(given: &Option<PathBuf>, name: &str) -> Result<Option<PathBuf>, String> {
+    if let Some(p) = given {
         return if p.is_file() {
             Ok(Some(p.clone()))
         } else {
-            Err(format!("--lockbench {}: no such file", p.display()))
+            Err(format!("--{name} {}: no such file", p.display()))
         };
     }
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-    Ok(exe
-        .parent()
-        .map(|d| d.join("lockbench"))
-        .filter(|p| p.is_file()))
+    Ok(exe.parent().map(|d| d.join(name)).filter(|p| p.is_file()))
 }
 
 /// Runs `lockbench --transport rdma` briefly: it must exit 0 and report the raw verbs
@@ -745,6 +748,18 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    if std::env::args().nth(1).as_deref() == Some("sd-hold") {
+        let server = std::env::args().skip(2).collect::<Vec<_>>();
+        let addr = match server.as_slice() {
+            [flag, a] if flag == "--server" => a.parse().map_err(|e| format!("--server: {e}")),
+            _ => Err("usage: rdma-suite sd-hold --server IP:PORT".to_string()),
+        };
+        let r = addr.and_then(hw_tests::smbdirect::hold);
+        if let Err(e) = r {
+            println!("ERROR {e}");
+        }
+        return ExitCode::from(1);
+    }
     let (is_hold, args) = match parse_args(std::env::args().skip(1)) {
         Ok(x) => x,
         Err(e) => {
@@ -838,7 +853,20 @@ fn main() -> ExitCode {
         let r = test_conformance(ip, &args.device, *scenario);
         report(&format!("conformance::{name}"), start, r);
     }
-    match find_lockbench(&args) {
+    match find_helper(&args.smbdirectd, "smbdirectd") {
+        Ok(Some(bin)) => {
+            let start = Instant::now();
+            let r = std::env::current_exe()
+                .map_err(|e| format!("current_exe: {e}"))
+                .and_then(|exe| hw_tests::smbdirect::test_negotiate_through_proxy(ip, &bin, &exe));
+            report("smbdirectd_negotiate_through_proxy", start, r);
+        }
+        Ok(None) => println!(
+            "test smbdirectd_negotiate_through_proxy ... skipped (no smbdirectd next to rdma-suite)"
+        ),
+        Err(e) => report("smbdirectd_negotiate_through_proxy", Instant::now(), Err(e)),
+    }
+    match find_helper(&args.lockbench, "lockbench") {
         Ok(Some(bin)) => {
             let start = Instant::now();
             let r = test_lockbench_cli(&bin, ip, &args.device);

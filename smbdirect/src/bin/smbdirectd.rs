@@ -1,0 +1,411 @@
+//! smbdirectd: the SMB Direct (MS-SMBD) proxy daemon.
+//!
+//!   smbdirectd [--listen ADDR:PORT ...] [--forward ADDR:PORT] [--max-connections N]
+//!              [--receive-credits N] [--send-slots N]
+//!
+//! Listens with rdma_cm (default 0.0.0.0:445, the InfiniBand/RoCE port, and 0.0.0.0:5445, the
+//! iWARP one; an unspecified address listens on every RDMA device), gives each client one RC
+//! queue pair with a posted receive ring, runs the SMB Direct protocol core (server role) on
+//! its completions, and forwards every reassembled SMB2 message to smbd over TCP as a
+//! NetBIOS-framed stream (the framing smbd takes on port 445), sending smbd's responses back
+//! under the SMB Direct credits. One thread per connection; connections beyond
+//! `--max-connections` are rejected before any memory is registered for them.
+//!
+//! Prints `smbdirectd listening on ADDR` for each listener once it is ready.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use smbdirect::cm::{self, ConnectRequest, Listener};
+use smbdirect::rdma::{endpoint_config, RdmaConnection};
+use smbdirect::{Config, Output, Role};
+use tracing::{debug, error, info, warn};
+
+/// How long an accepted connection may take to become established.
+const ACCEPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on connecting to smbd and on each write to it.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone)]
+struct Opts {
+    listen: Vec<SocketAddr>,
+    forward: SocketAddr,
+    max_connections: usize,
+    receive_credits: u16,
+    send_slots: u16,
+}
+
+fn usage() -> &'static str {
+    "usage: smbdirectd [--listen ADDR:PORT ...] [--forward ADDR:PORT] [--max-connections N] \
+     [--receive-credits N] [--send-slots N]"
+}
+
+fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Opts, String> {
+    let mut o = Opts {
+        listen: Vec::new(),
+        forward: SocketAddr::from(([127, 0, 0, 1], 445)),
+        max_connections: 64,
+        receive_credits: 32,
+        send_slots: 16,
+    };
+    while let Some(a) = it.next() {
+        let mut val = || it.next().ok_or_else(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--listen" => o
+                .listen
+                .push(val()?.parse().map_err(|e| format!("--listen: {e}"))?),
+            "--forward" => o.forward = val()?.parse().map_err(|e| format!("--forward: {e}"))?,
+            "--max-connections" => {
+                o.max_connections = val()?
+                    .parse()
+                    .map_err(|e| format!("--max-connections: {e}"))?
+            }
+            "--receive-credits" => {
+                o.receive_credits = val()?
+                    .parse()
+                    .map_err(|e| format!("--receive-credits: {e}"))?
+            }
+            "--send-slots" => {
+                o.send_slots = val()?.parse().map_err(|e| format!("--send-slots: {e}"))?
+            }
+            "-h" | "--help" => return Err(usage().into()),
+            _ => return Err(format!("unknown argument {a}\n{}", usage())),
+        }
+    }
+    if o.listen.is_empty() {
+        o.listen = vec![
+            SocketAddr::from(([0, 0, 0, 0], 445)),
+            SocketAddr::from(([0, 0, 0, 0], 5445)),
+        ];
+    }
+    if o.max_connections == 0 || o.send_slots == 0 {
+        return Err("--max-connections and --send-slots must be at least 1".into());
+    }
+    Ok(o)
+}
+
+fn core_config(o: &Opts) -> Config {
+    Config {
+        receive_credit_max: o.receive_credits,
+        ..Config::default()
+    }
+}
+
+/// Counts a connection thread for the cap until it ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The TCP stream to smbd, NetBIOS session framing (a zero byte and a 24-bit length).
+struct Upstream {
+    sock: TcpStream,
+    inbuf: Vec<u8>,
+    max_frame: usize,
+}
+
+impl Upstream {
+    fn connect(addr: SocketAddr, max_frame: usize) -> std::io::Result<Upstream> {
+        let sock = TcpStream::connect_timeout(&addr, UPSTREAM_TIMEOUT)?;
+        sock.set_nodelay(true)?;
+        sock.set_write_timeout(Some(UPSTREAM_TIMEOUT))?;
+        Ok(Upstream {
+            sock,
+            inbuf: Vec::new(),
+            max_frame,
+        })
+    }
+
+    fn write_frame(&mut self, msg: &[u8]) -> std::io::Result<()> {
+        let len = u32::try_from(msg.len())
+            .ok()
+            .filter(|&l| l < 1 << 24)
+            .ok_or_else(|| std::io::Error::other("SMB2 message too long for NetBIOS framing"))?;
+        let mut frame = Vec::with_capacity(4 + msg.len());
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.extend_from_slice(msg);
+        self.sock.write_all(&frame)
+    }
+
+    /// Reads what smbd sent (the socket is readable, so this does not block) and returns the
+    /// complete messages; `Ok(None)` when smbd closed the connection.
+    fn read_frames(&mut self) -> std::io::Result<Option<Vec<Vec<u8>>>> {
+        let mut buf = [0u8; 65536];
+        let n = match self.sock.read(&mut buf) {
+            Ok(0) => return Ok(None),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
+            Err(e) => return Err(e),
+        };
+        self.inbuf.extend_from_slice(&buf[..n]);
+        let mut out = Vec::new();
+        while self.inbuf.len() >= 4 {
+            if self.inbuf[0] != 0 {
+                return Err(std::io::Error::other(
+                    "smbd sent a non-session NetBIOS frame",
+                ));
+            }
+            let len = usize::from(self.inbuf[1]) << 16
+                | usize::from(self.inbuf[2]) << 8
+                | usize::from(self.inbuf[3]);
+            if len > self.max_frame {
+                return Err(std::io::Error::other(format!(
+                    "smbd response of {len} bytes exceeds the client's MaxFragmentedSize"
+                )));
+            }
+            if self.inbuf.len() < 4 + len {
+                break;
+            }
+            out.push(self.inbuf[4..4 + len].to_vec());
+            self.inbuf.drain(..4 + len);
+        }
+        Ok(Some(out))
+    }
+}
+
+/// Runs one client connection to its end.
+fn serve(req: ConnectRequest, o: &Opts) -> Result<(), String> {
+    let core = core_config(o);
+    let ep = req
+        .accept(&endpoint_config(&core, o.send_slots), ACCEPT_TIMEOUT)
+        .map_err(|e| format!("accept: {e}"))?;
+    let mut c = RdmaConnection::new(ep, Role::Server, core).map_err(|e| e.to_string())?;
+    let mut up: Option<Upstream> = None;
+    loop {
+        for out in c.progress().map_err(|e| e.to_string())? {
+            match out {
+                Output::Connected(n) => {
+                    info!(?n, "smbdirect: negotiated; connecting to smbd");
+                    match Upstream::connect(o.forward, n.peer_max_fragmented_size as usize) {
+                        Ok(u) => up = Some(u),
+                        Err(e) => {
+                            c.close();
+                            return Err(format!("connecting to smbd at {}: {e}", o.forward));
+                        }
+                    }
+                }
+                Output::Message(m) => {
+                    let Some(u) = up.as_mut() else {
+                        c.close();
+                        return Err("SMB2 message before negotiation finished".into());
+                    };
+                    debug!(len = m.len(), "smbdirect: client -> smbd");
+                    if let Err(e) = u.write_frame(&m) {
+                        c.close();
+                        return Err(format!("writing to smbd: {e}"));
+                    }
+                }
+                Output::Closed(e) => {
+                    info!(reason = %e, stats = ?c.connection().stats(), "smbdirect: connection closed");
+                    return Ok(());
+                }
+            }
+        }
+        let fds: Vec<_> = up.iter().map(|u| u.sock.as_raw_fd()).collect();
+        let ready = c
+            .wait(&fds, Duration::from_secs(1))
+            .map_err(|e| e.to_string())?;
+        if ready.first().copied().unwrap_or(false) {
+            if let Some(u) = up.as_mut() {
+                match u.read_frames() {
+                    Ok(Some(frames)) => {
+                        for f in frames {
+                            debug!(len = f.len(), "smbdirect: smbd -> client");
+                            if let Err(e) = c.send(f) {
+                                warn!(error = %e, "smbdirect: cannot send smbd's response; closing");
+                                c.close();
+                            }
+                        }
+                    }
+                    Ok(None) => {
+                        info!("smbdirect: smbd closed the connection");
+                        c.close();
+                        up = None;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "smbdirect: reading from smbd; closing");
+                        c.close();
+                        up = None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SMBDIRECTD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let o = match parse_args(std::env::args().skip(1)) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("smbdirectd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = core_config(&o).validate() {
+        eprintln!("smbdirectd: {e}");
+        return ExitCode::from(2);
+    }
+    let mut listeners = Vec::new();
+    for a in &o.listen {
+        match Listener::bind(*a, 64) {
+            Ok(l) => {
+                println!("smbdirectd listening on {a}");
+                listeners.push(l);
+            }
+            Err(e) => error!(addr = %a, error = %e, "cannot listen"),
+        }
+    }
+    if listeners.is_empty() {
+        eprintln!("smbdirectd: no listener could be started (is there an RDMA device?)");
+        return ExitCode::FAILURE;
+    }
+    let _ = std::io::stdout().flush();
+    info!(forward = %o.forward, max_connections = o.max_connections, "smbdirectd ready");
+    let active = Arc::new(AtomicUsize::new(0));
+    let fds: Vec<_> = listeners.iter().map(|l| l.fd()).collect();
+    let o = Arc::new(o);
+    loop {
+        if let Err(e) = cm::wait_readable(&fds, Duration::from_secs(1)) {
+            error!(error = %e, "poll");
+            return ExitCode::FAILURE;
+        }
+        for l in &listeners {
+            loop {
+                let req = match l.next_request() {
+                    Ok(Some(r)) => r,
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!(error = %e, "connection request failed");
+                        break;
+                    }
+                };
+                if active.load(Ordering::SeqCst) >= o.max_connections {
+                    warn!(max = o.max_connections, "connection cap reached; rejecting");
+                    req.reject();
+                    continue;
+                }
+                active.fetch_add(1, Ordering::SeqCst);
+                let slot = Slot(active.clone());
+                let o = o.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("smbdirect-conn".into())
+                    .spawn(move || {
+                        let _slot = slot;
+                        if let Err(e) = serve(req, &o) {
+                            warn!(error = %e, "connection ended");
+                        }
+                    });
+                if let Err(e) = spawned {
+                    // The closure (request and slot) was dropped: the request is refused.
+                    error!(error = %e, "cannot start a connection thread");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &[&str]) -> Result<Opts, String> {
+        parse_args(s.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn defaults_listen_on_both_smb_direct_ports() {
+        let o = args(&[]).unwrap();
+        let ports: Vec<u16> = o.listen.iter().map(|a| a.port()).collect();
+        assert_eq!(ports, vec![445, 5445]);
+        assert_eq!(o.forward, SocketAddr::from(([127, 0, 0, 1], 445)));
+    }
+
+    #[test]
+    fn explicit_options_and_errors() {
+        let o = args(&[
+            "--listen",
+            "10.0.0.1:5445",
+            "--forward",
+            "127.0.0.1:4450",
+            "--max-connections",
+            "2",
+        ])
+        .unwrap();
+        assert_eq!(o.listen, vec!["10.0.0.1:5445".parse().unwrap()]);
+        assert_eq!(o.forward.port(), 4450);
+        assert_eq!(o.max_connections, 2);
+        assert!(args(&["--max-connections", "0"]).is_err());
+        assert!(args(&["--listen"]).is_err());
+        assert!(args(&["--bogus"]).is_err());
+    }
+
+    /// An upstream connected to a loopback listener, and the listener's end of it.
+    fn upstream_pair(max_frame: usize) -> (Upstream, TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let up = Upstream::connect(l.local_addr().unwrap(), max_frame).unwrap();
+        let (smbd, _) = l.accept().unwrap();
+        (up, smbd)
+    }
+
+    /// Reads until `n` frames (or an error or EOF) arrived; blocking reads, no timing.
+    fn frames(up: &mut Upstream, n: usize) -> std::io::Result<Option<Vec<Vec<u8>>>> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            match up.read_frames()? {
+                Some(f) => got.extend(f),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(got))
+    }
+
+    #[test]
+    fn upstream_frames_both_ways() {
+        let (mut up, mut smbd) = upstream_pair(1024);
+        up.write_frame(b"hello").unwrap();
+        let mut buf = [0u8; 9];
+        smbd.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"\0\0\0\x05hello");
+        // Two responses and the start of a third in one write, the rest later.
+        smbd.write_all(b"\0\0\0\x01a\0\0\0\x02bc\0\0").unwrap();
+        assert_eq!(
+            frames(&mut up, 2).unwrap(),
+            Some(vec![b"a".to_vec(), b"bc".to_vec()])
+        );
+        smbd.write_all(b"\0\x03xyz").unwrap();
+        assert_eq!(frames(&mut up, 1).unwrap(), Some(vec![b"xyz".to_vec()]));
+        drop(smbd);
+        assert_eq!(frames(&mut up, 1).unwrap(), None);
+    }
+
+    #[test]
+    fn upstream_refuses_oversized_and_non_session_frames() {
+        let (mut up, mut smbd) = upstream_pair(4);
+        smbd.write_all(b"\0\0\0\x05hello").unwrap();
+        assert!(frames(&mut up, 1).is_err());
+        let (mut up, mut smbd) = upstream_pair(1024);
+        smbd.write_all(b"\x85\0\0\0").unwrap();
+        assert!(frames(&mut up, 1).is_err());
+    }
+
+    #[test]
+    fn receive_credits_too_small_is_refused_by_the_core() {
+        let o = args(&["--receive-credits", "2"]).unwrap();
+        assert!(core_config(&o).validate().is_err());
+    }
+}
