@@ -72,7 +72,7 @@
 //! request_timeout_ms = 5000
 //! # With several `connect` addresses: a replica silent (or a request unanswered) this long
 //! # moves the session to another replica.
-//! failover_timeout_ms = 500
+//! failover_timeout_ms = 200
 //! ```
 //!
 //! ```toml
@@ -302,7 +302,7 @@ fn default_request_timeout_ms() -> u64 {
 }
 
 fn default_failover_timeout_ms() -> u64 {
-    500
+    200
 }
 
 impl Default for LockmgrConfig {
