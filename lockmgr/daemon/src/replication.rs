@@ -333,6 +333,20 @@ impl Core {
             }
             Message::AppendRefused { refusal } => {
                 tracing::debug!(?refusal, "standby refused an append");
+                // The standby saw our own epoch change (recording it) in etcd before we got
+                // the answer: not a newer primary, just appends to send again in a moment.
+                let my_epoch = self.state.replica().map_or(0, |r| r.epoch().0);
+                let own_change_in_flight = matches!(
+                    (&refusal, self.ha.as_ref().and_then(|h| h.pending.as_ref())),
+                    (AppendError::EpochMismatch { mine, .. }, Some(Intent::RecordStandby { .. }))
+                        if mine.0 == my_epoch + 1
+                );
+                if own_change_in_flight {
+                    if let Some(ha) = &mut self.ha {
+                        ha.rewind_at = Some(Instant::now() + Duration::from_millis(2));
+                    }
+                    return;
+                }
                 let deposed = self
                     .state
                     .replica_mut()

@@ -414,7 +414,16 @@ const SUSPECT_AFTER: Duration = Duration::from_millis(50);
 
 impl FailoverNode {
     fn call(&mut self, req: Request) -> Reply {
-        let id = self.client.submit(req.clone()).expect("submit");
+        let id = match self.client.submit(req.clone()) {
+            Ok(id) => id,
+            // The replica this session was on has gone (fenced, or its connection ended).
+            Err(_) => {
+                self.resume();
+                self.client
+                    .submit(req.clone())
+                    .expect("submit after resume")
+            }
+        };
         let deadline = Instant::now() + TIMEOUT * 3;
         let mut healthy = self.client.flush().is_ok();
         loop {
@@ -645,6 +654,7 @@ fn repeated_primary_kills_never_grant_a_lock_twice() {
     let ensure_both = |replicas: &mut Vec<Option<Replica>>, spurious: &mut u32| loop {
         let mut c = coordinator(&etcd).expect("etcd");
         let current = c.read().expect("read").expect("config").config;
+        let epoch_before = current.epoch;
         let mut restarted = false;
         for i in 0..2 {
             let exited = replicas[i]
@@ -664,8 +674,12 @@ fn repeated_primary_kills_never_grant_a_lock_twice() {
         }
         let deadline = Instant::now() + TIMEOUT;
         loop {
+            // A record made after the restart (the old one may name the dead process).
             let now = c.read().ok().flatten().map(|s| s.config);
-            if now.as_ref().is_some_and(recorded) {
+            if now
+                .as_ref()
+                .is_some_and(|c| c.epoch > epoch_before && recorded(c))
+            {
                 break;
             }
             let dead = replicas.iter_mut().any(|r| {
