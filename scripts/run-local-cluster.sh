@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# A local all-active cluster: lockmgrd over shared memory and two smbd nodes serving one
-# directory (standing in for the cluster filesystem) through it.
+# A local all-active cluster: a replicated lock manager (two lockmgrd replicas over shared
+# memory, primary + standby, epochs in a private etcd) and two smbd nodes serving one directory
+# (standing in for the cluster filesystem) through it.
 #
 #   bash scripts/run-local-cluster.sh            # run until Ctrl-C / SIGTERM
 #   bash scripts/run-local-cluster.sh --check    # start, smbclient ls on both nodes,
-#                                                # lockmgrctl status, stop (exit status = result)
+#                                                # lockmgrctl status, SIGKILL the primary
+#                                                # lockmgrd, check both nodes again through the
+#                                                # standby, stop (exit status = result)
 #
 # Environment:
 #   PORT1, PORT2     node ports on 127.0.0.1 (default 4451, 4452)
@@ -16,6 +19,8 @@
 #   BIN_DIR          use lockmgrd, lockmgrctl and smbd from this directory and do not build
 #   CARGO_TARGET_DIR where cargo builds (default: target/ in the repository)
 #   KEEP_DIR=1       keep the temporary directory on exit (logs, configs)
+#   REPLICAS=1       one lockmgrd, no etcd (default 2 when etcd is installed)
+#   ETCD_PORT        etcd's client port on 127.0.0.1 (default 23790; peer port + 1)
 set -euo pipefail
 
 MODE=run
@@ -29,6 +34,15 @@ esac
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PORT1="${PORT1:-4451}"
 PORT2="${PORT2:-4452}"
+ETCD_PORT="${ETCD_PORT:-23790}"
+if [[ -z "${REPLICAS:-}" ]]; then
+    if command -v etcd >/dev/null; then
+        REPLICAS=2
+    else
+        echo "etcd not installed (apt-get install etcd-server): one lockmgrd, no standby" >&2
+        REPLICAS=1
+    fi
+fi
 DEMO_USER="${DEMO_USER:-demo}"
 # No fixed demo password: a fresh one each start.
 DEMO_PASS="${DEMO_PASS:-$(head -c 12 /dev/urandom | base64 | tr -d '/+=')}"
@@ -103,17 +117,51 @@ client min protocol = SMB2_02
 client max protocol = SMB3_11
 EOF
 SOCK="$DIR/lockmgr.sock"
+SOCK_B="$DIR/lockmgr-b.sock"
+
+wait_log() { # file pattern pid what
+    for _ in $(seq 150); do
+        grep -q "$2" "$1" 2>/dev/null && return 0
+        kill -0 "$3" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "$4 did not start:" >&2
+    cat "$1" >&2
+    exit 1
+}
+
+REPL_A=()
+REPL_B=()
+if [[ "$REPLICAS" == 2 ]]; then
+    etcd --name local --data-dir "$DIR/etcd" \
+        --listen-client-urls "http://127.0.0.1:$ETCD_PORT" \
+        --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+        --listen-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" \
+        --initial-advertise-peer-urls "http://127.0.0.1:$((ETCD_PORT + 1))" \
+        --initial-cluster "local=http://127.0.0.1:$((ETCD_PORT + 1))" >"$DIR/etcd.log" 2>&1 &
+    PIDS+=($!)
+    ETCD_PID=$!
+    wait_log "$DIR/etcd.log" "ready to serve client requests" "$ETCD_PID" etcd
+    REPL=(--etcd "http://127.0.0.1:$ETCD_PORT" --cluster-name local --failover-ms 100)
+    REPL_A=(--replica-name lm-a "${REPL[@]}")
+    REPL_B=(--replica-name lm-b "${REPL[@]}")
+fi
 
 "$BIN/lockmgrd" --transport shm --listen "$SOCK" --cluster-key-file "$DIR/cluster.key" \
-    >"$DIR/lockmgrd.log" 2>&1 &
+    "${REPL_A[@]}" >"$DIR/lockmgrd.log" 2>&1 &
 PIDS+=($!)
+LOCKMGRD_A=$!
 # The socket file appears a moment before lockmgrd listens on it: wait for its log line.
-for _ in $(seq 100); do
-    grep -q "lockmgrd listening" "$DIR/lockmgrd.log" 2>/dev/null && break
-    kill -0 "${PIDS[0]}" 2>/dev/null || { cat "$DIR/lockmgrd.log" >&2; exit 1; }
-    sleep 0.1
-done
-grep -q "lockmgrd listening" "$DIR/lockmgrd.log" || { echo "lockmgrd did not start" >&2; cat "$DIR/lockmgrd.log" >&2; exit 1; }
+wait_log "$DIR/lockmgrd.log" "lockmgrd listening" "$LOCKMGRD_A" lockmgrd
+CONNECT="$SOCK"
+if [[ "$REPLICAS" == 2 ]]; then
+    "$BIN/lockmgrd" --transport shm --listen "$SOCK_B" --cluster-key-file "$DIR/cluster.key" \
+        "${REPL_B[@]}" >"$DIR/lockmgrd-b.log" 2>&1 &
+    PIDS+=($!)
+    LOCKMGRD_B=$!
+    wait_log "$DIR/lockmgrd-b.log" "recorded as standby" "$LOCKMGRD_B" "the standby lockmgrd"
+    CONNECT="$SOCK,$SOCK_B"
+fi
 
 start_node() {
     local n=$1 port=$2
@@ -130,7 +178,7 @@ path = "$DIR/share"
 
 [lockmgr]
 transport = "shm"
-connect = "$SOCK"
+connect = "$CONNECT"
 cluster_key_file = "$DIR/cluster.key"
 node_name = "node$n"
 EOF
@@ -152,7 +200,7 @@ start_node 2 "$PORT2"
 
 CTL=("$BIN/lockmgrctl" --transport shm --connect "$SOCK" --cluster-key-file "$DIR/cluster.key" status)
 
-if [[ "$MODE" == check ]]; then
+check_nodes() {
     for port in "$PORT1" "$PORT2"; do
         out="$(smbclient //127.0.0.1/data -p "$port" -s "$DIR/client.conf" \
             -U "$DEMO_USER%$DEMO_PASS" -c ls 2>&1)" || { echo "$out" >&2; exit 1; }
@@ -175,6 +223,25 @@ if [[ "$MODE" == check ]]; then
         echo "lockmgrctl status does not list both nodes" >&2
         exit 1
     }
+}
+
+if [[ "$MODE" == check ]]; then
+    check_nodes
+    if [[ "$REPLICAS" == 2 ]]; then
+        # The lock manager must survive its own death: SIGKILL the primary; the standby takes
+        # over and both nodes carry on through it with their sessions.
+        echo "SIGKILL of the primary lockmgrd (pid $LOCKMGRD_A)"
+        kill -KILL "$LOCKMGRD_A"
+        wait "$LOCKMGRD_A" 2>/dev/null || true
+        wait_log "$DIR/lockmgrd-b.log" "promoted" "$LOCKMGRD_B" "the standby's takeover"
+        CTL=("$BIN/lockmgrctl" --transport shm --connect "$SOCK_B" --cluster-key-file "$DIR/cluster.key" status)
+        check_nodes
+        grep -q "role primary" <<<"$status" || { echo "the standby is not primary" >&2; exit 1; }
+        grep -q "session resumed" "$DIR/lockmgrd-b.log" || {
+            echo "no node resumed its session on the standby" >&2
+            exit 1
+        }
+    fi
     echo "CHECK OK"
     exit 0
 fi
@@ -183,6 +250,7 @@ cat <<EOF
 
 Local cluster running (temporary directory $DIR):
   lockmgrd  shm socket $SOCK               (log: $DIR/lockmgrd.log)
+  standby   $( [[ "$REPLICAS" == 2 ]] && echo "shm socket $SOCK_B (log: $DIR/lockmgrd-b.log); etcd 127.0.0.1:$ETCD_PORT" || echo "none (REPLICAS=1)")
   node1     127.0.0.1:$PORT1                   (log: $DIR/node1.log)
   node2     127.0.0.1:$PORT2                   (log: $DIR/node2.log)
   share     //127.0.0.1/data -> $DIR/share
@@ -195,12 +263,21 @@ Connect to each node:
 Lock manager view (nodes, opens, byte-range locks, waiters, breaks):
   ${CTL[*]}
 
+$( [[ "$REPLICAS" == 2 ]] && echo "Fail the lock manager over: kill -9 $LOCKMGRD_A (the nodes resume on the standby)." )
 Ctrl-C stops every process and removes $DIR.
 EOF
 
-# Wait until a signal arrives or a process dies.
-while true; do
+# Wait until a signal arrives or a process dies (a lockmgrd replica may die: try
+# `kill -9 $LOCKMGRD_A` and watch the nodes carry on through the standby).
+WATCH=("${PIDS[@]}")
+if [[ "$REPLICAS" == 2 ]]; then
+    WATCH=()
     for pid in "${PIDS[@]}"; do
+        [[ "$pid" == "$LOCKMGRD_A" || "$pid" == "$LOCKMGRD_B" ]] || WATCH+=("$pid")
+    done
+fi
+while true; do
+    for pid in "${WATCH[@]}"; do
         if ! kill -0 "$pid" 2>/dev/null; then
             echo "process $pid exited; stopping the cluster" >&2
             exit 1
