@@ -1,6 +1,8 @@
 //! `scripts/run-local-cluster.sh --check` (the README's main command, non-interactive): starts
-//! lockmgrd and two smbd nodes, lists the share through both with smbclient, prints
-//! `lockmgrctl status`, stops everything and removes its temporary directory.
+//! a replicated lock manager (etcd, two lockmgrd replicas) and two smbd nodes, lists the share
+//! through both with smbclient, prints `lockmgrctl status`, SIGKILLs the primary lockmgrd and
+//! checks both nodes again through the promoted standby, stops everything and removes its
+//! temporary directory.
 
 mod cluster_common;
 use cluster_common::*;
@@ -26,6 +28,10 @@ fn run_local_cluster_check() {
         .expect("lockmgrd has a directory")
         .to_path_buf();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/run-local-cluster.sh");
+    if !have("etcd") {
+        missing("etcd not installed (apt-get install etcd-server)");
+        return;
+    }
     let (p1, p2) = (free_port(), free_port());
     let out = Command::new("bash")
         .arg(&script)
@@ -33,12 +39,18 @@ fn run_local_cluster_check() {
         .env("BIN_DIR", &bin_dir)
         .env("PORT1", p1.to_string())
         .env("PORT2", p2.to_string())
+        .env("ETCD_PORT", free_port().to_string())
+        .env("REPLICAS", "2")
         .output()
         .expect("run the script");
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("CHECK OK"), "{text}");
+    assert!(
+        text.contains("SIGKILL of the primary") && text.contains("role primary"),
+        "the check did not fail the lock manager over:\n{text}"
+    );
     for node in ["node1", "node2"] {
         assert!(
             text.contains(node),
