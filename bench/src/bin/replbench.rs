@@ -346,6 +346,8 @@ fn run(cli: &Cli) -> Result<Report, String> {
         a_waker,
     );
     wait_for(&etcd, |c| c.primary.name == "bench-a")?;
+    // The replica's own cost (input log, outboxes) before any standby is attached.
+    let solo_row = measure(cli, pa, spin, "primary, no standby")?;
     let b_server = UdpServer::bind(pb, reliable(spin)).map_err(|e| e.to_string())?;
     let b_waker = b_server.waker();
     let b_opts = ha("bench-b", pb);
@@ -370,7 +372,7 @@ fn run(cli: &Cli) -> Result<Report, String> {
         depth: cli.depth,
         transport_echo_p50_ns: echo_p.p50_ns,
         transport_echo_p99_ns: echo_p.p99_ns,
-        rows: vec![alone_row, repl_row],
+        rows: vec![alone_row, solo_row, repl_row],
         added_latency_in_round_trips: added,
         throughput_ratio: ratio,
     })
