@@ -538,3 +538,25 @@ pub fn run_open<T: ClientTransport>(
         elapsed: start.elapsed(),
     })
 }
+
+/// Bytes of one frame carrying one single-range lock request: the message size of the raw
+/// baselines, so they move what the lock path moves.
+pub fn lock_frame_len() -> usize {
+    let mut buf = Vec::new();
+    let mut w = lockmgr_proto::FrameWriter::new(&mut buf, lockmgr_engine::SessionId(1));
+    let msg = lockmgr_proto::Message::Request {
+        request_id: RequestId(1),
+        body: Request::Lock {
+            open: OpenId(1),
+            ranges: vec![LockRange {
+                offset: 0,
+                length: 64,
+                exclusive: true,
+            }],
+            fail_immediately: true,
+        },
+    };
+    // Encoding a fixed message into an empty frame cannot fail.
+    let _ = w.push(&msg);
+    w.finish()
+}

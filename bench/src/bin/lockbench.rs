@@ -40,8 +40,7 @@ use hdrhistogram::Histogram;
 use lockbench::lockload::{self, LoadResult, LoadSpec, Op, Pattern};
 use lockbench::report::{new_histogram, record, Percentiles};
 use lockmgr_client::{connect, ClientOptions, LockClient, TransportSpec};
-use lockmgr_engine::{LockRange, OpenId, Request, RequestId, SessionId};
-use lockmgr_proto::{ClusterKey, FrameWriter, Message};
+use lockmgr_proto::ClusterKey;
 use lockmgr_rdma::{format_gid, DeviceConfig, RdmaConfig, RdmaServer};
 use lockmgr_transport::afpacket::{PacketLink, PacketServer};
 use lockmgr_transport::afxdp::{XdpLink, XdpServer};
@@ -268,26 +267,6 @@ fn reliable_config(spin: SpinConfig, mac: bool) -> ReliableConfig {
 }
 
 /// The size of a frame carrying one lock request: the raw baseline moves messages this big.
-fn lock_frame_len() -> usize {
-    let mut buf = Vec::new();
-    let mut w = FrameWriter::new(&mut buf, SessionId(1));
-    let msg = Message::Request {
-        request_id: RequestId(1),
-        body: Request::Lock {
-            open: OpenId(1),
-            ranges: vec![LockRange {
-                offset: 0,
-                length: 64,
-                exclusive: true,
-            }],
-            fail_immediately: true,
-        },
-    };
-    // Encoding a fixed message into an empty frame cannot fail.
-    let _ = w.push(&msg);
-    w.finish()
-}
-
 fn histogram_of(samples: &[u64]) -> Histogram<u64> {
     let mut h = new_histogram();
     for &s in samples {
@@ -403,7 +382,7 @@ where
     S: ServerTransport + 'static,
     C: ClientTransport + 'static,
 {
-    let msg_len = lock_frame_len();
+    let msg_len = lockload::lock_frame_len();
     // 1. Baselines: the raw mechanism, then the transport's own framing through an echo server.
     let raw_hist = histogram_of(
         &raw_fn(cli.raw_rounds, cli.raw_rounds / 10, msg_len).map_err(|e| e.to_string())?,

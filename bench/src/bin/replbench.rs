@@ -16,7 +16,6 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,9 +24,8 @@ use clap::Parser;
 use lockbench::lockload::{self, LoadSpec, Op, Pattern};
 use lockbench::report::{new_histogram, record, Percentiles};
 use lockmgr_client::{ClientOptions, LockClient, TransportSpec};
-use lockmgr_coord::Coordinator;
-use lockmgr_engine::{LockRange, OpenId, Request, RequestId, SessionId};
-use lockmgr_proto::{ClusterKey, FrameWriter, Message};
+use lockmgr_coord::{Coordinator, LocalEtcd};
+use lockmgr_proto::ClusterKey;
 use lockmgr_transport::reliable::ReliableConfig;
 use lockmgr_transport::udp::{UdpClient, UdpServer};
 use lockmgr_transport::{raw, FabricKey, ServerTransport, SpinConfig};
@@ -116,87 +114,8 @@ fn free_port() -> u16 {
         .unwrap_or(0)
 }
 
-fn free_tcp_port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| e.to_string())
-}
-
-fn lock_frame_len() -> usize {
-    let mut buf = Vec::new();
-    let mut w = FrameWriter::new(&mut buf, SessionId(1));
-    let msg = Message::Request {
-        request_id: RequestId(1),
-        body: Request::Lock {
-            open: OpenId(1),
-            ranges: vec![LockRange {
-                offset: 0,
-                length: 64,
-                exclusive: true,
-            }],
-            fail_immediately: true,
-        },
-    };
-    match w.push(&msg) {
-        Ok(()) => w.finish(),
-        Err(_) => 64,
-    }
-}
-
-/// A private etcd for the run; killed (by PID) and its data removed on drop.
-struct Etcd {
-    child: Child,
-    dir: std::path::PathBuf,
-    endpoint: String,
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn start_etcd() -> Result<Etcd, String> {
-    let (client, peer) = (free_tcp_port()?, free_tcp_port()?);
-    let dir = std::env::temp_dir().join(format!("replbench-etcd-{}", std::process::id()));
-    let endpoint = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = Command::new("etcd")
-        .args(["--name", "replbench", "--data-dir"])
-        .arg(&dir)
-        .args(["--listen-client-urls", &endpoint])
-        .args(["--advertise-client-urls", &endpoint])
-        .args(["--listen-peer-urls", &peer_url])
-        .args(["--initial-advertise-peer-urls", &peer_url])
-        .args(["--initial-cluster", &format!("replbench={peer_url}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot start etcd (apt-get install etcd-server): {e}"))?;
-    let etcd = Etcd {
-        child,
-        dir,
-        endpoint,
-    };
-    let start = Instant::now();
-    while coordinator(&etcd).and_then(|mut c| c.read()).is_err() {
-        if start.elapsed() > Duration::from_secs(30) {
-            return Err("etcd did not answer within 30 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(etcd)
-}
-
-fn coordinator(etcd: &Etcd) -> Result<Coordinator, lockmgr_coord::CoordError> {
-    Coordinator::connect(
-        std::slice::from_ref(&etcd.endpoint),
-        "replbench",
-        Duration::from_secs(2),
-    )
+fn coordinator(etcd: &LocalEtcd) -> Result<Coordinator, lockmgr_coord::CoordError> {
+    etcd.coordinator("replbench")
 }
 
 /// A lockmgrd server on its own thread; stopped on drop.
@@ -299,7 +218,7 @@ fn run(cli: &Cli) -> Result<Report, String> {
         &mut tc,
         cli.raw_rounds,
         cli.raw_rounds / 10,
-        lock_frame_len(),
+        lockload::lock_frame_len(),
     )
     .map_err(|e| e.to_string())?;
     drop(tc);
@@ -322,11 +241,11 @@ fn run(cli: &Cli) -> Result<Report, String> {
     drop(alone);
 
     // 3. Primary + standby.
-    let etcd = start_etcd()?;
+    let etcd = LocalEtcd::start().map_err(|e| e.to_string())?;
     let ha = |name: &str, addr: SocketAddr| HaOptions {
         name: name.into(),
         address: addr.to_string(),
-        etcd: vec![etcd.endpoint.clone()],
+        etcd: vec![etcd.endpoint().to_owned()],
         cluster: "replbench".into(),
         failover: Duration::from_millis(cli.failover_ms),
         etcd_deadline: Duration::from_secs(2),
@@ -378,7 +297,10 @@ fn run(cli: &Cli) -> Result<Report, String> {
     })
 }
 
-fn wait_for(etcd: &Etcd, ok: impl Fn(&lockmgr_coord::Configuration) -> bool) -> Result<(), String> {
+fn wait_for(
+    etcd: &LocalEtcd,
+    ok: impl Fn(&lockmgr_coord::Configuration) -> bool,
+) -> Result<(), String> {
     let mut c = coordinator(etcd).map_err(|e| e.to_string())?;
     let start = Instant::now();
     loop {

@@ -437,6 +437,19 @@ impl<T: ClientTransport> NodeSessions<T> {
         Reply::Done(Status::RequestNotAccepted)
     }
 
+    /// The deadline of waiting request `id` passed with no reply: resume the session (the
+    /// request is sent again on it) and return the new deadline, or give the request up (the
+    /// reading, if this waiter had it, goes to another waiter).
+    fn deadline_passed(&mut self, id: RequestId, resumes: &mut u32) -> Option<Instant> {
+        if *resumes < MAX_RESUMES_PER_REQUEST && self.request_timed_out(id) {
+            *resumes += 1;
+            return Some(Instant::now() + self.timeout);
+        }
+        self.waiting.remove(&id);
+        self.hand_off_reading(id);
+        None
+    }
+
     /// lockmgrd did not answer request `id` within the request timeout. Returns whether the
     /// session was resumed (the request was sent again: wait for it again).
     fn request_timed_out(&mut self, id: RequestId) -> bool {
@@ -924,16 +937,13 @@ impl<T: ClientTransport> SharedNodeSessions<T> {
                         n.hand_off_reading(id);
                         return reply;
                     }
-                    if resumes < MAX_RESUMES_PER_REQUEST && n.request_timed_out(id) {
-                        // Sent again on the resumed session: wait for it again.
-                        resumes += 1;
-                        deadline = Instant::now() + n.timeout;
-                        continue;
+                    match n.deadline_passed(id, &mut resumes) {
+                        Some(next) => {
+                            deadline = next;
+                            continue;
+                        }
+                        None => return Reply::Done(Status::RequestNotAccepted),
                     }
-                    n.waiting.remove(&id);
-                    // The reading may have been handed to this waiter after it stopped waiting.
-                    n.hand_off_reading(id);
-                    return Reply::Done(Status::RequestNotAccepted);
                 }
             };
         };
@@ -977,16 +987,17 @@ impl<T: ClientTransport> SharedNodeSessions<T> {
             }
             let now = Instant::now();
             if now >= deadline {
-                if resumes < MAX_RESUMES_PER_REQUEST && n.request_timed_out(id) {
-                    resumes += 1;
-                    deadline = Instant::now() + n.timeout;
-                    continue;
+                match n.deadline_passed(id, &mut resumes) {
+                    Some(next) => {
+                        deadline = next;
+                        continue;
+                    }
+                    None => {
+                        return slot
+                            .take_reply()
+                            .unwrap_or(Reply::Done(Status::RequestNotAccepted))
+                    }
                 }
-                n.waiting.remove(&id);
-                n.hand_off_reading(id);
-                return slot
-                    .take_reply()
-                    .unwrap_or(Reply::Done(Status::RequestNotAccepted));
             }
             if now < spin_until {
                 drop(n);

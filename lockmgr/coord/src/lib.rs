@@ -18,6 +18,9 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![forbid(unsafe_code)]
 
+mod local;
+
+pub use local::{LocalEtcd, LocalEtcdError};
 pub use lockmgr_replica::{ConfigError, Configuration, Member, MAX_STANDBYS};
 
 use std::time::Duration;

@@ -1,9 +1,9 @@
 //! Against a real, single-member etcd started on loopback for the test.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use lockmgr_coord::{Configuration, Coordinator, Member, Swap};
+use lockmgr_coord::{Configuration, Coordinator, LocalEtcd, LocalEtcdError, Member, Swap};
 
 fn missing(what: &str) {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
@@ -19,81 +19,20 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-/// An etcd process of this test; killed (by PID) and its data removed on drop.
-struct Etcd {
-    child: Child,
-    dir: std::path::PathBuf,
-    endpoint: String,
-}
-
-impl Etcd {
-    fn start() -> Option<Etcd> {
-        if Command::new("etcd").arg("--version").output().is_err() {
+/// A private etcd for one test (lockmgr_coord::LocalEtcd), or None when etcd is missing.
+fn start_etcd() -> Option<LocalEtcd> {
+    match LocalEtcd::start() {
+        Ok(e) => Some(e),
+        Err(LocalEtcdError::NotInstalled) => {
             missing("etcd not installed (apt-get install etcd-server)");
-            return None;
+            None
         }
-        let dir =
-            std::env::temp_dir().join(format!("coord-etcd-{}-{}", std::process::id(), free_port()));
-        let (client, peer) = (free_port(), free_port());
-        let endpoint = format!("http://127.0.0.1:{client}");
-        let child = Command::new("etcd")
-            .args(["--name", "test", "--data-dir"])
-            .arg(&dir)
-            .args([
-                "--listen-client-urls",
-                &endpoint,
-                "--advertise-client-urls",
-                &endpoint,
-            ])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args([
-                "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{peer}"),
-            ])
-            .args([
-                "--initial-cluster",
-                &format!("test=http://127.0.0.1:{peer}"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn etcd");
-        Some(Etcd {
-            child,
-            dir,
-            endpoint,
-        })
-    }
-
-    fn connect(&self, cluster: &str) -> Coordinator {
-        let start = Instant::now();
-        loop {
-            match Coordinator::connect(
-                std::slice::from_ref(&self.endpoint),
-                cluster,
-                Duration::from_secs(2),
-            ) {
-                Ok(mut c) => {
-                    if c.read().is_ok() {
-                        return c;
-                    }
-                }
-                Err(e) if start.elapsed() > Duration::from_secs(30) => {
-                    panic!("etcd at {} never answered: {e}", self.endpoint)
-                }
-                Err(_) => {}
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        Err(e) => panic!("{e}"),
     }
 }
 
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+fn connect(etcd: &LocalEtcd, cluster: &str) -> Coordinator {
+    etcd.coordinator(cluster).expect("etcd answers")
 }
 
 fn config(epoch: u64, primary: &str, standby: Option<&str>) -> Configuration {
@@ -108,9 +47,9 @@ fn config(epoch: u64, primary: &str, standby: Option<&str>) -> Configuration {
 
 #[test]
 fn bootstrap_swap_and_watch() {
-    let Some(etcd) = Etcd::start() else { return };
-    let mut a = etcd.connect("c1");
-    let mut b = etcd.connect("c1");
+    let Some(etcd) = start_etcd() else { return };
+    let mut a = connect(&etcd, "c1");
+    let mut b = connect(&etcd, "c1");
     assert_eq!(a.read().expect("read"), None);
 
     // The first configuration is installed once; a second bootstrap finds it.
@@ -168,18 +107,18 @@ fn bootstrap_swap_and_watch() {
     assert_eq!(seen, stored);
 
     // Another cluster's key is independent.
-    let mut other = etcd.connect("c2");
+    let mut other = connect(&etcd, "c2");
     assert_eq!(other.read().expect("read"), None);
 }
 
 #[test]
 fn a_garbled_record_is_an_error_not_a_panic() {
-    let Some(etcd) = Etcd::start() else { return };
-    let mut c = etcd.connect("garbled");
+    let Some(etcd) = start_etcd() else { return };
+    let mut c = connect(&etcd, "garbled");
     let key = c.key().to_string();
     let out = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
-        .args(["--endpoints", &etcd.endpoint, "put", &key, "epoch x"])
+        .args(["--endpoints", etcd.endpoint(), "put", &key, "epoch x"])
         .output();
     match out {
         Ok(o) if o.status.success() => {}

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lockmgr_client::{ClientError, ClientOptions, LockClient, ResumePoint};
-use lockmgr_coord::Coordinator;
+use lockmgr_coord::{Coordinator, LocalEtcd, LocalEtcdError};
 use lockmgr_engine::{
     access, share, FileId, LockRange, OpenId, OpenRequest, Reply, Request, Status,
 };
@@ -26,13 +26,6 @@ fn missing(what: &str) {
     eprintln!("SKIPPED: {what}");
 }
 
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 fn free_udp_port() -> u16 {
     let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
     s.local_addr().expect("addr").port()
@@ -48,94 +41,31 @@ impl Drop for Proc {
     }
 }
 
+/// A private etcd for this test, and the cluster name the test's replicas use in it.
 struct Etcd {
-    _proc: Proc,
-    dir: PathBuf,
-    endpoint: String,
-    /// The cluster name of this test's lock manager (unique per etcd, in case two tests ever
-    /// reach the same etcd).
+    local: LocalEtcd,
     cluster: String,
 }
 
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn start_etcd() -> Option<Etcd> {
-    if Command::new("etcd").arg("--version").output().is_err() {
-        missing("etcd not installed (apt-get install etcd-server)");
-        return None;
-    }
-    // Tests run in parallel and pick free ports the same way: an etcd that lost the race for
-    // its port exits at once, and is started again on other ports.
-    for _ in 0..5 {
-        if let Some(etcd) = try_start_etcd() {
-            return Some(etcd);
+    match LocalEtcd::start() {
+        Ok(local) => {
+            let cluster = format!(
+                "hatest-{}",
+                local.endpoint().rsplit(':').next().unwrap_or("0")
+            );
+            Some(Etcd { local, cluster })
         }
-    }
-    panic!("etcd did not start");
-}
-
-fn try_start_etcd() -> Option<Etcd> {
-    let (client, peer) = (free_tcp_port(), free_tcp_port());
-    let dir =
-        std::env::temp_dir().join(format!("lockmgrd-ha-etcd-{}-{client}", std::process::id()));
-    let endpoint = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let child = Command::new("etcd")
-        .args(["--name", "ha", "--data-dir"])
-        .arg(&dir)
-        .args([
-            "--listen-client-urls",
-            &endpoint,
-            "--advertise-client-urls",
-            &endpoint,
-        ])
-        .args([
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-        ])
-        .args(["--initial-cluster", &format!("ha={peer_url}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn etcd");
-    let mut etcd = Etcd {
-        _proc: Proc(child),
-        dir,
-        endpoint,
-        cluster: format!("hatest-{client}"),
-    };
-    // Wait until it answers (and make sure the etcd answering is this one).
-    let start = Instant::now();
-    loop {
-        if !matches!(etcd._proc.0.try_wait(), Ok(None)) {
-            return None;
+        Err(LocalEtcdError::NotInstalled) => {
+            missing("etcd not installed (apt-get install etcd-server)");
+            None
         }
-        if let Ok(mut c) = coordinator(&etcd) {
-            if c.read().is_ok() {
-                break;
-            }
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "etcd never answered"
-        );
-        std::thread::sleep(Duration::from_millis(100));
+        Err(e) => panic!("{e}"),
     }
-    Some(etcd)
 }
 
 fn coordinator(etcd: &Etcd) -> Result<Coordinator, lockmgr_coord::CoordError> {
-    Coordinator::connect(
-        std::slice::from_ref(&etcd.endpoint),
-        &etcd.cluster,
-        Duration::from_secs(2),
-    )
+    etcd.local.coordinator(&etcd.cluster)
 }
 
 struct Replica {
@@ -181,7 +111,7 @@ fn start_replica_with(
         ])
         .arg(key_file)
         .args(["--spin-us", "0", "--liveness-ms", "2000"])
-        .args(["--replica-name", name, "--etcd", &etcd.endpoint])
+        .args(["--replica-name", name, "--etcd", etcd.local.endpoint()])
         .args(["--cluster-name", &etcd.cluster, "--failover-ms"])
         .arg(failover_ms.to_string())
         .args(["--log", log])

@@ -147,12 +147,11 @@ pub struct ClusterOptions {
 
 /// The pieces of a replicated lock manager in a test cluster.
 pub struct Replication {
-    etcd: Child,
-    etcd_dir: PathBuf,
-    pub endpoint: String,
     /// The standby's ADDR:PORT and process.
     pub standby_addr: String,
     pub standby: Option<Child>,
+    // Dropped after the standby (fields drop in order): the replicas never outlive etcd.
+    etcd: lockmgr_coord::LocalEtcd,
 }
 
 impl Drop for Replication {
@@ -161,17 +160,7 @@ impl Drop for Replication {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = self.etcd.kill();
-        let _ = self.etcd.wait();
-        let _ = std::fs::remove_dir_all(&self.etcd_dir);
     }
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
 }
 
 impl Default for ClusterOptions {
@@ -243,32 +232,18 @@ impl Cluster {
         };
         let udp = (opts.transport == LockTransportKind::Udp || opts.replicated).then(free_udp);
         let replication = if opts.replicated {
-            if Command::new("etcd").arg("--version").output().is_err() {
-                missing("etcd not installed (apt-get install etcd-server)");
-                return None;
-            }
-            let (client, peer) = (free_tcp_port(), free_tcp_port());
-            let endpoint = format!("http://127.0.0.1:{client}");
-            let peer_url = format!("http://127.0.0.1:{peer}");
-            let etcd_dir = dir.path().join("etcd");
-            let etcd = Command::new("etcd")
-                .args(["--name", "t", "--data-dir"])
-                .arg(&etcd_dir)
-                .args(["--listen-client-urls", &endpoint])
-                .args(["--advertise-client-urls", &endpoint])
-                .args(["--listen-peer-urls", &peer_url])
-                .args(["--initial-advertise-peer-urls", &peer_url])
-                .args(["--initial-cluster", &format!("t={peer_url}")])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn etcd");
+            let etcd = match lockmgr_coord::LocalEtcd::start() {
+                Ok(e) => e,
+                Err(lockmgr_coord::LocalEtcdError::NotInstalled) => {
+                    missing("etcd not installed (apt-get install etcd-server)");
+                    return None;
+                }
+                Err(e) => panic!("{e}"),
+            };
             Some(Replication {
-                etcd,
-                etcd_dir,
-                endpoint,
                 standby_addr: free_udp(),
                 standby: None,
+                etcd,
             })
         } else {
             None
@@ -423,7 +398,7 @@ impl Cluster {
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         if let Some(r) = &self.replication {
-            c.args(["--replica-name", "lm-a", "--etcd", &r.endpoint])
+            c.args(["--replica-name", "lm-a", "--etcd", r.etcd.endpoint()])
                 .args(["--cluster-name", "test", "--failover-ms", "100"]);
         }
         if let Some(t) = self.break_timeout_ms {
@@ -452,7 +427,7 @@ impl Cluster {
             .args(["--transport", "udp", "--listen", &r.standby_addr])
             .arg("--cluster-key-file")
             .arg(&self.key)
-            .args(["--replica-name", "lm-b", "--etcd", &r.endpoint])
+            .args(["--replica-name", "lm-b", "--etcd", r.etcd.endpoint()])
             .args(["--cluster-name", "test", "--failover-ms", "100"])
             .env("NO_COLOR", "1")
             .stdout(log.try_clone().unwrap())
