@@ -146,7 +146,11 @@ impl Conn {
                     self.complete_async(aid, st, Response::Error { data: vec![] });
                 }
             }
-            PendingKind::Lock { .. } | PendingKind::Create(_) | PendingKind::Rename { .. } => {
+            PendingKind::Lock { .. }
+            | PendingKind::Create(_)
+            | PendingKind::Rename { .. }
+            | PendingKind::Disposition { .. }
+            | PendingKind::Close { .. } => {
                 // The lock service answers with Completed{Done(Cancelled)}, which finishes it.
                 let mid = p.message_id;
                 let r = self.shared.lock_request(

@@ -88,12 +88,23 @@ pub(crate) enum PendingKind {
         volatile: u64,
     },
     Create(Box<CreateCont>),
-    /// A rename through a lease handle waiting for other leases' handle-caching breaks
-    /// (lock service `BreakForRename`); it is carried out when that completes.
+    /// A rename waiting for other opens' handle-caching breaks (lock service
+    /// `BreakForRename`); it is carried out when that completes.
     Rename {
         volatile: u64,
         buffer: Vec<u8>,
         class: u8,
+    },
+    /// A SET_INFO FileDispositionInformation waiting for the same breaks.
+    Disposition {
+        volatile: u64,
+        delete: bool,
+    },
+    /// A CLOSE of a delete-on-close handle waiting for the same breaks (Samba 4.22 delays it
+    /// the same way), so other clients have let go of cached handles when it returns.
+    Close {
+        volatile: u64,
+        flags: u16,
     },
 }
 
