@@ -137,9 +137,8 @@ impl Conn {
             return;
         };
         match &p.kind {
-            PendingKind::Notify { dir, .. } => {
-                let dir = dir.clone();
-                self.shared.unwatch(self.id, &dir);
+            // The handle keeps watching (its watch ends when it is closed).
+            PendingKind::Notify { .. } => {
                 if st == status::INTERNAL_ERROR {
                     self.pending.remove(&aid);
                 } else {

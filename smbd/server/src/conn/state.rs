@@ -79,9 +79,9 @@ pub(crate) struct Tree {
 
 /// Work waiting for an asynchronous completion (MS-SMB2 3.3.4.2).
 pub(crate) enum PendingKind {
+    /// A CHANGE_NOTIFY waiting for a change of its handle's watched directory.
     Notify {
         volatile: u64,
-        dir: PathBuf,
         max_out: u32,
     },
     Lock {

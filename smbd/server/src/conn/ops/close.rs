@@ -46,16 +46,21 @@ impl Conn {
             }
         }
         let o = self.opens.remove(&v)?;
+        self.end_notify_watch(&o);
         if let Some(id) = &o.identity {
             // A delete-on-close unlinks with the opener's credentials, also when the close
             // comes from a disconnect rather than from the opener's own request.
             crate::identity::become_user(id);
         }
         if let Some(lo) = o.lock_open {
-            if let Reply::Closed { delete_file: true } =
-                self.shared
-                    .lock_request(self.id, 0, locking::Request::Close { open: lo })
-            {
+            let reply = self
+                .shared
+                .lock_request(self.id, 0, locking::Request::Close { open: lo });
+            if o.is_dir && o.delete_pending && reply == (Reply::Closed { delete_file: false }) {
+                // Other handles keep the directory: it stays, delete-pending, until they go.
+                self.shared.dir_delete_pending(o.abs.clone());
+            }
+            if let Reply::Closed { delete_file: true } = reply {
                 if let Some(st) = &o.stream {
                     // Deleting a named stream leaves the base file alone.
                     if let Err(e) = streams::remove_data(&st.path) {

@@ -10,8 +10,8 @@ use smb_proto::{info_type, status, Header, QueryInfoRequest, Response, SetInfoRe
 use super::create::stream_info;
 use super::{
     engine_status, fixed_part, io_status, parent_and_name, update_dos, APPEND_DATA, DELETE,
-    FILE_ACTION_RENAMED_NEW_NAME, FILE_ACTION_RENAMED_OLD_NAME, READ_ATTRIBUTES, READ_CONTROL,
-    WRITE_ATTRIBUTES, WRITE_DATA,
+    FILE_ACTION_MODIFIED, FILE_ACTION_RENAMED_NEW_NAME, FILE_ACTION_RENAMED_OLD_NAME,
+    READ_ATTRIBUTES, READ_CONTROL, WRITE_ATTRIBUTES, WRITE_DATA,
 };
 use crate::conn::{err, ChainCtx, Conn, Open, Outcome, PendingKind};
 use crate::fs::{self, class, FileInfo, OpenView};
@@ -346,6 +346,12 @@ impl Conn {
             {
                 return io_status(&e);
             }
+        }
+        if any || settable(create) || settable(change) || attrs != 0 {
+            // Watchers of the parent see attribute and time changes (smbtorture
+            // smb2.notify.basedir).
+            let (parent, name) = parent_and_name(&o.abs);
+            self.shared.dir_changed(parent, FILE_ACTION_MODIFIED, name);
         }
         status::SUCCESS
     }
