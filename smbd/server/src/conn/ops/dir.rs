@@ -115,6 +115,10 @@ impl Conn {
         if !o.is_dir {
             return err(status::INVALID_PARAMETER);
         }
+        // MS-SMB2 3.3.5.19: watching needs FILE_LIST_DIRECTORY on the handle.
+        if o.access & LIST_DIRECTORY == 0 {
+            return err(status::ACCESS_DENIED);
+        }
         if c.output_buffer_length > MAX_NOTIFY {
             return err(status::INVALID_PARAMETER);
         }
