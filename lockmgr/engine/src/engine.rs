@@ -704,6 +704,11 @@ impl Engine {
     /// break times out; without, the new state applies at once (MS-SMB2 3.3.4.6/3.3.4.7:
     /// breaks from Level II / R-only need no acknowledgment).
     fn send_break(&mut self, now: Time, h: Holder, to: LeaseState, ack: bool) {
+        // A break that needs an ack is never sent to a disconnected durable holder: nobody
+        // can acknowledge it, and whoever waits for it would wait out the break timeout.
+        if ack && self.purge_disconnected_holder(now, h) {
+            return;
+        }
         let deadline = now.saturating_add(self.config.break_timeout);
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -1281,11 +1286,16 @@ impl Engine {
 
     // ----- renames ---------------------------------------------------------------------------
 
-    /// MS-FSA 2.1.5.14.11 / 2.1.4.12 (SET_INFORMATION, FileRenameInformation): a rename
-    /// through a lease handle first takes handle caching away from every other lease on the
-    /// file and waits for those breaks (Windows; Samba's delay_rename_for_lease_break;
-    /// smbtorture lease.rename_wait, v2_rename). Handles without a lease rename at once, as
-    /// in Samba, which keeps oplock behaviour unchanged.
+    /// MS-FSA 2.1.4.12 for SET_INFORMATION FileRenameInformation and FileDispositionInformation
+    /// (delete): before a file is renamed or made delete-pending through `open` (or a
+    /// delete-on-close handle is closed), every other open loses handle caching, and the
+    /// operation waits for those breaks (Windows; Samba 4.22's delay_for_handle_lease_break;
+    /// smbtorture lease.rename_wait, v2_rename, lease.unlink). This holds whatever `open`
+    /// caches itself, a lease, an oplock or nothing: Linux cifs and Explorer rename and delete
+    /// through plain handles, and a client caching a handle its application already closed
+    /// must let go before the name can go. Leases drop H (RH -> R, RWH -> RW); a batch oplock,
+    /// which has no state with write but without handle caching, breaks to none. `open`'s own
+    /// lease and oplock are spared. Disconnected durable holders are purged rather than broken.
     fn do_break_for_rename(
         &mut self,
         now: Time,
@@ -1297,26 +1307,25 @@ impl Engine {
             self.reply(session, request, Reply::Done(Status::InvalidHandle));
             return;
         };
-        let Some(own) = own else {
-            self.reply(session, request, Reply::Done(Status::Success));
-            return;
-        };
         let mut waiting = Vec::new();
-        for h in self.holders(f, None, Some(own)) {
-            if !matches!(h, Holder::Lease(_)) {
-                continue;
-            }
+        for h in self.holders(f, Some(open), own) {
             let cur = self.holder_state(h);
             if !cur.contains(LeaseState::HANDLE) {
                 continue;
             }
-            let to = without(cur, LeaseState::HANDLE);
+            let to = match h {
+                Holder::Lease(_) => without(cur, LeaseState::HANDLE),
+                Holder::Oplock(_) => LeaseState::NONE,
+            };
             if self.holder_breaking(h) {
                 self.tighten_break(h, to);
             } else {
                 self.send_break(now, h, to, true);
             }
-            waiting.push(h);
+            // A disconnected holder was purged instead of broken: nothing to wait for.
+            if self.holder_breaking(h) {
+                waiting.push(h);
+            }
         }
         if waiting.is_empty() {
             self.reply(session, request, Reply::Done(Status::Success));

@@ -457,11 +457,14 @@ pub enum Request {
         key: LeaseKey,
         state: LeaseState,
     },
-    /// SET_INFO FileRenameInformation through `open` is about to rename its file (MS-FSA
-    /// 2.1.5.14.11, 2.1.4.12): if `open` holds a lease, every other lease on the file loses
-    /// handle caching first. `Done(Success)` when nothing needs breaking (or `open` has no
-    /// lease); otherwise `Pending`, completed with `Done(Success)` once those breaks are
-    /// acknowledged or timed out. The caller renames after that.
+    /// `open` is about to rename its file (SET_INFO FileRenameInformation), to make it
+    /// delete-pending (FileDispositionInformation), or to close as a delete-on-close handle
+    /// (MS-FSA 2.1.5.14.11, 2.1.5.14.3, 2.1.4.12): every other open loses handle caching
+    /// first (leases drop H, batch oplocks break to none), whatever `open` itself caches.
+    /// `Done(Success)` when nothing needs breaking; otherwise `Pending`, completed with
+    /// `Done(Success)` once those breaks are acknowledged or timed out. The caller renames,
+    /// sets delete-pending or closes after that. (The name predates the delete use; it is
+    /// the wire protocol's.)
     BreakForRename { open: OpenId },
     /// Who else has `file` open, for the checks a rename or replace makes against every open
     /// in the cluster (MS-FSA 2.1.5.14.11: another open without FILE_SHARE_DELETE fails the

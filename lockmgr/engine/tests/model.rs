@@ -752,7 +752,8 @@ impl Run {
                     Reply::Pending => {
                         self.renames.insert((s, id));
                     }
-                    Reply::Done(Status::Success) | Reply::Done(Status::InvalidHandle) => {}
+                    Reply::Done(Status::Success) => self.check_no_other_handle_caching(h),
+                    Reply::Done(Status::InvalidHandle) => {}
                     other => panic!("rename break: {other:?}"),
                 }
             }
@@ -839,6 +840,37 @@ impl Run {
             self.m.locks.push(l);
         }
         Reply::Done(Status::Success)
+    }
+
+    /// MS-FSA 2.1.4.12 (rename, delete): a rename or delete through `open` that need not
+    /// wait leaves no other open of the file with handle caching, whatever `open` caches
+    /// itself; only its own lease may keep H.
+    fn check_no_other_handle_caching(&self, open: OpenId) {
+        let snap = self.e.snapshot();
+        let Some(me) = snap.opens.iter().find(|o| o.open == open) else {
+            return;
+        };
+        let own_key = match me.caching {
+            OplockGrant::Lease(l) => Some(l.key),
+            _ => None,
+        };
+        for o in snap
+            .opens
+            .iter()
+            .filter(|o| o.file == me.file && o.open != open)
+        {
+            let handle = match o.caching {
+                OplockGrant::Lease(l) => {
+                    Some(l.key) != own_key && l.state.contains(LeaseState::HANDLE)
+                }
+                OplockGrant::Oplock(level) => level == OplockLevel::Batch,
+                OplockGrant::None => false,
+            };
+            assert!(
+                !handle,
+                "rename/delete went ahead next to handle caching: {o:?}"
+            );
+        }
     }
 
     fn check_invariants(&self) {

@@ -439,9 +439,40 @@ pub fn notify_entry(action: u32, name: &str) -> Vec<u8> {
     w.buf
 }
 
+/// FILE_NOTIFY_INFORMATION entries (MS-FSCC 2.7.1) of one response, each starting on a
+/// 4-byte boundary and linked by NextEntryOffset (0 in the last).
+pub fn notify_entries<'a>(changes: impl IntoIterator<Item = (u32, &'a str)>) -> Vec<u8> {
+    let mut out: Vec<u8> = Vec::new();
+    let mut last_start = None;
+    for (action, name) in changes {
+        if let Some(prev) = last_start {
+            while !out.len().is_multiple_of(4) {
+                out.push(0);
+            }
+            let next = (out.len() - prev) as u32;
+            out[prev..prev + 4].copy_from_slice(&next.to_le_bytes());
+        }
+        last_start = Some(out.len());
+        out.extend_from_slice(&notify_entry(action, name));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notify_entries_are_aligned_and_linked() {
+        let data = notify_entries([(1, "a"), (2, "bc")]);
+        // 12-byte header + 2 bytes of name, padded to 16; then 12 + 4.
+        assert_eq!(data.len(), 32);
+        assert_eq!(u32::from_le_bytes(data[0..4].try_into().unwrap()), 16);
+        assert_eq!(u32::from_le_bytes(data[4..8].try_into().unwrap()), 1);
+        assert_eq!(u32::from_le_bytes(data[16..20].try_into().unwrap()), 0);
+        assert_eq!(u32::from_le_bytes(data[20..24].try_into().unwrap()), 2);
+        assert_eq!(notify_entries([(3, "x")]), notify_entry(3, "x"));
+    }
 
     fn info() -> FileInfo {
         FileInfo {

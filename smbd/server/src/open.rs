@@ -50,7 +50,8 @@ pub(crate) struct Open {
     pub mode: u32,
     pub delete_pending: bool,
     pub grant: OplockGrant,
-    pub notify_watch: bool,
+    /// Set by the handle's first CHANGE_NOTIFY; it watches its directory until closed.
+    pub notify: Option<NotifyWatch>,
     /// FSCTL_LMR_REQUEST_RESILIENCY was granted (MS-SMB2 3.3.5.15.9).
     pub resilient: bool,
     /// Durable handle granted (DHnQ/DH2Q); v2 carries the create GUID.
@@ -61,6 +62,27 @@ pub(crate) struct Open {
     pub lock_seq: [u8; 64],
     /// The identity that opened it: a delete-on-close at teardown unlinks with it.
     pub identity: Option<Arc<crate::identity::UnixIdentity>>,
+}
+
+/// A directory handle's change-notify watch (MS-SMB2 3.3.5.19, MS-FSA 2.1.5.11): from its
+/// first CHANGE_NOTIFY until it is closed the handle watches its directory, and changes that
+/// happen while no CHANGE_NOTIFY is waiting are kept for the next one (smbtorture
+/// smb2.notify.dir: a client that asks again after a burst of changes gets them at once
+/// rather than waiting for a change that may never come).
+#[derive(Debug, Default)]
+pub(crate) struct NotifyWatch {
+    /// The directory watched, as registered with `Shared::watch`.
+    pub dir: PathBuf,
+    /// OutputBufferLength of the first CHANGE_NOTIFY: what the changes kept between requests
+    /// may take (MS-FSA 2.1.5.11: the buffer is sized by the first request).
+    pub buffer_size: u32,
+    /// Changes (action, name) waiting for the next CHANGE_NOTIFY.
+    pub changes: Vec<(u32, String)>,
+    /// Encoded size of `changes` (each entry padded to 4 bytes).
+    pub changes_bytes: usize,
+    /// More changes came than `buffer_size` holds: the next CHANGE_NOTIFY gets
+    /// STATUS_NOTIFY_ENUM_DIR (smbtorture smb2.notify.valid-req).
+    pub overflowed: bool,
 }
 
 /// A disconnected durable open this node had, kept for a reconnect to this node (its file
@@ -188,7 +210,7 @@ mod tests {
             mode: 0,
             delete_pending: false,
             grant: OplockGrant::Oplock(OplockLevel::Batch),
-            notify_watch: false,
+            notify: None,
             resilient: false,
             durable: Some(DurableState {
                 kind: DurableKind::V2 {

@@ -67,6 +67,11 @@ pub enum Event {
         action: u32,
         name: String,
     },
+    /// Directory `dir` (absolute path) became delete-pending while still open: its waiting
+    /// CHANGE_NOTIFYs end with STATUS_DELETE_PENDING.
+    DirDeletePending {
+        dir: PathBuf,
+    },
     /// A client reconnected naming this session as its PreviousSessionId (MS-SMB2
     /// 3.3.5.5.3): tear it down.
     ExpireSession {
@@ -424,6 +429,17 @@ impl Shared {
             if m.is_empty() {
                 w.remove(dir);
             }
+        }
+    }
+
+    /// Tell every connection watching `dir` that it became delete-pending.
+    pub fn dir_delete_pending(&self, dir: PathBuf) {
+        let conns: Vec<u64> = match lock(&self.watches).get(&dir) {
+            Some(m) => m.keys().copied().collect(),
+            None => return,
+        };
+        for c in conns {
+            self.post(c, Event::DirDeletePending { dir: dir.clone() });
         }
     }
 

@@ -111,3 +111,9 @@ fn smb2_oplock() {
 fn smb2_lease() {
     suite("smb2.lease");
 }
+/// Change notify (issue 12): smb2.notify.dir used to hang here, waiting for changes made
+/// while no CHANGE_NOTIFY was outstanding.
+#[test]
+fn smb2_notify() {
+    suite("smb2.notify");
+}

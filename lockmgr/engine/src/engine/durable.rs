@@ -113,9 +113,13 @@ impl Engine {
         }
     }
 
-    /// Disconnect `open` if it is durable. An open whose caching is being broken is not kept:
-    /// the break could never be acknowledged, and the create waiting for it would otherwise
-    /// wait out the break timeout.
+    /// Disconnect `open` if it is durable and still caches handles: MS-SMB2 3.3.7.1 keeps a
+    /// durable (not persistent) open only while it holds a batch oplock or a lease with
+    /// handle caching (Samba too); one whose caching was broken to Level II / R or less is
+    /// closed at once, with its byte-range locks. (Persistent and resilient opens, kept
+    /// regardless, are not made durable through this engine.) An open whose caching is being
+    /// broken is not kept either: the break could never be acknowledged, and the create
+    /// waiting for it would otherwise wait out the break timeout.
     pub(super) fn try_disconnect(&mut self, now: Time, open: OpenId) -> bool {
         let Some(timeout) = self.durable.recs.get(&open).map(|r| r.timeout) else {
             return false;
@@ -124,11 +128,11 @@ impl Engine {
             return false;
         };
         let holder = match o.lease {
-            Some(id) => Some(Holder::Lease(id)),
-            None if o.oplock != LeaseState::NONE => Some(Holder::Oplock(open)),
-            None => None,
+            Some(id) => Holder::Lease(id),
+            None => Holder::Oplock(open),
         };
-        if holder.is_some_and(|h| self.holder_breaking(h)) {
+        // Of the oplock levels only batch includes handle caching.
+        if !self.holder_state(holder).contains(LeaseState::HANDLE) || self.holder_breaking(holder) {
             return false;
         }
         // Like Samba, files about to be deleted are not kept: nobody would be left to unlink
@@ -178,9 +182,6 @@ impl Engine {
         }
     }
 
-    /// Purge the disconnected opens of `req.file` that the create would conflict with: share
-    /// modes (MS-FSA 2.1.5.1.2), or caching it would have to break (MS-SMB2 3.3.5.9: no
-    /// client is left to acknowledge the break).
     /// How many opens of `file` are disconnected durable opens.
     pub(super) fn disconnected_opens_of(&self, file: FileId) -> usize {
         self.durable.by_file.get(&file).map_or(0, |list| {
@@ -194,6 +195,9 @@ impl Engine {
         })
     }
 
+    /// Purge the disconnected opens of `req.file` that the create would conflict with: share
+    /// modes (MS-FSA 2.1.5.1.2), or caching it would have to break (MS-SMB2 3.3.5.9: no
+    /// client is left to acknowledge the break).
     pub(super) fn purge_disconnected(&mut self, now: Time, req: &OpenRequest) {
         let Some(list) = self.durable.by_file.get(&req.file) else {
             return;
@@ -236,6 +240,34 @@ impl Engine {
             self.expire_open(id);
         }
         self.process_lock_waiters(now, req.file);
+    }
+
+    /// If every open behind `h` is a disconnected durable open, remove them (Samba scavenges
+    /// such opens instead of breaking them) and say so; otherwise leave `h` alone.
+    pub(super) fn purge_disconnected_holder(&mut self, now: Time, h: Holder) -> bool {
+        let opens = match h {
+            Holder::Oplock(o) => vec![o],
+            Holder::Lease(id) => match self.leases.get(&id) {
+                Some(rec) => rec.opens.clone(),
+                None => return false,
+            },
+        };
+        let mut file = None;
+        for id in &opens {
+            match self.opens.get(id) {
+                Some(o) if o.session == DISCONNECTED => file = Some(o.file),
+                _ => return false,
+            }
+        }
+        let Some(f) = file else {
+            return false;
+        };
+        for id in opens {
+            self.expire_open(id);
+        }
+        // Its byte-range locks went with it.
+        self.process_lock_waiters(now, f);
+        true
     }
 
     /// Remove a disconnected open for good. No node holds it, so if it was the last open of a

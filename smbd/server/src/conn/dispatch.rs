@@ -642,7 +642,7 @@ impl Conn {
             Request::Echo => Outcome::Reply(status::SUCCESS, Response::Echo),
             Request::Cancel => self.cancel(hdr),
             Request::Create(c) => self.create(c, hdr, ctx),
-            Request::Close(c) => self.close(c, ctx),
+            Request::Close(c) => self.close(c, hdr, ctx),
             Request::Flush { file_id } => self.flush(file_id, ctx),
             Request::Read(r) => self.read(r, ctx),
             Request::Write(w) => self.write(w, hdr, ctx),

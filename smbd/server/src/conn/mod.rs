@@ -166,6 +166,7 @@ impl Conn {
         self.now = now;
         match ev {
             Event::DirChanged { dir, action, name } => self.notify_fire(&dir, action, &name),
+            Event::DirDeletePending { dir } => self.notify_delete_pending(&dir),
             Event::Lock(n) => self.on_lock_notification(n),
             Event::LockStateLost => {
                 // Its handles' share modes and locks are no longer enforced anywhere: keeping
@@ -232,13 +233,7 @@ impl Conn {
     /// The connection is gone: release everything.
     pub fn shutdown(&mut self, now: Instant) {
         self.now = now;
-        let aids: Vec<u64> = self.pending.keys().copied().collect();
-        for aid in aids {
-            if let Some(PendingKind::Notify { dir, .. }) = self.pending.get(&aid).map(|p| &p.kind) {
-                let dir = dir.clone();
-                self.shared.unwatch(self.id, &dir);
-            }
-        }
+        // Change-notify watches end with their handles, below.
         self.pending.clear();
         self.park_durable_opens(None);
         let ids: Vec<u64> = self.opens.keys().copied().collect();

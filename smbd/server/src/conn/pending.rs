@@ -137,16 +137,19 @@ impl Conn {
             return;
         };
         match &p.kind {
-            PendingKind::Notify { dir, .. } => {
-                let dir = dir.clone();
-                self.shared.unwatch(self.id, &dir);
+            // The handle keeps watching (its watch ends when it is closed).
+            PendingKind::Notify { .. } => {
                 if st == status::INTERNAL_ERROR {
                     self.pending.remove(&aid);
                 } else {
                     self.complete_async(aid, st, Response::Error { data: vec![] });
                 }
             }
-            PendingKind::Lock { .. } | PendingKind::Create(_) | PendingKind::Rename { .. } => {
+            PendingKind::Lock { .. }
+            | PendingKind::Create(_)
+            | PendingKind::Rename { .. }
+            | PendingKind::Disposition { .. }
+            | PendingKind::Close { .. } => {
                 // The lock service answers with Completed{Done(Cancelled)}, which finishes it.
                 let mid = p.message_id;
                 let r = self.shared.lock_request(

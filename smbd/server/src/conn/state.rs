@@ -79,21 +79,32 @@ pub(crate) struct Tree {
 
 /// Work waiting for an asynchronous completion (MS-SMB2 3.3.4.2).
 pub(crate) enum PendingKind {
+    /// A CHANGE_NOTIFY waiting for a change of its handle's watched directory.
     Notify {
         volatile: u64,
-        dir: PathBuf,
         max_out: u32,
     },
     Lock {
         volatile: u64,
     },
     Create(Box<CreateCont>),
-    /// A rename through a lease handle waiting for other leases' handle-caching breaks
-    /// (lock service `BreakForRename`); it is carried out when that completes.
+    /// A rename waiting for other opens' handle-caching breaks (lock service
+    /// `BreakForRename`); it is carried out when that completes.
     Rename {
         volatile: u64,
         buffer: Vec<u8>,
         class: u8,
+    },
+    /// A SET_INFO FileDispositionInformation waiting for the same breaks.
+    Disposition {
+        volatile: u64,
+        delete: bool,
+    },
+    /// A CLOSE of a delete-on-close handle waiting for the same breaks (Samba 4.22 delays it
+    /// the same way), so other clients have let go of cached handles when it returns.
+    Close {
+        volatile: u64,
+        flags: u16,
     },
 }
 

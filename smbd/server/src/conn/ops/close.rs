@@ -1,7 +1,7 @@
 //! CLOSE (MS-SMB2 3.3.5.10) and the teardown of an open.
 
 use smb_proto::NtStatus;
-use smb_proto::{status, CloseRequest, CloseResponse, Response};
+use smb_proto::{status, CloseRequest, CloseResponse, Header, Response};
 
 use super::{parent_and_name, FILE_ACTION_REMOVED};
 use crate::conn::{err, ChainCtx, Conn, Open, Outcome, PendingKind};
@@ -19,8 +19,12 @@ impl Conn {
                 PendingKind::Notify { volatile, .. } | PendingKind::Lock { volatile } => {
                     *volatile == v
                 }
-                // A waiting rename of a closed handle fails when its break completes.
-                PendingKind::Create(_) | PendingKind::Rename { .. } => false,
+                // A waiting rename, disposition or close of a closed handle fails when its
+                // break completes.
+                PendingKind::Create(_)
+                | PendingKind::Rename { .. }
+                | PendingKind::Disposition { .. }
+                | PendingKind::Close { .. } => false,
             })
             .map(|(a, _)| *a)
             .collect();
@@ -42,16 +46,21 @@ impl Conn {
             }
         }
         let o = self.opens.remove(&v)?;
+        self.end_notify_watch(&o);
         if let Some(id) = &o.identity {
             // A delete-on-close unlinks with the opener's credentials, also when the close
             // comes from a disconnect rather than from the opener's own request.
             crate::identity::become_user(id);
         }
         if let Some(lo) = o.lock_open {
-            if let Reply::Closed { delete_file: true } =
-                self.shared
-                    .lock_request(self.id, 0, locking::Request::Close { open: lo })
-            {
+            let reply = self
+                .shared
+                .lock_request(self.id, 0, locking::Request::Close { open: lo });
+            if o.is_dir && o.delete_pending && reply == (Reply::Closed { delete_file: false }) {
+                // Other handles keep the directory: it stays, delete-pending, until they go.
+                self.shared.dir_delete_pending(o.abs.clone());
+            }
+            if let Reply::Closed { delete_file: true } = reply {
                 if let Some(st) = &o.stream {
                     // Deleting a named stream leaves the base file alone.
                     if let Err(e) = streams::remove_data(&st.path) {
@@ -80,13 +89,34 @@ impl Conn {
         Some(o)
     }
 
-    pub(crate) fn close(&mut self, c: CloseRequest, ctx: &mut ChainCtx) -> Outcome {
+    pub(crate) fn close(&mut self, c: CloseRequest, hdr: &Header, ctx: &mut ChainCtx) -> Outcome {
         let v = match self.resolve_fid(c.file_id, ctx) {
             Ok(v) => v,
             Err(st) => return err(st),
         };
+        // Closing a delete-on-close handle makes the file delete-pending: other opens lose
+        // handle caching first (MS-FSA 2.1.4.12; smbtorture lease.unlink), and the CLOSE
+        // waits for that unless it sits in the middle of a compound.
+        if self.opens.get(&v).is_some_and(|o| o.delete_pending) {
+            let then = PendingKind::Close {
+                volatile: v,
+                flags: c.flags,
+            };
+            if let Some(out) = self.break_handle_caching_first(v, hdr, ctx, then, ctx.single) {
+                return out;
+            }
+        }
+        Outcome::Reply(
+            status::SUCCESS,
+            Response::Close(self.finish_close(v, c.flags)),
+        )
+    }
+
+    /// The CLOSE itself, once nothing holds it back: the post-query attributes if asked for,
+    /// then the teardown.
+    pub(crate) fn finish_close(&mut self, v: u64, flags: u16) -> CloseResponse {
         let mut resp = CloseResponse::default();
-        if c.flags & smb_proto::CLOSE_FLAG_POSTQUERY_ATTRIB != 0 {
+        if flags & smb_proto::CLOSE_FLAG_POSTQUERY_ATTRIB != 0 {
             if let Some(o) = self.opens.get(&v) {
                 // fstat through the handle: the path may be stale after a rename elsewhere.
                 let m = match &o.file {
@@ -109,6 +139,6 @@ impl Conn {
             }
         }
         self.close_open(v, status::RANGE_NOT_LOCKED);
-        Outcome::Reply(status::SUCCESS, Response::Close(resp))
+        resp
     }
 }

@@ -744,7 +744,7 @@ impl Conn {
                 mode: 0,
                 delete_pending: cont.delete_on_close,
                 grant,
-                notify_watch: false,
+                notify: None,
                 resilient: false,
                 durable,
                 locks: Vec::new(),

@@ -4,12 +4,14 @@ use std::path::Path;
 
 use smb_proto::fscc::DirListing;
 use smb_proto::{
-    query_dir_flags, status, ChangeNotifyRequest, Header, QueryDirectoryRequest, Response,
+    query_dir_flags, status, ChangeNotifyRequest, Header, NtStatus, QueryDirectoryRequest, Response,
 };
 
-use super::{list_dir, LIST_DIRECTORY, MAX_NOTIFY};
-use crate::conn::{err, ChainCtx, Conn, DirState, Outcome, PendingKind};
+use super::{list_dir, LIST_DIRECTORY, MAX_NOTIFY, READ_ATTRIBUTES};
+use crate::conn::{err, ChainCtx, Conn, DirState, Open, Outcome, PendingKind};
 use crate::fs::{self, class};
+use crate::locking;
+use crate::open::NotifyWatch;
 
 impl Conn {
     pub(crate) fn query_directory(
@@ -113,48 +115,169 @@ impl Conn {
         if !o.is_dir {
             return err(status::INVALID_PARAMETER);
         }
+        // MS-SMB2 3.3.5.19: watching needs FILE_LIST_DIRECTORY on the handle.
+        if o.access & LIST_DIRECTORY == 0 {
+            return err(status::ACCESS_DENIED);
+        }
         if c.output_buffer_length > MAX_NOTIFY {
             return err(status::INVALID_PARAMETER);
         }
-        o.notify_watch = true;
-        let dir = o.abs.clone();
-        self.shared.watch(self.id, dir.clone());
+        let first = o.notify.is_none();
+        let abs = o.abs.clone();
+        let watch = o.notify.get_or_insert_with(|| NotifyWatch {
+            dir: abs,
+            buffer_size: c.output_buffer_length,
+            ..Default::default()
+        });
+        let dir = watch.dir.clone();
+        let stable_id = o.stable_id;
+        let buffered = (!watch.changes.is_empty() || watch.overflowed).then(|| {
+            watch.changes_bytes = 0;
+            let overflowed = std::mem::take(&mut watch.overflowed);
+            (std::mem::take(&mut watch.changes), overflowed)
+        });
+        if first {
+            self.shared.watch(self.id, dir);
+        }
+        if let Some((changes, overflowed)) = buffered {
+            let (st, body) = notify_response(&changes, overflowed, c.output_buffer_length);
+            return Outcome::Reply(st, body);
+        }
+        // Asked after the directory became delete-pending (another connection's delete may
+        // have come before this watch existed): no change can come any more.
+        if self.dir_delete_pending(stable_id) {
+            return err(status::DELETE_PENDING);
+        }
         let aid = self.go_async(
             hdr,
             ctx,
             PendingKind::Notify {
                 volatile: v,
-                dir,
                 max_out: c.output_buffer_length,
             },
         );
         Outcome::Pending(aid)
     }
 
-    /// A change happened in `dir`: complete the pending CHANGE_NOTIFYs watching it.
+    /// A change happened in `dir`: every handle of this connection watching it gets it, in
+    /// its waiting CHANGE_NOTIFY or, if none waits, kept for the next one.
     pub(crate) fn notify_fire(&mut self, dir: &Path, action: u32, name: &str) {
-        let aids: Vec<(u64, u32)> = self
-            .pending
+        let watchers: Vec<u64> = self
+            .opens
             .iter()
-            .filter_map(|(a, p)| match &p.kind {
-                PendingKind::Notify {
-                    dir: d, max_out, ..
-                } if d == dir => Some((*a, *max_out)),
-                _ => None,
-            })
+            .filter(|(_, o)| o.notify.as_ref().is_some_and(|w| w.dir == dir))
+            .map(|(v, _)| *v)
             .collect();
-        for (aid, max_out) in aids {
-            self.shared.unwatch(self.id, &dir.to_path_buf());
-            let entry = smb_proto::fscc::notify_entry(action, name);
-            if entry.len() > max_out as usize {
-                self.complete_async(
-                    aid,
-                    status::NOTIFY_ENUM_DIR,
-                    Response::ChangeNotify { data: vec![] },
-                );
-            } else {
-                self.complete_async(aid, status::SUCCESS, Response::ChangeNotify { data: entry });
+        for v in watchers {
+            let waiting = self.pending.iter().find_map(|(a, p)| match &p.kind {
+                PendingKind::Notify {
+                    volatile, max_out, ..
+                } if *volatile == v => Some((*a, *max_out)),
+                _ => None,
+            });
+            if let Some((aid, max_out)) = waiting {
+                let (st, body) = notify_response(&[(action, name.to_string())], false, max_out);
+                self.complete_async(aid, st, body);
+            } else if let Some(w) = self.opens.get_mut(&v).and_then(|o| o.notify.as_mut()) {
+                // FILE_NOTIFY_INFORMATION: 12 bytes and the UTF-16 name; the entries before
+                // it are padded to 4 bytes (`changes_bytes` counts them padded).
+                let size = 12 + 2 * name.encode_utf16().count();
+                if w.overflowed {
+                    continue;
+                }
+                if w.changes.len() >= MAX_BUFFERED_CHANGES
+                    || w.changes_bytes + size > w.buffer_size as usize
+                {
+                    w.overflowed = true;
+                    w.changes.clear();
+                    w.changes_bytes = 0;
+                } else {
+                    w.changes.push((action, name.to_string()));
+                    w.changes_bytes += (size + 3) & !3;
+                }
             }
         }
+    }
+
+    /// Directory `dir` became delete-pending: the CHANGE_NOTIFYs waiting on it end with
+    /// STATUS_DELETE_PENDING (Windows; smbtorture smb2.notify.rmdir1-4), since no change can
+    /// come any more.
+    pub(crate) fn notify_delete_pending(&mut self, dir: &Path) {
+        let watchers: Vec<u64> = self
+            .opens
+            .iter()
+            .filter(|(_, o)| o.notify.as_ref().is_some_and(|w| w.dir == dir))
+            .map(|(v, _)| *v)
+            .collect();
+        let aids: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| {
+                matches!(p.kind, PendingKind::Notify { volatile, .. } if watchers.contains(&volatile))
+            })
+            .map(|(a, _)| *a)
+            .collect();
+        for aid in aids {
+            self.complete_async(
+                aid,
+                status::DELETE_PENDING,
+                Response::Error { data: vec![] },
+            );
+        }
+    }
+
+    /// Whether the lock service holds directory `stable_id` delete-pending, cluster wide: an
+    /// attributes-only open of it, which breaks nothing and never waits, is refused then.
+    fn dir_delete_pending(&self, stable_id: u128) -> bool {
+        let probe = locking::OpenRequest {
+            file: locking::FileId(stable_id),
+            access: READ_ATTRIBUTES,
+            share: 0x7,
+            directory: true,
+            ..Default::default()
+        };
+        match self
+            .shared
+            .lock_request(self.id, 0, locking::Request::Open(probe))
+        {
+            locking::Reply::Done(locking::Status::DeletePending) => true,
+            locking::Reply::Opened { open, .. } => {
+                let _ = self
+                    .shared
+                    .lock_request(self.id, 0, locking::Request::Close { open });
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// The handle's change-notify watch ends with it.
+    pub(crate) fn end_notify_watch(&self, o: &Open) {
+        if let Some(w) = &o.notify {
+            self.shared.unwatch(self.id, &w.dir);
+        }
+    }
+}
+
+/// Changes kept for a handle between CHANGE_NOTIFYs; past this the client is told to
+/// enumerate the directory instead (STATUS_NOTIFY_ENUM_DIR), as Windows does when its buffer
+/// overflows.
+const MAX_BUFFERED_CHANGES: usize = 1024;
+
+/// A CHANGE_NOTIFY response carrying `changes`, or STATUS_NOTIFY_ENUM_DIR with no data if
+/// they overflowed or do not fit the client's OutputBufferLength (MS-SMB2 3.3.5.19).
+fn notify_response(
+    changes: &[(u32, String)],
+    overflowed: bool,
+    max_out: u32,
+) -> (NtStatus, Response) {
+    let data = smb_proto::fscc::notify_entries(changes.iter().map(|(a, n)| (*a, n.as_str())));
+    if overflowed || data.len() > max_out as usize {
+        (
+            status::NOTIFY_ENUM_DIR,
+            Response::ChangeNotify { data: vec![] },
+        )
+    } else {
+        (status::SUCCESS, Response::ChangeNotify { data })
     }
 }

@@ -246,7 +246,7 @@ impl Conn {
             mode: 0,
             delete_pending: false,
             grant: OplockGrant::None,
-            notify_watch: false,
+            notify: None,
             resilient: false,
             durable: Some(DurableState {
                 kind: b.kind.clone(),
@@ -278,6 +278,9 @@ impl Conn {
             let Some(mut o) = self.opens.remove(&v) else {
                 continue;
             };
+            // A parked handle watches nothing (a reconnect asks again).
+            self.end_notify_watch(&o);
+            o.notify = None;
             let Some(lo) = o.lock_open else {
                 continue;
             };

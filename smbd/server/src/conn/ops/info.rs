@@ -10,12 +10,12 @@ use smb_proto::{info_type, status, Header, QueryInfoRequest, Response, SetInfoRe
 use super::create::stream_info;
 use super::{
     engine_status, fixed_part, io_status, parent_and_name, update_dos, APPEND_DATA, DELETE,
-    FILE_ACTION_RENAMED_NEW_NAME, FILE_ACTION_RENAMED_OLD_NAME, READ_ATTRIBUTES, READ_CONTROL,
-    WRITE_ATTRIBUTES, WRITE_DATA,
+    FILE_ACTION_MODIFIED, FILE_ACTION_RENAMED_NEW_NAME, FILE_ACTION_RENAMED_OLD_NAME,
+    READ_ATTRIBUTES, READ_CONTROL, WRITE_ATTRIBUTES, WRITE_DATA,
 };
 use crate::conn::{err, ChainCtx, Conn, Open, Outcome, PendingKind};
 use crate::fs::{self, class, FileInfo, OpenView};
-use crate::locking::{self, OplockGrant, Reply, Status};
+use crate::locking::{self, Reply, Status};
 use crate::streams;
 
 impl Conn {
@@ -156,6 +156,7 @@ impl Conn {
             Err(st) => return err(st),
         };
         let read_only = self.shared.shares[o.share].read_only;
+        let may_delete = o.access & DELETE != 0;
         match s.info_type {
             info_type::FILE => {}
             info_type::SECURITY => {
@@ -173,22 +174,38 @@ impl Conn {
             return err(status::ACCESS_DENIED);
         }
         if matches!(s.class, class::RENAME | class::RENAME_EX) {
-            if let Some(out) = self.rename_lease_break(v, &s, hdr, ctx) {
+            let then = PendingKind::Rename {
+                volatile: v,
+                buffer: s.buffer.clone(),
+                class: s.class,
+            };
+            if let Some(out) = self.break_handle_caching_first(v, hdr, ctx, then, true) {
                 return out;
+            }
+        }
+        if let Some(delete) = disposition_delete(s.class, &s.buffer) {
+            // Only a delete the handle may make is worth breaking for; the other checks
+            // come with the disposition itself.
+            if delete && may_delete {
+                let then = PendingKind::Disposition {
+                    volatile: v,
+                    delete,
+                };
+                if let Some(out) = self.break_handle_caching_first(v, hdr, ctx, then, ctx.single) {
+                    return out;
+                }
             }
         }
         let mut r = Reader::new(&s.buffer);
         let st = match s.class {
             class::BASIC => self.set_basic(v, &mut r),
             class::RENAME | class::RENAME_EX => self.set_rename(v, &s.buffer, s.class),
-            class::DISPOSITION => match r.u8() {
-                Ok(d) => self.set_disposition(v, d & 1 != 0),
-                Err(_) => status::INFO_LENGTH_MISMATCH,
-            },
-            class::DISPOSITION_EX => match r.u32() {
-                Ok(f) => self.set_disposition(v, f & 1 != 0),
-                Err(_) => status::INFO_LENGTH_MISMATCH,
-            },
+            class::DISPOSITION | class::DISPOSITION_EX => {
+                match disposition_delete(s.class, &s.buffer) {
+                    Some(delete) => self.set_disposition(v, delete),
+                    None => status::INFO_LENGTH_MISMATCH,
+                }
+            }
             class::POSITION => match r.u64() {
                 Ok(p) => {
                     if let Some(o) = self.opens.get_mut(&v) {
@@ -330,6 +347,12 @@ impl Conn {
                 return io_status(&e);
             }
         }
+        if any || settable(create) || settable(change) || attrs != 0 {
+            // Watchers of the parent see attribute and time changes (smbtorture
+            // smb2.notify.basedir).
+            let (parent, name) = parent_and_name(&o.abs);
+            self.shared.dir_changed(parent, FILE_ACTION_MODIFIED, name);
+        }
         status::SUCCESS
     }
 
@@ -405,21 +428,21 @@ impl Conn {
         }
     }
 
-    /// A rename through a lease handle first has the lock service break other leases'
-    /// handle caching (MS-FSA 2.1.5.14.11 / 2.1.4.12; smbtorture lease.rename_wait): while
-    /// that is outstanding the SET_INFO goes async and the rename happens on completion.
-    pub(super) fn rename_lease_break(
+    /// Before a rename, a delete-pending or the close of a delete-on-close handle, the lock
+    /// service takes handle caching away from every other open of the file (leases drop H,
+    /// batch oplocks break; MS-FSA 2.1.4.12; smbtorture lease.rename_wait, lease.unlink).
+    /// While that is outstanding the request goes async as `then` and is carried out on
+    /// completion; `None` means go ahead now. Without `wait` (a request in the middle of a
+    /// compound, which cannot go async) the breaks are sent and the request goes ahead.
+    pub(super) fn break_handle_caching_first(
         &mut self,
         v: u64,
-        s: &SetInfoRequest,
         hdr: &Header,
         ctx: &ChainCtx,
+        then: PendingKind,
+        wait: bool,
     ) -> Option<Outcome> {
-        let o = self.opens.get(&v)?;
-        if !matches!(o.grant, OplockGrant::Lease(_)) {
-            return None;
-        }
-        let lo = o.lock_open?;
+        let lo = self.opens.get(&v)?.lock_open?;
         let (reply, own) = self.shared.lock_request_inline(
             self.id,
             hdr.message_id,
@@ -429,22 +452,14 @@ impl Conn {
             self.on_lock_notification(n);
         }
         match reply {
-            Reply::Pending => {
-                let aid = self.go_async(
-                    hdr,
-                    ctx,
-                    PendingKind::Rename {
-                        volatile: v,
-                        buffer: s.buffer.clone(),
-                        class: s.class,
-                    },
-                );
+            Reply::Pending if wait => {
+                let aid = self.go_async(hdr, ctx, then);
                 Some(Outcome::Pending(aid))
             }
-            Reply::Done(Status::Success) => None,
+            Reply::Pending | Reply::Done(Status::Success) => None,
             Reply::Done(st) => Some(err(engine_status(st))),
             other => {
-                tracing::warn!(?other, "unexpected rename break reply");
+                tracing::warn!(?other, "unexpected handle-caching break reply");
                 None
             }
         }
@@ -599,5 +614,16 @@ impl Conn {
         self.shared
             .dir_changed(np, FILE_ACTION_RENAMED_NEW_NAME, nn);
         status::SUCCESS
+    }
+}
+
+/// The DeletePending / FILE_DISPOSITION_DELETE bit of a FileDispositionInformation(Ex)
+/// buffer (MS-FSCC 2.4.11, 2.4.12); `None` for another class or a short buffer.
+fn disposition_delete(cls: u8, buffer: &[u8]) -> Option<bool> {
+    let mut r = Reader::new(buffer);
+    match cls {
+        class::DISPOSITION => r.u8().ok().map(|d| d & 1 != 0),
+        class::DISPOSITION_EX => r.u32().ok().map(|f| f & 1 != 0),
+        _ => None,
     }
 }

@@ -169,6 +169,8 @@ impl Conn {
                                 PendingKind::Lock { .. }
                                     | PendingKind::Create(_)
                                     | PendingKind::Rename { .. }
+                                    | PendingKind::Disposition { .. }
+                                    | PendingKind::Close { .. }
                             )
                     })
                     .map(|(a, _)| *a)
@@ -188,21 +190,36 @@ impl Conn {
                     self.pending.get(&aid).map(|p| &p.kind),
                     Some(PendingKind::Create(_))
                 );
-                let rename = match self.pending.get(&aid).map(|p| &p.kind) {
+                let after_break = match self.pending.get(&aid).map(|p| &p.kind) {
                     Some(PendingKind::Rename {
                         volatile,
                         buffer,
                         class,
-                    }) => Some((*volatile, buffer.clone(), *class)),
+                    }) => Some(AfterBreak::Rename(*volatile, buffer.clone(), *class)),
+                    Some(PendingKind::Disposition { volatile, delete }) => {
+                        Some(AfterBreak::Disposition(*volatile, *delete))
+                    }
+                    Some(PendingKind::Close { volatile, flags }) => {
+                        Some(AfterBreak::Close(*volatile, *flags))
+                    }
                     _ => None,
                 };
-                if let Some((v, buffer, class)) = rename {
-                    let st = match reply {
-                        Reply::Done(Status::Success) => self.set_rename(v, &buffer, class),
-                        Reply::Done(st) => engine_status(st),
+                if let Some(AfterBreak::Close(v, flags)) = after_break {
+                    // The close happens whatever became of the breaks: a CLOSE cannot fail.
+                    let resp = self.finish_close(v, flags);
+                    self.complete_async(aid, status::SUCCESS, Response::Close(resp));
+                } else if let Some(next) = after_break {
+                    let st = match (reply, next) {
+                        (Reply::Done(Status::Success), AfterBreak::Rename(v, buffer, class)) => {
+                            self.set_rename(v, &buffer, class)
+                        }
+                        (Reply::Done(Status::Success), AfterBreak::Disposition(v, delete)) => {
+                            self.set_disposition(v, delete)
+                        }
+                        (Reply::Done(st), _) => engine_status(st),
                         _ => status::INTERNAL_ERROR,
                     };
-                    tracing::debug!(conn = self.id, ?st, "rename after lease break");
+                    tracing::debug!(conn = self.id, ?st, "set-info after handle-caching break");
                     if st == status::SUCCESS {
                         self.complete_async(aid, st, Response::SetInfo);
                     } else {
@@ -292,4 +309,14 @@ impl Conn {
             other => tracing::debug!(?other, "unhandled lock notification"),
         }
     }
+}
+
+/// What a request that waited for handle-caching breaks does once they are resolved.
+enum AfterBreak {
+    /// SET_INFO FileRenameInformation: open, buffer, information class.
+    Rename(u64, Vec<u8>, u8),
+    /// SET_INFO FileDispositionInformation: open, delete.
+    Disposition(u64, bool),
+    /// CLOSE of a delete-on-close handle: open, CLOSE flags.
+    Close(u64, u16),
 }
