@@ -249,8 +249,8 @@ fn test_smbd_nodes(d: &Daemon, dev: &DeviceConfig) -> TestResult {
         Ok(locks)
     };
     let result = (|| {
-        let mut a = node("smbd-a")?;
-        let mut b = node("smbd-b")?;
+        let a = node("smbd-a")?;
+        let b = node("smbd-b")?;
         let (conn_a, conn_b) = (SessionId(1), SessionId(1));
         let file = FileId(0x5a5a);
         let open_req = || {
