@@ -63,12 +63,15 @@ pub fn join(msgs: &[Vec<u8>]) -> Vec<u8> {
 /// One answer seen on the wire: (command, MessageId, status).
 pub type Answer = (u16, u64, u32);
 
+/// A scratch directory of its own for every run: tests call `run` from several threads of
+/// one process, and one run's cleanup must not remove another's share.
 fn scratch_root() -> PathBuf {
-    std::env::temp_dir().join(format!("smbd-fuzz-conn-{}", std::process::id()))
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("smbd-fuzz-conn-{}-{run}", std::process::id()))
 }
 
-fn fresh_share() -> Result<PathBuf, String> {
-    let root = scratch_root();
+fn fresh_share(root: &std::path::Path) -> Result<PathBuf, String> {
     let share = root.join("share");
     let _ = std::fs::remove_dir_all(&share);
     std::fs::create_dir_all(&share).map_err(|e| format!("{}: {e}", share.display()))?;
@@ -164,7 +167,8 @@ fn check_frame(f: &[u8]) -> Result<Vec<Answer>, String> {
 /// Feed `data` (see [`split`]) to a fresh connection; returns every answer, or a violated
 /// property.
 pub fn run(data: &[u8]) -> Result<Vec<Answer>, String> {
-    let share = fresh_share()?;
+    let root = scratch_root();
+    let share = fresh_share(&root)?;
     let shared = make_shared(share)?;
     shared.register_conn(CONN_ID, 0);
     let mut conn = Conn::new(CONN_ID, shared.clone(), None, None, Instant::now());
@@ -211,7 +215,7 @@ pub fn run(data: &[u8]) -> Result<Vec<Answer>, String> {
         }
     }
     conn.shutdown(Instant::now());
-    let _ = std::fs::remove_dir_all(scratch_root());
+    let _ = std::fs::remove_dir_all(&root);
     result.map(|()| answers)
 }
 
