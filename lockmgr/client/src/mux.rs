@@ -344,10 +344,11 @@ impl<T: ClientTransport> NodeSessions<T> {
 
     /// The lock manager is gone: everything it held for us is gone with it. Waiting requests
     /// fail, and the open ids we hold mean nothing to the next lockmgrd.
-    fn lost_session(&mut self, why: &ClientError) {
+    /// Returns true when the session was resumed instead (see [`NodeSessions::set_resumer`]).
+    fn lost_session(&mut self, why: &ClientError) -> bool {
         tracing::error!(%why, "lockmgrd session lost");
         if self.try_resume(None) {
-            return;
+            return true;
         }
         self.client = None;
         self.last_attempt = Some(Instant::now());
@@ -380,6 +381,7 @@ impl<T: ClientTransport> NodeSessions<T> {
         self.conn_opens.clear();
         self.lease_conn.clear();
         self.lost_conns.extend(lost);
+        false
     }
 
     /// Connections whose lock state was lost with the lockmgrd session (see `lost_session`):
@@ -454,11 +456,7 @@ impl<T: ClientTransport> NodeSessions<T> {
     /// session was resumed (the request was sent again: wait for it again).
     fn request_timed_out(&mut self, id: RequestId) -> bool {
         tracing::error!(request = id.0, "lockmgrd did not answer in time");
-        if self.try_resume(None) {
-            return true;
-        }
-        self.lost_session(&ClientError::Timeout);
-        false
+        self.lost_session(&ClientError::Timeout)
     }
 
     /// Sends a request and returns how to book its reply, or the answer given without asking
@@ -787,7 +785,9 @@ impl<T: ClientTransport> NodeSessions<T> {
                     }
                 }
             }
-            Err(e) => self.lost_session(&e),
+            Err(e) => {
+                self.lost_session(&e);
+            }
         }
     }
 
