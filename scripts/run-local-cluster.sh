@@ -119,14 +119,16 @@ EOF
 SOCK="$DIR/lockmgr.sock"
 SOCK_B="$DIR/lockmgr-b.sock"
 
-wait_log() { # file pattern pid what
-    for _ in $(seq 150); do
-        grep -q "$2" "$1" 2>/dev/null && return 0
-        kill -0 "$3" 2>/dev/null || break
+# Waits (tenths of a second) until FILE shows PATTERN while PID lives; else shows LOG
+# (default FILE) and stops the script.
+wait_log() { # tenths file pattern pid what [log]
+    for _ in $(seq "$1"); do
+        grep -q "$3" "$2" 2>/dev/null && return 0
+        kill -0 "$4" 2>/dev/null || break
         sleep 0.1
     done
-    echo "$4 did not start:" >&2
-    cat "$1" >&2
+    echo "$5 did not start:" >&2
+    cat "${6:-$2}" >&2
     exit 1
 }
 
@@ -141,7 +143,7 @@ if [[ "$REPLICAS" == 2 ]]; then
         --initial-cluster "local=http://127.0.0.1:$((ETCD_PORT + 1))" >"$DIR/etcd.log" 2>&1 &
     PIDS+=($!)
     ETCD_PID=$!
-    wait_log "$DIR/etcd.log" "ready to serve client requests" "$ETCD_PID" etcd
+    wait_log 150 "$DIR/etcd.log" "ready to serve client requests" "$ETCD_PID" etcd
     REPL=(--etcd "http://127.0.0.1:$ETCD_PORT" --cluster-name local --failover-ms 100)
     REPL_A=(--replica-name lm-a "${REPL[@]}")
     REPL_B=(--replica-name lm-b "${REPL[@]}")
@@ -152,14 +154,14 @@ fi
 PIDS+=($!)
 LOCKMGRD_A=$!
 # The socket file appears a moment before lockmgrd listens on it: wait for its log line.
-wait_log "$DIR/lockmgrd.log" "lockmgrd listening" "$LOCKMGRD_A" lockmgrd
+wait_log 150 "$DIR/lockmgrd.log" "lockmgrd listening" "$LOCKMGRD_A" lockmgrd
 CONNECT="$SOCK"
 if [[ "$REPLICAS" == 2 ]]; then
     "$BIN/lockmgrd" --transport shm --listen "$SOCK_B" --cluster-key-file "$DIR/cluster.key" \
         "${REPL_B[@]}" >"$DIR/lockmgrd-b.log" 2>&1 &
     PIDS+=($!)
     LOCKMGRD_B=$!
-    wait_log "$DIR/lockmgrd-b.log" "recorded as standby" "$LOCKMGRD_B" "the standby lockmgrd"
+    wait_log 150 "$DIR/lockmgrd-b.log" "recorded as standby" "$LOCKMGRD_B" "the standby lockmgrd"
     CONNECT="$SOCK,$SOCK_B"
 fi
 
@@ -186,14 +188,7 @@ EOF
         >"$DIR/node$n.out" 2>"$DIR/node$n.log" &
     local pid=$!
     PIDS+=("$pid")
-    for _ in $(seq 100); do
-        grep -q "smbd listening" "$DIR/node$n.out" 2>/dev/null && return 0
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    echo "node$n did not start:" >&2
-    cat "$DIR/node$n.log" >&2
-    exit 1
+    wait_log 100 "$DIR/node$n.out" "smbd listening" "$pid" "node$n" "$DIR/node$n.log"
 }
 start_node 1 "$PORT1"
 start_node 2 "$PORT2"
@@ -233,7 +228,7 @@ if [[ "$MODE" == check ]]; then
         echo "SIGKILL of the primary lockmgrd (pid $LOCKMGRD_A)"
         kill -KILL "$LOCKMGRD_A"
         wait "$LOCKMGRD_A" 2>/dev/null || true
-        wait_log "$DIR/lockmgrd-b.log" "promoted" "$LOCKMGRD_B" "the standby's takeover"
+        wait_log 150 "$DIR/lockmgrd-b.log" "promoted" "$LOCKMGRD_B" "the standby's takeover"
         CTL=("$BIN/lockmgrctl" --transport shm --connect "$SOCK_B" --cluster-key-file "$DIR/cluster.key" status)
         check_nodes
         grep -q "role primary" <<<"$status" || { echo "the standby is not primary" >&2; exit 1; }
