@@ -25,6 +25,7 @@ type Aes256Ccm = Ccm<Aes256, U16, U11>;
 
 /// Encryption / decryption failures. None of them reveal which check failed beyond the variant.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CryptoError {
     /// Key of the wrong size for the cipher.
     #[error("key of {got} bytes, cipher needs {need}")]

@@ -127,8 +127,10 @@ impl std::fmt::Debug for AuthStep {
     }
 }
 
-/// Authentication failures.
+/// Authentication failures. The SMB server maps them to NTSTATUS values (smb-auth speaks no
+/// SMB wire statuses).
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum AuthError {
     /// Wrong password, unknown user, unsupported (NTLMv1/LM) response, or a failed MIC / mechListMIC
     /// check. Deliberately not more specific towards the client.
@@ -144,18 +146,6 @@ pub enum AuthError {
     /// or anything after completion/failure).
     #[error("unexpected message: {0}")]
     UnexpectedMessage(&'static str),
-}
-
-impl AuthError {
-    /// The NTSTATUS a SESSION_SETUP response should carry for this error.
-    pub fn nt_status(&self) -> u32 {
-        match self {
-            AuthError::LogonFailure => 0xC000_006D, // STATUS_LOGON_FAILURE
-            AuthError::Malformed(_) => 0xC000_000D, // STATUS_INVALID_PARAMETER
-            AuthError::UnsupportedMechanism => 0xC000_00BB, // STATUS_NOT_SUPPORTED
-            AuthError::UnexpectedMessage(_) => 0xC000_000D, // STATUS_INVALID_PARAMETER
-        }
-    }
 }
 
 fn malformed(msg: impl Into<String>) -> AuthError {
@@ -1161,7 +1151,6 @@ mod tests {
         assert_eq!(r.unwrap_err(), AuthError::LogonFailure);
         let (r, _) = raw_exchange(&Client::new("mallory", "correct horse", "WORKGROUP"));
         assert_eq!(r.unwrap_err(), AuthError::LogonFailure);
-        assert_eq!(AuthError::LogonFailure.nt_status(), 0xC000_006D);
     }
 
     #[test]

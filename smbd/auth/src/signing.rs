@@ -25,6 +25,7 @@ const SMB2_CANCEL: u16 = 0x000C;
 
 /// Why a message could not be signed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SignError {
     /// The message is shorter than an SMB2 header.
     #[error("message of {0} bytes is shorter than the 64-byte SMB2 header")]

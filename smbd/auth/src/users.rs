@@ -7,6 +7,7 @@ use md4::{Digest, Md4};
 
 /// Errors loading or parsing a user file.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum UserDbError {
     /// The file could not be read.
     #[error("cannot read user file {path}: {source}")]

@@ -4,13 +4,11 @@
 use smb_auth::keys::SigningAlgorithm;
 use smb_auth::ntlm::NtlmServer;
 use smb_proto::header::flags;
-use smb_proto::{
-    dialect, status, Command, Header, NtStatus, Request, Response, SessionSetupRequest,
-};
+use smb_proto::{dialect, status, Command, Header, Request, Response, SessionSetupRequest};
 
 use crate::shared::Event;
 
-use super::session::{ntlm_leg, NtlmLeg};
+use super::session::{auth_status, ntlm_leg, NtlmLeg};
 use super::state::{err, Binding, BoundChannel, ChainCtx, Outcome, Signer};
 use super::Conn;
 
@@ -135,7 +133,7 @@ impl Conn {
             NtlmLeg::Failed(e) => {
                 tracing::info!(conn = self.id, sid, %e, "binding authentication failed");
                 self.binding.remove(&sid);
-                err(NtStatus(e.nt_status()))
+                err(auth_status(&e))
             }
         }
     }

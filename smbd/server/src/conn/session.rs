@@ -227,7 +227,7 @@ impl Conn {
             }
             NtlmLeg::Failed(e) => {
                 tracing::info!(conn = self.id, sid, %e, "authentication failed");
-                let st = NtStatus(e.nt_status());
+                let st = auth_status(&e);
                 let was_valid = matches!(s.state, AuthState::Valid);
                 if was_valid {
                     // A failed re-authentication ends the session (as Windows and Samba do);
@@ -401,6 +401,18 @@ impl Conn {
 
 /// One NTLM leg of a SESSION_SETUP, as a session's own authentication and a channel binding
 /// (channel.rs) both answer it.
+/// The NTSTATUS a SESSION_SETUP refusal carries for an authentication failure: the logon
+/// failure itself, or a token that cannot be parsed or does not fit the exchange.
+pub(super) fn auth_status(e: &AuthError) -> NtStatus {
+    match e {
+        AuthError::LogonFailure => status::LOGON_FAILURE,
+        AuthError::Malformed(_) | AuthError::UnexpectedMessage(_) => status::INVALID_PARAMETER,
+        AuthError::UnsupportedMechanism => status::NOT_SUPPORTED,
+        // A failure smb-auth learns later refuses the logon.
+        _ => status::LOGON_FAILURE,
+    }
+}
+
 pub(super) enum NtlmLeg {
     /// Another round trip: the reply carrying the server's token
     /// (STATUS_MORE_PROCESSING_REQUIRED).
@@ -459,5 +471,29 @@ pub(super) fn ntlm_leg(ntlm: &mut NtlmServer, buffer: &[u8]) -> NtlmLeg {
             anonymous,
         }),
         Err(e) => NtlmLeg::Failed(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The statuses clients see for each authentication failure (the values smb-auth returned
+    /// before the mapping moved here).
+    #[test]
+    fn authentication_failures_map_to_their_statuses() {
+        assert_eq!(auth_status(&AuthError::LogonFailure), NtStatus(0xC000_006D));
+        assert_eq!(
+            auth_status(&AuthError::Malformed("x".into())),
+            NtStatus(0xC000_000D)
+        );
+        assert_eq!(
+            auth_status(&AuthError::UnexpectedMessage("x")),
+            NtStatus(0xC000_000D)
+        );
+        assert_eq!(
+            auth_status(&AuthError::UnsupportedMechanism),
+            NtStatus(0xC000_00BB)
+        );
     }
 }
