@@ -7,8 +7,8 @@
 //!
 //! smbd's only SMB codec: besides the messages ([`messages`], [`header`], [`smb1`]) it holds
 //! the NetBIOS session framing ([`netbios`]), the CREATE contexts ([`create_ctx`]), the
-//! file-system information classes ([`fscc`]) and the NTSTATUS values ([`status`],
-//! [`NtStatus`]).
+//! file-system information classes ([`fscc`]), the FSCTL input and output buffers
+//! ([`fsctl_buf`]) and the NTSTATUS values ([`status`], [`NtStatus`]).
 //!
 //! Nothing here panics on input: every read is bounds-checked and failures are [`DecodeError`].
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -17,6 +17,7 @@
 pub mod create_ctx;
 pub mod cursor;
 pub mod fscc;
+pub mod fsctl_buf;
 pub mod header;
 pub mod messages;
 pub mod netbios;

@@ -2,11 +2,10 @@
 
 use std::os::unix::fs::FileExt;
 
-use smb_proto::cursor::{Reader, Writer};
-use smb_proto::{fsctl, status, FileId, Header, IoctlRequest, NtStatus, Response};
+use smb_proto::{fsctl, fsctl_buf, status, FileId, Header, IoctlRequest, NtStatus, Response};
 
 use super::{
-    io_status, update_dos, Chunk, APPEND_DATA, ATTR_SPARSE, COPYCHUNK_MAX_CHUNKS,
+    io_status, update_dos, APPEND_DATA, ATTR_SPARSE, COPYCHUNK_MAX_CHUNKS,
     COPYCHUNK_MAX_CHUNK_SIZE, COPYCHUNK_MAX_TOTAL, EXECUTE, FSCTL_GET_COMPRESSION,
     FSCTL_LMR_REQUEST_RESILIENCY, FSCTL_SET_COMPRESSION, FSCTL_SMBTORTURE_FSP_ASYNC_SLEEP,
     FSCTL_SMBTORTURE_GLOBAL_READ_RESPONSE_BODY_PADDING8, READ_DATA, WRITE_ATTRIBUTES, WRITE_DATA,
@@ -43,40 +42,28 @@ impl Conn {
                     self.closed = true;
                     return Outcome::Nothing;
                 }
-                let mut r = Reader::new(&i.input);
-                let parsed =
-                    (|| -> Result<(u32, [u8; 16], u16, Vec<u16>), smb_proto::DecodeError> {
-                        let caps = r.u32()?;
-                        let guid = r.array16()?;
-                        let mode = r.u16()?;
-                        let count = r.u16()? as usize;
-                        let mut d = Vec::new();
-                        for _ in 0..count {
-                            d.push(r.u16()?);
-                        }
-                        Ok((caps, guid, mode, d))
-                    })();
-                let Ok((caps, guid, mode, dialects)) = parsed else {
+                let Ok(v) = fsctl_buf::ValidateNegotiateInfo::decode(&i.input) else {
                     return err(status::INVALID_PARAMETER);
                 };
-                if caps != n.client_caps
-                    || guid != n.client_guid
-                    || mode != n.client_security_mode
-                    || dialects != n.client_dialects
+                if v.capabilities != n.client_caps
+                    || v.guid != n.client_guid
+                    || v.security_mode != n.client_security_mode
+                    || v.dialects != n.client_dialects
                 {
                     // MS-SMB2 3.3.5.15.12: a mismatch means tampering: drop the connection.
                     self.closed = true;
                     return Outcome::Nothing;
                 }
-                if i.max_output_response < 24 {
+                if i.max_output_response < fsctl_buf::ValidateNegotiateResponse::SIZE {
                     return err(status::INVALID_PARAMETER);
                 }
-                let mut w = Writer::new();
-                w.u32(n.server_caps)
-                    .bytes(&self.shared.server_guid)
-                    .u16(n.server_security_mode)
-                    .u16(n.dialect);
-                reply(w.buf, i.file_id)
+                let out = fsctl_buf::ValidateNegotiateResponse {
+                    capabilities: n.server_caps,
+                    guid: self.shared.server_guid,
+                    security_mode: n.server_security_mode,
+                    dialect: n.dialect,
+                };
+                reply(out.encode(), i.file_id)
             }
             fsctl::QUERY_NETWORK_INTERFACE_INFO => {
                 // Not a handle-based FSCTL: a real FileId is a client error (Windows,
@@ -84,28 +71,16 @@ impl Conn {
                 if i.file_id != FileId::RELATED {
                     return err(status::INVALID_PARAMETER);
                 }
-                let mut w = Writer::new();
-                let (family, ip): (u16, Vec<u8>) = match self.local.map(|a| a.ip()) {
-                    Some(std::net::IpAddr::V6(v6)) => (23, v6.octets().to_vec()),
-                    Some(std::net::IpAddr::V4(v4)) => (2, v4.octets().to_vec()),
-                    None => (2, vec![127, 0, 0, 1]),
-                };
-                // NETWORK_INTERFACE_INFO (MS-SMB2 2.2.32.5): one interface, no RSS/RDMA.
-                w.u32(0).u32(1).u32(0).u32(0).u64(1_000_000_000);
-                let start = w.len();
-                w.u16(family).u16(0);
-                if family == 2 {
-                    w.bytes(&ip);
-                } else {
-                    w.u32(0).bytes(&ip).u32(0);
-                }
-                while w.len() - start < 128 {
-                    w.u8(0);
-                }
-                if (w.len() as u32) > i.max_output_response {
+                // The address the client reached (loopback for a connection without one,
+                // as in the simulated-time tests); 1 Gbit/s.
+                let ip = self
+                    .local
+                    .map_or(std::net::Ipv4Addr::LOCALHOST.into(), |a| a.ip());
+                let out = fsctl_buf::network_interface_info(ip, 1_000_000_000);
+                if (out.len() as u32) > i.max_output_response {
                     return err(status::BUFFER_TOO_SMALL);
                 }
-                reply(w.buf, i.file_id)
+                reply(out, i.file_id)
             }
             FSCTL_LMR_REQUEST_RESILIENCY => {
                 // MS-SMB2 3.3.5.15.9: NETWORK_RESILIENCY_REQUEST is Timeout + Reserved.
@@ -154,9 +129,7 @@ impl Conn {
                 if i.max_output_response < 32 {
                     return err(status::INVALID_PARAMETER);
                 }
-                let mut w = Writer::new();
-                w.u64(v).u64(self.id).u64(0).u32(0).u32(0);
-                reply(w.buf, i.file_id)
+                reply(fsctl_buf::resume_key(v, self.id), i.file_id)
             }
             fsctl::CREATE_OR_GET_OBJECT_ID => {
                 let v = match self.resolve_fid(i.file_id, ctx) {
@@ -168,9 +141,7 @@ impl Conn {
                 }
                 // FILE_OBJECTID_BUFFER (MS-FSCC 2.1.3): derived from the stable file id.
                 let id = self.opens.get(&v).map_or(0, |o| o.stable_id);
-                let mut w = Writer::new();
-                w.u128(id).u128(0).u128(id).u128(0);
-                reply(w.buf, i.file_id)
+                reply(fsctl_buf::object_id(id), i.file_id)
             }
             fsctl::SET_SPARSE => {
                 let (_, o) = match self.open_for(i.file_id, ctx) {
@@ -202,10 +173,7 @@ impl Conn {
                 if i.max_output_response < 16 {
                     return err(status::INVALID_PARAMETER);
                 }
-                // SRV_SNAPSHOT_ARRAY with no snapshots.
-                let mut w = Writer::new();
-                w.u32(0).u32(0).u32(2).u16(0).u16(0);
-                reply(w.buf, i.file_id)
+                reply(fsctl_buf::no_snapshots(), i.file_id)
             }
             fsctl::GET_REPARSE_POINT => {
                 if let Err(st) = self.resolve_fid(i.file_id, ctx) {
@@ -253,38 +221,23 @@ impl Conn {
             Err(st) => return err(st),
         };
         let out = |st: NtStatus, a: u32, b: u32, c: u32| {
-            let mut w = Writer::new();
-            w.u32(a).u32(b).u32(c);
             Outcome::Reply(
                 st,
                 Response::Ioctl {
                     ctl_code: i.ctl_code,
                     file_id: i.file_id,
                     input: vec![],
-                    output: w.buf,
+                    output: fsctl_buf::copychunk_response(a, b, c),
                 },
             )
         };
         if i.max_output_response < 12 {
             return err(status::INVALID_PARAMETER);
         }
-        let mut r = Reader::new(&i.input);
-        let parsed = (|| -> Result<(u64, u64, Vec<Chunk>), smb_proto::DecodeError> {
-            let key_v = r.u64()?;
-            let key_conn = r.u64()?;
-            r.skip(8)?;
-            let count = r.u32()?;
-            r.skip(4)?;
-            let mut chunks = Vec::new();
-            for _ in 0..count.min(COPYCHUNK_MAX_CHUNKS + 1) {
-                chunks.push((r.u64()?, r.u64()?, r.u32()?));
-                r.skip(4)?;
-            }
-            Ok((key_v, key_conn, chunks))
-        })();
-        let Ok((key_v, key_conn, chunks)) = parsed else {
+        let Ok(copy) = fsctl_buf::CopyChunkCopy::decode(&i.input, COPYCHUNK_MAX_CHUNKS) else {
             return err(status::INVALID_PARAMETER);
         };
+        let (key_v, key_conn, chunks) = (copy.source_volatile, copy.source_conn, copy.chunks);
         let limits = || {
             out(
                 status::INVALID_PARAMETER,
@@ -358,8 +311,7 @@ impl Conn {
             Ok(found) => found,
             Err(st) => return err(st),
         };
-        let mut r = Reader::new(&i.input);
-        let (Ok(off), Ok(len)) = (r.u64(), r.u64()) else {
+        let Ok((off, len)) = fsctl_buf::decode_offset_pair(&i.input) else {
             return err(status::INVALID_PARAMETER);
         };
         if (off as i64) < 0
@@ -399,22 +351,19 @@ impl Conn {
         if max < 16 && !ranges.is_empty() {
             return err(status::BUFFER_TOO_SMALL);
         }
-        let mut w = Writer::new();
-        let mut st = status::SUCCESS;
-        for (o, l) in ranges {
-            if w.len() + 16 > max {
-                st = status::BUFFER_OVERFLOW;
-                break;
-            }
-            w.u64(o).u64(l);
-        }
+        let (output, overflow) = fsctl_buf::allocated_ranges(&ranges, max);
+        let st = if overflow {
+            status::BUFFER_OVERFLOW
+        } else {
+            status::SUCCESS
+        };
         Outcome::Reply(
             st,
             Response::Ioctl {
                 ctl_code: i.ctl_code,
                 file_id: i.file_id,
                 input: vec![],
-                output: w.buf,
+                output,
             },
         )
     }
@@ -426,8 +375,7 @@ impl Conn {
             Ok(found) => found,
             Err(st) => return err(st),
         };
-        let mut r = Reader::new(&i.input);
-        let (Ok(off), Ok(beyond)) = (r.u64(), r.u64()) else {
+        let Ok((off, beyond)) = fsctl_buf::decode_offset_pair(&i.input) else {
             return err(status::INVALID_PARAMETER);
         };
         if (off as i64) < 0 || (beyond as i64) < 0 || off > beyond {

@@ -47,8 +47,6 @@ const MAX_FILE_SIZE: u64 = 0xfff_ffff_0000;
 const FSCTL_GET_COMPRESSION: u32 = 0x0009_003C;
 const FSCTL_SET_COMPRESSION: u32 = 0x0009_C040;
 /// Server-side copy limits advertised on INVALID_PARAMETER (the values Windows and Samba use).
-/// One SRV_COPYCHUNK element: (source offset, target offset, length).
-type Chunk = (u64, u64, u32);
 const COPYCHUNK_MAX_CHUNKS: u32 = 256;
 const COPYCHUNK_MAX_CHUNK_SIZE: u32 = 1024 * 1024;
 const COPYCHUNK_MAX_TOTAL: u32 = 16 * 1024 * 1024;
