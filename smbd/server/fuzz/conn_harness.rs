@@ -81,14 +81,23 @@ fn fresh_share(root: &std::path::Path) -> Result<PathBuf, String> {
 }
 
 fn make_shared(share: PathBuf) -> Result<Arc<Shared>, String> {
-    shared_with_locks(share, smbd::server::default_lock_service())
+    // A clock that never moves: the same input gives the same output.
+    let clock = smbd::clock::WallClock::Stepped {
+        start: FIXED_FILETIME,
+        elapsed: Default::default(),
+    };
+    shared_with_locks(share, smbd::server::default_lock_service(), clock)
 }
 
+/// 2024-01-01T00:00:00Z as a FILETIME: the fuzz target's time of day.
+pub const FIXED_FILETIME: u64 = 133_485_408_000_000_000;
+
 /// A server state for one anonymous-guest share `data` at `share` (a canonical path), with the
-/// given lock service (tests pass one whose clock they step by hand).
+/// given lock service and time of day (tests pass ones whose clocks they step by hand).
 pub fn shared_with_locks(
     share: PathBuf,
     locks: Box<dyn smbd::locking::LockService>,
+    clock: smbd::clock::WallClock,
 ) -> Result<Arc<Shared>, String> {
     let cfg = Config::parse(&format!(
         "[server]\nnetbios_name = \"FUZZ\"\nsigning_required = false\nallow_anonymous = true\n\
@@ -113,7 +122,7 @@ pub fn shared_with_locks(
     // an account that cannot use the temporary share (as an ordinary user nothing switches).
     let users = smb_auth::users::UserDb::new();
     let shared = Shared::new(cfg, shares, users, locks, 1).map_err(|e| format!("shared: {e}"))?;
-    Ok(Arc::new(shared))
+    Ok(Arc::new(shared.with_clock(clock)))
 }
 
 /// Check one output frame; returns its answers.

@@ -5,7 +5,7 @@ use smb_proto::NtStatus;
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use sha2::{Digest, Sha256};
 use smb_proto::status;
@@ -23,13 +23,6 @@ pub fn filetime_from_unix(secs: i64, nsec: i64) -> u64 {
     let s = (secs + EPOCH_DIFF as i64).max(0) as u64;
     s.saturating_mul(10_000_000)
         .saturating_add((nsec.max(0) as u64) / 100)
-}
-
-pub fn now_filetime() -> u64 {
-    let d = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    filetime_from_unix(d.as_secs() as i64, d.subsec_nanos() as i64)
 }
 
 /// FILETIME -> (secs, nsec) since the Unix epoch.

@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use smb_auth::users::UserDb;
 
@@ -108,6 +109,12 @@ pub enum Event {
     ChannelClosed {
         channel: u64,
     },
+    /// The wait of a durable reconnect for the durable open `persistent` is over: the
+    /// connection that held the open let it go, or the wait's deadline passed
+    /// ([`Shared::wait_for_durable`]). The reconnect asks the lock service once more.
+    DurableWaitOver {
+        persistent: u64,
+    },
 }
 
 /// A channel signing key; its Debug output is redacted (events are logged).
@@ -167,7 +174,10 @@ pub struct Shared {
     /// The Unix identity of every user and of the guest account (crate::identity).
     pub identities: crate::identity::Identities,
     pub server_guid: [u8; 16],
+    /// When the server started (a FILETIME from `clock`).
     pub start_time: u64,
+    /// The time of day for the SMB core (crate::clock): the system's, or one a test steps.
+    pub clock: crate::clock::WallClock,
     pub mailboxes: Vec<Mailbox>,
     /// Called by all workers at once (a cluster lock service has several requests in flight).
     locks: Box<dyn LockService>,
@@ -191,6 +201,16 @@ pub struct Shared {
     pub fds: crate::limits::FdBudget,
     /// Durable opens of connections that went away, kept for a reconnect (crate::open).
     pub(crate) parked: crate::open::ParkedOpens,
+    /// Durable reconnects waiting for the connection that still holds their open to let it
+    /// go ([`Shared::wait_for_durable`]).
+    durable_waits: Mutex<Vec<DurableWait>>,
+}
+
+/// A durable reconnect of connection `conn` waiting for the durable open `persistent`.
+struct DurableWait {
+    persistent: u64,
+    conn: u64,
+    deadline: Instant,
 }
 
 /// What other connections need to know about an established session: to expire it on
@@ -232,7 +252,8 @@ impl Shared {
             identities,
             users: Arc::new(users),
             server_guid: rand::random(),
-            start_time: crate::fs::now_filetime(),
+            start_time: crate::clock::WallClock::System.filetime(),
+            clock: crate::clock::WallClock::System,
             mailboxes,
             locks,
             routing: Mutex::new(()),
@@ -245,7 +266,15 @@ impl Shared {
             dump_dir: std::env::var_os("SMBD_DUMP_DIR").map(PathBuf::from),
             fds,
             parked: Default::default(),
+            durable_waits: Mutex::new(Vec::new()),
         })
+    }
+
+    /// The same state reading the time of day from `clock` (simulated-time tests, fuzzing).
+    pub fn with_clock(mut self, clock: crate::clock::WallClock) -> Shared {
+        self.start_time = clock.filetime();
+        self.clock = clock;
+        self
     }
 
     pub fn register_conn(&self, conn: u64, worker: usize) {
@@ -359,6 +388,63 @@ impl Shared {
     pub fn lock_tick(&self) {
         self.locks.tick();
         self.route_events();
+    }
+
+    /// Fire every timer due at `now`: the lock service's and the deadlines of waiting durable
+    /// reconnects. The worker's timer calls it (simulated-time tests step it by hand).
+    pub fn tick(&self, now: Instant) {
+        self.lock_tick();
+        let due: Vec<DurableWait> = {
+            let mut waits = lock(&self.durable_waits);
+            let (due, later) = std::mem::take(&mut *waits)
+                .into_iter()
+                .partition(|w| w.deadline <= now);
+            *waits = later;
+            due
+        };
+        for w in due {
+            self.post_event(
+                w.conn,
+                Event::DurableWaitOver {
+                    persistent: w.persistent,
+                },
+            );
+        }
+    }
+
+    /// Connection `conn` waits, until `deadline` at the latest, for the durable open
+    /// `persistent` to be let go by the connection that still holds it (a client reconnecting
+    /// faster than the server notices its old connection is gone). It is told with
+    /// [`Event::DurableWaitOver`].
+    pub(crate) fn wait_for_durable(&self, persistent: u64, conn: u64, deadline: Instant) {
+        lock(&self.durable_waits).push(DurableWait {
+            persistent,
+            conn,
+            deadline,
+        });
+    }
+
+    /// Connection `conn` no longer waits for `persistent`.
+    pub(crate) fn stop_waiting_for_durable(&self, persistent: u64, conn: u64) {
+        lock(&self.durable_waits).retain(|w| w.persistent != persistent || w.conn != conn);
+    }
+
+    /// The durable open `persistent` was let go by its connection (parked or closed): the
+    /// reconnects waiting for it try again now.
+    pub(crate) fn durable_released(&self, persistent: u64) {
+        let waiting: Vec<u64> = {
+            let mut waits = lock(&self.durable_waits);
+            let conns = waits
+                .iter()
+                .filter(|w| w.persistent == persistent)
+                .map(|w| w.conn)
+                .collect();
+            waits.retain(|w| w.persistent != persistent);
+            conns
+        };
+        for conn in waiting {
+            self.post_event(conn, Event::DurableWaitOver { persistent });
+        }
     }
 
     pub fn session_established(&self, sid: u64, mut rec: SessionRecord) {

@@ -315,7 +315,7 @@ impl Worker {
                         self.on_events(&mut touched)?;
                     }
                     K_TIMER => {
-                        self.shared.lock_tick();
+                        self.shared.tick(Instant::now());
                         self.arm_timer()?;
                     }
                     K_PROVIDE if res < 0 => {

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use smb_proto::header::{flags, Header};
 use smb_proto::{status, CreateContext, Writer};
+use smbd::clock::WallClock;
 use smbd::conn::Conn;
 use smbd::locking::EngineLocks;
 use smbd::shared::Shared;
@@ -84,8 +85,13 @@ impl Pair {
         // The in-process lock engine with a clock the test owns.
         let locks =
             EngineLocks::with_manual_clock(lockmgr_engine::Config::default(), clock.clone());
-        let shared =
-            conn_harness::shared_with_locks(share.clone(), Box::new(locks)).expect("server state");
+        // The time of day moves with the same counter.
+        let wall = WallClock::Stepped {
+            start: conn_harness::FIXED_FILETIME,
+            elapsed: clock.clone(),
+        };
+        let shared = conn_harness::shared_with_locks(share.clone(), Box::new(locks), wall)
+            .expect("server state");
         Pair {
             _dir: dir,
             share,
@@ -99,6 +105,11 @@ impl Pair {
     /// A new connection, logged on anonymously at `dialect` with the share connected; returns
     /// its index.
     fn connect(&mut self, dialect: u16) -> usize {
+        self.connect_negotiated(dialect).0
+    }
+
+    /// [`Pair::connect`], also returning the NEGOTIATE response.
+    fn connect_negotiated(&mut self, dialect: u16) -> (usize, Answer) {
         let id = self.clients.len() as u64 + 1;
         self.shared.register_conn(id, 0);
         self.clients.push(Client {
@@ -127,7 +138,7 @@ impl Pair {
         let tree = self.call(c, cmd::TREE_CONNECT, body_tree_connect("\\\\sim\\data"));
         assert_eq!(tree.hdr.status, status::SUCCESS, "TREE_CONNECT");
         self.clients[c].tid = tree.hdr.tree_id;
-        c
+        (c, neg)
     }
 
     /// Send one request on connection `c`; returns its MessageId. Answers (to any
@@ -202,7 +213,7 @@ impl Pair {
     /// Step the simulated clock (the connections' and the lock engine's) and fire its due timers.
     fn advance(&mut self, by: Duration) {
         self.clock.fetch_add(by.as_nanos() as u64, Ordering::SeqCst);
-        self.shared.lock_tick();
+        self.shared.tick(self.now());
         self.pump();
     }
 
@@ -377,6 +388,28 @@ fn write_body(fid: (u64, u64), data: &[u8]) -> Vec<u8> {
     conn_harness::body_write(fid, 0, data)
 }
 
+/// The core's time of day is the one given to it: NEGOTIATE's SystemTime and the creation time
+/// recorded for a new file move with the harness's stepped clock, not with the system's.
+#[test]
+fn the_time_of_day_is_the_stepped_clock() {
+    let mut p = Pair::new();
+    let hour = Duration::from_secs(3600);
+    p.advance(hour);
+    let expected = conn_harness::FIXED_FILETIME + (p.clock.load(Ordering::SeqCst) / 100);
+    let (a, neg) = p.connect_negotiated(0x0302);
+    // NEGOTIATE response: SystemTime at body offset 40.
+    assert_eq!(neg.u64_at(40), expected, "NEGOTIATE SystemTime");
+    p.advance(hour);
+    let created = p.call(a, cmd::CREATE, create_body("new.txt", OPLOCK_NONE, &[]));
+    assert_eq!(created.hdr.status, status::SUCCESS);
+    // CREATE response: CreationTime at body offset 8.
+    assert_eq!(
+        created.u64_at(8),
+        expected + hour.as_nanos() as u64 / 100,
+        "CreationTime"
+    );
+}
+
 /// A durable handle (DHnQ with a batch oplock) outlives its connection: a new connection
 /// reclaims it with DHnC and reads through the very same handle what the first one wrote.
 #[test]
@@ -408,14 +441,83 @@ fn durable_handle_reconnects_on_a_new_connection() {
     let off = read.body()[2] as usize;
     assert_eq!(&read.msg[off..off + 21], b"kept across reconnect");
 
-    // A second reclaim of the same handle finds nothing to reclaim.
+    // A second reclaim of the same handle, which the second connection holds, finds nothing
+    // to reclaim once its wait for that connection is over.
     let c = p.connect(0x0302);
-    let again = p.call(
+    let mid = p.send(
         c,
         cmd::CREATE,
         create_body("durable.txt", OPLOCK_NONE, &[durable_reconnect(fid)]),
     );
+    p.advance(Duration::from_secs(1));
+    let again = p.final_answer(c, mid).expect("an answer after the wait");
     assert_eq!(again.hdr.status, status::OBJECT_NAME_NOT_FOUND);
+}
+
+/// A client may reconnect before the server has noticed that its old connection is gone: the
+/// reconnect waits (async) for the old connection to let the handle go, and completes as soon
+/// as it does, with the same handle.
+#[test]
+fn durable_reconnect_waits_for_the_old_connection_to_let_go() {
+    let mut p = Pair::new();
+    let a = p.connect(0x0302);
+    let opened = p.call(
+        a,
+        cmd::CREATE,
+        create_body("held.txt", OPLOCK_BATCH, &[durable_request()]),
+    );
+    assert_eq!(opened.hdr.status, status::SUCCESS);
+    let (_, fid) = opened.created();
+
+    let b = p.connect(0x0302);
+    let mid = p.send(
+        b,
+        cmd::CREATE,
+        create_body("held.txt", OPLOCK_BATCH, &[durable_reconnect(fid)]),
+    );
+    assert!(p.went_async(b, mid), "the reconnect waits");
+    p.advance(Duration::from_millis(100));
+    assert!(p.final_answer(b, mid).is_none(), "still waiting");
+
+    p.disconnect(a);
+    let reopened = p
+        .final_answer(b, mid)
+        .expect("the reconnect completes when the old connection goes");
+    assert_eq!(reopened.hdr.status, status::SUCCESS);
+    assert_eq!(reopened.created(), (OPLOCK_BATCH, fid), "the same handle");
+}
+
+/// The wait of a reconnect for a handle its old connection keeps ends at its deadline, with
+/// the handle not found.
+#[test]
+fn durable_reconnect_gives_up_when_the_old_connection_stays() {
+    let mut p = Pair::new();
+    let a = p.connect(0x0302);
+    let opened = p.call(
+        a,
+        cmd::CREATE,
+        create_body("kept.txt", OPLOCK_BATCH, &[durable_request()]),
+    );
+    assert_eq!(opened.hdr.status, status::SUCCESS);
+    let (_, fid) = opened.created();
+
+    let b = p.connect(0x0302);
+    let mid = p.send(
+        b,
+        cmd::CREATE,
+        create_body("kept.txt", OPLOCK_BATCH, &[durable_reconnect(fid)]),
+    );
+    assert!(p.went_async(b, mid));
+    p.advance(Duration::from_millis(150));
+    assert!(p.final_answer(b, mid).is_none(), "still waiting");
+    p.advance(Duration::from_millis(100));
+    let refused = p
+        .final_answer(b, mid)
+        .expect("the wait ends at its deadline");
+    assert_eq!(refused.hdr.status, status::OBJECT_NAME_NOT_FOUND);
+    // The old connection still has its handle.
+    let wrote = p.call(a, cmd::WRITE, write_body(fid, b"still mine"));
+    assert_eq!(wrote.hdr.status, status::SUCCESS);
 }
 
 /// SMB2_CREATE_DURABLE_HANDLE_REQUEST_V2 asking for `timeout_ms`.

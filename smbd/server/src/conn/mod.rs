@@ -33,7 +33,8 @@ mod tree;
 
 pub(crate) use state::{
     err, AuthState, Binding, BoundChannel, ChainCtx, CreateCont, DirState, FileIo, FileOp,
-    Negotiated, Open, OpenStream, Outcome, PendingKind, PendingOp, Session, Signer, StreamTarget,
+    Negotiated, Open, OpenStream, Outcome, PendingKind, PendingOp, ReconnectTarget, Session,
+    Signer, StreamTarget,
 };
 
 /// SMB 2.0.2 has no multi-credit requests.
@@ -227,6 +228,7 @@ impl Conn {
             Event::ChannelClosed { channel } => {
                 self.channels.retain(|(ch, _), _| *ch != channel);
             }
+            Event::DurableWaitOver { persistent } => self.durable_wait_over(persistent),
         }
     }
 
@@ -234,6 +236,12 @@ impl Conn {
     pub fn shutdown(&mut self, now: Instant) {
         self.now = now;
         // Change-notify watches end with their handles, below.
+        for p in self.pending.values() {
+            if let PendingKind::DurableReconnect(t) = &p.kind {
+                self.shared
+                    .stop_waiting_for_durable(t.rc.file_id.persistent, self.id);
+            }
+        }
         self.pending.clear();
         self.park_durable_opens(None);
         let ids: Vec<u64> = self.opens.keys().copied().collect();

@@ -157,7 +157,7 @@ impl Conn {
             max_transact: max,
             max_read: max,
             max_write: max,
-            system_time: crate::fs::now_filetime(),
+            system_time: self.shared.clock.filetime(),
             start_time: 0,
             security_buffer: smb_auth::spnego::negotiate_token(),
             contexts,

@@ -145,6 +145,11 @@ impl Conn {
                     self.complete_async(aid, st, Response::Error { data: vec![] });
                 }
             }
+            PendingKind::DurableReconnect(t) => {
+                self.shared
+                    .stop_waiting_for_durable(t.rc.file_id.persistent, self.id);
+                self.complete_async(aid, st, Response::Error { data: vec![] });
+            }
             PendingKind::Lock { .. }
             | PendingKind::Create(_)
             | PendingKind::Rename { .. }

@@ -88,6 +88,9 @@ pub(crate) enum PendingKind {
         volatile: u64,
     },
     Create(Box<CreateCont>),
+    /// A durable reconnect waiting for the connection that still holds its open
+    /// (`Shared::wait_for_durable`).
+    DurableReconnect(Box<ReconnectTarget>),
     /// A rename waiting for other opens' handle-caching breaks (lock service
     /// `BreakForRename`); it is carried out when that completes.
     Rename {
@@ -106,6 +109,16 @@ pub(crate) enum PendingKind {
         volatile: u64,
         flags: u16,
     },
+}
+
+/// What a durable reconnect waiting for its open needs to try again.
+#[derive(Clone)]
+pub(crate) struct ReconnectTarget {
+    pub request: smb_proto::CreateRequest,
+    pub rc: crate::durable::Reconnect,
+    pub session_id: u64,
+    pub tree_id: u32,
+    pub share: usize,
 }
 
 pub(crate) struct PendingOp {

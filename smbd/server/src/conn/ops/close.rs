@@ -22,6 +22,7 @@ impl Conn {
                 // A waiting rename, disposition or close of a closed handle fails when its
                 // break completes.
                 PendingKind::Create(_)
+                | PendingKind::DurableReconnect(_)
                 | PendingKind::Rename { .. }
                 | PendingKind::Disposition { .. }
                 | PendingKind::Close { .. } => false,

@@ -62,7 +62,7 @@ impl Conn {
             Err(st) => return err(st),
         };
         if let Some(rc) = reconnect {
-            return self.durable_reconnect(&c, rc, ctx.session_id, ctx.tree_id, share);
+            return self.durable_reconnect(&c, rc, hdr, ctx, share);
         }
         let durable = match smb_proto::create_ctx::durable_request(&c, self.dialect()) {
             Ok(d) => d,
@@ -293,8 +293,9 @@ impl Conn {
             }
             // Sparseness is only set by FSCTL_SET_SPARSE, never by CREATE.
             let attrs = c.file_attributes & !(fs::attr::NORMAL | fs::attr::DIRECTORY | ATTR_SPARSE);
+            let now = self.shared.clock.filetime();
             update_dos(&res.abs, |d, _| {
-                d.creation = fs::now_filetime();
+                d.creation = now;
                 // New files are marked for archiving whatever else was asked (Windows,
                 // Samba with "map archive").
                 d.attributes = if dir_req {
@@ -530,8 +531,9 @@ impl Conn {
                 .map_err(|e| path_status(&e))?;
             base_created = true;
             let attrs = c.file_attributes & !(fs::attr::NORMAL | fs::attr::DIRECTORY | ATTR_SPARSE);
+            let now = self.shared.clock.filetime();
             update_dos(&res.abs, |d, _| {
-                d.creation = fs::now_filetime();
+                d.creation = now;
                 d.attributes = attrs | fs::attr::ARCHIVE;
             });
             let (parent, n) = parent_and_name(&res.abs);

@@ -6,10 +6,10 @@ use smb_proto::NtStatus;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use smb_proto::{create_action, status, CreateRequest, FileId, LeaseContext, Response};
+use smb_proto::{create_action, status, CreateRequest, FileId, Header, LeaseContext, Response};
 
 use super::create::create_response;
-use crate::conn::{err, Conn, Open, Outcome};
+use crate::conn::{err, ChainCtx, Conn, Open, Outcome, PendingKind, ReconnectTarget};
 use crate::durable::{DurableBlob, DurableState, Reconnect, ReconnectCheck};
 use crate::locking::{self, OplockGrant, Reply};
 
@@ -59,15 +59,105 @@ impl Conn {
 
     /// DHnC / DH2C: reclaim a disconnected durable open (MS-SMB2 3.3.5.9.7, 3.3.5.9.12). Most
     /// CREATE fields are ignored; only the name, the reconnect context and a lease request
-    /// matter.
+    /// matter. A client may reconnect faster than the server notices that its old connection
+    /// is gone (another worker thread, or another node, still holds the open): the CREATE
+    /// then goes async and waits for that connection to let the open go, for
+    /// [`RECONNECT_WAIT`] at most ([`Conn::durable_wait_over`] finishes it).
     pub(crate) fn durable_reconnect(
         &mut self,
         c: &CreateRequest,
         rc: Reconnect,
-        session_id: u64,
-        tree_id: u32,
+        hdr: &Header,
+        ctx: &ChainCtx,
         share: usize,
     ) -> Outcome {
+        let target = ReconnectTarget {
+            request: c.clone(),
+            rc,
+            session_id: ctx.session_id,
+            tree_id: ctx.tree_id,
+            share,
+        };
+        match self.try_reconnect(&target, true) {
+            Attempt::Done(out) => out,
+            Attempt::Wait => {
+                let aid = self.go_async(hdr, ctx, PendingKind::DurableReconnect(Box::new(target)));
+                Outcome::Pending(aid)
+            }
+        }
+    }
+
+    /// The wait of the durable reconnects for `persistent` is over (Event::DurableWaitOver):
+    /// each asks once more and completes, whatever the answer.
+    pub(crate) fn durable_wait_over(&mut self, persistent: u64) {
+        let aids: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| {
+                matches!(&p.kind, PendingKind::DurableReconnect(t)
+                    if t.rc.file_id.persistent == persistent)
+            })
+            .map(|(a, _)| *a)
+            .collect();
+        for aid in aids {
+            let Some(p) = self.pending.get_mut(&aid) else {
+                continue;
+            };
+            let rest = p.rest.take();
+            let PendingKind::DurableReconnect(target) = &p.kind else {
+                continue;
+            };
+            let target = target.clone();
+            // The reconnect continues with its session's credentials.
+            if let Some(id) = self
+                .sessions
+                .get(&target.session_id)
+                .and_then(|s| s.identity.clone())
+            {
+                crate::identity::become_user(&id);
+            }
+            let out = match self.try_reconnect(&target, false) {
+                Attempt::Done(out) => out,
+                Attempt::Wait => err(status::OBJECT_NAME_NOT_FOUND),
+            };
+            let (st, fid) = match out {
+                Outcome::Reply(st, body) => {
+                    self.complete_async(aid, st, body);
+                    let fid = FileId {
+                        persistent,
+                        volatile: persistent,
+                    };
+                    (st, (st == status::SUCCESS).then_some(fid))
+                }
+                _ => {
+                    self.complete_async(
+                        aid,
+                        status::INTERNAL_ERROR,
+                        Response::Error { data: vec![] },
+                    );
+                    (status::INTERNAL_ERROR, None)
+                }
+            };
+            // The rest of a compound that waited for this CREATE.
+            if let Some((msgs, mut ctx)) = rest {
+                ctx.prev_status = st;
+                ctx.file_id = fid;
+                if st != status::SUCCESS {
+                    ctx.create_err = Some(st);
+                }
+                let first = ctx.index + 1;
+                self.run_chain(msgs, first, ctx);
+            }
+        }
+    }
+
+    /// One attempt at a reconnect. With `may_wait`, an open its old connection still holds
+    /// makes this connection wait for it (registered in `Shared` before asking, so that a
+    /// release in between is not missed); otherwise it is not found.
+    fn try_reconnect(&mut self, t: &ReconnectTarget, may_wait: bool) -> Attempt {
+        let c = &t.request;
+        let rc = t.rc;
+        let (session_id, tree_id, share) = (t.session_id, t.tree_id, t.share);
         let user = self
             .sessions
             .get(&session_id)
@@ -82,12 +172,44 @@ impl Conn {
         let persistent = rc.file_id.persistent;
         if self.opens.contains_key(&persistent) {
             // The handle is open on this connection (not disconnected).
-            return err(status::OBJECT_NAME_NOT_FOUND);
+            return Attempt::Done(err(status::OBJECT_NAME_NOT_FOUND));
         }
-        let Some((lock_open, blob)) = self.lookup_disconnected(persistent) else {
-            return err(status::OBJECT_NAME_NOT_FOUND);
+        if may_wait {
+            self.shared
+                .wait_for_durable(persistent, self.id, self.now + RECONNECT_WAIT);
+        }
+        let (lock_open, blob) = match self.lookup_disconnected(persistent) {
+            Lookup::Found(open, blob) => (open, blob),
+            Lookup::Held if may_wait => return Attempt::Wait,
+            Lookup::Held | Lookup::Gone => {
+                self.shared.stop_waiting_for_durable(persistent, self.id);
+                return Attempt::Done(err(status::OBJECT_NAME_NOT_FOUND));
+            }
         };
-        let Some(blob) = DurableBlob::decode(&blob) else {
+        self.shared.stop_waiting_for_durable(persistent, self.id);
+        Attempt::Done(self.reclaim(
+            c,
+            rc,
+            lock_open,
+            &blob,
+            (session_id, tree_id, share),
+            (&user, client_guid, lease_req.map(|l| l.key)),
+        ))
+    }
+
+    /// Reclaim the disconnected open `lock_open` found for `rc`: check the blob against the
+    /// request, take the open over in the lock service and answer the CREATE.
+    fn reclaim(
+        &mut self,
+        c: &CreateRequest,
+        rc: Reconnect,
+        lock_open: locking::OpenId,
+        blob: &[u8],
+        (session_id, tree_id, share): (u64, u32, usize),
+        (user, client_guid, lease_key): (&str, [u8; 16], Option<u128>),
+    ) -> Outcome {
+        let persistent = rc.file_id.persistent;
+        let Some(blob) = DurableBlob::decode(blob) else {
             tracing::warn!(persistent, "undecodable durable blob");
             return err(status::OBJECT_NAME_NOT_FOUND);
         };
@@ -95,9 +217,9 @@ impl Conn {
             create_guid: rc.v2,
             share: &self.shared.shares[share].name,
             name: c.name.as_str(),
-            lease_key: lease_req.map(|l| l.key),
+            lease_key,
             client_guid,
-            user: &user,
+            user,
         };
         if let Err(st) = blob.check(&check) {
             return err(st);
@@ -182,25 +304,18 @@ impl Conn {
         )
     }
 
-    /// The disconnected durable open `persistent` and its blob. A client that reconnects at
-    /// once may be faster than this server noticing that its old connection is gone (another
-    /// worker thread, or another node, still owns the open): an open that is still owned is
-    /// asked for again for a short while.
-    fn lookup_disconnected(&self, persistent: u64) -> Option<(locking::OpenId, Vec<u8>)> {
-        const TRIES: u32 = 20;
-        const PAUSE: Duration = Duration::from_millis(10);
-        for _ in 0..TRIES {
-            match self.shared.lock_request(
-                self.id,
-                0,
-                locking::Request::DurableLookup { key: persistent },
-            ) {
-                Reply::Durable { open, blob } => return Some((open, blob)),
-                Reply::Done(locking::Status::InvalidDeviceState) => std::thread::sleep(PAUSE),
-                _ => return None,
-            }
+    /// The disconnected durable open `persistent` and its blob, or whether a connection (here
+    /// or on another node) still holds it.
+    fn lookup_disconnected(&self, persistent: u64) -> Lookup {
+        match self.shared.lock_request(
+            self.id,
+            0,
+            locking::Request::DurableLookup { key: persistent },
+        ) {
+            Reply::Durable { open, blob } => Lookup::Found(open, blob),
+            Reply::Done(locking::Status::InvalidDeviceState) => Lookup::Held,
+            _ => Lookup::Gone,
         }
-        None
     }
 
     /// Open the file of a durable open another node (or an earlier run of this one) had.
@@ -302,6 +417,8 @@ impl Conn {
                 }
                 other => tracing::debug!(?other, "durable open not disconnected"),
             }
+            // A reconnect may be waiting for this connection to let the open go.
+            self.shared.durable_released(v);
         }
     }
 }
@@ -319,4 +436,24 @@ fn open_data(
         }
     }
     dir.open_file(rel, libc::O_RDONLY, 0)
+}
+
+/// How long a durable reconnect waits for the connection that still holds its open (the
+/// deadline is checked by the worker's timer, so the wait may run until its next tick).
+const RECONNECT_WAIT: Duration = Duration::from_millis(200);
+
+/// The result of one reconnect attempt.
+enum Attempt {
+    Done(Outcome),
+    /// The open's old connection still holds it: wait.
+    Wait,
+}
+
+/// What the lock service knows of a durable open.
+enum Lookup {
+    /// Disconnected: its lock-service open and the blob stored with it.
+    Found(locking::OpenId, Vec<u8>),
+    /// Still held by a connection.
+    Held,
+    Gone,
 }
