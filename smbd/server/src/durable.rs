@@ -37,6 +37,17 @@ pub struct DurableState {
 }
 
 impl DurableState {
+    /// A persistent open (continuously available share, MS-SMB2 3.3.5.9.10).
+    pub(crate) fn is_persistent(&self) -> bool {
+        matches!(
+            self.kind,
+            DurableKind::V2 {
+                persistent: true,
+                ..
+            }
+        )
+    }
+
     pub(crate) fn timeout(&self) -> Duration {
         match self.kind {
             // Samba's default for v1 (MS-SMB2 leaves it to the implementation).
@@ -112,8 +123,9 @@ impl DurableBlob {
             DurableKind::V2 {
                 create_guid,
                 timeout_ms,
+                persistent,
             } => {
-                out.push(2);
+                out.push(if *persistent { 3 } else { 2 });
                 out.extend_from_slice(create_guid);
                 out.extend_from_slice(&timeout_ms.to_le_bytes());
             }
@@ -146,9 +158,10 @@ impl DurableBlob {
         }
         let kind = match r.u8()? {
             1 => DurableKind::V1,
-            2 => DurableKind::V2 {
+            tag @ (2 | 3) => DurableKind::V2 {
                 create_guid: r.guid()?,
                 timeout_ms: r.u32()?,
+                persistent: tag == 3,
             },
             _ => return None,
         };
@@ -193,6 +206,17 @@ impl DurableBlob {
         if !reconnect_guid_matches(&self.kind, r.create_guid) {
             return Err(status::OBJECT_NAME_NOT_FOUND);
         }
+        // MS-SMB2 3.3.5.9.12: a persistent open is reclaimed only by a DH2C that says so.
+        if matches!(
+            self.kind,
+            DurableKind::V2 {
+                persistent: true,
+                ..
+            }
+        ) && !r.persistent
+        {
+            return Err(status::OBJECT_NAME_NOT_FOUND);
+        }
         if !self.share.eq_ignore_ascii_case(r.share) {
             return Err(status::OBJECT_NAME_NOT_FOUND);
         }
@@ -224,6 +248,8 @@ impl DurableBlob {
 /// What a reconnect request brings to be checked against a [`DurableBlob`].
 pub(crate) struct ReconnectCheck<'a> {
     pub create_guid: Option<[u8; 16]>,
+    /// DH2C carried SMB2_DHANDLE_FLAG_PERSISTENT.
+    pub persistent: bool,
     pub share: &'a str,
     pub name: &'a str,
     pub lease_key: Option<u128>,
@@ -269,6 +295,7 @@ mod tests {
             kind: DurableKind::V2 {
                 create_guid: [3; 16],
                 timeout_ms: 60_000,
+                persistent: true,
             },
             share: "data".into(),
             rel: "dir/File.txt".into(),
@@ -295,6 +322,7 @@ mod tests {
     ) -> ReconnectCheck<'a> {
         ReconnectCheck {
             create_guid,
+            persistent: true,
             share: "DATA",
             name,
             lease_key: key,
@@ -319,6 +347,18 @@ mod tests {
         longer.push(0);
         assert_eq!(DurableBlob::decode(&longer), None);
         assert_eq!(DurableBlob::decode(&[2]), None);
+    }
+
+    #[test]
+    fn persistent_open_needs_a_persistent_reconnect() {
+        let b = blob();
+        let g = Some([3; 16]);
+        let mut c = check(g, "dir/File.txt", Some(77));
+        assert_eq!(b.check(&c), Ok(()));
+        c.persistent = false;
+        assert_eq!(b.check(&c), Err(status::OBJECT_NAME_NOT_FOUND));
+        let round = DurableBlob::decode(&b.encode().unwrap()).unwrap();
+        assert_eq!(round, b);
     }
 
     #[test]
@@ -371,6 +411,7 @@ mod tests {
         let v2 = DurableKind::V2 {
             create_guid: [7; 16],
             timeout_ms: 1,
+            persistent: false,
         };
         assert!(reconnect_guid_matches(&DurableKind::V1, None));
         assert!(reconnect_guid_matches(&v2, None));

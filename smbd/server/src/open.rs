@@ -216,6 +216,7 @@ mod tests {
                 kind: DurableKind::V2 {
                     create_guid: [1; 16],
                     timeout_ms,
+                    persistent: false,
                 },
                 share_access,
                 lease: None,

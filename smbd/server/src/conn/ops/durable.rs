@@ -47,6 +47,7 @@ impl Conn {
                 open: lock_open,
                 key: persistent,
                 timeout_ms: u32::try_from(d.timeout().as_millis()).unwrap_or(u32::MAX),
+                persistent: d.is_persistent(),
                 blob,
             },
         );
@@ -93,6 +94,7 @@ impl Conn {
         };
         let check = ReconnectCheck {
             create_guid: rc.v2,
+            persistent: rc.persistent,
             share: &self.shared.shares[share].name,
             name: c.name.as_str(),
             lease_key: lease_req.map(|l| l.key),
