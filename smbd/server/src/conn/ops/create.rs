@@ -68,6 +68,11 @@ impl Conn {
             Ok(d) => d,
             Err(st) => return err(st),
         };
+        if let Some(smb_proto::create_ctx::DurableKind::V2 { create_guid, .. }) = &durable {
+            if let Some(out) = self.replayed_create(&c, *create_guid, hdr) {
+                return out;
+            }
+        }
         if c.impersonation_level > 3 {
             return err(status::BAD_IMPERSONATION_LEVEL);
         }
@@ -735,6 +740,7 @@ impl Conn {
             .map(|kind| {
                 contexts.push(smb_proto::create_ctx::durable_response(&kind));
                 crate::durable::DurableState {
+                    create_action: action,
                     kind,
                     share_access: cont.share_access,
                     lease: cont.lease,
