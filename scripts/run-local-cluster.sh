@@ -94,7 +94,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-mkdir -p "$DIR/share"
+mkdir -p "$DIR/share" "$DIR/share-ca"
 head -c 32 /dev/urandom >"$DIR/cluster.key"
 chmod 600 "$DIR/cluster.key"
 if [[ -n "${USERS_FILE:-}" ]]; then
@@ -109,7 +109,7 @@ echo "hello from the cluster filesystem" >"$DIR/share/README.txt"
 # directory above it traversable).
 chmod 711 "$DIR"
 if [[ "$(id -u)" == 0 ]]; then
-    chown -R "$DEMO_UID:$DEMO_GID" "$DIR/share"
+    chown -R "$DEMO_UID:$DEMO_GID" "$DIR/share" "$DIR/share-ca"
 fi
 cat >"$DIR/client.conf" <<EOF
 [global]
@@ -177,6 +177,12 @@ cluster_fs_id = "0x636c7573"
 [[share]]
 name = "data"
 path = "$DIR/share"
+
+# Continuously available: persistent handles survive a node's death and a lockmgrd failover.
+[[share]]
+name = "ca"
+path = "$DIR/share-ca"
+continuous_availability = true
 
 [lockmgr]
 transport = "shm"
@@ -249,6 +255,7 @@ Local cluster running (temporary directory $DIR):
   node1     127.0.0.1:$PORT1                   (log: $DIR/node1.log)
   node2     127.0.0.1:$PORT2                   (log: $DIR/node2.log)
   share     //127.0.0.1/data -> $DIR/share
+  CA share  //127.0.0.1/ca   -> $DIR/share-ca (persistent handles)
   user      $DEMO_USER / $DEMO_PASS
 
 Connect to each node:

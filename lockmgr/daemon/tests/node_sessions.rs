@@ -466,6 +466,7 @@ fn durable_open_of_dead_node_is_reclaimed_through_another_node() {
         open,
         key: 42,
         timeout_ms: 60_000,
+        persistent: false,
         blob: b"data\0f.txt".to_vec(),
     };
     assert_eq!(
@@ -570,6 +571,7 @@ fn dropped_connection_disconnects_durable_open() {
         open,
         key: 43,
         timeout_ms: 60_000,
+        persistent: false,
         blob: Vec::new(),
     };
     assert_eq!(

@@ -18,7 +18,7 @@ use crate::types::{
 use crate::Config;
 
 mod durable;
-use durable::DISCONNECTED;
+use durable::{DurableParams, DISCONNECTED};
 
 type LeaseId = (ClientGuid, LeaseKey);
 
@@ -368,8 +368,19 @@ impl Engine {
                 open,
                 key,
                 timeout_ms,
+                persistent,
                 blob,
-            } => self.do_set_durable(session, request, open, key, timeout_ms, blob),
+            } => self.do_set_durable(
+                session,
+                request,
+                open,
+                DurableParams {
+                    key,
+                    timeout_ms,
+                    persistent,
+                },
+                blob,
+            ),
             Request::Disconnect { open } => self.do_disconnect(now, session, request, open),
             Request::DurableLookup { key } => self.do_durable_lookup(session, request, key),
             Request::Reclaim {
@@ -898,6 +909,11 @@ impl Engine {
             if self.leases.get(&id).is_some_and(|r| r.file != req.file) {
                 return Attempt::Done(Reply::Done(Status::InvalidParameter));
             }
+        }
+        // MS-SMB2 3.3.5.9: a file with a disconnected persistent open is not available to
+        // anybody but the open's owner, who reclaims it (a reconnect is not a create).
+        if self.has_disconnected_persistent(req.file) {
+            return Attempt::Done(Reply::Done(Status::FileNotAvailable));
         }
         self.purge_disconnected(now, req);
         if self.orphaned_deletes.contains(&req.file) {

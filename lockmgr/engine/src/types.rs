@@ -346,6 +346,9 @@ pub enum Status {
     /// STATUS_INSUFFICIENT_RESOURCES (0xC000009A): the session reached a cap
     /// ([`crate::SessionLimits`]).
     InsufficientResources = 16,
+    /// STATUS_FILE_NOT_AVAILABLE (0xC0000467): the file has a disconnected persistent open
+    /// (MS-SMB2 3.3.5.9); the client may retry once its owner reclaimed it or it expired.
+    FileNotAvailable = 17,
 }
 
 impl Status {
@@ -369,6 +372,7 @@ impl Status {
             Status::InvalidLockRange => 0xC000_01A1,
             Status::Unsuccessful => 0xC000_0001,
             Status::InsufficientResources => 0xC000_009A,
+            Status::FileNotAvailable => 0xC000_0467,
         }
     }
 
@@ -392,6 +396,7 @@ impl Status {
             14 => InvalidLockRange,
             15 => Unsuccessful,
             16 => InsufficientResources,
+            17 => FileNotAvailable,
             _ => return None,
         })
     }
@@ -480,10 +485,14 @@ pub enum Request {
     /// `timeout_ms`. `key` is the SMB persistent file id the client will reconnect with; it must
     /// be unique among durable opens (InvalidParameter otherwise). `blob` is what a node needs
     /// to reopen the file (at most [`MAX_DURABLE_BLOB`] bytes); the engine does not read it.
+    /// A `persistent` open (MS-SMB2 3.3.5.9.10, a continuously available share) is kept on
+    /// disconnect whatever its caching, is never purged by another create, and makes every
+    /// create of its file fail with `FileNotAvailable` while it is disconnected (3.3.5.9).
     SetDurable {
         open: OpenId,
         key: u64,
         timeout_ms: u32,
+        persistent: bool,
         blob: Vec<u8>,
     },
     /// The open's SMB connection went away (MS-SMB2 3.3.7.1): a durable open is disconnected

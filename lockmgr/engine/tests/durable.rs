@@ -15,6 +15,7 @@ fn make_durable(h: &mut H, s: SessionId, open: OpenId, key: u64) {
             open,
             key,
             timeout_ms: TIMEOUT_MS,
+            persistent: false,
             blob: b"share\0path".to_vec(),
         },
     );
@@ -207,6 +208,7 @@ fn durable_keys_are_unique() {
             open: b,
             key: KEY,
             timeout_ms: 1,
+            persistent: false,
             blob: Vec::new(),
         },
     );
@@ -218,6 +220,7 @@ fn durable_keys_are_unique() {
             open: a,
             key: 5,
             timeout_ms: 1,
+            persistent: false,
             blob: Vec::new(),
         },
     );

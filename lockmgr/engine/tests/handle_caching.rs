@@ -16,6 +16,7 @@ fn make_durable(h: &mut H, s: SessionId, open: OpenId) {
             open,
             key: DURABLE_KEY,
             timeout_ms: 60_000,
+            persistent: false,
             blob: b"share\0path".to_vec(),
         },
     );

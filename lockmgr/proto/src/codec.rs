@@ -26,7 +26,7 @@
 //! | 7 | CheckIo | open u64, offset u64, length u64, write bool |
 //! | 8 | OplockBreakAck | open u64, level u8 |
 //! | 9 | LeaseBreakAck | client_guid u128, key u128, state u8 |
-//! | 10 | SetDurable | open u64, key u64, timeout_ms u32, blob `Blob` |
+//! | 10 | SetDurable | open u64, key u64, timeout_ms u32, persistent bool, blob `Blob` |
 //! | 11 | Disconnect | open u64 |
 //! | 12 | DurableLookup | key u64 |
 //! | 13 | Reclaim | key u64, open u64, client_guid u128 |
@@ -494,12 +494,14 @@ pub(crate) fn put_request(s: &mut Sink<'_>, req: &Request) -> Result<(), EncodeE
             open,
             key,
             timeout_ms,
+            persistent,
             blob,
         } => {
             s.u8(REQ_SET_DURABLE);
             s.u64(open.0);
             s.u64(*key);
             s.u32(*timeout_ms);
+            s.bool(*persistent);
             put_blob(s, blob)?;
         }
         Request::Disconnect { open } => {
@@ -576,6 +578,7 @@ pub(crate) fn get_request(r: &mut Reader<'_>) -> Result<Request, DecodeError> {
             open: OpenId(r.u64()?),
             key: r.u64()?,
             timeout_ms: r.u32()?,
+            persistent: r.bool("set_durable.persistent")?,
             blob: get_blob(r, "set_durable.blob")?,
         },
         REQ_DISCONNECT => Request::Disconnect {
@@ -806,7 +809,7 @@ pub(crate) fn request_len(req: &Request) -> Result<usize, EncodeError> {
         Request::LeaseBreakAck { .. } => 16 + 16 + 1,
         Request::BreakForRename { .. } => 8,
         Request::QueryUsage { .. } => 16 + 8,
-        Request::SetDurable { blob, .. } => 8 + 8 + 4 + blob_len(blob)?,
+        Request::SetDurable { blob, .. } => 8 + 8 + 4 + 1 + blob_len(blob)?,
         Request::Disconnect { .. } => 8,
         Request::DurableLookup { .. } => 8,
         Request::Reclaim { .. } => 8 + 8 + 16,

@@ -123,7 +123,15 @@ pub fn requests() -> Vec<Request> {
             open: OpenId(3),
             key: 0x0000_0001_0000_0002,
             timeout_ms: 60_000,
+            persistent: false,
             blob: b"data\0dir/file.txt".to_vec(),
+        },
+        Request::SetDurable {
+            open: OpenId(5),
+            key: 0x0000_0001_0000_0003,
+            timeout_ms: 120_000,
+            persistent: true,
+            blob: b"ca\0dir/file.txt".to_vec(),
         },
         Request::Disconnect { open: OpenId(3) },
         Request::DurableLookup {

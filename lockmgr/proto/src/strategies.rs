@@ -167,14 +167,18 @@ pub fn request() -> impl Strategy<Value = Request> {
             open_id(),
             any::<u64>(),
             any::<u32>(),
+            any::<bool>(),
             vec(any::<u8>(), 0..64)
         )
-            .prop_map(|(open, key, timeout_ms, blob)| Request::SetDurable {
-                open,
-                key,
-                timeout_ms,
-                blob
-            }),
+            .prop_map(
+                |(open, key, timeout_ms, persistent, blob)| Request::SetDurable {
+                    open,
+                    key,
+                    timeout_ms,
+                    persistent,
+                    blob
+                }
+            ),
         open_id().prop_map(|open| Request::Disconnect { open }),
         open_id().prop_map(|open| Request::BreakForRename { open }),
         (

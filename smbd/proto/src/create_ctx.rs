@@ -18,8 +18,14 @@ pub enum DurableKind {
     V2 {
         create_guid: [u8; 16],
         timeout_ms: u32,
+        /// SMB2_DHANDLE_FLAG_PERSISTENT: asked for in a request; in a grant, the open is
+        /// persistent (MS-SMB2 3.3.5.9.10: only on a continuously available share).
+        persistent: bool,
     },
 }
+
+/// SMB2_DHANDLE_FLAG_PERSISTENT (MS-SMB2 2.2.13.2.11, 2.2.13.2.12, 2.2.14.2.12).
+pub const DHANDLE_FLAG_PERSISTENT: u32 = 0x2;
 
 /// DH2Q timeout granted for a requested one (MS-SMB2 3.3.5.9.10; Samba caps at 300 s and
 /// defaults to 60 s like Windows Server 2012).
@@ -37,6 +43,8 @@ pub struct Reconnect {
     pub file_id: FileId,
     /// DH2C: CreateGuid.
     pub v2: Option<[u8; 16]>,
+    /// DH2C with SMB2_DHANDLE_FLAG_PERSISTENT.
+    pub persistent: bool,
 }
 
 /// Parse DHnC / DH2C, with MS-SMB2 3.3.5.9.7 / 3.3.5.9.12 context-combination rules.
@@ -72,6 +80,7 @@ pub fn reconnect_request(c: &CreateRequest) -> Result<Option<Reconnect>, NtStatu
         return Ok(Some(Reconnect {
             file_id: fid(&x.data)?,
             v2: None,
+            persistent: false,
         }));
     }
     if let Some(x) = dh2c {
@@ -80,9 +89,12 @@ pub fn reconnect_request(c: &CreateRequest) -> Result<Option<Reconnect>, NtStatu
         }
         let mut guid = [0u8; 16];
         guid.copy_from_slice(&x.data[16..32]);
+        let mut flags = [0u8; 4];
+        flags.copy_from_slice(&x.data[32..36]);
         return Ok(Some(Reconnect {
             file_id: fid(&x.data)?,
             v2: Some(guid),
+            persistent: u32::from_le_bytes(flags) & DHANDLE_FLAG_PERSISTENT != 0,
         }));
     }
     Ok(None)
@@ -99,11 +111,13 @@ pub fn durable_request(c: &CreateRequest, dialect: u16) -> Result<Option<Durable
         }
         let mut r = Reader::new(&x.data);
         let timeout = r.u32().map_err(|_| status::INVALID_PARAMETER)?;
+        let flags = r.u32().map_err(|_| status::INVALID_PARAMETER)?;
         let mut guid = [0u8; 16];
         guid.copy_from_slice(&x.data[16..32]);
         return Ok(Some(DurableKind::V2 {
             create_guid: guid,
             timeout_ms: v2_timeout(timeout),
+            persistent: flags & DHANDLE_FLAG_PERSISTENT != 0,
         }));
     }
     if let Some(x) = c.context(cctx::DHNQ) {
@@ -122,9 +136,18 @@ pub fn durable_response(kind: &DurableKind) -> CreateContext {
             name: cctx::DHNQ.to_vec(),
             data: vec![0; 8],
         },
-        DurableKind::V2 { timeout_ms, .. } => {
+        DurableKind::V2 {
+            timeout_ms,
+            persistent,
+            ..
+        } => {
             let mut data = timeout_ms.to_le_bytes().to_vec();
-            data.extend_from_slice(&0u32.to_le_bytes());
+            let flags = if *persistent {
+                DHANDLE_FLAG_PERSISTENT
+            } else {
+                0
+            };
+            data.extend_from_slice(&flags.to_le_bytes());
             CreateContext {
                 name: cctx::DH2Q.to_vec(),
                 data,
@@ -225,6 +248,25 @@ mod tests {
             durable_request(&req(&[(cctx::DH2Q, 32)]), 0x0300),
             Ok(Some(DurableKind::V2 {
                 timeout_ms: 60_000,
+                persistent: false,
+                ..
+            }))
+        ));
+        let mut persistent = req(&[(cctx::DH2Q, 32)]);
+        persistent.contexts[0].data[4] = DHANDLE_FLAG_PERSISTENT as u8;
+        assert!(matches!(
+            durable_request(&persistent, 0x0300),
+            Ok(Some(DurableKind::V2 {
+                persistent: true,
+                ..
+            }))
+        ));
+        let mut dh2c = req(&[(cctx::DH2C, 36)]);
+        dh2c.contexts[0].data[32] = DHANDLE_FLAG_PERSISTENT as u8;
+        assert!(matches!(
+            reconnect_request(&dh2c),
+            Ok(Some(Reconnect {
+                persistent: true,
                 ..
             }))
         ));
@@ -236,9 +278,16 @@ mod tests {
         let v2 = durable_response(&DurableKind::V2 {
             create_guid: [1; 16],
             timeout_ms: 0x0102_0304,
+            persistent: false,
         });
         assert_eq!(v2.name, cctx::DH2Q);
         assert_eq!(v2.data, [4, 3, 2, 1, 0, 0, 0, 0]);
+        let ca = durable_response(&DurableKind::V2 {
+            create_guid: [1; 16],
+            timeout_ms: 60_000,
+            persistent: true,
+        });
+        assert_eq!(ca.data[4..], [2, 0, 0, 0]);
         let mxac = maximal_access_response(0x001f_01ff);
         assert_eq!(mxac.data, [0, 0, 0, 0, 0xff, 0x01, 0x1f, 0]);
         let qfid = on_disk_id_response(5, 6);

@@ -299,6 +299,12 @@ pub struct WriteRequest {
     pub data: Vec<u8>,
 }
 
+/// WRITE request Flags (MS-SMB2 2.2.21).
+pub mod write_flags {
+    pub const WRITE_THROUGH: u32 = 0x1;
+    pub const WRITE_UNBUFFERED: u32 = 0x2;
+}
+
 pub mod lock_flags {
     pub const SHARED: u32 = 0x1;
     pub const EXCLUSIVE: u32 = 0x2;
@@ -875,6 +881,15 @@ pub mod share_type {
 pub mod share_flags {
     pub const NO_CACHING: u32 = 0x30;
     pub const ENCRYPT_DATA: u32 = 0x8000;
+}
+
+/// TREE_CONNECT response Capabilities (MS-SMB2 2.2.10).
+pub mod share_caps {
+    pub const DFS: u32 = 0x08;
+    pub const CONTINUOUS_AVAILABILITY: u32 = 0x10;
+    pub const SCALEOUT: u32 = 0x20;
+    pub const CLUSTER: u32 = 0x40;
+    pub const ASYMMETRIC: u32 = 0x80;
 }
 
 /// A response body; [`Response::encode_body`] writes it after the header.

@@ -116,6 +116,7 @@ pub fn shared_with_locks(
         valid_users: Vec::new(),
         valid_groups: Vec::new(),
         guest_ok: true,
+        continuous_availability: false,
     }];
     // No users: the seeds log on anonymously. The guest account is root so that, when the
     // fuzzer runs as root, file operations do not switch this thread's file-system identity to

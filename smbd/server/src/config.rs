@@ -231,6 +231,12 @@ pub struct ShareConfig {
     /// Anonymous sessions may connect (running as `[server] guest_account`).
     #[serde(default)]
     pub guest_ok: bool,
+    /// Continuously available (MS-SMB2 SMB2_SHARE_CAP_CONTINUOUS_AVAILABILITY): clients may
+    /// ask for persistent handles, which survive the death of this node (and a lock-manager
+    /// failover) when the node uses lockmgrd, and whose writes are written through to stable
+    /// storage before they are acknowledged.
+    #[serde(default)]
+    pub continuous_availability: bool,
 }
 
 /// Which lock service the node uses.

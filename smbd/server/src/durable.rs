@@ -29,6 +29,8 @@ use crate::locking::{OplockGrant, OplockLevel};
 #[derive(Debug, Clone)]
 pub struct DurableState {
     pub kind: DurableKind,
+    /// The CREATE's action (created, opened, ...), repeated to a replay of it.
+    pub create_action: u32,
     pub share_access: u32,
     /// The lease context of the original request (for v2 parent key / epoch).
     pub lease: Option<LeaseContext>,
@@ -37,6 +39,17 @@ pub struct DurableState {
 }
 
 impl DurableState {
+    /// A persistent open (continuously available share, MS-SMB2 3.3.5.9.10).
+    pub(crate) fn is_persistent(&self) -> bool {
+        matches!(
+            self.kind,
+            DurableKind::V2 {
+                persistent: true,
+                ..
+            }
+        )
+    }
+
     pub(crate) fn timeout(&self) -> Duration {
         match self.kind {
             // Samba's default for v1 (MS-SMB2 leaves it to the implementation).
@@ -112,8 +125,9 @@ impl DurableBlob {
             DurableKind::V2 {
                 create_guid,
                 timeout_ms,
+                persistent,
             } => {
-                out.push(2);
+                out.push(if *persistent { 3 } else { 2 });
                 out.extend_from_slice(create_guid);
                 out.extend_from_slice(&timeout_ms.to_le_bytes());
             }
@@ -146,9 +160,10 @@ impl DurableBlob {
         }
         let kind = match r.u8()? {
             1 => DurableKind::V1,
-            2 => DurableKind::V2 {
+            tag @ (2 | 3) => DurableKind::V2 {
                 create_guid: r.guid()?,
                 timeout_ms: r.u32()?,
+                persistent: tag == 3,
             },
             _ => return None,
         };
@@ -193,6 +208,17 @@ impl DurableBlob {
         if !reconnect_guid_matches(&self.kind, r.create_guid) {
             return Err(status::OBJECT_NAME_NOT_FOUND);
         }
+        // MS-SMB2 3.3.5.9.12: a persistent open is reclaimed only by a DH2C that says so.
+        if matches!(
+            self.kind,
+            DurableKind::V2 {
+                persistent: true,
+                ..
+            }
+        ) && !r.persistent
+        {
+            return Err(status::OBJECT_NAME_NOT_FOUND);
+        }
         if !self.share.eq_ignore_ascii_case(r.share) {
             return Err(status::OBJECT_NAME_NOT_FOUND);
         }
@@ -224,6 +250,8 @@ impl DurableBlob {
 /// What a reconnect request brings to be checked against a [`DurableBlob`].
 pub(crate) struct ReconnectCheck<'a> {
     pub create_guid: Option<[u8; 16]>,
+    /// DH2C carried SMB2_DHANDLE_FLAG_PERSISTENT.
+    pub persistent: bool,
     pub share: &'a str,
     pub name: &'a str,
     pub lease_key: Option<u128>,
@@ -269,6 +297,7 @@ mod tests {
             kind: DurableKind::V2 {
                 create_guid: [3; 16],
                 timeout_ms: 60_000,
+                persistent: true,
             },
             share: "data".into(),
             rel: "dir/File.txt".into(),
@@ -295,6 +324,7 @@ mod tests {
     ) -> ReconnectCheck<'a> {
         ReconnectCheck {
             create_guid,
+            persistent: true,
             share: "DATA",
             name,
             lease_key: key,
@@ -319,6 +349,18 @@ mod tests {
         longer.push(0);
         assert_eq!(DurableBlob::decode(&longer), None);
         assert_eq!(DurableBlob::decode(&[2]), None);
+    }
+
+    #[test]
+    fn persistent_open_needs_a_persistent_reconnect() {
+        let b = blob();
+        let g = Some([3; 16]);
+        let mut c = check(g, "dir/File.txt", Some(77));
+        assert_eq!(b.check(&c), Ok(()));
+        c.persistent = false;
+        assert_eq!(b.check(&c), Err(status::OBJECT_NAME_NOT_FOUND));
+        let round = DurableBlob::decode(&b.encode().unwrap()).unwrap();
+        assert_eq!(round, b);
     }
 
     #[test]
@@ -371,6 +413,7 @@ mod tests {
         let v2 = DurableKind::V2 {
             create_guid: [7; 16],
             timeout_ms: 1,
+            persistent: false,
         };
         assert!(reconnect_guid_matches(&DurableKind::V1, None));
         assert!(reconnect_guid_matches(&v2, None));

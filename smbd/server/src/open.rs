@@ -213,9 +213,11 @@ mod tests {
             notify: None,
             resilient: false,
             durable: Some(DurableState {
+                create_action: smb_proto::create_action::CREATED,
                 kind: DurableKind::V2 {
                     create_guid: [1; 16],
                     timeout_ms,
+                    persistent: false,
                 },
                 share_access,
                 lease: None,

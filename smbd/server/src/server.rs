@@ -132,6 +132,7 @@ impl Server {
                 valid_users,
                 valid_groups,
                 guest_ok: s.guest_ok,
+                continuous_availability: s.continuous_availability,
             });
         }
         let mut addrs: Vec<SocketAddr> = config.server.listen.clone();

@@ -32,6 +32,8 @@ pub struct Share {
     pub valid_groups: Vec<u32>,
     /// Anonymous sessions may connect.
     pub guest_ok: bool,
+    /// Continuously available: persistent handles, written-through writes.
+    pub continuous_availability: bool,
 }
 
 impl Share {

@@ -628,8 +628,12 @@ impl Worker {
                     .offset(off)
                     .build()
             }
-            FileOp::Write { data } => opcode::Write::new(fd, data[done..].as_ptr(), want)
+            FileOp::Write {
+                data,
+                write_through,
+            } => opcode::Write::new(fd, data[done..].as_ptr(), want)
                 .offset(off)
+                .rw_flags(if *write_through { libc::RWF_DSYNC } else { 0 })
                 .build(),
         };
         self.push(e.user_data(ud(K_FILE, idx, 0)))

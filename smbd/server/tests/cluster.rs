@@ -167,6 +167,31 @@ fn durable_handle_reclaimed_through_another_node_after_node_death() {
     kill_scenario_with(ClusterOptions::default(), &script, "durable");
 }
 
+/// A persistent handle on a continuously available share (MS-SMB2 3.3.5.9.10) outlives both
+/// its node and the lock manager's primary, which die together: with no oplock and no lease
+/// (a durable handle would be dropped), the file is unavailable to others while the open is
+/// disconnected, and the client reclaims handle, data and byte-range lock through node 1
+/// (tests/cluster_common/durable_client.py, scenario "persistent").
+#[test]
+fn persistent_handle_survives_node_and_lockmgrd_primary_death() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/cluster_common/durable_client.py");
+    interactive_scenario(
+        ClusterOptions {
+            replicated: true,
+            share_extra: "continuous_availability = true".into(),
+            ..ClusterOptions::default()
+        },
+        &script,
+        "persistent",
+        "KILL-NODE2",
+        |cluster| {
+            cluster.nodes[1].kill();
+            cluster.kill_lockmgrd();
+        },
+    );
+}
+
 fn kill_scenario(opts: ClusterOptions) {
     kill_scenario_with(opts, &client_script(), "kill");
 }

@@ -6,6 +6,20 @@ mod common;
 use common::*;
 
 fn suite(name: &str) {
+    suite_on(name, "", "smbtorture-known-failures.txt");
+}
+
+/// `name` against a continuously available share (persistent handles, MS-SMB2 3.3.5.9.10),
+/// with its own known-failure list: smbtorture expects other answers there.
+fn suite_on_ca_share(name: &str) {
+    suite_on(
+        name,
+        "continuous_availability = true",
+        "smbtorture-ca-known-failures.txt",
+    );
+}
+
+fn suite_on(name: &str, share_extra: &str, list: &str) {
     if !have("smbtorture") {
         missing("smbtorture not installed (apt-get install samba-testsuite)");
         return;
@@ -15,6 +29,7 @@ fn suite(name: &str) {
     // smb2.session.reauth2-5 use; smbd refuses them unless allow_anonymous is set.
     let srv = TestServer::start(Options {
         server_extra: "allow_anonymous = true".into(),
+        share_extra: share_extra.into(),
         ..Default::default()
     });
     let (res, raw) = run_smbtorture(&srv, name);
@@ -22,8 +37,8 @@ fn suite(name: &str) {
         name,
         &res,
         &raw,
-        &known_failures(),
-        "smbtorture-known-failures.txt",
+        &read_known_failures(list),
+        list,
         |t| run_smbtorture(&srv, t).0,
         || format!("--- smbd log ---\n{}", srv.log()),
     );
@@ -100,6 +115,14 @@ fn smb2_durable_open() {
 #[test]
 fn smb2_durable_v2_open() {
     suite("smb2.durable-v2-open");
+}
+#[test]
+fn smb2_durable_v2_open_on_ca_share() {
+    suite_on_ca_share("smb2.durable-v2-open");
+}
+#[test]
+fn smb2_replay_on_ca_share() {
+    suite_on_ca_share("smb2.replay");
 }
 /// Takes minutes: waits out oplock break timeouts.
 #[test]

@@ -7,6 +7,11 @@
 //! conflicts with its share mode, purges it instead (Samba and Windows do the same for
 //! disconnected durable handles). Any session, on any node, can `Reclaim` it by its key (the
 //! SMB persistent file id) once the node has checked the blob it stored with it.
+//!
+//! Persistent opens (continuously available shares, MS-SMB2 3.3.5.9.10) are kept on
+//! disconnect whatever their caching, are never purged, and while disconnected make every
+//! create of their file fail with `FileNotAvailable` (MS-SMB2 3.3.5.9) until their owner
+//! reclaims them or they expire.
 
 use super::*;
 use crate::sharing::pair_conflicts;
@@ -20,6 +25,7 @@ pub(super) const DISCONNECTED: SessionId = SessionId(u64::MAX);
 struct DurableRec {
     key: u64,
     timeout: Duration,
+    persistent: bool,
     blob: Vec<u8>,
     /// When the disconnected open expires; `None` while it has an owner.
     deadline: Option<Time>,
@@ -59,16 +65,27 @@ impl DurableTable {
     }
 }
 
+/// The fixed parameters of a `SetDurable` request.
+pub(super) struct DurableParams {
+    pub(super) key: u64,
+    pub(super) timeout_ms: u32,
+    pub(super) persistent: bool,
+}
+
 impl Engine {
     pub(super) fn do_set_durable(
         &mut self,
         session: SessionId,
         request: RequestId,
         open: OpenId,
-        key: u64,
-        timeout_ms: u32,
+        params: DurableParams,
         blob: Vec<u8>,
     ) {
+        let DurableParams {
+            key,
+            timeout_ms,
+            persistent,
+        } = params;
         let status = if self.owned(session, open).is_none() {
             Status::InvalidHandle
         } else if blob.len() > MAX_DURABLE_BLOB
@@ -85,6 +102,7 @@ impl Engine {
                 DurableRec {
                     key,
                     timeout: Duration::from_millis(u64::from(timeout_ms)),
+                    persistent,
                     blob,
                     deadline: None,
                 },
@@ -116,12 +134,18 @@ impl Engine {
     /// Disconnect `open` if it is durable and still caches handles: MS-SMB2 3.3.7.1 keeps a
     /// durable (not persistent) open only while it holds a batch oplock or a lease with
     /// handle caching (Samba too); one whose caching was broken to Level II / R or less is
-    /// closed at once, with its byte-range locks. (Persistent and resilient opens, kept
-    /// regardless, are not made durable through this engine.) An open whose caching is being
-    /// broken is not kept either: the break could never be acknowledged, and the create
-    /// waiting for it would otherwise wait out the break timeout.
+    /// closed at once, with its byte-range locks. A persistent open is kept regardless
+    /// (resilient opens, also kept regardless, are not made durable through this engine).
+    /// A durable open whose caching is being broken is not kept either: the break could
+    /// never be acknowledged, and the create waiting for it would otherwise wait out the
+    /// break timeout.
     pub(super) fn try_disconnect(&mut self, now: Time, open: OpenId) -> bool {
-        let Some(timeout) = self.durable.recs.get(&open).map(|r| r.timeout) else {
+        let Some((timeout, persistent)) = self
+            .durable
+            .recs
+            .get(&open)
+            .map(|r| (r.timeout, r.persistent))
+        else {
             return false;
         };
         let Some(o) = self.opens.get(&open) else {
@@ -132,7 +156,10 @@ impl Engine {
             None => Holder::Oplock(open),
         };
         // Of the oplock levels only batch includes handle caching.
-        if !self.holder_state(holder).contains(LeaseState::HANDLE) || self.holder_breaking(holder) {
+        if !persistent
+            && (!self.holder_state(holder).contains(LeaseState::HANDLE)
+                || self.holder_breaking(holder))
+        {
             return false;
         }
         // Like Samba, files about to be deleted are not kept: nobody would be left to unlink
@@ -180,6 +207,19 @@ impl Engine {
         if let Some(rec) = self.durable.recs.remove(&open) {
             self.durable.keys.remove(&rec.key);
         }
+    }
+
+    /// Whether `file` has a disconnected persistent open (MS-SMB2 3.3.5.9).
+    pub(super) fn has_disconnected_persistent(&self, file: FileId) -> bool {
+        self.durable.by_file.get(&file).is_some_and(|list| {
+            list.iter().any(|id| {
+                self.durable.recs.get(id).is_some_and(|r| r.persistent)
+                    && self
+                        .opens
+                        .get(id)
+                        .is_some_and(|o| o.session == DISCONNECTED)
+            })
+        })
     }
 
     /// How many opens of `file` are disconnected durable opens.
@@ -254,6 +294,11 @@ impl Engine {
         };
         let mut file = None;
         for id in &opens {
+            // A persistent open is never scavenged: its client will come back for it (the
+            // break goes nowhere and times out like an unanswered one).
+            if self.durable.recs.get(id).is_some_and(|r| r.persistent) {
+                return false;
+            }
             match self.opens.get(id) {
                 Some(o) if o.session == DISCONNECTED => file = Some(o.file),
                 _ => return false,

@@ -99,6 +99,14 @@ impl Conn {
         {
             server_caps |= caps::ENCRYPTION;
         }
+        // MS-SMB2 3.3.5.4: persistent handles are offered from 3.0 on, here only when some
+        // share is continuously available (nothing else changes for other servers).
+        if d >= dialect::SMB300
+            && d != dialect::WILDCARD
+            && self.shared.shares.iter().any(|s| s.continuous_availability)
+        {
+            server_caps |= caps::PERSISTENT_HANDLES;
+        }
         if d >= dialect::SMB300 && d != dialect::WILDCARD && self.shared.config.server.multichannel
         {
             server_caps |= caps::MULTI_CHANNEL;

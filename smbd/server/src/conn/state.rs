@@ -203,6 +203,9 @@ pub(crate) enum FileOp {
     },
     Write {
         data: Vec<u8>,
+        /// Stable before it is acknowledged (RWF_DSYNC): a persistent open on a continuously
+        /// available share, or SMB2_WRITEFLAG_WRITE_THROUGH.
+        write_through: bool,
     },
 }
 
@@ -211,7 +214,7 @@ impl FileIo {
     pub fn remaining(&self) -> usize {
         match &self.op {
             FileOp::Read { len, .. } => len - self.done,
-            FileOp::Write { data } => data.len() - self.done,
+            FileOp::Write { data, .. } => data.len() - self.done,
         }
     }
 }

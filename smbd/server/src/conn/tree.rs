@@ -52,6 +52,13 @@ impl Conn {
             sflags |= smb_proto::share_flags::ENCRYPT_DATA;
         }
         let maximal_access = if read_only { 0x0012_00A9 } else { 0x001F_01FF };
+        // MS-SMB2 2.2.10: continuous availability is a 3.x share capability.
+        let capabilities = match share {
+            Some(i) if d >= dialect::SMB300 && self.shared.shares[i].continuous_availability => {
+                smb_proto::share_caps::CONTINUOUS_AVAILABILITY
+            }
+            _ => 0,
+        };
         // The response carries the new TreeId in its header.
         self.pending_tree_id = Some(tid);
         Outcome::Reply(
@@ -63,7 +70,7 @@ impl Conn {
                     smb_proto::share_type::PIPE
                 },
                 flags: sflags,
-                capabilities: 0,
+                capabilities,
                 maximal_access,
             },
         )

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Durable handle reclaimed through another node after its node died.
 
-usage: durable_client.py HOST[,HOST2] PORT1 PORT2 USER PASSWORD durable
+usage: durable_client.py HOST[,HOST2] PORT1 PORT2 USER PASSWORD durable|persistent
 
 A client on node 2 opens a file with a durable handle (DH2Q, MS-SMB2 2.2.13.2.11) under a
 read-handle lease, writes to it and takes a byte-range lock. The script prints "KILL-NODE2"
@@ -12,7 +12,14 @@ and reads one line from stdin: meanwhile the harness SIGKILLs node 2's smbd. The
   DH2C (2.2.13.2.12) and its lease key: it gets its handle back, reads what it wrote, and the
   lock still conflicts for the other client until it unlocks.
 smbprotocol has no durable reconnect, so the create contexts are built by hand.
-Prints "PASS durable" and exits 0 when the cluster behaved.
+
+The "persistent" scenario runs on a continuously available share (MS-SMB2 3.3.5.9.10): the open
+asks for a persistent handle with no oplock and no lease (a durable handle would not be granted,
+and would not be kept, without handle caching). The harness kills node 2 AND the lock manager's
+primary at the marker. While the open is disconnected every other open of the file fails with
+STATUS_FILE_NOT_AVAILABLE (MS-SMB2 3.3.5.9); the client reclaims it through node 1 with a
+persistent DH2C, reads what it wrote, and its byte-range lock is still in force.
+Prints "PASS <scenario>" and exits 0 when the cluster behaved.
 """
 import os
 import struct
@@ -119,13 +126,77 @@ def durable(c1, host1, port1, host2, port2, user, password):
     c3.close()
 
 
+FILE_NOT_AVAILABLE = 0xC0000467
+DHANDLE_FLAG_PERSISTENT = 0x2
+PERSISTENT_NAME = "persistent.txt"
+
+
+def persistent(c1, host1, port1, host2, port2, user, password):
+    global NAME
+    NAME = PERSISTENT_NAME
+    guid = uuid.uuid4()
+    create_guid = uuid.uuid4().bytes
+    c2 = client(host2, port2, user, password, guid)
+    caps = c2.tree.share_capabilities if hasattr(c2.tree, "share_capabilities") else None
+    dh2q = ctx(b"DH2Q", struct.pack("<IIQ", 60_000, DHANDLE_FLAG_PERSISTENT, 0) + create_guid)
+    f2 = Open(c2.tree, NAME)
+    resp = f2.create(ImpersonationLevel.Impersonation, A.GENERIC_READ | A.GENERIC_WRITE,
+                     FileAttributes.FILE_ATTRIBUTE_NORMAL, SHARE_RW,
+                     CreateDisposition.FILE_OVERWRITE_IF, CreateOptions.FILE_NON_DIRECTORY_FILE,
+                     create_contexts=[dh2q], oplock_level=0)
+    granted = [r for r in (resp or []) if hasattr(r, "fields") and "flags" in r.fields
+               and "timeout" in r.fields]
+    assert granted, f"no durable v2 response context: {resp!r} (share caps {caps})"
+    assert granted[0]["flags"].get_value() & DHANDLE_FLAG_PERSISTENT, "handle not persistent"
+    f2.write(DATA, 0)
+    f2.lock([lock_el(0, 10)])
+    file_id = f2.file_id
+    print("KILL-NODE2", flush=True)
+    sys.stdin.readline()
+
+    # Once the cluster has noticed node 2's death the open is disconnected and nobody else
+    # may open the file (until then node 2 still owns it and share modes decide).
+    unavailable = False
+    for _ in range(100):
+        try:
+            other = c1.open(NAME, access=A.GENERIC_READ, share=SHARE_RW,
+                            disposition=CreateDisposition.FILE_OPEN)
+            other.close()
+            time.sleep(0.1)
+        except SMBResponseException as e:
+            assert e.status == FILE_NOT_AVAILABLE, f"open got 0x{e.status:08x}"
+            unavailable = True
+            break
+    assert unavailable, "the file stayed available while its persistent open was disconnected"
+
+    c3 = client(host1, port1, user, password, guid)
+    dh2c = ctx(b"DH2C", file_id + create_guid + struct.pack("<I", DHANDLE_FLAG_PERSISTENT))
+    f3 = Open(c3.tree, NAME)
+    f3.create(ImpersonationLevel.Impersonation, A.GENERIC_READ | A.GENERIC_WRITE,
+              FileAttributes.FILE_ATTRIBUTE_NORMAL, SHARE_RW, CreateDisposition.FILE_OPEN,
+              CreateOptions.FILE_NON_DIRECTORY_FILE, create_contexts=[dh2c], oplock_level=0)
+    assert f3.file_id == file_id, "reclaimed handle has another file id"
+    got = f3.read(0, len(DATA))
+    assert got == DATA, f"read {got!r} through the reclaimed handle"
+    # Reclaimed: the file is available again, and the lock moved with the handle.
+    other = c1.open(NAME, access=A.GENERIC_READ, share=SHARE_RW,
+                    disposition=CreateDisposition.FILE_OPEN)
+    expect_status(FILE_LOCK_CONFLICT, other.read, 0, 1)
+    f3.lock([lock_el(0, 10, unlock=True)])
+    assert other.read(0, len(DATA)) == DATA
+    f3.close()
+    other.close()
+    c3.close()
+
+
 def main():
     hosts, p1, p2, user, password, scenario = sys.argv[1:7]
-    assert scenario == "durable", f"unknown scenario {scenario}"
+    scenarios = {"durable": durable, "persistent": persistent}
+    assert scenario in scenarios, f"unknown scenario {scenario}"
     host1, _, host2 = hosts.partition(",")
     c1 = Client(host1, int(p1), user, password)
     try:
-        durable(c1, host1, int(p1), host2 or host1, int(p2), user, password)
+        scenarios[scenario](c1, host1, int(p1), host2 or host1, int(p2), user, password)
     finally:
         c1.close()
     print(f"PASS {scenario}", flush=True)

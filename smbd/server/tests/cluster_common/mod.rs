@@ -126,6 +126,7 @@ pub struct Cluster {
     pub client_conf: PathBuf,
     break_timeout_ms: Option<u64>,
     server_extra: String,
+    share_extra: String,
 }
 
 #[derive(Clone)]
@@ -140,6 +141,8 @@ pub struct ClusterOptions {
     pub transport: LockTransportKind,
     /// Extra `[server]` lines of every node (the default configuration otherwise).
     pub server_extra: String,
+    /// Extra lines of the share's `[[share]]` table on every node.
+    pub share_extra: String,
     /// UDP only: two lockmgrd replicas (primary + standby, epochs in a private etcd) instead
     /// of one; nodes list both.
     pub replicated: bool,
@@ -171,6 +174,7 @@ impl Default for ClusterOptions {
             break_timeout_ms: None,
             transport: LockTransportKind::Shm,
             server_extra: String::new(),
+            share_extra: String::new(),
             replicated: false,
         }
     }
@@ -261,6 +265,7 @@ impl Cluster {
             client_conf,
             break_timeout_ms: opts.break_timeout_ms,
             server_extra: opts.server_extra.clone(),
+            share_extra: opts.share_extra.clone(),
         };
         if opts.shared_lockmgr {
             cluster.start_lockmgrd();
@@ -295,11 +300,12 @@ impl Cluster {
     fn start_node(&self, name: &str, users: &Path, shared: bool) -> Node {
         let cfg = self.dir.path().join(format!("{name}.toml"));
         let mut text = format!(
-            "[server]\nnetbios_name = \"{}\"\nusers = \"{}\"\ncluster_fs_id = \"{FS_ID}\"\n{}\n\n[[share]]\nname = \"{SHARE}\"\npath = \"{}\"\n",
+            "[server]\nnetbios_name = \"{}\"\nusers = \"{}\"\ncluster_fs_id = \"{FS_ID}\"\n{}\n\n[[share]]\nname = \"{SHARE}\"\npath = \"{}\"\n{}\n",
             name.to_uppercase(),
             users.display(),
             self.server_extra,
-            self.share.display()
+            self.share.display(),
+            self.share_extra
         );
         if shared {
             let (transport, connect) = match (&self.udp, &self.eth) {

@@ -68,6 +68,11 @@ impl Conn {
             Ok(d) => d,
             Err(st) => return err(st),
         };
+        if let Some(smb_proto::create_ctx::DurableKind::V2 { create_guid, .. }) = &durable {
+            if let Some(out) = self.replayed_create(&c, *create_guid, hdr) {
+                return out;
+            }
+        }
         if c.impersonation_level > 3 {
             return err(status::BAD_IMPERSONATION_LEVEL);
         }
@@ -701,13 +706,43 @@ impl Conn {
             };
             contexts.push(smb_proto::create_ctx::lease_response(&resp));
         }
+        // MS-SMB2 3.3.5.9.10: a persistent handle is granted on a continuously available share
+        // (when the connection was offered persistent handles) whatever the caching; any
+        // other durable handle needs a batch oplock or a lease with handle caching.
+        let persistent_ok = self.shared.shares[cont.share].continuous_availability
+            && self
+                .neg
+                .as_ref()
+                .is_some_and(|n| n.server_caps & smb_proto::caps::PERSISTENT_HANDLES != 0);
         let durable = cont
             .durable
             .clone()
-            .filter(|_| !cont.is_dir && crate::durable::grant_allows_durable(&grant))
+            .map(|kind| match kind {
+                smb_proto::create_ctx::DurableKind::V2 {
+                    create_guid,
+                    timeout_ms,
+                    persistent,
+                } => smb_proto::create_ctx::DurableKind::V2 {
+                    create_guid,
+                    timeout_ms,
+                    persistent: persistent && persistent_ok,
+                },
+                v1 => v1,
+            })
+            .filter(|kind| {
+                !cont.is_dir
+                    && (matches!(
+                        kind,
+                        smb_proto::create_ctx::DurableKind::V2 {
+                            persistent: true,
+                            ..
+                        }
+                    ) || crate::durable::grant_allows_durable(&grant))
+            })
             .map(|kind| {
                 contexts.push(smb_proto::create_ctx::durable_response(&kind));
                 crate::durable::DurableState {
+                    create_action: action,
                     kind,
                     share_access: cont.share_access,
                     lease: cont.lease,

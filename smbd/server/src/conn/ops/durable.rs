@@ -10,7 +10,7 @@ use smb_proto::{create_action, status, CreateRequest, FileId, Header, LeaseConte
 
 use super::create::create_response;
 use crate::conn::{err, ChainCtx, Conn, Open, Outcome, PendingKind, ReconnectTarget};
-use crate::durable::{DurableBlob, DurableState, Reconnect, ReconnectCheck};
+use crate::durable::{DurableBlob, DurableKind, DurableState, Reconnect, ReconnectCheck};
 use crate::locking::{self, OplockGrant, Reply};
 
 impl Conn {
@@ -47,6 +47,7 @@ impl Conn {
                 open: lock_open,
                 key: persistent,
                 timeout_ms: u32::try_from(d.timeout().as_millis()).unwrap_or(u32::MAX),
+                persistent: d.is_persistent(),
                 blob,
             },
         );
@@ -215,6 +216,7 @@ impl Conn {
         };
         let check = ReconnectCheck {
             create_guid: rc.v2,
+            persistent: rc.persistent,
             share: &self.shared.shares[share].name,
             name: c.name.as_str(),
             lease_key,
@@ -304,6 +306,94 @@ impl Conn {
         )
     }
 
+    /// MS-SMB2 3.3.5.9.10: a DH2Q whose CreateGuid names an open of this client that is still
+    /// here is a replay (SMB2_FLAGS_REPLAY_OPERATION: answered with that open, so a client
+    /// that resends a CREATE after a lost response gets the handle it already has) or, without
+    /// the flag, STATUS_DUPLICATE_OBJECTID. `None`: no such open, the create proceeds.
+    pub(crate) fn replayed_create(
+        &mut self,
+        c: &CreateRequest,
+        create_guid: [u8; 16],
+        hdr: &smb_proto::Header,
+    ) -> Option<Outcome> {
+        let client_guid = self.neg.as_ref().map(|n| n.client_guid).unwrap_or_default();
+        let (&v, o) = self.opens.iter().find(|(_, o)| {
+            o.durable.as_ref().is_some_and(|d| {
+                d.client_guid == client_guid
+                    && matches!(d.kind, DurableKind::V2 { create_guid: g, .. } if g == create_guid)
+            })
+        })?;
+        if hdr.flags & smb_proto::header::flags::REPLAY_OPERATION == 0 {
+            return Some(err(status::DUPLICATE_OBJECTID));
+        }
+        let d = o.durable.as_ref()?;
+        let info = match std::fs::metadata(&o.abs) {
+            Ok(m) => crate::fs::load_info(&o.abs, &m),
+            Err(_) => return Some(err(status::OBJECT_NAME_NOT_FOUND)),
+        };
+        // The replay is answered with the caching it asks for, as far as the open has it
+        // (smbtorture smb2.replay, like Windows): the open itself is left as it is, and the
+        // durable context comes back only if that caching would have earned one. A lease
+        // request must name the open's lease.
+        let lease_req = smb_proto::create_ctx::lease_request(c);
+        let mut contexts = Vec::new();
+        let (oplock_level, durable_ok) = match (&o.grant, lease_req) {
+            (OplockGrant::Lease(l), req) if req.is_none_or(|r| r.key == l.key.0) => {
+                // The lease as it is now: a later open of this client with the same key may
+                // have upgraded it (smbtorture replay-dhv2-lease1/2).
+                let state = self
+                    .opens
+                    .iter()
+                    .filter_map(|(id, x)| match &x.grant {
+                        OplockGrant::Lease(y) if y.key == l.key => Some((*id, y.state.0)),
+                        _ => None,
+                    })
+                    .max()
+                    .map_or(l.state.0, |(_, st)| st);
+                let r = d.lease.unwrap_or_default();
+                contexts.push(smb_proto::create_ctx::lease_response(&LeaseContext {
+                    key: l.key.0,
+                    state: state as u32,
+                    flags: 0,
+                    duration: 0,
+                    parent_key: r.parent_key,
+                    epoch: l.epoch,
+                }));
+                (smb_proto::oplock_level::LEASE, state & 0x2 != 0)
+            }
+            (OplockGrant::Lease(_), _) | (_, Some(_)) => return Some(err(status::ACCESS_DENIED)),
+            (_, None) => {
+                let level = if c.oplock_level == smb_proto::oplock_level::LEASE {
+                    smb_proto::oplock_level::NONE
+                } else {
+                    c.oplock_level
+                };
+                (level, level == smb_proto::oplock_level::BATCH)
+            }
+        };
+        if durable_ok || d.is_persistent() {
+            contexts.insert(0, smb_proto::create_ctx::durable_response(&d.kind));
+        }
+        tracing::debug!(
+            conn = self.id,
+            volatile = v,
+            "replayed CREATE answered with its open"
+        );
+        Some(Outcome::Reply(
+            status::SUCCESS,
+            Response::Create(create_response(
+                &info,
+                oplock_level,
+                d.create_action,
+                FileId {
+                    persistent: v,
+                    volatile: v,
+                },
+                contexts,
+            )),
+        ))
+    }
+
     /// The disconnected durable open `persistent` and its blob, or whether a connection (here
     /// or on another node) still holds it.
     fn lookup_disconnected(&self, persistent: u64) -> Lookup {
@@ -364,6 +454,7 @@ impl Conn {
             notify: None,
             resilient: false,
             durable: Some(DurableState {
+                create_action: create_action::OPENED,
                 kind: b.kind.clone(),
                 share_access: b.share_access,
                 lease: b.lease,

@@ -197,6 +197,12 @@ impl Conn {
         if let Err(st) = self.check_io(o, offset, w.data.len() as u64, true) {
             return err(st);
         }
+        // A write acknowledged on a persistent handle must survive the host, not only this
+        // process (the client will not resend it after a failover); a client may also ask
+        // for write-through itself (MS-SMB2 2.2.21, SMB 2.1 and later).
+        let write_through = o.durable.as_ref().is_some_and(|d| d.is_persistent())
+            || (w.flags & smb_proto::write_flags::WRITE_THROUGH != 0
+                && self.dialect() >= smb_proto::dialect::SMB210);
         if ctx.single && w.data.len() >= RING_IO_MIN {
             let file = match f.try_clone() {
                 Ok(f) => f,
@@ -207,7 +213,10 @@ impl Conn {
                 offset,
                 done: 0,
                 volatile: v,
-                op: FileOp::Write { data: w.data },
+                op: FileOp::Write {
+                    data: w.data,
+                    write_through,
+                },
                 hdr: Header::default(),
                 signer: None,
                 enc: None,
@@ -215,6 +224,11 @@ impl Conn {
         }
         if let Err(e) = f.write_all_at(&w.data, offset) {
             return err(io_status(&e));
+        }
+        if write_through {
+            if let Err(e) = f.sync_data() {
+                return err(io_status(&e));
+            }
         }
         let (parent, n) = parent_and_name(&o.abs);
         if let Some(o) = self.opens.get_mut(&v) {
@@ -289,8 +303,7 @@ impl Conn {
                 buf[4..4 + w.buf.len()].copy_from_slice(&w.buf);
                 self.emit_framed(buf, signer, enc);
             }
-            FileOp::Write { data } => {
-                let _ = data;
+            FileOp::Write { .. } => {
                 if let Some(o) = self.opens.get(&volatile) {
                     let (parent, name) = parent_and_name(&o.abs);
                     self.shared.dir_changed(parent, FILE_ACTION_MODIFIED, name);
