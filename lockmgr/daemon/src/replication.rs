@@ -651,6 +651,8 @@ impl<T: ServerTransport> Server<T> {
                 }
             }
         });
+        // Why the primary is considered gone (for the log: definite signals versus silence).
+        let mut cause = polled.as_ref().err().map(|e| e.to_string());
         let mut lost = polled.is_err();
         if !msgs.is_empty() {
             up.last_heard = now;
@@ -718,6 +720,7 @@ impl<T: ServerTransport> Server<T> {
                     return true;
                 }
                 Message::Goodbye | Message::SessionRejected { .. } => {
+                    cause = Some("the primary ended the link".into());
                     lost = true;
                     break;
                 }
@@ -745,12 +748,15 @@ impl<T: ServerTransport> Server<T> {
             match up.transport.send(frame) {
                 Ok(()) => up.last_sent = now,
                 Err(TransportError::Full) => {}
-                Err(_) => lost = true,
+                Err(e) => {
+                    cause = Some(e.to_string());
+                    lost = true;
+                }
             }
             up.out.clear();
         }
         if !lost && now.duration_since(up.last_heard) > failover {
-            tracing::warn!("primary silent past the failover timeout");
+            cause = Some(format!("silent for {failover:?}"));
             lost = true;
         }
         if lost {
@@ -762,6 +768,7 @@ impl<T: ServerTransport> Server<T> {
                 ha.deposed = true;
                 return true;
             }
+            tracing::warn!(cause = cause.as_deref().unwrap_or("snapshot"), "primary lost");
             request_promotion(ha, &core.state);
             return true;
         }

@@ -19,6 +19,66 @@ use lockmgr_transport::SpinConfig;
 const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A step of a failover, as seen by one of its actors (for the per-phase timings of the
+/// repeated-kill test).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// A standby concluded that its primary is gone and asked etcd to promote it.
+    StandbySuspects,
+    /// etcd's compare-and-swap made the standby primary: it serves from now on.
+    StandbyPromoted,
+    /// A node stopped waiting for its replica (no reply in time, or the connection failed).
+    NodeSuspects,
+    /// A node's session continues on another replica.
+    NodeResumed,
+}
+
+/// When the test started, the origin of every phase timestamp.
+fn test_clock() -> Instant {
+    static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *T0.get_or_init(Instant::now)
+}
+
+fn since_start() -> u64 {
+    test_clock().elapsed().as_nanos() as u64
+}
+
+fn phases() -> &'static std::sync::Mutex<Vec<(u64, Phase)>> {
+    static PHASES: std::sync::Mutex<Vec<(u64, Phase)>> = std::sync::Mutex::new(Vec::new());
+    &PHASES
+}
+
+fn mark(phase: Phase) {
+    let at = since_start();
+    phases()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((at, phase));
+}
+
+/// Lines of lockmgrd's log that mark a failover phase (see `replication.rs` in the daemon).
+const LOG_PHASES: [(&str, Phase); 2] = [
+    ("primary lost: asking to be primary", Phase::StandbySuspects),
+    ("promoted: this replica is primary", Phase::StandbyPromoted),
+];
+
+/// Copies a replica's log to the test's stderr and time-stamps the phase lines as they come.
+fn follow_log(name: &str, stderr: std::process::ChildStderr) {
+    use std::io::BufRead;
+    let name = name.to_owned();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            for (text, phase) in LOG_PHASES {
+                if line.contains(text) {
+                    mark(phase);
+                }
+            }
+            eprintln!("[{name}] {line}");
+        }
+    });
+}
+
 fn missing(what: &str) {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{what} (CI=true: missing capabilities fail instead of skipping)");
@@ -116,8 +176,13 @@ fn start_replica_with(
         .arg(failover_ms.to_string())
         .args(["--log", log])
         .stdin(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn lockmgrd");
+    let mut child = child;
+    if let Some(stderr) = child.stderr.take() {
+        follow_log(name, stderr);
+    }
     Replica {
         proc: Proc(child),
         addr,
@@ -348,6 +413,7 @@ impl FailoverNode {
             Ok(id) => id,
             // The replica this session was on has gone (fenced, or its connection ended).
             Err(_) => {
+                mark(Phase::NodeSuspects);
                 self.resume();
                 self.client
                     .submit(req.clone())
@@ -385,6 +451,7 @@ impl FailoverNode {
                     return r;
                 }
             }
+            mark(Phase::NodeSuspects);
             self.resume();
             // Applied already (the log holds it): the new primary resends its reply and drops
             // this copy; not applied: this copy is the request.
@@ -415,6 +482,7 @@ impl FailoverNode {
                         self.client = c;
                         self.current = i;
                         self.resumes += 1;
+                        mark(Phase::NodeResumed);
                         return;
                     }
                     Err(ClientError::Rejected(RejectReason::SessionLost)) => {
@@ -461,20 +529,22 @@ fn repeated_primary_kills_never_grant_a_lock_twice() {
         .map(|_| format!("127.0.0.1:{}", free_udp_port()))
         .collect();
     let mut replicas: Vec<Option<Replica>> = vec![None, None];
-    replicas[0] = Some(start_replica_at(
+    replicas[0] = Some(start_replica_with(
         &etcd,
         names[0],
         &key_file,
         addrs[0].clone(),
         "warn",
+        failover_ms,
     ));
     wait_config(&etcd, "lm-a primary", |c| c.primary.name == "lm-a");
-    replicas[1] = Some(start_replica_at(
+    replicas[1] = Some(start_replica_with(
         &etcd,
         names[1],
         &key_file,
         addrs[1].clone(),
         "warn",
+        failover_ms,
     ));
     wait_config(&etcd, "lm-b recorded", |c| {
         c.standbys.iter().any(|m| m.name == "lm-b")
@@ -486,7 +556,7 @@ fn repeated_primary_kills_never_grant_a_lock_twice() {
         length: 10,
         exclusive: true,
     };
-    let start = Instant::now();
+    let start = test_clock();
     let events: Arc<Mutex<Vec<H>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
@@ -692,8 +762,118 @@ fn repeated_primary_kills_never_grant_a_lock_twice() {
         longest_gap,
         violations.len()
     );
+    print_phases(&kills, &to_first_grant_by_kill(&kills, &grant_times));
     assert!(violations.is_empty(), "history violations: {violations:?}");
     assert!(grants > 0);
+}
+
+/// For each kill, the time to the first grant after it (`None` if there was none).
+fn to_first_grant_by_kill(kills: &[u64], grant_times: &[u64]) -> Vec<Option<u64>> {
+    kills
+        .iter()
+        .map(|k| {
+            let i = grant_times.partition_point(|t| t <= k);
+            grant_times.get(i).map(|t| t - k)
+        })
+        .collect()
+}
+
+/// Where the time of each failover went: for every kill, when each phase was first (and for
+/// nodes, last) reached after it, as percentiles over the kills. A phase belongs to the kill
+/// before it (the next kill comes only after a full recovery and a pause).
+fn print_phases(kills: &[u64], first_grant: &[Option<u64>]) {
+    let recorded = phases().lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let ms = |ns: u64| ns as f64 / 1e6;
+    let summary = |name: &str, mut v: Vec<u64>| {
+        if v.is_empty() {
+            eprintln!("  {name:<34} (never)");
+            return;
+        }
+        v.sort_unstable();
+        let pct = |p: f64| v[((v.len() as f64 * p).ceil() as usize).saturating_sub(1)];
+        eprintln!(
+            "  {name:<34} n {:>4}  p50 {:>7.1} ms  p90 {:>7.1}  p99 {:>7.1}  max {:>7.1}",
+            v.len(),
+            ms(pct(0.5)),
+            ms(pct(0.9)),
+            ms(pct(0.99)),
+            ms(v[v.len() - 1])
+        );
+    };
+    let window = |i: usize| (kills[i], kills.get(i + 1).copied().unwrap_or(u64::MAX));
+    let first_of = |i: usize, phase: Phase| {
+        let (from, to) = window(i);
+        recorded
+            .iter()
+            .filter(|(t, p)| *p == phase && *t >= from && *t < to)
+            .map(|(t, _)| t - from)
+            .min()
+    };
+    let last_of = |i: usize, phase: Phase| {
+        let (from, to) = window(i);
+        recorded
+            .iter()
+            .filter(|(t, p)| *p == phase && *t >= from && *t < to)
+            .map(|(t, _)| t - from)
+            .max()
+    };
+    let per_kill = |f: &dyn Fn(usize) -> Option<u64>| (0..kills.len()).filter_map(f).collect();
+    eprintln!("failover phases, from SIGKILL of the primary (per kill):");
+    summary(
+        "standby suspects the primary",
+        per_kill(&|i| first_of(i, Phase::StandbySuspects)),
+    );
+    summary(
+        "standby promoted (etcd CAS done)",
+        per_kill(&|i| first_of(i, Phase::StandbyPromoted)),
+    );
+    summary(
+        "first node suspects its replica",
+        per_kill(&|i| first_of(i, Phase::NodeSuspects)),
+    );
+    summary(
+        "first node resumed",
+        per_kill(&|i| first_of(i, Phase::NodeResumed)),
+    );
+    summary(
+        "last node resumed",
+        per_kill(&|i| last_of(i, Phase::NodeResumed)),
+    );
+    summary("first lock granted", per_kill(&|i| first_grant[i]));
+    summary(
+        "promoted -> first node resumed",
+        per_kill(&|i| {
+            let p = first_of(i, Phase::StandbyPromoted)?;
+            first_of(i, Phase::NodeResumed).map(|r| r.saturating_sub(p))
+        }),
+    );
+    summary(
+        "last node resumed -> first grant",
+        per_kill(&|i| {
+            let r = last_of(i, Phase::NodeResumed)?;
+            first_grant[i].map(|g| g.saturating_sub(r))
+        }),
+    );
+    let slowest: Vec<String> = {
+        let mut idx: Vec<usize> = (0..kills.len()).collect();
+        idx.sort_by_key(|&i| std::cmp::Reverse(first_grant[i]));
+        idx.iter()
+            .take(5)
+            .map(|&i| {
+                let f = |p| first_of(i, p).map_or("-".into(), |t| format!("{:.0}", ms(t)));
+                format!(
+                    "kill {i}: suspect {} promoted {} node-suspect {} resumed {}..{} grant {}",
+                    f(Phase::StandbySuspects),
+                    f(Phase::StandbyPromoted),
+                    f(Phase::NodeSuspects),
+                    f(Phase::NodeResumed),
+                    last_of(i, Phase::NodeResumed).map_or("-".into(), |t| format!("{:.0}", ms(t))),
+                    first_grant[i].map_or("-".into(), |t| format!("{:.0}", ms(t)))
+                )
+            })
+            .collect()
+    };
+    eprintln!("  slowest kills (ms after SIGKILL): {}", slowest.join("; "));
 }
 
 /// What smbd does with a replicated lock manager: each node's session (shared by its SMB
