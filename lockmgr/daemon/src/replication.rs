@@ -37,6 +37,18 @@ use crate::coordination::{CoordEvent, CoordThread};
 use crate::server::{Clock, Core, PeerState, Server, ServerOptions};
 use crate::state::LockState;
 
+/// Longest a standby stays silent towards its primary. A dead primary's socket answers the
+/// next datagram with a definite "nobody listens here" (ICMP port unreachable on UDP, EOF on
+/// shm), so the standby learns of the death one probe after it, whatever `failover` (the
+/// silence timeout for deaths that leave no such trace) is. Acknowledgements count as probes;
+/// an idle link costs a heartbeat and its answer every few milliseconds.
+const PROBE_INTERVAL_MAX: Duration = Duration::from_millis(5);
+
+/// How often a standby must send to its primary (see [`PROBE_INTERVAL_MAX`]).
+fn probe_interval(failover: Duration) -> Duration {
+    (failover / 4).min(PROBE_INTERVAL_MAX)
+}
+
 /// Maps a member's address (as recorded in the coordination service) to a transport.
 pub type LinkSpec = Box<dyn Fn(&str) -> Result<TransportSpec, String> + Send>;
 
@@ -229,8 +241,11 @@ pub fn start<T: ServerTransport>(
             }),
         )
     };
-    let coord = CoordThread::spawn(coord, stored.mod_revision, Some(transport.waker()))
-        .map_err(|e| format!("cannot start the coordination thread: {e}"))?;
+    // A second connection for the compare-and-swaps (see `crate::coordination`).
+    let change = Coordinator::connect(&ha.etcd, &ha.cluster, ha.etcd_deadline)
+        .map_err(|e| format!("coordination service: {e}"))?;
+    let coord = CoordThread::spawn(coord, change, stored.mod_revision, Some(transport.waker()))
+        .map_err(|e| format!("cannot start the coordination threads: {e}"))?;
     let ha = Ha {
         name: ha.name,
         incarnation,
@@ -385,7 +400,7 @@ impl Core {
             standbys: vec![s.member.clone()],
         };
         tracing::info!(standby = %s.member.name, epoch = next.epoch, "standby caught up; recording it");
-        ha.coord.advance(r.epoch().0, next);
+        ha.coord.advance(r.epoch().0, &ha.config, next);
         ha.pending = Some(Intent::RecordStandby {
             peer: s.peer,
             member: s.member.clone(),
@@ -422,7 +437,7 @@ impl Core {
             epoch = next.epoch,
             "recording that this primary serves alone"
         );
-        ha.coord.advance(r.epoch().0, next);
+        ha.coord.advance(r.epoch().0, &ha.config, next);
         ha.pending = Some(Intent::ServeAlone);
     }
 
@@ -492,7 +507,7 @@ impl<T: ServerTransport> Server<T> {
         let Some(ha) = &mut self.core.ha else {
             return Ok(false);
         };
-        let slice = timeout.min(ha.failover / 4).min(Duration::from_millis(10));
+        let slice = timeout.min(probe_interval(ha.failover));
         match &mut ha.upstream {
             Some(up) => {
                 up.transport.wait(Some(slice))?;
@@ -738,7 +753,7 @@ impl<T: ServerTransport> Server<T> {
         if let Some(ack) = last_ack {
             push_upstream(up, &ack);
         }
-        if now.duration_since(up.last_sent) >= failover / 4 {
+        if now.duration_since(up.last_sent) >= probe_interval(failover) {
             let seq = up.next_heartbeat;
             up.next_heartbeat += 1;
             push_upstream(up, &Message::Heartbeat { seq });
@@ -794,7 +809,7 @@ fn request_promotion(ha: &mut Ha, state: &LockState) {
         standbys: Vec::new(),
     };
     tracing::warn!(epoch = next.epoch, "primary lost: asking to be primary");
-    ha.coord.advance(r.epoch().0, next);
+    ha.coord.advance(r.epoch().0, &ha.config, next);
     ha.pending = Some(Intent::Promote);
 }
 
