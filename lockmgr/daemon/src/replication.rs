@@ -44,6 +44,10 @@ use crate::state::LockState;
 /// an idle link costs a heartbeat and its answer every few milliseconds.
 const PROBE_INTERVAL_MAX: Duration = Duration::from_millis(5);
 
+/// How long a standby that lost its primary waits for the record naming it standby (the
+/// primary's last configuration change, possibly still in the watch) before it gives up.
+const RECORD_GRACE: Duration = Duration::from_secs(1);
+
 /// How often a standby must send to its primary (see [`PROBE_INTERVAL_MAX`]).
 fn probe_interval(failover: Duration) -> Duration {
     (failover / 4).min(PROBE_INTERVAL_MAX)
@@ -119,6 +123,9 @@ pub(crate) struct Ha {
     deposed: bool,
     /// When the partner was last heard of, for the failover time in the log.
     partner_lost_at: Option<Instant>,
+    /// Standby: since when the primary is gone while the configuration does not name this
+    /// replica yet (see `request_promotion`).
+    unrecorded_since: Option<Instant>,
     /// Appends were refused (the standby lags behind an epoch change): send again then.
     rewind_at: Option<Instant>,
 }
@@ -258,6 +265,7 @@ pub fn start<T: ServerTransport>(
         upstream,
         deposed: false,
         partner_lost_at: None,
+        unrecorded_since: None,
         rewind_at: None,
     };
     Ok(Server::with_state(transport, options, state, Some(ha)))
@@ -642,7 +650,7 @@ impl<T: ServerTransport> Server<T> {
                     .replica()
                     .is_some_and(|r| r.role() == ReplicaRole::Standby)
             {
-                request_promotion(ha, &core.state);
+                request_promotion(ha, &core.state, now);
             }
             return false;
         };
@@ -784,7 +792,7 @@ impl<T: ServerTransport> Server<T> {
                 return true;
             }
             tracing::warn!(cause = cause.as_deref().unwrap_or("snapshot"), "primary lost");
-            request_promotion(ha, &core.state);
+            request_promotion(ha, &core.state, now);
             return true;
         }
         progressed
@@ -792,13 +800,20 @@ impl<T: ServerTransport> Server<T> {
 }
 
 /// Standby: the primary is gone; ask to become primary of the next epoch (only a standby the
-/// coordination service names may).
-fn request_promotion(ha: &mut Ha, state: &LockState) {
+/// coordination service names may). Called again every round until it asks.
+fn request_promotion(ha: &mut Ha, state: &LockState, now: Instant) {
     if ha.pending.is_some() {
         return;
     }
     let Some(r) = state.replica() else { return };
     if !ha.names_me_standby(&ha.config) || ha.config.epoch != r.epoch().0 {
+        // The primary may have recorded us just before it died, and the record be on its way
+        // through the watch (a death is seen within milliseconds now): wait for it a while.
+        // Nothing is lost by waiting: without us nobody can serve anyway.
+        let since = *ha.unrecorded_since.get_or_insert(now);
+        if now.duration_since(since) < RECORD_GRACE {
+            return;
+        }
         tracing::error!("primary lost before this standby was recorded; cannot take over");
         ha.deposed = true;
         return;
