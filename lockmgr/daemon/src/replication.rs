@@ -791,7 +791,10 @@ impl<T: ServerTransport> Server<T> {
                 ha.deposed = true;
                 return true;
             }
-            tracing::warn!(cause = cause.as_deref().unwrap_or("snapshot"), "primary lost");
+            tracing::warn!(
+                cause = cause.as_deref().unwrap_or("snapshot"),
+                "primary lost"
+            );
             request_promotion(ha, &core.state, now);
             return true;
         }

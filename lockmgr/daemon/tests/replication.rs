@@ -48,6 +48,20 @@ fn phases() -> &'static std::sync::Mutex<Vec<(u64, Phase)>> {
     &PHASES
 }
 
+/// What nodes did, in words, for the slowest failovers' story.
+fn node_log() -> &'static std::sync::Mutex<Vec<(u64, String)>> {
+    static LOG: std::sync::Mutex<Vec<(u64, String)>> = std::sync::Mutex::new(Vec::new());
+    &LOG
+}
+
+fn note(what: String) {
+    let at = since_start();
+    node_log()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((at, what));
+}
+
 fn mark(phase: Phase) {
     let at = since_start();
     phases()
@@ -161,6 +175,9 @@ fn start_replica_with(
     log: &str,
     failover_ms: u64,
 ) -> Replica {
+    // REPLICA_LOG (a tracing filter) overrides the test's level, to read a failover's story.
+    let log = std::env::var("REPLICA_LOG").unwrap_or_else(|_| log.to_owned());
+    let log = log.as_str();
     let child = Command::new(env!("CARGO_BIN_EXE_lockmgrd"))
         .args([
             "--transport",
@@ -212,12 +229,18 @@ fn options(name: &str) -> ClientOptions {
     }
 }
 
+/// How often a node's transport pings a silent replica. A request the dead primary took in
+/// (and acknowledged) without answering leaves the node with nothing to retransmit: the ping
+/// meets the closed port, and the refusal ends the connection, long before `SUSPECT_AFTER`.
+const NODE_PROBE: Duration = Duration::from_millis(5);
+
 fn udp(addr: &str) -> Result<UdpClient, ClientError> {
     Ok(UdpClient::connect(
         addr.parse().expect("addr"),
         UdpConfig {
             spin: SpinConfig::never(),
             connect_timeout: Duration::from_millis(500),
+            keepalive: Some(NODE_PROBE),
             ..UdpConfig::default()
         },
     )?)
@@ -401,6 +424,8 @@ struct FailoverNode {
     /// Index in `addrs` of the replica the session is on.
     current: usize,
     resumes: u32,
+    /// For the node log: the session moved and no reply came since.
+    resumed_since_reply: bool,
 }
 
 /// How long a node waits for a reply before it suspects the lock manager and resumes
@@ -448,9 +473,15 @@ impl FailoverNode {
                     }
                 }
                 if let Some(r) = reply {
+                    if self.resumed_since_reply {
+                        note(format!("{} first reply after resuming", self.name));
+                        self.resumed_since_reply = false;
+                    }
                     return r;
                 }
             }
+            note(format!("{} suspects (healthy {healthy})", self.name));
+            self.resumed_since_reply = true;
             mark(Phase::NodeSuspects);
             self.resume();
             // Applied already (the log holds it): the new primary resends its reply and drops
@@ -471,6 +502,7 @@ impl FailoverNode {
                     UdpConfig {
                         spin: SpinConfig::never(),
                         connect_timeout: SUSPECT_AFTER,
+                        keepalive: Some(NODE_PROBE),
                         ..UdpConfig::default()
                     },
                 );
@@ -483,12 +515,13 @@ impl FailoverNode {
                         self.current = i;
                         self.resumes += 1;
                         mark(Phase::NodeResumed);
+                        note(format!("{} resumed on {i}", self.name));
                         return;
                     }
                     Err(ClientError::Rejected(RejectReason::SessionLost)) => {
                         panic!("{}: session lost on {}", self.name, self.addrs[i])
                     }
-                    Err(_) => {}
+                    Err(e) => note(format!("{} resume on {i}: {e}", self.name)),
                 }
             }
             assert!(
@@ -573,6 +606,7 @@ fn repeated_primary_kills_never_grant_a_lock_twice() {
                 client: first,
                 current: 0,
                 resumes: 0,
+                resumed_since_reply: false,
             };
             let open = match node.call(Request::Open(OpenRequest {
                 file,
@@ -885,6 +919,19 @@ fn print_phases(kills: &[u64], first_grant: &[Option<u64>]) {
             .collect()
     };
     eprintln!("  slowest kills (ms after SIGKILL): {}", slowest.join("; "));
+    let log = node_log().lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut idx: Vec<usize> = (0..kills.len()).collect();
+    idx.sort_by_key(|&i| std::cmp::Reverse(first_grant[i]));
+    for &i in idx.iter().take(3) {
+        let (from, to) = window(i);
+        let story: Vec<String> = log
+            .iter()
+            .filter(|(t, _)| *t >= from && *t < to)
+            .take(40)
+            .map(|(t, w)| format!("{:.1} {w}", ms(t - from)))
+            .collect();
+        eprintln!("  kill {i}, what the nodes did: {}", story.join(" | "));
+    }
 }
 
 /// What smbd does with a replicated lock manager: each node's session (shared by its SMB
