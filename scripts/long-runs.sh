@@ -14,7 +14,7 @@ step() { echo; echo "=== $* ==="; }
 step "replication: simulated failovers, history-checked (SIM_SEEDS=${SIM_SEEDS:=5000})"
 SIM_SEEDS=$SIM_SEEDS cargo test --release -p lockmgr-replica --test sim -- --nocapture --test-threads=1
 
-step "replicated lockmgrd: ${FAILOVERS:=100} primary SIGKILLs under load, history-checked (FAILOVER_MS=${FAILOVER_MS:=50})"
+step "replicated lockmgrd: ${FAILOVERS:=100} primary SIGKILLs under load, history-checked (FAILOVER_MS=${FAILOVER_MS:=300})"
 FAILOVERS=$FAILOVERS FAILOVER_MS=$FAILOVER_MS cargo test --release -p lockmgrd --test replication \
     repeated_primary_kills -- --nocapture --test-threads=1
 

@@ -28,12 +28,25 @@ pub struct Accepted {
 }
 
 /// Runs the handshake over `transport`; `resume` names a session to continue and the number
-/// of its outputs already received. Blocks up to `options.handshake_timeout`.
+/// of its outputs already received. Blocks up to `options.handshake_timeout`. Frames that
+/// arrive behind the acceptance are dropped: use [`run_keeping`] where there can be any.
 pub fn run<T: ClientTransport + ?Sized>(
     transport: &mut T,
     options: &ClientOptions,
     resume: Option<(SessionId, u64)>,
 ) -> Result<Accepted, ClientError> {
+    run_keeping(transport, options, resume).map(|(accepted, _)| accepted)
+}
+
+/// [`run`], also returning the frames that came in the same poll as the acceptance, in
+/// order. A resumed session's lock manager sends the outputs the node missed right behind
+/// `SessionAccepted`; they often arrive together, and the reply to the request the node
+/// waits for is among them.
+pub fn run_keeping<T: ClientTransport + ?Sized>(
+    transport: &mut T,
+    options: &ClientOptions,
+    resume: Option<(SessionId, u64)>,
+) -> Result<(Accepted, Vec<Vec<u8>>), ClientError> {
     let deadline = Instant::now() + options.handshake_timeout;
     // The datagram transports authenticate (and from then on MAC every frame) below the
     // lockmgr handshake; the others have nothing to do here.
@@ -59,15 +72,17 @@ pub fn run<T: ClientTransport + ?Sized>(
             max_version: VERSION,
         }],
     )?;
-    let (challenge_session, version, server_nonce) = match recv_one(transport, deadline)? {
-        Message::ServerChallenge {
-            session_id,
-            version,
-            server_nonce,
-        } => (session_id, version, server_nonce),
-        Message::SessionRejected { reason } => return Err(ClientError::Rejected(reason)),
-        _ => return Err(ClientError::Handshake),
-    };
+    let mut behind = Vec::new();
+    let (challenge_session, version, server_nonce) =
+        match recv_one(transport, deadline, &mut behind)? {
+            Message::ServerChallenge {
+                session_id,
+                version,
+                server_nonce,
+            } => (session_id, version, server_nonce),
+            Message::SessionRejected { reason } => return Err(ClientError::Rejected(reason)),
+            _ => return Err(ClientError::Handshake),
+        };
     let transcript = Transcript {
         node_name: &options.node_name,
         client_nonce: &client_nonce,
@@ -88,7 +103,9 @@ pub fn run<T: ClientTransport + ?Sized>(
     send(transport, challenge_session, &msgs)?;
     // A resumed session keeps its id; the server's proof still covers the challenge's.
     let expected = resume.map_or(challenge_session, |(s, _)| s);
-    match recv_one(transport, deadline)? {
+    // Nothing follows a challenge before our proof: only the acceptance can have company.
+    behind.clear();
+    match recv_one(transport, deadline, &mut behind)? {
         Message::SessionAccepted {
             session_id,
             liveness_lease_ms,
@@ -99,10 +116,13 @@ pub fn run<T: ClientTransport + ?Sized>(
             {
                 return Err(ClientError::ServerNotAuthenticated);
             }
-            Ok(Accepted {
-                session: session_id,
-                liveness: Duration::from_millis(u64::from(liveness_lease_ms)),
-            })
+            Ok((
+                Accepted {
+                    session: session_id,
+                    liveness: Duration::from_millis(u64::from(liveness_lease_ms)),
+                },
+                behind,
+            ))
         }
         Message::SessionRejected { reason } => Err(ClientError::Rejected(reason)),
         _ => Err(ClientError::Handshake),
@@ -125,15 +145,18 @@ pub fn send<T: ClientTransport + ?Sized>(
     Ok(())
 }
 
-/// The first message of the next frame (the handshake has one message per frame).
+/// The first message of the next frame (the handshake has one message per frame); frames
+/// after it that the same poll delivered are appended to `behind`.
 fn recv_one<T: ClientTransport + ?Sized>(
     t: &mut T,
     deadline: Instant,
+    behind: &mut Vec<Vec<u8>>,
 ) -> Result<Message, ClientError> {
     loop {
         let mut got: Option<Result<Message, ClientError>> = None;
         t.poll(&mut |bytes| {
             if got.is_some() {
+                behind.push(bytes.to_vec());
                 return;
             }
             got = Some(match decode_frame(bytes) {

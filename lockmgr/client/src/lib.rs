@@ -99,6 +99,9 @@ pub struct LockClient<T: ClientTransport> {
     received: u64,
     /// The `received` count last reported with `OutputsReceived`.
     reported: u64,
+    /// Frames that arrived with the handshake's last message (a resumed session's resent
+    /// outputs), read before the transport by the first `poll`.
+    early: Vec<Vec<u8>>,
 }
 
 impl<T: ClientTransport> LockClient<T> {
@@ -139,7 +142,7 @@ impl<T: ClientTransport> LockClient<T> {
         options: &ClientOptions,
         resume: Option<(SessionId, u64)>,
     ) -> Result<LockClient<T>, ClientError> {
-        let accepted = handshake::run(&mut transport, options, resume)?;
+        let (accepted, early) = handshake::run_keeping(&mut transport, options, resume)?;
         let session = accepted.session;
         Ok(LockClient {
             transport,
@@ -154,6 +157,7 @@ impl<T: ClientTransport> LockClient<T> {
             ended: false,
             received: resume.map_or(0, |(_, r)| r),
             reported: resume.map_or(0, |(_, r)| r),
+            early,
         })
     }
 
@@ -278,7 +282,8 @@ impl<T: ClientTransport> LockClient<T> {
         let mut decode_error = None;
         let session = self.session;
         let mut received = self.received;
-        let res = self.transport.poll(&mut |bytes| {
+        let early = std::mem::take(&mut self.early);
+        let mut take_frame = |bytes: &[u8]| {
             let frame = match decode_frame(bytes) {
                 Ok(f) => f,
                 Err(e) => {
@@ -322,7 +327,11 @@ impl<T: ClientTransport> LockClient<T> {
                 n += 1;
                 f(ev);
             }
-        });
+        };
+        for frame in &early {
+            take_frame(frame);
+        }
+        let res = self.transport.poll(&mut take_frame);
         self.received = received;
         if ended {
             self.ended = true;
@@ -351,7 +360,7 @@ impl<T: ClientTransport> LockClient<T> {
 
     /// Blocks until events may be available or `timeout` passes.
     pub fn wait(&mut self, timeout: Option<Duration>) -> Result<(), ClientError> {
-        if !self.stashed.is_empty() {
+        if !self.stashed.is_empty() || !self.early.is_empty() {
             return Ok(());
         }
         self.transport.wait(timeout)?;
@@ -387,7 +396,7 @@ impl<T: ClientTransport> LockClient<T> {
     }
 
     pub fn arm(&mut self) -> Result<bool, ClientError> {
-        if !self.stashed.is_empty() {
+        if !self.stashed.is_empty() || !self.early.is_empty() {
             return Ok(false);
         }
         Ok(self.transport.arm()?)
@@ -477,5 +486,146 @@ impl<T: ClientTransport> LockClient<T> {
     pub fn goodbye(mut self) -> Result<(), ClientError> {
         self.push(&Message::Goodbye)?;
         self.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use lockmgr_engine::Status;
+    use lockmgr_proto::{auth, FrameWriter, Transcript, VERSION};
+
+    use super::*;
+
+    const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn frame(session: SessionId, msgs: &[Message]) -> Vec<u8> {
+        let mut buf = Vec::new();
+        let mut w = FrameWriter::new(&mut buf, session);
+        for m in msgs {
+            w.push(m).expect("encode");
+        }
+        let len = w.finish();
+        buf.truncate(len);
+        buf
+    }
+
+    /// A lock manager that has taken a resumed session back: it answers the handshake, and
+    /// the frame with the acceptance comes in the same poll as the output the node missed
+    /// (the transport had both when the node looked).
+    struct ResumingServer {
+        key: ClusterKey,
+        session: SessionId,
+        node: String,
+        client_nonce: Option<[u8; 32]>,
+        inbox: VecDeque<Vec<u8>>,
+        missed: Message,
+    }
+
+    impl ClientTransport for ResumingServer {
+        fn send(&mut self, bytes: &[u8]) -> Result<(), TransportError> {
+            let mut frame = decode_frame(bytes).expect("client frame");
+            let challenge_session = SessionId(99);
+            let server_nonce = [3u8; 32];
+            for m in frame.by_ref() {
+                match m.expect("client message") {
+                    Message::ClientHello { client_nonce, .. } => {
+                        self.client_nonce = Some(client_nonce);
+                        self.inbox.push_back(frame_of(
+                            SessionId(0),
+                            Message::ServerChallenge {
+                                session_id: challenge_session,
+                                version: VERSION,
+                                server_nonce,
+                            },
+                        ));
+                    }
+                    Message::ClientProof { .. } => {
+                        let client_nonce = self.client_nonce.expect("hello first");
+                        let t = Transcript {
+                            node_name: &self.node,
+                            client_nonce: &client_nonce,
+                            server_nonce: &server_nonce,
+                            session_id: challenge_session,
+                            version: VERSION,
+                        };
+                        self.inbox.push_back(frame_of(
+                            self.session,
+                            Message::SessionAccepted {
+                                session_id: self.session,
+                                liveness_lease_ms: 1000,
+                                server_proof: auth::server_proof(&self.key, &t),
+                            },
+                        ));
+                        self.inbox
+                            .push_back(frame_of(self.session, self.missed.clone()));
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        }
+
+        fn poll(&mut self, f: &mut dyn FnMut(&[u8])) -> Result<usize, TransportError> {
+            let n = self.inbox.len();
+            for b in self.inbox.drain(..) {
+                f(&b);
+            }
+            Ok(n)
+        }
+
+        fn wait(&mut self, _timeout: Option<Duration>) -> Result<(), TransportError> {
+            Ok(())
+        }
+
+        fn as_raw_fd(&self) -> Option<RawFd> {
+            None
+        }
+    }
+
+    fn frame_of(session: SessionId, msg: Message) -> Vec<u8> {
+        frame(session, &[msg])
+    }
+
+    /// The reply the old primary never delivered comes right behind `SessionAccepted`: the
+    /// resumed client must hand it out (and count it), not drop it with the handshake.
+    #[test]
+    fn output_behind_the_acceptance_of_a_resume_is_delivered() {
+        let key = ClusterKey::new(KEY).expect("key");
+        let session = SessionId(7);
+        let missed = Message::Reply {
+            request_id: RequestId(5),
+            body: Reply::Done(Status::Success),
+        };
+        let server = ResumingServer {
+            key: key.clone(),
+            session,
+            node: "node1".into(),
+            client_nonce: None,
+            inbox: VecDeque::new(),
+            missed,
+        };
+        let options = ClientOptions {
+            node_name: "node1".into(),
+            key,
+            handshake_timeout: Duration::from_secs(5),
+        };
+        let from = ResumePoint {
+            session,
+            received: 4,
+            next_request: 6,
+        };
+        let mut client = LockClient::resume(server, &options, from).expect("resume");
+        let mut events = Vec::new();
+        client.poll(&mut |ev| events.push(ev)).expect("poll");
+        assert_eq!(
+            events,
+            vec![Event::Reply {
+                request: RequestId(5),
+                reply: Reply::Done(Status::Success),
+            }]
+        );
+        assert_eq!(client.resume_point().received, 5);
     }
 }

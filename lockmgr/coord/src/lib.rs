@@ -201,6 +201,59 @@ impl Coordinator {
         }
     }
 
+    /// [`Coordinator::advance`] in one etcd round trip, for a caller that knows the
+    /// configuration of its epoch (`current`): the transaction compares the stored record
+    /// with `current`'s. Records are canonical ([`Configuration::decode`] refuses anything
+    /// `encode` would not write) and every epoch is installed once, so an equal record is the
+    /// same configuration at the same epoch. A failover waits for this call, and each round
+    /// trip to etcd is a quorum read or a write. When the record differs, `advance` decides.
+    pub fn advance_from(
+        &mut self,
+        current: &Configuration,
+        next: &Configuration,
+    ) -> Result<Swap, CoordError> {
+        next.validate()?;
+        if current.epoch.checked_add(1) != Some(next.epoch) {
+            return Err(CoordError::EpochNotNext {
+                from: current.epoch,
+                to: next.epoch,
+            });
+        }
+        let key = self.key.clone();
+        let mut kv = self.client.kv_client();
+        let txn = Txn::new()
+            .when([Compare::value(
+                key.clone(),
+                CompareOp::Equal,
+                current.encode(),
+            )])
+            .and_then([TxnOp::put(key, next.encode(), None)]);
+        match self.block(async move { kv.txn(txn).await }) {
+            Ok(resp) if resp.succeeded() => match resp.header() {
+                Some(h) => Ok(Swap::Installed(Stored {
+                    config: next.clone(),
+                    mod_revision: h.revision(),
+                })),
+                // No revision to report: read it (the record is ours, epochs only grow).
+                None => match self.read()? {
+                    Some(now) if now.config == *next => Ok(Swap::Installed(now)),
+                    other => Ok(Swap::Lost(other)),
+                },
+            },
+            Ok(_) => self.advance(current.epoch, next),
+            Err(e) => {
+                // As in `swap`: the transaction may have committed although the answer was
+                // lost; what is stored now decides.
+                tracing::warn!(%e, "etcd swap failed; reading back the configuration");
+                match self.read()? {
+                    Some(now) if now.config == *next => Ok(Swap::Installed(now)),
+                    Some(now) if now.config == *current => Err(e),
+                    other => Ok(Swap::Lost(other)),
+                }
+            }
+        }
+    }
+
     /// Waits (up to `timeout`) for the configuration to change after `seen` (the etcd
     /// revision of the configuration the caller holds) and returns the configuration stored
     /// now, or `None` if it did not change in time. Watch events only wake the wait: the

@@ -37,6 +37,22 @@ use crate::coordination::{CoordEvent, CoordThread};
 use crate::server::{Clock, Core, PeerState, Server, ServerOptions};
 use crate::state::LockState;
 
+/// Longest a standby stays silent towards its primary. A dead primary's socket answers the
+/// next datagram with a definite "nobody listens here" (ICMP port unreachable on UDP, EOF on
+/// shm), so the standby learns of the death one probe after it, whatever `failover` (the
+/// silence timeout for deaths that leave no such trace) is. Acknowledgements count as probes;
+/// an idle link costs a heartbeat and its answer every few milliseconds.
+const PROBE_INTERVAL_MAX: Duration = Duration::from_millis(5);
+
+/// How long a standby that lost its primary waits for the record naming it standby (the
+/// primary's last configuration change, possibly still in the watch) before it gives up.
+const RECORD_GRACE: Duration = Duration::from_secs(1);
+
+/// How often a standby must send to its primary (see [`PROBE_INTERVAL_MAX`]).
+fn probe_interval(failover: Duration) -> Duration {
+    (failover / 4).min(PROBE_INTERVAL_MAX)
+}
+
 /// Maps a member's address (as recorded in the coordination service) to a transport.
 pub type LinkSpec = Box<dyn Fn(&str) -> Result<TransportSpec, String> + Send>;
 
@@ -107,6 +123,9 @@ pub(crate) struct Ha {
     deposed: bool,
     /// When the partner was last heard of, for the failover time in the log.
     partner_lost_at: Option<Instant>,
+    /// Standby: since when the primary is gone while the configuration does not name this
+    /// replica yet (see `request_promotion`).
+    unrecorded_since: Option<Instant>,
     /// Appends were refused (the standby lags behind an epoch change): send again then.
     rewind_at: Option<Instant>,
 }
@@ -229,8 +248,11 @@ pub fn start<T: ServerTransport>(
             }),
         )
     };
-    let coord = CoordThread::spawn(coord, stored.mod_revision, Some(transport.waker()))
-        .map_err(|e| format!("cannot start the coordination thread: {e}"))?;
+    // A second connection for the compare-and-swaps (see `crate::coordination`).
+    let change = Coordinator::connect(&ha.etcd, &ha.cluster, ha.etcd_deadline)
+        .map_err(|e| format!("coordination service: {e}"))?;
+    let coord = CoordThread::spawn(coord, change, stored.mod_revision, Some(transport.waker()))
+        .map_err(|e| format!("cannot start the coordination threads: {e}"))?;
     let ha = Ha {
         name: ha.name,
         incarnation,
@@ -243,6 +265,7 @@ pub fn start<T: ServerTransport>(
         upstream,
         deposed: false,
         partner_lost_at: None,
+        unrecorded_since: None,
         rewind_at: None,
     };
     Ok(Server::with_state(transport, options, state, Some(ha)))
@@ -385,7 +408,7 @@ impl Core {
             standbys: vec![s.member.clone()],
         };
         tracing::info!(standby = %s.member.name, epoch = next.epoch, "standby caught up; recording it");
-        ha.coord.advance(r.epoch().0, next);
+        ha.coord.advance(r.epoch().0, &ha.config, next);
         ha.pending = Some(Intent::RecordStandby {
             peer: s.peer,
             member: s.member.clone(),
@@ -422,7 +445,7 @@ impl Core {
             epoch = next.epoch,
             "recording that this primary serves alone"
         );
-        ha.coord.advance(r.epoch().0, next);
+        ha.coord.advance(r.epoch().0, &ha.config, next);
         ha.pending = Some(Intent::ServeAlone);
     }
 
@@ -492,7 +515,7 @@ impl<T: ServerTransport> Server<T> {
         let Some(ha) = &mut self.core.ha else {
             return Ok(false);
         };
-        let slice = timeout.min(ha.failover / 4).min(Duration::from_millis(10));
+        let slice = timeout.min(probe_interval(ha.failover));
         match &mut ha.upstream {
             Some(up) => {
                 up.transport.wait(Some(slice))?;
@@ -627,7 +650,7 @@ impl<T: ServerTransport> Server<T> {
                     .replica()
                     .is_some_and(|r| r.role() == ReplicaRole::Standby)
             {
-                request_promotion(ha, &core.state);
+                request_promotion(ha, &core.state, now);
             }
             return false;
         };
@@ -651,6 +674,8 @@ impl<T: ServerTransport> Server<T> {
                 }
             }
         });
+        // Why the primary is considered gone (for the log: definite signals versus silence).
+        let mut cause = polled.as_ref().err().map(|e| e.to_string());
         let mut lost = polled.is_err();
         if !msgs.is_empty() {
             up.last_heard = now;
@@ -718,6 +743,7 @@ impl<T: ServerTransport> Server<T> {
                     return true;
                 }
                 Message::Goodbye | Message::SessionRejected { .. } => {
+                    cause = Some("the primary ended the link".into());
                     lost = true;
                     break;
                 }
@@ -735,7 +761,7 @@ impl<T: ServerTransport> Server<T> {
         if let Some(ack) = last_ack {
             push_upstream(up, &ack);
         }
-        if now.duration_since(up.last_sent) >= failover / 4 {
+        if now.duration_since(up.last_sent) >= probe_interval(failover) {
             let seq = up.next_heartbeat;
             up.next_heartbeat += 1;
             push_upstream(up, &Message::Heartbeat { seq });
@@ -745,12 +771,15 @@ impl<T: ServerTransport> Server<T> {
             match up.transport.send(frame) {
                 Ok(()) => up.last_sent = now,
                 Err(TransportError::Full) => {}
-                Err(_) => lost = true,
+                Err(e) => {
+                    cause = Some(e.to_string());
+                    lost = true;
+                }
             }
             up.out.clear();
         }
         if !lost && now.duration_since(up.last_heard) > failover {
-            tracing::warn!("primary silent past the failover timeout");
+            cause = Some(format!("silent for {failover:?}"));
             lost = true;
         }
         if lost {
@@ -762,7 +791,11 @@ impl<T: ServerTransport> Server<T> {
                 ha.deposed = true;
                 return true;
             }
-            request_promotion(ha, &core.state);
+            tracing::warn!(
+                cause = cause.as_deref().unwrap_or("snapshot"),
+                "primary lost"
+            );
+            request_promotion(ha, &core.state, now);
             return true;
         }
         progressed
@@ -770,13 +803,20 @@ impl<T: ServerTransport> Server<T> {
 }
 
 /// Standby: the primary is gone; ask to become primary of the next epoch (only a standby the
-/// coordination service names may).
-fn request_promotion(ha: &mut Ha, state: &LockState) {
+/// coordination service names may). Called again every round until it asks.
+fn request_promotion(ha: &mut Ha, state: &LockState, now: Instant) {
     if ha.pending.is_some() {
         return;
     }
     let Some(r) = state.replica() else { return };
     if !ha.names_me_standby(&ha.config) || ha.config.epoch != r.epoch().0 {
+        // The primary may have recorded us just before it died, and the record be on its way
+        // through the watch (a death is seen within milliseconds now): wait for it a while.
+        // Nothing is lost by waiting: without us nobody can serve anyway.
+        let since = *ha.unrecorded_since.get_or_insert(now);
+        if now.duration_since(since) < RECORD_GRACE {
+            return;
+        }
         tracing::error!("primary lost before this standby was recorded; cannot take over");
         ha.deposed = true;
         return;
@@ -787,7 +827,7 @@ fn request_promotion(ha: &mut Ha, state: &LockState) {
         standbys: Vec::new(),
     };
     tracing::warn!(epoch = next.epoch, "primary lost: asking to be primary");
-    ha.coord.advance(r.epoch().0, next);
+    ha.coord.advance(r.epoch().0, &ha.config, next);
     ha.pending = Some(Intent::Promote);
 }
 

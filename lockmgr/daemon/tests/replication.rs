@@ -19,6 +19,80 @@ use lockmgr_transport::SpinConfig;
 const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A step of a failover, as seen by one of its actors (for the per-phase timings of the
+/// repeated-kill test).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// A standby concluded that its primary is gone and asked etcd to promote it.
+    StandbySuspects,
+    /// etcd's compare-and-swap made the standby primary: it serves from now on.
+    StandbyPromoted,
+    /// A node stopped waiting for its replica (no reply in time, or the connection failed).
+    NodeSuspects,
+    /// A node's session continues on another replica.
+    NodeResumed,
+}
+
+/// When the test started, the origin of every phase timestamp.
+fn test_clock() -> Instant {
+    static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *T0.get_or_init(Instant::now)
+}
+
+fn since_start() -> u64 {
+    test_clock().elapsed().as_nanos() as u64
+}
+
+fn phases() -> &'static std::sync::Mutex<Vec<(u64, Phase)>> {
+    static PHASES: std::sync::Mutex<Vec<(u64, Phase)>> = std::sync::Mutex::new(Vec::new());
+    &PHASES
+}
+
+/// What nodes did, in words, for the slowest failovers' story.
+fn node_log() -> &'static std::sync::Mutex<Vec<(u64, String)>> {
+    static LOG: std::sync::Mutex<Vec<(u64, String)>> = std::sync::Mutex::new(Vec::new());
+    &LOG
+}
+
+fn note(what: String) {
+    let at = since_start();
+    node_log()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((at, what));
+}
+
+fn mark(phase: Phase) {
+    let at = since_start();
+    phases()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((at, phase));
+}
+
+/// Lines of lockmgrd's log that mark a failover phase (see `replication.rs` in the daemon).
+const LOG_PHASES: [(&str, Phase); 2] = [
+    ("primary lost: asking to be primary", Phase::StandbySuspects),
+    ("promoted: this replica is primary", Phase::StandbyPromoted),
+];
+
+/// Copies a replica's log to the test's stderr and time-stamps the phase lines as they come.
+fn follow_log(name: &str, stderr: std::process::ChildStderr) {
+    use std::io::BufRead;
+    let name = name.to_owned();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            for (text, phase) in LOG_PHASES {
+                if line.contains(text) {
+                    mark(phase);
+                }
+            }
+            eprintln!("[{name}] {line}");
+        }
+    });
+}
+
 fn missing(what: &str) {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("{what} (CI=true: missing capabilities fail instead of skipping)");
@@ -101,6 +175,9 @@ fn start_replica_with(
     log: &str,
     failover_ms: u64,
 ) -> Replica {
+    // REPLICA_LOG (a tracing filter) overrides the test's level, to read a failover's story.
+    let log = std::env::var("REPLICA_LOG").unwrap_or_else(|_| log.to_owned());
+    let log = log.as_str();
     let child = Command::new(env!("CARGO_BIN_EXE_lockmgrd"))
         .args([
             "--transport",
@@ -116,8 +193,13 @@ fn start_replica_with(
         .arg(failover_ms.to_string())
         .args(["--log", log])
         .stdin(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("spawn lockmgrd");
+    let mut child = child;
+    if let Some(stderr) = child.stderr.take() {
+        follow_log(name, stderr);
+    }
     Replica {
         proc: Proc(child),
         addr,
@@ -147,12 +229,18 @@ fn options(name: &str) -> ClientOptions {
     }
 }
 
+/// How often a node's transport pings a silent replica. A request the dead primary took in
+/// (and acknowledged) without answering leaves the node with nothing to retransmit: the ping
+/// meets the closed port, and the refusal ends the connection, long before `SUSPECT_AFTER`.
+const NODE_PROBE: Duration = Duration::from_millis(5);
+
 fn udp(addr: &str) -> Result<UdpClient, ClientError> {
     Ok(UdpClient::connect(
         addr.parse().expect("addr"),
         UdpConfig {
             spin: SpinConfig::never(),
             connect_timeout: Duration::from_millis(500),
+            keepalive: Some(NODE_PROBE),
             ..UdpConfig::default()
         },
     )?)
@@ -336,6 +424,8 @@ struct FailoverNode {
     /// Index in `addrs` of the replica the session is on.
     current: usize,
     resumes: u32,
+    /// For the node log: the session moved and no reply came since.
+    resumed_since_reply: bool,
 }
 
 /// How long a node waits for a reply before it suspects the lock manager and resumes
@@ -348,6 +438,7 @@ impl FailoverNode {
             Ok(id) => id,
             // The replica this session was on has gone (fenced, or its connection ended).
             Err(_) => {
+                mark(Phase::NodeSuspects);
                 self.resume();
                 self.client
                     .submit(req.clone())
@@ -382,9 +473,16 @@ impl FailoverNode {
                     }
                 }
                 if let Some(r) = reply {
+                    if self.resumed_since_reply {
+                        note(format!("{} first reply after resuming", self.name));
+                        self.resumed_since_reply = false;
+                    }
                     return r;
                 }
             }
+            note(format!("{} suspects (healthy {healthy})", self.name));
+            self.resumed_since_reply = true;
+            mark(Phase::NodeSuspects);
             self.resume();
             // Applied already (the log holds it): the new primary resends its reply and drops
             // this copy; not applied: this copy is the request.
@@ -404,6 +502,7 @@ impl FailoverNode {
                     UdpConfig {
                         spin: SpinConfig::never(),
                         connect_timeout: SUSPECT_AFTER,
+                        keepalive: Some(NODE_PROBE),
                         ..UdpConfig::default()
                     },
                 );
@@ -415,12 +514,14 @@ impl FailoverNode {
                         self.client = c;
                         self.current = i;
                         self.resumes += 1;
+                        mark(Phase::NodeResumed);
+                        note(format!("{} resumed on {i}", self.name));
                         return;
                     }
                     Err(ClientError::Rejected(RejectReason::SessionLost)) => {
                         panic!("{}: session lost on {}", self.name, self.addrs[i])
                     }
-                    Err(_) => {}
+                    Err(e) => note(format!("{} resume on {i}: {e}", self.name)),
                 }
             }
             assert!(
@@ -461,20 +562,22 @@ fn repeated_primary_kills_never_grant_a_lock_twice() {
         .map(|_| format!("127.0.0.1:{}", free_udp_port()))
         .collect();
     let mut replicas: Vec<Option<Replica>> = vec![None, None];
-    replicas[0] = Some(start_replica_at(
+    replicas[0] = Some(start_replica_with(
         &etcd,
         names[0],
         &key_file,
         addrs[0].clone(),
         "warn",
+        failover_ms,
     ));
     wait_config(&etcd, "lm-a primary", |c| c.primary.name == "lm-a");
-    replicas[1] = Some(start_replica_at(
+    replicas[1] = Some(start_replica_with(
         &etcd,
         names[1],
         &key_file,
         addrs[1].clone(),
         "warn",
+        failover_ms,
     ));
     wait_config(&etcd, "lm-b recorded", |c| {
         c.standbys.iter().any(|m| m.name == "lm-b")
@@ -486,7 +589,7 @@ fn repeated_primary_kills_never_grant_a_lock_twice() {
         length: 10,
         exclusive: true,
     };
-    let start = Instant::now();
+    let start = test_clock();
     let events: Arc<Mutex<Vec<H>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
@@ -503,6 +606,7 @@ fn repeated_primary_kills_never_grant_a_lock_twice() {
                 client: first,
                 current: 0,
                 resumes: 0,
+                resumed_since_reply: false,
             };
             let open = match node.call(Request::Open(OpenRequest {
                 file,
@@ -622,7 +726,8 @@ fn repeated_primary_kills_never_grant_a_lock_twice() {
             std::thread::sleep(Duration::from_millis(5));
         }
     };
-    for round in 0..failovers {
+    let mut round = 0;
+    while round < failovers {
         std::thread::sleep(Duration::from_millis(300));
         let current = ensure_both(&mut replicas, &mut spurious);
         let victim = names
@@ -630,6 +735,15 @@ fn repeated_primary_kills_never_grant_a_lock_twice() {
             .position(|n| *n == current.primary.name)
             .expect("primary is one of ours");
         let survivor = 1 - victim;
+        // The record may predate a false suspicion that has just fenced the standby (it was
+        // catching up, say): killing the primary now would kill the whole lock manager.
+        let standby_running = replicas[survivor]
+            .as_mut()
+            .is_some_and(|r| matches!(r.proc.0.try_wait(), Ok(None)));
+        if !standby_running {
+            eprintln!("failover {round}: the standby is gone before the kill; starting again");
+            continue;
+        }
         let killed = Instant::now();
         kills.push(start.elapsed().as_nanos() as u64);
         drop(replicas[victim].take());
@@ -638,6 +752,7 @@ fn repeated_primary_kills_never_grant_a_lock_twice() {
         });
         takeovers.push(killed.elapsed());
         eprintln!("failover {round}: promoted after {:?}", killed.elapsed());
+        round += 1;
     }
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
@@ -692,8 +807,131 @@ fn repeated_primary_kills_never_grant_a_lock_twice() {
         longest_gap,
         violations.len()
     );
+    print_phases(&kills, &to_first_grant_by_kill(&kills, &grant_times));
     assert!(violations.is_empty(), "history violations: {violations:?}");
     assert!(grants > 0);
+}
+
+/// For each kill, the time to the first grant after it (`None` if there was none).
+fn to_first_grant_by_kill(kills: &[u64], grant_times: &[u64]) -> Vec<Option<u64>> {
+    kills
+        .iter()
+        .map(|k| {
+            let i = grant_times.partition_point(|t| t <= k);
+            grant_times.get(i).map(|t| t - k)
+        })
+        .collect()
+}
+
+/// Where the time of each failover went: for every kill, when each phase was first (and for
+/// nodes, last) reached after it, as percentiles over the kills. A phase belongs to the kill
+/// before it (the next kill comes only after a full recovery and a pause).
+fn print_phases(kills: &[u64], first_grant: &[Option<u64>]) {
+    let recorded = phases().lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let ms = |ns: u64| ns as f64 / 1e6;
+    let summary = |name: &str, mut v: Vec<u64>| {
+        if v.is_empty() {
+            eprintln!("  {name:<34} (never)");
+            return;
+        }
+        v.sort_unstable();
+        let pct = |p: f64| v[((v.len() as f64 * p).ceil() as usize).saturating_sub(1)];
+        eprintln!(
+            "  {name:<34} n {:>4}  p50 {:>7.1} ms  p90 {:>7.1}  p99 {:>7.1}  max {:>7.1}",
+            v.len(),
+            ms(pct(0.5)),
+            ms(pct(0.9)),
+            ms(pct(0.99)),
+            ms(v[v.len() - 1])
+        );
+    };
+    let window = |i: usize| (kills[i], kills.get(i + 1).copied().unwrap_or(u64::MAX));
+    let first_of = |i: usize, phase: Phase| {
+        let (from, to) = window(i);
+        recorded
+            .iter()
+            .filter(|(t, p)| *p == phase && *t >= from && *t < to)
+            .map(|(t, _)| t - from)
+            .min()
+    };
+    let last_of = |i: usize, phase: Phase| {
+        let (from, to) = window(i);
+        recorded
+            .iter()
+            .filter(|(t, p)| *p == phase && *t >= from && *t < to)
+            .map(|(t, _)| t - from)
+            .max()
+    };
+    let per_kill = |f: &dyn Fn(usize) -> Option<u64>| (0..kills.len()).filter_map(f).collect();
+    eprintln!("failover phases, from SIGKILL of the primary (per kill):");
+    summary(
+        "standby suspects the primary",
+        per_kill(&|i| first_of(i, Phase::StandbySuspects)),
+    );
+    summary(
+        "standby promoted (etcd CAS done)",
+        per_kill(&|i| first_of(i, Phase::StandbyPromoted)),
+    );
+    summary(
+        "first node suspects its replica",
+        per_kill(&|i| first_of(i, Phase::NodeSuspects)),
+    );
+    summary(
+        "first node resumed",
+        per_kill(&|i| first_of(i, Phase::NodeResumed)),
+    );
+    summary(
+        "last node resumed",
+        per_kill(&|i| last_of(i, Phase::NodeResumed)),
+    );
+    summary("first lock granted", per_kill(&|i| first_grant[i]));
+    summary(
+        "promoted -> first node resumed",
+        per_kill(&|i| {
+            let p = first_of(i, Phase::StandbyPromoted)?;
+            first_of(i, Phase::NodeResumed).map(|r| r.saturating_sub(p))
+        }),
+    );
+    summary(
+        "last node resumed -> first grant",
+        per_kill(&|i| {
+            let r = last_of(i, Phase::NodeResumed)?;
+            first_grant[i].map(|g| g.saturating_sub(r))
+        }),
+    );
+    let slowest: Vec<String> = {
+        let mut idx: Vec<usize> = (0..kills.len()).collect();
+        idx.sort_by_key(|&i| std::cmp::Reverse(first_grant[i]));
+        idx.iter()
+            .take(5)
+            .map(|&i| {
+                let f = |p| first_of(i, p).map_or("-".into(), |t| format!("{:.0}", ms(t)));
+                format!(
+                    "kill {i}: suspect {} promoted {} node-suspect {} resumed {}..{} grant {}",
+                    f(Phase::StandbySuspects),
+                    f(Phase::StandbyPromoted),
+                    f(Phase::NodeSuspects),
+                    f(Phase::NodeResumed),
+                    last_of(i, Phase::NodeResumed).map_or("-".into(), |t| format!("{:.0}", ms(t))),
+                    first_grant[i].map_or("-".into(), |t| format!("{:.0}", ms(t)))
+                )
+            })
+            .collect()
+    };
+    eprintln!("  slowest kills (ms after SIGKILL): {}", slowest.join("; "));
+    let log = node_log().lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut idx: Vec<usize> = (0..kills.len()).collect();
+    idx.sort_by_key(|&i| std::cmp::Reverse(first_grant[i]));
+    for &i in idx.iter().take(3) {
+        let (from, to) = window(i);
+        let story: Vec<String> = log
+            .iter()
+            .filter(|(t, _)| *t >= from && *t < to)
+            .take(40)
+            .map(|(t, w)| format!("{:.1} {w}", ms(t - from)))
+            .collect();
+        eprintln!("  kill {i}, what the nodes did: {}", story.join(" | "));
+    }
 }
 
 /// What smbd does with a replicated lock manager: each node's session (shared by its SMB

@@ -417,6 +417,12 @@ pub(crate) struct Sock<L: Link> {
     pub(crate) link: L,
     rng: StdRng,
     faults: FaultConfig,
+    /// The link reported that nobody listens at the peer's address any more (a connected UDP
+    /// socket: an ICMP port unreachable comes back as ECONNREFUSED on the next send or
+    /// receive). The peer's socket is closed, so its process is gone or restarted: a definite
+    /// signal, unlike silence. Only clients look at it (a server's socket is not connected and
+    /// never sees one).
+    refused: bool,
 }
 
 impl<L: Link> Sock<L> {
@@ -425,6 +431,7 @@ impl<L: Link> Sock<L> {
             link,
             rng: StdRng::seed_from_u64(faults.seed),
             faults,
+            refused: false,
         }
     }
 
@@ -446,6 +453,7 @@ impl<L: Link> Sock<L> {
         }
         for _ in 0..copies {
             if let Err(e) = self.link.send_to(buf, addr) {
+                self.refused |= e.kind() == io::ErrorKind::ConnectionRefused;
                 tracing::trace!(error = %e, ?addr, "send failed (treated as loss)");
             }
         }
@@ -453,7 +461,17 @@ impl<L: Link> Sock<L> {
 
     /// Next datagram; `copies > 1` simulates duplication on receive.
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<Rx<L::Addr>>> {
-        while let Some((start, len, from)) = self.link.recv(buf)? {
+        loop {
+            let (start, len, from) = match self.link.recv(buf) {
+                Ok(Some(got)) => got,
+                Ok(None) => return Ok(None),
+                // The error is the socket's, reported once; datagrams may still be queued.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    self.refused = true;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             if self.faults.on_recv {
                 if self.roll(self.faults.drop_rate) {
                     continue;
@@ -464,7 +482,6 @@ impl<L: Link> Sock<L> {
             }
             return Ok(Some((start, len, from, 1)));
         }
-        Ok(None)
     }
 }
 
@@ -919,7 +936,7 @@ fn spin_recv<L: Link>(
             return Ok(true);
         }
         // A recv is a syscall, so a clock read per round costs nothing noticeable.
-        Ok(woken() || timer_at.is_some_and(|t| t <= Instant::now()))
+        Ok(sock.refused || woken() || timer_at.is_some_and(|t| t <= Instant::now()))
     })
 }
 
@@ -1252,6 +1269,9 @@ impl<L: Link> Drop for ReliableServer<L> {
 
 impl<L: Link> ServerTransport for ReliableServer<L> {
     fn poll(&mut self, f: &mut dyn FnMut(ServerEvent<'_>)) -> Result<usize, TransportError> {
+        // One socket for every peer: a refusal does not say which peer is gone (and an
+        // unconnected socket does not get any); liveness timers decide.
+        self.sock.refused = false;
         let mut n = 0;
         let mut now = Instant::now();
         if let Some((start, len, from, copies)) = self.pending.take() {
@@ -1431,6 +1451,10 @@ impl<L: Link> ReliableClient<L> {
                     }
                     break 'syn synack;
                 }
+                if sock.refused {
+                    // Nobody listens there: no point waiting for the timeout.
+                    return Err(TransportError::Disconnected);
+                }
                 let now = Instant::now();
                 if now.duration_since(start) >= cfg.connect_timeout {
                     return Err(if bad_proof {
@@ -1531,6 +1555,10 @@ impl<L: Link> ReliableClient<L> {
                     tracing::debug!(?server, conn_id, "connected (authenticated)");
                     return Ok(());
                 }
+                if self.sock.refused {
+                    self.conn.seal = None;
+                    return Err(TransportError::Disconnected);
+                }
                 let now = Instant::now();
                 if now.duration_since(start) >= self.cfg.connect_timeout {
                     self.conn.seal = None;
@@ -1564,6 +1592,15 @@ impl<L: Link> ReliableClient<L> {
     /// The underlying medium.
     pub fn link(&self) -> &L {
         &self.sock.link
+    }
+
+    /// The link said nobody listens at the server's address: the server's process is gone
+    /// (see `Sock::refused`), so the connection is dead now rather than after `peer_timeout`.
+    fn note_refusal(&mut self) {
+        if self.sock.refused && !self.conn.dead {
+            tracing::debug!(server = ?self.conn.addr, "server's port refused: connection dead");
+            self.conn.dead = true;
+        }
     }
 
     fn process(
@@ -1630,6 +1667,7 @@ impl<L: Link> ClientTransport for ReliableClient<L> {
         let now = Instant::now();
         // A request out means a reply to wait for: worth spinning.
         self.spinner.expect_reply();
+        self.note_refusal();
         self.conn.send_data(&mut self.sock, frame, &self.cfg, now)?;
         let rto = now + self.cfg.rto_initial;
         self.timer_at = Some(self.timer_at.map_or(rto, |t| t.min(rto)));
@@ -1661,6 +1699,7 @@ impl<L: Link> ClientTransport for ReliableClient<L> {
             self.conn.on_timers(&mut self.sock, &self.cfg, now);
             self.timer_at = self.conn.next_deadline(&self.cfg);
         }
+        self.note_refusal();
         if n == 0 && self.conn.dead {
             return Err(TransportError::Disconnected);
         }
@@ -1671,7 +1710,7 @@ impl<L: Link> ClientTransport for ReliableClient<L> {
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> Result<(), TransportError> {
-        if self.conn.dead {
+        if self.conn.dead || self.sock.refused {
             return Ok(());
         }
         let start = Instant::now();
@@ -1685,7 +1724,8 @@ impl<L: Link> ClientTransport for ReliableClient<L> {
             self.timer_at,
             || false,
         )?;
-        if spun == Spun::Ready {
+        // A refusal read during the spin consumed the socket error: poll(2) would not see it.
+        if spun == Spun::Ready || self.sock.refused {
             return Ok(());
         }
         let mut fds = [pollfd(self.sock.link.raw_fd())];

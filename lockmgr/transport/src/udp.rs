@@ -43,9 +43,9 @@ impl Link for UdpLink {
                 Ok((n, from)) => return Ok(Some((0, n, from))),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(None),
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                // ICMP port unreachable etc. from an earlier send: the peer may be restarting;
-                // timers decide whether it is dead.
-                Err(e) if e.kind() == ErrorKind::ConnectionRefused => continue,
+                // ICMP port unreachable from an earlier send (only a connected socket, i.e. a
+                // client, gets it): passed up, the reliability layer treats it as the peer's
+                // death (see `Sock::refused` there).
                 Err(e) => return Err(e),
             }
         }
@@ -82,7 +82,13 @@ impl ReliableClient<UdpLink> {
         } else {
             (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         };
-        Self::connect_with(UdpLink::new(UdpSocket::bind(local)?)?, server, cfg)
+        let sock = UdpSocket::bind(local)?;
+        // Connected, so that the kernel reports an ICMP port unreachable from the server as
+        // ECONNREFUSED: the server's socket is closed, its process gone. That ends the
+        // connection (and a handshake) at once instead of after the liveness timeout, which
+        // is what lets nodes and standbys of a replicated lock manager fail over fast.
+        sock.connect(server)?;
+        Self::connect_with(UdpLink::new(sock)?, server, cfg)
     }
 
     /// Local socket address.

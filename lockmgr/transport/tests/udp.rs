@@ -436,3 +436,66 @@ fn udp_server_process_killed() {
         }
     }
 }
+
+/// A killed server's port answers with ICMP port unreachable: the client's connected socket
+/// reports it, and the connection ends at the next datagram, with no liveness timer armed
+/// (keepalive off, `give_up` beyond the hang guard).
+#[test]
+fn udp_server_process_killed_is_refused_at_once() {
+    use std::io::BufRead;
+    let mut child = Command::new(CHILD_EXE)
+        .arg("udp-server")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let addr: SocketAddr = std::io::BufReader::new(stdout)
+        .lines()
+        .map(|l| l.unwrap())
+        .find_map(|l| l.strip_prefix("ADDR ").map(|a| a.parse().unwrap()))
+        .unwrap();
+    let cfg = UdpConfig {
+        keepalive: None,
+        give_up: HANG_GUARD * 4,
+        ..keyed()
+    };
+    let mut client = UdpClient::connect(addr, cfg).unwrap();
+    client.send(b"echo me").unwrap();
+    let start = Instant::now();
+    let mut got = Vec::new();
+    while got.is_empty() {
+        assert!(start.elapsed() < HANG_GUARD);
+        client.poll(&mut |b| got.push(b.to_vec())).unwrap();
+        client.wait(Some(Duration::from_millis(10))).unwrap();
+    }
+    child.kill().unwrap(); // SIGKILL: no FIN
+    child.wait().unwrap();
+    // Sent after the death: its retransmission (or the first copy) meets the closed port.
+    let _ = client.send(b"anyone?");
+    loop {
+        assert!(start.elapsed() < HANG_GUARD, "closed port not noticed");
+        match client.poll(&mut |_| {}) {
+            Err(TransportError::Disconnected) => break,
+            Ok(_) => client.wait(Some(Duration::from_millis(10))).unwrap(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+/// Connecting to a port nobody listens on fails with `Disconnected` as soon as the ICMP
+/// answer is in, not with `Timeout` after the connect timeout.
+#[test]
+fn udp_connect_to_closed_port_is_refused() {
+    let port = std::net::UdpSocket::bind(localhost())
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cfg = UdpConfig {
+        connect_timeout: Duration::from_secs(5),
+        ..keyed()
+    };
+    match UdpClient::connect(port, cfg) {
+        Err(TransportError::Disconnected) => {}
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+}
