@@ -159,7 +159,9 @@ impl ClusterLocks {
             ReliableConfig {
                 spin,
                 connect_timeout: failover / 2,
-                keepalive: Some(failover / 4),
+                // Frequent keepalives: a replica that died is then told by the kernel
+                // (ECONNREFUSED on the connected socket) within a few ms, not by silence.
+                keepalive: Some((failover / 4).min(Duration::from_millis(5))),
                 peer_timeout: failover,
                 ..ReliableConfig::default()
             }
@@ -230,7 +232,9 @@ impl ClusterLocks {
                         Ok(c) => return Ok(c),
                         Err(e @ ClientError::Rejected(RejectReason::SessionLost)) => return Err(e),
                         Err(e) if std::time::Instant::now() >= deadline => return Err(e),
-                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                        // A standby being promoted refuses (NotPrimary) until etcd has
+                        // named it: ask again soon.
+                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
                     }
                 }
             }));
