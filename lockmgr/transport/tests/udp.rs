@@ -498,4 +498,63 @@ fn udp_connect_to_closed_port_is_refused() {
         Err(TransportError::Disconnected) => {}
         other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
     }
+
+/// A SYN as a flooding (possibly spoofed) source sends it: a fresh connection id and client
+/// nonce, the frame-MAC flag the server asks for, no proof (there is nothing to prove yet).
+fn flood_syn(conn_id: u64) -> Vec<u8> {
+    let mut d = vec![0x4c, 0x4d, 2, 1];
+    d.extend_from_slice(&conn_id.to_le_bytes());
+    d.extend_from_slice(&[0; 24]); // pn, seq, ack
+    let mut hello = [0u8; 112];
+    hello[0] = 1; // frame MACs on, as the server's configuration says
+    hello[16..24].copy_from_slice(&conn_id.wrapping_mul(0x9e37_79b9_7f4a_7c15).to_le_bytes());
+    d.extend_from_slice(&hello);
+    d
+}
+
+/// Half-open handshakes hold no state, so a SYN flood cannot exhaust the server: 20,000 SYNs
+/// with fresh connection ids from 50 source ports are each answered (counted in
+/// `FabricCounters::syns`), none creates a peer, and a real client then connects and
+/// exchanges frames. A server with a half-open table would show peers here (or, bounded,
+/// refuse the real client once the flood filled it).
+#[test]
+fn udp_syn_flood_leaves_no_half_open_state() {
+    let mut server = UdpServer::bind(localhost(), keyed()).unwrap();
+    let addr = server.local_addr().unwrap();
+    let sources: Vec<std::net::UdpSocket> = (0..50)
+        .map(|_| std::net::UdpSocket::bind(localhost()).unwrap())
+        .collect();
+    let mut evs = Vec::new();
+    let mut sent = 0u64;
+    let start = Instant::now();
+    for batch in 0..200u64 {
+        for i in 0..100u64 {
+            let id = batch * 100 + i + 1;
+            sources[(id % 50) as usize]
+                .send_to(&flood_syn(id), addr)
+                .unwrap();
+        }
+        sent += 100;
+        // Small batches, each taken in before the next, so that no SYN is lost to the socket
+        // buffer and the count below is exact.
+        while server.fabric_counters().syns < sent {
+            assert!(start.elapsed() < HANG_GUARD, "SYNs not answered");
+            if poll_events(&mut server, &mut evs) == 0 {
+                server.wait(Some(Duration::from_millis(5))).unwrap();
+            }
+        }
+    }
+    assert_eq!(server.fabric_counters().syns, 20_000);
+    assert_eq!(server.fabric_counters().handshakes, 0);
+    assert_eq!(server.peer_count(), 0, "SYNs created peers");
+    assert!(evs.is_empty(), "{evs:?}");
+    // A real node still gets in.
+    let t = std::thread::spawn(move || UdpClient::connect(addr, keyed()).unwrap());
+    server_until(&mut server, &mut evs, |e| !e.is_empty());
+    let mut client = t.join().unwrap();
+    let Ev::Connected(peer) = evs[0] else {
+        panic!("{evs:?}")
+    };
+    assert_eq!(server.peer_count(), 1);
+    exchange(&mut server, &mut client, peer, 10);
 }

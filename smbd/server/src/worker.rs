@@ -18,7 +18,9 @@
 //! that sends without reading its answers makes the server hold at most about that much
 //! output (plus what the kernel's socket buffers hold), not everything it asked for. Reading
 //! resumes once the queue has drained to half the limit. A request frame larger than any a
-//! client may send ([`MAX_FRAME`]) closes the connection instead of being buffered.
+//! client may send ([`MAX_FRAME`]; before a session is established [`MAX_PREAUTH_FRAME`], and
+//! [`MAX_CONTROL_FRAME`] for NetBIOS keepalives) closes the connection at its header instead of
+//! being buffered.
 //!
 //! A panic in a worker thread is never silent: the binary's panic hook logs it and aborts
 //! the process (see `main.rs`), so that a supervisor restarts smbd and lockmgrd releases the
@@ -47,6 +49,14 @@ const MAX_FRAME_OVERHEAD: usize = 64 * 1024;
 /// The largest request frame accepted (NetBIOS header, a max-size WRITE at any dialect, its
 /// headers and the encryption transform); a longer one disconnects the client.
 const MAX_FRAME: usize = 4 + crate::conn::MAX_IO as usize + MAX_FRAME_OVERHEAD;
+/// The largest request frame of a connection without an established session. Before that a
+/// client only sends NEGOTIATE and SESSION_SETUP, whose security blobs stay below 64 KiB
+/// (Windows' MaxTokenSize is at most 65535); without this bound, every connection that never
+/// authenticates could make smbd hold a partial 8 MiB frame.
+const MAX_PREAUTH_FRAME: usize = 4 + 64 * 1024 + MAX_FRAME_OVERHEAD;
+/// The largest NetBIOS control packet (keepalive: empty; session request: two 34-byte
+/// names). They are buffered whole before being skipped, so they must not be large either.
+const MAX_CONTROL_FRAME: usize = 4 + 1024;
 const BUF_SIZE: usize = 64 * 1024;
 const NUM_BUFS: u16 = 256;
 const BUF_GROUP: u16 = 7;
@@ -477,25 +487,38 @@ impl Worker {
         // The length is the peer's word, so the reservation is capped at the largest frame a
         // client of this connection may legitimately send (a max-size WRITE plus headers and
         // the encryption transform); a bigger frame is refused when complete.
-        if let Some(h) = PacketHeader::peek(&s.inbuf).filter(|h| h.kind == kind::SESSION_MESSAGE) {
+        if let Some(h) = PacketHeader::peek(&s.inbuf) {
             let need = h.packet_len();
-            if need > MAX_FRAME {
-                // Larger than any request a client may send: refused now rather than
-                // buffered up to 16 MiB first.
+            let limit = Self::frame_limit(s, h.kind);
+            if need > limit {
+                // Larger than any frame this client may send now: refused at its header
+                // rather than buffered up to 16 MiB first.
                 tracing::debug!(
                     conn = s.conn.id,
+                    kind = h.kind,
                     need,
+                    limit,
                     "request frame too large; disconnecting"
                 );
                 s.conn.closed = true;
+            } else if h.kind == kind::SESSION_MESSAGE {
+                let cap = 4 + s.conn.max_io() as usize + MAX_FRAME_OVERHEAD;
+                s.inbuf.reserve(need.min(cap).saturating_sub(s.inbuf.len()));
             }
-            let cap = 4 + s.conn.max_io() as usize + MAX_FRAME_OVERHEAD;
-            s.inbuf.reserve(need.min(cap).saturating_sub(s.inbuf.len()));
         }
         let out = s.conn.take_output();
         Self::queue_out(s, out);
         if s.conn.closed {
             s.closing = true;
+        }
+    }
+
+    /// The longest NetBIOS packet of type `kind` the connection may send in its current state.
+    fn frame_limit(s: &Slot, packet_kind: u8) -> usize {
+        match packet_kind {
+            kind::SESSION_MESSAGE if s.conn.has_established_session() => MAX_FRAME,
+            kind::SESSION_MESSAGE => MAX_PREAUTH_FRAME,
+            _ => MAX_CONTROL_FRAME,
         }
     }
 

@@ -87,6 +87,57 @@ fn anonymous_sessions_reach_only_guest_ok_shares_and_run_as_the_guest_account() 
     assert!(!srv.share.join("x").exists());
 }
 
+/// The same with the Python smbprotocol client (smbd/tests/anonymous_client.py): a raw
+/// anonymous NTLM exchange and a "guest" logon are refused on a default server; with
+/// `allow_anonymous` the null session gets ACCESS_DENIED at a share without `guest_ok`, and on
+/// a `guest_ok` share it may list but not create for writing or delete. README.txt stays.
+#[test]
+fn anonymous_python_client_gets_nothing() {
+    let Some(py) = python() else {
+        missing("no python with smbprotocol (set SMBD_PYTHON; scripts/install-deps.sh)");
+        return;
+    };
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/anonymous_client.py");
+    let run = |srv: &TestServer, mode: &str| {
+        let out = Command::new(&py)
+            .arg(&script)
+            .args(["127.0.0.1", &srv.port.to_string(), "data", mode])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && text.contains(&format!("PASS {mode}")),
+            "{text}\n--- smbd log ---\n{}",
+            srv.log()
+        );
+        assert_eq!(
+            std::fs::read(srv.share.join("README.txt")).unwrap(),
+            b"hello"
+        );
+        assert!(!srv.share.join("x").exists());
+    };
+    let srv = TestServer::start(Options::default());
+    root_file(&srv, "README.txt", b"hello");
+    run(&srv, "default");
+    drop(srv);
+    let srv = TestServer::start(Options {
+        server_extra: "allow_anonymous = true".into(),
+        ..Default::default()
+    });
+    root_file(&srv, "README.txt", b"hello");
+    run(&srv, "not_guest");
+    drop(srv);
+    let srv = TestServer::start(Options {
+        server_extra: "allow_anonymous = true".into(),
+        share_extra: "guest_ok = true".into(),
+        ..Default::default()
+    });
+    root_file(&srv, "README.txt", b"hello");
+    run(&srv, "guest_ok");
+}
+
 #[test]
 fn valid_users_restricts_tree_connect() {
     if skip_without_smbclient() {

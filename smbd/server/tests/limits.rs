@@ -137,10 +137,12 @@ fn pathological_wildcard_does_not_pin_the_worker() {
 fn compound_over_max_length_is_refused() {
     let Some(py) = tools() else { return };
     let srv = TestServer::start(Options::default());
+    let base = rss_kib(&srv);
     let (child, mut out) = client(&py, &srv, "compound", &["2000", "4096"]);
     let res = line_with(&mut out, "", &srv);
     assert!(res.starts_with("DISCONNECTED ok=0"), "{res}");
     run_to_end(child, "compound client", &srv);
+    assert_peak_rss_within_bound(&srv, base, 1, "2,000 compounded READs");
     bystander_served(&srv);
     assert!(srv.log().contains("max_compound"), "{}", srv.log());
 }
@@ -153,6 +155,7 @@ fn compound_over_max_length_is_refused() {
 fn compound_response_bytes_are_bounded() {
     let Some(py) = tools() else { return };
     let srv = TestServer::start(Options::default());
+    let base = rss_kib(&srv);
     let (child, mut out) = client(&py, &srv, "compound", &["1000", "65536"]);
     let res = line_with(&mut out, "RESULT", &srv);
     let (ok, refused, other, bytes) = (
@@ -167,6 +170,7 @@ fn compound_response_bytes_are_bounded() {
     // The budget is checked before each request, with its READ length.
     assert!(bytes <= 12 * 1024 * 1024, "{res}");
     run_to_end(child, "compound client", &srv);
+    assert_peak_rss_within_bound(&srv, base, 1, "1,000 compounded 64 KiB READs");
     bystander_served(&srv);
 }
 
@@ -176,11 +180,13 @@ fn compound_response_bytes_are_bounded() {
 fn opens_per_session_are_limited() {
     let Some(py) = tools() else { return };
     let srv = TestServer::start(Options::default());
+    let base = rss_kib(&srv);
     let (mut child, mut out) = client(&py, &srv, "opens", &["10000"]);
     let res = line_with(&mut out, "RESULT", &srv);
     assert_eq!(field(&res, "ok"), 8192, "{res}");
     assert_eq!(field(&res, "status"), 0xC000_009A, "{res}");
     line_with(&mut out, "HOLDING", &srv);
+    assert_peak_rss_within_bound(&srv, base, 1, "10,000 opens");
     bystander_served(&srv);
     drop(child.stdin.take());
     run_to_end(child, "opens client", &srv);
@@ -192,12 +198,14 @@ fn opens_per_session_are_limited() {
 fn sessions_in_setup_are_limited() {
     let Some(py) = tools() else { return };
     let srv = TestServer::start(Options::default());
+    let base = rss_kib(&srv);
     let (child, mut out) = client(&py, &srv, "setups", &["1000"]);
     let res = line_with(&mut out, "RESULT", &srv);
     assert_eq!(field(&res, "more"), 16, "{res}");
     assert_eq!(field(&res, "refused"), 984, "{res}");
     assert_eq!(field(&res, "other"), 0, "{res}");
     run_to_end(child, "setups client", &srv);
+    assert_peak_rss_within_bound(&srv, base, 1, "1,000 sessions in setup");
     bystander_served(&srv);
 }
 
@@ -312,6 +320,26 @@ fn status_kib(pid: u32, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
 }
 
+/// smbd's resident set now (VmRSS), the baseline for [`assert_peak_rss_within_bound`].
+fn rss_kib(srv: &TestServer) -> u64 {
+    status_kib(srv.child.as_ref().unwrap().id(), "VmRSS:")
+}
+
+/// smbd's peak RSS (VmHWM) stayed within the documented per-connection bound times `conns`
+/// above `base`.
+fn assert_peak_rss_within_bound(srv: &TestServer, base: u64, conns: u64, what: &str) {
+    let peak = status_kib(srv.child.as_ref().unwrap().id(), "VmHWM:");
+    eprintln!(
+        "{what}: RSS baseline {base} KiB, peak {peak} KiB, bound {} KiB",
+        base + conns * PER_CONN_BOUND_KIB
+    );
+    assert!(
+        peak <= base + conns * PER_CONN_BOUND_KIB,
+        "{what}: peak RSS {peak} KiB over {} KiB",
+        base + conns * PER_CONN_BOUND_KIB
+    );
+}
+
 /// Documented per-connection memory bound with the default limits (smbd::config): queued
 /// output (16 MiB) + one compound over it (12 MiB) + 8 ring READs of 8 MiB + one request
 /// frame (8 MiB + 64 KiB) + open state (16 MiB), rounded up.
@@ -384,4 +412,61 @@ fn worker_panic_stops_the_process() {
     assert!(!status.success(), "{status}");
     let log = srv.log();
     assert!(log.contains("panic; aborting smbd"), "{log}");
+}
+
+/// Send a NetBIOS header announcing `len` payload bytes of packet type `kind`, then `send`
+/// bytes of that payload, on a connection that never negotiated, and return whether smbd
+/// closed the connection within `wait` (a read timeout: the connection stayed open).
+fn closed_after_announcing(srv: &TestServer, kind: u8, len: usize, send: usize, wait: u64) -> bool {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", srv.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(wait))).unwrap();
+    let hdr = [kind, (len >> 16) as u8, (len >> 8) as u8, len as u8];
+    // Writes may fail once smbd has closed the connection; the read below tells.
+    let _ = s.write_all(&hdr);
+    let _ = s.write_all(&vec![0u8; send]);
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Ok(n) => panic!("unexpected answer of {n} bytes"),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => true,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            false
+        }
+        Err(e) => panic!("read: {e}"),
+    }
+}
+
+/// A connection that never authenticated cannot make smbd buffer a large frame: a session
+/// message announcing 4 MiB (NEGOTIATE and SESSION_SETUP stay far below 64 KiB) and a
+/// keepalive announcing 8 MiB (keepalives are empty) are refused at their header and the
+/// connection closed, instead of smbd holding up to 8 MiB for each such connection until the
+/// client sends the rest (checked: without the pre-authentication bound both connections
+/// stayed open, holding what was sent). The 60 s timeout only detects that wait.
+/// Authenticated connections still send 8 MiB WRITEs (smbclient put and smbprotocol tests).
+#[test]
+fn unauthenticated_connections_cannot_announce_large_frames() {
+    let srv = TestServer::start(Options::default());
+    assert!(
+        closed_after_announcing(&srv, 0x00, 4 << 20, 256 << 10, 60),
+        "a 4 MiB session message before authentication was buffered\n{}",
+        srv.log()
+    );
+    assert!(
+        closed_after_announcing(&srv, 0x85, 8 << 20, 256 << 10, 60),
+        "an 8 MiB keepalive was buffered\n{}",
+        srv.log()
+    );
+    // A frame of a size a pre-authentication message may have is still waited for.
+    assert!(
+        !closed_after_announcing(&srv, 0x00, 32 << 10, 16 << 10, 2),
+        "a 32 KiB pre-authentication frame was refused\n{}",
+        srv.log()
+    );
+    bystander_served(&srv);
 }

@@ -47,6 +47,16 @@ pub(crate) struct ConnLimits {
 }
 
 impl Conn {
+    /// Whether a session was established on this connection (or it is bound to one as a
+    /// channel): until then it is an unauthenticated peer and its frames are kept small.
+    pub(crate) fn has_established_session(&self) -> bool {
+        !self.bound.is_empty()
+            || self
+                .sessions
+                .values()
+                .any(|s| matches!(s.state, AuthState::Valid))
+    }
+
     /// Bring this connection's share of the open-file budget up to date.
     pub(crate) fn sync_fds(&mut self) {
         let now = 1 + self.opens.len();
