@@ -418,6 +418,13 @@ impl Conn {
                 ),
             client_guid: self.client_guid(),
             oplock,
+            // A named stream shares its file's delete state: the engine refuses it while the
+            // file is delete-pending and lets it stand in the way of DELETE opens of the file
+            // (MS-FSA 2.1.5.1.2.1). The file's id is its unnamed stream's (empty name).
+            stream_base: cont
+                .stream
+                .as_ref()
+                .map(|_| locking::FileId(fs::stable_file_id(fs_id, ino, ""))),
         };
         match self
             .shared
