@@ -207,6 +207,12 @@ impl Conn {
             if c.disposition == disposition::CREATE {
                 return err(status::OBJECT_NAME_COLLISION);
             }
+            // `dir::$DATA` names a data stream a directory does not have (smbtorture
+            // smb2.streams.dir): refused before any sharing check, like a stream of a
+            // directory opened as a file.
+            if is_dir && !dir_req && !fake_quota && c.name.contains(':') {
+                return err(status::FILE_IS_A_DIRECTORY);
+            }
             if is_dir && nondir_req {
                 return err(status::FILE_IS_A_DIRECTORY);
             }
