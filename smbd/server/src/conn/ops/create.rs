@@ -208,10 +208,14 @@ impl Conn {
                 return err(status::OBJECT_NAME_COLLISION);
             }
             // `dir::$DATA` names a data stream a directory does not have (smbtorture
-            // smb2.streams.dir): refused before any sharing check, like a stream of a
-            // directory opened as a file.
-            if is_dir && !dir_req && !fake_quota && c.name.contains(':') {
-                return err(status::FILE_IS_A_DIRECTORY);
+            // smb2.streams.dir): refused before any sharing check, as not a directory when
+            // asked for one, as a directory when asked for a file.
+            if is_dir && !fake_quota && c.name.contains(':') {
+                return err(if dir_req {
+                    status::NOT_A_DIRECTORY
+                } else {
+                    status::FILE_IS_A_DIRECTORY
+                });
             }
             if is_dir && nondir_req {
                 return err(status::FILE_IS_A_DIRECTORY);
