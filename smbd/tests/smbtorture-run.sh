@@ -8,7 +8,7 @@
 #   python3 smbd/tests/gen-known-failures.py OUTDIR > smbd/tests/smbtorture-known-failures.txt
 set -u
 port=$1; out=$2; shift 2
-suites=${*:-smb2.connect smb2.read smb2.rw smb2.getinfo smb2.setinfo smb2.dir smb2.create smb2.compound smb2.credits smb2.session smb2.rename smb2.delete-on-close-perms smb2.ioctl smb2.maxfid smb2.lock smb2.sharemode smb2.durable-open smb2.durable-v2-open smb2.oplock smb2.lease}
+suites=${*:-smb2.connect smb2.read smb2.rw smb2.getinfo smb2.setinfo smb2.dir smb2.create smb2.compound smb2.credits smb2.session smb2.rename smb2.delete-on-close-perms smb2.ioctl smb2.maxfid smb2.lock smb2.sharemode smb2.durable-open smb2.durable-v2-open smb2.oplock smb2.lease smb2.notify smb2.streams smb2.deny smb2.durable-v2-delay smb2.timestamps smb2.openattr smb2.winattr smb2.tcon smb2.mkdir smb2.sdread smb2.maximum_allowed}
 conf=$(mktemp)
 printf '[global]\nclient min protocol = SMB2_02\nclient max protocol = SMB3_11\n' > "$conf"
 mkdir -p "$out"

@@ -115,6 +115,9 @@ struct OpenState {
     live_locks: usize,
     /// A stat open that asked for no caching: counted in `FileState::stat_opens`.
     plain_stat: bool,
+    /// A named-stream open that does not share delete: counted in its base file's
+    /// `FileState::streams_denying_delete`.
+    denies_base_delete: Option<FileId>,
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -174,6 +177,10 @@ struct FileState {
     oplock_holders: Vec<OpenId>,
     /// Leases with at least one open on this file.
     leases: Vec<LeaseId>,
+    /// Opens of this file's named streams that take part in sharing without sharing delete:
+    /// an open of this (unnamed) stream asking for DELETE conflicts with them (MS-FSA
+    /// 2.1.5.1.2.1; smbtorture smb2.streams.delete).
+    streams_denying_delete: u32,
 }
 
 impl FileState {
@@ -190,6 +197,7 @@ impl FileState {
             && self.rename_waiters.is_empty()
             && self.oplock_holders.is_empty()
             && self.leases.is_empty()
+            && self.streams_denying_delete == 0
     }
 }
 
@@ -919,11 +927,22 @@ impl Engine {
         if self.orphaned_deletes.contains(&req.file) {
             return Attempt::Done(Reply::Done(Status::DeletePending));
         }
+        if let Some(base) = req.stream_base {
+            // A stream of a delete-pending file cannot be opened (MS-FSA 2.1.5.1.2.1).
+            let base_pending = self.orphaned_deletes.contains(&base)
+                || self.files.get(&base).is_some_and(|b| b.delete_pending);
+            if base_pending {
+                return Attempt::Done(Reply::Done(Status::DeletePending));
+            }
+        }
         let file = self.files.entry(req.file).or_default();
         if file.delete_pending {
             return Attempt::Done(Reply::Done(Status::DeletePending));
         }
-        let share_conflict = file.counters.conflicts(req.access, req.share);
+        let share_conflict = file.counters.conflicts(req.access, req.share)
+            || (req.stream_base.is_none()
+                && req.access & crate::types::access::DELETE != 0
+                && file.streams_denying_delete > 0);
 
         // Breaks before the grant, the way Windows and Samba order them (MS-FSA 2.1.5.1.2,
         // 2.1.4.12): an open that will fail the sharing check only breaks handle caching
@@ -1005,22 +1024,20 @@ impl Engine {
             .files
             .get(&req.file)
             .map_or((0, false), |f| (f.open_count, !f.locks.is_empty()));
-        // Samba's grant rules (smbd/open.c delay_for_oplock): an oplock is not granted next to
-        // a lease with handle caching, and a lease gets no handle caching next to an open
-        // without a lease (oplock or none), since such an open cannot be told to close.
+        // Grant rules (MS-FSA 2.1.5.17.2, Samba's delay_for_oplock): an oplock is not granted
+        // next to a lease with handle caching, and a lease gets no handle caching next to
+        // an oplock holder (its Level II could not coexist with RH). A plain open without
+        // any caching leaves H alone (issue 12 item 6): it neither caches nor needs telling
+        // to close, and taking H away would deny Windows clients a durable handle.
         let other_lease_has_handle = self.holders(req.file, None, lease_id).into_iter().any(|h| {
             matches!(h, Holder::Lease(_)) && self.holder_state(h).contains(LeaseState::HANDLE)
         });
-        let lease_opens_on_file: usize = self.files.get(&req.file).map_or(0, |f| {
-            f.leases
-                .iter()
-                .filter_map(|l| self.leases.get(l))
-                .map(|r| r.opens.len())
-                .sum()
-        });
+        let other_oplocks = self
+            .files
+            .get(&req.file)
+            .is_some_and(|f| !f.oplock_holders.is_empty());
         let stat_opens = self.files.get(&req.file).map_or(0, |f| f.stat_opens);
         let open_count = open_count.saturating_sub(stat_opens);
-        let non_lease_opens = open_count > lease_opens_on_file;
         let mut oplock = LeaseState::NONE;
         let mut lease = None;
         let grant = match req.oplock {
@@ -1063,7 +1080,7 @@ impl Engine {
                 if others_hold_write {
                     allowed = LeaseState::NONE;
                 }
-                if non_lease_opens {
+                if other_oplocks {
                     allowed = without(allowed, LeaseState::HANDLE);
                 }
                 if has_locks {
@@ -1120,6 +1137,13 @@ impl Engine {
         if oplock != LeaseState::NONE {
             file.oplock_holders.push(open_id);
         }
+        let denies_base_delete = req
+            .stream_base
+            .filter(|_| ShareCounters::delete_usage_of(req.access, req.share).0 > 0);
+        if let Some(base) = denies_base_delete {
+            let b = self.files.entry(base).or_default();
+            b.streams_denying_delete = b.streams_denying_delete.saturating_add(1);
+        }
         self.opens.insert(
             open_id,
             OpenState {
@@ -1135,6 +1159,7 @@ impl Engine {
                 locks: Vec::new(),
                 live_locks: 0,
                 plain_stat,
+                denies_base_delete,
             },
         );
         if let Some(s) = self.sessions.get_mut(&session) {
@@ -1194,6 +1219,12 @@ impl Engine {
         if let Some(s) = self.sessions.get_mut(&o.session) {
             s.opens.remove(&open);
             s.locks = s.locks.saturating_sub(o.live_locks);
+        }
+        if let Some(base) = o.denies_base_delete {
+            if let Some(b) = self.files.get_mut(&base) {
+                b.streams_denying_delete = b.streams_denying_delete.saturating_sub(1);
+            }
+            self.gc_file(base);
         }
         let f = o.file;
         let Some(file) = self.files.get_mut(&f) else {

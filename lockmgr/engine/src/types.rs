@@ -421,6 +421,11 @@ pub struct OpenRequest {
     pub overwrite: bool,
     pub client_guid: ClientGuid,
     pub oplock: OplockRequest,
+    /// For an open of a named stream (`file:stream`), the FileId of its file's unnamed
+    /// stream. MS-FSA 2.1.5.1.2.1: streams share their file's delete state, so a
+    /// delete-pending file refuses opens of its streams (DELETE_PENDING), and an open of the
+    /// unnamed stream asking for DELETE conflicts with stream opens that do not share delete.
+    pub stream_base: Option<FileId>,
 }
 
 /// Requests a session sends to the engine.

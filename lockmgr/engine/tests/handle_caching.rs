@@ -273,3 +273,58 @@ fn node_death_keeps_only_durable_opens_with_handle_caching() {
     let (w, _) = h.open_ok(S2, file_open(F2, RW, 0));
     assert_eq!(h.io(S2, w, 0, 1, true), Status::Success);
 }
+
+fn rwh_lease_request(key: u128) -> OpenRequest {
+    with_lease(file_open(F1, RW, SHARE_ALL), G1, key, LeaseState::RWH, None)
+}
+
+/// Item 6 (MS-FSA 2.1.5.17.2): a plain open (no oplock, no lease) beside a lease does not
+/// take handle caching from it; only write caching goes, since the other open may write.
+/// Windows clients ask for a durable handle only with H, so a plain opener (e.g. a backup
+/// tool or `cat` through Linux cifs without caching) would otherwise cost them durability.
+#[test]
+fn lease_keeps_handle_caching_next_to_plain_open() {
+    let mut h = H::new();
+    h.open_ok(S1, file_open(F1, RW, SHARE_ALL));
+    let (_, g) = h.open_ok(S2, rwh_lease_request(1));
+    assert_eq!(lease_state(&g), LeaseState::RH);
+}
+
+/// Item 6, the other direction: a lease granted first keeps H when a plain open arrives
+/// (only W is broken), and a second lease requested after that still gets RH.
+#[test]
+fn plain_open_breaks_only_write_caching_and_later_leases_get_rh() {
+    let mut h = H::new();
+    let (_, g) = h.open_ok(S1, rwh_lease_request(1));
+    assert_eq!(lease_state(&g), LeaseState::RWH);
+    let (id, r) = h.call(S2, Request::Open(file_open(F1, RW, SHARE_ALL)));
+    assert_eq!(r, Reply::Pending);
+    assert_eq!(
+        h.breaks_for(S1),
+        vec![lease_break_to(1, LeaseState::RWH, LeaseState::RH)]
+    );
+    let r = h.req(
+        S1,
+        Request::LeaseBreakAck {
+            client_guid: G1,
+            key: LeaseKey(1),
+            state: LeaseState::RH,
+        },
+    );
+    assert!(matches!(r, Reply::Acked { .. }), "{r:?}");
+    assert!(matches!(h.completed(S2, id), Some(Reply::Opened { .. })));
+    let (_, g) = h.open_ok(S3, rwh_lease_request(2));
+    assert_eq!(lease_state(&g), LeaseState::RH);
+}
+
+/// Item 6: an oplock holder still costs a lease its handle caching (a Level II oplock and an
+/// RH lease cannot both be kept consistent by one break).
+#[test]
+fn lease_loses_handle_caching_next_to_oplock_holder() {
+    let mut h = H::new();
+    let read_only = file_open(F1, access::FILE_READ_DATA, SHARE_ALL);
+    let (_, g) = h.open_ok(S1, with_oplock(read_only, OplockLevel::LevelII));
+    assert_eq!(g, OplockGrant::Oplock(OplockLevel::LevelII));
+    let (_, g) = h.open_ok(S2, with_lease(read_only, G1, 3, LeaseState::RH, None));
+    assert_eq!(lease_state(&g), LeaseState::READ);
+}

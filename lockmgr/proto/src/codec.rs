@@ -11,7 +11,7 @@
 //! | `Lease` | key u128, state u8, flags u8 (bit0 parent_key present, bit1 epoch present, bit2 breaking), (parent_key u128 if bit0), (epoch u16 if bit1) |
 //! | `OplockRequest` / `OplockGrant` | kind u8 (0 None, 1 Oplock, 2 Lease), then level u8 or `Lease` |
 //! | `LockRange` | offset u64, length u64, exclusive bool (17 bytes) |
-//! | `OpenRequest` | file u128, access u32, share u32, flags u8 (bit0 delete_on_close, bit1 directory, bit2 overwrite), client_guid u128, oplock `OplockRequest` |
+//! | `OpenRequest` | file u128, access u32, share u32, flags u8 (bit0 delete_on_close, bit1 directory, bit2 overwrite, bit3 stream_base), client_guid u128, oplock `OplockRequest`, stream_base u128 if bit3 |
 //!
 //! `Request` is kind u8 then fields:
 //!
@@ -243,6 +243,8 @@ fn get_grant(r: &mut Reader<'_>) -> Result<OplockGrant, DecodeError> {
 const OPEN_DELETE_ON_CLOSE: u8 = 0x01;
 const OPEN_DIRECTORY: u8 = 0x02;
 const OPEN_OVERWRITE: u8 = 0x04;
+/// A named-stream open: its base file's id follows the oplock request.
+const OPEN_STREAM_BASE: u8 = 0x08;
 
 fn put_open_request(s: &mut Sink<'_>, o: &OpenRequest) -> Result<(), EncodeError> {
     s.u128(o.file.0);
@@ -258,9 +260,16 @@ fn put_open_request(s: &mut Sink<'_>, o: &OpenRequest) -> Result<(), EncodeError
     if o.overwrite {
         flags |= OPEN_OVERWRITE;
     }
+    if o.stream_base.is_some() {
+        flags |= OPEN_STREAM_BASE;
+    }
     s.u8(flags);
     s.u128(o.client_guid.0);
-    put_oplock_request(s, &o.oplock)
+    put_oplock_request(s, &o.oplock)?;
+    if let Some(base) = o.stream_base {
+        s.u128(base.0);
+    }
+    Ok(())
 }
 
 fn get_open_request(r: &mut Reader<'_>) -> Result<OpenRequest, DecodeError> {
@@ -268,11 +277,16 @@ fn get_open_request(r: &mut Reader<'_>) -> Result<OpenRequest, DecodeError> {
     let access = r.u32()?;
     let share = r.u32()?;
     let flags = r.u8()?;
-    if flags & !(OPEN_DELETE_ON_CLOSE | OPEN_DIRECTORY | OPEN_OVERWRITE) != 0 {
+    if flags & !(OPEN_DELETE_ON_CLOSE | OPEN_DIRECTORY | OPEN_OVERWRITE | OPEN_STREAM_BASE) != 0 {
         return Err(invalid("open.flags", flags));
     }
     let client_guid = ClientGuid(r.u128()?);
     let oplock = get_oplock_request(r)?;
+    let stream_base = if flags & OPEN_STREAM_BASE != 0 {
+        Some(FileId(r.u128()?))
+    } else {
+        None
+    };
     Ok(OpenRequest {
         file,
         access,
@@ -282,6 +296,7 @@ fn get_open_request(r: &mut Reader<'_>) -> Result<OpenRequest, DecodeError> {
         overwrite: flags & OPEN_OVERWRITE != 0,
         client_guid,
         oplock,
+        stream_base,
     })
 }
 
@@ -798,7 +813,9 @@ fn ranges_len(ranges: &[LockRange]) -> Result<usize, EncodeError> {
 
 pub(crate) fn request_len(req: &Request) -> Result<usize, EncodeError> {
     Ok(1 + match req {
-        Request::Open(o) => 16 + 4 + 4 + 1 + 16 + oplock_request_len(&o.oplock),
+        Request::Open(o) => {
+            16 + 4 + 4 + 1 + 16 + oplock_request_len(&o.oplock) + o.stream_base.map_or(0, |_| 16)
+        }
         Request::Close { .. } => 8,
         Request::SetDeletePending { .. } => 8 + 1,
         Request::Lock { ranges, .. } => 8 + 1 + ranges_len(ranges)?,

@@ -48,6 +48,7 @@ fn lease_v1() -> Lease {
 /// Every request variant, with every optional field both present and absent somewhere.
 pub fn requests() -> Vec<Request> {
     let open = |oplock| OpenRequest {
+        stream_base: None,
         file: FileId(0xfeed_f00d_0000_0000_0000_0000_0000_0001),
         // FILE_READ_DATA | DELETE, FILE_SHARE_READ (MS-SMB2 2.2.13).
         access: 0x0001_0001,
@@ -63,6 +64,10 @@ pub fn requests() -> Vec<Request> {
         Request::Open(open(OplockRequest::Oplock(OplockLevel::Batch))),
         Request::Open(open(OplockRequest::Lease(lease_v1()))),
         Request::Open(open(OplockRequest::Lease(lease_v2()))),
+        Request::Open(OpenRequest {
+            stream_base: Some(FileId(0xfeed_f00d_0000_0000_0000_0000_0000_0002)),
+            ..open(OplockRequest::None)
+        }),
         Request::Close { open: OpenId(9) },
         Request::SetDeletePending {
             open: OpenId(9),

@@ -107,6 +107,7 @@ pub fn open_request() -> impl Strategy<Value = OpenRequest> {
         any::<(bool, bool, bool)>(),
         client_guid(),
         oplock_request(),
+        proptest::option::of(file_id()),
     )
         .prop_map(
             |(
@@ -116,8 +117,10 @@ pub fn open_request() -> impl Strategy<Value = OpenRequest> {
                 (delete_on_close, directory, overwrite),
                 client_guid,
                 oplock,
+                stream_base,
             )| {
                 OpenRequest {
+                    stream_base,
                     file,
                     access,
                     share,

@@ -261,10 +261,10 @@ fn invalid_enum_values_are_rejected() {
     // Open with an undefined flag bit and with an unknown caching kind.
     let mut b = vec![1];
     b.extend_from_slice(&[0; 16 + 4 + 4]);
-    b.push(0x08);
+    b.push(0x10);
     b.extend_from_slice(&[0; 16]);
     b.push(0);
-    assert_eq!(request_body(&b), invalid("open.flags", 8));
+    assert_eq!(request_body(&b), invalid("open.flags", 0x10));
     let mut b = vec![1];
     b.extend_from_slice(&[0; 16 + 4 + 4 + 1 + 16]);
     b.push(3);

@@ -63,7 +63,10 @@ pub fn parse(name: &str) -> Result<StreamPath<'_>, NtStatus> {
     }
     if sname
         .chars()
-        .any(|c| matches!(c, '/' | '\\' | ':') || (c as u32) < 0x20)
+        // Only the separators and NUL are invalid in a stream name: Windows takes control
+        // characters and wildcards (smbtorture smb2.streams.names/names2); the depot stores
+        // names hex-encoded, so any character is safe there.
+        .any(|c| matches!(c, '/' | '\\' | ':' | '\0'))
     {
         return Err(status::OBJECT_NAME_INVALID);
     }
@@ -259,6 +262,12 @@ mod tests {
         assert_eq!(parse("f:"), Err(status::OBJECT_NAME_INVALID));
         assert_eq!(parse("f:s:$FOO"), Err(status::OBJECT_NAME_INVALID));
         assert_eq!(parse("d:s\\x"), Err(status::OBJECT_NAME_INVALID));
+        assert_eq!(parse("d:s/x"), Err(status::OBJECT_NAME_INVALID));
+        assert_eq!(
+            parse("f:\x05Stream\n One:$DATA").unwrap().stream.as_deref(),
+            Some("\x05Stream\n One")
+        );
+        assert_eq!(parse("f:?S*").unwrap().stream.as_deref(), Some("?S*"));
     }
 
     #[test]

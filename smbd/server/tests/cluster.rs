@@ -84,6 +84,20 @@ fn cross_node_delete_on_close() {
     scenario("doc");
 }
 
+/// Issue 12 item 6: node 2's plain open leaves node 1's lease its handle caching (RH, with a
+/// durable handle); node 2's Level II oplock takes it (R).
+#[test]
+fn cross_node_lease_keeps_handle_caching_next_to_plain_open() {
+    scenario("leaseh");
+}
+
+/// Issue 12 item 3: node 2's stream open without FILE_SHARE_DELETE stops node 1's DELETE
+/// open of the file; the file delete-pending through node 1 refuses node 2's stream opens.
+#[test]
+fn cross_node_stream_shares_its_file_delete_state() {
+    scenario("streams");
+}
+
 #[test]
 fn killed_node_releases_its_locks_to_waiters_on_other_nodes() {
     kill_scenario(ClusterOptions::default());

@@ -1,7 +1,7 @@
-//! smbtorture (Samba 4.17) lock, oplock, lease, share-mode, delete-on-close and durable-open
-//! (v1 and v2) suites against node 1 of a running two-node cluster (lockmgrd over shared memory), compared
-//! with `smbd/tests/cluster-known-failures.txt`: a failure not listed there fails the test; a
-//! listed test that passes now is reported.
+//! smbtorture (Samba 4.17) lock, oplock, lease, share-mode, delete-on-close, durable-open
+//! (v1 and v2) and streams suites against node 1 of a running two-node cluster (lockmgrd over
+//! shared memory), compared with `smbd/tests/cluster-known-failures.txt`: a failure not listed
+//! there fails the test; a listed test that passes now is reported.
 //!
 //! The oplock and lease suites wait out break timeouts: lockmgrd's default (35 s, as Samba and
 //! Windows) is kept so the suites' timing expectations hold; they take minutes.
@@ -62,4 +62,9 @@ fn cluster_smb2_durable_open() {
 #[test]
 fn cluster_smb2_durable_v2_open() {
     suite("smb2.durable-v2-open");
+}
+/// Named streams share their file's delete state across nodes (issue 12 item 3).
+#[test]
+fn cluster_smb2_streams() {
+    suite("smb2.streams");
 }

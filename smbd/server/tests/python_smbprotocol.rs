@@ -31,3 +31,44 @@ fn smbprotocol_operations() {
     );
     assert!(text.contains("all operations passed"), "{text}");
 }
+
+/// Runs a scenario of tests/cluster_common/cluster_client.py with both of its clients on one
+/// smbd (the same scenarios run across two nodes in tests/cluster.rs).
+fn single_node_scenario(name: &str) {
+    let Some(py) = python() else {
+        missing(
+            "no python with smbprotocol (set SMBD_PYTHON; scripts/install-deps.sh makes a venv)",
+        );
+        return;
+    };
+    let srv = TestServer::start(Options::default());
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/cluster_common/cluster_client.py");
+    let port = srv.port.to_string();
+    let out = Command::new(py)
+        .arg(script)
+        .args(["127.0.0.1", &port, &port, USER, PASS, name])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains(&format!("PASS {name}")),
+        "{name}:\n{text}\n--- smbd log ---\n{}",
+        srv.log()
+    );
+}
+
+/// Issue 12 item 6: a lease next to a plain open keeps handle caching (RH) and so gets its
+/// durable handle; next to a Level II oplock it is R only.
+#[test]
+fn lease_keeps_handle_caching_next_to_plain_open() {
+    single_node_scenario("leaseh");
+}
+
+/// Issue 12 item 3: a stream open without FILE_SHARE_DELETE stops DELETE opens of its file;
+/// a delete-pending file refuses opens of its streams.
+#[test]
+fn stream_shares_its_file_delete_state() {
+    single_node_scenario("streams");
+}

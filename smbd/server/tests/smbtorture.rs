@@ -140,3 +140,45 @@ fn smb2_lease() {
 fn smb2_notify() {
     suite("smb2.notify");
 }
+/// Named streams (issue 12 item 3).
+#[test]
+fn smb2_streams() {
+    suite("smb2.streams");
+}
+#[test]
+fn smb2_deny() {
+    suite("smb2.deny");
+}
+/// Waits out a 10 s durable handle timeout.
+#[test]
+fn smb2_durable_v2_delay() {
+    suite("smb2.durable-v2-delay");
+}
+#[test]
+fn smb2_timestamps() {
+    suite("smb2.timestamps");
+}
+#[test]
+fn smb2_openattr() {
+    suite("smb2.openattr");
+}
+#[test]
+fn smb2_winattr() {
+    suite("smb2.winattr");
+}
+#[test]
+fn smb2_tcon() {
+    suite("smb2.tcon");
+}
+#[test]
+fn smb2_mkdir() {
+    suite("smb2.mkdir");
+}
+#[test]
+fn smb2_sdread() {
+    suite("smb2.sdread");
+}
+#[test]
+fn smb2_maximum_allowed() {
+    suite("smb2.maximum_allowed");
+}

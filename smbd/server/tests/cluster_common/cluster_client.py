@@ -3,6 +3,7 @@
 
 usage: cluster_client.py HOST[,HOST2] PORT1 PORT2 USER PASSWORD SCENARIO
 SCENARIO: sharemode | brl | blocking | oplock | lease | doc | kill | lmrestart | lmfailover | rename
+          | leaseh | streams
 Prints "PASS SCENARIO" and exits 0 when the cluster behaved; any mismatch raises (exit 1).
 `kill` prints "KILL-NODE2" once node 2's client holds its lock and node 1's client waits,
 then reads one line from stdin (the harness has SIGKILLed node 2's smbd) and expects node 1's
@@ -20,7 +21,9 @@ import time
 import uuid
 
 from smbprotocol.connection import Connection
-from smbprotocol.create_contexts import CreateContextName, SMB2CreateContextRequest
+from smbprotocol.create_contexts import (CreateContextName, SMB2CreateContextRequest,
+                                         SMB2CreateDurableHandleResponseV2,
+                                         SMB2CreateResponseLease, SMB2CreateResponseLeaseV2)
 from smbprotocol.exceptions import SMBResponseException
 from smbprotocol.open import (CreateDisposition, CreateOptions, FileAttributes,
                               FilePipePrinterAccessMask as A, ImpersonationLevel, LockFlags,
@@ -43,6 +46,7 @@ ACCESS_DENIED = 0xC0000022
 BREAK_MID = 0xFFFFFFFFFFFFFFFF
 RWH = 0x7
 RH = 0x3
+R = 0x1
 
 
 class _Zero:
@@ -116,7 +120,7 @@ class Client:
     def open(self, name, access=A.GENERIC_READ | A.GENERIC_WRITE,
              share=ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE,
              disposition=CreateDisposition.FILE_OPEN_IF, options=0, oplock=0, lease_key=None,
-             lease_state=RWH, is_dir=False):
+             lease_state=RWH, is_dir=False, durable_v2=False):
         f = Open(self.tree, name)
         contexts = None
         if lease_key is not None:
@@ -125,6 +129,12 @@ class Client:
             ctx["buffer_data"] = lease_key + struct.pack("<IIQ", lease_state, 0, 0)
             contexts = [ctx]
             oplock = OPLOCK_LEASE
+        if durable_v2:
+            # DH2Q (MS-SMB2 2.2.13.2.11): Timeout 60 s, Flags 0, Reserved, CreateGuid.
+            ctx = SMB2CreateContextRequest()
+            ctx["buffer_name"] = b"DH2Q"
+            ctx["buffer_data"] = struct.pack("<IIQ", 60_000, 0, 0) + uuid.uuid4().bytes
+            contexts = (contexts or []) + [ctx]
         if is_dir:
             attrs = FileAttributes.FILE_ATTRIBUTE_DIRECTORY
             options |= CreateOptions.FILE_DIRECTORY_FILE
@@ -153,6 +163,14 @@ class Client:
         name = new_name.encode("utf-16-le")
         info = struct.pack("<B7xQI", 1 if replace else 0, 0, len(name)) + name
         body = struct.pack("<HBBIHHI", 33, 1, 10, len(info), 64 + 32, 0, 0) + f.file_id + info
+        req = self.conn.send(Raw(SMB2_SET_INFO, body), self.sess.session_id,
+                             self.tree.tree_connect_id)
+        self.conn.receive(req, timeout=TIMEOUT)
+
+    def set_delete_pending(self, f):
+        """SET_INFO FileDispositionInformation (MS-FSCC 2.4.11) DeletePending = TRUE."""
+        info = struct.pack("<B", 1)
+        body = struct.pack("<HBBIHHI", 33, 1, 13, len(info), 64 + 32, 0, 0) + f.file_id + info
         req = self.conn.send(Raw(SMB2_SET_INFO, body), self.sess.session_id,
                              self.tree.tree_connect_id)
         self.conn.receive(req, timeout=TIMEOUT)
@@ -322,6 +340,62 @@ def kill(c1, c2):
     f1.close()
 
 
+def leaseh(c1, c2):
+    """Issue 12 item 6 (MS-FSA 2.1.5.17.2): a plain open (no oplock, no lease) on node 2 does
+    not cost node 1's lease its handle caching: RWH is granted as RH, with a durable handle
+    (DH2Q), where only an oplock holder would take H away."""
+    f2 = c2.open("leaseh.txt", access=A.GENERIC_READ)
+    key = uuid.uuid4().bytes
+    f1 = c1.open("leaseh.txt", lease_key=key, lease_state=RWH, durable_v2=True)
+    assert f1.oplock_level == OPLOCK_LEASE, f"no lease: {f1.oplock_level}"
+    granted = lease_state_of(f1)
+    assert granted == RH, f"lease state 0x{granted:x} next to a plain open (want RH)"
+    assert durable_v2_granted(f1), "no durable handle next to a plain open"
+    f1.close()
+    # A Level II oplock holder does take handle caching away from a new lease.
+    f2.close()
+    f2 = c2.open("leaseh.txt", access=A.GENERIC_READ, oplock=OPLOCK_LEVEL_II)
+    assert f2.oplock_level == OPLOCK_LEVEL_II, f"oplock 0x{f2.oplock_level:x}"
+    f1 = c1.open("leaseh.txt", access=A.GENERIC_READ, lease_key=uuid.uuid4().bytes,
+                 lease_state=RH)
+    granted = lease_state_of(f1)
+    assert granted == R, f"lease state 0x{granted:x} next to a Level II oplock (want R)"
+    f1.close()
+    f2.close()
+
+
+def streams(c1, c2):
+    """Issue 12 item 3 (MS-FSA 2.1.5.1.2.1): a named stream shares its file's delete state.
+    A stream open on node 2 without FILE_SHARE_DELETE stops node 1 from opening the file for
+    DELETE; once the file is delete-pending, opens of its streams fail with DELETE_PENDING."""
+    all_share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
+    base = c1.open("streams.txt", share=all_share, disposition=CreateDisposition.FILE_OVERWRITE_IF)
+    base.close()
+    s2 = c2.open("streams.txt:s1", share=ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE)
+    s2.write(b"stream data", 0)
+    expect_status(SHARING_VIOLATION, c1.open, "streams.txt", access=A.DELETE, share=all_share,
+                  disposition=CreateDisposition.FILE_OPEN)
+    s2.close()
+    d1 = c1.open("streams.txt", access=A.DELETE | A.FILE_READ_ATTRIBUTES, share=all_share,
+                 disposition=CreateDisposition.FILE_OPEN)
+    c1.set_delete_pending(d1)
+    expect_status(DELETE_PENDING, c2.open, "streams.txt:s1", access=A.GENERIC_READ,
+                  share=all_share, disposition=CreateDisposition.FILE_OPEN)
+    d1.close()
+    expect_status(NOT_FOUND, c2.open, "streams.txt:s1", access=A.GENERIC_READ,
+                  share=all_share, disposition=CreateDisposition.FILE_OPEN)
+
+
+def lease_state_of(f):
+    for c in f.lease_response or []:
+        if isinstance(c, (SMB2CreateResponseLease, SMB2CreateResponseLeaseV2)):
+            return c["lease_state"].get_value()
+    raise AssertionError("no lease create context in the response")
+
+
+def durable_v2_granted(f):
+    return any(isinstance(c, SMB2CreateDurableHandleResponseV2) for c in f.lease_response or [])
+
 REQUEST_NOT_ACCEPTED = 0xC00000D0
 
 
@@ -410,7 +484,7 @@ def lmfailover(c1, c2):
 
 
 SCENARIOS = {f.__name__: f for f in (sharemode, brl, blocking, oplock, lease, doc, kill,
-                                     lmrestart, lmfailover, rename)}
+                                     lmrestart, lmfailover, rename, leaseh, streams)}
 
 
 def main():

@@ -212,6 +212,16 @@ impl Conn {
             if c.disposition == disposition::CREATE {
                 return err(status::OBJECT_NAME_COLLISION);
             }
+            // `dir::$DATA` names a data stream a directory does not have (smbtorture
+            // smb2.streams.dir): refused before any sharing check, as not a directory when
+            // asked for one, as a directory when asked for a file.
+            if is_dir && !fake_quota && c.name.contains(':') {
+                return err(if dir_req {
+                    status::NOT_A_DIRECTORY
+                } else {
+                    status::FILE_IS_A_DIRECTORY
+                });
+            }
             if is_dir && nondir_req {
                 return err(status::FILE_IS_A_DIRECTORY);
             }
@@ -424,6 +434,13 @@ impl Conn {
                 ),
             client_guid: self.client_guid(),
             oplock,
+            // A named stream shares its file's delete state: the engine refuses it while the
+            // file is delete-pending and lets it stand in the way of DELETE opens of the file
+            // (MS-FSA 2.1.5.1.2.1). The file's id is its unnamed stream's (empty name).
+            stream_base: cont
+                .stream
+                .as_ref()
+                .map(|_| locking::FileId(fs::stable_file_id(fs_id, ino, ""))),
         };
         match self
             .shared
