@@ -5,6 +5,10 @@ use smb_proto::{dialect, status, Header, Response};
 use super::state::{err, Outcome, Tree};
 use super::Conn;
 
+/// SMB2_SHARE_CAP_CLUSTER (MS-SMB2 2.2.10): the share is served by a cluster and a witness
+/// is available; Windows clients only register with the witness for such shares.
+const SHARE_CAP_CLUSTER: u32 = 0x40;
+
 impl Conn {
     pub(super) fn tree_connect(&mut self, path: &str, hdr: &Header) -> Outcome {
         let name = path.rsplit('\\').next().unwrap_or("");
@@ -63,7 +67,11 @@ impl Conn {
                     smb_proto::share_type::PIPE
                 },
                 flags: sflags,
-                capabilities: 0,
+                capabilities: if share.is_some() && self.shared.config.witness.enabled {
+                    SHARE_CAP_CLUSTER
+                } else {
+                    0
+                },
                 maximal_access,
             },
         )
