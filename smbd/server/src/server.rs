@@ -63,7 +63,7 @@ pub struct Server {
 struct WitnessParts {
     state: Arc<crate::witness::WitnessState>,
     listeners: crate::witness::tcp::RpcListeners,
-    key: Option<Vec<u8>>,
+    peers: crate::witness::peers::PeerSockets,
 }
 
 impl Server {
@@ -220,7 +220,7 @@ impl Server {
         let witness_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         if let Some(w) = self.witness.take() {
             w.listeners.spawn(w.state.clone(), witness_stop.clone())?;
-            crate::witness::peers::spawn(w.state, w.key, witness_stop.clone())?;
+            w.peers.spawn(w.state, witness_stop.clone())?;
         }
         let mut handles = Vec::new();
         for idx in 0..self.workers {
@@ -279,10 +279,12 @@ fn bind_witness(config: &Config) -> Result<WitnessParts, ServerError> {
         ),
         _ => None,
     };
+    let peers = crate::witness::peers::PeerSockets::bind(&state, key)
+        .map_err(|e| ServerError::Witness(format!("peer or control socket: {e}")))?;
     Ok(WitnessParts {
         state,
         listeners,
-        key,
+        peers,
     })
 }
 

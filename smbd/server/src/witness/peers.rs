@@ -78,33 +78,55 @@ pub fn decode(key: &[u8], d: &[u8]) -> Option<(String, u64, NodeStatus)> {
     Some((String::from_utf8(name.to_vec()).ok()?, seq, status))
 }
 
-/// Start the heartbeat sender/receiver (with more than one node) and the control socket.
-pub fn spawn(
-    state: Arc<WitnessState>,
-    key: Option<Vec<u8>>,
-    shutdown: Arc<AtomicBool>,
-) -> std::io::Result<()> {
-    let cfg = state.config().clone();
-    if let (Some(listen), Some(key)) = (cfg.peer_listen, key) {
-        let sock = UdpSocket::bind(listen)?;
-        sock.set_read_timeout(Some(Duration::from_millis(cfg.heartbeat_ms)))?;
-        let st = state.clone();
-        let stop = shutdown.clone();
-        std::thread::Builder::new()
-            .name("smbd-witness-peers".into())
-            .spawn(move || heartbeats(sock, st, key, stop))?;
+/// The heartbeat socket (with more than one node) and the control socket, bound at start so
+/// that a bind failure stops smbd and the sockets exist once smbd reports it is listening.
+pub struct PeerSockets {
+    udp: Option<(UdpSocket, Vec<u8>)>,
+    control: Option<UnixListener>,
+}
+
+impl PeerSockets {
+    pub fn bind(state: &WitnessState, key: Option<Vec<u8>>) -> std::io::Result<Self> {
+        let cfg = state.config();
+        let udp = match (cfg.peer_listen, key) {
+            (Some(listen), Some(key)) => {
+                let sock = UdpSocket::bind(listen)?;
+                sock.set_read_timeout(Some(Duration::from_millis(cfg.heartbeat_ms)))?;
+                Some((sock, key))
+            }
+            _ => None,
+        };
+        let control = match &cfg.control_socket {
+            Some(path) => {
+                // A socket file left by a previous run would make bind fail.
+                let _ = std::fs::remove_file(path);
+                let listener = UnixListener::bind(path)?;
+                // Only root (smbd's user) may drain the node.
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+                listener.set_nonblocking(true)?;
+                Some(listener)
+            }
+            None => None,
+        };
+        Ok(Self { udp, control })
     }
-    if let Some(path) = cfg.control_socket {
-        let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path)?;
-        // Only root (smbd's user) may drain the node.
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-        listener.set_nonblocking(true)?;
-        std::thread::Builder::new()
-            .name("smbd-witness-ctl".into())
-            .spawn(move || control(listener, state, shutdown))?;
+
+    /// Start the heartbeat and control threads.
+    pub fn spawn(self, state: Arc<WitnessState>, shutdown: Arc<AtomicBool>) -> std::io::Result<()> {
+        if let Some((sock, key)) = self.udp {
+            let st = state.clone();
+            let stop = shutdown.clone();
+            std::thread::Builder::new()
+                .name("smbd-witness-peers".into())
+                .spawn(move || heartbeats(sock, st, key, stop))?;
+        }
+        if let Some(listener) = self.control {
+            std::thread::Builder::new()
+                .name("smbd-witness-ctl".into())
+                .spawn(move || control(listener, state, shutdown))?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 fn heartbeats(sock: UdpSocket, state: Arc<WitnessState>, key: Vec<u8>, shutdown: Arc<AtomicBool>) {
