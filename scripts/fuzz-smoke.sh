@@ -31,6 +31,7 @@ TARGETS=(
     "smbd/auth decrypt"
     "smbd/auth user_db"
     "smbd/rpc rpc_pipe"
+    "smbd/rpc rpc_witness"
     "smbd/server smbd_config"
     "smbd/server smbd_conn"
     "smbdirect smbdirect_decode"

@@ -502,6 +502,142 @@ pub struct Config {
     pub lockmgr: LockmgrConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    #[serde(default)]
+    pub witness: WitnessConfig,
+}
+
+/// `[witness]`: the SMB witness service (MS-SWN) on ncacn_ip_tcp, its endpoint mapper, and
+/// how the nodes of the cluster learn each other's state (see `crate::witness`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessConfig {
+    /// Off by default: nothing listens and shares do not advertise SMB2_SHARE_CAP_CLUSTER.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The witness' own TCP endpoint (port 0: any free port, published through the endpoint
+    /// mapper, as Windows does).
+    #[serde(default = "default_witness_listen")]
+    pub listen: SocketAddr,
+    /// The endpoint mapper (clients look for it on port 135).
+    #[serde(default = "default_epm_listen")]
+    pub epm_listen: SocketAddr,
+    /// The NetName clients register with (the cluster's name); `[server] netbios_name` is
+    /// accepted too.
+    #[serde(default)]
+    pub net_name: Option<String>,
+    /// This node's entry in `nodes`.
+    #[serde(default)]
+    pub node: String,
+    /// Every node of the cluster, this one included.
+    #[serde(default)]
+    pub nodes: Vec<WitnessNode>,
+    /// UDP address the node state heartbeats arrive on (this node's `peer`).
+    #[serde(default)]
+    pub peer_listen: Option<SocketAddr>,
+    /// Key authenticating the heartbeats (HMAC-SHA256); default `[lockmgr] cluster_key_file`.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// A node not heard from this long is dead: RESOURCE_CHANGE(unavailable) for its address.
+    #[serde(default = "default_dead_after_ms")]
+    pub dead_after_ms: u64,
+    /// Unix socket (mode 0600) taking `drain`, `undrain` and `status` (`smbd witness`).
+    #[serde(default)]
+    pub control_socket: Option<PathBuf>,
+    #[serde(default = "default_witness_connections")]
+    pub max_connections: usize,
+    #[serde(default = "default_witness_registrations")]
+    pub max_registrations: usize,
+    #[serde(default = "default_witness_registrations_per_conn")]
+    pub max_registrations_per_conn: usize,
+}
+
+/// One node of `[witness] nodes`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessNode {
+    pub name: String,
+    /// The address clients reach this node's SMB service on (what they register with and are
+    /// moved to).
+    pub address: std::net::IpAddr,
+    /// Where its heartbeats are sent (its `peer_listen`).
+    pub peer: SocketAddr,
+}
+
+fn default_witness_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 0))
+}
+fn default_epm_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 135))
+}
+fn default_heartbeat_ms() -> u64 {
+    500
+}
+fn default_dead_after_ms() -> u64 {
+    3000
+}
+fn default_witness_connections() -> usize {
+    64
+}
+fn default_witness_registrations() -> usize {
+    1024
+}
+fn default_witness_registrations_per_conn() -> usize {
+    16
+}
+
+impl Default for WitnessConfig {
+    fn default() -> Self {
+        WitnessConfig {
+            enabled: false,
+            listen: default_witness_listen(),
+            epm_listen: default_epm_listen(),
+            net_name: None,
+            node: String::new(),
+            nodes: Vec::new(),
+            peer_listen: None,
+            key_file: None,
+            heartbeat_ms: default_heartbeat_ms(),
+            dead_after_ms: default_dead_after_ms(),
+            control_socket: None,
+            max_connections: default_witness_connections(),
+            max_registrations: default_witness_registrations(),
+            max_registrations_per_conn: default_witness_registrations_per_conn(),
+        }
+    }
+}
+
+impl WitnessConfig {
+    fn validate(&self, lockmgr: &LockmgrConfig) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(format!("[witness] {m}")));
+        if !self.enabled {
+            return Ok(());
+        }
+        if !self.nodes.iter().any(|n| n.name == self.node) {
+            return bad(format!("node = {:?} is not one of `nodes`", self.node));
+        }
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.name.is_empty() || self.nodes[..i].iter().any(|m| m.name == n.name) {
+                return bad(format!("node name {:?} empty or repeated", n.name));
+            }
+        }
+        if self.nodes.len() > 1 {
+            if self.peer_listen.is_none() {
+                return bad("`peer_listen` is needed with more than one node".into());
+            }
+            if self.key_file.is_none() && lockmgr.cluster_key_file.is_none() {
+                return bad("`key_file` (or [lockmgr] cluster_key_file) is needed".into());
+            }
+        }
+        if self.heartbeat_ms == 0 || self.dead_after_ms <= 2 * self.heartbeat_ms {
+            return bad("dead_after_ms must exceed two heartbeats (heartbeat_ms > 0)".into());
+        }
+        if self.max_connections == 0 || self.max_registrations_per_conn == 0 {
+            return bad("max_connections and max_registrations_per_conn must be positive".into());
+        }
+        Ok(())
+    }
 }
 
 impl Config {
@@ -535,6 +671,7 @@ impl Config {
         }
         cfg.lockmgr.validate()?;
         cfg.limits.validate()?;
+        cfg.witness.validate(&cfg.lockmgr)?;
         Ok(cfg)
     }
 

@@ -37,5 +37,6 @@ pub mod shared;
 mod streams;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod witness;
 #[allow(unsafe_code)]
 mod worker;

@@ -1,5 +1,6 @@
 //! `smbd --config FILE [--listen ADDR:PORT ...]`: the SMB2/3 file server.
 //! `smbd passwd --users FILE [--uid N --gid N] [--groups G,..] [--delete] USER`: manage users.
+//! `smbd witness --socket PATH drain|undrain|status`: drain a node for the witness service.
 //!
 //! The configuration format is documented in [`smbd::config`]; see `smbd/smbd.example.toml`.
 //! Prints `smbd listening on ADDR` for each bound address (port 0 picks a free port).
@@ -40,6 +41,36 @@ enum Command {
     /// Add a user, set its password or Unix ids, or delete it, in the users file. The file
     /// keeps NT hashes, never passwords, and is written with mode 0600.
     Passwd(PasswdArgs),
+    /// Talk to a running smbd's witness control socket (`[witness] control_socket`):
+    /// `drain` (its witness clients are told to move to the other nodes, on every node),
+    /// `undrain`, `status`.
+    Witness(WitnessArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct WitnessArgs {
+    /// The control socket.
+    #[arg(long)]
+    socket: PathBuf,
+    /// drain | undrain | status
+    command: String,
+}
+
+fn witness(args: WitnessArgs) -> std::process::ExitCode {
+    match smbd::witness::peers::control_request(&args.socket, &args.command) {
+        Ok(answer) => {
+            print!("{answer}");
+            if answer.starts_with("error") {
+                std::process::ExitCode::from(2)
+            } else {
+                std::process::ExitCode::SUCCESS
+            }
+        }
+        Err(e) => {
+            eprintln!("smbd witness: {}: {e}", args.socket.display());
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(clap::Args, Debug)]
@@ -126,8 +157,10 @@ fn main() -> std::process::ExitCode {
         std::process::abort();
     }));
     let args = Args::parse();
-    if let Some(Command::Passwd(p)) = args.command {
-        return passwd(p);
+    match args.command {
+        Some(Command::Passwd(p)) => return passwd(p),
+        Some(Command::Witness(w)) => return witness(w),
+        None => {}
     }
     let Some(config_path) = args.config else {
         eprintln!("smbd: --config FILE is required (or a subcommand: smbd passwd --help)");
@@ -152,8 +185,27 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    // One write: a reader that takes only the first line (the tests) never makes a later
+    // print fail on a closed pipe.
+    let mut banner = String::new();
     for a in server.local_addrs() {
-        println!("smbd listening on {a}");
+        banner.push_str(&format!("smbd listening on {a}\n"));
+    }
+    if let Some((epm, witness)) = server.witness_addrs() {
+        banner.push_str(&format!(
+            "smbd endpoint mapper on {epm}, witness on {witness}\n"
+        ));
+    }
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        if out
+            .write_all(banner.as_bytes())
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            tracing::debug!("stdout closed");
+        }
     }
     let stopper = server.stopper();
     std::thread::spawn(move || {

@@ -41,6 +41,8 @@ pub enum ServerError {
     Cluster(#[from] cluster::ClusterError),
     #[error("a worker thread panicked")]
     WorkerPanicked,
+    #[error("witness: {0}")]
+    Witness(String),
 }
 
 /// The lock service smbd uses: the in-process lock engine.
@@ -54,6 +56,14 @@ pub struct Server {
     listeners: Vec<TcpListener>,
     workers: usize,
     pump: Option<cluster::Pump>,
+    witness: Option<WitnessParts>,
+}
+
+/// The witness service's bound pieces, started by [`Server::run`].
+struct WitnessParts {
+    state: Arc<crate::witness::WitnessState>,
+    listeners: crate::witness::tcp::RpcListeners,
+    peers: crate::witness::peers::PeerSockets,
 }
 
 impl Server {
@@ -150,12 +160,18 @@ impl Server {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
+        let witness = if config.witness.enabled {
+            Some(bind_witness(&config)?)
+        } else {
+            None
+        };
         let shared = Arc::new(Shared::new(config, shares, users, locks, workers)?);
         Ok(Server {
             shared,
             listeners,
             workers,
             pump: None,
+            witness,
         })
     }
 
@@ -164,6 +180,14 @@ impl Server {
             .iter()
             .filter_map(|l| l.local_addr().ok())
             .collect()
+    }
+
+    /// The endpoint mapper's and the witness' addresses, when the witness is enabled.
+    pub fn witness_addrs(&self) -> Option<(SocketAddr, SocketAddr)> {
+        match self.witness.as_ref()?.listeners.local_addrs() {
+            (Some(epm), Some(w)) => Some((epm, w)),
+            _ => None,
+        }
     }
 
     /// A handle that stops the server from another thread.
@@ -194,6 +218,11 @@ impl Server {
             }
             None => None,
         };
+        let witness_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if let Some(w) = self.witness.take() {
+            w.listeners.spawn(w.state.clone(), witness_stop.clone())?;
+            w.peers.spawn(w.state, witness_stop.clone())?;
+        }
         let mut handles = Vec::new();
         for idx in 0..self.workers {
             let mut ls = Vec::new();
@@ -221,6 +250,7 @@ impl Server {
                 }
             }
         }
+        witness_stop.store(true, Ordering::Relaxed);
         if let Some(p) = pump {
             // Workers only exit on shutdown (or failure): make sure the pump sees it too.
             self.shared.shutdown.store(true, Ordering::Relaxed);
@@ -230,6 +260,33 @@ impl Server {
         }
         result
     }
+}
+
+/// Bind the witness' listeners and read its key (errors stop smbd at start).
+fn bind_witness(config: &Config) -> Result<WitnessParts, ServerError> {
+    let wc = &config.witness;
+    let state = crate::witness::WitnessState::new(wc.clone(), &config.server.netbios_name);
+    let listeners = crate::witness::tcp::RpcListeners::bind(&state).map_err(|e| {
+        ServerError::Witness(format!("listen on {} / {}: {e}", wc.epm_listen, wc.listen))
+    })?;
+    let key = match wc
+        .key_file
+        .as_ref()
+        .or(config.lockmgr.cluster_key_file.as_ref())
+    {
+        Some(p) if wc.nodes.len() > 1 => Some(
+            lockmgr_proto::auth::read_key_file(p)
+                .map_err(|e| ServerError::Witness(format!("key {}: {e}", p.display())))?,
+        ),
+        _ => None,
+    };
+    let peers = crate::witness::peers::PeerSockets::bind(&state, key)
+        .map_err(|e| ServerError::Witness(format!("peer or control socket: {e}")))?;
+    Ok(WitnessParts {
+        state,
+        listeners,
+        peers,
+    })
 }
 
 #[derive(Clone)]

@@ -53,12 +53,17 @@ impl Conn {
         }
         let maximal_access = if read_only { 0x0012_00A9 } else { 0x001F_01FF };
         // MS-SMB2 2.2.10: continuous availability is a 3.x share capability.
-        let capabilities = match share {
+        let mut capabilities = match share {
             Some(i) if d >= dialect::SMB300 && self.shared.shares[i].continuous_availability => {
                 smb_proto::share_caps::CONTINUOUS_AVAILABILITY
             }
             _ => 0,
         };
+        // SMB2_SHARE_CAP_CLUSTER: a witness (MS-SWN) is available; Windows clients only
+        // register with the witness for such shares.
+        if share.is_some() && self.shared.config.witness.enabled {
+            capabilities |= smb_proto::share_caps::CLUSTER;
+        }
         // The response carries the new TreeId in its header.
         self.pending_tree_id = Some(tid);
         Outcome::Reply(

@@ -1,0 +1,566 @@
+//! The SMB witness service (MS-SWN) of one node: registrations, the cluster's node states,
+//! and the notifications a state change produces. `tcp` serves it (and the endpoint mapper)
+//! on ncacn_ip_tcp; `peers` keeps the node states (heartbeats between the smbd nodes, the
+//! drain command on a local control socket).
+//!
+//! Where node state comes from: every node sends every other node an authenticated UDP
+//! heartbeat (`peers`) carrying its state (up or draining). lockmgrd's session view
+//! (`lockmgrctl status`) would tell which nodes hold a session, but reading it means a
+//! control-socket client of lockmgrd on every node and a name mapping from lockmgr node names
+//! to client-facing addresses, and it says nothing of a drain; the heartbeat channel needs no
+//! change in lockmgr and carries the drain at once. A node silent for `dead_after_ms` is dead:
+//! its registered clients get RESOURCE_CHANGE(unavailable); a node that drains gets its
+//! clients CLIENT_MOVE to the nodes still up, from every node's witness (a client's witness
+//! connection is to another node than its SMB connection, MS-SWN 3.2.4.1).
+//!
+//! Authentication: smb-rpc has no DCE/RPC security provider (NTLMSSP sign/seal), so the
+//! witness accepts unauthenticated binds and refuses authenticated ones (bind_nak). Windows
+//! clients bind with packet privacy and will not use this witness; Samba's rpcclient and
+//! other clients binding without auth can. What an unauthenticated caller can do is bounded:
+//! it learns the cluster's node names and addresses (GetInterfaceList), and holds at most
+//! `max_registrations_per_conn` registrations on at most `max_connections` connections, all
+//! dropped with its connection.
+
+pub mod peers;
+pub mod tcp;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use smb_rpc::pdu::Uuid;
+use smb_rpc::witness::{
+    iface_state, resource_state, werror, ContextHandle, InterfaceInfo, Notification, NotifyOutcome,
+    RegisterRequest, WitnessBackend, VERSION_1, VERSION_2,
+};
+use smb_rpc::CallId;
+
+use crate::config::WitnessConfig;
+
+/// What a node is doing, as far as this node knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeStatus {
+    Up,
+    /// An administrator asked its clients to move away.
+    Draining,
+    /// Not heard from within `dead_after_ms`.
+    Dead,
+}
+
+impl NodeStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Up => "up",
+            NodeStatus::Draining => "draining",
+            NodeStatus::Dead => "dead",
+        }
+    }
+}
+
+struct Node {
+    name: String,
+    address: IpAddr,
+    status: NodeStatus,
+    last_heard: Instant,
+    /// Highest heartbeat sequence accepted (replays of older ones are ignored).
+    last_seq: u64,
+}
+
+struct Registration {
+    conn: u64,
+    /// Index into `Inner::nodes`: the node whose address the client registered.
+    node: usize,
+    /// RegisterEx's KeepAliveTimeout (MS-SWN 3.1.4.5): a pending AsyncNotify answers
+    /// ERROR_TIMEOUT after it.
+    keep_alive: Option<Duration>,
+    pending: Option<(CallId, Instant)>,
+    queued: VecDeque<Notification>,
+}
+
+struct Inner {
+    nodes: Vec<Node>,
+    registrations: HashMap<Uuid, Registration>,
+    /// Answers for calls whose registration is gone (UnRegister with an AsyncNotify pending).
+    orphaned: HashMap<u64, Vec<(CallId, NotifyOutcome)>>,
+}
+
+/// The witness state of this node, shared by its RPC connections and the peer thread.
+pub struct WitnessState {
+    cfg: WitnessConfig,
+    net_names: Vec<String>,
+    local: usize,
+    inner: Mutex<Inner>,
+}
+
+impl WitnessState {
+    pub fn new(cfg: WitnessConfig, netbios_name: &str) -> Arc<Self> {
+        let now = Instant::now();
+        let nodes = cfg
+            .nodes
+            .iter()
+            .map(|n| Node {
+                name: n.name.clone(),
+                address: n.address,
+                status: NodeStatus::Up,
+                last_heard: now,
+                last_seq: 0,
+            })
+            .collect();
+        let local = cfg
+            .nodes
+            .iter()
+            .position(|n| n.name == cfg.node)
+            .unwrap_or(0);
+        let mut net_names = vec![netbios_name.to_string()];
+        net_names.extend(cfg.net_name.clone());
+        Arc::new(Self {
+            cfg,
+            net_names,
+            local,
+            inner: Mutex::new(Inner {
+                nodes,
+                registrations: HashMap::new(),
+                orphaned: HashMap::new(),
+            }),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock aborts smbd (main.rs), so poisoning is never seen
+        // by a running server; the data is still consistent field by field.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn config(&self) -> &WitnessConfig {
+        &self.cfg
+    }
+
+    pub fn local_status(&self) -> NodeStatus {
+        self.lock().nodes[self.local].status
+    }
+
+    /// `name status` lines for every node (the control socket's `status`).
+    pub fn status_text(&self) -> String {
+        let inner = self.lock();
+        let mut s = String::new();
+        for n in &inner.nodes {
+            s.push_str(&format!("{} {} {}\n", n.name, n.address, n.status.as_str()));
+        }
+        s.push_str(&format!("registrations {}\n", inner.registrations.len()));
+        s
+    }
+
+    /// Set this node's own status (drain / undrain from the control socket).
+    pub fn set_local(&self, status: NodeStatus) {
+        let mut inner = self.lock();
+        let local = self.local;
+        inner.nodes[local].last_heard = Instant::now();
+        transition(&mut inner, local, status);
+    }
+
+    /// A verified heartbeat from node `name` with sequence `seq` and `status`.
+    pub fn heard(&self, name: &str, seq: u64, status: NodeStatus, now: Instant) {
+        let mut inner = self.lock();
+        let Some(i) = inner.nodes.iter().position(|n| n.name == name) else {
+            return;
+        };
+        if i == self.local || seq <= inner.nodes[i].last_seq {
+            return;
+        }
+        inner.nodes[i].last_seq = seq;
+        inner.nodes[i].last_heard = now;
+        transition(&mut inner, i, status);
+    }
+
+    /// Mark nodes silent for `dead_after_ms` as dead.
+    pub fn check_liveness(&self, now: Instant) {
+        let dead_after = Duration::from_millis(self.cfg.dead_after_ms);
+        let mut inner = self.lock();
+        for i in 0..inner.nodes.len() {
+            if i != self.local
+                && inner.nodes[i].status != NodeStatus::Dead
+                && now.duration_since(inner.nodes[i].last_heard) > dead_after
+            {
+                tracing::warn!(node = %inner.nodes[i].name, "witness: node is silent, marking it dead");
+                transition(&mut inner, i, NodeStatus::Dead);
+            }
+        }
+    }
+
+    /// Answers ready for connection `conn`'s pending AsyncNotify calls.
+    pub fn take_ready(&self, conn: u64, now: Instant) -> Vec<(CallId, NotifyOutcome)> {
+        let mut inner = self.lock();
+        let mut out = inner.orphaned.remove(&conn).unwrap_or_default();
+        for r in inner.registrations.values_mut() {
+            if r.conn != conn {
+                continue;
+            }
+            let Some((call, since)) = r.pending else {
+                continue;
+            };
+            if let Some(n) = r.queued.pop_front() {
+                r.pending = None;
+                out.push((call, NotifyOutcome::Notification(n)));
+            } else if r.keep_alive.is_some_and(|k| now.duration_since(since) >= k) {
+                r.pending = None;
+                out.push((call, NotifyOutcome::Error(werror::TIMEOUT)));
+            }
+        }
+        out
+    }
+
+    /// Whether connection `conn` has an AsyncNotify waiting.
+    pub fn has_pending(&self, conn: u64) -> bool {
+        self.lock()
+            .registrations
+            .values()
+            .any(|r| r.conn == conn && r.pending.is_some())
+    }
+
+    /// The connection closed: its context handles run down (C706 context handle rundown),
+    /// so its registrations go.
+    pub fn drop_connection(&self, conn: u64) {
+        let mut inner = self.lock();
+        inner.registrations.retain(|_, r| r.conn != conn);
+        inner.orphaned.remove(&conn);
+    }
+
+    fn interface_list(&self) -> Vec<InterfaceInfo> {
+        let inner = self.lock();
+        inner
+            .nodes
+            .iter()
+            .map(|n| {
+                let up = n.status == NodeStatus::Up;
+                InterfaceInfo {
+                    group_name: n.name.clone(),
+                    version: VERSION_2,
+                    state: if up {
+                        iface_state::AVAILABLE
+                    } else {
+                        iface_state::UNAVAILABLE
+                    },
+                    ipv4: match n.address {
+                        IpAddr::V4(a) => Some(a),
+                        IpAddr::V6(_) => None,
+                    },
+                    ipv6: match n.address {
+                        IpAddr::V6(a) => Some(a),
+                        IpAddr::V4(_) => None,
+                    },
+                    witness: up,
+                }
+            })
+            .collect()
+    }
+
+    fn register(&self, conn: u64, req: &RegisterRequest) -> Result<ContextHandle, u32> {
+        // MS-SWN 3.1.4.2 / 3.1.4.5: the version first, then the parameters.
+        let want = if req.ex { VERSION_2 } else { VERSION_1 };
+        if req.version != want {
+            return Err(werror::REVISION_MISMATCH);
+        }
+        let (Some(net_name), Some(ip), Some(_client)) = (
+            req.net_name.as_deref(),
+            req.ip_address.as_deref(),
+            req.client_computer_name.as_deref(),
+        ) else {
+            return Err(werror::INVALID_PARAMETER);
+        };
+        if !self
+            .net_names
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(net_name))
+        {
+            return Err(werror::INVALID_PARAMETER);
+        }
+        // An address no node serves: the resource is not one this witness knows
+        // (MS-SWN 3.1.4.2 answers ERROR_INVALID_STATE when IpAddress matches no interface).
+        let ip: IpAddr = ip.parse().map_err(|_| werror::INVALID_STATE)?;
+        let mut inner = self.lock();
+        let node = inner
+            .nodes
+            .iter()
+            .position(|n| n.address == ip)
+            .ok_or(werror::INVALID_STATE)?;
+        let of_conn = inner
+            .registrations
+            .values()
+            .filter(|r| r.conn == conn)
+            .count();
+        if of_conn >= self.cfg.max_registrations_per_conn
+            || inner.registrations.len() >= self.cfg.max_registrations
+        {
+            tracing::debug!(conn, "witness: registration limit");
+            return Err(werror::NOT_ENOUGH_MEMORY);
+        }
+        let uuid = Uuid(rand::random());
+        inner.registrations.insert(
+            uuid,
+            Registration {
+                conn,
+                node,
+                keep_alive: (req.ex && req.keep_alive_timeout != 0)
+                    .then(|| Duration::from_secs(u64::from(req.keep_alive_timeout))),
+                pending: None,
+                queued: VecDeque::new(),
+            },
+        );
+        tracing::info!(conn, net_name, %ip, node = %inner.nodes[node].name, "witness: registered");
+        Ok(ContextHandle {
+            attributes: 0,
+            uuid,
+        })
+    }
+
+    fn unregister(&self, conn: u64, handle: ContextHandle) -> u32 {
+        let mut inner = self.lock();
+        match inner.registrations.get(&handle.uuid) {
+            Some(r) if r.conn == conn => {}
+            // MS-SWN 3.1.4.3: no matching registration is ERROR_NOT_FOUND; another
+            // connection's handle is not this connection's to use.
+            _ => return werror::NOT_FOUND,
+        }
+        if let Some(r) = inner.registrations.remove(&handle.uuid) {
+            if let Some((call, _)) = r.pending {
+                inner
+                    .orphaned
+                    .entry(conn)
+                    .or_default()
+                    .push((call, NotifyOutcome::Error(werror::NOT_FOUND)));
+            }
+        }
+        werror::OK
+    }
+
+    fn async_notify(
+        &self,
+        conn: u64,
+        handle: ContextHandle,
+        call: CallId,
+    ) -> Result<Option<NotifyOutcome>, u32> {
+        let mut inner = self.lock();
+        let r = match inner.registrations.get_mut(&handle.uuid) {
+            Some(r) if r.conn == conn => r,
+            _ => return Err(werror::NOT_FOUND),
+        };
+        if r.pending.is_some() {
+            // One outstanding AsyncNotify per registration.
+            return Err(werror::INVALID_STATE);
+        }
+        if let Some(n) = r.queued.pop_front() {
+            return Ok(Some(NotifyOutcome::Notification(n)));
+        }
+        r.pending = Some((call, Instant::now()));
+        Ok(None)
+    }
+}
+
+/// Node `i` changes to `status`: queue what its registered clients must hear.
+fn transition(inner: &mut Inner, i: usize, status: NodeStatus) {
+    let old = inner.nodes[i].status;
+    if old == status {
+        return;
+    }
+    inner.nodes[i].status = status;
+    tracing::info!(node = %inner.nodes[i].name, from = old.as_str(), to = status.as_str(), "witness: node state");
+    let resource = inner.nodes[i].address.to_string();
+    let note = match status {
+        // MS-SWN 3.1.5? a planned move: tell the clients where to go (the nodes still up).
+        NodeStatus::Draining => {
+            let targets: Vec<IpAddr> = inner
+                .nodes
+                .iter()
+                .filter(|n| n.status == NodeStatus::Up)
+                .map(|n| n.address)
+                .collect();
+            if targets.is_empty() {
+                // Nowhere to move to: report the resource going away instead.
+                Notification::ResourceChange(vec![(resource, resource_state::UNAVAILABLE)])
+            } else {
+                Notification::ClientMove(targets)
+            }
+        }
+        NodeStatus::Dead => {
+            Notification::ResourceChange(vec![(resource, resource_state::UNAVAILABLE)])
+        }
+        NodeStatus::Up if old == NodeStatus::Dead => {
+            Notification::ResourceChange(vec![(resource, resource_state::AVAILABLE)])
+        }
+        NodeStatus::Up => return,
+    };
+    for r in inner.registrations.values_mut() {
+        if r.node == i {
+            // Bounded: a client that never asks keeps at most a few state changes.
+            if r.queued.len() >= 8 {
+                r.queued.pop_front();
+            }
+            r.queued.push_back(note.clone());
+        }
+    }
+}
+
+/// The witness backend of one RPC connection.
+pub(crate) struct ConnWitness {
+    pub state: Arc<WitnessState>,
+    pub conn: u64,
+}
+
+impl WitnessBackend for ConnWitness {
+    fn interface_list(&mut self) -> Result<Vec<InterfaceInfo>, u32> {
+        Ok(self.state.interface_list())
+    }
+
+    fn register(&mut self, req: &RegisterRequest) -> Result<ContextHandle, u32> {
+        self.state.register(self.conn, req)
+    }
+
+    fn unregister(&mut self, handle: ContextHandle) -> u32 {
+        self.state.unregister(self.conn, handle)
+    }
+
+    fn async_notify(
+        &mut self,
+        handle: ContextHandle,
+        call: CallId,
+    ) -> Result<Option<NotifyOutcome>, u32> {
+        self.state.async_notify(self.conn, handle, call)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::WitnessNode;
+
+    fn state() -> Arc<WitnessState> {
+        let cfg = WitnessConfig {
+            enabled: true,
+            node: "n1".into(),
+            nodes: (1..=3)
+                .map(|i| WitnessNode {
+                    name: format!("n{i}"),
+                    address: format!("10.0.0.{i}").parse().unwrap(),
+                    peer: format!("10.0.0.{i}:5135").parse().unwrap(),
+                })
+                .collect(),
+            max_registrations_per_conn: 2,
+            ..WitnessConfig::default()
+        };
+        WitnessState::new(cfg, "CLUSTER")
+    }
+
+    fn reg(ip: &str) -> RegisterRequest {
+        RegisterRequest {
+            version: VERSION_1,
+            net_name: Some("cluster".into()),
+            share_name: None,
+            ip_address: Some(ip.into()),
+            client_computer_name: Some("c".into()),
+            flags: 0,
+            keep_alive_timeout: 0,
+            ex: false,
+        }
+    }
+
+    const CALL: CallId = CallId {
+        call_id: 9,
+        context_id: 0,
+    };
+
+    #[test]
+    fn register_checks_version_names_addresses_and_limits() {
+        let s = state();
+        let mut bad = reg("10.0.0.2");
+        bad.version = VERSION_2;
+        assert_eq!(s.register(1, &bad), Err(werror::REVISION_MISMATCH));
+        let mut bad = reg("10.0.0.2");
+        bad.net_name = Some("OTHER".into());
+        assert_eq!(s.register(1, &bad), Err(werror::INVALID_PARAMETER));
+        bad.net_name = None;
+        assert_eq!(s.register(1, &bad), Err(werror::INVALID_PARAMETER));
+        assert_eq!(s.register(1, &reg("10.9.9.9")), Err(werror::INVALID_STATE));
+        s.register(1, &reg("10.0.0.2")).unwrap();
+        s.register(1, &reg("10.0.0.3")).unwrap();
+        assert_eq!(
+            s.register(1, &reg("10.0.0.2")),
+            Err(werror::NOT_ENOUGH_MEMORY)
+        );
+        // Another connection has its own budget; dropping a connection frees its slots.
+        s.register(2, &reg("10.0.0.2")).unwrap();
+        s.drop_connection(1);
+        s.register(1, &reg("10.0.0.2")).unwrap();
+    }
+
+    #[test]
+    fn drain_moves_clients_of_that_node_only() {
+        let s = state();
+        let h2 = s.register(1, &reg("10.0.0.2")).unwrap();
+        let h3 = s.register(1, &reg("10.0.0.3")).unwrap();
+        assert_eq!(s.async_notify(1, h2, CALL), Ok(None));
+        assert_eq!(s.async_notify(1, h2, CALL), Err(werror::INVALID_STATE));
+        assert!(s.take_ready(1, Instant::now()).is_empty());
+        s.heard("n2", 1, NodeStatus::Draining, Instant::now());
+        let ready = s.take_ready(1, Instant::now());
+        assert_eq!(
+            ready,
+            vec![(
+                CALL,
+                NotifyOutcome::Notification(Notification::ClientMove(vec![
+                    "10.0.0.1".parse().unwrap(),
+                    "10.0.0.3".parse().unwrap()
+                ]))
+            )]
+        );
+        // n3's client heard nothing.
+        assert_eq!(s.async_notify(1, h3, CALL), Ok(None));
+        assert!(s.take_ready(1, Instant::now()).is_empty());
+        // A replayed older heartbeat changes nothing.
+        s.heard("n2", 1, NodeStatus::Up, Instant::now());
+        assert!(s.status_text().contains("n2 10.0.0.2 draining"));
+    }
+
+    #[test]
+    fn silence_is_death_and_unregister_answers_the_pending_call() {
+        let s = state();
+        let h = s.register(1, &reg("10.0.0.3")).unwrap();
+        // Queued before the AsyncNotify arrives: answered at once.
+        s.check_liveness(Instant::now() + Duration::from_secs(10));
+        assert_eq!(
+            s.async_notify(1, h, CALL),
+            Ok(Some(NotifyOutcome::Notification(
+                Notification::ResourceChange(vec![(
+                    "10.0.0.3".into(),
+                    resource_state::UNAVAILABLE
+                )])
+            )))
+        );
+        assert_eq!(s.async_notify(2, h, CALL), Err(werror::NOT_FOUND));
+        assert_eq!(s.async_notify(1, h, CALL), Ok(None));
+        assert_eq!(s.unregister(2, h), werror::NOT_FOUND);
+        assert_eq!(s.unregister(1, h), werror::OK);
+        assert_eq!(
+            s.take_ready(1, Instant::now()),
+            vec![(CALL, NotifyOutcome::Error(werror::NOT_FOUND))]
+        );
+        assert_eq!(s.unregister(1, h), werror::NOT_FOUND);
+    }
+
+    #[test]
+    fn keep_alive_times_out_a_pending_notify() {
+        let s = state();
+        let mut r = reg("10.0.0.2");
+        r.ex = true;
+        r.version = VERSION_2;
+        r.keep_alive_timeout = 5;
+        let h = s.register(1, &r).unwrap();
+        let t0 = Instant::now();
+        assert_eq!(s.async_notify(1, h, CALL), Ok(None));
+        assert!(s.take_ready(1, t0).is_empty());
+        assert_eq!(
+            s.take_ready(1, t0 + Duration::from_secs(6)),
+            vec![(CALL, NotifyOutcome::Error(werror::TIMEOUT))]
+        );
+    }
+}

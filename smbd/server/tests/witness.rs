@@ -1,0 +1,223 @@
+//! The witness service (MS-SWN) with a real client: two smbd nodes on 127.0.0.2 and
+//! 127.0.0.3 (each its own endpoint mapper on port 135, which rpcclient always asks), Samba's
+//! `rpcclient` registered on node 2's witness for node 1's address. Draining node 1 through
+//! its control socket must reach node 2's witness (heartbeat channel) and move the client;
+//! node 1 stopping must then show as RESOURCE_CHANGE(unavailable).
+//!
+//! Needs root (port 135) and rpcclient (Debian samba-common-bin); skipped without them.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Duration;
+
+use common::*;
+
+fn node_config(
+    dir: &std::path::Path,
+    me: usize,
+    key: &std::path::Path,
+    peer_ports: [u16; 2],
+) -> String {
+    let mut s = format!(
+        "[witness]\nenabled = true\nnet_name = \"CLUSTER\"\nnode = \"node{me}\"\n\
+         listen = \"127.0.0.{ip}:0\"\nepm_listen = \"127.0.0.{ip}:135\"\n\
+         peer_listen = \"127.0.0.{ip}:{pp}\"\nkey_file = \"{key}\"\nheartbeat_ms = 100\n\
+         dead_after_ms = 1500\ncontrol_socket = \"{ctl}\"\n",
+        ip = me + 1,
+        pp = peer_ports[me - 1],
+        key = key.display(),
+        ctl = dir.join(format!("ctl{me}")).display(),
+    );
+    for n in 1..=2 {
+        s.push_str(&format!(
+            "[[witness.nodes]]\nname = \"node{n}\"\naddress = \"127.0.0.{ip}\"\npeer = \"127.0.0.{ip}:{pp}\"\n",
+            ip = n + 1,
+            pp = peer_ports[n - 1]
+        ));
+    }
+    s
+}
+
+fn free_udp_port(ip: &str) -> u16 {
+    std::net::UdpSocket::bind(format!("{ip}:0"))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// rpcclient in interactive mode: commands on stdin, output lines through a channel.
+struct Rpcclient {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Rpcclient {
+    fn start(port: u16, host: &str, conf: &std::path::Path) -> Rpcclient {
+        let mut child = Command::new("rpcclient")
+            .arg("-s")
+            .arg(conf)
+            .args(["-U", &format!("{USER}%{PASS}"), "-p", &port.to_string()])
+            .arg(format!("ncacn_ip_tcp:{host}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("rpcclient");
+        let stdin = child.stdin.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        let tx2 = tx.clone();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx2.send(format!("stderr: {l}"));
+            }
+        });
+        Rpcclient {
+            child,
+            stdin,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, cmd: &str) {
+        writeln!(self.stdin, "{cmd}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// The first line (from now on) containing `needle`; panics with everything seen after
+    /// `limit` (a bound against a hung test, not a timing assertion).
+    fn expect(&mut self, needle: &str, limit: Duration) -> String {
+        self.expect_by(needle, limit, |l| l.contains(needle))
+    }
+
+    fn expect_by(&mut self, what: &str, limit: Duration, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if ok(&l) {
+                        return l;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
+                    panic!(
+                        "no {what:?} from rpcclient; output:\n{}",
+                        self.seen.join("\n")
+                    )
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Rpcclient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn control(dir: &std::path::Path, node: usize, cmd: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_smbd"))
+        .args(["witness", "--socket"])
+        .arg(dir.join(format!("ctl{node}")))
+        .arg(cmd)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "smbd witness {cmd}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The handle rpcclient printed after Register: `0:<uuid>`.
+fn handle_token(line: &str) -> Option<&str> {
+    line.split_whitespace()
+        .find(|t| t.starts_with("0:") && t.len() == 38)
+}
+
+fn handle_of(line: &str) -> String {
+    handle_token(line).unwrap().to_string()
+}
+
+#[test]
+fn drained_node_moves_its_witness_clients_and_a_dead_one_is_unavailable() {
+    if Command::new("rpcclient").arg("--version").output().is_err() {
+        eprintln!("SKIP: rpcclient not installed");
+        return;
+    }
+    if std::net::TcpListener::bind("127.0.0.2:135").is_err() {
+        eprintln!("SKIP: cannot bind port 135 (needs root, and the port free)");
+        return;
+    }
+    let shared = tempfile::tempdir().unwrap();
+    let key = shared.path().join("cluster.key");
+    std::fs::write(&key, b"witness test cluster key 0123456789").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let peer_ports = [free_udp_port("127.0.0.2"), free_udp_port("127.0.0.3")];
+    let start = |me: usize| {
+        TestServer::start(Options {
+            server_extra: format!("listen = [\"127.0.0.{}:0\"]", me + 1),
+            config_extra: node_config(shared.path(), me, &key, peer_ports),
+            ..Options::default()
+        })
+    };
+    let mut node1 = start(1);
+    let node2 = start(2);
+    let status = control(shared.path(), 2, "status");
+    assert!(status.contains("node1 127.0.0.2 up"), "{status}");
+
+    // The client's SMB connection would be to node 1 (127.0.0.2); its witness is node 2.
+    let mut rpc = Rpcclient::start(node2.port, "127.0.0.3", &node2.client_conf);
+    let limit = Duration::from_secs(20);
+    rpc.send("GetInterfaceList");
+    rpc.expect("node1 127.0.0.2", limit);
+    rpc.expect("node2 127.0.0.3", limit);
+    // An address no node has: ERROR_INVALID_STATE.
+    rpc.send("Register -n CLUSTER -i 192.0.2.1 -c testclient");
+    rpc.expect("WERR_INVALID_STATE", limit);
+    rpc.send("Register -n CLUSTER -i 127.0.0.2 -c testclient");
+    let handle =
+        handle_of(&rpc.expect_by("a context handle", limit, |l| handle_token(l).is_some()));
+    rpc.send(&format!("AsyncNotify {handle}"));
+    // The call stays pending until the drain; the drain goes to node 1's own socket.
+    assert_eq!(control(shared.path(), 1, "drain"), "ok\n");
+    rpc.expect("Client move with 1 messages", limit);
+    let target = rpc.expect("Flags", limit);
+    assert!(target.contains("127.0.0.3"), "moved to {target}");
+    assert!(!target.contains("127.0.0.2"), "moved to {target}");
+
+    // Node 1 goes away: its clients hear that its address is unavailable.
+    rpc.send(&format!("AsyncNotify {handle}"));
+    node1.stop();
+    rpc.expect("Resource change with 1 messages", limit);
+    rpc.expect("127.0.0.2 -> Unavailable", limit);
+    let status = control(shared.path(), 2, "status");
+    assert!(status.contains("node1 127.0.0.2 dead"), "{status}");
+    assert!(status.contains("registrations 1"), "{status}");
+    // rpcclient leaving runs its registration down with the connection.
+    drop(rpc);
+    let mut left = String::new();
+    for _ in 0..50 {
+        left = control(shared.path(), 2, "status");
+        if left.contains("registrations 0") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(left.contains("registrations 0"), "{left}");
+}
