@@ -498,6 +498,7 @@ fn udp_connect_to_closed_port_is_refused() {
         Err(TransportError::Disconnected) => {}
         other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
     }
+}
 
 /// A SYN as a flooding (possibly spoofed) source sends it: a fresh connection id and client
 /// nonce, the frame-MAC flag the server asks for, no proof (there is nothing to prove yet).
