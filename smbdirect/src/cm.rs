@@ -881,7 +881,12 @@ impl Endpoint {
         // SAFETY: the PD is live (it outlives the `rdma` field, see the field order); `buf` is
         // `len` bytes that outlive the registration (`Mr` deregisters before freeing).
         let mr = NonNull::new(unsafe {
-            ib::ibv_reg_mr(self._pd.0.as_ptr(), buf.ptr.as_ptr().cast(), len.max(1), access)
+            ib::ibv_reg_mr(
+                self._pd.0.as_ptr(),
+                buf.ptr.as_ptr().cast(),
+                len.max(1),
+                access,
+            )
         })
         .ok_or_else(|| CmError::Call {
             op: "ibv_reg_mr of the RDMA buffer (check the locked-memory limit, ulimit -l)",

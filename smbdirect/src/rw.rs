@@ -244,7 +244,11 @@ fn channel_request(part: &[u8], limits: &Limits) -> Result<Option<ChannelRequest
     let off = usize::from(u16_at(part, info_at)?);
     let len = usize::from(u16_at(part, info_at + 2)?);
     let info = part
-        .get(off..off.checked_add(len).ok_or(RwError::ChannelInfoOutOfBounds)?)
+        .get(
+            off..off
+                .checked_add(len)
+                .ok_or(RwError::ChannelInfoOutOfBounds)?,
+        )
         .filter(|_| off >= SMB2_HEADER)
         .ok_or(RwError::ChannelInfoOutOfBounds)?;
     let count = len / crate::codec::BUFFER_DESCRIPTOR_V1_LEN;
@@ -317,8 +321,7 @@ impl Transfers {
         }
         let mut pulls = Vec::new();
         for r in found {
-            if self.reads.contains_key(&r.message_id)
-                || self.invalidate.contains_key(&r.message_id)
+            if self.reads.contains_key(&r.message_id) || self.invalidate.contains_key(&r.message_id)
             {
                 return Err(RwError::DuplicateMessageId(r.message_id));
             }
@@ -458,7 +461,10 @@ mod tests {
             }]
         );
         // An interim response keeps the token for the final one.
-        assert_eq!(t.on_response(&response(5, STATUS_PENDING, FLAG_ASYNC)), None);
+        assert_eq!(
+            t.on_response(&response(5, STATUS_PENDING, FLAG_ASYNC)),
+            None
+        );
         assert_eq!(t.on_response(&response(5, 0, 0)), Some(7));
         assert_eq!(t.on_response(&response(5, 0, 0)), None, "used once");
     }
@@ -486,7 +492,11 @@ mod tests {
                 },
             ]
         );
-        assert_eq!(t.on_response(&response(9, 0, 0)), None, "RDMA_V1: no invalidate");
+        assert_eq!(
+            t.on_response(&response(9, 0, 0)),
+            None,
+            "RDMA_V1: no invalidate"
+        );
         assert_eq!(t.on_payload(9, 1), Err(RwError::UnexpectedPayload(9)));
     }
 
@@ -504,7 +514,8 @@ mod tests {
     #[test]
     fn failed_read_response_forgets_the_read() {
         let mut t = Transfers::new(Limits::default());
-        t.on_request(&read_req(3, 10, 2, &[desc(0, 4, 10)])).unwrap();
+        t.on_request(&read_req(3, 10, 2, &[desc(0, 4, 10)]))
+            .unwrap();
         assert_eq!(t.on_response(&response(3, 0xC000_0011, 0)), Some(4));
         assert_eq!(t.pending_reads(), 0);
     }
@@ -583,7 +594,10 @@ mod tests {
         assert_eq!(t.pending_reads(), 1);
         let mut bad = first.clone();
         bad[20..24].copy_from_slice(&10u32.to_le_bytes());
-        assert_eq!(Transfers::default().on_request(&bad), Err(RwError::Truncated));
+        assert_eq!(
+            Transfers::default().on_request(&bad),
+            Err(RwError::Truncated)
+        );
     }
 
     #[test]

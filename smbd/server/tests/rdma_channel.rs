@@ -216,16 +216,16 @@ fn rdma_write_takes_the_payload_and_rdma_read_sends_one() {
     assert_eq!(std::fs::read(share.join("rdma.bin")).expect("file"), data);
 
     // READ: the payload frame first, then the response with DataLength 0.
-    let mid = c.send(
-        cmd::READ,
-        body_read_rdma(f, 1000, 50_000, CHANNEL_RDMA_V1),
-    );
+    let mid = c.send(cmd::READ, body_read_rdma(f, 1000, 50_000, CHANNEL_RDMA_V1));
     let out = frames(&mut c.conn);
     assert_eq!(out.len(), 2, "payload frame and response");
     assert_eq!(out[0][0], RDMA_PAYLOAD_FRAME);
     let len = u32::from_be_bytes([0, out[0][1], out[0][2], out[0][3]]) as usize;
     assert_eq!(len, out[0].len() - 4);
-    assert_eq!(u64::from_le_bytes(out[0][4..12].try_into().expect("8")), mid);
+    assert_eq!(
+        u64::from_le_bytes(out[0][4..12].try_into().expect("8")),
+        mid
+    );
     assert_eq!(&out[0][12..], &data[1000..51_000]);
     let resp = &out[1][4..];
     assert_eq!(status_of(&out[1]), status::SUCCESS);

@@ -1,7 +1,7 @@
 //! smbdirectd: the SMB Direct (MS-SMBD) proxy daemon.
 //!
 //!   smbdirectd [--listen ADDR:PORT ...] [--forward ADDR:PORT] [--max-connections N]
-//!              [--receive-credits N] [--send-slots N]
+//!              [--receive-credits N] [--send-slots N] [--max-read-write-size BYTES]
 //!
 //! Listens with rdma_cm (default 0.0.0.0:445, the InfiniBand/RoCE port, and 0.0.0.0:5445, the
 //! iWARP one; an unspecified address listens on every RDMA device), gives each client one RC
@@ -49,11 +49,12 @@ struct Opts {
     max_connections: usize,
     receive_credits: u16,
     send_slots: u16,
+    max_read_write_size: u32,
 }
 
 fn usage() -> &'static str {
     "usage: smbdirectd [--listen ADDR:PORT ...] [--forward ADDR:PORT] [--max-connections N] \
-     [--receive-credits N] [--send-slots N]"
+     [--receive-credits N] [--send-slots N] [--max-read-write-size BYTES]"
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Opts, String> {
@@ -63,6 +64,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Opts, String> {
         max_connections: 64,
         receive_credits: 32,
         send_slots: 16,
+        max_read_write_size: Config::default().max_read_write_size,
     };
     while let Some(a) = it.next() {
         let mut val = || it.next().ok_or_else(|| format!("{a} needs a value"));
@@ -81,6 +83,11 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Opts, String> {
                     .parse()
                     .map_err(|e| format!("--receive-credits: {e}"))?
             }
+            "--max-read-write-size" => {
+                o.max_read_write_size = val()?
+                    .parse()
+                    .map_err(|e| format!("--max-read-write-size: {e}"))?
+            }
             "--send-slots" => {
                 o.send_slots = val()?.parse().map_err(|e| format!("--send-slots: {e}"))?
             }
@@ -97,12 +104,23 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Opts, String> {
     if o.max_connections == 0 || o.send_slots == 0 {
         return Err("--max-connections and --send-slots must be at least 1".into());
     }
+    if o.max_read_write_size == 0 || o.max_read_write_size > MAX_READ_WRITE_SIZE {
+        return Err(format!(
+            "--max-read-write-size must be 1 to {MAX_READ_WRITE_SIZE} (each connection \
+             registers a buffer this large)"
+        ));
+    }
     Ok(o)
 }
+
+/// Bound on `--max-read-write-size`: the registered buffer of every connection doing RDMA
+/// READ/WRITE channels is this large.
+const MAX_READ_WRITE_SIZE: u32 = 16 << 20;
 
 fn core_config(o: &Opts) -> Config {
     Config {
         receive_credit_max: o.receive_credits,
+        max_read_write_size: o.max_read_write_size,
         ..Config::default()
     }
 }
@@ -260,7 +278,11 @@ fn pull_write(
     u.write_raw(&frame)
         .map_err(|e| format!("writing to smbd: {e}"))?;
     t.rdma_read_bytes += u64::from(p.length);
-    debug!(message_id = p.message_id, len = p.length, "smbdirect: WRITE data pulled by RDMA READ");
+    debug!(
+        message_id = p.message_id,
+        len = p.length,
+        "smbdirect: WRITE data pulled by RDMA READ"
+    );
     Ok(())
 }
 
@@ -274,7 +296,11 @@ fn push_read(c: &mut RdmaConnection, t: &mut Transfers, body: &[u8]) -> Result<(
     c.rdma_transfer(false, &segs, buf_len)
         .map_err(|e| format!("RDMA WRITE of a READ's data: {e}"))?;
     t.rdma_write_bytes += data.len() as u64;
-    debug!(message_id = id, len = data.len(), "smbdirect: READ data pushed by RDMA WRITE");
+    debug!(
+        message_id = id,
+        len = data.len(),
+        "smbdirect: READ data pushed by RDMA WRITE"
+    );
     Ok(())
 }
 
@@ -489,6 +515,14 @@ mod tests {
         assert_eq!(o.forward.port(), 4450);
         assert_eq!(o.max_connections, 2);
         assert!(args(&["--max-connections", "0"]).is_err());
+        assert_eq!(
+            args(&["--max-read-write-size", "1044480"])
+                .unwrap()
+                .max_read_write_size,
+            1044480
+        );
+        assert!(args(&["--max-read-write-size", "0"]).is_err());
+        assert!(args(&["--max-read-write-size", "16777217"]).is_err());
         assert!(args(&["--listen"]).is_err());
         assert!(args(&["--bogus"]).is_err());
     }
@@ -537,7 +571,10 @@ mod tests {
         assert_eq!(got[1], FromSmbd::Message(b"a".to_vec()));
         smbd.write_all(&rw::encode_payload_frame(7, b"data!").unwrap())
             .unwrap();
-        assert!(frames_of(&mut up, 1).is_err(), "larger than MaxReadWriteSize");
+        assert!(
+            frames_of(&mut up, 1).is_err(),
+            "larger than MaxReadWriteSize"
+        );
     }
 
     #[test]

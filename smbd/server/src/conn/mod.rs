@@ -170,9 +170,11 @@ impl Conn {
     /// A payload frame's body from smbdirectd (only on `via_rdma_proxy` connections; the
     /// worker refuses it elsewhere): kept for the WRITE of its MessageId.
     pub fn on_rdma_payload(&mut self, body: &[u8]) {
-        if !self.via_rdma_proxy || body.len() < 8 || self.rdma_payloads.len() >= MAX_RDMA_PAYLOADS
-        {
-            tracing::debug!(conn = self.id, "unexpected RDMA payload frame; disconnecting");
+        if !self.via_rdma_proxy || body.len() < 8 || self.rdma_payloads.len() >= MAX_RDMA_PAYLOADS {
+            tracing::debug!(
+                conn = self.id,
+                "unexpected RDMA payload frame; disconnecting"
+            );
             self.closed = true;
             return;
         }
