@@ -12,6 +12,10 @@
 #   CLUSTERSMB_HW_CACHE     download/unpack cache (default /var/cache/clustersmb-hw)
 #   SOFTROCE_TIMEOUT        seconds the guest may run (default 400)
 #   SOFTROCE_PROFILE        cargo profile for the test binary (default release)
+#   SOFTROCE_CIFS=1         also build cifs.ko with SMB Direct and run the kernel-client mount
+#                           test (rdma-suite --cifs). Off by default for now: the guest's 6.1
+#                           client oopses in smbd_recv_buf once RDMA-channel I/O starts (see
+#                           hw-tests/README.md); a missing capability then fails the run.
 #   CARGO_TARGET_DIR        as for cargo
 #
 # Exit status: 0 all tests passed (or skipped outside CI), 1 otherwise.
@@ -128,11 +132,17 @@ fi
 # ---- the kernel SMB client with SMB Direct -------------------------------------------------------
 # Debian builds cifs.ko without CONFIG_CIFS_SMB_DIRECT; the suite's kernel-client test needs one
 # built from the same kernel version's source and headers (cached per version).
-apt_install gcc-12 make xz-utils ||
-    unavailable "cannot install the kernel module build tools (gcc-12, make, xz-utils)"
-CIFS_KO=$(bash "$ROOT/hw-tests/build-cifs-rdma.sh" "$KVER" "$CACHE") ||
-    unavailable "cannot build cifs.ko with SMB Direct for $KVER (hw-tests/build-cifs-rdma.sh)"
-log "cifs.ko with SMB Direct: $CIFS_KO"
+CIFS=${SOFTROCE_CIFS:-0}
+CIFS_KO=""
+CIFS_ARG=""
+if [ "$CIFS" = 1 ]; then
+    apt_install gcc-12 make xz-utils ||
+        fail "cannot install the kernel module build tools (gcc-12, make, xz-utils)"
+    CIFS_KO=$(bash "$ROOT/hw-tests/build-cifs-rdma.sh" "$KVER" "$CACHE") ||
+        fail "cannot build cifs.ko with SMB Direct for $KVER (hw-tests/build-cifs-rdma.sh)"
+    log "cifs.ko with SMB Direct: $CIFS_KO"
+    CIFS_ARG=--cifs
+fi
 
 # ---- test binaries ------------------------------------------------------------------------------
 # rdma-suite (its own tests plus the transport conformance scenarios), lockbench, which the
@@ -225,7 +235,7 @@ done
 # The kernel SMB client: our cifs.ko in place of Debian's, after its dependencies, and the
 # crypto the client allocates at session setup even unsigned (cmac, hmac, sha512 for the 3.1.1
 # preauth hash, ...); built-in ones have no insmod line.
-for m in cifs cmac ccm gcm sha512_generic sha256_generic aesni_intel ecb hmac md5; do
+for m in $([ -n "$CIFS_KO" ] && echo cifs cmac ccm gcm sha512_generic sha256_generic aesni_intel ecb hmac md5); do
     mods=$(modprobe -d "$KROOT" -S "$KVER" --show-depends "$m" 2>/dev/null | awk '$1 == "insmod" {print $2}') ||
         true
     for ko in $mods; do
@@ -235,7 +245,9 @@ for m in cifs cmac ccm gcm sha512_generic sha256_generic aesni_intel ecb hmac md
         esac
     done
 done
-ls "$R/modules" | grep -q -- '-cifs\.ko$' || fail "cifs.ko not collected"
+if [ -n "$CIFS_KO" ]; then
+    ls "$R/modules" | grep -q -- '-cifs\.ko$' || fail "cifs.ko not collected"
+fi
 # Compressed modules (.ko.xz) would need decompression; Debian 6.1 ships plain .ko.
 ls "$R/modules" | grep -q '\.ko$' || fail "no kernel modules collected"
 
@@ -266,8 +278,8 @@ done
 echo "GUEST: rxe0 gid[1]=\$g"
 echo "GUEST: running rdma-suite"
 grep -q SMB_DIRECT /proc/fs/cifs/DebugData 2>/dev/null && echo "GUEST: cifs has SMB_DIRECT" ||
-    echo "GUEST: cifs without SMB_DIRECT (the kernel-client test will fail)"
-/usr/local/bin/rdma-suite --lockbench /usr/local/bin/lockbench --smbdirectd /usr/local/bin/smbdirectd --cifs
+    echo "GUEST: no cifs with SMB_DIRECT loaded"
+/usr/local/bin/rdma-suite --lockbench /usr/local/bin/lockbench --smbdirectd /usr/local/bin/smbdirectd $CIFS_ARG
 echo "SOFTROCE-STATUS: \$?"
 sync
 poweroff -f
