@@ -1,4 +1,5 @@
 //! Hardware tests: soft-RoCE under qemu
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod cifs_mount;
 pub mod smbdirect;

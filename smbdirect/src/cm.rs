@@ -558,9 +558,15 @@ pub enum Completion {
     Send,
     /// A work request failed (`ibv_wc_status`); the QP is in error: the connection is over.
     Failed { status: u32, recv: bool },
+    /// An RDMA READ or WRITE posted with [`Endpoint::post_rdma`] finished.
+    Rdma,
 }
 
 const SEND_BIT: u64 = 1 << 32;
+const RDMA_BIT: u64 = 1 << 33;
+/// RDMA READ/WRITE work requests in flight at once, beyond the send slots (the send queue is
+/// sized for both).
+pub const MAX_RDMA_WR: u16 = 16;
 
 /// One RC connection made through rdma_cm: its QP, CQ, completion channel and registered
 /// receive and send slots.
@@ -568,6 +574,9 @@ pub struct Endpoint {
     // Declaration order = destruction order (see the module documentation).
     _qp: Qp,
     mr: Mr,
+    /// The buffer RDMA READs land in and RDMA WRITEs go out from, registered on first use.
+    rdma: Option<Mr>,
+    rdma_inflight: u16,
     cq: Cq,
     comp: CompChannel,
     _pd: Pd,
@@ -604,7 +613,9 @@ impl Endpoint {
             .ok_or_else(|| last_err("ibv_create_comp_channel"))?;
         // SAFETY: the channel is live until `comp` drops; `fd` is a plain field.
         set_nonblocking(unsafe { (*comp.0.as_ptr()).fd })?;
-        let entries = libc::c_int::from(cfg.recv_slots) + libc::c_int::from(cfg.send_slots);
+        let entries = libc::c_int::from(cfg.recv_slots)
+            + libc::c_int::from(cfg.send_slots)
+            + libc::c_int::from(MAX_RDMA_WR);
         // SAFETY: live context and channel of it.
         let cq = NonNull::new(unsafe {
             ib::ibv_create_cq(verbs, entries, ptr::null_mut(), comp.0.as_ptr(), 0)
@@ -629,7 +640,7 @@ impl Endpoint {
         init.recv_cq = cq.0.as_ptr();
         init.qp_type = ib::ibv_qp_type::IBV_QPT_RC;
         init.sq_sig_all = 1;
-        init.cap.max_send_wr = u32::from(cfg.send_slots);
+        init.cap.max_send_wr = u32::from(cfg.send_slots) + u32::from(MAX_RDMA_WR);
         init.cap.max_recv_wr = u32::from(cfg.recv_slots);
         init.cap.max_send_sge = 1;
         init.cap.max_recv_sge = 1;
@@ -642,6 +653,8 @@ impl Endpoint {
         Ok(Endpoint {
             _qp: qp,
             mr,
+            rdma: None,
+            rdma_inflight: 0,
             cq,
             comp,
             _pd: pd,
@@ -794,6 +807,16 @@ impl Endpoint {
 
     /// Copies `data` into a free send slot and posts a signalled SEND of it.
     pub fn send(&mut self, data: &[u8]) -> Result<(), CmError> {
+        self.send_inner(data, None)
+    }
+
+    /// Like [`Self::send`], as SEND_WITH_INVALIDATE of the peer's memory `token`
+    /// (MS-SMBD 3.1.5.1: the response to an SMB2_CHANNEL_RDMA_V1_INVALIDATE request).
+    pub fn send_with_invalidate(&mut self, data: &[u8], token: u32) -> Result<(), CmError> {
+        self.send_inner(data, Some(token))
+    }
+
+    fn send_inner(&mut self, data: &[u8], invalidate: Option<u32>) -> Result<(), CmError> {
         if data.len() > self.cfg.send_size as usize {
             return Err(CmError::Config("message larger than a send slot"));
         }
@@ -825,6 +848,12 @@ impl Endpoint {
         wr.sg_list = &mut sge;
         wr.num_sge = 1;
         wr.opcode = ib::ibv_wr_opcode::IBV_WR_SEND;
+        if let Some(token) = invalidate {
+            wr.opcode = ib::ibv_wr_opcode::IBV_WR_SEND_WITH_INV;
+            wr.imm_data_invalidated_rkey_union = ib::imm_data_invalidated_rkey_union_t {
+                invalidated_rkey: token,
+            };
+        }
         wr.send_flags = ib::ibv_send_flags::IBV_SEND_SIGNALED.0;
         let mut bad: *mut ib::ibv_send_wr = ptr::null_mut();
         // SAFETY: live QP; `wr`/`sge` valid for the call; the slot is marked busy below until
@@ -837,6 +866,117 @@ impl Endpoint {
         Ok(())
     }
 
+    /// Registers the RDMA buffer of `len` bytes (once; later calls must not ask for more).
+    pub fn ensure_rdma_buffer(&mut self, len: usize) -> Result<(), CmError> {
+        if let Some(mr) = &self.rdma {
+            return if mr.buf.layout.size() >= len {
+                Ok(())
+            } else {
+                Err(CmError::Config("RDMA buffer smaller than the transfer"))
+            };
+        }
+        let buf = Buffer::new(len)?;
+        // RDMA READ responses are written into it by the HCA.
+        let access = ib::ibv_access_flags::IBV_ACCESS_LOCAL_WRITE.0 as libc::c_int;
+        // SAFETY: the PD is live (it outlives the `rdma` field, see the field order); `buf` is
+        // `len` bytes that outlive the registration (`Mr` deregisters before freeing).
+        let mr = NonNull::new(unsafe {
+            ib::ibv_reg_mr(
+                self._pd.0.as_ptr(),
+                buf.ptr.as_ptr().cast(),
+                len.max(1),
+                access,
+            )
+        })
+        .ok_or_else(|| CmError::Call {
+            op: "ibv_reg_mr of the RDMA buffer (check the locked-memory limit, ulimit -l)",
+            source: io::Error::last_os_error(),
+        })?;
+        self.rdma = Some(Mr { mr, buf });
+        Ok(())
+    }
+
+    /// RDMA READs/WRITEs posted and not completed.
+    pub fn rdma_inflight(&self) -> u16 {
+        self.rdma_inflight
+    }
+
+    /// The first `len` bytes of the RDMA buffer, while no RDMA operation is in flight.
+    pub fn rdma_buffer(&self, len: usize) -> Option<&[u8]> {
+        let mr = self.rdma.as_ref()?;
+        if self.rdma_inflight != 0 || len > mr.buf.layout.size() {
+            return None;
+        }
+        // SAFETY: inside the buffer; no RDMA operation is in flight (checked), so the HCA does
+        // not write it, and posting one needs `&mut self`, which this borrow excludes.
+        Some(unsafe { std::slice::from_raw_parts(mr.buf.ptr.as_ptr(), len) })
+    }
+
+    /// Copies `data` to the start of the RDMA buffer, while no RDMA operation is in flight.
+    pub fn fill_rdma_buffer(&mut self, data: &[u8]) -> Result<(), CmError> {
+        let mr = self
+            .rdma
+            .as_ref()
+            .ok_or(CmError::Config("no RDMA buffer registered"))?;
+        if self.rdma_inflight != 0 || data.len() > mr.buf.layout.size() {
+            return Err(CmError::Config("RDMA buffer busy or too small"));
+        }
+        // SAFETY: inside the buffer; no RDMA operation reads or writes it now (checked) and
+        // `&mut self` excludes Rust borrows.
+        unsafe { ptr::copy_nonoverlapping(data.as_ptr(), mr.buf.ptr.as_ptr(), data.len()) };
+        Ok(())
+    }
+
+    /// Posts a signalled RDMA READ (`read`) or WRITE of `len` bytes between `local_offset` of
+    /// the RDMA buffer and the peer's `remote_addr` under its `rkey`.
+    pub fn post_rdma(
+        &mut self,
+        read: bool,
+        local_offset: u32,
+        len: u32,
+        remote_addr: u64,
+        rkey: u32,
+    ) -> Result<(), CmError> {
+        let mr = self
+            .rdma
+            .as_ref()
+            .ok_or(CmError::Config("no RDMA buffer registered"))?;
+        let end = u64::from(local_offset) + u64::from(len);
+        if end > mr.buf.layout.size() as u64 {
+            return Err(CmError::Config("RDMA segment outside the RDMA buffer"));
+        }
+        if self.rdma_inflight >= MAX_RDMA_WR {
+            return Err(CmError::Config("too many RDMA operations in flight"));
+        }
+        let mut sge = ib::ibv_sge {
+            addr: mr.buf.ptr.as_ptr() as u64 + u64::from(local_offset),
+            length: len,
+            // SAFETY: the MR is live; lkey is a plain field.
+            lkey: unsafe { (*mr.mr.as_ptr()).lkey },
+        };
+        // SAFETY: all-zero is a valid ibv_send_wr.
+        let mut wr: ib::ibv_send_wr = unsafe { std::mem::zeroed() };
+        wr.wr_id = RDMA_BIT;
+        wr.sg_list = &mut sge;
+        wr.num_sge = 1;
+        wr.opcode = if read {
+            ib::ibv_wr_opcode::IBV_WR_RDMA_READ
+        } else {
+            ib::ibv_wr_opcode::IBV_WR_RDMA_WRITE
+        };
+        wr.send_flags = ib::ibv_send_flags::IBV_SEND_SIGNALED.0;
+        wr.wr.rdma = ib::rdma_t { remote_addr, rkey };
+        let mut bad: *mut ib::ibv_send_wr = ptr::null_mut();
+        // SAFETY: live QP; `wr`/`sge` valid for the call; the segment is inside the registered
+        // RDMA buffer, which Rust does not touch while `rdma_inflight` is non-zero.
+        let r = unsafe { ib::ibv_post_send((*self.id.as_ptr()).qp, &mut wr, &mut bad) };
+        if r != 0 {
+            return Err(ret_err("ibv_post_send (RDMA)", r));
+        }
+        self.rdma_inflight += 1;
+        Ok(())
+    }
+
     /// Appends the completions available now to `out`.
     pub fn poll(&mut self, out: &mut Vec<Completion>) -> Result<(), CmError> {
         loop {
@@ -846,9 +986,11 @@ impl Endpoint {
             let n = unsafe { ib::ibv_poll_cq(self.cq.0.as_ptr(), 16, wcs.as_mut_ptr()) };
             let n = usize::try_from(n).map_err(|_| ret_err("ibv_poll_cq", n))?;
             for wc in &wcs[..n] {
-                let is_send = wc.wr_id & SEND_BIT != 0;
+                let is_send = wc.wr_id & (SEND_BIT | RDMA_BIT) != 0;
                 let slot = (wc.wr_id & 0xffff) as usize;
-                if is_send {
+                if wc.wr_id & RDMA_BIT != 0 {
+                    self.rdma_inflight = self.rdma_inflight.saturating_sub(1);
+                } else if is_send {
                     if let Some(b) = self.send_busy.get_mut(slot) {
                         *b = false;
                     }
@@ -865,6 +1007,8 @@ impl Endpoint {
                         status: wc.status,
                         recv: !is_send,
                     }
+                } else if wc.wr_id & RDMA_BIT != 0 {
+                    Completion::Rdma
                 } else if is_send {
                     Completion::Send
                 } else {

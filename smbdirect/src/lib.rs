@@ -19,6 +19,7 @@ pub mod codec;
 pub mod conn;
 pub mod fuzzing;
 pub mod rdma;
+pub mod rw;
 pub mod sim;
 
 pub use codec::{BufferDescriptorV1, Channel, DecodeError, RdmaChannel};

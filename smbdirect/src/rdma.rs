@@ -12,6 +12,7 @@ use tracing::{debug, trace};
 
 use crate::cm::{self, CmError, Completion, Endpoint};
 use crate::conn::{Config, ConfigError, Connection, Event, Output, Role, SendError, Time};
+use crate::rw::Segment;
 
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -22,7 +23,14 @@ pub enum RdmaError {
     Config(#[from] ConfigError),
     #[error("the endpoint's slots do not fit the protocol sizes: {0}")]
     Slots(&'static str),
+    #[error("RDMA {op} failed (work completion status {status})")]
+    Transfer { op: &'static str, status: u32 },
+    #[error("RDMA {0} did not complete in time")]
+    TransferTimeout(&'static str),
 }
+
+/// How long one READ/WRITE channel transfer may take before the connection counts as dead.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The endpoint sizes a core configuration needs: a receive ring one larger than the credits we
 /// grant (the core asks for one more receive while it sits on its last send credit) and slots
@@ -87,6 +95,93 @@ impl RdmaConnection {
         self.conn.send(now, msg)
     }
 
+    /// Queues an SMB2 response whose last fragment invalidates the peer's `token`.
+    pub fn send_with_invalidate(&mut self, msg: Vec<u8>, token: u32) -> Result<(), SendError> {
+        let now = self.now();
+        self.conn.send_with_invalidate(now, msg, token)
+    }
+
+    /// Runs the RDMA READs (`read`) or WRITEs of `segments` between the registered RDMA
+    /// buffer (at least `buffer_len` bytes, registered on first use) and the peer's memory,
+    /// and returns once all completed. Other completions meanwhile are kept for
+    /// [`Self::progress`]. A failed or timed-out transfer leaves the QP unusable: the caller
+    /// ends the connection.
+    pub fn rdma_transfer(
+        &mut self,
+        read: bool,
+        segments: &[Segment],
+        buffer_len: usize,
+    ) -> Result<(), RdmaError> {
+        let op = if read { "READ" } else { "WRITE" };
+        self.ep.ensure_rdma_buffer(buffer_len)?;
+        let deadline = Instant::now() + TRANSFER_TIMEOUT;
+        let mut next = 0usize;
+        let mut done = 0usize;
+        let mut got = Vec::new();
+        while done < segments.len() {
+            while next < segments.len() && self.ep.rdma_inflight() < cm::MAX_RDMA_WR {
+                let s = segments[next];
+                self.ep
+                    .post_rdma(read, s.local_offset, s.len, s.remote_addr, s.token)?;
+                next += 1;
+            }
+            got.clear();
+            self.ep.poll(&mut got)?;
+            for c in got.drain(..) {
+                match c {
+                    Completion::Rdma => done += 1,
+                    Completion::Failed { status, .. } => {
+                        self.dead = true;
+                        self.conn.close();
+                        return Err(RdmaError::Transfer { op, status });
+                    }
+                    other => self.pending.push(other),
+                }
+            }
+            if done == segments.len() {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(RdmaError::TransferTimeout(op));
+            }
+            self.ep.arm()?;
+            self.ep.poll(&mut got)?;
+            if !got.is_empty() {
+                // Handled on the next round, without sleeping.
+                for c in got.drain(..) {
+                    match c {
+                        Completion::Rdma => done += 1,
+                        Completion::Failed { status, .. } => {
+                            self.dead = true;
+                            self.conn.close();
+                            return Err(RdmaError::Transfer { op, status });
+                        }
+                        other => self.pending.push(other),
+                    }
+                }
+                continue;
+            }
+            cm::wait_readable(&[self.ep.completion_fd()], deadline - now)
+                .map_err(|source| CmError::Call { op: "poll", source })?;
+            self.ep.drain_events();
+        }
+        Ok(())
+    }
+
+    /// The RDMA buffer's first `len` bytes after an RDMA READ.
+    pub fn rdma_data(&self, len: usize) -> Option<&[u8]> {
+        self.ep.rdma_buffer(len)
+    }
+
+    /// Copies what an RDMA WRITE sends into the RDMA buffer (registered on first use, at
+    /// least `buffer_len` bytes).
+    pub fn fill_rdma_buffer(&mut self, data: &[u8], buffer_len: usize) -> Result<(), RdmaError> {
+        self.ep.ensure_rdma_buffer(buffer_len)?;
+        self.ep.fill_rdma_buffer(data)?;
+        Ok(())
+    }
+
     /// Ends the connection from this side.
     pub fn close(&mut self) {
         self.conn.close();
@@ -113,7 +208,7 @@ impl RdmaConnection {
                         self.conn.handle(now, Event::Received(bytes));
                     }
                 }
-                Completion::Send => {}
+                Completion::Send | Completion::Rdma => {}
                 Completion::Failed { status, recv } => {
                     if !self.dead {
                         debug!(status, recv, "smbdirect: work request failed; closing");
@@ -174,9 +269,10 @@ impl RdmaConnection {
             let Some(t) = self.conn.poll_transmit() else {
                 break;
             };
-            // A provider without remote invalidation may post a plain SEND (MS-SMBD 3.1.5.1);
-            // this slice registers no client buffers, so there is nothing to invalidate yet.
-            self.ep.send(&t.bytes)?;
+            match t.invalidate {
+                Some(token) => self.ep.send_with_invalidate(&t.bytes, token)?,
+                None => self.ep.send(&t.bytes)?,
+            }
         }
         Ok(())
     }

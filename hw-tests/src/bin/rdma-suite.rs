@@ -13,7 +13,7 @@
 //!
 //! Usage:
 //!   rdma-suite [--addr IP] [--device NAME] [--port N] [--gid-index N] [--bench-ops N]
-//!              [--lockbench PATH] [--smbdirectd PATH]
+//!              [--lockbench PATH] [--smbdirectd PATH] [--cifs]
 //!   rdma-suite hold --server IP:PORT --file HEX [device options]   (internal)
 //!   rdma-suite sd-hold --server IP:PORT   (internal: an SMB Direct client that waits to be killed)
 //!
@@ -21,6 +21,9 @@
 //! next to this binary is used if there is one, and the test is skipped otherwise. `--smbdirectd`
 //! likewise for the SMB Direct proxy test ([`hw_tests::smbdirect`]: smbd in this process,
 //! smbdirectd as a child, an rdma_cm initiator negotiating SMB Direct and SMB2 through it).
+//! `--cifs`: also mount smbd through smbdirectd with the kernel's SMB client (`mount -t cifs
+//! -o rdma`; needs root, `mount`/`umount` and a cifs.ko with SMB Direct loaded, as the soft-RoCE
+//! guest has; [`hw_tests::cifs_mount`]) and fail if that is impossible.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 use std::io::{BufRead, BufReader, Write};
@@ -65,6 +68,8 @@ struct Args {
     bench_ops: u32,
     lockbench: Option<PathBuf>,
     smbdirectd: Option<PathBuf>,
+    /// Run the kernel cifs client test (the guest has cifs.ko with SMB Direct loaded).
+    cifs: bool,
     // `hold` sub-command only.
     server: Option<SocketAddr>,
     file: u128,
@@ -78,6 +83,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<(bool, Args), Stri
         bench_ops: 1000,
         lockbench: None,
         smbdirectd: None,
+        cifs: false,
         server: None,
         file: 0,
     };
@@ -104,6 +110,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<(bool, Args), Stri
             }
             "--lockbench" => a.lockbench = Some(PathBuf::from(val("--lockbench")?)),
             "--smbdirectd" => a.smbdirectd = Some(PathBuf::from(val("--smbdirectd")?)),
+            "--cifs" => a.cifs = true,
             "--server" => {
                 a.server = Some(
                     val("--server")?
@@ -865,6 +872,15 @@ fn main() -> ExitCode {
             "test smbdirectd_negotiate_through_proxy ... skipped (no smbdirectd next to rdma-suite)"
         ),
         Err(e) => report("smbdirectd_negotiate_through_proxy", Instant::now(), Err(e)),
+    }
+    if args.cifs {
+        let start = Instant::now();
+        let r = match find_helper(&args.smbdirectd, "smbdirectd") {
+            Ok(Some(bin)) => hw_tests::cifs_mount::test_kernel_client_mount(ip, &bin),
+            Ok(None) => Err("--cifs needs smbdirectd".into()),
+            Err(e) => Err(e),
+        };
+        report("kernel_cifs_mount_over_smbdirect", start, r);
     }
     match find_helper(&args.lockbench, "lockbench") {
         Ok(Some(bin)) => {

@@ -182,6 +182,13 @@ pub struct ServerConfig {
     /// (MS-SMB2 3.3.5.5.2).
     #[serde(default = "default_true")]
     pub multichannel: bool,
+    /// Addresses smbd also listens on for smbdirectd (the SMB Direct proxy; loopback): a
+    /// connection accepted on one of them is an SMB Direct connection, whose READ/WRITE
+    /// requests may use RDMA channels, the data travelling beside the SMB2 messages in
+    /// payload frames (see `smbdirect::rw`). Payload frames only ever carry a connection's
+    /// own data, so a local process connecting here gains nothing over port 445.
+    #[serde(default)]
+    pub rdma_proxy_listen: Vec<SocketAddr>,
 }
 
 fn default_netbios() -> String {
@@ -211,6 +218,7 @@ impl Default for ServerConfig {
             workers: 0,
             cluster_fs_id: None,
             multichannel: true,
+            rdma_proxy_listen: Vec::new(),
         }
     }
 }

@@ -147,6 +147,7 @@ impl Server {
         }
         let mut addrs: Vec<SocketAddr> = config.server.listen.clone();
         addrs.extend_from_slice(extra_listen);
+        addrs.extend_from_slice(&config.server.rdma_proxy_listen);
         if addrs.is_empty() {
             return Err(ServerError::NoListen);
         }

@@ -568,6 +568,13 @@ impl Worker {
                     Self::queue_out(s, out);
                     pos += h.packet_len();
                 }
+                crate::conn::RDMA_PAYLOAD_FRAME if s.conn.via_rdma_proxy => {
+                    if !whole {
+                        break;
+                    }
+                    s.conn.on_rdma_payload(&buf[payload]);
+                    pos += h.packet_len();
+                }
                 kind::KEEPALIVE => {
                     // Keepalive: skip it whole.
                     if !whole {

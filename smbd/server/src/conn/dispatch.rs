@@ -644,7 +644,7 @@ impl Conn {
             Request::Create(c) => self.create(c, hdr, ctx),
             Request::Close(c) => self.close(c, hdr, ctx),
             Request::Flush { file_id } => self.flush(file_id, ctx),
-            Request::Read(r) => self.read(r, ctx),
+            Request::Read(r) => self.read(r, hdr, ctx),
             Request::Write(w) => self.write(w, hdr, ctx),
             Request::Lock(l) => self.lock(l, hdr, ctx),
             Request::Ioctl(i) => self.ioctl(i, hdr, ctx),

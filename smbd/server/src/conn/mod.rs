@@ -97,7 +97,18 @@ pub struct Conn {
     pub(crate) create_raced: bool,
     /// Resource-limit bookkeeping (`crate::limits`).
     pub(crate) limits: limits::ConnLimits,
+    /// The connection came in through smbdirectd (`rdma_proxy_listen`): READ/WRITE may use
+    /// RDMA channels.
+    pub(crate) via_rdma_proxy: bool,
+    /// RDMA-channel WRITE data smbdirectd sent ahead of its request: (MessageId, data).
+    pub(crate) rdma_payloads: Vec<(u64, Vec<u8>)>,
 }
+
+/// Private frame kind of smbdirectd's payload frames: `[0xD1][24-bit length][MessageId u64
+/// LE][data]` (the same constant as `smbdirect::rw::PAYLOAD_FRAME_KIND`).
+pub const RDMA_PAYLOAD_FRAME: u8 = 0xD1;
+/// Payload frames held for WRITEs not processed yet (a compound has one per RDMA WRITE).
+const MAX_RDMA_PAYLOADS: usize = 8;
 
 impl Conn {
     pub fn new(
@@ -144,7 +155,34 @@ impl Conn {
             now,
             create_raced: false,
             limits: Default::default(),
+            via_rdma_proxy: false,
+            rdma_payloads: Vec::new(),
         }
+        .with_proxy_flag()
+    }
+
+    fn with_proxy_flag(mut self) -> Conn {
+        self.via_rdma_proxy = self
+            .local
+            .is_some_and(|l| self.shared.config.server.rdma_proxy_listen.contains(&l));
+        self
+    }
+
+    /// A payload frame's body from smbdirectd (only on `via_rdma_proxy` connections; the
+    /// worker refuses it elsewhere): kept for the WRITE of its MessageId.
+    pub fn on_rdma_payload(&mut self, body: &[u8]) {
+        if !self.via_rdma_proxy || body.len() < 8 || self.rdma_payloads.len() >= MAX_RDMA_PAYLOADS {
+            tracing::debug!(
+                conn = self.id,
+                "unexpected RDMA payload frame; disconnecting"
+            );
+            self.closed = true;
+            return;
+        }
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&body[..8]);
+        self.rdma_payloads
+            .push((u64::from_le_bytes(id), body[8..].to_vec()));
     }
 
     /// Frames ready to be written to the socket (each with its 4-byte NetBIOS header).

@@ -15,6 +15,10 @@ use super::{
     MAX_FILE_SIZE, READ_BODY_SIZE, READ_DATA, RING_IO_MIN, WRITE_DATA,
 };
 use crate::conn::{err, ChainCtx, Conn, FileIo, FileOp, Open, Outcome, Signer};
+
+/// Channel values of READ/WRITE requests (MS-SMB2 2.2.19).
+const SMB2_CHANNEL_RDMA_V1: u32 = 1;
+const SMB2_CHANNEL_RDMA_V1_INVALIDATE: u32 = 2;
 use crate::locking::{self, Reply, Status};
 
 impl Conn {
@@ -82,7 +86,33 @@ impl Conn {
         }
     }
 
-    pub(crate) fn read(&mut self, r: ReadRequest, ctx: &mut ChainCtx) -> Outcome {
+    /// Whether a READ/WRITE's Channel moves its data by RDMA (MS-SMB2 2.2.19, 2.2.21). Only
+    /// smbdirectd's connections may ask (3.3.5.12/13: INVALID_PARAMETER otherwise), and not
+    /// in an encrypted request, whose channel info smbdirectd cannot see, nor on a bound
+    /// channel, whose payload frames arrive on another connection.
+    fn rdma_channel(&self, channel: u32, ctx: &ChainCtx) -> Result<bool, NtStatus> {
+        match channel {
+            SMB2_CHANNEL_RDMA_V1 | SMB2_CHANNEL_RDMA_V1_INVALIDATE => {
+                if self.via_rdma_proxy
+                    && !ctx.encrypted
+                    && ctx.seq.is_none()
+                    && self.cur_channel.is_none()
+                {
+                    Ok(true)
+                } else {
+                    Err(status::INVALID_PARAMETER)
+                }
+            }
+            // Other values (SMB2_CHANNEL_NONE, RDMA_TRANSFORM) read and write inline, as before.
+            _ => Ok(false),
+        }
+    }
+
+    pub(crate) fn read(&mut self, r: ReadRequest, hdr: &Header, ctx: &mut ChainCtx) -> Outcome {
+        let rdma = match self.rdma_channel(r.channel, ctx) {
+            Ok(rdma) => rdma,
+            Err(st) => return err(st),
+        };
         let v = match self.resolve_fid(r.file_id, ctx) {
             Ok(v) => v,
             Err(st) => return err(st),
@@ -109,7 +139,9 @@ impl Conn {
         let Some(f) = &o.file else {
             return err(status::INVALID_DEVICE_REQUEST);
         };
-        if ctx.single && r.length as usize >= RING_IO_MIN {
+        // An RDMA READ's data goes out in a payload frame ahead of the response, which the
+        // ring's in-place response buffer does not build: it is read here.
+        if ctx.single && r.length as usize >= RING_IO_MIN && !rdma {
             let file = match f.try_clone() {
                 Ok(f) => f,
                 Err(e) => return err(io_status(&e)),
@@ -151,6 +183,25 @@ impl Conn {
         if let Some(o) = self.opens.get_mut(&v) {
             o.position = r.offset + n as u64;
         }
+        if rdma {
+            // smbdirectd RDMA-WRITEs the payload into the client's buffers before it sends
+            // the response, which carries DataLength 0 and the count sent on the channel in
+            // DataRemaining (MS-SMB2 2.2.20).
+            let mut f = Vec::with_capacity(12 + n);
+            f.push(crate::conn::RDMA_PAYLOAD_FRAME);
+            f.extend_from_slice(&((8 + n) as u32).to_be_bytes()[1..]);
+            f.extend_from_slice(&hdr.message_id.to_le_bytes());
+            f.extend_from_slice(&buf);
+            self.push_out(f);
+            return Outcome::Reply(
+                status::SUCCESS,
+                Response::Read {
+                    data: Vec::new(),
+                    data_remaining: n as u32,
+                    padding: self.read_body_padding,
+                },
+            );
+        }
         Outcome::Reply(
             status::SUCCESS,
             Response::Read {
@@ -161,7 +212,31 @@ impl Conn {
         )
     }
 
-    pub(crate) fn write(&mut self, w: WriteRequest, _hdr: &Header, ctx: &mut ChainCtx) -> Outcome {
+    pub(crate) fn write(
+        &mut self,
+        mut w: WriteRequest,
+        hdr: &Header,
+        ctx: &mut ChainCtx,
+    ) -> Outcome {
+        match self.rdma_channel(w.channel, ctx) {
+            Ok(false) => {}
+            Ok(true) => {
+                // The data smbdirectd RDMA-READ from the client's buffers, sent just before
+                // this request; its length is RemainingBytes (Length is 0, MS-SMB2 2.2.21).
+                let at = self
+                    .rdma_payloads
+                    .iter()
+                    .position(|(id, _)| *id == hdr.message_id);
+                let Some((_, data)) = at.map(|i| self.rdma_payloads.swap_remove(i)) else {
+                    return err(status::INVALID_PARAMETER);
+                };
+                if !w.data.is_empty() || data.len() != w.remaining_bytes as usize {
+                    return err(status::INVALID_PARAMETER);
+                }
+                w.data = data;
+            }
+            Err(st) => return err(st),
+        }
         let v = match self.resolve_fid(w.file_id, ctx) {
             Ok(v) => v,
             Err(st) => return err(st),

@@ -1,0 +1,342 @@
+//! The Linux kernel's SMB client (cifs.ko built with CONFIG_CIFS_SMB_DIRECT, see
+//! `hw-tests/build-cifs-rdma.sh`) mounting smbd through smbdirectd with `-o rdma`, in the
+//! soft-RoCE guest: an 8 MiB file (beyond the client's 4 KiB RDMA read/write threshold)
+//! written and read back with its content compared, a directory listed, unmounted; smbdirectd's
+//! counters must show the data moved by RDMA READ (the writes) and RDMA WRITE (the reads).
+//! The same I/O through a TCP mount of the same smbd gives the throughput ratio (printed, not
+//! judged). `cache=none` sends every read and write to the server, so the read-back is not
+//! served from the client's page cache.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use smbd::passwd::{update_users_file, PasswdAction};
+
+/// Size of the file written and read back.
+const FILE_SIZE: usize = 8 << 20;
+/// Chunk of each write/read call, half the client's rsize/wsize. With cache=none each call
+/// becomes one READ/WRITE, and the 6.1 client registers its (unaligned) user buffer for it
+/// with one page more than the I/O size in pages: an I/O of the full MaxReadWriteSize fails
+/// (`smbd_register_mr: num_pages=257 max_frmr_depth=256`, retried forever) on rxe, whose
+/// fast-registration depth (256 pages) is what caps the client's rsize/wsize at 1 MiB.
+const CHUNK: usize = 512 << 10;
+/// smbd's port for smbdirectd (loopback) and for the TCP mount.
+const PROXY_PORT: u16 = 4455;
+const TCP_PORT: u16 = 4450;
+const USER: &str = "sduser";
+const PASSWORD: &str = "rdma-Test-pw1";
+/// How long smbdirectd may take to log a connection's end after the unmount.
+const COUNTER_WAIT: Duration = Duration::from_secs(30);
+
+/// smbd in this process, listening for smbdirectd on loopback and for TCP clients on `ip`.
+struct Smbd {
+    stopper: smbd::server::Stopper,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Smbd {
+    fn start(ip: IpAddr, dir: &Path) -> Result<Smbd, String> {
+        let share = dir.join("share");
+        std::fs::create_dir_all(&share).map_err(|e| format!("{}: {e}", share.display()))?;
+        let users = dir.join("users");
+        let _ = std::fs::remove_file(&users);
+        update_users_file(
+            &users,
+            USER,
+            PasswdAction::Set {
+                password: PASSWORD.into(),
+                uid: Some(0),
+                gid: Some(0),
+                groups: Some(Vec::new()),
+            },
+        )
+        .map_err(|e| format!("users file: {e}"))?;
+        // Signing off: the Linux client uses RDMA channels only on unsigned, unencrypted
+        // sessions (smb3_use_rdma_offload).
+        let toml = format!(
+            "[server]\nnetbios_name = \"SDTEST\"\nworkers = 1\nsigning_required = false\n\
+             users = \"{}\"\nlisten = [\"{}\"]\nrdma_proxy_listen = [\"127.0.0.1:{PROXY_PORT}\"]\n\
+             [[share]]\nname = \"data\"\npath = \"{}\"\n",
+            users.display(),
+            SocketAddr::new(ip, TCP_PORT),
+            share.display()
+        );
+        let config = smbd::config::Config::parse(&toml).map_err(|e| format!("smbd config: {e}"))?;
+        let server =
+            smbd::server::Server::bind(config, &[]).map_err(|e| format!("smbd bind: {e}"))?;
+        let stopper = server.stopper();
+        let thread = std::thread::spawn(move || {
+            if let Err(e) = server.run() {
+                eprintln!("smbd: {e}");
+            }
+        });
+        Ok(Smbd {
+            stopper,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Smbd {
+    fn drop(&mut self) {
+        self.stopper.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// smbdirectd as a child, its stdout lines collected by a thread; SIGKILLed on drop.
+struct Proxy {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proxy {
+    fn start(bin: &Path, listen: SocketAddr, forward: SocketAddr) -> Result<Proxy, String> {
+        let mut child = Command::new(bin)
+            .args(["--listen", &listen.to_string()])
+            .args(["--forward", &forward.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+        let out = child.stdout.take().ok_or("no stdout")?;
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let p = Proxy { child, lines };
+        let first = p
+            .lines
+            .recv_timeout(COUNTER_WAIT)
+            .map_err(|_| "smbdirectd printed nothing".to_string())?;
+        if !first.starts_with("smbdirectd listening on") {
+            return Err(format!("smbdirectd did not start: {first:?}"));
+        }
+        Ok(p)
+    }
+
+    /// The RDMA READ and WRITE byte counters of the next connection that ends.
+    /// Also returns the whole line (SMB Direct message counts, printed by the test).
+    fn next_connection_counters(&self) -> Result<(u64, u64, String), String> {
+        let deadline = Instant::now() + COUNTER_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let l = self
+                .lines
+                .recv_timeout(left)
+                .map_err(|_| "smbdirectd reported no connection end after the unmount")?;
+            if let Some((r, w)) = parse_counters(&l) {
+                return Ok((r, w, l));
+            }
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `smbdirectd connection ended: rdma_read_bytes=N rdma_write_bytes=M`.
+fn parse_counters(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("smbdirectd connection ended: ")?;
+    let mut read = None;
+    let mut write = None;
+    for kv in rest.split_whitespace() {
+        match kv.split_once('=')? {
+            ("rdma_read_bytes", v) => read = v.parse().ok(),
+            ("rdma_write_bytes", v) => write = v.parse().ok(),
+            _ => {}
+        }
+    }
+    Some((read?, write?))
+}
+
+fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd} {}: {} {}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+/// Deterministic file content (xorshift), so a misplaced chunk shows as a mismatch.
+fn content() -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut v = Vec::with_capacity(FILE_SIZE);
+    while v.len() < FILE_SIZE {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(FILE_SIZE);
+    v
+}
+
+/// MiB/s of `bytes` in `d`.
+fn mibps(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / d.as_secs_f64().max(1e-9)
+}
+
+/// Mounts, writes the file, reads it back and compares, lists the directory, unmounts.
+/// Returns the write and read durations.
+fn io_round(
+    source: &str,
+    options: &str,
+    mnt: &Path,
+    name: &str,
+    data: &[u8],
+) -> Result<(Duration, Duration), String> {
+    std::fs::create_dir_all(mnt).map_err(|e| format!("{}: {e}", mnt.display()))?;
+    let m = mnt.to_str().ok_or("mount point not UTF-8")?;
+    run("mount", &["-t", "cifs", source, m, "-o", options])?;
+    let result = (|| {
+        let path = mnt.join(name);
+        let t = Instant::now();
+        let mut f = std::fs::File::create(&path).map_err(|e| format!("create {name}: {e}"))?;
+        for c in data.chunks(CHUNK) {
+            f.write_all(c).map_err(|e| format!("write {name}: {e}"))?;
+        }
+        f.sync_all().map_err(|e| format!("fsync {name}: {e}"))?;
+        drop(f);
+        let wrote = t.elapsed();
+        let t = Instant::now();
+        let mut back = Vec::with_capacity(data.len());
+        let mut f = std::fs::File::open(&path).map_err(|e| format!("open {name}: {e}"))?;
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = f.read(&mut buf).map_err(|e| format!("read {name}: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            back.extend_from_slice(&buf[..n]);
+        }
+        let read = t.elapsed();
+        if back.len() != data.len() {
+            return Err(format!("read back {} bytes of {}", back.len(), data.len()));
+        }
+        if let Some(at) = back.iter().zip(data).position(|(a, b)| a != b) {
+            return Err(format!("read back differs at byte {at}"));
+        }
+        let names: Vec<String> = std::fs::read_dir(mnt)
+            .map_err(|e| format!("list {}: {e}", mnt.display()))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        if !names.iter().any(|n| n == name) {
+            return Err(format!("{name} missing from the listing {names:?}"));
+        }
+        Ok((wrote, read))
+    })();
+    let unmounted = run("umount", &[m]);
+    let r = result?;
+    unmounted?;
+    Ok(r)
+}
+
+/// The test (see the module documentation).
+pub fn test_kernel_client_mount(ip: IpAddr, smbdirectd: &Path) -> Result<(), String> {
+    let dir = std::env::temp_dir().join("cifs-mount-test");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let _smbd = Smbd::start(ip, &dir)?;
+    let proxy = Proxy::start(
+        smbdirectd,
+        SocketAddr::new(ip, crate::smbdirect::PORT),
+        SocketAddr::from(([127, 0, 0, 1], PROXY_PORT)),
+    )?;
+    let data = content();
+    let mnt: PathBuf = dir.join("mnt");
+    let source = format!("//{ip}/data");
+    let creds = format!("username={USER},password={PASSWORD}");
+    let (rw, rr) = io_round(
+        &source,
+        &format!("rdma,vers=3.1.1,cache=none,{creds}"),
+        &mnt,
+        "over-rdma.bin",
+        &data,
+    )
+    .map_err(|e| format!("over SMB Direct: {e}"))?;
+    let (read_bytes, write_bytes, line) = proxy.next_connection_counters()?;
+    println!("    {line}");
+    // The client's writes come in by RDMA READ and its reads go out by RDMA WRITE.
+    if read_bytes < FILE_SIZE as u64 || write_bytes < FILE_SIZE as u64 {
+        return Err(format!(
+            "RDMA channels not used for the {FILE_SIZE}-byte file: smbdirectd moved \
+             {read_bytes} bytes by RDMA READ and {write_bytes} by RDMA WRITE"
+        ));
+    }
+    let (tw, tr) = io_round(
+        &source,
+        &format!("vers=3.1.1,port={TCP_PORT},cache=none,{creds}"),
+        &mnt,
+        "over-tcp.bin",
+        &data,
+    )
+    .map_err(|e| format!("over TCP: {e}"))?;
+    println!(
+        "    kernel cifs over SMB Direct: RDMA READ {read_bytes} B, RDMA WRITE {write_bytes} B; \
+         8 MiB write {:.1} MiB/s, read {:.1} MiB/s; over TCP write {:.1} MiB/s, read {:.1} MiB/s; \
+         ratio (RDMA/TCP) write {:.2} read {:.2}",
+        mibps(FILE_SIZE, rw),
+        mibps(FILE_SIZE, rr),
+        mibps(FILE_SIZE, tw),
+        mibps(FILE_SIZE, tr),
+        tw.as_secs_f64() / rw.as_secs_f64().max(1e-9),
+        tr.as_secs_f64() / rr.as_secs_f64().max(1e-9),
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_line_parses() {
+        assert_eq!(
+            parse_counters(
+                "smbdirectd connection ended: rdma_read_bytes=8 rdma_write_bytes=9 empty_sent=3"
+            ),
+            Some((8, 9))
+        );
+        assert_eq!(
+            parse_counters("smbdirectd listening on 10.0.0.1:5445"),
+            None
+        );
+        assert_eq!(
+            parse_counters("smbdirectd connection ended: rdma_read_bytes=8"),
+            None
+        );
+    }
+
+    #[test]
+    fn content_is_deterministic_and_not_periodic_by_chunk() {
+        let a = content();
+        assert_eq!(a.len(), FILE_SIZE);
+        assert_eq!(a, content());
+        assert_ne!(a[..CHUNK], a[CHUNK..2 * CHUNK]);
+    }
+}

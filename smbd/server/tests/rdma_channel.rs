@@ -1,0 +1,286 @@
+//! READ/WRITE with RDMA channels (MS-SMB2 2.2.19-2.2.21) on connections that came in through
+//! smbdirectd (`rdma_proxy_listen`): the WRITE's data arrives in a payload frame ahead of the
+//! request, the READ's data leaves in a payload frame ahead of a response with DataLength 0
+//! and DataRemaining = the count. Other connections get INVALID_PARAMETER for RDMA channels.
+//! Driven in-process through `Conn::on_message` / `Conn::on_rdma_payload`, as the worker does.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use smb_proto::header::Header;
+use smb_proto::{status, NtStatus, Writer};
+use smbd::config::Config;
+use smbd::conn::{Conn, RDMA_PAYLOAD_FRAME};
+use smbd::locking::EngineLocks;
+use smbd::shared::{Share, Shared};
+
+#[path = "../fuzz/conn_harness.rs"]
+mod conn_harness;
+
+use conn_harness::{
+    body_create, body_negotiate, body_read, body_session_setup, body_tree_connect, cmd,
+};
+
+const PROXY: &str = "127.0.0.1:4455";
+const FILE_OVERWRITE_IF: u32 = 5;
+const NON_DIRECTORY: u32 = 0x40;
+const CHANNEL_RDMA_V1: u32 = 1;
+const CHANNEL_RDMA_V1_INVALIDATE: u32 = 2;
+
+fn shared(share: std::path::PathBuf) -> Arc<Shared> {
+    let cfg = Config::parse(&format!(
+        "[server]\nnetbios_name = \"RDMA\"\nsigning_required = false\nallow_anonymous = true\n\
+         guest_account = \"root\"\nrdma_proxy_listen = [\"{PROXY}\"]\n\n[[share]]\n\
+         name = \"data\"\npath = \"{}\"\nguest_ok = true\n",
+        share.display()
+    ))
+    .expect("config");
+    let dir = smbd::beneath::ShareRoot::open(&share).expect("share root");
+    let shares = vec![Share {
+        name: "data".into(),
+        dir: Arc::new(dir),
+        root: share,
+        read_only: false,
+        encrypt: false,
+        fs_id: 1,
+        valid_users: Vec::new(),
+        valid_groups: Vec::new(),
+        guest_ok: true,
+        continuous_availability: false,
+    }];
+    let locks = EngineLocks::with_manual_clock(
+        lockmgr_engine::Config::default(),
+        Arc::new(std::sync::atomic::AtomicU64::new(1)),
+    );
+    Arc::new(
+        Shared::new(
+            cfg,
+            shares,
+            smb_auth::users::UserDb::new(),
+            Box::new(locks),
+            1,
+        )
+        .expect("shared"),
+    )
+}
+
+/// One connection, logged on anonymously with the share connected.
+struct Client {
+    conn: Conn,
+    mid: u64,
+    sid: u64,
+    tid: u32,
+}
+
+/// What a request produced: the raw frames (payload frames included).
+fn frames(conn: &mut Conn) -> Vec<Vec<u8>> {
+    conn.take_output()
+}
+
+impl Client {
+    fn new(shared: &Arc<Shared>, id: u64, local: Option<SocketAddr>) -> Client {
+        shared.register_conn(id, 0);
+        let mut c = Client {
+            conn: Conn::new(id, shared.clone(), local, None, Instant::now()),
+            mid: 0,
+            sid: 0,
+            tid: 0,
+        };
+        let neg = c.call(cmd::NEGOTIATE, body_negotiate(&[0x0302]));
+        assert_eq!(neg.0.status, status::SUCCESS);
+        let first = c.call(
+            cmd::SESSION_SETUP,
+            body_session_setup(&conn_harness::ntlm_negotiate()),
+        );
+        c.sid = first.0.session_id;
+        let auth = c.call(
+            cmd::SESSION_SETUP,
+            body_session_setup(&conn_harness::ntlm_anonymous_authenticate()),
+        );
+        assert_eq!(auth.0.status, status::SUCCESS);
+        let tree = c.call(cmd::TREE_CONNECT, body_tree_connect("\\\\sim\\data"));
+        assert_eq!(tree.0.status, status::SUCCESS);
+        c.tid = tree.0.tree_id;
+        c
+    }
+
+    /// Sends a request; returns its MessageId.
+    fn send(&mut self, command: u16, body: Vec<u8>) -> u64 {
+        let mid = self.mid;
+        self.mid += 1;
+        let mut w = Writer::new();
+        Header {
+            credit_charge: 1,
+            status: status::SUCCESS,
+            command,
+            credits: 64,
+            flags: 0,
+            next_command: 0,
+            message_id: mid,
+            process_id: 0xFEFF,
+            tree_id: self.tid,
+            async_id: 0,
+            session_id: self.sid,
+            signature: [0; 16],
+        }
+        .encode(&mut w);
+        w.bytes(&body);
+        self.conn.on_message(&w.buf, Instant::now());
+        mid
+    }
+
+    /// Sends a request and returns the header and message of its (only) SMB2 response frame.
+    fn call(&mut self, command: u16, body: Vec<u8>) -> (Header, Vec<u8>) {
+        self.send(command, body);
+        let out = frames(&mut self.conn);
+        assert_eq!(out.len(), 1, "one response frame");
+        let msg = out[0][4..].to_vec();
+        (Header::decode(&msg).expect("header"), msg)
+    }
+
+    fn create(&mut self, name: &str) -> (u64, u64) {
+        let (h, m) = self.call(
+            cmd::CREATE,
+            body_create(name, FILE_OVERWRITE_IF, NON_DIRECTORY),
+        );
+        assert_eq!(h.status, status::SUCCESS, "CREATE");
+        let b = &m[64..];
+        let u = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8"));
+        (u(64), u(72))
+    }
+}
+
+fn fid(w: &mut Writer, f: (u64, u64)) {
+    w.u64(f.0).u64(f.1);
+}
+
+/// A WRITE as the Linux client sends it on an RDMA channel: Length 0, DataOffset 0,
+/// RemainingBytes = the count, one buffer descriptor in WriteChannelInfo.
+fn body_write_rdma(f: (u64, u64), offset: u64, len: u32, channel: u32) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.u16(49).u16(0).u32(0).u64(offset);
+    fid(&mut w, f);
+    w.u32(channel).u32(len).u16(64 + 48).u16(16).u32(0);
+    w.u64(0x1000).u32(0x77).u32(len);
+    w.buf
+}
+
+/// A READ on an RDMA channel with one buffer descriptor in ReadChannelInfo.
+fn body_read_rdma(f: (u64, u64), offset: u64, len: u32, channel: u32) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.u16(49).u8(0).u8(0).u32(len).u64(offset);
+    fid(&mut w, f);
+    w.u32(0).u32(channel).u32(0).u16(64 + 48).u16(16);
+    w.u64(0x2000).u32(0x78).u32(len);
+    w.buf
+}
+
+fn payload_body(mid: u64, data: &[u8]) -> Vec<u8> {
+    let mut b = mid.to_le_bytes().to_vec();
+    b.extend_from_slice(data);
+    b
+}
+
+fn status_of(frame: &[u8]) -> NtStatus {
+    Header::decode(&frame[4..]).expect("header").status
+}
+
+fn u32_at(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes(b[o..o + 4].try_into().expect("4"))
+}
+
+#[test]
+fn rdma_write_takes_the_payload_and_rdma_read_sends_one() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let share = dir.path().join("share");
+    std::fs::create_dir(&share).expect("share");
+    let share = share.canonicalize().expect("canonical");
+    let shared = shared(share.clone());
+    let mut c = Client::new(&shared, 1, Some(PROXY.parse().expect("addr")));
+    let f = c.create("rdma.bin");
+    // Below the size the worker hands to its io_uring (64 KiB), so the WRITE completes here;
+    // an RDMA-channel READ is always read in place.
+    let data: Vec<u8> = (0..60_000u32).map(|i| (i * 7 % 251) as u8).collect();
+
+    // WRITE: smbdirectd's payload frame for the next MessageId, then the request.
+    c.conn.on_rdma_payload(&payload_body(c.mid, &data));
+    c.send(
+        cmd::WRITE,
+        body_write_rdma(f, 0, data.len() as u32, CHANNEL_RDMA_V1_INVALIDATE),
+    );
+    let out = frames(&mut c.conn);
+    assert_eq!(out.len(), 1);
+    assert_eq!(status_of(&out[0]), status::SUCCESS, "RDMA WRITE");
+    assert_eq!(u32_at(&out[0][4..], 64 + 4), data.len() as u32, "Count");
+    assert_eq!(std::fs::read(share.join("rdma.bin")).expect("file"), data);
+
+    // READ: the payload frame first, then the response with DataLength 0.
+    let mid = c.send(cmd::READ, body_read_rdma(f, 1000, 50_000, CHANNEL_RDMA_V1));
+    let out = frames(&mut c.conn);
+    assert_eq!(out.len(), 2, "payload frame and response");
+    assert_eq!(out[0][0], RDMA_PAYLOAD_FRAME);
+    let len = u32::from_be_bytes([0, out[0][1], out[0][2], out[0][3]]) as usize;
+    assert_eq!(len, out[0].len() - 4);
+    assert_eq!(
+        u64::from_le_bytes(out[0][4..12].try_into().expect("8")),
+        mid
+    );
+    assert_eq!(&out[0][12..], &data[1000..51_000]);
+    let resp = &out[1][4..];
+    assert_eq!(status_of(&out[1]), status::SUCCESS);
+    assert_eq!(u32_at(resp, 64 + 4), 0, "DataLength");
+    assert_eq!(u32_at(resp, 64 + 8), 50_000, "DataRemaining");
+}
+
+#[test]
+fn rdma_channels_are_refused_elsewhere_and_without_payload() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let share = dir.path().join("share");
+    std::fs::create_dir(&share).expect("share");
+    let shared = shared(share.canonicalize().expect("canonical"));
+
+    // A connection that did not come through smbdirectd.
+    let mut tcp = Client::new(&shared, 1, Some("127.0.0.1:445".parse().expect("addr")));
+    let f = tcp.create("a.bin");
+    let (h, _) = tcp.call(cmd::WRITE, body_write_rdma(f, 0, 10, CHANNEL_RDMA_V1));
+    assert_eq!(h.status, status::INVALID_PARAMETER);
+    let (h, _) = tcp.call(cmd::READ, body_read_rdma(f, 0, 10, CHANNEL_RDMA_V1));
+    assert_eq!(h.status, status::INVALID_PARAMETER);
+    // Channel NONE still reads inline.
+    let (h, _) = tcp.call(cmd::READ, body_read(f, 0, 10));
+    assert_eq!(h.status, status::END_OF_FILE);
+
+    // Through smbdirectd, but no payload, or one of the wrong length or MessageId.
+    let mut sd = Client::new(&shared, 2, Some(PROXY.parse().expect("addr")));
+    let f = sd.create("b.bin");
+    let (h, _) = sd.call(cmd::WRITE, body_write_rdma(f, 0, 10, CHANNEL_RDMA_V1));
+    assert_eq!(h.status, status::INVALID_PARAMETER, "no payload");
+    sd.conn.on_rdma_payload(&payload_body(sd.mid, &[1; 9]));
+    let (h, _) = sd.call(cmd::WRITE, body_write_rdma(f, 0, 10, CHANNEL_RDMA_V1));
+    assert_eq!(h.status, status::INVALID_PARAMETER, "short payload");
+    sd.conn.on_rdma_payload(&payload_body(sd.mid + 5, &[1; 10]));
+    let (h, _) = sd.call(cmd::WRITE, body_write_rdma(f, 0, 10, CHANNEL_RDMA_V1));
+    assert_eq!(h.status, status::INVALID_PARAMETER, "other MessageId");
+    sd.conn.on_rdma_payload(&payload_body(sd.mid, &[1; 10]));
+    let (h, _) = sd.call(cmd::WRITE, body_write_rdma(f, 0, 10, CHANNEL_RDMA_V1));
+    assert_eq!(h.status, status::SUCCESS, "matching payload");
+}
+
+#[test]
+fn payload_frames_are_bounded_and_refused_off_the_proxy() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let share = dir.path().join("share");
+    std::fs::create_dir(&share).expect("share");
+    let shared = shared(share.canonicalize().expect("canonical"));
+    let mut tcp = Client::new(&shared, 1, None);
+    tcp.conn.on_rdma_payload(&payload_body(1, b"x"));
+    assert!(tcp.conn.closed, "payload frame on a non-proxy connection");
+    let mut sd = Client::new(&shared, 2, Some(PROXY.parse().expect("addr")));
+    for i in 0..8 {
+        sd.conn.on_rdma_payload(&payload_body(100 + i, b"x"));
+    }
+    assert!(!sd.conn.closed);
+    sd.conn.on_rdma_payload(&payload_body(200, b"x"));
+    assert!(sd.conn.closed, "more payloads held than a compound can use");
+}
