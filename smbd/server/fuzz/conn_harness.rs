@@ -99,9 +99,20 @@ pub fn shared_with_locks(
     locks: Box<dyn smbd::locking::LockService>,
     clock: smbd::clock::WallClock,
 ) -> Result<Arc<Shared>, String> {
+    shared_with_config(share, locks, clock, "")
+}
+
+/// [`shared_with_locks`] with `server_extra` lines added to the `[server]` section.
+pub fn shared_with_config(
+    share: PathBuf,
+    locks: Box<dyn smbd::locking::LockService>,
+    clock: smbd::clock::WallClock,
+    server_extra: &str,
+) -> Result<Arc<Shared>, String> {
     let cfg = Config::parse(&format!(
         "[server]\nnetbios_name = \"FUZZ\"\nsigning_required = false\nallow_anonymous = true\n\
-         guest_account = \"root\"\n\n[[share]]\nname = \"data\"\npath = \"{}\"\nguest_ok = true\n",
+         guest_account = \"root\"\n{server_extra}\n\n[[share]]\nname = \"data\"\npath = \"{}\"\n\
+         guest_ok = true\n",
         share.display()
     ))
     .map_err(|e| format!("config: {e}"))?;

@@ -10,10 +10,9 @@ use std::time::Instant;
 
 use smb_proto::header::Header;
 use smb_proto::{status, NtStatus, Writer};
-use smbd::config::Config;
 use smbd::conn::{Conn, RDMA_PAYLOAD_FRAME};
 use smbd::locking::EngineLocks;
-use smbd::shared::{Share, Shared};
+use smbd::shared::Shared;
 
 #[path = "../fuzz/conn_harness.rs"]
 mod conn_harness;
@@ -29,40 +28,17 @@ const CHANNEL_RDMA_V1: u32 = 1;
 const CHANNEL_RDMA_V1_INVALIDATE: u32 = 2;
 
 fn shared(share: std::path::PathBuf) -> Arc<Shared> {
-    let cfg = Config::parse(&format!(
-        "[server]\nnetbios_name = \"RDMA\"\nsigning_required = false\nallow_anonymous = true\n\
-         guest_account = \"root\"\nrdma_proxy_listen = [\"{PROXY}\"]\n\n[[share]]\n\
-         name = \"data\"\npath = \"{}\"\nguest_ok = true\n",
-        share.display()
-    ))
-    .expect("config");
-    let dir = smbd::beneath::ShareRoot::open(&share).expect("share root");
-    let shares = vec![Share {
-        name: "data".into(),
-        dir: Arc::new(dir),
-        root: share,
-        read_only: false,
-        encrypt: false,
-        fs_id: 1,
-        valid_users: Vec::new(),
-        valid_groups: Vec::new(),
-        guest_ok: true,
-        continuous_availability: false,
-    }];
     let locks = EngineLocks::with_manual_clock(
         lockmgr_engine::Config::default(),
         Arc::new(std::sync::atomic::AtomicU64::new(1)),
     );
-    Arc::new(
-        Shared::new(
-            cfg,
-            shares,
-            smb_auth::users::UserDb::new(),
-            Box::new(locks),
-            1,
-        )
-        .expect("shared"),
+    conn_harness::shared_with_config(
+        share,
+        Box::new(locks),
+        smbd::clock::WallClock::System,
+        &format!("rdma_proxy_listen = [\"{PROXY}\"]"),
     )
+    .expect("shared")
 }
 
 /// One connection, logged on anonymously with the share connected.

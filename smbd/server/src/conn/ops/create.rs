@@ -27,6 +27,26 @@ use crate::locking::{
 use crate::streams;
 
 impl Conn {
+    /// The rest of a compound that waited for an async CREATE (MS-SMB2 <206>) runs now, with
+    /// the CREATE's status and file id as the related chain's.
+    pub(crate) fn resume_chain_after_create(
+        &mut self,
+        rest: Option<(Vec<Vec<u8>>, ChainCtx)>,
+        st: NtStatus,
+        fid: Option<FileId>,
+    ) {
+        let Some((msgs, mut ctx)) = rest else {
+            return;
+        };
+        ctx.prev_status = st;
+        ctx.file_id = fid;
+        if st != status::SUCCESS {
+            ctx.create_err = Some(st);
+        }
+        let first = ctx.index + 1;
+        self.run_chain(msgs, first, ctx);
+    }
+
     pub(crate) fn create(&mut self, c: CreateRequest, hdr: &Header, ctx: &mut ChainCtx) -> Outcome {
         // Another connection (or node) may create the name between our lookup and our
         // O_EXCL create / mkdir. For OPEN_IF, OVERWRITE_IF and SUPERSEDE that is not an error:

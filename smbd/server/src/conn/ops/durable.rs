@@ -139,16 +139,7 @@ impl Conn {
                     (status::INTERNAL_ERROR, None)
                 }
             };
-            // The rest of a compound that waited for this CREATE.
-            if let Some((msgs, mut ctx)) = rest {
-                ctx.prev_status = st;
-                ctx.file_id = fid;
-                if st != status::SUCCESS {
-                    ctx.create_err = Some(st);
-                }
-                let first = ctx.index + 1;
-                self.run_chain(msgs, first, ctx);
-            }
+            self.resume_chain_after_create(rest, st, fid);
         }
     }
 
