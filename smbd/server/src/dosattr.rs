@@ -48,28 +48,47 @@ pub fn load(path: &Path) -> Option<DosInfo> {
 }
 
 pub fn store(path: &Path, d: &DosInfo) -> std::io::Result<()> {
-    let c = cpath(path).ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     let mut buf = Vec::with_capacity(LEN);
     buf.extend_from_slice(&1u32.to_le_bytes());
     buf.extend_from_slice(&d.attributes.to_le_bytes());
     buf.extend_from_slice(&d.creation.to_le_bytes());
     buf.extend_from_slice(&d.change.to_le_bytes());
     buf.extend_from_slice(&d.mtime_guard.to_le_bytes());
-    set_xattr_privileged(&c, NAME, &buf)
+    set_xattr_privileged(path, NAME, &buf)
 }
 
-/// lsetxattr with the process's own credentials (crate::identity::as_root): for the server's
-/// metadata xattrs (DOS attributes, security descriptors), written after the handle's access
-/// check allowed the change; the owner of a read-only file may still change them. `name` is
-/// NUL-terminated.
+/// Write an xattr with the process's own credentials (crate::identity::as_root): for the
+/// server's metadata xattrs (DOS attributes, security descriptors), written after the handle's
+/// access check allowed the change; the owner of a read-only file may still change them.
+///
+/// As root a name is not enough: a client or local user who can write in the share could swap
+/// a directory on the way for a symlink to /etc between the check and the write, and root
+/// would then write there. So the object is pinned first, as the current (client's) identity,
+/// with no symlink anywhere on the path (share roots are canonical paths: a symlink on the way
+/// can only come from inside the share; objects reached through one get no stored metadata),
+/// and the privileged write goes through that descriptor (/proc/self/fd/N).
 pub(crate) fn set_xattr_privileged(
-    path: &CString,
+    path: &Path,
     name: &std::ffi::CStr,
     value: &[u8],
 ) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let invalid = || std::io::Error::from(std::io::ErrorKind::InvalidInput);
+    let rel = path.strip_prefix("/").map_err(|_| invalid())?;
+    let rel = cpath(rel).ok_or_else(invalid)?;
+    let root = crate::sys::open(c"/", libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)?;
+    let pinned = crate::sys::openat2(
+        &root,
+        &rel,
+        libc::O_PATH | libc::O_NOFOLLOW,
+        0,
+        libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+    )?;
+    let via =
+        CString::new(format!("/proc/self/fd/{}", pinned.as_raw_fd())).map_err(|_| invalid())?;
     crate::identity::as_root(|| {
-        // errno is read (inside lsetxattr) before the identity switches back.
-        crate::sys::lsetxattr(path, name, value)
+        // errno is read (inside setxattr) before the identity switches back.
+        crate::sys::setxattr(&via, name, value)
     })
 }
 
@@ -93,5 +112,29 @@ mod tests {
             return;
         }
         assert_eq!(load(&p), Some(info));
+    }
+
+    /// The privileged write never follows a symlink on the way: a directory swapped for a
+    /// link to a place outside the share must not get the server's xattr written as root.
+    #[test]
+    fn privileged_write_does_not_follow_a_swapped_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = d.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("f"), b"x").unwrap();
+        let share = d.path().join("share");
+        std::fs::create_dir(&share).unwrap();
+        std::fs::write(share.join("own"), b"x").unwrap();
+        if store(&share.join("own"), &DosInfo::default()).is_err() {
+            eprintln!("filesystem without user xattrs; skipping");
+            return;
+        }
+        std::os::unix::fs::symlink(&outside, share.join("dir")).unwrap();
+        assert!(store(&share.join("dir/f"), &DosInfo::default()).is_err());
+        assert_eq!(
+            load(&outside.join("f")),
+            None,
+            "written through the symlink"
+        );
     }
 }

@@ -169,8 +169,6 @@ pub fn load(path: &Path) -> Parts {
 
 /// Store `p` for `path`.
 pub fn store(path: &Path, p: &Parts) -> std::io::Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     // Only the parts that were set are written, so defaults stay defaults.
     let mut buf = vec![0u8; 20];
     buf[0] = 1;
@@ -197,7 +195,7 @@ pub fn store(path: &Path, p: &Parts) -> std::io::Result<()> {
     if buf.len() > MAX_LEN {
         return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
     }
-    crate::dosattr::set_xattr_privileged(&c, NAME, &buf)
+    crate::dosattr::set_xattr_privileged(path, NAME, &buf)
 }
 
 const EVERYONE_SID: &[u8] = &EVERYONE;

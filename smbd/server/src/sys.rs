@@ -163,11 +163,12 @@ pub(crate) fn lgetxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> io::Result<
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
-/// lsetxattr(2) with flags 0 (create or replace).
-pub(crate) fn lsetxattr(path: &CStr, name: &CStr, value: &[u8]) -> io::Result<()> {
+/// setxattr(2) with flags 0 (create or replace); follows symlinks, so callers pass a path they
+/// pinned (e.g. /proc/self/fd/N of an O_PATH descriptor).
+pub(crate) fn setxattr(path: &CStr, name: &CStr, value: &[u8]) -> io::Result<()> {
     // SAFETY: `path` and `name` are NUL-terminated; `value` holds value.len() readable bytes.
     check(unsafe {
-        libc::lsetxattr(
+        libc::setxattr(
             path.as_ptr(),
             name.as_ptr(),
             value.as_ptr().cast(),
