@@ -85,8 +85,11 @@ fn start_daemon(kind: &'static str) -> Daemon {
             std::thread::sleep(Duration::from_millis(10));
         }
     } else {
-        // UDP has no socket file to wait for: the client's handshake retries until the daemon
-        // answers.
+        // UDP has no socket file to wait for, and a client's connect to a port nobody has
+        // bound yet is refused at once (ECONNREFUSED is a definite signal): a probe session,
+        // retried until the daemon answers, says it is ready for the processes the tests
+        // spawn.
+        drop(crate::connect(&daemon, "readiness-probe", KEY).expect("lockmgrd did not come up"));
     }
     daemon
 }
