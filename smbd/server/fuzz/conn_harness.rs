@@ -278,6 +278,13 @@ fn fid(w: &mut Writer, f: (u64, u64)) {
     w.u64(f.0).u64(f.1);
 }
 
+/// One unsigned request (credit charge 1, no flags) as `Conn::on_message` takes it.
+pub fn request(command: u16, mid: u64, sid: u64, tid: u32, body: &[u8]) -> Vec<u8> {
+    let mut m = header(command, mid, sid, tid, 0, 1);
+    m.extend_from_slice(body);
+    m
+}
+
 fn header(command: u16, mid: u64, sid: u64, tid: u32, fl: u32, charge: u16) -> Vec<u8> {
     let mut w = Writer::new();
     Header {

@@ -147,26 +147,10 @@ impl Pair {
         let cl = &mut self.clients[c];
         let mid = cl.mid;
         cl.mid += 1;
-        let mut w = Writer::new();
-        Header {
-            credit_charge: 1,
-            status: status::SUCCESS,
-            command,
-            credits: 64,
-            flags: 0,
-            next_command: 0,
-            message_id: mid,
-            process_id: 0xFEFF,
-            tree_id: cl.tid,
-            async_id: 0,
-            session_id: cl.sid,
-            signature: [0; 16],
-        }
-        .encode(&mut w);
-        w.bytes(&body);
+        let msg = conn_harness::request(command, mid, cl.sid, cl.tid, &body);
         let now = self.now();
         let cl = &mut self.clients[c];
-        cl.conn.on_message(&w.buf, now);
+        cl.conn.on_message(&msg, now);
         self.pump();
         mid
     }

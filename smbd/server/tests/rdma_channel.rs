@@ -85,24 +85,8 @@ impl Client {
     fn send(&mut self, command: u16, body: Vec<u8>) -> u64 {
         let mid = self.mid;
         self.mid += 1;
-        let mut w = Writer::new();
-        Header {
-            credit_charge: 1,
-            status: status::SUCCESS,
-            command,
-            credits: 64,
-            flags: 0,
-            next_command: 0,
-            message_id: mid,
-            process_id: 0xFEFF,
-            tree_id: self.tid,
-            async_id: 0,
-            session_id: self.sid,
-            signature: [0; 16],
-        }
-        .encode(&mut w);
-        w.bytes(&body);
-        self.conn.on_message(&w.buf, Instant::now());
+        let msg = conn_harness::request(command, mid, self.sid, self.tid, &body);
+        self.conn.on_message(&msg, Instant::now());
         mid
     }
 
