@@ -24,6 +24,19 @@ pub enum DurableKind {
     },
 }
 
+impl DurableKind {
+    /// A persistent handle (DH2Q with SMB2_DHANDLE_FLAG_PERSISTENT).
+    pub fn is_persistent(&self) -> bool {
+        matches!(
+            self,
+            DurableKind::V2 {
+                persistent: true,
+                ..
+            }
+        )
+    }
+}
+
 /// SMB2_DHANDLE_FLAG_PERSISTENT (MS-SMB2 2.2.13.2.11, 2.2.13.2.12, 2.2.14.2.12).
 pub const DHANDLE_FLAG_PERSISTENT: u32 = 0x2;
 

@@ -23,7 +23,7 @@ use smb_proto::{status, LeaseContext};
 // The wire side of durable handles (contexts and their rules) lives in smb-proto.
 pub use smb_proto::create_ctx::{DurableKind, Reconnect};
 
-use crate::locking::{OplockGrant, OplockLevel};
+use crate::locking::{LeaseState, OplockGrant, OplockLevel};
 
 /// What a durable open needs to be re-established on another connection.
 #[derive(Debug, Clone)]
@@ -41,13 +41,7 @@ pub struct DurableState {
 impl DurableState {
     /// A persistent open (continuously available share, MS-SMB2 3.3.5.9.10).
     pub(crate) fn is_persistent(&self) -> bool {
-        matches!(
-            self.kind,
-            DurableKind::V2 {
-                persistent: true,
-                ..
-            }
-        )
+        self.kind.is_persistent()
     }
 
     pub(crate) fn timeout(&self) -> Duration {
@@ -209,14 +203,7 @@ impl DurableBlob {
             return Err(status::OBJECT_NAME_NOT_FOUND);
         }
         // MS-SMB2 3.3.5.9.12: a persistent open is reclaimed only by a DH2C that says so.
-        if matches!(
-            self.kind,
-            DurableKind::V2 {
-                persistent: true,
-                ..
-            }
-        ) && !r.persistent
-        {
+        if self.kind.is_persistent() && !r.persistent {
             return Err(status::OBJECT_NAME_NOT_FOUND);
         }
         if !self.share.eq_ignore_ascii_case(r.share) {
@@ -282,7 +269,7 @@ fn reconnect_guid_matches(kind: &DurableKind, v2: Option<[u8; 16]>) -> bool {
 pub fn grant_allows_durable(g: &OplockGrant) -> bool {
     match g {
         OplockGrant::Oplock(l) => *l == OplockLevel::Batch,
-        OplockGrant::Lease(l) => l.state.0 & 0x2 != 0,
+        OplockGrant::Lease(l) => l.state.0 & LeaseState::HANDLE.0 != 0,
         OplockGrant::None => false,
     }
 }
@@ -290,7 +277,7 @@ pub fn grant_allows_durable(g: &OplockGrant) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::locking::{Lease, LeaseKey, LeaseState};
+    use crate::locking::{Lease, LeaseKey};
 
     fn blob() -> DurableBlob {
         DurableBlob {

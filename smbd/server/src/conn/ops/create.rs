@@ -754,27 +754,15 @@ impl Conn {
         let durable = cont
             .durable
             .clone()
-            .map(|kind| match kind {
-                smb_proto::create_ctx::DurableKind::V2 {
-                    create_guid,
-                    timeout_ms,
-                    persistent,
-                } => smb_proto::create_ctx::DurableKind::V2 {
-                    create_guid,
-                    timeout_ms,
-                    persistent: persistent && persistent_ok,
-                },
-                v1 => v1,
+            .map(|mut kind| {
+                if let smb_proto::create_ctx::DurableKind::V2 { persistent, .. } = &mut kind {
+                    *persistent &= persistent_ok;
+                }
+                kind
             })
             .filter(|kind| {
                 !cont.is_dir
-                    && (matches!(
-                        kind,
-                        smb_proto::create_ctx::DurableKind::V2 {
-                            persistent: true,
-                            ..
-                        }
-                    ) || crate::durable::grant_allows_durable(&grant))
+                    && (kind.is_persistent() || crate::durable::grant_allows_durable(&grant))
             })
             .map(|kind| {
                 contexts.push(smb_proto::create_ctx::durable_response(&kind));

@@ -350,7 +350,10 @@ impl Conn {
                     parent_key: r.parent_key,
                     epoch: l.epoch,
                 }));
-                (smb_proto::oplock_level::LEASE, state & 0x2 != 0)
+                (
+                    smb_proto::oplock_level::LEASE,
+                    state & locking::LeaseState::HANDLE.0 != 0,
+                )
             }
             (OplockGrant::Lease(_), _) | (_, Some(_)) => return Some(err(status::ACCESS_DENIED)),
             (_, None) => {
