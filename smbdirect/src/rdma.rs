@@ -127,17 +127,7 @@ impl RdmaConnection {
             }
             got.clear();
             self.ep.poll(&mut got)?;
-            for c in got.drain(..) {
-                match c {
-                    Completion::Rdma => done += 1,
-                    Completion::Failed { status, .. } => {
-                        self.dead = true;
-                        self.conn.close();
-                        return Err(RdmaError::Transfer { op, status });
-                    }
-                    other => self.pending.push(other),
-                }
-            }
+            done += self.absorb_completions(&mut got, op)?;
             if done == segments.len() {
                 break;
             }
@@ -149,17 +139,7 @@ impl RdmaConnection {
             self.ep.poll(&mut got)?;
             if !got.is_empty() {
                 // Handled on the next round, without sleeping.
-                for c in got.drain(..) {
-                    match c {
-                        Completion::Rdma => done += 1,
-                        Completion::Failed { status, .. } => {
-                            self.dead = true;
-                            self.conn.close();
-                            return Err(RdmaError::Transfer { op, status });
-                        }
-                        other => self.pending.push(other),
-                    }
-                }
+                done += self.absorb_completions(&mut got, op)?;
                 continue;
             }
             cm::wait_readable(&[self.ep.completion_fd()], deadline - now)
@@ -167,6 +147,28 @@ impl RdmaConnection {
             self.ep.drain_events();
         }
         Ok(())
+    }
+
+    /// Takes `got` in during an RDMA transfer: returns how many RDMA work requests completed;
+    /// other completions are kept for [`Self::progress`]; a failed one ends the connection.
+    fn absorb_completions(
+        &mut self,
+        got: &mut Vec<Completion>,
+        op: &'static str,
+    ) -> Result<usize, RdmaError> {
+        let mut done = 0;
+        for c in got.drain(..) {
+            match c {
+                Completion::Rdma => done += 1,
+                Completion::Failed { status, .. } => {
+                    self.dead = true;
+                    self.conn.close();
+                    return Err(RdmaError::Transfer { op, status });
+                }
+                other => self.pending.push(other),
+            }
+        }
+        Ok(done)
     }
 
     /// The RDMA buffer's first `len` bytes after an RDMA READ.
