@@ -396,8 +396,8 @@ fn udp_external_event_loop_fd() {
     assert!(client.poll_timeout().is_some());
 }
 
-#[test]
-fn udp_server_process_killed() {
+/// A server in a child process and a client (with `cfg`) that has exchanged one echo with it.
+fn client_of_child_server(cfg: UdpConfig) -> (std::process::Child, UdpClient, Instant) {
     use std::io::BufRead;
     let mut child = Command::new(CHILD_EXE)
         .arg("udp-server")
@@ -410,11 +410,6 @@ fn udp_server_process_killed() {
         .map(|l| l.unwrap())
         .find_map(|l| l.strip_prefix("ADDR ").map(|a| a.parse().unwrap()))
         .unwrap();
-    let cfg = UdpConfig {
-        keepalive: Some(Duration::from_millis(20)),
-        peer_timeout: Duration::from_millis(300),
-        ..keyed()
-    };
     let mut client = UdpClient::connect(addr, cfg).unwrap();
     client.send(b"echo me").unwrap();
     let start = Instant::now();
@@ -425,10 +420,13 @@ fn udp_server_process_killed() {
         client.wait(Some(Duration::from_millis(10))).unwrap();
     }
     assert_eq!(got, vec![b"echo me".to_vec()]);
-    child.kill().unwrap(); // SIGKILL: no FIN; keepalive timeout must notice
-    child.wait().unwrap();
+    (child, client, start)
+}
+
+/// Polls until the client reports its peer gone (`what` names the signal on a hang).
+fn wait_disconnected(client: &mut UdpClient, start: Instant, what: &str) {
     loop {
-        assert!(start.elapsed() < HANG_GUARD, "server death not detected");
+        assert!(start.elapsed() < HANG_GUARD, "{what} not noticed");
         match client.poll(&mut |_| {}) {
             Err(TransportError::Disconnected) => break,
             Ok(_) => client.wait(Some(Duration::from_millis(10))).unwrap(),
@@ -437,49 +435,35 @@ fn udp_server_process_killed() {
     }
 }
 
+#[test]
+fn udp_server_process_killed() {
+    let cfg = UdpConfig {
+        keepalive: Some(Duration::from_millis(20)),
+        peer_timeout: Duration::from_millis(300),
+        ..keyed()
+    };
+    let (mut child, mut client, start) = client_of_child_server(cfg);
+    child.kill().unwrap(); // SIGKILL: no FIN; keepalive timeout must notice
+    child.wait().unwrap();
+    wait_disconnected(&mut client, start, "server death");
+}
+
 /// A killed server's port answers with ICMP port unreachable: the client's connected socket
 /// reports it, and the connection ends at the next datagram, with no liveness timer armed
 /// (keepalive off, `give_up` beyond the hang guard).
 #[test]
 fn udp_server_process_killed_is_refused_at_once() {
-    use std::io::BufRead;
-    let mut child = Command::new(CHILD_EXE)
-        .arg("udp-server")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let addr: SocketAddr = std::io::BufReader::new(stdout)
-        .lines()
-        .map(|l| l.unwrap())
-        .find_map(|l| l.strip_prefix("ADDR ").map(|a| a.parse().unwrap()))
-        .unwrap();
     let cfg = UdpConfig {
         keepalive: None,
         give_up: HANG_GUARD * 4,
         ..keyed()
     };
-    let mut client = UdpClient::connect(addr, cfg).unwrap();
-    client.send(b"echo me").unwrap();
-    let start = Instant::now();
-    let mut got = Vec::new();
-    while got.is_empty() {
-        assert!(start.elapsed() < HANG_GUARD);
-        client.poll(&mut |b| got.push(b.to_vec())).unwrap();
-        client.wait(Some(Duration::from_millis(10))).unwrap();
-    }
+    let (mut child, mut client, start) = client_of_child_server(cfg);
     child.kill().unwrap(); // SIGKILL: no FIN
     child.wait().unwrap();
     // Sent after the death: its retransmission (or the first copy) meets the closed port.
     let _ = client.send(b"anyone?");
-    loop {
-        assert!(start.elapsed() < HANG_GUARD, "closed port not noticed");
-        match client.poll(&mut |_| {}) {
-            Err(TransportError::Disconnected) => break,
-            Ok(_) => client.wait(Some(Duration::from_millis(10))).unwrap(),
-            Err(e) => panic!("{e}"),
-        }
-    }
+    wait_disconnected(&mut client, start, "closed port");
 }
 
 /// Connecting to a port nobody listens on fails with `Disconnected` as soon as the ICMP
