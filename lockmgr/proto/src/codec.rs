@@ -857,3 +857,39 @@ pub(crate) fn notification_len(n: &Notification) -> Result<usize, EncodeError> {
         _ => return Err(EncodeError::UnsupportedVariant("Notification")),
     })
 }
+
+/// Longest node name in a `ClientHello`, in bytes.
+pub const MAX_NODE_NAME: usize = 64;
+
+/// Encoded size of a node name (length byte + UTF-8), or the error if it is too long.
+pub(crate) fn node_name_len(name: &str) -> Result<usize, EncodeError> {
+    if name.len() > MAX_NODE_NAME {
+        return Err(EncodeError::StringTooLong {
+            field: "node_name",
+            len: name.len(),
+            max: MAX_NODE_NAME,
+        });
+    }
+    Ok(1 + name.len())
+}
+
+/// Writes a node name already checked by [`node_name_len`].
+pub(crate) fn put_node_name(s: &mut Sink<'_>, name: &str) {
+    // Cannot truncate: bounded by MAX_NODE_NAME in node_name_len.
+    s.u8(name.len() as u8);
+    s.put(name.as_bytes());
+}
+
+pub(crate) fn get_node_name(r: &mut Reader<'_>) -> Result<String, DecodeError> {
+    let len = usize::from(r.u8()?);
+    if len > MAX_NODE_NAME {
+        return Err(DecodeError::StringTooLong {
+            field: "node_name",
+            len,
+            max: MAX_NODE_NAME,
+        });
+    }
+    Ok(std::str::from_utf8(r.bytes(len)?)
+        .map_err(|_| DecodeError::InvalidUtf8 { field: "node_name" })?
+        .to_owned())
+}

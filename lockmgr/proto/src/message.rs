@@ -25,7 +25,7 @@
 use lockmgr_engine::{Notification, Reply, Request, RequestId, SessionId};
 use lockmgr_replica::{AppendError, Entry, Epoch};
 
-use crate::codec;
+use crate::codec::{self, get_node_name, node_name_len, put_node_name};
 use crate::error::{DecodeError, EncodeError};
 use crate::replication;
 use crate::wire::{Reader, Sink};
@@ -36,8 +36,7 @@ pub type Nonce = [u8; 32];
 /// An HMAC-SHA256 proof of possession of the cluster key.
 pub type Proof = [u8; 32];
 
-/// Longest node name in a `ClientHello`, in bytes.
-pub const MAX_NODE_NAME: usize = 64;
+pub use crate::codec::MAX_NODE_NAME;
 /// Largest snapshot a standby accepts, in bytes: bounds what a receiver reserves for one.
 pub const MAX_SNAPSHOT: u64 = 1 << 32;
 /// Largest `Snapshot` chunk: what fits alone in a `MAX_FRAME` frame.
@@ -306,41 +305,8 @@ pub fn split_status_text(text: &str) -> impl Iterator<Item = Message> + '_ {
     })
 }
 
-/// Encoded size of a node name (length byte + UTF-8), or the error if it is too long.
-pub(crate) fn node_name_len(name: &str) -> Result<usize, EncodeError> {
-    if name.len() > MAX_NODE_NAME {
-        return Err(EncodeError::StringTooLong {
-            field: "node_name",
-            len: name.len(),
-            max: MAX_NODE_NAME,
-        });
-    }
-    Ok(1 + name.len())
-}
-
 /// Longest replica address in `ReplicaAttach` (the coordination record's limit).
 pub const MAX_REPLICA_ADDRESS: usize = 256;
-
-/// Writes a node name already checked by [`node_name_len`].
-pub(crate) fn put_node_name(s: &mut Sink<'_>, name: &str) {
-    // Cannot truncate: bounded by MAX_NODE_NAME in node_name_len.
-    s.u8(name.len() as u8);
-    s.put(name.as_bytes());
-}
-
-pub(crate) fn get_node_name(r: &mut Reader<'_>) -> Result<String, DecodeError> {
-    let len = usize::from(r.u8()?);
-    if len > MAX_NODE_NAME {
-        return Err(DecodeError::StringTooLong {
-            field: "node_name",
-            len,
-            max: MAX_NODE_NAME,
-        });
-    }
-    Ok(std::str::from_utf8(r.bytes(len)?)
-        .map_err(|_| DecodeError::InvalidUtf8 { field: "node_name" })?
-        .to_owned())
-}
 
 /// Exact body length; mirrors `encode_body` and checks the same size limits.
 pub(crate) fn body_len(msg: &Message) -> Result<usize, EncodeError> {

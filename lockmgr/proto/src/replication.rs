@@ -18,9 +18,8 @@
 use lockmgr_engine::{RequestId, SessionId, Time};
 use lockmgr_replica::{AppendError, Entry, Epoch, Input};
 
-use crate::codec;
+use crate::codec::{self, get_node_name, node_name_len, put_node_name};
 use crate::error::{DecodeError, EncodeError};
-use crate::message::{get_node_name, node_name_len, put_node_name};
 use crate::wire::{Reader, Sink};
 
 /// Smallest encoded entry (an input with no fields): bounds the capacity a decoder reserves.
