@@ -22,7 +22,7 @@ use std::str::FromStr;
 
 use std::collections::HashMap;
 
-use crate::reliable::DGRAM_MAX;
+use crate::reliable::{CookieAddr, DGRAM_MAX};
 use crate::TransportError;
 
 /// IEEE 802 "local experimental" EtherType 1, the default for lockmgr frames.
@@ -57,6 +57,13 @@ impl fmt::Display for MacAddr {
 impl fmt::Debug for MacAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
+    }
+}
+
+// The SYN cookie binds a handshake to the MAC address it ran from.
+impl CookieAddr for MacAddr {
+    fn cookie_bytes(&self) -> Vec<u8> {
+        self.0.to_vec()
     }
 }
 

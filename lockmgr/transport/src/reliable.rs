@@ -58,7 +58,6 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::eth::MacAddr;
 pub use crate::fabric::FabricCounters;
 use crate::fabric::{self, CookieJar, FabricKey, Gmac, ReplayWindow, Side, NONCE_LEN, TAG_LEN};
 use crate::sys::{self, EventFdWaker, Spinner, Spun};
@@ -257,12 +256,6 @@ impl CookieAddr for SocketAddr {
         };
         v.extend_from_slice(&self.port().to_le_bytes());
         v
-    }
-}
-
-impl CookieAddr for MacAddr {
-    fn cookie_bytes(&self) -> Vec<u8> {
-        self.0.to_vec()
     }
 }
 
