@@ -9,9 +9,11 @@ pub mod conformance;
 mod coordination;
 #[doc(hidden)]
 pub mod fuzzing;
+mod ha;
 pub mod replication;
 pub mod server;
 mod state;
 pub mod status;
 
-pub use server::{Server, ServerCounters, ServerOptions};
+pub use server::{Server, ServerOptions};
+pub use status::ServerCounters;

@@ -34,6 +34,7 @@ use lockmgr_transport::{PeerId, ServerTransport, TransportError};
 use rand::RngCore;
 
 use crate::coordination::{CoordEvent, CoordThread};
+use crate::ha::{Ha, Intent, StandbyPeer, Upstream};
 use crate::server::{Clock, Core, PeerState, Server, ServerOptions};
 use crate::state::LockState;
 
@@ -72,118 +73,6 @@ pub struct HaOptions {
     pub etcd_deadline: Duration,
     /// How to reach another replica's address.
     pub link: LinkSpec,
-}
-
-/// The epoch change this replica asked the coordination service for.
-#[derive(Debug)]
-enum Intent {
-    /// Record the attached standby (epoch + 1 names it).
-    RecordStandby { peer: PeerId, member: Member },
-    /// The standby is gone: serve alone in epoch + 1.
-    ServeAlone,
-    /// The primary is gone: be primary of epoch + 1.
-    Promote,
-}
-
-/// A standby that attached to this primary.
-struct StandbyPeer {
-    peer: PeerId,
-    member: Member,
-    /// The log index its snapshot ends at: once it acknowledges this, it holds everything.
-    ready_at: u64,
-    /// Whether the coordination service names it (else it is still catching up).
-    recorded: bool,
-}
-
-/// A standby's connection to its primary.
-struct Upstream {
-    transport: AnyTransport,
-    session: SessionId,
-    out: FrameBuf,
-    last_heard: Instant,
-    last_sent: Instant,
-    next_heartbeat: u64,
-    /// The snapshot being received, until it is complete.
-    snapshot: Vec<u8>,
-    installed: bool,
-}
-
-/// Replication state of the daemon (see the module docs).
-pub(crate) struct Ha {
-    name: String,
-    incarnation: u64,
-    address: String,
-    failover: Duration,
-    coord: CoordThread,
-    /// The configuration this replica is in (as last installed or adopted).
-    config: Configuration,
-    pending: Option<Intent>,
-    standby: Option<StandbyPeer>,
-    upstream: Option<Upstream>,
-    deposed: bool,
-    /// When the partner was last heard of, for the failover time in the log.
-    partner_lost_at: Option<Instant>,
-    /// Standby: since when the primary is gone while the configuration does not name this
-    /// replica yet (see `request_promotion`).
-    unrecorded_since: Option<Instant>,
-    /// Appends were refused (the standby lags behind an epoch change): send again then.
-    rewind_at: Option<Instant>,
-}
-
-impl Ha {
-    pub(crate) fn deposed(&self) -> bool {
-        self.deposed
-    }
-
-    pub(crate) fn failover(&self) -> Duration {
-        self.failover
-    }
-
-    fn me(&self) -> Member {
-        Member::new(self.name.clone(), self.address.clone(), self.incarnation)
-    }
-
-    fn names_me_standby(&self, config: &Configuration) -> bool {
-        config
-            .standbys
-            .iter()
-            .any(|m| m.is(&self.name, self.incarnation))
-    }
-
-    /// Lines for the operator view.
-    pub(crate) fn status(&self, state: &LockState) -> String {
-        let mut out = String::from("\nreplication:\n");
-        if let Some(r) = state.replica() {
-            let role = match r.role() {
-                ReplicaRole::Primary => "primary",
-                ReplicaRole::Standby => "standby",
-                _ => "deposed",
-            };
-            out.push_str(&format!(
-                "  replica {} role {role} epoch {} log {} committed {} lag {}\n",
-                self.name,
-                r.epoch().0,
-                r.next_index(),
-                r.committed(),
-                r.replication_lag()
-            ));
-        }
-        match &self.standby {
-            Some(s) => out.push_str(&format!(
-                "  standby {} at {} ({})\n",
-                s.member.name,
-                s.member.address,
-                if s.recorded {
-                    "recorded"
-                } else {
-                    "catching up"
-                }
-            )),
-            None if self.upstream.is_none() => out.push_str("  standby none (serving alone)\n"),
-            None => {}
-        }
-        out
-    }
 }
 
 /// Starts a replicated lockmgrd over `transport`: the first replica of the cluster becomes

@@ -21,9 +21,9 @@ use lockmgr_transport::{PeerId, ServerEvent, ServerTransport, TransportError};
 use rand::RngCore;
 use rustc_hash::FxHashMap as HashMap;
 
-use crate::replication::Ha;
+use crate::ha::Ha;
 use crate::state::LockState;
-use crate::status::render_status;
+use crate::status::{render_status, ServerCounters};
 
 /// Settings of one server instance.
 #[derive(Clone)]
@@ -32,22 +32,6 @@ pub struct ServerOptions {
     /// A session that sends nothing for this long is expired and its state released.
     pub liveness: Duration,
     pub engine: EngineConfig,
-}
-
-/// Counters of what the server dropped or refused, for the operator view and for tests.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ServerCounters {
-    pub frames_in: u64,
-    pub frames_out: u64,
-    pub malformed_frames: u64,
-    /// Frames whose session id is not the one this peer authenticated (or no session yet).
-    pub foreign_session_frames: u64,
-    /// Messages not allowed in the peer's state (e.g. a request before authentication).
-    pub protocol_violations: u64,
-    pub auth_failures: u64,
-    pub sessions_accepted: u64,
-    pub sessions_expired: u64,
-    pub sessions_closed: u64,
 }
 
 pub(crate) enum PeerState {

@@ -6,7 +6,21 @@ use lockmgr_engine::{BreakHolder, Engine, OplockGrant, SessionId};
 
 use lockmgr_transport::fabric::FabricCounters;
 
-use crate::server::ServerCounters;
+/// Counters of what the server dropped or refused, for the operator view and for tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerCounters {
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub malformed_frames: u64,
+    /// Frames whose session id is not the one this peer authenticated (or no session yet).
+    pub foreign_session_frames: u64,
+    /// Messages not allowed in the peer's state (e.g. a request before authentication).
+    pub protocol_violations: u64,
+    pub auth_failures: u64,
+    pub sessions_accepted: u64,
+    pub sessions_expired: u64,
+    pub sessions_closed: u64,
+}
 
 /// Renders nodes, sessions, open files, byte-range locks, waiters and pending breaks.
 pub fn render_status(
