@@ -86,7 +86,7 @@ fn make_shared(share: PathBuf) -> Result<Arc<Shared>, String> {
         start: FIXED_FILETIME,
         elapsed: Default::default(),
     };
-    shared_with_locks(share, smbd::server::default_lock_service(), clock)
+    shared_with_locks(share, smbd::locking::default_lock_service(), clock)
 }
 
 /// 2024-01-01T00:00:00Z as a FILETIME: the fuzz target's time of day.

@@ -42,6 +42,11 @@ pub trait LockService: Send + Sync {
     }
 }
 
+/// The lock service smbd uses when no lockmgrd is configured: the in-process lock engine.
+pub fn default_lock_service() -> Box<dyn LockService> {
+    Box::new(EngineLocks::new(lockmgr_engine::Config::default()))
+}
+
 /// The in-process lock engine (`lockmgr_engine::Engine`) behind [`LockService`]. A request
 /// takes no round trip, so the engine is simply behind a mutex.
 pub struct EngineLocks {
@@ -86,7 +91,9 @@ impl EngineLocks {
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, EngineState> {
-        crate::shared::lock(&self.state)
+        // A panic while holding the lock leaves plain data that stays consistent between calls,
+        // so recover it rather than poisoning every later request.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

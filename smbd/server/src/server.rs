@@ -10,7 +10,7 @@ use smb_auth::users::UserDb;
 pub mod cluster;
 
 use crate::config::{Config, ConfigError, LockTransport};
-use crate::locking::{EngineLocks, LockService};
+use crate::locking::{default_lock_service, LockService};
 use crate::shared::{Share, Shared};
 use crate::worker::{Worker, WorkerError};
 
@@ -45,11 +45,6 @@ pub enum ServerError {
     Witness(String),
 }
 
-/// The lock service smbd uses: the in-process lock engine.
-pub fn default_lock_service() -> Box<dyn LockService> {
-    Box::new(EngineLocks::new(lockmgr_engine::Config::default()))
-}
-
 /// A bound, not yet running server.
 pub struct Server {
     shared: Arc<Shared>,
@@ -68,7 +63,7 @@ struct WitnessParts {
 
 impl Server {
     /// Bind with the lock service `[lockmgr]` names: the in-process engine
-    /// ([`default_lock_service`]) or a remote lockmgrd ([`cluster::ClusterLocks`]).
+    /// ([`crate::locking::default_lock_service`]) or a remote lockmgrd ([`cluster::ClusterLocks`]).
     pub fn bind(config: Config, extra_listen: &[SocketAddr]) -> Result<Server, ServerError> {
         if config.lockmgr.transport == LockTransport::Embedded {
             return Self::bind_with_locks(config, extra_listen, default_lock_service());

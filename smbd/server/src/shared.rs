@@ -560,7 +560,7 @@ mod tests {
             Config::default(),
             Vec::new(),
             UserDb::new(),
-            crate::server::default_lock_service(),
+            crate::locking::default_lock_service(),
             1,
         )
         .unwrap()
