@@ -15,6 +15,9 @@ step() { echo; echo "=== $* ==="; }
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
+step "module import cycles (no module imports its importer)"
+python3 scripts/check-module-cycles.py --self-test
+
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
