@@ -35,6 +35,7 @@ pub const NODES: usize = 3;
 
 /// Why a scenario failed.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum ScenarioError {
     /// The server or a client transport could not be created.
     #[error("set-up: {0}")]

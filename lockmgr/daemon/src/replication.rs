@@ -23,7 +23,7 @@
 use std::time::{Duration, Instant};
 
 use lockmgr_client::handshake;
-use lockmgr_client::{AnyTransport, ClientOptions, TransportSpec};
+use lockmgr_client::{ClientOptions, TransportSpec};
 use lockmgr_coord::{Configuration, Coordinator, Member, Swap};
 use lockmgr_engine::SessionId;
 use lockmgr_proto::{
