@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 /// Everything that can go wrong while deploying a target or running smbtorture against it.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SmbBenchError {
     /// A required program or library is not installed.
     #[error(

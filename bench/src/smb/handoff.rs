@@ -89,6 +89,7 @@ impl std::fmt::Display for HandoffReport {
 }
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HandoffError {
     #[error("{0}")]
     Setup(String),

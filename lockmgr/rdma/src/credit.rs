@@ -22,6 +22,7 @@
 
 /// The peer broke the credit protocol; the connection is dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum CreditError {
     /// The peer sent while it held no credit (it overran our receive ring).
     #[error("peer sent without a credit")]

@@ -134,6 +134,7 @@ impl RdmaConfig {
 
 /// Errors of opening devices and setting up connections.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RdmaError {
     /// This machine has no usable RDMA device (no kernel support, no NIC, or no soft-RoCE
     /// link). The message says which and what to do.

@@ -45,6 +45,7 @@ pub struct Header {
 
 /// Why a received message was rejected (the peer is then dropped).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum HeaderError {
     /// Fewer bytes than a header.
     #[error("message shorter than the header")]
@@ -150,6 +151,7 @@ pub struct Hello {
 
 /// Why a hello was rejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum HelloError {
     /// Not our magic number: something else is talking to the port.
     #[error("bad magic (not a lockmgr RDMA peer)")]

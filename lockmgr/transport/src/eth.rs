@@ -90,6 +90,7 @@ impl FromStr for MacAddr {
 
 /// Raw-Ethernet configuration errors (wrapped in [`TransportError::Ethernet`]).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EthError {
     /// No interface of this name in the current network namespace.
     #[error("network interface {0:?} does not exist (in this network namespace)")]

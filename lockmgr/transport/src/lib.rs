@@ -66,6 +66,7 @@ pub enum ServerEvent<'a> {
 
 /// Errors of every transport.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TransportError {
     /// The peer is gone (closed, killed, timed out, or sent something invalid).
     #[error("peer disconnected")]

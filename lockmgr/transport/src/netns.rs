@@ -33,6 +33,7 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// Why namespaces could not be set up.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum NetnsError {
     /// Not root (network namespaces and raw sockets need CAP_SYS_ADMIN / CAP_NET_RAW).
     #[error("network namespaces need root (running as uid {0})")]

@@ -8,6 +8,7 @@ use thiserror::Error;
 
 /// The one decode error of this crate: PDUs and NDR stub data alike.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum DecodeError {
     #[error("truncated: needed {needed} bytes at offset {at}")]
     Truncated { at: usize, needed: usize },

@@ -76,6 +76,7 @@ impl Default for PipeConfig {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum PipeError {
     /// The byte stream is not DCE/RPC any more; the connection cannot recover.
     #[error("RPC protocol error: {0}")]

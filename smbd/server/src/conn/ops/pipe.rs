@@ -269,7 +269,8 @@ impl Conn {
 fn pipe_error(conn: u64, e: &PipeError) -> Outcome {
     tracing::debug!(conn, %e, "pipe write refused");
     err(match e {
-        PipeError::Protocol(_) => STATUS_PIPE_DISCONNECTED,
         PipeError::OutputFull => STATUS_PIPE_BUSY,
+        // A protocol error (or a failure smb-rpc adds later): the pipe cannot go on.
+        _ => STATUS_PIPE_DISCONNECTED,
     })
 }
