@@ -40,6 +40,9 @@ pub struct Rules {
     /// MS-FSA's BreakCacheState = HANDLE_CACHING gives RH -> R and the overwrite's R break
     /// comes only if the open then succeeds).
     pub failed_overwrite_breaks_caching: bool,
+    /// MS-SMB2 3.3.5.9.8: a lease upgrade that cannot get all it asks for still gets what can
+    /// be granted (the W-less retry); with this rule the lease keeps its old state instead.
+    pub lease_upgrade_all_or_nothing: bool,
 }
 
 impl Default for Rules {
@@ -47,6 +50,7 @@ impl Default for Rules {
         Rules {
             lock_breaks_level2: true,
             failed_overwrite_breaks_caching: false,
+            lease_upgrade_all_or_nothing: false,
         }
     }
 }
@@ -430,6 +434,18 @@ impl Model {
                 })
                 .map(|o| o.h)
                 .collect();
+            // A disconnected durable open in the way is closed rather than broken (it cannot
+            // ack; MS-SMB2 3.3.4.7 closes opens whose break cannot be sent), also when it
+            // holds the opener's own lease key (the client chose a new open over a reconnect).
+            // Only on the stream being opened: like the breaks, a conflict with another stream
+            // of the file resolves nothing.
+            if let Some(&gone) = conflicting.iter().find(|&&h| {
+                self.open(h)
+                    .is_some_and(|o| o.disconnected && o.p.file == p.file)
+            }) {
+                self.purge(gone);
+                continue 'restart;
+            }
             if !conflicting.is_empty() {
                 // MS-FSA 2.1.4.12 with BREAKING_FOR_SHARING_VIOLATION (2.1.5.1.2): break handle
                 // caching of the stream so the holders may close: a batch oplock breaks to
@@ -480,6 +496,9 @@ impl Model {
                 }
                 for (id, _, to) in lease_breaks {
                     self.break_lease(id, to);
+                }
+                if p.overwrite && self.rules.failed_overwrite_breaks_caching {
+                    self.break_for_failed_overwrite(p);
                 }
                 return Attempt::Wait;
             }
@@ -554,7 +573,12 @@ impl Model {
         let oplocks: Vec<Handle> = self
             .opens
             .iter()
-            .filter(|o| o.p.file == p.file && o.lease.is_none() && o.oplock != OplockLevel::None)
+            .filter(|o| {
+                o.p.file == p.file
+                    && o.lease.is_none()
+                    && o.oplock != OplockLevel::None
+                    && o.oplock_breaking.is_none()
+            })
             .map(|o| o.h)
             .collect();
         for h in oplocks {
@@ -563,7 +587,7 @@ impl Model {
         let leases: Vec<(LeaseId, u8)> = self
             .leases
             .iter()
-            .filter(|l| l.file == p.file && l.state != 0)
+            .filter(|l| l.file == p.file && l.state != 0 && l.breaking_to.is_none())
             .filter(|l| !(l.id.0 == p.guid && p.lease.is_some_and(|(k, _)| k == l.id.1)))
             .map(|l| (l.id, 0))
             .collect();
@@ -664,9 +688,14 @@ impl Model {
             };
             let id = (p.guid, key);
             let existing = self.lease(id).map(|l| l.state);
-            // 3.3.5.9.8: an existing lease is upgraded to the union if that can be granted,
-            // otherwise it stays as it is.
-            let wanted = existing.map_or(requested, |e| e | requested);
+            // 3.3.5.9.8: an existing lease is upgraded only to a superset of its state, if that
+            // can be granted; otherwise it stays as it is (smbtorture lease.upgrade: RW asked
+            // for RH stays RW).
+            let wanted = match existing {
+                Some(e) if requested & e == e => requested,
+                Some(e) => e,
+                None => requested,
+            };
             let mut state = wanted;
             // MS-FSA 2.1.5.17.1: write caching only when no open with another key exists.
             if !others.is_empty() {
@@ -687,8 +716,12 @@ impl Model {
             if state & R == 0 {
                 state = 0;
             }
+            // An upgrade never loses what the lease had; MS-SMB2 3.3.5.9.8 retries a refused
+            // write-caching request without W, so a partial upgrade (R asking RWH next to other
+            // opens: RH) is granted.
             let state = match existing {
                 Some(e) if state & e != e => e,
+                Some(e) if state != wanted && self.rules.lease_upgrade_all_or_nothing => e,
                 _ => state,
             };
             match self.lease_mut(id) {
@@ -794,6 +827,19 @@ impl Model {
         if let Some(id) = o.lease {
             if !self.opens.iter().any(|x| x.lease == Some(id)) {
                 self.leases.retain(|l| l.id != id);
+            } else if self.lease(id).is_some_and(|l| l.breaking_to.is_some())
+                && self.lease_all_disconnected(id)
+            {
+                // Only disconnected opens are left to ack the break: they are closed.
+                let rest: Vec<Handle> = self
+                    .opens
+                    .iter()
+                    .filter(|x| x.lease == Some(id))
+                    .map(|x| x.h)
+                    .collect();
+                for x in rest {
+                    let _ = self.remove_open(x);
+                }
             }
         }
         self.locks.retain(|l| l.h != h);
@@ -975,7 +1021,21 @@ impl Model {
             .map(|l| l.id)
             .collect();
         for id in read_leases {
-            self.break_lease(id, 0);
+            let needs_ack = self.lease(id).is_some_and(|l| l.state & H != 0);
+            if needs_ack && self.lease_all_disconnected(id) {
+                // Nobody could ack: the disconnected holders are closed instead.
+                let holders: Vec<Handle> = self
+                    .opens
+                    .iter()
+                    .filter(|o| o.lease == Some(id))
+                    .map(|o| o.h)
+                    .collect();
+                for x in holders {
+                    self.purge(x);
+                }
+            } else {
+                self.break_lease(id, 0);
+            }
         }
     }
 
