@@ -992,7 +992,7 @@ impl Model {
             self.open(e.h).is_some_and(|o| o.p.file == file)
                 && overlaps(e.off, e.len, n.off, n.len)
                 && (e.excl || n.excl)
-                && !(e.excl && !n.excl && e.h == n.h)
+                && !Self::stacks_on_own_exclusive(e, n)
         })
     }
 
@@ -1037,6 +1037,11 @@ impl Model {
                 self.break_lease(id, 0);
             }
         }
+    }
+
+    /// A shared lock inside its own open's exclusive lock is allowed (MS-FSA 2.1.5.7).
+    fn stacks_on_own_exclusive(existing: &MLock, new: &MLock) -> bool {
+        existing.excl && !new.excl && existing.h == new.h
     }
 
     pub fn lock(
