@@ -80,6 +80,11 @@ def set_basic(f, last_write_time=0, attributes=0):
     SMB2SetInfoResponse().unpack(send(f, req)["data"].get_value())
 
 
+def filetime(field):
+    """A FILETIME field as the integer on the wire (smbprotocol shows some as datetimes)."""
+    return int.from_bytes(field.pack(), "little")
+
+
 def main():
     host, port, share, user, password, share_dir, outside, outside_ft = sys.argv[1:9]
     outside_ft = int(outside_ft)
@@ -104,10 +109,10 @@ def main():
     os.rename(os.path.join(share_dir, "d3"), os.path.join(share_dir, "d2"))
     print("swapped", flush=True)
 
-    t = query_basic(hdir)["last_write_time"].get_value()
+    t = filetime(query_basic(hdir)["last_write_time"])
     print("query", "LEAK" if t == outside_ft else "ok", t, flush=True)
     r = hdir2.close(get_attributes=True)
-    t = r["last_write_time"].get_value()
+    t = filetime(r["last_write_time"])
     print("close", "LEAK" if t == outside_ft else "ok", t, flush=True)
     for name, call in (("times", lambda: set_basic(hdir, last_write_time=T1999)),
                        ("attrs", lambda: set_basic(hf, attributes=FileAttributes.FILE_ATTRIBUTE_READONLY))):
