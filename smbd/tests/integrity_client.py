@@ -18,6 +18,10 @@ Cases:
   reauth_unsigned       unsigned reauthentication of a signing session -> ACCESS_DENIED
   cancel_unsigned       unsigned CANCEL of a signed blocking LOCK -> ignored, lock granted
   compound_bad_signature  related WRITE with a bad signature after a good FLUSH -> refused
+  binding_signature     SESSION_SETUP binding a second connection (multichannel) unsigned or
+                        with a wrong signature -> refused; correctly signed -> goes on
+  async_final_signed    the final response of a LOCK that went async (STATUS_PENDING) carries
+                        a valid signature of the session's key (checked, not trusted)
 """
 import sys
 import threading
@@ -27,7 +31,7 @@ import uuid
 import spnego
 from smbprotocol.connection import Connection, Dialects, SMB2CancelRequest
 from smbprotocol.exceptions import MoreProcessingRequired, SMBResponseException
-from smbprotocol.header import Commands, NtStatus
+from smbprotocol.header import Commands, NtStatus, Smb2Flags
 from smbprotocol.open import (CreateDisposition, CreateOptions, FileAttributes,
                               FilePipePrinterAccessMask, ImpersonationLevel, LockFlags, Open,
                               ShareAccess, SMB2FlushRequest, SMB2LockElement,
@@ -38,6 +42,8 @@ from smbprotocol.tree import TreeConnect
 STATUS_FILE_CLOSED = 0xC0000128
 STATUS_ACCESS_DENIED = 0xC0000022
 STATUS_CANCELLED = 0xC0000120
+STATUS_INVALID_PARAMETER = 0xC000000D
+SESSION_FLAG_BINDING = 0x01
 
 
 class Fail(Exception):
@@ -323,6 +329,95 @@ def case_compound_bad_signature(a):
     st_write = status_of(conn, reqs[1])
     check(st_flush == 0, f"FLUSH: status {st_flush:#x}")
     check(st_write == STATUS_ACCESS_DENIED, f"related WRITE with a bad signature: {st_write:#x}")
+
+
+def bind_first_leg(a, sess, signature):
+    """Status of the first SESSION_SETUP binding `sess` to a new connection; `signature` is
+    "none" (unsigned), "wrong" (16 bytes that are not the MAC) or "good" (the session's key,
+    MS-SMB2 3.2.5.3.1 / 3.3.5.5.2)."""
+    c2 = connect(a.host, a.port)
+    try:
+        ctx = spnego.client(a.user, a.pw, service="cifs", hostname=a.host,
+                            options=spnego.NegotiateOptions.session_key, protocol="negotiate")
+        req = SMB2SessionSetupRequest()
+        req["flags"] = SESSION_FLAG_BINDING
+        req["security_mode"] = c2.client_security_mode
+        req["buffer"] = ctx.step(c2.gss_negotiate_token)
+        if signature != "none":
+            # c2 signs with the session's key when it knows the session.
+            c2.session_table[sess.session_id] = sess
+        orig = c2._generate_signature
+        if signature == "wrong":
+            c2._generate_signature = lambda *args: b"\x01" * 16
+        try:
+            r = c2.send(req, sid=sess.session_id)
+        finally:
+            c2._generate_signature = orig
+        signed = r.message["flags"].has_flag(Smb2Flags.SMB2_FLAGS_SIGNED)
+        check(signed == (signature != "none"), f"{signature}: request signed={signed}")
+        try:
+            return status_of(c2, r)
+        except Exception as e:  # dropped: also a refusal
+            return repr(e)
+    finally:
+        # Not c2's session to log off: disconnect() would end it for the first connection.
+        c2.session_table.pop(sess.session_id, None)
+        try:
+            c2.disconnect()
+        except Exception:
+            pass
+
+
+def case_binding_signature(a):
+    conn = connect(a.host, a.port)
+    sess = login(conn, a.user, a.pw)
+    t = tree(sess, a.host, a.share)
+    create(t, "binding_signature.txt")
+    st = bind_first_leg(a, sess, "good")
+    check(st == NtStatus.STATUS_MORE_PROCESSING_REQUIRED,
+          f"correctly signed binding: {st!r} (the server must accept it, or the probe shows nothing)")
+    st = bind_first_leg(a, sess, "none")
+    check(st in (STATUS_INVALID_PARAMETER, STATUS_ACCESS_DENIED), f"unsigned binding: {st!r}")
+    st = bind_first_leg(a, sess, "wrong")
+    check(st == STATUS_ACCESS_DENIED, f"binding with a wrong signature: {st!r}")
+    print("binding refusals ok", flush=True)
+
+
+def case_async_final_signed(a):
+    conn = connect(a.host, a.port)
+    sess = login(conn, a.user, a.pw)
+    t = tree(sess, a.host, a.share)
+    f1 = create(t, "async_final_signed.txt")
+    f2 = Open(t, "async_final_signed.txt")
+    f2.create(ImpersonationLevel.Impersonation,
+              FilePipePrinterAccessMask.GENERIC_READ | FilePipePrinterAccessMask.GENERIC_WRITE,
+              FileAttributes.FILE_ATTRIBUTE_NORMAL,
+              ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE,
+              CreateDisposition.FILE_OPEN, CreateOptions.FILE_NON_DIRECTORY_FILE)
+    r = conn.send(lock_req(f1, LockFlags.SMB2_LOCKFLAG_EXCLUSIVE_LOCK
+                           | LockFlags.SMB2_LOCKFLAG_FAIL_IMMEDIATELY),
+                  sid=sess.session_id, tid=t.tree_connect_id)
+    check(status_of(conn, r) == 0, "first lock failed")
+    blocked = conn.send(lock_req(f2, LockFlags.SMB2_LOCKFLAG_EXCLUSIVE_LOCK),
+                        sid=sess.session_id, tid=t.tree_connect_id)
+    deadline = time.time() + 5
+    while blocked.async_id is None and time.time() < deadline:
+        time.sleep(0.05)
+    check(blocked.async_id is not None, "blocking lock did not go async")
+    r = conn.send(lock_req(f1, LockFlags.SMB2_LOCKFLAG_UNLOCK), sid=sess.session_id,
+                  tid=t.tree_connect_id)
+    check(status_of(conn, r) == 0, "unlock failed")
+    st = status_of(conn, blocked)
+    check(st == 0, f"blocked lock ended with status {st:#x}")
+    final = blocked.response
+    # smbprotocol only verifies messages that say they are signed: check both here.
+    check(final["flags"].has_flag(Smb2Flags.SMB2_FLAGS_ASYNC_COMMAND), "final response not async")
+    check(final["flags"].has_flag(Smb2Flags.SMB2_FLAGS_SIGNED), "final async response unsigned")
+    try:
+        conn.verify_signature(final, sess.session_id, force=True)
+    except Exception as e:
+        raise Fail(f"final async response: bad signature ({e})")
+    print("async final response signed", flush=True)
 
 
 CASES = {name[5:]: fn for name, fn in globals().items() if name.startswith("case_")}

@@ -14,7 +14,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path};
 
@@ -104,12 +104,36 @@ impl ShareRoot {
         sys::unlinkat(&parent, &name, flags)
     }
 
+    /// [`ShareRoot::unlink`] of `rel` only while that name still leads to the object `pinned`
+    /// holds (an open's descriptor): after a directory on the way was swapped, or the object
+    /// renamed elsewhere, the name may lead to another file, which must not go in its place
+    /// (ESTALE then). A symlink named `rel` that leads to the object is removed itself.
+    pub fn unlink_if_same(&self, rel: &Path, dir: bool, pinned: &File) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let m = pinned.metadata()?;
+        let (parent, name) = self.parent(rel)?;
+        if sys::fstatat_id(&parent, &name, 0)? != (m.dev(), m.ino()) {
+            return Err(io::Error::from_raw_os_error(libc::ESTALE));
+        }
+        let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
+        sys::unlinkat(&parent, &name, flags)
+    }
+
     /// Rename `from` to `to` (both beneath the root), replacing `to` like rename(2).
     pub fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let (fdir, fname) = self.parent(from)?;
         let (tdir, tname) = self.parent(to)?;
         sys::renameat(&fdir, &fname, &tdir, &tname)
     }
+}
+
+/// The /proc/self/fd/N name of `fd`. For calls that only take a path (chmod, utimensat,
+/// xattrs on an O_PATH descriptor): the kernel follows this magic link to the object the
+/// descriptor holds, not to whatever now has its old name, so a directory swapped for a
+/// symlink after the open cannot redirect the call.
+pub fn fd_path(fd: BorrowedFd<'_>) -> io::Result<CString> {
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
 }
 
 #[cfg(test)]

@@ -116,6 +116,18 @@
 //! # it gets STATUS_TOO_MANY_OPENED_FILES (what Samba maps EMFILE to), before the process runs
 //! # out of descriptors.
 //! open_files = 0
+//! # One client across all its connections: connections and opens of one source address, and
+//! # of one authenticated user (every address it comes from), so that opening more
+//! # connections does not multiply the per-connection limits. A SESSION_SETUP on a connection
+//! # beyond `connections_per_client` / `connections_per_user` gets
+//! # STATUS_REQUEST_NOT_ACCEPTED (as a session beyond the per-connection limits); an open
+//! # beyond `opens_per_client` / `opens_per_user` gets STATUS_INSUFFICIENT_RESOURCES.
+//! # Windows clients use one connection per server, plus at most 32 channels per session
+//! # for multichannel.
+//! connections_per_client = 256
+//! connections_per_user = 1024
+//! opens_per_client = 65536
+//! opens_per_user = 65536
 //! ```
 //!
 //! Memory per connection is bounded by these limits: at most `output_bytes_per_conn` plus one
@@ -424,6 +436,14 @@ pub struct LimitsConfig {
     pub output_bytes_per_conn: usize,
     /// 0 = automatic (RLIMIT_NOFILE minus headroom).
     pub open_files: usize,
+    /// Connections from one source address (crate::limits::ClientUsage).
+    pub connections_per_client: usize,
+    /// Connections with a session of one user, from any address.
+    pub connections_per_user: usize,
+    /// Opens of all the connections of one source address.
+    pub opens_per_client: usize,
+    /// Opens of one user's sessions, over all connections.
+    pub opens_per_user: usize,
 }
 
 impl Default for LimitsConfig {
@@ -448,6 +468,13 @@ impl Default for LimitsConfig {
             max_response_bytes: 12 << 20,
             output_bytes_per_conn: 16 << 20,
             open_files: 0,
+            // A client machine uses one connection per server (plus up to 32 channels of a
+            // multichannel session); a NAT gateway in front of many machines needs more.
+            connections_per_client: 256,
+            connections_per_user: 1024,
+            // Four connections' worth (opens_per_conn) per client and per user.
+            opens_per_client: 65536,
+            opens_per_user: 65536,
         }
     }
 }
@@ -469,6 +496,10 @@ impl LimitsConfig {
             ("max_compound", self.max_compound),
             ("max_response_bytes", self.max_response_bytes),
             ("output_bytes_per_conn", self.output_bytes_per_conn),
+            ("connections_per_client", self.connections_per_client),
+            ("connections_per_user", self.connections_per_user),
+            ("opens_per_client", self.opens_per_client),
+            ("opens_per_user", self.opens_per_user),
         ] {
             if v == 0 {
                 return Err(ConfigError::Invalid(format!(

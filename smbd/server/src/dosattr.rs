@@ -6,6 +6,7 @@
 //! file's mtime still equals the guard (a later write makes the real time authoritative).
 
 use std::ffi::CString;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -30,6 +31,20 @@ pub fn load(path: &Path) -> Option<DosInfo> {
     if crate::sys::lgetxattr(&c, NAME, &mut buf).ok() != Some(LEN) {
         return None;
     }
+    decode(&buf)
+}
+
+/// [`load`] for the object an open holds (`fd`, possibly O_PATH), not for a name.
+pub fn load_fd(fd: BorrowedFd<'_>) -> Option<DosInfo> {
+    let via = crate::beneath::fd_path(fd).ok()?;
+    let mut buf = [0u8; LEN];
+    if crate::sys::getxattr(&via, NAME, &mut buf).ok() != Some(LEN) {
+        return None;
+    }
+    decode(&buf)
+}
+
+fn decode(buf: &[u8; LEN]) -> Option<DosInfo> {
     let u32_at = |i: usize| u32::from_le_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
     let u64_at = |i: usize| {
         let mut a = [0u8; 8];
@@ -48,13 +63,22 @@ pub fn load(path: &Path) -> Option<DosInfo> {
 }
 
 pub fn store(path: &Path, d: &DosInfo) -> std::io::Result<()> {
+    set_xattr_privileged(path, NAME, &encode(d))
+}
+
+/// [`store`] for the object an open holds (`fd`, possibly O_PATH), not for a name.
+pub fn store_fd(fd: BorrowedFd<'_>, d: &DosInfo) -> std::io::Result<()> {
+    set_xattr_privileged_fd(fd, NAME, &encode(d))
+}
+
+fn encode(d: &DosInfo) -> Vec<u8> {
     let mut buf = Vec::with_capacity(LEN);
     buf.extend_from_slice(&1u32.to_le_bytes());
     buf.extend_from_slice(&d.attributes.to_le_bytes());
     buf.extend_from_slice(&d.creation.to_le_bytes());
     buf.extend_from_slice(&d.change.to_le_bytes());
     buf.extend_from_slice(&d.mtime_guard.to_le_bytes());
-    set_xattr_privileged(path, NAME, &buf)
+    buf
 }
 
 /// Write an xattr with the process's own credentials (crate::identity::as_root): for the
@@ -72,7 +96,6 @@ pub(crate) fn set_xattr_privileged(
     name: &std::ffi::CStr,
     value: &[u8],
 ) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
     let invalid = || std::io::Error::from(std::io::ErrorKind::InvalidInput);
     let rel = path.strip_prefix("/").map_err(|_| invalid())?;
     let rel = cpath(rel).ok_or_else(invalid)?;
@@ -84,8 +107,16 @@ pub(crate) fn set_xattr_privileged(
         0,
         libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
     )?;
-    let via =
-        CString::new(format!("/proc/self/fd/{}", pinned.as_raw_fd())).map_err(|_| invalid())?;
+    set_xattr_privileged_fd(pinned.as_fd(), name, value)
+}
+
+/// [`set_xattr_privileged`] for an object already pinned by `fd` (an open's descriptor).
+pub(crate) fn set_xattr_privileged_fd(
+    fd: BorrowedFd<'_>,
+    name: &std::ffi::CStr,
+    value: &[u8],
+) -> std::io::Result<()> {
+    let via = crate::beneath::fd_path(fd)?;
     crate::identity::as_root(|| {
         // errno is read (inside setxattr) before the identity switches back.
         crate::sys::setxattr(&via, name, value)

@@ -180,8 +180,17 @@ pub fn statvfs(path: &Path) -> Option<FsStats> {
 }
 /// Metadata of `path` overlaid with its stored DOS attributes and times.
 pub fn load_info(path: &Path, m: &Metadata) -> FileInfo {
-    let mut i = info_from_meta(m);
-    if let Some(d) = crate::dosattr::load(path) {
+    merge_dos(info_from_meta(m), crate::dosattr::load(path))
+}
+
+/// [`load_info`] for the object an open holds (`fd`, possibly O_PATH), not for a name.
+pub fn load_info_fd(fd: std::os::fd::BorrowedFd<'_>, m: &Metadata) -> FileInfo {
+    merge_dos(info_from_meta(m), crate::dosattr::load_fd(fd))
+}
+
+/// The metadata `i` with the stored DOS attributes and times `dos` over it.
+fn merge_dos(mut i: FileInfo, dos: Option<crate::dosattr::DosInfo>) -> FileInfo {
+    if let Some(d) = dos {
         let keep = i.attributes & (attr::DIRECTORY | attr::READONLY);
         let stored = d.attributes & !(attr::DIRECTORY | attr::READONLY | attr::NORMAL);
         i.attributes = keep | stored;

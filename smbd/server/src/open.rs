@@ -40,6 +40,11 @@ pub(crate) struct Open {
     /// Named stream of an open of `file:stream`; `file` is then the stream's data.
     pub stream: Option<OpenStream>,
     pub file: Option<File>,
+    /// O_PATH descriptor of the object itself where `file` is not it: a directory (which
+    /// has no `file`) or the base file of a stream open. QUERY_INFO, SET_INFO and CLOSE act
+    /// through [`Open::object`], never through `abs`, which a swapped directory could
+    /// redirect (outside the share, or onto another file).
+    pub pin: Option<File>,
     pub is_dir: bool,
     /// Granted access after generic mapping.
     pub access: u32,
@@ -62,6 +67,17 @@ pub(crate) struct Open {
     pub lock_seq: [u8; 64],
     /// The identity that opened it: a delete-on-close at teardown unlinks with it.
     pub identity: Option<Arc<crate::identity::UnixIdentity>>,
+}
+
+impl Open {
+    /// The descriptor of the object this open names (the base file of a stream open); `None`
+    /// only for an open that was set up without one (callers refuse the request then).
+    pub(crate) fn object(&self) -> Option<&File> {
+        match (&self.stream, &self.file) {
+            (None, Some(f)) => Some(f),
+            _ => self.pin.as_ref(),
+        }
+    }
 }
 
 /// A directory handle's change-notify watch (MS-SMB2 3.3.5.19, MS-FSA 2.1.5.11): from its
@@ -201,6 +217,7 @@ mod tests {
             rel: PathBuf::from("f"),
             stream: None,
             file: None,
+            pin: None,
             is_dir: false,
             access: access_bits::FILE_READ_DATA,
             lock_open: Some(locking::OpenId(lock_open)),

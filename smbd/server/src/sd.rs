@@ -7,6 +7,7 @@
 
 use smb_proto::NtStatus;
 use std::ffi::CString;
+use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -149,14 +150,28 @@ pub fn load(path: &Path) -> Parts {
     let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
         return Parts::default();
     };
+    load_with(|buf| crate::sys::lgetxattr(&c, NAME, buf))
+}
+
+/// [`load`] for the object an open holds (`fd`, possibly O_PATH), not for a name.
+pub fn load_fd(fd: BorrowedFd<'_>) -> Parts {
+    let Ok(via) = crate::beneath::fd_path(fd) else {
+        return Parts::default();
+    };
+    load_with(|buf| crate::sys::getxattr(&via, NAME, buf))
+}
+
+/// Read and parse the stored descriptor with `get` (an xattr read: length with an empty
+/// buffer, else the bytes).
+fn load_with(get: impl Fn(&mut [u8]) -> std::io::Result<usize>) -> Parts {
     // Size probe first: most files have no stored descriptor, and this runs on every open.
-    let len = crate::sys::lgetxattr(&c, NAME, &mut []).unwrap_or(0);
+    let len = get(&mut []).unwrap_or(0);
     if len == 0 || len > MAX_LEN {
         return Parts::default();
     }
     let mut buf = vec![0u8; len];
     // ERANGE if the value grew meanwhile.
-    let n = crate::sys::lgetxattr(&c, NAME, &mut buf).unwrap_or(0);
+    let n = get(&mut buf).unwrap_or(0);
     if n == 0 {
         return Parts::default();
     }
@@ -169,6 +184,15 @@ pub fn load(path: &Path) -> Parts {
 
 /// Store `p` for `path`.
 pub fn store(path: &Path, p: &Parts) -> std::io::Result<()> {
+    crate::dosattr::set_xattr_privileged(path, NAME, &encode(p)?)
+}
+
+/// [`store`] for the object an open holds (`fd`, possibly O_PATH), not for a name.
+pub fn store_fd(fd: BorrowedFd<'_>, p: &Parts) -> std::io::Result<()> {
+    crate::dosattr::set_xattr_privileged_fd(fd, NAME, &encode(p)?)
+}
+
+fn encode(p: &Parts) -> std::io::Result<Vec<u8>> {
     // Only the parts that were set are written, so defaults stay defaults.
     let mut buf = vec![0u8; 20];
     buf[0] = 1;
@@ -195,7 +219,7 @@ pub fn store(path: &Path, p: &Parts) -> std::io::Result<()> {
     if buf.len() > MAX_LEN {
         return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
     }
-    crate::dosattr::set_xattr_privileged(path, NAME, &buf)
+    Ok(buf)
 }
 
 const EVERYONE_SID: &[u8] = &EVERYONE;

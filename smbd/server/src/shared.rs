@@ -201,6 +201,8 @@ pub struct Shared {
     sessions: Mutex<HashMap<u64, SessionRecord>>,
     /// The process-wide open-file budget (`[limits] open_files`).
     pub fds: crate::limits::FdBudget,
+    /// What each client (source address, user) holds over all its connections.
+    pub clients: crate::limits::ClientUsage,
     /// Durable opens of connections that went away, kept for a reconnect (crate::open).
     pub(crate) parked: crate::open::ParkedOpens,
     /// Durable reconnects waiting for the connection that still holds their open to let it
@@ -267,6 +269,7 @@ impl Shared {
             sessions: Mutex::new(HashMap::new()),
             dump_dir: std::env::var_os("SMBD_DUMP_DIR").map(PathBuf::from),
             fds,
+            clients: Default::default(),
             parked: Default::default(),
             durable_waits: Mutex::new(Vec::new()),
         })

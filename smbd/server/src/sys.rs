@@ -103,6 +103,25 @@ pub(crate) fn renameat(
     })
 }
 
+/// The (device, inode) of `name` in `dir` (fstatat(2) with `flags`, e.g.
+/// AT_SYMLINK_NOFOLLOW).
+pub(crate) fn fstatat_id(dir: impl AsFd, name: &CStr, flags: i32) -> io::Result<(u64, u64)> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `name` is NUL-terminated, `dir` is borrowed for the call and `st` is writable
+    // for one struct stat.
+    check(unsafe {
+        libc::fstatat(
+            dir.as_fd().as_raw_fd(),
+            name.as_ptr(),
+            st.as_mut_ptr(),
+            flags,
+        )
+    })?;
+    // SAFETY: fstatat succeeded, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    Ok((st.st_dev, st.st_ino))
+}
+
 // ---- open files --------------------------------------------------------------------------
 
 /// The first offset at or after `from` holding data (lseek SEEK_DATA); ENXIO past the data.
@@ -161,6 +180,42 @@ pub(crate) fn lgetxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> io::Result<
     // query) or writable for buf.len() bytes, and the kernel writes at most that many.
     let n = unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), ptr, buf.len()) };
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// getxattr(2): like [`lgetxattr`] but follows a final symlink; for /proc/self/fd/N names
+/// of descriptors the server pinned (the magic link leads to the open object itself).
+pub(crate) fn getxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    let ptr = if buf.is_empty() {
+        std::ptr::null_mut()
+    } else {
+        buf.as_mut_ptr().cast()
+    };
+    // SAFETY: `path` and `name` are NUL-terminated; `ptr` is null with size 0 (a length
+    // query) or writable for buf.len() bytes, and the kernel writes at most that many.
+    let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), ptr, buf.len()) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// utimensat(2) on `path` (following symlinks: callers pass /proc/self/fd/N of a pinned
+/// object); `None` leaves that time unchanged (UTIME_OMIT).
+pub(crate) fn set_times(
+    path: &CStr,
+    atime: Option<(i64, u32)>,
+    mtime: Option<(i64, u32)>,
+) -> io::Result<()> {
+    let ts = |t: Option<(i64, u32)>| match t {
+        Some((s, ns)) => libc::timespec {
+            tv_sec: s as libc::time_t,
+            tv_nsec: ns as libc::c_long,
+        },
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+    };
+    let times = [ts(atime), ts(mtime)];
+    // SAFETY: `path` is NUL-terminated and `times` holds the two timespecs utimensat reads.
+    check(unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) })
 }
 
 /// setxattr(2) with flags 0 (create or replace); follows symlinks, so callers pass a path they

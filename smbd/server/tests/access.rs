@@ -400,3 +400,80 @@ fn stream_depot_is_the_servers_own() {
     assert!(!ok, "stream written through a planted depot: {out}");
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
 }
+
+/// QUERY_INFO, SET_INFO (times, attributes) and CLOSE (post-query attributes, delete on
+/// close) act on the handle's object: after the open, `dir` is swapped for a symlink to a
+/// directory outside the share and `d3` is renamed into `d2`'s place; the handles must keep
+/// reaching what they opened. smbd/tests/handle_swap.py drives it; without the fix the
+/// server reports and changes the outside directory's time, chmods the outside file and
+/// deletes d3's file in place of d2's.
+#[test]
+fn handles_act_on_their_object_after_a_directory_swap() {
+    let Some(py) = python() else {
+        missing("no python with smbprotocol (set SMBD_PYTHON; scripts/install-deps.sh)");
+        return;
+    };
+    let srv = TestServer::start(Options::default());
+    for d in ["dir", "d2", "d3"] {
+        std::fs::create_dir(srv.share.join(d)).unwrap();
+        std::os::unix::fs::chown(srv.share.join(d), Some(TEST_UID), Some(TEST_GID)).unwrap();
+    }
+    root_file(&srv, "dir/f", b"inside");
+    root_file(&srv, "d2/g", b"opened with delete on close");
+    root_file(&srv, "d3/g", b"other file");
+    // Outside the share, owned by the test user: only the handle's object protects it.
+    let outside = srv.dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("f"), b"outside secret").unwrap();
+    std::fs::set_permissions(outside.join("f"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    for p in [outside.join("f"), outside.clone()] {
+        std::os::unix::fs::chown(&p, Some(TEST_UID), Some(TEST_GID)).unwrap();
+    }
+    const Y2001: i64 = 978_307_200;
+    const Y1999: i64 = 915_148_800;
+    let y2001 = std::time::UNIX_EPOCH + std::time::Duration::from_secs(Y2001 as u64);
+    std::fs::File::open(&outside)
+        .unwrap()
+        .set_modified(y2001)
+        .unwrap();
+    let outside_ft = (Y2001 as u64 + 11_644_473_600) * 10_000_000;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/handle_swap.py");
+    let out = Command::new(py)
+        .arg(script)
+        .args(["127.0.0.1", &srv.port.to_string(), "data", USER, PASS])
+        .arg(&srv.share)
+        .arg(&outside)
+        .arg(outside_ft.to_string())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let ctx = format!("{text}\n--- smbd log ---\n{}", srv.log());
+    assert!(out.status.success() && text.contains("done"), "{ctx}");
+    // Every check, so that one run shows each call that went astray.
+    let mut wrong = Vec::new();
+    if !text.contains("query ok") {
+        wrong.push("QUERY_INFO read the outside directory");
+    }
+    if !text.contains("close ok") {
+        wrong.push("CLOSE post-query read the outside directory");
+    }
+    if std::fs::metadata(&outside).unwrap().mtime() != Y2001 {
+        wrong.push("SET_INFO times reached outside");
+    }
+    if std::fs::metadata(outside.join("f")).unwrap().mode() & 0o777 != 0o644 {
+        wrong.push("SET_INFO attributes chmodded outside");
+    }
+    if std::fs::read(srv.share.join("d2/g")).ok().as_deref() != Some(&b"other file"[..]) {
+        wrong.push("delete on close removed another file");
+    }
+    // And the handles' own objects got the changes.
+    let orig = srv.share.join("dir.orig");
+    if std::fs::metadata(&orig).unwrap().mtime() != Y1999 {
+        wrong.push("SET_INFO times missed the handle's directory");
+    }
+    if std::fs::metadata(orig.join("f")).unwrap().mode() & 0o777 != 0o444 {
+        wrong.push("SET_INFO attributes missed the handle's file");
+    }
+    assert!(wrong.is_empty(), "{wrong:?}\n{ctx}");
+}

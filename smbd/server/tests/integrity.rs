@@ -94,6 +94,23 @@ fn related_request_with_bad_signature_refused() {
 #[path = "../fuzz/conn_harness.rs"]
 mod conn_harness;
 
+/// MS-SMB2 3.3.5.5.2: a SESSION_SETUP binding a second connection to a session must be
+/// signed with the session's key: unsigned or wrongly signed it is refused, correctly signed
+/// it goes on (MORE_PROCESSING_REQUIRED). Fails with the signature check of the binding path
+/// off (channel.rs bind_session, binding_checks).
+#[test]
+fn binding_without_a_good_signature_refused() {
+    probe("binding_signature", Options::default());
+}
+
+/// MS-SMB2 3.3.4.1.1: the final response of a request that went async (a blocking LOCK)
+/// is signed with the session's key; the client verifies the MAC itself (smbprotocol alone
+/// would accept an unsigned one). Fails with signing off in Conn::complete_async.
+#[test]
+fn async_final_response_is_signed() {
+    probe("async_final_signed", Options::default());
+}
+
 /// MS-SMB2 3.3.5.2.5 and 3.3.5.2.3 on an in-process connection (no client needed): a READ
 /// of 256 KiB charged one credit is INVALID_PARAMETER, charged four it runs; a multi-credit
 /// charge reaching past the granted ids drops the connection.

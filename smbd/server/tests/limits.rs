@@ -470,3 +470,67 @@ fn unauthenticated_connections_cannot_announce_large_frames() {
     );
     bystander_served(&srv);
 }
+
+/// Run smbd/tests/client_caps.py `mode` against `srv` to the end; its output.
+fn client_caps(py: &str, srv: &TestServer, mode: &str) -> String {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/client_caps.py");
+    let out = Command::new(py)
+        .arg(script)
+        .args([
+            "127.0.0.1",
+            &srv.port.to_string(),
+            USER,
+            PASS,
+            USER2,
+            PASS2,
+            mode,
+        ])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("done"),
+        "{text}\n--- smbd log ---\n{}",
+        srv.log()
+    );
+    text
+}
+
+/// One source address cannot multiply the per-connection limits by opening connections:
+/// with `connections_per_client = 2` its third connection gets no session
+/// (STATUS_REQUEST_NOT_ACCEPTED), and with `opens_per_client = 3` its fourth open, on
+/// another connection than the first two, gets STATUS_INSUFFICIENT_RESOURCES; a closed open
+/// makes room again. Fails without the per-client caps (all succeed).
+#[test]
+fn one_address_is_capped_over_all_its_connections() {
+    let Some(py) = tools() else { return };
+    let srv = TestServer::start(Options {
+        config_extra: "[limits]\nconnections_per_client = 2\nopens_per_client = 3\n".into(),
+        ..Default::default()
+    });
+    let text = client_caps(&py, &srv, "addr");
+    assert!(text.contains("conn3 status=0xc00000d0"), "{text}");
+    assert!(text.contains("open4 status=0xc000009a"), "{text}");
+    assert!(text.contains("reopen ok"), "{text}");
+    assert!(srv.log().contains("ClientConnections") && srv.log().contains("ClientOpens"));
+    bystander_served(&srv);
+}
+
+/// The same for one user from any address: with `connections_per_user = 2` the user's third
+/// connection is refused at SESSION_SETUP while another user still gets in, and with
+/// `opens_per_user = 3` the user's fourth open is refused while the other user may open.
+#[test]
+fn one_user_is_capped_over_all_its_connections() {
+    let Some(py) = tools() else { return };
+    let srv = TestServer::start(Options {
+        config_extra: "[limits]\nconnections_per_user = 2\nopens_per_user = 3\n".into(),
+        ..Default::default()
+    });
+    let text = client_caps(&py, &srv, "user");
+    assert!(text.contains("conn3 status=0xc00000d0"), "{text}");
+    assert!(text.contains("other ok"), "{text}");
+    assert!(text.contains("open4 status=0xc000009a"), "{text}");
+    assert!(text.contains("other_open ok"), "{text}");
+    assert!(srv.log().contains("UserConnections") && srv.log().contains("UserOpens"));
+}

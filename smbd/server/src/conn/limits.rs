@@ -35,6 +35,10 @@ enum Kind {
     NotifyWatches,
     ResponseBytes,
     Locks,
+    ClientConnections,
+    UserConnections,
+    ClientOpens,
+    UserOpens,
 }
 
 /// Per-connection limit bookkeeping.
@@ -44,6 +48,14 @@ pub(crate) struct ConnLimits {
     fds_reported: usize,
     /// Limits already reported in the log for this connection (bit per [`Kind`]).
     warned: u16,
+    /// This connection's share of [`crate::limits::ClientUsage`].
+    client: crate::limits::ClientShare,
+    /// (opens, sessions, established sessions) at the last client-usage report: nothing to
+    /// recount while they stay the same.
+    client_reported: Option<(usize, usize, usize)>,
+    /// The connection came when its source address already had `connections_per_client`:
+    /// it gets no session while the address is still over the limit.
+    beyond_client_conns: bool,
 }
 
 impl Conn {
@@ -57,7 +69,8 @@ impl Conn {
                 .any(|s| matches!(s.state, AuthState::Valid))
     }
 
-    /// Bring this connection's share of the open-file budget up to date.
+    /// Bring this connection's share of the open-file budget, and of its client's usage
+    /// (source address and users, [`crate::limits::ClientUsage`]), up to date.
     pub(crate) fn sync_fds(&mut self) {
         let now = 1 + self.opens.len();
         let was = std::mem::replace(&mut self.limits.fds_reported, now);
@@ -66,12 +79,71 @@ impl Conn {
         } else {
             self.shared.fds.sub(was - now);
         }
+        self.sync_client_usage();
     }
 
-    /// The connection is gone: return its descriptors to the budget.
+    fn sync_client_usage(&mut self) {
+        let established = self
+            .sessions
+            .values()
+            .filter(|s| matches!(s.state, AuthState::Valid))
+            .count();
+        let signature = (self.opens.len(), self.sessions.len(), established);
+        if self.limits.client_reported == Some(signature) {
+            return;
+        }
+        let first = self.limits.client_reported.is_none();
+        self.limits.client_reported = Some(signature);
+        // Opens by the (lowercase) user of their session; anonymous sessions count for
+        // their address only.
+        let user_of = |sid: u64| {
+            self.sessions
+                .get(&sid)
+                .filter(|s| matches!(s.state, AuthState::Valid) && !s.anonymous)
+                .map(|s| s.user.to_lowercase())
+        };
+        let mut users: std::collections::HashMap<String, usize> = self
+            .sessions
+            .keys()
+            .filter_map(|sid| user_of(*sid))
+            .map(|u| (u, 0))
+            .collect();
+        for o in self.opens.values() {
+            if let Some(n) = user_of(o.session_id).and_then(|u| users.get_mut(&u)) {
+                *n += 1;
+            }
+        }
+        let addr = self.peer.map(|p| p.ip());
+        let opens = self.opens.len();
+        self.limits
+            .client
+            .report(&self.shared.clients, addr, opens, users);
+        if first {
+            let cap = self.shared.config.limits.connections_per_client;
+            if let Some(a) = addr {
+                self.limits.beyond_client_conns = self.shared.clients.of_addr(&a).conns > cap;
+            }
+        }
+    }
+
+    /// The connection is gone: return its descriptors to the budget and its share of its
+    /// client's usage.
     pub(crate) fn release_fds(&mut self) {
         let was = std::mem::take(&mut self.limits.fds_reported);
         self.shared.fds.sub(was);
+        self.limits.client.release(&self.shared.clients);
+    }
+
+    /// The status refusing a new session of `user` on this connection because the user
+    /// already has `connections_per_user` other connections, or `None`.
+    pub(crate) fn user_connections_refusal(&mut self, user: &str) -> Option<NtStatus> {
+        let user = user.to_lowercase();
+        let cap = self.shared.config.limits.connections_per_user;
+        let this_one = usize::from(!self.limits.client.counts_user(&user));
+        if self.shared.clients.of_user(&user).conns + this_one > cap {
+            return self.refuse(Kind::UserConnections, status::REQUEST_NOT_ACCEPTED, cap);
+        }
+        None
     }
 
     fn refuse(&mut self, kind: Kind, st: NtStatus, limit: usize) -> Option<NtStatus> {
@@ -109,6 +181,20 @@ impl Conn {
         }
         let async_limit = l.pending_async_per_conn;
         match req {
+            // A connection beyond its address's limit gets no session (new or bound) while
+            // the address stays over it.
+            Request::SessionSetup(_)
+                if self.limits.beyond_client_conns
+                    && self.peer.is_some_and(|p| {
+                        self.shared.clients.of_addr(&p.ip()).conns > l.connections_per_client
+                    }) =>
+            {
+                return self.refuse(
+                    Kind::ClientConnections,
+                    status::REQUEST_NOT_ACCEPTED,
+                    l.connections_per_client,
+                );
+            }
             Request::SessionSetup(s)
                 if hdr.session_id == 0 && s.flags & smb_proto::SESSION_FLAG_BINDING == 0 =>
             {
@@ -172,6 +258,28 @@ impl Conn {
                     );
                 }
                 self.sync_fds();
+                // One client over all its connections (crate::limits::ClientUsage).
+                if self.peer.is_some_and(|p| {
+                    self.shared.clients.of_addr(&p.ip()).opens >= l.opens_per_client
+                }) {
+                    return self.refuse(
+                        Kind::ClientOpens,
+                        status::INSUFFICIENT_RESOURCES,
+                        l.opens_per_client,
+                    );
+                }
+                let user = self
+                    .sessions
+                    .get(&sid)
+                    .filter(|s| !s.anonymous)
+                    .map(|s| s.user.to_lowercase());
+                if user.is_some_and(|u| self.shared.clients.of_user(&u).opens >= l.opens_per_user) {
+                    return self.refuse(
+                        Kind::UserOpens,
+                        status::INSUFFICIENT_RESOURCES,
+                        l.opens_per_user,
+                    );
+                }
                 if !self.shared.fds.has_room(self.shared.parked.len(self.now)) {
                     let limit = self.shared.fds.limit();
                     return self.refuse(Kind::OpenFiles, status::TOO_MANY_OPENED_FILES, limit);

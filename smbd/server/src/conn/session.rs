@@ -144,6 +144,13 @@ impl Conn {
                     self.sessions.remove(&sid);
                     return err(status::LOGON_FAILURE);
                 };
+                if !was_valid && !anonymous {
+                    // One user over all its connections (crate::limits::ClientUsage).
+                    if let Some(st) = self.user_connections_refusal(&user) {
+                        self.sessions.remove(&sid);
+                        return err(st);
+                    }
+                }
                 let Some(s) = self.sessions.get_mut(&sid) else {
                     return err(status::USER_SESSION_DELETED);
                 };

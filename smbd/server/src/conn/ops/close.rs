@@ -69,11 +69,20 @@ impl Conn {
                     }
                     return Some(o);
                 }
-                let ino = std::fs::symlink_metadata(&o.abs).ok().map(|m| {
+                // The name is unavoidable for unlink: it is resolved beneath the share root
+                // and must still lead to the handle's object (a directory swapped since the
+                // open must not get another file deleted in its place).
+                let Some(obj) = o.object() else {
+                    tracing::debug!(path = ?o.abs, "delete on close without a descriptor");
+                    return Some(o);
+                };
+                let ino = obj.metadata().ok().map(|m| {
                     use std::os::unix::fs::MetadataExt;
                     m.ino()
                 });
-                let r = self.shared.shares[o.share].dir.unlink(&o.rel, o.is_dir);
+                let r = self.shared.shares[o.share]
+                    .dir
+                    .unlink_if_same(&o.rel, o.is_dir, obj);
                 if let (Ok(()), Some(ino)) = (&r, ino) {
                     // The streams go with their file (MS-FSA 2.1.5.4).
                     streams::remove_all(&self.shared.shares[o.share].root, ino);
@@ -119,13 +128,12 @@ impl Conn {
         let mut resp = CloseResponse::default();
         if flags & smb_proto::CLOSE_FLAG_POSTQUERY_ATTRIB != 0 {
             if let Some(o) = self.opens.get(&v) {
-                // fstat through the handle: the path may be stale after a rename elsewhere.
-                let m = match &o.file {
-                    Some(f) => f.metadata(),
-                    None => std::fs::metadata(&o.abs),
-                };
-                if let Ok(m) = m {
-                    let i = crate::fs::load_info(&o.abs, &m);
+                // Through the handle: the path may be stale after a rename elsewhere, or lead
+                // elsewhere after a directory was swapped for a symlink.
+                let obj = o.object();
+                if let Some((obj, Ok(m))) = obj.map(|f| (f, f.metadata())) {
+                    use std::os::fd::AsFd;
+                    let i = crate::fs::load_info_fd(obj.as_fd(), &m);
                     resp = CloseResponse {
                         flags: smb_proto::CLOSE_FLAG_POSTQUERY_ATTRIB,
                         creation_time: i.creation,

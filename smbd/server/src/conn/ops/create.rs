@@ -636,6 +636,24 @@ impl Conn {
     ) -> (Outcome, Option<FileId>) {
         let read_only = self.shared.shares[cont.share].read_only;
         let mut file = None;
+        // A directory, or the base file of a stream, is held by an O_PATH descriptor: later
+        // requests on the handle act on it, not on its name (open.rs, Open::pin).
+        let mut pin = None;
+        if cont.is_dir || cont.stream.is_some() {
+            let dir = &self.shared.shares[cont.share].dir;
+            match dir.open_file(&cont.rel, libc::O_PATH, 0) {
+                Ok(p) => pin = Some(p),
+                Err(e) => {
+                    let _ = self.shared.lock_request(
+                        self.id,
+                        0,
+                        locking::Request::Close { open: lock_open },
+                    );
+                    Self::undo_create(&self.shared.shares[cont.share].dir, &cont);
+                    return (err(path_status(&e)), None);
+                }
+            }
+        }
         if !cont.is_dir {
             let dir = &self.shared.shares[cont.share].dir;
             let f = match &cont.stream {
@@ -797,6 +815,7 @@ impl Conn {
                     path: t.path.clone(),
                 }),
                 file,
+                pin,
                 is_dir: cont.is_dir,
                 access: cont.access,
                 lock_open: Some(lock_open),

@@ -420,6 +420,16 @@ impl Conn {
         {
             return Err(status::OBJECT_NAME_NOT_FOUND);
         }
+        // A directory is held by an O_PATH descriptor (open.rs, Open::pin).
+        let pin = if b.is_dir {
+            Some(
+                sh.dir
+                    .open_file(&rel, libc::O_PATH, 0)
+                    .map_err(|_| status::OBJECT_NAME_NOT_FOUND)?,
+            )
+        } else {
+            None
+        };
         let file = if b.is_dir {
             None
         } else {
@@ -436,6 +446,7 @@ impl Conn {
             rel,
             stream: None,
             file,
+            pin,
             is_dir: b.is_dir,
             access: b.access,
             lock_open: None,

@@ -1,15 +1,19 @@
 //! QUERY_INFO and SET_INFO (MS-SMB2 3.3.5.20, 3.3.5.21).
 
 use smb_proto::NtStatus;
+use std::ffi::OsStr;
 use std::fs::File;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 use smb_proto::cursor::{utf16_to_string, Reader, Writer};
 use smb_proto::{info_type, status, Header, QueryInfoRequest, Response, SetInfoRequest};
 
 use super::create::stream_info;
 use super::{
-    engine_status, fixed_part, io_status, parent_and_name, update_dos, APPEND_DATA, DELETE,
+    engine_status, fixed_part, io_status, parent_and_name, update_dos_fd, APPEND_DATA, DELETE,
     FILE_ACTION_MODIFIED, FILE_ACTION_RENAMED_NEW_NAME, FILE_ACTION_RENAMED_OLD_NAME,
     READ_ATTRIBUTES, READ_CONTROL, WRITE_ATTRIBUTES, WRITE_DATA,
 };
@@ -20,21 +24,16 @@ use crate::streams;
 
 impl Conn {
     pub(super) fn open_view_info(o: &Open) -> Result<FileInfo, NtStatus> {
-        if o.stream.is_some() {
-            let info = std::fs::metadata(&o.abs)
-                .map(|m| fs::load_info(&o.abs, &m))
-                .map_err(|e| io_status(&e))?;
-            return Ok(match &o.file {
-                Some(f) => stream_info(info, f),
-                None => info,
-            });
-        }
-        let m = match &o.file {
-            Some(f) => f.metadata(),
-            None => std::fs::metadata(&o.abs),
-        };
-        m.map(|m| fs::load_info(&o.abs, &m))
-            .map_err(|e| io_status(&e))
+        // Through the handle's descriptor, never its path (open.rs, Open::pin).
+        let obj = o.object().ok_or(status::INVALID_HANDLE)?;
+        let info = obj
+            .metadata()
+            .map(|m| fs::load_info_fd(obj.as_fd(), &m))
+            .map_err(|e| io_status(&e))?;
+        Ok(match (&o.stream, &o.file) {
+            (Some(_), Some(f)) => stream_info(info, f),
+            _ => info,
+        })
     }
 
     /// FileStreamInformation entries of the object `o` belongs to: the unnamed stream of a
@@ -42,7 +41,7 @@ impl Conn {
     pub(super) fn stream_list(&self, o: &Open) -> Vec<(String, u64, u64)> {
         use std::os::unix::fs::MetadataExt;
         let mut out = Vec::new();
-        let Ok(m) = std::fs::metadata(&o.abs) else {
+        let Some(Ok(m)) = o.object().map(File::metadata) else {
             return out;
         };
         if !m.is_dir() {
@@ -120,7 +119,10 @@ impl Conn {
                     return err(status::ACCESS_DENIED);
                 }
                 // The descriptor belongs to the file, also for a stream open.
-                let sd = crate::sd::load(&o.abs).encode(q.additional_information);
+                let Some(obj) = o.object() else {
+                    return err(status::INVALID_HANDLE);
+                };
+                let sd = crate::sd::load_fd(obj.as_fd()).encode(q.additional_information);
                 if sd.len() > max {
                     let mut w = Writer::new();
                     w.u32(sd.len() as u32);
@@ -260,9 +262,12 @@ impl Conn {
             Ok(p) => p,
             Err(st) => return st,
         };
-        let mut cur = sd::load(&o.abs);
+        let Some(obj) = o.object() else {
+            return status::INVALID_HANDLE;
+        };
+        let mut cur = sd::load_fd(obj.as_fd());
         cur.merge(given);
-        match sd::store(&o.abs, &cur) {
+        match sd::store_fd(obj.as_fd(), &cur) {
             Ok(()) => status::SUCCESS,
             Err(e) => io_status(&e),
         }
@@ -289,41 +294,36 @@ impl Conn {
         if attrs & 0x100 != 0 && o.is_dir {
             return status::INVALID_PARAMETER;
         }
-        let to_time = |ft: u64| -> Option<std::time::SystemTime> {
+        // Every change goes through the handle's descriptor, never its path (open.rs,
+        // Open::pin): calls that only take a path get /proc/self/fd/N.
+        let Some(obj) = o.object() else {
+            return status::INVALID_HANDLE;
+        };
+        let via = match crate::beneath::fd_path(obj.as_fd()) {
+            Ok(p) => p,
+            Err(e) => return io_status(&e),
+        };
+        let to_time = |ft: u64| -> Option<(i64, u32)> {
             // 0 = don't change, -1 = stop updating (MS-FSCC 2.4.7); both leave it alone here.
             if ft == 0 || ft == u64::MAX || ft == u64::MAX - 1 {
                 return None;
             }
             let (s, ns) = fs::unix_from_filetime(ft);
             if s < 0 {
-                return Some(std::time::UNIX_EPOCH);
+                return Some((0, 0));
             }
-            Some(std::time::UNIX_EPOCH + std::time::Duration::new(s as u64, ns as u32))
+            Some((s, ns as u32))
         };
-        let mut times = std::fs::FileTimes::new();
-        let mut any = false;
-        if let Some(t) = to_time(atime) {
-            times = times.set_accessed(t);
-            any = true;
-        }
-        if let Some(t) = to_time(mtime) {
-            times = times.set_modified(t);
-            any = true;
-        }
+        let (atime, mtime) = (to_time(atime), to_time(mtime));
+        let any = atime.is_some() || mtime.is_some();
         if any {
-            let f = match &o.file {
-                Some(f) => f.try_clone(),
-                None => File::open(&o.abs),
-            };
-            match f.and_then(|f| f.set_times(times)) {
-                Ok(()) => {}
-                Err(e) => return io_status(&e),
+            if let Err(e) = crate::sys::set_times(&via, atime, mtime) {
+                return io_status(&e);
             }
         }
         let settable = |ft: u64| ft != 0 && ft != u64::MAX && ft != u64::MAX - 1;
         if settable(create) || settable(change) || attrs != 0 {
-            let path = o.abs.clone();
-            update_dos(&path, |d, mtime_now| {
+            update_dos_fd(obj, |d, mtime_now| {
                 if settable(create) {
                     d.creation = create;
                 }
@@ -342,8 +342,8 @@ impl Conn {
             } else {
                 0o644
             };
-            if let Err(e) = std::fs::set_permissions(&o.abs, std::fs::Permissions::from_mode(mode))
-            {
+            let via = Path::new(OsStr::from_bytes(via.to_bytes()));
+            if let Err(e) = std::fs::set_permissions(via, std::fs::Permissions::from_mode(mode)) {
                 return io_status(&e);
             }
         }
@@ -394,8 +394,16 @@ impl Conn {
             return status::ACCESS_DENIED;
         }
         if delete {
+            // The handle's object, not whatever has its name now (open.rs, Open::pin).
+            let Some(obj) = o.object() else {
+                return status::INVALID_HANDLE;
+            };
             if o.is_dir {
-                match std::fs::read_dir(&o.abs) {
+                let via = match crate::beneath::fd_path(obj.as_fd()) {
+                    Ok(p) => p,
+                    Err(e) => return io_status(&e),
+                };
+                match std::fs::read_dir(OsStr::from_bytes(via.to_bytes())) {
                     Ok(mut it) => {
                         if it.next().is_some() {
                             return status::DIRECTORY_NOT_EMPTY;
@@ -403,7 +411,7 @@ impl Conn {
                     }
                     Err(e) => return io_status(&e),
                 }
-            } else if let Ok(m) = std::fs::metadata(&o.abs) {
+            } else if let Ok(m) = obj.metadata() {
                 if m.permissions().mode() & 0o200 == 0 {
                     return status::CANNOT_DELETE;
                 }

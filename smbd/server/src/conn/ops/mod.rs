@@ -276,6 +276,25 @@ fn update_dos(path: &Path, f: impl FnOnce(&mut crate::dosattr::DosInfo, u64)) {
     }
 }
 
+/// [`update_dos`] for the object an open holds (`obj`, possibly O_PATH), not for a name.
+fn update_dos_fd(obj: &File, f: impl FnOnce(&mut crate::dosattr::DosInfo, u64)) {
+    use std::os::fd::AsFd;
+    let Ok(m) = obj.metadata() else {
+        return;
+    };
+    let cur = fs::info_from_meta(&m);
+    let mut d = crate::dosattr::load_fd(obj.as_fd()).unwrap_or(crate::dosattr::DosInfo {
+        attributes: cur.attributes & !(fs::attr::DIRECTORY | fs::attr::READONLY),
+        creation: cur.creation,
+        change: 0,
+        mtime_guard: 0,
+    });
+    f(&mut d, cur.write);
+    if let Err(e) = crate::dosattr::store_fd(obj.as_fd(), &d) {
+        tracing::debug!(%e, "storing DOS attributes failed");
+    }
+}
+
 /// Snapshot a directory for QUERY_DIRECTORY: ".", ".." then the matching entries.
 fn list_dir(dir: &Path, pattern: &str) -> Result<Vec<DirEntry>, NtStatus> {
     let mut out = Vec::new();
