@@ -570,19 +570,6 @@ fn durable_v2_handle_expires_after_its_timeout() {
     }
 }
 
-/// A DH2Q context (MS-SMB2 2.2.13.2.11): durable v2, 60 s, `create_guid`.
-fn durable_v2_request(create_guid: u128) -> CreateContext {
-    let mut w = Writer::new();
-    w.u32(60_000)
-        .u32(0)
-        .u64(0)
-        .bytes(&create_guid.to_le_bytes());
-    CreateContext {
-        name: b"DH2Q".to_vec(),
-        data: w.buf,
-    }
-}
-
 /// An RqLs context asking for an RWH v2 lease with key `key`.
 fn lease_rwh_request(key: u128) -> CreateContext {
     smb_proto::create_ctx::lease_response(&smb_proto::messages::LeaseContext {
@@ -672,7 +659,7 @@ fn lock_service_round_trips_per_operation() {
             create_body(
                 "durable.txt",
                 OPLOCK_LEASE,
-                &[lease_rwh_request(2), durable_v2_request(2)],
+                &[lease_rwh_request(2), durable_v2_request(60_000, [2; 16])],
             ),
         ),
     );
