@@ -484,7 +484,7 @@ impl<T: ClientTransport> NodeSessions<T> {
             other => other,
         };
         let lease = match &req {
-            Request::Open(o) => match o.oplock {
+            Request::Open(o) | Request::OpenDurable { open: o, .. } => match o.oplock {
                 lockmgr_engine::OplockRequest::Lease(l) => Some((o.client_guid, l.key)),
                 _ => None,
             },
@@ -531,7 +531,7 @@ impl<T: ClientTransport> NodeSessions<T> {
     /// `Pending`, can arrive right behind the reply when this thread was slow to read it.
     fn book_reply(&mut self, b: &Booking, reply: &Reply) {
         match reply {
-            Reply::Opened { open, grant } => {
+            Reply::Opened { open, grant } | Reply::OpenedDurable { open, grant } => {
                 let lease = b.lease.or(match (b.reclaim_guid, grant) {
                     (Some(g), OplockGrant::Lease(l)) => Some((g, l.key)),
                     _ => None,
@@ -714,7 +714,8 @@ impl<T: ClientTransport> NodeSessions<T> {
                     return;
                 };
                 self.conn_deferred.remove(&(d.conn, d.conn_request));
-                if let Reply::Opened { open, grant } = reply {
+                if let Reply::Opened { open, grant } | Reply::OpenedDurable { open, grant } = reply
+                {
                     self.book_open(d.conn, *open, *grant, d.lease);
                 }
                 self.events.push_back((

@@ -11,9 +11,9 @@ use crate::snapshot::{
     Snapshot, Stats,
 };
 use crate::types::{
-    ClientGuid, FileId, FileUsage, Lease, LeaseKey, LeaseState, LockRange, Notification, OpenId,
-    OpenRequest, OplockGrant, OplockLevel, OplockRequest, Output, Reply, Request, RequestId,
-    SessionId, Status, Time,
+    ClientGuid, DurableRequest, FileId, FileUsage, Lease, LeaseKey, LeaseState, LockRange,
+    Notification, OpenId, OpenRequest, OplockGrant, OplockLevel, OplockRequest, Output, Reply,
+    Request, RequestId, SessionId, Status, Time,
 };
 use crate::Config;
 
@@ -146,6 +146,8 @@ struct DeferredOpen {
     session: SessionId,
     request: RequestId,
     req: OpenRequest,
+    /// The durable half of an `OpenDurable`, applied when the open is granted.
+    durable: Option<DurableRequest>,
     /// Breaks this create waits for; it is retried when none of them is in flight any more.
     waiting: Vec<Holder>,
 }
@@ -327,7 +329,10 @@ impl Engine {
             return;
         }
         match req {
-            Request::Open(o) => self.do_open(now, session, request, o),
+            Request::Open(o) => self.do_open(now, session, request, o, None),
+            Request::OpenDurable { open, durable } => {
+                self.do_open(now, session, request, open, Some(durable))
+            }
             Request::Close { open } => self.do_close(now, session, request, open),
             Request::SetDeletePending { open, delete } => {
                 let status = match self.owned(session, open) {
@@ -868,7 +873,14 @@ impl Engine {
 
     // ----- opens -----------------------------------------------------------------------------
 
-    fn do_open(&mut self, now: Time, session: SessionId, request: RequestId, mut req: OpenRequest) {
+    fn do_open(
+        &mut self,
+        now: Time,
+        session: SessionId,
+        request: RequestId,
+        mut req: OpenRequest,
+        durable: Option<DurableRequest>,
+    ) {
         req.access = map_generic(req.access);
         let limits = self.config.limits;
         if self.sessions.get(&session).is_some_and(|s| {
@@ -878,7 +890,10 @@ impl Engine {
             return;
         }
         match self.try_open(now, session, &req, true) {
-            Attempt::Done(reply) => self.reply(session, request, reply),
+            Attempt::Done(reply) => {
+                let reply = self.attach_durable(reply, &req, durable);
+                self.reply(session, request, reply)
+            }
             Attempt::Wait(waiting) => {
                 let f = req.file;
                 self.files
@@ -889,6 +904,7 @@ impl Engine {
                         session,
                         request,
                         req,
+                        durable,
                         waiting,
                     });
                 if let Some(s) = self.sessions.get_mut(&session) {
@@ -1186,7 +1202,10 @@ impl Engine {
                 continue;
             }
             match self.try_open(now, d.session, &d.req, false) {
-                Attempt::Done(reply) => self.complete(d.session, d.request, reply),
+                Attempt::Done(reply) => {
+                    let reply = self.attach_durable(reply, &d.req, d.durable);
+                    self.complete(d.session, d.request, reply)
+                }
                 Attempt::Wait(waiting) => keep.push_back(DeferredOpen { waiting, ..d }),
             }
         }

@@ -500,6 +500,23 @@ pub enum Request {
         persistent: bool,
         blob: Vec<u8>,
     },
+    /// CREATE with a durable request (DHnQ / DH2Q) in one round trip: `Open` and, in the same
+    /// engine step, `SetDurable` for the open it grants, if durability is allowed. It is
+    /// allowed for a file (not a directory) whose grant is a batch oplock or a lease with
+    /// handle caching, or whatever the grant if `durable.persistent` (MS-SMB2 3.3.5.9.6,
+    /// 3.3.5.9.10), with a blob of at most [`MAX_DURABLE_BLOB`] bytes and a key no other
+    /// open uses. Answered [`Reply::OpenedDurable`] when the open is durable, `Opened` when
+    /// it is granted without durability (an SMB client then gets no durable context: the
+    /// create itself succeeds), a status when the open fails; a deferred one (`Pending`)
+    /// keeps its durable request and applies it when it is granted.
+    ///
+    /// Rollback rule: the open and its durable record appear in the same step or not at
+    /// all. An open that fails leaves no durable record (its key stays free); a durable part
+    /// that is not allowed leaves the open exactly as `Open` would have granted it.
+    OpenDurable {
+        open: OpenRequest,
+        durable: DurableRequest,
+    },
     /// The open's SMB connection went away (MS-SMB2 3.3.7.1): a durable open is disconnected
     /// (`Done(Success)`), any other is closed (answered like `Close`).
     Disconnect { open: OpenId },
@@ -517,6 +534,16 @@ pub enum Request {
     },
 }
 
+/// The durable half of [`Request::OpenDurable`]: the fields of [`Request::SetDurable`]
+/// but the open, which the engine grants in the same step.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct DurableRequest {
+    pub key: u64,
+    pub timeout_ms: u32,
+    pub persistent: bool,
+    pub blob: Vec<u8>,
+}
+
 /// Largest [`Request::SetDurable`] blob.
 pub const MAX_DURABLE_BLOB: usize = 2048;
 
@@ -526,6 +553,8 @@ pub const MAX_DURABLE_BLOB: usize = 2048;
 pub enum Reply {
     /// The open was granted.
     Opened { open: OpenId, grant: OplockGrant },
+    /// Answer to [`Request::OpenDurable`]: the open was granted and is durable.
+    OpenedDurable { open: OpenId, grant: OplockGrant },
     /// The request waits (a create waiting for breaks; a blocking lock). A later `Completed`
     /// event with the same request id carries the final reply. Maps to SMB2 STATUS_PENDING.
     Pending,

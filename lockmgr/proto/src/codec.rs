@@ -31,21 +31,24 @@
 //! | 12 | DurableLookup | key u64 |
 //! | 13 | Reclaim | key u64, open u64, client_guid u128 |
 //! | 16 | BreakForRename | open u64 |
+//! | 20 | QueryUsage | file u128, except u64 (0: none) |
+//! | 21 | OpenDurable | `OpenRequest`, key u64, timeout_ms u32, persistent bool, blob `Blob` |
 //!
 //! `Blob` is length u16 (<= `MAX_DURABLE_BLOB`) then that many bytes.
 //!
 //! `Reply` is kind u8 then fields: 1 Opened (open u64, grant `OplockGrant`), 2 Pending,
 //! 3 Done (status u16), 4 Closed (delete_file bool), 5 Acked (grant `OplockGrant`),
-//! 6 Durable (open u64, blob `Blob`).
+//! 6 Durable (open u64, blob `Blob`), 20 Usage (opens u32, deny_delete u32, delete_access u32),
+//! 21 OpenedDurable (open u64, grant `OplockGrant`).
 //!
 //! `Notification` is kind u8 then fields: 1 OplockBreak (open u64, new_level u8),
 //! 2 LeaseBreak (client_guid u128, key u128, current u8, new u8, flags u8 (bit0 epoch present,
 //! bit1 ack_required), (epoch u16 if bit0)), 3 Completed (request u64, `Reply`).
 
 use lockmgr_engine::{
-    ClientGuid, FileId, FileUsage, Lease, LeaseKey, LeaseState, LockRange, Notification, OpenId,
-    OpenRequest, OplockGrant, OplockLevel, OplockRequest, Reply, Request, RequestId, Status,
-    MAX_DURABLE_BLOB,
+    ClientGuid, DurableRequest, FileId, FileUsage, Lease, LeaseKey, LeaseState, LockRange,
+    Notification, OpenId, OpenRequest, OplockGrant, OplockLevel, OplockRequest, Reply, Request,
+    RequestId, Status, MAX_DURABLE_BLOB,
 };
 
 use crate::error::{DecodeError, EncodeError};
@@ -402,6 +405,7 @@ const REQ_DURABLE_LOOKUP: u8 = 12;
 const REQ_RECLAIM: u8 = 13;
 const REQ_BREAK_FOR_RENAME: u8 = 16;
 const REQ_QUERY_USAGE: u8 = 20;
+const REQ_OPEN_DURABLE: u8 = 21;
 
 fn put_blob(s: &mut Sink<'_>, blob: &[u8]) -> Result<(), EncodeError> {
     let len = blob_len(blob)?;
@@ -439,6 +443,14 @@ pub(crate) fn put_request(s: &mut Sink<'_>, req: &Request) -> Result<(), EncodeE
         Request::Open(o) => {
             s.u8(REQ_OPEN);
             put_open_request(s, o)?;
+        }
+        Request::OpenDurable { open, durable } => {
+            s.u8(REQ_OPEN_DURABLE);
+            put_open_request(s, open)?;
+            s.u64(durable.key);
+            s.u32(durable.timeout_ms);
+            s.bool(durable.persistent);
+            put_blob(s, &durable.blob)?;
         }
         Request::Close { open } => {
             s.u8(REQ_CLOSE);
@@ -545,6 +557,15 @@ pub(crate) fn put_request(s: &mut Sink<'_>, req: &Request) -> Result<(), EncodeE
 pub(crate) fn get_request(r: &mut Reader<'_>) -> Result<Request, DecodeError> {
     Ok(match r.u8()? {
         REQ_OPEN => Request::Open(get_open_request(r)?),
+        REQ_OPEN_DURABLE => Request::OpenDurable {
+            open: get_open_request(r)?,
+            durable: DurableRequest {
+                key: r.u64()?,
+                timeout_ms: r.u32()?,
+                persistent: r.bool("open_durable.persistent")?,
+                blob: get_blob(r, "open_durable.blob")?,
+            },
+        },
         REQ_CLOSE => Request::Close {
             open: OpenId(r.u64()?),
         },
@@ -616,11 +637,17 @@ const REPLY_CLOSED: u8 = 4;
 const REPLY_ACKED: u8 = 5;
 const REPLY_DURABLE: u8 = 6;
 const REPLY_USAGE: u8 = 20;
+const REPLY_OPENED_DURABLE: u8 = 21;
 
 pub(crate) fn put_reply(s: &mut Sink<'_>, rep: &Reply) -> Result<(), EncodeError> {
     match rep {
         Reply::Opened { open, grant } => {
             s.u8(REPLY_OPENED);
+            s.u64(open.0);
+            put_grant(s, grant)?;
+        }
+        Reply::OpenedDurable { open, grant } => {
+            s.u8(REPLY_OPENED_DURABLE);
             s.u64(open.0);
             put_grant(s, grant)?;
         }
@@ -656,6 +683,10 @@ pub(crate) fn put_reply(s: &mut Sink<'_>, rep: &Reply) -> Result<(), EncodeError
 pub(crate) fn get_reply(r: &mut Reader<'_>) -> Result<Reply, DecodeError> {
     Ok(match r.u8()? {
         REPLY_OPENED => Reply::Opened {
+            open: OpenId(r.u64()?),
+            grant: get_grant(r)?,
+        },
+        REPLY_OPENED_DURABLE => Reply::OpenedDurable {
             open: OpenId(r.u64()?),
             grant: get_grant(r)?,
         },
@@ -811,10 +842,15 @@ fn ranges_len(ranges: &[LockRange]) -> Result<usize, EncodeError> {
     Ok(2 + ranges.len() * LOCK_RANGE_LEN)
 }
 
+fn open_request_len(o: &OpenRequest) -> usize {
+    16 + 4 + 4 + 1 + 16 + oplock_request_len(&o.oplock) + o.stream_base.map_or(0, |_| 16)
+}
+
 pub(crate) fn request_len(req: &Request) -> Result<usize, EncodeError> {
     Ok(1 + match req {
-        Request::Open(o) => {
-            16 + 4 + 4 + 1 + 16 + oplock_request_len(&o.oplock) + o.stream_base.map_or(0, |_| 16)
+        Request::Open(o) => open_request_len(o),
+        Request::OpenDurable { open, durable } => {
+            open_request_len(open) + 8 + 4 + 1 + blob_len(&durable.blob)?
         }
         Request::Close { .. } => 8,
         Request::SetDeletePending { .. } => 8 + 1,
@@ -836,7 +872,7 @@ pub(crate) fn request_len(req: &Request) -> Result<usize, EncodeError> {
 
 pub(crate) fn reply_len(rep: &Reply) -> Result<usize, EncodeError> {
     Ok(1 + match rep {
-        Reply::Opened { grant, .. } => 8 + grant_len(grant),
+        Reply::Opened { grant, .. } | Reply::OpenedDurable { grant, .. } => 8 + grant_len(grant),
         Reply::Pending => 0,
         Reply::Done(_) => 2,
         Reply::Closed { .. } => 1,

@@ -2,9 +2,9 @@
 //! fuzz-corpus generation and benchmarks (here and in dependent crates).
 
 use lockmgr_engine::{
-    ClientGuid, FileId, FileUsage, Lease, LeaseKey, LeaseState, LockRange, Notification, OpenId,
-    OpenRequest, OplockGrant, OplockLevel, OplockRequest, Reply, Request, RequestId, SessionId,
-    Status,
+    ClientGuid, DurableRequest, FileId, FileUsage, Lease, LeaseKey, LeaseState, LockRange,
+    Notification, OpenId, OpenRequest, OplockGrant, OplockLevel, OplockRequest, Reply, Request,
+    RequestId, SessionId, Status,
 };
 
 use crate::message::{Message, RejectReason};
@@ -68,6 +68,24 @@ pub fn requests() -> Vec<Request> {
             stream_base: Some(FileId(0xfeed_f00d_0000_0000_0000_0000_0000_0002)),
             ..open(OplockRequest::None)
         }),
+        Request::OpenDurable {
+            open: open(OplockRequest::Lease(lease_v2())),
+            durable: DurableRequest {
+                key: 0x0000_0001_0000_0004,
+                timeout_ms: 60_000,
+                persistent: false,
+                blob: b"data\0dir/file.txt".to_vec(),
+            },
+        },
+        Request::OpenDurable {
+            open: open(OplockRequest::None),
+            durable: DurableRequest {
+                key: 0x0000_0001_0000_0005,
+                timeout_ms: 120_000,
+                persistent: true,
+                blob: Vec::new(),
+            },
+        },
         Request::Close { open: OpenId(9) },
         Request::SetDeletePending {
             open: OpenId(9),
@@ -160,6 +178,10 @@ pub fn replies() -> Vec<Reply> {
         Reply::Opened {
             open: OpenId(12),
             grant: OplockGrant::Oplock(OplockLevel::Exclusive),
+        },
+        Reply::OpenedDurable {
+            open: OpenId(13),
+            grant: OplockGrant::Oplock(OplockLevel::Batch),
         },
         Reply::Pending,
         Reply::Done(Status::Success),

@@ -4,9 +4,9 @@
 //! the codec accepts (e.g. lease states within RWH, at most `MAX_LOCK_RANGES` ranges).
 
 use lockmgr_engine::{
-    ClientGuid, FileId, FileUsage, Lease, LeaseKey, LeaseState, LockRange, Notification, OpenId,
-    OpenRequest, OplockGrant, OplockLevel, OplockRequest, Reply, Request, RequestId, SessionId,
-    Status, Time,
+    ClientGuid, DurableRequest, FileId, FileUsage, Lease, LeaseKey, LeaseState, LockRange,
+    Notification, OpenId, OpenRequest, OplockGrant, OplockLevel, OplockRequest, Reply, Request,
+    RequestId, SessionId, Status, Time,
 };
 use proptest::collection::vec;
 use proptest::option;
@@ -137,6 +137,24 @@ pub fn open_request() -> impl Strategy<Value = OpenRequest> {
 pub fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
         open_request().prop_map(Request::Open),
+        (
+            open_request(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<bool>(),
+            vec(any::<u8>(), 0..64)
+        )
+            .prop_map(|(open, key, timeout_ms, persistent, blob)| {
+                Request::OpenDurable {
+                    open,
+                    durable: DurableRequest {
+                        key,
+                        timeout_ms,
+                        persistent,
+                        blob,
+                    },
+                }
+            }),
         open_id().prop_map(|open| Request::Close { open }),
         (open_id(), any::<bool>())
             .prop_map(|(open, delete)| Request::SetDeletePending { open, delete }),
@@ -203,6 +221,7 @@ pub fn request() -> impl Strategy<Value = Request> {
 pub fn reply() -> impl Strategy<Value = Reply> {
     prop_oneof![
         (open_id(), oplock_grant()).prop_map(|(open, grant)| Reply::Opened { open, grant }),
+        (open_id(), oplock_grant()).prop_map(|(open, grant)| Reply::OpenedDurable { open, grant }),
         Just(Reply::Pending),
         status().prop_map(Reply::Done),
         any::<bool>().prop_map(|delete_file| Reply::Closed { delete_file }),

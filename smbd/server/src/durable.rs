@@ -23,8 +23,6 @@ use smb_proto::{status, LeaseContext};
 // The wire side of durable handles (contexts and their rules) lives in smb-proto.
 pub use smb_proto::create_ctx::{DurableKind, Reconnect};
 
-use crate::locking::{LeaseState, OplockGrant, OplockLevel};
-
 /// What a durable open needs to be re-established on another connection.
 #[derive(Debug, Clone)]
 pub struct DurableState {
@@ -35,7 +33,6 @@ pub struct DurableState {
     /// The lease context of the original request (for v2 parent key / epoch).
     pub lease: Option<LeaseContext>,
     pub client_guid: [u8; 16],
-    pub user: String,
 }
 
 impl DurableState {
@@ -45,7 +42,12 @@ impl DurableState {
     }
 
     pub(crate) fn timeout(&self) -> Duration {
-        match self.kind {
+        Self::timeout_of(&self.kind)
+    }
+
+    /// How long a durable handle of `kind` outlives its connection.
+    pub(crate) fn timeout_of(kind: &DurableKind) -> Duration {
+        match *kind {
             // Samba's default for v1 (MS-SMB2 leaves it to the implementation).
             DurableKind::V1 => Duration::from_secs(16 * 60),
             DurableKind::V2 { timeout_ms, .. } => Duration::from_millis(timeout_ms as u64),
@@ -264,20 +266,9 @@ fn reconnect_guid_matches(kind: &DurableKind, v2: Option<[u8; 16]>) -> bool {
     }
 }
 
-/// Whether the caching granted allows a durable handle: a batch oplock or a lease with
-/// Handle caching (MS-SMB2 3.3.5.9.6, 3.3.5.9.10).
-pub fn grant_allows_durable(g: &OplockGrant) -> bool {
-    match g {
-        OplockGrant::Oplock(l) => *l == OplockLevel::Batch,
-        OplockGrant::Lease(l) => l.state.0 & LeaseState::HANDLE.0 != 0,
-        OplockGrant::None => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::locking::{Lease, LeaseKey};
 
     fn blob() -> DurableBlob {
         DurableBlob {
@@ -408,27 +399,5 @@ mod tests {
         assert!(!reconnect_guid_matches(&DurableKind::V1, Some([7; 16])));
         assert!(reconnect_guid_matches(&v2, Some([7; 16])));
         assert!(!reconnect_guid_matches(&v2, Some([0; 16])));
-    }
-
-    #[test]
-    fn only_handle_caching_allows_durable() {
-        assert!(grant_allows_durable(&OplockGrant::Oplock(
-            OplockLevel::Batch
-        )));
-        assert!(!grant_allows_durable(&OplockGrant::Oplock(
-            OplockLevel::Exclusive
-        )));
-        assert!(!grant_allows_durable(&OplockGrant::None));
-        let lease = |s| {
-            OplockGrant::Lease(Lease {
-                key: LeaseKey(1),
-                state: LeaseState(s),
-                parent_key: None,
-                epoch: None,
-                breaking: false,
-            })
-        };
-        assert!(grant_allows_durable(&lease(0x3)));
-        assert!(!grant_allows_durable(&lease(0x5)));
     }
 }

@@ -15,9 +15,9 @@ use std::collections::VecDeque;
 pub use lockmgr_engine::map_generic;
 pub use lockmgr_engine::types::access as access_bits;
 pub use lockmgr_engine::types::{
-    ClientGuid, FileId, FileUsage, Lease, LeaseKey, LeaseState, LockRange, Notification, OpenId,
-    OpenRequest, OplockGrant, OplockLevel, OplockRequest, Reply, Request, RequestId, SessionId,
-    Status,
+    ClientGuid, DurableRequest, FileId, FileUsage, Lease, LeaseKey, LeaseState, LockRange,
+    Notification, OpenId, OpenRequest, OplockGrant, OplockLevel, OplockRequest, Reply, Request,
+    RequestId, SessionId, Status,
 };
 
 /// The lock authority as seen by smbd. Called by all workers at once: an implementation
@@ -169,5 +169,86 @@ impl LockService for EngineLocks {
             s.engine.handle_timeout(now);
             s.drain(None);
         }
+    }
+}
+
+/// Lock-service requests by kind, counted where smbd makes them ([`crate::shared::Shared`]):
+/// with a remote lockmgrd each one is a round trip, so these say how many round trips each
+/// SMB operation costs. Logged when the server stops ([`RequestCounts::summary`]).
+#[derive(Default)]
+pub struct RequestCounts {
+    counts: [std::sync::atomic::AtomicU64; RequestCounts::KINDS.len()],
+}
+
+impl RequestCounts {
+    /// The request kinds, in the order of the counters.
+    pub const KINDS: [&'static str; 17] = [
+        "open",
+        "open_durable",
+        "close",
+        "set_delete_pending",
+        "lock",
+        "unlock",
+        "cancel",
+        "check_io",
+        "oplock_break_ack",
+        "lease_break_ack",
+        "break_for_rename",
+        "query_usage",
+        "set_durable",
+        "disconnect",
+        "durable_lookup",
+        "reclaim",
+        "other",
+    ];
+
+    fn index(req: &Request) -> usize {
+        match req {
+            Request::Open(_) => 0,
+            Request::OpenDurable { .. } => 1,
+            Request::Close { .. } => 2,
+            Request::SetDeletePending { .. } => 3,
+            Request::Lock { .. } => 4,
+            Request::Unlock { .. } => 5,
+            Request::Cancel { .. } => 6,
+            Request::CheckIo { .. } => 7,
+            Request::OplockBreakAck { .. } => 8,
+            Request::LeaseBreakAck { .. } => 9,
+            Request::BreakForRename { .. } => 10,
+            Request::QueryUsage { .. } => 11,
+            Request::SetDurable { .. } => 12,
+            Request::Disconnect { .. } => 13,
+            Request::DurableLookup { .. } => 14,
+            Request::Reclaim { .. } => 15,
+            // `Request` is non_exhaustive: a kind added later is counted, if not by name.
+            #[allow(unreachable_patterns)]
+            _ => 16,
+        }
+    }
+
+    pub fn count(&self, req: &Request) {
+        self.counts[Self::index(req)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// (kind, requests so far) for every kind.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        Self::KINDS
+            .iter()
+            .zip(&self.counts)
+            .map(|(k, c)| (*k, c.load(std::sync::atomic::Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// The total, and "kind=n" for the kinds that were asked, for the stop log.
+    pub fn summary(&self) -> (u64, String) {
+        let s = self.snapshot();
+        let total = s.iter().map(|(_, n)| n).sum();
+        let kinds = s
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| format!("{k}={n}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        (total, kinds)
     }
 }

@@ -239,7 +239,6 @@ mod tests {
                 share_access,
                 lease: None,
                 client_guid: [2; 16],
-                user: String::new(),
             }),
             locks: Vec::new(),
             lock_seq: [0xFF; 64],

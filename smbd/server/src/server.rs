@@ -247,6 +247,12 @@ impl Server {
             }
         }
         witness_stop.store(true, Ordering::Relaxed);
+        let (lock_requests, by_kind) = self.shared.lock_requests.summary();
+        tracing::info!(
+            lock_requests,
+            by_kind,
+            "lock-service requests (lockmgrd round trips in a cluster)"
+        );
         if let Some(p) = pump {
             // Workers only exit on shutdown (or failure): make sure the pump sees it too.
             self.shared.shutdown.store(true, Ordering::Relaxed);

@@ -183,6 +183,8 @@ pub struct Shared {
     pub mailboxes: Vec<Mailbox>,
     /// Called by all workers at once (a cluster lock service has several requests in flight).
     locks: Box<dyn LockService>,
+    /// Lock-service requests made so far, by kind (round trips, with a remote lockmgrd).
+    pub lock_requests: crate::locking::RequestCounts,
     /// Held while lock-service notifications are taken out and posted, so that they reach the
     /// mailboxes in the order the service queued them, and while a request wants the
     /// notifications for its own connection returned to it ([`Shared::lock_request_inline`]).
@@ -260,6 +262,7 @@ impl Shared {
             clock: crate::clock::WallClock::System,
             mailboxes,
             locks,
+            lock_requests: crate::locking::RequestCounts::default(),
             routing: Mutex::new(()),
             routes: Mutex::new(HashMap::new()),
             watches: Mutex::new(HashMap::new()),
@@ -340,6 +343,7 @@ impl Shared {
         } else {
             id
         };
+        self.lock_requests.count(&req);
         let r = self.locks.request(SessionId(conn), RequestId(id), req);
         self.route_events();
         r
@@ -359,6 +363,7 @@ impl Shared {
         // is still queued when the reply is in.
         let _routing = lock(&self.routing);
         let l = &*self.locks;
+        self.lock_requests.count(&req);
         let r = l.request(SessionId(conn), RequestId(id), req);
         let mut mine = Vec::new();
         while let Some((s, n)) = l.poll_event() {

@@ -569,3 +569,161 @@ fn durable_v2_handle_expires_after_its_timeout() {
         }
     }
 }
+
+/// An RqLs context asking for an RWH v2 lease with key `key`.
+fn lease_rwh_request(key: u128) -> CreateContext {
+    smb_proto::create_ctx::lease_response(&smb_proto::messages::LeaseContext {
+        key,
+        state: 7,
+        flags: 0,
+        duration: 0,
+        parent_key: None,
+        epoch: Some(0),
+    })
+}
+
+const OPLOCK_LEASE: u8 = 0xFF;
+const LOCKFLAG_EXCLUSIVE: u32 = 0x2;
+const LOCKFLAG_UNLOCK: u32 = 0x4;
+const LOCKFLAG_FAIL_IMMEDIATELY: u32 = 0x10;
+
+/// Send one request on `c` and count the lock-service requests it made (with a remote
+/// lockmgrd: its round trips). Returns the answer, the count and the kinds asked.
+fn round_trips(p: &mut Pair, c: usize, command: u16, body: Vec<u8>) -> (Answer, u64, String) {
+    let before = p.shared.lock_requests.snapshot();
+    let answer = p.call(c, command, body);
+    let after = p.shared.lock_requests.snapshot();
+    let mut total = 0;
+    let mut kinds = Vec::new();
+    for ((kind, b), (_, a)) in before.iter().zip(&after) {
+        if a > b {
+            total += a - b;
+            kinds.push(format!("{kind}={}", a - b));
+        }
+    }
+    (answer, total, kinds.join(" "))
+}
+
+/// The round trips each SMB operation costs a cluster node (issue 14): every lock-service
+/// request is one lockmgrd round trip. Prints the table (`--nocapture`) and holds the counts.
+#[test]
+fn lock_service_round_trips_per_operation() {
+    let mut p = Pair::new();
+    let a = p.connect(0x0302);
+    let mut table = Vec::new();
+    let mut row = |what: &str, (answer, n, kinds): (Answer, u64, String)| {
+        assert_eq!(answer.hdr.status, status::SUCCESS, "{what}");
+        table.push((what.to_string(), n, kinds));
+        answer
+    };
+
+    let plain = row(
+        "CREATE (no caching)",
+        round_trips(
+            &mut p,
+            a,
+            cmd::CREATE,
+            create_body("plain.txt", OPLOCK_NONE, &[]),
+        ),
+    )
+    .created()
+    .1;
+    let batch = row(
+        "CREATE (batch oplock)",
+        round_trips(
+            &mut p,
+            a,
+            cmd::CREATE,
+            create_body("batch.txt", OPLOCK_BATCH, &[]),
+        ),
+    )
+    .created()
+    .1;
+    let leased = row(
+        "CREATE (RWH lease)",
+        round_trips(
+            &mut p,
+            a,
+            cmd::CREATE,
+            create_body("lease.txt", OPLOCK_LEASE, &[lease_rwh_request(1)]),
+        ),
+    )
+    .created()
+    .1;
+    let durable = row(
+        "CREATE (RWH lease + DH2Q)",
+        round_trips(
+            &mut p,
+            a,
+            cmd::CREATE,
+            create_body(
+                "durable.txt",
+                OPLOCK_LEASE,
+                &[lease_rwh_request(2), durable_v2_request(60_000, [2; 16])],
+            ),
+        ),
+    );
+    assert!(
+        durable.msg.windows(4).any(|w| w == b"DH2Q"),
+        "the durable handle is granted"
+    );
+    let durable = durable.created().1;
+    row(
+        "WRITE",
+        round_trips(&mut p, a, cmd::WRITE, write_body(plain, b"0123456789")),
+    );
+    row(
+        "READ",
+        round_trips(&mut p, a, cmd::READ, conn_harness::body_read(plain, 0, 10)),
+    );
+    row(
+        "LOCK",
+        round_trips(
+            &mut p,
+            a,
+            cmd::LOCK,
+            conn_harness::body_lock(plain, LOCKFLAG_EXCLUSIVE | LOCKFLAG_FAIL_IMMEDIATELY),
+        ),
+    );
+    row(
+        "UNLOCK",
+        round_trips(
+            &mut p,
+            a,
+            cmd::LOCK,
+            conn_harness::body_lock(plain, LOCKFLAG_UNLOCK),
+        ),
+    );
+    for (what, fid) in [
+        ("CLOSE", plain),
+        ("CLOSE (batch oplock)", batch),
+        ("CLOSE (lease)", leased),
+        ("CLOSE (durable)", durable),
+    ] {
+        row(
+            what,
+            round_trips(&mut p, a, cmd::CLOSE, conn_harness::body_close(fid)),
+        );
+    }
+    for (what, n, kinds) in &table {
+        println!("{what:<28} {n}  {kinds}");
+    }
+    let counts: Vec<(&str, u64)> = table.iter().map(|(w, n, _)| (w.as_str(), *n)).collect();
+    assert_eq!(
+        counts,
+        vec![
+            ("CREATE (no caching)", 1),
+            ("CREATE (batch oplock)", 1),
+            ("CREATE (RWH lease)", 1),
+            ("CREATE (RWH lease + DH2Q)", 1),
+            ("WRITE", 1),
+            ("READ", 1),
+            ("LOCK", 1),
+            ("UNLOCK", 1),
+            ("CLOSE", 1),
+            ("CLOSE (batch oplock)", 1),
+            ("CLOSE (lease)", 1),
+            ("CLOSE (durable)", 1),
+        ]
+    );
+}

@@ -88,28 +88,71 @@ impl Engine {
         } = params;
         let status = if self.owned(session, open).is_none() {
             Status::InvalidHandle
-        } else if blob.len() > MAX_DURABLE_BLOB
-            || self.durable.keys.get(&key).is_some_and(|o| *o != open)
-        {
+        } else if !self.durable_params_valid(open, key, &blob) {
             Status::InvalidParameter
         } else {
-            if let Some(old) = self.durable.recs.get(&open).map(|r| r.key) {
-                self.durable.keys.remove(&old);
-            }
-            self.durable.keys.insert(key, open);
-            self.durable.recs.insert(
-                open,
-                DurableRec {
-                    key,
-                    timeout: Duration::from_millis(u64::from(timeout_ms)),
-                    persistent,
-                    blob,
-                    deadline: None,
-                },
-            );
+            self.insert_durable(open, key, timeout_ms, persistent, blob);
             Status::Success
         };
         self.reply(session, request, Reply::Done(status));
+    }
+
+    /// A blob that fits and a key no other open uses.
+    fn durable_params_valid(&self, open: OpenId, key: u64, blob: &[u8]) -> bool {
+        blob.len() <= MAX_DURABLE_BLOB && self.durable.keys.get(&key).is_none_or(|o| *o == open)
+    }
+
+    fn insert_durable(
+        &mut self,
+        open: OpenId,
+        key: u64,
+        timeout_ms: u32,
+        persistent: bool,
+        blob: Vec<u8>,
+    ) {
+        if let Some(old) = self.durable.recs.get(&open).map(|r| r.key) {
+            self.durable.keys.remove(&old);
+        }
+        self.durable.keys.insert(key, open);
+        self.durable.recs.insert(
+            open,
+            DurableRec {
+                key,
+                timeout: Duration::from_millis(u64::from(timeout_ms)),
+                persistent,
+                blob,
+                deadline: None,
+            },
+        );
+    }
+
+    /// The durable half of `OpenDurable`, in the step that produced `reply` (the answer to
+    /// its open): an `Opened` whose grant allows durability becomes a durable open and the
+    /// answer `OpenedDurable`; anything else is returned unchanged, with no durable record
+    /// (see [`Request::OpenDurable`] for the rule).
+    pub(super) fn attach_durable(
+        &mut self,
+        reply: Reply,
+        req: &OpenRequest,
+        durable: Option<DurableRequest>,
+    ) -> Reply {
+        let (Some(d), Reply::Opened { open, grant }) = (durable, &reply) else {
+            return reply;
+        };
+        let (open, grant) = (*open, *grant);
+        let caching_allows = match grant {
+            OplockGrant::Oplock(level) => level == OplockLevel::Batch,
+            OplockGrant::Lease(l) => l.state.contains(LeaseState::HANDLE),
+            OplockGrant::None => false,
+        };
+        if req.directory
+            || !(d.persistent || caching_allows)
+            || !self.durable_params_valid(open, d.key, &d.blob)
+        {
+            return reply;
+        }
+        self.insert_durable(open, d.key, d.timeout_ms, d.persistent, d.blob);
+        Reply::OpenedDurable { open, grant }
     }
 
     pub(super) fn do_disconnect(

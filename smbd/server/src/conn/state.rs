@@ -285,8 +285,12 @@ pub(crate) struct CreateCont {
     pub(crate) delete_on_close: bool,
     /// The faked `$Extend\$Quota:$Q:$INDEX_ALLOCATION` (see `ops::QUOTA_FAKE_FILE`).
     pub(crate) fake_quota: bool,
-    /// DHnQ / DH2Q, granted if the caching allows it.
+    /// DHnQ / DH2Q as the lock service is asked to grant it (persistent only where the share
+    /// and connection allow it; none for directories). Granted if the caching allows it.
     pub(crate) durable: Option<crate::durable::DurableKind>,
+    /// The SMB FileId (persistent = volatile) of the open, chosen before the lock service is
+    /// asked: it is the key of a durable open, made durable in the same request.
+    pub(crate) file_id: u64,
     pub(crate) share_access: u32,
     /// A new file created with FILE_ATTRIBUTE_READONLY: mode 0444 once its handle is open.
     pub(crate) make_read_only: bool,

@@ -409,7 +409,10 @@ impl Conn {
                 Some(l) => OplockRequest::Oplock(l),
             },
         };
+        let durable = self.durable_to_ask(share, is_dir, durable);
+        self.next_volatile += 1;
         let cont = CreateCont {
+            file_id: self.next_volatile,
             session_id: ctx.session_id,
             tree_id: ctx.tree_id,
             share,
@@ -462,12 +465,25 @@ impl Conn {
                 .as_ref()
                 .map(|_| locking::FileId(fs::stable_file_id(fs_id, ino, ""))),
         };
-        match self
-            .shared
-            .lock_request(self.id, hdr.message_id, locking::Request::Open(req))
+        // One round trip: the open, and its durability if asked for (MS-SMB2 3.3.5.9.6).
+        let lock_req = match cont
+            .durable
+            .as_ref()
+            .and_then(|kind| self.durable_request(&cont, kind, cont.file_id))
         {
+            Some(durable) => locking::Request::OpenDurable { open: req, durable },
+            None => locking::Request::Open(req),
+        };
+        match self.shared.lock_request(self.id, hdr.message_id, lock_req) {
             Reply::Opened { open, grant } => {
-                let (out, fid) = self.finish_create(cont, open, grant);
+                let (out, fid) = self.finish_create(cont, open, grant, false);
+                if let Some(fid) = fid {
+                    ctx.file_id = Some(fid);
+                }
+                out
+            }
+            Reply::OpenedDurable { open, grant } => {
+                let (out, fid) = self.finish_create(cont, open, grant, true);
                 if let Some(fid) = fid {
                     ctx.file_id = Some(fid);
                 }
@@ -487,6 +503,14 @@ impl Conn {
                 err(status::INTERNAL_ERROR)
             }
         }
+    }
+
+    /// Give back a granted lock-service open whose CREATE failed after the grant (with a
+    /// durable record, if the grant made one).
+    fn release_lock_open(&self, lock_open: locking::OpenId) {
+        let _ = self
+            .shared
+            .lock_request(self.id, 0, locking::Request::Close { open: lock_open });
     }
 
     pub(super) fn undo_create(dir: &ShareRoot, cont: &CreateCont) {
@@ -628,11 +652,36 @@ impl Conn {
         }
     }
 
+    /// The durable handle a CREATE asks the lock service for: MS-SMB2 3.3.5.9.10 grants a
+    /// persistent handle only on a continuously available share (when the connection was
+    /// offered persistent handles); directories get none.
+    fn durable_to_ask(
+        &self,
+        share: usize,
+        is_dir: bool,
+        durable: Option<crate::durable::DurableKind>,
+    ) -> Option<crate::durable::DurableKind> {
+        let persistent_ok = self.shared.shares[share].continuous_availability
+            && self
+                .neg
+                .as_ref()
+                .is_some_and(|n| n.server_caps & smb_proto::caps::PERSISTENT_HANDLES != 0);
+        durable.filter(|_| !is_dir).map(|mut kind| {
+            if let smb_proto::create_ctx::DurableKind::V2 { persistent, .. } = &mut kind {
+                *persistent &= persistent_ok;
+            }
+            kind
+        })
+    }
+
+    /// A granted open's CREATE response and the connection's `Open`. `durable`: the lock
+    /// service made the open durable ([`Reply::OpenedDurable`]).
     pub(crate) fn finish_create(
         &mut self,
         cont: CreateCont,
         lock_open: locking::OpenId,
         grant: OplockGrant,
+        durable: bool,
     ) -> (Outcome, Option<FileId>) {
         let read_only = self.shared.shares[cont.share].read_only;
         let mut file = None;
@@ -671,11 +720,7 @@ impl Conn {
                     file = Some(f)
                 }
                 Err(e) => {
-                    let _ = self.shared.lock_request(
-                        self.id,
-                        0,
-                        locking::Request::Close { open: lock_open },
-                    );
+                    self.release_lock_open(lock_open);
                     Self::undo_create(&self.shared.shares[cont.share].dir, &cont);
                     return (err(path_status(&e)), None);
                 }
@@ -694,6 +739,7 @@ impl Conn {
         {
             if let Some(f) = &file {
                 if let Err(e) = f.set_len(0) {
+                    self.release_lock_open(lock_open);
                     return (err(io_status(&e)), None);
                 }
             }
@@ -712,7 +758,10 @@ impl Conn {
         }
         let info = match std::fs::metadata(&cont.abs) {
             Ok(m) => crate::fs::load_info(&cont.abs, &m),
-            Err(e) => return (err(io_status(&e)), None),
+            Err(e) => {
+                self.release_lock_open(lock_open);
+                return (err(io_status(&e)), None);
+            }
         };
         let mut info = match (&cont.stream, &file) {
             (Some(_), Some(f)) => stream_info(info, f),
@@ -726,8 +775,7 @@ impl Conn {
             info.write = 0;
             info.change = 0;
         }
-        self.next_volatile += 1;
-        let v = self.next_volatile;
+        let v = cont.file_id;
         let fid = FileId {
             persistent: v,
             volatile: v,
@@ -761,42 +809,19 @@ impl Conn {
             };
             contexts.push(smb_proto::create_ctx::lease_response(&resp));
         }
-        // MS-SMB2 3.3.5.9.10: a persistent handle is granted on a continuously available share
-        // (when the connection was offered persistent handles) whatever the caching; any
-        // other durable handle needs a batch oplock or a lease with handle caching.
-        let persistent_ok = self.shared.shares[cont.share].continuous_availability
-            && self
-                .neg
-                .as_ref()
-                .is_some_and(|n| n.server_caps & smb_proto::caps::PERSISTENT_HANDLES != 0);
-        let durable = cont
-            .durable
-            .clone()
-            .map(|mut kind| {
-                if let smb_proto::create_ctx::DurableKind::V2 { persistent, .. } = &mut kind {
-                    *persistent &= persistent_ok;
-                }
-                kind
-            })
-            .filter(|kind| {
-                !cont.is_dir
-                    && (kind.is_persistent() || crate::durable::grant_allows_durable(&grant))
-            })
-            .map(|kind| {
-                contexts.push(smb_proto::create_ctx::durable_response(&kind));
-                crate::durable::DurableState {
-                    create_action: action,
-                    kind,
-                    share_access: cont.share_access,
-                    lease: cont.lease,
-                    client_guid: self.neg.as_ref().map(|n| n.client_guid).unwrap_or_default(),
-                    user: self
-                        .sessions
-                        .get(&cont.session_id)
-                        .map(|s| s.user.to_lowercase())
-                        .unwrap_or_default(),
-                }
-            });
+        // The lock service decided on durability with the grant (a persistent handle whatever
+        // the caching, any other one with a batch oplock or a lease with handle caching) and
+        // keeps the durable state (durable.rs); without its yes there is none.
+        let durable = cont.durable.clone().filter(|_| durable).map(|kind| {
+            contexts.push(smb_proto::create_ctx::durable_response(&kind));
+            crate::durable::DurableState {
+                create_action: action,
+                kind,
+                share_access: cont.share_access,
+                lease: cont.lease,
+                client_guid: self.client_guid_bytes(),
+            }
+        });
         let oplock = if matches!(grant, OplockGrant::Lease(_)) && cont.lease.is_none() {
             oplock_level::NONE
         } else {
@@ -833,17 +858,6 @@ impl Conn {
                 identity: crate::identity::current(),
             },
         );
-        // The lock service keeps the durable state (durable.rs); without it there is none.
-        let registered = match self.opens.get(&v) {
-            Some(o) if o.durable.is_some() => Some(self.register_durable(v, o)),
-            _ => None,
-        };
-        if registered == Some(false) {
-            if let Some(o) = self.opens.get_mut(&v) {
-                o.durable = None;
-            }
-            contexts.retain(|x| x.name != cctx::DHNQ && x.name != cctx::DH2Q);
-        }
         let resp = create_response(&info, oplock, action, fid, contexts);
         (
             Outcome::Reply(status::SUCCESS, Response::Create(resp)),

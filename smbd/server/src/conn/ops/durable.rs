@@ -1,5 +1,5 @@
-//! The connection's side of durable handles (see [`crate::durable`]): registering a granted
-//! one with the lock service, parking the open when the connection or session goes away, and
+//! The connection's side of durable handles (see [`crate::durable`]): the durable half of a
+//! CREATE's lock request, parking the open when the connection or session goes away, and
 //! reclaiming it on a DHnC / DH2C reconnect.
 
 use smb_proto::NtStatus;
@@ -9,53 +9,59 @@ use std::time::Duration;
 use smb_proto::{create_action, status, CreateRequest, FileId, Header, LeaseContext, Response};
 
 use super::create::create_response;
-use crate::conn::{err, ChainCtx, Conn, Open, Outcome, PendingKind, ReconnectTarget};
+use crate::conn::{err, ChainCtx, Conn, CreateCont, Open, Outcome, PendingKind, ReconnectTarget};
 use crate::durable::{DurableBlob, DurableKind, DurableState, Reconnect, ReconnectCheck};
 use crate::locking::{self, OplockGrant, Reply};
 
 impl Conn {
-    /// Register a just-granted durable handle with the lock service. False if it refused (the
-    /// key is taken, or the service keeps no durable opens): the open is then not durable.
-    pub(crate) fn register_durable(&self, persistent: u64, open: &Open) -> bool {
-        let (Some(d), Some(lock_open)) = (open.durable.as_ref(), open.lock_open) else {
-            return false;
-        };
+    /// The durable half of a CREATE's lock request ([`locking::Request::OpenDurable`]): the
+    /// lock service makes the open durable in the same step as it grants it, if the caching
+    /// it grants allows (the CREATE costs one round trip, not an `Open` and a `SetDurable`).
+    /// `key` is the SMB persistent file id the client will reconnect with. `None` when the
+    /// blob a node needs to reopen the file does not fit: the open is then not durable.
+    pub(crate) fn durable_request(
+        &self,
+        cont: &CreateCont,
+        kind: &DurableKind,
+        key: u64,
+    ) -> Option<locking::DurableRequest> {
         let blob = DurableBlob {
-            kind: d.kind.clone(),
-            share: self.shared.shares[open.share].name.clone(),
-            rel: open.rel.to_string_lossy().into_owned(),
-            stream: open
+            kind: kind.clone(),
+            share: self.shared.shares[cont.share].name.clone(),
+            rel: cont.rel.to_string_lossy().into_owned(),
+            stream: cont
                 .stream
                 .as_ref()
                 .map(|t| t.name.clone())
                 .unwrap_or_default(),
-            is_dir: open.is_dir,
-            access: open.access,
-            share_access: d.share_access,
-            stable_id: open.stable_id,
-            client_guid: d.client_guid,
-            user: d.user.clone(),
-            lease: d.lease,
+            is_dir: cont.is_dir,
+            access: cont.access,
+            share_access: cont.share_access,
+            stable_id: cont.stable_id,
+            client_guid: self.client_guid_bytes(),
+            user: self.session_user(cont.session_id),
+            lease: cont.lease,
         };
-        let Some(blob) = blob.encode() else {
-            return false;
-        };
-        let r = self.shared.lock_request(
-            self.id,
-            0,
-            locking::Request::SetDurable {
-                open: lock_open,
-                key: persistent,
-                timeout_ms: u32::try_from(d.timeout().as_millis()).unwrap_or(u32::MAX),
-                persistent: d.is_persistent(),
-                blob,
-            },
-        );
-        if r != Reply::Done(locking::Status::Success) {
-            tracing::debug!(?r, persistent, "lock service refused the durable handle");
-            return false;
-        }
-        true
+        let timeout = DurableState::timeout_of(kind);
+        Some(locking::DurableRequest {
+            key,
+            timeout_ms: u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX),
+            persistent: kind.is_persistent(),
+            blob: blob.encode()?,
+        })
+    }
+
+    /// The ClientGuid of the connection's NEGOTIATE (zero before it).
+    pub(crate) fn client_guid_bytes(&self) -> [u8; 16] {
+        self.neg.as_ref().map(|n| n.client_guid).unwrap_or_default()
+    }
+
+    /// The (lowercased) user of session `session_id`, empty if it is gone.
+    pub(crate) fn session_user(&self, session_id: u64) -> String {
+        self.sessions
+            .get(&session_id)
+            .map(|s| s.user.to_lowercase())
+            .unwrap_or_default()
     }
 
     /// DHnC / DH2C: reclaim a disconnected durable open (MS-SMB2 3.3.5.9.7, 3.3.5.9.12). Most
@@ -464,7 +470,6 @@ impl Conn {
                 share_access: b.share_access,
                 lease: b.lease,
                 client_guid: b.client_guid,
-                user: b.user.clone(),
             }),
             locks: Vec::new(),
             lock_seq: [0xFF; 64],

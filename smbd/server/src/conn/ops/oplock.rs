@@ -235,8 +235,9 @@ impl Conn {
                         return;
                     };
                     let rest = p.rest.take();
+                    let durable = matches!(reply, Reply::OpenedDurable { .. });
                     let (st, fid) = match reply {
-                        Reply::Opened { open, grant } => {
+                        Reply::Opened { open, grant } | Reply::OpenedDurable { open, grant } => {
                             // A durable open parked while this one waited for its break is
                             // gone for good (its client could not acknowledge the break).
                             self.shared.parked.purge_conflicting(
@@ -246,7 +247,7 @@ impl Conn {
                                 cont.lease.as_ref().map(|l| l.key),
                                 self.now,
                             );
-                            let (out, fid) = self.finish_create(*cont, open, grant);
+                            let (out, fid) = self.finish_create(*cont, open, grant, durable);
                             match out {
                                 Outcome::Reply(st, body) => {
                                     self.complete_async(aid, st, body);
