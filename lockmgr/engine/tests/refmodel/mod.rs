@@ -10,8 +10,17 @@
 //! (always to the level asked; the driver answers every ack-requiring break before the next
 //! operation, or closes the holder instead), delete-pending and delete-on-close, the
 //! handle-caching break before a rename or delete, byte-range locks with blocking waiters and
-//! cancel, the mandatory I/O check, durable opens, disconnect and reclaim. Not modelled:
-//! timeouts, persistent opens, session end, lease epochs, acks to a wrong level.
+//! cancel, the mandatory I/O check, durable opens, disconnect and reclaim, orphaned deletes.
+//! Not modelled: timeouts, persistent opens, session end, lease epochs and parent keys, acks to a
+//! wrong level, NTFS's cross-stream batch breaks for overwrites, what a lock does to a
+//! write-caching lease, cancels of deferred creates.
+//!
+//! Rules settled against the engine where the specifications are silent or ambiguous (each is
+//! commented where it is applied, with its source): stat opens take no part in share modes or
+//! grants; zero-length ranges overlap only what strictly contains them; an overwrite breaks
+//! leases to none without waiting unless W goes (smbtorture lease.breaking3); leases upgrade only
+//! to supersets; no read caching next to byte-range locks; disconnected durable holders are
+//! closed rather than broken.
 #![forbid(unsafe_code)]
 
 use lockmgr_engine::{access, share, OplockLevel, Status};
