@@ -809,7 +809,7 @@ fn engine_rules() -> Rules {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(300),
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000),
         failure_persistence: None,
         // CI runs the same sequences every time (no flaky failures from a rare case);
         // PROPTEST_RNG_SEED=<n> or REFMODEL_EXPLORE=1 (random seed) explore further.
