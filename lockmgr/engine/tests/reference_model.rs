@@ -74,6 +74,14 @@ const LENGTHS: [u64; 5] = [0, 1, 2, 5, u64::MAX];
 /// Clients (ClientGuids); client `c` speaks through session `1 + c % 2` (two smbd nodes).
 const CLIENTS: u8 = 3;
 
+/// The byte range an operation's offset and length indices name.
+fn range(off: u8, len: u8) -> (u64, u64) {
+    (
+        OFFSETS[off as usize % OFFSETS.len()],
+        LENGTHS[len as usize % LENGTHS.len()],
+    )
+}
+
 fn guid(c: u8) -> u128 {
     0x100 + c as u128
 }
@@ -233,8 +241,8 @@ impl Driver {
 
     fn grant(g: OplockGrant) -> Grant {
         match g {
-            OplockGrant::None | OplockGrant::Oplock(OplockLevel::None) => Grant::None,
-            OplockGrant::Oplock(level) => Grant::Oplock(level),
+            OplockGrant::None => Grant::None,
+            OplockGrant::Oplock(level) => Grant::of_oplock(level),
             OplockGrant::Lease(l) => Grant::Lease(l.state.0),
         }
     }
@@ -567,23 +575,16 @@ impl Driver {
                 let Some((h, session)) = self.pick(open) else {
                     return Ok(());
                 };
-                let range = (
-                    OFFSETS[off as usize % OFFSETS.len()],
-                    LENGTHS[len as usize % LENGTHS.len()],
-                    excl,
-                );
-                self.lock(h, session, &[range], fail)
+                let (offset, length) = range(off, len);
+                self.lock(h, session, &[(offset, length, excl)], fail)
             }
             Op::Lock2 { open, a, b } => {
                 let Some((h, session)) = self.pick(open) else {
                     return Ok(());
                 };
                 let r = |(o, l, e): (u8, u8, bool)| {
-                    (
-                        OFFSETS[o as usize % OFFSETS.len()],
-                        LENGTHS[l as usize % LENGTHS.len()],
-                        e,
-                    )
+                    let (offset, length) = range(o, l);
+                    (offset, length, e)
                 };
                 self.lock(h, session, &[r(a), r(b)], true)
             }
@@ -591,10 +592,7 @@ impl Driver {
                 let Some((h, session)) = self.pick(open) else {
                     return Ok(());
                 };
-                let (offset, length) = (
-                    OFFSETS[off as usize % OFFSETS.len()],
-                    LENGTHS[len as usize % LENGTHS.len()],
-                );
+                let (offset, length) = range(off, len);
                 let open = self.eid(h);
                 self.step(
                     session,
@@ -619,10 +617,7 @@ impl Driver {
                 let Some((h, session)) = self.pick(open) else {
                     return Ok(());
                 };
-                let (offset, length) = (
-                    OFFSETS[off as usize % OFFSETS.len()],
-                    LENGTHS[len as usize % LENGTHS.len()],
-                );
+                let (offset, length) = range(off, len);
                 // smbd never reads or writes a directory; a wrapping range fails before.
                 let directory = self.model.open(h).is_some_and(|o| o.p.directory);
                 if offset as u128 + length as u128 > 1 << 64 || directory {

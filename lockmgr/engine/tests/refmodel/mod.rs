@@ -76,6 +76,16 @@ pub enum Grant {
     Lease(u8),
 }
 
+impl Grant {
+    /// An oplock grant; no oplock is no caching at all.
+    pub fn of_oplock(level: OplockLevel) -> Grant {
+        match level {
+            OplockLevel::None => Grant::None,
+            level => Grant::Oplock(level),
+        }
+    }
+}
+
 /// A reply, in handle terms.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rep {
@@ -334,8 +344,7 @@ impl Model {
     fn grant_of(&self, o: &MOpen) -> Grant {
         match o.lease {
             Some(id) => Grant::Lease(self.lease(id).map_or(0, |l| l.state)),
-            None if o.oplock == OplockLevel::None => Grant::None,
-            None => Grant::Oplock(o.oplock),
+            None => Grant::of_oplock(o.oplock),
         }
     }
 
@@ -788,11 +797,7 @@ impl Model {
                 _ => OplockLevel::LevelII,
             };
             open.oplock = level;
-            if level == OplockLevel::None {
-                Grant::None
-            } else {
-                Grant::Oplock(level)
-            }
+            Grant::of_oplock(level)
         };
         self.opens.push(open);
         (h, grant)
@@ -1020,13 +1025,8 @@ impl Model {
         assert_eq!(level, to, "the driver acks to the level asked");
         o.oplock = to;
         let file = o.p.file;
-        let grant = if to == OplockLevel::None {
-            Grant::None
-        } else {
-            Grant::Oplock(to)
-        };
         self.wake(file);
-        Rep::Acked(grant)
+        Rep::Acked(Grant::of_oplock(to))
     }
 
     pub fn lease_ack(&mut self, id: LeaseId, state: u8) -> Rep {
