@@ -8,7 +8,22 @@
 //! the operation that caused them.
 //!
 //! A failure prints the shrunk operation sequence and the step-by-step trace up to the first
-//! disagreement. `PROPTEST_CASES` raises the case count (CI keeps the default small).
+//! disagreement. `PROPTEST_CASES` raises the case count (CI keeps the default small and the
+//! seed fixed); `REFMODEL_EXPLORE=1` draws a random seed.
+//!
+//! Against the engine before issue 12's fixes (this file and `refmodel/` copied into a checkout
+//! of the old revision; the driver adapted by dropping `stream_base` and
+//! `SetDurable::persistent`, which came later, and treating the named stream as a plain file)
+//! the random test reported findings 1, 2, 5, 6 and 7; the `finding_*` tests below are the
+//! shrunk cases. Where one finding hid another, the generator was narrowed for the run (durable
+//! operations skipped; oplocks only; leases only on a file's first open).
+//!
+//! | revision        | fails                   |
+//! |-----------------|-------------------------|
+//! | 559c48c^        | findings 1, 2, 5, 6, 7  |
+//! | 29fef94^        | findings 1, 2, 5, 6     |
+//! | 097000b^        | finding 6               |
+//! | today           | none (4 ignored: new)   |
 #![forbid(unsafe_code)]
 
 mod refmodel;
@@ -17,6 +32,7 @@ use std::collections::BTreeMap;
 
 use lockmgr_engine::*;
 use proptest::prelude::*;
+use proptest::test_runner::RngSeed;
 use refmodel::{Grant, Handle, Model, Note, OpenParams, Outstanding, Rep, Rules};
 
 // ----- the operation vocabulary ---------------------------------------------------------------
@@ -57,6 +73,14 @@ const LENGTHS: [u64; 5] = [0, 1, 2, 5, u64::MAX];
 
 /// Clients (ClientGuids); client `c` speaks through session `1 + c % 2` (two smbd nodes).
 const CLIENTS: u8 = 3;
+
+/// The byte range an operation's offset and length indices name.
+fn range(off: u8, len: u8) -> (u64, u64) {
+    (
+        OFFSETS[off as usize % OFFSETS.len()],
+        LENGTHS[len as usize % LENGTHS.len()],
+    )
+}
 
 fn guid(c: u8) -> u128 {
     0x100 + c as u128
@@ -217,8 +241,8 @@ impl Driver {
 
     fn grant(g: OplockGrant) -> Grant {
         match g {
-            OplockGrant::None | OplockGrant::Oplock(OplockLevel::None) => Grant::None,
-            OplockGrant::Oplock(level) => Grant::Oplock(level),
+            OplockGrant::None => Grant::None,
+            OplockGrant::Oplock(level) => Grant::of_oplock(level),
             OplockGrant::Lease(l) => Grant::Lease(l.state.0),
         }
     }
@@ -327,7 +351,18 @@ impl Driver {
     /// closing the holder (1) instead of acknowledging (0).
     fn respond(&mut self, mut resp: u8) -> Result<(), String> {
         for _ in 0..64 {
-            let Some(&first) = self.model.outstanding().first() else {
+            // A break only disconnected opens could answer is left to the break timeout.
+            let answerable = self.model.outstanding().into_iter().find(|b| match *b {
+                Outstanding::Oplock { h, .. } => {
+                    self.model.open(h).is_some_and(|o| !o.disconnected)
+                }
+                Outstanding::Lease { lease, .. } => self
+                    .model
+                    .opens
+                    .iter()
+                    .any(|o| o.lease == Some(lease) && !o.disconnected),
+            });
+            let Some(first) = answerable else {
                 return Ok(());
             };
             let close = resp & 1 == 1;
@@ -540,23 +575,16 @@ impl Driver {
                 let Some((h, session)) = self.pick(open) else {
                     return Ok(());
                 };
-                let range = (
-                    OFFSETS[off as usize % OFFSETS.len()],
-                    LENGTHS[len as usize % LENGTHS.len()],
-                    excl,
-                );
-                self.lock(h, session, &[range], fail)
+                let (offset, length) = range(off, len);
+                self.lock(h, session, &[(offset, length, excl)], fail)
             }
             Op::Lock2 { open, a, b } => {
                 let Some((h, session)) = self.pick(open) else {
                     return Ok(());
                 };
                 let r = |(o, l, e): (u8, u8, bool)| {
-                    (
-                        OFFSETS[o as usize % OFFSETS.len()],
-                        LENGTHS[l as usize % LENGTHS.len()],
-                        e,
-                    )
+                    let (offset, length) = range(o, l);
+                    (offset, length, e)
                 };
                 self.lock(h, session, &[r(a), r(b)], true)
             }
@@ -564,10 +592,7 @@ impl Driver {
                 let Some((h, session)) = self.pick(open) else {
                     return Ok(());
                 };
-                let (offset, length) = (
-                    OFFSETS[off as usize % OFFSETS.len()],
-                    LENGTHS[len as usize % LENGTHS.len()],
-                );
+                let (offset, length) = range(off, len);
                 let open = self.eid(h);
                 self.step(
                     session,
@@ -581,7 +606,7 @@ impl Driver {
                     },
                     |m, _| m.unlock(h, offset, length),
                 )?;
-                Ok(())
+                self.respond(0)
             }
             Op::Io {
                 open,
@@ -592,10 +617,7 @@ impl Driver {
                 let Some((h, session)) = self.pick(open) else {
                     return Ok(());
                 };
-                let (offset, length) = (
-                    OFFSETS[off as usize % OFFSETS.len()],
-                    LENGTHS[len as usize % LENGTHS.len()],
-                );
+                let (offset, length) = range(off, len);
                 // smbd never reads or writes a directory; a wrapping range fails before.
                 let directory = self.model.open(h).is_some_and(|o| o.p.directory);
                 if offset as u128 + length as u128 > 1 << 64 || directory {
@@ -627,7 +649,7 @@ impl Driver {
                     },
                     |m, _| m.cancel(session, request),
                 )?;
-                Ok(())
+                self.respond(0)
             }
             Op::Durable { open } => {
                 let Some((h, session)) = self.pick(open) else {
@@ -696,6 +718,29 @@ impl Driver {
         }
     }
 
+    /// What smbd does after each request: unlink the delete-pending files whose last open the
+    /// engine purged. Engine and model must name the same files.
+    fn collect_orphans(&mut self) -> Result<(), String> {
+        let mut engine: Vec<u128> = self
+            .engine
+            .take_orphaned_deletes()
+            .into_iter()
+            .map(|f| f.0)
+            .collect();
+        let mut model = self.model.take_orphans();
+        engine.sort_unstable();
+        model.sort_unstable();
+        if engine != model {
+            return Err(format!(
+                "orphaned deletes differ: engine {engine:x?}, model {model:x?}"
+            ));
+        }
+        if !engine.is_empty() {
+            self.trace.push(format!("orphaned deletes {engine:x?}"));
+        }
+        Ok(())
+    }
+
     fn lock(
         &mut self,
         h: Handle,
@@ -728,7 +773,7 @@ impl Driver {
 fn run(ops: &[Op], rules: Rules) -> Result<(), String> {
     let mut d = Driver::new(rules);
     for op in ops {
-        if let Err(e) = d.run(op) {
+        if let Err(e) = d.run(op).and_then(|()| d.collect_orphans()) {
             return Err(format!("{e}\ntrace:\n  {}", d.trace.join("\n  ")));
         }
     }
@@ -749,14 +794,25 @@ fn engine_rules() -> Rules {
         // plain open stays R, where the W-less retry of MS-SMB2 3.3.5.9.8 gives RH). Pinned by
         // `partial_lease_upgrade_grants_what_it_can` (ignored).
         lease_upgrade_all_or_nothing: true,
+        // Disagreement (new, reported): a create refused with DELETE_PENDING has already
+        // closed the disconnected durable opens it conflicts with, so their client can no
+        // longer reclaim them. Pinned by `delete_pending_create_leaves_durable_open` (ignored).
+        purge_before_delete_pending_check: true,
         ..Rules::default()
     }
 }
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(300),
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000),
         failure_persistence: None,
+        // CI runs the same sequences every time (no flaky failures from a rare case);
+        // PROPTEST_RNG_SEED=<n> or REFMODEL_EXPLORE=1 (random seed) explore further.
+        rng_seed: match (std::env::var("PROPTEST_RNG_SEED"), std::env::var("REFMODEL_EXPLORE")) {
+            (Ok(seed), _) => seed.parse().map(RngSeed::Fixed).unwrap_or(RngSeed::Random),
+            (_, Ok(_)) => RngSeed::Random,
+            _ => RngSeed::Fixed(0x5eed_0012),
+        },
         ..ProptestConfig::default()
     })]
 
@@ -1047,5 +1103,84 @@ fn partial_lease_upgrade_grants_what_it_can() {
             lease_upgrade_all_or_nothing: false,
             ..engine_rules()
         },
+    );
+}
+
+/// A create that fails with DELETE_PENDING (MS-FSA 2.1.5.1.2 checks that before sharing)
+/// should leave a disconnected durable open alone; the engine closes it first, so the client's
+/// later reconnect finds nothing. Here: a named stream's durable RH open is disconnected, the
+/// stream is made delete-pending by a delete-on-close open lost with its connection, and a
+/// conflicting open of the stream is refused.
+#[test]
+#[ignore = "engine purges a conflicting disconnected durable open before failing the create with DELETE_PENDING"]
+fn delete_pending_create_leaves_durable_open() {
+    agrees(
+        &[
+            open_op(0, 1, 0, 3, 5),
+            Op::Vanish { open: 0, resp: 0 },
+            Op::Open {
+                client: 0,
+                file: 1,
+                access: 3,
+                share: 1,
+                caching: 0,
+                lease_key: 0,
+                overwrite: false,
+                doc: true,
+                resp: 0,
+            },
+            Op::Vanish { open: 0, resp: 0 },
+            open_op(0, 1, 0, 0, 0),
+            Op::Reclaim {
+                which: 0,
+                client: 0,
+            },
+        ],
+        Rules {
+            purge_before_delete_pending_check: false,
+            ..engine_rules()
+        },
+    );
+}
+
+/// A create waits for a lease break (RH -> R) sent to the lease's connected open; that open
+/// closes instead of acking, leaving only a disconnected durable open of the same lease. Nobody
+/// can ack any more, so (as for breaks to disconnected holders, issue 12 item 4) the durable
+/// open should be closed and the create go on; the engine leaves the break outstanding and the
+/// create waits for the 35 s break timeout. (It does resolve the same situation for a write-
+/// caching break of a file lease; this case is a handle-caching break for a sharing violation
+/// on a directory. Random exploration, REFMODEL_EXPLORE=1, meets it about once in 30000
+/// sequences; not in the CI seed's.)
+#[test]
+#[ignore = "a break left to a disconnected lease holder is not resolved; the create waits for the timeout"]
+fn break_left_to_disconnected_holder_resolves() {
+    agrees(
+        &[
+            open_op(2, 3, 0, 3, 4), // client 2, directory, R lease
+            Op::Open {
+                client: 2,
+                file: 3,
+                access: 0,
+                share: 1,
+                caching: 5,
+                lease_key: 0,
+                overwrite: false,
+                doc: false,
+                resp: 0,
+            },
+            Op::Vanish { open: 0, resp: 0 },
+            Op::Open {
+                client: 0,
+                file: 3,
+                access: 1,
+                share: 1,
+                caching: 0,
+                lease_key: 0,
+                overwrite: false,
+                doc: false,
+                resp: 1, // the connected holder closes instead of acking
+            },
+        ],
+        engine_rules(),
     );
 }

@@ -10,8 +10,17 @@
 //! (always to the level asked; the driver answers every ack-requiring break before the next
 //! operation, or closes the holder instead), delete-pending and delete-on-close, the
 //! handle-caching break before a rename or delete, byte-range locks with blocking waiters and
-//! cancel, the mandatory I/O check, durable opens, disconnect and reclaim. Not modelled:
-//! timeouts, persistent opens, session end, lease epochs, acks to a wrong level.
+//! cancel, the mandatory I/O check, durable opens, disconnect and reclaim, orphaned deletes.
+//! Not modelled: timeouts, persistent opens, session end, lease epochs and parent keys, acks to a
+//! wrong level, NTFS's cross-stream batch breaks for overwrites, what a lock does to a
+//! write-caching lease, cancels of deferred creates.
+//!
+//! Rules settled against the engine where the specifications are silent or ambiguous (each is
+//! commented where it is applied, with its source): stat opens take no part in share modes or
+//! grants; zero-length ranges overlap only what strictly contains them; an overwrite breaks
+//! leases to none without waiting unless W goes (smbtorture lease.breaking3); leases upgrade only
+//! to supersets; no read caching next to byte-range locks; disconnected durable holders are
+//! closed rather than broken.
 #![forbid(unsafe_code)]
 
 use lockmgr_engine::{access, share, OplockLevel, Status};
@@ -43,6 +52,10 @@ pub struct Rules {
     /// MS-SMB2 3.3.5.9.8: a lease upgrade that cannot get all it asks for still gets what can
     /// be granted (the W-less retry); with this rule the lease keeps its old state instead.
     pub lease_upgrade_all_or_nothing: bool,
+    /// MS-FSA 2.1.5.1.2 fails an open of a delete-pending file before any sharing check, so a
+    /// disconnected durable open in its way survives; with this rule the create closes it first
+    /// (and then fails with STATUS_DELETE_PENDING anyway).
+    pub purge_before_delete_pending_check: bool,
 }
 
 impl Default for Rules {
@@ -51,6 +64,7 @@ impl Default for Rules {
             lock_breaks_level2: true,
             failed_overwrite_breaks_caching: false,
             lease_upgrade_all_or_nothing: false,
+            purge_before_delete_pending_check: false,
         }
     }
 }
@@ -60,6 +74,16 @@ pub enum Grant {
     None,
     Oplock(OplockLevel),
     Lease(u8),
+}
+
+impl Grant {
+    /// An oplock grant; no oplock is no caching at all.
+    pub fn of_oplock(level: OplockLevel) -> Grant {
+        match level {
+            OplockLevel::None => Grant::None,
+            level => Grant::Oplock(level),
+        }
+    }
 }
 
 /// A reply, in handle terms.
@@ -171,6 +195,7 @@ enum Deferred {
         session: u64,
         request: u64,
         file: u128,
+        h: Handle,
     },
 }
 
@@ -192,6 +217,8 @@ pub struct Model {
     /// File.PendingDelete (MS-FSA 2.1.1.3), by stream id (a named stream's own flag is its
     /// Stream's; the unnamed stream's is the file's).
     delete_pending: Vec<u128>,
+    /// Delete-pending files whose last open was purged, not closed by a client.
+    orphans: Vec<u128>,
     next_h: Handle,
     /// Notifications produced since the last `take_notes`.
     pub notes: Vec<Note>,
@@ -317,8 +344,7 @@ impl Model {
     fn grant_of(&self, o: &MOpen) -> Grant {
         match o.lease {
             Some(id) => Grant::Lease(self.lease(id).map_or(0, |l| l.state)),
-            None if o.oplock == OplockLevel::None => Grant::None,
-            None => Grant::Oplock(o.oplock),
+            None => Grant::of_oplock(o.oplock),
         }
     }
 
@@ -374,7 +400,7 @@ impl Model {
     /// server closes it (MS-SMB2 3.3.7.1 keeps it only to be reclaimed; Samba and the issue's
     /// item 4: disconnected holders are scavenged, not broken).
     fn purge(&mut self, h: Handle) {
-        let _ = self.remove_open(h);
+        let _ = self.remove_open(h, true);
     }
 
     // ----- open (MS-FSA 2.1.5.1.2, MS-SMB2 3.3.5.9) -----------------------------------------
@@ -403,6 +429,28 @@ impl Model {
     }
 
     fn try_open(&mut self, session: u64, p: &OpenParams) -> Attempt {
+        if self.rules.purge_before_delete_pending_check {
+            // Disconnected opens the create conflicts with, or whose caching it would break
+            // (an exclusive/batch oplock, a write-caching lease of another key).
+            while let Some(gone) = self
+                .opens
+                .iter()
+                .find(|o| {
+                    let breaks = !is_stat_open(p.access)
+                        && !Self::same_key(o, p)
+                        && (matches!(o.oplock, OplockLevel::Exclusive | OplockLevel::Batch)
+                            || o.lease.is_some_and(|id| {
+                                self.lease(id).is_some_and(|l| l.state & W != 0)
+                            }));
+                    o.disconnected
+                        && o.p.file == p.file
+                        && (breaks || share_conflict(p.access, p.share, o.p.access, o.p.share))
+                })
+                .map(|o| o.h)
+            {
+                self.purge(gone);
+            }
+        }
         // MS-FSA 2.1.5.1.2: an open of a delete-pending file fails with STATUS_DELETE_PENDING;
         // 2.1.5.1.2.1: a named stream shares its file's delete state.
         if self.delete_pending.contains(&p.file)
@@ -749,11 +797,7 @@ impl Model {
                 _ => OplockLevel::LevelII,
             };
             open.oplock = level;
-            if level == OplockLevel::None {
-                Grant::None
-            } else {
-                Grant::Oplock(level)
-            }
+            Grant::of_oplock(level)
         };
         self.opens.push(open);
         (h, grant)
@@ -813,13 +857,19 @@ impl Model {
     // ----- close, delete ---------------------------------------------------------------------
 
     /// Remove an open with its locks and its share of a lease; returns whether it was the
-    /// last open of a delete-pending stream (the caller unlinks it).
-    fn remove_open(&mut self, h: Handle) -> bool {
+    /// last open of a delete-pending stream (the caller unlinks it). A `purged` open has no
+    /// caller to tell: the file stays delete-pending, an orphan for the daemon to collect
+    /// (`take_orphans`).
+    fn remove_open(&mut self, h: Handle, purged: bool) -> bool {
         let Some(pos) = self.opens.iter().position(|o| o.h == h) else {
             return false;
         };
         let o = self.opens.remove(pos);
         let file = o.p.file;
+        // A rename/delete waiting for breaks is moot once its open is gone: it is dropped
+        // without an answer (its connection closed the handle).
+        self.deferred
+            .retain(|d| !matches!(d, Deferred::BreakForRename { h: x, .. } if *x == h));
         // MS-FSA 2.1.5.4: closing a delete-on-close open makes the file delete-pending.
         if o.p.doc && !self.delete_pending.contains(&file) {
             self.delete_pending.push(file);
@@ -838,26 +888,36 @@ impl Model {
                     .map(|x| x.h)
                     .collect();
                 for x in rest {
-                    let _ = self.remove_open(x);
+                    let _ = self.remove_open(x, true);
                 }
             }
         }
         self.locks.retain(|l| l.h != h);
         let last = !self.opens.iter().any(|x| x.p.file == file);
         let delete = last && self.delete_pending.contains(&file);
-        if last {
+        if delete && purged {
+            self.orphans.push(file);
+        } else if last {
             self.delete_pending.retain(|f| *f != file);
         }
         self.run_waiters(file);
         self.wake(file);
-        delete
+        delete && !purged
+    }
+
+    /// Delete-pending files whose last open was purged (the engine's take_orphaned_deletes):
+    /// the daemon unlinks them, after which the name is free again.
+    pub fn take_orphans(&mut self) -> Vec<u128> {
+        let orphans = std::mem::take(&mut self.orphans);
+        self.delete_pending.retain(|f| !orphans.contains(f));
+        orphans
     }
 
     pub fn close(&mut self, h: Handle) -> Rep {
         if self.has_waiter(h) {
             panic!("driver closes no open with a waiting lock");
         }
-        let delete_file = self.remove_open(h);
+        let delete_file = self.remove_open(h, false);
         Rep::Closed { delete_file }
     }
 
@@ -920,6 +980,7 @@ impl Model {
                 session,
                 request,
                 file,
+                h,
             });
             return Rep::Pending;
         }
@@ -927,13 +988,17 @@ impl Model {
 
     /// QueryUsage: the other opens of `file` a rename checks (MS-FSA 2.1.5.14.11).
     pub fn query_usage(&self, file: u128, except: Option<Handle>) -> Rep {
+        // A disconnected durable open still holds its share mode and access (it may be
+        // reclaimed), so it blocks a rename; it is just not counted as an open in use.
         let others = self
             .opens
             .iter()
-            .filter(|o| o.p.file == file && Some(o.h) != except && !o.disconnected);
+            .filter(|o| o.p.file == file && Some(o.h) != except);
         let (mut opens, mut deny_delete, mut delete_access) = (0, 0, 0);
         for o in others {
-            opens += 1;
+            if !o.disconnected {
+                opens += 1;
+            }
             if o.p.access & DATA_ACCESS != 0 && o.p.share & share::DELETE == 0 {
                 deny_delete += 1;
             }
@@ -960,13 +1025,8 @@ impl Model {
         assert_eq!(level, to, "the driver acks to the level asked");
         o.oplock = to;
         let file = o.p.file;
-        let grant = if to == OplockLevel::None {
-            Grant::None
-        } else {
-            Grant::Oplock(to)
-        };
         self.wake(file);
-        Rep::Acked(grant)
+        Rep::Acked(Grant::of_oplock(to))
     }
 
     pub fn lease_ack(&mut self, id: LeaseId, state: u8) -> Rep {
@@ -1125,6 +1185,12 @@ impl Model {
             let same_file = self.open(w.lock.h).is_some_and(|o| o.p.file == file);
             if same_file && !self.lock_conflicts(file, &w.lock) {
                 self.waiters.remove(i);
+                // The read-caching contention of 2.1.4.12 is applied when the lock is granted
+                // too: a Level II oplock granted while the lock waited is broken now (the
+                // engine's and Samba's choice; MS-FSA checks at the request only).
+                if self.rules.lock_breaks_level2 {
+                    self.contend_read_caching(w.lock.h, file);
+                }
                 self.locks.push(w.lock);
                 self.notes.push(Note::Completed {
                     session: w.session,
