@@ -247,8 +247,8 @@ impl Conn {
                 }
             },
         };
-        let info = match crate::fs::metadata(&open.abs) {
-            Ok(m) => crate::fs::load_info(&open.abs, &m),
+        let info = match crate::fs::file_info(&open.abs) {
+            Ok(info) => info,
             Err(_) => {
                 let _ = self.shared.lock_request(
                     self.id,
@@ -318,8 +318,8 @@ impl Conn {
             return Some(err(status::DUPLICATE_OBJECTID));
         }
         let d = o.durable.as_ref()?;
-        let info = match crate::fs::metadata(&o.abs) {
-            Ok(m) => crate::fs::load_info(&o.abs, &m),
+        let info = match crate::fs::file_info(&o.abs) {
+            Ok(info) => info,
             Err(_) => return Some(err(status::OBJECT_NAME_NOT_FOUND)),
         };
         // The replay is answered with the caching it asks for, as far as the open has it
