@@ -178,6 +178,35 @@ pub fn statvfs(path: &Path) -> Option<FsStats> {
         bavail: st.f_bavail,
     })
 }
+// The file service (conn::ops) reaches the filesystem through the functions below rather
+// than calling std::fs itself, so the core's filesystem I/O is in this one module.
+
+/// Metadata of `path`, following symlinks.
+pub fn metadata(path: &Path) -> std::io::Result<Metadata> {
+    std::fs::metadata(path)
+}
+
+/// Metadata of `path` itself (a symlink is not followed).
+pub fn symlink_metadata(path: &Path) -> std::io::Result<Metadata> {
+    std::fs::symlink_metadata(path)
+}
+
+/// What SMB sees of `path`: its metadata overlaid with the stored DOS attributes and times.
+pub fn file_info(path: &Path) -> std::io::Result<FileInfo> {
+    metadata(path).map(|m| load_info(path, &m))
+}
+
+/// The entries of directory `dir`, unsorted, without "." and "..".
+pub fn read_dir(dir: &Path) -> std::io::Result<std::fs::ReadDir> {
+    std::fs::read_dir(dir)
+}
+
+/// Clears every write bit of an open file (a file created with FILE_ATTRIBUTE_READONLY).
+pub fn make_read_only(file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    file.set_permissions(std::fs::Permissions::from_mode(0o444))
+}
+
 /// Metadata of `path` overlaid with its stored DOS attributes and times.
 pub fn load_info(path: &Path, m: &Metadata) -> FileInfo {
     merge_dos(info_from_meta(m), crate::dosattr::load(path))

@@ -432,6 +432,17 @@ impl Shared {
             conn,
             deadline,
         });
+        // The ticking worker (0) sleeps until its timer: wake it so it arms the timer for
+        // this deadline instead of finding it up to a whole tick late.
+        if let Some(ticker) = self.mailboxes.first() {
+            ticker.wake();
+        }
+    }
+
+    /// The earliest deadline of a waiting durable reconnect: the ticking worker's timer fires
+    /// then rather than at its next periodic tick.
+    pub fn next_durable_deadline(&self) -> Option<Instant> {
+        lock(&self.durable_waits).iter().map(|w| w.deadline).min()
     }
 
     /// Connection `conn` no longer waits for `persistent`.
@@ -572,6 +583,26 @@ mod tests {
             1,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_durable_wait_wakes_the_ticking_worker_for_its_deadline() {
+        let s = shared();
+        let now = Instant::now();
+        let soon = now + std::time::Duration::from_millis(50);
+        s.wait_for_durable(7, 1, now + std::time::Duration::from_secs(3));
+        s.wait_for_durable(8, 2, soon);
+        assert_eq!(s.next_durable_deadline(), Some(soon));
+        // Worker 0's eventfd was written, so it re-arms its timer for that deadline.
+        let mut counter = [0u8; 8];
+        let read = (&s.mailboxes[0].efd).read(&mut counter);
+        assert_eq!(read.ok(), Some(8));
+        assert_eq!(u64::from_ne_bytes(counter), 2);
+        s.tick(soon);
+        assert_eq!(
+            s.next_durable_deadline(),
+            Some(now + std::time::Duration::from_secs(3))
+        );
     }
 
     fn record(conn: u64) -> SessionRecord {

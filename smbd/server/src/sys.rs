@@ -149,6 +149,14 @@ pub(crate) fn fallocate(f: &File, mode: i32, offset: u64, len: u64) -> io::Resul
     check(unsafe { libc::fallocate(f.as_raw_fd(), mode, clamp(offset), clamp(len)) })
 }
 
+/// shutdown(2) of both directions of a socket (a listener that must refuse connections now,
+/// which `TcpListener` has no method for).
+pub(crate) fn shutdown_socket(sock: impl AsFd) -> io::Result<()> {
+    // SAFETY: shutdown on a descriptor the borrow keeps open for the call; it only changes the
+    // socket's state and touches no memory of ours.
+    check(unsafe { libc::shutdown(sock.as_fd().as_raw_fd(), libc::SHUT_RDWR) })
+}
+
 // ---- metadata ------------------------------------------------------------------------------
 
 /// faccessat(2) with AT_EACCESS: whether the thread's current file-system credentials may

@@ -36,7 +36,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use smb_proto::netbios::{self, kind, PacketHeader, HEADER_LEN};
@@ -110,6 +110,16 @@ fn new_ring() -> Result<IoUring, WorkerError> {
     }
 }
 
+/// Period of worker 0's timer (lock service timers, durable reconnect deadlines).
+const TICK: Duration = Duration::from_secs(1);
+
+/// How long worker 0's timer sleeps: one period, or until the nearest durable reconnect
+/// deadline if that is sooner (a failing reclaim is answered at its deadline, not up to a
+/// period later).
+fn timer_wait(now: Instant, next_deadline: Option<Instant>) -> Duration {
+    next_deadline.map_or(TICK, |d| d.saturating_duration_since(now).min(TICK))
+}
+
 fn ud(kind: u64, slot: usize, gen: u32) -> u64 {
     kind | ((slot as u64 & 0xFF_FFFF) << 8) | ((gen as u64) << 32)
 }
@@ -176,7 +186,11 @@ pub struct Worker {
     /// be zeroed (or faulted in) first, which cost as much as the read itself.
     buf_pool: Vec<Vec<u8>>,
     next_gen: u32,
+    /// Worker 0's timer: the relative timeout of the armed TIMEOUT entry (read by the kernel
+    /// when the entry is submitted), its generation and when it fires.
     timespec: types::Timespec,
+    timer_gen: u32,
+    timer_due: Option<Instant>,
 }
 
 impl Worker {
@@ -201,6 +215,8 @@ impl Worker {
             buf_pool: Vec::new(),
             next_gen: 1,
             timespec: types::Timespec::new().sec(1),
+            timer_gen: 0,
+            timer_due: None,
         })
     }
 
@@ -261,12 +277,30 @@ impl Worker {
         self.push(e.user_data(ud(K_ACCEPT, li, 0)))
     }
 
-    fn arm_timer(&mut self) -> Result<(), WorkerError> {
+    /// Arms worker 0's timer for the next tick: the periodic one, or the nearest durable
+    /// reconnect deadline if that comes first. A newer arming supersedes older ones (their
+    /// completions carry an older generation and are ignored).
+    fn arm_timer(&mut self, now: Instant) -> Result<(), WorkerError> {
+        let wait = timer_wait(now, self.shared.next_durable_deadline());
+        self.timespec = types::Timespec::new()
+            .sec(wait.as_secs())
+            .nsec(wait.subsec_nanos());
+        self.timer_gen = self.timer_gen.wrapping_add(1);
+        self.timer_due = Some(now + wait);
         let ts = &self.timespec as *const types::Timespec;
         let e = opcode::Timeout::new(ts)
             .build()
-            .user_data(ud(K_TIMER, 0, 0));
+            .user_data(ud(K_TIMER, 0, self.timer_gen));
         self.push(e)
+    }
+
+    /// Worker 0: a durable reconnect started waiting with a deadline before the armed timer.
+    fn rearm_timer_if_late(&mut self) -> Result<(), WorkerError> {
+        let due = self.shared.next_durable_deadline();
+        if self.idx == 0 && due.is_some_and(|d| self.timer_due.is_some_and(|armed| d < armed)) {
+            self.arm_timer(Instant::now())?;
+        }
+        Ok(())
     }
 
     fn arm_events(&mut self) -> Result<(), WorkerError> {
@@ -296,7 +330,7 @@ impl Worker {
         }
         self.arm_events()?;
         if self.idx == 0 {
-            self.arm_timer()?;
+            self.arm_timer(Instant::now())?;
         }
         let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(256);
         loop {
@@ -324,9 +358,11 @@ impl Worker {
                         }
                         self.on_events(&mut touched)?;
                     }
-                    K_TIMER => {
-                        self.shared.tick(Instant::now());
-                        self.arm_timer()?;
+                    // Only the latest arming ticks and re-arms; a superseded one is ignored.
+                    K_TIMER if ud_gen(u) == self.timer_gen => {
+                        let now = Instant::now();
+                        self.shared.tick(now);
+                        self.arm_timer(now)?;
                     }
                     K_PROVIDE if res < 0 => {
                         tracing::warn!(res, "provide buffers failed");
@@ -339,6 +375,7 @@ impl Worker {
             for slot in touched {
                 self.flush(slot)?;
             }
+            self.rearm_timer_if_late()?;
             if self.shared.shutdown.load(Ordering::Relaxed) {
                 break;
             }
@@ -346,9 +383,9 @@ impl Worker {
         // Stop listening now, not when the kernel's asynchronous ring teardown drops the
         // accept SQEs' file references after exit: a stopped smbd must refuse connections at once.
         for listener in &self.listeners {
-            // SAFETY: shutdown(2) on a descriptor this worker owns (the listener outlives the
-            // call); it only changes the socket's state and reads no memory of ours.
-            unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RDWR) };
+            if let Err(e) = crate::sys::shutdown_socket(listener) {
+                tracing::debug!(%e, "listener shutdown failed");
+            }
         }
         for i in 0..self.slots.len() {
             if let Some(mut s) = self.slots[i].take() {
@@ -924,6 +961,17 @@ fn is_plain_io(msg: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timer_sleeps_until_the_nearest_durable_deadline() {
+        let now = Instant::now();
+        assert_eq!(timer_wait(now, None), TICK);
+        let soon = Duration::from_millis(30);
+        assert_eq!(timer_wait(now, Some(now + soon)), soon);
+        assert_eq!(timer_wait(now, Some(now + TICK * 5)), TICK);
+        // A deadline already passed fires at once.
+        assert_eq!(timer_wait(now + soon, Some(now)), Duration::ZERO);
+    }
 
     fn msg(cmd: u16, next: u32) -> Vec<u8> {
         let mut m = vec![0u8; 64 + 49];

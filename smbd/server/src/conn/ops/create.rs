@@ -224,7 +224,7 @@ impl Conn {
             is_dir = false;
             stream = Some(t);
         } else if res.exists {
-            let meta = match std::fs::metadata(&res.abs) {
+            let meta = match fs::metadata(&res.abs) {
                 Ok(m) => m,
                 Err(e) => return err(io_status(&e)),
             };
@@ -321,7 +321,7 @@ impl Conn {
                     tracing::debug!(%e, "SecD create context not stored");
                 }
             }
-            if let Ok(m) = std::fs::metadata(&res.abs) {
+            if let Ok(m) = fs::metadata(&res.abs) {
                 use std::os::unix::fs::MetadataExt;
                 // An inode number reused after an outside delete must not inherit streams.
                 streams::remove_all(&root, m.ino());
@@ -342,7 +342,7 @@ impl Conn {
             let (parent, n) = parent_and_name(&res.abs);
             self.shared.dir_changed(parent, FILE_ACTION_ADDED, n);
         }
-        let ino = std::fs::metadata(&res.abs).map(|m| {
+        let ino = fs::metadata(&res.abs).map(|m| {
             use std::os::unix::fs::MetadataExt;
             m.ino()
         });
@@ -610,7 +610,7 @@ impl Conn {
                 let _ = share_dir.unlink(&res.rel, false);
             }
         };
-        let ino = match std::fs::metadata(&res.abs) {
+        let ino = match fs::metadata(&res.abs) {
             Ok(m) => m.ino(),
             Err(e) => {
                 undo(base_created);
@@ -715,7 +715,7 @@ impl Conn {
             match f {
                 Ok(f) => {
                     if cont.make_read_only {
-                        let _ = f.set_permissions(std::fs::Permissions::from_mode(0o444));
+                        let _ = fs::make_read_only(&f);
                     }
                     file = Some(f)
                 }
@@ -756,7 +756,7 @@ impl Conn {
                 }
             }
         }
-        let info = match std::fs::metadata(&cont.abs) {
+        let info = match fs::metadata(&cont.abs) {
             Ok(m) => crate::fs::load_info(&cont.abs, &m),
             Err(e) => {
                 self.release_lock_open(lock_open);

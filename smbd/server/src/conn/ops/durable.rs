@@ -253,8 +253,8 @@ impl Conn {
                 }
             },
         };
-        let info = match std::fs::metadata(&open.abs) {
-            Ok(m) => crate::fs::load_info(&open.abs, &m),
+        let info = match crate::fs::file_info(&open.abs) {
+            Ok(info) => info,
             Err(_) => {
                 let _ = self.shared.lock_request(
                     self.id,
@@ -324,8 +324,8 @@ impl Conn {
             return Some(err(status::DUPLICATE_OBJECTID));
         }
         let d = o.durable.as_ref()?;
-        let info = match std::fs::metadata(&o.abs) {
-            Ok(m) => crate::fs::load_info(&o.abs, &m),
+        let info = match crate::fs::file_info(&o.abs) {
+            Ok(info) => info,
             Err(_) => return Some(err(status::OBJECT_NAME_NOT_FOUND)),
         };
         // The replay is answered with the caching it asks for, as far as the open has it
@@ -418,7 +418,7 @@ impl Conn {
             return Err(status::OBJECT_NAME_NOT_FOUND);
         }
         let abs = sh.root.join(&rel);
-        let meta = std::fs::symlink_metadata(&abs).map_err(|_| status::OBJECT_NAME_NOT_FOUND)?;
+        let meta = crate::fs::symlink_metadata(&abs).map_err(|_| status::OBJECT_NAME_NOT_FOUND)?;
         // The same file, not another one created under the name since (Samba compares the
         // file id too).
         if crate::fs::stable_file_id(sh.fs_id, meta.ino(), "") != b.stable_id
@@ -539,8 +539,8 @@ fn open_data(
     dir.open_file(rel, libc::O_RDONLY, 0)
 }
 
-/// How long a durable reconnect waits for the connection that still holds its open (the
-/// deadline is checked by the worker's timer, so the wait may run until its next tick).
+/// How long a durable reconnect waits for the connection that still holds its open (worker
+/// 0's timer is armed for the deadline, crate::worker).
 const RECONNECT_WAIT: Duration = Duration::from_millis(200);
 
 /// The result of one reconnect attempt.

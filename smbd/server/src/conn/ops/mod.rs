@@ -214,7 +214,7 @@ fn unix_may_delete(path: &Path) -> bool {
     if !crate::sys::access_as_caller(&c, libc::W_OK | libc::X_OK) {
         return false;
     }
-    let Ok(dir) = std::fs::metadata(parent) else {
+    let Ok(dir) = fs::metadata(parent) else {
         return false;
     };
     if dir.mode() & 0o1000 == 0 {
@@ -225,7 +225,7 @@ fn unix_may_delete(path: &Path) -> bool {
     };
     me.uid == 0
         || dir.uid() == me.uid
-        || std::fs::symlink_metadata(path).is_ok_and(|m| m.uid() == me.uid)
+        || fs::symlink_metadata(path).is_ok_and(|m| m.uid() == me.uid)
 }
 
 /// Open a file for a CREATE that was granted `access`, with the caller's credentials (the
@@ -260,7 +260,7 @@ fn open_checked(
 }
 
 fn update_dos(path: &Path, f: impl FnOnce(&mut crate::dosattr::DosInfo, u64)) {
-    let Ok(m) = std::fs::metadata(path) else {
+    let Ok(m) = fs::metadata(path) else {
         return;
     };
     let cur = fs::info_from_meta(&m);
@@ -298,12 +298,12 @@ fn update_dos_fd(obj: &File, f: impl FnOnce(&mut crate::dosattr::DosInfo, u64)) 
 /// Snapshot a directory for QUERY_DIRECTORY: ".", ".." then the matching entries.
 fn list_dir(dir: &Path, pattern: &str) -> Result<Vec<DirEntry>, NtStatus> {
     let mut out = Vec::new();
-    let dot_info = std::fs::metadata(dir)
+    let dot_info = fs::metadata(dir)
         .map(|m| fs::load_info(dir, &m))
         .map_err(|e| io_status(&e))?;
     let parent_info = dir
         .parent()
-        .and_then(|p| std::fs::metadata(p).ok())
+        .and_then(|p| fs::metadata(p).ok())
         .map(|m| fs::info_from_meta(&m))
         .unwrap_or(dot_info);
     for (n, i) in [(".", dot_info), ("..", parent_info)] {
@@ -314,7 +314,7 @@ fn list_dir(dir: &Path, pattern: &str) -> Result<Vec<DirEntry>, NtStatus> {
             });
         }
     }
-    let rd = std::fs::read_dir(dir).map_err(|e| io_status(&e))?;
+    let rd = fs::read_dir(dir).map_err(|e| io_status(&e))?;
     let mut names: Vec<DirEntry> = Vec::new();
     for e in rd.flatten() {
         let Ok(name) = e.file_name().into_string() else {
@@ -323,7 +323,7 @@ fn list_dir(dir: &Path, pattern: &str) -> Result<Vec<DirEntry>, NtStatus> {
         if streams::is_depot(&name) || !fs::wildcard_match(pattern, &name) {
             continue;
         }
-        let Ok(m) = std::fs::metadata(e.path()) else {
+        let Ok(m) = fs::metadata(&e.path()) else {
             continue;
         };
         names.push(DirEntry {
