@@ -75,7 +75,8 @@ pub enum SnapshotError {
 }
 
 /// Version of the snapshot encoding; a replica refuses snapshots of any other.
-pub const SNAPSHOT_FORMAT: u32 = 1;
+/// 2: a deferred open carries the durable request of an `OpenDurable`.
+pub const SNAPSHOT_FORMAT: u32 = 2;
 
 /// Everything a replacement standby needs: the engine and the replication bookkeeping that
 /// replaying the log from the start would have produced.
