@@ -500,6 +500,22 @@ pub enum Request {
         persistent: bool,
         blob: Vec<u8>,
     },
+    /// The open's SMB connection went away (MS-SMB2 3.3.7.1): a durable open is disconnected
+    /// (`Done(Success)`), any other is closed (answered like `Close`).
+    Disconnect { open: OpenId },
+    /// Find a disconnected durable open by key: `Durable { open, blob }`, `Done(NotFound)`, or
+    /// `Done(InvalidDeviceState)` while its owner still has it.
+    DurableLookup { key: u64 },
+    /// Attach the disconnected durable open `open` (found by `DurableLookup`) to this session
+    /// with its share mode, byte-range locks and caching (MS-SMB2 3.3.5.9.7, 3.3.5.9.12):
+    /// `Opened` with its current grant, or `Done(NotFound)` if it is gone, was reclaimed
+    /// already, or holds a lease of another client (a lease belongs to its ClientGuid).
+    Reclaim {
+        key: u64,
+        open: OpenId,
+        client_guid: ClientGuid,
+    },
+    // New variants go last: replica snapshots and logs (postcard) encode variants by index.
     /// CREATE with a durable request (DHnQ / DH2Q) in one round trip: `Open` and, in the same
     /// engine step, `SetDurable` for the open it grants, if durability is allowed. It is
     /// allowed for a file (not a directory) whose grant is a batch oplock or a lease with
@@ -516,21 +532,6 @@ pub enum Request {
     OpenDurable {
         open: OpenRequest,
         durable: DurableRequest,
-    },
-    /// The open's SMB connection went away (MS-SMB2 3.3.7.1): a durable open is disconnected
-    /// (`Done(Success)`), any other is closed (answered like `Close`).
-    Disconnect { open: OpenId },
-    /// Find a disconnected durable open by key: `Durable { open, blob }`, `Done(NotFound)`, or
-    /// `Done(InvalidDeviceState)` while its owner still has it.
-    DurableLookup { key: u64 },
-    /// Attach the disconnected durable open `open` (found by `DurableLookup`) to this session
-    /// with its share mode, byte-range locks and caching (MS-SMB2 3.3.5.9.7, 3.3.5.9.12):
-    /// `Opened` with its current grant, or `Done(NotFound)` if it is gone, was reclaimed
-    /// already, or holds a lease of another client (a lease belongs to its ClientGuid).
-    Reclaim {
-        key: u64,
-        open: OpenId,
-        client_guid: ClientGuid,
     },
 }
 
@@ -553,8 +554,6 @@ pub const MAX_DURABLE_BLOB: usize = 2048;
 pub enum Reply {
     /// The open was granted.
     Opened { open: OpenId, grant: OplockGrant },
-    /// Answer to [`Request::OpenDurable`]: the open was granted and is durable.
-    OpenedDurable { open: OpenId, grant: OplockGrant },
     /// The request waits (a create waiting for breaks; a blocking lock). A later `Completed`
     /// event with the same request id carries the final reply. Maps to SMB2 STATUS_PENDING.
     Pending,
@@ -569,6 +568,8 @@ pub enum Reply {
     Durable { open: OpenId, blob: Vec<u8> },
     /// Answer to `QueryUsage`.
     Usage(FileUsage),
+    /// Answer to [`Request::OpenDurable`]: the open was granted and is durable.
+    OpenedDurable { open: OpenId, grant: OplockGrant },
 }
 
 /// The other opens of a file, as counts ([`Request::QueryUsage`]).

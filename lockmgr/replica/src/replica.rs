@@ -75,7 +75,8 @@ pub enum SnapshotError {
 }
 
 /// Version of the snapshot encoding; a replica refuses snapshots of any other.
-pub const SNAPSHOT_FORMAT: u32 = 1;
+/// 2: a deferred open carries the durable request of an `OpenDurable`.
+pub const SNAPSHOT_FORMAT: u32 = 2;
 
 /// Everything a replacement standby needs: the engine and the replication bookkeeping that
 /// replaying the log from the start would have produced.
@@ -800,6 +801,73 @@ mod tests {
                 got: 3
             })
         );
+    }
+
+    /// A CREATE with a durable request (`OpenDurable`, one request) reaches a standby whole,
+    /// by the log and by a snapshot: after a failover the durable open outlives its node.
+    #[test]
+    fn open_durable_reaches_the_standby_by_append_and_by_snapshot() {
+        let (mut p, session) = primary_with_session();
+        let open = lockmgr_engine::OpenRequest {
+            file: FileId(1),
+            access: 3,
+            share: 7,
+            oplock: lockmgr_engine::OplockRequest::Oplock(lockmgr_engine::OplockLevel::Batch),
+            ..Default::default()
+        };
+        let durable = lockmgr_engine::DurableRequest {
+            key: 77,
+            timeout_ms: 60_000,
+            persistent: false,
+            blob: b"share\0f".to_vec(),
+        };
+        p.submit(
+            Time(2),
+            Input::Request {
+                session,
+                request: RequestId(1),
+                req: Request::OpenDurable { open, durable },
+            },
+        );
+        let mut by_append = Replica::standby(Config::default(), Epoch(1));
+        while let Some(a) = p.poll_append() {
+            by_append.on_append(&a).expect("accepted");
+        }
+        let snapshot = p.snapshot().expect("snapshot");
+        let by_snapshot = Replica::standby_from_snapshot(&snapshot, Epoch(1)).expect("decoded");
+        for mut s in [by_append, by_snapshot] {
+            s.promote(Epoch(2), false).expect("promoted");
+            // The node dies; another node finds the disconnected durable open by its key.
+            let other = SessionId(6);
+            s.submit(Time(3), Input::EndSession { session });
+            s.submit(
+                Time(4),
+                Input::OpenSession {
+                    session: other,
+                    node: "node-b".into(),
+                },
+            );
+            s.submit(
+                Time(5),
+                Input::Request {
+                    session: other,
+                    request: RequestId(1),
+                    req: Request::DurableLookup { key: 77 },
+                },
+            );
+            let replies: Vec<lockmgr_engine::Reply> = std::iter::from_fn(|| s.poll_output())
+                .filter_map(|o| match o.output {
+                    lockmgr_engine::Output::Reply { session, reply, .. } if session == other => {
+                        Some(reply)
+                    }
+                    _ => None,
+                })
+                .collect();
+            assert!(
+                matches!(replies.as_slice(), [lockmgr_engine::Reply::Durable { .. }]),
+                "{replies:?}"
+            );
+        }
     }
 
     #[test]
