@@ -69,9 +69,11 @@ impl Conn {
                     }
                     return Some(o);
                 }
-                let ino = std::fs::symlink_metadata(&o.abs).ok().map(|m| {
+                // The streams belong to the file, not to this name: they stay while another
+                // hard link keeps the file.
+                let ino = std::fs::symlink_metadata(&o.abs).ok().and_then(|m| {
                     use std::os::unix::fs::MetadataExt;
-                    m.ino()
+                    (m.nlink() <= 1 || m.is_dir()).then(|| m.ino())
                 });
                 let r = self.shared.shares[o.share].dir.unlink(&o.rel, o.is_dir);
                 if let (Ok(()), Some(ino)) = (&r, ino) {
