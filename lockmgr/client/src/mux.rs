@@ -405,6 +405,7 @@ impl<T: ClientTransport> NodeSessions<T> {
             | Request::CheckIo { open, .. }
             | Request::OplockBreakAck { open, .. }
             | Request::BreakForRename { open }
+            | Request::Relink { open, .. }
             | Request::SetDurable { open, .. } => open,
             Request::QueryUsage {
                 except: Some(open), ..

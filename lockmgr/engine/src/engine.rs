@@ -18,7 +18,13 @@ use crate::types::{
 use crate::Config;
 
 mod durable;
+mod links;
 use durable::{DurableParams, DISCONNECTED};
+use links::Links;
+
+/// The link name under which a named stream's opens keep the stream's own delete state: a
+/// stream is one object whichever hard link of its file it was opened through.
+const STREAM_LINK: u64 = 0;
 
 type LeaseId = (ClientGuid, LeaseKey);
 
@@ -118,6 +124,8 @@ struct OpenState {
     /// A named-stream open that does not share delete: counted in its base file's
     /// `FileState::streams_denying_delete`.
     denies_base_delete: Option<FileId>,
+    /// The link of `FileState::links` this open goes through.
+    link: u32,
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -169,7 +177,8 @@ struct FileState {
     /// holds a lease or oplock does count (lease.statopen, oplock.batch9).
     stat_opens: usize,
     counters: ShareCounters,
-    delete_pending: bool,
+    /// The names the file is open through, and which are delete-pending.
+    links: Links,
     locks: LockTable,
     lock_waiters: VecDeque<LockWaiter>,
     deferred: VecDeque<DeferredOpen>,
@@ -192,7 +201,7 @@ impl FileState {
 
     fn is_idle(&self) -> bool {
         self.open_count == 0
-            && !self.delete_pending
+            && self.links.is_empty()
             && self.locks.is_empty()
             && self.lock_waiters.is_empty()
             && self.deferred.is_empty()
@@ -337,9 +346,9 @@ impl Engine {
             Request::SetDeletePending { open, delete } => {
                 let status = match self.owned(session, open) {
                     Some(o) => {
-                        let f = o.file;
+                        let (f, link) = (o.file, o.link);
                         if let Some(file) = self.files.get_mut(&f) {
-                            file.delete_pending = delete;
+                            file.links.set_deleted(link, delete);
                         }
                         Status::Success
                     }
@@ -372,6 +381,19 @@ impl Engine {
             } => self.do_lease_ack(now, session, request, (client_guid, key), state),
             Request::BreakForRename { open } => {
                 self.do_break_for_rename(now, session, request, open)
+            }
+            Request::Relink { open, link } => {
+                let status = match self.owned(session, open) {
+                    Some(o) => {
+                        let (f, serial) = (o.file, o.link);
+                        if let Some(file) = self.files.get_mut(&f) {
+                            file.links.rename(serial, link);
+                        }
+                        Status::Success
+                    }
+                    None => Status::InvalidHandle,
+                };
+                self.reply(session, request, Reply::Done(status));
             }
             Request::QueryUsage { file, except } => {
                 let usage = self.file_usage(file, except);
@@ -584,7 +606,7 @@ impl Engine {
                     file: *f,
                 });
             }
-            if file.delete_pending {
+            if file.links.any_deleted() {
                 snap.delete_pending.push(*f);
             }
         }
@@ -640,6 +662,16 @@ impl Engine {
     }
 
     /// The open, if it exists and belongs to `session`: no session can touch another's state.
+    /// The link an open's own delete state lives under: the link it names, except for a
+    /// named stream, whose delete state is the stream's.
+    fn own_link(req: &OpenRequest) -> u64 {
+        if req.stream_base.is_some() {
+            STREAM_LINK
+        } else {
+            req.link
+        }
+    }
+
     fn owned(&self, session: SessionId, open: OpenId) -> Option<&OpenState> {
         self.opens.get(&open).filter(|o| o.session == session)
     }
@@ -944,15 +976,19 @@ impl Engine {
             return Attempt::Done(Reply::Done(Status::DeletePending));
         }
         if let Some(base) = req.stream_base {
-            // A stream of a delete-pending file cannot be opened (MS-FSA 2.1.5.1.2.1).
+            // A stream of a delete-pending file cannot be opened through the deleted name
+            // (MS-FSA 2.1.5.1.2.1).
             let base_pending = self.orphaned_deletes.contains(&base)
-                || self.files.get(&base).is_some_and(|b| b.delete_pending);
+                || self
+                    .files
+                    .get(&base)
+                    .is_some_and(|b| b.links.name_deleted(req.link));
             if base_pending {
                 return Attempt::Done(Reply::Done(Status::DeletePending));
             }
         }
         let file = self.files.entry(req.file).or_default();
-        if file.delete_pending {
+        if file.links.name_deleted(Self::own_link(req)) {
             return Attempt::Done(Reply::Done(Status::DeletePending));
         }
         let share_conflict = file.counters.conflicts(req.access, req.share)
@@ -1156,6 +1192,7 @@ impl Engine {
         let denies_base_delete = req
             .stream_base
             .filter(|_| ShareCounters::delete_usage_of(req.access, req.share).0 > 0);
+        let link = file.links.attach(Self::own_link(req));
         if let Some(base) = denies_base_delete {
             let b = self.files.entry(base).or_default();
             b.streams_denying_delete = b.streams_denying_delete.saturating_add(1);
@@ -1176,6 +1213,7 @@ impl Engine {
                 live_locks: 0,
                 plain_stat,
                 denies_base_delete,
+                link,
             },
         );
         if let Some(s) = self.sessions.get_mut(&session) {
@@ -1271,13 +1309,11 @@ impl Engine {
             file.stat_opens = file.stat_opens.saturating_sub(1);
         }
         if o.delete_on_close {
-            file.delete_pending = true;
+            file.links.set_deleted(o.link, true);
         }
-        let delete = file.open_count == 0 && file.delete_pending;
-        if delete {
-            // The closing node unlinks the file: a later create finds a fresh one.
-            file.delete_pending = false;
-        }
+        // The last open of a delete-pending link: the closing node unlinks that name, and a
+        // later create through it finds a fresh file (MS-FSA 2.1.5.4).
+        let delete = file.links.detach(o.link);
         match o.lease {
             None => {
                 file.oplock_holders.retain(|x| *x != open);
@@ -1433,10 +1469,16 @@ impl Engine {
             deny_delete = deny_delete.saturating_sub(d);
             delete_access = delete_access.saturating_sub(del);
         }
+        let except_deleted = except
+            .and_then(|e| self.opens.get(&e))
+            .filter(|o| o.file == file)
+            .is_some_and(|o| f.links.serial_deleted(o.link));
         FileUsage {
             opens,
             deny_delete,
             delete_access,
+            deleted_links: f.links.deleted_count(),
+            except_deleted,
         }
     }
 

@@ -426,6 +426,13 @@ pub struct OpenRequest {
     /// delete-pending file refuses opens of its streams (DELETE_PENDING), and an open of the
     /// unnamed stream asking for DELETE conflicts with stream opens that do not share delete.
     pub stream_base: Option<FileId>,
+    /// The name (link) the file is opened through, as the caller identifies it; 0 when the
+    /// caller does not tell links apart. Delete-pending belongs to a link (MS-FSA
+    /// 2.1.5.14.3 Open.Link.IsDeleted): a create through a delete-pending link fails with
+    /// DELETE_PENDING, one through another hard link of the same file does not, and the
+    /// close of the last open through a delete-pending link deletes that name. A named
+    /// stream's open names its file's link (a stream's own delete-pending is the stream's).
+    pub link: u64,
 }
 
 /// Requests a session sends to the engine.
@@ -480,6 +487,7 @@ pub enum Request {
     /// in the cluster (MS-FSA 2.1.5.14.11: another open without FILE_SHARE_DELETE fails the
     /// rename; an open target cannot be replaced; a parent directory open with DELETE access
     /// blocks renames of its children). `except` (the caller's own open) is not counted.
+    /// The answer also says which links are delete-pending, for FileStandardInformation.
     /// Answered with [`Reply::Usage`].
     QueryUsage {
         file: FileId,
@@ -533,6 +541,10 @@ pub enum Request {
         open: OpenRequest,
         durable: DurableRequest,
     },
+    /// `open`'s file was renamed through it (SET_INFO FileRenameInformation succeeded): the
+    /// link it was opened through is now called `link`, for every open through that link,
+    /// with its delete-pending mark (MS-FSA 2.1.5.14.11 moves the Link). `Done(Success)`.
+    Relink { open: OpenId, link: u64 },
 }
 
 /// The durable half of [`Request::OpenDurable`]: the fields of [`Request::SetDurable`]
@@ -583,6 +595,11 @@ pub struct FileUsage {
     pub deny_delete: u32,
     /// Opens holding DELETE access.
     pub delete_access: u32,
+    /// Links of the file that are delete-pending (Link.IsDeleted), whoever set it.
+    pub deleted_links: u32,
+    /// The link `except` was opened through is delete-pending (for a named-stream open: the
+    /// stream is): FileStandardInformation.DeletePending of that open (MS-FSA 2.1.5.11.27).
+    pub except_deleted: bool,
 }
 
 /// What the engine asks of a session without being asked: addressed by `SessionId`.

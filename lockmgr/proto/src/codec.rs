@@ -11,7 +11,7 @@
 //! | `Lease` | key u128, state u8, flags u8 (bit0 parent_key present, bit1 epoch present, bit2 breaking), (parent_key u128 if bit0), (epoch u16 if bit1) |
 //! | `OplockRequest` / `OplockGrant` | kind u8 (0 None, 1 Oplock, 2 Lease), then level u8 or `Lease` |
 //! | `LockRange` | offset u64, length u64, exclusive bool (17 bytes) |
-//! | `OpenRequest` | file u128, access u32, share u32, flags u8 (bit0 delete_on_close, bit1 directory, bit2 overwrite, bit3 stream_base), client_guid u128, oplock `OplockRequest`, stream_base u128 if bit3 |
+//! | `OpenRequest` | file u128, access u32, share u32, flags u8 (bit0 delete_on_close, bit1 directory, bit2 overwrite, bit3 stream_base, bit4 link), client_guid u128, oplock `OplockRequest`, stream_base u128 if bit3, link u64 if bit4 (absent means 0) |
 //!
 //! `Request` is kind u8 then fields:
 //!
@@ -31,15 +31,16 @@
 //! | 12 | DurableLookup | key u64 |
 //! | 13 | Reclaim | key u64, open u64, client_guid u128 |
 //! | 16 | BreakForRename | open u64 |
-//! | 20 | QueryUsage | file u128, except u64 (0: none) |
+//! | 20 | QueryUsage | file u128, except u64 (0 = none) |
 //! | 21 | OpenDurable | `OpenRequest`, key u64, timeout_ms u32, persistent bool, blob `Blob` |
+//! | 25 | Relink | open u64, link u64 |
 //!
 //! `Blob` is length u16 (<= `MAX_DURABLE_BLOB`) then that many bytes.
 //!
 //! `Reply` is kind u8 then fields: 1 Opened (open u64, grant `OplockGrant`), 2 Pending,
 //! 3 Done (status u16), 4 Closed (delete_file bool), 5 Acked (grant `OplockGrant`),
-//! 6 Durable (open u64, blob `Blob`), 20 Usage (opens u32, deny_delete u32, delete_access u32),
-//! 21 OpenedDurable (open u64, grant `OplockGrant`).
+//! 6 Durable (open u64, blob `Blob`), 20 Usage (opens u32, deny_delete u32, delete_access u32,
+//! deleted_links u32, except_deleted bool), 21 OpenedDurable (open u64, grant `OplockGrant`).
 //!
 //! `Notification` is kind u8 then fields: 1 OplockBreak (open u64, new_level u8),
 //! 2 LeaseBreak (client_guid u128, key u128, current u8, new u8, flags u8 (bit0 epoch present,
@@ -248,6 +249,8 @@ const OPEN_DIRECTORY: u8 = 0x02;
 const OPEN_OVERWRITE: u8 = 0x04;
 /// A named-stream open: its base file's id follows the oplock request.
 const OPEN_STREAM_BASE: u8 = 0x08;
+/// A link other than 0: its u64 follows (after the base file's id).
+const OPEN_LINK: u8 = 0x10;
 
 fn put_open_request(s: &mut Sink<'_>, o: &OpenRequest) -> Result<(), EncodeError> {
     s.u128(o.file.0);
@@ -266,11 +269,17 @@ fn put_open_request(s: &mut Sink<'_>, o: &OpenRequest) -> Result<(), EncodeError
     if o.stream_base.is_some() {
         flags |= OPEN_STREAM_BASE;
     }
+    if o.link != 0 {
+        flags |= OPEN_LINK;
+    }
     s.u8(flags);
     s.u128(o.client_guid.0);
     put_oplock_request(s, &o.oplock)?;
     if let Some(base) = o.stream_base {
         s.u128(base.0);
+    }
+    if o.link != 0 {
+        s.u64(o.link);
     }
     Ok(())
 }
@@ -280,7 +289,10 @@ fn get_open_request(r: &mut Reader<'_>) -> Result<OpenRequest, DecodeError> {
     let access = r.u32()?;
     let share = r.u32()?;
     let flags = r.u8()?;
-    if flags & !(OPEN_DELETE_ON_CLOSE | OPEN_DIRECTORY | OPEN_OVERWRITE | OPEN_STREAM_BASE) != 0 {
+    if flags
+        & !(OPEN_DELETE_ON_CLOSE | OPEN_DIRECTORY | OPEN_OVERWRITE | OPEN_STREAM_BASE | OPEN_LINK)
+        != 0
+    {
         return Err(invalid("open.flags", flags));
     }
     let client_guid = ClientGuid(r.u128()?);
@@ -289,6 +301,15 @@ fn get_open_request(r: &mut Reader<'_>) -> Result<OpenRequest, DecodeError> {
         Some(FileId(r.u128()?))
     } else {
         None
+    };
+    let link = if flags & OPEN_LINK != 0 {
+        // Link 0 is sent by leaving the flag clear, so each request has one encoding.
+        match r.u64()? {
+            0 => return Err(invalid("open.link", 0u64)),
+            l => l,
+        }
+    } else {
+        0
     };
     Ok(OpenRequest {
         file,
@@ -300,6 +321,7 @@ fn get_open_request(r: &mut Reader<'_>) -> Result<OpenRequest, DecodeError> {
         client_guid,
         oplock,
         stream_base,
+        link,
     })
 }
 
@@ -406,6 +428,7 @@ const REQ_RECLAIM: u8 = 13;
 const REQ_BREAK_FOR_RENAME: u8 = 16;
 const REQ_QUERY_USAGE: u8 = 20;
 const REQ_OPEN_DURABLE: u8 = 21;
+const REQ_RELINK: u8 = 25;
 
 fn put_blob(s: &mut Sink<'_>, blob: &[u8]) -> Result<(), EncodeError> {
     let len = blob_len(blob)?;
@@ -517,6 +540,11 @@ pub(crate) fn put_request(s: &mut Sink<'_>, req: &Request) -> Result<(), EncodeE
             // OpenId 0 is never granted: it stands for "no exception".
             s.u64(except.map_or(0, |o| o.0));
         }
+        Request::Relink { open, link } => {
+            s.u8(REQ_RELINK);
+            s.u64(open.0);
+            s.u64(*link);
+        }
         Request::SetDurable {
             open,
             key,
@@ -610,6 +638,10 @@ pub(crate) fn get_request(r: &mut Reader<'_>) -> Result<Request, DecodeError> {
                 o => Some(OpenId(o)),
             },
         },
+        REQ_RELINK => Request::Relink {
+            open: OpenId(r.u64()?),
+            link: r.u64()?,
+        },
         REQ_SET_DURABLE => Request::SetDurable {
             open: OpenId(r.u64()?),
             key: r.u64()?,
@@ -674,6 +706,8 @@ pub(crate) fn put_reply(s: &mut Sink<'_>, rep: &Reply) -> Result<(), EncodeError
             s.u32(u.opens);
             s.u32(u.deny_delete);
             s.u32(u.delete_access);
+            s.u32(u.deleted_links);
+            s.bool(u.except_deleted);
         }
         _ => return Err(EncodeError::UnsupportedVariant("Reply")),
     }
@@ -706,6 +740,8 @@ pub(crate) fn get_reply(r: &mut Reader<'_>) -> Result<Reply, DecodeError> {
             opens: r.u32()?,
             deny_delete: r.u32()?,
             delete_access: r.u32()?,
+            deleted_links: r.u32()?,
+            except_deleted: r.bool("usage.except_deleted")?,
         }),
         v => return Err(invalid("reply.kind", v)),
     })
@@ -843,7 +879,13 @@ fn ranges_len(ranges: &[LockRange]) -> Result<usize, EncodeError> {
 }
 
 fn open_request_len(o: &OpenRequest) -> usize {
-    16 + 4 + 4 + 1 + 16 + oplock_request_len(&o.oplock) + o.stream_base.map_or(0, |_| 16)
+    16 + 4
+        + 4
+        + 1
+        + 16
+        + oplock_request_len(&o.oplock)
+        + o.stream_base.map_or(0, |_| 16)
+        + if o.link != 0 { 8 } else { 0 }
 }
 
 pub(crate) fn request_len(req: &Request) -> Result<usize, EncodeError> {
@@ -862,6 +904,7 @@ pub(crate) fn request_len(req: &Request) -> Result<usize, EncodeError> {
         Request::LeaseBreakAck { .. } => 16 + 16 + 1,
         Request::BreakForRename { .. } => 8,
         Request::QueryUsage { .. } => 16 + 8,
+        Request::Relink { .. } => 8 + 8,
         Request::SetDurable { blob, .. } => 8 + 8 + 4 + 1 + blob_len(blob)?,
         Request::Disconnect { .. } => 8,
         Request::DurableLookup { .. } => 8,
@@ -878,7 +921,7 @@ pub(crate) fn reply_len(rep: &Reply) -> Result<usize, EncodeError> {
         Reply::Closed { .. } => 1,
         Reply::Acked { grant } => grant_len(grant),
         Reply::Durable { blob, .. } => 8 + blob_len(blob)?,
-        Reply::Usage(_) => 4 + 4 + 4,
+        Reply::Usage(_) => 4 + 4 + 4 + 4 + 1,
         _ => return Err(EncodeError::UnsupportedVariant("Reply")),
     })
 }

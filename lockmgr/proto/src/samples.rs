@@ -49,6 +49,7 @@ fn lease_v1() -> Lease {
 pub fn requests() -> Vec<Request> {
     let open = |oplock| OpenRequest {
         stream_base: None,
+        link: 0,
         file: FileId(0xfeed_f00d_0000_0000_0000_0000_0000_0001),
         // FILE_READ_DATA | DELETE, FILE_SHARE_READ (MS-SMB2 2.2.13).
         access: 0x0001_0001,
@@ -86,6 +87,10 @@ pub fn requests() -> Vec<Request> {
                 blob: Vec::new(),
             },
         },
+        Request::Open(OpenRequest {
+            link: 0x1122_3344_5566_7788,
+            ..open(OplockRequest::None)
+        }),
         Request::Close { open: OpenId(9) },
         Request::SetDeletePending {
             open: OpenId(9),
@@ -141,6 +146,10 @@ pub fn requests() -> Vec<Request> {
         Request::QueryUsage {
             file: FileId(0xfeed),
             except: None,
+        },
+        Request::Relink {
+            open: OpenId(4),
+            link: 0x99,
         },
         Request::SetDurable {
             open: OpenId(3),
@@ -198,6 +207,8 @@ pub fn replies() -> Vec<Reply> {
             opens: 3,
             deny_delete: 1,
             delete_access: 2,
+            deleted_links: 1,
+            except_deleted: true,
         }),
     ]
 }

@@ -108,6 +108,7 @@ pub fn open_request() -> impl Strategy<Value = OpenRequest> {
         client_guid(),
         oplock_request(),
         proptest::option::of(file_id()),
+        any::<u64>(),
     )
         .prop_map(
             |(
@@ -118,9 +119,11 @@ pub fn open_request() -> impl Strategy<Value = OpenRequest> {
                 client_guid,
                 oplock,
                 stream_base,
+                link,
             )| {
                 OpenRequest {
                     stream_base,
+                    link,
                     file,
                     access,
                     share,
@@ -207,6 +210,7 @@ pub fn request() -> impl Strategy<Value = Request> {
             proptest::option::of(1u64..).prop_map(|o| o.map(OpenId))
         )
             .prop_map(|(file, except)| Request::QueryUsage { file, except }),
+        (open_id(), any::<u64>()).prop_map(|(open, link)| Request::Relink { open, link }),
         any::<u64>().prop_map(|key| Request::DurableLookup { key }),
         (any::<u64>(), open_id(), client_guid()).prop_map(|(key, open, client_guid)| {
             Request::Reclaim {
@@ -227,15 +231,24 @@ pub fn reply() -> impl Strategy<Value = Reply> {
         any::<bool>().prop_map(|delete_file| Reply::Closed { delete_file }),
         oplock_grant().prop_map(|grant| Reply::Acked { grant }),
         (open_id(), vec(any::<u8>(), 0..64)).prop_map(|(open, blob)| Reply::Durable { open, blob }),
-        (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(
-            |(opens, deny_delete, delete_access)| {
-                Reply::Usage(FileUsage {
-                    opens,
-                    deny_delete,
-                    delete_access,
-                })
-            }
-        ),
+        (
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<u32>(),
+            any::<bool>()
+        )
+            .prop_map(
+                |(opens, deny_delete, delete_access, deleted_links, except_deleted)| {
+                    Reply::Usage(FileUsage {
+                        opens,
+                        deny_delete,
+                        delete_access,
+                        deleted_links,
+                        except_deleted,
+                    })
+                }
+            ),
     ]
 }
 

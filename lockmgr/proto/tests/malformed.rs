@@ -261,10 +261,18 @@ fn invalid_enum_values_are_rejected() {
     // Open with an undefined flag bit and with an unknown caching kind.
     let mut b = vec![1];
     b.extend_from_slice(&[0; 16 + 4 + 4]);
+    b.push(0x20);
+    b.extend_from_slice(&[0; 16]);
+    b.push(0);
+    assert_eq!(request_body(&b), invalid("open.flags", 0x20));
+    // Open with the link flag and link 0 (which is sent without the flag).
+    let mut b = vec![1];
+    b.extend_from_slice(&[0; 16 + 4 + 4]);
     b.push(0x10);
     b.extend_from_slice(&[0; 16]);
     b.push(0);
-    assert_eq!(request_body(&b), invalid("open.flags", 0x10));
+    b.extend_from_slice(&[0; 8]);
+    assert_eq!(request_body(&b), invalid("open.link", 0));
     let mut b = vec![1];
     b.extend_from_slice(&[0; 16 + 4 + 4 + 1 + 16]);
     b.push(3);

@@ -160,6 +160,31 @@ pub fn stable_file_id(fs_id: u64, ino: u64, stream: &str) -> u128 {
     u128::from_le_bytes(a)
 }
 
+/// Cluster-wide name of the link (directory entry) `path` of a filesystem `fs_id`, for the
+/// lock service's per-link delete-pending (`OpenRequest::link`): the parent directory's
+/// inode and the on-disk name, so every node and every share over the same directory agree,
+/// and two hard links of one file differ. Never 0 (0 is "links not told apart"); 1 when the
+/// parent cannot be read (then the link's opens share that one name, as before links).
+pub fn link_id(fs_id: u64, path: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return 1;
+    };
+    let Ok(pm) = std::fs::metadata(parent) else {
+        return 1;
+    };
+    let mut h = Sha256::new();
+    h.update(b"link");
+    h.update(fs_id.to_le_bytes());
+    h.update(pm.ino().to_le_bytes());
+    h.update(name.as_bytes());
+    let d = h.finalize();
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&d[..8]);
+    u64::from_le_bytes(a).max(1)
+}
+
 /// The filesystem id of the filesystem holding `path` (statfs f_fsid).
 pub fn statfs_fsid(path: &Path) -> Option<u64> {
     let st = statvfs(path)?;
@@ -558,6 +583,19 @@ mod tests {
             resolve(&root, &["esc".into(), "passwd".into()]).err(),
             Some(status::ACCESS_DENIED)
         );
+    }
+
+    #[test]
+    fn link_ids_tell_hard_links_apart() {
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("a");
+        std::fs::write(&a, b"x").unwrap();
+        std::fs::hard_link(&a, d.path().join("b")).unwrap();
+        let (la, lb) = (link_id(7, &a), link_id(7, &d.path().join("b")));
+        assert_ne!(la, lb);
+        assert_eq!(la, link_id(7, &d.path().join("a")));
+        assert_ne!(la, link_id(8, &a));
+        assert_ne!(la, 0);
     }
 
     #[test]

@@ -35,6 +35,11 @@ fn run_scenario(cluster: &Cluster, py: &str, scenario: &str) -> (bool, String) {
 }
 
 fn scenario(name: &str) {
+    scenario_with(name, |_| {});
+}
+
+/// `scenario` with `setup` run on the shared directory before the clients start.
+fn scenario_with(name: &str, setup: impl FnOnce(&std::path::Path)) {
     let Some(py) = python() else {
         missing(
             "no python with smbprotocol (set SMBD_PYTHON; scripts/install-deps.sh makes a venv)",
@@ -42,6 +47,7 @@ fn scenario(name: &str) {
         return;
     };
     let cluster = Cluster::start(ClusterOptions::default());
+    setup(&cluster.share);
     let (ok, text) = run_scenario(&cluster, &py, name);
     assert!(ok, "{name}:\n{text}\n{}", cluster.logs());
 }
@@ -96,6 +102,16 @@ fn cross_node_lease_keeps_handle_caching_next_to_plain_open() {
 #[test]
 fn cross_node_stream_shares_its_file_delete_state() {
     scenario("streams");
+}
+
+/// Issue 12 item 9: node 1 makes one hard link delete-pending; node 2's handle of that link
+/// reports it, its handle of the other link does not, and the other link stays openable.
+#[test]
+fn cross_node_delete_pending_belongs_to_the_link() {
+    scenario_with("links", |share| {
+        std::fs::write(share.join("links-a.txt"), b"links").unwrap();
+        std::fs::hard_link(share.join("links-a.txt"), share.join("links-b.txt")).unwrap();
+    });
 }
 
 #[test]

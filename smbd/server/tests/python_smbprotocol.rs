@@ -35,6 +35,11 @@ fn smbprotocol_operations() {
 /// Runs a scenario of tests/cluster_common/cluster_client.py with both of its clients on one
 /// smbd (the same scenarios run across two nodes in tests/cluster.rs).
 fn single_node_scenario(name: &str) {
+    single_node_scenario_with(name, |_| {});
+}
+
+/// `single_node_scenario` with `setup` run on the share directory before the clients start.
+fn single_node_scenario_with(name: &str, setup: impl FnOnce(&std::path::Path)) {
     let Some(py) = python() else {
         missing(
             "no python with smbprotocol (set SMBD_PYTHON; scripts/install-deps.sh makes a venv)",
@@ -42,6 +47,7 @@ fn single_node_scenario(name: &str) {
         return;
     };
     let srv = TestServer::start(Options::default());
+    setup(&srv.share);
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/cluster_common/cluster_client.py");
     let port = srv.port.to_string();
@@ -71,4 +77,18 @@ fn lease_keeps_handle_caching_next_to_plain_open() {
 #[test]
 fn stream_shares_its_file_delete_state() {
     single_node_scenario("streams");
+}
+
+/// Two hard links of one file, `links-a.txt` and `links-b.txt`, for the `links` scenario.
+fn make_hard_links(share: &std::path::Path) {
+    std::fs::write(share.join("links-a.txt"), b"links").unwrap();
+    std::fs::hard_link(share.join("links-a.txt"), share.join("links-b.txt")).unwrap();
+}
+
+/// Issue 12 item 9: delete-pending belongs to the link it was set through: another handle
+/// of that link reports it (FileStandardInformation), a handle of another hard link does
+/// not, the other link stays openable, and the last close removes only the deleted name.
+#[test]
+fn delete_pending_belongs_to_the_link() {
+    single_node_scenario_with("links", make_hard_links);
 }

@@ -207,7 +207,12 @@ impl Engine {
         }
         // Like Samba, files about to be deleted are not kept: nobody would be left to unlink
         // them when the disconnected open expires.
-        if o.delete_on_close || self.files.get(&o.file).is_some_and(|f| f.delete_pending) {
+        if o.delete_on_close
+            || self
+                .files
+                .get(&o.file)
+                .is_some_and(|f| f.links.serial_deleted(o.link))
+        {
             return false;
         }
         let (old, f, held) = (o.session, o.file, o.live_locks);

@@ -3,7 +3,7 @@
 
 usage: cluster_client.py HOST[,HOST2] PORT1 PORT2 USER PASSWORD SCENARIO
 SCENARIO: sharemode | brl | blocking | oplock | lease | doc | kill | lmrestart | lmfailover | rename
-          | leaseh | streams
+          | leaseh | streams | links
 Prints "PASS SCENARIO" and exits 0 when the cluster behaved; any mismatch raises (exit 1).
 `kill` prints "KILL-NODE2" once node 2's client holds its lock and node 1's client waits,
 then reads one line from stdin (the harness has SIGKILLed node 2's smbd) and expects node 1's
@@ -42,6 +42,7 @@ OPLOCK_LEVEL_II = 0x01
 OPLOCK_LEASE = 0xFF
 SMB2_OPLOCK_BREAK = 0x12
 SMB2_SET_INFO = 0x11
+SMB2_QUERY_INFO = 0x10
 ACCESS_DENIED = 0xC0000022
 BREAK_MID = 0xFFFFFFFFFFFFFFFF
 RWH = 0x7
@@ -174,6 +175,19 @@ class Client:
         req = self.conn.send(Raw(SMB2_SET_INFO, body), self.sess.session_id,
                              self.tree.tree_connect_id)
         self.conn.receive(req, timeout=TIMEOUT)
+
+    def standard_info(self, f):
+        """QUERY_INFO FileStandardInformation (MS-FSCC 2.4.41) as a raw request:
+        (NumberOfLinks, DeletePending)."""
+        body = struct.pack("<HBBIHHIII", 41, 1, 5, 24, 0, 0, 0, 0, 0) + f.file_id
+        req = self.conn.send(Raw(SMB2_QUERY_INFO, body), self.sess.session_id,
+                             self.tree.tree_connect_id)
+        resp = self.conn.receive(req, timeout=TIMEOUT)
+        data = resp["data"].get_value()
+        offset, length = struct.unpack("<HI", data[2:8])
+        info = data[offset - 64:offset - 64 + length]
+        links, delete_pending = struct.unpack("<IB", info[16:21])
+        return links, delete_pending
 
     def close(self):
         try:
@@ -386,6 +400,39 @@ def streams(c1, c2):
                   share=all_share, disposition=CreateDisposition.FILE_OPEN)
 
 
+def links(c1, c2):
+    """Issue 12 item 9 (MS-FSA 2.1.5.14.3, 2.1.5.11.27): delete-pending belongs to a link.
+    links-a.txt and links-b.txt are two hard links of one file (the harness makes them).
+    Node 1 makes links-a.txt delete-pending: node 2's handle of links-a.txt reports
+    DeletePending (it did not set it itself), its handle of links-b.txt does not; links-a.txt
+    refuses opens with DELETE_PENDING while links-b.txt opens. The last close of links-a.txt
+    removes that name only."""
+    all_share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
+    a1 = c1.open("links-a.txt", access=A.DELETE | A.FILE_READ_ATTRIBUTES, share=all_share,
+                 disposition=CreateDisposition.FILE_OPEN)
+    a2 = c2.open("links-a.txt", access=A.GENERIC_READ, share=all_share,
+                 disposition=CreateDisposition.FILE_OPEN)
+    b2 = c2.open("links-b.txt", access=A.GENERIC_READ, share=all_share,
+                 disposition=CreateDisposition.FILE_OPEN)
+    assert c2.standard_info(a2) == (2, 0), f"before: {c2.standard_info(a2)}"
+    c1.set_delete_pending(a1)
+    assert c2.standard_info(a2) == (1, 1), f"other handle of the deleted link: {c2.standard_info(a2)}"
+    assert c1.standard_info(a1) == (1, 1), f"the deleting handle: {c1.standard_info(a1)}"
+    assert c2.standard_info(b2) == (1, 0), f"handle of the other link: {c2.standard_info(b2)}"
+    expect_status(DELETE_PENDING, c2.open, "links-a.txt", access=A.GENERIC_READ, share=all_share,
+                  disposition=CreateDisposition.FILE_OPEN)
+    c1.open("links-b.txt", access=A.GENERIC_READ, share=all_share,
+            disposition=CreateDisposition.FILE_OPEN).close()
+    a1.close()
+    a2.close()
+    expect_status(NOT_FOUND, c1.open, "links-a.txt", access=A.GENERIC_READ,
+                  disposition=CreateDisposition.FILE_OPEN)
+    assert b2.read(0, 5) == b"links", "the other link lost its data"
+    assert c2.standard_info(b2) == (1, 0), f"after: {c2.standard_info(b2)}"
+    b2.close()
+    c1.open("links-b.txt", access=A.GENERIC_READ, disposition=CreateDisposition.FILE_OPEN).close()
+
+
 def lease_state_of(f):
     for c in f.lease_response or []:
         if isinstance(c, (SMB2CreateResponseLease, SMB2CreateResponseLeaseV2)):
@@ -484,7 +531,7 @@ def lmfailover(c1, c2):
 
 
 SCENARIOS = {f.__name__: f for f in (sharemode, brl, blocking, oplock, lease, doc, kill,
-                                     lmrestart, lmfailover, rename, leaseh, streams)}
+                                     lmrestart, lmfailover, rename, leaseh, streams, links)}
 
 
 def main():

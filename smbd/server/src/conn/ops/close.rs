@@ -76,9 +76,11 @@ impl Conn {
                     tracing::debug!(path = ?o.abs, "delete on close without a descriptor");
                     return Some(o);
                 };
-                let ino = obj.metadata().ok().map(|m| {
+                // The streams belong to the file, not to this name: they stay while another
+                // hard link keeps the file.
+                let ino = obj.metadata().ok().and_then(|m| {
                     use std::os::unix::fs::MetadataExt;
-                    m.ino()
+                    (m.nlink() <= 1 || m.is_dir()).then(|| m.ino())
                 });
                 let r = self.shared.shares[o.share]
                     .dir

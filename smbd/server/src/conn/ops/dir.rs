@@ -7,7 +7,7 @@ use smb_proto::{
     query_dir_flags, status, ChangeNotifyRequest, Header, NtStatus, QueryDirectoryRequest, Response,
 };
 
-use super::{list_dir, LIST_DIRECTORY, MAX_NOTIFY, READ_ATTRIBUTES};
+use super::{list_dir, LIST_DIRECTORY, MAX_NOTIFY};
 use crate::conn::{err, ChainCtx, Conn, DirState, Open, Outcome, PendingKind};
 use crate::fs::{self, class};
 use crate::locking;
@@ -130,7 +130,7 @@ impl Conn {
             ..Default::default()
         });
         let dir = watch.dir.clone();
-        let stable_id = o.stable_id;
+        let (stable_id, lock_open) = (o.stable_id, o.lock_open);
         let buffered = (!watch.changes.is_empty() || watch.overflowed).then(|| {
             watch.changes_bytes = 0;
             let overflowed = std::mem::take(&mut watch.overflowed);
@@ -145,7 +145,7 @@ impl Conn {
         }
         // Asked after the directory became delete-pending (another connection's delete may
         // have come before this watch existed): no change can come any more.
-        if self.dir_delete_pending(stable_id) {
+        if self.dir_delete_pending(stable_id, lock_open) {
             return err(status::DELETE_PENDING);
         }
         let aid = self.go_async(
@@ -226,29 +226,15 @@ impl Conn {
         }
     }
 
-    /// Whether the lock service holds directory `stable_id` delete-pending, cluster wide: an
-    /// attributes-only open of it, which breaks nothing and never waits, is refused then.
-    fn dir_delete_pending(&self, stable_id: u128) -> bool {
-        let probe = locking::OpenRequest {
-            file: locking::FileId(stable_id),
-            access: READ_ATTRIBUTES,
-            share: 0x7,
-            directory: true,
-            ..Default::default()
+    /// Whether the lock service holds directory `stable_id` delete-pending, cluster wide,
+    /// through the name this handle (`lock_open`) opened it by.
+    fn dir_delete_pending(&self, stable_id: u128, lock_open: Option<locking::OpenId>) -> bool {
+        let Some(lo) = lock_open else {
+            return false;
         };
-        match self
-            .shared
-            .lock_request(self.id, 0, locking::Request::Open(probe))
-        {
-            locking::Reply::Done(locking::Status::DeletePending) => true,
-            locking::Reply::Opened { open, .. } => {
-                let _ = self
-                    .shared
-                    .lock_request(self.id, 0, locking::Request::Close { open });
-                false
-            }
-            _ => false,
-        }
+        self.shared
+            .file_usage(self.id, locking::FileId(stable_id), Some(lo))
+            .is_ok_and(|u| u.except_deleted)
     }
 
     /// The handle's change-notify watch ends with it.

@@ -55,6 +55,32 @@ impl Conn {
         out
     }
 
+    /// FileStandardInformation's DeletePending and NumberOfLinks (MS-FSA 2.1.5.11.27): the
+    /// delete-pending of the link the handle was opened through, whichever handle (on
+    /// whichever node) set it, and the links not delete-pending. Asked of the lock service;
+    /// without an answer the handle's own flag stands.
+    fn link_delete_state(&self, o: &Open, mut info: FileInfo) -> (FileInfo, bool) {
+        let Some(lo) = o.lock_open else {
+            return (info, o.delete_pending);
+        };
+        match self
+            .shared
+            .file_usage(self.id, locking::FileId(o.stable_id), Some(lo))
+        {
+            Ok(u) => {
+                // The encoder takes one link off for the handle's own deleted link; the
+                // other deleted links come off here.
+                let others = u.deleted_links.saturating_sub(u.except_deleted as u32);
+                info.nlink = info.nlink.saturating_sub(others);
+                (info, u.except_deleted || info.nlink == 0)
+            }
+            Err(st) => {
+                tracing::debug!(?st, "delete state not known to the lock service");
+                (info, o.delete_pending)
+            }
+        }
+    }
+
     pub(crate) fn query_info(&mut self, q: QueryInfoRequest, ctx: &mut ChainCtx) -> Outcome {
         let (_, o) = match self.open_for(q.file_id, ctx) {
             Ok(found) => found,
@@ -78,10 +104,15 @@ impl Conn {
                 } else {
                     Vec::new()
                 };
+                let (info, delete_pending) = if matches!(q.class, class::STANDARD | class::ALL) {
+                    self.link_delete_state(o, info)
+                } else {
+                    (info, o.delete_pending)
+                };
                 let view = OpenView {
                     streams,
                     info,
-                    delete_pending: o.delete_pending,
+                    delete_pending,
                     access: o.access,
                     position: o.position,
                     mode: o.mode,
@@ -608,6 +639,18 @@ impl Conn {
         }
         if let Some(ino) = replaced_ino {
             streams::remove_all(&root, ino);
+        }
+        // The link moved: the lock service's opens through it, on every node, and its
+        // delete-pending mark now belong to the new name.
+        if let Some(lo) = self.opens.get(&v).and_then(|o| o.lock_open) {
+            let relink = locking::Request::Relink {
+                open: lo,
+                link: fs::link_id(fs_id, &target.abs),
+            };
+            match self.shared.lock_request(self.id, 0, relink) {
+                Reply::Done(Status::Success) => {}
+                other => tracing::warn!(?other, "relink after rename refused"),
+            }
         }
         for x in self.opens.values_mut() {
             if x.abs == old {
