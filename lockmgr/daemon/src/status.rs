@@ -45,7 +45,7 @@ pub fn render_status(
     );
     let _ = writeln!(
         out,
-        "frames_in={} frames_out={} malformed_frames={} foreign_session_frames={} protocol_violations={} auth_failures={} sessions_expired={}",
+        "frames_in={} frames_out={} malformed_frames={} foreign_session_frames={} protocol_violations={} auth_failures={} sessions_expired={} stale_epoch_frames={}",
         counters.frames_in,
         counters.frames_out,
         counters.malformed_frames,
@@ -53,7 +53,8 @@ pub fn render_status(
         counters.protocol_violations,
         // Wrong cluster keys, whichever layer caught them.
         counters.auth_failures + fabric.map_or(0, |f| f.auth_failures),
-        counters.sessions_expired
+        counters.sessions_expired,
+        counters.stale_epoch_frames
     );
     if let Some(f) = fabric {
         let _ = writeln!(
