@@ -716,7 +716,7 @@ mod tests {
                         self.inbox.push_back(frame_in_epoch(
                             self.epoch,
                             self.session,
-                            &[self.missed.clone()],
+                            std::slice::from_ref(&self.missed),
                         ));
                     }
                     _ => {}
