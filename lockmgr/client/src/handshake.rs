@@ -25,6 +25,8 @@ pub struct Accepted {
     pub session: SessionId,
     /// The liveness lease: send something at least this often.
     pub liveness: Duration,
+    /// The replica-set epoch in the acceptance's frame header (0: an unreplicated lockmgrd).
+    pub epoch: u32,
 }
 
 /// Runs the handshake over `transport`; `resume` names a session to continue and the number
@@ -65,6 +67,7 @@ pub fn run_keeping<T: ClientTransport + ?Sized>(
     send(
         transport,
         SessionId(0),
+        0,
         &[Message::ClientHello {
             node_name: options.node_name.clone(),
             client_nonce,
@@ -74,7 +77,7 @@ pub fn run_keeping<T: ClientTransport + ?Sized>(
     )?;
     let mut behind = Vec::new();
     let (challenge_session, version, server_nonce) =
-        match recv_one(transport, deadline, &mut behind)? {
+        match recv_one(transport, deadline, &mut behind)?.0 {
             Message::ServerChallenge {
                 session_id,
                 version,
@@ -100,12 +103,13 @@ pub fn run_keeping<T: ClientTransport + ?Sized>(
         });
     }
     msgs.push(Message::ClientProof { proof });
-    send(transport, challenge_session, &msgs)?;
+    send(transport, challenge_session, 0, &msgs)?;
     // A resumed session keeps its id; the server's proof still covers the challenge's.
     let expected = resume.map_or(challenge_session, |(s, _)| s);
     // Nothing follows a challenge before our proof: only the acceptance can have company.
     behind.clear();
-    match recv_one(transport, deadline, &mut behind)? {
+    let (accepted, epoch) = recv_one(transport, deadline, &mut behind)?;
+    match accepted {
         Message::SessionAccepted {
             session_id,
             liveness_lease_ms,
@@ -120,6 +124,7 @@ pub fn run_keeping<T: ClientTransport + ?Sized>(
                 Accepted {
                     session: session_id,
                     liveness: Duration::from_millis(u64::from(liveness_lease_ms)),
+                    epoch,
                 },
                 behind,
             ))
@@ -129,14 +134,17 @@ pub fn run_keeping<T: ClientTransport + ?Sized>(
     }
 }
 
-/// Sends `msgs` in one frame of `session`.
+/// Sends `msgs` in one frame of `session` and replica-set `epoch` (after the handshake: the
+/// acceptance's, [`Accepted::epoch`], or lockmgrd drops the frame as one of an older epoch).
 pub fn send<T: ClientTransport + ?Sized>(
     t: &mut T,
     session: SessionId,
+    epoch: u32,
     msgs: &[Message],
 ) -> Result<(), ClientError> {
     let mut buf = Vec::new();
     let mut w = FrameWriter::new(&mut buf, session);
+    w.set_epoch(epoch);
     for msg in msgs {
         w.push(msg)?;
     }
@@ -145,15 +153,15 @@ pub fn send<T: ClientTransport + ?Sized>(
     Ok(())
 }
 
-/// The first message of the next frame (the handshake has one message per frame); frames
-/// after it that the same poll delivered are appended to `behind`.
+/// The first message of the next frame (the handshake has one message per frame) and the
+/// frame's epoch; frames after it that the same poll delivered are appended to `behind`.
 fn recv_one<T: ClientTransport + ?Sized>(
     t: &mut T,
     deadline: Instant,
     behind: &mut Vec<Vec<u8>>,
-) -> Result<Message, ClientError> {
+) -> Result<(Message, u32), ClientError> {
     loop {
-        let mut got: Option<Result<Message, ClientError>> = None;
+        let mut got: Option<Result<(Message, u32), ClientError>> = None;
         t.poll(&mut |bytes| {
             if got.is_some() {
                 behind.push(bytes.to_vec());
@@ -161,7 +169,7 @@ fn recv_one<T: ClientTransport + ?Sized>(
             }
             got = Some(match decode_frame(bytes) {
                 Ok(mut frame) => match frame.next() {
-                    Some(Ok(m)) => Ok(m),
+                    Some(Ok(m)) => Ok((m, frame.epoch())),
                     Some(Err(e)) => Err(e.into()),
                     None => Err(ClientError::Handshake),
                 },

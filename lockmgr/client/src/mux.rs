@@ -34,8 +34,11 @@ use crate::{ClientError, Event, LockClient, ResumePoint};
 pub type Connector<T> = Box<dyn FnMut() -> Result<LockClient<T>, ClientError> + Send>;
 
 /// Continues the node's session on whichever lock-manager replica takes it (a replicated
-/// lockmgrd after a failover, or the same lockmgrd over a new connection).
-pub type Resumer<T> = Box<dyn FnMut(ResumePoint) -> Result<LockClient<T>, ClientError> + Send>;
+/// lockmgrd after a failover, or the same lockmgrd over a new connection). The `Instant` is the
+/// end of the node's lease ([`LockClient::lease_expiry`]): a resumer must give up by then, since
+/// from then on the lock manager may have handed the session's state to other nodes.
+pub type Resumer<T> =
+    Box<dyn FnMut(ResumePoint, Instant) -> Result<LockClient<T>, ClientError> + Send>;
 
 /// How many times one request may be carried over to a resumed session before it fails.
 const MAX_RESUMES_PER_REQUEST: u32 = 3;
@@ -174,6 +177,9 @@ pub struct NodeSessions<T: ClientTransport> {
     reader_bell: Option<OwnedFd>,
     /// The bell was rung since the reader last reset it.
     reader_rung: bool,
+    /// Bumped whenever the grants of this node's session stop counting (see
+    /// [`NodeSessions::fence_epoch`]).
+    fence_epoch: Arc<AtomicU64>,
 }
 
 /// How long to wait between attempts to reach a lockmgrd that is down.
@@ -210,7 +216,18 @@ impl<T: ClientTransport> NodeSessions<T> {
             reader_sleeping: false,
             reader_bell: None,
             reader_rung: false,
+            fence_epoch: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// The fence epoch: a counter bumped every time the node's session is fenced (its lease ran
+    /// out, see [`crate::LEASE_DRIFT_PPM`]) or lost. Anything the node caches on the strength of
+    /// a grant (oplock and lease state, "no byte-range locks on this file" answers) must record
+    /// the epoch it was granted in and count only while the counter still holds it: after a
+    /// fence the lock manager may give the same state to another node. Readable without the
+    /// session lock (an atomic), so a hot path can check it.
+    pub fn fence_epoch(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.fence_epoch)
     }
 
     /// Lets a lost session be continued instead of dropped (a replicated lock manager): on a
@@ -227,12 +244,21 @@ impl<T: ClientTransport> NodeSessions<T> {
         let Some(resume) = self.resume.as_mut() else {
             return false;
         };
+        // Past the lease the session's state may belong to others already: no resuming it.
+        if self
+            .client
+            .as_ref()
+            .is_none_or(|c| c.lease_expired(Instant::now()))
+        {
+            return false;
+        }
         let Some(old) = self.client.take() else {
             return false;
         };
         let point = old.resume_point();
+        let lease_end = old.lease_expiry();
         drop(old);
-        let mut client = match resume(point) {
+        let mut client = match resume(point, lease_end) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(%e, session = point.session.0, "cannot resume the lockmgrd session");
@@ -278,6 +304,12 @@ impl<T: ClientTransport> NodeSessions<T> {
         self.client.is_some()
     }
 
+    /// When the node's lease on its grants runs out unless lockmgrd acknowledges another
+    /// heartbeat (`None` without a session). See [`LockClient::lease_expiry`].
+    pub fn lease_expiry(&self) -> Option<Instant> {
+        self.client.as_ref().map(|c| c.lease_expiry())
+    }
+
     /// The fd a pump thread can sleep on (readable when lockmgrd sent something).
     pub fn raw_fd(&self) -> Option<RawFd> {
         self.client.as_ref().and_then(|c| c.as_raw_fd())
@@ -289,7 +321,9 @@ impl<T: ClientTransport> NodeSessions<T> {
     pub fn poll_timeout(&self) -> Duration {
         match &self.client {
             Some(c) => {
-                let heartbeat = c.heartbeat_interval();
+                // The pump must be awake when the lease runs out, to fence the node at once.
+                let lease_left = c.lease_expiry().saturating_duration_since(Instant::now());
+                let heartbeat = c.heartbeat_interval().min(lease_left);
                 c.transport()
                     .poll_timeout()
                     .map_or(heartbeat, |t| t.min(heartbeat))
@@ -349,6 +383,20 @@ impl<T: ClientTransport> NodeSessions<T> {
         tracing::error!(%why, "lockmgrd session lost");
         if self.try_resume(None) {
             return true;
+        }
+        let fenced = matches!(why, ClientError::Fenced)
+            || self
+                .client
+                .as_ref()
+                .is_some_and(|c| c.lease_expired(Instant::now()));
+        // Before anything else: cached grants stop counting now.
+        let epoch = self.fence_epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        if fenced {
+            tracing::warn!(
+                fence_epoch = epoch,
+                monotonic_ns = sys::monotonic_ns(),
+                "lockmgrd session fenced: the node's lease ran out"
+            );
         }
         self.client = None;
         self.last_attempt = Some(Instant::now());
@@ -631,6 +679,10 @@ impl<T: ClientTransport> NodeSessions<T> {
             };
             let mut got = Vec::new();
             let n = client.poll(&mut |ev| got.push(ev))?;
+            // Checked after the poll: an acknowledgement that was waiting renews the lease.
+            if client.lease_expired(Instant::now()) {
+                return Err(ClientError::Fenced);
+            }
             for ev in got {
                 match ev {
                     Event::Reply { request, reply }

@@ -113,6 +113,7 @@ pub fn start<T: ServerTransport>(
         handshake::send(
             link.as_mut(),
             accepted.session,
+            accepted.epoch,
             &[Message::ReplicaAttach {
                 epoch: Epoch(stored.config.epoch),
                 incarnation,
@@ -128,7 +129,14 @@ pub fn start<T: ServerTransport>(
             Some(Upstream {
                 transport: link,
                 session: accepted.session,
-                out: FrameBuf::new(accepted.session),
+                out: {
+                    // Like `ReplicaAttach` above, in the acceptance's epoch: a frame of an older
+                    // one is dropped while the primary still counts the link as a node session
+                    // (the replication messages carry their own epochs besides).
+                    let mut out = FrameBuf::new(accepted.session);
+                    out.set_epoch(accepted.epoch);
+                    out
+                },
                 last_heard: now,
                 last_sent: now,
                 next_heartbeat: 1,
@@ -161,6 +169,31 @@ pub fn start<T: ServerTransport>(
 }
 
 impl Core {
+    /// Whether this replica may acknowledge a node's heartbeat, which renews the node's lease
+    /// on its grants (lockmgr_client::LEASE_DRIFT_PPM). Not when deposed, and not while its
+    /// standby has been silent for the failover timeout: the standby may then be promoting
+    /// itself, and a node whose heartbeats a cut-off primary still answered would go on using
+    /// grants the new primary counts down from its promotion. Both sides of a cut stop hearing
+    /// each other within a few ms (each sends at least every 5 ms), which the node's reserve
+    /// covers. (A one-way cut, standby deaf but primary hearing, is not covered by this rule.)
+    pub(crate) fn may_renew_node_leases(&self, now: Instant) -> bool {
+        let Some(ha) = &self.ha else {
+            return true;
+        };
+        // Deposed, or lost the partner and asking etcd whether to go on: the partner may be
+        // winning the same compare-and-swap.
+        if ha.deposed || matches!(ha.pending, Some(Intent::ServeAlone | Intent::Promote)) {
+            return false;
+        }
+        match &ha.standby {
+            None => true,
+            Some(standby) => self
+                .peers
+                .get(&standby.peer)
+                .is_some_and(|p| now.duration_since(p.last_heard) <= ha.failover),
+        }
+    }
+
     /// Primary: a standby asks for the log (it authenticated like a node).
     pub(crate) fn on_replica_attach(
         &mut self,

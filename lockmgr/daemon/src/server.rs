@@ -57,6 +57,10 @@ pub(crate) enum PeerState {
 pub(crate) struct Peer {
     pub(crate) state: PeerState,
     pub(crate) last_heard: Instant,
+    /// The replica-set epoch this peer's session was accepted in: its frames carry it or a
+    /// newer one (the node stamps the newest it has seen), so an older one is not the node's
+    /// current word.
+    accepted_epoch: u32,
     /// The next frame to this peer: replies are encoded straight into it as the engine
     /// produces them (no per-message queue, no allocation once the buffer has grown).
     out: FrameBuf,
@@ -292,6 +296,7 @@ impl<T: ServerTransport> Server<T> {
     /// Hands the peer's pending frames to the transport: the backlog, then the frame being
     /// built.
     pub(crate) fn flush_peer(&mut self, peer_id: PeerId) {
+        let epoch = self.core.frame_epoch();
         let Some(peer) = self.core.peers.get_mut(&peer_id) else {
             return;
         };
@@ -319,6 +324,9 @@ impl<T: ServerTransport> Server<T> {
         if peer.out.session_id() != session {
             peer.out.set_session_id(session);
         }
+        // Frames carry the epoch as of sending; it only grows, so a peer never sees it go
+        // back (frames finished earlier, in the backlog, leave first).
+        peer.out.set_epoch(epoch);
         let frame = peer.out.finish();
         if !peer.backlog.is_empty() {
             peer.backlog.push_back(frame.to_vec());
@@ -375,6 +383,14 @@ impl Core {
         }
     }
 
+    /// The replica-set epoch frames to nodes carry (0 for a bare engine); the header field
+    /// holds its low 32 bits (four billion configuration changes are out of reach).
+    pub(crate) fn frame_epoch(&self) -> u32 {
+        self.state
+            .replica()
+            .map_or(0, |r| u32::try_from(r.epoch().0).unwrap_or(u32::MAX))
+    }
+
     /// Whether this server applies inputs itself (a bare engine, or the primary replica).
     pub(crate) fn serving(&self) -> bool {
         match self.state.replica() {
@@ -399,6 +415,7 @@ impl Core {
                     Peer {
                         state: PeerState::New,
                         last_heard: now,
+                        accepted_epoch: 0,
                         out: FrameBuf::new(SessionId(0)),
                         backlog: VecDeque::new(),
                     },
@@ -439,11 +456,20 @@ impl Core {
             tracing::debug!(peer = peer_id.0, "frame for a foreign session dropped");
             return;
         }
-        peer.last_heard = now;
         let live_session = match &peer.state {
             PeerState::Live { session, .. } => Some(*session),
             _ => None,
         };
+        if live_session.is_some() && frame.epoch() < peer.accepted_epoch {
+            self.counters.stale_epoch_frames += 1;
+            tracing::debug!(
+                peer = peer_id.0,
+                epoch = frame.epoch(),
+                "frame of an older epoch dropped"
+            );
+            return;
+        }
+        peer.last_heard = now;
         let mut frame = frame;
         // Lock and unlock requests borrow their ranges from this reused buffer; taken out of
         // `self` for the loop so the engine can be called meanwhile.
@@ -666,7 +692,10 @@ impl Core {
                 );
                 // The acceptance travels alone: the node's handshake reads one message per
                 // frame, and a resumed session's resent outputs follow at once.
+                let epoch = self.frame_epoch();
                 if let Some(peer) = self.peers.get_mut(&peer_id) {
+                    peer.accepted_epoch = epoch;
+                    peer.out.set_epoch(epoch);
                     peer.out.set_session_id(session);
                     peer.backlog.push_back(peer.out.finish().to_vec());
                     peer.out.clear();
@@ -674,7 +703,11 @@ impl Core {
                 PeerState::Live { session, node_name }
             }
             (live @ PeerState::Live { .. }, Message::Heartbeat { seq }) => {
-                self.push(peer_id, Message::HeartbeatAck { seq });
+                // The acknowledgement renews the node's lease: only from a replica that
+                // cannot have been replaced meanwhile.
+                if self.may_renew_node_leases(clock.now) {
+                    self.push(peer_id, Message::HeartbeatAck { seq });
+                }
                 live
             }
             (PeerState::Live { session, node_name }, Message::Goodbye) => {
@@ -803,8 +836,10 @@ impl Core {
             .map(|(id, _)| *id)
             .collect();
         for peer in expired {
+            // The CLOCK_MONOTONIC stamp orders this against the node's own fencing in tests.
             tracing::warn!(
                 peer = peer.0,
+                monotonic_ns = lockmgr_transport::sys::monotonic_ns(),
                 "peer silent past its liveness lease; expiring"
             );
             self.counters.sessions_expired += 1;
@@ -822,6 +857,7 @@ impl Core {
             for session in gone {
                 tracing::warn!(
                     session = session.0,
+                    monotonic_ns = lockmgr_transport::sys::monotonic_ns(),
                     "detached session not resumed within its lease; releasing its state"
                 );
                 self.detached.remove(&session);

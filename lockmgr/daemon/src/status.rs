@@ -14,6 +14,9 @@ pub struct ServerCounters {
     pub malformed_frames: u64,
     /// Frames whose session id is not the one this peer authenticated (or no session yet).
     pub foreign_session_frames: u64,
+    /// A node's frames carrying a replica-set epoch older than the one its session was
+    /// accepted in (dropped).
+    pub stale_epoch_frames: u64,
     /// Messages not allowed in the peer's state (e.g. a request before authentication).
     pub protocol_violations: u64,
     pub auth_failures: u64,
@@ -59,7 +62,7 @@ pub fn render_status(
     );
     let _ = writeln!(
         out,
-        "frames_in={} frames_out={} malformed_frames={} foreign_session_frames={} protocol_violations={} auth_failures={} sessions_expired={}",
+        "frames_in={} frames_out={} malformed_frames={} foreign_session_frames={} protocol_violations={} auth_failures={} sessions_expired={} stale_epoch_frames={}",
         counters.frames_in,
         counters.frames_out,
         counters.malformed_frames,
@@ -67,7 +70,8 @@ pub fn render_status(
         counters.protocol_violations,
         // Wrong cluster keys, whichever layer caught them.
         counters.auth_failures + fabric.map_or(0, |f| f.auth_failures),
-        counters.sessions_expired
+        counters.sessions_expired,
+        counters.stale_epoch_frames
     );
     if let Some(f) = fabric {
         let _ = writeln!(

@@ -1004,17 +1004,20 @@ fn node_sessions_resume_across_a_failover() {
         let sessions =
             SharedNodeSessions::new(Box::new(move || first(None)), failover, Duration::ZERO)
                 .expect("node sessions");
-        sessions.lock().set_resumer(Box::new(move |point| {
-            let deadline = Instant::now() + TIMEOUT;
-            loop {
-                match connect_any(Some(point)) {
-                    Ok(c) => return Ok(c),
-                    Err(e @ ClientError::Rejected(RejectReason::SessionLost)) => return Err(e),
-                    Err(e) if Instant::now() >= deadline => return Err(e),
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        sessions
+            .lock()
+            .set_resumer(Box::new(move |point, lease_end| {
+                // Never past the node's lease: the session's state may be another node's by then.
+                let deadline = (Instant::now() + TIMEOUT).min(lease_end);
+                loop {
+                    match connect_any(Some(point)) {
+                        Ok(c) => return Ok(c),
+                        Err(e @ ClientError::Rejected(RejectReason::SessionLost)) => return Err(e),
+                        Err(e) if Instant::now() >= deadline => return Err(e),
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
                 }
-            }
-        }));
+            }));
         sessions
     };
     let n1 = node("node1");

@@ -37,6 +37,15 @@ fn main() -> std::io::Result<()> {
     }
     files.push(("batch-all".into(), frame(&samples::all_messages())));
     files.push(("empty-frame".into(), frame(&[])));
+    // A frame of replica-set epoch 7 (header bytes 20..24).
+    let mut buf = Vec::new();
+    let mut w = FrameWriter::new(&mut buf, SessionId(0x5e55_1000));
+    w.set_epoch(7);
+    if let Err(e) = w.push(&Message::Heartbeat { seq: 9 }) {
+        eprintln!("skipping the epoch frame: {e}");
+    }
+    w.finish();
+    files.push(("epoch-frame".into(), buf));
     let long: String = "lockmgr status € ".repeat(600);
     let chunk = split_status_text(&long)
         .next()

@@ -20,9 +20,6 @@ pub enum DecodeError {
     /// Frame flag bits this version does not define were set.
     #[error("unsupported frame flags {0:#04x}")]
     UnsupportedFlags(u8),
-    /// The reserved header field was not zero.
-    #[error("reserved frame header field is {0:#x}, must be 0")]
-    ReservedNotZero(u32),
     /// The frame (as declared or as given) is longer than [`MAX_FRAME`](crate::MAX_FRAME).
     #[error("frame of {len} bytes exceeds the maximum of {max}")]
     FrameTooLarge { len: usize, max: usize },

@@ -39,6 +39,8 @@ pub struct FrameWriter<'a> {
     /// Absolute index the frame may not grow past.
     limit: usize,
     count: u16,
+    /// The replica-set epoch written into the header by `finish` (0: none).
+    epoch: u32,
 }
 
 enum Out<'a> {
@@ -51,8 +53,8 @@ fn header_bytes(session_id: SessionId) -> [u8; FRAME_HEADER_LEN] {
     let mut h = [0u8; FRAME_HEADER_LEN];
     h[0..4].copy_from_slice(&MAGIC);
     h[4] = VERSION;
-    // h[5] flags, h[6..8] message count, h[16..20] total length: 0 until finish();
-    // h[20..24] reserved: always 0.
+    // h[5] flags, h[6..8] message count, h[16..20] total length, h[20..24] epoch: 0 until
+    // finish().
     h[8..16].copy_from_slice(&session_id.0.to_le_bytes());
     h
 }
@@ -69,7 +71,14 @@ impl<'a> FrameWriter<'a> {
             end: start + FRAME_HEADER_LEN,
             limit: start.saturating_add(MAX_FRAME),
             count: 0,
+            epoch: 0,
         }
+    }
+
+    /// The replica-set epoch the frame carries (see the crate docs' header table): lockmgrd's
+    /// own, or the newest a node has seen. 0 (the default) means none.
+    pub fn set_epoch(&mut self, epoch: u32) {
+        self.epoch = epoch;
     }
 
     /// Starts a frame at the beginning of a fixed buffer (e.g. a ring-buffer slot). The frame is
@@ -89,6 +98,7 @@ impl<'a> FrameWriter<'a> {
             end: FRAME_HEADER_LEN,
             limit,
             count: 0,
+            epoch: 0,
         })
     }
 
@@ -174,6 +184,7 @@ impl<'a> FrameWriter<'a> {
             h[6..8].copy_from_slice(&self.count.to_le_bytes());
             // Cannot truncate: len <= MAX_FRAME <= u32::MAX (const assertion above).
             h[16..20].copy_from_slice(&(len as u32).to_le_bytes());
+            h[20..24].copy_from_slice(&self.epoch.to_le_bytes());
         }
         len
     }
@@ -204,6 +215,8 @@ pub struct FrameBuf {
     end: usize,
     session_id: SessionId,
     count: u16,
+    /// The replica-set epoch of the frames built here (see [`FrameWriter::set_epoch`]).
+    epoch: u32,
 }
 
 impl FrameBuf {
@@ -213,6 +226,7 @@ impl FrameBuf {
             end: 0,
             session_id,
             count: 0,
+            epoch: 0,
         };
         f.clear();
         f
@@ -229,6 +243,15 @@ impl FrameBuf {
         if let Some(h) = self.buf.get_mut(8..16) {
             h.copy_from_slice(&session_id.0.to_le_bytes());
         }
+    }
+
+    /// The replica-set epoch this and later frames carry (see [`FrameWriter::set_epoch`]).
+    pub fn set_epoch(&mut self, epoch: u32) {
+        self.epoch = epoch;
+    }
+
+    pub fn epoch(&self) -> u32 {
+        self.epoch
     }
 
     /// Appends one message; same contract as [`FrameWriter::push`] (on `FrameFull`, send this
@@ -283,6 +306,7 @@ impl FrameBuf {
             end: self.end,
             limit: MAX_FRAME,
             count: self.count,
+            epoch: self.epoch,
         }
     }
 }
@@ -297,6 +321,9 @@ pub struct FrameHeader {
     pub session_id: SessionId,
     /// The whole frame's length, header included.
     pub total_len: usize,
+    /// The replica-set epoch of the sender (lockmgrd) or the newest it has seen (a node); 0:
+    /// none (an unreplicated lockmgrd, a node that has seen no epoch yet).
+    pub epoch: u32,
 }
 
 /// Parses and validates a frame header from the first [`FRAME_HEADER_LEN`] bytes of `buf`.
@@ -330,10 +357,7 @@ pub fn decode_header(buf: &[u8]) -> Result<FrameHeader, DecodeError> {
     sid.copy_from_slice(&h[8..16]);
     let session_id = SessionId(u64::from_le_bytes(sid));
     let total_len = le32(16) as usize;
-    let reserved = le32(20);
-    if reserved != 0 {
-        return Err(DecodeError::ReservedNotZero(reserved));
-    }
+    let epoch = le32(20);
     if total_len > MAX_FRAME {
         return Err(DecodeError::FrameTooLarge {
             len: total_len,
@@ -352,6 +376,7 @@ pub fn decode_header(buf: &[u8]) -> Result<FrameHeader, DecodeError> {
         message_count,
         session_id,
         total_len,
+        epoch,
     })
 }
 
@@ -427,6 +452,11 @@ impl FrameReader<'_> {
 
     pub fn session_id(&self) -> SessionId {
         self.header.session_id
+    }
+
+    /// The replica-set epoch in the header ([`FrameHeader::epoch`]).
+    pub fn epoch(&self) -> u32 {
+        self.header.epoch
     }
 
     /// Messages declared by the header (including optional ones that will be skipped).

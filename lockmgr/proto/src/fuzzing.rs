@@ -38,6 +38,7 @@ pub fn check_roundtrip(data: &[u8]) -> Result<Outcome, String> {
         return Ok(Outcome::FrameRejected);
     };
     let session = frame.session_id();
+    let epoch = frame.epoch();
     let declared = frame.message_count();
     let msgs: Vec<Message> = match frame.collect::<Result<_, _>>() {
         Ok(m) => m,
@@ -45,6 +46,7 @@ pub fn check_roundtrip(data: &[u8]) -> Result<Outcome, String> {
     };
     let mut buf = Vec::with_capacity(data.len());
     let mut w = FrameWriter::new(&mut buf, session);
+    w.set_epoch(epoch);
     for m in &msgs {
         w.push(m)
             .map_err(|e| format!("re-encoding decoded message {m:?} failed: {e}"))?;

@@ -14,7 +14,7 @@
 //! | 6 | 2 | message_count | number of messages that follow |
 //! | 8 | 8 | session_id | the sender's session (0 before `ServerChallenge` assigns one) |
 //! | 16 | 4 | total_length | whole frame including this header; <= [`MAX_FRAME`]; must equal the buffer length |
-//! | 20 | 4 | reserved | must be 0 (keeps the messages 8-byte aligned) |
+//! | 20 | 4 | epoch | the replica-set epoch (lockmgr-coord's, low 32 bits): lockmgrd's own in the frames it sends, the newest a node has seen in the node's; 0 = none (an unreplicated lockmgrd, a node before its first reply). lockmgrd drops a node's frame of an epoch older than the one the node's connection was accepted in, and a node drops frames of an epoch older than the newest it has seen (a deposed primary). Datagram transports' frame MAC covers it like the rest of the frame. Keeps the messages 8-byte aligned. |
 //!
 //! # Message header ([`MSG_HEADER_LEN`] = 4 bytes), then `body_length` bytes of body
 //!

@@ -119,7 +119,17 @@ fn header_errors() {
     assert_eq!(with(0, b'X'), DecodeError::BadMagic(*b"XKMP"));
     assert_eq!(with(4, 2), DecodeError::UnsupportedVersion(2));
     assert_eq!(with(5, 0x80), DecodeError::UnsupportedFlags(0x80));
-    assert_eq!(with(20, 1), DecodeError::ReservedNotZero(1));
+    // Bytes 20..24 are the epoch now: any value decodes.
+    assert_eq!(
+        decode_frame(&{
+            let mut b = good.clone();
+            b[20] = 1;
+            b
+        })
+        .unwrap()
+        .epoch(),
+        1
+    );
     // Count larger than the messages present.
     assert!(matches!(with(6, 2), DecodeError::Truncated { .. }));
     // Count smaller than the messages present.

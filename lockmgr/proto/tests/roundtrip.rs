@@ -64,7 +64,7 @@ fn heartbeat_frame_has_documented_layout() {
         1, 0,                   // message count
         7, 0, 0, 0, 0, 0, 0, 0, // session id
         36, 0, 0, 0,            // total length
-        0, 0, 0, 0,             // reserved
+        0, 0, 0, 0,             // epoch (none)
         0x06, 0, 8, 0,          // type Heartbeat, flags, body length
         1, 0, 0, 0, 0, 0, 0, 0, // seq
     ];

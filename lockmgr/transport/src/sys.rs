@@ -42,6 +42,22 @@ pub fn timeout_ms(timeout: Option<Duration>) -> libc::c_int {
     }
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: the clock `Instant` reads, as a number other processes on
+/// the same host (network namespaces included) can compare, e.g. in logs that tests order
+/// events of several processes by.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into a live local; CLOCK_MONOTONIC always
+    // exists on Linux, so it cannot fail.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
 /// Non-blocking, close-on-exec eventfd.
 pub fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: eventfd has no memory arguments; the returned fd is fresh and owned by us.

@@ -21,6 +21,14 @@
 //!
 //! While lockmgrd is unreachable the node keeps serving: lock requests are answered with
 //! `STATUS_REQUEST_NOT_ACCEPTED` and the session is retried in the background (NodeSessions).
+//!
+//! Fencing: the node holds a lease on its grants, renewed by every heartbeat lockmgrd
+//! acknowledges (rule in `lockmgr_client::LEASE_DRIFT_PPM`). When it runs out, before
+//! lockmgrd may expire the session, the session is dropped: every connection holding lock state
+//! in it goes (`take_lost_connections`, `Event::LockStateLost`), lock requests fail until a
+//! new session is up, [`LockService::fence_epoch`] moves on (cached grants check it), and the
+//! pump reconnects when lockmgrd answers again. The pump sleeps no longer than the lease
+//! (`NodeSessions::poll_timeout`), so it is awake to fence in time.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -82,6 +90,8 @@ pub struct ClusterLocks {
     nodes: Nodes,
     bell: Arc<PumpBell>,
     stats: Arc<PumpStats>,
+    /// The session's fence epoch ([`LockService::fence_epoch`]), read without the session lock.
+    fence_epoch: Arc<AtomicU64>,
 }
 
 /// The pump's handle on the node session (see the module documentation).
@@ -223,21 +233,31 @@ impl ClusterLocks {
         if replicated {
             let resume_any = connect_any;
             // A failover takes the standby's failure timeout plus an etcd update: keep
-            // trying every replica for a few failover periods.
+            // trying every replica for a few failover periods, but never past the node's
+            // lease (from then on the lock manager may give the session's state to others:
+            // the node is fenced instead, see lockmgr_client::LEASE_DRIFT_PPM).
             let budget = failover * 8;
-            locks.nodes.lock().set_resumer(Box::new(move |point| {
-                let deadline = std::time::Instant::now() + budget;
-                loop {
-                    match resume_any(Some(point)) {
-                        Ok(c) => return Ok(c),
-                        Err(e @ ClientError::Rejected(RejectReason::SessionLost)) => return Err(e),
-                        Err(e) if std::time::Instant::now() >= deadline => return Err(e),
-                        // A standby being promoted refuses (NotPrimary) until etcd has
-                        // named it: ask again soon.
-                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
+            locks
+                .nodes
+                .lock()
+                .set_resumer(Box::new(move |point, lease_end| {
+                    // An attempt at a silent replica takes up to `connect_timeout` (failover / 2):
+                    // none starts that could end past the lease.
+                    let deadline = (std::time::Instant::now() + budget)
+                        .min(lease_end.checked_sub(failover / 2).unwrap_or(lease_end));
+                    loop {
+                        match resume_any(Some(point)) {
+                            Ok(c) => return Ok(c),
+                            Err(e @ ClientError::Rejected(RejectReason::SessionLost)) => {
+                                return Err(e)
+                            }
+                            Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+                            // A standby being promoted refuses (NotPrimary) until etcd has
+                            // named it: ask again soon.
+                            Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                        }
                     }
-                }
-            }));
+                }));
         }
         Ok((locks, pump))
     }
@@ -262,12 +282,14 @@ impl ClusterLocks {
         if sessions.lock().is_connected() {
             tracing::info!("lockmgrd session established");
         }
+        let fence_epoch = sessions.lock().fence_epoch();
         let nodes = Arc::new(sessions);
         Ok((
             ClusterLocks {
                 nodes: Arc::clone(&nodes),
                 bell: Arc::clone(&bell),
                 stats: Arc::clone(&stats),
+                fence_epoch,
             },
             Pump { nodes, bell, stats },
         ))
@@ -348,6 +370,10 @@ impl LockService for ClusterLocks {
 
     fn take_lost_connections(&self) -> Vec<SessionId> {
         self.nodes.take_lost_connections()
+    }
+
+    fn fence_epoch(&self) -> u64 {
+        self.fence_epoch.load(Ordering::Acquire)
     }
 }
 

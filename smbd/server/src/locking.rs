@@ -40,6 +40,14 @@ pub trait LockService: Send + Sync {
     fn take_lost_connections(&self) -> Vec<SessionId> {
         Vec::new()
     }
+    /// The fence epoch: bumped whenever grants made to this node stop counting (a remote lock
+    /// manager's session fenced because the node's lease ran out, or lost). Whatever smbd caches
+    /// on the strength of a grant (oplock / lease state, a "no byte-range locks on this file"
+    /// answer) records the epoch it was granted in and is used only while this still returns
+    /// it. In-process services are never fenced: always 0.
+    fn fence_epoch(&self) -> u64 {
+        0
+    }
 }
 
 /// The lock service smbd uses when no lockmgrd is configured: the in-process lock engine.

@@ -211,8 +211,11 @@ impl Conn {
                 // Its handles' share modes and locks are no longer enforced anywhere: keeping
                 // them would let another node grant conflicting ones. Dropping the connection
                 // makes the client reconnect and reopen through the new lockmgrd session.
+                // The CLOCK_MONOTONIC stamp lets tests order this against other processes'
+                // events (the fencing test: before lockmgrd expires the node).
                 tracing::warn!(
                     conn = self.id,
+                    monotonic_ns = lockmgr_transport::sys::monotonic_ns(),
                     "lock state lost with lockmgrd; disconnecting"
                 );
                 self.closed = true;

@@ -95,6 +95,9 @@ pub enum LockTransportKind {
     AfPacket,
     /// As AfPacket, through AF_XDP sockets.
     AfXdp,
+    /// Reliable UDP over the bridge of the same namespaces as AfPacket (lockmgrd listens on
+    /// `EthNet::SERVER_IP`): a node can be partitioned from lockmgrd with `tc netem`.
+    UdpNetns,
 }
 
 /// The namespaces of an Ethernet cluster and the nodes' IPv4 addresses on the bridge.
@@ -104,8 +107,10 @@ pub struct EthNet {
 }
 
 impl EthNet {
-    const SERVER_IP: &'static str = "10.231.0.1";
-    fn node_ip(i: usize) -> String {
+    pub const SERVER_IP: &'static str = "10.231.0.1";
+    /// lockmgrd's UDP port in a `UdpNetns` cluster.
+    pub const UDP_PORT: u16 = 7500;
+    pub fn node_ip(i: usize) -> String {
         format!("10.231.0.{}", i + 2)
     }
 }
@@ -206,7 +211,9 @@ impl Cluster {
         )
         .unwrap();
         let eth = match opts.transport {
-            LockTransportKind::AfPacket | LockTransportKind::AfXdp => {
+            LockTransportKind::AfPacket
+            | LockTransportKind::AfXdp
+            | LockTransportKind::UdpNetns => {
                 let star = lockmgr_transport::netns::star_or_skip("cluster", opts.nodes, 1500)?;
                 let ip = |ns: &str, dev: &str, addr: String| {
                     let st = Command::new("ip")
@@ -234,7 +241,12 @@ impl Cluster {
             let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
             s.local_addr().unwrap().to_string()
         };
-        let udp = (opts.transport == LockTransportKind::Udp || opts.replicated).then(free_udp);
+        let udp = match opts.transport {
+            LockTransportKind::UdpNetns => {
+                Some(format!("{}:{}", EthNet::SERVER_IP, EthNet::UDP_PORT))
+            }
+            _ => (opts.transport == LockTransportKind::Udp || opts.replicated).then(free_udp),
+        };
         let replication = if opts.replicated {
             let etcd = match lockmgr_coord::LocalEtcd::start() {
                 Ok(e) => e,
