@@ -230,7 +230,8 @@ pub fn established_to(proc_net_tcp: &str, held: &[Ipv4Addr]) -> Vec<TcpConn> {
     out
 }
 
-/// `ADDRESS holder assigned-to` lines (the control socket's `ips`).
+/// `ADDRESS holders assigned-to` lines (the control socket's `ips`; holders: the nodes not
+/// dead that claim it, `-` for none).
 pub fn ips_text(state: &WitnessState) -> String {
     let views = state.node_views(Instant::now());
     let names = state.node_names();
@@ -241,7 +242,8 @@ pub fn ips_text(state: &WitnessState) -> String {
         let holders: Vec<&str> = views
             .iter()
             .zip(&names)
-            .filter(|(v, _)| v.claims & (1 << i) != 0)
+            // A dead node's last word is not holding: its address is being taken over.
+            .filter(|(v, _)| v.claims & (1 << i) != 0 && v.status != NodeStatus::Dead)
             .map(|(_, n)| n.as_str())
             .collect();
         let holder = if holders.is_empty() {
