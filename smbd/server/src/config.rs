@@ -543,6 +543,130 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub witness: WitnessConfig,
+    #[serde(default)]
+    pub public_addresses: PublicAddressesConfig,
+}
+
+/// `[public_addresses]`: service addresses that move between the nodes (CTDB's public
+/// addresses; see `crate::witness::public_ip` for the assignment and takeover rules). Needs
+/// `[witness]` (the node states and the heartbeat channel). Every node carries the same list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublicAddressesConfig {
+    /// At most 64 (the heartbeat carries who holds what as a 64-bit set).
+    #[serde(default)]
+    pub addresses: Vec<PublicAddress>,
+    /// How long a dead node's addresses wait after it was declared dead (`[witness]
+    /// dead_after_ms` of silence) before a survivor takes them: at least lockmgrd's liveness
+    /// lease (`[sessions] liveness_ms`), so the dead node has lost its lock session and can no
+    /// longer answer for them.
+    #[serde(default = "default_fence_ms")]
+    pub fence_ms: u64,
+    /// Send tickle ACKs for the connections of a taken address. Only turned off to show what
+    /// they are for (tests): without them a dead node's idle clients hang.
+    #[serde(default = "default_true")]
+    pub tickle: bool,
+    /// The most client connections this node publishes to its peers (what a survivor
+    /// tickles); beyond it the rest are not tickled and wait for TCP to notice.
+    #[serde(default = "default_published_connections")]
+    pub max_published_connections: usize,
+}
+
+/// One `[[public_addresses.addresses]]` entry.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PublicAddress {
+    /// `A.B.C.D/PREFIX`.
+    pub address: Ipv4Cidr,
+    /// The interface it is added to on whichever node holds it.
+    pub interface: String,
+}
+
+/// An IPv4 address with its prefix length (`10.0.0.100/24`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Ipv4Cidr {
+    pub addr: std::net::Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl TryFrom<String> for Ipv4Cidr {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?}: expected A.B.C.D/PREFIX"))?;
+        let addr = a.parse().map_err(|_| format!("{s:?}: bad IPv4 address"))?;
+        let prefix = p
+            .parse::<u8>()
+            .ok()
+            .filter(|p| *p <= 32)
+            .ok_or_else(|| format!("{s:?}: prefix must be 0-32"))?;
+        Ok(Ipv4Cidr { addr, prefix })
+    }
+}
+
+impl std::fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Most public addresses a cluster can have (one bit each in the heartbeat).
+pub const MAX_PUBLIC_ADDRESSES: usize = 64;
+/// Most connections a node can publish: 255 datagrams of 100 (see `witness::peers`).
+pub const MAX_PUBLISHED_CONNECTIONS: usize = 255 * 100;
+
+fn default_fence_ms() -> u64 {
+    1000
+}
+fn default_published_connections() -> usize {
+    4096
+}
+
+impl Default for PublicAddressesConfig {
+    fn default() -> Self {
+        PublicAddressesConfig {
+            addresses: Vec::new(),
+            fence_ms: default_fence_ms(),
+            tickle: true,
+            max_published_connections: default_published_connections(),
+        }
+    }
+}
+
+impl PublicAddressesConfig {
+    fn validate(&self, witness: &WitnessConfig) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(format!("[public_addresses] {m}")));
+        if self.addresses.is_empty() {
+            return Ok(());
+        }
+        if !witness.enabled {
+            return bad("needs [witness] enabled = true (node states and heartbeats)".into());
+        }
+        if self.addresses.len() > MAX_PUBLIC_ADDRESSES {
+            return bad(format!("at most {MAX_PUBLIC_ADDRESSES} addresses"));
+        }
+        for (i, a) in self.addresses.iter().enumerate() {
+            if self.addresses[..i]
+                .iter()
+                .any(|b| b.address.addr == a.address.addr)
+            {
+                return bad(format!("{} listed twice", a.address));
+            }
+            // IFNAMSIZ is 16 with the NUL.
+            if a.interface.is_empty() || a.interface.len() > 15 || a.interface.contains('\0') {
+                return bad(format!("{}: bad interface {:?}", a.address, a.interface));
+            }
+        }
+        if self.max_published_connections > MAX_PUBLISHED_CONNECTIONS {
+            return bad(format!(
+                "max_published_connections must be at most {}",
+                MAX_PUBLISHED_CONNECTIONS
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[witness]`: the SMB witness service (MS-SWN) on ncacn_ip_tcp, its endpoint mapper, and
@@ -711,6 +835,7 @@ impl Config {
         cfg.lockmgr.validate()?;
         cfg.limits.validate()?;
         cfg.witness.validate(&cfg.lockmgr)?;
+        cfg.public_addresses.validate(&cfg.witness)?;
         Ok(cfg)
     }
 
@@ -842,6 +967,33 @@ mod tests {
         ] {
             assert!(Config::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn public_addresses_parse_and_need_the_witness() {
+        let witness = "[witness]\nenabled = true\nnode = \"n1\"\n[[witness.nodes]]\nname = \"n1\"\naddress = \"10.0.0.1\"\npeer = \"10.0.0.1:5135\"\n";
+        let addrs = "[public_addresses]\nfence_ms = 2000\n[[public_addresses.addresses]]\naddress = \"10.0.0.100/24\"\ninterface = \"eth0\"\n";
+        let c = Config::parse(&format!("{witness}{addrs}")).unwrap();
+        let p = &c.public_addresses;
+        assert_eq!((p.fence_ms, p.tickle), (2000, true));
+        assert_eq!(p.addresses[0].address.to_string(), "10.0.0.100/24");
+        assert_eq!(p.addresses[0].interface, "eth0");
+        let e = Config::parse(addrs).unwrap_err().to_string();
+        assert!(e.contains("needs [witness]"), "{e}");
+        for (bad, why) in [
+            ("10.0.0.100", "A.B.C.D/PREFIX"),
+            ("10.0.0.100/33", "prefix"),
+            ("10.0.0/24", "IPv4"),
+        ] {
+            let text = format!("{witness}[[public_addresses.addresses]]\naddress = \"{bad}\"\ninterface = \"eth0\"\n");
+            let e = Config::parse(&text).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let twice = format!("{witness}{addrs}[[public_addresses.addresses]]\naddress = \"10.0.0.100/16\"\ninterface = \"eth1\"\n");
+        assert!(Config::parse(&twice)
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
     }
 
     #[test]

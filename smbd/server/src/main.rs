@@ -1,6 +1,8 @@
 //! `smbd --config FILE [--listen ADDR:PORT ...]`: the SMB2/3 file server.
 //! `smbd passwd --users FILE [--uid N --gid N] [--groups G,..] [--delete] USER`: manage users.
-//! `smbd witness --socket PATH drain|undrain|status`: drain a node for the witness service.
+//! `smbd witness --socket PATH drain|undrain|status|ips|connections`: drain a node for the
+//! witness service, list the nodes, the public addresses and their holders, the connections
+//! a takeover would tickle.
 //!
 //! The configuration format is documented in [`smbd::config`]; see `smbd/smbd.example.toml`.
 //! Prints `smbd listening on ADDR` for each bound address (port 0 picks a free port).
@@ -42,8 +44,10 @@ enum Command {
     /// keeps NT hashes, never passwords, and is written with mode 0600.
     Passwd(PasswdArgs),
     /// Talk to a running smbd's witness control socket (`[witness] control_socket`):
-    /// `drain` (its witness clients are told to move to the other nodes, on every node),
-    /// `undrain`, `status`.
+    /// `drain` (its witness clients are told to move to the other nodes, on every node, and
+    /// its public addresses move to them), `undrain`, `status`, `ips` (public addresses:
+    /// address, holder, assigned node), `connections` (per public address: who published
+    /// its client connections, how many, the clients).
     Witness(WitnessArgs),
 }
 
@@ -52,7 +56,7 @@ struct WitnessArgs {
     /// The control socket.
     #[arg(long)]
     socket: PathBuf,
-    /// drain | undrain | status
+    /// drain | undrain | status | ips | connections
     command: String,
 }
 

@@ -59,6 +59,8 @@ struct WitnessParts {
     state: Arc<crate::witness::WitnessState>,
     listeners: crate::witness::tcp::RpcListeners,
     peers: crate::witness::peers::PeerSockets,
+    /// With `[public_addresses]`.
+    public: Option<crate::witness::public_ip::Manager>,
 }
 
 impl Server {
@@ -215,9 +217,13 @@ impl Server {
             None => None,
         };
         let witness_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut public_ip = None;
         if let Some(w) = self.witness.take() {
             w.listeners.spawn(w.state.clone(), witness_stop.clone())?;
             w.peers.spawn(w.state, witness_stop.clone())?;
+            if let Some(m) = w.public {
+                public_ip = Some(m.spawn(witness_stop.clone())?);
+            }
         }
         let mut handles = Vec::new();
         for idx in 0..self.workers {
@@ -247,6 +253,12 @@ impl Server {
             }
         }
         witness_stop.store(true, Ordering::Relaxed);
+        // It removes the public addresses this node holds before it returns.
+        if let Some(h) = public_ip {
+            if h.join().is_err() {
+                tracing::error!("public address manager panicked");
+            }
+        }
         let (lock_requests, by_kind) = self.shared.lock_requests.summary();
         tracing::info!(
             lock_requests,
@@ -267,7 +279,17 @@ impl Server {
 /// Bind the witness' listeners and read its key (errors stop smbd at start).
 fn bind_witness(config: &Config) -> Result<WitnessParts, ServerError> {
     let wc = &config.witness;
-    let state = crate::witness::WitnessState::new(wc.clone(), &config.server.netbios_name);
+    let public: Vec<std::net::Ipv4Addr> = config
+        .public_addresses
+        .addresses
+        .iter()
+        .map(|a| a.address.addr)
+        .collect();
+    let state = crate::witness::WitnessState::with_public_addresses(
+        wc.clone(),
+        &config.server.netbios_name,
+        public,
+    );
     let listeners = crate::witness::tcp::RpcListeners::bind(&state).map_err(|e| {
         ServerError::Witness(format!("listen on {} / {}: {e}", wc.epm_listen, wc.listen))
     })?;
@@ -284,10 +306,14 @@ fn bind_witness(config: &Config) -> Result<WitnessParts, ServerError> {
     };
     let peers = crate::witness::peers::PeerSockets::bind(&state, key)
         .map_err(|e| ServerError::Witness(format!("peer or control socket: {e}")))?;
+    let public = (!config.public_addresses.addresses.is_empty()).then(|| {
+        crate::witness::public_ip::Manager::new(state.clone(), config.public_addresses.clone())
+    });
     Ok(WitnessParts {
         state,
         listeners,
         peers,
+        public,
     })
 }
 

@@ -22,10 +22,13 @@
 //! dropped with its connection.
 
 pub mod peers;
+pub mod public_ip;
+#[allow(unsafe_code)]
+mod rawnet;
 pub mod tcp;
 
 use std::collections::{HashMap, VecDeque};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -65,6 +68,45 @@ struct Node {
     last_heard: Instant,
     /// Highest heartbeat sequence accepted (replays of older ones are ignored).
     last_seq: u64,
+    /// The public addresses (bit i: `[public_addresses]` entry i) it said it holds in its
+    /// last heartbeat; for this node, what it holds.
+    claims: u64,
+    /// Generation of its last complete connection list (older pages are ignored).
+    conns_gen: u64,
+    /// A connection list arriving page by page.
+    assembly: Option<Assembly>,
+}
+
+/// One client TCP connection to a public address (what a survivor tickles).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TcpConn {
+    pub client: SocketAddrV4,
+    pub public: SocketAddrV4,
+}
+
+/// The pages of one connection list received so far.
+struct Assembly {
+    gen: u64,
+    pages: u8,
+    got: Vec<bool>,
+    conns: Vec<TcpConn>,
+}
+
+/// The last connections published for one public address, and by whom: kept after the
+/// holder releases or dies, for whoever takes the address next (CTDB's tickle list).
+#[derive(Default)]
+struct AddrConns {
+    owner: Option<usize>,
+    conns: Vec<TcpConn>,
+}
+
+/// What the public address manager needs to know of one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeView {
+    pub status: NodeStatus,
+    /// Time since it was last heard (zero for this node).
+    pub silent_for: Duration,
+    pub claims: u64,
 }
 
 struct Registration {
@@ -80,6 +122,14 @@ struct Registration {
 
 struct Inner {
     nodes: Vec<Node>,
+    /// This node's client connections to the addresses it holds, and their generation
+    /// (bumped on every change, sent as the list's generation).
+    local_conns: Vec<TcpConn>,
+    local_conns_gen: u64,
+    /// What this node held when it took that list (sent with it).
+    local_conns_claims: u64,
+    /// Per public address (config order).
+    addr_conns: Vec<AddrConns>,
     registrations: HashMap<Uuid, Registration>,
     /// Answers for calls whose registration is gone (UnRegister with an AsyncNotify pending).
     orphaned: HashMap<u64, Vec<(CallId, NotifyOutcome)>>,
@@ -90,11 +140,22 @@ pub struct WitnessState {
     cfg: WitnessConfig,
     net_names: Vec<String>,
     local: usize,
+    /// `[public_addresses]` addresses, in config order (bit i of a claim set).
+    public: Vec<Ipv4Addr>,
     inner: Mutex<Inner>,
 }
 
 impl WitnessState {
     pub fn new(cfg: WitnessConfig, netbios_name: &str) -> Arc<Self> {
+        Self::with_public_addresses(cfg, netbios_name, Vec::new())
+    }
+
+    /// As [`WitnessState::new`], for a cluster with `public` addresses (config order).
+    pub fn with_public_addresses(
+        cfg: WitnessConfig,
+        netbios_name: &str,
+        public: Vec<Ipv4Addr>,
+    ) -> Arc<Self> {
         let now = Instant::now();
         let nodes = cfg
             .nodes
@@ -105,6 +166,9 @@ impl WitnessState {
                 status: NodeStatus::Up,
                 last_heard: now,
                 last_seq: 0,
+                claims: 0,
+                conns_gen: 0,
+                assembly: None,
             })
             .collect();
         let local = cfg
@@ -114,12 +178,18 @@ impl WitnessState {
             .unwrap_or(0);
         let mut net_names = vec![netbios_name.to_string()];
         net_names.extend(cfg.net_name.clone());
+        let addr_conns = public.iter().map(|_| AddrConns::default()).collect();
         Arc::new(Self {
             cfg,
             net_names,
             local,
+            public,
             inner: Mutex::new(Inner {
                 nodes,
+                local_conns: Vec::new(),
+                local_conns_gen: 0,
+                local_conns_claims: 0,
+                addr_conns,
                 registrations: HashMap::new(),
                 orphaned: HashMap::new(),
             }),
@@ -159,8 +229,9 @@ impl WitnessState {
         transition(&mut inner, local, status);
     }
 
-    /// A verified heartbeat from node `name` with sequence `seq` and `status`.
-    pub fn heard(&self, name: &str, seq: u64, status: NodeStatus, now: Instant) {
+    /// A verified heartbeat from node `name` with sequence `seq`, `status` and the public
+    /// addresses it holds (`claims`).
+    pub fn heard(&self, name: &str, seq: u64, status: NodeStatus, claims: u64, now: Instant) {
         let mut inner = self.lock();
         let Some(i) = inner.nodes.iter().position(|n| n.name == name) else {
             return;
@@ -170,7 +241,189 @@ impl WitnessState {
         }
         inner.nodes[i].last_seq = seq;
         inner.nodes[i].last_heard = now;
+        inner.nodes[i].claims = claims;
         transition(&mut inner, i, status);
+    }
+
+    /// This node's index in `[witness] nodes`.
+    pub fn local_index(&self) -> usize {
+        self.local
+    }
+
+    /// The public addresses, config order.
+    pub fn public_addresses(&self) -> &[Ipv4Addr] {
+        &self.public
+    }
+
+    /// Every node as the public address manager sees it (`now` measures silences).
+    pub fn node_views(&self, now: Instant) -> Vec<NodeView> {
+        let inner = self.lock();
+        inner
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| NodeView {
+                status: n.status,
+                silent_for: if i == self.local {
+                    Duration::ZERO
+                } else {
+                    now.saturating_duration_since(n.last_heard)
+                },
+                claims: n.claims,
+            })
+            .collect()
+    }
+
+    /// Node names, config order.
+    pub fn node_names(&self) -> Vec<String> {
+        self.lock().nodes.iter().map(|n| n.name.clone()).collect()
+    }
+
+    /// What this node holds (set by the public address manager, sent in heartbeats).
+    pub fn set_local_claims(&self, claims: u64) {
+        let local = self.local;
+        self.lock().nodes[local].claims = claims;
+    }
+
+    /// This node's status and held addresses, read together for one heartbeat.
+    pub fn local_heartbeat(&self) -> (NodeStatus, u64) {
+        let inner = self.lock();
+        (
+            inner.nodes[self.local].status,
+            inner.nodes[self.local].claims,
+        )
+    }
+
+    /// Replace this node's published connection list, found while it held `claims` (a new
+    /// generation when either changed).
+    pub fn set_local_conns(&self, conns: Vec<TcpConn>, claims: u64) {
+        let mut inner = self.lock();
+        if inner.local_conns != conns || inner.local_conns_claims != claims {
+            inner.local_conns = conns;
+            inner.local_conns_claims = claims;
+            inner.local_conns_gen += 1;
+        }
+    }
+
+    /// The generation of this node's connection list.
+    pub fn local_conns_gen(&self) -> u64 {
+        self.lock().local_conns_gen
+    }
+
+    /// This node's connection list, its generation and what the node held then.
+    pub fn local_conns(&self) -> (u64, Vec<TcpConn>, u64) {
+        let inner = self.lock();
+        (
+            inner.local_conns_gen,
+            inner.local_conns.clone(),
+            inner.local_conns_claims,
+        )
+    }
+
+    /// One verified page of node `name`'s connection list `gen` (page `page` of `pages`),
+    /// taken while it held `claims`. A complete list replaces what that node published for
+    /// the addresses it held then; the lists of addresses it no longer held stay for their
+    /// next holder.
+    pub fn heard_conns(
+        &self,
+        name: &str,
+        gen: u64,
+        page: u8,
+        pages: u8,
+        claims: u64,
+        conns: &[TcpConn],
+    ) {
+        let mut inner = self.lock();
+        let Some(i) = inner.nodes.iter().position(|n| n.name == name) else {
+            return;
+        };
+        if i == self.local || gen <= inner.nodes[i].conns_gen || page >= pages {
+            return;
+        }
+        let node = &mut inner.nodes[i];
+        match &node.assembly {
+            Some(a) if a.gen > gen => return,
+            Some(a) if a.gen == gen && a.pages == pages => {}
+            _ => {
+                node.assembly = Some(Assembly {
+                    gen,
+                    pages,
+                    got: vec![false; usize::from(pages)],
+                    conns: Vec::new(),
+                })
+            }
+        }
+        let Some(a) = node.assembly.as_mut() else {
+            return;
+        };
+        if a.got[usize::from(page)] {
+            return;
+        }
+        a.got[usize::from(page)] = true;
+        a.conns.extend_from_slice(conns);
+        if !a.got.iter().all(|g| *g) {
+            return;
+        }
+        let Some(done) = node.assembly.take() else {
+            return;
+        };
+        node.conns_gen = done.gen;
+        for (k, addr) in self.public.iter().enumerate() {
+            let mine: Vec<TcpConn> = done
+                .conns
+                .iter()
+                .filter(|c| c.public.ip() == addr)
+                .copied()
+                .collect();
+            let slot = &mut inner.addr_conns[k];
+            if !mine.is_empty() {
+                *slot = AddrConns {
+                    owner: Some(i),
+                    conns: mine,
+                };
+            } else if slot.owner == Some(i) && claims & (1 << k) != 0 {
+                // (`claims` of the last page: every page of a list carries the same.)
+                // It still holds the address and has no connections to it any more.
+                slot.conns.clear();
+            }
+        }
+    }
+
+    /// Take the connections last published for public address `k` by another node: the
+    /// ones to tickle when this node takes the address over.
+    pub fn take_conns(&self, k: usize) -> Vec<TcpConn> {
+        let mut inner = self.lock();
+        let local = self.local;
+        match inner.addr_conns.get_mut(k) {
+            Some(slot) if slot.owner != Some(local) => {
+                slot.owner = Some(local);
+                std::mem::take(&mut slot.conns)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// `ADDRESS published-by count` lines (the control socket's `connections`).
+    pub fn conns_text(&self) -> String {
+        let inner = self.lock();
+        let mut s = String::new();
+        for (k, slot) in inner.addr_conns.iter().enumerate() {
+            let owner = slot
+                .owner
+                .map_or("-", |o| inner.nodes[o].name.as_str())
+                .to_string();
+            s.push_str(&format!(
+                "{} {} {}",
+                self.public[k],
+                owner,
+                slot.conns.len()
+            ));
+            for c in &slot.conns {
+                s.push_str(&format!(" {}", c.client));
+            }
+            s.push('\n');
+        }
+        s
     }
 
     /// Mark nodes silent for `dead_after_ms` as dead.
@@ -501,7 +754,7 @@ mod tests {
         assert_eq!(s.async_notify(1, h2, CALL), Ok(None));
         assert_eq!(s.async_notify(1, h2, CALL), Err(werror::INVALID_STATE));
         assert!(s.take_ready(1, Instant::now()).is_empty());
-        s.heard("n2", 1, NodeStatus::Draining, Instant::now());
+        s.heard("n2", 1, NodeStatus::Draining, 0, Instant::now());
         let ready = s.take_ready(1, Instant::now());
         assert_eq!(
             ready,
@@ -517,7 +770,7 @@ mod tests {
         assert_eq!(s.async_notify(1, h3, CALL), Ok(None));
         assert!(s.take_ready(1, Instant::now()).is_empty());
         // A replayed older heartbeat changes nothing.
-        s.heard("n2", 1, NodeStatus::Up, Instant::now());
+        s.heard("n2", 1, NodeStatus::Up, 0, Instant::now());
         assert!(s.status_text().contains("n2 10.0.0.2 draining"));
     }
 
@@ -545,6 +798,42 @@ mod tests {
             vec![(CALL, NotifyOutcome::Error(werror::NOT_FOUND))]
         );
         assert_eq!(s.unregister(1, h), werror::NOT_FOUND);
+    }
+
+    #[test]
+    fn published_connections_wait_for_the_next_holder_of_their_address() {
+        let cfg = state().config().clone();
+        let s = WitnessState::with_public_addresses(
+            cfg,
+            "CLUSTER",
+            vec!["10.0.0.100".parse().unwrap(), "10.0.0.101".parse().unwrap()],
+        );
+        let conn = |port, public: &str| TcpConn {
+            client: SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, 7), port),
+            public: SocketAddrV4::new(public.parse().unwrap(), 445),
+        };
+        let a = conn(40000, "10.0.0.100");
+        let b = conn(40001, "10.0.0.101");
+        // n2 holds both; its list comes in two pages, complete only with both.
+        s.heard_conns("n2", 5, 1, 2, 0b11, &[b]);
+        assert!(s.conns_text().starts_with("10.0.0.100 - 0"));
+        s.heard_conns("n2", 5, 0, 2, 0b11, &[a]);
+        assert_eq!(
+            s.conns_text(),
+            "10.0.0.100 n2 1 10.0.1.7:40000\n10.0.0.101 n2 1 10.0.1.7:40001\n"
+        );
+        // An older list is ignored; a newer one taken after n2 released address 0 (and whose
+        // client of address 1 left) keeps address 0's list and empties address 1's.
+        s.heard_conns("n2", 4, 0, 1, 0b11, &[]);
+        s.heard_conns("n2", 6, 0, 1, 0b10, &[]);
+        assert_eq!(
+            s.conns_text(),
+            "10.0.0.100 n2 1 10.0.1.7:40000\n10.0.0.101 n2 0\n"
+        );
+        // This node takes address 0: those are its tickles, once.
+        assert_eq!(s.take_conns(0), vec![a]);
+        assert_eq!(s.take_conns(0), vec![]);
+        assert!(s.conns_text().starts_with("10.0.0.100 n1 0"));
     }
 
     #[test]

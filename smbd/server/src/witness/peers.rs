@@ -2,11 +2,21 @@
 //! heartbeat from every node to every node, and the local control socket an administrator
 //! drains the node through (`smbd witness drain`).
 //!
-//! A heartbeat is `"SWN1" | seq u64 | status u8 | name_len u8 | name | HMAC-SHA256` over
-//! everything before the MAC, keyed with the cluster key. `seq` is the sender's wall clock in
-//! milliseconds plus a counter, so it grows across restarts; a receiver keeps the highest it
-//! accepted per node and drops anything not above it (a recorded "up" replayed after the node
-//! died does not bring it back).
+//! A heartbeat is `"SWN2" | seq u64 | status u8 | claims u64 | name_len u8 | name |
+//! HMAC-SHA256` over everything before the MAC, keyed with the cluster key. `claims` is the
+//! set of public addresses the sender holds (bit i: `[public_addresses]` entry i). `seq` is
+//! the sender's wall clock in milliseconds plus a counter, so it grows across restarts; a
+//! receiver keeps the highest it accepted per node and drops anything not above it (a
+//! recorded "up" replayed after the node died does not bring it back).
+//!
+//! With public addresses, a node also publishes its client connections to the addresses it
+//! holds (what a survivor tickles after taking them), as pages of at most
+//! `CONNS_PER_PAGE`: `"SWC1" | gen u64 | page u8 | pages u8 | claims u64 | name_len u8 | name |
+//! count u8 |
+//! count x (client IPv4, client port, public IPv4, public port; network order) | HMAC`. A
+//! list goes out when it changes and again every `CONNS_RESEND_BEATS` heartbeats (a lost
+//! page is made good); `gen` grows like `seq`, and a receiver takes a list only once all its
+//! pages arrived and only if it is newer than the last one it took.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::UdpSocket;
@@ -20,11 +30,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::{NodeStatus, WitnessState};
+use super::{NodeStatus, TcpConn, WitnessState};
+use std::net::{Ipv4Addr, SocketAddrV4};
 
-const MAGIC: &[u8; 4] = b"SWN1";
+const MAGIC: &[u8; 4] = b"SWN2";
+const CONNS_MAGIC: &[u8; 4] = b"SWC1";
 const MAC_LEN: usize = 32;
-const MAX_DATAGRAM: usize = 4 + 8 + 1 + 1 + 255 + MAC_LEN;
+/// Connections per page: a page stays under 1500 bytes, so it is never fragmented.
+const CONNS_PER_PAGE: usize = 100;
+const CONN_LEN: usize = 12;
+/// A connection list is sent again after this many heartbeats even when unchanged.
+const CONNS_RESEND_BEATS: u32 = 4;
+const MAX_DATAGRAM: usize = 4 + 8 + 2 + 8 + 1 + 255 + 1 + CONNS_PER_PAGE * CONN_LEN + MAC_LEN;
 
 fn mac(key: &[u8], data: &[u8]) -> [u8; MAC_LEN] {
     // HMAC takes keys of any length; new_from_slice cannot fail for it.
@@ -43,39 +60,181 @@ fn status_byte(s: NodeStatus) -> u8 {
     }
 }
 
-/// Encode a heartbeat.
-pub fn encode(key: &[u8], name: &str, seq: u64, status: NodeStatus) -> Vec<u8> {
+/// A decoded heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    pub name: String,
+    pub seq: u64,
+    pub status: NodeStatus,
+    pub claims: u64,
+}
+
+/// One decoded page of a connection list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnsPage {
+    pub name: String,
+    pub gen: u64,
+    pub page: u8,
+    pub pages: u8,
+    /// What the sender held when it took the list: an address it held with no connection
+    /// listed has none; one it did not hold keeps its last list for its next holder.
+    pub claims: u64,
+    pub conns: Vec<TcpConn>,
+}
+
+/// A verified datagram from a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerMessage {
+    Heartbeat(Heartbeat),
+    Conns(ConnsPage),
+}
+
+fn push_name(d: &mut Vec<u8>, name: &str) {
     let name = &name.as_bytes()[..name.len().min(255)];
-    let mut d = MAGIC.to_vec();
-    d.extend_from_slice(&seq.to_le_bytes());
-    d.push(status_byte(status));
     d.push(name.len() as u8);
     d.extend_from_slice(name);
+}
+
+fn sign(key: &[u8], mut d: Vec<u8>) -> Vec<u8> {
     let m = mac(key, &d);
     d.extend_from_slice(&m);
     d
 }
 
-/// Decode and verify a heartbeat: `(name, seq, status)`.
-pub fn decode(key: &[u8], d: &[u8]) -> Option<(String, u64, NodeStatus)> {
-    if d.len() < 14 + MAC_LEN || &d[..4] != MAGIC {
+/// Encode a heartbeat.
+pub fn encode(key: &[u8], name: &str, seq: u64, status: NodeStatus, claims: u64) -> Vec<u8> {
+    let mut d = MAGIC.to_vec();
+    d.extend_from_slice(&seq.to_le_bytes());
+    d.push(status_byte(status));
+    d.extend_from_slice(&claims.to_le_bytes());
+    push_name(&mut d, name);
+    sign(key, d)
+}
+
+/// Encode connection list `gen` as its pages (one, empty, for an empty list).
+pub fn encode_conns(
+    key: &[u8],
+    name: &str,
+    gen: u64,
+    claims: u64,
+    conns: &[TcpConn],
+) -> Vec<Vec<u8>> {
+    let chunks: Vec<&[TcpConn]> = if conns.is_empty() {
+        vec![&[]]
+    } else {
+        conns.chunks(CONNS_PER_PAGE).take(255).collect()
+    };
+    let pages = chunks.len() as u8;
+    chunks
+        .iter()
+        .enumerate()
+        .map(|(page, chunk)| {
+            let mut d = CONNS_MAGIC.to_vec();
+            d.extend_from_slice(&gen.to_le_bytes());
+            d.push(page as u8);
+            d.push(pages);
+            d.extend_from_slice(&claims.to_le_bytes());
+            push_name(&mut d, name);
+            d.push(chunk.len() as u8);
+            for c in *chunk {
+                for a in [c.client, c.public] {
+                    d.extend_from_slice(&a.ip().octets());
+                    d.extend_from_slice(&a.port().to_be_bytes());
+                }
+            }
+            sign(key, d)
+        })
+        .collect()
+}
+
+/// A cursor over a datagram body; `None` past its end.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn name(&mut self) -> Option<String> {
+        let n = usize::from(self.u8()?);
+        String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
+    fn v4(&mut self) -> Option<SocketAddrV4> {
+        let ip: [u8; 4] = self.take(4)?.try_into().ok()?;
+        let port: [u8; 2] = self.take(2)?.try_into().ok()?;
+        Some(SocketAddrV4::new(
+            Ipv4Addr::from(ip),
+            u16::from_be_bytes(port),
+        ))
+    }
+}
+
+/// Decode and verify a datagram from a peer.
+pub fn decode(key: &[u8], d: &[u8]) -> Option<PeerMessage> {
+    if d.len() < 4 + MAC_LEN {
         return None;
     }
     let (body, tag) = d.split_at(d.len() - MAC_LEN);
     let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).ok()?;
     m.update(body);
     m.verify_slice(tag).ok()?;
-    let seq = u64::from_le_bytes(body[4..12].try_into().ok()?);
-    let status = match body[12] {
-        0 => NodeStatus::Up,
-        1 => NodeStatus::Draining,
-        _ => return None,
+    let mut r = Reader(body);
+    let magic = r.take(4)?;
+    let msg = if magic == MAGIC {
+        let seq = r.u64()?;
+        let status = match r.u8()? {
+            0 => NodeStatus::Up,
+            1 => NodeStatus::Draining,
+            _ => return None,
+        };
+        let claims = r.u64()?;
+        let name = r.name()?;
+        PeerMessage::Heartbeat(Heartbeat {
+            name,
+            seq,
+            status,
+            claims,
+        })
+    } else if magic == CONNS_MAGIC {
+        let gen = r.u64()?;
+        let page = r.u8()?;
+        let pages = r.u8()?;
+        let claims = r.u64()?;
+        let name = r.name()?;
+        let count = usize::from(r.u8()?);
+        if page >= pages || count > CONNS_PER_PAGE {
+            return None;
+        }
+        let mut conns = Vec::with_capacity(count);
+        for _ in 0..count {
+            conns.push(TcpConn {
+                client: r.v4()?,
+                public: r.v4()?,
+            });
+        }
+        PeerMessage::Conns(ConnsPage {
+            name,
+            gen,
+            page,
+            pages,
+            claims,
+            conns,
+        })
+    } else {
+        return None;
     };
-    let name_len = usize::from(body[13]);
-    let name = body
-        .get(14..14 + name_len)
-        .filter(|_| body.len() == 14 + name_len)?;
-    Some((String::from_utf8(name.to_vec()).ok()?, seq, status))
+    // Nothing may follow the fields.
+    r.0.is_empty().then_some(msg)
 }
 
 /// The heartbeat socket (with more than one node) and the control socket, bound at start so
@@ -137,26 +296,55 @@ fn heartbeats(sock: UdpSocket, state: Arc<WitnessState>, key: Vec<u8>, shutdown:
         .map_or(0, |d| d.as_millis() as u64);
     let mut counter = 0u64;
     let mut next_send = Instant::now();
-    let mut last_status = state.local_status();
+    let mut last_sent = state.local_heartbeat();
+    let mut conns_sent_gen = None;
+    let mut beats_since_conns = 0u32;
     let mut buf = [0u8; MAX_DATAGRAM + 1];
+    let send_all = |d: &[u8]| {
+        for n in cfg.nodes.iter().filter(|n| n.name != cfg.node) {
+            if let Err(e) = sock.send_to(d, n.peer) {
+                tracing::debug!(%e, peer = %n.peer, "witness heartbeat");
+            }
+        }
+    };
     while !shutdown.load(Ordering::Relaxed) {
         let now = Instant::now();
-        let status = state.local_status();
-        // A status change (a drain) goes out at once rather than at the next period.
-        if now >= next_send || status != last_status {
+        let (status, claims) = state.local_heartbeat();
+        let gen = state.local_conns_gen();
+        // A status change (a drain) or a taken / released address goes out at once rather
+        // than at the next period.
+        if now >= next_send || (status, claims) != last_sent {
             counter += 1;
-            let d = encode(&key, &cfg.node, base.wrapping_mul(1000) + counter, status);
-            for n in cfg.nodes.iter().filter(|n| n.name != cfg.node) {
-                if let Err(e) = sock.send_to(&d, n.peer) {
-                    tracing::debug!(%e, peer = %n.peer, "witness heartbeat");
-                }
-            }
+            send_all(&encode(
+                &key,
+                &cfg.node,
+                base.wrapping_mul(1000) + counter,
+                status,
+                claims,
+            ));
             next_send = now + period;
-            last_status = status;
+            last_sent = (status, claims);
+            beats_since_conns += 1;
+        }
+        if !state.public_addresses().is_empty()
+            && (conns_sent_gen != Some(gen) || beats_since_conns >= CONNS_RESEND_BEATS)
+        {
+            let (list_gen, conns, held) = state.local_conns();
+            let wire_gen = base.wrapping_mul(1000) + list_gen;
+            for page in encode_conns(&key, &cfg.node, wire_gen, held, &conns) {
+                send_all(&page);
+            }
+            conns_sent_gen = Some(list_gen);
+            beats_since_conns = 0;
         }
         match sock.recv_from(&mut buf) {
             Ok((n, from)) => match decode(&key, &buf[..n]) {
-                Some((name, seq, status)) => state.heard(&name, seq, status, Instant::now()),
+                Some(PeerMessage::Heartbeat(h)) => {
+                    state.heard(&h.name, h.seq, h.status, h.claims, Instant::now())
+                }
+                Some(PeerMessage::Conns(p)) => {
+                    state.heard_conns(&p.name, p.gen, p.page, p.pages, p.claims, &p.conns)
+                }
                 None => tracing::debug!(%from, "witness: heartbeat refused"),
             },
             Err(e)
@@ -212,7 +400,11 @@ fn control_one(
             "ok\n".to_string()
         }
         "status" => state.status_text(),
-        other => format!("error: unknown command {other:?} (drain, undrain, status)\n"),
+        "ips" => super::public_ip::ips_text(state),
+        "connections" => state.conns_text(),
+        other => {
+            format!("error: unknown command {other:?} (drain, undrain, status, ips, connections)\n")
+        }
     };
     (&stream).write_all(answer.as_bytes())
 }
@@ -231,17 +423,62 @@ pub fn control_request(path: &Path, command: &str) -> std::io::Result<String> {
 mod tests {
     use super::*;
 
+    const KEY: &[u8] = b"0123456789abcdef";
+
     #[test]
     fn heartbeat_round_trip_and_forgery() {
-        let d = encode(b"0123456789abcdef", "node2", 77, NodeStatus::Draining);
+        let d = encode(KEY, "node2", 77, NodeStatus::Draining, 0b101);
         assert_eq!(
-            decode(b"0123456789abcdef", &d),
-            Some(("node2".into(), 77, NodeStatus::Draining))
+            decode(KEY, &d),
+            Some(PeerMessage::Heartbeat(Heartbeat {
+                name: "node2".into(),
+                seq: 77,
+                status: NodeStatus::Draining,
+                claims: 0b101
+            }))
         );
         assert_eq!(decode(b"another key 0123", &d), None);
         let mut bad = d.clone();
         bad[12] = 0;
-        assert_eq!(decode(b"0123456789abcdef", &bad), None);
-        assert_eq!(decode(b"0123456789abcdef", &d[..20]), None);
+        assert_eq!(decode(KEY, &bad), None);
+        assert_eq!(decode(KEY, &d[..20]), None);
+    }
+
+    #[test]
+    fn connection_lists_are_paged_and_signed() {
+        let conns: Vec<TcpConn> = (0..250u16)
+            .map(|i| TcpConn {
+                client: SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, 7), 40000 + i),
+                public: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100), 445),
+            })
+            .collect();
+        let pages = encode_conns(KEY, "n1", 9, 1, &conns);
+        assert_eq!(pages.len(), 3);
+        assert!(
+            pages.iter().all(|p| p.len() <= 1472),
+            "one unfragmented datagram each"
+        );
+        let mut back = Vec::new();
+        for (i, p) in pages.iter().enumerate() {
+            match decode(KEY, p) {
+                Some(PeerMessage::Conns(c)) => {
+                    assert_eq!(
+                        (c.name.as_str(), c.gen, c.page, c.pages, c.claims),
+                        ("n1", 9, i as u8, 3, 1)
+                    );
+                    back.extend(c.conns);
+                }
+                other => panic!("page {i}: {other:?}"),
+            }
+        }
+        assert_eq!(back, conns);
+        let empty = encode_conns(KEY, "n1", 10, 0, &[]);
+        assert_eq!(empty.len(), 1);
+        assert!(
+            matches!(decode(KEY, &empty[0]), Some(PeerMessage::Conns(c)) if c.conns.is_empty() && c.pages == 1)
+        );
+        let mut forged = pages[0].clone();
+        forged[20] ^= 1;
+        assert_eq!(decode(KEY, &forged), None);
     }
 }

@@ -1,0 +1,602 @@
+//! Public addresses (CTDB's public IP failover): service addresses that move between the
+//! nodes, each held by one healthy node, taken over when its node dies, and the dead node's
+//! clients reset at once with tickle ACKs.
+//!
+//! **Assignment** (every node computes the same from the node states the witness heartbeats
+//! give it, [`assign`]): address i (config order) belongs to its home node, `[witness] nodes`
+//! entry `i mod N`, while that node is healthy (up: not draining, not dead). The addresses of
+//! unhealthy homes go, in config order, each to the healthy node holding the fewest so far
+//! (ties: the first in `nodes`). So only a failed node's addresses move, and they spread evenly.
+//! A node that comes back gets its home addresses back (automatic failback: the assignment is
+//! a function of the healthy set only, so it never depends on history the nodes could
+//! disagree on; the clients of a moved-back address are reset like those of a takeover).
+//!
+//! **Holding** is what a node's heartbeats say (`claims`). A node releases an address (deletes
+//! it from its interface, then its next heartbeat, sent at once, drops the claim) as soon as
+//! the assignment is no longer its own: at once on a drain, on a peer's return. It takes an
+//! address assigned to it only when no other node claims it, except a node that is dead and
+//! *fenced*: silent for `[witness] dead_after_ms + [public_addresses] fence_ms`. `fence_ms`
+//! is at least lockmgrd's liveness lease: by then lockmgrd has expired the dead node's
+//! session, so (with node fencing) it can no longer grant anything for those clients. A node
+//! takes nothing during its first `dead_after_ms` (it has not yet heard the others' claims).
+//! A planned move (drain) therefore releases before anyone takes, with no fence wait.
+//!
+//! **Taking** an address: `ip addr add` on the configured interface, a gratuitous ARP request
+//! and reply (so neighbours forget the old node's MAC), and a tickle ACK for every connection
+//! the previous holder last published for that address: a TCP ACK with sequence and
+//! acknowledgment numbers 0 from public-ip:port to the client. It is outside the client's
+//! window, so the client answers with an ACK carrying its real numbers; that reaches this node
+//! (the address is here now), which has no such connection and resets it; the client sees
+//! ECONNRESET and reconnects to the same address, now served here. The ARP and the tickles are
+//! sent three times a second apart (a lost datagram would otherwise leave a client hanging).
+//!
+//! **The connection list** (CTDB's tickle list): every scan period (`heartbeat_ms`) a node
+//! reads its established TCP connections whose local address is one it holds from the kernel
+//! (`/proc/net/tcp` of its network namespace: every port, SMB and witness alike, including
+//! connections not yet accepted, without a hook in the I/O workers) and publishes them to its
+//! peers on the heartbeat channel, bounded and signed (`peers`). Each node keeps, per address,
+//! the last list published for it and by whom; it stays after its publisher releases the
+//! address or dies, for the next holder. Connections made in the last scan period before a
+//! node dies are not tickled (their clients wait for TCP's own timeouts).
+//!
+//! Why `ip` (iproute2) through `std::process::Command` rather than netlink: an address changes
+//! only on a takeover or release, on this manager's thread, never on the I/O path; `ip` is
+//! what an administrator uses to check the result, and a process start (a few milliseconds)
+//! is small beside the fence wait. The ARP and the tickles, sent many at a time, use raw
+//! sockets (`rawnet`).
+//!
+//! IPv4 only. SMB Direct connections cannot be tickled (their clients learn through the
+//! witness or the RDMA CM disconnect).
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::config::{PublicAddress, PublicAddressesConfig};
+
+use super::{rawnet, NodeStatus, NodeView, TcpConn, WitnessState};
+
+/// Times the gratuitous ARP and the tickles are sent, [`ANNOUNCE_INTERVAL`] apart.
+const ANNOUNCE_ROUNDS: u8 = 3;
+const ANNOUNCE_INTERVAL: Duration = Duration::from_secs(1);
+/// After a failed `ip addr add` the address is tried again this much later.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// Which node (index into `[witness] nodes`) serves each of `addresses` addresses, given which
+/// nodes are healthy; `None` when none is.
+pub fn assign(addresses: usize, healthy: &[bool]) -> Vec<Option<usize>> {
+    let n = healthy.len();
+    let mut load = vec![0usize; n];
+    let mut out = vec![None; addresses];
+    if n == 0 {
+        return out;
+    }
+    let mut orphans = Vec::new();
+    for (i, slot) in out.iter_mut().enumerate() {
+        let home = i % n;
+        if healthy[home] {
+            *slot = Some(home);
+            load[home] += 1;
+        } else {
+            orphans.push(i);
+        }
+    }
+    for i in orphans {
+        let best = (0..n).filter(|&j| healthy[j]).min_by_key(|&j| (load[j], j));
+        if let Some(j) = best {
+            out[i] = Some(j);
+            load[j] += 1;
+        }
+    }
+    out
+}
+
+/// What this node should do now.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Decision {
+    /// Addresses (indices) to delete from this node.
+    pub release: Vec<usize>,
+    /// Addresses to add to this node.
+    pub take: Vec<usize>,
+}
+
+/// The rules of the module documentation: `views` of every node (`local` is this one),
+/// `held` what this node holds, `fenced` how long a node must be silent before its claims
+/// stop counting, `settled` whether this node has run long enough to know the others' claims.
+pub fn decide(
+    addresses: usize,
+    views: &[NodeView],
+    local: usize,
+    held: u64,
+    fenced: Duration,
+    settled: bool,
+) -> Decision {
+    let healthy: Vec<bool> = views.iter().map(|v| v.status == NodeStatus::Up).collect();
+    let assignment = assign(addresses, &healthy);
+    let mut d = Decision::default();
+    for (i, owner) in assignment.iter().enumerate() {
+        let bit = 1u64 << i;
+        let mine = *owner == Some(local);
+        if held & bit != 0 && !mine {
+            d.release.push(i);
+        } else if held & bit == 0 && mine && settled {
+            let claimed_elsewhere = views.iter().enumerate().any(|(j, v)| {
+                j != local
+                    && v.claims & bit != 0
+                    && !(v.status == NodeStatus::Dead && v.silent_for >= fenced)
+            });
+            if !claimed_elsewhere {
+                d.take.push(i);
+            }
+        }
+    }
+    d
+}
+
+/// A gratuitous ARP request and reply announcing that `ip` is at `mac` (bodies for
+/// [`rawnet::broadcast_arp`]). Both: some hosts update their caches on one kind only.
+pub fn gratuitous_arp(mac: [u8; 6], ip: Ipv4Addr) -> [[u8; 28]; 2] {
+    let packet = |op: u16, target_mac: [u8; 6]| {
+        let mut p = [0u8; 28];
+        p[0..2].copy_from_slice(&1u16.to_be_bytes()); // Ethernet
+        p[2..4].copy_from_slice(&0x0800u16.to_be_bytes()); // IPv4
+        p[4] = 6;
+        p[5] = 4;
+        p[6..8].copy_from_slice(&op.to_be_bytes());
+        p[8..14].copy_from_slice(&mac);
+        p[14..18].copy_from_slice(&ip.octets());
+        p[18..24].copy_from_slice(&target_mac);
+        p[24..28].copy_from_slice(&ip.octets());
+        p
+    };
+    [packet(1, [0; 6]), packet(2, [0xff; 6])]
+}
+
+fn checksum(chunks: &[&[u8]]) -> u16 {
+    let mut sum = 0u32;
+    for chunk in chunks {
+        for pair in chunk.chunks(2) {
+            let word = u16::from_be_bytes([pair[0], pair.get(1).copied().unwrap_or(0)]);
+            sum += u32::from(word);
+        }
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A tickle ACK: an IPv4 packet with a TCP ACK from `from` (the public address and port)
+/// to `to` (the client), sequence and acknowledgment numbers 0 (out of the client's window).
+pub fn tickle_packet(from: SocketAddrV4, to: SocketAddrV4) -> [u8; 40] {
+    let mut p = [0u8; 40];
+    p[0] = 0x45; // IPv4, 20-byte header
+    p[2..4].copy_from_slice(&40u16.to_be_bytes());
+    p[6..8].copy_from_slice(&0x4000u16.to_be_bytes()); // don't fragment
+    p[8] = 64; // TTL
+    p[9] = 6; // TCP
+    p[12..16].copy_from_slice(&from.ip().octets());
+    p[16..20].copy_from_slice(&to.ip().octets());
+    let ip_sum = checksum(&[&p[..20]]);
+    p[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+    let tcp = &mut p[20..];
+    tcp[0..2].copy_from_slice(&from.port().to_be_bytes());
+    tcp[2..4].copy_from_slice(&to.port().to_be_bytes());
+    // seq and ack stay 0
+    tcp[12] = 5 << 4; // 20-byte header
+    tcp[13] = 0x10; // ACK
+    tcp[14..16].copy_from_slice(&1234u16.to_be_bytes()); // window
+    let mut pseudo = [0u8; 12];
+    pseudo[0..4].copy_from_slice(&from.ip().octets());
+    pseudo[4..8].copy_from_slice(&to.ip().octets());
+    pseudo[9] = 6;
+    pseudo[10..12].copy_from_slice(&20u16.to_be_bytes());
+    let tcp_sum = checksum(&[&pseudo, &p[20..]]);
+    p[36..38].copy_from_slice(&tcp_sum.to_be_bytes());
+    p
+}
+
+fn hex_v4(s: &str) -> Option<SocketAddrV4> {
+    let (ip, port) = s.split_once(':')?;
+    // The kernel prints the address as the u32 it keeps in network order, read natively.
+    let ip = u32::from_str_radix(ip, 16).ok()?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    Some(SocketAddrV4::new(Ipv4Addr::from(ip.to_ne_bytes()), port))
+}
+
+/// The established connections of `/proc/net/tcp` text whose local address is in `held`.
+pub fn established_to(proc_net_tcp: &str, held: &[Ipv4Addr]) -> Vec<TcpConn> {
+    const ESTABLISHED: &str = "01";
+    let mut out: Vec<TcpConn> = proc_net_tcp
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let (_, local, remote, state) = (f.next()?, f.next()?, f.next()?, f.next()?);
+            if state != ESTABLISHED {
+                return None;
+            }
+            let public = hex_v4(local)?;
+            held.contains(public.ip()).then_some(())?;
+            Some(TcpConn {
+                client: hex_v4(remote)?,
+                public,
+            })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `ADDRESS holders assigned-to` lines (the control socket's `ips`; holders: the nodes not
+/// dead that claim it, `-` for none).
+pub fn ips_text(state: &WitnessState) -> String {
+    let views = state.node_views(Instant::now());
+    let names = state.node_names();
+    let healthy: Vec<bool> = views.iter().map(|v| v.status == NodeStatus::Up).collect();
+    let assignment = assign(state.public_addresses().len(), &healthy);
+    let mut s = String::new();
+    for (i, addr) in state.public_addresses().iter().enumerate() {
+        let holders: Vec<&str> = views
+            .iter()
+            .zip(&names)
+            // A dead node's last word is not holding: its address is being taken over.
+            .filter(|(v, _)| v.claims & (1 << i) != 0 && v.status != NodeStatus::Dead)
+            .map(|(_, n)| n.as_str())
+            .collect();
+        let holder = if holders.is_empty() {
+            "-".to_string()
+        } else {
+            holders.join(",")
+        };
+        let assigned = assignment[i].map_or("-", |j| names[j].as_str());
+        s.push_str(&format!("{addr} {holder} {assigned}\n"));
+    }
+    s
+}
+
+/// `ip addr add|del ADDRESS/PREFIX dev IFACE`; an address already there (add) or already
+/// gone (del) is success.
+fn ip_addr(op: &str, a: &PublicAddress) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(["addr", op, &a.address.to_string(), "dev", &a.interface])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("running ip: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    let harmless = match op {
+        "add" => err.contains("File exists"),
+        _ => err.contains("Cannot assign requested address"),
+    };
+    if harmless {
+        Ok(())
+    } else {
+        Err(err)
+    }
+}
+
+/// The ARP and tickle rounds still to send for one taken address.
+struct Announce {
+    index: usize,
+    conns: Vec<TcpConn>,
+    rounds_left: u8,
+    next: Instant,
+}
+
+/// The public address manager of this node: a thread deciding, adding, releasing, announcing
+/// and scanning (see the module documentation).
+pub struct Manager {
+    state: Arc<WitnessState>,
+    cfg: PublicAddressesConfig,
+    dead_after: Duration,
+    period: Duration,
+    held: u64,
+    retry_at: Vec<Option<Instant>>,
+    announces: Vec<Announce>,
+}
+
+impl Manager {
+    pub fn new(state: Arc<WitnessState>, cfg: PublicAddressesConfig) -> Manager {
+        let wc = state.config();
+        let dead_after = Duration::from_millis(wc.dead_after_ms);
+        let period = Duration::from_millis(wc.heartbeat_ms);
+        let n = cfg.addresses.len();
+        Manager {
+            state,
+            cfg,
+            dead_after,
+            period,
+            held: 0,
+            retry_at: vec![None; n],
+            announces: Vec::new(),
+        }
+    }
+
+    /// Start the manager's thread; it releases every address it holds and returns when
+    /// `shutdown` is set (join it so the addresses are gone before the process exits).
+    pub fn spawn(self, shutdown: Arc<AtomicBool>) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("smbd-public-ip".into())
+            .spawn(move || self.run(shutdown))
+    }
+
+    fn run(mut self, shutdown: Arc<AtomicBool>) {
+        // Left over from an earlier run of this node (a crash keeps the kernel's addresses):
+        // this node holds nothing until the rules give it something.
+        for a in &self.cfg.addresses {
+            if let Err(e) = ip_addr("del", a) {
+                tracing::warn!(address = %a.address, %e, "public address: removing a stale copy");
+            }
+        }
+        let started = Instant::now();
+        let tick = self.period.min(Duration::from_millis(100));
+        let mut next_scan = started;
+        while !shutdown.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            self.step(now, now.duration_since(started) >= self.dead_after);
+            self.announce(now);
+            if now >= next_scan {
+                self.scan();
+                next_scan = now + self.period;
+            }
+            std::thread::sleep(tick);
+        }
+        for i in 0..self.cfg.addresses.len() {
+            if self.held & (1 << i) != 0 {
+                self.release(i);
+            }
+        }
+    }
+
+    fn step(&mut self, now: Instant, settled: bool) {
+        let views = self.state.node_views(now);
+        let fenced = self.dead_after + Duration::from_millis(self.cfg.fence_ms);
+        let d = decide(
+            self.cfg.addresses.len(),
+            &views,
+            self.state.local_index(),
+            self.held,
+            fenced,
+            settled,
+        );
+        for i in d.release {
+            self.release(i);
+        }
+        for i in d.take {
+            if self.retry_at[i].is_some_and(|t| now < t) {
+                continue;
+            }
+            self.take(i, now);
+        }
+    }
+
+    fn release(&mut self, i: usize) {
+        let a = &self.cfg.addresses[i];
+        if let Err(e) = ip_addr("del", a) {
+            tracing::warn!(address = %a.address, %e, "public address: release failed");
+        }
+        self.held &= !(1 << i);
+        self.state.set_local_claims(self.held);
+        self.announces.retain(|x| x.index != i);
+        tracing::info!(address = %a.address, interface = %a.interface, "public address released");
+    }
+
+    fn take(&mut self, i: usize, now: Instant) {
+        let a = &self.cfg.addresses[i];
+        if let Err(e) = ip_addr("add", a) {
+            tracing::warn!(address = %a.address, %e, "public address: take failed");
+            self.retry_at[i] = Some(now + RETRY_AFTER);
+            return;
+        }
+        self.retry_at[i] = None;
+        self.held |= 1 << i;
+        self.state.set_local_claims(self.held);
+        let conns = if self.cfg.tickle {
+            self.state.take_conns(i)
+        } else {
+            // Forget them all the same: they are not this node's to tickle later.
+            let _ = self.state.take_conns(i);
+            Vec::new()
+        };
+        tracing::info!(
+            address = %a.address,
+            interface = %a.interface,
+            tickles = conns.len(),
+            "public address taken"
+        );
+        self.announces.push(Announce {
+            index: i,
+            conns,
+            rounds_left: ANNOUNCE_ROUNDS,
+            next: now,
+        });
+        self.announce(now);
+    }
+
+    /// Send the ARP and tickle rounds that are due.
+    fn announce(&mut self, now: Instant) {
+        for x in self.announces.iter_mut().filter(|x| x.next <= now) {
+            let a = &self.cfg.addresses[x.index];
+            match rawnet::interface(&a.interface) {
+                Ok((ifindex, mac)) => {
+                    let arps = gratuitous_arp(mac, a.address.addr);
+                    if let Err(e) = rawnet::broadcast_arp(ifindex, &arps) {
+                        tracing::warn!(address = %a.address, %e, "public address: gratuitous ARP");
+                    }
+                }
+                Err(e) => tracing::warn!(interface = %a.interface, %e, "public address: interface"),
+            }
+            if !x.conns.is_empty() {
+                match rawnet::RawIpv4::open() {
+                    Ok(sock) => {
+                        for c in &x.conns {
+                            if let Err(e) =
+                                sock.send(&tickle_packet(c.public, c.client), *c.client.ip())
+                            {
+                                tracing::debug!(client = %c.client, %e, "tickle ACK");
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(%e, "public address: raw socket for tickle ACKs"),
+                }
+            }
+            x.rounds_left -= 1;
+            x.next = now + ANNOUNCE_INTERVAL;
+        }
+        self.announces.retain(|x| x.rounds_left > 0);
+    }
+
+    /// Publish this node's connections to the addresses it holds.
+    fn scan(&mut self) {
+        let held: Vec<Ipv4Addr> = self
+            .cfg
+            .addresses
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.held & (1 << i) != 0)
+            .map(|(_, a)| a.address.addr)
+            .collect();
+        let mut conns = if held.is_empty() {
+            Vec::new()
+        } else {
+            match std::fs::read_to_string("/proc/net/tcp") {
+                Ok(text) => established_to(&text, &held),
+                Err(e) => {
+                    tracing::warn!(%e, "public address: reading /proc/net/tcp");
+                    return;
+                }
+            }
+        };
+        conns.truncate(self.cfg.max_published_connections);
+        self.state.set_local_conns(conns, self.held);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(status: NodeStatus, silent_ms: u64, claims: u64) -> NodeView {
+        NodeView {
+            status,
+            silent_for: Duration::from_millis(silent_ms),
+            claims,
+        }
+    }
+
+    #[test]
+    fn assignment_keeps_homes_and_spreads_the_orphans() {
+        assert_eq!(
+            assign(6, &[true, true, true]),
+            [0, 1, 2, 0, 1, 2].map(Some).to_vec()
+        );
+        // Node 2 down: only its addresses move, one to each survivor.
+        assert_eq!(
+            assign(6, &[true, true, false]),
+            [0, 1, 0, 0, 1, 1].map(Some).to_vec()
+        );
+        assert_eq!(assign(2, &[false, false]), vec![None, None]);
+        assert_eq!(assign(3, &[false, true]), [1, 1, 1].map(Some).to_vec());
+    }
+
+    #[test]
+    fn a_dead_nodes_address_waits_for_the_fence() {
+        let fenced = Duration::from_millis(2000);
+        // Node 0 holds address 0 and went silent; address 0 is now assigned to node 1.
+        let at = |silent| {
+            let views = [
+                view(NodeStatus::Dead, silent, 0b1),
+                view(NodeStatus::Up, 0, 0b10),
+            ];
+            decide(2, &views, 1, 0b10, fenced, true)
+        };
+        assert_eq!(at(1500), Decision::default(), "not fenced yet");
+        assert_eq!(
+            at(2000),
+            Decision {
+                release: vec![],
+                take: vec![0]
+            }
+        );
+        // Not before this node has been up long enough to have heard the claims.
+        let views = [view(NodeStatus::Dead, 5000, 0), view(NodeStatus::Up, 0, 0)];
+        assert_eq!(decide(2, &views, 1, 0, fenced, false), Decision::default());
+    }
+
+    #[test]
+    fn a_drain_releases_first_and_the_home_node_gets_its_address_back() {
+        let fenced = Duration::from_secs(10);
+        // Node 0 drains: it releases at once...
+        let views = [
+            view(NodeStatus::Draining, 0, 0b1),
+            view(NodeStatus::Up, 0, 0b10),
+        ];
+        assert_eq!(
+            decide(2, &views, 0, 0b1, fenced, true),
+            Decision {
+                release: vec![0],
+                take: vec![]
+            }
+        );
+        // ...node 1 waits while node 0 (draining, not dead) still claims it...
+        assert_eq!(
+            decide(2, &views, 1, 0b10, fenced, true),
+            Decision::default()
+        );
+        // ...and takes it once the claim is gone, with no fence wait.
+        let views = [
+            view(NodeStatus::Draining, 0, 0),
+            view(NodeStatus::Up, 0, 0b10),
+        ];
+        assert_eq!(decide(2, &views, 1, 0b10, fenced, true).take, vec![0]);
+        // Node 0 back up: node 1 gives address 0 back; node 0 takes it after the release.
+        let views = [view(NodeStatus::Up, 0, 0), view(NodeStatus::Up, 0, 0b11)];
+        assert_eq!(decide(2, &views, 1, 0b11, fenced, true).release, vec![0]);
+        assert_eq!(decide(2, &views, 0, 0, fenced, true), Decision::default());
+    }
+
+    #[test]
+    fn tickle_is_an_ack_with_zero_numbers_and_valid_checksums() {
+        let p = tickle_packet(
+            "10.0.0.100:445".parse().unwrap(),
+            "10.0.0.7:51000".parse().unwrap(),
+        );
+        // A correct checksum makes the one's-complement sum over the covered bytes 0.
+        assert_eq!(checksum(&[&p[..20]]), 0);
+        let mut pseudo = [0u8; 12];
+        pseudo[0..4].copy_from_slice(&[10, 0, 0, 100]);
+        pseudo[4..8].copy_from_slice(&[10, 0, 0, 7]);
+        pseudo[9] = 6;
+        pseudo[10..12].copy_from_slice(&20u16.to_be_bytes());
+        assert_eq!(checksum(&[&pseudo, &p[20..]]), 0);
+        assert_eq!(&p[20..24], &[0x01, 0xbd, 0xc7, 0x38]);
+        assert_eq!(&p[24..32], &[0; 8], "seq and ack 0");
+        assert_eq!(p[33], 0x10, "ACK only");
+        let arp = gratuitous_arp([2, 0, 0, 0, 0, 1], Ipv4Addr::new(10, 0, 0, 100));
+        assert_eq!(&arp[0][14..18], &arp[0][24..28], "sender IP = target IP");
+        assert_eq!((arp[0][7], arp[1][7]), (1, 2));
+    }
+
+    #[test]
+    fn proc_net_tcp_gives_established_connections_to_held_addresses() {
+        // 10.0.0.100:445 <- 10.0.0.7:51000 established; a listener; another local address.
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+            0: 00000000:01BD 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1\n\
+            1: 6400000A:01BD 0700000A:C738 01 00000000:00000000 00:00000000 00000000     0        0 2 1\n\
+            2: 0100000A:01BD 0800000A:C739 01 00000000:00000000 00:00000000 00000000     0        0 3 1\n";
+        let held = [Ipv4Addr::new(10, 0, 0, 100)];
+        assert_eq!(
+            established_to(text, &held),
+            vec![TcpConn {
+                client: "10.0.0.7:51000".parse().unwrap(),
+                public: "10.0.0.100:445".parse().unwrap(),
+            }]
+        );
+        assert!(established_to(text, &[]).is_empty());
+    }
+}

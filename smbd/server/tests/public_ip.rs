@@ -1,0 +1,346 @@
+//! Public address takeover with tickle ACKs, with the real thing in network namespaces: a
+//! bridge (its namespace also runs a UDP lockmgrd), two smbd nodes and a client, each in its
+//! own namespace on the bridge. The public address 10.88.0.100 starts on node 1 (its home). A
+//! client connects to it, negotiates, and waits in a recv with no timeout. Node 1 dies: its
+//! link goes down, then it is SIGKILLed (a kill alone would let its kernel close the
+//! connection itself). Node 2 must take the address after the fence wait and tickle the
+//! client, whose recv then fails with ECONNRESET; the client reconnects to the same address
+//! and is served by node 2 (another server GUID). Without the tickle the client never hears
+//! anything: run with `PUBLIC_IP_TEST_NO_TICKLE=1` (node 2 gets `tickle = false`) and the test
+//! fails at its own deadline.
+//!
+//! Needs root (namespaces, raw sockets): a missing capability is a failure.
+
+mod cluster_common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use lockmgr_transport::netns::{NetnsPair, NetnsStar, BRIDGE, IFACE};
+
+const PUBLIC: &str = "10.88.0.100";
+const NODE_IPS: [&str; 2] = ["10.88.0.1", "10.88.0.2"];
+const CLIENT_IP: &str = "10.88.0.10";
+const LOCKMGRD_IP: &str = "10.88.0.254";
+const LOCKMGRD_PORT: u16 = 7500;
+const SMB_PORT: u16 = 445;
+const PEER_PORT: u16 = 5135;
+const HEARTBEAT_MS: u64 = 200;
+const DEAD_AFTER_MS: u64 = 1000;
+/// lockmgrd's liveness lease, and the nodes' fence wait.
+const LEASE_MS: u64 = 1000;
+/// From the kill until the client must have been reset and served again.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A child process killed (by its PID) and reaped when dropped.
+struct Proc(Option<Child>);
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.0.as_ref().map_or(0, |c| c.id())
+    }
+    fn kill(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    /// SIGTERM and wait: a clean stop.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let mut c = self.0.take().expect("running");
+        // By PID: our own child, not yet reaped.
+        let st = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(st.success());
+        c.wait().expect("wait smbd")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ip_output(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn node_config(dir: &Path, me: usize, key: &Path, tickle: bool) -> PathBuf {
+    let mut s = format!(
+        "[server]\nlisten = [\"0.0.0.0:{SMB_PORT}\"]\nnetbios_name = \"NODE{me}\"\nworkers = 1\n\n\
+         [lockmgr]\ntransport = \"udp\"\nconnect = \"{LOCKMGRD_IP}:{LOCKMGRD_PORT}\"\n\
+         cluster_key_file = \"{key}\"\nnode_name = \"node{me}\"\n\n\
+         [witness]\nenabled = true\nnet_name = \"CLUSTER\"\nnode = \"node{me}\"\n\
+         listen = \"0.0.0.0:0\"\nepm_listen = \"0.0.0.0:135\"\n\
+         peer_listen = \"{ip}:{PEER_PORT}\"\nheartbeat_ms = {HEARTBEAT_MS}\n\
+         dead_after_ms = {DEAD_AFTER_MS}\ncontrol_socket = \"{ctl}\"\n",
+        key = key.display(),
+        ip = NODE_IPS[me - 1],
+        ctl = control_socket(dir, me).display(),
+    );
+    for (n, node_ip) in NODE_IPS.iter().enumerate() {
+        s.push_str(&format!(
+            "[[witness.nodes]]\nname = \"node{}\"\naddress = \"{node_ip}\"\npeer = \"{node_ip}:{PEER_PORT}\"\n",
+            n + 1
+        ));
+    }
+    s.push_str(&format!(
+        "\n[public_addresses]\nfence_ms = {LEASE_MS}\ntickle = {tickle}\n\
+         [[public_addresses.addresses]]\naddress = \"{PUBLIC}/24\"\ninterface = \"{IFACE}\"\n"
+    ));
+    let path = dir.join(format!("node{me}.toml"));
+    std::fs::write(&path, s).unwrap();
+    path
+}
+
+fn control_socket(dir: &Path, me: usize) -> PathBuf {
+    dir.join(format!("ctl{me}"))
+}
+
+fn control(dir: &Path, me: usize, command: &str) -> String {
+    smbd::witness::peers::control_request(&control_socket(dir, me), command).unwrap_or_default()
+}
+
+fn start_node(star: &NetnsStar, dir: &Path, me: usize, key: &Path, tickle: bool) -> Proc {
+    let cfg = node_config(dir, me, key, tickle);
+    let log = std::fs::File::create(dir.join(format!("node{me}.log"))).unwrap();
+    let mut child = NetnsPair::command_in(&star.clients[me - 1], env!("CARGO_BIN_EXE_smbd"))
+        .arg("--config")
+        .arg(&cfg)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("spawn smbd");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let proc = Proc(Some(child));
+    assert!(
+        line.starts_with("smbd listening on"),
+        "node{me} did not start: {line:?}\n{}",
+        logs(dir)
+    );
+    proc
+}
+
+fn logs(dir: &Path) -> String {
+    ["lockmgrd", "node1", "node2"]
+        .iter()
+        .map(|n| {
+            let text = std::fs::read_to_string(dir.join(format!("{n}.log"))).unwrap_or_default();
+            format!("--- {n}.log ---\n{text}")
+        })
+        .collect()
+}
+
+fn wait_for(what: &str, dir: &Path, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out: {what}\n{}",
+            logs(dir)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An SMB2 NEGOTIATE (dialect 2.0.2) over `s`: the server's GUID from the response.
+fn negotiate(s: &mut TcpStream) -> std::io::Result<[u8; 16]> {
+    let mut smb = Vec::new();
+    smb.extend_from_slice(b"\xfeSMB");
+    smb.extend_from_slice(&64u16.to_le_bytes());
+    smb.extend_from_slice(&[0; 2]); // credit charge
+    smb.extend_from_slice(&[0; 4]); // status
+    smb.extend_from_slice(&0u16.to_le_bytes()); // NEGOTIATE
+    smb.extend_from_slice(&1u16.to_le_bytes()); // credits requested
+    smb.extend_from_slice(&[0; 4]); // flags
+    smb.extend_from_slice(&[0; 4]); // next command
+    smb.extend_from_slice(&0u64.to_le_bytes()); // message id
+    smb.extend_from_slice(&[0; 4 + 4 + 8 + 16]); // process id, tree id, session, signature
+    smb.extend_from_slice(&36u16.to_le_bytes());
+    smb.extend_from_slice(&1u16.to_le_bytes()); // one dialect
+    smb.extend_from_slice(&1u16.to_le_bytes()); // signing enabled
+    smb.extend_from_slice(&[0; 2 + 4]); // reserved, capabilities
+    smb.extend_from_slice(&[7; 16]); // client GUID
+    smb.extend_from_slice(&[0; 8]); // client start time
+    smb.extend_from_slice(&0x0202u16.to_le_bytes());
+    let mut frame = (smb.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&smb);
+    s.write_all(&frame)?;
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)?;
+    let mut resp = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut resp)?;
+    let status = u32::from_le_bytes(resp[8..12].try_into().unwrap());
+    assert_eq!(status, 0, "NEGOTIATE failed: {status:#x}");
+    Ok(resp[64 + 8..64 + 24].try_into().unwrap())
+}
+
+enum ClientEvent {
+    Served([u8; 16]),
+    RecvEnded(Instant, std::io::Result<usize>),
+    ServedAgain(Instant, [u8; 16]),
+}
+
+#[test]
+fn a_dead_nodes_public_address_moves_and_its_idle_client_is_reset() {
+    let tickle = std::env::var_os("PUBLIC_IP_TEST_NO_TICKLE").is_none();
+    let star = NetnsStar::new(3, 1500).expect("network namespaces (this test needs root)");
+    ip(&[
+        "-n",
+        &star.server,
+        "addr",
+        "add",
+        &format!("{LOCKMGRD_IP}/24"),
+        "dev",
+        BRIDGE,
+    ]);
+    for (ns, addr) in star
+        .clients
+        .iter()
+        .zip([NODE_IPS[0], NODE_IPS[1], CLIENT_IP])
+    {
+        ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", IFACE]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let key = dir.join("cluster.key");
+    std::fs::write(&key, rand::random::<[u8; 32]>()).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+
+    let lockmgrd_log = dir.join("lockmgrd.log");
+    let log = std::fs::File::create(&lockmgrd_log).unwrap();
+    let _lockmgrd = Proc(Some(
+        NetnsPair::command_in(&star.server, cluster_common::lockmgrd_bin())
+            .args(["--transport", "udp", "--listen"])
+            .arg(format!("{LOCKMGRD_IP}:{LOCKMGRD_PORT}"))
+            .arg("--cluster-key-file")
+            .arg(&key)
+            .args(["--liveness-ms", &LEASE_MS.to_string()])
+            .env("NO_COLOR", "1")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn lockmgrd"),
+    ));
+    wait_for("lockmgrd listening", dir, Duration::from_secs(30), || {
+        std::fs::read_to_string(&lockmgrd_log).is_ok_and(|l| l.contains("lockmgrd listening"))
+    });
+    let mut node1 = start_node(&star, dir, 1, &key, true);
+    let mut node2 = start_node(&star, dir, 2, &key, tickle);
+
+    // Both nodes agree that node 1 holds the address (its home).
+    let expected = format!("{PUBLIC} node1 node1\n");
+    wait_for(
+        "node 1 holds the public address",
+        dir,
+        Duration::from_secs(20),
+        || control(dir, 1, "ips") == expected && control(dir, 2, "ips") == expected,
+    );
+
+    let (tx, events) = channel();
+    let _client = NetnsPair::spawn_in(&star.clients[2], move || {
+        let public: SocketAddr = format!("{PUBLIC}:{SMB_PORT}").parse().unwrap();
+        let mut s = TcpStream::connect_timeout(&public, Duration::from_secs(5)).expect("connect");
+        let guid = negotiate(&mut s).expect("negotiate with node 1");
+        tx.send(ClientEvent::Served(guid)).unwrap();
+        // Idle: nothing more to send, so nothing but the server can end this recv.
+        let mut b = [0u8; 1];
+        let r = s.read(&mut b);
+        if tx.send(ClientEvent::RecvEnded(Instant::now(), r)).is_err() {
+            return;
+        }
+        let again = loop {
+            match TcpStream::connect_timeout(&public, Duration::from_secs(1)) {
+                Ok(mut s) => break negotiate(&mut s).expect("negotiate after the takeover"),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        let _ = tx.send(ClientEvent::ServedAgain(Instant::now(), again));
+    });
+    let first_guid = match events.recv_timeout(Duration::from_secs(20)) {
+        Ok(ClientEvent::Served(g)) => g,
+        _ => panic!("the client was not served by node 1\n{}", logs(dir)),
+    };
+    // Node 2 must know the client's connection before node 1 dies (the published list).
+    let client_prefix = format!("{CLIENT_IP}:");
+    wait_for(
+        "node 2 knows the client's connection",
+        dir,
+        Duration::from_secs(20),
+        || control(dir, 2, "connections").contains(&client_prefix),
+    );
+
+    // Node 1 dies: link first (its kernel must not close the connection for it), then SIGKILL.
+    ip(&["-n", &star.clients[0], "link", "set", IFACE, "down"]);
+    let killed_pid = node1.pid();
+    node1.kill();
+    let killed = Instant::now();
+    eprintln!(
+        "node 1 (pid {killed_pid}) killed; tickle ACKs {}",
+        if tickle { "on" } else { "off" }
+    );
+
+    let (reset_at, result) = match events.recv_timeout(DEADLINE) {
+        Ok(ClientEvent::RecvEnded(at, r)) => (at, r),
+        Ok(ClientEvent::Served(_) | ClientEvent::ServedAgain(..)) => unreachable!(),
+        Err(RecvTimeoutError::Timeout) => panic!(
+            "the client still hangs {DEADLINE:?} after node 1 died (no tickle ACK?)\nnode 2 ips: {}\n{}",
+            control(dir, 2, "ips"),
+            logs(dir)
+        ),
+        Err(e) => panic!("client thread: {e}"),
+    };
+    match result {
+        Err(e) => assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "the client's recv failed otherwise: {e}"
+        ),
+        Ok(n) => panic!("the client's recv returned {n} instead of a reset"),
+    }
+    let remaining = DEADLINE.saturating_sub(killed.elapsed());
+    let (served_at, second_guid) = match events.recv_timeout(remaining) {
+        Ok(ClientEvent::ServedAgain(at, g)) => (at, g),
+        _ => panic!("the client was not served again\n{}", logs(dir)),
+    };
+    assert_ne!(
+        first_guid, second_guid,
+        "served by another server than node 1"
+    );
+    eprintln!(
+        "kill -> client reset: {:?}; kill -> served by node 2: {:?} (dead_after {DEAD_AFTER_MS} ms + fence {LEASE_MS} ms)",
+        reset_at.duration_since(killed),
+        served_at.duration_since(killed)
+    );
+    assert_eq!(control(dir, 2, "ips"), format!("{PUBLIC} node2 node2\n"));
+    let on_node2 = || ip_output(&["-n", &star.clients[1], "-4", "addr", "show", "dev", IFACE]);
+    assert!(on_node2().contains(PUBLIC), "{}", on_node2());
+
+    // A clean stop removes the address.
+    let st = node2.stop();
+    assert!(st.success(), "node 2 stopped with {st}\n{}", logs(dir));
+    assert!(!on_node2().contains(PUBLIC), "{}", on_node2());
+}
