@@ -914,6 +914,7 @@ mod tests {
             overwrite: false,
             client_guid: lockmgr_engine::ClientGuid(1),
             oplock: lockmgr_engine::OplockRequest::None,
+            link: 0,
         })
     }
 

@@ -503,6 +503,8 @@ impl Driver {
                     client_guid: ClientGuid(p.guid),
                     oplock,
                     stream_base: p.base.map(FileId),
+                    // One name per file: the model has no hard links (0 = the file's one link).
+                    link: 0,
                 };
                 let session = session_of(client);
                 self.step(session, Request::Open(req), |m, id| {
