@@ -15,6 +15,7 @@
 //! the same node resumes them as they were; another node reopens the file by the stored path.
 //! The connection's side (register, park, reconnect) is in `conn::ops::durable`.
 
+use crate::byte_reader::ByteReader;
 use smb_proto::NtStatus;
 use std::time::Duration;
 
@@ -77,35 +78,6 @@ pub struct DurableBlob {
 
 const BLOB_VERSION: u8 = 1;
 
-struct BlobReader<'a>(&'a [u8]);
-
-impl<'a> BlobReader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Some(a)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        self.take(1).map(|b| b[0])
-    }
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn u128(&mut self) -> Option<u128> {
-        Some(u128::from_le_bytes(self.take(16)?.try_into().ok()?))
-    }
-    fn guid(&mut self) -> Option<[u8; 16]> {
-        self.take(16)?.try_into().ok()
-    }
-    fn str(&mut self) -> Option<String> {
-        let n = u16::from_le_bytes(self.take(2)?.try_into().ok()?);
-        String::from_utf8(self.take(usize::from(n))?.to_vec()).ok()
-    }
-}
-
 fn put_str(out: &mut Vec<u8>, s: &str) -> Option<()> {
     out.extend_from_slice(&u16::try_from(s.len()).ok()?.to_le_bytes());
     out.extend_from_slice(s.as_bytes());
@@ -150,14 +122,14 @@ impl DurableBlob {
     }
 
     pub fn decode(b: &[u8]) -> Option<DurableBlob> {
-        let mut r = BlobReader(b);
+        let mut r = ByteReader::new(b);
         if r.u8()? != BLOB_VERSION {
             return None;
         }
         let kind = match r.u8()? {
             1 => DurableKind::V1,
             tag @ (2 | 3) => DurableKind::V2 {
-                create_guid: r.guid()?,
+                create_guid: r.array::<16>()?,
                 timeout_ms: r.u32()?,
                 persistent: tag == 3,
             },
@@ -167,7 +139,7 @@ impl DurableBlob {
         let share_access = r.u32()?;
         let is_dir = r.u8()? != 0;
         let stable_id = r.u128()?;
-        let client_guid = r.guid()?;
+        let client_guid = r.array::<16>()?;
         let lease = match r.u8()? {
             0 => None,
             flags => {
@@ -184,10 +156,10 @@ impl DurableBlob {
         };
         let blob = DurableBlob {
             kind,
-            share: r.str()?,
-            rel: r.str()?,
-            stream: r.str()?,
-            user: r.str()?,
+            share: r.str_u16_len()?,
+            rel: r.str_u16_len()?,
+            stream: r.str_u16_len()?,
+            user: r.str_u16_len()?,
             is_dir,
             access,
             share_access,
@@ -195,7 +167,7 @@ impl DurableBlob {
             client_guid,
             lease,
         };
-        r.0.is_empty().then_some(blob)
+        r.is_empty().then_some(blob)
     }
 
     /// MS-SMB2 3.3.5.9.7 / 3.3.5.9.12 checks of a reconnect against the stored open, with the

@@ -19,6 +19,7 @@
 #![deny(unsafe_code)]
 
 pub mod beneath;
+mod byte_reader;
 pub mod clock;
 pub mod config;
 pub mod conn;

@@ -31,6 +31,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::{NodeStatus, TcpConn, WitnessState};
+use crate::byte_reader::ByteReader;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 const MAGIC: &[u8; 4] = b"SWN2";
@@ -147,36 +148,14 @@ pub fn encode_conns(
         .collect()
 }
 
-/// A cursor over a datagram body; `None` past its end.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Some(a)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        self.take(1).map(|b| b[0])
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-    fn name(&mut self) -> Option<String> {
-        let n = usize::from(self.u8()?);
-        String::from_utf8(self.take(n)?.to_vec()).ok()
-    }
-    fn v4(&mut self) -> Option<SocketAddrV4> {
-        let ip: [u8; 4] = self.take(4)?.try_into().ok()?;
-        let port: [u8; 2] = self.take(2)?.try_into().ok()?;
-        Some(SocketAddrV4::new(
-            Ipv4Addr::from(ip),
-            u16::from_be_bytes(port),
-        ))
-    }
+/// An IPv4 socket address as sent between nodes: 4 address bytes, then the port big-endian.
+fn read_v4(r: &mut ByteReader<'_>) -> Option<SocketAddrV4> {
+    let ip: [u8; 4] = r.array()?;
+    let port: [u8; 2] = r.array()?;
+    Some(SocketAddrV4::new(
+        Ipv4Addr::from(ip),
+        u16::from_be_bytes(port),
+    ))
 }
 
 /// Decode and verify a datagram from a peer.
@@ -188,7 +167,7 @@ pub fn decode(key: &[u8], d: &[u8]) -> Option<PeerMessage> {
     let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).ok()?;
     m.update(body);
     m.verify_slice(tag).ok()?;
-    let mut r = Reader(body);
+    let mut r = ByteReader::new(body);
     let magic = r.take(4)?;
     let msg = if magic == MAGIC {
         let seq = r.u64()?;
@@ -198,7 +177,7 @@ pub fn decode(key: &[u8], d: &[u8]) -> Option<PeerMessage> {
             _ => return None,
         };
         let claims = r.u64()?;
-        let name = r.name()?;
+        let name = r.str_u8_len()?;
         PeerMessage::Heartbeat(Heartbeat {
             name,
             seq,
@@ -210,7 +189,7 @@ pub fn decode(key: &[u8], d: &[u8]) -> Option<PeerMessage> {
         let page = r.u8()?;
         let pages = r.u8()?;
         let claims = r.u64()?;
-        let name = r.name()?;
+        let name = r.str_u8_len()?;
         let count = usize::from(r.u8()?);
         if page >= pages || count > CONNS_PER_PAGE {
             return None;
@@ -218,8 +197,8 @@ pub fn decode(key: &[u8], d: &[u8]) -> Option<PeerMessage> {
         let mut conns = Vec::with_capacity(count);
         for _ in 0..count {
             conns.push(TcpConn {
-                client: r.v4()?,
-                public: r.v4()?,
+                client: read_v4(&mut r)?,
+                public: read_v4(&mut r)?,
             });
         }
         PeerMessage::Conns(ConnsPage {
@@ -234,7 +213,7 @@ pub fn decode(key: &[u8], d: &[u8]) -> Option<PeerMessage> {
         return None;
     };
     // Nothing may follow the fields.
-    r.0.is_empty().then_some(msg)
+    r.is_empty().then_some(msg)
 }
 
 /// The heartbeat socket (with more than one node) and the control socket, bound at start so
