@@ -32,6 +32,10 @@ pub(crate) struct StandbyPeer {
     pub(crate) member: Member,
     /// The log index its snapshot ends at: once it acknowledges this, it holds everything.
     pub(crate) ready_at: u64,
+    /// The highest log index it acknowledged: an acknowledgement that arrives while another
+    /// configuration change is in flight cannot record it, so recording is retried from this
+    /// when that change completes (an idle primary sends no more appends to be acknowledged).
+    pub(crate) acked: u64,
     /// Whether the coordination service names it (else it is still catching up).
     pub(crate) recorded: bool,
 }

@@ -261,6 +261,7 @@ impl Core {
                 peer: peer_id,
                 member: Member::new(name.clone(), address, incarnation),
                 ready_at,
+                acked: 0,
                 recorded: false,
             });
         }
@@ -273,6 +274,9 @@ impl Core {
             Message::AppendAck { epoch, next_index } => {
                 if let Some(r) = self.state.replica_mut() {
                     r.on_ack(lockmgr_replica::Ack { epoch, next_index });
+                }
+                if let Some(s) = self.ha.as_mut().and_then(|h| h.standby.as_mut()) {
+                    s.acked = s.acked.max(next_index);
                 }
                 self.maybe_record_standby(next_index);
             }
@@ -533,6 +537,11 @@ impl<T: ServerTransport> Server<T> {
                     }
                     None => {}
                 }
+                // A standby that caught up while this change was in flight is recorded now.
+                let unrecorded = core.ha.as_ref().and_then(|h| h.standby.as_ref());
+                if let Some(acked) = unrecorded.filter(|s| !s.recorded).map(|s| s.acked) {
+                    core.maybe_record_standby(acked);
+                }
             }
             CoordEvent::Advanced(Ok(Swap::Lost(other))) => {
                 let intent = ha.pending.take();
@@ -550,8 +559,8 @@ impl<T: ServerTransport> Server<T> {
                     }
                     Some(Intent::RecordStandby { .. }) | None => {
                         if let Some(s) = &ha.standby {
-                            let ready = s.ready_at;
-                            core.maybe_record_standby(ready);
+                            let acked = s.acked;
+                            core.maybe_record_standby(acked);
                         }
                     }
                 }
