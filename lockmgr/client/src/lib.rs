@@ -686,31 +686,25 @@ mod tests {
                 match m.expect("client message") {
                     Message::ClientHello { client_nonce, .. } => {
                         self.client_nonce = Some(client_nonce);
-                        self.inbox.push_back(frame_of(
-                            SessionId(0),
-                            Message::ServerChallenge {
-                                session_id: challenge_session,
-                                version: VERSION,
-                                server_nonce,
-                            },
-                        ));
+                        self.inbox
+                            .push_back(challenge_frame(challenge_session, server_nonce));
                     }
                     Message::ClientProof { .. } => {
                         let client_nonce = self.client_nonce.expect("hello first");
-                        let t = Transcript {
-                            node_name: &self.node,
-                            client_nonce: &client_nonce,
-                            server_nonce: &server_nonce,
-                            session_id: challenge_session,
-                            version: VERSION,
-                        };
+                        let server_proof = server_proof_for(
+                            &self.key,
+                            &self.node,
+                            &client_nonce,
+                            &server_nonce,
+                            challenge_session,
+                        );
                         self.inbox.push_back(frame_in_epoch(
                             self.epoch,
                             self.session,
                             &[Message::SessionAccepted {
                                 session_id: self.session,
                                 liveness_lease_ms: 1000,
-                                server_proof: auth::server_proof(&self.key, &t),
+                                server_proof,
                             }],
                         ));
                         self.inbox.push_back(frame_in_epoch(
@@ -744,6 +738,36 @@ mod tests {
 
     fn frame_of(session: SessionId, msg: Message) -> Vec<u8> {
         frame(session, &[msg])
+    }
+
+    /// The fake lock managers' half of the handshake: the challenge naming `session`.
+    fn challenge_frame(session: SessionId, server_nonce: [u8; 32]) -> Vec<u8> {
+        frame_of(
+            SessionId(0),
+            Message::ServerChallenge {
+                session_id: session,
+                version: VERSION,
+                server_nonce,
+            },
+        )
+    }
+
+    /// The proof a real lock manager sends with SessionAccepted for that challenge.
+    fn server_proof_for(
+        key: &ClusterKey,
+        node: &str,
+        client_nonce: &[u8; 32],
+        server_nonce: &[u8; 32],
+        session: SessionId,
+    ) -> [u8; 32] {
+        let t = Transcript {
+            node_name: node,
+            client_nonce,
+            server_nonce,
+            session_id: session,
+            version: VERSION,
+        };
+        auth::server_proof(key, &t)
     }
 
     /// The reply the old primary never delivered comes right behind `SessionAccepted`: the
@@ -827,31 +851,24 @@ mod tests {
                 let reply = match m.expect("client message") {
                     Message::ClientHello { client_nonce, .. } => {
                         self.client_nonce = Some(client_nonce);
-                        frame_of(
-                            SessionId(0),
-                            Message::ServerChallenge {
-                                session_id: challenge_session,
-                                version: VERSION,
-                                server_nonce,
-                            },
-                        )
+                        challenge_frame(challenge_session, server_nonce)
                     }
                     Message::ClientProof { .. } => {
                         let client_nonce = self.client_nonce.expect("hello first");
-                        let t = Transcript {
-                            node_name: &self.node,
-                            client_nonce: &client_nonce,
-                            server_nonce: &server_nonce,
-                            session_id: challenge_session,
-                            version: VERSION,
-                        };
+                        let server_proof = server_proof_for(
+                            &self.key,
+                            &self.node,
+                            &client_nonce,
+                            &server_nonce,
+                            challenge_session,
+                        );
                         st.last_heard = Some(Instant::now());
                         frame_of(
                             LEASE_SESSION,
                             Message::SessionAccepted {
                                 session_id: LEASE_SESSION,
                                 liveness_lease_ms: self.liveness_ms,
-                                server_proof: auth::server_proof(&self.key, &t),
+                                server_proof,
                             },
                         )
                     }
