@@ -296,6 +296,21 @@ pub fn inject_captured_unlock<T: ClientTransport>(
     n.lock_b()
 }
 
+/// With frame MACs: the injection of `how` is refused, B is refused A's range, and A's
+/// session still works.
+pub fn injected_unlock_is_refused<T: ClientTransport>(
+    n: &mut Nodes<T>,
+    att: &mut dyn Attacker,
+    how: Injection,
+) {
+    assert_eq!(
+        inject_captured_unlock(n, att, how),
+        Reply::Done(Status::LockNotGranted),
+        "{how:?}: an injected unlock released node A's lock"
+    );
+    n.assert_a_still_holds_the_lock(&format!("{how:?} unlock"));
+}
+
 /// How many peers (authenticated connections) a server transport holds, as seen after each
 /// of its polls: the transport's own gauge ([`ReliableServer::peer_count`]), read from the
 /// server thread.
