@@ -8,9 +8,10 @@ usage: limits_client.py COMMAND HOST PORT USER PASSWORD [ARGS...]
                           is on the wire, then "RESULT <status hex> <entries>"
   compound COUNT LEN      COUNT READs of LEN bytes of a new file in one compound; prints
                           "RESULT ok=.. refused=.. other=.. bytes=.." or "DISCONNECTED ..."
-  opens COUNT             up to COUNT opens on one session (stops at the first refusal);
-                          prints "RESULT ok=.. status=..", then "HOLDING" and keeps them until
-                          stdin is closed
+  opens COUNT [stream]    up to COUNT opens on one session (stops at the first refusal), of
+                          files or, with "stream", of a named stream of each file; prints
+                          "RESULT ok=.. status=..", then "HOLDING" and keeps them until stdin
+                          is closed
   setups COUNT            COUNT first SESSION_SETUP legs (NTLM NEGOTIATE, never completed) on
                           one connection; prints "RESULT more=.. refused=.. other=.."
   notify COUNT            COUNT CHANGE_NOTIFYs on one directory handle, never completed;
@@ -128,7 +129,7 @@ def cmd_compound(host, port, user, password, count, length):
     print(f"RESULT ok={ok} refused={refused} other={other} bytes={nbytes}", flush=True)
 
 
-def cmd_opens(host, port, user, password, count):
+def cmd_opens(host, port, user, password, count, stream=False):
     conn, sess, tree = connect(host, port, user, password)
     window = 128
     credits(conn, sess, 2 * window)
@@ -138,7 +139,7 @@ def cmd_opens(host, port, user, password, count):
     while i < count and first_err is None:
         batch = []
         for _ in range(min(window, count - i)):
-            f = Open(tree, f"open-{i}")
+            f = Open(tree, f"open-{i}:s" if stream else f"open-{i}")
             msg, fn = f.create(ImpersonationLevel.Impersonation, GENERIC_RW,
                                FileAttributes.FILE_ATTRIBUTE_NORMAL,
                                ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE,
@@ -374,7 +375,7 @@ def main():
     elif cmd == "compound":
         cmd_compound(host, port, user, password, int(rest[0]), int(rest[1]))
     elif cmd == "opens":
-        cmd_opens(host, port, user, password, int(rest[0]))
+        cmd_opens(host, port, user, password, int(rest[0]), rest[1:2] == ["stream"])
     elif cmd == "setups":
         cmd_setups(host, port, user, password, int(rest[0]))
     elif cmd == "notify":

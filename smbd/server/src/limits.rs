@@ -31,6 +31,9 @@ use std::sync::Mutex;
 
 use crate::config::LimitsConfig;
 
+/// The most descriptors one open holds ([`crate::open::Open::descriptors`]).
+const MAX_DESCRIPTORS_PER_OPEN: usize = 2;
+
 /// The process-wide open-file budget: descriptors held by connections (socket + opens) and
 /// by file I/O in flight, against RLIMIT_NOFILE minus headroom.
 pub struct FdBudget {
@@ -82,10 +85,11 @@ impl FdBudget {
             });
     }
 
-    /// Whether one more open fits beside `parked` durable handles parked after a disconnect
-    /// (they keep their descriptor too).
-    pub fn has_room(&self, parked: usize) -> bool {
-        self.in_use() + parked < self.limit
+    /// Whether one more open fits beside the descriptors `parked_fds` of durable handles
+    /// parked after a disconnect (they keep theirs too). Room is kept for the largest open:
+    /// a named stream's holds two descriptors (its data and its base file).
+    pub fn has_room(&self, parked_fds: usize) -> bool {
+        self.in_use() + parked_fds + MAX_DESCRIPTORS_PER_OPEN <= self.limit
     }
 }
 

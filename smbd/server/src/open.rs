@@ -70,6 +70,12 @@ pub(crate) struct Open {
 }
 
 impl Open {
+    /// Descriptors this open holds, for the open-file budget: a stream open holds two (the
+    /// stream's data and its base file's `pin`), a directory one (`pin`).
+    pub(crate) fn descriptors(&self) -> usize {
+        usize::from(self.file.is_some()) + usize::from(self.pin.is_some())
+    }
+
     /// The descriptor of the object this open names (the base file of a stream open); `None`
     /// only for an open that was set up without one (callers refuse the request then).
     pub(crate) fn object(&self) -> Option<&File> {
@@ -139,9 +145,16 @@ impl ParkedOpens {
         );
     }
 
-    /// Durable opens parked (each keeps its descriptor; see [`crate::limits::FdBudget`]).
+    /// Durable opens parked.
+    #[cfg(test)]
     pub(crate) fn len(&self, now: Instant) -> usize {
         self.live(now).len()
+    }
+
+    /// Descriptors the parked opens still hold (see [`Open::descriptors`] and
+    /// [`crate::limits::FdBudget`]).
+    pub(crate) fn descriptors(&self, now: Instant) -> usize {
+        self.live(now).values().map(|p| p.open.descriptors()).sum()
     }
 
     /// The parked handle state of `persistent`, if it is the same lock-service open.

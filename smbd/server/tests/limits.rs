@@ -312,6 +312,31 @@ fn open_file_budget_keeps_accept_working() {
     run_to_end(child, "opens client", &srv);
 }
 
+/// A named stream's open holds two descriptors (the stream's data and its base file), and
+/// the budget counts both: with the 192-descriptor budget of RLIMIT_NOFILE = 256, stream
+/// opens are refused with STATUS_TOO_MANY_OPENED_FILES after about 95, not after about 190
+/// (which would run the process out of descriptors at about 120, before the budget: opens
+/// then fail otherwise and accept stops working).
+#[test]
+fn stream_opens_count_both_descriptors() {
+    let Some(py) = tools() else { return };
+    let srv = TestServer::start(Options {
+        nofile: Some(256),
+        ..Default::default()
+    });
+    let (mut child, mut out) = client(&py, &srv, "opens", &["1000", "stream"]);
+    let res = line_with(&mut out, "RESULT", &srv);
+    assert_eq!(field(&res, "status"), 0xC000_011F, "{res}");
+    let ok = field(&res, "ok");
+    assert!(ok > 50 && ok < 96, "{res}");
+    line_with(&mut out, "HOLDING", &srv);
+    let (ping, mut pout) = client(&py, &srv, "ping", &[]);
+    line_with(&mut pout, "PING OK", &srv);
+    run_to_end(ping, "ping client", &srv);
+    drop(child.stdin.take());
+    run_to_end(child, "opens client", &srv);
+}
+
 fn status_kib(pid: u32, key: &str) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     s.lines()

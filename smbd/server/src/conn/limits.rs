@@ -4,7 +4,7 @@
 
 use smb_proto::{lock_flags, status, Header, NtStatus, Request};
 
-use super::{AuthState, ChainCtx, Conn, PendingKind};
+use super::{AuthState, ChainCtx, Conn, Open, PendingKind};
 
 /// Header, fixed body and padding of one response, beyond its variable data.
 const RESPONSE_OVERHEAD: usize = 1024;
@@ -46,6 +46,9 @@ enum Kind {
 pub(crate) struct ConnLimits {
     /// Descriptors of this connection counted in [`FdBudget`] (socket + opens).
     fds_reported: usize,
+    /// Descriptors held by this connection's opens (kept by [`Conn::add_open`] and
+    /// [`Conn::take_open`], so counting them costs nothing per request).
+    open_fds: usize,
     /// Limits already reported in the log for this connection (bit per [`Kind`]).
     warned: u16,
     /// This connection's share of [`crate::limits::ClientUsage`].
@@ -72,7 +75,7 @@ impl Conn {
     /// Bring this connection's share of the open-file budget, and of its client's usage
     /// (source address and users, [`crate::limits::ClientUsage`]), up to date.
     pub(crate) fn sync_fds(&mut self) {
-        let now = 1 + self.opens.len();
+        let now = 1 + self.limits.open_fds;
         let was = std::mem::replace(&mut self.limits.fds_reported, now);
         if now > was {
             self.shared.fds.add(now - was);
@@ -124,6 +127,21 @@ impl Conn {
                 self.limits.beyond_client_conns = self.shared.clients.of_addr(&a).conns > cap;
             }
         }
+    }
+
+    /// Put an open in this connection's table, counting its descriptors.
+    pub(crate) fn add_open(&mut self, volatile: u64, open: Open) {
+        self.limits.open_fds += open.descriptors();
+        if let Some(replaced) = self.opens.insert(volatile, open) {
+            self.limits.open_fds = self.limits.open_fds.saturating_sub(replaced.descriptors());
+        }
+    }
+
+    /// Take an open out of this connection's table, returning its descriptors' count.
+    pub(crate) fn take_open(&mut self, volatile: u64) -> Option<Open> {
+        let open = self.opens.remove(&volatile)?;
+        self.limits.open_fds = self.limits.open_fds.saturating_sub(open.descriptors());
+        Some(open)
     }
 
     /// The connection is gone: return its descriptors to the budget and its share of its
@@ -280,7 +298,11 @@ impl Conn {
                         l.opens_per_user,
                     );
                 }
-                if !self.shared.fds.has_room(self.shared.parked.len(self.now)) {
+                if !self
+                    .shared
+                    .fds
+                    .has_room(self.shared.parked.descriptors(self.now))
+                {
                     let limit = self.shared.fds.limit();
                     return self.refuse(Kind::OpenFiles, status::TOO_MANY_OPENED_FILES, limit);
                 }

@@ -46,7 +46,7 @@ impl Conn {
                 self.complete_async(a, lock_status, body);
             }
         }
-        let o = self.opens.remove(&v)?;
+        let o = self.take_open(v)?;
         self.end_notify_watch(&o);
         if let Some(id) = &o.identity {
             // A delete-on-close unlinks with the opener's credentials, also when the close

@@ -830,7 +830,7 @@ impl Conn {
         } else {
             oplock_grant_level(&grant)
         };
-        self.opens.insert(
+        self.add_open(
             v,
             Open {
                 session_id: cont.session_id,

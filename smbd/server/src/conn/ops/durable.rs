@@ -289,7 +289,7 @@ impl Conn {
             persistent,
             volatile: persistent,
         };
-        self.opens.insert(persistent, open);
+        self.add_open(persistent, open);
         tracing::debug!(conn = self.id, persistent, "durable open reconnected");
         Outcome::Reply(
             status::SUCCESS,
@@ -491,7 +491,7 @@ impl Conn {
             .map(|(v, _)| *v)
             .collect();
         for v in ids {
-            let Some(mut o) = self.opens.remove(&v) else {
+            let Some(mut o) = self.take_open(v) else {
                 continue;
             };
             // A parked handle watches nothing (a reconnect asks again).
