@@ -153,7 +153,8 @@ impl Conn {
                 let Some(obj) = o.object() else {
                     return err(status::INVALID_HANDLE);
                 };
-                let sd = crate::sd::load_fd(obj.as_fd()).encode(q.additional_information);
+                let stored = crate::sd::load_fd(obj.as_fd());
+                let sd = crate::sd::for_query(&stored, q.additional_information).encode();
                 if sd.len() > max {
                     let mut w = Writer::new();
                     w.u32(sd.len() as u32);
@@ -278,18 +279,21 @@ impl Conn {
     /// the DACL; SACLs are ignored (no auditing).
     pub(super) fn set_security(o: &Open, which: u32, buf: &[u8], read_only: bool) -> NtStatus {
         use crate::sd;
+        use smb_proto::security_descriptor::{
+            DACL_SECURITY_INFORMATION, GROUP_SECURITY_INFORMATION, OWNER_SECURITY_INFORMATION,
+        };
         const WRITE_DAC: u32 = 0x0004_0000;
         const WRITE_OWNER: u32 = 0x0008_0000;
-        let owner_group = sd::OWNER_SECURITY_INFORMATION | sd::GROUP_SECURITY_INFORMATION;
+        let owner_group = OWNER_SECURITY_INFORMATION | GROUP_SECURITY_INFORMATION;
         if (which & owner_group != 0 && o.access & WRITE_OWNER == 0)
-            || (which & sd::DACL_SECURITY_INFORMATION != 0 && o.access & WRITE_DAC == 0)
+            || (which & DACL_SECURITY_INFORMATION != 0 && o.access & WRITE_DAC == 0)
         {
             return status::ACCESS_DENIED;
         }
         if read_only {
             return status::ACCESS_DENIED;
         }
-        let given = match sd::parse(buf, which) {
+        let given = match sd::decode(buf, which) {
             Ok(p) => p,
             Err(st) => return st,
         };
@@ -297,7 +301,7 @@ impl Conn {
             return status::INVALID_HANDLE;
         };
         let mut cur = sd::load_fd(obj.as_fd());
-        cur.merge(given);
+        sd::overlay(&mut cur, given);
         match sd::store_fd(obj.as_fd(), &cur) {
             Ok(()) => status::SUCCESS,
             Err(e) => io_status(&e),
