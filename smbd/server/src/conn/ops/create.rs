@@ -6,7 +6,6 @@ use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use smb_proto::cursor::Reader;
 use smb_proto::{
     create_action, create_options, ctx as cctx, disposition, oplock_level, status, CreateContext,
     CreateRequest, CreateResponse, FileId, Header, LeaseContext, Response,
@@ -426,9 +425,7 @@ impl Conn {
             lease,
             want_mxac: c.context(cctx::MXAC).is_some(),
             want_qfid: c.context(cctx::QFID).is_some(),
-            allocation: c
-                .context(cctx::ALSI)
-                .and_then(|x| Reader::new(&x.data).u64().ok()),
+            allocation: smb_proto::create_ctx::allocation_size_request(&c),
             delete_on_close,
             durable,
             share_access: c.share_access & 0x7,

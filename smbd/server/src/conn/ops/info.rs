@@ -8,7 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use smb_proto::cursor::{utf16_to_string, Reader, Writer};
+use smb_proto::cursor::Reader;
 use smb_proto::{info_type, status, Header, QueryInfoRequest, Response, SetInfoRequest};
 
 use super::create::stream_info;
@@ -156,11 +156,9 @@ impl Conn {
                 let stored = crate::sd::load_fd(obj.as_fd());
                 let sd = crate::sd::for_query(&stored, q.additional_information).encode();
                 if sd.len() > max {
-                    let mut w = Writer::new();
-                    w.u32(sd.len() as u32);
                     return Outcome::Reply(
                         status::BUFFER_TOO_SMALL,
-                        Response::Error { data: w.buf },
+                        Response::buffer_too_small(sd.len() as u32),
                     );
                 }
                 sd
@@ -217,7 +215,7 @@ impl Conn {
                 return out;
             }
         }
-        if let Some(delete) = disposition_delete(s.class, &s.buffer) {
+        if let Some(delete) = smb_proto::fscc::disposition_delete(s.class, &s.buffer) {
             // Only a delete the handle may make is worth breaking for; the other checks
             // come with the disposition itself.
             if delete && may_delete {
@@ -232,10 +230,10 @@ impl Conn {
         }
         let mut r = Reader::new(&s.buffer);
         let st = match s.class {
-            class::BASIC => self.set_basic(v, &mut r),
+            class::BASIC => self.set_basic(v, &s.buffer),
             class::RENAME | class::RENAME_EX => self.set_rename(v, &s.buffer, s.class),
             class::DISPOSITION | class::DISPOSITION_EX => {
-                match disposition_delete(s.class, &s.buffer) {
+                match smb_proto::fscc::disposition_delete(s.class, &s.buffer) {
                     Some(delete) => self.set_disposition(v, delete),
                     None => status::INFO_LENGTH_MISMATCH,
                 }
@@ -308,20 +306,19 @@ impl Conn {
         }
     }
 
-    pub(super) fn set_basic(&mut self, v: u64, r: &mut Reader<'_>) -> NtStatus {
+    pub(super) fn set_basic(&mut self, v: u64, buf: &[u8]) -> NtStatus {
         let Some(o) = self.opens.get(&v) else {
             return status::FILE_CLOSED;
         };
-        let parsed = (|| -> Result<[u64; 5], smb_proto::DecodeError> {
-            Ok([r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u32()? as u64])
-        })();
-        let Ok([create, atime, mtime, change, attrs]) = parsed else {
+        let Ok(basic) = smb_proto::fscc::BasicInformation::decode(buf) else {
             return status::INFO_LENGTH_MISMATCH;
         };
+        let (create, atime, mtime, change) =
+            (basic.creation, basic.access, basic.write, basic.change);
         if o.access & WRITE_ATTRIBUTES == 0 {
             return status::ACCESS_DENIED;
         }
-        let attrs = attrs as u32;
+        let attrs = basic.attributes;
         if attrs & fs::attr::DIRECTORY != 0 && !o.is_dir {
             return status::INVALID_PARAMETER;
         }
@@ -509,16 +506,11 @@ impl Conn {
     }
 
     pub(super) fn set_rename(&mut self, v: u64, buf: &[u8], _cls: u8) -> NtStatus {
-        let mut r = Reader::new(buf);
-        let parsed = (|| -> Result<(bool, String), smb_proto::DecodeError> {
-            let replace = r.u8()? != 0;
-            r.skip(7)?;
-            let _root = r.u64()?;
-            let len = r.u32()? as usize;
-            let name = utf16_to_string(r.bytes(len)?)?;
-            Ok((replace, name))
-        })();
-        let Ok((replace, name)) = parsed else {
+        let Ok(smb_proto::fscc::RenameInformation {
+            replace_if_exists: replace,
+            file_name: name,
+        }) = smb_proto::fscc::RenameInformation::decode(buf)
+        else {
             return status::INVALID_PARAMETER;
         };
         let Some(o) = self.opens.get(&v) else {
@@ -669,16 +661,5 @@ impl Conn {
         self.shared
             .dir_changed(np, FILE_ACTION_RENAMED_NEW_NAME, nn);
         status::SUCCESS
-    }
-}
-
-/// The DeletePending / FILE_DISPOSITION_DELETE bit of a FileDispositionInformation(Ex)
-/// buffer (MS-FSCC 2.4.11, 2.4.12); `None` for another class or a short buffer.
-fn disposition_delete(cls: u8, buffer: &[u8]) -> Option<bool> {
-    let mut r = Reader::new(buffer);
-    match cls {
-        class::DISPOSITION => r.u8().ok().map(|d| d & 1 != 0),
-        class::DISPOSITION_EX => r.u32().ok().map(|f| f & 1 != 0),
-        _ => None,
     }
 }
