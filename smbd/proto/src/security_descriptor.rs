@@ -180,7 +180,8 @@ impl<'a> AceRef<'a> {
         Ok((sid, self.rest.get(r.pos()..).unwrap_or_default()))
     }
 
-    pub fn to_owned(&self) -> Ace {
+    /// An owned copy, to edit (inheritance changes the flags) and encode into a new ACL.
+    pub fn to_ace(&self) -> Ace {
         Ace {
             ace_type: self.ace_type,
             flags: self.flags,
@@ -438,7 +439,7 @@ pub fn check_round_trip(data: &[u8]) -> Result<bool, &'static str> {
         return Err("encoding is not stable");
     }
     if let Some(Dacl::Acl(acl)) = &first.dacl {
-        let aces: Vec<Ace> = acl.aces().map(|a| a.to_owned()).collect();
+        let aces: Vec<Ace> = acl.aces().map(|a| a.to_ace()).collect();
         if aces.len() > acl.ace_count() as usize {
             return Err("more ACEs than AceCount");
         }
@@ -446,7 +447,7 @@ pub fn check_round_trip(data: &[u8]) -> Result<bool, &'static str> {
             let _ = ace.sid();
         }
         let rebuilt = Acl::from_aces(&aces).ok_or("ACEs read from an ACL do not fit one")?;
-        let again: Vec<Ace> = rebuilt.aces().map(|a| a.to_owned()).collect();
+        let again: Vec<Ace> = rebuilt.aces().map(|a| a.to_ace()).collect();
         if again != aces {
             return Err("ACEs differ after Acl::from_aces");
         }
@@ -597,7 +598,7 @@ mod tests {
         let b = Ace::new(ace_type::ACCESS_ALLOWED, 0, 0x3, &AUTHENTICATED_USERS);
         let list = acl(&[a.clone(), b.clone()]);
         assert_eq!((list.revision(), list.ace_count()), (2, 2));
-        let got: Vec<Ace> = list.aces().map(|x| x.to_owned()).collect();
+        let got: Vec<Ace> = list.aces().map(|x| x.to_ace()).collect();
         assert_eq!(got, vec![a, b]);
         let first = list.aces().next().unwrap();
         assert_eq!(first.sid().unwrap(), (EVERYONE, &[][..]));
@@ -632,7 +633,7 @@ mod tests {
         assert_eq!(decoded.as_bytes(), &bytes[..]);
         let ace = decoded.aces().next().unwrap();
         assert_eq!((ace.ace_type, ace.mask, ace.rest.len()), (5, 0x10, 32));
-        let rebuilt = Acl::from_aces(&[ace.to_owned()]).unwrap();
+        let rebuilt = Acl::from_aces(&[ace.to_ace()]).unwrap();
         assert_eq!(&rebuilt.as_bytes()[8..], &raw[..]);
     }
 }

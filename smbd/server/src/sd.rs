@@ -249,7 +249,7 @@ pub fn inherit(parent: &SecurityDescriptor, child_is_dir: bool) -> Option<Securi
         } else {
             continue;
         };
-        let mut copy = ace.to_owned();
+        let mut copy = ace.to_ace();
         copy.flags = new_flags;
         inherited.push(copy);
     }
