@@ -27,6 +27,7 @@ TARGETS=(
     "lockmgr/replica replica_config"
     "lockmgr/replica replica_snapshot"
     "smbd/proto decode"
+    "smbd/proto security_descriptor"
     "smbd/auth ntlm_step"
     "smbd/auth decrypt"
     "smbd/auth user_db"

@@ -204,9 +204,33 @@ pub fn lease_request(c: &CreateRequest) -> Option<LeaseContext> {
         .and_then(|x| LeaseContext::decode(&x.data).ok())
 }
 
+/// The AllocationSize of a CREATE's AlSi context (MS-SMB2 2.2.13.2.6), if it carries one
+/// that decodes.
+pub fn allocation_size_request(c: &CreateRequest) -> Option<u64> {
+    c.context(cctx::ALSI)
+        .and_then(|x| Reader::new(&x.data).u64().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allocation_size_context() {
+        let with = |data: Vec<u8>| CreateRequest {
+            contexts: vec![CreateContext {
+                name: cctx::ALSI.to_vec(),
+                data,
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            allocation_size_request(&with(4096u64.to_le_bytes().to_vec())),
+            Some(4096)
+        );
+        assert_eq!(allocation_size_request(&with(vec![1, 2, 3])), None);
+        assert_eq!(allocation_size_request(&CreateRequest::default()), None);
+    }
 
     fn req(ctxs: &[(&[u8], usize)]) -> CreateRequest {
         CreateRequest {

@@ -18,6 +18,13 @@ pub enum DecodeError {
     BadString,
     #[error("invalid field: {0}")]
     Invalid(&'static str),
+    /// A SID with a revision other than 1 or more than 15 sub-authorities (NTSTATUS
+    /// STATUS_INVALID_SID when it arrives in a security descriptor).
+    #[error("invalid SID")]
+    InvalidSid,
+    /// An ACL with an unknown revision or an AclSize below its header (STATUS_INVALID_ACL).
+    #[error("invalid ACL")]
+    InvalidAcl,
 }
 
 /// Reads little-endian integers from a byte slice without panicking.

@@ -4,7 +4,7 @@
 //! The server gathers the facts ([`FileInfo`], [`OpenView`], [`FsStats`]) from its filesystem;
 //! everything about how they look on the wire lives here.
 
-use crate::cursor::{string_to_utf16, Writer};
+use crate::cursor::{string_to_utf16, utf16_to_string, DecodeError, Reader, Writer};
 use crate::status::{self, NtStatus};
 
 /// File attributes (MS-FSCC 2.6).
@@ -458,9 +458,99 @@ pub fn notify_entries<'a>(changes: impl IntoIterator<Item = (u32, &'a str)>) -> 
     out
 }
 
+/// FileBasicInformation as SET_INFO sends it (MS-FSCC 2.4.7): times as FILETIMEs (0 = leave
+/// unchanged, -1/-2 = stop/resume updating) and the file attributes (0 = unchanged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BasicInformation {
+    pub creation: u64,
+    pub access: u64,
+    pub write: u64,
+    pub change: u64,
+    pub attributes: u32,
+}
+
+impl BasicInformation {
+    pub fn decode(buf: &[u8]) -> Result<BasicInformation, DecodeError> {
+        let mut r = Reader::new(buf);
+        Ok(BasicInformation {
+            creation: r.u64()?,
+            access: r.u64()?,
+            write: r.u64()?,
+            change: r.u64()?,
+            attributes: r.u32()?,
+        })
+    }
+}
+
+/// FileRenameInformation as SMB2 SET_INFO sends it (MS-FSCC 2.4.37.2, the 64-bit layout):
+/// ReplaceIfExists, 7 reserved bytes, RootDirectory (always 0 over SMB2), the new name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenameInformation {
+    pub replace_if_exists: bool,
+    pub file_name: String,
+}
+
+impl RenameInformation {
+    pub fn decode(buf: &[u8]) -> Result<RenameInformation, DecodeError> {
+        let mut r = Reader::new(buf);
+        let replace_if_exists = r.u8()? != 0;
+        r.skip(7)?;
+        let _root_directory = r.u64()?;
+        let len = r.u32()? as usize;
+        let file_name = utf16_to_string(r.bytes(len)?)?;
+        Ok(RenameInformation {
+            replace_if_exists,
+            file_name,
+        })
+    }
+}
+
+/// The DeletePending / FILE_DISPOSITION_DELETE bit of a FileDispositionInformation(Ex)
+/// buffer (MS-FSCC 2.4.11, 2.4.12); `None` for another class or a short buffer.
+pub fn disposition_delete(cls: u8, buffer: &[u8]) -> Option<bool> {
+    let mut r = Reader::new(buffer);
+    match cls {
+        class::DISPOSITION => r.u8().ok().map(|d| d & 1 != 0),
+        class::DISPOSITION_EX => r.u32().ok().map(|f| f & 1 != 0),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_info_inputs_decode() {
+        let mut w = Writer::new();
+        w.u64(1).u64(2).u64(3).u64(4).u32(attr::HIDDEN).u32(0);
+        let b = BasicInformation::decode(&w.buf).unwrap();
+        assert_eq!((b.creation, b.access, b.write, b.change), (1, 2, 3, 4));
+        assert_eq!(b.attributes, attr::HIDDEN);
+        assert_eq!(
+            BasicInformation::decode(&w.buf[..35]),
+            Err(DecodeError::Truncated)
+        );
+
+        let name = string_to_utf16("dir\\new.txt");
+        let mut w = Writer::new();
+        w.u8(1).zeros(7).u64(0).u32(name.len() as u32).bytes(&name);
+        let r = RenameInformation::decode(&w.buf).unwrap();
+        assert_eq!(
+            (r.replace_if_exists, r.file_name.as_str()),
+            (true, "dir\\new.txt")
+        );
+        assert!(RenameInformation::decode(&w.buf[..w.buf.len() - 1]).is_err());
+
+        assert_eq!(disposition_delete(class::DISPOSITION, &[1]), Some(true));
+        assert_eq!(disposition_delete(class::DISPOSITION, &[2]), Some(false));
+        assert_eq!(disposition_delete(class::DISPOSITION_EX, &[1, 0]), None);
+        assert_eq!(
+            disposition_delete(class::DISPOSITION_EX, &[3, 0, 0, 0]),
+            Some(true)
+        );
+        assert_eq!(disposition_delete(class::BASIC, &[1]), None);
+    }
 
     #[test]
     fn notify_entries_are_aligned_and_linked() {

@@ -8,7 +8,8 @@
 //! smbd's only SMB codec: besides the messages ([`messages`], [`header`], [`smb1`]) it holds
 //! the NetBIOS session framing ([`netbios`]), the CREATE contexts ([`create_ctx`]), the
 //! file-system information classes ([`fscc`]), the FSCTL input and output buffers
-//! ([`fsctl_buf`]) and the NTSTATUS values ([`status`], [`NtStatus`]).
+//! ([`fsctl_buf`]), the security descriptors of QUERY_INFO/SET_INFO SECURITY and the SecD
+//! create context ([`security_descriptor`]) and the NTSTATUS values ([`status`], [`NtStatus`]).
 //!
 //! Nothing here panics on input: every read is bounds-checked and failures are [`DecodeError`].
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -21,6 +22,7 @@ pub mod fsctl_buf;
 pub mod header;
 pub mod messages;
 pub mod netbios;
+pub mod security_descriptor;
 pub mod smb1;
 pub mod status;
 

@@ -83,6 +83,26 @@ impl NegotiateContext {
         let salt = r.bytes(salt_len)?.to_vec();
         Ok((algs, salt))
     }
+    /// A PREAUTH_INTEGRITY response context (MS-SMB2 2.2.3.1.1): one hash algorithm and the
+    /// server's salt.
+    pub fn preauth_response(hash: u16, salt: &[u8]) -> NegotiateContext {
+        let mut w = Writer::new();
+        w.u16(1).u16(salt.len() as u16).u16(hash).bytes(salt);
+        NegotiateContext {
+            ctx_type: negctx::PREAUTH_INTEGRITY,
+            data: w.buf,
+        }
+    }
+    /// An ENCRYPTION or SIGNING response context (MS-SMB2 2.2.3.1.2, 2.2.3.1.7): the one
+    /// algorithm chosen (cipher 0 = no common cipher).
+    pub fn chosen(ctx_type: u16, id: u16) -> NegotiateContext {
+        let mut w = Writer::new();
+        w.u16(1).u16(id);
+        NegotiateContext {
+            ctx_type,
+            data: w.buf,
+        }
+    }
     /// For ENCRYPTION and SIGNING: the list of algorithm ids.
     pub fn id_list(&self) -> Result<Vec<u16>, DecodeError> {
         let mut r = Reader::new(&self.data);
@@ -967,6 +987,14 @@ fn off(w: &Writer, base: usize) -> usize {
 }
 
 impl Response {
+    /// The ERROR response of a QUERY_INFO whose output buffer is too small for the answer
+    /// (STATUS_BUFFER_TOO_SMALL): its ErrorData is the size needed as a u32 (MS-SMB2 3.3.5.20.3).
+    pub fn buffer_too_small(required: u32) -> Response {
+        Response::Error {
+            data: required.to_le_bytes().to_vec(),
+        }
+    }
+
     /// Encode the body after a header that starts at `base` in `w`.
     pub fn encode_body(&self, w: &mut Writer, base: usize) {
         match self {
@@ -1198,6 +1226,31 @@ pub fn encode_message(hdr: &Header, body: &Response) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buffer_too_small_carries_the_size_needed() {
+        assert_eq!(
+            Response::buffer_too_small(0x0102_0304),
+            Response::Error {
+                data: vec![4, 3, 2, 1]
+            }
+        );
+    }
+
+    #[test]
+    fn negotiate_response_contexts_decode_back() {
+        let salt = [7u8; 32];
+        let p = NegotiateContext::preauth_response(negctx::SHA512, &salt);
+        assert_eq!(p.ctx_type, negctx::PREAUTH_INTEGRITY);
+        assert_eq!(&p.data[..6], &[1, 0, 32, 0, 1, 0]);
+        assert_eq!(p.preauth().unwrap(), (vec![negctx::SHA512], salt.to_vec()));
+        let c = NegotiateContext::chosen(negctx::ENCRYPTION, 4);
+        assert_eq!(
+            (c.ctx_type, c.data.as_slice()),
+            (negctx::ENCRYPTION, &[1, 0, 4, 0][..])
+        );
+        assert_eq!(c.id_list().unwrap(), vec![4]);
+    }
     use crate::cursor::string_to_utf16;
 
     fn req_header(cmd: Command) -> Writer {

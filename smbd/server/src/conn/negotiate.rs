@@ -243,32 +243,20 @@ impl Conn {
                 return err(status::INVALID_PARAMETER);
             }
             let salt: [u8; 32] = rand::random();
-            let mut w = Writer::new();
-            w.u16(1).u16(32).u16(negctx::SHA512).bytes(&salt);
-            contexts.push(NegotiateContext {
-                ctx_type: negctx::PREAUTH_INTEGRITY,
-                data: w.buf,
-            });
+            contexts.push(NegotiateContext::preauth_response(negctx::SHA512, &salt));
             if req
                 .contexts
                 .iter()
                 .any(|c| c.ctx_type == negctx::ENCRYPTION)
             {
                 // Only answer contexts the client sent (MS-SMB2 3.3.5.4); cipher 0 = none.
-                let mut w = Writer::new();
-                w.u16(1).u16(cipher.map_or(0, |c| c.id()));
-                contexts.push(NegotiateContext {
-                    ctx_type: negctx::ENCRYPTION,
-                    data: w.buf,
-                });
+                contexts.push(NegotiateContext::chosen(
+                    negctx::ENCRYPTION,
+                    cipher.map_or(0, |c| c.id()),
+                ));
             }
             if let Some(s) = signing {
-                let mut w = Writer::new();
-                w.u16(1).u16(s.id());
-                contexts.push(NegotiateContext {
-                    ctx_type: negctx::SIGNING,
-                    data: w.buf,
-                });
+                contexts.push(NegotiateContext::chosen(negctx::SIGNING, s.id()));
             }
         }
         self.set_negotiated(d, &req, cipher, signing);

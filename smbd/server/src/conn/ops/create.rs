@@ -6,7 +6,6 @@ use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use smb_proto::cursor::Reader;
 use smb_proto::{
     create_action, create_options, ctx as cctx, disposition, oplock_level, status, CreateContext,
     CreateRequest, CreateResponse, FileId, Header, LeaseContext, Response,
@@ -304,17 +303,15 @@ impl Conn {
             let inherited = res
                 .abs
                 .parent()
-                .and_then(|p| crate::sd::load(p).inherit(dir_req));
+                .and_then(|p| crate::sd::inherit(&crate::sd::load(p), dir_req));
             if let (None, Some(p)) = (c.context(cctx::SECD), inherited) {
                 if let Err(e) = crate::sd::store(&res.abs, &p) {
                     tracing::debug!(%e, "inherited descriptor not stored");
                 }
             }
             if let Some(x) = c.context(cctx::SECD) {
-                let all = crate::sd::OWNER_SECURITY_INFORMATION
-                    | crate::sd::GROUP_SECURITY_INFORMATION
-                    | crate::sd::DACL_SECURITY_INFORMATION;
-                let stored = crate::sd::parse(&x.data, all)
+                let all = smb_proto::security_descriptor::ALL_SECURITY_INFORMATION;
+                let stored = crate::sd::decode(&x.data, all)
                     .map_err(|st| std::io::Error::other(format!("{st:#x}")))
                     .and_then(|p| crate::sd::store(&res.abs, &p));
                 if let Err(e) = stored {
@@ -428,9 +425,7 @@ impl Conn {
             lease,
             want_mxac: c.context(cctx::MXAC).is_some(),
             want_qfid: c.context(cctx::QFID).is_some(),
-            allocation: c
-                .context(cctx::ALSI)
-                .and_then(|x| Reader::new(&x.data).u64().ok()),
+            allocation: smb_proto::create_ctx::allocation_size_request(&c),
             delete_on_close,
             durable,
             share_access: c.share_access & 0x7,
@@ -542,15 +537,14 @@ impl Conn {
     ) -> Result<u32, NtStatus> {
         const SYNCHRONIZE: u32 = 0x0010_0000;
         const DELETE_CHILD: u32 = 0x40;
-        let Some(mut granted) = crate::sd::load(path).granted(token) else {
+        let Some(mut granted) = crate::sd::granted(&crate::sd::load(path), token) else {
             return Ok(access);
         };
         granted |= SYNCHRONIZE;
         let parent_grants_delete = || {
             path.parent()
                 .map(|p| {
-                    crate::sd::load(p)
-                        .granted(token)
+                    crate::sd::granted(&crate::sd::load(p), token)
                         .is_none_or(|g| g & DELETE_CHILD != 0)
                 })
                 .unwrap_or(false)

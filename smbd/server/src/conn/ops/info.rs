@@ -8,7 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use smb_proto::cursor::{utf16_to_string, Reader, Writer};
+use smb_proto::cursor::Reader;
 use smb_proto::{info_type, status, Header, QueryInfoRequest, Response, SetInfoRequest};
 
 use super::create::stream_info;
@@ -153,13 +153,12 @@ impl Conn {
                 let Some(obj) = o.object() else {
                     return err(status::INVALID_HANDLE);
                 };
-                let sd = crate::sd::load_fd(obj.as_fd()).encode(q.additional_information);
+                let stored = crate::sd::load_fd(obj.as_fd());
+                let sd = crate::sd::for_query(&stored, q.additional_information).encode();
                 if sd.len() > max {
-                    let mut w = Writer::new();
-                    w.u32(sd.len() as u32);
                     return Outcome::Reply(
                         status::BUFFER_TOO_SMALL,
-                        Response::Error { data: w.buf },
+                        Response::buffer_too_small(sd.len() as u32),
                     );
                 }
                 sd
@@ -216,7 +215,7 @@ impl Conn {
                 return out;
             }
         }
-        if let Some(delete) = disposition_delete(s.class, &s.buffer) {
+        if let Some(delete) = smb_proto::fscc::disposition_delete(s.class, &s.buffer) {
             // Only a delete the handle may make is worth breaking for; the other checks
             // come with the disposition itself.
             if delete && may_delete {
@@ -231,10 +230,10 @@ impl Conn {
         }
         let mut r = Reader::new(&s.buffer);
         let st = match s.class {
-            class::BASIC => self.set_basic(v, &mut r),
+            class::BASIC => self.set_basic(v, &s.buffer),
             class::RENAME | class::RENAME_EX => self.set_rename(v, &s.buffer, s.class),
             class::DISPOSITION | class::DISPOSITION_EX => {
-                match disposition_delete(s.class, &s.buffer) {
+                match smb_proto::fscc::disposition_delete(s.class, &s.buffer) {
                     Some(delete) => self.set_disposition(v, delete),
                     None => status::INFO_LENGTH_MISMATCH,
                 }
@@ -278,18 +277,21 @@ impl Conn {
     /// the DACL; SACLs are ignored (no auditing).
     pub(super) fn set_security(o: &Open, which: u32, buf: &[u8], read_only: bool) -> NtStatus {
         use crate::sd;
+        use smb_proto::security_descriptor::{
+            DACL_SECURITY_INFORMATION, GROUP_SECURITY_INFORMATION, OWNER_SECURITY_INFORMATION,
+        };
         const WRITE_DAC: u32 = 0x0004_0000;
         const WRITE_OWNER: u32 = 0x0008_0000;
-        let owner_group = sd::OWNER_SECURITY_INFORMATION | sd::GROUP_SECURITY_INFORMATION;
+        let owner_group = OWNER_SECURITY_INFORMATION | GROUP_SECURITY_INFORMATION;
         if (which & owner_group != 0 && o.access & WRITE_OWNER == 0)
-            || (which & sd::DACL_SECURITY_INFORMATION != 0 && o.access & WRITE_DAC == 0)
+            || (which & DACL_SECURITY_INFORMATION != 0 && o.access & WRITE_DAC == 0)
         {
             return status::ACCESS_DENIED;
         }
         if read_only {
             return status::ACCESS_DENIED;
         }
-        let given = match sd::parse(buf, which) {
+        let given = match sd::decode(buf, which) {
             Ok(p) => p,
             Err(st) => return st,
         };
@@ -297,27 +299,26 @@ impl Conn {
             return status::INVALID_HANDLE;
         };
         let mut cur = sd::load_fd(obj.as_fd());
-        cur.merge(given);
+        sd::overlay(&mut cur, given);
         match sd::store_fd(obj.as_fd(), &cur) {
             Ok(()) => status::SUCCESS,
             Err(e) => io_status(&e),
         }
     }
 
-    pub(super) fn set_basic(&mut self, v: u64, r: &mut Reader<'_>) -> NtStatus {
+    pub(super) fn set_basic(&mut self, v: u64, buf: &[u8]) -> NtStatus {
         let Some(o) = self.opens.get(&v) else {
             return status::FILE_CLOSED;
         };
-        let parsed = (|| -> Result<[u64; 5], smb_proto::DecodeError> {
-            Ok([r.u64()?, r.u64()?, r.u64()?, r.u64()?, r.u32()? as u64])
-        })();
-        let Ok([create, atime, mtime, change, attrs]) = parsed else {
+        let Ok(basic) = smb_proto::fscc::BasicInformation::decode(buf) else {
             return status::INFO_LENGTH_MISMATCH;
         };
+        let (create, atime, mtime, change) =
+            (basic.creation, basic.access, basic.write, basic.change);
         if o.access & WRITE_ATTRIBUTES == 0 {
             return status::ACCESS_DENIED;
         }
-        let attrs = attrs as u32;
+        let attrs = basic.attributes;
         if attrs & fs::attr::DIRECTORY != 0 && !o.is_dir {
             return status::INVALID_PARAMETER;
         }
@@ -505,16 +506,11 @@ impl Conn {
     }
 
     pub(super) fn set_rename(&mut self, v: u64, buf: &[u8], _cls: u8) -> NtStatus {
-        let mut r = Reader::new(buf);
-        let parsed = (|| -> Result<(bool, String), smb_proto::DecodeError> {
-            let replace = r.u8()? != 0;
-            r.skip(7)?;
-            let _root = r.u64()?;
-            let len = r.u32()? as usize;
-            let name = utf16_to_string(r.bytes(len)?)?;
-            Ok((replace, name))
-        })();
-        let Ok((replace, name)) = parsed else {
+        let Ok(smb_proto::fscc::RenameInformation {
+            replace_if_exists: replace,
+            file_name: name,
+        }) = smb_proto::fscc::RenameInformation::decode(buf)
+        else {
             return status::INVALID_PARAMETER;
         };
         let Some(o) = self.opens.get(&v) else {
@@ -665,16 +661,5 @@ impl Conn {
         self.shared
             .dir_changed(np, FILE_ACTION_RENAMED_NEW_NAME, nn);
         status::SUCCESS
-    }
-}
-
-/// The DeletePending / FILE_DISPOSITION_DELETE bit of a FileDispositionInformation(Ex)
-/// buffer (MS-FSCC 2.4.11, 2.4.12); `None` for another class or a short buffer.
-fn disposition_delete(cls: u8, buffer: &[u8]) -> Option<bool> {
-    let mut r = Reader::new(buffer);
-    match cls {
-        class::DISPOSITION => r.u8().ok().map(|d| d & 1 != 0),
-        class::DISPOSITION_EX => r.u32().ok().map(|f| f & 1 != 0),
-        _ => None,
     }
 }
