@@ -444,6 +444,14 @@ impl Conn {
                     .map_err(|_| status::OBJECT_NAME_NOT_FOUND)?,
             )
         };
+        // The check above went by name: the name may have been swapped for another object
+        // before the open. What counts is the object the descriptor holds.
+        let held = file.as_ref().or(pin.as_ref()).map(|f| f.metadata());
+        if !matches!(held, Some(Ok(m)) if m.is_dir() == b.is_dir
+            && crate::fs::stable_file_id(sh.fs_id, m.ino(), "") == b.stable_id)
+        {
+            return Err(status::OBJECT_NAME_NOT_FOUND);
+        }
         Ok(Open {
             session_id: 0,
             tree_id: 0,
