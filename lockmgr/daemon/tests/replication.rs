@@ -1887,9 +1887,8 @@ fn partitioned_primary_and_standby_never_grant_a_lock_twice() {
 /// Each schedule can fail: a lockmgrd built with `test-faults` and told to reply before its
 /// standby acknowledges (LOCKMGRD_TEST_REPLY_BEFORE_COMMIT) runs primary kills and link faults
 /// until the history checker reports a double grant or a lost lock; the test fails if it never
-/// does. (Plain SIGKILLs on loopback rarely catch it: the primary hands its appends to the
-/// kernel before its replies in every round, and a dead process's sent datagrams still arrive;
-/// a cut or lossy link is what leaves a replied entry off the standby.)
+/// does. (A kill or cut leaves entries the nodes saw replies for off the standby: nodes find
+/// their session refused as lost, or their lock gone when they release it.)
 #[test]
 fn replying_before_the_standby_acknowledges_is_caught() {
     let seed = chaos_seed();
