@@ -497,11 +497,22 @@ impl FailoverNode {
         let deadline = Instant::now() + TIMEOUT * 3;
         let mut healthy = self.client.flush().is_ok();
         loop {
-            assert!(
-                Instant::now() < deadline,
-                "{}: no reply to {req:?}",
-                self.name
-            );
+            if Instant::now() >= deadline {
+                // What this node did last, for the story of a stall.
+                let log = node_log().lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let mine: Vec<String> = log
+                    .iter()
+                    .filter(|(_, w)| w.starts_with(&format!("{} ", self.name)))
+                    .rev()
+                    .take(12)
+                    .map(|(t, w)| format!("{:.1} ms: {w}", *t as f64 / 1e6))
+                    .collect();
+                panic!(
+                    "{}: no reply to {req:?}; last notes, newest first: {}",
+                    self.name,
+                    mine.join(" | ")
+                );
+            }
             if healthy {
                 let wait_until = Instant::now() + SUSPECT_AFTER;
                 let mut reply = None;
