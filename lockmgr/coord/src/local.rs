@@ -2,7 +2,7 @@
 //! `etcd-server`): for tests, benchmarks and the local demo cluster, which need a real
 //! coordination service without touching any shared one.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,9 +25,11 @@ pub enum LocalEtcdError {
 /// An etcd process started by this process; killed (by PID) and its data directory removed
 /// on drop.
 pub struct LocalEtcd {
-    child: Child,
+    /// `None` while stopped ([`LocalEtcd::stop`]).
+    child: Option<Child>,
     dir: PathBuf,
     endpoint: String,
+    peer_url: String,
 }
 
 /// How long a starting etcd may take to answer (a loaded 2-vCPU machine needs seconds).
@@ -70,41 +72,42 @@ impl LocalEtcd {
         let peer_url = format!("http://127.0.0.1:{peer}");
         let dir =
             std::env::temp_dir().join(format!("clustersmb-etcd-{}-{client}", std::process::id()));
-        let child = Command::new("etcd")
-            .args(["--name", "local", "--data-dir"])
-            .arg(&dir)
-            .args(["--listen-client-urls", &endpoint])
-            .args(["--advertise-client-urls", &endpoint])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("local={peer_url}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(LocalEtcdError::Spawn)?;
+        let child = spawn_etcd(&dir, &endpoint, &peer_url)?;
         let mut etcd = LocalEtcd {
-            child,
+            child: Some(child),
             dir,
             endpoint,
+            peer_url,
         };
+        // On an error, dropping `etcd` stops the process.
+        etcd.wait_ready()?;
+        Ok(etcd)
+    }
+
+    /// Waits until this etcd answers; an etcd that exits (a port race) or stays silent for
+    /// `READY_WITHIN` is an error.
+    fn wait_ready(&mut self) -> Result<(), LocalEtcdError> {
         let start = Instant::now();
         loop {
             // Exited: it lost a port race. Answering: make sure it is this one (alive).
-            if !matches!(etcd.child.try_wait(), Ok(None)) {
+            let running = self
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+            if !running {
                 return Err(LocalEtcdError::NotReady(start.elapsed()));
             }
             let answers = Coordinator::connect(
-                std::slice::from_ref(&etcd.endpoint),
+                std::slice::from_ref(&self.endpoint),
                 "probe",
                 Duration::from_secs(2),
             )
             .and_then(|mut c| c.read())
             .is_ok();
             if answers {
-                return Ok(etcd);
+                return Ok(());
             }
             if start.elapsed() > READY_WITHIN {
-                // Dropping `etcd` stops the process.
                 return Err(LocalEtcdError::NotReady(READY_WITHIN));
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -114,6 +117,23 @@ impl LocalEtcd {
     /// The client URL, e.g. `http://127.0.0.1:40123`.
     pub fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// Kills the etcd process (SIGKILL, by PID), keeping its data: the coordination service
+    /// is down until [`LocalEtcd::restart`]. For tests of what a cluster does without it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the stopped etcd again on the same ports and data (so clients reconnect to the
+    /// same endpoint and find what was stored), and returns once it answers.
+    pub fn restart(&mut self) -> Result<(), LocalEtcdError> {
+        self.stop();
+        self.child = Some(spawn_etcd(&self.dir, &self.endpoint, &self.peer_url)?);
+        self.wait_ready()
     }
 
     /// A coordinator of `cluster` on this etcd.
@@ -128,10 +148,24 @@ impl LocalEtcd {
 
 impl Drop for LocalEtcd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+fn spawn_etcd(dir: &Path, endpoint: &str, peer_url: &str) -> Result<Child, LocalEtcdError> {
+    Command::new("etcd")
+        .args(["--name", "local", "--data-dir"])
+        .arg(dir)
+        .args(["--listen-client-urls", endpoint])
+        .args(["--advertise-client-urls", endpoint])
+        .args(["--listen-peer-urls", peer_url])
+        .args(["--initial-advertise-peer-urls", peer_url])
+        .args(["--initial-cluster", &format!("local={peer_url}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(LocalEtcdError::Spawn)
 }
 
 fn free_port() -> Result<u16, LocalEtcdError> {

@@ -141,3 +141,34 @@ fn an_unreachable_etcd_fails_within_the_deadline() {
     .and_then(|mut c| c.read());
     assert!(r.is_err());
 }
+
+/// A stopped LocalEtcd refuses every call; restarted, it answers on the same endpoint with
+/// what was stored before, and a coordinator made before the outage works again.
+#[test]
+fn a_stopped_etcd_restarts_with_its_data() {
+    let Some(mut etcd) = start_etcd() else { return };
+    let mut before = connect(&etcd, "c-restart");
+    let stored = before
+        .bootstrap(&config(1, "lm-a", Some("lm-b")))
+        .expect("bootstrap");
+    etcd.stop();
+    assert!(before.read().is_err(), "a stopped etcd answered");
+    etcd.restart().expect("etcd restarts");
+    let after = connect(&etcd, "c-restart").read().expect("read");
+    assert_eq!(after, Some(stored.clone()));
+    // The old client reconnects by itself (the daemons' connections do the same).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match before.read() {
+            Ok(seen) => {
+                assert_eq!(seen, Some(stored));
+                break;
+            }
+            Err(e) => assert!(
+                std::time::Instant::now() < deadline,
+                "the old coordinator never reconnected: {e}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -49,6 +49,29 @@ const PROBE_INTERVAL_MAX: Duration = Duration::from_millis(5);
 /// primary's last configuration change, possibly still in the watch) before it gives up.
 const RECORD_GRACE: Duration = Duration::from_secs(1);
 
+/// The environment variable that breaks a lockmgrd built with the `test-faults` feature.
+#[cfg(feature = "test-faults")]
+const REPLY_BEFORE_COMMIT_ENV: &str = "LOCKMGRD_TEST_REPLY_BEFORE_COMMIT";
+
+/// Test-only fault, compiled in only with the `test-faults` cargo feature (enabled by
+/// lockmgrd's own tests, never by a production build): with `LOCKMGRD_TEST_REPLY_BEFORE_COMMIT`
+/// set, the replica releases replies before its standby has acknowledged their log entries.
+/// Such a lock manager loses acknowledged locks across failovers; the history-checked tests
+/// run it to prove they notice. Applied to every replica this process builds (a standby's
+/// replica becomes the primary on promotion).
+fn with_test_faults(replica: Replica) -> Replica {
+    #[cfg(feature = "test-faults")]
+    let replica = {
+        let mut replica = replica;
+        if std::env::var_os(REPLY_BEFORE_COMMIT_ENV).is_some() {
+            tracing::warn!("test fault: replies leave before the standby acknowledges");
+            replica.set_reply_before_commit(true);
+        }
+        replica
+    };
+    replica
+}
+
 /// How often a standby must send to its primary (see [`PROBE_INTERVAL_MAX`]).
 fn probe_interval(failover: Duration) -> Duration {
     (failover / 4).min(PROBE_INTERVAL_MAX)
@@ -96,7 +119,10 @@ pub fn start<T: ServerTransport>(
     let (state, upstream) = if stored.config.primary == me {
         tracing::info!(epoch = stored.config.epoch, name = %ha.name, "first replica: primary, serving alone");
         let replica = Replica::primary(options.engine.clone(), Epoch(stored.config.epoch), false);
-        (LockState::Replicated(Box::new(replica)), None)
+        (
+            LockState::Replicated(Box::new(with_test_faults(replica))),
+            None,
+        )
     } else {
         let primary = &stored.config.primary;
         tracing::info!(epoch = stored.config.epoch, primary = %primary.name, address = %primary.address,
@@ -125,7 +151,7 @@ pub fn start<T: ServerTransport>(
         // Replaced by the snapshot's state once it has arrived.
         let placeholder = Replica::standby(options.engine.clone(), Epoch(stored.config.epoch));
         (
-            LockState::Replicated(Box::new(placeholder)),
+            LockState::Replicated(Box::new(with_test_faults(placeholder))),
             Some(Upstream {
                 transport: link,
                 session: accepted.session,
@@ -639,7 +665,7 @@ impl<T: ServerTransport> Server<T> {
                                     epoch,
                                     next_index: r.next_index(),
                                 });
-                                core.state = LockState::Replicated(Box::new(r));
+                                core.state = LockState::Replicated(Box::new(with_test_faults(r)));
                                 up.installed = true;
                                 up.snapshot = Vec::new();
                             }

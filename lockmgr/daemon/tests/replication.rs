@@ -175,10 +175,48 @@ fn start_replica_with(
     log: &str,
     failover_ms: u64,
 ) -> Replica {
+    start_replica_faulty(
+        etcd,
+        name,
+        key_file,
+        addr,
+        log,
+        failover_ms,
+        &ReplicaFaults::default(),
+    )
+}
+
+/// What a replica of the randomized schedules runs with besides the usual options.
+#[derive(Clone, Debug, Default)]
+struct ReplicaFaults {
+    /// The test-only fault of a lockmgrd built with `test-faults`: replies leave before the
+    /// standby acknowledges.
+    reply_before_commit: bool,
+    /// The address the other replica reaches this one at (a [`LinkProxy`] in front of it).
+    advertise: Option<String>,
+}
+
+/// Like [`start_replica_with`], with `faults`.
+fn start_replica_faulty(
+    etcd: &Etcd,
+    name: &str,
+    key_file: &std::path::Path,
+    addr: String,
+    log: &str,
+    failover_ms: u64,
+    faults: &ReplicaFaults,
+) -> Replica {
     // REPLICA_LOG (a tracing filter) overrides the test's level, to read a failover's story.
     let log = std::env::var("REPLICA_LOG").unwrap_or_else(|_| log.to_owned());
     let log = log.as_str();
-    let child = Command::new(env!("CARGO_BIN_EXE_lockmgrd"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_lockmgrd"));
+    if faults.reply_before_commit {
+        command.env("LOCKMGRD_TEST_REPLY_BEFORE_COMMIT", "1");
+    }
+    if let Some(a) = &faults.advertise {
+        command.args(["--advertise", a]);
+    }
+    let child = command
         .args([
             "--transport",
             "udp",
@@ -434,12 +472,23 @@ const SUSPECT_AFTER: Duration = Duration::from_millis(50);
 
 impl FailoverNode {
     fn call(&mut self, req: Request) -> Reply {
+        match self.try_call(req) {
+            Some(reply) => reply,
+            None => panic!("{}: session lost", self.name),
+        }
+    }
+
+    /// Like `call`; `None` if no replica has the session any more (a replica refused to
+    /// resume it: it lost state the node had seen).
+    fn try_call(&mut self, req: Request) -> Option<Reply> {
         let id = match self.client.submit(req.clone()) {
             Ok(id) => id,
             // The replica this session was on has gone (fenced, or its connection ended).
             Err(_) => {
                 mark(Phase::NodeSuspects);
-                self.resume();
+                if !self.resume() {
+                    return None;
+                }
                 self.client
                     .submit(req.clone())
                     .expect("submit after resume")
@@ -448,11 +497,22 @@ impl FailoverNode {
         let deadline = Instant::now() + TIMEOUT * 3;
         let mut healthy = self.client.flush().is_ok();
         loop {
-            assert!(
-                Instant::now() < deadline,
-                "{}: no reply to {req:?}",
-                self.name
-            );
+            if Instant::now() >= deadline {
+                // What this node did last, for the story of a stall.
+                let log = node_log().lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let mine: Vec<String> = log
+                    .iter()
+                    .filter(|(_, w)| w.starts_with(&format!("{} ", self.name)))
+                    .rev()
+                    .take(12)
+                    .map(|(t, w)| format!("{:.1} ms: {w}", *t as f64 / 1e6))
+                    .collect();
+                panic!(
+                    "{}: no reply to {req:?}; last notes, newest first: {}",
+                    self.name,
+                    mine.join(" | ")
+                );
+            }
             if healthy {
                 let wait_until = Instant::now() + SUSPECT_AFTER;
                 let mut reply = None;
@@ -477,20 +537,23 @@ impl FailoverNode {
                         note(format!("{} first reply after resuming", self.name));
                         self.resumed_since_reply = false;
                     }
-                    return r;
+                    return Some(r);
                 }
             }
             note(format!("{} suspects (healthy {healthy})", self.name));
             self.resumed_since_reply = true;
             mark(Phase::NodeSuspects);
-            self.resume();
+            if !self.resume() {
+                return None;
+            }
             // Applied already (the log holds it): the new primary resends its reply and drops
             // this copy; not applied: this copy is the request.
             healthy = self.client.resubmit(id, req.clone()).is_ok() && self.client.flush().is_ok();
         }
     }
 
-    fn resume(&mut self) {
+    /// Moves the session to a replica that accepts it; false if one refused it as lost.
+    fn resume(&mut self) -> bool {
         let from = self.client.resume_point();
         let deadline = Instant::now() + TIMEOUT * 3;
         loop {
@@ -516,10 +579,11 @@ impl FailoverNode {
                         self.resumes += 1;
                         mark(Phase::NodeResumed);
                         note(format!("{} resumed on {i}", self.name));
-                        return;
+                        return true;
                     }
                     Err(ClientError::Rejected(RejectReason::SessionLost)) => {
-                        panic!("{}: session lost on {}", self.name, self.addrs[i])
+                        eprintln!("{}: session lost on {}", self.name, self.addrs[i]);
+                        return false;
                     }
                     Err(e) => note(format!("{} resume on {i}: {e}", self.name)),
                 }
@@ -1076,4 +1140,841 @@ fn node_sessions_resume_across_a_failover() {
     assert!(n2.take_lost_connections().is_empty());
     eprintln!("first answer after the primary's SIGKILL: {first_answer:?}");
     drop(b);
+}
+
+/// A failure the randomized schedule injects into a running replicated lock manager.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// SIGKILL of the primary: the standby takes over, the dead one rejoins as standby.
+    KillPrimary,
+    /// SIGKILL of the standby: the primary records that it serves alone, then a replacement
+    /// standby joins (snapshot plus stream) while the nodes keep locking.
+    KillStandby,
+    /// A node dies without a word: its locks are released when lockmgrd declares it dead; a
+    /// new node takes its place.
+    KillNode,
+    /// The coordination service goes away for a while: the fast path never touches it.
+    EtcdDown,
+    /// Primary and standby stop hearing each other (both directions) while the nodes still
+    /// reach both: one of them must win a newer epoch, the other is fenced.
+    CutBoth,
+    /// The standby stops hearing the primary (the primary still hears the standby).
+    CutToStandby,
+    /// The primary stops hearing the standby (the standby still hears the primary).
+    CutToPrimary,
+    /// The replication link delays every datagram by 5 ms +- 2 ms and loses 1 %; the primary
+    /// is SIGKILLed while it is so.
+    SlowLinkThenKill,
+}
+
+/// What a [`LinkProxy`] does to the datagrams it relays.
+#[derive(Default)]
+struct LinkFaults {
+    /// Drop what the other replica sends to the replica behind the proxy.
+    drop_in: std::sync::atomic::AtomicBool,
+    /// Drop what the replica behind the proxy answers.
+    drop_out: std::sync::atomic::AtomicBool,
+    /// Delay every datagram by 3..=7 ms and lose 1 % of them.
+    slow: std::sync::atomic::AtomicBool,
+}
+
+impl LinkFaults {
+    fn clear(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.drop_in.store(false, Relaxed);
+        self.drop_out.store(false, Relaxed);
+        self.slow.store(false, Relaxed);
+    }
+}
+
+/// A UDP relay in front of one replica, the address it advertises to the other replica (and
+/// only to it: nodes reach replicas directly). The replication link between the two replicas
+/// passes through it, so the test can cut it in either direction, or delay and lose datagrams
+/// on it, while the nodes' traffic is untouched. (This kernel has neither netem nor tc
+/// actions nor netfilter, so the link faults are made here, in user space.)
+struct LinkProxy {
+    addr: String,
+    faults: std::sync::Arc<LinkFaults>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// A datagram waiting in a [`LinkProxy`]'s delay line, and how to send it on.
+type Delayed = (Instant, Box<dyn FnOnce() + Send>);
+
+impl LinkProxy {
+    fn start(target: std::net::SocketAddr) -> LinkProxy {
+        use std::collections::HashMap;
+        use std::net::UdpSocket;
+        use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+        use std::sync::{mpsc, Arc};
+        let front = Arc::new(UdpSocket::bind("127.0.0.1:0").expect("proxy socket"));
+        let poll = Some(Duration::from_millis(20));
+        front.set_read_timeout(poll).expect("timeout");
+        let addr = front.local_addr().expect("addr").to_string();
+        let faults = Arc::new(LinkFaults::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (delay_tx, delay_rx) = mpsc::channel::<Delayed>();
+        let delay_stop = Arc::clone(&stop);
+        let delay_line = std::thread::spawn(move || {
+            while !delay_stop.load(Relaxed) {
+                let Ok((at, send)) = delay_rx.recv_timeout(Duration::from_millis(20)) else {
+                    continue;
+                };
+                std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                send();
+            }
+        });
+        // Sends `send` now, later, or never, as the faults say.
+        let relay = {
+            let faults = Arc::clone(&faults);
+            move |drop: bool, send: Box<dyn FnOnce() + Send>, tx: &mpsc::Sender<Delayed>| {
+                use rand::Rng;
+                if drop {
+                    return;
+                }
+                if !faults.slow.load(Relaxed) {
+                    return send();
+                }
+                let mut rng = rand::thread_rng();
+                if rng.gen_bool(0.01) {
+                    return;
+                }
+                let at = Instant::now() + Duration::from_micros(rng.gen_range(3_000..=7_000));
+                let _ = tx.send((at, send));
+            }
+        };
+        let main = {
+            let (front, faults, stop) =
+                (Arc::clone(&front), Arc::clone(&faults), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut upstream: HashMap<std::net::SocketAddr, Arc<UdpSocket>> = HashMap::new();
+                let mut buf = vec![0u8; 65536];
+                while !stop.load(Relaxed) {
+                    let Ok((n, from)) = front.recv_from(&mut buf) else {
+                        continue;
+                    };
+                    let up = upstream.entry(from).or_insert_with(|| {
+                        // One socket towards the replica per peer of the proxy, and a thread
+                        // carrying the replica's answers back to that peer.
+                        let up = Arc::new(UdpSocket::bind("127.0.0.1:0").expect("upstream"));
+                        up.connect(target).expect("connect upstream");
+                        up.set_read_timeout(poll).expect("timeout");
+                        let (up2, front, faults, stop, tx) = (
+                            Arc::clone(&up),
+                            Arc::clone(&front),
+                            Arc::clone(&faults),
+                            Arc::clone(&stop),
+                            delay_tx.clone(),
+                        );
+                        let relay = relay.clone();
+                        std::thread::spawn(move || {
+                            let mut buf = vec![0u8; 65536];
+                            while !stop.load(Relaxed) {
+                                // The replica is gone or not yet there: its refusals only
+                                // end this read.
+                                let Ok(n) = up2.recv(&mut buf) else { continue };
+                                let bytes = buf[..n].to_vec();
+                                let front = Arc::clone(&front);
+                                relay(
+                                    faults.drop_out.load(Relaxed),
+                                    Box::new(move || {
+                                        let _ = front.send_to(&bytes, from);
+                                    }),
+                                    &tx,
+                                );
+                            }
+                        });
+                        up
+                    });
+                    let bytes = buf[..n].to_vec();
+                    let up = Arc::clone(up);
+                    relay(
+                        faults.drop_in.load(Relaxed),
+                        Box::new(move || {
+                            let _ = up.send(&bytes);
+                        }),
+                        &delay_tx,
+                    );
+                }
+            })
+        };
+        LinkProxy {
+            addr,
+            faults,
+            stop,
+            threads: vec![main, delay_line],
+        }
+    }
+}
+
+impl Drop for LinkProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Two replicas (restarted when they exit) on one etcd, for the randomized schedules.
+struct ChaosCluster {
+    etcd: Etcd,
+    key_file: PathBuf,
+    names: [&'static str; 2],
+    addrs: Vec<String>,
+    replicas: Vec<Option<Replica>>,
+    failover_ms: u64,
+    reply_before_commit: bool,
+    /// etcd must show at least this epoch before the cluster counts as healed (a replica
+    /// restarted after it read a record naming its dead predecessor).
+    min_epoch: u64,
+    /// Replicas that exited on their own (fenced) and were restarted.
+    fenced: u32,
+    /// One per replica when the schedule has link faults (the replicas reach each other
+    /// through them), none otherwise.
+    proxies: Vec<LinkProxy>,
+}
+
+impl ChaosCluster {
+    fn start(&mut self, i: usize) {
+        self.replicas[i] = Some(start_replica_faulty(
+            &self.etcd,
+            self.names[i],
+            &self.key_file,
+            self.addrs[i].clone(),
+            "warn",
+            self.failover_ms,
+            &ReplicaFaults {
+                reply_before_commit: self.reply_before_commit,
+                advertise: self.proxies.get(i).map(|p| p.addr.clone()),
+            },
+        ));
+    }
+
+    fn running(&mut self, i: usize) -> bool {
+        self.replicas[i]
+            .as_mut()
+            .is_some_and(|r| matches!(r.proc.0.try_wait(), Ok(None)))
+    }
+
+    fn config(&self) -> lockmgr_coord::Configuration {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            if let Ok(Some(s)) = coordinator(&self.etcd).and_then(|mut c| c.read()) {
+                return s.config;
+            }
+            assert!(Instant::now() < deadline, "etcd does not answer");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn index_of(&self, name: &str) -> usize {
+        self.names
+            .iter()
+            .position(|n| *n == name)
+            .expect("a replica of this test")
+    }
+
+    /// Restarts every replica that is not running, then waits until etcd records one of them
+    /// primary and the other standby with both processes alive.
+    fn heal(&mut self) -> lockmgr_coord::Configuration {
+        let deadline = Instant::now() + TIMEOUT * 3;
+        loop {
+            for i in 0..2 {
+                if !self.running(i) {
+                    self.fenced += u32::from(self.replicas[i].is_some());
+                    self.min_epoch = self.config().epoch + 1;
+                    self.start(i);
+                }
+            }
+            let c = self.config();
+            let healthy = c.epoch >= self.min_epoch
+                && c.standbys.len() == 1
+                && self.names.contains(&c.primary.name.as_str())
+                && c.standbys[0].name != c.primary.name;
+            if healthy && self.running(0) && self.running(1) {
+                return c;
+            }
+            assert!(Instant::now() < deadline, "the cluster never healed: {c:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Connects a new node to whichever replica is primary.
+fn connect_primary(addrs: &[String], name: &str) -> (LockClient<UdpClient>, usize) {
+    let deadline = Instant::now() + TIMEOUT * 3;
+    loop {
+        for (i, addr) in addrs.iter().enumerate() {
+            if let Ok(c) = udp(addr).and_then(|t| LockClient::connect(t, &options(name))) {
+                return (c, i);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}: no primary to connect to"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One node of a randomized schedule, locking until `stop` (or dying at `kill`).
+struct ChaosWorker {
+    client: u32,
+    kill: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<WorkerStats>,
+}
+
+/// What one node of a randomized schedule went through.
+#[derive(Default)]
+struct WorkerStats {
+    /// Sessions moved to another replica.
+    resumes: u32,
+    /// Sessions no replica would resume (state the node had seen was gone).
+    lost: u32,
+}
+
+/// The lock file and the two ranges the nodes take turns on: an exclusive one, and a shared
+/// one overlapping it (shared holders may overlap each other, not the exclusive holder).
+const CHAOS_FILE: FileId = FileId(0xc4a05);
+const CHAOS_RANGES: [LockRange; 2] = [
+    LockRange {
+        offset: 0,
+        length: 10,
+        exclusive: true,
+    },
+    LockRange {
+        offset: 5,
+        length: 10,
+        exclusive: false,
+    },
+];
+
+fn spawn_chaos_worker(
+    client: u32,
+    seed: u64,
+    addrs: Vec<String>,
+    events: std::sync::Arc<std::sync::Mutex<Vec<lockmgr_replica::history::Event>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    grants: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> ChaosWorker {
+    use lockmgr_replica::history::{Event as H, Range as HRange};
+    use rand::{Rng, SeedableRng};
+    use std::sync::atomic::Ordering;
+    let kill = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let killed = std::sync::Arc::clone(&kill);
+    let thread = std::thread::spawn(move || {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ u64::from(client));
+        let start = test_clock();
+        let now = || start.elapsed().as_nanos() as u64;
+        let record = |e: H| events.lock().expect("events").push(e);
+        let mut stats = WorkerStats::default();
+        // A node whose session every replica refused (it was lost) starts a new session,
+        // under a new identity in the history.
+        let mut identity = client;
+        'session: loop {
+            let name = format!("node{identity}");
+            let (first, current) = connect_primary(&addrs, &name);
+            let mut node = FailoverNode {
+                name,
+                addrs: addrs.clone(),
+                client: first,
+                current,
+                resumes: 0,
+                resumed_since_reply: false,
+            };
+            let open = match node.try_call(Request::Open(OpenRequest {
+                file: CHAOS_FILE,
+                access: access::FILE_READ_DATA | access::FILE_WRITE_DATA,
+                share: share::READ | share::WRITE,
+                ..OpenRequest::default()
+            })) {
+                Some(Reply::Opened { open, .. }) => open,
+                None => {
+                    stats.lost += 1;
+                    identity += 1000;
+                    continue 'session;
+                }
+                Some(other) => panic!("open: {other:?}"),
+            };
+            loop {
+                if stop.load(Ordering::Relaxed) {
+                    stats.resumes += node.resumes;
+                    return stats;
+                }
+                if killed.load(Ordering::Relaxed) {
+                    // A crash: nothing more is sent (no end of session); lockmgrd finds out
+                    // when the node's liveness lease runs out, and the checker's model
+                    // releases its locks now.
+                    record(H::Died {
+                        at: now(),
+                        client: identity,
+                    });
+                    stats.resumes += node.resumes;
+                    std::mem::forget(node);
+                    return stats;
+                }
+                let range = CHAOS_RANGES[rng.gen_range(0..CHAOS_RANGES.len())];
+                let h = HRange {
+                    offset: range.offset,
+                    length: range.length,
+                    exclusive: range.exclusive,
+                };
+                let reply = node.try_call(Request::Lock {
+                    open,
+                    ranges: vec![range],
+                    fail_immediately: true,
+                });
+                match reply {
+                    None => {
+                        stats.resumes += node.resumes;
+                        stats.lost += 1;
+                        identity += 1000;
+                        continue 'session;
+                    }
+                    Some(Reply::Done(Status::Success)) => {
+                        grants.fetch_add(1, Ordering::Relaxed);
+                        record(H::Acquired {
+                            at: now(),
+                            client: identity,
+                            file: CHAOS_FILE.0,
+                            range: h,
+                        });
+                        std::thread::sleep(Duration::from_micros(rng.gen_range(50..500)));
+                        if killed.load(Ordering::Relaxed) {
+                            // Dies holding the lock (the check at the loop's top).
+                            continue;
+                        }
+                        record(H::Releasing {
+                            at: now(),
+                            client: identity,
+                            file: CHAOS_FILE.0,
+                            range: h,
+                        });
+                        let r = node.try_call(Request::Unlock {
+                            open,
+                            ranges: vec![range],
+                        });
+                        if r != Some(Reply::Done(Status::Success)) {
+                            // The lock manager no longer had the lock (or the whole session).
+                            record(H::ReleaseFailed {
+                                at: now(),
+                                client: identity,
+                                file: CHAOS_FILE.0,
+                                range: h,
+                            });
+                        }
+                        if r.is_none() {
+                            stats.resumes += node.resumes;
+                            stats.lost += 1;
+                            identity += 1000;
+                            continue 'session;
+                        }
+                    }
+                    // Not a busy loop: the lock managers need the CPUs more than we do.
+                    Some(Reply::Done(Status::LockNotGranted)) => {
+                        std::thread::sleep(Duration::from_micros(100))
+                    }
+                    Some(other) => panic!("lock: {other:?}"),
+                }
+            }
+        }
+    });
+    ChaosWorker {
+        client,
+        kill,
+        thread,
+    }
+}
+
+/// What a randomized run did and what the history checker made of it.
+struct ChaosOutcome {
+    faults: Vec<Fault>,
+    checked: usize,
+    grants: u64,
+    resumes: u32,
+    lost_sessions: u32,
+    fenced: u32,
+    violations: Vec<lockmgr_replica::history::Violation>,
+}
+
+/// The seed of a randomized schedule: `CHAOS_SEED`, or a fresh one (printed either way, so a
+/// failing schedule can be run again).
+fn chaos_seed() -> u64 {
+    let seed = std::env::var("CHAOS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| rand::random::<u64>() >> 1);
+    eprintln!("randomized schedule: CHAOS_SEED={seed}");
+    seed
+}
+
+/// Runs nodes locking against two replicas while `faults` (drawn with `seed`) strike, for
+/// `duration`, then checks the history. `until_violation`: stop at the first fault after
+/// which the checker finds something (for a broken build).
+fn run_chaos(
+    seed: u64,
+    faults: &[Fault],
+    duration: Duration,
+    reply_before_commit: bool,
+    until_violation: bool,
+) -> Option<ChaosOutcome> {
+    use rand::{Rng, SeedableRng};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let etcd = start_etcd()?;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster = ChaosCluster {
+        etcd,
+        key_file: key_file(&dir),
+        names: ["lm-a", "lm-b"],
+        addrs: (0..2)
+            .map(|_| format!("127.0.0.1:{}", free_udp_port()))
+            .collect(),
+        replicas: vec![None, None],
+        failover_ms: 100,
+        reply_before_commit,
+        min_epoch: 0,
+        fenced: 0,
+        proxies: Vec::new(),
+    };
+    let link_faults = [
+        Fault::CutBoth,
+        Fault::CutToStandby,
+        Fault::CutToPrimary,
+        Fault::SlowLinkThenKill,
+    ];
+    if faults.iter().any(|f| link_faults.contains(f)) {
+        cluster.proxies = cluster
+            .addrs
+            .iter()
+            .map(|a| LinkProxy::start(a.parse().expect("addr")))
+            .collect();
+    }
+    cluster.start(0);
+    wait_config(&cluster.etcd, "lm-a primary", |c| c.primary.name == "lm-a");
+    cluster.heal();
+
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let events: Arc<Mutex<Vec<lockmgr_replica::history::Event>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let grants = Arc::new(AtomicU64::new(0));
+    let addrs = cluster.addrs.clone();
+    let spawn = |client: u32| {
+        spawn_chaos_worker(
+            client,
+            seed,
+            addrs.clone(),
+            Arc::clone(&events),
+            Arc::clone(&stop),
+            Arc::clone(&grants),
+        )
+    };
+    let mut workers: Vec<ChaosWorker> = (0..3).map(spawn).collect();
+    let mut next_client = 3;
+    let mut resumes = 0;
+    let mut lost_sessions = 0;
+    let mut done = Vec::new();
+    let mut first = faults.to_vec();
+    rand::seq::SliceRandom::shuffle(first.as_mut_slice(), &mut rng);
+    let end = Instant::now() + duration;
+    while Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(rng.gen_range(200..600)));
+        let config = cluster.heal();
+        // Every kind once first (in a seeded order), then at random.
+        let fault = match first.get(done.len()) {
+            Some(f) => *f,
+            None => faults[rng.gen_range(0..faults.len())],
+        };
+        eprintln!("fault {}: {fault:?} (epoch {})", done.len(), config.epoch);
+        match fault {
+            Fault::KillPrimary => {
+                let victim = cluster.index_of(&config.primary.name);
+                let survivor = cluster.names[1 - victim];
+                drop(cluster.replicas[victim].take());
+                wait_config(&cluster.etcd, "the standby promoted", |c| {
+                    c.primary.name == survivor && c.epoch > config.epoch
+                });
+            }
+            Fault::KillStandby => {
+                let victim = cluster.index_of(&config.standbys[0].name);
+                let primary = config.primary.name.clone();
+                drop(cluster.replicas[victim].take());
+                wait_config(&cluster.etcd, "the primary serving alone", |c| {
+                    c.primary.name == primary && c.standbys.is_empty() && c.epoch > config.epoch
+                });
+                // Serving alone for a while; `heal` then starts the replacement standby,
+                // which catches up while the nodes go on locking.
+                std::thread::sleep(Duration::from_millis(rng.gen_range(100..400)));
+            }
+            Fault::KillNode => {
+                let w = workers.remove(rng.gen_range(0..workers.len()));
+                w.kill.store(true, Ordering::Relaxed);
+                let stats = w.thread.join().expect("node thread");
+                resumes += stats.resumes;
+                lost_sessions += stats.lost;
+                eprintln!("node{} killed; node{next_client} joins", w.client);
+                workers.push(spawn(next_client));
+                next_client += 1;
+            }
+            Fault::EtcdDown => {
+                let before = grants.load(Ordering::Relaxed);
+                cluster.etcd.local.stop();
+                std::thread::sleep(Duration::from_millis(rng.gen_range(1500..3000)));
+                let during = grants.load(Ordering::Relaxed) - before;
+                let both_running = cluster.running(0) && cluster.running(1);
+                cluster.etcd.local.restart().expect("etcd restarts");
+                eprintln!("etcd down: {during} locks granted meanwhile");
+                assert!(during > 0, "no lock was granted while etcd was down");
+                assert!(both_running, "a replica stopped while etcd was down");
+            }
+            Fault::CutBoth | Fault::CutToStandby | Fault::CutToPrimary => {
+                let p = cluster.index_of(&config.primary.name);
+                let link = &cluster.proxies[p].faults;
+                let to_primary = fault != Fault::CutToStandby;
+                let to_standby = fault != Fault::CutToPrimary;
+                link.drop_in.store(to_primary, Ordering::Relaxed);
+                link.drop_out.store(to_standby, Ordering::Relaxed);
+                // An old primary cut off from its standby can grant nothing; one of the two
+                // must win a newer epoch through etcd, and the nodes follow it.
+                wait_config(&cluster.etcd, "a newer epoch after the cut", |c| {
+                    c.epoch > config.epoch
+                });
+                let before = grants.load(Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(rng.gen_range(300..600)));
+                let during = grants.load(Ordering::Relaxed) - before;
+                for proxy in &cluster.proxies {
+                    proxy.faults.clear();
+                }
+                let after = cluster.config();
+                eprintln!(
+                    "cut: epoch {} -> {}, primary {} -> {}, {during} grants while cut",
+                    config.epoch, after.epoch, config.primary.name, after.primary.name
+                );
+            }
+            Fault::SlowLinkThenKill => {
+                for proxy in &cluster.proxies {
+                    proxy.faults.slow.store(true, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(rng.gen_range(1000..2000)));
+                let victim = cluster.index_of(&config.primary.name);
+                let survivor = cluster.names[1 - victim];
+                drop(cluster.replicas[victim].take());
+                wait_config(&cluster.etcd, "the standby promoted", |c| {
+                    c.primary.name == survivor && c.epoch > config.epoch
+                });
+                for proxy in &cluster.proxies {
+                    proxy.faults.clear();
+                }
+            }
+        }
+        done.push(fault);
+        if until_violation
+            && !lockmgr_replica::history::check(&events.lock().expect("events")).is_empty()
+        {
+            break;
+        }
+    }
+    // Once the faults stop, locks must be granted again: within the liveness lease (2 s) of
+    // a node killed last while it held the exclusive range, which blocks everyone till then.
+    cluster.heal();
+    let before = grants.load(Ordering::Relaxed);
+    let quiet_until = Instant::now() + TIMEOUT;
+    while grants.load(Ordering::Relaxed) == before && Instant::now() < quiet_until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let settled = grants.load(Ordering::Relaxed) - before;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        let stats = w.thread.join().expect("node thread");
+        resumes += stats.resumes;
+        lost_sessions += stats.lost;
+    }
+    let events = events.lock().expect("events").clone();
+    let violations = lockmgr_replica::history::check(&events);
+    assert!(
+        settled > 0 || !violations.is_empty(),
+        "no lock granted after the last fault"
+    );
+    Some(ChaosOutcome {
+        faults: done,
+        checked: events.len(),
+        grants: grants.load(Ordering::Relaxed),
+        resumes,
+        lost_sessions,
+        fenced: cluster.fenced,
+        violations,
+    })
+}
+
+fn report(what: &str, o: &ChaosOutcome) {
+    let count = |f: Fault| o.faults.iter().filter(|x| **x == f).count();
+    eprintln!(
+        "{what}: {} faults ({} primary kills, {} standby kills, {} node kills, {} etcd outages, \
+         {} two-way cuts, {} one-way cuts to the standby, {} to the primary, {} slow links then \
+         kills); \
+         {} history events checked, {} grants, {} session resumes, {} sessions lost, {} replicas fenced (and \
+         restarted); violations: {}",
+        o.faults.len(),
+        count(Fault::KillPrimary),
+        count(Fault::KillStandby),
+        count(Fault::KillNode),
+        count(Fault::EtcdDown),
+        count(Fault::CutBoth),
+        count(Fault::CutToStandby),
+        count(Fault::CutToPrimary),
+        count(Fault::SlowLinkThenKill),
+        o.checked,
+        o.grants,
+        o.resumes,
+        o.lost_sessions,
+        o.fenced,
+        o.violations.len()
+    );
+    for v in o.violations.iter().take(5) {
+        eprintln!("  {v}");
+    }
+}
+
+/// Runs a randomized schedule of `all` (narrowed by `CHAOS_FAULTS`, e.g.
+/// "KillPrimary,EtcdDown", to find which fault a failure needs) for `CHAOS_SECS` (default
+/// `default_secs`): every kind must have struck, the history checker must find nothing, and no
+/// session may be lost.
+fn randomized_schedule(what: &str, all: &[Fault], default_secs: u64) {
+    let secs = std::env::var("CHAOS_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default_secs);
+    let seed = chaos_seed();
+    let faults: Vec<Fault> = match std::env::var("CHAOS_FAULTS") {
+        Ok(names) => all
+            .iter()
+            .copied()
+            .filter(|f| names.split(',').any(|n| n == format!("{f:?}")))
+            .collect(),
+        Err(_) => all.to_vec(),
+    };
+    let Some(o) = run_chaos(seed, &faults, Duration::from_secs(secs), false, false) else {
+        return;
+    };
+    report(what, &o);
+    for f in faults {
+        assert!(o.faults.contains(&f), "the schedule never ran {f:?}");
+    }
+    assert!(
+        o.violations.is_empty(),
+        "CHAOS_SEED={seed}: history violations"
+    );
+    assert_eq!(o.lost_sessions, 0, "CHAOS_SEED={seed}: sessions lost");
+}
+
+/// Randomized schedules of primary kills, standby kills (a replacement standby joins and
+/// catches up while the nodes lock) and node kills, with nodes taking turns on overlapping
+/// exclusive and shared locks: the history checker must find nothing. `CHAOS_SECS` sets the
+/// run's length (default 30), `CHAOS_SEED` replays a schedule. Not run by default, for the
+/// stall described at `kills_after_etcd_outages_never_grant_a_lock_twice` (here in 1 of 6
+/// runs, after a standby was killed and replaced; never a history violation).
+#[test]
+#[ignore = "known stall: every node's requests go unanswered for 30 s after a standby is replaced"]
+fn randomized_failures_never_grant_a_lock_twice() {
+    randomized_schedule(
+        "randomized schedule",
+        &[Fault::KillPrimary, Fault::KillStandby, Fault::KillNode],
+        30,
+    );
+}
+
+/// etcd stopped (SIGKILL) for 1.5-3 s, again and again, while the nodes lock: the fast path
+/// never touches etcd, so locks keep being granted meanwhile, no replica stops, and etcd
+/// restarted on the same data serves the next configuration change.
+#[test]
+fn etcd_outages_do_not_stop_steady_state_locking() {
+    randomized_schedule("etcd outages", &[Fault::EtcdDown], 10);
+}
+
+/// Both mixed: replica kills after etcd outages. Not run by default: after a replica is
+/// killed and a replacement standby has joined and been recorded by both replicas, the nodes'
+/// requests sometimes get no reply at all, on every node at once, for the 30 s a request may
+/// take (seen in 4 of 7 runs of 40 s; with kills alone in 1 of 6 runs of 30 s; etcd outages
+/// alone never; the replicas log nothing meanwhile; never a history violation). Nodes resume
+/// and resend every 50 ms in that time, so the replies the log holds are not reaching them:
+/// the cause is still to be found. Run with `cargo test -p lockmgrd --test replication
+/// kills_after_etcd -- --ignored --nocapture` (and `CHAOS_SEED`, `CHAOS_FAULTS`).
+#[test]
+#[ignore = "known stall: every node's requests go unanswered for 30 s after a standby is replaced"]
+fn kills_after_etcd_outages_never_grant_a_lock_twice() {
+    randomized_schedule(
+        "kills after etcd outages",
+        &[
+            Fault::KillPrimary,
+            Fault::KillStandby,
+            Fault::KillNode,
+            Fault::EtcdDown,
+        ],
+        40,
+    );
+}
+
+/// The replication link between primary and standby is cut (both ways, and each way alone)
+/// while the nodes keep locking on whichever replica serves, or turned slow and lossy (5 ms
+/// +- 2 ms, 1 % loss) before the primary is SIGKILLed: every cut ends with one primary in a
+/// newer epoch, and the history checker finds nothing. `CHAOS_SECS` (default 20) and
+/// `CHAOS_SEED` as for the other randomized schedule.
+#[test]
+fn partitioned_primary_and_standby_never_grant_a_lock_twice() {
+    let secs = std::env::var("CHAOS_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let seed = chaos_seed();
+    let faults = [
+        Fault::CutBoth,
+        Fault::CutToStandby,
+        Fault::CutToPrimary,
+        Fault::SlowLinkThenKill,
+    ];
+    let Some(o) = run_chaos(seed, &faults, Duration::from_secs(secs), false, false) else {
+        return;
+    };
+    report("partition schedule", &o);
+    for f in faults {
+        assert!(o.faults.contains(&f), "the schedule never ran {f:?}");
+    }
+    assert!(
+        o.violations.is_empty(),
+        "CHAOS_SEED={seed}: history violations"
+    );
+}
+
+/// Each schedule can fail: a lockmgrd built with `test-faults` and told to reply before its
+/// standby acknowledges (LOCKMGRD_TEST_REPLY_BEFORE_COMMIT) runs primary kills and link faults
+/// until the history checker reports a double grant or a lost lock; the test fails if it never
+/// does. (A kill or cut leaves entries the nodes saw replies for off the standby: nodes find
+/// their session refused as lost, or their lock gone when they release it.)
+#[test]
+fn replying_before_the_standby_acknowledges_is_caught() {
+    let seed = chaos_seed();
+    let faults = [
+        Fault::KillPrimary,
+        Fault::CutToStandby,
+        Fault::CutBoth,
+        Fault::SlowLinkThenKill,
+    ];
+    let Some(o) = run_chaos(seed, &faults, Duration::from_secs(40), true, true) else {
+        return;
+    };
+    report("broken build (replies before the standby acknowledges)", &o);
+    let caught = o.violations.iter().any(|v| {
+        matches!(
+            v,
+            lockmgr_replica::history::Violation::DoubleGrant { .. }
+                | lockmgr_replica::history::Violation::LostLock { .. }
+        )
+    });
+    assert!(
+        caught,
+        "CHAOS_SEED={seed}: the history checker passed a lock manager that replies before its standby acknowledges"
+    );
 }
