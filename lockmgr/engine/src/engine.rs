@@ -1738,6 +1738,7 @@ impl Engine {
             self.reply(session, request, Reply::Done(Status::InvalidLockRange));
             return;
         }
+        self.drop_own_io_grants(session, f);
         if self.io_recall_blocks_lock(f) {
             self.queue_lock_for_recall(session, request, open, f, ranges, fail_immediately);
             return;

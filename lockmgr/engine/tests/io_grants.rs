@@ -100,18 +100,18 @@ fn lock_waits_for_recall_acks() {
         },
     );
     assert_eq!(reply, Reply::Pending);
-    // One recall per session, however many of its opens held a grant.
+    // One recall per session, however many of its opens held a grant; none to the locking
+    // session, whose own grant ends with its lock request.
     let r1 = recalls_for(&mut h, S1);
-    let r2 = recalls_for(&mut h, S2);
     assert_eq!(r1.len(), 1);
-    assert_eq!(r2.len(), 1);
+    assert!(recalls_for(&mut h, S2).is_empty());
     assert_eq!(r1[0].0, F1);
     assert!(r1[0].1 >= ga, "the recall covers the grant");
-    assert_eq!(h.e.stats().io_recalls_total, 2);
-    // No grant while the recall is in flight: the node that acked asks again and gets none.
+    assert_eq!(h.e.stats().io_recalls_total, 1);
+    // No grant while the recall is in flight, and the lock waits for the ack.
+    assert_eq!(check_grant(&mut h, S2, b, false), OK);
     assert_eq!(ack(&mut h, S2, F1), OK);
     assert_eq!(h.completed(S2, lock), None);
-    assert_eq!(check_grant(&mut h, S2, b, false), OK);
     assert_eq!(ack(&mut h, S1, F1), OK);
     assert_eq!(h.completed(S2, lock), Some(OK));
     // The lock is in force for the first node's I/O, which asks again.
@@ -446,4 +446,28 @@ fn rename_break_waits_for_recall() {
         }
     );
     assert_eq!(h.completed(S2, rename), Some(OK));
+}
+
+/// A session's own lock ends its own grants on the file without a recall: a node locking a
+/// file only it does I/O on waits for nobody. Other sessions' grants are still recalled.
+#[test]
+fn own_lock_needs_no_recall() {
+    let mut h = H::new();
+    let (a, b) = two_opens(&mut h);
+    let (a2, _) = h.open_ok(S1, file_open(F1, RW, SHARE_ALL));
+    granted(&mut h, S1, a, true);
+    granted(&mut h, S1, a2, true);
+    assert_eq!(h.lock(S1, a, 0, 10, true, true), OK);
+    assert!(recalls_for(&mut h, S1).is_empty());
+    // Both of the session's grants are gone: a2 asks again and sees the lock.
+    assert_eq!(
+        check_grant(&mut h, S1, a2, false),
+        Reply::Done(Status::FileLockConflict)
+    );
+    assert_eq!(h.unlock(S1, a, 0, 10), OK);
+    granted(&mut h, S1, a, true);
+    granted(&mut h, S2, b, true);
+    assert_eq!(h.lock(S1, a, 0, 10, true, true), Reply::Pending);
+    assert_eq!(recalls_for(&mut h, S2).len(), 1);
+    assert!(recalls_for(&mut h, S1).is_empty());
 }

@@ -872,6 +872,11 @@ impl Driver {
         fail_immediately: bool,
     ) -> Result<(), String> {
         let open = self.eid(h);
+        // As a node does: its own grants on the file end before it asks for a lock.
+        if let Some(file) = self.model.open(h).map(|o| o.p.file) {
+            self.io_grants
+                .retain(|_, (s, f)| !(*s == session && *f == file));
+        }
         let req = Request::Lock {
             open,
             ranges: ranges
@@ -1334,7 +1339,7 @@ fn grant_recalled_before_read_caching() {
 }
 
 /// I/O grants: a lock of another node is granted only after the grant is recalled, so the
-/// granted node's next write sees the conflict.
+/// granted node's next write sees the conflict; a node's own lock needs no recall.
 #[test]
 fn grant_recalled_before_lock() {
     let io = |open, write| Op::Io {
@@ -1357,6 +1362,21 @@ fn grant_recalled_before_lock() {
                 fail: true,
             },
             io(0, true),
+            io(1, true),
+            Op::Unlock {
+                open: 1,
+                off: 0,
+                len: 1,
+            },
+            io(1, true),
+            Op::Lock {
+                open: 1,
+                off: 0,
+                len: 1,
+                excl: false,
+                fail: true,
+            },
+            io(1, true),
         ],
         engine_rules(),
     );

@@ -13,7 +13,10 @@
 //! * no create is deferred, no rename waits and no recall is in flight on the file.
 //!
 //! The grant then stays true until one of these changes, and each change goes through a
-//! recall first: a byte-range lock request on a file with grants queues (`Pending`, even
+//! recall first. A session's own lock request ends that session's grants on the file
+//! without one (a node drops its grants on a file before it sends a lock for it, so a node
+//! locking a file only it does I/O on pays no recall). A byte-range lock request on a file
+//! with other sessions' grants queues (`Pending`, even
 //! with fail-immediately) behind an [`Notification::IoRecall`] to every session holding a
 //! grant; a create that asks for caching, or could break some (it is not a stat open and
 //! the file has holders), is deferred the same way, and so is a rename or delete that breaks
@@ -101,6 +104,25 @@ impl Engine {
             s.pending.insert(request, PendingRef::QueuedLock(f));
         }
         self.reply(session, request, Reply::Pending);
+    }
+
+    /// A session asking for a byte-range lock has stopped using its own grants on the file
+    /// (a node drops them before it sends the lock): only other sessions' need a recall.
+    pub(super) fn drop_own_io_grants(&mut self, session: SessionId, f: FileId) {
+        let Some(file) = self.files.get_mut(&f) else {
+            return;
+        };
+        if file.io_granted.is_empty() {
+            return;
+        }
+        let opens = &mut self.opens;
+        file.io_granted.retain(|o| match opens.get_mut(o) {
+            Some(state) if state.session == session => {
+                state.io_grant = false;
+                false
+            }
+            _ => true,
+        });
     }
 
     /// Revoke every I/O grant of `f`, and ask each session that held one to acknowledge.
