@@ -219,7 +219,8 @@ impl RequestCounts {
             Request::Lock { .. } => 4,
             Request::Unlock { .. } => 5,
             Request::Cancel { .. } => 6,
-            Request::CheckIo { .. } => 7,
+            // With or without asking for an I/O grant: the round trip of a READ/WRITE check.
+            Request::CheckIo { .. } | Request::CheckIoGrant { .. } => 7,
             Request::OplockBreakAck { .. } => 8,
             Request::LeaseBreakAck { .. } => 9,
             Request::BreakForRename { .. } => 10,
