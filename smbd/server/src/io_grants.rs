@@ -14,8 +14,8 @@ use crate::locking::{FileId, OpenId};
 
 #[derive(Default)]
 pub struct IoGrants {
-    /// Open -> its file and the grant's generation.
-    grants: HashMap<OpenId, (FileId, u64)>,
+    /// Open -> its file, the grant's generation and the connection that holds the open.
+    grants: HashMap<OpenId, (FileId, u64, u64)>,
     /// File -> generation of the latest recall seen. Kept for the files recalled while the
     /// node runs (one entry each), so a grant reply overtaken by its recall is recognised.
     recalled: HashMap<FileId, u64>,
@@ -28,11 +28,11 @@ impl IoGrants {
 
     /// A `CheckIoGrant` was answered `IoGranted { generation }`; false (and nothing recorded)
     /// if a recall covering it was applied already.
-    pub fn record(&mut self, open: OpenId, file: FileId, generation: u64) -> bool {
+    pub fn record(&mut self, open: OpenId, file: FileId, generation: u64, conn: u64) -> bool {
         if self.recalled.get(&file).is_some_and(|r| generation <= *r) {
             return false;
         }
-        self.grants.insert(open, (file, generation));
+        self.grants.insert(open, (file, generation, conn));
         true
     }
 
@@ -46,12 +46,15 @@ impl IoGrants {
         let latest = self.recalled.entry(file).or_insert(generation);
         *latest = (*latest).max(generation);
         self.grants
-            .retain(|_, (f, g)| !(*f == file && *g <= generation));
+            .retain(|_, (f, g, _)| !(*f == file && *g <= generation));
     }
 
-    /// The node asks for a byte-range lock on `file`, which ends its own grants there.
-    pub fn drop_file(&mut self, file: FileId) {
-        self.grants.retain(|_, (f, _)| *f != file);
+    /// A byte-range lock request on `file` ends the requesting lock-service session's grants
+    /// there: those of connection `conn` when each connection is a session (`Some`), all of
+    /// the node's when the node is one (`None`).
+    pub fn drop_file(&mut self, file: FileId, conn: Option<u64>) {
+        self.grants
+            .retain(|_, (f, _, c)| !(*f == file && conn.is_none_or(|conn| conn == *c)));
     }
 
     /// The lock-service session was lost: whatever it granted is void.
@@ -69,9 +72,9 @@ mod tests {
         let mut g = IoGrants::default();
         let (o, f) = (OpenId(1), FileId(7));
         g.recall(f, 5);
-        assert!(!g.record(o, f, 5));
+        assert!(!g.record(o, f, 5, 1));
         assert!(!g.is_granted(o));
-        assert!(g.record(o, f, 6));
+        assert!(g.record(o, f, 6, 1));
         assert!(g.is_granted(o));
         g.recall(f, 6);
         assert!(!g.is_granted(o));
@@ -80,8 +83,12 @@ mod tests {
     #[test]
     fn recall_spares_other_files_and_forget_drops() {
         let mut g = IoGrants::default();
-        assert!(g.record(OpenId(1), FileId(1), 1));
-        assert!(g.record(OpenId(2), FileId(2), 1));
+        assert!(g.record(OpenId(1), FileId(1), 1, 1));
+        assert!(g.record(OpenId(2), FileId(2), 1, 1));
+        assert!(g.record(OpenId(3), FileId(2), 1, 2));
+        g.drop_file(FileId(2), Some(2));
+        assert!(!g.is_granted(OpenId(3)));
+        assert!(g.is_granted(OpenId(2)));
         g.recall(FileId(1), 3);
         assert!(!g.is_granted(OpenId(1)));
         assert!(g.is_granted(OpenId(2)));

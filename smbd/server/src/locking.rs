@@ -48,6 +48,11 @@ pub trait LockService: Send + Sync {
     fn fence_epoch(&self) -> u64 {
         0
     }
+    /// The service sees the whole node as one session (lockmgrd), rather than one session
+    /// per connection (`EngineLocks`): per-session state such as I/O grants is the node's.
+    fn one_session_per_node(&self) -> bool {
+        false
+    }
 }
 
 /// The lock service smbd uses when no lockmgrd is configured: the in-process lock engine.

@@ -356,13 +356,16 @@ impl Shared {
         open: crate::locking::OpenId,
         file: crate::locking::FileId,
         generation: u64,
+        conn: u64,
     ) {
-        lock(&self.io_grants).record(open, file, generation);
+        lock(&self.io_grants).record(open, file, generation, conn);
     }
 
-    /// This node is about to ask for a byte-range lock on `file`: its grants there end.
-    pub fn drop_io_grants(&self, file: crate::locking::FileId) {
-        lock(&self.io_grants).drop_file(file);
+    /// Connection `conn` is about to ask for a byte-range lock on `file`: the grants of its
+    /// lock-service session there end (the service drops them with the request).
+    pub fn drop_io_grants(&self, file: crate::locking::FileId, conn: u64) {
+        let session_of_conn = (!self.locks.one_session_per_node()).then_some(conn);
+        lock(&self.io_grants).drop_file(file, session_of_conn);
     }
 
     /// A close or disconnect ends the open's grant (the lock service drops it too).

@@ -67,7 +67,7 @@ impl Conn {
         ) {
             Reply::IoGranted { generation } => {
                 self.shared
-                    .record_io_grant(lo, locking::FileId(o.stable_id), generation);
+                    .record_io_grant(lo, locking::FileId(o.stable_id), generation, self.id);
                 Ok(())
             }
             Reply::Done(Status::Success) => Ok(()),
