@@ -43,6 +43,10 @@ pub type Resumer<T> =
 /// How many times one request may be carried over to a resumed session before it fails.
 const MAX_RESUMES_PER_REQUEST: u32 = 3;
 
+/// The connection id under which node-level notifications ([`Notification::IoRecall`]) are
+/// handed to the node: no SMB connection has it.
+pub const NODE_EVENTS: SessionId = SessionId(0);
+
 /// What a deferred request was, so its completion can be booked like an immediate reply.
 struct Deferred {
     conn: SessionId,
@@ -451,6 +455,7 @@ impl<T: ClientTransport> NodeSessions<T> {
             | Request::Lock { open, .. }
             | Request::Unlock { open, .. }
             | Request::CheckIo { open, .. }
+            | Request::CheckIoGrant { open, .. }
             | Request::OplockBreakAck { open, .. }
             | Request::BreakForRename { open }
             | Request::Relink { open, .. }
@@ -780,6 +785,9 @@ impl<T: ClientTransport> NodeSessions<T> {
                 ));
                 return;
             }
+            // A recall is for the node, not for one of its connections: it goes out under
+            // `NODE_EVENTS`, and the node acknowledges it through any connection id.
+            Notification::IoRecall { .. } => Some(NODE_EVENTS),
             _ => None,
         };
         match target {

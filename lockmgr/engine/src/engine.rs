@@ -18,8 +18,10 @@ use crate::types::{
 use crate::Config;
 
 mod durable;
+mod io_grant;
 mod links;
 use durable::{DurableParams, DISCONNECTED};
+use io_grant::QueuedLock;
 use links::Links;
 
 /// The link name under which a named stream's opens keep the stream's own delete state: a
@@ -89,6 +91,8 @@ enum PendingRef {
     Lock(FileId),
     Open(FileId),
     Rename(FileId),
+    /// A byte-range lock queued until an I/O recall of the file completes.
+    QueuedLock(FileId),
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -99,6 +103,8 @@ struct SessionState {
     pending: IdMap<RequestId, PendingRef>,
     /// Byte-range locks held by the session's opens (for `SessionLimits::max_locks`).
     locks: usize,
+    /// Files whose I/O recall waits for this session's `IoRecallAck`.
+    io_recalls: Vec<FileId>,
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -126,6 +132,8 @@ struct OpenState {
     denies_base_delete: Option<FileId>,
     /// The link of `FileState::links` this open goes through.
     link: u32,
+    /// The open holds an I/O grant (listed in `FileState::io_granted`).
+    io_grant: bool,
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -192,6 +200,14 @@ struct FileState {
     /// an open of this (unnamed) stream asking for DELETE conflicts with them (MS-FSA
     /// 2.1.5.1.2.1; smbtorture smb2.streams.delete).
     streams_denying_delete: u32,
+    /// Opens holding an I/O grant (`Reply::IoGranted`): their READ/WRITE skip `CheckIo`.
+    io_granted: Vec<OpenId>,
+    /// Sessions whose `IoRecallAck` a recall of this file still waits for. While it is not
+    /// empty, nothing that the grants stood in the way of happens: byte-range locks queue in
+    /// `io_queued_locks`, creates and renames stay deferred, and no grant is given.
+    io_recalling: Vec<SessionId>,
+    /// Byte-range lock requests waiting for the recall, in arrival order.
+    io_queued_locks: VecDeque<QueuedLock>,
 }
 
 impl FileState {
@@ -209,6 +225,8 @@ impl FileState {
             && self.oplock_holders.is_empty()
             && self.leases.is_empty()
             && self.streams_denying_delete == 0
+            && self.io_recalling.is_empty()
+            && self.io_queued_locks.is_empty()
     }
 }
 
@@ -299,7 +317,22 @@ impl Engine {
                     }
                     touched.insert(f);
                 }
+                PendingRef::QueuedLock(f) => {
+                    if let Some(file) = self.files.get_mut(&f) {
+                        file.io_queued_locks
+                            .retain(|q| !(q.session == session && q.request == request));
+                    }
+                    touched.insert(f);
+                }
             }
+        }
+        // A node that is gone uses no grant: its session's end answers its recalls, the way
+        // it ends the breaks its clients could no longer acknowledge.
+        for f in state.io_recalls {
+            if let Some(file) = self.files.get_mut(&f) {
+                file.io_recalling.retain(|s| *s != session);
+            }
+            touched.insert(f);
         }
         let mut opens: Vec<OpenId> = state.opens.into_iter().collect();
         opens.sort_unstable();
@@ -370,7 +403,14 @@ impl Engine {
                 offset,
                 length,
                 write,
-            } => self.do_check_io(now, session, request, open, offset, length, write),
+            } => self.do_check_io(now, session, request, open, offset, length, write, false),
+            Request::CheckIoGrant {
+                open,
+                offset,
+                length,
+                write,
+            } => self.do_check_io(now, session, request, open, offset, length, write, true),
+            Request::IoRecallAck { file } => self.do_io_recall_ack(now, session, request, file),
             Request::OplockBreakAck { open, level } => {
                 self.do_oplock_ack(now, session, request, open, level)
             }
@@ -898,6 +938,7 @@ impl Engine {
 
     /// After locks or opens went away: grant waiters, retry deferred creates, drop idle state.
     fn after_release(&mut self, now: Time, f: FileId) {
+        self.run_queued_locks(now, f);
         self.process_lock_waiters(now, f);
         self.run_deferred(now, f);
         self.gc_file(f);
@@ -995,6 +1036,16 @@ impl Engine {
             || (req.stream_base.is_none()
                 && req.access & crate::types::access::DELETE != 0
                 && file.streams_denying_delete > 0);
+        // An open that may get caching or break someone's waits until the I/O grants of the
+        // file are recalled: a write through a grant would not break caching granted or
+        // downgraded meanwhile (MS-FSA 2.1.4.12).
+        let may_break = (!is_stat_open(req.access) || req.overwrite) && file.has_holders();
+        if (may_break || Self::asks_caching(req))
+            && (!file.io_granted.is_empty() || !file.io_recalling.is_empty())
+        {
+            self.recall_io(req.file);
+            return Attempt::Wait(Vec::new());
+        }
 
         // Breaks before the grant, the way Windows and Samba order them (MS-FSA 2.1.5.1.2,
         // 2.1.4.12): an open that will fail the sharing check only breaks handle caching
@@ -1214,6 +1265,7 @@ impl Engine {
                 plain_stat,
                 denies_base_delete,
                 link,
+                io_grant: false,
             },
         );
         if let Some(s) = self.sessions.get_mut(&session) {
@@ -1228,6 +1280,10 @@ impl Engine {
 
     /// Retry the deferred creates of a file whose awaited breaks are all resolved, in FIFO order.
     fn run_deferred(&mut self, now: Time, f: FileId) {
+        if self.io_recall_pending(f) {
+            // Retried when the recall completes (`after_recall`).
+            return;
+        }
         self.run_rename_waiters(f);
         let queue = match self.files.get_mut(&f) {
             Some(file) if !file.deferred.is_empty() => std::mem::take(&mut file.deferred),
@@ -1296,6 +1352,17 @@ impl Engine {
                 true
             }
         });
+        file.io_queued_locks.retain(|q| {
+            if q.open == open {
+                cancelled.push((q.session, q.request));
+                false
+            } else {
+                true
+            }
+        });
+        if o.io_grant {
+            file.io_granted.retain(|x| *x != open);
+        }
         if o.live_locks >= 64 && o.live_locks * 4 >= file.locks.len() {
             file.locks.remove_all_of(open);
         } else {
@@ -1383,6 +1450,15 @@ impl Engine {
                 self.reply(session, request, Reply::Done(Status::Success));
                 self.gc_file(f);
             }
+            PendingRef::QueuedLock(f) => {
+                if let Some(file) = self.files.get_mut(&f) {
+                    file.io_queued_locks
+                        .retain(|q| !(q.session == session && q.request == target));
+                }
+                self.complete(session, target, Reply::Done(Status::Cancelled));
+                self.reply(session, request, Reply::Done(Status::Success));
+                self.gc_file(f);
+            }
         }
     }
 
@@ -1409,6 +1485,15 @@ impl Engine {
             self.reply(session, request, Reply::Done(Status::InvalidHandle));
             return;
         };
+        // A lease broken here may acknowledge less than it is asked for, down to R, which a
+        // write through an I/O grant would not break: the grants go first.
+        let breaks_handle = self
+            .holders(f, Some(open), own)
+            .into_iter()
+            .any(|h| self.holder_state(h).contains(LeaseState::HANDLE));
+        if breaks_handle {
+            self.recall_io(f);
+        }
         let mut waiting = Vec::new();
         for h in self.holders(f, Some(open), own) {
             let cur = self.holder_state(h);
@@ -1429,7 +1514,7 @@ impl Engine {
                 waiting.push(h);
             }
         }
-        if waiting.is_empty() {
+        if waiting.is_empty() && !self.io_recall_pending(f) {
             self.reply(session, request, Reply::Done(Status::Success));
             return;
         }
@@ -1653,6 +1738,29 @@ impl Engine {
             self.reply(session, request, Reply::Done(Status::InvalidLockRange));
             return;
         }
+        self.drop_own_io_grants(session, f);
+        if self.io_recall_blocks_lock(f) {
+            self.queue_lock_for_recall(session, request, open, f, ranges, fail_immediately);
+            return;
+        }
+        let outcome =
+            self.lock_granted_or_waiting(now, session, request, open, f, ranges, fail_immediately);
+        self.reply(session, request, outcome);
+    }
+
+    /// The lock request after its parameters were checked: granted, refused, or queued as a
+    /// waiter (`Pending`). Used by `do_lock` and by locks that waited for an I/O recall.
+    #[allow(clippy::too_many_arguments)]
+    fn lock_granted_or_waiting(
+        &mut self,
+        now: Time,
+        session: SessionId,
+        request: RequestId,
+        open: OpenId,
+        f: FileId,
+        ranges: &[LockRange],
+        fail_immediately: bool,
+    ) -> Reply {
         let limits = self.config.limits;
         let may_wait = self
             .sessions
@@ -1663,15 +1771,13 @@ impl Engine {
             .get(&session)
             .is_some_and(|s| s.locks.saturating_add(ranges.len()) > limits.max_locks)
         {
-            self.reply(session, request, Reply::Done(Status::InsufficientResources));
-            return;
+            return Reply::Done(Status::InsufficientResources);
         }
         if self.files.get(&f).is_some_and(FileState::has_holders) {
             self.break_read_holders(now, f, open);
         }
         let Some(file) = self.files.get_mut(&f) else {
-            self.reply(session, request, Reply::Done(Status::InvalidHandle));
-            return;
+            return Reply::Done(Status::InvalidHandle);
         };
         let mut granted = std::mem::take(&mut self.scratch);
         granted.clear();
@@ -1720,7 +1826,7 @@ impl Engine {
             o.locks.append(&mut granted);
         }
         self.scratch = granted;
-        self.reply(session, request, outcome);
+        outcome
     }
 
     fn do_unlock(
@@ -1827,6 +1933,7 @@ impl Engine {
         offset: u64,
         length: u64,
         write: bool,
+        grant: bool,
     ) {
         let Some(f) = self.owned(session, open).map(|o| o.file) else {
             self.reply(session, request, Reply::Done(Status::InvalidHandle));
@@ -1844,11 +1951,13 @@ impl Engine {
             file.locks
                 .conflicts(Span::of(offset, length), open, write, false)
         });
-        let status = if conflict {
-            Status::FileLockConflict
+        let reply = if conflict {
+            Reply::Done(Status::FileLockConflict)
+        } else if grant {
+            self.try_grant_io(f, open)
         } else {
-            Status::Success
+            Reply::Done(Status::Success)
         };
-        self.reply(session, request, Reply::Done(status));
+        self.reply(session, request, reply);
     }
 }

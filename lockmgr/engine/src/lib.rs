@@ -10,7 +10,10 @@
 //! * oplocks and leases (MS-SMB2 3.3.5.9, MS-FSA 2.1.4.12), with deferred creates waiting
 //!   for breaks;
 //! * byte-range locks (MS-FSA 2.1.4.10, 2.1.5.8) in an offset-ordered table bucketed by
-//!   length, with FIFO waiters.
+//!   length, with FIFO waiters;
+//! * I/O grants: opens allowed to READ/WRITE without a `CheckIo` round trip while the file has
+//!   no byte-range locks and no caching a write would break, recalled from their sessions
+//!   (and acknowledged) before either appears (`engine/io_grant.rs`).
 //!
 //! Contract with the daemon:
 //! * every [`Engine::handle`] call yields exactly one [`Output::Reply`] for its request id;

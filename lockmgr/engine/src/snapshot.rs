@@ -117,4 +117,8 @@ pub struct Stats {
     pub break_timeouts_total: u64,
     pub cancels_total: u64,
     pub sessions_ended_total: u64,
+    /// I/O grants given (`Reply::IoGranted` to an open that had none).
+    pub io_grants_total: u64,
+    /// `Notification::IoRecall`s sent (one per session and recall).
+    pub io_recalls_total: u64,
 }

@@ -545,6 +545,19 @@ pub enum Request {
     /// link it was opened through is now called `link`, for every open through that link,
     /// with its delete-pending mark (MS-FSA 2.1.5.14.11 moves the Link). `Done(Success)`.
     Relink { open: OpenId, link: u64 },
+    /// `CheckIo` that may also grant the open an I/O grant: answered like `CheckIo`, or with
+    /// [`Reply::IoGranted`] (which means `Success`) when nothing would make a later `CheckIo`
+    /// of this open answer anything but `Success` with no side effect (see [`Reply::IoGranted`]).
+    CheckIoGrant {
+        open: OpenId,
+        offset: u64,
+        length: u64,
+        write: bool,
+    },
+    /// Answer to [`Notification::IoRecall`]: this session no longer uses any I/O grant on
+    /// `file` (its later READ/WRITE send `CheckIo` again). Always `Done(Success)`; an ack of a
+    /// recall the engine is not waiting for changes nothing.
+    IoRecallAck { file: FileId },
 }
 
 /// The durable half of [`Request::OpenDurable`]: the fields of [`Request::SetDurable`]
@@ -582,6 +595,12 @@ pub enum Reply {
     Usage(FileUsage),
     /// Answer to [`Request::OpenDurable`]: the open was granted and is durable.
     OpenedDurable { open: OpenId, grant: OplockGrant },
+    /// Answer to [`Request::CheckIoGrant`]: `Success`, and the open may do any READ or WRITE
+    /// without asking until its session receives a [`Notification::IoRecall`] of its file
+    /// with a generation at least `generation`. While the grant stands the file has no
+    /// byte-range locks and no other caching a write would break (MS-FSA 2.1.4.10,
+    /// 2.1.4.12), so every `CheckIo` of the open would answer `Success` and change nothing.
+    IoGranted { generation: u64 },
 }
 
 /// The other opens of a file, as counts ([`Request::QueryUsage`]).
@@ -624,6 +643,11 @@ pub enum Notification {
     },
     /// A deferred request (reply was `Pending`) has finished.
     Completed { request: RequestId, reply: Reply },
+    /// Stop using the I/O grants (`Reply::IoGranted` with a generation at most `generation`)
+    /// of every open of `file`, then answer [`Request::IoRecallAck`]. The engine sends it
+    /// before it grants a byte-range lock on the file or caching a write would have to break,
+    /// and holds that back until every recalled session acknowledged (or ended).
+    IoRecall { file: FileId, generation: u64 },
 }
 
 /// An output of the engine: a reply or notification for one session.

@@ -133,11 +133,14 @@ pub enum Op {
         off: u8,
         len: u8,
     },
+    /// READ or WRITE; with `grant` the way an smbd node using I/O grants does it:
+    /// `CheckIoGrant`, and no request at all while the open holds a grant.
     Io {
         open: u8,
         off: u8,
         len: u8,
         write: bool,
+        grant: bool,
     },
     Cancel {
         session: u8,
@@ -179,8 +182,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (idx.clone(), (off.clone(), len.clone(), any::<bool>()), (off.clone(), len.clone(), any::<bool>()))
             .prop_map(|(open, a, b)| Op::Lock2 { open, a, b }),
         3 => (idx.clone(), off.clone(), len.clone()).prop_map(|(open, off, len)| Op::Unlock { open, off, len }),
-        2 => (idx.clone(), off, len, any::<bool>())
-            .prop_map(|(open, off, len, write)| Op::Io { open, off, len, write }),
+        4 => (idx.clone(), off, len, any::<bool>(), any::<bool>())
+            .prop_map(|(open, off, len, write, grant)| Op::Io { open, off, len, write, grant }),
         2 => (0..2u8, 0..4u8).prop_map(|(session, waiter)| Op::Cancel { session, waiter }),
         2 => idx.clone().prop_map(|open| Op::Durable { open }),
         2 => (idx.clone(), any::<u8>()).prop_map(|(open, resp)| Op::Disconnect { open, resp }),
@@ -200,6 +203,11 @@ struct Driver {
     handle_to_engine: BTreeMap<Handle, OpenId>,
     next_engine_handle: Handle,
     trace: Vec<String>,
+    /// Opens holding an I/O grant, with their session and file: the driver plays an smbd
+    /// node that skips `CheckIo` for them, and drops them when recalled.
+    io_grants: BTreeMap<Handle, (u64, u128)>,
+    /// The last reply mapped was `IoGranted`.
+    last_io_granted: bool,
 }
 
 type Step = Result<Rep, String>;
@@ -218,6 +226,8 @@ impl Driver {
             handle_to_engine: BTreeMap::new(),
             next_engine_handle: 0,
             trace: Vec::new(),
+            io_grants: BTreeMap::new(),
+            last_io_granted: false,
         }
     }
 
@@ -265,8 +275,98 @@ impl Driver {
                 deny_delete: u.deny_delete,
                 delete_access: u.delete_access,
             },
+            // The model knows no grants: a grant is a Success.
+            Reply::IoGranted { .. } => {
+                self.last_io_granted = true;
+                Rep::Done(Status::Success)
+            }
             other => panic!("reply the driver does not know: {other:?}"),
         }
+    }
+
+    /// An engine notification in the model's terms; `None` for an I/O recall, which the
+    /// driver answers itself (recorded in `recalls`).
+    fn note(
+        &mut self,
+        s: SessionId,
+        notification: Notification,
+        recalls: &mut Vec<(u64, FileId)>,
+    ) -> Option<Note> {
+        Some(match notification {
+            Notification::OplockBreak { open, new_level } => Note::OplockBreak {
+                session: s.0,
+                h: self.handle_of(open),
+                to: new_level,
+            },
+            Notification::LeaseBreak {
+                client_guid,
+                key,
+                current,
+                new,
+                ack_required,
+                ..
+            } => Note::LeaseBreak {
+                session: s.0,
+                lease: (client_guid.0, key.0),
+                current: current.0,
+                new: new.0,
+                ack_required,
+            },
+            Notification::Completed { request, reply } => Note::Completed {
+                session: s.0,
+                request: request.0,
+                reply: self.reply(reply),
+            },
+            Notification::IoRecall { file, .. } => {
+                recalls.push((s.0, file));
+                return None;
+            }
+            other => panic!("notification the driver does not know: {other:?}"),
+        })
+    }
+
+    /// Answer I/O recalls the way a node does: stop using the grants, then acknowledge. What
+    /// the recall held back (a lock, a create) happens now; its notifications join `notes`.
+    fn ack_recalls(
+        &mut self,
+        mut recalls: Vec<(u64, FileId)>,
+        notes: &mut Vec<Note>,
+    ) -> Result<(), String> {
+        while let Some((session, file)) = recalls.pop() {
+            self.io_grants
+                .retain(|_, (s, f)| !(*s == session && *f == file.0));
+            self.next_request += 1;
+            let id = RequestId(self.next_request);
+            self.engine.handle(
+                self.now,
+                SessionId(session),
+                id,
+                Request::IoRecallAck { file },
+            );
+            while let Some(o) = self.engine.poll_output() {
+                match o {
+                    Output::Reply {
+                        session: s,
+                        request,
+                        reply,
+                    } if s == SessionId(session) && request == id => {
+                        if reply != Reply::Done(Status::Success) {
+                            return Err(format!("recall ack answered {reply:?}"));
+                        }
+                    }
+                    Output::Reply { .. } => return Err(format!("stray reply {o:?}")),
+                    Output::Notify {
+                        session: s,
+                        notification,
+                    } => {
+                        if let Some(n) = self.note(s, notification, &mut recalls) {
+                            notes.push(n);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// One request into both: the replies and the notifications must agree.
@@ -283,6 +383,7 @@ impl Driver {
             .handle(self.now, SessionId(session), RequestId(id), req);
         let mut engine_reply = None;
         let mut engine_notes = Vec::new();
+        let mut recalls = Vec::new();
         while let Some(o) = self.engine.poll_output() {
             match o {
                 Output::Reply {
@@ -299,33 +400,25 @@ impl Driver {
                 Output::Notify {
                     session: s,
                     notification,
-                } => engine_notes.push(match notification {
-                    Notification::OplockBreak { open, new_level } => Note::OplockBreak {
-                        session: s.0,
-                        h: self.handle_of(open),
-                        to: new_level,
-                    },
-                    Notification::LeaseBreak {
-                        client_guid,
-                        key,
-                        current,
-                        new,
-                        ack_required,
-                        ..
-                    } => Note::LeaseBreak {
-                        session: s.0,
-                        lease: (client_guid.0, key.0),
-                        current: current.0,
-                        new: new.0,
-                        ack_required,
-                    },
-                    Notification::Completed { request, reply } => Note::Completed {
-                        session: s.0,
-                        request: request.0,
-                        reply: self.reply(reply),
-                    },
-                    other => panic!("notification the driver does not know: {other:?}"),
-                }),
+                } => {
+                    if let Some(n) = self.note(s, notification, &mut recalls) {
+                        engine_notes.push(n);
+                    }
+                }
+            }
+        }
+        self.ack_recalls(recalls, &mut engine_notes)
+            .map_err(|e| format!("{described}: {e}"))?;
+        // A request that waited only for the recall the driver just answered completes
+        // within the step: the model, which knows no grants, answers it at once.
+        if engine_reply == Some(Rep::Pending) {
+            let done = engine_notes.iter().position(|n| {
+                matches!(n, Note::Completed { session: s, request, .. } if *s == session && *request == id)
+            });
+            if let Some(i) = done {
+                if let Note::Completed { reply, .. } = engine_notes.remove(i) {
+                    engine_reply = Some(reply);
+                }
             }
         }
         let Some(engine_reply) = engine_reply else {
@@ -615,6 +708,7 @@ impl Driver {
                 off,
                 len,
                 write,
+                grant,
             } => {
                 let Some((h, session)) = self.pick(open) else {
                     return Ok(());
@@ -625,17 +719,42 @@ impl Driver {
                 if offset as u128 + length as u128 > 1 << 64 || directory {
                     return Ok(());
                 }
+                if grant && self.io_grants.contains_key(&h) {
+                    // The grant's promise: the I/O would be a Success that changes nothing.
+                    let rep = self.model.check_io(h, offset, length, write);
+                    let notes = self.model.take_notes();
+                    self.trace.push(format!(
+                        "s{session} I/O through a grant of {h}: model {rep:?} {notes:?}"
+                    ));
+                    if rep != Rep::Done(Status::Success) || !notes.is_empty() {
+                        return Err(format!(
+                            "{h} used its I/O grant, but the model answers {rep:?} {notes:?}"
+                        ));
+                    }
+                    return Ok(());
+                }
                 let open = self.eid(h);
-                self.step(
-                    session,
+                let req = if grant {
+                    Request::CheckIoGrant {
+                        open,
+                        offset,
+                        length,
+                        write,
+                    }
+                } else {
                     Request::CheckIo {
                         open,
                         offset,
                         length,
                         write,
-                    },
-                    |m, _| m.check_io(h, offset, length, write),
-                )?;
+                    }
+                };
+                self.last_io_granted = false;
+                self.step(session, req, |m, _| m.check_io(h, offset, length, write))?;
+                if std::mem::take(&mut self.last_io_granted) {
+                    let file = self.model.open(h).map_or(0, |o| o.p.file);
+                    self.io_grants.insert(h, (session, file));
+                }
                 self.respond(0)
             }
             Op::Cancel { session, waiter } => {
@@ -680,6 +799,8 @@ impl Driver {
                     return Ok(());
                 }
                 let open = self.eid(h);
+                // The node loses the open, and with it the grant.
+                self.io_grants.remove(&h);
                 self.step(session, Request::Disconnect { open }, |m, _| {
                     m.disconnect(h)
                 })?;
@@ -751,6 +872,11 @@ impl Driver {
         fail_immediately: bool,
     ) -> Result<(), String> {
         let open = self.eid(h);
+        // As a node does: its own grants on the file end before it asks for a lock.
+        if let Some(file) = self.model.open(h).map(|o| o.p.file) {
+            self.io_grants
+                .retain(|_, (s, f)| !(*s == session && *f == file));
+        }
         let req = Request::Lock {
             open,
             ranges: ranges
@@ -1182,6 +1308,75 @@ fn break_left_to_disconnected_holder_resolves() {
                 doc: false,
                 resp: 1, // the connected holder closes instead of acking
             },
+        ],
+        engine_rules(),
+    );
+}
+
+/// I/O grants: a node writing through its grant must never skip a break the model sends.
+/// Client 0 opens with read/write (share all) and gets a grant; client 1 then asks for a
+/// Level II oplock (granted only once the grant is recalled); client 0's write asks again
+/// and breaks it. Without the recall before the caching grant the write would go through
+/// the old grant, and the model's break of the Level II oplock would be missing.
+#[test]
+fn grant_recalled_before_read_caching() {
+    let io = |open, write| Op::Io {
+        open,
+        off: 0,
+        len: 1,
+        write,
+        grant: true,
+    };
+    agrees(
+        &[
+            open_op(0, 0, 2, 3, 0),
+            io(0, false),
+            open_op(1, 0, 2, 3, 1),
+            io(0, true),
+        ],
+        engine_rules(),
+    );
+}
+
+/// I/O grants: a lock of another node is granted only after the grant is recalled, so the
+/// granted node's next write sees the conflict; a node's own lock needs no recall.
+#[test]
+fn grant_recalled_before_lock() {
+    let io = |open, write| Op::Io {
+        open,
+        off: 0,
+        len: 1,
+        write,
+        grant: true,
+    };
+    agrees(
+        &[
+            open_op(0, 0, 2, 3, 0),
+            open_op(1, 0, 2, 3, 0),
+            io(0, true),
+            Op::Lock {
+                open: 1,
+                off: 0,
+                len: 1,
+                excl: true,
+                fail: true,
+            },
+            io(0, true),
+            io(1, true),
+            Op::Unlock {
+                open: 1,
+                off: 0,
+                len: 1,
+            },
+            io(1, true),
+            Op::Lock {
+                open: 1,
+                off: 0,
+                len: 1,
+                excl: false,
+                fail: true,
+            },
+            io(1, true),
         ],
         engine_rules(),
     );

@@ -34,17 +34,21 @@
 //! | 20 | QueryUsage | file u128, except u64 (0 = none) |
 //! | 21 | OpenDurable | `OpenRequest`, key u64, timeout_ms u32, persistent bool, blob `Blob` |
 //! | 25 | Relink | open u64, link u64 |
+//! | 26 | CheckIoGrant | open u64, offset u64, length u64, write bool |
+//! | 27 | IoRecallAck | file u128 |
 //!
 //! `Blob` is length u16 (<= `MAX_DURABLE_BLOB`) then that many bytes.
 //!
 //! `Reply` is kind u8 then fields: 1 Opened (open u64, grant `OplockGrant`), 2 Pending,
 //! 3 Done (status u16), 4 Closed (delete_file bool), 5 Acked (grant `OplockGrant`),
 //! 6 Durable (open u64, blob `Blob`), 20 Usage (opens u32, deny_delete u32, delete_access u32,
-//! deleted_links u32, except_deleted bool), 21 OpenedDurable (open u64, grant `OplockGrant`).
+//! deleted_links u32, except_deleted bool), 21 OpenedDurable (open u64, grant `OplockGrant`),
+//! 22 IoGranted (generation u64).
 //!
 //! `Notification` is kind u8 then fields: 1 OplockBreak (open u64, new_level u8),
 //! 2 LeaseBreak (client_guid u128, key u128, current u8, new u8, flags u8 (bit0 epoch present,
-//! bit1 ack_required), (epoch u16 if bit0)), 3 Completed (request u64, `Reply`).
+//! bit1 ack_required), (epoch u16 if bit0)), 3 Completed (request u64, `Reply`),
+//! 4 IoRecall (file u128, generation u64).
 
 use lockmgr_engine::{
     ClientGuid, DurableRequest, FileId, FileUsage, Lease, LeaseKey, LeaseState, LockRange,
@@ -429,6 +433,8 @@ const REQ_BREAK_FOR_RENAME: u8 = 16;
 const REQ_QUERY_USAGE: u8 = 20;
 const REQ_OPEN_DURABLE: u8 = 21;
 const REQ_RELINK: u8 = 25;
+const REQ_CHECK_IO_GRANT: u8 = 26;
+const REQ_IO_RECALL_ACK: u8 = 27;
 
 fn put_blob(s: &mut Sink<'_>, blob: &[u8]) -> Result<(), EncodeError> {
     let len = blob_len(blob)?;
@@ -514,6 +520,22 @@ pub(crate) fn put_request(s: &mut Sink<'_>, req: &Request) -> Result<(), EncodeE
             s.u64(*offset);
             s.u64(*length);
             s.bool(*write);
+        }
+        Request::CheckIoGrant {
+            open,
+            offset,
+            length,
+            write,
+        } => {
+            s.u8(REQ_CHECK_IO_GRANT);
+            s.u64(open.0);
+            s.u64(*offset);
+            s.u64(*length);
+            s.bool(*write);
+        }
+        Request::IoRecallAck { file } => {
+            s.u8(REQ_IO_RECALL_ACK);
+            s.u128(file.0);
         }
         Request::OplockBreakAck { open, level } => {
             s.u8(REQ_OPLOCK_BREAK_ACK);
@@ -619,6 +641,15 @@ pub(crate) fn get_request(r: &mut Reader<'_>) -> Result<Request, DecodeError> {
             length: r.u64()?,
             write: r.bool("check_io.write")?,
         },
+        REQ_CHECK_IO_GRANT => Request::CheckIoGrant {
+            open: OpenId(r.u64()?),
+            offset: r.u64()?,
+            length: r.u64()?,
+            write: r.bool("check_io_grant.write")?,
+        },
+        REQ_IO_RECALL_ACK => Request::IoRecallAck {
+            file: FileId(r.u128()?),
+        },
         REQ_OPLOCK_BREAK_ACK => Request::OplockBreakAck {
             open: OpenId(r.u64()?),
             level: get_oplock_level(r, "oplock_break_ack.level")?,
@@ -670,6 +701,7 @@ const REPLY_ACKED: u8 = 5;
 const REPLY_DURABLE: u8 = 6;
 const REPLY_USAGE: u8 = 20;
 const REPLY_OPENED_DURABLE: u8 = 21;
+const REPLY_IO_GRANTED: u8 = 22;
 
 pub(crate) fn put_reply(s: &mut Sink<'_>, rep: &Reply) -> Result<(), EncodeError> {
     match rep {
@@ -682,6 +714,10 @@ pub(crate) fn put_reply(s: &mut Sink<'_>, rep: &Reply) -> Result<(), EncodeError
             s.u8(REPLY_OPENED_DURABLE);
             s.u64(open.0);
             put_grant(s, grant)?;
+        }
+        Reply::IoGranted { generation } => {
+            s.u8(REPLY_IO_GRANTED);
+            s.u64(*generation);
         }
         Reply::Pending => s.u8(REPLY_PENDING),
         Reply::Done(st) => {
@@ -724,6 +760,9 @@ pub(crate) fn get_reply(r: &mut Reader<'_>) -> Result<Reply, DecodeError> {
             open: OpenId(r.u64()?),
             grant: get_grant(r)?,
         },
+        REPLY_IO_GRANTED => Reply::IoGranted {
+            generation: r.u64()?,
+        },
         REPLY_PENDING => Reply::Pending,
         REPLY_DONE => Reply::Done(get_status(r)?),
         REPLY_CLOSED => Reply::Closed {
@@ -750,6 +789,7 @@ pub(crate) fn get_reply(r: &mut Reader<'_>) -> Result<Reply, DecodeError> {
 const NOTIFY_OPLOCK_BREAK: u8 = 1;
 const NOTIFY_LEASE_BREAK: u8 = 2;
 const NOTIFY_COMPLETED: u8 = 3;
+const NOTIFY_IO_RECALL: u8 = 4;
 
 const BREAK_HAS_EPOCH: u8 = 0x01;
 const BREAK_ACK_REQUIRED: u8 = 0x02;
@@ -791,6 +831,11 @@ pub(crate) fn put_notification(s: &mut Sink<'_>, n: &Notification) -> Result<(),
             s.u64(request.0);
             put_reply(s, reply)?;
         }
+        Notification::IoRecall { file, generation } => {
+            s.u8(NOTIFY_IO_RECALL);
+            s.u128(file.0);
+            s.u64(*generation);
+        }
         _ => return Err(EncodeError::UnsupportedVariant("Notification")),
     }
     Ok(())
@@ -828,6 +873,10 @@ pub(crate) fn get_notification(r: &mut Reader<'_>) -> Result<Notification, Decod
         NOTIFY_COMPLETED => Notification::Completed {
             request: RequestId(r.u64()?),
             reply: get_reply(r)?,
+        },
+        NOTIFY_IO_RECALL => Notification::IoRecall {
+            file: FileId(r.u128()?),
+            generation: r.u64()?,
         },
         v => return Err(invalid("notification.kind", v)),
     })
@@ -899,7 +948,8 @@ pub(crate) fn request_len(req: &Request) -> Result<usize, EncodeError> {
         Request::Lock { ranges, .. } => 8 + 1 + ranges_len(ranges)?,
         Request::Unlock { ranges, .. } => 8 + ranges_len(ranges)?,
         Request::Cancel { .. } => 8,
-        Request::CheckIo { .. } => 8 + 8 + 8 + 1,
+        Request::CheckIo { .. } | Request::CheckIoGrant { .. } => 8 + 8 + 8 + 1,
+        Request::IoRecallAck { .. } => 16,
         Request::OplockBreakAck { .. } => 8 + 1,
         Request::LeaseBreakAck { .. } => 16 + 16 + 1,
         Request::BreakForRename { .. } => 8,
@@ -922,6 +972,7 @@ pub(crate) fn reply_len(rep: &Reply) -> Result<usize, EncodeError> {
         Reply::Acked { grant } => grant_len(grant),
         Reply::Durable { blob, .. } => 8 + blob_len(blob)?,
         Reply::Usage(_) => 4 + 4 + 4 + 4 + 1,
+        Reply::IoGranted { .. } => 8,
         _ => return Err(EncodeError::UnsupportedVariant("Reply")),
     })
 }
@@ -933,6 +984,7 @@ pub(crate) fn notification_len(n: &Notification) -> Result<usize, EncodeError> {
             16 + 16 + 1 + 1 + 1 + if epoch.is_some() { 2 } else { 0 }
         }
         Notification::Completed { reply, .. } => 8 + reply_len(reply)?,
+        Notification::IoRecall { .. } => 16 + 8,
         _ => return Err(EncodeError::UnsupportedVariant("Notification")),
     })
 }

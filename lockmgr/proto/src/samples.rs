@@ -174,6 +174,15 @@ pub fn requests() -> Vec<Request> {
             open: OpenId(3),
             client_guid: ClientGuid(0x1234),
         },
+        Request::CheckIoGrant {
+            open: OpenId(4),
+            offset: 0,
+            length: 4096,
+            write: false,
+        },
+        Request::IoRecallAck {
+            file: FileId(0xfeed),
+        },
     ]
 }
 
@@ -210,6 +219,7 @@ pub fn replies() -> Vec<Reply> {
             deleted_links: 1,
             except_deleted: true,
         }),
+        Reply::IoGranted { generation: 42 },
     ]
 }
 
@@ -239,6 +249,10 @@ pub fn notifications() -> Vec<Notification> {
         Notification::Completed {
             request: RequestId(16),
             reply: Reply::Done(Status::LockNotGranted),
+        },
+        Notification::IoRecall {
+            file: FileId(0xfeed),
+            generation: 43,
         },
     ]
 }

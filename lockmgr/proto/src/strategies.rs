@@ -219,6 +219,15 @@ pub fn request() -> impl Strategy<Value = Request> {
                 client_guid,
             }
         }),
+        (open_id(), any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
+            |(open, offset, length, write)| Request::CheckIoGrant {
+                open,
+                offset,
+                length,
+                write,
+            }
+        ),
+        file_id().prop_map(|file| Request::IoRecallAck { file }),
     ]
 }
 
@@ -249,6 +258,7 @@ pub fn reply() -> impl Strategy<Value = Reply> {
                     })
                 }
             ),
+        any::<u64>().prop_map(|generation| Reply::IoGranted { generation }),
     ]
 }
 
@@ -276,6 +286,8 @@ pub fn notification() -> impl Strategy<Value = Notification> {
             }),
         (request_id(), reply())
             .prop_map(|(request, reply)| Notification::Completed { request, reply }),
+        (file_id(), any::<u64>())
+            .prop_map(|(file, generation)| Notification::IoRecall { file, generation }),
     ]
 }
 

@@ -76,7 +76,8 @@ pub enum SnapshotError {
 
 /// Version of the snapshot encoding; a replica refuses snapshots of any other.
 /// 2: a deferred open carries the durable request of an `OpenDurable`.
-pub const SNAPSHOT_FORMAT: u32 = 2;
+/// 3: I/O grants (opens holding one, recalls awaiting acks, locks queued behind a recall).
+pub const SNAPSHOT_FORMAT: u32 = 3;
 
 /// Everything a replacement standby needs: the engine and the replication bookkeeping that
 /// replaying the log from the start would have produced.

@@ -375,6 +375,10 @@ impl LockService for ClusterLocks {
     fn fence_epoch(&self) -> u64 {
         self.fence_epoch.load(Ordering::Acquire)
     }
+
+    fn one_session_per_node(&self) -> bool {
+        true
+    }
 }
 
 impl Pump {

@@ -27,6 +27,7 @@ mod dosattr;
 mod durable;
 mod fs;
 mod identity;
+mod io_grants;
 mod limits;
 pub mod locking;
 mod open;

@@ -48,6 +48,11 @@ pub trait LockService: Send + Sync {
     fn fence_epoch(&self) -> u64 {
         0
     }
+    /// The service sees the whole node as one session (lockmgrd), rather than one session
+    /// per connection (`EngineLocks`): per-session state such as I/O grants is the node's.
+    fn one_session_per_node(&self) -> bool {
+        false
+    }
 }
 
 /// The lock service smbd uses when no lockmgrd is configured: the in-process lock engine.
@@ -219,7 +224,8 @@ impl RequestCounts {
             Request::Lock { .. } => 4,
             Request::Unlock { .. } => 5,
             Request::Cancel { .. } => 6,
-            Request::CheckIo { .. } => 7,
+            // With or without asking for an I/O grant: the round trip of a READ/WRITE check.
+            Request::CheckIo { .. } | Request::CheckIoGrant { .. } => 7,
             Request::OplockBreakAck { .. } => 8,
             Request::LeaseBreakAck { .. } => 9,
             Request::BreakForRename { .. } => 10,

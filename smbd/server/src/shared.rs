@@ -185,6 +185,8 @@ pub struct Shared {
     locks: Box<dyn LockService>,
     /// Lock-service requests made so far, by kind (round trips, with a remote lockmgrd).
     pub lock_requests: crate::locking::RequestCounts,
+    /// Opens whose READ/WRITE need no `CheckIo` (crate::io_grants).
+    io_grants: Mutex<crate::io_grants::IoGrants>,
     /// Held while lock-service notifications are taken out and posted, so that they reach the
     /// mailboxes in the order the service queued them, and while a request wants the
     /// notifications for its own connection returned to it ([`Shared::lock_request_inline`]).
@@ -263,6 +265,7 @@ impl Shared {
             mailboxes,
             locks,
             lock_requests: crate::locking::RequestCounts::default(),
+            io_grants: Mutex::new(Default::default()),
             routing: Mutex::new(()),
             routes: Mutex::new(HashMap::new()),
             watches: Mutex::new(HashMap::new()),
@@ -305,10 +308,74 @@ impl Shared {
         let _routing = lock(&self.routing);
         let l = &*self.locks;
         while let Some((s, n)) = l.poll_event() {
+            if let Notification::IoRecall { file, generation } = n {
+                self.answer_io_recall(s, file, generation);
+                continue;
+            }
             self.post(s.0, Event::Lock(n));
         }
-        for s in l.take_lost_connections() {
+        let lost = l.take_lost_connections();
+        if !lost.is_empty() {
+            lock(&self.io_grants).clear();
+        }
+        for s in lost {
             self.post(s.0, Event::LockStateLost);
+        }
+    }
+
+    /// The lock service recalls the I/O grants of `file` (it holds back a byte-range lock or
+    /// a caching grant until this node acknowledges): stop using them, then acknowledge from
+    /// the lock-service session the recall came to. Called with `routing` held, so the ack
+    /// goes to the service directly (what it causes is routed by the caller's loop).
+    fn answer_io_recall(&self, session: SessionId, file: crate::locking::FileId, generation: u64) {
+        lock(&self.io_grants).recall(file, generation);
+        let req = Request::IoRecallAck { file };
+        self.lock_requests.count(&req);
+        let id = RequestId(self.fresh_internal_id());
+        match self.locks.request(session, id, req) {
+            Reply::Done(crate::locking::Status::Success) => {}
+            other => tracing::warn!(?other, ?file, "I/O recall acknowledgement refused"),
+        }
+    }
+
+    fn fresh_internal_id(&self) -> u64 {
+        (1 << 63)
+            | self
+                .internal_ids
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The open may READ/WRITE without asking the lock service.
+    pub fn io_granted(&self, open: crate::locking::OpenId) -> bool {
+        lock(&self.io_grants).is_granted(open)
+    }
+
+    /// The lock service answered `IoGranted { generation }` for `open` of `file`.
+    pub fn record_io_grant(
+        &self,
+        open: crate::locking::OpenId,
+        file: crate::locking::FileId,
+        generation: u64,
+        conn: u64,
+    ) {
+        lock(&self.io_grants).record(open, file, generation, conn);
+    }
+
+    /// Connection `conn` is about to ask for a byte-range lock on `file`: the grants of its
+    /// lock-service session there end (the service drops them with the request).
+    pub fn drop_io_grants(&self, file: crate::locking::FileId, conn: u64) {
+        let session_of_conn = (!self.locks.one_session_per_node()).then_some(conn);
+        lock(&self.io_grants).drop_file(file, session_of_conn);
+    }
+
+    /// A close or disconnect ends the open's grant (the lock service drops it too).
+    fn forget_io_grant_of(&self, req: &Request) {
+        // A reclaimed durable open asks again: its grant ended with the disconnect.
+        if let Request::Close { open }
+        | Request::Disconnect { open }
+        | Request::Reclaim { open, .. } = req
+        {
+            lock(&self.io_grants).forget(*open);
         }
     }
 
@@ -336,14 +403,12 @@ impl Shared {
     /// 0 asks for a fresh internal id that cannot collide with a MessageId.
     pub fn lock_request(&self, conn: u64, id: u64, req: Request) -> Reply {
         let id = if id == 0 {
-            (1 << 63)
-                | self
-                    .internal_ids
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            self.fresh_internal_id()
         } else {
             id
         };
         self.lock_requests.count(&req);
+        self.forget_io_grant_of(&req);
         let r = self.locks.request(SessionId(conn), RequestId(id), req);
         self.route_events();
         r
@@ -364,9 +429,14 @@ impl Shared {
         let _routing = lock(&self.routing);
         let l = &*self.locks;
         self.lock_requests.count(&req);
+        self.forget_io_grant_of(&req);
         let r = l.request(SessionId(conn), RequestId(id), req);
         let mut mine = Vec::new();
         while let Some((s, n)) = l.poll_event() {
+            if let Notification::IoRecall { file, generation } = n {
+                self.answer_io_recall(s, file, generation);
+                continue;
+            }
             if s.0 == conn && !matches!(n, crate::locking::Notification::Completed { .. }) {
                 mine.push(n);
             } else {

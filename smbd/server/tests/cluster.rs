@@ -62,6 +62,15 @@ fn cross_node_byte_range_conflict() {
     scenario("brl");
 }
 
+/// I/O grants across nodes: node 1's writes go without a lockmgrd round trip, node 2's
+/// lock recalls the grant first, and node 1's next write into the range conflicts. Fails
+/// if lockmgrd granted the lock without the recall, or if the node kept using a recalled
+/// grant.
+#[test]
+fn cross_node_io_grant_recalled_before_lock() {
+    scenario("iogrant");
+}
+
 #[test]
 fn cross_node_blocking_lock_granted_on_unlock() {
     scenario("blocking");

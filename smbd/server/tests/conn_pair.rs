@@ -668,9 +668,64 @@ fn lock_service_round_trips_per_operation() {
         "the durable handle is granted"
     );
     let durable = durable.created().1;
+    // The first check of a file without locks brings an I/O grant; READ and WRITE then
+    // cost nothing until another node's lock recalls it.
     row(
         "WRITE",
         round_trips(&mut p, a, cmd::WRITE, write_body(plain, b"0123456789")),
+    );
+    row(
+        "READ (granted)",
+        round_trips(&mut p, a, cmd::READ, conn_harness::body_read(plain, 0, 10)),
+    );
+    row(
+        "WRITE (granted)",
+        round_trips(&mut p, a, cmd::WRITE, write_body(plain, b"0123456789")),
+    );
+    // Another lock-service session (a second connection: with EngineLocks each connection
+    // is one, as each node is with lockmgrd) locks the file: its lock waits for the
+    // recall, which the first session acknowledges.
+    let b = p.connect(0x0302);
+    let plain_b = row(
+        "CREATE (other session)",
+        round_trips(
+            &mut p,
+            b,
+            cmd::CREATE,
+            create_body("plain.txt", OPLOCK_NONE, &[]),
+        ),
+    )
+    .created()
+    .1;
+    row(
+        "LOCK (other session, recalls)",
+        round_trips(
+            &mut p,
+            b,
+            cmd::LOCK,
+            conn_harness::body_lock(plain_b, LOCKFLAG_EXCLUSIVE | LOCKFLAG_FAIL_IMMEDIATELY),
+        ),
+    );
+    let (conflict, n, kinds) = round_trips(&mut p, a, cmd::WRITE, write_body(plain, b"0123456789"));
+    assert_eq!(
+        conflict.hdr.status,
+        status::FILE_LOCK_CONFLICT,
+        "the recalled grant is not used: the write sees the other session's lock"
+    );
+    table.push(("WRITE (locked by other)".to_string(), n, kinds));
+    let mut row = |what: &str, (answer, n, kinds): (Answer, u64, String)| {
+        assert_eq!(answer.hdr.status, status::SUCCESS, "{what}");
+        table.push((what.to_string(), n, kinds));
+        answer
+    };
+    row(
+        "UNLOCK (other session)",
+        round_trips(
+            &mut p,
+            b,
+            cmd::LOCK,
+            conn_harness::body_lock(plain_b, LOCKFLAG_UNLOCK),
+        ),
     );
     row(
         "READ",
@@ -717,6 +772,12 @@ fn lock_service_round_trips_per_operation() {
             ("CREATE (RWH lease)", 1),
             ("CREATE (RWH lease + DH2Q)", 1),
             ("WRITE", 1),
+            ("READ (granted)", 0),
+            ("WRITE (granted)", 0),
+            ("CREATE (other session)", 1),
+            ("LOCK (other session, recalls)", 2),
+            ("WRITE (locked by other)", 1),
+            ("UNLOCK (other session)", 1),
             ("READ", 1),
             ("LOCK", 1),
             ("UNLOCK", 1),

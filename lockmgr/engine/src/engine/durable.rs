@@ -220,10 +220,13 @@ impl Engine {
             s.opens.remove(&open);
             s.locks = s.locks.saturating_sub(held);
         }
+        let mut had_grant = false;
         if let Some(o) = self.opens.get_mut(&open) {
             o.session = DISCONNECTED;
+            had_grant = std::mem::take(&mut o.io_grant);
         }
-        // Blocking locks of the open wait no longer: their requester is gone.
+        // Blocking locks of the open wait no longer: their requester is gone. Nor does its
+        // I/O grant stay: a reclaim asks again.
         let mut cancelled = Vec::new();
         if let Some(file) = self.files.get_mut(&f) {
             file.lock_waiters.retain(|w| {
@@ -233,6 +236,16 @@ impl Engine {
                 }
                 !mine
             });
+            file.io_queued_locks.retain(|q| {
+                let mine = q.open == open;
+                if mine {
+                    cancelled.push((q.session, q.request));
+                }
+                !mine
+            });
+            if had_grant {
+                file.io_granted.retain(|x| *x != open);
+            }
         }
         for (s, r) in cancelled {
             self.complete(s, r, Reply::Done(Status::Cancelled));

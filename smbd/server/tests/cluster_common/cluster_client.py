@@ -268,6 +268,25 @@ def brl(c1, c2):
     f2.close()
 
 
+def iogrant(c1, c2):
+    # Node 1 writes a file nobody locks: its first write brings an I/O grant from lockmgrd,
+    # and its later reads and writes ask lockmgrd nothing.
+    f1 = c1.open("iogrant.txt")
+    f1.write(b"a" * 100, 0)
+    f1.write(b"b" * 10, 0)
+    # Node 2 locks a range: lockmgrd recalls node 1's grant and grants the lock only once
+    # node 1 acknowledged, so node 1's next write into the range is checked and refused.
+    f2 = c2.open("iogrant.txt")
+    f2.write(b"c" * 10, 50)
+    f2.lock([lock_el(0, 10)])
+    expect_status(FILE_LOCK_CONFLICT, f1.write, b"y", 2)
+    f1.write(b"z", 20)
+    f2.lock([lock_el(0, 10, unlock=True)])
+    f1.write(b"y", 2)
+    f1.close()
+    f2.close()
+
+
 def blocking(c1, c2):
     f2 = c2.open("block.txt")
     f2.lock([lock_el(0, 10)])
@@ -530,7 +549,7 @@ def lmfailover(c1, c2):
     print("first lock after the primary's death took %.3f s" % took)
 
 
-SCENARIOS = {f.__name__: f for f in (sharemode, brl, blocking, oplock, lease, doc, kill,
+SCENARIOS = {f.__name__: f for f in (sharemode, brl, iogrant, blocking, oplock, lease, doc, kill,
                                      lmrestart, lmfailover, rename, leaseh, streams, links)}
 
 

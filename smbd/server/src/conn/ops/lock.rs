@@ -96,6 +96,14 @@ impl Conn {
                 fail_immediately: first.flags & fi != 0,
             }
         };
+        if !is_unlock {
+            // The lock service ends this node's grants on the file with the lock request
+            // (only other nodes' are recalled): stop using them first.
+            if let Some(o) = self.opens.get(&v) {
+                self.shared
+                    .drop_io_grants(locking::FileId(o.stable_id), self.id);
+            }
+        }
         match self.shared.lock_request(self.id, hdr.message_id, req) {
             Reply::Done(Status::Success) => {
                 if let Some(o) = self.opens.get_mut(&v) {
