@@ -16,9 +16,13 @@ use crate::locking::{FileId, OpenId};
 pub struct IoGrants {
     /// Open -> its file, the grant's generation and the connection that holds the open.
     grants: HashMap<OpenId, (FileId, u64, u64)>,
-    /// File -> generation of the latest recall seen. Kept for the files recalled while the
-    /// node runs (one entry each), so a grant reply overtaken by its recall is recognised.
+    /// File -> generation of the latest recall seen while a `CheckIoGrant` of that file was
+    /// in flight, so a grant reply overtaken by its recall is recognised. Only such a reply
+    /// can be overtaken, so the entry goes with the file's last answer: the table holds at
+    /// most the files being asked about, not every file ever recalled.
     recalled: HashMap<FileId, u64>,
+    /// File -> `CheckIoGrant` requests in flight ([`IoGrants::ask`] .. [`IoGrants::answered`]).
+    asking: HashMap<FileId, u32>,
 }
 
 impl IoGrants {
@@ -26,14 +30,30 @@ impl IoGrants {
         self.grants.contains_key(&open)
     }
 
-    /// A `CheckIoGrant` was answered `IoGranted { generation }`; false (and nothing recorded)
-    /// if a recall covering it was applied already.
-    pub fn record(&mut self, open: OpenId, file: FileId, generation: u64, conn: u64) -> bool {
-        if self.recalled.get(&file).is_some_and(|r| generation <= *r) {
-            return false;
+    /// A `CheckIoGrant` of `file` is about to be sent; [`IoGrants::answered`] must follow.
+    pub fn ask(&mut self, file: FileId) {
+        *self.asking.entry(file).or_default() += 1;
+    }
+
+    /// The `CheckIoGrant` of `file` announced by [`IoGrants::ask`] was answered, with
+    /// `IoGranted { generation }` for `open` of connection `conn` if `grant` is given.
+    /// Returns whether a grant was recorded: not if a recall covering it was applied already.
+    pub fn answered(&mut self, file: FileId, grant: Option<(OpenId, u64, u64)>) -> bool {
+        let recorded = grant.is_some_and(|(open, generation, conn)| {
+            let overtaken = self.recalled.get(&file).is_some_and(|r| generation <= *r);
+            if !overtaken {
+                self.grants.insert(open, (file, generation, conn));
+            }
+            !overtaken
+        });
+        if let Some(n) = self.asking.get_mut(&file) {
+            *n -= 1;
+            if *n == 0 {
+                self.asking.remove(&file);
+                self.recalled.remove(&file);
+            }
         }
-        self.grants.insert(open, (file, generation, conn));
-        true
+        recorded
     }
 
     /// The open is closing (or disconnecting): its grant dies with it at the lock service.
@@ -43,8 +63,10 @@ impl IoGrants {
 
     /// `IoRecall { file, generation }`: every grant of the file stops here.
     pub fn recall(&mut self, file: FileId, generation: u64) {
-        let latest = self.recalled.entry(file).or_insert(generation);
-        *latest = (*latest).max(generation);
+        if self.asking.contains_key(&file) {
+            let latest = self.recalled.entry(file).or_insert(generation);
+            *latest = (*latest).max(generation);
+        }
         self.grants
             .retain(|_, (f, g, _)| !(*f == file && *g <= generation));
     }
@@ -67,25 +89,53 @@ impl IoGrants {
 mod tests {
     use super::*;
 
+    /// A worker's whole exchange: ask, then the answer granting `open` at `generation`.
+    fn granted(g: &mut IoGrants, open: u64, file: u128, generation: u64, conn: u64) -> bool {
+        g.ask(FileId(file));
+        g.answered(FileId(file), Some((OpenId(open), generation, conn)))
+    }
+
     #[test]
     fn recall_before_record_voids_the_grant() {
         let mut g = IoGrants::default();
         let (o, f) = (OpenId(1), FileId(7));
+        g.ask(f);
         g.recall(f, 5);
-        assert!(!g.record(o, f, 5, 1));
+        assert!(!g.answered(f, Some((o, 5, 1))));
         assert!(!g.is_granted(o));
-        assert!(g.record(o, f, 6, 1));
+        assert!(granted(&mut g, 1, 7, 6, 1));
         assert!(g.is_granted(o));
         g.recall(f, 6);
         assert!(!g.is_granted(o));
     }
 
+    /// Recalls are remembered only while a grant request of their file is in flight, so a
+    /// node recalled on a million files does not keep a million entries.
+    #[test]
+    fn recalls_are_forgotten_with_the_last_answer() {
+        let mut g = IoGrants::default();
+        for open in 0..1000 {
+            let file = u128::from(open);
+            assert!(granted(&mut g, open, file, 1, 1));
+            g.recall(FileId(file), 1);
+        }
+        assert!(g.recalled.is_empty() && g.asking.is_empty() && g.grants.is_empty());
+        let f = FileId(5);
+        g.ask(f);
+        g.ask(f);
+        g.recall(f, 3);
+        assert!(!g.answered(f, Some((OpenId(1), 3, 1))));
+        assert_eq!(g.recalled.len(), 1, "a second request is still in flight");
+        assert!(!g.answered(f, None));
+        assert!(g.recalled.is_empty() && g.asking.is_empty());
+    }
+
     #[test]
     fn recall_spares_other_files_and_forget_drops() {
         let mut g = IoGrants::default();
-        assert!(g.record(OpenId(1), FileId(1), 1, 1));
-        assert!(g.record(OpenId(2), FileId(2), 1, 1));
-        assert!(g.record(OpenId(3), FileId(2), 1, 2));
+        assert!(granted(&mut g, 1, 1, 1, 1));
+        assert!(granted(&mut g, 2, 2, 1, 1));
+        assert!(granted(&mut g, 3, 2, 1, 2));
         g.drop_file(FileId(2), Some(2));
         assert!(!g.is_granted(OpenId(3)));
         assert!(g.is_granted(OpenId(2)));

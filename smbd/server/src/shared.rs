@@ -350,15 +350,24 @@ impl Shared {
         lock(&self.io_grants).is_granted(open)
     }
 
-    /// The lock service answered `IoGranted { generation }` for `open` of `file`.
-    pub fn record_io_grant(
+    /// Ask the lock service for `open`'s I/O check with `request` (a `CheckIoGrant`) on
+    /// behalf of connection `conn`, recording the grant if one comes back (and was not
+    /// recalled meanwhile).
+    pub fn check_io_with_grant(
         &self,
+        conn: u64,
         open: crate::locking::OpenId,
         file: crate::locking::FileId,
-        generation: u64,
-        conn: u64,
-    ) {
-        lock(&self.io_grants).record(open, file, generation, conn);
+        request: Request,
+    ) -> Reply {
+        lock(&self.io_grants).ask(file);
+        let reply = self.lock_request(conn, 0, request);
+        let grant = match reply {
+            Reply::IoGranted { generation } => Some((open, generation, conn)),
+            _ => None,
+        };
+        lock(&self.io_grants).answered(file, grant);
+        reply
     }
 
     /// Connection `conn` is about to ask for a byte-range lock on `file`: the grants of its

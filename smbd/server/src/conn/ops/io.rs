@@ -55,9 +55,10 @@ impl Conn {
         if self.shared.io_granted(lo) {
             return Ok(());
         }
-        match self.shared.lock_request(
+        match self.shared.check_io_with_grant(
             self.id,
-            0,
+            lo,
+            locking::FileId(o.stable_id),
             locking::Request::CheckIoGrant {
                 open: lo,
                 offset,
@@ -65,12 +66,7 @@ impl Conn {
                 write,
             },
         ) {
-            Reply::IoGranted { generation } => {
-                self.shared
-                    .record_io_grant(lo, locking::FileId(o.stable_id), generation, self.id);
-                Ok(())
-            }
-            Reply::Done(Status::Success) => Ok(()),
+            Reply::IoGranted { .. } | Reply::Done(Status::Success) => Ok(()),
             Reply::Done(st) => Err(engine_status(st)),
             _ => Ok(()),
         }
