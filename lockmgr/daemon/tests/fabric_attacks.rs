@@ -133,38 +133,8 @@ struct Sniffer(OwnedFd);
 
 impl Sniffer {
     fn new() -> Sniffer {
-        let proto = (libc::ETH_P_IP as u16).to_be();
-        // SAFETY: plain socket(2); the fd is owned right away.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK,
-                i32::from(proto),
-            )
-        };
-        assert!(
-            fd >= 0,
-            "packet socket: {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: fd is a fresh, valid descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: the name is a NUL-terminated string.
-        let ifindex = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
-        // SAFETY: sockaddr_ll is plain data; all-zero is valid.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = proto;
-        sll.sll_ifindex = ifindex as i32;
-        // SAFETY: sll outlives the call; the length is its size.
-        let r = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
+        let fd = fabric_attack::packet_socket("lo", libc::SOCK_DGRAM, libc::ETH_P_IP as u16)
+            .unwrap_or_else(|e| panic!("packet socket on lo: {e}"));
         Sniffer(fd)
     }
 

@@ -6,6 +6,7 @@
 //! in lockmgrd: node A holds an exclusive byte-range lock, and node B's conflicting lock must
 //! be refused after every attack.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -427,4 +428,46 @@ pub fn unauthenticated_flood<T: ClientTransport>(
     // The gauge saw the two real nodes (so it works) and nothing the flood left behind.
     assert_eq!(gauge.most(), 2, "peers held by the server at most");
     n.assert_a_still_holds_the_lock("unauthenticated flood");
+}
+
+/// A non-blocking AF_PACKET socket of `kind` (SOCK_RAW: whole frames; SOCK_DGRAM: without
+/// the link header) for `ethertype`, bound to `iface` of the calling thread's namespace.
+pub fn packet_socket(iface: &str, kind: i32, ethertype: u16) -> std::io::Result<OwnedFd> {
+    let proto = ethertype.to_be();
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            kind | libc::SOCK_NONBLOCK,
+            i32::from(proto),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let name = std::ffi::CString::new(iface).map_err(std::io::Error::other)?;
+    // SAFETY: name is a NUL-terminated string.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: sockaddr_ll is plain data; all-zero is valid.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: sll outlives the call; the length is its size.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(fd)
 }
