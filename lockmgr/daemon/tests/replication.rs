@@ -1676,6 +1676,9 @@ fn run_chaos(
     let mut next_client = 3;
     let mut resumes = 0;
     let mut lost_sessions = 0;
+    // When a node was last killed: its locks block the others until its liveness lease
+    // (2 s, `--liveness-ms`) runs out, so an etcd outage right after it may see no grant.
+    let mut node_killed_at: Option<Instant> = None;
     let mut done = Vec::new();
     let mut first = faults.to_vec();
     rand::seq::SliceRandom::shuffle(first.as_mut_slice(), &mut rng);
@@ -1715,11 +1718,17 @@ fn run_chaos(
                 let stats = w.thread.join().expect("node thread");
                 resumes += stats.resumes;
                 lost_sessions += stats.lost;
+                node_killed_at = Some(Instant::now());
                 eprintln!("node{} killed; node{next_client} joins", w.client);
                 workers.push(spawn(next_client));
                 next_client += 1;
             }
             Fault::EtcdDown => {
+                // Locking must go on without etcd, which a dead node's locks would hide.
+                if let Some(lease_over) = node_killed_at.map(|at| at + Duration::from_millis(2_500))
+                {
+                    std::thread::sleep(lease_over.saturating_duration_since(Instant::now()));
+                }
                 let before = grants.load(Ordering::Relaxed);
                 cluster.etcd.local.stop();
                 std::thread::sleep(Duration::from_millis(rng.gen_range(1500..3000)));
