@@ -497,10 +497,15 @@ impl Replica {
     }
 
     /// Primary: the coordination service recorded `epoch` (this epoch + 1), which names the
-    /// standby attached with [`Replica::attach_standby`].
+    /// standby attached with [`Replica::attach_standby`]. Every entry not yet acknowledged is
+    /// sent again, in the new epoch: an acknowledgement of the old epoch arriving from now on
+    /// is ignored by [`Replica::on_ack`], so without a resend entries the standby already
+    /// acknowledged would wait for an acknowledgement that only the next logged input would
+    /// bring (and their replies with it).
     pub fn advance_epoch(&mut self, epoch: Epoch) -> Result<(), EpochError> {
         self.check_next(epoch, Role::Primary)?;
         self.epoch = epoch;
+        self.sent_upto = self.committed;
         Ok(())
     }
 
@@ -898,5 +903,66 @@ mod tests {
         let out = p.poll_output().expect("released after the ack");
         assert_eq!(out.seq, 1);
         assert_eq!(s.outbox(session).next(), Some(&out));
+    }
+
+    /// A standby joins a primary that serves alone, and the coordination service records it
+    /// (epoch 1 -> 2) while an append of epoch 1 is on its way: the standby takes the entries
+    /// in epoch 1, and its acknowledgement reaches the primary only after the primary moved
+    /// to epoch 2, which ignores acknowledgements of other epochs. The entries must then be
+    /// sent again in the new epoch; otherwise nothing is ever acknowledged again until some
+    /// other input is logged, and the reply waits (lockmgrd's nodes stalled for 30 s in the
+    /// randomized replication tests, until a lease timeout logged an entry).
+    #[test]
+    fn entries_acknowledged_in_the_old_epoch_are_sent_again_in_the_recorded_one() {
+        let mut p = Replica::primary(Config::default(), Epoch(1), false);
+        let session = SessionId(5);
+        p.submit(
+            Time(1),
+            Input::OpenSession {
+                session,
+                node: "node-a".into(),
+            },
+        );
+        let (snapshot, _ready_at) = p.attach_standby().expect("snapshot");
+        let mut s = Replica::standby_from_snapshot(&snapshot, Epoch(1)).expect("installed");
+        let open = Input::Request {
+            session,
+            request: RequestId(1),
+            req: Request::Open(lockmgr_engine::OpenRequest {
+                file: FileId(1),
+                access: 1,
+                share: 7,
+                ..Default::default()
+            }),
+        };
+        assert_eq!(p.submit(Time(2), open), Submitted::Logged(1));
+        let append = p.poll_append().expect("an append");
+        assert_eq!(append.epoch, Epoch(1));
+        s.on_append(&append).expect("accepted");
+        let stale_ack = s.poll_ack().expect("an ack");
+        // The record lands at both replicas before the primary reads the acknowledgement.
+        s.adopt_epoch(Epoch(2)).expect("standby recorded");
+        p.advance_epoch(Epoch(2)).expect("primary recorded");
+        p.on_ack(stale_ack);
+        // The link carries whatever the primary sends from now on, and the answers back.
+        for _ in 0..4 {
+            while let Some(append) = p.poll_append() {
+                match s.on_append(&append) {
+                    Ok(()) => {
+                        if let Some(ack) = s.poll_ack() {
+                            p.on_ack(ack);
+                        }
+                    }
+                    Err(refusal) => {
+                        assert!(!p.on_append_refused(refusal), "deposed by {refusal:?}");
+                    }
+                }
+            }
+        }
+        let out = p
+            .poll_output()
+            .expect("the reply is released once the standby acknowledges in the new epoch");
+        assert_eq!(out.seq, 1);
+        assert_eq!(p.committed(), p.next_index());
     }
 }
