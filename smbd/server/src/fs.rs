@@ -164,11 +164,13 @@ pub fn stable_file_id(fs_id: u64, ino: u64, stream: &str) -> u128 {
 /// lock service's per-link delete-pending (`OpenRequest::link`): the parent directory's
 /// inode and the on-disk name, so every node and every share over the same directory agree,
 /// and two hard links of one file differ. Never 0 (0 is "links not told apart"); 1 when the
-/// parent cannot be read (then the link's opens share that one name, as before links).
-pub fn link_id(fs_id: u64, path: &Path) -> u64 {
+/// parent cannot be read (then the link's opens share that one name, as before links), and
+/// for a directory, which has exactly one link: its opens need no parent lookup (a `stat` on
+/// every directory CREATE, smbtorture's path-contention opens nothing else).
+pub fn link_id(fs_id: u64, path: &Path, is_dir: bool) -> u64 {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::MetadataExt;
-    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+    let (false, Some(parent), Some(name)) = (is_dir, path.parent(), path.file_name()) else {
         return 1;
     };
     let Ok(pm) = std::fs::metadata(parent) else {
@@ -591,11 +593,21 @@ mod tests {
         let a = d.path().join("a");
         std::fs::write(&a, b"x").unwrap();
         std::fs::hard_link(&a, d.path().join("b")).unwrap();
-        let (la, lb) = (link_id(7, &a), link_id(7, &d.path().join("b")));
+        let (la, lb) = (
+            link_id(7, &a, false),
+            link_id(7, &d.path().join("b"), false),
+        );
         assert_ne!(la, lb);
-        assert_eq!(la, link_id(7, &d.path().join("a")));
-        assert_ne!(la, link_id(8, &a));
+        assert_eq!(la, link_id(7, &d.path().join("a"), false));
+        assert_ne!(la, link_id(8, &a, false));
         assert_ne!(la, 0);
+        // A directory's one link needs no name: the same id wherever it was opened from or
+        // renamed to.
+        assert_eq!(
+            link_id(7, d.path(), true),
+            link_id(7, &d.path().join("x"), true)
+        );
+        assert_ne!(link_id(7, d.path(), true), 0);
     }
 
     #[test]

@@ -461,7 +461,7 @@ impl Conn {
                 .map(|_| locking::FileId(fs::stable_file_id(fs_id, ino, ""))),
             // Delete-pending is the name's, not the inode's (MS-FSA 2.1.5.14.3): hard links
             // of one file are told apart by their directory entry.
-            link: fs::link_id(fs_id, &res.abs),
+            link: fs::link_id(fs_id, &res.abs, is_dir),
         };
         // One round trip: the open, and its durability if asked for (MS-SMB2 3.3.5.9.6).
         let lock_req = match cont

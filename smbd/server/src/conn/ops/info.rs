@@ -638,10 +638,14 @@ impl Conn {
         }
         // The link moved: the lock service's opens through it, on every node, and its
         // delete-pending mark now belong to the new name.
-        if let Some(lo) = self.opens.get(&v).and_then(|o| o.lock_open) {
+        if let Some((lo, is_dir)) = self
+            .opens
+            .get(&v)
+            .and_then(|o| o.lock_open.map(|lo| (lo, o.is_dir)))
+        {
             let relink = locking::Request::Relink {
                 open: lo,
-                link: fs::link_id(fs_id, &target.abs),
+                link: fs::link_id(fs_id, &target.abs, is_dir),
             };
             match self.shared.lock_request(self.id, 0, relink) {
                 Reply::Done(Status::Success) => {}
