@@ -49,6 +49,9 @@ pub(crate) struct ConnLimits {
     /// Descriptors held by this connection's opens (kept by [`Conn::add_open`] and
     /// [`Conn::take_open`], so counting them costs nothing per request).
     open_fds: usize,
+    /// Opens of this connection by session id (kept with `open_fds`): the per-session and
+    /// per-user counts cost one lookup per request instead of a walk over every open.
+    opens_by_session: std::collections::HashMap<u64, usize>,
     /// Limits already reported in the log for this connection (bit per [`Kind`]).
     warned: u16,
     /// This connection's share of [`crate::limits::ClientUsage`].
@@ -105,15 +108,10 @@ impl Conn {
                 .filter(|s| matches!(s.state, AuthState::Valid) && !s.anonymous)
                 .map(|s| s.user.to_lowercase())
         };
-        let mut users: std::collections::HashMap<String, usize> = self
-            .sessions
-            .keys()
-            .filter_map(|sid| user_of(*sid))
-            .map(|u| (u, 0))
-            .collect();
-        for o in self.opens.values() {
-            if let Some(n) = user_of(o.session_id).and_then(|u| users.get_mut(&u)) {
-                *n += 1;
+        let mut users: std::collections::HashMap<String, usize> = Default::default();
+        for sid in self.sessions.keys() {
+            if let Some(u) = user_of(*sid) {
+                *users.entry(u).or_default() += self.opens_of_session(*sid);
             }
         }
         let addr = self.peer.map(|p| p.ip());
@@ -132,16 +130,36 @@ impl Conn {
     /// Put an open in this connection's table, counting its descriptors.
     pub(crate) fn add_open(&mut self, volatile: u64, open: Open) {
         self.limits.open_fds += open.descriptors();
+        *self
+            .limits
+            .opens_by_session
+            .entry(open.session_id)
+            .or_default() += 1;
         if let Some(replaced) = self.opens.insert(volatile, open) {
-            self.limits.open_fds = self.limits.open_fds.saturating_sub(replaced.descriptors());
+            self.forget_counted(&replaced);
         }
     }
 
-    /// Take an open out of this connection's table, returning its descriptors' count.
+    /// Take an open out of this connection's table (and out of its counts).
     pub(crate) fn take_open(&mut self, volatile: u64) -> Option<Open> {
         let open = self.opens.remove(&volatile)?;
-        self.limits.open_fds = self.limits.open_fds.saturating_sub(open.descriptors());
+        self.forget_counted(&open);
         Some(open)
+    }
+
+    fn forget_counted(&mut self, open: &Open) {
+        self.limits.open_fds = self.limits.open_fds.saturating_sub(open.descriptors());
+        if let Some(n) = self.limits.opens_by_session.get_mut(&open.session_id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.limits.opens_by_session.remove(&open.session_id);
+            }
+        }
+    }
+
+    /// Opens of this connection in session `sid`.
+    fn opens_of_session(&self, sid: u64) -> usize {
+        self.limits.opens_by_session.get(&sid).copied().unwrap_or(0)
     }
 
     /// The connection is gone: return its descriptors to the budget and its share of its
@@ -266,9 +284,7 @@ impl Conn {
                     );
                 }
                 let sid = ctx.session_id;
-                if self.opens.values().filter(|o| o.session_id == sid).count()
-                    >= l.opens_per_session
-                {
+                if self.opens_of_session(sid) >= l.opens_per_session {
                     return self.refuse(
                         Kind::OpensPerSession,
                         status::INSUFFICIENT_RESOURCES,
