@@ -1138,8 +1138,11 @@ mod tests {
     #[test]
     fn socket_is_private_or_group_only_from_the_start() {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        let dir = std::env::temp_dir();
-        let path = dir.join(format!("lmt-u-mode-{}.sock", std::process::id()));
+        // A directory of its own: the leftover check below must not see the temporary bind
+        // directories of other tests binding at the same time in this process.
+        let dir = std::env::temp_dir().join(format!("lmt-u-mode-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
         let server = ShmServer::bind(&path, ShmConfig::default()).unwrap();
         let m = std::fs::metadata(&path).unwrap();
         assert_eq!(m.permissions().mode() & 0o777, 0o600);
@@ -1165,6 +1168,8 @@ mod tests {
             })
             .count();
         assert_eq!(leftovers, 0);
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_dir(&dir);
         assert_eq!(resolve_group("0").unwrap(), 0);
         assert_eq!(resolve_group("root").unwrap(), 0);
         assert!(resolve_group("no-such-group-lockmgr").is_err());
