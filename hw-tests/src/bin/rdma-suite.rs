@@ -624,6 +624,70 @@ fn test_bench(d: &Daemon, dev: &DeviceConfig, ops: u32) -> TestResult {
     Ok(())
 }
 
+/// The side channel refuses a client without the cluster key before any queue pair exists
+/// (issue 9): the server counts one failed proof and holds no peer for it, and a client with
+/// the key is still served afterwards. The server's own counters decide: the refused client
+/// also fails on its side (it cannot verify the server's proof), so its error alone would not
+/// show that the server checked.
+fn test_wrong_key_refused(ip: IpAddr, dev: &DeviceConfig) -> TestResult {
+    let mut server = RdmaServer::bind(
+        SocketAddr::new(ip, 0),
+        rdma_config(dev, Duration::from_micros(50)),
+    )
+    .map_err(|e| format!("RDMA bind: {e}"))?;
+    let addr = server
+        .local_addr()
+        .map_err(|e| format!("local_addr: {e}"))?;
+    let wrong = RdmaConfig {
+        fabric_key: Some(lockmgr_transport::FabricKey::new([0x5a; 32])),
+        ..rdma_config(dev, Duration::ZERO)
+    };
+    let bad = std::thread::spawn(move || RdmaClient::connect(addr, &wrong).is_ok());
+    let deadline = Instant::now() + TIMEOUT;
+    while !(bad.is_finished() && server.auth_failures() > 0) && Instant::now() < deadline {
+        server.poll(&mut |_| {}).map_err(|e| format!("poll: {e}"))?;
+        server
+            .wait(Some(Duration::from_millis(5)))
+            .map_err(|e| format!("wait: {e}"))?;
+    }
+    let bad_connected = bad
+        .join()
+        .map_err(|_| "wrong-key client panicked".to_string())?;
+    let (failures, peers) = (server.auth_failures(), server.peer_count());
+    if bad_connected || failures != 1 || peers != 0 {
+        return Err(format!(
+            "wrong key: client connected {bad_connected}, server auth failures {failures} \
+             (want 1), peers {peers} (want 0)"
+        ));
+    }
+    let good_cfg = rdma_config(dev, Duration::ZERO);
+    let good = std::thread::spawn(move || {
+        RdmaClient::connect(addr, &good_cfg)
+            .map(|_client| std::thread::sleep(Duration::from_millis(200)))
+            .map_err(|e| format!("RDMA connect with the key: {e}"))
+    });
+    let deadline = Instant::now() + TIMEOUT;
+    let mut peak = 0;
+    while !good.is_finished() && Instant::now() < deadline {
+        server.poll(&mut |_| {}).map_err(|e| format!("poll: {e}"))?;
+        peak = peak.max(server.peer_count());
+        server
+            .wait(Some(Duration::from_millis(5)))
+            .map_err(|e| format!("wait: {e}"))?;
+    }
+    good.join()
+        .map_err(|_| "client with the key panicked".to_string())??;
+    if peak != 1 {
+        return Err(format!(
+            "the client with the key: server peers {peak} (want 1)"
+        ));
+    }
+    println!(
+        "    wrong key refused by the server (1 failed proof, no queue pair); right key served"
+    );
+    Ok(())
+}
+
 /// One `lockmgrd::conformance` scenario over RDMA against a fresh lockmgrd (like each
 /// `#[test]` of tests/conformance.rs for the other transports).
 fn test_conformance(ip: IpAddr, dev: &DeviceConfig, scenario: conformance::Scenario) -> TestResult {
@@ -855,6 +919,12 @@ fn main() -> ExitCode {
     if let Err(e) = daemon.stop() {
         report("server_shutdown", Instant::now(), Err(e));
     }
+    let start = Instant::now();
+    report(
+        "wrong_key_refused_before_any_queue_pair",
+        start,
+        test_wrong_key_refused(ip, &args.device),
+    );
     for (name, scenario) in conformance::SCENARIOS {
         let start = Instant::now();
         let r = test_conformance(ip, &args.device, *scenario);
