@@ -747,7 +747,13 @@ mod tests {
     use super::*;
 
     fn primary_with_session() -> (Replica, SessionId) {
-        let mut p = Replica::primary(Config::default(), Epoch(1), true);
+        primary_with_session_in(true)
+    }
+
+    /// A primary of epoch 1 with one node session; `with_standby`: as in
+    /// [`Replica::primary`] (false: it serves alone).
+    fn primary_with_session_in(with_standby: bool) -> (Replica, SessionId) {
+        let mut p = Replica::primary(Config::default(), Epoch(1), with_standby);
         let session = SessionId(5);
         p.submit(
             Time(1),
@@ -876,10 +882,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn outputs_wait_for_the_standby() {
-        let (mut p, session) = primary_with_session();
-        let open = Input::Request {
+    /// Request 1 of `session`: an open of file 1.
+    fn open_request(session: SessionId) -> Input {
+        Input::Request {
             session,
             request: RequestId(1),
             req: Request::Open(lockmgr_engine::OpenRequest {
@@ -888,7 +893,13 @@ mod tests {
                 share: 7,
                 ..Default::default()
             }),
-        };
+        }
+    }
+
+    #[test]
+    fn outputs_wait_for_the_standby() {
+        let (mut p, session) = primary_with_session();
+        let open = open_request(session);
         assert_eq!(p.submit(Time(2), open.clone()), Submitted::Logged(1));
         assert_eq!(p.submit(Time(3), open), Submitted::Duplicate);
         assert!(
@@ -914,27 +925,10 @@ mod tests {
     /// randomized replication tests, until a lease timeout logged an entry).
     #[test]
     fn entries_acknowledged_in_the_old_epoch_are_sent_again_in_the_recorded_one() {
-        let mut p = Replica::primary(Config::default(), Epoch(1), false);
-        let session = SessionId(5);
-        p.submit(
-            Time(1),
-            Input::OpenSession {
-                session,
-                node: "node-a".into(),
-            },
-        );
+        let (mut p, session) = primary_with_session_in(false);
         let (snapshot, _ready_at) = p.attach_standby().expect("snapshot");
         let mut s = Replica::standby_from_snapshot(&snapshot, Epoch(1)).expect("installed");
-        let open = Input::Request {
-            session,
-            request: RequestId(1),
-            req: Request::Open(lockmgr_engine::OpenRequest {
-                file: FileId(1),
-                access: 1,
-                share: 7,
-                ..Default::default()
-            }),
-        };
+        let open = open_request(session);
         assert_eq!(p.submit(Time(2), open), Submitted::Logged(1));
         let append = p.poll_append().expect("an append");
         assert_eq!(append.epoch, Epoch(1));
