@@ -4,7 +4,8 @@
 //! Who rewrites what: nothing. smbd signs what it answers and verifies signatures over what the
 //! client sent, so the proxy forwards every SMB2 message byte for byte and the RDMA payload
 //! travels beside the messages, on the same smbd stream, in private *payload frames*
-//! ([`PAYLOAD_FRAME_KIND`]): `[kind][24-bit big-endian length][MessageId u64 LE][data]`.
+//! ([`PAYLOAD_FRAME_KIND`]): `[kind][24-bit big-endian length][MessageId u64 LE][data]`,
+//! coded by `smb_proto::payload_frame`, which smbd uses too.
 //!
 //! * WRITE with an RDMA channel (Length 0, RemainingBytes = the byte count, the client's
 //!   buffers in WriteChannelInfo): the proxy RDMA-READs the descriptors and sends smbd the
@@ -32,10 +33,11 @@ use thiserror::Error;
 
 use crate::codec::{BufferDescriptorV1, Channel, DecodeError, RdmaChannel};
 
-/// NetBIOS-style frame kind of a payload frame on the smbd stream (0x00 is an SMB2 message).
-pub const PAYLOAD_FRAME_KIND: u8 = 0xD1;
-/// Bytes before a payload frame's data: kind, 24-bit length, MessageId.
-pub const PAYLOAD_FRAME_HEADER: usize = 4 + 8;
+/// The payload frames' codec, under the names the proxy knows them by.
+pub use smb_proto::payload_frame::{
+    decode_body as decode_payload_body, encode as encode_payload_frame, PayloadFrameError,
+    HEADER_LEN as PAYLOAD_FRAME_HEADER, KIND as PAYLOAD_FRAME_KIND,
+};
 
 const SMB2_HEADER: usize = 64;
 const SMB2_MAGIC: &[u8; 4] = b"\xfeSMB";
@@ -67,8 +69,6 @@ pub enum RwError {
     DuplicateMessageId(u64),
     #[error("payload for MessageId {0}, which has no RDMA-channel READ outstanding")]
     UnexpectedPayload(u64),
-    #[error("payload frame shorter than its header")]
-    BadPayloadFrame,
 }
 
 /// Bounds on what clients may ask for.
@@ -134,31 +134,6 @@ pub fn plan(descriptors: &[BufferDescriptorV1], len: u32) -> Vec<Segment> {
         left -= n;
     }
     out
-}
-
-/// Encodes a payload frame.
-pub fn encode_payload_frame(message_id: u64, data: &[u8]) -> Result<Vec<u8>, RwError> {
-    let len = 8 + data.len();
-    if len >= 1 << 24 {
-        return Err(RwError::TooLong {
-            len: data.len() as u64,
-            max: (1 << 24) - 9,
-        });
-    }
-    let mut f = Vec::with_capacity(4 + len);
-    f.push(PAYLOAD_FRAME_KIND);
-    f.extend_from_slice(&(len as u32).to_be_bytes()[1..]);
-    f.extend_from_slice(&message_id.to_le_bytes());
-    f.extend_from_slice(data);
-    Ok(f)
-}
-
-/// The MessageId and data of a payload frame's body (what follows the 4-byte frame header).
-pub fn decode_payload_body(body: &[u8]) -> Result<(u64, &[u8]), RwError> {
-    let id = body.get(..8).ok_or(RwError::BadPayloadFrame)?;
-    let mut b = [0u8; 8];
-    b.copy_from_slice(id);
-    Ok((u64::from_le_bytes(b), &body[8..]))
 }
 
 fn u16_at(b: &[u8], at: usize) -> Result<u16, RwError> {
@@ -608,17 +583,5 @@ mod tests {
         assert_eq!((p[0].remote_addr, p[0].len, p[0].local_offset), (2, 5, 0));
         assert_eq!((p[1].remote_addr, p[1].len, p[1].local_offset), (3, 2, 5));
         assert!(plan(&d, 0).is_empty());
-    }
-
-    #[test]
-    fn payload_frames_round_trip() {
-        let f = encode_payload_frame(0x0102_0304_0506_0708, b"abc").unwrap();
-        assert_eq!(f[0], PAYLOAD_FRAME_KIND);
-        assert_eq!(&f[1..4], &[0, 0, 11]);
-        assert_eq!(
-            decode_payload_body(&f[4..]).unwrap(),
-            (0x0102_0304_0506_0708, &b"abc"[..])
-        );
-        assert_eq!(decode_payload_body(&[0; 7]), Err(RwError::BadPayloadFrame));
     }
 }

@@ -179,9 +179,40 @@ pub fn set_next_command(msg: &mut [u8], next: u32) {
     }
 }
 
+/// Command and NextCommand of the encoded message `msg`, read without decoding the rest of
+/// its header (the worker's glance at a request before it is handled). `None` when `msg` is
+/// shorter than a header or does not start with the SMB2 ProtocolId.
+pub fn peek_command(msg: &[u8]) -> Option<(u16, u32)> {
+    if msg.len() < HEADER_SIZE || msg.get(..4)? != PROTOCOL_ID {
+        return None;
+    }
+    let command = u16::from_le_bytes([*msg.get(12)?, *msg.get(13)?]);
+    let next = u32::from_le_bytes(msg.get(20..24)?.try_into().ok()?);
+    Some((command, next))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_and_next_command_are_peeked() {
+        let h = Header {
+            command: Command::Write as u16,
+            next_command: 0x1234_5678,
+            ..Default::default()
+        };
+        let mut w = Writer::new();
+        h.encode(&mut w);
+        assert_eq!(
+            peek_command(&w.buf),
+            Some((Command::Write as u16, 0x1234_5678))
+        );
+        assert_eq!(peek_command(&w.buf[..63]), None);
+        let mut sealed = w.buf.clone();
+        sealed[..4].copy_from_slice(&TRANSFORM_PROTOCOL_ID);
+        assert_eq!(peek_command(&sealed), None);
+    }
 
     #[test]
     fn signed_flag_and_next_command_patch_an_encoded_header() {

@@ -6,7 +6,8 @@
 //! whole message (header included) and encoders write header and body together.
 //!
 //! smbd's only SMB codec: besides the messages ([`messages`], [`header`], [`smb1`]) it holds
-//! the NetBIOS session framing ([`netbios`]), the CREATE contexts ([`create_ctx`]), the
+//! the NetBIOS session framing ([`netbios`]) and the payload frames smbdirectd adds to it
+//! ([`payload_frame`]), the CREATE contexts ([`create_ctx`]), the
 //! file-system information classes ([`fscc`]), the FSCTL input and output buffers
 //! ([`fsctl_buf`]), the security descriptors of QUERY_INFO/SET_INFO SECURITY and the SecD
 //! create context ([`security_descriptor`]) and the NTSTATUS values ([`status`], [`NtStatus`]).
@@ -22,6 +23,7 @@ pub mod fsctl_buf;
 pub mod header;
 pub mod messages;
 pub mod netbios;
+pub mod payload_frame;
 pub mod security_descriptor;
 pub mod smb1;
 pub mod status;
@@ -81,5 +83,6 @@ pub fn fuzz_decode(data: &[u8]) -> usize {
     }
     let _ = decode_create_contexts(data);
     let _ = LeaseContext::decode(data);
+    let _ = payload_frame::decode_body(data);
     ok
 }

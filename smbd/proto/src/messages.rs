@@ -1125,13 +1125,8 @@ impl Response {
                 data_remaining,
                 padding,
             } => {
-                let o = off(w, base) + 16 + *padding as usize;
-                w.u16(17)
-                    .u8(o as u8)
-                    .u8(0)
-                    .u32(data.len() as u32)
-                    .u32(*data_remaining)
-                    .u32(0);
+                let o = off(w, base) + READ_RESPONSE_BODY_SIZE + *padding as usize;
+                read_response_fixed_body(w, o, data.len() as u32, *data_remaining);
                 for _ in 0..*padding {
                     w.u8(0);
                 }
@@ -1221,6 +1216,54 @@ pub fn encode_message(hdr: &Header, body: &Response) -> Vec<u8> {
     hdr.encode(&mut w);
     body.encode_body(&mut w, 0);
     w.buf
+}
+
+/// Bytes of a READ response's fixed body (MS-SMB2 2.2.20), before its padding and data.
+pub const READ_RESPONSE_BODY_SIZE: usize = 16;
+
+/// Bytes of a READ response before its padding and data: the header and the fixed body.
+pub const READ_RESPONSE_HEAD: usize = HEADER_SIZE + READ_RESPONSE_BODY_SIZE;
+
+/// The fixed body of a READ response (MS-SMB2 2.2.20): StructureSize 17, DataOffset from the
+/// start of the SMB2 header, Reserved, DataLength, DataRemaining, Reserved2.
+fn read_response_fixed_body(w: &mut Writer, data_offset: usize, data_len: u32, remaining: u32) {
+    w.u16(17)
+        .u8(data_offset as u8)
+        .u8(0)
+        .u32(data_len)
+        .u32(remaining)
+        .u32(0);
+}
+
+/// Write a READ response's header and fixed body (MS-SMB2 2.2.20) in place, so that its data
+/// can be read straight into the final buffer: `msg` is the whole message, whose first
+/// [`READ_RESPONSE_HEAD`] + `padding` bytes were reserved for them, then the data, which
+/// becomes DataLength. The padding is zeroed. For non-empty data the bytes are those
+/// [`encode_message`] makes of `Response::Read` with that data (empty data there gets a byte
+/// of Buffer this layout has no room for). `Err(Truncated)` when `msg` is shorter than the
+/// reserved bytes, `Err(Invalid)` when the data does not fit DataLength.
+pub fn write_read_response_head(
+    msg: &mut [u8],
+    hdr: &Header,
+    data_remaining: u32,
+    padding: u8,
+) -> Result<(), DecodeError> {
+    let data_offset = READ_RESPONSE_HEAD + padding as usize;
+    let data_len = msg
+        .len()
+        .checked_sub(data_offset)
+        .ok_or(DecodeError::Truncated)?;
+    let data_len = u32::try_from(data_len).map_err(|_| DecodeError::Invalid("DataLength"))?;
+    let mut w = Writer::with(Vec::with_capacity(READ_RESPONSE_HEAD));
+    hdr.encode(&mut w);
+    read_response_fixed_body(&mut w, data_offset, data_len, data_remaining);
+    msg.get_mut(..w.buf.len())
+        .ok_or(DecodeError::Truncated)?
+        .copy_from_slice(&w.buf);
+    if let Some(pad) = msg.get_mut(w.buf.len()..data_offset) {
+        pad.fill(0);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1337,6 +1380,49 @@ mod tests {
         assert_eq!(&padded[16..24], &[0u8; 8]);
         assert_eq!(&padded[24..27], b"abc");
         assert_eq!(padded.len(), plain.len() + 8);
+    }
+
+    #[test]
+    fn read_response_head_in_place_is_the_encoders() {
+        let data: Vec<u8> = (0..300u32).map(|i| (i * 7) as u8).collect();
+        let sync = Header {
+            command: Command::Read as u16,
+            credits: 3,
+            message_id: 0x1122_3344,
+            session_id: 0x55,
+            tree_id: 9,
+            flags: crate::header::flags::SERVER_TO_REDIR | crate::header::flags::SIGNED,
+            ..Header::default()
+        };
+        let async_hdr = Header {
+            flags: crate::header::flags::SERVER_TO_REDIR | crate::header::flags::ASYNC_COMMAND,
+            async_id: 77,
+            ..sync
+        };
+        for hdr in [sync, async_hdr] {
+            for padding in [0u8, 8, 80] {
+                for remaining in [0u32, 5] {
+                    let whole = encode_message(
+                        &hdr,
+                        &Response::Read {
+                            data: data.clone(),
+                            data_remaining: remaining,
+                            padding,
+                        },
+                    );
+                    let at = READ_RESPONSE_HEAD + padding as usize;
+                    let mut msg = vec![0xEE; at];
+                    msg.extend_from_slice(&data);
+                    write_read_response_head(&mut msg, &hdr, remaining, padding).unwrap();
+                    assert_eq!(msg, whole, "padding {padding} remaining {remaining}");
+                }
+            }
+        }
+        let mut short = vec![0; READ_RESPONSE_HEAD + 7];
+        assert_eq!(
+            write_read_response_head(&mut short, &Header::default(), 0, 8),
+            Err(DecodeError::Truncated)
+        );
     }
 
     #[test]

@@ -12,13 +12,16 @@ fn seed_corpus_decodes_without_panic() {
         let data = std::fs::read(e.unwrap().path()).unwrap();
         files += 1;
         decoded += smb_proto::fuzz_decode(&data);
+        payload_frame_round_trips(&data);
         for cut in (0..data.len()).step_by(7) {
             smb_proto::fuzz_decode(&data[..cut]);
+            payload_frame_round_trips(&data[..cut]);
         }
         let mut flipped = data.clone();
         for i in (0..flipped.len()).step_by(5) {
             flipped[i] ^= 0xA5;
             smb_proto::fuzz_decode(&flipped);
+            payload_frame_round_trips(&flipped);
         }
     }
     assert!(files >= 10, "corpus too small: {files}");
@@ -26,6 +29,13 @@ fn seed_corpus_decodes_without_panic() {
         decoded >= files / 2,
         "most seeds are real messages: {decoded}/{files}"
     );
+}
+
+/// The decode fuzz target's second property.
+fn payload_frame_round_trips(data: &[u8]) {
+    if let Err(property) = smb_proto::payload_frame::check_round_trip(data) {
+        panic!("payload frame property violated: {property}");
+    }
 }
 
 /// Replays smbd/proto/fuzz/corpus/security_descriptor with the fuzz target's round-trip

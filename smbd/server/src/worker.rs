@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use smb_proto::netbios::{self, kind, PacketHeader, HEADER_LEN};
+use smb_proto::payload_frame;
 
 use crate::conn::{Conn, FileIo, FileOp};
 use crate::shared::Shared;
@@ -605,7 +606,7 @@ impl Worker {
                     Self::queue_out(s, out);
                     pos += h.packet_len();
                 }
-                crate::conn::RDMA_PAYLOAD_FRAME if s.conn.via_rdma_proxy => {
+                payload_frame::KIND if s.conn.via_rdma_proxy => {
                     if !whole {
                         break;
                     }
@@ -950,12 +951,8 @@ fn debug_panic_trigger(payload: &[u8]) {
 /// Whether a message is a lone (non-compound, unencrypted) READ or WRITE, which may run
 /// concurrently with other READs/WRITEs of the connection in the ring.
 fn is_plain_io(msg: &[u8]) -> bool {
-    if msg.len() < 64 || msg[..4] != smb_proto::header::PROTOCOL_ID {
-        return false;
-    }
-    let cmd = u16::from_le_bytes([msg[12], msg[13]]);
-    let next = u32::from_le_bytes([msg[20], msg[21], msg[22], msg[23]]);
-    next == 0 && (cmd == smb_proto::Command::Read as u16 || cmd == smb_proto::Command::Write as u16)
+    matches!(smb_proto::header::peek_command(msg), Some((cmd, 0))
+        if cmd == smb_proto::Command::Read as u16 || cmd == smb_proto::Command::Write as u16)
 }
 
 #[cfg(test)]
@@ -973,12 +970,16 @@ mod tests {
         assert_eq!(timer_wait(now + soon, Some(now)), Duration::ZERO);
     }
 
-    fn msg(cmd: u16, next: u32) -> Vec<u8> {
-        let mut m = vec![0u8; 64 + 49];
-        m[..4].copy_from_slice(&smb_proto::header::PROTOCOL_ID);
-        m[12..14].copy_from_slice(&cmd.to_le_bytes());
-        m[20..24].copy_from_slice(&next.to_le_bytes());
-        m
+    fn msg(command: u16, next_command: u32) -> Vec<u8> {
+        let mut w = smb_proto::Writer::new();
+        smb_proto::Header {
+            command,
+            next_command,
+            ..Default::default()
+        }
+        .encode(&mut w);
+        w.zeros(49);
+        w.buf
     }
 
     #[test]

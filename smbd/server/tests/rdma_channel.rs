@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use smb_proto::header::Header;
+use smb_proto::payload_frame;
 use smb_proto::{status, NtStatus, Writer};
-use smbd::conn::{Conn, RDMA_PAYLOAD_FRAME};
+use smbd::conn::Conn;
 use smbd::locking::EngineLocks;
 use smbd::shared::Shared;
 
@@ -179,7 +180,7 @@ fn rdma_write_takes_the_payload_and_rdma_read_sends_one() {
     let mid = c.send(cmd::READ, body_read_rdma(f, 1000, 50_000, CHANNEL_RDMA_V1));
     let out = frames(&mut c.conn);
     assert_eq!(out.len(), 2, "payload frame and response");
-    assert_eq!(out[0][0], RDMA_PAYLOAD_FRAME);
+    assert_eq!(out[0][0], payload_frame::KIND);
     let len = u32::from_be_bytes([0, out[0][1], out[0][2], out[0][3]]) as usize;
     assert_eq!(len, out[0].len() - 4);
     assert_eq!(
@@ -187,6 +188,10 @@ fn rdma_write_takes_the_payload_and_rdma_read_sends_one() {
         mid
     );
     assert_eq!(&out[0][12..], &data[1000..51_000]);
+    assert_eq!(
+        out[0],
+        payload_frame::encode(mid, &data[1000..51_000]).expect("frame")
+    );
     let resp = &out[1][4..];
     assert_eq!(status_of(&out[1]), status::SUCCESS);
     assert_eq!(u32_at(resp, 64 + 4), 0, "DataLength");

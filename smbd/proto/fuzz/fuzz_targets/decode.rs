@@ -1,8 +1,12 @@
-//! Feed arbitrary bytes to every decoder of smb-proto; none may panic.
+//! Feed arbitrary bytes to every decoder of smb-proto; none may panic, and a payload frame's
+//! body re-encodes to itself.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     smb_proto::fuzz_decode(data);
+    if let Err(property) = smb_proto::payload_frame::check_round_trip(data) {
+        panic!("payload frame property violated: {property}");
+    }
 });

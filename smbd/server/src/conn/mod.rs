@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use smb_auth::preauth::PreauthHash;
-use smb_proto::status;
+use smb_proto::{payload_frame, status};
 
 pub use crate::config::MAX_IO;
 use crate::seqwin::SeqHandle;
@@ -104,9 +104,6 @@ pub struct Conn {
     pub(crate) rdma_payloads: Vec<(u64, Vec<u8>)>,
 }
 
-/// Private frame kind of smbdirectd's payload frames: `[0xD1][24-bit length][MessageId u64
-/// LE][data]` (the same constant as `smbdirect::rw::PAYLOAD_FRAME_KIND`).
-pub const RDMA_PAYLOAD_FRAME: u8 = 0xD1;
 /// Payload frames held for WRITEs not processed yet (a compound has one per RDMA WRITE).
 const MAX_RDMA_PAYLOADS: usize = 8;
 
@@ -171,18 +168,25 @@ impl Conn {
     /// A payload frame's body from smbdirectd (only on `via_rdma_proxy` connections; the
     /// worker refuses it elsewhere): kept for the WRITE of its MessageId.
     pub fn on_rdma_payload(&mut self, body: &[u8]) {
-        if !self.via_rdma_proxy || body.len() < 8 || self.rdma_payloads.len() >= MAX_RDMA_PAYLOADS {
-            tracing::debug!(
-                conn = self.id,
-                "unexpected RDMA payload frame; disconnecting"
-            );
-            self.closed = true;
-            return;
-        }
-        let mut id = [0u8; 8];
-        id.copy_from_slice(&body[..8]);
-        self.rdma_payloads
-            .push((u64::from_le_bytes(id), body[8..].to_vec()));
+        let refused = if !self.via_rdma_proxy {
+            "not a connection from smbdirectd"
+        } else if self.rdma_payloads.len() >= MAX_RDMA_PAYLOADS {
+            "too many payloads held"
+        } else {
+            match payload_frame::decode_body(body) {
+                Ok((id, data)) => {
+                    self.rdma_payloads.push((id, data.to_vec()));
+                    return;
+                }
+                Err(_) => "shorter than its MessageId",
+            }
+        };
+        tracing::debug!(
+            conn = self.id,
+            refused,
+            "unexpected RDMA payload frame; disconnecting"
+        );
+        self.closed = true;
     }
 
     /// Frames ready to be written to the socket (each with its 4-byte NetBIOS header).

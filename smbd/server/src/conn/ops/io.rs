@@ -8,11 +8,14 @@ use std::os::unix::fs::FileExt;
 use smb_proto::cursor::Writer;
 use smb_proto::header::flags as hflags;
 use smb_proto::header::HEADER_SIZE;
-use smb_proto::{status, FileId, Header, ReadRequest, Response, WriteRequest};
+use smb_proto::{
+    netbios, payload_frame, status, write_read_response_head, FileId, Header, ReadRequest,
+    Response, WriteRequest, READ_RESPONSE_HEAD,
+};
 
 use super::{
     engine_status, io_status, parent_and_name, APPEND_DATA, EXECUTE, FILE_ACTION_MODIFIED,
-    MAX_FILE_SIZE, READ_BODY_SIZE, READ_DATA, RING_IO_MIN, WRITE_DATA,
+    MAX_FILE_SIZE, READ_DATA, RING_IO_MIN, WRITE_DATA,
 };
 use crate::conn::{err, ChainCtx, Conn, FileIo, FileOp, Open, Outcome, Signer};
 
@@ -152,7 +155,7 @@ impl Conn {
                 Err(e) => return err(io_status(&e)),
             };
             let padding = self.read_body_padding;
-            let data_off = 4 + HEADER_SIZE + READ_BODY_SIZE + padding as usize;
+            let data_off = netbios::HEADER_LEN + READ_RESPONSE_HEAD + padding as usize;
             return Outcome::Deferred(Box::new(FileIo {
                 file,
                 offset: r.offset,
@@ -171,17 +174,19 @@ impl Conn {
                 enc: None,
             }));
         }
-        let mut buf = vec![0u8; r.length as usize];
+        // An RDMA READ's data is read behind the room for its payload frame's header.
+        let head = if rdma { payload_frame::HEADER_LEN } else { 0 };
+        let mut buf = vec![0u8; head + r.length as usize];
         let mut n = 0usize;
-        while n < buf.len() {
-            match f.read_at(&mut buf[n..], r.offset.saturating_add(n as u64)) {
+        while head + n < buf.len() {
+            match f.read_at(&mut buf[head + n..], r.offset.saturating_add(n as u64)) {
                 Ok(0) => break,
                 Ok(k) => n += k,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => return err(io_status(&e)),
             }
         }
-        buf.truncate(n);
+        buf.truncate(head + n);
         if (n == 0 && r.length > 0) || (n as u32) < r.minimum_count {
             return err(status::END_OF_FILE);
         }
@@ -192,12 +197,12 @@ impl Conn {
             // smbdirectd RDMA-WRITEs the payload into the client's buffers before it sends
             // the response, which carries DataLength 0 and the count sent on the channel in
             // DataRemaining (MS-SMB2 2.2.20).
-            let mut f = Vec::with_capacity(12 + n);
-            f.push(crate::conn::RDMA_PAYLOAD_FRAME);
-            f.extend_from_slice(&((8 + n) as u32).to_be_bytes()[1..]);
-            f.extend_from_slice(&hdr.message_id.to_le_bytes());
-            f.extend_from_slice(&buf);
-            self.push_out(f);
+            if let Err(e) = payload_frame::write_header(&mut buf, hdr.message_id) {
+                // Not reached: max_io() keeps READs far below a frame's 16 MiB.
+                tracing::warn!(conn = self.id, "RDMA READ payload: {e}");
+                return err(status::INVALID_PARAMETER);
+            }
+            self.push_out(buf);
             return Outcome::Reply(
                 status::SUCCESS,
                 Response::Read {
@@ -370,17 +375,16 @@ impl Conn {
                 if signer.is_some() && enc.is_none() {
                     h.flags |= hflags::SIGNED;
                 }
-                let mut w = Writer::with(Vec::with_capacity(HEADER_SIZE + READ_BODY_SIZE));
-                h.encode(&mut w);
-                // SMB2 READ response (MS-SMB2 2.2.20): StructureSize 17, DataOffset from the
-                // start of the SMB2 header, DataLength, DataRemaining, Reserved2.
-                w.u16(17)
-                    .u8((HEADER_SIZE + READ_BODY_SIZE + padding as usize) as u8)
-                    .u8(0)
-                    .u32(n as u32)
-                    .u32(0)
-                    .u32(0);
-                buf[4..4 + w.buf.len()].copy_from_slice(&w.buf);
+                // The header and fixed body go in front of the data the ring read in place
+                // (the NetBIOS header before them is emit_framed's).
+                let msg = buf.get_mut(netbios::HEADER_LEN..).unwrap_or_default();
+                if let Err(e) = write_read_response_head(msg, &h, 0, padding) {
+                    // Not reached: the worker gives the ring a buffer of data_off + len bytes.
+                    tracing::warn!(conn = self.id, "READ response in place: {e}");
+                    let st = status::INTERNAL_ERROR;
+                    self.deferred_reply(hdr, st, Response::Error { data: vec![] }, signer, enc);
+                    return;
+                }
                 self.emit_framed(buf, signer, enc);
             }
             FileOp::Write { .. } => {

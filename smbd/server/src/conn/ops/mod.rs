@@ -33,8 +33,6 @@ pub(crate) use pipe::PipeOpen;
 /// io_uring; smaller ones are cheaper as a synchronous pread/pwrite on the page cache than a
 /// dup of the descriptor and a ring round trip.
 const RING_IO_MIN: usize = 64 * 1024;
-/// Fixed part of the SMB2 READ response body.
-const READ_BODY_SIZE: usize = 16;
 
 const FILE_ACTION_ADDED: u32 = 1;
 const FILE_ACTION_REMOVED: u32 = 2;
