@@ -7,6 +7,10 @@ each source file to its module path (src/a/b.rs and src/a/b/mod.rs are `a::b`), 
 comments and strings stripped), resolves each to the deepest module that is a file, and looks
 for cycles in that graph. A child naming its own ancestor (`impl super::Conn` in conn/ops) is
 not an edge: the ancestor declares the child, so that is one room, not a circle between rooms.
+An inherent `impl` block of a type from another module (`impl Core` in replication.rs, Core
+being server's) is an edge from the type's module to the one holding the methods when the
+type's module calls one of them on the type (`self.m(`, `Self::m(`, `Type::m(`; calls are
+matched by name, not resolved, and calls through a field or a variable are not seen).
 
 Usage: scripts/check-module-cycles.py [--self-test] [CRATE_SRC_DIR ...]
 (default: every workspace member). Exit status 1 and one line per cycle when any is found.
@@ -155,6 +159,64 @@ def resolve(module, path, modules, is_mod_file):
     return None
 
 
+IMPL_RE = re.compile(r"(?<![\w:])impl\b([^{;]*)\{")
+
+
+def inherent_impls(code):
+    """(type path as written, method names) of each inherent `impl` block in `code`
+    (`impl<T: X> a::B<T> { fn f.. }`, not `impl Trait for B`)."""
+    impls = []
+    for m in IMPL_RE.finditer(code):
+        header = m.group(1).strip()
+        if re.search(r"\bfor\b", header):
+            continue
+        if header.startswith("<"):
+            depth = 0
+            for k, ch in enumerate(header):
+                depth += {"<": 1, ">": -1}.get(ch, 0)
+                if depth == 0:
+                    header = header[k + 1:].strip()
+                    break
+        name = re.match(r"[A-Za-z_][\w:]*", header)
+        if not name:
+            continue
+        depth, end = 0, len(code)
+        for k in range(m.end() - 1, len(code)):
+            depth += {"{": 1, "}": -1}.get(code[k], 0)
+            if depth == 0:
+                end = k
+                break
+        body = code[m.end():end]
+        impls.append((name.group(0), set(re.findall(r"\bfn\s+([A-Za-z_]\w*)", body))))
+    return impls
+
+
+def impl_owners(module, code, modules, is_mod_file):
+    """For each inherent `impl` block in `module` of a type defined in another module: that
+    module and the method names the block defines."""
+    imported = {}
+    for m in USE_RE.finditer(code):
+        for path in expand_use_tree(m.group(1)):
+            imported[path.split("::")[-1]] = path
+    owners = []
+    for ty, methods in inherent_impls(code):
+        path = ty if ty.split("::")[0] in ("crate", "super", "self") else imported.get(ty)
+        if path:
+            owner = resolve(module, path, modules, is_mod_file)
+            if owner is not None:
+                owners.append((owner, ty, methods))
+    return owners
+
+
+def calls_any(code, type_path, methods):
+    """Whether `code` calls one of `methods` on its own type: `self.m(`, `Self::m(`, `Type::m(`
+    (calls on other receivers are not resolved, so they are not counted)."""
+    ty = re.escape(type_path.split("::")[-1])
+    return any(re.search(r"(\bself\s*\.|\b(Self|" + ty + r")\s*::)\s*" + re.escape(f)
+                         + r"\s*(::\s*<[^()]*>\s*)?\(", code)
+               for f in methods)
+
+
 def graph_of(src):
     modules = collect_modules(src)
     edges = {m: set() for m in modules}
@@ -168,6 +230,17 @@ def graph_of(src):
             if module[:len(target)] == target:
                 continue  # naming an ancestor: it declares us
             edges[module].add(target)
+    # Methods of a type written outside its module (and outside the module's descendants),
+    # called by the type's module: that module depends on the one holding them.
+    for module, path in modules.items():
+        code = strip_comments_and_strings(open(path, encoding="utf-8").read())
+        is_mod_file = os.path.basename(path) in ("mod.rs", "lib.rs", "main.rs")
+        for owner, ty, methods in impl_owners(module, code, modules, is_mod_file):
+            if owner == module or module[:len(owner)] == owner:
+                continue
+            owner_code = strip_comments_and_strings(open(modules[owner], encoding="utf-8").read())
+            if calls_any(owner_code, ty, methods):
+                edges[owner].add(module)
     return edges
 
 
@@ -251,6 +324,23 @@ def self_test():
         with open(os.path.join(src, "b.rs"), "w", encoding="utf-8") as f:
             f.write("pub struct B;\n")
         assert cycles_of(graph_of(src)) == [], "a child naming its parent is no circle"
+        # Methods of b's type written in a::c (which names b): b calls them, so a circle; as
+        # a child of b instead, one room.
+        with open(os.path.join(src, "a/c.rs"), "w", encoding="utf-8") as f:
+            f.write("use crate::b::B;\nimpl<T: Into<u8>> B { fn h(&self) {} }\n"
+                    "impl Clone for B { fn clone(&self) -> B { B } }\n")
+        with open(os.path.join(src, "a/mod.rs"), "w", encoding="utf-8") as f:
+            f.write("mod c;\n")
+        assert cycles_of(graph_of(src)) == [], "methods b does not call are no circle"
+        with open(os.path.join(src, "b.rs"), "w", encoding="utf-8") as f:
+            f.write("pub struct B;\nimpl B { fn g(&self) { self.h() } }\n")
+        cycles = cycles_of(graph_of(src))
+        assert cycles == [[("a", "c"), ("b",)]], cycles
+        os.makedirs(os.path.join(src, "b"))
+        os.rename(os.path.join(src, "a/c.rs"), os.path.join(src, "b/c.rs"))
+        with open(os.path.join(src, "b.rs"), "w", encoding="utf-8") as f:
+            f.write("mod c;\npub struct B;\nimpl B { fn g(&self) { self.h() } }\n")
+        assert cycles_of(graph_of(src)) == [], "methods in a child module are no circle"
     print("check-module-cycles: self-test passed")
 
 

@@ -25,6 +25,8 @@ use crate::ha::Ha;
 use crate::state::LockState;
 use crate::status::{render_status, ServerCounters};
 
+pub(crate) mod replicated;
+
 /// Settings of one server instance.
 #[derive(Clone)]
 pub struct ServerOptions {
