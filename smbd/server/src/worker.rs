@@ -553,11 +553,11 @@ impl Worker {
 
     /// The longest NetBIOS packet of type `kind` the connection may send in its current state.
     fn frame_limit(s: &Slot, packet_kind: u8) -> usize {
-        match packet_kind {
-            kind::SESSION_MESSAGE if s.conn.has_established_session() => MAX_FRAME,
-            kind::SESSION_MESSAGE => MAX_PREAUTH_FRAME,
-            _ => MAX_CONTROL_FRAME,
-        }
+        frame_limit(
+            packet_kind,
+            s.conn.has_established_session(),
+            s.conn.via_rdma_proxy,
+        )
     }
 
     /// Queue response frames for sending.
@@ -948,6 +948,19 @@ fn debug_panic_trigger(payload: &[u8]) {
     }
 }
 
+/// The longest packet of type `packet_kind` a connection may send: whole messages once it has
+/// a session, less before; smbdirectd's payload frames (a WRITE's data, as long as the
+/// message) only on its own connections; keepalives and session requests small.
+fn frame_limit(packet_kind: u8, established: bool, via_rdma_proxy: bool) -> usize {
+    let message = packet_kind == kind::SESSION_MESSAGE
+        || (packet_kind == payload_frame::KIND && via_rdma_proxy);
+    match (message, established) {
+        (true, true) => MAX_FRAME,
+        (true, false) => MAX_PREAUTH_FRAME,
+        (false, _) => MAX_CONTROL_FRAME,
+    }
+}
+
 /// Whether a message is a lone (non-compound, unencrypted) READ or WRITE, which may run
 /// concurrently with other READs/WRITEs of the connection in the ring.
 fn is_plain_io(msg: &[u8]) -> bool {
@@ -980,6 +993,19 @@ mod tests {
         .encode(&mut w);
         w.zeros(49);
         w.buf
+    }
+
+    #[test]
+    fn payload_frames_may_be_as_long_as_messages_only_from_smbdirectd() {
+        use kind::{KEEPALIVE, SESSION_MESSAGE as MESSAGE};
+        use payload_frame::KIND as PAYLOAD;
+        assert_eq!(frame_limit(MESSAGE, true, false), MAX_FRAME);
+        assert_eq!(frame_limit(MESSAGE, false, false), MAX_PREAUTH_FRAME);
+        // A WRITE's data split over several receives is buffered like its message.
+        assert_eq!(frame_limit(PAYLOAD, true, true), MAX_FRAME);
+        assert_eq!(frame_limit(PAYLOAD, false, true), MAX_PREAUTH_FRAME);
+        assert_eq!(frame_limit(PAYLOAD, true, false), MAX_CONTROL_FRAME);
+        assert_eq!(frame_limit(KEEPALIVE, true, true), MAX_CONTROL_FRAME);
     }
 
     #[test]
