@@ -111,6 +111,11 @@ impl Deployment {
             .collect()
     }
 
+    /// Process groups of the server processes (CPU accounting).
+    pub fn pgids(&self) -> Vec<i32> {
+        self.procs.iter().map(|p| p.pgid()).collect()
+    }
+
     /// Stop every server now.
     pub fn stop(&mut self) {
         while let Some(mut p) = self.procs.pop() {
@@ -171,7 +176,7 @@ pub fn run_target(
     target: TargetKind,
     cfg: &BenchConfig,
     smbtorture: &Path,
-) -> Result<Vec<ProcessStats>> {
+) -> Result<(Vec<ProcessStats>, Option<f64>)> {
     let (dir, root) = make_root(target, cfg.keep_temp)?;
     let result = (|| {
         tracing::info!(target = target.name(), "starting servers");
@@ -189,9 +194,18 @@ pub fn run_target(
             client_conf: torture::write_client_conf(&client_dir)?,
             work_dir: client_dir,
         };
+        let pgids = dep.pgids();
+        let cpu_before = process::group_cpu_seconds(&pgids);
         let r = run.run(&dep.endpoints);
+        // Samba's per-connection children end with smbtorture's connections; give their parent
+        // a moment to reap them so their time shows in its cutime/cstime.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let cpu = match (cpu_before, process::group_cpu_seconds(&pgids)) {
+            (Some(a), Some(b)) => Some((b - a).max(0.0)),
+            _ => None,
+        };
         dep.stop();
-        r
+        r.map(|p| (p, cpu))
     })();
     if cfg.keep_temp {
         let kept = dir.keep();
@@ -209,13 +223,16 @@ pub fn run_all(cfg: &BenchConfig) -> Result<BenchReport> {
             TargetStatus::Failed("interrupted".into())
         } else {
             match run_target(target, cfg, &smbtorture) {
-                Ok(p) => TargetStatus::Measured(p),
+                Ok((processes, server_cpu_s)) => TargetStatus::Measured {
+                    processes,
+                    server_cpu_s,
+                },
                 Err(e) if e.is_unavailable() => TargetStatus::Unavailable(e.to_string()),
                 Err(e) => TargetStatus::Failed(e.to_string()),
             }
         };
         match &status {
-            TargetStatus::Measured(_) => {}
+            TargetStatus::Measured { .. } => {}
             TargetStatus::Unavailable(m) => {
                 tracing::warn!(target = target.name(), "unavailable: {m}")
             }

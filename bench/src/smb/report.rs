@@ -15,7 +15,12 @@ use super::{BenchConfig, Suite, TargetKind};
 /// How a target's run ended.
 #[derive(Clone, Debug)]
 pub enum TargetStatus {
-    Measured(Vec<ProcessStats>),
+    /// The smbtorture processes' figures and the CPU time (user + system, seconds) the
+    /// target's server processes used while smbtorture ran, if /proc could tell.
+    Measured {
+        processes: Vec<ProcessStats>,
+        server_cpu_s: Option<f64>,
+    },
     /// Could not be set up here (missing package or binary, unsupported configuration).
     Unavailable(String),
     /// Started but the benchmark failed.
@@ -39,6 +44,11 @@ pub struct TargetResult {
     pub max_latency_us: Option<f64>,
     /// ops_per_s divided by the first target's.
     pub ratio_to_first: Option<f64>,
+    /// CPU time of the target's server processes (smbd, lockmgrd, ctdbd; clients excluded)
+    /// per primary operation, in microseconds: the "CPU per operation" of a clustering cost.
+    pub server_cpu_us_per_op: Option<f64>,
+    /// server_cpu_us_per_op divided by the first target's.
+    pub cpu_ratio_to_first: Option<f64>,
     pub processes: Vec<ProcessStats>,
 }
 
@@ -52,7 +62,12 @@ pub struct BenchReport {
     pub results: Vec<TargetResult>,
 }
 
-fn summarise(suite: Suite, target: TargetKind, status: TargetStatus) -> TargetResult {
+fn summarise(
+    suite: Suite,
+    duration_s: u64,
+    target: TargetKind,
+    status: TargetStatus,
+) -> TargetResult {
     let mut r = TargetResult {
         target,
         status: "ok",
@@ -62,6 +77,8 @@ fn summarise(suite: Suite, target: TargetKind, status: TargetStatus) -> TargetRe
         avg_latency_us: None,
         max_latency_us: None,
         ratio_to_first: None,
+        server_cpu_us_per_op: None,
+        cpu_ratio_to_first: None,
         processes: Vec::new(),
     };
     match status {
@@ -73,10 +90,17 @@ fn summarise(suite: Suite, target: TargetKind, status: TargetStatus) -> TargetRe
             r.status = "failed";
             r.message = Some(m);
         }
-        TargetStatus::Measured(procs) => {
+        TargetStatus::Measured {
+            processes: procs,
+            server_cpu_s,
+        } => {
             let prim: Vec<_> = procs.iter().filter_map(|p| p.primary()).collect();
             let total: f64 = prim.iter().map(|o| o.ops_per_s).sum();
             r.ops_per_s = Some(total);
+            let ops = total * duration_s as f64;
+            r.server_cpu_us_per_op = server_cpu_s
+                .filter(|_| ops > 0.0)
+                .map(|cpu| cpu * 1e6 / ops);
             // Every process ran for the same time limit, so its rate stands in for its count.
             let weighted: Option<f64> = prim
                 .iter()
@@ -106,14 +130,17 @@ impl BenchReport {
     pub fn new(cfg: &BenchConfig, results: Vec<(TargetKind, TargetStatus)>) -> Self {
         let mut results: Vec<TargetResult> = results
             .into_iter()
-            .map(|(t, s)| summarise(cfg.suite, t, s))
+            .map(|(t, s)| summarise(cfg.suite, cfg.duration_s, t, s))
             .collect();
+        let ratio = |x: Option<f64>, first: Option<f64>| match (x, first) {
+            (Some(x), Some(f)) if f > 0.0 => Some(x / f),
+            _ => None,
+        };
         let first = results.first().and_then(|r| r.ops_per_s);
+        let first_cpu = results.first().and_then(|r| r.server_cpu_us_per_op);
         for r in &mut results {
-            r.ratio_to_first = match (r.ops_per_s, first) {
-                (Some(x), Some(f)) if f > 0.0 => Some(x / f),
-                _ => None,
-            };
+            r.ratio_to_first = ratio(r.ops_per_s, first);
+            r.cpu_ratio_to_first = ratio(r.server_cpu_us_per_op, first_cpu);
         }
         BenchReport {
             suite: cfg.suite,
@@ -155,20 +182,30 @@ impl BenchReport {
         let _ = writeln!(s, "settings (every target): {SETTINGS}");
         let _ = writeln!(
             s,
-            "{:<12} {:<24} {:<12} {:>12} {:>12} {:>12} {:>8}",
-            "target", "suite", "status", "ops/s", "avg lat", "max lat", "ratio"
+            "{:<12} {:<24} {:<12} {:>12} {:>12} {:>12} {:>8} {:>12} {:>9}",
+            "target",
+            "suite",
+            "status",
+            "ops/s",
+            "avg lat",
+            "max lat",
+            "ratio",
+            "cpu us/op",
+            "cpu ratio"
         );
         for r in &self.results {
             let _ = writeln!(
                 s,
-                "{:<12} {:<24} {:<12} {:>12} {:>12} {:>12} {:>8}",
+                "{:<12} {:<24} {:<12} {:>12} {:>12} {:>12} {:>8} {:>12} {:>9}",
                 r.target.name(),
                 self.suite.name(),
                 r.status,
                 opt(r.ops_per_s, 0),
                 opt(r.avg_latency_us, 1),
                 opt(r.max_latency_us, 0),
-                opt(r.ratio_to_first, 3)
+                opt(r.ratio_to_first, 3),
+                opt(r.server_cpu_us_per_op, 1),
+                opt(r.cpu_ratio_to_first, 3)
             );
         }
         for r in &self.results {
@@ -245,14 +282,21 @@ mod tests {
             vec![
                 (
                     TargetKind::Samba,
-                    TargetStatus::Measured(vec![
-                        proc_stats(0, 3000.0, 0.001, 0.010),
-                        proc_stats(1, 1000.0, 0.002, 0.040),
-                    ]),
+                    TargetStatus::Measured {
+                        processes: vec![
+                            proc_stats(0, 3000.0, 0.001, 0.010),
+                            proc_stats(1, 1000.0, 0.002, 0.040),
+                        ],
+                        // 4000 ops/s for 10 s: 40,000 operations.
+                        server_cpu_s: Some(2.0),
+                    },
                 ),
                 (
                     TargetKind::Smbd,
-                    TargetStatus::Measured(vec![proc_stats(0, 8000.0, 0.0005, 0.002)]),
+                    TargetStatus::Measured {
+                        processes: vec![proc_stats(0, 8000.0, 0.0005, 0.002)],
+                        server_cpu_s: Some(6.0),
+                    },
                 ),
                 (
                     TargetKind::Cluster,
@@ -267,6 +311,11 @@ mod tests {
         assert!((r0.max_latency_us.unwrap() - 40000.0).abs() < 1e-6);
         assert_eq!(r0.ratio_to_first, Some(1.0));
         assert_eq!(rep.results[1].ratio_to_first, Some(2.0));
+        // 2 s / 40,000 ops = 50 us; 6 s / 80,000 ops = 75 us.
+        assert!((r0.server_cpu_us_per_op.unwrap() - 50.0).abs() < 1e-9);
+        assert!((rep.results[1].server_cpu_us_per_op.unwrap() - 75.0).abs() < 1e-9);
+        assert!((rep.results[1].cpu_ratio_to_first.unwrap() - 1.5).abs() < 1e-9);
+        assert_eq!(rep.results[2].server_cpu_us_per_op, None);
         assert_eq!(rep.results[2].status, "unavailable");
         assert_eq!(rep.results[2].ratio_to_first, None);
         assert!(rep.success());
@@ -289,7 +338,10 @@ mod tests {
             &cfg(),
             vec![(
                 TargetKind::SambaCtdb,
-                TargetStatus::Measured(vec![proc_stats(0, 100.0, 0.01, 0.02), p]),
+                TargetStatus::Measured {
+                    processes: vec![proc_stats(0, 100.0, 0.01, 0.02), p],
+                    server_cpu_s: None,
+                },
             )],
         );
         let r = &rep.results[0];
@@ -306,7 +358,10 @@ mod tests {
                 (TargetKind::Samba, TargetStatus::Failed("boom".into())),
                 (
                     TargetKind::Smbd,
-                    TargetStatus::Measured(vec![proc_stats(0, 1.0, 0.1, 0.1)]),
+                    TargetStatus::Measured {
+                        processes: vec![proc_stats(0, 1.0, 0.1, 0.1)],
+                        server_cpu_s: None,
+                    },
                 ),
             ],
         );
