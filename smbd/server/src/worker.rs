@@ -526,7 +526,11 @@ impl Worker {
         // the encryption transform); a bigger frame is refused when complete.
         if let Some(h) = PacketHeader::peek(&s.inbuf) {
             let need = h.packet_len();
-            let limit = Self::frame_limit(s, h.kind);
+            let limit = frame_limit(
+                h.kind,
+                s.conn.has_established_session(),
+                s.conn.via_rdma_proxy,
+            );
             if need > limit {
                 // Larger than any frame this client may send now: refused at its header
                 // rather than buffered up to 16 MiB first.
@@ -550,14 +554,6 @@ impl Worker {
         }
     }
 
-    /// The longest NetBIOS packet of type `kind` the connection may send in its current state.
-    fn frame_limit(s: &Slot, packet_kind: u8) -> usize {
-        match packet_kind {
-            kind::SESSION_MESSAGE if s.conn.has_established_session() => MAX_FRAME,
-            kind::SESSION_MESSAGE => MAX_PREAUTH_FRAME,
-            _ => MAX_CONTROL_FRAME,
-        }
-    }
 
     /// Queue response frames for sending.
     fn queue_out(s: &mut Slot, frames: Vec<Vec<u8>>) {
@@ -958,6 +954,18 @@ fn is_plain_io(msg: &[u8]) -> bool {
     next == 0 && (cmd == smb_proto::Command::Read as u16 || cmd == smb_proto::Command::Write as u16)
 }
 
+/// The longest NetBIOS packet of type `packet_kind` a connection may send in its current state.
+/// smbdirectd's payload frames (a WRITE's data RDMA-READ from the client: MessageId + up to the
+/// largest WRITE) are as long as the WRITE they precede, and only come after a session exists.
+fn frame_limit(packet_kind: u8, established: bool, via_rdma_proxy: bool) -> usize {
+    match packet_kind {
+        kind::SESSION_MESSAGE if established => MAX_FRAME,
+        kind::SESSION_MESSAGE => MAX_PREAUTH_FRAME,
+        crate::conn::RDMA_PAYLOAD_FRAME if established && via_rdma_proxy => MAX_FRAME,
+        _ => MAX_CONTROL_FRAME,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -993,6 +1001,22 @@ mod tests {
         sealed[..4].copy_from_slice(&smb_proto::header::TRANSFORM_PROTOCOL_ID);
         assert!(!is_plain_io(&sealed));
         assert!(!is_plain_io(&[0xFE, b'S', b'M', b'B']));
+    }
+
+    #[test]
+    fn rdma_payload_frames_of_a_max_write_pass_only_from_an_authenticated_proxy_connection() {
+        // The Linux client's 512 KiB WRITE through smbdirectd: its data arrives in one
+        // payload frame (4-byte header, MessageId, data).
+        let frame = 4 + 8 + (512 << 10);
+        let payload = crate::conn::RDMA_PAYLOAD_FRAME;
+        assert!(frame_limit(payload, true, true) >= frame);
+        assert!(frame_limit(payload, true, true) >= 4 + 8 + crate::conn::MAX_IO as usize);
+        // Not before a session, and never off the proxy's listener.
+        assert_eq!(frame_limit(payload, false, true), MAX_CONTROL_FRAME);
+        assert_eq!(frame_limit(payload, true, false), MAX_CONTROL_FRAME);
+        assert_eq!(frame_limit(kind::SESSION_MESSAGE, true, false), MAX_FRAME);
+        assert_eq!(frame_limit(kind::SESSION_MESSAGE, false, true), MAX_PREAUTH_FRAME);
+        assert_eq!(frame_limit(kind::KEEPALIVE, true, true), MAX_CONTROL_FRAME);
     }
 
     #[test]
