@@ -1350,15 +1350,17 @@ mod tests {
 
     #[test]
     fn rdma_read_response_ends_at_data_offset() {
+        // The body after a 64-byte header, so DataOffset counts from the header as on the wire.
         let body = |data_remaining| {
             let mut w = Writer::new();
+            w.zeros(64);
             Response::Read {
                 data: Vec::new(),
                 data_remaining,
                 padding: 0,
             }
             .encode_body(&mut w, 0);
-            w.buf
+            w.buf.split_off(64)
         };
         // Inline and empty: the one Buffer byte of StructureSize 17.
         assert_eq!(body(0).len(), 17);
