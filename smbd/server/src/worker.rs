@@ -554,7 +554,6 @@ impl Worker {
         }
     }
 
-
     /// Queue response frames for sending.
     fn queue_out(s: &mut Slot, frames: Vec<Vec<u8>>) {
         for f in frames {
@@ -1015,7 +1014,10 @@ mod tests {
         assert_eq!(frame_limit(payload, false, true), MAX_CONTROL_FRAME);
         assert_eq!(frame_limit(payload, true, false), MAX_CONTROL_FRAME);
         assert_eq!(frame_limit(kind::SESSION_MESSAGE, true, false), MAX_FRAME);
-        assert_eq!(frame_limit(kind::SESSION_MESSAGE, false, true), MAX_PREAUTH_FRAME);
+        assert_eq!(
+            frame_limit(kind::SESSION_MESSAGE, false, true),
+            MAX_PREAUTH_FRAME
+        );
         assert_eq!(frame_limit(kind::KEEPALIVE, true, true), MAX_CONTROL_FRAME);
     }
 
