@@ -12,10 +12,12 @@
 #   CLUSTERSMB_HW_CACHE     download/unpack cache (default /var/cache/clustersmb-hw)
 #   SOFTROCE_TIMEOUT        seconds the guest may run (default 400)
 #   SOFTROCE_PROFILE        cargo profile for the test binary (default release)
-#   SOFTROCE_CIFS=1         also build cifs.ko with SMB Direct and run the kernel-client mount
-#                           test (rdma-suite --cifs). Off by default for now: the guest's 6.1
-#                           client oopses in smbd_recv_buf once RDMA-channel I/O starts (see
-#                           hw-tests/README.md); a missing capability then fails the run.
+#   SOFTROCE_CIFS           1 (default): build cifs.ko with SMB Direct for the guest kernel and
+#                           run the kernel-client mount test (rdma-suite --cifs); a failure to
+#                           build it fails the run. 0 leaves that test out (local runs only).
+#   RDMA_SUITE_LOG, SMBDIRECTD_LOG
+#                           tracing filters passed to rdma-suite (and the smbd in it) and
+#                           smbdirectd in the guest, e.g. SMBDIRECTD_LOG=debug
 #   CARGO_TARGET_DIR        as for cargo
 #
 # Exit status: 0 all tests passed (or skipped outside CI), 1 otherwise.
@@ -132,7 +134,7 @@ fi
 # ---- the kernel SMB client with SMB Direct -------------------------------------------------------
 # Debian builds cifs.ko without CONFIG_CIFS_SMB_DIRECT; the suite's kernel-client test needs one
 # built from the same kernel version's source and headers (cached per version).
-CIFS=${SOFTROCE_CIFS:-0}
+CIFS=${SOFTROCE_CIFS:-1}
 CIFS_KO=""
 CIFS_ARG=""
 if [ "$CIFS" = 1 ]; then
@@ -251,10 +253,19 @@ fi
 # Compressed modules (.ko.xz) would need decompression; Debian 6.1 ships plain .ko.
 ls "$R/modules" | grep -q '\.ko$' || fail "no kernel modules collected"
 
+# The host's log filters reach the guest's processes (rdma-suite and smbd in it, smbdirectd).
+GUEST_ENV=""
+for v in RDMA_SUITE_LOG SMBDIRECTD_LOG; do
+    if [ -n "${!v:-}" ]; then
+        GUEST_ENV="$GUEST_ENV export $v='${!v//\'/}';"
+    fi
+done
+
 cat >"$R/init" <<EOF
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin:/usr/local/bin
+$GUEST_ENV
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev

@@ -937,6 +937,8 @@ pub enum Response {
     Flush,
     Read {
         data: Vec<u8>,
+        /// The byte count sent on the request's RDMA channel (MS-SMB2 2.2.20); 0 for data
+        /// returned inline in `data`.
         data_remaining: u32,
         /// Zero bytes between the fixed body and the data (DataOffset moves accordingly).
         padding: u8,
@@ -1131,7 +1133,14 @@ impl Response {
                     w.u8(0);
                 }
                 w.bytes(data);
-                if data.is_empty() && *padding == 0 {
+                // An empty inline Buffer still gets its one byte (the StructureSize of 17
+                // counts it). Not after an RDMA channel's transfer (DataRemaining set): the
+                // response ends at DataOffset, as ksmbd's does. The Linux client over SMB Direct
+                // reads an RDMA READ response only up to DataOffset and never drains what
+                // follows, so one byte more stays in its reassembly queue, is taken as the
+                // start of the next message and corrupts its queue accounting (6.1:
+                // NULL dereference in smbd_recv_buf).
+                if data.is_empty() && *padding == 0 && *data_remaining == 0 {
                     w.u8(0);
                 }
             }
@@ -1423,6 +1432,29 @@ mod tests {
             write_read_response_head(&mut short, &Header::default(), 0, 8),
             Err(DecodeError::Truncated)
         );
+    }
+
+    #[test]
+    fn rdma_read_response_ends_at_data_offset() {
+        // The body after a 64-byte header, so DataOffset counts from the header as on the wire.
+        let body = |data_remaining| {
+            let mut w = Writer::new();
+            w.zeros(64);
+            Response::Read {
+                data: Vec::new(),
+                data_remaining,
+                padding: 0,
+            }
+            .encode_body(&mut w, 0);
+            w.buf.split_off(64)
+        };
+        // Inline and empty: the one Buffer byte of StructureSize 17.
+        assert_eq!(body(0).len(), 17);
+        // Sent on an RDMA channel: 16 bytes, DataOffset (64 + 16) is the message's end.
+        let rdma = body(512 << 10);
+        assert_eq!(rdma.len(), 16);
+        assert_eq!(rdma[2], 80, "DataOffset");
+        assert_eq!(&rdma[8..12], &(512u32 << 10).to_le_bytes(), "DataRemaining");
     }
 
     #[test]

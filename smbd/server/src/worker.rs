@@ -527,7 +527,11 @@ impl Worker {
         // the encryption transform); a bigger frame is refused when complete.
         if let Some(h) = PacketHeader::peek(&s.inbuf) {
             let need = h.packet_len();
-            let limit = Self::frame_limit(s, h.kind);
+            let limit = frame_limit(
+                h.kind,
+                s.conn.has_established_session(),
+                s.conn.via_rdma_proxy,
+            );
             if need > limit {
                 // Larger than any frame this client may send now: refused at its header
                 // rather than buffered up to 16 MiB first.
@@ -951,13 +955,14 @@ fn debug_panic_trigger(payload: &[u8]) {
 /// The longest packet of type `packet_kind` a connection may send: whole messages once it has
 /// a session, less before; smbdirectd's payload frames (a WRITE's data, as long as the
 /// message) only on its own connections; keepalives and session requests small.
+/// Payload frames only ever follow an established session (a WRITE's data), so before one
+/// they get the control-frame bound.
 fn frame_limit(packet_kind: u8, established: bool, via_rdma_proxy: bool) -> usize {
-    let message = packet_kind == kind::SESSION_MESSAGE
-        || (packet_kind == payload_frame::KIND && via_rdma_proxy);
-    match (message, established) {
-        (true, true) => MAX_FRAME,
-        (true, false) => MAX_PREAUTH_FRAME,
-        (false, _) => MAX_CONTROL_FRAME,
+    match packet_kind {
+        kind::SESSION_MESSAGE if established => MAX_FRAME,
+        kind::SESSION_MESSAGE => MAX_PREAUTH_FRAME,
+        payload_frame::KIND if established && via_rdma_proxy => MAX_FRAME,
+        _ => MAX_CONTROL_FRAME,
     }
 }
 
@@ -996,19 +1001,6 @@ mod tests {
     }
 
     #[test]
-    fn payload_frames_may_be_as_long_as_messages_only_from_smbdirectd() {
-        use kind::{KEEPALIVE, SESSION_MESSAGE as MESSAGE};
-        use payload_frame::KIND as PAYLOAD;
-        assert_eq!(frame_limit(MESSAGE, true, false), MAX_FRAME);
-        assert_eq!(frame_limit(MESSAGE, false, false), MAX_PREAUTH_FRAME);
-        // A WRITE's data split over several receives is buffered like its message.
-        assert_eq!(frame_limit(PAYLOAD, true, true), MAX_FRAME);
-        assert_eq!(frame_limit(PAYLOAD, false, true), MAX_PREAUTH_FRAME);
-        assert_eq!(frame_limit(PAYLOAD, true, false), MAX_CONTROL_FRAME);
-        assert_eq!(frame_limit(KEEPALIVE, true, true), MAX_CONTROL_FRAME);
-    }
-
-    #[test]
     fn plain_io_is_a_lone_read_or_write() {
         assert!(is_plain_io(&msg(smb_proto::Command::Read as u16, 0)));
         assert!(is_plain_io(&msg(smb_proto::Command::Write as u16, 0)));
@@ -1020,6 +1012,25 @@ mod tests {
         sealed[..4].copy_from_slice(&smb_proto::header::TRANSFORM_PROTOCOL_ID);
         assert!(!is_plain_io(&sealed));
         assert!(!is_plain_io(&[0xFE, b'S', b'M', b'B']));
+    }
+
+    #[test]
+    fn rdma_payload_frames_of_a_max_write_pass_only_from_an_authenticated_proxy_connection() {
+        // The Linux client's 512 KiB WRITE through smbdirectd: its data arrives in one
+        // payload frame (4-byte header, MessageId, data).
+        let frame = 4 + 8 + (512 << 10);
+        let payload = payload_frame::KIND;
+        assert!(frame_limit(payload, true, true) >= frame);
+        assert!(frame_limit(payload, true, true) >= 4 + 8 + crate::conn::MAX_IO as usize);
+        // Not before a session, and never off the proxy's listener.
+        assert_eq!(frame_limit(payload, false, true), MAX_CONTROL_FRAME);
+        assert_eq!(frame_limit(payload, true, false), MAX_CONTROL_FRAME);
+        assert_eq!(frame_limit(kind::SESSION_MESSAGE, true, false), MAX_FRAME);
+        assert_eq!(
+            frame_limit(kind::SESSION_MESSAGE, false, true),
+            MAX_PREAUTH_FRAME
+        );
+        assert_eq!(frame_limit(kind::KEEPALIVE, true, true), MAX_CONTROL_FRAME);
     }
 
     #[test]
