@@ -585,7 +585,9 @@ impl<T: ClientTransport> NodeSessions<T> {
     /// `Pending`, can arrive right behind the reply when this thread was slow to read it.
     fn book_reply(&mut self, b: &Booking, reply: &Reply) {
         match reply {
-            Reply::Opened { open, grant } | Reply::OpenedDurable { open, grant } => {
+            Reply::Opened { open, grant }
+            | Reply::OpenedDurable { open, grant }
+            | Reply::OpenedIo { open, grant, .. } => {
                 let lease = b.lease.or(match (b.reclaim_guid, grant) {
                     (Some(g), OplockGrant::Lease(l)) => Some((g, l.key)),
                     _ => None,
@@ -772,7 +774,9 @@ impl<T: ClientTransport> NodeSessions<T> {
                     return;
                 };
                 self.conn_deferred.remove(&(d.conn, d.conn_request));
-                if let Reply::Opened { open, grant } | Reply::OpenedDurable { open, grant } = reply
+                if let Reply::Opened { open, grant }
+                | Reply::OpenedDurable { open, grant }
+                | Reply::OpenedIo { open, grant, .. } = reply
                 {
                     self.book_open(d.conn, *open, *grant, d.lease);
                 }
