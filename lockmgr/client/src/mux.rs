@@ -52,6 +52,8 @@ struct Deferred {
     conn: SessionId,
     conn_request: RequestId,
     lease: Option<(ClientGuid, LeaseKey)>,
+    /// A `BreakAndClose`: the open its `Closed` completion ends.
+    closing: Option<OpenId>,
 }
 
 /// The request `pump_until` waits for and how to book its reply.
@@ -545,7 +547,9 @@ impl<T: ClientTransport> NodeSessions<T> {
             _ => None,
         };
         let closing = match &req {
-            Request::Close { open } | Request::Disconnect { open } => Some(*open),
+            Request::Close { open }
+            | Request::Disconnect { open }
+            | Request::BreakAndClose { open } => Some(*open),
             _ => None,
         };
         let disconnecting = matches!(req, Request::Disconnect { .. });
@@ -601,6 +605,7 @@ impl<T: ClientTransport> NodeSessions<T> {
                         conn: b.conn,
                         conn_request: b.conn_request,
                         lease: b.lease,
+                        closing: b.closing,
                     },
                 );
                 self.conn_deferred.insert((b.conn, b.conn_request), b.id);
@@ -779,6 +784,9 @@ impl<T: ClientTransport> NodeSessions<T> {
                 | Reply::OpenedIo { open, grant, .. } = reply
                 {
                     self.book_open(d.conn, *open, *grant, d.lease);
+                }
+                if let (Reply::Closed { .. }, Some(open)) = (reply, d.closing) {
+                    self.forget_open(open);
                 }
                 self.events.push_back((
                     d.conn,

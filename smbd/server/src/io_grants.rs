@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use crate::locking::{FileId, OpenId};
+use crate::locking::{FileId, OpenId, Reply};
 
 #[derive(Default)]
 pub struct IoGrants {
@@ -118,6 +118,16 @@ impl IoGrants {
     /// The lock-service session was lost: whatever it granted is void.
     pub fn clear(&mut self) {
         self.grants.clear();
+    }
+}
+
+/// The I/O grant an open reply carries (`Reply::OpenedIo`): the open and its generation.
+pub fn grant_of_open_reply(reply: &Reply) -> Option<(OpenId, u64)> {
+    match reply {
+        Reply::OpenedIo {
+            open, generation, ..
+        } => Some((*open, *generation)),
+        _ => None,
     }
 }
 

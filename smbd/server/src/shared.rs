@@ -351,7 +351,11 @@ impl Shared {
     /// is recorded here (or found overtaken), not when its connection gets to it.
     fn note_completion(&self, session: SessionId, n: &Notification) {
         if let Notification::Completed { request, reply } = n {
-            lock(&self.io_grants).opened(session.0, request.0, opened_io_grant(reply));
+            lock(&self.io_grants).opened(
+                session.0,
+                request.0,
+                crate::io_grants::grant_of_open_reply(reply),
+            );
         }
     }
 
@@ -374,7 +378,7 @@ impl Shared {
     /// (then its completion is, [`Shared::note_completion`]).
     fn after_request_asked(&self, conn: u64, id: u64, reply: &Reply) {
         if *reply != Reply::Pending {
-            lock(&self.io_grants).opened(conn, id, opened_io_grant(reply));
+            lock(&self.io_grants).opened(conn, id, crate::io_grants::grant_of_open_reply(reply));
         }
     }
 
@@ -769,15 +773,5 @@ mod tests {
         assert!(!format!("{:?}", got[0].1).contains("[1, 1"));
         s.unregister_conn(5);
         assert!(!s.post_event(5, Event::ChannelGone { session_id: 1 }));
-    }
-}
-
-/// The I/O grant an open reply carries ([`Reply::OpenedIo`]): the open and its generation.
-fn opened_io_grant(reply: &Reply) -> Option<(crate::locking::OpenId, u64)> {
-    match reply {
-        Reply::OpenedIo {
-            open, generation, ..
-        } => Some((*open, *generation)),
-        _ => None,
     }
 }
