@@ -932,6 +932,7 @@ mod tests {
             client_guid: lockmgr_engine::ClientGuid(1),
             oplock: lockmgr_engine::OplockRequest::None,
             link: 0,
+            io_grant: false,
         })
     }
 

@@ -52,6 +52,8 @@ struct Deferred {
     conn: SessionId,
     conn_request: RequestId,
     lease: Option<(ClientGuid, LeaseKey)>,
+    /// A `BreakAndClose`: the open its `Closed` completion ends.
+    closing: Option<OpenId>,
 }
 
 /// The request `pump_until` waits for and how to book its reply.
@@ -545,7 +547,9 @@ impl<T: ClientTransport> NodeSessions<T> {
             _ => None,
         };
         let closing = match &req {
-            Request::Close { open } | Request::Disconnect { open } => Some(*open),
+            Request::Close { open }
+            | Request::Disconnect { open }
+            | Request::BreakAndClose { open } => Some(*open),
             _ => None,
         };
         let disconnecting = matches!(req, Request::Disconnect { .. });
@@ -585,7 +589,9 @@ impl<T: ClientTransport> NodeSessions<T> {
     /// `Pending`, can arrive right behind the reply when this thread was slow to read it.
     fn book_reply(&mut self, b: &Booking, reply: &Reply) {
         match reply {
-            Reply::Opened { open, grant } | Reply::OpenedDurable { open, grant } => {
+            Reply::Opened { open, grant }
+            | Reply::OpenedDurable { open, grant }
+            | Reply::OpenedIo { open, grant, .. } => {
                 let lease = b.lease.or(match (b.reclaim_guid, grant) {
                     (Some(g), OplockGrant::Lease(l)) => Some((g, l.key)),
                     _ => None,
@@ -599,6 +605,7 @@ impl<T: ClientTransport> NodeSessions<T> {
                         conn: b.conn,
                         conn_request: b.conn_request,
                         lease: b.lease,
+                        closing: b.closing,
                     },
                 );
                 self.conn_deferred.insert((b.conn, b.conn_request), b.id);
@@ -772,9 +779,14 @@ impl<T: ClientTransport> NodeSessions<T> {
                     return;
                 };
                 self.conn_deferred.remove(&(d.conn, d.conn_request));
-                if let Reply::Opened { open, grant } | Reply::OpenedDurable { open, grant } = reply
+                if let Reply::Opened { open, grant }
+                | Reply::OpenedDurable { open, grant }
+                | Reply::OpenedIo { open, grant, .. } = reply
                 {
                     self.book_open(d.conn, *open, *grant, d.lease);
+                }
+                if let (Reply::Closed { .. }, Some(open)) = (reply, d.closing) {
+                    self.forget_open(open);
                 }
                 self.events.push_back((
                     d.conn,

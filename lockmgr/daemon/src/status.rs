@@ -62,6 +62,15 @@ pub fn render_status(
     );
     let _ = writeln!(
         out,
+        "io_grants_held={} io_grants_total={} io_grants_refused_total={} io_recalls_sent_total={} io_recall_acks_total={}",
+        stats.io_grants_held,
+        stats.io_grants_total,
+        stats.io_grants_refused_total,
+        stats.io_recalls_total,
+        stats.io_recall_acks_total
+    );
+    let _ = writeln!(
+        out,
         "frames_in={} frames_out={} malformed_frames={} foreign_session_frames={} protocol_violations={} auth_failures={} sessions_expired={} stale_epoch_frames={}",
         counters.frames_in,
         counters.frames_out,
@@ -83,8 +92,8 @@ pub fn render_status(
     let _ = writeln!(out, "\nNODES");
     let _ = writeln!(
         out,
-        "{:<20} {:<20} {:>6} {:>8}",
-        "session", "node", "opens", "pending"
+        "{:<20} {:<20} {:>6} {:>8} {:>9}",
+        "session", "node", "opens", "pending", "io_grants"
     );
     for s in &snap.sessions {
         let name = nodes
@@ -94,8 +103,8 @@ pub fn render_status(
             .unwrap_or("?");
         let _ = writeln!(
             out,
-            "{:<20} {:<20} {:>6} {:>8}",
-            s.session.0, name, s.opens, s.pending_requests
+            "{:<20} {:<20} {:>6} {:>8} {:>9}",
+            s.session.0, name, s.opens, s.pending_requests, s.io_grants
         );
     }
     let _ = writeln!(out, "\nOPEN FILES");

@@ -288,6 +288,65 @@ fn wrong_key_is_rejected(kind: &'static str) {
     assert!(status.contains("auth_failures=1"), "{status}");
 }
 
+/// `lockmgrctl status` shows the I/O grants: held (in total and per node session), given,
+/// refused, recalls sent and their acknowledgements.
+#[test]
+fn shm_status_shows_io_grants() {
+    let d = start_daemon("shm");
+    let file = FileId(0xfeed_0002);
+    let mut a = connect(&d, "granted-node", KEY).unwrap();
+    let mut b = connect(&d, "locking-node", KEY).unwrap();
+    let req = OpenRequest {
+        file,
+        access: access::FILE_READ_DATA | access::FILE_WRITE_DATA,
+        share: share::READ | share::WRITE,
+        io_grant: true,
+        ..OpenRequest::default()
+    };
+    let reply = a.call(Request::Open(req));
+    assert!(matches!(reply, Reply::OpenedIo { .. }), "{reply:?}");
+    let status = a.status();
+    assert!(
+        status.contains("io_grants_held=1 io_grants_total=1"),
+        "{status}"
+    );
+    let row = status
+        .lines()
+        .find(|l| l.contains("granted-node"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>();
+    assert_eq!(row.get(4), Some(&"1"), "io_grants column: {status}");
+    // Another node's lock recalls the grant; the acknowledgement lets it through.
+    let other = open(&mut b, file);
+    let lock = Request::Lock {
+        open: other,
+        ranges: vec![LockRange {
+            offset: 0,
+            length: 1,
+            exclusive: true,
+        }],
+        fail_immediately: true,
+    };
+    assert_eq!(b.call(lock), Reply::Pending);
+    match a.next_event() {
+        Event::Notify(Notification::IoRecall { file: f, .. }) => assert_eq!(f, file),
+        other => panic!("expected a recall, got {other:?}"),
+    }
+    assert_eq!(
+        a.call(Request::IoRecallAck { file }),
+        Reply::Done(Status::Success)
+    );
+    let status = a.status();
+    assert!(
+        status.contains("io_grants_held=0 io_grants_total=1 io_grants_refused_total=0 io_recalls_sent_total=1 io_recall_acks_total=1"),
+        "{status}"
+    );
+    // With the lock in place a create's grant is refused.
+    assert!(matches!(a.call(Request::Open(req)), Reply::Opened { .. }));
+    assert!(a.status().contains("io_grants_refused_total=1"));
+}
+
 #[test]
 fn shm_wrong_key_is_rejected() {
     wrong_key_is_rejected("shm");

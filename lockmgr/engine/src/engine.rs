@@ -172,6 +172,8 @@ struct DeferredOpen {
 struct RenameWaiter {
     session: SessionId,
     request: RequestId,
+    /// A `BreakAndClose`: the open to close once the breaks are done.
+    close: Option<OpenId>,
     /// Leases whose handle-caching break this rename waits for.
     waiting: Vec<Holder>,
 }
@@ -420,7 +422,10 @@ impl Engine {
                 state,
             } => self.do_lease_ack(now, session, request, (client_guid, key), state),
             Request::BreakForRename { open } => {
-                self.do_break_for_rename(now, session, request, open)
+                self.do_break_for_rename(now, session, request, open, false)
+            }
+            Request::BreakAndClose { open } => {
+                self.do_break_for_rename(now, session, request, open, true)
             }
             Request::Relink { open, link } => {
                 let status = match self.owned(session, open) {
@@ -574,6 +579,11 @@ impl Engine {
                 session: *id,
                 opens: s.opens.len(),
                 pending_requests: s.pending.len(),
+                io_grants: s
+                    .opens
+                    .iter()
+                    .filter(|o| self.opens.get(o).is_some_and(|o| o.io_grant))
+                    .count(),
             });
         }
         snap.sessions.sort_by_key(|s| s.session);
@@ -671,6 +681,7 @@ impl Engine {
         s.deferred_opens = self.files.values().map(|f| f.deferred.len()).sum();
         s.breaks_pending = self.timers.len();
         s.orphaned_deletes = self.orphaned_deletes.len();
+        s.io_grants_held = self.files.values().map(|f| f.io_granted.len()).sum();
         s
     }
 
@@ -965,6 +976,7 @@ impl Engine {
         match self.try_open(now, session, &req, true) {
             Attempt::Done(reply) => {
                 let reply = self.attach_durable(reply, &req, durable);
+                let reply = self.attach_io_grant(reply, &req, false);
                 self.reply(session, request, reply)
             }
             Attempt::Wait(waiting) => {
@@ -1284,13 +1296,14 @@ impl Engine {
             // Retried when the recall completes (`after_recall`).
             return;
         }
-        self.run_rename_waiters(f);
+        self.run_rename_waiters(now, f);
         let queue = match self.files.get_mut(&f) {
             Some(file) if !file.deferred.is_empty() => std::mem::take(&mut file.deferred),
             _ => return,
         };
         let mut keep = VecDeque::new();
-        for d in queue {
+        let mut queue = queue.into_iter().peekable();
+        while let Some(d) = queue.next() {
             if d.waiting.iter().any(|h| self.holder_breaking(*h)) {
                 keep.push_back(d);
                 continue;
@@ -1298,6 +1311,9 @@ impl Engine {
             match self.try_open(now, d.session, &d.req, false) {
                 Attempt::Done(reply) => {
                     let reply = self.attach_durable(reply, &d.req, d.durable);
+                    // Creates still deferred (kept or not retried yet) rule the grant out.
+                    let others = !keep.is_empty() || queue.peek().is_some();
+                    let reply = self.attach_io_grant(reply, &d.req, others);
                     self.complete(d.session, d.request, reply)
                 }
                 Attempt::Wait(waiting) => keep.push_back(DeferredOpen { waiting, ..d }),
@@ -1480,6 +1496,7 @@ impl Engine {
         session: SessionId,
         request: RequestId,
         open: OpenId,
+        close: bool,
     ) {
         let Some((f, own)) = self.owned(session, open).map(|o| (o.file, o.lease)) else {
             self.reply(session, request, Reply::Done(Status::InvalidHandle));
@@ -1515,7 +1532,11 @@ impl Engine {
             }
         }
         if waiting.is_empty() && !self.io_recall_pending(f) {
-            self.reply(session, request, Reply::Done(Status::Success));
+            if close {
+                self.do_close(now, session, request, open);
+            } else {
+                self.reply(session, request, Reply::Done(Status::Success));
+            }
             return;
         }
         self.files
@@ -1525,6 +1546,7 @@ impl Engine {
             .push(RenameWaiter {
                 session,
                 request,
+                close: close.then_some(open),
                 waiting,
             });
         if let Some(s) = self.sessions.get_mut(&session) {
@@ -1569,7 +1591,7 @@ impl Engine {
 
     /// Complete the renames whose awaited lease breaks have all been acknowledged (or timed
     /// out, or whose leases went away).
-    fn run_rename_waiters(&mut self, f: FileId) {
+    fn run_rename_waiters(&mut self, now: Time, f: FileId) {
         let waiters = match self.files.get_mut(&f) {
             Some(file) if !file.rename_waiters.is_empty() => {
                 std::mem::take(&mut file.rename_waiters)
@@ -1577,15 +1599,32 @@ impl Engine {
             _ => return,
         };
         let mut keep = Vec::new();
+        let mut closed = false;
         for w in waiters {
             if w.waiting.iter().any(|h| self.holder_breaking(*h)) {
                 keep.push(w);
-            } else {
-                self.complete(w.session, w.request, Reply::Done(Status::Success));
+                continue;
             }
+            let reply = match w.close {
+                None => Reply::Done(Status::Success),
+                Some(open) if self.owned(w.session, open).is_some() => {
+                    closed = true;
+                    let delete_file = self.remove_open(open).is_some_and(|(_, d)| d);
+                    Reply::Closed { delete_file }
+                }
+                Some(_) => Reply::Done(Status::InvalidHandle),
+            };
+            self.complete(w.session, w.request, reply);
         }
         if let Some(file) = self.files.get_mut(&f) {
+            keep.append(&mut file.rename_waiters);
             file.rename_waiters = keep;
+        }
+        if closed {
+            // What the closed opens held (locks, share modes) is released: the waiters for
+            // it go on (the deferred creates follow in `run_deferred`).
+            self.run_queued_locks(now, f);
+            self.process_lock_waiters(now, f);
         }
     }
 

@@ -27,6 +27,8 @@ pub struct SessionInfo {
     pub session: SessionId,
     pub opens: usize,
     pub pending_requests: usize,
+    /// Opens of the session holding an I/O grant.
+    pub io_grants: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -121,4 +123,11 @@ pub struct Stats {
     pub io_grants_total: u64,
     /// `Notification::IoRecall`s sent (one per session and recall).
     pub io_recalls_total: u64,
+    /// I/O grants asked for (`CheckIoGrant`, or a create with `io_grant`) and not given: the
+    /// file had byte-range locks, caching a write would break, or something waiting.
+    pub io_grants_refused_total: u64,
+    /// `IoRecallAck`s received that answered a recall the engine was waiting for.
+    pub io_recall_acks_total: u64,
+    /// I/O grants held now (opens with a grant).
+    pub io_grants_held: usize,
 }

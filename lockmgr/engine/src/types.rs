@@ -433,6 +433,10 @@ pub struct OpenRequest {
     /// close of the last open through a delete-pending link deletes that name. A named
     /// stream's open names its file's link (a stream's own delete-pending is the stream's).
     pub link: u64,
+    /// The opener takes an I/O grant with the open if the file allows one at grant time:
+    /// the answer is then [`Reply::OpenedIo`], and the open's first READ/WRITE need not ask
+    /// (`CheckIoGrant`). Only a node that records and honours recalls may ask.
+    pub io_grant: bool,
 }
 
 /// Requests a session sends to the engine.
@@ -558,6 +562,13 @@ pub enum Request {
     /// `file` (its later READ/WRITE send `CheckIo` again). Always `Done(Success)`; an ack of a
     /// recall the engine is not waiting for changes nothing.
     IoRecallAck { file: FileId },
+    /// CLOSE of a delete-on-close (or delete-pending) handle in one request:
+    /// `BreakForRename` for `open`, then, once nothing is left to wait for, `Close`. Answered
+    /// [`Reply::Closed`] (at once, or as the completion of `Pending`) saying whether the
+    /// node must unlink the name (MS-FSA 2.1.5.4: the last close of a delete-pending link);
+    /// `Done(InvalidHandle)` if the open is gone by then, `Done(Cancelled)` if cancelled
+    /// (the open stays: the node closes it with `Close`).
+    BreakAndClose { open: OpenId },
 }
 
 /// The durable half of [`Request::OpenDurable`]: the fields of [`Request::SetDurable`]
@@ -601,6 +612,15 @@ pub enum Reply {
     /// byte-range locks and no other caching a write would break (MS-FSA 2.1.4.10,
     /// 2.1.4.12), so every `CheckIo` of the open would answer `Success` and change nothing.
     IoGranted { generation: u64 },
+    /// Answer to an `Open` / `OpenDurable` whose [`OpenRequest::io_grant`] asked for an I/O
+    /// grant and got one: `Opened` (or `OpenedDurable` if `durable`) and, for the new open,
+    /// `IoGranted { generation }` as if its first `CheckIoGrant` had answered it.
+    OpenedIo {
+        open: OpenId,
+        grant: OplockGrant,
+        durable: bool,
+        generation: u64,
+    },
 }
 
 /// The other opens of a file, as counts ([`Request::QueryUsage`]).

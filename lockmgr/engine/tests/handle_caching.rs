@@ -328,3 +328,45 @@ fn lease_loses_handle_caching_next_to_oplock_holder() {
     let (_, g) = h.open_ok(S2, with_lease(read_only, G1, 3, LeaseState::RH, None));
     assert_eq!(lease_state(&g), LeaseState::READ);
 }
+
+/// CLOSE of a delete-on-close handle in one request (`BreakAndClose`): with nothing to
+/// break it closes at once and says to unlink (the last open of a delete-pending link,
+/// MS-FSA 2.1.5.4); with another lease caching the handle it waits for that break, then
+/// closes, and the other open's last close is the one that deletes.
+#[test]
+fn break_and_close_closes_after_the_handle_break() {
+    let mut h = H::new();
+    let mut unlink = file_open(F2, access::DELETE, SHARE_ALL);
+    unlink.delete_on_close = true;
+    let (alone, _) = h.open_ok(S2, unlink);
+    assert_eq!(
+        h.req(S2, Request::BreakAndClose { open: alone }),
+        Reply::Closed { delete_file: true }
+    );
+
+    let holder = rh_lease_open(&mut h, S1, 1);
+    let mut unlink = file_open(F1, access::DELETE, SHARE_ALL);
+    unlink.delete_on_close = true;
+    let (d, _) = h.open_ok(S2, unlink);
+    let (id, r) = h.call(S2, Request::BreakAndClose { open: d });
+    assert_eq!(r, Reply::Pending);
+    assert_eq!(
+        h.breaks_for(S1),
+        vec![lease_break_to(1, LeaseState::RH, LeaseState::READ)]
+    );
+    assert_eq!(h.completed(S2, id), None);
+    h.req(
+        S1,
+        Request::LeaseBreakAck {
+            client_guid: G1,
+            key: LeaseKey(1),
+            state: LeaseState::READ,
+        },
+    );
+    assert_eq!(
+        h.completed(S2, id),
+        Some(Reply::Closed { delete_file: false })
+    );
+    assert_eq!(h.close(S2, d), Reply::Done(Status::InvalidHandle), "closed");
+    assert_eq!(h.close(S1, holder), Reply::Closed { delete_file: true });
+}

@@ -471,3 +471,102 @@ fn own_lock_needs_no_recall() {
     assert_eq!(recalls_for(&mut h, S2).len(), 1);
     assert!(recalls_for(&mut h, S1).is_empty());
 }
+
+fn with_io_grant(o: OpenRequest) -> OpenRequest {
+    OpenRequest {
+        io_grant: true,
+        ..o
+    }
+}
+
+/// A create asking for an I/O grant (`OpenRequest::io_grant`) gets one with its reply when
+/// the grant rule holds, so its first READ/WRITE needs no `CheckIoGrant`; the grant is
+/// recalled like any other. Not asking, or a file with byte-range locks, answers `Opened`.
+#[test]
+fn open_carries_the_grant() {
+    let mut h = H::new();
+    let (plain, _) = h.open_ok(S2, file_open(F1, RW, SHARE_ALL));
+    let a = match h.open(S1, with_io_grant(file_open(F1, RW, SHARE_ALL))) {
+        Reply::OpenedIo {
+            open,
+            grant: OplockGrant::None,
+            durable: false,
+            ..
+        } => open,
+        other => panic!("expected an open with an I/O grant, got {other:?}"),
+    };
+    assert_eq!(h.e.stats().io_grants_total, 1);
+    assert_eq!(h.e.stats().io_grants_held, 1);
+    assert_eq!(h.e.snapshot().sessions[0].io_grants, 1);
+    // Persistent durability rides along: `durable` says so.
+    let reply = h.req(
+        S1,
+        Request::OpenDurable {
+            open: with_io_grant(file_open(F1, RW, SHARE_ALL)),
+            durable: DurableRequest {
+                key: 7,
+                timeout_ms: 1000,
+                persistent: true,
+                blob: Vec::new(),
+            },
+        },
+    );
+    assert!(
+        matches!(reply, Reply::OpenedIo { durable: true, .. }),
+        "{reply:?}"
+    );
+    // Another session's lock recalls the grants the opens came with.
+    let (lock, r) = h.call(
+        S2,
+        Request::Lock {
+            open: plain,
+            ranges: vec![LockRange {
+                offset: 0,
+                length: 10,
+                exclusive: true,
+            }],
+            fail_immediately: true,
+        },
+    );
+    assert_eq!(r, Reply::Pending);
+    assert_eq!(recalls_for(&mut h, S1).len(), 1);
+    assert_eq!(ack(&mut h, S1, F1), OK);
+    assert_eq!(h.completed(S2, lock), Some(OK));
+    assert_eq!(h.e.stats().io_recall_acks_total, 1);
+    // With a byte-range lock on the file the create gets no grant; `io_grant` unset never.
+    let refused_before = h.e.stats().io_grants_refused_total;
+    h.open_ok(S1, with_io_grant(file_open(F1, RW, SHARE_ALL)));
+    assert_eq!(h.e.stats().io_grants_refused_total, refused_before + 1);
+    assert_eq!(
+        check_grant(&mut h, S1, a, true),
+        Reply::Done(Status::FileLockConflict)
+    );
+    assert_eq!(h.close(S2, plain), Reply::Closed { delete_file: false });
+    assert!(matches!(
+        h.open(S2, file_open(F1, RW, SHARE_ALL)),
+        Reply::Opened { .. }
+    ));
+}
+
+/// A create deferred behind a break gets its grant with its completion, when the rule
+/// holds then (the batch holder closed instead of keeping Level II).
+#[test]
+fn deferred_open_carries_the_grant() {
+    let mut h = H::new();
+    let (holder, _) = h.open_ok(
+        S1,
+        with_oplock(file_open(F1, RW, SHARE_ALL), OplockLevel::Batch),
+    );
+    let (create, reply) = h.call(
+        S2,
+        Request::Open(with_io_grant(file_open(F1, RW, SHARE_ALL))),
+    );
+    assert_eq!(reply, Reply::Pending);
+    assert_eq!(h.close(S1, holder), Reply::Closed { delete_file: false });
+    let done = h.completed(S2, create);
+    assert!(
+        matches!(done, Some(Reply::OpenedIo { durable: false, .. })),
+        "{done:?}"
+    );
+    assert_eq!(h.e.stats().io_grants_held, 1);
+}

@@ -598,6 +598,7 @@ impl Driver {
                     stream_base: p.base.map(FileId),
                     // One name per file: the model has no hard links (0 = the file's one link).
                     link: 0,
+                    io_grant: false,
                 };
                 let session = session_of(client);
                 self.step(session, Request::Open(req), |m, id| {

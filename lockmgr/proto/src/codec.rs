@@ -11,7 +11,7 @@
 //! | `Lease` | key u128, state u8, flags u8 (bit0 parent_key present, bit1 epoch present, bit2 breaking), (parent_key u128 if bit0), (epoch u16 if bit1) |
 //! | `OplockRequest` / `OplockGrant` | kind u8 (0 None, 1 Oplock, 2 Lease), then level u8 or `Lease` |
 //! | `LockRange` | offset u64, length u64, exclusive bool (17 bytes) |
-//! | `OpenRequest` | file u128, access u32, share u32, flags u8 (bit0 delete_on_close, bit1 directory, bit2 overwrite, bit3 stream_base, bit4 link), client_guid u128, oplock `OplockRequest`, stream_base u128 if bit3, link u64 if bit4 (absent means 0) |
+//! | `OpenRequest` | file u128, access u32, share u32, flags u8 (bit0 delete_on_close, bit1 directory, bit2 overwrite, bit3 stream_base, bit4 link, bit5 io_grant), client_guid u128, oplock `OplockRequest`, stream_base u128 if bit3, link u64 if bit4 (absent means 0) |
 //!
 //! `Request` is kind u8 then fields:
 //!
@@ -36,6 +36,7 @@
 //! | 25 | Relink | open u64, link u64 |
 //! | 26 | CheckIoGrant | open u64, offset u64, length u64, write bool |
 //! | 27 | IoRecallAck | file u128 |
+//! | 28 | BreakAndClose | open u64 |
 //!
 //! `Blob` is length u16 (<= `MAX_DURABLE_BLOB`) then that many bytes.
 //!
@@ -43,7 +44,8 @@
 //! 3 Done (status u16), 4 Closed (delete_file bool), 5 Acked (grant `OplockGrant`),
 //! 6 Durable (open u64, blob `Blob`), 20 Usage (opens u32, deny_delete u32, delete_access u32,
 //! deleted_links u32, except_deleted bool), 21 OpenedDurable (open u64, grant `OplockGrant`),
-//! 22 IoGranted (generation u64).
+//! 22 IoGranted (generation u64), 23 OpenedIo (open u64, grant `OplockGrant`, durable bool,
+//! generation u64).
 //!
 //! `Notification` is kind u8 then fields: 1 OplockBreak (open u64, new_level u8),
 //! 2 LeaseBreak (client_guid u128, key u128, current u8, new u8, flags u8 (bit0 epoch present,
@@ -255,6 +257,8 @@ const OPEN_OVERWRITE: u8 = 0x04;
 const OPEN_STREAM_BASE: u8 = 0x08;
 /// A link other than 0: its u64 follows (after the base file's id).
 const OPEN_LINK: u8 = 0x10;
+/// The opener takes an I/O grant with the open if the file allows one.
+const OPEN_IO_GRANT: u8 = 0x20;
 
 fn put_open_request(s: &mut Sink<'_>, o: &OpenRequest) -> Result<(), EncodeError> {
     s.u128(o.file.0);
@@ -276,6 +280,9 @@ fn put_open_request(s: &mut Sink<'_>, o: &OpenRequest) -> Result<(), EncodeError
     if o.link != 0 {
         flags |= OPEN_LINK;
     }
+    if o.io_grant {
+        flags |= OPEN_IO_GRANT;
+    }
     s.u8(flags);
     s.u128(o.client_guid.0);
     put_oplock_request(s, &o.oplock)?;
@@ -294,7 +301,12 @@ fn get_open_request(r: &mut Reader<'_>) -> Result<OpenRequest, DecodeError> {
     let share = r.u32()?;
     let flags = r.u8()?;
     if flags
-        & !(OPEN_DELETE_ON_CLOSE | OPEN_DIRECTORY | OPEN_OVERWRITE | OPEN_STREAM_BASE | OPEN_LINK)
+        & !(OPEN_DELETE_ON_CLOSE
+            | OPEN_DIRECTORY
+            | OPEN_OVERWRITE
+            | OPEN_STREAM_BASE
+            | OPEN_LINK
+            | OPEN_IO_GRANT)
         != 0
     {
         return Err(invalid("open.flags", flags));
@@ -326,6 +338,7 @@ fn get_open_request(r: &mut Reader<'_>) -> Result<OpenRequest, DecodeError> {
         oplock,
         stream_base,
         link,
+        io_grant: flags & OPEN_IO_GRANT != 0,
     })
 }
 
@@ -435,6 +448,7 @@ const REQ_OPEN_DURABLE: u8 = 21;
 const REQ_RELINK: u8 = 25;
 const REQ_CHECK_IO_GRANT: u8 = 26;
 const REQ_IO_RECALL_ACK: u8 = 27;
+const REQ_BREAK_AND_CLOSE: u8 = 28;
 
 fn put_blob(s: &mut Sink<'_>, blob: &[u8]) -> Result<(), EncodeError> {
     let len = blob_len(blob)?;
@@ -556,6 +570,10 @@ pub(crate) fn put_request(s: &mut Sink<'_>, req: &Request) -> Result<(), EncodeE
             s.u8(REQ_BREAK_FOR_RENAME);
             s.u64(open.0);
         }
+        Request::BreakAndClose { open } => {
+            s.u8(REQ_BREAK_AND_CLOSE);
+            s.u64(open.0);
+        }
         Request::QueryUsage { file, except } => {
             s.u8(REQ_QUERY_USAGE);
             s.u128(file.0);
@@ -662,6 +680,9 @@ pub(crate) fn get_request(r: &mut Reader<'_>) -> Result<Request, DecodeError> {
         REQ_BREAK_FOR_RENAME => Request::BreakForRename {
             open: OpenId(r.u64()?),
         },
+        REQ_BREAK_AND_CLOSE => Request::BreakAndClose {
+            open: OpenId(r.u64()?),
+        },
         REQ_QUERY_USAGE => Request::QueryUsage {
             file: FileId(r.u128()?),
             except: match r.u64()? {
@@ -702,6 +723,7 @@ const REPLY_DURABLE: u8 = 6;
 const REPLY_USAGE: u8 = 20;
 const REPLY_OPENED_DURABLE: u8 = 21;
 const REPLY_IO_GRANTED: u8 = 22;
+const REPLY_OPENED_IO: u8 = 23;
 
 pub(crate) fn put_reply(s: &mut Sink<'_>, rep: &Reply) -> Result<(), EncodeError> {
     match rep {
@@ -717,6 +739,18 @@ pub(crate) fn put_reply(s: &mut Sink<'_>, rep: &Reply) -> Result<(), EncodeError
         }
         Reply::IoGranted { generation } => {
             s.u8(REPLY_IO_GRANTED);
+            s.u64(*generation);
+        }
+        Reply::OpenedIo {
+            open,
+            grant,
+            durable,
+            generation,
+        } => {
+            s.u8(REPLY_OPENED_IO);
+            s.u64(open.0);
+            put_grant(s, grant)?;
+            s.bool(*durable);
             s.u64(*generation);
         }
         Reply::Pending => s.u8(REPLY_PENDING),
@@ -761,6 +795,12 @@ pub(crate) fn get_reply(r: &mut Reader<'_>) -> Result<Reply, DecodeError> {
             grant: get_grant(r)?,
         },
         REPLY_IO_GRANTED => Reply::IoGranted {
+            generation: r.u64()?,
+        },
+        REPLY_OPENED_IO => Reply::OpenedIo {
+            open: OpenId(r.u64()?),
+            grant: get_grant(r)?,
+            durable: r.bool("opened_io.durable")?,
             generation: r.u64()?,
         },
         REPLY_PENDING => Reply::Pending,
@@ -952,7 +992,7 @@ pub(crate) fn request_len(req: &Request) -> Result<usize, EncodeError> {
         Request::IoRecallAck { .. } => 16,
         Request::OplockBreakAck { .. } => 8 + 1,
         Request::LeaseBreakAck { .. } => 16 + 16 + 1,
-        Request::BreakForRename { .. } => 8,
+        Request::BreakForRename { .. } | Request::BreakAndClose { .. } => 8,
         Request::QueryUsage { .. } => 16 + 8,
         Request::Relink { .. } => 8 + 8,
         Request::SetDurable { blob, .. } => 8 + 8 + 4 + 1 + blob_len(blob)?,
@@ -973,6 +1013,7 @@ pub(crate) fn reply_len(rep: &Reply) -> Result<usize, EncodeError> {
         Reply::Durable { blob, .. } => 8 + blob_len(blob)?,
         Reply::Usage(_) => 4 + 4 + 4 + 4 + 1,
         Reply::IoGranted { .. } => 8,
+        Reply::OpenedIo { grant, .. } => 8 + grant_len(grant) + 1 + 8,
         _ => return Err(EncodeError::UnsupportedVariant("Reply")),
     })
 }

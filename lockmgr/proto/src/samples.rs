@@ -59,6 +59,7 @@ pub fn requests() -> Vec<Request> {
         overwrite: true,
         client_guid: ClientGuid(0xabcdef),
         oplock,
+        io_grant: false,
     };
     vec![
         Request::Open(open(OplockRequest::None)),
@@ -90,6 +91,10 @@ pub fn requests() -> Vec<Request> {
         Request::Open(OpenRequest {
             link: 0x1122_3344_5566_7788,
             ..open(OplockRequest::None)
+        }),
+        Request::Open(OpenRequest {
+            io_grant: true,
+            ..open(OplockRequest::Lease(lease_v1()))
         }),
         Request::Close { open: OpenId(9) },
         Request::SetDeletePending {
@@ -139,6 +144,7 @@ pub fn requests() -> Vec<Request> {
             state: LeaseState::READ,
         },
         Request::BreakForRename { open: OpenId(4) },
+        Request::BreakAndClose { open: OpenId(5) },
         Request::QueryUsage {
             file: FileId(0xfeed),
             except: Some(OpenId(4)),
@@ -220,6 +226,18 @@ pub fn replies() -> Vec<Reply> {
             except_deleted: true,
         }),
         Reply::IoGranted { generation: 42 },
+        Reply::OpenedIo {
+            open: OpenId(14),
+            grant: OplockGrant::Lease(lease_v1()),
+            durable: false,
+            generation: 43,
+        },
+        Reply::OpenedIo {
+            open: OpenId(15),
+            grant: OplockGrant::None,
+            durable: true,
+            generation: 44,
+        },
     ]
 }
 

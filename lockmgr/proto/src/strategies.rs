@@ -104,7 +104,7 @@ pub fn open_request() -> impl Strategy<Value = OpenRequest> {
         file_id(),
         any::<u32>(),
         any::<u32>(),
-        any::<(bool, bool, bool)>(),
+        any::<(bool, bool, bool, bool)>(),
         client_guid(),
         oplock_request(),
         proptest::option::of(file_id()),
@@ -115,7 +115,7 @@ pub fn open_request() -> impl Strategy<Value = OpenRequest> {
                 file,
                 access,
                 share,
-                (delete_on_close, directory, overwrite),
+                (delete_on_close, directory, overwrite, io_grant),
                 client_guid,
                 oplock,
                 stream_base,
@@ -132,6 +132,7 @@ pub fn open_request() -> impl Strategy<Value = OpenRequest> {
                     overwrite,
                     client_guid,
                     oplock,
+                    io_grant,
                 }
             },
         )
@@ -205,6 +206,7 @@ pub fn request() -> impl Strategy<Value = Request> {
             ),
         open_id().prop_map(|open| Request::Disconnect { open }),
         open_id().prop_map(|open| Request::BreakForRename { open }),
+        open_id().prop_map(|open| Request::BreakAndClose { open }),
         (
             file_id(),
             proptest::option::of(1u64..).prop_map(|o| o.map(OpenId))
@@ -259,6 +261,14 @@ pub fn reply() -> impl Strategy<Value = Reply> {
                 }
             ),
         any::<u64>().prop_map(|generation| Reply::IoGranted { generation }),
+        (open_id(), oplock_grant(), any::<bool>(), any::<u64>()).prop_map(
+            |(open, grant, durable, generation)| Reply::OpenedIo {
+                open,
+                grant,
+                durable,
+                generation,
+            }
+        ),
     ]
 }
 

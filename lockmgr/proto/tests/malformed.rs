@@ -271,10 +271,10 @@ fn invalid_enum_values_are_rejected() {
     // Open with an undefined flag bit and with an unknown caching kind.
     let mut b = vec![1];
     b.extend_from_slice(&[0; 16 + 4 + 4]);
-    b.push(0x20);
+    b.push(0x40);
     b.extend_from_slice(&[0; 16]);
     b.push(0);
-    assert_eq!(request_body(&b), invalid("open.flags", 0x20));
+    assert_eq!(request_body(&b), invalid("open.flags", 0x40));
     // Open with the link flag and link 0 (which is sent without the flag).
     let mut b = vec![1];
     b.extend_from_slice(&[0; 16 + 4 + 4]);

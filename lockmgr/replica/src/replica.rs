@@ -77,7 +77,9 @@ pub enum SnapshotError {
 /// Version of the snapshot encoding; a replica refuses snapshots of any other.
 /// 2: a deferred open carries the durable request of an `OpenDurable`.
 /// 3: I/O grants (opens holding one, recalls awaiting acks, locks queued behind a recall).
-pub const SNAPSHOT_FORMAT: u32 = 3;
+/// 4: a deferred open says whether it takes an I/O grant; grant counters; a rename waiter may
+/// close its open (`BreakAndClose`).
+pub const SNAPSHOT_FORMAT: u32 = 4;
 
 /// Everything a replacement standby needs: the engine and the replication bookkeeping that
 /// replaying the log from the start would have produced.
@@ -879,6 +881,110 @@ mod tests {
                 matches!(replies.as_slice(), [lockmgr_engine::Reply::Durable { .. }]),
                 "{replies:?}"
             );
+        }
+    }
+
+    /// An open that took an I/O grant with its reply (`OpenRequest::io_grant`) holds it on a
+    /// standby too, by the log and by a snapshot: after a failover, another node's lock on
+    /// the file still recalls it from the node that opened.
+    #[test]
+    fn an_open_with_an_io_grant_reaches_the_standby_by_append_and_by_snapshot() {
+        let (mut p, session) = primary_with_session_in(false);
+        let open = |io_grant| lockmgr_engine::OpenRequest {
+            file: FileId(1),
+            access: 3,
+            share: 7,
+            io_grant,
+            ..Default::default()
+        };
+        p.submit(
+            Time(2),
+            Input::Request {
+                session,
+                request: RequestId(1),
+                req: Request::Open(open(true)),
+            },
+        );
+        let granted = std::iter::from_fn(|| p.poll_output()).any(|o| {
+            matches!(
+                o.output,
+                lockmgr_engine::Output::Reply {
+                    reply: lockmgr_engine::Reply::OpenedIo { .. },
+                    ..
+                }
+            )
+        });
+        assert!(granted, "the primary grants I/O with the open");
+        let (snapshot, _) = p.attach_standby().expect("snapshot");
+        let by_snapshot = Replica::standby_from_snapshot(&snapshot, Epoch(1)).expect("decoded");
+        let mut by_append = Replica::standby(Config::default(), Epoch(1));
+        let mut from_start = Replica::primary(Config::default(), Epoch(1), true);
+        for (i, input) in [
+            Input::OpenSession {
+                session,
+                node: "node-a".into(),
+            },
+            Input::Request {
+                session,
+                request: RequestId(1),
+                req: Request::Open(open(true)),
+            },
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            from_start.submit(Time(1 + i as u64), input);
+        }
+        while let Some(a) = from_start.poll_append() {
+            by_append.on_append(&a).expect("accepted");
+        }
+        for mut s in [by_append, by_snapshot] {
+            s.promote(Epoch(2), false).expect("promoted");
+            let other = SessionId(6);
+            s.submit(
+                Time(4),
+                Input::OpenSession {
+                    session: other,
+                    node: "node-b".into(),
+                },
+            );
+            for (n, req) in [
+                Request::Open(open(false)),
+                Request::Lock {
+                    open: lockmgr_engine::OpenId(2),
+                    ranges: vec![lockmgr_engine::LockRange {
+                        offset: 0,
+                        length: 1,
+                        exclusive: true,
+                    }],
+                    fail_immediately: true,
+                },
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                s.submit(
+                    Time(5 + n as u64),
+                    Input::Request {
+                        session: other,
+                        request: RequestId(1 + n as u64),
+                        req,
+                    },
+                );
+            }
+            // The opener's node has not resumed on the new primary yet: its recall waits in
+            // the session's outbox.
+            while s.poll_output().is_some() {}
+            let recalled = s.outbox(session).any(|o| {
+                matches!(
+                    o.output,
+                    lockmgr_engine::Output::Notify {
+                        notification: lockmgr_engine::Notification::IoRecall { .. },
+                        ..
+                    }
+                )
+            });
+            assert!(recalled, "the grant is the standby's too");
         }
     }
 

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use crate::locking::{FileId, OpenId};
+use crate::locking::{FileId, OpenId, Reply};
 
 #[derive(Default)]
 pub struct IoGrants {
@@ -23,6 +23,10 @@ pub struct IoGrants {
     recalled: HashMap<FileId, u64>,
     /// File -> `CheckIoGrant` requests in flight ([`IoGrants::ask`] .. [`IoGrants::answered`]).
     asking: HashMap<FileId, u32>,
+    /// (connection, request id) -> file of a create asking for an I/O grant
+    /// ([`IoGrants::ask_open`]) whose answer was not seen yet: the immediate reply, or the
+    /// completion of a deferred create, which comes in order with the recalls.
+    opening: HashMap<(u64, u64), FileId>,
 }
 
 impl IoGrants {
@@ -56,6 +60,38 @@ impl IoGrants {
         recorded
     }
 
+    /// A create of `file` asking for an I/O grant goes out as request `request` of `conn`;
+    /// [`IoGrants::opened`] with its final answer (or [`IoGrants::conn_gone`]) must follow.
+    /// Recalls of the file are remembered meanwhile, as for a `CheckIoGrant`.
+    pub fn ask_open(&mut self, file: FileId, conn: u64, request: u64) {
+        self.ask(file);
+        self.opening.insert((conn, request), file);
+    }
+
+    /// The final answer to the create announced by [`IoGrants::ask_open`]: `grant` is the
+    /// new open and the generation of its I/O grant if the answer carried one. Answers that
+    /// match no create in flight (seen already, or not asking) change nothing. Returns
+    /// whether a grant was recorded.
+    pub fn opened(&mut self, conn: u64, request: u64, grant: Option<(OpenId, u64)>) -> bool {
+        match self.opening.remove(&(conn, request)) {
+            Some(file) => self.answered(file, grant.map(|(o, g)| (o, g, conn))),
+            None => false,
+        }
+    }
+
+    /// Connection `conn` is gone: the creates it had in flight will not be answered to it.
+    pub fn conn_gone(&mut self, conn: u64) {
+        let gone: Vec<(u64, u64)> = self
+            .opening
+            .keys()
+            .filter(|(c, _)| *c == conn)
+            .copied()
+            .collect();
+        for key in gone {
+            self.opened(key.0, key.1, None);
+        }
+    }
+
     /// The open is closing (or disconnecting): its grant dies with it at the lock service.
     pub fn forget(&mut self, open: OpenId) {
         self.grants.remove(&open);
@@ -82,6 +118,16 @@ impl IoGrants {
     /// The lock-service session was lost: whatever it granted is void.
     pub fn clear(&mut self) {
         self.grants.clear();
+    }
+}
+
+/// The I/O grant an open reply carries (`Reply::OpenedIo`): the open and its generation.
+pub fn grant_of_open_reply(reply: &Reply) -> Option<(OpenId, u64)> {
+    match reply {
+        Reply::OpenedIo {
+            open, generation, ..
+        } => Some((*open, *generation)),
+        _ => None,
     }
 }
 
@@ -128,6 +174,25 @@ mod tests {
         assert_eq!(g.recalled.len(), 1, "a second request is still in flight");
         assert!(!g.answered(f, None));
         assert!(g.recalled.is_empty() && g.asking.is_empty());
+    }
+
+    /// A create's grant (immediate or deferred) recalled before it was recorded is void; one
+    /// given after the recall stands; a gone connection's creates leave nothing behind.
+    #[test]
+    fn open_grants_follow_recalls() {
+        let mut g = IoGrants::default();
+        let f = FileId(9);
+        g.ask_open(f, 1, 10);
+        g.recall(f, 4);
+        assert!(!g.opened(1, 10, Some((OpenId(5), 4))));
+        assert!(!g.is_granted(OpenId(5)));
+        g.ask_open(f, 1, 11);
+        assert!(g.opened(1, 11, Some((OpenId(6), 5))));
+        assert!(g.is_granted(OpenId(6)));
+        assert!(!g.opened(1, 11, Some((OpenId(6), 5))), "answered once");
+        g.ask_open(f, 2, 12);
+        g.conn_gone(2);
+        assert!(g.opening.is_empty() && g.asking.is_empty() && g.recalled.is_empty());
     }
 
     #[test]

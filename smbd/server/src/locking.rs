@@ -219,7 +219,8 @@ impl RequestCounts {
         match req {
             Request::Open(_) => 0,
             Request::OpenDurable { .. } => 1,
-            Request::Close { .. } => 2,
+            // A delete-on-close handle's CLOSE breaks handle caching and closes in one.
+            Request::Close { .. } | Request::BreakAndClose { .. } => 2,
             Request::SetDeletePending { .. } => 3,
             Request::Lock { .. } => 4,
             Request::Unlock { .. } => 5,

@@ -296,6 +296,7 @@ impl Shared {
     pub fn unregister_conn(&self, conn: u64) {
         self.locks.end_session(SessionId(conn));
         self.route_events();
+        lock(&self.io_grants).conn_gone(conn);
         lock(&self.routes).remove(&conn);
         let mut w = lock(&self.watches);
         for m in w.values_mut() {
@@ -312,6 +313,7 @@ impl Shared {
                 self.answer_io_recall(s, file, generation);
                 continue;
             }
+            self.note_completion(s, &n);
             self.post(s.0, Event::Lock(n));
         }
         let lost = l.take_lost_connections();
@@ -343,6 +345,41 @@ impl Shared {
             | self
                 .internal_ids
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A deferred request's completion, seen in order with the recalls: a create's I/O grant
+    /// is recorded here (or found overtaken), not when its connection gets to it.
+    fn note_completion(&self, session: SessionId, n: &Notification) {
+        if let Notification::Completed { request, reply } = n {
+            lock(&self.io_grants).opened(
+                session.0,
+                request.0,
+                crate::io_grants::grant_of_open_reply(reply),
+            );
+        }
+    }
+
+    /// Before a request goes out: counted, and a create asking for an I/O grant announced
+    /// to the grant table (see [`crate::io_grants::IoGrants::ask_open`]). Returns whether
+    /// it was such a create.
+    fn before_request(&self, conn: u64, id: u64, req: &Request) -> bool {
+        self.lock_requests.count(req);
+        self.forget_io_grant_of(req);
+        match req {
+            Request::Open(o) | Request::OpenDurable { open: o, .. } if o.io_grant => {
+                lock(&self.io_grants).ask_open(o.file, conn, id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The immediate answer to a create that asked for an I/O grant: final unless deferred
+    /// (then its completion is, [`Shared::note_completion`]).
+    fn after_request_asked(&self, conn: u64, id: u64, reply: &Reply) {
+        if *reply != Reply::Pending {
+            lock(&self.io_grants).opened(conn, id, crate::io_grants::grant_of_open_reply(reply));
+        }
     }
 
     /// The open may READ/WRITE without asking the lock service.
@@ -416,9 +453,11 @@ impl Shared {
         } else {
             id
         };
-        self.lock_requests.count(&req);
-        self.forget_io_grant_of(&req);
+        let asked = self.before_request(conn, id, &req);
         let r = self.locks.request(SessionId(conn), RequestId(id), req);
+        if asked {
+            self.after_request_asked(conn, id, &r);
+        }
         self.route_events();
         r
     }
@@ -437,15 +476,18 @@ impl Shared {
         // is still queued when the reply is in.
         let _routing = lock(&self.routing);
         let l = &*self.locks;
-        self.lock_requests.count(&req);
-        self.forget_io_grant_of(&req);
+        let asked = self.before_request(conn, id, &req);
         let r = l.request(SessionId(conn), RequestId(id), req);
+        if asked {
+            self.after_request_asked(conn, id, &r);
+        }
         let mut mine = Vec::new();
         while let Some((s, n)) = l.poll_event() {
             if let Notification::IoRecall { file, generation } = n {
                 self.answer_io_recall(s, file, generation);
                 continue;
             }
+            self.note_completion(s, &n);
             if s.0 == conn && !matches!(n, crate::locking::Notification::Completed { .. }) {
                 mine.push(n);
             } else {

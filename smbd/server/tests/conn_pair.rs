@@ -259,6 +259,16 @@ fn utf16(s: &str) -> Vec<u8> {
 /// A CREATE body (MS-SMB2 2.2.13) asking for `oplock` with `contexts`: read/write/delete
 /// access, every sharing mode.
 fn create_body(name: &str, oplock: u8, contexts: &[CreateContext]) -> Vec<u8> {
+    create_body_with_options(name, oplock, NON_DIRECTORY, contexts)
+}
+
+/// [`create_body`] with CreateOptions `options`.
+fn create_body_with_options(
+    name: &str,
+    oplock: u8,
+    options: u32,
+    contexts: &[CreateContext],
+) -> Vec<u8> {
     let n = utf16(name);
     let ctx = smb_proto::encode_create_contexts(contexts);
     let name_off = 64 + 56;
@@ -273,7 +283,7 @@ fn create_body(name: &str, oplock: u8, contexts: &[CreateContext]) -> Vec<u8> {
         .u32(0x80)
         .u32(7)
         .u32(FILE_OPEN_IF)
-        .u32(NON_DIRECTORY);
+        .u32(options);
     w.u16(name_off as u16)
         .u16(n.len() as u16)
         .u32(ctx_off as u32)
@@ -587,6 +597,17 @@ const LOCKFLAG_EXCLUSIVE: u32 = 0x2;
 const LOCKFLAG_UNLOCK: u32 = 0x4;
 const LOCKFLAG_FAIL_IMMEDIATELY: u32 = 0x10;
 
+const SET_INFO: u16 = 17;
+const FILE_DELETE_ON_CLOSE: u32 = 0x1000;
+
+/// A SET_INFO body (MS-SMB2 2.2.39) setting FileEndOfFileInformation (class 20) to `eof`.
+fn set_eof_body(fid: (u64, u64), eof: u64) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.u16(33).u8(1).u8(20).u32(8).u16(64 + 32).u16(0).u32(0);
+    w.u64(fid.0).u64(fid.1).u64(eof);
+    w.buf
+}
+
 /// Send one request on `c` and count the lock-service requests it made (with a remote
 /// lockmgrd: its round trips). Returns the answer, the count and the kinds asked.
 fn round_trips(p: &mut Pair, c: usize, command: u16, body: Vec<u8>) -> (Answer, u64, String) {
@@ -668,10 +689,10 @@ fn lock_service_round_trips_per_operation() {
         "the durable handle is granted"
     );
     let durable = durable.created().1;
-    // The first check of a file without locks brings an I/O grant; READ and WRITE then
-    // cost nothing until another node's lock recalls it.
+    // The CREATE of a file without locks brings an I/O grant; READ, WRITE and size changes
+    // then cost nothing until another node's lock recalls it.
     row(
-        "WRITE",
+        "WRITE (first, granted)",
         round_trips(&mut p, a, cmd::WRITE, write_body(plain, b"0123456789")),
     );
     row(
@@ -681,6 +702,10 @@ fn lock_service_round_trips_per_operation() {
     row(
         "WRITE (granted)",
         round_trips(&mut p, a, cmd::WRITE, write_body(plain, b"0123456789")),
+    );
+    row(
+        "SET_INFO end-of-file (granted)",
+        round_trips(&mut p, a, SET_INFO, set_eof_body(plain, 10)),
     );
     // Another lock-service session (a second connection: with EngineLocks each connection
     // is one, as each node is with lockmgrd) locks the file: its lock waits for the
@@ -731,6 +756,11 @@ fn lock_service_round_trips_per_operation() {
         "READ",
         round_trips(&mut p, a, cmd::READ, conn_harness::body_read(plain, 0, 10)),
     );
+    // A batch oplock is not caching a write would break: its own open gets the grant too.
+    row(
+        "WRITE (batch oplock, granted)",
+        round_trips(&mut p, a, cmd::WRITE, write_body(batch, b"0123456789")),
+    );
     row(
         "LOCK",
         round_trips(
@@ -760,6 +790,26 @@ fn lock_service_round_trips_per_operation() {
             round_trips(&mut p, a, cmd::CLOSE, conn_harness::body_close(fid)),
         );
     }
+    let doomed = row(
+        "CREATE (delete-on-close)",
+        round_trips(
+            &mut p,
+            a,
+            cmd::CREATE,
+            create_body_with_options(
+                "doomed.txt",
+                OPLOCK_NONE,
+                NON_DIRECTORY | FILE_DELETE_ON_CLOSE,
+                &[],
+            ),
+        ),
+    )
+    .created()
+    .1;
+    row(
+        "CLOSE (delete-on-close)",
+        round_trips(&mut p, a, cmd::CLOSE, conn_harness::body_close(doomed)),
+    );
     for (what, n, kinds) in &table {
         println!("{what:<28} {n}  {kinds}");
     }
@@ -771,20 +821,24 @@ fn lock_service_round_trips_per_operation() {
             ("CREATE (batch oplock)", 1),
             ("CREATE (RWH lease)", 1),
             ("CREATE (RWH lease + DH2Q)", 1),
-            ("WRITE", 1),
+            ("WRITE (first, granted)", 0),
             ("READ (granted)", 0),
             ("WRITE (granted)", 0),
+            ("SET_INFO end-of-file (granted)", 0),
             ("CREATE (other session)", 1),
             ("LOCK (other session, recalls)", 2),
             ("WRITE (locked by other)", 1),
             ("UNLOCK (other session)", 1),
             ("READ", 1),
+            ("WRITE (batch oplock, granted)", 0),
             ("LOCK", 1),
             ("UNLOCK", 1),
             ("CLOSE", 1),
             ("CLOSE (batch oplock)", 1),
             ("CLOSE (lease)", 1),
             ("CLOSE (durable)", 1),
+            ("CREATE (delete-on-close)", 1),
+            ("CLOSE (delete-on-close)", 1),
         ]
     );
 }

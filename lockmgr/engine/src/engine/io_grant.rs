@@ -179,6 +179,7 @@ impl Engine {
             at.is_some()
         });
         if awaited {
+            self.stats.io_recall_acks_total += 1;
             if let Some(file) = self.files.get_mut(&f) {
                 file.io_recalling.retain(|s| *s != session);
             }
@@ -222,8 +223,54 @@ impl Engine {
     /// The answer to a `CheckIoGrant` that found no conflict: a grant if the file allows one
     /// (see the module documentation), plain `Success` otherwise.
     pub(super) fn try_grant_io(&mut self, f: FileId, open: OpenId) -> Reply {
+        match self.grant_io(f, open) {
+            Some(generation) => Reply::IoGranted { generation },
+            None => Reply::Done(Status::Success),
+        }
+    }
+
+    /// A just granted open whose create asked for an I/O grant ([`OpenRequest::io_grant`])
+    /// gets one with its reply if the file allows it now: `Opened` / `OpenedDurable` become
+    /// [`Reply::OpenedIo`]. `others_deferred`: creates of the file still wait (a deferred
+    /// create retried with others behind it), which rules a grant out like a queued one.
+    pub(super) fn attach_io_grant(
+        &mut self,
+        reply: Reply,
+        req: &OpenRequest,
+        others_deferred: bool,
+    ) -> Reply {
+        if !req.io_grant {
+            return reply;
+        }
+        let (open, grant, durable) = match reply {
+            Reply::Opened { open, grant } => (open, grant, false),
+            Reply::OpenedDurable { open, grant } => (open, grant, true),
+            other => return other,
+        };
+        let generation = if others_deferred {
+            self.stats.io_grants_refused_total += 1;
+            None
+        } else {
+            self.grant_io(req.file, open)
+        };
+        match generation {
+            Some(generation) => Reply::OpenedIo {
+                open,
+                grant,
+                durable,
+                generation,
+            },
+            None if durable => Reply::OpenedDurable { open, grant },
+            None => Reply::Opened { open, grant },
+        }
+    }
+
+    /// Give `open` an I/O grant of its file `f` if the file allows one: the grant's
+    /// generation, or `None` (counted as refused).
+    fn grant_io(&mut self, f: FileId, open: OpenId) -> Option<u64> {
         if !self.io_grantable(f, open) {
-            return Reply::Done(Status::Success);
+            self.stats.io_grants_refused_total += 1;
+            return None;
         }
         let generation = self.next_seq;
         let newly = self
@@ -236,7 +283,7 @@ impl Engine {
             }
             self.stats.io_grants_total += 1;
         }
-        Reply::IoGranted { generation }
+        Some(generation)
     }
 
     fn io_grantable(&self, f: FileId, open: OpenId) -> bool {

@@ -12,6 +12,17 @@ impl Conn {
     /// Drop an open. Its blocked LOCK requests complete with `lock_status`: Windows answers
     /// RANGE_NOT_LOCKED when the handle is closed, and SUCCESS when the tree or session goes.
     pub(crate) fn close_open(&mut self, v: u64, lock_status: NtStatus) -> Option<Open> {
+        self.close_open_with(v, lock_status, None)
+    }
+
+    /// [`Conn::close_open`], the lock service's answer to the open's close given if it was
+    /// asked already (`BreakAndClose` answered `Closed`).
+    fn close_open_with(
+        &mut self,
+        v: u64,
+        lock_status: NtStatus,
+        closed: Option<Reply>,
+    ) -> Option<Open> {
         let aids: Vec<u64> = self
             .pending
             .iter()
@@ -54,9 +65,12 @@ impl Conn {
             crate::identity::become_user(id);
         }
         if let Some(lo) = o.lock_open {
-            let reply = self
-                .shared
-                .lock_request(self.id, 0, locking::Request::Close { open: lo });
+            let reply = match closed {
+                Some(reply) => reply,
+                None => self
+                    .shared
+                    .lock_request(self.id, 0, locking::Request::Close { open: lo }),
+            };
             if o.is_dir && o.delete_pending && reply == (Reply::Closed { delete_file: false }) {
                 // Other handles keep the directory: it stays, delete-pending, until they go.
                 self.shared.dir_delete_pending(o.abs.clone());
@@ -108,7 +122,41 @@ impl Conn {
         };
         // Closing a delete-on-close handle makes the file delete-pending: other opens lose
         // handle caching first (MS-FSA 2.1.4.12; smbtorture lease.unlink), and the CLOSE
-        // waits for that unless it sits in the middle of a compound.
+        // waits for that unless it sits in the middle of a compound. One lock-service
+        // request does both, the break and the close, and says whether to unlink.
+        let doomed = self
+            .opens
+            .get(&v)
+            .filter(|o| o.delete_pending)
+            .and_then(|o| o.lock_open);
+        if let (Some(lo), true) = (doomed, ctx.single) {
+            let (reply, own) = self.shared.lock_request_inline(
+                self.id,
+                hdr.message_id,
+                locking::Request::BreakAndClose { open: lo },
+            );
+            for n in own {
+                self.on_lock_notification(n);
+            }
+            return match reply {
+                Reply::Pending => {
+                    let then = PendingKind::Close {
+                        volatile: v,
+                        flags: c.flags,
+                    };
+                    Outcome::Pending(self.go_async(hdr, ctx, then))
+                }
+                closed @ Reply::Closed { .. } => Outcome::Reply(
+                    status::SUCCESS,
+                    Response::Close(self.finish_close_with(v, c.flags, Some(closed))),
+                ),
+                // Not closed (lockmgrd unreachable...): the plain close tries again.
+                _ => Outcome::Reply(
+                    status::SUCCESS,
+                    Response::Close(self.finish_close(v, c.flags)),
+                ),
+            };
+        }
         if self.opens.get(&v).is_some_and(|o| o.delete_pending) {
             let then = PendingKind::Close {
                 volatile: v,
@@ -127,6 +175,17 @@ impl Conn {
     /// The CLOSE itself, once nothing holds it back: the post-query attributes if asked for,
     /// then the teardown.
     pub(crate) fn finish_close(&mut self, v: u64, flags: u16) -> CloseResponse {
+        self.finish_close_with(v, flags, None)
+    }
+
+    /// [`Conn::finish_close`] with the lock service's `Closed` answer if the open's close
+    /// was asked already (`BreakAndClose`).
+    pub(crate) fn finish_close_with(
+        &mut self,
+        v: u64,
+        flags: u16,
+        closed: Option<Reply>,
+    ) -> CloseResponse {
         let mut resp = CloseResponse::default();
         if flags & smb_proto::CLOSE_FLAG_POSTQUERY_ATTRIB != 0 {
             if let Some(o) = self.opens.get(&v) {
@@ -149,7 +208,7 @@ impl Conn {
                 }
             }
         }
-        self.close_open(v, status::RANGE_NOT_LOCKED);
+        self.close_open_with(v, status::RANGE_NOT_LOCKED, closed);
         resp
     }
 }

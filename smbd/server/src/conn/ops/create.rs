@@ -13,8 +13,8 @@ use smb_proto::{
 
 use super::{
     engine_status, io_status, open_checked, oplock_grant_level, parent_and_name, path_status,
-    unix_may_delete, update_dos, APPEND_DATA, ATTR_SPARSE, DELETE, FILE_ACTION_ADDED, FULL_ACCESS,
-    QUOTA_FAKE_FILE, READ_ACCESS, WRITE_ATTRIBUTES, WRITE_DATA,
+    unix_may_delete, update_dos, APPEND_DATA, ATTR_SPARSE, DELETE, EXECUTE, FILE_ACTION_ADDED,
+    FULL_ACCESS, QUOTA_FAKE_FILE, READ_ACCESS, READ_DATA, WRITE_ATTRIBUTES, WRITE_DATA,
 };
 use crate::beneath::ShareRoot;
 use crate::conn::{err, ChainCtx, Conn, CreateCont, Open, Outcome, PendingKind, StreamTarget};
@@ -462,6 +462,9 @@ impl Conn {
             // Delete-pending is the name's, not the inode's (MS-FSA 2.1.5.14.3): hard links
             // of one file are told apart by their directory entry.
             link: fs::link_id(fs_id, &res.abs, is_dir),
+            // An open that may READ or WRITE takes an I/O grant with it when the file allows
+            // one, so its first READ/WRITE costs no round trip either.
+            io_grant: !is_dir && access & (READ_DATA | WRITE_DATA | APPEND_DATA | EXECUTE) != 0,
         };
         // One round trip: the open, and its durability if asked for (MS-SMB2 3.3.5.9.6).
         let lock_req = match cont
@@ -472,15 +475,28 @@ impl Conn {
             Some(durable) => locking::Request::OpenDurable { open: req, durable },
             None => locking::Request::Open(req),
         };
+        // An I/O grant the reply carries is in the node's grant table already (`Shared`).
         match self.shared.lock_request(self.id, hdr.message_id, lock_req) {
-            Reply::Opened { open, grant } => {
+            Reply::Opened { open, grant }
+            | Reply::OpenedIo {
+                open,
+                grant,
+                durable: false,
+                ..
+            } => {
                 let (out, fid) = self.finish_create(cont, open, grant, false);
                 if let Some(fid) = fid {
                     ctx.file_id = Some(fid);
                 }
                 out
             }
-            Reply::OpenedDurable { open, grant } => {
+            Reply::OpenedDurable { open, grant }
+            | Reply::OpenedIo {
+                open,
+                grant,
+                durable: true,
+                ..
+            } => {
                 let (out, fid) = self.finish_create(cont, open, grant, true);
                 if let Some(fid) = fid {
                     ctx.file_id = Some(fid);

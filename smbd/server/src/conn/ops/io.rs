@@ -78,13 +78,19 @@ impl Conn {
     /// A size change through SET_INFO breaks Level II oplocks and read leases like a write
     /// does (MS-FSA 2.1.4.12 for SET_END_OF_FILE / SET_ALLOCATION; smbtorture oplock.batch11).
     /// The lock engine breaks read caching on a write I/O check; the probe range sits at the
-    /// very end of the offset space so it answers no byte-range question anyone asked.
+    /// very end of the offset space so it answers no byte-range question anyone asked. Like
+    /// a WRITE it uses the open's I/O grant (no read caching a write would break: nothing to
+    /// ask) or asks for one.
     pub(super) fn break_read_caching(&self, o: &Open) {
         if let Some(lo) = o.lock_open {
-            let _ = self.shared.lock_request(
+            if self.shared.io_granted(lo) {
+                return;
+            }
+            let _ = self.shared.check_io_with_grant(
                 self.id,
-                0,
-                locking::Request::CheckIo {
+                lo,
+                locking::FileId(o.stable_id),
+                locking::Request::CheckIoGrant {
                     open: lo,
                     offset: u64::MAX - 1,
                     length: 1,

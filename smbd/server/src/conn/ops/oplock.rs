@@ -206,7 +206,9 @@ impl Conn {
                 };
                 if let Some(AfterBreak::Close(v, flags)) = after_break {
                     // The close happens whatever became of the breaks: a CLOSE cannot fail.
-                    let resp = self.finish_close(v, flags);
+                    // `BreakAndClose` closed it already unless cancelled (then it closes now).
+                    let closed = matches!(reply, Reply::Closed { .. }).then_some(reply);
+                    let resp = self.finish_close_with(v, flags, closed);
                     self.complete_async(aid, status::SUCCESS, Response::Close(resp));
                 } else if let Some(next) = after_break {
                     let st = match (reply, next) {
@@ -235,9 +237,15 @@ impl Conn {
                         return;
                     };
                     let rest = p.rest.take();
-                    let durable = matches!(reply, Reply::OpenedDurable { .. });
+                    let durable = matches!(
+                        reply,
+                        Reply::OpenedDurable { .. } | Reply::OpenedIo { durable: true, .. }
+                    );
                     let (st, fid) = match reply {
-                        Reply::Opened { open, grant } | Reply::OpenedDurable { open, grant } => {
+                        // An I/O grant was recorded when the completion was routed (`Shared`).
+                        Reply::Opened { open, grant }
+                        | Reply::OpenedDurable { open, grant }
+                        | Reply::OpenedIo { open, grant, .. } => {
                             // A durable open parked while this one waited for its break is
                             // gone for good (its client could not acknowledge the break).
                             self.shared.parked.purge_conflicting(
