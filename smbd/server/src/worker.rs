@@ -555,15 +555,6 @@ impl Worker {
         }
     }
 
-    /// The longest NetBIOS packet of type `kind` the connection may send in its current state.
-    fn frame_limit(s: &Slot, packet_kind: u8) -> usize {
-        frame_limit(
-            packet_kind,
-            s.conn.has_established_session(),
-            s.conn.via_rdma_proxy,
-        )
-    }
-
     /// Queue response frames for sending.
     fn queue_out(s: &mut Slot, frames: Vec<Vec<u8>>) {
         for f in frames {
