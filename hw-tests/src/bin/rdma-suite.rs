@@ -319,15 +319,30 @@ fn test_smbd_nodes(d: &Daemon, dev: &DeviceConfig) -> TestResult {
             std::thread::sleep(Duration::from_millis(1));
         }
         // Node A's connection ends: its open goes, so an exclusive open from B succeeds.
+        // end_session is sent, not awaited, and A's and B's queue pairs are not ordered with
+        // each other, so B's open may reach lockmgrd before A's session end: until then it
+        // is a sharing violation (as a client of another node would see), after it a grant.
         a.end_session(conn_a);
         b.end_session(conn_b);
-        let excl = Request::Open(OpenRequest {
-            file,
-            access: access::FILE_READ_DATA | access::FILE_WRITE_DATA,
-            share: 0,
-            ..OpenRequest::default()
-        });
-        opened(b.request(SessionId(2), RequestId(5), excl)).map(|_| ())
+        let excl = || {
+            Request::Open(OpenRequest {
+                file,
+                access: access::FILE_READ_DATA | access::FILE_WRITE_DATA,
+                share: 0,
+                ..OpenRequest::default()
+            })
+        };
+        let deadline = Instant::now() + TIMEOUT;
+        let mut id = 5;
+        loop {
+            match b.request(SessionId(2), RequestId(id), excl()) {
+                Reply::Done(Status::SharingViolation) if Instant::now() < deadline => {
+                    id += 1;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                other => return opened(other).map(|_| ()),
+            }
+        }
     })();
     let _ = std::fs::remove_file(&key_file);
     result
