@@ -307,16 +307,10 @@ impl Shared {
 
     fn route_events(&self) {
         let _routing = lock(&self.routing);
-        let l = &*self.locks;
-        while let Some((s, n)) = l.poll_event() {
-            if let Notification::IoRecall { file, generation } = n {
-                self.answer_io_recall(s, file, generation);
-                continue;
-            }
-            self.note_completion(s, &n);
+        while let Some((s, n)) = self.next_event() {
             self.post(s.0, Event::Lock(n));
         }
-        let lost = l.take_lost_connections();
+        let lost = self.locks.take_lost_connections();
         if !lost.is_empty() {
             lock(&self.io_grants).clear();
         }
@@ -347,39 +341,50 @@ impl Shared {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// A deferred request's completion, seen in order with the recalls: a create's I/O grant
-    /// is recorded here (or found overtaken), not when its connection gets to it.
-    fn note_completion(&self, session: SessionId, n: &Notification) {
-        if let Notification::Completed { request, reply } = n {
-            lock(&self.io_grants).opened(
-                session.0,
-                request.0,
-                crate::io_grants::grant_of_open_reply(reply),
-            );
+    /// The lock service's next notification for a connection. I/O recalls are answered
+    /// here and not passed on, and a deferred create's completion records its I/O grant
+    /// here, in order with the recalls (a recall that overtook it voids it), not when its
+    /// connection gets to it. Called with `routing` held.
+    fn next_event(&self) -> Option<(SessionId, Notification)> {
+        loop {
+            let (s, n) = self.locks.poll_event()?;
+            match &n {
+                Notification::IoRecall { file, generation } => {
+                    self.answer_io_recall(s, *file, *generation);
+                    continue;
+                }
+                Notification::Completed { request, reply } => {
+                    lock(&self.io_grants).opened(
+                        s.0,
+                        request.0,
+                        crate::io_grants::grant_of_open_reply(reply),
+                    );
+                }
+                _ => {}
+            }
+            return Some((s, n));
         }
     }
 
-    /// Before a request goes out: counted, and a create asking for an I/O grant announced
-    /// to the grant table (see [`crate::io_grants::IoGrants::ask_open`]). Returns whether
-    /// it was such a create.
-    fn before_request(&self, conn: u64, id: u64, req: &Request) -> bool {
-        self.lock_requests.count(req);
-        self.forget_io_grant_of(req);
-        match req {
+    /// Send one request: counted, the I/O grants it ends forgotten, and a create asking
+    /// for an I/O grant announced to the grant table first
+    /// ([`crate::io_grants::IoGrants::ask_open`]) and its immediate answer recorded after
+    /// (a deferred one is recorded by [`Shared::next_event`]).
+    fn send_request(&self, conn: u64, id: u64, req: Request) -> Reply {
+        self.lock_requests.count(&req);
+        self.forget_io_grant_of(&req);
+        let asks_grant = match &req {
             Request::Open(o) | Request::OpenDurable { open: o, .. } if o.io_grant => {
                 lock(&self.io_grants).ask_open(o.file, conn, id);
                 true
             }
             _ => false,
+        };
+        let r = self.locks.request(SessionId(conn), RequestId(id), req);
+        if asks_grant && r != Reply::Pending {
+            lock(&self.io_grants).opened(conn, id, crate::io_grants::grant_of_open_reply(&r));
         }
-    }
-
-    /// The immediate answer to a create that asked for an I/O grant: final unless deferred
-    /// (then its completion is, [`Shared::note_completion`]).
-    fn after_request_asked(&self, conn: u64, id: u64, reply: &Reply) {
-        if *reply != Reply::Pending {
-            lock(&self.io_grants).opened(conn, id, crate::io_grants::grant_of_open_reply(reply));
-        }
+        r
     }
 
     /// The open may READ/WRITE without asking the lock service.
@@ -453,11 +458,7 @@ impl Shared {
         } else {
             id
         };
-        let asked = self.before_request(conn, id, &req);
-        let r = self.locks.request(SessionId(conn), RequestId(id), req);
-        if asked {
-            self.after_request_asked(conn, id, &r);
-        }
+        let r = self.send_request(conn, id, req);
         self.route_events();
         r
     }
@@ -475,19 +476,9 @@ impl Shared {
         // Nobody else takes notifications out until ours are: one that arrived before the reply
         // is still queued when the reply is in.
         let _routing = lock(&self.routing);
-        let l = &*self.locks;
-        let asked = self.before_request(conn, id, &req);
-        let r = l.request(SessionId(conn), RequestId(id), req);
-        if asked {
-            self.after_request_asked(conn, id, &r);
-        }
+        let r = self.send_request(conn, id, req);
         let mut mine = Vec::new();
-        while let Some((s, n)) = l.poll_event() {
-            if let Notification::IoRecall { file, generation } = n {
-                self.answer_io_recall(s, file, generation);
-                continue;
-            }
-            self.note_completion(s, &n);
+        while let Some((s, n)) = self.next_event() {
             if s.0 == conn && !matches!(n, crate::locking::Notification::Completed { .. }) {
                 mine.push(n);
             } else {

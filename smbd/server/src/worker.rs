@@ -945,9 +945,8 @@ fn debug_panic_trigger(payload: &[u8]) {
 
 /// The longest packet of type `packet_kind` a connection may send: whole messages once it has
 /// a session, less before; smbdirectd's payload frames (a WRITE's data, as long as the
-/// message) only on its own connections; keepalives and session requests small.
-/// Payload frames only ever follow an established session (a WRITE's data), so before one
-/// they get the control-frame bound.
+/// message) only on its own connections and only once a session exists; keepalives and
+/// session requests small.
 fn frame_limit(packet_kind: u8, established: bool, via_rdma_proxy: bool) -> usize {
     match packet_kind {
         kind::SESSION_MESSAGE if established => MAX_FRAME,

@@ -130,14 +130,10 @@ impl Conn {
             .filter(|o| o.delete_pending)
             .and_then(|o| o.lock_open);
         if let (Some(lo), true) = (doomed, ctx.single) {
-            let (reply, own) = self.shared.lock_request_inline(
-                self.id,
+            let reply = self.lock_request_breaks_first(
                 hdr.message_id,
                 locking::Request::BreakAndClose { open: lo },
             );
-            for n in own {
-                self.on_lock_notification(n);
-            }
             return match reply {
                 Reply::Pending => {
                     let then = PendingKind::Close {
@@ -146,15 +142,12 @@ impl Conn {
                     };
                     Outcome::Pending(self.go_async(hdr, ctx, then))
                 }
-                closed @ Reply::Closed { .. } => Outcome::Reply(
-                    status::SUCCESS,
-                    Response::Close(self.finish_close_with(v, c.flags, Some(closed))),
-                ),
-                // Not closed (lockmgrd unreachable...): the plain close tries again.
-                _ => Outcome::Reply(
-                    status::SUCCESS,
-                    Response::Close(self.finish_close(v, c.flags)),
-                ),
+                reply => {
+                    // Not closed (lockmgrd unreachable...): the plain close tries again.
+                    let closed = matches!(reply, Reply::Closed { .. }).then_some(reply);
+                    let resp = self.finish_close_with(v, c.flags, closed);
+                    Outcome::Reply(status::SUCCESS, Response::Close(resp))
+                }
             };
         }
         if self.opens.get(&v).is_some_and(|o| o.delete_pending) {

@@ -483,14 +483,10 @@ impl Conn {
         wait: bool,
     ) -> Option<Outcome> {
         let lo = self.opens.get(&v)?.lock_open?;
-        let (reply, own) = self.shared.lock_request_inline(
-            self.id,
+        let reply = self.lock_request_breaks_first(
             hdr.message_id,
             locking::Request::BreakForRename { open: lo },
         );
-        for n in own {
-            self.on_lock_notification(n);
-        }
         match reply {
             Reply::Pending if wait => {
                 let aid = self.go_async(hdr, ctx, then);

@@ -111,6 +111,20 @@ impl Conn {
         self.emit(w.buf, enc);
     }
 
+    /// A lock-service request whose notifications for this connection (the breaks it
+    /// causes) are sent before its reply is acted on ([`crate::shared::Shared::lock_request_inline`]).
+    pub(super) fn lock_request_breaks_first(
+        &mut self,
+        id: u64,
+        req: crate::locking::Request,
+    ) -> Reply {
+        let (reply, own) = self.shared.lock_request_inline(self.id, id, req);
+        for n in own {
+            self.on_lock_notification(n);
+        }
+        reply
+    }
+
     pub(crate) fn on_lock_notification(&mut self, n: Notification) {
         match n {
             Notification::OplockBreak { open, new_level } => {
