@@ -48,11 +48,19 @@ impl PacketHeader {
 /// reserved them in front of its payload. The length is cut to 24 bits (callers keep
 /// responses below [`MAX_PAYLOAD`]). Does nothing to a buffer shorter than a header.
 pub fn write_session_header(packet: &mut [u8]) {
+    write_header(packet, kind::SESSION_MESSAGE);
+}
+
+/// Write a header of type `kind` into the first 4 bytes of `packet` (as
+/// [`write_session_header`], for the other frame kinds sharing the stream, e.g.
+/// [`crate::payload_frame`]).
+pub fn write_header(packet: &mut [u8], kind: u8) {
     if packet.len() < HEADER_LEN {
         return;
     }
     let len = (packet.len() - HEADER_LEN) as u32 & MAX_PAYLOAD as u32;
     packet[..HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    packet[0] = kind;
 }
 
 /// `msg` as one session message: a new buffer with the header in front.

@@ -55,9 +55,7 @@ pub fn write_header(frame: &mut [u8], message_id: u64) -> Result<(), PayloadFram
     if data_len > MAX_DATA {
         return Err(PayloadFrameError::TooLong { len: data_len });
     }
-    let len = (data_len + 8) as u32;
-    frame[0] = KIND;
-    frame[1..netbios::HEADER_LEN].copy_from_slice(&len.to_be_bytes()[1..]);
+    netbios::write_header(frame, KIND);
     frame[netbios::HEADER_LEN..HEADER_LEN].copy_from_slice(&message_id.to_le_bytes());
     Ok(())
 }
