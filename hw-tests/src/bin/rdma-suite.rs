@@ -139,6 +139,16 @@ fn device_args(d: &DeviceConfig) -> Vec<String> {
     v
 }
 
+/// A lockmgr RDMA server on `ip`, any port, polling 50 us before it sleeps, and its address.
+fn bind_server(ip: IpAddr, dev: &DeviceConfig) -> Result<(RdmaServer, SocketAddr), RdmaError> {
+    let server = RdmaServer::bind(
+        SocketAddr::new(ip, 0),
+        rdma_config(dev, Duration::from_micros(50)),
+    )?;
+    let addr = server.local_addr()?;
+    Ok((server, addr))
+}
+
 fn rdma_config(device: &DeviceConfig, spin: Duration) -> RdmaConfig {
     RdmaConfig {
         device: device.clone(),
@@ -358,11 +368,7 @@ struct Daemon {
 
 impl Daemon {
     fn start(ip: IpAddr, device: &DeviceConfig) -> Result<Daemon, RdmaError> {
-        let transport = RdmaServer::bind(
-            SocketAddr::new(ip, 0),
-            rdma_config(device, Duration::from_micros(50)),
-        )?;
-        let addr = transport.local_addr()?;
+        let (transport, addr) = bind_server(ip, device)?;
         let waker = transport.waker();
         let key =
             ClusterKey::new(KEY).map_err(|_| RdmaError::Config("cluster key rejected".into()))?;
@@ -645,14 +651,7 @@ fn test_bench(d: &Daemon, dev: &DeviceConfig, ops: u32) -> TestResult {
 /// also fails on its side (it cannot verify the server's proof), so its error alone would not
 /// show that the server checked.
 fn test_wrong_key_refused(ip: IpAddr, dev: &DeviceConfig) -> TestResult {
-    let mut server = RdmaServer::bind(
-        SocketAddr::new(ip, 0),
-        rdma_config(dev, Duration::from_micros(50)),
-    )
-    .map_err(|e| format!("RDMA bind: {e}"))?;
-    let addr = server
-        .local_addr()
-        .map_err(|e| format!("local_addr: {e}"))?;
+    let (mut server, addr) = bind_server(ip, dev).map_err(|e| format!("RDMA bind: {e}"))?;
     let wrong = RdmaConfig {
         fabric_key: Some(lockmgr_transport::FabricKey::new([0x5a; 32])),
         ..rdma_config(dev, Duration::ZERO)
@@ -706,14 +705,7 @@ fn test_wrong_key_refused(ip: IpAddr, dev: &DeviceConfig) -> TestResult {
 /// One `lockmgrd::conformance` scenario over RDMA against a fresh lockmgrd (like each
 /// `#[test]` of tests/conformance.rs for the other transports).
 fn test_conformance(ip: IpAddr, dev: &DeviceConfig, scenario: conformance::Scenario) -> TestResult {
-    let server = RdmaServer::bind(
-        SocketAddr::new(ip, 0),
-        rdma_config(dev, Duration::from_micros(50)),
-    )
-    .map_err(|e| format!("RDMA bind: {e}"))?;
-    let addr = server
-        .local_addr()
-        .map_err(|e| format!("local_addr: {e}"))?;
+    let (server, addr) = bind_server(ip, dev).map_err(|e| format!("RDMA bind: {e}"))?;
     // Clients sleep rather than spin: the scenarios run up to three nodes plus the server on
     // two vCPUs.
     let cfg = rdma_config(dev, Duration::ZERO);
