@@ -37,6 +37,7 @@ TARGETS=(
     "smbd/server smbd_conn"
     "smbdirect smbdirect_decode"
     "smbdirect smbdirect_conn"
+    "metrics metrics_http_request"
 )
 
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}

@@ -15,6 +15,8 @@ APT_PACKAGES=(
     python3-venv
     # the lock manager's coordination service (replica set, epochs) and protoc for its client
     etcd-server etcd-client protobuf-compiler
+    # promtool (`promtool check metrics`) validates the /metrics endpoints in the tests
+    prometheus
 )
 
 missing=()
