@@ -5,6 +5,10 @@
 //! # (e.g. `head -c 32 /dev/urandom > cluster.key`), or inline hex.
 //! cluster_key_file = "/etc/clustersmb/cluster.key"
 //! # cluster_key_hex = "00112233..."
+//! # Prometheus text endpoint (GET /metrics; off when absent). Metrics are unauthenticated:
+//! # an address that is not loopback is refused unless metrics_allow_remote = true.
+//! # metrics_listen = "127.0.0.1:9750"
+//! # metrics_allow_remote = false
 //!
 //! [transport]
 //! kind = "shm"                          # shm | udp | afpacket | afxdp | rdma
@@ -340,6 +344,12 @@ pub struct Config {
     pub sessions: SessionConfig,
     #[serde(default)]
     pub replication: Option<ReplicationConfig>,
+    /// Where to serve `GET /metrics` (Prometheus text format); off when absent.
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Allow `metrics_listen` on an address that is not loopback.
+    #[serde(default)]
+    pub metrics_allow_remote: bool,
 }
 
 /// `[replication]`: this lockmgrd is one replica of a replicated lock manager.
@@ -427,6 +437,14 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(addr) = self.metrics_listen {
+            clustersmb_metrics::check_listen(addr, self.metrics_allow_remote).map_err(|e| {
+                ConfigError::Invalid {
+                    field: "metrics_listen",
+                    message: e.to_string(),
+                }
+            })?;
+        }
         for (field, v) in [
             ("sessions.liveness_ms", self.sessions.liveness_ms as usize),
             ("sessions.max_opens", self.sessions.max_opens),
@@ -593,6 +611,36 @@ pub fn parse_key_hex(hex: &str) -> Result<Vec<u8>, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_listen_is_off_by_default_and_non_loopback_needs_allow_remote() {
+        let head = "cluster_key_hex = \"000102030405060708090a0b0c0d0e0f\"\n";
+        let tail = "[transport]\nkind = \"udp\"\nlisten = \"127.0.0.1:7500\"\n";
+        let cfg = Config::parse(&format!("{head}{tail}")).unwrap();
+        assert_eq!(cfg.metrics_listen, None);
+        let cfg = Config::parse(&format!(
+            "{head}metrics_listen = \"127.0.0.1:9750\"\n{tail}"
+        ))
+        .unwrap();
+        assert_eq!(cfg.metrics_listen, Some("127.0.0.1:9750".parse().unwrap()));
+        let err =
+            Config::parse(&format!("{head}metrics_listen = \"0.0.0.0:9750\"\n{tail}")).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    field: "metrics_listen",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let cfg = Config::parse(&format!(
+            "{head}metrics_listen = \"0.0.0.0:9750\"\nmetrics_allow_remote = true\n{tail}"
+        ))
+        .unwrap();
+        assert!(cfg.metrics_allow_remote);
+    }
 
     const GOOD: &str = r#"
 cluster_key_hex = "000102030405060708090a0b0c0d0e0f"

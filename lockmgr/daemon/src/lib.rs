@@ -10,6 +10,7 @@ mod coordination;
 #[doc(hidden)]
 pub mod fuzzing;
 mod ha;
+pub mod metrics;
 pub mod replication;
 pub mod server;
 mod state;

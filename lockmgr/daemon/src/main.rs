@@ -93,6 +93,11 @@ struct Cli {
     /// Replicated lock manager: a partner silent this long is declared dead.
     #[arg(long)]
     failover_ms: Option<u64>,
+    /// Serve GET /metrics (Prometheus text format) here, e.g. 127.0.0.1:9750 (overrides
+    /// metrics_listen; an address that is not loopback also needs metrics_allow_remote in
+    /// the config file).
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// Log filter (tracing-subscriber EnvFilter syntax), e.g. info or lockmgrd=debug.
     #[arg(long, default_value = "info")]
     log: String,
@@ -135,9 +140,14 @@ fn build_config(cli: &Cli) -> Result<Config, config::ConfigError> {
                 engine: Default::default(),
                 sessions: Default::default(),
                 replication: None,
+                metrics_listen: None,
+                metrics_allow_remote: false,
             }
         }
     };
+    if let Some(m) = cli.metrics_listen {
+        cfg.metrics_listen = Some(m);
+    }
     if let Some(kind) = cli.transport {
         cfg.transport.kind = kind;
     }
@@ -212,6 +222,7 @@ fn serve<T: ServerTransport>(
     transport: T,
     options: ServerOptions,
     ha: Option<HaOptions>,
+    metrics: Option<(std::net::SocketAddr, bool)>,
 ) -> Result<(), String> {
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -222,6 +233,19 @@ fn serve<T: ServerTransport>(
         None => Server::new(transport, options),
         Some(ha) => lockmgrd::replication::start(transport, options, ha)?,
     };
+    if let Some((addr, allow_remote)) = metrics {
+        let published = server.enable_metrics();
+        clustersmb_metrics::serve(
+            addr,
+            allow_remote,
+            clustersmb_metrics::ServeLimits::default(),
+            Arc::new(move || {
+                let (snap, stale) = published.scrape(Duration::from_secs(1));
+                lockmgrd::metrics::render(snap.as_ref(), stale)
+            }),
+        )
+        .map_err(|e| e.to_string())?;
+    }
     server
         .run(&shutdown)
         .map_err(|e| format!("transport failed: {e}"))?;
@@ -242,6 +266,7 @@ fn run(cli: Cli) -> Result<(), String> {
         },
     };
     let spin = cfg.transport.spin();
+    let metrics = cfg.metrics_listen.map(|a| (a, cfg.metrics_allow_remote));
     let ha = cfg.replication.as_ref().map(|r| {
         let kind = cfg.transport.kind;
         let link_reliable = ReliableConfig {
@@ -301,7 +326,7 @@ fn run(cli: Cli) -> Result<(), String> {
             )
             .map_err(|e| format!("cannot listen on {}: {e}", cfg.transport.listen))?;
             tracing::info!(listen = %cfg.transport.listen, "lockmgrd listening (shm)");
-            serve(server, options, ha)
+            serve(server, options, ha, metrics)
         }
         TransportKind::Udp => {
             // validate() checked that this parses.
@@ -314,7 +339,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
             let local = server.local_addr().map_err(|e| e.to_string())?;
             tracing::info!(listen = %local, "lockmgrd listening (udp)");
-            serve(server, options, ha)
+            serve(server, options, ha, metrics)
         }
         TransportKind::Afpacket => {
             let eth = cfg.transport.eth();
@@ -322,7 +347,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| format!("cannot listen on {}: {e}", eth.interface))?;
             tracing::info!(interface = %eth.interface, mac = %server.link().mac(),
                 ethertype = %format_args!("{:#06x}", eth.ethertype), "lockmgrd listening (afpacket)");
-            serve(server, options, ha)
+            serve(server, options, ha, metrics)
         }
         TransportKind::Rdma => {
             // validate() checked that this parses.
@@ -345,7 +370,7 @@ fn run(cli: Cli) -> Result<(), String> {
             let info = server.device_info();
             tracing::info!(listen = %local, device = %info.name, port = info.port,
                 gid_index = info.gid_index, gid = %format_gid(&info.gid), "lockmgrd listening (rdma)");
-            serve(server, options, ha)
+            serve(server, options, ha, metrics)
         }
         TransportKind::Afxdp => {
             let eth = cfg.transport.eth();
@@ -354,7 +379,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     .map_err(|e| format!("cannot listen on {}: {e}", eth.interface))?;
             tracing::info!(interface = %eth.interface, mac = %server.link().mac(),
                 ethertype = %format_args!("{:#06x}", eth.ethertype), "lockmgrd listening (afxdp)");
-            serve(server, options, ha)
+            serve(server, options, ha, metrics)
         }
     }
 }

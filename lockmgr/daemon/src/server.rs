@@ -22,6 +22,7 @@ use rand::RngCore;
 use rustc_hash::FxHashMap as HashMap;
 
 use crate::ha::Ha;
+use crate::metrics::{Published, ReplicaView, Snapshot};
 use crate::state::LockState;
 use crate::status::{render_status, ServerCounters};
 
@@ -120,6 +121,14 @@ pub(crate) struct Core {
     pub(crate) counters: ServerCounters,
     /// The transport's handshake/MAC counters as of the start of the round (status view).
     fabric: Option<FabricCounters>,
+    /// Set when a /metrics endpoint runs: scrapes ask the loop for a [`Snapshot`].
+    pub(crate) metrics: Option<Arc<Published>>,
+    /// Requests by kind (`crate::metrics::REQUEST_KINDS`), replies and notifications sent,
+    /// epoch changes made to take over: plain counters, the loop being one thread.
+    requests: [u64; crate::metrics::REQUEST_KINDS.len()],
+    replies: u64,
+    notifications: u64,
+    pub(crate) failovers: u64,
 }
 
 /// A running lock manager over one transport.
@@ -164,6 +173,11 @@ impl<T: ServerTransport> Server<T> {
                 to_close: Vec::new(),
                 counters: ServerCounters::default(),
                 fabric: None,
+                metrics: None,
+                requests: [0; crate::metrics::REQUEST_KINDS.len()],
+                replies: 0,
+                notifications: 0,
+                failovers: 0,
             },
             last_liveness_scan: now,
         }
@@ -175,6 +189,15 @@ impl<T: ServerTransport> Server<T> {
 
     pub fn counters(&self) -> ServerCounters {
         self.core.counters
+    }
+
+    /// Starts publishing snapshots for a metrics endpoint; the returned handle is what the
+    /// HTTP thread scrapes.
+    pub fn enable_metrics(&mut self) -> Arc<Published> {
+        self.core
+            .metrics
+            .get_or_insert_with(|| Arc::new(Published::default()))
+            .clone()
     }
 
     pub fn engine(&self) -> &Engine {
@@ -271,6 +294,9 @@ impl<T: ServerTransport> Server<T> {
             let mut dirty = dirty;
             dirty.clear();
             self.core.dirty = dirty;
+        }
+        if let Some(m) = self.core.metrics.as_ref().filter(|m| m.wanted()) {
+            m.publish(self.core.metrics_snapshot());
         }
         Ok(progressed)
     }
@@ -487,14 +513,17 @@ impl Core {
                         ranges,
                         fail_immediately,
                     }),
-                ) => self.state.handle_lock(
-                    clock.engine,
-                    session,
-                    request_id,
-                    open,
-                    ranges,
-                    fail_immediately,
-                ),
+                ) => {
+                    self.requests[0] += 1;
+                    self.state.handle_lock(
+                        clock.engine,
+                        session,
+                        request_id,
+                        open,
+                        ranges,
+                        fail_immediately,
+                    )
+                }
                 (
                     Some(session),
                     Ok(Incoming::Unlock {
@@ -502,9 +531,11 @@ impl Core {
                         open,
                         ranges,
                     }),
-                ) => self
-                    .state
-                    .handle_unlock(clock.engine, session, request_id, open, ranges),
+                ) => {
+                    self.requests[1] += 1;
+                    self.state
+                        .handle_unlock(clock.engine, session, request_id, open, ranges)
+                }
                 (_, Ok(msg)) => self.on_message(peer_id, msg.into_message(), clock),
                 (_, Err(e)) => {
                     // Messages before the bad one were already applied; the rest of the
@@ -533,6 +564,7 @@ impl Core {
         }
         let msg = match (live_session, msg) {
             (Some(session), Message::Request { request_id, body }) => {
+                self.requests[request_kind(&body)] += 1;
                 self.state.handle(clock.engine, session, request_id, body);
                 return;
             }
@@ -869,6 +901,35 @@ impl Core {
         }
     }
 
+    /// What a metrics scrape reports (crate::metrics).
+    fn metrics_snapshot(&self) -> Snapshot {
+        let replica = self.state.replica().map(|r| ReplicaView {
+            role: match r.role() {
+                ReplicaRole::Primary => "primary",
+                ReplicaRole::Standby => "standby",
+                _ => "deposed",
+            },
+            epoch: r.epoch().0,
+            lag: r.replication_lag(),
+            standby_attached: self.ha.as_ref().is_some_and(|h| h.standby.is_some()),
+        });
+        Snapshot {
+            stats: self.state.engine().stats(),
+            counters: self.counters,
+            fabric: self.fabric,
+            nodes_connected: self
+                .peers
+                .values()
+                .filter(|p| matches!(p.state, PeerState::Live { .. }))
+                .count(),
+            requests: self.requests,
+            replies: self.replies,
+            notifications: self.notifications,
+            replica,
+            failovers: self.failovers,
+        }
+    }
+
     pub(crate) fn route_engine_outputs(&mut self) {
         while let Some(out) = self.state.poll_output() {
             let session = match &out {
@@ -888,11 +949,17 @@ impl Core {
                 continue;
             };
             let msg = match out {
-                Output::Reply { request, reply, .. } => Message::Reply {
-                    request_id: request,
-                    body: reply,
-                },
-                Output::Notify { notification, .. } => Message::Notify { body: notification },
+                Output::Reply { request, reply, .. } => {
+                    self.replies += 1;
+                    Message::Reply {
+                        request_id: request,
+                        body: reply,
+                    }
+                }
+                Output::Notify { notification, .. } => {
+                    self.notifications += 1;
+                    Message::Notify { body: notification }
+                }
             };
             push_to(&mut self.dirty, peer_id, peer, &msg);
         }
@@ -919,5 +986,22 @@ pub(crate) fn push_to(dirty: &mut Vec<PeerId>, peer_id: PeerId, peer: &mut Peer,
             // outside: log it and drop that message only.
             tracing::error!(?e, peer = peer_id.0, "cannot encode message; dropped");
         }
+    }
+}
+
+/// The `kind` label of a request (index into `crate::metrics::REQUEST_KINDS`).
+fn request_kind(r: &lockmgr_engine::Request) -> usize {
+    use lockmgr_engine::Request as R;
+    match r {
+        R::Lock { .. } => 0,
+        R::Unlock { .. } => 1,
+        R::Open(_) => 2,
+        R::Close { .. } => 3,
+        R::SetDeletePending { .. } => 4,
+        R::Cancel { .. } => 5,
+        R::CheckIo { .. } => 6,
+        R::OplockBreakAck { .. } | R::LeaseBreakAck { .. } => 7,
+        R::CheckIoGrant { .. } | R::IoRecallAck { .. } => 8,
+        _ => 9,
     }
 }

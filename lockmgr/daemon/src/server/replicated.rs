@@ -408,6 +408,7 @@ impl<T: ServerTransport> Server<T> {
                             ha.deposed = true;
                             return;
                         }
+                        core.failovers += 1;
                         tracing::warn!(epoch = epoch.0, after = ?lost_for, "serving alone");
                     }
                     Some(Intent::Promote) => {
@@ -420,6 +421,7 @@ impl<T: ServerTransport> Server<T> {
                         ha.upstream = None;
                         core.continue_time_from(last, now);
                         core.detach_all_sessions(now);
+                        core.failovers += 1;
                         tracing::warn!(epoch = epoch.0, after = ?lost_for,
                             "promoted: this replica is primary (serving alone)");
                     }
