@@ -111,6 +111,10 @@ pub struct PumpStats {
     /// Times the pump's doorbell was rung: a user of the session could not leave it armed
     /// (frames kept arriving), or a status query left events for the pump to route.
     pub bell_rings: AtomicU64,
+    /// lockmgrd sessions started: the first and each new one after the session was lost.
+    pub sessions_started: AtomicU64,
+    /// Sessions resumed on a replica after the one serving them stopped answering.
+    pub resumes: AtomicU64,
 }
 
 /// An eventfd the pump sleeps on next to the session fd: rung by a worker that leaves the
@@ -189,7 +193,9 @@ impl ClusterLocks {
         if specs.is_empty() {
             return Err(missing("connect"));
         }
+        let stats = Arc::new(PumpStats::default());
         let connect_any = {
+            let stats = Arc::clone(&stats);
             let specs = specs.clone();
             let options = options.clone();
             // The replica that took the session last; after a failure the others are tried
@@ -208,6 +214,11 @@ impl ClusterLocks {
                     match attempt {
                         Ok(c) => {
                             current.store(i, Ordering::Relaxed);
+                            let counter = match resume {
+                                None => &stats.sessions_started,
+                                Some(_) => &stats.resumes,
+                            };
+                            counter.fetch_add(1, Ordering::Relaxed);
                             return Ok(c);
                         }
                         Err(e) => last = e,
@@ -229,7 +240,7 @@ impl ClusterLocks {
         } else {
             Duration::from_millis(cfg.request_timeout_ms)
         };
-        let (locks, pump) = Self::build(connector, timeout, Duration::ZERO)?;
+        let (locks, pump) = Self::build_with(connector, timeout, Duration::ZERO, stats)?;
         if replicated {
             let resume_any = connect_any;
             // A failover takes the standby's failure timeout plus an etcd update: keep
@@ -275,8 +286,16 @@ impl ClusterLocks {
         timeout: Duration,
         spin: Duration,
     ) -> Result<(ClusterLocks, Pump), ClusterError> {
+        Self::build_with(connector, timeout, spin, Arc::new(PumpStats::default()))
+    }
+
+    fn build_with(
+        connector: lockmgr_client::mux::Connector<Transport>,
+        timeout: Duration,
+        spin: Duration,
+        stats: Arc<PumpStats>,
+    ) -> Result<(ClusterLocks, Pump), ClusterError> {
         let bell = Arc::new(PumpBell::new().map_err(ClusterError::Bell)?);
-        let stats = Arc::new(PumpStats::default());
         let sessions =
             SharedNodeSessions::new(connector, timeout, spin).map_err(ClusterError::ReaderBell)?;
         if sessions.lock().is_connected() {
@@ -374,6 +393,15 @@ impl LockService for ClusterLocks {
 
     fn fence_epoch(&self) -> u64 {
         self.fence_epoch.load(Ordering::Acquire)
+    }
+
+    fn session_counts(&self) -> Option<(u64, u64, u64)> {
+        Some((
+            self.stats.sessions_started.load(Ordering::Relaxed),
+            self.stats.resumes.load(Ordering::Relaxed),
+            // Bumped once per fencing (lockmgr_client::mux::NodeSessions::fence_epoch).
+            self.fence_epoch.load(Ordering::Acquire),
+        ))
     }
 
     fn one_session_per_node(&self) -> bool {

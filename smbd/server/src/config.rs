@@ -28,6 +28,10 @@
 //! # cluster_fs_id = "0x1234"
 //! # Multichannel: advertise SMB2_GLOBAL_CAP_MULTI_CHANNEL at 3.x and accept session binding.
 //! multichannel = true
+//! # Prometheus text endpoint (GET /metrics; off when absent). Metrics are unauthenticated: an
+//! # address that is not loopback is refused unless metrics_allow_remote = true.
+//! # metrics_listen = "127.0.0.1:9445"
+//! # metrics_allow_remote = false
 //!
 //! [[share]]
 //! name = "data"
@@ -201,6 +205,13 @@ pub struct ServerConfig {
     /// own data, so a local process connecting here gains nothing over port 445.
     #[serde(default)]
     pub rdma_proxy_listen: Vec<SocketAddr>,
+    /// Where to serve `GET /metrics` (Prometheus text format, `crate::metrics`); off when
+    /// absent. Port 0 picks a free port (printed at start).
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Allow `metrics_listen` on an address that is not loopback.
+    #[serde(default)]
+    pub metrics_allow_remote: bool,
 }
 
 fn default_netbios() -> String {
@@ -231,6 +242,8 @@ impl Default for ServerConfig {
             cluster_fs_id: None,
             multichannel: true,
             rdma_proxy_listen: Vec::new(),
+            metrics_listen: None,
+            metrics_allow_remote: false,
         }
     }
 }
@@ -831,6 +844,10 @@ impl Config {
             if s.name.eq_ignore_ascii_case("IPC$") {
                 return Err(ConfigError::Invalid("IPC$ is built in".into()));
             }
+        }
+        if let Some(addr) = cfg.server.metrics_listen {
+            clustersmb_metrics::check_listen(addr, cfg.server.metrics_allow_remote)
+                .map_err(|e| ConfigError::Invalid(format!("[server] {e}")))?;
         }
         cfg.lockmgr.validate()?;
         cfg.limits.validate()?;

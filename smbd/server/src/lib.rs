@@ -30,6 +30,7 @@ mod identity;
 mod io_grants;
 mod limits;
 pub mod locking;
+pub mod metrics;
 mod open;
 pub mod passwd;
 mod sd;

@@ -53,6 +53,11 @@ pub trait LockService: Send + Sync {
     fn one_session_per_node(&self) -> bool {
         false
     }
+    /// A remote lock manager's session history for the metrics: (sessions started,
+    /// sessions resumed on another replica, fencings). `None` in process.
+    fn session_counts(&self) -> Option<(u64, u64, u64)> {
+        None
+    }
 }
 
 /// The lock service smbd uses when no lockmgrd is configured: the in-process lock engine.

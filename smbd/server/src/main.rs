@@ -195,6 +195,9 @@ fn main() -> std::process::ExitCode {
     for a in server.local_addrs() {
         banner.push_str(&format!("smbd listening on {a}\n"));
     }
+    if let Some(m) = server.metrics_addr() {
+        banner.push_str(&format!("smbd metrics on {m}\n"));
+    }
     if let Some((epm, witness)) = server.witness_addrs() {
         banner.push_str(&format!(
             "smbd endpoint mapper on {epm}, witness on {witness}\n"

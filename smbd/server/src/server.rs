@@ -43,6 +43,8 @@ pub enum ServerError {
     WorkerPanicked,
     #[error("witness: {0}")]
     Witness(String),
+    #[error("metrics endpoint: {0}")]
+    Metrics(String),
 }
 
 /// A bound, not yet running server.
@@ -52,6 +54,8 @@ pub struct Server {
     workers: usize,
     pump: Option<cluster::Pump>,
     witness: Option<WitnessParts>,
+    /// The bound `GET /metrics` endpoint (`[server] metrics_listen`).
+    metrics: Option<SocketAddr>,
 }
 
 /// The witness service's bound pieces, started by [`Server::run`].
@@ -163,13 +167,46 @@ impl Server {
         } else {
             None
         };
+        let metrics_listen = config
+            .server
+            .metrics_listen
+            .map(|a| (a, config.server.metrics_allow_remote));
         let shared = Arc::new(Shared::new(config, shares, users, locks, workers)?);
+        let metrics = match metrics_listen {
+            Some((addr, allow_remote)) => {
+                let witness_state = witness
+                    .as_ref()
+                    .and_then(|w| w.public.as_ref().map(|_| w.state.clone()));
+                let shared = shared.clone();
+                let render = move || {
+                    let extra = crate::metrics::Extra {
+                        lock_requests: shared.lock_requests.snapshot(),
+                        lockmgr_sessions: shared.lock_session_counts(),
+                        public_addresses_held: witness_state
+                            .as_ref()
+                            .map(|w| w.local_claims().count_ones()),
+                    };
+                    crate::metrics::render(&shared.metrics, &extra)
+                };
+                Some(
+                    clustersmb_metrics::serve(
+                        addr,
+                        allow_remote,
+                        clustersmb_metrics::ServeLimits::default(),
+                        Arc::new(render),
+                    )
+                    .map_err(|e| ServerError::Metrics(e.to_string()))?,
+                )
+            }
+            None => None,
+        };
         Ok(Server {
             shared,
             listeners,
             workers,
             pump: None,
             witness,
+            metrics,
         })
     }
 
@@ -178,6 +215,11 @@ impl Server {
             .iter()
             .filter_map(|l| l.local_addr().ok())
             .collect()
+    }
+
+    /// Where `GET /metrics` is served, when `[server] metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics
     }
 
     /// The endpoint mapper's and the witness' addresses, when the witness is enabled.

@@ -185,6 +185,8 @@ pub struct Shared {
     locks: Box<dyn LockService>,
     /// Lock-service requests made so far, by kind (round trips, with a remote lockmgrd).
     pub lock_requests: crate::locking::RequestCounts,
+    /// What `/metrics` reports (crate::metrics).
+    pub metrics: crate::metrics::SmbMetrics,
     /// Opens whose READ/WRITE need no `CheckIo` (crate::io_grants).
     io_grants: Mutex<crate::io_grants::IoGrants>,
     /// Held while lock-service notifications are taken out and posted, so that they reach the
@@ -265,6 +267,7 @@ impl Shared {
             mailboxes,
             locks,
             lock_requests: crate::locking::RequestCounts::default(),
+            metrics: Default::default(),
             io_grants: Mutex::new(Default::default()),
             routing: Mutex::new(()),
             routes: Mutex::new(HashMap::new()),
@@ -380,7 +383,11 @@ impl Shared {
             }
             _ => false,
         };
+        let timer = crate::metrics::Timer::start();
         let r = self.locks.request(SessionId(conn), RequestId(id), req);
+        if r != Reply::Pending {
+            timer.stop(&self.metrics.lockmgr_latency);
+        }
         if asks_grant && r != Reply::Pending {
             lock(&self.io_grants).opened(conn, id, crate::io_grants::grant_of_open_reply(&r));
         }
@@ -447,6 +454,11 @@ impl Shared {
                 false
             }
         }
+    }
+
+    /// The lock service's session history for the metrics ([`LockService::session_counts`]).
+    pub fn lock_session_counts(&self) -> Option<(u64, u64, u64)> {
+        self.locks.session_counts()
     }
 
     /// One lock-service request on behalf of connection `conn`. `id` is the SMB MessageId for

@@ -315,6 +315,7 @@ impl Worker {
 
     /// Run until shutdown is requested.
     pub fn run(mut self) -> Result<(), WorkerError> {
+        crate::metrics::set_worker(self.idx);
         let _guard = PanicGuard {
             shared: self.shared.clone(),
             idx: self.idx,

@@ -158,7 +158,14 @@ impl Conn {
         // Chain: 8-byte align every response but the last, set NextCommand, then sign each.
         let count = responses.len();
         let mut chain = Vec::new();
+        // The commands answered, for the request metrics once the chain is queued.
+        let mut commands: Vec<u16> = Vec::with_capacity(count);
         for (i, (mut r, signer)) in responses.into_iter().enumerate() {
+            // MS-SMB2 2.2.1.2: Command at offset 12 of the header.
+            commands.push(
+                r.get(12..14)
+                    .map_or(u16::MAX, |c| u16::from_le_bytes([c[0], c[1]])),
+            );
             if i + 1 < count {
                 while r.len() % 8 != 0 {
                     r.push(0);
@@ -177,6 +184,10 @@ impl Conn {
             chain.extend_from_slice(&r);
         }
         self.emit(chain, enc_session);
+        let took = self.now.elapsed();
+        for c in commands {
+            self.shared.metrics.request_done(c, took);
+        }
         for sid in std::mem::take(&mut self.expire_after) {
             let same_user = self.sessions.get(&sid).map(|s| s.user.to_lowercase());
             let new_user = self

@@ -62,6 +62,12 @@ pub(crate) struct ConnLimits {
     /// The connection came when its source address already had `connections_per_client`:
     /// it gets no session while the address is still over the limit.
     beyond_client_conns: bool,
+    /// Byte-range lock changes on this connection (the locks are recounted for the metrics
+    /// only after one, or after an open came or went).
+    lock_changes: u64,
+    /// (opens, lock changes) at the last metrics report, and the report.
+    metrics_sig: (usize, u64),
+    metrics_reported: crate::metrics::ConnShare,
 }
 
 impl Conn {
@@ -80,12 +86,45 @@ impl Conn {
     pub(crate) fn sync_fds(&mut self) {
         let now = 1 + self.limits.open_fds;
         let was = std::mem::replace(&mut self.limits.fds_reported, now);
+        if was == 0 {
+            self.shared.metrics.connections.inc();
+            self.shared.metrics.connections_total.inc();
+        }
+        self.sync_metrics();
         if now > was {
             self.shared.fds.add(now - was);
         } else {
             self.shared.fds.sub(was - now);
         }
         self.sync_client_usage();
+    }
+
+    /// A LOCK changed this connection's byte-range locks.
+    pub(crate) fn locks_changed(&mut self) {
+        self.limits.lock_changes += 1;
+    }
+
+    /// Bring this connection's share of the session, tree, open and lock gauges up to date
+    /// (crate::metrics). Walks the sessions (few) each time, the opens only when one came or
+    /// went or a lock changed.
+    fn sync_metrics(&mut self) {
+        let mut now = self.limits.metrics_reported;
+        now.sessions = 0;
+        now.trees = 0;
+        for s in self.sessions.values() {
+            if matches!(s.state, AuthState::Valid) {
+                now.sessions += 1;
+            }
+            now.trees += s.trees.len() as i64;
+        }
+        now.opens = self.opens.len() as i64;
+        let sig = (self.opens.len(), self.limits.lock_changes);
+        if sig != self.limits.metrics_sig {
+            self.limits.metrics_sig = sig;
+            now.locks = self.opens.values().map(|o| o.locks.len() as i64).sum();
+        }
+        let was = std::mem::replace(&mut self.limits.metrics_reported, now);
+        self.shared.metrics.report(was, now);
     }
 
     fn sync_client_usage(&mut self) {
@@ -166,6 +205,11 @@ impl Conn {
     /// client's usage.
     pub(crate) fn release_fds(&mut self) {
         let was = std::mem::take(&mut self.limits.fds_reported);
+        if was > 0 {
+            self.shared.metrics.connections.dec();
+        }
+        let reported = std::mem::take(&mut self.limits.metrics_reported);
+        self.shared.metrics.report(reported, Default::default());
         self.shared.fds.sub(was);
         self.limits.client.release(&self.shared.clients);
     }

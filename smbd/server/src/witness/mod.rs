@@ -279,6 +279,11 @@ impl WitnessState {
         self.lock().nodes.iter().map(|n| n.name.clone()).collect()
     }
 
+    /// The public addresses this node holds (bit i = address i).
+    pub fn local_claims(&self) -> u64 {
+        self.lock().nodes[self.local].claims
+    }
+
     /// What this node holds (set by the public address manager, sent in heartbeats).
     pub fn set_local_claims(&self, claims: u64) {
         let local = self.local;

@@ -132,6 +132,7 @@ pub struct Cluster {
     break_timeout_ms: Option<u64>,
     server_extra: String,
     share_extra: String,
+    lockmgrd_args: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -151,6 +152,8 @@ pub struct ClusterOptions {
     /// UDP only: two lockmgrd replicas (primary + standby, epochs in a private etcd) instead
     /// of one; nodes list both.
     pub replicated: bool,
+    /// Extra command-line arguments of the (first) lockmgrd.
+    pub lockmgrd_args: Vec<String>,
 }
 
 /// The pieces of a replicated lock manager in a test cluster.
@@ -181,6 +184,7 @@ impl Default for ClusterOptions {
             server_extra: String::new(),
             share_extra: String::new(),
             replicated: false,
+            lockmgrd_args: Vec::new(),
         }
     }
 }
@@ -278,6 +282,7 @@ impl Cluster {
             break_timeout_ms: opts.break_timeout_ms,
             server_extra: opts.server_extra.clone(),
             share_extra: opts.share_extra.clone(),
+            lockmgrd_args: opts.lockmgrd_args.clone(),
         };
         if opts.shared_lockmgr {
             cluster.start_lockmgrd();
@@ -422,6 +427,7 @@ impl Cluster {
         if let Some(t) = self.break_timeout_ms {
             c.arg("--break-timeout-ms").arg(t.to_string());
         }
+        c.args(&self.lockmgrd_args);
         self.lockmgrd = Some(c.spawn().expect("spawn lockmgrd"));
         // The shm socket file exists a moment before lockmgrd listens on it: wait for
         // lockmgrd's own word, or the first node may start while lockmgrd refuses it.

@@ -128,6 +128,7 @@ impl Conn {
                         }
                     }
                 }
+                self.locks_changed();
                 Outcome::Reply(status::SUCCESS, Response::Lock)
             }
             Reply::Done(st) => err(engine_status(st)),

@@ -94,6 +94,10 @@ impl Conn {
 
     /// Send an unsolicited OPLOCK_BREAK notification (MS-SMB2 3.3.4.6 / 3.3.4.7).
     pub(super) fn send_break(&mut self, session_id: u64, body: Response) {
+        match body {
+            Response::LeaseBreakNotification { .. } => self.shared.metrics.lease_breaks.inc(),
+            _ => self.shared.metrics.oplock_breaks.inc(),
+        }
         let h = Header {
             command: smb_proto::Command::OplockBreak as u16,
             flags: hflags::SERVER_TO_REDIR,
