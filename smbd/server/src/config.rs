@@ -32,6 +32,9 @@
 //! # address that is not loopback is refused unless metrics_allow_remote = true.
 //! # metrics_listen = "127.0.0.1:9445"
 //! # metrics_allow_remote = false
+//! # Operator view (sessions, open files, byte-range locks of this node, like smbstatus):
+//! # `smbd status --socket PATH`. The unix socket is created 0600 (smbd's user and root).
+//! # status_socket = "/run/smbd/status.sock"
 //!
 //! [[share]]
 //! name = "data"
@@ -212,6 +215,9 @@ pub struct ServerConfig {
     /// Allow `metrics_listen` on an address that is not loopback.
     #[serde(default)]
     pub metrics_allow_remote: bool,
+    /// Unix socket answering `smbd status --socket PATH` (crate::smbstatus); off when absent.
+    #[serde(default)]
+    pub status_socket: Option<PathBuf>,
 }
 
 fn default_netbios() -> String {
@@ -244,6 +250,7 @@ impl Default for ServerConfig {
             rdma_proxy_listen: Vec::new(),
             metrics_listen: None,
             metrics_allow_remote: false,
+            status_socket: None,
         }
     }
 }

@@ -37,6 +37,7 @@ mod sd;
 mod seqwin;
 pub mod server;
 pub mod shared;
+pub mod smbstatus;
 mod streams;
 #[allow(unsafe_code)]
 pub mod sys;

@@ -49,6 +49,17 @@ enum Command {
     /// address, holder, assigned node), `connections` (per public address: who published
     /// its client connections, how many, the clients).
     Witness(WitnessArgs),
+    /// This node's sessions (user, client, dialect, signing, encryption), open files (share,
+    /// path, access, share mode, oplock/lease) and byte-range locks, like smbstatus, from a
+    /// running smbd's `[server] status_socket` (`lockmgrctl status` is the cluster's view).
+    Status(StatusArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct StatusArgs {
+    /// The status socket (`[server] status_socket`).
+    #[arg(long)]
+    socket: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -58,6 +69,24 @@ struct WitnessArgs {
     socket: PathBuf,
     /// drain | undrain | status | ips | connections
     command: String,
+}
+
+fn status(args: StatusArgs) -> std::process::ExitCode {
+    // The same one-line protocol as the witness control socket.
+    match smbd::witness::peers::control_request(&args.socket, "status") {
+        Ok(text) if !text.starts_with("error:") => {
+            print!("{text}");
+            std::process::ExitCode::SUCCESS
+        }
+        Ok(text) => {
+            eprint!("smbd status: {text}");
+            std::process::ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("smbd status: {}: {e}", args.socket.display());
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 fn witness(args: WitnessArgs) -> std::process::ExitCode {
@@ -164,6 +193,7 @@ fn main() -> std::process::ExitCode {
     match args.command {
         Some(Command::Passwd(p)) => return passwd(p),
         Some(Command::Witness(w)) => return witness(w),
+        Some(Command::Status(s)) => return status(s),
         None => {}
     }
     let Some(config_path) = args.config else {

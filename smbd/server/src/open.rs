@@ -48,6 +48,8 @@ pub(crate) struct Open {
     pub is_dir: bool,
     /// Granted access after generic mapping.
     pub access: u32,
+    /// ShareAccess of the CREATE (MS-SMB2 2.2.13), for the operator view.
+    pub share_access: u32,
     pub lock_open: Option<locking::OpenId>,
     pub stable_id: u128,
     pub dir: Option<DirState>,
@@ -233,6 +235,7 @@ mod tests {
             pin: None,
             is_dir: false,
             access: access_bits::FILE_READ_DATA,
+            share_access: 0,
             lock_open: Some(locking::OpenId(lock_open)),
             stable_id,
             dir: None,

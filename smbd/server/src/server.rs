@@ -45,6 +45,8 @@ pub enum ServerError {
     Witness(String),
     #[error("metrics endpoint: {0}")]
     Metrics(String),
+    #[error("status socket {0}")]
+    Status(String),
 }
 
 /// A bound, not yet running server.
@@ -167,11 +169,22 @@ impl Server {
         } else {
             None
         };
+        let status_listener = match &config.server.status_socket {
+            Some(path) => Some(bind_status_socket(path)?),
+            None => None,
+        };
+        let node_name = config.server.netbios_name.clone();
         let metrics_listen = config
             .server
             .metrics_listen
             .map(|a| (a, config.server.metrics_allow_remote));
         let shared = Arc::new(Shared::new(config, shares, users, locks, workers)?);
+        if let Some(l) = status_listener {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name("smbd-status".into())
+                .spawn(move || status_loop(l, shared, node_name))?;
+        }
         let metrics = match metrics_listen {
             Some((addr, allow_remote)) => {
                 let witness_state = witness
@@ -315,6 +328,57 @@ impl Server {
             }
         }
         result
+    }
+}
+
+/// The operator view's unix socket (`[server] status_socket`), 0600.
+fn bind_status_socket(
+    path: &std::path::Path,
+) -> Result<std::os::unix::net::UnixListener, ServerError> {
+    use std::os::unix::fs::PermissionsExt;
+    let bad = |e: std::io::Error| ServerError::Status(format!("{}: {e}", path.display()));
+    // A socket file left by a previous run would make bind fail; anything else stays.
+    if std::fs::symlink_metadata(path)
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+    {
+        let _ = std::fs::remove_file(path);
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(bad)?;
+    // Only smbd's user (and root) may see who has what open.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bad)?;
+    Ok(listener)
+}
+
+/// Answers `status` on the operator socket, one short-lived connection at a time (each
+/// bounded: a 256-byte command read within 5 s).
+fn status_loop(listener: std::os::unix::net::UnixListener, shared: Arc<Shared>, node: String) {
+    use std::io::{BufRead, Read, Write};
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            continue;
+        };
+        let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+        let _ = stream.set_write_timeout(Some(std::time::Duration::from_secs(5)));
+        let mut line = String::new();
+        let Ok(reader) = stream.try_clone() else {
+            continue;
+        };
+        if std::io::BufReader::new(reader)
+            .take(256)
+            .read_line(&mut line)
+            .is_err()
+        {
+            continue;
+        }
+        let answer = match line.trim() {
+            "status" => {
+                let (conns, missing) = shared.connection_status(std::time::Duration::from_secs(2));
+                crate::smbstatus::render(&node, &conns, missing)
+            }
+            other => format!("error: unknown command {other:?} (status)\n"),
+        };
+        let _ = (&stream).write_all(answer.as_bytes());
     }
 }
 

@@ -117,6 +117,9 @@ pub enum Event {
     DurableWaitOver {
         persistent: u64,
     },
+    /// The operator view asks every connection for its sessions, opens and locks
+    /// (crate::smbstatus).
+    Status(std::sync::mpsc::Sender<crate::smbstatus::ConnStatus>),
 }
 
 /// A channel signing key; its Debug output is redacted (events are logged).
@@ -289,6 +292,36 @@ impl Shared {
         self.start_time = clock.filetime();
         self.clock = clock;
         self
+    }
+
+    /// Every connection's status (crate::smbstatus), asked of each on its worker; those that
+    /// do not answer within `wait` are counted as missing.
+    pub fn connection_status(
+        &self,
+        wait: std::time::Duration,
+    ) -> (Vec<crate::smbstatus::ConnStatus>, usize) {
+        let conns: Vec<u64> = lock(&self.routes).keys().copied().collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut asked = 0;
+        for c in conns {
+            if self.post_event(c, Event::Status(tx.clone())) {
+                asked += 1;
+            }
+        }
+        drop(tx);
+        let deadline = std::time::Instant::now() + wait;
+        let mut out = Vec::new();
+        while out.len() < asked {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(s) => out.push(s),
+                // Timed out, or every sender gone (connections that closed meanwhile).
+                Err(_) => break,
+            }
+        }
+        out.sort_by_key(|c| c.conn);
+        let missing = asked - out.len();
+        (out, missing)
     }
 
     pub fn register_conn(&self, conn: u64, worker: usize) {

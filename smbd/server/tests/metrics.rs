@@ -248,8 +248,12 @@ fn metrics_endpoints_count_a_real_clients_requests() {
         missing("python with smbprotocol (SMBD_PYTHON)");
         return;
     };
+    let sockets = tempfile::tempdir().unwrap();
     let cluster = Cluster::start(ClusterOptions {
-        server_extra: "metrics_listen = \"127.0.0.1:0\"\n".into(),
+        server_extra: format!(
+            "metrics_listen = \"127.0.0.1:0\"\nstatus_socket = \"{}/{{node}}.sock\"\n",
+            sockets.path().display()
+        ),
         lockmgrd_args: vec!["--metrics-listen".into(), "127.0.0.1:0".into()],
         ..ClusterOptions::default()
     });
@@ -309,6 +313,41 @@ fn metrics_endpoints_count_a_real_clients_requests() {
         scrape(n2_addr, "node2 holding").value("smbd_opens", &[]),
         0.0
     );
+    // The smbstatus-like view of each node.
+    let status = |node: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_smbd"))
+            .args(["status", "--socket"])
+            .arg(sockets.path().join(format!("{node}.sock")))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let st1 = status("node1");
+    let session = st1
+        .lines()
+        .skip_while(|l| !l.starts_with("SESSIONS"))
+        .nth(2)
+        .unwrap_or_default();
+    for want in [USER, "127.0.0.1:", "3.1.1", "optional", SHARE] {
+        assert!(session.contains(want), "{want} in {session:?}\n{st1}");
+    }
+    let open = st1
+        .lines()
+        .find(|l| l.ends_with("counted.txt") && !l.contains("exclusive"))
+        .unwrap_or_else(|| panic!("no open file in\n{st1}"));
+    // GENERIC_READ | GENERIC_WRITE mapped (MS-SMB2 2.2.13.1.1), FILE_SHARE_READ only.
+    for want in [SHARE, " R-- ", "0x12019f"] {
+        assert!(open.contains(want), "{want} in {open:?}");
+    }
+    let lock = st1
+        .lines()
+        .find(|l| l.contains("exclusive"))
+        .unwrap_or_else(|| panic!("no lock in\n{st1}"));
+    let fields: Vec<&str> = lock.split_whitespace().collect();
+    assert_eq!(fields[2..], ["0", "10", "exclusive", "counted.txt"], "{lock}");
+    let st2 = status("node2");
+    assert!(!st2.contains("counted.txt") && !st2.contains(USER), "{st2}");
 
     client.stdin.take().unwrap().write_all(b"go\n").unwrap();
     line.clear();

@@ -29,6 +29,7 @@ mod pending;
 mod session;
 mod signing;
 pub(crate) mod state;
+mod status;
 mod tree;
 
 pub(crate) use state::{
@@ -274,6 +275,10 @@ impl Conn {
                 self.channels.retain(|(ch, _), _| *ch != channel);
             }
             Event::DurableWaitOver { persistent } => self.durable_wait_over(persistent),
+            Event::Status(tx) => {
+                // The asker may have given up (timeout): nothing to do then.
+                let _ = tx.send(self.status());
+            }
         }
     }
 

@@ -145,7 +145,8 @@ pub struct ClusterOptions {
     pub break_timeout_ms: Option<u64>,
     /// How nodes reach lockmgrd.
     pub transport: LockTransportKind,
-    /// Extra `[server]` lines of every node (the default configuration otherwise).
+    /// Extra `[server]` lines of every node (the default configuration otherwise); `{node}`
+    /// stands for the node's name (node1, node2, ...).
     pub server_extra: String,
     /// Extra lines of the share's `[[share]]` table on every node.
     pub share_extra: String,
@@ -320,7 +321,7 @@ impl Cluster {
             "[server]\nnetbios_name = \"{}\"\nusers = \"{}\"\ncluster_fs_id = \"{FS_ID}\"\n{}\n\n[[share]]\nname = \"{SHARE}\"\npath = \"{}\"\n{}\n",
             name.to_uppercase(),
             users.display(),
-            self.server_extra,
+            self.server_extra.replace("{node}", name),
             self.share.display(),
             self.share_extra
         );

@@ -856,6 +856,7 @@ impl Conn {
                 pin,
                 is_dir: cont.is_dir,
                 access: cont.access,
+                share_access: cont.share_access & 0x7,
                 lock_open: Some(lock_open),
                 stable_id: cont.stable_id,
                 dir: None,

@@ -463,6 +463,7 @@ impl Conn {
             pin,
             is_dir: b.is_dir,
             access: b.access,
+            share_access: b.share_access & 0x7,
             lock_open: None,
             stable_id: b.stable_id,
             dir: None,
