@@ -329,7 +329,7 @@ fn metrics_endpoints_count_a_real_clients_requests() {
         .skip_while(|l| !l.starts_with("SESSIONS"))
         .nth(2)
         .unwrap_or_default();
-    for want in [USER, "127.0.0.1:", "3.1.1", "optional", SHARE] {
+    for want in [USER, "127.0.0.1:", "3.1.1", "required", SHARE] {
         assert!(session.contains(want), "{want} in {session:?}\n{st1}");
     }
     let open = st1

@@ -29,7 +29,7 @@ mod pending;
 mod session;
 mod signing;
 pub(crate) mod state;
-mod status;
+mod view;
 mod tree;
 
 pub(crate) use state::{
