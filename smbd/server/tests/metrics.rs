@@ -431,7 +431,9 @@ fn metrics_endpoints_count_a_real_clients_requests() {
 }
 
 /// Metrics are unauthenticated: a non-loopback address is refused unless the configuration
-/// says `metrics_allow_remote = true`, by smbd and by lockmgrd.
+/// says `metrics_allow_remote = true`, by smbd and by lockmgrd. The address is TEST-NET-1
+/// (RFC 5737), which this host does not have: without the check the bind fails with another
+/// message, and nothing ever listens beyond loopback.
 #[test]
 fn non_loopback_metrics_address_needs_explicit_config() {
     let dir = tempfile::tempdir().unwrap();
@@ -463,7 +465,7 @@ fn non_loopback_metrics_address_needs_explicit_config() {
         let out = child.wait_with_output().unwrap();
         (first, String::from_utf8_lossy(&out.stderr).into_owned())
     };
-    let (first, err) = run_smbd("metrics_listen = \"0.0.0.0:0\"\n");
+    let (first, err) = run_smbd("metrics_listen = \"192.0.2.1:0\"\n");
     assert!(first.is_empty(), "smbd started: {first}");
     assert!(err.contains("metrics_allow_remote"), "{err}");
     // (metrics_allow_remote = true is checked without binding a public address: the
@@ -478,7 +480,7 @@ fn non_loopback_metrics_address_needs_explicit_config() {
         .args(["--transport", "udp", "--listen", "127.0.0.1:0"])
         .arg("--cluster-key-file")
         .arg(&key)
-        .args(["--metrics-listen", "0.0.0.0:0"])
+        .args(["--metrics-listen", "192.0.2.1:0"])
         .env("NO_COLOR", "1")
         .output()
         .unwrap();
