@@ -311,6 +311,33 @@ fn respond(
     stream.flush()
 }
 
+/// The fuzz target's property (also replayed over the checked-in corpus by `cargo test`):
+/// parsing never panics; a parsed request has a path starting with `/` without a query; a
+/// head found within `max` is found the same with any larger bound, and every prefix of an
+/// input parses to "incomplete" or to an error, never to a different request.
+pub fn check_request(data: &[u8]) -> Result<(), String> {
+    let max = 8192;
+    let whole = parse_request(data, max);
+    if let Ok(Some(r)) = &whole {
+        if !r.path.starts_with('/') || r.path.contains('?') {
+            return Err(format!("bad path {:?}", r.path));
+        }
+        if parse_request(data, max * 2) != whole {
+            return Err("result depends on the bound".into());
+        }
+    }
+    if let Some(end) = find_head_end(data) {
+        for cut in 0..end.min(data.len()) {
+            if let Ok(Some(r)) = parse_request(&data[..cut], max) {
+                return Err(format!(
+                    "prefix {cut} parsed as {r:?} before the head ended"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,31 +432,4 @@ mod tests {
             Err(ListenError::NotLoopback(_))
         ));
     }
-}
-
-/// The fuzz target's property (also replayed over the checked-in corpus by `cargo test`):
-/// parsing never panics; a parsed request has a path starting with `/` without a query; a
-/// head found within `max` is found the same with any larger bound, and every prefix of an
-/// input parses to "incomplete" or to an error, never to a different request.
-pub fn check_request(data: &[u8]) -> Result<(), String> {
-    let max = 8192;
-    let whole = parse_request(data, max);
-    if let Ok(Some(r)) = &whole {
-        if !r.path.starts_with('/') || r.path.contains('?') {
-            return Err(format!("bad path {:?}", r.path));
-        }
-        if parse_request(data, max * 2) != whole {
-            return Err("result depends on the bound".into());
-        }
-    }
-    if let Some(end) = find_head_end(data) {
-        for cut in 0..end.min(data.len()) {
-            if let Ok(Some(r)) = parse_request(&data[..cut], max) {
-                return Err(format!(
-                    "prefix {cut} parsed as {r:?} before the head ended"
-                ));
-            }
-        }
-    }
-    Ok(())
 }

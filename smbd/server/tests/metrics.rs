@@ -345,7 +345,11 @@ fn metrics_endpoints_count_a_real_clients_requests() {
         .find(|l| l.contains("exclusive"))
         .unwrap_or_else(|| panic!("no lock in\n{st1}"));
     let fields: Vec<&str> = lock.split_whitespace().collect();
-    assert_eq!(fields[2..], ["0", "10", "exclusive", "counted.txt"], "{lock}");
+    assert_eq!(
+        fields[2..],
+        ["0", "10", "exclusive", "counted.txt"],
+        "{lock}"
+    );
     let st2 = status("node2");
     assert!(!st2.contains("counted.txt") && !st2.contains(USER), "{st2}");
 

@@ -29,8 +29,8 @@ mod pending;
 mod session;
 mod signing;
 pub(crate) mod state;
-mod view;
 mod tree;
+mod view;
 
 pub(crate) use state::{
     err, AuthState, Binding, BoundChannel, ChainCtx, CreateCont, DirState, FileIo, FileOp,
