@@ -432,6 +432,46 @@ fn metrics_endpoints_count_a_real_clients_requests() {
     );
     assert_eq!(lm1.value("lockmgrd_locks", &[]), 0.0);
     assert_eq!(lm1.value("lockmgrd_opens", &[]), 0.0);
+
+    // Breaks: in each scenario node 2's client holds a batch oplock / an RWH lease and node 1's
+    // client opens the file, so node 2 sends exactly one break of each kind.
+    for scenario in ["oplock", "lease"] {
+        let out = cluster
+            .client_command(&py)
+            .arg(client_script())
+            .args([
+                &format!("{},{}", cluster.host(0), cluster.host(1)),
+                &cluster.port(0).to_string(),
+                &cluster.port(1).to_string(),
+                USER,
+                PASS,
+                scenario,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains(&format!("PASS {scenario}")), "{text}");
+    }
+    let n1_2 = scrape(n1_addr, "node1 after breaks");
+    let n2_2 = scrape(n2_addr, "node2 after breaks");
+    let lm2 = scrape(lm_addr, "lockmgrd after breaks");
+    for kind in ["oplock", "lease"] {
+        let l = [("kind", kind)];
+        assert_eq!(
+            delta(&n2_1, &n2_2, "smbd_breaks_sent_total", &l),
+            1.0,
+            "{kind}"
+        );
+        assert_eq!(
+            delta(&n1_1, &n1_2, "smbd_breaks_sent_total", &l),
+            0.0,
+            "{kind}"
+        );
+    }
+    assert_eq!(delta(&lm1, &lm2, "lockmgrd_breaks_sent_total", &[]), 2.0);
+    assert_eq!(delta(&lm1, &lm2, "lockmgrd_breaks_acked_total", &[]), 2.0);
 }
 
 /// Metrics are unauthenticated: a non-loopback address is refused unless the configuration
