@@ -533,3 +533,60 @@ fn non_loopback_metrics_address_needs_explicit_config() {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("metrics_allow_remote"), "{text}");
 }
+
+/// A replicated lock manager: the primary reports its role, epoch and standby; when it is
+/// SIGKILLed, the node's session resumes on the standby and the node counts one failover.
+#[test]
+fn replicated_lockmgrd_role_and_node_failover_are_reported() {
+    let Some(mut cluster) = Cluster::try_start(ClusterOptions {
+        nodes: 1,
+        replicated: true,
+        server_extra: "metrics_listen = \"127.0.0.1:0\"\n".into(),
+        lockmgrd_args: vec!["--metrics-listen".into(), "127.0.0.1:0".into()],
+        ..ClusterOptions::default()
+    }) else {
+        return;
+    };
+    let lm_addr = bound_in_log(&cluster.dir.path().join("lockmgrd.log"));
+    let n1_addr = bound_in_log(&cluster.nodes[0].log);
+    let lm = scrape(lm_addr, "primary");
+    assert_eq!(
+        lm.value("lockmgrd_replica_role", &[("role", "primary")]),
+        1.0
+    );
+    assert_eq!(
+        lm.value("lockmgrd_replica_role", &[("role", "standby")]),
+        0.0
+    );
+    // Epoch 1 named this replica alone; recording the standby made epoch 2.
+    assert!(
+        lm.value("lockmgrd_replica_epoch", &[]) >= 2.0,
+        "{}",
+        lm.text
+    );
+    assert_eq!(lm.value("lockmgrd_standby_attached", &[]), 1.0);
+    assert!(lm.get("lockmgrd_standby_lag", &[]).is_some());
+    assert_eq!(lm.value("lockmgrd_failovers_total", &[]), 0.0);
+    let n1 = scrape(n1_addr, "node before");
+    assert_eq!(n1.value("smbd_lockmgr_failovers_total", &[]), 0.0);
+    assert_eq!(n1.value("smbd_lockmgr_sessions_started_total", &[]), 1.0);
+
+    cluster.kill_lockmgrd();
+    // The node notices the silence and resumes on the standby, on its own schedule.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let n1 = loop {
+        let s = scrape(n1_addr, "node after");
+        if s.value("smbd_lockmgr_failovers_total", &[]) >= 1.0 || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        n1.value("smbd_lockmgr_failovers_total", &[]),
+        1.0,
+        "{}",
+        cluster.logs()
+    );
+    assert_eq!(n1.value("smbd_lockmgr_sessions_started_total", &[]), 1.0);
+    assert_eq!(n1.value("smbd_lockmgr_fencings_total", &[]), 0.0);
+}
