@@ -562,7 +562,7 @@ def notify(c1, c2):
     once: ADDED, OLD_NAME + NEW_NAME, REMOVED, then ADDED of the direct file."""
     import os
     all_share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
-    d = c1.open("notify-dir", access=A.FILE_LIST_DIRECTORY | A.FILE_READ_ATTRIBUTES,
+    d = c1.open("notify-dir", access=A.FILE_READ_DATA | A.FILE_READ_ATTRIBUTES,
                 share=all_share, disposition=CreateDisposition.FILE_OPEN_IF, is_dir=True)
     from smbprotocol.change_notify import FileSystemWatcher
     got = []
