@@ -74,6 +74,13 @@ fn change_notify_reports_smb_and_direct_changes_once() {
     single_node_scenario("notify");
 }
 
+/// Issue 12, SMB2_WATCH_TREE: changes below the watched directory reach the handle that
+/// watches the tree, with their relative path, and not the one that does not.
+#[test]
+fn change_notify_watch_tree() {
+    single_node_scenario("notifytree");
+}
+
 /// Issue 12 item 6: a lease next to a plain open keeps handle caching (RH) and so gets its
 /// durable handle; next to a Level II oplock it is R only.
 #[test]
