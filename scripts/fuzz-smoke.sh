@@ -35,6 +35,7 @@ TARGETS=(
     "smbd/rpc rpc_witness"
     "smbd/server smbd_config"
     "smbd/server smbd_conn"
+    "smbd/server inotify_events"
     "smbdirect smbdirect_decode"
     "smbdirect smbdirect_conn"
     "metrics metrics_http_request"

@@ -439,6 +439,41 @@ pub fn notify_entry(action: u32, name: &str) -> Vec<u8> {
     w.buf
 }
 
+/// FILE_NOTIFY_INFORMATION Action values (MS-FSCC 2.7.1).
+pub mod notify_action {
+    pub const ADDED: u32 = 1;
+    pub const REMOVED: u32 = 2;
+    pub const MODIFIED: u32 = 3;
+    pub const RENAMED_OLD_NAME: u32 = 4;
+    pub const RENAMED_NEW_NAME: u32 = 5;
+}
+
+/// CHANGE_NOTIFY CompletionFilter bits (MS-SMB2 2.2.35): which kinds of change a watch
+/// reports. A change carries the bits it matches; a watch reports it when they intersect.
+pub mod notify_filter {
+    pub const FILE_NAME: u32 = 0x0001;
+    pub const DIR_NAME: u32 = 0x0002;
+    pub const ATTRIBUTES: u32 = 0x0004;
+    pub const SIZE: u32 = 0x0008;
+    pub const LAST_WRITE: u32 = 0x0010;
+    pub const LAST_ACCESS: u32 = 0x0020;
+    pub const CREATION: u32 = 0x0040;
+    pub const EA: u32 = 0x0080;
+    pub const SECURITY: u32 = 0x0100;
+    pub const STREAM_NAME: u32 = 0x0200;
+    pub const STREAM_SIZE: u32 = 0x0400;
+    pub const STREAM_WRITE: u32 = 0x0800;
+
+    /// FILE_NAME or DIR_NAME, as the entry named is a file or a directory.
+    pub const fn name(is_dir: bool) -> u32 {
+        if is_dir {
+            DIR_NAME
+        } else {
+            FILE_NAME
+        }
+    }
+}
+
 /// FILE_NOTIFY_INFORMATION entries (MS-FSCC 2.7.1) of one response, each starting on a
 /// 4-byte boundary and linked by NextEntryOffset (0 in the last).
 pub fn notify_entries<'a>(changes: impl IntoIterator<Item = (u32, &'a str)>) -> Vec<u8> {

@@ -100,6 +100,13 @@ pub(crate) struct NotifyWatch {
     /// OutputBufferLength of the first CHANGE_NOTIFY: what the changes kept between requests
     /// may take (MS-FSA 2.1.5.11: the buffer is sized by the first request).
     pub buffer_size: u32,
+    /// CompletionFilter of the first CHANGE_NOTIFY: the kinds of change this handle reports
+    /// until it closes (MS-FSA 2.1.5.11: the ChangeNotifyEntry made by the first request is
+    /// kept; later requests' filters are ignored, smbtorture smb2.notify.mask-change).
+    pub filter: u32,
+    /// SMB2_WATCH_TREE of the first CHANGE_NOTIFY: changes anywhere below the directory are
+    /// reported too (kept like the filter).
+    pub tree: bool,
     /// Changes (action, name) waiting for the next CHANGE_NOTIFY.
     pub changes: Vec<(u32, String)>,
     /// Encoded size of `changes` (each entry padded to 4 bytes).

@@ -280,6 +280,8 @@ impl Server {
                 public_ip = Some(m.spawn(witness_stop.clone())?);
             }
         }
+        // Changes made outside this process reach the watchers too (crate::dirwatch).
+        self.shared.start_local_watch();
         let mut handles = Vec::new();
         for idx in 0..self.workers {
             let mut ls = Vec::new();

@@ -64,11 +64,16 @@ pub enum Event {
     /// The cluster lock manager lost this connection's opens, locks and leases (its session
     /// with lockmgrd dropped): the connection must go so the client reopens.
     LockStateLost,
-    /// A change in directory `dir` (absolute path): FILE_ACTION_* and the entry name.
+    /// A change in directory `dir` (absolute path): FILE_ACTION_*, the CompletionFilter
+    /// bits it matches (`smb_proto::fscc::notify_filter`) and the entry name. `subtree`: the
+    /// entry is below `dir`, not in it (`name` is then its path from `dir`, '\\'-separated),
+    /// for watches with SMB2_WATCH_TREE only.
     DirChanged {
         dir: PathBuf,
         action: u32,
+        filter: u32,
         name: String,
+        subtree: bool,
     },
     /// Directory `dir` (absolute path) became delete-pending while still open: its waiting
     /// CHANGE_NOTIFYs end with STATUS_DELETE_PENDING.
@@ -79,6 +84,11 @@ pub enum Event {
     /// 3.3.5.5.3): tear it down.
     ExpireSession {
         session_id: u64,
+    },
+    /// The kernel dropped change events of directory `dir` (inotify queue overflow): its
+    /// watchers must enumerate it again (STATUS_NOTIFY_ENUM_DIR).
+    DirOverflow {
+        dir: PathBuf,
     },
     /// Multichannel (MS-SMB2 3.3.5.5.2): connection `channel` bound `session_id`, which
     /// this connection owns; requests arriving there are signed with `signing_key`.
@@ -200,6 +210,9 @@ pub struct Shared {
     routes: Mutex<HashMap<u64, usize>>,
     /// Watched directory -> connections watching it (with a use count).
     watches: Mutex<HashMap<PathBuf, HashMap<u64, usize>>>,
+    /// inotify on the watched directories, for changes made outside this smbd process
+    /// (`start_local_watch`; unset in unit tests).
+    local_watch: std::sync::OnceLock<Arc<crate::dirwatch::LocalWatcher>>,
     pub shutdown: std::sync::atomic::AtomicBool,
     /// A worker thread panicked (the server is stopping; `Server::run` reports it).
     pub worker_panicked: std::sync::atomic::AtomicBool,
@@ -275,6 +288,7 @@ impl Shared {
             routing: Mutex::new(()),
             routes: Mutex::new(HashMap::new()),
             watches: Mutex::new(HashMap::new()),
+            local_watch: std::sync::OnceLock::new(),
             shutdown: std::sync::atomic::AtomicBool::new(false),
             worker_panicked: std::sync::atomic::AtomicBool::new(false),
             internal_ids: std::sync::atomic::AtomicU64::new(1),
@@ -674,11 +688,86 @@ impl Shared {
     }
 
     pub fn watch(&self, conn: u64, dir: PathBuf) {
-        *lock(&self.watches)
-            .entry(dir)
-            .or_default()
-            .entry(conn)
-            .or_insert(0) += 1;
+        let mut w = lock(&self.watches);
+        if !w.contains_key(&dir) {
+            if let Some(l) = self.local_watch.get() {
+                l.add(&dir);
+            }
+        }
+        *w.entry(dir).or_default().entry(conn).or_insert(0) += 1;
+    }
+
+    /// Start reporting changes made outside this process (another process on this node, a
+    /// program writing the share directly) to the watchers of each directory: one inotify
+    /// instance and one thread reading it (`crate::dirwatch`). Without it only changes made
+    /// through this smbd are reported.
+    pub fn start_local_watch(self: &Arc<Self>) {
+        let w = match crate::dirwatch::LocalWatcher::new(self.mailboxes.len()) {
+            Ok(w) => Arc::new(w),
+            Err(e) => {
+                tracing::warn!(%e, "inotify unavailable: changes made outside smbd are not notified");
+                return;
+            }
+        };
+        if self.local_watch.set(w.clone()).is_err() {
+            return;
+        }
+        let me = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("smbd-dirwatch".into())
+            .spawn(move || loop {
+                let batch = match w.next_batch() {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!(%e, "reading inotify events failed; outside changes no longer notified");
+                        return;
+                    }
+                };
+                let Some(shared) = me.upgrade() else {
+                    return;
+                };
+                for c in batch {
+                    match c {
+                        crate::dirwatch::Change::Dir {
+                            dir,
+                            action,
+                            filter,
+                            name,
+                        } => shared.post_dir_changed(dir, action, filter, name),
+                        crate::dirwatch::Change::Overflow => shared.dirs_overflowed(),
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(%e, "no inotify reader thread: outside changes not notified");
+        }
+    }
+
+    /// Worker `w` starts a pass of its loop (see `crate::dirwatch`).
+    pub(crate) fn work_begin(&self, w: usize) {
+        if let Some(l) = self.local_watch.get() {
+            l.work_begin(w);
+        }
+    }
+
+    /// Worker `w` ended the pass.
+    pub(crate) fn work_end(&self, w: usize) {
+        if let Some(l) = self.local_watch.get() {
+            l.work_end(w);
+        }
+    }
+
+    /// Every watcher of every directory: events were lost.
+    fn dirs_overflowed(&self) {
+        let all: Vec<(PathBuf, Vec<u64>)> = lock(&self.watches)
+            .iter()
+            .map(|(d, m)| (d.clone(), m.keys().copied().collect()))
+            .collect();
+        for (dir, conns) in all {
+            for c in conns {
+                self.post(c, Event::DirOverflow { dir: dir.clone() });
+            }
+        }
     }
 
     pub fn unwatch(&self, conn: u64, dir: &PathBuf) {
@@ -692,6 +781,9 @@ impl Shared {
             }
             if m.is_empty() {
                 w.remove(dir);
+                if let Some(l) = self.local_watch.get() {
+                    l.remove(dir);
+                }
             }
         }
     }
@@ -707,19 +799,58 @@ impl Shared {
         }
     }
 
-    /// Report a change of `name` inside `dir` to every connection watching `dir`.
-    pub fn dir_changed(&self, dir: PathBuf, action: u32, name: String) {
-        let conns: Vec<u64> = match lock(&self.watches).get(&dir) {
-            Some(m) => m.keys().copied().collect(),
-            None => return,
-        };
-        for c in conns {
+    /// Report a change of `name` inside `dir` to every connection watching `dir`; `filter`
+    /// holds the FILE_NOTIFY_CHANGE_* bits the change matches (a watch reports it only if its
+    /// CompletionFilter shares one, MS-SMB2 3.3.5.19 / MS-FSA 2.1.5.11).
+    pub fn dir_changed(&self, dir: PathBuf, action: u32, filter: u32, name: String) {
+        if action != smb_proto::fscc::notify_action::MODIFIED {
+            // inotify sees this name change too; it is reported here, not there.
+            if let Some(l) = self.local_watch.get() {
+                l.own_change(&dir, &name);
+            }
+        }
+        self.post_dir_changed(dir, action, filter, name);
+    }
+
+    fn post_dir_changed(&self, dir: PathBuf, action: u32, filter: u32, name: String) {
+        if filter == 0 {
+            return;
+        }
+        // The watchers of `dir`, then those of each directory above it, which see the change
+        // if they watch the tree (SMB2_WATCH_TREE, MS-SMB2 2.2.35), under the entry's path
+        // from the watched directory (MS-FSCC 2.7.1: FileName is relative to it).
+        let mut posts: Vec<(u64, PathBuf, String, bool)> = Vec::new();
+        {
+            let w = lock(&self.watches);
+            if w.is_empty() {
+                return;
+            }
+            let mut rel = name;
+            let mut at: &std::path::Path = &dir;
+            let mut subtree = false;
+            loop {
+                if let Some(m) = w.get(at) {
+                    for c in m.keys() {
+                        posts.push((*c, at.to_path_buf(), rel.clone(), subtree));
+                    }
+                }
+                let (Some(up), Some(last)) = (at.parent(), at.file_name()) else {
+                    break;
+                };
+                rel = format!("{}\\{rel}", last.to_string_lossy());
+                at = up;
+                subtree = true;
+            }
+        }
+        for (c, dir, name, subtree) in posts {
             self.post(
                 c,
                 Event::DirChanged {
-                    dir: dir.clone(),
+                    dir,
                     action,
-                    name: name.clone(),
+                    filter,
+                    name,
+                    subtree,
                 },
             );
         }

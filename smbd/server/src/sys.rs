@@ -6,7 +6,7 @@
 use std::ffi::CStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 fn check(rc: libc::c_int) -> io::Result<()> {
     if rc != 0 {
@@ -239,6 +239,31 @@ pub(crate) fn setxattr(path: &CStr, name: &CStr, value: &[u8]) -> io::Result<()>
             0,
         )
     })
+}
+
+// ---- inotify (crate::dirwatch) ---------------------------------------------------------------
+
+/// A close-on-exec inotify instance; blocking, read by one thread.
+pub(crate) fn inotify_init() -> io::Result<OwnedFd> {
+    // SAFETY: inotify_init1 has no memory-safety preconditions; the result is checked by `owned`.
+    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+    owned(fd.into())
+}
+
+/// inotify_add_watch(2) of directory `path` for the events in `mask`: the watch descriptor.
+pub(crate) fn inotify_add_watch(fd: BorrowedFd<'_>, path: &CStr, mask: u32) -> io::Result<i32> {
+    // SAFETY: `path` is a NUL-terminated string that outlives the call; `fd` is open.
+    let wd = unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), mask) };
+    if wd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(wd)
+}
+
+/// inotify_rm_watch(2).
+pub(crate) fn inotify_rm_watch(fd: BorrowedFd<'_>, wd: i32) -> io::Result<()> {
+    // SAFETY: plain integer arguments; `fd` is open.
+    check(unsafe { libc::inotify_rm_watch(fd.as_raw_fd(), wd) })
 }
 
 // ---- descriptors and limits ------------------------------------------------------------------

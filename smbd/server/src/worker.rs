@@ -348,6 +348,8 @@ impl Worker {
                     .map(|c| (c.user_data(), c.result(), c.flags())),
             );
             let mut touched: Vec<usize> = Vec::new();
+            // A pass that may change the file system and report it (crate::dirwatch).
+            self.shared.work_begin(self.idx);
             for &(u, res, fl) in &cqes {
                 match ud_kind(u) {
                     K_ACCEPT => self.on_accept(ud_slot(u), res, fl, &mut touched)?,
@@ -377,6 +379,7 @@ impl Worker {
             for slot in touched {
                 self.flush(slot)?;
             }
+            self.shared.work_end(self.idx);
             self.rearm_timer_if_late()?;
             if self.shared.shutdown.load(Ordering::Relaxed) {
                 break;

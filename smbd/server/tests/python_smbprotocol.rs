@@ -54,6 +54,7 @@ fn single_node_scenario_with(name: &str, setup: impl FnOnce(&std::path::Path)) {
     let out = Command::new(py)
         .arg(script)
         .args(["127.0.0.1", &port, &port, USER, PASS, name])
+        .env("NOTIFY_SHARE_DIR", &srv.share)
         .output()
         .unwrap();
     let text =
@@ -63,6 +64,21 @@ fn single_node_scenario_with(name: &str, setup: impl FnOnce(&std::path::Path)) {
         "{name}:\n{text}\n--- smbd log ---\n{}",
         srv.log()
     );
+}
+
+/// Issue 12, change notify on one node: the changes another client of the same smbd makes
+/// are reported once each (smbd reports them itself and its inotify watch sees them too), and
+/// a file created directly in the directory is reported.
+#[test]
+fn change_notify_reports_smb_and_direct_changes_once() {
+    single_node_scenario("notify");
+}
+
+/// Issue 12, SMB2_WATCH_TREE: changes below the watched directory reach the handle that
+/// watches the tree, with their relative path, and not the one that does not.
+#[test]
+fn change_notify_watch_tree() {
+    single_node_scenario("notifytree");
 }
 
 /// Issue 12 item 6: a lease next to a plain open keeps handle caching (RH) and so gets its

@@ -209,8 +209,15 @@ impl Conn {
     pub fn on_event(&mut self, ev: Event, now: Instant) {
         self.now = now;
         match ev {
-            Event::DirChanged { dir, action, name } => self.notify_fire(&dir, action, &name),
+            Event::DirChanged {
+                dir,
+                action,
+                filter,
+                name,
+                subtree,
+            } => self.notify_fire(&dir, action, filter, &name, subtree),
             Event::DirDeletePending { dir } => self.notify_delete_pending(&dir),
+            Event::DirOverflow { dir } => self.notify_overflow(&dir),
             Event::Lock(n) => self.on_lock_notification(n),
             Event::LockStateLost => {
                 // Its handles' share modes and locks are no longer enforced anywhere: keeping

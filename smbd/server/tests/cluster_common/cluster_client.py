@@ -3,7 +3,7 @@
 
 usage: cluster_client.py HOST[,HOST2] PORT1 PORT2 USER PASSWORD SCENARIO
 SCENARIO: sharemode | brl | blocking | oplock | lease | doc | kill | lmrestart | lmfailover | rename
-          | leaseh | streams | links
+          | leaseh | streams | links | notify | notifytree
 Prints "PASS SCENARIO" and exits 0 when the cluster behaved; any mismatch raises (exit 1).
 `kill` prints "KILL-NODE2" once node 2's client holds its lock and node 1's client waits,
 then reads one line from stdin (the harness has SIGKILLed node 2's smbd) and expects node 1's
@@ -549,8 +549,107 @@ def lmfailover(c1, c2):
     print("first lock after the primary's death took %.3f s" % took)
 
 
+FILE_NOTIFY_CHANGE_FILE_NAME = 0x1
+ADDED, REMOVED, OLD_NAME, NEW_NAME = 1, 2, 4, 5
+
+
+def notify(c1, c2):
+    """Issue 12, change notify (MS-SMB2 3.3.5.19, MS-FSCC 2.7.1): node 1's client watches a
+    directory for file-name changes (FILE_NOTIFY_CHANGE_FILE_NAME only); node 2's client makes
+    a subdirectory (not reported: DIR_NAME is not in the filter), creates, renames and deletes
+    a file there; a file is also created directly in the directory, not through SMB (its path
+    comes in $NOTIFY_SHARE_DIR). Node 1's client must get exactly these changes, in order, each
+    once: ADDED, OLD_NAME + NEW_NAME, REMOVED, then ADDED of the direct file."""
+    import os
+    all_share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
+    d = c1.open("notify-dir", access=A.FILE_READ_DATA | A.FILE_READ_ATTRIBUTES,
+                share=all_share, disposition=CreateDisposition.FILE_OPEN_IF, is_dir=True)
+    from smbprotocol.change_notify import FileSystemWatcher
+    got = []
+
+    def watch():
+        w = FileSystemWatcher(d)
+        w.start(FILE_NOTIFY_CHANGE_FILE_NAME)
+        return w
+
+    def collect(w, n):
+        while True:
+            if not w.response_event.wait(TIMEOUT):
+                raise AssertionError(f"no change notify response; so far {got}")
+            got.extend((a["action"].get_value(), a["file_name"].get_value()) for a in w.wait())
+            if len(got) >= n:
+                return
+            w = watch()
+
+    w = watch()
+    c2.open("notify-dir\\sub", access=A.GENERIC_READ, share=all_share,
+            disposition=CreateDisposition.FILE_CREATE, is_dir=True).close()
+    f = c2.open("notify-dir\\a.txt", access=A.GENERIC_READ | A.GENERIC_WRITE | A.DELETE,
+                share=all_share, disposition=CreateDisposition.FILE_CREATE)
+    c2.rename(f, "notify-dir\\b.txt")
+    c2.set_delete_pending(f)
+    f.close()
+    collect(w, 4)
+    fd = os.open(os.path.join(os.environ["NOTIFY_SHARE_DIR"], "notify-dir", "direct.txt"),
+                 os.O_CREAT | os.O_WRONLY, 0o644)
+    os.close(fd)
+    collect(watch(), 5)
+    want = [(ADDED, "a.txt"), (OLD_NAME, "a.txt"), (NEW_NAME, "b.txt"), (REMOVED, "b.txt"),
+            (ADDED, "direct.txt")]
+    assert got == want, f"changes {got}, want {want}"
+    d.close()
+
+
+def notifytree(c1, c2):
+    """Issue 12, SMB2_WATCH_TREE (MS-SMB2 2.2.35; smbtorture smb2.notify.tree stops earlier):
+    a handle watching the tree gets the changes below its directory under their path from it,
+    a second handle of the same directory without WATCH_TREE only those in it. Both clients on
+    one node: another node's changes below the watched directory reach it only through that
+    node's reports (not implemented across nodes yet)."""
+    all_share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
+    from smbprotocol.change_notify import FileSystemWatcher
+    names = FILE_NOTIFY_CHANGE_FILE_NAME | 0x2
+    tree = c1.open("notify-tree", access=A.FILE_READ_DATA | A.FILE_READ_ATTRIBUTES,
+                   share=all_share, disposition=CreateDisposition.FILE_OPEN_IF, is_dir=True)
+    flat = c1.open("notify-tree", access=A.FILE_READ_DATA | A.FILE_READ_ATTRIBUTES,
+                   share=all_share, disposition=CreateDisposition.FILE_OPEN, is_dir=True)
+
+    def collect(d, flags, n):
+        got = []
+        while len(got) < n:
+            w = FileSystemWatcher(d)
+            w.start(names, flags=flags)
+            if not w.response_event.wait(TIMEOUT):
+                raise AssertionError(f"no change notify response; so far {got}")
+            got.extend((a["action"].get_value(), a["file_name"].get_value()) for a in w.wait())
+        return got
+
+    # The first request makes each handle's watch (its filter and WATCH_TREE are kept).
+    wt = FileSystemWatcher(tree)
+    wt.start(names, flags=1)
+    wf = FileSystemWatcher(flat)
+    wf.start(names, flags=0)
+    c2.open("notify-tree\\sub", access=A.GENERIC_READ, share=all_share,
+            disposition=CreateDisposition.FILE_CREATE, is_dir=True).close()
+    c2.open("notify-tree\\sub\\x.txt", access=A.GENERIC_READ | A.GENERIC_WRITE, share=all_share,
+            disposition=CreateDisposition.FILE_CREATE).close()
+    c2.open("notify-tree\\y.txt", access=A.GENERIC_READ | A.GENERIC_WRITE, share=all_share,
+            disposition=CreateDisposition.FILE_CREATE).close()
+    for w, d, flags, want in ((wt, tree, 1, [(ADDED, "sub"), (ADDED, "sub\\x.txt"), (ADDED, "y.txt")]),
+                              (wf, flat, 0, [(ADDED, "sub"), (ADDED, "y.txt")])):
+        if not w.response_event.wait(TIMEOUT):
+            raise AssertionError("no change notify response")
+        got = [(a["action"].get_value(), a["file_name"].get_value()) for a in w.wait()]
+        if len(got) < len(want):
+            got += collect(d, flags, len(want) - len(got))
+        assert got == want, f"WATCH_TREE={flags}: changes {got}, want {want}"
+    tree.close()
+    flat.close()
+
+
 SCENARIOS = {f.__name__: f for f in (sharemode, brl, iogrant, blocking, oplock, lease, doc, kill,
-                                     lmrestart, lmfailover, rename, leaseh, streams, links)}
+                                     lmrestart, lmfailover, rename, leaseh, streams, links,
+                                     notify, notifytree)}
 
 
 def main():

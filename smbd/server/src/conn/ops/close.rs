@@ -1,5 +1,6 @@
 //! CLOSE (MS-SMB2 3.3.5.10) and the teardown of an open.
 
+use smb_proto::fscc::notify_filter;
 use smb_proto::NtStatus;
 use smb_proto::{status, CloseRequest, CloseResponse, Header, Response};
 
@@ -106,7 +107,12 @@ impl Conn {
                 match r {
                     Ok(()) => {
                         let (parent, n) = parent_and_name(&o.abs);
-                        self.shared.dir_changed(parent, FILE_ACTION_REMOVED, n);
+                        self.shared.dir_changed(
+                            parent,
+                            FILE_ACTION_REMOVED,
+                            notify_filter::name(o.is_dir),
+                            n,
+                        );
                     }
                     Err(e) => tracing::debug!(path = ?o.abs, %e, "delete on close failed"),
                 }

@@ -1,6 +1,7 @@
 //! CREATE (MS-SMB2 3.3.5.9): name resolution, access checks, the lock service's share-mode and
 //! oplock/lease decision (possibly asynchronous), then the open itself.
 
+use smb_proto::fscc::notify_filter;
 use smb_proto::NtStatus;
 use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
@@ -337,7 +338,8 @@ impl Conn {
                 };
             });
             let (parent, n) = parent_and_name(&res.abs);
-            self.shared.dir_changed(parent, FILE_ACTION_ADDED, n);
+            self.shared
+                .dir_changed(parent, FILE_ACTION_ADDED, notify_filter::name(dir_req), n);
         }
         let ino = fs::metadata(&res.abs).map(|m| {
             use std::os::unix::fs::MetadataExt;
@@ -616,7 +618,8 @@ impl Conn {
                 d.attributes = attrs | fs::attr::ARCHIVE;
             });
             let (parent, n) = parent_and_name(&res.abs);
-            self.shared.dir_changed(parent, FILE_ACTION_ADDED, n);
+            self.shared
+                .dir_changed(parent, FILE_ACTION_ADDED, notify_filter::FILE_NAME, n);
         }
         let undo = |base_created: bool| {
             if base_created {

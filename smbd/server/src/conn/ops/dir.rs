@@ -127,6 +127,8 @@ impl Conn {
         let watch = o.notify.get_or_insert_with(|| NotifyWatch {
             dir: abs,
             buffer_size: c.output_buffer_length,
+            filter: c.completion_filter,
+            tree: c.flags & WATCH_TREE != 0,
             ..Default::default()
         });
         let dir = watch.dir.clone();
@@ -159,22 +161,39 @@ impl Conn {
         Outcome::Pending(aid)
     }
 
-    /// A change happened in `dir`: every handle of this connection watching it gets it, in
-    /// its waiting CHANGE_NOTIFY or, if none waits, kept for the next one.
-    pub(crate) fn notify_fire(&mut self, dir: &Path, action: u32, name: &str) {
+    /// A change happened in `dir` (below it if `subtree`): every handle of this connection
+    /// watching it for a kind of change in `filter` (and, below it, watching the tree) gets
+    /// it, in its oldest waiting CHANGE_NOTIFY or, if none waits, kept for the next one.
+    pub(crate) fn notify_fire(
+        &mut self,
+        dir: &Path,
+        action: u32,
+        filter: u32,
+        name: &str,
+        subtree: bool,
+    ) {
         let watchers: Vec<u64> = self
             .opens
             .iter()
-            .filter(|(_, o)| o.notify.as_ref().is_some_and(|w| w.dir == dir))
+            .filter(|(_, o)| {
+                o.notify
+                    .as_ref()
+                    .is_some_and(|w| w.dir == dir && w.filter & filter != 0 && (w.tree || !subtree))
+            })
             .map(|(v, _)| *v)
             .collect();
         for v in watchers {
-            let waiting = self.pending.iter().find_map(|(a, p)| match &p.kind {
-                PendingKind::Notify {
-                    volatile, max_out, ..
-                } if *volatile == v => Some((*a, *max_out)),
-                _ => None,
-            });
+            // Requests on one handle complete in the order they came (async ids grow).
+            let waiting = self
+                .pending
+                .iter()
+                .filter_map(|(a, p)| match &p.kind {
+                    PendingKind::Notify {
+                        volatile, max_out, ..
+                    } if *volatile == v => Some((*a, *max_out)),
+                    _ => None,
+                })
+                .min_by_key(|(a, _)| *a);
             if let Some((aid, max_out)) = waiting {
                 let (st, body) = notify_response(&[(action, name.to_string())], false, max_out);
                 self.complete_async(aid, st, body);
@@ -195,6 +214,38 @@ impl Conn {
                     w.changes.push((action, name.to_string()));
                     w.changes_bytes += (size + 3) & !3;
                 }
+            }
+        }
+    }
+
+    /// Changes of `dir` were lost (the kernel's inotify queue overflowed): its watchers are
+    /// told to enumerate it again, STATUS_NOTIFY_ENUM_DIR now or with their next request
+    /// (MS-SMB2 3.3.5.19, as when their own buffer overflows).
+    pub(crate) fn notify_overflow(&mut self, dir: &Path) {
+        let watchers: Vec<u64> = self
+            .opens
+            .iter()
+            .filter(|(_, o)| o.notify.as_ref().is_some_and(|w| w.dir == dir))
+            .map(|(v, _)| *v)
+            .collect();
+        for v in watchers {
+            let waiting = self
+                .pending
+                .iter()
+                .filter_map(|(a, p)| match &p.kind {
+                    PendingKind::Notify {
+                        volatile, max_out, ..
+                    } if *volatile == v => Some((*a, *max_out)),
+                    _ => None,
+                })
+                .min_by_key(|(a, _)| *a);
+            if let Some((aid, max_out)) = waiting {
+                let (st, body) = notify_response(&[], true, max_out);
+                self.complete_async(aid, st, body);
+            } else if let Some(w) = self.opens.get_mut(&v).and_then(|o| o.notify.as_mut()) {
+                w.overflowed = true;
+                w.changes.clear();
+                w.changes_bytes = 0;
             }
         }
     }
@@ -244,6 +295,9 @@ impl Conn {
         }
     }
 }
+
+/// CHANGE_NOTIFY Flags: SMB2_WATCH_TREE (MS-SMB2 2.2.35), watch the whole subtree.
+const WATCH_TREE: u16 = 0x0001;
 
 /// Changes kept for a handle between CHANGE_NOTIFYs; past this the client is told to
 /// enumerate the directory instead (STATUS_NOTIFY_ENUM_DIR), as Windows does when its buffer

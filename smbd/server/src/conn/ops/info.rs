@@ -9,13 +9,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use smb_proto::cursor::Reader;
+use smb_proto::fscc::notify_filter;
 use smb_proto::{info_type, status, Header, QueryInfoRequest, Response, SetInfoRequest};
 
 use super::create::stream_info;
 use super::{
     engine_status, fixed_part, io_status, parent_and_name, update_dos_fd, APPEND_DATA, DELETE,
-    FILE_ACTION_MODIFIED, FILE_ACTION_RENAMED_NEW_NAME, FILE_ACTION_RENAMED_OLD_NAME,
-    READ_ATTRIBUTES, READ_CONTROL, WRITE_ATTRIBUTES, WRITE_DATA,
+    FILE_ACTION_ADDED, FILE_ACTION_MODIFIED, FILE_ACTION_REMOVED, FILE_ACTION_RENAMED_NEW_NAME,
+    FILE_ACTION_RENAMED_OLD_NAME, READ_ATTRIBUTES, READ_CONTROL, WRITE_ATTRIBUTES, WRITE_DATA,
 };
 use crate::conn::{err, ChainCtx, Conn, Open, Outcome, PendingKind};
 use crate::fs::{self, class, FileInfo, OpenView};
@@ -379,12 +380,23 @@ impl Conn {
                 return io_status(&e);
             }
         }
-        if any || settable(create) || settable(change) || attrs != 0 {
-            // Watchers of the parent see attribute and time changes (smbtorture
-            // smb2.notify.basedir).
-            let (parent, name) = parent_and_name(&o.abs);
-            self.shared.dir_changed(parent, FILE_ACTION_MODIFIED, name);
+        // Watchers of the parent see attribute and time changes (smbtorture
+        // smb2.notify.basedir), each under its own CompletionFilter bit (smb2.notify.mask:
+        // a ChangeTime alone matches none).
+        let mut filter = 0;
+        for (set, bit) in [
+            (attrs != 0, notify_filter::ATTRIBUTES),
+            (mtime.is_some(), notify_filter::LAST_WRITE),
+            (atime.is_some(), notify_filter::LAST_ACCESS),
+            (settable(create), notify_filter::CREATION),
+        ] {
+            if set {
+                filter |= bit;
+            }
         }
+        let (parent, name) = parent_and_name(&o.abs);
+        self.shared
+            .dir_changed(parent, FILE_ACTION_MODIFIED, filter, name);
         status::SUCCESS
     }
 
@@ -572,6 +584,7 @@ impl Conn {
             }
         }
         let old = o.abs.clone();
+        let is_dir = o.is_dir;
         // The same checks against every open in the cluster: the lock service counts them.
         let fs_id = self.shared.shares[o.share].fs_id;
         let file_id_of = |p: &std::path::Path| {
@@ -634,11 +647,7 @@ impl Conn {
         }
         // The link moved: the lock service's opens through it, on every node, and its
         // delete-pending mark now belong to the new name.
-        if let Some((lo, is_dir)) = self
-            .opens
-            .get(&v)
-            .and_then(|o| o.lock_open.map(|lo| (lo, o.is_dir)))
-        {
+        if let Some(lo) = self.opens.get(&v).and_then(|o| o.lock_open) {
             let relink = locking::Request::Relink {
                 open: lo,
                 link: fs::link_id(fs_id, &target.abs, is_dir),
@@ -656,10 +665,30 @@ impl Conn {
         }
         let (op, on) = parent_and_name(&old);
         let (np, nn) = parent_and_name(&target.abs);
-        self.shared
-            .dir_changed(op, FILE_ACTION_RENAMED_OLD_NAME, on);
-        self.shared
-            .dir_changed(np, FILE_ACTION_RENAMED_NEW_NAME, nn);
+        let names = notify_filter::name(is_dir);
+        // A rename inside one directory is OLD_NAME + NEW_NAME there; across directories the
+        // old one sees REMOVED and the new one ADDED (Windows; smbtorture smb2.notify.rec).
+        if op == np {
+            self.shared
+                .dir_changed(op, FILE_ACTION_RENAMED_OLD_NAME, names, on);
+            self.shared
+                .dir_changed(np.clone(), FILE_ACTION_RENAMED_NEW_NAME, names, nn.clone());
+        } else {
+            self.shared.dir_changed(op, FILE_ACTION_REMOVED, names, on);
+            self.shared
+                .dir_changed(np.clone(), FILE_ACTION_ADDED, names, nn.clone());
+        }
+        // Renaming a file (not a directory) also reports the new name MODIFIED under
+        // ATTRIBUTES and CREATION (Windows, recorded by Samba's notify_rename; smbtorture
+        // smb2.notify.mask-change and the rename-file case of smb2.notify.mask).
+        if !is_dir {
+            self.shared.dir_changed(
+                np,
+                FILE_ACTION_MODIFIED,
+                notify_filter::ATTRIBUTES | notify_filter::CREATION,
+                nn,
+            );
+        }
         status::SUCCESS
     }
 }

@@ -15,7 +15,7 @@ use smb_proto::{
 
 use super::{
     engine_status, io_status, parent_and_name, APPEND_DATA, EXECUTE, FILE_ACTION_MODIFIED,
-    MAX_FILE_SIZE, READ_DATA, RING_IO_MIN, WRITE_DATA,
+    MAX_FILE_SIZE, READ_DATA, RING_IO_MIN, WRITE_CHANGE, WRITE_DATA,
 };
 use crate::conn::{err, ChainCtx, Conn, FileIo, FileOp, Open, Outcome, Signer};
 
@@ -325,7 +325,8 @@ impl Conn {
         if let Some(o) = self.opens.get_mut(&v) {
             o.position = offset + w.data.len() as u64;
         }
-        self.shared.dir_changed(parent, FILE_ACTION_MODIFIED, n);
+        self.shared
+            .dir_changed(parent, FILE_ACTION_MODIFIED, WRITE_CHANGE, n);
         Outcome::Reply(
             status::SUCCESS,
             Response::Write {
@@ -396,7 +397,8 @@ impl Conn {
             FileOp::Write { .. } => {
                 if let Some(o) = self.opens.get(&volatile) {
                     let (parent, name) = parent_and_name(&o.abs);
-                    self.shared.dir_changed(parent, FILE_ACTION_MODIFIED, name);
+                    self.shared
+                        .dir_changed(parent, FILE_ACTION_MODIFIED, WRITE_CHANGE, name);
                 }
                 if let Some(o) = self.opens.get_mut(&volatile) {
                     o.position = offset + n as u64;

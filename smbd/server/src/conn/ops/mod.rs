@@ -39,6 +39,10 @@ const FILE_ACTION_REMOVED: u32 = 2;
 const FILE_ACTION_MODIFIED: u32 = 3;
 const FILE_ACTION_RENAMED_OLD_NAME: u32 = 4;
 const FILE_ACTION_RENAMED_NEW_NAME: u32 = 5;
+/// The CompletionFilter bits a WRITE's MODIFIED matches: the data and the size may change
+/// (MS-FSA 2.1.5.3; FILE_NOTIFY_CHANGE_SIZE / LAST_WRITE, MS-SMB2 2.2.35).
+const WRITE_CHANGE: u32 =
+    smb_proto::fscc::notify_filter::SIZE | smb_proto::fscc::notify_filter::LAST_WRITE;
 const ATTR_SPARSE: u32 = 0x200;
 /// Largest file offset a write may start at (NTFS MAXFILESIZE, what Windows and Samba enforce).
 const MAX_FILE_SIZE: u64 = 0xfff_ffff_0000;
