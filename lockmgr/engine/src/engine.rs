@@ -137,7 +137,6 @@ struct OpenState {
     /// (MS-FSA 2.1.1.3: File.OpenList holds the opens of every stream of the file), so a
     /// delete-pending file stays until its stream opens are closed too (2.1.5.4;
     /// smbtorture smb2.streams.delete).
-    #[serde(default)]
     base_link: Option<(FileId, u32)>,
     /// The open holds an I/O grant (listed in `FileState::io_granted`).
     io_grant: bool,
