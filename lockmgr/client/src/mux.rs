@@ -610,7 +610,7 @@ impl<T: ClientTransport> NodeSessions<T> {
                 );
                 self.conn_deferred.insert((b.conn, b.conn_request), b.id);
             }
-            Reply::Closed { .. } => {
+            Reply::Closed { .. } | Reply::ClosedDeleteBase => {
                 if let Some(open) = b.closing {
                     self.forget_open(open);
                 }
@@ -785,7 +785,9 @@ impl<T: ClientTransport> NodeSessions<T> {
                 {
                     self.book_open(d.conn, *open, *grant, d.lease);
                 }
-                if let (Reply::Closed { .. }, Some(open)) = (reply, d.closing) {
+                if let (Reply::Closed { .. } | Reply::ClosedDeleteBase, Some(open)) =
+                    (reply, d.closing)
+                {
                     self.forget_open(open);
                 }
                 self.events.push_back((

@@ -132,6 +132,12 @@ struct OpenState {
     denies_base_delete: Option<FileId>,
     /// The link of `FileState::links` this open goes through.
     link: u32,
+    /// For a named-stream open: its base file and the serial of the base file's link it was
+    /// opened through. The open holds that link like an open of the unnamed stream does
+    /// (MS-FSA 2.1.1.3: File.OpenList holds the opens of every stream of the file), so a
+    /// delete-pending file stays until its stream opens are closed too (2.1.5.4;
+    /// smbtorture smb2.streams.delete).
+    base_link: Option<(FileId, u32)>,
     /// The open holds an I/O grant (listed in `FileState::io_granted`).
     io_grant: bool,
 }
@@ -229,6 +235,36 @@ impl FileState {
             && self.streams_denying_delete == 0
             && self.io_recalling.is_empty()
             && self.io_queued_locks.is_empty()
+    }
+}
+
+/// What the close of an open leaves its node to unlink (MS-FSA 2.1.5.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unlink {
+    Nothing,
+    /// The open's own object: the last open of a delete-pending link, or of a
+    /// delete-pending named stream.
+    Own,
+    /// The named-stream open was the last open of its delete-pending base file.
+    Base(FileId),
+}
+
+impl Unlink {
+    fn reply(self) -> Reply {
+        match self {
+            Unlink::Nothing => Reply::Closed { delete_file: false },
+            Unlink::Own => Reply::Closed { delete_file: true },
+            Unlink::Base(_) => Reply::ClosedDeleteBase,
+        }
+    }
+
+    /// The file to delete, `f` being the open's own.
+    fn file(self, f: FileId) -> Option<FileId> {
+        match self {
+            Unlink::Nothing => None,
+            Unlink::Own => Some(f),
+            Unlink::Base(base) => Some(base),
+        }
     }
 }
 
@@ -344,9 +380,9 @@ impl Engine {
             if self.try_disconnect(now, open) {
                 continue;
             }
-            if let Some((f, delete)) = self.remove_open(open) {
-                if delete {
-                    self.orphaned_deletes.insert(f);
+            if let Some((f, unlink)) = self.remove_open(open) {
+                if let Some(gone) = unlink.file(f) {
+                    self.orphaned_deletes.insert(gone);
                 }
                 touched.insert(f);
             }
@@ -1260,6 +1296,12 @@ impl Engine {
             let b = self.files.entry(base).or_default();
             b.streams_denying_delete = b.streams_denying_delete.saturating_add(1);
         }
+        let base_link = req.stream_base.map(|base| {
+            (
+                base,
+                self.files.entry(base).or_default().links.attach(req.link),
+            )
+        });
         self.opens.insert(
             open_id,
             OpenState {
@@ -1277,6 +1319,7 @@ impl Engine {
                 plain_stat,
                 denies_base_delete,
                 link,
+                base_link,
                 io_grant: false,
             },
         );
@@ -1332,8 +1375,8 @@ impl Engine {
             return;
         }
         match self.remove_open(open) {
-            Some((f, delete_file)) => {
-                self.reply(session, request, Reply::Closed { delete_file });
+            Some((f, unlink)) => {
+                self.reply(session, request, unlink.reply());
                 self.after_release(now, f);
             }
             None => self.reply(session, request, Reply::Done(Status::InvalidHandle)),
@@ -1342,7 +1385,7 @@ impl Engine {
 
     /// Drop an open with its locks, lock waiters and caching. Returns its file and whether it
     /// was the last open of a delete-pending file (MS-FSA 2.1.5.4: then the file is deleted).
-    fn remove_open(&mut self, open: OpenId) -> Option<(FileId, bool)> {
+    fn remove_open(&mut self, open: OpenId) -> Option<(FileId, Unlink)> {
         let o = self.opens.remove(&open)?;
         self.forget_durable(open, o.file);
         if let Some(s) = self.sessions.get_mut(&o.session) {
@@ -1355,9 +1398,22 @@ impl Engine {
             }
             self.gc_file(base);
         }
+        // The last open of a delete-pending file may be one of its named streams (MS-FSA
+        // 2.1.5.4): then the file's name goes, and its streams with it.
+        let mut base_deleted = None;
+        if let Some((base, serial)) = o.base_link {
+            if self
+                .files
+                .get_mut(&base)
+                .is_some_and(|b| b.links.detach(serial))
+            {
+                base_deleted = Some(base);
+            }
+            self.gc_file(base);
+        }
         let f = o.file;
         let Some(file) = self.files.get_mut(&f) else {
-            return Some((f, false));
+            return Some((f, base_deleted.map_or(Unlink::Nothing, Unlink::Base)));
         };
         let mut cancelled = Vec::new();
         file.lock_waiters.retain(|w| {
@@ -1424,7 +1480,12 @@ impl Engine {
         for (s, r) in cancelled {
             self.complete(s, r, Reply::Done(Status::Cancelled));
         }
-        Some((f, delete))
+        let unlink = match (base_deleted, delete) {
+            (Some(base), _) => Unlink::Base(base),
+            (None, true) => Unlink::Own,
+            (None, false) => Unlink::Nothing,
+        };
+        Some((f, unlink))
     }
 
     fn do_cancel(&mut self, now: Time, session: SessionId, request: RequestId, target: RequestId) {
@@ -1609,8 +1670,8 @@ impl Engine {
                 None => Reply::Done(Status::Success),
                 Some(open) if self.owned(w.session, open).is_some() => {
                     closed = true;
-                    let delete_file = self.remove_open(open).is_some_and(|(_, d)| d);
-                    Reply::Closed { delete_file }
+                    let unlink = self.remove_open(open).map_or(Unlink::Nothing, |(_, u)| u);
+                    unlink.reply()
                 }
                 Some(_) => Reply::Done(Status::InvalidHandle),
             };

@@ -598,6 +598,12 @@ pub enum Reply {
     /// Answer to `Close`: whether the close deleted the file (delete-on-close / delete-pending
     /// and this was the last open), so the smbd node must unlink it.
     Closed { delete_file: bool },
+    /// Answer to `Close` (or `BreakAndClose`, `Disconnect`) of a named-stream open that was
+    /// the last open of its file while the file's name it was opened through is
+    /// delete-pending: the node unlinks that name, and the file's streams go with it. MS-FSA
+    /// 2.1.1.3 File.OpenList holds the opens of every stream, and 2.1.5.4 deletes the file
+    /// when it empties (smbtorture smb2.streams.delete).
+    ClosedDeleteBase,
     /// Answer to `LeaseBreakAck` / `OplockBreakAck` carrying the resulting state.
     Acked { grant: OplockGrant },
     /// Answer to `DurableLookup`: the disconnected open and the blob stored with it.

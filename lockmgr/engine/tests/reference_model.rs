@@ -266,6 +266,7 @@ impl Driver {
             Reply::Pending => Rep::Pending,
             Reply::Done(st) => Rep::Done(st),
             Reply::Closed { delete_file } => Rep::Closed { delete_file },
+            Reply::ClosedDeleteBase => Rep::ClosedDeleteBase,
             Reply::Acked { grant } => Rep::Acked(Self::grant(grant)),
             Reply::Durable { open, .. } => Rep::Durable {
                 h: self.handle_of(open),

@@ -92,3 +92,69 @@ fn ended_session_releases_its_stream_opens_hold_on_the_base() {
     h.e.end_session(h.now, S1);
     h.open_ok(S2, file_open(F1, access::DELETE, SHARE_ALL));
 }
+
+/// smbtorture smb2.streams.delete: deleting a file while one of its streams is open (sharing
+/// delete) leaves the file delete-pending until the stream is closed (MS-FSA 2.1.1.3:
+/// File.OpenList holds every stream's opens; 2.1.5.4 deletes the file when it empties).
+/// Meanwhile the file and its streams refuse opens with DELETE_PENDING; the stream's close
+/// is the one that tells its node to unlink the file.
+#[test]
+fn open_stream_keeps_deleted_file_pending_until_its_close() {
+    let mut h = H::new();
+    let (s, _) = h.open_ok(
+        S1,
+        stream_open(access::FILE_READ_DATA | access::FILE_WRITE_DATA, SHARE_ALL),
+    );
+    let mut unlink = file_open(F1, access::DELETE, SHARE_ALL);
+    unlink.delete_on_close = true;
+    let (d, _) = h.open_ok(S2, unlink);
+    assert_eq!(h.close(S2, d), Reply::Closed { delete_file: false });
+    assert_eq!(
+        h.open(S2, file_open(F1, RW, SHARE_ALL)),
+        Reply::Done(Status::DeletePending)
+    );
+    assert_eq!(
+        h.open(S2, stream_open(access::FILE_READ_DATA, SHARE_ALL)),
+        Reply::Done(Status::DeletePending)
+    );
+    assert_eq!(h.close(S1, s), Reply::ClosedDeleteBase);
+    // The name is free again.
+    let (f, _) = h.open_ok(S2, file_open(F1, RW, SHARE_ALL));
+    assert_eq!(h.close(S2, f), Reply::Closed { delete_file: false });
+}
+
+/// A stream that is delete-pending itself and the last open of its delete-pending file: the
+/// file goes (and the stream with it).
+#[test]
+fn deleted_stream_of_deleted_file_deletes_the_file() {
+    let mut h = H::new();
+    let (s, _) = h.open_ok(S1, stream_open(access::DELETE, SHARE_ALL));
+    set_delete_pending(&mut h, S1, s);
+    let (d, _) = h.open_ok(S2, file_open(F1, access::DELETE, SHARE_ALL));
+    set_delete_pending(&mut h, S2, d);
+    assert_eq!(h.close(S2, d), Reply::Closed { delete_file: false });
+    assert_eq!(h.close(S1, s), Reply::ClosedDeleteBase);
+}
+
+/// The last open of a delete-pending file being a stream open whose session ends: nobody is
+/// told to unlink, so the file is an orphaned delete, refused until the daemon takes it.
+#[test]
+fn ended_session_of_last_stream_open_orphans_the_deleted_file() {
+    let mut h = H::new();
+    h.open_ok(S1, stream_open(access::FILE_READ_DATA, SHARE_ALL));
+    let (d, _) = h.open_ok(S2, file_open(F1, access::DELETE, SHARE_ALL));
+    set_delete_pending(&mut h, S2, d);
+    assert_eq!(h.close(S2, d), Reply::Closed { delete_file: false });
+    h.e.end_session(h.now, S1);
+    assert_eq!(
+        h.open(S2, file_open(F1, RW, SHARE_ALL)),
+        Reply::Done(Status::DeletePending)
+    );
+    assert_eq!(h.e.take_orphaned_deletes(), vec![F1]);
+    h.open_ok(S2, file_open(F1, RW, SHARE_ALL));
+}
+
+fn set_delete_pending(h: &mut H, s: SessionId, open: OpenId) {
+    let r = h.req(s, Request::SetDeletePending { open, delete: true });
+    assert_eq!(r, Reply::Done(Status::Success));
+}

@@ -724,6 +724,7 @@ const REPLY_USAGE: u8 = 20;
 const REPLY_OPENED_DURABLE: u8 = 21;
 const REPLY_IO_GRANTED: u8 = 22;
 const REPLY_OPENED_IO: u8 = 23;
+const REPLY_CLOSED_DELETE_BASE: u8 = 24;
 
 pub(crate) fn put_reply(s: &mut Sink<'_>, rep: &Reply) -> Result<(), EncodeError> {
     match rep {
@@ -762,6 +763,7 @@ pub(crate) fn put_reply(s: &mut Sink<'_>, rep: &Reply) -> Result<(), EncodeError
             s.u8(REPLY_CLOSED);
             s.bool(*delete_file);
         }
+        Reply::ClosedDeleteBase => s.u8(REPLY_CLOSED_DELETE_BASE),
         Reply::Acked { grant } => {
             s.u8(REPLY_ACKED);
             put_grant(s, grant)?;
@@ -808,6 +810,7 @@ pub(crate) fn get_reply(r: &mut Reader<'_>) -> Result<Reply, DecodeError> {
         REPLY_CLOSED => Reply::Closed {
             delete_file: r.bool("closed.delete_file")?,
         },
+        REPLY_CLOSED_DELETE_BASE => Reply::ClosedDeleteBase,
         REPLY_ACKED => Reply::Acked {
             grant: get_grant(r)?,
         },
@@ -1009,6 +1012,7 @@ pub(crate) fn reply_len(rep: &Reply) -> Result<usize, EncodeError> {
         Reply::Pending => 0,
         Reply::Done(_) => 2,
         Reply::Closed { .. } => 1,
+        Reply::ClosedDeleteBase => 0,
         Reply::Acked { grant } => grant_len(grant),
         Reply::Durable { blob, .. } => 8 + blob_len(blob)?,
         Reply::Usage(_) => 4 + 4 + 4 + 4 + 1,

@@ -211,6 +211,7 @@ pub fn replies() -> Vec<Reply> {
         Reply::Done(Status::Success),
         Reply::Done(Status::Unsuccessful),
         Reply::Closed { delete_file: true },
+        Reply::ClosedDeleteBase,
         Reply::Acked {
             grant: OplockGrant::None,
         },

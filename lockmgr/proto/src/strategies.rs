@@ -240,6 +240,7 @@ pub fn reply() -> impl Strategy<Value = Reply> {
         Just(Reply::Pending),
         status().prop_map(Reply::Done),
         any::<bool>().prop_map(|delete_file| Reply::Closed { delete_file }),
+        Just(Reply::ClosedDeleteBase),
         oplock_grant().prop_map(|grant| Reply::Acked { grant }),
         (open_id(), vec(any::<u8>(), 0..64)).prop_map(|(open, blob)| Reply::Durable { open, blob }),
         (

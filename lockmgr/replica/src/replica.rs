@@ -79,7 +79,9 @@ pub enum SnapshotError {
 /// 3: I/O grants (opens holding one, recalls awaiting acks, locks queued behind a recall).
 /// 4: a deferred open says whether it takes an I/O grant; grant counters; a rename waiter may
 /// close its open (`BreakAndClose`).
-pub const SNAPSHOT_FORMAT: u32 = 4;
+/// 5: a named-stream open holds its base file's link (a delete-pending file waits for its
+/// stream opens to close).
+pub const SNAPSHOT_FORMAT: u32 = 5;
 
 /// Everything a replacement standby needs: the engine and the replication bookkeeping that
 /// replaying the log from the start would have produced.

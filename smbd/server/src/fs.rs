@@ -44,7 +44,10 @@ pub fn split_smb_path(name: &str) -> Result<Vec<String>, NtStatus> {
         return Err(status::INVALID_PARAMETER);
     }
     let mut out = Vec::new();
-    let parts: Vec<&str> = name.split('\\').collect();
+    // '/' separates components like '\\' (Samba's IS_PATH_SEP for non-POSIX clients; smbtorture
+    // smb2.timestamps.test_close_not_attrib creates "smb2-timestamps/testfile.dat" and expects
+    // it to succeed). No component can contain '/' either way.
+    let parts: Vec<&str> = name.split(['\\', '/']).collect();
     let n = parts.len();
     for (i, p) in parts.into_iter().enumerate() {
         if p.is_empty() {
@@ -248,7 +251,11 @@ pub fn load_info_fd(fd: std::os::fd::BorrowedFd<'_>, m: &Metadata) -> FileInfo {
 fn merge_dos(mut i: FileInfo, dos: Option<crate::dosattr::DosInfo>) -> FileInfo {
     if let Some(d) = dos {
         let keep = i.attributes & (attr::DIRECTORY | attr::READONLY);
-        let stored = d.attributes & !(attr::DIRECTORY | attr::READONLY | attr::NORMAL);
+        // A file's READONLY is its mode (no write bit), which the kernel enforces; a
+        // directory's is only a mark (Windows does not refuse creates in it, and mode 0555
+        // would), kept with the other stored attributes (smbtorture smb2.winattr).
+        let from_mode = if i.is_dir { 0 } else { attr::READONLY };
+        let stored = d.attributes & !(attr::DIRECTORY | from_mode | attr::NORMAL);
         i.attributes = keep | stored;
         if !i.is_dir && i.attributes == 0 {
             i.attributes = attr::NORMAL;
@@ -568,6 +575,7 @@ mod tests {
     #[test]
     fn path_validation() {
         assert_eq!(split_smb_path("a\\b").unwrap(), vec!["a", "b"]);
+        assert_eq!(split_smb_path("a/b").unwrap(), vec!["a", "b"]);
         assert_eq!(split_smb_path("").unwrap(), Vec::<String>::new());
         assert_eq!(split_smb_path("..\\x"), Err(status::OBJECT_PATH_SYNTAX_BAD));
         assert_eq!(split_smb_path("a|b"), Err(status::OBJECT_NAME_INVALID));

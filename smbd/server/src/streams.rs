@@ -228,6 +228,26 @@ pub fn remove_data(path: &Path) -> std::io::Result<()> {
     crate::identity::as_root(|| std::fs::remove_file(path))
 }
 
+/// Rename the stream whose data file is `from` (of inode `ino`) to `name`, replacing the
+/// stream of that name (in any case) if there is one: the caller has checked that it may
+/// (MS-FSA 2.1.5.15.11.1). Returns the new data file. Privileged, as [`open_data`].
+pub fn rename(root: &Path, ino: u64, from: &Path, name: &str) -> std::io::Result<PathBuf> {
+    let existing = find(root, ino, name);
+    crate::identity::as_root(|| {
+        if !depot_trusted(root) {
+            return Err(untrusted());
+        }
+        let to = depot_dir(root, ino).join(encode(name));
+        if let Some(e) = existing {
+            if e.path != from && e.path != to {
+                std::fs::remove_file(&e.path)?;
+            }
+        }
+        std::fs::rename(from, &to)?;
+        Ok(to)
+    })
+}
+
 /// Remove every stream of inode `ino` (the base object is gone or was replaced).
 pub fn remove_all(root: &Path, ino: u64) {
     let dir = depot_dir(root, ino);
@@ -283,6 +303,11 @@ mod tests {
         assert!(find(root, 43, "stream").is_none());
         let names: Vec<String> = list(root, 42).into_iter().map(|s| s.name).collect();
         assert_eq!(names, vec!["StReAm".to_string(), "other".to_string()]);
+        // A rename replaces a stream of the new name in another case.
+        let p = rename(root, 42, &p, "OTHER").unwrap();
+        let names: Vec<String> = list(root, 42).into_iter().map(|s| s.name).collect();
+        assert_eq!(names, vec!["OTHER".to_string()]);
+        assert_eq!(std::fs::read(&p).unwrap(), b"hello");
         remove_all(root, 42);
         assert!(list(root, 42).is_empty());
     }

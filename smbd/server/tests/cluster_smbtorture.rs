@@ -1,7 +1,8 @@
 //! smbtorture (Samba 4.17) lock, oplock, lease, share-mode, delete-on-close, durable-open
-//! (v1 and v2) and streams suites against node 1 of a running two-node cluster (lockmgrd over
-//! shared memory), compared with `smbd/tests/cluster-known-failures.txt`: a failure not listed
-//! there fails the test; a listed test that passes now is reported.
+//! (v1 and v2), streams, timestamps and DOS-attribute suites against node 1 of a running
+//! two-node cluster (lockmgrd over shared memory), compared with
+//! `smbd/tests/cluster-known-failures.txt`: a failure not listed there fails the test; a
+//! listed test that passes now is reported.
 //!
 //! The oplock and lease suites wait out break timeouts: lockmgrd's default (35 s, as Samba and
 //! Windows) is kept so the suites' timing expectations hold; they take minutes.
@@ -67,4 +68,18 @@ fn cluster_smb2_durable_v2_open() {
 #[test]
 fn cluster_smb2_streams() {
     suite("smb2.streams");
+}
+/// Times and DOS attributes live in the shared file system (mtime, the DOS-attribute xattr):
+/// every node reports what one node set (issue 12).
+#[test]
+fn cluster_smb2_timestamps() {
+    suite("smb2.timestamps");
+}
+#[test]
+fn cluster_smb2_openattr() {
+    suite("smb2.openattr");
+}
+#[test]
+fn cluster_smb2_winattr() {
+    suite("smb2.winattr");
 }

@@ -379,8 +379,8 @@ impl Engine {
     /// Remove a disconnected open for good. No node holds it, so if it was the last open of a
     /// delete-pending file the deletion is left to the daemon (`take_orphaned_deletes`).
     fn expire_open(&mut self, open: OpenId) {
-        if let Some((f, true)) = self.remove_open(open) {
-            self.orphaned_deletes.insert(f);
+        if let Some(gone) = self.remove_open(open).and_then(|(f, u)| u.file(f)) {
+            self.orphaned_deletes.insert(gone);
         }
     }
 

@@ -87,6 +87,15 @@ impl Grant {
 }
 
 /// A reply, in handle terms.
+/// What a close leaves to unlink.
+enum Unlink {
+    Nothing,
+    /// The open's own stream or file.
+    Own,
+    /// The named stream's delete-pending base file.
+    Base,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rep {
     Opened {
@@ -98,6 +107,8 @@ pub enum Rep {
     Closed {
         delete_file: bool,
     },
+    /// The closed named-stream open was its delete-pending file's last open: the file goes.
+    ClosedDeleteBase,
     Acked(Grant),
     Durable {
         h: Handle,
@@ -860,9 +871,9 @@ impl Model {
     /// last open of a delete-pending stream (the caller unlinks it). A `purged` open has no
     /// caller to tell: the file stays delete-pending, an orphan for the daemon to collect
     /// (`take_orphans`).
-    fn remove_open(&mut self, h: Handle, purged: bool) -> bool {
+    fn remove_open(&mut self, h: Handle, purged: bool) -> Unlink {
         let Some(pos) = self.opens.iter().position(|o| o.h == h) else {
-            return false;
+            return Unlink::Nothing;
         };
         let o = self.opens.remove(pos);
         let file = o.p.file;
@@ -893,16 +904,40 @@ impl Model {
             }
         }
         self.locks.retain(|l| l.h != h);
-        let last = !self.opens.iter().any(|x| x.p.file == file);
+        // MS-FSA 2.1.1.3: File.OpenList holds the opens of all the file's streams, and
+        // 2.1.5.4 deletes a delete-pending file when it empties: an open named stream keeps
+        // its file (delete-pending) after the last open of the unnamed stream is closed.
+        let unused =
+            |opens: &[MOpen], f: u128| !opens.iter().any(|x| x.p.file == f || x.p.base == Some(f));
+        let last = unused(&self.opens, file);
         let delete = last && self.delete_pending.contains(&file);
         if delete && purged {
             self.orphans.push(file);
         } else if last {
             self.delete_pending.retain(|f| *f != file);
         }
+        let base_delete =
+            o.p.base
+                .filter(|b| self.delete_pending.contains(b) && unused(&self.opens, *b));
+        if let Some(b) = base_delete {
+            if purged {
+                self.orphans.push(b);
+            } else {
+                self.delete_pending.retain(|f| *f != b);
+            }
+        }
         self.run_waiters(file);
         self.wake(file);
-        delete && !purged
+        if let Some(b) = base_delete {
+            self.run_waiters(b);
+            self.wake(b);
+        }
+        match (purged, base_delete.is_some(), delete) {
+            (true, _, _) => Unlink::Nothing,
+            (false, true, _) => Unlink::Base,
+            (false, false, true) => Unlink::Own,
+            (false, false, false) => Unlink::Nothing,
+        }
     }
 
     /// Delete-pending files whose last open was purged (the engine's take_orphaned_deletes):
@@ -917,8 +952,11 @@ impl Model {
         if self.has_waiter(h) {
             panic!("driver closes no open with a waiting lock");
         }
-        let delete_file = self.remove_open(h, false);
-        Rep::Closed { delete_file }
+        match self.remove_open(h, false) {
+            Unlink::Nothing => Rep::Closed { delete_file: false },
+            Unlink::Own => Rep::Closed { delete_file: true },
+            Unlink::Base => Rep::ClosedDeleteBase,
+        }
     }
 
     /// SET_INFO FileDispositionInformation (MS-FSA 2.1.5.14.3).

@@ -294,4 +294,7 @@ pub(crate) struct CreateCont {
     pub(crate) share_access: u32,
     /// A new file created with FILE_ATTRIBUTE_READONLY: mode 0444 once its handle is open.
     pub(crate) make_read_only: bool,
+    /// An existing file overwritten or superseded: the FileAttributes asked for, applied
+    /// once it is truncated (MS-FSA 2.1.5.1.2.2).
+    pub(crate) overwrite_attributes: Option<u32>,
 }

@@ -76,8 +76,11 @@ impl Conn {
                 // Other handles keep the directory: it stays, delete-pending, until they go.
                 self.shared.dir_delete_pending(o.abs.clone());
             }
-            if let Reply::Closed { delete_file: true } = reply {
-                if let Some(st) = &o.stream {
+            // A named stream's open may be the last open of its delete-pending file (MS-FSA
+            // 2.1.5.4): then the file goes, not only the stream.
+            let delete_base = reply == Reply::ClosedDeleteBase;
+            if delete_base || reply == (Reply::Closed { delete_file: true }) {
+                if let (Some(st), false) = (&o.stream, delete_base) {
                     // Deleting a named stream leaves the base file alone.
                     if let Err(e) = streams::remove_data(&st.path) {
                         tracing::debug!(path = ?st.path, %e, "stream delete on close failed");
@@ -93,13 +96,16 @@ impl Conn {
                 };
                 // The streams belong to the file, not to this name: they stay while another
                 // hard link keeps the file.
-                let ino = obj.metadata().ok().and_then(|m| {
+                let meta = obj.metadata().ok();
+                let ino = meta.as_ref().and_then(|m| {
                     use std::os::unix::fs::MetadataExt;
                     (m.nlink() <= 1 || m.is_dir()).then(|| m.ino())
                 });
+                // A stream open's object is its base file, which may be a directory.
+                let is_dir = o.is_dir || meta.as_ref().is_some_and(|m| m.is_dir());
                 let r = self.shared.shares[o.share]
                     .dir
-                    .unlink_if_same(&o.rel, o.is_dir, obj);
+                    .unlink_if_same(&o.rel, is_dir, obj);
                 if let (Ok(()), Some(ino)) = (&r, ino) {
                     // The streams go with their file (MS-FSA 2.1.5.4).
                     streams::remove_all(&self.shared.shares[o.share].root, ino);
@@ -150,7 +156,8 @@ impl Conn {
                 }
                 reply => {
                     // Not closed (lockmgrd unreachable...): the plain close tries again.
-                    let closed = matches!(reply, Reply::Closed { .. }).then_some(reply);
+                    let closed = matches!(reply, Reply::Closed { .. } | Reply::ClosedDeleteBase)
+                        .then_some(reply);
                     let resp = self.finish_close_with(v, c.flags, closed);
                     Outcome::Reply(status::SUCCESS, Response::Close(resp))
                 }

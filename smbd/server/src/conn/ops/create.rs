@@ -211,6 +211,7 @@ impl Conn {
         let nondir_req = c.options & create_options::NON_DIRECTORY_FILE != 0;
         let mut created_now = false;
         let mut make_read_only = false;
+        let mut overwrite_attributes = None;
         let is_dir;
         let mut stream = None;
         let mut existed = res.exists;
@@ -266,6 +267,21 @@ impl Conn {
             }
             if read_only && overwrite {
                 return err(status::ACCESS_DENIED);
+            }
+            // MS-FSA 2.1.5.1.2.2: overwriting a hidden or system file must ask for the same
+            // attribute (smbtorture smb2.openattr: ACCESS_DENIED otherwise).
+            if matches!(
+                c.disposition,
+                disposition::OVERWRITE | disposition::OVERWRITE_IF
+            ) {
+                let old = crate::dosattr::load(&res.abs).map_or(0, |d| d.attributes);
+                let keep = fs::attr::HIDDEN | fs::attr::SYSTEM;
+                if old & keep & !c.file_attributes != 0 {
+                    return err(status::ACCESS_DENIED);
+                }
+            }
+            if overwrite && !is_dir {
+                overwrite_attributes = Some(c.file_attributes);
             }
         } else {
             if matches!(c.disposition, disposition::OPEN | disposition::OVERWRITE) {
@@ -433,6 +449,7 @@ impl Conn {
             share_access: c.share_access & 0x7,
             fake_quota,
             make_read_only,
+            overwrite_attributes,
         };
         self.shared.parked.purge_conflicting(
             stable_id,
@@ -757,6 +774,18 @@ impl Conn {
                 if let Err(e) = f.set_len(0) {
                     self.release_lock_open(lock_open);
                     return (err(io_status(&e)), None);
+                }
+                // MS-FSA 2.1.5.1.2.2: the overwritten file takes the attributes asked for,
+                // marked for archiving (smbtorture smb2.openattr; Samba the same). READONLY
+                // (mode 0444) only now that the handle is open, as for a new file.
+                if let Some(attrs) = cont.overwrite_attributes {
+                    let attrs = attrs & !(fs::attr::NORMAL | fs::attr::DIRECTORY | ATTR_SPARSE);
+                    update_dos(&cont.abs, |d, _| {
+                        d.attributes = attrs | fs::attr::ARCHIVE | (d.attributes & ATTR_SPARSE);
+                    });
+                    if attrs & fs::attr::READONLY != 0 {
+                        let _ = fs::make_read_only(f);
+                    }
                 }
             }
             action = if cont.disposition == disposition::SUPERSEDE {

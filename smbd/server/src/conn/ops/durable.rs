@@ -518,12 +518,25 @@ impl Conn {
                     // Not kept (a break was in flight, or delete-on-close): closed instead.
                     o.lock_open = None;
                     if delete_file {
-                        // With the opener's credentials, as close_open does.
-                        if let Some(id) = &o.identity {
-                            crate::identity::become_user(id);
+                        if let Some(st) = &o.stream {
+                            // A named stream's own delete leaves its file alone.
+                            let _ = crate::streams::remove_data(&st.path);
+                        } else {
+                            // With the opener's credentials, as close_open does.
+                            if let Some(id) = &o.identity {
+                                crate::identity::become_user(id);
+                            }
+                            let _ = self.shared.shares[o.share].dir.unlink(&o.rel, o.is_dir);
                         }
-                        let _ = self.shared.shares[o.share].dir.unlink(&o.rel, o.is_dir);
                     }
+                }
+                Reply::ClosedDeleteBase => {
+                    // The stream's file was delete-pending and this was its last open.
+                    o.lock_open = None;
+                    if let Some(id) = &o.identity {
+                        crate::identity::become_user(id);
+                    }
+                    let _ = self.shared.shares[o.share].dir.unlink(&o.rel, false);
                 }
                 other => tracing::debug!(?other, "durable open not disconnected"),
             }

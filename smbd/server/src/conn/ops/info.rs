@@ -341,10 +341,9 @@ impl Conn {
             if ft == 0 || ft == u64::MAX || ft == u64::MAX - 1 {
                 return None;
             }
+            // Times before 1970 are kept as given (negative seconds; Windows and smbtorture
+            // smb2.timestamps.time_t_-1/-2/1968 read back the time that was set).
             let (s, ns) = fs::unix_from_filetime(ft);
-            if s < 0 {
-                return Some((0, 0));
-            }
             Some((s, ns as u32))
         };
         let (atime, mtime) = (to_time(atime), to_time(mtime));
@@ -513,6 +512,133 @@ impl Conn {
         }
     }
 
+    /// FileRenameInformation of a named stream to `:name[:$DATA]`, a stream of the same
+    /// file (MS-FSA 2.1.5.15.11.1). The stream's lock-service identity stays the one it was
+    /// opened under: other opens of the old name keep their share modes, opens of the new
+    /// name (made after the rename) get their own.
+    fn rename_stream(&mut self, v: u64, name: &str, replace: bool) -> NtStatus {
+        let Some(o) = self.opens.get(&v) else {
+            return status::FILE_CLOSED;
+        };
+        let Some(cur) = o.stream.clone() else {
+            return status::INVALID_PARAMETER;
+        };
+        // "::$DATA" (the unnamed stream) or ":name[:$DATA]"; a bad name or type is
+        // INVALID_PARAMETER here (MS-FSA 2.1.5.15.11.1), not a create's OBJECT_NAME_INVALID.
+        let parsed = match streams::parse(&format!("f{name}")) {
+            Ok(p) => p.stream,
+            Err(_) => return status::INVALID_PARAMETER,
+        };
+        let Some(obj) = o.object() else {
+            return status::INVALID_HANDLE;
+        };
+        let meta = match obj.metadata() {
+            Ok(m) => m,
+            Err(e) => return io_status(&e),
+        };
+        use std::os::unix::fs::MetadataExt;
+        let ino = meta.ino();
+        let share = o.share;
+        let root = self.shared.shares[share].root.clone();
+        let fs_id = self.shared.shares[share].fs_id;
+        let lock_open = o.lock_open;
+        let stable_id = o.stable_id;
+        // Every other open of the stream must share delete (MS-FSA 2.1.5.15.11).
+        if let Some(lo) = lock_open {
+            match self
+                .shared
+                .file_usage(self.id, locking::FileId(stable_id), Some(lo))
+            {
+                Ok(u) if u.deny_delete > 0 => return status::SHARING_VIOLATION,
+                Ok(_) => {}
+                Err(st) => return engine_status(st),
+            }
+        }
+        let Some(new) = parsed else {
+            return self.rename_stream_to_default(v, &cur, &meta, replace, fs_id);
+        };
+        if new == cur.name {
+            // Renamed onto itself: nothing changes.
+            return status::SUCCESS;
+        }
+        if new.to_lowercase() != cur.name.to_lowercase() {
+            if let Some(t) = streams::find(&root, ino, &new) {
+                if !replace {
+                    return status::OBJECT_NAME_COLLISION;
+                }
+                // A replaced stream must not be open anywhere (MS-FSA 2.1.5.15.11.1).
+                let tid = locking::FileId(fs::stable_file_id(fs_id, ino, &t.name.to_lowercase()));
+                match self.shared.file_usage(self.id, tid, None) {
+                    Ok(u) if u.opens > 0 => return status::ACCESS_DENIED,
+                    Ok(_) => {}
+                    Err(st) => return engine_status(st),
+                }
+            }
+        }
+        let to = match streams::rename(&root, ino, &cur.path, &new) {
+            Ok(p) => p,
+            Err(e) => return io_status(&e),
+        };
+        for x in self.opens.values_mut() {
+            if let Some(st) = x.stream.as_mut().filter(|st| st.path == cur.path) {
+                st.name = new.clone();
+                st.path = to.clone();
+            }
+        }
+        status::SUCCESS
+    }
+
+    /// A named stream renamed to "::$DATA": its data becomes the file's unnamed stream, which
+    /// must be empty and not open elsewhere (MS-FSA 2.1.5.15.11.1; smbtorture
+    /// smb2.streams.rename2), and the named stream goes. The handle stays the one it was (its
+    /// data is the stream's file until it is closed).
+    fn rename_stream_to_default(
+        &mut self,
+        v: u64,
+        cur: &crate::open::OpenStream,
+        meta: &std::fs::Metadata,
+        replace: bool,
+        fs_id: u64,
+    ) -> NtStatus {
+        use std::os::unix::fs::MetadataExt;
+        if meta.is_dir() {
+            return status::INVALID_PARAMETER;
+        }
+        if !replace {
+            return status::OBJECT_NAME_COLLISION;
+        }
+        if meta.len() != 0 {
+            return status::OBJECT_NAME_COLLISION;
+        }
+        let base = locking::FileId(fs::stable_file_id(fs_id, meta.ino(), ""));
+        match self.shared.file_usage(self.id, base, None) {
+            Ok(u) if u.opens > 0 => return status::SHARING_VIOLATION,
+            Ok(_) => {}
+            Err(st) => return engine_status(st),
+        }
+        let Some(o) = self.opens.get(&v) else {
+            return status::FILE_CLOSED;
+        };
+        let data = match streams::open_data(&cur.path, false).and_then(|mut f| {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut buf).map(|_| buf)
+        }) {
+            Ok(d) => d,
+            Err(e) => return io_status(&e),
+        };
+        let written = self.shared.shares[o.share]
+            .dir
+            .open_file(&o.rel, libc::O_WRONLY | libc::O_TRUNC, 0)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &data));
+        if let Err(e) = written {
+            return io_status(&e);
+        }
+        if let Err(e) = streams::remove_data(&cur.path) {
+            tracing::debug!(path = ?cur.path, %e, "renamed stream's data not removed");
+        }
+        status::SUCCESS
+    }
+
     pub(super) fn set_rename(&mut self, v: u64, buf: &[u8], _cls: u8) -> NtStatus {
         let Ok(smb_proto::fscc::RenameInformation {
             replace_if_exists: replace,
@@ -524,12 +650,20 @@ impl Conn {
         let Some(o) = self.opens.get(&v) else {
             return status::FILE_CLOSED;
         };
-        if o.stream.is_some() || name.starts_with(':') {
-            // Renaming streams (MS-FSA 2.1.5.14.11.1) is not supported.
-            return status::NOT_SUPPORTED;
-        }
         if o.access & DELETE == 0 {
             return status::ACCESS_DENIED;
+        }
+        if o.stream.is_some() && name.starts_with(':') {
+            return self.rename_stream(v, &name, replace);
+        }
+        if o.stream.is_some() {
+            // A named stream renamed to a path (`file:stream` included): Windows answers
+            // SHARING_VIOLATION (smbtorture smb2.streams.rename2).
+            return status::SHARING_VIOLATION;
+        }
+        if name.starts_with(':') {
+            // Renaming the unnamed stream to a named one is not supported.
+            return status::NOT_SUPPORTED;
         }
         let name = name.trim_start_matches('\\');
         let comps = match fs::split_smb_path(name) {

@@ -225,7 +225,8 @@ impl Conn {
                 if let Some(AfterBreak::Close(v, flags)) = after_break {
                     // The close happens whatever became of the breaks: a CLOSE cannot fail.
                     // `BreakAndClose` closed it already unless cancelled (then it closes now).
-                    let closed = matches!(reply, Reply::Closed { .. }).then_some(reply);
+                    let closed = matches!(reply, Reply::Closed { .. } | Reply::ClosedDeleteBase)
+                        .then_some(reply);
                     let resp = self.finish_close_with(v, flags, closed);
                     self.complete_async(aid, status::SUCCESS, Response::Close(resp));
                 } else if let Some(next) = after_break {
