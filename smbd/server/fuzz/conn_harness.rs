@@ -128,6 +128,8 @@ pub fn shared_with_config(
         valid_groups: Vec::new(),
         guest_ok: true,
         continuous_availability: false,
+        dfs_root: false,
+        dfs_links: Vec::new(),
     }];
     // No users: the seeds log on anonymously. The guest account is root so that, when the
     // fuzzer runs as root, file operations do not switch this thread's file-system identity to

@@ -119,7 +119,35 @@ impl Conn {
                 }
                 reply(Vec::new(), i.file_id)
             }
-            fsctl::DFS_GET_REFERRALS | fsctl::DFS_GET_REFERRALS_EX => err(status::NOT_FOUND),
+            fsctl::DFS_GET_REFERRALS | fsctl::DFS_GET_REFERRALS_EX => {
+                // MS-SMB2 3.3.5.15.2: on any tree (IPC$ or a share), answered by the DFS
+                // service (MS-DFSC 3.2.5.5). Without a DFS root nothing is known: NOT_FOUND.
+                let req = if i.ctl_code == fsctl::DFS_GET_REFERRALS {
+                    smb_proto::dfs::ReferralRequest::decode(&i.input)
+                } else {
+                    smb_proto::dfs::ReferralRequest::decode_ex(&i.input)
+                };
+                let Ok(req) = req else {
+                    return err(status::INVALID_PARAMETER);
+                };
+                let resp = match crate::dfs::referral(&self.shared.shares, &req) {
+                    Ok(r) => r,
+                    Err(st) => {
+                        tracing::debug!(conn = self.id, path = %req.file_name, status = %st,
+                            "dfs referral refused");
+                        return err(st);
+                    }
+                };
+                let Some(out) = resp.encode() else {
+                    return err(status::INVALID_PARAMETER);
+                };
+                // MS-DFSC 3.2.5.5: a response larger than the client's buffer fails with
+                // STATUS_BUFFER_OVERFLOW (nothing partial: a cut referral list is useless).
+                if out.len() > i.max_output_response as usize {
+                    return err(status::BUFFER_OVERFLOW);
+                }
+                reply(out, i.file_id)
+            }
             fsctl::PIPE_TRANSCEIVE => err(status::NOT_SUPPORTED),
             fsctl::SRV_REQUEST_RESUME_KEY => {
                 let v = match self.resolve_fid(i.file_id, ctx) {
