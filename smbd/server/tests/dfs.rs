@@ -116,7 +116,8 @@ fn smbprotocol_follows_a_referral_to_another_node() {
             "data",
             USER,
             PASS,
-            "link1\\only-on-node2.txt",
+            "link1",
+            "only-on-node2.txt",
             CONTENT,
         ])
         .output()
