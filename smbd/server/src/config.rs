@@ -1000,6 +1000,49 @@ mod tests {
     }
 
     #[test]
+    fn dfs_links_parse_and_validate() {
+        let share = |extra: &str| {
+            Config::parse(&format!("[[share]]\nname=\"d\"\npath=\"/tmp\"\n{extra}\n"))
+        };
+        let c = share(
+            "dfs_root = true\ndfs_links = [{ path = \"a/b\", targets = [\"\\\\\\\\n2\\\\data\\\\sub\", \"//n3/x\"] }]",
+        )
+        .unwrap();
+        let links = c.share[0].dfs_links().unwrap();
+        assert_eq!(links.len(), 1);
+        assert_eq!(links[0].components, ["a", "b"]);
+        assert_eq!(links[0].targets, ["\\n2\\data\\sub", "\\n3\\x"]);
+        let refused = |extra: &str, what: &str| match share(extra) {
+            Err(ConfigError::Invalid(m)) => assert!(m.contains(what), "{extra}: {m}"),
+            other => panic!("{extra}: {other:?}"),
+        };
+        refused(
+            "dfs_links = [{ path = \"a\", targets = [\"//n/s\"] }]",
+            "not dfs_root",
+        );
+        refused(
+            "dfs_root = true\ndfs_links = [{ path = \"../a\", targets = [\"//n/s\"] }]",
+            "not a path below",
+        );
+        refused(
+            "dfs_root = true\ndfs_links = [{ path = \"a\", targets = [] }]",
+            "no targets",
+        );
+        refused(
+            "dfs_root = true\ndfs_links = [{ path = \"a\", targets = [\"n/s\"] }]",
+            "is not",
+        );
+        refused(
+            "dfs_root = true\ndfs_links = [{ path = \"a\", targets = [\"//n\"] }]",
+            "is not",
+        );
+        refused(
+            "dfs_root = true\ndfs_links = [{ path = \"a\", targets = [\"//n/s\"] }, { path = \"A/b\", targets = [\"//n/t\"] }]",
+            "overlaps",
+        );
+    }
+
+    #[test]
     fn lockmgr_section_defaults_to_embedded() {
         let c = Config::parse("[server]\n").unwrap();
         assert_eq!(c.lockmgr.transport, LockTransport::Embedded);

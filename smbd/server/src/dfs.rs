@@ -62,6 +62,10 @@ pub fn strip_dfs_prefix(name: &str) -> &str {
 /// components) and paths outside every link get STATUS_NOT_FOUND, as from Samba.
 pub fn referral(shares: &[Share], req: &ReferralRequest) -> Result<ReferralResponse, NtStatus> {
     // Versions 1 and 2 have other layouts; every SMB2 client asks for 3 or more.
+    // No DFS root here: nothing is known (what this server answered before it had DFS).
+    if !shares.iter().any(|s| s.dfs_root) {
+        return Err(status::NOT_FOUND);
+    }
     let version = match req.max_referral_level {
         0..=2 => return Err(status::INVALID_PARAMETER),
         3 => 3,

@@ -128,7 +128,12 @@ impl Conn {
                     smb_proto::dfs::ReferralRequest::decode_ex(&i.input)
                 };
                 let Ok(req) = req else {
-                    return err(status::INVALID_PARAMETER);
+                    let no_root = !self.shared.shares.iter().any(|s| s.dfs_root);
+                    return err(if no_root {
+                        status::NOT_FOUND
+                    } else {
+                        status::INVALID_PARAMETER
+                    });
                 };
                 let resp = match crate::dfs::referral(&self.shared.shares, &req) {
                     Ok(r) => r,
