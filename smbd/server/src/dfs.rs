@@ -130,6 +130,84 @@ pub fn referral(shares: &[Share], req: &ReferralRequest) -> Result<ReferralRespo
 mod tests {
     use super::*;
 
+    fn share(dir: &std::path::Path, dfs_root: bool, links: Vec<DfsLink>) -> Share {
+        Share {
+            name: "Dfs".into(),
+            dir: std::sync::Arc::new(crate::beneath::ShareRoot::open(dir).unwrap()),
+            root: dir.to_path_buf(),
+            read_only: false,
+            encrypt: false,
+            fs_id: 1,
+            valid_users: Vec::new(),
+            valid_groups: Vec::new(),
+            guest_ok: false,
+            continuous_availability: false,
+            dfs_root,
+            dfs_links: links,
+        }
+    }
+
+    fn ask(shares: &[Share], level: u16, name: &str) -> Result<ReferralResponse, NtStatus> {
+        referral(
+            shares,
+            &ReferralRequest {
+                max_referral_level: level,
+                file_name: name.into(),
+                site_name: None,
+            },
+        )
+    }
+
+    #[test]
+    fn root_and_link_referrals() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = DfsLink {
+            components: vec!["a".into(), "Link1".into()],
+            targets: vec!["\\n2\\data\\sub".into(), "\\n3\\data".into()],
+        };
+        let shares = [share(dir.path(), true, vec![link])];
+        let root = ask(&shares, 4, "\\srv\\dfs").unwrap();
+        assert_eq!(root.path_consumed, 16);
+        assert_eq!(
+            root.header_flags,
+            header_flags::REFERRAL_SERVERS | header_flags::STORAGE_SERVERS
+        );
+        assert_eq!(root.entries.len(), 1);
+        assert_eq!(root.entries[0].server_type, SERVER_TYPE_ROOT);
+        assert_eq!(root.entries[0].network_address, "\\srv\\dfs");
+        assert_eq!(root.entries[0].version, 4);
+
+        let l = ask(&shares, 3, "\\srv\\dfs\\A\\link1\\x\\y.txt").unwrap();
+        // "\srv\dfs\A\link1": 16 UTF-16 units.
+        assert_eq!(l.path_consumed, 32);
+        assert_eq!(l.header_flags, header_flags::STORAGE_SERVERS);
+        let targets: Vec<_> = l
+            .entries
+            .iter()
+            .map(|e| e.network_address.as_str())
+            .collect();
+        assert_eq!(targets, ["\\n2\\data\\sub", "\\n3\\data"]);
+        assert!(l.entries.iter().all(|e| e.version == 3
+            && e.server_type == SERVER_TYPE_LINK
+            && e.dfs_path == "\\srv\\dfs\\A\\link1"));
+
+        assert_eq!(
+            ask(&shares, 4, "\\srv\\dfs\\a").err(),
+            Some(status::NOT_FOUND)
+        );
+        assert_eq!(
+            ask(&shares, 4, "\\srv\\other").err(),
+            Some(status::NOT_FOUND)
+        );
+        assert_eq!(ask(&shares, 4, "\\domain").err(), Some(status::NOT_FOUND));
+        assert_eq!(
+            ask(&shares, 2, "\\srv\\dfs").err(),
+            Some(status::INVALID_PARAMETER)
+        );
+        let plain = [share(dir.path(), false, Vec::new())];
+        assert_eq!(ask(&plain, 4, "\\srv\\dfs").err(), Some(status::NOT_FOUND));
+    }
+
     #[test]
     fn components_and_prefix() {
         assert_eq!(
