@@ -721,6 +721,16 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
             4096,
         ),
     );
+    // Room for the header only: STATUS_BUFFER_OVERFLOW with what fits.
+    s.push(
+        cmd::IOCTL,
+        body_ioctl(
+            no_file,
+            smb_proto::fsctl::DFS_GET_REFERRALS,
+            &req("\\fuzz\\data").encode(),
+            8,
+        ),
+    );
     s.tid = TREE_ID;
     s.push(cmd::CREATE, body_create("link1\\x.txt", 1, 0x40));
     out.push(("seed-dfs".into(), s.input()));

@@ -115,6 +115,12 @@ fn conn_corpus() {
             assert!(
                 answers
                     .iter()
+                    .any(|a| a.0 == cmd::IOCTL && a.2 == 0x8000_0005),
+                "no BUFFER_OVERFLOW: {answers:x?}"
+            );
+            assert!(
+                answers
+                    .iter()
                     .any(|a| a.0 == cmd::CREATE && a.2 == 0xC000_0257),
                 "no PATH_NOT_COVERED: {answers:x?}"
             );

@@ -146,10 +146,21 @@ impl Conn {
                 let Some(out) = resp.encode() else {
                     return err(status::INVALID_PARAMETER);
                 };
-                // MS-DFSC 3.2.5.5: a response larger than the client's buffer fails with
-                // STATUS_BUFFER_OVERFLOW (nothing partial: a cut referral list is useless).
-                if out.len() > i.max_output_response as usize {
-                    return err(status::BUFFER_OVERFLOW);
+                // A response larger than the client's buffer: the first MaxOutputResponse
+                // bytes with STATUS_BUFFER_OVERFLOW (MS-SMB2 3.3.5.15; what Samba sends).
+                let max = i.max_output_response as usize;
+                if out.len() > max {
+                    let mut out = out;
+                    out.truncate(max);
+                    return Outcome::Reply(
+                        status::BUFFER_OVERFLOW,
+                        Response::Ioctl {
+                            ctl_code: i.ctl_code,
+                            file_id: i.file_id,
+                            input: vec![],
+                            output: out,
+                        },
+                    );
                 }
                 reply(out, i.file_id)
             }
