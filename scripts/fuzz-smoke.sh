@@ -28,6 +28,7 @@ TARGETS=(
     "lockmgr/replica replica_snapshot"
     "smbd/proto decode"
     "smbd/proto security_descriptor"
+    "smbd/proto dfs_referral"
     "smbd/auth ntlm_step"
     "smbd/auth decrypt"
     "smbd/auth user_db"

@@ -9,7 +9,7 @@
 //! the NetBIOS session framing ([`netbios`]) and the payload frames smbdirectd adds to it
 //! ([`payload_frame`]), the CREATE contexts ([`create_ctx`]), the
 //! file-system information classes ([`fscc`]), the FSCTL input and output buffers
-//! ([`fsctl_buf`]), the security descriptors of QUERY_INFO/SET_INFO SECURITY and the SecD
+//! ([`fsctl_buf`]), the DFS referral request and response ([`dfs`]), the security descriptors of QUERY_INFO/SET_INFO SECURITY and the SecD
 //! create context ([`security_descriptor`]) and the NTSTATUS values ([`status`], [`NtStatus`]).
 //!
 //! Nothing here panics on input: every read is bounds-checked and failures are [`DecodeError`].
@@ -18,6 +18,7 @@
 
 pub mod create_ctx;
 pub mod cursor;
+pub mod dfs;
 pub mod fscc;
 pub mod fsctl_buf;
 pub mod header;

@@ -899,6 +899,8 @@ pub mod share_type {
 }
 
 pub mod share_flags {
+    pub const DFS: u32 = 0x01;
+    pub const DFS_ROOT: u32 = 0x02;
     pub const NO_CACHING: u32 = 0x30;
     pub const ENCRYPT_DATA: u32 = 0x8000;
 }

@@ -125,6 +125,8 @@ pub const BAD_IMPERSONATION_LEVEL: NtStatus = NtStatus(0xC000_00A5);
 pub const REQUEST_OUT_OF_SEQUENCE: NtStatus = NtStatus(0xC000_042A);
 pub const INVALID_SID: NtStatus = NtStatus(0xC000_0078);
 pub const INVALID_ACL: NtStatus = NtStatus(0xC000_0077);
+/// The path runs into a DFS link: the client asks for a referral (MS-SMB2 3.3.5.9).
+pub const PATH_NOT_COVERED: NtStatus = NtStatus(0xC000_0257);
 
 /// Names for [`NtStatus::name`]; where two names share a value the first listed wins.
 const NAMES: &[(NtStatus, &str)] = &[
@@ -177,6 +179,7 @@ const NAMES: &[(NtStatus, &str)] = &[
     (INVALID_DEVICE_STATE, "INVALID_DEVICE_STATE"),
     (INVALID_LOCK_RANGE, "INVALID_LOCK_RANGE"),
     (NOT_FOUND, "NOT_FOUND"),
+    (PATH_NOT_COVERED, "PATH_NOT_COVERED"),
     (FS_DRIVER_REQUIRED, "FS_DRIVER_REQUIRED"),
     (STOPPED_ON_SYMLINK, "STOPPED_ON_SYMLINK"),
     (MEDIA_WRITE_PROTECTED, "MEDIA_WRITE_PROTECTED"),

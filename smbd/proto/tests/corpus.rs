@@ -65,3 +65,28 @@ fn security_descriptor_corpus_round_trips() {
         "most seeds are real descriptors: {decoded}/{files}"
     );
 }
+
+/// Replays smbd/proto/fuzz/corpus/dfs_referral with the fuzz target's round-trip property,
+/// also over truncations and bit flips of every seed.
+#[test]
+fn dfs_referral_corpus_round_trips() {
+    use smb_proto::dfs::check_round_trip;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/dfs_referral");
+    let mut files = 0;
+    let mut decoded = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let data = std::fs::read(e.unwrap().path()).unwrap();
+        files += 1;
+        decoded += usize::from(check_round_trip(&data).unwrap());
+        for cut in 0..data.len() {
+            check_round_trip(&data[..cut]).unwrap();
+        }
+        for i in 0..data.len() {
+            let mut flipped = data.clone();
+            flipped[i] ^= 0xA5;
+            check_round_trip(&flipped).unwrap();
+        }
+    }
+    assert!(files >= 10, "corpus too small: {files}");
+    assert_eq!(decoded, files, "every seed is a real request or response");
+}

@@ -20,6 +20,9 @@ pub fn check_config(data: &[u8]) -> Result<bool, String> {
         {
             return Err(format!("accepted share name {:?}", s.name));
         }
+        // Parse validated the DFS links: asking again must not fail.
+        s.dfs_links()
+            .map_err(|e| format!("accepted share {:?} with bad DFS links: {e}", s.name))?;
     }
     let _ = cfg.cluster_fs_id();
     let again = Config::parse(text).map_err(|e| format!("second parse failed: {e}"))?;

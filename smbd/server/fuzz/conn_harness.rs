@@ -128,6 +128,12 @@ pub fn shared_with_config(
         valid_groups: Vec::new(),
         guest_ok: true,
         continuous_availability: false,
+        // A DFS root with one link, so referrals and PATH_NOT_COVERED are reachable.
+        dfs_root: true,
+        dfs_links: vec![smbd::config::DfsLink {
+            components: vec!["link1".into()],
+            targets: vec!["\\fuzz2\\data\\sub".into()],
+        }],
     }];
     // No users: the seeds log on anonymously. The guest account is root so that, when the
     // fuzzer runs as root, file operations do not switch this thread's file-system identity to
@@ -685,5 +691,48 @@ pub fn seeds() -> Vec<(String, Vec<u8>)> {
     s.push(cmd::READ, body_read(f1, 0, 4280));
     s.push(cmd::CLOSE, body_close(f1));
     out.push(("seed-ipc-pipe".into(), s.input()));
+    // DFS: a link referral and a root referral (_EX) on IPC$, then an open through the link on
+    // the share (STATUS_PATH_NOT_COVERED).
+    let mut s = Seq::new();
+    s.login(&[0x0311, 0x0302]);
+    s.push(cmd::TREE_CONNECT, body_tree_connect("\\\\fuzz\\IPC$"));
+    s.tid = TREE_ID + 1;
+    let no_file = (u64::MAX, u64::MAX);
+    let req = |name: &str| smb_proto::dfs::ReferralRequest {
+        max_referral_level: 4,
+        file_name: name.into(),
+        site_name: None,
+    };
+    s.push(
+        cmd::IOCTL,
+        body_ioctl(
+            no_file,
+            smb_proto::fsctl::DFS_GET_REFERRALS,
+            &req("\\fuzz\\data\\link1\\x.txt").encode(),
+            4096,
+        ),
+    );
+    s.push(
+        cmd::IOCTL,
+        body_ioctl(
+            no_file,
+            smb_proto::fsctl::DFS_GET_REFERRALS_EX,
+            &req("\\fuzz\\data").encode_ex(),
+            4096,
+        ),
+    );
+    // Room for the header only: STATUS_BUFFER_OVERFLOW with what fits.
+    s.push(
+        cmd::IOCTL,
+        body_ioctl(
+            no_file,
+            smb_proto::fsctl::DFS_GET_REFERRALS,
+            &req("\\fuzz\\data").encode(),
+            8,
+        ),
+    );
+    s.tid = TREE_ID;
+    s.push(cmd::CREATE, body_create("link1\\x.txt", 1, 0x40));
+    out.push(("seed-dfs".into(), s.input()));
     out
 }

@@ -45,6 +45,10 @@
 //! valid_users = ["alice", "@staff"]
 //! # Let anonymous sessions in (as `guest_account`); off by default.
 //! guest_ok = false
+//! # A DFS root (MS-DFSC): its links refer clients to shares on other nodes or clusters
+//! # (FSCTL_DFS_GET_REFERRALS; opens below a link fail with STATUS_PATH_NOT_COVERED).
+//! # dfs_root = true
+//! # dfs_links = [{ path = "link1", targets = ["\\\\node2\\data\\sub"] }]
 //!
 //! # Where share modes, byte-range locks, oplocks and leases are decided. Without this section
 //! # (or with transport = "embedded") the node runs the lock engine in process: a single node.
@@ -277,6 +281,100 @@ pub struct ShareConfig {
     /// storage before they are acknowledged.
     #[serde(default)]
     pub continuous_availability: bool,
+    /// The share is a DFS root (MS-DFSC): advertised with SMB2_SHAREFLAG_DFS(_ROOT), and
+    /// FSCTL_DFS_GET_REFERRALS answers for it and its `dfs_links`.
+    #[serde(default)]
+    pub dfs_root: bool,
+    /// DFS links of a DFS root: a path below the share that refers clients elsewhere.
+    #[serde(default)]
+    pub dfs_links: Vec<DfsLinkConfig>,
+}
+
+/// One DFS link (`[[share.dfs_links]]`, or inline `dfs_links = [{ path = .., targets = [..] }]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DfsLinkConfig {
+    /// Path of the link below the share root (`a` or `a/b`; `\` also separates).
+    pub path: String,
+    /// UNC targets, `\\server\share[\path]` (TOML basic strings double the backslashes;
+    /// `//server/share/path` is accepted too), in the order clients should try them.
+    pub targets: Vec<String>,
+}
+
+/// A validated DFS link: components without separators, targets as `\server\share[\path]`
+/// (one leading backslash, as MS-DFSC 2.2.5.3.1 NetworkAddress carries them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DfsLink {
+    pub components: Vec<String>,
+    pub targets: Vec<String>,
+}
+
+fn dfs_components(path: &str) -> Option<Vec<String>> {
+    let comps: Vec<String> = path
+        .split(['\\', '/'])
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+        .collect();
+    if comps.is_empty()
+        || comps
+            .iter()
+            .any(|c| c == "." || c == ".." || c.contains(':'))
+    {
+        return None;
+    }
+    Some(comps)
+}
+
+impl ShareConfig {
+    /// The share's DFS links, validated: only on a DFS root, each a clean relative path with
+    /// at least one `\\server\share` target, no link inside another.
+    pub fn dfs_links(&self) -> Result<Vec<DfsLink>, ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(format!("share {} {m}", self.name)));
+        if !self.dfs_root && !self.dfs_links.is_empty() {
+            return bad("has dfs_links but is not dfs_root".into());
+        }
+        let mut links: Vec<DfsLink> = Vec::new();
+        for l in &self.dfs_links {
+            let Some(components) = dfs_components(&l.path) else {
+                return bad(format!(
+                    "dfs link path {:?} is not a path below the share",
+                    l.path
+                ));
+            };
+            if l.targets.is_empty() {
+                return bad(format!("dfs link {:?} has no targets", l.path));
+            }
+            let mut targets = Vec::new();
+            for t in &l.targets {
+                let unc = t.starts_with("\\\\") || t.starts_with("//");
+                let parts: Vec<&str> = t.split(['\\', '/']).filter(|c| !c.is_empty()).collect();
+                if !unc || parts.len() < 2 || parts.iter().any(|c| *c == "." || *c == "..") {
+                    return bad(format!(
+                        "dfs link {:?} target {t:?} is not \\\\server\\share[\\path]",
+                        l.path
+                    ));
+                }
+                targets.push(format!("\\{}", parts.join("\\")));
+            }
+            let prefix_of = |a: &[String], b: &[String]| {
+                a.len() <= b.len() && a.iter().zip(b).all(|(x, y)| x.eq_ignore_ascii_case(y))
+            };
+            if let Some(o) = links.iter().find(|o| {
+                prefix_of(&o.components, &components) || prefix_of(&components, &o.components)
+            }) {
+                return bad(format!(
+                    "dfs link {:?} overlaps link {:?}",
+                    l.path,
+                    o.components.join("/")
+                ));
+            }
+            links.push(DfsLink {
+                components,
+                targets,
+            });
+        }
+        Ok(links)
+    }
 }
 
 /// Which lock service the node uses.
@@ -851,6 +949,7 @@ impl Config {
             if s.name.eq_ignore_ascii_case("IPC$") {
                 return Err(ConfigError::Invalid("IPC$ is built in".into()));
             }
+            s.dfs_links()?;
         }
         if let Some(addr) = cfg.server.metrics_listen {
             clustersmb_metrics::check_listen(addr, cfg.server.metrics_allow_remote)
@@ -898,6 +997,49 @@ mod tests {
         let c = Config::parse(include_str!("../../smbd.example.toml")).unwrap();
         assert_eq!(c.share.len(), 2);
         assert!(c.share[1].read_only);
+    }
+
+    #[test]
+    fn dfs_links_parse_and_validate() {
+        let share = |extra: &str| {
+            Config::parse(&format!("[[share]]\nname=\"d\"\npath=\"/tmp\"\n{extra}\n"))
+        };
+        let c = share(
+            "dfs_root = true\ndfs_links = [{ path = \"a/b\", targets = [\"\\\\\\\\n2\\\\data\\\\sub\", \"//n3/x\"] }]",
+        )
+        .unwrap();
+        let links = c.share[0].dfs_links().unwrap();
+        assert_eq!(links.len(), 1);
+        assert_eq!(links[0].components, ["a", "b"]);
+        assert_eq!(links[0].targets, ["\\n2\\data\\sub", "\\n3\\x"]);
+        let refused = |extra: &str, what: &str| match share(extra) {
+            Err(ConfigError::Invalid(m)) => assert!(m.contains(what), "{extra}: {m}"),
+            other => panic!("{extra}: {other:?}"),
+        };
+        refused(
+            "dfs_links = [{ path = \"a\", targets = [\"//n/s\"] }]",
+            "not dfs_root",
+        );
+        refused(
+            "dfs_root = true\ndfs_links = [{ path = \"../a\", targets = [\"//n/s\"] }]",
+            "not a path below",
+        );
+        refused(
+            "dfs_root = true\ndfs_links = [{ path = \"a\", targets = [] }]",
+            "no targets",
+        );
+        refused(
+            "dfs_root = true\ndfs_links = [{ path = \"a\", targets = [\"n/s\"] }]",
+            "is not",
+        );
+        refused(
+            "dfs_root = true\ndfs_links = [{ path = \"a\", targets = [\"//n\"] }]",
+            "is not",
+        );
+        refused(
+            "dfs_root = true\ndfs_links = [{ path = \"a\", targets = [\"//n/s\"] }, { path = \"A/b\", targets = [\"//n/t\"] }]",
+            "overlaps",
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod byte_reader;
 pub mod clock;
 pub mod config;
 pub mod conn;
+mod dfs;
 pub mod dirwatch;
 mod dosattr;
 mod durable;

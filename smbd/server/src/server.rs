@@ -146,6 +146,8 @@ impl Server {
                 valid_groups,
                 guest_ok: s.guest_ok,
                 continuous_availability: s.continuous_availability,
+                dfs_root: s.dfs_root,
+                dfs_links: s.dfs_links()?,
             });
         }
         let mut addrs: Vec<SocketAddr> = config.server.listen.clone();

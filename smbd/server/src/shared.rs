@@ -34,6 +34,9 @@ pub struct Share {
     pub guest_ok: bool,
     /// Continuously available: persistent handles, written-through writes.
     pub continuous_availability: bool,
+    /// A DFS root (MS-DFSC) with these links (crate::dfs).
+    pub dfs_root: bool,
+    pub dfs_links: Vec<crate::config::DfsLink>,
 }
 
 impl Share {

@@ -106,6 +106,25 @@ fn conn_corpus() {
                 assert!(ok(c), "{name}: no successful command {c:#x}: {answers:x?}");
             }
         }
+        if name == "seed-dfs" {
+            let referrals = answers
+                .iter()
+                .filter(|a| a.0 == cmd::IOCTL && a.2 == 0)
+                .count();
+            assert_eq!(referrals, 2, "{answers:x?}");
+            assert!(
+                answers
+                    .iter()
+                    .any(|a| a.0 == cmd::IOCTL && a.2 == 0x8000_0005),
+                "no BUFFER_OVERFLOW: {answers:x?}"
+            );
+            assert!(
+                answers
+                    .iter()
+                    .any(|a| a.0 == cmd::CREATE && a.2 == 0xC000_0257),
+                "no PATH_NOT_COVERED: {answers:x?}"
+            );
+        }
         if name == "seed-out-of-window" {
             assert!(!answers.iter().any(|a| a.0 == cmd::ECHO), "{answers:x?}");
         }

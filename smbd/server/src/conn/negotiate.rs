@@ -99,6 +99,10 @@ impl Conn {
         {
             server_caps |= caps::ENCRYPTION;
         }
+        // MS-SMB2 3.3.5.4: SMB2_GLOBAL_CAP_DFS when the server hosts a DFS namespace.
+        if self.shared.shares.iter().any(|s| s.dfs_root) {
+            server_caps |= caps::DFS;
+        }
         // MS-SMB2 3.3.5.4: persistent handles are offered from 3.0 on, here only when some
         // share is continuously available (nothing else changes for other servers).
         if d >= dialect::SMB300

@@ -64,6 +64,13 @@ impl Conn {
         if share.is_some() && self.shared.config.witness.enabled {
             capabilities |= smb_proto::share_caps::CLUSTER;
         }
+        // MS-SMB2 2.2.10 / 3.3.5.7: a DFS root is SHAREFLAG_DFS | SHAREFLAG_DFS_ROOT with
+        // SHARE_CAP_DFS; clients then send its paths with SMB2_FLAGS_DFS_OPERATIONS and ask for
+        // referrals where an open fails with STATUS_PATH_NOT_COVERED.
+        if share.is_some_and(|i| self.shared.shares[i].dfs_root) {
+            sflags |= smb_proto::share_flags::DFS | smb_proto::share_flags::DFS_ROOT;
+            capabilities |= smb_proto::share_caps::DFS;
+        }
         // The response carries the new TreeId in its header.
         self.pending_tree_id = Some(tid);
         Outcome::Reply(

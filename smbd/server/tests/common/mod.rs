@@ -33,6 +33,8 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// RLIMIT_NOFILE (soft and hard) for smbd.
     pub nofile: Option<u64>,
+    /// The address smbd listens on (default `127.0.0.1:0`, a free port).
+    pub listen: Option<String>,
 }
 
 include!("../support/tools.rs");
@@ -91,7 +93,7 @@ impl TestServer {
             .arg("--config")
             .arg(&cfg)
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(opts.listen.as_deref().unwrap_or("127.0.0.1:0"))
             .env(
                 "RUST_LOG",
                 std::env::var("SMBD_TEST_LOG").unwrap_or("info".into()),

@@ -47,7 +47,29 @@ impl Conn {
         self.run_chain(msgs, first, ctx);
     }
 
-    pub(crate) fn create(&mut self, c: CreateRequest, hdr: &Header, ctx: &mut ChainCtx) -> Outcome {
+    pub(crate) fn create(
+        &mut self,
+        mut c: CreateRequest,
+        hdr: &Header,
+        ctx: &mut ChainCtx,
+    ) -> Outcome {
+        if let Some(Some(i)) = self.tree_share(ctx) {
+            let sh = &self.shared.shares[i];
+            if sh.dfs_root {
+                // MS-SMB2 3.3.5.9: on a DFS share, SMB2_FLAGS_DFS_OPERATIONS names the file
+                // as server\share\path.
+                if hdr.flags & smb_proto::header::flags::DFS_OPERATIONS != 0 {
+                    c.name = crate::dfs::strip_dfs_prefix(&c.name).to_string();
+                }
+                // A path through a DFS link is not here: STATUS_PATH_NOT_COVERED makes the
+                // client ask for the link's referral (MS-DFSC 3.1.5.1).
+                let base = c.name.split(':').next().unwrap_or("");
+                let comps: Vec<&str> = base.split('\\').filter(|p| !p.is_empty()).collect();
+                if crate::dfs::link_for(sh, &comps).is_some() {
+                    return err(status::PATH_NOT_COVERED);
+                }
+            }
+        }
         // Another connection (or node) may create the name between our lookup and our
         // O_EXCL create / mkdir. For OPEN_IF, OVERWRITE_IF and SUPERSEDE that is not an error:
         // the name exists now, so the create runs again as an open of the existing file

@@ -119,7 +119,51 @@ impl Conn {
                 }
                 reply(Vec::new(), i.file_id)
             }
-            fsctl::DFS_GET_REFERRALS | fsctl::DFS_GET_REFERRALS_EX => err(status::NOT_FOUND),
+            fsctl::DFS_GET_REFERRALS | fsctl::DFS_GET_REFERRALS_EX => {
+                // MS-SMB2 3.3.5.15.2: on any tree (IPC$ or a share), answered by the DFS
+                // service (MS-DFSC 3.2.5.5). Without a DFS root nothing is known: NOT_FOUND.
+                let req = if i.ctl_code == fsctl::DFS_GET_REFERRALS {
+                    smb_proto::dfs::ReferralRequest::decode(&i.input)
+                } else {
+                    smb_proto::dfs::ReferralRequest::decode_ex(&i.input)
+                };
+                let Ok(req) = req else {
+                    let no_root = !self.shared.shares.iter().any(|s| s.dfs_root);
+                    return err(if no_root {
+                        status::NOT_FOUND
+                    } else {
+                        status::INVALID_PARAMETER
+                    });
+                };
+                let resp = match crate::dfs::referral(&self.shared.shares, &req) {
+                    Ok(r) => r,
+                    Err(st) => {
+                        tracing::debug!(conn = self.id, path = %req.file_name, status = %st,
+                            "dfs referral refused");
+                        return err(st);
+                    }
+                };
+                let Some(out) = resp.encode() else {
+                    return err(status::INVALID_PARAMETER);
+                };
+                // A response larger than the client's buffer: the first MaxOutputResponse
+                // bytes with STATUS_BUFFER_OVERFLOW (MS-SMB2 3.3.5.15; what Samba sends).
+                let max = i.max_output_response as usize;
+                if out.len() > max {
+                    let mut out = out;
+                    out.truncate(max);
+                    return Outcome::Reply(
+                        status::BUFFER_OVERFLOW,
+                        Response::Ioctl {
+                            ctl_code: i.ctl_code,
+                            file_id: i.file_id,
+                            input: vec![],
+                            output: out,
+                        },
+                    );
+                }
+                reply(out, i.file_id)
+            }
             fsctl::PIPE_TRANSCEIVE => err(status::NOT_SUPPORTED),
             fsctl::SRV_REQUEST_RESUME_KEY => {
                 let v = match self.resolve_fid(i.file_id, ctx) {
