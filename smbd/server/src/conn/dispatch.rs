@@ -633,6 +633,9 @@ impl Conn {
             Ok(out) => return out,
             Err(req) => req,
         };
+        if let Err(st) = self.check_channel_sequence(&req, hdr, ctx) {
+            return err(st);
+        }
         match req {
             Request::Negotiate(n) => self.negotiate(n),
             Request::SessionSetup(s) => self.session_setup(s, hdr, ctx, m),

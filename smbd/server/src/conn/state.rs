@@ -294,4 +294,6 @@ pub(crate) struct CreateCont {
     pub(crate) share_access: u32,
     /// A new file created with FILE_ATTRIBUTE_READONLY: mode 0444 once its handle is open.
     pub(crate) make_read_only: bool,
+    /// The CREATE's ChannelSequence: the open's first Open.ChannelSequence (MS-SMB2 3.3.5.2.10).
+    pub(crate) channel_sequence: u16,
 }
