@@ -73,7 +73,9 @@ pub(crate) struct Open {
     /// Durable handle granted (DHnQ/DH2Q); v2 carries the create GUID.
     pub durable: Option<DurableState>,
     /// Open.CreateGuid of a DH2Q create, durable or not (MS-SMB2 3.3.5.9.10 sets it before
-    /// durability is decided): a replay of that CREATE is answered with this open.
+    /// durability is decided), while the open is replay-eligible: a replay of that CREATE is
+    /// answered with this open until the handle's first request (Open.IsReplayEligible, kept
+    /// for persistent opens), after which it is `None`.
     pub replay: Option<ReplayRecord>,
     /// Open.ChannelSequence (MS-SMB2 3.3.5.2.10): the newest ChannelSequence seen in a
     /// request on this handle; modifying requests with an older one are refused.
@@ -172,6 +174,23 @@ impl ParkedOpens {
     /// [`crate::limits::FdBudget`]).
     pub(crate) fn descriptors(&self, now: Instant) -> usize {
         self.live(now).values().map(|p| p.open.descriptors()).sum()
+    }
+
+    /// The parked persistent open a replay of the CREATE `create_guid` of client
+    /// `client_guid` names (MS-SMB2 3.3.5.9.10 looks in the whole GlobalOpenTable, so
+    /// disconnected persistent opens too): its persistent file id.
+    pub(crate) fn find_replay(
+        &self,
+        create_guid: [u8; 16],
+        client_guid: [u8; 16],
+        now: Instant,
+    ) -> Option<u64> {
+        self.live(now).iter().find_map(|(id, p)| {
+            p.open
+                .replay
+                .filter(|r| r.create_guid == create_guid && r.client_guid == client_guid)
+                .map(|_| *id)
+        })
     }
 
     /// The parked handle state of `persistent`, if it is the same lock-service open.

@@ -633,7 +633,7 @@ impl Conn {
             Ok(out) => return out,
             Err(req) => req,
         };
-        if let Err(st) = self.check_channel_sequence(&req, hdr, ctx) {
+        if let Err(st) = self.on_handle_request(&req, hdr, ctx) {
             return err(st);
         }
         match req {

@@ -89,7 +89,7 @@ impl Conn {
             Err(st) => return err(st),
         };
         if let Some(smb_proto::create_ctx::DurableKind::V2 { create_guid, .. }) = &durable {
-            if let Some(out) = self.replayed_create(&c, *create_guid, hdr) {
+            if let Some(out) = self.replayed_create(&c, *create_guid, hdr, ctx, share) {
                 return out;
             }
         }

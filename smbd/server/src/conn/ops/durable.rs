@@ -289,17 +289,23 @@ impl Conn {
             persistent,
             volatile: persistent,
         };
+        // A replayed DH2Q (see `replayed_create`) gets the original CREATE's action; a DH2C
+        // reconnect opens what exists.
+        let action = match open.replay {
+            Some(r) if c.context(smb_proto::ctx::DH2Q).is_some() => {
+                // ... and its durable (persistent) context, as the first answer had.
+                if let Some(d) = &open.durable {
+                    contexts.insert(0, smb_proto::create_ctx::durable_response(&d.kind));
+                }
+                r.create_action
+            }
+            _ => create_action::OPENED,
+        };
         self.add_open(persistent, open);
         tracing::debug!(conn = self.id, persistent, "durable open reconnected");
         Outcome::Reply(
             status::SUCCESS,
-            Response::Create(create_response(
-                &info,
-                oplock_level,
-                create_action::OPENED,
-                fid,
-                contexts,
-            )),
+            Response::Create(create_response(&info, oplock_level, action, fid, contexts)),
         )
     }
 
@@ -312,6 +318,8 @@ impl Conn {
         c: &CreateRequest,
         create_guid: [u8; 16],
         hdr: &smb_proto::Header,
+        ctx: &ChainCtx,
+        share: usize,
     ) -> Option<Outcome> {
         let client_guid = self.neg.as_ref().map(|n| n.client_guid).unwrap_or_default();
         let replaying = hdr.flags & smb_proto::header::flags::REPLAY_OPERATION != 0;
@@ -333,10 +341,31 @@ impl Conn {
                 status::DUPLICATE_OBJECTID
             }));
         }
-        let (&v, o) = self.opens.iter().find(|(_, o)| {
+        let found = self.opens.iter().find(|(_, o)| {
             o.replay
                 .is_some_and(|r| r.client_guid == client_guid && r.create_guid == create_guid)
-        })?;
+        });
+        let Some((&v, o)) = found else {
+            // A persistent open of this client that lost its connection (smbtorture
+            // smb2.replay.replay5): the replay reclaims it, as a DH2C for its FileId would
+            // (MS-SMB2 3.3.5.9.12 also finds persistent opens by CreateGuid).
+            let persistent = self
+                .shared
+                .parked
+                .find_replay(create_guid, client_guid, self.now)?;
+            if !replaying {
+                return Some(err(status::DUPLICATE_OBJECTID));
+            }
+            let rc = Reconnect {
+                file_id: FileId {
+                    persistent,
+                    volatile: persistent,
+                },
+                v2: Some(create_guid),
+                persistent: true,
+            };
+            return Some(self.durable_reconnect(c, rc, hdr, ctx, share));
+        };
         if !replaying {
             return Some(err(status::DUPLICATE_OBJECTID));
         }

@@ -110,6 +110,8 @@ pub(crate) fn channel_sequence(hdr: &smb_proto::Header) -> u16 {
 }
 
 impl Conn {
+    /// Bookkeeping every request on a handle does before its own processing.
+    ///
     /// MS-SMB2 3.3.5.2.10: a request on a handle whose ChannelSequence is newer than the
     /// open's (in 16-bit serial arithmetic) moves the open to it; a WRITE, SET_INFO or IOCTL
     /// with an older one is refused with STATUS_FILE_NOT_AVAILABLE, so a write a client sent
@@ -118,7 +120,7 @@ impl Conn {
     /// outstanding-request counts (which also refuse a replay while requests of the previous
     /// sequence are in flight) are not kept: a handle's requests are executed in arrival
     /// order by its connection, and a replay is only sent after the original's channel failed.
-    pub(crate) fn check_channel_sequence(
+    pub(crate) fn on_handle_request(
         &mut self,
         req: &smb_proto::Request,
         hdr: &smb_proto::Header,
@@ -148,6 +150,13 @@ impl Conn {
         let Some(o) = self.opens.get_mut(&v) else {
             return Ok(());
         };
+        // Open.IsReplayEligible goes FALSE with the first request on a non-persistent
+        // handle (MS-SMB2 3.3.5.20, 3.3.5.21 and the other per-command sections): the client
+        // has seen the CREATE succeed, so a later replay of it is a new create (smbtorture
+        // smb2.replay.replay6).
+        if !o.durable.as_ref().is_some_and(|d| d.is_persistent()) {
+            o.replay = None;
+        }
         let seq = channel_sequence(hdr);
         let ahead = seq.wrapping_sub(o.channel_sequence);
         if ahead == 0 {
