@@ -28,12 +28,9 @@ pub use smb_proto::create_ctx::{DurableKind, Reconnect};
 #[derive(Debug, Clone)]
 pub struct DurableState {
     pub kind: DurableKind,
-    /// The CREATE's action (created, opened, ...), repeated to a replay of it.
-    pub create_action: u32,
     pub share_access: u32,
     /// The lease context of the original request (for v2 parent key / epoch).
     pub lease: Option<LeaseContext>,
-    pub client_guid: [u8; 16],
 }
 
 impl DurableState {

@@ -13,6 +13,17 @@ use crate::durable::DurableState;
 use crate::fs::DirEntry;
 use crate::locking::{self, access_bits, OplockGrant, OplockLevel};
 
+/// What a replayed CREATE (SMB2_FLAGS_REPLAY_OPERATION with the same CreateGuid, MS-SMB2
+/// 3.3.5.9.10) needs of the open it created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReplayRecord {
+    pub create_guid: [u8; 16],
+    /// Connection.ClientGuid of the client that created it: only that client replays it.
+    pub client_guid: [u8; 16],
+    /// The CREATE's action (created, opened, ...), repeated to the replay.
+    pub create_action: u32,
+}
+
 /// A directory open's enumeration (QUERY_DIRECTORY).
 pub(crate) struct DirState {
     pub entries: Vec<DirEntry>,
@@ -63,6 +74,14 @@ pub(crate) struct Open {
     pub resilient: bool,
     /// Durable handle granted (DHnQ/DH2Q); v2 carries the create GUID.
     pub durable: Option<DurableState>,
+    /// Open.CreateGuid of a DH2Q create, durable or not (MS-SMB2 3.3.5.9.10 sets it before
+    /// durability is decided), while the open is replay-eligible: a replay of that CREATE is
+    /// answered with this open until the handle's first request (Open.IsReplayEligible, kept
+    /// for persistent opens), after which it is `None`.
+    pub replay: Option<ReplayRecord>,
+    /// Open.ChannelSequence (MS-SMB2 3.3.5.2.10): the newest ChannelSequence seen in a
+    /// request on this handle; modifying requests with an older one are refused.
+    pub channel_sequence: u16,
     /// Byte-range locks held, to re-establish them on a durable reconnect.
     pub locks: Vec<locking::LockRange>,
     /// Open.LockSequenceArray (MS-SMB2 3.3.1.10): 0xFF = invalid entry.
@@ -166,6 +185,23 @@ impl ParkedOpens {
         self.live(now).values().map(|p| p.open.descriptors()).sum()
     }
 
+    /// The parked persistent open a replay of the CREATE `create_guid` of client
+    /// `client_guid` names (MS-SMB2 3.3.5.9.10 looks in the whole GlobalOpenTable, so
+    /// disconnected persistent opens too): its persistent file id.
+    pub(crate) fn find_replay(
+        &self,
+        create_guid: [u8; 16],
+        client_guid: [u8; 16],
+        now: Instant,
+    ) -> Option<u64> {
+        self.live(now).iter().find_map(|(id, p)| {
+            p.open
+                .replay
+                .filter(|r| r.create_guid == create_guid && r.client_guid == client_guid)
+                .map(|_| *id)
+        })
+    }
+
     /// The parked handle state of `persistent`, if it is the same lock-service open.
     pub(crate) fn take(
         &self,
@@ -253,7 +289,6 @@ mod tests {
             notify: None,
             resilient: false,
             durable: Some(DurableState {
-                create_action: smb_proto::create_action::CREATED,
                 kind: DurableKind::V2 {
                     create_guid: [1; 16],
                     timeout_ms,
@@ -261,8 +296,9 @@ mod tests {
                 },
                 share_access,
                 lease: None,
-                client_guid: [2; 16],
             }),
+            replay: None,
+            channel_sequence: 0,
             locks: Vec::new(),
             lock_seq: [0xFF; 64],
             identity: None,

@@ -145,6 +145,10 @@ struct Slot {
     send_inflight: bool,
     recv_armed: bool,
     closing: bool,
+    /// The client's transport is gone but other connections are bound as channels of
+    /// sessions this connection established (MS-SMB2 3.3.5.5.2): it lives on, without a
+    /// socket, until the last of them closes (see [`Conn::lose_transport`]).
+    headless: bool,
     /// READs/WRITEs of this connection in the ring. While any is in flight, only further
     /// plain READs/WRITEs are processed; anything else (FLUSH, CLOSE, LOCK, SET_INFO...)
     /// waits in `inbuf` so that it sees every earlier I/O done, as with synchronous I/O.
@@ -441,6 +445,7 @@ impl Worker {
             send_inflight: false,
             recv_armed: false,
             closing: false,
+            headless: false,
             io_inflight: 0,
             out_bytes: 0,
             recv_paused: false,
@@ -505,7 +510,7 @@ impl Worker {
         // ECANCELED: the RECV was cancelled to pause reading (backpressure).
         if res == 0 || (res < 0 && res != -libc::ENOBUFS && res != -libc::ECANCELED) {
             s.closing = true;
-        } else if !more {
+        } else if !more && !s.headless {
             self.arm_recv(slot)?;
         }
         Ok(())
@@ -812,6 +817,21 @@ impl Worker {
         let Some(s) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
             return Ok(());
         };
+        if s.closing && !s.conn.closed && s.conn.lose_transport() {
+            // The socket is done with, the sessions are not: their other channels go on.
+            s.closing = false;
+            if !s.headless {
+                s.headless = true;
+                let _ = s.stream.shutdown(Shutdown::Both);
+            }
+        }
+        if s.headless && !s.closing {
+            // Output for the lost transport (async completions, breaks) has nowhere to go.
+            s.outq.clear();
+            s.sending = None;
+            s.out_bytes = 0;
+            return Ok(());
+        }
         if s.closing {
             s.outq.clear();
             // Pending file I/O holds no reference to the slot (see `InFlightIo`).

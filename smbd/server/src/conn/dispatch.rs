@@ -644,6 +644,9 @@ impl Conn {
             Ok(out) => return out,
             Err(req) => req,
         };
+        if let Err(st) = self.on_handle_request(&req, hdr, ctx) {
+            return err(st);
+        }
         match req {
             Request::Negotiate(n) => self.negotiate(n),
             Request::SessionSetup(s) => self.session_setup(s, hdr, ctx, m),

@@ -91,6 +91,9 @@ pub struct Conn {
     unbound: HashMap<u64, Signer>,
     binding: HashMap<u64, Binding>,
     pub closed: bool,
+    /// The client's transport closed while other connections were bound to sessions
+    /// established here ([`Conn::lose_transport`]): the connection lives on for them.
+    transport_lost: bool,
     /// When the input being handled arrived: the time given to the entry point
     /// (`on_message`, `on_event`, `shutdown`), so the protocol logic never reads the clock.
     now: Instant,
@@ -144,6 +147,7 @@ impl Conn {
             suspend_chain: None,
             read_body_padding: 0,
             channels: HashMap::new(),
+            transport_lost: false,
             cur_channel: None,
             channel_out: Vec::new(),
             bound: HashMap::new(),
@@ -280,6 +284,10 @@ impl Conn {
             }
             Event::ChannelClosed { channel } => {
                 self.channels.retain(|(ch, _), _| *ch != channel);
+                if self.transport_lost && self.channels.is_empty() {
+                    tracing::info!(conn = self.id, "last channel closed; ending its sessions");
+                    self.closed = true;
+                }
             }
             Event::DurableWaitOver { persistent } => self.durable_wait_over(persistent),
             Event::Status(tx) => {
@@ -287,6 +295,28 @@ impl Conn {
                 let _ = tx.send(self.status());
             }
         }
+    }
+
+    /// The client's transport closed. If other connections are bound to sessions established
+    /// here, the sessions live on through them (MS-SMB2 3.3.7.1 ends a session only with its
+    /// last channel): their opens, pending creates and durable state stay, so a client that
+    /// lost one NIC replays on another (smbtorture smb2.replay.dhv2-pending2*/3*). Returns
+    /// whether the connection lives on; it ends when the last channel closes.
+    pub fn lose_transport(&mut self) -> bool {
+        if self.channels.is_empty() {
+            return false;
+        }
+        if !self.transport_lost {
+            tracing::info!(
+                conn = self.id,
+                channels = self.channels.len(),
+                "transport closed; sessions go on through their other channels"
+            );
+            self.transport_lost = true;
+            // As a channel of other connections' sessions it is gone for good.
+            self.leave_bound_sessions();
+        }
+        true
     }
 
     /// The connection is gone: release everything.
@@ -312,6 +342,12 @@ impl Conn {
         for sid in sids {
             self.end_channels(sid);
         }
+        self.leave_bound_sessions();
+        self.shared.unregister_conn(self.id);
+    }
+
+    /// This connection stops being a channel of the sessions it was bound to.
+    fn leave_bound_sessions(&mut self) {
         for sid in self.bound.keys() {
             self.shared.channel_removed(*sid);
         }
@@ -322,6 +358,6 @@ impl Conn {
             self.shared
                 .post_event(o, Event::ChannelClosed { channel: self.id });
         }
-        self.shared.unregister_conn(self.id);
+        self.bound.clear();
     }
 }

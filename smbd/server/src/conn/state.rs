@@ -297,4 +297,6 @@ pub(crate) struct CreateCont {
     /// An existing file overwritten or superseded: the FileAttributes asked for, applied
     /// once it is truncated (MS-FSA 2.1.5.1.2.2).
     pub(crate) overwrite_attributes: Option<u32>,
+    /// The CREATE's ChannelSequence: the open's first Open.ChannelSequence (MS-SMB2 3.3.5.2.10).
+    pub(crate) channel_sequence: u16,
 }

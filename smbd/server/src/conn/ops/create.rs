@@ -13,9 +13,10 @@ use smb_proto::{
 };
 
 use super::{
-    engine_status, io_status, open_checked, oplock_grant_level, parent_and_name, path_status,
-    unix_may_delete, update_dos, APPEND_DATA, ATTR_SPARSE, DELETE, EXECUTE, FILE_ACTION_ADDED,
-    FULL_ACCESS, QUOTA_FAKE_FILE, READ_ACCESS, READ_DATA, WRITE_ATTRIBUTES, WRITE_DATA,
+    channel_sequence, engine_status, io_status, open_checked, oplock_grant_level, parent_and_name,
+    path_status, unix_may_delete, update_dos, APPEND_DATA, ATTR_SPARSE, DELETE, EXECUTE,
+    FILE_ACTION_ADDED, FULL_ACCESS, QUOTA_FAKE_FILE, READ_ACCESS, READ_DATA, WRITE_ATTRIBUTES,
+    WRITE_DATA,
 };
 use crate::beneath::ShareRoot;
 use crate::conn::{err, ChainCtx, Conn, CreateCont, Open, Outcome, PendingKind, StreamTarget};
@@ -111,7 +112,7 @@ impl Conn {
             Err(st) => return err(st),
         };
         if let Some(smb_proto::create_ctx::DurableKind::V2 { create_guid, .. }) = &durable {
-            if let Some(out) = self.replayed_create(&c, *create_guid, hdr) {
+            if let Some(out) = self.replayed_create(&c, *create_guid, hdr, ctx, share) {
                 return out;
             }
         }
@@ -472,6 +473,7 @@ impl Conn {
             fake_quota,
             make_read_only,
             overwrite_attributes,
+            channel_sequence: channel_sequence(hdr),
         };
         self.shared.parked.purge_conflicting(
             stable_id,
@@ -879,14 +881,23 @@ impl Conn {
         // The lock service decided on durability with the grant (a persistent handle whatever
         // the caching, any other one with a batch oplock or a lease with handle caching) and
         // keeps the durable state (durable.rs); without its yes there is none.
+        // Open.CreateGuid (MS-SMB2 3.3.5.9.10) is the request's, durable or not.
+        let replay = match &cont.durable {
+            Some(crate::durable::DurableKind::V2 { create_guid, .. }) => {
+                Some(crate::open::ReplayRecord {
+                    create_guid: *create_guid,
+                    client_guid: self.client_guid_bytes(),
+                    create_action: action,
+                })
+            }
+            _ => None,
+        };
         let durable = cont.durable.clone().filter(|_| durable).map(|kind| {
             contexts.push(smb_proto::create_ctx::durable_response(&kind));
             crate::durable::DurableState {
-                create_action: action,
                 kind,
                 share_access: cont.share_access,
                 lease: cont.lease,
-                client_guid: self.client_guid_bytes(),
             }
         });
         let oplock = if matches!(grant, OplockGrant::Lease(_)) && cont.lease.is_none() {
@@ -921,6 +932,8 @@ impl Conn {
                 notify: None,
                 resilient: false,
                 durable,
+                replay,
+                channel_sequence: cont.channel_sequence,
                 locks: Vec::new(),
                 lock_seq: [0xFF; 64],
                 identity: crate::identity::current(),

@@ -289,17 +289,23 @@ impl Conn {
             persistent,
             volatile: persistent,
         };
+        // A replayed DH2Q (see `replayed_create`) gets the original CREATE's action; a DH2C
+        // reconnect opens what exists.
+        let action = match open.replay {
+            Some(r) if c.context(smb_proto::ctx::DH2Q).is_some() => {
+                // ... and its durable (persistent) context, as the first answer had.
+                if let Some(d) = &open.durable {
+                    contexts.insert(0, smb_proto::create_ctx::durable_response(&d.kind));
+                }
+                r.create_action
+            }
+            _ => create_action::OPENED,
+        };
         self.add_open(persistent, open);
         tracing::debug!(conn = self.id, persistent, "durable open reconnected");
         Outcome::Reply(
             status::SUCCESS,
-            Response::Create(create_response(
-                &info,
-                oplock_level,
-                create_action::OPENED,
-                fid,
-                contexts,
-            )),
+            Response::Create(create_response(&info, oplock_level, action, fid, contexts)),
         )
     }
 
@@ -312,18 +318,59 @@ impl Conn {
         c: &CreateRequest,
         create_guid: [u8; 16],
         hdr: &smb_proto::Header,
+        ctx: &ChainCtx,
+        share: usize,
     ) -> Option<Outcome> {
         let client_guid = self.neg.as_ref().map(|n| n.client_guid).unwrap_or_default();
-        let (&v, o) = self.opens.iter().find(|(_, o)| {
-            o.durable.as_ref().is_some_and(|d| {
-                d.client_guid == client_guid
-                    && matches!(d.kind, DurableKind::V2 { create_guid: g, .. } if g == create_guid)
-            })
-        })?;
-        if hdr.flags & smb_proto::header::flags::REPLAY_OPERATION == 0 {
+        let replaying = hdr.flags & smb_proto::header::flags::REPLAY_OPERATION != 0;
+        // The CREATE being replayed may still wait for a break (a conflicting oplock or lease
+        // holder has not answered yet): the replay is refused at once with
+        // STATUS_FILE_NOT_AVAILABLE, and the original completes as it would have. Windows
+        // answers ACCESS_DENIED or lets the replay wait and fail with SHARING_VIOLATION;
+        // Samba's answer (bug 14449, smbtorture smb2.replay.dhv2-pending*-sane) tells the
+        // client to retry, which is what it must do. Pending creates are this connection's,
+        // so this client's.
+        let pending = self.pending.values().any(|p| {
+            matches!(&p.kind, PendingKind::Create(cont)
+                if matches!(cont.durable, Some(DurableKind::V2 { create_guid: g, .. }) if g == create_guid))
+        });
+        if pending {
+            return Some(err(if replaying {
+                status::FILE_NOT_AVAILABLE
+            } else {
+                status::DUPLICATE_OBJECTID
+            }));
+        }
+        let found = self.opens.iter().find(|(_, o)| {
+            o.replay
+                .is_some_and(|r| r.client_guid == client_guid && r.create_guid == create_guid)
+        });
+        let Some((&v, o)) = found else {
+            // A persistent open of this client that lost its connection (smbtorture
+            // smb2.replay.replay5): the replay reclaims it, as a DH2C for its FileId would
+            // (MS-SMB2 3.3.5.9.12 also finds persistent opens by CreateGuid).
+            let persistent = self
+                .shared
+                .parked
+                .find_replay(create_guid, client_guid, self.now)?;
+            if !replaying {
+                return Some(err(status::DUPLICATE_OBJECTID));
+            }
+            let rc = Reconnect {
+                file_id: FileId {
+                    persistent,
+                    volatile: persistent,
+                },
+                v2: Some(create_guid),
+                persistent: true,
+            };
+            return Some(self.durable_reconnect(c, rc, hdr, ctx, share));
+        };
+        if !replaying {
             return Some(err(status::DUPLICATE_OBJECTID));
         }
-        let d = o.durable.as_ref()?;
+        let create_action = o.replay.map_or(create_action::OPENED, |r| r.create_action);
+        let durable_state = o.durable.as_ref();
         let info = match crate::fs::file_info(&o.abs) {
             Ok(info) => info,
             Err(_) => return Some(err(status::OBJECT_NAME_NOT_FOUND)),
@@ -347,7 +394,7 @@ impl Conn {
                     })
                     .max()
                     .map_or(l.state.0, |(_, st)| st);
-                let r = d.lease.unwrap_or_default();
+                let r = durable_state.and_then(|d| d.lease).unwrap_or_default();
                 contexts.push(smb_proto::create_ctx::lease_response(&LeaseContext {
                     key: l.key.0,
                     state: state as u32,
@@ -371,7 +418,7 @@ impl Conn {
                 (level, level == smb_proto::oplock_level::BATCH)
             }
         };
-        if durable_ok || d.is_persistent() {
+        if let Some(d) = durable_state.filter(|d| durable_ok || d.is_persistent()) {
             contexts.insert(0, smb_proto::create_ctx::durable_response(&d.kind));
         }
         tracing::debug!(
@@ -384,7 +431,7 @@ impl Conn {
             Response::Create(create_response(
                 &info,
                 oplock_level,
-                d.create_action,
+                create_action,
                 FileId {
                     persistent: v,
                     volatile: v,
@@ -474,12 +521,19 @@ impl Conn {
             notify: None,
             resilient: false,
             durable: Some(DurableState {
-                create_action: create_action::OPENED,
                 kind: b.kind.clone(),
                 share_access: b.share_access,
                 lease: b.lease,
-                client_guid: b.client_guid,
             }),
+            replay: match b.kind {
+                DurableKind::V2 { create_guid, .. } => Some(crate::open::ReplayRecord {
+                    create_guid,
+                    client_guid: b.client_guid,
+                    create_action: create_action::OPENED,
+                }),
+                DurableKind::V1 => None,
+            },
+            channel_sequence: 0,
             locks: Vec::new(),
             lock_seq: [0xFF; 64],
             identity: crate::identity::current(),
