@@ -183,18 +183,7 @@ impl Conn {
             .map(|(v, _)| *v)
             .collect();
         for v in watchers {
-            // Requests on one handle complete in the order they came (async ids grow).
-            let waiting = self
-                .pending
-                .iter()
-                .filter_map(|(a, p)| match &p.kind {
-                    PendingKind::Notify {
-                        volatile, max_out, ..
-                    } if *volatile == v => Some((*a, *max_out)),
-                    _ => None,
-                })
-                .min_by_key(|(a, _)| *a);
-            if let Some((aid, max_out)) = waiting {
+            if let Some((aid, max_out)) = self.oldest_waiting_notify(v) {
                 let (st, body) = notify_response(&[(action, name.to_string())], false, max_out);
                 self.complete_async(aid, st, body);
             } else if let Some(w) = self.opens.get_mut(&v).and_then(|o| o.notify.as_mut()) {
@@ -218,6 +207,20 @@ impl Conn {
         }
     }
 
+    /// The CHANGE_NOTIFY of handle `v` that waits longest (async id, OutputBufferLength):
+    /// requests on one handle complete in the order they came, and async ids grow.
+    fn oldest_waiting_notify(&self, v: u64) -> Option<(u64, u32)> {
+        self.pending
+            .iter()
+            .filter_map(|(a, p)| match &p.kind {
+                PendingKind::Notify {
+                    volatile, max_out, ..
+                } if *volatile == v => Some((*a, *max_out)),
+                _ => None,
+            })
+            .min_by_key(|(a, _)| *a)
+    }
+
     /// Changes of `dir` were lost (the kernel's inotify queue overflowed): its watchers are
     /// told to enumerate it again, STATUS_NOTIFY_ENUM_DIR now or with their next request
     /// (MS-SMB2 3.3.5.19, as when their own buffer overflows).
@@ -229,17 +232,7 @@ impl Conn {
             .map(|(v, _)| *v)
             .collect();
         for v in watchers {
-            let waiting = self
-                .pending
-                .iter()
-                .filter_map(|(a, p)| match &p.kind {
-                    PendingKind::Notify {
-                        volatile, max_out, ..
-                    } if *volatile == v => Some((*a, *max_out)),
-                    _ => None,
-                })
-                .min_by_key(|(a, _)| *a);
-            if let Some((aid, max_out)) = waiting {
+            if let Some((aid, max_out)) = self.oldest_waiting_notify(v) {
                 let (st, body) = notify_response(&[], true, max_out);
                 self.complete_async(aid, st, body);
             } else if let Some(w) = self.opens.get_mut(&v).and_then(|o| o.notify.as_mut()) {
