@@ -390,9 +390,16 @@ impl Cluster {
     /// Starts lockmgrd (again: its log is appended to) and waits until it listens.
     pub fn start_lockmgrd(&mut self) {
         let path = self.dir.path().join("lockmgrd.log");
-        let before = std::fs::read_to_string(&path)
-            .map(|l| l.matches("lockmgrd listening").count())
-            .unwrap_or(0);
+        // A replica decides its role (through etcd) just after it listens: the standby must
+        // not start before, or it may take the primary's place (seen once in CI under load).
+        let roles = |l: &str| {
+            l.matches("first replica: primary").count()
+                + l.matches("joining the primary as standby").count()
+        };
+        let (before, roles_before) = std::fs::read_to_string(&path)
+            .map(|l| (l.matches("lockmgrd listening").count(), roles(&l)))
+            .unwrap_or((0, 0));
+        let replicated = self.replication.is_some();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -433,8 +440,10 @@ impl Cluster {
         // The shm socket file exists a moment before lockmgrd listens on it: wait for
         // lockmgrd's own word, or the first node may start while lockmgrd refuses it.
         let ready = || {
-            std::fs::read_to_string(&path)
-                .is_ok_and(|l| l.matches("lockmgrd listening").count() > before)
+            std::fs::read_to_string(&path).is_ok_and(|l| {
+                l.matches("lockmgrd listening").count() > before
+                    && (!replicated || roles(&l) > roles_before)
+            })
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !ready() {
