@@ -104,10 +104,14 @@ else
         apt_update_once
         (cd "$CACHE/debs" && apt-get download qemu-system-x86 qemu-system-common >&2) ||
             unavailable "cannot download qemu-system-x86"
-        mkdir -p "$CACHE/qemu"
+        # Unpacked beside the cache and renamed into place: an unpack cut short (a full disk)
+        # must not leave a truncated qemu that later runs find and take for the real one.
+        rm -rf "$CACHE/qemu" "$CACHE/qemu.partial"
+        mkdir -p "$CACHE/qemu.partial"
         for d in "$CACHE"/debs/qemu-system-x86_*.deb "$CACHE"/debs/qemu-system-common_*.deb; do
-            dpkg -x "$d" "$CACHE/qemu"
+            dpkg -x "$d" "$CACHE/qemu.partial" || unavailable "cannot unpack $d"
         done
+        mv "$CACHE/qemu.partial" "$CACHE/qemu"
     fi
     QEMU=$CACHE/qemu/usr/bin/qemu-system-x86_64
 fi
