@@ -24,6 +24,13 @@ pub(crate) struct ReplayRecord {
     pub create_action: u32,
 }
 
+impl ReplayRecord {
+    /// Whether a CREATE with `create_guid` from client `client_guid` replays this one.
+    pub(crate) fn names(&self, create_guid: [u8; 16], client_guid: [u8; 16]) -> bool {
+        self.create_guid == create_guid && self.client_guid == client_guid
+    }
+}
+
 /// A directory open's enumeration (QUERY_DIRECTORY).
 pub(crate) struct DirState {
     pub entries: Vec<DirEntry>,
@@ -135,6 +142,16 @@ pub(crate) struct NotifyWatch {
     pub overflowed: bool,
 }
 
+impl NotifyWatch {
+    /// Changes were lost (its buffer or the kernel's queue overflowed): the ones kept go,
+    /// and the next CHANGE_NOTIFY gets STATUS_NOTIFY_ENUM_DIR.
+    pub(crate) fn overflow(&mut self) {
+        self.overflowed = true;
+        self.changes.clear();
+        self.changes_bytes = 0;
+    }
+}
+
 /// A disconnected durable open this node had, kept for a reconnect to this node (its file
 /// descriptor, position and other handle state); the lock service holds the durable state.
 struct Parked {
@@ -197,7 +214,7 @@ impl ParkedOpens {
         self.live(now).iter().find_map(|(id, p)| {
             p.open
                 .replay
-                .filter(|r| r.create_guid == create_guid && r.client_guid == client_guid)
+                .filter(|r| r.names(create_guid, client_guid))
                 .map(|_| *id)
         })
     }

@@ -196,15 +196,22 @@ impl Conn {
                 if w.changes.len() >= MAX_BUFFERED_CHANGES
                     || w.changes_bytes + size > w.buffer_size as usize
                 {
-                    w.overflowed = true;
-                    w.changes.clear();
-                    w.changes_bytes = 0;
+                    w.overflow();
                 } else {
                     w.changes.push((action, name.to_string()));
                     w.changes_bytes += (size + 3) & !3;
                 }
             }
         }
+    }
+
+    /// The handles of this connection watching `dir` itself.
+    fn watchers_of(&self, dir: &Path) -> Vec<u64> {
+        self.opens
+            .iter()
+            .filter(|(_, o)| o.notify.as_ref().is_some_and(|w| w.dir == dir))
+            .map(|(v, _)| *v)
+            .collect()
     }
 
     /// The CHANGE_NOTIFY of handle `v` that waits longest (async id, OutputBufferLength):
@@ -225,20 +232,13 @@ impl Conn {
     /// told to enumerate it again, STATUS_NOTIFY_ENUM_DIR now or with their next request
     /// (MS-SMB2 3.3.5.19, as when their own buffer overflows).
     pub(crate) fn notify_overflow(&mut self, dir: &Path) {
-        let watchers: Vec<u64> = self
-            .opens
-            .iter()
-            .filter(|(_, o)| o.notify.as_ref().is_some_and(|w| w.dir == dir))
-            .map(|(v, _)| *v)
-            .collect();
+        let watchers = self.watchers_of(dir);
         for v in watchers {
             if let Some((aid, max_out)) = self.oldest_waiting_notify(v) {
                 let (st, body) = notify_response(&[], true, max_out);
                 self.complete_async(aid, st, body);
             } else if let Some(w) = self.opens.get_mut(&v).and_then(|o| o.notify.as_mut()) {
-                w.overflowed = true;
-                w.changes.clear();
-                w.changes_bytes = 0;
+                w.overflow();
             }
         }
     }
@@ -247,12 +247,7 @@ impl Conn {
     /// STATUS_DELETE_PENDING (Windows; smbtorture smb2.notify.rmdir1-4), since no change can
     /// come any more.
     pub(crate) fn notify_delete_pending(&mut self, dir: &Path) {
-        let watchers: Vec<u64> = self
-            .opens
-            .iter()
-            .filter(|(_, o)| o.notify.as_ref().is_some_and(|w| w.dir == dir))
-            .map(|(v, _)| *v)
-            .collect();
+        let watchers = self.watchers_of(dir);
         let aids: Vec<u64> = self
             .pending
             .iter()

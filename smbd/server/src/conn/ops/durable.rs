@@ -341,10 +341,10 @@ impl Conn {
                 status::DUPLICATE_OBJECTID
             }));
         }
-        let found = self.opens.iter().find(|(_, o)| {
-            o.replay
-                .is_some_and(|r| r.client_guid == client_guid && r.create_guid == create_guid)
-        });
+        let found = self
+            .opens
+            .iter()
+            .find(|(_, o)| o.replay.is_some_and(|r| r.names(create_guid, client_guid)));
         let Some((&v, o)) = found else {
             // A persistent open of this client that lost its connection (smbtorture
             // smb2.replay.replay5): the replay reclaims it, as a DH2C for its FileId would
