@@ -28,6 +28,26 @@ pub(crate) enum CoordCommand {
     },
 }
 
+/// The environment variable that makes the watch of a lockmgrd built with the `test-faults`
+/// feature deaf.
+#[cfg(feature = "test-faults")]
+const DEAF_WATCH_ENV: &str = "LOCKMGRD_TEST_DEAF_WATCH";
+
+/// Test-only fault, compiled in only with the `test-faults` cargo feature (lockmgrd's own
+/// tests, never a production build): with `LOCKMGRD_TEST_DEAF_WATCH` set, the watch reports
+/// no configuration change, as when etcd stops between a change and the watch delivering it
+/// (or a watch lags for long). A replica must then learn what concerns it another way.
+fn deaf_watch() -> bool {
+    #[cfg(feature = "test-faults")]
+    {
+        std::env::var_os(DEAF_WATCH_ENV).is_some()
+    }
+    #[cfg(not(feature = "test-faults"))]
+    {
+        false
+    }
+}
+
 /// What the threads report.
 #[derive(Debug)]
 pub(crate) enum CoordEvent {
@@ -131,6 +151,13 @@ impl CoordThread {
                         let newest = seen.fetch_max(stored.mod_revision, Ordering::AcqRel);
                         // Our own swap, installed meanwhile: already answered.
                         if stored.mod_revision <= newest {
+                            continue;
+                        }
+                        if deaf_watch() {
+                            tracing::warn!(
+                                epoch = stored.config.epoch,
+                                "test fault: configuration change not reported"
+                            );
                             continue;
                         }
                         if !reporter.report(CoordEvent::Changed(stored)) {

@@ -54,6 +54,10 @@ pub enum DecodeError {
         len: usize,
         max: usize,
     },
+    /// A replica configuration record (in `Recorded`) is not one the coordination service
+    /// could hold.
+    #[error("configuration record: {0}")]
+    InvalidConfiguration(#[from] lockmgr_replica::ConfigError),
 }
 
 /// Why a message could not be added to a frame.

@@ -17,13 +17,13 @@
 //! | 0x12 | `Notify` | `Notification` |
 //! | 0x20 | `StatusQuery` | (empty) |
 //! | 0x21 | `StatusText` | more bool, text UTF-8 (the rest of the body) |
-//! | 0x13, 0x14, 0x30-0x34 | session resumption and replication | see [`crate::replication`] |
+//! | 0x13, 0x14, 0x30-0x35 | session resumption and replication | see [`crate::replication`] |
 //!
 //! A body must be consumed exactly: trailing bytes are an error, so every message has exactly
 //! one encoding and decode-then-encode reproduces the input bytes.
 
 use lockmgr_engine::{Notification, Reply, Request, RequestId, SessionId};
-use lockmgr_replica::{AppendError, Entry, Epoch};
+use lockmgr_replica::{AppendError, Configuration, Entry, Epoch};
 
 use crate::codec::{self, get_node_name, node_name_len, put_node_name};
 use crate::error::{DecodeError, EncodeError};
@@ -66,6 +66,7 @@ pub mod msg_type {
     pub const APPEND_ACK: u8 = 0x32;
     pub const APPEND_REFUSED: u8 = 0x33;
     pub const SNAPSHOT: u8 = 0x34;
+    pub const RECORDED: u8 = 0x35;
 
     /// Whether this version of the codec can decode messages of type `tag`.
     pub const fn is_known(tag: u8) -> bool {
@@ -91,6 +92,7 @@ pub mod msg_type {
                 | APPEND_ACK
                 | APPEND_REFUSED
                 | SNAPSHOT
+                | RECORDED
         )
     }
 }
@@ -247,6 +249,14 @@ pub enum Message {
         offset: u64,
         chunk: Vec<u8>,
     },
+    /// Primary to its standby: the coordination service now stores `config`, the epoch that
+    /// records this standby. The standby also learns it from its own watch of the
+    /// coordination service, but a watch can lag or miss it (etcd stopping right after the
+    /// write), and the primary's appends in the new epoch are refused until the standby has
+    /// it: every commit would wait for etcd to come back.
+    Recorded {
+        config: Configuration,
+    },
 }
 
 impl Message {
@@ -274,6 +284,7 @@ impl Message {
             Message::AppendAck { .. } => APPEND_ACK,
             Message::AppendRefused { .. } => APPEND_REFUSED,
             Message::Snapshot { .. } => SNAPSHOT,
+            Message::Recorded { .. } => RECORDED,
         }
     }
 
@@ -355,6 +366,16 @@ pub(crate) fn body_len(msg: &Message) -> Result<usize, EncodeError> {
                 });
             }
             8 + 8 + 8 + 2 + chunk.len()
+        }
+        Message::Recorded { config } => {
+            // Only a record the receiver's decoder would take (and that fits its u16 length).
+            if config.validate().is_err() {
+                return Err(EncodeError::InvalidValue {
+                    field: "configuration",
+                    value: config.epoch,
+                });
+            }
+            2 + config.encode().len()
         }
     })
 }
@@ -448,6 +469,12 @@ pub(crate) fn encode_body(s: &mut Sink<'_>, msg: &Message) -> Result<(), EncodeE
             // Bounded by body_len.
             s.u16(chunk.len() as u16);
             s.put(chunk);
+        }
+        Message::Recorded { config } => {
+            // Canonical and at most MAX_RECORD (4096) bytes, so the length fits a u16.
+            let record = config.encode();
+            s.u16(record.len() as u16);
+            s.put(record.as_bytes());
         }
     }
     Ok(())
@@ -581,6 +608,11 @@ pub(crate) fn decode_body(tag: u8, body: &[u8]) -> Result<Message, DecodeError> 
                 offset,
                 chunk,
             }
+        }
+        RECORDED => {
+            let len = usize::from(r.u16()?);
+            let config = Configuration::decode(r.bytes(len)?)?;
+            Message::Recorded { config }
         }
         other => return Err(DecodeError::UnknownMessageType(other)),
     };

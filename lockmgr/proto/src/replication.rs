@@ -9,6 +9,7 @@
 //! | 0x32 | `AppendAck` | epoch u64, next_index u64 |
 //! | 0x33 | `AppendRefused` | kind u8 (1 epoch mismatch, 2 gap, 3 not a standby), a u64, b u64 (sent/mine epochs; expected/got index; zeros) |
 //! | 0x34 | `Snapshot` | epoch u64, total u64, offset u64, len u16, chunk bytes (`offset + len <= total`) |
+//! | 0x35 | `Recorded` | len u16, the configuration record as the coordination service stores it (canonical text, at most 4096 bytes; primary to standby: this epoch records you) |
 //!
 //! A log entry: index u64, now u64 (engine nanoseconds), input tag u8, then by tag:
 //! 1 `OpenSession` session u64, name_len u8 (<= 64), node name UTF-8; 2 `EndSession`

@@ -408,5 +408,16 @@ pub fn replication_messages() -> Vec<Message> {
             offset: 96,
             chunk: vec![1, 2, 3, 4],
         },
+        Message::Recorded {
+            config: lockmgr_replica::Configuration {
+                epoch: 7,
+                primary: lockmgr_replica::Member::new("lm-a", "udp:10.0.0.1:7100", 11),
+                standbys: vec![lockmgr_replica::Member::new(
+                    "lm-b",
+                    "udp:10.0.0.2:7100",
+                    12,
+                )],
+            },
+        },
     ]
 }

@@ -380,7 +380,38 @@ pub fn message() -> impl Strategy<Value = Message> {
                     }
                 })
             }),
+        configuration().prop_map(|config| Message::Recorded { config }),
     ]
+}
+
+/// A configuration the coordination service could store (valid names and addresses, at most
+/// `MAX_STANDBYS` standbys, none named like the primary).
+pub fn configuration() -> impl Strategy<Value = lockmgr_replica::Configuration> {
+    let member = (
+        "[a-z][a-z0-9._-]{0,15}",
+        "udp:[0-9.]{1,15}:[0-9]{1,5}",
+        any::<u64>(),
+    )
+        .prop_map(|(name, address, incarnation)| {
+            lockmgr_replica::Member::new(name, address, incarnation)
+        });
+    (
+        1..u64::MAX,
+        member.clone(),
+        proptest::collection::vec(member, 0..=lockmgr_replica::MAX_STANDBYS),
+    )
+        .prop_map(|(epoch, primary, standbys)| {
+            let standbys = standbys
+                .into_iter()
+                .filter(|s| s.name != primary.name)
+                .collect();
+            lockmgr_replica::Configuration {
+                epoch,
+                primary,
+                standbys,
+            }
+        })
+        .prop_filter("a storable configuration", |c| c.validate().is_ok())
 }
 
 pub fn epoch() -> impl Strategy<Value = lockmgr_replica::Epoch> {

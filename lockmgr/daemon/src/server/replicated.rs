@@ -184,6 +184,21 @@ impl Core {
                     }
                     return;
                 }
+                // The standby is still in the epoch before the one that records it: it has
+                // not had the record yet (the `Recorded` sent after the change was lost, or
+                // overtaken by these appends). Send it again; the appends follow the rewind.
+                let recorded = self
+                    .ha
+                    .as_ref()
+                    .and_then(|h| h.standby.as_ref())
+                    .is_some_and(|s| s.peer == peer_id && s.recorded);
+                if let (true, AppendError::EpochMismatch { mine, .. }) = (recorded, &refusal) {
+                    if mine.0 + 1 == my_epoch {
+                        if let Some(config) = self.ha.as_ref().map(|h| h.config.clone()) {
+                            self.push(peer_id, Message::Recorded { config });
+                        }
+                    }
+                }
                 let deposed = self
                     .state
                     .replica_mut()
@@ -351,21 +366,8 @@ impl<T: ServerTransport> Server<T> {
                 if c.epoch <= mine {
                     return;
                 }
-                let role = core.state.replica().map(|r| r.role());
-                if role == Some(ReplicaRole::Standby)
-                    && c.epoch == mine + 1
-                    && ha.names_me_standby(&c)
-                    && c.primary == ha.config.primary
-                {
-                    if let Some(r) = core.state.replica_mut() {
-                        match r.adopt_epoch(Epoch(c.epoch)) {
-                            Ok(()) => {
-                                tracing::info!(epoch = c.epoch, "recorded as standby");
-                                ha.config = c;
-                            }
-                            Err(e) => tracing::warn!(%e, "cannot adopt epoch"),
-                        }
-                    }
+                if records_me(ha, &core.state, &c) {
+                    adopt_record(ha, &mut core.state, c, "the coordination service");
                     return;
                 }
                 if ha.pending.is_some() && c.primary.is(&ha.name, ha.incarnation) {
@@ -378,6 +380,7 @@ impl<T: ServerTransport> Server<T> {
             }
             CoordEvent::Advanced(Ok(Swap::Installed(stored))) => {
                 let intent = ha.pending.take();
+                let mut tell_standby = None;
                 let epoch = Epoch(stored.config.epoch);
                 let lost_for = ha.partner_lost_at.take().map(|t| now.duration_since(t));
                 ha.config = stored.config;
@@ -392,7 +395,10 @@ impl<T: ServerTransport> Server<T> {
                             return;
                         }
                         match &mut ha.standby {
-                            Some(s) if s.peer == peer => s.recorded = true,
+                            Some(s) if s.peer == peer => {
+                                s.recorded = true;
+                                tell_standby = Some((peer, ha.config.clone()));
+                            }
                             _ => {
                                 // The standby left while its record was written: the next
                                 // epoch must drop it again.
@@ -426,6 +432,11 @@ impl<T: ServerTransport> Server<T> {
                             "promoted: this replica is primary (serving alone)");
                     }
                     None => {}
+                }
+                // The standby learns the record from us too, before the appends of the new
+                // epoch (see `Message::Recorded`).
+                if let Some((peer, config)) = tell_standby {
+                    core.push(peer, Message::Recorded { config });
                 }
                 // A standby that caught up while this change was in flight is recorded now.
                 let unrecorded = core.ha.as_ref().and_then(|h| h.standby.as_ref());
@@ -503,6 +514,7 @@ impl<T: ServerTransport> Server<T> {
         }
         let progressed = !msgs.is_empty();
         let mut replies = Vec::new();
+        let mut recorded = None;
         for m in msgs {
             match m {
                 Message::Snapshot {
@@ -557,6 +569,8 @@ impl<T: ServerTransport> Server<T> {
                         Err(refusal) => replies.push(Message::AppendRefused { refusal }),
                     }
                 }
+                // Taken after this round's messages (below), before a loss is acted on.
+                Message::Recorded { config } => recorded = Some(config),
                 Message::HeartbeatAck { .. } => {}
                 Message::AppendRefused { refusal } => {
                     tracing::error!(?refusal, "the primary refused this standby");
@@ -603,9 +617,22 @@ impl<T: ServerTransport> Server<T> {
             cause = Some(format!("silent for {failover:?}"));
             lost = true;
         }
+        let (installed, last_heard) = (up.installed, up.last_heard);
+        // A primary that dies right after recording this standby may have told it only: the
+        // record must be adopted before the loss is handled, so that the promotion can start
+        // from it.
+        if let Some(config) = recorded {
+            if records_me(ha, &core.state, &config) {
+                adopt_record(ha, &mut core.state, config, "the primary");
+            } else {
+                tracing::debug!(
+                    epoch = config.epoch,
+                    "record from the primary not for this epoch"
+                );
+            }
+        }
         if lost {
-            let installed = up.installed;
-            ha.partner_lost_at = Some(up.last_heard);
+            ha.partner_lost_at = Some(last_heard);
             ha.upstream = None;
             if !installed {
                 tracing::error!("lost the primary before the snapshot arrived; cannot take over");
@@ -620,6 +647,35 @@ impl<T: ServerTransport> Server<T> {
             return true;
         }
         progressed
+    }
+}
+
+/// Standby: whether `c` is the configuration that records this replica as standby of its
+/// primary, in the epoch after its own (what the primary installs once the standby holds
+/// everything).
+fn records_me(ha: &Ha, state: &LockState, c: &Configuration) -> bool {
+    let Some(r) = state.replica() else {
+        return false;
+    };
+    r.role() == ReplicaRole::Standby
+        && c.epoch == r.epoch().0 + 1
+        && ha.names_me_standby(c)
+        && c.primary == ha.config.primary
+}
+
+/// Standby: moves to the epoch of `c` (which [`records_me`]), learnt from the coordination
+/// service's watch or from the primary, whichever comes first. Either source is enough: the
+/// record exists only because the primary's compare-and-swap installed it, and the primary
+/// tells its standby only after that, over the authenticated link. `ha.config` then is
+/// exactly the stored record, which a later promotion compares against.
+fn adopt_record(ha: &mut Ha, state: &mut LockState, c: Configuration, from: &str) {
+    let Some(r) = state.replica_mut() else { return };
+    match r.adopt_epoch(Epoch(c.epoch)) {
+        Ok(()) => {
+            tracing::info!(epoch = c.epoch, from, "recorded as standby");
+            ha.config = c;
+        }
+        Err(e) => tracing::warn!(%e, "cannot adopt epoch"),
     }
 }
 
