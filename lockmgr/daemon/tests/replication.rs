@@ -1801,19 +1801,11 @@ fn run_chaos(
                 {
                     std::thread::sleep(lease_over.saturating_duration_since(Instant::now()));
                 }
-                // ... and from a steady state: `heal` may have just recorded a replacement
-                // standby, and the outage is meant to hit a cluster that is locking, not one
-                // still settling (a CI trial once saw 0 grants when etcd went down right
-                // after a replacement standby was recorded; not yet explained).
-                let flowing = grants.load(Ordering::Relaxed);
-                let settle_until = Instant::now() + TIMEOUT;
-                while grants.load(Ordering::Relaxed) < flowing + 20 {
-                    assert!(
-                        Instant::now() < settle_until,
-                        "locking did not resume after the last fault"
-                    );
-                    std::thread::sleep(Duration::from_millis(5));
-                }
+                // Right after `heal`, which may have just recorded a replacement standby:
+                // its watch may not have delivered the record when etcd stops, and the
+                // primary's `Recorded` must carry it (a CI trial saw no lock granted here
+                // before it did; `a_standby_whose_watch_missed_its_record_keeps_locking_going`
+                // makes that case deterministic).
                 let before = grants.load(Ordering::Relaxed);
                 cluster.etcd.local.stop();
                 std::thread::sleep(Duration::from_millis(rng.gen_range(1500..3000)));
