@@ -373,6 +373,8 @@ pub struct NtlmServer {
     domain: String,
     state: State,
     spnego: Option<SpnegoCtx>,
+    /// The flags in force once AUTHENTICATE was verified (what message protection uses).
+    negotiated_flags: Option<u32>,
     #[cfg(test)]
     fixed_challenge: Option<[u8; 8]>,
     #[cfg(test)]
@@ -398,11 +400,18 @@ impl NtlmServer {
             domain: domain.to_string(),
             state: State::Initial,
             spnego: None,
+            negotiated_flags: None,
             #[cfg(test)]
             fixed_challenge: None,
             #[cfg(test)]
             fixed_time: None,
         }
+    }
+
+    /// The NTLM flags negotiated, once the exchange finished successfully: message protection
+    /// ([`crate::ntlm_seal`]) needs them (key strength, key exchange).
+    pub fn negotiated_flags(&self) -> Option<u32> {
+        self.negotiated_flags
     }
 
     /// Feed the SESSION_SETUP SecurityBuffer (SPNEGO-wrapped or raw NTLMSSP; handle both, answer in kind).
@@ -570,6 +579,7 @@ impl NtlmServer {
                     &server_challenge,
                     flags,
                 )?;
+                self.negotiated_flags = Some(v.flags);
                 Ok(NtlmOut::Done(v))
             }
             (1 | 3, _) => Err(AuthError::UnexpectedMessage("NTLM message out of order")),
