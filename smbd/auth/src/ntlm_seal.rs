@@ -104,6 +104,14 @@ impl NtlmProtection {
         })
     }
 
+    /// After SPNEGO's mechListMICs, which used sequence number 0 in each direction with the
+    /// RC4 handles the protection then resets (MS-SPNG 3.3.5.1): messages continue at 1.
+    pub fn after_mech_list_mic(mut self) -> Self {
+        self.send.seq = 1;
+        self.recv.seq = 1;
+        self
+    }
+
     /// Integrity: the signature of `message` (MS-NLMP 3.4.4.2 MAC).
     pub fn sign(&mut self, message: &[u8]) -> [u8; SIGNATURE_LEN] {
         self.send.signature(self.flags, message)

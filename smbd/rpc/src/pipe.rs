@@ -290,14 +290,13 @@ impl RpcPipe {
         // A pipe without an [`AuthPolicy`] offers no security provider (on IPC$ it runs inside
         // an authenticated, signed or sealed SMB session): a PDU carrying an auth verifier gets
         // a clean refusal.
-        let body = &frag[HEADER_LEN..];
         match hdr.ptype {
             ptype::BIND => {
                 self.on_bind(hdr, frag);
                 Ok(())
             }
             ptype::ALTER_CONTEXT => {
-                self.on_alter_context(hdr, body);
+                self.on_alter_context(hdr, frag);
                 Ok(())
             }
             ptype::REQUEST => {
@@ -439,8 +438,8 @@ impl RpcPipe {
         }
         let parts = pdu::split_auth(hdr, frag).map_err(|_| nak::REASON_NOT_SPECIFIED)?;
         let t = parts.trailer;
-        // SPNEGO would need a fourth leg (alter_context); Kerberos needs a KDC.
-        if t.auth_type != auth_type::NTLMSSP {
+        // NTLMSSP, raw or inside SPNEGO (NtlmServer answers in kind); Kerberos needs a KDC.
+        if !matches!(t.auth_type, auth_type::NTLMSSP | auth_type::SPNEGO) {
             tracing::debug!(
                 auth_type = t.auth_type,
                 "RPC bind with an unsupported auth type"
@@ -471,13 +470,20 @@ impl RpcPipe {
         }
     }
 
-    /// AUTH3: the NTLMSSP AUTHENTICATE. Success establishes the security context; failure
-    /// leaves the connection able to call nothing.
+    /// AUTH3: the NTLMSSP AUTHENTICATE (three legs; nothing is answered).
     fn on_auth3(&mut self, hdr: &Header, frag: &[u8]) {
+        let _ = self.finish_auth(hdr, frag);
+    }
+
+    /// The client's last authentication leg (AUTH3, or an alter_context for SPNEGO, whose
+    /// final token and mechListMIC go back in the alter_context_resp). Success establishes
+    /// the security context and returns the token to send back (possibly empty); failure
+    /// leaves a connection that can call nothing.
+    fn finish_auth(&mut self, hdr: &Header, frag: &[u8]) -> Option<(SecTrailer, Vec<u8>)> {
         let Security::Challenged { mut ntlm, trailer } =
             std::mem::replace(&mut self.security, Security::Failed)
         else {
-            return;
+            return None;
         };
         let parts = match pdu::split_auth(hdr, frag) {
             Ok(p)
@@ -488,19 +494,29 @@ impl RpcPipe {
                 p
             }
             _ => {
-                tracing::info!("RPC AUTH3 does not match the bind's security context");
-                return;
+                tracing::info!("RPC authentication leg does not match the bind's security context");
+                return None;
             }
         };
         match ntlm.step(parts.auth_value) {
             Ok(AuthStep::Done {
+                token,
                 user,
                 session_key,
                 anonymous: false,
                 ..
             }) => {
+                // With SPNEGO the mechListMICs used the NTLM keys once in each direction; the
+                // RC4 handles then start afresh and sequence numbers go on (MS-SPNG 3.3.5.1).
                 let flags = ntlm.negotiated_flags().unwrap_or(0);
-                match NtlmProtection::server(&session_key, flags) {
+                let protection = NtlmProtection::server(&session_key, flags).map(|p| {
+                    if ntlm.mech_list_mic_exchanged() {
+                        p.after_mech_list_mic()
+                    } else {
+                        p
+                    }
+                });
+                match protection {
                     Ok(p) => {
                         tracing::debug!(%user, level = trailer.auth_level, "RPC connection authenticated");
                         self.security = Security::Established {
@@ -508,13 +524,26 @@ impl RpcPipe {
                             trailer,
                             user,
                         };
+                        Some((trailer, token))
                     }
-                    Err(e) => tracing::info!(%e, %user, "RPC authentication refused"),
+                    Err(e) => {
+                        tracing::info!(%e, %user, "RPC authentication refused");
+                        None
+                    }
                 }
             }
-            Ok(AuthStep::Done { .. }) => tracing::info!("RPC anonymous authentication refused"),
-            Ok(AuthStep::Continue { .. }) => tracing::info!("RPC AUTH3 did not finish NTLM"),
-            Err(e) => tracing::info!(%e, "RPC authentication failed"),
+            Ok(AuthStep::Done { .. }) => {
+                tracing::info!("RPC anonymous authentication refused");
+                None
+            }
+            Ok(AuthStep::Continue { .. }) => {
+                tracing::info!("RPC authentication did not finish in its last leg");
+                None
+            }
+            Err(e) => {
+                tracing::info!(%e, "RPC authentication failed");
+                None
+            }
         }
     }
 
@@ -582,13 +611,22 @@ impl RpcPipe {
         }
     }
 
-    fn on_alter_context(&mut self, hdr: &Header, body: &[u8]) {
-        let bind = match Bind::parse(body) {
-            Ok(b)
-                if self.bound && hdr.auth_len == 0 && b.contexts.len() <= MAX_PROPOSED_CONTEXTS =>
-            {
-                b
+    fn on_alter_context(&mut self, hdr: &Header, frag: &[u8]) {
+        let body = &frag[HEADER_LEN..];
+        // SPNEGO's third leg rides on an alter_context (MS-RPCE 3.3.1.5.2.2); any other
+        // authenticated alter_context (a second security context) is refused.
+        let mut final_token = None;
+        if hdr.auth_len != 0 {
+            match self.finish_auth(hdr, frag) {
+                Some(t) => final_token = Some(t),
+                None => {
+                    self.push(pdu::fault_pdu(hdr.call_id, 0, fault::ACCESS_DENIED, true));
+                    return;
+                }
             }
+        }
+        let bind = match Bind::parse(body) {
+            Ok(b) if self.bound && b.contexts.len() <= MAX_PROPOSED_CONTEXTS => b,
             _ => {
                 self.push(pdu::fault_pdu(
                     hdr.call_id,
@@ -612,7 +650,13 @@ impl RpcPipe {
             sec_addr: String::new(),
             results,
         };
-        self.push(ack.encode(ptype::ALTER_CONTEXT_RESP, hdr.call_id));
+        let pdu = ack.encode(ptype::ALTER_CONTEXT_RESP, hdr.call_id);
+        match final_token {
+            Some((trailer, token)) if !token.is_empty() => {
+                self.push(pdu::with_auth(pdu, trailer, &token))
+            }
+            _ => self.push(pdu),
+        }
     }
 
     fn on_request(&mut self, hdr: &Header, body: &[u8]) {

@@ -296,6 +296,16 @@ fn witness_callers_must_authenticate_at_the_configured_level() {
     );
     sealed.send("GetInterfaceList");
     sealed.expect("node2 127.0.0.3", limit);
+    // NTLMSSP inside SPNEGO (auth type 9, as Windows binds): its third leg and the
+    // mechListMICs travel in an alter_context round trip.
+    let mut spnego = Rpcclient::start(
+        node2.port,
+        "ncacn_ip_tcp:127.0.0.3[seal,spnego]",
+        PASS,
+        &node2.client_conf,
+    );
+    spnego.send("GetInterfaceList");
+    spnego.expect("node2 127.0.0.3", limit);
     let mut signed = Rpcclient::start(
         node1.port,
         "ncacn_ip_tcp:127.0.0.2[sign]",
