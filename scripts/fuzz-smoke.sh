@@ -32,6 +32,7 @@ TARGETS=(
     "smbd/auth ntlm_step"
     "smbd/auth decrypt"
     "smbd/auth user_db"
+    "smbd/auth ntlm_unseal"
     "smbd/rpc rpc_pipe"
     "smbd/rpc rpc_witness"
     "smbd/server smbd_config"

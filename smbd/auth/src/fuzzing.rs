@@ -130,3 +130,27 @@ pub fn user_db(data: &[u8]) -> Result<usize, String> {
     }
     Ok(expected)
 }
+
+/// Unprotects `data` as a peer's NTLM-protected message (MS-NLMP 3.4.3): bytes 0..4 the
+/// negotiated flags, 4..6 the start and end (in 8-byte units) of the encrypted range, 6..22
+/// the signature, the rest the message; then checks it again as a signed-only message with a
+/// fresh context. Must never panic (a range outside the message, any flags); returns how many
+/// checks passed (practically always 0: the key is a fixed test key).
+pub fn ntlm_unseal(data: &[u8]) -> usize {
+    use crate::ntlm_seal::NtlmProtection;
+    if data.len() < 22 {
+        return 0;
+    }
+    let flags = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
+    let range = usize::from(data[4]) * 8..usize::from(data[5]) * 8;
+    let signature = &data[6..22];
+    let mut message = data[22..].to_vec();
+    let mut ok = 0;
+    if let Ok(mut p) = NtlmProtection::server(&[0x42; 16], flags) {
+        ok += usize::from(p.unseal(&mut message, range, signature).is_ok());
+    }
+    if let Ok(mut p) = NtlmProtection::server(&[0x42; 16], flags) {
+        ok += usize::from(p.verify(&data[22..], signature).is_ok());
+    }
+    ok
+}

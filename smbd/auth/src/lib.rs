@@ -11,6 +11,7 @@ pub mod encryption;
 pub mod kdf;
 pub mod keys;
 pub mod ntlm;
+pub mod ntlm_seal;
 pub mod preauth;
 pub mod signing;
 pub mod spnego;

@@ -373,6 +373,10 @@ pub struct NtlmServer {
     domain: String,
     state: State,
     spnego: Option<SpnegoCtx>,
+    /// The flags in force once AUTHENTICATE was verified (what message protection uses).
+    negotiated_flags: Option<u32>,
+    /// SPNEGO mechListMICs went both ways (each used sequence number 0 of its direction).
+    mic_exchanged: bool,
     #[cfg(test)]
     fixed_challenge: Option<[u8; 8]>,
     #[cfg(test)]
@@ -398,11 +402,26 @@ impl NtlmServer {
             domain: domain.to_string(),
             state: State::Initial,
             spnego: None,
+            negotiated_flags: None,
+            mic_exchanged: false,
             #[cfg(test)]
             fixed_challenge: None,
             #[cfg(test)]
             fixed_time: None,
         }
+    }
+
+    /// The NTLM flags negotiated, once the exchange finished successfully: message protection
+    /// ([`crate::ntlm_seal`]) needs them (key strength, key exchange).
+    pub fn negotiated_flags(&self) -> Option<u32> {
+        self.negotiated_flags
+    }
+
+    /// Whether the finished exchange protected the SPNEGO mechanism list with mechListMICs in
+    /// both directions: message protection then continues from sequence number 1 with fresh
+    /// RC4 handles (MS-SPNG 3.3.5.1; [`crate::ntlm_seal::NtlmProtection::after_mech_list_mic`]).
+    pub fn mech_list_mic_exchanged(&self) -> bool {
+        self.mic_exchanged
     }
 
     /// Feed the SESSION_SETUP SecurityBuffer (SPNEGO-wrapped or raw NTLMSSP; handle both, answer in kind).
@@ -517,6 +536,7 @@ impl NtlmServer {
                             }
                             server_mic =
                                 Some(gss_get_mic(&v.exported, v.flags, false, 0, &mech_types_raw));
+                            self.mic_exchanged = true;
                         }
                         Ok(AuthStep::Done {
                             token: spnego::build_resp(
@@ -570,6 +590,7 @@ impl NtlmServer {
                     &server_challenge,
                     flags,
                 )?;
+                self.negotiated_flags = Some(v.flags);
                 Ok(NtlmOut::Done(v))
             }
             (1 | 3, _) => Err(AuthError::UnexpectedMessage("NTLM message out of order")),

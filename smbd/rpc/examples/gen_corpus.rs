@@ -137,5 +137,59 @@ fn main() -> std::io::Result<()> {
         bytes.extend_from_slice(&data);
         std::fs::write(dir.join(format!("seed-{name}")), bytes)?;
     }
-    Ok(())
+    write_witness_auth_seed()
+}
+
+/// `fuzz/corpus/rpc_witness/seed-ntlm-privacy`: an NTLMSSP bind at packet privacy, an AUTH3
+/// whose AUTHENTICATE cannot verify, then a protected GetInterfaceList (refused), and the same
+/// call without auth (refused too on the authenticated pipe; answered on the plain one).
+fn write_witness_auth_seed() -> std::io::Result<()> {
+    use smb_rpc::pdu::{auth_level, auth_type, Header, SecTrailer};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/rpc_witness");
+    std::fs::create_dir_all(&dir)?;
+    let trailer = SecTrailer {
+        auth_type: auth_type::NTLMSSP,
+        auth_level: auth_level::PRIVACY,
+        pad_len: 0,
+        context_id: 1,
+    };
+    let bind = Bind {
+        max_xmit_frag: 5840,
+        max_recv_frag: 5840,
+        assoc_group_id: 0,
+        contexts: vec![ContextElem {
+            id: 0,
+            abstract_syntax: smb_rpc::witness::WITNESS,
+            transfer_syntaxes: vec![NDR20],
+        }],
+    };
+    let mut negotiate = b"NTLMSSP\0\x01\0\0\0".to_vec();
+    negotiate.extend_from_slice(&0xe208_8297u32.to_le_bytes());
+    negotiate.extend_from_slice(&[0; 16]);
+    let mut authenticate = b"NTLMSSP\0\x03\0\0\0".to_vec();
+    authenticate.extend_from_slice(&[0; 80]);
+    let mut auth3 = Vec::new();
+    Header {
+        rpc_vers: 5,
+        rpc_vers_minor: 0,
+        ptype: ptype::AUTH3,
+        flags: pfc::FIRST_FRAG | pfc::LAST_FRAG,
+        drep: pdu::DREP_LE,
+        frag_len: 0,
+        auth_len: 0,
+        call_id: 2,
+    }
+    .write(&mut auth3);
+    auth3.extend_from_slice(&[0; 4]);
+    let call = pdu::request(3, pfc::FIRST_FRAG | pfc::LAST_FRAG, 0, 0, &[]);
+    let data = [
+        pdu::with_auth(bind.encode(ptype::BIND, 1), trailer, &negotiate),
+        pdu::with_auth(auth3, trailer, &authenticate),
+        pdu::with_auth(call.clone(), trailer, &[0; 16]),
+        pdu::request(4, pfc::FIRST_FRAG | pfc::LAST_FRAG, 0, 0, &[]),
+    ]
+    .concat();
+    let mut bytes = vec![255];
+    bytes.extend_from_slice(&data);
+    std::fs::write(dir.join("seed-ntlm-privacy"), bytes)
 }

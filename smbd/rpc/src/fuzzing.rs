@@ -137,13 +137,28 @@ pub fn witness_pipe() -> RpcPipe {
     )
 }
 
-/// [`pipe_bytes`] against [`witness_pipe`]; after the input, every pending AsyncNotify is
-/// completed with a client move so that encoder runs too.
+/// [`witness_pipe`] as smbd serves it by default: calls need an NTLMSSP bind at packet
+/// privacy (no user can log on here, so the fuzzer exercises the bind, AUTH3 and protected
+/// request paths up to the refusal).
+pub fn witness_pipe_with_auth() -> RpcPipe {
+    witness_pipe().require_auth(crate::pipe::AuthPolicy {
+        users: std::sync::Arc::new(smb_auth::UserDb::new()),
+        netbios_name: "FUZZ".into(),
+        domain: "FUZZ".into(),
+        min_level: crate::pdu::auth_level::PRIVACY,
+    })
+}
+
+/// [`pipe_bytes`] against [`witness_pipe`] and [`witness_pipe_with_auth`]; after the input,
+/// every pending AsyncNotify is completed with a client move so that encoder runs too.
+/// Returns the number of PDUs the unauthenticated pipe answered.
 pub fn witness_bytes(data: &[u8]) -> usize {
     let Some((&chunk, data)) = data.split_first() else {
         return 0;
     };
     let chunk = usize::from(chunk).max(1) * 16;
+    let mut authenticated = witness_pipe_with_auth();
+    drive(&mut authenticated, data, chunk);
     let mut pipe = witness_pipe();
     let mut pdus = drive(&mut pipe, data, chunk);
     for call_id in 0..4 {

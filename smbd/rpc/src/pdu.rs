@@ -59,6 +59,152 @@ pub mod nak {
     pub const AUTHENTICATION_TYPE_NOT_RECOGNIZED: u16 = 8;
 }
 
+/// Authentication services (MS-RPCE 2.2.1.1.7).
+pub mod auth_type {
+    pub const NONE: u8 = 0;
+    /// RPC_C_AUTHN_GSS_NEGOTIATE (SPNEGO).
+    pub const SPNEGO: u8 = 9;
+    /// RPC_C_AUTHN_WINNT (NTLMSSP).
+    pub const NTLMSSP: u8 = 10;
+}
+
+/// Authentication levels (MS-RPCE 2.2.1.1.8).
+pub mod auth_level {
+    pub const NONE: u8 = 1;
+    pub const CONNECT: u8 = 2;
+    pub const CALL: u8 = 3;
+    pub const PKT: u8 = 4;
+    pub const INTEGRITY: u8 = 5;
+    pub const PRIVACY: u8 = 6;
+}
+
+/// Length of the sec_trailer (auth_verifier_co_t without its auth_value, MS-RPCE 2.2.2.11).
+pub const SEC_TRAILER_LEN: usize = 8;
+/// Stub data is padded to this alignment before the sec_trailer of a protected request or
+/// response (MS-RPCE 2.2.2.11: the trailer follows 16-byte aligned data).
+pub const AUTH_PAD_ALIGN: usize = 16;
+
+/// The sec_trailer of an authenticated PDU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SecTrailer {
+    pub auth_type: u8,
+    pub auth_level: u8,
+    pub pad_len: u8,
+    pub context_id: u32,
+}
+
+impl SecTrailer {
+    pub fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&[self.auth_type, self.auth_level, self.pad_len, 0]);
+        out.extend_from_slice(&self.context_id.to_le_bytes());
+    }
+}
+
+/// The parts of an authenticated PDU (`frag`, whose header is `hdr`, with `auth_len > 0`):
+/// where the body before the padding ends, the sec_trailer and the auth_value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuthParts<'a> {
+    /// Offset of the sec_trailer; the padding (`trailer.pad_len` bytes) ends here.
+    pub trailer_at: usize,
+    pub trailer: SecTrailer,
+    pub auth_value: &'a [u8],
+}
+
+/// Splits the auth verifier off an authenticated PDU. The header's `frag_len` must be the
+/// fragment's length (checked by the caller's framing).
+pub fn split_auth<'a>(hdr: &Header, frag: &'a [u8]) -> Result<AuthParts<'a>, DecodeError> {
+    let auth_len = usize::from(hdr.auth_len);
+    let trailer_at = frag
+        .len()
+        .checked_sub(auth_len + SEC_TRAILER_LEN)
+        .filter(|at| *at >= HEADER_LEN)
+        .ok_or(DecodeError::Truncated {
+            at: frag.len(),
+            needed: HEADER_LEN + SEC_TRAILER_LEN + auth_len,
+        })?;
+    let t = &frag[trailer_at..trailer_at + SEC_TRAILER_LEN];
+    Ok(AuthParts {
+        trailer_at,
+        trailer: SecTrailer {
+            auth_type: t[0],
+            auth_level: t[1],
+            pad_len: t[2],
+            context_id: le32(&t[4..]),
+        },
+        auth_value: &frag[trailer_at + SEC_TRAILER_LEN..],
+    })
+}
+
+/// Appends an auth verifier to a finished PDU without one (a bind_ack answering an
+/// authenticated bind): pads the body to 4 bytes, adds the sec_trailer and `auth_value`, and
+/// fixes `frag_len` and `auth_len`.
+pub fn with_auth(mut pdu: Vec<u8>, trailer: SecTrailer, auth_value: &[u8]) -> Vec<u8> {
+    let pad = (4 - pdu.len() % 4) % 4;
+    pdu.resize(pdu.len() + pad, 0);
+    SecTrailer {
+        pad_len: pad as u8,
+        ..trailer
+    }
+    .write(&mut pdu);
+    pdu.extend_from_slice(auth_value);
+    let auth_len = u16::try_from(auth_value.len()).unwrap_or(u16::MAX);
+    pdu[10..12].copy_from_slice(&auth_len.to_le_bytes());
+    finish(pdu)
+}
+
+/// One protected response fragment before its signature: the PDU up to and including the
+/// sec_trailer (with `frag_len` and `auth_len` already set for a `sig_len`-byte signature),
+/// and the range of its stub data and padding (what packet privacy encrypts).
+pub fn protected_response_fragments(
+    call_id: u32,
+    context_id: u16,
+    stub: &[u8],
+    max_xmit_frag: u16,
+    trailer: SecTrailer,
+    sig_len: usize,
+) -> Vec<(Vec<u8>, std::ops::Range<usize>)> {
+    let room =
+        usize::from(max_xmit_frag.max(MIN_FRAG)) - REQUEST_HEADER_LEN - SEC_TRAILER_LEN - sig_len;
+    let per_frag = (room / AUTH_PAD_ALIGN) * AUTH_PAD_ALIGN;
+    let mut frags = Vec::new();
+    let mut at = 0;
+    loop {
+        let chunk = (stub.len() - at).min(per_frag);
+        let pad = (AUTH_PAD_ALIGN - chunk % AUTH_PAD_ALIGN) % AUTH_PAD_ALIGN;
+        let mut flags = 0;
+        if at == 0 {
+            flags |= pfc::FIRST_FRAG;
+        }
+        if at + chunk == stub.len() {
+            flags |= pfc::LAST_FRAG;
+        }
+        let frag_len = REQUEST_HEADER_LEN + chunk + pad + SEC_TRAILER_LEN + sig_len;
+        let mut out = Vec::with_capacity(frag_len);
+        Header {
+            frag_len: u16::try_from(frag_len).unwrap_or(u16::MAX),
+            auth_len: u16::try_from(sig_len).unwrap_or(u16::MAX),
+            ..Header::server(ptype::RESPONSE, flags, call_id)
+        }
+        .write(&mut out);
+        out.extend_from_slice(&((stub.len() - at) as u32).to_le_bytes());
+        out.extend_from_slice(&context_id.to_le_bytes());
+        out.extend_from_slice(&[0, 0]);
+        out.extend_from_slice(&stub[at..at + chunk]);
+        out.resize(out.len() + pad, 0);
+        let data = REQUEST_HEADER_LEN..out.len();
+        SecTrailer {
+            pad_len: pad as u8,
+            ..trailer
+        }
+        .write(&mut out);
+        frags.push((out, data));
+        at += chunk;
+        if at == stub.len() {
+            return frags;
+        }
+    }
+}
+
 /// A UUID in its NDR wire order (first three fields little-endian).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Uuid(pub [u8; 16]);

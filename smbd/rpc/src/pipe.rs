@@ -4,14 +4,57 @@
 //! the registered interfaces and fragments their responses.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
+use smb_auth::ntlm_seal::{NtlmProtection, SIGNATURE_LEN};
+use smb_auth::{AuthStep, NtlmServer, UserDb};
 use thiserror::Error;
 
 use crate::pdu::{
-    self, bind_time_features, fault, nak, pfc, ptype, Bind, BindAck, ContextResult, Header,
-    RequestFrag, SyntaxId, HEADER_LEN, MIN_FRAG, NDR20, REJECT_ABSTRACT_SYNTAX,
-    REJECT_TRANSFER_SYNTAXES, RPC_VERS,
+    self, auth_level, auth_type, bind_time_features, fault, nak, pfc, ptype, Bind, BindAck,
+    ContextResult, Header, RequestFrag, SecTrailer, SyntaxId, HEADER_LEN, MIN_FRAG, NDR20,
+    REJECT_ABSTRACT_SYNTAX, REJECT_TRANSFER_SYNTAXES, REQUEST_HEADER_LEN, RPC_VERS,
 };
+
+/// Who may call: the users an authenticated bind is checked against and the least protection
+/// a call must have (MS-RPCE 3.3.1.5.2). NTLMSSP (RPC_C_AUTHN_WINNT) is the security provider.
+#[derive(Clone)]
+pub struct AuthPolicy {
+    pub users: Arc<UserDb>,
+    /// Names this server gives in the NTLM CHALLENGE.
+    pub netbios_name: String,
+    pub domain: String,
+    /// [`auth_level::INTEGRITY`] or [`auth_level::PRIVACY`]: calls at a lower level (or
+    /// unauthenticated) fault with ACCESS_DENIED.
+    pub min_level: u8,
+}
+
+impl std::fmt::Debug for AuthPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthPolicy")
+            .field("netbios_name", &self.netbios_name)
+            .field("min_level", &self.min_level)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The connection's security context (one per connection: a second authenticated bind or an
+/// authenticated alter_context is refused).
+enum Security {
+    None,
+    /// The CHALLENGE went out in the bind_ack; AUTH3 brings AUTHENTICATE.
+    Challenged {
+        ntlm: Box<NtlmServer>,
+        trailer: SecTrailer,
+    },
+    Established {
+        protection: Box<NtlmProtection>,
+        trailer: SecTrailer,
+        user: String,
+    },
+    /// Authentication failed: every call faults with ACCESS_DENIED.
+    Failed,
+}
 
 /// Contexts one bind or alter_context may propose: their results must fit one fragment
 /// of the smallest size every peer receives.
@@ -119,6 +162,8 @@ pub struct RpcPipe {
     output_bytes: usize,
     reassembly: Option<Reassembly>,
     pending: Vec<CallId>,
+    policy: Option<AuthPolicy>,
+    security: Security,
 }
 
 impl RpcPipe {
@@ -136,6 +181,22 @@ impl RpcPipe {
             output_bytes: 0,
             reassembly: None,
             pending: Vec::new(),
+            policy: None,
+            security: Security::None,
+        }
+    }
+
+    /// Calls need an authenticated bind (NTLMSSP) at `policy.min_level` or above.
+    pub fn require_auth(mut self, policy: AuthPolicy) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// The user the connection authenticated as, once it has.
+    pub fn authenticated_user(&self) -> Option<&str> {
+        match &self.security {
+            Security::Established { user, .. } => Some(user),
+            _ => None,
         }
     }
 
@@ -226,20 +287,20 @@ impl RpcPipe {
     }
 
     fn on_pdu(&mut self, hdr: &Header, frag: &[u8]) -> Result<(), &'static str> {
-        // No security provider is offered: the pipe runs inside an authenticated (and signed
-        // or sealed) SMB session, so a PDU carrying an auth verifier gets a clean refusal.
-        let body = &frag[HEADER_LEN..];
+        // A pipe without an [`AuthPolicy`] offers no security provider (on IPC$ it runs inside
+        // an authenticated, signed or sealed SMB session): a PDU carrying an auth verifier gets
+        // a clean refusal.
         match hdr.ptype {
             ptype::BIND => {
-                self.on_bind(hdr, body);
+                self.on_bind(hdr, frag);
                 Ok(())
             }
             ptype::ALTER_CONTEXT => {
-                self.on_alter_context(hdr, body);
+                self.on_alter_context(hdr, frag);
                 Ok(())
             }
             ptype::REQUEST => {
-                self.on_request(hdr, body);
+                self.on_protected_request(hdr, frag);
                 Ok(())
             }
             ptype::ORPHANED => {
@@ -263,8 +324,11 @@ impl RpcPipe {
                 }
                 Ok(())
             }
-            // AUTH3 only follows an authenticated bind, which is never accepted.
-            ptype::AUTH3 => Ok(()),
+            // The third leg of NTLMSSP; no answer (MS-RPCE 3.3.1.5.2.2).
+            ptype::AUTH3 => {
+                self.on_auth3(hdr, frag);
+                Ok(())
+            }
             _ => Err("PDU type a server does not receive"),
         }
     }
@@ -303,7 +367,8 @@ impl RpcPipe {
         (results, accepted)
     }
 
-    fn on_bind(&mut self, hdr: &Header, body: &[u8]) {
+    fn on_bind(&mut self, hdr: &Header, frag: &[u8]) {
+        let body = &frag[HEADER_LEN..];
         if hdr.rpc_vers != RPC_VERS {
             self.push(pdu::bind_nak(
                 hdr.call_id,
@@ -311,12 +376,16 @@ impl RpcPipe {
             ));
             return;
         }
+        // The NTLM CHALLENGE that goes back in the bind_ack, if the bind is authenticated.
+        let mut challenge = None;
         if hdr.auth_len != 0 {
-            self.push(pdu::bind_nak(
-                hdr.call_id,
-                nak::AUTHENTICATION_TYPE_NOT_RECOGNIZED,
-            ));
-            return;
+            match self.start_auth(hdr, frag) {
+                Ok(c) => challenge = Some(c),
+                Err(reason) => {
+                    self.push(pdu::bind_nak(hdr.call_id, reason));
+                    return;
+                }
+            }
         }
         if self.bound {
             // One bind per connection; more contexts come through alter_context.
@@ -352,16 +421,212 @@ impl RpcPipe {
             sec_addr: self.cfg.sec_addr.clone(),
             results,
         };
-        self.push(ack.encode(ptype::BIND_ACK, hdr.call_id));
+        let pdu = ack.encode(ptype::BIND_ACK, hdr.call_id);
+        match challenge {
+            Some((trailer, token)) => self.push(pdu::with_auth(pdu, trailer, &token)),
+            None => self.push(pdu),
+        }
     }
 
-    fn on_alter_context(&mut self, hdr: &Header, body: &[u8]) {
-        let bind = match Bind::parse(body) {
-            Ok(b)
-                if self.bound && hdr.auth_len == 0 && b.contexts.len() <= MAX_PROPOSED_CONTEXTS =>
-            {
-                b
+    /// An authenticated bind: NTLMSSP NEGOTIATE in, CHALLENGE out (for the bind_ack).
+    fn start_auth(&mut self, hdr: &Header, frag: &[u8]) -> Result<(SecTrailer, Vec<u8>), u16> {
+        let Some(policy) = &self.policy else {
+            return Err(nak::AUTHENTICATION_TYPE_NOT_RECOGNIZED);
+        };
+        if !matches!(self.security, Security::None) {
+            return Err(nak::REASON_NOT_SPECIFIED);
+        }
+        let parts = pdu::split_auth(hdr, frag).map_err(|_| nak::REASON_NOT_SPECIFIED)?;
+        let t = parts.trailer;
+        // NTLMSSP, raw or inside SPNEGO (NtlmServer answers in kind); Kerberos needs a KDC.
+        if !matches!(t.auth_type, auth_type::NTLMSSP | auth_type::SPNEGO) {
+            tracing::debug!(
+                auth_type = t.auth_type,
+                "RPC bind with an unsupported auth type"
+            );
+            return Err(nak::AUTHENTICATION_TYPE_NOT_RECOGNIZED);
+        }
+        if !matches!(t.auth_level, auth_level::INTEGRITY | auth_level::PRIVACY)
+            || t.auth_level < policy.min_level
+        {
+            tracing::debug!(
+                level = t.auth_level,
+                "RPC bind below the required auth level"
+            );
+            return Err(nak::REASON_NOT_SPECIFIED);
+        }
+        let mut ntlm = Box::new(NtlmServer::new(
+            policy.users.clone(),
+            &policy.netbios_name,
+            &policy.domain,
+        ));
+        match ntlm.step(parts.auth_value) {
+            Ok(AuthStep::Continue { token }) => {
+                let trailer = SecTrailer { pad_len: 0, ..t };
+                self.security = Security::Challenged { ntlm, trailer };
+                Ok((trailer, token))
             }
+            Ok(AuthStep::Done { .. }) | Err(_) => Err(nak::REASON_NOT_SPECIFIED),
+        }
+    }
+
+    /// AUTH3: the NTLMSSP AUTHENTICATE (three legs; nothing is answered).
+    fn on_auth3(&mut self, hdr: &Header, frag: &[u8]) {
+        let _ = self.finish_auth(hdr, frag);
+    }
+
+    /// The client's last authentication leg (AUTH3, or an alter_context for SPNEGO, whose
+    /// final token and mechListMIC go back in the alter_context_resp). Success establishes
+    /// the security context and returns the token to send back (possibly empty); failure
+    /// leaves a connection that can call nothing.
+    fn finish_auth(&mut self, hdr: &Header, frag: &[u8]) -> Option<(SecTrailer, Vec<u8>)> {
+        let Security::Challenged { mut ntlm, trailer } =
+            std::mem::replace(&mut self.security, Security::Failed)
+        else {
+            return None;
+        };
+        let parts = match pdu::split_auth(hdr, frag) {
+            Ok(p)
+                if p.trailer.auth_type == trailer.auth_type
+                    && p.trailer.auth_level == trailer.auth_level
+                    && p.trailer.context_id == trailer.context_id =>
+            {
+                p
+            }
+            _ => {
+                tracing::info!("RPC authentication leg does not match the bind's security context");
+                return None;
+            }
+        };
+        match ntlm.step(parts.auth_value) {
+            Ok(AuthStep::Done {
+                token,
+                user,
+                session_key,
+                anonymous: false,
+                ..
+            }) => {
+                // With SPNEGO the mechListMICs used the NTLM keys once in each direction; the
+                // RC4 handles then start afresh and sequence numbers go on (MS-SPNG 3.3.5.1).
+                let flags = ntlm.negotiated_flags().unwrap_or(0);
+                let protection = NtlmProtection::server(&session_key, flags).map(|p| {
+                    if ntlm.mech_list_mic_exchanged() {
+                        p.after_mech_list_mic()
+                    } else {
+                        p
+                    }
+                });
+                match protection {
+                    Ok(p) => {
+                        tracing::debug!(%user, level = trailer.auth_level, "RPC connection authenticated");
+                        self.security = Security::Established {
+                            protection: Box::new(p),
+                            trailer,
+                            user,
+                        };
+                        Some((trailer, token))
+                    }
+                    Err(e) => {
+                        tracing::info!(%e, %user, "RPC authentication refused");
+                        None
+                    }
+                }
+            }
+            Ok(AuthStep::Done { .. }) => {
+                tracing::info!("RPC anonymous authentication refused");
+                None
+            }
+            Ok(AuthStep::Continue { .. }) => {
+                tracing::info!("RPC authentication did not finish in its last leg");
+                None
+            }
+            Err(e) => {
+                tracing::info!(%e, "RPC authentication failed");
+                None
+            }
+        }
+    }
+
+    /// A request PDU: checked and unprotected according to the connection's security context,
+    /// then handled like any request.
+    fn on_protected_request(&mut self, hdr: &Header, frag: &[u8]) {
+        let deny = |pipe: &mut Self, status| {
+            pipe.push(pdu::fault_pdu(hdr.call_id, 0, status, true));
+        };
+        match &mut self.security {
+            Security::Established {
+                protection,
+                trailer,
+                ..
+            } => {
+                let Ok(parts) = pdu::split_auth(hdr, frag) else {
+                    return deny(self, fault::ACCESS_DENIED);
+                };
+                let t = parts.trailer;
+                if hdr.auth_len == 0
+                    || t.auth_type != trailer.auth_type
+                    || t.auth_level != trailer.auth_level
+                    || t.context_id != trailer.context_id
+                {
+                    return deny(self, fault::ACCESS_DENIED);
+                }
+                let data_start = REQUEST_HEADER_LEN
+                    + if hdr.flags & pfc::OBJECT_UUID != 0 {
+                        16
+                    } else {
+                        0
+                    };
+                let data_end = parts.trailer_at;
+                let pad = usize::from(t.pad_len);
+                if data_start > data_end || pad > data_end - data_start {
+                    return deny(self, fault::NCA_S_PROTO_ERROR);
+                }
+                let signature = parts.auth_value.to_vec();
+                // The signature covers the whole PDU but its auth_value (MS-RPCE 3.3.1.5.2.2).
+                let mut plain = frag[..data_end + pdu::SEC_TRAILER_LEN].to_vec();
+                let checked = if t.auth_level == auth_level::PRIVACY {
+                    protection.unseal(&mut plain, data_start..data_end, &signature)
+                } else {
+                    protection.verify(&plain, &signature)
+                };
+                if let Err(e) = checked {
+                    // The RC4 stream and sequence numbers cannot recover from a lost or forged
+                    // PDU: nothing further on this connection can be trusted.
+                    tracing::info!(%e, "RPC request failed its integrity check");
+                    self.security = Security::Failed;
+                    return deny(self, fault::ACCESS_DENIED);
+                }
+                plain.truncate(data_end - pad);
+                self.on_request(hdr, &plain[HEADER_LEN..]);
+            }
+            Security::None if self.policy.is_none() => {
+                if hdr.auth_len != 0 {
+                    return deny(self, fault::NCA_S_PROTO_ERROR);
+                }
+                self.on_request(hdr, &frag[HEADER_LEN..]);
+            }
+            Security::None | Security::Challenged { .. } | Security::Failed => {
+                deny(self, fault::ACCESS_DENIED)
+            }
+        }
+    }
+
+    fn on_alter_context(&mut self, hdr: &Header, frag: &[u8]) {
+        let body = &frag[HEADER_LEN..];
+        // SPNEGO's third leg rides on an alter_context (MS-RPCE 3.3.1.5.2.2); any other
+        // authenticated alter_context (a second security context) is refused.
+        let mut final_token = None;
+        if hdr.auth_len != 0 {
+            match self.finish_auth(hdr, frag) {
+                Some(t) => final_token = Some(t),
+                None => {
+                    self.push(pdu::fault_pdu(hdr.call_id, 0, fault::ACCESS_DENIED, true));
+                    return;
+                }
+            }
+        }
+        let bind = match Bind::parse(body) {
+            Ok(b) if self.bound && b.contexts.len() <= MAX_PROPOSED_CONTEXTS => b,
             _ => {
                 self.push(pdu::fault_pdu(
                     hdr.call_id,
@@ -385,14 +650,20 @@ impl RpcPipe {
             sec_addr: String::new(),
             results,
         };
-        self.push(ack.encode(ptype::ALTER_CONTEXT_RESP, hdr.call_id));
+        let pdu = ack.encode(ptype::ALTER_CONTEXT_RESP, hdr.call_id);
+        match final_token {
+            Some((trailer, token)) if !token.is_empty() => {
+                self.push(pdu::with_auth(pdu, trailer, &token))
+            }
+            _ => self.push(pdu),
+        }
     }
 
     fn on_request(&mut self, hdr: &Header, body: &[u8]) {
         let fault_now = |pipe: &mut Self, context_id, status| {
             pipe.push(pdu::fault_pdu(hdr.call_id, context_id, status, true));
         };
-        if !self.bound || hdr.auth_len != 0 {
+        if !self.bound {
             fault_now(self, 0, fault::NCA_S_PROTO_ERROR);
             return;
         }
@@ -472,6 +743,40 @@ impl RpcPipe {
     fn answer(&mut self, call: CallId, result: CallResult) {
         match result {
             CallResult::Reply(stub) => {
+                if let Security::Established {
+                    protection,
+                    trailer,
+                    ..
+                } = &mut self.security
+                {
+                    let frags = pdu::protected_response_fragments(
+                        call.call_id,
+                        call.context_id,
+                        &stub,
+                        self.max_xmit_frag,
+                        *trailer,
+                        SIGNATURE_LEN,
+                    );
+                    let privacy = trailer.auth_level == auth_level::PRIVACY;
+                    let mut out = Vec::with_capacity(frags.len());
+                    for (mut f, data) in frags {
+                        let signature = if privacy {
+                            match protection.seal(&mut f, data) {
+                                Ok(s) => s,
+                                Err(e) => {
+                                    tracing::error!(%e, "cannot seal an RPC response");
+                                    return;
+                                }
+                            }
+                        } else {
+                            protection.sign(&f)
+                        };
+                        f.extend_from_slice(&signature);
+                        out.push(f);
+                    }
+                    out.into_iter().for_each(|f| self.push(f));
+                    return;
+                }
                 for f in pdu::response_fragments(
                     call.call_id,
                     call.context_id,

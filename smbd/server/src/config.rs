@@ -832,6 +832,35 @@ pub struct WitnessConfig {
     pub max_registrations: usize,
     #[serde(default = "default_witness_registrations_per_conn")]
     pub max_registrations_per_conn: usize,
+    /// The protection a witness call needs (MS-RPCE 3.3.1.5.2): an NTLMSSP bind of a user in
+    /// `[server] users` at packet privacy (the default, what Windows clients and Samba's
+    /// witness use) or integrity; `none` lets any client call without authenticating.
+    #[serde(default)]
+    pub auth_level: RpcAuthLevel,
+}
+
+/// `[witness] auth_level`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RpcAuthLevel {
+    /// RPC_C_AUTHN_LEVEL_PKT_PRIVACY: every call and answer signed and encrypted.
+    #[default]
+    Privacy,
+    /// RPC_C_AUTHN_LEVEL_PKT_INTEGRITY: signed (privacy is accepted too).
+    Integrity,
+    /// No authentication: anyone who reaches the port may call.
+    None,
+}
+
+impl RpcAuthLevel {
+    /// The least DCE/RPC auth level a call must have, if any.
+    pub fn min_level(self) -> Option<u8> {
+        match self {
+            RpcAuthLevel::Privacy => Some(smb_rpc::pdu::auth_level::PRIVACY),
+            RpcAuthLevel::Integrity => Some(smb_rpc::pdu::auth_level::INTEGRITY),
+            RpcAuthLevel::None => None,
+        }
+    }
 }
 
 /// One node of `[witness] nodes`.
@@ -885,6 +914,7 @@ impl Default for WitnessConfig {
             max_connections: default_witness_connections(),
             max_registrations: default_witness_registrations(),
             max_registrations_per_conn: default_witness_registrations_per_conn(),
+            auth_level: RpcAuthLevel::default(),
         }
     }
 }

@@ -67,6 +67,8 @@ struct WitnessParts {
     peers: crate::witness::peers::PeerSockets,
     /// With `[public_addresses]`.
     public: Option<crate::witness::public_ip::Manager>,
+    /// `[witness] auth_level`'s least level with this server's NTLM names, unless `none`.
+    auth: Option<(u8, String, String)>,
 }
 
 impl Server {
@@ -276,7 +278,17 @@ impl Server {
         let witness_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut public_ip = None;
         if let Some(w) = self.witness.take() {
-            w.listeners.spawn(w.state.clone(), witness_stop.clone())?;
+            let policy =
+                w.auth.map(
+                    |(min_level, netbios_name, domain)| smb_rpc::pipe::AuthPolicy {
+                        users: self.shared.users.clone(),
+                        netbios_name,
+                        domain,
+                        min_level,
+                    },
+                );
+            w.listeners
+                .spawn(w.state.clone(), witness_stop.clone(), policy)?;
             w.peers.spawn(w.state, witness_stop.clone())?;
             if let Some(m) = w.public {
                 public_ip = Some(m.spawn(witness_stop.clone())?);
@@ -419,11 +431,19 @@ fn bind_witness(config: &Config) -> Result<WitnessParts, ServerError> {
     let public = (!config.public_addresses.addresses.is_empty()).then(|| {
         crate::witness::public_ip::Manager::new(state.clone(), config.public_addresses.clone())
     });
+    let auth = wc.auth_level.min_level().map(|level| {
+        (
+            level,
+            config.server.netbios_name.clone(),
+            config.server.domain.clone(),
+        )
+    });
     Ok(WitnessParts {
         state,
         listeners,
         peers,
         public,
+        auth,
     })
 }
 

@@ -42,6 +42,10 @@ fn node_config(
     s
 }
 
+/// Both tests listen on 127.0.0.2:135 and 127.0.0.3:135 (rpcclient asks the endpoint mapper
+/// there): one at a time.
+static PORT_135: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn free_udp_port(ip: &str) -> u16 {
     std::net::UdpSocket::bind(format!("{ip}:0"))
         .unwrap()
@@ -59,12 +63,14 @@ struct Rpcclient {
 }
 
 impl Rpcclient {
-    fn start(port: u16, host: &str, conf: &std::path::Path) -> Rpcclient {
+    /// `binding`: e.g. `ncacn_ip_tcp:127.0.0.3[seal]` (`[seal]`: NTLMSSP at packet privacy,
+    /// `[sign]`: at packet integrity, nothing: no authentication).
+    fn start(port: u16, binding: &str, password: &str, conf: &std::path::Path) -> Rpcclient {
         let mut child = Command::new("rpcclient")
             .arg("-s")
             .arg(conf)
-            .args(["-U", &format!("{USER}%{PASS}"), "-p", &port.to_string()])
-            .arg(format!("ncacn_ip_tcp:{host}"))
+            .args(["-U", &format!("{USER}%{password}"), "-p", &port.to_string()])
+            .arg(binding)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -160,6 +166,7 @@ fn drained_node_moves_its_witness_clients_and_a_dead_one_is_unavailable() {
         eprintln!("SKIP: rpcclient not installed");
         return;
     }
+    let _port_135 = PORT_135.lock().unwrap_or_else(|e| e.into_inner());
     if std::net::TcpListener::bind("127.0.0.2:135").is_err() {
         eprintln!("SKIP: cannot bind port 135 (needs root, and the port free)");
         return;
@@ -182,7 +189,14 @@ fn drained_node_moves_its_witness_clients_and_a_dead_one_is_unavailable() {
     assert!(status.contains("node1 127.0.0.2 up"), "{status}");
 
     // The client's SMB connection would be to node 1 (127.0.0.2); its witness is node 2.
-    let mut rpc = Rpcclient::start(node2.port, "127.0.0.3", &node2.client_conf);
+    // The witness takes only authenticated callers, at packet privacy by default (the
+    // calls below and their answers are sealed).
+    let mut rpc = Rpcclient::start(
+        node2.port,
+        "ncacn_ip_tcp:127.0.0.3[seal]",
+        PASS,
+        &node2.client_conf,
+    );
     let limit = Duration::from_secs(20);
     rpc.send("GetInterfaceList");
     rpc.expect("node1 127.0.0.2", limit);
@@ -220,4 +234,84 @@ fn drained_node_moves_its_witness_clients_and_a_dead_one_is_unavailable() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(left.contains("registrations 0"), "{left}");
+}
+
+/// The witness answers only callers who authenticate (NTLMSSP, a user of `[server] users`)
+/// at the configured level, packet privacy by default: no authentication, a wrong password
+/// and packet integrity are refused on a default node; a node configured for integrity
+/// serves a signed caller.
+#[test]
+fn witness_callers_must_authenticate_at_the_configured_level() {
+    if Command::new("rpcclient").arg("--version").output().is_err() {
+        eprintln!("SKIP: rpcclient not installed");
+        return;
+    }
+    let _port_135 = PORT_135.lock().unwrap_or_else(|e| e.into_inner());
+    if std::net::TcpListener::bind("127.0.0.2:135").is_err() {
+        eprintln!("SKIP: cannot bind port 135 (needs root, and the port free)");
+        return;
+    }
+    let shared = tempfile::tempdir().unwrap();
+    let key = shared.path().join("cluster.key");
+    std::fs::write(&key, b"witness test cluster key 0123456789").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let peer_ports = [free_udp_port("127.0.0.2"), free_udp_port("127.0.0.3")];
+    let start = |me: usize, extra: &str| {
+        TestServer::start(Options {
+            server_extra: format!("listen = [\"127.0.0.{}:0\"]", me + 1),
+            config_extra: node_config(shared.path(), me, &key, peer_ports).replacen(
+                "[witness]\n",
+                &format!("[witness]\n{extra}"),
+                1,
+            ),
+            ..Options::default()
+        })
+    };
+    let node1 = start(1, "auth_level = \"integrity\"\n");
+    let node2 = start(2, "");
+    let limit = Duration::from_secs(20);
+    let refused = |binding: &str, password: &str| {
+        let mut rpc = Rpcclient::start(node2.port, binding, password, &node2.client_conf);
+        rpc.send("GetInterfaceList");
+        rpc.send("quit");
+        let line = rpc.expect_by("a refusal", limit, |l| {
+            l.contains("node2 127.0.0.3") || l.contains("ACCESS_DENIED") || l.contains("failed")
+        });
+        assert!(
+            !line.contains("node2 127.0.0.3"),
+            "{binding} with password {password:?} was served: {}",
+            rpc.seen.join("\n")
+        );
+        eprintln!("{binding} ({password}): {line}");
+    };
+    refused("ncacn_ip_tcp:127.0.0.3", PASS);
+    refused("ncacn_ip_tcp:127.0.0.3[seal]", "not-the-password");
+    refused("ncacn_ip_tcp:127.0.0.3[sign]", PASS);
+
+    let mut sealed = Rpcclient::start(
+        node2.port,
+        "ncacn_ip_tcp:127.0.0.3[seal]",
+        PASS,
+        &node2.client_conf,
+    );
+    sealed.send("GetInterfaceList");
+    sealed.expect("node2 127.0.0.3", limit);
+    // NTLMSSP inside SPNEGO (auth type 9, as Windows binds): its third leg and the
+    // mechListMICs travel in an alter_context round trip.
+    let mut spnego = Rpcclient::start(
+        node2.port,
+        "ncacn_ip_tcp:127.0.0.3[seal,spnego]",
+        PASS,
+        &node2.client_conf,
+    );
+    spnego.send("GetInterfaceList");
+    spnego.expect("node2 127.0.0.3", limit);
+    let mut signed = Rpcclient::start(
+        node1.port,
+        "ncacn_ip_tcp:127.0.0.2[sign]",
+        PASS,
+        &node1.client_conf,
+    );
+    signed.send("GetInterfaceList");
+    signed.expect("node1 127.0.0.2", limit);
 }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use smb_rpc::epm::Epm;
+use smb_rpc::pipe::AuthPolicy;
 use smb_rpc::witness::{encode_notify_reply, Witness, WITNESS};
 use smb_rpc::{CallResult, PipeConfig, RpcInterface, RpcPipe};
 
@@ -42,7 +43,14 @@ impl RpcListeners {
         (self.epm.local_addr().ok(), self.witness.local_addr().ok())
     }
 
-    pub fn spawn(self, state: Arc<WitnessState>, shutdown: Arc<AtomicBool>) -> std::io::Result<()> {
+    /// `auth`: what the witness' callers must prove (the endpoint mapper answers anyone, as
+    /// on Windows: it only says where the witness listens).
+    pub fn spawn(
+        self,
+        state: Arc<WitnessState>,
+        shutdown: Arc<AtomicBool>,
+        auth: Option<AuthPolicy>,
+    ) -> std::io::Result<()> {
         let witness_port = self.witness.local_addr()?.port();
         let active = Arc::new(AtomicUsize::new(0));
         let ids = Arc::new(AtomicU64::new(1));
@@ -53,6 +61,7 @@ impl RpcListeners {
                 active: active.clone(),
                 ids: ids.clone(),
                 witness_port,
+                auth: auth.clone(),
             };
             listener.set_nonblocking(true)?;
             std::thread::Builder::new()
@@ -85,6 +94,7 @@ struct Ctx {
     active: Arc<AtomicUsize>,
     ids: Arc<AtomicU64>,
     witness_port: u16,
+    auth: Option<AuthPolicy>,
 }
 
 fn accept_loop(listener: TcpListener, kind: Kind, ctx: Ctx) {
@@ -158,6 +168,9 @@ fn serve(mut stream: TcpStream, kind: Kind, ctx: &Ctx) -> std::io::Result<()> {
         },
         vec![iface],
     );
+    if let (Kind::Witness, Some(policy)) = (kind, &ctx.auth) {
+        pipe = pipe.require_auth(policy.clone());
+    }
     let result = pump(&mut stream, &mut pipe, conn, ctx);
     ctx.state.drop_connection(conn);
     result
