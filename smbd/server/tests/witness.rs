@@ -4,7 +4,8 @@
 //! its control socket must reach node 2's witness (heartbeat channel) and move the client;
 //! node 1 stopping must then show as RESOURCE_CHANGE(unavailable).
 //!
-//! Needs root (port 135) and rpcclient (Debian samba-common-bin); skipped without them.
+//! Needs root (port 135) and rpcclient (Debian samba-common-bin); skipped without them (a
+//! failure with `CI=true`).
 
 mod common;
 
@@ -45,6 +46,38 @@ fn node_config(
 /// Both tests listen on 127.0.0.2:135 and 127.0.0.3:135 (rpcclient asks the endpoint mapper
 /// there): one at a time.
 static PORT_135: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// What both tests start from: the port-135 turn, a shared directory with the cluster key,
+/// and a heartbeat port per node.
+struct Setup {
+    shared: tempfile::TempDir,
+    key: std::path::PathBuf,
+    peer_ports: [u16; 2],
+    _port_135: std::sync::MutexGuard<'static, ()>,
+}
+
+/// `None` (skipped; a failure with `CI=true`) without rpcclient or port 135.
+fn setup() -> Option<Setup> {
+    if Command::new("rpcclient").arg("--version").output().is_err() {
+        missing("rpcclient not installed (apt-get install samba-common-bin)");
+        return None;
+    }
+    let port_135 = PORT_135.lock().unwrap_or_else(|e| e.into_inner());
+    if std::net::TcpListener::bind("127.0.0.2:135").is_err() {
+        missing("cannot bind port 135 (needs root, and the port free)");
+        return None;
+    }
+    let shared = tempfile::tempdir().unwrap();
+    let key = shared.path().join("cluster.key");
+    std::fs::write(&key, b"witness test cluster key 0123456789").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    Some(Setup {
+        peer_ports: [free_udp_port("127.0.0.2"), free_udp_port("127.0.0.3")],
+        shared,
+        key,
+        _port_135: port_135,
+    })
+}
 
 fn free_udp_port(ip: &str) -> u16 {
     std::net::UdpSocket::bind(format!("{ip}:0"))
@@ -162,20 +195,15 @@ fn handle_of(line: &str) -> String {
 
 #[test]
 fn drained_node_moves_its_witness_clients_and_a_dead_one_is_unavailable() {
-    if Command::new("rpcclient").arg("--version").output().is_err() {
-        eprintln!("SKIP: rpcclient not installed");
+    let Some(Setup {
+        shared,
+        key,
+        peer_ports,
+        _port_135,
+    }) = setup()
+    else {
         return;
-    }
-    let _port_135 = PORT_135.lock().unwrap_or_else(|e| e.into_inner());
-    if std::net::TcpListener::bind("127.0.0.2:135").is_err() {
-        eprintln!("SKIP: cannot bind port 135 (needs root, and the port free)");
-        return;
-    }
-    let shared = tempfile::tempdir().unwrap();
-    let key = shared.path().join("cluster.key");
-    std::fs::write(&key, b"witness test cluster key 0123456789").unwrap();
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let peer_ports = [free_udp_port("127.0.0.2"), free_udp_port("127.0.0.3")];
+    };
     let start = |me: usize| {
         TestServer::start(Options {
             server_extra: format!("listen = [\"127.0.0.{}:0\"]", me + 1),
@@ -242,20 +270,15 @@ fn drained_node_moves_its_witness_clients_and_a_dead_one_is_unavailable() {
 /// serves a signed caller.
 #[test]
 fn witness_callers_must_authenticate_at_the_configured_level() {
-    if Command::new("rpcclient").arg("--version").output().is_err() {
-        eprintln!("SKIP: rpcclient not installed");
+    let Some(Setup {
+        shared,
+        key,
+        peer_ports,
+        _port_135,
+    }) = setup()
+    else {
         return;
-    }
-    let _port_135 = PORT_135.lock().unwrap_or_else(|e| e.into_inner());
-    if std::net::TcpListener::bind("127.0.0.2:135").is_err() {
-        eprintln!("SKIP: cannot bind port 135 (needs root, and the port free)");
-        return;
-    }
-    let shared = tempfile::tempdir().unwrap();
-    let key = shared.path().join("cluster.key");
-    std::fs::write(&key, b"witness test cluster key 0123456789").unwrap();
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let peer_ports = [free_udp_port("127.0.0.2"), free_udp_port("127.0.0.3")];
+    };
     let start = |me: usize, extra: &str| {
         TestServer::start(Options {
             server_extra: format!("listen = [\"127.0.0.{}:0\"]", me + 1),
