@@ -177,6 +177,16 @@ pub fn render(snap: Option<&Snapshot>, stale: bool) -> String {
             "I/O grant recalls acknowledged",
             st.io_recall_acks_total,
         ),
+        (
+            "lockmgrd_dir_changes_total",
+            "Change-notify changes nodes reported in directories other nodes watch",
+            st.dir_changes_total,
+        ),
+        (
+            "lockmgrd_dir_changes_forwarded_total",
+            "Change-notify changes forwarded to watching nodes",
+            st.dir_changes_forwarded_total,
+        ),
         ("lockmgrd_frames_in_total", "Frames received", c.frames_in),
         ("lockmgrd_frames_out_total", "Frames sent", c.frames_out),
         (
@@ -245,6 +255,11 @@ pub fn render(snap: Option<&Snapshot>, stale: bool) -> String {
             st.breaks_pending,
         ),
         ("lockmgrd_io_grants", "I/O grants held", st.io_grants_held),
+        (
+            "lockmgrd_watched_dirs",
+            "Directories with change-notify watchers registered",
+            st.watched_dirs,
+        ),
     ];
     for (name, help, v) in gauges {
         e.family(name, help, Kind::Gauge);

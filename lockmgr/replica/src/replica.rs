@@ -81,7 +81,9 @@ pub enum SnapshotError {
 /// close its open (`BreakAndClose`).
 /// 5: a named-stream open holds its base file's link (a delete-pending file waits for its
 /// stream opens to close).
-pub const SNAPSHOT_FORMAT: u32 = 5;
+/// 6: change-notify registrations (directory -> watching sessions), a session's watch count,
+/// the limit `max_watches` and the change-notify counters.
+pub const SNAPSHOT_FORMAT: u32 = 6;
 
 /// Everything a replacement standby needs: the engine and the replication bookkeeping that
 /// replaying the log from the start would have produced.
