@@ -114,7 +114,7 @@ pub fn render(snap: Option<&Snapshot>, stale: bool) -> String {
     for (kind, n) in REQUEST_KINDS.iter().zip(s.requests) {
         e.sample("lockmgrd_requests_total", &[("kind", kind)], n);
     }
-    let counters: [(&str, &str, u64); 22] = [
+    let counters: [(&str, &str, u64); 24] = [
         ("lockmgrd_replies_total", "Replies sent to nodes", s.replies),
         (
             "lockmgrd_notifications_total",
@@ -224,7 +224,7 @@ pub fn render(snap: Option<&Snapshot>, stale: bool) -> String {
         e.family(name, help, Kind::Counter);
         e.sample(name, &[], v);
     }
-    let gauges: [(&str, &str, usize); 10] = [
+    let gauges: [(&str, &str, usize); 11] = [
         (
             "lockmgrd_nodes_connected",
             "Nodes with a live session",
