@@ -99,8 +99,8 @@ fn notify_through_lockmgrd(scenario: &str, changes: u64) {
 /// Node 2's create, write, rename, delete and move-in reach node 1's watcher through
 /// lockmgrd, exactly. lockmgrd sees 8 changes: those 6 and the MODIFIED (ATTRIBUTES |
 /// CREATION) each file rename also reports (outside the watcher's filter: node 1 drops them);
-/// the 4 changes in the unwatched directory (its creation in the share root, a file's
-/// creation, write and move out) cause no lockmgrd traffic.
+/// the 3 changes in the unwatched directory (a file's creation, write and move out) cause no
+/// lockmgrd traffic.
 #[test]
 fn cross_node_change_notify_through_lockmgrd() {
     notify_through_lockmgrd("notifylm", 8);
