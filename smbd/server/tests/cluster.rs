@@ -347,6 +347,24 @@ fn lockmgrd_failover_keeps_every_lock_and_connection() {
     );
 }
 
+/// Issue 12: change-notify registrations are replicated lockmgrd state. Node 1's watch,
+/// registered with the primary, is the standby's after the primary's SIGKILL: node 2's
+/// change after the failover still reaches node 1's watcher (both nodes without inotify).
+#[test]
+fn change_notify_through_lockmgrd_survives_failover() {
+    interactive_scenario(
+        ClusterOptions {
+            replicated: true,
+            server_extra: "local_change_notify = false".into(),
+            ..ClusterOptions::default()
+        },
+        &client_script(),
+        "notifylmfailover",
+        "FAILOVER-LOCKMGRD",
+        |cluster| cluster.kill_lockmgrd(),
+    );
+}
+
 /// Runs `scenario` of `script` (cluster_client.py or a sibling with the same command line),
 /// which prints `marker` and then waits for one line on stdin; `act` runs at that point (kill
 /// a node, restart lockmgrd).

@@ -4,6 +4,7 @@
 usage: cluster_client.py HOST[,HOST2] PORT1 PORT2 USER PASSWORD SCENARIO
 SCENARIO: sharemode | brl | blocking | oplock | lease | doc | kill | lmrestart | lmfailover | rename
           | leaseh | streams | links | notify | notifytree | notifylm | notifylmtree
+          | notifylmfailover
 Prints "PASS SCENARIO" and exits 0 when the cluster behaved; any mismatch raises (exit 1).
 `kill` prints "KILL-NODE2" once node 2's client holds its lock and node 1's client waits,
 then reads one line from stdin (the harness has SIGKILLed node 2's smbd) and expects node 1's
@@ -742,9 +743,34 @@ def notifylmtree(c1, c2):
     flat.close()
 
 
+def notifylmfailover(c1, c2):
+    """Issue 12, change notify through a replicated lock manager: node 1's watch (registered
+    with the primary, both nodes without inotify) is the standby's too, so after the primary's
+    death the change node 2's client makes still reaches node 1's watcher."""
+    all_share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
+    from smbprotocol.change_notify import FileSystemWatcher
+    d = c1.open("lm-fo", access=A.FILE_READ_DATA | A.FILE_READ_ATTRIBUTES,
+                share=all_share, disposition=CreateDisposition.FILE_OPEN_IF, is_dir=True)
+    w = FileSystemWatcher(d)
+    w.start(FILE_NOTIFY_CHANGE_FILE_NAME)
+    started(w)
+    c2.open("lm-fo\\before.txt", share=all_share, disposition=CreateDisposition.FILE_CREATE).close()
+    got = collect_changes(d, 0, FILE_NOTIFY_CHANGE_FILE_NAME, w, 1)
+    assert got == [(ADDED, "before.txt")], f"before the failover: {got}"
+    w = FileSystemWatcher(d)
+    w.start(FILE_NOTIFY_CHANGE_FILE_NAME)
+    started(w)
+    print("FAILOVER-LOCKMGRD", flush=True)
+    sys.stdin.readline()
+    c2.open("lm-fo\\after.txt", share=all_share, disposition=CreateDisposition.FILE_CREATE).close()
+    got = collect_changes(d, 0, FILE_NOTIFY_CHANGE_FILE_NAME, w, 1)
+    assert got == [(ADDED, "after.txt")], f"after the failover: {got}"
+    d.close()
+
 SCENARIOS = {f.__name__: f for f in (sharemode, brl, iogrant, blocking, oplock, lease, doc, kill,
                                      lmrestart, lmfailover, rename, leaseh, streams, links,
-                                     notify, notifytree, notifylm, notifylmtree)}
+                                     notify, notifytree, notifylm, notifylmtree,
+                                     notifylmfailover)}
 
 
 def main():
