@@ -802,6 +802,8 @@ impl<T: ClientTransport> NodeSessions<T> {
             // A recall is for the node, not for one of its connections: it goes out under
             // `NODE_EVENTS`, and the node acknowledges it through any connection id.
             Notification::IoRecall { .. } => Some(NODE_EVENTS),
+            // Change notify across nodes: the node's watch table finds the connections.
+            Notification::DirWatched { .. } | Notification::DirChanged(_) => Some(NODE_EVENTS),
             _ => None,
         };
         match target {

@@ -46,6 +46,7 @@
 //! max_opens = 1048576                    # opens held at once
 //! max_locks = 4194304                    # byte-range locks held at once, over all its opens
 //! max_waiters = 65536                    # blocking lock requests and deferred opens waiting at once
+//! max_watches = 65536                    # directories with change-notify watchers registered at once
 //!
 //! # Optional: a replicated lock manager (primary + standby, epochs in etcd). Start the same
 //! # configuration (with its own name and listen address) on two hosts: the first to reach
@@ -292,6 +293,13 @@ pub struct SessionConfig {
     /// Requests of one session that may wait at once.
     #[serde(default = "default_max_waiters")]
     pub max_waiters: usize,
+    /// Directories one session may register change-notify watchers on.
+    #[serde(default = "default_max_watches")]
+    pub max_watches: usize,
+}
+
+fn default_max_watches() -> usize {
+    lockmgr_engine::SessionLimits::default().max_watches
 }
 
 fn default_liveness_ms() -> u64 {
@@ -317,6 +325,7 @@ impl Default for SessionConfig {
             max_opens: default_max_opens(),
             max_locks: default_max_locks(),
             max_waiters: default_max_waiters(),
+            max_watches: default_max_watches(),
         }
     }
 }
@@ -328,6 +337,7 @@ impl SessionConfig {
             max_opens: self.max_opens,
             max_locks: self.max_locks,
             max_waiters: self.max_waiters,
+            max_watches: self.max_watches,
         }
     }
 }
@@ -450,6 +460,7 @@ impl Config {
             ("sessions.max_opens", self.sessions.max_opens),
             ("sessions.max_locks", self.sessions.max_locks),
             ("sessions.max_waiters", self.sessions.max_waiters),
+            ("sessions.max_watches", self.sessions.max_watches),
         ] {
             if v == 0 {
                 return Err(ConfigError::Invalid {

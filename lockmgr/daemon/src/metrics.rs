@@ -114,7 +114,7 @@ pub fn render(snap: Option<&Snapshot>, stale: bool) -> String {
     for (kind, n) in REQUEST_KINDS.iter().zip(s.requests) {
         e.sample("lockmgrd_requests_total", &[("kind", kind)], n);
     }
-    let counters: [(&str, &str, u64); 22] = [
+    let counters: [(&str, &str, u64); 24] = [
         ("lockmgrd_replies_total", "Replies sent to nodes", s.replies),
         (
             "lockmgrd_notifications_total",
@@ -177,6 +177,16 @@ pub fn render(snap: Option<&Snapshot>, stale: bool) -> String {
             "I/O grant recalls acknowledged",
             st.io_recall_acks_total,
         ),
+        (
+            "lockmgrd_dir_changes_total",
+            "Change-notify changes nodes reported in directories other nodes watch",
+            st.dir_changes_total,
+        ),
+        (
+            "lockmgrd_dir_changes_forwarded_total",
+            "Change-notify changes forwarded to watching nodes",
+            st.dir_changes_forwarded_total,
+        ),
         ("lockmgrd_frames_in_total", "Frames received", c.frames_in),
         ("lockmgrd_frames_out_total", "Frames sent", c.frames_out),
         (
@@ -214,7 +224,7 @@ pub fn render(snap: Option<&Snapshot>, stale: bool) -> String {
         e.family(name, help, Kind::Counter);
         e.sample(name, &[], v);
     }
-    let gauges: [(&str, &str, usize); 10] = [
+    let gauges: [(&str, &str, usize); 11] = [
         (
             "lockmgrd_nodes_connected",
             "Nodes with a live session",
@@ -245,6 +255,11 @@ pub fn render(snap: Option<&Snapshot>, stale: bool) -> String {
             st.breaks_pending,
         ),
         ("lockmgrd_io_grants", "I/O grants held", st.io_grants_held),
+        (
+            "lockmgrd_watched_dirs",
+            "Directories with change-notify watchers registered",
+            st.watched_dirs,
+        ),
     ];
     for (name, help, v) in gauges {
         e.family(name, help, Kind::Gauge);

@@ -71,6 +71,11 @@ pub fn render_status(
     );
     let _ = writeln!(
         out,
+        "watched_dirs={} dir_changes_total={} dir_changes_forwarded_total={}",
+        stats.watched_dirs, stats.dir_changes_total, stats.dir_changes_forwarded_total
+    );
+    let _ = writeln!(
+        out,
         "frames_in={} frames_out={} malformed_frames={} foreign_session_frames={} protocol_violations={} auth_failures={} sessions_expired={} stale_epoch_frames={}",
         counters.frames_in,
         counters.frames_out,

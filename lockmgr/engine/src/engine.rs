@@ -20,6 +20,7 @@ use crate::Config;
 mod durable;
 mod io_grant;
 mod links;
+mod watch;
 use durable::{DurableParams, DISCONNECTED};
 use io_grant::QueuedLock;
 use links::Links;
@@ -105,6 +106,9 @@ struct SessionState {
     locks: usize,
     /// Files whose I/O recall waits for this session's `IoRecallAck`.
     io_recalls: Vec<FileId>,
+    /// Directories the session registered change-notify watchers on (for
+    /// `SessionLimits::max_watches`).
+    watches: usize,
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -289,6 +293,8 @@ pub struct Engine {
     outputs: VecDeque<Output>,
     orphaned_deletes: BTreeSet<FileId>,
     durable: durable::DurableTable,
+    /// Change-notify registrations: directory -> sessions watching it (`engine/watch.rs`).
+    watches: BTreeMap<FileId, watch::Watchers>,
     next_open: u64,
     next_seq: u64,
     scratch: Vec<LockRef>,
@@ -307,6 +313,7 @@ impl Engine {
             outputs: VecDeque::new(),
             orphaned_deletes: BTreeSet::new(),
             durable: durable::DurableTable::default(),
+            watches: BTreeMap::new(),
             next_open: 1,
             next_seq: 0,
             scratch: Vec::new(),
@@ -317,7 +324,11 @@ impl Engine {
     /// Register a session (one smbd node's connection). Ids are chosen by the daemon.
     /// Registering a live session again changes nothing.
     pub fn open_session(&mut self, session: SessionId) {
-        self.sessions.entry(session).or_default();
+        if self.sessions.contains_key(&session) {
+            return;
+        }
+        self.sessions.insert(session, SessionState::default());
+        self.tell_watched(session);
     }
 
     /// The session ended: release all its opens, byte-range locks, oplocks, leases and waiting
@@ -331,6 +342,11 @@ impl Engine {
             return;
         };
         self.stats.sessions_ended_total += 1;
+        if state.watches > 0 {
+            for dir in self.watched_by(session) {
+                self.drop_watch(session, dir);
+            }
+        }
         let mut touched = BTreeSet::new();
         for (request, pending) in state.pending {
             match pending {
@@ -504,6 +520,9 @@ impl Engine {
                 open,
                 client_guid,
             } => self.do_reclaim(session, request, key, open, client_guid),
+            Request::WatchDir { dir, tree } => self.do_watch_dir(session, request, dir, tree),
+            Request::UnwatchDir { dir } => self.do_unwatch_dir(session, request, dir),
+            Request::DirChange(c) => self.do_dir_change(session, request, c),
         }
     }
 
@@ -718,6 +737,7 @@ impl Engine {
         s.breaks_pending = self.timers.len();
         s.orphaned_deletes = self.orphaned_deletes.len();
         s.io_grants_held = self.files.values().map(|f| f.io_granted.len()).sum();
+        s.watched_dirs = self.watches.len();
         s
     }
 

@@ -72,6 +72,8 @@ pub struct SessionLimits {
     pub max_locks: usize,
     /// Requests waiting at once: blocking byte-range locks and deferred opens.
     pub max_waiters: usize,
+    /// Directories with change-notify watchers registered at once (`Request::WatchDir`).
+    pub max_watches: usize,
 }
 
 impl Default for SessionLimits {
@@ -83,6 +85,7 @@ impl Default for SessionLimits {
             max_opens: 1 << 20,
             max_locks: 1 << 22,
             max_waiters: 1 << 16,
+            max_watches: 1 << 16,
         }
     }
 }

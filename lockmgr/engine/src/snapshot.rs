@@ -130,4 +130,10 @@ pub struct Stats {
     pub io_recall_acks_total: u64,
     /// I/O grants held now (opens with a grant).
     pub io_grants_held: usize,
+    /// Directories some session has change-notify watchers on.
+    pub watched_dirs: usize,
+    /// `DirChange`s received (changes a node made in a directory another node watches).
+    pub dir_changes_total: u64,
+    /// `Notification::DirChanged`s sent (one per watching session and change).
+    pub dir_changes_forwarded_total: u64,
 }

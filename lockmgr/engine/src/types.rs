@@ -569,6 +569,56 @@ pub enum Request {
     /// `Done(InvalidHandle)` if the open is gone by then, `Done(Cancelled)` if cancelled
     /// (the open stays: the node closes it with `Close`).
     BreakAndClose { open: OpenId },
+    /// Change notify across nodes (MS-SMB2 3.3.5.19, MS-FSA 2.1.4.1): this session has
+    /// CHANGE_NOTIFY watchers on directory `dir` (its [`FileId`], the id an open of the
+    /// directory names: every node derives the same one), watching its tree (SMB2_WATCH_TREE)
+    /// if `tree`. Sent on the node's first watch of the directory and when `tree` changes;
+    /// registering again replaces `tree`. `Done(Success)`, or `Done(InsufficientResources)`
+    /// for a new directory beyond [`crate::SessionLimits::max_watches`]. Every other session
+    /// hears of the change of the watched set through [`Notification::DirWatched`].
+    WatchDir { dir: FileId, tree: bool },
+    /// The session's last watcher of `dir` is gone. `Done(Success)` (also when it was not
+    /// registered).
+    UnwatchDir { dir: FileId },
+    /// The session changed something in (or, `subtree`, below) directory `dir`, which another
+    /// session watches ([`Notification::DirWatched`] told it so): forwarded as
+    /// [`Notification::DirChanged`] to every other session watching `dir` (its tree, for a
+    /// `subtree` change). `Done(Success)`; `Done(InvalidParameter)` for a name longer than
+    /// [`MAX_DIR_CHANGE_NAME`].
+    DirChange(DirChange),
+}
+
+/// One change reported to a directory's watchers (MS-FSCC 2.7.1 FILE_NOTIFY_INFORMATION and
+/// the CompletionFilter bits it matches, MS-SMB2 2.2.35).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct DirChange {
+    /// The watched directory.
+    pub dir: FileId,
+    /// FILE_ACTION_* (MS-FSCC 2.7.1), or [`DIR_CHANGES_LOST`]: changes were dropped, the
+    /// watchers must enumerate the directory again (STATUS_NOTIFY_ENUM_DIR).
+    pub action: u32,
+    /// FILE_NOTIFY_CHANGE_* bits the change matches.
+    pub filter: u32,
+    /// The entry's name relative to `dir` ('\\'-separated below it), UTF-8.
+    pub name: String,
+    /// The entry is below `dir`, not in it: only watchers of the tree see it.
+    pub subtree: bool,
+}
+
+/// [`DirChange::action`] saying that changes were lost (STATUS_NOTIFY_ENUM_DIR at the
+/// watchers, MS-SMB2 3.3.5.19); FILE_ACTION_* values start at 1.
+pub const DIR_CHANGES_LOST: u32 = 0;
+
+/// Longest [`DirChange::name`], in UTF-8 bytes. A longer path is reported as
+/// [`DIR_CHANGES_LOST`] by the node.
+pub const MAX_DIR_CHANGE_NAME: usize = 2048;
+
+/// [`Notification::DirWatched`] state bits.
+pub mod watched {
+    /// Some other session watches the directory.
+    pub const DIR: u8 = 0x1;
+    /// Some other session watches the directory's tree (SMB2_WATCH_TREE).
+    pub const TREE: u8 = 0x2;
 }
 
 /// The durable half of [`Request::OpenDurable`]: the fields of [`Request::SetDurable`]
@@ -674,6 +724,13 @@ pub enum Notification {
     /// before it grants a byte-range lock on the file or caching a write would have to break,
     /// and holds that back until every recalled session acknowledged (or ended).
     IoRecall { file: FileId, generation: u64 },
+    /// What the session should know to report its changes cheaply: whether sessions other
+    /// than it watch `dir` now (`state`, [`watched`] bits; 0: nobody else does). Sent when
+    /// that changes, and for every watched directory when the session opens.
+    DirWatched { dir: FileId, state: u8 },
+    /// A change another session made ([`Request::DirChange`]) in a directory this session
+    /// watches.
+    DirChanged(DirChange),
 }
 
 /// An output of the engine: a reply or notification for one session.

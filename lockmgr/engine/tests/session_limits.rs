@@ -13,6 +13,7 @@ fn limited() -> H {
             max_opens: 2,
             max_locks: 3,
             max_waiters: 1,
+            max_watches: 2,
         },
         ..Config::default()
     })

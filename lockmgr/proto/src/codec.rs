@@ -37,6 +37,12 @@
 //! | 26 | CheckIoGrant | open u64, offset u64, length u64, write bool |
 //! | 27 | IoRecallAck | file u128 |
 //! | 28 | BreakAndClose | open u64 |
+//! | 29 | WatchDir | dir u128, tree bool |
+//! | 30 | UnwatchDir | dir u128 |
+//! | 31 | DirChange | `DirChange` |
+//!
+//! `DirChange` is dir u128, action u32, filter u32, subtree bool, name length u16
+//! (<= `MAX_DIR_CHANGE_NAME`) then that many bytes of UTF-8.
 //!
 //! `Blob` is length u16 (<= `MAX_DURABLE_BLOB`) then that many bytes.
 //!
@@ -50,12 +56,13 @@
 //! `Notification` is kind u8 then fields: 1 OplockBreak (open u64, new_level u8),
 //! 2 LeaseBreak (client_guid u128, key u128, current u8, new u8, flags u8 (bit0 epoch present,
 //! bit1 ack_required), (epoch u16 if bit0)), 3 Completed (request u64, `Reply`),
-//! 4 IoRecall (file u128, generation u64).
+//! 4 IoRecall (file u128, generation u64), 5 DirWatched (dir u128, state u8, bits above
+//! `watched::DIR | watched::TREE` rejected), 6 DirChanged (`DirChange`).
 
 use lockmgr_engine::{
-    ClientGuid, DurableRequest, FileId, FileUsage, Lease, LeaseKey, LeaseState, LockRange,
-    Notification, OpenId, OpenRequest, OplockGrant, OplockLevel, OplockRequest, Reply, Request,
-    RequestId, Status, MAX_DURABLE_BLOB,
+    watched, ClientGuid, DirChange, DurableRequest, FileId, FileUsage, Lease, LeaseKey, LeaseState,
+    LockRange, Notification, OpenId, OpenRequest, OplockGrant, OplockLevel, OplockRequest, Reply,
+    Request, RequestId, Status, MAX_DIR_CHANGE_NAME, MAX_DURABLE_BLOB,
 };
 
 use crate::error::{DecodeError, EncodeError};
@@ -449,6 +456,59 @@ const REQ_RELINK: u8 = 25;
 const REQ_CHECK_IO_GRANT: u8 = 26;
 const REQ_IO_RECALL_ACK: u8 = 27;
 const REQ_BREAK_AND_CLOSE: u8 = 28;
+const REQ_WATCH_DIR: u8 = 29;
+const REQ_UNWATCH_DIR: u8 = 30;
+const REQ_DIR_CHANGE: u8 = 31;
+
+fn dir_change_len(c: &DirChange) -> Result<usize, EncodeError> {
+    if c.name.len() > MAX_DIR_CHANGE_NAME {
+        return Err(EncodeError::StringTooLong {
+            field: "dir_change.name",
+            len: c.name.len(),
+            max: MAX_DIR_CHANGE_NAME,
+        });
+    }
+    Ok(16 + 4 + 4 + 1 + 2 + c.name.len())
+}
+
+fn put_dir_change(s: &mut Sink<'_>, c: &DirChange) -> Result<(), EncodeError> {
+    dir_change_len(c)?;
+    s.u128(c.dir.0);
+    s.u32(c.action);
+    s.u32(c.filter);
+    s.bool(c.subtree);
+    // Cannot truncate: bounded by MAX_DIR_CHANGE_NAME < u16::MAX in dir_change_len.
+    s.u16(c.name.len() as u16);
+    s.put(c.name.as_bytes());
+    Ok(())
+}
+
+fn get_dir_change(r: &mut Reader<'_>) -> Result<DirChange, DecodeError> {
+    let dir = FileId(r.u128()?);
+    let action = r.u32()?;
+    let filter = r.u32()?;
+    let subtree = r.bool("dir_change.subtree")?;
+    let len = usize::from(r.u16()?);
+    if len > MAX_DIR_CHANGE_NAME {
+        return Err(DecodeError::StringTooLong {
+            field: "dir_change.name",
+            len,
+            max: MAX_DIR_CHANGE_NAME,
+        });
+    }
+    let name = std::str::from_utf8(r.bytes(len)?)
+        .map_err(|_| DecodeError::InvalidUtf8 {
+            field: "dir_change.name",
+        })?
+        .to_owned();
+    Ok(DirChange {
+        dir,
+        action,
+        filter,
+        name,
+        subtree,
+    })
+}
 
 fn put_blob(s: &mut Sink<'_>, blob: &[u8]) -> Result<(), EncodeError> {
     let len = blob_len(blob)?;
@@ -574,6 +634,19 @@ pub(crate) fn put_request(s: &mut Sink<'_>, req: &Request) -> Result<(), EncodeE
             s.u8(REQ_BREAK_AND_CLOSE);
             s.u64(open.0);
         }
+        Request::WatchDir { dir, tree } => {
+            s.u8(REQ_WATCH_DIR);
+            s.u128(dir.0);
+            s.bool(*tree);
+        }
+        Request::UnwatchDir { dir } => {
+            s.u8(REQ_UNWATCH_DIR);
+            s.u128(dir.0);
+        }
+        Request::DirChange(c) => {
+            s.u8(REQ_DIR_CHANGE);
+            put_dir_change(s, c)?;
+        }
         Request::QueryUsage { file, except } => {
             s.u8(REQ_QUERY_USAGE);
             s.u128(file.0);
@@ -683,6 +756,14 @@ pub(crate) fn get_request(r: &mut Reader<'_>) -> Result<Request, DecodeError> {
         REQ_BREAK_AND_CLOSE => Request::BreakAndClose {
             open: OpenId(r.u64()?),
         },
+        REQ_WATCH_DIR => Request::WatchDir {
+            dir: FileId(r.u128()?),
+            tree: r.bool("watch_dir.tree")?,
+        },
+        REQ_UNWATCH_DIR => Request::UnwatchDir {
+            dir: FileId(r.u128()?),
+        },
+        REQ_DIR_CHANGE => Request::DirChange(get_dir_change(r)?),
         REQ_QUERY_USAGE => Request::QueryUsage {
             file: FileId(r.u128()?),
             except: match r.u64()? {
@@ -833,6 +914,8 @@ const NOTIFY_OPLOCK_BREAK: u8 = 1;
 const NOTIFY_LEASE_BREAK: u8 = 2;
 const NOTIFY_COMPLETED: u8 = 3;
 const NOTIFY_IO_RECALL: u8 = 4;
+const NOTIFY_DIR_WATCHED: u8 = 5;
+const NOTIFY_DIR_CHANGED: u8 = 6;
 
 const BREAK_HAS_EPOCH: u8 = 0x01;
 const BREAK_ACK_REQUIRED: u8 = 0x02;
@@ -879,6 +962,21 @@ pub(crate) fn put_notification(s: &mut Sink<'_>, n: &Notification) -> Result<(),
             s.u128(file.0);
             s.u64(*generation);
         }
+        Notification::DirWatched { dir, state } => {
+            if state & !(watched::DIR | watched::TREE) != 0 {
+                return Err(EncodeError::InvalidValue {
+                    field: "dir_watched.state",
+                    value: u64::from(*state),
+                });
+            }
+            s.u8(NOTIFY_DIR_WATCHED);
+            s.u128(dir.0);
+            s.u8(*state);
+        }
+        Notification::DirChanged(c) => {
+            s.u8(NOTIFY_DIR_CHANGED);
+            put_dir_change(s, c)?;
+        }
         _ => return Err(EncodeError::UnsupportedVariant("Notification")),
     }
     Ok(())
@@ -921,6 +1019,15 @@ pub(crate) fn get_notification(r: &mut Reader<'_>) -> Result<Notification, Decod
             file: FileId(r.u128()?),
             generation: r.u64()?,
         },
+        NOTIFY_DIR_WATCHED => {
+            let dir = FileId(r.u128()?);
+            let state = r.u8()?;
+            if state & !(watched::DIR | watched::TREE) != 0 {
+                return Err(invalid("dir_watched.state", state));
+            }
+            Notification::DirWatched { dir, state }
+        }
+        NOTIFY_DIR_CHANGED => Notification::DirChanged(get_dir_change(r)?),
         v => return Err(invalid("notification.kind", v)),
     })
 }
@@ -1002,6 +1109,9 @@ pub(crate) fn request_len(req: &Request) -> Result<usize, EncodeError> {
         Request::Disconnect { .. } => 8,
         Request::DurableLookup { .. } => 8,
         Request::Reclaim { .. } => 8 + 8 + 16,
+        Request::WatchDir { .. } => 16 + 1,
+        Request::UnwatchDir { .. } => 16,
+        Request::DirChange(c) => dir_change_len(c)?,
         _ => return Err(EncodeError::UnsupportedVariant("Request")),
     })
 }
@@ -1030,6 +1140,8 @@ pub(crate) fn notification_len(n: &Notification) -> Result<usize, EncodeError> {
         }
         Notification::Completed { reply, .. } => 8 + reply_len(reply)?,
         Notification::IoRecall { .. } => 16 + 8,
+        Notification::DirWatched { .. } => 16 + 1,
+        Notification::DirChanged(c) => dir_change_len(c)?,
         _ => return Err(EncodeError::UnsupportedVariant("Notification")),
     })
 }

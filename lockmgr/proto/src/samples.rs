@@ -189,7 +189,23 @@ pub fn requests() -> Vec<Request> {
         Request::IoRecallAck {
             file: FileId(0xfeed),
         },
+        Request::WatchDir {
+            dir: FileId(0xd1),
+            tree: true,
+        },
+        Request::UnwatchDir { dir: FileId(0xd1) },
+        Request::DirChange(dir_change()),
     ]
+}
+
+fn dir_change() -> lockmgr_engine::DirChange {
+    lockmgr_engine::DirChange {
+        dir: FileId(0xd1),
+        action: 3,
+        filter: 0x8,
+        name: "sub\\r\u{e9}sum\u{e9}.txt".to_owned(),
+        subtree: true,
+    }
 }
 
 /// Every reply variant.
@@ -273,6 +289,11 @@ pub fn notifications() -> Vec<Notification> {
             file: FileId(0xfeed),
             generation: 43,
         },
+        Notification::DirWatched {
+            dir: FileId(0xd1),
+            state: lockmgr_engine::watched::DIR | lockmgr_engine::watched::TREE,
+        },
+        Notification::DirChanged(dir_change()),
     ]
 }
 

@@ -230,7 +230,30 @@ pub fn request() -> impl Strategy<Value = Request> {
             }
         ),
         file_id().prop_map(|file| Request::IoRecallAck { file }),
+        (file_id(), any::<bool>()).prop_map(|(dir, tree)| Request::WatchDir { dir, tree }),
+        file_id().prop_map(|dir| Request::UnwatchDir { dir }),
+        dir_change().prop_map(Request::DirChange),
     ]
+}
+
+/// Changes with names of up to 64 characters, including multi-byte UTF-8.
+pub fn dir_change() -> impl Strategy<Value = lockmgr_engine::DirChange> {
+    (
+        file_id(),
+        any::<u32>(),
+        any::<u32>(),
+        "\\PC{0,64}",
+        any::<bool>(),
+    )
+        .prop_map(
+            |(dir, action, filter, name, subtree)| lockmgr_engine::DirChange {
+                dir,
+                action,
+                filter,
+                name,
+                subtree,
+            },
+        )
 }
 
 pub fn reply() -> impl Strategy<Value = Reply> {
@@ -299,6 +322,8 @@ pub fn notification() -> impl Strategy<Value = Notification> {
             .prop_map(|(request, reply)| Notification::Completed { request, reply }),
         (file_id(), any::<u64>())
             .prop_map(|(file, generation)| Notification::IoRecall { file, generation }),
+        (file_id(), 0u8..4).prop_map(|(dir, state)| Notification::DirWatched { dir, state }),
+        dir_change().prop_map(Notification::DirChanged),
     ]
 }
 

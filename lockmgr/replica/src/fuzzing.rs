@@ -86,6 +86,18 @@ pub fn samples() -> Vec<(String, Vec<u8>)> {
             },
         },
     );
+    // And a change-notify registration (snapshot format 6).
+    p.submit(
+        Time(4),
+        Input::Request {
+            session,
+            request: RequestId(3),
+            req: Request::WatchDir {
+                dir: lockmgr_engine::FileId(0xD1),
+                tree: true,
+            },
+        },
+    );
     if let Ok(bytes) = p.snapshot() {
         out.push(("snap-one-lock".to_string(), bytes));
     }

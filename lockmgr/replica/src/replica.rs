@@ -81,7 +81,9 @@ pub enum SnapshotError {
 /// close its open (`BreakAndClose`).
 /// 5: a named-stream open holds its base file's link (a delete-pending file waits for its
 /// stream opens to close).
-pub const SNAPSHOT_FORMAT: u32 = 5;
+/// 6: change-notify registrations (directory -> watching sessions), a session's watch count,
+/// the limit `max_watches` and the change-notify counters.
+pub const SNAPSHOT_FORMAT: u32 = 6;
 
 /// Everything a replacement standby needs: the engine and the replication bookkeeping that
 /// replaying the log from the start would have produced.
@@ -987,6 +989,88 @@ mod tests {
                 )
             });
             assert!(recalled, "the grant is the standby's too");
+        }
+    }
+
+    /// Change-notify registrations are engine state: a standby made by append and one made
+    /// from a snapshot both have node A's watch, so once promoted they forward node B's change
+    /// in the watched directory to node A (into its outbox until it resumes), and tell a node
+    /// that opens a session after the failover which directories are watched.
+    #[test]
+    fn a_watch_registration_survives_failover_by_append_and_by_snapshot() {
+        use lockmgr_engine::{DirChange, Notification, Output};
+        let (mut p, session) = primary_with_session_in(false);
+        let dir = FileId(0xd1);
+        let watch = Input::Request {
+            session,
+            request: RequestId(1),
+            req: Request::WatchDir { dir, tree: true },
+        };
+        p.submit(Time(2), watch.clone());
+        while p.poll_output().is_some() {}
+        let (snapshot, _) = p.attach_standby().expect("snapshot");
+        let by_snapshot = Replica::standby_from_snapshot(&snapshot, Epoch(1)).expect("decoded");
+        let mut by_append = Replica::standby(Config::default(), Epoch(1));
+        let mut from_start = Replica::primary(Config::default(), Epoch(1), true);
+        from_start.submit(
+            Time(1),
+            Input::OpenSession {
+                session,
+                node: "node-a".into(),
+            },
+        );
+        from_start.submit(Time(2), watch);
+        while let Some(a) = from_start.poll_append() {
+            by_append.on_append(&a).expect("accepted");
+        }
+        for mut s in [by_append, by_snapshot] {
+            s.promote(Epoch(2), false).expect("promoted");
+            let other = SessionId(6);
+            s.submit(
+                Time(4),
+                Input::OpenSession {
+                    session: other,
+                    node: "node-b".into(),
+                },
+            );
+            let change = DirChange {
+                dir,
+                action: 1,
+                filter: 1,
+                name: "sub\\x.txt".into(),
+                subtree: true,
+            };
+            s.submit(
+                Time(5),
+                Input::Request {
+                    session: other,
+                    request: RequestId(1),
+                    req: Request::DirChange(change.clone()),
+                },
+            );
+            let to_b: Vec<Output> = std::iter::from_fn(|| s.poll_output())
+                .map(|o| o.output)
+                .filter(|o| matches!(o, Output::Notify { .. }))
+                .collect();
+            assert_eq!(
+                to_b,
+                vec![Output::Notify {
+                    session: other,
+                    notification: Notification::DirWatched {
+                        dir,
+                        state: lockmgr_engine::watched::DIR | lockmgr_engine::watched::TREE,
+                    },
+                }],
+                "the node opening a session learns the watched directory"
+            );
+            let forwarded = s.outbox(session).any(|o| {
+                o.output
+                    == Output::Notify {
+                        session,
+                        notification: Notification::DirChanged(change.clone()),
+                    }
+            });
+            assert!(forwarded, "the watch is the standby's too");
         }
     }
 

@@ -35,6 +35,11 @@
 //! # Operator view (sessions, open files, byte-range locks of this node, like smbstatus):
 //! # `smbd status --socket PATH`. The unix socket is created 0600 (smbd's user and root).
 //! # status_socket = "/run/smbd/status.sock"
+//! # Change notify from inotify (default on): changes made on this node outside smbd, and, when
+//! # the nodes serve one local directory, other nodes' changes. Turn it off on a cluster
+//! # filesystem (GPFS, CephFS, Lustre, NFS), where inotify does not see other nodes: the node
+//! # then registers its watched directories with lockmgrd and gets other nodes' changes from it.
+//! # local_change_notify = true
 //!
 //! [[share]]
 //! name = "data"
@@ -222,6 +227,13 @@ pub struct ServerConfig {
     /// Unix socket answering `smbd status --socket PATH` (crate::smbstatus); off when absent.
     #[serde(default)]
     pub status_socket: Option<PathBuf>,
+    /// Change notify through inotify (`crate::dirwatch`): changes made outside smbd on this
+    /// node, and other nodes' changes when they share this node's local directory. Off: the
+    /// node (with a cluster lock service) registers the directories its clients watch with
+    /// lockmgrd and gets other nodes' changes from there (`Shared::dir_changed`), the way a
+    /// cluster filesystem needs.
+    #[serde(default = "default_true")]
+    pub local_change_notify: bool,
 }
 
 fn default_netbios() -> String {
@@ -255,6 +267,7 @@ impl Default for ServerConfig {
             metrics_listen: None,
             metrics_allow_remote: false,
             status_socket: None,
+            local_change_notify: true,
         }
     }
 }

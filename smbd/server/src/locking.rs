@@ -15,9 +15,9 @@ use std::collections::VecDeque;
 pub use lockmgr_engine::map_generic;
 pub use lockmgr_engine::types::access as access_bits;
 pub use lockmgr_engine::types::{
-    ClientGuid, DurableRequest, FileId, FileUsage, Lease, LeaseKey, LeaseState, LockRange,
-    Notification, OpenId, OpenRequest, OplockGrant, OplockLevel, OplockRequest, Reply, Request,
-    RequestId, SessionId, Status,
+    watched, ClientGuid, DirChange, DurableRequest, FileId, FileUsage, Lease, LeaseKey, LeaseState,
+    LockRange, Notification, OpenId, OpenRequest, OplockGrant, OplockLevel, OplockRequest, Reply,
+    Request, RequestId, SessionId, Status, DIR_CHANGES_LOST, MAX_DIR_CHANGE_NAME,
 };
 
 /// The lock authority as seen by smbd. Called by all workers at once: an implementation
@@ -200,7 +200,7 @@ pub struct RequestCounts {
 
 impl RequestCounts {
     /// The request kinds, in the order of the counters.
-    pub const KINDS: [&'static str; 17] = [
+    pub const KINDS: [&'static str; 20] = [
         "open",
         "open_durable",
         "close",
@@ -217,6 +217,9 @@ impl RequestCounts {
         "disconnect",
         "durable_lookup",
         "reclaim",
+        "watch_dir",
+        "unwatch_dir",
+        "dir_change",
         "other",
     ];
 
@@ -240,9 +243,12 @@ impl RequestCounts {
             Request::Disconnect { .. } => 13,
             Request::DurableLookup { .. } => 14,
             Request::Reclaim { .. } => 15,
+            Request::WatchDir { .. } => 16,
+            Request::UnwatchDir { .. } => 17,
+            Request::DirChange(_) => 18,
             // `Request` is non_exhaustive: a kind added later is counted, if not by name.
             #[allow(unreachable_patterns)]
-            _ => 16,
+            _ => 19,
         }
     }
 

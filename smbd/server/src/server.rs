@@ -295,7 +295,11 @@ impl Server {
             }
         }
         // Changes made outside this process reach the watchers too (crate::dirwatch).
-        self.shared.start_local_watch();
+        if self.shared.config.server.local_change_notify {
+            self.shared.start_local_watch();
+        } else {
+            tracing::info!("local_change_notify = false: no inotify; other nodes' changes come through lockmgrd");
+        }
         let mut handles = Vec::new();
         for idx in 0..self.workers {
             let mut ls = Vec::new();

@@ -213,6 +213,11 @@ pub struct Shared {
     routes: Mutex<HashMap<u64, usize>>,
     /// Watched directory -> connections watching it (with a use count).
     watches: Mutex<HashMap<PathBuf, HashMap<u64, usize>>>,
+    /// Watched directory -> how many of its watches watch the tree (SMB2_WATCH_TREE). Locked
+    /// after `watches`.
+    watch_trees: Mutex<HashMap<PathBuf, usize>>,
+    /// Change notify across nodes through the lock service ([`Shared::dir_changed`]).
+    cluster_notify: ClusterNotify,
     /// inotify on the watched directories, for changes made outside this smbd process
     /// (`start_local_watch`; unset in unit tests).
     local_watch: std::sync::OnceLock<Arc<crate::dirwatch::LocalWatcher>>,
@@ -233,6 +238,40 @@ pub struct Shared {
     /// Durable reconnects waiting for the connection that still holds their open to let it
     /// go ([`Shared::wait_for_durable`]).
     durable_waits: Mutex<Vec<DurableWait>>,
+}
+
+/// Change notify across nodes (MS-SMB2 3.3.5.19, MS-FSA 2.1.4.1): on a cluster filesystem a
+/// node's inotify does not see what other nodes change, so with a cluster lock service:
+/// * a node without inotify (`local_change_notify = false`) registers each directory its
+///   clients watch with lockmgrd (`WatchDir` on the first watcher, again when WATCH_TREE
+///   appears or goes, `UnwatchDir` after the last), under the directory's lock-service file
+///   id (the id an open of it names, the same on every node);
+/// * lockmgrd tells every node which directories other nodes watch (`DirWatched`), so a
+///   node reports a change it makes (`DirChange`) only for those: the directory it made the
+///   change in, and each directory above it up to the share root that another node watches
+///   the tree of (under the entry's path from there). An unwatched directory costs nothing:
+///   not even a `stat` while no other node watches anything;
+/// * lockmgrd forwards each change to the other watching nodes (`DirChanged`), which hand it
+///   to their watchers of that directory as their own changes (`Event::DirChanged`, with
+///   the same CompletionFilter, WATCH_TREE and overflow rules, `Conn::notify_fire`).
+///
+/// Bounds: lockmgrd caps the directories one node registers (`max_watches`; beyond it the
+/// node logs and its watchers get only local changes); a node sends a change as one
+/// synchronous request of the worker that made it, so a flood of changes is paced by the
+/// round trips, not queued; each watcher keeps at most its buffer's worth and then answers
+/// STATUS_NOTIFY_ENUM_DIR; a path too long for the wire goes as "changes lost"
+/// (`DIR_CHANGES_LOST`, STATUS_NOTIFY_ENUM_DIR at the watchers).
+#[derive(Default)]
+struct ClusterNotify {
+    /// Directories registered with the lock service: path -> (lock-service id, tree). Held
+    /// across a registration request, so registrations and unregistrations of one directory
+    /// reach lockmgrd in the order of the watch table's changes.
+    registered: Mutex<HashMap<PathBuf, (crate::locking::FileId, bool)>>,
+    /// The registered paths by id (a directory may be reachable through several shares).
+    /// Locked inside `registered`, never held across a request.
+    by_id: Mutex<HashMap<crate::locking::FileId, Vec<PathBuf>>>,
+    /// Directories other nodes watch (lockmgrd's `DirWatched`): id -> `watched` bits.
+    others: Mutex<HashMap<crate::locking::FileId, u8>>,
 }
 
 /// A durable reconnect of connection `conn` waiting for the durable open `persistent`.
@@ -291,6 +330,8 @@ impl Shared {
             routing: Mutex::new(()),
             routes: Mutex::new(HashMap::new()),
             watches: Mutex::new(HashMap::new()),
+            watch_trees: Mutex::new(HashMap::new()),
+            cluster_notify: ClusterNotify::default(),
             local_watch: std::sync::OnceLock::new(),
             shutdown: std::sync::atomic::AtomicBool::new(false),
             worker_panicked: std::sync::atomic::AtomicBool::new(false),
@@ -404,6 +445,19 @@ impl Shared {
             match &n {
                 Notification::IoRecall { file, generation } => {
                     self.answer_io_recall(s, *file, *generation);
+                    continue;
+                }
+                Notification::DirWatched { dir, state } => {
+                    let mut o = lock(&self.cluster_notify.others);
+                    if *state == 0 {
+                        o.remove(dir);
+                    } else {
+                        o.insert(*dir, *state);
+                    }
+                    continue;
+                }
+                Notification::DirChanged(c) => {
+                    self.deliver_other_node_change(c.clone());
                     continue;
                 }
                 Notification::Completed { request, reply } => {
@@ -690,14 +744,214 @@ impl Shared {
         }
     }
 
-    pub fn watch(&self, conn: u64, dir: PathBuf) {
-        let mut w = lock(&self.watches);
-        if !w.contains_key(&dir) {
-            if let Some(l) = self.local_watch.get() {
-                l.add(&dir);
+    /// Connection `conn` has one more handle watching `dir` (its tree if `tree`).
+    pub fn watch(&self, conn: u64, dir: PathBuf, tree: bool) {
+        {
+            let mut w = lock(&self.watches);
+            if !w.contains_key(&dir) {
+                if let Some(l) = self.local_watch.get() {
+                    l.add(&dir);
+                }
+            }
+            if tree {
+                *lock(&self.watch_trees).entry(dir.clone()).or_insert(0) += 1;
+            }
+            *w.entry(dir.clone()).or_default().entry(conn).or_insert(0) += 1;
+        }
+        self.register_watch(&dir);
+    }
+
+    /// Whether this node registers its watched directories with the lock service
+    /// ([`ClusterNotify`]).
+    fn registers_watches(&self) -> bool {
+        !self.config.server.local_change_notify && self.locks.one_session_per_node()
+    }
+
+    /// Bring the lock service's registration of `dir` in line with this node's watchers of
+    /// it ([`ClusterNotify`]).
+    fn register_watch(&self, dir: &PathBuf) {
+        if !self.registers_watches() {
+            return;
+        }
+        let cn = &self.cluster_notify;
+        let mut reg = lock(&cn.registered);
+        let want = {
+            let w = lock(&self.watches);
+            w.get(dir)
+                .map(|_| lock(&self.watch_trees).get(dir).is_some_and(|n| *n > 0))
+        };
+        let have = reg.get(dir).copied();
+        if want == have.map(|(_, tree)| tree) {
+            return;
+        }
+        match (want, have) {
+            (Some(tree), _) => {
+                let Some(id) = have.map(|(id, _)| id).or_else(|| self.dir_file_id(dir)) else {
+                    tracing::warn!(
+                        ?dir,
+                        "watched directory unreadable: other nodes' changes in it are not reported"
+                    );
+                    return;
+                };
+                let req = Request::WatchDir { dir: id, tree };
+                self.lock_requests.count(&req);
+                match self.lock_request(0, 0, req) {
+                    Reply::Done(crate::locking::Status::Success) => {
+                        if have.is_none() {
+                            lock(&cn.by_id).entry(id).or_default().push(dir.clone());
+                        }
+                        reg.insert(dir.clone(), (id, tree));
+                    }
+                    other => tracing::warn!(
+                        ?dir,
+                        ?other,
+                        "lockmgrd refused the change-notify registration: other nodes' changes in this directory are not reported"
+                    ),
+                }
+            }
+            (None, Some((id, _))) => {
+                reg.remove(dir);
+                {
+                    let mut by_id = lock(&cn.by_id);
+                    if let Some(paths) = by_id.get_mut(&id) {
+                        paths.retain(|p| p != dir);
+                        if paths.is_empty() {
+                            by_id.remove(&id);
+                        }
+                    }
+                }
+                let req = Request::UnwatchDir { dir: id };
+                self.lock_requests.count(&req);
+                match self.lock_request(0, 0, req) {
+                    Reply::Done(crate::locking::Status::Success) => {}
+                    other => {
+                        tracing::debug!(?dir, ?other, "change-notify unregistration not answered")
+                    }
+                }
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// The lock-service id of directory `dir` (absolute path below a share root): the one an
+    /// open of it names (`conn/ops/create.rs`), so every node derives the same.
+    fn dir_file_id(&self, dir: &std::path::Path) -> Option<crate::locking::FileId> {
+        use std::os::unix::fs::MetadataExt;
+        let share = self
+            .shares
+            .iter()
+            .filter(|s| dir.starts_with(&s.root))
+            .max_by_key(|s| s.root.as_os_str().len())?;
+        let ino = std::fs::metadata(dir).ok()?.ino();
+        Some(crate::locking::FileId(crate::fs::stable_file_id(
+            share.fs_id,
+            ino,
+            "",
+        )))
+    }
+
+    /// The share root `dir` is below (the top of a WATCH_TREE walk).
+    fn share_root_of(&self, dir: &std::path::Path) -> Option<&std::path::Path> {
+        self.shares
+            .iter()
+            .filter(|s| dir.starts_with(&s.root))
+            .max_by_key(|s| s.root.as_os_str().len())
+            .map(|s| s.root.as_path())
+    }
+
+    /// Report a change this node made to the other nodes watching `dir`, or watching the
+    /// tree of a directory above it ([`ClusterNotify`]).
+    fn report_to_other_nodes(&self, dir: &std::path::Path, action: u32, filter: u32, name: &str) {
+        use crate::locking::{watched, DirChange, DIR_CHANGES_LOST, MAX_DIR_CHANGE_NAME};
+        if !self.locks.one_session_per_node() {
+            return;
+        }
+        let any_tree = {
+            let o = lock(&self.cluster_notify.others);
+            if o.is_empty() {
+                return;
+            }
+            o.values().any(|st| st & watched::TREE != 0)
+        };
+        let Some(root) = self.share_root_of(dir) else {
+            return;
+        };
+        let mut sends = Vec::new();
+        let mut at = dir;
+        let mut rel = name.to_string();
+        let mut subtree = false;
+        loop {
+            if let Some(id) = self.dir_file_id(at) {
+                let st = lock(&self.cluster_notify.others)
+                    .get(&id)
+                    .copied()
+                    .unwrap_or(0);
+                let wanted = if subtree {
+                    st & watched::TREE != 0
+                } else {
+                    st & watched::DIR != 0
+                };
+                if wanted {
+                    sends.push(DirChange {
+                        dir: id,
+                        action,
+                        filter,
+                        name: rel.clone(),
+                        subtree,
+                    });
+                }
+            }
+            if !any_tree || at == root {
+                break;
+            }
+            let (Some(up), Some(last)) = (at.parent(), at.file_name()) else {
+                break;
+            };
+            rel = format!("{}\\{rel}", last.to_string_lossy());
+            at = up;
+            subtree = true;
+        }
+        for mut c in sends {
+            if c.name.len() > MAX_DIR_CHANGE_NAME {
+                c.action = DIR_CHANGES_LOST;
+                c.name.clear();
+            }
+            let req = Request::DirChange(c);
+            self.lock_requests.count(&req);
+            match self.lock_request(0, 0, req) {
+                Reply::Done(crate::locking::Status::Success) => {}
+                other => tracing::debug!(?dir, ?other, "change not passed to other nodes"),
             }
         }
-        *w.entry(dir).or_default().entry(conn).or_insert(0) += 1;
+    }
+
+    /// A change another node made, forwarded by the lock service: to this node's watchers of
+    /// that directory, as if made here. Called with `routing` held.
+    fn deliver_other_node_change(&self, c: crate::locking::DirChange) {
+        let paths = match lock(&self.cluster_notify.by_id).get(&c.dir) {
+            Some(p) => p.clone(),
+            None => return,
+        };
+        for dir in paths {
+            let conns: Vec<u64> = match lock(&self.watches).get(&dir) {
+                Some(m) => m.keys().copied().collect(),
+                None => continue,
+            };
+            for conn in conns {
+                let ev = if c.action == crate::locking::DIR_CHANGES_LOST {
+                    Event::DirOverflow { dir: dir.clone() }
+                } else {
+                    Event::DirChanged {
+                        dir: dir.clone(),
+                        action: c.action,
+                        filter: c.filter,
+                        name: c.name.clone(),
+                        subtree: c.subtree,
+                    }
+                };
+                self.post(conn, ev);
+            }
+        }
     }
 
     /// Start reporting changes made outside this process (another process on this node, a
@@ -773,22 +1027,36 @@ impl Shared {
         }
     }
 
-    pub fn unwatch(&self, conn: u64, dir: &PathBuf) {
-        let mut w = lock(&self.watches);
-        if let Some(m) = w.get_mut(dir) {
-            if let Some(c) = m.get_mut(&conn) {
-                *c = c.saturating_sub(1);
-                if *c == 0 {
-                    m.remove(&conn);
+    /// One handle of connection `conn` watching `dir` (its tree if `tree`) is gone.
+    pub fn unwatch(&self, conn: u64, dir: &PathBuf, tree: bool) {
+        {
+            let mut w = lock(&self.watches);
+            if let Some(m) = w.get_mut(dir) {
+                if let Some(c) = m.get_mut(&conn) {
+                    *c = c.saturating_sub(1);
+                    if *c == 0 {
+                        m.remove(&conn);
+                    }
+                    if tree {
+                        let mut t = lock(&self.watch_trees);
+                        if let Some(n) = t.get_mut(dir) {
+                            *n = n.saturating_sub(1);
+                            if *n == 0 {
+                                t.remove(dir);
+                            }
+                        }
+                    }
                 }
-            }
-            if m.is_empty() {
-                w.remove(dir);
-                if let Some(l) = self.local_watch.get() {
-                    l.remove(dir);
+                if m.is_empty() {
+                    w.remove(dir);
+                    lock(&self.watch_trees).remove(dir);
+                    if let Some(l) = self.local_watch.get() {
+                        l.remove(dir);
+                    }
                 }
             }
         }
+        self.register_watch(dir);
     }
 
     /// Tell every connection watching `dir` that it became delete-pending.
@@ -811,6 +1079,9 @@ impl Shared {
             if let Some(l) = self.local_watch.get() {
                 l.own_change(&dir, &name);
             }
+        }
+        if filter != 0 {
+            self.report_to_other_nodes(&dir, action, filter, &name);
         }
         self.post_dir_changed(dir, action, filter, name);
     }

@@ -61,6 +61,58 @@ fn cross_node_change_notify() {
     scenario("notify");
 }
 
+/// A counter of `lockmgrctl status` ("name=value").
+fn status_counter(status: &str, name: &str) -> Option<u64> {
+    status
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+}
+
+/// Issue 12, change notify through lockmgrd: both nodes without inotify
+/// (`local_change_notify = false`, as on a cluster filesystem), `scenario` in
+/// cluster_client.py; then lockmgrd's counters must show exactly `changes` changes received
+/// and forwarded: none for the changes made in directories nobody watches.
+fn notify_through_lockmgrd(scenario: &str, changes: u64) {
+    let Some(py) = python() else {
+        missing(
+            "no python with smbprotocol (set SMBD_PYTHON; scripts/install-deps.sh makes a venv)",
+        );
+        return;
+    };
+    let cluster = Cluster::start(ClusterOptions {
+        server_extra: "local_change_notify = false".into(),
+        ..ClusterOptions::default()
+    });
+    let (ok, text) = run_scenario(&cluster, &py, scenario);
+    assert!(ok, "{scenario}:\n{text}\n{}", cluster.logs());
+    let st = cluster.status().expect("lockmgrctl status");
+    assert_eq!(
+        (
+            status_counter(&st, "dir_changes_total"),
+            status_counter(&st, "dir_changes_forwarded_total")
+        ),
+        (Some(changes), Some(changes)),
+        "{st}"
+    );
+}
+
+/// Node 2's create, write, rename, delete and move-in reach node 1's watcher through
+/// lockmgrd, exactly. lockmgrd sees 8 changes: those 6 and the MODIFIED (ATTRIBUTES |
+/// CREATION) each file rename also reports (outside the watcher's filter: node 1 drops them);
+/// the 3 changes in the unwatched directory (a file's creation, write and move out) cause no
+/// lockmgrd traffic.
+#[test]
+fn cross_node_change_notify_through_lockmgrd() {
+    notify_through_lockmgrd("notifylm", 8);
+}
+
+/// WATCH_TREE through lockmgrd: changes one and two levels below the watched directory
+/// reach the tree watcher under their path from it; the flat watcher gets only its own.
+#[test]
+fn cross_node_change_notify_tree_through_lockmgrd() {
+    notify_through_lockmgrd("notifylmtree", 5);
+}
+
 #[test]
 fn cross_node_share_mode_conflict() {
     scenario("sharemode");
@@ -290,6 +342,24 @@ fn lockmgrd_failover_keeps_every_lock_and_connection() {
         },
         &client_script(),
         "lmfailover",
+        "FAILOVER-LOCKMGRD",
+        |cluster| cluster.kill_lockmgrd(),
+    );
+}
+
+/// Issue 12: change-notify registrations are replicated lockmgrd state. Node 1's watch,
+/// registered with the primary, is the standby's after the primary's SIGKILL: node 2's
+/// change after the failover still reaches node 1's watcher (both nodes without inotify).
+#[test]
+fn change_notify_through_lockmgrd_survives_failover() {
+    interactive_scenario(
+        ClusterOptions {
+            replicated: true,
+            server_extra: "local_change_notify = false".into(),
+            ..ClusterOptions::default()
+        },
+        &client_script(),
+        "notifylmfailover",
         "FAILOVER-LOCKMGRD",
         |cluster| cluster.kill_lockmgrd(),
     );

@@ -1,5 +1,5 @@
 //! smbtorture (Samba 4.17) lock, oplock, lease, share-mode, delete-on-close, durable-open
-//! (v1 and v2), streams, timestamps and DOS-attribute suites against node 1 of a running
+//! (v1 and v2), streams, timestamps, DOS-attribute and change-notify suites against node 1 of a running
 //! two-node cluster (lockmgrd over shared memory), compared with
 //! `smbd/tests/cluster-known-failures.txt`: a failure not listed there fails the test; a
 //! listed test that passes now is reported.
@@ -34,6 +34,14 @@ fn suite(name: &str) {
         |t| parse_subunit(&run_smbtorture(&cluster, 0, t)),
         || cluster.logs(),
     );
+}
+
+/// Change notify (issue 12) on node 1 of the cluster: the watch table, the lock-service
+/// checks (delete-pending, rename rules) and, for changes, the report to other nodes that
+/// every cluster node makes.
+#[test]
+fn cluster_smb2_notify() {
+    suite("smb2.notify");
 }
 
 #[test]

@@ -3,7 +3,8 @@
 
 usage: cluster_client.py HOST[,HOST2] PORT1 PORT2 USER PASSWORD SCENARIO
 SCENARIO: sharemode | brl | blocking | oplock | lease | doc | kill | lmrestart | lmfailover | rename
-          | leaseh | streams | links | notify | notifytree
+          | leaseh | streams | links | notify | notifytree | notifylm | notifylmtree
+          | notifylmfailover
 Prints "PASS SCENARIO" and exits 0 when the cluster behaved; any mismatch raises (exit 1).
 `kill` prints "KILL-NODE2" once node 2's client holds its lock and node 1's client waits,
 then reads one line from stdin (the harness has SIGKILLed node 2's smbd) and expects node 1's
@@ -550,7 +551,7 @@ def lmfailover(c1, c2):
 
 
 FILE_NOTIFY_CHANGE_FILE_NAME = 0x1
-ADDED, REMOVED, OLD_NAME, NEW_NAME = 1, 2, 4, 5
+ADDED, REMOVED, MODIFIED, OLD_NAME, NEW_NAME = 1, 2, 3, 4, 5
 
 
 def notify(c1, c2):
@@ -647,9 +648,129 @@ def notifytree(c1, c2):
     flat.close()
 
 
+def started(w):
+    """Waits until the server answered the watcher's CHANGE_NOTIFY with its interim
+    STATUS_PENDING (or completed it): the watch exists on the server from then on."""
+    deadline = time.monotonic() + TIMEOUT
+    while w._request.async_id is None and not w.response_event.is_set():
+        if time.monotonic() > deadline:
+            raise AssertionError("CHANGE_NOTIFY never went pending")
+        time.sleep(0.005)
+    return w
+
+
+def collect_changes(d, flags, filt, first, n):
+    """The changes of watcher `first` (then of new CHANGE_NOTIFYs on handle `d`) until `n`."""
+    from smbprotocol.change_notify import FileSystemWatcher
+    got = []
+    w = first
+    while True:
+        if not w.response_event.wait(TIMEOUT):
+            raise AssertionError(f"no change notify response; so far {got}")
+        got.extend((a["action"].get_value(), a["file_name"].get_value()) for a in w.wait())
+        if len(got) >= n:
+            return got
+        w = FileSystemWatcher(d)
+        w.start(filt, flags=flags)
+
+
+def notifylm(c1, c2):
+    """Issue 12, change notify through the lock manager (MS-SMB2 3.3.5.19, MS-FSCC 2.7.1): both
+    nodes run without inotify (local_change_notify = false), as on a cluster filesystem where
+    it cannot see other nodes. Node 1's client watches a directory for name, size and
+    last-write changes; node 2's client creates a file there, writes it, renames it, deletes
+    it, and moves in a file it created in an unwatched directory. Node 1's client must get
+    exactly ADDED, MODIFIED, OLD_NAME + NEW_NAME, REMOVED, ADDED, in order, each once."""
+    all_share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
+    from smbprotocol.change_notify import FileSystemWatcher
+    filt = FILE_NOTIFY_CHANGE_FILE_NAME | 0x8 | 0x10  # FILE_NAME | SIZE | LAST_WRITE
+    c2.open("lm-other", access=A.GENERIC_READ, share=all_share,
+            disposition=CreateDisposition.FILE_CREATE, is_dir=True).close()
+    d = c1.open("lm-dir", access=A.FILE_READ_DATA | A.FILE_READ_ATTRIBUTES,
+                share=all_share, disposition=CreateDisposition.FILE_OPEN_IF, is_dir=True)
+    w = FileSystemWatcher(d)
+    w.start(filt)
+    started(w)
+    f = c2.open("lm-dir\\a.txt", access=A.GENERIC_READ | A.GENERIC_WRITE | A.DELETE,
+                share=all_share, disposition=CreateDisposition.FILE_CREATE)
+    f.write(b"hello", 0)
+    c2.rename(f, "lm-dir\\b.txt")
+    c2.set_delete_pending(f)
+    f.close()
+    # In the unwatched directory: reported to nobody (the harness checks lockmgrd's counter).
+    g = c2.open("lm-other\\c.txt", access=A.GENERIC_READ | A.GENERIC_WRITE | A.DELETE,
+                share=all_share, disposition=CreateDisposition.FILE_CREATE)
+    g.write(b"unwatched", 0)
+    c2.rename(g, "lm-dir\\c.txt")
+    g.close()
+    got = collect_changes(d, 0, filt, w, 6)
+    want = [(ADDED, "a.txt"), (MODIFIED, "a.txt"), (OLD_NAME, "a.txt"), (NEW_NAME, "b.txt"),
+            (REMOVED, "b.txt"), (ADDED, "c.txt")]
+    assert got == want, f"changes {got}, want {want}"
+    d.close()
+
+
+def notifylmtree(c1, c2):
+    """Issue 12, SMB2_WATCH_TREE through the lock manager (MS-SMB2 2.2.35): without inotify,
+    node 1's handle watching a tree gets node 2's changes two levels below it under their path
+    from it; a second handle of the same directory without WATCH_TREE only those in it."""
+    all_share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
+    from smbprotocol.change_notify import FileSystemWatcher
+    names = FILE_NOTIFY_CHANGE_FILE_NAME | 0x2
+    tree = c1.open("lm-tree", access=A.FILE_READ_DATA | A.FILE_READ_ATTRIBUTES,
+                   share=all_share, disposition=CreateDisposition.FILE_OPEN_IF, is_dir=True)
+    flat = c1.open("lm-tree", access=A.FILE_READ_DATA | A.FILE_READ_ATTRIBUTES,
+                   share=all_share, disposition=CreateDisposition.FILE_OPEN, is_dir=True)
+    wt = FileSystemWatcher(tree)
+    wt.start(names, flags=1)
+    started(wt)
+    wf = FileSystemWatcher(flat)
+    wf.start(names, flags=0)
+    started(wf)
+    for path, is_dir in (("lm-tree\\sub", True), ("lm-tree\\sub\\x.txt", False),
+                         ("lm-tree\\sub\\deeper", True), ("lm-tree\\sub\\deeper\\y.txt", False),
+                         ("lm-tree\\z.txt", False)):
+        c2.open(path, access=A.GENERIC_READ | A.GENERIC_WRITE if not is_dir else A.GENERIC_READ,
+                share=all_share, disposition=CreateDisposition.FILE_CREATE, is_dir=is_dir).close()
+    got = collect_changes(tree, 1, names, wt, 5)
+    want = [(ADDED, "sub"), (ADDED, "sub\\x.txt"), (ADDED, "sub\\deeper"),
+            (ADDED, "sub\\deeper\\y.txt"), (ADDED, "z.txt")]
+    assert got == want, f"WATCH_TREE: changes {got}, want {want}"
+    got = collect_changes(flat, 0, names, wf, 2)
+    want = [(ADDED, "sub"), (ADDED, "z.txt")]
+    assert got == want, f"without WATCH_TREE: changes {got}, want {want}"
+    tree.close()
+    flat.close()
+
+
+def notifylmfailover(c1, c2):
+    """Issue 12, change notify through a replicated lock manager: node 1's watch (registered
+    with the primary, both nodes without inotify) is the standby's too, so after the primary's
+    death the change node 2's client makes still reaches node 1's watcher."""
+    all_share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
+    from smbprotocol.change_notify import FileSystemWatcher
+    d = c1.open("lm-fo", access=A.FILE_READ_DATA | A.FILE_READ_ATTRIBUTES,
+                share=all_share, disposition=CreateDisposition.FILE_OPEN_IF, is_dir=True)
+    w = FileSystemWatcher(d)
+    w.start(FILE_NOTIFY_CHANGE_FILE_NAME)
+    started(w)
+    c2.open("lm-fo\\before.txt", share=all_share, disposition=CreateDisposition.FILE_CREATE).close()
+    got = collect_changes(d, 0, FILE_NOTIFY_CHANGE_FILE_NAME, w, 1)
+    assert got == [(ADDED, "before.txt")], f"before the failover: {got}"
+    w = FileSystemWatcher(d)
+    w.start(FILE_NOTIFY_CHANGE_FILE_NAME)
+    started(w)
+    print("FAILOVER-LOCKMGRD", flush=True)
+    sys.stdin.readline()
+    c2.open("lm-fo\\after.txt", share=all_share, disposition=CreateDisposition.FILE_CREATE).close()
+    got = collect_changes(d, 0, FILE_NOTIFY_CHANGE_FILE_NAME, w, 1)
+    assert got == [(ADDED, "after.txt")], f"after the failover: {got}"
+    d.close()
+
 SCENARIOS = {f.__name__: f for f in (sharemode, brl, iogrant, blocking, oplock, lease, doc, kill,
                                      lmrestart, lmfailover, rename, leaseh, streams, links,
-                                     notify, notifytree)}
+                                     notify, notifytree, notifylm, notifylmtree,
+                                     notifylmfailover)}
 
 
 def main():

@@ -131,7 +131,7 @@ impl Conn {
             tree: c.flags & WATCH_TREE != 0,
             ..Default::default()
         });
-        let dir = watch.dir.clone();
+        let (dir, tree) = (watch.dir.clone(), watch.tree);
         let (stable_id, lock_open) = (o.stable_id, o.lock_open);
         let buffered = (!watch.changes.is_empty() || watch.overflowed).then(|| {
             watch.changes_bytes = 0;
@@ -139,7 +139,7 @@ impl Conn {
             (std::mem::take(&mut watch.changes), overflowed)
         });
         if first {
-            self.shared.watch(self.id, dir);
+            self.shared.watch(self.id, dir, tree);
         }
         if let Some((changes, overflowed)) = buffered {
             let (st, body) = notify_response(&changes, overflowed, c.output_buffer_length);
@@ -279,7 +279,7 @@ impl Conn {
     /// The handle's change-notify watch ends with it.
     pub(crate) fn end_notify_watch(&self, o: &Open) {
         if let Some(w) = &o.notify {
-            self.shared.unwatch(self.id, &w.dir);
+            self.shared.unwatch(self.id, &w.dir, w.tree);
         }
     }
 }
