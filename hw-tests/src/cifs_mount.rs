@@ -24,18 +24,23 @@ const FILE_SIZE: usize = 8 << 20;
 /// (`smbd_register_mr: num_pages=257 max_frmr_depth=256`, retried forever) on rxe, whose
 /// fast-registration depth (256 pages) is what caps the client's rsize/wsize at 1 MiB.
 const CHUNK: usize = 512 << 10;
-/// smbd's port for smbdirectd (loopback) and for the TCP mount.
-const PROXY_PORT: u16 = 4455;
+/// smbd's port for the TCP mount.
 const TCP_PORT: u16 = 4450;
 const USER: &str = "sduser";
 const PASSWORD: &str = "rdma-Test-pw1";
 /// How long smbdirectd may take to log a connection's end after the unmount.
 const COUNTER_WAIT: Duration = Duration::from_secs(30);
 
-/// smbd in this process, listening for smbdirectd on loopback and for TCP clients on `ip`.
+/// smbd in this process, listening for smbdirectd on its unix socket (`dir`/run/smbdirect.sock)
+/// and for TCP clients on `ip`.
 struct Smbd {
     stopper: smbd::server::Stopper,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// smbd's `rdma_proxy_socket` in the test's directory.
+fn proxy_socket(dir: &Path) -> PathBuf {
+    dir.join("run").join("smbdirect.sock")
 }
 
 impl Smbd {
@@ -59,10 +64,11 @@ impl Smbd {
         // sessions (smb3_use_rdma_offload).
         let toml = format!(
             "[server]\nnetbios_name = \"SDTEST\"\nworkers = 1\nsigning_required = false\n\
-             users = \"{}\"\nlisten = [\"{}\"]\nrdma_proxy_listen = [\"127.0.0.1:{PROXY_PORT}\"]\n\
+             users = \"{}\"\nlisten = [\"{}\"]\nrdma_proxy_socket = \"{}\"\n\
              [[share]]\nname = \"data\"\npath = \"{}\"\n",
             users.display(),
             SocketAddr::new(ip, TCP_PORT),
+            proxy_socket(dir).display(),
             share.display()
         );
         let config = smbd::config::Config::parse(&toml).map_err(|e| format!("smbd config: {e}"))?;
@@ -97,10 +103,11 @@ struct Proxy {
 }
 
 impl Proxy {
-    fn start(bin: &Path, listen: SocketAddr, forward: SocketAddr) -> Result<Proxy, String> {
+    fn start(bin: &Path, listen: SocketAddr, forward: &Path) -> Result<Proxy, String> {
         let mut child = Command::new(bin)
             .args(["--listen", &listen.to_string()])
-            .args(["--forward", &forward.to_string()])
+            .arg("--forward-unix")
+            .arg(forward)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -265,7 +272,7 @@ pub fn test_kernel_client_mount(ip: IpAddr, smbdirectd: &Path) -> Result<(), Str
     let proxy = Proxy::start(
         smbdirectd,
         SocketAddr::new(ip, crate::smbdirect::PORT),
-        SocketAddr::from(([127, 0, 0, 1], PROXY_PORT)),
+        &proxy_socket(&dir),
     )?;
     let data = content();
     let mnt: PathBuf = dir.join("mnt");

@@ -157,6 +157,41 @@ pub(crate) fn shutdown_socket(sock: impl AsFd) -> io::Result<()> {
     check(unsafe { libc::shutdown(sock.as_fd().as_raw_fd(), libc::SHUT_RDWR) })
 }
 
+/// The credentials of a unix socket's peer as the kernel recorded them at connect(2)
+/// (SO_PEERCRED, unix(7)): a process cannot change them afterwards by changing its ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCred {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// getsockopt(SO_PEERCRED) of a connected unix stream socket.
+pub(crate) fn peer_cred(sock: impl AsFd) -> io::Result<PeerCred> {
+    // SAFETY: ucred is plain data; all zeroes is a valid value.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: the borrow keeps the descriptor open for the call; the kernel writes at most
+    // `len` bytes (the size of `cred`, a local it may write) and updates `len`.
+    check(unsafe {
+        libc::getsockopt(
+            sock.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    })?;
+    if len as usize != std::mem::size_of::<libc::ucred>() {
+        return Err(io::Error::other("SO_PEERCRED returned a short ucred"));
+    }
+    Ok(PeerCred {
+        pid: cred.pid,
+        uid: cred.uid,
+        gid: cred.gid,
+    })
+}
+
 // ---- metadata ------------------------------------------------------------------------------
 
 /// faccessat(2) with AT_EACCESS: whether the thread's current file-system credentials may
@@ -431,6 +466,16 @@ pub fn wait_shutdown_signal() -> i32 {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+
+    #[test]
+    fn peer_credentials_of_a_unix_socket_pair_are_ours() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let c = peer_cred(&a).unwrap();
+        assert_eq!(c.uid, geteuid());
+        assert_eq!(c.pid, std::process::id() as i32);
+        let f = File::open("/dev/null").unwrap();
+        assert!(peer_cred(&f).is_err(), "not a socket");
+    }
 
     #[test]
     fn eventfd_counts_and_does_not_block() {

@@ -33,7 +33,8 @@
 
 use std::collections::VecDeque;
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -136,7 +137,7 @@ fn ud_gen(u: u64) -> u32 {
 
 struct Slot {
     gen: u32,
-    stream: TcpStream,
+    stream: Stream,
     conn: Conn,
     inbuf: Vec<u8>,
     outq: VecDeque<Vec<u8>>,
@@ -159,6 +160,47 @@ struct Slot {
     recv_paused: bool,
 }
 
+/// A listening socket the workers accept on.
+pub enum Listener {
+    /// Clients (port 445 and `--listen`).
+    Tcp(TcpListener),
+    /// smbdirectd (`[server] rdma_proxy_socket`): peers are checked by uid on accept.
+    RdmaProxy(UnixListener),
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Listener::Tcp(l) => l.as_fd(),
+            Listener::RdmaProxy(l) => l.as_fd(),
+        }
+    }
+}
+
+/// A connection's socket.
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn shutdown(&self, how: Shutdown) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.shutdown(how),
+            Stream::Unix(s) => s.shutdown(how),
+        }
+    }
+}
+
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
 /// A file READ/WRITE in the ring, owned here (not by the slot) so that its buffer outlives
 /// a connection that goes away before the completion arrives.
 struct InFlightIo {
@@ -179,7 +221,7 @@ pub enum WorkerError {
 pub struct Worker {
     idx: usize,
     shared: Arc<Shared>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Listener>,
     conn_ids: Arc<AtomicU64>,
     ring: IoUring,
     pool: Vec<u8>,
@@ -202,7 +244,7 @@ impl Worker {
     pub fn new(
         idx: usize,
         shared: Arc<Shared>,
-        listeners: Vec<TcpListener>,
+        listeners: Vec<Listener>,
         conn_ids: Arc<AtomicU64>,
     ) -> Result<Worker, WorkerError> {
         let ring = new_ring()?;
@@ -269,7 +311,7 @@ impl Worker {
     /// at the tail, so connections go round-robin over the workers. A multishot ACCEPT
     /// would stay at the head and send every connection to the same worker.
     fn arm_accept(&mut self, li: usize) -> Result<(), WorkerError> {
-        let fd = self.listeners[li].as_raw_fd();
+        let fd = self.listeners[li].as_fd().as_raw_fd();
         let e = if std::env::var_os("SMBD_ACCEPT_MULTI").is_some() {
             opcode::AcceptMulti::new(types::Fd(fd))
                 .flags(libc::SOCK_CLOEXEC)
@@ -420,17 +462,32 @@ impl Worker {
             tracing::debug!(res, "accept failed");
             return Ok(());
         }
-        // SAFETY: a successful ACCEPT returns a new descriptor that we exclusively own.
-        let stream = unsafe { TcpStream::from_raw_fd(res) };
-        let _ = stream.set_nodelay(true);
         let id = self.conn_ids.fetch_add(1, Ordering::Relaxed);
-        let mut conn = Conn::new(
-            id,
-            self.shared.clone(),
-            stream.local_addr().ok(),
-            stream.peer_addr().ok(),
-            Instant::now(),
-        );
+        let (stream, mut conn) = match self.listeners.get(li) {
+            Some(Listener::RdmaProxy(_)) => {
+                // SAFETY: a successful ACCEPT returns a new descriptor that we exclusively own.
+                let stream = unsafe { UnixStream::from_raw_fd(res) };
+                if !self.proxy_peer_allowed(&stream) {
+                    return Ok(());
+                }
+                let mut conn = Conn::new(id, self.shared.clone(), None, None, Instant::now());
+                conn.set_via_rdma_proxy();
+                (Stream::Unix(stream), conn)
+            }
+            _ => {
+                // SAFETY: a successful ACCEPT returns a new descriptor that we exclusively own.
+                let stream = unsafe { TcpStream::from_raw_fd(res) };
+                let _ = stream.set_nodelay(true);
+                let conn = Conn::new(
+                    id,
+                    self.shared.clone(),
+                    stream.local_addr().ok(),
+                    stream.peer_addr().ok(),
+                    Instant::now(),
+                );
+                (Stream::Tcp(stream), conn)
+            }
+        };
         conn.sync_fds();
         self.shared.register_conn(id, self.idx);
         tracing::debug!(conn = id, peer = ?conn.peer, worker = self.idx, "connection accepted");
@@ -463,6 +520,36 @@ impl Worker {
         self.arm_recv(idx)?;
         touched.push(idx);
         Ok(())
+    }
+
+    /// Whether the process at the other end of an `rdma_proxy_socket` connection may speak
+    /// for SMB Direct clients: its uid at connect(2) (SO_PEERCRED) is root's or one of
+    /// `rdma_proxy_uids`. A refused one is logged and counted; dropping it closes it.
+    fn proxy_peer_allowed(&self, stream: &UnixStream) -> bool {
+        let allowed = &self.shared.config.server.rdma_proxy_uids;
+        match crate::sys::peer_cred(stream) {
+            Ok(c) if c.uid == 0 || allowed.contains(&c.uid) => {
+                tracing::debug!(pid = c.pid, uid = c.uid, "rdma proxy connected");
+                true
+            }
+            Ok(c) => {
+                self.shared.metrics.rdma_proxy_refused.inc();
+                tracing::warn!(
+                    pid = c.pid,
+                    uid = c.uid,
+                    gid = c.gid,
+                    refused_total = self.shared.metrics.rdma_proxy_refused.get(),
+                    "rdma_proxy_socket: connection refused (uid is neither root nor in \
+                     rdma_proxy_uids)"
+                );
+                false
+            }
+            Err(e) => {
+                self.shared.metrics.rdma_proxy_refused.inc();
+                tracing::warn!(error = %e, "rdma_proxy_socket: no peer credentials; refused");
+                false
+            }
+        }
     }
 
     fn slot_mut(&mut self, slot: usize, gen: u32) -> Option<&mut Slot> {

@@ -1,5 +1,5 @@
 //! READ/WRITE with RDMA channels (MS-SMB2 2.2.19-2.2.21) on connections that came in through
-//! smbdirectd (`rdma_proxy_listen`): the WRITE's data arrives in a payload frame ahead of the
+//! smbdirectd (`rdma_proxy_socket`): the WRITE's data arrives in a payload frame ahead of the
 //! request, the READ's data leaves in a payload frame ahead of a response with DataLength 0
 //! and DataRemaining = the count. Other connections get INVALID_PARAMETER for RDMA channels.
 //! Driven in-process through `Conn::on_message` / `Conn::on_rdma_payload`, as the worker does.
@@ -22,7 +22,6 @@ use conn_harness::{
     body_create, body_negotiate, body_read, body_session_setup, body_tree_connect, cmd,
 };
 
-const PROXY: &str = "127.0.0.1:4455";
 const FILE_OVERWRITE_IF: u32 = 5;
 const NON_DIRECTORY: u32 = 0x40;
 const CHANNEL_RDMA_V1: u32 = 1;
@@ -33,13 +32,8 @@ fn shared(share: std::path::PathBuf) -> Arc<Shared> {
         lockmgr_engine::Config::default(),
         Arc::new(std::sync::atomic::AtomicU64::new(1)),
     );
-    conn_harness::shared_with_config(
-        share,
-        Box::new(locks),
-        smbd::clock::WallClock::System,
-        &format!("rdma_proxy_listen = [\"{PROXY}\"]"),
-    )
-    .expect("shared")
+    conn_harness::shared_with_config(share, Box::new(locks), smbd::clock::WallClock::System, "")
+        .expect("shared")
 }
 
 /// One connection, logged on anonymously with the share connected.
@@ -56,10 +50,16 @@ fn frames(conn: &mut Conn) -> Vec<Vec<u8>> {
 }
 
 impl Client {
-    fn new(shared: &Arc<Shared>, id: u64, local: Option<SocketAddr>) -> Client {
+    /// `proxy`: accepted on `rdma_proxy_socket` from an allowed peer (as the worker marks it).
+    fn new(shared: &Arc<Shared>, id: u64, proxy: bool) -> Client {
         shared.register_conn(id, 0);
+        let local: Option<SocketAddr> = Some("127.0.0.1:445".parse().expect("addr"));
+        let mut conn = Conn::new(id, shared.clone(), local, None, Instant::now());
+        if proxy {
+            conn.set_via_rdma_proxy();
+        }
         let mut c = Client {
-            conn: Conn::new(id, shared.clone(), local, None, Instant::now()),
+            conn,
             mid: 0,
             sid: 0,
             tid: 0,
@@ -158,7 +158,7 @@ fn rdma_write_takes_the_payload_and_rdma_read_sends_one() {
     std::fs::create_dir(&share).expect("share");
     let share = share.canonicalize().expect("canonical");
     let shared = shared(share.clone());
-    let mut c = Client::new(&shared, 1, Some(PROXY.parse().expect("addr")));
+    let mut c = Client::new(&shared, 1, true);
     let f = c.create("rdma.bin");
     // Below the size the worker hands to its io_uring (64 KiB), so the WRITE completes here;
     // an RDMA-channel READ is always read in place.
@@ -211,7 +211,7 @@ fn rdma_channels_are_refused_elsewhere_and_without_payload() {
     let shared = shared(share.canonicalize().expect("canonical"));
 
     // A connection that did not come through smbdirectd.
-    let mut tcp = Client::new(&shared, 1, Some("127.0.0.1:445".parse().expect("addr")));
+    let mut tcp = Client::new(&shared, 1, false);
     let f = tcp.create("a.bin");
     let (h, _) = tcp.call(cmd::WRITE, body_write_rdma(f, 0, 10, CHANNEL_RDMA_V1));
     assert_eq!(h.status, status::INVALID_PARAMETER);
@@ -222,7 +222,7 @@ fn rdma_channels_are_refused_elsewhere_and_without_payload() {
     assert_eq!(h.status, status::END_OF_FILE);
 
     // Through smbdirectd, but no payload, or one of the wrong length or MessageId.
-    let mut sd = Client::new(&shared, 2, Some(PROXY.parse().expect("addr")));
+    let mut sd = Client::new(&shared, 2, true);
     let f = sd.create("b.bin");
     let (h, _) = sd.call(cmd::WRITE, body_write_rdma(f, 0, 10, CHANNEL_RDMA_V1));
     assert_eq!(h.status, status::INVALID_PARAMETER, "no payload");
@@ -243,10 +243,10 @@ fn payload_frames_are_bounded_and_refused_off_the_proxy() {
     let share = dir.path().join("share");
     std::fs::create_dir(&share).expect("share");
     let shared = shared(share.canonicalize().expect("canonical"));
-    let mut tcp = Client::new(&shared, 1, None);
+    let mut tcp = Client::new(&shared, 1, false);
     tcp.conn.on_rdma_payload(&payload_body(1, b"x"));
     assert!(tcp.conn.closed, "payload frame on a non-proxy connection");
-    let mut sd = Client::new(&shared, 2, Some(PROXY.parse().expect("addr")));
+    let mut sd = Client::new(&shared, 2, true);
     for i in 0..8 {
         sd.conn.on_rdma_payload(&payload_body(100 + i, b"x"));
     }

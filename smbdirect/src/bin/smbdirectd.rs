@@ -1,14 +1,17 @@
 //! smbdirectd: the SMB Direct (MS-SMBD) proxy daemon.
 //!
-//!   smbdirectd [--listen ADDR:PORT ...] [--forward ADDR:PORT] [--max-connections N]
+//!   smbdirectd [--listen ADDR:PORT ...] [--forward-unix PATH] [--max-connections N]
 //!              [--receive-credits N] [--send-slots N] [--max-read-write-size BYTES]
 //!
 //! Listens with rdma_cm (default 0.0.0.0:445, the InfiniBand/RoCE port, and 0.0.0.0:5445, the
 //! iWARP one; an unspecified address listens on every RDMA device), gives each client one RC
 //! queue pair with a posted receive ring, runs the SMB Direct protocol core (server role) on
-//! its completions, and forwards every reassembled SMB2 message to smbd over TCP as a
-//! NetBIOS-framed stream (the framing smbd takes on port 445), sending smbd's responses back
-//! under the SMB Direct credits. One thread per connection; connections beyond
+//! its completions, and forwards every reassembled SMB2 message to smbd as a NetBIOS-framed
+//! stream (the framing smbd takes on port 445) over smbd's private unix socket (`[server]
+//! rdma_proxy_socket`, default `/run/clustersmb/smbdirect.sock`; smbd accepts only root and
+//! configured uids there, checked with SO_PEERCRED, because it trusts what this daemon says
+//! about its clients' transport), one socket connection per client connection, sending
+//! smbd's responses back under the SMB Direct credits. One thread per connection; connections beyond
 //! `--max-connections` are rejected before any memory is registered for them.
 //!
 //! READ and WRITE with RDMA channels (SMB2_CHANNEL_RDMA_V1 / _V1_INVALIDATE): the daemon
@@ -24,8 +27,10 @@
 //! Prints `smbdirectd listening on ADDR` for each listener once it is ready.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -45,7 +50,7 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 struct Opts {
     listen: Vec<SocketAddr>,
-    forward: SocketAddr,
+    forward: PathBuf,
     max_connections: usize,
     receive_credits: u16,
     send_slots: u16,
@@ -53,14 +58,14 @@ struct Opts {
 }
 
 fn usage() -> &'static str {
-    "usage: smbdirectd [--listen ADDR:PORT ...] [--forward ADDR:PORT] [--max-connections N] \
+    "usage: smbdirectd [--listen ADDR:PORT ...] [--forward-unix PATH] [--max-connections N] \
      [--receive-credits N] [--send-slots N] [--max-read-write-size BYTES]"
 }
 
 fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Opts, String> {
     let mut o = Opts {
         listen: Vec::new(),
-        forward: SocketAddr::from(([127, 0, 0, 1], 445)),
+        forward: PathBuf::from(DEFAULT_FORWARD),
         max_connections: 64,
         receive_credits: 32,
         send_slots: 16,
@@ -72,7 +77,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Opts, String> {
             "--listen" => o
                 .listen
                 .push(val()?.parse().map_err(|e| format!("--listen: {e}"))?),
-            "--forward" => o.forward = val()?.parse().map_err(|e| format!("--forward: {e}"))?,
+            "--forward-unix" => o.forward = PathBuf::from(val()?),
             "--max-connections" => {
                 o.max_connections = val()?
                     .parse()
@@ -134,9 +139,13 @@ impl Drop for Slot {
     }
 }
 
-/// The TCP stream to smbd, NetBIOS session framing (a zero byte and a 24-bit length).
+/// smbd's `rdma_proxy_socket` unless `--forward-unix` names another.
+const DEFAULT_FORWARD: &str = "/run/clustersmb/smbdirect.sock";
+
+/// The stream to smbd (its unix socket), NetBIOS session framing (a zero byte and a 24-bit
+/// length) and payload frames.
 struct Upstream {
-    sock: TcpStream,
+    sock: UnixStream,
     inbuf: Vec<u8>,
     max_frame: usize,
     /// Largest payload frame body smbd may send (MessageId and the negotiated
@@ -154,9 +163,11 @@ enum FromSmbd {
 }
 
 impl Upstream {
-    fn connect(addr: SocketAddr, max_frame: usize) -> std::io::Result<Upstream> {
-        let sock = TcpStream::connect_timeout(&addr, UPSTREAM_TIMEOUT)?;
-        sock.set_nodelay(true)?;
+    fn connect(path: &std::path::Path, max_frame: usize) -> std::io::Result<Upstream> {
+        Self::over(UnixStream::connect(path)?, max_frame)
+    }
+
+    fn over(sock: UnixStream, max_frame: usize) -> std::io::Result<Upstream> {
         sock.set_write_timeout(Some(UPSTREAM_TIMEOUT))?;
         Ok(Upstream {
             sock,
@@ -319,14 +330,17 @@ fn run(
                         max_total: n.max_read_write_size,
                         ..Limits::default()
                     });
-                    match Upstream::connect(o.forward, n.peer_max_fragmented_size as usize) {
+                    match Upstream::connect(&o.forward, n.peer_max_fragmented_size as usize) {
                         Ok(mut u) => {
                             u.max_payload = 8 + n.max_read_write_size as usize;
                             *up = Some(u)
                         }
                         Err(e) => {
                             c.close();
-                            return Err(format!("connecting to smbd at {}: {e}", o.forward));
+                            return Err(format!(
+                                "connecting to smbd at {}: {e}",
+                                o.forward.display()
+                            ));
                         }
                     }
                 }
@@ -440,7 +454,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let _ = std::io::stdout().flush();
-    info!(forward = %o.forward, max_connections = o.max_connections, "smbdirectd ready");
+    info!(forward = %o.forward.display(), max_connections = o.max_connections, "smbdirectd ready");
     let active = Arc::new(AtomicUsize::new(0));
     let fds: Vec<_> = listeners.iter().map(|l| l.fd()).collect();
     let o = Arc::new(o);
@@ -497,7 +511,7 @@ mod tests {
         let o = args(&[]).unwrap();
         let ports: Vec<u16> = o.listen.iter().map(|a| a.port()).collect();
         assert_eq!(ports, vec![445, 5445]);
-        assert_eq!(o.forward, SocketAddr::from(([127, 0, 0, 1], 445)));
+        assert_eq!(o.forward, PathBuf::from("/run/clustersmb/smbdirect.sock"));
     }
 
     #[test]
@@ -505,14 +519,18 @@ mod tests {
         let o = args(&[
             "--listen",
             "10.0.0.1:5445",
-            "--forward",
-            "127.0.0.1:4450",
+            "--forward-unix",
+            "/tmp/s.sock",
             "--max-connections",
             "2",
         ])
         .unwrap();
         assert_eq!(o.listen, vec!["10.0.0.1:5445".parse().unwrap()]);
-        assert_eq!(o.forward.port(), 4450);
+        assert_eq!(o.forward, PathBuf::from("/tmp/s.sock"));
+        assert!(
+            args(&["--forward", "127.0.0.1:445"]).is_err(),
+            "no TCP forwarding"
+        );
         assert_eq!(o.max_connections, 2);
         assert!(args(&["--max-connections", "0"]).is_err());
         assert_eq!(
@@ -527,12 +545,10 @@ mod tests {
         assert!(args(&["--bogus"]).is_err());
     }
 
-    /// An upstream connected to a loopback listener, and the listener's end of it.
-    fn upstream_pair(max_frame: usize) -> (Upstream, TcpStream) {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let up = Upstream::connect(l.local_addr().unwrap(), max_frame).unwrap();
-        let (smbd, _) = l.accept().unwrap();
-        (up, smbd)
+    /// An upstream over a socket pair, and smbd's end of it.
+    fn upstream_pair(max_frame: usize) -> (Upstream, UnixStream) {
+        let (a, smbd) = UnixStream::pair().unwrap();
+        (Upstream::over(a, max_frame).unwrap(), smbd)
     }
 
     /// Reads until `n` frames (or an error or EOF) arrived; blocking reads, no timing.

@@ -101,7 +101,7 @@ pub struct Conn {
     pub(crate) create_raced: bool,
     /// Resource-limit bookkeeping (`crate::limits`).
     pub(crate) limits: limits::ConnLimits,
-    /// The connection came in through smbdirectd (`rdma_proxy_listen`): READ/WRITE may use
+    /// The connection came in through smbdirectd (`rdma_proxy_socket`): READ/WRITE may use
     /// RDMA channels.
     pub(crate) via_rdma_proxy: bool,
     /// RDMA-channel WRITE data smbdirectd sent ahead of its request: (MessageId, data).
@@ -160,14 +160,13 @@ impl Conn {
             via_rdma_proxy: false,
             rdma_payloads: Vec::new(),
         }
-        .with_proxy_flag()
     }
 
-    fn with_proxy_flag(mut self) -> Conn {
-        self.via_rdma_proxy = self
-            .local
-            .is_some_and(|l| self.shared.config.server.rdma_proxy_listen.contains(&l));
-        self
+    /// Marks a connection accepted on `rdma_proxy_socket` from an allowed peer (the worker
+    /// checked its credentials): smbdirectd speaks on it for an SMB Direct client, so its
+    /// READ/WRITE requests may use RDMA channels and it may send payload frames.
+    pub fn set_via_rdma_proxy(&mut self) {
+        self.via_rdma_proxy = true;
     }
 
     /// A payload frame's body from smbdirectd (only on `via_rdma_proxy` connections; the
