@@ -80,6 +80,8 @@ const K_TIMER: u64 = 5;
 const K_PROVIDE: u64 = 6;
 const K_FILE: u64 = 7;
 const K_CANCEL: u64 = 8;
+/// smbdirectd's hello (with the shared area's descriptor) is readable on a new connection.
+const K_HELLO: u64 = 9;
 
 /// Ring setup flags (experiment knob SMBD_RING: "defer", "coop" or "plain").
 ///
@@ -188,6 +190,15 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.shutdown(how),
             Stream::Unix(s) => s.shutdown(how),
+        }
+    }
+}
+
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
         }
     }
 }
@@ -400,6 +411,7 @@ impl Worker {
                 match ud_kind(u) {
                     K_ACCEPT => self.on_accept(ud_slot(u), res, fl, &mut touched)?,
                     K_RECV => self.on_recv(ud_slot(u), ud_gen(u), res, fl, &mut touched)?,
+                    K_HELLO => self.on_hello(ud_slot(u), ud_gen(u), res, &mut touched)?,
                     K_SEND => self.on_send(ud_slot(u), ud_gen(u), res, &mut touched),
                     K_FILE => self.on_file(ud_slot(u), res, &mut touched)?,
                     K_EVENT => {
@@ -517,9 +529,84 @@ impl Worker {
                 self.slots.len() - 1
             }
         };
-        self.arm_recv(idx)?;
+        if matches!(self.listeners.get(li), Some(Listener::RdmaProxy(_))) {
+            self.arm_hello(idx)?;
+        } else {
+            self.arm_recv(idx)?;
+        }
         touched.push(idx);
         Ok(())
+    }
+
+    /// Waits for smbdirectd's hello on a new proxy connection: it comes first, with the
+    /// shared area's descriptor (SCM_RIGHTS), which the multishot RECV could not take, so
+    /// it is read with recvmsg once the socket is readable. Counted as the armed RECV (so a
+    /// closing connection waits for it to end).
+    fn arm_hello(&mut self, slot: usize) -> Result<(), WorkerError> {
+        let Some(s) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
+            return Ok(());
+        };
+        s.recv_armed = true;
+        let e = opcode::PollAdd::new(types::Fd(s.stream.as_raw_fd()), libc::POLLIN as u32)
+            .build()
+            .user_data(ud(K_HELLO, slot, s.gen));
+        self.push(e)
+    }
+
+    /// smbdirectd's hello (`smb_proto::area_frame`, op Hello) is readable: maps the area it
+    /// brings, then starts reading the connection's frames. Anything else closes it.
+    fn on_hello(
+        &mut self,
+        slot: usize,
+        gen: u32,
+        res: i32,
+        touched: &mut Vec<usize>,
+    ) -> Result<(), WorkerError> {
+        use smb_proto::area_frame::{AreaFrame, Op, FRAME_LEN, KIND};
+        let Some(s) = self.slot_mut(slot, gen) else {
+            return Ok(());
+        };
+        touched.push(slot);
+        s.recv_armed = false;
+        if res < 0 || s.closing {
+            s.closing = true;
+            return Ok(());
+        }
+        let mut buf = [0u8; FRAME_LEN];
+        let refused = match crate::sys::recv_with_fd(&s.stream, &mut buf) {
+            Ok(None) => return self.arm_hello(slot),
+            Ok(Some((0, _))) => Some("closed before its hello".to_string()),
+            Ok(Some((n, fd))) => {
+                let hello = (n == FRAME_LEN && buf[0] == KIND)
+                    .then(|| AreaFrame::decode_body(&buf[netbios::HEADER_LEN..]).ok())
+                    .flatten()
+                    .filter(|f| {
+                        f.op == Op::Hello
+                            && PacketHeader::peek(&buf).is_some_and(|h| h.packet_len() == FRAME_LEN)
+                    });
+                match (hello, fd) {
+                    (None, _) => Some("its first frame is not a hello".into()),
+                    (Some(_), None) => None,
+                    (Some(_), Some(fd)) => s.conn.attach_rdma_area(fd).err().map(|e| e.to_string()),
+                }
+            }
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = refused {
+            tracing::warn!(
+                conn = s.conn.id,
+                why,
+                "smbdirectd connection refused at its hello"
+            );
+            s.closing = true;
+            return Ok(());
+        }
+        tracing::debug!(
+            conn = s.conn.id,
+            area = s.conn.rdma_area.is_some(),
+            "smbdirectd hello"
+        );
+        self.arm_recv(slot)
     }
 
     /// Whether the process at the other end of an `rdma_proxy_socket` connection may speak
@@ -702,6 +789,15 @@ impl Worker {
                         break;
                     }
                     s.conn.on_rdma_payload(&buf[payload]);
+                    pos += h.packet_len();
+                }
+                smb_proto::area_frame::KIND if s.conn.via_rdma_proxy => {
+                    if !whole {
+                        break;
+                    }
+                    s.conn.on_area_frame(&buf[payload]);
+                    let out = s.conn.take_output();
+                    Self::queue_out(s, out);
                     pos += h.packet_len();
                 }
                 kind::KEEPALIVE => {

@@ -16,8 +16,10 @@ use std::process::Command;
 
 const NOBODY: u32 = 65534;
 
-/// A NetBIOS-framed SMB2 NEGOTIATE offering SMB 2.0.2 (MS-SMB2 2.2.3).
+/// smbdirectd's hello without a shared area (`smb_proto::area_frame`), then a NetBIOS-framed
+/// SMB2 NEGOTIATE offering SMB 2.0.2 (MS-SMB2 2.2.3).
 fn negotiate_frame() -> Vec<u8> {
+    let mut f = smb_proto::area_frame::AreaFrame::hello().encode().to_vec();
     let mut m = Vec::new();
     m.extend_from_slice(b"\xfeSMB");
     m.extend_from_slice(&64u16.to_le_bytes()); // StructureSize
@@ -33,7 +35,7 @@ fn negotiate_frame() -> Vec<u8> {
     m.extend_from_slice(&[0x11; 16]); // ClientGuid
     m.extend_from_slice(&[0; 8]); // ClientStartTime
     m.extend_from_slice(&0x0202u16.to_le_bytes());
-    let mut f = (m.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(&(m.len() as u32).to_be_bytes());
     f.extend_from_slice(&m);
     f
 }
