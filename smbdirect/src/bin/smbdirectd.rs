@@ -163,8 +163,12 @@ enum FromSmbd {
 }
 
 impl Upstream {
+    /// Connects and opens the stream with the hello smbd expects first
+    /// (`smb_proto::area_frame`).
     fn connect(path: &std::path::Path, max_frame: usize) -> std::io::Result<Upstream> {
-        Self::over(UnixStream::connect(path)?, max_frame)
+        let mut u = Self::over(UnixStream::connect(path)?, max_frame)?;
+        u.write_raw(&smb_proto::area_frame::AreaFrame::hello().encode())?;
+        Ok(u)
     }
 
     fn over(sock: UnixStream, max_frame: usize) -> std::io::Result<Upstream> {
