@@ -171,6 +171,14 @@ fn parse_counters(line: &str) -> Option<(u64, u64)> {
     Some((read?, write?))
 }
 
+/// The value of `name=N` in a counter line.
+fn counter(line: &str, name: &str) -> Option<u64> {
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .and_then(|(_, v)| v.parse().ok())
+}
+
 fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
     let out = Command::new(cmd)
         .args(args)
@@ -288,6 +296,16 @@ pub fn test_kernel_client_mount(ip: IpAddr, smbdirectd: &Path) -> Result<(), Str
     .map_err(|e| format!("over SMB Direct: {e}"))?;
     let (read_bytes, write_bytes, line) = proxy.next_connection_counters()?;
     println!("    {line}");
+    // ... and their payloads went through the area shared with smbd, none through the
+    // stream (the area has room for every transfer of one client).
+    let area = counter(&line, "area_payload_bytes");
+    let socket = counter(&line, "socket_payload_bytes");
+    if area < Some(2 * FILE_SIZE as u64) || socket != Some(0) {
+        return Err(format!(
+            "payloads not (only) through the shared area: area_payload_bytes={area:?} \
+             socket_payload_bytes={socket:?} for {FILE_SIZE} bytes written and read"
+        ));
+    }
     // The client's writes come in by RDMA READ and its reads go out by RDMA WRITE.
     if read_bytes < FILE_SIZE as u64 || write_bytes < FILE_SIZE as u64 {
         return Err(format!(
@@ -337,6 +355,15 @@ mod tests {
             parse_counters("smbdirectd connection ended: rdma_read_bytes=8"),
             None
         );
+    }
+
+    #[test]
+    fn named_counters_parse() {
+        let l = "smbdirectd connection ended: rdma_read_bytes=8 area_payload_bytes=16 \
+                 socket_payload_bytes=0";
+        assert_eq!(counter(l, "area_payload_bytes"), Some(16));
+        assert_eq!(counter(l, "socket_payload_bytes"), Some(0));
+        assert_eq!(counter(l, "rdma_write_bytes"), None);
     }
 
     #[test]
