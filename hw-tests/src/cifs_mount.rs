@@ -103,11 +103,17 @@ struct Proxy {
 }
 
 impl Proxy {
-    fn start(bin: &Path, listen: SocketAddr, forward: &Path) -> Result<Proxy, String> {
+    fn start(
+        bin: &Path,
+        listen: SocketAddr,
+        forward: &Path,
+        extra: &[&str],
+    ) -> Result<Proxy, String> {
         let mut child = Command::new(bin)
             .args(["--listen", &listen.to_string()])
             .arg("--forward-unix")
             .arg(forward)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -281,6 +287,7 @@ pub fn test_kernel_client_mount(ip: IpAddr, smbdirectd: &Path) -> Result<(), Str
         smbdirectd,
         SocketAddr::new(ip, crate::smbdirect::PORT),
         &proxy_socket(&dir),
+        &[],
     )?;
     let data = content();
     let mnt: PathBuf = dir.join("mnt");
@@ -321,6 +328,36 @@ pub fn test_kernel_client_mount(ip: IpAddr, smbdirectd: &Path) -> Result<(), Str
         &data,
     )
     .map_err(|e| format!("over TCP: {e}"))?;
+    // The same once more through an smbdirectd without the shared area (payloads inline on
+    // the stream), for a same-run baseline of what the area changes.
+    drop(proxy);
+    let inline = Proxy::start(
+        smbdirectd,
+        SocketAddr::new(ip, crate::smbdirect::PORT),
+        &proxy_socket(&dir),
+        &["--area-size", "0"],
+    )?;
+    let (iw, ir) = io_round(
+        &source,
+        &format!("rdma,vers=3.1.1,cache=none,{creds}"),
+        &mnt,
+        "over-rdma-inline.bin",
+        &data,
+    )
+    .map_err(|e| format!("over SMB Direct without the area: {e}"))?;
+    let (_, _, line) = inline.next_connection_counters()?;
+    println!("    {line}");
+    if counter(&line, "socket_payload_bytes") < Some(2 * FILE_SIZE as u64) {
+        return Err(format!(
+            "--area-size 0 did not send the payloads inline: {line}"
+        ));
+    }
+    println!(
+        "    kernel cifs over SMB Direct without the shared area (payloads inline): 8 MiB write \
+         {:.1} MiB/s, read {:.1} MiB/s",
+        mibps(FILE_SIZE, iw),
+        mibps(FILE_SIZE, ir),
+    );
     println!(
         "    kernel cifs over SMB Direct: RDMA READ {read_bytes} B, RDMA WRITE {write_bytes} B; \
          8 MiB write {:.1} MiB/s, read {:.1} MiB/s; over TCP write {:.1} MiB/s, read {:.1} MiB/s; \

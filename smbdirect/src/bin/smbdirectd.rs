@@ -34,6 +34,14 @@
 //! `rdma_read_bytes=`, `rdma_write_bytes=`, `area_payload_bytes=` and `socket_payload_bytes=`
 //! (payload bytes that crossed the stream to smbd: 0 while the area has room).
 //!
+//! Threads: one per connection, at most `--max-connections` (a request beyond it is rejected
+//! before anything is registered for it). An RDMA transfer blocks only its own connection's
+//! thread, for one request's data (at most MaxReadWriteSize, given up after 10 s as a dead
+//! connection). Meanwhile that connection's next messages wait in its receive ring (under the
+//! credits it was granted) and smbd's answers in the socket: one transfer at a time per
+//! connection, which caps a single client's throughput (measured under soft-RoCE only) but
+//! never stalls another connection, each having its own thread, queue pair and CQ.
+//!
 //! Prints `smbdirectd listening on ADDR` for each listener once it is ready.
 
 use std::io::{Read, Write};
