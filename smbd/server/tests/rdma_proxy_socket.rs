@@ -185,3 +185,145 @@ fn rdma_proxy_uids_admit_a_configured_uid() {
     open_permissions(&sock);
     assert_eq!(negotiate_as_nobody(&sock), "answered", "{}", srv.log());
 }
+
+// ---- the shared area passed with the hello (SCM_RIGHTS) -------------------------------------
+
+use smb_proto::area_frame::{AreaFrame, Op};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+
+/// A memfd of `len` bytes, sealed against shrinking (as smbdirectd makes its area) or not.
+fn memfd(len: u64, seal: bool) -> std::fs::File {
+    // SAFETY: a NUL-terminated name and valid flags; the descriptor is fresh and ours; fcntl
+    // on it touches no memory.
+    #[allow(unsafe_code)]
+    let f = unsafe {
+        let fd = libc::memfd_create(
+            c"test-area".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        );
+        assert!(fd >= 0, "memfd_create");
+        std::fs::File::from(OwnedFd::from_raw_fd(fd))
+    };
+    f.set_len(len).expect("size");
+    if seal {
+        // SAFETY: fcntl on our descriptor.
+        #[allow(unsafe_code)]
+        let r = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_SHRINK) };
+        assert_eq!(r, 0, "seal");
+    }
+    f
+}
+
+/// Connects as smbdirectd does: the hello with `area` attached (SCM_RIGHTS), in one sendmsg.
+fn connect_with_area(path: &Path, area: &std::fs::File) -> UnixStream {
+    let s = UnixStream::connect(path).expect("connect");
+    let hello = AreaFrame::hello().encode();
+    let mut iov = libc::iovec {
+        iov_base: hello.as_ptr() as *mut libc::c_void,
+        iov_len: hello.len(),
+    };
+    let mut cbuf = [0u64; 8];
+    // SAFETY: plain data structures filled below; CMSG_* stay inside `cbuf` (64 bytes, room
+    // for one descriptor's control message); sendmsg reads the live locals they point at.
+    #[allow(unsafe_code)]
+    let n = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>(), area.as_raw_fd());
+        libc::sendmsg(s.as_raw_fd(), &msg, 0)
+    };
+    assert_eq!(n, hello.len() as isize, "sendmsg");
+    s
+}
+
+/// Whether smbd closed the connection (EOF or reset) rather than sending something or
+/// keeping it open (the timeout only turns a hang into a failure; no timing is asserted).
+fn closed_by_smbd(s: &mut UnixStream) -> bool {
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut b = [0u8; 64];
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+#[test]
+fn area_passed_with_the_hello_is_mapped_and_its_descriptors_checked() {
+    if !is_root() {
+        missing("not root: smbd's proxy socket is root's");
+        return;
+    }
+    let run = tempfile::tempdir().unwrap();
+    let (srv, sock) = start(run.path(), "");
+    let area = memfd(1 << 20, true);
+    area.write_all_at(b"0123456789", 0).unwrap();
+
+    let mut s = connect_with_area(&sock, &area);
+    // The NEGOTIATE of negotiate_frame() after its own (area-less) hello is not what a second
+    // hello is for: send only the SMB2 part.
+    let neg = negotiate_frame();
+    s.write_all(&neg[smb_proto::area_frame::FRAME_LEN..])
+        .unwrap();
+    let mut head = [0u8; 4 + 64];
+    s.read_exact(&mut head)
+        .expect("NEGOTIATE answered after a hello with an area");
+    let rest = u32::from_be_bytes([0, head[1], head[2], head[3]]) as usize - 64;
+    let mut body = vec![0u8; rest];
+    s.read_exact(&mut body).unwrap();
+
+    // A WRITE's data in the area: smbd takes it and gives the range back.
+    let w = AreaFrame {
+        op: Op::Write,
+        message_id: 5,
+        offset: 0,
+        length: 10,
+    };
+    s.write_all(&w.encode()).unwrap();
+    let mut back = [0u8; smb_proto::area_frame::FRAME_LEN];
+    s.read_exact(&mut back).expect("Release");
+    assert_eq!(
+        AreaFrame::decode_body(&back[4..]).unwrap(),
+        AreaFrame {
+            op: Op::Release,
+            ..w
+        }
+    );
+    // Outside the area: the connection is closed.
+    let bad = AreaFrame {
+        op: Op::Grant,
+        message_id: 6,
+        offset: (1 << 20) - 5,
+        length: 10,
+    };
+    s.write_all(&bad.encode()).unwrap();
+    assert!(closed_by_smbd(&mut s), "out-of-range descriptor");
+
+    // An area that is not sealed against shrinking is refused at the hello.
+    let mut s = connect_with_area(&sock, &memfd(1 << 20, false));
+    s.write_all(&neg[smb_proto::area_frame::FRAME_LEN..])
+        .unwrap();
+    assert!(closed_by_smbd(&mut s), "unsealed area");
+
+    let log = strip_ansi(&srv.log());
+    assert!(
+        log.contains("bad area frame from smbdirectd") && log.contains("outside the"),
+        "{log}"
+    );
+    assert!(
+        log.contains("smbdirectd connection refused at its hello") && log.contains("sealed"),
+        "{log}"
+    );
+}
