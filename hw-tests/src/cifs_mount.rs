@@ -24,18 +24,23 @@ const FILE_SIZE: usize = 8 << 20;
 /// (`smbd_register_mr: num_pages=257 max_frmr_depth=256`, retried forever) on rxe, whose
 /// fast-registration depth (256 pages) is what caps the client's rsize/wsize at 1 MiB.
 const CHUNK: usize = 512 << 10;
-/// smbd's port for smbdirectd (loopback) and for the TCP mount.
-const PROXY_PORT: u16 = 4455;
+/// smbd's port for the TCP mount.
 const TCP_PORT: u16 = 4450;
 const USER: &str = "sduser";
 const PASSWORD: &str = "rdma-Test-pw1";
 /// How long smbdirectd may take to log a connection's end after the unmount.
 const COUNTER_WAIT: Duration = Duration::from_secs(30);
 
-/// smbd in this process, listening for smbdirectd on loopback and for TCP clients on `ip`.
+/// smbd in this process, listening for smbdirectd on its unix socket (`dir`/run/smbdirect.sock)
+/// and for TCP clients on `ip`.
 struct Smbd {
     stopper: smbd::server::Stopper,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// smbd's `rdma_proxy_socket` in the test's directory.
+fn proxy_socket(dir: &Path) -> PathBuf {
+    dir.join("run").join("smbdirect.sock")
 }
 
 impl Smbd {
@@ -59,10 +64,11 @@ impl Smbd {
         // sessions (smb3_use_rdma_offload).
         let toml = format!(
             "[server]\nnetbios_name = \"SDTEST\"\nworkers = 1\nsigning_required = false\n\
-             users = \"{}\"\nlisten = [\"{}\"]\nrdma_proxy_listen = [\"127.0.0.1:{PROXY_PORT}\"]\n\
+             users = \"{}\"\nlisten = [\"{}\"]\nrdma_proxy_socket = \"{}\"\n\
              [[share]]\nname = \"data\"\npath = \"{}\"\n",
             users.display(),
             SocketAddr::new(ip, TCP_PORT),
+            proxy_socket(dir).display(),
             share.display()
         );
         let config = smbd::config::Config::parse(&toml).map_err(|e| format!("smbd config: {e}"))?;
@@ -97,10 +103,17 @@ struct Proxy {
 }
 
 impl Proxy {
-    fn start(bin: &Path, listen: SocketAddr, forward: SocketAddr) -> Result<Proxy, String> {
+    fn start(
+        bin: &Path,
+        listen: SocketAddr,
+        forward: &Path,
+        extra: &[&str],
+    ) -> Result<Proxy, String> {
         let mut child = Command::new(bin)
             .args(["--listen", &listen.to_string()])
-            .args(["--forward", &forward.to_string()])
+            .arg("--forward-unix")
+            .arg(forward)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .spawn()
@@ -162,6 +175,14 @@ fn parse_counters(line: &str) -> Option<(u64, u64)> {
         }
     }
     Some((read?, write?))
+}
+
+/// The value of `name=N` in a counter line.
+fn counter(line: &str, name: &str) -> Option<u64> {
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .and_then(|(_, v)| v.parse().ok())
 }
 
 fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
@@ -265,7 +286,8 @@ pub fn test_kernel_client_mount(ip: IpAddr, smbdirectd: &Path) -> Result<(), Str
     let proxy = Proxy::start(
         smbdirectd,
         SocketAddr::new(ip, crate::smbdirect::PORT),
-        SocketAddr::from(([127, 0, 0, 1], PROXY_PORT)),
+        &proxy_socket(&dir),
+        &[],
     )?;
     let data = content();
     let mnt: PathBuf = dir.join("mnt");
@@ -281,6 +303,16 @@ pub fn test_kernel_client_mount(ip: IpAddr, smbdirectd: &Path) -> Result<(), Str
     .map_err(|e| format!("over SMB Direct: {e}"))?;
     let (read_bytes, write_bytes, line) = proxy.next_connection_counters()?;
     println!("    {line}");
+    // ... and their payloads went through the area shared with smbd, none through the
+    // stream (the area has room for every transfer of one client).
+    let area = counter(&line, "area_payload_bytes");
+    let socket = counter(&line, "socket_payload_bytes");
+    if area < Some(2 * FILE_SIZE as u64) || socket != Some(0) {
+        return Err(format!(
+            "payloads not (only) through the shared area: area_payload_bytes={area:?} \
+             socket_payload_bytes={socket:?} for {FILE_SIZE} bytes written and read"
+        ));
+    }
     // The client's writes come in by RDMA READ and its reads go out by RDMA WRITE.
     if read_bytes < FILE_SIZE as u64 || write_bytes < FILE_SIZE as u64 {
         return Err(format!(
@@ -296,6 +328,36 @@ pub fn test_kernel_client_mount(ip: IpAddr, smbdirectd: &Path) -> Result<(), Str
         &data,
     )
     .map_err(|e| format!("over TCP: {e}"))?;
+    // The same once more through an smbdirectd without the shared area (payloads inline on
+    // the stream), for a same-run baseline of what the area changes.
+    drop(proxy);
+    let inline = Proxy::start(
+        smbdirectd,
+        SocketAddr::new(ip, crate::smbdirect::PORT),
+        &proxy_socket(&dir),
+        &["--area-size", "0"],
+    )?;
+    let (iw, ir) = io_round(
+        &source,
+        &format!("rdma,vers=3.1.1,cache=none,{creds}"),
+        &mnt,
+        "over-rdma-inline.bin",
+        &data,
+    )
+    .map_err(|e| format!("over SMB Direct without the area: {e}"))?;
+    let (_, _, line) = inline.next_connection_counters()?;
+    println!("    {line}");
+    if counter(&line, "socket_payload_bytes") < Some(2 * FILE_SIZE as u64) {
+        return Err(format!(
+            "--area-size 0 did not send the payloads inline: {line}"
+        ));
+    }
+    println!(
+        "    kernel cifs over SMB Direct without the shared area (payloads inline): 8 MiB write \
+         {:.1} MiB/s, read {:.1} MiB/s",
+        mibps(FILE_SIZE, iw),
+        mibps(FILE_SIZE, ir),
+    );
     println!(
         "    kernel cifs over SMB Direct: RDMA READ {read_bytes} B, RDMA WRITE {write_bytes} B; \
          8 MiB write {:.1} MiB/s, read {:.1} MiB/s; over TCP write {:.1} MiB/s, read {:.1} MiB/s; \
@@ -330,6 +392,15 @@ mod tests {
             parse_counters("smbdirectd connection ended: rdma_read_bytes=8"),
             None
         );
+    }
+
+    #[test]
+    fn named_counters_parse() {
+        let l = "smbdirectd connection ended: rdma_read_bytes=8 area_payload_bytes=16 \
+                 socket_payload_bytes=0";
+        assert_eq!(counter(l, "area_payload_bytes"), Some(16));
+        assert_eq!(counter(l, "socket_payload_bytes"), Some(0));
+        assert_eq!(counter(l, "rdma_write_bytes"), None);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -191,10 +191,11 @@ impl Drop for Proxy {
     }
 }
 
-fn start_proxy(bin: &Path, listen: SocketAddr, forward: SocketAddr) -> Result<Proxy, String> {
+fn start_proxy(bin: &Path, listen: SocketAddr, forward: &Path) -> Result<Proxy, String> {
     let mut child = Command::new(bin)
         .args(["--listen", &listen.to_string()])
-        .args(["--forward", &forward.to_string()])
+        .arg("--forward-unix")
+        .arg(forward)
         .args(["--max-connections", "1"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -212,9 +213,11 @@ fn start_proxy(bin: &Path, listen: SocketAddr, forward: SocketAddr) -> Result<Pr
     Ok(proxy)
 }
 
-/// smbd in this process on a loopback port, stopped on drop.
+/// smbd in this process on a loopback port (TCP clients) and a unix socket (smbdirectd),
+/// stopped on drop.
 struct Smbd {
     addr: SocketAddr,
+    proxy_socket: PathBuf,
     stopper: smbd::server::Stopper,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -223,8 +226,13 @@ impl Smbd {
     fn start() -> Result<Smbd, String> {
         let share = std::env::temp_dir().join("smbdirect-share");
         std::fs::create_dir_all(&share).map_err(|e| format!("{}: {e}", share.display()))?;
+        let proxy_socket = std::env::temp_dir()
+            .join("smbdirect-run")
+            .join("smbdirect.sock");
         let toml = format!(
-            "[server]\nnetbios_name = \"SDTEST\"\nworkers = 1\n[[share]]\nname = \"data\"\npath = \"{}\"\n",
+            "[server]\nnetbios_name = \"SDTEST\"\nworkers = 1\nrdma_proxy_socket = \"{}\"\n\
+             [[share]]\nname = \"data\"\npath = \"{}\"\n",
+            proxy_socket.display(),
             share.display()
         );
         let config = smbd::config::Config::parse(&toml).map_err(|e| format!("smbd config: {e}"))?;
@@ -243,6 +251,7 @@ impl Smbd {
         });
         Ok(Smbd {
             addr,
+            proxy_socket,
             stopper,
             thread: Some(thread),
         })
@@ -270,7 +279,7 @@ pub fn test_negotiate_through_proxy(
 ) -> Result<(), String> {
     let smbd = Smbd::start()?;
     let listen = SocketAddr::new(ip, PORT);
-    let _proxy = start_proxy(smbdirectd, listen, smbd.addr)?;
+    let _proxy = start_proxy(smbdirectd, listen, &smbd.proxy_socket)?;
     let mut first = Initiator::connect(listen)?;
     let resp = first.round_trip(negotiate_request())?;
     let dialect = check_negotiate_response(&resp)?;

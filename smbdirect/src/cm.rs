@@ -21,7 +21,10 @@ use std::alloc::{self, Layout};
 use std::io;
 use std::net::SocketAddr;
 use std::ptr::{self, NonNull};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::area::Area;
 
 use rdma_sys as ib;
 use thiserror::Error;
@@ -416,8 +419,20 @@ impl ConnectRequest {
     /// Builds the connection's queue pair and buffers, posts every receive slot, accepts and
     /// waits (until `timeout`) for the connection to be established.
     pub fn accept(self, cfg: &EndpointConfig, timeout: Duration) -> Result<Endpoint, CmError> {
+        self.accept_with_area(cfg, timeout, None)
+    }
+
+    /// [`Self::accept`], the connection built in the protection domain where `area` is
+    /// registered for its device (registered there on the device's first connection), so
+    /// RDMA READs and WRITEs can use the area ([`Endpoint::post_rdma_area`]).
+    pub fn accept_with_area(
+        self,
+        cfg: &EndpointConfig,
+        timeout: Duration,
+        area: Option<&AreaRegistry>,
+    ) -> Result<Endpoint, CmError> {
         let deadline = Instant::now() + timeout;
-        let mut ep = Endpoint::build(self.id, cfg)?;
+        let mut ep = Endpoint::build(self.id, cfg, area)?;
         ep.post_all_receives()?;
         // SAFETY: all-zero is a valid rdma_conn_param (no private data).
         let mut p: ib::rdma_conn_param = unsafe { std::mem::zeroed() };
@@ -463,6 +478,113 @@ impl EndpointConfig {
 
 /// A protection domain on a cm_id's device.
 struct Pd(NonNull<ib::ibv_pd>);
+
+/// The shared area registered once in a protection domain of one device, which every
+/// connection on that device uses: deregistered (then the PD deallocated) when the last
+/// holder goes, after the connections' QPs (each endpoint holds an `Arc` in its PD field).
+pub struct DeviceArea {
+    mr: NonNull<ib::ibv_mr>,
+    pd: Pd,
+    /// The device context (librdmacm's, one per device) this PD belongs to.
+    verbs: usize,
+    area: Arc<Area>,
+}
+
+// SAFETY: the PD and MR are owned by this value; libibverbs allows using them from any thread
+// and nothing here mutates them after creation.
+unsafe impl Send for DeviceArea {}
+// SAFETY: as above (only the lkey is read after creation).
+unsafe impl Sync for DeviceArea {}
+
+impl DeviceArea {
+    fn register(verbs: *mut ib::ibv_context, area: Arc<Area>) -> Result<DeviceArea, CmError> {
+        // SAFETY: `verbs` is a live device context (an accepted cm_id's).
+        let pd = NonNull::new(unsafe { ib::ibv_alloc_pd(verbs) })
+            .map(Pd)
+            .ok_or_else(|| last_err("ibv_alloc_pd"))?;
+        // RDMA READ responses land in it (the HCA writes), RDMA WRITEs read it.
+        let access = ib::ibv_access_flags::IBV_ACCESS_LOCAL_WRITE.0 as libc::c_int;
+        // SAFETY: live PD; the area's mapping is `len` bytes and outlives the registration
+        // (this value holds an `Arc` of it and deregisters in `Drop` before releasing it).
+        let mr = NonNull::new(unsafe {
+            ib::ibv_reg_mr(pd.0.as_ptr(), area.as_ptr().cast(), area.len(), access)
+        })
+        .ok_or_else(|| CmError::Call {
+            op: "ibv_reg_mr of the shared area (check the locked-memory limit, ulimit -l)",
+            source: io::Error::last_os_error(),
+        })?;
+        Ok(DeviceArea {
+            mr,
+            pd,
+            verbs: verbs as usize,
+            area,
+        })
+    }
+
+    fn lkey(&self) -> u32 {
+        // SAFETY: the MR is live while `self` is; lkey is a plain field.
+        unsafe { (*self.mr.as_ptr()).lkey }
+    }
+
+    pub fn area(&self) -> &Arc<Area> {
+        &self.area
+    }
+}
+
+impl Drop for DeviceArea {
+    fn drop(&mut self) {
+        // SAFETY: registered in `register`, deregistered once; every QP that posted work
+        // requests on it held an `Arc` of this value and was destroyed before the last one
+        // went. The PD (field) is deallocated after this, the area unmapped after that.
+        unsafe { ib::ibv_dereg_mr(self.mr.as_ptr()) };
+    }
+}
+
+/// The shared area and its registration on each device connections came in on: one
+/// registration per device (protection domain) for the daemon's lifetime.
+pub struct AreaRegistry {
+    area: Arc<Area>,
+    devices: Mutex<Vec<Arc<DeviceArea>>>,
+}
+
+impl AreaRegistry {
+    pub fn new(area: Arc<Area>) -> AreaRegistry {
+        AreaRegistry {
+            area,
+            devices: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn area(&self) -> &Arc<Area> {
+        &self.area
+    }
+
+    fn for_context(&self, verbs: *mut ib::ibv_context) -> Result<Arc<DeviceArea>, CmError> {
+        let mut d = self.devices.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(a) = d.iter().find(|a| a.verbs == verbs as usize) {
+            return Ok(a.clone());
+        }
+        let a = Arc::new(DeviceArea::register(verbs, self.area.clone())?);
+        debug!(len = self.area.len(), "shared area registered on a device");
+        d.push(a.clone());
+        Ok(a)
+    }
+}
+
+/// An endpoint's protection domain: its own, or a device's shared one with the area.
+enum PdRef {
+    Own(Pd),
+    Shared(Arc<DeviceArea>),
+}
+
+impl PdRef {
+    fn ptr(&self) -> *mut ib::ibv_pd {
+        match self {
+            PdRef::Own(p) => p.0.as_ptr(),
+            PdRef::Shared(a) => a.pd.0.as_ptr(),
+        }
+    }
+}
 
 impl Drop for Pd {
     fn drop(&mut self) {
@@ -579,7 +701,7 @@ pub struct Endpoint {
     rdma_inflight: u16,
     cq: Cq,
     comp: CompChannel,
-    _pd: Pd,
+    _pd: PdRef,
     id: CmId,
     cfg: EndpointConfig,
     recv: Vec<RecvSlot>,
@@ -592,7 +714,11 @@ pub struct Endpoint {
 unsafe impl Send for Endpoint {}
 
 impl Endpoint {
-    fn build(id: CmId, cfg: &EndpointConfig) -> Result<Endpoint, CmError> {
+    fn build(
+        id: CmId,
+        cfg: &EndpointConfig,
+        area: Option<&AreaRegistry>,
+    ) -> Result<Endpoint, CmError> {
         if cfg.recv_slots == 0 || cfg.send_slots == 0 || cfg.recv_size == 0 || cfg.send_size == 0 {
             return Err(CmError::Config("slot counts and sizes must be non-zero"));
         }
@@ -603,10 +729,15 @@ impl Endpoint {
         if verbs.is_null() {
             return Err(CmError::Config("cm_id is not bound to an RDMA device"));
         }
-        // SAFETY: `verbs` is a live device context (above).
-        let pd = NonNull::new(unsafe { ib::ibv_alloc_pd(verbs) })
-            .map(Pd)
-            .ok_or_else(|| last_err("ibv_alloc_pd"))?;
+        let pd = match area {
+            Some(r) => PdRef::Shared(r.for_context(verbs)?),
+            // SAFETY: `verbs` is a live device context (above).
+            None => PdRef::Own(
+                NonNull::new(unsafe { ib::ibv_alloc_pd(verbs) })
+                    .map(Pd)
+                    .ok_or_else(|| last_err("ibv_alloc_pd"))?,
+            ),
+        };
         // SAFETY: as above.
         let comp = NonNull::new(unsafe { ib::ibv_create_comp_channel(verbs) })
             .map(CompChannel)
@@ -626,13 +757,12 @@ impl Endpoint {
         let access = ib::ibv_access_flags::IBV_ACCESS_LOCAL_WRITE.0 as libc::c_int;
         // SAFETY: live PD; `buf` is `len` bytes that outlive the registration (`Mr` owns it and
         // deregisters before freeing).
-        let mr = NonNull::new(unsafe {
-            ib::ibv_reg_mr(pd.0.as_ptr(), buf.ptr.as_ptr().cast(), len, access)
-        })
-        .ok_or_else(|| CmError::Call {
-            op: "ibv_reg_mr (check the locked-memory limit, ulimit -l)",
-            source: io::Error::last_os_error(),
-        })?;
+        let mr =
+            NonNull::new(unsafe { ib::ibv_reg_mr(pd.ptr(), buf.ptr.as_ptr().cast(), len, access) })
+                .ok_or_else(|| CmError::Call {
+                    op: "ibv_reg_mr (check the locked-memory limit, ulimit -l)",
+                    source: io::Error::last_os_error(),
+                })?;
         let mr = Mr { mr, buf };
         // SAFETY: all-zero is a valid ibv_qp_init_attr.
         let mut init: ib::ibv_qp_init_attr = unsafe { std::mem::zeroed() };
@@ -645,7 +775,7 @@ impl Endpoint {
         init.cap.max_send_sge = 1;
         init.cap.max_recv_sge = 1;
         // SAFETY: live id, PD and CQ; `init` is fully initialised.
-        let r = unsafe { ib::rdma_create_qp(id.as_ptr(), pd.0.as_ptr(), &mut init) };
+        let r = unsafe { ib::rdma_create_qp(id.as_ptr(), pd.ptr(), &mut init) };
         if r != 0 {
             return Err(last_err("rdma_create_qp"));
         }
@@ -703,7 +833,7 @@ impl Endpoint {
             deadline,
             "ROUTE_RESOLVED",
         )?;
-        let mut ep = Endpoint::build(id, cfg)?;
+        let mut ep = Endpoint::build(id, cfg, None)?;
         ep.post_all_receives()?;
         // SAFETY: all-zero is a valid rdma_conn_param (no private data).
         let mut p: ib::rdma_conn_param = unsafe { std::mem::zeroed() };
@@ -881,12 +1011,7 @@ impl Endpoint {
         // SAFETY: the PD is live (it outlives the `rdma` field, see the field order); `buf` is
         // `len` bytes that outlive the registration (`Mr` deregisters before freeing).
         let mr = NonNull::new(unsafe {
-            ib::ibv_reg_mr(
-                self._pd.0.as_ptr(),
-                buf.ptr.as_ptr().cast(),
-                len.max(1),
-                access,
-            )
+            ib::ibv_reg_mr(self._pd.ptr(), buf.ptr.as_ptr().cast(), len.max(1), access)
         })
         .ok_or_else(|| CmError::Call {
             op: "ibv_reg_mr of the RDMA buffer (check the locked-memory limit, ulimit -l)",
@@ -972,6 +1097,54 @@ impl Endpoint {
         let r = unsafe { ib::ibv_post_send((*self.id.as_ptr()).qp, &mut wr, &mut bad) };
         if r != 0 {
             return Err(ret_err("ibv_post_send (RDMA)", r));
+        }
+        self.rdma_inflight += 1;
+        Ok(())
+    }
+
+    /// Posts a signalled RDMA READ (`read`) or WRITE of `len` bytes between `offset` of the
+    /// shared area (this endpoint was accepted with it) and the peer's `remote_addr` under
+    /// its `rkey`. The caller owns that range of the area until the completion.
+    pub fn post_rdma_area(
+        &mut self,
+        read: bool,
+        offset: u64,
+        len: u32,
+        remote_addr: u64,
+        rkey: u32,
+    ) -> Result<(), CmError> {
+        let PdRef::Shared(da) = &self._pd else {
+            return Err(CmError::Config("endpoint has no shared area"));
+        };
+        if da.area.check(offset, u64::from(len)).is_err() {
+            return Err(CmError::Config("RDMA segment outside the shared area"));
+        }
+        if self.rdma_inflight >= MAX_RDMA_WR {
+            return Err(CmError::Config("too many RDMA operations in flight"));
+        }
+        let mut sge = ib::ibv_sge {
+            addr: da.area.as_ptr() as u64 + offset,
+            length: len,
+            lkey: da.lkey(),
+        };
+        // SAFETY: all-zero is a valid ibv_send_wr.
+        let mut wr: ib::ibv_send_wr = unsafe { std::mem::zeroed() };
+        wr.wr_id = RDMA_BIT;
+        wr.sg_list = &mut sge;
+        wr.num_sge = 1;
+        wr.opcode = if read {
+            ib::ibv_wr_opcode::IBV_WR_RDMA_READ
+        } else {
+            ib::ibv_wr_opcode::IBV_WR_RDMA_WRITE
+        };
+        wr.send_flags = ib::ibv_send_flags::IBV_SEND_SIGNALED.0;
+        wr.wr.rdma = ib::rdma_t { remote_addr, rkey };
+        let mut bad: *mut ib::ibv_send_wr = ptr::null_mut();
+        // SAFETY: live QP; `wr`/`sge` valid for the call; the segment is inside the registered
+        // area (checked), which outlives the QP (the `Arc` in `_pd` drops after it).
+        let r = unsafe { ib::ibv_post_send((*self.id.as_ptr()).qp, &mut wr, &mut bad) };
+        if r != 0 {
+            return Err(ret_err("ibv_post_send (RDMA, area)", r));
         }
         self.rdma_inflight += 1;
         Ok(())

@@ -9,10 +9,13 @@
 //! [`rdma`] drives a [`conn::Connection`] with that endpoint's real completions: the
 //! smbdirectd binary (`src/bin/smbdirectd.rs`) and the soft-RoCE tests' initiator use it.
 // `unsafe` stays denied (workspace lint) everywhere but `cm`, the RAII layer over librdmacm and
-// libibverbs; every unsafe block there carries a `// SAFETY:` comment.
+// libibverbs, and `area`, the memfd shared with smbd; every unsafe block there carries a
+// `// SAFETY:` comment.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+#[allow(unsafe_code)]
+pub mod area;
 #[allow(unsafe_code)]
 pub mod cm;
 pub mod codec;

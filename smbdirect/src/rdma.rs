@@ -112,8 +112,29 @@ impl RdmaConnection {
         segments: &[Segment],
         buffer_len: usize,
     ) -> Result<(), RdmaError> {
-        let op = if read { "READ" } else { "WRITE" };
         self.ep.ensure_rdma_buffer(buffer_len)?;
+        self.transfer(read, segments, None)
+    }
+
+    /// [`Self::rdma_transfer`] between the shared area, from its byte `base` on (the
+    /// segments' local offsets count from there), and the peer's memory: the endpoint was
+    /// accepted with the area ([`cm::ConnectRequest::accept_with_area`]).
+    pub fn rdma_transfer_area(
+        &mut self,
+        read: bool,
+        segments: &[Segment],
+        base: u64,
+    ) -> Result<(), RdmaError> {
+        self.transfer(read, segments, Some(base))
+    }
+
+    fn transfer(
+        &mut self,
+        read: bool,
+        segments: &[Segment],
+        base: Option<u64>,
+    ) -> Result<(), RdmaError> {
+        let op = if read { "READ" } else { "WRITE" };
         let deadline = Instant::now() + TRANSFER_TIMEOUT;
         let mut next = 0usize;
         let mut done = 0usize;
@@ -121,8 +142,19 @@ impl RdmaConnection {
         while done < segments.len() {
             while next < segments.len() && self.ep.rdma_inflight() < cm::MAX_RDMA_WR {
                 let s = segments[next];
-                self.ep
-                    .post_rdma(read, s.local_offset, s.len, s.remote_addr, s.token)?;
+                match base {
+                    Some(b) => self.ep.post_rdma_area(
+                        read,
+                        b + u64::from(s.local_offset),
+                        s.len,
+                        s.remote_addr,
+                        s.token,
+                    )?,
+                    None => {
+                        self.ep
+                            .post_rdma(read, s.local_offset, s.len, s.remote_addr, s.token)?
+                    }
+                }
                 next += 1;
             }
             got.clear();

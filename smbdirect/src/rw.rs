@@ -100,6 +100,9 @@ pub struct WritePull {
     pub length: u32,
 }
 
+/// An RDMA-channel READ of a request: (MessageId, Length).
+pub type ReadGrant = (u64, u32);
+
 /// One RDMA READ or WRITE work request: `len` bytes between `local_offset` of the proxy's
 /// registered buffer and the client's `remote_addr` under `token`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,6 +291,16 @@ impl Transfers {
     /// A message from the client: remembers its RDMA-channel READs and returns the WRITE
     /// payloads to pull before the message goes to smbd (in message order).
     pub fn on_request(&mut self, msg: &[u8]) -> Result<Vec<WritePull>, RwError> {
+        Ok(self.on_request_with_reads(msg)?.0)
+    }
+
+    /// [`Self::on_request`], also returning the RDMA-channel READs the message holds
+    /// (MessageId and Length, in message order): the proxy grants each a slot of the shared
+    /// area before the message goes to smbd.
+    pub fn on_request_with_reads(
+        &mut self,
+        msg: &[u8],
+    ) -> Result<(Vec<WritePull>, Vec<ReadGrant>), RwError> {
         let mut found = Vec::new();
         for p in parts(msg)? {
             if let Some(r) = channel_request(p, &self.limits)? {
@@ -295,6 +308,7 @@ impl Transfers {
             }
         }
         let mut pulls = Vec::new();
+        let mut reads = Vec::new();
         for r in found {
             if self.reads.contains_key(&r.message_id) || self.invalidate.contains_key(&r.message_id)
             {
@@ -315,10 +329,11 @@ impl Transfers {
                     length: r.length,
                 });
             } else {
+                reads.push((r.message_id, r.length));
                 self.reads.insert(r.message_id, r.channel.descriptors);
             }
         }
-        Ok(pulls)
+        Ok((pulls, reads))
     }
 
     /// smbd's payload for a READ: where to RDMA-WRITE it.
@@ -450,6 +465,10 @@ mod tests {
         let d = [desc(0x1000, 7, 100), desc(0x9000, 8, 100)];
         assert!(t.on_request(&read_req(9, 150, 1, &d)).unwrap().is_empty());
         assert_eq!(t.pending_reads(), 1);
+        assert_eq!(
+            t.on_request_with_reads(&read_req(10, 64, 1, &d)).unwrap(),
+            (vec![], vec![(10, 64)])
+        );
         assert_eq!(
             t.on_payload(9, 150).unwrap(),
             vec![

@@ -7,7 +7,7 @@
 //!
 //! smbd's only SMB codec: besides the messages ([`messages`], [`header`], [`smb1`]) it holds
 //! the NetBIOS session framing ([`netbios`]) and the payload frames smbdirectd adds to it
-//! ([`payload_frame`]), the CREATE contexts ([`create_ctx`]), the
+//! ([`payload_frame`]) and area frames ([`area_frame`]), the CREATE contexts ([`create_ctx`]), the
 //! file-system information classes ([`fscc`]), the FSCTL input and output buffers
 //! ([`fsctl_buf`]), the DFS referral request and response ([`dfs`]), the security descriptors of QUERY_INFO/SET_INFO SECURITY and the SecD
 //! create context ([`security_descriptor`]) and the NTSTATUS values ([`status`], [`NtStatus`]).
@@ -16,6 +16,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 #![forbid(unsafe_code)]
 
+pub mod area_frame;
 pub mod create_ctx;
 pub mod cursor;
 pub mod dfs;
@@ -85,5 +86,6 @@ pub fn fuzz_decode(data: &[u8]) -> usize {
     let _ = decode_create_contexts(data);
     let _ = LeaseContext::decode(data);
     let _ = payload_frame::decode_body(data);
+    let _ = area_frame::AreaFrame::decode_body(data);
     ok
 }

@@ -6,7 +6,7 @@
 //! 4-byte header with a private kind, [`KIND`]:
 //! `[0xD1][24-bit big-endian length][MessageId u64 LE][data]`, the length counting the
 //! MessageId and the data. Neither side speaks to anyone else with them: smbd accepts them only
-//! on its `rdma_proxy_listen` connections.
+//! on its `rdma_proxy_socket` connections.
 
 use crate::netbios;
 

@@ -36,6 +36,9 @@ fn payload_frame_round_trips(data: &[u8]) {
     if let Err(property) = smb_proto::payload_frame::check_round_trip(data) {
         panic!("payload frame property violated: {property}");
     }
+    if let Err(property) = smb_proto::area_frame::check_round_trip(data) {
+        panic!("area frame property violated: {property}");
+    }
 }
 
 /// Replays smbd/proto/fuzz/corpus/security_descriptor with the fuzz target's round-trip

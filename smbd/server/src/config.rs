@@ -40,6 +40,10 @@
 //! # filesystem (GPFS, CephFS, Lustre, NFS), where inotify does not see other nodes: the node
 //! # then registers its watched directories with lockmgrd and gets other nodes' changes from it.
 //! # local_change_notify = true
+//! # SMB Direct: the unix socket smbdirectd connects to (`smbdirectd --forward-unix PATH`),
+//! # created 0600 in a 0700 directory; only root (and the uids listed) may connect.
+//! # rdma_proxy_socket = "/run/clustersmb/smbdirect.sock"
+//! # rdma_proxy_uids = []
 //!
 //! [[share]]
 //! name = "data"
@@ -210,13 +214,20 @@ pub struct ServerConfig {
     /// (MS-SMB2 3.3.5.5.2).
     #[serde(default = "default_true")]
     pub multichannel: bool,
-    /// Addresses smbd also listens on for smbdirectd (the SMB Direct proxy; loopback): a
-    /// connection accepted on one of them is an SMB Direct connection, whose READ/WRITE
-    /// requests may use RDMA channels, the data travelling beside the SMB2 messages in
-    /// payload frames (see `smbdirect::rw`). Payload frames only ever carry a connection's
-    /// own data, so a local process connecting here gains nothing over port 445.
+    /// The unix socket smbdirectd (the SMB Direct proxy, `--forward-unix PATH`) connects to:
+    /// a connection accepted here is an SMB Direct connection, whose READ/WRITE requests may
+    /// use RDMA channels, the data travelling beside the SMB2 messages in payload frames (see
+    /// `smbdirect::rw`). smbd trusts what the proxy says about its clients' transport, so this
+    /// is not a TCP port any local process could reach: the socket is created 0600 in a
+    /// directory smbd creates (or finds) 0700 and owned by its user, and every peer's
+    /// credentials (SO_PEERCRED) must name root or one of `rdma_proxy_uids`; others are
+    /// disconnected at once, logged and counted (`smbd_rdma_proxy_refused_total`).
     #[serde(default)]
-    pub rdma_proxy_listen: Vec<SocketAddr>,
+    pub rdma_proxy_socket: Option<PathBuf>,
+    /// Uids besides root whose processes may connect to `rdma_proxy_socket` (an smbdirectd
+    /// run as a dedicated user).
+    #[serde(default)]
+    pub rdma_proxy_uids: Vec<u32>,
     /// Where to serve `GET /metrics` (Prometheus text format, `crate::metrics`); off when
     /// absent. Port 0 picks a free port (printed at start).
     #[serde(default)]
@@ -263,7 +274,8 @@ impl Default for ServerConfig {
             workers: 0,
             cluster_fs_id: None,
             multichannel: true,
-            rdma_proxy_listen: Vec::new(),
+            rdma_proxy_socket: None,
+            rdma_proxy_uids: Vec::new(),
             metrics_listen: None,
             metrics_allow_remote: false,
             status_socket: None,

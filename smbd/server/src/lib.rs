@@ -35,6 +35,7 @@ pub mod locking;
 pub mod metrics;
 mod open;
 pub mod passwd;
+pub mod rdma_area;
 mod sd;
 mod seqwin;
 pub mod server;

@@ -73,6 +73,8 @@ pub struct SmbMetrics {
     pub locks: Gauge,
     pub oplock_breaks: Counter,
     pub lease_breaks: Counter,
+    /// Connections to `rdma_proxy_socket` refused for their peer credentials.
+    pub rdma_proxy_refused: Counter,
     /// Lock-service requests that waited for an answer, by their round-trip time.
     pub lockmgr_latency: Histogram,
 }
@@ -93,6 +95,7 @@ impl Default for SmbMetrics {
             locks: Gauge::new(),
             oplock_breaks: Counter::new(),
             lease_breaks: Counter::new(),
+            rdma_proxy_refused: Counter::new(),
             lockmgr_latency: Histogram::new(LATENCY_BUCKETS),
         }
     }
@@ -216,6 +219,16 @@ pub fn render(m: &SmbMetrics, extra: &Extra) -> String {
         "smbd_breaks_sent_total",
         &[("kind", "lease")],
         m.lease_breaks.get(),
+    );
+    e.family(
+        "smbd_rdma_proxy_refused_total",
+        "Connections to rdma_proxy_socket refused because the peer's uid (SO_PEERCRED) is neither root nor in rdma_proxy_uids",
+        Kind::Counter,
+    );
+    e.sample(
+        "smbd_rdma_proxy_refused_total",
+        &[],
+        m.rdma_proxy_refused.get(),
     );
     e.family(
         "smbd_lockmgr_requests_total",

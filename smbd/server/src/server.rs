@@ -12,7 +12,7 @@ pub mod cluster;
 use crate::config::{Config, ConfigError, LockTransport};
 use crate::locking::{default_lock_service, LockService};
 use crate::shared::{Share, Shared};
-use crate::worker::{Worker, WorkerError};
+use crate::worker::{Listener, Worker, WorkerError};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -47,12 +47,16 @@ pub enum ServerError {
     Metrics(String),
     #[error("status socket {0}")]
     Status(String),
+    #[error("rdma_proxy_socket {0}")]
+    RdmaProxySocket(String),
 }
 
 /// A bound, not yet running server.
 pub struct Server {
     shared: Arc<Shared>,
     listeners: Vec<TcpListener>,
+    /// `[server] rdma_proxy_socket`: smbdirectd's connections.
+    proxy_listener: Option<std::os::unix::net::UnixListener>,
     workers: usize,
     pump: Option<cluster::Pump>,
     witness: Option<WitnessParts>,
@@ -154,8 +158,7 @@ impl Server {
         }
         let mut addrs: Vec<SocketAddr> = config.server.listen.clone();
         addrs.extend_from_slice(extra_listen);
-        addrs.extend_from_slice(&config.server.rdma_proxy_listen);
-        if addrs.is_empty() {
+        if addrs.is_empty() && config.server.rdma_proxy_socket.is_none() {
             return Err(ServerError::NoListen);
         }
         let mut listeners = Vec::new();
@@ -172,6 +175,10 @@ impl Server {
             Some(bind_witness(&config)?)
         } else {
             None
+        };
+        let proxy_listener = match &config.server.rdma_proxy_socket {
+            Some(path) => Some(bind_proxy_socket(path)?),
+            None => None,
         };
         let status_listener = match &config.server.status_socket {
             Some(path) => Some(bind_status_socket(path)?),
@@ -220,6 +227,7 @@ impl Server {
         Ok(Server {
             shared,
             listeners,
+            proxy_listener,
             workers,
             pump: None,
             witness,
@@ -304,7 +312,10 @@ impl Server {
         for idx in 0..self.workers {
             let mut ls = Vec::new();
             for l in &self.listeners {
-                ls.push(l.try_clone()?);
+                ls.push(Listener::Tcp(l.try_clone()?));
+            }
+            if let Some(l) = &self.proxy_listener {
+                ls.push(Listener::RdmaProxy(l.try_clone()?));
             }
             let w = Worker::new(idx, self.shared.clone(), ls, conn_ids.clone())?;
             handles.push(
@@ -366,6 +377,72 @@ fn bind_status_socket(
     let listener = std::os::unix::net::UnixListener::bind(path).map_err(bad)?;
     // Only smbd's user (and root) may see who has what open.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(bad)?;
+    Ok(listener)
+}
+
+/// Binds `[server] rdma_proxy_socket`, the channel smbdirectd connects to. The directory is
+/// created 0700 if missing; an existing one must be a directory owned by smbd's user that no
+/// one else may enter or write (a socket's own mode is not checked by every kernel on
+/// connect, the directory's search permission always is). A socket file left by an earlier
+/// run is replaced; one a live process still accepts on is not (two smbds on one socket).
+/// The socket is made 0600; peers are further checked by uid on accept (worker.rs).
+fn bind_proxy_socket(
+    path: &std::path::Path,
+) -> Result<std::os::unix::net::UnixListener, ServerError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let bad = |what: String| ServerError::RdmaProxySocket(format!("{}: {what}", path.display()));
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => {
+            return Err(bad(
+                "needs an absolute path in a directory of its own".into()
+            ))
+        }
+    };
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| bad(format!("creating {}: {e}", dir.display())))?;
+            // The mode given to mkdir is masked by the umask: set it exactly.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| bad(format!("{}: {e}", dir.display())))?;
+        }
+        Err(e) => return Err(bad(format!("{}: {e}", dir.display()))),
+        Ok(m) => {
+            if !m.is_dir() {
+                return Err(bad(format!("{} is not a directory", dir.display())));
+            }
+            if m.uid() != crate::sys::geteuid() || m.mode() & 0o077 != 0 {
+                return Err(bad(format!(
+                    "{} must be owned by smbd's user (uid {}) with mode 0700 (it is uid {}, \
+                     mode {:o})",
+                    dir.display(),
+                    crate::sys::geteuid(),
+                    m.uid(),
+                    m.mode() & 0o7777
+                )));
+            }
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()) => {
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => return Err(bad("another process is accepting on it".into())),
+                Err(_) => {
+                    tracing::info!(path = %path.display(), "replacing a stale rdma_proxy_socket");
+                    std::fs::remove_file(path).map_err(|e| bad(e.to_string()))?;
+                }
+            }
+        }
+        Ok(_) => return Err(bad("exists and is not a socket".into())),
+        Err(_) => {}
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(|e| bad(e.to_string()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| bad(e.to_string()))?;
     Ok(listener)
 }
 
@@ -460,5 +537,39 @@ impl Stopper {
         for m in &self.0.mailboxes {
             m.wake();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn err(path: &std::path::Path) -> String {
+        match bind_proxy_socket(path) {
+            Ok(_) => panic!("{} bound", path.display()),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn proxy_socket_refuses_a_live_socket_a_file_and_an_open_directory() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("run").join("sd.sock");
+        let live = bind_proxy_socket(&path).unwrap();
+        assert!(err(&path).contains("another process is accepting"));
+        drop(live);
+        // Stale now: replaced.
+        let _again = bind_proxy_socket(&path).unwrap();
+
+        let file = t.path().join("run").join("file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(err(&file).contains("not a socket"));
+
+        let open = t.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(err(&open.join("sd.sock")).contains("mode 0700"));
+        assert!(err(&file.join("sd.sock")).contains("not a directory"));
     }
 }

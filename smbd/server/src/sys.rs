@@ -157,6 +157,235 @@ pub(crate) fn shutdown_socket(sock: impl AsFd) -> io::Result<()> {
     check(unsafe { libc::shutdown(sock.as_fd().as_raw_fd(), libc::SHUT_RDWR) })
 }
 
+/// The credentials of a unix socket's peer as the kernel recorded them at connect(2)
+/// (SO_PEERCRED, unix(7)): a process cannot change them afterwards by changing its ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCred {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// getsockopt(SO_PEERCRED) of a connected unix stream socket.
+pub(crate) fn peer_cred(sock: impl AsFd) -> io::Result<PeerCred> {
+    // SAFETY: ucred is plain data; all zeroes is a valid value.
+    let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: the borrow keeps the descriptor open for the call; the kernel writes at most
+    // `len` bytes (the size of `cred`, a local it may write) and updates `len`.
+    check(unsafe {
+        libc::getsockopt(
+            sock.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    })?;
+    if len as usize != std::mem::size_of::<libc::ucred>() {
+        return Err(io::Error::other("SO_PEERCRED returned a short ucred"));
+    }
+    Ok(PeerCred {
+        pid: cred.pid,
+        uid: cred.uid,
+        gid: cred.gid,
+    })
+}
+
+// ---- smbdirectd's shared area (crate::rdma_area) --------------------------------------------
+
+/// A MAP_SHARED mapping of the memory area smbdirectd passed (a sealed memfd), unmapped on
+/// drop. smbdirectd writes and reads it concurrently (its RDMA READs and WRITEs), so no Rust
+/// reference to the memory is ever made: bytes move in and out only through raw-pointer
+/// copies and read(2) into it, each bounds-checked here. Its callers (crate::rdma_area) decide
+/// which ranges this process may use.
+#[derive(Debug)]
+pub struct SharedMapping {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory owned by this value; every access goes through
+// `&self` methods that copy with raw pointers (no references into it), which is sound from any
+// thread.
+unsafe impl Send for SharedMapping {}
+// SAFETY: as above; concurrent copies of the same bytes race only on the data, never on
+// Rust-visible state.
+unsafe impl Sync for SharedMapping {}
+
+/// F_SEAL_SHRINK (fcntl(2)): the file cannot become shorter, so a mapping of it never faults
+/// past its end (SIGBUS).
+const F_SEAL_SHRINK: libc::c_int = 0x0002;
+
+/// Maps all of `fd`, a memfd that must carry F_SEAL_SHRINK (so its owner cannot truncate it
+/// under the mapping) and be 1 byte to `max` bytes long.
+pub(crate) fn map_shared_area(fd: &OwnedFd, max: u64) -> io::Result<SharedMapping> {
+    // SAFETY: fcntl F_GET_SEALS on a descriptor the borrow keeps open; no memory involved.
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    if seals < 0 {
+        return Err(io::Error::other(format!(
+            "not a sealable memfd ({})",
+            io::Error::last_os_error()
+        )));
+    }
+    if seals & F_SEAL_SHRINK == 0 {
+        return Err(io::Error::other(
+            "the memfd is not sealed against shrinking",
+        ));
+    }
+    // SAFETY: stat is plain data; fstat writes it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a local the kernel may write; the descriptor is open.
+    check(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    let size = u64::try_from(st.st_size).unwrap_or(0);
+    if size == 0 || size > max {
+        return Err(io::Error::other(format!(
+            "area of {size} bytes (1 to {max})"
+        )));
+    }
+    let len = usize::try_from(size).map_err(|_| io::Error::other("area too large"))?;
+    // SAFETY: a fresh mapping chosen by the kernel (no fixed address), of a file at least
+    // `len` bytes long that cannot shrink (sealed, checked above).
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let ptr = std::ptr::NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap"))?;
+    Ok(SharedMapping { ptr, len })
+}
+
+impl SharedMapping {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn range(&self, off: usize, len: usize) -> io::Result<*mut u8> {
+        match off.checked_add(len) {
+            Some(end) if end <= self.len => {
+                // SAFETY: `off` is inside the mapping (checked), so the result is too.
+                Ok(unsafe { self.ptr.as_ptr().add(off) })
+            }
+            _ => Err(io::Error::from_raw_os_error(libc::EFAULT)),
+        }
+    }
+
+    /// A copy of `len` bytes at `off`.
+    pub(crate) fn copy_out(&self, off: usize, len: usize) -> io::Result<Vec<u8>> {
+        let src = self.range(off, len)?;
+        let mut v = Vec::with_capacity(len);
+        // SAFETY: `src..src+len` is inside the mapping (checked) and `v` has room for `len`
+        // bytes; the regions do not overlap (`v` is fresh heap memory). Bytes smbdirectd may
+        // change meanwhile are only data: no Rust reference to the mapping exists.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src, v.as_mut_ptr(), len);
+            v.set_len(len);
+        }
+        Ok(v)
+    }
+
+    /// pread(2) of up to `len` bytes of `file` at `file_off` straight into the area at `off`
+    /// (the READ data smbdirectd then RDMA-WRITEs from there): one call; returns the count.
+    pub(crate) fn pread_into(
+        &self,
+        file: &File,
+        file_off: u64,
+        off: usize,
+        len: usize,
+    ) -> io::Result<usize> {
+        let dst = self.range(off, len)?;
+        let pos = libc::off_t::try_from(file_off).map_err(|_| io::Error::other("offset"))?;
+        // SAFETY: the kernel writes at most `len` bytes at `dst`, inside the mapping
+        // (checked); the file's descriptor is borrowed for the call.
+        let n = unsafe { libc::pread(file.as_raw_fd(), dst.cast(), len, pos) };
+        usize::try_from(n).map_err(|_| io::Error::last_os_error())
+    }
+}
+
+impl Drop for SharedMapping {
+    fn drop(&mut self) {
+        // SAFETY: mapped in `map_shared_area` with this length, unmapped once; no references
+        // into it exist (see the type's documentation).
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// recvmsg(2) without blocking of up to `buf.len()` bytes and at most one descriptor passed
+/// with them (SCM_RIGHTS; received close-on-exec): `Ok(None)` when nothing is there yet,
+/// `Ok(Some((0, None)))` at end of stream. Descriptors beyond the first, if a peer sent more,
+/// are closed.
+pub(crate) fn recv_with_fd(
+    sock: impl AsFd,
+    buf: &mut [u8],
+) -> io::Result<Option<(usize, Option<OwnedFd>)>> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // Room for a few descriptors' control message, aligned as cmsghdr needs.
+    let mut cbuf = [0u64; 16];
+    // SAFETY: msghdr is plain data; all zeroes is valid.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    // SAFETY: `msg` points at `iov` (over `buf`) and `cbuf`, live locals the kernel may write
+    // within their stated lengths; the socket is borrowed for the call.
+    let n = unsafe {
+        libc::recvmsg(
+            sock.as_fd().as_raw_fd(),
+            &mut msg,
+            libc::MSG_DONTWAIT | libc::MSG_CMSG_CLOEXEC,
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::WouldBlock {
+            return Ok(None);
+        }
+        return Err(e);
+    }
+    let mut first: Option<OwnedFd> = None;
+    // SAFETY: the kernel filled `msg_controllen` bytes of `cbuf`; CMSG_FIRSTHDR/NXTHDR stay
+    // within them, and each SCM_RIGHTS message's data holds (cmsg_len - CMSG_LEN(0)) / 4
+    // descriptors, now ours.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c).cast::<libc::c_int>();
+                let bytes = (*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                for i in 0..bytes / std::mem::size_of::<libc::c_int>() {
+                    let fd = OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i)));
+                    if first.is_none() {
+                        first = Some(fd);
+                    }
+                }
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::other(
+            "control data truncated (too many descriptors)",
+        ));
+    }
+    Ok(Some((n as usize, first)))
+}
+
 // ---- metadata ------------------------------------------------------------------------------
 
 /// faccessat(2) with AT_EACCESS: whether the thread's current file-system credentials may
@@ -431,6 +660,16 @@ pub fn wait_shutdown_signal() -> i32 {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+
+    #[test]
+    fn peer_credentials_of_a_unix_socket_pair_are_ours() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let c = peer_cred(&a).unwrap();
+        assert_eq!(c.uid, geteuid());
+        assert_eq!(c.pid, std::process::id() as i32);
+        let f = File::open("/dev/null").unwrap();
+        assert!(peer_cred(&f).is_err(), "not a socket");
+    }
 
     #[test]
     fn eventfd_counts_and_does_not_block() {

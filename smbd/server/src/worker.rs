@@ -33,7 +33,8 @@
 
 use std::collections::VecDeque;
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -79,6 +80,8 @@ const K_TIMER: u64 = 5;
 const K_PROVIDE: u64 = 6;
 const K_FILE: u64 = 7;
 const K_CANCEL: u64 = 8;
+/// smbdirectd's hello (with the shared area's descriptor) is readable on a new connection.
+const K_HELLO: u64 = 9;
 
 /// Ring setup flags (experiment knob SMBD_RING: "defer", "coop" or "plain").
 ///
@@ -136,7 +139,7 @@ fn ud_gen(u: u64) -> u32 {
 
 struct Slot {
     gen: u32,
-    stream: TcpStream,
+    stream: Stream,
     conn: Conn,
     inbuf: Vec<u8>,
     outq: VecDeque<Vec<u8>>,
@@ -159,6 +162,56 @@ struct Slot {
     recv_paused: bool,
 }
 
+/// A listening socket the workers accept on.
+pub enum Listener {
+    /// Clients (port 445 and `--listen`).
+    Tcp(TcpListener),
+    /// smbdirectd (`[server] rdma_proxy_socket`): peers are checked by uid on accept.
+    RdmaProxy(UnixListener),
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Listener::Tcp(l) => l.as_fd(),
+            Listener::RdmaProxy(l) => l.as_fd(),
+        }
+    }
+}
+
+/// A connection's socket.
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn shutdown(&self, how: Shutdown) -> std::io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.shutdown(how),
+            Stream::Unix(s) => s.shutdown(how),
+        }
+    }
+}
+
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        }
+    }
+}
+
+impl AsRawFd for Stream {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
 /// A file READ/WRITE in the ring, owned here (not by the slot) so that its buffer outlives
 /// a connection that goes away before the completion arrives.
 struct InFlightIo {
@@ -179,7 +232,7 @@ pub enum WorkerError {
 pub struct Worker {
     idx: usize,
     shared: Arc<Shared>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Listener>,
     conn_ids: Arc<AtomicU64>,
     ring: IoUring,
     pool: Vec<u8>,
@@ -202,7 +255,7 @@ impl Worker {
     pub fn new(
         idx: usize,
         shared: Arc<Shared>,
-        listeners: Vec<TcpListener>,
+        listeners: Vec<Listener>,
         conn_ids: Arc<AtomicU64>,
     ) -> Result<Worker, WorkerError> {
         let ring = new_ring()?;
@@ -269,7 +322,7 @@ impl Worker {
     /// at the tail, so connections go round-robin over the workers. A multishot ACCEPT
     /// would stay at the head and send every connection to the same worker.
     fn arm_accept(&mut self, li: usize) -> Result<(), WorkerError> {
-        let fd = self.listeners[li].as_raw_fd();
+        let fd = self.listeners[li].as_fd().as_raw_fd();
         let e = if std::env::var_os("SMBD_ACCEPT_MULTI").is_some() {
             opcode::AcceptMulti::new(types::Fd(fd))
                 .flags(libc::SOCK_CLOEXEC)
@@ -358,6 +411,7 @@ impl Worker {
                 match ud_kind(u) {
                     K_ACCEPT => self.on_accept(ud_slot(u), res, fl, &mut touched)?,
                     K_RECV => self.on_recv(ud_slot(u), ud_gen(u), res, fl, &mut touched)?,
+                    K_HELLO => self.on_hello(ud_slot(u), ud_gen(u), res, &mut touched)?,
                     K_SEND => self.on_send(ud_slot(u), ud_gen(u), res, &mut touched),
                     K_FILE => self.on_file(ud_slot(u), res, &mut touched)?,
                     K_EVENT => {
@@ -420,17 +474,32 @@ impl Worker {
             tracing::debug!(res, "accept failed");
             return Ok(());
         }
-        // SAFETY: a successful ACCEPT returns a new descriptor that we exclusively own.
-        let stream = unsafe { TcpStream::from_raw_fd(res) };
-        let _ = stream.set_nodelay(true);
         let id = self.conn_ids.fetch_add(1, Ordering::Relaxed);
-        let mut conn = Conn::new(
-            id,
-            self.shared.clone(),
-            stream.local_addr().ok(),
-            stream.peer_addr().ok(),
-            Instant::now(),
-        );
+        let (stream, mut conn) = match self.listeners.get(li) {
+            Some(Listener::RdmaProxy(_)) => {
+                // SAFETY: a successful ACCEPT returns a new descriptor that we exclusively own.
+                let stream = unsafe { UnixStream::from_raw_fd(res) };
+                if !self.proxy_peer_allowed(&stream) {
+                    return Ok(());
+                }
+                let mut conn = Conn::new(id, self.shared.clone(), None, None, Instant::now());
+                conn.set_via_rdma_proxy();
+                (Stream::Unix(stream), conn)
+            }
+            _ => {
+                // SAFETY: a successful ACCEPT returns a new descriptor that we exclusively own.
+                let stream = unsafe { TcpStream::from_raw_fd(res) };
+                let _ = stream.set_nodelay(true);
+                let conn = Conn::new(
+                    id,
+                    self.shared.clone(),
+                    stream.local_addr().ok(),
+                    stream.peer_addr().ok(),
+                    Instant::now(),
+                );
+                (Stream::Tcp(stream), conn)
+            }
+        };
         conn.sync_fds();
         self.shared.register_conn(id, self.idx);
         tracing::debug!(conn = id, peer = ?conn.peer, worker = self.idx, "connection accepted");
@@ -460,9 +529,114 @@ impl Worker {
                 self.slots.len() - 1
             }
         };
-        self.arm_recv(idx)?;
+        if matches!(self.listeners.get(li), Some(Listener::RdmaProxy(_))) {
+            self.arm_hello(idx)?;
+        } else {
+            self.arm_recv(idx)?;
+        }
         touched.push(idx);
         Ok(())
+    }
+
+    /// Waits for smbdirectd's hello on a new proxy connection: it comes first, with the
+    /// shared area's descriptor (SCM_RIGHTS), which the multishot RECV could not take, so
+    /// it is read with recvmsg once the socket is readable. Counted as the armed RECV (so a
+    /// closing connection waits for it to end).
+    fn arm_hello(&mut self, slot: usize) -> Result<(), WorkerError> {
+        let Some(s) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
+            return Ok(());
+        };
+        s.recv_armed = true;
+        let e = opcode::PollAdd::new(types::Fd(s.stream.as_raw_fd()), libc::POLLIN as u32)
+            .build()
+            .user_data(ud(K_HELLO, slot, s.gen));
+        self.push(e)
+    }
+
+    /// smbdirectd's hello (`smb_proto::area_frame`, op Hello) is readable: maps the area it
+    /// brings, then starts reading the connection's frames. Anything else closes it.
+    fn on_hello(
+        &mut self,
+        slot: usize,
+        gen: u32,
+        res: i32,
+        touched: &mut Vec<usize>,
+    ) -> Result<(), WorkerError> {
+        use smb_proto::area_frame::{AreaFrame, Op, FRAME_LEN, KIND};
+        let Some(s) = self.slot_mut(slot, gen) else {
+            return Ok(());
+        };
+        touched.push(slot);
+        s.recv_armed = false;
+        if res < 0 || s.closing {
+            s.closing = true;
+            return Ok(());
+        }
+        let mut buf = [0u8; FRAME_LEN];
+        let refused = match crate::sys::recv_with_fd(&s.stream, &mut buf) {
+            Ok(None) => return self.arm_hello(slot),
+            Ok(Some((0, _))) => Some("closed before its hello".to_string()),
+            Ok(Some((n, fd))) => {
+                let hello = (n == FRAME_LEN && buf[0] == KIND)
+                    .then(|| AreaFrame::decode_body(&buf[netbios::HEADER_LEN..]).ok())
+                    .flatten()
+                    .filter(|f| {
+                        f.op == Op::Hello
+                            && PacketHeader::peek(&buf).is_some_and(|h| h.packet_len() == FRAME_LEN)
+                    });
+                match (hello, fd) {
+                    (None, _) => Some("its first frame is not a hello".into()),
+                    (Some(_), None) => None,
+                    (Some(_), Some(fd)) => s.conn.attach_rdma_area(fd).err().map(|e| e.to_string()),
+                }
+            }
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = refused {
+            tracing::warn!(
+                conn = s.conn.id,
+                why,
+                "smbdirectd connection refused at its hello"
+            );
+            s.closing = true;
+            return Ok(());
+        }
+        tracing::debug!(
+            conn = s.conn.id,
+            area = s.conn.rdma_area.is_some(),
+            "smbdirectd hello"
+        );
+        self.arm_recv(slot)
+    }
+
+    /// Whether the process at the other end of an `rdma_proxy_socket` connection may speak
+    /// for SMB Direct clients: its uid at connect(2) (SO_PEERCRED) is root's or one of
+    /// `rdma_proxy_uids`. A refused one is logged and counted; dropping it closes it.
+    fn proxy_peer_allowed(&self, stream: &UnixStream) -> bool {
+        let allowed = &self.shared.config.server.rdma_proxy_uids;
+        match crate::sys::peer_cred(stream) {
+            Ok(c) if c.uid == 0 || allowed.contains(&c.uid) => {
+                tracing::debug!(pid = c.pid, uid = c.uid, "rdma proxy connected");
+                true
+            }
+            Ok(c) => {
+                self.shared.metrics.rdma_proxy_refused.inc();
+                tracing::warn!(
+                    pid = c.pid,
+                    uid = c.uid,
+                    gid = c.gid,
+                    refused_total = self.shared.metrics.rdma_proxy_refused.get(),
+                    "rdma_proxy_socket: connection refused (uid is neither root nor in \
+                     rdma_proxy_uids)"
+                );
+                false
+            }
+            Err(e) => {
+                self.shared.metrics.rdma_proxy_refused.inc();
+                tracing::warn!(error = %e, "rdma_proxy_socket: no peer credentials; refused");
+                false
+            }
+        }
     }
 
     fn slot_mut(&mut self, slot: usize, gen: u32) -> Option<&mut Slot> {
@@ -615,6 +789,15 @@ impl Worker {
                         break;
                     }
                     s.conn.on_rdma_payload(&buf[payload]);
+                    pos += h.packet_len();
+                }
+                smb_proto::area_frame::KIND if s.conn.via_rdma_proxy => {
+                    if !whole {
+                        break;
+                    }
+                    s.conn.on_area_frame(&buf[payload]);
+                    let out = s.conn.take_output();
+                    Self::queue_out(s, out);
                     pos += h.packet_len();
                 }
                 kind::KEEPALIVE => {

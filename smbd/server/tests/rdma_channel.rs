@@ -1,5 +1,5 @@
 //! READ/WRITE with RDMA channels (MS-SMB2 2.2.19-2.2.21) on connections that came in through
-//! smbdirectd (`rdma_proxy_listen`): the WRITE's data arrives in a payload frame ahead of the
+//! smbdirectd (`rdma_proxy_socket`): the WRITE's data arrives in a payload frame ahead of the
 //! request, the READ's data leaves in a payload frame ahead of a response with DataLength 0
 //! and DataRemaining = the count. Other connections get INVALID_PARAMETER for RDMA channels.
 //! Driven in-process through `Conn::on_message` / `Conn::on_rdma_payload`, as the worker does.
@@ -22,7 +22,6 @@ use conn_harness::{
     body_create, body_negotiate, body_read, body_session_setup, body_tree_connect, cmd,
 };
 
-const PROXY: &str = "127.0.0.1:4455";
 const FILE_OVERWRITE_IF: u32 = 5;
 const NON_DIRECTORY: u32 = 0x40;
 const CHANNEL_RDMA_V1: u32 = 1;
@@ -33,13 +32,8 @@ fn shared(share: std::path::PathBuf) -> Arc<Shared> {
         lockmgr_engine::Config::default(),
         Arc::new(std::sync::atomic::AtomicU64::new(1)),
     );
-    conn_harness::shared_with_config(
-        share,
-        Box::new(locks),
-        smbd::clock::WallClock::System,
-        &format!("rdma_proxy_listen = [\"{PROXY}\"]"),
-    )
-    .expect("shared")
+    conn_harness::shared_with_config(share, Box::new(locks), smbd::clock::WallClock::System, "")
+        .expect("shared")
 }
 
 /// One connection, logged on anonymously with the share connected.
@@ -56,10 +50,16 @@ fn frames(conn: &mut Conn) -> Vec<Vec<u8>> {
 }
 
 impl Client {
-    fn new(shared: &Arc<Shared>, id: u64, local: Option<SocketAddr>) -> Client {
+    /// `proxy`: accepted on `rdma_proxy_socket` from an allowed peer (as the worker marks it).
+    fn new(shared: &Arc<Shared>, id: u64, proxy: bool) -> Client {
         shared.register_conn(id, 0);
+        let local: Option<SocketAddr> = Some("127.0.0.1:445".parse().expect("addr"));
+        let mut conn = Conn::new(id, shared.clone(), local, None, Instant::now());
+        if proxy {
+            conn.set_via_rdma_proxy();
+        }
         let mut c = Client {
-            conn: Conn::new(id, shared.clone(), local, None, Instant::now()),
+            conn,
             mid: 0,
             sid: 0,
             tid: 0,
@@ -158,7 +158,7 @@ fn rdma_write_takes_the_payload_and_rdma_read_sends_one() {
     std::fs::create_dir(&share).expect("share");
     let share = share.canonicalize().expect("canonical");
     let shared = shared(share.clone());
-    let mut c = Client::new(&shared, 1, Some(PROXY.parse().expect("addr")));
+    let mut c = Client::new(&shared, 1, true);
     let f = c.create("rdma.bin");
     // Below the size the worker hands to its io_uring (64 KiB), so the WRITE completes here;
     // an RDMA-channel READ is always read in place.
@@ -211,7 +211,7 @@ fn rdma_channels_are_refused_elsewhere_and_without_payload() {
     let shared = shared(share.canonicalize().expect("canonical"));
 
     // A connection that did not come through smbdirectd.
-    let mut tcp = Client::new(&shared, 1, Some("127.0.0.1:445".parse().expect("addr")));
+    let mut tcp = Client::new(&shared, 1, false);
     let f = tcp.create("a.bin");
     let (h, _) = tcp.call(cmd::WRITE, body_write_rdma(f, 0, 10, CHANNEL_RDMA_V1));
     assert_eq!(h.status, status::INVALID_PARAMETER);
@@ -222,7 +222,7 @@ fn rdma_channels_are_refused_elsewhere_and_without_payload() {
     assert_eq!(h.status, status::END_OF_FILE);
 
     // Through smbdirectd, but no payload, or one of the wrong length or MessageId.
-    let mut sd = Client::new(&shared, 2, Some(PROXY.parse().expect("addr")));
+    let mut sd = Client::new(&shared, 2, true);
     let f = sd.create("b.bin");
     let (h, _) = sd.call(cmd::WRITE, body_write_rdma(f, 0, 10, CHANNEL_RDMA_V1));
     assert_eq!(h.status, status::INVALID_PARAMETER, "no payload");
@@ -243,14 +243,218 @@ fn payload_frames_are_bounded_and_refused_off_the_proxy() {
     let share = dir.path().join("share");
     std::fs::create_dir(&share).expect("share");
     let shared = shared(share.canonicalize().expect("canonical"));
-    let mut tcp = Client::new(&shared, 1, None);
+    let mut tcp = Client::new(&shared, 1, false);
     tcp.conn.on_rdma_payload(&payload_body(1, b"x"));
     assert!(tcp.conn.closed, "payload frame on a non-proxy connection");
-    let mut sd = Client::new(&shared, 2, Some(PROXY.parse().expect("addr")));
+    let mut sd = Client::new(&shared, 2, true);
     for i in 0..8 {
         sd.conn.on_rdma_payload(&payload_body(100 + i, b"x"));
     }
     assert!(!sd.conn.closed);
     sd.conn.on_rdma_payload(&payload_body(200, b"x"));
     assert!(sd.conn.closed, "more payloads held than a compound can use");
+}
+
+// ---- the shared area (smb_proto::area_frame, smbd::rdma_area) ------------------------------
+
+use smb_proto::area_frame::{AreaFrame, Op};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+
+const AREA: u64 = 1 << 20;
+
+/// A sealed memfd of `len` bytes, as smbdirectd makes its area (`seal`: F_SEAL_SHRINK).
+fn memfd(len: u64, seal: bool) -> std::fs::File {
+    // SAFETY: a NUL-terminated name and valid flags; the descriptor is fresh and ours.
+    #[allow(unsafe_code)]
+    let f = unsafe {
+        let fd = libc::memfd_create(
+            c"test-area".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        );
+        assert!(fd >= 0, "memfd_create");
+        std::fs::File::from(OwnedFd::from_raw_fd(fd))
+    };
+    f.set_len(len).expect("size");
+    if seal {
+        use std::os::fd::AsRawFd;
+        // SAFETY: fcntl on our descriptor.
+        #[allow(unsafe_code)]
+        let r = unsafe {
+            libc::fcntl(
+                f.as_raw_fd(),
+                libc::F_ADD_SEALS,
+                libc::F_SEAL_SHRINK | libc::F_SEAL_GROW,
+            )
+        };
+        assert_eq!(r, 0, "seal");
+    }
+    f
+}
+
+fn attach(c: &mut Client, area: &std::fs::File) {
+    c.conn
+        .attach_rdma_area(OwnedFd::from(area.try_clone().expect("dup")))
+        .expect("attach");
+}
+
+fn area_body(op: Op, message_id: u64, offset: u64, length: u32) -> Vec<u8> {
+    AreaFrame {
+        op,
+        message_id,
+        offset,
+        length,
+    }
+    .encode()[4..]
+        .to_vec()
+}
+
+fn area_frame_of(frame: &[u8]) -> AreaFrame {
+    assert_eq!(frame[0], smb_proto::area_frame::KIND, "an area frame");
+    AreaFrame::decode_body(&frame[4..]).expect("area frame")
+}
+
+#[test]
+fn rdma_write_and_read_through_the_shared_area() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let share = dir.path().join("share");
+    std::fs::create_dir(&share).expect("share");
+    let share = share.canonicalize().expect("canonical");
+    let shared = shared(share.clone());
+    let area = memfd(AREA, true);
+    let mut c = Client::new(&shared, 1, true);
+    attach(&mut c, &area);
+    let f = c.create("area.bin");
+    let data: Vec<u8> = (0..60_000u32).map(|i| (i * 13 % 251) as u8).collect();
+
+    // WRITE: smbdirectd put the data at 4096 and names it; smbd copies it out and gives the
+    // range back before the request is even processed.
+    area.write_all_at(&data, 4096).expect("fill");
+    c.conn
+        .on_area_frame(&area_body(Op::Write, c.mid, 4096, data.len() as u32));
+    let out = frames(&mut c.conn);
+    assert_eq!(out.len(), 1);
+    let rel = area_frame_of(&out[0]);
+    assert_eq!((rel.op, rel.offset), (Op::Release, 4096));
+    c.send(
+        cmd::WRITE,
+        body_write_rdma(f, 0, data.len() as u32, CHANNEL_RDMA_V1),
+    );
+    let out = frames(&mut c.conn);
+    assert_eq!(
+        status_of(&out[0]),
+        status::SUCCESS,
+        "RDMA WRITE from the area"
+    );
+    assert_eq!(std::fs::read(share.join("area.bin")).expect("file"), data);
+
+    // READ: a grant at 65536, the file read straight into it, its descriptor back.
+    c.conn
+        .on_area_frame(&area_body(Op::Grant, c.mid, 65536, 1 << 16));
+    assert!(frames(&mut c.conn).is_empty(), "a grant is only held");
+    let mid = c.send(cmd::READ, body_read_rdma(f, 1000, 50_000, CHANNEL_RDMA_V1));
+    let out = frames(&mut c.conn);
+    assert_eq!(out.len(), 2, "area frame and response");
+    assert_eq!(
+        area_frame_of(&out[0]),
+        AreaFrame {
+            op: Op::Read,
+            message_id: mid,
+            offset: 65536,
+            length: 50_000
+        }
+    );
+    let mut got = vec![0u8; 50_000];
+    area.read_exact_at(&mut got, 65536).expect("area");
+    assert!(got == data[1000..51_000], "READ data in the granted slot");
+    let resp = &out[1][4..];
+    assert_eq!(status_of(&out[1]), status::SUCCESS);
+    assert_eq!(u32_at(resp, 64 + 4), 0, "DataLength");
+    assert_eq!(u32_at(resp, 64 + 8), 50_000, "DataRemaining");
+
+    // A READ that fails gives its grant back (Release), and the slot may be granted again.
+    c.conn
+        .on_area_frame(&area_body(Op::Grant, c.mid, 65536, 1 << 16));
+    c.send(cmd::READ, body_read_rdma((9, 9), 0, 10, CHANNEL_RDMA_V1));
+    let out = frames(&mut c.conn);
+    assert_eq!(area_frame_of(&out[1]).op, Op::Release, "{out:?}");
+    assert_eq!(status_of(&out[0]), status::FILE_CLOSED);
+    c.conn
+        .on_area_frame(&area_body(Op::Grant, c.mid, 65536, 1 << 16));
+    assert!(!c.conn.closed);
+}
+
+/// Every descriptor smbd receives is checked before anything of the area is touched: outside
+/// the area, inside another connection's range, overlapping one the connection holds already,
+/// on a connection without an area, an op smbdirectd does not send, an unsealed memfd.
+#[test]
+fn bad_area_descriptors_close_the_connection() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let share = dir.path().join("share");
+    std::fs::create_dir(&share).expect("share");
+    let shared = shared(share.canonicalize().expect("canonical"));
+    let area = memfd(AREA, true);
+    let proxy = |id: u64| {
+        let mut c = Client::new(&shared, id, true);
+        attach(&mut c, &area);
+        c
+    };
+
+    let mut c = proxy(1);
+    c.conn
+        .on_area_frame(&area_body(Op::Write, 1, AREA - 10, 100));
+    assert!(c.conn.closed, "out of range");
+    let mut c = proxy(2);
+    c.conn
+        .on_area_frame(&area_body(Op::Grant, 1, u64::MAX - 5, 100));
+    assert!(c.conn.closed, "offset overflow");
+    let mut c = proxy(3);
+    c.conn.on_area_frame(&area_body(Op::Grant, 1, 0, 0));
+    assert!(c.conn.closed, "empty range");
+
+    let mut holder = proxy(4);
+    holder.conn.on_area_frame(&area_body(Op::Grant, 7, 0, 4096));
+    assert!(!holder.conn.closed);
+    let mut other = proxy(5);
+    other
+        .conn
+        .on_area_frame(&area_body(Op::Write, 7, 4000, 200));
+    assert!(other.conn.closed, "another connection's slot");
+    let mut other = proxy(6);
+    other.conn.on_area_frame(&area_body(Op::Grant, 8, 0, 10));
+    assert!(other.conn.closed, "another connection's slot (grant)");
+
+    holder.conn.on_area_frame(&area_body(Op::Grant, 9, 100, 10));
+    assert!(holder.conn.closed, "double use of its own slot");
+
+    let mut plain = Client::new(&shared, 7, true);
+    plain.conn.on_area_frame(&area_body(Op::Write, 1, 0, 10));
+    assert!(plain.conn.closed, "no area was passed");
+    let mut c = proxy(8);
+    c.conn.on_area_frame(&area_body(Op::Read, 1, 8192, 10));
+    assert!(c.conn.closed, "Read comes from smbd, not to it");
+    let mut c = proxy(9);
+    let mut bad = area_body(Op::Grant, 1, 8192, 10);
+    bad[1] = 1;
+    c.conn.on_area_frame(&bad);
+    assert!(c.conn.closed, "reserved bytes");
+
+    // The dead holder's ranges are free again.
+    holder.conn.shutdown(Instant::now());
+    drop(holder);
+    let mut c = proxy(10);
+    c.conn.on_area_frame(&area_body(Op::Grant, 1, 0, 4096));
+    assert!(!c.conn.closed, "freed with its connection");
+
+    let mut c = Client::new(&shared, 11, true);
+    let err = c
+        .conn
+        .attach_rdma_area(OwnedFd::from(memfd(AREA, false)))
+        .expect_err("unsealed");
+    assert!(err.to_string().contains("sealed"), "{err}");
+    let mut tcp = Client::new(&shared, 12, false);
+    assert!(tcp
+        .conn
+        .attach_rdma_area(OwnedFd::from(memfd(AREA, true)))
+        .is_err());
 }

@@ -46,6 +46,9 @@ impl Conn {
                 self.closed = true;
             }
         }
+        if self.rdma_area.is_some() {
+            self.release_unused_grants(msg);
+        }
     }
 
     /// `sealed`: the SessionId of the TRANSFORM_HEADER the chain was decrypted from.

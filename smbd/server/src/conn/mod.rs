@@ -101,11 +101,18 @@ pub struct Conn {
     pub(crate) create_raced: bool,
     /// Resource-limit bookkeeping (`crate::limits`).
     pub(crate) limits: limits::ConnLimits,
-    /// The connection came in through smbdirectd (`rdma_proxy_listen`): READ/WRITE may use
+    /// The connection came in through smbdirectd (`rdma_proxy_socket`): READ/WRITE may use
     /// RDMA channels.
     pub(crate) via_rdma_proxy: bool,
     /// RDMA-channel WRITE data smbdirectd sent ahead of its request: (MessageId, data).
     pub(crate) rdma_payloads: Vec<(u64, Vec<u8>)>,
+    /// The memory area smbdirectd shares for RDMA-channel payloads, when its hello passed
+    /// one (`crate::rdma_area`): WRITE data arrives there and READ data goes there.
+    pub(crate) rdma_area: Option<crate::rdma_area::AreaHandle>,
+    /// Payload bytes that arrived or left inline (payload frames on the stream) and through
+    /// the shared area, for the log line at the connection's end.
+    pub(crate) rdma_inline_bytes: u64,
+    pub(crate) rdma_area_bytes: u64,
 }
 
 /// Payload frames held for WRITEs not processed yet (a compound has one per RDMA WRITE).
@@ -159,15 +166,17 @@ impl Conn {
             limits: Default::default(),
             via_rdma_proxy: false,
             rdma_payloads: Vec::new(),
+            rdma_area: None,
+            rdma_inline_bytes: 0,
+            rdma_area_bytes: 0,
         }
-        .with_proxy_flag()
     }
 
-    fn with_proxy_flag(mut self) -> Conn {
-        self.via_rdma_proxy = self
-            .local
-            .is_some_and(|l| self.shared.config.server.rdma_proxy_listen.contains(&l));
-        self
+    /// Marks a connection accepted on `rdma_proxy_socket` from an allowed peer (the worker
+    /// checked its credentials): smbdirectd speaks on it for an SMB Direct client, so its
+    /// READ/WRITE requests may use RDMA channels and it may send payload frames.
+    pub fn set_via_rdma_proxy(&mut self) {
+        self.via_rdma_proxy = true;
     }
 
     /// A payload frame's body from smbdirectd (only on `via_rdma_proxy` connections; the
@@ -180,6 +189,7 @@ impl Conn {
         } else {
             match payload_frame::decode_body(body) {
                 Ok((id, data)) => {
+                    self.rdma_inline_bytes += data.len() as u64;
                     self.rdma_payloads.push((id, data.to_vec()));
                     return;
                 }
@@ -190,6 +200,116 @@ impl Conn {
             conn = self.id,
             refused,
             "unexpected RDMA payload frame; disconnecting"
+        );
+        self.closed = true;
+    }
+
+    /// Maps the area smbdirectd passed with the hello of this connection (only on
+    /// `via_rdma_proxy` connections).
+    pub fn attach_rdma_area(
+        &mut self,
+        fd: std::os::fd::OwnedFd,
+    ) -> Result<(), crate::rdma_area::AreaError> {
+        if !self.via_rdma_proxy {
+            return Err(crate::rdma_area::AreaError::NoArea);
+        }
+        self.rdma_area = Some(crate::rdma_area::attach(fd, self.id)?);
+        Ok(())
+    }
+
+    /// An area frame from smbdirectd (`smb_proto::area_frame`): a WRITE's data in the area
+    /// (copied out at once and the range given back with `Release`) or a READ's grant (held
+    /// until the READ uses or releases it). Every range is checked (`crate::rdma_area`): a bad
+    /// one closes the connection, and nothing of the area is touched.
+    pub fn on_area_frame(&mut self, body: &[u8]) {
+        use smb_proto::area_frame::{AreaFrame, Op};
+        let f = match AreaFrame::decode_body(body) {
+            Ok(f) => f,
+            Err(e) => return self.area_refused(&e.to_string()),
+        };
+        let Some(area) = self.rdma_area.as_ref().filter(|_| self.via_rdma_proxy) else {
+            return self.area_refused(&crate::rdma_area::AreaError::NoArea.to_string());
+        };
+        match f.op {
+            Op::Write => {
+                if self.rdma_payloads.len() >= MAX_RDMA_PAYLOADS {
+                    return self.area_refused("too many payloads held");
+                }
+                let data = area
+                    .hold(f.message_id, f.offset, f.length)
+                    .map_err(|e| e.to_string())
+                    .and_then(|h| {
+                        let d = area
+                            .map()
+                            .copy_out(h.offset as usize, h.length as usize)
+                            .map_err(|e| e.to_string());
+                        let _ = area.release(h.offset);
+                        d
+                    });
+                match data {
+                    Ok(d) => {
+                        self.rdma_area_bytes += d.len() as u64;
+                        self.rdma_payloads.push((f.message_id, d));
+                        let release = AreaFrame {
+                            op: Op::Release,
+                            ..f
+                        };
+                        self.push_out(release.encode().to_vec());
+                    }
+                    Err(e) => self.area_refused(&e),
+                }
+            }
+            Op::Grant => {
+                if let Err(e) = area.hold(f.message_id, f.offset, f.length) {
+                    self.area_refused(&e.to_string());
+                }
+            }
+            Op::Hello | Op::Read | Op::Release => {
+                self.area_refused("an area frame smbdirectd does not send")
+            }
+        }
+    }
+
+    /// Gives back the area grants of a message's READs that did not use them (the request
+    /// failed before reading, or was no RDMA-channel READ after all): smbdirectd frees a slot
+    /// only when smbd says so.
+    fn release_unused_grants(&mut self, msg: &[u8]) {
+        let Ok(parts) = smb_proto::split_compound(msg) else {
+            return;
+        };
+        for p in parts {
+            let Some(id) = p.get(24..32).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
+                continue;
+            };
+            let mid = u64::from_le_bytes(id);
+            self.release_grant(mid);
+        }
+    }
+
+    /// Releases this connection's grant for `mid`, if it still holds one, and tells
+    /// smbdirectd.
+    pub(crate) fn release_grant(&mut self, mid: u64) {
+        use smb_proto::area_frame::{AreaFrame, Op};
+        let Some(area) = self.rdma_area.as_ref() else {
+            return;
+        };
+        if let Some(h) = area.find(mid) {
+            let _ = area.release(h.offset);
+            let f = AreaFrame {
+                op: Op::Release,
+                message_id: mid,
+                offset: h.offset,
+                length: h.length,
+            };
+            self.push_out(f.encode().to_vec());
+        }
+    }
+
+    fn area_refused(&mut self, why: &str) {
+        tracing::warn!(
+            conn = self.id,
+            refused = why,
+            "bad area frame from smbdirectd; disconnecting"
         );
         self.closed = true;
     }
@@ -344,6 +464,17 @@ impl Conn {
         }
         self.leave_bound_sessions();
         self.shared.unregister_conn(self.id);
+        if self.via_rdma_proxy {
+            tracing::info!(
+                conn = self.id,
+                area = self.rdma_area.is_some(),
+                area_payload_bytes = self.rdma_area_bytes,
+                socket_payload_bytes = self.rdma_inline_bytes,
+                "smbdirectd connection ended"
+            );
+        }
+        // Its ranges of the shared area are free for smbdirectd's other connections.
+        self.rdma_area = None;
     }
 
     /// This connection stops being a channel of the sessions it was bound to.

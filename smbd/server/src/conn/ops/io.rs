@@ -180,6 +180,65 @@ impl Conn {
                 enc: None,
             }));
         }
+        // smbdirectd's shared area: the data is read straight into the slot it granted for
+        // this READ, and only the slot's descriptor goes back on the stream.
+        let grant = match (&self.rdma_area, rdma) {
+            (Some(a), true) => a.find(hdr.message_id),
+            _ => None,
+        };
+        if let Some(g) = grant {
+            if r.length > g.length {
+                // smbdirectd grants MaxReadWriteSize, which bounds every READ: not reached
+                // with a working proxy.
+                tracing::warn!(
+                    conn = self.id,
+                    len = r.length,
+                    grant = g.length,
+                    "READ larger than its area grant"
+                );
+                return err(status::INVALID_PARAMETER);
+            }
+            let Some(area) = self.rdma_area.as_ref() else {
+                return err(status::INTERNAL_ERROR);
+            };
+            let mut n = 0usize;
+            while n < r.length as usize {
+                match area.map().pread_into(
+                    f,
+                    r.offset.saturating_add(n as u64),
+                    g.offset as usize + n,
+                    r.length as usize - n,
+                ) {
+                    Ok(0) => break,
+                    Ok(k) => n += k,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) => return err(io_status(&e)),
+                }
+            }
+            if (n == 0 && r.length > 0) || (n as u32) < r.minimum_count {
+                return err(status::END_OF_FILE);
+            }
+            let _ = area.release(g.offset);
+            if let Some(o) = self.opens.get_mut(&v) {
+                o.position = r.offset + n as u64;
+            }
+            self.rdma_area_bytes += n as u64;
+            let back = smb_proto::area_frame::AreaFrame {
+                op: smb_proto::area_frame::Op::Read,
+                message_id: hdr.message_id,
+                offset: g.offset,
+                length: n as u32,
+            };
+            self.push_out(back.encode().to_vec());
+            return Outcome::Reply(
+                status::SUCCESS,
+                Response::Read {
+                    data: Vec::new(),
+                    data_remaining: n as u32,
+                    padding: self.read_body_padding,
+                },
+            );
+        }
         // An RDMA READ's data is read behind the room for its payload frame's header.
         let head = if rdma { payload_frame::HEADER_LEN } else { 0 };
         let mut buf = vec![0u8; head + r.length as usize];
@@ -203,6 +262,7 @@ impl Conn {
             // smbdirectd RDMA-WRITEs the payload into the client's buffers before it sends
             // the response, which carries DataLength 0 and the count sent on the channel in
             // DataRemaining (MS-SMB2 2.2.20).
+            self.rdma_inline_bytes += n as u64;
             if let Err(e) = payload_frame::write_header(&mut buf, hdr.message_id) {
                 // Not reached: max_io() keeps READs far below a frame's 16 MiB.
                 tracing::warn!(conn = self.id, "RDMA READ payload: {e}");
