@@ -3,7 +3,7 @@
 
 usage: cluster_client.py HOST[,HOST2] PORT1 PORT2 USER PASSWORD SCENARIO
 SCENARIO: sharemode | brl | blocking | oplock | lease | doc | kill | lmrestart | lmfailover | rename
-          | leaseh | streams | links | notify | notifytree
+          | leaseh | streams | links | notify | notifytree | dotdot
 Prints "PASS SCENARIO" and exits 0 when the cluster behaved; any mismatch raises (exit 1).
 `kill` prints "KILL-NODE2" once node 2's client holds its lock and node 1's client waits,
 then reads one line from stdin (the harness has SIGKILLed node 2's smbd) and expects node 1's
@@ -647,9 +647,54 @@ def notifytree(c1, c2):
     flat.close()
 
 
+OBJECT_PATH_SYNTAX_BAD = 0xC000003B
+
+
+def dotdot(c1, c2):
+    """Issue 12 (smbtorture smb2.notify.tree, smb2.mkdir): a `..` component of a CREATE or
+    rename name takes back the component before it, by name alone, as Windows and Samba do;
+    a name whose `..` would climb above the share root is refused with
+    OBJECT_PATH_SYNTAX_BAD. The harness puts `outside.txt` next to the share directory and
+    checks afterwards that no `escaped*` name appeared there."""
+    all_share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
+    c1.open("dotdot", access=A.FILE_READ_DATA | A.FILE_READ_ATTRIBUTES, share=all_share,
+            disposition=CreateDisposition.FILE_OPEN_IF, is_dir=True).close()
+    c1.open("dotdot\\x.txt", share=all_share, disposition=CreateDisposition.FILE_OPEN_IF).close()
+    # BASEDIR\zqy\.. is BASEDIR, whether or not zqy exists.
+    d = c2.open("dotdot\\zqy\\..", access=A.FILE_READ_DATA | A.FILE_READ_ATTRIBUTES,
+                share=all_share, disposition=CreateDisposition.FILE_OPEN_IF, is_dir=True)
+    d.close()
+    c2.open("dotdot\\missing\\..\\x.txt", access=A.GENERIC_READ, share=all_share,
+            disposition=CreateDisposition.FILE_OPEN).close()
+    # A file made through `..` lands where the name says: the share root.
+    c2.open("dotdot\\..\\dotdot-root.txt", share=all_share,
+            disposition=CreateDisposition.FILE_CREATE).close()
+    c1.open("dotdot-root.txt", access=A.GENERIC_READ | A.DELETE, share=all_share,
+            disposition=CreateDisposition.FILE_OPEN,
+            options=CreateOptions.FILE_DELETE_ON_CLOSE).close()
+    # Above the share root: refused, for an existing name outside and for a new one.
+    for name in ("..", "..\\outside.txt", "dotdot\\..\\..\\outside.txt",
+                 "dotdot\\x.txt\\..\\..\\..\\outside.txt", "..\\escaped.txt",
+                 "dotdot\\..\\..\\escaped.txt"):
+        for disp in (CreateDisposition.FILE_OPEN, CreateDisposition.FILE_OPEN_IF):
+            expect_status(OBJECT_PATH_SYNTAX_BAD, c2.open, name, access=A.GENERIC_READ,
+                          share=all_share, disposition=disp)
+    expect_status(OBJECT_PATH_SYNTAX_BAD, c2.open, "dotdot\\..\\..", access=A.GENERIC_READ,
+                  share=all_share, disposition=CreateDisposition.FILE_OPEN_IF, is_dir=True)
+    # A rename target is the same kind of name.
+    f = c1.open("dotdot\\x.txt", access=A.GENERIC_READ | A.DELETE, share=all_share,
+                disposition=CreateDisposition.FILE_OPEN)
+    for target in ("..\\escaped2.txt", "dotdot\\..\\..\\escaped3.txt"):
+        expect_status(OBJECT_PATH_SYNTAX_BAD, c1.rename, f, target)
+    c1.rename(f, "dotdot\\zqy\\..\\y.txt")
+    f.close()
+    c2.open("dotdot\\y.txt", access=A.GENERIC_READ, share=all_share,
+            disposition=CreateDisposition.FILE_OPEN).close()
+
+
 SCENARIOS = {f.__name__: f for f in (sharemode, brl, iogrant, blocking, oplock, lease, doc, kill,
                                      lmrestart, lmfailover, rename, leaseh, streams, links,
-                                     notify, notifytree)}
+                                     notify, notifytree, dotdot)}
 
 
 def main():

@@ -64,10 +64,13 @@ impl Conn {
                 }
                 // A path through a DFS link is not here: STATUS_PATH_NOT_COVERED makes the
                 // client ask for the link's referral (MS-DFSC 3.1.5.1).
+                // The name as the file service will resolve it (`..` taken back), so that
+                // `x\..\link\f` reaches the link and `link\..\f` does not.
                 let base = c.name.split(':').next().unwrap_or("");
-                let comps: Vec<&str> = base.split('\\').filter(|p| !p.is_empty()).collect();
-                if crate::dfs::link_for(sh, &comps).is_some() {
-                    return err(status::PATH_NOT_COVERED);
+                if let Ok(comps) = fs::split_smb_path(base.trim_start_matches('\\')) {
+                    if crate::dfs::link_for(sh, &comps).is_some() {
+                        return err(status::PATH_NOT_COVERED);
+                    }
                 }
             }
         }
