@@ -568,6 +568,45 @@ impl Shared {
         }
     }
 
+    /// The sharing check of an open of `req.file` (MS-FSA 2.1.5.1.2) against every open of
+    /// it on every node, without keeping the open: granted, it is closed again at once. An
+    /// open that would have to wait for a break (a directory lease's handle caching in the
+    /// way of a share-mode conflict) is cancelled and counts as the conflict it is.
+    pub fn share_check_open(
+        &self,
+        conn: u64,
+        req: crate::locking::OpenRequest,
+    ) -> Result<(), crate::locking::Status> {
+        use crate::locking::Status;
+        let id = self.fresh_internal_id();
+        match self.lock_request(conn, id, Request::Open(req)) {
+            Reply::Opened { open, .. } | Reply::OpenedIo { open, .. } => {
+                match self.lock_request(conn, 0, Request::Close { open }) {
+                    Reply::Closed { .. } | Reply::Done(Status::Success) => {}
+                    other => tracing::warn!(?other, "closing a share-check open"),
+                }
+                Ok(())
+            }
+            Reply::Pending => {
+                // A grant that overtakes the cancel reaches the connection as a completion
+                // nobody waits for, which gives the open back (conn/ops/oplock.rs).
+                self.lock_request(
+                    conn,
+                    0,
+                    Request::Cancel {
+                        request: crate::locking::RequestId(id),
+                    },
+                );
+                Err(Status::SharingViolation)
+            }
+            Reply::Done(st) => Err(st),
+            other => {
+                tracing::warn!(?other, "unexpected answer to a share-check open");
+                Err(Status::Unsuccessful)
+            }
+        }
+    }
+
     /// Fire lock-service timers (break timeouts).
     pub fn lock_tick(&self) {
         self.locks.tick();

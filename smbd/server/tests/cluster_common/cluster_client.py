@@ -466,18 +466,31 @@ REQUEST_NOT_ACCEPTED = 0xC00000D0
 
 
 def rename(c1, c2):
-    """Rename conflicts are cluster wide: node 2's open of the parent directory that does not
-    share delete, and node 2's open of the replaced target, both stop node 1's rename."""
+    """Rename conflicts are cluster wide. A rename opens the new name's directory asking to
+    add a child and sharing read and write (Windows' I/O manager; conn/ops/info.rs): node 2's
+    open of that directory that does not share write, or that holds DELETE access, stops
+    node 1's rename; one that shares read and write without DELETE does not (smbtorture
+    smb2.notify.mask-change). Node 2's open of the replaced target stops it too."""
     dirname = "rendir-%d" % int(time.time() * 1000)
     # FILE_READ_DATA is FILE_LIST_DIRECTORY on a directory.
     d = c2.open(dirname, access=A.FILE_READ_DATA | A.FILE_READ_ATTRIBUTES,
-                share=ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE,
+                share=ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_DELETE,
                 disposition=CreateDisposition.FILE_CREATE, is_dir=True)
     f = c1.open(dirname + "\\a.txt", access=A.GENERIC_READ | A.GENERIC_WRITE | A.DELETE,
                 share=ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_DELETE)
     expect_status(SHARING_VIOLATION, c1.rename, f, dirname + "\\b.txt")
     d.close()
+    all_share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
+    d = c2.open(dirname, access=A.FILE_READ_DATA | A.FILE_READ_ATTRIBUTES | A.DELETE,
+                share=all_share, disposition=CreateDisposition.FILE_OPEN, is_dir=True)
+    expect_status(SHARING_VIOLATION, c1.rename, f, dirname + "\\b.txt")
+    d.close()
+    # Sharing read and write without DELETE access: no conflict, on either node.
+    d = c2.open(dirname, access=A.FILE_READ_DATA | A.FILE_READ_ATTRIBUTES,
+                share=ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE,
+                disposition=CreateDisposition.FILE_OPEN, is_dir=True)
     c1.rename(f, dirname + "\\b.txt")
+    d.close()
     target = c2.open("ren-target.txt", access=A.GENERIC_READ,
                      share=ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE |
                      ShareAccess.FILE_SHARE_DELETE)

@@ -705,18 +705,6 @@ impl Conn {
         {
             return status::ACCESS_DENIED;
         }
-        // An open of the parent directory with DELETE access blocks renames of its children
-        // (Windows and Samba; smbtorture oplock.batch19/20, exclusive6). Only this
-        // connection's opens are visible here.
-        if let Some(parent) = o.abs.parent() {
-            if self
-                .opens
-                .values()
-                .any(|x| x.is_dir && x.abs == parent && x.access & DELETE != 0)
-            {
-                return status::SHARING_VIOLATION;
-            }
-        }
         let old = o.abs.clone();
         let is_dir = o.is_dir;
         // The same checks against every open in the cluster: the lock service counts them.
@@ -728,16 +716,39 @@ impl Conn {
                 .map(|m| locking::FileId(fs::stable_file_id(fs_id, m.ino(), "")))
         };
         let usage = |file| self.shared.file_usage(self.id, file, None);
-        // An open of the parent directory that does not share delete, or that holds DELETE
-        // access, blocks renames of its children (Windows behaviour: smbtorture smb2.rename,
-        // oplock.batch19/20).
-        if let Some(pid) = o.abs.parent().and_then(file_id_of) {
-            match usage(pid) {
-                Ok(u) if u.deny_delete > 0 || u.delete_access > 0 => {
-                    return status::SHARING_VIOLATION
-                }
-                Ok(_) => {}
-                Err(st) => return engine_status(st),
+        // Windows opens the parent directory of the new name before it renames ("Set File
+        // Information processing" in the WDK: for FileRenameInformation the I/O manager opens
+        // the target's parent to check that the caller may add a child there): asking
+        // FILE_ADD_FILE (FILE_ADD_SUBDIRECTORY for a directory) and sharing read and write,
+        // not delete. So an open of that directory, on any connection or node, that holds
+        // DELETE access or does not share write makes the rename fail with
+        // SHARING_VIOLATION (smbtorture smb2.rename share_delete_and_delete_access,
+        // no_share_delete_*, oplock.batch19/20, oplock.exclusive6), and one that shares
+        // read and write without DELETE does not (smb2.notify.mask-change and rec rename
+        // in a directory another connection holds with FILE_SHARE_READ|WRITE). It is not an
+        // MS-FSA 2.1.5.14.11 rule but the open's share-mode check (2.1.5.1.2), so the lock
+        // service does exactly that: an open of the directory, given back at once.
+        if let Some(dir) = target.abs.parent().and_then(file_id_of) {
+            let add_child = if is_dir {
+                locking::access_bits::FILE_APPEND_DATA
+            } else {
+                locking::access_bits::FILE_WRITE_DATA
+            };
+            let probe = locking::OpenRequest {
+                file: dir,
+                access: add_child | locking::access_bits::SYNCHRONIZE,
+                share: locking::share_bits::READ | locking::share_bits::WRITE,
+                delete_on_close: false,
+                directory: true,
+                overwrite: false,
+                client_guid: self.client_guid(),
+                oplock: locking::OplockRequest::None,
+                stream_base: None,
+                link: 0,
+                io_grant: false,
+            };
+            if let Err(st) = self.shared.share_check_open(self.id, probe) {
+                return engine_status(st);
             }
         }
         // A replaced target must not be open anywhere (MS-FSA 2.1.5.14.11).
