@@ -46,3 +46,4 @@ pub mod sys;
 pub mod witness;
 #[allow(unsafe_code)]
 mod worker;
+mod write_time;

@@ -130,6 +130,11 @@ pub enum Event {
     DurableWaitOver {
         persistent: u64,
     },
+    /// The delayed LastWriteTime update of the open `volatile` of this connection may be due
+    /// ([`Shared::arm_write_time`], crate::write_time).
+    WriteTimeDue {
+        volatile: u64,
+    },
     /// The operator view asks every connection for its sessions, opens and locks
     /// (crate::smbstatus).
     Status(std::sync::mpsc::Sender<crate::smbstatus::ConnStatus>),
@@ -233,6 +238,8 @@ pub struct Shared {
     /// Durable reconnects waiting for the connection that still holds their open to let it
     /// go ([`Shared::wait_for_durable`]).
     durable_waits: Mutex<Vec<DurableWait>>,
+    /// Delayed LastWriteTime updates (deadline, connection, open), crate::write_time.
+    write_time_timers: Mutex<Vec<(Instant, u64, u64)>>,
 }
 
 /// A durable reconnect of connection `conn` waiting for the durable open `persistent`.
@@ -301,6 +308,7 @@ impl Shared {
             clients: Default::default(),
             parked: Default::default(),
             durable_waits: Mutex::new(Vec::new()),
+            write_time_timers: Mutex::new(Vec::new()),
         })
     }
 
@@ -633,6 +641,27 @@ impl Shared {
                 },
             );
         }
+        let due: Vec<(Instant, u64, u64)> = {
+            let mut timers = lock(&self.write_time_timers);
+            let (due, later) = std::mem::take(&mut *timers)
+                .into_iter()
+                .partition(|t| t.0 <= now);
+            *timers = later;
+            due
+        };
+        for (_, conn, volatile) in due {
+            self.post_event(conn, Event::WriteTimeDue { volatile });
+        }
+    }
+
+    /// The open `volatile` of connection `conn` moves its file's LastWriteTime at `due`
+    /// (crate::write_time): the connection is told with [`Event::WriteTimeDue`] and checks
+    /// whether it still has to (a FLUSH or close may have done it).
+    pub(crate) fn arm_write_time(&self, conn: u64, volatile: u64, due: Instant) {
+        lock(&self.write_time_timers).push((due, conn, volatile));
+        if let Some(ticker) = self.mailboxes.first() {
+            ticker.wake();
+        }
     }
 
     /// Connection `conn` waits, until `deadline` at the latest, for the durable open
@@ -652,10 +681,12 @@ impl Shared {
         }
     }
 
-    /// The earliest deadline of a waiting durable reconnect: the ticking worker's timer fires
-    /// then rather than at its next periodic tick.
+    /// The earliest deadline of a waiting durable reconnect or of a delayed LastWriteTime
+    /// update: the ticking worker's timer fires then rather than at its next periodic tick.
     pub fn next_durable_deadline(&self) -> Option<Instant> {
-        lock(&self.durable_waits).iter().map(|w| w.deadline).min()
+        let durable = lock(&self.durable_waits).iter().map(|w| w.deadline).min();
+        let write_time = lock(&self.write_time_timers).iter().map(|t| t.0).min();
+        durable.into_iter().chain(write_time).min()
     }
 
     /// Connection `conn` no longer waits for `persistent`.

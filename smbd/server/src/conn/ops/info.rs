@@ -346,6 +346,7 @@ impl Conn {
             let (s, ns) = fs::unix_from_filetime(ft);
             Some((s, ns as u32))
         };
+        let write_ft = mtime;
         let (atime, mtime) = (to_time(atime), to_time(mtime));
         let any = atime.is_some() || mtime.is_some();
         if any {
@@ -396,6 +397,17 @@ impl Conn {
         let (parent, name) = parent_and_name(&o.abs);
         self.shared
             .dir_changed(parent, FILE_ACTION_MODIFIED, filter, name);
+        // A LastWriteTime set here sticks for this open (MS-FSA 2.1.5.14.2
+        // Open.UserSetModificationTime; -1 and -2 freeze and thaw it); any FileBasicInformation
+        // brings a write's pending update forward, even all zeros (smbtorture
+        // smb2.timestamps.delayed-write-vs-setbasic, recorded against Windows 2016).
+        let touch = self.opens.get_mut(&v).is_some_and(|o| {
+            o.write_time.set_by_client(write_ft);
+            o.write_time.flush()
+        });
+        if touch {
+            self.touch_write_time(v);
+        }
         status::SUCCESS
     }
 
@@ -411,22 +423,41 @@ impl Conn {
         };
         self.break_read_caching(o);
         let cur = f.metadata().map(|m| m.len()).unwrap_or(0);
-        if allocation {
+        // Linux moves the mtime on truncate and fallocate; LastWriteTime moves as Windows
+        // moves it (crate::write_time, Samba's smb_set_file_size / allocation info): at once
+        // when the size or allocation changes, for a SetEOF of the same size only when a
+        // write through the open waits for its update (smbtorture
+        // smb2.timestamps.delayed-write-vs-seteof), never for an open whose time was set.
+        let kept = Self::kept_mtime(o);
+        let st = if allocation && len >= cur {
             // Allocation below EOF truncates (MS-FSA 2.1.5.14.1); above EOF it reserves space
             // without changing the size.
-            if len >= cur {
-                if len > 0 {
-                    if let Err(e) = crate::sys::fallocate(f, libc::FALLOC_FL_KEEP_SIZE, 0, len) {
-                        tracing::debug!(err = %e, "fallocate");
-                    }
+            if len > 0 {
+                if let Err(e) = crate::sys::fallocate(f, libc::FALLOC_FL_KEEP_SIZE, 0, len) {
+                    tracing::debug!(err = %e, "fallocate");
                 }
-                return status::SUCCESS;
             }
+            status::SUCCESS
+        } else {
+            match f.set_len(len) {
+                Ok(()) => status::SUCCESS,
+                Err(e) => io_status(&e),
+            }
+        };
+        if !self.put_back_mtime(f, kept) {
+            return st;
         }
-        match f.set_len(len) {
-            Ok(()) => status::SUCCESS,
-            Err(e) => io_status(&e),
+        let touch = self.opens.get_mut(&v).is_some_and(|o| {
+            if allocation || len != cur {
+                o.write_time.resized()
+            } else {
+                o.write_time.flush()
+            }
+        });
+        if touch {
+            self.touch_write_time(v);
         }
+        st
     }
 
     pub(super) fn set_disposition(&mut self, v: u64, delete: bool) -> NtStatus {

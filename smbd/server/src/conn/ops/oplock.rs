@@ -200,11 +200,9 @@ impl Conn {
                     | Reply::OpenedIo { open, .. }
                     | Reply::OpenedDurable { open, .. } = reply
                     {
-                        let _ = self.shared.lock_request(
-                            self.id,
-                            0,
-                            locking::Request::Close { open },
-                        );
+                        let _ =
+                            self.shared
+                                .lock_request(self.id, 0, locking::Request::Close { open });
                     }
                     return;
                 };
