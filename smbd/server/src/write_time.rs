@@ -171,10 +171,19 @@ mod tests {
         assert!(!w.flush());
         assert!(!w.resized());
         assert!(!w.close());
+        // Thawed, writes count again: the delayed update was used up, so the close moves it.
         w.set_by_client(u64::MAX - 1);
-        assert!(w.wrote(t0).is_some());
+        assert_eq!(w.wrote(t0), None);
+        let mut thawed = w;
+        assert!(thawed.close());
+        // Frozen again before the close: the close leaves it.
         w.set_by_client(u64::MAX);
         assert!(!w.close());
+        let mut fresh = WriteTime::default();
+        fresh.set_by_client(u64::MAX);
+        assert_eq!(fresh.wrote(t0), None);
+        fresh.set_by_client(u64::MAX - 1);
+        assert!(fresh.wrote(t0).is_some(), "a first write after a thaw starts the delay");
         let mut untouched = WriteTime::default();
         untouched.set_by_client(0);
         assert_eq!(untouched, WriteTime::default());
