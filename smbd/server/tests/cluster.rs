@@ -61,6 +61,14 @@ fn cross_node_change_notify() {
     scenario("notify");
 }
 
+/// Issue 12, delayed write time (MS-FSA 2.1.5.14.2): the LastWriteTime node 1's writes,
+/// FLUSH and FileBasicInformation make is what node 2 reports; a time set through node 1's
+/// handle sticks over its later writes and its close.
+#[test]
+fn cross_node_write_time() {
+    scenario("writetime");
+}
+
 #[test]
 fn cross_node_share_mode_conflict() {
     scenario("sharemode");

@@ -3,7 +3,7 @@
 
 usage: cluster_client.py HOST[,HOST2] PORT1 PORT2 USER PASSWORD SCENARIO
 SCENARIO: sharemode | brl | blocking | oplock | lease | doc | kill | lmrestart | lmfailover | rename
-          | leaseh | streams | links | notify | notifytree | dotdot
+          | leaseh | streams | links | notify | notifytree | dotdot | writetime
 Prints "PASS SCENARIO" and exits 0 when the cluster behaved; any mismatch raises (exit 1).
 `kill` prints "KILL-NODE2" once node 2's client holds its lock and node 1's client waits,
 then reads one line from stdin (the harness has SIGKILLed node 2's smbd) and expects node 1's
@@ -188,6 +188,26 @@ class Client:
         info = data[offset - 64:offset - 64 + length]
         links, delete_pending = struct.unpack("<IB", info[16:21])
         return links, delete_pending
+
+    def basic_info(self, f):
+        """QUERY_INFO FileBasicInformation (MS-FSCC 2.4.7): (CreationTime, LastAccessTime,
+        LastWriteTime, ChangeTime, FileAttributes)."""
+        body = struct.pack("<HBBIHHIII", 41, 1, 4, 40, 0, 0, 0, 0, 0) + f.file_id
+        req = self.conn.send(Raw(SMB2_QUERY_INFO, body), self.sess.session_id,
+                             self.tree.tree_connect_id)
+        resp = self.conn.receive(req, timeout=TIMEOUT)
+        data = resp["data"].get_value()
+        offset, length = struct.unpack("<HI", data[2:8])
+        info = data[offset - 64:offset - 64 + length]
+        return struct.unpack("<QQQQI", info[:36])
+
+    def set_write_time(self, f, ft):
+        """SET_INFO FileBasicInformation with only LastWriteTime (MS-FSCC 2.4.7)."""
+        info = struct.pack("<QQQQII", 0, 0, ft, 0, 0, 0)
+        body = struct.pack("<HBBIHHI", 33, 1, 4, len(info), 64 + 32, 0, 0) + f.file_id + info
+        req = self.conn.send(Raw(SMB2_SET_INFO, body), self.sess.session_id,
+                             self.tree.tree_connect_id)
+        self.conn.receive(req, timeout=TIMEOUT)
 
     def close(self):
         try:
@@ -660,6 +680,35 @@ def notifytree(c1, c2):
     flat.close()
 
 
+def writetime(c1, c2):
+    """Issue 12 (MS-FSA 2.1.5.14.2, smbtorture smb2.timestamps.delayed-*): LastWriteTime lives
+    in the shared file system, so node 2 reports what node 1's writes and settings make it.
+    A FLUSH after a write brings the write's update forward, seen alike on both nodes; a
+    LastWriteTime set through node 1's handle sticks over later writes through it, on both
+    nodes, before and after its close."""
+    all_share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
+    name = "writetime-%d.txt" % int(time.time() * 1000)
+    f1 = c1.open(name, share=all_share, disposition=CreateDisposition.FILE_CREATE)
+    f2 = c2.open(name, access=A.FILE_READ_ATTRIBUTES, share=all_share,
+                 disposition=CreateDisposition.FILE_OPEN)
+    f1.write(b"x", 0)
+    f1.flush()
+    w1 = c1.basic_info(f1)[2]
+    w2 = c2.basic_info(f2)[2]
+    assert w1 == w2, f"after the flush node 1 reports {w1}, node 2 {w2}"
+    set_time = 132_000_000_000_000_000  # 2019-04-15
+    c1.set_write_time(f1, set_time)
+    for i in range(5):
+        f1.write(b"y" * 100, i * 100)
+    f1.flush()
+    got = (c1.basic_info(f1)[2], c2.basic_info(f2)[2])
+    assert got == (set_time, set_time), f"writes moved the write time set: {got}"
+    f1.close()
+    got = c2.basic_info(f2)[2]
+    assert got == set_time, f"the close moved the write time set: {got}"
+    f2.close()
+
+
 OBJECT_PATH_SYNTAX_BAD = 0xC000003B
 
 
@@ -707,7 +756,7 @@ def dotdot(c1, c2):
 
 SCENARIOS = {f.__name__: f for f in (sharemode, brl, iogrant, blocking, oplock, lease, doc, kill,
                                      lmrestart, lmfailover, rename, leaseh, streams, links,
-                                     notify, notifytree, dotdot)}
+                                     notify, notifytree, dotdot, writetime)}
 
 
 def main():
