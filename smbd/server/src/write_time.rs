@@ -183,7 +183,10 @@ mod tests {
         fresh.set_by_client(u64::MAX);
         assert_eq!(fresh.wrote(t0), None);
         fresh.set_by_client(u64::MAX - 1);
-        assert!(fresh.wrote(t0).is_some(), "a first write after a thaw starts the delay");
+        assert!(
+            fresh.wrote(t0).is_some(),
+            "a first write after a thaw starts the delay"
+        );
         let mut untouched = WriteTime::default();
         untouched.set_by_client(0);
         assert_eq!(untouched, WriteTime::default());
