@@ -64,7 +64,16 @@ pub fn split_smb_path(name: &str) -> Result<Vec<String>, NtStatus> {
             continue;
         }
         if p == ".." {
-            return Err(status::OBJECT_PATH_SYNTAX_BAD);
+            // `..` takes back the component before it, by name alone (no file system lookup:
+            // `zqy\..` is its parent whether or not `zqy` exists or is a symbolic link), as
+            // Windows does for SMB2 names (smbtorture smb2.notify.tree opens BASEDIR\zqy\..
+            // as BASEDIR) and Samba's check_path_syntax. With nothing to take back the name
+            // would leave the share: OBJECT_PATH_SYNTAX_BAD (smbtorture smb2.mkdir
+            // "..\..\.."). So no component of the result is ever `..`.
+            if out.pop().is_none() {
+                return Err(status::OBJECT_PATH_SYNTAX_BAD);
+            }
+            continue;
         }
         if p.chars().any(bad_char) {
             return Err(if i + 1 == n {
@@ -578,6 +587,23 @@ mod tests {
         assert_eq!(split_smb_path("a/b").unwrap(), vec!["a", "b"]);
         assert_eq!(split_smb_path("").unwrap(), Vec::<String>::new());
         assert_eq!(split_smb_path("..\\x"), Err(status::OBJECT_PATH_SYNTAX_BAD));
+        assert_eq!(split_smb_path(".."), Err(status::OBJECT_PATH_SYNTAX_BAD));
+        assert_eq!(
+            split_smb_path("..\\..\\.."),
+            Err(status::OBJECT_PATH_SYNTAX_BAD)
+        );
+        assert_eq!(
+            split_smb_path("a\\..\\..\\x"),
+            Err(status::OBJECT_PATH_SYNTAX_BAD)
+        );
+        assert_eq!(
+            split_smb_path("a\\b\\..\\..\\..\\x"),
+            Err(status::OBJECT_PATH_SYNTAX_BAD)
+        );
+        assert_eq!(split_smb_path("zqy\\..").unwrap(), Vec::<String>::new());
+        assert_eq!(split_smb_path("a\\zqy\\..").unwrap(), vec!["a"]);
+        assert_eq!(split_smb_path("a/b/../c").unwrap(), vec!["a", "c"]);
+        assert_eq!(split_smb_path("a\\.\\b\\..\\").unwrap(), vec!["a"]);
         assert_eq!(split_smb_path("a|b"), Err(status::OBJECT_NAME_INVALID));
         assert_eq!(split_smb_path("\\a"), Err(status::INVALID_PARAMETER));
     }

@@ -47,3 +47,4 @@ pub mod sys;
 pub mod witness;
 #[allow(unsafe_code)]
 mod worker;
+mod write_time;

@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 /// smbd's access checks and lockmgrd's sharing checks see the same rights.
 pub use lockmgr_engine::map_generic;
 pub use lockmgr_engine::types::access as access_bits;
+pub use lockmgr_engine::types::share as share_bits;
 pub use lockmgr_engine::types::{
     watched, ClientGuid, DirChange, DurableRequest, FileId, FileUsage, Lease, LeaseKey, LeaseState,
     LockRange, Notification, OpenId, OpenRequest, OplockGrant, OplockLevel, OplockRequest, Reply,

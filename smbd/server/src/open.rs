@@ -95,6 +95,8 @@ pub(crate) struct Open {
     pub lock_seq: [u8; 64],
     /// The identity that opened it: a delete-on-close at teardown unlinks with it.
     pub identity: Option<Arc<crate::identity::UnixIdentity>>,
+    /// Its part in when writes move the file's LastWriteTime (crate::write_time).
+    pub write_time: crate::write_time::WriteTime,
 }
 
 impl Open {
@@ -318,6 +320,7 @@ mod tests {
             channel_sequence: 0,
             locks: Vec::new(),
             lock_seq: [0xFF; 64],
+            write_time: Default::default(),
             identity: None,
         }
     }

@@ -130,6 +130,11 @@ pub enum Event {
     DurableWaitOver {
         persistent: u64,
     },
+    /// The delayed LastWriteTime update of the open `volatile` of this connection may be due
+    /// ([`Shared::arm_write_time`], crate::write_time).
+    WriteTimeDue {
+        volatile: u64,
+    },
     /// The operator view asks every connection for its sessions, opens and locks
     /// (crate::smbstatus).
     Status(std::sync::mpsc::Sender<crate::smbstatus::ConnStatus>),
@@ -238,6 +243,8 @@ pub struct Shared {
     /// Durable reconnects waiting for the connection that still holds their open to let it
     /// go ([`Shared::wait_for_durable`]).
     durable_waits: Mutex<Vec<DurableWait>>,
+    /// Delayed LastWriteTime updates (deadline, connection, open), crate::write_time.
+    write_time_timers: Mutex<Vec<(Instant, u64, u64)>>,
 }
 
 /// Change notify across nodes (MS-SMB2 3.3.5.19, MS-FSA 2.1.4.1): on a cluster filesystem a
@@ -342,6 +349,7 @@ impl Shared {
             clients: Default::default(),
             parked: Default::default(),
             durable_waits: Mutex::new(Vec::new()),
+            write_time_timers: Mutex::new(Vec::new()),
         })
     }
 
@@ -622,6 +630,45 @@ impl Shared {
         }
     }
 
+    /// The sharing check of an open of `req.file` (MS-FSA 2.1.5.1.2) against every open of
+    /// it on every node, without keeping the open: granted, it is closed again at once. An
+    /// open that would have to wait for a break (a directory lease's handle caching in the
+    /// way of a share-mode conflict) is cancelled and counts as the conflict it is.
+    pub fn share_check_open(
+        &self,
+        conn: u64,
+        req: crate::locking::OpenRequest,
+    ) -> Result<(), crate::locking::Status> {
+        use crate::locking::Status;
+        let id = self.fresh_internal_id();
+        match self.lock_request(conn, id, Request::Open(req)) {
+            Reply::Opened { open, .. } | Reply::OpenedIo { open, .. } => {
+                match self.lock_request(conn, 0, Request::Close { open }) {
+                    Reply::Closed { .. } | Reply::Done(Status::Success) => {}
+                    other => tracing::warn!(?other, "closing a share-check open"),
+                }
+                Ok(())
+            }
+            Reply::Pending => {
+                // A grant that overtakes the cancel reaches the connection as a completion
+                // nobody waits for, which gives the open back (conn/ops/oplock.rs).
+                self.lock_request(
+                    conn,
+                    0,
+                    Request::Cancel {
+                        request: crate::locking::RequestId(id),
+                    },
+                );
+                Err(Status::SharingViolation)
+            }
+            Reply::Done(st) => Err(st),
+            other => {
+                tracing::warn!(?other, "unexpected answer to a share-check open");
+                Err(Status::Unsuccessful)
+            }
+        }
+    }
+
     /// Fire lock-service timers (break timeouts).
     pub fn lock_tick(&self) {
         self.locks.tick();
@@ -648,6 +695,27 @@ impl Shared {
                 },
             );
         }
+        let due: Vec<(Instant, u64, u64)> = {
+            let mut timers = lock(&self.write_time_timers);
+            let (due, later) = std::mem::take(&mut *timers)
+                .into_iter()
+                .partition(|t| t.0 <= now);
+            *timers = later;
+            due
+        };
+        for (_, conn, volatile) in due {
+            self.post_event(conn, Event::WriteTimeDue { volatile });
+        }
+    }
+
+    /// The open `volatile` of connection `conn` moves its file's LastWriteTime at `due`
+    /// (crate::write_time): the connection is told with [`Event::WriteTimeDue`] and checks
+    /// whether it still has to (a FLUSH or close may have done it).
+    pub(crate) fn arm_write_time(&self, conn: u64, volatile: u64, due: Instant) {
+        lock(&self.write_time_timers).push((due, conn, volatile));
+        if let Some(ticker) = self.mailboxes.first() {
+            ticker.wake();
+        }
     }
 
     /// Connection `conn` waits, until `deadline` at the latest, for the durable open
@@ -667,10 +735,12 @@ impl Shared {
         }
     }
 
-    /// The earliest deadline of a waiting durable reconnect: the ticking worker's timer fires
-    /// then rather than at its next periodic tick.
+    /// The earliest deadline of a waiting durable reconnect or of a delayed LastWriteTime
+    /// update: the ticking worker's timer fires then rather than at its next periodic tick.
     pub fn next_durable_deadline(&self) -> Option<Instant> {
-        lock(&self.durable_waits).iter().map(|w| w.deadline).min()
+        let durable = lock(&self.durable_waits).iter().map(|w| w.deadline).min();
+        let write_time = lock(&self.write_time_timers).iter().map(|t| t.0).min();
+        durable.into_iter().chain(write_time).min()
     }
 
     /// Connection `conn` no longer waits for `persistent`.

@@ -149,6 +149,32 @@ pub(crate) fn fallocate(f: &File, mode: i32, offset: u64, len: u64) -> io::Resul
     check(unsafe { libc::fallocate(f.as_raw_fd(), mode, clamp(offset), clamp(len)) })
 }
 
+/// The mtime of the file `f` holds (seconds, nanoseconds), to put back after a write moved
+/// it (crate::write_time: a write does not move LastWriteTime at once).
+pub(crate) fn keep_mtime(f: &File) -> Option<(i64, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    f.metadata()
+        .ok()
+        .map(|m| (m.mtime(), m.mtime_nsec().clamp(0, 999_999_999) as u32))
+}
+
+/// futimens(2) of the mtime only (the access time is left alone) of the file `f` holds.
+pub(crate) fn set_mtime(f: &File, (secs, nsec): (i64, u32)) -> io::Result<()> {
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: secs as libc::time_t,
+            tv_nsec: nsec as libc::c_long,
+        },
+    ];
+    // SAFETY: futimens on a descriptor `f` keeps open for the call; `times` holds the two
+    // timespecs it reads.
+    check(unsafe { libc::futimens(f.as_raw_fd(), times.as_ptr()) })
+}
+
 /// shutdown(2) of both directions of a socket (a listener that must refuse connections now,
 /// which `TcpListener` has no method for).
 pub(crate) fn shutdown_socket(sock: impl AsFd) -> io::Result<()> {

@@ -886,6 +886,7 @@ impl Worker {
             FileOp::Write {
                 data,
                 write_through,
+                ..
             } => opcode::Write::new(fd, data[done..].as_ptr(), want)
                 .offset(off)
                 .rw_flags(if *write_through { libc::RWF_DSYNC } else { 0 })

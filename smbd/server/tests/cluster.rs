@@ -113,6 +113,14 @@ fn cross_node_change_notify_tree_through_lockmgrd() {
     notify_through_lockmgrd("notifylmtree", 5);
 }
 
+/// Issue 12, delayed write time (MS-FSA 2.1.5.14.2): the LastWriteTime node 1's writes,
+/// FLUSH and FileBasicInformation make is what node 2 reports; a time set through node 1's
+/// handle sticks over its later writes and its close.
+#[test]
+fn cross_node_write_time() {
+    scenario("writetime");
+}
+
 #[test]
 fn cross_node_share_mode_conflict() {
     scenario("sharemode");
@@ -147,9 +155,11 @@ fn cross_node_lease_break() {
     scenario("lease");
 }
 
-/// Rename conflicts across nodes (MS-FSA 2.1.5.14.11): the parent directory open on node 2
-/// without FILE_SHARE_DELETE, and an open of the replaced target on node 2, stop node 1's
-/// renames; both succeed once node 2 closes.
+/// Rename conflicts across nodes (MS-FSA 2.1.5.14.11, and the sharing check of the open of the
+/// new name's directory that Windows makes for a rename): an open of that directory on node 2
+/// that does not share write, or that holds DELETE, and an open of the replaced target on
+/// node 2, stop node 1's renames; an open of the directory sharing read and write does not;
+/// both succeed once node 2 closes.
 #[test]
 fn cross_node_rename_conflicts() {
     scenario("rename");

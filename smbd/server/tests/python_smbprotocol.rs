@@ -40,6 +40,16 @@ fn single_node_scenario(name: &str) {
 
 /// `single_node_scenario` with `setup` run on the share directory before the clients start.
 fn single_node_scenario_with(name: &str, setup: impl FnOnce(&std::path::Path)) {
+    single_node_scenario_checked(name, setup, |_| {});
+}
+
+/// `single_node_scenario_with`, then `check` run on the share directory once the scenario
+/// passed (smbd still running).
+fn single_node_scenario_checked(
+    name: &str,
+    setup: impl FnOnce(&std::path::Path),
+    check: impl FnOnce(&std::path::Path),
+) {
     let Some(py) = python() else {
         missing(
             "no python with smbprotocol (set SMBD_PYTHON; scripts/install-deps.sh makes a venv)",
@@ -64,6 +74,7 @@ fn single_node_scenario_with(name: &str, setup: impl FnOnce(&std::path::Path)) {
         "{name}:\n{text}\n--- smbd log ---\n{}",
         srv.log()
     );
+    check(&srv.share);
 }
 
 /// Issue 12, change notify on one node: the changes another client of the same smbd makes
@@ -107,4 +118,34 @@ fn make_hard_links(share: &std::path::Path) {
 #[test]
 fn delete_pending_belongs_to_the_link() {
     single_node_scenario_with("links", make_hard_links);
+}
+
+/// Issue 12 (smbtorture smb2.notify.tree): `..` in a CREATE or rename name takes back the
+/// component before it (`dotdot\zqy\..` is `dotdot`); one that would climb above the share
+/// root is refused with OBJECT_PATH_SYNTAX_BAD, and nothing is made or renamed outside.
+#[test]
+fn dotdot_resolves_by_name_and_never_leaves_the_share() {
+    single_node_scenario_checked(
+        "dotdot",
+        |share| {
+            let outside = share.parent().unwrap();
+            std::fs::write(outside.join("outside.txt"), b"outside").unwrap();
+        },
+        |share| {
+            let outside = share.parent().unwrap();
+            let names: Vec<String> = std::fs::read_dir(outside)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            assert!(
+                !names.iter().any(|n| n.starts_with("escaped")),
+                "a name was made next to the share: {names:?}"
+            );
+            assert_eq!(
+                std::fs::read(outside.join("outside.txt")).unwrap(),
+                b"outside"
+            );
+            assert!(share.join("dotdot").join("y.txt").exists());
+        },
+    );
 }

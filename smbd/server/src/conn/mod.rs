@@ -410,6 +410,15 @@ impl Conn {
                 }
             }
             Event::DurableWaitOver { persistent } => self.durable_wait_over(persistent),
+            Event::WriteTimeDue { volatile } => {
+                let due = self
+                    .opens
+                    .get_mut(&volatile)
+                    .is_some_and(|o| o.write_time.timer(now));
+                if due {
+                    self.touch_write_time(volatile);
+                }
+            }
             Event::Status(tx) => {
                 // The asker may have given up (timeout): nothing to do then.
                 let _ = tx.send(self.status());

@@ -4,7 +4,7 @@
 usage: cluster_client.py HOST[,HOST2] PORT1 PORT2 USER PASSWORD SCENARIO
 SCENARIO: sharemode | brl | blocking | oplock | lease | doc | kill | lmrestart | lmfailover | rename
           | leaseh | streams | links | notify | notifytree | notifylm | notifylmtree
-          | notifylmfailover
+          | notifylmfailover | dotdot | writetime
 Prints "PASS SCENARIO" and exits 0 when the cluster behaved; any mismatch raises (exit 1).
 `kill` prints "KILL-NODE2" once node 2's client holds its lock and node 1's client waits,
 then reads one line from stdin (the harness has SIGKILLed node 2's smbd) and expects node 1's
@@ -189,6 +189,26 @@ class Client:
         info = data[offset - 64:offset - 64 + length]
         links, delete_pending = struct.unpack("<IB", info[16:21])
         return links, delete_pending
+
+    def basic_info(self, f):
+        """QUERY_INFO FileBasicInformation (MS-FSCC 2.4.7): (CreationTime, LastAccessTime,
+        LastWriteTime, ChangeTime, FileAttributes)."""
+        body = struct.pack("<HBBIHHIII", 41, 1, 4, 40, 0, 0, 0, 0, 0) + f.file_id
+        req = self.conn.send(Raw(SMB2_QUERY_INFO, body), self.sess.session_id,
+                             self.tree.tree_connect_id)
+        resp = self.conn.receive(req, timeout=TIMEOUT)
+        data = resp["data"].get_value()
+        offset, length = struct.unpack("<HI", data[2:8])
+        info = data[offset - 64:offset - 64 + length]
+        return struct.unpack("<QQQQI", info[:36])
+
+    def set_write_time(self, f, ft):
+        """SET_INFO FileBasicInformation with only LastWriteTime (MS-FSCC 2.4.7)."""
+        info = struct.pack("<QQQQII", 0, 0, ft, 0, 0, 0)
+        body = struct.pack("<HBBIHHI", 33, 1, 4, len(info), 64 + 32, 0, 0) + f.file_id + info
+        req = self.conn.send(Raw(SMB2_SET_INFO, body), self.sess.session_id,
+                             self.tree.tree_connect_id)
+        self.conn.receive(req, timeout=TIMEOUT)
 
     def close(self):
         try:
@@ -467,18 +487,31 @@ REQUEST_NOT_ACCEPTED = 0xC00000D0
 
 
 def rename(c1, c2):
-    """Rename conflicts are cluster wide: node 2's open of the parent directory that does not
-    share delete, and node 2's open of the replaced target, both stop node 1's rename."""
+    """Rename conflicts are cluster wide. A rename opens the new name's directory asking to
+    add a child and sharing read and write (Windows' I/O manager; conn/ops/info.rs): node 2's
+    open of that directory that does not share write, or that holds DELETE access, stops
+    node 1's rename; one that shares read and write without DELETE does not (smbtorture
+    smb2.notify.mask-change). Node 2's open of the replaced target stops it too."""
     dirname = "rendir-%d" % int(time.time() * 1000)
     # FILE_READ_DATA is FILE_LIST_DIRECTORY on a directory.
     d = c2.open(dirname, access=A.FILE_READ_DATA | A.FILE_READ_ATTRIBUTES,
-                share=ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE,
+                share=ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_DELETE,
                 disposition=CreateDisposition.FILE_CREATE, is_dir=True)
     f = c1.open(dirname + "\\a.txt", access=A.GENERIC_READ | A.GENERIC_WRITE | A.DELETE,
                 share=ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_DELETE)
     expect_status(SHARING_VIOLATION, c1.rename, f, dirname + "\\b.txt")
     d.close()
+    all_share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
+    d = c2.open(dirname, access=A.FILE_READ_DATA | A.FILE_READ_ATTRIBUTES | A.DELETE,
+                share=all_share, disposition=CreateDisposition.FILE_OPEN, is_dir=True)
+    expect_status(SHARING_VIOLATION, c1.rename, f, dirname + "\\b.txt")
+    d.close()
+    # Sharing read and write without DELETE access: no conflict, on either node.
+    d = c2.open(dirname, access=A.FILE_READ_DATA | A.FILE_READ_ATTRIBUTES,
+                share=ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE,
+                disposition=CreateDisposition.FILE_OPEN, is_dir=True)
     c1.rename(f, dirname + "\\b.txt")
+    d.close()
     target = c2.open("ren-target.txt", access=A.GENERIC_READ,
                      share=ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE |
                      ShareAccess.FILE_SHARE_DELETE)
@@ -767,10 +800,85 @@ def notifylmfailover(c1, c2):
     assert got == [(ADDED, "after.txt")], f"after the failover: {got}"
     d.close()
 
+
+def writetime(c1, c2):
+    """Issue 12 (MS-FSA 2.1.5.14.2, smbtorture smb2.timestamps.delayed-*): LastWriteTime lives
+    in the shared file system, so node 2 reports what node 1's writes and settings make it.
+    A FLUSH after a write brings the write's update forward, seen alike on both nodes; a
+    LastWriteTime set through node 1's handle sticks over later writes through it, on both
+    nodes, before and after its close."""
+    all_share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
+    name = "writetime-%d.txt" % int(time.time() * 1000)
+    f1 = c1.open(name, share=all_share, disposition=CreateDisposition.FILE_CREATE)
+    f2 = c2.open(name, access=A.FILE_READ_ATTRIBUTES, share=all_share,
+                 disposition=CreateDisposition.FILE_OPEN)
+    f1.write(b"x", 0)
+    f1.flush()
+    w1 = c1.basic_info(f1)[2]
+    w2 = c2.basic_info(f2)[2]
+    assert w1 == w2, f"after the flush node 1 reports {w1}, node 2 {w2}"
+    set_time = 132_000_000_000_000_000  # 2019-04-15
+    c1.set_write_time(f1, set_time)
+    for i in range(5):
+        f1.write(b"y" * 100, i * 100)
+    f1.flush()
+    got = (c1.basic_info(f1)[2], c2.basic_info(f2)[2])
+    assert got == (set_time, set_time), f"writes moved the write time set: {got}"
+    f1.close()
+    got = c2.basic_info(f2)[2]
+    assert got == set_time, f"the close moved the write time set: {got}"
+    f2.close()
+
+
+OBJECT_PATH_SYNTAX_BAD = 0xC000003B
+
+
+def dotdot(c1, c2):
+    """Issue 12 (smbtorture smb2.notify.tree, smb2.mkdir): a `..` component of a CREATE or
+    rename name takes back the component before it, by name alone, as Windows and Samba do;
+    a name whose `..` would climb above the share root is refused with
+    OBJECT_PATH_SYNTAX_BAD. The harness puts `outside.txt` next to the share directory and
+    checks afterwards that no `escaped*` name appeared there."""
+    all_share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
+    c1.open("dotdot", access=A.FILE_READ_DATA | A.FILE_READ_ATTRIBUTES, share=all_share,
+            disposition=CreateDisposition.FILE_OPEN_IF, is_dir=True).close()
+    c1.open("dotdot\\x.txt", share=all_share, disposition=CreateDisposition.FILE_OPEN_IF).close()
+    # BASEDIR\zqy\.. is BASEDIR, whether or not zqy exists.
+    d = c2.open("dotdot\\zqy\\..", access=A.FILE_READ_DATA | A.FILE_READ_ATTRIBUTES,
+                share=all_share, disposition=CreateDisposition.FILE_OPEN_IF, is_dir=True)
+    d.close()
+    c2.open("dotdot\\missing\\..\\x.txt", access=A.GENERIC_READ, share=all_share,
+            disposition=CreateDisposition.FILE_OPEN).close()
+    # A file made through `..` lands where the name says: the share root.
+    c2.open("dotdot\\..\\dotdot-root.txt", share=all_share,
+            disposition=CreateDisposition.FILE_CREATE).close()
+    c1.open("dotdot-root.txt", access=A.GENERIC_READ | A.DELETE, share=all_share,
+            disposition=CreateDisposition.FILE_OPEN,
+            options=CreateOptions.FILE_DELETE_ON_CLOSE).close()
+    # Above the share root: refused, for an existing name outside and for a new one.
+    for name in ("..", "..\\outside.txt", "dotdot\\..\\..\\outside.txt",
+                 "dotdot\\x.txt\\..\\..\\..\\outside.txt", "..\\escaped.txt",
+                 "dotdot\\..\\..\\escaped.txt"):
+        for disp in (CreateDisposition.FILE_OPEN, CreateDisposition.FILE_OPEN_IF):
+            expect_status(OBJECT_PATH_SYNTAX_BAD, c2.open, name, access=A.GENERIC_READ,
+                          share=all_share, disposition=disp)
+    expect_status(OBJECT_PATH_SYNTAX_BAD, c2.open, "dotdot\\..\\..", access=A.GENERIC_READ,
+                  share=all_share, disposition=CreateDisposition.FILE_OPEN_IF, is_dir=True)
+    # A rename target is the same kind of name.
+    f = c1.open("dotdot\\x.txt", access=A.GENERIC_READ | A.DELETE, share=all_share,
+                disposition=CreateDisposition.FILE_OPEN)
+    for target in ("..\\escaped2.txt", "dotdot\\..\\..\\escaped3.txt"):
+        expect_status(OBJECT_PATH_SYNTAX_BAD, c1.rename, f, target)
+    c1.rename(f, "dotdot\\zqy\\..\\y.txt")
+    f.close()
+    c2.open("dotdot\\y.txt", access=A.GENERIC_READ, share=all_share,
+            disposition=CreateDisposition.FILE_OPEN).close()
+
+
 SCENARIOS = {f.__name__: f for f in (sharemode, brl, iogrant, blocking, oplock, lease, doc, kill,
                                      lmrestart, lmfailover, rename, leaseh, streams, links,
                                      notify, notifytree, notifylm, notifylmtree,
-                                     notifylmfailover)}
+                                     notifylmfailover, dotdot, writetime)}
 
 
 def main():

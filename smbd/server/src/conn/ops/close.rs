@@ -24,6 +24,7 @@ impl Conn {
         lock_status: NtStatus,
         closed: Option<Reply>,
     ) -> Option<Open> {
+        self.close_write_time(v);
         let aids: Vec<u64> = self
             .pending
             .iter()
@@ -184,6 +185,14 @@ impl Conn {
         self.finish_close_with(v, flags, None)
     }
 
+    /// A write through the open `v` has not moved LastWriteTime yet: its close does, to the
+    /// close's time (crate::write_time; smbtorture smb2.timestamps.delayed-2write).
+    fn close_write_time(&mut self, v: u64) {
+        if self.opens.get_mut(&v).is_some_and(|o| o.write_time.close()) {
+            self.touch_write_time(v);
+        }
+    }
+
     /// [`Conn::finish_close`] with the lock service's `Closed` answer if the open's close
     /// was asked already (`BreakAndClose`).
     pub(crate) fn finish_close_with(
@@ -192,6 +201,8 @@ impl Conn {
         flags: u16,
         closed: Option<Reply>,
     ) -> CloseResponse {
+        // The close's own LastWriteTime update comes before the times it reports.
+        self.close_write_time(v);
         let mut resp = CloseResponse::default();
         if flags & smb_proto::CLOSE_FLAG_POSTQUERY_ATTRIB != 0 {
             if let Some(o) = self.opens.get(&v) {

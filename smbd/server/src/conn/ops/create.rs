@@ -64,10 +64,13 @@ impl Conn {
                 }
                 // A path through a DFS link is not here: STATUS_PATH_NOT_COVERED makes the
                 // client ask for the link's referral (MS-DFSC 3.1.5.1).
+                // The name as the file service will resolve it (`..` taken back), so that
+                // `x\..\link\f` reaches the link and `link\..\f` does not.
                 let base = c.name.split(':').next().unwrap_or("");
-                let comps: Vec<&str> = base.split('\\').filter(|p| !p.is_empty()).collect();
-                if crate::dfs::link_for(sh, &comps).is_some() {
-                    return err(status::PATH_NOT_COVERED);
+                if let Ok(comps) = fs::split_smb_path(base.trim_start_matches('\\')) {
+                    if crate::dfs::link_for(sh, &comps).is_some() {
+                        return err(status::PATH_NOT_COVERED);
+                    }
                 }
             }
         }
@@ -318,7 +321,7 @@ impl Conn {
                 return err(status::CANNOT_DELETE);
             }
             let r = if dir_req {
-                share_dir.mkdir(&res.rel, 0o777)
+                share_dir.mkdir(&res.rel, 0o777).map(|_| None)
             } else {
                 share_dir
                     .open_file(
@@ -326,12 +329,15 @@ impl Conn {
                         libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
                         0o666,
                     )
-                    .map(|_| ())
+                    .map(Some)
             };
-            if let Err(e) = r {
-                self.create_raced = e.kind() == std::io::ErrorKind::AlreadyExists;
-                return err(path_status(&e));
-            }
+            let new_file = match r {
+                Ok(f) => f,
+                Err(e) => {
+                    self.create_raced = e.kind() == std::io::ErrorKind::AlreadyExists;
+                    return err(path_status(&e));
+                }
+            };
             // READONLY (mode 0444) is applied to the new file once its handle is open
             // (finish_create): the creator's own open may write (MS-FSA 2.1.5.1.1), and the
             // kernel would refuse the user a writable open of a 0444 file.
@@ -366,6 +372,7 @@ impl Conn {
             // Sparseness is only set by FSCTL_SET_SPARSE, never by CREATE.
             let attrs = c.file_attributes & !(fs::attr::NORMAL | fs::attr::DIRECTORY | ATTR_SPARSE);
             let now = self.shared.clock.filetime();
+            same_times_as_creation(new_file.as_ref(), now);
             update_dos(&res.abs, |d, _| {
                 d.creation = now;
                 // New files are marked for archiving whatever else was asked (Windows,
@@ -644,7 +651,7 @@ impl Conn {
             if read_only {
                 return Err(status::MEDIA_WRITE_PROTECTED);
             }
-            share_dir
+            let new_file = share_dir
                 .open_file(
                     &res.rel,
                     libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
@@ -654,6 +661,7 @@ impl Conn {
             base_created = true;
             let attrs = c.file_attributes & !(fs::attr::NORMAL | fs::attr::DIRECTORY | ATTR_SPARSE);
             let now = self.shared.clock.filetime();
+            same_times_as_creation(Some(&new_file), now);
             update_dos(&res.abs, |d, _| {
                 d.creation = now;
                 d.attributes = attrs | fs::attr::ARCHIVE;
@@ -936,6 +944,7 @@ impl Conn {
                 channel_sequence: cont.channel_sequence,
                 locks: Vec::new(),
                 lock_seq: [0xFF; 64],
+                write_time: Default::default(),
                 identity: crate::identity::current(),
             },
         );
@@ -984,4 +993,17 @@ pub(super) fn stream_info(mut info: FileInfo, f: &File) -> FileInfo {
         info.attributes = fs::attr::NORMAL;
     }
     info
+}
+
+/// A new file's LastWriteTime is its CreationTime (MS-FSA 2.1.5.1.1 sets both to the current
+/// time; smbtorture smb2.timestamps.delayed-* compare the write time with the CREATE's
+/// creation time): the mtime the kernel gave it becomes `now`, the creation time recorded.
+fn same_times_as_creation(file: Option<&File>, now: u64) {
+    let Some(f) = file else {
+        return;
+    };
+    let (secs, nsec) = fs::unix_from_filetime(now);
+    if let Err(e) = crate::sys::set_mtime(f, (secs, nsec as u32)) {
+        tracing::debug!(%e, "setting a new file's write time");
+    }
 }

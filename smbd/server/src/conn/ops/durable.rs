@@ -536,6 +536,7 @@ impl Conn {
             channel_sequence: 0,
             locks: Vec::new(),
             lock_seq: [0xFF; 64],
+            write_time: Default::default(),
             identity: crate::identity::current(),
         })
     }

@@ -346,6 +346,7 @@ impl Conn {
             let (s, ns) = fs::unix_from_filetime(ft);
             Some((s, ns as u32))
         };
+        let write_ft = mtime;
         let (atime, mtime) = (to_time(atime), to_time(mtime));
         let any = atime.is_some() || mtime.is_some();
         if any {
@@ -396,6 +397,17 @@ impl Conn {
         let (parent, name) = parent_and_name(&o.abs);
         self.shared
             .dir_changed(parent, FILE_ACTION_MODIFIED, filter, name);
+        // A LastWriteTime set here sticks for this open (MS-FSA 2.1.5.14.2
+        // Open.UserSetModificationTime; -1 and -2 freeze and thaw it); any FileBasicInformation
+        // brings a write's pending update forward, even all zeros (smbtorture
+        // smb2.timestamps.delayed-write-vs-setbasic, recorded against Windows 2016).
+        let touch = self.opens.get_mut(&v).is_some_and(|o| {
+            o.write_time.set_by_client(write_ft);
+            o.write_time.flush()
+        });
+        if touch {
+            self.touch_write_time(v);
+        }
         status::SUCCESS
     }
 
@@ -411,22 +423,41 @@ impl Conn {
         };
         self.break_read_caching(o);
         let cur = f.metadata().map(|m| m.len()).unwrap_or(0);
-        if allocation {
+        // Linux moves the mtime on truncate and fallocate; LastWriteTime moves as Windows
+        // moves it (crate::write_time, Samba's smb_set_file_size / allocation info): at once
+        // when the size or allocation changes, for a SetEOF of the same size only when a
+        // write through the open waits for its update (smbtorture
+        // smb2.timestamps.delayed-write-vs-seteof), never for an open whose time was set.
+        let kept = Self::kept_mtime(o);
+        let st = if allocation && len >= cur {
             // Allocation below EOF truncates (MS-FSA 2.1.5.14.1); above EOF it reserves space
             // without changing the size.
-            if len >= cur {
-                if len > 0 {
-                    if let Err(e) = crate::sys::fallocate(f, libc::FALLOC_FL_KEEP_SIZE, 0, len) {
-                        tracing::debug!(err = %e, "fallocate");
-                    }
+            if len > 0 {
+                if let Err(e) = crate::sys::fallocate(f, libc::FALLOC_FL_KEEP_SIZE, 0, len) {
+                    tracing::debug!(err = %e, "fallocate");
                 }
-                return status::SUCCESS;
             }
+            status::SUCCESS
+        } else {
+            match f.set_len(len) {
+                Ok(()) => status::SUCCESS,
+                Err(e) => io_status(&e),
+            }
+        };
+        if !self.put_back_mtime(f, kept) {
+            return st;
         }
-        match f.set_len(len) {
-            Ok(()) => status::SUCCESS,
-            Err(e) => io_status(&e),
+        let touch = self.opens.get_mut(&v).is_some_and(|o| {
+            if allocation || len != cur {
+                o.write_time.resized()
+            } else {
+                o.write_time.flush()
+            }
+        });
+        if touch {
+            self.touch_write_time(v);
         }
+        st
     }
 
     pub(super) fn set_disposition(&mut self, v: u64, delete: bool) -> NtStatus {
@@ -705,18 +736,6 @@ impl Conn {
         {
             return status::ACCESS_DENIED;
         }
-        // An open of the parent directory with DELETE access blocks renames of its children
-        // (Windows and Samba; smbtorture oplock.batch19/20, exclusive6). Only this
-        // connection's opens are visible here.
-        if let Some(parent) = o.abs.parent() {
-            if self
-                .opens
-                .values()
-                .any(|x| x.is_dir && x.abs == parent && x.access & DELETE != 0)
-            {
-                return status::SHARING_VIOLATION;
-            }
-        }
         let old = o.abs.clone();
         let is_dir = o.is_dir;
         // The same checks against every open in the cluster: the lock service counts them.
@@ -728,16 +747,39 @@ impl Conn {
                 .map(|m| locking::FileId(fs::stable_file_id(fs_id, m.ino(), "")))
         };
         let usage = |file| self.shared.file_usage(self.id, file, None);
-        // An open of the parent directory that does not share delete, or that holds DELETE
-        // access, blocks renames of its children (Windows behaviour: smbtorture smb2.rename,
-        // oplock.batch19/20).
-        if let Some(pid) = o.abs.parent().and_then(file_id_of) {
-            match usage(pid) {
-                Ok(u) if u.deny_delete > 0 || u.delete_access > 0 => {
-                    return status::SHARING_VIOLATION
-                }
-                Ok(_) => {}
-                Err(st) => return engine_status(st),
+        // Windows opens the parent directory of the new name before it renames ("Set File
+        // Information processing" in the WDK: for FileRenameInformation the I/O manager opens
+        // the target's parent to check that the caller may add a child there): asking
+        // FILE_ADD_FILE (FILE_ADD_SUBDIRECTORY for a directory) and sharing read and write,
+        // not delete. So an open of that directory, on any connection or node, that holds
+        // DELETE access or does not share write makes the rename fail with
+        // SHARING_VIOLATION (smbtorture smb2.rename share_delete_and_delete_access,
+        // no_share_delete_*, oplock.batch19/20, oplock.exclusive6), and one that shares
+        // read and write without DELETE does not (smb2.notify.mask-change and rec rename
+        // in a directory another connection holds with FILE_SHARE_READ|WRITE). It is not an
+        // MS-FSA 2.1.5.14.11 rule but the open's share-mode check (2.1.5.1.2), so the lock
+        // service does exactly that: an open of the directory, given back at once.
+        if let Some(dir) = target.abs.parent().and_then(file_id_of) {
+            let add_child = if is_dir {
+                locking::access_bits::FILE_APPEND_DATA
+            } else {
+                locking::access_bits::FILE_WRITE_DATA
+            };
+            let probe = locking::OpenRequest {
+                file: dir,
+                access: add_child | locking::access_bits::SYNCHRONIZE,
+                share: locking::share_bits::READ | locking::share_bits::WRITE,
+                delete_on_close: false,
+                directory: true,
+                overwrite: false,
+                client_guid: self.client_guid(),
+                oplock: locking::OplockRequest::None,
+                stream_base: None,
+                link: 0,
+                io_grant: false,
+            };
+            if let Err(st) = self.shared.share_check_open(self.id, probe) {
+                return engine_status(st);
             }
         }
         // A replaced target must not be open anywhere (MS-FSA 2.1.5.14.11).

@@ -2,6 +2,7 @@
 //! worker's io_uring.
 
 use smb_proto::NtStatus;
+use std::fs::File;
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 
@@ -18,6 +19,7 @@ use super::{
     MAX_FILE_SIZE, READ_DATA, RING_IO_MIN, WRITE_CHANGE, WRITE_DATA,
 };
 use crate::conn::{err, ChainCtx, Conn, FileIo, FileOp, Open, Outcome, Signer};
+use crate::fs;
 
 /// Channel values of READ/WRITE requests (MS-SMB2 2.2.19).
 const SMB2_CHANNEL_RDMA_V1: u32 = 1;
@@ -38,7 +40,58 @@ impl Conn {
                 return err(io_status(&e));
             }
         }
+        // A FLUSH brings a write's pending LastWriteTime update forward (smbtorture
+        // smb2.timestamps.delayed-write-vs-flush; crate::write_time).
+        if let Ok(v) = self.resolve_fid(fid, ctx) {
+            if self.opens.get_mut(&v).is_some_and(|o| o.write_time.flush()) {
+                self.touch_write_time(v);
+            }
+        }
         Outcome::Reply(status::SUCCESS, Response::Flush)
+    }
+
+    /// The mtime to put back after data goes through `o` (crate::write_time: a write does
+    /// not move LastWriteTime at once). Named streams keep the kernel's behaviour.
+    pub(super) fn kept_mtime(o: &Open) -> Option<(i64, u32)> {
+        if o.stream.is_some() || o.is_dir {
+            return None;
+        }
+        o.file.as_ref().and_then(crate::sys::keep_mtime)
+    }
+
+    /// After data went through a file with the mtime `kept` before: the mtime goes back
+    /// to it (crate::write_time). Returns whether there was one to put back.
+    pub(crate) fn put_back_mtime(&self, file: &File, kept: Option<(i64, u32)>) -> bool {
+        let Some(kept) = kept else {
+            return false;
+        };
+        if let Err(e) = crate::sys::set_mtime(file, kept) {
+            tracing::debug!(conn = self.id, %e, "putting the mtime back after a write");
+        }
+        true
+    }
+
+    /// A write went through the open `v`: its first starts the delayed LastWriteTime update
+    /// (MS-FSA 2.1.4.17; crate::write_time).
+    pub(crate) fn note_write(&mut self, v: u64) {
+        let now = self.now;
+        let due = self.opens.get_mut(&v).and_then(|o| o.write_time.wrote(now));
+        if let Some(due) = due {
+            self.shared.arm_write_time(self.id, v, due);
+        }
+    }
+
+    /// Set the LastWriteTime of the open `v`'s file to the current time (the server's
+    /// WallClock): a delayed update, or one a FLUSH, SetEOF, FileBasicInformation or the
+    /// close brings forward.
+    pub(crate) fn touch_write_time(&self, v: u64) {
+        let Some(f) = self.opens.get(&v).and_then(|o| o.file.as_ref()) else {
+            return;
+        };
+        let (secs, nsec) = fs::unix_from_filetime(self.shared.clock.filetime());
+        if let Err(e) = crate::sys::set_mtime(f, (secs, nsec as u32)) {
+            tracing::debug!(conn = self.id, %e, "updating LastWriteTime");
+        }
     }
 
     pub(super) fn check_io(
@@ -354,6 +407,7 @@ impl Conn {
         let write_through = o.durable.as_ref().is_some_and(|d| d.is_persistent())
             || (w.flags & smb_proto::write_flags::WRITE_THROUGH != 0
                 && self.dialect() >= smb_proto::dialect::SMB210);
+        let kept = Self::kept_mtime(o);
         if ctx.single && w.data.len() >= RING_IO_MIN {
             let file = match f.try_clone() {
                 Ok(f) => f,
@@ -367,17 +421,25 @@ impl Conn {
                 op: FileOp::Write {
                     data: w.data,
                     write_through,
+                    kept_mtime: kept,
                 },
                 hdr: Header::default(),
                 signer: None,
                 enc: None,
             }));
         }
-        if let Err(e) = f.write_all_at(&w.data, offset) {
+        let written = f.write_all_at(&w.data, offset);
+        if self.put_back_mtime(f, kept) {
+            self.note_write(v);
+        }
+        if let Err(e) = written {
             return err(io_status(&e));
         }
+        let Some(o) = self.opens.get(&v) else {
+            return err(status::FILE_CLOSED);
+        };
         if write_through {
-            if let Err(e) = f.sync_data() {
+            if let Some(Err(e)) = o.file.as_ref().map(|f| f.sync_data()) {
                 return err(io_status(&e));
             }
         }
@@ -398,6 +460,7 @@ impl Conn {
     /// Answer a READ/WRITE the ring finished: `res` is the byte count or an errno.
     pub(crate) fn complete_file_io(&mut self, io: FileIo, res: Result<usize, i32>) {
         let FileIo {
+            file,
             offset,
             volatile,
             op,
@@ -454,7 +517,10 @@ impl Conn {
                 }
                 self.emit_framed(buf, signer, enc);
             }
-            FileOp::Write { .. } => {
+            FileOp::Write { kept_mtime, .. } => {
+                if self.put_back_mtime(&file, kept_mtime) {
+                    self.note_write(volatile);
+                }
                 if let Some(o) = self.opens.get(&volatile) {
                     let (parent, name) = parent_and_name(&o.abs);
                     self.shared

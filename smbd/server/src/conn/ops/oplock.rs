@@ -193,6 +193,17 @@ impl Conn {
                     })
                     .map(|(a, _)| *a)
                 else {
+                    // Nobody waits for it (a share-check open cancelled after its grant was
+                    // on the way, `Shared::share_check_open`): an open granted anyway is
+                    // given back.
+                    if let Reply::Opened { open, .. }
+                    | Reply::OpenedIo { open, .. }
+                    | Reply::OpenedDurable { open, .. } = reply
+                    {
+                        let _ =
+                            self.shared
+                                .lock_request(self.id, 0, locking::Request::Close { open });
+                    }
                     return;
                 };
                 // The deferred operation continues with its session's credentials.
