@@ -1073,12 +1073,28 @@ impl Endpoint {
         if self.rdma_inflight >= MAX_RDMA_WR {
             return Err(CmError::Config("too many RDMA operations in flight"));
         }
-        let mut sge = ib::ibv_sge {
+        let sge = ib::ibv_sge {
             addr: mr.buf.ptr.as_ptr() as u64 + u64::from(local_offset),
             length: len,
             // SAFETY: the MR is live; lkey is a plain field.
             lkey: unsafe { (*mr.mr.as_ptr()).lkey },
         };
+        // The segment is inside the registered RDMA buffer, which Rust does not touch while
+        // `rdma_inflight` is non-zero.
+        self.post_rdma_sge(read, sge, remote_addr, rkey, "ibv_post_send (RDMA)")
+    }
+
+    /// Posts one signalled RDMA READ or WRITE of `sge` (inside memory registered with this
+    /// endpoint's protection domain, which the caller keeps from Rust accesses until the
+    /// completion) to the peer's `remote_addr` under `rkey`.
+    fn post_rdma_sge(
+        &mut self,
+        read: bool,
+        mut sge: ib::ibv_sge,
+        remote_addr: u64,
+        rkey: u32,
+        what: &'static str,
+    ) -> Result<(), CmError> {
         // SAFETY: all-zero is a valid ibv_send_wr.
         let mut wr: ib::ibv_send_wr = unsafe { std::mem::zeroed() };
         wr.wr_id = RDMA_BIT;
@@ -1092,11 +1108,11 @@ impl Endpoint {
         wr.send_flags = ib::ibv_send_flags::IBV_SEND_SIGNALED.0;
         wr.wr.rdma = ib::rdma_t { remote_addr, rkey };
         let mut bad: *mut ib::ibv_send_wr = ptr::null_mut();
-        // SAFETY: live QP; `wr`/`sge` valid for the call; the segment is inside the registered
-        // RDMA buffer, which Rust does not touch while `rdma_inflight` is non-zero.
+        // SAFETY: live QP; `wr`/`sge` valid for the call; the segment's memory is registered
+        // and left alone by the caller until the completion (see the callers).
         let r = unsafe { ib::ibv_post_send((*self.id.as_ptr()).qp, &mut wr, &mut bad) };
         if r != 0 {
-            return Err(ret_err("ibv_post_send (RDMA)", r));
+            return Err(ret_err(what, r));
         }
         self.rdma_inflight += 1;
         Ok(())
@@ -1122,32 +1138,14 @@ impl Endpoint {
         if self.rdma_inflight >= MAX_RDMA_WR {
             return Err(CmError::Config("too many RDMA operations in flight"));
         }
-        let mut sge = ib::ibv_sge {
+        let sge = ib::ibv_sge {
             addr: da.area.as_ptr() as u64 + offset,
             length: len,
             lkey: da.lkey(),
         };
-        // SAFETY: all-zero is a valid ibv_send_wr.
-        let mut wr: ib::ibv_send_wr = unsafe { std::mem::zeroed() };
-        wr.wr_id = RDMA_BIT;
-        wr.sg_list = &mut sge;
-        wr.num_sge = 1;
-        wr.opcode = if read {
-            ib::ibv_wr_opcode::IBV_WR_RDMA_READ
-        } else {
-            ib::ibv_wr_opcode::IBV_WR_RDMA_WRITE
-        };
-        wr.send_flags = ib::ibv_send_flags::IBV_SEND_SIGNALED.0;
-        wr.wr.rdma = ib::rdma_t { remote_addr, rkey };
-        let mut bad: *mut ib::ibv_send_wr = ptr::null_mut();
-        // SAFETY: live QP; `wr`/`sge` valid for the call; the segment is inside the registered
-        // area (checked), which outlives the QP (the `Arc` in `_pd` drops after it).
-        let r = unsafe { ib::ibv_post_send((*self.id.as_ptr()).qp, &mut wr, &mut bad) };
-        if r != 0 {
-            return Err(ret_err("ibv_post_send (RDMA, area)", r));
-        }
-        self.rdma_inflight += 1;
-        Ok(())
+        // The segment is inside the registered area (checked), which outlives the QP (the
+        // `Arc` in `_pd` drops after it).
+        self.post_rdma_sge(read, sge, remote_addr, rkey, "ibv_post_send (RDMA, area)")
     }
 
     /// Appends the completions available now to `out`.

@@ -27,6 +27,19 @@ const SMB2_CHANNEL_RDMA_V1_INVALIDATE: u32 = 2;
 use crate::locking::{self, Reply, Status};
 
 impl Conn {
+    /// The answer to a READ whose `n` bytes went on an RDMA channel (MS-SMB2 2.2.20): no
+    /// inline data, the count in DataRemaining (smbdirectd has written the data first).
+    fn rdma_read_reply(&self, n: u32) -> Outcome {
+        Outcome::Reply(
+            status::SUCCESS,
+            Response::Read {
+                data: Vec::new(),
+                data_remaining: n,
+                padding: self.read_body_padding,
+            },
+        )
+    }
+
     pub(crate) fn flush(&mut self, fid: FileId, ctx: &mut ChainCtx) -> Outcome {
         let (_, o) = match self.open_for(fid, ctx) {
             Ok(found) => found,
@@ -283,14 +296,7 @@ impl Conn {
                 length: n as u32,
             };
             self.push_out(back.encode().to_vec());
-            return Outcome::Reply(
-                status::SUCCESS,
-                Response::Read {
-                    data: Vec::new(),
-                    data_remaining: n as u32,
-                    padding: self.read_body_padding,
-                },
-            );
+            return self.rdma_read_reply(n as u32);
         }
         // An RDMA READ's data is read behind the room for its payload frame's header.
         let head = if rdma { payload_frame::HEADER_LEN } else { 0 };
@@ -322,14 +328,7 @@ impl Conn {
                 return err(status::INVALID_PARAMETER);
             }
             self.push_out(buf);
-            return Outcome::Reply(
-                status::SUCCESS,
-                Response::Read {
-                    data: Vec::new(),
-                    data_remaining: n as u32,
-                    padding: self.read_body_padding,
-                },
-            );
+            return self.rdma_read_reply(n as u32);
         }
         Outcome::Reply(
             status::SUCCESS,
