@@ -47,12 +47,19 @@ impl Direction {
         }
     }
 
-    /// The signature of `signed` (plaintext) under this direction's next sequence number; the
-    /// checksum is RC4-encrypted when keys were exchanged. Advances the sequence number.
-    fn signature(&mut self, flags: u32, signed: &[u8]) -> [u8; SIGNATURE_LEN] {
+    /// The checksum of `signed` (plaintext) under this direction's next sequence number
+    /// (MS-NLMP 3.4.4.2: the first 8 bytes of the HMAC).
+    fn checksum(&self, signed: &[u8]) -> [u8; 8] {
         let mac = hmac_md5(&self.sign_key, &[&self.seq.to_le_bytes(), signed]);
         let mut checksum = [0u8; 8];
         checksum.copy_from_slice(&mac[..8]);
+        checksum
+    }
+
+    /// The signature around `checksum`, RC4-encrypted when keys were exchanged (on the
+    /// direction's stream, after whatever data was sealed with it). Advances the sequence
+    /// number.
+    fn finish(&mut self, flags: u32, mut checksum: [u8; 8]) -> [u8; SIGNATURE_LEN] {
         if flags & NEGOTIATE_KEY_EXCH != 0 {
             self.rc4.apply(&mut checksum);
         }
@@ -62,6 +69,12 @@ impl Direction {
         out[12..].copy_from_slice(&self.seq.to_le_bytes());
         self.seq = self.seq.wrapping_add(1);
         out
+    }
+
+    /// The signature of `signed` (plaintext) alone, nothing sealed.
+    fn signature(&mut self, flags: u32, signed: &[u8]) -> [u8; SIGNATURE_LEN] {
+        let checksum = self.checksum(signed);
+        self.finish(flags, checksum)
     }
 }
 
@@ -134,23 +147,10 @@ impl NtlmProtection {
             return Err(ProtectionError::BadRange);
         }
         // The MAC covers the plaintext; the data is encrypted on the RC4 stream before the
-        // checksum is (both in `signature` order: data first).
-        let mac = hmac_md5(
-            &self.send.sign_key,
-            &[&self.send.seq.to_le_bytes(), &*message],
-        );
+        // checksum is.
+        let checksum = self.send.checksum(message);
         self.send.rc4.apply(&mut message[data]);
-        let mut checksum = [0u8; 8];
-        checksum.copy_from_slice(&mac[..8]);
-        if self.flags & NEGOTIATE_KEY_EXCH != 0 {
-            self.send.rc4.apply(&mut checksum);
-        }
-        let mut out = [0u8; SIGNATURE_LEN];
-        out[..4].copy_from_slice(&1u32.to_le_bytes());
-        out[4..12].copy_from_slice(&checksum);
-        out[12..].copy_from_slice(&self.send.seq.to_le_bytes());
-        self.send.seq = self.send.seq.wrapping_add(1);
-        Ok(out)
+        Ok(self.send.finish(self.flags, checksum))
     }
 
     /// Decrypts the bytes of `data` in `message` in place, then checks the signature over the

@@ -152,59 +152,6 @@ pub fn with_auth(mut pdu: Vec<u8>, trailer: SecTrailer, auth_value: &[u8]) -> Ve
     finish(pdu)
 }
 
-/// One protected response fragment before its signature: the PDU up to and including the
-/// sec_trailer (with `frag_len` and `auth_len` already set for a `sig_len`-byte signature),
-/// and the range of its stub data and padding (what packet privacy encrypts).
-pub fn protected_response_fragments(
-    call_id: u32,
-    context_id: u16,
-    stub: &[u8],
-    max_xmit_frag: u16,
-    trailer: SecTrailer,
-    sig_len: usize,
-) -> Vec<(Vec<u8>, std::ops::Range<usize>)> {
-    let room =
-        usize::from(max_xmit_frag.max(MIN_FRAG)) - REQUEST_HEADER_LEN - SEC_TRAILER_LEN - sig_len;
-    let per_frag = (room / AUTH_PAD_ALIGN) * AUTH_PAD_ALIGN;
-    let mut frags = Vec::new();
-    let mut at = 0;
-    loop {
-        let chunk = (stub.len() - at).min(per_frag);
-        let pad = (AUTH_PAD_ALIGN - chunk % AUTH_PAD_ALIGN) % AUTH_PAD_ALIGN;
-        let mut flags = 0;
-        if at == 0 {
-            flags |= pfc::FIRST_FRAG;
-        }
-        if at + chunk == stub.len() {
-            flags |= pfc::LAST_FRAG;
-        }
-        let frag_len = REQUEST_HEADER_LEN + chunk + pad + SEC_TRAILER_LEN + sig_len;
-        let mut out = Vec::with_capacity(frag_len);
-        Header {
-            frag_len: u16::try_from(frag_len).unwrap_or(u16::MAX),
-            auth_len: u16::try_from(sig_len).unwrap_or(u16::MAX),
-            ..Header::server(ptype::RESPONSE, flags, call_id)
-        }
-        .write(&mut out);
-        out.extend_from_slice(&((stub.len() - at) as u32).to_le_bytes());
-        out.extend_from_slice(&context_id.to_le_bytes());
-        out.extend_from_slice(&[0, 0]);
-        out.extend_from_slice(&stub[at..at + chunk]);
-        out.resize(out.len() + pad, 0);
-        let data = REQUEST_HEADER_LEN..out.len();
-        SecTrailer {
-            pad_len: pad as u8,
-            ..trailer
-        }
-        .write(&mut out);
-        frags.push((out, data));
-        at += chunk;
-        if at == stub.len() {
-            return frags;
-        }
-    }
-}
-
 /// A UUID in its NDR wire order (first three fields little-endian).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Uuid(pub [u8; 16]);
@@ -596,11 +543,56 @@ pub fn response_fragments(
     stub: &[u8],
     max_xmit_frag: u16,
 ) -> Vec<Vec<u8>> {
-    let per_frag = ((usize::from(max_xmit_frag.max(MIN_FRAG)) - REQUEST_HEADER_LEN) / 8) * 8;
+    fragments(call_id, context_id, stub, max_xmit_frag, None)
+        .into_iter()
+        .map(|(f, _)| f)
+        .collect()
+}
+
+/// The protected response to a call (packet integrity or privacy), one fragment at a time
+/// before its signature: the PDU up to and including the sec_trailer (`frag_len` and
+/// `auth_len` already set for a `sig_len`-byte signature), and the range of its stub data and
+/// padding (what packet privacy encrypts). Stubs are padded to 16 bytes (MS-RPCE 2.2.2.11).
+pub fn protected_response_fragments(
+    call_id: u32,
+    context_id: u16,
+    stub: &[u8],
+    max_xmit_frag: u16,
+    trailer: SecTrailer,
+    sig_len: usize,
+) -> Vec<(Vec<u8>, std::ops::Range<usize>)> {
+    fragments(
+        call_id,
+        context_id,
+        stub,
+        max_xmit_frag,
+        Some((trailer, sig_len)),
+    )
+}
+
+/// The fragments of a response, each with the range of its stub data and padding; with
+/// `auth`, each carries the sec_trailer and room (in its lengths) for the signature.
+fn fragments(
+    call_id: u32,
+    context_id: u16,
+    stub: &[u8],
+    max_xmit_frag: u16,
+    auth: Option<(SecTrailer, usize)>,
+) -> Vec<(Vec<u8>, std::ops::Range<usize>)> {
+    let (align, overhead) = match auth {
+        Some((_, sig_len)) => (AUTH_PAD_ALIGN, SEC_TRAILER_LEN + sig_len),
+        None => (8, 0),
+    };
+    let room = usize::from(max_xmit_frag.max(MIN_FRAG)) - REQUEST_HEADER_LEN - overhead;
+    let per_frag = (room / align) * align;
     let mut frags = Vec::new();
     let mut at = 0;
     loop {
         let chunk = (stub.len() - at).min(per_frag);
+        let pad = match auth {
+            Some(_) => (align - chunk % align) % align,
+            None => 0,
+        };
         let mut flags = 0;
         if at == 0 {
             flags |= pfc::FIRST_FRAG;
@@ -608,14 +600,29 @@ pub fn response_fragments(
         if at + chunk == stub.len() {
             flags |= pfc::LAST_FRAG;
         }
-        let mut out = Vec::with_capacity(REQUEST_HEADER_LEN + chunk);
-        Header::server(ptype::RESPONSE, flags, call_id).write(&mut out);
+        let frag_len = REQUEST_HEADER_LEN + chunk + pad + overhead;
+        let mut out = Vec::with_capacity(frag_len);
+        Header {
+            frag_len: u16::try_from(frag_len).unwrap_or(u16::MAX),
+            auth_len: u16::try_from(auth.map_or(0, |(_, sig_len)| sig_len)).unwrap_or(u16::MAX),
+            ..Header::server(ptype::RESPONSE, flags, call_id)
+        }
+        .write(&mut out);
         // alloc_hint: the stub bytes still to come, this fragment's included.
         out.extend_from_slice(&((stub.len() - at) as u32).to_le_bytes());
         out.extend_from_slice(&context_id.to_le_bytes());
         out.extend_from_slice(&[0, 0]);
         out.extend_from_slice(&stub[at..at + chunk]);
-        frags.push(finish(out));
+        out.resize(out.len() + pad, 0);
+        let data = REQUEST_HEADER_LEN..out.len();
+        if let Some((trailer, _)) = auth {
+            SecTrailer {
+                pad_len: pad as u8,
+                ..trailer
+            }
+            .write(&mut out);
+        }
+        frags.push((out, data));
         at += chunk;
         if at == stub.len() {
             return frags;

@@ -433,7 +433,8 @@ impl RpcPipe {
         let Some(policy) = &self.policy else {
             return Err(nak::AUTHENTICATION_TYPE_NOT_RECOGNIZED);
         };
-        if !matches!(self.security, Security::None) {
+        // A second bind is refused below; it must not start a security context either.
+        if self.bound || !matches!(self.security, Security::None) {
             return Err(nak::REASON_NOT_SPECIFIED);
         }
         let parts = pdu::split_auth(hdr, frag).map_err(|_| nak::REASON_NOT_SPECIFIED)?;
