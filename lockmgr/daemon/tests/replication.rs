@@ -270,6 +270,15 @@ fn start_primary_and_standby(
     ([a, b], recorded)
 }
 
+/// The number in the environment variable `name`, or `default` when it is unset or not a
+/// number (the knobs of the long runs: FAILOVERS, CHAOS_SECS, LOADED_SECS, ...).
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Waits until etcd's configuration satisfies `ok`; returns its epoch.
 fn wait_config(etcd: &Etcd, what: &str, ok: impl Fn(&lockmgr_coord::Configuration) -> bool) -> u64 {
     let mut c = coordinator(etcd).expect("etcd");
@@ -700,14 +709,8 @@ fn repeated_primary_kills_never_grant_a_lock_twice() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
 
-    let failovers: usize = std::env::var("FAILOVERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    let failover_ms: u64 = std::env::var("FAILOVER_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
+    let failovers: usize = env_or("FAILOVERS", 3);
+    let failover_ms: u64 = env_or("FAILOVER_MS", 100);
     let Some(etcd) = start_etcd() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let key_file = key_file(&dir);
@@ -1933,10 +1936,7 @@ fn steady_locking_under_cpu_load_never_fails_over() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::{Arc, Mutex};
 
-    let secs: u64 = std::env::var("LOADED_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
+    let secs: u64 = env_or("LOADED_SECS", 10);
     let Some(etcd) = start_etcd() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let key_file = key_file(&dir);
@@ -2012,10 +2012,7 @@ fn steady_locking_under_cpu_load_never_fails_over() {
 /// `default_secs`): every kind must have struck, the history checker must find nothing, and no
 /// session may be lost.
 fn randomized_schedule(what: &str, all: &[Fault], default_secs: u64) {
-    let secs = std::env::var("CHAOS_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default_secs);
+    let secs = env_or("CHAOS_SECS", default_secs);
     let seed = chaos_seed();
     let faults: Vec<Fault> = match std::env::var("CHAOS_FAULTS") {
         Ok(names) => all
@@ -2086,10 +2083,7 @@ fn kills_after_etcd_outages_never_grant_a_lock_twice() {
 /// `CHAOS_SEED` as for the other randomized schedule.
 #[test]
 fn partitioned_primary_and_standby_never_grant_a_lock_twice() {
-    let secs = std::env::var("CHAOS_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+    let secs = env_or("CHAOS_SECS", 20);
     let seed = chaos_seed();
     let faults = [
         Fault::CutBoth,

@@ -311,30 +311,18 @@ fn witness_callers_must_authenticate_at_the_configured_level() {
     refused("ncacn_ip_tcp:127.0.0.3[seal]", "not-the-password");
     refused("ncacn_ip_tcp:127.0.0.3[sign]", PASS);
 
-    let mut sealed = Rpcclient::start(
-        node2.port,
-        "ncacn_ip_tcp:127.0.0.3[seal]",
-        PASS,
-        &node2.client_conf,
-    );
-    sealed.send("GetInterfaceList");
-    sealed.expect("node2 127.0.0.3", limit);
+    let served = |node: &TestServer, binding: &str, interface: &str| {
+        let mut rpc = Rpcclient::start(node.port, binding, PASS, &node.client_conf);
+        rpc.send("GetInterfaceList");
+        rpc.expect(interface, limit);
+    };
+    served(&node2, "ncacn_ip_tcp:127.0.0.3[seal]", "node2 127.0.0.3");
     // NTLMSSP inside SPNEGO (auth type 9, as Windows binds): its third leg and the
     // mechListMICs travel in an alter_context round trip.
-    let mut spnego = Rpcclient::start(
-        node2.port,
+    served(
+        &node2,
         "ncacn_ip_tcp:127.0.0.3[seal,spnego]",
-        PASS,
-        &node2.client_conf,
+        "node2 127.0.0.3",
     );
-    spnego.send("GetInterfaceList");
-    spnego.expect("node2 127.0.0.3", limit);
-    let mut signed = Rpcclient::start(
-        node1.port,
-        "ncacn_ip_tcp:127.0.0.2[sign]",
-        PASS,
-        &node1.client_conf,
-    );
-    signed.send("GetInterfaceList");
-    signed.expect("node1 127.0.0.2", limit);
+    served(&node1, "ncacn_ip_tcp:127.0.0.2[sign]", "node1 127.0.0.2");
 }
