@@ -38,6 +38,7 @@ TARGETS=(
     "smbd/server smbd_config"
     "smbd/server smbd_conn"
     "smbd/server inotify_events"
+    "smbd/server witness_peers"
     "smbdirect smbdirect_decode"
     "smbdirect smbdirect_conn"
     "metrics metrics_http_request"

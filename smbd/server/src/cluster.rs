@@ -34,9 +34,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use lockmgr_client::mux::SharedNodeSessions;
+use lockmgr_client::mux::{NodeSessions, SharedNodeSessions};
 use lockmgr_client::{
     connect as connect_transport, ClientError, ClientOptions, ClusterKey, LockClient, ResumePoint,
     TransportSpec,
@@ -92,6 +92,8 @@ pub struct ClusterLocks {
     stats: Arc<PumpStats>,
     /// The session's fence epoch ([`LockService::fence_epoch`]), read without the session lock.
     fence_epoch: Arc<AtomicU64>,
+    /// When the node's lease runs out, as the pump last saw it ([`LockService::lease_live`]).
+    lease: Arc<LeaseSeen>,
 }
 
 /// The pump's handle on the node session (see the module documentation).
@@ -99,6 +101,48 @@ pub struct Pump {
     nodes: Nodes,
     bell: Arc<PumpBell>,
     stats: Arc<PumpStats>,
+    lease: Arc<LeaseSeen>,
+}
+
+/// The end of the node's lockmgrd lease as last seen, readable without the session lock (the
+/// witness asks every heartbeat period, and a worker may hold the session for a round trip).
+/// The pump records it on every wake-up; it wakes at least once per lockmgrd heartbeat and
+/// when the lease runs out (`NodeSessions::poll_timeout`), so a renewed lease is seen within
+/// a heartbeat of its acknowledgement.
+struct LeaseSeen {
+    base: Instant,
+    /// Nanoseconds after `base`; 0: never held one.
+    until_ns: AtomicU64,
+}
+
+impl LeaseSeen {
+    fn new() -> LeaseSeen {
+        LeaseSeen {
+            base: Instant::now(),
+            until_ns: AtomicU64::new(0),
+        }
+    }
+
+    /// Record what the session says now: its lease's end, when it has a connected session.
+    fn record(&self, nodes: &NodeSessions<Transport>) {
+        if !nodes.is_connected() {
+            return;
+        }
+        if let Some(end) = nodes.lease_expiry() {
+            let ns = end.saturating_duration_since(self.base).as_nanos();
+            self.until_ns.store(
+                u64::try_from(ns).unwrap_or(u64::MAX).max(1),
+                Ordering::Release,
+            );
+        }
+    }
+
+    fn live_at(&self, now: Instant) -> bool {
+        match self.until_ns.load(Ordering::Acquire) {
+            0 => false,
+            ns => self.base + Duration::from_nanos(ns) > now,
+        }
+    }
 }
 
 /// What the pump saw, for logs and tests.
@@ -302,6 +346,8 @@ impl ClusterLocks {
             tracing::info!("lockmgrd session established");
         }
         let fence_epoch = sessions.lock().fence_epoch();
+        let lease = Arc::new(LeaseSeen::new());
+        lease.record(&sessions.lock());
         let nodes = Arc::new(sessions);
         Ok((
             ClusterLocks {
@@ -309,8 +355,14 @@ impl ClusterLocks {
                 bell: Arc::clone(&bell),
                 stats: Arc::clone(&stats),
                 fence_epoch,
+                lease: Arc::clone(&lease),
             },
-            Pump { nodes, bell, stats },
+            Pump {
+                nodes,
+                bell,
+                stats,
+                lease,
+            },
         ))
     }
 
@@ -407,6 +459,10 @@ impl LockService for ClusterLocks {
     fn one_session_per_node(&self) -> bool {
         true
     }
+
+    fn lease_live(&self, now: Instant) -> bool {
+        self.lease.live_at(now)
+    }
 }
 
 impl Pump {
@@ -417,6 +473,7 @@ impl Pump {
             let (fd, armed, sleep) = {
                 let mut n = self.nodes.lock();
                 let armed = n.arm();
+                self.lease.record(&n);
                 (n.raw_fd(), armed, n.poll_timeout().min(PUMP_MAX_SLEEP))
             };
             if armed {

@@ -49,6 +49,13 @@ pub trait LockService: Send + Sync {
     fn fence_epoch(&self) -> u64 {
         0
     }
+    /// Whether this node holds a lock manager lease at `now`: a remote lock manager heard from
+    /// it within its liveness lease, so what it grants still counts. A node without one can
+    /// grant nothing (its clients' state may be another node's already) and must not attract
+    /// clients (the witness isolates it). In-process services: always.
+    fn lease_live(&self, _now: std::time::Instant) -> bool {
+        true
+    }
     /// The service sees the whole node as one session (lockmgrd), rather than one session
     /// per connection (`EngineLocks`): per-session state such as I/O grants is the node's.
     fn one_session_per_node(&self) -> bool {

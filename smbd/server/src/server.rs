@@ -297,7 +297,12 @@ impl Server {
                 );
             w.listeners
                 .spawn(w.state.clone(), witness_stop.clone(), policy)?;
-            w.peers.spawn(w.state, witness_stop.clone())?;
+            let shared = self.shared.clone();
+            w.peers.spawn(
+                w.state,
+                witness_stop.clone(),
+                Box::new(move |now| shared.lock_lease_live(now)),
+            )?;
             if let Some(m) = w.public {
                 public_ip = Some(m.spawn(witness_stop.clone())?);
             }

@@ -573,6 +573,11 @@ impl Shared {
         self.locks.session_counts()
     }
 
+    /// Whether this node holds a lock manager lease at `now` ([`LockService::lease_live`]).
+    pub fn lock_lease_live(&self, now: std::time::Instant) -> bool {
+        self.locks.lease_live(now)
+    }
+
     /// One lock-service request on behalf of connection `conn`. `id` is the SMB MessageId for
     /// requests that may be deferred (CREATE, LOCK) so completions and CANCEL can name them;
     /// 0 asks for a fresh internal id that cannot collide with a MessageId.

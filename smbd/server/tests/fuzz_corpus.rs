@@ -162,3 +162,28 @@ fn inotify_events_corpus() {
     }
     assert!(seeds >= 5, "seed corpus missing: {seeds} seeds");
 }
+
+#[path = "../fuzz/check_peers.rs"]
+mod check_peers;
+
+/// Replays `fuzz/corpus/witness_peers/` (message bodies the check signs) through the
+/// `witness_peers` target's check, every prefix too; the seeds parse.
+#[test]
+fn witness_peers_corpus() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/witness_peers");
+    let mut seeds = 0;
+    for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let p = e.unwrap().path();
+        let data = std::fs::read(&p).unwrap();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        for cut in 0..data.len() {
+            check_peers::check_peers(&data[..cut]);
+        }
+        let parsed = check_peers::check_peers(&data);
+        if name.starts_with("seed-") {
+            assert!(parsed, "{name}");
+            seeds += 1;
+        }
+    }
+    assert!(seeds >= 4, "seed corpus missing: {seeds} seeds");
+}

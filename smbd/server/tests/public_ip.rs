@@ -7,7 +7,8 @@
 //! client, whose recv then fails with ECONNRESET; the client reconnects to the same address
 //! and is served by node 2 (another server GUID). Without the tickle the client never hears
 //! anything: run with `PUBLIC_IP_TEST_NO_TICKLE=1` (node 2 gets `tickle = false`) and the test
-//! fails at its own deadline.
+//! fails at its own deadline. A second test cuts node 1 off from lockmgrd only: it must hand
+//! its address over by itself (it is isolated) and get it back once the path returns.
 //!
 //! Needs root (namespaces, raw sockets): a missing capability is a failure.
 
@@ -204,97 +205,201 @@ enum ClientEvent {
     ServedAgain(Instant, [u8; 16]),
 }
 
+/// The namespaces, addresses, key and UDP lockmgrd every test starts from.
+struct Cluster {
+    star: NetnsStar,
+    dir: tempfile::TempDir,
+    key: PathBuf,
+    _lockmgrd: Proc,
+}
+
+impl Cluster {
+    fn new() -> Cluster {
+        let star = NetnsStar::new(3, 1500).expect("network namespaces (this test needs root)");
+        ip(&[
+            "-n",
+            &star.server,
+            "addr",
+            "add",
+            &format!("{LOCKMGRD_IP}/24"),
+            "dev",
+            BRIDGE,
+        ]);
+        for (ns, addr) in star
+            .clients
+            .iter()
+            .zip([NODE_IPS[0], NODE_IPS[1], CLIENT_IP])
+        {
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", IFACE]);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("cluster.key");
+        std::fs::write(&key, rand::random::<[u8; 32]>()).unwrap();
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let lockmgrd_log = dir.path().join("lockmgrd.log");
+        let log = std::fs::File::create(&lockmgrd_log).unwrap();
+        let lockmgrd = Proc(Some(
+            NetnsPair::command_in(&star.server, cluster_common::lockmgrd_bin())
+                .args(["--transport", "udp", "--listen"])
+                .arg(format!("{LOCKMGRD_IP}:{LOCKMGRD_PORT}"))
+                .arg("--cluster-key-file")
+                .arg(&key)
+                .args(["--liveness-ms", &LEASE_MS.to_string()])
+                .env("NO_COLOR", "1")
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("spawn lockmgrd"),
+        ));
+        wait_for(
+            "lockmgrd listening",
+            dir.path(),
+            Duration::from_secs(30),
+            || {
+                std::fs::read_to_string(&lockmgrd_log)
+                    .is_ok_and(|l| l.contains("lockmgrd listening"))
+            },
+        );
+        Cluster {
+            star,
+            dir,
+            key,
+            _lockmgrd: lockmgrd,
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn start_node(&self, me: usize, tickle: bool) -> Proc {
+        start_node(&self.star, self.dir(), me, &self.key, tickle)
+    }
+
+    /// Waits until both nodes report `holder` holding the public address (and assigned it).
+    fn wait_held_by(&self, holder: usize) {
+        let expected = format!("{PUBLIC} node{holder} node{holder}\n");
+        wait_for(
+            &format!("node {holder} holds the public address"),
+            self.dir(),
+            Duration::from_secs(30),
+            || {
+                control(self.dir(), 1, "ips") == expected
+                    && control(self.dir(), 2, "ips") == expected
+            },
+        );
+    }
+
+    /// A client in the third namespace: connects to the public address, negotiates, then
+    /// waits idle in a recv; when that ends it reconnects until it is served again. Returns
+    /// once node 2 knows the client's connection (the published list), with the first
+    /// server's GUID.
+    fn idle_client(&self) -> (std::sync::mpsc::Receiver<ClientEvent>, [u8; 16]) {
+        let (tx, events) = channel();
+        NetnsPair::spawn_in(&self.star.clients[2], move || {
+            let public: SocketAddr = format!("{PUBLIC}:{SMB_PORT}").parse().unwrap();
+            let mut s =
+                TcpStream::connect_timeout(&public, Duration::from_secs(5)).expect("connect");
+            let guid = negotiate(&mut s).expect("negotiate with node 1");
+            tx.send(ClientEvent::Served(guid)).unwrap();
+            // Idle: nothing more to send, so nothing but the server can end this recv.
+            let mut b = [0u8; 1];
+            let r = s.read(&mut b);
+            if tx.send(ClientEvent::RecvEnded(Instant::now(), r)).is_err() {
+                return;
+            }
+            let again = loop {
+                match TcpStream::connect_timeout(&public, Duration::from_secs(1)) {
+                    Ok(mut s) => break negotiate(&mut s).expect("negotiate after the takeover"),
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            };
+            let _ = tx.send(ClientEvent::ServedAgain(Instant::now(), again));
+        });
+        let first_guid = match events.recv_timeout(Duration::from_secs(20)) {
+            Ok(ClientEvent::Served(g)) => g,
+            _ => panic!("the client was not served by node 1\n{}", logs(self.dir())),
+        };
+        let client_prefix = format!("{CLIENT_IP}:");
+        wait_for(
+            "node 2 knows the client's connection",
+            self.dir(),
+            Duration::from_secs(20),
+            || control(self.dir(), 2, "connections").contains(&client_prefix),
+        );
+        (events, first_guid)
+    }
+
+    /// After node 1 failed at `failed` (`why` for messages): the client's recv must end with
+    /// a reset and the client be served by another server. Returns (reset, served again),
+    /// measured from `failed`.
+    fn expect_reset_and_served_again(
+        &self,
+        events: &std::sync::mpsc::Receiver<ClientEvent>,
+        first_guid: [u8; 16],
+        failed: Instant,
+        why: &str,
+    ) -> (Duration, Duration) {
+        let (reset_at, result) = match events.recv_timeout(DEADLINE) {
+            Ok(ClientEvent::RecvEnded(at, r)) => (at, r),
+            Ok(ClientEvent::Served(_) | ClientEvent::ServedAgain(..)) => unreachable!(),
+            Err(RecvTimeoutError::Timeout) => panic!(
+                "the client still hangs {DEADLINE:?} after {why}\nnode 1: {}node 2 ips: {}\n{}",
+                control(self.dir(), 1, "status"),
+                control(self.dir(), 2, "ips"),
+                logs(self.dir())
+            ),
+            Err(e) => panic!("client thread: {e}"),
+        };
+        match result {
+            Err(e) => assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset,
+                "the client's recv failed otherwise: {e}"
+            ),
+            Ok(n) => panic!("the client's recv returned {n} instead of a reset"),
+        }
+        let remaining = DEADLINE.saturating_sub(failed.elapsed());
+        let (served_at, second_guid) = match events.recv_timeout(remaining) {
+            Ok(ClientEvent::ServedAgain(at, g)) => (at, g),
+            _ => panic!("the client was not served again\n{}", logs(self.dir())),
+        };
+        assert_ne!(
+            first_guid, second_guid,
+            "served by another server than node 1"
+        );
+        (
+            reset_at.duration_since(failed),
+            served_at.duration_since(failed),
+        )
+    }
+
+    fn addresses_on(&self, me: usize) -> String {
+        ip_output(&[
+            "-n",
+            &self.star.clients[me - 1],
+            "-4",
+            "addr",
+            "show",
+            "dev",
+            IFACE,
+        ])
+    }
+}
+
 #[test]
 fn a_dead_nodes_public_address_moves_and_its_idle_client_is_reset() {
     let tickle = std::env::var_os("PUBLIC_IP_TEST_NO_TICKLE").is_none();
-    let star = NetnsStar::new(3, 1500).expect("network namespaces (this test needs root)");
-    ip(&[
-        "-n",
-        &star.server,
-        "addr",
-        "add",
-        &format!("{LOCKMGRD_IP}/24"),
-        "dev",
-        BRIDGE,
-    ]);
-    for (ns, addr) in star
-        .clients
-        .iter()
-        .zip([NODE_IPS[0], NODE_IPS[1], CLIENT_IP])
-    {
-        ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", IFACE]);
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let dir = dir.path();
-    let key = dir.join("cluster.key");
-    std::fs::write(&key, rand::random::<[u8; 32]>()).unwrap();
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-
-    let lockmgrd_log = dir.join("lockmgrd.log");
-    let log = std::fs::File::create(&lockmgrd_log).unwrap();
-    let _lockmgrd = Proc(Some(
-        NetnsPair::command_in(&star.server, cluster_common::lockmgrd_bin())
-            .args(["--transport", "udp", "--listen"])
-            .arg(format!("{LOCKMGRD_IP}:{LOCKMGRD_PORT}"))
-            .arg("--cluster-key-file")
-            .arg(&key)
-            .args(["--liveness-ms", &LEASE_MS.to_string()])
-            .env("NO_COLOR", "1")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn lockmgrd"),
-    ));
-    wait_for("lockmgrd listening", dir, Duration::from_secs(30), || {
-        std::fs::read_to_string(&lockmgrd_log).is_ok_and(|l| l.contains("lockmgrd listening"))
-    });
-    let mut node1 = start_node(&star, dir, 1, &key, true);
-    let mut node2 = start_node(&star, dir, 2, &key, tickle);
-
+    let c = Cluster::new();
+    let mut node1 = c.start_node(1, true);
+    let mut node2 = c.start_node(2, tickle);
     // Both nodes agree that node 1 holds the address (its home).
-    let expected = format!("{PUBLIC} node1 node1\n");
-    wait_for(
-        "node 1 holds the public address",
-        dir,
-        Duration::from_secs(20),
-        || control(dir, 1, "ips") == expected && control(dir, 2, "ips") == expected,
-    );
-
-    let (tx, events) = channel();
-    let _client = NetnsPair::spawn_in(&star.clients[2], move || {
-        let public: SocketAddr = format!("{PUBLIC}:{SMB_PORT}").parse().unwrap();
-        let mut s = TcpStream::connect_timeout(&public, Duration::from_secs(5)).expect("connect");
-        let guid = negotiate(&mut s).expect("negotiate with node 1");
-        tx.send(ClientEvent::Served(guid)).unwrap();
-        // Idle: nothing more to send, so nothing but the server can end this recv.
-        let mut b = [0u8; 1];
-        let r = s.read(&mut b);
-        if tx.send(ClientEvent::RecvEnded(Instant::now(), r)).is_err() {
-            return;
-        }
-        let again = loop {
-            match TcpStream::connect_timeout(&public, Duration::from_secs(1)) {
-                Ok(mut s) => break negotiate(&mut s).expect("negotiate after the takeover"),
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        };
-        let _ = tx.send(ClientEvent::ServedAgain(Instant::now(), again));
-    });
-    let first_guid = match events.recv_timeout(Duration::from_secs(20)) {
-        Ok(ClientEvent::Served(g)) => g,
-        _ => panic!("the client was not served by node 1\n{}", logs(dir)),
-    };
-    // Node 2 must know the client's connection before node 1 dies (the published list).
-    let client_prefix = format!("{CLIENT_IP}:");
-    wait_for(
-        "node 2 knows the client's connection",
-        dir,
-        Duration::from_secs(20),
-        || control(dir, 2, "connections").contains(&client_prefix),
-    );
+    c.wait_held_by(1);
+    let (events, first_guid) = c.idle_client();
 
     // Node 1 dies: link first (its kernel must not close the connection for it), then SIGKILL.
-    ip(&["-n", &star.clients[0], "link", "set", IFACE, "down"]);
+    ip(&["-n", &c.star.clients[0], "link", "set", IFACE, "down"]);
     let killed_pid = node1.pid();
     node1.kill();
     let killed = Instant::now();
@@ -302,45 +407,87 @@ fn a_dead_nodes_public_address_moves_and_its_idle_client_is_reset() {
         "node 1 (pid {killed_pid}) killed; tickle ACKs {}",
         if tickle { "on" } else { "off" }
     );
-
-    let (reset_at, result) = match events.recv_timeout(DEADLINE) {
-        Ok(ClientEvent::RecvEnded(at, r)) => (at, r),
-        Ok(ClientEvent::Served(_) | ClientEvent::ServedAgain(..)) => unreachable!(),
-        Err(RecvTimeoutError::Timeout) => panic!(
-            "the client still hangs {DEADLINE:?} after node 1 died (no tickle ACK?)\nnode 2 ips: {}\n{}",
-            control(dir, 2, "ips"),
-            logs(dir)
-        ),
-        Err(e) => panic!("client thread: {e}"),
-    };
-    match result {
-        Err(e) => assert_eq!(
-            e.kind(),
-            std::io::ErrorKind::ConnectionReset,
-            "the client's recv failed otherwise: {e}"
-        ),
-        Ok(n) => panic!("the client's recv returned {n} instead of a reset"),
-    }
-    let remaining = DEADLINE.saturating_sub(killed.elapsed());
-    let (served_at, second_guid) = match events.recv_timeout(remaining) {
-        Ok(ClientEvent::ServedAgain(at, g)) => (at, g),
-        _ => panic!("the client was not served again\n{}", logs(dir)),
-    };
-    assert_ne!(
-        first_guid, second_guid,
-        "served by another server than node 1"
+    let (reset, served) = c.expect_reset_and_served_again(
+        &events,
+        first_guid,
+        killed,
+        "node 1 died (no tickle ACK?)",
     );
     eprintln!(
-        "kill -> client reset: {:?}; kill -> served by node 2: {:?} (dead_after {DEAD_AFTER_MS} ms + fence {LEASE_MS} ms)",
-        reset_at.duration_since(killed),
-        served_at.duration_since(killed)
+        "kill -> client reset: {reset:?}; kill -> served by node 2: {served:?} (dead_after {DEAD_AFTER_MS} ms + fence {LEASE_MS} ms)"
     );
-    assert_eq!(control(dir, 2, "ips"), format!("{PUBLIC} node2 node2\n"));
-    let on_node2 = || ip_output(&["-n", &star.clients[1], "-4", "addr", "show", "dev", IFACE]);
-    assert!(on_node2().contains(PUBLIC), "{}", on_node2());
+    assert_eq!(
+        control(c.dir(), 2, "ips"),
+        format!("{PUBLIC} node2 node2\n")
+    );
+    assert!(c.addresses_on(2).contains(PUBLIC), "{}", c.addresses_on(2));
 
     // A clean stop removes the address.
     let st = node2.stop();
-    assert!(st.success(), "node 2 stopped with {st}\n{}", logs(dir));
-    assert!(!on_node2().contains(PUBLIC), "{}", on_node2());
+    assert!(st.success(), "node 2 stopped with {st}\n{}", logs(c.dir()));
+    assert!(!c.addresses_on(2).contains(PUBLIC), "{}", c.addresses_on(2));
+}
+
+/// Node 1 loses its path to lockmgrd but not to its peers or clients (a blackhole route to
+/// lockmgrd's address in its namespace). Its lease runs out, lockmgrd fences it, and it can
+/// grant nothing: it must call itself isolated, release its address (its peers hear it
+/// still, so nobody would take it from a live node otherwise) and let node 2 take it and
+/// reset the client, who is then served by node 2. Once the path is back node 1 is in service
+/// again and gets its home address back. Without the isolation the client stays on node 1 and
+/// the test fails at its deadline.
+#[test]
+fn a_node_cut_off_from_the_lock_manager_hands_its_address_over() {
+    let c = Cluster::new();
+    let _node1 = c.start_node(1, true);
+    let _node2 = c.start_node(2, true);
+    c.wait_held_by(1);
+    let (events, first_guid) = c.idle_client();
+
+    let blackhole = format!("{LOCKMGRD_IP}/32");
+    ip(&[
+        "-n",
+        &c.star.clients[0],
+        "route",
+        "add",
+        "blackhole",
+        &blackhole,
+    ]);
+    let cut = Instant::now();
+    let (reset, served) = c.expect_reset_and_served_again(
+        &events,
+        first_guid,
+        cut,
+        "node 1 was cut off from lockmgrd",
+    );
+    eprintln!(
+        "cut -> client reset: {reset:?}; cut -> served by node 2: {served:?} (lease {LEASE_MS} ms)"
+    );
+    assert!(
+        control(c.dir(), 1, "status").contains(&format!("node1 {} isolated", NODE_IPS[0])),
+        "{}",
+        control(c.dir(), 1, "status")
+    );
+    assert!(
+        control(c.dir(), 2, "status").contains(&format!("node1 {} isolated", NODE_IPS[0])),
+        "{}",
+        control(c.dir(), 2, "status")
+    );
+    assert_eq!(
+        control(c.dir(), 2, "ips"),
+        format!("{PUBLIC} node2 node2\n")
+    );
+    assert!(!c.addresses_on(1).contains(PUBLIC), "{}", c.addresses_on(1));
+
+    // The path comes back: node 1 gets a lease again, then its home address.
+    ip(&[
+        "-n",
+        &c.star.clients[0],
+        "route",
+        "del",
+        "blackhole",
+        &blackhole,
+    ]);
+    c.wait_held_by(1);
+    assert!(c.addresses_on(1).contains(PUBLIC), "{}", c.addresses_on(1));
+    assert!(!c.addresses_on(2).contains(PUBLIC), "{}", c.addresses_on(2));
 }

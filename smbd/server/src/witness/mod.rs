@@ -4,7 +4,7 @@
 //! drain command on a local control socket).
 //!
 //! Where node state comes from: every node sends every other node an authenticated UDP
-//! heartbeat (`peers`) carrying its state (up or draining). lockmgrd's session view
+//! heartbeat (`peers`) carrying its state (up, draining or isolated). lockmgrd's session view
 //! (`lockmgrctl status`) would tell which nodes hold a session, but reading it means a
 //! control-socket client of lockmgrd on every node and a name mapping from lockmgr node names
 //! to client-facing addresses, and it says nothing of a drain; the heartbeat channel needs no
@@ -13,13 +13,15 @@
 //! clients CLIENT_MOVE to the nodes still up, from every node's witness (a client's witness
 //! connection is to another node than its SMB connection, MS-SWN 3.2.4.1).
 //!
-//! Authentication: smb-rpc has no DCE/RPC security provider (NTLMSSP sign/seal), so the
-//! witness accepts unauthenticated binds and refuses authenticated ones (bind_nak). Windows
-//! clients bind with packet privacy and will not use this witness; Samba's rpcclient and
-//! other clients binding without auth can. What an unauthenticated caller can do is bounded:
-//! it learns the cluster's node names and addresses (GetInterfaceList), and holds at most
-//! `max_registrations_per_conn` registrations on at most `max_connections` connections, all
-//! dropped with its connection.
+//! A node that loses its lock manager lease calls itself isolated in its heartbeats
+//! ([`NodeStatus::Isolated`]): its clients are moved as on a drain, and its public addresses go
+//! to the nodes still up, until it holds a lease again.
+//!
+//! Authentication: callers bind with NTLMSSP (raw, or inside SPNEGO as Windows does) as a user
+//! of `[server] users`, at the level `[witness] auth_level` asks (privacy by default; see
+//! `tcp` and smb-rpc's security provider). The endpoint mapper stays open, as on Windows. What
+//! one caller can hold is bounded: at most `max_registrations_per_conn` registrations on at
+//! most `max_connections` connections, all dropped with its connection.
 
 pub mod peers;
 pub mod public_ip;
@@ -47,6 +49,12 @@ pub enum NodeStatus {
     Up,
     /// An administrator asked its clients to move away.
     Draining,
+    /// It has no lock manager lease: lockmgrd has not heard from it within its liveness
+    /// lease (a partition between the node and the lock manager), so it can grant nothing and
+    /// its clients' state may already be another node's. It says so itself in its heartbeats,
+    /// hands its public addresses over and sends its witness clients elsewhere, as a drain
+    /// does, until it holds a lease again.
+    Isolated,
     /// Not heard from within `dead_after_ms`.
     Dead,
 }
@@ -56,6 +64,7 @@ impl NodeStatus {
         match self {
             NodeStatus::Up => "up",
             NodeStatus::Draining => "draining",
+            NodeStatus::Isolated => "isolated",
             NodeStatus::Dead => "dead",
         }
     }
@@ -133,6 +142,9 @@ struct Inner {
     registrations: HashMap<Uuid, Registration>,
     /// Answers for calls whose registration is gone (UnRegister with an AsyncNotify pending).
     orphaned: HashMap<u64, Vec<(CallId, NotifyOutcome)>>,
+    /// Whether this node held a lock manager lease when last told
+    /// ([`WitnessState::set_lease_live`]).
+    lease_live: bool,
 }
 
 /// The witness state of this node, shared by its RPC connections and the peer thread.
@@ -192,6 +204,7 @@ impl WitnessState {
                 addr_conns,
                 registrations: HashMap::new(),
                 orphaned: HashMap::new(),
+                lease_live: true,
             }),
         })
     }
@@ -221,12 +234,42 @@ impl WitnessState {
         s
     }
 
-    /// Set this node's own status (drain / undrain from the control socket).
+    /// Set this node's own status (drain / undrain from the control socket). A node without
+    /// a lock manager lease that is undrained stays isolated until it has one again.
     pub fn set_local(&self, status: NodeStatus) {
         let mut inner = self.lock();
         let local = self.local;
         inner.nodes[local].last_heard = Instant::now();
+        let status = match status {
+            NodeStatus::Up if !inner.lease_live => NodeStatus::Isolated,
+            s => s,
+        };
         transition(&mut inner, local, status);
+    }
+
+    /// Whether this node holds a lock manager lease now (the heartbeat thread asks the lock
+    /// service every period). Losing it isolates an up node; getting it back returns an
+    /// isolated node to service. A drain is the administrator's and stays as it is.
+    pub fn set_lease_live(&self, live: bool) {
+        let mut inner = self.lock();
+        if inner.lease_live == live {
+            return;
+        }
+        inner.lease_live = live;
+        let local = self.local;
+        let next = match (inner.nodes[local].status, live) {
+            (NodeStatus::Up, false) => NodeStatus::Isolated,
+            (NodeStatus::Isolated, true) => NodeStatus::Up,
+            _ => return,
+        };
+        if live {
+            tracing::info!("witness: lock manager lease held again, node back in service");
+        } else {
+            tracing::warn!(
+                "witness: no lock manager lease, node isolated (addresses and witness clients move away)"
+            );
+        }
+        transition(&mut inner, local, next);
     }
 
     /// A verified heartbeat from node `name` with sequence `seq`, `status` and the public
@@ -625,8 +668,9 @@ fn transition(inner: &mut Inner, i: usize, status: NodeStatus) {
     tracing::info!(node = %inner.nodes[i].name, from = old.as_str(), to = status.as_str(), "witness: node state");
     let resource = inner.nodes[i].address.to_string();
     let note = match status {
-        // MS-SWN 3.1.5? a planned move: tell the clients where to go (the nodes still up).
-        NodeStatus::Draining => {
+        // A planned move, or a node that can no longer serve while its peers can: tell the
+        // clients where to go (the nodes still up; MS-SWN 3.1.4.5 CLIENT_MOVE).
+        NodeStatus::Draining | NodeStatus::Isolated => {
             let targets: Vec<IpAddr> = inner
                 .nodes
                 .iter()
@@ -643,7 +687,7 @@ fn transition(inner: &mut Inner, i: usize, status: NodeStatus) {
         NodeStatus::Dead => {
             Notification::ResourceChange(vec![(resource, resource_state::UNAVAILABLE)])
         }
-        NodeStatus::Up if old == NodeStatus::Dead => {
+        NodeStatus::Up if matches!(old, NodeStatus::Dead | NodeStatus::Isolated) => {
             Notification::ResourceChange(vec![(resource, resource_state::AVAILABLE)])
         }
         NodeStatus::Up => return,
@@ -777,6 +821,59 @@ mod tests {
         // A replayed older heartbeat changes nothing.
         s.heard("n2", 1, NodeStatus::Up, 0, Instant::now());
         assert!(s.status_text().contains("n2 10.0.0.2 draining"));
+    }
+
+    #[test]
+    fn a_node_without_a_lock_manager_lease_is_isolated_until_it_has_one() {
+        let s = state();
+        // This node's own witness clients are told to move (as on a drain) when it loses
+        // its lease; undrain cannot put it back in service while it has none.
+        let h1 = s.register(1, &reg("10.0.0.1")).unwrap();
+        s.set_lease_live(true);
+        assert_eq!(s.local_status(), NodeStatus::Up);
+        s.set_lease_live(false);
+        assert_eq!(s.local_status(), NodeStatus::Isolated);
+        assert_eq!(
+            s.async_notify(1, h1, CALL),
+            Ok(Some(NotifyOutcome::Notification(Notification::ClientMove(
+                vec!["10.0.0.2".parse().unwrap(), "10.0.0.3".parse().unwrap()]
+            ))))
+        );
+        s.set_local(NodeStatus::Up);
+        assert_eq!(s.local_status(), NodeStatus::Isolated);
+        // A drain stays a drain whatever the lease does.
+        s.set_local(NodeStatus::Draining);
+        s.set_lease_live(true);
+        assert_eq!(s.local_status(), NodeStatus::Draining);
+        s.set_local(NodeStatus::Up);
+        // A client registered now hears the isolation, then the return.
+        let h = s.register(3, &reg("10.0.0.1")).unwrap();
+        s.set_lease_live(false);
+        s.set_lease_live(true);
+        assert_eq!(s.local_status(), NodeStatus::Up);
+        assert!(matches!(
+            s.async_notify(3, h, CALL),
+            Ok(Some(NotifyOutcome::Notification(Notification::ClientMove(
+                _
+            ))))
+        ));
+        assert_eq!(
+            s.async_notify(3, h, CALL),
+            Ok(Some(NotifyOutcome::Notification(
+                Notification::ResourceChange(vec![("10.0.0.1".into(), resource_state::AVAILABLE)])
+            )))
+        );
+        // A peer that says it is isolated is not a place to move clients to.
+        s.heard("n3", 1, NodeStatus::Isolated, 0, Instant::now());
+        let h2 = s.register(1, &reg("10.0.0.2")).unwrap();
+        s.heard("n2", 1, NodeStatus::Draining, 0, Instant::now());
+        assert_eq!(
+            s.async_notify(1, h2, CALL),
+            Ok(Some(NotifyOutcome::Notification(Notification::ClientMove(
+                vec!["10.0.0.1".parse().unwrap()]
+            ))))
+        );
+        assert!(s.status_text().contains("n3 10.0.0.3 isolated"));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! drains the node through (`smbd witness drain`).
 //!
 //! A heartbeat is `"SWN2" | seq u64 | status u8 | claims u64 | name_len u8 | name |
-//! HMAC-SHA256` over everything before the MAC, keyed with the cluster key. `claims` is the
+//! HMAC-SHA256` over everything before the MAC, keyed with the cluster key. `status` is 0 up,
+//! 1 draining, 2 isolated (no lock manager lease: see [`NodeStatus::Isolated`]). `claims` is the
 //! set of public addresses the sender holds (bit i: `[public_addresses]` entry i). `seq` is
 //! the sender's wall clock in milliseconds plus a counter, so it grows across restarts; a
 //! receiver keeps the highest it accepted per node and drops anything not above it (a
@@ -56,6 +57,7 @@ fn status_byte(s: NodeStatus) -> u8 {
     match s {
         NodeStatus::Up => 0,
         NodeStatus::Draining => 1,
+        NodeStatus::Isolated => 2,
         // A node never says it is dead.
         NodeStatus::Dead => 0xff,
     }
@@ -96,7 +98,9 @@ fn push_name(d: &mut Vec<u8>, name: &str) {
     d.extend_from_slice(name);
 }
 
-fn sign(key: &[u8], mut d: Vec<u8>) -> Vec<u8> {
+/// `d` followed by its MAC under `key` (also how the fuzz target reaches the parser behind the
+/// MAC).
+pub fn sign(key: &[u8], mut d: Vec<u8>) -> Vec<u8> {
     let m = mac(key, &d);
     d.extend_from_slice(&m);
     d
@@ -174,6 +178,7 @@ pub fn decode(key: &[u8], d: &[u8]) -> Option<PeerMessage> {
         let status = match r.u8()? {
             0 => NodeStatus::Up,
             1 => NodeStatus::Draining,
+            2 => NodeStatus::Isolated,
             _ => return None,
         };
         let claims = r.u64()?;
@@ -249,14 +254,21 @@ impl PeerSockets {
         Ok(Self { udp, control })
     }
 
-    /// Start the heartbeat and control threads.
-    pub fn spawn(self, state: Arc<WitnessState>, shutdown: Arc<AtomicBool>) -> std::io::Result<()> {
+    /// Start the heartbeat and control threads. `lease_live` says whether this node holds a
+    /// lock manager lease at a given time (asked every heartbeat period: a node without one
+    /// is isolated, [`NodeStatus::Isolated`]).
+    pub fn spawn(
+        self,
+        state: Arc<WitnessState>,
+        shutdown: Arc<AtomicBool>,
+        lease_live: LeaseCheck,
+    ) -> std::io::Result<()> {
         if let Some((sock, key)) = self.udp {
             let st = state.clone();
             let stop = shutdown.clone();
             std::thread::Builder::new()
                 .name("smbd-witness-peers".into())
-                .spawn(move || heartbeats(sock, st, key, stop))?;
+                .spawn(move || heartbeats(sock, st, key, stop, lease_live))?;
         }
         if let Some(listener) = self.control {
             std::thread::Builder::new()
@@ -267,7 +279,16 @@ impl PeerSockets {
     }
 }
 
-fn heartbeats(sock: UdpSocket, state: Arc<WitnessState>, key: Vec<u8>, shutdown: Arc<AtomicBool>) {
+/// Whether this node holds a lock manager lease at the given time.
+pub type LeaseCheck = Box<dyn Fn(Instant) -> bool + Send>;
+
+fn heartbeats(
+    sock: UdpSocket,
+    state: Arc<WitnessState>,
+    key: Vec<u8>,
+    shutdown: Arc<AtomicBool>,
+    lease_live: LeaseCheck,
+) {
     let cfg = state.config().clone();
     let period = Duration::from_millis(cfg.heartbeat_ms);
     let base = SystemTime::now()
@@ -288,6 +309,7 @@ fn heartbeats(sock: UdpSocket, state: Arc<WitnessState>, key: Vec<u8>, shutdown:
     };
     while !shutdown.load(Ordering::Relaxed) {
         let now = Instant::now();
+        state.set_lease_live(lease_live(now));
         let (status, claims) = state.local_heartbeat();
         let gen = state.local_conns_gen();
         // A status change (a drain) or a taken / released address goes out at once rather

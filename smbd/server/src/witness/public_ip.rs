@@ -45,6 +45,14 @@
 //! is small beside the fence wait. The ARP and the tickles, sent many at a time, use raw
 //! sockets (`rawnet`).
 //!
+//! **A node without a lock manager lease** (cut off from lockmgrd: `NodeStatus::Isolated`)
+//! is not healthy: it releases its addresses at once and takes none, even when it sees every
+//! other node dead (it may be the one cut off). lockmgrd has fenced it, so it can serve nothing;
+//! an address it kept would hold its clients on a node that cannot answer, and one it took
+//! would be held twice. Its peers take its addresses as they take a drained node's, without the
+//! fence wait, once its heartbeat drops the claim. If its peers cannot hear it either, they
+//! take them after the fence wait as from a dead node.
+//!
 //! IPv4 only. SMB Direct connections cannot be tickled (their clients learn through the
 //! witness or the RDMA CM disconnect).
 
@@ -502,6 +510,39 @@ mod tests {
         );
         assert_eq!(assign(2, &[false, false]), vec![None, None]);
         assert_eq!(assign(3, &[false, true]), [1, 1, 1].map(Some).to_vec());
+    }
+
+    #[test]
+    fn an_isolated_node_hands_its_addresses_over_and_takes_none() {
+        let fenced = Duration::from_secs(10);
+        // Node 0 lost its lock manager lease while holding its home address 0.
+        let views = [
+            view(NodeStatus::Isolated, 0, 0b1),
+            view(NodeStatus::Up, 0, 0b10),
+        ];
+        assert_eq!(
+            decide(2, &views, 0, 0b1, fenced, true),
+            Decision {
+                release: vec![0],
+                take: vec![]
+            }
+        );
+        // Node 1 waits while the claim is heard, then takes it without the fence wait.
+        assert_eq!(
+            decide(2, &views, 1, 0b10, fenced, true),
+            Decision::default()
+        );
+        let views = [
+            view(NodeStatus::Isolated, 0, 0),
+            view(NodeStatus::Up, 0, 0b10),
+        ];
+        assert_eq!(decide(2, &views, 1, 0b10, fenced, true).take, vec![0]);
+        // Cut off from everything, it sees its peer dead: it still takes nothing.
+        let views = [
+            view(NodeStatus::Isolated, 0, 0),
+            view(NodeStatus::Dead, 60_000, 0b10),
+        ];
+        assert_eq!(decide(2, &views, 0, 0, fenced, true), Decision::default());
     }
 
     #[test]
