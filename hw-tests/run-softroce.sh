@@ -13,7 +13,9 @@
 #   SOFTROCE_TIMEOUT        seconds the guest may run (default 400)
 #   SOFTROCE_PROFILE        cargo profile for the test binary (default release)
 #   SOFTROCE_CIFS           1 (default): build cifs.ko with SMB Direct for the guest kernel and
-#                           run the kernel-client mount test (rdma-suite --cifs); a failure to
+#                           run the kernel-client tests (rdma-suite --cifs: the SMB Direct mount;
+#                           --ca-failover: ping_pong on a CA share across a lockmgrd primary
+#                           kill, with etcd-server and ctdb's ping_pong); a failure to
 #                           build it fails the run. 0 leaves that test out (local runs only).
 #   RDMA_SUITE_LOG, SMBDIRECTD_LOG
 #                           tracing filters passed to rdma-suite (and the smbd in it) and
@@ -147,7 +149,12 @@ if [ "$CIFS" = 1 ]; then
     CIFS_KO=$(bash "$ROOT/hw-tests/build-cifs-rdma.sh" "$KVER" "$CACHE") ||
         fail "cannot build cifs.ko with SMB Direct for $KVER (hw-tests/build-cifs-rdma.sh)"
     log "cifs.ko with SMB Direct: $CIFS_KO"
-    CIFS_ARG=--cifs
+    # The kernel client's ping_pong across a lock manager failover also needs etcd (epochs of
+    # the replicated lockmgrd) and CTDB's ping_pong in the guest.
+    apt_install etcd-server ctdb || fail "cannot install etcd-server and ctdb (ping_pong)"
+    ETCD_BIN=$(command -v etcd) || fail "etcd-server installed no etcd"
+    PING_PONG_BIN=$(command -v ping_pong) || fail "ctdb installed no ping_pong"
+    CIFS_ARG="--cifs --ca-failover /usr/local/bin/lockmgrd,$ETCD_BIN,$PING_PONG_BIN"
 fi
 
 # ---- test binaries ------------------------------------------------------------------------------
@@ -156,7 +163,7 @@ fi
 # puts between an rdma_cm initiator and smbd.
 log "building rdma-suite, lockbench and smbdirectd ($PROFILE)"
 (cd "$ROOT" && CARGO_TARGET_DIR="$TARGET_DIR" cargo build --profile "$PROFILE" -p hw-tests --bin rdma-suite \
-    -p lockbench --bin lockbench -p smbdirect --bin smbdirectd >&2) ||
+    -p lockbench --bin lockbench -p smbdirect --bin smbdirectd -p lockmgrd --bin lockmgrd >&2) ||
     fail "cargo build failed"
 case "$PROFILE" in
     dev) BIN_DIR=$TARGET_DIR/debug ;;
@@ -165,9 +172,11 @@ esac
 BIN=$BIN_DIR/rdma-suite
 BENCH_BIN=$BIN_DIR/lockbench
 SDD_BIN=$BIN_DIR/smbdirectd
+LOCKMGRD_BIN=$BIN_DIR/lockmgrd
 [ -x "$BIN" ] || fail "no binary at $BIN"
 [ -x "$BENCH_BIN" ] || fail "no binary at $BENCH_BIN"
 [ -x "$SDD_BIN" ] || fail "no binary at $SDD_BIN"
+[ -x "$LOCKMGRD_BIN" ] || fail "no binary at $LOCKMGRD_BIN"
 
 # ---- initramfs ----------------------------------------------------------------------------------
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/softroce.XXXXXX")
@@ -202,16 +211,20 @@ cp /bin/busybox "$R/bin/busybox"
 RDMA_TOOL=$(command -v rdma || echo /sbin/rdma)
 PROVIDER=$(ls "$ARCH_LIB"/libibverbs/librxe-rdmav*.so 2>/dev/null | head -1)
 [ -n "$PROVIDER" ] || fail "rxe verbs provider not found (ibverbs-providers)"
-copy_with_libs "$RDMA_TOOL" "$PROVIDER" "$BIN" "$BENCH_BIN" "$SDD_BIN"
+copy_with_libs "$RDMA_TOOL" "$PROVIDER" "$BIN" "$BENCH_BIN" "$SDD_BIN" "$LOCKMGRD_BIN"
+if [ "$CIFS" = 1 ]; then
+    copy_with_libs "$ETCD_BIN" "$PING_PONG_BIN"
+fi
 cp /etc/libibverbs.d/rxe.driver "$R/etc/libibverbs.d/"
 mkdir -p "$R/usr/local/bin"
 mv "$R$BIN" "$R/usr/local/bin/rdma-suite"
 mv "$R$BENCH_BIN" "$R/usr/local/bin/lockbench"
 mv "$R$SDD_BIN" "$R/usr/local/bin/smbdirectd"
+mv "$R$LOCKMGRD_BIN" "$R/usr/local/bin/lockmgrd"
 # Debug info is useless in the guest and slows the initramfs unpacking under emulation.
 if command -v strip >/dev/null; then
     strip --strip-debug "$R/usr/local/bin/rdma-suite" "$R/usr/local/bin/lockbench" \
-        "$R/usr/local/bin/smbdirectd" || true
+        "$R/usr/local/bin/smbdirectd" "$R/usr/local/bin/lockmgrd" || true
 fi
 RDMA_IN_GUEST=$RDMA_TOOL
 

@@ -26,14 +26,14 @@ const FILE_SIZE: usize = 8 << 20;
 const CHUNK: usize = 512 << 10;
 /// smbd's port for the TCP mount.
 const TCP_PORT: u16 = 4450;
-const USER: &str = "sduser";
-const PASSWORD: &str = "rdma-Test-pw1";
+pub(crate) const USER: &str = "sduser";
+pub(crate) const PASSWORD: &str = "rdma-Test-pw1";
 /// How long smbdirectd may take to log a connection's end after the unmount.
 const COUNTER_WAIT: Duration = Duration::from_secs(30);
 
 /// smbd in this process, listening for smbdirectd on its unix socket (`dir`/run/smbdirect.sock)
 /// and for TCP clients on `ip`.
-struct Smbd {
+pub(crate) struct Smbd {
     stopper: smbd::server::Stopper,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -47,19 +47,7 @@ impl Smbd {
     fn start(ip: IpAddr, dir: &Path) -> Result<Smbd, String> {
         let share = dir.join("share");
         std::fs::create_dir_all(&share).map_err(|e| format!("{}: {e}", share.display()))?;
-        let users = dir.join("users");
-        let _ = std::fs::remove_file(&users);
-        update_users_file(
-            &users,
-            USER,
-            PasswdAction::Set {
-                password: PASSWORD.into(),
-                uid: Some(0),
-                gid: Some(0),
-                groups: Some(Vec::new()),
-            },
-        )
-        .map_err(|e| format!("users file: {e}"))?;
+        let users = write_users(dir)?;
         // Signing off: the Linux client uses RDMA channels only on unsigned, unencrypted
         // sessions (smb3_use_rdma_offload).
         let toml = format!(
@@ -71,7 +59,12 @@ impl Smbd {
             proxy_socket(dir).display(),
             share.display()
         );
-        let config = smbd::config::Config::parse(&toml).map_err(|e| format!("smbd config: {e}"))?;
+        Smbd::from_toml(&toml)
+    }
+
+    /// smbd with configuration `toml`, run on a thread of this process.
+    pub(crate) fn from_toml(toml: &str) -> Result<Smbd, String> {
+        let config = smbd::config::Config::parse(toml).map_err(|e| format!("smbd config: {e}"))?;
         let server =
             smbd::server::Server::bind(config, &[]).map_err(|e| format!("smbd bind: {e}"))?;
         let stopper = server.stopper();
@@ -85,6 +78,24 @@ impl Smbd {
             thread: Some(thread),
         })
     }
+}
+
+/// The users file (`dir`/users) with the test user, mapped to root (the guest has no others).
+pub(crate) fn write_users(dir: &Path) -> Result<PathBuf, String> {
+    let users = dir.join("users");
+    let _ = std::fs::remove_file(&users);
+    update_users_file(
+        &users,
+        USER,
+        PasswdAction::Set {
+            password: PASSWORD.into(),
+            uid: Some(0),
+            gid: Some(0),
+            groups: Some(Vec::new()),
+        },
+    )
+    .map_err(|e| format!("users file: {e}"))?;
+    Ok(users)
 }
 
 impl Drop for Smbd {
@@ -185,7 +196,7 @@ fn counter(line: &str, name: &str) -> Option<u64> {
         .and_then(|(_, v)| v.parse().ok())
 }
 
-fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
+pub(crate) fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
     let out = Command::new(cmd)
         .args(args)
         .output()

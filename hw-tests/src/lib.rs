@@ -1,5 +1,6 @@
 //! Hardware tests: soft-RoCE under qemu
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod ca_failover;
 pub mod cifs_mount;
 pub mod smbdirect;

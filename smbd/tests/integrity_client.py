@@ -22,6 +22,8 @@ Cases:
                         with a wrong signature -> refused; correctly signed -> goes on
   async_final_signed    the final response of a LOCK that went async (STATUS_PENDING) carries
                         a valid signature of the session's key (checked, not trusted)
+  logoff_signed         the response to a signed LOGOFF is signed with the key of the session
+                        it ended (the Linux client checks it, and failed here)
 """
 import sys
 import threading
@@ -36,7 +38,8 @@ from smbprotocol.open import (CreateDisposition, CreateOptions, FileAttributes,
                               FilePipePrinterAccessMask, ImpersonationLevel, LockFlags, Open,
                               ShareAccess, SMB2FlushRequest, SMB2LockElement,
                               SMB2LockRequest)
-from smbprotocol.session import Session, SMB2SessionSetupRequest, SMB2SessionSetupResponse
+from smbprotocol.session import (Session, SMB2Logoff, SMB2SessionSetupRequest,
+                                 SMB2SessionSetupResponse)
 from smbprotocol.tree import TreeConnect
 
 STATUS_FILE_CLOSED = 0xC0000128
@@ -418,6 +421,24 @@ def case_async_final_signed(a):
     except Exception as e:
         raise Fail(f"final async response: bad signature ({e})")
     print("async final response signed", flush=True)
+
+
+def case_logoff_signed(a):
+    conn = connect(a.host, a.port)
+    sess = login(conn, a.user, a.pw)
+    f = create(tree(sess, a.host, a.share), "logoff_signed.txt")
+    f.close()
+    req = conn.send(SMB2Logoff(), sid=sess.session_id)
+    check(status_of(conn, req) == 0, "logoff failed")
+    resp = req.response
+    # MS-SMB2 3.3.4.1.1: a signed request gets a signed response, LOGOFF included, although
+    # the session is gone once it is answered.
+    check(resp["flags"].has_flag(Smb2Flags.SMB2_FLAGS_SIGNED), "LOGOFF response unsigned")
+    try:
+        conn.verify_signature(resp, sess.session_id, force=True)
+    except Exception as e:
+        raise Fail(f"LOGOFF response: bad signature ({e})")
+    print("logoff response signed", flush=True)
 
 
 CASES = {name[5:]: fn for name, fn in globals().items() if name.startswith("case_")}

@@ -14,6 +14,7 @@
 //! Usage:
 //!   rdma-suite [--addr IP] [--device NAME] [--port N] [--gid-index N] [--bench-ops N]
 //!              [--lockbench PATH] [--smbdirectd PATH] [--cifs]
+//!              [--ca-failover LOCKMGRD,ETCD,PING_PONG]
 //!   rdma-suite hold --server IP:PORT --file HEX [device options]   (internal)
 //!   rdma-suite sd-hold --server IP:PORT   (internal: an SMB Direct client that waits to be killed)
 //!
@@ -23,7 +24,9 @@
 //! smbdirectd as a child, an rdma_cm initiator negotiating SMB Direct and SMB2 through it).
 //! `--cifs`: also mount smbd through smbdirectd with the kernel's SMB client (`mount -t cifs
 //! -o rdma`; needs root, `mount`/`umount` and a cifs.ko with SMB Direct loaded, as the soft-RoCE
-//! guest has; [`hw_tests::cifs_mount`]) and fail if that is impossible.
+//! guest has; [`hw_tests::cifs_mount`]) and fail if that is impossible. `--ca-failover`: the
+//! kernel client's ping_pong on a continuously available share across the SIGKILL of the
+//! primary lockmgrd ([`hw_tests::ca_failover`]; needs root and cifs.ko).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 use std::io::{BufRead, BufReader, Write};
@@ -70,6 +73,9 @@ struct Args {
     smbdirectd: Option<PathBuf>,
     /// Run the kernel cifs client test (the guest has cifs.ko with SMB Direct loaded).
     cifs: bool,
+    /// Run the kernel cifs ping_pong test across a lockmgrd failover: lockmgrd, etcd and
+    /// ping_pong binaries, comma-separated.
+    ca_failover: Option<String>,
     // `hold` sub-command only.
     server: Option<SocketAddr>,
     file: u128,
@@ -83,6 +89,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<(bool, Args), Stri
         bench_ops: 1000,
         lockbench: None,
         smbdirectd: None,
+        ca_failover: None,
         cifs: false,
         server: None,
         file: 0,
@@ -111,6 +118,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<(bool, Args), Stri
             "--lockbench" => a.lockbench = Some(PathBuf::from(val("--lockbench")?)),
             "--smbdirectd" => a.smbdirectd = Some(PathBuf::from(val("--smbdirectd")?)),
             "--cifs" => a.cifs = true,
+            "--ca-failover" => a.ca_failover = Some(val("--ca-failover")?),
             "--server" => {
                 a.server = Some(
                     val("--server")?
@@ -958,6 +966,24 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         };
         report("kernel_cifs_mount_over_smbdirect", start, r);
+    }
+    if let Some(tools) = &args.ca_failover {
+        let start = Instant::now();
+        let r = match tools.split(',').map(PathBuf::from).collect::<Vec<_>>()[..] {
+            [ref lockmgrd, ref etcd, ref ping_pong] => {
+                hw_tests::ca_failover::test_ping_pong_across_lockmgrd_failover(
+                    &hw_tests::ca_failover::Tools {
+                        lockmgrd: lockmgrd.clone(),
+                        etcd: etcd.clone(),
+                        ping_pong: ping_pong.clone(),
+                    },
+                )
+            }
+            _ => Err(format!(
+                "--ca-failover wants LOCKMGRD,ETCD,PING_PONG, got {tools:?}"
+            )),
+        };
+        report("kernel_cifs_ping_pong_across_lockmgrd_failover", start, r);
     }
     match find_helper(&args.lockbench, "lockbench") {
         Ok(Some(bin)) => {

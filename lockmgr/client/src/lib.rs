@@ -61,6 +61,9 @@ pub enum Event {
     Notify(Notification),
     /// A chunk of the operator view.
     StatusText { more: bool, text: String },
+    /// Whether the lock manager holds a session for `node` (the answer to
+    /// [`LockClient::has_session`]).
+    MemberState { node: String, has_session: bool },
 }
 
 /// Settings for one node's session.
@@ -424,6 +427,9 @@ impl<T: ClientTransport> LockClient<T> {
                         continue;
                     }
                     Message::StatusText { more, text } => Event::StatusText { more, text },
+                    Message::MemberState { node, has_session } => {
+                        Event::MemberState { node, has_session }
+                    }
                     Message::Goodbye | Message::SessionRejected { .. } => {
                         ended = true;
                         continue;
@@ -624,6 +630,31 @@ impl<T: ClientTransport> LockClient<T> {
                         return Ok(text);
                     }
                 }
+                other => self.stashed.push_back(other),
+            }
+        }
+    }
+
+    /// Whether the lock manager holds a session for node `node`: connected, or detached within
+    /// its lease (`Message::MemberQuery`). A node without one holds nothing: it is fenced.
+    pub fn has_session(&mut self, node: &str, timeout: Duration) -> Result<bool, ClientError> {
+        self.push(&Message::MemberQuery {
+            node: node.to_owned(),
+        })?;
+        self.flush()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ClientError::Timeout);
+            }
+            match self.next_event(deadline - now)? {
+                Event::MemberState {
+                    node: n,
+                    has_session,
+                } if n == node => return Ok(has_session),
+                // The answer to an earlier query that timed out: nobody waits for it.
+                Event::MemberState { .. } => {}
                 other => self.stashed.push_back(other),
             }
         }

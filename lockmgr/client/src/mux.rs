@@ -717,7 +717,7 @@ impl<T: ClientTransport> NodeSessions<T> {
                         }
                     },
                     Event::Notify(n) => self.route(n),
-                    Event::StatusText { .. } => {}
+                    Event::StatusText { .. } | Event::MemberState { .. } => {}
                 }
             }
             if found.is_some() {
@@ -902,6 +902,18 @@ impl<T: ClientTransport> NodeSessions<T> {
         // the reader must make that poll.
         self.ring_reader();
         status
+    }
+
+    /// Whether the lock manager holds a session for `node` ([`LockClient::has_session`]).
+    pub fn has_session(&mut self, node: &str) -> Result<bool, ClientError> {
+        let timeout = self.timeout;
+        let answer = match self.ensure_client() {
+            Some(c) => c.has_session(node, timeout),
+            None => Err(ClientError::SessionEnded),
+        };
+        // As for `status`: what was read meanwhile waits in the client for the reader.
+        self.ring_reader();
+        answer
     }
 }
 
@@ -1118,6 +1130,11 @@ impl<T: ClientTransport> SharedNodeSessions<T> {
     /// See [`NodeSessions::status`] (the session is held until the text is in).
     pub fn status(&self) -> Result<String, ClientError> {
         self.lock().status()
+    }
+
+    /// Whether the lock manager holds a session for `node` ([`NodeSessions::has_session`]).
+    pub fn has_session(&self, node: &str) -> Result<bool, ClientError> {
+        self.lock().has_session(node)
     }
 }
 

@@ -572,6 +572,11 @@ impl Core {
                 self.state.outputs_received(clock.engine, session, seq);
                 return;
             }
+            (Some(_), Message::MemberQuery { node }) => {
+                let has_session = self.has_session(&node);
+                self.push(peer_id, Message::MemberState { node, has_session });
+                return;
+            }
             (Some(_), Message::StatusQuery) => {
                 let mut text = render_status(
                     self.state.engine(),
@@ -798,6 +803,17 @@ impl Core {
             .collect();
         v.sort();
         v
+    }
+
+    /// Whether node `node` holds a session here: a connected one, or (on a promoted standby)
+    /// one detached and still within its lease, which it may resume.
+    fn has_session(&self, node: &str) -> bool {
+        self.node_names().iter().any(|(_, n)| n == node)
+            || self.state.replica().is_some_and(|r| {
+                self.detached
+                    .keys()
+                    .any(|s| r.session_node(*s) == Some(node))
+            })
     }
 
     /// Continues a session of a replicated lock manager for the node that owns it.

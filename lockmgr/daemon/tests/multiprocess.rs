@@ -158,6 +158,12 @@ impl AnyClient {
             AnyClient::Udp(c) => c.status(TIMEOUT).unwrap(),
         }
     }
+    fn has_session(&mut self, node: &str) -> bool {
+        match self {
+            AnyClient::Shm(c) => c.has_session(node, TIMEOUT).unwrap(),
+            AnyClient::Udp(c) => c.has_session(node, TIMEOUT).unwrap(),
+        }
+    }
 }
 
 fn open(c: &mut AnyClient, file: FileId) -> OpenId {
@@ -286,6 +292,34 @@ fn wrong_key_is_rejected(kind: &'static str) {
     let mut ok = connect(&d, "member", KEY).unwrap();
     let status = ok.status();
     assert!(status.contains("auth_failures=1"), "{status}");
+}
+
+/// A node asks whether another node still holds a session (what a survivor asks before it
+/// takes a silent node's public addresses): yes while it is connected, no once it said goodbye,
+/// no for a name that never connected; and a lock request in between is answered as usual.
+#[test]
+fn member_query_answers_whether_a_node_holds_a_session() {
+    for kind in ["shm", "udp"] {
+        let d = start_daemon(kind);
+        let mut asker = connect(&d, "asker", KEY).unwrap();
+        let other = connect(&d, "other-node", KEY).unwrap();
+        assert!(asker.has_session("other-node"), "{kind}");
+        assert!(asker.has_session("asker"), "{kind}");
+        assert!(!asker.has_session("never-connected"), "{kind}");
+        match other {
+            AnyClient::Shm(c) => c.goodbye().unwrap(),
+            AnyClient::Udp(c) => c.goodbye().unwrap(),
+        }
+        let deadline = Instant::now() + TIMEOUT;
+        while asker.has_session("other-node") {
+            assert!(
+                Instant::now() < deadline,
+                "{kind}: goodbye never ended the session"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        open(&mut asker, FileId(0xfeed_0003));
+    }
 }
 
 /// `lockmgrctl status` shows the I/O grants: held (in total and per node session), given,

@@ -17,6 +17,8 @@
 //! | 0x12 | `Notify` | `Notification` |
 //! | 0x20 | `StatusQuery` | (empty) |
 //! | 0x21 | `StatusText` | more bool, text UTF-8 (the rest of the body) |
+//! | 0x22 | `MemberQuery` | name_len u8 (<= 64), node_name UTF-8 |
+//! | 0x23 | `MemberState` | name_len u8 (<= 64), node_name UTF-8, has_session bool |
 //! | 0x13, 0x14, 0x30-0x35 | session resumption and replication | see [`crate::replication`] |
 //!
 //! A body must be consumed exactly: trailing bytes are an error, so every message has exactly
@@ -61,6 +63,8 @@ pub mod msg_type {
     pub const RESUME_SESSION: u8 = 0x14;
     pub const STATUS_QUERY: u8 = 0x20;
     pub const STATUS_TEXT: u8 = 0x21;
+    pub const MEMBER_QUERY: u8 = 0x22;
+    pub const MEMBER_STATE: u8 = 0x23;
     pub const REPLICA_ATTACH: u8 = 0x30;
     pub const APPEND: u8 = 0x31;
     pub const APPEND_ACK: u8 = 0x32;
@@ -85,6 +89,8 @@ pub mod msg_type {
                 | NOTIFY
                 | STATUS_QUERY
                 | STATUS_TEXT
+                | MEMBER_QUERY
+                | MEMBER_STATE
                 | OUTPUTS_RECEIVED
                 | RESUME_SESSION
                 | REPLICA_ATTACH
@@ -206,6 +212,17 @@ pub enum Message {
         more: bool,
         text: String,
     },
+    /// Asks whether the lock manager holds a session for node `node`: connected, or detached
+    /// and still within its liveness lease (it may resume). A node without one holds nothing
+    /// any more (it is fenced), so another node may take over what it served.
+    MemberQuery {
+        node: String,
+    },
+    /// The answer to `MemberQuery`.
+    MemberState {
+        node: String,
+        has_session: bool,
+    },
     /// Node to primary: every engine output (reply or notification) of the session up to
     /// `seq` (counted from 1 since the session began) has arrived; replicas may forget them.
     OutputsReceived {
@@ -277,6 +294,8 @@ impl Message {
             Message::Notify { .. } => NOTIFY,
             Message::StatusQuery => STATUS_QUERY,
             Message::StatusText { .. } => STATUS_TEXT,
+            Message::MemberQuery { .. } => MEMBER_QUERY,
+            Message::MemberState { .. } => MEMBER_STATE,
             Message::OutputsReceived { .. } => OUTPUTS_RECEIVED,
             Message::ResumeSession { .. } => RESUME_SESSION,
             Message::ReplicaAttach { .. } => REPLICA_ATTACH,
@@ -329,6 +348,8 @@ pub(crate) fn body_len(msg: &Message) -> Result<usize, EncodeError> {
         Message::SessionRejected { .. } => 2,
         Message::Heartbeat { .. } | Message::HeartbeatAck { .. } => 8,
         Message::Goodbye | Message::StatusQuery => 0,
+        Message::MemberQuery { node } => node_name_len(node)?,
+        Message::MemberState { node, .. } => node_name_len(node)? + 1,
         Message::Request { body, .. } => 8 + codec::request_len(body)?,
         Message::Reply { body, .. } => 8 + codec::reply_len(body)?,
         Message::Notify { body } => codec::notification_len(body)?,
@@ -415,6 +436,12 @@ pub(crate) fn encode_body(s: &mut Sink<'_>, msg: &Message) -> Result<(), EncodeE
         Message::SessionRejected { reason } => s.u16(reason.to_wire()),
         Message::Heartbeat { seq } | Message::HeartbeatAck { seq } => s.u64(*seq),
         Message::Goodbye | Message::StatusQuery => {}
+        // Names already checked by body_len.
+        Message::MemberQuery { node } => put_node_name(s, node),
+        Message::MemberState { node, has_session } => {
+            put_node_name(s, node);
+            s.bool(*has_session);
+        }
         Message::Request { request_id, body } => {
             s.u64(request_id.0);
             codec::put_request(s, body)?;
@@ -532,6 +559,13 @@ pub(crate) fn decode_body(tag: u8, body: &[u8]) -> Result<Message, DecodeError> 
             body: codec::get_notification(&mut r)?,
         },
         STATUS_QUERY => Message::StatusQuery,
+        MEMBER_QUERY => Message::MemberQuery {
+            node: get_node_name(&mut r)?,
+        },
+        MEMBER_STATE => Message::MemberState {
+            node: get_node_name(&mut r)?,
+            has_session: r.bool("member_state.has_session")?,
+        },
         STATUS_TEXT => {
             let more = r.bool("status_text.more")?;
             let raw = r.bytes(r.remaining())?;

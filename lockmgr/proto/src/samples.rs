@@ -332,6 +332,17 @@ pub fn all_messages() -> Vec<Message> {
             more: false,
             text: String::new(),
         },
+        Message::MemberQuery {
+            node: "node1".to_owned(),
+        },
+        Message::MemberState {
+            node: "node1".to_owned(),
+            has_session: true,
+        },
+        Message::MemberState {
+            node: "node2".to_owned(),
+            has_session: false,
+        },
     ];
     v.extend(replication_messages());
     v.extend(

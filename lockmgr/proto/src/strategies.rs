@@ -371,6 +371,9 @@ pub fn message() -> impl Strategy<Value = Message> {
         notification().prop_map(|body| Message::Notify { body }),
         Just(Message::StatusQuery),
         (any::<bool>(), "\\PC{0,300}").prop_map(|(more, text)| Message::StatusText { more, text }),
+        "[a-z0-9-]{0,64}".prop_map(|node| Message::MemberQuery { node }),
+        ("[a-z0-9-]{0,64}", any::<bool>())
+            .prop_map(|(node, has_session)| Message::MemberState { node, has_session }),
         any::<u64>().prop_map(|seq| Message::OutputsReceived { seq }),
         (session_id(), any::<u64>()).prop_map(|(session_id, received)| {
             Message::ResumeSession {

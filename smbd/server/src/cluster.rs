@@ -48,7 +48,9 @@ use lockmgr_transport::reliable::ReliableConfig;
 use lockmgr_transport::{sys, ClientTransport, SpinConfig};
 
 use crate::config::{LockTransport, LockmgrConfig};
-use crate::locking::{LockService, Notification, Reply, Request, RequestId, SessionId};
+use crate::locking::{
+    LockService, NodeSession, Notification, Reply, Request, RequestId, SessionId,
+};
 use crate::shared::Shared;
 
 /// Any lockmgr client transport, chosen from the configuration at run time.
@@ -462,6 +464,21 @@ impl LockService for ClusterLocks {
 
     fn lease_live(&self, now: Instant) -> bool {
         self.lease.live_at(now)
+    }
+
+    fn node_session(&self, node: &str) -> NodeSession {
+        let answer = self.nodes.has_session(node);
+        // As for `status`: events read while waiting for the answer are the pump's to route.
+        rearm(&self.nodes);
+        self.ring_pump();
+        match answer {
+            Ok(true) => NodeSession::Held,
+            Ok(false) => NodeSession::Gone,
+            Err(e) => {
+                tracing::debug!(node, %e, "lockmgrd did not say whether the node has a session");
+                NodeSession::Unknown
+            }
+        }
     }
 }
 

@@ -898,6 +898,17 @@ pub struct WitnessNode {
     pub address: std::net::IpAddr,
     /// Where its heartbeats are sent (its `peer_listen`).
     pub peer: SocketAddr,
+    /// Its `[lockmgr] node_name`, when that differs from `name`: a survivor asks lockmgrd
+    /// whether the node still holds a session before it takes the node's public addresses.
+    #[serde(default)]
+    pub lockmgr_node: Option<String>,
+}
+
+impl WitnessNode {
+    /// The name lockmgrd knows this node by.
+    pub fn lockmgr_name(&self) -> &str {
+        self.lockmgr_node.as_deref().unwrap_or(&self.name)
+    }
 }
 
 fn default_witness_listen() -> SocketAddr {

@@ -21,6 +21,19 @@ pub use lockmgr_engine::types::{
     Request, RequestId, SessionId, Status, DIR_CHANGES_LOST, MAX_DIR_CHANGE_NAME,
 };
 
+/// Another node's standing with the lock manager ([`LockService::node_session`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeSession {
+    /// No lock manager to ask (the in-process service).
+    NoLockManager,
+    /// It holds a session: connected, or detached within its lease.
+    Held,
+    /// It holds none: fenced; what it was granted is gone.
+    Gone,
+    /// The lock manager did not answer.
+    Unknown,
+}
+
 /// The lock authority as seen by smbd. Called by all workers at once: an implementation
 /// synchronises itself, and one whose requests take a round trip lets other requests run
 /// meanwhile.
@@ -55,6 +68,12 @@ pub trait LockService: Send + Sync {
     /// clients (the witness isolates it). In-process services: always.
     fn lease_live(&self, _now: std::time::Instant) -> bool {
         true
+    }
+    /// What the lock manager knows of node `node` (its `[lockmgr] node_name`): whether it
+    /// still holds a session, so whether it could still serve what it served. In-process
+    /// services have no other nodes: [`NodeSession::NoLockManager`].
+    fn node_session(&self, _node: &str) -> NodeSession {
+        NodeSession::NoLockManager
     }
     /// The service sees the whole node as one session (lockmgrd), rather than one session
     /// per connection (`EngineLocks`): per-session state such as I/O grants is the node's.

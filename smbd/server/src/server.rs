@@ -304,7 +304,11 @@ impl Server {
                 Box::new(move |now| shared.lock_lease_live(now)),
             )?;
             if let Some(m) = w.public {
-                public_ip = Some(m.spawn(witness_stop.clone())?);
+                let shared = self.shared.clone();
+                public_ip = Some(m.spawn(
+                    witness_stop.clone(),
+                    Box::new(move |node| shared.lock_node_session(node)),
+                )?);
             }
         }
         // Changes made outside this process reach the watchers too (crate::dirwatch).

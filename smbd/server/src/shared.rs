@@ -573,6 +573,11 @@ impl Shared {
         self.locks.session_counts()
     }
 
+    /// What the lock manager knows of node `node` ([`LockService::node_session`]).
+    pub fn lock_node_session(&self, node: &str) -> crate::locking::NodeSession {
+        self.locks.node_session(node)
+    }
+
     /// Whether this node holds a lock manager lease at `now` ([`LockService::lease_live`]).
     pub fn lock_lease_live(&self, now: std::time::Instant) -> bool {
         self.locks.lease_live(now)

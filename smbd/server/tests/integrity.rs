@@ -111,6 +111,14 @@ fn async_final_response_is_signed() {
     probe("async_final_signed", Options::default());
 }
 
+/// MS-SMB2 3.3.4.1.1: the response to a signed LOGOFF is signed with the ended session's key
+/// (the Linux kernel client verifies it and logged "sign fail cmd 0x2" against smbd). Fails
+/// with the session's signer not kept for the response (session.rs logoff).
+#[test]
+fn logoff_response_is_signed() {
+    probe("logoff_signed", Options::default());
+}
+
 /// MS-SMB2 3.3.5.2.5 and 3.3.5.2.3 on an in-process connection (no client needed): a READ
 /// of 256 KiB charged one credit is INVALID_PARAMETER, charged four it runs; a multi-credit
 /// charge reaching past the granted ids drops the connection.

@@ -491,3 +491,79 @@ fn a_node_cut_off_from_the_lock_manager_hands_its_address_over() {
     assert!(c.addresses_on(1).contains(PUBLIC), "{}", c.addresses_on(1));
     assert!(!c.addresses_on(2).contains(PUBLIC), "{}", c.addresses_on(2));
 }
+
+/// Only the heartbeats between the two nodes are cut (each blackholes the other's address);
+/// both still reach lockmgrd and the client. Node 2 soon calls node 1 dead, but lockmgrd
+/// still holds node 1's session, so node 1 can still serve: node 2 must not take its address
+/// (it would be held twice and node 1's client reset for nothing). After the heal node 1 is
+/// heard again and the client's connection never noticed. Without asking lockmgrd, node 2
+/// takes the address after the fence wait and resets the client.
+#[test]
+fn a_silent_node_that_still_holds_its_lock_manager_session_keeps_its_address() {
+    let c = Cluster::new();
+    let _node1 = c.start_node(1, true);
+    let _node2 = c.start_node(2, true);
+    c.wait_held_by(1);
+    let (events, _) = c.idle_client();
+
+    let cuts = [(0, NODE_IPS[1]), (1, NODE_IPS[0])];
+    for (ns, peer) in cuts {
+        let peer = format!("{peer}/32");
+        ip(&[
+            "-n",
+            &c.star.clients[ns],
+            "route",
+            "add",
+            "blackhole",
+            &peer,
+        ]);
+    }
+    let log2 = c.dir().join("node2.log");
+    wait_for(
+        "node 2 holds back: node 1 is silent but not fenced",
+        c.dir(),
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(&log2)
+                .is_ok_and(|l| l.contains("node silent but not fenced by the lock manager"))
+        },
+    );
+    assert!(
+        control(c.dir(), 2, "status").contains(&format!("node1 {} dead", NODE_IPS[0])),
+        "{}",
+        control(c.dir(), 2, "status")
+    );
+    // One more fence period: still only on node 1, and the client still connected.
+    std::thread::sleep(Duration::from_millis(DEAD_AFTER_MS + LEASE_MS));
+    assert!(!c.addresses_on(2).contains(PUBLIC), "{}", c.addresses_on(2));
+    assert!(c.addresses_on(1).contains(PUBLIC), "{}", c.addresses_on(1));
+    assert!(
+        events.try_recv().is_err(),
+        "the client's connection to node 1 ended\n{}",
+        logs(c.dir())
+    );
+
+    for (ns, peer) in cuts {
+        let peer = format!("{peer}/32");
+        ip(&[
+            "-n",
+            &c.star.clients[ns],
+            "route",
+            "del",
+            "blackhole",
+            &peer,
+        ]);
+    }
+    wait_for(
+        "node 2 hears node 1 again",
+        c.dir(),
+        Duration::from_secs(30),
+        || control(c.dir(), 2, "status").contains(&format!("node1 {} up", NODE_IPS[0])),
+    );
+    c.wait_held_by(1);
+    assert!(
+        events.try_recv().is_err(),
+        "the client's connection to node 1 ended\n{}",
+        logs(c.dir())
+    );
+}

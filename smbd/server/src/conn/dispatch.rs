@@ -187,6 +187,7 @@ impl Conn {
             chain.extend_from_slice(&r);
         }
         self.emit(chain, enc_session);
+        self.parting_encryption = None;
         let took = self.now.elapsed();
         for c in commands {
             self.shared.metrics.request_done(c, took);
@@ -434,6 +435,7 @@ impl Conn {
         let signer = match cmd {
             Some(Command::SessionSetup) => self.session_setup_signer(&h, st),
             Some(Command::Negotiate) => None,
+            Some(Command::Logoff) if self.override_signer.is_some() => self.override_signer.clone(),
             _ => {
                 if st == status::USER_SESSION_DELETED {
                     // A session of another connection that is not bound here: the client

@@ -65,8 +65,12 @@ pub struct Conn {
     seq: SeqHandle,
     /// The window of the bound connection whose forwarded request is being processed.
     cur_seq: Option<SeqHandle>,
-    /// Signer for the current response when it is not the session's own (binding refusals).
+    /// Signer for the current response when it is not the session's own (binding refusals,
+    /// the LOGOFF of a session already gone).
     override_signer: Option<Signer>,
+    /// The encryption key of the session the current chain logged off: its LOGOFF response
+    /// is sealed with it after the session is gone (MS-SMB2 3.3.4.1.4).
+    parting_encryption: Option<(u64, Vec<u8>)>,
     /// Sessions of this connection to tear down once the current chain is answered.
     expire_after: Vec<u64>,
     /// Whether the request being answered was signed.
@@ -149,6 +153,7 @@ impl Conn {
             signed_request: false,
             expire_after: Vec::new(),
             override_signer: None,
+            parting_encryption: None,
             out: Vec::new(),
             file_io: Vec::new(),
             suspend_chain: None,

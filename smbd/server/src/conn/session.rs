@@ -382,6 +382,15 @@ impl Conn {
 
     pub(super) fn logoff(&mut self, hdr: &Header) -> Outcome {
         let sid = hdr.session_id;
+        // The response is signed (MS-SMB2 3.3.4.1.1) or sealed (3.3.4.1.4) with the keys of
+        // the session it ends, which is gone by the time it is sent: keep them for it.
+        self.override_signer = self.signer_for(sid, self.signed_request);
+        self.parting_encryption = self
+            .sessions
+            .get(&sid)
+            .and_then(|s| s.keys.as_ref())
+            .filter(|k| !k.encryption.is_empty())
+            .map(|k| (sid, k.encryption.clone()));
         // Durable opens survive a logoff like a disconnect (Samba; smbtorture
         // durable-open.reopen4 reclaims one from a new session on the same connection).
         self.park_durable_opens(Some(sid));

@@ -88,7 +88,13 @@ impl Conn {
                 .sessions
                 .get(&sid)
                 .and_then(|s| s.keys.as_ref())
-                .map(|k| k.encryption.clone());
+                .map(|k| k.encryption.clone())
+                .or_else(|| {
+                    self.parting_encryption
+                        .as_ref()
+                        .filter(|(s, _)| *s == sid)
+                        .map(|(_, k)| k.clone())
+                });
             if let Some(key) = key.filter(|k| !k.is_empty()) {
                 match smb_auth::encryption::encrypt(cipher, &key, sid, &msg) {
                     Ok(m) => {

@@ -745,6 +745,7 @@ mod tests {
                     name: format!("n{i}"),
                     address: format!("10.0.0.{i}").parse().unwrap(),
                     peer: format!("10.0.0.{i}:5135").parse().unwrap(),
+                    lockmgr_node: None,
                 })
                 .collect(),
             max_registrations_per_conn: 2,

@@ -15,9 +15,12 @@
 //! it from its interface, then its next heartbeat, sent at once, drops the claim) as soon as
 //! the assignment is no longer its own: at once on a drain, on a peer's return. It takes an
 //! address assigned to it only when no other node claims it, except a node that is dead and
-//! *fenced*: silent for `[witness] dead_after_ms + [public_addresses] fence_ms`. `fence_ms`
-//! is at least lockmgrd's liveness lease: by then lockmgrd has expired the dead node's
-//! session, so (with node fencing) it can no longer grant anything for those clients. A node
+//! *fenced*: silent for `[witness] dead_after_ms + [public_addresses] fence_ms` (`fence_ms`
+//! at least lockmgrd's liveness lease), and lockmgrd, asked through this node's session,
+//! confirms it holds no session for it (`[[witness.nodes]] lockmgr_node`, default its name).
+//! Then whatever it was granted is gone and (with node fencing) it can grant nothing for those
+//! clients. A node only the heartbeats cannot reach but lockmgrd still hears keeps serving and
+//! keeps its addresses: taking them would put each on two nodes. A node
 //! takes nothing during its first `dead_after_ms` (it has not yet heard the others' claims).
 //! A planned move (drain) therefore releases before anyone takes, with no fence wait.
 //!
@@ -63,6 +66,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{PublicAddress, PublicAddressesConfig};
+use crate::locking::NodeSession;
 
 use super::{rawnet, NodeStatus, NodeView, TcpConn, WitnessState};
 
@@ -112,7 +116,9 @@ pub struct Decision {
 
 /// The rules of the module documentation: `views` of every node (`local` is this one),
 /// `held` what this node holds, `fenced` how long a node must be silent before its claims
-/// stop counting, `settled` whether this node has run long enough to know the others' claims.
+/// stop counting, `settled` whether this node has run long enough to know the others' claims,
+/// `gone(j)` whether the lock manager confirms that node j holds no session any more (asked
+/// only of dead nodes silent for `fenced`, before their claims are set aside).
 pub fn decide(
     addresses: usize,
     views: &[NodeView],
@@ -120,6 +126,7 @@ pub fn decide(
     held: u64,
     fenced: Duration,
     settled: bool,
+    gone: &mut dyn FnMut(usize) -> bool,
 ) -> Decision {
     let healthy: Vec<bool> = views.iter().map(|v| v.status == NodeStatus::Up).collect();
     let assignment = assign(addresses, &healthy);
@@ -133,7 +140,7 @@ pub fn decide(
             let claimed_elsewhere = views.iter().enumerate().any(|(j, v)| {
                 j != local
                     && v.claims & bit != 0
-                    && !(v.status == NodeStatus::Dead && v.silent_for >= fenced)
+                    && !(v.status == NodeStatus::Dead && v.silent_for >= fenced && gone(j))
             });
             if !claimed_elsewhere {
                 d.take.push(i);
@@ -298,6 +305,9 @@ struct Announce {
 
 /// The public address manager of this node: a thread deciding, adding, releasing, announcing
 /// and scanning (see the module documentation).
+/// What the lock manager says of a node, by its `[lockmgr] node_name`.
+pub type NodeSessionCheck = Box<dyn Fn(&str) -> NodeSession + Send>;
+
 pub struct Manager {
     state: Arc<WitnessState>,
     cfg: PublicAddressesConfig,
@@ -306,6 +316,9 @@ pub struct Manager {
     held: u64,
     retry_at: Vec<Option<Instant>>,
     announces: Vec<Announce>,
+    /// Dead nodes whose addresses wait because lockmgrd still holds their session (bit per
+    /// node: logged once per episode).
+    held_back: u64,
 }
 
 impl Manager {
@@ -322,18 +335,24 @@ impl Manager {
             held: 0,
             retry_at: vec![None; n],
             announces: Vec::new(),
+            held_back: 0,
         }
     }
 
     /// Start the manager's thread; it releases every address it holds and returns when
     /// `shutdown` is set (join it so the addresses are gone before the process exits).
-    pub fn spawn(self, shutdown: Arc<AtomicBool>) -> std::io::Result<std::thread::JoinHandle<()>> {
+    /// `node_session` asks the lock manager about a dead node before its addresses are taken.
+    pub fn spawn(
+        self,
+        shutdown: Arc<AtomicBool>,
+        node_session: NodeSessionCheck,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
         std::thread::Builder::new()
             .name("smbd-public-ip".into())
-            .spawn(move || self.run(shutdown))
+            .spawn(move || self.run(shutdown, node_session))
     }
 
-    fn run(mut self, shutdown: Arc<AtomicBool>) {
+    fn run(mut self, shutdown: Arc<AtomicBool>, node_session: NodeSessionCheck) {
         // Left over from an earlier run of this node (a crash keeps the kernel's addresses):
         // this node holds nothing until the rules give it something.
         for a in &self.cfg.addresses {
@@ -346,7 +365,11 @@ impl Manager {
         let mut next_scan = started;
         while !shutdown.load(Ordering::Relaxed) {
             let now = Instant::now();
-            self.step(now, now.duration_since(started) >= self.dead_after);
+            self.step(
+                now,
+                now.duration_since(started) >= self.dead_after,
+                &node_session,
+            );
             self.announce(now);
             if now >= next_scan {
                 self.scan();
@@ -361,9 +384,34 @@ impl Manager {
         }
     }
 
-    fn step(&mut self, now: Instant, settled: bool) {
+    fn step(&mut self, now: Instant, settled: bool, node_session: &NodeSessionCheck) {
         let views = self.state.node_views(now);
         let fenced = self.dead_after + Duration::from_millis(self.cfg.fence_ms);
+        for (j, v) in views.iter().enumerate() {
+            if v.status != NodeStatus::Dead {
+                self.held_back &= !(1 << j);
+            }
+        }
+        // Asked at most once per node and step, only for a dead node whose claim is in the way.
+        let mut answers: Vec<Option<bool>> = vec![None; views.len()];
+        let mut held_back = self.held_back;
+        let state = &self.state;
+        let mut gone = |j: usize| {
+            *answers[j].get_or_insert_with(|| {
+                let name = state.config().nodes[j].lockmgr_name();
+                let answer = node_session(name);
+                let gone = matches!(answer, NodeSession::Gone | NodeSession::NoLockManager);
+                if !gone && held_back & (1 << j) == 0 {
+                    held_back |= 1 << j;
+                    tracing::warn!(
+                        node = name,
+                        lockmgrd = ?answer,
+                        "public address: node silent but not fenced by the lock manager; not taking its addresses"
+                    );
+                }
+                gone
+            })
+        };
         let d = decide(
             self.cfg.addresses.len(),
             &views,
@@ -371,7 +419,9 @@ impl Manager {
             self.held,
             fenced,
             settled,
+            &mut gone,
         );
+        self.held_back = held_back;
         for i in d.release {
             self.release(i);
         }
@@ -521,7 +571,7 @@ mod tests {
             view(NodeStatus::Up, 0, 0b10),
         ];
         assert_eq!(
-            decide(2, &views, 0, 0b1, fenced, true),
+            decide(2, &views, 0, 0b1, fenced, true, &mut |_| true),
             Decision {
                 release: vec![0],
                 take: vec![]
@@ -529,20 +579,26 @@ mod tests {
         );
         // Node 1 waits while the claim is heard, then takes it without the fence wait.
         assert_eq!(
-            decide(2, &views, 1, 0b10, fenced, true),
+            decide(2, &views, 1, 0b10, fenced, true, &mut |_| true),
             Decision::default()
         );
         let views = [
             view(NodeStatus::Isolated, 0, 0),
             view(NodeStatus::Up, 0, 0b10),
         ];
-        assert_eq!(decide(2, &views, 1, 0b10, fenced, true).take, vec![0]);
+        assert_eq!(
+            decide(2, &views, 1, 0b10, fenced, true, &mut |_| true).take,
+            vec![0]
+        );
         // Cut off from everything, it sees its peer dead: it still takes nothing.
         let views = [
             view(NodeStatus::Isolated, 0, 0),
             view(NodeStatus::Dead, 60_000, 0b10),
         ];
-        assert_eq!(decide(2, &views, 0, 0, fenced, true), Decision::default());
+        assert_eq!(
+            decide(2, &views, 0, 0, fenced, true, &mut |_| true),
+            Decision::default()
+        );
     }
 
     #[test]
@@ -554,9 +610,22 @@ mod tests {
                 view(NodeStatus::Dead, silent, 0b1),
                 view(NodeStatus::Up, 0, 0b10),
             ];
-            decide(2, &views, 1, 0b10, fenced, true)
+            decide(2, &views, 1, 0b10, fenced, true, &mut |_| true)
         };
         assert_eq!(at(1500), Decision::default(), "not fenced yet");
+        // Silent long enough, but the lock manager still holds its session (only the
+        // heartbeats are cut): its address stays where it is.
+        let views = [
+            view(NodeStatus::Dead, 2000, 0b1),
+            view(NodeStatus::Up, 0, 0b10),
+        ];
+        let mut asked = Vec::new();
+        let d = decide(2, &views, 1, 0b10, fenced, true, &mut |j| {
+            asked.push(j);
+            false
+        });
+        assert_eq!(d, Decision::default());
+        assert_eq!(asked, [0]);
         assert_eq!(
             at(2000),
             Decision {
@@ -566,7 +635,10 @@ mod tests {
         );
         // Not before this node has been up long enough to have heard the claims.
         let views = [view(NodeStatus::Dead, 5000, 0), view(NodeStatus::Up, 0, 0)];
-        assert_eq!(decide(2, &views, 1, 0, fenced, false), Decision::default());
+        assert_eq!(
+            decide(2, &views, 1, 0, fenced, false, &mut |_| true),
+            Decision::default()
+        );
     }
 
     #[test]
@@ -578,7 +650,7 @@ mod tests {
             view(NodeStatus::Up, 0, 0b10),
         ];
         assert_eq!(
-            decide(2, &views, 0, 0b1, fenced, true),
+            decide(2, &views, 0, 0b1, fenced, true, &mut |_| true),
             Decision {
                 release: vec![0],
                 take: vec![]
@@ -586,7 +658,7 @@ mod tests {
         );
         // ...node 1 waits while node 0 (draining, not dead) still claims it...
         assert_eq!(
-            decide(2, &views, 1, 0b10, fenced, true),
+            decide(2, &views, 1, 0b10, fenced, true, &mut |_| true),
             Decision::default()
         );
         // ...and takes it once the claim is gone, with no fence wait.
@@ -594,11 +666,20 @@ mod tests {
             view(NodeStatus::Draining, 0, 0),
             view(NodeStatus::Up, 0, 0b10),
         ];
-        assert_eq!(decide(2, &views, 1, 0b10, fenced, true).take, vec![0]);
+        assert_eq!(
+            decide(2, &views, 1, 0b10, fenced, true, &mut |_| true).take,
+            vec![0]
+        );
         // Node 0 back up: node 1 gives address 0 back; node 0 takes it after the release.
         let views = [view(NodeStatus::Up, 0, 0), view(NodeStatus::Up, 0, 0b11)];
-        assert_eq!(decide(2, &views, 1, 0b11, fenced, true).release, vec![0]);
-        assert_eq!(decide(2, &views, 0, 0, fenced, true), Decision::default());
+        assert_eq!(
+            decide(2, &views, 1, 0b11, fenced, true, &mut |_| true).release,
+            vec![0]
+        );
+        assert_eq!(
+            decide(2, &views, 0, 0, fenced, true, &mut |_| true),
+            Decision::default()
+        );
     }
 
     #[test]
