@@ -1046,6 +1046,11 @@ impl Shared {
             for conn in conns {
                 let ev = if c.action == crate::locking::DIR_CHANGES_LOST {
                     Event::DirOverflow { dir: dir.clone() }
+                } else if c.action == crate::locking::DIR_DELETE_PENDING {
+                    if c.subtree {
+                        continue;
+                    }
+                    Event::DirDeletePending { dir: dir.clone() }
                 } else {
                     Event::DirChanged {
                         dir: dir.clone(),
@@ -1165,14 +1170,57 @@ impl Shared {
         self.register_watch(dir);
     }
 
-    /// Tell every connection watching `dir` that it became delete-pending.
+    /// Tell every connection watching `dir` that it became delete-pending, here and, through
+    /// the lock service, on the other nodes that watch it (their clients hold it open too:
+    /// it stays, delete-pending, until they close it).
     pub fn dir_delete_pending(&self, dir: PathBuf) {
-        let conns: Vec<u64> = match lock(&self.watches).get(&dir) {
+        self.report_delete_pending_to_other_nodes(&dir);
+        self.post_dir_delete_pending(&dir);
+    }
+
+    fn post_dir_delete_pending(&self, dir: &std::path::Path) {
+        let conns: Vec<u64> = match lock(&self.watches).get(dir) {
             Some(m) => m.keys().copied().collect(),
             None => return,
         };
         for c in conns {
-            self.post(c, Event::DirDeletePending { dir: dir.clone() });
+            self.post(
+                c,
+                Event::DirDeletePending {
+                    dir: dir.to_path_buf(),
+                },
+            );
+        }
+    }
+
+    /// [`Shared::dir_delete_pending`] for the other nodes watching `dir`: one `DirChange` of
+    /// `dir` itself with the action [`crate::locking::DIR_DELETE_PENDING`].
+    fn report_delete_pending_to_other_nodes(&self, dir: &std::path::Path) {
+        use crate::locking::{watched, DirChange, DIR_DELETE_PENDING};
+        if !self.locks.one_session_per_node() {
+            return;
+        }
+        let Some(id) = self.dir_file_id(dir) else {
+            return;
+        };
+        let st = lock(&self.cluster_notify.others)
+            .get(&id)
+            .copied()
+            .unwrap_or(0);
+        if st & watched::DIR == 0 {
+            return;
+        }
+        let req = Request::DirChange(DirChange {
+            dir: id,
+            action: DIR_DELETE_PENDING,
+            filter: 0,
+            name: String::new(),
+            subtree: false,
+        });
+        self.lock_requests.count(&req);
+        match self.lock_request(0, 0, req) {
+            Reply::Done(crate::locking::Status::Success) => {}
+            other => tracing::debug!(?dir, ?other, "delete-pending not passed to other nodes"),
         }
     }
 
