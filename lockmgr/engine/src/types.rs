@@ -609,6 +609,12 @@ pub struct DirChange {
 /// watchers, MS-SMB2 3.3.5.19); FILE_ACTION_* values start at 1.
 pub const DIR_CHANGES_LOST: u32 = 0;
 
+/// [`DirChange::action`] saying that `dir` itself became delete-pending while the watchers'
+/// nodes hold it open (its entry `name` is empty): their waiting CHANGE_NOTIFYs end with
+/// STATUS_DELETE_PENDING as on one node (MS-FSA 2.1.5.4; smbtorture smb2.notify.rmdir*).
+/// No FILE_ACTION_* value is this large.
+pub const DIR_DELETE_PENDING: u32 = u32::MAX;
+
 /// Longest [`DirChange::name`], in UTF-8 bytes. A longer path is reported as
 /// [`DIR_CHANGES_LOST`] by the node.
 pub const MAX_DIR_CHANGE_NAME: usize = 2048;

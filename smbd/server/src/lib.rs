@@ -28,6 +28,7 @@ pub mod dirwatch;
 mod dosattr;
 mod durable;
 mod fs;
+mod hangup;
 mod identity;
 mod io_grants;
 mod limits;

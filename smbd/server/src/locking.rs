@@ -18,7 +18,8 @@ pub use lockmgr_engine::types::share as share_bits;
 pub use lockmgr_engine::types::{
     watched, ClientGuid, DirChange, DurableRequest, FileId, FileUsage, Lease, LeaseKey, LeaseState,
     LockRange, Notification, OpenId, OpenRequest, OplockGrant, OplockLevel, OplockRequest, Reply,
-    Request, RequestId, SessionId, Status, DIR_CHANGES_LOST, MAX_DIR_CHANGE_NAME,
+    Request, RequestId, SessionId, Status, DIR_CHANGES_LOST, DIR_DELETE_PENDING,
+    MAX_DIR_CHANGE_NAME,
 };
 
 /// Another node's standing with the lock manager ([`LockService::node_session`]).

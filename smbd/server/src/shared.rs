@@ -130,6 +130,12 @@ pub enum Event {
     DurableWaitOver {
         persistent: u64,
     },
+    /// Connection `conn`, whose client had hung up, is torn down (its opens are closed) or
+    /// lives on only through other channels: a CREATE that waited for it is decided again
+    /// ([`Shared::wait_for_hung_up`]).
+    HangupDone {
+        conn: u64,
+    },
     /// The delayed LastWriteTime update of the open `volatile` of this connection may be due
     /// ([`Shared::arm_write_time`], crate::write_time).
     WriteTimeDue {
@@ -245,6 +251,8 @@ pub struct Shared {
     durable_waits: Mutex<Vec<DurableWait>>,
     /// Delayed LastWriteTime updates (deadline, connection, open), crate::write_time.
     write_time_timers: Mutex<Vec<(Instant, u64, u64)>>,
+    /// Connections whose client hung up and which are not torn down yet (crate::hangup).
+    hangups: crate::hangup::Hangups,
 }
 
 /// Change notify across nodes (MS-SMB2 3.3.5.19, MS-FSA 2.1.4.1): on a cluster filesystem a
@@ -349,6 +357,7 @@ impl Shared {
             clients: Default::default(),
             parked: Default::default(),
             durable_waits: Mutex::new(Vec::new()),
+            hangups: Default::default(),
             write_time_timers: Mutex::new(Vec::new()),
         })
     }
@@ -400,11 +409,38 @@ impl Shared {
         self.route_events();
         lock(&self.io_grants).conn_gone(conn);
         lock(&self.routes).remove(&conn);
-        let mut w = lock(&self.watches);
-        for m in w.values_mut() {
-            m.remove(&conn);
+        {
+            let mut w = lock(&self.watches);
+            for m in w.values_mut() {
+                m.remove(&conn);
+            }
+            w.retain(|_, m| !m.is_empty());
         }
-        w.retain(|_, m| !m.is_empty());
+        // Last: whoever waited for this connection's opens to go finds them gone.
+        self.transport_done(conn);
+    }
+
+    /// Connection `conn` talks over the socket `fd`: while it is not torn down, a CREATE of
+    /// another connection that meets a conflict waits for it if its client hung up
+    /// ([`Shared::wait_for_hung_up`], crate::hangup). The caller calls
+    /// [`Shared::unregister_conn`] (or [`Shared::transport_done`]) before closing `fd`.
+    pub fn register_transport(&self, conn: u64, fd: std::os::fd::RawFd) {
+        self.hangups.register(conn, fd);
+    }
+
+    /// The end of `conn`'s transport has been processed (its opens are closed, or live on
+    /// through its sessions' other channels): connections waiting for that are told
+    /// ([`Event::HangupDone`]).
+    pub fn transport_done(&self, conn: u64) {
+        for w in self.hangups.done(conn) {
+            self.post_event(w, Event::HangupDone { conn });
+        }
+    }
+
+    /// The connections other than `conn` whose client hung up and which are not torn down
+    /// yet; `conn` hears of each one's teardown with [`Event::HangupDone`].
+    pub fn wait_for_hung_up(&self, conn: u64) -> Vec<u64> {
+        self.hangups.wait_for_hung_up(conn)
     }
 
     fn route_events(&self) {
@@ -1020,6 +1056,11 @@ impl Shared {
             for conn in conns {
                 let ev = if c.action == crate::locking::DIR_CHANGES_LOST {
                     Event::DirOverflow { dir: dir.clone() }
+                } else if c.action == crate::locking::DIR_DELETE_PENDING {
+                    if c.subtree {
+                        continue;
+                    }
+                    Event::DirDeletePending { dir: dir.clone() }
                 } else {
                     Event::DirChanged {
                         dir: dir.clone(),
@@ -1139,14 +1180,57 @@ impl Shared {
         self.register_watch(dir);
     }
 
-    /// Tell every connection watching `dir` that it became delete-pending.
+    /// Tell every connection watching `dir` that it became delete-pending, here and, through
+    /// the lock service, on the other nodes that watch it (their clients hold it open too:
+    /// it stays, delete-pending, until they close it).
     pub fn dir_delete_pending(&self, dir: PathBuf) {
-        let conns: Vec<u64> = match lock(&self.watches).get(&dir) {
+        self.report_delete_pending_to_other_nodes(&dir);
+        self.post_dir_delete_pending(&dir);
+    }
+
+    fn post_dir_delete_pending(&self, dir: &std::path::Path) {
+        let conns: Vec<u64> = match lock(&self.watches).get(dir) {
             Some(m) => m.keys().copied().collect(),
             None => return,
         };
         for c in conns {
-            self.post(c, Event::DirDeletePending { dir: dir.clone() });
+            self.post(
+                c,
+                Event::DirDeletePending {
+                    dir: dir.to_path_buf(),
+                },
+            );
+        }
+    }
+
+    /// [`Shared::dir_delete_pending`] for the other nodes watching `dir`: one `DirChange` of
+    /// `dir` itself with the action [`crate::locking::DIR_DELETE_PENDING`].
+    fn report_delete_pending_to_other_nodes(&self, dir: &std::path::Path) {
+        use crate::locking::{watched, DirChange, DIR_DELETE_PENDING};
+        if !self.locks.one_session_per_node() {
+            return;
+        }
+        let Some(id) = self.dir_file_id(dir) else {
+            return;
+        };
+        let st = lock(&self.cluster_notify.others)
+            .get(&id)
+            .copied()
+            .unwrap_or(0);
+        if st & watched::DIR == 0 {
+            return;
+        }
+        let req = Request::DirChange(DirChange {
+            dir: id,
+            action: DIR_DELETE_PENDING,
+            filter: 0,
+            name: String::new(),
+            subtree: false,
+        });
+        self.lock_requests.count(&req);
+        match self.lock_request(0, 0, req) {
+            Reply::Done(crate::locking::Status::Success) => {}
+            other => tracing::debug!(?dir, ?other, "delete-pending not passed to other nodes"),
         }
     }
 

@@ -6,7 +6,7 @@
 use std::ffi::CStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 fn check(rc: libc::c_int) -> io::Result<()> {
     if rc != 0 {
@@ -181,6 +181,31 @@ pub(crate) fn shutdown_socket(sock: impl AsFd) -> io::Result<()> {
     // SAFETY: shutdown on a descriptor the borrow keeps open for the call; it only changes the
     // socket's state and touches no memory of ours.
     check(unsafe { libc::shutdown(sock.as_fd().as_raw_fd(), libc::SHUT_RDWR) })
+}
+
+/// Which of the sockets `fds` no longer have a peer to read from: poll(2) with no wait, one
+/// call for all, true where the kernel reports the read side shut (POLLRDHUP: the client sent
+/// its FIN), a hangup or an error. A closed descriptor reports POLLNVAL, which counts as gone.
+pub(crate) fn hung_up(fds: &[RawFd]) -> Vec<bool> {
+    let mut set: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLRDHUP,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `set` is a live, exclusively borrowed array of `set.len()` pollfd structs; a
+    // zero timeout never blocks. poll only writes the `revents` fields.
+    let n = unsafe { libc::poll(set.as_mut_ptr(), set.len() as libc::nfds_t, 0) };
+    if n < 0 {
+        return vec![false; fds.len()];
+    }
+    set.iter()
+        .map(|p| {
+            p.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+        })
+        .collect()
 }
 
 /// The credentials of a unix socket's peer as the kernel recorded them at connect(2)

@@ -502,6 +502,9 @@ impl Worker {
         };
         conn.sync_fds();
         self.shared.register_conn(id, self.idx);
+        // Removed by `Conn::shutdown` (or the transport's loss) before the slot closes it.
+        self.shared
+            .register_transport(id, stream.as_fd().as_raw_fd());
         tracing::debug!(conn = id, peer = ?conn.peer, worker = self.idx, "connection accepted");
         self.next_gen = self.next_gen.wrapping_add(1).max(1);
         let slot = Slot {

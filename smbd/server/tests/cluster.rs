@@ -106,6 +106,15 @@ fn cross_node_change_notify_through_lockmgrd() {
     notify_through_lockmgrd("notifylm", 8);
 }
 
+/// A watched directory deleted by a client of the other node ends the watcher's waiting
+/// CHANGE_NOTIFY with STATUS_DELETE_PENDING, as on one node: one change through lockmgrd
+/// (the directory's delete-pending; its removal at the watcher's close is in a directory
+/// nobody watches).
+#[test]
+fn cross_node_change_notify_ends_when_the_directory_is_deleted() {
+    notify_through_lockmgrd("notifylmrmdir", 1);
+}
+
 /// WATCH_TREE through lockmgrd: changes one and two levels below the watched directory
 /// reach the tree watcher under their path from it; the flat watcher gets only its own.
 #[test]

@@ -31,6 +31,7 @@ fn suite(name: &str) {
         &raw,
         &cluster_known_failures(),
         "cluster-known-failures.txt",
+        RERUN_ALLOWED,
         |t| parse_subunit(&run_smbtorture(&cluster, 0, t)),
         || cluster.logs(),
     );

@@ -842,3 +842,53 @@ fn lock_service_round_trips_per_operation() {
         ]
     );
 }
+
+/// A directory CREATE (OPEN_IF) with read/write/delete access sharing `share`.
+fn dir_body(name: &str, share: u32) -> Vec<u8> {
+    const DIRECTORY: u32 = 0x1;
+    let mut b = create_body_with_options(name, OPLOCK_NONE, DIRECTORY, &[]);
+    // ShareAccess: CREATE request body offset 32 (MS-SMB2 2.2.13).
+    b[32..36].copy_from_slice(&share.to_le_bytes());
+    b
+}
+
+/// smbtorture smb2.dir.sorted under load (issue 12): A holds a directory open and its client
+/// hangs up; B's CREATE of the directory without FILE_SHARE_DELETE, sent after the hang-up,
+/// must not meet A's open just because A's worker has not torn A down yet. It waits for that
+/// teardown (MS-SMB2 3.3.7.1 closes A's opens) and then succeeds. While A's client is still
+/// there, the same CREATE is a sharing violation at once.
+#[test]
+fn create_waits_for_a_hung_up_connection_to_be_torn_down() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+    const SHARE_RW: u32 = 3;
+    let mut p = Pair::new();
+    let a = p.connect(0x0311);
+    let b = p.connect(0x0311);
+    // Each connection's transport, as the worker registers its socket.
+    let (a_sock, a_client) = UnixStream::pair().expect("socketpair");
+    let (b_sock, _b_client) = UnixStream::pair().expect("socketpair");
+    p.shared
+        .register_transport(a as u64 + 1, a_sock.as_raw_fd());
+    p.shared
+        .register_transport(b as u64 + 1, b_sock.as_raw_fd());
+    let held = p.call(a, cmd::CREATE, dir_body("d", 7));
+    assert_eq!(held.hdr.status, status::SUCCESS);
+    let refused = p.call(b, cmd::CREATE, dir_body("d", SHARE_RW));
+    assert_eq!(
+        refused.hdr.status,
+        status::SHARING_VIOLATION,
+        "A's client is there: its open stands in the way"
+    );
+    // A's client hangs up; A's worker has not seen it yet.
+    drop(a_client);
+    let mid = p.send(b, cmd::CREATE, dir_body("d", SHARE_RW));
+    assert!(p.went_async(b, mid), "B's CREATE waits for A's teardown");
+    assert!(p.final_answer(b, mid).is_none());
+    p.disconnect(a);
+    let done = p
+        .final_answer(b, mid)
+        .expect("B's CREATE is decided once A is torn down");
+    assert_eq!(done.hdr.status, status::SUCCESS);
+    drop(a_sock);
+}

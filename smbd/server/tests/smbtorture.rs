@@ -39,8 +39,70 @@ fn suite_on(name: &str, share_extra: &str, list: &str) {
         &raw,
         &read_known_failures(list),
         list,
+        RERUN_ALLOWED,
         |t| run_smbtorture(&srv, t).0,
         || format!("--- smbd log ---\n{}", srv.log()),
+    );
+}
+
+fn one_failure(t: &str) -> TortureResults {
+    TortureResults {
+        success: vec!["s.ok".into()],
+        failure: vec![t.into()],
+        skip: vec![],
+    }
+}
+
+/// The harness is strict: a failure that is neither a known failure nor allowed a rerun fails
+/// the suite, and is not run again.
+#[test]
+#[should_panic(expected = "unexpected failures [\"s.flaky\"]")]
+fn an_unlisted_failure_fails_the_suite_without_a_rerun() {
+    check_suite(
+        "s",
+        &one_failure("s.flaky"),
+        "",
+        &[],
+        "none",
+        &[("s.other", "why")],
+        |t| panic!("{t} must not be run again"),
+        String::new,
+    );
+}
+
+/// A subtest allowed a rerun passes if it passes alone, and fails if it fails again.
+#[test]
+fn an_allowed_failure_is_run_again_alone() {
+    let allowed = [("s.flaky", "a reason outside smbd")];
+    let alone = |t: &str| TortureResults {
+        success: vec![t.into()],
+        ..Default::default()
+    };
+    check_suite(
+        "s",
+        &one_failure("s.flaky"),
+        "",
+        &[],
+        "none",
+        &allowed,
+        alone,
+        String::new,
+    );
+    let again = std::panic::catch_unwind(|| {
+        check_suite(
+            "s",
+            &one_failure("s.flaky"),
+            "",
+            &[],
+            "none",
+            &allowed,
+            one_failure,
+            String::new,
+        )
+    });
+    assert!(
+        again.is_err(),
+        "a failure that fails alone too must fail the suite"
     );
 }
 

@@ -34,8 +34,8 @@ mod view;
 
 pub(crate) use state::{
     err, AuthState, Binding, BoundChannel, ChainCtx, CreateCont, DirState, FileIo, FileOp,
-    Negotiated, Open, OpenStream, Outcome, PendingKind, PendingOp, ReconnectTarget, Session,
-    Signer, StreamTarget,
+    HangupWait, Negotiated, Open, OpenStream, Outcome, PendingKind, PendingOp, ReconnectTarget,
+    Session, Signer, StreamTarget,
 };
 
 /// SMB 2.0.2 has no multi-credit requests.
@@ -415,6 +415,7 @@ impl Conn {
                 }
             }
             Event::DurableWaitOver { persistent } => self.durable_wait_over(persistent),
+            Event::HangupDone { conn } => self.hangup_done(conn),
             Event::WriteTimeDue { volatile } => {
                 let due = self
                     .opens
@@ -449,6 +450,8 @@ impl Conn {
             self.transport_lost = true;
             // As a channel of other connections' sessions it is gone for good.
             self.leave_bound_sessions();
+            // A CREATE waiting for this connection's opens decides now: they stay.
+            self.shared.transport_done(self.id);
         }
         true
     }

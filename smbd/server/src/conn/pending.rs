@@ -150,6 +150,10 @@ impl Conn {
                     .stop_waiting_for_durable(t.rc.file_id.persistent, self.id);
                 self.complete_async(aid, st, Response::Error { data: vec![] });
             }
+            // Nothing was asked of the lock service yet; a later HangupDone finds no waiter.
+            PendingKind::AfterHangup(_) => {
+                self.complete_async(aid, st, Response::Error { data: vec![] });
+            }
             PendingKind::Lock { .. }
             | PendingKind::Create(_)
             | PendingKind::Rename { .. }

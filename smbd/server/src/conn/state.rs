@@ -91,6 +91,10 @@ pub(crate) enum PendingKind {
     /// A durable reconnect waiting for the connection that still holds its open
     /// (`Shared::wait_for_durable`).
     DurableReconnect(Box<ReconnectTarget>),
+    /// A CREATE that met a conflict while other connections, whose clients had hung up,
+    /// were not torn down yet (`Shared::wait_for_hung_up`, crate::hangup): decided again
+    /// once they are.
+    AfterHangup(Box<HangupWait>),
     /// A rename waiting for other opens' handle-caching breaks (lock service
     /// `BreakForRename`); it is carried out when that completes.
     Rename {
@@ -119,6 +123,15 @@ pub(crate) struct ReconnectTarget {
     pub session_id: u64,
     pub tree_id: u32,
     pub share: usize,
+}
+
+/// What a CREATE waiting for hung-up connections needs to be decided again.
+pub(crate) struct HangupWait {
+    pub request: smb_proto::CreateRequest,
+    pub hdr: smb_proto::Header,
+    pub ctx: ChainCtx,
+    /// The connections still to be torn down.
+    pub waiting: Vec<u64>,
 }
 
 pub(crate) struct PendingOp {

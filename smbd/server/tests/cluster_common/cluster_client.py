@@ -743,6 +743,33 @@ def notifylm(c1, c2):
     d.close()
 
 
+def notifylmrmdir(c1, c2):
+    """Issue 12: node 1's client watches a directory (both nodes without inotify); node 2's
+    client deletes it (delete-on-close, then its close). Node 1's handle keeps it, delete-
+    pending, so node 1's waiting CHANGE_NOTIFY must end with STATUS_DELETE_PENDING as when
+    both clients are on one node (MS-FSA 2.1.5.4; smbtorture smb2.notify.rmdir1)."""
+    all_share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
+    from smbprotocol.change_notify import FileSystemWatcher
+    d = c1.open("lm-rmdir", access=A.FILE_READ_DATA | A.FILE_READ_ATTRIBUTES,
+                share=all_share, disposition=CreateDisposition.FILE_OPEN_IF, is_dir=True)
+    w = FileSystemWatcher(d)
+    w.start(FILE_NOTIFY_CHANGE_FILE_NAME)
+    started(w)
+    r = c2.open("lm-rmdir", access=A.DELETE | A.FILE_READ_ATTRIBUTES, share=all_share,
+                disposition=CreateDisposition.FILE_OPEN, is_dir=True)
+    c2.set_delete_pending(r)
+    r.close()
+    if not w.response_event.wait(TIMEOUT):
+        raise AssertionError("node 1's CHANGE_NOTIFY did not end when node 2 deleted the directory")
+    try:
+        got = w.wait()
+    except SMBResponseException as e:
+        assert e.status == 0xC0000056, f"status {e.status:#x}, want STATUS_DELETE_PENDING"
+    else:
+        raise AssertionError(f"CHANGE_NOTIFY answered {got}, want STATUS_DELETE_PENDING")
+    d.close()
+
+
 def notifylmtree(c1, c2):
     """Issue 12, SMB2_WATCH_TREE through the lock manager (MS-SMB2 2.2.35): without inotify,
     node 1's handle watching a tree gets node 2's changes two levels below it under their path
@@ -878,7 +905,7 @@ def dotdot(c1, c2):
 SCENARIOS = {f.__name__: f for f in (sharemode, brl, iogrant, blocking, oplock, lease, doc, kill,
                                      lmrestart, lmfailover, rename, leaseh, streams, links,
                                      notify, notifytree, notifylm, notifylmtree,
-                                     notifylmfailover, dotdot, writetime)}
+                                     notifylmfailover, notifylmrmdir, dotdot, writetime)}
 
 
 def main():

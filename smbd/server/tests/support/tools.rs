@@ -82,32 +82,41 @@ pub fn read_known_failures(file: &str) -> Vec<String> {
         .collect()
 }
 
-/// Compares one suite's results with its known failures: any failure not listed fails the test
-/// (with `logs()` in the message); listed tests that pass now are reported. `list` names the
-/// known-failures file for the report.
-/// Compare a suite's results with the known failures. A failure not listed is run once more
-/// on its own through `rerun` (the subtest's full name -> its results): on these 2-vCPU
-/// machines a few subtests lose a race with the previous subtest's disconnect under load
-/// (DELETE_PENDING at setup); one that passes alone is reported as load-dependent, one that
-/// fails again fails the test.
+/// Subtests that may fail in a suite run for a reason outside smbd and are then run once more
+/// on their own, each with that reason: (full subtest name, reason). Any other failure not in
+/// the known-failures file fails the suite at once, so a new load-dependent failure is seen
+/// rather than absorbed. Empty: smb2.dir.sorted, the one subtest seen failing under load
+/// (dir.modify leaks a directory handle; dir.sorted's next connection met it before the
+/// server had torn the old connection down), was fixed in smbd (crate::hangup).
+pub const RERUN_ALLOWED: &[(&str, &str)] = &[];
+
+/// Compare a suite's results with the known failures: any failure not listed fails the test
+/// (with `logs()` in the message), unless it is in `rerun_allowed` and passes when run once
+/// more on its own through `rerun` (the subtest's full name -> its results); listed tests
+/// that pass now are reported. `list` names the known-failures file for the report.
+#[allow(clippy::too_many_arguments)]
 pub fn check_suite(
     name: &str,
     res: &TortureResults,
     raw: &str,
     known: &[String],
     list: &str,
+    rerun_allowed: &[(&str, &str)],
     rerun: impl Fn(&str) -> TortureResults,
     logs: impl FnOnce() -> String,
 ) {
     let listed = |t: &&String| known.iter().any(|k| k == *t);
     let mut unexpected: Vec<&String> = res.failure.iter().filter(|f| !listed(f)).collect();
     unexpected.retain(|t| {
+        let Some((_, why)) = rerun_allowed.iter().find(|(n, _)| *n == t.as_str()) else {
+            return true;
+        };
         let again = rerun(t);
         // A subtest that skips itself when run alone (smb2.ioctl.trim_simple) did not fail.
         let passed_alone = again.failure.is_empty()
             && again.success.iter().chain(&again.skip).any(|s| s == *t);
         if passed_alone {
-            eprintln!("{name}: {t} failed in the suite run and passed alone (load-dependent)");
+            eprintln!("{name}: {t} failed in the suite run and passed alone (allowed: {why})");
         }
         !passed_alone
     });

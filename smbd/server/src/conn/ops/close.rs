@@ -36,6 +36,7 @@ impl Conn {
                 // break completes.
                 PendingKind::Create(_)
                 | PendingKind::DurableReconnect(_)
+                | PendingKind::AfterHangup(_)
                 | PendingKind::Rename { .. }
                 | PendingKind::Disposition { .. }
                 | PendingKind::Close { .. } => false,

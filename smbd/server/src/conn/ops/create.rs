@@ -19,7 +19,9 @@ use super::{
     WRITE_DATA,
 };
 use crate::beneath::ShareRoot;
-use crate::conn::{err, ChainCtx, Conn, CreateCont, Open, Outcome, PendingKind, StreamTarget};
+use crate::conn::{
+    err, ChainCtx, Conn, CreateCont, HangupWait, Open, Outcome, PendingKind, StreamTarget,
+};
 use crate::fs::{self, FileInfo};
 use crate::locking::{
     self, map_generic, Lease, LeaseKey, LeaseState, OpenRequest, OplockGrant, OplockLevel,
@@ -82,11 +84,114 @@ impl Conn {
             && c.disposition != disposition::OPEN
             && c.disposition != disposition::OVERWRITE)
             .then(|| c.clone());
+        let again = c.clone();
         self.create_raced = false;
         let out = self.create_attempt(c, hdr, ctx);
-        match retry {
+        let out = match retry {
             Some(c) if std::mem::take(&mut self.create_raced) => self.create_attempt(c, hdr, ctx),
             _ => out,
+        };
+        self.wait_for_hung_up_if_conflict(out, again, hdr, ctx)
+    }
+
+    /// A CREATE refused for a sharing violation or a delete-pending file may have met the
+    /// opens of a connection whose client has hung up but which its worker has not torn down
+    /// yet (crate::hangup): the client saw that connection end before it sent this request,
+    /// and the server closes a lost connection's opens (MS-SMB2 3.3.7.1), so the CREATE
+    /// waits for that teardown and is decided again ([`Conn::hangup_done`]), as a durable
+    /// reconnect waits for its old connection. Any other answer stands.
+    fn wait_for_hung_up_if_conflict(
+        &mut self,
+        out: Outcome,
+        request: CreateRequest,
+        hdr: &Header,
+        ctx: &ChainCtx,
+    ) -> Outcome {
+        let conflict = matches!(
+            &out,
+            Outcome::Reply(st, _) if *st == status::SHARING_VIOLATION || *st == status::DELETE_PENDING
+        );
+        if !conflict {
+            return out;
+        }
+        let waiting = self.shared.wait_for_hung_up(self.id);
+        if waiting.is_empty() {
+            return out;
+        }
+        tracing::debug!(
+            conn = self.id,
+            ?waiting,
+            name = %request.name,
+            "create conflicts while hung-up connections are not torn down: waiting for them"
+        );
+        let wait = HangupWait {
+            request,
+            hdr: *hdr,
+            ctx: ctx.clone(),
+            waiting,
+        };
+        Outcome::Pending(self.go_async(hdr, ctx, PendingKind::AfterHangup(Box::new(wait))))
+    }
+
+    /// Connection `gone`, whose client had hung up, is torn down (Event::HangupDone): the
+    /// CREATEs that waited for it and for nothing else are decided again, under the async id
+    /// their interim response named.
+    pub(crate) fn hangup_done(&mut self, gone: u64) {
+        let mut ready = Vec::new();
+        for (aid, p) in self.pending.iter_mut() {
+            if let PendingKind::AfterHangup(w) = &mut p.kind {
+                if w.waiting.contains(&gone) {
+                    w.waiting.retain(|c| *c != gone);
+                    if w.waiting.is_empty() {
+                        ready.push(*aid);
+                    }
+                }
+            }
+        }
+        ready.sort_unstable();
+        for aid in ready {
+            let Some(p) = self.pending.get_mut(&aid) else {
+                continue;
+            };
+            let rest = p.rest.take();
+            let channel = p.channel;
+            let PendingKind::AfterHangup(w) = &p.kind else {
+                continue;
+            };
+            let (request, hdr, mut ctx) = (w.request.clone(), w.hdr, w.ctx.clone());
+            // The CREATE continues with its session's credentials, on its channel.
+            if let Some(id) = self
+                .sessions
+                .get(&hdr.session_id)
+                .and_then(|s| s.identity.clone())
+            {
+                crate::identity::become_user(&id);
+            }
+            let outer = std::mem::replace(&mut self.cur_channel, channel);
+            let out = self.create(request, &hdr, &mut ctx);
+            self.cur_channel = outer;
+            match out {
+                Outcome::Pending(again) => {
+                    // Waiting again (an oplock break, another hung-up connection): the new
+                    // wait keeps the async id the client knows.
+                    if let Some(mut np) = self.pending.remove(&again) {
+                        np.rest = rest;
+                        self.pending.insert(aid, np);
+                    }
+                }
+                Outcome::Reply(st, body) => {
+                    self.complete_async(aid, st, body);
+                    self.resume_chain_after_create(rest, st, ctx.file_id);
+                }
+                Outcome::Nothing | Outcome::Deferred(_) => {
+                    self.complete_async(
+                        aid,
+                        status::INTERNAL_ERROR,
+                        Response::Error { data: vec![] },
+                    );
+                    self.resume_chain_after_create(rest, status::INTERNAL_ERROR, None);
+                }
+            }
         }
     }
 
