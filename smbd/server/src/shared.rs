@@ -245,6 +245,9 @@ pub struct Shared {
     durable_waits: Mutex<Vec<DurableWait>>,
     /// Delayed LastWriteTime updates (deadline, connection, open), crate::write_time.
     write_time_timers: Mutex<Vec<(Instant, u64, u64)>>,
+    /// How many of this node's opens hold each file's LastWriteTime, by (device, inode)
+    /// (crate::write_time): the hold in the file's xattr goes when the last one lets go.
+    write_holds: Mutex<HashMap<(u64, u64), u32>>,
 }
 
 /// Change notify across nodes (MS-SMB2 3.3.5.19, MS-FSA 2.1.4.1): on a cluster filesystem a
@@ -350,6 +353,7 @@ impl Shared {
             parked: Default::default(),
             durable_waits: Mutex::new(Vec::new()),
             write_time_timers: Mutex::new(Vec::new()),
+            write_holds: Mutex::new(HashMap::new()),
         })
     }
 
@@ -715,6 +719,27 @@ impl Shared {
         lock(&self.write_time_timers).push((due, conn, volatile));
         if let Some(ticker) = self.mailboxes.first() {
             ticker.wake();
+        }
+    }
+
+    /// One more open of this node holds the LastWriteTime of the file `key` (crate::write_time).
+    pub(crate) fn take_write_hold(&self, key: (u64, u64)) {
+        *lock(&self.write_holds).entry(key).or_insert(0) += 1;
+    }
+
+    /// An open of this node let its hold on the file `key` go: whether it was the last one
+    /// here (then the hold in the file's xattr goes).
+    pub(crate) fn drop_write_hold(&self, key: (u64, u64)) -> bool {
+        let mut holds = lock(&self.write_holds);
+        match holds.get_mut(&key) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            _ => {
+                holds.remove(&key);
+                true
+            }
         }
     }
 

@@ -149,15 +149,6 @@ pub(crate) fn fallocate(f: &File, mode: i32, offset: u64, len: u64) -> io::Resul
     check(unsafe { libc::fallocate(f.as_raw_fd(), mode, clamp(offset), clamp(len)) })
 }
 
-/// The mtime of the file `f` holds (seconds, nanoseconds), to put back after a write moved
-/// it (crate::write_time: a write does not move LastWriteTime at once).
-pub(crate) fn keep_mtime(f: &File) -> Option<(i64, u32)> {
-    use std::os::unix::fs::MetadataExt;
-    f.metadata()
-        .ok()
-        .map(|m| (m.mtime(), m.mtime_nsec().clamp(0, 999_999_999) as u32))
-}
-
 /// futimens(2) of the mtime only (the access time is left alone) of the file `f` holds.
 pub(crate) fn set_mtime(f: &File, (secs, nsec): (i64, u32)) -> io::Result<()> {
     let times = [
