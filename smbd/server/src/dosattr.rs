@@ -67,9 +67,18 @@ pub fn load(path: &Path) -> Option<DosInfo> {
 
 /// [`load`] for the object an open holds (`fd`, possibly O_PATH), not for a name.
 pub fn load_fd(fd: BorrowedFd<'_>) -> Option<DosInfo> {
-    let via = crate::beneath::fd_path(fd).ok()?;
     let mut buf = [0u8; LEN];
-    let n = crate::sys::getxattr(&via, NAME, &mut buf).ok()?;
+    // The descriptor itself when it is not O_PATH (no /proc path to resolve: this is read
+    // at every first write and close of an open, crate::write_time), else through
+    // /proc/self/fd/N.
+    let n = match crate::sys::fgetxattr(fd, NAME, &mut buf) {
+        Ok(n) => n,
+        Err(e) if e.raw_os_error() == Some(libc::EBADF) => {
+            let via = crate::beneath::fd_path(fd).ok()?;
+            crate::sys::getxattr(&via, NAME, &mut buf).ok()?
+        }
+        Err(_) => return None,
+    };
     decode(&buf, n)
 }
 
@@ -102,9 +111,17 @@ pub fn store(path: &Path, d: &DosInfo) -> std::io::Result<()> {
     set_xattr_privileged(path, NAME, &encode(d))
 }
 
-/// [`store`] for the object an open holds (`fd`, possibly O_PATH), not for a name.
+/// [`store`] for the object an open holds (`fd`, possibly O_PATH), not for a name. Through
+/// the descriptor as the current identity first (no path, no identity switch: the common
+/// case of a file the SMB user may write, at every first write and close of an open,
+/// crate::write_time); as the server ([`set_xattr_privileged_fd`]) when that is refused
+/// (the owner of a read-only file) or `fd` is O_PATH.
 pub fn store_fd(fd: BorrowedFd<'_>, d: &DosInfo) -> std::io::Result<()> {
-    set_xattr_privileged_fd(fd, NAME, &encode(d))
+    let value = encode(d);
+    match crate::sys::fsetxattr(fd, NAME, &value) {
+        Ok(()) => Ok(()),
+        Err(_) => set_xattr_privileged_fd(fd, NAME, &value),
+    }
 }
 
 fn encode(d: &DosInfo) -> Vec<u8> {

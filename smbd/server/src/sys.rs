@@ -487,6 +487,39 @@ pub(crate) fn setxattr(path: &CStr, name: &CStr, value: &[u8]) -> io::Result<()>
     })
 }
 
+/// fgetxattr(2) of the object `fd` holds (not an O_PATH descriptor: EBADF): like [`getxattr`]
+/// without a path to resolve.
+pub(crate) fn fgetxattr(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `name` is NUL-terminated; `buf` is writable for buf.len() bytes (a null pointer
+    // is never passed: an empty `buf` gives a zero-length valid pointer), and the kernel writes
+    // at most that many; `fd` is open for the call.
+    let n = unsafe {
+        libc::fgetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// fsetxattr(2) with flags 0 of the object `fd` holds (not an O_PATH descriptor), as the
+/// calling thread's current file-system identity.
+pub(crate) fn fsetxattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8]) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated; `value` holds value.len() readable bytes; `fd` is open
+    // for the call.
+    check(unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })
+}
+
 // ---- inotify (crate::dirwatch) ---------------------------------------------------------------
 
 /// A close-on-exec inotify instance; blocking, read by one thread.

@@ -82,21 +82,17 @@ impl Conn {
         let Some(obj) = o.object() else {
             return;
         };
-        let key = match obj.metadata() {
-            Ok(m) => (m.dev(), m.ino()),
-            Err(e) => {
-                tracing::debug!(conn = self.id, %e, "taking the LastWriteTime hold");
-                return;
-            }
-        };
         let now_ft = self.shared.clock.filetime();
         let until = now_ft.saturating_add(hold_lease_ft());
-        self.shared.take_write_hold(key);
-        update_dos_fd(obj, now_ft, |d, reported, kernel| {
+        let Some(m) = update_dos_fd(obj, now_ft, |d, reported, kernel| {
             d.write = reported;
             d.write_guard = kernel;
             d.hold_until = d.hold_until.max(until);
-        });
+        }) else {
+            return;
+        };
+        let key = (m.dev(), m.ino());
+        self.shared.take_write_hold(key);
         let now = self.now;
         if let Some(at) = self.opens.get_mut(&v).map(|o| o.write_time.hold(now, key)) {
             self.shared.arm_write_time(self.id, v, at);
