@@ -8,7 +8,11 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// Period of the ticking worker's timer (crate::worker): it sleeps at most this long, so a
+/// deadline further away needs no wake-up to be met.
+pub(crate) const TIMER_TICK: Duration = Duration::from_secs(1);
 
 use smb_auth::users::UserDb;
 
@@ -712,13 +716,18 @@ impl Shared {
         }
     }
 
-    /// The open `volatile` of connection `conn` moves its file's LastWriteTime at `due`
-    /// (crate::write_time): the connection is told with [`Event::WriteTimeDue`] and checks
-    /// whether it still has to (a FLUSH or close may have done it).
-    pub(crate) fn arm_write_time(&self, conn: u64, volatile: u64, due: Instant) {
+    /// The open `volatile` of connection `conn` moves its file's LastWriteTime (or renews its
+    /// hold) at `due`, armed at `now` (crate::write_time): the connection is told with
+    /// [`Event::WriteTimeDue`] and checks whether it still has to (a FLUSH or close may have
+    /// done it). The ticking worker is woken only for a deadline before its next periodic
+    /// tick ([`TIMER_TICK`]); a later one it picks up then (its timer is never armed for more
+    /// than a tick), which spares an open's first write the wake-up.
+    pub(crate) fn arm_write_time(&self, conn: u64, volatile: u64, due: Instant, now: Instant) {
         lock(&self.write_time_timers).push((due, conn, volatile));
-        if let Some(ticker) = self.mailboxes.first() {
-            ticker.wake();
+        if due < now + TIMER_TICK {
+            if let Some(ticker) = self.mailboxes.first() {
+                ticker.wake();
+            }
         }
     }
 

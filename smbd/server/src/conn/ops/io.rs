@@ -95,7 +95,7 @@ impl Conn {
         self.shared.take_write_hold(key);
         let now = self.now;
         if let Some(at) = self.opens.get_mut(&v).map(|o| o.write_time.hold(now, key)) {
-            self.shared.arm_write_time(self.id, v, at);
+            self.shared.arm_write_time(self.id, v, at, now);
         }
     }
 
@@ -112,7 +112,7 @@ impl Conn {
                 d.hold_until = d.hold_until.max(until)
             });
         }
-        self.shared.arm_write_time(self.id, v, next);
+        self.shared.arm_write_time(self.id, v, next, now);
     }
 
     /// The open `v` closes or its durable handle disconnects: a LastWriteTime update its
@@ -147,7 +147,7 @@ impl Conn {
         let now = self.now;
         let due = self.opens.get_mut(&v).and_then(|o| o.write_time.wrote(now));
         if let Some(due) = due {
-            self.shared.arm_write_time(self.id, v, due);
+            self.shared.arm_write_time(self.id, v, due, now);
         }
     }
 
