@@ -3,8 +3,8 @@
 //!
 //! Layout (little endian): version u32 (2), attributes u32, creation FILETIME u64,
 //! change FILETIME u64, mtime guard u64, then (version 2) Windows' LastWriteTime u64, its
-//! kernel-mtime guard u64 and the write hold's end u64 (FILETIMEs). Version 1 (the first five
-//! fields) is still read. The stored change time is only reported while the reported
+//! kernel-mtime guard u64 and the write hold's end u64 (FILETIMEs), and how many nodes hold
+//! it u64. Version 1 (the first five fields) is still read. The stored change time is only reported while the reported
 //! LastWriteTime still equals its guard (a later write makes the real time authoritative).
 //!
 //! LastWriteTime (crate::write_time): the kernel's mtime moves on every write, Windows' time
@@ -14,7 +14,11 @@
 //! smbd renews while one of its opens has written and not closed: the kernel mtime is then
 //! moved by those writes, whose time moves later). Otherwise the kernel mtime is the time: a
 //! process outside smbd (or a node that died holding the time, once its lease ran out) changed
-//! the file.
+//! the file. Each node counts itself in `holders` once, while any of its opens holds the time;
+//! the last to let go ends the hold. Two nodes updating the record at the same instant can
+//! lose one's count (an xattr has no compare-and-swap): one too many keeps the hold until
+//! its lease runs out, one too few ends it early (the kernel mtime, the writes' own time,
+//! shows until the holder's next renewal or close).
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -24,7 +28,7 @@ use std::path::Path;
 const NAME: &std::ffi::CStr = c"user.smbd.dos";
 /// Version 1's length (no LastWriteTime).
 const LEN_V1: usize = 32;
-const LEN: usize = 56;
+const LEN: usize = 64;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DosInfo {
@@ -39,6 +43,8 @@ pub struct DosInfo {
     /// Until when (FILETIME, wall clock) `write` stands whatever the kernel mtime: an open
     /// on some node has written and its time moves later (0: no hold).
     pub hold_until: u64,
+    /// How many nodes hold it (each counts once), while `hold_until` has not passed.
+    pub holders: u64,
 }
 
 impl DosInfo {
@@ -50,6 +56,31 @@ impl DosInfo {
             self.write
         } else {
             kernel
+        }
+    }
+
+    /// A node takes the hold at `now` until `until`: counted afresh when the hold had lapsed
+    /// (its holders' counts are stale: nodes that died).
+    pub fn take_hold(&mut self, now: u64, until: u64) {
+        self.holders = if now < self.hold_until {
+            self.holders.saturating_add(1)
+        } else {
+            1
+        };
+        self.hold_until = self.hold_until.max(until);
+    }
+
+    /// A holding node extends the hold to `until`.
+    pub fn renew_hold(&mut self, until: u64) {
+        self.holders = self.holders.max(1);
+        self.hold_until = self.hold_until.max(until);
+    }
+
+    /// A node lets its hold go; the hold ends with the last holder.
+    pub fn release_hold(&mut self) {
+        self.holders = self.holders.saturating_sub(1);
+        if self.holders == 0 {
+            self.hold_until = 0;
         }
     }
 }
@@ -104,6 +135,7 @@ fn decode(buf: &[u8; LEN], n: usize) -> Option<DosInfo> {
         write: later(32),
         write_guard: later(40),
         hold_until: later(48),
+        holders: later(56),
     })
 }
 
@@ -134,6 +166,7 @@ fn encode(d: &DosInfo) -> Vec<u8> {
     buf.extend_from_slice(&d.write.to_le_bytes());
     buf.extend_from_slice(&d.write_guard.to_le_bytes());
     buf.extend_from_slice(&d.hold_until.to_le_bytes());
+    buf.extend_from_slice(&d.holders.to_le_bytes());
     buf
 }
 
@@ -196,6 +229,7 @@ mod tests {
             write: 10,
             write_guard: 11,
             hold_until: 12,
+            holders: 13,
         };
         if store(&p, &info).is_err() {
             eprintln!("filesystem without user xattrs; skipping");
@@ -216,6 +250,7 @@ mod tests {
             write: 4,
             write_guard: 5,
             hold_until: 6,
+            holders: 7,
         };
         let v2 = encode(&d);
         let mut buf = [0u8; LEN];
@@ -258,6 +293,36 @@ mod tests {
             70,
             "nothing recorded"
         );
+    }
+
+    /// Two nodes hold the time: the first to let go leaves it held for the other; a hold
+    /// whose lease ran out (its node died) is counted afresh by the next taker.
+    #[test]
+    fn the_last_node_to_let_go_ends_the_hold() {
+        let mut d = DosInfo::default();
+        d.take_hold(10, 100);
+        d.take_hold(20, 110);
+        assert_eq!((d.holders, d.hold_until), (2, 110));
+        d.release_hold();
+        assert_eq!(
+            (d.holders, d.hold_until),
+            (1, 110),
+            "still held by the other"
+        );
+        d.renew_hold(130);
+        assert_eq!(d.hold_until, 130);
+        d.release_hold();
+        assert_eq!((d.holders, d.hold_until), (0, 0));
+        // A dead node's count: the lease ran out, the next taker starts from one.
+        let mut stale = DosInfo {
+            holders: 3,
+            hold_until: 100,
+            ..Default::default()
+        };
+        stale.take_hold(100, 200);
+        assert_eq!(stale.holders, 1);
+        stale.release_hold();
+        assert_eq!(stale.hold_until, 0);
     }
 
     /// The privileged write never follows a symlink on the way: a directory swapped for a

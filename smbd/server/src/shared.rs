@@ -731,9 +731,13 @@ impl Shared {
         }
     }
 
-    /// One more open of this node holds the LastWriteTime of the file `key` (crate::write_time).
-    pub(crate) fn take_write_hold(&self, key: (u64, u64)) {
-        *lock(&self.write_holds).entry(key).or_insert(0) += 1;
+    /// One more open of this node holds the LastWriteTime of the file `key` (crate::write_time):
+    /// whether it is the first here (then this node counts itself in the file's xattr).
+    pub(crate) fn take_write_hold(&self, key: (u64, u64)) -> bool {
+        let mut holds = lock(&self.write_holds);
+        let n = holds.entry(key).or_insert(0);
+        *n += 1;
+        *n == 1
     }
 
     /// An open of this node let its hold on the file `key` go: whether it was the last one

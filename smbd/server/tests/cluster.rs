@@ -129,6 +129,14 @@ fn cross_node_outside_change_moves_write_time() {
     scenario("outsidetime");
 }
 
+/// Issue 12: node 2's close does not end node 1's hold on a file both wrote: node 1's later
+/// write still does not move the LastWriteTime either node reports (each node counts once
+/// in the holders kept in the DOS xattr).
+#[test]
+fn cross_node_one_close_leaves_the_other_nodes_hold() {
+    scenario("twowriters");
+}
+
 /// Issue 12: a write to a named stream moves its file's LastWriteTime by the delayed rule
 /// (not at once; at the stream open's FLUSH and close), seen on both nodes.
 #[test]

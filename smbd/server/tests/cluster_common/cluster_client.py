@@ -5,6 +5,7 @@ usage: cluster_client.py HOST[,HOST2] PORT1 PORT2 USER PASSWORD SCENARIO
 SCENARIO: sharemode | brl | blocking | oplock | lease | doc | kill | lmrestart | lmfailover | rename
           | leaseh | streams | links | notify | notifytree | notifylm | notifylmtree
           | notifylmfailover | dotdot | writetime | outsidetime | streamtime | durabletime
+          | twowriters
 Prints "PASS SCENARIO" and exits 0 when the cluster behaved; any mismatch raises (exit 1).
 `kill` prints "KILL-NODE2" once node 2's client holds its lock and node 1's client waits,
 then reads one line from stdin (the harness has SIGKILLed node 2's smbd) and expects node 1's
@@ -889,6 +890,32 @@ def outsidetime(c1, c2):
     assert t1 == t2 and t1 > want, f"the close after a write did not move it: {(t1, t2)}, was {want}"
 
 
+def twowriters(c1, c2):
+    """Issue 12: opens on two nodes write one file; node 2's close (its update: the close's
+    time) does not end node 1's hold on the time: node 1's later write, which moves the
+    kernel mtime, still does not move the time on either node until node 1's close. FLUSHes
+    use up each open's 2 s update first, so no timer moves the time during the checks."""
+    all_share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
+    name = "twowriters-%d.txt" % int(time.time() * 1000)
+    f1 = c1.open(name, share=all_share, disposition=CreateDisposition.FILE_CREATE)
+    f2 = c2.open(name, share=all_share, disposition=CreateDisposition.FILE_OPEN)
+    f1.write(b"a", 0)
+    f1.flush()
+    f2.write(b"b", 1)
+    f2.flush()
+    f2.write(b"c", 2)
+    f2.close()
+    t = write_times(c1, c2, name)
+    assert t[0] == t[1], f"the nodes disagree after node 2's close: {t}"
+    time.sleep(0.05)  # past the kernel clock's tick, so node 1's write moves the mtime
+    f1.write(b"d", 3)
+    got = write_times(c1, c2, name)
+    assert got == t, f"node 2's close ended node 1's hold: {got}, was {t}"
+    f1.close()
+    after = write_times(c1, c2, name)
+    assert after[0] == after[1] and after[0] > t[0], f"node 1's close: {after}, was {t}"
+
+
 def streamtime(c1, c2):
     """Issue 12 (MS-FSA 2.1.5.3, 2.1.4.17: times belong to the file, not to a stream): a write
     to a named stream moves the file's LastWriteTime by the same delayed rule as a write to
@@ -988,7 +1015,7 @@ SCENARIOS = {f.__name__: f for f in (sharemode, brl, iogrant, blocking, oplock, 
                                      lmrestart, lmfailover, rename, leaseh, streams, links,
                                      notify, notifytree, notifylm, notifylmtree,
                                      notifylmfailover, dotdot, writetime, outsidetime,
-                                     streamtime, durabletime)}
+                                     streamtime, durabletime, twowriters)}
 
 
 def main():

@@ -84,15 +84,24 @@ impl Conn {
         };
         let now_ft = self.shared.clock.filetime();
         let until = now_ft.saturating_add(hold_lease_ft());
-        let Some(m) = update_dos_fd(obj, now_ft, |d, reported, kernel| {
+        let key = match obj.metadata() {
+            Ok(m) => (m.dev(), m.ino()),
+            Err(e) => {
+                tracing::debug!(conn = self.id, %e, "taking the LastWriteTime hold");
+                return;
+            }
+        };
+        // This node counts once in the file's holders (crate::dosattr).
+        let first_here = self.shared.take_write_hold(key);
+        update_dos_fd(obj, now_ft, |d, reported, kernel| {
             d.write = reported;
             d.write_guard = kernel;
-            d.hold_until = d.hold_until.max(until);
-        }) else {
-            return;
-        };
-        let key = (m.dev(), m.ino());
-        self.shared.take_write_hold(key);
+            if first_here {
+                d.take_hold(now_ft, until);
+            } else {
+                d.renew_hold(until);
+            }
+        });
         let now = self.now;
         if let Some(at) = self.opens.get_mut(&v).map(|o| o.write_time.hold(now, key)) {
             self.shared.arm_write_time(self.id, v, at, now);
@@ -108,9 +117,7 @@ impl Conn {
         if let Some(obj) = self.opens.get(&v).and_then(|o| o.object()) {
             let now_ft = self.shared.clock.filetime();
             let until = now_ft.saturating_add(hold_lease_ft());
-            update_dos_fd(obj, now_ft, |d, _, _| {
-                d.hold_until = d.hold_until.max(until)
-            });
+            update_dos_fd(obj, now_ft, |d, _, _| d.renew_hold(until));
         }
         self.shared.arm_write_time(self.id, v, next, now);
     }
@@ -136,7 +143,7 @@ impl Conn {
             d.write = if update { now_ft } else { reported };
             d.write_guard = kernel;
             if last {
-                d.hold_until = 0;
+                d.release_hold();
             }
         });
     }

@@ -346,14 +346,12 @@ fn update_dos(path: &Path, f: impl FnOnce(&mut crate::dosattr::DosInfo, u64)) {
 
 /// [`update_dos`] for the object an open holds (`obj`, possibly O_PATH), not for a name, at
 /// `now` (FILETIME). `f` gets the stored record, the LastWriteTime reported before the change
-/// and the kernel mtime (crate::dosattr). Returns the object's metadata read before.
-fn update_dos_fd(
-    obj: &File,
-    now: u64,
-    f: impl FnOnce(&mut crate::dosattr::DosInfo, u64, u64),
-) -> Option<std::fs::Metadata> {
+/// and the kernel mtime (crate::dosattr).
+fn update_dos_fd(obj: &File, now: u64, f: impl FnOnce(&mut crate::dosattr::DosInfo, u64, u64)) {
     use std::os::fd::AsFd;
-    let m = obj.metadata().ok()?;
+    let Ok(m) = obj.metadata() else {
+        return;
+    };
     let cur = fs::info_from_meta(&m);
     let mut d = crate::dosattr::load_fd(obj.as_fd()).unwrap_or(crate::dosattr::DosInfo {
         attributes: cur.attributes & !(fs::attr::DIRECTORY | fs::attr::READONLY),
@@ -365,7 +363,6 @@ fn update_dos_fd(
     if let Err(e) = crate::dosattr::store_fd(obj.as_fd(), &d) {
         tracing::debug!(%e, "storing DOS attributes failed");
     }
-    Some(m)
 }
 
 /// Snapshot a directory for QUERY_DIRECTORY at `now` (FILETIME): ".", ".." then the
