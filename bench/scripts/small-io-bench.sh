@@ -36,6 +36,9 @@ metrics_listen = "127.0.0.1:$MPORT"
 name = "data"
 path = "$DIR/share"
 TOML
+    # (Removed first: the background job's redirection may truncate it only after the
+    # wait below has read the previous run's banner.)
+    rm -f "$DIR/log"
     "$2" --config "$DIR/smbd.toml" > "$DIR/log" 2>&1 &
     PID=$!
     # The banner's last line (metrics) comes after the listening lines.
