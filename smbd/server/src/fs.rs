@@ -230,9 +230,10 @@ pub fn symlink_metadata(path: &Path) -> std::io::Result<Metadata> {
     std::fs::symlink_metadata(path)
 }
 
-/// What SMB sees of `path`: its metadata overlaid with the stored DOS attributes and times.
-pub fn file_info(path: &Path) -> std::io::Result<FileInfo> {
-    metadata(path).map(|m| load_info(path, &m))
+/// What SMB sees of `path` at `now` (a FILETIME, for the LastWriteTime hold, see
+/// crate::dosattr): its metadata overlaid with the stored DOS attributes and times.
+pub fn file_info(path: &Path, now: u64) -> std::io::Result<FileInfo> {
+    metadata(path).map(|m| load_info(path, &m, now))
 }
 
 /// The entries of directory `dir`, unsorted, without "." and "..".
@@ -246,18 +247,18 @@ pub fn make_read_only(file: &std::fs::File) -> std::io::Result<()> {
     file.set_permissions(std::fs::Permissions::from_mode(0o444))
 }
 
-/// Metadata of `path` overlaid with its stored DOS attributes and times.
-pub fn load_info(path: &Path, m: &Metadata) -> FileInfo {
-    merge_dos(info_from_meta(m), crate::dosattr::load(path))
+/// Metadata of `path` overlaid with its stored DOS attributes and times, at `now` (FILETIME).
+pub fn load_info(path: &Path, m: &Metadata, now: u64) -> FileInfo {
+    merge_dos(info_from_meta(m), crate::dosattr::load(path), now)
 }
 
 /// [`load_info`] for the object an open holds (`fd`, possibly O_PATH), not for a name.
-pub fn load_info_fd(fd: std::os::fd::BorrowedFd<'_>, m: &Metadata) -> FileInfo {
-    merge_dos(info_from_meta(m), crate::dosattr::load_fd(fd))
+pub fn load_info_fd(fd: std::os::fd::BorrowedFd<'_>, m: &Metadata, now: u64) -> FileInfo {
+    merge_dos(info_from_meta(m), crate::dosattr::load_fd(fd), now)
 }
 
-/// The metadata `i` with the stored DOS attributes and times `dos` over it.
-fn merge_dos(mut i: FileInfo, dos: Option<crate::dosattr::DosInfo>) -> FileInfo {
+/// The metadata `i` with the stored DOS attributes and times `dos` over it, at `now`.
+pub fn merge_dos(mut i: FileInfo, dos: Option<crate::dosattr::DosInfo>, now: u64) -> FileInfo {
     if let Some(d) = dos {
         let keep = i.attributes & (attr::DIRECTORY | attr::READONLY);
         // A file's READONLY is its mode (no write bit), which the kernel enforces; a
@@ -275,6 +276,10 @@ fn merge_dos(mut i: FileInfo, dos: Option<crate::dosattr::DosInfo>) -> FileInfo 
         if d.creation != 0 {
             i.creation = d.creation;
         }
+        // Windows' LastWriteTime, and the ChangeTime with it (info_from_meta reports the
+        // last data change as both), crate::dosattr.
+        i.write = d.reported_write(i.write, now);
+        i.change = i.write;
         if d.change != 0 && d.mtime_guard == i.write {
             i.change = d.change;
         }

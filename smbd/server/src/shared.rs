@@ -8,7 +8,11 @@ use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// Period of the ticking worker's timer (crate::worker): it sleeps at most this long, so a
+/// deadline further away needs no wake-up to be met.
+pub(crate) const TIMER_TICK: Duration = Duration::from_secs(1);
 
 use smb_auth::users::UserDb;
 
@@ -253,6 +257,9 @@ pub struct Shared {
     write_time_timers: Mutex<Vec<(Instant, u64, u64)>>,
     /// Connections whose client hung up and which are not torn down yet (crate::hangup).
     hangups: crate::hangup::Hangups,
+    /// How many of this node's opens hold each file's LastWriteTime, by (device, inode)
+    /// (crate::write_time): the hold in the file's xattr goes when the last one lets go.
+    write_holds: Mutex<HashMap<(u64, u64), u32>>,
 }
 
 /// Change notify across nodes (MS-SMB2 3.3.5.19, MS-FSA 2.1.4.1): on a cluster filesystem a
@@ -359,6 +366,7 @@ impl Shared {
             durable_waits: Mutex::new(Vec::new()),
             hangups: Default::default(),
             write_time_timers: Mutex::new(Vec::new()),
+            write_holds: Mutex::new(HashMap::new()),
         })
     }
 
@@ -754,13 +762,43 @@ impl Shared {
         }
     }
 
-    /// The open `volatile` of connection `conn` moves its file's LastWriteTime at `due`
-    /// (crate::write_time): the connection is told with [`Event::WriteTimeDue`] and checks
-    /// whether it still has to (a FLUSH or close may have done it).
-    pub(crate) fn arm_write_time(&self, conn: u64, volatile: u64, due: Instant) {
+    /// The open `volatile` of connection `conn` moves its file's LastWriteTime (or renews its
+    /// hold) at `due`, armed at `now` (crate::write_time): the connection is told with
+    /// [`Event::WriteTimeDue`] and checks whether it still has to (a FLUSH or close may have
+    /// done it). The ticking worker is woken only for a deadline before its next periodic
+    /// tick ([`TIMER_TICK`]); a later one it picks up then (its timer is never armed for more
+    /// than a tick), which spares an open's first write the wake-up.
+    pub(crate) fn arm_write_time(&self, conn: u64, volatile: u64, due: Instant, now: Instant) {
         lock(&self.write_time_timers).push((due, conn, volatile));
-        if let Some(ticker) = self.mailboxes.first() {
-            ticker.wake();
+        if due < now + TIMER_TICK {
+            if let Some(ticker) = self.mailboxes.first() {
+                ticker.wake();
+            }
+        }
+    }
+
+    /// One more open of this node holds the LastWriteTime of the file `key` (crate::write_time):
+    /// whether it is the first here (then this node counts itself in the file's xattr).
+    pub(crate) fn take_write_hold(&self, key: (u64, u64)) -> bool {
+        let mut holds = lock(&self.write_holds);
+        let n = holds.entry(key).or_insert(0);
+        *n += 1;
+        *n == 1
+    }
+
+    /// An open of this node let its hold on the file `key` go: whether it was the last one
+    /// here (then the hold in the file's xattr goes).
+    pub(crate) fn drop_write_hold(&self, key: (u64, u64)) -> bool {
+        let mut holds = lock(&self.write_holds);
+        match holds.get_mut(&key) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            _ => {
+                holds.remove(&key);
+                true
+            }
         }
     }
 

@@ -149,15 +149,6 @@ pub(crate) fn fallocate(f: &File, mode: i32, offset: u64, len: u64) -> io::Resul
     check(unsafe { libc::fallocate(f.as_raw_fd(), mode, clamp(offset), clamp(len)) })
 }
 
-/// The mtime of the file `f` holds (seconds, nanoseconds), to put back after a write moved
-/// it (crate::write_time: a write does not move LastWriteTime at once).
-pub(crate) fn keep_mtime(f: &File) -> Option<(i64, u32)> {
-    use std::os::unix::fs::MetadataExt;
-    f.metadata()
-        .ok()
-        .map(|m| (m.mtime(), m.mtime_nsec().clamp(0, 999_999_999) as u32))
-}
-
 /// futimens(2) of the mtime only (the access time is left alone) of the file `f` holds.
 pub(crate) fn set_mtime(f: &File, (secs, nsec): (i64, u32)) -> io::Result<()> {
     let times = [
@@ -513,6 +504,39 @@ pub(crate) fn setxattr(path: &CStr, name: &CStr, value: &[u8]) -> io::Result<()>
     check(unsafe {
         libc::setxattr(
             path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })
+}
+
+/// fgetxattr(2) of the object `fd` holds (not an O_PATH descriptor: EBADF): like [`getxattr`]
+/// without a path to resolve.
+pub(crate) fn fgetxattr(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `name` is NUL-terminated; `buf` is writable for buf.len() bytes (a null pointer
+    // is never passed: an empty `buf` gives a zero-length valid pointer), and the kernel writes
+    // at most that many; `fd` is open for the call.
+    let n = unsafe {
+        libc::fgetxattr(
+            fd.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// fsetxattr(2) with flags 0 of the object `fd` holds (not an O_PATH descriptor), as the
+/// calling thread's current file-system identity.
+pub(crate) fn fsetxattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8]) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated; `value` holds value.len() readable bytes; `fd` is open
+    // for the call.
+    check(unsafe {
+        libc::fsetxattr(
+            fd.as_raw_fd(),
             name.as_ptr(),
             value.as_ptr().cast(),
             value.len(),

@@ -115,7 +115,7 @@ fn new_ring() -> Result<IoUring, WorkerError> {
 }
 
 /// Period of worker 0's timer (lock service timers, durable reconnect deadlines).
-const TICK: Duration = Duration::from_secs(1);
+const TICK: Duration = crate::shared::TIMER_TICK;
 
 /// How long worker 0's timer sleeps: one period, or until the nearest durable reconnect
 /// deadline if that is sooner (a failing reclaim is answered at its deadline, not up to a

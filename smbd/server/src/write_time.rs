@@ -10,16 +10,31 @@
 //! and -2 lets writes move it again. Each open keeps its own state (MS-FSA 2.1.4.17 notes a
 //! modification for the open it comes through).
 //!
-//! The time itself is the file's mtime in the shared file system, so every node reports
-//! the same one and nothing else has to be told. Linux moves the mtime on every write, so the
-//! caller puts it back after each write ([`crate::sys::keep_mtime`]) and sets it when this
-//! state machine says so. Only the caller reads clocks: every method takes `now`.
+//! The time itself is kept in the file's DOS-attribute xattr in the shared file system
+//! (crate::dosattr: Windows' time, the kernel mtime it was recorded with, and a hold), which
+//! every query already reads, so every node reports the same one and nothing else has to be
+//! told; the kernel mtime moves freely with the writes. Before an open's first write (or
+//! size change) the caller takes the file's hold ([`WriteTime::hold`]: the recorded time then
+//! stands although the kernel mtime moves), renews it every [`HOLD_RENEW`] while the open
+//! lives (the hold is a lease of [`HOLD_LEASE`], so a node that dies holding it stops holding
+//! it), and lets it go at the close or a durable handle's disconnect, recording the kernel
+//! mtime beside the time then. A write in the steady state costs this struct's checks and
+//! nothing else. Only the caller reads clocks: every method takes `now`.
 
 use std::time::{Duration, Instant};
 
 /// How long after an open's first write its LastWriteTime moves (Samba's
 /// WRITE_TIME_UPDATE_USEC_DELAY; smbtorture checks it moved 3 s later and not at once).
 pub const DELAYED_UPDATE: Duration = Duration::from_secs(2);
+
+/// How long a hold on a file's LastWriteTime lasts unless renewed (crate::dosattr
+/// `hold_until`): after a node dies holding it, the kernel mtime (its last write's) becomes
+/// the time this long after its last renewal at the latest.
+pub const HOLD_LEASE: Duration = Duration::from_secs(60);
+
+/// How often an open renews its hold (well inside [`HOLD_LEASE`], so clock differences of
+/// tens of seconds between nodes do not let a live hold lapse).
+pub const HOLD_RENEW: Duration = Duration::from_secs(20);
 
 /// An open's part in its file's LastWriteTime.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +52,10 @@ pub struct WriteTime {
     on_close: bool,
     /// When the delayed update is due, while it is pending.
     due: Option<Instant>,
+    /// When the open's hold on the file's time is to be renewed next, while it holds one.
+    renew_at: Option<Instant>,
+    /// The file the hold is counted under on this node (device, inode), while it holds one.
+    hold_key: (u64, u64),
 }
 
 impl WriteTime {
@@ -112,6 +131,40 @@ impl WriteTime {
     pub fn close(&mut self) -> bool {
         let pending = self.on_close || self.due.is_some();
         pending && self.update_now()
+    }
+
+    /// Whether the open holds its file's time: data goes through it without asking anything
+    /// (the steady state of a write).
+    pub fn holding(&self) -> bool {
+        self.renew_at.is_some()
+    }
+
+    /// The caller took the hold on the file `key` at `now` (before the open's first write
+    /// or size change). Returns when to renew it ([`WriteTime::renew`]).
+    pub fn hold(&mut self, now: Instant, key: (u64, u64)) -> Instant {
+        let at = now + HOLD_RENEW;
+        self.renew_at = Some(at);
+        self.hold_key = key;
+        at
+    }
+
+    /// A timer fired at `now`: when the hold is due for renewal, the next renewal's time (the
+    /// caller extends the lease and arms a timer for it).
+    pub fn renew(&mut self, now: Instant) -> Option<Instant> {
+        match self.renew_at {
+            Some(at) if at <= now => {
+                let next = now + HOLD_RENEW;
+                self.renew_at = Some(next);
+                Some(next)
+            }
+            _ => None,
+        }
+    }
+
+    /// The open lets its hold go (close, durable disconnect): the file it was counted under,
+    /// if it held one.
+    pub fn release(&mut self) -> Option<(u64, u64)> {
+        self.renew_at.take().map(|_| self.hold_key)
     }
 }
 
@@ -190,6 +243,25 @@ mod tests {
         let mut untouched = WriteTime::default();
         untouched.set_by_client(0);
         assert_eq!(untouched, WriteTime::default());
+    }
+
+    /// The hold: taken once, renewed only when due, let go once.
+    #[test]
+    fn hold_renews_when_due_and_is_released_once() {
+        let t0 = Instant::now();
+        let mut w = WriteTime::default();
+        assert!(!w.holding());
+        assert_eq!(w.renew(t0 + HOLD_RENEW), None, "nothing held");
+        assert_eq!(w.hold(t0, (1, 2)), t0 + HOLD_RENEW);
+        assert!(w.holding());
+        assert_eq!(w.renew(t0 + Duration::from_secs(1)), None, "not due yet");
+        let t1 = t0 + HOLD_RENEW;
+        assert_eq!(w.renew(t1), Some(t1 + HOLD_RENEW));
+        assert_eq!(w.release(), Some((1, 2)));
+        assert!(!w.holding());
+        assert_eq!(w.release(), None);
+        assert_eq!(w.renew(t1 + HOLD_RENEW), None);
+        const { assert!(HOLD_RENEW.as_secs() * 2 < HOLD_LEASE.as_secs()) };
     }
 
     #[test]

@@ -106,6 +106,27 @@ fn stream_shares_its_file_delete_state() {
     single_node_scenario("streams");
 }
 
+/// Issue 12: a local process's `touch -d` or plain write makes SMB report the kernel mtime
+/// again (Windows' time is trusted only beside the mtime it was recorded with); SMB writes
+/// after that are delayed from it.
+#[test]
+fn outside_change_moves_write_time() {
+    single_node_scenario("outsidetime");
+}
+
+/// Issue 12: a write to a named stream moves its file's LastWriteTime by the delayed rule.
+#[test]
+fn stream_write_moves_file_write_time() {
+    single_node_scenario("streamtime");
+}
+
+/// Issue 12: a delayed LastWriteTime update pending when a durable handle's transport drops
+/// is applied at the disconnect.
+#[test]
+fn durable_disconnect_applies_write_time() {
+    single_node_scenario("durabletime");
+}
+
 /// Two hard links of one file, `links-a.txt` and `links-b.txt`, for the `links` scenario.
 fn make_hard_links(share: &std::path::Path) {
     std::fs::write(share.join("links-a.txt"), b"links").unwrap();

@@ -424,6 +424,7 @@ impl Conn {
                 if due {
                     self.touch_write_time(volatile);
                 }
+                self.renew_write_hold(volatile, now);
             }
             Event::Status(tx) => {
                 // The asker may have given up (timeout): nothing to do then.

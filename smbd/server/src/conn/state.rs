@@ -219,8 +219,6 @@ pub(crate) enum FileOp {
         /// Stable before it is acknowledged (RWF_DSYNC): a persistent open on a continuously
         /// available share, or SMB2_WRITEFLAG_WRITE_THROUGH.
         write_through: bool,
-        /// The file's mtime before the write, put back after it (crate::write_time).
-        kept_mtime: Option<(i64, u32)>,
     },
 }
 

@@ -4,7 +4,8 @@
 usage: cluster_client.py HOST[,HOST2] PORT1 PORT2 USER PASSWORD SCENARIO
 SCENARIO: sharemode | brl | blocking | oplock | lease | doc | kill | lmrestart | lmfailover | rename
           | leaseh | streams | links | notify | notifytree | notifylm | notifylmtree
-          | notifylmfailover | dotdot | writetime
+          | notifylmfailover | dotdot | writetime | outsidetime | streamtime | durabletime
+          | twowriters
 Prints "PASS SCENARIO" and exits 0 when the cluster behaved; any mismatch raises (exit 1).
 `kill` prints "KILL-NODE2" once node 2's client holds its lock and node 1's client waits,
 then reads one line from stdin (the harness has SIGKILLed node 2's smbd) and expects node 1's
@@ -15,6 +16,7 @@ MessageId 0xFFFFFFFFFFFFFFFF of an oplock/lease break), so a sink is registered 
 MessageId to collect them, and break acknowledgements are sent as raw SMB2 OPLOCK_BREAK
 bodies (MS-SMB2 2.2.24.1, 2.2.24.2).
 """
+import os
 import struct
 import sys
 import threading
@@ -857,6 +859,140 @@ def writetime(c1, c2):
     f2.close()
 
 
+FILETIME_UNIX_EPOCH = 116_444_736_000_000_000
+
+
+def filetime_of_ns(ns):
+    """A kernel time in nanoseconds since 1970 as a FILETIME (100 ns since 1601)."""
+    return ns // 100 + FILETIME_UNIX_EPOCH
+
+
+def write_times(c1, c2, name):
+    """LastWriteTime of `name` through a fresh FILE_READ_ATTRIBUTES handle on each node."""
+    all_share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
+    out = []
+    for c in (c1, c2):
+        f = c.open(name, access=A.FILE_READ_ATTRIBUTES, share=all_share,
+                   disposition=CreateDisposition.FILE_OPEN)
+        out.append(c.basic_info(f)[2])
+        f.close()
+    return tuple(out)
+
+
+def outsidetime(c1, c2):
+    """Issue 12: smbd keeps Windows' LastWriteTime beside the kernel mtime it was recorded with
+    (smbd/server/src/dosattr.rs); a process outside smbd that changes the mtime (`touch -d`, a
+    plain write) makes SMB report the kernel's time again on both nodes, and SMB writes after
+    that are delayed from that time as before (MS-FSA 2.1.4.17)."""
+    share_dir = os.environ["NOTIFY_SHARE_DIR"]
+    all_share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
+    name = "outsidetime-%d.txt" % int(time.time() * 1000)
+    path = os.path.join(share_dir, name)
+    f1 = c1.open(name, share=all_share, disposition=CreateDisposition.FILE_CREATE)
+    f1.write(b"smb", 0)
+    set_time = 132_000_000_000_000_000  # 2019-04-15, recorded as Windows' time
+    c1.set_write_time(f1, set_time)
+    f1.close()
+    got = write_times(c1, c2, name)
+    assert got == (set_time, set_time), f"the time set through SMB: {got}"
+    # touch -d
+    outside_ns = 1_600_000_000_123_456_700
+    os.utime(path, ns=(outside_ns, outside_ns))
+    want = filetime_of_ns(outside_ns)
+    got = write_times(c1, c2, name)
+    assert got == (want, want), f"after touch -d SMB reports {got}, the file's mtime is {want}"
+    # a plain write by a local process
+    with open(path, "ab") as fh:
+        fh.write(b" local")
+    want = filetime_of_ns(os.stat(path).st_mtime_ns)
+    got = write_times(c1, c2, name)
+    assert got == (want, want), f"after a local write SMB reports {got}, the mtime is {want}"
+    # SMB writes are delayed from the kernel's time again: not moved at once, moved at close.
+    f1 = c1.open(name, share=all_share, disposition=CreateDisposition.FILE_OPEN)
+    f1.write(b"again", 0)
+    got = write_times(c1, c2, name)
+    assert got == (want, want), f"an SMB write moved the time at once: {got}, was {want}"
+    f1.close()
+    t1, t2 = write_times(c1, c2, name)
+    assert t1 == t2 and t1 > want, f"the close after a write did not move it: {(t1, t2)}, was {want}"
+
+
+def twowriters(c1, c2):
+    """Issue 12: opens on two nodes write one file; node 2's close (its update: the close's
+    time) does not end node 1's hold on the time: node 1's later write, which moves the
+    kernel mtime, still does not move the time on either node until node 1's close. FLUSHes
+    use up each open's 2 s update first, so no timer moves the time during the checks."""
+    all_share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
+    name = "twowriters-%d.txt" % int(time.time() * 1000)
+    f1 = c1.open(name, share=all_share, disposition=CreateDisposition.FILE_CREATE)
+    f2 = c2.open(name, share=all_share, disposition=CreateDisposition.FILE_OPEN)
+    f1.write(b"a", 0)
+    f1.flush()
+    f2.write(b"b", 1)
+    f2.flush()
+    f2.write(b"c", 2)
+    f2.close()
+    t = write_times(c1, c2, name)
+    assert t[0] == t[1], f"the nodes disagree after node 2's close: {t}"
+    time.sleep(0.05)  # past the kernel clock's tick, so node 1's write moves the mtime
+    f1.write(b"d", 3)
+    got = write_times(c1, c2, name)
+    assert got == t, f"node 2's close ended node 1's hold: {got}, was {t}"
+    f1.close()
+    after = write_times(c1, c2, name)
+    assert after[0] == after[1] and after[0] > t[0], f"node 1's close: {after}, was {t}"
+
+
+def streamtime(c1, c2):
+    """Issue 12 (MS-FSA 2.1.5.3, 2.1.4.17: times belong to the file, not to a stream): a write
+    to a named stream moves the file's LastWriteTime by the same delayed rule as a write to
+    its data: not at once, at the stream open's FLUSH, and again at its close after more
+    writes; both nodes report it."""
+    all_share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
+    name = "streamtime-%d.txt" % int(time.time() * 1000)
+    c1.open(name, share=all_share, disposition=CreateDisposition.FILE_CREATE).close()
+    t0 = write_times(c1, c2, name)
+    s = c1.open(name + ":s1", share=all_share, disposition=CreateDisposition.FILE_OPEN_IF)
+    s.write(b"stream data", 0)
+    got = write_times(c1, c2, name)
+    assert got == t0, f"a stream write moved the file's time at once: {got}, was {t0}"
+    s.flush()
+    t1 = write_times(c1, c2, name)
+    assert t1[0] == t1[1] and t1[0] > t0[0], f"the stream's FLUSH did not move it: {t1}, was {t0}"
+    s.write(b"more", 0)
+    assert write_times(c1, c2, name) == t1, "a later stream write moved it before the close"
+    s.close()
+    t2 = write_times(c1, c2, name)
+    assert t2[0] == t2[1] and t2[0] > t1[0], f"the stream's close did not move it: {t2}, was {t1}"
+
+
+def durabletime(c1, c2):
+    """Issue 12: a durable handle (DH2Q with an RH lease, as in leaseh) writes and its client's
+    transport drops before the delayed LastWriteTime update (MS-FSA 2.1.4.17) is due: the
+    update is applied when the handle disconnects (MS-SMB2 3.3.7.1), not lost with the
+    connection's timer. Node 2 sees it."""
+    all_share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
+    name = "durabletime-%d.txt" % int(time.time() * 1000)
+    f2 = c2.open(name, access=A.GENERIC_READ, share=all_share,
+                 disposition=CreateDisposition.FILE_CREATE)
+    f1 = c1.open(name, share=all_share, lease_key=uuid.uuid4().bytes, lease_state=RWH,
+                 durable_v2=True, disposition=CreateDisposition.FILE_OPEN)
+    assert durable_v2_granted(f1), "no durable handle"
+    t0 = c2.basic_info(f2)[2]
+    f1.write(b"durable", 0)
+    got = c2.basic_info(f2)[2]
+    assert got == t0, f"the write moved the time at once: {got}, was {t0}"
+    # The transport only: no CLOSE, no LOGOFF (the durable open is parked, not closed).
+    c1.conn.disconnect(False)
+    deadline = time.monotonic() + TIMEOUT
+    got = t0
+    while got == t0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        got = c2.basic_info(f2)[2]
+    assert got > t0, f"the disconnect did not apply the pending update: {got}, was {t0}"
+    f2.close()
+
+
 OBJECT_PATH_SYNTAX_BAD = 0xC000003B
 
 
@@ -905,7 +1041,8 @@ def dotdot(c1, c2):
 SCENARIOS = {f.__name__: f for f in (sharemode, brl, iogrant, blocking, oplock, lease, doc, kill,
                                      lmrestart, lmfailover, rename, leaseh, streams, links,
                                      notify, notifytree, notifylm, notifylmtree,
-                                     notifylmfailover, notifylmrmdir, dotdot, writetime)}
+                                     notifylmfailover, notifylmrmdir, dotdot, writetime,
+                                     outsidetime, streamtime, durabletime, twowriters)}
 
 
 def main():

@@ -24,7 +24,7 @@ impl Conn {
         lock_status: NtStatus,
         closed: Option<Reply>,
     ) -> Option<Open> {
-        self.close_write_time(v);
+        self.settle_write_time(v);
         let aids: Vec<u64> = self
             .pending
             .iter()
@@ -186,14 +186,6 @@ impl Conn {
         self.finish_close_with(v, flags, None)
     }
 
-    /// A write through the open `v` has not moved LastWriteTime yet: its close does, to the
-    /// close's time (crate::write_time; smbtorture smb2.timestamps.delayed-2write).
-    fn close_write_time(&mut self, v: u64) {
-        if self.opens.get_mut(&v).is_some_and(|o| o.write_time.close()) {
-            self.touch_write_time(v);
-        }
-    }
-
     /// [`Conn::finish_close`] with the lock service's `Closed` answer if the open's close
     /// was asked already (`BreakAndClose`).
     pub(crate) fn finish_close_with(
@@ -202,8 +194,10 @@ impl Conn {
         flags: u16,
         closed: Option<Reply>,
     ) -> CloseResponse {
-        // The close's own LastWriteTime update comes before the times it reports.
-        self.close_write_time(v);
+        // The close's own LastWriteTime update comes before the times it reports (a write
+        // through the open that has not moved it yet moves it to the close's time:
+        // crate::write_time, smbtorture smb2.timestamps.delayed-2write).
+        self.settle_write_time(v);
         let mut resp = CloseResponse::default();
         if flags & smb_proto::CLOSE_FLAG_POSTQUERY_ATTRIB != 0 {
             if let Some(o) = self.opens.get(&v) {
@@ -212,7 +206,7 @@ impl Conn {
                 let obj = o.object();
                 if let Some((obj, Ok(m))) = obj.map(|f| (f, f.metadata())) {
                     use std::os::fd::AsFd;
-                    let i = crate::fs::load_info_fd(obj.as_fd(), &m);
+                    let i = crate::fs::load_info_fd(obj.as_fd(), &m, self.shared.clock.filetime());
                     resp = CloseResponse {
                         flags: smb_proto::CLOSE_FLAG_POSTQUERY_ATTRIB,
                         creation_time: i.creation,

@@ -939,7 +939,7 @@ impl Conn {
             }
         }
         let info = match fs::metadata(&cont.abs) {
-            Ok(m) => crate::fs::load_info(&cont.abs, &m),
+            Ok(m) => crate::fs::load_info(&cont.abs, &m, self.shared.clock.filetime()),
             Err(e) => {
                 self.release_lock_open(lock_open);
                 return (err(io_status(&e)), None);

@@ -54,7 +54,7 @@ impl Conn {
             q.pattern.clone()
         };
         if restart || o.dir.is_none() {
-            let entries = match list_dir(&o.abs, &pattern) {
+            let entries = match list_dir(&o.abs, &pattern, self.shared.clock.filetime()) {
                 Ok(e) => e,
                 Err(st) => return err(st),
             };

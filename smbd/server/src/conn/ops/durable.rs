@@ -253,7 +253,7 @@ impl Conn {
                 }
             },
         };
-        let info = match crate::fs::file_info(&open.abs) {
+        let info = match crate::fs::file_info(&open.abs, self.shared.clock.filetime()) {
             Ok(info) => info,
             Err(_) => {
                 let _ = self.shared.lock_request(
@@ -371,7 +371,7 @@ impl Conn {
         }
         let create_action = o.replay.map_or(create_action::OPENED, |r| r.create_action);
         let durable_state = o.durable.as_ref();
-        let info = match crate::fs::file_info(&o.abs) {
+        let info = match crate::fs::file_info(&o.abs, self.shared.clock.filetime()) {
             Ok(info) => info,
             Err(_) => return Some(err(status::OBJECT_NAME_NOT_FOUND)),
         };
@@ -555,6 +555,10 @@ impl Conn {
             .map(|(v, _)| *v)
             .collect();
         for v in ids {
+            // A LastWriteTime update the open's writes still owe happens now rather than
+            // never (its timer and close go with the connection), and its hold goes
+            // (crate::write_time; a reconnect starts afresh).
+            self.settle_write_time(v);
             let Some(mut o) = self.take_open(v) else {
                 continue;
             };

@@ -24,12 +24,13 @@ use crate::locking::{self, Reply, Status};
 use crate::streams;
 
 impl Conn {
-    pub(super) fn open_view_info(o: &Open) -> Result<FileInfo, NtStatus> {
+    /// What a query through `o` sees at `now` (FILETIME).
+    pub(super) fn open_view_info(o: &Open, now: u64) -> Result<FileInfo, NtStatus> {
         // Through the handle's descriptor, never its path (open.rs, Open::pin).
         let obj = o.object().ok_or(status::INVALID_HANDLE)?;
         let info = obj
             .metadata()
-            .map(|m| fs::load_info_fd(obj.as_fd(), &m))
+            .map(|m| fs::load_info_fd(obj.as_fd(), &m, now))
             .map_err(|e| io_status(&e))?;
         Ok(match (&o.stream, &o.file) {
             (Some(_), Some(f)) => stream_info(info, f),
@@ -90,7 +91,7 @@ impl Conn {
         let max = q.output_buffer_length as usize;
         let data = match q.info_type {
             info_type::FILE => {
-                let info = match Self::open_view_info(o) {
+                let info = match Self::open_view_info(o, self.shared.clock.filetime()) {
                     Ok(i) => i,
                     Err(st) => return err(st),
                 };
@@ -355,14 +356,22 @@ impl Conn {
             }
         }
         let settable = |ft: u64| ft != 0 && ft != u64::MAX && ft != u64::MAX - 1;
-        if settable(create) || settable(change) || attrs != 0 {
-            update_dos_fd(obj, |d, mtime_now| {
+        let now = self.shared.clock.filetime();
+        if settable(create) || settable(change) || attrs != 0 || mtime.is_some() {
+            update_dos_fd(obj, now, |d, mut write_now, kernel| {
+                // A LastWriteTime set here is Windows' time, with the kernel mtime it was
+                // just given (crate::dosattr).
+                if mtime.is_some() {
+                    d.write = write_ft;
+                    d.write_guard = kernel;
+                    write_now = write_ft;
+                }
                 if settable(create) {
                     d.creation = create;
                 }
                 if settable(change) {
                     d.change = change;
-                    d.mtime_guard = mtime_now;
+                    d.mtime_guard = write_now;
                 }
                 if attrs != 0 {
                     d.attributes = attrs & !(fs::attr::NORMAL | fs::attr::DIRECTORY);
@@ -418,17 +427,21 @@ impl Conn {
         if o.access & (WRITE_DATA | APPEND_DATA) == 0 {
             return status::ACCESS_DENIED;
         }
-        let Some(f) = &o.file else {
+        if o.file.is_none() {
             return status::INVALID_PARAMETER;
-        };
+        }
         self.break_read_caching(o);
-        let cur = f.metadata().map(|m| m.len()).unwrap_or(0);
         // Linux moves the mtime on truncate and fallocate; LastWriteTime moves as Windows
         // moves it (crate::write_time, Samba's smb_set_file_size / allocation info): at once
         // when the size or allocation changes, for a SetEOF of the same size only when a
         // write through the open waits for its update (smbtorture
         // smb2.timestamps.delayed-write-vs-seteof), never for an open whose time was set.
-        let kept = Self::kept_mtime(o);
+        // Like a write, the open holds the time first so the kernel mtime is not reported.
+        self.hold_write_time(v);
+        let Some(f) = self.opens.get(&v).and_then(|o| o.file.as_ref()) else {
+            return status::FILE_CLOSED;
+        };
+        let cur = f.metadata().map(|m| m.len()).unwrap_or(0);
         let st = if allocation && len >= cur {
             // Allocation below EOF truncates (MS-FSA 2.1.5.14.1); above EOF it reserves space
             // without changing the size.
@@ -444,9 +457,6 @@ impl Conn {
                 Err(e) => io_status(&e),
             }
         };
-        if !self.put_back_mtime(f, kept) {
-            return st;
-        }
         let touch = self.opens.get_mut(&v).is_some_and(|o| {
             if allocation || len != cur {
                 o.write_time.resized()

@@ -2,7 +2,6 @@
 //! worker's io_uring.
 
 use smb_proto::NtStatus;
-use std::fs::File;
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 
@@ -15,11 +14,15 @@ use smb_proto::{
 };
 
 use super::{
-    engine_status, io_status, parent_and_name, APPEND_DATA, EXECUTE, FILE_ACTION_MODIFIED,
-    MAX_FILE_SIZE, READ_DATA, RING_IO_MIN, WRITE_CHANGE, WRITE_DATA,
+    engine_status, io_status, parent_and_name, update_dos_fd, APPEND_DATA, EXECUTE,
+    FILE_ACTION_MODIFIED, MAX_FILE_SIZE, READ_DATA, RING_IO_MIN, WRITE_CHANGE, WRITE_DATA,
 };
 use crate::conn::{err, ChainCtx, Conn, FileIo, FileOp, Open, Outcome, Signer};
-use crate::fs;
+
+/// [`crate::write_time::HOLD_LEASE`] in FILETIME units (100 ns).
+fn hold_lease_ft() -> u64 {
+    crate::write_time::HOLD_LEASE.as_secs() * 10_000_000
+}
 
 /// Channel values of READ/WRITE requests (MS-SMB2 2.2.19).
 const SMB2_CHANNEL_RDMA_V1: u32 = 1;
@@ -63,25 +66,86 @@ impl Conn {
         Outcome::Reply(status::SUCCESS, Response::Flush)
     }
 
-    /// The mtime to put back after data goes through `o` (crate::write_time: a write does
-    /// not move LastWriteTime at once). Named streams keep the kernel's behaviour.
-    pub(super) fn kept_mtime(o: &Open) -> Option<(i64, u32)> {
-        if o.stream.is_some() || o.is_dir {
-            return None;
+    /// Before data goes through the open `v` (a write, a size change): the open takes its
+    /// file's LastWriteTime hold unless it holds it already (crate::write_time,
+    /// crate::dosattr), so the kernel mtime the data moves is not reported. In the steady
+    /// state this is one check of the open's state, no system call.
+    pub(crate) fn hold_write_time(&mut self, v: u64) {
+        use std::os::unix::fs::MetadataExt;
+        let Some(o) = self.opens.get(&v) else {
+            return;
+        };
+        if o.write_time.holding() || o.is_dir {
+            return;
         }
-        o.file.as_ref().and_then(crate::sys::keep_mtime)
+        // The file's own object (a named stream's base file: times are per file).
+        let Some(obj) = o.object() else {
+            return;
+        };
+        let now_ft = self.shared.clock.filetime();
+        let until = now_ft.saturating_add(hold_lease_ft());
+        let key = match obj.metadata() {
+            Ok(m) => (m.dev(), m.ino()),
+            Err(e) => {
+                tracing::debug!(conn = self.id, %e, "taking the LastWriteTime hold");
+                return;
+            }
+        };
+        // This node counts once in the file's holders (crate::dosattr).
+        let first_here = self.shared.take_write_hold(key);
+        update_dos_fd(obj, now_ft, |d, reported, kernel| {
+            d.write = reported;
+            d.write_guard = kernel;
+            if first_here {
+                d.take_hold(now_ft, until);
+            } else {
+                d.renew_hold(until);
+            }
+        });
+        let now = self.now;
+        if let Some(at) = self.opens.get_mut(&v).map(|o| o.write_time.hold(now, key)) {
+            self.shared.arm_write_time(self.id, v, at, now);
+        }
     }
 
-    /// After data went through a file with the mtime `kept` before: the mtime goes back
-    /// to it (crate::write_time). Returns whether there was one to put back.
-    pub(crate) fn put_back_mtime(&self, file: &File, kept: Option<(i64, u32)>) -> bool {
-        let Some(kept) = kept else {
-            return false;
+    /// A timer of the open `v` fired at `now`: its hold on the file's LastWriteTime is
+    /// extended when due (crate::write_time::HOLD_RENEW).
+    pub(crate) fn renew_write_hold(&mut self, v: u64, now: std::time::Instant) {
+        let Some(next) = self.opens.get_mut(&v).and_then(|o| o.write_time.renew(now)) else {
+            return;
         };
-        if let Err(e) = crate::sys::set_mtime(file, kept) {
-            tracing::debug!(conn = self.id, %e, "putting the mtime back after a write");
+        if let Some(obj) = self.opens.get(&v).and_then(|o| o.object()) {
+            let now_ft = self.shared.clock.filetime();
+            let until = now_ft.saturating_add(hold_lease_ft());
+            update_dos_fd(obj, now_ft, |d, _, _| d.renew_hold(until));
         }
-        true
+        self.shared.arm_write_time(self.id, v, next, now);
+    }
+
+    /// The open `v` closes or its durable handle disconnects: a LastWriteTime update its
+    /// writes still owe happens now, and its hold goes (the file's, when no other open of
+    /// this node holds it), the kernel mtime recorded beside the time (crate::dosattr).
+    pub(crate) fn settle_write_time(&mut self, v: u64) {
+        let Some(o) = self.opens.get_mut(&v) else {
+            return;
+        };
+        let update = o.write_time.close();
+        let released = o.write_time.release();
+        if !update && released.is_none() {
+            return;
+        }
+        let last = released.is_some_and(|k| self.shared.drop_write_hold(k));
+        let Some(obj) = self.opens.get(&v).and_then(|o| o.object()) else {
+            return;
+        };
+        let now_ft = self.shared.clock.filetime();
+        update_dos_fd(obj, now_ft, |d, reported, kernel| {
+            d.write = if update { now_ft } else { reported };
+            d.write_guard = kernel;
+            if last {
+                d.release_hold();
+            }
+        });
     }
 
     /// A write went through the open `v`: its first starts the delayed LastWriteTime update
@@ -90,21 +154,22 @@ impl Conn {
         let now = self.now;
         let due = self.opens.get_mut(&v).and_then(|o| o.write_time.wrote(now));
         if let Some(due) = due {
-            self.shared.arm_write_time(self.id, v, due);
+            self.shared.arm_write_time(self.id, v, due, now);
         }
     }
 
     /// Set the LastWriteTime of the open `v`'s file to the current time (the server's
     /// WallClock): a delayed update, or one a FLUSH, SetEOF, FileBasicInformation or the
-    /// close brings forward.
+    /// close brings forward. Recorded with the kernel mtime it stands for (crate::dosattr).
     pub(crate) fn touch_write_time(&self, v: u64) {
-        let Some(f) = self.opens.get(&v).and_then(|o| o.file.as_ref()) else {
+        let Some(obj) = self.opens.get(&v).and_then(|o| o.object()) else {
             return;
         };
-        let (secs, nsec) = fs::unix_from_filetime(self.shared.clock.filetime());
-        if let Err(e) = crate::sys::set_mtime(f, (secs, nsec as u32)) {
-            tracing::debug!(conn = self.id, %e, "updating LastWriteTime");
-        }
+        let now_ft = self.shared.clock.filetime();
+        update_dos_fd(obj, now_ft, |d, _, kernel| {
+            d.write = now_ft;
+            d.write_guard = kernel;
+        });
     }
 
     pub(super) fn check_io(
@@ -381,9 +446,9 @@ impl Conn {
         if o.access & (WRITE_DATA | APPEND_DATA) == 0 {
             return err(status::ACCESS_DENIED);
         }
-        let Some(f) = &o.file else {
+        if o.file.is_none() {
             return err(status::INVALID_DEVICE_REQUEST);
-        };
+        }
         // Offsets past MAXLONGLONG and writes ending past the largest file size an NTFS volume
         // supports are invalid (MS-FSA 2.1.5.3); empty writes are no-ops.
         let offset = w.offset;
@@ -406,7 +471,13 @@ impl Conn {
         let write_through = o.durable.as_ref().is_some_and(|d| d.is_persistent())
             || (w.flags & smb_proto::write_flags::WRITE_THROUGH != 0
                 && self.dialect() >= smb_proto::dialect::SMB210);
-        let kept = Self::kept_mtime(o);
+        // The kernel mtime this write moves is not the LastWriteTime (crate::write_time).
+        if !o.write_time.holding() {
+            self.hold_write_time(v);
+        }
+        let Some(f) = self.opens.get(&v).and_then(|o| o.file.as_ref()) else {
+            return err(status::FILE_CLOSED);
+        };
         if ctx.single && w.data.len() >= RING_IO_MIN {
             let file = match f.try_clone() {
                 Ok(f) => f,
@@ -420,7 +491,6 @@ impl Conn {
                 op: FileOp::Write {
                     data: w.data,
                     write_through,
-                    kept_mtime: kept,
                 },
                 hdr: Header::default(),
                 signer: None,
@@ -428,9 +498,7 @@ impl Conn {
             }));
         }
         let written = f.write_all_at(&w.data, offset);
-        if self.put_back_mtime(f, kept) {
-            self.note_write(v);
-        }
+        self.note_write(v);
         if let Err(e) = written {
             return err(io_status(&e));
         }
@@ -459,7 +527,6 @@ impl Conn {
     /// Answer a READ/WRITE the ring finished: `res` is the byte count or an errno.
     pub(crate) fn complete_file_io(&mut self, io: FileIo, res: Result<usize, i32>) {
         let FileIo {
-            file,
             offset,
             volatile,
             op,
@@ -516,10 +583,8 @@ impl Conn {
                 }
                 self.emit_framed(buf, signer, enc);
             }
-            FileOp::Write { kept_mtime, .. } => {
-                if self.put_back_mtime(&file, kept_mtime) {
-                    self.note_write(volatile);
-                }
+            FileOp::Write { .. } => {
+                self.note_write(volatile);
                 if let Some(o) = self.opens.get(&volatile) {
                     let (parent, name) = parent_and_name(&o.abs);
                     self.shared

@@ -336,8 +336,7 @@ fn update_dos(path: &Path, f: impl FnOnce(&mut crate::dosattr::DosInfo, u64)) {
     let mut d = crate::dosattr::load(path).unwrap_or(crate::dosattr::DosInfo {
         attributes: cur.attributes & !(fs::attr::DIRECTORY | fs::attr::READONLY),
         creation: cur.creation,
-        change: 0,
-        mtime_guard: 0,
+        ..Default::default()
     });
     f(&mut d, cur.write);
     if let Err(e) = crate::dosattr::store(path, &d) {
@@ -345,8 +344,10 @@ fn update_dos(path: &Path, f: impl FnOnce(&mut crate::dosattr::DosInfo, u64)) {
     }
 }
 
-/// [`update_dos`] for the object an open holds (`obj`, possibly O_PATH), not for a name.
-fn update_dos_fd(obj: &File, f: impl FnOnce(&mut crate::dosattr::DosInfo, u64)) {
+/// [`update_dos`] for the object an open holds (`obj`, possibly O_PATH), not for a name, at
+/// `now` (FILETIME). `f` gets the stored record, the LastWriteTime reported before the change
+/// and the kernel mtime (crate::dosattr).
+fn update_dos_fd(obj: &File, now: u64, f: impl FnOnce(&mut crate::dosattr::DosInfo, u64, u64)) {
     use std::os::fd::AsFd;
     let Ok(m) = obj.metadata() else {
         return;
@@ -355,20 +356,21 @@ fn update_dos_fd(obj: &File, f: impl FnOnce(&mut crate::dosattr::DosInfo, u64)) 
     let mut d = crate::dosattr::load_fd(obj.as_fd()).unwrap_or(crate::dosattr::DosInfo {
         attributes: cur.attributes & !(fs::attr::DIRECTORY | fs::attr::READONLY),
         creation: cur.creation,
-        change: 0,
-        mtime_guard: 0,
+        ..Default::default()
     });
-    f(&mut d, cur.write);
+    let reported = d.reported_write(cur.write, now);
+    f(&mut d, reported, cur.write);
     if let Err(e) = crate::dosattr::store_fd(obj.as_fd(), &d) {
         tracing::debug!(%e, "storing DOS attributes failed");
     }
 }
 
-/// Snapshot a directory for QUERY_DIRECTORY: ".", ".." then the matching entries.
-fn list_dir(dir: &Path, pattern: &str) -> Result<Vec<DirEntry>, NtStatus> {
+/// Snapshot a directory for QUERY_DIRECTORY at `now` (FILETIME): ".", ".." then the
+/// matching entries.
+fn list_dir(dir: &Path, pattern: &str, now: u64) -> Result<Vec<DirEntry>, NtStatus> {
     let mut out = Vec::new();
     let dot_info = fs::metadata(dir)
-        .map(|m| fs::load_info(dir, &m))
+        .map(|m| fs::load_info(dir, &m, now))
         .map_err(|e| io_status(&e))?;
     let parent_info = dir
         .parent()
@@ -397,7 +399,7 @@ fn list_dir(dir: &Path, pattern: &str) -> Result<Vec<DirEntry>, NtStatus> {
         };
         names.push(DirEntry {
             name,
-            info: fs::load_info(&e.path(), &m),
+            info: fs::load_info(&e.path(), &m, now),
         });
     }
     names.sort_by(|a, b| a.name.cmp(&b.name));
