@@ -375,6 +375,26 @@ impl Cluster {
         )
     }
 
+    /// Adds (`"add"`) or removes (`"del"`) a blackhole route to `to` in node `me`'s namespace.
+    fn blackhole(&self, me: usize, op: &str, to: &str) {
+        let to = format!("{to}/32");
+        ip(&[
+            "-n",
+            &self.star.clients[me - 1],
+            "route",
+            op,
+            "blackhole",
+            &to,
+        ]);
+    }
+
+    /// Asserts that node `asked`'s witness status shows node `about` in `state`.
+    fn assert_status(&self, asked: usize, about: usize, state: &str) {
+        let status = control(self.dir(), asked, "status");
+        let line = format!("node{about} {} {state}", NODE_IPS[about - 1]);
+        assert!(status.contains(&line), "node {asked}: {status}");
+    }
+
     fn addresses_on(&self, me: usize) -> String {
         ip_output(&[
             "-n",
@@ -443,15 +463,7 @@ fn a_node_cut_off_from_the_lock_manager_hands_its_address_over() {
     c.wait_held_by(1);
     let (events, first_guid) = c.idle_client();
 
-    let blackhole = format!("{LOCKMGRD_IP}/32");
-    ip(&[
-        "-n",
-        &c.star.clients[0],
-        "route",
-        "add",
-        "blackhole",
-        &blackhole,
-    ]);
+    c.blackhole(1, "add", LOCKMGRD_IP);
     let cut = Instant::now();
     let (reset, served) = c.expect_reset_and_served_again(
         &events,
@@ -462,16 +474,8 @@ fn a_node_cut_off_from_the_lock_manager_hands_its_address_over() {
     eprintln!(
         "cut -> client reset: {reset:?}; cut -> served by node 2: {served:?} (lease {LEASE_MS} ms)"
     );
-    assert!(
-        control(c.dir(), 1, "status").contains(&format!("node1 {} isolated", NODE_IPS[0])),
-        "{}",
-        control(c.dir(), 1, "status")
-    );
-    assert!(
-        control(c.dir(), 2, "status").contains(&format!("node1 {} isolated", NODE_IPS[0])),
-        "{}",
-        control(c.dir(), 2, "status")
-    );
+    c.assert_status(1, 1, "isolated");
+    c.assert_status(2, 1, "isolated");
     assert_eq!(
         control(c.dir(), 2, "ips"),
         format!("{PUBLIC} node2 node2\n")
@@ -479,14 +483,7 @@ fn a_node_cut_off_from_the_lock_manager_hands_its_address_over() {
     assert!(!c.addresses_on(1).contains(PUBLIC), "{}", c.addresses_on(1));
 
     // The path comes back: node 1 gets a lease again, then its home address.
-    ip(&[
-        "-n",
-        &c.star.clients[0],
-        "route",
-        "del",
-        "blackhole",
-        &blackhole,
-    ]);
+    c.blackhole(1, "del", LOCKMGRD_IP);
     c.wait_held_by(1);
     assert!(c.addresses_on(1).contains(PUBLIC), "{}", c.addresses_on(1));
     assert!(!c.addresses_on(2).contains(PUBLIC), "{}", c.addresses_on(2));
@@ -506,17 +503,9 @@ fn a_silent_node_that_still_holds_its_lock_manager_session_keeps_its_address() {
     c.wait_held_by(1);
     let (events, _) = c.idle_client();
 
-    let cuts = [(0, NODE_IPS[1]), (1, NODE_IPS[0])];
-    for (ns, peer) in cuts {
-        let peer = format!("{peer}/32");
-        ip(&[
-            "-n",
-            &c.star.clients[ns],
-            "route",
-            "add",
-            "blackhole",
-            &peer,
-        ]);
+    let cuts = [(1, NODE_IPS[1]), (2, NODE_IPS[0])];
+    for (me, peer) in cuts {
+        c.blackhole(me, "add", peer);
     }
     let log2 = c.dir().join("node2.log");
     wait_for(
@@ -528,11 +517,7 @@ fn a_silent_node_that_still_holds_its_lock_manager_session_keeps_its_address() {
                 .is_ok_and(|l| l.contains("node silent but not fenced by the lock manager"))
         },
     );
-    assert!(
-        control(c.dir(), 2, "status").contains(&format!("node1 {} dead", NODE_IPS[0])),
-        "{}",
-        control(c.dir(), 2, "status")
-    );
+    c.assert_status(2, 1, "dead");
     // One more fence period: still only on node 1, and the client still connected.
     std::thread::sleep(Duration::from_millis(DEAD_AFTER_MS + LEASE_MS));
     assert!(!c.addresses_on(2).contains(PUBLIC), "{}", c.addresses_on(2));
@@ -543,16 +528,8 @@ fn a_silent_node_that_still_holds_its_lock_manager_session_keeps_its_address() {
         logs(c.dir())
     );
 
-    for (ns, peer) in cuts {
-        let peer = format!("{peer}/32");
-        ip(&[
-            "-n",
-            &c.star.clients[ns],
-            "route",
-            "del",
-            "blackhole",
-            &peer,
-        ]);
+    for (me, peer) in cuts {
+        c.blackhole(me, "del", peer);
     }
     wait_for(
         "node 2 hears node 1 again",

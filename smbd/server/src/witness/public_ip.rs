@@ -562,43 +562,45 @@ mod tests {
         assert_eq!(assign(3, &[false, true]), [1, 1, 1].map(Some).to_vec());
     }
 
-    #[test]
-    fn an_isolated_node_hands_its_addresses_over_and_takes_none() {
-        let fenced = Duration::from_secs(10);
-        // Node 0 lost its lock manager lease while holding its home address 0.
-        let views = [
-            view(NodeStatus::Isolated, 0, 0b1),
-            view(NodeStatus::Up, 0, 0b10),
-        ];
+    /// `decide` for a cluster whose lock manager confirms every dead node fenced.
+    fn decide_fenced(views: &[NodeView], local: usize, held: u64) -> Decision {
+        decide(
+            2,
+            views,
+            local,
+            held,
+            Duration::from_secs(10),
+            true,
+            &mut |_| true,
+        )
+    }
+
+    /// Node 0 leaves in state `leaving` holding its home address 0: it releases at once,
+    /// node 1 waits while the claim is still heard, then takes it without the fence wait.
+    fn leaving_node_hands_over(leaving: NodeStatus) {
+        let views = [view(leaving, 0, 0b1), view(NodeStatus::Up, 0, 0b10)];
         assert_eq!(
-            decide(2, &views, 0, 0b1, fenced, true, &mut |_| true),
+            decide_fenced(&views, 0, 0b1),
             Decision {
                 release: vec![0],
                 take: vec![]
             }
         );
-        // Node 1 waits while the claim is heard, then takes it without the fence wait.
-        assert_eq!(
-            decide(2, &views, 1, 0b10, fenced, true, &mut |_| true),
-            Decision::default()
-        );
-        let views = [
-            view(NodeStatus::Isolated, 0, 0),
-            view(NodeStatus::Up, 0, 0b10),
-        ];
-        assert_eq!(
-            decide(2, &views, 1, 0b10, fenced, true, &mut |_| true).take,
-            vec![0]
-        );
+        assert_eq!(decide_fenced(&views, 1, 0b10), Decision::default());
+        let views = [view(leaving, 0, 0), view(NodeStatus::Up, 0, 0b10)];
+        assert_eq!(decide_fenced(&views, 1, 0b10).take, vec![0]);
+    }
+
+    #[test]
+    fn an_isolated_node_hands_its_addresses_over_and_takes_none() {
+        // Node 0 lost its lock manager lease.
+        leaving_node_hands_over(NodeStatus::Isolated);
         // Cut off from everything, it sees its peer dead: it still takes nothing.
         let views = [
             view(NodeStatus::Isolated, 0, 0),
             view(NodeStatus::Dead, 60_000, 0b10),
         ];
-        assert_eq!(
-            decide(2, &views, 0, 0, fenced, true, &mut |_| true),
-            Decision::default()
-        );
+        assert_eq!(decide_fenced(&views, 0, 0), Decision::default());
     }
 
     #[test]
@@ -644,32 +646,7 @@ mod tests {
     #[test]
     fn a_drain_releases_first_and_the_home_node_gets_its_address_back() {
         let fenced = Duration::from_secs(10);
-        // Node 0 drains: it releases at once...
-        let views = [
-            view(NodeStatus::Draining, 0, 0b1),
-            view(NodeStatus::Up, 0, 0b10),
-        ];
-        assert_eq!(
-            decide(2, &views, 0, 0b1, fenced, true, &mut |_| true),
-            Decision {
-                release: vec![0],
-                take: vec![]
-            }
-        );
-        // ...node 1 waits while node 0 (draining, not dead) still claims it...
-        assert_eq!(
-            decide(2, &views, 1, 0b10, fenced, true, &mut |_| true),
-            Decision::default()
-        );
-        // ...and takes it once the claim is gone, with no fence wait.
-        let views = [
-            view(NodeStatus::Draining, 0, 0),
-            view(NodeStatus::Up, 0, 0b10),
-        ];
-        assert_eq!(
-            decide(2, &views, 1, 0b10, fenced, true, &mut |_| true).take,
-            vec![0]
-        );
+        leaving_node_hands_over(NodeStatus::Draining);
         // Node 0 back up: node 1 gives address 0 back; node 0 takes it after the release.
         let views = [view(NodeStatus::Up, 0, 0), view(NodeStatus::Up, 0, 0b11)];
         assert_eq!(
