@@ -386,6 +386,16 @@ def case_binding_signature(a):
     print("binding refusals ok", flush=True)
 
 
+def check_signed(conn, resp, session_id, what):
+    """`resp` says it is signed and its MAC is the session's (smbprotocol alone only verifies
+    messages that say they are signed)."""
+    check(resp["flags"].has_flag(Smb2Flags.SMB2_FLAGS_SIGNED), f"{what} unsigned")
+    try:
+        conn.verify_signature(resp, session_id, force=True)
+    except Exception as e:
+        raise Fail(f"{what}: bad signature ({e})")
+
+
 def case_async_final_signed(a):
     conn = connect(a.host, a.port)
     sess = login(conn, a.user, a.pw)
@@ -413,13 +423,8 @@ def case_async_final_signed(a):
     st = status_of(conn, blocked)
     check(st == 0, f"blocked lock ended with status {st:#x}")
     final = blocked.response
-    # smbprotocol only verifies messages that say they are signed: check both here.
     check(final["flags"].has_flag(Smb2Flags.SMB2_FLAGS_ASYNC_COMMAND), "final response not async")
-    check(final["flags"].has_flag(Smb2Flags.SMB2_FLAGS_SIGNED), "final async response unsigned")
-    try:
-        conn.verify_signature(final, sess.session_id, force=True)
-    except Exception as e:
-        raise Fail(f"final async response: bad signature ({e})")
+    check_signed(conn, final, sess.session_id, "final async response")
     print("async final response signed", flush=True)
 
 
@@ -433,11 +438,7 @@ def case_logoff_signed(a):
     resp = req.response
     # MS-SMB2 3.3.4.1.1: a signed request gets a signed response, LOGOFF included, although
     # the session is gone once it is answered.
-    check(resp["flags"].has_flag(Smb2Flags.SMB2_FLAGS_SIGNED), "LOGOFF response unsigned")
-    try:
-        conn.verify_signature(resp, sess.session_id, force=True)
-    except Exception as e:
-        raise Fail(f"LOGOFF response: bad signature ({e})")
+    check_signed(conn, resp, sess.session_id, "LOGOFF response")
     print("logoff response signed", flush=True)
 
 
