@@ -134,7 +134,12 @@ impl LockTable {
                 // Zero-length query at `first` against zero-length locks: nothing to scan.
                 continue;
             }
-            for (&(offset, _), held) in map.range((lo, 0)..=(hi, u64::MAX)) {
+            // Open-ended range, stopped by hand past `hi`: one bounded descent instead of two
+            // (the upper end of an unbounded range needs no key comparisons).
+            for (&(offset, _), held) in map.range((lo, 0)..) {
+                if offset > hi {
+                    break;
+                }
                 let Some(held_span) = Span::of(offset, held.length) else {
                     continue;
                 };
@@ -214,7 +219,11 @@ impl LockTable {
             .binary_search_by_key(&class, |(c, _)| *c)
             .ok()?;
         let mut found = None;
-        for (&(off, seq), held) in self.classes[idx].1.range((offset, 0)..=(offset, u64::MAX)) {
+        // Open-ended range stopped by hand (see `conflicts`).
+        for (&(off, seq), held) in self.classes[idx].1.range((offset, 0)..) {
+            if off != offset {
+                break;
+            }
             if held.length == length && held.open == open {
                 found = Some(LockRef {
                     class,
