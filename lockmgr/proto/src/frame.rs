@@ -112,6 +112,17 @@ impl<'a> FrameWriter<'a> {
     /// (same bytes, same errors as [`FrameWriter::push`]): lockmgrd encodes every engine reply
     /// straight from the engine's output.
     pub fn push_reply(&mut self, request_id: RequestId, reply: &Reply) -> Result<(), EncodeError> {
+        if let Reply::Done(st) = reply {
+            // Nearly every reply (each granted, refused or released lock): one fixed-size
+            // message, copied in one piece.
+            const BODY: usize = 8 + codec::DONE_REPLY_LEN;
+            let mut m = [0u8; MSG_HEADER_LEN + BODY];
+            m[0] = msg_type::REPLY;
+            m[2..4].copy_from_slice(&(BODY as u16).to_le_bytes());
+            m[4..12].copy_from_slice(&request_id.0.to_le_bytes());
+            m[12..].copy_from_slice(&codec::done_reply(*st));
+            return self.push_bytes(&m);
+        }
         self.push_body(msg_type::REPLY, 8 + codec::reply_len(reply)?, |s| {
             s.u64(request_id.0);
             codec::put_reply(s, reply)
@@ -126,6 +137,41 @@ impl<'a> FrameWriter<'a> {
             codec::notification_len(notification)?,
             |s| codec::put_notification(s, notification),
         )
+    }
+
+    /// Appends one whole encoded message (header and body).
+    #[inline]
+    fn push_bytes(&mut self, msg: &[u8]) -> Result<(), EncodeError> {
+        let need = msg.len();
+        if need > self.limit - self.end || self.count == u16::MAX {
+            if self.count == 0 {
+                return Err(EncodeError::MessageTooLarge {
+                    len: need,
+                    max: self.limit - self.start - FRAME_HEADER_LEN,
+                });
+            }
+            return Err(EncodeError::FrameFull);
+        }
+        let at = self.end;
+        let written = match &mut self.out {
+            Out::Vec(v) => {
+                v.extend_from_slice(msg);
+                true
+            }
+            Out::Slice(b) => match b.get_mut(at..at + need) {
+                Some(dst) => {
+                    dst.copy_from_slice(msg);
+                    true
+                }
+                None => false,
+            },
+        };
+        if !written {
+            return Err(EncodeError::LengthMismatch);
+        }
+        self.end += need;
+        self.count += 1;
+        Ok(())
     }
 
     /// Appends one message header (`tag`, no flags, `body_len`) and the body `encode` writes,
