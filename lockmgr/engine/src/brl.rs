@@ -472,7 +472,11 @@ mod tests {
                             && blocks(owner, x, open, exclusive, true)
                     })
                 });
-                assert_eq!(t.conflicts(q, open, exclusive, true), expected, "step {step}");
+                assert_eq!(
+                    t.conflicts(q, open, exclusive, true),
+                    expected,
+                    "step {step}"
+                );
             }
             if step % 5_000 == 4_999 {
                 // The snapshot bytes are those of the B-tree-only table this one replaced.
@@ -482,15 +486,17 @@ mod tests {
                     .iter()
                     .map(|(c, m)| (*c, m.iter().map(|(k, v)| (*k, *v)).collect()))
                     .collect();
-                let old_bytes =
-                    postcard::to_stdvec(&(old, t.len, t.next_seq)).unwrap();
+                let old_bytes = postcard::to_stdvec(&(old, t.len, t.next_seq)).unwrap();
                 assert_eq!(bytes, old_bytes);
                 let back: LockTable = postcard::from_bytes(&bytes).unwrap();
                 assert_eq!(postcard::to_stdvec(&back).unwrap(), bytes);
                 t = back;
             }
         }
-        assert!(was_large, "the test never reached the B-tree representation");
+        assert!(
+            was_large,
+            "the test never reached the B-tree representation"
+        );
         let mut listed: Vec<u64> = t.iter().map(|(o, _)| o).collect();
         let mut expected: Vec<u64> = model.iter().map(|m| m.0).collect();
         listed.sort_unstable();
