@@ -964,20 +964,21 @@ impl Core {
             let Some(peer) = self.peers.get_mut(&peer_id) else {
                 continue;
             };
-            let msg = match out {
+            // Encoded straight from the output: no `Message` to build, move and drop.
+            match &out {
                 Output::Reply { request, reply, .. } => {
                     self.replies += 1;
-                    Message::Reply {
-                        request_id: request,
-                        body: reply,
-                    }
+                    encode_to(&mut self.dirty, peer_id, peer, |f| {
+                        f.push_reply(*request, reply)
+                    });
                 }
                 Output::Notify { notification, .. } => {
                     self.notifications += 1;
-                    Message::Notify { body: notification }
+                    encode_to(&mut self.dirty, peer_id, peer, |f| {
+                        f.push_notify(notification)
+                    });
                 }
-            };
-            push_to(&mut self.dirty, peer_id, peer, &msg);
+            }
         }
     }
 }
@@ -985,15 +986,27 @@ impl Core {
 /// Encodes `msg` into the peer's next frame (a full frame moves to the backlog) and marks the
 /// peer dirty if it had nothing to send.
 pub(crate) fn push_to(dirty: &mut Vec<PeerId>, peer_id: PeerId, peer: &mut Peer, msg: &Message) {
+    encode_to(dirty, peer_id, peer, |f| f.push(msg));
+}
+
+/// [`push_to`] with the encoding step given: `push` appends one message to a frame, and on
+/// `FrameFull` is called again on a fresh frame.
+#[inline]
+fn encode_to(
+    dirty: &mut Vec<PeerId>,
+    peer_id: PeerId,
+    peer: &mut Peer,
+    push: impl Fn(&mut FrameBuf) -> Result<(), EncodeError>,
+) {
     if !peer.has_output() {
         dirty.push(peer_id);
     }
-    match peer.out.push(msg) {
+    match push(&mut peer.out) {
         Ok(()) => {}
         Err(EncodeError::FrameFull) => {
             peer.backlog.push_back(peer.out.finish().to_vec());
             peer.out.clear();
-            if let Err(e) = peer.out.push(msg) {
+            if let Err(e) = push(&mut peer.out) {
                 tracing::error!(?e, peer = peer_id.0, "cannot encode message; dropped");
             }
         }

@@ -1882,18 +1882,21 @@ impl Engine {
         fail_immediately: bool,
     ) -> Reply {
         let limits = self.config.limits;
-        let may_wait = self
-            .sessions
-            .get(&session)
-            .is_some_and(|s| s.pending.len() < limits.max_waiters);
-        if self
-            .sessions
-            .get(&session)
-            .is_some_and(|s| s.locks.saturating_add(ranges.len()) > limits.max_locks)
-        {
+        // One session lookup for both limits (this is the hot path of every lock request).
+        let (may_wait, over_limit) = self.sessions.get(&session).map_or((false, false), |s| {
+            (
+                s.pending.len() < limits.max_waiters,
+                s.locks.saturating_add(ranges.len()) > limits.max_locks,
+            )
+        });
+        if over_limit {
             return Reply::Done(Status::InsufficientResources);
         }
-        if self.files.get(&f).is_some_and(FileState::has_holders) {
+        let holders = match self.files.get(&f) {
+            Some(file) => file.has_holders(),
+            None => return Reply::Done(Status::InvalidHandle),
+        };
+        if holders {
             self.break_read_holders(now, f, open);
         }
         let Some(file) = self.files.get_mut(&f) else {

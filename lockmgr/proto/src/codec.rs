@@ -798,6 +798,16 @@ pub(crate) fn get_request(r: &mut Reader<'_>) -> Result<Request, DecodeError> {
 const REPLY_OPENED: u8 = 1;
 const REPLY_PENDING: u8 = 2;
 const REPLY_DONE: u8 = 3;
+
+/// Encoded length of a `Reply::Done` body (kind byte + status).
+pub(crate) const DONE_REPLY_LEN: usize = 3;
+
+/// The encoding of `Reply::Done(st)`, exactly what [`put_reply`] writes for it.
+#[inline]
+pub(crate) fn done_reply(st: Status) -> [u8; DONE_REPLY_LEN] {
+    let [a, b] = status_to_wire(st).to_le_bytes();
+    [REPLY_DONE, a, b]
+}
 const REPLY_CLOSED: u8 = 4;
 const REPLY_ACKED: u8 = 5;
 const REPLY_DURABLE: u8 = 6;

@@ -2,7 +2,7 @@
 
 use std::iter::FusedIterator;
 
-use lockmgr_engine::{LockRange, OpenId, Request, RequestId, SessionId};
+use lockmgr_engine::{LockRange, Notification, OpenId, Reply, Request, RequestId, SessionId};
 
 use crate::codec;
 use crate::error::{DecodeError, EncodeError};
@@ -105,7 +105,84 @@ impl<'a> FrameWriter<'a> {
     /// Appends one message. On error the frame is left exactly as before the call:
     /// [`EncodeError::FrameFull`] means "finish this frame and push into a new one".
     pub fn push(&mut self, msg: &Message) -> Result<(), EncodeError> {
-        let body_len = body_len(msg)?;
+        self.push_body(msg.tag(), body_len(msg)?, |s| encode_body(s, msg))
+    }
+
+    /// Appends `Message::Reply { request_id, body: reply }` without building the `Message`
+    /// (same bytes, same errors as [`FrameWriter::push`]): lockmgrd encodes every engine reply
+    /// straight from the engine's output.
+    pub fn push_reply(&mut self, request_id: RequestId, reply: &Reply) -> Result<(), EncodeError> {
+        if let Reply::Done(st) = reply {
+            // Nearly every reply (each granted, refused or released lock): one fixed-size
+            // message, copied in one piece.
+            const BODY: usize = 8 + codec::DONE_REPLY_LEN;
+            let mut m = [0u8; MSG_HEADER_LEN + BODY];
+            m[0] = msg_type::REPLY;
+            m[2..4].copy_from_slice(&(BODY as u16).to_le_bytes());
+            m[4..12].copy_from_slice(&request_id.0.to_le_bytes());
+            m[12..].copy_from_slice(&codec::done_reply(*st));
+            return self.push_bytes(&m);
+        }
+        self.push_body(msg_type::REPLY, 8 + codec::reply_len(reply)?, |s| {
+            s.u64(request_id.0);
+            codec::put_reply(s, reply)
+        })
+    }
+
+    /// Appends `Message::Notify { body: notification }` without building the `Message` (same
+    /// bytes, same errors as [`FrameWriter::push`]).
+    pub fn push_notify(&mut self, notification: &Notification) -> Result<(), EncodeError> {
+        self.push_body(
+            msg_type::NOTIFY,
+            codec::notification_len(notification)?,
+            |s| codec::put_notification(s, notification),
+        )
+    }
+
+    /// Appends one whole encoded message (header and body).
+    #[inline]
+    fn push_bytes(&mut self, msg: &[u8]) -> Result<(), EncodeError> {
+        let need = msg.len();
+        if need > self.limit - self.end || self.count == u16::MAX {
+            if self.count == 0 {
+                return Err(EncodeError::MessageTooLarge {
+                    len: need,
+                    max: self.limit - self.start - FRAME_HEADER_LEN,
+                });
+            }
+            return Err(EncodeError::FrameFull);
+        }
+        let at = self.end;
+        let written = match &mut self.out {
+            Out::Vec(v) => {
+                v.extend_from_slice(msg);
+                true
+            }
+            Out::Slice(b) => match b.get_mut(at..at + need) {
+                Some(dst) => {
+                    dst.copy_from_slice(msg);
+                    true
+                }
+                None => false,
+            },
+        };
+        if !written {
+            return Err(EncodeError::LengthMismatch);
+        }
+        self.end += need;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// Appends one message header (`tag`, no flags, `body_len`) and the body `encode` writes,
+    /// which must be exactly `body_len` bytes.
+    #[inline]
+    fn push_body(
+        &mut self,
+        tag: u8,
+        body_len: usize,
+        encode: impl FnOnce(&mut Sink<'_>) -> Result<(), EncodeError>,
+    ) -> Result<(), EncodeError> {
         let need = MSG_HEADER_LEN + body_len;
         if need > self.limit - self.end || self.count == u16::MAX {
             if self.count == 0 {
@@ -127,11 +204,11 @@ impl<'a> FrameWriter<'a> {
             Out::Slice(b) => b.get_mut(at..at + need),
         };
         let mut sink = Sink::new(window.unwrap_or_default());
-        sink.u8(msg.tag());
+        sink.u8(tag);
         sink.u8(0);
         // Cannot truncate: need <= MAX_FRAME, and the const assertion bounds bodies by u16::MAX.
         sink.u16(body_len as u16);
-        let result = encode_body(&mut sink, msg).and_then(|()| match sink.written() {
+        let result = encode(&mut sink).and_then(|()| match sink.written() {
             Some(n) if n == need => Ok(()),
             _ => Err(EncodeError::LengthMismatch),
         });
@@ -259,6 +336,22 @@ impl FrameBuf {
     pub fn push(&mut self, msg: &Message) -> Result<(), EncodeError> {
         let mut w = self.writer();
         let r = w.push(msg);
+        (self.end, self.count) = (w.end, w.count);
+        r
+    }
+
+    /// [`FrameWriter::push_reply`]: `Message::Reply` without building the `Message`.
+    pub fn push_reply(&mut self, request_id: RequestId, reply: &Reply) -> Result<(), EncodeError> {
+        let mut w = self.writer();
+        let r = w.push_reply(request_id, reply);
+        (self.end, self.count) = (w.end, w.count);
+        r
+    }
+
+    /// [`FrameWriter::push_notify`]: `Message::Notify` without building the `Message`.
+    pub fn push_notify(&mut self, notification: &Notification) -> Result<(), EncodeError> {
+        let mut w = self.writer();
+        let r = w.push_notify(notification);
         (self.end, self.count) = (w.end, w.count);
         r
     }

@@ -2,7 +2,7 @@
 //! message-identical to `FrameWriter` and the plain iterator.
 
 use lockmgr_engine::{LockRange, OpenId, Request, RequestId, SessionId};
-use lockmgr_proto::strategies::{message, session_id};
+use lockmgr_proto::strategies::{message, notification, reply, request_id, session_id};
 use lockmgr_proto::{decode_frame, EncodeError, FrameBuf, FrameWriter, Incoming, Message};
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -18,7 +18,54 @@ fn frame_of(session: SessionId, msgs: &[Message]) -> Vec<u8> {
     buf
 }
 
+/// A reply or a notification: what lockmgrd encodes without building a `Message`.
+fn output() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        (request_id(), reply()).prop_map(|(request_id, body)| Message::Reply { request_id, body }),
+        notification().prop_map(|body| Message::Notify { body }),
+    ]
+}
+
+/// `push_reply` / `push_notify` for a `Reply` / `Notify` message, `push` for anything else.
+fn push_direct(fb: &mut FrameBuf, m: &Message) -> Result<(), EncodeError> {
+    match m {
+        Message::Reply { request_id, body } => fb.push_reply(*request_id, body),
+        Message::Notify { body } => fb.push_notify(body),
+        other => fb.push(other),
+    }
+}
+
 proptest! {
+    /// The direct encoders write the bytes `push(&Message)` writes, fill frames the same way
+    /// (`FrameFull` at the same message), and fail the same way; the `Vec`-backed
+    /// `FrameWriter` agrees too.
+    #[test]
+    fn push_reply_and_notify_match_push(msgs in vec(output(), 0..800), s in session_id()) {
+        let (mut direct, mut generic) = (FrameBuf::new(s), FrameBuf::new(s));
+        let (mut buf_d, mut buf_g) = (Vec::new(), Vec::new());
+        let mut w_d = FrameWriter::new(&mut buf_d, s);
+        let mut w_g = FrameWriter::new(&mut buf_g, s);
+        for m in &msgs {
+            let (a, b) = (push_direct(&mut direct, m), generic.push(m));
+            prop_assert_eq!(&a, &b);
+            let c = match m {
+                Message::Reply { request_id, body } => w_d.push_reply(*request_id, body),
+                Message::Notify { body } => w_d.push_notify(body),
+                other => w_d.push(other),
+            };
+            prop_assert_eq!(&c, &w_g.push(m));
+            if a == Err(EncodeError::FrameFull) {
+                prop_assert_eq!(direct.finish(), generic.finish());
+                direct.clear();
+                generic.clear();
+                prop_assert_eq!(push_direct(&mut direct, m), generic.push(m));
+            }
+        }
+        prop_assert_eq!(direct.finish(), generic.finish());
+        let (ld, lg) = (w_d.finish(), w_g.finish());
+        prop_assert_eq!(&buf_d[..ld], &buf_g[..lg]);
+    }
+
     #[test]
     fn frame_buf_matches_frame_writer(msgs in vec(message(), 0..40), s in session_id()) {
         let mut fb = FrameBuf::new(s);
