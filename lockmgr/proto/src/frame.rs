@@ -139,19 +139,28 @@ impl<'a> FrameWriter<'a> {
         )
     }
 
+    /// Whether one more message of `need` bytes fits this frame: `FrameFull` when a new
+    /// frame would take it, `MessageTooLarge` when even an empty frame cannot (or the caller
+    /// would loop starting new frames forever).
+    #[inline]
+    fn room_for(&self, need: usize) -> Result<(), EncodeError> {
+        if need <= self.limit - self.end && self.count < u16::MAX {
+            return Ok(());
+        }
+        if self.count == 0 {
+            return Err(EncodeError::MessageTooLarge {
+                len: need,
+                max: self.limit - self.start - FRAME_HEADER_LEN,
+            });
+        }
+        Err(EncodeError::FrameFull)
+    }
+
     /// Appends one whole encoded message (header and body).
     #[inline]
     fn push_bytes(&mut self, msg: &[u8]) -> Result<(), EncodeError> {
         let need = msg.len();
-        if need > self.limit - self.end || self.count == u16::MAX {
-            if self.count == 0 {
-                return Err(EncodeError::MessageTooLarge {
-                    len: need,
-                    max: self.limit - self.start - FRAME_HEADER_LEN,
-                });
-            }
-            return Err(EncodeError::FrameFull);
-        }
+        self.room_for(need)?;
         let at = self.end;
         let written = match &mut self.out {
             Out::Vec(v) => {
@@ -184,17 +193,7 @@ impl<'a> FrameWriter<'a> {
         encode: impl FnOnce(&mut Sink<'_>) -> Result<(), EncodeError>,
     ) -> Result<(), EncodeError> {
         let need = MSG_HEADER_LEN + body_len;
-        if need > self.limit - self.end || self.count == u16::MAX {
-            if self.count == 0 {
-                // Even an empty frame cannot hold it: say so, or the caller would loop
-                // starting new frames forever.
-                return Err(EncodeError::MessageTooLarge {
-                    len: need,
-                    max: self.limit - self.start - FRAME_HEADER_LEN,
-                });
-            }
-            return Err(EncodeError::FrameFull);
-        }
+        self.room_for(need)?;
         let at = self.end;
         let window = match &mut self.out {
             Out::Vec(v) => {

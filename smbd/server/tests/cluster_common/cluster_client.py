@@ -683,6 +683,23 @@ def notifytree(c1, c2):
     flat.close()
 
 
+def watch_dir(c, name, filt):
+    """Opens directory `name` (created if missing) through client `c` and starts a
+    CHANGE_NOTIFY on it with `filt`, pending on the server: (handle, watcher)."""
+    all_share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
+    d = c.open(name, access=A.FILE_READ_DATA | A.FILE_READ_ATTRIBUTES,
+               share=all_share, disposition=CreateDisposition.FILE_OPEN_IF, is_dir=True)
+    return d, restart_watch(d, filt)
+
+
+def restart_watch(d, filt):
+    """A new CHANGE_NOTIFY on open directory `d`, pending on the server."""
+    from smbprotocol.change_notify import FileSystemWatcher
+    w = FileSystemWatcher(d)
+    w.start(filt)
+    return started(w)
+
+
 def started(w):
     """Waits until the server answered the watcher's CHANGE_NOTIFY with its interim
     STATUS_PENDING (or completed it): the watch exists on the server from then on."""
@@ -717,15 +734,10 @@ def notifylm(c1, c2):
     it, and moves in a file it created in an unwatched directory. Node 1's client must get
     exactly ADDED, MODIFIED, OLD_NAME + NEW_NAME, REMOVED, ADDED, in order, each once."""
     all_share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
-    from smbprotocol.change_notify import FileSystemWatcher
     filt = FILE_NOTIFY_CHANGE_FILE_NAME | 0x8 | 0x10  # FILE_NAME | SIZE | LAST_WRITE
     c2.open("lm-other", access=A.GENERIC_READ, share=all_share,
             disposition=CreateDisposition.FILE_CREATE, is_dir=True).close()
-    d = c1.open("lm-dir", access=A.FILE_READ_DATA | A.FILE_READ_ATTRIBUTES,
-                share=all_share, disposition=CreateDisposition.FILE_OPEN_IF, is_dir=True)
-    w = FileSystemWatcher(d)
-    w.start(filt)
-    started(w)
+    d, w = watch_dir(c1, "lm-dir", filt)
     f = c2.open("lm-dir\\a.txt", access=A.GENERIC_READ | A.GENERIC_WRITE | A.DELETE,
                 share=all_share, disposition=CreateDisposition.FILE_CREATE)
     f.write(b"hello", 0)
@@ -751,12 +763,7 @@ def notifylmrmdir(c1, c2):
     pending, so node 1's waiting CHANGE_NOTIFY must end with STATUS_DELETE_PENDING as when
     both clients are on one node (MS-FSA 2.1.5.4; smbtorture smb2.notify.rmdir1)."""
     all_share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
-    from smbprotocol.change_notify import FileSystemWatcher
-    d = c1.open("lm-rmdir", access=A.FILE_READ_DATA | A.FILE_READ_ATTRIBUTES,
-                share=all_share, disposition=CreateDisposition.FILE_OPEN_IF, is_dir=True)
-    w = FileSystemWatcher(d)
-    w.start(FILE_NOTIFY_CHANGE_FILE_NAME)
-    started(w)
+    d, w = watch_dir(c1, "lm-rmdir", FILE_NOTIFY_CHANGE_FILE_NAME)
     r = c2.open("lm-rmdir", access=A.DELETE | A.FILE_READ_ATTRIBUTES, share=all_share,
                 disposition=CreateDisposition.FILE_OPEN, is_dir=True)
     c2.set_delete_pending(r)
@@ -810,18 +817,11 @@ def notifylmfailover(c1, c2):
     with the primary, both nodes without inotify) is the standby's too, so after the primary's
     death the change node 2's client makes still reaches node 1's watcher."""
     all_share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
-    from smbprotocol.change_notify import FileSystemWatcher
-    d = c1.open("lm-fo", access=A.FILE_READ_DATA | A.FILE_READ_ATTRIBUTES,
-                share=all_share, disposition=CreateDisposition.FILE_OPEN_IF, is_dir=True)
-    w = FileSystemWatcher(d)
-    w.start(FILE_NOTIFY_CHANGE_FILE_NAME)
-    started(w)
+    d, w = watch_dir(c1, "lm-fo", FILE_NOTIFY_CHANGE_FILE_NAME)
     c2.open("lm-fo\\before.txt", share=all_share, disposition=CreateDisposition.FILE_CREATE).close()
     got = collect_changes(d, 0, FILE_NOTIFY_CHANGE_FILE_NAME, w, 1)
     assert got == [(ADDED, "before.txt")], f"before the failover: {got}"
-    w = FileSystemWatcher(d)
-    w.start(FILE_NOTIFY_CHANGE_FILE_NAME)
-    started(w)
+    w = restart_watch(d, FILE_NOTIFY_CHANGE_FILE_NAME)
     print("FAILOVER-LOCKMGRD", flush=True)
     sys.stdin.readline()
     c2.open("lm-fo\\after.txt", share=all_share, disposition=CreateDisposition.FILE_CREATE).close()
