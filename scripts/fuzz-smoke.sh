@@ -39,6 +39,7 @@ TARGETS=(
     "smbd/server smbd_conn"
     "smbd/server inotify_events"
     "smbd/server witness_peers"
+    "smbd/server dos_xattr"
     "smbdirect smbdirect_decode"
     "smbdirect smbdirect_conn"
     "metrics metrics_http_request"

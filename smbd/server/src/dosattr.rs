@@ -113,7 +113,21 @@ pub fn load_fd(fd: BorrowedFd<'_>) -> Option<DosInfo> {
     decode(&buf, n)
 }
 
-/// The `n` bytes of `buf` the xattr held: version 1 (32 bytes) or 2 (56).
+/// The xattr's value as read (at most 64 bytes reach [`decode`]: a longer one fails the read
+/// with ERANGE). A local user who can write the share's files can write this xattr too, so
+/// anything must decode or be refused (fuzz target `dos_xattr`).
+pub fn decode_value(value: &[u8]) -> Option<DosInfo> {
+    let mut buf = [0u8; LEN];
+    buf.get_mut(..value.len())?.copy_from_slice(value);
+    decode(&buf, value.len())
+}
+
+/// The value [`store`] writes for `d`.
+pub fn encode_value(d: &DosInfo) -> Vec<u8> {
+    encode(d)
+}
+
+/// The `n` bytes of `buf` the xattr held: version 1 (32 bytes) or 2 (64).
 fn decode(buf: &[u8; LEN], n: usize) -> Option<DosInfo> {
     let u32_at = |i: usize| u32::from_le_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
     let u64_at = |i: usize| {

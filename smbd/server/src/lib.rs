@@ -25,7 +25,7 @@ pub mod config;
 pub mod conn;
 mod dfs;
 pub mod dirwatch;
-mod dosattr;
+pub mod dosattr;
 mod durable;
 mod fs;
 mod hangup;

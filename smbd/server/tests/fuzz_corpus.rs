@@ -187,3 +187,28 @@ fn witness_peers_corpus() {
     }
     assert!(seeds >= 4, "seed corpus missing: {seeds} seeds");
 }
+
+#[path = "../fuzz/check_dos_xattr.rs"]
+mod check_dos_xattr;
+
+/// Replays `fuzz/corpus/dos_xattr/` through the `dos_xattr` target's check, every prefix too;
+/// the seeds (a version-1 and version-2 value) decode.
+#[test]
+fn dos_xattr_corpus() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/dos_xattr");
+    let mut seeds = 0;
+    for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let p = e.unwrap().path();
+        let data = std::fs::read(&p).unwrap();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        for cut in 0..data.len() {
+            check_dos_xattr::check_dos_xattr(&data[..cut]);
+        }
+        let decoded = check_dos_xattr::check_dos_xattr(&data);
+        if name.starts_with("seed-") {
+            assert!(decoded, "{name}");
+            seeds += 1;
+        }
+    }
+    assert!(seeds >= 2, "seed corpus missing: {seeds} seeds");
+}
