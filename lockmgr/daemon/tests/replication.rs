@@ -121,6 +121,21 @@ struct Etcd {
     cluster: String,
 }
 
+/// The loaded test measures detection under a known load (CPU hogs), not under whatever the
+/// other tests of this binary happen to run at the same time (kills, partitions, etcd
+/// restarts, all in parallel on the same 2 vCPUs): it runs alone, the others share.
+static MACHINE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Held by every test but the loaded one, for its whole run.
+fn shared_machine() -> std::sync::RwLockReadGuard<'static, ()> {
+    MACHINE.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Held by the loaded test: no other test of this binary runs meanwhile.
+fn machine_alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    MACHINE.write().unwrap_or_else(|p| p.into_inner())
+}
+
 fn start_etcd() -> Option<Etcd> {
     match LocalEtcd::start() {
         Ok(local) => {
@@ -389,6 +404,7 @@ fn key_file(dir: &tempfile::TempDir) -> PathBuf {
 
 #[test]
 fn standby_takes_over_and_nodes_resume_with_their_locks() {
+    let _machine = shared_machine();
     let Some(etcd) = start_etcd() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let key_file = key_file(&dir);
@@ -495,6 +511,7 @@ fn standby_takes_over_and_nodes_resume_with_their_locks() {
 /// later take over from that record, with the lock granted during the outage.
 #[test]
 fn a_standby_whose_watch_missed_its_record_keeps_locking_going() {
+    let _machine = shared_machine();
     let Some(mut etcd) = start_etcd() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let key_file = key_file(&dir);
@@ -705,6 +722,7 @@ impl FailoverNode {
 /// script asks for 100).
 #[test]
 fn repeated_primary_kills_never_grant_a_lock_twice() {
+    let _machine = shared_machine();
     use lockmgr_replica::history::{self, Event as H, Range as HRange};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
@@ -1076,6 +1094,7 @@ fn print_phases(kills: &[u64], first_grant: &[Option<u64>]) {
 /// and its lock (another node still conflicts with it), and no SMB connection is dropped.
 #[test]
 fn node_sessions_resume_across_a_failover() {
+    let _machine = shared_machine();
     use lockmgr_client::mux::SharedNodeSessions;
     use lockmgr_client::ResumePoint;
 
@@ -1933,6 +1952,7 @@ fn report(what: &str, o: &ChaosOutcome) {
 /// history checker must find nothing.
 #[test]
 fn steady_locking_under_cpu_load_never_fails_over() {
+    let _machine = machine_alone();
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::{Arc, Mutex};
 
@@ -2042,6 +2062,7 @@ fn randomized_schedule(what: &str, all: &[Fault], default_secs: u64) {
 /// run's length (default 30), `CHAOS_SEED` replays a schedule.
 #[test]
 fn randomized_failures_never_grant_a_lock_twice() {
+    let _machine = shared_machine();
     randomized_schedule(
         "randomized schedule",
         &[Fault::KillPrimary, Fault::KillStandby, Fault::KillNode],
@@ -2054,6 +2075,7 @@ fn randomized_failures_never_grant_a_lock_twice() {
 /// restarted on the same data serves the next configuration change.
 #[test]
 fn etcd_outages_do_not_stop_steady_state_locking() {
+    let _machine = shared_machine();
     randomized_schedule("etcd outages", &[Fault::EtcdDown], 10);
 }
 
@@ -2064,6 +2086,7 @@ fn etcd_outages_do_not_stop_steady_state_locking() {
 /// `entries_acknowledged_in_the_old_epoch_are_sent_again_in_the_recorded_one`).
 #[test]
 fn kills_after_etcd_outages_never_grant_a_lock_twice() {
+    let _machine = shared_machine();
     randomized_schedule(
         "kills after etcd outages",
         &[
@@ -2083,6 +2106,7 @@ fn kills_after_etcd_outages_never_grant_a_lock_twice() {
 /// `CHAOS_SEED` as for the other randomized schedule.
 #[test]
 fn partitioned_primary_and_standby_never_grant_a_lock_twice() {
+    let _machine = shared_machine();
     let secs = env_or("CHAOS_SECS", 20);
     let seed = chaos_seed();
     let faults = [
@@ -2111,6 +2135,7 @@ fn partitioned_primary_and_standby_never_grant_a_lock_twice() {
 /// their session refused as lost, or their lock gone when they release it.)
 #[test]
 fn replying_before_the_standby_acknowledges_is_caught() {
+    let _machine = shared_machine();
     let seed = chaos_seed();
     let faults = [
         Fault::KillPrimary,
