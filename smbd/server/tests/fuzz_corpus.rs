@@ -170,22 +170,7 @@ mod check_peers;
 /// `witness_peers` target's check, every prefix too; the seeds parse.
 #[test]
 fn witness_peers_corpus() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/witness_peers");
-    let mut seeds = 0;
-    for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let p = e.unwrap().path();
-        let data = std::fs::read(&p).unwrap();
-        let name = p.file_name().unwrap().to_string_lossy().into_owned();
-        for cut in 0..data.len() {
-            check_peers::check_peers(&data[..cut]);
-        }
-        let parsed = check_peers::check_peers(&data);
-        if name.starts_with("seed-") {
-            assert!(parsed, "{name}");
-            seeds += 1;
-        }
-    }
-    assert!(seeds >= 4, "seed corpus missing: {seeds} seeds");
+    replay_with_prefixes("witness_peers", check_peers::check_peers, 4);
 }
 
 #[path = "../fuzz/check_dos_xattr.rs"]
@@ -195,20 +180,32 @@ mod check_dos_xattr;
 /// the seeds (a version-1 and version-2 value) decode.
 #[test]
 fn dos_xattr_corpus() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/dos_xattr");
+    replay_with_prefixes("dos_xattr", check_dos_xattr::check_dos_xattr, 2);
+}
+
+/// Runs every input of `fuzz/corpus/<target>/`, and every proper prefix of it, through the
+/// target's `check` (true: the input was accepted); inputs named `seed-*` must be accepted,
+/// and there must be at least `min_seeds` of them.
+fn replay_with_prefixes(target: &str, check: fn(&[u8]) -> bool, min_seeds: usize) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target);
     let mut seeds = 0;
     for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let p = e.unwrap().path();
         let data = std::fs::read(&p).unwrap();
         let name = p.file_name().unwrap().to_string_lossy().into_owned();
         for cut in 0..data.len() {
-            check_dos_xattr::check_dos_xattr(&data[..cut]);
+            check(&data[..cut]);
         }
-        let decoded = check_dos_xattr::check_dos_xattr(&data);
+        let accepted = check(&data);
         if name.starts_with("seed-") {
-            assert!(decoded, "{name}");
+            assert!(accepted, "{target}: {name}");
             seeds += 1;
         }
     }
-    assert!(seeds >= 2, "seed corpus missing: {seeds} seeds");
+    assert!(
+        seeds >= min_seeds,
+        "{target}: seed corpus missing: {seeds} seeds"
+    );
 }
