@@ -17,6 +17,9 @@ APT_PACKAGES=(
     etcd-server etcd-client protobuf-compiler
     # promtool (`promtool check metrics`) validates the /metrics endpoints in the tests
     prometheus
+    # bindfs: per-node FUSE mounts of one directory, a cluster filesystem in miniature (each
+    # node's inotify sees only changes made through its own mount) for the change-notify tests
+    bindfs
 )
 
 missing=()

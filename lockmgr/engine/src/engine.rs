@@ -293,8 +293,9 @@ pub struct Engine {
     outputs: VecDeque<Output>,
     orphaned_deletes: BTreeSet<FileId>,
     durable: durable::DurableTable,
-    /// Change-notify registrations: directory -> sessions watching it (`engine/watch.rs`).
-    watches: BTreeMap<FileId, watch::Watchers>,
+    /// Change-notify registrations: directory -> where it is and who watches it
+    /// (`engine/watch.rs`).
+    watches: BTreeMap<FileId, watch::WatchedDir>,
     next_open: u64,
     next_seq: u64,
     scratch: Vec<LockRef>,
@@ -520,7 +521,9 @@ impl Engine {
                 open,
                 client_guid,
             } => self.do_reclaim(session, request, key, open, client_guid),
-            Request::WatchDir { dir, tree } => self.do_watch_dir(session, request, dir, tree),
+            Request::WatchDir { dir, tree, path } => {
+                self.do_watch_dir(session, request, dir, tree, path)
+            }
             Request::UnwatchDir { dir } => self.do_unwatch_dir(session, request, dir),
             Request::DirChange(c) => self.do_dir_change(session, request, c),
         }

@@ -576,7 +576,17 @@ pub enum Request {
     /// registering again replaces `tree`. `Done(Success)`, or `Done(InsufficientResources)`
     /// for a new directory beyond [`crate::SessionLimits::max_watches`]. Every other session
     /// hears of the change of the watched set through [`Notification::DirWatched`].
-    WatchDir { dir: FileId, tree: bool },
+    /// `path` says where the directory is, for nodes that watch their own part of the
+    /// filesystem for changes made outside SMB (inotify sees only what this machine does on a
+    /// cluster filesystem): the share's name, then the path below its root, `\`-separated
+    /// (`share\a\b`; the same on every node of one cluster); empty if unknown. At most
+    /// [`MAX_DIR_CHANGE_NAME`] bytes (longer: `Done(InvalidParameter)`). The first non-empty
+    /// path a directory is registered with is the one other sessions are told.
+    WatchDir {
+        dir: FileId,
+        tree: bool,
+        path: String,
+    },
     /// The session's last watcher of `dir` is gone. `Done(Success)` (also when it was not
     /// registered).
     UnwatchDir { dir: FileId },
@@ -732,8 +742,13 @@ pub enum Notification {
     IoRecall { file: FileId, generation: u64 },
     /// What the session should know to report its changes cheaply: whether sessions other
     /// than it watch `dir` now (`state`, [`watched`] bits; 0: nobody else does). Sent when
-    /// that changes, and for every watched directory when the session opens.
-    DirWatched { dir: FileId, state: u8 },
+    /// that changes, and for every watched directory when the session opens. `path` is where
+    /// the directory is ([`Request::WatchDir`]'s `path`; empty if unknown or `state` is 0).
+    DirWatched {
+        dir: FileId,
+        state: u8,
+        path: String,
+    },
     /// A change another session made ([`Request::DirChange`]) in a directory this session
     /// watches.
     DirChanged(DirChange),

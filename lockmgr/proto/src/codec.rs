@@ -460,15 +460,43 @@ const REQ_WATCH_DIR: u8 = 29;
 const REQ_UNWATCH_DIR: u8 = 30;
 const REQ_DIR_CHANGE: u8 = 31;
 
-fn dir_change_len(c: &DirChange) -> Result<usize, EncodeError> {
-    if c.name.len() > MAX_DIR_CHANGE_NAME {
+/// The encoded length of a change-notify name or path (`u16` length, UTF-8 bytes), at most
+/// [`MAX_DIR_CHANGE_NAME`] bytes.
+fn dir_path_len(field: &'static str, p: &str) -> Result<usize, EncodeError> {
+    if p.len() > MAX_DIR_CHANGE_NAME {
         return Err(EncodeError::StringTooLong {
-            field: "dir_change.name",
-            len: c.name.len(),
+            field,
+            len: p.len(),
             max: MAX_DIR_CHANGE_NAME,
         });
     }
-    Ok(16 + 4 + 4 + 1 + 2 + c.name.len())
+    Ok(2 + p.len())
+}
+
+fn put_dir_path(s: &mut Sink<'_>, field: &'static str, p: &str) -> Result<(), EncodeError> {
+    dir_path_len(field, p)?;
+    // Cannot truncate: bounded by MAX_DIR_CHANGE_NAME < u16::MAX in dir_path_len.
+    s.u16(p.len() as u16);
+    s.put(p.as_bytes());
+    Ok(())
+}
+
+fn get_dir_path(r: &mut Reader<'_>, field: &'static str) -> Result<String, DecodeError> {
+    let len = usize::from(r.u16()?);
+    if len > MAX_DIR_CHANGE_NAME {
+        return Err(DecodeError::StringTooLong {
+            field,
+            len,
+            max: MAX_DIR_CHANGE_NAME,
+        });
+    }
+    Ok(std::str::from_utf8(r.bytes(len)?)
+        .map_err(|_| DecodeError::InvalidUtf8 { field })?
+        .to_owned())
+}
+
+fn dir_change_len(c: &DirChange) -> Result<usize, EncodeError> {
+    Ok(16 + 4 + 4 + 1 + dir_path_len("dir_change.name", &c.name)?)
 }
 
 fn put_dir_change(s: &mut Sink<'_>, c: &DirChange) -> Result<(), EncodeError> {
@@ -477,10 +505,7 @@ fn put_dir_change(s: &mut Sink<'_>, c: &DirChange) -> Result<(), EncodeError> {
     s.u32(c.action);
     s.u32(c.filter);
     s.bool(c.subtree);
-    // Cannot truncate: bounded by MAX_DIR_CHANGE_NAME < u16::MAX in dir_change_len.
-    s.u16(c.name.len() as u16);
-    s.put(c.name.as_bytes());
-    Ok(())
+    put_dir_path(s, "dir_change.name", &c.name)
 }
 
 fn get_dir_change(r: &mut Reader<'_>) -> Result<DirChange, DecodeError> {
@@ -488,19 +513,7 @@ fn get_dir_change(r: &mut Reader<'_>) -> Result<DirChange, DecodeError> {
     let action = r.u32()?;
     let filter = r.u32()?;
     let subtree = r.bool("dir_change.subtree")?;
-    let len = usize::from(r.u16()?);
-    if len > MAX_DIR_CHANGE_NAME {
-        return Err(DecodeError::StringTooLong {
-            field: "dir_change.name",
-            len,
-            max: MAX_DIR_CHANGE_NAME,
-        });
-    }
-    let name = std::str::from_utf8(r.bytes(len)?)
-        .map_err(|_| DecodeError::InvalidUtf8 {
-            field: "dir_change.name",
-        })?
-        .to_owned();
+    let name = get_dir_path(r, "dir_change.name")?;
     Ok(DirChange {
         dir,
         action,
@@ -634,10 +647,11 @@ pub(crate) fn put_request(s: &mut Sink<'_>, req: &Request) -> Result<(), EncodeE
             s.u8(REQ_BREAK_AND_CLOSE);
             s.u64(open.0);
         }
-        Request::WatchDir { dir, tree } => {
+        Request::WatchDir { dir, tree, path } => {
             s.u8(REQ_WATCH_DIR);
             s.u128(dir.0);
             s.bool(*tree);
+            put_dir_path(s, "watch_dir.path", path)?;
         }
         Request::UnwatchDir { dir } => {
             s.u8(REQ_UNWATCH_DIR);
@@ -759,6 +773,7 @@ pub(crate) fn get_request(r: &mut Reader<'_>) -> Result<Request, DecodeError> {
         REQ_WATCH_DIR => Request::WatchDir {
             dir: FileId(r.u128()?),
             tree: r.bool("watch_dir.tree")?,
+            path: get_dir_path(r, "watch_dir.path")?,
         },
         REQ_UNWATCH_DIR => Request::UnwatchDir {
             dir: FileId(r.u128()?),
@@ -972,7 +987,7 @@ pub(crate) fn put_notification(s: &mut Sink<'_>, n: &Notification) -> Result<(),
             s.u128(file.0);
             s.u64(*generation);
         }
-        Notification::DirWatched { dir, state } => {
+        Notification::DirWatched { dir, state, path } => {
             if state & !(watched::DIR | watched::TREE) != 0 {
                 return Err(EncodeError::InvalidValue {
                     field: "dir_watched.state",
@@ -982,6 +997,7 @@ pub(crate) fn put_notification(s: &mut Sink<'_>, n: &Notification) -> Result<(),
             s.u8(NOTIFY_DIR_WATCHED);
             s.u128(dir.0);
             s.u8(*state);
+            put_dir_path(s, "dir_watched.path", path)?;
         }
         Notification::DirChanged(c) => {
             s.u8(NOTIFY_DIR_CHANGED);
@@ -1035,7 +1051,8 @@ pub(crate) fn get_notification(r: &mut Reader<'_>) -> Result<Notification, Decod
             if state & !(watched::DIR | watched::TREE) != 0 {
                 return Err(invalid("dir_watched.state", state));
             }
-            Notification::DirWatched { dir, state }
+            let path = get_dir_path(r, "dir_watched.path")?;
+            Notification::DirWatched { dir, state, path }
         }
         NOTIFY_DIR_CHANGED => Notification::DirChanged(get_dir_change(r)?),
         v => return Err(invalid("notification.kind", v)),
@@ -1119,7 +1136,7 @@ pub(crate) fn request_len(req: &Request) -> Result<usize, EncodeError> {
         Request::Disconnect { .. } => 8,
         Request::DurableLookup { .. } => 8,
         Request::Reclaim { .. } => 8 + 8 + 16,
-        Request::WatchDir { .. } => 16 + 1,
+        Request::WatchDir { path, .. } => 16 + 1 + dir_path_len("watch_dir.path", path)?,
         Request::UnwatchDir { .. } => 16,
         Request::DirChange(c) => dir_change_len(c)?,
         _ => return Err(EncodeError::UnsupportedVariant("Request")),
@@ -1150,7 +1167,7 @@ pub(crate) fn notification_len(n: &Notification) -> Result<usize, EncodeError> {
         }
         Notification::Completed { reply, .. } => 8 + reply_len(reply)?,
         Notification::IoRecall { .. } => 16 + 8,
-        Notification::DirWatched { .. } => 16 + 1,
+        Notification::DirWatched { path, .. } => 16 + 1 + dir_path_len("dir_watched.path", path)?,
         Notification::DirChanged(c) => dir_change_len(c)?,
         _ => return Err(EncodeError::UnsupportedVariant("Notification")),
     })

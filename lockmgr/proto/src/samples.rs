@@ -192,6 +192,7 @@ pub fn requests() -> Vec<Request> {
         Request::WatchDir {
             dir: FileId(0xd1),
             tree: true,
+            path: "share\\docs\\q3".into(),
         },
         Request::UnwatchDir { dir: FileId(0xd1) },
         Request::DirChange(dir_change()),
@@ -292,6 +293,7 @@ pub fn notifications() -> Vec<Notification> {
         Notification::DirWatched {
             dir: FileId(0xd1),
             state: lockmgr_engine::watched::DIR | lockmgr_engine::watched::TREE,
+            path: "share\\docs\\q3".into(),
         },
         Notification::DirChanged(dir_change()),
     ]

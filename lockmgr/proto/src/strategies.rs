@@ -230,7 +230,11 @@ pub fn request() -> impl Strategy<Value = Request> {
             }
         ),
         file_id().prop_map(|file| Request::IoRecallAck { file }),
-        (file_id(), any::<bool>()).prop_map(|(dir, tree)| Request::WatchDir { dir, tree }),
+        (file_id(), any::<bool>(), "\\PC{0,64}").prop_map(|(dir, tree, path)| Request::WatchDir {
+            dir,
+            tree,
+            path
+        }),
         file_id().prop_map(|dir| Request::UnwatchDir { dir }),
         dir_change().prop_map(Request::DirChange),
     ]
@@ -322,7 +326,11 @@ pub fn notification() -> impl Strategy<Value = Notification> {
             .prop_map(|(request, reply)| Notification::Completed { request, reply }),
         (file_id(), any::<u64>())
             .prop_map(|(file, generation)| Notification::IoRecall { file, generation }),
-        (file_id(), 0u8..4).prop_map(|(dir, state)| Notification::DirWatched { dir, state }),
+        (file_id(), 0u8..4, "\\PC{0,64}").prop_map(|(dir, state, path)| Notification::DirWatched {
+            dir,
+            state,
+            path
+        }),
         dir_change().prop_map(Notification::DirChanged),
     ]
 }

@@ -95,6 +95,7 @@ pub fn samples() -> Vec<(String, Vec<u8>)> {
             req: Request::WatchDir {
                 dir: lockmgr_engine::FileId(0xD1),
                 tree: true,
+                path: "share\\d1".into(),
             },
         },
     );

@@ -83,7 +83,9 @@ pub enum SnapshotError {
 /// stream opens to close).
 /// 6: change-notify registrations (directory -> watching sessions), a session's watch count,
 /// the limit `max_watches` and the change-notify counters.
-pub const SNAPSHOT_FORMAT: u32 = 6;
+/// 7: a watched directory's path (share and path below it), for nodes that watch their part of
+/// the filesystem for changes made outside SMB.
+pub const SNAPSHOT_FORMAT: u32 = 7;
 
 /// Everything a replacement standby needs: the engine and the replication bookkeeping that
 /// replaying the log from the start would have produced.
@@ -1004,7 +1006,11 @@ mod tests {
         let watch = Input::Request {
             session,
             request: RequestId(1),
-            req: Request::WatchDir { dir, tree: true },
+            req: Request::WatchDir {
+                dir,
+                tree: true,
+                path: "share\\docs".into(),
+            },
         };
         p.submit(Time(2), watch.clone());
         while p.poll_output().is_some() {}
@@ -1059,6 +1065,7 @@ mod tests {
                     notification: Notification::DirWatched {
                         dir,
                         state: lockmgr_engine::watched::DIR | lockmgr_engine::watched::TREE,
+                        path: "share\\docs".into(),
                     },
                 }],
                 "the node opening a session learns the watched directory"

@@ -134,6 +134,7 @@ pub fn shared_with_config(
             components: vec!["link1".into()],
             targets: vec!["\\fuzz2\\data\\sub".into()],
         }],
+        notify_through_lockmgr: false,
     }];
     // No users: the seeds log on anonymously. The guest account is root so that, when the
     // fuzzer runs as root, file operations do not switch this thread's file-system identity to

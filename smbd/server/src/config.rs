@@ -35,11 +35,15 @@
 //! # Operator view (sessions, open files, byte-range locks of this node, like smbstatus):
 //! # `smbd status --socket PATH`. The unix socket is created 0600 (smbd's user and root).
 //! # status_socket = "/run/smbd/status.sock"
-//! # Change notify from inotify (default on): changes made on this node outside smbd, and, when
-//! # the nodes serve one local directory, other nodes' changes. Turn it off on a cluster
-//! # filesystem (GPFS, CephFS, Lustre, NFS), where inotify does not see other nodes: the node
-//! # then registers its watched directories with lockmgrd and gets other nodes' changes from it.
-//! # local_change_notify = true
+//! # How CHANGE_NOTIFY watchers learn of changes smbd did not make itself:
+//! #   "auto" (default): per share, "local" on a filesystem of this machine (ext4, XFS, Btrfs,
+//! #     tmpfs, ZFS...: nodes sharing it run here), "cluster" on any other (NFS, CephFS, GPFS,
+//! #     Lustre, GFS2, FUSE...);
+//! #   "local": inotify only (it sees every process on this machine, other nodes included);
+//! #   "cluster": inotify for this machine's processes, and lockmgrd carries each node's changes
+//! #     (through SMB or not) to the nodes whose clients watch the directory;
+//! #   "lockmgr": no inotify; only changes made through smbd, carried between nodes by lockmgrd.
+//! # change_notify = "auto"
 //! # SMB Direct: the unix socket smbdirectd connects to (`smbdirectd --forward-unix PATH`),
 //! # created 0600 in a 0700 directory; only root (and the uids listed) may connect.
 //! # rdma_proxy_socket = "/run/clustersmb/smbdirect.sock"
@@ -238,13 +242,27 @@ pub struct ServerConfig {
     /// Unix socket answering `smbd status --socket PATH` (crate::smbstatus); off when absent.
     #[serde(default)]
     pub status_socket: Option<PathBuf>,
-    /// Change notify through inotify (`crate::dirwatch`): changes made outside smbd on this
-    /// node, and other nodes' changes when they share this node's local directory. Off: the
-    /// node (with a cluster lock service) registers the directories its clients watch with
-    /// lockmgrd and gets other nodes' changes from there (`Shared::dir_changed`), the way a
-    /// cluster filesystem needs.
-    #[serde(default = "default_true")]
-    pub local_change_notify: bool,
+    /// How changes smbd did not make reach CHANGE_NOTIFY watchers ([`ChangeNotify`]).
+    #[serde(default)]
+    pub change_notify: ChangeNotify,
+}
+
+/// `[server] change_notify`: where CHANGE_NOTIFY watchers learn of changes this smbd did not
+/// make itself (`crate::dirwatch` for inotify, `Shared::dir_changed` for lockmgrd).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeNotify {
+    /// Per share, from its filesystem (`crate::fs::machine_local_filesystem`): `Local` on a
+    /// filesystem of this machine, `Cluster` on any other.
+    #[default]
+    Auto,
+    /// inotify only: it sees every change, other nodes' included (they run on this machine).
+    Local,
+    /// inotify sees this machine's processes; lockmgrd carries every node's changes, made
+    /// through SMB or not, to the other nodes watching the directory.
+    Cluster,
+    /// No inotify: changes made through smbd only, carried between nodes by lockmgrd.
+    Lockmgr,
 }
 
 fn default_netbios() -> String {
@@ -279,7 +297,7 @@ impl Default for ServerConfig {
             metrics_listen: None,
             metrics_allow_remote: false,
             status_socket: None,
-            local_change_notify: true,
+            change_notify: ChangeNotify::Auto,
         }
     }
 }

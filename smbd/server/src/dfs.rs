@@ -132,18 +132,9 @@ mod tests {
 
     fn share(dir: &std::path::Path, dfs_root: bool, links: Vec<DfsLink>) -> Share {
         Share {
-            name: "Dfs".into(),
-            dir: std::sync::Arc::new(crate::beneath::ShareRoot::open(dir).unwrap()),
-            root: dir.to_path_buf(),
-            read_only: false,
-            encrypt: false,
-            fs_id: 1,
-            valid_users: Vec::new(),
-            valid_groups: Vec::new(),
-            guest_ok: false,
-            continuous_availability: false,
             dfs_root,
             dfs_links: links,
+            ..Share::for_tests("Dfs", dir)
         }
     }
 

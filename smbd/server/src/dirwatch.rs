@@ -1,8 +1,9 @@
 //! Change notify for changes smbd did not make itself: another process on this node, or a
 //! program writing the share's directory directly. One inotify instance per smbd process
 //! (`LocalWatcher`), one inotify watch per directory some handle watches (added with the
-//! first CHANGE_NOTIFY on it, removed when the last watching handle closes), read by one
-//! thread (`Shared::start_local_watch`).
+//! first CHANGE_NOTIFY on it, removed when the last watching handle closes) or, on a cluster
+//! filesystem, other nodes watch (their changes seen here are passed on through lockmgrd:
+//! `Shared::watch_for_other_nodes`), read by one thread (`Shared::start_local_watch`).
 //!
 //! What inotify reports: entries created, deleted and renamed (IN_CREATE, IN_DELETE,
 //! IN_MOVED_FROM/TO), mapped to FILE_ACTION_ADDED / REMOVED / RENAMED_OLD_NAME and _NEW_NAME
@@ -119,6 +120,10 @@ struct Dirs {
     by_wd: HashMap<i32, PathBuf>,
     /// Name changes smbd made and reported itself, not yet matched by their inotify event.
     own: HashMap<(PathBuf, Vec<u8>), usize>,
+    /// Why each directory is watched: one count per reason (this node's watching handles of
+    /// it, other nodes' watchers, `Shared::watch_for_other_nodes`). The watch goes with the
+    /// last.
+    interest: HashMap<PathBuf, u32>,
 }
 
 pub struct LocalWatcher {
@@ -148,9 +153,13 @@ impl LocalWatcher {
         })
     }
 
-    /// Start watching `dir` (its first watching handle).
+    /// Watch `dir` for one more reason (this node's first watching handle of it, or other
+    /// nodes watching it); [`LocalWatcher::remove`] takes the reason back.
     pub fn add(&self, dir: &Path) {
         let mut d = lock(&self.dirs);
+        *d.interest.entry(dir.to_path_buf()).or_insert(0) += 1;
+        // Also with other reasons standing: the directory may have been removed and made
+        // again under the same name (IN_IGNORED ended the old watch).
         if d.by_path.contains_key(dir) {
             return;
         }
@@ -177,9 +186,20 @@ impl LocalWatcher {
         }
     }
 
-    /// Stop watching `dir` (its last watching handle closed).
+    /// One reason to watch `dir` is gone (this node's last watching handle closed, or no
+    /// other node watches it any more); the watch ends with the last.
     pub fn remove(&self, dir: &Path) {
         let mut d = lock(&self.dirs);
+        match d.interest.get_mut(dir) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                return;
+            }
+            Some(_) => {
+                d.interest.remove(dir);
+            }
+            None => return,
+        }
         if let Some(wd) = d.by_path.remove(dir) {
             d.by_wd.remove(&wd);
             d.own.retain(|(p, _), _| p != dir);
@@ -427,6 +447,24 @@ mod tests {
             )]
         );
         assert!(d.own.is_empty());
+    }
+
+    #[test]
+    fn a_directory_stays_watched_until_its_last_reason_goes() {
+        let top = tempfile::tempdir().unwrap();
+        let w = LocalWatcher::new(1).unwrap();
+        let watched = |w: &LocalWatcher| lock(&w.dirs).by_path.contains_key(top.path());
+        // This node's handle and another node's watch of the same directory.
+        w.add(top.path());
+        w.add(top.path());
+        w.remove(top.path());
+        assert!(watched(&w), "one reason left");
+        w.remove(top.path());
+        assert!(!watched(&w));
+        // A removal with no reason left changes nothing.
+        w.remove(top.path());
+        w.add(top.path());
+        assert!(watched(&w));
     }
 
     #[test]

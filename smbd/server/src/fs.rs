@@ -205,6 +205,31 @@ pub fn statfs_fsid(path: &Path) -> Option<u64> {
     Some(st.fsid)
 }
 
+/// Filesystems whose every user is on this machine, so that inotify here sees every change
+/// to them (statfs(2) magic numbers): ext2/3/4, XFS, Btrfs, tmpfs, ZFS, F2FS, bcachefs,
+/// overlayfs. Everything else (NFS, CIFS, CephFS, GPFS, Lustre, GFS2, OCFS2, FUSE...) may be
+/// changed by other machines without an inotify event here.
+const MACHINE_LOCAL_FILESYSTEMS: &[u64] = &[
+    0xEF53,      // ext2/3/4
+    0x5846_5342, // XFS
+    0x9123_683E, // Btrfs
+    0x0102_1994, // tmpfs
+    0x2FC1_2FC1, // ZFS
+    0xF2F5_2010, // F2FS
+    0xCA45_1A4E, // bcachefs
+    0x794C_7630, // overlayfs
+];
+
+/// Whether every change to the filesystem holding `path` is made on this machine (a local
+/// disk: inotify sees them all), as opposed to a shared or network filesystem other machines
+/// change too. `None` when statfs fails.
+pub fn machine_local_filesystem(path: &Path) -> Option<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let magic = crate::sys::statfs_type(&c).ok()?;
+    Some(MACHINE_LOCAL_FILESYSTEMS.contains(&magic))
+}
+
 pub fn statvfs(path: &Path) -> Option<FsStats> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;

@@ -9,7 +9,7 @@ use smb_auth::users::UserDb;
 #[path = "cluster.rs"]
 pub mod cluster;
 
-use crate::config::{Config, ConfigError, LockTransport};
+use crate::config::{ChangeNotify, Config, ConfigError, LockTransport};
 use crate::locking::{default_lock_service, LockService};
 use crate::shared::{Share, Shared};
 use crate::worker::{Listener, Worker, WorkerError};
@@ -49,6 +49,33 @@ pub enum ServerError {
     Status(String),
     #[error("rdma_proxy_socket {0}")]
     RdmaProxySocket(String),
+}
+
+/// Whether lockmgrd carries change notifications of share `name` (root `root`) between
+/// nodes: `[server] change_notify`, and for "auto" whether another machine can change the
+/// share's filesystem without an inotify event here.
+fn notify_through_lockmgr(mode: ChangeNotify, name: &str, root: &std::path::Path) -> bool {
+    match mode {
+        ChangeNotify::Local => false,
+        ChangeNotify::Cluster | ChangeNotify::Lockmgr => true,
+        ChangeNotify::Auto => match crate::fs::machine_local_filesystem(root) {
+            Some(local) => {
+                tracing::debug!(
+                    share = name,
+                    local,
+                    "change notify: lockmgrd carries other nodes' changes unless the filesystem is this machine's"
+                );
+                !local
+            }
+            None => {
+                tracing::warn!(
+                    share = name,
+                    "statfs of the share root failed: change notify goes through lockmgrd too"
+                );
+                true
+            }
+        },
+    }
 }
 
 /// A bound, not yet running server.
@@ -141,6 +168,8 @@ impl Server {
                     name: s.name.clone(),
                     source,
                 })?;
+            let notify_through_lockmgr =
+                notify_through_lockmgr(config.server.change_notify, &s.name, &root);
             shares.push(Share {
                 name: s.name.clone(),
                 dir: Arc::new(dir),
@@ -154,6 +183,7 @@ impl Server {
                 continuous_availability: s.continuous_availability,
                 dfs_root: s.dfs_root,
                 dfs_links: s.dfs_links()?,
+                notify_through_lockmgr,
             });
         }
         let mut addrs: Vec<SocketAddr> = config.server.listen.clone();
@@ -312,10 +342,10 @@ impl Server {
             }
         }
         // Changes made outside this process reach the watchers too (crate::dirwatch).
-        if self.shared.config.server.local_change_notify {
-            self.shared.start_local_watch();
+        if self.shared.config.server.change_notify == ChangeNotify::Lockmgr {
+            tracing::info!("change_notify = \"lockmgr\": no inotify; other nodes' changes come through lockmgrd");
         } else {
-            tracing::info!("local_change_notify = false: no inotify; other nodes' changes come through lockmgrd");
+            self.shared.start_local_watch();
         }
         let mut handles = Vec::new();
         for idx in 0..self.workers {

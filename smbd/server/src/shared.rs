@@ -41,9 +41,33 @@ pub struct Share {
     /// A DFS root (MS-DFSC) with these links (crate::dfs).
     pub dfs_root: bool,
     pub dfs_links: Vec<crate::config::DfsLink>,
+    /// Change notify: lockmgrd carries changes in this share between nodes, because this
+    /// machine's inotify does not see what other nodes do to its filesystem
+    /// ([`crate::config::ChangeNotify`], [`ClusterNotify`]).
+    pub notify_through_lockmgr: bool,
 }
 
 impl Share {
+    /// A read-write share `name` at `dir` with every option off (unit tests).
+    #[cfg(test)]
+    pub(crate) fn for_tests(name: &str, dir: &std::path::Path) -> Share {
+        Share {
+            name: name.into(),
+            dir: Arc::new(crate::beneath::ShareRoot::open(dir).expect("share root")),
+            root: dir.to_path_buf(),
+            read_only: false,
+            encrypt: false,
+            fs_id: 1,
+            valid_users: Vec::new(),
+            valid_groups: Vec::new(),
+            guest_ok: false,
+            continuous_availability: false,
+            dfs_root: false,
+            dfs_links: Vec::new(),
+            notify_through_lockmgr: false,
+        }
+    }
+
     /// Whether a session may connect to this share.
     pub fn admits(
         &self,
@@ -277,6 +301,16 @@ pub struct Shared {
 ///   to their watchers of that directory as their own changes (`Event::DirChanged`, with
 ///   the same CompletionFilter, WATCH_TREE and overflow rules, `Conn::notify_fire`).
 ///
+/// * on a share whose filesystem other machines change (`change_notify` "cluster", or "auto"
+///   on such a filesystem), inotify runs too: it sees this machine's processes only. The
+///   node also watches, through inotify, the directories other nodes watch (`DirWatched`
+///   says where: the share and the path below its root, `Shared::watch_for_other_nodes`),
+///   and passes on what it sees there as it passes on smbd's own changes; smbd's own
+///   changes are recorded so that their inotify events are not passed on twice
+///   (`crate::dirwatch`). inotify is not recursive: a change made outside SMB below a
+///   directory some node watches the tree of is seen only if some node watches the directory
+///   it is in;
+///
 /// Bounds: lockmgrd caps the directories one node registers (`max_watches`; beyond it the
 /// node logs and its watchers get only local changes); a node sends a change as one
 /// synchronous request of the worker that made it, so a flood of changes is paced by the
@@ -294,6 +328,10 @@ struct ClusterNotify {
     by_id: Mutex<HashMap<crate::locking::FileId, Vec<PathBuf>>>,
     /// Directories other nodes watch (lockmgrd's `DirWatched`): id -> `watched` bits.
     others: Mutex<HashMap<crate::locking::FileId, u8>>,
+    /// Of those, the ones this node's inotify watches for them (a share whose filesystem
+    /// other machines change, `Share::notify_through_lockmgr`): id -> this node's path. What
+    /// this machine's processes change there outside SMB is passed on like smbd's changes.
+    for_others: Mutex<HashMap<crate::locking::FileId, PathBuf>>,
 }
 
 /// A durable reconnect of connection `conn` waiting for the durable open `persistent`.
@@ -499,13 +537,16 @@ impl Shared {
                     self.answer_io_recall(s, *file, *generation);
                     continue;
                 }
-                Notification::DirWatched { dir, state } => {
-                    let mut o = lock(&self.cluster_notify.others);
-                    if *state == 0 {
-                        o.remove(dir);
-                    } else {
-                        o.insert(*dir, *state);
+                Notification::DirWatched { dir, state, path } => {
+                    {
+                        let mut o = lock(&self.cluster_notify.others);
+                        if *state == 0 {
+                            o.remove(dir);
+                        } else {
+                            o.insert(*dir, *state);
+                        }
                     }
+                    self.watch_for_other_nodes(*dir, *state != 0, path);
                     continue;
                 }
                 Notification::DirChanged(c) => {
@@ -915,16 +956,17 @@ impl Shared {
         self.register_watch(&dir);
     }
 
-    /// Whether this node registers its watched directories with the lock service
-    /// ([`ClusterNotify`]).
-    fn registers_watches(&self) -> bool {
-        !self.config.server.local_change_notify && self.locks.one_session_per_node()
+    /// Whether this node registers its watchers of `dir` with the lock service
+    /// ([`ClusterNotify`]): a cluster lock service, and a share whose changes lockmgrd carries.
+    fn registers_watches(&self, dir: &std::path::Path) -> bool {
+        self.locks.one_session_per_node()
+            && self.share_of(dir).is_some_and(|s| s.notify_through_lockmgr)
     }
 
     /// Bring the lock service's registration of `dir` in line with this node's watchers of
     /// it ([`ClusterNotify`]).
     fn register_watch(&self, dir: &PathBuf) {
-        if !self.registers_watches() {
+        if !self.registers_watches(dir) {
             return;
         }
         let cn = &self.cluster_notify;
@@ -947,7 +989,11 @@ impl Shared {
                     );
                     return;
                 };
-                let req = Request::WatchDir { dir: id, tree };
+                let req = Request::WatchDir {
+                    dir: id,
+                    tree,
+                    path: self.cluster_path_of(dir).unwrap_or_default(),
+                };
                 self.lock_requests.count(&req);
                 match self.lock_request(0, 0, req) {
                     Reply::Done(crate::locking::Status::Success) => {
@@ -991,11 +1037,7 @@ impl Shared {
     /// open of it names (`conn/ops/create.rs`), so every node derives the same.
     fn dir_file_id(&self, dir: &std::path::Path) -> Option<crate::locking::FileId> {
         use std::os::unix::fs::MetadataExt;
-        let share = self
-            .shares
-            .iter()
-            .filter(|s| dir.starts_with(&s.root))
-            .max_by_key(|s| s.root.as_os_str().len())?;
+        let share = self.share_of(dir)?;
         let ino = std::fs::metadata(dir).ok()?.ino();
         Some(crate::locking::FileId(crate::fs::stable_file_id(
             share.fs_id,
@@ -1004,13 +1046,49 @@ impl Shared {
         )))
     }
 
-    /// The share root `dir` is below (the top of a WATCH_TREE walk).
-    fn share_root_of(&self, dir: &std::path::Path) -> Option<&std::path::Path> {
+    /// The share `dir` (an absolute path) is in: the one with the longest root above it.
+    fn share_of(&self, dir: &std::path::Path) -> Option<&Share> {
         self.shares
             .iter()
             .filter(|s| dir.starts_with(&s.root))
             .max_by_key(|s| s.root.as_os_str().len())
-            .map(|s| s.root.as_path())
+    }
+
+    /// The share root `dir` is below (the top of a WATCH_TREE walk).
+    fn share_root_of(&self, dir: &std::path::Path) -> Option<&std::path::Path> {
+        self.share_of(dir).map(|s| s.root.as_path())
+    }
+
+    /// Where `dir` is for every node: its share's name and the path below the share root,
+    /// `\`-separated (`WatchDir`'s `path`; each node has the share at its own root). `None` if
+    /// `dir` is in no share, or the path is too long for the wire or not UTF-8.
+    fn cluster_path_of(&self, dir: &std::path::Path) -> Option<String> {
+        let share = self.share_of(dir)?;
+        let mut path = share.name.clone();
+        for c in dir.strip_prefix(&share.root).ok()?.components() {
+            path.push('\\');
+            path.push_str(c.as_os_str().to_str()?);
+        }
+        (path.len() <= crate::locking::MAX_DIR_CHANGE_NAME).then_some(path)
+    }
+
+    /// This node's directory for another node's `path` ([`Shared::cluster_path_of`]): `None`
+    /// for a share this node does not have, or a path that would not stay beneath its root.
+    fn local_dir_of(&self, path: &str) -> Option<PathBuf> {
+        let mut parts = path.split('\\');
+        let name = parts.next()?;
+        let share = self
+            .shares
+            .iter()
+            .find(|s| s.name.eq_ignore_ascii_case(name))?;
+        let mut dir = share.root.clone();
+        for p in parts {
+            if p.is_empty() || p == "." || p == ".." || p.contains(['/', '\0']) {
+                return None;
+            }
+            dir.push(p);
+        }
+        Some(dir)
     }
 
     /// Report a change this node made to the other nodes watching `dir`, or watching the
@@ -1149,7 +1227,7 @@ impl Shared {
                             action,
                             filter,
                             name,
-                        } => shared.post_dir_changed(dir, action, filter, name),
+                        } => shared.outside_change(dir, action, filter, name),
                         crate::dirwatch::Change::Overflow => shared.dirs_overflowed(),
                     }
                 }
@@ -1173,6 +1251,68 @@ impl Shared {
         }
     }
 
+    /// A change made outside smbd on this machine (inotify): to this node's watchers, and, on
+    /// a share whose filesystem other machines change, to the other nodes watching
+    /// ([`ClusterNotify`]).
+    fn outside_change(&self, dir: PathBuf, action: u32, filter: u32, name: String) {
+        if self
+            .share_of(&dir)
+            .is_some_and(|s| s.notify_through_lockmgr)
+        {
+            self.report_to_other_nodes(&dir, action, filter, &name);
+        }
+        self.post_dir_changed(dir, action, filter, name);
+    }
+
+    /// Watch directory `id` with inotify for the other nodes (`watched`: some other node
+    /// watches it; `path`: where, [`Shared::cluster_path_of`]), or stop; only on a share
+    /// whose filesystem other machines change ([`ClusterNotify`]). Called with `routing`
+    /// held.
+    fn watch_for_other_nodes(&self, id: crate::locking::FileId, watched: bool, path: &str) {
+        let Some(l) = self.local_watch.get() else {
+            return;
+        };
+        let mut f = lock(&self.cluster_notify.for_others);
+        if !watched {
+            if let Some(dir) = f.remove(&id) {
+                l.remove(&dir);
+                tracing::debug!(?dir, "no other node watches the directory any more");
+            }
+            return;
+        }
+        if f.contains_key(&id) || path.is_empty() {
+            return;
+        }
+        let Some(dir) = self.local_dir_of(path) else {
+            tracing::debug!(
+                path,
+                "another node watches a directory of a share this node lacks"
+            );
+            return;
+        };
+        if !self
+            .share_of(&dir)
+            .is_some_and(|s| s.notify_through_lockmgr)
+        {
+            return;
+        }
+        // The same path names another directory here (renamed or made again since) or none:
+        // what happens to it is not what the other node watches.
+        if self.dir_file_id(&dir) != Some(id) {
+            tracing::debug!(
+                ?dir,
+                "the directory another node watches is not at its path here"
+            );
+            return;
+        }
+        l.add(&dir);
+        tracing::debug!(
+            ?dir,
+            "watching for other nodes: changes made here outside SMB are passed on"
+        );
+        f.insert(id, dir);
+    }
+
     /// Every watcher of every directory: events were lost.
     fn dirs_overflowed(&self) {
         let all: Vec<(PathBuf, Vec<u64>)> = lock(&self.watches)
@@ -1183,6 +1323,14 @@ impl Shared {
             for c in conns {
                 self.post(c, Event::DirOverflow { dir: dir.clone() });
             }
+        }
+        // What this machine's processes changed where other nodes watch is lost for them too.
+        let for_others: Vec<PathBuf> = lock(&self.cluster_notify.for_others)
+            .values()
+            .cloned()
+            .collect();
+        for dir in for_others {
+            self.report_to_other_nodes(&dir, crate::locking::DIR_CHANGES_LOST, u32::MAX, "");
         }
     }
 
@@ -1347,6 +1495,43 @@ mod tests {
             1,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_watched_directory_is_named_by_share_and_path_and_found_again_beneath_the_root() {
+        let top = tempfile::tempdir().unwrap();
+        let (a, b) = (top.path().join("a"), top.path().join("a/sub"));
+        std::fs::create_dir_all(b.join("d/e")).unwrap();
+        let s = Shared::new(
+            Config::default(),
+            vec![Share::for_tests("Data", &a), Share::for_tests("inner", &b)],
+            UserDb::new(),
+            crate::locking::default_lock_service(),
+            1,
+        )
+        .unwrap();
+        // The share with the longest root names it; another node may spell the share's name
+        // in another case.
+        assert_eq!(
+            s.cluster_path_of(&b.join("d/e")).as_deref(),
+            Some("inner\\d\\e")
+        );
+        assert_eq!(s.cluster_path_of(&a).as_deref(), Some("Data"));
+        assert_eq!(s.cluster_path_of(top.path()), None);
+        assert_eq!(s.local_dir_of("INNER\\d\\e"), Some(b.join("d/e")));
+        assert_eq!(s.local_dir_of("data"), Some(a.clone()));
+        // Nothing another node says leads out of a share or into one this node lacks.
+        for bad in [
+            "data\\..\\x",
+            "data\\.",
+            "data\\\\x",
+            "data\\a/../..",
+            "data\\x\0y",
+            "nosuch\\d",
+            "",
+        ] {
+            assert_eq!(s.local_dir_of(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

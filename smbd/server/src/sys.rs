@@ -448,6 +448,18 @@ pub(crate) fn statvfs(path: &CStr) -> io::Result<libc::statvfs> {
     Ok(unsafe { st.assume_init() })
 }
 
+/// statfs(2)'s `f_type` of `path`: the filesystem's magic number (statfs(2) lists them).
+pub(crate) fn statfs_type(path: &CStr) -> io::Result<u64> {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: `path` is NUL-terminated and `st` points to writable memory of the right type;
+    // statfs only writes into it.
+    check(unsafe { libc::statfs(path.as_ptr(), st.as_mut_ptr()) })?;
+    // SAFETY: statfs returned 0, so it initialised the struct.
+    let st = unsafe { st.assume_init() };
+    // f_type is a signed word on some targets; magic numbers are 32-bit patterns.
+    Ok(st.f_type as u64 & 0xffff_ffff)
+}
+
 /// lgetxattr(2): the value's length when `buf` is empty, else the bytes read into `buf`.
 pub(crate) fn lgetxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
     let ptr = if buf.is_empty() {

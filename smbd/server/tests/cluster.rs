@@ -69,7 +69,7 @@ fn status_counter(status: &str, name: &str) -> Option<u64> {
 }
 
 /// Issue 12, change notify through lockmgrd: both nodes without inotify
-/// (`local_change_notify = false`, as on a cluster filesystem), `scenario` in
+/// (`change_notify = "lockmgr"`), `scenario` in
 /// cluster_client.py; then lockmgrd's counters must show exactly `changes` changes received
 /// and forwarded: none for the changes made in directories nobody watches.
 fn notify_through_lockmgrd(scenario: &str, changes: u64) {
@@ -80,7 +80,7 @@ fn notify_through_lockmgrd(scenario: &str, changes: u64) {
         return;
     };
     let cluster = Cluster::start(ClusterOptions {
-        server_extra: "local_change_notify = false".into(),
+        server_extra: "change_notify = \"lockmgr\"".into(),
         ..ClusterOptions::default()
     });
     let (ok, text) = run_scenario(&cluster, &py, scenario);
@@ -404,13 +404,46 @@ fn change_notify_through_lockmgrd_survives_failover() {
     interactive_scenario(
         ClusterOptions {
             replicated: true,
-            server_extra: "local_change_notify = false".into(),
+            server_extra: "change_notify = \"lockmgr\"".into(),
             ..ClusterOptions::default()
         },
         &client_script(),
         "notifylmfailover",
         "FAILOVER-LOCKMGRD",
         |cluster| cluster.kill_lockmgrd(),
+    );
+}
+
+/// Issue 12, change notify on a cluster filesystem: each node serves the share through its own
+/// FUSE mount (bindfs) of one directory, so each node's inotify sees only its own machine's
+/// side, as on NFS or CephFS; `change_notify` is left at "auto", which must pick "cluster" for
+/// FUSE. Another process's create, rename and delete through node 2's mount reach node 1's
+/// watcher through node 2 and lockmgrd; node 2's client's create arrives once, not again from
+/// node 2's inotify; a create through node 1's own mount arrives from node 1's inotify.
+#[test]
+fn change_notify_on_a_cluster_filesystem_sees_every_nodes_processes() {
+    interactive_scenario(
+        ClusterOptions {
+            node_mounts: true,
+            log_filter: Some("info,smbd::shared=debug".into()),
+            ..ClusterOptions::default()
+        },
+        &client_script(),
+        "notifycfs",
+        "WATCHING",
+        |cluster| {
+            // lockmgrd tells node 2 of node 1's watch asynchronously: what a process does
+            // through node 2's mount before node 2 watches the directory is not seen (as with
+            // any change made before a watch starts).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while !cluster.nodes[1]
+                .log()
+                .contains("watching for other nodes: changes made here outside SMB are passed on")
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        },
     );
 }
 
@@ -444,6 +477,11 @@ fn interactive_scenario(
             PASS,
             scenario,
         ])
+        .env("NOTIFY_SHARE_DIR", &cluster.share)
+        .env(
+            "NODE_MOUNTS",
+            std::env::join_paths(&cluster.mounts).expect("mount paths"),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

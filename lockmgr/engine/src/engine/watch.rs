@@ -23,6 +23,14 @@ use crate::types::{
 /// Who watches one directory: session -> watching its tree.
 pub(super) type Watchers = BTreeMap<SessionId, bool>;
 
+/// One watched directory: where it is (the first non-empty path it was registered with, for
+/// the nodes that watch the filesystem themselves) and who watches it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(super) struct WatchedDir {
+    path: String,
+    watchers: Watchers,
+}
+
 /// What sessions other than `me` watching with `w` means to `me` ([`watched`] bits).
 fn seen_by(w: Option<&Watchers>, me: SessionId) -> u8 {
     let mut state = 0;
@@ -44,11 +52,16 @@ impl Engine {
         request: RequestId,
         dir: FileId,
         tree: bool,
+        path: String,
     ) {
+        if path.len() > MAX_DIR_CHANGE_NAME {
+            self.reply(session, request, Reply::Done(Status::InvalidParameter));
+            return;
+        }
         let known = self
             .watches
             .get(&dir)
-            .is_some_and(|w| w.contains_key(&session));
+            .is_some_and(|w| w.watchers.contains_key(&session));
         if !known {
             let held = self.sessions.get(&session).map_or(0, |s| s.watches);
             if held >= self.config.limits.max_watches {
@@ -60,7 +73,10 @@ impl Engine {
             }
         }
         self.change_watchers(dir, |w| {
-            w.insert(session, tree);
+            if w.path.is_empty() {
+                w.path = path;
+            }
+            w.watchers.insert(session, tree);
         });
         self.reply(session, request, Reply::Done(Status::Success));
     }
@@ -75,7 +91,7 @@ impl Engine {
         if !self
             .watches
             .get(&dir)
-            .is_some_and(|w| w.contains_key(&session))
+            .is_some_and(|w| w.watchers.contains_key(&session))
         {
             return;
         }
@@ -83,7 +99,7 @@ impl Engine {
             s.watches = s.watches.saturating_sub(1);
         }
         self.change_watchers(dir, |w| {
-            w.remove(&session);
+            w.watchers.remove(&session);
         });
     }
 
@@ -91,20 +107,23 @@ impl Engine {
     pub(super) fn watched_by(&self, session: SessionId) -> Vec<FileId> {
         self.watches
             .iter()
-            .filter(|(_, w)| w.contains_key(&session))
+            .filter(|(_, w)| w.watchers.contains_key(&session))
             .map(|(d, _)| *d)
             .collect()
     }
 
     /// Apply `edit` to the watchers of `dir` and tell each session whose view of it changed.
-    fn change_watchers(&mut self, dir: FileId, edit: impl FnOnce(&mut Watchers)) {
-        let before = self.watches.get(&dir).cloned();
+    fn change_watchers(&mut self, dir: FileId, edit: impl FnOnce(&mut WatchedDir)) {
+        let before = self.watches.get(&dir).map(|w| w.watchers.clone());
         let w = self.watches.entry(dir).or_default();
         edit(w);
-        if w.is_empty() {
+        if w.watchers.is_empty() {
             self.watches.remove(&dir);
         }
-        let after = self.watches.get(&dir);
+        let (after, path) = match self.watches.get(&dir) {
+            Some(w) => (Some(&w.watchers), w.path.clone()),
+            None => (None, String::new()),
+        };
         let mut told = Vec::new();
         for s in self.sessions.keys() {
             let (old, new) = (seen_by(before.as_ref(), *s), seen_by(after, *s));
@@ -114,20 +133,25 @@ impl Engine {
         }
         told.sort_unstable();
         for (s, state) in told {
-            self.notify(s, Notification::DirWatched { dir, state });
+            let path = if state == 0 {
+                String::new()
+            } else {
+                path.clone()
+            };
+            self.notify(s, Notification::DirWatched { dir, state, path });
         }
     }
 
     /// A new session learns the directories others watch.
     pub(super) fn tell_watched(&mut self, session: SessionId) {
-        let dirs: Vec<(FileId, u8)> = self
+        let dirs: Vec<(FileId, u8, String)> = self
             .watches
             .iter()
-            .map(|(d, w)| (*d, seen_by(Some(w), session)))
-            .filter(|(_, st)| *st != 0)
+            .map(|(d, w)| (*d, seen_by(Some(&w.watchers), session), w.path.clone()))
+            .filter(|(_, st, _)| *st != 0)
             .collect();
-        for (dir, state) in dirs {
-            self.notify(session, Notification::DirWatched { dir, state });
+        for (dir, state, path) in dirs {
+            self.notify(session, Notification::DirWatched { dir, state, path });
         }
     }
 
@@ -141,7 +165,7 @@ impl Engine {
             .watches
             .get(&c.dir)
             .into_iter()
-            .flatten()
+            .flat_map(|w| w.watchers.iter())
             .filter(|(s, tree)| **s != session && (**tree || !c.subtree))
             .map(|(s, _)| *s)
             .collect();

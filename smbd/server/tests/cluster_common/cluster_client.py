@@ -728,8 +728,8 @@ def collect_changes(d, flags, filt, first, n):
 
 def notifylm(c1, c2):
     """Issue 12, change notify through the lock manager (MS-SMB2 3.3.5.19, MS-FSCC 2.7.1): both
-    nodes run without inotify (local_change_notify = false), as on a cluster filesystem where
-    it cannot see other nodes. Node 1's client watches a directory for name, size and
+    nodes run without inotify (change_notify = "lockmgr"): only changes made through smbd, all
+    carried between nodes by lockmgrd. Node 1's client watches a directory for name, size and
     last-write changes; node 2's client creates a file there, writes it, renames it, deletes
     it, and moves in a file it created in an unwatched directory. Node 1's client must get
     exactly ADDED, MODIFIED, OLD_NAME + NEW_NAME, REMOVED, ADDED, in order, each once."""
@@ -754,6 +754,51 @@ def notifylm(c1, c2):
     want = [(ADDED, "a.txt"), (MODIFIED, "a.txt"), (OLD_NAME, "a.txt"), (NEW_NAME, "b.txt"),
             (REMOVED, "b.txt"), (ADDED, "c.txt")]
     assert got == want, f"changes {got}, want {want}"
+    d.close()
+
+
+def notifycfs(c1, c2):
+    """Issue 12, change notify on a cluster filesystem (MS-SMB2 3.3.5.19, MS-FSCC 2.7.1): each
+    node serves the share through its own FUSE mount ($NODE_MOUNTS: node 1's, node 2's), so a
+    node's inotify sees only what goes through its own mount, as on NFS or CephFS. Node 1's
+    client watches a directory. What another process does there through node 2's mount
+    (create, rename, delete) must reach it through node 2's inotify and lockmgrd; a create
+    through node 1's mount through node 1's own inotify; node 2's client's create through
+    lockmgrd, once (node 2's inotify watches the directory for node 1 and sees that create
+    too: it must not be passed on twice). Each change in order, each exactly once."""
+    import os
+    m1, m2 = os.environ["NODE_MOUNTS"].split(os.pathsep)
+    all_share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
+    filt = FILE_NOTIFY_CHANGE_FILE_NAME
+    d, w = watch_dir(c1, "cfs-dir", filt)
+    # The harness goes on once node 2 watches the directory for node 1 (lockmgrd told it).
+    print("WATCHING", flush=True)
+    sys.stdin.readline()
+
+    def touch(mount, name):
+        os.close(os.open(os.path.join(mount, "cfs-dir", name), os.O_CREAT | os.O_WRONLY, 0o644))
+
+    got = []
+    steps = [
+        (lambda: touch(m2, "out2.txt"), [(ADDED, "out2.txt")]),
+        (lambda: touch(m1, "out1.txt"), [(ADDED, "out1.txt")]),
+        (lambda: c2.open("cfs-dir\\smb2.txt", access=A.GENERIC_READ | A.GENERIC_WRITE,
+                         share=all_share, disposition=CreateDisposition.FILE_CREATE).close(),
+         [(ADDED, "smb2.txt")]),
+        (lambda: os.rename(os.path.join(m2, "cfs-dir", "out2.txt"),
+                           os.path.join(m2, "cfs-dir", "moved2.txt")),
+         [(OLD_NAME, "out2.txt"), (NEW_NAME, "moved2.txt")]),
+        (lambda: os.unlink(os.path.join(m2, "cfs-dir", "moved2.txt")), [(REMOVED, "moved2.txt")]),
+        # Last, through node 1's own mount: a change passed on twice before it shows here.
+        (lambda: touch(m1, "last.txt"), [(ADDED, "last.txt")]),
+    ]
+    want = []
+    for act, expect in steps:
+        act()
+        want.extend(expect)
+        got.extend(collect_changes(d, 0, filt, w, len(expect)))
+        assert got == want, f"changes {got}, want {want}"
+        w = restart_watch(d, filt)
     d.close()
 
 
@@ -1041,7 +1086,7 @@ def dotdot(c1, c2):
 SCENARIOS = {f.__name__: f for f in (sharemode, brl, iogrant, blocking, oplock, lease, doc, kill,
                                      lmrestart, lmfailover, rename, leaseh, streams, links,
                                      notify, notifytree, notifylm, notifylmtree,
-                                     notifylmfailover, notifylmrmdir, dotdot, writetime,
+                                     notifylmfailover, notifylmrmdir, notifycfs, dotdot, writetime,
                                      outsidetime, streamtime, durabletime, twowriters)}
 
 

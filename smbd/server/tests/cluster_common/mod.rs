@@ -133,6 +133,9 @@ pub struct Cluster {
     server_extra: String,
     share_extra: String,
     lockmgrd_args: Vec<String>,
+    /// `ClusterOptions::node_mounts`: node `i`'s mount of `share`.
+    pub mounts: Vec<PathBuf>,
+    log_filter: Option<String>,
 }
 
 #[derive(Clone)]
@@ -155,6 +158,12 @@ pub struct ClusterOptions {
     pub replicated: bool,
     /// Extra command-line arguments of the (first) lockmgrd.
     pub lockmgrd_args: Vec<String>,
+    /// Each node serves the share through its own bindfs (FUSE) mount of the one directory: a
+    /// cluster filesystem in miniature, where a node's inotify sees only what goes through its
+    /// own mount, as on NFS or CephFS. `Cluster::mount` is node `i`'s.
+    pub node_mounts: bool,
+    /// The nodes' RUST_LOG (default: $SMBD_TEST_LOG, else "info").
+    pub log_filter: Option<String>,
 }
 
 /// The pieces of a replicated lock manager in a test cluster.
@@ -186,6 +195,8 @@ impl Default for ClusterOptions {
             share_extra: String::new(),
             replicated: false,
             lockmgrd_args: Vec::new(),
+            node_mounts: false,
+            log_filter: None,
         }
     }
 }
@@ -269,7 +280,30 @@ impl Cluster {
         } else {
             None
         };
+        let mut mounts = Vec::new();
+        if opts.node_mounts {
+            if !have("bindfs") {
+                missing("bindfs not installed (apt-get install bindfs)");
+                return None;
+            }
+            for i in 1..=opts.nodes {
+                let m = dir.path().join(format!("mnt-node{i}"));
+                std::fs::create_dir(&m).unwrap();
+                // use_ino: the backing inode numbers, so every node derives the same file ids;
+                // allow_other and --create-as-user: smbd works as the SMB user's uid.
+                let st = Command::new("bindfs")
+                    .args(["-o", "use_ino,allow_other", "--create-as-user"])
+                    .arg(&share)
+                    .arg(&m)
+                    .status()
+                    .expect("run bindfs");
+                assert!(st.success(), "bindfs {} failed", m.display());
+                mounts.push(m);
+            }
+        }
         let mut cluster = Cluster {
+            mounts,
+            log_filter: opts.log_filter.clone(),
             dir,
             share,
             socket,
@@ -292,7 +326,7 @@ impl Cluster {
             cluster.start_standby();
         }
         for i in 1..=opts.nodes {
-            let node = cluster.start_node(&format!("node{i}"), &users, opts.shared_lockmgr);
+            let node = cluster.start_node(i, &users, opts.shared_lockmgr);
             cluster.nodes.push(node);
         }
         Some(cluster)
@@ -315,14 +349,20 @@ impl Cluster {
         }
     }
 
-    fn start_node(&self, name: &str, users: &Path, shared: bool) -> Node {
+    /// Where node `i` (1-based) serves the share from.
+    pub fn node_share(&self, i: usize) -> &Path {
+        self.mounts.get(i - 1).unwrap_or(&self.share)
+    }
+
+    fn start_node(&self, i: usize, users: &Path, shared: bool) -> Node {
+        let name = &format!("node{i}");
         let cfg = self.dir.path().join(format!("{name}.toml"));
         let mut text = format!(
             "[server]\nnetbios_name = \"{}\"\nusers = \"{}\"\ncluster_fs_id = \"{FS_ID}\"\n{}\n\n[[share]]\nname = \"{SHARE}\"\npath = \"{}\"\n{}\n",
             name.to_uppercase(),
             users.display(),
             self.server_extra.replace("{node}", name),
-            self.share.display(),
+            self.node_share(i).display(),
             self.share_extra
         );
         if shared {
@@ -371,7 +411,9 @@ impl Cluster {
             .arg(listen)
             .env(
                 "RUST_LOG",
-                std::env::var("SMBD_TEST_LOG").unwrap_or("info".into()),
+                self.log_filter
+                    .clone()
+                    .unwrap_or_else(|| std::env::var("SMBD_TEST_LOG").unwrap_or("info".into())),
             )
             .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
@@ -558,6 +600,9 @@ impl Drop for Cluster {
         if let Some(mut c) = self.lockmgrd.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        for m in &self.mounts {
+            let _ = Command::new("umount").arg(m).status();
         }
     }
 }
