@@ -51,14 +51,14 @@
 //! # Optional: a replicated lock manager (primary + standby, epochs in etcd). Start the same
 //! # configuration (with its own name and listen address) on two hosts: the first to reach
 //! # etcd is primary, the second attaches as its standby and takes over when it dies. Nodes
-//! # list both addresses. Replicas use the same transport kind as the nodes (udp, shm,
-//! # afpacket or afxdp).
+//! # list both addresses. Replicas use the same transport kind as the nodes (any of them).
 //! [replication]
 //! name = "lockmgr-a"                     # unique per replica: [A-Za-z0-9._-], at most 64 bytes
 //! etcd = ["http://10.0.0.10:2379"]       # etcd endpoints
 //! cluster = "prod"                       # etcd key prefix /clustersmb/<cluster>/lockmgr/
 //! # advertise = "10.0.0.1:7100"          # where nodes and the other replica reach this one
-//! #                                      # (default: transport.listen); afpacket/afxdp: the
+//! #                                      # (default: transport.listen; rdma: the TCP side
+//! #                                      # channel's ADDR:PORT); afpacket/afxdp: the
 //! #                                      # MAC of transport.interface, "02:00:00:00:00:01"
 //! #                                      # (default: that interface's MAC)
 //! # link_interface = "eth2"              # afpacket/afxdp: the interface this replica reaches
@@ -534,19 +534,16 @@ impl Config {
     /// replication link, a raw-Ethernet replica's address (its MAC) and link interface.
     fn validate_replica_link(&self, r: &ReplicationConfig) -> Result<(), ConfigError> {
         let kind = self.transport.kind;
-        if !matches!(
-            kind,
-            TransportKind::Udp
-                | TransportKind::Shm
-                | TransportKind::Afpacket
-                | TransportKind::Afxdp
-        ) {
-            return Err(ConfigError::Invalid {
-                field: "replication",
-                message: "replicas talk over udp, shm, afpacket or afxdp for now".into(),
-            });
-        }
         if !kind.is_ethernet() {
+            // udp, rdma: ADDR:PORT (rdma: the TCP side channel), like `listen`.
+            if let (Some(a), TransportKind::Udp | TransportKind::Rdma) = (&r.advertise, kind) {
+                if a.parse::<std::net::SocketAddr>().is_err() {
+                    return Err(ConfigError::Invalid {
+                        field: "replication.advertise",
+                        message: format!("{a:?} is not ADDR:PORT"),
+                    });
+                }
+            }
             if r.link_interface.is_some() {
                 return Err(ConfigError::Invalid {
                     field: "replication.link_interface",
@@ -956,7 +953,16 @@ listen = "127.0.0.1:7500"
         let udp = GOOD.to_owned()
             + "[replication]\nname = \"a\"\netcd = [\"http://e:2379\"]\ncluster = \"t\"\n";
         Config::parse(&udp).unwrap();
-        let (field, _) = field_of(Config::parse(&(udp + "link_interface = \"lm1\"\n")));
+        let (field, _) = field_of(Config::parse(&(udp.clone() + "link_interface = \"lm1\"\n")));
         assert_eq!(field, "replication.link_interface");
+        // udp and rdma (the TCP side channel) replicas are reached at ADDR:PORT.
+        let (field, _) = field_of(Config::parse(
+            &(udp.clone() + "advertise = \"02:6c:6d:00:01:00\"\n"),
+        ));
+        assert_eq!(field, "replication.advertise");
+        let rdma = udp.replace("kind = \"udp\"", "kind = \"rdma\"");
+        Config::parse(&(rdma.clone() + "advertise = \"10.0.0.1:7600\"\n")).unwrap();
+        let (field, _) = field_of(Config::parse(&(rdma + "advertise = \"rxe0\"\n")));
+        assert_eq!(field, "replication.advertise");
     }
 }

@@ -301,6 +301,12 @@ fn run(cli: Cli) -> Result<(), String> {
                 .unwrap_or_else(|| cfg.transport.interface().to_owned()),
             ethertype: cfg.transport.ethertype,
         };
+        // RDMA: the standby opens a queue pair on this replica's device, set up over the
+        // primary's TCP side channel (its address), after proving the cluster key there.
+        let link_rdma = lockmgr_rdma::RdmaConfig {
+            fabric_key: link_reliable.fabric_key,
+            ..cfg.transport.rdma()
+        };
         HaOptions {
             name: r.name.clone(),
             // Raw Ethernet without `advertise`: filled in with the interface's MAC once the
@@ -336,7 +342,12 @@ fn run(cli: Cli) -> Result<(), String> {
                     server: replica_mac(address)?,
                     cfg: link_reliable,
                 }),
-                other => Err(format!("replicas cannot talk over {other:?} yet")),
+                TransportKind::Rdma => Ok(TransportSpec::Rdma {
+                    server: address
+                        .parse()
+                        .map_err(|e| format!("replica address {address:?}: {e}"))?,
+                    cfg: link_rdma.clone(),
+                }),
             }),
         }
     });
