@@ -190,43 +190,47 @@ fn follow_log(
     });
 }
 
-/// lockmgrd as replica `name` in client namespace `client` of the star, serving on `veth0`
-/// (AF_XDP: the standby link on `veth1`), reaching etcd through its relay `etcd_port`.
-/// No `--advertise`: a raw-Ethernet replica is recorded at its interface's MAC.
-fn start_replica(
-    star: &NetnsStar,
+/// What every replica of one test is started with.
+struct Setup<'a> {
+    star: &'a NetnsStar,
     medium: Medium,
-    client: usize,
-    name: &str,
-    etcd: &Etcd,
-    etcd_port: u16,
-    key_file: &std::path::Path,
+    etcd: &'a Etcd,
+    key_file: &'a std::path::Path,
+    /// When the standby's log said it suspected its primary.
     suspected: std::sync::Arc<std::sync::Mutex<Option<Instant>>>,
-) -> Proc {
-    let log = std::env::var("REPLICA_LOG").unwrap_or_else(|_| "info".into());
-    let mut command = NetnsPair::command_in(&star.clients[client], env!("CARGO_BIN_EXE_lockmgrd"));
-    command
-        .args(["--transport", medium.kind(), "--interface", IFACE])
-        .arg("--cluster-key-file")
-        .arg(key_file)
-        .args(["--spin-us", "0", "--liveness-ms", "2000"])
-        .args(["--replica-name", name, "--etcd"])
-        .arg(format!("http://127.0.0.1:{etcd_port}"))
-        .args(["--cluster-name", &etcd.cluster, "--failover-ms", "100"])
-        .args(["--log", &log]);
-    if medium == Medium::AfXdp {
-        command.args(["--link-interface", LINK_IFACE]);
+}
+
+impl Setup<'_> {
+    /// lockmgrd as replica `name` in client namespace `client` of the star, serving on
+    /// `veth0` (AF_XDP: the standby link on `veth1`), reaching etcd through its relay
+    /// `etcd_port`. No `--advertise`: a raw-Ethernet replica is recorded at its interface's MAC.
+    fn start_replica(&self, client: usize, name: &str, etcd_port: u16) -> Proc {
+        let log = std::env::var("REPLICA_LOG").unwrap_or_else(|_| "info".into());
+        let mut command =
+            NetnsPair::command_in(&self.star.clients[client], env!("CARGO_BIN_EXE_lockmgrd"));
+        command
+            .args(["--transport", self.medium.kind(), "--interface", IFACE])
+            .arg("--cluster-key-file")
+            .arg(self.key_file)
+            .args(["--spin-us", "0", "--liveness-ms", "2000"])
+            .args(["--replica-name", name, "--etcd"])
+            .arg(format!("http://127.0.0.1:{etcd_port}"))
+            .args(["--cluster-name", &self.etcd.cluster, "--failover-ms", "100"])
+            .args(["--log", &log]);
+        if self.medium == Medium::AfXdp {
+            command.args(["--link-interface", LINK_IFACE]);
+        }
+        // `ip netns exec` execs lockmgrd in place: the child's PID is lockmgrd's.
+        let mut child = command
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn lockmgrd");
+        if let Some(stderr) = child.stderr.take() {
+            follow_log(name, stderr, self.suspected.clone());
+        }
+        Proc(child)
     }
-    // `ip netns exec` execs lockmgrd in place: the child's PID is lockmgrd's.
-    let mut child = command
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn lockmgrd");
-    if let Some(stderr) = child.stderr.take() {
-        follow_log(name, stderr, suspected);
-    }
-    Proc(child)
 }
 
 fn options(name: &str) -> ClientOptions {
@@ -367,29 +371,18 @@ fn standby_takes_over(medium: Medium) {
     let relay_b = relay_into(&star.clients[LM_B], etcd.addr);
     let (mac_a, mac_b) = (client_mac(LM_A), client_mac(LM_B));
 
-    let mut a = start_replica(
-        &star,
+    let setup = Setup {
+        star: &star,
         medium,
-        LM_A,
-        "lm-a",
-        &etcd,
-        relay_a,
-        &key_file,
-        suspected.clone(),
-    );
+        etcd: &etcd,
+        key_file: &key_file,
+        suspected: suspected.clone(),
+    };
+    let mut a = setup.start_replica(LM_A, "lm-a", relay_a);
     let first = wait_config(&etcd, "lm-a primary", |c| c.primary.name == "lm-a");
     // Recorded at its interface's MAC, which is where the standby and the nodes reach it.
     assert_eq!(first.primary.address, mac_a.to_string());
-    let _b = start_replica(
-        &star,
-        medium,
-        LM_B,
-        "lm-b",
-        &etcd,
-        relay_b,
-        &key_file,
-        suspected.clone(),
-    );
+    let _b = setup.start_replica(LM_B, "lm-b", relay_b);
     // The standby attached over raw Ethernet, installed the snapshot and caught up: only
     // then does the primary record it.
     let recorded = wait_config(&etcd, "lm-b recorded as standby", |c| {
