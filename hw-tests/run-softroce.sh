@@ -15,7 +15,7 @@
 #   SOFTROCE_CIFS           1 (default): build cifs.ko with SMB Direct for the guest kernel and
 #                           run the kernel-client tests (rdma-suite --cifs: the SMB Direct mount;
 #                           --ca-failover: ping_pong on a CA share across a lockmgrd primary
-#                           kill, with etcd-server and ctdb's ping_pong); a failure to
+#                           kill, with ctdb's ping_pong); a failure to
 #                           build it fails the run. 0 leaves that test out (local runs only).
 #   RDMA_SUITE_LOG, SMBDIRECTD_LOG
 #                           tracing filters passed to rdma-suite (and the smbd in it) and
@@ -137,6 +137,12 @@ if [ ! -f "$KROOT/boot/vmlinuz-$KVER" ]; then
     mv "$KROOT.tmp" "$KROOT"
 fi
 
+# A primary and a standby lockmgrd replicating over RDMA (rdma-suite --replication) keep their
+# epochs in etcd.
+apt_install etcd-server || fail "cannot install etcd-server (the replicated lockmgrd's epochs)"
+ETCD_BIN=$(command -v etcd) || fail "etcd-server installed no etcd"
+REPL_ARG="--replication /usr/local/bin/lockmgrd,$ETCD_BIN"
+
 # ---- the kernel SMB client with SMB Direct -------------------------------------------------------
 # Debian builds cifs.ko without CONFIG_CIFS_SMB_DIRECT; the suite's kernel-client test needs one
 # built from the same kernel version's source and headers (cached per version).
@@ -151,8 +157,7 @@ if [ "$CIFS" = 1 ]; then
     log "cifs.ko with SMB Direct: $CIFS_KO"
     # The kernel client's ping_pong across a lock manager failover also needs etcd (epochs of
     # the replicated lockmgrd) and CTDB's ping_pong in the guest.
-    apt_install etcd-server ctdb || fail "cannot install etcd-server and ctdb (ping_pong)"
-    ETCD_BIN=$(command -v etcd) || fail "etcd-server installed no etcd"
+    apt_install ctdb || fail "cannot install ctdb (ping_pong)"
     PING_PONG_BIN=$(command -v ping_pong) || fail "ctdb installed no ping_pong"
     CIFS_ARG="--cifs --ca-failover /usr/local/bin/lockmgrd,$ETCD_BIN,$PING_PONG_BIN"
 fi
@@ -211,9 +216,9 @@ cp /bin/busybox "$R/bin/busybox"
 RDMA_TOOL=$(command -v rdma || echo /sbin/rdma)
 PROVIDER=$(ls "$ARCH_LIB"/libibverbs/librxe-rdmav*.so 2>/dev/null | head -1)
 [ -n "$PROVIDER" ] || fail "rxe verbs provider not found (ibverbs-providers)"
-copy_with_libs "$RDMA_TOOL" "$PROVIDER" "$BIN" "$BENCH_BIN" "$SDD_BIN" "$LOCKMGRD_BIN"
+copy_with_libs "$RDMA_TOOL" "$PROVIDER" "$BIN" "$BENCH_BIN" "$SDD_BIN" "$LOCKMGRD_BIN" "$ETCD_BIN"
 if [ "$CIFS" = 1 ]; then
-    copy_with_libs "$ETCD_BIN" "$PING_PONG_BIN"
+    copy_with_libs "$PING_PONG_BIN"
 fi
 cp /etc/libibverbs.d/rxe.driver "$R/etc/libibverbs.d/"
 mkdir -p "$R/usr/local/bin"
@@ -307,7 +312,7 @@ echo "GUEST: rxe0 gid[1]=\$g"
 echo "GUEST: running rdma-suite"
 grep -q SMB_DIRECT /proc/fs/cifs/DebugData 2>/dev/null && echo "GUEST: cifs has SMB_DIRECT" ||
     echo "GUEST: no cifs with SMB_DIRECT loaded"
-/usr/local/bin/rdma-suite --lockbench /usr/local/bin/lockbench --smbdirectd /usr/local/bin/smbdirectd $CIFS_ARG
+/usr/local/bin/rdma-suite --lockbench /usr/local/bin/lockbench --smbdirectd /usr/local/bin/smbdirectd $CIFS_ARG $REPL_ARG
 echo "SOFTROCE-STATUS: \$?"
 sync
 poweroff -f

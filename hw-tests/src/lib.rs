@@ -3,4 +3,5 @@
 
 pub mod ca_failover;
 pub mod cifs_mount;
+pub mod replication_rdma;
 pub mod smbdirect;

@@ -1,6 +1,7 @@
 //! replbench: what replication costs the lock path, measured in one run.
 //!
-//! Three measurements over the same transport (UDP on loopback):
+//! Three measurements over the same transport (`--transport udp`: UDP on loopback, the
+//! default; `shm`: shared-memory rings, the replicas' link too):
 //! 1. the transport's own round trip (an echo server): the "one raw round trip" baseline;
 //! 2. lockmgrd without replication (a bare engine);
 //! 3. a replicated lockmgrd: primary + standby (two in-process replicas, epochs in a private
@@ -12,10 +13,11 @@
 //! the HA issue targets (<= 1.2x and >= 0.7x).
 //!
 //!     cargo build --release -p lockbench
-//!     target/release/replbench [--duration 3] [--batch 64] [--depth 4] [--json]
+//!     target/release/replbench [--transport udp|shm] [--duration 3] [--batch 64] [--depth 4] [--json]
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,11 +25,12 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use lockbench::lockload::{self, LoadSpec, Op, Pattern};
 use lockbench::report::{new_histogram, record, Percentiles};
-use lockmgr_client::{ClientOptions, LockClient, TransportSpec};
+use lockmgr_client::{AnyTransport, ClientOptions, LockClient, TransportSpec};
 use lockmgr_coord::{Coordinator, LocalEtcd};
 use lockmgr_proto::ClusterKey;
 use lockmgr_transport::reliable::ReliableConfig;
-use lockmgr_transport::udp::{UdpClient, UdpServer};
+use lockmgr_transport::shm::{ShmConfig, ShmServer};
+use lockmgr_transport::udp::UdpServer;
 use lockmgr_transport::{raw, FabricKey, ServerTransport, SpinConfig};
 use lockmgrd::replication::HaOptions;
 use lockmgrd::{Server, ServerOptions};
@@ -40,6 +43,9 @@ const KEY: &[u8] = b"replbench-cluster-key-0123456789";
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Cli {
+    /// The transport of the nodes and of the replicas' link.
+    #[arg(long, value_enum, default_value_t = Kind::Udp)]
+    transport: Kind,
     /// Seconds per measurement.
     #[arg(long, default_value_t = 3.0)]
     duration: f64,
@@ -61,6 +67,41 @@ struct Cli {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Udp,
+    Shm,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Udp => "udp",
+            Kind::Shm => "shm",
+        }
+    }
+}
+
+/// How a client (a node, or the standby's link) reaches the server at `address` (udp:
+/// ADDR:PORT, shm: the unix socket's path).
+fn spec(kind: Kind, address: &str, spin: SpinConfig) -> Result<TransportSpec, String> {
+    Ok(match kind {
+        Kind::Udp => TransportSpec::Udp {
+            server: address.parse().map_err(|e| format!("{address:?}: {e}"))?,
+            cfg: reliable(spin),
+        },
+        Kind::Shm => TransportSpec::Shm {
+            path: PathBuf::from(address),
+            spin,
+            timeout: Duration::from_secs(2),
+        },
+    })
+}
+
+fn connect(kind: Kind, address: &str, spin: SpinConfig) -> Result<AnyTransport, String> {
+    lockmgr_client::connect(&spec(kind, address, spin)?).map_err(|e| e.to_string())
 }
 
 #[derive(serde::Serialize)]
@@ -126,8 +167,8 @@ struct Running {
 }
 
 impl Running {
-    fn spawn(
-        server: impl FnOnce() -> Result<Server<UdpServer>, String> + Send + 'static,
+    fn spawn<T: ServerTransport + 'static>(
+        server: impl FnOnce() -> Result<Server<T>, String> + Send + 'static,
         waker: lockmgr_transport::Waker,
     ) -> Running {
         let stop = Arc::new(AtomicBool::new(false));
@@ -158,14 +199,9 @@ impl Drop for Running {
     }
 }
 
-fn measure(
-    cli: &Cli,
-    addr: SocketAddr,
-    spin: SpinConfig,
-    setup: &'static str,
-) -> Result<Row, String> {
+fn measure(cli: &Cli, addr: &str, spin: SpinConfig, setup: &'static str) -> Result<Row, String> {
     let run = |batch: usize, depth: usize, index: usize| -> Result<lockload::LoadResult, String> {
-        let t = UdpClient::connect(addr, reliable(spin)).map_err(|e| e.to_string())?;
+        let t = connect(cli.transport, addr, spin)?;
         let mut c = LockClient::connect(
             t,
             &ClientOptions {
@@ -202,20 +238,47 @@ fn measure(
 
 fn run(cli: &Cli) -> Result<Report, String> {
     let spin = SpinConfig::adaptive(Duration::from_micros(cli.spin_us));
-    let loopback = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    match cli.transport {
+        Kind::Udp => run_with(cli, spin, &|_: &str| {
+            let loopback = SocketAddr::from(([127, 0, 0, 1], free_port()));
+            let server = UdpServer::bind(loopback, reliable(spin)).map_err(|e| e.to_string())?;
+            let addr = server.local_addr().map_err(|e| e.to_string())?;
+            Ok((server, addr.to_string()))
+        }),
+        Kind::Shm => {
+            let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+            let base = dir.path().to_owned();
+            run_with(cli, spin, &move |name: &str| {
+                let path = base.join(format!("{name}.sock"));
+                let cfg = ShmConfig {
+                    spin,
+                    ..ShmConfig::default()
+                };
+                let server = ShmServer::bind(&path, cfg).map_err(|e| e.to_string())?;
+                Ok((server, path.display().to_string()))
+            })
+        }
+    }
+}
 
+/// A server of `T` named `name` and its address, for [`run_with`].
+type Bind<'a, T> = dyn Fn(&str) -> Result<(T, String), String> + 'a;
+
+/// The three measurements over servers `bind` makes.
+fn run_with<T: ServerTransport + 'static>(
+    cli: &Cli,
+    spin: SpinConfig,
+    bind: &Bind<'_, T>,
+) -> Result<Report, String> {
+    let kind = cli.transport;
     // 1. One transport round trip.
-    let echo_server = UdpServer::bind(loopback(0), reliable(spin)).map_err(|e| e.to_string())?;
-    let echo_addr = echo_server.local_addr().map_err(|e| e.to_string())?;
+    let (echo_server, echo_addr) = bind("echo")?;
     let echo = raw::EchoServer::spawn(echo_server);
-    let mut tc = UdpClient::connect(echo_addr, reliable(spin)).map_err(|e| e.to_string())?;
-    lockmgr_transport::ClientTransport::authenticate(
-        &mut tc,
-        &FabricKey::new(key().fabric_secret()),
-    )
-    .map_err(|e| e.to_string())?;
+    let mut tc = connect(kind, &echo_addr, spin)?;
+    tc.authenticate(&FabricKey::new(key().fabric_secret()))
+        .map_err(|e| e.to_string())?;
     let samples = raw::transport_pingpong(
-        &mut tc,
+        tc.as_mut(),
         cli.raw_rounds,
         cli.raw_rounds / 10,
         lockload::lock_frame_len(),
@@ -230,52 +293,45 @@ fn run(cli: &Cli) -> Result<Report, String> {
     let echo_p = Percentiles::of(&h);
 
     // 2. lockmgrd without replication.
-    let alone_server = UdpServer::bind(loopback(0), reliable(spin)).map_err(|e| e.to_string())?;
-    let alone_addr = alone_server.local_addr().map_err(|e| e.to_string())?;
+    let (alone_server, alone_addr) = bind("alone")?;
     let alone_waker = alone_server.waker();
     let alone = Running::spawn(
         move || Ok(Server::new(alone_server, server_options())),
         alone_waker,
     );
-    let alone_row = measure(cli, alone_addr, spin, "lockmgrd alone")?;
+    let alone_row = measure(cli, &alone_addr, spin, "lockmgrd alone")?;
     drop(alone);
 
     // 3. Primary + standby.
     let etcd = LocalEtcd::start().map_err(|e| e.to_string())?;
-    let ha = |name: &str, addr: SocketAddr| HaOptions {
+    let ha = |name: &str, addr: &str| HaOptions {
         name: name.into(),
-        address: addr.to_string(),
+        address: addr.to_owned(),
         etcd: vec![etcd.endpoint().to_owned()],
         cluster: "replbench".into(),
         failover: Duration::from_millis(cli.failover_ms),
         etcd_deadline: Duration::from_secs(2),
-        link: Box::new(move |a: &str| {
-            Ok(TransportSpec::Udp {
-                server: a.parse().map_err(|e| format!("{a:?}: {e}"))?,
-                cfg: reliable(spin),
-            })
-        }),
+        link: Box::new(move |a: &str| spec(kind, a, spin)),
     };
-    let (pa, pb) = (loopback(free_port()), loopback(free_port()));
-    let a_server = UdpServer::bind(pa, reliable(spin)).map_err(|e| e.to_string())?;
+    let (a_server, pa) = bind("bench-a")?;
     let a_waker = a_server.waker();
-    let a_opts = ha("bench-a", pa);
+    let a_opts = ha("bench-a", &pa);
     let primary = Running::spawn(
         move || lockmgrd::replication::start(a_server, server_options(), a_opts),
         a_waker,
     );
     wait_for(&etcd, |c| c.primary.name == "bench-a")?;
     // The replica's own cost (input log, outboxes) before any standby is attached.
-    let solo_row = measure(cli, pa, spin, "primary, no standby")?;
-    let b_server = UdpServer::bind(pb, reliable(spin)).map_err(|e| e.to_string())?;
+    let solo_row = measure(cli, &pa, spin, "primary, no standby")?;
+    let (b_server, pb) = bind("bench-b")?;
     let b_waker = b_server.waker();
-    let b_opts = ha("bench-b", pb);
+    let b_opts = ha("bench-b", &pb);
     let standby = Running::spawn(
         move || lockmgrd::replication::start(b_server, server_options(), b_opts),
         b_waker,
     );
     wait_for(&etcd, |c| c.standbys.iter().any(|m| m.name == "bench-b"))?;
-    let repl_row = measure(cli, pa, spin, "primary + standby")?;
+    let repl_row = measure(cli, &pa, spin, "primary + standby")?;
     drop(standby);
     drop(primary);
     drop(etcd);
@@ -286,7 +342,7 @@ fn run(cli: &Cli) -> Result<Report, String> {
         / echo_p.p50_ns.max(1) as f64;
     let ratio = repl_row.throughput_ops_per_s / alone_row.throughput_ops_per_s.max(1e-9);
     Ok(Report {
-        transport: "udp",
+        transport: kind.name(),
         batch: cli.batch,
         depth: cli.depth,
         transport_echo_p50_ns: echo_p.p50_ns,

@@ -14,7 +14,7 @@
 //! Usage:
 //!   rdma-suite [--addr IP] [--device NAME] [--port N] [--gid-index N] [--bench-ops N]
 //!              [--lockbench PATH] [--smbdirectd PATH] [--cifs]
-//!              [--ca-failover LOCKMGRD,ETCD,PING_PONG]
+//!              [--ca-failover LOCKMGRD,ETCD,PING_PONG] [--replication LOCKMGRD,ETCD]
 //!   rdma-suite hold --server IP:PORT --file HEX [device options]   (internal)
 //!   rdma-suite sd-hold --server IP:PORT   (internal: an SMB Direct client that waits to be killed)
 //!
@@ -26,7 +26,9 @@
 //! -o rdma`; needs root, `mount`/`umount` and a cifs.ko with SMB Direct loaded, as the soft-RoCE
 //! guest has; [`hw_tests::cifs_mount`]) and fail if that is impossible. `--ca-failover`: the
 //! kernel client's ping_pong on a continuously available share across the SIGKILL of the
-//! primary lockmgrd ([`hw_tests::ca_failover`]; needs root and cifs.ko).
+//! primary lockmgrd ([`hw_tests::ca_failover`]; needs root and cifs.ko). `--replication`: a
+//! primary and a standby lockmgrd replicating over RDMA, the primary SIGKILLed while nodes
+//! hold locks ([`hw_tests::replication_rdma`]).
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 use std::io::{BufRead, BufReader, Write};
@@ -76,6 +78,8 @@ struct Args {
     /// Run the kernel cifs ping_pong test across a lockmgrd failover: lockmgrd, etcd and
     /// ping_pong binaries, comma-separated.
     ca_failover: Option<String>,
+    /// Run the replica pair over RDMA: lockmgrd and etcd binaries, comma-separated.
+    replication: Option<String>,
     // `hold` sub-command only.
     server: Option<SocketAddr>,
     file: u128,
@@ -90,6 +94,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<(bool, Args), Stri
         lockbench: None,
         smbdirectd: None,
         ca_failover: None,
+        replication: None,
         cifs: false,
         server: None,
         file: 0,
@@ -119,6 +124,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<(bool, Args), Stri
             "--smbdirectd" => a.smbdirectd = Some(PathBuf::from(val("--smbdirectd")?)),
             "--cifs" => a.cifs = true,
             "--ca-failover" => a.ca_failover = Some(val("--ca-failover")?),
+            "--replication" => a.replication = Some(val("--replication")?),
             "--server" => {
                 a.server = Some(
                     val("--server")?
@@ -984,6 +990,21 @@ fn main() -> ExitCode {
             )),
         };
         report("kernel_cifs_ping_pong_across_lockmgrd_failover", start, r);
+    }
+    if let Some(tools) = &args.replication {
+        let start = Instant::now();
+        let r = match tools.split(',').map(PathBuf::from).collect::<Vec<_>>()[..] {
+            [ref lockmgrd, ref etcd] => hw_tests::replication_rdma::test_replica_pair_over_rdma(
+                &hw_tests::replication_rdma::Tools {
+                    lockmgrd: lockmgrd.clone(),
+                    etcd: etcd.clone(),
+                },
+                ip,
+                &args.device,
+            ),
+            _ => Err(format!("--replication wants LOCKMGRD,ETCD, got {tools:?}")),
+        };
+        report("replica_pair_over_rdma_survives_a_primary_kill", start, r);
     }
     match find_helper(&args.lockbench, "lockbench") {
         Ok(Some(bin)) => {

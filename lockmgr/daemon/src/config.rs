@@ -51,13 +51,21 @@
 //! # Optional: a replicated lock manager (primary + standby, epochs in etcd). Start the same
 //! # configuration (with its own name and listen address) on two hosts: the first to reach
 //! # etcd is primary, the second attaches as its standby and takes over when it dies. Nodes
-//! # list both addresses. Replicas use the same transport kind as the nodes (udp or shm).
+//! # list both addresses. Replicas use the same transport kind as the nodes (any of them).
 //! [replication]
 //! name = "lockmgr-a"                     # unique per replica: [A-Za-z0-9._-], at most 64 bytes
 //! etcd = ["http://10.0.0.10:2379"]       # etcd endpoints
 //! cluster = "prod"                       # etcd key prefix /clustersmb/<cluster>/lockmgr/
 //! # advertise = "10.0.0.1:7100"          # where nodes and the other replica reach this one
-//! #                                      # (default: transport.listen)
+//! #                                      # (default: transport.listen; rdma: the TCP side
+//! #                                      # channel's ADDR:PORT); afpacket/afxdp: the
+//! #                                      # MAC of transport.interface, "02:00:00:00:00:01"
+//! #                                      # (default: that interface's MAC)
+//! # link_interface = "eth2"              # afpacket/afxdp: the interface this replica reaches
+//! #                                      # its primary through as standby (afpacket default:
+//! #                                      # transport.interface; afxdp: required, another
+//! #                                      # interface on the same segment, as one AF_XDP
+//! #                                      # socket holds a whole interface queue)
 //! failover_ms = 100                      # a partner silent this long is declared dead
 //! ```
 //!
@@ -370,6 +378,9 @@ pub struct ReplicationConfig {
     pub etcd: Vec<String>,
     pub cluster: String,
     pub advertise: Option<String>,
+    /// afpacket/afxdp: the interface the standby's link to its primary uses.
+    #[serde(default)]
+    pub link_interface: Option<String>,
     #[serde(default = "default_failover_ms")]
     pub failover_ms: u64,
 }
@@ -508,12 +519,7 @@ impl Config {
         }
         if let Some(r) = &self.replication {
             r.validate()?;
-            if !matches!(self.transport.kind, TransportKind::Udp | TransportKind::Shm) {
-                return Err(ConfigError::Invalid {
-                    field: "replication",
-                    message: "replicas talk over udp or shm for now".into(),
-                });
-            }
+            self.validate_replica_link(r)?;
         }
         if self.transport.socket_group.is_some() && self.transport.kind != TransportKind::Shm {
             return Err(ConfigError::Invalid {
@@ -522,6 +528,65 @@ impl Config {
             });
         }
         self.validate_rdma()
+    }
+
+    /// How the replicas reach each other over this transport: the kinds that carry a
+    /// replication link, a raw-Ethernet replica's address (its MAC) and link interface.
+    fn validate_replica_link(&self, r: &ReplicationConfig) -> Result<(), ConfigError> {
+        let kind = self.transport.kind;
+        if !kind.is_ethernet() {
+            // udp, rdma: ADDR:PORT (rdma: the TCP side channel), like `listen`.
+            if let (Some(a), TransportKind::Udp | TransportKind::Rdma) = (&r.advertise, kind) {
+                if a.parse::<std::net::SocketAddr>().is_err() {
+                    return Err(ConfigError::Invalid {
+                        field: "replication.advertise",
+                        message: format!("{a:?} is not ADDR:PORT"),
+                    });
+                }
+            }
+            if r.link_interface.is_some() {
+                return Err(ConfigError::Invalid {
+                    field: "replication.link_interface",
+                    message: "only applies to kind = \"afpacket\" or \"afxdp\"".into(),
+                });
+            }
+            return Ok(());
+        }
+        if let Some(a) = &r.advertise {
+            if a.parse::<lockmgr_transport::eth::MacAddr>().is_err() {
+                return Err(ConfigError::Invalid {
+                    field: "replication.advertise",
+                    message: format!(
+                        "afpacket/afxdp replicas are reached by the MAC of their interface: \
+                         {a:?} is not a MAC address like 02:00:00:00:00:01"
+                    ),
+                });
+            }
+        }
+        match r.link_interface.as_deref() {
+            Some("") => Err(ConfigError::Invalid {
+                field: "replication.link_interface",
+                message: "empty".into(),
+            }),
+            None if kind == TransportKind::Afxdp => Err(ConfigError::Invalid {
+                field: "replication.link_interface",
+                message: format!(
+                    "afxdp replicas need an interface for the standby's link besides {:?} \
+                     (one AF_XDP socket holds a whole interface queue)",
+                    self.transport.interface()
+                ),
+            }),
+            Some(l) if kind == TransportKind::Afxdp && l == self.transport.interface() => {
+                Err(ConfigError::Invalid {
+                    field: "replication.link_interface",
+                    message: format!(
+                        "{l:?} is the interface lockmgrd serves on; afxdp needs another one \
+                         (one AF_XDP socket holds a whole interface queue)"
+                    ),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The RDMA keys: ranges here, device existence when the transport opens it.
@@ -849,5 +914,55 @@ listen = "127.0.0.1:7500"
         assert!(Config::parse(&both).unwrap().cluster_key().is_err());
         let none = GOOD.replace("cluster_key_hex = \"000102030405060708090a0b0c0d0e0f\"", "");
         assert!(Config::parse(&none).unwrap().cluster_key().is_err());
+    }
+
+    #[test]
+    fn raw_ethernet_replicas_are_addressed_by_mac_and_afxdp_needs_a_link_interface() {
+        let cfg = |kind: &str, repl: &str| {
+            Config::parse(&format!(
+                "cluster_key_hex = \"000102030405060708090a0b0c0d0e0f\"\n\
+                 [transport]\nkind = \"{kind}\"\ninterface = \"lm0\"\n\
+                 [replication]\nname = \"lm-a\"\netcd = [\"http://127.0.0.1:2379\"]\n\
+                 cluster = \"t\"\n{repl}"
+            ))
+        };
+        let field_of = |r: Result<Config, ConfigError>| match r {
+            Err(ConfigError::Invalid { field, message }) => (field, message),
+            other => panic!("accepted: {other:?}"),
+        };
+        // AF_PACKET: advertise defaults to the interface's MAC, the link to that interface.
+        let ok = cfg("afpacket", "").unwrap();
+        assert_eq!(ok.replication.unwrap().link_interface, None);
+        cfg("afpacket", "advertise = \"02:6c:6d:00:01:00\"\n").unwrap();
+        cfg("afpacket", "link_interface = \"lm1\"\n").unwrap();
+        let (field, message) = field_of(cfg("afpacket", "advertise = \"10.0.0.1:7500\"\n"));
+        assert_eq!(field, "replication.advertise");
+        assert!(message.contains("not a MAC address"), "{message}");
+        // AF_XDP: the standby's link needs an interface of its own.
+        let (field, message) = field_of(cfg("afxdp", ""));
+        assert_eq!(field, "replication.link_interface");
+        assert!(message.contains("AF_XDP"), "{message}");
+        let (field, _) = field_of(cfg("afxdp", "link_interface = \"lm0\"\n"));
+        assert_eq!(field, "replication.link_interface");
+        cfg(
+            "afxdp",
+            "link_interface = \"lm1\"\nadvertise = \"02:6c:6d:00:01:00\"\n",
+        )
+        .unwrap();
+        // Elsewhere a link interface means nothing.
+        let udp = GOOD.to_owned()
+            + "[replication]\nname = \"a\"\netcd = [\"http://e:2379\"]\ncluster = \"t\"\n";
+        Config::parse(&udp).unwrap();
+        let (field, _) = field_of(Config::parse(&(udp.clone() + "link_interface = \"lm1\"\n")));
+        assert_eq!(field, "replication.link_interface");
+        // udp and rdma (the TCP side channel) replicas are reached at ADDR:PORT.
+        let (field, _) = field_of(Config::parse(
+            &(udp.clone() + "advertise = \"02:6c:6d:00:01:00\"\n"),
+        ));
+        assert_eq!(field, "replication.advertise");
+        let rdma = udp.replace("kind = \"udp\"", "kind = \"rdma\"");
+        Config::parse(&(rdma.clone() + "advertise = \"10.0.0.1:7600\"\n")).unwrap();
+        let (field, _) = field_of(Config::parse(&(rdma + "advertise = \"rxe0\"\n")));
+        assert_eq!(field, "replication.advertise");
     }
 }

@@ -13,6 +13,8 @@ use lockmgr_engine::Config as EngineConfig;
 use lockmgr_proto::ClusterKey;
 use lockmgr_rdma::{format_gid, RdmaServer};
 use lockmgr_transport::afpacket::PacketServer;
+use lockmgr_transport::afxdp::XdpOptions;
+use lockmgr_transport::eth::{EthConfig, MacAddr};
 use lockmgr_transport::reliable::ReliableConfig;
 use lockmgr_transport::shm::{ShmConfig, ShmServer};
 use lockmgr_transport::udp::UdpServer;
@@ -87,9 +89,14 @@ struct Cli {
     #[arg(long)]
     cluster_name: Option<String>,
     /// Replicated lock manager: where nodes and the other replica reach this one (default:
-    /// the listen address).
+    /// the listen address; afpacket/afxdp: the interface's MAC, aa:bb:cc:dd:ee:ff).
     #[arg(long)]
     advertise: Option<String>,
+    /// Replicated lock manager, afpacket/afxdp: the interface this replica reaches its
+    /// primary through as standby (afpacket default: the serving interface; afxdp: required,
+    /// another one).
+    #[arg(long)]
+    link_interface: Option<String>,
     /// Replicated lock manager: a partner silent this long is declared dead.
     #[arg(long)]
     failover_ms: Option<u64>,
@@ -109,6 +116,13 @@ fn parse_ethertype(s: &str) -> Result<u16, String> {
         None => s.parse(),
     };
     r.map_err(|e| format!("EtherType {s:?}: {e}"))
+}
+
+/// A raw-Ethernet replica's address as recorded in etcd: its MAC.
+fn replica_mac(address: &str) -> Result<MacAddr, String> {
+    address
+        .parse()
+        .map_err(|e| format!("replica address {address:?} (afpacket/afxdp: a MAC): {e}"))
 }
 
 fn build_config(cli: &Cli) -> Result<Config, config::ConfigError> {
@@ -197,6 +211,7 @@ fn build_config(cli: &Cli) -> Result<Config, config::ConfigError> {
             etcd: cli.etcd.clone(),
             cluster: cli.cluster_name.clone().unwrap_or_default(),
             advertise: None,
+            link_interface: None,
             failover_ms: 100,
         });
     }
@@ -209,6 +224,9 @@ fn build_config(cli: &Cli) -> Result<Config, config::ConfigError> {
         }
         if let Some(a) = &cli.advertise {
             r.advertise = Some(a.clone());
+        }
+        if let Some(l) = &cli.link_interface {
+            r.link_interface = Some(l.clone());
         }
         if let Some(v) = cli.failover_ms {
             r.failover_ms = v;
@@ -274,8 +292,25 @@ fn run(cli: Cli) -> Result<(), String> {
             fabric_key: Some(FabricKey::new(options.key.fabric_secret())),
             ..ReliableConfig::default()
         };
+        // Raw Ethernet: the standby reaches its primary's MAC from its link interface (the
+        // serving one by default; validate() made afxdp name another).
+        let link_eth = EthConfig {
+            interface: r
+                .link_interface
+                .clone()
+                .unwrap_or_else(|| cfg.transport.interface().to_owned()),
+            ethertype: cfg.transport.ethertype,
+        };
+        // RDMA: the standby opens a queue pair on this replica's device, set up over the
+        // primary's TCP side channel (its address), after proving the cluster key there.
+        let link_rdma = lockmgr_rdma::RdmaConfig {
+            fabric_key: link_reliable.fabric_key,
+            ..cfg.transport.rdma()
+        };
         HaOptions {
             name: r.name.clone(),
+            // Raw Ethernet without `advertise`: filled in with the interface's MAC once the
+            // transport is open (`advertise_mac`).
             address: r
                 .advertise
                 .clone()
@@ -296,10 +331,39 @@ fn run(cli: Cli) -> Result<(), String> {
                     spin,
                     timeout: Duration::from_secs(2),
                 }),
-                other => Err(format!("replicas cannot talk over {other:?} yet")),
+                TransportKind::Afpacket => Ok(TransportSpec::Afpacket {
+                    eth: link_eth.clone(),
+                    server: replica_mac(address)?,
+                    cfg: link_reliable,
+                }),
+                TransportKind::Afxdp => Ok(TransportSpec::Afxdp {
+                    eth: link_eth.clone(),
+                    xdp: XdpOptions::default(),
+                    server: replica_mac(address)?,
+                    cfg: link_reliable,
+                }),
+                TransportKind::Rdma => Ok(TransportSpec::Rdma {
+                    server: address
+                        .parse()
+                        .map_err(|e| format!("replica address {address:?}: {e}"))?,
+                    cfg: link_rdma.clone(),
+                }),
             }),
         }
     });
+    let advertised = cfg
+        .replication
+        .as_ref()
+        .is_some_and(|r| r.advertise.is_some());
+    // A raw-Ethernet replica is reached at its interface's MAC unless told otherwise.
+    let advertise_mac = |ha: Option<HaOptions>, mac: MacAddr| {
+        ha.map(|mut h| {
+            if !advertised {
+                h.address = mac.to_string();
+            }
+            h
+        })
+    };
     // Datagram transports: every peer proves the cluster key in the handshake and every frame
     // carries a MAC under per-session keys (lockmgr_transport::fabric).
     let reliable = ReliableConfig {
@@ -347,6 +411,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 .map_err(|e| format!("cannot listen on {}: {e}", eth.interface))?;
             tracing::info!(interface = %eth.interface, mac = %server.link().mac(),
                 ethertype = %format_args!("{:#06x}", eth.ethertype), "lockmgrd listening (afpacket)");
+            let ha = advertise_mac(ha, server.link().mac());
             serve(server, options, ha, metrics)
         }
         TransportKind::Rdma => {
@@ -379,6 +444,7 @@ fn run(cli: Cli) -> Result<(), String> {
                     .map_err(|e| format!("cannot listen on {}: {e}", eth.interface))?;
             tracing::info!(interface = %eth.interface, mac = %server.link().mac(),
                 ethertype = %format_args!("{:#06x}", eth.ethertype), "lockmgrd listening (afxdp)");
+            let ha = advertise_mac(ha, server.link().mac());
             serve(server, options, ha, metrics)
         }
     }

@@ -250,6 +250,38 @@ impl NetnsStar {
         ip(&["-n", s, "link", "set", BRIDGE, "mtu", &mtu, "up"])?;
         Ok(())
     }
+
+    /// Cable one more interface `iface` (MAC `mac`, `mtu`) of client namespace `client` to a
+    /// port of the bridge: a host with two interfaces on the switch (AF_XDP needs one per
+    /// endpoint, e.g. a lockmgrd replica that serves on one and reaches its primary on the
+    /// other).
+    pub fn add_port(
+        &self,
+        client: usize,
+        iface: &str,
+        mac: MacAddr,
+        mtu: usize,
+    ) -> Result<(), NetnsError> {
+        let Some(c) = self.clients.get(client) else {
+            return Err(NetnsError::Command {
+                cmd: format!("add_port {client}"),
+                stderr: format!("the star has {} client namespaces", self.clients.len()),
+            });
+        };
+        let (s, mtu) = (&self.server, mtu.to_string());
+        let port = format!("x{client}-{iface}");
+        ip(&[
+            "-n", s, "link", "add", &port, "type", "veth", "peer", "name", iface, "netns", c,
+        ])?;
+        ip(&[
+            "-n", s, "link", "set", &port, "mtu", &mtu, "master", BRIDGE, "up",
+        ])?;
+        let m = mac.to_string();
+        ip(&[
+            "-n", c, "link", "set", iface, "address", &m, "mtu", &mtu, "up",
+        ])?;
+        Ok(())
+    }
 }
 
 impl Drop for NetnsStar {
