@@ -7,17 +7,16 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lockmgr_client::{ClientError, ClientOptions, LockClient, ResumePoint};
+use lockmgr_client::{ClientError, LockClient, ResumePoint};
 use lockmgr_coord::{Coordinator, LocalEtcd, LocalEtcdError};
-use lockmgr_engine::{
-    access, share, FileId, LockRange, OpenId, OpenRequest, Reply, Request, Status,
-};
-use lockmgr_proto::{ClusterKey, RejectReason};
+use lockmgr_engine::{access, share, FileId, LockRange, OpenRequest, Reply, Request, Status};
+use lockmgr_proto::RejectReason;
 use lockmgr_transport::udp::{UdpClient, UdpConfig};
 use lockmgr_transport::SpinConfig;
 
-const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
-const TIMEOUT: Duration = Duration::from_secs(10);
+#[path = "support/replica_node.rs"]
+mod replica_node;
+use replica_node::{connect_with, key_file, lock, open, options, resume_with, TIMEOUT};
 
 /// A step of a failover, as seen by one of its actors (for the per-phase timings of the
 /// repeated-kill test).
@@ -309,14 +308,6 @@ fn wait_config(etcd: &Etcd, what: &str, ok: impl Fn(&lockmgr_coord::Configuratio
     }
 }
 
-fn options(name: &str) -> ClientOptions {
-    ClientOptions {
-        node_name: name.into(),
-        key: ClusterKey::new(KEY).expect("key"),
-        handshake_timeout: Duration::from_secs(2),
-    }
-}
-
 /// How often a node's transport pings a silent replica. A request the dead primary took in
 /// (and acknowledged) without answering leaves the node with nothing to retransmit: the ping
 /// meets the closed port, and the refusal ends the connection, long before `SUSPECT_AFTER`.
@@ -335,71 +326,11 @@ fn udp(addr: &str) -> Result<UdpClient, ClientError> {
 }
 
 fn connect(addr: &str, name: &str) -> LockClient<UdpClient> {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        match udp(addr).and_then(|t| LockClient::connect(t, &options(name))) {
-            Ok(c) => return c,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("connect {name} to {addr}: {e}; retrying");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => panic!("{name} cannot connect to {addr}: {e}"),
-        }
-    }
+    connect_with(name, addr, || udp(addr))
 }
 
 fn resume(addr: &str, name: &str, old: &LockClient<UdpClient>) -> LockClient<UdpClient> {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        match udp(addr).and_then(|t| LockClient::resume(t, &options(name), old.resume_point())) {
-            Ok(c) => return c,
-            Err(ClientError::Rejected(RejectReason::NotPrimary))
-            | Err(ClientError::Transport(_))
-                if Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => panic!("{name} cannot resume on {addr}: {e}"),
-        }
-    }
-}
-
-fn open(c: &mut LockClient<UdpClient>, file: FileId) -> OpenId {
-    match c.call(
-        Request::Open(OpenRequest {
-            file,
-            access: access::FILE_READ_DATA | access::FILE_WRITE_DATA,
-            share: share::READ | share::WRITE,
-            ..OpenRequest::default()
-        }),
-        TIMEOUT,
-    ) {
-        Ok(Reply::Opened { open, .. }) => open,
-        other => panic!("open failed: {other:?}"),
-    }
-}
-
-fn lock(c: &mut LockClient<UdpClient>, open: OpenId, range: LockRange) -> Reply {
-    c.call(
-        Request::Lock {
-            open,
-            ranges: vec![range],
-            fail_immediately: true,
-        },
-        TIMEOUT,
-    )
-    .expect("lock call")
-}
-
-fn key_file(dir: &tempfile::TempDir) -> PathBuf {
-    let key_file = dir.path().join("cluster.key");
-    std::fs::write(&key_file, KEY).expect("key");
-    std::fs::set_permissions(
-        &key_file,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .expect("chmod");
-    key_file
+    resume_with(name, addr, old.resume_point(), || udp(addr))
 }
 
 #[test]

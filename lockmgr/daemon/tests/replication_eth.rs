@@ -17,17 +17,12 @@
 //! failure with CI=true.
 
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use lockmgr_client::{
-    AnyTransport, ClientError, ClientOptions, ConnectError, LockClient, TransportSpec,
-};
+use lockmgr_client::{AnyTransport, ClientError, ConnectError, LockClient, TransportSpec};
 use lockmgr_coord::{Coordinator, LocalEtcd, LocalEtcdError};
-use lockmgr_engine::{
-    access, share, FileId, LockRange, OpenId, OpenRequest, Reply, Request, Status,
-};
+use lockmgr_engine::{FileId, LockRange, Reply, Request, Status};
 use lockmgr_proto::{ClusterKey, RejectReason};
 use lockmgr_transport::afxdp::XdpOptions;
 use lockmgr_transport::eth::{EthConfig, MacAddr};
@@ -35,8 +30,9 @@ use lockmgr_transport::netns::{client_mac, star_or_skip, NetnsPair, NetnsStar, I
 use lockmgr_transport::reliable::ReliableConfig;
 use lockmgr_transport::{FabricKey, SpinConfig};
 
-const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
-const TIMEOUT: Duration = Duration::from_secs(10);
+#[path = "support/replica_node.rs"]
+mod replica_node;
+use replica_node::{connect_with, key_file, lock, open, options, resume_with, KEY, TIMEOUT};
 /// Client namespaces of the star.
 const LM_A: usize = 0;
 const LM_B: usize = 1;
@@ -233,14 +229,6 @@ impl Setup<'_> {
     }
 }
 
-fn options(name: &str) -> ClientOptions {
-    ClientOptions {
-        node_name: name.into(),
-        key: ClusterKey::new(KEY).expect("key"),
-        handshake_timeout: Duration::from_secs(2),
-    }
-}
-
 /// A node's transport to the replica at `server`, opened on `veth0` of namespace `ns`.
 fn node_transport(medium: Medium, ns: &str, server: MacAddr) -> Result<AnyTransport, ClientError> {
     let cfg = ReliableConfig {
@@ -271,19 +259,7 @@ fn node_transport(medium: Medium, ns: &str, server: MacAddr) -> Result<AnyTransp
 }
 
 fn connect(medium: Medium, ns: &str, server: MacAddr, name: &str) -> LockClient<AnyTransport> {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        match node_transport(medium, ns, server)
-            .and_then(|t| LockClient::connect(t, &options(name)))
-        {
-            Ok(c) => return c,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("connect {name} to {server}: {e}; retrying");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => panic!("{name} cannot connect to {server}: {e}"),
-        }
-    }
+    connect_with(name, server, || node_transport(medium, ns, server))
 }
 
 /// Resumes `old`'s session on the replica at `server`. `old` is dropped first: over AF_XDP
@@ -297,59 +273,7 @@ fn resume(
 ) -> LockClient<AnyTransport> {
     let point = old.resume_point();
     drop(old);
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        match node_transport(medium, ns, server)
-            .and_then(|t| LockClient::resume(t, &options(name), point))
-        {
-            Ok(c) => return c,
-            Err(ClientError::Rejected(RejectReason::NotPrimary))
-            | Err(ClientError::Transport(_))
-                if Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => panic!("{name} cannot resume on {server}: {e}"),
-        }
-    }
-}
-
-fn open(c: &mut LockClient<AnyTransport>, file: FileId) -> OpenId {
-    match c.call(
-        Request::Open(OpenRequest {
-            file,
-            access: access::FILE_READ_DATA | access::FILE_WRITE_DATA,
-            share: share::READ | share::WRITE,
-            ..OpenRequest::default()
-        }),
-        TIMEOUT,
-    ) {
-        Ok(Reply::Opened { open, .. }) => open,
-        other => panic!("open failed: {other:?}"),
-    }
-}
-
-fn lock(c: &mut LockClient<AnyTransport>, open: OpenId, range: LockRange) -> Reply {
-    c.call(
-        Request::Lock {
-            open,
-            ranges: vec![range],
-            fail_immediately: true,
-        },
-        TIMEOUT,
-    )
-    .expect("lock call")
-}
-
-fn key_file(dir: &tempfile::TempDir) -> PathBuf {
-    let key_file = dir.path().join("cluster.key");
-    std::fs::write(&key_file, KEY).expect("key");
-    std::fs::set_permissions(
-        &key_file,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .expect("chmod");
-    key_file
+    resume_with(name, server, point, || node_transport(medium, ns, server))
 }
 
 fn standby_takes_over(medium: Medium) {
