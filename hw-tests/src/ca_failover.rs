@@ -18,9 +18,11 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::guest::{random_key_file, spawn_logged, start_etcd, wait_log, Proc, STEP};
 
 use crate::cifs_mount::{run, write_users, Smbd, PASSWORD, USER};
 
@@ -29,8 +31,6 @@ const PORT: u16 = 4451;
 /// smbd's metrics endpoint (loopback).
 const METRICS: &str = "127.0.0.1:9446";
 const ETCD_CLIENT: u16 = 23790;
-/// How long one step may take under emulation (etcd's start, a promotion, three reports).
-const STEP: Duration = Duration::from_secs(90);
 /// Reports each ping_pong must print before the kill and again after it (about one a second).
 const REPORTS: usize = 3;
 
@@ -39,47 +39,6 @@ pub struct Tools {
     pub lockmgrd: PathBuf,
     pub etcd: PathBuf,
     pub ping_pong: PathBuf,
-}
-
-/// A child process SIGKILLed and reaped on drop (by its own handle: only what we started).
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_logged(cmd: &mut Command, log: &Path) -> Result<Proc, String> {
-    let f = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
-    let f2 = f
-        .try_clone()
-        .map_err(|e| format!("{}: {e}", log.display()))?;
-    cmd.stdin(Stdio::null())
-        .stdout(f)
-        .stderr(f2)
-        .spawn()
-        .map(Proc)
-        .map_err(|e| format!("starting {:?}: {e}", cmd.get_program()))
-}
-
-/// Waits until `log` contains `pattern` while `p` runs.
-fn wait_log(p: &mut Proc, log: &Path, pattern: &str, what: &str) -> Result<(), String> {
-    let deadline = Instant::now() + STEP;
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if text.contains(pattern) {
-            return Ok(());
-        }
-        if let Ok(Some(st)) = p.0.try_wait() {
-            return Err(format!("{what} exited ({st}):\n{text}"));
-        }
-        if Instant::now() >= deadline {
-            return Err(format!("{what}: no {pattern:?} in {STEP:?}:\n{text}"));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// One `ping_pong FILE 3` and what it printed: `N locks/sec` reports end in `\r`, errors
@@ -244,34 +203,9 @@ pub fn test_ping_pong_across_lockmgrd_failover(tools: &Tools) -> Result<(), Stri
         std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
     }
     let key = dir.join("cluster.key");
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| format!("/dev/urandom: {e}"))?;
-    std::fs::write(&key, bytes).map_err(|e| format!("{}: {e}", key.display()))?;
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .map_err(|e| format!("{}: {e}", key.display()))?;
+    random_key_file(&key)?;
 
-    let etcd_url = format!("http://127.0.0.1:{ETCD_CLIENT}");
-    let peer_url = format!("http://127.0.0.1:{}", ETCD_CLIENT + 1);
-    let etcd_log = dir.join("etcd.log");
-    let mut etcd = spawn_logged(
-        Command::new(&tools.etcd)
-            .args(["--name", "guest", "--data-dir"])
-            .arg(dir.join("etcd"))
-            .args(["--listen-client-urls", &etcd_url])
-            .args(["--advertise-client-urls", &etcd_url])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("guest={peer_url}")]),
-        &etcd_log,
-    )?;
-    wait_log(
-        &mut etcd,
-        &etcd_log,
-        "ready to serve client requests",
-        "etcd",
-    )?;
+    let (etcd, etcd_url) = start_etcd(&tools.etcd, &dir, ETCD_CLIENT)?;
 
     let replica = |name: &str, sock: &Path, log: &Path| {
         spawn_logged(

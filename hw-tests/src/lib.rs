@@ -3,5 +3,6 @@
 
 pub mod ca_failover;
 pub mod cifs_mount;
+pub mod guest;
 pub mod replication_rdma;
 pub mod smbdirect;

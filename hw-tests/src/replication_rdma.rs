@@ -7,11 +7,12 @@
 //! range until node1 releases it. The times from the kill to the promotion (the standby's
 //! log) and to the first lock granted are printed (measured, not judged: TCG emulation).
 
-use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use crate::guest::{random_key_file, spawn_logged, start_etcd, wait_log, STEP};
 
 use lockmgr_client::{ClientError, ClientOptions, LockClient};
 use lockmgr_engine::{
@@ -26,8 +27,6 @@ const ETCD_CLIENT: u16 = 23794;
 /// The replicas' TCP side channels.
 const PORT_A: u16 = 7611;
 const PORT_B: u16 = 7612;
-/// How long one step may take under emulation (etcd's start, a promotion, a call).
-const STEP: Duration = Duration::from_secs(90);
 
 /// The programs the test starts.
 pub struct Tools {
@@ -36,47 +35,6 @@ pub struct Tools {
 }
 
 type Client = LockClient<RdmaClient>;
-
-/// A child process SIGKILLed and reaped on drop (by its own handle: only what we started).
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_logged(cmd: &mut Command, log: &Path) -> Result<Proc, String> {
-    let f = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
-    let f2 = f
-        .try_clone()
-        .map_err(|e| format!("{}: {e}", log.display()))?;
-    cmd.stdin(Stdio::null())
-        .stdout(f)
-        .stderr(f2)
-        .spawn()
-        .map(Proc)
-        .map_err(|e| format!("starting {:?}: {e}", cmd.get_program()))
-}
-
-/// Waits until `log` contains `pattern` while `p` runs; returns when it was seen.
-fn wait_log(p: &mut Proc, log: &Path, pattern: &str, what: &str) -> Result<Instant, String> {
-    let deadline = Instant::now() + STEP;
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if text.contains(pattern) {
-            return Ok(Instant::now());
-        }
-        if let Ok(Some(st)) = p.0.try_wait() {
-            return Err(format!("{what} exited ({st}):\n{text}"));
-        }
-        if Instant::now() >= deadline {
-            return Err(format!("{what}: no {pattern:?} in {STEP:?}:\n{text}"));
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
 
 fn rdma_config(device: &DeviceConfig, key: &[u8]) -> RdmaConfig {
     RdmaConfig {
@@ -199,37 +157,9 @@ pub fn test_replica_pair_over_rdma(
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let key_file = dir.join("cluster.key");
-    let mut key = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut key))
-        .map_err(|e| format!("/dev/urandom: {e}"))?;
-    std::fs::write(&key_file, key).map_err(|e| format!("{}: {e}", key_file.display()))?;
-    std::fs::set_permissions(
-        &key_file,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .map_err(|e| format!("{}: {e}", key_file.display()))?;
+    let key = random_key_file(&key_file)?;
 
-    let etcd_url = format!("http://127.0.0.1:{ETCD_CLIENT}");
-    let peer_url = format!("http://127.0.0.1:{}", ETCD_CLIENT + 1);
-    let etcd_log = dir.join("etcd.log");
-    let mut etcd = spawn_logged(
-        Command::new(&tools.etcd)
-            .args(["--name", "guest", "--data-dir"])
-            .arg(dir.join("etcd"))
-            .args(["--listen-client-urls", &etcd_url])
-            .args(["--advertise-client-urls", &etcd_url])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("guest={peer_url}")]),
-        &etcd_log,
-    )?;
-    wait_log(
-        &mut etcd,
-        &etcd_log,
-        "ready to serve client requests",
-        "etcd",
-    )?;
+    let (etcd, etcd_url) = start_etcd(&tools.etcd, &dir, ETCD_CLIENT)?;
 
     let addr_a = SocketAddr::new(ip, PORT_A);
     let addr_b = SocketAddr::new(ip, PORT_B);
