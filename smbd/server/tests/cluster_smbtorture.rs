@@ -1,5 +1,7 @@
-//! smbtorture (Samba 4.17) lock, oplock, lease, share-mode, delete-on-close, durable-open
-//! (v1 and v2), streams, timestamps, DOS-attribute and change-notify suites against node 1 of a running
+//! smbtorture (Samba 4.17) lock, oplock, lease, share-mode, deny-mode, delete-on-close,
+//! durable-open (v1 and v2, and the durable-v2 timeout), streams, timestamps, DOS-attribute,
+//! change-notify, tree-connect, mkdir, security-descriptor and maximum-allowed suites against
+//! node 1 of a running
 //! two-node cluster (lockmgrd over shared memory), compared with
 //! `smbd/tests/cluster-known-failures.txt`: a failure not listed there fails the test; a
 //! listed test that passes now is reported.
@@ -91,4 +93,30 @@ fn cluster_smb2_openattr() {
 #[test]
 fn cluster_smb2_winattr() {
     suite("smb2.winattr");
+}
+/// The deny-mode matrix (share modes against every access) decided by lockmgrd (issue 12).
+#[test]
+fn cluster_smb2_deny() {
+    suite("smb2.deny");
+}
+/// Waits out a 10 s durable handle timeout, kept by lockmgrd.
+#[test]
+fn cluster_smb2_durable_v2_delay() {
+    suite("smb2.durable-v2-delay");
+}
+#[test]
+fn cluster_smb2_tcon() {
+    suite("smb2.tcon");
+}
+#[test]
+fn cluster_smb2_mkdir() {
+    suite("smb2.mkdir");
+}
+#[test]
+fn cluster_smb2_sdread() {
+    suite("smb2.sdread");
+}
+#[test]
+fn cluster_smb2_maximum_allowed() {
+    suite("smb2.maximum_allowed");
 }
