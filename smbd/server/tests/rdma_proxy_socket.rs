@@ -344,7 +344,6 @@ fn area_passed_with_the_hello_is_mapped_and_its_descriptors_checked() {
 }
 
 #[path = "../fuzz/conn_harness.rs"]
-#[allow(dead_code)]
 mod conn_harness;
 
 use conn_harness::{
