@@ -1040,6 +1040,14 @@ impl Worker {
         }
         if s.closing {
             s.outq.clear();
+            // smbdirectd frees a connection's slots of the shared area once this end of its
+            // stream closes; while the kernel may still read (a WRITE's data) or write (a
+            // READ's) an area range for this connection's file I/O, the stream stays open, so
+            // that a slot is not handed to another client under that I/O (crate::rdma_area).
+            // The last completion touches the slot again and closing goes on.
+            if s.io_inflight > 0 && s.conn.rdma_area.is_some() {
+                return Ok(());
+            }
             // Pending file I/O holds no reference to the slot (see `InFlightIo`).
             if !s.send_inflight && !s.recv_armed {
                 if let Some(mut s) = self.slots[slot].take() {
