@@ -35,6 +35,8 @@ const COUNTER_WAIT: Duration = Duration::from_secs(30);
 /// and for TCP clients on `ip`.
 pub(crate) struct Smbd {
     stopper: smbd::server::Stopper,
+    /// `GET /metrics`, when the configuration set `metrics_listen`.
+    metrics: Option<SocketAddr>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -53,6 +55,7 @@ impl Smbd {
         let toml = format!(
             "[server]\nnetbios_name = \"SDTEST\"\nworkers = 1\nsigning_required = false\n\
              users = \"{}\"\nlisten = [\"{}\"]\nrdma_proxy_socket = \"{}\"\n\
+             metrics_listen = \"127.0.0.1:0\"\n\
              [[share]]\nname = \"data\"\npath = \"{}\"\n",
             users.display(),
             SocketAddr::new(ip, TCP_PORT),
@@ -68,6 +71,7 @@ impl Smbd {
         let server =
             smbd::server::Server::bind(config, &[]).map_err(|e| format!("smbd bind: {e}"))?;
         let stopper = server.stopper();
+        let metrics = server.metrics_addr();
         let thread = std::thread::spawn(move || {
             if let Err(e) = server.run() {
                 eprintln!("smbd: {e}");
@@ -75,8 +79,26 @@ impl Smbd {
         });
         Ok(Smbd {
             stopper,
+            metrics,
             thread: Some(thread),
         })
+    }
+
+    /// smbd's `smbd_rdma_payload_bytes_total` for `op` (write/read) and `via` (area/stream):
+    /// how RDMA-channel payloads moved between the files and smbdirectd.
+    fn rdma_payload_bytes(&self, op: &str, via: &str) -> Result<u64, String> {
+        let addr = self.metrics.ok_or("smbd serves no metrics")?;
+        let mut c = std::net::TcpStream::connect(addr).map_err(|e| format!("metrics: {e}"))?;
+        c.set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        write!(c, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+        let mut resp = String::new();
+        c.read_to_string(&mut resp)
+            .map_err(|e| format!("metrics: {e}"))?;
+        let sample = format!("smbd_rdma_payload_bytes_total{{op=\"{op}\",via=\"{via}\"}}");
+        resp.lines()
+            .find_map(|l| l.strip_prefix(sample.as_str())?.trim().parse().ok())
+            .ok_or_else(|| format!("no {sample} in smbd's metrics"))
     }
 }
 
@@ -293,7 +315,7 @@ pub fn test_kernel_client_mount(ip: IpAddr, smbdirectd: &Path) -> Result<(), Str
     let dir = std::env::temp_dir().join("cifs-mount-test");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let _smbd = Smbd::start(ip, &dir)?;
+    let smbd = Smbd::start(ip, &dir)?;
     let proxy = Proxy::start(
         smbdirectd,
         SocketAddr::new(ip, crate::smbdirect::PORT),
@@ -322,6 +344,22 @@ pub fn test_kernel_client_mount(ip: IpAddr, smbdirectd: &Path) -> Result<(), Str
         return Err(format!(
             "payloads not (only) through the shared area: area_payload_bytes={area:?} \
              socket_payload_bytes={socket:?} for {FILE_SIZE} bytes written and read"
+        ));
+    }
+    // smbd wrote the files straight from the area and read them straight into it (no copy
+    // in smbd: its own counters).
+    let from_area = smbd.rdma_payload_bytes("write", "area")?;
+    let into_area = smbd.rdma_payload_bytes("read", "area")?;
+    let streamed =
+        smbd.rdma_payload_bytes("write", "stream")? + smbd.rdma_payload_bytes("read", "stream")?;
+    println!(
+        "    smbd: {from_area} B written to files from the area, {into_area} B read into it, \
+         {streamed} B on the stream"
+    );
+    if from_area < FILE_SIZE as u64 || into_area < FILE_SIZE as u64 || streamed != 0 {
+        return Err(format!(
+            "smbd did not write from / read into the area: write via area {from_area}, \
+             read via area {into_area}, via stream {streamed} for {FILE_SIZE} bytes"
         ));
     }
     // The client's writes come in by RDMA READ and its reads go out by RDMA WRITE.

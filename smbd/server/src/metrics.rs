@@ -75,6 +75,8 @@ pub struct SmbMetrics {
     pub lease_breaks: Counter,
     /// Connections to `rdma_proxy_socket` refused for their peer credentials.
     pub rdma_proxy_refused: Counter,
+    /// Payload bytes of RDMA-channel READs/WRITEs, by [`RdmaPayload`].
+    pub rdma_payload_bytes: [Counter; 4],
     /// Lock-service requests that waited for an answer, by their round-trip time.
     pub lockmgr_latency: Histogram,
 }
@@ -96,12 +98,56 @@ impl Default for SmbMetrics {
             oplock_breaks: Counter::new(),
             lease_breaks: Counter::new(),
             rdma_proxy_refused: Counter::new(),
+            rdma_payload_bytes: std::array::from_fn(|_| Counter::new()),
             lockmgr_latency: Histogram::new(LATENCY_BUCKETS),
         }
     }
 }
 
+/// How the payload of an RDMA-channel READ or WRITE moved between the file and smbdirectd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RdmaPayload {
+    /// A WRITE's data written to the file straight from the shared area (the file I/O's
+    /// buffer is the area range smbdirectd RDMA-READ into; no copy in smbd).
+    WriteArea,
+    /// A WRITE's data that came on the stream (a payload frame) and was written from smbd's
+    /// heap.
+    WriteStream,
+    /// A READ's data read from the file straight into the area range smbdirectd granted.
+    ReadArea,
+    /// A READ's data sent on the stream (a payload frame).
+    ReadStream,
+}
+
+impl RdmaPayload {
+    const ALL: [RdmaPayload; 4] = [
+        RdmaPayload::WriteArea,
+        RdmaPayload::WriteStream,
+        RdmaPayload::ReadArea,
+        RdmaPayload::ReadStream,
+    ];
+
+    fn labels(self) -> [(&'static str, &'static str); 2] {
+        match self {
+            RdmaPayload::WriteArea => [("op", "write"), ("via", "area")],
+            RdmaPayload::WriteStream => [("op", "write"), ("via", "stream")],
+            RdmaPayload::ReadArea => [("op", "read"), ("via", "area")],
+            RdmaPayload::ReadStream => [("op", "read"), ("via", "stream")],
+        }
+    }
+}
+
 impl SmbMetrics {
+    /// `n` payload bytes of an RDMA-channel READ/WRITE moved as `how` says.
+    pub fn rdma_payload(&self, how: RdmaPayload, n: u64) {
+        self.rdma_payload_bytes[how as usize].add(n);
+    }
+
+    /// The count of [`SmbMetrics::rdma_payload`] bytes moved as `how` says.
+    pub fn rdma_payload_total(&self, how: RdmaPayload) -> u64 {
+        self.rdma_payload_bytes[how as usize].get()
+    }
+
     /// A response to `command` went out `since` after its message was received.
     #[inline]
     pub fn request_done(&self, command: u16, took: Duration) {
@@ -230,6 +276,18 @@ pub fn render(m: &SmbMetrics, extra: &Extra) -> String {
         &[],
         m.rdma_proxy_refused.get(),
     );
+    e.family(
+        "smbd_rdma_payload_bytes_total",
+        "Payload bytes of READ/WRITE with RDMA channels (connections from smbdirectd): via=area is file I/O straight from or into the area shared with smbdirectd, via=stream a payload frame on the socket",
+        Kind::Counter,
+    );
+    for how in RdmaPayload::ALL {
+        e.sample(
+            "smbd_rdma_payload_bytes_total",
+            &how.labels(),
+            m.rdma_payload_total(how),
+        );
+    }
     e.family(
         "smbd_lockmgr_requests_total",
         "Lock-service requests (lockmgrd round trips in a cluster), by kind",

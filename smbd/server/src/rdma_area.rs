@@ -10,9 +10,16 @@
 //! ([`AreaHandle`]'s drop), so a dead connection frees its ranges and a restarted smbdirectd
 //! brings a new area (the old one goes when the last mapping of it does).
 //!
-//! What each hold means: a WRITE's data is copied out at once and the range released
-//! (`Release`); a READ's grant is held until the READ reads the file into it (`Read` gives it
-//! back) or fails (`Release`).
+//! What each hold means: a WRITE's data stays in the area until the WRITE has written the file
+//! from it (the file I/O's buffer is the range itself, no copy in smbd), then the range goes
+//! back (`Release`); a READ's grant is held until the READ reads the file into it (`Read`
+//! gives it back) or fails (`Release`).
+//!
+//! While the kernel reads or writes a range for a file I/O (synchronously or in the worker's
+//! io_uring), the range is *taken* ([`AreaHandle::take`], giving an [`AreaRange`]): nobody
+//! releases it but the I/O's end (the [`AreaRange`] dropping), not the message's end and not
+//! the connection's, so no other connection can be given it while the kernel may still touch
+//! it, and the mapping stays (the range holds the area) until then.
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::OwnedFd;
@@ -61,6 +68,8 @@ pub struct Hold {
     pub message_id: u64,
     pub offset: u64,
     pub length: u32,
+    /// A file I/O uses the range now ([`Ledger::take`]).
+    pub taken: bool,
 }
 
 /// Who holds which ranges of one area (no I/O).
@@ -122,15 +131,17 @@ impl Ledger {
             message_id,
             offset,
             length,
+            taken: false,
         };
         self.held.insert(offset, h);
         Ok(h)
     }
 
-    /// Ends `conn`'s hold of the range starting at `offset`.
+    /// Ends `conn`'s hold of the range starting at `offset` (not one a file I/O has taken:
+    /// only [`Ledger::release_taken`] ends that).
     pub fn release(&mut self, conn: u64, offset: u64) -> Result<Hold, AreaError> {
         match self.held.get(&offset).copied() {
-            Some(h) if h.conn == conn => {
+            Some(h) if h.conn == conn && !h.taken => {
                 self.held.remove(&offset);
                 Ok(h)
             }
@@ -138,18 +149,41 @@ impl Ledger {
         }
     }
 
-    /// Ends every hold of `conn` (it went away).
+    /// Marks `conn`'s hold at `offset` as used by a file I/O from now on.
+    pub fn take(&mut self, conn: u64, offset: u64) -> Result<Hold, AreaError> {
+        match self.held.get_mut(&offset) {
+            Some(h) if h.conn == conn && !h.taken => {
+                h.taken = true;
+                Ok(*h)
+            }
+            _ => Err(AreaError::NotHeld { offset }),
+        }
+    }
+
+    /// Ends a taken hold (its file I/O is over).
+    pub fn release_taken(&mut self, conn: u64, offset: u64) -> Result<Hold, AreaError> {
+        match self.held.get(&offset).copied() {
+            Some(h) if h.conn == conn && h.taken => {
+                self.held.remove(&offset);
+                Ok(h)
+            }
+            _ => Err(AreaError::NotHeld { offset }),
+        }
+    }
+
+    /// Ends every hold of `conn` (it went away) but the taken ones: the kernel may still be
+    /// reading or writing those, and their I/O's end releases them.
     pub fn release_conn(&mut self, conn: u64) -> usize {
         let before = self.held.len();
-        self.held.retain(|_, h| h.conn != conn);
+        self.held.retain(|_, h| h.conn != conn || h.taken);
         before - self.held.len()
     }
 
-    /// `conn`'s hold for `message_id`, if any.
+    /// `conn`'s hold for `message_id` not taken by a file I/O, if any.
     pub fn find(&self, conn: u64, message_id: u64) -> Option<Hold> {
         self.held
             .values()
-            .find(|h| h.conn == conn && h.message_id == message_id)
+            .find(|h| h.conn == conn && h.message_id == message_id && !h.taken)
             .copied()
     }
 
@@ -239,6 +273,16 @@ impl AreaHandle {
         &self.area.map
     }
 
+    /// Takes the hold at `offset` for a file I/O: the returned range keeps it (and the
+    /// mapping) until it drops, whatever happens to this connection meanwhile.
+    pub fn take(&self, offset: u64) -> Result<AreaRange, AreaError> {
+        let h = self.area.ledger().take(self.conn, offset)?;
+        Ok(AreaRange {
+            area: Arc::clone(&self.area),
+            hold: h,
+        })
+    }
+
     /// The area's size in bytes.
     pub fn size(&self) -> u64 {
         self.area.map.len() as u64
@@ -247,6 +291,56 @@ impl AreaHandle {
     /// Whether two handles use the same mapping.
     pub fn same_area(&self, other: &AreaHandle) -> bool {
         self.area.key == other.area.key && Arc::ptr_eq(&self.area, &other.area)
+    }
+}
+
+/// A range of the area a file I/O uses (the kernel reads a WRITE's data from it or writes a
+/// READ's data into it): the hold ends, and the mapping may go, only when this drops.
+#[derive(Debug)]
+pub struct AreaRange {
+    area: Arc<Area>,
+    hold: Hold,
+}
+
+impl AreaRange {
+    pub fn offset(&self) -> u64 {
+        self.hold.offset
+    }
+
+    pub fn len(&self) -> usize {
+        self.hold.length as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hold.length == 0
+    }
+
+    pub fn message_id(&self) -> u64 {
+        self.hold.message_id
+    }
+
+    /// The mapping the range is in.
+    pub fn map(&self) -> &SharedMapping {
+        &self.area.map
+    }
+
+    /// The address of the range's bytes from `at` on (for the ring's READ/WRITE): valid while
+    /// this value lives, and only for the kernel (see `SharedMapping::raw_range`).
+    pub fn ptr_from(&self, at: usize) -> std::io::Result<*mut u8> {
+        let len = self
+            .len()
+            .checked_sub(at)
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EFAULT))?;
+        self.area.map.raw_range(self.hold.offset as usize + at, len)
+    }
+}
+
+impl Drop for AreaRange {
+    fn drop(&mut self) {
+        let _ = self
+            .area
+            .ledger()
+            .release_taken(self.hold.conn, self.hold.offset);
     }
 }
 
@@ -326,6 +420,27 @@ mod tests {
         assert_eq!(l.held(), 1);
         // Freed: another connection may use it now.
         l.hold(2, 4, 0, 200).unwrap();
+    }
+
+    #[test]
+    fn a_taken_range_outlives_its_message_and_its_connection() {
+        let mut l = Ledger::new(1 << 20);
+        l.hold(1, 5, 0, 100).unwrap();
+        assert_eq!(l.take(2, 0), Err(AreaError::NotHeld { offset: 0 }));
+        assert!(l.take(1, 0).unwrap().taken);
+        assert_eq!(l.take(1, 0), Err(AreaError::NotHeld { offset: 0 }));
+        // Neither the message's end (find/release) nor the connection's frees it.
+        assert_eq!(l.find(1, 5), None);
+        assert_eq!(l.release(1, 0), Err(AreaError::NotHeld { offset: 0 }));
+        assert_eq!(l.release_conn(1), 0);
+        assert!(matches!(
+            l.hold(2, 6, 50, 10),
+            Err(AreaError::HeldByOther { owner: 1, .. })
+        ));
+        // The I/O's end does.
+        assert_eq!(l.release_taken(1, 0).map(|h| h.message_id), Ok(5));
+        assert_eq!(l.release_taken(1, 0), Err(AreaError::NotHeld { offset: 0 }));
+        l.hold(2, 6, 50, 10).unwrap();
     }
 
     #[test]

@@ -238,8 +238,9 @@ pub(crate) fn peer_cred(sock: impl AsFd) -> io::Result<PeerCred> {
 
 /// A MAP_SHARED mapping of the memory area smbdirectd passed (a sealed memfd), unmapped on
 /// drop. smbdirectd writes and reads it concurrently (its RDMA READs and WRITEs), so no Rust
-/// reference to the memory is ever made: bytes move in and out only through raw-pointer
-/// copies and read(2) into it, each bounds-checked here. Its callers (crate::rdma_area) decide
+/// reference to the memory is ever made: bytes move in and out only by the kernel (pread(2)
+/// into it, pwrite(2) from it, and io_uring READ/WRITE on ranges given by `raw_range`), each
+/// range bounds-checked here. Its callers (crate::rdma_area) decide
 /// which ranges this process may use.
 #[derive(Debug)]
 pub struct SharedMapping {
@@ -324,20 +325,6 @@ impl SharedMapping {
         }
     }
 
-    /// A copy of `len` bytes at `off`.
-    pub(crate) fn copy_out(&self, off: usize, len: usize) -> io::Result<Vec<u8>> {
-        let src = self.range(off, len)?;
-        let mut v = Vec::with_capacity(len);
-        // SAFETY: `src..src+len` is inside the mapping (checked) and `v` has room for `len`
-        // bytes; the regions do not overlap (`v` is fresh heap memory). Bytes smbdirectd may
-        // change meanwhile are only data: no Rust reference to the mapping exists.
-        unsafe {
-            std::ptr::copy_nonoverlapping(src, v.as_mut_ptr(), len);
-            v.set_len(len);
-        }
-        Ok(v)
-    }
-
     /// pread(2) of up to `len` bytes of `file` at `file_off` straight into the area at `off`
     /// (the READ data smbdirectd then RDMA-WRITEs from there): one call; returns the count.
     pub(crate) fn pread_into(
@@ -353,6 +340,34 @@ impl SharedMapping {
         // (checked); the file's descriptor is borrowed for the call.
         let n = unsafe { libc::pread(file.as_raw_fd(), dst.cast(), len, pos) };
         usize::try_from(n).map_err(|_| io::Error::last_os_error())
+    }
+}
+
+impl SharedMapping {
+    /// pwrite(2) of up to `len` bytes from the area at `off` to `file` at `file_off` (a
+    /// WRITE's data that smbdirectd RDMA-READ into the area, written to the file without a
+    /// copy in this process): one call; returns the count.
+    pub(crate) fn pwrite_from(
+        &self,
+        file: &File,
+        file_off: u64,
+        off: usize,
+        len: usize,
+    ) -> io::Result<usize> {
+        let src = self.range(off, len)?;
+        let pos = libc::off_t::try_from(file_off).map_err(|_| io::Error::other("offset"))?;
+        // SAFETY: the kernel reads at most `len` bytes at `src`, inside the mapping (checked);
+        // the file's descriptor is borrowed for the call. No Rust reference to the bytes.
+        let n = unsafe { libc::pwrite(file.as_raw_fd(), src.cast(), len, pos) };
+        usize::try_from(n).map_err(|_| io::Error::last_os_error())
+    }
+
+    /// The address of `off..off+len` in the mapping (bounds-checked), for an io_uring READ or
+    /// WRITE whose buffer is that range. The caller keeps the mapping alive (and the range
+    /// reserved, crate::rdma_area::AreaRange) until the kernel has completed the operation;
+    /// nothing in this process dereferences the pointer.
+    pub(crate) fn raw_range(&self, off: usize, len: usize) -> io::Result<*mut u8> {
+        self.range(off, len)
     }
 }
 

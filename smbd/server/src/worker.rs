@@ -880,6 +880,25 @@ impl Worker {
         let want = io.remaining().min(u32::MAX as usize) as u32;
         let done = io.done;
         let e = match &mut io.op {
+            // The buffer is the area range itself (crate::rdma_area): `range` is owned by this
+            // in-flight I/O until its completion is handled, which keeps both the mapping and
+            // the ledger's hold on the range (no other connection can be given it meanwhile);
+            // nothing in this process touches those bytes while the kernel does.
+            FileOp::AreaRead { range, .. } => match range.ptr_from(done) {
+                Ok(p) => opcode::Read::new(fd, p, want).offset(off).build(),
+                // Not reached: the ledger checked the range against the mapping.
+                Err(_) => opcode::Nop::new().build(),
+            },
+            FileOp::AreaWrite {
+                range,
+                write_through,
+            } => match range.ptr_from(done) {
+                Ok(p) => opcode::Write::new(fd, p.cast_const(), want)
+                    .offset(off)
+                    .rw_flags(if *write_through { libc::RWF_DSYNC } else { 0 })
+                    .build(),
+                Err(_) => opcode::Nop::new().build(),
+            },
             FileOp::Read { buf, data_off, .. } => {
                 let start = *data_off + done;
                 opcode::Read::new(fd, buf[start..].as_mut_ptr(), want)
@@ -923,7 +942,7 @@ impl Worker {
         // A READ that fails after partial progress returns what it read; a WRITE that fails
         // part way reports the error, as the synchronous path (write_all_at) does: the client
         // must not take a short count for a full disk.
-        let is_write = matches!(f.io.op, crate::conn::FileOp::Write { .. });
+        let is_write = matches!(f.io.op, FileOp::Write { .. } | FileOp::AreaWrite { .. });
         let result = if res < 0 && (f.io.done == 0 || is_write) {
             Err(-res)
         } else {
@@ -1021,6 +1040,14 @@ impl Worker {
         }
         if s.closing {
             s.outq.clear();
+            // smbdirectd frees a connection's slots of the shared area once this end of its
+            // stream closes; while the kernel may still read (a WRITE's data) or write (a
+            // READ's) an area range for this connection's file I/O, the stream stays open, so
+            // that a slot is not handed to another client under that I/O (crate::rdma_area).
+            // The last completion touches the slot again and closing goes on.
+            if s.io_inflight > 0 && s.conn.rdma_area.is_some() {
+                return Ok(());
+            }
             // Pending file I/O holds no reference to the slot (see `InFlightIo`).
             if !s.send_inflight && !s.recv_armed {
                 if let Some(mut s) = self.slots[slot].take() {

@@ -258,6 +258,7 @@ fn payload_frames_are_bounded_and_refused_off_the_proxy() {
 // ---- the shared area (smb_proto::area_frame, smbd::rdma_area) ------------------------------
 
 use smb_proto::area_frame::{AreaFrame, Op};
+use smbd::metrics::RdmaPayload as Moved;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 
@@ -327,26 +328,35 @@ fn rdma_write_and_read_through_the_shared_area() {
     let f = c.create("area.bin");
     let data: Vec<u8> = (0..60_000u32).map(|i| (i * 13 % 251) as u8).collect();
 
-    // WRITE: smbdirectd put the data at 4096 and names it; smbd copies it out and gives the
-    // range back before the request is even processed.
+    // WRITE: smbdirectd put the data at 4096 and names it; smbd writes the file from the
+    // range itself and gives it back only once the write is done.
     area.write_all_at(&data, 4096).expect("fill");
     c.conn
         .on_area_frame(&area_body(Op::Write, c.mid, 4096, data.len() as u32));
-    let out = frames(&mut c.conn);
-    assert_eq!(out.len(), 1);
-    let rel = area_frame_of(&out[0]);
-    assert_eq!((rel.op, rel.offset), (Op::Release, 4096));
+    assert!(
+        frames(&mut c.conn).is_empty(),
+        "the range is held until its WRITE has written it"
+    );
     c.send(
         cmd::WRITE,
         body_write_rdma(f, 0, data.len() as u32, CHANNEL_RDMA_V1),
     );
     let out = frames(&mut c.conn);
+    assert_eq!(out.len(), 2, "Release and response: {out:?}");
+    let rel = area_frame_of(&out[0]);
+    assert_eq!((rel.op, rel.offset), (Op::Release, 4096));
     assert_eq!(
-        status_of(&out[0]),
+        status_of(&out[1]),
         status::SUCCESS,
         "RDMA WRITE from the area"
     );
     assert_eq!(std::fs::read(share.join("area.bin")).expect("file"), data);
+    // Written from the area, not from a copy of it (nor from a payload frame).
+    assert_eq!(
+        shared.metrics.rdma_payload_total(Moved::WriteArea),
+        data.len() as u64
+    );
+    assert_eq!(shared.metrics.rdma_payload_total(Moved::WriteStream), 0);
 
     // READ: a grant at 65536, the file read straight into it, its descriptor back.
     c.conn
@@ -371,6 +381,30 @@ fn rdma_write_and_read_through_the_shared_area() {
     assert_eq!(status_of(&out[1]), status::SUCCESS);
     assert_eq!(u32_at(resp, 64 + 4), 0, "DataLength");
     assert_eq!(u32_at(resp, 64 + 8), 50_000, "DataRemaining");
+    assert_eq!(shared.metrics.rdma_payload_total(Moved::ReadArea), 50_000);
+    assert_eq!(shared.metrics.rdma_payload_total(Moved::ReadStream), 0);
+
+    // A WRITE that fails (an unknown handle) gives its range back too, after it failed.
+    area.write_all_at(&data[..100], 8192).expect("fill");
+    c.conn
+        .on_area_frame(&area_body(Op::Write, c.mid, 8192, 100));
+    c.send(cmd::WRITE, body_write_rdma((9, 9), 0, 100, CHANNEL_RDMA_V1));
+    let out = frames(&mut c.conn);
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(area_frame_of(&out[0]).op, Op::Release);
+    assert_eq!(status_of(&out[1]), status::FILE_CLOSED);
+    // Area data for a request that is no RDMA WRITE goes back at the message's end.
+    c.conn
+        .on_area_frame(&area_body(Op::Write, c.mid, 8192, 100));
+    c.send(cmd::READ, body_read(f, 0, 10));
+    let out = frames(&mut c.conn);
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(status_of(&out[0]), status::SUCCESS);
+    assert_eq!(area_frame_of(&out[1]).op, Op::Release);
+    assert_eq!(
+        shared.metrics.rdma_payload_total(Moved::WriteArea),
+        data.len() as u64
+    );
 
     // A READ that fails gives its grant back (Release), and the slot may be granted again.
     c.conn

@@ -25,9 +25,9 @@
 //! `smbdirect::area`): a sealed memfd registered once per device's protection domain and
 //! passed to smbd with the hello of every stream (SCM_RIGHTS), cut into slots of the largest
 //! transfer. A WRITE's data is RDMA-READ into a slot and smbd is told where (area frame
-//! `Write`; smbd copies it out and answers `Release`); a READ gets a slot granted ahead of its
-//! request (`Grant`), smbd reads the file into it and answers `Read` with the length, and the
-//! data is RDMA-WRITTEN to the client from there. Slots are freed only by smbd's `Read` /
+//! `Write`; smbd writes the file from it and then answers `Release`); a READ gets a slot granted
+//! ahead of its request (`Grant`), smbd reads the file into it and answers `Read` with the
+//! length, and the data is RDMA-WRITTEN to the client from there. Slots are freed only by smbd's `Read` /
 //! `Release` or, for a connection that ended, once smbd closed its end of the stream. When no
 //! slot is free (or `--area-size 0`), the bytes travel inline in payload frames, through one
 //! per-connection registered buffer. Each connection logs its counters when it ends:

@@ -108,8 +108,8 @@ pub struct Conn {
     /// The connection came in through smbdirectd (`rdma_proxy_socket`): READ/WRITE may use
     /// RDMA channels.
     pub(crate) via_rdma_proxy: bool,
-    /// RDMA-channel WRITE data smbdirectd sent ahead of its request: (MessageId, data).
-    pub(crate) rdma_payloads: Vec<(u64, Vec<u8>)>,
+    /// RDMA-channel WRITE data smbdirectd sent ahead of its request, by MessageId.
+    pub(crate) rdma_payloads: Vec<(u64, RdmaPayload)>,
     /// The memory area smbdirectd shares for RDMA-channel payloads, when its hello passed
     /// one (`crate::rdma_area`): WRITE data arrives there and READ data goes there.
     pub(crate) rdma_area: Option<crate::rdma_area::AreaHandle>,
@@ -121,6 +121,15 @@ pub struct Conn {
 
 /// Payload frames held for WRITEs not processed yet (a compound has one per RDMA WRITE).
 const MAX_RDMA_PAYLOADS: usize = 8;
+
+/// Where an RDMA-channel WRITE's data waits for its request.
+#[derive(Debug)]
+pub(crate) enum RdmaPayload {
+    /// Sent on the stream (a payload frame: smbdirectd without a shared area).
+    Inline(Vec<u8>),
+    /// In the shared area (an area frame): the WRITE writes the file from the range itself.
+    Area(crate::rdma_area::AreaRange),
+}
 
 impl Conn {
     pub fn new(
@@ -195,7 +204,11 @@ impl Conn {
             match payload_frame::decode_body(body) {
                 Ok((id, data)) => {
                     self.rdma_inline_bytes += data.len() as u64;
-                    self.rdma_payloads.push((id, data.to_vec()));
+                    self.shared
+                        .metrics
+                        .rdma_payload(crate::metrics::RdmaPayload::WriteStream, data.len() as u64);
+                    self.rdma_payloads
+                        .push((id, RdmaPayload::Inline(data.to_vec())));
                     return;
                 }
                 Err(_) => "shorter than its MessageId",
@@ -223,9 +236,10 @@ impl Conn {
     }
 
     /// An area frame from smbdirectd (`smb_proto::area_frame`): a WRITE's data in the area
-    /// (copied out at once and the range given back with `Release`) or a READ's grant (held
-    /// until the READ uses or releases it). Every range is checked (`crate::rdma_area`): a bad
-    /// one closes the connection, and nothing of the area is touched.
+    /// (taken for the WRITE, which writes the file from it and then gives the range back with
+    /// `Release`) or a READ's grant (held until the READ uses or releases it). Every range is
+    /// checked (`crate::rdma_area`): a bad one closes the connection, and nothing of the area
+    /// is touched.
     pub fn on_area_frame(&mut self, body: &[u8]) {
         use smb_proto::area_frame::{AreaFrame, Op};
         let f = match AreaFrame::decode_body(body) {
@@ -240,28 +254,14 @@ impl Conn {
                 if self.rdma_payloads.len() >= MAX_RDMA_PAYLOADS {
                     return self.area_refused("too many payloads held");
                 }
-                let data = area
+                let range = area
                     .hold(f.message_id, f.offset, f.length)
-                    .map_err(|e| e.to_string())
-                    .and_then(|h| {
-                        let d = area
-                            .map()
-                            .copy_out(h.offset as usize, h.length as usize)
-                            .map_err(|e| e.to_string());
-                        let _ = area.release(h.offset);
-                        d
-                    });
-                match data {
-                    Ok(d) => {
-                        self.rdma_area_bytes += d.len() as u64;
-                        self.rdma_payloads.push((f.message_id, d));
-                        let release = AreaFrame {
-                            op: Op::Release,
-                            ..f
-                        };
-                        self.push_out(release.encode().to_vec());
-                    }
-                    Err(e) => self.area_refused(&e),
+                    .and_then(|h| area.take(h.offset));
+                match range {
+                    Ok(r) => self
+                        .rdma_payloads
+                        .push((f.message_id, RdmaPayload::Area(r))),
+                    Err(e) => self.area_refused(&e.to_string()),
                 }
             }
             Op::Grant => {
@@ -276,8 +276,9 @@ impl Conn {
     }
 
     /// Gives back the area grants of a message's READs that did not use them (the request
-    /// failed before reading, or was no RDMA-channel READ after all): smbdirectd frees a slot
-    /// only when smbd says so.
+    /// failed before reading, or was no RDMA-channel READ after all), and the WRITE data of
+    /// its requests that did not take theirs (the same): smbdirectd frees a slot only when
+    /// smbd says so.
     fn release_unused_grants(&mut self, msg: &[u8]) {
         let Ok(parts) = smb_proto::split_compound(msg) else {
             return;
@@ -288,7 +289,27 @@ impl Conn {
             };
             let mid = u64::from_le_bytes(id);
             self.release_grant(mid);
+            while let Some(i) = self.rdma_payloads.iter().position(|(m, _)| *m == mid) {
+                let (_, p) = self.rdma_payloads.swap_remove(i);
+                if let RdmaPayload::Area(r) = p {
+                    self.give_back(r);
+                }
+            }
         }
+    }
+
+    /// A range a file I/O took is free again (its I/O completed, or never started): the
+    /// ledger's hold ends and smbdirectd is told (`Release`).
+    pub(crate) fn give_back(&mut self, r: crate::rdma_area::AreaRange) {
+        use smb_proto::area_frame::{AreaFrame, Op};
+        let f = AreaFrame {
+            op: Op::Release,
+            message_id: r.message_id(),
+            offset: r.offset(),
+            length: r.len() as u32,
+        };
+        drop(r);
+        self.push_out(f.encode().to_vec());
     }
 
     /// Releases this connection's grant for `mid`, if it still holds one, and tells
@@ -491,7 +512,9 @@ impl Conn {
                 "smbdirectd connection ended"
             );
         }
-        // Its ranges of the shared area are free for smbdirectd's other connections.
+        // Its ranges of the shared area are free for smbdirectd's other connections (those a
+        // file I/O still uses when it completes).
+        self.rdma_payloads.clear();
         self.rdma_area = None;
     }
 

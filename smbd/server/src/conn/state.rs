@@ -220,6 +220,21 @@ pub(crate) enum FileOp {
         /// available share, or SMB2_WRITEFLAG_WRITE_THROUGH.
         write_through: bool,
     },
+    /// An RDMA-channel READ into the area range smbdirectd granted for it: the kernel writes
+    /// the file's data straight there (smbdirectd then RDMA-WRITEs it to the client), and the
+    /// response carries DataLength 0.
+    AreaRead {
+        range: crate::rdma_area::AreaRange,
+        len: usize,
+        minimum: u32,
+        padding: u8,
+    },
+    /// An RDMA-channel WRITE whose data smbdirectd RDMA-READ into the area: the kernel writes
+    /// the file from the range itself, given back (`Release`) once the write has completed.
+    AreaWrite {
+        range: crate::rdma_area::AreaRange,
+        write_through: bool,
+    },
 }
 
 impl FileIo {
@@ -228,6 +243,8 @@ impl FileIo {
         match &self.op {
             FileOp::Read { len, .. } => len - self.done,
             FileOp::Write { data, .. } => data.len() - self.done,
+            FileOp::AreaRead { len, .. } => len - self.done,
+            FileOp::AreaWrite { range, .. } => range.len() - self.done,
         }
     }
 }

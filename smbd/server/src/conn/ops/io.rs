@@ -17,7 +17,9 @@ use super::{
     engine_status, io_status, parent_and_name, update_dos_fd, APPEND_DATA, EXECUTE,
     FILE_ACTION_MODIFIED, MAX_FILE_SIZE, READ_DATA, RING_IO_MIN, WRITE_CHANGE, WRITE_DATA,
 };
-use crate::conn::{err, ChainCtx, Conn, FileIo, FileOp, Open, Outcome, Signer};
+use crate::conn::{err, ChainCtx, Conn, FileIo, FileOp, Open, Outcome, RdmaPayload, Signer};
+use crate::metrics::RdmaPayload as Moved;
+use crate::rdma_area::AreaRange;
 
 /// [`crate::write_time::HOLD_LEASE`] in FILETIME units (100 ns).
 fn hold_lease_ft() -> u64 {
@@ -329,38 +331,67 @@ impl Conn {
                 );
                 return err(status::INVALID_PARAMETER);
             }
-            let Some(area) = self.rdma_area.as_ref() else {
-                return err(status::INTERNAL_ERROR);
+            let range = match self.rdma_area.as_ref().map(|a| a.take(g.offset)) {
+                Some(Ok(range)) => range,
+                // Not reached: `find` only returns holds this connection may take.
+                _ => return err(status::INTERNAL_ERROR),
             };
+            // Large lone READs go through the ring like any other (FileOp::AreaRead): the
+            // kernel reads the file into the range itself.
+            if ctx.single && r.length as usize >= RING_IO_MIN {
+                let file = match f.try_clone() {
+                    Ok(f) => f,
+                    Err(e) => {
+                        self.give_back(range);
+                        return err(io_status(&e));
+                    }
+                };
+                return Outcome::Deferred(Box::new(FileIo {
+                    file,
+                    offset: r.offset,
+                    done: 0,
+                    volatile: v,
+                    op: FileOp::AreaRead {
+                        range,
+                        len: r.length as usize,
+                        minimum: r.minimum_count,
+                        padding: self.read_body_padding,
+                    },
+                    hdr: Header::default(),
+                    signer: None,
+                    enc: None,
+                }));
+            }
             let mut n = 0usize;
+            let mut failed = None;
             while n < r.length as usize {
-                match area.map().pread_into(
+                match range.map().pread_into(
                     f,
                     r.offset.saturating_add(n as u64),
-                    g.offset as usize + n,
+                    range.offset() as usize + n,
                     r.length as usize - n,
                 ) {
                     Ok(0) => break,
                     Ok(k) => n += k,
                     Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                    Err(e) => return err(io_status(&e)),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
                 }
             }
+            if let Some(e) = failed {
+                self.give_back(range);
+                return err(io_status(&e));
+            }
             if (n == 0 && r.length > 0) || (n as u32) < r.minimum_count {
+                self.give_back(range);
                 return err(status::END_OF_FILE);
             }
-            let _ = area.release(g.offset);
             if let Some(o) = self.opens.get_mut(&v) {
                 o.position = r.offset + n as u64;
             }
-            self.rdma_area_bytes += n as u64;
-            let back = smb_proto::area_frame::AreaFrame {
-                op: smb_proto::area_frame::Op::Read,
-                message_id: hdr.message_id,
-                offset: g.offset,
-                length: n as u32,
-            };
-            self.push_out(back.encode().to_vec());
+            self.area_read_done(range, n);
             return self.rdma_read_reply(n as u32);
         }
         // An RDMA READ's data is read behind the room for its payload frame's header.
@@ -387,6 +418,9 @@ impl Conn {
             // the response, which carries DataLength 0 and the count sent on the channel in
             // DataRemaining (MS-SMB2 2.2.20).
             self.rdma_inline_bytes += n as u64;
+            self.shared
+                .metrics
+                .rdma_payload(Moved::ReadStream, n as u64);
             if let Err(e) = payload_frame::write_header(&mut buf, hdr.message_id) {
                 // Not reached: max_io() keeps READs far below a frame's 16 MiB.
                 tracing::warn!(conn = self.id, "RDMA READ payload: {e}");
@@ -411,30 +445,60 @@ impl Conn {
         hdr: &Header,
         ctx: &mut ChainCtx,
     ) -> Outcome {
+        let mut area = None;
         match self.rdma_channel(w.channel, ctx) {
             Ok(false) => {}
             Ok(true) => {
                 // The data smbdirectd RDMA-READ from the client's buffers, sent just before
-                // this request; its length is RemainingBytes (Length is 0, MS-SMB2 2.2.21).
+                // this request (in the shared area or on the stream); its length is
+                // RemainingBytes (Length is 0, MS-SMB2 2.2.21).
                 let at = self
                     .rdma_payloads
                     .iter()
                     .position(|(id, _)| *id == hdr.message_id);
-                let Some((_, data)) = at.map(|i| self.rdma_payloads.swap_remove(i)) else {
+                let Some((_, payload)) = at.map(|i| self.rdma_payloads.swap_remove(i)) else {
                     return err(status::INVALID_PARAMETER);
                 };
-                if !w.data.is_empty() || data.len() != w.remaining_bytes as usize {
+                let len = match &payload {
+                    RdmaPayload::Inline(d) => d.len(),
+                    RdmaPayload::Area(r) => r.len(),
+                };
+                if !w.data.is_empty() || len != w.remaining_bytes as usize {
+                    if let RdmaPayload::Area(r) = payload {
+                        self.give_back(r);
+                    }
                     return err(status::INVALID_PARAMETER);
                 }
-                w.data = data;
+                match payload {
+                    RdmaPayload::Inline(d) => w.data = d,
+                    RdmaPayload::Area(r) => area = Some(r),
+                }
             }
             Err(st) => return err(st),
         }
+        let out = self.write_data(w, &mut area, ctx);
+        // A WRITE from the area that did not go to the ring is over (written, or refused
+        // before): the range goes back now. One in the ring goes back when it completes.
+        if let Some(r) = area.take() {
+            self.give_back(r);
+        }
+        out
+    }
+
+    /// The WRITE with its data: `w.data`, or the area range in `area` (smbdirectd's shared
+    /// area), which this takes when it hands the write to the ring.
+    fn write_data(
+        &mut self,
+        w: WriteRequest,
+        area: &mut Option<AreaRange>,
+        ctx: &mut ChainCtx,
+    ) -> Outcome {
+        let len = area.as_ref().map_or(w.data.len(), |r| r.len());
         let v = match self.resolve_fid(w.file_id, ctx) {
             Ok(v) => v,
             Err(st) => return err(st),
         };
-        if w.data.len() as u64 > self.max_io() as u64 {
+        if len as u64 > self.max_io() as u64 {
             return err(status::INVALID_PARAMETER);
         }
         let Some(o) = self.opens.get(&v) else {
@@ -452,17 +516,17 @@ impl Conn {
         // Offsets past MAXLONGLONG and writes ending past the largest file size an NTFS volume
         // supports are invalid (MS-FSA 2.1.5.3); empty writes are no-ops.
         let offset = w.offset;
-        let end = offset.checked_add(w.data.len() as u64);
+        let end = offset.checked_add(len as u64);
         if offset > i64::MAX as u64 || end.is_none_or(|e| e > i64::MAX as u64) {
             return err(status::INVALID_PARAMETER);
         }
-        if w.data.is_empty() {
+        if len == 0 {
             return Outcome::Reply(status::SUCCESS, Response::Write { count: 0 });
         }
         if offset >= MAX_FILE_SIZE {
             return err(status::INVALID_PARAMETER);
         }
-        if let Err(st) = self.check_io(o, offset, w.data.len() as u64, true) {
+        if let Err(st) = self.check_io(o, offset, len as u64, true) {
             return err(st);
         }
         // A write acknowledged on a persistent handle must survive the host, not only this
@@ -478,29 +542,46 @@ impl Conn {
         let Some(f) = self.opens.get(&v).and_then(|o| o.file.as_ref()) else {
             return err(status::FILE_CLOSED);
         };
-        if ctx.single && w.data.len() >= RING_IO_MIN {
+        if ctx.single && len >= RING_IO_MIN {
             let file = match f.try_clone() {
                 Ok(f) => f,
                 Err(e) => return err(io_status(&e)),
+            };
+            // From the area, the ring's WRITE reads the range itself (FileOp::AreaWrite).
+            let op = match area.take() {
+                Some(range) => FileOp::AreaWrite {
+                    range,
+                    write_through,
+                },
+                None => FileOp::Write {
+                    data: w.data,
+                    write_through,
+                },
             };
             return Outcome::Deferred(Box::new(FileIo {
                 file,
                 offset,
                 done: 0,
                 volatile: v,
-                op: FileOp::Write {
-                    data: w.data,
-                    write_through,
-                },
+                op,
                 hdr: Header::default(),
                 signer: None,
                 enc: None,
             }));
         }
-        let written = f.write_all_at(&w.data, offset);
+        let written = match area.as_ref() {
+            Some(r) => write_all_from_area(f, r, offset),
+            None => f.write_all_at(&w.data, offset),
+        };
         self.note_write(v);
         if let Err(e) = written {
             return err(io_status(&e));
+        }
+        if area.is_some() {
+            self.rdma_area_bytes += len as u64;
+            self.shared
+                .metrics
+                .rdma_payload(Moved::WriteArea, len as u64);
         }
         let Some(o) = self.opens.get(&v) else {
             return err(status::FILE_CLOSED);
@@ -510,18 +591,35 @@ impl Conn {
                 return err(io_status(&e));
             }
         }
-        let (parent, n) = parent_and_name(&o.abs);
+        self.wrote(v, offset, len);
+        Outcome::Reply(status::SUCCESS, Response::Write { count: len as u32 })
+    }
+
+    /// A write of `n` bytes at `offset` through the open `v` succeeded: change notification
+    /// and the open's position.
+    fn wrote(&mut self, v: u64, offset: u64, n: usize) {
         if let Some(o) = self.opens.get_mut(&v) {
-            o.position = offset + w.data.len() as u64;
+            o.position = offset + n as u64;
+            let (parent, name) = parent_and_name(&o.abs);
+            self.shared
+                .dir_changed(parent, FILE_ACTION_MODIFIED, WRITE_CHANGE, name);
         }
-        self.shared
-            .dir_changed(parent, FILE_ACTION_MODIFIED, WRITE_CHANGE, n);
-        Outcome::Reply(
-            status::SUCCESS,
-            Response::Write {
-                count: w.data.len() as u32,
-            },
-        )
+    }
+
+    /// A READ read `n` bytes into its area range: smbdirectd gets the range back with the
+    /// count (`Read`), RDMA-WRITEs those bytes to the client and then sends the response.
+    fn area_read_done(&mut self, range: AreaRange, n: usize) {
+        self.rdma_area_bytes += n as u64;
+        self.shared.metrics.rdma_payload(Moved::ReadArea, n as u64);
+        let back = smb_proto::area_frame::AreaFrame {
+            op: smb_proto::area_frame::Op::Read,
+            message_id: range.message_id(),
+            offset: range.offset(),
+            length: n as u32,
+        };
+        // The ledger's hold ends with the range; smbdirectd frees the slot on `Read`.
+        drop(range);
+        self.push_out(back.encode().to_vec());
     }
 
     /// Answer a READ/WRITE the ring finished: `res` is the byte count or an errno.
@@ -538,6 +636,9 @@ impl Conn {
         let n = match res {
             Ok(n) => n,
             Err(errno) => {
+                if let FileOp::AreaRead { range, .. } | FileOp::AreaWrite { range, .. } = op {
+                    self.give_back(range);
+                }
                 let st = io_status(&std::io::Error::from_raw_os_error(errno));
                 self.deferred_reply(hdr, st, Response::Error { data: vec![] }, signer, enc);
                 return;
@@ -583,16 +684,50 @@ impl Conn {
                 }
                 self.emit_framed(buf, signer, enc);
             }
-            FileOp::Write { .. } => {
-                self.note_write(volatile);
-                if let Some(o) = self.opens.get(&volatile) {
-                    let (parent, name) = parent_and_name(&o.abs);
-                    self.shared
-                        .dir_changed(parent, FILE_ACTION_MODIFIED, WRITE_CHANGE, name);
+            FileOp::AreaRead {
+                range,
+                minimum,
+                padding,
+                ..
+            } => {
+                // As for FileOp::Read: nothing read, or less than MinimumCount, is end of file.
+                if n == 0 || (n as u32) < minimum {
+                    self.give_back(range);
+                    let st = status::END_OF_FILE;
+                    self.deferred_reply(hdr, st, Response::Error { data: vec![] }, signer, enc);
+                    return;
                 }
                 if let Some(o) = self.opens.get_mut(&volatile) {
                     o.position = offset + n as u64;
                 }
+                // The area frame goes first: smbdirectd RDMA-WRITEs the data, then sends the
+                // response (DataLength 0, the count in DataRemaining: MS-SMB2 2.2.20).
+                self.area_read_done(range, n);
+                let body = Response::Read {
+                    data: Vec::new(),
+                    data_remaining: n as u32,
+                    padding,
+                };
+                self.deferred_reply(hdr, status::SUCCESS, body, signer, enc);
+            }
+            FileOp::AreaWrite { range, .. } => {
+                self.note_write(volatile);
+                self.wrote(volatile, offset, n);
+                self.rdma_area_bytes += n as u64;
+                self.shared.metrics.rdma_payload(Moved::WriteArea, n as u64);
+                // Written: the range is smbdirectd's again.
+                self.give_back(range);
+                self.deferred_reply(
+                    hdr,
+                    status::SUCCESS,
+                    Response::Write { count: n as u32 },
+                    signer,
+                    enc,
+                );
+            }
+            FileOp::Write { .. } => {
+                self.note_write(volatile);
+                self.wrote(volatile, offset, n);
                 self.deferred_reply(
                     hdr,
                     status::SUCCESS,
@@ -619,4 +754,24 @@ impl Conn {
         body.encode_body(&mut w, 4);
         self.emit_framed(w.buf, signer, enc);
     }
+}
+
+/// pwrite(2) of all of `r`'s bytes to `f` at `offset`, straight from the shared area
+/// (retried on EINTR and short writes, like `write_all_at`).
+fn write_all_from_area(f: &std::fs::File, r: &AreaRange, offset: u64) -> std::io::Result<()> {
+    let mut done = 0usize;
+    while done < r.len() {
+        match r.map().pwrite_from(
+            f,
+            offset + done as u64,
+            r.offset() as usize + done,
+            r.len() - done,
+        ) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(k) => done += k,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
