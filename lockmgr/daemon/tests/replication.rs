@@ -16,7 +16,7 @@ use lockmgr_transport::SpinConfig;
 
 #[path = "support/replica_node.rs"]
 mod replica_node;
-use replica_node::{connect_with, key_file, lock, open, options, resume_with, TIMEOUT};
+use replica_node::{connect_with, key_file, lock, open, options, resume_with, unlock, TIMEOUT};
 
 /// A step of a failover, as seen by one of its actors (for the per-phase timings of the
 /// repeated-kill test).
@@ -401,17 +401,7 @@ fn standby_takes_over_and_nodes_resume_with_their_locks() {
         Reply::Done(Status::LockNotGranted)
     );
     // node1 still holds it under its open: it can release it, then node2 gets it.
-    assert_eq!(
-        n1.call(
-            Request::Unlock {
-                open: o1,
-                ranges: vec![range],
-            },
-            TIMEOUT
-        )
-        .expect("unlock"),
-        Reply::Done(Status::Success)
-    );
+    assert_eq!(unlock(&mut n1, o1, range), Reply::Done(Status::Success));
     assert_eq!(lock(&mut n2, o2, range), Reply::Done(Status::Success));
     assert_eq!(
         lock(&mut n3, o3, range),

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use lockmgr_client::{AnyTransport, ClientError, ConnectError, LockClient, TransportSpec};
 use lockmgr_coord::{Coordinator, LocalEtcd, LocalEtcdError};
-use lockmgr_engine::{FileId, LockRange, Reply, Request, Status};
+use lockmgr_engine::{FileId, LockRange, Reply, Status};
 use lockmgr_proto::{ClusterKey, RejectReason};
 use lockmgr_transport::afxdp::XdpOptions;
 use lockmgr_transport::eth::{EthConfig, MacAddr};
@@ -32,7 +32,9 @@ use lockmgr_transport::{FabricKey, SpinConfig};
 
 #[path = "support/replica_node.rs"]
 mod replica_node;
-use replica_node::{connect_with, key_file, lock, open, options, resume_with, KEY, TIMEOUT};
+use replica_node::{
+    connect_with, key_file, lock, open, options, resume_with, unlock, KEY, TIMEOUT,
+};
 /// Client namespaces of the star.
 const LM_A: usize = 0;
 const LM_B: usize = 1;
@@ -390,17 +392,7 @@ fn standby_takes_over(medium: Medium) {
         Reply::Done(Status::LockNotGranted)
     );
     // node1 still holds the first under its open: it releases it, then node2 gets it.
-    assert_eq!(
-        n1.call(
-            Request::Unlock {
-                open: o1,
-                ranges: vec![range],
-            },
-            TIMEOUT
-        )
-        .expect("unlock"),
-        Reply::Done(Status::Success)
-    );
+    assert_eq!(unlock(&mut n1, o1, range), Reply::Done(Status::Success));
     assert_eq!(lock(&mut n2, o2, range), Reply::Done(Status::Success));
     drop(n1);
     drop(n2);

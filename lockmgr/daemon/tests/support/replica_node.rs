@@ -92,6 +92,17 @@ pub fn lock<T: ClientTransport>(c: &mut LockClient<T>, open: OpenId, range: Lock
     .expect("lock call")
 }
 
+pub fn unlock<T: ClientTransport>(c: &mut LockClient<T>, open: OpenId, range: LockRange) -> Reply {
+    c.call(
+        Request::Unlock {
+            open,
+            ranges: vec![range],
+        },
+        TIMEOUT,
+    )
+    .expect("unlock call")
+}
+
 /// The cluster key in a 0600 file under `dir`, as lockmgrd wants it.
 pub fn key_file(dir: &tempfile::TempDir) -> PathBuf {
     let key_file = dir.path().join("cluster.key");
