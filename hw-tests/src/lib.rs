@@ -4,5 +4,6 @@
 pub mod ca_failover;
 pub mod cifs_mount;
 pub mod guest;
+pub mod lock_calls;
 pub mod replication_rdma;
 pub mod smbdirect;

@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 use crate::guest::{random_key_file, spawn_logged, start_etcd, wait_log, STEP};
 
 use lockmgr_client::{ClientError, ClientOptions, LockClient};
-use lockmgr_engine::{
-    access, share, FileId, LockRange, OpenId, OpenRequest, Reply, Request, Status,
-};
+use lockmgr_engine::{FileId, LockRange, OpenId, Reply, Request, Status};
 use lockmgr_proto::{ClusterKey, RejectReason};
 use lockmgr_rdma::{DeviceConfig, RdmaClient, RdmaConfig};
 use lockmgr_transport::SpinConfig;
@@ -99,22 +97,11 @@ fn resume(
 }
 
 fn call(c: &mut Client, req: Request) -> Result<Reply, String> {
-    c.call(req, STEP).map_err(|e| format!("call: {e}"))
+    crate::lock_calls::call(c, req, STEP)
 }
 
 fn open(c: &mut Client, file: FileId) -> Result<OpenId, String> {
-    match call(
-        c,
-        Request::Open(OpenRequest {
-            file,
-            access: access::FILE_READ_DATA | access::FILE_WRITE_DATA,
-            share: share::READ | share::WRITE,
-            ..OpenRequest::default()
-        }),
-    )? {
-        Reply::Opened { open, .. } => Ok(open),
-        other => Err(format!("open: {other:?}")),
-    }
+    crate::lock_calls::open_read_write(c, file, STEP)
 }
 
 fn lock(c: &mut Client, open: OpenId, range: LockRange) -> Result<Reply, String> {

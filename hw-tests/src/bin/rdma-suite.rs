@@ -191,22 +191,11 @@ fn connect(server: SocketAddr, device: &DeviceConfig, name: &str) -> Result<Clie
 }
 
 fn call(c: &mut Client, req: Request) -> Result<Reply, String> {
-    c.call(req, TIMEOUT).map_err(|e| format!("call: {e}"))
+    hw_tests::lock_calls::call(c, req, TIMEOUT)
 }
 
 fn open(c: &mut Client, file: FileId) -> Result<OpenId, String> {
-    match call(
-        c,
-        Request::Open(OpenRequest {
-            file,
-            access: access::FILE_READ_DATA | access::FILE_WRITE_DATA,
-            share: share::READ | share::WRITE,
-            ..OpenRequest::default()
-        }),
-    )? {
-        Reply::Opened { open, .. } => Ok(open),
-        other => Err(format!("open failed: {other:?}")),
-    }
+    hw_tests::lock_calls::open_read_write(c, file, TIMEOUT)
 }
 
 fn expect(what: &str, got: Reply, want: Reply) -> TestResult {
