@@ -700,6 +700,9 @@ impl Incoming<'_> {
 
 /// A message decoded by [`FrameReader::next_output`]: `Reply::Done` replies (what a node
 /// receives for nearly every request) without a [`Message`]; everything else as one.
+// Returned by value and consumed at once, never stored: boxing the `Message` would only add an
+// allocation to every message that is not a done reply.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
     /// `Message::Reply { request_id, body: Reply::Done(status) }`.
