@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use lockbench::lockload;
 use lockmgr_client::{ClientOptions, Event, LockClient};
-use lockmgr_engine::{LockRange, Request};
+use lockmgr_engine::{LockRange, OpenId};
 use lockmgr_proto::ClusterKey;
 use lockmgr_transport::shm::{ShmClient, ShmConfig, ShmServer};
 use lockmgr_transport::{ClientTransport, SpinConfig};
@@ -57,15 +57,27 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
+/// A lock or an unlock of one range.
+#[derive(Clone, Copy)]
+enum Op {
+    Lock(OpenId, LockRange),
+    Unlock(OpenId, LockRange),
+}
+
 /// Submits everything, lets the server take turns until all replies are back.
 fn round<T: ClientTransport>(
     c: &mut LockClient<T>,
     server: &mut Server<ShmServer>,
-    requests: impl Iterator<Item = Request>,
+    requests: impl Iterator<Item = Op>,
 ) -> Result<usize, String> {
     let mut n = 0;
     for r in requests {
-        c.submit(r).map_err(|e| e.to_string())?;
+        // As lockbench sends them: encoded straight into the frame, no `Request` built.
+        match r {
+            Op::Lock(open, range) => c.submit_lock(open, &[range], true),
+            Op::Unlock(open, range) => c.submit_unlock(open, &[range]),
+        }
+        .map_err(|e| e.to_string())?;
         n += 1;
     }
     c.flush().map_err(|e| e.to_string())?;
@@ -166,14 +178,15 @@ fn main() -> Result<(), String> {
         round(
             &mut c,
             &mut server,
-            (held..held + n).map(|i| Request::Lock {
-                open,
-                ranges: vec![LockRange {
-                    offset: (1u64 << 40) + i * 16,
-                    length: 8,
-                    exclusive: true,
-                }],
-                fail_immediately: true,
+            (held..held + n).map(|i| {
+                Op::Lock(
+                    open,
+                    LockRange {
+                        offset: (1u64 << 40) + i * 16,
+                        length: 8,
+                        exclusive: true,
+                    },
+                )
             }),
         )?;
         held += n;
@@ -193,19 +206,12 @@ fn main() -> Result<(), String> {
         ops += round(
             &mut c,
             &mut server,
-            ranges.iter().map(|r| Request::Lock {
-                open,
-                ranges: vec![*r],
-                fail_immediately: true,
-            }),
+            ranges.iter().map(|r| Op::Lock(open, *r)),
         )? as u64;
         ops += round(
             &mut c,
             &mut server,
-            ranges.iter().map(|r| Request::Unlock {
-                open,
-                ranges: vec![*r],
-            }),
+            ranges.iter().map(|r| Op::Unlock(open, *r)),
         )? as u64;
     }
     let dt = t0.elapsed();

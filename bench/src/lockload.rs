@@ -195,9 +195,72 @@ impl Distribution<usize> for Zipf {
     }
 }
 
-/// One step of a client's operation sequence.
-struct Step {
-    request: Request,
+/// One step of a client's operation sequence. Locks and unlocks are sent with
+/// `LockClient::submit_lock` / `submit_unlock`, which encode the range straight into the frame
+/// (no `Request`, no `Vec` per operation): the client's own cost is part of every measurement.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    Lock {
+        open: OpenId,
+        range: LockRange,
+    },
+    Unlock {
+        open: OpenId,
+        range: LockRange,
+    },
+    Open {
+        file: FileId,
+    },
+    /// The open id comes from the open's reply (see [`Outcome::Opened`]).
+    Close,
+}
+
+impl Step {
+    fn submit<T: ClientTransport>(
+        &self,
+        c: &mut LockClient<T>,
+        outcome: Outcome,
+    ) -> Result<RequestId, ClientError> {
+        match *self {
+            Step::Lock { open, range } => c.submit_lock(open, &[range], true),
+            Step::Unlock { open, range } => c.submit_unlock(open, &[range]),
+            Step::Open { file } => c.submit(open_request(file)),
+            // Only sent for an open that succeeded (`Outcome::needs_undo`).
+            Step::Close => c.submit(Request::Close {
+                open: match outcome {
+                    Outcome::Opened(open) => open,
+                    _ => OpenId(0),
+                },
+            }),
+        }
+    }
+}
+
+/// What a reply said, as much as the load needs (no `Reply` is kept).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Waiting,
+    Success,
+    Opened(OpenId),
+    Refused,
+}
+
+impl Outcome {
+    fn of(reply: &Reply) -> Outcome {
+        match reply {
+            Reply::Done(lockmgr_engine::Status::Success) => Outcome::Success,
+            Reply::Opened { open, .. } => Outcome::Opened(*open),
+            _ => Outcome::Refused,
+        }
+    }
+
+    /// Whether the operation took effect and must be undone (`undo` is its undo step).
+    fn needs_undo(self, undo: &Step) -> bool {
+        matches!(
+            (self, undo),
+            (Outcome::Opened(_), Step::Close) | (Outcome::Success, Step::Unlock { .. })
+        )
+    }
 }
 
 /// Produces the client's next operations. Locks are always followed by their unlock (and opens
@@ -252,28 +315,12 @@ impl OpGen {
             };
             match op {
                 Op::Lock | Op::Mixed => {
-                    out.push(Step {
-                        request: Request::Lock {
-                            open,
-                            ranges: vec![range],
-                            fail_immediately: true,
-                        },
-                    });
-                    undo.push(Step {
-                        request: Request::Unlock {
-                            open,
-                            ranges: vec![range],
-                        },
-                    });
+                    out.push(Step::Lock { open, range });
+                    undo.push(Step::Unlock { open, range });
                 }
                 Op::Open => {
-                    out.push(Step {
-                        request: open_request(file),
-                    });
-                    // The close needs the open id from the reply: filled in later.
-                    undo.push(Step {
-                        request: Request::Close { open: OpenId(0) },
-                    });
+                    out.push(Step::Open { file });
+                    undo.push(Step::Close);
                 }
             }
         }
@@ -284,7 +331,7 @@ impl OpGen {
 struct InFlight {
     /// Request id of the batch's first request; the others follow without gaps.
     first: u64,
-    replies: Vec<Option<Reply>>,
+    outcomes: Vec<Outcome>,
     got: usize,
     sent_at: Instant,
     /// For a batch of operations: what undoes each (unlock, close); empty for an undo batch.
@@ -305,10 +352,9 @@ pub fn run_closed<T: ClientTransport>(
     let depth = spec.depth.max(1);
     let mut steps = Vec::with_capacity(spec.batch);
     let mut in_flight: Vec<InFlight> = Vec::with_capacity(2 * depth);
-    // Reply vectors and undo lists of finished batches, reused.
-    let mut reply_pool: Vec<Vec<Option<Reply>>> = Vec::new();
+    // Outcome vectors and undo lists of finished batches, reused.
+    let mut outcome_pool: Vec<Vec<Outcome>> = Vec::new();
     let mut undo_pool: Vec<Vec<Step>> = Vec::new();
-    let mut events: Vec<(RequestId, Reply)> = Vec::with_capacity(spec.batch);
     let start = Instant::now();
     let mut ops = 0u64;
     let mut conflicts = 0u64;
@@ -326,19 +372,19 @@ pub fn run_closed<T: ClientTransport>(
             gen.batch(ws, spec.batch, &mut steps, &mut undo);
             let sent_at = Instant::now();
             let mut first = None;
-            for s in steps.drain(..) {
-                let id = c.submit(s.request).map_err(|e| e.to_string())?;
+            for s in &steps {
+                let id = s.submit(c, Outcome::Waiting).map_err(|e| e.to_string())?;
                 first.get_or_insert(id.0);
             }
             let Some(first) = first else {
                 break;
             };
-            let mut replies = reply_pool.pop().unwrap_or_default();
-            replies.clear();
-            replies.resize(undo.len(), None);
+            let mut outcomes = outcome_pool.pop().unwrap_or_default();
+            outcomes.clear();
+            outcomes.resize(undo.len(), Outcome::Waiting);
             in_flight.push(InFlight {
                 first,
-                replies,
+                outcomes,
                 got: 0,
                 sent_at,
                 undo,
@@ -348,37 +394,34 @@ pub fn run_closed<T: ClientTransport>(
         if sent {
             c.flush().map_err(|e| e.to_string())?;
         }
-        events.clear();
         let got = c
             .poll(&mut |ev| {
-                if let Event::Reply { request, reply } = ev {
-                    events.push((request, reply));
+                let Event::Reply { request: id, reply } = ev else {
+                    return;
+                };
+                // Few batches are in flight: a linear search is cheapest.
+                if let Some(b) = in_flight
+                    .iter_mut()
+                    .find(|b| id.0 >= b.first && id.0 < b.first + b.outcomes.len() as u64)
+                {
+                    let slot = &mut b.outcomes[(id.0 - b.first) as usize];
+                    if *slot == Outcome::Waiting {
+                        b.got += 1;
+                    }
+                    *slot = Outcome::of(&reply);
                 }
             })
             .map_err(|e: ClientError| e.to_string())?;
-        for (id, reply) in events.drain(..) {
-            // Few batches are in flight: a linear search is cheapest.
-            if let Some(b) = in_flight
-                .iter_mut()
-                .find(|b| id.0 >= b.first && id.0 < b.first + b.replies.len() as u64)
-            {
-                let slot = &mut b.replies[(id.0 - b.first) as usize];
-                if slot.is_none() {
-                    b.got += 1;
-                }
-                *slot = Some(reply);
-            }
-        }
         // Retire answered batches; an answered operation batch begets its undo batch.
         let mut i = 0;
         let mut sent_undo = false;
         while i < in_flight.len() {
-            if in_flight[i].got < in_flight[i].replies.len() {
+            if in_flight[i].got < in_flight[i].outcomes.len() {
                 i += 1;
                 continue;
             }
             let mut b = in_flight.swap_remove(i);
-            let n = b.replies.len() as u64;
+            let n = b.outcomes.len() as u64;
             let rtt = (b.sent_at.elapsed().as_nanos() as u64).clamp(1, hist.high());
             hist.saturating_record_n(rtt, n);
             ops += n;
@@ -386,31 +429,23 @@ pub fn run_closed<T: ClientTransport>(
                 let sent_at = Instant::now();
                 let mut first = None;
                 let mut count = 0;
-                for (reply, u) in b.replies.iter().zip(b.undo.drain(..)) {
-                    let request = match (reply, u.request) {
-                        (Some(Reply::Opened { open, .. }), Request::Close { .. }) => {
-                            Request::Close { open: *open }
-                        }
-                        (
-                            Some(Reply::Done(lockmgr_engine::Status::Success)),
-                            r @ Request::Unlock { .. },
-                        ) => r,
-                        _ => {
-                            conflicts += 1;
-                            continue;
-                        }
-                    };
-                    let id = c.submit(request).map_err(|e| e.to_string())?;
+                for (&outcome, u) in b.outcomes.iter().zip(&b.undo) {
+                    if !outcome.needs_undo(u) {
+                        conflicts += 1;
+                        continue;
+                    }
+                    let id = u.submit(c, outcome).map_err(|e| e.to_string())?;
                     first.get_or_insert(id.0);
                     count += 1;
                 }
+                b.undo.clear();
                 if let Some(first) = first {
-                    let mut replies = reply_pool.pop().unwrap_or_default();
-                    replies.clear();
-                    replies.resize(count, None);
+                    let mut outcomes = outcome_pool.pop().unwrap_or_default();
+                    outcomes.clear();
+                    outcomes.resize(count, Outcome::Waiting);
                     in_flight.push(InFlight {
                         first,
-                        replies,
+                        outcomes,
                         got: 0,
                         sent_at,
                         undo: Vec::new(),
@@ -418,7 +453,7 @@ pub fn run_closed<T: ClientTransport>(
                     sent_undo = true;
                 }
             }
-            reply_pool.push(b.replies);
+            outcome_pool.push(b.outcomes);
             // Undo batches have no undo list: pooling their empty vectors would bury the
             // allocated ones and make every batch allocate afresh.
             if b.undo.capacity() > 0 {
@@ -463,15 +498,15 @@ pub fn run_open<T: ClientTransport>(
     let mut hist = new_histogram();
     let mut steps = Vec::with_capacity(1);
     let mut undo = Vec::with_capacity(1);
-    // request id -> (due time, undo request)
-    let mut in_flight: std::collections::HashMap<RequestId, (Instant, Request)> =
+    // request id -> (due time, undo step)
+    let mut in_flight: std::collections::HashMap<RequestId, (Instant, Step)> =
         std::collections::HashMap::new();
     let start = Instant::now();
     let mut next_due = start;
     let mut ops = 0u64;
     let mut conflicts = 0u64;
     let mut unlocks_pending = 0usize;
-    let mut sent = 0u64;
+    let mut done: Vec<(RequestId, Outcome)> = Vec::new();
     while start.elapsed() < spec.duration || !in_flight.is_empty() || unlocks_pending > 0 {
         let now = Instant::now();
         if now - start > spec.duration + Duration::from_secs(10) {
@@ -483,19 +518,18 @@ pub fn run_open<T: ClientTransport>(
             let (Some(s), Some(u)) = (steps.pop(), undo.pop()) else {
                 break;
             };
-            let id = c.submit(s.request).map_err(|e| e.to_string())?;
-            in_flight.insert(id, (next_due, u.request));
+            let id = s.submit(c, Outcome::Waiting).map_err(|e| e.to_string())?;
+            in_flight.insert(id, (next_due, u));
             next_due += interval;
-            sent += 1;
             submitted = true;
         }
         if submitted {
             c.flush().map_err(|e| e.to_string())?;
         }
-        let mut done: Vec<(RequestId, Reply)> = Vec::new();
+        done.clear();
         c.poll(&mut |ev| {
             if let Event::Reply { request, reply } = ev {
-                done.push((request, reply));
+                done.push((request, Outcome::of(&reply)));
             } else if let Event::Notify(Notification::Completed { .. }) = ev {
                 // Not produced by this load (fail_immediately), ignored.
             }
@@ -503,24 +537,16 @@ pub fn run_open<T: ClientTransport>(
         .map_err(|e| e.to_string())?;
         let t = Instant::now();
         let mut undo_sent = false;
-        for (id, reply) in done {
-            if let Some((due, undo_req)) = in_flight.remove(&id) {
+        for &(id, outcome) in &done {
+            if let Some((due, u)) = in_flight.remove(&id) {
                 record(&mut hist, (t - due).as_nanos() as u64);
                 ops += 1;
-                let undo_req = match (reply, undo_req) {
-                    (Reply::Opened { open, .. }, Request::Close { .. }) => {
-                        Some(Request::Close { open })
-                    }
-                    (Reply::Done(lockmgr_engine::Status::Success), r) => Some(r),
-                    _ => {
-                        conflicts += 1;
-                        None
-                    }
-                };
-                if let Some(r) = undo_req {
-                    c.submit(r).map_err(|e| e.to_string())?;
+                if outcome.needs_undo(&u) {
+                    u.submit(c, outcome).map_err(|e| e.to_string())?;
                     unlocks_pending += 1;
                     undo_sent = true;
+                } else {
+                    conflicts += 1;
                 }
             } else {
                 unlocks_pending = unlocks_pending.saturating_sub(1);
@@ -530,7 +556,6 @@ pub fn run_open<T: ClientTransport>(
             c.flush().map_err(|e| e.to_string())?;
         }
     }
-    let _ = sent;
     Ok(LoadResult {
         hist,
         ops,

@@ -18,8 +18,10 @@ use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
-use lockmgr_engine::{Notification, Reply, Request, RequestId, SessionId};
-use lockmgr_proto::{decode_frame, DecodeError, EncodeError, FrameBuf, Message, RejectReason};
+use lockmgr_engine::{LockRange, Notification, OpenId, Reply, Request, RequestId, SessionId};
+use lockmgr_proto::{
+    decode_frame, DecodeError, EncodeError, FrameBuf, Message, Output, RejectReason,
+};
 use lockmgr_transport::{ClientTransport, TransportError};
 use thiserror::Error;
 
@@ -296,17 +298,55 @@ impl<T: ClientTransport> LockClient<T> {
         Ok(id)
     }
 
+    /// [`submit`](Self::submit) of `Request::Lock { open, ranges, fail_immediately }` without
+    /// building the request: the ranges are encoded straight into the frame being built, so
+    /// nothing is allocated per request.
+    pub fn submit_lock(
+        &mut self,
+        open: OpenId,
+        ranges: &[LockRange],
+        fail_immediately: bool,
+    ) -> Result<RequestId, ClientError> {
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        self.push_with(|out| out.push_lock(id, open, ranges, fail_immediately))?;
+        Ok(id)
+    }
+
+    /// [`submit`](Self::submit) of `Request::Unlock { open, ranges }` without building the
+    /// request (see [`submit_lock`](Self::submit_lock)).
+    pub fn submit_unlock(
+        &mut self,
+        open: OpenId,
+        ranges: &[LockRange],
+    ) -> Result<RequestId, ClientError> {
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        self.push_with(|out| out.push_unlock(id, open, ranges))?;
+        Ok(id)
+    }
+
     fn push(&mut self, msg: &Message) -> Result<(), ClientError> {
+        self.push_with(|out| out.push(msg))
+    }
+
+    /// Encodes one message with `encode` into the frame being built; when the frame is full,
+    /// sends it and encodes into the next.
+    #[inline]
+    fn push_with(
+        &mut self,
+        encode: impl Fn(&mut FrameBuf) -> Result<(), EncodeError>,
+    ) -> Result<(), ClientError> {
         if self.ended {
             return Err(ClientError::SessionEnded);
         }
-        match self.out.push(msg) {
+        match encode(&mut self.out) {
             Ok(()) => Ok(()),
             // Sending a full frame at once keeps at most one frame buffered for callers that
             // submit thousands of requests between flushes.
             Err(EncodeError::FrameFull) => {
                 self.send_frame()?;
-                Ok(self.out.push(msg)?)
+                Ok(encode(&mut self.out)?)
             }
             Err(e) => Err(e.into()),
         }
@@ -383,7 +423,7 @@ impl<T: ClientTransport> LockClient<T> {
         let mut stale_epoch_frames = 0u64;
         let early = std::mem::take(&mut self.early);
         let mut take_frame = |bytes: &[u8]| {
-            let frame = match decode_frame(bytes) {
+            let mut frame = match decode_frame(bytes) {
                 Ok(f) => f,
                 Err(e) => {
                     decode_error = Some(e);
@@ -401,9 +441,19 @@ impl<T: ClientTransport> LockClient<T> {
                 return;
             }
             epoch_seen = frame.epoch();
-            for msg in frame {
-                let msg = match msg {
-                    Ok(m) => m,
+            while let Some(out) = frame.next_output() {
+                let msg = match out {
+                    // Nearly every reply: no `Message` built.
+                    Ok(Output::Done { request_id, status }) => {
+                        received += 1;
+                        n += 1;
+                        f(Event::Reply {
+                            request: request_id,
+                            reply: Reply::Done(status),
+                        });
+                        continue;
+                    }
+                    Ok(Output::Message(m)) => m,
                     Err(e) => {
                         decode_error = Some(e);
                         return;

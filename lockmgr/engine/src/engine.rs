@@ -125,8 +125,9 @@ struct OpenState {
     oplock_break: Option<Break>,
     /// Handles of this open's locks so close need not scan other opens' locks. Unlock leaves
     /// stale entries behind (sequence numbers are never reused, so a stale handle matches
-    /// nothing); they are compacted away once they outnumber the live ones, which keeps the
-    /// hot path to an append.
+    /// nothing); they are dropped when the open's last lock goes, or compacted away once they
+    /// outnumber the live ones by a margin (see `do_unlock`), which keeps the hot path to an
+    /// append.
     locks: Vec<LockRef>,
     live_locks: usize,
     /// A stat open that asked for no caching: counted in `FileState::stat_opens`.
@@ -1963,7 +1964,9 @@ impl Engine {
         open: OpenId,
         ranges: &[LockRange],
     ) {
-        let Some(f) = self.owned(session, open).map(|o| o.file) else {
+        // One lookup for the open (what `owned` checks) and one for its file; the open and
+        // file tables are separate fields, so both can be borrowed at once.
+        let Some(o) = self.opens.get_mut(&open).filter(|o| o.session == session) else {
             self.reply(session, request, Reply::Done(Status::InvalidHandle));
             return;
         };
@@ -1971,14 +1974,14 @@ impl Engine {
             self.reply(session, request, Reply::Done(Status::InvalidParameter));
             return;
         }
-        let (Some(file), Some(o)) = (self.files.get_mut(&f), self.opens.get_mut(&open)) else {
+        let f = o.file;
+        let Some(file) = self.files.get_mut(&f) else {
             self.reply(session, request, Reply::Done(Status::InvalidHandle));
             return;
         };
         // MS-SMB2 3.3.5.14.1: unlocks apply in order; the first failure ends the request
         // without restoring the ones already released.
         let mut status = Status::Success;
-        let mut released = false;
         let mut count = 0;
         for r in ranges {
             if !range_is_valid(r.offset, r.length) {
@@ -1990,7 +1993,6 @@ impl Engine {
                     file.locks.remove(lr);
                     o.live_locks = o.live_locks.saturating_sub(1);
                     count += 1;
-                    released = true;
                 }
                 None => {
                     status = Status::RangeNotLocked;
@@ -1998,14 +2000,24 @@ impl Engine {
                 }
             }
         }
-        if o.locks.len() > 2 * o.live_locks + 32 {
+        if o.live_locks == 0 {
+            // Every handle left is stale: dropping them needs no lookups.
+            o.locks.clear();
+        } else if o.locks.len() > 2 * o.live_locks + 256 {
+            // Compaction looks up every handle: with enough slack that an open whose locks
+            // come and go in batches (up to ~256 at a time) empties its list by the `clear`
+            // above instead, and a compaction's cost is spread over at least 256 unlocks.
             o.locks.retain(|r| file.locks.contains(*r));
         }
-        if let Some(s) = self.sessions.get_mut(&session) {
-            s.locks = s.locks.saturating_sub(count);
+        // Waiters can only be granted when something was released.
+        let wake_waiters = count > 0 && !file.lock_waiters.is_empty();
+        if count > 0 {
+            if let Some(s) = self.sessions.get_mut(&session) {
+                s.locks = s.locks.saturating_sub(count);
+            }
         }
         self.reply(session, request, Reply::Done(status));
-        if released {
+        if wake_waiters {
             self.process_lock_waiters(now, f);
         }
     }

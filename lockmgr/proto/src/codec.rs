@@ -428,6 +428,92 @@ pub(crate) fn get_lock_request_into(
     }))
 }
 
+/// The body of `Request::Lock` (`fail_immediately` is `Some`) or `Request::Unlock` (`None`)
+/// from borrowed ranges: what [`put_request`] writes for them (it calls this), so a node can
+/// encode a lock request without building a `Request` (and its `Vec`).
+pub(crate) fn put_lock_request(
+    s: &mut Sink<'_>,
+    open: OpenId,
+    ranges: &[LockRange],
+    fail_immediately: Option<bool>,
+) -> Result<(), EncodeError> {
+    match fail_immediately {
+        Some(fail) => {
+            s.u8(REQ_LOCK);
+            s.u64(open.0);
+            s.bool(fail);
+        }
+        None => {
+            s.u8(REQ_UNLOCK);
+            s.u64(open.0);
+        }
+    }
+    put_ranges(s, ranges)
+}
+
+/// Encoded length of what [`put_lock_request`] writes ([`request_len`] of the same request).
+pub(crate) fn lock_request_len(
+    ranges: &[LockRange],
+    fail_immediately: Option<bool>,
+) -> Result<usize, EncodeError> {
+    Ok(1 + 8 + usize::from(fail_immediately.is_some()) + ranges_len(ranges)?)
+}
+
+/// Encoded length of a lock request with one range (kind, open, fail flag, count, range).
+pub(crate) const ONE_RANGE_LOCK_LEN: usize = 1 + 8 + 1 + 2 + LOCK_RANGE_LEN;
+
+/// The encoding of `Request::Lock { open, ranges: vec![range], fail_immediately }`, exactly
+/// what [`put_request`] writes for it.
+#[inline]
+pub(crate) fn one_range_lock(
+    open: OpenId,
+    range: &LockRange,
+    fail_immediately: bool,
+) -> [u8; ONE_RANGE_LOCK_LEN] {
+    let mut b = [0u8; ONE_RANGE_LOCK_LEN];
+    b[0] = REQ_LOCK;
+    b[1..9].copy_from_slice(&open.0.to_le_bytes());
+    b[9] = u8::from(fail_immediately);
+    b[10..12].copy_from_slice(&1u16.to_le_bytes());
+    b[12..20].copy_from_slice(&range.offset.to_le_bytes());
+    b[20..28].copy_from_slice(&range.length.to_le_bytes());
+    b[28] = u8::from(range.exclusive);
+    b
+}
+
+/// Encoded length of an unlock request with one range (kind, open, count, range).
+pub(crate) const ONE_RANGE_UNLOCK_LEN: usize = ONE_RANGE_LOCK_LEN - 1;
+
+/// The encoding of `Request::Unlock { open, ranges: vec![range] }`, exactly what
+/// [`put_request`] writes for it.
+#[inline]
+pub(crate) fn one_range_unlock(open: OpenId, range: &LockRange) -> [u8; ONE_RANGE_UNLOCK_LEN] {
+    let mut b = [0u8; ONE_RANGE_UNLOCK_LEN];
+    b[0] = REQ_UNLOCK;
+    b[1..9].copy_from_slice(&open.0.to_le_bytes());
+    b[9..11].copy_from_slice(&1u16.to_le_bytes());
+    b[11..19].copy_from_slice(&range.offset.to_le_bytes());
+    b[19..27].copy_from_slice(&range.length.to_le_bytes());
+    b[27] = u8::from(range.exclusive);
+    b
+}
+
+/// The status of a `Reply::Done` body that is exactly the done encoding (kind byte and
+/// status, nothing else): `Ok(None)` if `body` is any other reply, so the caller decodes it
+/// the general way (which then reports the same errors [`get_reply`] would).
+#[inline]
+pub(crate) fn get_done_reply(body: &[u8]) -> Result<Option<Status>, DecodeError> {
+    match *body {
+        [REPLY_DONE, a, b] => {
+            let v = u16::from_le_bytes([a, b]);
+            Status::from_wire(v)
+                .map(Some)
+                .ok_or_else(|| invalid("status", v))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// Fixed fields of a lock (`fail_immediately` is `Some`) or unlock (`None`) request.
 pub(crate) struct LockRequestHead {
     pub open: OpenId,
@@ -581,17 +667,8 @@ pub(crate) fn put_request(s: &mut Sink<'_>, req: &Request) -> Result<(), EncodeE
             open,
             ranges,
             fail_immediately,
-        } => {
-            s.u8(REQ_LOCK);
-            s.u64(open.0);
-            s.bool(*fail_immediately);
-            put_ranges(s, ranges)?;
-        }
-        Request::Unlock { open, ranges } => {
-            s.u8(REQ_UNLOCK);
-            s.u64(open.0);
-            put_ranges(s, ranges)?;
-        }
+        } => put_lock_request(s, *open, ranges, Some(*fail_immediately))?,
+        Request::Unlock { open, ranges } => put_lock_request(s, *open, ranges, None)?,
         Request::Cancel { request } => {
             s.u8(REQ_CANCEL);
             s.u64(request.0);

@@ -2,7 +2,9 @@
 
 use std::iter::FusedIterator;
 
-use lockmgr_engine::{LockRange, Notification, OpenId, Reply, Request, RequestId, SessionId};
+use lockmgr_engine::{
+    LockRange, Notification, OpenId, Reply, Request, RequestId, SessionId, Status,
+};
 
 use crate::codec;
 use crate::error::{DecodeError, EncodeError};
@@ -137,6 +139,64 @@ impl<'a> FrameWriter<'a> {
             codec::notification_len(notification)?,
             |s| codec::put_notification(s, notification),
         )
+    }
+
+    /// Appends `Message::Request { request_id, body: Request::Lock { open, ranges,
+    /// fail_immediately } }` from borrowed ranges (same bytes, same errors as
+    /// [`FrameWriter::push`]): a node encodes its lock requests without building the request's
+    /// `Vec` of ranges.
+    pub fn push_lock(
+        &mut self,
+        request_id: RequestId,
+        open: OpenId,
+        ranges: &[LockRange],
+        fail_immediately: bool,
+    ) -> Result<(), EncodeError> {
+        if let [range] = ranges {
+            // Nearly every lock: one range, one fixed-size message copied in one piece.
+            const BODY: usize = 8 + codec::ONE_RANGE_LOCK_LEN;
+            let mut m = [0u8; MSG_HEADER_LEN + BODY];
+            m[0] = msg_type::REQUEST;
+            m[2..4].copy_from_slice(&(BODY as u16).to_le_bytes());
+            m[4..12].copy_from_slice(&request_id.0.to_le_bytes());
+            m[12..].copy_from_slice(&codec::one_range_lock(open, range, fail_immediately));
+            return self.push_bytes(&m);
+        }
+        self.push_lock_request(request_id, open, ranges, Some(fail_immediately))
+    }
+
+    /// Appends `Message::Request { request_id, body: Request::Unlock { open, ranges } }` from
+    /// borrowed ranges (same bytes, same errors as [`FrameWriter::push`]).
+    pub fn push_unlock(
+        &mut self,
+        request_id: RequestId,
+        open: OpenId,
+        ranges: &[LockRange],
+    ) -> Result<(), EncodeError> {
+        if let [range] = ranges {
+            const BODY: usize = 8 + codec::ONE_RANGE_UNLOCK_LEN;
+            let mut m = [0u8; MSG_HEADER_LEN + BODY];
+            m[0] = msg_type::REQUEST;
+            m[2..4].copy_from_slice(&(BODY as u16).to_le_bytes());
+            m[4..12].copy_from_slice(&request_id.0.to_le_bytes());
+            m[12..].copy_from_slice(&codec::one_range_unlock(open, range));
+            return self.push_bytes(&m);
+        }
+        self.push_lock_request(request_id, open, ranges, None)
+    }
+
+    fn push_lock_request(
+        &mut self,
+        request_id: RequestId,
+        open: OpenId,
+        ranges: &[LockRange],
+        fail_immediately: Option<bool>,
+    ) -> Result<(), EncodeError> {
+        let len = 8 + codec::lock_request_len(ranges, fail_immediately)?;
+        self.push_body(msg_type::REQUEST, len, |s| {
+            s.u64(request_id.0);
+            codec::put_lock_request(s, open, ranges, fail_immediately)
+        })
     }
 
     /// Whether one more message of `need` bytes fits this frame: `FrameFull` when a new
@@ -351,6 +411,33 @@ impl FrameBuf {
     pub fn push_notify(&mut self, notification: &Notification) -> Result<(), EncodeError> {
         let mut w = self.writer();
         let r = w.push_notify(notification);
+        (self.end, self.count) = (w.end, w.count);
+        r
+    }
+
+    /// [`FrameWriter::push_lock`]: a lock request without building the `Request`.
+    pub fn push_lock(
+        &mut self,
+        request_id: RequestId,
+        open: OpenId,
+        ranges: &[LockRange],
+        fail_immediately: bool,
+    ) -> Result<(), EncodeError> {
+        let mut w = self.writer();
+        let r = w.push_lock(request_id, open, ranges, fail_immediately);
+        (self.end, self.count) = (w.end, w.count);
+        r
+    }
+
+    /// [`FrameWriter::push_unlock`]: an unlock request without building the `Request`.
+    pub fn push_unlock(
+        &mut self,
+        request_id: RequestId,
+        open: OpenId,
+        ranges: &[LockRange],
+    ) -> Result<(), EncodeError> {
+        let mut w = self.writer();
+        let r = w.push_unlock(request_id, open, ranges);
         (self.end, self.count) = (w.end, w.count);
         r
     }
@@ -611,6 +698,34 @@ impl Incoming<'_> {
     }
 }
 
+/// A message decoded by [`FrameReader::next_output`]: `Reply::Done` replies (what a node
+/// receives for nearly every request) without a [`Message`]; everything else as one.
+// Returned by value and consumed at once, never stored: boxing the `Message` would only add an
+// allocation to every message that is not a done reply.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// `Message::Reply { request_id, body: Reply::Done(status) }`.
+    Done {
+        request_id: RequestId,
+        status: Status,
+    },
+    Message(Message),
+}
+
+impl Output {
+    /// The same message as the iterator would have produced it.
+    pub fn into_message(self) -> Message {
+        match self {
+            Output::Done { request_id, status } => Message::Reply {
+                request_id,
+                body: Reply::Done(status),
+            },
+            Output::Message(m) => m,
+        }
+    }
+}
+
 impl FrameReader<'_> {
     /// Like [`Iterator::next`] (same messages, same errors, same order), but lock and unlock
     /// requests are decoded into `ranges` (its previous contents are replaced) instead of a
@@ -653,6 +768,32 @@ impl FrameReader<'_> {
             }
         }
         Some(decode_body(tag, body).map(Incoming::Message))
+    }
+
+    /// Like [`Iterator::next`] (same messages, same errors, same order), but a
+    /// `Message::Reply` carrying `Reply::Done` (nearly every reply a node receives) comes back
+    /// as [`Output::Done`], without building a `Message`.
+    #[inline]
+    pub fn next_output(&mut self) -> Option<Result<Output, DecodeError>> {
+        let (tag, body) = match self.next_raw()? {
+            Ok(raw) => raw,
+            Err(e) => return Some(Err(e)),
+        };
+        if tag == msg_type::REPLY {
+            if let Some((id, rest)) = body.split_first_chunk::<8>() {
+                match codec::get_done_reply(rest) {
+                    Ok(Some(status)) => {
+                        return Some(Ok(Output::Done {
+                            request_id: RequestId(u64::from_le_bytes(*id)),
+                            status,
+                        }))
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Some(Err(e)),
+                }
+            }
+        }
+        Some(decode_body(tag, body).map(Output::Message))
     }
 
     /// The next known message's tag and body; unknown optional messages are skipped.

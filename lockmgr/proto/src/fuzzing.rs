@@ -1,7 +1,9 @@
 //! The decode/re-encode property the fuzz target checks, shared with the corpus regression test
 //! so that `cargo test` (stable, no libFuzzer) checks exactly what fuzzing checks.
 
-use crate::frame::{decode_frame, FrameWriter};
+use lockmgr_engine::Request;
+
+use crate::frame::{decode_frame, FrameWriter, Incoming, Output};
 use crate::message::Message;
 use crate::{FRAME_HEADER_LEN, MSG_FLAG_OPTIONAL, MSG_HEADER_LEN};
 
@@ -40,7 +42,31 @@ pub fn check_roundtrip(data: &[u8]) -> Result<Outcome, String> {
     let session = frame.session_id();
     let epoch = frame.epoch();
     let declared = frame.message_count();
-    let msgs: Vec<Message> = match frame.collect::<Result<_, _>>() {
+    // The allocation-free decoders (lockmgrd's `next_incoming`, a node's `next_output`) yield
+    // exactly what the iterator yields, errors included.
+    let expected: Vec<_> = frame.clone().collect();
+    let mut r = frame.clone();
+    let mut ranges = Vec::new();
+    let mut incoming = Vec::with_capacity(expected.len());
+    while let Some(m) = r.next_incoming(&mut ranges) {
+        incoming.push(m.map(Incoming::into_message));
+    }
+    if incoming != expected {
+        return Err(format!(
+            "next_incoming differs from the iterator:\n{incoming:?}\n{expected:?}"
+        ));
+    }
+    let mut r = frame.clone();
+    let mut outputs = Vec::with_capacity(expected.len());
+    while let Some(m) = r.next_output() {
+        outputs.push(m.map(Output::into_message));
+    }
+    if outputs != expected {
+        return Err(format!(
+            "next_output differs from the iterator:\n{outputs:?}\n{expected:?}"
+        ));
+    }
+    let msgs: Vec<Message> = match expected.into_iter().collect::<Result<_, _>>() {
         Ok(m) => m,
         Err(_) => return Ok(Outcome::MessageRejected),
     };
@@ -52,6 +78,38 @@ pub fn check_roundtrip(data: &[u8]) -> Result<Outcome, String> {
             .map_err(|e| format!("re-encoding decoded message {m:?} failed: {e}"))?;
     }
     let len = w.finish();
+    // The direct encoders (a node's lock requests, lockmgrd's replies and notifications)
+    // write the same bytes.
+    let mut direct = Vec::with_capacity(data.len());
+    let mut d = FrameWriter::new(&mut direct, session);
+    d.set_epoch(epoch);
+    for m in &msgs {
+        match m {
+            Message::Request {
+                request_id,
+                body:
+                    Request::Lock {
+                        open,
+                        ranges,
+                        fail_immediately,
+                    },
+            } => d.push_lock(*request_id, *open, ranges, *fail_immediately),
+            Message::Request {
+                request_id,
+                body: Request::Unlock { open, ranges },
+            } => d.push_unlock(*request_id, *open, ranges),
+            Message::Reply { request_id, body } => d.push_reply(*request_id, body),
+            Message::Notify { body } => d.push_notify(body),
+            other => d.push(other),
+        }
+        .map_err(|e| format!("direct encoding of {m:?} failed: {e}"))?;
+    }
+    d.finish();
+    if direct != buf {
+        return Err(format!(
+            "direct encoders differ from push:\n {direct:02x?}\n {buf:02x?}"
+        ));
+    }
     if len != buf.len() {
         return Err(format!(
             "finish() returned {len}, buffer holds {}",

@@ -53,7 +53,7 @@ mod wire;
 pub use auth::{client_proof, server_proof, verify_proof, ClusterKey, Role, Transcript};
 pub use error::{DecodeError, EncodeError, KeyError};
 pub use frame::{
-    decode_frame, decode_header, FrameBuf, FrameHeader, FrameReader, FrameWriter, Incoming,
+    decode_frame, decode_header, FrameBuf, FrameHeader, FrameReader, FrameWriter, Incoming, Output,
 };
 pub use message::{
     msg_type, split_status_text, Message, Nonce, Proof, RejectReason, MAX_NODE_NAME,
