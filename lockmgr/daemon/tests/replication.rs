@@ -1689,8 +1689,10 @@ fn run_chaos(
     let mut next_client = 3;
     let mut resumes = 0;
     let mut lost_sessions = 0;
-    // When a node was last killed: its locks block the others until its liveness lease
-    // (2 s, `--liveness-ms`) runs out, so an etcd outage right after it may see no grant.
+    // When a node was last killed: its locks block the others until lockmgrd releases its
+    // session, so an etcd outage right after it may see no grant. A replicated lockmgrd
+    // notices the silence after one liveness lease (2 s, `--liveness-ms`) and then keeps the
+    // session one more lease for the node to resume it (`detached`, as after a failover).
     let mut node_killed_at: Option<Instant> = None;
     let mut done = Vec::new();
     let mut first = faults.to_vec();
@@ -1737,10 +1739,18 @@ fn run_chaos(
                 next_client += 1;
             }
             Fault::EtcdDown => {
-                // Locking must go on without etcd, which a dead node's locks would hide.
-                if let Some(lease_over) = node_killed_at.map(|at| at + Duration::from_millis(2_500))
+                // Locking must go on without etcd, which a dead node's locks would hide: wait
+                // out both of its leases, then for locks to be granted again (a CI trial saw
+                // none in an outage 2.5 s after a kill, while the session was still detached).
+                if let Some(released) =
+                    node_killed_at.map(|at| at + Duration::from_millis(2 * 2_000 + 500))
                 {
-                    std::thread::sleep(lease_over.saturating_duration_since(Instant::now()));
+                    std::thread::sleep(released.saturating_duration_since(Instant::now()));
+                    let seen = grants.load(Ordering::Relaxed);
+                    let deadline = Instant::now() + TIMEOUT;
+                    while grants.load(Ordering::Relaxed) == seen && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
                 }
                 // Right after `heal`, which may have just recorded a replacement standby:
                 // its watch may not have delivered the record when etcd stops, and the
