@@ -46,6 +46,15 @@ const WATCH_MASK: u32 = libc::IN_CREATE
 /// changes made outside smbd in the directories beyond the cap are not.
 pub const MAX_WATCHED_DIRS: usize = 8192;
 
+/// How long the reader waits for the IN_MOVED_TO of a rename whose IN_MOVED_FROM it has read:
+/// inotify(7) does not promise the pair arrives together ("there may be a brief interval
+/// where the IN_MOVED_FROM has appeared, but the IN_MOVED_TO has not") and advises a short
+/// wait. Only a move out of every watched directory, which has no IN_MOVED_TO, waits it all.
+const RENAME_PAIR_WAIT_MS: i32 = 10;
+
+/// Most extra reads for the halves of renames, per batch.
+const RENAME_PAIR_READS: usize = 4;
+
 /// Bytes read from the inotify descriptor at once (an event is 16 bytes and a name of at
 /// most NAME_MAX + 1 padded).
 const READ_BUFFER: usize = 64 * 1024;
@@ -261,11 +270,32 @@ impl LocalWatcher {
     pub fn next_batch(&self) -> std::io::Result<Vec<Change>> {
         let mut buf = vec![0u8; READ_BUFFER];
         let n = (&self.file).read(&mut buf)?;
-        let events = parse_events(&buf[..n]).map_err(std::io::Error::other)?;
+        let mut events = parse_events(&buf[..n]).map_err(std::io::Error::other)?;
+        // A rename read half-way: its other half is on its way ([`RENAME_PAIR_WAIT_MS`]).
+        for _ in 0..RENAME_PAIR_READS {
+            if !has_unpaired_move(&events)
+                || !crate::sys::readable_within(self.file.as_fd(), RENAME_PAIR_WAIT_MS)
+            {
+                break;
+            }
+            let n = (&self.file).read(&mut buf)?;
+            events.extend(parse_events(&buf[..n]).map_err(std::io::Error::other)?);
+        }
         self.wait_for_busy_workers();
         let mut d = lock(&self.dirs);
         Ok(d.changes(events))
     }
+}
+
+/// Whether `events` hold a rename's IN_MOVED_FROM without its IN_MOVED_TO (same cookie).
+fn has_unpaired_move(events: &[RawEvent]) -> bool {
+    events.iter().any(|e| {
+        e.mask & libc::IN_MOVED_FROM != 0
+            && e.cookie != 0
+            && !events
+                .iter()
+                .any(|t| t.mask & libc::IN_MOVED_TO != 0 && t.cookie == e.cookie)
+    })
 }
 
 impl Dirs {
@@ -311,9 +341,12 @@ impl Dirs {
             ));
         }
         let mut out = Vec::new();
-        let mut i = 0;
-        while i < kept.len() {
-            let (dir, e) = &kept[i];
+        // The IN_MOVED_TO events already reported with their IN_MOVED_FROM.
+        let mut paired = vec![false; kept.len()];
+        for (i, (dir, e)) in kept.iter().enumerate() {
+            if paired[i] {
+                continue;
+            }
             let names = notify_filter::name(e.mask & libc::IN_ISDIR != 0);
             let change = |dir: &Path, action, name: &[u8]| Change::Dir {
                 dir: dir.to_path_buf(),
@@ -322,19 +355,27 @@ impl Dirs {
                 name: String::from_utf8_lossy(name).into_owned(),
             };
             if e.mask & libc::IN_MOVED_FROM != 0 {
-                // The kernel queues a rename's two halves next to each other, with one cookie.
-                let to = kept.get(i + 1).filter(|(_, t)| {
-                    t.mask & libc::IN_MOVED_TO != 0 && t.cookie == e.cookie && e.cookie != 0
+                // A rename's two halves share a cookie; other events may come between them
+                // (inotify(7)).
+                let to = (i + 1..kept.len()).find(|&j| {
+                    let t = &kept[j].1;
+                    !paired[j]
+                        && t.mask & libc::IN_MOVED_TO != 0
+                        && t.cookie == e.cookie
+                        && e.cookie != 0
                 });
                 match to {
                     // A rename inside one directory: OLD_NAME and NEW_NAME there (MS-FSCC
                     // 2.7.1); across directories REMOVED in one and ADDED in the other, as
                     // smbd reports its own renames (conn/ops/info.rs).
-                    Some((tdir, t)) if tdir == dir => {
+                    Some(j) if kept[j].0 == *dir => {
+                        paired[j] = true;
                         out.push(change(dir, notify_action::RENAMED_OLD_NAME, &e.name));
-                        out.push(change(tdir, notify_action::RENAMED_NEW_NAME, &t.name));
-                        i += 2;
-                        continue;
+                        out.push(change(
+                            dir,
+                            notify_action::RENAMED_NEW_NAME,
+                            &kept[j].1.name,
+                        ));
                     }
                     _ => out.push(change(dir, notify_action::REMOVED, &e.name)),
                 }
@@ -343,7 +384,6 @@ impl Dirs {
             } else if e.mask & libc::IN_DELETE != 0 {
                 out.push(change(dir, notify_action::REMOVED, &e.name));
             }
-            i += 1;
         }
         out
     }
@@ -427,6 +467,30 @@ mod tests {
                 dir_change("/s/b", notify_action::ADDED, dn, "q"),
             ]
         );
+    }
+
+    #[test]
+    fn a_renames_halves_pair_across_other_events_and_a_lone_half_waits_for_its_pair() {
+        let mut d = dirs();
+        let got = d.changes(vec![
+            ev(1, libc::IN_MOVED_FROM, 9, "x"),
+            ev(1, libc::IN_CREATE, 0, "n"),
+            ev(1, libc::IN_MOVED_TO, 9, "y"),
+        ]);
+        let f = notify_filter::FILE_NAME;
+        assert_eq!(
+            got,
+            vec![
+                dir_change("/s/a", notify_action::RENAMED_OLD_NAME, f, "x"),
+                dir_change("/s/a", notify_action::RENAMED_NEW_NAME, f, "y"),
+                dir_change("/s/a", notify_action::ADDED, f, "n"),
+            ]
+        );
+        assert!(has_unpaired_move(&[ev(1, libc::IN_MOVED_FROM, 9, "x")]));
+        assert!(!has_unpaired_move(&[
+            ev(1, libc::IN_MOVED_FROM, 9, "x"),
+            ev(2, libc::IN_MOVED_TO, 9, "y"),
+        ]));
     }
 
     #[test]

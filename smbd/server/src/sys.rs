@@ -199,6 +199,19 @@ pub(crate) fn hung_up(fds: &[RawFd]) -> Vec<bool> {
         .collect()
 }
 
+/// Whether `fd` has something to read within `timeout_ms` (poll(2) for POLLIN).
+pub(crate) fn readable_within(fd: impl AsFd, timeout_ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_fd().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one live, exclusively borrowed pollfd; the descriptor is kept open by the
+    // borrow for the call. poll only writes `revents`.
+    let n = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+    n > 0 && p.revents & libc::POLLIN != 0
+}
+
 /// The credentials of a unix socket's peer as the kernel recorded them at connect(2)
 /// (SO_PEERCRED, unix(7)): a process cannot change them afterwards by changing its ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
