@@ -15,9 +15,12 @@
 //! listen = "/run/clustersmb/lockmgr.sock"  # shm: unix socket path; udp, rdma: ADDR:PORT;
 //!                                        # afpacket/afxdp: interface name (or use `interface`)
 //! spin_us = 50                           # busy-poll this long before sleeping (0 = always sleep)
-//! spin_mode = "adaptive"                 # adaptive: spin only while there is traffic, stop
-//!                                        # spin_idle_ms after the last frame (an idle lockmgrd
-//!                                        # uses no CPU); always: never sleep (dedicated core)
+//! spin_mode = "adaptive"                 # adaptive: spin only while there is traffic and no
+//!                                        # runnable thread waits for a CPU (kernel CPU pressure),
+//!                                        # stop spin_idle_ms after the last frame (an idle
+//!                                        # lockmgrd uses no CPU); traffic: the same without the
+//!                                        # CPU-pressure check (a core of its own that should
+//!                                        # still idle); always: never sleep (dedicated core)
 //! spin_idle_ms = 10                      # adaptive: quiet time after which spinning stops
 //! # shm only: the unix socket is created 0600 (only lockmgrd's user and root may connect);
 //! # with a group, 0660 and owned by that group (e.g. the group smbd runs as).
@@ -102,10 +105,14 @@ pub enum ConfigError {
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum SpinModeKind {
-    /// Spin up to `spin_us` per wait while there is traffic; sleep once it has been quiet for
-    /// `spin_idle_ms`.
+    /// Spin up to `spin_us` per wait while there is traffic and the CPUs have room (no
+    /// runnable thread kept waiting, per the kernel's CPU pressure); sleep once it has been
+    /// quiet for `spin_idle_ms`. For hosts where lockmgrd shares its CPUs with others.
     #[default]
     Adaptive,
+    /// Like adaptive, but ignoring CPU pressure: for a lockmgrd that owns its core (isolcpus,
+    /// a cpuset) yet should still sleep when idle.
+    Traffic,
     /// Never sleep: busy-poll all the time (a core dedicated to lockmgrd).
     Always,
 }
@@ -224,8 +231,9 @@ impl TransportConfig {
         lockmgr_transport::SpinConfig {
             spin: std::time::Duration::from_micros(self.spin_us),
             mode: match self.spin_mode {
-                SpinModeKind::Adaptive => SpinMode::Adaptive {
+                SpinModeKind::Adaptive | SpinModeKind::Traffic => SpinMode::Adaptive {
                     idle_after: std::time::Duration::from_millis(self.spin_idle_ms),
+                    yield_to_cpu_pressure: self.spin_mode == SpinModeKind::Adaptive,
                 },
                 SpinModeKind::Always => SpinMode::Always,
             },
@@ -747,7 +755,8 @@ listen = "127.0.0.1:7500"
         assert_eq!(
             cfg.transport.spin().mode,
             SpinMode::Adaptive {
-                idle_after: Duration::from_millis(10)
+                idle_after: Duration::from_millis(10),
+                yield_to_cpu_pressure: true,
             }
         );
         let text = GOOD.replace(
@@ -757,7 +766,19 @@ listen = "127.0.0.1:7500"
         assert_eq!(
             Config::parse(&text).unwrap().transport.spin().mode,
             SpinMode::Adaptive {
-                idle_after: Duration::from_millis(3)
+                idle_after: Duration::from_millis(3),
+                yield_to_cpu_pressure: true,
+            }
+        );
+        let text = GOOD.replace(
+            "listen = \"127.0.0.1:7500\"",
+            "listen = \"127.0.0.1:7500\"\nspin_mode = \"traffic\"",
+        );
+        assert_eq!(
+            Config::parse(&text).unwrap().transport.spin().mode,
+            SpinMode::Adaptive {
+                idle_after: Duration::from_millis(10),
+                yield_to_cpu_pressure: false,
             }
         );
         let text = GOOD.replace(

@@ -33,6 +33,7 @@ pub use fabric::FabricKey;
 pub mod afpacket;
 #[cfg(feature = "afxdp")]
 pub mod afxdp;
+pub mod cpu_pressure;
 pub mod eth;
 pub mod fabric;
 #[doc(hidden)]
@@ -130,6 +131,10 @@ pub enum SpinMode {
     Adaptive {
         /// Quiet time after which spinning stops.
         idle_after: Duration,
+        /// Also stop while the kernel reports CPU contention ([`cpu_pressure`]): the spin
+        /// would take a CPU another runnable thread waits for. Off for an endpoint that owns
+        /// its core.
+        yield_to_cpu_pressure: bool,
     },
     /// Never sleep: `wait` busy-polls until something arrives or its timeout passes, whatever
     /// the traffic. For deployments that give the endpoint a core of its own.
@@ -143,6 +148,7 @@ impl Default for SpinMode {
     fn default() -> Self {
         SpinMode::Adaptive {
             idle_after: DEFAULT_SPIN_IDLE_AFTER,
+            yield_to_cpu_pressure: true,
         }
     }
 }

@@ -513,6 +513,9 @@ pub struct Spinner {
     last_received: Option<Instant>,
     /// Start of the last `spin` that found the traffic hot.
     hot_at: Option<Instant>,
+    /// Whether the CPUs have room for a spin now ([`crate::cpu_pressure::spinning_allowed`];
+    /// tests put their own).
+    cpu_gate: fn(Instant) -> bool,
 }
 
 impl Spinner {
@@ -529,7 +532,14 @@ impl Spinner {
             sent: true,
             last_received: None,
             hot_at: None,
+            cpu_gate: crate::cpu_pressure::spinning_allowed,
         }
+    }
+
+    /// The same spinner asking `gate` instead of the kernel's CPU pressure.
+    pub fn with_cpu_gate(mut self, gate: fn(Instant) -> bool) -> Self {
+        self.cpu_gate = gate;
+        self
     }
 
     /// The configuration this spinner was built with.
@@ -551,9 +561,12 @@ impl Spinner {
 
     /// How long a `wait` starting at `start` may spin.
     pub fn budget(&mut self, start: Instant, timeout: Option<Duration>) -> Duration {
-        let idle_after = match self.cfg.mode {
+        let (idle_after, yield_to_cpu_pressure) = match self.cfg.mode {
             SpinMode::Always => return timeout.unwrap_or(Duration::MAX),
-            SpinMode::Adaptive { idle_after } => idle_after,
+            SpinMode::Adaptive {
+                idle_after,
+                yield_to_cpu_pressure,
+            } => (idle_after, yield_to_cpu_pressure),
         };
         if std::mem::take(&mut self.received) {
             if self
@@ -570,7 +583,11 @@ impl Spinner {
         let quiet = self
             .hot_at
             .map_or(Duration::MAX, |t| start.saturating_duration_since(t));
-        let budget = self.cfg.spin.min(idle_after.saturating_sub(quiet));
+        let mut budget = self.cfg.spin.min(idle_after.saturating_sub(quiet));
+        // Asked only when the traffic would have us spin: an idle endpoint reads nothing.
+        if !budget.is_zero() && yield_to_cpu_pressure && !(self.cpu_gate)(start) {
+            budget = Duration::ZERO;
+        }
         timeout.map_or(budget, |t| t.min(budget))
     }
 
@@ -615,11 +632,39 @@ mod tests {
     const SPIN: Duration = Duration::from_micros(200);
     const IDLE: Duration = Duration::from_millis(10);
 
-    fn adaptive() -> Spinner {
+    fn adaptive_with(yield_to_cpu_pressure: bool) -> Spinner {
         Spinner::new(SpinConfig {
             spin: SPIN,
-            mode: SpinMode::Adaptive { idle_after: IDLE },
+            mode: SpinMode::Adaptive {
+                idle_after: IDLE,
+                yield_to_cpu_pressure,
+            },
         })
+    }
+
+    /// Adaptive, on CPUs with room to spare (the host's own pressure kept out of the tests).
+    fn adaptive() -> Spinner {
+        adaptive_with(true).with_cpu_gate(|_| true)
+    }
+
+    #[test]
+    fn adaptive_does_not_spin_while_the_cpus_are_contended() {
+        let mut s = adaptive_with(true).with_cpu_gate(|_| false);
+        let t0 = Instant::now();
+        s.expect_reply();
+        assert_eq!(s.budget(t0, None), Duration::ZERO);
+        let spun = s
+            .spin(
+                t0,
+                Some(Duration::from_millis(3)),
+                |_| -> io::Result<bool> { panic!("a contended CPU must not be spun on") },
+            )
+            .expect("no error");
+        assert_eq!(spun, Spun::Sleep(Some(Duration::from_millis(3))));
+        // An endpoint that owns its core spins whatever the others do.
+        let mut own_core = adaptive_with(false).with_cpu_gate(|_| false);
+        own_core.expect_reply();
+        assert_eq!(own_core.budget(t0, None), SPIN);
     }
 
     #[test]
