@@ -73,6 +73,8 @@ pub struct SmbMetrics {
     pub locks: Gauge,
     pub oplock_breaks: Counter,
     pub lease_breaks: Counter,
+    /// Channels dropped because a break sent on them was not acknowledged by TCP in time.
+    pub channel_failures: Counter,
     /// Connections to `rdma_proxy_socket` refused for their peer credentials.
     pub rdma_proxy_refused: Counter,
     /// Payload bytes of RDMA-channel READs/WRITEs, by [`RdmaPayload`].
@@ -97,6 +99,7 @@ impl Default for SmbMetrics {
             locks: Gauge::new(),
             oplock_breaks: Counter::new(),
             lease_breaks: Counter::new(),
+            channel_failures: Counter::new(),
             rdma_proxy_refused: Counter::new(),
             rdma_payload_bytes: std::array::from_fn(|_| Counter::new()),
             lockmgr_latency: Histogram::new(LATENCY_BUCKETS),
@@ -266,6 +269,12 @@ pub fn render(m: &SmbMetrics, extra: &Extra) -> String {
         &[("kind", "lease")],
         m.lease_breaks.get(),
     );
+    e.family(
+        "smbd_channel_failures_total",
+        "Client connections dropped because an oplock or lease break sent on them was not acknowledged by TCP within six retransmission timeouts (a dead or unreachable client)",
+        Kind::Counter,
+    );
+    e.sample("smbd_channel_failures_total", &[], m.channel_failures.get());
     e.family(
         "smbd_rdma_proxy_refused_total",
         "Connections to rdma_proxy_socket refused because the peer's uid (SO_PEERCRED) is neither root nor in rdma_proxy_uids",

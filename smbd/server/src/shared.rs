@@ -169,6 +169,9 @@ pub enum Event {
     WriteTimeDue {
         volatile: u64,
     },
+    /// Time to check whether the client's TCP acknowledged the breaks sent on this channel
+    /// ([`Shared::arm_ack_check`]); handled by the connection's worker, which has the socket.
+    AckCheck,
     /// The operator view asks every connection for its sessions, opens and locks
     /// (crate::smbstatus).
     Status(std::sync::mpsc::Sender<crate::smbstatus::ConnStatus>),
@@ -279,6 +282,8 @@ pub struct Shared {
     durable_waits: Mutex<Vec<DurableWait>>,
     /// Delayed LastWriteTime updates (deadline, connection, open), crate::write_time.
     write_time_timers: Mutex<Vec<(Instant, u64, u64)>>,
+    /// Connections whose breaks must be acknowledged by TCP by then ([`Event::AckCheck`]).
+    ack_check_timers: Mutex<Vec<(Instant, u64)>>,
     /// Connections whose client hung up and which are not torn down yet (crate::hangup).
     hangups: crate::hangup::Hangups,
     /// How many of this node's opens hold each file's LastWriteTime, by (device, inode)
@@ -404,6 +409,7 @@ impl Shared {
             durable_waits: Mutex::new(Vec::new()),
             hangups: Default::default(),
             write_time_timers: Mutex::new(Vec::new()),
+            ack_check_timers: Mutex::new(Vec::new()),
             write_holds: Mutex::new(HashMap::new()),
         })
     }
@@ -800,6 +806,29 @@ impl Shared {
         };
         for (_, conn, volatile) in due {
             self.post_event(conn, Event::WriteTimeDue { volatile });
+        }
+        let due: Vec<(Instant, u64)> = {
+            let mut timers = lock(&self.ack_check_timers);
+            let (due, later) = std::mem::take(&mut *timers)
+                .into_iter()
+                .partition(|t| t.0 <= now);
+            *timers = later;
+            due
+        };
+        for (_, conn) in due {
+            self.post_event(conn, Event::AckCheck);
+        }
+    }
+
+    /// Connection `conn` sent a break that the client's TCP must acknowledge by `due`: its
+    /// worker is told then ([`Event::AckCheck`]). Like [`Shared::arm_write_time`], a deadline
+    /// within the current tick wakes the ticking worker.
+    pub(crate) fn arm_ack_check(&self, conn: u64, due: Instant, now: Instant) {
+        lock(&self.ack_check_timers).push((due, conn));
+        if due < now + TIMER_TICK {
+            if let Some(ticker) = self.mailboxes.first() {
+                ticker.wake();
+            }
         }
     }
 

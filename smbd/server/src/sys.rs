@@ -168,6 +168,42 @@ pub(crate) fn set_mtime(f: &File, (secs, nsec): (i64, u32)) -> io::Result<()> {
 
 /// shutdown(2) of both directions of a socket (a listener that must refuse connections now,
 /// which `TcpListener` has no method for).
+/// Bytes in a TCP socket's send queue that the peer has not acknowledged yet, sent or not
+/// (SIOCOUTQ, tcp(7)).
+pub(crate) fn tcp_unacked_bytes(sock: impl AsFd) -> io::Result<u64> {
+    let mut value: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int through the pointer, which points at a live
+    // local of that type; a bad descriptor only yields an error.
+    check(unsafe {
+        libc::ioctl(
+            sock.as_fd().as_raw_fd(),
+            libc::TIOCOUTQ,
+            &mut value as *mut libc::c_int,
+        )
+    })?;
+    u64::try_from(value).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
+}
+
+/// The TCP retransmission timeout the kernel currently uses for the socket (TCP_INFO's
+/// tcpi_rto).
+pub(crate) fn tcp_rto(sock: impl AsFd) -> io::Result<std::time::Duration> {
+    // SAFETY: tcp_info is plain data; all-zero is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `info`, a live local of that size,
+    // and updates `len`; a bad descriptor only yields an error.
+    check(unsafe {
+        libc::getsockopt(
+            sock.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            &mut info as *mut libc::tcp_info as *mut libc::c_void,
+            &mut len,
+        )
+    })?;
+    Ok(std::time::Duration::from_micros(u64::from(info.tcpi_rto)))
+}
+
 pub(crate) fn shutdown_socket(sock: impl AsFd) -> io::Result<()> {
     // SAFETY: shutdown on a descriptor the borrow keeps open for the call; it only changes the
     // socket's state and touches no memory of ours.

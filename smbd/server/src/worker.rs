@@ -160,6 +160,35 @@ struct Slot {
     out_bytes: usize,
     /// Input is not read (RECV cancelled, not re-armed) until the output drains.
     recv_paused: bool,
+    /// Bytes ever queued for this socket and bytes the kernel took (SEND results): with the
+    /// socket's unacknowledged bytes they tell how far the client's TCP acknowledged.
+    queued_total: u64,
+    sent_total: u64,
+    /// Breaks waiting for the client's TCP acknowledgement: the byte count (in `queued_total`
+    /// terms) that must be acknowledged, and by when ([`AckWait`]).
+    ack_waits: VecDeque<AckWait>,
+}
+
+/// A break sent on a TCP channel: its bytes must be acknowledged by the client's TCP by
+/// `deadline`, or the channel is taken for dead. Samba does the same (smbd_smb2_break_send:
+/// six retransmission timeouts, the RTO clamped to 0.2-1 s): a client that died or lost its
+/// link holding an oplock or lease otherwise keeps every other opener waiting for the break
+/// timeout (35 s, MS-SMB2 3.3.2.1), and a multichannel client's break never moves to a channel
+/// that works. A live client's TCP acknowledges within one round trip, whatever its SMB layer
+/// does with the break.
+#[derive(Debug, Clone, Copy)]
+struct AckWait {
+    end: u64,
+    deadline: Instant,
+}
+
+/// How long a break may go unacknowledged by TCP: six times the retransmission timeout, which
+/// counts as at least 0.2 s and at most 1 s (Samba's bounds), i.e. 1.2-6 s.
+fn ack_timeout(rto: Option<Duration>) -> Duration {
+    let rto = rto
+        .unwrap_or(Duration::from_secs(1))
+        .clamp(Duration::from_millis(200), Duration::from_secs(1));
+    rto * 6
 }
 
 /// A listening socket the workers accept on.
@@ -521,6 +550,9 @@ impl Worker {
             io_inflight: 0,
             out_bytes: 0,
             recv_paused: false,
+            queued_total: 0,
+            sent_total: 0,
+            ack_waits: VecDeque::new(),
         };
         let idx = match self.free.pop() {
             Some(i) => {
@@ -741,11 +773,68 @@ impl Worker {
         }
     }
 
-    /// Queue response frames for sending.
+    /// Queue response frames for sending. A break among them must be acknowledged by the
+    /// client's TCP in time ([`AckWait`]).
     fn queue_out(s: &mut Slot, frames: Vec<Vec<u8>>) {
         for f in frames {
             s.out_bytes += f.len();
+            s.queued_total += f.len() as u64;
             s.outq.push_back(f);
+        }
+        if std::mem::take(&mut s.conn.breaks_emitted) > 0 {
+            // Only a TCP socket has acknowledgements to watch (smbdirectd's stream is local;
+            // its client's liveness is the RDMA connection's business).
+            if let Stream::Tcp(tcp) = &s.stream {
+                let now = Instant::now();
+                let deadline = now + ack_timeout(crate::sys::tcp_rto(tcp).ok());
+                s.ack_waits.push_back(AckWait {
+                    end: s.queued_total,
+                    deadline,
+                });
+                s.conn.shared.arm_ack_check(s.conn.id, deadline, now);
+            }
+        }
+    }
+
+    /// The ack check of a channel's breaks is due ([`Event::AckCheck`]): forget the breaks the
+    /// client's TCP acknowledged; if one is past its deadline unacknowledged, the channel
+    /// failed: drop the transport (its sessions go on through other channels, where the
+    /// client replays). Otherwise check again at the next deadline.
+    fn check_acks(s: &mut Slot, now: Instant) {
+        let Stream::Tcp(tcp) = &s.stream else {
+            return;
+        };
+        if s.closing || s.headless {
+            return;
+        }
+        let acked = if s.conn.force_unacked_timeout {
+            // smbtorture's channel-failure hook: nothing counts as acknowledged.
+            0
+        } else {
+            match crate::sys::tcp_unacked_bytes(tcp) {
+                Ok(unacked) => s.sent_total.saturating_sub(unacked),
+                // The socket is gone or broken: its RECV/SEND errors close it.
+                Err(_) => return,
+            }
+        };
+        while s.ack_waits.front().is_some_and(|w| w.end <= acked) {
+            s.ack_waits.pop_front();
+        }
+        let Some(oldest) = s.ack_waits.front().copied() else {
+            return;
+        };
+        if oldest.deadline <= now {
+            tracing::warn!(
+                conn = s.conn.id,
+                peer = ?s.conn.peer,
+                unacked = oldest.end.saturating_sub(acked),
+                "a break was not acknowledged by the client's TCP in time: channel failed, dropping it"
+            );
+            s.conn.shared.metrics.channel_failures.inc();
+            s.ack_waits.clear();
+            s.closing = true;
+        } else {
+            s.conn.shared.arm_ack_check(s.conn.id, oldest.deadline, now);
         }
     }
 
@@ -978,6 +1067,11 @@ impl Worker {
                 .enumerate()
                 .find_map(|(i, s)| s.as_mut().filter(|s| s.conn.id == conn_id).map(|s| (i, s)));
             if let Some((i, s)) = found {
+                if matches!(ev, crate::shared::Event::AckCheck) {
+                    Self::check_acks(s, Instant::now());
+                    touched.push(i);
+                    continue;
+                }
                 s.conn.on_event(ev, Instant::now());
                 let out = s.conn.take_output();
                 Self::queue_out(s, out);
@@ -1006,6 +1100,7 @@ impl Worker {
             return;
         }
         s.out_bytes = s.out_bytes.saturating_sub(res as usize);
+        s.sent_total += res as u64;
         let off = off + res as usize;
         if off < buf.len() {
             s.sending = Some((buf, off));
@@ -1259,6 +1354,19 @@ mod tests {
             MAX_PREAUTH_FRAME
         );
         assert_eq!(frame_limit(kind::KEEPALIVE, true, true), MAX_CONTROL_FRAME);
+    }
+
+    #[test]
+    fn a_break_may_go_unacknowledged_for_six_clamped_retransmission_timeouts() {
+        let ms = Duration::from_millis;
+        // Loopback's 200 ms minimum RTO (and anything below it) gives 1.2 s.
+        assert_eq!(ack_timeout(Some(ms(200))), ms(1200));
+        assert_eq!(ack_timeout(Some(ms(5))), ms(1200));
+        assert_eq!(ack_timeout(Some(ms(500))), ms(3000));
+        // A long RTO (a lossy path in backoff) is capped: 6 s at most.
+        assert_eq!(ack_timeout(Some(Duration::from_secs(30))), ms(6000));
+        // RTO unknown: the cap.
+        assert_eq!(ack_timeout(None), ms(6000));
     }
 
     #[test]

@@ -189,6 +189,14 @@ fn cross_node_batch_oplock_break() {
     scenario("oplock");
 }
 
+/// A dead client on node 2 (its TCP stops acknowledging) holding a batch oplock: node 2 drops
+/// its channel once the break relayed by lockmgrd goes unacknowledged, its open is closed in
+/// lockmgrd, and node 1's open goes on without the 35 s break timeout.
+#[test]
+fn cross_node_dead_client_loses_its_oplock_when_its_break_goes_unacknowledged() {
+    scenario("deadclient");
+}
+
 #[test]
 fn cross_node_lease_break() {
     scenario("lease");

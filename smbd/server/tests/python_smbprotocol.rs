@@ -77,6 +77,14 @@ fn single_node_scenario_checked(
     check(&srv.share);
 }
 
+/// A client that holds a batch oplock and stops acknowledging at the TCP level (dead, or cut
+/// off) loses its channel once the break goes unacknowledged (six retransmission timeouts), so
+/// the other client's open goes on without waiting out the 35 s break timeout.
+#[test]
+fn a_client_that_stops_acknowledging_its_break_loses_its_channel() {
+    single_node_scenario("deadclient");
+}
+
 /// Issue 12, change notify on one node: the changes another client of the same smbd makes
 /// are reported once each (smbd reports them itself and its inotify watch sees them too), and
 /// a file created directly in the directory is reported.

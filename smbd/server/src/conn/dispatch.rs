@@ -518,11 +518,16 @@ impl Conn {
             // CANCEL has no response, not even an error (MS-SMB2 3.3.5.16).
             return Outcome::Nothing;
         }
-        // Session checks (MS-SMB2 3.3.5.2.9) for everything but NEGOTIATE/SESSION_SETUP/ECHO/CANCEL.
-        if !matches!(
-            cmd,
-            Command::Negotiate | Command::SessionSetup | Command::Echo | Command::Cancel
-        ) {
+        // Session checks (MS-SMB2 3.3.5.2.9) for everything but NEGOTIATE/SESSION_SETUP/ECHO/CANCEL
+        // and the one IOCTL that only changes how this connection is treated (as in Samba,
+        // which takes it without session, tree or file).
+        let sessionless = cmd == Command::Ioctl && Self::is_channel_test_ioctl(m);
+        if !sessionless
+            && !matches!(
+                cmd,
+                Command::Negotiate | Command::SessionSetup | Command::Echo | Command::Cancel
+            )
+        {
             let Some(s) = self.sessions.get(&hdr.session_id) else {
                 return err(status::USER_SESSION_DELETED);
             };
@@ -595,6 +600,14 @@ impl Conn {
             return err(status::INVALID_PARAMETER);
         }
         self.dispatch(req, hdr, m, ctx, last)
+    }
+
+    /// An IOCTL of FSCTL_SMBTORTURE_FORCE_UNACKED_TIMEOUT (CtlCode at body offset 4).
+    fn is_channel_test_ioctl(m: &[u8]) -> bool {
+        m.get(64 + 4..64 + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+            == Some(super::ops::FSCTL_SMBTORTURE_FORCE_UNACKED_TIMEOUT)
     }
 
     /// MS-SMB2 3.3.5.2.5: with multi-credit, a request's CreditCharge must cover the larger

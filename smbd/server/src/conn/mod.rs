@@ -80,6 +80,13 @@ pub struct Conn {
     pub(crate) file_io: Vec<FileIo>,
     /// Zero bytes between a READ response body and its data (smbtorture hook).
     pub(crate) read_body_padding: u8,
+    /// Oplock and lease breaks emitted since the worker last looked: each must be
+    /// acknowledged by the client's TCP within a few retransmission timeouts, or the channel
+    /// is taken for dead (crate::worker's ack tracking).
+    pub(crate) breaks_emitted: u32,
+    /// Treat every break on this channel as never acknowledged by TCP (smbtorture's
+    /// FSCTL_SMBTORTURE_FORCE_UNACKED_TIMEOUT: a channel failure without iptables).
+    pub(crate) force_unacked_timeout: bool,
     /// Set by `process_one` when a CREATE in the middle of a compound went async.
     suspend_chain: Option<u64>,
     /// Sessions owned here that other connections bound: (channel conn, session) -> signer.
@@ -167,6 +174,8 @@ impl Conn {
             file_io: Vec::new(),
             suspend_chain: None,
             read_body_padding: 0,
+            breaks_emitted: 0,
+            force_unacked_timeout: false,
             channels: HashMap::new(),
             transport_lost: false,
             cur_channel: None,
@@ -447,6 +456,8 @@ impl Conn {
                 }
                 self.renew_write_hold(volatile, now);
             }
+            // The worker handles it (it has the socket); one that reaches here has nothing to do.
+            Event::AckCheck => {}
             Event::Status(tx) => {
                 // The asker may have given up (timeout): nothing to do then.
                 let _ = tx.send(self.status());

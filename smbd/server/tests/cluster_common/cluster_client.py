@@ -110,6 +110,24 @@ class Raw:
         return len(self.body)
 
 
+class RawIoctl(Raw):
+    """An IOCTL body sent as is; smbprotocol reads its buffer and maximum output size for
+    the credit charge (an FSCTL code it does not know cannot go through its own class)."""
+
+    class _Value:
+        def __init__(self, v):
+            self.v = v
+
+        def get_value(self):
+            return self.v
+
+    def __init__(self, body):
+        super().__init__(0x0B, body)
+
+    def __getitem__(self, key):
+        return {"buffer": b"", "max_output_response": self._Value(0)}[key]
+
+
 class Client:
     def __init__(self, host, port, user, password, share="data"):
         self.conn = Connection(uuid.uuid4(), host, port, require_signing=False)
@@ -339,6 +357,39 @@ def oplock(c1, c2):
     f1 = opener.result()
     f1.close()
     f2.close()
+
+
+# Samba's test-only FSCTL_SMBTORTURE_FORCE_UNACKED_TIMEOUT: the server takes nothing sent on
+# this channel as acknowledged by TCP from now on.
+FSCTL_SMBTORTURE_FORCE_UNACKED_TIMEOUT = 0x83848003
+
+
+def deadclient(c1, c2):
+    """A client that stops acknowledging at the TCP level while it holds a batch oplock (dead,
+    or cut off; the FSCTL stands in for the cut, as in smbtorture's channel-failure tests): once
+    the break goes unacknowledged for six retransmission timeouts the server drops the channel,
+    the open goes with it, and the other client's open proceeds. Without that it waits for the
+    break timeout (35 s, MS-SMB2 3.3.2.1) and the dead client's connection stays."""
+    f2 = c2.open("deadclient.txt", oplock=OPLOCK_BATCH)
+    assert f2.oplock_level == OPLOCK_BATCH, f"batch oplock not granted: {f2.oplock_level}"
+    # SMB2 IOCTL (MS-SMB2 2.2.31), FileId all ones, no input, flags SMB2_0_IOCTL_IS_FSCTL.
+    body = struct.pack("<HHI16sIIIIIIII", 57, 0, FSCTL_SMBTORTURE_FORCE_UNACKED_TIMEOUT,
+                       b"\xff" * 16, 120, 0, 0, 120, 0, 0, 1, 0) + b"\0"
+    req = c2.conn.send(RawIoctl(body), c2.sess.session_id, c2.tree.tree_connect_id)
+    c2.conn.receive(req, timeout=TIMEOUT)
+    opener = Background(c1.open, "deadclient.txt")
+    body = c2.sink.wait()
+    assert struct.unpack("<H", body[:2])[0] == 24, "expected an oplock break"
+    # Never acknowledged. Long enough for the break timeout too: without the channel check the
+    # open completes after it, and the checks below tell the difference.
+    f1 = opener.result(timeout=60)
+    try:
+        c2.conn.echo(timeout=10)
+        alive = True
+    except Exception:  # noqa: BLE001 - any failure means the channel is gone
+        alive = False
+    assert not alive, "the client that never acknowledged its break still has its channel"
+    f1.close()
 
 
 def lease(c1, c2):
@@ -1083,7 +1134,8 @@ def dotdot(c1, c2):
             disposition=CreateDisposition.FILE_OPEN).close()
 
 
-SCENARIOS = {f.__name__: f for f in (sharemode, brl, iogrant, blocking, oplock, lease, doc, kill,
+SCENARIOS = {f.__name__: f for f in (sharemode, brl, iogrant, blocking, oplock, deadclient,
+                                     lease, doc, kill,
                                      lmrestart, lmfailover, rename, leaseh, streams, links,
                                      notify, notifytree, notifylm, notifylmtree,
                                      notifylmfailover, notifylmrmdir, notifycfs, dotdot, writetime,

@@ -7,8 +7,9 @@ use smb_proto::{fsctl, fsctl_buf, status, FileId, Header, IoctlRequest, NtStatus
 use super::{
     io_status, update_dos, APPEND_DATA, ATTR_SPARSE, COPYCHUNK_MAX_CHUNKS,
     COPYCHUNK_MAX_CHUNK_SIZE, COPYCHUNK_MAX_TOTAL, EXECUTE, FSCTL_GET_COMPRESSION,
-    FSCTL_LMR_REQUEST_RESILIENCY, FSCTL_SET_COMPRESSION, FSCTL_SMBTORTURE_FSP_ASYNC_SLEEP,
-    FSCTL_SMBTORTURE_GLOBAL_READ_RESPONSE_BODY_PADDING8, READ_DATA, WRITE_ATTRIBUTES, WRITE_DATA,
+    FSCTL_LMR_REQUEST_RESILIENCY, FSCTL_SET_COMPRESSION, FSCTL_SMBTORTURE_FORCE_UNACKED_TIMEOUT,
+    FSCTL_SMBTORTURE_FSP_ASYNC_SLEEP, FSCTL_SMBTORTURE_GLOBAL_READ_RESPONSE_BODY_PADDING8,
+    READ_DATA, WRITE_ATTRIBUTES, WRITE_DATA,
 };
 use crate::conn::{err, ChainCtx, Conn, Open, Outcome};
 use crate::sys;
@@ -100,6 +101,16 @@ impl Conn {
                 reply(Vec::new(), i.file_id)
             }
             // Test hooks smbtorture uses (Samba's `smbd:FSCTL_SMBTORTURE`).
+            FSCTL_SMBTORTURE_FORCE_UNACKED_TIMEOUT => {
+                // From now on this channel's breaks count as never acknowledged by TCP, so the
+                // channel fails as a dead client's would (crate::worker's ack tracking). Only
+                // the caller's own channel is affected, which it could drop itself anyway.
+                if !i.input.is_empty() {
+                    return err(status::INVALID_PARAMETER);
+                }
+                self.force_unacked_timeout = true;
+                reply(Vec::new(), i.file_id)
+            }
             FSCTL_SMBTORTURE_GLOBAL_READ_RESPONSE_BODY_PADDING8 => {
                 if !i.input.is_empty() {
                     return err(status::INVALID_PARAMETER);

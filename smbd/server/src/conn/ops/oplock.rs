@@ -107,6 +107,7 @@ impl Conn {
         let mut w = Writer::new();
         h.encode(&mut w);
         body.encode_body(&mut w, 0);
+        self.breaks_emitted = self.breaks_emitted.saturating_add(1);
         let enc = self
             .sessions
             .get(&session_id)
