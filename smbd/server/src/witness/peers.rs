@@ -403,9 +403,16 @@ fn control_one(
         "status" => state.status_text(),
         "ips" => super::public_ip::ips_text(state),
         "connections" => state.conns_text(),
-        other => {
-            format!("error: unknown command {other:?} (drain, undrain, status, ips, connections)\n")
-        }
+        other => match other.split_whitespace().collect::<Vec<_>>().as_slice() {
+            ["share-move", share, targets @ ..] => match state.share_move(share, targets) {
+                Ok(told) => format!("ok {told} registrations\n"),
+                Err(e) => format!("error: share-move: {e}\n"),
+            },
+            _ => format!(
+                "error: unknown command {other:?} (drain, undrain, status, ips, connections, \
+                 share-move SHARE NODE|ADDRESS...)\n"
+            ),
+        },
     };
     (&stream).write_all(answer.as_bytes())
 }
