@@ -30,7 +30,7 @@ mod rawnet;
 pub mod tcp;
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -86,11 +86,12 @@ struct Node {
     assembly: Option<Assembly>,
 }
 
-/// One client TCP connection to a public address (what a survivor tickles).
+/// One client TCP connection to a public address (what a survivor tickles); both ends of
+/// the same family (an IPv4 client of a dual-stack socket is listed with its IPv4 address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TcpConn {
-    pub client: SocketAddrV4,
-    pub public: SocketAddrV4,
+    pub client: SocketAddr,
+    pub public: SocketAddr,
 }
 
 /// The pages of one connection list received so far.
@@ -179,7 +180,7 @@ pub struct WitnessState {
     net_names: Vec<String>,
     local: usize,
     /// `[public_addresses]` addresses, in config order (bit i of a claim set).
-    public: Vec<Ipv4Addr>,
+    public: Vec<IpAddr>,
     inner: Mutex<Inner>,
 }
 
@@ -192,7 +193,7 @@ impl WitnessState {
     pub fn with_public_addresses(
         cfg: WitnessConfig,
         netbios_name: &str,
-        public: Vec<Ipv4Addr>,
+        public: Vec<IpAddr>,
     ) -> Arc<Self> {
         let now = Instant::now();
         let nodes = cfg
@@ -395,7 +396,7 @@ impl WitnessState {
     }
 
     /// The public addresses, config order.
-    pub fn public_addresses(&self) -> &[Ipv4Addr] {
+    pub fn public_addresses(&self) -> &[IpAddr] {
         &self.public
     }
 
@@ -523,7 +524,7 @@ impl WitnessState {
             let mine: Vec<TcpConn> = done
                 .conns
                 .iter()
-                .filter(|c| c.public.ip() == addr)
+                .filter(|c| c.public.ip() == *addr)
                 .copied()
                 .collect();
             let slot = &mut inner.addr_conns[k];
@@ -768,13 +769,13 @@ impl WitnessState {
 /// The cluster's addresses as IP_CHANGE reports them: every node's address, online while the
 /// node is up (what GetInterfaceList calls AVAILABLE), then every public address, online
 /// while a node not dead claims it.
-fn ip_states(inner: &Inner, public: &[Ipv4Addr]) -> Vec<IpAddrInfo> {
+fn ip_states(inner: &Inner, public: &[IpAddr]) -> Vec<IpAddrInfo> {
     let nodes = inner.nodes.iter().map(|n| IpAddrInfo {
         addr: n.address,
         online: n.status == NodeStatus::Up,
     });
     let public = public.iter().enumerate().map(|(k, a)| IpAddrInfo {
-        addr: IpAddr::V4(*a),
+        addr: *a,
         online: inner
             .nodes
             .iter()
@@ -1037,8 +1038,8 @@ mod tests {
             vec!["10.0.0.100".parse().unwrap(), "10.0.0.101".parse().unwrap()],
         );
         let conn = |port, public: &str| TcpConn {
-            client: SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, 7), port),
-            public: SocketAddrV4::new(public.parse().unwrap(), 445),
+            client: SocketAddr::new("10.0.1.7".parse().unwrap(), port),
+            public: SocketAddr::new(public.parse().unwrap(), 445),
         };
         let a = conn(40000, "10.0.0.100");
         let b = conn(40001, "10.0.0.101");
