@@ -503,6 +503,29 @@ mod tests {
     }
 
     #[test]
+    fn interface_info_carries_an_ipv6_address() {
+        let info = InterfaceInfo {
+            group_name: "NODE2".into(),
+            version: VERSION_2,
+            state: iface_state::UNAVAILABLE,
+            ipv4: None,
+            ipv6: Some("fd00::2".parse().unwrap()),
+            witness: false,
+        };
+        let b = encode_interface_list(&[info], werror::OK);
+        let e = &b[16..16 + 552];
+        // State (and 2 bytes of alignment), then IPV4 (zero), IPV6 in network order, Flags =
+        // IPv6_VALID only.
+        assert_eq!(&e[524..528], &[0xff, 0, 0, 0]);
+        assert_eq!(&e[528..532], &[0; 4]);
+        assert_eq!(
+            &e[532..548],
+            &[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]
+        );
+        assert_eq!(&e[548..552], &iface_flags::IPV6_VALID.to_le_bytes());
+    }
+
+    #[test]
     fn client_move_message_layout() {
         let n = Notification::ClientMove(vec!["192.168.0.9".parse().unwrap()]);
         let (ty, count, buf) = notification_messages(&n);

@@ -38,7 +38,7 @@
 //!
 //! **The connection list** (CTDB's tickle list): every scan period (`heartbeat_ms`) a node
 //! reads its established TCP connections whose local address is one it holds from the kernel
-//! (`/proc/net/tcp` of its network namespace: every port, SMB and witness alike, including
+//! (`/proc/net/tcp` and `/proc/net/tcp6` of its network namespace: every port, SMB and witness alike, including
 //! connections not yet accepted, without a hook in the I/O workers) and publishes them to its
 //! peers on the heartbeat channel, bounded and signed (`peers`). Each node keeps, per address,
 //! the last list published for it and by whom; it stays after its publisher releases the
