@@ -496,6 +496,31 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_connection_on_the_wire() {
+        // Hand-checked: one IPv6 connection after the page header (MAC aside).
+        let c = TcpConn {
+            client: "[fd00::7]:51000".parse().unwrap(),
+            public: "[fd00::100]:445".parse().unwrap(),
+        };
+        let page = &encode_conns(KEY, "n", 1, 1, &[c])[0];
+        let body = &page[..page.len() - MAC_LEN];
+        let mut want = b"SWC2".to_vec();
+        want.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0]);
+        want.extend_from_slice(&[1, b'n', 1, 6]);
+        want.extend_from_slice(&[
+            0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0xc7, 0x38,
+        ]);
+        want.extend_from_slice(&[
+            0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0x01, 0xbd,
+        ]);
+        assert_eq!(body, &want[..]);
+        // An unknown family is refused.
+        let mut bad = body.to_vec();
+        bad[want.len() - 37] = 5;
+        assert_eq!(decode(KEY, &sign(KEY, bad)), None);
+    }
+
+    #[test]
     fn connection_lists_are_paged_and_signed() {
         // 100 IPv4 connections (89 to a page) then 30 IPv6 ones (31 to a page).
         let mut conns: Vec<TcpConn> = (0..100u16)
