@@ -40,6 +40,7 @@ TARGETS=(
     "smbd/server inotify_events"
     "smbd/server witness_peers"
     "smbd/server dos_xattr"
+    "smbd/server public_ip"
     "smbdirect smbdirect_decode"
     "smbdirect smbdirect_conn"
     "metrics metrics_http_request"

@@ -1,8 +1,8 @@
 //! MS-DFSC referral messages, carried in FSCTL_DFS_GET_REFERRALS (_EX) IOCTLs (MS-SMB2
 //! 2.2.31, 3.3.5.15.2): the request ([`ReferralRequest`], MS-DFSC 2.2.2 and 2.2.3) and the
-//! response ([`ReferralResponse`], 2.2.4) with version 3 and 4 referral entries that carry a
-//! target (2.2.5.3.1 / 2.2.5.4; name-list referrals for domain and DC requests are not
-//! answered by this server and are refused by the decoder).
+//! response ([`ReferralResponse`], 2.2.4) with referral entries of versions 1 to 4 that carry
+//! a target (2.2.5.1, 2.2.5.2, 2.2.5.3.1, 2.2.5.4; name-list referrals for domain and DC
+//! requests are not answered by this server and are refused by the decoder).
 
 use crate::cursor::{string_to_utf16, utf16_to_string, DecodeError, Reader, Writer};
 
@@ -31,8 +31,12 @@ const ENTRY_FLAG_TARGET_SET_BOUNDARY: u16 = 0x0004;
 
 /// Size of a V3/V4 non-name-list entry: the fixed fields and the (zero) ServiceSiteGuid.
 const ENTRY_SIZE: u16 = 34;
-/// The fixed fields before ServiceSiteGuid; the least an entry may declare.
+/// The fixed fields before ServiceSiteGuid; the least a V3/V4 entry may declare.
 const ENTRY_MIN_SIZE: u16 = 18;
+/// Size of a V2 entry (MS-DFSC 2.2.5.2): nine fixed fields, its strings after the last entry.
+const ENTRY_V2_SIZE: u16 = 22;
+/// The fixed fields of a V1 entry (2.2.5.1), before its inline ShareName.
+const ENTRY_V1_FIXED: u16 = 8;
 
 /// A referral request (REQ_GET_DFS_REFERRAL, or REQ_GET_DFS_REFERRAL_EX with its site name).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,10 +132,12 @@ impl ReferralRequest {
     }
 }
 
-/// One V3/V4 referral entry with a target (MS-DFSC 2.2.5.3.1 / 2.2.5.4).
+/// One referral entry with a target (MS-DFSC 2.2.5.1, 2.2.5.2, 2.2.5.3.1, 2.2.5.4). A V1
+/// entry carries only the target (its ShareName, kept in `network_address`; the paths are
+/// empty and the time to live 0 when decoded, and not sent).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReferralEntry {
-    /// 3 or 4.
+    /// 1 to 4.
     pub version: u16,
     /// [`SERVER_TYPE_ROOT`] or [`SERVER_TYPE_LINK`].
     pub server_type: u16,
@@ -158,7 +164,8 @@ pub struct ReferralResponse {
 }
 
 impl ReferralResponse {
-    /// Decodes a response: every entry version 3 or 4 and not a name-list referral.
+    /// Decodes a response: every entry of one version (2.2.5), 1 to 4, and not a name-list
+    /// referral.
     pub fn decode(input: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(input);
         let path_consumed = r.u16()?;
@@ -170,41 +177,75 @@ impl ReferralResponse {
             let mut e = Reader::at(input, at);
             let version = e.u16()?;
             let size = e.u16()?;
-            if version != 3 && version != 4 {
-                return Err(DecodeError::Invalid("referral entry version"));
+            let min = match version {
+                1 => ENTRY_V1_FIXED,
+                2 => ENTRY_V2_SIZE,
+                3 | 4 => ENTRY_MIN_SIZE,
+                _ => return Err(DecodeError::Invalid("referral entry version")),
+            };
+            if entries
+                .first()
+                .is_some_and(|f: &ReferralEntry| f.version != version)
+            {
+                return Err(DecodeError::Invalid(
+                    "referral entries of different versions",
+                ));
             }
-            if size < ENTRY_MIN_SIZE {
+            if size < min {
                 return Err(DecodeError::Invalid("referral entry size"));
             }
-            let server_type = e.u16()?;
-            let flags = e.u16()?;
-            if flags & ENTRY_FLAG_NAME_LIST != 0 {
-                return Err(DecodeError::Invalid("name-list referral"));
-            }
-            let time_to_live = e.u32()?;
-            let string = |off: u16| -> Result<String, DecodeError> {
-                let start = at
-                    .checked_add(usize::from(off))
-                    .ok_or(DecodeError::BadOffset)?;
-                utf16_until_nul(input.get(start..).ok_or(DecodeError::BadOffset)?)
-            };
-            let dfs_path = string(e.u16()?)?;
-            let dfs_alternate_path = string(e.u16()?)?;
-            let network_address = string(e.u16()?)?;
-            // The entry must lie inside the buffer even where its fields were not read.
-            at = at
+            // The entry must lie inside the buffer even where its fields are not read.
+            let end = at
                 .checked_add(usize::from(size))
                 .filter(|end| *end <= input.len())
                 .ok_or(DecodeError::Truncated)?;
-            entries.push(ReferralEntry {
-                version,
-                server_type,
-                target_set_boundary: version == 4 && flags & ENTRY_FLAG_TARGET_SET_BOUNDARY != 0,
-                time_to_live,
-                dfs_path,
-                dfs_alternate_path,
-                network_address,
-            });
+            let server_type = e.u16()?;
+            // V1 and V2: ReferralEntryFlags MUST be 0 and are ignored on receipt.
+            let flags = e.u16()?;
+            let entry = if version == 1 {
+                // The ShareName inside the entry, up to its NUL or the entry's end.
+                let name = input
+                    .get(at + usize::from(ENTRY_V1_FIXED)..end)
+                    .ok_or(DecodeError::Truncated)?;
+                ReferralEntry {
+                    version,
+                    server_type,
+                    target_set_boundary: false,
+                    time_to_live: 0,
+                    dfs_path: String::new(),
+                    dfs_alternate_path: String::new(),
+                    network_address: utf16_until_nul(name)?,
+                }
+            } else {
+                if version >= 3 && flags & ENTRY_FLAG_NAME_LIST != 0 {
+                    return Err(DecodeError::Invalid("name-list referral"));
+                }
+                if version == 2 {
+                    let _proximity = e.u32()?;
+                }
+                let time_to_live = e.u32()?;
+                let string = |off: u16| -> Result<String, DecodeError> {
+                    let start = at
+                        .checked_add(usize::from(off))
+                        .ok_or(DecodeError::BadOffset)?;
+                    utf16_until_nul(input.get(start..).ok_or(DecodeError::BadOffset)?)
+                };
+                let dfs_path = string(e.u16()?)?;
+                let dfs_alternate_path = string(e.u16()?)?;
+                let network_address = string(e.u16()?)?;
+                ReferralEntry {
+                    version,
+                    server_type,
+                    target_set_boundary: version == 4
+                        && flags & ENTRY_FLAG_TARGET_SET_BOUNDARY != 0,
+                    time_to_live,
+                    dfs_path,
+                    dfs_alternate_path,
+                    network_address,
+                }
+            };
+            at = end;
+            entries.push(entry);
         }
         Ok(ReferralResponse {
             path_consumed,
@@ -213,18 +254,41 @@ impl ReferralResponse {
         })
     }
 
-    /// Encodes the header, the entries (34 bytes each, ServiceSiteGuid zero) and after them
-    /// the string buffer; each entry's offsets count from the start of that entry (2.2.5.3.1).
-    /// `None` when the strings put an offset past 64 KiB or there are more than 65535 entries.
+    /// Encodes the header, the entries and after them the string buffer (2.2.5): a V1 entry
+    /// holds its ShareName inline; V2 entries are 22 bytes and V3/V4 ones 34 (ServiceSiteGuid
+    /// zero), each entry's offsets counting from the start of that entry (2.2.5.2, 2.2.5.3.1).
+    /// `None` when the entries are not all of one version from 1 to 4, a string puts an offset
+    /// or a V1 entry past 64 KiB, or there are more than 65535 entries.
     pub fn encode(&self) -> Option<Vec<u8>> {
         let count = u16::try_from(self.entries.len()).ok()?;
+        let version = self.entries.first().map_or(3, |e| e.version);
+        if !(1..=4).contains(&version) || self.entries.iter().any(|e| e.version != version) {
+            return None;
+        }
+        let sizes: Vec<u16> = self
+            .entries
+            .iter()
+            .map(|e| match version {
+                1 => u16::try_from(
+                    usize::from(ENTRY_V1_FIXED)
+                        + 2 * (e.network_address.encode_utf16().count() + 1),
+                )
+                .ok(),
+                2 => Some(ENTRY_V2_SIZE),
+                _ => Some(ENTRY_SIZE),
+            })
+            .collect::<Option<_>>()?;
         let mut w = Writer::new();
         w.u16(self.path_consumed).u16(count).u32(self.header_flags);
-        let entries_start = w.len();
         let mut strings = Writer::new();
-        let strings_start = entries_start + self.entries.len() * usize::from(ENTRY_SIZE);
-        for (i, e) in self.entries.iter().enumerate() {
-            let entry_at = entries_start + i * usize::from(ENTRY_SIZE);
+        let strings_start = w.len() + sizes.iter().map(|s| usize::from(*s)).sum::<usize>();
+        for (e, size) in self.entries.iter().zip(&sizes) {
+            let entry_at = w.len();
+            w.u16(e.version).u16(*size).u16(e.server_type);
+            if version == 1 {
+                w.u16(0).bytes(&string_to_utf16(&e.network_address)).u16(0);
+                continue;
+            }
             let mut offset_of = |s: &str| -> Option<u16> {
                 let off = u16::try_from(strings_start + strings.len() - entry_at).ok()?;
                 strings.bytes(&string_to_utf16(s)).u16(0);
@@ -238,15 +302,14 @@ impl ReferralResponse {
             } else {
                 0
             };
-            w.u16(e.version)
-                .u16(ENTRY_SIZE)
-                .u16(e.server_type)
-                .u16(flags)
-                .u32(e.time_to_live)
-                .u16(dfs)
-                .u16(alt)
-                .u16(net)
-                .zeros(16);
+            w.u16(flags);
+            if version == 2 {
+                w.u32(0); // Proximity
+            }
+            w.u32(e.time_to_live).u16(dfs).u16(alt).u16(net);
+            if version >= 3 {
+                w.zeros(16);
+            }
         }
         w.bytes(&strings.buf);
         Some(w.buf)
@@ -398,10 +461,101 @@ mod tests {
             Err(DecodeError::Invalid("name-list referral"))
         );
         b[14] &= !0x02;
-        b[8] = 2;
+        b[8] = 5;
         assert_eq!(
             ReferralResponse::decode(&b),
             Err(DecodeError::Invalid("referral entry version"))
+        );
+    }
+
+    #[test]
+    fn v1_response_layout() {
+        // One V1 link entry to \n2\d: hand-checked bytes (MS-DFSC 2.2.4, 2.2.5.1).
+        let resp = ReferralResponse {
+            path_consumed: 26,
+            header_flags: header_flags::STORAGE_SERVERS,
+            entries: vec![ReferralEntry {
+                version: 1,
+                server_type: SERVER_TYPE_LINK,
+                target_set_boundary: false,
+                time_to_live: 0,
+                dfs_path: String::new(),
+                dfs_alternate_path: String::new(),
+                network_address: "\\n2\\d".into(),
+            }],
+        };
+        let b = resp.encode().unwrap();
+        let want: Vec<u8> = [
+            &[26, 0, 1, 0, 2, 0, 0, 0][..],
+            // VersionNumber 1, Size 8 + 12, ServerType 0, ReferralEntryFlags 0.
+            &[1, 0, 20, 0, 0, 0, 0, 0],
+            &[b'\\', 0, b'n', 0, b'2', 0, b'\\', 0, b'd', 0, 0, 0],
+        ]
+        .concat();
+        assert_eq!(b, want);
+        assert_eq!(ReferralResponse::decode(&b).unwrap(), resp);
+        // A Size below the fixed fields, or past the buffer.
+        let mut bad = b.clone();
+        bad[10] = 6;
+        assert!(ReferralResponse::decode(&bad).is_err());
+        bad[10] = 60;
+        assert_eq!(ReferralResponse::decode(&bad), Err(DecodeError::Truncated));
+        assert_eq!(check_round_trip(&b), Ok(true));
+    }
+
+    #[test]
+    fn v2_response_layout() {
+        // Two V2 root entries: 22-byte entries, then the strings; offsets count from each
+        // entry (MS-DFSC 2.2.5.2). Hand-checked bytes.
+        let entry = |net: &str| ReferralEntry {
+            version: 2,
+            server_type: SERVER_TYPE_ROOT,
+            target_set_boundary: false,
+            time_to_live: 300,
+            dfs_path: "\\a".into(),
+            dfs_alternate_path: "\\a".into(),
+            network_address: net.into(),
+        };
+        let resp = ReferralResponse {
+            path_consumed: 4,
+            header_flags: header_flags::REFERRAL_SERVERS | header_flags::STORAGE_SERVERS,
+            entries: vec![entry("\\x"), entry("\\y")],
+        };
+        let b = resp.encode().unwrap();
+        let s = |c: u8| [b'\\', 0, c, 0, 0, 0];
+        let want: Vec<u8> = [
+            &[4, 0, 2, 0, 3, 0, 0, 0][..],
+            // Entry 1 at 8: V2, Size 22, root, flags 0, Proximity 0, TTL 300, offsets to the
+            // strings at 52, 58, 64: 44, 50, 56.
+            &[
+                2, 0, 22, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0x2c, 1, 0, 0, 44, 0, 50, 0, 56, 0,
+            ],
+            // Entry 2 at 30: strings at 70, 76, 82: 40, 46, 52.
+            &[
+                2, 0, 22, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0x2c, 1, 0, 0, 40, 0, 46, 0, 52, 0,
+            ],
+            &s(b'a'),
+            &s(b'a'),
+            &s(b'x'),
+            &s(b'a'),
+            &s(b'a'),
+            &s(b'y'),
+        ]
+        .concat();
+        assert_eq!(b, want);
+        assert_eq!(ReferralResponse::decode(&b).unwrap(), resp);
+        assert_eq!(check_round_trip(&b), Ok(true));
+        // Entries of two versions in one response are refused both ways.
+        let mut mixed = resp.clone();
+        mixed.entries[1].version = 3;
+        assert_eq!(mixed.encode(), None);
+        let mut bad = b.clone();
+        bad[30] = 3;
+        assert_eq!(
+            ReferralResponse::decode(&bad),
+            Err(DecodeError::Invalid(
+                "referral entries of different versions"
+            ))
         );
     }
 }

@@ -149,15 +149,46 @@ pub struct RegisterRequest {
     pub ex: bool,
 }
 
+/// One IPADDR_INFO of an IPADDR_INFO_LIST (MS-SWN 2.2.2.6): an address and whether it is
+/// online ([`ipaddr_flags::ONLINE`]) or offline ([`ipaddr_flags::OFFLINE`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpAddrInfo {
+    pub addr: std::net::IpAddr,
+    pub online: bool,
+}
+
+impl IpAddrInfo {
+    pub fn online(addr: std::net::IpAddr) -> Self {
+        Self { addr, online: true }
+    }
+
+    /// Its Flags: the address family bit and the online or offline bit.
+    pub fn flags(&self) -> u32 {
+        let family = match self.addr {
+            std::net::IpAddr::V4(_) => ipaddr_flags::V4,
+            std::net::IpAddr::V6(_) => ipaddr_flags::V6,
+        };
+        family
+            | if self.online {
+                ipaddr_flags::ONLINE
+            } else {
+                ipaddr_flags::OFFLINE
+            }
+    }
+}
+
 /// One notification an AsyncNotify returns (MS-SWN 2.2.2.4), with its messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Notification {
     /// RESOURCE_CHANGE: resource names with a [`resource_state`] each.
     ResourceChange(Vec<(String, u32)>),
-    /// CLIENT_MOVE: the addresses to move to (one IPADDR_INFO_LIST message).
+    /// CLIENT_MOVE: the addresses to move to (one IPADDR_INFO_LIST message, all online).
     ClientMove(Vec<std::net::IpAddr>),
-    /// SHARE_MOVE: same body as CLIENT_MOVE.
-    ShareMove(Vec<std::net::IpAddr>),
+    /// SHARE_MOVE (MS-SWN 3.1.4.4, 3.1.6.3): where the share went, one IPADDR_INFO_LIST.
+    ShareMove(Vec<IpAddrInfo>),
+    /// IP_CHANGE (MS-SWN 3.1.4.4, 3.1.6.4): the server's addresses that went online or
+    /// offline, one IPADDR_INFO_LIST.
+    IpChange(Vec<IpAddrInfo>),
 }
 
 /// What a pending AsyncNotify completes with.
@@ -284,36 +315,40 @@ pub fn notification_messages(n: &Notification) -> (u32, u32, Vec<u8>) {
             }
             (message_type::RESOURCE_CHANGE, items.len() as u32, buf)
         }
-        Notification::ClientMove(addrs) | Notification::ShareMove(addrs) => {
-            let ty = if matches!(n, Notification::ClientMove(_)) {
-                message_type::CLIENT_MOVE
-            } else {
-                message_type::SHARE_MOVE
-            };
-            let len = 12 + 24 * addrs.len() as u32;
-            buf.extend_from_slice(&len.to_le_bytes());
-            buf.extend_from_slice(&0u32.to_le_bytes());
-            buf.extend_from_slice(&(addrs.len() as u32).to_le_bytes());
-            for a in addrs {
-                let mut v4 = [0u8; 4];
-                let mut v6 = [0u8; 16];
-                let flags = match a {
-                    std::net::IpAddr::V4(a) => {
-                        v4 = a.octets();
-                        ipaddr_flags::V4 | ipaddr_flags::ONLINE
-                    }
-                    std::net::IpAddr::V6(a) => {
-                        v6 = a.octets();
-                        ipaddr_flags::V6 | ipaddr_flags::ONLINE
-                    }
-                };
-                buf.extend_from_slice(&flags.to_le_bytes());
-                buf.extend_from_slice(&v4);
-                buf.extend_from_slice(&v6);
-            }
-            // One IPADDR_INFO_LIST is one message.
-            (ty, 1, buf)
+        Notification::ClientMove(addrs) => {
+            let list: Vec<IpAddrInfo> = addrs.iter().map(|a| IpAddrInfo::online(*a)).collect();
+            ipaddr_info_list(&mut buf, &list);
+            (message_type::CLIENT_MOVE, 1, buf)
         }
+        Notification::ShareMove(list) => {
+            ipaddr_info_list(&mut buf, list);
+            (message_type::SHARE_MOVE, 1, buf)
+        }
+        Notification::IpChange(list) => {
+            ipaddr_info_list(&mut buf, list);
+            (message_type::IP_CHANGE, 1, buf)
+        }
+    }
+}
+
+/// One IPADDR_INFO_LIST message (MS-SWN 2.2.2.6): Length, Reserved, IPAddrInstances, then
+/// 24 bytes per address (Flags, IPV4, IPV6; the addresses in network byte order, the unused
+/// one zero). Little-endian like every notification message (2.2.2.4).
+fn ipaddr_info_list(buf: &mut Vec<u8>, list: &[IpAddrInfo]) {
+    let len = 12 + 24 * list.len() as u32;
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(&0u32.to_le_bytes());
+    buf.extend_from_slice(&(list.len() as u32).to_le_bytes());
+    for info in list {
+        let mut v4 = [0u8; 4];
+        let mut v6 = [0u8; 16];
+        match info.addr {
+            std::net::IpAddr::V4(a) => v4 = a.octets(),
+            std::net::IpAddr::V6(a) => v6 = a.octets(),
+        }
+        buf.extend_from_slice(&info.flags().to_le_bytes());
+        buf.extend_from_slice(&v4);
+        buf.extend_from_slice(&v6);
     }
 }
 
@@ -468,6 +503,29 @@ mod tests {
     }
 
     #[test]
+    fn interface_info_carries_an_ipv6_address() {
+        let info = InterfaceInfo {
+            group_name: "NODE2".into(),
+            version: VERSION_2,
+            state: iface_state::UNAVAILABLE,
+            ipv4: None,
+            ipv6: Some("fd00::2".parse().unwrap()),
+            witness: false,
+        };
+        let b = encode_interface_list(&[info], werror::OK);
+        let e = &b[16..16 + 552];
+        // State (and 2 bytes of alignment), then IPV4 (zero), IPV6 in network order, Flags =
+        // IPv6_VALID only.
+        assert_eq!(&e[524..528], &[0xff, 0, 0, 0]);
+        assert_eq!(&e[528..532], &[0; 4]);
+        assert_eq!(
+            &e[532..548],
+            &[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]
+        );
+        assert_eq!(&e[548..552], &iface_flags::IPV6_VALID.to_le_bytes());
+    }
+
+    #[test]
     fn client_move_message_layout() {
         let n = Notification::ClientMove(vec!["192.168.0.9".parse().unwrap()]);
         let (ty, count, buf) = notification_messages(&n);
@@ -482,6 +540,35 @@ mod tests {
         let reply = encode_notify_reply(&NotifyOutcome::Notification(n));
         // ptr, type, length, count, ptr, conformance, 36 bytes, status.
         assert_eq!(reply.len(), 24 + 36 + 4);
+    }
+
+    #[test]
+    fn ip_change_and_share_move_layouts() {
+        // One IPv4 address gone offline, one IPv6 address online: hand-checked bytes.
+        let n = Notification::IpChange(vec![
+            IpAddrInfo {
+                addr: "10.0.0.2".parse().unwrap(),
+                online: false,
+            },
+            IpAddrInfo::online("fd00::64".parse().unwrap()),
+        ]);
+        let (ty, count, buf) = notification_messages(&n);
+        assert_eq!((ty, count), (message_type::IP_CHANGE, 1));
+        let mut want = vec![60, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0];
+        want.extend_from_slice(&[0x11, 0, 0, 0, 10, 0, 0, 2]);
+        want.extend_from_slice(&[0; 16]);
+        want.extend_from_slice(&[0x0a, 0, 0, 0, 0, 0, 0, 0]);
+        want.extend_from_slice(&[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x64]);
+        assert_eq!(buf, want);
+        let (ty, count, same) = notification_messages(&Notification::ShareMove(vec![
+            IpAddrInfo {
+                addr: "10.0.0.2".parse().unwrap(),
+                online: false,
+            },
+            IpAddrInfo::online("fd00::64".parse().unwrap()),
+        ]));
+        assert_eq!((ty, count), (message_type::SHARE_MOVE, 1));
+        assert_eq!(same, want);
     }
 
     #[test]

@@ -737,37 +737,41 @@ pub struct PublicAddressesConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PublicAddress {
-    /// `A.B.C.D/PREFIX`.
-    pub address: Ipv4Cidr,
+    /// `A.B.C.D/PREFIX` or `IPV6/PREFIX` (an IPv6 address is announced with an unsolicited
+    /// Neighbor Advertisement instead of a gratuitous ARP).
+    pub address: IpCidr,
     /// The interface it is added to on whichever node holds it.
     pub interface: String,
 }
 
-/// An IPv4 address with its prefix length (`10.0.0.100/24`).
+/// An IPv4 or IPv6 address with its prefix length (`10.0.0.100/24`, `fd00::100/64`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
-pub struct Ipv4Cidr {
-    pub addr: std::net::Ipv4Addr,
+pub struct IpCidr {
+    pub addr: std::net::IpAddr,
     pub prefix: u8,
 }
 
-impl TryFrom<String> for Ipv4Cidr {
+impl TryFrom<String> for IpCidr {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
         let (a, p) = s
             .split_once('/')
-            .ok_or_else(|| format!("{s:?}: expected A.B.C.D/PREFIX"))?;
-        let addr = a.parse().map_err(|_| format!("{s:?}: bad IPv4 address"))?;
+            .ok_or_else(|| format!("{s:?}: expected ADDRESS/PREFIX"))?;
+        let addr: std::net::IpAddr = a
+            .parse()
+            .map_err(|_| format!("{s:?}: bad IPv4 or IPv6 address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = p
             .parse::<u8>()
             .ok()
-            .filter(|p| *p <= 32)
-            .ok_or_else(|| format!("{s:?}: prefix must be 0-32"))?;
-        Ok(Ipv4Cidr { addr, prefix })
+            .filter(|p| *p <= max)
+            .ok_or_else(|| format!("{s:?}: prefix must be 0-{max}"))?;
+        Ok(IpCidr { addr, prefix })
     }
 }
 
-impl std::fmt::Display for Ipv4Cidr {
+impl std::fmt::Display for IpCidr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)
     }
@@ -775,8 +779,9 @@ impl std::fmt::Display for Ipv4Cidr {
 
 /// Most public addresses a cluster can have (one bit each in the heartbeat).
 pub const MAX_PUBLIC_ADDRESSES: usize = 64;
-/// Most connections a node can publish: 255 datagrams of 100 (see `witness::peers`).
-pub const MAX_PUBLISHED_CONNECTIONS: usize = 255 * 100;
+/// Most connections a node can publish: 255 datagrams of at least 31 (IPv6 ones; see
+/// `witness::peers`).
+pub const MAX_PUBLISHED_CONNECTIONS: usize = 255 * 31;
 
 fn default_fence_ms() -> u64 {
     1000
@@ -1230,10 +1235,20 @@ mod tests {
         assert_eq!(p.addresses[0].interface, "eth0");
         let e = Config::parse(addrs).unwrap_err().to_string();
         assert!(e.contains("needs [witness]"), "{e}");
+        let v6 = format!("{witness}[[public_addresses.addresses]]\naddress = \"fd00::100/64\"\ninterface = \"eth0\"\n");
+        let c = Config::parse(&v6).unwrap();
+        assert_eq!(
+            c.public_addresses.addresses[0].address,
+            IpCidr {
+                addr: "fd00::100".parse().unwrap(),
+                prefix: 64
+            }
+        );
         for (bad, why) in [
-            ("10.0.0.100", "A.B.C.D/PREFIX"),
-            ("10.0.0.100/33", "prefix"),
-            ("10.0.0/24", "IPv4"),
+            ("10.0.0.100", "ADDRESS/PREFIX"),
+            ("10.0.0.100/33", "prefix must be 0-32"),
+            ("fd00::100/129", "prefix must be 0-128"),
+            ("10.0.0/24", "IPv4 or IPv6"),
         ] {
             let text = format!("{witness}[[public_addresses.addresses]]\naddress = \"{bad}\"\ninterface = \"eth0\"\n");
             let e = Config::parse(&text).unwrap_err().to_string();

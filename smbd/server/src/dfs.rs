@@ -59,16 +59,17 @@ pub fn strip_dfs_prefix(name: &str) -> &str {
 /// The referral for `req` (MS-DFSC 3.2.5.5): `\server\share` of a DFS root gets a root
 /// referral naming this server (ReferralServers and StorageServers), a path through one of its
 /// links the link's targets (StorageServers). Domain and DC referral requests (fewer than two
-/// components) and paths outside every link get STATUS_NOT_FOUND, as from Samba.
+/// components) and paths outside every link get STATUS_NOT_FOUND, as from Samba. The entries
+/// are of the highest version this server has (1 to 4) not above the client's
+/// MaxReferralLevel (3.2.5.5); a MaxReferralLevel of 0 is STATUS_INVALID_PARAMETER.
 pub fn referral(shares: &[Share], req: &ReferralRequest) -> Result<ReferralResponse, NtStatus> {
-    // Versions 1 and 2 have other layouts; every SMB2 client asks for 3 or more.
     // No DFS root here: nothing is known (what this server answered before it had DFS).
     if !shares.iter().any(|s| s.dfs_root) {
         return Err(status::NOT_FOUND);
     }
     let version = match req.max_referral_level {
-        0..=2 => return Err(status::INVALID_PARAMETER),
-        3 => 3,
+        0 => return Err(status::INVALID_PARAMETER),
+        v @ 1..=3 => v,
         _ => 4,
     };
     let comps = components(&req.file_name);
@@ -191,8 +192,17 @@ mod tests {
             Some(status::NOT_FOUND)
         );
         assert_eq!(ask(&shares, 4, "\\domain").err(), Some(status::NOT_FOUND));
+        // The highest version not above the client's level; 0 is no level at all.
+        for level in 1..=3 {
+            let r = ask(&shares, level, "\\srv\\dfs\\A\\link1\\x").unwrap();
+            assert_eq!(r.path_consumed, 32);
+            assert!(r.entries.iter().all(|e| e.version == level));
+            let r = r.encode().expect("encodes");
+            assert_eq!(u16::from_le_bytes([r[8], r[9]]), level);
+        }
+        assert_eq!(ask(&shares, 9, "\\srv\\dfs").unwrap().entries[0].version, 4);
         assert_eq!(
-            ask(&shares, 2, "\\srv\\dfs").err(),
+            ask(&shares, 0, "\\srv\\dfs").err(),
             Some(status::INVALID_PARAMETER)
         );
         let plain = [share(dir.path(), false, Vec::new())];

@@ -1,8 +1,9 @@
 //! `smbd --config FILE [--listen ADDR:PORT ...]`: the SMB2/3 file server.
 //! `smbd passwd --users FILE [--uid N --gid N] [--groups G,..] [--delete] USER`: manage users.
-//! `smbd witness --socket PATH drain|undrain|status|ips|connections`: drain a node for the
-//! witness service, list the nodes, the public addresses and their holders, the connections
-//! a takeover would tickle.
+//! `smbd witness --socket PATH drain|undrain|status|ips|connections|share-move SHARE TARGET...`:
+//! drain a node for the witness service, list the nodes, the public addresses and their
+//! holders, the connections a takeover would tickle; tell the witness clients registered for
+//! a share where it moved.
 //!
 //! The configuration format is documented in [`smbd::config`]; see `smbd/smbd.example.toml`.
 //! Prints `smbd listening on ADDR` for each bound address (port 0 picks a free port).
@@ -47,7 +48,9 @@ enum Command {
     /// `drain` (its witness clients are told to move to the other nodes, on every node, and
     /// its public addresses move to them), `undrain`, `status`, `ips` (public addresses:
     /// address, holder, assigned node), `connections` (per public address: who published
-    /// its client connections, how many, the clients).
+    /// its client connections, how many, the clients), `share-move SHARE NODE|ADDRESS...`
+    /// (SHARE_MOVE to this node's witness clients registered with RegisterEx for SHARE, naming
+    /// the nodes or addresses that serve it now; run it on every node).
     Witness(WitnessArgs),
     /// This node's sessions (user, client, dialect, signing, encryption), open files (share,
     /// path, access, share mode, oplock/lease) and byte-range locks, like smbstatus, from a
@@ -67,8 +70,9 @@ struct WitnessArgs {
     /// The control socket.
     #[arg(long)]
     socket: PathBuf,
-    /// drain | undrain | status | ips | connections
-    command: String,
+    /// drain | undrain | status | ips | connections | share-move SHARE NODE|ADDRESS...
+    #[arg(required = true, num_args = 1..)]
+    command: Vec<String>,
 }
 
 fn status(args: StatusArgs) -> std::process::ExitCode {
@@ -90,7 +94,7 @@ fn status(args: StatusArgs) -> std::process::ExitCode {
 }
 
 fn witness(args: WitnessArgs) -> std::process::ExitCode {
-    match smbd::witness::peers::control_request(&args.socket, &args.command) {
+    match smbd::witness::peers::control_request(&args.socket, &args.command.join(" ")) {
         Ok(answer) => {
             print!("{answer}");
             if answer.starts_with("error") {

@@ -521,7 +521,7 @@ fn status_loop(listener: std::os::unix::net::UnixListener, shared: Arc<Shared>, 
 /// Bind the witness' listeners and read its key (errors stop smbd at start).
 fn bind_witness(config: &Config) -> Result<WitnessParts, ServerError> {
     let wc = &config.witness;
-    let public: Vec<std::net::Ipv4Addr> = config
+    let public: Vec<std::net::IpAddr> = config
         .public_addresses
         .addresses
         .iter()

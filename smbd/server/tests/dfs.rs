@@ -125,7 +125,9 @@ fn smbprotocol_follows_a_referral_to_another_node() {
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(
-        out.status.success() && text.contains("dfs read passed"),
+        out.status.success()
+            && text.contains("referral versions 1-3 passed")
+            && text.contains("dfs read passed"),
         "{text}\n--- node 1 ---\n{}\n--- node 2 ---\n{}",
         node1.log(),
         node2.log()

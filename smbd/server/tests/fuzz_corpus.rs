@@ -173,6 +173,17 @@ fn witness_peers_corpus() {
     replay_with_prefixes("witness_peers", check_peers::check_peers, 4);
 }
 
+#[path = "../fuzz/check_public_ip.rs"]
+mod check_public_ip;
+
+/// Replays `fuzz/corpus/public_ip/` (/proc/net/tcp and tcp6 text, addresses for the IPv6
+/// tickle and Neighbor Advertisement) through the `public_ip` target's check, every prefix
+/// too; the seeds give connections.
+#[test]
+fn public_ip_corpus() {
+    replay_with_prefixes("public_ip", check_public_ip::check_public_ip, 2);
+}
+
 #[path = "../fuzz/check_dos_xattr.rs"]
 mod check_dos_xattr;
 

@@ -10,6 +10,10 @@
 //! fails at its own deadline. A second test cuts node 1 off from lockmgrd only: it must hand
 //! its address over by itself (it is isolated) and get it back once the path returns.
 //!
+//! The same takeover over IPv6 (public address fd88::100/64, the client at fd88::10, IPv6
+//! turned on in the namespaces without duplicate address detection): node 2 announces the
+//! address with an unsolicited Neighbor Advertisement and tickles over IPv6.
+//!
 //! Needs root (namespaces, raw sockets): a missing capability is a failure.
 
 mod cluster_common;
@@ -26,6 +30,31 @@ use lockmgr_transport::netns::{NetnsPair, NetnsStar, BRIDGE, IFACE};
 const PUBLIC: &str = "10.88.0.100";
 const NODE_IPS: [&str; 2] = ["10.88.0.1", "10.88.0.2"];
 const CLIENT_IP: &str = "10.88.0.10";
+
+/// The family the public address and the client use (the nodes, lockmgrd and the heartbeats
+/// stay on IPv4).
+struct Net {
+    public: &'static str,
+    prefix: u8,
+    client: &'static str,
+    /// What smbd listens on.
+    listen: &'static str,
+}
+
+const V4: Net = Net {
+    public: PUBLIC,
+    prefix: 24,
+    client: CLIENT_IP,
+    listen: "0.0.0.0:445",
+};
+
+/// smbd on a dual-stack socket.
+const V6: Net = Net {
+    public: "fd88::100",
+    prefix: 64,
+    client: "fd88::10",
+    listen: "[::]:445",
+};
 const LOCKMGRD_IP: &str = "10.88.0.254";
 const LOCKMGRD_PORT: u16 = 7500;
 const SMB_PORT: u16 = 445;
@@ -84,9 +113,9 @@ fn ip_output(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn node_config(dir: &Path, me: usize, key: &Path, tickle: bool) -> PathBuf {
+fn node_config(dir: &Path, me: usize, key: &Path, tickle: bool, net: &Net) -> PathBuf {
     let mut s = format!(
-        "[server]\nlisten = [\"0.0.0.0:{SMB_PORT}\"]\nnetbios_name = \"NODE{me}\"\nworkers = 1\n\n\
+        "[server]\nlisten = [\"{listen}\"]\nnetbios_name = \"NODE{me}\"\nworkers = 1\n\n\
          [lockmgr]\ntransport = \"udp\"\nconnect = \"{LOCKMGRD_IP}:{LOCKMGRD_PORT}\"\n\
          cluster_key_file = \"{key}\"\nnode_name = \"node{me}\"\n\n\
          [witness]\nenabled = true\nnet_name = \"CLUSTER\"\nnode = \"node{me}\"\n\
@@ -96,6 +125,7 @@ fn node_config(dir: &Path, me: usize, key: &Path, tickle: bool) -> PathBuf {
         key = key.display(),
         ip = NODE_IPS[me - 1],
         ctl = control_socket(dir, me).display(),
+        listen = net.listen,
     );
     for (n, node_ip) in NODE_IPS.iter().enumerate() {
         s.push_str(&format!(
@@ -105,7 +135,8 @@ fn node_config(dir: &Path, me: usize, key: &Path, tickle: bool) -> PathBuf {
     }
     s.push_str(&format!(
         "\n[public_addresses]\nfence_ms = {LEASE_MS}\ntickle = {tickle}\n\
-         [[public_addresses.addresses]]\naddress = \"{PUBLIC}/24\"\ninterface = \"{IFACE}\"\n"
+         [[public_addresses.addresses]]\naddress = \"{}/{}\"\ninterface = \"{IFACE}\"\n",
+        net.public, net.prefix
     ));
     let path = dir.join(format!("node{me}.toml"));
     std::fs::write(&path, s).unwrap();
@@ -120,8 +151,15 @@ fn control(dir: &Path, me: usize, command: &str) -> String {
     smbd::witness::peers::control_request(&control_socket(dir, me), command).unwrap_or_default()
 }
 
-fn start_node(star: &NetnsStar, dir: &Path, me: usize, key: &Path, tickle: bool) -> Proc {
-    let cfg = node_config(dir, me, key, tickle);
+fn start_node(
+    star: &NetnsStar,
+    dir: &Path,
+    me: usize,
+    key: &Path,
+    tickle: bool,
+    net: &Net,
+) -> Proc {
+    let cfg = node_config(dir, me, key, tickle, net);
     let log = std::fs::File::create(dir.join(format!("node{me}.log"))).unwrap();
     let mut child = NetnsPair::command_in(&star.clients[me - 1], env!("CARGO_BIN_EXE_smbd"))
         .arg("--config")
@@ -210,12 +248,56 @@ struct Cluster {
     star: NetnsStar,
     dir: tempfile::TempDir,
     key: PathBuf,
+    net: &'static Net,
     _lockmgrd: Proc,
 }
 
 impl Cluster {
     fn new() -> Cluster {
+        Cluster::with(&V4)
+    }
+
+    fn with(net: &'static Net) -> Cluster {
         let star = NetnsStar::new(3, 1500).expect("network namespaces (this test needs root)");
+        if net.public.contains(':') {
+            // NetnsStar turns IPv6 off; turn it on in the node and client namespaces, without
+            // duplicate address detection so addresses are usable at once. The bridge floods
+            // multicast (Neighbor Solicitations and Advertisements) without snooping.
+            for ns in &star.clients {
+                for conf in ["all", "default", IFACE] {
+                    for (key, value) in [("accept_dad", "0"), ("disable_ipv6", "0")] {
+                        let k = format!("net.ipv6.conf.{conf}.{key}={value}");
+                        let out = NetnsPair::command_in(ns, "sysctl")
+                            .args(["-qw", &k])
+                            .output()
+                            .expect("sysctl");
+                        assert!(out.status.success(), "{k}: {out:?}");
+                    }
+                }
+            }
+            ip(&[
+                "-n",
+                &star.server,
+                "link",
+                "set",
+                BRIDGE,
+                "type",
+                "bridge",
+                "mcast_snooping",
+                "0",
+            ]);
+            let client = format!("{}/{}", net.client, net.prefix);
+            ip(&[
+                "-n",
+                &star.clients[2],
+                "addr",
+                "add",
+                &client,
+                "dev",
+                IFACE,
+                "nodad",
+            ]);
+        }
         ip(&[
             "-n",
             &star.server,
@@ -265,6 +347,7 @@ impl Cluster {
             star,
             dir,
             key,
+            net,
             _lockmgrd: lockmgrd,
         }
     }
@@ -274,12 +357,12 @@ impl Cluster {
     }
 
     fn start_node(&self, me: usize, tickle: bool) -> Proc {
-        start_node(&self.star, self.dir(), me, &self.key, tickle)
+        start_node(&self.star, self.dir(), me, &self.key, tickle, self.net)
     }
 
     /// Waits until both nodes report `holder` holding the public address (and assigned it).
     fn wait_held_by(&self, holder: usize) {
-        let expected = format!("{PUBLIC} node{holder} node{holder}\n");
+        let expected = format!("{} node{holder} node{holder}\n", self.net.public);
         wait_for(
             &format!("node {holder} holds the public address"),
             self.dir(),
@@ -297,8 +380,8 @@ impl Cluster {
     /// server's GUID.
     fn idle_client(&self) -> (std::sync::mpsc::Receiver<ClientEvent>, [u8; 16]) {
         let (tx, events) = channel();
+        let public = SocketAddr::new(self.net.public.parse().unwrap(), SMB_PORT);
         NetnsPair::spawn_in(&self.star.clients[2], move || {
-            let public: SocketAddr = format!("{PUBLIC}:{SMB_PORT}").parse().unwrap();
             let mut s =
                 TcpStream::connect_timeout(&public, Duration::from_secs(5)).expect("connect");
             let guid = negotiate(&mut s).expect("negotiate with node 1");
@@ -321,7 +404,12 @@ impl Cluster {
             Ok(ClientEvent::Served(g)) => g,
             _ => panic!("the client was not served by node 1\n{}", logs(self.dir())),
         };
-        let client_prefix = format!("{CLIENT_IP}:");
+        // How `connections` prints the client: A.B.C.D:PORT or [IPV6]:PORT.
+        let client_prefix = if self.net.client.contains(':') {
+            format!("[{}]:", self.net.client)
+        } else {
+            format!("{}:", self.net.client)
+        };
         wait_for(
             "node 2 knows the client's connection",
             self.dir(),
@@ -399,7 +487,6 @@ impl Cluster {
         ip_output(&[
             "-n",
             &self.star.clients[me - 1],
-            "-4",
             "addr",
             "show",
             "dev",
@@ -410,8 +497,21 @@ impl Cluster {
 
 #[test]
 fn a_dead_nodes_public_address_moves_and_its_idle_client_is_reset() {
+    dead_node_takeover(&V4);
+}
+
+/// The same over IPv6: the Neighbor Advertisement moves the client's neighbour entry to node
+/// 2 and the tickle is an IPv6 packet. With `PUBLIC_IP_TEST_NO_TICKLE=1` the client hangs and
+/// the test fails at its deadline, as over IPv4.
+#[test]
+fn a_dead_nodes_ipv6_public_address_moves_and_its_idle_client_is_reset() {
+    dead_node_takeover(&V6);
+}
+
+fn dead_node_takeover(net: &'static Net) {
     let tickle = std::env::var_os("PUBLIC_IP_TEST_NO_TICKLE").is_none();
-    let c = Cluster::new();
+    let c = Cluster::with(net);
+    let public = net.public;
     let mut node1 = c.start_node(1, true);
     let mut node2 = c.start_node(2, tickle);
     // Both nodes agree that node 1 holds the address (its home).
@@ -438,14 +538,14 @@ fn a_dead_nodes_public_address_moves_and_its_idle_client_is_reset() {
     );
     assert_eq!(
         control(c.dir(), 2, "ips"),
-        format!("{PUBLIC} node2 node2\n")
+        format!("{public} node2 node2\n")
     );
-    assert!(c.addresses_on(2).contains(PUBLIC), "{}", c.addresses_on(2));
+    assert!(c.addresses_on(2).contains(public), "{}", c.addresses_on(2));
 
     // A clean stop removes the address.
     let st = node2.stop();
     assert!(st.success(), "node 2 stopped with {st}\n{}", logs(c.dir()));
-    assert!(!c.addresses_on(2).contains(PUBLIC), "{}", c.addresses_on(2));
+    assert!(!c.addresses_on(2).contains(public), "{}", c.addresses_on(2));
 }
 
 /// Node 1 loses its path to lockmgrd but not to its peers or clients (a blackhole route to

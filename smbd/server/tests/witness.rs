@@ -264,6 +264,80 @@ fn drained_node_moves_its_witness_clients_and_a_dead_one_is_unavailable() {
     assert!(left.contains("registrations 0"), "{left}");
 }
 
+/// RegisterEx's two opt-ins (MS-SWN 3.1.4.5): with WITNESS_REGISTER_IP_NOTIFICATION a client
+/// hears IP_CHANGE when a node's address goes offline (drain) and online again (undrain),
+/// MS-SWN 3.1.6.4; with a ShareName it hears SHARE_MOVE when the operator moves that share
+/// (`smbd witness share-move`, as Samba's `net witness share-move`), 3.1.6.3. A registration
+/// with neither hears none of it: its AsyncNotify runs into its keep-alive timeout.
+#[test]
+fn ip_change_and_share_move_reach_the_registrations_that_asked() {
+    let Some(Setup {
+        shared,
+        key,
+        peer_ports,
+        _port_135,
+    }) = setup()
+    else {
+        return;
+    };
+    let start = |me: usize| {
+        TestServer::start(Options {
+            server_extra: format!("listen = [\"127.0.0.{}:0\"]", me + 1),
+            config_extra: node_config(shared.path(), me, &key, peer_ports),
+            ..Options::default()
+        })
+    };
+    let _node1 = start(1);
+    let node2 = start(2);
+    let limit = Duration::from_secs(20);
+    let rpc = |node: &TestServer| {
+        Rpcclient::start(
+            node.port,
+            "ncacn_ip_tcp:127.0.0.3[seal]",
+            PASS,
+            &node.client_conf,
+        )
+    };
+    // Both clients' SMB connections are to node 2 and their witness is node 2 too (any node
+    // will do for this): node 1's address changing is an IP change, not a move, for them.
+    let mut asked = rpc(&node2);
+    asked.send("RegisterEx -n CLUSTER -s data -i 127.0.0.3 -c asked -f 1");
+    let h = handle_of(&asked.expect_by("a context handle", limit, |l| handle_token(l).is_some()));
+    let mut plain = rpc(&node2);
+    plain.send("RegisterEx -n CLUSTER -s other -i 127.0.0.3 -c plain -t 3");
+    let plain_h =
+        handle_of(&plain.expect_by("a context handle", limit, |l| handle_token(l).is_some()));
+
+    asked.send(&format!("AsyncNotify {h}"));
+    assert_eq!(control(shared.path(), 1, "drain"), "ok\n");
+    asked.expect("IP change with 1 messages", limit);
+    // IPADDR_V4 | IPADDR_OFFLINE.
+    let line = asked.expect("Flags", limit);
+    assert!(line.contains("0x00000011 127.0.0.2"), "{line}");
+    asked.send(&format!("AsyncNotify {h}"));
+    assert_eq!(control(shared.path(), 1, "undrain"), "ok\n");
+    asked.expect("IP change with 1 messages", limit);
+    // IPADDR_V4 | IPADDR_ONLINE.
+    let line = asked.expect("Flags", limit);
+    assert!(line.contains("0x00000009 127.0.0.2"), "{line}");
+
+    asked.send(&format!("AsyncNotify {h}"));
+    assert_eq!(
+        control(shared.path(), 2, "share-move data node1"),
+        "ok 1 registrations\n"
+    );
+    asked.expect("Share move with 1 messages", limit);
+    let line = asked.expect("Flags", limit);
+    assert!(line.contains("0x00000009 127.0.0.2"), "{line}");
+
+    // The plain registration heard none of the above: nothing is queued for it.
+    plain.send(&format!("AsyncNotify {plain_h}"));
+    let line = plain.expect_by("an answer", limit, |l| {
+        l.contains("TIMEOUT") || l.contains("with 1 messages")
+    });
+    assert!(line.contains("TIMEOUT"), "{}", plain.seen.join("\n"));
+}
+
 /// The witness answers only callers who authenticate (NTLMSSP, a user of `[server] users`)
 /// at the configured level, packet privacy by default: no authentication, a wrong password
 /// and packet integrity are refused on a default node; a node configured for integrity

@@ -30,14 +30,14 @@ mod rawnet;
 pub mod tcp;
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use smb_rpc::pdu::Uuid;
 use smb_rpc::witness::{
-    iface_state, resource_state, werror, ContextHandle, InterfaceInfo, Notification, NotifyOutcome,
-    RegisterRequest, WitnessBackend, VERSION_1, VERSION_2,
+    iface_state, resource_state, werror, ContextHandle, InterfaceInfo, IpAddrInfo, Notification,
+    NotifyOutcome, RegisterRequest, WitnessBackend, REGISTER_IP_NOTIFICATION, VERSION_1, VERSION_2,
 };
 use smb_rpc::CallId;
 
@@ -86,11 +86,12 @@ struct Node {
     assembly: Option<Assembly>,
 }
 
-/// One client TCP connection to a public address (what a survivor tickles).
+/// One client TCP connection to a public address (what a survivor tickles); both ends of
+/// the same family (an IPv4 client of a dual-stack socket is listed with its IPv4 address).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TcpConn {
-    pub client: SocketAddrV4,
-    pub public: SocketAddrV4,
+    pub client: SocketAddr,
+    pub public: SocketAddr,
 }
 
 /// The pages of one connection list received so far.
@@ -127,6 +128,29 @@ struct Registration {
     keep_alive: Option<Duration>,
     pending: Option<(CallId, Instant)>,
     queued: VecDeque<Notification>,
+    /// RegisterEx's ShareName: the registration hears SHARE_MOVE for it (MS-SWN 3.1.4.5
+    /// ShareNameNotificationRequired).
+    share: Option<String>,
+    /// RegisterEx with WITNESS_REGISTER_IP_NOTIFICATION: the registration hears IP_CHANGE
+    /// (MS-SWN 3.1.4.5 IPNotificationRequired).
+    ip_notify: bool,
+    /// PendingIPNotification (MS-SWN 3.1.1.7, 3.1.6.4): the address changes not yet told,
+    /// one entry per address (a later change of the same address overwrites it).
+    pending_ip: Vec<IpAddrInfo>,
+}
+
+impl Registration {
+    /// The next notification to hand out: the queued state changes first, then the IP
+    /// changes gathered since the last one.
+    fn next_notification(&mut self) -> Option<Notification> {
+        if let Some(n) = self.queued.pop_front() {
+            return Some(n);
+        }
+        if self.pending_ip.is_empty() {
+            return None;
+        }
+        Some(Notification::IpChange(std::mem::take(&mut self.pending_ip)))
+    }
 }
 
 struct Inner {
@@ -145,6 +169,9 @@ struct Inner {
     /// Whether this node held a lock manager lease when last told
     /// ([`WitnessState::set_lease_live`]).
     lease_live: bool,
+    /// The cluster's addresses (node addresses, then public addresses) and whether each was
+    /// online when last looked at: what IP_CHANGE notifications are the difference of.
+    ip_states: Vec<IpAddrInfo>,
 }
 
 /// The witness state of this node, shared by its RPC connections and the peer thread.
@@ -153,7 +180,7 @@ pub struct WitnessState {
     net_names: Vec<String>,
     local: usize,
     /// `[public_addresses]` addresses, in config order (bit i of a claim set).
-    public: Vec<Ipv4Addr>,
+    public: Vec<IpAddr>,
     inner: Mutex<Inner>,
 }
 
@@ -166,7 +193,7 @@ impl WitnessState {
     pub fn with_public_addresses(
         cfg: WitnessConfig,
         netbios_name: &str,
-        public: Vec<Ipv4Addr>,
+        public: Vec<IpAddr>,
     ) -> Arc<Self> {
         let now = Instant::now();
         let nodes = cfg
@@ -191,22 +218,94 @@ impl WitnessState {
         let mut net_names = vec![netbios_name.to_string()];
         net_names.extend(cfg.net_name.clone());
         let addr_conns = public.iter().map(|_| AddrConns::default()).collect();
+        let mut inner = Inner {
+            nodes,
+            local_conns: Vec::new(),
+            local_conns_gen: 0,
+            local_conns_claims: 0,
+            addr_conns,
+            registrations: HashMap::new(),
+            orphaned: HashMap::new(),
+            lease_live: true,
+            ip_states: Vec::new(),
+        };
+        inner.ip_states = ip_states(&inner, &public);
         Arc::new(Self {
             cfg,
             net_names,
             local,
             public,
-            inner: Mutex::new(Inner {
-                nodes,
-                local_conns: Vec::new(),
-                local_conns_gen: 0,
-                local_conns_claims: 0,
-                addr_conns,
-                registrations: HashMap::new(),
-                orphaned: HashMap::new(),
-                lease_live: true,
-            }),
+            inner: Mutex::new(inner),
         })
+    }
+
+    /// Queue IP_CHANGE for the registrations that asked for it (MS-SWN 3.1.6.4) when an
+    /// address of the cluster went online or offline since the last look: a node address
+    /// with its node's state (up, or draining / isolated / dead), a public address when the
+    /// last live node holding it lets it go or a node takes it.
+    fn note_ip_changes(&self, inner: &mut Inner) {
+        let now = ip_states(inner, &self.public);
+        if now == inner.ip_states {
+            return;
+        }
+        let changed: Vec<IpAddrInfo> = now
+            .iter()
+            .filter(|a| !inner.ip_states.contains(a))
+            .copied()
+            .collect();
+        inner.ip_states = now;
+        for c in &changed {
+            tracing::info!(address = %c.addr, online = c.online, "witness: address state");
+        }
+        for r in inner.registrations.values_mut().filter(|r| r.ip_notify) {
+            for c in &changed {
+                match r.pending_ip.iter_mut().find(|p| p.addr == c.addr) {
+                    Some(p) => *p = *c,
+                    None => r.pending_ip.push(*c),
+                }
+            }
+        }
+    }
+
+    /// SHARE_MOVE (MS-SWN 3.1.6.3) to this node's registrations for `share` (RegisterEx with
+    /// that ShareName, case-insensitive), naming `targets` (node names or addresses) as where
+    /// it is now served; replaces a share move not yet told. The number of registrations
+    /// told, or what was wrong with a target.
+    pub fn share_move(&self, share: &str, targets: &[&str]) -> Result<usize, String> {
+        let mut inner = self.lock();
+        let mut list = Vec::new();
+        for t in targets {
+            let addr = match inner.nodes.iter().find(|n| n.name == *t) {
+                Some(n) => n.address,
+                None => t
+                    .parse::<IpAddr>()
+                    .map_err(|_| format!("{t:?} is neither a node name nor an address"))?,
+            };
+            // Online unless the cluster knows the address and has it offline (Samba sends
+            // an unavailable interface as OFFLINE too).
+            let online = !inner.ip_states.iter().any(|a| a.addr == addr && !a.online);
+            list.push(IpAddrInfo { addr, online });
+        }
+        if list.is_empty() {
+            return Err("no target".into());
+        }
+        let mut told = 0;
+        for r in inner.registrations.values_mut() {
+            if r.share
+                .as_deref()
+                .is_some_and(|s| s.eq_ignore_ascii_case(share))
+            {
+                r.queued
+                    .retain(|n| !matches!(n, Notification::ShareMove(_)));
+                if r.queued.len() >= 8 {
+                    r.queued.pop_front();
+                }
+                r.queued.push_back(Notification::ShareMove(list.clone()));
+                told += 1;
+            }
+        }
+        tracing::info!(share, ?list, told, "witness: share move");
+        Ok(told)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -245,6 +344,7 @@ impl WitnessState {
             s => s,
         };
         transition(&mut inner, local, status);
+        self.note_ip_changes(&mut inner);
     }
 
     /// Whether this node holds a lock manager lease now (the heartbeat thread asks the lock
@@ -270,6 +370,7 @@ impl WitnessState {
             );
         }
         transition(&mut inner, local, next);
+        self.note_ip_changes(&mut inner);
     }
 
     /// A verified heartbeat from node `name` with sequence `seq`, `status` and the public
@@ -286,6 +387,7 @@ impl WitnessState {
         inner.nodes[i].last_heard = now;
         inner.nodes[i].claims = claims;
         transition(&mut inner, i, status);
+        self.note_ip_changes(&mut inner);
     }
 
     /// This node's index in `[witness] nodes`.
@@ -294,7 +396,7 @@ impl WitnessState {
     }
 
     /// The public addresses, config order.
-    pub fn public_addresses(&self) -> &[Ipv4Addr] {
+    pub fn public_addresses(&self) -> &[IpAddr] {
         &self.public
     }
 
@@ -330,7 +432,9 @@ impl WitnessState {
     /// What this node holds (set by the public address manager, sent in heartbeats).
     pub fn set_local_claims(&self, claims: u64) {
         let local = self.local;
-        self.lock().nodes[local].claims = claims;
+        let mut inner = self.lock();
+        inner.nodes[local].claims = claims;
+        self.note_ip_changes(&mut inner);
     }
 
     /// This node's status and held addresses, read together for one heartbeat.
@@ -420,7 +524,7 @@ impl WitnessState {
             let mine: Vec<TcpConn> = done
                 .conns
                 .iter()
-                .filter(|c| c.public.ip() == addr)
+                .filter(|c| c.public.ip() == *addr)
                 .copied()
                 .collect();
             let slot = &mut inner.addr_conns[k];
@@ -487,6 +591,7 @@ impl WitnessState {
                 transition(&mut inner, i, NodeStatus::Dead);
             }
         }
+        self.note_ip_changes(&mut inner);
     }
 
     /// Answers ready for connection `conn`'s pending AsyncNotify calls.
@@ -500,7 +605,7 @@ impl WitnessState {
             let Some((call, since)) = r.pending else {
                 continue;
             };
-            if let Some(n) = r.queued.pop_front() {
+            if let Some(n) = r.next_notification() {
                 r.pending = None;
                 out.push((call, NotifyOutcome::Notification(n)));
             } else if r.keep_alive.is_some_and(|k| now.duration_since(since) >= k) {
@@ -606,6 +711,9 @@ impl WitnessState {
                     .then(|| Duration::from_secs(u64::from(req.keep_alive_timeout))),
                 pending: None,
                 queued: VecDeque::new(),
+                share: req.share_name.clone().filter(|_| req.ex),
+                ip_notify: req.ex && req.flags & REGISTER_IP_NOTIFICATION != 0,
+                pending_ip: Vec::new(),
             },
         );
         tracing::info!(conn, net_name, %ip, node = %inner.nodes[node].name, "witness: registered");
@@ -650,12 +758,30 @@ impl WitnessState {
             // One outstanding AsyncNotify per registration.
             return Err(werror::INVALID_STATE);
         }
-        if let Some(n) = r.queued.pop_front() {
+        if let Some(n) = r.next_notification() {
             return Ok(Some(NotifyOutcome::Notification(n)));
         }
         r.pending = Some((call, Instant::now()));
         Ok(None)
     }
+}
+
+/// The cluster's addresses as IP_CHANGE reports them: every node's address, online while the
+/// node is up (what GetInterfaceList calls AVAILABLE), then every public address, online
+/// while a node not dead claims it.
+fn ip_states(inner: &Inner, public: &[IpAddr]) -> Vec<IpAddrInfo> {
+    let nodes = inner.nodes.iter().map(|n| IpAddrInfo {
+        addr: n.address,
+        online: n.status == NodeStatus::Up,
+    });
+    let public = public.iter().enumerate().map(|(k, a)| IpAddrInfo {
+        addr: *a,
+        online: inner
+            .nodes
+            .iter()
+            .any(|n| n.status != NodeStatus::Dead && n.claims & (1 << k) != 0),
+    });
+    nodes.chain(public).collect()
 }
 
 /// Node `i` changes to `status`: queue what its registered clients must hear.
@@ -912,8 +1038,8 @@ mod tests {
             vec!["10.0.0.100".parse().unwrap(), "10.0.0.101".parse().unwrap()],
         );
         let conn = |port, public: &str| TcpConn {
-            client: SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, 7), port),
-            public: SocketAddrV4::new(public.parse().unwrap(), 445),
+            client: SocketAddr::new("10.0.1.7".parse().unwrap(), port),
+            public: SocketAddr::new(public.parse().unwrap(), 445),
         };
         let a = conn(40000, "10.0.0.100");
         let b = conn(40001, "10.0.0.101");
@@ -937,6 +1063,144 @@ mod tests {
         assert_eq!(s.take_conns(0), vec![a]);
         assert_eq!(s.take_conns(0), vec![]);
         assert!(s.conns_text().starts_with("10.0.0.100 n1 0"));
+    }
+
+    fn reg_ex(ip: &str, share: Option<&str>, flags: u32) -> RegisterRequest {
+        RegisterRequest {
+            version: VERSION_2,
+            share_name: share.map(str::to_string),
+            flags,
+            ex: true,
+            ..reg(ip)
+        }
+    }
+
+    fn ip(addr: &str, online: bool) -> IpAddrInfo {
+        IpAddrInfo {
+            addr: addr.parse().unwrap(),
+            online,
+        }
+    }
+
+    fn ip_change(list: Vec<IpAddrInfo>) -> Result<Option<NotifyOutcome>, u32> {
+        Ok(Some(NotifyOutcome::Notification(Notification::IpChange(
+            list,
+        ))))
+    }
+
+    #[test]
+    fn ip_change_goes_to_registrations_that_asked_for_it() {
+        let s = state();
+        let asked = s
+            .register(1, &reg_ex("10.0.0.3", None, REGISTER_IP_NOTIFICATION))
+            .unwrap();
+        let plain = s.register(2, &reg_ex("10.0.0.3", None, 0)).unwrap();
+        // n2 drains: its address goes offline (MS-SWN 3.1.6.4); a pending call hears it.
+        assert_eq!(s.async_notify(1, asked, CALL), Ok(None));
+        s.heard("n2", 1, NodeStatus::Draining, 0, Instant::now());
+        assert_eq!(
+            s.take_ready(1, Instant::now()),
+            vec![(
+                CALL,
+                NotifyOutcome::Notification(Notification::IpChange(vec![ip("10.0.0.2", false)]))
+            )]
+        );
+        s.heard("n2", 2, NodeStatus::Up, 0, Instant::now());
+        assert_eq!(
+            s.async_notify(1, asked, CALL),
+            ip_change(vec![ip("10.0.0.2", true)])
+        );
+        // Changes before the client asks gather in one notification, one entry per address,
+        // the last state winning.
+        s.heard("n2", 3, NodeStatus::Draining, 0, Instant::now());
+        s.heard("n3", 1, NodeStatus::Isolated, 0, Instant::now());
+        s.heard("n2", 4, NodeStatus::Up, 0, Instant::now());
+        // (n3 isolated is this registration's own node: its CLIENT_MOVE comes first.)
+        assert_eq!(
+            s.async_notify(1, asked, CALL),
+            Ok(Some(NotifyOutcome::Notification(Notification::ClientMove(
+                vec!["10.0.0.1".parse().unwrap()]
+            ))))
+        );
+        assert_eq!(
+            s.async_notify(1, asked, CALL),
+            ip_change(vec![ip("10.0.0.2", true), ip("10.0.0.3", false)])
+        );
+        // n3's client without the flag heard only its own node's CLIENT_MOVE.
+        assert!(matches!(
+            s.async_notify(2, plain, CALL),
+            Ok(Some(NotifyOutcome::Notification(Notification::ClientMove(
+                _
+            ))))
+        ));
+        assert_eq!(s.async_notify(2, plain, CALL), Ok(None));
+    }
+
+    #[test]
+    fn ip_change_follows_public_addresses_across_a_takeover() {
+        let cfg = state().config().clone();
+        let s = WitnessState::with_public_addresses(
+            cfg,
+            "CLUSTER",
+            vec!["10.0.0.100".parse().unwrap()],
+        );
+        let h = s
+            .register(
+                1,
+                &reg_ex("10.0.0.1", Some("data"), REGISTER_IP_NOTIFICATION),
+            )
+            .unwrap();
+        let t0 = Instant::now();
+        s.heard("n2", 1, NodeStatus::Up, 0b1, t0);
+        assert_eq!(
+            s.async_notify(1, h, CALL),
+            ip_change(vec![ip("10.0.0.100", true)])
+        );
+        // n2 falls silent: its address and the public address it held go offline together;
+        // this node takes the public address over: online again.
+        s.heard("n3", 1, NodeStatus::Up, 0, t0 + Duration::from_secs(10));
+        s.check_liveness(t0 + Duration::from_secs(10));
+        assert_eq!(
+            s.async_notify(1, h, CALL),
+            ip_change(vec![ip("10.0.0.2", false), ip("10.0.0.100", false)])
+        );
+        s.set_local_claims(0b1);
+        assert_eq!(
+            s.async_notify(1, h, CALL),
+            ip_change(vec![ip("10.0.0.100", true)])
+        );
+    }
+
+    #[test]
+    fn share_move_goes_to_registrations_for_that_share() {
+        let s = state();
+        let data = s.register(1, &reg_ex("10.0.0.2", Some("data"), 0)).unwrap();
+        let other = s
+            .register(2, &reg_ex("10.0.0.2", Some("other"), 0))
+            .unwrap();
+        let v1 = s.register(3, &reg("10.0.0.2")).unwrap();
+        s.heard("n3", 1, NodeStatus::Draining, 0, Instant::now());
+        assert_eq!(s.share_move("DATA", &["n3", "fd00::7"]), Ok(1));
+        assert_eq!(
+            s.async_notify(1, data, CALL),
+            Ok(Some(NotifyOutcome::Notification(Notification::ShareMove(
+                vec![ip("10.0.0.3", false), ip("fd00::7", true)]
+            ))))
+        );
+        // A newer move replaces one not yet told.
+        s.share_move("data", &["n1"]).unwrap();
+        s.share_move("data", &["10.0.0.2"]).unwrap();
+        assert_eq!(
+            s.async_notify(1, data, CALL),
+            Ok(Some(NotifyOutcome::Notification(Notification::ShareMove(
+                vec![ip("10.0.0.2", true)]
+            ))))
+        );
+        assert_eq!(s.async_notify(1, data, CALL), Ok(None));
+        assert_eq!(s.async_notify(2, other, CALL), Ok(None));
+        assert_eq!(s.async_notify(3, v1, CALL), Ok(None));
+        assert!(s.share_move("data", &["nowhere"]).is_err());
+        assert!(s.share_move("data", &[]).is_err());
     }
 
     #[test]

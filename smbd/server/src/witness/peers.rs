@@ -12,9 +12,9 @@
 //!
 //! With public addresses, a node also publishes its client connections to the addresses it
 //! holds (what a survivor tickles after taking them), as pages of at most
-//! `CONNS_PER_PAGE`: `"SWC1" | gen u64 | page u8 | pages u8 | claims u64 | name_len u8 | name |
-//! count u8 |
-//! count x (client IPv4, client port, public IPv4, public port; network order) | HMAC`. A
+//! `PAGE_ENTRY_BYTES` of connections: `"SWC2" | gen u64 | page u8 | pages u8 | claims u64 |
+//! name_len u8 | name | count u8 | count x (family u8 (4 or 6), client address (4 or 16
+//! bytes), client port, public address, public port; network order) | HMAC`. A
 //! list goes out when it changes and again every `CONNS_RESEND_BEATS` heartbeats (a lost
 //! page is made good); `gen` grows like `seq`, and a receiver takes a list only once all its
 //! pages arrived and only if it is newer than the last one it took.
@@ -33,17 +33,28 @@ use sha2::Sha256;
 
 use super::{NodeStatus, TcpConn, WitnessState};
 use crate::byte_reader::ByteReader;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 const MAGIC: &[u8; 4] = b"SWN2";
-const CONNS_MAGIC: &[u8; 4] = b"SWC1";
+const CONNS_MAGIC: &[u8; 4] = b"SWC2";
 const MAC_LEN: usize = 32;
-/// Connections per page: a page stays under 1500 bytes, so it is never fragmented.
-const CONNS_PER_PAGE: usize = 100;
-const CONN_LEN: usize = 12;
+/// A connection page's header and MAC at their largest (a 255-byte name).
+const PAGE_OVERHEAD: usize = 4 + 8 + 2 + 8 + 1 + 255 + 1 + MAC_LEN;
+/// The connections of one page fill at most this many bytes: with the overhead a page stays
+/// within 1472 bytes (a 1500-byte IPv4 packet's UDP payload), so it is never fragmented. That
+/// is 89 IPv4 or 31 IPv6 connections.
+const PAGE_ENTRY_BYTES: usize = 1472 - PAGE_OVERHEAD;
 /// A connection list is sent again after this many heartbeats even when unchanged.
 const CONNS_RESEND_BEATS: u32 = 4;
-const MAX_DATAGRAM: usize = 4 + 8 + 2 + 8 + 1 + 255 + 1 + CONNS_PER_PAGE * CONN_LEN + MAC_LEN;
+const MAX_DATAGRAM: usize = PAGE_OVERHEAD + PAGE_ENTRY_BYTES;
+
+/// The bytes one connection takes in a page.
+fn conn_len(c: &TcpConn) -> usize {
+    match c.client {
+        SocketAddr::V4(_) => 1 + 2 * (4 + 2),
+        SocketAddr::V6(_) => 1 + 2 * (16 + 2),
+    }
+}
 
 fn mac(key: &[u8], data: &[u8]) -> [u8; MAC_LEN] {
     // HMAC takes keys of any length; new_from_slice cannot fail for it.
@@ -124,11 +135,30 @@ pub fn encode_conns(
     claims: u64,
     conns: &[TcpConn],
 ) -> Vec<Vec<u8>> {
-    let chunks: Vec<&[TcpConn]> = if conns.is_empty() {
-        vec![&[]]
-    } else {
-        conns.chunks(CONNS_PER_PAGE).take(255).collect()
-    };
+    // A connection whose ends differ in family cannot be sent (and is never listed).
+    let conns: Vec<TcpConn> = conns
+        .iter()
+        .filter(|c| c.client.is_ipv4() == c.public.is_ipv4())
+        .copied()
+        .collect();
+    let mut chunks: Vec<&[TcpConn]> = Vec::new();
+    let mut start = 0;
+    while start < conns.len() && chunks.len() < 255 {
+        let mut end = start;
+        let mut bytes = 0;
+        while end < conns.len()
+            && end - start < 255
+            && bytes + conn_len(&conns[end]) <= PAGE_ENTRY_BYTES
+        {
+            bytes += conn_len(&conns[end]);
+            end += 1;
+        }
+        chunks.push(&conns[start..end]);
+        start = end;
+    }
+    if chunks.is_empty() {
+        chunks.push(&[]);
+    }
     let pages = chunks.len() as u8;
     chunks
         .iter()
@@ -142,8 +172,12 @@ pub fn encode_conns(
             push_name(&mut d, name);
             d.push(chunk.len() as u8);
             for c in *chunk {
+                d.push(if c.client.is_ipv4() { 4 } else { 6 });
                 for a in [c.client, c.public] {
-                    d.extend_from_slice(&a.ip().octets());
+                    match a.ip() {
+                        IpAddr::V4(ip) => d.extend_from_slice(&ip.octets()),
+                        IpAddr::V6(ip) => d.extend_from_slice(&ip.octets()),
+                    }
                     d.extend_from_slice(&a.port().to_be_bytes());
                 }
             }
@@ -152,14 +186,16 @@ pub fn encode_conns(
         .collect()
 }
 
-/// An IPv4 socket address as sent between nodes: 4 address bytes, then the port big-endian.
-fn read_v4(r: &mut ByteReader<'_>) -> Option<SocketAddrV4> {
-    let ip: [u8; 4] = r.array()?;
+/// A socket address of `family` (4 or 6) as sent between nodes: the address bytes, then the
+/// port big-endian.
+fn read_addr(r: &mut ByteReader<'_>, family: u8) -> Option<SocketAddr> {
+    let ip = match family {
+        4 => IpAddr::V4(Ipv4Addr::from(r.array::<4>()?)),
+        6 => IpAddr::V6(Ipv6Addr::from(r.array::<16>()?)),
+        _ => return None,
+    };
     let port: [u8; 2] = r.array()?;
-    Some(SocketAddrV4::new(
-        Ipv4Addr::from(ip),
-        u16::from_be_bytes(port),
-    ))
+    Some(SocketAddr::new(ip, u16::from_be_bytes(port)))
 }
 
 /// Decode and verify a datagram from a peer.
@@ -196,15 +232,22 @@ pub fn decode(key: &[u8], d: &[u8]) -> Option<PeerMessage> {
         let claims = r.u64()?;
         let name = r.str_u8_len()?;
         let count = usize::from(r.u8()?);
-        if page >= pages || count > CONNS_PER_PAGE {
+        if page >= pages {
             return None;
         }
         let mut conns = Vec::with_capacity(count);
+        let mut bytes = 0;
         for _ in 0..count {
-            conns.push(TcpConn {
-                client: read_v4(&mut r)?,
-                public: read_v4(&mut r)?,
-            });
+            let family = r.u8()?;
+            let c = TcpConn {
+                client: read_addr(&mut r, family)?,
+                public: read_addr(&mut r, family)?,
+            };
+            bytes += conn_len(&c);
+            conns.push(c);
+        }
+        if bytes > PAGE_ENTRY_BYTES {
+            return None;
         }
         PeerMessage::Conns(ConnsPage {
             name,
@@ -403,9 +446,16 @@ fn control_one(
         "status" => state.status_text(),
         "ips" => super::public_ip::ips_text(state),
         "connections" => state.conns_text(),
-        other => {
-            format!("error: unknown command {other:?} (drain, undrain, status, ips, connections)\n")
-        }
+        other => match other.split_whitespace().collect::<Vec<_>>().as_slice() {
+            ["share-move", share, targets @ ..] => match state.share_move(share, targets) {
+                Ok(told) => format!("ok {told} registrations\n"),
+                Err(e) => format!("error: share-move: {e}\n"),
+            },
+            _ => format!(
+                "error: unknown command {other:?} (drain, undrain, status, ips, connections, \
+                 share-move SHARE NODE|ADDRESS...)\n"
+            ),
+        },
     };
     (&stream).write_all(answer.as_bytes())
 }
@@ -446,14 +496,45 @@ mod tests {
     }
 
     #[test]
+    fn an_ipv6_connection_on_the_wire() {
+        // Hand-checked: one IPv6 connection after the page header (MAC aside).
+        let c = TcpConn {
+            client: "[fd00::7]:51000".parse().unwrap(),
+            public: "[fd00::100]:445".parse().unwrap(),
+        };
+        let page = &encode_conns(KEY, "n", 1, 1, &[c])[0];
+        let body = &page[..page.len() - MAC_LEN];
+        let mut want = b"SWC2".to_vec();
+        want.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0]);
+        want.extend_from_slice(&[1, b'n', 1, 6]);
+        want.extend_from_slice(&[
+            0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7, 0xc7, 0x38,
+        ]);
+        want.extend_from_slice(&[
+            0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0x01, 0xbd,
+        ]);
+        assert_eq!(body, &want[..]);
+        // An unknown family is refused.
+        let mut bad = body.to_vec();
+        bad[want.len() - 37] = 5;
+        assert_eq!(decode(KEY, &sign(KEY, bad)), None);
+    }
+
+    #[test]
     fn connection_lists_are_paged_and_signed() {
-        let conns: Vec<TcpConn> = (0..250u16)
+        // 100 IPv4 connections (89 to a page) then 30 IPv6 ones (31 to a page).
+        let mut conns: Vec<TcpConn> = (0..100u16)
             .map(|i| TcpConn {
-                client: SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, 7), 40000 + i),
-                public: SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 100), 445),
+                client: SocketAddr::new("10.0.1.7".parse().unwrap(), 40000 + i),
+                public: SocketAddr::new("10.0.0.100".parse().unwrap(), 445),
             })
             .collect();
-        let pages = encode_conns(KEY, "n1", 9, 1, &conns);
+        conns.extend((0..30u16).map(|i| TcpConn {
+            client: SocketAddr::new("fd00::7".parse().unwrap(), 40000 + i),
+            public: SocketAddr::new("fd00::100".parse().unwrap(), 445),
+        }));
+        let long_name = "n".repeat(255);
+        let pages = encode_conns(KEY, &long_name, 9, 1, &conns);
         assert_eq!(pages.len(), 3);
         assert!(
             pages.iter().all(|p| p.len() <= 1472),
@@ -465,7 +546,7 @@ mod tests {
                 Some(PeerMessage::Conns(c)) => {
                     assert_eq!(
                         (c.name.as_str(), c.gen, c.page, c.pages, c.claims),
-                        ("n1", 9, i as u8, 3, 1)
+                        (long_name.as_str(), 9, i as u8, 3, 1)
                     );
                     back.extend(c.conns);
                 }

@@ -25,7 +25,10 @@
 //! A planned move (drain) therefore releases before anyone takes, with no fence wait.
 //!
 //! **Taking** an address: `ip addr add` on the configured interface, a gratuitous ARP request
-//! and reply (so neighbours forget the old node's MAC), and a tickle ACK for every connection
+//! and reply (so neighbours forget the old node's MAC; for an IPv6 address an unsolicited
+//! Neighbor Advertisement to all nodes with the Override flag, RFC 4861 7.2.6, the address
+//! added `nodad`: the fence already makes it this node's alone, and a tentative address could
+//! neither send the tickles nor accept the clients' reconnects), and a tickle ACK for every connection
 //! the previous holder last published for that address: a TCP ACK with sequence and
 //! acknowledgment numbers 0 from public-ip:port to the client. It is outside the client's
 //! window, so the client answers with an ACK carrying its real numbers; that reaches this node
@@ -35,7 +38,7 @@
 //!
 //! **The connection list** (CTDB's tickle list): every scan period (`heartbeat_ms`) a node
 //! reads its established TCP connections whose local address is one it holds from the kernel
-//! (`/proc/net/tcp` of its network namespace: every port, SMB and witness alike, including
+//! (`/proc/net/tcp` and `/proc/net/tcp6` of its network namespace: every port, SMB and witness alike, including
 //! connections not yet accepted, without a hook in the I/O workers) and publishes them to its
 //! peers on the heartbeat channel, bounded and signed (`peers`). Each node keeps, per address,
 //! the last list published for it and by whom; it stays after its publisher releases the
@@ -56,10 +59,11 @@
 //! fence wait, once its heartbeat drops the claim. If its peers cannot hear it either, they
 //! take them after the fence wait as from a dead node.
 //!
-//! IPv4 only. SMB Direct connections cannot be tickled (their clients learn through the
+//! IPv4 and IPv6 (tickles over IPv6 carry the TCP checksum over the IPv6 pseudo-header, RFC
+//! 8200 8.1). SMB Direct connections cannot be tickled (their clients learn through the
 //! witness or the RDMA CM disconnect).
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -213,16 +217,114 @@ pub fn tickle_packet(from: SocketAddrV4, to: SocketAddrV4) -> [u8; 40] {
     p
 }
 
-fn hex_v4(s: &str) -> Option<SocketAddrV4> {
-    let (ip, port) = s.split_once(':')?;
-    // The kernel prints the address as the u32 it keeps in network order, read natively.
-    let ip = u32::from_str_radix(ip, 16).ok()?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    Some(SocketAddrV4::new(Ipv4Addr::from(ip.to_ne_bytes()), port))
+/// A tickle ACK over IPv6: a 40-byte IPv6 header (hop limit 64, next header TCP) and the same
+/// TCP ACK as [`tickle_packet`], its checksum over the IPv6 pseudo-header (RFC 8200 8.1:
+/// source, destination, upper-layer length as 32 bits, three zero bytes, next header).
+pub fn tickle_packet_v6(from: SocketAddrV6, to: SocketAddrV6) -> [u8; 60] {
+    let mut p = [0u8; 60];
+    p[0] = 0x60; // version 6, traffic class and flow label 0
+    p[4..6].copy_from_slice(&20u16.to_be_bytes()); // payload length
+    p[6] = 6; // TCP
+    p[7] = 64; // hop limit
+    p[8..24].copy_from_slice(&from.ip().octets());
+    p[24..40].copy_from_slice(&to.ip().octets());
+    let tcp = &mut p[40..];
+    tcp[0..2].copy_from_slice(&from.port().to_be_bytes());
+    tcp[2..4].copy_from_slice(&to.port().to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x10; // ACK
+    tcp[14..16].copy_from_slice(&1234u16.to_be_bytes());
+    let sum = checksum(&[&pseudo_v6(from.ip(), to.ip(), 6, 20), &p[40..]]);
+    p[56..58].copy_from_slice(&sum.to_be_bytes());
+    p
 }
 
-/// The established connections of `/proc/net/tcp` text whose local address is in `held`.
-pub fn established_to(proc_net_tcp: &str, held: &[Ipv4Addr]) -> Vec<TcpConn> {
+/// The IPv6 pseudo-header of RFC 8200 8.1.
+fn pseudo_v6(src: &Ipv6Addr, dst: &Ipv6Addr, next: u8, len: u32) -> [u8; 40] {
+    let mut h = [0u8; 40];
+    h[0..16].copy_from_slice(&src.octets());
+    h[16..32].copy_from_slice(&dst.octets());
+    h[32..36].copy_from_slice(&len.to_be_bytes());
+    h[39] = next;
+    h
+}
+
+/// ff02::1, the all-nodes multicast address, and its Ethernet address (RFC 2464 7).
+pub const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+pub const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
+
+/// An unsolicited Neighbor Advertisement (RFC 4861 4.4, 7.2.6) announcing that `ip` is at
+/// `mac`: a whole IPv6 packet from `ip` to ff02::1 with hop limit 255 (receivers drop any
+/// other, 7.1.2), ICMPv6 type 136 with the Override flag (not Solicited, not Router), the
+/// target `ip` and a Target Link-Layer Address option; the ICMPv6 checksum over the
+/// pseudo-header (RFC 4443 2.3).
+pub fn neighbor_advertisement(mac: [u8; 6], ip: Ipv6Addr) -> [u8; 72] {
+    let mut p = [0u8; 72];
+    p[0] = 0x60;
+    p[4..6].copy_from_slice(&32u16.to_be_bytes());
+    p[6] = 58; // ICMPv6
+    p[7] = 255;
+    p[8..24].copy_from_slice(&ip.octets());
+    p[24..40].copy_from_slice(&ALL_NODES.octets());
+    let icmp = &mut p[40..];
+    icmp[0] = 136; // Neighbor Advertisement
+    icmp[4] = 0x20; // Override
+    icmp[8..24].copy_from_slice(&ip.octets());
+    icmp[24] = 2; // Target Link-Layer Address
+    icmp[25] = 1; // in units of 8 bytes
+    icmp[26..32].copy_from_slice(&mac);
+    let sum = checksum(&[&pseudo_v6(&ip, &ALL_NODES, 58, 32), &p[40..]]);
+    p[42..44].copy_from_slice(&sum.to_be_bytes());
+    p
+}
+
+/// The tickle for `c`, of its family.
+pub fn tickle(c: &TcpConn) -> Option<Vec<u8>> {
+    match (c.public, c.client) {
+        (SocketAddr::V4(from), SocketAddr::V4(to)) => Some(tickle_packet(from, to).to_vec()),
+        (SocketAddr::V6(from), SocketAddr::V6(to)) => Some(tickle_packet_v6(from, to).to_vec()),
+        _ => None,
+    }
+}
+
+/// An address:port of `/proc/net/tcp` (8 hex digits) or `/proc/net/tcp6` (32): the kernel
+/// prints each 32-bit word of the address as the u32 it keeps in network order, read
+/// natively. An IPv4-mapped IPv6 address (an IPv4 client of a dual-stack socket) is given as
+/// the IPv4 address it maps.
+fn hex_addr(s: &str) -> Option<SocketAddr> {
+    let (ip, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    if !ip.is_ascii() {
+        return None;
+    }
+    let word = |k: usize| -> Option<[u8; 4]> {
+        Some(
+            u32::from_str_radix(ip.get(8 * k..8 * k + 8)?, 16)
+                .ok()?
+                .to_ne_bytes(),
+        )
+    };
+    let ip = match ip.len() {
+        8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
+        32 => {
+            let mut b = [0u8; 16];
+            for k in 0..4 {
+                b[4 * k..4 * k + 4].copy_from_slice(&word(k)?);
+            }
+            let v6 = Ipv6Addr::from(b);
+            match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(v6),
+            }
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// The established connections of `/proc/net/tcp` or `/proc/net/tcp6` text whose local
+/// address is in `held`.
+pub fn established_to(proc_net_tcp: &str, held: &[IpAddr]) -> Vec<TcpConn> {
     const ESTABLISHED: &str = "01";
     let mut out: Vec<TcpConn> = proc_net_tcp
         .lines()
@@ -233,12 +335,10 @@ pub fn established_to(proc_net_tcp: &str, held: &[Ipv4Addr]) -> Vec<TcpConn> {
             if state != ESTABLISHED {
                 return None;
             }
-            let public = hex_v4(local)?;
-            held.contains(public.ip()).then_some(())?;
-            Some(TcpConn {
-                client: hex_v4(remote)?,
-                public,
-            })
+            let public = hex_addr(local)?;
+            held.contains(&public.ip()).then_some(())?;
+            let client = hex_addr(remote)?;
+            (client.is_ipv4() == public.is_ipv4()).then_some(TcpConn { client, public })
         })
         .collect();
     out.sort();
@@ -275,8 +375,13 @@ pub fn ips_text(state: &WitnessState) -> String {
 /// `ip addr add|del ADDRESS/PREFIX dev IFACE`; an address already there (add) or already
 /// gone (del) is success.
 fn ip_addr(op: &str, a: &PublicAddress) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(["addr", op, &a.address.to_string(), "dev", &a.interface])
+    let mut cmd = Command::new("ip");
+    cmd.args(["addr", op, &a.address.to_string(), "dev", &a.interface]);
+    if op == "add" && a.address.addr.is_ipv6() {
+        // Usable at once (see the module documentation).
+        cmd.arg("nodad");
+    }
+    let out = cmd
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("running ip: {e}"))?;
@@ -482,20 +587,27 @@ impl Manager {
             let a = &self.cfg.addresses[x.index];
             match rawnet::interface(&a.interface) {
                 Ok((ifindex, mac)) => {
-                    let arps = gratuitous_arp(mac, a.address.addr);
-                    if let Err(e) = rawnet::broadcast_arp(ifindex, &arps) {
-                        tracing::warn!(address = %a.address, %e, "public address: gratuitous ARP");
+                    let sent = match a.address.addr {
+                        IpAddr::V4(ip) => rawnet::broadcast_arp(ifindex, &gratuitous_arp(mac, ip)),
+                        IpAddr::V6(ip) => rawnet::send_link(
+                            ifindex,
+                            rawnet::ETH_P_IPV6,
+                            ALL_NODES_MAC,
+                            &neighbor_advertisement(mac, ip),
+                        ),
+                    };
+                    if let Err(e) = sent {
+                        tracing::warn!(address = %a.address, %e, "public address: announcement (ARP / NA)");
                     }
                 }
                 Err(e) => tracing::warn!(interface = %a.interface, %e, "public address: interface"),
             }
             if !x.conns.is_empty() {
-                match rawnet::RawIpv4::open() {
+                match rawnet::RawIp::open(a.address.addr.is_ipv4()) {
                     Ok(sock) => {
                         for c in &x.conns {
-                            if let Err(e) =
-                                sock.send(&tickle_packet(c.public, c.client), *c.client.ip())
-                            {
+                            let Some(packet) = tickle(c) else { continue };
+                            if let Err(e) = sock.send(&packet, c.client.ip()) {
                                 tracing::debug!(client = %c.client, %e, "tickle ACK");
                             }
                         }
@@ -511,7 +623,7 @@ impl Manager {
 
     /// Publish this node's connections to the addresses it holds.
     fn scan(&mut self) {
-        let held: Vec<Ipv4Addr> = self
+        let held: Vec<IpAddr> = self
             .cfg
             .addresses
             .iter()
@@ -519,17 +631,23 @@ impl Manager {
             .filter(|(i, _)| self.held & (1 << i) != 0)
             .map(|(_, a)| a.address.addr)
             .collect();
-        let mut conns = if held.is_empty() {
-            Vec::new()
-        } else {
-            match std::fs::read_to_string("/proc/net/tcp") {
-                Ok(text) => established_to(&text, &held),
-                Err(e) => {
-                    tracing::warn!(%e, "public address: reading /proc/net/tcp");
-                    return;
+        let mut conns = Vec::new();
+        if !held.is_empty() {
+            // IPv6 sockets (and IPv4 clients of dual-stack ones) are in tcp6; a kernel
+            // without IPv6 has no such file.
+            for (file, needed) in [("/proc/net/tcp", true), ("/proc/net/tcp6", false)] {
+                match std::fs::read_to_string(file) {
+                    Ok(text) => conns.extend(established_to(&text, &held)),
+                    Err(e) if needed || e.kind() != std::io::ErrorKind::NotFound => {
+                        tracing::warn!(%e, file, "public address: reading the connections");
+                        return;
+                    }
+                    Err(_) => {}
                 }
             }
-        };
+            conns.sort();
+            conns.dedup();
+        }
         conns.truncate(self.cfg.max_published_connections);
         self.state.set_local_conns(conns, self.held);
     }
@@ -688,7 +806,7 @@ mod tests {
             0: 00000000:01BD 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1\n\
             1: 6400000A:01BD 0700000A:C738 01 00000000:00000000 00:00000000 00000000     0        0 2 1\n\
             2: 0100000A:01BD 0800000A:C739 01 00000000:00000000 00:00000000 00000000     0        0 3 1\n";
-        let held = [Ipv4Addr::new(10, 0, 0, 100)];
+        let held = ["10.0.0.100".parse().unwrap()];
         assert_eq!(
             established_to(text, &held),
             vec![TcpConn {
@@ -697,5 +815,83 @@ mod tests {
             }]
         );
         assert!(established_to(text, &[]).is_empty());
+    }
+
+    #[test]
+    fn proc_net_tcp6_gives_ipv6_and_mapped_ipv4_connections() {
+        // fd00::100:445 <- fd00::7:51000; ::ffff:10.0.0.100:445 <- ::ffff:10.0.0.7:51001 (an
+        // IPv4 client of a dual-stack socket); a listener; a connection to another address.
+        let text = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+            0: 00000000000000000000000000000000:01BD 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1\n\
+            1: 000000FD000000000000000000010000:01BD 000000FD000000000000000007000000:C738 01 00000000:00000000 00:00000000 00000000     0        0 2 1\n\
+            2: 0000000000000000FFFF00006400000A:01BD 0000000000000000FFFF00000700000A:C739 01 00000000:00000000 00:00000000 00000000     0        0 3 1\n\
+            3: 000000FD000000000000000000020000:01BD 000000FD000000000000000007000000:C73A 01 00000000:00000000 00:00000000 00000000     0        0 4 1\n";
+        let held: [IpAddr; 2] = ["fd00::100".parse().unwrap(), "10.0.0.100".parse().unwrap()];
+        assert_eq!(
+            established_to(text, &held),
+            vec![
+                TcpConn {
+                    client: "10.0.0.7:51001".parse().unwrap(),
+                    public: "10.0.0.100:445".parse().unwrap(),
+                },
+                TcpConn {
+                    client: "[fd00::7]:51000".parse().unwrap(),
+                    public: "[fd00::100]:445".parse().unwrap(),
+                },
+            ]
+        );
+        // Malformed lines are skipped, never a panic.
+        for bad in [
+            "1: 000000FD:01BD 000000FD000000000000000007000000:C738 01",
+            "1: é:1 é:1 01",
+            "1:",
+        ] {
+            assert!(established_to(&format!("header\n{bad}\n"), &held).is_empty());
+        }
+    }
+
+    #[test]
+    fn ipv6_tickle_and_neighbor_advertisement_bytes() {
+        let from: SocketAddrV6 = "[fd00::100]:445".parse().unwrap();
+        let to: SocketAddrV6 = "[fd00::7]:51000".parse().unwrap();
+        let p = tickle_packet_v6(from, to);
+        // Hand-checked: IPv6 header, payload 20, next header TCP, hop limit 64.
+        assert_eq!(&p[0..8], &[0x60, 0, 0, 0, 0, 20, 6, 64]);
+        assert_eq!(&p[8..24], &from.ip().octets());
+        assert_eq!(&p[24..40], &to.ip().octets());
+        // TCP: ports, seq and ack 0, 20-byte header, ACK, window 1234, checksum 0xe704
+        // (computed apart over the RFC 8200 8.1 pseudo-header), urgent 0.
+        assert_eq!(
+            &p[40..60],
+            &[
+                0x01, 0xbd, 0xc7, 0x38, 0, 0, 0, 0, 0, 0, 0, 0, 0x50, 0x10, 0x04, 0xd2, 0xe7, 0x04,
+                0, 0
+            ]
+        );
+        assert_eq!(
+            checksum(&[&pseudo_v6(from.ip(), to.ip(), 6, 20), &p[40..]]),
+            0
+        );
+
+        let ip: Ipv6Addr = "fd00::100".parse().unwrap();
+        let na = neighbor_advertisement([2, 0, 0, 0, 0, 1], ip);
+        // IPv6 header: payload 32, ICMPv6, hop limit 255, from the address to ff02::1.
+        assert_eq!(&na[0..8], &[0x60, 0, 0, 0, 0, 32, 58, 255]);
+        assert_eq!(&na[8..24], &ip.octets());
+        assert_eq!(
+            &na[24..40],
+            &[0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+        );
+        // Type 136, code 0, checksum 0x589d (computed apart), flags R=0 S=0 O=1, target,
+        // option 2 (target link-layer address) of 1 x 8 bytes with the MAC.
+        assert_eq!(&na[40..48], &[136, 0, 0x58, 0x9d, 0x20, 0, 0, 0]);
+        assert_eq!(&na[48..64], &ip.octets());
+        assert_eq!(&na[64..72], &[2, 1, 2, 0, 0, 0, 0, 1]);
+        // Families never mix.
+        let mixed = TcpConn {
+            client: "[fd00::7]:1".parse().unwrap(),
+            public: "10.0.0.100:445".parse().unwrap(),
+        };
+        assert_eq!(tickle(&mixed), None);
     }
 }

@@ -138,6 +138,9 @@ fn serve(mut stream: TcpStream, kind: Kind, ctx: &Ctx) -> std::io::Result<()> {
     stream.set_read_timeout(Some(POLL))?;
     stream.set_nodelay(true)?;
     let conn = ctx.ids.fetch_add(1, Ordering::Relaxed);
+    // The tower's network floor (0x09, C706 appendix I) holds an IPv4 address only; there is
+    // no IPv6 floor, so a caller that came over IPv6 gets 0.0.0.0 ("the address you used", as
+    // Samba's endpoint mapper answers too) and keeps the address it reached us on.
     let local_ip = match stream.local_addr()?.ip() {
         IpAddr::V4(a) => a,
         IpAddr::V6(a) => a.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED),
