@@ -58,6 +58,10 @@ struct Cli {
     /// Busy-poll budget of every endpoint, microseconds (adaptive).
     #[arg(long, default_value_t = 50)]
     spin_us: u64,
+    /// Whether the endpoints' spinning also stops under CPU pressure (`adaptive`, lockmgrd's
+    /// default) or follows traffic alone (`traffic`).
+    #[arg(long, value_enum, default_value_t = SpinRule::Adaptive)]
+    spin_mode: SpinRule,
     /// Round trips of the transport baseline.
     #[arg(long, default_value_t = 50_000)]
     raw_rounds: usize,
@@ -236,8 +240,21 @@ fn measure(cli: &Cli, addr: &str, spin: SpinConfig, setup: &'static str) -> Resu
     })
 }
 
+/// `--spin-mode`: lockmgrd's `spin_mode` values that apply to every endpoint here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum SpinRule {
+    Adaptive,
+    Traffic,
+}
+
 fn run(cli: &Cli) -> Result<Report, String> {
-    let spin = SpinConfig::adaptive(Duration::from_micros(cli.spin_us));
+    let mut spin = SpinConfig::adaptive(Duration::from_micros(cli.spin_us));
+    if cli.spin_mode == SpinRule::Traffic {
+        spin.mode = lockmgr_transport::SpinMode::Adaptive {
+            idle_after: lockmgr_transport::DEFAULT_SPIN_IDLE_AFTER,
+            yield_to_cpu_pressure: false,
+        };
+    }
     match cli.transport {
         Kind::Udp => run_with(cli, spin, &|_: &str| {
             let loopback = SocketAddr::from(([127, 0, 0, 1], free_port()));

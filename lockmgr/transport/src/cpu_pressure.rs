@@ -15,6 +15,13 @@
 //! file also prints (avg10 and up) react over seconds; a window of [`WINDOW`] reacts in
 //! tenths of a second.
 //!
+//! The levels come from measurements on 2 vCPUs: with smbtorture path-contention-shared on two
+//! nodes the stall share is well above a quarter with lockmgrd spinning, and stopping there gave
+//! 19-21% more opens/s and 17-18% less CPU per open (three alternating rounds); a stop level of
+//! 10% also fired in replbench, where two busy-polling endpoints and the coordination service
+//! share the CPUs and spinning is what keeps the primary's p50 near 1 us (with spinning off it
+//! rose to 48-96 us).
+//!
 //! Hysteresis: spinning stops when the window's stall share exceeds [`STOP_ABOVE`] and
 //! resumes only after a window below [`RESUME_BELOW`], and not before [`HOLD_OFF`] has passed
 //! since it stopped: lockmgrd's own spinning is one of the things that make others wait, so
@@ -35,9 +42,9 @@ use std::time::{Duration, Instant};
 /// How often the pressure file is read (at most; only while some thread wants to spin).
 pub const WINDOW: Duration = Duration::from_millis(100);
 /// Stall share above which spinning stops.
-pub const STOP_ABOVE: f64 = 0.10;
+pub const STOP_ABOVE: f64 = 0.25;
 /// Stall share below which spinning may resume.
-pub const RESUME_BELOW: f64 = 0.03;
+pub const RESUME_BELOW: f64 = 0.10;
 /// Least time spinning stays off once stopped.
 pub const HOLD_OFF: Duration = Duration::from_secs(1);
 
@@ -209,7 +216,7 @@ mod tests {
         assert!(!feed(&mut g, &mut t, &mut total, 0.5));
         for _ in 0..30 {
             // Between the two levels: not quiet enough to resume.
-            assert!(!feed(&mut g, &mut t, &mut total, 0.05));
+            assert!(!feed(&mut g, &mut t, &mut total, 0.15));
         }
         assert!(feed(&mut g, &mut t, &mut total, 0.01));
     }
