@@ -1293,7 +1293,10 @@ mod tests {
         );
         // Accepted while no node holds it (moving), as the interface list names it.
         let h = s.register(1, &reg("10.0.0.100")).unwrap();
-        assert_eq!(s.register(1, &reg("10.0.0.102")), Err(werror::INVALID_STATE));
+        assert_eq!(
+            s.register(1, &reg("10.0.0.102")),
+            Err(werror::INVALID_STATE)
+        );
         let t0 = Instant::now();
         s.heard("n2", 1, NodeStatus::Up, 0b1, t0);
         let list = s.interface_list();
