@@ -254,6 +254,63 @@ fn ip_change_and_share_move_reach_the_registrations_that_asked() {
     assert!(line.contains("TIMEOUT"), "{}", plain.seen.join("\n"));
 }
 
+/// A share move given on one node reaches the registrations on every node: the node it was
+/// given on forwards it over the heartbeat channel (signed like the heartbeats). rpcclient
+/// on node 1's witness and on node 2's both registered for share `data` (RegisterEx with a
+/// ShareName, MS-SWN 3.1.4.5); `share-move data node2` on node 2 only must reach both
+/// (SHARE_MOVE, 3.1.6.3).
+#[test]
+fn a_share_move_given_on_one_node_reaches_every_nodes_registrations() {
+    let Some(Setup {
+        shared,
+        key,
+        peer_ports,
+        _port_135,
+    }) = setup()
+    else {
+        return;
+    };
+    let start = |me: usize| {
+        TestServer::start(Options {
+            server_extra: format!("listen = [\"127.0.0.{}:0\"]", me + 1),
+            config_extra: node_config(shared.path(), me, &key, peer_ports),
+            ..Options::default()
+        })
+    };
+    let node1 = start(1);
+    let node2 = start(2);
+    let limit = Duration::from_secs(20);
+    // On node 1's witness: a client whose SMB connection is to node 2, and the reverse.
+    let mut on1 = rpcclient(
+        node1.port,
+        "ncacn_ip_tcp:127.0.0.2[seal]",
+        PASS,
+        &node1.client_conf,
+    );
+    on1.send("RegisterEx -n CLUSTER -s data -i 127.0.0.3 -c on1");
+    let h1 = on1.handle(limit);
+    let mut on2 = rpcclient(
+        node2.port,
+        "ncacn_ip_tcp:127.0.0.3[seal]",
+        PASS,
+        &node2.client_conf,
+    );
+    on2.send("RegisterEx -n CLUSTER -s data -i 127.0.0.2 -c on2");
+    let h2 = on2.handle(limit);
+    on1.send(&format!("AsyncNotify {h1}"));
+    on2.send(&format!("AsyncNotify {h2}"));
+    assert_eq!(
+        control(shared.path(), 2, "share-move data node2"),
+        "ok 1 registrations\n"
+    );
+    for rpc in [&mut on2, &mut on1] {
+        rpc.expect("Share move with 1 messages", limit);
+        // IPADDR_V4 | IPADDR_ONLINE.
+        let line = rpc.expect("Flags", limit);
+        assert!(line.contains("0x00000009 127.0.0.3"), "{line}");
+    }
+}
+
 /// The witness answers only callers who authenticate (NTLMSSP, a user of `[server] users`)
 /// at the configured level, packet privacy by default: no authentication, a wrong password
 /// and packet integrity are refused on a default node; a node configured for integrity

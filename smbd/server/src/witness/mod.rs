@@ -82,6 +82,8 @@ struct Node {
     claims: u64,
     /// Generation of its last complete connection list (older pages are ignored).
     conns_gen: u64,
+    /// Sequence of the last share move it forwarded (repeats and replays are ignored).
+    last_move_seq: u64,
     /// A connection list arriving page by page.
     assembly: Option<Assembly>,
 }
@@ -184,6 +186,9 @@ struct Inner {
     /// Per public address, the node holding it when last looked at ([`holder`]): what the
     /// RESOURCE_CHANGE of registrations for a public address follows.
     public_holders: Vec<Option<usize>>,
+    /// Share moves given on this node's control socket, for the heartbeat thread to forward
+    /// to the other nodes (`peers`).
+    outgoing_moves: Vec<(String, Vec<IpAddrInfo>)>,
 }
 
 /// The witness state of this node, shared by its RPC connections and the peer thread.
@@ -219,6 +224,7 @@ impl WitnessState {
                 last_seq: 0,
                 claims: 0,
                 conns_gen: 0,
+                last_move_seq: 0,
                 assembly: None,
             })
             .collect();
@@ -241,6 +247,7 @@ impl WitnessState {
             lease_live: true,
             ip_states: Vec::new(),
             public_holders: vec![None; public.len()],
+            outgoing_moves: Vec::new(),
         };
         inner.ip_states = ip_states(&inner, &public);
         Arc::new(Self {
@@ -281,10 +288,13 @@ impl WitnessState {
         }
     }
 
-    /// SHARE_MOVE (MS-SWN 3.1.6.3) to this node's registrations for `share` (RegisterEx with
-    /// that ShareName, case-insensitive), naming `targets` (node names or addresses) as where
-    /// it is now served; replaces a share move not yet told. The number of registrations
-    /// told, or what was wrong with a target.
+    /// SHARE_MOVE (MS-SWN 3.1.6.3) to the registrations for `share` (RegisterEx with that
+    /// ShareName, case-insensitive), naming `targets` (node names or addresses) as where it
+    /// is now served; replaces a share move not yet told. This node's registrations hear it
+    /// at once; the move is queued for the heartbeat thread, which forwards it to every other
+    /// node (a client's witness may be any node; Samba's `net witness share-move` reaches
+    /// every node's registrations through CTDB messaging). The number of this node's
+    /// registrations told, or what was wrong with a target.
     pub fn share_move(&self, share: &str, targets: &[&str]) -> Result<usize, String> {
         let mut inner = self.lock();
         let mut list = Vec::new();
@@ -303,23 +313,41 @@ impl WitnessState {
         if list.is_empty() {
             return Err("no target".into());
         }
-        let mut told = 0;
-        for r in inner.registrations.values_mut() {
-            if r.share
-                .as_deref()
-                .is_some_and(|s| s.eq_ignore_ascii_case(share))
-            {
-                r.queued
-                    .retain(|n| !matches!(n, Notification::ShareMove(_)));
-                if r.queued.len() >= 8 {
-                    r.queued.pop_front();
-                }
-                r.queued.push_back(Notification::ShareMove(list.clone()));
-                told += 1;
-            }
+        if list.len() > MAX_SHARE_MOVE_TARGETS {
+            return Err(format!("at most {MAX_SHARE_MOVE_TARGETS} targets"));
         }
-        tracing::info!(share, ?list, told, "witness: share move");
-        Ok(told)
+        if share.len() > 255 {
+            return Err("share name longer than 255 bytes".into());
+        }
+        if inner.nodes.len() > 1 {
+            inner.outgoing_moves.push((share.to_string(), list.clone()));
+        }
+        Ok(apply_share_move(&mut inner, share, &list))
+    }
+
+    /// Share moves given here since the last call, to forward to the other nodes.
+    pub fn take_outgoing_share_moves(&self) -> Vec<(String, Vec<IpAddrInfo>)> {
+        std::mem::take(&mut self.lock().outgoing_moves)
+    }
+
+    /// A verified share move forwarded by node `name` with sequence `seq`: this node's
+    /// registrations for `share` hear it (once: a repeat or a replay is ignored).
+    pub fn heard_share_move(&self, name: &str, seq: u64, share: &str, targets: &[IpAddrInfo]) {
+        let mut inner = self.lock();
+        let Some(i) = inner.nodes.iter().position(|n| n.name == name) else {
+            return;
+        };
+        if i == self.local || seq <= inner.nodes[i].last_move_seq || targets.is_empty() {
+            return;
+        }
+        inner.nodes[i].last_move_seq = seq;
+        let told = apply_share_move(&mut inner, share, targets);
+        tracing::info!(
+            from = name,
+            share,
+            told,
+            "witness: share move forwarded by a peer"
+        );
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -836,6 +864,30 @@ fn ip_states(inner: &Inner, public: &[IpAddr]) -> Vec<IpAddrInfo> {
             .any(|n| n.status != NodeStatus::Dead && n.claims & (1 << k) != 0),
     });
     nodes.chain(public).collect()
+}
+
+/// The most targets one share move names (it then fits one unfragmented datagram).
+pub const MAX_SHARE_MOVE_TARGETS: usize = 32;
+
+/// SHARE_MOVE to `list` for the registrations for `share`: how many.
+fn apply_share_move(inner: &mut Inner, share: &str, list: &[IpAddrInfo]) -> usize {
+    let mut told = 0;
+    for r in inner.registrations.values_mut() {
+        if r.share
+            .as_deref()
+            .is_some_and(|s| s.eq_ignore_ascii_case(share))
+        {
+            r.queued
+                .retain(|n| !matches!(n, Notification::ShareMove(_)));
+            if r.queued.len() >= 8 {
+                r.queued.pop_front();
+            }
+            r.queued.push_back(Notification::ShareMove(list.to_vec()));
+            told += 1;
+        }
+    }
+    tracing::info!(share, ?list, told, "witness: share move");
+    told
 }
 
 /// Node `i` changes to `status`: queue what its registered clients must hear.
