@@ -961,14 +961,14 @@ fn holder(inner: &Inner, k: usize) -> Option<usize> {
 /// for CTDB's public addresses (a registration hears UNAVAILABLE when its address changes
 /// node).
 fn note_public_moves(inner: &mut Inner, public: &[IpAddr]) {
-    for k in 0..inner.public_holders.len() {
+    for (k, addr) in public.iter().enumerate().take(inner.public_holders.len()) {
         let now = holder(inner, k);
         let was = inner.public_holders[k];
         if now == was {
             continue;
         }
         inner.public_holders[k] = now;
-        let name = public[k].to_string();
+        let name = addr.to_string();
         let resource = |s| Notification::ResourceChange(vec![(name.clone(), s)]);
         let mut notes = Vec::new();
         if was.is_some() {
@@ -978,7 +978,7 @@ fn note_public_moves(inner: &mut Inner, public: &[IpAddr]) {
             notes.push(resource(resource_state::AVAILABLE));
         }
         tracing::info!(
-            address = %public[k],
+            address = %addr,
             from = ?was.map(|i| inner.nodes[i].name.as_str()),
             to = ?now.map(|i| inner.nodes[i].name.as_str()),
             "witness: public address holder"
