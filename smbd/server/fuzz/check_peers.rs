@@ -1,7 +1,7 @@
 // The witness heartbeat port's check, shared by the `witness_peers` fuzz target and the corpus
 // replay in `tests/fuzz_corpus.rs`.
 
-use smbd::witness::peers::{decode, encode, encode_conns, sign, PeerMessage};
+use smbd::witness::peers::{decode, encode, encode_conns, encode_share_move, sign, PeerMessage};
 
 const KEY: &[u8] = b"fuzz cluster key";
 
@@ -23,6 +23,13 @@ pub fn check_peers(data: &[u8]) -> bool {
                 let pages = encode_conns(KEY, &p.name, p.gen, p.claims, &p.conns);
                 assert_eq!(pages, vec![signed]);
             }
+            true
+        }
+        Some(PeerMessage::ShareMove(m)) => {
+            assert_eq!(
+                encode_share_move(KEY, &m.name, m.seq, &m.share, &m.targets),
+                signed
+            );
             true
         }
     }

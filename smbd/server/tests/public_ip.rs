@@ -17,6 +17,8 @@
 //! Needs root (namespaces, raw sockets): a missing capability is a failure.
 
 mod cluster_common;
+#[path = "support/rpcclient.rs"]
+mod rpcclient_support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -115,7 +117,8 @@ fn ip_output(args: &[&str]) -> String {
 
 fn node_config(dir: &Path, me: usize, key: &Path, tickle: bool, net: &Net) -> PathBuf {
     let mut s = format!(
-        "[server]\nlisten = [\"{listen}\"]\nnetbios_name = \"NODE{me}\"\nworkers = 1\n\n\
+        "[server]\nlisten = [\"{listen}\"]\nnetbios_name = \"NODE{me}\"\nworkers = 1\n\
+         users = \"{users}\"\n\n\
          [lockmgr]\ntransport = \"udp\"\nconnect = \"{LOCKMGRD_IP}:{LOCKMGRD_PORT}\"\n\
          cluster_key_file = \"{key}\"\nnode_name = \"node{me}\"\n\n\
          [witness]\nenabled = true\nnet_name = \"CLUSTER\"\nnode = \"node{me}\"\n\
@@ -123,6 +126,7 @@ fn node_config(dir: &Path, me: usize, key: &Path, tickle: bool, net: &Net) -> Pa
          peer_listen = \"{ip}:{PEER_PORT}\"\nheartbeat_ms = {HEARTBEAT_MS}\n\
          dead_after_ms = {DEAD_AFTER_MS}\ncontrol_socket = \"{ctl}\"\n",
         key = key.display(),
+        users = dir.join("users").display(),
         ip = NODE_IPS[me - 1],
         ctl = control_socket(dir, me).display(),
         listen = net.listen,
@@ -319,6 +323,11 @@ impl Cluster {
         std::fs::write(&key, rand::random::<[u8; 32]>()).unwrap();
         std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .unwrap();
+        // The witness callers' accounts (it takes NTLMSSP callers only).
+        cluster_common::write_users_file(
+            &dir.path().join("users"),
+            &[(cluster_common::USER, cluster_common::PASS)],
+        );
         let lockmgrd_log = dir.path().join("lockmgrd.log");
         let log = std::fs::File::create(&lockmgrd_log).unwrap();
         let lockmgrd = Proc(Some(
@@ -643,4 +652,59 @@ fn a_silent_node_that_still_holds_its_lock_manager_session_keeps_its_address() {
         "the client's connection to node 1 ended\n{}",
         logs(c.dir())
     );
+}
+
+/// A witness client whose SMB connection is to the public address registers that address
+/// (MS-SWN 3.2.4.1: IpAddress is the address the application is connected to; the witness
+/// connection goes to another node's interface from GetInterfaceList). Samba's rpcclient in
+/// the client namespace, on node 2's witness, registers 10.88.0.100 while node 1 holds it;
+/// node 1 drains: the registration hears RESOURCE_CHANGE UNAVAILABLE when node 1 lets the
+/// address go and AVAILABLE when node 2 takes it, and the same again when node 1, back in
+/// service, gets its home address back.
+#[test]
+fn a_witness_registration_for_the_public_address_follows_it() {
+    assert!(
+        Command::new("rpcclient").arg("--version").output().is_ok(),
+        "rpcclient not installed (apt-get install samba-common-bin)"
+    );
+    let c = Cluster::new();
+    let _node1 = c.start_node(1, true);
+    let _node2 = c.start_node(2, true);
+    c.wait_held_by(1);
+    let conf = c.dir().join("client.conf");
+    std::fs::write(&conf, "[global]\n").unwrap();
+    let mut cmd = NetnsPair::command_in(&c.star.clients[2], "rpcclient");
+    cmd.arg("-s")
+        .arg(&conf)
+        .args([
+            "-U",
+            &format!("{}%{}", cluster_common::USER, cluster_common::PASS),
+        ])
+        .arg(format!("ncacn_ip_tcp:{}[seal]", NODE_IPS[1]));
+    let mut rpc = rpcclient_support::Rpcclient::spawn(cmd);
+    let limit = Duration::from_secs(30);
+    rpc.send("GetInterfaceList");
+    rpc.expect(&format!("node1 {PUBLIC}"), limit);
+    rpc.send(&format!("Register -n CLUSTER -i {PUBLIC} -c testclient"));
+    let h = rpc.handle(limit);
+    let unavailable = format!("{PUBLIC} -> Unavailable");
+    let available = format!("{PUBLIC} -> Available");
+
+    rpc.send(&format!("AsyncNotify {h}"));
+    assert_eq!(control(c.dir(), 1, "drain"), "ok\n");
+    rpc.expect("Resource change with 1 messages", limit);
+    rpc.expect(&unavailable, limit);
+    rpc.send(&format!("AsyncNotify {h}"));
+    rpc.expect("Resource change with 1 messages", limit);
+    rpc.expect(&available, limit);
+    c.wait_held_by(2);
+
+    rpc.send(&format!("AsyncNotify {h}"));
+    assert_eq!(control(c.dir(), 1, "undrain"), "ok\n");
+    rpc.expect(&unavailable, limit);
+    rpc.send(&format!("AsyncNotify {h}"));
+    rpc.expect(&available, limit);
+    c.wait_held_by(1);
+    rpc.send("GetInterfaceList");
+    rpc.expect(&format!("node1 {PUBLIC}"), limit);
 }

@@ -8,14 +8,15 @@
 //! failure with `CI=true`).
 
 mod common;
+#[path = "support/rpcclient.rs"]
+mod rpcclient_support;
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+use rpcclient_support::Rpcclient;
 
 fn node_config(
     dir: &std::path::Path,
@@ -87,89 +88,16 @@ fn free_udp_port(ip: &str) -> u16 {
         .port()
 }
 
-/// rpcclient in interactive mode: commands on stdin, output lines through a channel.
-struct Rpcclient {
-    child: Child,
-    stdin: ChildStdin,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-}
-
-impl Rpcclient {
-    /// `binding`: e.g. `ncacn_ip_tcp:127.0.0.3[seal]` (`[seal]`: NTLMSSP at packet privacy,
-    /// `[sign]`: at packet integrity, nothing: no authentication).
-    fn start(port: u16, binding: &str, password: &str, conf: &std::path::Path) -> Rpcclient {
-        let mut child = Command::new("rpcclient")
-            .arg("-s")
-            .arg(conf)
-            .args(["-U", &format!("{USER}%{password}"), "-p", &port.to_string()])
-            .arg(binding)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("rpcclient");
-        let stdin = child.stdin.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        let err = child.stderr.take().unwrap();
-        let tx2 = tx.clone();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                let _ = tx.send(l);
-            }
-        });
-        std::thread::spawn(move || {
-            for l in BufReader::new(err).lines().map_while(Result::ok) {
-                let _ = tx2.send(format!("stderr: {l}"));
-            }
-        });
-        Rpcclient {
-            child,
-            stdin,
-            lines: rx,
-            seen: Vec::new(),
-        }
-    }
-
-    fn send(&mut self, cmd: &str) {
-        writeln!(self.stdin, "{cmd}").unwrap();
-        self.stdin.flush().unwrap();
-    }
-
-    /// The first line (from now on) containing `needle`; panics with everything seen after
-    /// `limit` (a bound against a hung test, not a timing assertion).
-    fn expect(&mut self, needle: &str, limit: Duration) -> String {
-        self.expect_by(needle, limit, |l| l.contains(needle))
-    }
-
-    fn expect_by(&mut self, what: &str, limit: Duration, ok: impl Fn(&str) -> bool) -> String {
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    self.seen.push(l.clone());
-                    if ok(&l) {
-                        return l;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
-                    panic!(
-                        "no {what:?} from rpcclient; output:\n{}",
-                        self.seen.join("\n")
-                    )
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Rpcclient {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// rpcclient against a node's witness.
+fn rpcclient(port: u16, binding: &str, password: &str, conf: &std::path::Path) -> Rpcclient {
+    // `binding`: e.g. `ncacn_ip_tcp:127.0.0.3[seal]` (`[seal]`: NTLMSSP at packet privacy,
+    // `[sign]`: at packet integrity, nothing: no authentication).
+    let mut cmd = Command::new("rpcclient");
+    cmd.arg("-s")
+        .arg(conf)
+        .args(["-U", &format!("{USER}%{password}"), "-p", &port.to_string()])
+        .arg(binding);
+    Rpcclient::spawn(cmd)
 }
 
 fn control(dir: &std::path::Path, node: usize, cmd: &str) -> String {
@@ -181,16 +109,6 @@ fn control(dir: &std::path::Path, node: usize, cmd: &str) -> String {
         .unwrap();
     assert!(out.status.success(), "smbd witness {cmd}: {out:?}");
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The handle rpcclient printed after Register: `0:<uuid>`.
-fn handle_token(line: &str) -> Option<&str> {
-    line.split_whitespace()
-        .find(|t| t.starts_with("0:") && t.len() == 38)
-}
-
-fn handle_of(line: &str) -> String {
-    handle_token(line).unwrap().to_string()
 }
 
 #[test]
@@ -219,7 +137,7 @@ fn drained_node_moves_its_witness_clients_and_a_dead_one_is_unavailable() {
     // The client's SMB connection would be to node 1 (127.0.0.2); its witness is node 2.
     // The witness takes only authenticated callers, at packet privacy by default (the
     // calls below and their answers are sealed).
-    let mut rpc = Rpcclient::start(
+    let mut rpc = rpcclient(
         node2.port,
         "ncacn_ip_tcp:127.0.0.3[seal]",
         PASS,
@@ -233,8 +151,7 @@ fn drained_node_moves_its_witness_clients_and_a_dead_one_is_unavailable() {
     rpc.send("Register -n CLUSTER -i 192.0.2.1 -c testclient");
     rpc.expect("WERR_INVALID_STATE", limit);
     rpc.send("Register -n CLUSTER -i 127.0.0.2 -c testclient");
-    let handle =
-        handle_of(&rpc.expect_by("a context handle", limit, |l| handle_token(l).is_some()));
+    let handle = rpc.handle(limit);
     rpc.send(&format!("AsyncNotify {handle}"));
     // The call stays pending until the drain; the drain goes to node 1's own socket.
     assert_eq!(control(shared.path(), 1, "drain"), "ok\n");
@@ -291,7 +208,7 @@ fn ip_change_and_share_move_reach_the_registrations_that_asked() {
     let node2 = start(2);
     let limit = Duration::from_secs(20);
     let rpc = |node: &TestServer| {
-        Rpcclient::start(
+        rpcclient(
             node.port,
             "ncacn_ip_tcp:127.0.0.3[seal]",
             PASS,
@@ -302,11 +219,10 @@ fn ip_change_and_share_move_reach_the_registrations_that_asked() {
     // will do for this): node 1's address changing is an IP change, not a move, for them.
     let mut asked = rpc(&node2);
     asked.send("RegisterEx -n CLUSTER -s data -i 127.0.0.3 -c asked -f 1");
-    let h = handle_of(&asked.expect_by("a context handle", limit, |l| handle_token(l).is_some()));
+    let h = asked.handle(limit);
     let mut plain = rpc(&node2);
     plain.send("RegisterEx -n CLUSTER -s other -i 127.0.0.3 -c plain -t 3");
-    let plain_h =
-        handle_of(&plain.expect_by("a context handle", limit, |l| handle_token(l).is_some()));
+    let plain_h = plain.handle(limit);
 
     asked.send(&format!("AsyncNotify {h}"));
     assert_eq!(control(shared.path(), 1, "drain"), "ok\n");
@@ -336,6 +252,63 @@ fn ip_change_and_share_move_reach_the_registrations_that_asked() {
         l.contains("TIMEOUT") || l.contains("with 1 messages")
     });
     assert!(line.contains("TIMEOUT"), "{}", plain.seen.join("\n"));
+}
+
+/// A share move given on one node reaches the registrations on every node: the node it was
+/// given on forwards it over the heartbeat channel (signed like the heartbeats). rpcclient
+/// on node 1's witness and on node 2's both registered for share `data` (RegisterEx with a
+/// ShareName, MS-SWN 3.1.4.5); `share-move data node2` on node 2 only must reach both
+/// (SHARE_MOVE, 3.1.6.3).
+#[test]
+fn a_share_move_given_on_one_node_reaches_every_nodes_registrations() {
+    let Some(Setup {
+        shared,
+        key,
+        peer_ports,
+        _port_135,
+    }) = setup()
+    else {
+        return;
+    };
+    let start = |me: usize| {
+        TestServer::start(Options {
+            server_extra: format!("listen = [\"127.0.0.{}:0\"]", me + 1),
+            config_extra: node_config(shared.path(), me, &key, peer_ports),
+            ..Options::default()
+        })
+    };
+    let node1 = start(1);
+    let node2 = start(2);
+    let limit = Duration::from_secs(20);
+    // On node 1's witness: a client whose SMB connection is to node 2, and the reverse.
+    let mut on1 = rpcclient(
+        node1.port,
+        "ncacn_ip_tcp:127.0.0.2[seal]",
+        PASS,
+        &node1.client_conf,
+    );
+    on1.send("RegisterEx -n CLUSTER -s data -i 127.0.0.3 -c on1");
+    let h1 = on1.handle(limit);
+    let mut on2 = rpcclient(
+        node2.port,
+        "ncacn_ip_tcp:127.0.0.3[seal]",
+        PASS,
+        &node2.client_conf,
+    );
+    on2.send("RegisterEx -n CLUSTER -s data -i 127.0.0.2 -c on2");
+    let h2 = on2.handle(limit);
+    on1.send(&format!("AsyncNotify {h1}"));
+    on2.send(&format!("AsyncNotify {h2}"));
+    assert_eq!(
+        control(shared.path(), 2, "share-move data node2"),
+        "ok 1 registrations\n"
+    );
+    for rpc in [&mut on2, &mut on1] {
+        rpc.expect("Share move with 1 messages", limit);
+        // IPADDR_V4 | IPADDR_ONLINE.
+        let line = rpc.expect("Flags", limit);
+        assert!(line.contains("0x00000009 127.0.0.3"), "{line}");
+    }
 }
 
 /// The witness answers only callers who authenticate (NTLMSSP, a user of `[server] users`)
@@ -368,7 +341,7 @@ fn witness_callers_must_authenticate_at_the_configured_level() {
     let node2 = start(2, "");
     let limit = Duration::from_secs(20);
     let refused = |binding: &str, password: &str| {
-        let mut rpc = Rpcclient::start(node2.port, binding, password, &node2.client_conf);
+        let mut rpc = rpcclient(node2.port, binding, password, &node2.client_conf);
         rpc.send("GetInterfaceList");
         rpc.send("quit");
         let line = rpc.expect_by("a refusal", limit, |l| {
@@ -386,7 +359,7 @@ fn witness_callers_must_authenticate_at_the_configured_level() {
     refused("ncacn_ip_tcp:127.0.0.3[sign]", PASS);
 
     let served = |node: &TestServer, binding: &str, interface: &str| {
-        let mut rpc = Rpcclient::start(node.port, binding, PASS, &node.client_conf);
+        let mut rpc = rpcclient(node.port, binding, PASS, &node.client_conf);
         rpc.send("GetInterfaceList");
         rpc.expect(interface, limit);
     };

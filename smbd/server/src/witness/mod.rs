@@ -82,6 +82,8 @@ struct Node {
     claims: u64,
     /// Generation of its last complete connection list (older pages are ignored).
     conns_gen: u64,
+    /// Sequence of the last share move it forwarded (repeats and replays are ignored).
+    last_move_seq: u64,
     /// A connection list arriving page by page.
     assembly: Option<Assembly>,
 }
@@ -119,10 +121,19 @@ pub struct NodeView {
     pub claims: u64,
 }
 
+/// What a registration's IpAddress names: a node's own address, or a public address that
+/// moves between the nodes (`[public_addresses]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watched {
+    /// Index into `Inner::nodes`: it hears that node's state changes.
+    Node(usize),
+    /// Index into the public addresses: it hears the address changing holder.
+    Public(usize),
+}
+
 struct Registration {
     conn: u64,
-    /// Index into `Inner::nodes`: the node whose address the client registered.
-    node: usize,
+    watched: Watched,
     /// RegisterEx's KeepAliveTimeout (MS-SWN 3.1.4.5): a pending AsyncNotify answers
     /// ERROR_TIMEOUT after it.
     keep_alive: Option<Duration>,
@@ -172,6 +183,12 @@ struct Inner {
     /// The cluster's addresses (node addresses, then public addresses) and whether each was
     /// online when last looked at: what IP_CHANGE notifications are the difference of.
     ip_states: Vec<IpAddrInfo>,
+    /// Per public address, the node holding it when last looked at ([`holder`]): what the
+    /// RESOURCE_CHANGE of registrations for a public address follows.
+    public_holders: Vec<Option<usize>>,
+    /// Share moves given on this node's control socket, for the heartbeat thread to forward
+    /// to the other nodes (`peers`).
+    outgoing_moves: Vec<(String, Vec<IpAddrInfo>)>,
 }
 
 /// The witness state of this node, shared by its RPC connections and the peer thread.
@@ -207,6 +224,7 @@ impl WitnessState {
                 last_seq: 0,
                 claims: 0,
                 conns_gen: 0,
+                last_move_seq: 0,
                 assembly: None,
             })
             .collect();
@@ -228,6 +246,8 @@ impl WitnessState {
             orphaned: HashMap::new(),
             lease_live: true,
             ip_states: Vec::new(),
+            public_holders: vec![None; public.len()],
+            outgoing_moves: Vec::new(),
         };
         inner.ip_states = ip_states(&inner, &public);
         Arc::new(Self {
@@ -244,6 +264,7 @@ impl WitnessState {
     /// with its node's state (up, or draining / isolated / dead), a public address when the
     /// last live node holding it lets it go or a node takes it.
     fn note_ip_changes(&self, inner: &mut Inner) {
+        note_public_moves(inner, &self.public);
         let now = ip_states(inner, &self.public);
         if now == inner.ip_states {
             return;
@@ -267,10 +288,13 @@ impl WitnessState {
         }
     }
 
-    /// SHARE_MOVE (MS-SWN 3.1.6.3) to this node's registrations for `share` (RegisterEx with
-    /// that ShareName, case-insensitive), naming `targets` (node names or addresses) as where
-    /// it is now served; replaces a share move not yet told. The number of registrations
-    /// told, or what was wrong with a target.
+    /// SHARE_MOVE (MS-SWN 3.1.6.3) to the registrations for `share` (RegisterEx with that
+    /// ShareName, case-insensitive), naming `targets` (node names or addresses) as where it
+    /// is now served; replaces a share move not yet told. This node's registrations hear it
+    /// at once; the move is queued for the heartbeat thread, which forwards it to every other
+    /// node (a client's witness may be any node; Samba's `net witness share-move` reaches
+    /// every node's registrations through CTDB messaging). The number of this node's
+    /// registrations told, or what was wrong with a target.
     pub fn share_move(&self, share: &str, targets: &[&str]) -> Result<usize, String> {
         let mut inner = self.lock();
         let mut list = Vec::new();
@@ -289,23 +313,41 @@ impl WitnessState {
         if list.is_empty() {
             return Err("no target".into());
         }
-        let mut told = 0;
-        for r in inner.registrations.values_mut() {
-            if r.share
-                .as_deref()
-                .is_some_and(|s| s.eq_ignore_ascii_case(share))
-            {
-                r.queued
-                    .retain(|n| !matches!(n, Notification::ShareMove(_)));
-                if r.queued.len() >= 8 {
-                    r.queued.pop_front();
-                }
-                r.queued.push_back(Notification::ShareMove(list.clone()));
-                told += 1;
-            }
+        if list.len() > MAX_SHARE_MOVE_TARGETS {
+            return Err(format!("at most {MAX_SHARE_MOVE_TARGETS} targets"));
         }
-        tracing::info!(share, ?list, told, "witness: share move");
-        Ok(told)
+        if share.len() > 255 {
+            return Err("share name longer than 255 bytes".into());
+        }
+        if inner.nodes.len() > 1 {
+            inner.outgoing_moves.push((share.to_string(), list.clone()));
+        }
+        Ok(apply_share_move(&mut inner, share, &list))
+    }
+
+    /// Share moves given here since the last call, to forward to the other nodes.
+    pub fn take_outgoing_share_moves(&self) -> Vec<(String, Vec<IpAddrInfo>)> {
+        std::mem::take(&mut self.lock().outgoing_moves)
+    }
+
+    /// A verified share move forwarded by node `name` with sequence `seq`: this node's
+    /// registrations for `share` hear it (once: a repeat or a replay is ignored).
+    pub fn heard_share_move(&self, name: &str, seq: u64, share: &str, targets: &[IpAddrInfo]) {
+        let mut inner = self.lock();
+        let Some(i) = inner.nodes.iter().position(|n| n.name == name) else {
+            return;
+        };
+        if i == self.local || seq <= inner.nodes[i].last_move_seq || targets.is_empty() {
+            return;
+        }
+        inner.nodes[i].last_move_seq = seq;
+        let told = apply_share_move(&mut inner, share, targets);
+        tracing::info!(
+            from = name,
+            share,
+            told,
+            "witness: share move forwarded by a peer"
+        );
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -632,9 +674,41 @@ impl WitnessState {
         inner.orphaned.remove(&conn);
     }
 
+    /// Every node's address, then every public address (MS-SWN 3.1.4.1: the interfaces a
+    /// client may name in Register / RegisterEx, 3.1.4.2 / 3.1.4.5). Samba's rpcd_witness
+    /// lists CTDB's public addresses the same way: AVAILABLE while a node hosts the address,
+    /// UNAVAILABLE while none does. A public address's InterfaceGroupName is its holder's
+    /// node name, so a client connected to it picks another node's interface for its witness
+    /// connection (MS-SWN 3.2.4.1). Public addresses do not carry INTERFACE_WITNESS: the
+    /// witness listens where `[witness] listen` says, which need not include them; the node
+    /// addresses are the witness interfaces.
     fn interface_list(&self) -> Vec<InterfaceInfo> {
         let inner = self.lock();
-        inner
+        let public = self.public.iter().enumerate().map(|(k, a)| {
+            let held = holder(&inner, k);
+            InterfaceInfo {
+                group_name: held.map_or_else(
+                    || self.net_names[0].clone(),
+                    |i| inner.nodes[i].name.clone(),
+                ),
+                version: VERSION_2,
+                state: if held.is_some() {
+                    iface_state::AVAILABLE
+                } else {
+                    iface_state::UNAVAILABLE
+                },
+                ipv4: match a {
+                    IpAddr::V4(a) => Some(*a),
+                    IpAddr::V6(_) => None,
+                },
+                ipv6: match a {
+                    IpAddr::V6(a) => Some(*a),
+                    IpAddr::V4(_) => None,
+                },
+                witness: false,
+            }
+        });
+        let nodes: Vec<InterfaceInfo> = inner
             .nodes
             .iter()
             .map(|n| {
@@ -658,7 +732,8 @@ impl WitnessState {
                     witness: up,
                 }
             })
-            .collect()
+            .collect();
+        nodes.into_iter().chain(public).collect()
     }
 
     fn register(&self, conn: u64, req: &RegisterRequest) -> Result<ContextHandle, u32> {
@@ -681,15 +756,22 @@ impl WitnessState {
         {
             return Err(werror::INVALID_PARAMETER);
         }
-        // An address no node serves: the resource is not one this witness knows
-        // (MS-SWN 3.1.4.2 answers ERROR_INVALID_STATE when IpAddress matches no interface).
+        // MS-SWN 3.1.4.2 / 3.1.4.5: the server looks IpAddress up among the interfaces of
+        // its InterfaceList (what GetInterfaceList returns: the node addresses and the public
+        // addresses, 3.1.4.1) and fails with ERROR_INVALID_STATE only when none matches. A
+        // public address is an interface whoever holds it, and also while none does (it is
+        // moving): the client connected to it and wants to hear where it goes.
         let ip: IpAddr = ip.parse().map_err(|_| werror::INVALID_STATE)?;
         let mut inner = self.lock();
-        let node = inner
-            .nodes
-            .iter()
-            .position(|n| n.address == ip)
-            .ok_or(werror::INVALID_STATE)?;
+        let watched = match inner.nodes.iter().position(|n| n.address == ip) {
+            Some(i) => Watched::Node(i),
+            None => Watched::Public(
+                self.public
+                    .iter()
+                    .position(|a| *a == ip)
+                    .ok_or(werror::INVALID_STATE)?,
+            ),
+        };
         let of_conn = inner
             .registrations
             .values()
@@ -706,7 +788,7 @@ impl WitnessState {
             uuid,
             Registration {
                 conn,
-                node,
+                watched,
                 keep_alive: (req.ex && req.keep_alive_timeout != 0)
                     .then(|| Duration::from_secs(u64::from(req.keep_alive_timeout))),
                 pending: None,
@@ -716,7 +798,7 @@ impl WitnessState {
                 pending_ip: Vec::new(),
             },
         );
-        tracing::info!(conn, net_name, %ip, node = %inner.nodes[node].name, "witness: registered");
+        tracing::info!(conn, net_name, %ip, ?watched, "witness: registered");
         Ok(ContextHandle {
             attributes: 0,
             uuid,
@@ -784,6 +866,30 @@ fn ip_states(inner: &Inner, public: &[IpAddr]) -> Vec<IpAddrInfo> {
     nodes.chain(public).collect()
 }
 
+/// The most targets one share move names (it then fits one unfragmented datagram).
+pub const MAX_SHARE_MOVE_TARGETS: usize = 32;
+
+/// SHARE_MOVE to `list` for the registrations for `share`: how many.
+fn apply_share_move(inner: &mut Inner, share: &str, list: &[IpAddrInfo]) -> usize {
+    let mut told = 0;
+    for r in inner.registrations.values_mut() {
+        if r.share
+            .as_deref()
+            .is_some_and(|s| s.eq_ignore_ascii_case(share))
+        {
+            r.queued
+                .retain(|n| !matches!(n, Notification::ShareMove(_)));
+            if r.queued.len() >= 8 {
+                r.queued.pop_front();
+            }
+            r.queued.push_back(Notification::ShareMove(list.to_vec()));
+            told += 1;
+        }
+    }
+    tracing::info!(share, ?list, told, "witness: share move");
+    told
+}
+
 /// Node `i` changes to `status`: queue what its registered clients must hear.
 fn transition(inner: &mut Inner, i: usize, status: NodeStatus) {
     let old = inner.nodes[i].status;
@@ -818,14 +924,66 @@ fn transition(inner: &mut Inner, i: usize, status: NodeStatus) {
         }
         NodeStatus::Up => return,
     };
+    queue_for(inner, Watched::Node(i), &[note]);
+}
+
+/// Queue `notes` for the registrations watching `watched`.
+fn queue_for(inner: &mut Inner, watched: Watched, notes: &[Notification]) {
     for r in inner.registrations.values_mut() {
-        if r.node == i {
-            // Bounded: a client that never asks keeps at most a few state changes.
-            if r.queued.len() >= 8 {
-                r.queued.pop_front();
+        if r.watched == watched {
+            for note in notes {
+                // Bounded: a client that never asks keeps at most a few state changes.
+                if r.queued.len() >= 8 {
+                    r.queued.pop_front();
+                }
+                r.queued.push_back(note.clone());
             }
-            r.queued.push_back(note.clone());
         }
+    }
+}
+
+/// The node holding public address `k`: the first that claims it and is not dead (a dead
+/// node's claim is its last word, not a holding; as `ip_states`).
+fn holder(inner: &Inner, k: usize) -> Option<usize> {
+    inner
+        .nodes
+        .iter()
+        .position(|n| n.status != NodeStatus::Dead && n.claims & (1 << k) != 0)
+}
+
+/// Public addresses that changed holder since the last look: their registrations hear
+/// RESOURCE_CHANGE (MS-SWN 3.1.6.1 / 2.2.2.1). The address's resource is UNAVAILABLE once the
+/// node that served the client's connection lets it go or dies (the connection is gone;
+/// the client reconnects to the same address, as it does after a tickle ACK), and AVAILABLE
+/// once a node holds it again. A drained or isolated node releases its addresses, so its
+/// clients of a public address hear this rather than the node's CLIENT_MOVE: the address
+/// stays where they connected, only its server changes. Samba's rpcd_witness does the same
+/// for CTDB's public addresses (a registration hears UNAVAILABLE when its address changes
+/// node).
+fn note_public_moves(inner: &mut Inner, public: &[IpAddr]) {
+    for (k, addr) in public.iter().enumerate().take(inner.public_holders.len()) {
+        let now = holder(inner, k);
+        let was = inner.public_holders[k];
+        if now == was {
+            continue;
+        }
+        inner.public_holders[k] = now;
+        let name = addr.to_string();
+        let resource = |s| Notification::ResourceChange(vec![(name.clone(), s)]);
+        let mut notes = Vec::new();
+        if was.is_some() {
+            notes.push(resource(resource_state::UNAVAILABLE));
+        }
+        if now.is_some() {
+            notes.push(resource(resource_state::AVAILABLE));
+        }
+        tracing::info!(
+            address = %addr,
+            from = ?was.map(|i| inner.nodes[i].name.as_str()),
+            to = ?now.map(|i| inner.nodes[i].name.as_str()),
+            "witness: public address holder"
+        );
+        queue_for(inner, Watched::Public(k), &notes);
     }
 }
 
@@ -1169,6 +1327,106 @@ mod tests {
             s.async_notify(1, h, CALL),
             ip_change(vec![ip("10.0.0.100", true)])
         );
+    }
+
+    fn resource(addr: &str, state: u32) -> Result<Option<NotifyOutcome>, u32> {
+        Ok(Some(NotifyOutcome::Notification(
+            Notification::ResourceChange(vec![(addr.into(), state)]),
+        )))
+    }
+
+    #[test]
+    fn a_public_address_registration_follows_the_address_from_node_to_node() {
+        let cfg = state().config().clone();
+        let s = WitnessState::with_public_addresses(
+            cfg,
+            "CLUSTER",
+            vec!["10.0.0.100".parse().unwrap(), "10.0.0.101".parse().unwrap()],
+        );
+        // Accepted while no node holds it (moving), as the interface list names it.
+        let h = s.register(1, &reg("10.0.0.100")).unwrap();
+        assert_eq!(
+            s.register(1, &reg("10.0.0.102")),
+            Err(werror::INVALID_STATE)
+        );
+        let t0 = Instant::now();
+        s.heard("n2", 1, NodeStatus::Up, 0b1, t0);
+        let list = s.interface_list();
+        assert_eq!(list.len(), 5);
+        assert_eq!(
+            (list[3].group_name.as_str(), list[3].state, list[3].witness),
+            ("n2", iface_state::AVAILABLE, false)
+        );
+        assert_eq!(list[3].ipv4, Some("10.0.0.100".parse().unwrap()));
+        assert_eq!(
+            (list[4].group_name.as_str(), list[4].state),
+            ("CLUSTER", iface_state::UNAVAILABLE)
+        );
+        assert_eq!(
+            s.async_notify(1, h, CALL),
+            resource("10.0.0.100", resource_state::AVAILABLE)
+        );
+        // n2 drains: its own clients move, the address's hear nothing while n2 still
+        // holds it, then UNAVAILABLE when it lets it go (the pending call is answered) and
+        // AVAILABLE once this node takes it.
+        let node_client = s.register(2, &reg("10.0.0.2")).unwrap();
+        s.heard("n2", 2, NodeStatus::Draining, 0b1, t0);
+        assert!(matches!(
+            s.async_notify(2, node_client, CALL),
+            Ok(Some(NotifyOutcome::Notification(Notification::ClientMove(
+                _
+            ))))
+        ));
+        assert_eq!(s.async_notify(1, h, CALL), Ok(None));
+        s.heard("n2", 3, NodeStatus::Draining, 0, t0);
+        assert_eq!(
+            s.take_ready(1, t0),
+            vec![(
+                CALL,
+                NotifyOutcome::Notification(Notification::ResourceChange(vec![(
+                    "10.0.0.100".into(),
+                    resource_state::UNAVAILABLE
+                )]))
+            )]
+        );
+        s.set_local_claims(0b1);
+        assert_eq!(
+            s.async_notify(1, h, CALL),
+            resource("10.0.0.100", resource_state::AVAILABLE)
+        );
+        assert_eq!(s.interface_list()[3].group_name, "n1");
+        // n3 holds the other address and dies: UNAVAILABLE, then AVAILABLE when taken. A
+        // direct change of holder is both.
+        let h2 = s.register(3, &reg("10.0.0.101")).unwrap();
+        s.heard("n3", 1, NodeStatus::Up, 0b10, t0);
+        assert_eq!(
+            s.async_notify(3, h2, CALL),
+            resource("10.0.0.101", resource_state::AVAILABLE)
+        );
+        let later = t0 + Duration::from_secs(10);
+        s.heard("n2", 4, NodeStatus::Up, 0, later);
+        s.check_liveness(later);
+        assert_eq!(
+            s.async_notify(3, h2, CALL),
+            resource("10.0.0.101", resource_state::UNAVAILABLE)
+        );
+        s.heard("n2", 5, NodeStatus::Up, 0b10, later);
+        assert_eq!(
+            s.async_notify(3, h2, CALL),
+            resource("10.0.0.101", resource_state::AVAILABLE)
+        );
+        s.set_local_claims(0b11);
+        s.heard("n2", 6, NodeStatus::Up, 0, later);
+        assert_eq!(
+            s.async_notify(3, h2, CALL),
+            resource("10.0.0.101", resource_state::UNAVAILABLE)
+        );
+        assert_eq!(
+            s.async_notify(3, h2, CALL),
+            resource("10.0.0.101", resource_state::AVAILABLE)
+        );
+        // The first address's client heard none of that.
+        assert_eq!(s.async_notify(1, h, CALL), Ok(None));
     }
 
     #[test]

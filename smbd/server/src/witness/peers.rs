@@ -18,6 +18,12 @@
 //! list goes out when it changes and again every `CONNS_RESEND_BEATS` heartbeats (a lost
 //! page is made good); `gen` grows like `seq`, and a receiver takes a list only once all its
 //! pages arrived and only if it is newer than the last one it took.
+//!
+//! A share move given on one node's control socket (`smbd witness share-move`) is forwarded
+//! to the others so that every node's registrations for the share hear it: `"SWM2" | seq
+//! u64 | name_len u8 | name | share_len u8 | share | count u8 (1..=32) | count x (family u8
+//! (4 or 6), address (4 or 16 bytes), online u8 (0 or 1)) | HMAC`, sent three times a
+//! heartbeat apart; `seq` grows like a heartbeat's and a receiver takes each once.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::UdpSocket;
@@ -31,12 +37,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::{NodeStatus, TcpConn, WitnessState};
+use super::{NodeStatus, TcpConn, WitnessState, MAX_SHARE_MOVE_TARGETS};
 use crate::byte_reader::ByteReader;
+use smb_rpc::witness::IpAddrInfo;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 const MAGIC: &[u8; 4] = b"SWN2";
 const CONNS_MAGIC: &[u8; 4] = b"SWC2";
+const MOVE_MAGIC: &[u8; 4] = b"SWM2";
+/// A forwarded share move goes out this many times, a heartbeat apart (a receiver takes it
+/// once: the sequence).
+const MOVE_SENDS: u8 = 3;
 const MAC_LEN: usize = 32;
 /// A connection page's header and MAC at their largest (a 255-byte name).
 const PAGE_OVERHEAD: usize = 4 + 8 + 2 + 8 + 1 + 255 + 1 + MAC_LEN;
@@ -96,11 +107,51 @@ pub struct ConnsPage {
     pub conns: Vec<TcpConn>,
 }
 
+/// A share move forwarded by the node it was given on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareMove {
+    pub name: String,
+    pub seq: u64,
+    pub share: String,
+    pub targets: Vec<IpAddrInfo>,
+}
+
 /// A verified datagram from a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerMessage {
     Heartbeat(Heartbeat),
     Conns(ConnsPage),
+    ShareMove(ShareMove),
+}
+
+/// Encode a share move (at most [`MAX_SHARE_MOVE_TARGETS`] targets are sent).
+pub fn encode_share_move(
+    key: &[u8],
+    name: &str,
+    seq: u64,
+    share: &str,
+    targets: &[IpAddrInfo],
+) -> Vec<u8> {
+    let targets = &targets[..targets.len().min(MAX_SHARE_MOVE_TARGETS)];
+    let mut d = MOVE_MAGIC.to_vec();
+    d.extend_from_slice(&seq.to_le_bytes());
+    push_name(&mut d, name);
+    push_name(&mut d, share);
+    d.push(targets.len() as u8);
+    for t in targets {
+        match t.addr {
+            IpAddr::V4(a) => {
+                d.push(4);
+                d.extend_from_slice(&a.octets());
+            }
+            IpAddr::V6(a) => {
+                d.push(6);
+                d.extend_from_slice(&a.octets());
+            }
+        }
+        d.push(u8::from(t.online));
+    }
+    sign(key, d)
 }
 
 fn push_name(d: &mut Vec<u8>, name: &str) {
@@ -257,6 +308,34 @@ pub fn decode(key: &[u8], d: &[u8]) -> Option<PeerMessage> {
             claims,
             conns,
         })
+    } else if magic == MOVE_MAGIC {
+        let seq = r.u64()?;
+        let name = r.str_u8_len()?;
+        let share = r.str_u8_len()?;
+        let count = usize::from(r.u8()?);
+        if count == 0 || count > MAX_SHARE_MOVE_TARGETS {
+            return None;
+        }
+        let mut targets = Vec::with_capacity(count);
+        for _ in 0..count {
+            let addr = match r.u8()? {
+                4 => IpAddr::V4(Ipv4Addr::from(r.array::<4>()?)),
+                6 => IpAddr::V6(Ipv6Addr::from(r.array::<16>()?)),
+                _ => return None,
+            };
+            let online = match r.u8()? {
+                0 => false,
+                1 => true,
+                _ => return None,
+            };
+            targets.push(IpAddrInfo { addr, online });
+        }
+        PeerMessage::ShareMove(ShareMove {
+            name,
+            seq,
+            share,
+            targets,
+        })
     } else {
         return None;
     };
@@ -342,6 +421,8 @@ fn heartbeats(
     let mut last_sent = state.local_heartbeat();
     let mut conns_sent_gen = None;
     let mut beats_since_conns = 0u32;
+    // Forwarded share moves still to be sent again, and how many more times.
+    let mut moves: Vec<(Vec<u8>, u8)> = Vec::new();
     let mut buf = [0u8; MAX_DATAGRAM + 1];
     let send_all = |d: &[u8]| {
         for n in cfg.nodes.iter().filter(|n| n.name != cfg.node) {
@@ -369,6 +450,23 @@ fn heartbeats(
             next_send = now + period;
             last_sent = (status, claims);
             beats_since_conns += 1;
+            for (d, left) in &mut moves {
+                send_all(d);
+                *left -= 1;
+            }
+            moves.retain(|(_, left)| *left > 0);
+        }
+        for (share, targets) in state.take_outgoing_share_moves() {
+            counter += 1;
+            let d = encode_share_move(
+                &key,
+                &cfg.node,
+                base.wrapping_mul(1000) + counter,
+                &share,
+                &targets,
+            );
+            send_all(&d);
+            moves.push((d, MOVE_SENDS - 1));
         }
         if !state.public_addresses().is_empty()
             && (conns_sent_gen != Some(gen) || beats_since_conns >= CONNS_RESEND_BEATS)
@@ -388,6 +486,9 @@ fn heartbeats(
                 }
                 Some(PeerMessage::Conns(p)) => {
                     state.heard_conns(&p.name, p.gen, p.page, p.pages, p.claims, &p.conns)
+                }
+                Some(PeerMessage::ShareMove(m)) => {
+                    state.heard_share_move(&m.name, m.seq, &m.share, &m.targets)
                 }
                 None => tracing::debug!(%from, "witness: heartbeat refused"),
             },
@@ -518,6 +619,43 @@ mod tests {
         let mut bad = body.to_vec();
         bad[want.len() - 37] = 5;
         assert_eq!(decode(KEY, &sign(KEY, bad)), None);
+    }
+
+    #[test]
+    fn share_moves_round_trip_and_are_refused_when_forged_or_malformed() {
+        let targets = vec![
+            IpAddrInfo {
+                addr: "10.0.0.2".parse().unwrap(),
+                online: true,
+            },
+            IpAddrInfo {
+                addr: "fd00::2".parse().unwrap(),
+                online: false,
+            },
+        ];
+        let d = encode_share_move(KEY, "n1", 7, "data", &targets);
+        assert_eq!(
+            decode(KEY, &d),
+            Some(PeerMessage::ShareMove(ShareMove {
+                name: "n1".into(),
+                seq: 7,
+                share: "data".into(),
+                targets: targets.clone(),
+            }))
+        );
+        assert_eq!(decode(b"another key", &d), None);
+        // No target, or an online byte other than 0 / 1: refused.
+        let empty = encode_share_move(KEY, "n1", 8, "data", &[]);
+        assert_eq!(decode(KEY, &empty), None);
+        let mut body = d[..d.len() - MAC_LEN].to_vec();
+        let last = body.len() - 1;
+        body[last] = 2;
+        assert_eq!(decode(KEY, &sign(KEY, body)), None);
+        // The most targets still fit one unfragmented datagram.
+        let many = vec![targets[1]; MAX_SHARE_MOVE_TARGETS];
+        let big = encode_share_move(KEY, &"n".repeat(255), 9, &"s".repeat(255), &many);
+        assert!(big.len() <= 1472, "{}", big.len());
+        assert!(decode(KEY, &big).is_some());
     }
 
     #[test]
