@@ -80,6 +80,22 @@ fn setup() -> Option<Setup> {
     })
 }
 
+impl Setup {
+    /// Node `me` (1 or 2) of the two-node witness cluster, listening on 127.0.0.`me+1`, with
+    /// `witness_extra` added to its `[witness]` section.
+    fn start_node(&self, me: usize, witness_extra: &str) -> TestServer {
+        TestServer::start(Options {
+            server_extra: format!("listen = [\"127.0.0.{}:0\"]", me + 1),
+            config_extra: node_config(self.shared.path(), me, &self.key, self.peer_ports).replacen(
+                "[witness]\n",
+                &format!("[witness]\n{witness_extra}"),
+                1,
+            ),
+            ..Options::default()
+        })
+    }
+}
+
 fn free_udp_port(ip: &str) -> u16 {
     std::net::UdpSocket::bind(format!("{ip}:0"))
         .unwrap()
@@ -113,22 +129,11 @@ fn control(dir: &std::path::Path, node: usize, cmd: &str) -> String {
 
 #[test]
 fn drained_node_moves_its_witness_clients_and_a_dead_one_is_unavailable() {
-    let Some(Setup {
-        shared,
-        key,
-        peer_ports,
-        _port_135,
-    }) = setup()
-    else {
+    let Some(setup) = setup() else {
         return;
     };
-    let start = |me: usize| {
-        TestServer::start(Options {
-            server_extra: format!("listen = [\"127.0.0.{}:0\"]", me + 1),
-            config_extra: node_config(shared.path(), me, &key, peer_ports),
-            ..Options::default()
-        })
-    };
+    let shared = &setup.shared;
+    let start = |me: usize| setup.start_node(me, "");
     let mut node1 = start(1);
     let node2 = start(2);
     let status = control(shared.path(), 2, "status");
@@ -188,22 +193,11 @@ fn drained_node_moves_its_witness_clients_and_a_dead_one_is_unavailable() {
 /// with neither hears none of it: its AsyncNotify runs into its keep-alive timeout.
 #[test]
 fn ip_change_and_share_move_reach_the_registrations_that_asked() {
-    let Some(Setup {
-        shared,
-        key,
-        peer_ports,
-        _port_135,
-    }) = setup()
-    else {
+    let Some(setup) = setup() else {
         return;
     };
-    let start = |me: usize| {
-        TestServer::start(Options {
-            server_extra: format!("listen = [\"127.0.0.{}:0\"]", me + 1),
-            config_extra: node_config(shared.path(), me, &key, peer_ports),
-            ..Options::default()
-        })
-    };
+    let shared = &setup.shared;
+    let start = |me: usize| setup.start_node(me, "");
     let _node1 = start(1);
     let node2 = start(2);
     let limit = Duration::from_secs(20);
@@ -261,22 +255,11 @@ fn ip_change_and_share_move_reach_the_registrations_that_asked() {
 /// (SHARE_MOVE, 3.1.6.3).
 #[test]
 fn a_share_move_given_on_one_node_reaches_every_nodes_registrations() {
-    let Some(Setup {
-        shared,
-        key,
-        peer_ports,
-        _port_135,
-    }) = setup()
-    else {
+    let Some(setup) = setup() else {
         return;
     };
-    let start = |me: usize| {
-        TestServer::start(Options {
-            server_extra: format!("listen = [\"127.0.0.{}:0\"]", me + 1),
-            config_extra: node_config(shared.path(), me, &key, peer_ports),
-            ..Options::default()
-        })
-    };
+    let shared = &setup.shared;
+    let start = |me: usize| setup.start_node(me, "");
     let node1 = start(1);
     let node2 = start(2);
     let limit = Duration::from_secs(20);
@@ -317,26 +300,10 @@ fn a_share_move_given_on_one_node_reaches_every_nodes_registrations() {
 /// serves a signed caller.
 #[test]
 fn witness_callers_must_authenticate_at_the_configured_level() {
-    let Some(Setup {
-        shared,
-        key,
-        peer_ports,
-        _port_135,
-    }) = setup()
-    else {
+    let Some(setup) = setup() else {
         return;
     };
-    let start = |me: usize, extra: &str| {
-        TestServer::start(Options {
-            server_extra: format!("listen = [\"127.0.0.{}:0\"]", me + 1),
-            config_extra: node_config(shared.path(), me, &key, peer_ports).replacen(
-                "[witness]\n",
-                &format!("[witness]\n{extra}"),
-                1,
-            ),
-            ..Options::default()
-        })
-    };
+    let start = |me: usize, extra: &str| setup.start_node(me, extra);
     let node1 = start(1, "auth_level = \"integrity\"\n");
     let node2 = start(2, "");
     let limit = Duration::from_secs(20);
