@@ -280,10 +280,9 @@ pub struct Shared {
     /// Durable reconnects waiting for the connection that still holds their open to let it
     /// go ([`Shared::wait_for_durable`]).
     durable_waits: Mutex<Vec<DurableWait>>,
-    /// Delayed LastWriteTime updates (deadline, connection, open), crate::write_time.
-    write_time_timers: Mutex<Vec<(Instant, u64, u64)>>,
-    /// Connections whose breaks must be acknowledged by TCP by then ([`Event::AckCheck`]).
-    ack_check_timers: Mutex<Vec<(Instant, u64)>>,
+    /// Events due to a connection at a deadline ([`Shared::arm_conn_timer`]): delayed
+    /// LastWriteTime updates (crate::write_time) and TCP acknowledgement checks of breaks.
+    conn_timers: Mutex<Vec<(Instant, u64, Event)>>,
     /// Connections whose client hung up and which are not torn down yet (crate::hangup).
     hangups: crate::hangup::Hangups,
     /// How many of this node's opens hold each file's LastWriteTime, by (device, inode)
@@ -408,8 +407,7 @@ impl Shared {
             parked: Default::default(),
             durable_waits: Mutex::new(Vec::new()),
             hangups: Default::default(),
-            write_time_timers: Mutex::new(Vec::new()),
-            ack_check_timers: Mutex::new(Vec::new()),
+            conn_timers: Mutex::new(Vec::new()),
             write_holds: Mutex::new(HashMap::new()),
         })
     }
@@ -796,55 +794,44 @@ impl Shared {
                 },
             );
         }
-        let due: Vec<(Instant, u64, u64)> = {
-            let mut timers = lock(&self.write_time_timers);
+        let due: Vec<(Instant, u64, Event)> = {
+            let mut timers = lock(&self.conn_timers);
             let (due, later) = std::mem::take(&mut *timers)
                 .into_iter()
                 .partition(|t| t.0 <= now);
             *timers = later;
             due
         };
-        for (_, conn, volatile) in due {
-            self.post_event(conn, Event::WriteTimeDue { volatile });
-        }
-        let due: Vec<(Instant, u64)> = {
-            let mut timers = lock(&self.ack_check_timers);
-            let (due, later) = std::mem::take(&mut *timers)
-                .into_iter()
-                .partition(|t| t.0 <= now);
-            *timers = later;
-            due
-        };
-        for (_, conn) in due {
-            self.post_event(conn, Event::AckCheck);
+        for (_, conn, event) in due {
+            self.post_event(conn, event);
         }
     }
 
-    /// Connection `conn` sent a break that the client's TCP must acknowledge by `due`: its
-    /// worker is told then ([`Event::AckCheck`]). Like [`Shared::arm_write_time`], a deadline
-    /// within the current tick wakes the ticking worker.
-    pub(crate) fn arm_ack_check(&self, conn: u64, due: Instant, now: Instant) {
-        lock(&self.ack_check_timers).push((due, conn));
+    /// Connection `conn` gets `event` at `due`, armed at `now`. The ticking worker is woken
+    /// only for a deadline before its next periodic tick ([`TIMER_TICK`]); a later one it
+    /// picks up then (its timer is never armed for more than a tick), which spares e.g. an
+    /// open's first write the wake-up.
+    fn arm_conn_timer(&self, conn: u64, due: Instant, now: Instant, event: Event) {
+        lock(&self.conn_timers).push((due, conn, event));
         if due < now + TIMER_TICK {
             if let Some(ticker) = self.mailboxes.first() {
                 ticker.wake();
             }
         }
+    }
+
+    /// Connection `conn` sent a break that the client's TCP must acknowledge by `due`: its
+    /// worker is told then ([`Event::AckCheck`]).
+    pub(crate) fn arm_ack_check(&self, conn: u64, due: Instant, now: Instant) {
+        self.arm_conn_timer(conn, due, now, Event::AckCheck);
     }
 
     /// The open `volatile` of connection `conn` moves its file's LastWriteTime (or renews its
     /// hold) at `due`, armed at `now` (crate::write_time): the connection is told with
     /// [`Event::WriteTimeDue`] and checks whether it still has to (a FLUSH or close may have
-    /// done it). The ticking worker is woken only for a deadline before its next periodic
-    /// tick ([`TIMER_TICK`]); a later one it picks up then (its timer is never armed for more
-    /// than a tick), which spares an open's first write the wake-up.
+    /// done it).
     pub(crate) fn arm_write_time(&self, conn: u64, volatile: u64, due: Instant, now: Instant) {
-        lock(&self.write_time_timers).push((due, conn, volatile));
-        if due < now + TIMER_TICK {
-            if let Some(ticker) = self.mailboxes.first() {
-                ticker.wake();
-            }
-        }
+        self.arm_conn_timer(conn, due, now, Event::WriteTimeDue { volatile });
     }
 
     /// One more open of this node holds the LastWriteTime of the file `key` (crate::write_time):
@@ -889,12 +876,13 @@ impl Shared {
         }
     }
 
-    /// The earliest deadline of a waiting durable reconnect or of a delayed LastWriteTime
-    /// update: the ticking worker's timer fires then rather than at its next periodic tick.
+    /// The earliest deadline of a waiting durable reconnect or of a connection timer (a
+    /// delayed LastWriteTime update, a break's acknowledgement check): the ticking worker's
+    /// timer fires then rather than at its next periodic tick.
     pub fn next_durable_deadline(&self) -> Option<Instant> {
         let durable = lock(&self.durable_waits).iter().map(|w| w.deadline).min();
-        let write_time = lock(&self.write_time_timers).iter().map(|t| t.0).min();
-        durable.into_iter().chain(write_time).min()
+        let timers = lock(&self.conn_timers).iter().map(|t| t.0).min();
+        durable.into_iter().chain(timers).min()
     }
 
     /// Connection `conn` no longer waits for `persistent`.

@@ -166,8 +166,6 @@ pub(crate) fn set_mtime(f: &File, (secs, nsec): (i64, u32)) -> io::Result<()> {
     check(unsafe { libc::futimens(f.as_raw_fd(), times.as_ptr()) })
 }
 
-/// shutdown(2) of both directions of a socket (a listener that must refuse connections now,
-/// which `TcpListener` has no method for).
 /// Bytes in a TCP socket's send queue that the peer has not acknowledged yet, sent or not
 /// (SIOCOUTQ, tcp(7)).
 pub(crate) fn tcp_unacked_bytes(sock: impl AsFd) -> io::Result<u64> {
@@ -204,6 +202,8 @@ pub(crate) fn tcp_rto(sock: impl AsFd) -> io::Result<std::time::Duration> {
     Ok(std::time::Duration::from_micros(u64::from(info.tcpi_rto)))
 }
 
+/// shutdown(2) of both directions of a socket (a listener that must refuse connections now,
+/// which `TcpListener` has no method for).
 pub(crate) fn shutdown_socket(sock: impl AsFd) -> io::Result<()> {
     // SAFETY: shutdown on a descriptor the borrow keeps open for the call; it only changes the
     // socket's state and touches no memory of ours.
