@@ -32,6 +32,7 @@ use lockmgr_transport::reliable::ReliableConfig;
 use lockmgr_transport::shm::{ShmConfig, ShmServer};
 use lockmgr_transport::udp::UdpServer;
 use lockmgr_transport::{raw, FabricKey, ServerTransport, SpinConfig};
+use lockmgrd::config::SpinModeKind;
 use lockmgrd::replication::HaOptions;
 use lockmgrd::{Server, ServerOptions};
 
@@ -58,10 +59,11 @@ struct Cli {
     /// Busy-poll budget of every endpoint, microseconds (adaptive).
     #[arg(long, default_value_t = 50)]
     spin_us: u64,
-    /// Whether the endpoints' spinning also stops under CPU pressure (`adaptive`, lockmgrd's
-    /// default) or follows traffic alone (`traffic`).
-    #[arg(long, value_enum, default_value_t = SpinRule::Adaptive)]
-    spin_mode: SpinRule,
+    /// lockmgrd's `spin_mode` for every endpoint: whether spinning also stops under CPU
+    /// pressure (`adaptive`, the default), follows traffic alone (`traffic`) or never stops
+    /// (`always`).
+    #[arg(long, value_enum, default_value_t = SpinModeKind::Adaptive)]
+    spin_mode: SpinModeKind,
     /// Round trips of the transport baseline.
     #[arg(long, default_value_t = 50_000)]
     raw_rounds: usize,
@@ -240,21 +242,13 @@ fn measure(cli: &Cli, addr: &str, spin: SpinConfig, setup: &'static str) -> Resu
     })
 }
 
-/// `--spin-mode`: lockmgrd's `spin_mode` values that apply to every endpoint here.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum SpinRule {
-    Adaptive,
-    Traffic,
-}
-
 fn run(cli: &Cli) -> Result<Report, String> {
-    let mut spin = SpinConfig::adaptive(Duration::from_micros(cli.spin_us));
-    if cli.spin_mode == SpinRule::Traffic {
-        spin.mode = lockmgr_transport::SpinMode::Adaptive {
-            idle_after: lockmgr_transport::DEFAULT_SPIN_IDLE_AFTER,
-            yield_to_cpu_pressure: false,
-        };
-    }
+    let spin = SpinConfig {
+        spin: Duration::from_micros(cli.spin_us),
+        mode: cli
+            .spin_mode
+            .mode(lockmgr_transport::DEFAULT_SPIN_IDLE_AFTER),
+    };
     match cli.transport {
         Kind::Udp => run_with(cli, spin, &|_: &str| {
             let loopback = SocketAddr::from(([127, 0, 0, 1], free_port()));

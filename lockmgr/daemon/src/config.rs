@@ -117,6 +117,21 @@ pub enum SpinModeKind {
     Always,
 }
 
+impl SpinModeKind {
+    /// The transports' [`lockmgr_transport::SpinMode`] for this setting; `idle_after` is the
+    /// quiet time after which adaptive spinning stops.
+    pub fn mode(self, idle_after: std::time::Duration) -> lockmgr_transport::SpinMode {
+        use lockmgr_transport::SpinMode;
+        match self {
+            SpinModeKind::Adaptive | SpinModeKind::Traffic => SpinMode::Adaptive {
+                idle_after,
+                yield_to_cpu_pressure: self == SpinModeKind::Adaptive,
+            },
+            SpinModeKind::Always => SpinMode::Always,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum TransportKind {
@@ -227,16 +242,11 @@ impl TransportConfig {
 
     /// The busy-poll policy of every transport.
     pub fn spin(&self) -> lockmgr_transport::SpinConfig {
-        use lockmgr_transport::SpinMode;
         lockmgr_transport::SpinConfig {
             spin: std::time::Duration::from_micros(self.spin_us),
-            mode: match self.spin_mode {
-                SpinModeKind::Adaptive | SpinModeKind::Traffic => SpinMode::Adaptive {
-                    idle_after: std::time::Duration::from_millis(self.spin_idle_ms),
-                    yield_to_cpu_pressure: self.spin_mode == SpinModeKind::Adaptive,
-                },
-                SpinModeKind::Always => SpinMode::Always,
-            },
+            mode: self
+                .spin_mode
+                .mode(std::time::Duration::from_millis(self.spin_idle_ms)),
         }
     }
 
