@@ -1020,6 +1020,15 @@ mod tests {
     use super::*;
     use crate::config::WitnessNode;
 
+    /// The [`state`] cluster, named CLUSTER, serving `public` addresses.
+    fn with_public(public: &[&str]) -> Arc<WitnessState> {
+        WitnessState::with_public_addresses(
+            state().config().clone(),
+            "CLUSTER",
+            public.iter().map(|a| a.parse().unwrap()).collect(),
+        )
+    }
+
     fn state() -> Arc<WitnessState> {
         let cfg = WitnessConfig {
             enabled: true,
@@ -1189,12 +1198,7 @@ mod tests {
 
     #[test]
     fn published_connections_wait_for_the_next_holder_of_their_address() {
-        let cfg = state().config().clone();
-        let s = WitnessState::with_public_addresses(
-            cfg,
-            "CLUSTER",
-            vec!["10.0.0.100".parse().unwrap(), "10.0.0.101".parse().unwrap()],
-        );
+        let s = with_public(&["10.0.0.100", "10.0.0.101"]);
         let conn = |port, public: &str| TcpConn {
             client: SocketAddr::new("10.0.1.7".parse().unwrap(), port),
             public: SocketAddr::new(public.parse().unwrap(), 445),
@@ -1296,12 +1300,7 @@ mod tests {
 
     #[test]
     fn ip_change_follows_public_addresses_across_a_takeover() {
-        let cfg = state().config().clone();
-        let s = WitnessState::with_public_addresses(
-            cfg,
-            "CLUSTER",
-            vec!["10.0.0.100".parse().unwrap()],
-        );
+        let s = with_public(&["10.0.0.100"]);
         let h = s
             .register(
                 1,
@@ -1337,12 +1336,7 @@ mod tests {
 
     #[test]
     fn a_public_address_registration_follows_the_address_from_node_to_node() {
-        let cfg = state().config().clone();
-        let s = WitnessState::with_public_addresses(
-            cfg,
-            "CLUSTER",
-            vec!["10.0.0.100".parse().unwrap(), "10.0.0.101".parse().unwrap()],
-        );
+        let s = with_public(&["10.0.0.100", "10.0.0.101"]);
         // Accepted while no node holds it (moving), as the interface list names it.
         let h = s.register(1, &reg("10.0.0.100")).unwrap();
         assert_eq!(
