@@ -13,6 +13,7 @@ mod ha;
 pub mod metrics;
 pub mod replication;
 pub mod server;
+mod stalls;
 mod state;
 pub mod status;
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
-use clustersmb_metrics::{Exposition, Kind};
+use clustersmb_metrics::{Exposition, HistogramSnapshot, Kind};
 use lockmgr_engine::Stats;
 use lockmgr_transport::fabric::FabricCounters;
 
@@ -53,6 +53,9 @@ pub struct Snapshot {
     /// Epoch changes this replica made to take over (promoted, or serving alone after its
     /// standby died).
     pub failovers: u64,
+    /// How long the loop did not run when it meant to (descheduled, paused), one
+    /// observation per stall past the round allowance.
+    pub loop_stalls: Option<HistogramSnapshot>,
 }
 
 /// The rendezvous between the loop and the HTTP thread.
@@ -264,6 +267,14 @@ pub fn render(snap: Option<&Snapshot>, stale: bool) -> String {
     for (name, help, v) in gauges {
         e.family(name, help, Kind::Gauge);
         e.sample(name, &[], v as u64);
+    }
+    if let Some(h) = &s.loop_stalls {
+        e.family(
+            "lockmgrd_loop_stall_seconds",
+            "Times the loop did not run when it meant to (descheduled or paused), by length",
+            Kind::Histogram,
+        );
+        e.histogram("lockmgrd_loop_stall_seconds", &[], h);
     }
     if let Some(r) = &s.replica {
         e.family(

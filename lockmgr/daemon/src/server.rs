@@ -23,6 +23,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use crate::ha::Ha;
 use crate::metrics::{Published, ReplicaView, Snapshot};
+use crate::stalls::StallClock;
 use crate::state::LockState;
 use crate::status::{render_status, ServerCounters};
 
@@ -129,6 +130,9 @@ pub(crate) struct Core {
     replies: u64,
     notifications: u64,
     pub(crate) failovers: u64,
+    /// When this loop did not run although it meant to: silence of the replica partner
+    /// during it is not held against the partner (see `stalls`).
+    pub(crate) stalls: StallClock,
 }
 
 /// A running lock manager over one transport.
@@ -178,6 +182,7 @@ impl<T: ServerTransport> Server<T> {
                 replies: 0,
                 notifications: 0,
                 failovers: 0,
+                stalls: StallClock::default(),
             },
             last_liveness_scan: now,
         }
@@ -212,7 +217,11 @@ impl<T: ServerTransport> Server<T> {
     /// Runs until `shutdown` is set (check interval: at most 100 ms, or at once through the
     /// transport's waker).
     pub fn run(&mut self, shutdown: &Arc<AtomicBool>) -> Result<(), TransportError> {
+        // How long the loop means to wait after the current round (zero: straight on).
+        let mut planned_wait = Duration::ZERO;
         while !shutdown.load(Ordering::Acquire) {
+            self.core.note_round_start(Instant::now(), planned_wait);
+            planned_wait = Duration::ZERO;
             let mut progressed = self.turn()?;
             if self.core.ha.is_some() {
                 progressed |= self.ha_turn()?;
@@ -227,6 +236,7 @@ impl<T: ServerTransport> Server<T> {
             }
             if !progressed {
                 let timeout = self.next_wakeup(Instant::now());
+                planned_wait = timeout;
                 if !self.ha_wait(timeout)? {
                     self.transport.wait(Some(timeout))?;
                 }
@@ -878,6 +888,25 @@ impl Core {
         }
     }
 
+    /// A loop round starts at `now`; the previous one meant to wait at most `planned_wait`
+    /// after it. Records a stall of this process (see `stalls`).
+    fn note_round_start(&mut self, now: Instant, planned_wait: Duration) {
+        let Some(stall) = self.stalls.round_starts(now, planned_wait) else {
+            return;
+        };
+        // Worth an operator's attention when it ate a good part of the failure-detection
+        // timeout: a stall like it on one replica alone would fail the pair over.
+        match &self.ha {
+            Some(ha) if stall >= ha.failover() / 4 => tracing::warn!(
+                ?stall,
+                failover = ?ha.failover(),
+                "this lockmgrd did not run for a while (descheduled or paused); the partner's \
+                 silence during it is not held against it"
+            ),
+            _ => tracing::debug!(?stall, "loop stalled"),
+        }
+    }
+
     fn expire_silent_sessions(&mut self, now: Instant) {
         let expired: Vec<PeerId> = self
             .peers
@@ -943,6 +972,7 @@ impl Core {
             notifications: self.notifications,
             replica,
             failovers: self.failovers,
+            loop_stalls: Some(self.stalls.lengths()),
         }
     }
 

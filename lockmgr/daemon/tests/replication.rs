@@ -1922,6 +1922,21 @@ fn steady_locking_under_cpu_load_never_fails_over() {
             )
         })
         .collect();
+    // What the failover timeout must outlast: how late a thread of the same priority wakes
+    // from a 1 ms sleep on this machine under the same load (reported, not asserted).
+    let probe = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut late = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let asked = Duration::from_millis(1);
+                let t = Instant::now();
+                std::thread::sleep(asked);
+                late.push(t.elapsed().saturating_sub(asked));
+            }
+            late
+        })
+    };
     std::thread::sleep(Duration::from_secs(secs));
     let epoch = coordinator(&etcd)
         .expect("etcd")
@@ -1936,6 +1951,19 @@ fn steady_locking_under_cpu_load_never_fails_over() {
         lost += stats.lost;
     }
     drop(hogs);
+    let mut late = probe.join().expect("probe thread");
+    late.sort_unstable();
+    let at = |q: f64| late.get(((late.len() as f64 - 1.0) * q) as usize).copied();
+    eprintln!(
+        "wake-up lateness of a 1 ms sleep under the hogs ({} samples): p50 {:?}, p99 {:?}, \
+         p99.9 {:?}, p99.99 {:?}, max {:?}",
+        late.len(),
+        at(0.5),
+        at(0.99),
+        at(0.999),
+        at(0.9999),
+        late.last()
+    );
     let events = events.lock().expect("events").clone();
     let violations = lockmgr_replica::history::check(&events);
     let grants = grants.load(Ordering::Relaxed);
@@ -1955,6 +1983,102 @@ fn steady_locking_under_cpu_load_never_fails_over() {
         "CHAOS_SEED={seed}: history violations"
     );
     assert!(grants > 0, "no lock granted under load");
+    drop(pair);
+}
+
+/// Both replicas stop together (SIGSTOP: a paused VM, or both descheduled on an
+/// oversubscribed machine) for four failover timeouts, five times, while nodes lock: neither
+/// may take the other's silence during its own stall for a death. Before replicas discounted
+/// their own stalls, whichever woke first found its partner silent for 400 ms and failed the
+/// pair over.
+#[test]
+fn a_pair_paused_together_does_not_fail_over() {
+    let _machine = machine_alone();
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let failover_ms = 100;
+    let Some(etcd) = start_etcd() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = key_file(&dir);
+    let (pair, recorded) = start_primary_and_standby(&etcd, &key_file, failover_ms);
+    let addrs: Vec<String> = pair.iter().map(|r| r.addr.clone()).collect();
+    let pids: Vec<String> = pair.iter().map(|r| r.proc.0.id().to_string()).collect();
+    // One kill(1) signals both, microseconds apart (the pids are this test's children).
+    let signal_both = |sig: &str| {
+        let status = Command::new("kill")
+            .arg(sig)
+            .args(&pids)
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig} {pids:?}");
+    };
+    let seed = chaos_seed();
+    let events: Arc<Mutex<Vec<lockmgr_replica::history::Event>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let grants = Arc::new(AtomicU64::new(0));
+    let workers: Vec<ChaosWorker> = (0..2)
+        .map(|client| {
+            spawn_chaos_worker(
+                client,
+                seed,
+                addrs.clone(),
+                Arc::clone(&events),
+                Arc::clone(&stop),
+                Arc::clone(&grants),
+            )
+        })
+        .collect();
+    let pauses = 5;
+    let mut granted_after_each = Vec::new();
+    for _ in 0..pauses {
+        std::thread::sleep(Duration::from_millis(500));
+        signal_both("-STOP");
+        std::thread::sleep(Duration::from_millis(4 * failover_ms));
+        signal_both("-CONT");
+        let before = grants.load(Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while grants.load(Ordering::Relaxed) == before && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        granted_after_each.push(grants.load(Ordering::Relaxed) > before);
+    }
+    // Let a late failover (a replica acting on the pause a little after waking) show.
+    std::thread::sleep(Duration::from_millis(10 * failover_ms));
+    let epoch = coordinator(&etcd)
+        .expect("etcd")
+        .read()
+        .expect("read the configuration")
+        .map(|s| s.config.epoch);
+    stop.store(true, Ordering::Relaxed);
+    let (mut resumes, mut lost) = (0, 0);
+    for w in workers {
+        let stats = w.thread.join().expect("node thread");
+        resumes += stats.resumes;
+        lost += stats.lost;
+    }
+    let events = events.lock().expect("events").clone();
+    let violations = lockmgr_replica::history::check(&events);
+    eprintln!(
+        "{pauses} pauses of both replicas: {} grants, epoch {recorded} -> {epoch:?}, \
+         {resumes} session resumes, {lost} sessions lost, {} violations",
+        grants.load(Ordering::Relaxed),
+        violations.len()
+    );
+    assert_eq!(
+        epoch,
+        Some(recorded),
+        "the pair failed over after being paused together"
+    );
+    assert!(
+        granted_after_each.iter().all(|&g| g),
+        "locks stopped after a pause: {granted_after_each:?}"
+    );
+    assert_eq!(lost, 0, "a node lost its session");
+    assert!(
+        violations.is_empty(),
+        "CHAOS_SEED={seed}: history violations"
+    );
     drop(pair);
 }
 

@@ -64,6 +64,8 @@ impl Core {
     /// grants the new primary counts down from its promotion. Both sides of a cut stop hearing
     /// each other within a few ms (each sends at least every 5 ms), which the node's reserve
     /// covers. (A one-way cut, standby deaf but primary hearing, is not covered by this rule.)
+    /// Real time, not `stalls`' observed silence: a stall of this process is no reason to
+    /// believe the standby still follows it.
     pub(crate) fn may_renew_node_leases(&self, now: Instant) -> bool {
         let Some(ha) = &self.ha else {
             return true;
@@ -297,7 +299,7 @@ impl Core {
         let silent = self
             .peers
             .get(&standby)
-            .is_none_or(|p| now.duration_since(p.last_heard) > failover);
+            .is_none_or(|p| self.stalls.observed_silence(p.last_heard, now) > failover);
         if silent {
             tracing::warn!("standby silent past the failover timeout");
             self.to_close.push(standby);
@@ -613,7 +615,7 @@ impl<T: ServerTransport> Server<T> {
             }
             up.out.clear();
         }
-        if !lost && now.duration_since(up.last_heard) > failover {
+        if !lost && core.stalls.observed_silence(up.last_heard, now) > failover {
             cause = Some(format!("silent for {failover:?}"));
             lost = true;
         }
