@@ -118,7 +118,8 @@ fn ip_output(args: &[&str]) -> String {
 fn node_config(dir: &Path, me: usize, key: &Path, tickle: bool, net: &Net) -> PathBuf {
     let mut s = format!(
         "[server]\nlisten = [\"{listen}\"]\nnetbios_name = \"NODE{me}\"\nworkers = 1\n\
-         users = \"{users}\"\n\n\
+         users = \"{users}\"\ncluster_fs_id = \"{fs_id}\"\n\n\
+         [[share]]\nname = \"{share_name}\"\npath = \"{share}\"\n\n\
          [lockmgr]\ntransport = \"udp\"\nconnect = \"{LOCKMGRD_IP}:{LOCKMGRD_PORT}\"\n\
          cluster_key_file = \"{key}\"\nnode_name = \"node{me}\"\n\n\
          [witness]\nenabled = true\nnet_name = \"CLUSTER\"\nnode = \"node{me}\"\n\
@@ -127,6 +128,9 @@ fn node_config(dir: &Path, me: usize, key: &Path, tickle: bool, net: &Net) -> Pa
          dead_after_ms = {DEAD_AFTER_MS}\ncontrol_socket = \"{ctl}\"\n",
         key = key.display(),
         users = dir.join("users").display(),
+        fs_id = cluster_common::FS_ID,
+        share_name = cluster_common::SHARE,
+        share = dir.join("share").display(),
         ip = NODE_IPS[me - 1],
         ctl = control_socket(dir, me).display(),
         listen = net.listen,
@@ -323,7 +327,11 @@ impl Cluster {
         std::fs::write(&key, rand::random::<[u8; 32]>()).unwrap();
         std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .unwrap();
-        // The witness callers' accounts (it takes NTLMSSP callers only).
+        // One directory both nodes serve (the durable-handle test's files).
+        let share = dir.path().join("share");
+        std::fs::create_dir(&share).unwrap();
+        cluster_common::give_share_to_test_users(dir.path(), &share);
+        // The SMB and witness callers' accounts (the witness takes NTLMSSP callers only).
         cluster_common::write_users_file(
             &dir.path().join("users"),
             &[(cluster_common::USER, cluster_common::PASS)],
@@ -555,6 +563,85 @@ fn dead_node_takeover(net: &'static Net) {
     let st = node2.stop();
     assert!(st.success(), "node 2 stopped with {st}\n{}", logs(c.dir()));
     assert!(!c.addresses_on(2).contains(public), "{}", c.addresses_on(2));
+}
+
+/// A client that reaches the cluster through the public address opens a file with a durable
+/// handle (DH2Q, a read-handle lease, a byte-range lock) on node 1. Node 1 dies (link down,
+/// then SIGKILL); node 2 takes the address, and the client, reconnecting to the same address
+/// with the same ClientGuid, is served by node 2 and reclaims its handle with DH2C: same file
+/// id, lease, data, and its lock still in force against another client, until it unlocks
+/// (tests/cluster_common/durable_client.py, scenario "moved", smbprotocol in the client
+/// namespace).
+#[test]
+fn a_moved_clients_durable_handle_is_reclaimed_on_the_new_node() {
+    let Some(py) = cluster_common::python() else {
+        panic!(
+            "no python with smbprotocol (set SMBD_PYTHON; scripts/install-deps.sh makes a venv)"
+        );
+    };
+    let c = Cluster::new();
+    let mut node1 = c.start_node(1, true);
+    let _node2 = c.start_node(2, true);
+    c.wait_held_by(1);
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster_common/durable_client.py");
+    let mut child = NetnsPair::command_in(&c.star.clients[2], &py)
+        .arg(&script)
+        .args([
+            PUBLIC,
+            &SMB_PORT.to_string(),
+            &SMB_PORT.to_string(),
+            cluster_common::USER,
+            cluster_common::PASS,
+            "moved",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while stdout.read_line(&mut line).unwrap() > 0 && line.trim() != "KILL-NODE1" {
+        seen.push_str(&line);
+        line.clear();
+    }
+    let killed = if line.trim() == "KILL-NODE1" {
+        ip(&["-n", &c.star.clients[0], "link", "set", IFACE, "down"]);
+        node1.kill();
+        let killed = Instant::now();
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        Some(killed)
+    } else {
+        None
+    };
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    seen.push_str(&rest);
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        killed.is_some() && status.success() && seen.contains("PASS moved"),
+        "durable_client.py moved: {status}\nstdout:\n{seen}\nstderr:\n{err}\n{}",
+        logs(c.dir())
+    );
+    if let Some(k) = killed {
+        eprintln!(
+            "kill -> handle reclaimed on node 2 and the scenario done: {:?} (dead_after {DEAD_AFTER_MS} ms + fence {LEASE_MS} ms)",
+            k.elapsed()
+        );
+    }
+    assert_eq!(
+        control(c.dir(), 2, "ips"),
+        format!("{PUBLIC} node2 node2\n")
+    );
 }
 
 /// Node 1 loses its path to lockmgrd but not to its peers or clients (a blackhole route to

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Durable handle reclaimed through another node after its node died.
 
-usage: durable_client.py HOST[,HOST2] PORT1 PORT2 USER PASSWORD durable|persistent
+usage: durable_client.py HOST[,HOST2] PORT1 PORT2 USER PASSWORD durable|persistent|moved
 
 A client on node 2 opens a file with a durable handle (DH2Q, MS-SMB2 2.2.13.2.11) under a
 read-handle lease, writes to it and takes a byte-range lock. The script prints "KILL-NODE2"
@@ -19,6 +19,9 @@ and would not be kept, without handle caching). The harness kills node 2 AND the
 primary at the marker. While the open is disconnected every other open of the file fails with
 STATUS_FILE_NOT_AVAILABLE (MS-SMB2 3.3.5.9); the client reclaims it through node 1 with a
 persistent DH2C, reads what it wrote, and its byte-range lock is still in force.
+The "moved" scenario uses one address, a public address (HOST, PORT1): the client opens a durable
+handle through it, the harness kills the node holding it at "KILL-NODE1", and the client
+reconnects to the same address (now another node's) and reclaims handle, lease and lock there.
 Prints "PASS <scenario>" and exits 0 when the cluster behaved.
 """
 import os
@@ -53,14 +56,14 @@ def lease_ctx(key, state):
     return ctx(b"RqLs", key + struct.pack("<IIQ", state, 0, 0))
 
 
-def client(host, port, user, password, guid):
+def client(host, port, user, password, guid, timeout=60):
     c = Client.__new__(Client)
     from smbprotocol.connection import Connection
     from smbprotocol.session import Session
     from smbprotocol.tree import TreeConnect
     from cluster_client import BREAK_MID, BreakSink
     c.conn = Connection(guid, host, port, require_signing=False)
-    c.conn.connect()
+    c.conn.connect(timeout=timeout)
     c.sink = BreakSink()
     c.conn.outstanding_requests[BREAK_MID] = c.sink
     c.sess = Session(c.conn, user, password, require_encryption=False)
@@ -189,8 +192,84 @@ def persistent(c1, host1, port1, host2, port2, user, password):
     c3.close()
 
 
+def connect_until_served(host, port, user, password, guid, deadline_s=30):
+    """Connects as a client whose server went away would: again and again while the address
+    moves (refused, unreachable, reset), until a server answers."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        try:
+            return client(host, port, user, password, guid, timeout=2)
+        except (OSError, ValueError, SMBResponseException) as e:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not served again within {deadline_s} s: {e!r}")
+            time.sleep(0.1)
+
+
+MOVED_NAME = "moved.txt"
+
+
+def moved(host, port, user, password):
+    """The client reaches the cluster through a public address. The node holding it dies; the
+    address moves to another node, and the client, reconnecting to the same address, reclaims
+    its durable handle (with its lease and byte-range lock) there."""
+    global NAME
+    NAME = MOVED_NAME
+    guid = uuid.uuid4()
+    key = uuid.uuid4().bytes
+    create_guid = uuid.uuid4().bytes
+    c2 = client(host, port, user, password, guid)
+    first_server = c2.conn.server_guid
+    dh2q = ctx(b"DH2Q", struct.pack("<IIQ", 60_000, 0, 0) + create_guid)
+    f2, _ = create(c2, [lease_ctx(key, RH), dh2q])
+    assert f2.oplock_level == OPLOCK_LEASE, f"no lease: {f2.oplock_level}"
+    f2.write(DATA, 0)
+    f2.lock([lock_el(0, 10)])
+    file_id = f2.file_id
+    print("KILL-NODE1", flush=True)
+    sys.stdin.readline()
+
+    # Same address, same ClientGuid: whoever holds the address now serves the reconnect.
+    c3 = connect_until_served(host, port, user, password, guid)
+    assert c3.conn.server_guid != first_server, "served by the dead node's server GUID"
+    dh2c = ctx(b"DH2C", file_id + create_guid + struct.pack("<I", 0))
+    # Until the lock manager has expired the dead node's session its open is not yet
+    # disconnected (not reclaimable): retry like a real client.
+    for attempt in range(100):
+        try:
+            f3, _ = create(c3, [lease_ctx(key, RH), dh2c],
+                           disposition=CreateDisposition.FILE_OPEN)
+            break
+        except SMBResponseException as e:
+            if e.status != NOT_FOUND or attempt == 99:
+                raise
+            time.sleep(0.1)
+    assert f3.file_id == file_id, "reclaimed handle has another file id"
+    assert f3.oplock_level == OPLOCK_LEASE, f"lease lost: {f3.oplock_level}"
+    got = f3.read(0, len(DATA))
+    assert got == DATA, f"read {got!r} through the reclaimed handle"
+    # The lock moved with the handle: another client of the same address still conflicts.
+    other_client = client(host, port, user, password, uuid.uuid4())
+    other = Open(other_client.tree, NAME)
+    other.create(ImpersonationLevel.Impersonation, A.GENERIC_READ,
+                 FileAttributes.FILE_ATTRIBUTE_NORMAL,
+                 SHARE_RW | ShareAccess.FILE_SHARE_DELETE, CreateDisposition.FILE_OPEN,
+                 CreateOptions.FILE_NON_DIRECTORY_FILE)
+    expect_status(FILE_LOCK_CONFLICT, other.read, 0, 1)
+    f3.lock([lock_el(0, 10, unlock=True)])
+    assert other.read(0, len(DATA)) == DATA
+    f3.close()
+    other.close()
+    other_client.close()
+    c3.close()
+
+
 def main():
     hosts, p1, p2, user, password, scenario = sys.argv[1:7]
+    if scenario == "moved":
+        # One address for everything (the public address); no client before the move.
+        moved(hosts, int(p1), user, password)
+        print(f"PASS {scenario}", flush=True)
+        return
     scenarios = {"durable": durable, "persistent": persistent}
     assert scenario in scenarios, f"unknown scenario {scenario}"
     host1, _, host2 = hosts.partition(",")

@@ -14,7 +14,7 @@ pub const PASS: &str = "secret";
 pub const USER2: &str = "bob";
 pub const PASS2: &str = "pass2";
 pub const SHARE: &str = "data";
-const FS_ID: &str = "0x6c757374";
+pub const FS_ID: &str = "0x6c757374";
 
 include!("../support/tools.rs");
 
