@@ -9,6 +9,10 @@
 //! # an address that is not loopback is refused unless metrics_allow_remote = true.
 //! # metrics_listen = "127.0.0.1:9750"
 //! # metrics_allow_remote = false
+//! # Keep lockmgrd's memory resident (mlockall, as corosync and ctdbd do): its code is never
+//! # evicted, so a failover never waits for a page-in. Needs CAP_IPC_LOCK (root has it) or
+//! # RLIMIT_MEMLOCK (systemd: LimitMEMLOCK=infinity); lockmgrd warns and runs on without it.
+//! # lock_memory = true
 //!
 //! [transport]
 //! kind = "shm"                          # shm | udp | afpacket | afxdp | rdma
@@ -386,6 +390,14 @@ pub struct Config {
     /// Allow `metrics_listen` on an address that is not loopback.
     #[serde(default)]
     pub metrics_allow_remote: bool,
+    /// Keep lockmgrd's memory resident (mlockall), so that neither its replies nor its
+    /// failure detection ever wait for a page-in.
+    #[serde(default = "default_lock_memory")]
+    pub lock_memory: bool,
+}
+
+fn default_lock_memory() -> bool {
+    true
 }
 
 /// `[replication]`: this lockmgrd is one replica of a replicated lock manager.

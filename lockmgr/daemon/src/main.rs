@@ -105,6 +105,10 @@ struct Cli {
     /// the config file).
     #[arg(long)]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Do not lock lockmgrd's memory (mlockall) as it does by default (overrides
+    /// lock_memory in the config file).
+    #[arg(long)]
+    no_lock_memory: bool,
     /// Log filter (tracing-subscriber EnvFilter syntax), e.g. info or lockmgrd=debug.
     #[arg(long, default_value = "info")]
     log: String,
@@ -156,9 +160,13 @@ fn build_config(cli: &Cli) -> Result<Config, config::ConfigError> {
                 replication: None,
                 metrics_listen: None,
                 metrics_allow_remote: false,
+                lock_memory: true,
             }
         }
     };
+    if cli.no_lock_memory {
+        cfg.lock_memory = false;
+    }
     if let Some(m) = cli.metrics_listen {
         cfg.metrics_listen = Some(m);
     }
@@ -273,6 +281,16 @@ fn serve<T: ServerTransport>(
 
 fn run(cli: Cli) -> Result<(), String> {
     let cfg = build_config(&cli).map_err(|e| e.to_string())?;
+    if cfg.lock_memory {
+        match lockmgr_transport::sys::lock_memory() {
+            Ok(code) => tracing::info!(code_bytes = code, "memory locked (mlockall)"),
+            Err(e) => tracing::warn!(
+                %e,
+                "cannot lock memory (needs CAP_IPC_LOCK or RLIMIT_MEMLOCK; lock_memory = false \
+                 to stop trying): a page-in can now stall replies and failure detection"
+            ),
+        }
+    }
     let key_bytes = cfg.cluster_key().map_err(|e| e.to_string())?;
     let key = ClusterKey::new(&key_bytes).map_err(|e| format!("cluster key: {e}"))?;
     let options = ServerOptions {

@@ -322,6 +322,53 @@ fn member_query_answers_whether_a_node_holds_a_session() {
     }
 }
 
+/// The kernel's count of a process's locked memory (`VmLck` in /proc/PID/status), in kB.
+fn locked_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmLck in /proc/PID/status")
+}
+
+/// lockmgrd keeps its memory resident by default (its code at least: a failover must not
+/// wait for a page-in), and does not with --no-lock-memory. The tests run as root
+/// (CAP_IPC_LOCK).
+#[test]
+fn lockmgrd_locks_its_memory_unless_told_not_to() {
+    let d = start_daemon("udp");
+    let pid = d._proc.0.id();
+    let kb = locked_kb(pid);
+    assert!(kb >= 1024, "lockmgrd (pid {pid}) has {kb} kB locked");
+
+    let port = free_udp_port().to_string();
+    let listen = format!("127.0.0.1:{port}");
+    let unlocked = Proc(
+        Command::new(env!("CARGO_BIN_EXE_lockmgrd"))
+            .args(["--transport", "udp", "--listen", &listen])
+            .arg("--cluster-key-file")
+            .arg(&d.key_file)
+            .args(["--spin-us", "0", "--log", "warn", "--no-lock-memory"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let probe = Daemon {
+        _proc: unlocked,
+        connect: listen,
+        key_file: d.key_file.clone(),
+        kind: "udp",
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    drop(connect(&probe, "readiness-probe", KEY).expect("lockmgrd did not come up"));
+    assert_eq!(
+        locked_kb(probe._proc.0.id()),
+        0,
+        "--no-lock-memory locked memory"
+    );
+}
+
 /// `lockmgrctl status` shows the I/O grants: held (in total and per node session), given,
 /// refused, recalls sent and their acknowledgements.
 #[test]
