@@ -1943,6 +1943,17 @@ fn steady_locking_under_cpu_load_never_fails_over() {
         .read()
         .expect("read the configuration")
         .map(|s| s.config.epoch);
+    // Major page faults of each replica (a page-in stalls its loop; lockmgrd locks its
+    // memory to have none in steady state).
+    let major_faults: Vec<Option<u64>> = pair
+        .iter()
+        .map(|r| {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", r.proc.0.id())).ok()?;
+            // Fields after the parenthesised command: state is field 3, majflt field 12.
+            let rest = stat.rsplit_once(')')?.1;
+            rest.split_whitespace().nth(9)?.parse().ok()
+        })
+        .collect();
     stop.store(true, Ordering::Relaxed);
     let (mut resumes, mut lost) = (0, 0);
     for w in workers {
@@ -1951,6 +1962,7 @@ fn steady_locking_under_cpu_load_never_fails_over() {
         lost += stats.lost;
     }
     drop(hogs);
+    eprintln!("major page faults of the replicas over the run: {major_faults:?}");
     let mut late = probe.join().expect("probe thread");
     late.sort_unstable();
     let at = |q: f64| late.get(((late.len() as f64 - 1.0) * q) as usize).copied();
