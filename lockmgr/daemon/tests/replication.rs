@@ -1875,6 +1875,103 @@ fn report(what: &str, o: &ChaosOutcome) {
     }
 }
 
+/// Nodes (chaos workers) taking turns on the chaos locks against a replica pair, until
+/// [`SteadyLocking::finish`].
+struct SteadyLocking {
+    seed: u64,
+    events: std::sync::Arc<std::sync::Mutex<Vec<lockmgr_replica::history::Event>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    grants: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    workers: Vec<ChaosWorker>,
+}
+
+/// What a [`SteadyLocking`] run saw.
+struct SteadyOutcome {
+    seed: u64,
+    grants: u64,
+    events: usize,
+    resumes: u32,
+    lost: u32,
+    violations: usize,
+}
+
+impl SteadyLocking {
+    fn start(addrs: &[String], nodes: u32) -> SteadyLocking {
+        use std::sync::Arc;
+        let seed = chaos_seed();
+        let events: Arc<std::sync::Mutex<Vec<lockmgr_replica::history::Event>>> = Arc::default();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let grants = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let workers = (0..nodes)
+            .map(|client| {
+                spawn_chaos_worker(
+                    client,
+                    seed,
+                    addrs.to_vec(),
+                    Arc::clone(&events),
+                    Arc::clone(&stop),
+                    Arc::clone(&grants),
+                )
+            })
+            .collect();
+        SteadyLocking {
+            seed,
+            events,
+            stop,
+            grants,
+            workers,
+        }
+    }
+
+    fn grants(&self) -> u64 {
+        self.grants.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops the nodes and checks the history.
+    fn finish(self) -> SteadyOutcome {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (mut resumes, mut lost) = (0, 0);
+        for w in self.workers {
+            let stats = w.thread.join().expect("node thread");
+            resumes += stats.resumes;
+            lost += stats.lost;
+        }
+        let events = self.events.lock().expect("events").clone();
+        SteadyOutcome {
+            seed: self.seed,
+            grants: self.grants.load(std::sync::atomic::Ordering::Relaxed),
+            events: events.len(),
+            resumes,
+            lost,
+            violations: lockmgr_replica::history::check(&events).len(),
+        }
+    }
+}
+
+impl SteadyOutcome {
+    /// No node lost its session and the history checker found nothing. (A stall can make a
+    /// node resume its session on the same primary: the harness' nodes suspect a replica
+    /// after 50 ms without a reply, smbd after 200 ms. Counted, not a failure.)
+    fn assert_sound(&self) {
+        assert_eq!(self.lost, 0, "a node lost its session");
+        assert_eq!(
+            self.violations, 0,
+            "CHAOS_SEED={}: history violations",
+            self.seed
+        );
+        assert!(self.grants > 0, "no lock granted");
+    }
+}
+
+/// The configuration's epoch in etcd now.
+fn current_epoch(etcd: &Etcd) -> Option<u64> {
+    coordinator(etcd)
+        .expect("etcd")
+        .read()
+        .expect("read the configuration")
+        .map(|s| s.config.epoch)
+}
+
 /// Failure detection must not fire spuriously on a loaded machine (compile load on 2 vCPUs,
 /// 4 ms scheduler ticks): a primary and its standby with the default failover timeout
 /// (100 ms) serve three nodes that lock without pause, while CPU hogs at the replicas'
@@ -1884,8 +1981,8 @@ fn report(what: &str, o: &ChaosOutcome) {
 #[test]
 fn steady_locking_under_cpu_load_never_fails_over() {
     let _machine = machine_alone();
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::{Arc, Mutex};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
 
     let secs: u64 = env_or("LOADED_SECS", 10);
     let Some(etcd) = start_etcd() else { return };
@@ -1906,29 +2003,15 @@ fn steady_locking_under_cpu_load_never_fails_over() {
             )
         })
         .collect();
-    let seed = chaos_seed();
-    let events: Arc<Mutex<Vec<lockmgr_replica::history::Event>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let grants = Arc::new(AtomicU64::new(0));
-    let workers: Vec<ChaosWorker> = (0..3)
-        .map(|client| {
-            spawn_chaos_worker(
-                client,
-                seed,
-                addrs.clone(),
-                Arc::clone(&events),
-                Arc::clone(&stop),
-                Arc::clone(&grants),
-            )
-        })
-        .collect();
+    let locking = SteadyLocking::start(&addrs, 3);
     // What the failover timeout must outlast: how late a thread of the same priority wakes
     // from a 1 ms sleep on this machine under the same load (reported, not asserted).
+    let probing = Arc::new(AtomicBool::new(true));
     let probe = {
-        let stop = Arc::clone(&stop);
+        let probing = Arc::clone(&probing);
         std::thread::spawn(move || {
             let mut late = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
+            while probing.load(Ordering::Relaxed) {
                 let asked = Duration::from_millis(1);
                 let t = Instant::now();
                 std::thread::sleep(asked);
@@ -1938,11 +2021,7 @@ fn steady_locking_under_cpu_load_never_fails_over() {
         })
     };
     std::thread::sleep(Duration::from_secs(secs));
-    let epoch = coordinator(&etcd)
-        .expect("etcd")
-        .read()
-        .expect("read the configuration")
-        .map(|s| s.config.epoch);
+    let epoch = current_epoch(&etcd);
     // Major page faults of each replica (a page-in stalls its loop; lockmgrd locks its
     // memory to have none in steady state).
     let major_faults: Vec<Option<u64>> = pair
@@ -1954,13 +2033,8 @@ fn steady_locking_under_cpu_load_never_fails_over() {
             rest.split_whitespace().nth(9)?.parse().ok()
         })
         .collect();
-    stop.store(true, Ordering::Relaxed);
-    let (mut resumes, mut lost) = (0, 0);
-    for w in workers {
-        let stats = w.thread.join().expect("node thread");
-        resumes += stats.resumes;
-        lost += stats.lost;
-    }
+    let outcome = locking.finish();
+    probing.store(false, Ordering::Relaxed);
     drop(hogs);
     eprintln!("major page faults of the replicas over the run: {major_faults:?}");
     let mut late = probe.join().expect("probe thread");
@@ -1976,25 +2050,13 @@ fn steady_locking_under_cpu_load_never_fails_over() {
         at(0.9999),
         late.last()
     );
-    let events = events.lock().expect("events").clone();
-    let violations = lockmgr_replica::history::check(&events);
-    let grants = grants.load(Ordering::Relaxed);
     eprintln!(
-        "{secs} s under {cpus} CPU hogs: {grants} grants, {} history events, epoch {recorded} -> {epoch:?}, \
-         {resumes} session resumes, {lost} sessions lost, {} violations",
-        events.len(),
-        violations.len()
+        "{secs} s under {cpus} CPU hogs: {} grants, {} history events, epoch {recorded} -> {epoch:?}, \
+         {} session resumes, {} sessions lost, {} violations",
+        outcome.grants, outcome.events, outcome.resumes, outcome.lost, outcome.violations
     );
     assert_eq!(epoch, Some(recorded), "a failover under load (spurious)");
-    // The harness' nodes suspect a replica after 50 ms without a reply (smbd: 200 ms), so a
-    // stall of the hogged machine can make one resume its session (on the same primary):
-    // counted, not a failure. Losing a session would be.
-    assert_eq!(lost, 0, "a node lost its session under load");
-    assert!(
-        violations.is_empty(),
-        "CHAOS_SEED={seed}: history violations"
-    );
-    assert!(grants > 0, "no lock granted under load");
+    outcome.assert_sound();
     drop(pair);
 }
 
@@ -2006,9 +2068,6 @@ fn steady_locking_under_cpu_load_never_fails_over() {
 #[test]
 fn a_pair_paused_together_does_not_fail_over() {
     let _machine = machine_alone();
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-    use std::sync::{Arc, Mutex};
-
     let failover_ms = 100;
     let Some(etcd) = start_etcd() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
@@ -2025,22 +2084,7 @@ fn a_pair_paused_together_does_not_fail_over() {
             .expect("run kill");
         assert!(status.success(), "kill {sig} {pids:?}");
     };
-    let seed = chaos_seed();
-    let events: Arc<Mutex<Vec<lockmgr_replica::history::Event>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let grants = Arc::new(AtomicU64::new(0));
-    let workers: Vec<ChaosWorker> = (0..2)
-        .map(|client| {
-            spawn_chaos_worker(
-                client,
-                seed,
-                addrs.clone(),
-                Arc::clone(&events),
-                Arc::clone(&stop),
-                Arc::clone(&grants),
-            )
-        })
-        .collect();
+    let locking = SteadyLocking::start(&addrs, 2);
     let pauses = 5;
     let mut granted_after_each = Vec::new();
     for _ in 0..pauses {
@@ -2048,34 +2092,21 @@ fn a_pair_paused_together_does_not_fail_over() {
         signal_both("-STOP");
         std::thread::sleep(Duration::from_millis(4 * failover_ms));
         signal_both("-CONT");
-        let before = grants.load(Ordering::Relaxed);
+        let before = locking.grants();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while grants.load(Ordering::Relaxed) == before && Instant::now() < deadline {
+        while locking.grants() == before && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        granted_after_each.push(grants.load(Ordering::Relaxed) > before);
+        granted_after_each.push(locking.grants() > before);
     }
     // Let a late failover (a replica acting on the pause a little after waking) show.
     std::thread::sleep(Duration::from_millis(10 * failover_ms));
-    let epoch = coordinator(&etcd)
-        .expect("etcd")
-        .read()
-        .expect("read the configuration")
-        .map(|s| s.config.epoch);
-    stop.store(true, Ordering::Relaxed);
-    let (mut resumes, mut lost) = (0, 0);
-    for w in workers {
-        let stats = w.thread.join().expect("node thread");
-        resumes += stats.resumes;
-        lost += stats.lost;
-    }
-    let events = events.lock().expect("events").clone();
-    let violations = lockmgr_replica::history::check(&events);
+    let epoch = current_epoch(&etcd);
+    let outcome = locking.finish();
     eprintln!(
         "{pauses} pauses of both replicas: {} grants, epoch {recorded} -> {epoch:?}, \
-         {resumes} session resumes, {lost} sessions lost, {} violations",
-        grants.load(Ordering::Relaxed),
-        violations.len()
+         {} session resumes, {} sessions lost, {} violations",
+        outcome.grants, outcome.resumes, outcome.lost, outcome.violations
     );
     assert_eq!(
         epoch,
@@ -2086,11 +2117,7 @@ fn a_pair_paused_together_does_not_fail_over() {
         granted_after_each.iter().all(|&g| g),
         "locks stopped after a pause: {granted_after_each:?}"
     );
-    assert_eq!(lost, 0, "a node lost its session");
-    assert!(
-        violations.is_empty(),
-        "CHAOS_SEED={seed}: history violations"
-    );
+    outcome.assert_sound();
     drop(pair);
 }
 

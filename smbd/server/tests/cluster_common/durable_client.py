@@ -82,18 +82,43 @@ def create(c, contexts, access=A.GENERIC_READ | A.GENERIC_WRITE,
     return f, resp
 
 
+def open_durable_and_lock(c, key, create_guid):
+    """Opens NAME with a durable handle (DH2Q: Timeout 60 s, Flags 0, not persistent) under a
+    read-handle lease, writes DATA and locks bytes 0-9."""
+    dh2q = ctx(b"DH2Q", struct.pack("<IIQ", 60_000, 0, 0) + create_guid)
+    f, _ = create(c, [lease_ctx(key, RH), dh2q])
+    assert f.oplock_level == OPLOCK_LEASE, f"no lease: {f.oplock_level}"
+    f.write(DATA, 0)
+    f.lock([lock_el(0, 10)])
+    return f
+
+
+def reclaim(c, key, file_id, create_guid, attempts):
+    """Reclaims the durable handle `file_id` with DH2C and the same lease key; checks file id,
+    lease and data. Like a real client it retries while the cluster has not yet noticed the
+    old node's death (the open is then still owned by that node, not reclaimable)."""
+    dh2c = ctx(b"DH2C", file_id + create_guid + struct.pack("<I", 0))
+    for attempt in range(attempts):
+        try:
+            f, _ = create(c, [lease_ctx(key, RH), dh2c], disposition=CreateDisposition.FILE_OPEN)
+            break
+        except SMBResponseException as e:
+            if e.status != NOT_FOUND or attempt == attempts - 1:
+                raise
+            time.sleep(0.1)
+    assert f.file_id == file_id, "reclaimed handle has another file id"
+    assert f.oplock_level == OPLOCK_LEASE, f"lease lost: {f.oplock_level}"
+    got = f.read(0, len(DATA))
+    assert got == DATA, f"read {got!r} through the reclaimed handle"
+    return f
+
+
 def durable(c1, host1, port1, host2, port2, user, password):
     guid = uuid.uuid4()
     key = uuid.uuid4().bytes
     create_guid = uuid.uuid4().bytes
     c2 = client(host2, port2, user, password, guid)
-    # DH2Q: Timeout 60 s, Flags 0 (not persistent), Reserved, CreateGuid.
-    dh2q = ctx(b"DH2Q", struct.pack("<IIQ", 60_000, 0, 0) + create_guid)
-    f2, _ = create(c2, [lease_ctx(key, RH), dh2q])
-    assert f2.oplock_level == OPLOCK_LEASE, f"no lease: {f2.oplock_level}"
-    f2.write(DATA, 0)
-    f2.lock([lock_el(0, 10)])
-    file_id = f2.file_id
+    file_id = open_durable_and_lock(c2, key, create_guid).file_id
     print("KILL-NODE2", flush=True)
     sys.stdin.readline()
 
@@ -104,22 +129,7 @@ def durable(c1, host1, port1, host2, port2, user, password):
 
     # The client comes back through node 1 with the same ClientGuid and reclaims its handle.
     c3 = client(host1, port1, user, password, guid)
-    dh2c = ctx(b"DH2C", file_id + create_guid + struct.pack("<I", 0))
-    # Like a real client, retry while the cluster has not yet noticed the node's death (the
-    # open is then still owned by node 2 and not reclaimable).
-    for attempt in range(50):
-        try:
-            f3, _ = create(c3, [lease_ctx(key, RH), dh2c],
-                           disposition=CreateDisposition.FILE_OPEN)
-            break
-        except SMBResponseException as e:
-            if e.status != NOT_FOUND or attempt == 49:
-                raise
-            time.sleep(0.1)
-    assert f3.file_id == file_id, "reclaimed handle has another file id"
-    assert f3.oplock_level == OPLOCK_LEASE, f"lease lost: {f3.oplock_level}"
-    got = f3.read(0, len(DATA))
-    assert got == DATA, f"read {got!r} through the reclaimed handle"
+    f3 = reclaim(c3, key, file_id, create_guid, attempts=50)
     # The lock moved with the handle: still held against the other client.
     expect_status(FILE_LOCK_CONFLICT, other.read, 0, 1)
     f3.lock([lock_el(0, 10, unlock=True)])
@@ -219,34 +229,14 @@ def moved(host, port, user, password):
     create_guid = uuid.uuid4().bytes
     c2 = client(host, port, user, password, guid)
     first_server = c2.conn.server_guid
-    dh2q = ctx(b"DH2Q", struct.pack("<IIQ", 60_000, 0, 0) + create_guid)
-    f2, _ = create(c2, [lease_ctx(key, RH), dh2q])
-    assert f2.oplock_level == OPLOCK_LEASE, f"no lease: {f2.oplock_level}"
-    f2.write(DATA, 0)
-    f2.lock([lock_el(0, 10)])
-    file_id = f2.file_id
+    file_id = open_durable_and_lock(c2, key, create_guid).file_id
     print("KILL-NODE1", flush=True)
     sys.stdin.readline()
 
     # Same address, same ClientGuid: whoever holds the address now serves the reconnect.
     c3 = connect_until_served(host, port, user, password, guid)
     assert c3.conn.server_guid != first_server, "served by the dead node's server GUID"
-    dh2c = ctx(b"DH2C", file_id + create_guid + struct.pack("<I", 0))
-    # Until the lock manager has expired the dead node's session its open is not yet
-    # disconnected (not reclaimable): retry like a real client.
-    for attempt in range(100):
-        try:
-            f3, _ = create(c3, [lease_ctx(key, RH), dh2c],
-                           disposition=CreateDisposition.FILE_OPEN)
-            break
-        except SMBResponseException as e:
-            if e.status != NOT_FOUND or attempt == 99:
-                raise
-            time.sleep(0.1)
-    assert f3.file_id == file_id, "reclaimed handle has another file id"
-    assert f3.oplock_level == OPLOCK_LEASE, f"lease lost: {f3.oplock_level}"
-    got = f3.read(0, len(DATA))
-    assert got == DATA, f"read {got!r} through the reclaimed handle"
+    f3 = reclaim(c3, key, file_id, create_guid, attempts=100)
     # The lock moved with the handle: another client of the same address still conflicts.
     other_client = client(host, port, user, password, uuid.uuid4())
     other = Open(other_client.tree, NAME)
