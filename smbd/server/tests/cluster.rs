@@ -10,7 +10,7 @@
 mod cluster_common;
 use cluster_common::*;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 fn run_scenario(cluster: &Cluster, py: &str, scenario: &str) -> (bool, String) {
@@ -474,7 +474,7 @@ fn interactive_scenario(
     let Some(mut cluster) = Cluster::try_start(opts) else {
         return;
     };
-    let mut child = cluster
+    let child = cluster
         .client_command(&py)
         .arg(script)
         .args([
@@ -495,31 +495,12 @@ fn interactive_scenario(
         .stderr(Stdio::piped())
         .spawn()
         .expect("run python");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut seen = String::new();
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = stdout.read_line(&mut line).unwrap();
-        seen.push_str(&line);
-        if n == 0 || line.trim() == marker {
-            break;
-        }
-    }
-    if line.trim() == marker {
-        act(&mut cluster);
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(b"go\n").unwrap();
-    }
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
-    seen.push_str(&rest);
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-    let status = child.wait().unwrap();
+    let run = drive_marked_script(child, marker, || act(&mut cluster));
     assert!(
-        status.success() && seen.contains(&format!("PASS {scenario}")),
-        "{seen}{err}\n{}",
+        run.status.success() && run.stdout.contains(&format!("PASS {scenario}")),
+        "{}{}\n{}",
+        run.stdout,
+        run.stderr,
         cluster.logs()
     );
     if scenario == "kill" {

@@ -585,7 +585,7 @@ fn a_moved_clients_durable_handle_is_reclaimed_on_the_new_node() {
     c.wait_held_by(1);
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster_common/durable_client.py");
-    let mut child = NetnsPair::command_in(&c.star.clients[2], &py)
+    let child = NetnsPair::command_in(&c.star.clients[2], &py)
         .arg(&script)
         .args([
             PUBLIC,
@@ -600,36 +600,18 @@ fn a_moved_clients_durable_handle_is_reclaimed_on_the_new_node() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run python");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut seen = String::new();
-    let mut line = String::new();
-    while stdout.read_line(&mut line).unwrap() > 0 && line.trim() != "KILL-NODE1" {
-        seen.push_str(&line);
-        line.clear();
-    }
-    let killed = if line.trim() == "KILL-NODE1" {
+    let mut killed = None;
+    let run = cluster_common::drive_marked_script(child, "KILL-NODE1", || {
         ip(&["-n", &c.star.clients[0], "link", "set", IFACE, "down"]);
         node1.kill();
-        let killed = Instant::now();
-        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
-        Some(killed)
-    } else {
-        None
-    };
-    let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
-    seen.push_str(&rest);
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    let status = child.wait().unwrap();
+        killed = Some(Instant::now());
+    });
     assert!(
-        killed.is_some() && status.success() && seen.contains("PASS moved"),
-        "durable_client.py moved: {status}\nstdout:\n{seen}\nstderr:\n{err}\n{}",
+        run.acted && run.status.success() && run.stdout.contains("PASS moved"),
+        "durable_client.py moved: {}\nstdout:\n{}\nstderr:\n{}\n{}",
+        run.status,
+        run.stdout,
+        run.stderr,
         logs(c.dir())
     );
     if let Some(k) = killed {

@@ -625,6 +625,54 @@ fn rand_key() -> Vec<u8> {
     k
 }
 
+/// What a client script driven by [`drive_marked_script`] did.
+pub struct ScriptRun {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    /// Whether the script printed the marker (and `act` ran).
+    pub acted: bool,
+}
+
+/// Runs a client script spawned with piped stdin, stdout and stderr that prints `marker` on a
+/// line of its own when the harness should act: reads its output up to the marker, runs
+/// `act`, tells the script to go on (a line on its stdin), and collects the rest.
+pub fn drive_marked_script(mut child: Child, marker: &str, act: impl FnOnce()) -> ScriptRun {
+    use std::io::{Read, Write};
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut seen = String::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = stdout.read_line(&mut line).unwrap();
+        seen.push_str(&line);
+        if n == 0 || line.trim() == marker {
+            break;
+        }
+    }
+    let acted = line.trim() == marker;
+    if acted {
+        act();
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin.write_all(b"go\n").unwrap();
+    }
+    stdout.read_to_string(&mut seen).unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("piped stderr")
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let status = child.wait().unwrap();
+    ScriptRun {
+        status,
+        stdout: seen,
+        stderr,
+        acted,
+    }
+}
+
 pub fn client_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster_common/cluster_client.py")
 }
