@@ -186,6 +186,12 @@ fn smb2_durable_v2_open_on_ca_share() {
 fn smb2_replay_on_ca_share() {
     suite_on_ca_share("smb2.replay");
 }
+/// Multichannel (MS-SMB2 3.2.4.1.7, 3.3.5.5.2): channels bound to one session, interface
+/// list, and breaks when a channel stops acknowledging (Samba's FORCE_UNACKED_TIMEOUT hook).
+#[test]
+fn smb2_multichannel() {
+    suite("smb2.multichannel");
+}
 /// Takes minutes: waits out oplock break timeouts.
 #[test]
 fn smb2_oplock() {
