@@ -140,6 +140,9 @@ pub struct Server<T: ServerTransport> {
     pub(crate) transport: T,
     pub(crate) core: Core,
     last_liveness_scan: Instant,
+    /// How long `run` meant to wait after the last round (zero: it went straight on): the
+    /// next round's start tells the stall clock whether this process ran late.
+    planned_wait: Duration,
 }
 
 impl<T: ServerTransport> Server<T> {
@@ -185,6 +188,7 @@ impl<T: ServerTransport> Server<T> {
                 stalls: StallClock::default(),
             },
             last_liveness_scan: now,
+            planned_wait: Duration::ZERO,
         }
     }
 
@@ -217,11 +221,7 @@ impl<T: ServerTransport> Server<T> {
     /// Runs until `shutdown` is set (check interval: at most 100 ms, or at once through the
     /// transport's waker).
     pub fn run(&mut self, shutdown: &Arc<AtomicBool>) -> Result<(), TransportError> {
-        // How long the loop means to wait after the current round (zero: straight on).
-        let mut planned_wait = Duration::ZERO;
         while !shutdown.load(Ordering::Acquire) {
-            self.core.note_round_start(Instant::now(), planned_wait);
-            planned_wait = Duration::ZERO;
             let mut progressed = self.turn()?;
             if self.core.ha.is_some() {
                 progressed |= self.ha_turn()?;
@@ -236,7 +236,7 @@ impl<T: ServerTransport> Server<T> {
             }
             if !progressed {
                 let timeout = self.next_wakeup(Instant::now());
-                planned_wait = timeout;
+                self.planned_wait = timeout;
                 if !self.ha_wait(timeout)? {
                     self.transport.wait(Some(timeout))?;
                 }
@@ -258,6 +258,7 @@ impl<T: ServerTransport> Server<T> {
             now,
             engine: core.engine_time(now),
         };
+        core.note_round_start(now, std::mem::take(&mut self.planned_wait));
         core.fabric = self.transport.fabric_counters();
         let events = self
             .transport
