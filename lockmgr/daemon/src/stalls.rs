@@ -20,7 +20,7 @@ use clustersmb_metrics::{Histogram, HistogramSnapshot, LATENCY_BUCKETS};
 
 /// How long one round may take on its own (decoding, the engine, sending) before time past
 /// it counts as a stall: rounds take microseconds, a scheduler tick is 4 ms.
-pub(crate) const ROUND_ALLOWANCE: Duration = Duration::from_millis(5);
+const ROUND_ALLOWANCE: Duration = Duration::from_millis(5);
 
 /// Stalls remembered for [`StallClock::unobserved`]; older ones are dropped first, which
 /// only forgives less.

@@ -239,11 +239,9 @@ def moved(host, port, user, password):
     f3 = reclaim(c3, key, file_id, create_guid, attempts=100)
     # The lock moved with the handle: another client of the same address still conflicts.
     other_client = client(host, port, user, password, uuid.uuid4())
-    other = Open(other_client.tree, NAME)
-    other.create(ImpersonationLevel.Impersonation, A.GENERIC_READ,
-                 FileAttributes.FILE_ATTRIBUTE_NORMAL,
-                 SHARE_RW | ShareAccess.FILE_SHARE_DELETE, CreateDisposition.FILE_OPEN,
-                 CreateOptions.FILE_NON_DIRECTORY_FILE)
+    other = other_client.open(NAME, access=A.GENERIC_READ,
+                              share=SHARE_RW | ShareAccess.FILE_SHARE_DELETE,
+                              disposition=CreateDisposition.FILE_OPEN)
     expect_status(FILE_LOCK_CONFLICT, other.read, 0, 1)
     f3.lock([lock_el(0, 10, unlock=True)])
     assert other.read(0, len(DATA)) == DATA
