@@ -87,6 +87,9 @@ fn follow_log(name: &str, stderr: std::process::ChildStderr) {
                     mark(phase);
                 }
             }
+            if line.contains("standby recorded") {
+                note(format!("{name}: standby recorded"));
+            }
             eprintln!("[{name}] {line}");
         }
     });
@@ -455,6 +458,22 @@ fn a_standby_whose_watch_missed_its_record_keeps_locking_going() {
     let recorded = wait_config(&etcd, "lm-b recorded as standby", |c| {
         c.primary.name == "lm-a" && c.standbys.iter().any(|m| m.name == "lm-b")
     });
+    // The primary must have heard etcd's answer too (it tells its standby the record): etcd
+    // stopped between committing the swap and answering would leave lm-a asking forever and
+    // lm-b never told, which is another test.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !node_log()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|(_, what)| what == "lm-a: standby recorded")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "lm-a never learnt that it recorded lm-b"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     etcd.local.stop();
 
     // Every session, open and lock is an input the standby must acknowledge.
