@@ -194,9 +194,15 @@ impl Coordinator {
     /// Moves the cluster from `my_epoch` to `next` (`my_epoch + 1`): reads the stored
     /// configuration and swaps only if it is still at `my_epoch`. A replica passes the epoch
     /// it is in, never one it merely read, so a replica that missed a change cannot undo it.
+    ///
+    /// Finding `next` itself stored means an earlier attempt of this same change committed
+    /// although its answer was lost (etcd went away between commit and reply, and the read
+    /// back failed too): the change is ours, installed. Records are canonical and every epoch
+    /// is installed once, so no other replica can have stored an equal record.
     pub fn advance(&mut self, my_epoch: u64, next: &Configuration) -> Result<Swap, CoordError> {
         match self.read()? {
             Some(current) if current.config.epoch == my_epoch => self.swap(&current, next),
+            Some(current) if current.config == *next => Ok(Swap::Installed(current)),
             other => Ok(Swap::Lost(other)),
         }
     }

@@ -111,6 +111,34 @@ fn bootstrap_swap_and_watch() {
     assert_eq!(other.read().expect("read"), None);
 }
 
+/// A change whose answer was lost (etcd stopped between commit and reply) is retried by the
+/// replica with the same next configuration: the retry must find its own record and report
+/// it installed, not lost to another replica (which would fence a healthy primary).
+#[test]
+fn retrying_a_change_that_committed_finds_it_installed() {
+    let Some(etcd) = start_etcd() else { return };
+    let mut a = connect(&etcd, "c1");
+    let first = a.bootstrap(&config(1, "lm-a", None)).expect("bootstrap");
+    let next = config(2, "lm-a", Some("lm-b"));
+    let Swap::Installed(stored) = a.advance_from(&first.config, &next).expect("advance") else {
+        panic!("uncontended change lost");
+    };
+    // The retry, both ways the loop makes it.
+    assert_eq!(
+        a.advance_from(&first.config, &next).expect("retry"),
+        Swap::Installed(stored.clone())
+    );
+    assert_eq!(
+        a.advance(1, &next).expect("retry"),
+        Swap::Installed(stored.clone())
+    );
+    // A different change from the same epoch did not happen: lost, with what is stored.
+    assert_eq!(
+        a.advance(1, &config(2, "lm-a", None)).expect("other"),
+        Swap::Lost(Some(stored))
+    );
+}
+
 #[test]
 fn a_garbled_record_is_an_error_not_a_panic() {
     let Some(etcd) = start_etcd() else { return };

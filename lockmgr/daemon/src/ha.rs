@@ -73,6 +73,56 @@ pub(crate) struct Ha {
     pub(crate) unrecorded_since: Option<Instant>,
     /// Appends were refused (the standby lags behind an epoch change): send again then.
     pub(crate) rewind_at: Option<Instant>,
+    /// Pacing of configuration changes after a failed one ([`ChangeRetry`]).
+    pub(crate) change_retry: ChangeRetry,
+}
+
+/// After a configuration change fails (etcd unreachable, no quorum), the next attempt waits:
+/// first [`ChangeRetry::FIRST`], doubling with each failure up to [`ChangeRetry::MAX`], back to
+/// the first after a change succeeds. Without it a replica whose etcd refuses connections
+/// retries in a tight loop, a core spent on log lines while the nodes need the CPU.
+#[derive(Debug)]
+pub(crate) struct ChangeRetry {
+    /// No change is asked for before this; the primary's round retries the failed one then.
+    pub(crate) not_before: Option<Instant>,
+    /// The change that failed, for the primary to retry (a standby's promotion is retried by
+    /// its own round).
+    pub(crate) failed: Option<Intent>,
+    delay: Duration,
+}
+
+impl Default for ChangeRetry {
+    fn default() -> Self {
+        ChangeRetry {
+            not_before: None,
+            failed: None,
+            delay: Self::FIRST,
+        }
+    }
+}
+
+impl ChangeRetry {
+    pub(crate) const FIRST: Duration = Duration::from_millis(10);
+    pub(crate) const MAX: Duration = Duration::from_millis(500);
+
+    /// `intent` failed at `now`: returns how long until the next attempt.
+    pub(crate) fn failed(&mut self, intent: Option<Intent>, now: Instant) -> Duration {
+        let wait = self.delay;
+        self.delay = (self.delay * 2).min(Self::MAX);
+        self.not_before = Some(now + wait);
+        self.failed = intent;
+        wait
+    }
+
+    /// A change succeeded (or was decided otherwise): the next failure waits the first delay.
+    pub(crate) fn succeeded(&mut self) {
+        *self = ChangeRetry::default();
+    }
+
+    /// Whether a change may be asked for at `now`.
+    pub(crate) fn may_change(&self, now: Instant) -> bool {
+        self.not_before.is_none_or(|t| now >= t)
+    }
 }
 
 impl Ha {

@@ -152,6 +152,7 @@ pub fn start<T: ServerTransport>(
         partner_lost_at: None,
         unrecorded_since: None,
         rewind_at: None,
+        change_retry: Default::default(),
     };
     Ok(Server::with_state(transport, options, state, Some(ha)))
 }

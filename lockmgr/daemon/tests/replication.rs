@@ -90,6 +90,9 @@ fn follow_log(name: &str, stderr: std::process::ChildStderr) {
             if line.contains("standby recorded") {
                 note(format!("{name}: standby recorded"));
             }
+            if line.contains("configuration change failed") {
+                note(format!("{name}: change failed"));
+            }
             eprintln!("[{name}] {line}");
         }
     });
@@ -507,6 +510,87 @@ fn a_standby_whose_watch_missed_its_record_keeps_locking_going() {
     );
     drop(a);
     drop(b);
+}
+
+/// The standby dies while etcd is down: the primary cannot record that it serves alone, and
+/// asks again and again. It must pace those attempts (an unreachable etcd refuses at once, so
+/// an unpaced retry is a tight loop that takes a core from the nodes), and serve alone as soon
+/// as etcd is back.
+#[test]
+fn a_change_etcd_cannot_take_is_retried_at_a_paced_rate() {
+    let _machine = shared_machine();
+    let Some(mut etcd) = start_etcd() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = key_file(&dir);
+    let a = start_replica(&etcd, "lm-a", &key_file);
+    wait_config(&etcd, "lm-a primary", |c| c.primary.name == "lm-a");
+    let mut b = start_replica(&etcd, "lm-b", &key_file);
+    let recorded = wait_config(&etcd, "lm-b recorded as standby", |c| {
+        c.primary.name == "lm-a" && c.standbys.iter().any(|m| m.name == "lm-b")
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !node_log()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|(_, what)| what == "lm-a: standby recorded")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "lm-a never learnt that it recorded lm-b"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    etcd.local.stop();
+    let _ = b.proc.0.kill();
+    let _ = b.proc.0.wait();
+
+    let failures = || {
+        node_log()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, what)| what == "lm-a: change failed")
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while failures() == 0 {
+        assert!(Instant::now() < deadline, "lm-a never tried to serve alone");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let window = Duration::from_secs(3);
+    let before = failures();
+    std::thread::sleep(window);
+    let attempts = failures() - before;
+    eprintln!("attempts to record serving alone while etcd was down: {attempts} in {window:?}");
+    // Paced: delays of 10, 20, 40 ... ms up to 500 ms make at most a dozen attempts in 3 s
+    // (plus the time each failure takes). Unpaced, etcd's refusals make it hundreds.
+    assert!(
+        attempts <= 3 * 1000 / 500 + 8,
+        "{attempts} attempts in {window:?}: the retry is not paced"
+    );
+
+    etcd.local.restart().expect("etcd restarts");
+    let alone = wait_config(&etcd, "lm-a serving alone", |c| {
+        c.primary.name == "lm-a" && c.standbys.is_empty()
+    });
+    assert_eq!(alone, recorded + 1, "one change, however many attempts");
+    let mut n1 = connect(&a.addr, "node1");
+    let o1 = open(&mut n1, FileId(0xa1));
+    assert_eq!(
+        lock(
+            &mut n1,
+            o1,
+            LockRange {
+                offset: 0,
+                length: 1,
+                exclusive: true
+            }
+        ),
+        Reply::Done(Status::Success),
+        "the primary serves once it is recorded alone"
+    );
+    drop(a);
 }
 
 /// A node that follows the lock manager across failovers: a request whose reply does not come

@@ -159,7 +159,7 @@ impl Core {
     }
 
     /// Primary: a message from the attached standby.
-    pub(crate) fn on_standby_message(&mut self, peer_id: PeerId, msg: Message, _now: Instant) {
+    pub(crate) fn on_standby_message(&mut self, peer_id: PeerId, msg: Message, now: Instant) {
         match msg {
             Message::AppendAck { epoch, next_index } => {
                 if let Some(r) = self.state.replica_mut() {
@@ -168,7 +168,7 @@ impl Core {
                 if let Some(s) = self.ha.as_mut().and_then(|h| h.standby.as_mut()) {
                     s.acked = s.acked.max(next_index);
                 }
-                self.maybe_record_standby(next_index);
+                self.maybe_record_standby(next_index, now);
             }
             Message::AppendRefused { refusal } => {
                 tracing::debug!(?refusal, "standby refused an append");
@@ -224,10 +224,14 @@ impl Core {
         }
     }
 
-    fn maybe_record_standby(&mut self, acked: u64) {
+    fn maybe_record_standby(&mut self, acked: u64, now: Instant) {
         let Some(ha) = &mut self.ha else { return };
         let Some(s) = &ha.standby else { return };
-        if s.recorded || ha.pending.is_some() || acked < s.ready_at {
+        if s.recorded
+            || ha.pending.is_some()
+            || acked < s.ready_at
+            || !ha.change_retry.may_change(now)
+        {
             return;
         }
         let Some(r) = self.state.replica() else {
@@ -254,15 +258,21 @@ impl Core {
         }
         tracing::warn!(standby = %name, "standby lost");
         ha.partner_lost_at = Some(now);
-        self.request_serve_alone();
+        self.request_serve_alone(now);
     }
 
-    fn request_serve_alone(&mut self) {
+    fn request_serve_alone(&mut self, now: Instant) {
         let Some(ha) = &mut self.ha else { return };
         let Some(r) = self.state.replica() else {
             return;
         };
         if ha.pending.is_some() || r.role() != ReplicaRole::Primary {
+            return;
+        }
+        if !ha.change_retry.may_change(now) {
+            // A failed change is being paced: `replicate` asks again when it is due, for
+            // this change (a standby that was to be recorded is gone now).
+            ha.change_retry.failed = Some(Intent::ServeAlone);
             return;
         }
         // Outputs wait for acknowledgements nobody will send: only a new epoch in which this
@@ -280,8 +290,29 @@ impl Core {
         ha.pending = Some(Intent::ServeAlone);
     }
 
+    /// Primary: a configuration change that failed is asked for again once its pacing delay
+    /// is over ([`crate::ha::ChangeRetry`]).
+    fn retry_failed_change(&mut self, now: Instant) {
+        let Some(ha) = &mut self.ha else { return };
+        if ha.pending.is_some() || ha.change_retry.not_before.is_none_or(|t| now < t) {
+            return;
+        }
+        ha.change_retry.not_before = None;
+        match ha.change_retry.failed.take() {
+            Some(Intent::ServeAlone) => self.request_serve_alone(now),
+            // A standby's promotion is retried by its own round (`poll_upstream`).
+            Some(Intent::Promote) => {}
+            Some(Intent::RecordStandby { .. }) | None => {
+                if let Some(acked) = ha.standby.as_ref().map(|s| s.acked) {
+                    self.maybe_record_standby(acked, now);
+                }
+            }
+        }
+    }
+
     /// Primary, once per round: failure detection of the standby, and the appends it needs.
     pub(crate) fn replicate(&mut self, now: Instant) {
+        self.retry_failed_change(now);
         let Some(ha) = &mut self.ha else { return };
         let failover = ha.failover;
         if let Some(at) = ha.rewind_at {
@@ -382,6 +413,7 @@ impl<T: ServerTransport> Server<T> {
             }
             CoordEvent::Advanced(Ok(Swap::Installed(stored))) => {
                 let intent = ha.pending.take();
+                ha.change_retry.succeeded();
                 let mut tell_standby = None;
                 let epoch = Epoch(stored.config.epoch);
                 let lost_for = ha.partner_lost_at.take().map(|t| now.duration_since(t));
@@ -405,7 +437,7 @@ impl<T: ServerTransport> Server<T> {
                                 // The standby left while its record was written: the next
                                 // epoch must drop it again.
                                 tracing::warn!(standby = %member.name, "standby gone after being recorded");
-                                core.request_serve_alone();
+                                core.request_serve_alone(now);
                             }
                         }
                         tracing::info!(epoch = epoch.0, standby = %member.name, "standby recorded");
@@ -443,7 +475,7 @@ impl<T: ServerTransport> Server<T> {
                 // A standby that caught up while this change was in flight is recorded now.
                 let unrecorded = core.ha.as_ref().and_then(|h| h.standby.as_ref());
                 if let Some(acked) = unrecorded.filter(|s| !s.recorded).map(|s| s.acked) {
-                    core.maybe_record_standby(acked);
+                    core.maybe_record_standby(acked, now);
                 }
             }
             CoordEvent::Advanced(Ok(Swap::Lost(other))) => {
@@ -453,20 +485,13 @@ impl<T: ServerTransport> Server<T> {
                 ha.deposed = true;
             }
             CoordEvent::Advanced(Err(e)) => {
+                // Not retried at once: an unreachable etcd would make that a tight loop.
+                // The primary's round (`retry_failed_change`) or the standby's
+                // (`poll_upstream`) asks again when the pacing delay is over.
                 let intent = ha.pending.take();
-                tracing::warn!(%e, ?intent, "configuration change failed; will retry");
-                match intent {
-                    Some(Intent::ServeAlone) => core.request_serve_alone(),
-                    Some(Intent::Promote) => {
-                        // Retried by poll_upstream (the primary is still gone).
-                    }
-                    Some(Intent::RecordStandby { .. }) | None => {
-                        if let Some(s) = &ha.standby {
-                            let acked = s.acked;
-                            core.maybe_record_standby(acked);
-                        }
-                    }
-                }
+                tracing::warn!(%e, ?intent, "configuration change failed");
+                let wait = ha.change_retry.failed(intent, now);
+                tracing::info!(retry_in = ?wait, "configuration change will be retried");
             }
         }
     }
@@ -684,7 +709,7 @@ fn adopt_record(ha: &mut Ha, state: &mut LockState, c: Configuration, from: &str
 /// Standby: the primary is gone; ask to become primary of the next epoch (only a standby the
 /// coordination service names may). Called again every round until it asks.
 fn request_promotion(ha: &mut Ha, state: &LockState, now: Instant) {
-    if ha.pending.is_some() {
+    if ha.pending.is_some() || !ha.change_retry.may_change(now) {
         return;
     }
     let Some(r) = state.replica() else { return };
