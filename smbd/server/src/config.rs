@@ -28,6 +28,14 @@
 //! # cluster_fs_id = "0x1234"
 //! # Multichannel: advertise SMB2_GLOBAL_CAP_MULTI_CHANNEL at 3.x and accept session binding.
 //! multichannel = true
+//! # Which channels of a multichannel session an oplock break goes to (MS-SMB2 3.3.4.6):
+//! #   "each" (default): the channels in the order they were established, the next one each
+//! #     time a channel fails before the client's TCP acknowledged the break (the
+//! #     specification; Samba's default);
+//! #   "latest": the most recently bound channel only, never retried (Windows Server; Samba's
+//! #     `smb2 disable oplock break retry = yes`).
+//! # Lease breaks are retried on each channel either way.
+//! # oplock_break_channels = "each"
 //! # Prometheus text endpoint (GET /metrics; off when absent). Metrics are unauthenticated: an
 //! # address that is not loopback is refused unless metrics_allow_remote = true.
 //! # metrics_listen = "127.0.0.1:9445"
@@ -218,6 +226,10 @@ pub struct ServerConfig {
     /// (MS-SMB2 3.3.5.5.2).
     #[serde(default = "default_true")]
     pub multichannel: bool,
+    /// Which channels of a multichannel session an oplock break goes to
+    /// ([`crate::break_delivery::ChannelPolicy`]).
+    #[serde(default)]
+    pub oplock_break_channels: crate::break_delivery::ChannelPolicy,
     /// The unix socket smbdirectd (the SMB Direct proxy, `--forward-unix PATH`) connects to:
     /// a connection accepted here is an SMB Direct connection, whose READ/WRITE requests may
     /// use RDMA channels, the data travelling beside the SMB2 messages in payload frames (see
@@ -292,6 +304,7 @@ impl Default for ServerConfig {
             workers: 0,
             cluster_fs_id: None,
             multichannel: true,
+            oplock_break_channels: Default::default(),
             rdma_proxy_socket: None,
             rdma_proxy_uids: Vec::new(),
             metrics_listen: None,

@@ -19,6 +19,7 @@
 #![deny(unsafe_code)]
 
 pub mod beneath;
+pub mod break_delivery;
 mod byte_reader;
 pub mod clock;
 pub mod config;

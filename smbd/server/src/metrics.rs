@@ -75,6 +75,8 @@ pub struct SmbMetrics {
     pub lease_breaks: Counter,
     /// Channels dropped because a break sent on them was not acknowledged by TCP in time.
     pub channel_failures: Counter,
+    /// Breaks sent again on another channel of their session after their channel failed.
+    pub break_retries: Counter,
     /// Connections to `rdma_proxy_socket` refused for their peer credentials.
     pub rdma_proxy_refused: Counter,
     /// Payload bytes of RDMA-channel READs/WRITEs, by [`RdmaPayload`].
@@ -100,6 +102,7 @@ impl Default for SmbMetrics {
             oplock_breaks: Counter::new(),
             lease_breaks: Counter::new(),
             channel_failures: Counter::new(),
+            break_retries: Counter::new(),
             rdma_proxy_refused: Counter::new(),
             rdma_payload_bytes: std::array::from_fn(|_| Counter::new()),
             lockmgr_latency: Histogram::new(LATENCY_BUCKETS),
@@ -275,6 +278,12 @@ pub fn render(m: &SmbMetrics, extra: &Extra) -> String {
         Kind::Counter,
     );
     e.sample("smbd_channel_failures_total", &[], m.channel_failures.get());
+    e.family(
+        "smbd_break_retries_total",
+        "Oplock and lease breaks sent again on another channel of their session because the channel they went out on failed before the client's TCP acknowledged them (MS-SMB2 3.3.4.6)",
+        Kind::Counter,
+    );
+    e.sample("smbd_break_retries_total", &[], m.break_retries.get());
     e.family(
         "smbd_rdma_proxy_refused_total",
         "Connections to rdma_proxy_socket refused because the peer's uid (SO_PEERCRED) is neither root nor in rdma_proxy_uids",

@@ -43,8 +43,9 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use smb_proto::netbios::{self, kind, PacketHeader, HEADER_LEN};
 use smb_proto::payload_frame;
 
+use crate::break_delivery::BreakDelivery;
 use crate::conn::{Conn, FileIo, FileOp};
-use crate::shared::Shared;
+use crate::shared::{Event, Shared};
 
 /// Headers, compound padding and the encryption transform around a max-size WRITE payload.
 const MAX_FRAME_OVERHEAD: usize = 64 * 1024;
@@ -176,10 +177,13 @@ struct Slot {
 /// timeout (35 s, MS-SMB2 3.3.2.1), and a multichannel client's break never moves to a channel
 /// that works. A live client's TCP acknowledges within one round trip, whatever its SMB layer
 /// does with the break.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct AckWait {
     end: u64,
     deadline: Instant,
+    /// The breaks among those bytes, handed back to their sessions' owners if the channel
+    /// fails first (crate::break_delivery).
+    breaks: Vec<BreakDelivery>,
 }
 
 /// How long a break may go unacknowledged by TCP: six times the retransmission timeout, which
@@ -781,19 +785,54 @@ impl Worker {
             s.queued_total += f.len() as u64;
             s.outq.push_back(f);
         }
-        if std::mem::take(&mut s.conn.breaks_emitted) > 0 {
-            // Only a TCP socket has acknowledgements to watch (smbdirectd's stream is local;
-            // its client's liveness is the RDMA connection's business).
-            if let Stream::Tcp(tcp) = &s.stream {
-                let now = Instant::now();
-                let deadline = now + ack_timeout(crate::sys::tcp_rto(tcp).ok());
-                s.ack_waits.push_back(AckWait {
-                    end: s.queued_total,
-                    deadline,
-                });
-                s.conn.shared.arm_ack_check(s.conn.id, deadline, now);
+        let breaks = std::mem::take(&mut s.conn.breaks_out);
+        if breaks.is_empty() {
+            return;
+        }
+        if s.closing || s.headless {
+            // Queued behind a failure: they never leave on this transport.
+            Self::give_back_breaks(&s.conn.shared, breaks);
+            return;
+        }
+        // Only a TCP socket has acknowledgements to watch (smbdirectd's stream is local;
+        // its client's liveness is the RDMA connection's business).
+        if let Stream::Tcp(tcp) = &s.stream {
+            let now = Instant::now();
+            let deadline = now + ack_timeout(crate::sys::tcp_rto(tcp).ok());
+            s.ack_waits.push_back(AckWait {
+                end: s.queued_total,
+                deadline,
+                breaks,
+            });
+            s.conn.shared.arm_ack_check(s.conn.id, deadline, now);
+        }
+    }
+
+    /// Breaks whose channel failed before the client's TCP acknowledged them go back to the
+    /// connection owning their session, which sends them on its next channel.
+    fn give_back_breaks(shared: &Shared, breaks: Vec<BreakDelivery>) {
+        for d in breaks {
+            let owner = d.owner;
+            shared.post_event(owner, Event::BreakUndelivered(d));
+        }
+    }
+
+    /// The transport is going away: the breaks it still holds unacknowledged are handed back
+    /// ([`Worker::give_back_breaks`]); those the client's TCP did acknowledge are done.
+    fn give_back_unacked_breaks(s: &mut Slot) {
+        if s.ack_waits.is_empty() {
+            return;
+        }
+        if let (Stream::Tcp(tcp), false) = (&s.stream, s.conn.force_unacked_timeout) {
+            if let Ok(unacked) = crate::sys::tcp_unacked_bytes(tcp) {
+                let acked = s.sent_total.saturating_sub(unacked);
+                while s.ack_waits.front().is_some_and(|w| w.end <= acked) {
+                    s.ack_waits.pop_front();
+                }
             }
         }
+        let breaks = s.ack_waits.drain(..).flat_map(|w| w.breaks).collect();
+        Self::give_back_breaks(&s.conn.shared, breaks);
     }
 
     /// The ack check of a channel's breaks is due ([`Event::AckCheck`]): forget the breaks the
@@ -820,21 +859,22 @@ impl Worker {
         while s.ack_waits.front().is_some_and(|w| w.end <= acked) {
             s.ack_waits.pop_front();
         }
-        let Some(oldest) = s.ack_waits.front().copied() else {
+        let Some((end, deadline)) = s.ack_waits.front().map(|w| (w.end, w.deadline)) else {
             return;
         };
-        if oldest.deadline <= now {
+        if deadline <= now {
             tracing::warn!(
                 conn = s.conn.id,
                 peer = ?s.conn.peer,
-                unacked = oldest.end.saturating_sub(acked),
+                unacked = end.saturating_sub(acked),
                 "a break was not acknowledged by the client's TCP in time: channel failed, dropping it"
             );
             s.conn.shared.metrics.channel_failures.inc();
-            s.ack_waits.clear();
+            let breaks = s.ack_waits.drain(..).flat_map(|w| w.breaks).collect();
+            Self::give_back_breaks(&s.conn.shared, breaks);
             s.closing = true;
         } else {
-            s.conn.shared.arm_ack_check(s.conn.id, oldest.deadline, now);
+            s.conn.shared.arm_ack_check(s.conn.id, deadline, now);
         }
     }
 
@@ -1118,6 +1158,9 @@ impl Worker {
         let Some(s) = self.slots.get_mut(slot).and_then(|s| s.as_mut()) else {
             return Ok(());
         };
+        if s.closing {
+            Self::give_back_unacked_breaks(s);
+        }
         if s.closing && !s.conn.closed && s.conn.lose_transport() {
             // The socket is done with, the sessions are not: their other channels go on.
             s.closing = false;

@@ -198,8 +198,14 @@ impl Conn {
         if frames.is_empty() && !close {
             return;
         }
-        self.shared
-            .post_event(channel, Event::ChannelOutput { frames, close });
+        self.shared.post_event(
+            channel,
+            Event::ChannelOutput {
+                frames,
+                close,
+                breaks: Vec::new(),
+            },
+        );
     }
 
     /// Session `sid` ended: its bound channels forget it.

@@ -80,10 +80,11 @@ pub struct Conn {
     pub(crate) file_io: Vec<FileIo>,
     /// Zero bytes between a READ response body and its data (smbtorture hook).
     pub(crate) read_body_padding: u8,
-    /// Oplock and lease breaks emitted since the worker last looked: each must be
-    /// acknowledged by the client's TCP within a few retransmission timeouts, or the channel
-    /// is taken for dead (crate::worker's ack tracking).
-    pub(crate) breaks_emitted: u32,
+    /// Oplock and lease breaks queued on this connection's transport since the worker last
+    /// looked: each must be acknowledged by the client's TCP within a few retransmission
+    /// timeouts, or the channel is taken for dead and the break handed back to its session's
+    /// owner for the next channel (crate::worker's ack tracking, crate::break_delivery).
+    pub(crate) breaks_out: Vec<crate::break_delivery::BreakDelivery>,
     /// Treat every break on this channel as never acknowledged by TCP (smbtorture's
     /// FSCTL_SMBTORTURE_FORCE_UNACKED_TIMEOUT: a channel failure without iptables).
     pub(crate) force_unacked_timeout: bool,
@@ -174,7 +175,7 @@ impl Conn {
             file_io: Vec::new(),
             suspend_chain: None,
             read_body_padding: 0,
-            breaks_emitted: 0,
+            breaks_out: Vec::new(),
             force_unacked_timeout: false,
             channels: HashMap::new(),
             transport_lost: false,
@@ -426,8 +427,13 @@ impl Conn {
                 self.closed = was_closed;
                 self.flush_channel_out(channel, close);
             }
-            Event::ChannelOutput { frames, close } => {
+            Event::ChannelOutput {
+                frames,
+                close,
+                breaks,
+            } => {
                 self.out.extend(frames);
+                self.breaks_out.extend(breaks);
                 if close {
                     self.closed = true;
                 }
@@ -444,6 +450,7 @@ impl Conn {
                     self.closed = true;
                 }
             }
+            Event::BreakUndelivered(d) => self.deliver_break(d),
             Event::DurableWaitOver { persistent } => self.durable_wait_over(persistent),
             Event::HangupDone { conn } => self.hangup_done(conn),
             Event::WriteTimeDue { volatile } => {

@@ -78,6 +78,14 @@ impl Conn {
 
     /// Queue a message (or chain), encrypting it for `enc_session` if given.
     pub(crate) fn emit(&mut self, msg: Vec<u8>, enc_session: Option<u64>) {
+        if let Some(f) = self.seal(msg, enc_session) {
+            self.push_out(f);
+        }
+    }
+
+    /// A message (or chain) as a transport frame, encrypted for `enc_session` if given; None
+    /// when encryption fails (the connection is then closing).
+    pub(super) fn seal(&mut self, msg: Vec<u8>, enc_session: Option<u64>) -> Option<Vec<u8>> {
         if let Some(sid) = enc_session {
             let cipher = self
                 .neg
@@ -99,17 +107,17 @@ impl Conn {
                 match smb_auth::encryption::encrypt(cipher, &key, sid, &msg) {
                     Ok(m) => {
                         debug_assert_eq!(m.get(..4), Some(&TRANSFORM_PROTOCOL_ID[..]));
-                        self.push_out(frame(m));
+                        return Some(frame(m));
                     }
                     Err(e) => {
                         tracing::warn!(conn = self.id, %e, "encryption failed; disconnecting");
                         self.closed = true;
+                        return None;
                     }
                 }
-                return;
             }
         }
-        self.push_out(frame(msg));
+        Some(frame(msg))
     }
 
     pub(super) fn push_out(&mut self, f: Vec<u8>) {

@@ -201,5 +201,23 @@ pub fn run_smbtorture(srv: &TestServer, suite: &str) -> (TortureResults, String)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // SMBTORTURE_DUMP_DIR keeps each run's whole output (comments included), to read a
+    // subtest's story when it passes or fails unexpectedly.
+    if let Ok(dir) = std::env::var("SMBTORTURE_DUMP_DIR") {
+        let _ = std::fs::create_dir_all(&dir);
+        let _ = std::fs::write(
+            std::path::Path::new(&dir).join(format!("{suite}.subunit")),
+            &text,
+        );
+        let stderr = format!("{}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        let _ = std::fs::write(
+            std::path::Path::new(&dir).join(format!("{suite}.stderr")),
+            stderr,
+        );
+        let _ = std::fs::write(
+            std::path::Path::new(&dir).join(format!("{suite}.smbd.log")),
+            srv.log(),
+        );
+    }
     (parse_subunit(&text), text)
 }

@@ -47,8 +47,12 @@ pub struct TortureResults {
     pub skip: Vec<String>,
 }
 
+/// A subtest that started (`test:`) and has no result (smbtorture died in it, e.g. an
+/// assertion of its own on an answer it did not expect) counts as a failure: otherwise the
+/// rest of the suite would vanish from the results unnoticed.
 pub fn parse_subunit(text: &str) -> TortureResults {
     let mut r = TortureResults::default();
+    let mut started: Vec<String> = Vec::new();
     for line in text.lines() {
         let (kind, rest) = match line.split_once(": ") {
             Some(x) => x,
@@ -60,10 +64,19 @@ pub fn parse_subunit(text: &str) -> TortureResults {
             .trim_end_matches(" [")
             .to_string();
         match kind {
+            "test" | "testing" => started.push(name),
             "success" | "successful" => r.success.push(name),
             "failure" | "error" | "fail" => r.failure.push(name),
             "skip" => r.skip.push(name),
             _ => {}
+        }
+    }
+    for name in started {
+        let decided = [&r.success, &r.failure, &r.skip]
+            .iter()
+            .any(|v| v.contains(&name));
+        if !decided {
+            r.failure.push(name);
         }
     }
     r

@@ -6,10 +6,12 @@ use smb_proto::header::flags as hflags;
 use smb_proto::{status, BreakAck, FileId, Header, Response};
 
 use super::{engine_status, oplock_grant_level};
+use crate::break_delivery::{BreakDelivery, ChannelPolicy};
 use crate::conn::{err, ChainCtx, Conn, Outcome, PendingKind};
 use crate::locking::{
     self, LeaseKey, LeaseState, Notification, OplockGrant, OplockLevel, Reply, Status,
 };
+use crate::shared::Event;
 
 impl Conn {
     pub(crate) fn break_ack(&mut self, a: BreakAck, ctx: &mut ChainCtx) -> Outcome {
@@ -94,10 +96,16 @@ impl Conn {
 
     /// Send an unsolicited OPLOCK_BREAK notification (MS-SMB2 3.3.4.6 / 3.3.4.7).
     pub(super) fn send_break(&mut self, session_id: u64, body: Response) {
-        match body {
-            Response::LeaseBreakNotification { .. } => self.shared.metrics.lease_breaks.inc(),
-            _ => self.shared.metrics.oplock_breaks.inc(),
-        }
+        let policy = match body {
+            Response::LeaseBreakNotification { .. } => {
+                self.shared.metrics.lease_breaks.inc();
+                ChannelPolicy::Each
+            }
+            _ => {
+                self.shared.metrics.oplock_breaks.inc();
+                self.shared.config.server.oplock_break_channels
+            }
+        };
         let h = Header {
             command: smb_proto::Command::OplockBreak as u16,
             flags: hflags::SERVER_TO_REDIR,
@@ -107,13 +115,69 @@ impl Conn {
         let mut w = Writer::new();
         h.encode(&mut w);
         body.encode_body(&mut w, 0);
-        self.breaks_emitted = self.breaks_emitted.saturating_add(1);
         let enc = self
             .sessions
             .get(&session_id)
             .is_some_and(|s| s.encrypt || s.trees.values().any(|t| t.encrypt))
             .then_some(session_id);
-        self.emit(w.buf, enc);
+        if let Some(frame) = self.seal(w.buf, enc) {
+            self.deliver_break(BreakDelivery::new(self.id, session_id, frame, policy));
+        }
+    }
+
+    /// Send a break on the next channel of its session that has not had it
+    /// (crate::break_delivery): this connection's own transport while it lives, then the
+    /// bound channels in the order they were bound. Called again, through
+    /// [`crate::shared::Event::BreakUndelivered`], each time a channel fails before the
+    /// client's TCP acknowledged the break.
+    pub(crate) fn deliver_break(&mut self, mut d: BreakDelivery) {
+        if d.session_id != 0 && !self.sessions.contains_key(&d.session_id) {
+            // The session ended: its opens and leases went with it.
+            return;
+        }
+        let own = (!self.transport_lost).then_some(self.id);
+        let mut bound: Vec<u64> = self
+            .channels
+            .keys()
+            .filter(|(_, s)| d.session_id != 0 && *s == d.session_id)
+            .map(|(ch, _)| *ch)
+            .collect();
+        bound.sort_unstable();
+        let retry = !d.tried.is_empty();
+        while let Some(ch) = d.next_channel(own.into_iter().chain(bound.iter().copied())) {
+            d.tried.push(ch);
+            if retry {
+                self.shared.metrics.break_retries.inc();
+                tracing::info!(
+                    conn = self.id,
+                    session_id = d.session_id,
+                    channel = ch,
+                    attempt = d.tried.len(),
+                    "break not acknowledged on its channel; sending it on the next one"
+                );
+            }
+            if ch == self.id {
+                // Straight to this transport, also while answering a bound channel's request.
+                self.out.push(d.frame.clone());
+                self.breaks_out.push(d);
+                return;
+            }
+            let ev = Event::ChannelOutput {
+                frames: vec![d.frame.clone()],
+                close: false,
+                breaks: vec![d.clone()],
+            };
+            if self.shared.post_event(ch, ev) {
+                return;
+            }
+            // That channel is gone already: the next one.
+        }
+        tracing::info!(
+            conn = self.id,
+            session_id = d.session_id,
+            tried = d.tried.len(),
+            "break not delivered: no channel of the session is left to carry it"
+        );
     }
 
     /// A lock-service request whose notifications for this connection (the breaks it
