@@ -61,6 +61,25 @@ fn note(what: String) {
         .push((at, what));
 }
 
+/// How many times `what` was noted from the replicas' logs ([`follow_log`]).
+fn noted(what: &str) -> usize {
+    node_log()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter(|(_, w)| w == what)
+        .count()
+}
+
+/// Waits (30 s at most, else fails with `never`) until `what` was noted.
+fn wait_noted(what: &str, never: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while noted(what) == 0 {
+        assert!(Instant::now() < deadline, "{never}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn mark(phase: Phase) {
     let at = since_start();
     phases()
@@ -443,40 +462,33 @@ fn a_standby_whose_watch_missed_its_record_keeps_locking_going() {
     let dir = tempfile::tempdir().expect("tempdir");
     let key_file = key_file(&dir);
 
-    let mut a = start_replica(&etcd, "lm-a", &key_file);
-    wait_config(&etcd, "lm-a primary", |c| c.primary.name == "lm-a");
+    let mut a = start_replica(&etcd, "lm-deaf-a", &key_file);
+    wait_config(&etcd, "lm-deaf-a primary", |c| {
+        c.primary.name == "lm-deaf-a"
+    });
     let deaf = ReplicaFaults {
         deaf_watch: true,
         ..ReplicaFaults::default()
     };
     let b = start_replica_faulty(
         &etcd,
-        "lm-b",
+        "lm-deaf-b",
         &key_file,
         format!("127.0.0.1:{}", free_udp_port()),
         "info",
         100,
         &deaf,
     );
-    let recorded = wait_config(&etcd, "lm-b recorded as standby", |c| {
-        c.primary.name == "lm-a" && c.standbys.iter().any(|m| m.name == "lm-b")
+    let recorded = wait_config(&etcd, "lm-deaf-b recorded as standby", |c| {
+        c.primary.name == "lm-deaf-a" && c.standbys.iter().any(|m| m.name == "lm-deaf-b")
     });
     // The primary must have heard etcd's answer too (it tells its standby the record): etcd
-    // stopped between committing the swap and answering would leave lm-a asking forever and
-    // lm-b never told, which is another test.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !node_log()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .any(|(_, what)| what == "lm-a: standby recorded")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "lm-a never learnt that it recorded lm-b"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    // stopped between committing the swap and answering would leave lm-deaf-a asking forever and
+    // lm-deaf-b never told, which is another test.
+    wait_noted(
+        "lm-deaf-a: standby recorded",
+        "lm-deaf-a never learnt that it recorded lm-deaf-b",
+    );
     etcd.local.stop();
 
     // Every session, open and lock is an input the standby must acknowledge.
@@ -494,11 +506,13 @@ fn a_standby_whose_watch_missed_its_record_keeps_locking_going() {
     etcd.local.restart().expect("etcd restarts");
     let _ = a.proc.0.kill();
     let _ = a.proc.0.wait();
-    let epoch = wait_config(&etcd, "lm-b promoted", |c| c.primary.name == "lm-b");
+    let epoch = wait_config(&etcd, "lm-deaf-b promoted", |c| {
+        c.primary.name == "lm-deaf-b"
+    });
     assert_eq!(
         epoch,
         recorded + 1,
-        "lm-b promoted from the record it was told"
+        "lm-deaf-b promoted from the record it was told"
     );
     let _n1 = resume(&b.addr, "node1", &n1);
     let mut n2 = connect(&b.addr, "node2");
@@ -522,42 +536,27 @@ fn a_change_etcd_cannot_take_is_retried_at_a_paced_rate() {
     let Some(mut etcd) = start_etcd() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let key_file = key_file(&dir);
-    let a = start_replica(&etcd, "lm-a", &key_file);
-    wait_config(&etcd, "lm-a primary", |c| c.primary.name == "lm-a");
-    let mut b = start_replica(&etcd, "lm-b", &key_file);
-    let recorded = wait_config(&etcd, "lm-b recorded as standby", |c| {
-        c.primary.name == "lm-a" && c.standbys.iter().any(|m| m.name == "lm-b")
+    let a = start_replica(&etcd, "lm-pace-a", &key_file);
+    wait_config(&etcd, "lm-pace-a primary", |c| {
+        c.primary.name == "lm-pace-a"
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !node_log()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .any(|(_, what)| what == "lm-a: standby recorded")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "lm-a never learnt that it recorded lm-b"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let mut b = start_replica(&etcd, "lm-pace-b", &key_file);
+    let recorded = wait_config(&etcd, "lm-pace-b recorded as standby", |c| {
+        c.primary.name == "lm-pace-a" && c.standbys.iter().any(|m| m.name == "lm-pace-b")
+    });
+    wait_noted(
+        "lm-pace-a: standby recorded",
+        "lm-pace-a never learnt that it recorded lm-pace-b",
+    );
     etcd.local.stop();
     let _ = b.proc.0.kill();
     let _ = b.proc.0.wait();
 
-    let failures = || {
-        node_log()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|(_, what)| what == "lm-a: change failed")
-            .count()
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while failures() == 0 {
-        assert!(Instant::now() < deadline, "lm-a never tried to serve alone");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let failures = || noted("lm-pace-a: change failed");
+    wait_noted(
+        "lm-pace-a: change failed",
+        "lm-pace-a never tried to serve alone",
+    );
     let window = Duration::from_secs(3);
     let before = failures();
     std::thread::sleep(window);
@@ -571,8 +570,8 @@ fn a_change_etcd_cannot_take_is_retried_at_a_paced_rate() {
     );
 
     etcd.local.restart().expect("etcd restarts");
-    let alone = wait_config(&etcd, "lm-a serving alone", |c| {
-        c.primary.name == "lm-a" && c.standbys.is_empty()
+    let alone = wait_config(&etcd, "lm-pace-a serving alone", |c| {
+        c.primary.name == "lm-pace-a" && c.standbys.is_empty()
     });
     assert_eq!(alone, recorded + 1, "one change, however many attempts");
     let mut n1 = connect(&a.addr, "node1");
