@@ -5,7 +5,9 @@
 //! counters must show the data moved by RDMA READ (the writes) and RDMA WRITE (the reads).
 //! The same I/O through a TCP mount of the same smbd gives the throughput ratio (printed, not
 //! judged). `cache=none` sends every read and write to the server, so the read-back is not
-//! served from the client's page cache.
+//! served from the client's page cache. An encrypted session (a share with `encrypt = true`,
+//! mounted with `seal`) writes and reads a smaller file through SMB Direct too, its payloads
+//! inside SMB2_TRANSFORM messages.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -24,6 +26,16 @@ const FILE_SIZE: usize = 8 << 20;
 /// (`smbd_register_mr: num_pages=257 max_frmr_depth=256`, retried forever) on rxe, whose
 /// fast-registration depth (256 pages) is what caps the client's rsize/wsize at 1 MiB.
 const CHUNK: usize = 512 << 10;
+/// The client's page size. Writes go out from page-aligned buffers: Debian 6.1's client sends
+/// the data of an inline (not RDMA) WRITE page by page, and for each piece of a page it takes
+/// the length of what is left of the whole message instead of what is left of the page
+/// (smbd_send: `size = min(max_iov_size, remaining_data_length)`). A write under 4 KiB whose
+/// buffer crosses a page boundary thus sends bytes from beyond the first page's end in place
+/// of the second page's: silent corruption on any SMB Direct server, a bad AES tag (smbd
+/// drops the connection) on an encrypted session. Seen here as "read back differs at byte
+/// 2272" for 1 KiB writes from an unaligned buffer. Writes of 4 KiB or more go by RDMA READ
+/// and are not affected; upstream's iov_iter rewrite of smbd_send (6.3+) has no such split.
+const PAGE: usize = 4096;
 /// smbd's port for the TCP mount.
 const TCP_PORT: u16 = 4450;
 pub(crate) const USER: &str = "sduser";
@@ -56,10 +68,12 @@ impl Smbd {
             "[server]\nnetbios_name = \"SDTEST\"\nworkers = 1\nsigning_required = false\n\
              users = \"{}\"\nlisten = [\"{}\"]\nrdma_proxy_socket = \"{}\"\n\
              metrics_listen = \"127.0.0.1:0\"\n\
-             [[share]]\nname = \"data\"\npath = \"{}\"\n",
+             [[share]]\nname = \"data\"\npath = \"{}\"\n\
+             [[share]]\nname = \"sealed\"\npath = \"{}\"\nencrypt = true\n",
             users.display(),
             SocketAddr::new(ip, TCP_PORT),
             proxy_socket(dir).display(),
+            share.display(),
             share.display()
         );
         Smbd::from_toml(&toml)
@@ -263,15 +277,34 @@ fn io_round(
     name: &str,
     data: &[u8],
 ) -> Result<(Duration, Duration), String> {
+    io_round_in(source, options, mnt, name, data, CHUNK, CHUNK)
+}
+
+/// [`io_round`] with `write_chunk` bytes per write call and `read_chunk` per read call.
+fn io_round_in(
+    source: &str,
+    options: &str,
+    mnt: &Path,
+    name: &str,
+    data: &[u8],
+    write_chunk: usize,
+    read_chunk: usize,
+) -> Result<(Duration, Duration), String> {
     std::fs::create_dir_all(mnt).map_err(|e| format!("{}: {e}", mnt.display()))?;
     let m = mnt.to_str().ok_or("mount point not UTF-8")?;
     run("mount", &["-t", "cifs", source, m, "-o", options])?;
     let result = (|| {
         let path = mnt.join(name);
+        // Every write from a page-aligned buffer, so that one smaller than a page stays in
+        // one page: see [`PAGE`] on the 6.1 client's inline writes.
+        let mut staging = vec![0u8; write_chunk + PAGE];
+        let aligned = staging.as_ptr().align_offset(PAGE);
         let t = Instant::now();
         let mut f = std::fs::File::create(&path).map_err(|e| format!("create {name}: {e}"))?;
-        for c in data.chunks(CHUNK) {
-            f.write_all(c).map_err(|e| format!("write {name}: {e}"))?;
+        for c in data.chunks(write_chunk) {
+            let buf = &mut staging[aligned..aligned + c.len()];
+            buf.copy_from_slice(c);
+            f.write_all(buf).map_err(|e| format!("write {name}: {e}"))?;
         }
         f.sync_all().map_err(|e| format!("fsync {name}: {e}"))?;
         drop(f);
@@ -279,7 +312,7 @@ fn io_round(
         let t = Instant::now();
         let mut back = Vec::with_capacity(data.len());
         let mut f = std::fs::File::open(&path).map_err(|e| format!("open {name}: {e}"))?;
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = vec![0u8; read_chunk];
         loop {
             let n = f.read(&mut buf).map_err(|e| format!("read {name}: {e}"))?;
             if n == 0 {
@@ -377,6 +410,51 @@ pub fn test_kernel_client_mount(ip: IpAddr, smbdirectd: &Path) -> Result<(), Str
         &data,
     )
     .map_err(|e| format!("over TCP: {e}"))?;
+    let small = &data[..64 << 10];
+    // Small writes go inline (below the client's 4 KiB RDMA threshold): SMB2 WRITE messages
+    // whose data the client sends in fragments beside their header.
+    let (iw_small, ir_small) = io_round_in(
+        &source,
+        &format!("rdma,vers=3.1.1,cache=none,rsize=65536,{creds}"),
+        &mnt,
+        "over-rdma-small.bin",
+        small,
+        1 << 10,
+        64 << 10,
+    )
+    .map_err(|e| format!("over SMB Direct, 1 KiB writes inline: {e}"))?;
+    let (_, _, line) = proxy.next_connection_counters()?;
+    println!("    {line}");
+    println!(
+        "    kernel cifs over SMB Direct, 64 KiB in 1 KiB inline WRITEs: {:.1} ms, read back in \
+         64 KiB READs: {:.1} ms",
+        iw_small.as_secs_f64() * 1e3,
+        ir_small.as_secs_f64() * 1e3,
+    );
+    // Encrypted over SMB Direct: a share that requires encryption (smbd refuses its
+    // unencrypted requests), mounted with `seal`, the same small writes and reads. The Linux
+    // client does not use RDMA channels on encrypted sessions (smb3_use_rdma_offload): every
+    // payload travels inside SMB2_TRANSFORM messages (a WRITE's in fragments, see [`PAGE`];
+    // a corrupted one fails smbd's AES tag check). `rsize` bounds the READ responses: with
+    // `seal` the 6.1 client does not cap rsize by its own reassembly limit (173,910 bytes).
+    let (sw, sr) = io_round_in(
+        &format!("//{ip}/sealed"),
+        &format!("rdma,vers=3.1.1,cache=none,seal,rsize=65536,{creds}"),
+        &mnt,
+        "over-rdma-sealed.bin",
+        small,
+        1 << 10,
+        64 << 10,
+    )
+    .map_err(|e| format!("over SMB Direct, encrypted: {e}"))?;
+    let (_, _, line) = proxy.next_connection_counters()?;
+    println!("    {line}");
+    println!(
+        "    kernel cifs over SMB Direct, encrypted: 64 KiB written in 1 KiB WRITEs in {:.1} ms, \
+         read back in 64 KiB READs in {:.1} ms",
+        sw.as_secs_f64() * 1e3,
+        sr.as_secs_f64() * 1e3,
+    );
     // The same once more through an smbdirectd without the shared area (payloads inline on
     // the stream), for a same-run baseline of what the area changes.
     drop(proxy);

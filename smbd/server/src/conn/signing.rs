@@ -60,7 +60,7 @@ impl Conn {
                 }
             }
             Err(e) => {
-                tracing::debug!(conn = self.id, %e, "decryption failed; disconnecting");
+                tracing::debug!(conn = self.id, %e, len = msg.len(), "decryption failed; disconnecting");
                 self.closed = true;
             }
         }
