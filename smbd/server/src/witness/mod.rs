@@ -17,6 +17,9 @@
 //! ([`NodeStatus::Isolated`]): its clients are moved as on a drain, and its public addresses go
 //! to the nodes still up, until it holds a lease again.
 //!
+//! RPC connections made to a public address end when this node releases that address
+//! ([`WitnessState::end_rpc_on_public`]).
+//!
 //! Authentication: callers bind with NTLMSSP (raw, or inside SPNEGO as Windows does) as a user
 //! of `[server] users`, at the level `[witness] auth_level` asks (privacy by default; see
 //! `tcp` and smb-rpc's security provider). The endpoint mapper stays open, as on Windows. What
@@ -30,7 +33,7 @@ mod rawnet;
 pub mod tcp;
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -164,6 +167,13 @@ impl Registration {
     }
 }
 
+/// One RPC (endpoint mapper or witness) connection as [`WitnessState`] knows it: the
+/// address it was made to and a handle to end it with.
+struct RpcConn {
+    local: IpAddr,
+    stream: TcpStream,
+}
+
 struct Inner {
     nodes: Vec<Node>,
     /// This node's client connections to the addresses it holds, and their generation
@@ -189,6 +199,11 @@ struct Inner {
     /// Share moves given on this node's control socket, for the heartbeat thread to forward
     /// to the other nodes (`peers`).
     outgoing_moves: Vec<(String, Vec<IpAddrInfo>)>,
+    /// The open RPC connections (`tcp`), by connection id.
+    rpc_conns: HashMap<u64, RpcConn>,
+    /// The public addresses (bit i: address i) RPC is served on: set before this node adds
+    /// one, cleared before it deletes one ([`WitnessState::end_rpc_on_public`]).
+    rpc_public: u64,
 }
 
 /// The witness state of this node, shared by its RPC connections and the peer thread.
@@ -248,6 +263,8 @@ impl WitnessState {
             ip_states: Vec::new(),
             public_holders: vec![None; public.len()],
             outgoing_moves: Vec::new(),
+            rpc_conns: HashMap::new(),
+            rpc_public: 0,
         };
         inner.ip_states = ip_states(&inner, &public);
         Arc::new(Self {
@@ -672,6 +689,77 @@ impl WitnessState {
         let mut inner = self.lock();
         inner.registrations.retain(|_, r| r.conn != conn);
         inner.orphaned.remove(&conn);
+        inner.rpc_conns.remove(&conn);
+    }
+
+    /// RPC connection `conn` was made to `local` over `stream` (a handle to the connection's
+    /// socket). False when `local` is a public address this node is letting go or no longer
+    /// holds (the connection raced its release): the caller ends it at once.
+    pub fn add_rpc_conn(&self, conn: u64, local: IpAddr, stream: TcpStream) -> bool {
+        // An IPv4 client of a dual-stack socket reached an IPv4-mapped address.
+        let local = local.to_canonical();
+        let mut inner = self.lock();
+        let released = self
+            .public
+            .iter()
+            .position(|a| *a == local)
+            .is_some_and(|k| inner.rpc_public & (1 << k) == 0);
+        if released {
+            return false;
+        }
+        inner.rpc_conns.insert(conn, RpcConn { local, stream });
+        true
+    }
+
+    /// This node is about to add public address `k`: RPC connections to it are served.
+    pub fn serve_rpc_on_public(&self, k: usize) {
+        self.lock().rpc_public |= 1 << k;
+    }
+
+    /// This node is about to delete public address `k`: end the RPC connections made to it
+    /// (shut down while the address is still here, so the client gets the FIN and knows at
+    /// once) and drop their witness registrations; refuse any that arrive before it is gone.
+    /// How many were ended.
+    ///
+    /// Without this, a witness client that reached this node through the address would keep
+    /// its connection to a node that no longer answers there (nothing sent on it can leave
+    /// once the address is gone, and a client waiting on AsyncNotify sends nothing), and
+    /// would never learn to register with the new holder. Samba does the same: rpcd_witness
+    /// ends its connections to an address CTDB releases (CTDB_SRVID_RELEASE_IP), after CTDB's
+    /// releaseip event killed the TCP connections to it while it was still configured.
+    pub fn end_rpc_on_public(&self, k: usize) -> usize {
+        let Some(addr) = self.public.get(k).copied() else {
+            return 0;
+        };
+        let mut inner = self.lock();
+        inner.rpc_public &= !(1 << k);
+        let ended: Vec<u64> = inner
+            .rpc_conns
+            .iter()
+            .filter(|(_, c)| c.local == addr)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ended {
+            if let Some(c) = inner.rpc_conns.remove(id) {
+                // The connection's thread sees the end of its stream and leaves.
+                if let Err(e) = c.stream.shutdown(std::net::Shutdown::Both) {
+                    tracing::debug!(conn = id, %e, "RPC connection shutdown");
+                }
+            }
+            inner.orphaned.remove(id);
+        }
+        if ended.is_empty() {
+            return 0;
+        }
+        let before = inner.registrations.len();
+        inner.registrations.retain(|_, r| !ended.contains(&r.conn));
+        tracing::info!(
+            address = %addr,
+            connections = ended.len(),
+            registrations = before - inner.registrations.len(),
+            "witness: RPC connections to a released public address ended"
+        );
+        ended.len()
     }
 
     /// Every node's address, then every public address (MS-SWN 3.1.4.1: the interfaces a
@@ -1453,6 +1541,39 @@ mod tests {
         assert_eq!(s.async_notify(3, v1, CALL), Ok(None));
         assert!(s.share_move("data", &["nowhere"]).is_err());
         assert!(s.share_move("data", &[]).is_err());
+    }
+
+    #[test]
+    fn releasing_a_public_address_ends_the_rpc_connections_made_to_it() {
+        use std::io::Read;
+        let s = with_public(&["127.0.0.1"]);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let public: IpAddr = "127.0.0.1".parse().unwrap();
+        let clone = || server.try_clone().unwrap();
+        // Not (yet, or any more) this node's address: refused.
+        assert!(!s.add_rpc_conn(1, public, clone()));
+        s.serve_rpc_on_public(0);
+        assert!(s.add_rpc_conn(1, public, clone()));
+        // A connection to a node address, and one from an IPv4 client of a dual-stack socket.
+        assert!(s.add_rpc_conn(2, "10.0.0.1".parse().unwrap(), clone()));
+        s.register(1, &reg("127.0.0.1")).unwrap();
+        s.register(2, &reg("10.0.0.2")).unwrap();
+        assert_eq!(s.end_rpc_on_public(0), 1);
+        // The client sees its connection end; its registration is gone, the other stays.
+        let mut b = [0u8; 1];
+        assert_eq!(client.read(&mut b).unwrap(), 0);
+        assert!(s.status_text().contains("registrations 1"));
+        assert!(!s.add_rpc_conn(3, public, clone()));
+        s.serve_rpc_on_public(0);
+        assert!(s.add_rpc_conn(4, "::ffff:127.0.0.1".parse().unwrap(), clone()));
+        s.drop_connection(4);
+        assert!(s.add_rpc_conn(5, "::ffff:127.0.0.1".parse().unwrap(), clone()));
+        assert_eq!(s.end_rpc_on_public(0), 1);
     }
 
     #[test]
