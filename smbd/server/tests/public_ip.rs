@@ -65,6 +65,10 @@ const HEARTBEAT_MS: u64 = 200;
 const DEAD_AFTER_MS: u64 = 1000;
 /// lockmgrd's liveness lease, and the nodes' fence wait.
 const LEASE_MS: u64 = 1000;
+/// How long a witness registration sent elsewhere lives on (`[witness] reregister_after_ms`):
+/// short for quick tests, long enough for the AVAILABLE that follows a moving address's
+/// UNAVAILABLE.
+const REREGISTER_AFTER_MS: u64 = 2000;
 /// From the kill until the client must have been reset and served again.
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -125,7 +129,8 @@ fn node_config(dir: &Path, me: usize, key: &Path, tickle: bool, net: &Net) -> Pa
          [witness]\nenabled = true\nnet_name = \"CLUSTER\"\nnode = \"node{me}\"\n\
          listen = \"0.0.0.0:0\"\nepm_listen = \"0.0.0.0:135\"\n\
          peer_listen = \"{ip}:{PEER_PORT}\"\nheartbeat_ms = {HEARTBEAT_MS}\n\
-         dead_after_ms = {DEAD_AFTER_MS}\ncontrol_socket = \"{ctl}\"\n",
+         dead_after_ms = {DEAD_AFTER_MS}\ncontrol_socket = \"{ctl}\"\n\
+         reregister_after_ms = {REREGISTER_AFTER_MS}\n",
         key = key.display(),
         users = dir.join("users").display(),
         fs_id = cluster_common::FS_ID,
@@ -748,8 +753,12 @@ fn a_silent_node_that_still_holds_its_lock_manager_session_keeps_its_address() {
 /// connection goes to another node's interface from GetInterfaceList). Samba's rpcclient in
 /// the client namespace, on node 2's witness, registers 10.88.0.100 while node 1 holds it;
 /// node 1 drains: the registration hears RESOURCE_CHANGE UNAVAILABLE when node 1 lets the
-/// address go and AVAILABLE when node 2 takes it, and the same again when node 1, back in
-/// service, gets its home address back.
+/// address go and AVAILABLE when node 2 takes it. Told that its address went away, the
+/// registration then ends (`reregister_after_ms` after the UNAVAILABLE, as Samba's
+/// rpcd_witness does): the next AsyncNotify fails with WERR_NOT_FOUND (MS-SWN 3.1.4.4) and
+/// the client registers again. The new registration hears the same again when node 1, back
+/// in service, gets its home address back. Without the ending, that AsyncNotify waits for
+/// the next change and the test fails at its limit.
 #[test]
 fn a_witness_registration_for_the_public_address_follows_it() {
     let c = Cluster::new();
@@ -772,8 +781,17 @@ fn a_witness_registration_for_the_public_address_follows_it() {
     rpc.send(&format!("AsyncNotify {h}"));
     rpc.expect("Resource change with 1 messages", limit);
     rpc.expect(&available, limit);
+    let told = Instant::now();
     c.wait_held_by(2);
 
+    rpc.send(&format!("AsyncNotify {h}"));
+    rpc.expect("WERR_NOT_FOUND", limit);
+    eprintln!(
+        "registration ended {:?} after AVAILABLE (reregister_after_ms {REREGISTER_AFTER_MS} from UNAVAILABLE)",
+        told.elapsed()
+    );
+    rpc.send(&format!("Register -n CLUSTER -i {PUBLIC} -c testclient"));
+    let h = rpc.handle(limit);
     rpc.send(&format!("AsyncNotify {h}"));
     assert_eq!(control(c.dir(), 1, "undrain"), "ok\n");
     rpc.expect(&unavailable, limit);
