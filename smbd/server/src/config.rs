@@ -898,6 +898,15 @@ pub struct WitnessConfig {
     /// witness use) or integrity; `none` lets any client call without authenticating.
     #[serde(default)]
     pub auth_level: RpcAuthLevel,
+    /// How long a registration lives on after it was told its resource went away or moved
+    /// elsewhere (RESOURCE_CHANGE unavailable, CLIENT_MOVE or SHARE_MOVE to another
+    /// address). Then it is removed, its pending AsyncNotify fails with ERROR_NOT_FOUND
+    /// (MS-SWN 3.1.4.4) and the client registers again, with the witness that now serves
+    /// the address. Samba's rpcd_witness waits 5 s (what Windows Server 2022 clients need to
+    /// re-register); at least two heartbeats, so that the AVAILABLE that follows a moving
+    /// address's UNAVAILABLE is heard first.
+    #[serde(default = "default_reregister_after_ms")]
+    pub reregister_after_ms: u64,
 }
 
 /// `[witness] auth_level`.
@@ -968,6 +977,9 @@ fn default_witness_registrations() -> usize {
 fn default_witness_registrations_per_conn() -> usize {
     16
 }
+fn default_reregister_after_ms() -> u64 {
+    5000
+}
 
 impl Default for WitnessConfig {
     fn default() -> Self {
@@ -987,6 +999,7 @@ impl Default for WitnessConfig {
             max_registrations: default_witness_registrations(),
             max_registrations_per_conn: default_witness_registrations_per_conn(),
             auth_level: RpcAuthLevel::default(),
+            reregister_after_ms: default_reregister_after_ms(),
         }
     }
 }
@@ -1015,6 +1028,11 @@ impl WitnessConfig {
         }
         if self.heartbeat_ms == 0 || self.dead_after_ms <= 2 * self.heartbeat_ms {
             return bad("dead_after_ms must exceed two heartbeats (heartbeat_ms > 0)".into());
+        }
+        if self.reregister_after_ms < 2 * self.heartbeat_ms {
+            // Shorter, a registration for a moving public address could end between its
+            // UNAVAILABLE and the AVAILABLE the new holder's claim brings a heartbeat later.
+            return bad("reregister_after_ms must be at least two heartbeats".into());
         }
         if self.max_connections == 0 || self.max_registrations_per_conn == 0 {
             return bad("max_connections and max_registrations_per_conn must be positive".into());
@@ -1272,6 +1290,21 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("twice"));
+    }
+
+    #[test]
+    fn a_witness_registration_outlives_a_move_by_at_least_two_heartbeats() {
+        let witness = "[witness]\nenabled = true\nnode = \"n1\"\nheartbeat_ms = 200\n[[witness.nodes]]\nname = \"n1\"\naddress = \"10.0.0.1\"\npeer = \"10.0.0.1:5135\"\n";
+        let c = Config::parse(witness).unwrap();
+        assert_eq!(c.witness.reregister_after_ms, 5000);
+        let short = witness.replace("heartbeat_ms", "reregister_after_ms = 399\nheartbeat_ms");
+        let e = Config::parse(&short).unwrap_err().to_string();
+        assert!(e.contains("reregister_after_ms"), "{e}");
+        let enough = short.replace("399", "400");
+        assert_eq!(
+            Config::parse(&enough).unwrap().witness.reregister_after_ms,
+            400
+        );
     }
 
     #[test]

@@ -65,6 +65,10 @@ const HEARTBEAT_MS: u64 = 200;
 const DEAD_AFTER_MS: u64 = 1000;
 /// lockmgrd's liveness lease, and the nodes' fence wait.
 const LEASE_MS: u64 = 1000;
+/// How long a witness registration sent elsewhere lives on (`[witness] reregister_after_ms`):
+/// short for quick tests, long enough for the AVAILABLE that follows a moving address's
+/// UNAVAILABLE.
+const REREGISTER_AFTER_MS: u64 = 2000;
 /// From the kill until the client must have been reset and served again.
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -125,7 +129,8 @@ fn node_config(dir: &Path, me: usize, key: &Path, tickle: bool, net: &Net) -> Pa
          [witness]\nenabled = true\nnet_name = \"CLUSTER\"\nnode = \"node{me}\"\n\
          listen = \"0.0.0.0:0\"\nepm_listen = \"0.0.0.0:135\"\n\
          peer_listen = \"{ip}:{PEER_PORT}\"\nheartbeat_ms = {HEARTBEAT_MS}\n\
-         dead_after_ms = {DEAD_AFTER_MS}\ncontrol_socket = \"{ctl}\"\n",
+         dead_after_ms = {DEAD_AFTER_MS}\ncontrol_socket = \"{ctl}\"\n\
+         reregister_after_ms = {REREGISTER_AFTER_MS}\n",
         key = key.display(),
         users = dir.join("users").display(),
         fs_id = cluster_common::FS_ID,
@@ -500,6 +505,26 @@ impl Cluster {
         assert!(status.contains(&line), "node {asked}: {status}");
     }
 
+    /// Samba's rpcclient in the client namespace, authenticated and sealed, on the witness
+    /// it finds through the endpoint mapper at `address`.
+    fn rpcclient(&self, address: &str) -> rpcclient_support::Rpcclient {
+        assert!(
+            Command::new("rpcclient").arg("--version").output().is_ok(),
+            "rpcclient not installed (apt-get install samba-common-bin)"
+        );
+        let conf = self.dir().join("client.conf");
+        std::fs::write(&conf, "[global]\n").unwrap();
+        let mut cmd = NetnsPair::command_in(&self.star.clients[2], "rpcclient");
+        cmd.arg("-s")
+            .arg(&conf)
+            .args([
+                "-U",
+                &format!("{}%{}", cluster_common::USER, cluster_common::PASS),
+            ])
+            .arg(format!("ncacn_ip_tcp:{address}[seal]"));
+        rpcclient_support::Rpcclient::spawn(cmd)
+    }
+
     fn addresses_on(&self, me: usize) -> String {
         ip_output(&[
             "-n",
@@ -728,29 +753,19 @@ fn a_silent_node_that_still_holds_its_lock_manager_session_keeps_its_address() {
 /// connection goes to another node's interface from GetInterfaceList). Samba's rpcclient in
 /// the client namespace, on node 2's witness, registers 10.88.0.100 while node 1 holds it;
 /// node 1 drains: the registration hears RESOURCE_CHANGE UNAVAILABLE when node 1 lets the
-/// address go and AVAILABLE when node 2 takes it, and the same again when node 1, back in
-/// service, gets its home address back.
+/// address go and AVAILABLE when node 2 takes it. Told that its address went away, the
+/// registration then ends (`reregister_after_ms` after the UNAVAILABLE, as Samba's
+/// rpcd_witness does): the next AsyncNotify fails with WERR_NOT_FOUND (MS-SWN 3.1.4.4) and
+/// the client registers again. The new registration hears the same again when node 1, back
+/// in service, gets its home address back. Without the ending, that AsyncNotify waits for
+/// the next change and the test fails at its limit.
 #[test]
 fn a_witness_registration_for_the_public_address_follows_it() {
-    assert!(
-        Command::new("rpcclient").arg("--version").output().is_ok(),
-        "rpcclient not installed (apt-get install samba-common-bin)"
-    );
     let c = Cluster::new();
     let _node1 = c.start_node(1, true);
     let _node2 = c.start_node(2, true);
     c.wait_held_by(1);
-    let conf = c.dir().join("client.conf");
-    std::fs::write(&conf, "[global]\n").unwrap();
-    let mut cmd = NetnsPair::command_in(&c.star.clients[2], "rpcclient");
-    cmd.arg("-s")
-        .arg(&conf)
-        .args([
-            "-U",
-            &format!("{}%{}", cluster_common::USER, cluster_common::PASS),
-        ])
-        .arg(format!("ncacn_ip_tcp:{}[seal]", NODE_IPS[1]));
-    let mut rpc = rpcclient_support::Rpcclient::spawn(cmd);
+    let mut rpc = c.rpcclient(NODE_IPS[1]);
     let limit = Duration::from_secs(30);
     rpc.send("GetInterfaceList");
     rpc.expect(&format!("node1 {PUBLIC}"), limit);
@@ -766,8 +781,17 @@ fn a_witness_registration_for_the_public_address_follows_it() {
     rpc.send(&format!("AsyncNotify {h}"));
     rpc.expect("Resource change with 1 messages", limit);
     rpc.expect(&available, limit);
+    let told = Instant::now();
     c.wait_held_by(2);
 
+    rpc.send(&format!("AsyncNotify {h}"));
+    rpc.expect("WERR_NOT_FOUND", limit);
+    eprintln!(
+        "registration ended {:?} after AVAILABLE (reregister_after_ms {REREGISTER_AFTER_MS} from UNAVAILABLE)",
+        told.elapsed()
+    );
+    rpc.send(&format!("Register -n CLUSTER -i {PUBLIC} -c testclient"));
+    let h = rpc.handle(limit);
     rpc.send(&format!("AsyncNotify {h}"));
     assert_eq!(control(c.dir(), 1, "undrain"), "ok\n");
     rpc.expect(&unavailable, limit);
@@ -776,4 +800,56 @@ fn a_witness_registration_for_the_public_address_follows_it() {
     c.wait_held_by(1);
     rpc.send("GetInterfaceList");
     rpc.expect(&format!("node1 {PUBLIC}"), limit);
+}
+
+/// A witness client that reached node 1's witness through the public address (the endpoint
+/// mapper and the witness listen on every address) and registered there. Node 1 drains and
+/// releases the address: it must end that connection itself while the address is still
+/// there, so the client's pending AsyncNotify fails as the connection ends, and drop the
+/// registration. Node 2 runs without tickle ACKs, so nothing else ends the connection:
+/// without node 1 ending it, the client waits on a node that no longer answers there, and the
+/// test fails at its limit. The client then connects to the same address again, now node
+/// 2's, registers (RegisterEx for share `data`) and hears node 2's SHARE_MOVE.
+#[test]
+fn a_released_public_address_ends_its_witness_connections_and_the_client_registers_anew() {
+    let c = Cluster::new();
+    let _node1 = c.start_node(1, true);
+    let _node2 = c.start_node(2, false);
+    c.wait_held_by(1);
+    let limit = Duration::from_secs(20);
+    let mut rpc = c.rpcclient(PUBLIC);
+    rpc.send(&format!("Register -n CLUSTER -i {PUBLIC} -c testclient"));
+    let h = rpc.handle(limit);
+    rpc.send(&format!("AsyncNotify {h}"));
+    let status = control(c.dir(), 1, "status");
+    assert!(status.contains("registrations 1"), "node 1: {status}");
+
+    let drained = Instant::now();
+    assert_eq!(control(c.dir(), 1, "drain"), "ok\n");
+    let ended = rpc.expect("AsyncNotify failed", limit);
+    eprintln!(
+        "drain -> the client's witness connection to node 1 ended: {:?} ({ended})",
+        drained.elapsed()
+    );
+    let status = control(c.dir(), 1, "status");
+    assert!(status.contains("registrations 0"), "node 1: {status}");
+
+    c.wait_held_by(2);
+    let mut again = c.rpcclient(PUBLIC);
+    again.send(&format!(
+        "RegisterEx -n CLUSTER -s data -i {PUBLIC} -c testclient"
+    ));
+    let h = again.handle(limit);
+    again.send(&format!("AsyncNotify {h}"));
+    assert_eq!(
+        control(c.dir(), 2, "share-move data node2"),
+        "ok 1 registrations\n"
+    );
+    again.expect("Share move with 1 messages", limit);
+    let line = again.expect("Flags", limit);
+    assert!(line.contains(NODE_IPS[1]), "{line}");
+    eprintln!(
+        "drain -> registered with node 2 and told: {:?}",
+        drained.elapsed()
+    );
 }

@@ -17,6 +17,10 @@
 //! ([`NodeStatus::Isolated`]): its clients are moved as on a drain, and its public addresses go
 //! to the nodes still up, until it holds a lease again.
 //!
+//! RPC connections made to a public address end when this node releases that address
+//! ([`WitnessState::end_rpc_on_public`]); a registration told to go elsewhere ends
+//! `reregister_after_ms` later, so that its client registers again ([`sends_elsewhere`]).
+//!
 //! Authentication: callers bind with NTLMSSP (raw, or inside SPNEGO as Windows does) as a user
 //! of `[server] users`, at the level `[witness] auth_level` asks (privacy by default; see
 //! `tcp` and smb-rpc's security provider). The endpoint mapper stays open, as on Windows. What
@@ -30,7 +34,7 @@ mod rawnet;
 pub mod tcp;
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -134,6 +138,10 @@ enum Watched {
 struct Registration {
     conn: u64,
     watched: Watched,
+    /// Its IpAddress (what `watched` names).
+    ip: IpAddr,
+    /// When it ends by itself: set when it was told to go elsewhere ([`sends_elsewhere`]).
+    ends_at: Option<Instant>,
     /// RegisterEx's KeepAliveTimeout (MS-SWN 3.1.4.5): a pending AsyncNotify answers
     /// ERROR_TIMEOUT after it.
     keep_alive: Option<Duration>,
@@ -162,6 +170,54 @@ impl Registration {
         }
         Some(Notification::IpChange(std::mem::take(&mut self.pending_ip)))
     }
+
+    /// [`Registration::next_notification`], handed to the client at `now`: one that sends
+    /// it elsewhere ends the registration `reregister_after` later.
+    fn hand_out(&mut self, now: Instant, reregister_after: Duration) -> Option<Notification> {
+        let n = self.next_notification()?;
+        if sends_elsewhere(&n, self.ip) {
+            // Counted from the latest such notification, as Samba restarts its timer.
+            self.ends_at = Some(now + reregister_after);
+        }
+        Some(n)
+    }
+
+    fn ended(&self, now: Instant) -> bool {
+        self.ends_at.is_some_and(|t| now >= t)
+    }
+}
+
+/// Whether `n`, told to a registration for `ip`, sends the client elsewhere: its resource
+/// is unavailable (RESOURCE_CHANGE other than AVAILABLE), or it is to move its connection
+/// (CLIENT_MOVE, MS-SWN 3.1.6.2) or its share (SHARE_MOVE, 3.1.6.3) to another address.
+/// Such a registration ends a little later (`[witness] reregister_after_ms`), as Samba's
+/// rpcd_witness does (5 s). MS-SWN has the client register for the address it connects to
+/// next (3.2.4.1), but nothing in the protocol retires the old registration on the server:
+/// 3.1.5.1's unused-registration timer spares one with an AsyncNotify pending, and clients
+/// keep one pending. Left alone, it lingers on the old witness, hears about a place the
+/// client left, and the client, whose registration still works, does not register where
+/// its address is served now (Windows Server 2022 registers again only once its
+/// registration fails, as Samba found). Ended, its pending AsyncNotify fails with
+/// ERROR_NOT_FOUND (3.1.4.4: no matching registration), an UnRegister too (3.1.4.3), and the
+/// client calls GetInterfaceList and registers again. The delay lets it hear what follows
+/// first (a moving public address's AVAILABLE right after its UNAVAILABLE). IP_CHANGE
+/// (3.1.6.4) only reports the server's addresses and sends nobody away.
+fn sends_elsewhere(n: &Notification, ip: IpAddr) -> bool {
+    match n {
+        Notification::ResourceChange(list) => list
+            .iter()
+            .any(|(_, state)| *state != resource_state::AVAILABLE),
+        Notification::ClientMove(to) => to.iter().any(|a| *a != ip),
+        Notification::ShareMove(to) => to.iter().any(|a| a.addr != ip),
+        Notification::IpChange(_) => false,
+    }
+}
+
+/// One RPC (endpoint mapper or witness) connection as [`WitnessState`] knows it: the
+/// address it was made to and a handle to end it with.
+struct RpcConn {
+    local: IpAddr,
+    stream: TcpStream,
 }
 
 struct Inner {
@@ -189,6 +245,11 @@ struct Inner {
     /// Share moves given on this node's control socket, for the heartbeat thread to forward
     /// to the other nodes (`peers`).
     outgoing_moves: Vec<(String, Vec<IpAddrInfo>)>,
+    /// The open RPC connections (`tcp`), by connection id.
+    rpc_conns: HashMap<u64, RpcConn>,
+    /// The public addresses (bit i: address i) RPC is served on: set before this node adds
+    /// one, cleared before it deletes one ([`WitnessState::end_rpc_on_public`]).
+    rpc_public: u64,
 }
 
 /// The witness state of this node, shared by its RPC connections and the peer thread.
@@ -248,6 +309,8 @@ impl WitnessState {
             ip_states: Vec::new(),
             public_holders: vec![None; public.len()],
             outgoing_moves: Vec::new(),
+            rpc_conns: HashMap::new(),
+            rpc_public: 0,
         };
         inner.ip_states = ip_states(&inner, &public);
         Arc::new(Self {
@@ -639,6 +702,8 @@ impl WitnessState {
     /// Answers ready for connection `conn`'s pending AsyncNotify calls.
     pub fn take_ready(&self, conn: u64, now: Instant) -> Vec<(CallId, NotifyOutcome)> {
         let mut inner = self.lock();
+        end_registrations(&mut inner, conn, now);
+        let reregister_after = self.reregister_after();
         let mut out = inner.orphaned.remove(&conn).unwrap_or_default();
         for r in inner.registrations.values_mut() {
             if r.conn != conn {
@@ -647,7 +712,7 @@ impl WitnessState {
             let Some((call, since)) = r.pending else {
                 continue;
             };
-            if let Some(n) = r.next_notification() {
+            if let Some(n) = r.hand_out(now, reregister_after) {
                 r.pending = None;
                 out.push((call, NotifyOutcome::Notification(n)));
             } else if r.keep_alive.is_some_and(|k| now.duration_since(since) >= k) {
@@ -672,6 +737,81 @@ impl WitnessState {
         let mut inner = self.lock();
         inner.registrations.retain(|_, r| r.conn != conn);
         inner.orphaned.remove(&conn);
+        inner.rpc_conns.remove(&conn);
+    }
+
+    fn reregister_after(&self) -> Duration {
+        Duration::from_millis(self.cfg.reregister_after_ms)
+    }
+
+    /// RPC connection `conn` was made to `local` over `stream` (a handle to the connection's
+    /// socket). False when `local` is a public address this node is letting go or no longer
+    /// holds (the connection raced its release): the caller ends it at once.
+    pub fn add_rpc_conn(&self, conn: u64, local: IpAddr, stream: TcpStream) -> bool {
+        // An IPv4 client of a dual-stack socket reached an IPv4-mapped address.
+        let local = local.to_canonical();
+        let mut inner = self.lock();
+        let released = self
+            .public
+            .iter()
+            .position(|a| *a == local)
+            .is_some_and(|k| inner.rpc_public & (1 << k) == 0);
+        if released {
+            return false;
+        }
+        inner.rpc_conns.insert(conn, RpcConn { local, stream });
+        true
+    }
+
+    /// This node is about to add public address `k`: RPC connections to it are served.
+    pub fn serve_rpc_on_public(&self, k: usize) {
+        self.lock().rpc_public |= 1 << k;
+    }
+
+    /// This node is about to delete public address `k`: end the RPC connections made to it
+    /// (shut down while the address is still here, so the client gets the FIN and knows at
+    /// once) and drop their witness registrations; refuse any that arrive before it is gone.
+    /// How many were ended.
+    ///
+    /// Without this, a witness client that reached this node through the address would keep
+    /// its connection to a node that no longer answers there (nothing sent on it can leave
+    /// once the address is gone, and a client waiting on AsyncNotify sends nothing), and
+    /// would never learn to register with the new holder. Samba does the same: rpcd_witness
+    /// ends its connections to an address CTDB releases (CTDB_SRVID_RELEASE_IP), after CTDB's
+    /// releaseip event killed the TCP connections to it while it was still configured.
+    pub fn end_rpc_on_public(&self, k: usize) -> usize {
+        let Some(addr) = self.public.get(k).copied() else {
+            return 0;
+        };
+        let mut inner = self.lock();
+        inner.rpc_public &= !(1 << k);
+        let ended: Vec<u64> = inner
+            .rpc_conns
+            .iter()
+            .filter(|(_, c)| c.local == addr)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ended {
+            if let Some(c) = inner.rpc_conns.remove(id) {
+                // The connection's thread sees the end of its stream and leaves.
+                if let Err(e) = c.stream.shutdown(std::net::Shutdown::Both) {
+                    tracing::debug!(conn = id, %e, "RPC connection shutdown");
+                }
+            }
+            inner.orphaned.remove(id);
+        }
+        if ended.is_empty() {
+            return 0;
+        }
+        let before = inner.registrations.len();
+        inner.registrations.retain(|_, r| !ended.contains(&r.conn));
+        tracing::info!(
+            address = %addr,
+            connections = ended.len(),
+            registrations = before - inner.registrations.len(),
+            "witness: RPC connections to a released public address ended"
+        );
+        ended.len()
     }
 
     /// Every node's address, then every public address (MS-SWN 3.1.4.1: the interfaces a
@@ -789,6 +929,8 @@ impl WitnessState {
             Registration {
                 conn,
                 watched,
+                ip,
+                ends_at: None,
                 keep_alive: (req.ex && req.keep_alive_timeout != 0)
                     .then(|| Duration::from_secs(u64::from(req.keep_alive_timeout))),
                 pending: None,
@@ -807,6 +949,7 @@ impl WitnessState {
 
     fn unregister(&self, conn: u64, handle: ContextHandle) -> u32 {
         let mut inner = self.lock();
+        end_registrations(&mut inner, conn, Instant::now());
         match inner.registrations.get(&handle.uuid) {
             Some(r) if r.conn == conn => {}
             // MS-SWN 3.1.4.3: no matching registration is ERROR_NOT_FOUND; another
@@ -831,7 +974,10 @@ impl WitnessState {
         handle: ContextHandle,
         call: CallId,
     ) -> Result<Option<NotifyOutcome>, u32> {
+        let now = Instant::now();
+        let reregister_after = self.reregister_after();
         let mut inner = self.lock();
+        end_registrations(&mut inner, conn, now);
         let r = match inner.registrations.get_mut(&handle.uuid) {
             Some(r) if r.conn == conn => r,
             _ => return Err(werror::NOT_FOUND),
@@ -840,10 +986,10 @@ impl WitnessState {
             // One outstanding AsyncNotify per registration.
             return Err(werror::INVALID_STATE);
         }
-        if let Some(n) = r.next_notification() {
+        if let Some(n) = r.hand_out(now, reregister_after) {
             return Ok(Some(NotifyOutcome::Notification(n)));
         }
-        r.pending = Some((call, Instant::now()));
+        r.pending = Some((call, now));
         Ok(None)
     }
 }
@@ -864,6 +1010,31 @@ fn ip_states(inner: &Inner, public: &[IpAddr]) -> Vec<IpAddrInfo> {
             .any(|n| n.status != NodeStatus::Dead && n.claims & (1 << k) != 0),
     });
     nodes.chain(public).collect()
+}
+
+/// Remove connection `conn`'s registrations whose time ran out ([`sends_elsewhere`]); a
+/// pending AsyncNotify of one is answered ERROR_NOT_FOUND, as if the client had unregistered
+/// (MS-SWN 3.1.4.4: its registration is no longer in the list).
+fn end_registrations(inner: &mut Inner, conn: u64, now: Instant) {
+    let ended: Vec<Uuid> = inner
+        .registrations
+        .iter()
+        .filter(|(_, r)| r.conn == conn && r.ended(now))
+        .map(|(uuid, _)| *uuid)
+        .collect();
+    for uuid in ended {
+        let Some(r) = inner.registrations.remove(&uuid) else {
+            continue;
+        };
+        tracing::info!(conn, ip = %r.ip, "witness: registration ended after a move; the client registers again");
+        if let Some((call, _)) = r.pending {
+            inner
+                .orphaned
+                .entry(conn)
+                .or_default()
+                .push((call, NotifyOutcome::Error(werror::NOT_FOUND)));
+        }
+    }
 }
 
 /// The most targets one share move names (it then fits one unfragmented datagram).
@@ -1453,6 +1624,151 @@ mod tests {
         assert_eq!(s.async_notify(3, v1, CALL), Ok(None));
         assert!(s.share_move("data", &["nowhere"]).is_err());
         assert!(s.share_move("data", &[]).is_err());
+    }
+
+    /// The answer a pending AsyncNotify of connection `conn` gets at `at`, if any.
+    fn answer_at(s: &WitnessState, conn: u64, at: Instant) -> Option<NotifyOutcome> {
+        let mut ready = s.take_ready(conn, at);
+        assert!(ready.len() <= 1, "{ready:?}");
+        ready.pop().map(|(call, outcome)| {
+            assert_eq!(call, CALL);
+            outcome
+        })
+    }
+
+    #[test]
+    fn a_registration_sent_elsewhere_ends_so_its_client_registers_again() {
+        let s = state();
+        let grace = Duration::from_millis(s.config().reregister_after_ms);
+        let moved = s.register(1, &reg("10.0.0.2")).unwrap();
+        let ip_only = s
+            .register(2, &reg_ex("10.0.0.3", None, REGISTER_IP_NOTIFICATION))
+            .unwrap();
+        let share_here = s.register(3, &reg_ex("10.0.0.1", Some("data"), 0)).unwrap();
+        for (conn, h) in [(1, moved), (2, ip_only), (3, share_here)] {
+            assert_eq!(s.async_notify(conn, h, CALL), Ok(None));
+        }
+        // n2 drains: CLIENT_MOVE for its client, IP_CHANGE for the other; a share move to
+        // the address the third client already uses.
+        s.heard("n2", 1, NodeStatus::Draining, 0, Instant::now());
+        s.share_move("data", &["n1"]).unwrap();
+        let t0 = Instant::now();
+        assert!(matches!(
+            answer_at(&s, 1, t0),
+            Some(NotifyOutcome::Notification(Notification::ClientMove(_)))
+        ));
+        assert!(matches!(
+            answer_at(&s, 2, t0),
+            Some(NotifyOutcome::Notification(Notification::IpChange(_)))
+        ));
+        assert!(matches!(
+            answer_at(&s, 3, t0),
+            Some(NotifyOutcome::Notification(Notification::ShareMove(_)))
+        ));
+        // The moved client may still ask within the grace; then its registration ends: the
+        // pending call fails with ERROR_NOT_FOUND (MS-SWN 3.1.4.4), as do later calls.
+        for (conn, h) in [(1, moved), (2, ip_only), (3, share_here)] {
+            assert_eq!(s.async_notify(conn, h, CALL), Ok(None));
+        }
+        assert_eq!(answer_at(&s, 1, t0 + grace / 2), None);
+        let late = Instant::now() + grace;
+        assert_eq!(
+            answer_at(&s, 1, late),
+            Some(NotifyOutcome::Error(werror::NOT_FOUND))
+        );
+        assert_eq!(s.async_notify(1, moved, CALL), Err(werror::NOT_FOUND));
+        assert_eq!(s.unregister(1, moved), werror::NOT_FOUND);
+        // The others were not sent elsewhere: still registered, still waiting.
+        assert_eq!(answer_at(&s, 2, late), None);
+        assert_eq!(answer_at(&s, 3, late), None);
+        assert!(s.status_text().contains("registrations 2"));
+        // A share move to another address ends that registration too.
+        s.share_move("data", &["n3"]).unwrap();
+        let t1 = Instant::now();
+        assert!(matches!(
+            answer_at(&s, 3, t1),
+            Some(NotifyOutcome::Notification(Notification::ShareMove(_)))
+        ));
+        assert_eq!(s.unregister(3, share_here), werror::OK);
+        // The client registers again and hears the next change.
+        let again = s.register(1, &reg("10.0.0.2")).unwrap();
+        s.heard("n2", 2, NodeStatus::Up, 0, Instant::now());
+        s.heard("n2", 3, NodeStatus::Draining, 0, Instant::now());
+        assert!(matches!(
+            s.async_notify(1, again, CALL),
+            Ok(Some(NotifyOutcome::Notification(Notification::ClientMove(
+                _
+            ))))
+        ));
+    }
+
+    #[test]
+    fn a_moving_public_address_is_unavailable_then_available_then_its_registration_ends() {
+        let s = with_public(&["10.0.0.100"]);
+        let grace = Duration::from_millis(s.config().reregister_after_ms);
+        let h = s.register(1, &reg("10.0.0.100")).unwrap();
+        let t0 = Instant::now();
+        s.heard("n2", 1, NodeStatus::Up, 0b1, t0);
+        assert_eq!(
+            s.async_notify(1, h, CALL),
+            resource("10.0.0.100", resource_state::AVAILABLE)
+        );
+        // AVAILABLE sends nobody away.
+        assert_eq!(s.async_notify(1, h, CALL), Ok(None));
+        assert_eq!(answer_at(&s, 1, Instant::now() + 2 * grace), None);
+        // n2 lets it go and this node takes it: both heard, within the grace.
+        s.heard("n2", 2, NodeStatus::Draining, 0, t0);
+        let t1 = Instant::now();
+        assert_eq!(
+            answer_at(&s, 1, t1),
+            Some(NotifyOutcome::Notification(Notification::ResourceChange(
+                vec![("10.0.0.100".into(), resource_state::UNAVAILABLE)]
+            )))
+        );
+        s.set_local_claims(0b1);
+        assert_eq!(
+            s.async_notify(1, h, CALL),
+            resource("10.0.0.100", resource_state::AVAILABLE)
+        );
+        assert_eq!(s.async_notify(1, h, CALL), Ok(None));
+        assert_eq!(
+            answer_at(&s, 1, t1 + grace),
+            Some(NotifyOutcome::Error(werror::NOT_FOUND))
+        );
+        assert!(s.status_text().contains("registrations 0"));
+    }
+
+    #[test]
+    fn releasing_a_public_address_ends_the_rpc_connections_made_to_it() {
+        use std::io::Read;
+        let s = with_public(&["127.0.0.1"]);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let public: IpAddr = "127.0.0.1".parse().unwrap();
+        let clone = || server.try_clone().unwrap();
+        // Not (yet, or any more) this node's address: refused.
+        assert!(!s.add_rpc_conn(1, public, clone()));
+        s.serve_rpc_on_public(0);
+        assert!(s.add_rpc_conn(1, public, clone()));
+        // A connection to a node address, and one from an IPv4 client of a dual-stack socket.
+        assert!(s.add_rpc_conn(2, "10.0.0.1".parse().unwrap(), clone()));
+        s.register(1, &reg("127.0.0.1")).unwrap();
+        s.register(2, &reg("10.0.0.2")).unwrap();
+        assert_eq!(s.end_rpc_on_public(0), 1);
+        // The client sees its connection end; its registration is gone, the other stays.
+        let mut b = [0u8; 1];
+        assert_eq!(client.read(&mut b).unwrap(), 0);
+        assert!(s.status_text().contains("registrations 1"));
+        assert!(!s.add_rpc_conn(3, public, clone()));
+        s.serve_rpc_on_public(0);
+        assert!(s.add_rpc_conn(4, "::ffff:127.0.0.1".parse().unwrap(), clone()));
+        s.drop_connection(4);
+        assert!(s.add_rpc_conn(5, "::ffff:127.0.0.1".parse().unwrap(), clone()));
+        assert_eq!(s.end_rpc_on_public(0), 1);
     }
 
     #[test]

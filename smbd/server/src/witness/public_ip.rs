@@ -51,6 +51,13 @@
 //! is small beside the fence wait. The ARP and the tickles, sent many at a time, use raw
 //! sockets (`rawnet`).
 //!
+//! **Releasing** an address ends this node's RPC (witness and endpoint mapper) connections
+//! made to it first, while the address is still here, so their clients see the connection
+//! end at once and register with the witness of the new holder (as Samba's rpcd_witness does
+//! on CTDB's release; see `WitnessState::end_rpc_on_public`), then deletes it. A connection
+//! that races the release is refused. Its SMB connections stay as they are (the new holder
+//! tickles them).
+//!
 //! **A node without a lock manager lease** (cut off from lockmgrd: `NodeStatus::Isolated`)
 //! is not healthy: it releases its addresses at once and takes none, even when it sees every
 //! other node dead (it may be the one cut off). lockmgrd has fenced it, so it can serve nothing;
@@ -540,19 +547,24 @@ impl Manager {
 
     fn release(&mut self, i: usize) {
         let a = &self.cfg.addresses[i];
+        // While the address is still here, so that their ends reach the clients.
+        let witness_conns = self.state.end_rpc_on_public(i);
         if let Err(e) = ip_addr("del", a) {
             tracing::warn!(address = %a.address, %e, "public address: release failed");
         }
         self.held &= !(1 << i);
         self.state.set_local_claims(self.held);
         self.announces.retain(|x| x.index != i);
-        tracing::info!(address = %a.address, interface = %a.interface, "public address released");
+        tracing::info!(address = %a.address, interface = %a.interface, witness_conns, "public address released");
     }
 
     fn take(&mut self, i: usize, now: Instant) {
         let a = &self.cfg.addresses[i];
+        // Before a client can reach it.
+        self.state.serve_rpc_on_public(i);
         if let Err(e) = ip_addr("add", a) {
             tracing::warn!(address = %a.address, %e, "public address: take failed");
+            self.state.end_rpc_on_public(i);
             self.retry_at[i] = Some(now + RETRY_AFTER);
             return;
         }

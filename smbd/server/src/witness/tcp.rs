@@ -6,6 +6,8 @@
 //! place in the io_uring workers. A connection thread wakes every `POLL` to hand out
 //! notifications that became ready and to notice shutdown; buffered output is bounded by the
 //! pipe's `max_output` (a client that does not read is disconnected), input by `max_request`.
+//! A connection made to a public address ends when this node releases that address
+//! (`WitnessState::end_rpc_on_public`).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -138,10 +140,20 @@ fn serve(mut stream: TcpStream, kind: Kind, ctx: &Ctx) -> std::io::Result<()> {
     stream.set_read_timeout(Some(POLL))?;
     stream.set_nodelay(true)?;
     let conn = ctx.ids.fetch_add(1, Ordering::Relaxed);
+    let local = stream.local_addr()?;
+    // Known by its local address, so that releasing a public address ends it
+    // (`WitnessState::end_rpc_on_public`).
+    if !ctx
+        .state
+        .add_rpc_conn(conn, local.ip(), stream.try_clone()?)
+    {
+        tracing::debug!(%local, "RPC connection to a public address being released: closed");
+        return Ok(());
+    }
     // The tower's network floor (0x09, C706 appendix I) holds an IPv4 address only; there is
     // no IPv6 floor, so a caller that came over IPv6 gets 0.0.0.0 ("the address you used", as
     // Samba's endpoint mapper answers too) and keeps the address it reached us on.
-    let local_ip = match stream.local_addr()?.ip() {
+    let local_ip = match local.ip() {
         IpAddr::V4(a) => a,
         IpAddr::V6(a) => a.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED),
     };
@@ -151,7 +163,7 @@ fn serve(mut stream: TcpStream, kind: Kind, ctx: &Ctx) -> std::io::Result<()> {
                 endpoints: vec![(WITNESS, ctx.witness_port)],
                 local_ip,
             }),
-            stream.local_addr()?.port(),
+            local.port(),
         ),
         Kind::Witness => (
             Box::new(Witness::new(ConnWitness {
