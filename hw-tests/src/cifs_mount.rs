@@ -29,12 +29,13 @@ const CHUNK: usize = 512 << 10;
 /// The client's page size. Writes go out from page-aligned buffers: Debian 6.1's client sends
 /// the data of an inline (not RDMA) WRITE page by page, and for each piece of a page it takes
 /// the length of what is left of the whole message instead of what is left of the page
-/// (smbd_send: `size = min(max_iov_size, remaining_data_length)`). A write under 4 KiB whose
-/// buffer crosses a page boundary thus sends bytes from beyond the first page's end in place
-/// of the second page's: silent corruption on any SMB Direct server, a bad AES tag (smbd
-/// drops the connection) on an encrypted session. Seen here as "read back differs at byte
-/// 2272" for 1 KiB writes from an unaligned buffer. Writes of 4 KiB or more go by RDMA READ
-/// and are not affected; upstream's iov_iter rewrite of smbd_send (6.3+) has no such split.
+/// (smbd_send: `size = min(max_iov_size, remaining_data_length)`). An inline write whose data
+/// spans two pages thus sends bytes from beyond the first page's end in place of the second
+/// page's: silent corruption on any SMB Direct server, a bad AES tag (smbd drops the
+/// connection) on an encrypted session. Seen here as "read back differs at byte 2272" for
+/// 1 KiB writes from an unaligned buffer, and as every encrypted 512 KiB WRITE failing.
+/// Unsigned, unencrypted writes of 4 KiB or more go by RDMA READ and are not affected;
+/// upstream's iov_iter rewrite of smbd_send (6.3) has no such split.
 const PAGE: usize = 4096;
 /// smbd's port for the TCP mount.
 const TCP_PORT: u16 = 4450;
