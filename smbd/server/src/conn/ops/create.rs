@@ -84,11 +84,21 @@ impl Conn {
             && c.disposition != disposition::OPEN
             && c.disposition != disposition::OVERWRITE)
             .then(|| c.clone());
+        // The other way round, a file found at the lookup may be gone before it is opened:
+        // another connection's last handle, delete-on-close, unlinks it after the lock service
+        // let its share mode go (smbtorture durable-open.delete_on_close1 reopens the name as
+        // the disconnected handle's teardown deletes it). For these dispositions a missing
+        // name is then created, so the create runs again too; OBJECT_NAME_NOT_FOUND cannot be
+        // their answer otherwise (a missing parent is OBJECT_PATH_NOT_FOUND).
         let again = c.clone();
         self.create_raced = false;
         let out = self.create_attempt(c, hdr, ctx);
+        let vanished =
+            matches!(&out, Outcome::Reply(st, _) if *st == status::OBJECT_NAME_NOT_FOUND);
         let out = match retry {
-            Some(c) if std::mem::take(&mut self.create_raced) => self.create_attempt(c, hdr, ctx),
+            Some(c) if std::mem::take(&mut self.create_raced) || vanished => {
+                self.create_attempt(c, hdr, ctx)
+            }
             _ => out,
         };
         self.wait_for_hung_up_if_conflict(out, again, hdr, ctx)
