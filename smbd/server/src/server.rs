@@ -338,6 +338,7 @@ impl Server {
                 public_ip = Some(m.spawn(
                     witness_stop.clone(),
                     Box::new(move |node| shared.lock_node_session(node)),
+                    Box::new(ReleasedAddresses(self.shared.clone())),
                 )?);
             }
         }
@@ -610,5 +611,19 @@ mod tests {
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
         assert!(err(&open.join("sd.sock")).contains("mode 0700"));
         assert!(err(&file.join("sd.sock")).contains("not a directory"));
+    }
+}
+
+/// The release of a public address ends this node's SMB connections to it
+/// (`witness::public_ip`, [`Shared::end_connections_to`]).
+struct ReleasedAddresses(Arc<Shared>);
+
+impl crate::witness::public_ip::SmbConnections for ReleasedAddresses {
+    fn end_to(&self, ip: std::net::IpAddr) -> usize {
+        self.0.end_connections_to(ip)
+    }
+
+    fn released(&self, ip: std::net::IpAddr) {
+        self.0.address_released(ip);
     }
 }
