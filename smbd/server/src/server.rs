@@ -580,6 +580,20 @@ impl Stopper {
     }
 }
 
+/// The release of a public address ends this node's SMB connections to it
+/// (`witness::public_ip`, [`Shared::end_connections_to`]).
+struct ReleasedAddresses(Arc<Shared>);
+
+impl crate::witness::public_ip::SmbConnections for ReleasedAddresses {
+    fn end_to(&self, ip: std::net::IpAddr) -> usize {
+        self.0.end_connections_to(ip)
+    }
+
+    fn released(&self, ip: std::net::IpAddr) {
+        self.0.address_released(ip);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -611,19 +625,5 @@ mod tests {
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
         assert!(err(&open.join("sd.sock")).contains("mode 0700"));
         assert!(err(&file.join("sd.sock")).contains("not a directory"));
-    }
-}
-
-/// The release of a public address ends this node's SMB connections to it
-/// (`witness::public_ip`, [`Shared::end_connections_to`]).
-struct ReleasedAddresses(Arc<Shared>);
-
-impl crate::witness::public_ip::SmbConnections for ReleasedAddresses {
-    fn end_to(&self, ip: std::net::IpAddr) -> usize {
-        self.0.end_connections_to(ip)
-    }
-
-    fn released(&self, ip: std::net::IpAddr) {
-        self.0.address_released(ip);
     }
 }
