@@ -32,6 +32,9 @@ struct Inner {
     transports: HashMap<u64, RawFd>,
     /// Connection id -> connections waiting for it to be torn down.
     waiters: HashMap<u64, Vec<u64>>,
+    /// Public addresses being released ([`Hangups::end_transports_to`]): a connection made to
+    /// one ends as soon as it is registered.
+    releasing: Vec<std::net::IpAddr>,
 }
 
 impl Hangups {
@@ -40,9 +43,25 @@ impl Hangups {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Connection `conn` talks over socket `fd` (until [`Hangups::done`]).
+    /// Connection `conn` talks over socket `fd` (until [`Hangups::done`]). A connection made
+    /// to an address being released is shut down at once: it raced the release, and its
+    /// client is to reconnect to the address's next holder.
     pub fn register(&self, conn: u64, fd: RawFd) {
-        self.lock().transports.insert(conn, fd);
+        let mut g = self.lock();
+        g.transports.insert(conn, fd);
+        if g.releasing.is_empty() {
+            return;
+        }
+        let local = crate::sys::socket_local_ip(fd);
+        if local.is_some_and(|ip| g.releasing.contains(&ip)) {
+            tracing::info!(
+                conn,
+                "connection to a public address being released refused"
+            );
+            if let Err(e) = crate::sys::shutdown_raw_socket(fd) {
+                tracing::debug!(conn, %e, "shutdown of a connection to a released address");
+            }
+        }
     }
 
     /// The worker has processed the end of `conn`'s transport (its opens are closed, or live
@@ -54,6 +73,36 @@ impl Hangups {
             w.retain(|c| *c != conn);
         }
         g.waiters.remove(&conn).unwrap_or_default()
+    }
+
+    /// Ends every connection whose socket's local address is `ip` (a public address this
+    /// node is releasing), and every one made to it until [`Hangups::released`]: each is shut
+    /// down here, under the lock that keeps its descriptor from being closed and reused
+    /// meanwhile, and its worker tears it down as on a client's disconnect. Returns how many.
+    pub fn end_transports_to(&self, ip: std::net::IpAddr) -> usize {
+        let ip = ip.to_canonical();
+        let mut g = self.lock();
+        if !g.releasing.contains(&ip) {
+            g.releasing.push(ip);
+        }
+        let mut ended = 0;
+        for (conn, fd) in &g.transports {
+            if crate::sys::socket_local_ip(*fd) != Some(ip) {
+                continue;
+            }
+            match crate::sys::shutdown_raw_socket(*fd) {
+                Ok(()) => ended += 1,
+                // Already gone (the client left first): its worker is on it.
+                Err(e) => tracing::debug!(conn, %e, "shutdown of a released address's connection"),
+            }
+        }
+        ended
+    }
+
+    /// Public address `ip` is gone from this node: no connection can be made to it any more.
+    pub fn released(&self, ip: std::net::IpAddr) {
+        let ip = ip.to_canonical();
+        self.lock().releasing.retain(|a| *a != ip);
     }
 
     /// The connections other than `waiter` whose client has hung up and which are not torn
@@ -106,5 +155,52 @@ mod tests {
         assert_eq!(h.done(1), vec![3]);
         assert!(h.wait_for_hung_up(3).is_empty());
         assert!(h.done(2).is_empty());
+    }
+
+    /// A TCP connection to 127.0.0.1 as (the client's end, the server's end).
+    fn tcp_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (server, _) = l.accept().unwrap();
+        (client, server)
+    }
+
+    /// Whether the client's end reads the end of the stream (the server shut it down).
+    fn ended(client: &mut std::net::TcpStream) -> bool {
+        use std::io::Read;
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        matches!(client.read(&mut [0u8; 1]), Ok(0))
+    }
+
+    #[test]
+    fn releasing_an_address_ends_its_connections_and_refuses_new_ones_until_released() {
+        let h = Hangups::default();
+        let loopback: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let (mut c1, s1) = tcp_pair();
+        let (_unix, unix_peer) = UnixStream::pair().unwrap();
+        h.register(1, s1.as_raw_fd());
+        h.register(2, unix_peer.as_raw_fd());
+        // Another address: nothing ends.
+        assert_eq!(h.end_transports_to("10.9.9.9".parse().unwrap()), 0);
+        h.released("10.9.9.9".parse().unwrap());
+        assert_eq!(h.end_transports_to(loopback), 1);
+        assert!(
+            ended(&mut c1),
+            "the connection to the released address ended"
+        );
+        // One that raced the release ends as soon as it is registered.
+        let (mut c2, s2) = tcp_pair();
+        h.register(3, s2.as_raw_fd());
+        assert!(ended(&mut c2), "a connection made during the release ended");
+        // Once the address is gone, registering ends nothing.
+        h.released(loopback);
+        let (mut c3, s3) = tcp_pair();
+        h.register(4, s3.as_raw_fd());
+        c3.set_read_timeout(Some(std::time::Duration::from_millis(100)))
+            .unwrap();
+        use std::io::Read;
+        assert!(c3.read(&mut [0u8; 1]).is_err(), "still open: timed out");
     }
 }

@@ -338,6 +338,7 @@ impl Server {
                 public_ip = Some(m.spawn(
                     witness_stop.clone(),
                     Box::new(move |node| shared.lock_node_session(node)),
+                    Box::new(ReleasedAddresses(self.shared.clone())),
                 )?);
             }
         }
@@ -576,6 +577,20 @@ impl Stopper {
         for m in &self.0.mailboxes {
             m.wake();
         }
+    }
+}
+
+/// The release of a public address ends this node's SMB connections to it
+/// (`witness::public_ip`, [`Shared::end_connections_to`]).
+struct ReleasedAddresses(Arc<Shared>);
+
+impl crate::witness::public_ip::SmbConnections for ReleasedAddresses {
+    fn end_to(&self, ip: std::net::IpAddr) -> usize {
+        self.0.end_connections_to(ip)
+    }
+
+    fn released(&self, ip: std::net::IpAddr) {
+        self.0.address_released(ip);
     }
 }
 

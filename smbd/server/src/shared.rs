@@ -485,6 +485,18 @@ impl Shared {
         self.hangups.register(conn, fd);
     }
 
+    /// This node is releasing public address `ip`: end the client connections made to it,
+    /// while it is still here so that their FIN reaches the clients, and those made to it
+    /// until [`Shared::address_released`] (see `witness::public_ip`). Returns how many.
+    pub fn end_connections_to(&self, ip: std::net::IpAddr) -> usize {
+        self.hangups.end_transports_to(ip)
+    }
+
+    /// Public address `ip` is gone from this node ([`Shared::end_connections_to`]).
+    pub fn address_released(&self, ip: std::net::IpAddr) {
+        self.hangups.released(ip);
+    }
+
     /// The end of `conn`'s transport has been processed (its opens are closed, or live on
     /// through its sessions' other channels): connections waiting for that are told
     /// ([`Event::HangupDone`]).

@@ -235,6 +235,57 @@ pub(crate) fn hung_up(fds: &[RawFd]) -> Vec<bool> {
         .collect()
 }
 
+/// The local IP address of socket `fd` (getsockname), None for a socket that is not TCP/IP
+/// (smbdirectd's unix socket) or on error. IPv4-mapped IPv6 addresses come back as IPv4.
+/// The caller keeps `fd` open for the call (see `crate::hangup`).
+pub(crate) fn socket_local_ip(fd: RawFd) -> Option<std::net::IpAddr> {
+    // SAFETY: an all-zero sockaddr_storage is a valid value of that plain C struct.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `ss` is a live, exclusively borrowed sockaddr_storage of `len` bytes, the
+    // largest address getsockname can write; it writes at most `len` bytes and updates `len`.
+    let r = unsafe {
+        libc::getsockname(
+            fd,
+            (&mut ss as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    match i32::from(ss.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote an AF_INET address, so the storage holds a sockaddr_in
+            // (sockaddr_storage is large and aligned enough for every address type).
+            let sin =
+                unsafe { &*(&ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).into())
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for an AF_INET6 address and sockaddr_in6.
+            let sin6 =
+                unsafe { &*(&ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(
+                std::net::IpAddr::from(std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr))
+                    .to_canonical(),
+            )
+        }
+        _ => None,
+    }
+}
+
+/// [`shutdown_socket`] of a descriptor another thread owns: the peer gets a FIN now, and the
+/// worker that owns the socket sees its end (RECV returns 0) and tears the connection down as
+/// on a client's disconnect. The caller keeps `fd` from being closed for the call (see
+/// `crate::hangup`).
+pub(crate) fn shutdown_raw_socket(fd: RawFd) -> io::Result<()> {
+    // SAFETY: the caller guarantees `fd` stays open (not closed, not reused) for the call,
+    // which is all borrow_raw asks for the borrow's lifetime, this function's body.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    shutdown_socket(borrowed)
+}
+
 /// Whether `fd` has something to read within `timeout_ms` (poll(2) for POLLIN).
 pub(crate) fn readable_within(fd: impl AsFd, timeout_ms: i32) -> bool {
     let mut p = libc::pollfd {

@@ -250,6 +250,15 @@ fn negotiate(s: &mut TcpStream) -> std::io::Result<[u8; 16]> {
     Ok(resp[64 + 8..64 + 24].try_into().unwrap())
 }
 
+/// How an idle client's connection to node 1 ends when node 1 leaves.
+#[derive(Debug, Clone, Copy)]
+enum Ending {
+    /// Node 1 died: the new holder's tickle ACK draws the client's RST (seen as a reset).
+    Reset,
+    /// Node 1 let the address go: it ended the connection itself (the client reads a FIN).
+    Closed,
+}
+
 enum ClientEvent {
     Served([u8; 16]),
     RecvEnded(Instant, std::io::Result<usize>),
@@ -414,11 +423,15 @@ impl Cluster {
             if tx.send(ClientEvent::RecvEnded(Instant::now(), r)).is_err() {
                 return;
             }
+            // Again and again while the address moves: refused, unreachable, or ended at
+            // once by a node letting the address go.
             let again = loop {
-                match TcpStream::connect_timeout(&public, Duration::from_secs(1)) {
-                    Ok(mut s) => break negotiate(&mut s).expect("negotiate after the takeover"),
-                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                if let Ok(mut s) = TcpStream::connect_timeout(&public, Duration::from_secs(1)) {
+                    if let Ok(guid) = negotiate(&mut s) {
+                        break guid;
+                    }
                 }
+                std::thread::sleep(Duration::from_millis(50));
             };
             let _ = tx.send(ClientEvent::ServedAgain(Instant::now(), again));
         });
@@ -441,15 +454,16 @@ impl Cluster {
         (events, first_guid)
     }
 
-    /// After node 1 failed at `failed` (`why` for messages): the client's recv must end with
-    /// a reset and the client be served by another server. Returns (reset, served again),
-    /// measured from `failed`.
-    fn expect_reset_and_served_again(
+    /// After node 1 failed at `failed` (`why` for messages): the client's recv must end as
+    /// `ending` says and the client be served by another server. Returns (ended, served
+    /// again), measured from `failed`.
+    fn expect_end_and_served_again(
         &self,
         events: &std::sync::mpsc::Receiver<ClientEvent>,
         first_guid: [u8; 16],
         failed: Instant,
         why: &str,
+        ending: Ending,
     ) -> (Duration, Duration) {
         let (reset_at, result) = match events.recv_timeout(DEADLINE) {
             Ok(ClientEvent::RecvEnded(at, r)) => (at, r),
@@ -462,13 +476,17 @@ impl Cluster {
             ),
             Err(e) => panic!("client thread: {e}"),
         };
-        match result {
-            Err(e) => assert_eq!(
+        match (ending, result) {
+            (Ending::Reset, Err(e)) => assert_eq!(
                 e.kind(),
                 std::io::ErrorKind::ConnectionReset,
                 "the client's recv failed otherwise: {e}"
             ),
-            Ok(n) => panic!("the client's recv returned {n} instead of a reset"),
+            (Ending::Reset, Ok(n)) => panic!("the client's recv returned {n} instead of a reset"),
+            (Ending::Closed, Ok(0)) => {}
+            (Ending::Closed, other) => {
+                panic!("the client's recv ended with {other:?}, not the releasing node's FIN")
+            }
         }
         let remaining = DEADLINE.saturating_sub(failed.elapsed());
         let (served_at, second_guid) = match events.recv_timeout(remaining) {
@@ -569,11 +587,12 @@ fn dead_node_takeover(net: &'static Net) {
         "node 1 (pid {killed_pid}) killed; tickle ACKs {}",
         if tickle { "on" } else { "off" }
     );
-    let (reset, served) = c.expect_reset_and_served_again(
+    let (reset, served) = c.expect_end_and_served_again(
         &events,
         first_guid,
         killed,
         "node 1 died (no tickle ACK?)",
+        Ending::Reset,
     );
     eprintln!(
         "kill -> client reset: {reset:?}; kill -> served by node 2: {served:?} (dead_after {DEAD_AFTER_MS} ms + fence {LEASE_MS} ms)"
@@ -599,6 +618,29 @@ fn dead_node_takeover(net: &'static Net) {
 /// namespace).
 #[test]
 fn a_moved_clients_durable_handle_is_reclaimed_on_the_new_node() {
+    durable_client_moves(Leaving::Dies);
+}
+
+/// The same when node 1 is drained (a planned move): it releases the address, node 2 takes
+/// it, and the client reclaims there. Node 1 must end its SMB connections to the address as
+/// it releases it: left open, the connection would keep the handle open on node 1 (nothing
+/// can reach node 1 at that address any more, so TCP takes minutes to give up) and the
+/// reclaim on node 2 would meet it (the script gives up after 100 attempts).
+#[test]
+fn a_drained_nodes_client_reclaims_its_durable_handle_on_the_new_holder() {
+    durable_client_moves(Leaving::Drains);
+}
+
+/// How node 1 leaves in [`durable_client_moves`].
+#[derive(Debug, Clone, Copy)]
+enum Leaving {
+    /// Link down, then SIGKILL.
+    Dies,
+    /// `drain` on its control socket.
+    Drains,
+}
+
+fn durable_client_moves(leaving: Leaving) {
     let Some(py) = cluster_common::python() else {
         panic!(
             "no python with smbprotocol (set SMBD_PYTHON; scripts/install-deps.sh makes a venv)"
@@ -625,37 +667,46 @@ fn a_moved_clients_durable_handle_is_reclaimed_on_the_new_node() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run python");
-    let mut killed = None;
+    let mut left = None;
     let run = cluster_common::drive_marked_script(child, "KILL-NODE1", || {
-        ip(&["-n", &c.star.clients[0], "link", "set", IFACE, "down"]);
-        node1.kill();
-        killed = Some(Instant::now());
+        let t = Instant::now();
+        match leaving {
+            Leaving::Dies => {
+                ip(&["-n", &c.star.clients[0], "link", "set", IFACE, "down"]);
+                node1.kill();
+            }
+            Leaving::Drains => {
+                assert_eq!(control(c.dir(), 1, "drain"), "ok\n");
+                // The client comes back once the address has moved (its old connection ends
+                // when node 1 lets the address go).
+                c.wait_held_by(2);
+            }
+        }
+        left = Some(t);
     });
     assert!(
         run.acted && run.status.success() && run.stdout.contains("PASS moved"),
-        "durable_client.py moved: {}\nstdout:\n{}\nstderr:\n{}\n{}",
+        "durable_client.py moved ({leaving:?}): {}\nstdout:\n{}\nstderr:\n{}\n{}",
         run.status,
         run.stdout,
         run.stderr,
         logs(c.dir())
     );
-    if let Some(k) = killed {
+    if let Some(k) = left {
         eprintln!(
-            "kill -> handle reclaimed on node 2 and the scenario done: {:?} (dead_after {DEAD_AFTER_MS} ms + fence {LEASE_MS} ms)",
+            "node 1 {leaving:?} -> handle reclaimed on node 2 and the scenario done: {:?} (dead_after {DEAD_AFTER_MS} ms + fence {LEASE_MS} ms)",
             k.elapsed()
         );
     }
-    assert_eq!(
-        control(c.dir(), 2, "ips"),
-        format!("{PUBLIC} node2 node2\n")
-    );
+    assert!(c.addresses_on(2).contains(PUBLIC), "{}", c.addresses_on(2));
 }
 
 /// Node 1 loses its path to lockmgrd but not to its peers or clients (a blackhole route to
 /// lockmgrd's address in its namespace). Its lease runs out, lockmgrd fences it, and it can
 /// grant nothing: it must call itself isolated, release its address (its peers hear it
-/// still, so nobody would take it from a live node otherwise) and let node 2 take it and
-/// reset the client, who is then served by node 2. Once the path is back node 1 is in service
+/// still, so nobody would take it from a live node otherwise), ending the client's connection
+/// to it as it does, and let node 2 take it; the client is then served by node 2. Once the
+/// path is back node 1 is in service
 /// again and gets its home address back. Without the isolation the client stays on node 1 and
 /// the test fails at its deadline.
 #[test]
@@ -668,14 +719,16 @@ fn a_node_cut_off_from_the_lock_manager_hands_its_address_over() {
 
     c.blackhole(1, "add", LOCKMGRD_IP);
     let cut = Instant::now();
-    let (reset, served) = c.expect_reset_and_served_again(
+    // Node 1 ends the client's connection itself as it lets the address go.
+    let (ended, served) = c.expect_end_and_served_again(
         &events,
         first_guid,
         cut,
         "node 1 was cut off from lockmgrd",
+        Ending::Closed,
     );
     eprintln!(
-        "cut -> client reset: {reset:?}; cut -> served by node 2: {served:?} (lease {LEASE_MS} ms)"
+        "cut -> client's connection ended by node 1: {ended:?}; cut -> served by node 2: {served:?} (lease {LEASE_MS} ms)"
     );
     c.assert_status(1, 1, "isolated");
     c.assert_status(2, 1, "isolated");

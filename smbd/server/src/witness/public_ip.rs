@@ -55,8 +55,13 @@
 //! made to it first, while the address is still here, so their clients see the connection
 //! end at once and register with the witness of the new holder (as Samba's rpcd_witness does
 //! on CTDB's release; see `WitnessState::end_rpc_on_public`), then deletes it. A connection
-//! that races the release is refused. Its SMB connections stay as they are (the new holder
-//! tickles them).
+//! that races the release is refused. Its SMB connections to the address are shut down at the
+//! same moment (`Shared::end_connections_to`), as Samba's smbd ends its connections to an
+//! address CTDB releases: their clients reconnect, through the address, to its new holder,
+//! and their durable handles, let go here as on any disconnect, can be reclaimed there. Left
+//! open, such a connection would hold its opens, leases and locks on this node until TCP gave
+//! up (minutes: nothing it sends can arrive once the address is gone), and the client's
+//! reclaim on the new holder would meet its own old handle.
 //!
 //! **A node without a lock manager lease** (cut off from lockmgrd: `NodeStatus::Isolated`)
 //! is not healthy: it releases its addresses at once and takes none, even when it sees every
@@ -420,6 +425,15 @@ struct Announce {
 /// What the lock manager says of a node, by its `[lockmgr] node_name`.
 pub type NodeSessionCheck = Box<dyn Fn(&str) -> NodeSession + Send>;
 
+/// This node's SMB connections, as the release of a public address deals with them.
+pub trait SmbConnections: Send {
+    /// `ip` is being released: end the connections made to it, and any made to it until
+    /// [`SmbConnections::released`]. Returns how many were ended now.
+    fn end_to(&self, ip: IpAddr) -> usize;
+    /// `ip` is gone from this node.
+    fn released(&self, ip: IpAddr);
+}
+
 pub struct Manager {
     state: Arc<WitnessState>,
     cfg: PublicAddressesConfig,
@@ -431,6 +445,8 @@ pub struct Manager {
     /// Dead nodes whose addresses wait because lockmgrd still holds their session (bit per
     /// node: logged once per episode).
     held_back: u64,
+    /// Ends the SMB connections to an address being released ([`Manager::spawn`]).
+    smb: Option<Box<dyn SmbConnections>>,
 }
 
 impl Manager {
@@ -448,17 +464,21 @@ impl Manager {
             retry_at: vec![None; n],
             announces: Vec::new(),
             held_back: 0,
+            smb: None,
         }
     }
 
     /// Start the manager's thread; it releases every address it holds and returns when
     /// `shutdown` is set (join it so the addresses are gone before the process exits).
-    /// `node_session` asks the lock manager about a dead node before its addresses are taken.
+    /// `node_session` asks the lock manager about a dead node before its addresses are taken;
+    /// `smb` ends this node's SMB connections to an address it releases.
     pub fn spawn(
-        self,
+        mut self,
         shutdown: Arc<AtomicBool>,
         node_session: NodeSessionCheck,
+        smb: Box<dyn SmbConnections>,
     ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        self.smb = Some(smb);
         std::thread::Builder::new()
             .name("smbd-public-ip".into())
             .spawn(move || self.run(shutdown, node_session))
@@ -549,13 +569,20 @@ impl Manager {
         let a = &self.cfg.addresses[i];
         // While the address is still here, so that their ends reach the clients.
         let witness_conns = self.state.end_rpc_on_public(i);
+        let smb_conns = self
+            .smb
+            .as_ref()
+            .map_or(0, |smb| smb.end_to(a.address.addr));
         if let Err(e) = ip_addr("del", a) {
             tracing::warn!(address = %a.address, %e, "public address: release failed");
+        }
+        if let Some(smb) = &self.smb {
+            smb.released(a.address.addr);
         }
         self.held &= !(1 << i);
         self.state.set_local_claims(self.held);
         self.announces.retain(|x| x.index != i);
-        tracing::info!(address = %a.address, interface = %a.interface, witness_conns, "public address released");
+        tracing::info!(address = %a.address, interface = %a.interface, witness_conns, smb_conns, "public address released");
     }
 
     fn take(&mut self, i: usize, now: Instant) {

@@ -20,7 +20,7 @@ primary at the marker. While the open is disconnected every other open of the fi
 STATUS_FILE_NOT_AVAILABLE (MS-SMB2 3.3.5.9); the client reclaims it through node 1 with a
 persistent DH2C, reads what it wrote, and its byte-range lock is still in force.
 The "moved" scenario uses one address, a public address (HOST, PORT1): the client opens a durable
-handle through it, the harness kills the node holding it at "KILL-NODE1", and the client
+handle through it, the harness kills (or drains) the node holding it at "KILL-NODE1", and the client
 reconnects to the same address (now another node's) and reclaims handle, lease and lock there.
 Prints "PASS <scenario>" and exits 0 when the cluster behaved.
 """
@@ -219,8 +219,8 @@ MOVED_NAME = "moved.txt"
 
 
 def moved(host, port, user, password):
-    """The client reaches the cluster through a public address. The node holding it dies; the
-    address moves to another node, and the client, reconnecting to the same address, reclaims
+    """The client reaches the cluster through a public address. The node holding it dies (or
+    is drained); the address moves to another node, and the client, reconnecting to the same address, reclaims
     its durable handle (with its lease and byte-range lock) there."""
     global NAME
     NAME = MOVED_NAME
