@@ -956,15 +956,7 @@ impl WitnessState {
             // connection's handle is not this connection's to use.
             _ => return werror::NOT_FOUND,
         }
-        if let Some(r) = inner.registrations.remove(&handle.uuid) {
-            if let Some((call, _)) = r.pending {
-                inner
-                    .orphaned
-                    .entry(conn)
-                    .or_default()
-                    .push((call, NotifyOutcome::Error(werror::NOT_FOUND)));
-            }
-        }
+        remove_registration(&mut inner, conn, &handle.uuid);
         werror::OK
     }
 
@@ -1023,18 +1015,25 @@ fn end_registrations(inner: &mut Inner, conn: u64, now: Instant) {
         .map(|(uuid, _)| *uuid)
         .collect();
     for uuid in ended {
-        let Some(r) = inner.registrations.remove(&uuid) else {
-            continue;
-        };
-        tracing::info!(conn, ip = %r.ip, "witness: registration ended after a move; the client registers again");
-        if let Some((call, _)) = r.pending {
-            inner
-                .orphaned
-                .entry(conn)
-                .or_default()
-                .push((call, NotifyOutcome::Error(werror::NOT_FOUND)));
+        if let Some(ip) = remove_registration(inner, conn, &uuid) {
+            tracing::info!(conn, %ip, "witness: registration ended after a move; the client registers again");
         }
     }
+}
+
+/// Remove registration `uuid` of connection `conn`; its pending AsyncNotify, if any, is
+/// answered ERROR_NOT_FOUND (MS-SWN 3.1.4.4: no such registration any more). Returns the
+/// address it was for.
+fn remove_registration(inner: &mut Inner, conn: u64, uuid: &Uuid) -> Option<IpAddr> {
+    let r = inner.registrations.remove(uuid)?;
+    if let Some((call, _)) = r.pending {
+        inner
+            .orphaned
+            .entry(conn)
+            .or_default()
+            .push((call, NotifyOutcome::Error(werror::NOT_FOUND)));
+    }
+    Some(r.ip)
 }
 
 /// The most targets one share move names (it then fits one unfragmented datagram).
