@@ -52,15 +52,11 @@ impl Hangups {
         if g.releasing.is_empty() {
             return;
         }
-        let local = crate::sys::socket_local_ip(fd);
-        if local.is_some_and(|ip| g.releasing.contains(&ip)) {
+        if end_if_made_to(conn, fd, &g.releasing) {
             tracing::info!(
                 conn,
                 "connection to a public address being released refused"
             );
-            if let Err(e) = crate::sys::shutdown_raw_socket(fd) {
-                tracing::debug!(conn, %e, "shutdown of a connection to a released address");
-            }
         }
     }
 
@@ -85,18 +81,10 @@ impl Hangups {
         if !g.releasing.contains(&ip) {
             g.releasing.push(ip);
         }
-        let mut ended = 0;
-        for (conn, fd) in &g.transports {
-            if crate::sys::socket_local_ip(*fd) != Some(ip) {
-                continue;
-            }
-            match crate::sys::shutdown_raw_socket(*fd) {
-                Ok(()) => ended += 1,
-                // Already gone (the client left first): its worker is on it.
-                Err(e) => tracing::debug!(conn, %e, "shutdown of a released address's connection"),
-            }
-        }
-        ended
+        g.transports
+            .iter()
+            .filter(|(conn, fd)| end_if_made_to(**conn, **fd, &[ip]))
+            .count()
     }
 
     /// Public address `ip` is gone from this node: no connection can be made to it any more.
@@ -131,6 +119,22 @@ impl Hangups {
             }
         }
         gone
+    }
+}
+
+/// Shut down connection `conn`'s socket `fd` if its local address is one of `addrs`;
+/// whether it was. The caller holds the lock that keeps `fd` open.
+fn end_if_made_to(conn: u64, fd: RawFd, addrs: &[std::net::IpAddr]) -> bool {
+    if !crate::sys::socket_local_ip(fd).is_some_and(|ip| addrs.contains(&ip)) {
+        return false;
+    }
+    match crate::sys::shutdown_raw_socket(fd) {
+        Ok(()) => true,
+        // Already gone (the client left first): its worker is on it.
+        Err(e) => {
+            tracing::debug!(conn, %e, "shutdown of a connection to a released address");
+            false
+        }
     }
 }
 

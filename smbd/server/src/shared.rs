@@ -143,10 +143,11 @@ pub enum Event {
     ChannelOutput {
         frames: Vec<Vec<u8>>,
         close: bool,
-        /// Breaks among `frames`: the channel watches for their TCP acknowledgement and
-        /// hands them back if it fails first ([`Event::BreakUndelivered`]).
-        breaks: Vec<crate::break_delivery::BreakDelivery>,
     },
+    /// A break for this (bound) connection to send on behalf of its session's owner: it
+    /// watches for the break's TCP acknowledgement and hands it back if it fails first
+    /// ([`Event::BreakUndelivered`]).
+    SendBreak(crate::break_delivery::BreakDelivery),
     /// A break this connection sent, on its own transport or a bound channel, was not
     /// acknowledged by the client's TCP before that channel failed: send it on the session's
     /// next channel (MS-SMB2 3.3.4.6, crate::break_delivery).

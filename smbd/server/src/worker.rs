@@ -817,22 +817,44 @@ impl Worker {
         }
     }
 
-    /// The transport is going away: the breaks it still holds unacknowledged are handed back
-    /// ([`Worker::give_back_breaks`]); those the client's TCP did acknowledge are done.
+    /// How far the client's TCP acknowledged this connection's output, in `queued_total`
+    /// terms; None when the socket cannot tell (not TCP, or broken: its RECV/SEND errors close
+    /// it). Under smbtorture's channel-failure hook nothing counts as acknowledged.
+    fn acked_bytes(s: &Slot) -> Option<u64> {
+        let Stream::Tcp(tcp) = &s.stream else {
+            return None;
+        };
+        if s.conn.force_unacked_timeout {
+            return Some(0);
+        }
+        let unacked = crate::sys::tcp_unacked_bytes(tcp).ok()?;
+        Some(s.sent_total.saturating_sub(unacked))
+    }
+
+    /// Forget the breaks whose bytes the client's TCP acknowledged (up to `acked`).
+    fn forget_acked(s: &mut Slot, acked: u64) {
+        while s.ack_waits.front().is_some_and(|w| w.end <= acked) {
+            s.ack_waits.pop_front();
+        }
+    }
+
+    /// Hand back every break still waiting for its acknowledgement
+    /// ([`Worker::give_back_breaks`]).
+    fn give_back_waiting(s: &mut Slot) {
+        let breaks = s.ack_waits.drain(..).flat_map(|w| w.breaks).collect();
+        Self::give_back_breaks(&s.conn.shared, breaks);
+    }
+
+    /// The transport is going away: the breaks it still holds unacknowledged are handed back;
+    /// those the client's TCP did acknowledge are done.
     fn give_back_unacked_breaks(s: &mut Slot) {
         if s.ack_waits.is_empty() {
             return;
         }
-        if let (Stream::Tcp(tcp), false) = (&s.stream, s.conn.force_unacked_timeout) {
-            if let Ok(unacked) = crate::sys::tcp_unacked_bytes(tcp) {
-                let acked = s.sent_total.saturating_sub(unacked);
-                while s.ack_waits.front().is_some_and(|w| w.end <= acked) {
-                    s.ack_waits.pop_front();
-                }
-            }
+        if let Some(acked) = Self::acked_bytes(s) {
+            Self::forget_acked(s, acked);
         }
-        let breaks = s.ack_waits.drain(..).flat_map(|w| w.breaks).collect();
-        Self::give_back_breaks(&s.conn.shared, breaks);
+        Self::give_back_waiting(s);
     }
 
     /// The ack check of a channel's breaks is due ([`Event::AckCheck`]): forget the breaks the
@@ -840,25 +862,13 @@ impl Worker {
     /// failed: drop the transport (its sessions go on through other channels, where the
     /// client replays). Otherwise check again at the next deadline.
     fn check_acks(s: &mut Slot, now: Instant) {
-        let Stream::Tcp(tcp) = &s.stream else {
-            return;
-        };
         if s.closing || s.headless {
             return;
         }
-        let acked = if s.conn.force_unacked_timeout {
-            // smbtorture's channel-failure hook: nothing counts as acknowledged.
-            0
-        } else {
-            match crate::sys::tcp_unacked_bytes(tcp) {
-                Ok(unacked) => s.sent_total.saturating_sub(unacked),
-                // The socket is gone or broken: its RECV/SEND errors close it.
-                Err(_) => return,
-            }
+        let Some(acked) = Self::acked_bytes(s) else {
+            return;
         };
-        while s.ack_waits.front().is_some_and(|w| w.end <= acked) {
-            s.ack_waits.pop_front();
-        }
+        Self::forget_acked(s, acked);
         let Some((end, deadline)) = s.ack_waits.front().map(|w| (w.end, w.deadline)) else {
             return;
         };
@@ -870,8 +880,7 @@ impl Worker {
                 "a break was not acknowledged by the client's TCP in time: channel failed, dropping it"
             );
             s.conn.shared.metrics.channel_failures.inc();
-            let breaks = s.ack_waits.drain(..).flat_map(|w| w.breaks).collect();
-            Self::give_back_breaks(&s.conn.shared, breaks);
+            Self::give_back_waiting(s);
             s.closing = true;
         } else {
             s.conn.shared.arm_ack_check(s.conn.id, deadline, now);

@@ -198,14 +198,8 @@ impl Conn {
         if frames.is_empty() && !close {
             return;
         }
-        self.shared.post_event(
-            channel,
-            Event::ChannelOutput {
-                frames,
-                close,
-                breaks: Vec::new(),
-            },
-        );
+        self.shared
+            .post_event(channel, Event::ChannelOutput { frames, close });
     }
 
     /// Session `sid` ended: its bound channels forget it.

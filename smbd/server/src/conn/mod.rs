@@ -427,13 +427,8 @@ impl Conn {
                 self.closed = was_closed;
                 self.flush_channel_out(channel, close);
             }
-            Event::ChannelOutput {
-                frames,
-                close,
-                breaks,
-            } => {
+            Event::ChannelOutput { frames, close } => {
                 self.out.extend(frames);
-                self.breaks_out.extend(breaks);
                 if close {
                     self.closed = true;
                 }
@@ -450,6 +445,7 @@ impl Conn {
                     self.closed = true;
                 }
             }
+            Event::SendBreak(d) => self.queue_break(d),
             Event::BreakUndelivered(d) => self.deliver_break(d),
             Event::DurableWaitOver { persistent } => self.durable_wait_over(persistent),
             Event::HangupDone { conn } => self.hangup_done(conn),

@@ -158,16 +158,10 @@ impl Conn {
             }
             if ch == self.id {
                 // Straight to this transport, also while answering a bound channel's request.
-                self.out.push(d.frame.clone());
-                self.breaks_out.push(d);
+                self.queue_break(d);
                 return;
             }
-            let ev = Event::ChannelOutput {
-                frames: vec![d.frame.clone()],
-                close: false,
-                breaks: vec![d.clone()],
-            };
-            if self.shared.post_event(ch, ev) {
+            if self.shared.post_event(ch, Event::SendBreak(d.clone())) {
                 return;
             }
             // That channel is gone already: the next one.
@@ -178,6 +172,13 @@ impl Conn {
             tried = d.tried.len(),
             "break not delivered: no channel of the session is left to carry it"
         );
+    }
+
+    /// Queue break `d` on this connection's transport; the worker watches for its TCP
+    /// acknowledgement (`breaks_out`).
+    pub(crate) fn queue_break(&mut self, d: BreakDelivery) {
+        self.out.push(d.frame.clone());
+        self.breaks_out.push(d);
     }
 
     /// A lock-service request whose notifications for this connection (the breaks it
