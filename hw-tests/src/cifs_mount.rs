@@ -411,51 +411,39 @@ pub fn test_kernel_client_mount(ip: IpAddr, smbdirectd: &Path) -> Result<(), Str
         &data,
     )
     .map_err(|e| format!("over TCP: {e}"))?;
-    let small = &data[..64 << 10];
+    // 64 KiB in 1 KiB writes, read back in 64 KiB reads (`rsize` bounding them), through
+    // `share` mounted with `extra` options; what the connection moved is printed.
+    let small_round = |share: &str, extra: &str, name: &str, what: &str| {
+        let (w, r) = io_round_in(
+            &format!("//{ip}/{share}"),
+            &format!("rdma,vers=3.1.1,cache=none,{extra}rsize=65536,{creds}"),
+            &mnt,
+            name,
+            &data[..64 << 10],
+            1 << 10,
+            64 << 10,
+        )
+        .map_err(|e| format!("over SMB Direct, {what}: {e}"))?;
+        let (_, _, line) = proxy.next_connection_counters()?;
+        println!("    {line}");
+        println!(
+            "    kernel cifs over SMB Direct, {what}: 64 KiB in 1 KiB WRITEs {:.1} ms, read back \
+             in 64 KiB READs {:.1} ms",
+            w.as_secs_f64() * 1e3,
+            r.as_secs_f64() * 1e3,
+        );
+        Ok::<(), String>(())
+    };
     // Small writes go inline (below the client's 4 KiB RDMA threshold): SMB2 WRITE messages
     // whose data the client sends in fragments beside their header.
-    let (iw_small, ir_small) = io_round_in(
-        &source,
-        &format!("rdma,vers=3.1.1,cache=none,rsize=65536,{creds}"),
-        &mnt,
-        "over-rdma-small.bin",
-        small,
-        1 << 10,
-        64 << 10,
-    )
-    .map_err(|e| format!("over SMB Direct, 1 KiB writes inline: {e}"))?;
-    let (_, _, line) = proxy.next_connection_counters()?;
-    println!("    {line}");
-    println!(
-        "    kernel cifs over SMB Direct, 64 KiB in 1 KiB inline WRITEs: {:.1} ms, read back in \
-         64 KiB READs: {:.1} ms",
-        iw_small.as_secs_f64() * 1e3,
-        ir_small.as_secs_f64() * 1e3,
-    );
+    small_round("data", "", "over-rdma-small.bin", "1 KiB writes inline")?;
     // Encrypted over SMB Direct: a share that requires encryption (smbd refuses its
     // unencrypted requests), mounted with `seal`, the same small writes and reads. The Linux
     // client does not use RDMA channels on encrypted sessions (smb3_use_rdma_offload): every
     // payload travels inside SMB2_TRANSFORM messages (a WRITE's in fragments, see [`PAGE`];
     // a corrupted one fails smbd's AES tag check). `rsize` bounds the READ responses: with
     // `seal` the 6.1 client does not cap rsize by its own reassembly limit (173,910 bytes).
-    let (sw, sr) = io_round_in(
-        &format!("//{ip}/sealed"),
-        &format!("rdma,vers=3.1.1,cache=none,seal,rsize=65536,{creds}"),
-        &mnt,
-        "over-rdma-sealed.bin",
-        small,
-        1 << 10,
-        64 << 10,
-    )
-    .map_err(|e| format!("over SMB Direct, encrypted: {e}"))?;
-    let (_, _, line) = proxy.next_connection_counters()?;
-    println!("    {line}");
-    println!(
-        "    kernel cifs over SMB Direct, encrypted: 64 KiB written in 1 KiB WRITEs in {:.1} ms, \
-         read back in 64 KiB READs in {:.1} ms",
-        sw.as_secs_f64() * 1e3,
-        sr.as_secs_f64() * 1e3,
-    );
+    small_round("sealed", "seal,", "over-rdma-sealed.bin", "encrypted")?;
     // The same once more through an smbdirectd without the shared area (payloads inline on
     // the stream), for a same-run baseline of what the area changes.
     drop(proxy);
